@@ -1,0 +1,8 @@
+//! virt-core: the VM model, the hypervisor seam and the native KVM microVM.
+//!
+//! Layers, bottom up:
+//! - [`hypervisor`]: traits for a hypervisor, a VM and a vCPU, with the KVM implementation.
+//! - [`block`]: the block-backend seam that virtio-blk uses (raw files here; qcow2 in virt-storage).
+//! - [`vmm`]: the native VMM: memory layout, boot (bzImage, PVH vmlinux), ACPI, devices, vCPU loop.
+
+pub mod block;

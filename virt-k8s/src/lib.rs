@@ -1,0 +1,1 @@
+//! Kubernetes adapter: CRDs, controllers and the node agent (not built yet).
