@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# Builds the guest assets the end-to-end tests, the nested harness and the demo boot:
+#   vmlinuz               Debian's stock bzImage (linux-image-amd64 -> linux-image-6.1.*-amd64)
+#   modules/              that kernel's lib/modules/<version> tree
+#   kernel-version        <version>
+#   busybox               busybox-static
+#   initramfs.cpio.gz     L2 guest initramfs: busybox, virtio + ext4 modules, a test /init (below)
+#   rootfs.ext4           64 MiB ext4 disk with a busybox tree and /etc/motd, for the demo
+# into ${VIRT_CACHE_DIR:-$HOME/.cache/virt-rs}/guest. Everything comes from Debian's archive through
+# apt-get download + dpkg -x (nothing is installed into /boot). Cached: the downloads happen once;
+# the initramfs and the disk image are rebuilt only when missing or when this script changed.
+#
+# usage: scripts/guest-assets.sh [--print-env] [--force]
+#   --print-env   print KERNEL=... INITRAMFS=... ROOTFS=... MODULES=... lines (after building if needed)
+#                 for `eval "$(scripts/guest-assets.sh --print-env)"`; progress goes to stderr
+#   --force       forget the cache and build everything again
+#
+# The guest /init (busybox sh) reacts to kernel command-line words:
+#   virt.bench=1  print the user-space line and power off at once (boot-time benchmark)
+#   virt.e2e=1    disk checks for the end-to-end test (see docs/testing.md), then power off
+#   (neither)     interactive demo: mounts /dev/vda at /mnt if it holds ext4, shell on the console
+#   virt.exit=reboot  end with `reboot -f` instead of `poweroff -f` (for a VMM without ACPI power-off)
+# Every line it prints for tests starts with `VIRT-E2E: `.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE=${VIRT_CACHE_DIR:-$HOME/.cache/virt-rs}
+G=$CACHE/guest
+
+print_env=0
+force=0
+for a in "$@"; do
+  case "$a" in
+    --print-env) print_env=1 ;;
+    --force) force=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "guest-assets: unknown argument $a (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "guest-assets: $*" >&2; }
+die() { echo "guest-assets: error: $*" >&2; exit 1; }
+
+# Tools: apt-get/apt-cache/dpkg come with Debian; the others with scripts/install-deps.sh.
+need_tools() {
+  local missing=() t
+  for t in "$@"; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ -x "$here/install-deps.sh" ]; then
+    log "missing ${missing[*]}: running scripts/install-deps.sh"
+    "$here/install-deps.sh" >&2
+  fi
+  for t in "${missing[@]}"; do
+    command -v "$t" >/dev/null 2>&1 || die "'$t' is not installed (scripts/install-deps.sh should provide it)"
+  done
+}
+need_tools apt-get apt-cache dpkg dpkg-deb python3 gzip sha256sum mkfs.ext4
+
+apt_download() {
+  # Runs in the current directory. As root, apt's download sandbox user cannot write into $HOME.
+  local opts=()
+  [ "$(id -u)" -eq 0 ] && opts=(-o APT::Sandbox::User=root)
+  apt-get download -q "${opts[@]}" "$@" >&2 \
+    || die "apt-get download $* failed (is the package list current? run: apt-get update)"
+}
+
+if [ "$force" -eq 1 ]; then
+  log "--force: removing $G"
+  rm -rf "$G"
+fi
+mkdir -p "$G"
+
+# --- kernel -------------------------------------------------------------------------------------
+if [ ! -s "$G/vmlinuz" ] || [ ! -d "$G/modules" ] || [ ! -s "$G/kernel-version" ]; then
+  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
+        | awk '$1 ~ /Depends:$/ && $2 ~ /^linux-image-[0-9].*-amd64$/ {print $2; exit}')
+  [ -n "$pkg" ] || die "apt-cache finds no linux-image-amd64 dependency (run: apt-get update)"
+  case "$pkg" in linux-image-6.1.*) ;; *) log "warning: $pkg is not the 6.1 kernel this was tested with" ;; esac
+  log "downloading linux-image-amd64 -> $pkg"
+  work=$(mktemp -d "$G/.kernel.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  (cd "$work" && apt_download linux-image-amd64 "$pkg")
+  deb=$(ls "$work"/"$pkg"_*.deb 2>/dev/null | head -n1)
+  [ -n "$deb" ] || die "apt-get download left no $pkg .deb"
+  dpkg -x "$deb" "$work/root"
+  ver=$(ls "$work/root/lib/modules" | head -n1)
+  [ -n "$ver" ] && [ -f "$work/root/boot/vmlinuz-$ver" ] || die "$pkg holds no boot/vmlinuz-<version>"
+  rm -rf "$G/modules" "$G/vmlinuz" "$G/config"
+  mv "$work/root/lib/modules/$ver" "$G/modules"
+  mv "$work/root/boot/vmlinuz-$ver" "$G/vmlinuz"
+  mv "$work/root/boot/config-$ver" "$G/config" 2>/dev/null || true
+  echo "$ver" > "$G/kernel-version"
+  rm -rf "$work"
+  trap - EXIT
+fi
+KVER=$(cat "$G/kernel-version")
+
+# --- busybox ------------------------------------------------------------------------------------
+if [ ! -x "$G/busybox" ]; then
+  log "downloading busybox-static"
+  work=$(mktemp -d "$G/.busybox.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  (cd "$work" && apt_download busybox-static)
+  dpkg -x "$work"/busybox-static_*.deb "$work/root"
+  [ -x "$work/root/bin/busybox" ] || die "busybox-static holds no bin/busybox"
+  mv "$work/root/bin/busybox" "$G/busybox"
+  rm -rf "$work"
+  trap - EXIT
+fi
+
+# A stamp of everything the initramfs and the disk image are made from: rebuild when it changes.
+stamp=$( { cat "$0" "$here/nested/lib/mkcpio.py" "$here/nested/lib/moddeps.py"; echo "$KVER";
+           sha256sum < "$G/busybox"; } | sha256sum | cut -c1-16)
+
+# busybox tree: the static binary and a symlink for each applet (what `busybox --install -s` makes),
+# made on the host so the guest spends no time on it.
+busybox_tree() {
+  local dst=$1 app
+  mkdir -p "$dst/bin" "$dst/sbin" "$dst/usr/bin" "$dst/usr/sbin"
+  cp "$G/busybox" "$dst/bin/busybox"
+  "$G/busybox" --list-full | while read -r app; do
+    [ "$app" = bin/busybox ] && continue
+    [ -e "$dst/$app" ] || ln -s /bin/busybox "$dst/$app"
+  done
+}
+
+# --- L2 initramfs -------------------------------------------------------------------------------
+# Modules in load order; dependencies are resolved from the modules' own metadata.
+WANT_MODULES=(virtio_ring virtio virtio_mmio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
+              virtio_blk failover net_failover virtio_net crc32c_generic crc32c-intel crc16 mbcache
+              jbd2 ext4)
+
+write_init() {
+cat > "$1" <<'INIT'
+#!/bin/sh
+# L2 guest /init, generated by scripts/guest-assets.sh. Lines for tests start with "VIRT-E2E: ".
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+read up _ < /proc/uptime
+echo "VIRT-E2E: userspace up $up"
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+cmdline=$(cat /proc/cmdline)
+mode=demo
+exit_cmd=poweroff
+for w in $cmdline; do
+  case "$w" in
+    virt.bench=1) mode=bench ;;
+    virt.e2e=1) mode=e2e ;;
+    virt.exit=reboot) exit_cmd=reboot ;;
+  esac
+done
+
+finish() {
+  read up _ < /proc/uptime
+  echo "VIRT-E2E: $exit_cmd $up"
+  sync
+  $exit_cmd -f
+  sleep 5
+  echo "VIRT-E2E: $exit_cmd -f returned"
+  exit 1
+}
+
+[ "$mode" = bench ] && finish
+
+while read -r m; do
+  [ -f "/lib/modules/$m.ko" ] || continue
+  insmod "/lib/modules/$m.ko" 2>/dev/null || echo "VIRT-E2E: insmod $m failed"
+done < /etc/modules
+
+echo "VIRT-E2E: cpus=$(grep -c '^processor' /proc/cpuinfo)"
+# virtio-blk probes while its module loads; give late devices a moment all the same.
+if [ "$mode" = e2e ]; then
+  i=0
+  while [ ! -b /dev/vda ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
+fi
+for d in /sys/block/vd?; do
+  [ -e "$d" ] || continue
+  n=${d##*/}
+  echo "VIRT-E2E: disk $n size=$(( $(cat "$d/size") * 512 )) ro=$(cat "$d/ro")"
+done
+
+if [ "$mode" = e2e ]; then
+  echo "VIRT-E2E: sig=$(head -c 16 /dev/vda 2>/dev/null | tr -d '\000')"
+  read up _ < /proc/uptime
+  line="VIRT-WRITTEN-$RANDOM-$up"
+  if echo "$line" | dd of=/dev/vdb bs=512 count=1 conv=sync,fsync 2>/dev/null && sync; then
+    echo "VIRT-E2E: wrote vdb $line"
+  else
+    echo "VIRT-E2E: write to vdb FAILED"
+  fi
+  if echo "VIRT-CLOBBER" | dd of=/dev/vda bs=512 count=1 conv=sync,fsync 2>/dev/null; then
+    echo "VIRT-E2E: vda write ALLOWED"
+  else
+    echo "VIRT-E2E: vda write refused"
+  fi
+  finish
+fi
+
+# Interactive demo.
+if [ -b /dev/vda ] && [ "$(dd if=/dev/vda bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')" = 53ef ]; then
+  mkdir -p /mnt
+  if mount -t ext4 /dev/vda /mnt 2>/dev/null || mount -t ext4 -o ro /dev/vda /mnt 2>/dev/null; then
+    echo "VIRT-E2E: mounted /dev/vda on /mnt"
+    [ -f /mnt/etc/motd ] && cat /mnt/etc/motd
+  fi
+fi
+echo "Hello from the guest! Type 'poweroff -f' to exit."
+setsid cttyhack sh
+umount /mnt 2>/dev/null
+finish
+INIT
+chmod 755 "$1"
+}
+
+if [ ! -s "$G/initramfs.cpio.gz" ] || [ "$(cat "$G/initramfs.stamp" 2>/dev/null)" != "$stamp" ]; then
+  log "building initramfs.cpio.gz (kernel $KVER)"
+  work=$(mktemp -d "$G/.initramfs.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  t=$work/tree
+  busybox_tree "$t"
+  mkdir -p "$t/proc" "$t/sys" "$t/dev" "$t/tmp" "$t/mnt" "$t/etc" "$t/lib/modules" "$t/root"
+  write_init "$t/init"
+  python3 "$here/nested/lib/moddeps.py" "$G/modules" "${WANT_MODULES[@]}" > "$work/order"
+  : > "$t/etc/modules"
+  while IFS=$'\t' read -r name path; do
+    case "$path" in
+      *.ko.xz) xz -dc "$path" > "$t/lib/modules/$name.ko" ;;
+      *.ko.zst) zstd -qdc "$path" > "$t/lib/modules/$name.ko" ;;
+      *.ko.gz) gzip -dc "$path" > "$t/lib/modules/$name.ko" ;;
+      *) cp "$path" "$t/lib/modules/$name.ko" ;;
+    esac
+    echo "$name" >> "$t/etc/modules"
+  done < "$work/order"
+  python3 "$here/nested/lib/mkcpio.py" --gzip --node dev/console:c:5:1 --node dev/null:c:1:3:666 \
+    "$work/initramfs.cpio.gz" "$t"
+  mv "$work/initramfs.cpio.gz" "$G/initramfs.cpio.gz"
+  echo "$stamp" > "$G/initramfs.stamp"
+  rm -rf "$work"
+  trap - EXIT
+fi
+
+# --- demo root disk -----------------------------------------------------------------------------
+if [ ! -s "$G/rootfs.ext4" ] || [ "$(cat "$G/rootfs.stamp" 2>/dev/null)" != "$stamp" ]; then
+  log "building rootfs.ext4"
+  work=$(mktemp -d "$G/.rootfs.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  t=$work/tree
+  busybox_tree "$t"
+  mkdir -p "$t/proc" "$t/sys" "$t/dev" "$t/tmp" "$t/etc" "$t/root"
+  cat > "$t/etc/motd" <<'MOTD'
+Welcome to the virt-rs demo disk: an ext4 file system on a virtio-blk device, mounted on /mnt.
+MOTD
+  echo "virt-demo" > "$t/etc/hostname"
+  mkfs.ext4 -q -F -L virt-root -E root_owner=0:0 -d "$t" "$work/rootfs.ext4" 64M >&2
+  mv "$work/rootfs.ext4" "$G/rootfs.ext4"
+  echo "$stamp" > "$G/rootfs.stamp"
+  rm -rf "$work"
+  trap - EXIT
+fi
+
+if [ "$print_env" -eq 1 ]; then
+  echo "KERNEL=$G/vmlinuz"
+  echo "INITRAMFS=$G/initramfs.cpio.gz"
+  echo "ROOTFS=$G/rootfs.ext4"
+  echo "MODULES=$G/modules"
+  echo "KERNEL_VERSION=$KVER"
+else
+  echo "kernel:     $G/vmlinuz ($KVER)"
+  echo "initramfs:  $G/initramfs.cpio.gz"
+  echo "rootfs:     $G/rootfs.ext4"
+  echo "modules:    $G/modules"
+fi
