@@ -6,3 +6,5 @@
 //! - [`vmm`]: the native VMM: memory layout, boot (bzImage, PVH vmlinux), ACPI, devices, vCPU loop.
 
 pub mod block;
+pub mod hypervisor;
+pub mod vmm;

@@ -1,0 +1,347 @@
+//! virtio-blk: a disk for the guest, served from a [`BlockBackend`].
+//!
+//! One worker thread per device waits on the queue's eventfd (fed by a KVM ioeventfd, so notifications
+//! cost no exit to the VMM), runs requests against the backend, and raises the interrupt through an
+//! irqfd. Guest buffers are copied through a bounded bounce buffer, so a hostile descriptor chain that
+//! claims gigabytes costs at most one chunk of host memory.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{
+    read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, INT_USED_RING, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
+use crate::block::{BlockBackend, BlockError};
+
+/// Virtio device ID of a block device.
+pub const VIRTIO_ID_BLOCK: u32 = 2;
+const QUEUE_SIZE: u16 = 256;
+const SECTOR_SIZE: u64 = 512;
+/// Largest number of data segments per request the device announces.
+const SEG_MAX: u32 = 126;
+/// Bounce buffer size: the most host memory one request can pin at a time.
+const CHUNK: usize = 1 << 20;
+
+const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+const VIRTIO_BLK_F_RO: u32 = 5;
+const VIRTIO_BLK_F_FLUSH: u32 = 9;
+
+const VIRTIO_BLK_T_IN: u32 = 0;
+const VIRTIO_BLK_T_OUT: u32 = 1;
+const VIRTIO_BLK_T_FLUSH: u32 = 4;
+const VIRTIO_BLK_T_GET_ID: u32 = 8;
+
+const VIRTIO_BLK_S_OK: u8 = 0;
+const VIRTIO_BLK_S_IOERR: u8 = 1;
+const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Length of the device ID returned by GET_ID.
+const ID_BYTES: usize = 20;
+
+/// A virtio-blk device.
+pub struct Block {
+    backend: Arc<dyn BlockBackend>,
+    config: Vec<u8>,
+    worker: Option<(JoinHandle<()>, EventFd)>,
+}
+
+impl Block {
+    /// A block device over `backend`.
+    pub fn new(backend: Arc<dyn BlockBackend>) -> Self {
+        let mut config = vec![0u8; 24];
+        config[0..8].copy_from_slice(&(backend.size() / SECTOR_SIZE).to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        Self { backend, config, worker: None }
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some((handle, kill)) = self.worker.take() {
+            let _ = kill.write(1);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        let mut f = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_FLUSH);
+        if self.backend.read_only() {
+            f |= 1 << VIRTIO_BLK_F_RO;
+        }
+        f
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {
+        // Writeback mode switching is not offered; the config space is read-only.
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        _acked_features: u64,
+        mut queues: Vec<(Queue, Arc<EventFd>)>,
+    ) -> Result<(), ActivateError> {
+        let (queue, evt) = queues.pop().ok_or(ActivateError::BadQueue(0))?;
+        self.stop_worker();
+        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let kill2 = kill.try_clone().map_err(ActivateError::Worker)?;
+        let mut worker = Worker { backend: self.backend.clone(), mem, queue, interrupt, buf: Vec::new() };
+        let handle = std::thread::Builder::new()
+            .name("virtio-blk".into())
+            .spawn(move || worker.run(&evt, &kill2))
+            .map_err(ActivateError::Worker)?;
+        self.worker = Some((handle, kill));
+        Ok(())
+    }
+
+    fn reset(&mut self) -> bool {
+        self.stop_worker();
+        true
+    }
+}
+
+/// Request processing, separated from the thread so tests can drive it directly.
+pub struct Worker {
+    backend: Arc<dyn BlockBackend>,
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<VirtioInterrupt>,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    #[error("guest memory: {0}")]
+    Guest(std::io::Error),
+    #[error(transparent)]
+    Backend(#[from] BlockError),
+}
+
+impl Worker {
+    /// A worker serving `queue` from `backend`.
+    pub fn new(
+        backend: Arc<dyn BlockBackend>,
+        mem: GuestMemoryMmap,
+        queue: Queue,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Self {
+        Self { backend, mem, queue, interrupt, buf: Vec::new() }
+    }
+
+    fn run(&mut self, queue_evt: &EventFd, kill: &EventFd) {
+        let epoll = match Epoll::new() {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!("virtio-blk: epoll: {e}");
+                return;
+            }
+        };
+        use std::os::fd::AsRawFd;
+        for (fd, token) in [(queue_evt.as_raw_fd(), 0u64), (kill.as_raw_fd(), 1)] {
+            if let Err(e) = epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token)) {
+                log::error!("virtio-blk: epoll_ctl: {e}");
+                return;
+            }
+        }
+        let mut events = [EpollEvent::default(); 2];
+        // Requests queued before activation (or while the worker was restarting).
+        self.process_queue();
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("virtio-blk: epoll_wait: {e}");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    0 => {
+                        let _ = queue_evt.read();
+                        self.process_queue();
+                    }
+                    _ => return,
+                }
+            }
+        }
+    }
+
+    /// Serves every available request, then raises the interrupt if the driver wants one.
+    /// Returns the number of requests completed.
+    pub fn process_queue(&mut self) -> usize {
+        let mut done = 0;
+        loop {
+            if self.queue.event_idx_enabled() {
+                if let Err(e) = self.queue.disable_notification(&self.mem) {
+                    log::warn!("virtio-blk: {e:?}");
+                }
+            }
+            done += self.drain();
+            if !self.queue.event_idx_enabled() {
+                break;
+            }
+            match self.queue.enable_notification(&self.mem) {
+                Ok(true) => continue, // more requests arrived meanwhile
+                Ok(false) => break,
+                Err(e) => {
+                    log::warn!("virtio-blk: {e:?}");
+                    break;
+                }
+            }
+        }
+        if done > 0 {
+            match self.queue.needs_notification(&self.mem) {
+                Ok(true) => {
+                    if let Err(e) = self.interrupt.trigger(INT_USED_RING) {
+                        log::error!("virtio-blk: cannot raise interrupt: {e}");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => log::warn!("virtio-blk: {e:?}"),
+            }
+        }
+        done
+    }
+
+    fn drain(&mut self) -> usize {
+        let mut done = 0;
+        let mem = self.mem.clone();
+        while let Some(chain) = self.queue.pop_descriptor_chain(&mem) {
+            let head = chain.head_index();
+            let len = match self.handle(chain.clone()) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!("virtio-blk: request {head} failed: {e}");
+                    0
+                }
+            };
+            if let Err(e) = self.queue.add_used(&mem, head, len) {
+                log::warn!("virtio-blk: add_used: {e:?}");
+            }
+            done += 1;
+        }
+        done
+    }
+
+    /// Runs one request; returns the number of bytes written into the guest's buffers.
+    fn handle(&mut self, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> Result<u32, RequestError> {
+        let mem = &self.mem.clone();
+        let mut reader = chain.clone().reader(mem).map_err(|_| RequestError::Malformed("bad descriptor chain"))?;
+        let mut writer = chain.writer(mem).map_err(|_| RequestError::Malformed("bad descriptor chain"))?;
+        if writer.available_bytes() == 0 {
+            // Nowhere to put the status byte: nothing can be reported back.
+            return Err(RequestError::Malformed("no writable status byte"));
+        }
+        let mut status_writer = writer.split_at(writer.available_bytes() - 1).map_err(|_| RequestError::Malformed("status split"))?;
+        let status = match self.run_request(&mut reader, &mut writer) {
+            Ok(()) => VIRTIO_BLK_S_OK,
+            Err(RequestError::Malformed("unsupported request type")) => VIRTIO_BLK_S_UNSUPP,
+            Err(e) => {
+                log::debug!("virtio-blk: {e}");
+                VIRTIO_BLK_S_IOERR
+            }
+        };
+        status_writer.write_all(&[status]).map_err(RequestError::Guest)?;
+        Ok((writer.bytes_written() + 1) as u32)
+    }
+
+    fn run_request(
+        &mut self,
+        reader: &mut virtio_queue::Reader<'_, ()>,
+        writer: &mut virtio_queue::Writer<'_, ()>,
+    ) -> Result<(), RequestError> {
+        let mut hdr = [0u8; 16];
+        reader.read_exact(&mut hdr).map_err(|_| RequestError::Malformed("short request header"))?;
+        let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
+        let sector = u64::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15]]);
+        let offset = sector.checked_mul(SECTOR_SIZE).ok_or(RequestError::Malformed("sector out of range"))?;
+        match kind {
+            VIRTIO_BLK_T_IN => {
+                let total = writer.available_bytes();
+                if total as u64 % SECTOR_SIZE != 0 {
+                    return Err(RequestError::Malformed("read length not a multiple of 512"));
+                }
+                self.check_range(offset, total)?;
+                let mut done = 0usize;
+                while done < total {
+                    let n = (total - done).min(CHUNK);
+                    self.buf.resize(n, 0);
+                    self.backend.read_at(offset + done as u64, &mut self.buf[..n])?;
+                    writer.write_all(&self.buf[..n]).map_err(RequestError::Guest)?;
+                    done += n;
+                }
+                Ok(())
+            }
+            VIRTIO_BLK_T_OUT => {
+                if self.backend.read_only() {
+                    return Err(BlockError::ReadOnly.into());
+                }
+                let total = reader.available_bytes();
+                if total as u64 % SECTOR_SIZE != 0 {
+                    return Err(RequestError::Malformed("write length not a multiple of 512"));
+                }
+                self.check_range(offset, total)?;
+                let mut done = 0usize;
+                while done < total {
+                    let n = (total - done).min(CHUNK);
+                    self.buf.resize(n, 0);
+                    reader.read_exact(&mut self.buf[..n]).map_err(RequestError::Guest)?;
+                    self.backend.write_at(offset + done as u64, &self.buf[..n])?;
+                    done += n;
+                }
+                Ok(())
+            }
+            VIRTIO_BLK_T_FLUSH => Ok(self.backend.flush()?),
+            VIRTIO_BLK_T_GET_ID => {
+                let mut id = [0u8; ID_BYTES];
+                let s = self.backend.id();
+                let n = s.len().min(ID_BYTES);
+                id[..n].copy_from_slice(&s.as_bytes()[..n]);
+                let n = writer.available_bytes().min(ID_BYTES);
+                writer.write_all(&id[..n]).map_err(RequestError::Guest)?;
+                Ok(())
+            }
+            _ => Err(RequestError::Malformed("unsupported request type")),
+        }
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> Result<(), RequestError> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.backend.size() => Ok(()),
+            _ => Err(BlockError::OutOfRange { offset, len: len as u64, size: self.backend.size() }.into()),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The virtio-mmio transport (virtio 1.1 section 4.2, register layout version 2).
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use crate::vmm::devices::BusDevice;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x5652_5356; // "VSRV"
+
+/// Offset of QueueNotify, where ioeventfds are attached.
+pub const NOTIFY_REG_OFFSET: u64 = 0x50;
+
+const STATUS_ACKNOWLEDGE: u32 = 1;
+const STATUS_DRIVER: u32 = 2;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_FAILED: u32 = 0x80;
+
+/// One virtio device behind virtio-mmio registers.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
+    queues: Vec<Queue>,
+    queue_evts: Vec<Arc<EventFd>>,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    status: u32,
+    config_generation: u32,
+    activated: bool,
+}
+
+impl MmioTransport {
+    /// Wraps `device`; `queue_evts` are the eventfds the guest's notifications arrive on (one per queue).
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> std::io::Result<Self> {
+        let mut queues = Vec::new();
+        let mut queue_evts = Vec::new();
+        for &max in device.queue_max_sizes() {
+            // Queue::new only fails for a maximum that is zero, above 32768 or not a power of two; the
+            // device models in this crate declare constant, valid sizes.
+            let q = Queue::new(max).map_err(|e| std::io::Error::other(format!("queue size {max}: {e:?}")))?;
+            queues.push(q);
+            queue_evts.push(Arc::new(EventFd::new(libc::EFD_NONBLOCK)?));
+        }
+        Ok(Self {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            status: 0,
+            config_generation: 0,
+            activated: false,
+        })
+    }
+
+    /// The eventfds of the queues, in order, to attach as ioeventfds on QueueNotify.
+    pub fn queue_evts(&self) -> &[Arc<EventFd>] {
+        &self.queue_evts
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        if self.activated {
+            return None;
+        }
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        // Queue registers may only change before DRIVER_OK (and while the queue is not ready).
+        if self.status & STATUS_FEATURES_OK != 0 && self.status & STATUS_DRIVER_OK == 0 {
+            if let Some(q) = self.selected_queue() {
+                f(q);
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        if self.activated && !self.device.reset() {
+            // The device cannot stop its worker: mark the transport failed so the driver gives up on it.
+            self.status |= STATUS_FAILED;
+            return;
+        }
+        self.activated = false;
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.queue_sel = 0;
+        self.status = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        // FEATURES_OK only if the driver accepted VERSION_1 and nothing we did not offer.
+        let mut v = v;
+        if v & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
+            let offered = self.device.features();
+            if self.driver_features & !offered != 0 || self.driver_features & (1 << VIRTIO_F_VERSION_1) == 0 {
+                v &= !STATUS_FEATURES_OK;
+            }
+        }
+        self.status = v;
+        if v & STATUS_DRIVER_OK != 0 && v & STATUS_FEATURES_OK != 0 && !self.activated {
+            self.activate();
+        }
+    }
+
+    fn activate(&mut self) {
+        let event_idx = self.driver_features & (1 << super::VIRTIO_RING_F_EVENT_IDX) != 0;
+        let mut qs = Vec::new();
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            q.set_event_idx(event_idx);
+            if q.ready() {
+                if !q.is_valid(&self.mem) {
+                    log::warn!("virtio-mmio: {}", super::ActivateError::BadQueue(i));
+                    self.status |= STATUS_FAILED;
+                    return;
+                }
+                match Queue::try_from(q.state()) {
+                    Ok(copy) => qs.push((copy, self.queue_evts[i].clone())),
+                    Err(e) => {
+                        log::warn!("virtio-mmio: queue {i}: {e:?}");
+                        self.status |= STATUS_FAILED;
+                        return;
+                    }
+                }
+            }
+        }
+        match self.device.activate(self.mem.clone(), self.interrupt.clone(), self.driver_features, qs) {
+            Ok(()) => self.activated = true,
+            Err(e) => {
+                log::warn!("virtio-mmio: activation failed: {e}");
+                self.status |= STATUS_FAILED;
+            }
+        }
+    }
+}
+
+fn u32_of(data: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(data.try_into().ok()?))
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= 0x100 {
+            self.device.read_config(offset - 0x100, data);
+            return;
+        }
+        if data.len() != 4 {
+            data.fill(0);
+            return;
+        }
+        let v = match offset {
+            0x00 => MAGIC,
+            0x04 => VERSION,
+            0x08 => self.device.device_type(),
+            0x0c => VENDOR_ID,
+            0x10 => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            0x34 => self.queues.get(self.queue_sel as usize).map(|q| u32::from(q.max_size())).unwrap_or(0),
+            0x44 => self.queues.get(self.queue_sel as usize).map(|q| u32::from(q.ready())).unwrap_or(0),
+            0x60 => self.interrupt.status(),
+            0x70 => self.status,
+            0xfc => self.config_generation,
+            _ => 0,
+        };
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= 0x100 {
+            if self.status & STATUS_DRIVER != 0 {
+                self.device.write_config(offset - 0x100, data);
+            }
+            return;
+        }
+        let Some(v) = u32_of(data) else { return };
+        let driver_ready = self.status & (STATUS_ACKNOWLEDGE | STATUS_DRIVER) == STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+        match offset {
+            0x14 => self.device_features_sel = v,
+            0x20 if driver_ready && self.status & STATUS_FEATURES_OK == 0 => match self.driver_features_sel {
+                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32),
+                _ => {}
+            },
+            0x24 => self.driver_features_sel = v,
+            0x30 => self.queue_sel = v,
+            0x38 => self.with_queue(|q| q.set_size(v as u16)),
+            0x44 => self.with_queue(|q| q.set_ready(v == 1)),
+            0x50 => {
+                // Normally absorbed by an ioeventfd in the hypervisor; reaching here means none is attached.
+                if let Some(e) = self.queue_evts.get(v as usize) {
+                    let _ = e.write(1);
+                }
+            }
+            0x64 => self.interrupt.ack(v),
+            0x70 => self.set_status(v),
+            0x80 => self.with_queue(|q| q.set_desc_table_address(Some(v), None)),
+            0x84 => self.with_queue(|q| q.set_desc_table_address(None, Some(v))),
+            0x90 => self.with_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            0x94 => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
+            0xa0 => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
+            0xa4 => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
+            _ => log::debug!("virtio-mmio: write to unknown register {offset:#x}"),
+        }
+    }
+}

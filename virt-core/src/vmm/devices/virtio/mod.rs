@@ -1,0 +1,95 @@
+//! Virtio devices over the virtio-mmio transport (virtio 1.x, "modern" only).
+
+pub mod block;
+pub mod mmio;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Feature bit: the device speaks virtio 1.x.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: indirect descriptors.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
+/// Feature bit: used/avail event suppression.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
+
+/// Interrupt status bit: a used buffer was added.
+pub const INT_USED_RING: u32 = 0x1;
+/// Interrupt status bit: the configuration changed.
+pub const INT_CONFIG: u32 = 0x2;
+
+/// The interrupt line of one virtio-mmio device: an irqfd plus the InterruptStatus register it backs.
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irqfd: Arc<EventFd>,
+}
+
+impl VirtioInterrupt {
+    /// An interrupt that fires through `irqfd`.
+    pub fn new(irqfd: Arc<EventFd>) -> Arc<Self> {
+        Arc::new(Self { status: AtomicU32::new(0), irqfd })
+    }
+    /// Sets `bits` in InterruptStatus and raises the interrupt.
+    pub fn trigger(&self, bits: u32) -> std::io::Result<()> {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        self.irqfd.write(1)
+    }
+    /// The InterruptStatus register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+    /// The driver's InterruptACK.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+    /// The irqfd, for registration with the hypervisor.
+    pub fn irqfd(&self) -> &Arc<EventFd> {
+        &self.irqfd
+    }
+}
+
+/// Errors when a device is activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set up a queue that is not usable.
+    #[error("virtio queue {0} is not valid (bad size or addresses outside guest memory)")]
+    BadQueue(usize),
+    /// The device's worker could not be started.
+    #[error("cannot start the device worker: {0}")]
+    Worker(std::io::Error),
+}
+
+/// A virtio device model. The transport calls it; the device never sees transport registers.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (2 = block).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits the device offers.
+    fn features(&self) -> u64;
+    /// Reads the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts serving `queues`; each comes with the eventfd the guest's notifications arrive on.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        acked_features: u64,
+        queues: Vec<(Queue, Arc<EventFd>)>,
+    ) -> Result<(), ActivateError>;
+    /// Stops serving queues (driver reset). Returns false if the device cannot be reset.
+    fn reset(&mut self) -> bool;
+}
+
+/// Reads `data.len()` bytes at `offset` from a configuration space image, padding with zeros.
+pub fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset).ok().and_then(|o| o.checked_add(i)).and_then(|o| space.get(o)).copied().unwrap_or(0);
+    }
+}

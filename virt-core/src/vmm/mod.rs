@@ -1,0 +1,365 @@
+//! The native microVM (x86_64): memory, boot, ACPI, devices and vCPUs on the hypervisor seam.
+//!
+//! [`MicroVm::new`] builds a VM from a [`VmConfig`] (memory, vCPUs, a kernel or a flat test image,
+//! disks, a console sink) on any [`Hypervisor`]; [`MicroVm::start`] runs it and returns a [`VmHandle`]
+//! that pauses, resumes, stops and waits for it.
+//!
+//! ```text
+//!   vCPU threads ──port/MMIO exits──► Bus ─► serial, i8042, ACPI PM, virtio-mmio transports
+//!   guest notify ──ioeventfd──► virtio-blk worker ─► BlockBackend ─► file
+//!   worker ──irqfd──► in-kernel IOAPIC ─► guest
+//! ```
+
+pub mod acpi;
+pub mod boot;
+pub mod cpuid;
+pub mod devices;
+pub mod layout;
+pub mod vcpu;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use self::boot::regs::{self, EntryMode};
+use self::boot::{BootInfo, KernelConfig};
+use self::devices::legacy::{AcpiPm, I8042, I8042_DATA_PORT};
+use self::devices::serial::{SerialDevice, COM1_GSI, COM1_PORT};
+use self::devices::virtio::block::Block;
+use self::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use self::devices::virtio::{VirtioDevice, VirtioInterrupt};
+use self::devices::{lock, Bus, ExitLatch};
+pub use self::devices::ExitReason;
+use self::vcpu::VcpuControl;
+use crate::block::BlockBackend;
+use crate::hypervisor::{Hypervisor, HypervisorError, IoEventAddress, MemorySlot, Vm};
+
+/// First GSI used for virtio-mmio devices (0-15 are ISA lines; 4 is COM1).
+const VIRTIO_FIRST_GSI: u32 = 5;
+/// Last usable GSI of the IOAPIC's 24 pins.
+const LAST_GSI: u32 = 23;
+
+/// What the boot vCPU runs.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A Linux kernel, with initramfs and command line.
+    Kernel(KernelConfig),
+    /// A flat binary copied to `load_addr` and entered at `entry` in `mode` (for tiny test guests).
+    /// In [`EntryMode::Linux64`] the first GiB is identity-mapped; in [`EntryMode::Pvh`] paging is off.
+    Flat {
+        /// The code and data.
+        image: Vec<u8>,
+        /// Where it is copied.
+        load_addr: u64,
+        /// Where execution starts.
+        entry: u64,
+        /// CPU mode at entry.
+        mode: EntryMode,
+    },
+}
+
+/// Everything needed to build a VM.
+pub struct VmConfig {
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// What to boot.
+    pub payload: Payload,
+    /// Disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<Arc<dyn BlockBackend>>,
+    /// Where the serial console's output goes.
+    pub console: Box<dyn Write + Send>,
+    /// Whether the hypervisor logs dirty pages of guest memory (for migration and snapshots).
+    pub track_dirty_pages: bool,
+}
+
+/// Errors while building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The hypervisor refused an operation.
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    /// Guest memory could not be set up.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// The kernel could not be loaded.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// ACPI tables could not be built.
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    /// vCPU register setup failed.
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    /// A device could not be created or attached.
+    #[error("device setup: {0}")]
+    Device(String),
+    /// A thread or eventfd could not be created.
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+}
+
+/// A built VM, ready to start.
+pub struct MicroVm {
+    vm: Arc<dyn Vm>,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<Box<dyn crate::hypervisor::Vcpu>>,
+    io_bus: Bus,
+    mmio_bus: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    exit: Arc<ExitLatch>,
+    boot: Option<BootInfo>,
+    slots: Vec<MemorySlot>,
+    // Kept alive for as long as the VM: the hypervisor holds their file descriptors' counterparts.
+    _eventfds: Vec<Arc<EventFd>>,
+}
+
+impl MicroVm {
+    /// Builds memory, devices, ACPI tables, loads the payload and creates configured vCPUs.
+    pub fn new(hv: &dyn Hypervisor, cfg: VmConfig) -> Result<Self, VmmError> {
+        if cfg.cpus == 0 {
+            return Err(VmmError::Config("at least one vCPU is needed".into()));
+        }
+        let max = hv.max_vcpus().min(254);
+        if usize::from(cfg.cpus) > max {
+            return Err(VmmError::Config(format!("{} vCPUs requested, at most {max} supported", cfg.cpus)));
+        }
+        let mem_size = cfg
+            .memory_mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| VmmError::Config(format!("{} MiB of memory is too large", cfg.memory_mib)))?;
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
+            .map_err(|e| VmmError::Config(e.to_string()))?
+            .into_iter()
+            .map(|(a, s)| (GuestAddress(a), s as usize))
+            .collect();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmmError::Memory(format!("{e:?}")))?;
+        let disk_count = cfg.disks.len() as u32;
+        if disk_count > LAST_GSI - VIRTIO_FIRST_GSI + 1 {
+            return Err(VmmError::Config(format!("{disk_count} disks requested, at most {}", LAST_GSI - VIRTIO_FIRST_GSI + 1)));
+        }
+
+        let vm = hv.create_vm()?;
+        let mut slots = Vec::new();
+        for (i, r) in mem.iter().enumerate() {
+            let host = r
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|e| VmmError::Memory(e.to_string()))?;
+            let slot = MemorySlot {
+                slot: i as u32,
+                guest_addr: r.start_addr().0,
+                size: r.len(),
+                host_addr: host as u64,
+                log_dirty: cfg.track_dirty_pages,
+            };
+            // SAFETY: the mapping belongs to `mem`, which MicroVm (and later the VmHandle) keeps alive
+            // for as long as the VM exists; it is never unmapped before the VM is dropped.
+            unsafe { vm.set_memory_slot(slot)? };
+            slots.push(slot);
+        }
+        vm.setup_arch()?;
+
+        let exit = ExitLatch::new();
+        let mut eventfds = Vec::new();
+        let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map(Arc::new).map_err(|e| VmmError::Io("eventfd", e));
+
+        // Legacy devices.
+        let mut io_bus = Bus::new();
+        let serial_irq = new_evt()?;
+        vm.register_irqfd(&serial_irq, COM1_GSI)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq.clone(), cfg.console)));
+        eventfds.push(serial_irq);
+        let dev_err = |e: devices::BusError| VmmError::Device(e.to_string());
+        io_bus.insert(serial.clone(), COM1_PORT, 8).map_err(dev_err)?;
+        io_bus.insert(Arc::new(Mutex::new(I8042::new(exit.clone()))), I8042_DATA_PORT, 5).map_err(dev_err)?;
+        io_bus
+            .insert(Arc::new(Mutex::new(AcpiPm::new(exit.clone()))), u64::from(acpi::SLEEP_CONTROL_PORT), 3)
+            .map_err(dev_err)?;
+
+        // Virtio devices.
+        let mut mmio_bus = Bus::new();
+        let mut acpi_devs = Vec::new();
+        for (i, disk) in cfg.disks.into_iter().enumerate() {
+            let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
+            let gsi = VIRTIO_FIRST_GSI + i as u32;
+            let irq = new_evt()?;
+            vm.register_irqfd(&irq, gsi)?;
+            let dev: Box<dyn VirtioDevice> = Box::new(Block::new(disk));
+            let transport = MmioTransport::new(dev, mem.clone(), VirtioInterrupt::new(irq.clone()))
+                .map_err(|e| VmmError::Io("virtio queue eventfd", e))?;
+            for (q, evt) in transport.queue_evts().iter().enumerate() {
+                vm.register_ioevent(evt, IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET), Some(q as u32))?;
+                eventfds.push(evt.clone());
+            }
+            eventfds.push(irq);
+            mmio_bus.insert(Arc::new(Mutex::new(transport)), base, layout::VIRTIO_MMIO_SIZE).map_err(dev_err)?;
+            acpi_devs.push(acpi::MmioDeviceInfo { base, size: layout::VIRTIO_MMIO_SIZE, gsi });
+        }
+
+        let rsdp = acpi::create_acpi_tables(&mem, usize::from(cfg.cpus), &acpi_devs)?;
+        let (mode, entry, boot) = match &cfg.payload {
+            Payload::Kernel(k) => {
+                let info = boot::load_kernel(&mem, mem_size, k, rsdp)?;
+                (info.mode, info.entry, Some(info))
+            }
+            Payload::Flat { image, load_addr, entry, mode } => {
+                mem.write_slice(image, GuestAddress(*load_addr))
+                    .map_err(|e| VmmError::Memory(format!("cannot place the flat image at {load_addr:#x}: {e}")))?;
+                (*mode, *entry, None)
+            }
+        };
+
+        let supported = hv.supported_cpuid()?;
+        let mut vcpus = Vec::new();
+        for id in 0..cfg.cpus {
+            let vcpu = vm.create_vcpu(id)?;
+            vcpu.set_cpuid(&cpuid::filter_cpuid(&supported, id, cfg.cpus))?;
+            vcpu.set_msrs(&regs::boot_msrs())?;
+            vcpu.set_fpu(&regs::boot_fpu())?;
+            regs::setup_lint(vcpu.as_ref())?;
+            if id == 0 {
+                let sregs = regs::setup_sregs(&mem, mode, vcpu.get_sregs()?)?;
+                vcpu.set_sregs(&sregs)?;
+                vcpu.set_regs(&regs::boot_regs(mode, entry))?;
+            }
+            vcpus.push(vcpu);
+        }
+        Ok(Self { vm, mem, vcpus, io_bus, mmio_bus, serial, exit, boot, slots, _eventfds: eventfds })
+    }
+
+    /// How the kernel was loaded (None for flat images).
+    pub fn boot_info(&self) -> Option<&BootInfo> {
+        self.boot.as_ref()
+    }
+
+    /// Guest memory (for embedders that inspect or prepare it before start).
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Starts the vCPUs.
+    pub fn start(self) -> Result<VmHandle, VmmError> {
+        vcpu::install_kick_handler().map_err(|e| VmmError::Io("installing the vCPU kick signal handler", e))?;
+        let ctl = VcpuControl::new();
+        let started = Instant::now();
+        for (id, v) in self.vcpus.into_iter().enumerate() {
+            ctl.spawn(id as u8, v, self.io_bus.clone(), self.mmio_bus.clone(), self.exit.clone())
+                .map_err(|e| VmmError::Io("spawning a vCPU thread", e))?;
+        }
+        Ok(VmHandle {
+            vm: self.vm,
+            mem: self.mem,
+            ctl,
+            exit: self.exit,
+            serial: self.serial,
+            slots: self.slots,
+            started,
+            _io_bus: self.io_bus,
+            _mmio_bus: self.mmio_bus,
+            _eventfds: self._eventfds,
+        })
+    }
+}
+
+/// A running VM.
+pub struct VmHandle {
+    vm: Arc<dyn Vm>,
+    mem: GuestMemoryMmap,
+    ctl: Arc<VcpuControl>,
+    exit: Arc<ExitLatch>,
+    serial: Arc<Mutex<SerialDevice>>,
+    slots: Vec<MemorySlot>,
+    started: Instant,
+    _io_bus: Bus,
+    _mmio_bus: Bus,
+    _eventfds: Vec<Arc<EventFd>>,
+}
+
+impl VmHandle {
+    /// Stops all vCPUs at their next exit; returns when they are all parked.
+    pub fn pause(&self) {
+        self.ctl.pause();
+    }
+
+    /// Resumes paused vCPUs.
+    pub fn resume(&self) {
+        self.ctl.resume();
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        self.ctl.is_paused()
+    }
+
+    /// Why the VM stopped, if it has.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit.get()
+    }
+
+    /// Asks the VM to stop now (a forced stop, like pulling the plug).
+    pub fn request_stop(&self) {
+        self.exit.set(ExitReason::Stopped);
+    }
+
+    /// Blocks until the guest powers off, resets, fails or a stop is requested; then ends the vCPU
+    /// threads and returns the reason.
+    pub fn wait(&self) -> ExitReason {
+        let r = self.exit.wait();
+        self.ctl.stop();
+        r
+    }
+
+    /// Bytes typed on the console, for the guest to read from the serial port.
+    pub fn console_input(&self, bytes: &[u8]) -> usize {
+        lock(&self.serial).enqueue_input(bytes)
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Time from [`MicroVm::start`] to vCPU 0's first exit to the VMM.
+    pub fn first_exit_after_start(&self) -> Option<std::time::Duration> {
+        self.ctl.first_exit().map(|t| t.saturating_duration_since(self.started))
+    }
+
+    /// The instant vCPU 0 first exited to the VMM.
+    pub fn first_exit(&self) -> Option<Instant> {
+        self.ctl.first_exit()
+    }
+
+    /// Guest-physical addresses of pages written since the last call (needs `track_dirty_pages`).
+    pub fn dirty_pages(&self) -> Result<Vec<u64>, VmmError> {
+        let mut pages = Vec::new();
+        for s in &self.slots {
+            if !s.log_dirty {
+                return Err(VmmError::Config("dirty-page tracking was not enabled for this VM".into()));
+            }
+            let bitmap = self.vm.get_dirty_log(s.slot, s.size)?;
+            for (w, word) in bitmap.iter().enumerate() {
+                let mut bits = *word;
+                while bits != 0 {
+                    let b = bits.trailing_zeros() as u64;
+                    pages.push(s.guest_addr + ((w as u64) * 64 + b) * 4096);
+                    bits &= bits - 1;
+                }
+            }
+        }
+        Ok(pages)
+    }
+}
+
+impl Drop for VmHandle {
+    fn drop(&mut self) {
+        self.exit.set(ExitReason::Stopped);
+        self.ctl.stop();
+    }
+}

@@ -1,0 +1,222 @@
+//! vCPU threads: the run loop that routes exits to the buses, and the control that pauses, resumes and
+//! stops them.
+//!
+//! A vCPU blocked in the hypervisor is kicked out with a real-time signal whose handler does nothing;
+//! the run returns `Interrupted` and the thread checks its control state. Because a signal sent just
+//! before the thread enters the hypervisor would be lost, the controller repeats the kick until every
+//! thread has acknowledged (parked or exited).
+
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::devices::{lock, Bus, ExitLatch, ExitReason};
+use crate::hypervisor::{Vcpu, VmExit};
+
+/// Signal used to kick vCPU threads out of the hypervisor.
+pub fn kick_signal() -> i32 {
+    libc::SIGRTMIN() + 1
+}
+
+extern "C" fn noop_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) handler of the kick signal, once per process.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    static DONE: OnceLock<Result<(), i32>> = OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), noop_handler).map_err(|e| e.errno())
+    });
+    r.map_err(std::io::Error::from_raw_os_error)
+}
+
+#[derive(Default)]
+struct State {
+    paused: bool,
+    stop: bool,
+    parked: usize,
+    exited: usize,
+}
+
+/// Shared control of all vCPU threads of one VM.
+#[derive(Default)]
+pub struct VcpuControl {
+    state: Mutex<State>,
+    cv: Condvar,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    first_exit: OnceLock<Instant>,
+}
+
+impl VcpuControl {
+    /// A control with no threads yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn n_threads(&self) -> usize {
+        lock(&self.threads).len()
+    }
+
+    fn kick_all(&self) {
+        for t in lock(&self.threads).iter() {
+            use std::os::unix::thread::JoinHandleExt;
+            // SAFETY: the pthread_t comes from a JoinHandle we still own, so the thread has not been
+            // joined and its id is valid; the signal's handler is installed and does nothing.
+            unsafe {
+                libc::pthread_kill(t.as_pthread_t(), kick_signal());
+            }
+        }
+    }
+
+    /// Kicks threads until `done(state)` holds.
+    fn kick_until(&self, done: impl Fn(&State, usize) -> bool) {
+        let n = self.n_threads();
+        let mut st = lock(&self.state);
+        while !done(&st, n) {
+            drop(st);
+            self.kick_all();
+            st = lock(&self.state);
+            if done(&st, n) {
+                break;
+            }
+            st = self.cv.wait_timeout(st, Duration::from_millis(2)).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// Stops every vCPU at its next exit and waits until all are parked.
+    pub fn pause(&self) {
+        lock(&self.state).paused = true;
+        self.kick_until(|s, n| s.parked + s.exited >= n);
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn resume(&self) {
+        lock(&self.state).paused = false;
+        self.cv.notify_all();
+    }
+
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        lock(&self.state).paused
+    }
+
+    /// Ends every vCPU thread and joins them.
+    pub fn stop(&self) {
+        {
+            let mut st = lock(&self.state);
+            st.stop = true;
+        }
+        self.cv.notify_all();
+        self.kick_until(|s, n| s.exited >= n);
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// When vCPU 0 first exited to the VMM (for boot-latency measurements).
+    pub fn first_exit(&self) -> Option<Instant> {
+        self.first_exit.get().copied()
+    }
+
+    /// Parks the calling vCPU while paused; returns false when it must stop.
+    fn checkpoint(&self) -> bool {
+        let mut st = lock(&self.state);
+        if st.paused && !st.stop {
+            st.parked += 1;
+            self.cv.notify_all();
+            while st.paused && !st.stop {
+                st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            st.parked -= 1;
+        }
+        !st.stop
+    }
+
+    fn mark_exited(&self) {
+        lock(&self.state).exited += 1;
+        self.cv.notify_all();
+    }
+
+    /// Starts a thread running `vcpu`.
+    pub fn spawn(
+        self: &Arc<Self>,
+        id: u8,
+        vcpu: Box<dyn Vcpu>,
+        io: Bus,
+        mmio: Bus,
+        exit: Arc<ExitLatch>,
+    ) -> std::io::Result<()> {
+        let ctl = self.clone();
+        let h = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
+            run_vcpu(id, vcpu, &io, &mmio, &ctl, &exit);
+            ctl.mark_exited();
+            // Wake the VMM if this vCPU ended the VM.
+            if exit.get().is_none() && !lock(&ctl.state).stop {
+                exit.set(ExitReason::Error(format!("vCPU {id} stopped unexpectedly")));
+            }
+        })?;
+        lock(&self.threads).push(h);
+        Ok(())
+    }
+}
+
+fn run_vcpu(id: u8, mut vcpu: Box<dyn Vcpu>, io: &Bus, mmio: &Bus, ctl: &VcpuControl, exit: &ExitLatch) {
+    loop {
+        if exit.get().is_some() || !ctl.checkpoint() {
+            return;
+        }
+        let r = vcpu.run();
+        if id == 0 {
+            let _ = ctl.first_exit.set(Instant::now());
+        }
+        match r {
+            Ok(VmExit::IoIn(port, data)) => {
+                if !io.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+            }
+            Ok(VmExit::IoOut(port, data)) => {
+                if !io.write(u64::from(port), data) {
+                    log::trace!("unhandled port write {port:#x} {data:02x?}");
+                }
+            }
+            Ok(VmExit::MmioRead(addr, data)) => {
+                if !mmio.read(addr, data) {
+                    log::debug!("unhandled MMIO read {addr:#x}");
+                    data.fill(0xff);
+                }
+            }
+            Ok(VmExit::MmioWrite(addr, data)) => {
+                if !mmio.write(addr, data) {
+                    log::debug!("unhandled MMIO write {addr:#x}");
+                }
+            }
+            Ok(VmExit::Interrupted) => {}
+            Ok(VmExit::Hlt) => {
+                // Only without an in-kernel irqchip; with it the hypervisor waits for interrupts itself.
+                std::thread::yield_now();
+            }
+            Ok(VmExit::Shutdown) => {
+                exit.set(ExitReason::Reset);
+                return;
+            }
+            Ok(VmExit::FailEntry(reason)) => {
+                exit.set(ExitReason::Error(format!("vCPU {id}: entry failed, hardware reason {reason:#x}")));
+                return;
+            }
+            Ok(VmExit::InternalError) => {
+                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or_default();
+                exit.set(ExitReason::Error(format!("vCPU {id}: hypervisor internal error at rip {rip:#x}")));
+                return;
+            }
+            Ok(VmExit::Other(what)) => {
+                exit.set(ExitReason::Error(format!("vCPU {id}: unexpected exit {what}")));
+                return;
+            }
+            Err(e) => {
+                exit.set(ExitReason::Error(format!("vCPU {id}: {e}")));
+                return;
+            }
+        }
+    }
+}
