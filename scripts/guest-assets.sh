@@ -253,7 +253,8 @@ if [ ! -s "$G/rootfs.ext4" ] || [ "$(cat "$G/rootfs.stamp" 2>/dev/null)" != "$st
 Welcome to the virt-rs demo disk: an ext4 file system on a virtio-blk device, mounted on /mnt.
 MOTD
   echo "virt-demo" > "$t/etc/hostname"
-  mkfs.ext4 -q -F -L virt-root -E root_owner=0:0 -d "$t" "$work/rootfs.ext4" 64M >&2
+  truncate -s 64M "$work/rootfs.ext4"
+  mkfs.ext4 -q -F -L virt-root -E root_owner=0:0 -d "$t" "$work/rootfs.ext4" >&2
   mv "$work/rootfs.ext4" "$G/rootfs.ext4"
   echo "$stamp" > "$G/rootfs.stamp"
   rm -rf "$work"

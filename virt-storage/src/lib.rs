@@ -1,1 +1,7 @@
 //! Storage layer: volumes, disk formats, import, clone and golden images (see issue 3).
+//!
+//! [`format`] holds the disk-format code: raw and qcow2 images behind virt-core's
+//! [`BlockBackend`](virt_core::block::BlockBackend) seam, format detection, conversion and
+//! host-assisted sparse copies.
+
+pub mod format;

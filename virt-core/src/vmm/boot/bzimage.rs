@@ -154,7 +154,7 @@ pub fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>, BzImageError> {
     let codec = codec_of(payload);
     let mut out = Vec::with_capacity(size_hint as usize);
     let res = match codec {
-        "xz" => xz2::read::XzDecoder::new(payload).take(MAX_VMLINUX + 1).read_to_end(&mut out),
+        "xz" => unxz_single_stream(payload, &mut out),
         "gzip" => flate2::read::GzDecoder::new(payload).take(MAX_VMLINUX + 1).read_to_end(&mut out),
         "none" => {
             out.extend_from_slice(payload);
@@ -173,6 +173,33 @@ pub fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>, BzImageError> {
         return Err(BzImageError::NotElf);
     }
     Ok(out)
+}
+
+/// Decompresses the first xz stream of `input` and ignores what follows it (the kernel's build appends
+/// the decompressed size, which a stream-padding-aware reader would reject as corrupt).
+fn unxz_single_stream(input: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
+    use xz2::stream::{Action, Status, Stream};
+    let mut s = Stream::new_stream_decoder(u64::MAX, 0).map_err(std::io::Error::other)?;
+    let mut consumed = 0usize;
+    loop {
+        if out.capacity() - out.len() < (1 << 20) {
+            out.reserve(4 << 20);
+        }
+        let before_in = s.total_in();
+        let status = s.process_vec(&input[consumed..], out, Action::Run).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("corrupt xz stream: {e}"))
+        })?;
+        consumed += (s.total_in() - before_in) as usize;
+        if status == Status::StreamEnd {
+            return Ok(out.len());
+        }
+        if out.len() as u64 > MAX_VMLINUX {
+            return Ok(out.len());
+        }
+        if consumed >= input.len() && out.capacity() > out.len() {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "xz stream ends early"));
+        }
+    }
 }
 
 /// A 64-bit content hash (not cryptographic) used to key the decompressed-kernel cache.
