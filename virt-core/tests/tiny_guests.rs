@@ -189,14 +189,12 @@ fn dirty_log_reports_exactly_the_pages_the_guest_wrote() {
     let con = Console::default();
     let img = assemble(
         "dirty",
-        &format!(
-            "movl $1, 0x202000\n movl $2, 0x205000\n movl $3, 0x209ff0\n
+        "movl $1, 0x202000\n movl $2, 0x205000\n movl $3, 0x209ff0\n
     mov $0x3f8, %dx
     mov $0x2e, %al
     out %al, %dx
 1:  pause
-    jmp 1b"
-        ),
+    jmp 1b",
     );
     let mut cfg = config(img, &con);
     cfg.track_dirty_pages = true;

@@ -48,7 +48,8 @@ struct Args {
 
 fn parse_disk(spec: &str) -> Result<Arc<dyn BlockBackend>, String> {
     let mut parts = spec.split(',');
-    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| format!("--disk {spec:?}: empty path"))?;
+    let path =
+        parts.next().filter(|p| !p.is_empty()).ok_or_else(|| format!("--disk {spec:?}: empty path"))?;
     let mut read_only = false;
     for opt in parts {
         match opt {
@@ -156,6 +157,9 @@ fn run(args: Args) -> Result<ExitReason, String> {
     if trace {
         if let Some(b) = vm.boot_info() {
             eprintln!("virt-launcher: boot path: {}", b.how);
+        }
+        for (what, d) in vm.build_timings() {
+            eprintln!("virt-launcher:   {what}: {:.3} ms", d.as_secs_f64() * 1e3);
         }
         eprintln!("virt-launcher: VM built in {:.3} ms", main_start.elapsed().as_secs_f64() * 1e3);
     }

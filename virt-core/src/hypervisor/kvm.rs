@@ -101,16 +101,15 @@ impl Vm for KvmVm {
     }
 
     fn setup_arch(&self) -> Result<()> {
-        self.fd
-            .set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(|e| HypervisorError::call("KVM_SET_TSS_ADDR", e))?;
+        self.fd.set_tss_address(KVM_TSS_ADDRESS).map_err(|e| HypervisorError::call("KVM_SET_TSS_ADDR", e))?;
         self.fd.create_irq_chip().map_err(|e| HypervisorError::call("KVM_CREATE_IRQCHIP", e))?;
         let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
         self.fd.create_pit2(pit).map_err(|e| HypervisorError::call("KVM_CREATE_PIT2", e))
     }
 
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>> {
-        let fd = self.fd.create_vcpu(u64::from(id)).map_err(|e| HypervisorError::call("KVM_CREATE_VCPU", e))?;
+        let fd =
+            self.fd.create_vcpu(u64::from(id)).map_err(|e| HypervisorError::call("KVM_CREATE_VCPU", e))?;
         Ok(Box::new(KvmVcpu { fd }))
     }
 
@@ -218,7 +217,8 @@ impl Vcpu for KvmVcpu {
     }
 
     fn get_msrs(&self, indices: &[u32]) -> Result<Vec<MsrEntry>> {
-        let entries: Vec<MsrEntry> = indices.iter().map(|&index| MsrEntry { index, ..Default::default() }).collect();
+        let entries: Vec<MsrEntry> =
+            indices.iter().map(|&index| MsrEntry { index, ..Default::default() }).collect();
         let mut m = Msrs::from_entries(&entries).map_err(|_| {
             HypervisorError::call("KVM_GET_MSRS", std::io::Error::from(std::io::ErrorKind::InvalidInput))
         })?;

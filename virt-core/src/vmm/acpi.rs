@@ -7,12 +7,12 @@
 //! each of which costs many VM exits.
 
 use acpi_tables::aml;
-use acpi_tables::Aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{ACPI_END, ACPI_START, APIC_START, IOAPIC_START};
@@ -111,7 +111,8 @@ fn dsdt(devices: &[MmioDeviceInfo]) -> Result<Vec<u8>, AcpiError> {
 }
 
 fn madt(cpus: u8) -> Vec<u8> {
-    let mut madt = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(APIC_START as u32));
+    let mut madt =
+        MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(APIC_START as u32));
     for id in 0..cpus {
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
@@ -146,7 +147,11 @@ fn align(x: u64, a: u64) -> u64 {
 }
 
 /// Writes all tables into the ACPI window of guest memory and returns the RSDP's address.
-pub fn create_acpi_tables(mem: &GuestMemoryMmap, cpus: usize, devices: &[MmioDeviceInfo]) -> Result<u64, AcpiError> {
+pub fn create_acpi_tables(
+    mem: &GuestMemoryMmap,
+    cpus: usize,
+    devices: &[MmioDeviceInfo],
+) -> Result<u64, AcpiError> {
     let cpus = u8::try_from(cpus).map_err(|_| AcpiError::TooManyCpus(cpus))?;
     let rsdp_addr = ACPI_START;
     let dsdt_addr = align(rsdp_addr + Rsdp::len() as u64, 16);
@@ -174,7 +179,11 @@ pub fn create_acpi_tables(mem: &GuestMemoryMmap, cpus: usize, devices: &[MmioDev
         ("APIC", madt_addr, &madt),
         ("XSDT", xsdt_addr, &xsdt_bytes),
     ] {
-        mem.write_slice(bytes, GuestAddress(addr)).map_err(|source| AcpiError::Memory { table, addr, source })?;
+        mem.write_slice(bytes, GuestAddress(addr)).map_err(|source| AcpiError::Memory {
+            table,
+            addr,
+            source,
+        })?;
     }
     Ok(rsdp_addr)
 }

@@ -31,8 +31,8 @@ use self::devices::serial::{SerialDevice, COM1_GSI, COM1_PORT};
 use self::devices::virtio::block::Block;
 use self::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use self::devices::virtio::{VirtioDevice, VirtioInterrupt};
-use self::devices::{lock, Bus, ExitLatch};
 pub use self::devices::ExitReason;
+use self::devices::{lock, Bus, ExitLatch};
 use self::vcpu::VcpuControl;
 use crate::block::BlockBackend;
 use crate::hypervisor::{Hypervisor, HypervisorError, IoEventAddress, MemorySlot, Vm};
@@ -117,6 +117,7 @@ pub struct MicroVm {
     exit: Arc<ExitLatch>,
     boot: Option<BootInfo>,
     slots: Vec<MemorySlot>,
+    timings: Vec<(&'static str, std::time::Duration)>,
     // Kept alive for as long as the VM: the hypervisor holds their file descriptors' counterparts.
     _eventfds: Vec<Arc<EventFd>>,
 }
@@ -124,6 +125,7 @@ pub struct MicroVm {
 impl MicroVm {
     /// Builds memory, devices, ACPI tables, loads the payload and creates configured vCPUs.
     pub fn new(hv: &dyn Hypervisor, cfg: VmConfig) -> Result<Self, VmmError> {
+        let mut timer = PhaseTimer::new();
         if cfg.cpus == 0 {
             return Err(VmmError::Config("at least one vCPU is needed".into()));
         }
@@ -140,12 +142,17 @@ impl MicroVm {
             .into_iter()
             .map(|(a, s)| (GuestAddress(a), s as usize))
             .collect();
-        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmmError::Memory(format!("{e:?}")))?;
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmmError::Memory(format!("{e:?}")))?;
         let disk_count = cfg.disks.len() as u32;
         if disk_count > LAST_GSI - VIRTIO_FIRST_GSI + 1 {
-            return Err(VmmError::Config(format!("{disk_count} disks requested, at most {}", LAST_GSI - VIRTIO_FIRST_GSI + 1)));
+            return Err(VmmError::Config(format!(
+                "{disk_count} disks requested, at most {}",
+                LAST_GSI - VIRTIO_FIRST_GSI + 1
+            )));
         }
 
+        timer.mark("guest memory mapped");
         let vm = hv.create_vm()?;
         let mut slots = Vec::new();
         for (i, r) in mem.iter().enumerate() {
@@ -165,10 +172,12 @@ impl MicroVm {
             slots.push(slot);
         }
         vm.setup_arch()?;
+        timer.mark("VM created, memory slots and irqchip set");
 
         let exit = ExitLatch::new();
         let mut eventfds = Vec::new();
-        let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map(Arc::new).map_err(|e| VmmError::Io("eventfd", e));
+        let new_evt =
+            || EventFd::new(libc::EFD_NONBLOCK).map(Arc::new).map_err(|e| VmmError::Io("eventfd", e));
 
         // Legacy devices.
         let mut io_bus = Bus::new();
@@ -199,23 +208,29 @@ impl MicroVm {
                 eventfds.push(evt.clone());
             }
             eventfds.push(irq);
-            mmio_bus.insert(Arc::new(Mutex::new(transport)), base, layout::VIRTIO_MMIO_SIZE).map_err(dev_err)?;
+            mmio_bus
+                .insert(Arc::new(Mutex::new(transport)), base, layout::VIRTIO_MMIO_SIZE)
+                .map_err(dev_err)?;
             acpi_devs.push(acpi::MmioDeviceInfo { base, size: layout::VIRTIO_MMIO_SIZE, gsi });
         }
 
+        timer.mark("devices attached");
         let rsdp = acpi::create_acpi_tables(&mem, usize::from(cfg.cpus), &acpi_devs)?;
+        timer.mark("ACPI tables written");
         let (mode, entry, boot) = match &cfg.payload {
             Payload::Kernel(k) => {
                 let info = boot::load_kernel(&mem, mem_size, k, rsdp)?;
                 (info.mode, info.entry, Some(info))
             }
             Payload::Flat { image, load_addr, entry, mode } => {
-                mem.write_slice(image, GuestAddress(*load_addr))
-                    .map_err(|e| VmmError::Memory(format!("cannot place the flat image at {load_addr:#x}: {e}")))?;
+                mem.write_slice(image, GuestAddress(*load_addr)).map_err(|e| {
+                    VmmError::Memory(format!("cannot place the flat image at {load_addr:#x}: {e}"))
+                })?;
                 (*mode, *entry, None)
             }
         };
 
+        timer.mark("payload loaded");
         let supported = hv.supported_cpuid()?;
         let mut vcpus = Vec::new();
         for id in 0..cfg.cpus {
@@ -231,12 +246,30 @@ impl MicroVm {
             }
             vcpus.push(vcpu);
         }
-        Ok(Self { vm, mem, vcpus, io_bus, mmio_bus, serial, exit, boot, slots, _eventfds: eventfds })
+        timer.mark("vCPUs configured");
+        Ok(Self {
+            vm,
+            mem,
+            vcpus,
+            io_bus,
+            mmio_bus,
+            serial,
+            exit,
+            boot,
+            slots,
+            timings: timer.phases,
+            _eventfds: eventfds,
+        })
     }
 
     /// How the kernel was loaded (None for flat images).
     pub fn boot_info(&self) -> Option<&BootInfo> {
         self.boot.as_ref()
+    }
+
+    /// How long each phase of [`MicroVm::new`] took, in order (for boot-latency work).
+    pub fn build_timings(&self) -> &[(&'static str, std::time::Duration)] {
+        &self.timings
     }
 
     /// Guest memory (for embedders that inspect or prepare it before start).
@@ -246,7 +279,8 @@ impl MicroVm {
 
     /// Starts the vCPUs.
     pub fn start(self) -> Result<VmHandle, VmmError> {
-        vcpu::install_kick_handler().map_err(|e| VmmError::Io("installing the vCPU kick signal handler", e))?;
+        vcpu::install_kick_handler()
+            .map_err(|e| VmmError::Io("installing the vCPU kick signal handler", e))?;
         let ctl = VcpuControl::new();
         let started = Instant::now();
         for (id, v) in self.vcpus.into_iter().enumerate() {
@@ -265,6 +299,22 @@ impl MicroVm {
             _mmio_bus: self.mmio_bus,
             _eventfds: self._eventfds,
         })
+    }
+}
+
+struct PhaseTimer {
+    last: Instant,
+    phases: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl PhaseTimer {
+    fn new() -> Self {
+        Self { last: Instant::now(), phases: Vec::new() }
+    }
+    fn mark(&mut self, what: &'static str) {
+        let now = Instant::now();
+        self.phases.push((what, now - self.last));
+        self.last = now;
     }
 }
 

@@ -78,7 +78,11 @@ impl VcpuControl {
             if done(&st, n) {
                 break;
             }
-            st = self.cv.wait_timeout(st, Duration::from_millis(2)).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+            st = self
+                .cv
+                .wait_timeout(st, Duration::from_millis(2))
+                .map(|r| r.0)
+                .unwrap_or_else(|e| e.into_inner().0);
         }
     }
 

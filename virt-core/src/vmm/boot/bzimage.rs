@@ -146,7 +146,10 @@ pub fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>, BzImageError> {
     let start = hdr.kernel_offset() + u64::from(hdr.payload_offset);
     let end = start + u64::from(hdr.payload_length);
     if hdr.payload_length < 4 || end > bz.len() as u64 {
-        return Err(BzImageError::Truncated(format!("payload {start}..{end} lies beyond the file's {} bytes", bz.len())));
+        return Err(BzImageError::Truncated(format!(
+            "payload {start}..{end} lies beyond the file's {} bytes",
+            bz.len()
+        )));
     }
     let payload = &bz[start as usize..end as usize];
     // The kernel's build appends the decompressed size as the payload's last four bytes.
@@ -274,7 +277,9 @@ mod tests {
         let elf = [b"\x7fELF".as_slice(), &[7u8; 5000]].concat();
         assert_eq!(extract_vmlinux(&fake_bzimage(&xz(&elf))).unwrap(), elf);
         let mut gz = Vec::new();
-        flate2::read::GzEncoder::new(elf.as_slice(), flate2::Compression::fast()).read_to_end(&mut gz).unwrap();
+        flate2::read::GzEncoder::new(elf.as_slice(), flate2::Compression::fast())
+            .read_to_end(&mut gz)
+            .unwrap();
         gz.extend_from_slice(&(elf.len() as u32).to_le_bytes());
         assert_eq!(extract_vmlinux(&fake_bzimage(&gz)).unwrap(), elf);
     }

@@ -187,7 +187,11 @@ fn load_bzimage_pvh(mem: &GuestMemoryMmap, cfg: &KernelConfig, bz: &[u8]) -> Res
             let (elf_path, hit) = bzimage::cached_vmlinux(dir, bz).map_err(bz_err)?;
             let mut f = File::open(&elf_path).map_err(io_err(&elf_path))?;
             let mut l = load_elf(mem, &elf_path, &mut f)?;
-            l.how = format!("{} decompressed from bzImage ({})", l.how, if hit { "cached" } else { "now, cached" });
+            l.how = format!(
+                "{} decompressed from bzImage ({})",
+                l.how,
+                if hit { "cached" } else { "now, cached" }
+            );
             l
         }
         None => {
@@ -204,7 +208,11 @@ fn load_bzimage_pvh(mem: &GuestMemoryMmap, cfg: &KernelConfig, bz: &[u8]) -> Res
     Ok(loaded)
 }
 
-fn load_bzimage_linux64(mem: &GuestMemoryMmap, path: &Path, hdr: &bzimage::SetupHeader) -> Result<Loaded, BootError> {
+fn load_bzimage_linux64(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    hdr: &bzimage::SetupHeader,
+) -> Result<Loaded, BootError> {
     if !hdr.has_64bit_entry() {
         return Err(BootError::No64BitEntry(path.to_path_buf()));
     }
@@ -220,7 +228,10 @@ fn load_bzimage_linux64(mem: &GuestMemoryMmap, path: &Path, hdr: &bzimage::Setup
     })
 }
 
-fn load_kernel_image(mem: &GuestMemoryMmap, cfg: &KernelConfig) -> Result<(Loaded, Option<bzimage::SetupHeader>), BootError> {
+fn load_kernel_image(
+    mem: &GuestMemoryMmap,
+    cfg: &KernelConfig,
+) -> Result<(Loaded, Option<bzimage::SetupHeader>), BootError> {
     let path = &cfg.kernel;
     let mut f = File::open(path).map_err(io_err(path))?;
     let mut head = [0u8; 0x250];
@@ -246,7 +257,10 @@ fn load_kernel_image(mem: &GuestMemoryMmap, cfg: &KernelConfig) -> Result<(Loade
         match load_bzimage_pvh(mem, cfg, &bz) {
             Ok(l) => return Ok((l, Some(hdr))),
             Err(e) if cfg.boot_path == BootPath::Auto => {
-                log::info!("PVH boot of {} not possible ({e}); the guest will decompress its kernel", path.display());
+                log::info!(
+                    "PVH boot of {} not possible ({e}); the guest will decompress its kernel",
+                    path.display()
+                );
             }
             Err(e) => return Err(e),
         }
@@ -267,7 +281,12 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Loads kernel, initramfs and command line into `mem` and writes the boot structures (PVH start info
 /// or zero page) that point at them and at the ACPI tables (`rsdp`).
-pub fn load_kernel(mem: &GuestMemoryMmap, mem_size: u64, cfg: &KernelConfig, rsdp: u64) -> Result<BootInfo, BootError> {
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    cfg: &KernelConfig,
+    rsdp: u64,
+) -> Result<BootInfo, BootError> {
     let (loaded, bz_hdr) = load_kernel_image(mem, cfg)?;
 
     // Command line.
@@ -276,7 +295,10 @@ pub fn load_kernel(mem: &GuestMemoryMmap, mem_size: u64, cfg: &KernelConfig, rsd
         _ => CMDLINE_MAX_SIZE - 1,
     };
     if cfg.cmdline.len() > max {
-        return Err(BootError::Cmdline(format!("{} bytes, the kernel takes at most {max}", cfg.cmdline.len())));
+        return Err(BootError::Cmdline(format!(
+            "{} bytes, the kernel takes at most {max}",
+            cfg.cmdline.len()
+        )));
     }
     if cfg.cmdline.contains('\0') {
         return Err(BootError::Cmdline("contains a NUL byte".into()));
@@ -324,11 +346,15 @@ pub fn load_kernel(mem: &GuestMemoryMmap, mem_size: u64, cfg: &KernelConfig, rsd
             if let Some((paddr, size)) = initrd {
                 info.nr_modules = 1;
                 info.modlist_paddr = PVH_MODLIST_START;
-                mem.write_obj(hvm_modlist_entry { paddr, size, ..Default::default() }, GuestAddress(PVH_MODLIST_START))
-                    .map_err(|source| BootError::Memory { what: "PVH module list", source })?;
+                mem.write_obj(
+                    hvm_modlist_entry { paddr, size, ..Default::default() },
+                    GuestAddress(PVH_MODLIST_START),
+                )
+                .map_err(|source| BootError::Memory { what: "PVH module list", source })?;
             }
             for (i, e) in e820.iter().enumerate() {
-                let entry = hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind as u32, reserved: 0 };
+                let entry =
+                    hvm_memmap_table_entry { addr: e.addr, size: e.size, type_: e.kind as u32, reserved: 0 };
                 mem.write_obj(entry, GuestAddress(PVH_MEMMAP_START + 24 * i as u64))
                     .map_err(|source| BootError::Memory { what: "PVH memory map", source })?;
             }

@@ -56,7 +56,7 @@ pub fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The hidden part of a segment register as loaded from GDT descriptor `entry` at `index`.
 pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let raw_limit = (((entry >> 32) & 0x000f_0000) | (entry & 0x0000_ffff)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     let limit = if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit };
@@ -107,7 +107,8 @@ pub fn setup_sregs(
         mem.write_obj(*e, GuestAddress(GDT_START + 8 * i as u64))
             .map_err(|source| RegsError::Memory { what: "GDT", source })?;
     }
-    mem.write_obj(0u64, GuestAddress(IDT_START)).map_err(|source| RegsError::Memory { what: "IDT", source })?;
+    mem.write_obj(0u64, GuestAddress(IDT_START))
+        .map_err(|source| RegsError::Memory { what: "IDT", source })?;
 
     let code = segment_from_gdt(gdt[1], 1);
     let data = segment_from_gdt(gdt[2], 2);
@@ -156,7 +157,9 @@ fn setup_identity_page_tables(mem: &GuestMemoryMmap) -> Result<(), RegsError> {
 /// The general-purpose registers at the kernel's entry point.
 pub fn boot_regs(mode: EntryMode, entry: u64) -> StandardRegisters {
     match mode {
-        EntryMode::Pvh => StandardRegisters { rflags: 0x2, rip: entry, rbx: PVH_INFO_START, ..Default::default() },
+        EntryMode::Pvh => {
+            StandardRegisters { rflags: 0x2, rip: entry, rbx: PVH_INFO_START, ..Default::default() }
+        }
         EntryMode::Linux64 => StandardRegisters {
             rflags: 0x2,
             rip: entry,

@@ -57,11 +57,7 @@ impl BusDevice for AcpiPm {
         let Some(&v) = data.first() else { return };
         match offset {
             // Sleep control: SLP_TYP in bits 2..5, SLP_EN in bit 5.
-            0 => {
-                if v & (1 << 5) != 0 && (v >> 2) & 0x7 == S5_SLP_TYP {
-                    self.exit.set(ExitReason::PowerOff);
-                }
-            }
+            0 if v & (1 << 5) != 0 && (v >> 2) & 0x7 == S5_SLP_TYP => self.exit.set(ExitReason::PowerOff),
             2 if v == RESET_VALUE => self.exit.set(ExitReason::Reset),
             _ => {}
         }

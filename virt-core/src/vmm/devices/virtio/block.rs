@@ -257,15 +257,21 @@ impl Worker {
     }
 
     /// Runs one request; returns the number of bytes written into the guest's buffers.
-    fn handle(&mut self, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> Result<u32, RequestError> {
+    fn handle(
+        &mut self,
+        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    ) -> Result<u32, RequestError> {
         let mem = &self.mem.clone();
-        let mut reader = chain.clone().reader(mem).map_err(|_| RequestError::Malformed("bad descriptor chain"))?;
+        let mut reader =
+            chain.clone().reader(mem).map_err(|_| RequestError::Malformed("bad descriptor chain"))?;
         let mut writer = chain.writer(mem).map_err(|_| RequestError::Malformed("bad descriptor chain"))?;
         if writer.available_bytes() == 0 {
             // Nowhere to put the status byte: nothing can be reported back.
             return Err(RequestError::Malformed("no writable status byte"));
         }
-        let mut status_writer = writer.split_at(writer.available_bytes() - 1).map_err(|_| RequestError::Malformed("status split"))?;
+        let mut status_writer = writer
+            .split_at(writer.available_bytes() - 1)
+            .map_err(|_| RequestError::Malformed("status split"))?;
         let status = match self.run_request(&mut reader, &mut writer) {
             Ok(()) => VIRTIO_BLK_S_OK,
             Err(RequestError::Malformed("unsupported request type")) => VIRTIO_BLK_S_UNSUPP,
@@ -286,7 +292,8 @@ impl Worker {
         let mut hdr = [0u8; 16];
         reader.read_exact(&mut hdr).map_err(|_| RequestError::Malformed("short request header"))?;
         let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-        let sector = u64::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15]]);
+        let sector =
+            u64::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15]]);
         let offset = sector.checked_mul(SECTOR_SIZE).ok_or(RequestError::Malformed("sector out of range"))?;
         match kind {
             VIRTIO_BLK_T_IN => {
@@ -342,6 +349,190 @@ impl Worker {
         match offset.checked_add(len as u64) {
             Some(end) if end <= self.backend.size() => Ok(()),
             _ => Err(BlockError::OutOfRange { offset, len: len as u64, size: self.backend.size() }.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::MemDisk;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    /// A chain of (addr, len, device-writable) descriptors at the start of the table.
+    fn chain(descs: &[(u64, u32, bool)]) -> Vec<RawDescriptor> {
+        descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, w))| {
+                let mut flags = if w { VRING_DESC_F_WRITE as u16 } else { 0 };
+                if i + 1 < descs.len() {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                RawDescriptor::from(Descriptor::new(addr, len, flags, (i + 1) as u16))
+            })
+            .collect()
+    }
+
+    fn header(m: &GuestMemoryMmap, kind: u32, sector: u64) {
+        m.write_obj(kind, GuestAddress(0x1000)).unwrap();
+        m.write_obj(0u32, GuestAddress(0x1004)).unwrap();
+        m.write_obj(sector, GuestAddress(0x1008)).unwrap();
+    }
+
+    struct Run {
+        status: u8,
+        used_len: u32,
+        irq: u32,
+    }
+
+    fn run(m: &GuestMemoryMmap, disk: Arc<dyn BlockBackend>, descs: &[RawDescriptor]) -> Run {
+        let vq = MockSplitQueue::new(m, 16);
+        vq.add_desc_chains(descs, 0).unwrap();
+        let q: Queue = vq.create_queue().unwrap();
+        let evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let int = VirtioInterrupt::new(evt);
+        m.write_obj(0xaau8, GuestAddress(0x3000)).unwrap();
+        let mut w = Worker::new(disk, m.clone(), q, int.clone());
+        assert_eq!(w.process_queue(), 1);
+        let used = vq.used().ring().ref_at(0).unwrap().load();
+        Run { status: m.read_obj(GuestAddress(0x3000)).unwrap(), used_len: used.len(), irq: int.status() }
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 512) as u8).collect()
+    }
+
+    #[test]
+    fn read_copies_sectors_into_guest_buffers() {
+        let m = mem();
+        let disk = Arc::new(MemDisk::from_bytes(pattern(8192), true));
+        header(&m, VIRTIO_BLK_T_IN, 2);
+        // Data split over two descriptors, then the status byte.
+        let r = run(
+            &m,
+            disk,
+            &chain(&[(0x1000, 16, false), (0x2000, 512, true), (0x2800, 512, true), (0x3000, 1, true)]),
+        );
+        assert_eq!((r.status, r.used_len, r.irq & INT_USED_RING), (VIRTIO_BLK_S_OK, 1025, INT_USED_RING));
+        let mut a = vec![0u8; 512];
+        let mut b = vec![0u8; 512];
+        m.read_slice(&mut a, GuestAddress(0x2000)).unwrap();
+        m.read_slice(&mut b, GuestAddress(0x2800)).unwrap();
+        assert_eq!([a, b].concat(), pattern(8192)[1024..2048]);
+    }
+
+    #[test]
+    fn write_and_flush_reach_the_backend() {
+        let m = mem();
+        let disk = Arc::new(MemDisk::new(4096, false));
+        m.write_slice(&[0x5a; 1024], GuestAddress(0x2000)).unwrap();
+        header(&m, VIRTIO_BLK_T_OUT, 1);
+        let r =
+            run(&m, disk.clone(), &chain(&[(0x1000, 16, false), (0x2000, 1024, false), (0x3000, 1, true)]));
+        assert_eq!((r.status, r.used_len), (VIRTIO_BLK_S_OK, 1));
+        assert_eq!(&disk.contents()[512..1536], &[0x5a; 1024][..]);
+        assert_eq!(disk.contents()[0], 0);
+        header(&m, VIRTIO_BLK_T_FLUSH, 0);
+        let r = run(&m, disk.clone(), &chain(&[(0x1000, 16, false), (0x3000, 1, true)]));
+        assert_eq!(r.status, VIRTIO_BLK_S_OK);
+        assert_eq!(disk.flush_count(), 1);
+    }
+
+    #[test]
+    fn refused_requests_report_errors_and_change_nothing() {
+        let m = mem();
+        let ro = Arc::new(MemDisk::new(4096, true));
+        header(&m, VIRTIO_BLK_T_OUT, 0);
+        let r = run(&m, ro.clone(), &chain(&[(0x1000, 16, false), (0x2000, 512, false), (0x3000, 1, true)]));
+        assert_eq!(r.status, VIRTIO_BLK_S_IOERR);
+        assert!(ro.contents().iter().all(|b| *b == 0));
+        // Beyond the end of the disk.
+        header(&m, VIRTIO_BLK_T_IN, 8);
+        let r = run(&m, ro.clone(), &chain(&[(0x1000, 16, false), (0x2000, 512, true), (0x3000, 1, true)]));
+        assert_eq!(r.status, VIRTIO_BLK_S_IOERR);
+        // A sector number whose byte offset overflows.
+        header(&m, VIRTIO_BLK_T_IN, u64::MAX / 256);
+        let r = run(&m, ro.clone(), &chain(&[(0x1000, 16, false), (0x2000, 512, true), (0x3000, 1, true)]));
+        assert_eq!(r.status, VIRTIO_BLK_S_IOERR);
+        // Not a multiple of the sector size.
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        let r = run(&m, ro.clone(), &chain(&[(0x1000, 16, false), (0x2000, 100, true), (0x3000, 1, true)]));
+        assert_eq!(r.status, VIRTIO_BLK_S_IOERR);
+        // Unknown request type.
+        header(&m, 77, 0);
+        let r = run(&m, ro, &chain(&[(0x1000, 16, false), (0x3000, 1, true)]));
+        assert_eq!(r.status, VIRTIO_BLK_S_UNSUPP);
+    }
+
+    #[test]
+    fn get_id_returns_the_backend_id() {
+        let m = mem();
+        header(&m, VIRTIO_BLK_T_GET_ID, 0);
+        let r = run(
+            &m,
+            Arc::new(MemDisk::new(512, true)),
+            &chain(&[(0x1000, 16, false), (0x2000, 20, true), (0x3000, 1, true)]),
+        );
+        assert_eq!((r.status, r.used_len), (VIRTIO_BLK_S_OK, 21));
+        let mut id = [0u8; 7];
+        m.read_slice(&mut id, GuestAddress(0x2000)).unwrap();
+        assert_eq!(&id, b"memdisk");
+    }
+
+    #[test]
+    fn hostile_chains_are_completed_without_panics() {
+        let m = mem();
+        let disk: Arc<dyn BlockBackend> = Arc::new(MemDisk::new(4096, false));
+        header(&m, VIRTIO_BLK_T_IN, 0);
+        // No writable descriptor: nowhere to put a status.
+        let vq = MockSplitQueue::new(&m, 16);
+        vq.add_desc_chains(&chain(&[(0x1000, 16, false)]), 0).unwrap();
+        let evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut w =
+            Worker::new(disk.clone(), m.clone(), vq.create_queue().unwrap(), VirtioInterrupt::new(evt));
+        assert_eq!(w.process_queue(), 1);
+        assert_eq!(vq.used().ring().ref_at(0).unwrap().load().len(), 0);
+        // A buffer claiming 4 GiB past the end of guest memory.
+        let vq = MockSplitQueue::new(&m, 16);
+        vq.add_desc_chains(&chain(&[(0x1000, 16, false), (0xf_0000, u32::MAX, true), (0x3000, 1, true)]), 0)
+            .unwrap();
+        let evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut w =
+            Worker::new(disk.clone(), m.clone(), vq.create_queue().unwrap(), VirtioInterrupt::new(evt));
+        assert_eq!(w.process_queue(), 1);
+        // A short header.
+        let r = run(&m, disk, &chain(&[(0x1000, 8, false), (0x3000, 1, true)]));
+        assert_eq!(r.status, VIRTIO_BLK_S_IOERR);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn random_descriptor_tables_never_panic(
+            descs in proptest::collection::vec((0u64..0x12_0000, 0u32..0x3_0000, 0u16..8, 0u16..20), 1..16),
+            kind in 0u32..10,
+            sector in 0u64..32,
+        ) {
+            let m = mem();
+            header(&m, kind, sector);
+            let raw: Vec<RawDescriptor> =
+                descs.iter().map(|&(a, l, f, n)| RawDescriptor::from(Descriptor::new(a, l, f, n))).collect();
+            let vq = MockSplitQueue::new(&m, 16);
+            if vq.add_desc_chains(&raw, 0).is_ok() {
+                if let Ok(q) = vq.create_queue::<Queue>() {
+                    let evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+                    let disk: Arc<dyn BlockBackend> = Arc::new(MemDisk::new(8192, false));
+                    let mut w = Worker::new(disk, m.clone(), q, VirtioInterrupt::new(evt));
+                    w.process_queue();
+                }
+            }
         }
     }
 }

@@ -201,7 +201,8 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Some(v) = u32_of(data) else { return };
-        let driver_ready = self.status & (STATUS_ACKNOWLEDGE | STATUS_DRIVER) == STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+        let driver_ready =
+            self.status & (STATUS_ACKNOWLEDGE | STATUS_DRIVER) == STATUS_ACKNOWLEDGE | STATUS_DRIVER;
         match offset {
             0x14 => self.device_features_sel = v,
             0x20 if driver_ready && self.status & STATUS_FEATURES_OK == 0 => match self.driver_features_sel {
@@ -229,5 +230,120 @@ impl BusDevice for MmioTransport {
             0xa4 => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
             _ => log::debug!("virtio-mmio: write to unknown register {offset:#x}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::devices::virtio::ActivateError;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use vm_memory::GuestAddress;
+
+    struct Dummy(Arc<AtomicUsize>);
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            (1 << VIRTIO_F_VERSION_1) | 1
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            super::super::read_config_bytes(&[1, 2, 3, 4], offset, data);
+        }
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(
+            &mut self,
+            _: GuestMemoryMmap,
+            _: Arc<VirtioInterrupt>,
+            features: u64,
+            queues: Vec<(Queue, Arc<EventFd>)>,
+        ) -> Result<(), ActivateError> {
+            assert_eq!(features, 1 << VIRTIO_F_VERSION_1);
+            self.0.fetch_add(queues.len(), Ordering::SeqCst);
+            Ok(())
+        }
+        fn reset(&mut self) -> bool {
+            true
+        }
+    }
+
+    fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut d = [0u8; 4];
+        t.read(off, &mut d);
+        u32::from_le_bytes(d)
+    }
+    fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn transport(activated: Arc<AtomicUsize>) -> MmioTransport {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let irq = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        MmioTransport::new(Box::new(Dummy(activated)), mem, VirtioInterrupt::new(irq)).unwrap()
+    }
+
+    #[test]
+    fn driver_handshake_activates_the_device() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let mut t = transport(n.clone());
+        assert_eq!((rd(&mut t, 0), rd(&mut t, 4), rd(&mut t, 8)), (MAGIC, 2, 42));
+        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(&mut t, 0x14, 1);
+        assert_eq!(rd(&mut t, 0x10), 1); // VERSION_1 is bit 32
+        wr(&mut t, 0x24, 1);
+        wr(&mut t, 0x20, 1);
+        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        assert_ne!(rd(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
+        wr(&mut t, 0x30, 0);
+        assert_eq!(rd(&mut t, 0x34), 16);
+        wr(&mut t, 0x38, 16);
+        wr(&mut t, 0x80, 0x1000);
+        wr(&mut t, 0x90, 0x2000);
+        wr(&mut t, 0xa0, 0x3000);
+        wr(&mut t, 0x44, 1);
+        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        assert_eq!(rd(&mut t, 0x70) & STATUS_FAILED, 0);
+        let mut cfg = [0u8; 2];
+        t.read(0x102, &mut cfg);
+        assert_eq!(cfg, [3, 4]);
+        // Reset returns the transport to its initial state.
+        wr(&mut t, 0x70, 0);
+        assert_eq!(rd(&mut t, 0x70), 0);
+        assert_eq!(rd(&mut t, 0x44), 0);
+    }
+
+    #[test]
+    fn features_without_version_1_are_refused() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let mut t = transport(n.clone());
+        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(&mut t, 0x24, 0);
+        wr(&mut t, 0x20, 1);
+        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        assert_eq!(rd(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
+        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn queue_outside_guest_memory_fails_the_device() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let mut t = transport(n.clone());
+        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(&mut t, 0x24, 1);
+        wr(&mut t, 0x20, 1);
+        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        wr(&mut t, 0x38, 16);
+        wr(&mut t, 0x80, 0xffff_0000);
+        wr(&mut t, 0x84, 0xffff);
+        wr(&mut t, 0x44, 1);
+        wr(&mut t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        assert_ne!(rd(&mut t, 0x70) & STATUS_FAILED, 0);
+        assert_eq!(n.load(Ordering::SeqCst), 0);
     }
 }

@@ -90,6 +90,11 @@ pub trait VirtioDevice: Send {
 /// Reads `data.len()` bytes at `offset` from a configuration space image, padding with zeros.
 pub fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {
     for (i, b) in data.iter_mut().enumerate() {
-        *b = usize::try_from(offset).ok().and_then(|o| o.checked_add(i)).and_then(|o| space.get(o)).copied().unwrap_or(0);
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| space.get(o))
+            .copied()
+            .unwrap_or(0);
     }
 }
