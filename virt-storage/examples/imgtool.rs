@@ -16,42 +16,50 @@ use virt_storage::format::{
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let r: Result<(), Box<dyn std::error::Error>> = (|| {
-        match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-            ["info", img] => {
-                let f = detect_path(Path::new(img))?;
-                println!("format: {f}");
-                if f.name() == "qcow2" {
+    let r: Result<(), Box<dyn std::error::Error>> =
+        (|| {
+            match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                ["info", img] => {
+                    let f = detect_path(Path::new(img))?;
+                    println!("format: {f}");
+                    if f.name() == "qcow2" {
+                        let q = Qcow2::open(Path::new(img), &Qcow2OpenOptions::default())?;
+                        println!("{:#?}", q.header());
+                    }
+                }
+                ["check", img] => {
                     let q = Qcow2::open(Path::new(img), &Qcow2OpenOptions::default())?;
-                    println!("{:#?}", q.header());
+                    let r = q.check()?;
+                    println!("{r:#?}");
+                    if !r.is_clean() {
+                        return Err("image has errors or leaks".into());
+                    }
                 }
-            }
-            ["check", img] => {
-                let q = Qcow2::open(Path::new(img), &Qcow2OpenOptions::default())?;
-                let r = q.check()?;
-                println!("{r:#?}");
-                if !r.is_clean() {
-                    return Err("image has errors or leaks".into());
+                ["convert", "-O", fmt, src, dst] | ["convert", src, dst, "-O", fmt] => {
+                    let output = match *fmt {
+                        "raw" => OutputFormat::Raw,
+                        "qcow2" => OutputFormat::Qcow2 { cluster_bits: 16 },
+                        other => return Err(format!("unknown output format {other}").into()),
+                    };
+                    let st = convert(
+                        Path::new(src),
+                        Path::new(dst),
+                        &ConvertOptions { output, ..Default::default() },
+                    )?;
+                    println!("{st:?}");
                 }
+                ["convert", src, dst] => {
+                    let st = convert(Path::new(src), Path::new(dst), &ConvertOptions::default())?;
+                    println!("{st:?}");
+                }
+                ["sparse-copy", src, dst] => println!("{:?}", sparse_copy(Path::new(src), Path::new(dst))?),
+                _ => return Err(
+                    "usage: imgtool info|check IMAGE | convert [-O raw|qcow2] SRC DST | sparse-copy SRC DST"
+                        .into(),
+                ),
             }
-            ["convert", "-O", fmt, src, dst] | ["convert", src, dst, "-O", fmt] => {
-                let output = match *fmt {
-                    "raw" => OutputFormat::Raw,
-                    "qcow2" => OutputFormat::Qcow2 { cluster_bits: 16 },
-                    other => return Err(format!("unknown output format {other}").into()),
-                };
-                let st = convert(Path::new(src), Path::new(dst), &ConvertOptions { output, ..Default::default() })?;
-                println!("{st:?}");
-            }
-            ["convert", src, dst] => {
-                let st = convert(Path::new(src), Path::new(dst), &ConvertOptions::default())?;
-                println!("{st:?}");
-            }
-            ["sparse-copy", src, dst] => println!("{:?}", sparse_copy(Path::new(src), Path::new(dst))?),
-            _ => return Err("usage: imgtool info|check IMAGE | convert [-O raw|qcow2] SRC DST | sparse-copy SRC DST".into()),
-        }
-        Ok(())
-    })();
+            Ok(())
+        })();
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

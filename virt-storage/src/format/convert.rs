@@ -44,11 +44,14 @@ pub struct ConvertOptions {
     pub sparse: bool,
     /// Copy buffer size in bytes (rounded to a multiple of 2 MiB, at least 2 MiB).
     pub buffer_size: usize,
+    /// Make the destination durable (`fdatasync`) before returning. `qemu-img convert` does not by
+    /// default (its `-t unsafe` cache mode); an import that reports success should.
+    pub sync: bool,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        Self { output: OutputFormat::Raw, sparse: true, buffer_size: 8 << 20 }
+        Self { output: OutputFormat::Raw, sparse: true, buffer_size: 8 << 20, sync: true }
     }
 }
 
@@ -231,16 +234,20 @@ impl Sink {
         }
     }
 
-    fn finish(self, size: u64) -> Result<(), FormatError> {
+    fn finish(self, size: u64, sync: bool) -> Result<(), FormatError> {
         match self {
             Sink::Raw { file, path, regular } => {
                 if regular {
                     file.set_len(size).map_err(|e| FormatError::io(&path, "setting size", e))?;
                 }
-                file.sync_data().map_err(|e| FormatError::io(&path, "syncing", e))
+                if sync {
+                    file.sync_data().map_err(|e| FormatError::io(&path, "syncing", e))?;
+                }
+                Ok(())
             }
             Sink::Qcow2(q) => {
                 q.resize(size)?;
+                // Metadata must be written back either way; the flush also syncs.
                 q.flush_image()
             }
         }
@@ -294,7 +301,7 @@ pub fn convert_image(
         st.bytes_written += sink.write_data(off, b, skip, granule)?;
         off += n as u64;
     }
-    sink.finish(size)?;
+    sink.finish(size, opts.sync)?;
     Ok(st)
 }
 
@@ -334,6 +341,6 @@ pub fn convert_stream(
         off += n as u64;
     }
     st.virtual_size = off;
-    sink.finish(off)?;
+    sink.finish(off, opts.sync)?;
     Ok(st)
 }
