@@ -44,6 +44,9 @@ struct Args {
     /// Do not cache decompressed kernels.
     #[arg(long)]
     no_kernel_cache: bool,
+    /// Only decompress the kernel into the cache (no VM, no /dev/kvm needed) and print the cached path.
+    #[arg(long)]
+    prepare_kernel: bool,
 }
 
 fn parse_disk(spec: &str) -> Result<Arc<dyn BlockBackend>, String> {
@@ -130,6 +133,7 @@ fn monotonic_ns() -> u128 {
 
 fn run(args: Args) -> Result<ExitReason, String> {
     let main_start = std::time::Instant::now();
+    let prepare_only = args.prepare_kernel;
     let disks = args.disks.iter().map(|d| parse_disk(d)).collect::<Result<Vec<_>, _>>()?;
     for p in std::iter::once(&args.kernel).chain(args.initramfs.iter()) {
         if !p.is_file() {
@@ -143,6 +147,13 @@ fn run(args: Args) -> Result<ExitReason, String> {
         boot_path: args.boot_path,
         cache_dir: if args.no_kernel_cache { None } else { args.kernel_cache.or_else(default_cache) },
     };
+    if prepare_only {
+        match virt_core::vmm::boot::prepare_kernel(&kernel).map_err(|e| e.to_string())? {
+            Some(p) => println!("{}", p.display()),
+            None => eprintln!("virt-launcher: nothing to prepare (not a bzImage, or no kernel cache)"),
+        }
+        return Ok(ExitReason::PowerOff);
+    }
     let hv = KvmHypervisor::new().map_err(|e| e.to_string())?;
     let cfg = VmConfig {
         memory_mib: args.memory,
@@ -200,7 +211,19 @@ fn run(args: Args) -> Result<ExitReason, String> {
             std::thread::sleep(std::time::Duration::from_micros(200));
         });
     }
-    Ok(handle.wait())
+    let reason = handle.wait();
+    if trace {
+        eprintln!(
+            "virt-launcher: VM ended ({reason:?}) at monotonic {} ns ({:.3} ms after main)",
+            monotonic_ns(),
+            main_start.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    drop(handle);
+    if trace {
+        eprintln!("virt-launcher: torn down {:.3} ms after main", main_start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(reason)
 }
 
 fn main() -> ExitCode {

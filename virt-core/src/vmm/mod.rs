@@ -15,6 +15,7 @@ pub mod boot;
 pub mod cpuid;
 pub mod devices;
 pub mod layout;
+pub mod memory;
 pub mod vcpu;
 
 use std::io::Write;
@@ -120,6 +121,8 @@ pub struct MicroVm {
     timings: Vec<(&'static str, std::time::Duration)>,
     // Kept alive for as long as the VM: the hypervisor holds their file descriptors' counterparts.
     _eventfds: Vec<Arc<EventFd>>,
+    // Declared last: dropped after every device and thread that uses guest memory.
+    _ram: Arc<memory::GuestRam>,
 }
 
 impl MicroVm {
@@ -137,13 +140,8 @@ impl MicroVm {
             .memory_mib
             .checked_mul(1 << 20)
             .ok_or_else(|| VmmError::Config(format!("{} MiB of memory is too large", cfg.memory_mib)))?;
-        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
-            .map_err(|e| VmmError::Config(e.to_string()))?
-            .into_iter()
-            .map(|(a, s)| (GuestAddress(a), s as usize))
-            .collect();
-        let mem =
-            GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| VmmError::Memory(format!("{e:?}")))?;
+        let ranges = layout::ram_regions(mem_size).map_err(|e| VmmError::Config(e.to_string()))?;
+        let (mem, ram) = memory::create(&ranges).map_err(|e| VmmError::Memory(e.to_string()))?;
         let disk_count = cfg.disks.len() as u32;
         if disk_count > LAST_GSI - VIRTIO_FIRST_GSI + 1 {
             return Err(VmmError::Config(format!(
@@ -259,6 +257,7 @@ impl MicroVm {
             slots,
             timings: timer.phases,
             _eventfds: eventfds,
+            _ram: ram,
         })
     }
 
@@ -298,6 +297,7 @@ impl MicroVm {
             _io_bus: self.io_bus,
             _mmio_bus: self.mmio_bus,
             _eventfds: self._eventfds,
+            _ram: self._ram,
         })
     }
 }
@@ -330,6 +330,8 @@ pub struct VmHandle {
     _io_bus: Bus,
     _mmio_bus: Bus,
     _eventfds: Vec<Arc<EventFd>>,
+    // Declared last: dropped after every device and thread that uses guest memory.
+    _ram: Arc<memory::GuestRam>,
 }
 
 impl VmHandle {

@@ -8,6 +8,7 @@
 //! - **Linux 64-bit**: a bzImage is entered at `startup_64` with a zero page, and decompresses itself.
 
 pub mod bzimage;
+pub mod elf;
 pub mod regs;
 
 use std::fs::File;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
-use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use linux_loader::loader::{BzImage, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use self::regs::EntryMode;
@@ -154,24 +155,25 @@ struct Loaded {
     how: String,
 }
 
-fn load_elf<F: Read + vm_memory::ReadVolatile + Seek>(
+fn load_elf(
     mem: &GuestMemoryMmap,
+    mem_size: u64,
     path: &Path,
-    image: &mut F,
+    src: elf::Source<'_>,
 ) -> Result<Loaded, BootError> {
-    let r = Elf::load(mem, None, image, Some(GuestAddress(HIMEM_START)))
+    let r = elf::load(mem, mem_size, src)
         .map_err(|e| BootError::Load { path: path.to_path_buf(), reason: e.to_string() })?;
-    Ok(match r.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(a) => Loaded {
+    Ok(match r.pvh_entry {
+        Some(a) => Loaded {
             mode: EntryMode::Pvh,
-            entry: a.0,
+            entry: a,
             kernel_end: r.kernel_end,
             setup_header: None,
             how: "PVH entry of ELF vmlinux".into(),
         },
-        _ => Loaded {
+        None => Loaded {
             mode: EntryMode::Linux64,
-            entry: r.kernel_load.0,
+            entry: r.entry,
             kernel_end: r.kernel_end,
             setup_header: None,
             how: "64-bit entry of ELF vmlinux".into(),
@@ -179,14 +181,19 @@ fn load_elf<F: Read + vm_memory::ReadVolatile + Seek>(
     })
 }
 
-fn load_bzimage_pvh(mem: &GuestMemoryMmap, cfg: &KernelConfig, bz: &[u8]) -> Result<Loaded, BootError> {
+fn load_bzimage_pvh(
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+    cfg: &KernelConfig,
+    bz: &[u8],
+) -> Result<Loaded, BootError> {
     let path = &cfg.kernel;
     let bz_err = |source| BootError::BzImage { path: path.clone(), source };
     let mut loaded = match &cfg.cache_dir {
         Some(dir) => {
             let (elf_path, hit) = bzimage::cached_vmlinux(dir, bz).map_err(bz_err)?;
-            let mut f = File::open(&elf_path).map_err(io_err(&elf_path))?;
-            let mut l = load_elf(mem, &elf_path, &mut f)?;
+            let f = File::open(&elf_path).map_err(io_err(&elf_path))?;
+            let mut l = load_elf(mem, mem_size, &elf_path, elf::Source::File(&f))?;
             l.how = format!(
                 "{} decompressed from bzImage ({})",
                 l.how,
@@ -196,8 +203,8 @@ fn load_bzimage_pvh(mem: &GuestMemoryMmap, cfg: &KernelConfig, bz: &[u8]) -> Res
         }
         None => {
             let elf = bzimage::extract_vmlinux(bz).map_err(bz_err)?;
-            let mut l = load_elf(mem, path, &mut std::io::Cursor::new(elf))?;
-            l.how = format!("{} decompressed from bzImage (in memory)", l.how);
+            let mut l = load_elf(mem, mem_size, path, elf::Source::Bytes(&elf))?;
+            l.how = format!("bzImage decompressed on the host (in memory), {}", l.how);
             l
         }
     };
@@ -230,6 +237,7 @@ fn load_bzimage_linux64(
 
 fn load_kernel_image(
     mem: &GuestMemoryMmap,
+    mem_size: u64,
     cfg: &KernelConfig,
 ) -> Result<(Loaded, Option<bzimage::SetupHeader>), BootError> {
     let path = &cfg.kernel;
@@ -238,7 +246,7 @@ fn load_kernel_image(
     let n = read_up_to(&mut f, &mut head).map_err(io_err(path))?;
     let head = &head[..n];
     if head.starts_with(b"\x7fELF") {
-        let l = load_elf(mem, path, &mut f)?;
+        let l = load_elf(mem, mem_size, path, elf::Source::File(&f))?;
         if cfg.boot_path == BootPath::Pvh && l.mode != EntryMode::Pvh {
             return Err(BootError::NoPvh(path.clone()));
         }
@@ -254,7 +262,7 @@ fn load_kernel_image(
         let mut bz = Vec::with_capacity(len as usize);
         f.rewind().map_err(io_err(path))?;
         f.read_to_end(&mut bz).map_err(io_err(path))?;
-        match load_bzimage_pvh(mem, cfg, &bz) {
+        match load_bzimage_pvh(mem, mem_size, cfg, &bz) {
             Ok(l) => return Ok((l, Some(hdr))),
             Err(e) if cfg.boot_path == BootPath::Auto => {
                 log::info!(
@@ -279,6 +287,26 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Fills the decompressed-kernel cache for `cfg.kernel` ahead of a boot (no hypervisor needed), so
+/// that the first boot is as fast as later ones. Returns the cached ELF's path, or `None` when the
+/// kernel is not a bzImage or no cache directory is configured.
+pub fn prepare_kernel(cfg: &KernelConfig) -> Result<Option<PathBuf>, BootError> {
+    let Some(dir) = &cfg.cache_dir else { return Ok(None) };
+    let bz = std::fs::read(&cfg.kernel).map_err(io_err(&cfg.kernel))?;
+    if bz.starts_with(b"\x7fELF") {
+        return Ok(None);
+    }
+    if bzimage::SetupHeader::parse(&bz).is_err() {
+        return Err(BootError::NotAKernel {
+            path: cfg.kernel.clone(),
+            head: bz[..bz.len().min(16)].to_vec(),
+        });
+    }
+    let (p, _) = bzimage::cached_vmlinux(dir, &bz)
+        .map_err(|source| BootError::BzImage { path: cfg.kernel.clone(), source })?;
+    Ok(Some(p))
+}
+
 /// Loads kernel, initramfs and command line into `mem` and writes the boot structures (PVH start info
 /// or zero page) that point at them and at the ACPI tables (`rsdp`).
 pub fn load_kernel(
@@ -287,7 +315,7 @@ pub fn load_kernel(
     cfg: &KernelConfig,
     rsdp: u64,
 ) -> Result<BootInfo, BootError> {
-    let (loaded, bz_hdr) = load_kernel_image(mem, cfg)?;
+    let (loaded, bz_hdr) = load_kernel_image(mem, mem_size, cfg)?;
 
     // Command line.
     let max = match (loaded.mode, bz_hdr) {
