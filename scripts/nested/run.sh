@@ -93,7 +93,7 @@ echo "run.sh: L1 (TCG, ${smp} vCPU, ${mem} MiB), initrd $(du -h "$work/initrd" |
 start=$(date +%s.%N)
 set +e
 # -nographic puts L1's serial console on stdio; stdin is closed so nothing waits for a terminal.
-timeout -k 10 "$timeout" "$QEMU" -accel tcg -cpu max -m "$mem" -smp "$smp" -nographic -nic none \
+timeout --foreground -k 10 "$timeout" "$QEMU" -accel tcg -cpu max -m "$mem" -smp "$smp" -nographic -nic none \
   -kernel "$kernel" -initrd "$work/initrd" -append 'console=ttyS0 quiet panic=-1' -no-reboot \
   </dev/null 2>&1 | sed -u 's/\r$//' | tee "$logf"
 qrc=${PIPESTATUS[0]}

@@ -160,11 +160,7 @@ pub fn load(mem: &GuestMemoryMmap, mem_size: u64, src: Source<'_>) -> Result<Loa
                 load_segment(mem, &src, ph)?;
                 out.kernel_end = out.kernel_end.max(ph.paddr + ph.memsz);
             }
-            PT_NOTE => {
-                if out.pvh_entry.is_none() {
-                    out.pvh_entry = pvh_note(&src, ph)?;
-                }
-            }
+            PT_NOTE if out.pvh_entry.is_none() => out.pvh_entry = pvh_note(&src, ph)?,
             _ => {}
         }
     }

@@ -231,7 +231,7 @@ impl<F: ImageFile> Inner<F> {
         let first = self.classify(first)?;
         let mut len = self.cs - in_cluster;
         if !matches!(first, Mapping::Compressed { .. }) {
-            let t = &self.l2_cache.map[&l2].data;
+            let t = &self.l2_cache.map.get(&l2).ok_or_else(|| lost(&self.path, "L2 table"))?.data;
             let mut k = 1u64;
             while guest + len < span_end && idx + (k as usize) < t.len() {
                 let Ok(m) = self.classify(t[idx + k as usize]) else { break };
@@ -340,7 +340,7 @@ impl<F: ImageFile> Inner<F> {
             Mapping::Unallocated => match &self.backing {
                 Some(b) if offset < b.size() => {
                     let e = b.extent(offset, n)?;
-                    return Ok(Extent { len: e.len.clamp(1, n), kind: e.kind });
+                    return Ok(Extent { len: e.len.max(1).min(n), kind: e.kind });
                 }
                 _ => ExtentKind::Zero,
             },
@@ -457,10 +457,10 @@ impl<F: ImageFile> Inner<F> {
             // In place: a run of standard clusters.
             if let Mapping::Data { host } = self.classify(first)? {
                 let (n, m) = self.map_run(guest, span_end - guest)?;
-                let Mapping::Data { host: h } = m else {
-                    return Err(self.corrupt("mapping changed under a write".into()));
+                let h = match m {
+                    Mapping::Data { host: h } if h == host + in_cluster => h,
+                    _ => return Err(self.corrupt("mapping changed under a write".into())),
                 };
-                debug_assert_eq!(h, host + in_cluster);
                 self.check_overlap(h, n)?;
                 let n = n as usize;
                 self.write_file(&buf[pos..pos + n], h, "guest data")?;
@@ -481,17 +481,18 @@ impl<F: ImageFile> Inner<F> {
             let run_end_full = run_start + count * self.cs;
             let write_end = span_end.min(run_end_full);
             // Old contents of partially written clusters (head and tail), before anything changes.
-            let head = if in_cluster != 0 || write_end < run_start + self.cs {
+            let mut head = if in_cluster != 0 || write_end < run_start + self.cs {
                 Some(self.read_cluster(run_start)?)
             } else {
                 None
             };
             let tail_start = run_end_full - self.cs;
-            let tail = if count > 1 && write_end < run_end_full {
+            let mut tail = if count > 1 && write_end < run_end_full {
                 Some(self.read_cluster(tail_start)?)
             } else {
                 None
             };
+            let has_tail = tail.is_some();
             let host = self.alloc_clusters(count)?;
             let n = (write_end - guest) as usize;
             let data = &buf[pos..pos + n];
@@ -500,10 +501,14 @@ impl<F: ImageFile> Inner<F> {
             let mut d = 0usize;
             while g < write_end {
                 let h = host + (g - run_start);
-                let (is_head, is_tail) =
-                    (g == run_start && head.is_some(), g == tail_start && tail.is_some());
-                if is_head || is_tail {
-                    let mut c = if is_head { head.clone() } else { tail.clone() }.unwrap_or_default();
+                let partial = if g == run_start && head.is_some() {
+                    head.take()
+                } else if g == tail_start {
+                    tail.take()
+                } else {
+                    None
+                };
+                if let Some(mut c) = partial {
                     let from = (guest.max(g) - g) as usize;
                     let to = (write_end.min(g + self.cs) - g) as usize;
                     c[from..to].copy_from_slice(&data[d..d + (to - from)]);
@@ -512,7 +517,7 @@ impl<F: ImageFile> Inner<F> {
                     g += self.cs;
                 } else {
                     // Full clusters up to the tail (or the end).
-                    let stop = if tail.is_some() { tail_start } else { write_end };
+                    let stop = if has_tail { tail_start } else { write_end };
                     let l = (stop - g) as usize;
                     self.write_file(&data[d..d + l], h, "guest data")?;
                     d += l;
