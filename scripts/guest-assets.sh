@@ -233,7 +233,11 @@ if [ ! -s "$G/initramfs.cpio.gz" ] || [ "$(cat "$G/initramfs.stamp" 2>/dev/null)
     esac
     echo "$name" >> "$t/etc/modules"
   done < "$work/order"
-  python3 "$here/nested/lib/mkcpio.py" --gzip --node dev/console:c:5:1 --node dev/null:c:1:3:666 \
+  # Padded to whole 4 KiB pages: QEMU's microvm puts the initrd of a PVH (vmlinux) boot at the very
+  # top of RAM without room for the ACPI tables SeaBIOS keeps in the top page, so an initrd whose
+  # size is not a page multiple can overwrite them and the guest hangs in ACPI setup. A page-multiple
+  # size ends the initrd one page below the top. Linux ignores the zeros after the gzip stream.
+  python3 "$here/nested/lib/mkcpio.py" --gzip --pad-to 4096 --node dev/console:c:5:1 --node dev/null:c:1:3:666 \
     "$work/initramfs.cpio.gz" "$t"
   mv "$work/initramfs.cpio.gz" "$G/initramfs.cpio.gz"
   echo "$stamp" > "$G/initramfs.stamp"

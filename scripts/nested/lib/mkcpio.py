@@ -7,7 +7,10 @@ such nodes from the command line, stores every entry as root:root with mtime 0 (
 give the same bytes), and pads the end to 512 bytes so archives can be concatenated (the kernel
 unpacks one initrd made of several archives in a row, later files overriding earlier ones).
 
-usage: mkcpio.py [--gzip] [--node PATH:c|b:MAJOR:MINOR[:MODE]]... OUT DIR
+--pad-to N pads the finished file (after gzip) with zero bytes to a multiple of N; Linux skips zeros
+between and after the archives of an initrd.
+
+usage: mkcpio.py [--gzip] [--pad-to N] [--node PATH:c|b:MAJOR:MINOR[:MODE]]... OUT DIR
 """
 import argparse
 import gzip
@@ -53,6 +56,7 @@ class Writer:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gzip", action="store_true", help="gzip the archive (level 6)")
+    ap.add_argument("--pad-to", type=int, default=0, help="pad the output file with zeros to a multiple of N bytes")
     ap.add_argument("--node", action="append", default=[], help="PATH:c|b:MAJOR:MINOR[:MODE] device node to add")
     ap.add_argument("out")
     ap.add_argument("dir")
@@ -98,6 +102,8 @@ def main():
     w.trailer()
     if a.gzip:
         sink.close()
+    if a.pad_to > 0:
+        raw.write(b"\0" * ((a.pad_to - raw.tell() % a.pad_to) % a.pad_to))
     raw.close()
     os.replace(tmp, a.out)
 
