@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         // The guest's serial console goes straight to our stdout.
         console: Box::new(std::io::stdout()),
         track_dirty_pages: false,
+        huge_pages: false,
     };
     let vm = match MicroVm::new(&hv, config) {
         Ok(vm) => vm,

@@ -72,6 +72,7 @@ fn config(image: Vec<u8>, console: &Console) -> VmConfig {
         disks: vec![],
         console: Box::new(console.clone()),
         track_dirty_pages: false,
+        huge_pages: false,
     }
 }
 

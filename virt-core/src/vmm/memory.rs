@@ -1,4 +1,4 @@
-//! Guest RAM: anonymous mappings aligned to 2 MiB and backed by transparent huge pages.
+//! Guest RAM: anonymous mappings aligned to 2 MiB, so that transparent huge pages can back them.
 //!
 //! The hypervisor can map guest memory with 2 MiB pages in its second-level page tables only when the
 //! host mapping is a huge page and host and guest addresses agree modulo 2 MiB. With 4 KiB pages every
@@ -28,8 +28,13 @@ impl Drop for GuestRam {
     }
 }
 
-/// Maps `ranges` of (guest address, size) as guest RAM.
-pub fn create(ranges: &[(u64, u64)]) -> std::io::Result<(GuestMemoryMmap, Arc<GuestRam>)> {
+/// Maps `ranges` of (guest address, size) as guest RAM, aligned to 2 MiB.
+///
+/// With `huge_pages`, the RAM is advised `MADV_HUGEPAGE`: the kernel then backs it with huge pages even
+/// where transparent huge pages are "madvise"-only, at the price of a 2 MiB zeroing (and possibly
+/// compaction) on each first touch. Without it, the alignment alone lets a host whose THP mode is
+/// "always" (Debian's default) use huge pages opportunistically, without stalls.
+pub fn create(ranges: &[(u64, u64)], huge_pages: bool) -> std::io::Result<(GuestMemoryMmap, Arc<GuestRam>)> {
     let mut ram = GuestRam { maps: Vec::new() };
     let mut regions = Vec::new();
     for &(gpa, size) in ranges {
@@ -57,8 +62,10 @@ pub fn create(ranges: &[(u64, u64)]) -> std::io::Result<(GuestMemoryMmap, Arc<Gu
             }
         }
         ram.maps.push((aligned, len));
-        // SAFETY: advice on our own mapping; failure (THP disabled) only means 4 KiB pages.
-        unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+        if huge_pages {
+            // SAFETY: advice on our own mapping; failure (THP disabled) only means 4 KiB pages.
+            unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+        }
         // SAFETY: `aligned .. aligned + len` is the live mapping created above, owned by `ram`, which
         // outlives every user of the region (see GuestRam's drop).
         let region = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(aligned as *mut u8) }
@@ -82,7 +89,7 @@ mod tests {
 
     #[test]
     fn regions_are_2mib_aligned_and_usable() {
-        let (mem, _ram) = create(&[(0, 8 << 20), (1 << 32, 4 << 20)]).unwrap();
+        let (mem, _ram) = create(&[(0, 8 << 20), (1 << 32, 4 << 20)], true).unwrap();
         for gpa in [0u64, 1 << 32] {
             let h = mem.get_host_address(GuestAddress(gpa)).unwrap() as usize;
             assert_eq!(h % HUGE, 0);

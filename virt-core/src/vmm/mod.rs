@@ -76,6 +76,8 @@ pub struct VmConfig {
     pub console: Box<dyn Write + Send>,
     /// Whether the hypervisor logs dirty pages of guest memory (for migration and snapshots).
     pub track_dirty_pages: bool,
+    /// Ask for huge pages for guest RAM (`MADV_HUGEPAGE`); see [`memory::create`].
+    pub huge_pages: bool,
 }
 
 /// Errors while building or running a VM.
@@ -141,7 +143,8 @@ impl MicroVm {
             .checked_mul(1 << 20)
             .ok_or_else(|| VmmError::Config(format!("{} MiB of memory is too large", cfg.memory_mib)))?;
         let ranges = layout::ram_regions(mem_size).map_err(|e| VmmError::Config(e.to_string()))?;
-        let (mem, ram) = memory::create(&ranges).map_err(|e| VmmError::Memory(e.to_string()))?;
+        let (mem, ram) =
+            memory::create(&ranges, cfg.huge_pages).map_err(|e| VmmError::Memory(e.to_string()))?;
         let disk_count = cfg.disks.len() as u32;
         if disk_count > LAST_GSI - VIRTIO_FIRST_GSI + 1 {
             return Err(VmmError::Config(format!(
