@@ -39,6 +39,9 @@ for v in $VMMS; do
       [ -n "${VIRT_LAUNCHER:-}" ] && [ -x "$VIRT_LAUNCHER" ] \
         || { echo "bench: VMM virt needs VIRT_LAUNCHER=<executable virt-launcher>" >&2; exit 2; }
       files+=(--file "$VIRT_LAUNCHER:/payload/virt-launcher")
+    # Decompress the bzImage once on the host, as a node would before its first boot.
+    vml=$("$VIRT_LAUNCHER" --prepare-kernel --kernel "$CACHE/guest/vmlinuz" --kernel-cache "$CACHE/kernels")
+    files+=(--file "$vml:/l2/kernels/$(basename "$vml")")
       ;;
     *) echo "bench: unknown VMM $v (qemu-bzImage, qemu-vmlinux, virt)" >&2; exit 2 ;;
   esac

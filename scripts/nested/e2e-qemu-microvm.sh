@@ -30,6 +30,9 @@ case "$L2_VMM" in
     [ -n "${VIRT_LAUNCHER:-}" ] || { echo "e2e: L2_VMM=virt needs VIRT_LAUNCHER=<path to the virt-launcher binary>" >&2; exit 2; }
     [ -x "$VIRT_LAUNCHER" ] || { echo "e2e: VIRT_LAUNCHER=$VIRT_LAUNCHER is not an executable file" >&2; exit 2; }
     files+=(--file "$VIRT_LAUNCHER:/payload/virt-launcher")
+    # Decompress the bzImage once on the host, as a node would before its first boot.
+    vml=$("$VIRT_LAUNCHER" --prepare-kernel --kernel "$CACHE/guest/vmlinuz" --kernel-cache "$CACHE/kernels")
+    files+=(--file "$vml:/l2/kernels/$(basename "$vml")")
     ;;
   *) echo "e2e: L2_VMM must be qemu or virt, not '$L2_VMM'" >&2; exit 2 ;;
 esac

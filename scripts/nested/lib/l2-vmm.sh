@@ -38,8 +38,11 @@ l2_run() {
         < /dev/null
       ;;
     virt)
+      # A kernel cache shipped into /l2/kernels (virt-launcher --prepare-kernel on the host) spares
+      # the launcher decompressing the bzImage inside L1; without one it decompresses it itself.
       timeout -s KILL "$L2_TIMEOUT" "${VIRT_LAUNCHER_BIN:-virt-launcher}" \
         --kernel "$kernel" --initramfs "$L2_INITRAMFS" --cmdline "$cmdline" \
+        --kernel-cache /l2/kernels \
         --memory "$L2_MEM" --cpus "$L2_CPUS" \
         --disk /l2/sig.img,readonly --disk /l2/rw.img \
         < /dev/null
