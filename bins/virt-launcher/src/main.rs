@@ -44,6 +44,9 @@ struct Args {
     /// Do not cache decompressed kernels.
     #[arg(long)]
     no_kernel_cache: bool,
+    /// The KVM device node.
+    #[arg(long, default_value = virt_core::hypervisor::kvm::KVM_PATH)]
+    kvm_device: String,
     /// Back guest RAM with huge pages even where THP is madvise-only (faster guest boots, slower
     /// first touch of each 2 MiB).
     #[arg(long)]
@@ -158,7 +161,7 @@ fn run(args: Args) -> Result<ExitReason, String> {
         }
         return Ok(ExitReason::PowerOff);
     }
-    let hv = KvmHypervisor::new().map_err(|e| e.to_string())?;
+    let hv = KvmHypervisor::with_path(&args.kvm_device).map_err(|e| e.to_string())?;
     let cfg = VmConfig {
         memory_mib: args.memory,
         cpus: args.cpus,
