@@ -31,6 +31,8 @@ if [ -z "${VMMS:-}" ]; then
   VMMS="qemu-bzImage qemu-vmlinux"
   [ -n "${VIRT_LAUNCHER:-}" ] && VMMS="$VMMS virt"
 fi
+# The guest assets first (cached): KERNEL=... INITRAMFS=... for what follows.
+eval "$("$root/scripts/guest-assets.sh" --print-env)"
 files=(--file "$nested/lib/l2-vmm.sh:/lib/l2-vmm.sh")
 for v in $VMMS; do
   case "$v" in
@@ -47,7 +49,6 @@ for v in $VMMS; do
   esac
 done
 
-eval "$("$root/scripts/guest-assets.sh" --print-env)"
 case " $VMMS " in
   *" qemu-vmlinux "*)
     vmlinux=$CACHE/guest/vmlinux
