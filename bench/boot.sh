@@ -13,7 +13,7 @@
 # only ratios measured side by side in the same L1 mean anything.
 #
 # usage: [RUNS=5] [WARMUP=1] [VMMS="qemu-bzImage qemu-vmlinux virt"] [VIRT_LAUNCHER=path]
-#        [L1_SMP=2] [QEMU_MICROVM_OPTS=...] bench/boot.sh
+#        [L1_SMP=1] [QEMU_MICROVM_OPTS=...] bench/boot.sh
 #   WARMUP runs per VMM are made first and not counted (the host's TCG translates L1's KVM and VMM
 #   code paths on first use). Runs are interleaved (round-robin over the VMMs) so drift in the
 #   host's load touches every VMM alike.
@@ -25,7 +25,7 @@ CACHE=${VIRT_CACHE_DIR:-$HOME/.cache/virt-rs}
 RUNS=${RUNS:-5}
 WARMUP=${WARMUP:-1}
 CMDLINE="console=ttyS0 quiet panic=-1 virt.bench=1"
-export L1_SMP=${L1_SMP:-2}
+export L1_SMP=${L1_SMP:-1}
 
 if [ -z "${VMMS:-}" ]; then
   VMMS="qemu-bzImage qemu-vmlinux"

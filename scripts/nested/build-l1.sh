@@ -55,7 +55,7 @@ mkdir -p "$N"
 out=$N/l1-base.cpio
 stamp=$( { cat "$0" "$here/lib/mkcpio.py" "$here/lib/moddeps.py"; echo "$KVER";
            sha256sum < "$G/initramfs.cpio.gz"; sha256sum < "$G/vmlinuz"; sha256sum < "$qemu_bin";
-           ldd "$qemu_bin"; } | sha256sum | cut -c1-16)
+           ldd "$qemu_bin" | sed "s/ (0x[0-9a-f]*)//"; } | sha256sum | cut -c1-16)
 if [ "$force" -eq 0 ] && [ -s "$out" ] && [ -s "$N/l1-base.manifest" ] \
    && [ "$(cat "$N/l1-base.stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "$out"
