@@ -1,4 +1,4 @@
-# Sourced INSIDE L1 (busybox sh) by the run scripts of scripts/nested/e2e-qemu-microvm.sh and
+# Sourced INSIDE L1 (busybox sh) by the run scripts of scripts/nested/e2e.sh and
 # bench/boot.sh, so that the test and the benchmark start every L2 VMM with the same machine:
 # 2 vCPUs, 256 MiB, the initramfs /l2/initramfs.cpio.gz, two virtio-blk disks in this order:
 #   /l2/sig.img  1 MiB, read-only, "VIRT-SIGNATURE-1" in its first 16 bytes  (guest: /dev/vda)
