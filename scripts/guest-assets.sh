@@ -56,12 +56,28 @@ need_tools() {
 }
 need_tools apt-get apt-cache dpkg dpkg-deb python3 gzip sha256sum mkfs.ext4
 
+# A package list that is missing or stale (a kernel security update removes the old .deb from the
+# archive) is refreshed once, as root, and the look-up or download tried again.
+apt_updated=0
+apt_refresh() {
+  [ "$apt_updated" -eq 0 ] && [ "$(id -u)" -eq 0 ] || return 1
+  log "refreshing the package lists (apt-get update)"
+  apt-get update -qq >&2 || return 1
+  apt_updated=1
+}
+
 apt_download() {
   # Runs in the current directory. As root, apt's download sandbox user cannot write into $HOME.
   local opts=()
   [ "$(id -u)" -eq 0 ] && opts=(-o APT::Sandbox::User=root)
-  apt-get download -q "${opts[@]}" "$@" >&2 \
-    || die "apt-get download $* failed (is the package list current? run: apt-get update)"
+  apt-get download -q "${opts[@]}" "$@" >&2 && return 0
+  apt_refresh && apt-get download -q "${opts[@]}" "$@" >&2 && return 0
+  die "apt-get download $* failed (is the package list current? run: apt-get update)"
+}
+
+kernel_package() {
+  apt-cache depends linux-image-amd64 2>/dev/null \
+    | awk '$1 ~ /Depends:$/ && $2 ~ /^linux-image-[0-9].*-amd64$/ {print $2; exit}'
 }
 
 if [ "$force" -eq 1 ]; then
@@ -72,8 +88,8 @@ mkdir -p "$G"
 
 # --- kernel -------------------------------------------------------------------------------------
 if [ ! -s "$G/vmlinuz" ] || [ ! -d "$G/modules" ] || [ ! -s "$G/kernel-version" ]; then
-  pkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
-        | awk '$1 ~ /Depends:$/ && $2 ~ /^linux-image-[0-9].*-amd64$/ {print $2; exit}')
+  pkg=$(kernel_package)
+  [ -n "$pkg" ] || { apt_refresh && pkg=$(kernel_package); } || true
   [ -n "$pkg" ] || die "apt-cache finds no linux-image-amd64 dependency (run: apt-get update)"
   case "$pkg" in linux-image-6.1.*) ;; *) log "warning: $pkg is not the 6.1 kernel this was tested with" ;; esac
   log "downloading linux-image-amd64 -> $pkg"
