@@ -2,7 +2,7 @@
 //! in the same run on the same (page-cached) source. Also raw -> qcow2 for information.
 //!
 //! ```text
-//! cargo run --release -p virt-storage --example bench_convert -- [--size-mib 1024] [--runs 5] [--dir DIR]
+//! cargo run --release -p virt-storage --example bench_convert -- [--size-mib 1024] [--runs 9] [--threads N] [--buffer-mib N] [--dir DIR]
 //! ```
 //! (or `virt-storage/bench.sh`). Prints `qcow2->raw: ours X GB/s, qemu-img Y GB/s, ratio R` using the
 //! best of `--runs` runs each, alternating which goes first. Neither side fsyncs the output
@@ -36,10 +36,27 @@ fn settle(out: &Path) {
     let _ = Command::new("sync").status();
 }
 
-fn time(f: impl FnOnce() -> Result<(), String>) -> Result<Duration, String> {
+/// User + system CPU time of this process (all threads) and of its waited-for children.
+fn cpu() -> (Duration, Duration) {
+    let get = |who| {
+        // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage writes into the struct we pass and nothing else.
+        unsafe { libc::getrusage(who, &mut ru) };
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    };
+    (get(libc::RUSAGE_SELF), get(libc::RUSAGE_CHILDREN))
+}
+
+/// One timed run: wall-clock time and the CPU time it used (ours: this process; qemu-img: children).
+fn time(f: impl FnOnce() -> Result<(), String>) -> Result<(Duration, Duration), String> {
+    let (s0, c0) = cpu();
     let t = Instant::now();
     f()?;
-    Ok(t.elapsed())
+    let wall = t.elapsed();
+    let (s1, c1) = cpu();
+    Ok((wall, (s1 - s0) + (c1 - c0)))
 }
 
 fn gbps(bytes: u64, d: Duration) -> f64 {
@@ -51,7 +68,7 @@ fn main() -> Result<(), String> {
     let size_mib: u64 =
         arg(&args, "--size-mib").map_or(Ok(1024), |s| s.parse()).map_err(|e| format!("--size-mib: {e}"))?;
     let runs: usize =
-        arg(&args, "--runs").map_or(Ok(5), |s| s.parse()).map_err(|e| format!("--runs: {e}"))?;
+        arg(&args, "--runs").map_or(Ok(9), |s| s.parse()).map_err(|e| format!("--runs: {e}"))?;
     let dir =
         arg(&args, "--dir").map_or_else(|| std::env::temp_dir().join("virt-storage-bench"), PathBuf::from);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -79,7 +96,14 @@ fn main() -> Result<(), String> {
     }
     let _ = Command::new("sync").status();
 
-    let opts = ConvertOptions { sync: false, ..Default::default() };
+    let mut opts = ConvertOptions { sync: false, ..Default::default() };
+    if let Some(t) = arg(&args, "--threads") {
+        opts.threads = t.parse().map_err(|e| format!("--threads: {e}"))?;
+    }
+    if let Some(b) = arg(&args, "--buffer-mib") {
+        opts.buffer_size = b.parse::<usize>().map_err(|e| format!("--buffer-mib: {e}"))? << 20;
+    }
+    let opts = opts;
     let optsq = ConvertOptions {
         sync: false,
         output: OutputFormat::Qcow2 { cluster_bits: 16 },
@@ -90,6 +114,16 @@ fn main() -> Result<(), String> {
     let ours_q = || convert(&raw, &outq, &optsq).map(|_| ()).map_err(|e| e.to_string());
     let qemu_q = || sh("qemu-img", &["convert", "-O", "qcow2", p(&raw), p(&outq)]);
 
+    // One untimed round of each first: the first conversion after making the data is slow for
+    // whoever goes first (page cache and write-back settling).
+    for f in [&ours as &dyn Fn() -> Result<(), String>, &qemu] {
+        settle(&out);
+        f()?;
+    }
+    for f in [&ours_q as &dyn Fn() -> Result<(), String>, &qemu_q] {
+        settle(&outq);
+        f()?;
+    }
     let (mut to, mut tq, mut to_q, mut tq_q) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         let order: [bool; 2] = if i % 2 == 0 { [true, false] } else { [false, true] };
@@ -119,13 +153,40 @@ fn main() -> Result<(), String> {
     sh("qemu-img", &["check", p(&outq)])?;
     sh("qemu-img", &["compare", "-f", "raw", "-F", "qcow2", p(&raw), p(&outq)])?;
 
+    let wall = |v: &[(Duration, Duration)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
+    let cpu_of = |v: &[(Duration, Duration)]| v.iter().map(|x| x.1).collect::<Vec<_>>();
     let best = |v: &[Duration]| v.iter().min().copied().unwrap_or_default();
-    eprintln!("qcow2->raw runs: ours {to:?}\n                 qemu {tq:?}");
-    eprintln!("raw->qcow2 runs: ours {to_q:?}\n                 qemu {tq_q:?}");
+    let median = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    eprintln!("threads {}, buffer {} MiB", opts.threads, opts.buffer_size >> 20);
+    eprintln!("qcow2->raw wall: ours {:?}\n                qemu {:?}", wall(&to), wall(&tq));
+    eprintln!("raw->qcow2 wall: ours {:?}\n                qemu {:?}", wall(&to_q), wall(&tq_q));
+    let (to, tq, to_q, tq_q, co, cq, co_q, cq_q) = (
+        wall(&to),
+        wall(&tq),
+        wall(&to_q),
+        wall(&tq_q),
+        cpu_of(&to),
+        cpu_of(&tq),
+        cpu_of(&to_q),
+        cpu_of(&tq_q),
+    );
     let (o, q) = (gbps(size, best(&to)), gbps(size, best(&tq)));
     println!("qcow2->raw: ours {o:.2} GB/s, qemu-img {q:.2} GB/s, ratio {:.2}", o / q);
     let (o, q) = (gbps(size, best(&to_q)), gbps(size, best(&tq_q)));
     println!("raw->qcow2: ours {o:.2} GB/s, qemu-img {q:.2} GB/s, ratio {:.2}", o / q);
+    let (o, q) = (gbps(size, median(&to)), gbps(size, median(&tq)));
+    println!("qcow2->raw (median): ours {o:.2} GB/s, qemu-img {q:.2} GB/s, ratio {:.2}", o / q);
+    println!(
+        "CPU seconds (median) qcow2->raw: ours {:.2}, qemu-img {:.2}; raw->qcow2: ours {:.2}, qemu-img {:.2}",
+        median(&co).as_secs_f64(),
+        median(&cq).as_secs_f64(),
+        median(&co_q).as_secs_f64(),
+        median(&cq_q).as_secs_f64()
+    );
     for f in [&raw, &qcow, &out, &outq] {
         let _ = std::fs::remove_file(f);
     }

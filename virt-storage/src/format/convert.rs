@@ -15,6 +15,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use virt_core::block::BlockBackend;
 
@@ -42,16 +44,27 @@ pub struct ConvertOptions {
     pub output: OutputFormat,
     /// Skip zeros (keep holes). Off: a raw destination is written in full.
     pub sparse: bool,
-    /// Copy buffer size in bytes (rounded to a multiple of 2 MiB, at least 2 MiB).
+    /// Copy buffer size in bytes (rounded up to a multiple of 64 KiB, 64 KiB..=64 MiB; a qcow2
+    /// destination uses at least one cluster).
     pub buffer_size: usize,
     /// Make the destination durable (`fdatasync`) before returning. `qemu-img convert` does not by
     /// default (its `-t unsafe` cache mode); an import that reports success should.
     pub sync: bool,
+    /// Worker threads for copying into a raw destination (each reads, scans and writes its own
+    /// chunks of the disk). A qcow2 destination is written by one thread so that its clusters stay
+    /// in guest order.
+    pub threads: usize,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        Self { output: OutputFormat::Raw, sparse: true, buffer_size: 8 << 20, sync: true }
+        Self {
+            output: OutputFormat::Raw,
+            sparse: true,
+            buffer_size: 1 << 20,
+            sync: true,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        }
     }
 }
 
@@ -75,8 +88,8 @@ pub struct ConvertStats {
 const RAW_GRANULE: u64 = 4096;
 
 fn buffer_len(opts: &ConvertOptions) -> usize {
-    const UNIT: usize = 2 << 20;
-    opts.buffer_size.max(UNIT).div_ceil(UNIT).saturating_mul(UNIT)
+    const UNIT: usize = 64 << 10;
+    opts.buffer_size.clamp(UNIT, 64 << 20).div_ceil(UNIT) * UNIT
 }
 
 /// Converts the image at `src` (format detected) to `dst` (created or truncated).
@@ -114,7 +127,7 @@ fn convert_compressed(
 ) -> Result<ConvertStats, FormatError> {
     let f = File::open(src).map_err(|e| FormatError::io(src, "opening", e))?;
     let f = BufReader::with_capacity(1 << 20, f);
-    let mut reader: Box<dyn Read> = match fmt {
+    let mut reader: Box<dyn Read + Send> = match fmt {
         ImageFormat::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
         _ => Box::new(xz2::read::XzDecoder::new_multi_decoder(f)),
     };
@@ -255,6 +268,10 @@ impl Sink {
 }
 
 /// Converts an open image to `dst`.
+///
+/// `opts.threads` reader threads each take the next chunk of the disk, skip its zero extents and read
+/// its data extents; one writer writes the chunks in guest order (ordered writes keep a qcow2
+/// destination's clusters in guest order and do not contend for the destination's inode lock).
 pub fn convert_image(
     src: &dyn DiskImage,
     dst: &Path,
@@ -264,54 +281,179 @@ pub fn convert_image(
     let sink = Sink::create(dst, size, opts)?;
     let skip = sink.zeros_free(opts);
     let granule = sink.granule();
-    let blen = buffer_len(opts);
-    let mut buf = vec![0u8; blen];
-    let mut st = ConvertStats {
+    // Chunks hold whole qcow2 clusters so that no cluster is written in two parts.
+    let chunk = (buffer_len(opts) as u64).max(granule).div_ceil(granule) * granule;
+    let nchunks = size.div_ceil(chunk);
+    let read = AtomicU64::new(0);
+    let mut written = 0u64;
+    parallel_ordered(
+        opts.threads.clamp(1, 64),
+        // chunk <= 64 MiB.
+        chunk as usize,
+        nchunks,
+        |k, buf, segs| {
+            let start = k * chunk;
+            let end = (start + chunk).min(size);
+            let mut off = start;
+            while off < end {
+                let e = src.extent(off, end - off)?;
+                if e.len == 0 {
+                    return Err(empty_extent(src, off));
+                }
+                let n = e.len.min(end - off);
+                let at = (off - start) as usize;
+                let b = &mut buf[at..at + n as usize];
+                match e.kind {
+                    ExtentKind::Zero if skip => {}
+                    ExtentKind::Zero => {
+                        b.fill(0);
+                        segs.push((off, at, n as usize));
+                    }
+                    ExtentKind::Data => {
+                        src.read_at(off, b).map_err(|source| FormatError::Block {
+                            path: src.path().to_path_buf(),
+                            source,
+                        })?;
+                        read.fetch_add(n, Ordering::Relaxed);
+                        segs.push((off, at, n as usize));
+                    }
+                }
+                off += n;
+            }
+            Ok(())
+        },
+        |off, data| {
+            written += sink.write_data(off, data, skip, granule)?;
+            Ok(())
+        },
+    )?;
+    sink.finish(size, opts.sync)?;
+    Ok(ConvertStats {
         source_format: src.format(),
         compression: None,
         virtual_size: size,
-        bytes_read: 0,
-        bytes_written: 0,
+        bytes_read: read.into_inner(),
+        bytes_written: written,
         spooled: false,
-    };
-    let mut off = 0u64;
-    while off < size {
-        let e = src.extent(off, size - off)?;
-        if e.len == 0 {
-            return Err(FormatError::Invalid {
-                path: src.path().to_path_buf(),
-                msg: format!("empty extent at {off}"),
+    })
+}
+
+/// A chunk read by a reader of [`parallel_ordered`]: its buffer and the filled segments
+/// `(guest offset, start in buffer, length)`.
+struct Chunk {
+    buf: Vec<u8>,
+    segs: Vec<(u64, usize, usize)>,
+}
+
+/// Reads `nchunks` chunks with `readers` threads (`read(k, buffer, segments)` fills chunk `k`) and
+/// passes their segments to `write` on this thread, in chunk order. At most `2 * readers + 2` buffers
+/// of `buf_len` bytes exist: a reader takes a buffer before it claims a chunk, so the chunk the writer
+/// waits for always has one and the pool cannot deadlock; when all chunks are written (or on error)
+/// the writer sets `stop` and hands every reader a wake-up buffer.
+fn parallel_ordered<R>(
+    readers: usize,
+    buf_len: usize,
+    nchunks: u64,
+    read: R,
+    mut write: impl FnMut(u64, &[u8]) -> Result<(), FormatError>,
+) -> Result<(), FormatError>
+where
+    R: Fn(u64, &mut [u8], &mut Vec<(u64, usize, usize)>) -> Result<(), FormatError> + Sync,
+{
+    use std::collections::BTreeMap;
+    use std::sync::mpsc::{channel, Receiver};
+    let pool_size = 2 * readers + 2;
+    let (done_tx, done_rx) = channel::<(u64, Result<Chunk, FormatError>)>();
+    let (free_tx, free_rx) = channel::<Vec<u8>>();
+    let free_rx: Mutex<Receiver<Vec<u8>>> = Mutex::new(free_rx);
+    for _ in 0..pool_size.min(usize::try_from(nchunks).unwrap_or(usize::MAX)).max(1) {
+        // The receiver outlives this loop, so the send cannot fail.
+        let _ = free_tx.send(Vec::new());
+    }
+    let next = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..readers {
+            let done_tx = done_tx.clone();
+            let (read, next, stop, free_rx) = (&read, &next, &stop, &free_rx);
+            s.spawn(move || loop {
+                // Take a buffer first, then a chunk index (see above).
+                let buf = match free_rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                    Ok(b) => b,
+                    Err(_) => return,
+                };
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= nchunks {
+                    return;
+                }
+                let mut buf = buf;
+                if buf.len() < buf_len {
+                    buf.resize(buf_len, 0);
+                }
+                let mut segs = Vec::new();
+                let r = read(k, &mut buf, &mut segs).map(|()| Chunk { buf, segs });
+                if done_tx.send((k, r)).is_err() {
+                    return;
+                }
             });
         }
-        if e.kind == ExtentKind::Zero && skip {
-            off += e.len;
-            continue;
+        drop(done_tx);
+        let mut pending: BTreeMap<u64, Chunk> = BTreeMap::new();
+        let mut want = 0u64;
+        let mut result = Ok(());
+        if nchunks > 0 {
+            'recv: for (k, r) in done_rx.iter() {
+                match r {
+                    Ok(c) => {
+                        pending.insert(k, c);
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                while let Some(c) = pending.remove(&want) {
+                    for &(off, at, len) in &c.segs {
+                        if let Err(e) = write(off, &c.buf[at..at + len]) {
+                            result = Err(e);
+                            break 'recv;
+                        }
+                    }
+                    want += 1;
+                    // Readers may all have exited already; a failed send only drops the buffer.
+                    let _ = free_tx.send(c.buf);
+                }
+                if want == nchunks {
+                    break;
+                }
+            }
         }
-        // Read at most one buffer, ending on a buffer-size boundary so later reads stay aligned.
-        let to_boundary = blen as u64 - off % blen as u64;
-        let n = e.len.min(to_boundary) as usize;
-        let b = &mut buf[..n];
-        if e.kind == ExtentKind::Zero {
-            b.fill(0);
-        } else {
-            src.read_at(off, b)
-                .map_err(|source| FormatError::Block { path: src.path().to_path_buf(), source })?;
-            st.bytes_read += n as u64;
+        // Done or failed: readers still waiting for a buffer get one each, see `stop` and quit.
+        stop.store(true, Ordering::Relaxed);
+        for _ in 0..readers {
+            let _ = free_tx.send(Vec::new());
         }
-        st.bytes_written += sink.write_data(off, b, skip, granule)?;
-        off += n as u64;
-    }
-    sink.finish(size, opts.sync)?;
-    Ok(st)
+        if result.is_ok() && want < nchunks {
+            result = Err(FormatError::Invalid {
+                path: PathBuf::from("<convert>"),
+                msg: format!("reader threads stopped early (chunk {want} of {nchunks} missing)"),
+            });
+        }
+        result
+    })
 }
 
 /// Converts a stream holding a **raw** disk image (for example a decompressor) to `dst`. The size is
-/// whatever the stream holds (rounded up to 512 bytes for qcow2). `name` is used in errors.
+/// whatever the stream holds (rounded up to 512 bytes for qcow2). `name` is used in errors. The stream
+/// is read on a separate thread, overlapping decompression with writing.
 ///
 /// A qcow2 image inside a stream cannot be converted this way: qcow2 needs random access, so
 /// [`convert`] spools such streams to a temporary file first.
 pub fn convert_stream(
-    reader: &mut dyn Read,
+    reader: &mut (dyn Read + Send),
     name: &Path,
     dst: &Path,
     opts: &ConvertOptions,
@@ -320,27 +462,165 @@ pub fn convert_stream(
     let skip = sink.zeros_free(opts);
     let granule = sink.granule();
     let blen = buffer_len(opts);
-    let mut buf = vec![0u8; blen];
-    let mut st = ConvertStats {
+    let mut read = 0u64;
+    let mut written = 0u64;
+    let mut end = 0u64;
+    pipelined(
+        blen,
+        |get, put| {
+            let mut off = 0u64;
+            loop {
+                let mut buf = get();
+                let n = read_full(reader, &mut buf, name)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                read += n as u64;
+                if !put(Filled { off, buf, len: n }) {
+                    return Ok(());
+                }
+                off += n as u64;
+            }
+        },
+        |off, data| {
+            end = off + data.len() as u64;
+            sink.grow(end)?;
+            written += sink.write_data(off, data, skip, granule)?;
+            Ok(())
+        },
+    )?;
+    sink.finish(end, opts.sync)?;
+    Ok(ConvertStats {
         source_format: ImageFormat::Raw,
         compression: None,
-        virtual_size: 0,
-        bytes_read: 0,
-        bytes_written: 0,
+        virtual_size: end,
+        bytes_read: read,
+        bytes_written: written,
         spooled: false,
-    };
-    let mut off = 0u64;
-    loop {
-        let n = read_full(reader, &mut buf, name)?;
-        if n == 0 {
-            break;
+    })
+}
+
+fn empty_extent(src: &dyn DiskImage, off: u64) -> FormatError {
+    FormatError::Invalid { path: src.path().to_path_buf(), msg: format!("empty extent at {off}") }
+}
+
+/// A buffer filled by the producer of [`pipelined`].
+struct Filled {
+    off: u64,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+/// Runs `produce` on a thread of its own and `consume` on this one, handing over filled buffers in
+/// order through a small bounded queue (buffers are recycled). `produce` gets a buffer source and a
+/// sink that returns false once the consumer has stopped (after an error).
+fn pipelined<P>(
+    buf_len: usize,
+    produce: P,
+    mut consume: impl FnMut(u64, &[u8]) -> Result<(), FormatError>,
+) -> Result<(), FormatError>
+where
+    P: FnOnce(&mut dyn FnMut() -> Vec<u8>, &mut dyn FnMut(Filled) -> bool) -> Result<(), FormatError> + Send,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Filled>(2);
+    let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    std::thread::scope(|s| {
+        let producer = s.spawn(move || {
+            let mut get = || free_rx.try_recv().unwrap_or_else(|_| vec![0u8; buf_len]);
+            let mut put = |f: Filled| tx.send(f).is_ok();
+            produce(&mut get, &mut put)
+        });
+        let mut result = Ok(());
+        for f in rx.iter() {
+            result = consume(f.off, &f.buf[..f.len]);
+            if result.is_err() {
+                break;
+            }
+            let _ = free_tx.try_send(f.buf);
         }
-        st.bytes_read += n as u64;
-        sink.grow(off + n as u64)?;
-        st.bytes_written += sink.write_data(off, &buf[..n], skip, granule)?;
-        off += n as u64;
+        // Unblocks a producer waiting to send after an error.
+        drop(rx);
+        let produced = producer.join().unwrap_or_else(|_| {
+            Err(FormatError::Invalid {
+                path: PathBuf::from("<convert>"),
+                msg: "reader thread panicked".into(),
+            })
+        });
+        // A producer error comes first: the consumer may only have stopped because input ended early.
+        produced.and(result)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(msg: &str) -> FormatError {
+        FormatError::Invalid { path: PathBuf::from("t"), msg: msg.into() }
     }
-    st.virtual_size = off;
-    sink.finish(off, opts.sync)?;
-    Ok(st)
+
+    /// Runs the pipeline over `n` chunks; returns the chunk offsets the writer saw, in order.
+    fn run(
+        readers: usize,
+        n: u64,
+        fail_read: Option<u64>,
+        fail_write: Option<u64>,
+    ) -> Result<Vec<u64>, FormatError> {
+        let mut seen = Vec::new();
+        parallel_ordered(
+            readers,
+            4,
+            n,
+            |k, buf, segs| {
+                if Some(k) == fail_read {
+                    return Err(err("read"));
+                }
+                // Uneven work so chunks finish out of order.
+                if k % 3 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                buf[..4].copy_from_slice(&(k as u32).to_le_bytes());
+                segs.push((k * 4, 0, 4));
+                Ok(())
+            },
+            |off, data| {
+                if Some(off / 4) == fail_write {
+                    return Err(err("write"));
+                }
+                assert_eq!(u32::from_le_bytes(data.try_into().unwrap()) as u64, off / 4);
+                seen.push(off);
+                Ok(())
+            },
+        )?;
+        Ok(seen)
+    }
+
+    #[test]
+    fn ordered_pipeline_writes_in_order_and_stops_on_errors() {
+        for readers in [1, 2, 5] {
+            for n in [0u64, 1, 2, 7, 100] {
+                let seen = run(readers, n, None, None).unwrap();
+                assert_eq!(seen, (0..n).map(|k| k * 4).collect::<Vec<_>>(), "readers {readers} n {n}");
+            }
+            assert!(run(readers, 50, Some(17), None).unwrap_err().to_string().contains("read"));
+            assert!(run(readers, 50, None, Some(23)).unwrap_err().to_string().contains("write"));
+            assert!(run(readers, 50, Some(0), None).is_err());
+        }
+    }
+
+    #[test]
+    fn nonzero_runs_are_granule_aligned() {
+        let mut buf = vec![0u8; 20_000];
+        buf[5000] = 1;
+        buf[19_999] = 2;
+        let mut runs = Vec::new();
+        let n = crate::format::io::for_each_nonzero_run::<()>(&buf, 100, 4096, |o, r| {
+            runs.push((o, r.len()));
+            Ok(())
+        })
+        .unwrap();
+        // Granules are aligned to absolute offsets: [4096, 8192) holds byte 5100, [16384, 20100) byte 20099.
+        assert_eq!(runs, vec![(4096, 4096), (16384, 3716)]);
+        assert_eq!(n, 4096 + 3716);
+    }
 }

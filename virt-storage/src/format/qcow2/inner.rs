@@ -77,7 +77,8 @@ impl<T> TableCache<T> {
 
 /// The mutable state of an open qcow2 image, behind the image's mutex.
 pub(crate) struct Inner<F: ImageFile> {
-    pub file: F,
+    /// Shared with [`Qcow2`](super::Qcow2), which reads standard clusters without holding the lock.
+    pub file: std::sync::Arc<F>,
     pub path: PathBuf,
     pub hdr: Header,
     pub cb: u32,
@@ -259,35 +260,16 @@ impl<F: ImageFile> Inner<F> {
     /// Decompresses the cluster described by L2 entry `e` (cached: the last one is kept).
     pub fn decompress(&mut self, e: u64, offset: u64, sectors: u64) -> Result<&[u8], FormatError> {
         if self.last_compressed.as_ref().is_none_or(|(k, _)| *k != e) {
-            // sectors <= 2^(cluster_bits-8), so this is at most 2 * cluster size (4 MiB).
-            let csize = (sectors * 512 - (offset & 511)) as usize;
-            let mut input = vec![0u8; csize];
-            // QEMU reads the sectors through the end of the file as zeros as well.
-            self.file.read_zero_padded(&mut input, offset).map_err(|e| {
-                FormatError::io(&self.path, format!("reading compressed cluster at {offset:#x}"), e)
-            })?;
-            let mut out = vec![0u8; self.cs as usize];
-            let mut d = flate2::Decompress::new(false);
-            let r = d.decompress(&input, &mut out, flate2::FlushDecompress::Finish);
-            if r.is_err() || d.total_out() != self.cs {
-                return Err(self.corrupt(format!(
-                    "compressed cluster at {offset:#x} does not inflate to {} bytes ({})",
-                    self.cs,
-                    match r {
-                        Err(e) => e.to_string(),
-                        Ok(_) => format!("got {}", d.total_out()),
-                    }
-                )));
-            }
+            let out = inflate_cluster(&*self.file, &self.path, self.cs, offset, sectors)?;
             self.last_compressed = Some((e, out));
         }
         match &self.last_compressed {
             Some((_, d)) => Ok(d),
-            None => Err(self.corrupt("decompression cache lost a cluster".into())),
+            None => Err(lost(&self.path, "decompressed cluster")),
         }
     }
 
-    fn raw_l2_entry(&mut self, guest: u64) -> Result<u64, FormatError> {
+    pub fn raw_l2_entry(&mut self, guest: u64) -> Result<u64, FormatError> {
         let l1i = guest / self.bytes_per_l1();
         let l2 = usize::try_from(l1i).ok().and_then(|i| self.l1.get(i)).map_or(0, |e| e & L1E_OFFSET_MASK);
         if l2 == 0 {
@@ -568,4 +550,37 @@ fn read_backing(
 /// between evicts), reported as corruption rather than a panic.
 pub(crate) fn lost(path: &std::path::Path, what: &str) -> FormatError {
     FormatError::Corrupt { path: path.to_path_buf(), msg: format!("metadata cache lost a {what}") }
+}
+
+/// Reads and inflates one compressed cluster (raw deflate) of `cs` bytes: `sectors` 512-byte sectors
+/// starting at byte `offset`, the part past end of file read as zeros as QEMU does.
+pub(crate) fn inflate_cluster<F: ImageFile>(
+    file: &F,
+    path: &std::path::Path,
+    cs: u64,
+    offset: u64,
+    sectors: u64,
+) -> Result<Vec<u8>, FormatError> {
+    // sectors <= 2^(cluster_bits-8), so this is at most 2 * cluster size (4 MiB).
+    let csize = (sectors * 512 - (offset & 511)) as usize;
+    let mut input = vec![0u8; csize];
+    file.read_zero_padded(&mut input, offset)
+        .map_err(|e| FormatError::io(path, format!("reading compressed cluster at {offset:#x}"), e))?;
+    // cs <= 2 MiB.
+    let mut out = vec![0u8; cs as usize];
+    let mut d = flate2::Decompress::new(false);
+    let r = d.decompress(&input, &mut out, flate2::FlushDecompress::Finish);
+    if r.is_err() || d.total_out() != cs {
+        return Err(FormatError::Corrupt {
+            path: path.to_path_buf(),
+            msg: format!(
+                "compressed cluster at {offset:#x} does not inflate to {cs} bytes ({})",
+                match r {
+                    Err(e) => e.to_string(),
+                    Ok(_) => format!("got {}", d.total_out()),
+                }
+            ),
+        });
+    }
+    Ok(out)
 }

@@ -21,7 +21,7 @@ mod refcount;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use virt_core::block::{BlockBackend, BlockError};
 
@@ -89,6 +89,9 @@ impl Default for Qcow2CreateOptions {
 /// An open qcow2 image. All metadata sits behind one mutex.
 pub struct Qcow2<F: ImageFile = File> {
     inner: Mutex<Inner<F>>,
+    /// The image file, also held by `inner`: data reads of standard clusters happen outside the lock
+    /// (a standard cluster's mapping never changes once allocated).
+    file: Arc<F>,
     read_only: bool,
     path: PathBuf,
     id: String,
@@ -441,8 +444,9 @@ impl<F: ImageFile> Qcow2<F> {
         };
         let l2_cap = (opts.l2_cache_bytes / cs).clamp(4, 1024) as usize;
         let rb_cap = ((16u64 << 20) / cs).clamp(4, 256) as usize;
+        let file = Arc::new(file);
         let mut inner = Inner {
-            file,
+            file: file.clone(),
             path: path.clone(),
             cb: hdr.cluster_bits,
             cs,
@@ -465,7 +469,7 @@ impl<F: ImageFile> Qcow2<F> {
             inner.hdr.autoclear_features = 0;
         }
         let id = disk_id(&path);
-        Ok(Self { inner: Mutex::new(inner), read_only: opts.read_only, path, id })
+        Ok(Self { inner: Mutex::new(inner), file, read_only: opts.read_only, path, id })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<F>> {
@@ -536,9 +540,44 @@ impl<F: ImageFile> Qcow2<F> {
 
     /// Reads guest bytes (the [`BlockBackend::read_at`] with a [`FormatError`]).
     pub fn read_guest(&self, offset: u64, buf: &mut [u8]) -> Result<(), FormatError> {
-        let mut g = self.lock();
-        self.range(g.size, offset, buf.len())?;
-        g.read(offset, buf)
+        self.range(self.lock().size, offset, buf.len())?;
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let guest = offset + pos as u64;
+            let rest = buf.len() - pos;
+            let mut g = self.lock();
+            let (n, m) = g.map_run(guest, rest as u64)?;
+            // n <= rest.
+            let n = (n as usize).min(rest);
+            let dst = &mut buf[pos..pos + n];
+            // Standard and compressed clusters are read (and inflated) without the lock: allocation is
+            // append-only, so bytes a mapping pointed to are never reused for anything else.
+            match m {
+                inner::Mapping::Data { host } => {
+                    drop(g);
+                    self.file
+                        .read_zero_padded(dst, host)
+                        .map_err(|e| FormatError::io(&self.path, format!("reading data at {host:#x}"), e))?;
+                }
+                inner::Mapping::Compressed { offset, sectors } => {
+                    let e = g.raw_l2_entry(guest)?;
+                    let in_cluster = (guest & (g.cs - 1)) as usize;
+                    match &g.last_compressed {
+                        Some((k, data)) if *k == e => dst.copy_from_slice(&data[in_cluster..in_cluster + n]),
+                        _ => {
+                            let cs = g.cs;
+                            drop(g);
+                            let data = inner::inflate_cluster(&*self.file, &self.path, cs, offset, sectors)?;
+                            dst.copy_from_slice(&data[in_cluster..in_cluster + n]);
+                            self.lock().last_compressed = Some((e, data));
+                        }
+                    }
+                }
+                _ => g.read(guest, dst)?,
+            }
+            pos += n;
+        }
+        Ok(())
     }
 
     /// Writes guest bytes (the [`BlockBackend::write_at`] with a [`FormatError`]).
