@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 eval "$(bash scripts/guest-assets.sh --print-env)"
 cargo build --release -q -p virt-launcher
-launcher=$PWD/target/release/virt-launcher
+launcher=${CARGO_TARGET_DIR:-$PWD/target}/release/virt-launcher
 cmdline="console=ttyS0 quiet panic=-1"
 
 if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -r /dev/kvm ] && [ -w /dev/kvm ] && [ -z "${VIRT_FORCE_NESTED:-}" ]; then

@@ -13,4 +13,4 @@ cargo test --workspace
 
 bash scripts/guest-assets.sh >/dev/null
 cargo build --release -p virt-launcher
-L2_VMM=virt VIRT_LAUNCHER="$PWD/target/release/virt-launcher" bash scripts/nested/e2e.sh
+L2_VMM=virt VIRT_LAUNCHER="${CARGO_TARGET_DIR:-$PWD/target}/release/virt-launcher" bash scripts/nested/e2e.sh
