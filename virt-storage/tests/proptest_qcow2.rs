@@ -87,6 +87,7 @@ proptest! {
 enum Op {
     Write { off: u64, len: usize, byte: u8 },
     Read { off: u64, len: usize },
+    Discard { off: u64, len: u64 },
     Flush,
     Reopen,
 }
@@ -102,6 +103,7 @@ fn op(size: u64) -> impl Strategy<Value = Op> {
             let len = len.min((s - off) as usize).max(1);
             Op::Read { off: off.min(s - len as u64), len }
         }),
+        2 => (0..s, 1u64..40_000).prop_map(move |(off, len)| Op::Discard { off, len: len.min(s - off) }),
         1 => Just(Op::Flush),
         1 => Just(Op::Reopen),
     ]
@@ -149,6 +151,15 @@ proptest! {
                     let mut b = vec![0u8; len];
                     img.read_at(off, &mut b).unwrap();
                     prop_assert!(b[..] == model[off as usize..off as usize + len], "read at {} len {}", off, len);
+                }
+                Op::Discard { off, len } => {
+                    img.discard(off, len).unwrap();
+                    // Whole clusters inside the range read as zeros; partial ones are untouched.
+                    let cs = 1u64 << cluster_bits;
+                    let (a, b) = (off.div_ceil(cs) * cs, (off + len) / cs * cs);
+                    if a < b {
+                        model[a as usize..b as usize].fill(0);
+                    }
                 }
                 Op::Flush => img.flush().unwrap(),
                 Op::Reopen => {

@@ -50,9 +50,8 @@ pub struct ConvertOptions {
     /// Make the destination durable (`fdatasync`) before returning. `qemu-img convert` does not by
     /// default (its `-t unsafe` cache mode); an import that reports success should.
     pub sync: bool,
-    /// Worker threads for copying into a raw destination (each reads, scans and writes its own
-    /// chunks of the disk). A qcow2 destination is written by one thread so that its clusters stay
-    /// in guest order.
+    /// Reader threads (each reads and inflates its own chunks of the source; one writer writes the
+    /// chunks in guest order). Default: the number of CPUs, at most 4.
     pub threads: usize,
 }
 

@@ -24,6 +24,11 @@ pub trait ImageFile: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes written data durable.
     fn sync(&self) -> io::Result<()>;
+    /// Deallocates a byte range (reads return zeros afterwards); the length stays. Best effort: the
+    /// default does nothing.
+    fn punch_hole(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
 
     /// Reads exactly `buf.len()` bytes at `offset`; the part past end of file is zero-filled and the
     /// number of bytes that came from the file is returned.
@@ -74,6 +79,26 @@ impl ImageFile for File {
     }
     fn sync(&self) -> io::Result<()> {
         self.sync_data()
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "range too large"));
+        };
+        // SAFETY: fallocate on a descriptor owned by `self`, with integer arguments; it touches no
+        // memory of ours.
+        let rc = unsafe {
+            libc::fallocate(self.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, l)
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            // File systems without hole punching: the range simply stays allocated.
+            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -147,6 +172,15 @@ impl ImageFile for MemFile {
     fn sync(&self) -> io::Result<()> {
         Ok(())
     }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut d = self.lock();
+        let len_now = d.len() as u64;
+        let start = offset.min(len_now);
+        let end = offset.saturating_add(len).min(len_now);
+        // Both are at most the current length, which fits usize.
+        d[start as usize..end as usize].fill(0);
+        Ok(())
+    }
 }
 
 impl<T: ImageFile + ?Sized> ImageFile for std::sync::Arc<T> {
@@ -164,6 +198,9 @@ impl<T: ImageFile + ?Sized> ImageFile for std::sync::Arc<T> {
     }
     fn sync(&self) -> io::Result<()> {
         (**self).sync()
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).punch_hole(offset, len)
     }
 }
 

@@ -584,3 +584,54 @@ pub(crate) fn inflate_cluster<F: ImageFile>(
     }
     Ok(out)
 }
+
+impl<F: ImageFile> Inner<F> {
+    /// Unmaps the clusters wholly inside `off..off+len` (the caller checked the range): they read as
+    /// zeros afterwards (unallocated without a backing file, the zero flag with one) and their space
+    /// is freed. Partial clusters at the edges, and version 2 images with a backing file (which cannot
+    /// express "zero, not backing"), are left alone: discard is advisory.
+    pub fn discard(&mut self, off: u64, len: u64) -> Result<(), FormatError> {
+        let first = off.div_ceil(self.cs);
+        let end = (off + len) / self.cs;
+        let has_backing = self.backing.is_some();
+        if first >= end || (has_backing && self.hdr.version < 3) {
+            return Ok(());
+        }
+        for c in first..end {
+            let guest = c * self.cs;
+            let l1i = guest / self.bytes_per_l1();
+            let Some(l1i) = usize::try_from(l1i).ok().filter(|i| *i < self.l1.len()) else { break };
+            let l2 = if self.l1[l1i] & L1E_OFFSET_MASK != 0 {
+                self.l1[l1i] & L1E_OFFSET_MASK
+            } else if has_backing {
+                self.mark_dirty()?;
+                self.ensure_l2(l1i)?
+            } else {
+                continue;
+            };
+            let idx = (c & (self.l2_entries() - 1)) as usize;
+            let old = self.l2_get(l2, idx)?;
+            let new = if has_backing { OFLAG_ZERO } else { 0 };
+            if old == new {
+                continue;
+            }
+            let m = self.classify(old)?;
+            self.mark_dirty()?;
+            self.before_mapping_write()?;
+            self.l2_set(l2, idx, new)?;
+            match m {
+                Mapping::Data { host } | Mapping::Zero { host } if host != 0 => {
+                    self.free_range(host, self.cs)?
+                }
+                Mapping::Compressed { offset, sectors } => {
+                    self.free_range(offset & !511, sectors * 512)?;
+                    if self.last_compressed.as_ref().is_some_and(|(k, _)| *k == old) {
+                        self.last_compressed = None;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

@@ -612,6 +612,17 @@ impl<F: ImageFile> BlockBackend for Qcow2<F> {
     fn flush(&self) -> Result<(), BlockError> {
         Ok(self.flush_image()?)
     }
+    fn discard(&self, offset: u64, len: u64) -> Result<(), BlockError> {
+        if self.read_only {
+            return Err(BlockError::ReadOnly);
+        }
+        let mut g = self.lock();
+        match offset.checked_add(len) {
+            Some(end) if end <= g.size => {}
+            _ => return Err(BlockError::OutOfRange { offset, len, size: g.size }),
+        }
+        Ok(g.discard(offset, len)?)
+    }
     fn id(&self) -> String {
         self.id.clone()
     }

@@ -164,14 +164,36 @@ impl<F: ImageFile> Inner<F> {
         }
         let first = off >> self.cb;
         let last = (off + len - 1) >> self.cb;
+        // Runs of clusters that became free get their space back from the file system.
+        let mut hole: Option<(u64, u64)> = None;
         for c in first..=last {
             let v = self.rc_get(c)?;
             if v == 0 {
                 return Err(self.corrupt(format!("freeing cluster {c} whose refcount is already 0")));
             }
             self.rc_set(c, v - 1)?;
+            hole = match (hole, v == 1) {
+                (Some((s, e)), true) if e == c => Some((s, c + 1)),
+                (h, true) => {
+                    self.punch(h)?;
+                    Some((c, c + 1))
+                }
+                (h, false) => {
+                    self.punch(h)?;
+                    None
+                }
+            };
         }
-        Ok(())
+        self.punch(hole)
+    }
+
+    /// Punches the clusters `start..end` out of the file (they are free; allocation never reuses them).
+    fn punch(&mut self, run: Option<(u64, u64)>) -> Result<(), FormatError> {
+        let Some((s, e)) = run else { return Ok(()) };
+        let (off, len) = (s * self.cs, (e - s) * self.cs);
+        self.file
+            .punch_hole(off, len)
+            .map_err(|err| FormatError::io(&self.path, format!("punching {len} bytes at {off:#x}"), err))
     }
 
     /// Allocates `n` contiguous new clusters at the end of the image; returns the byte offset.

@@ -403,3 +403,31 @@ fn out_of_range_and_read_only() {
     let img = Qcow2::open_file(f, "m", &ro(), None).unwrap();
     assert!(matches!(img.write_at(0, b"x"), Err(virt_core::block::BlockError::ReadOnly)));
 }
+
+#[test]
+fn discard_unmaps_and_gives_space_back() {
+    use std::os::unix::fs::MetadataExt;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("d.qcow2");
+    let img = Qcow2::create(&p, &Qcow2CreateOptions { size: 8 << 20, ..Default::default() }).unwrap();
+    img.write_at(0, &vec![0x77u8; 8 << 20]).unwrap();
+    img.flush().unwrap();
+    let before = std::fs::metadata(&p).unwrap().blocks() * 512;
+    img.discard(1 << 20, 6 << 20).unwrap();
+    img.discard(100, 1000).unwrap(); // partial cluster: left alone
+    img.flush().unwrap();
+    let after = std::fs::metadata(&p).unwrap().blocks() * 512;
+    assert!(after + (5 << 20) < before, "before {before} after {after}");
+    let mut b = vec![1u8; 6 << 20];
+    img.read_at(1 << 20, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0));
+    let mut b = [0u8; 1000];
+    img.read_at(100, &mut b).unwrap();
+    assert!(b.iter().all(|&x| x == 0x77));
+    assert!(img.check().unwrap().is_clean());
+    // Rewriting discarded space allocates afresh.
+    img.write_at(2 << 20, b"again").unwrap();
+    img.flush().unwrap();
+    assert!(img.check().unwrap().is_clean());
+    assert!(img.discard(8 << 20, 1).is_err());
+}
