@@ -2,12 +2,13 @@
 //! in the same run on the same (page-cached) source. Also raw -> qcow2 for information.
 //!
 //! ```text
-//! cargo run --release -p virt-storage --example bench_convert -- [--size-mib 1024] [--runs 9] [--threads N] [--buffer-mib N] [--dir DIR]
+//! cargo run --release -p virt-storage --example bench_convert -- [--size-mib 1024] [--runs 9] [--threads N] [--buffer-mib N] [--prewarm-mib N] [--dir DIR]
 //! ```
 //! (or `virt-storage/bench.sh`). Prints `qcow2->raw: ours X GB/s, qemu-img Y GB/s, ratio R` using the
 //! best of `--runs` runs each, alternating which goes first. Neither side fsyncs the output
 //! (`qemu-img convert` defaults to `-t unsafe`); outputs are deleted and `sync` runs between timed runs
-//! so write-back of one run does not land in the next.
+//! so write-back of one run does not land in the next, and memory is pre-warmed before each run (see
+//! `settle`; off by default, `--prewarm-mib N` turns it on).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,9 +32,25 @@ fn p(x: &Path) -> &str {
     x.to_str().unwrap_or_default()
 }
 
+/// Bytes of memory to touch and free before each timed run (see `settle`).
+static PREWARM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Deletes the previous output, syncs, then touches and frees more memory than the next run will
+/// put into the page cache. On a VM whose balloon reports free pages back to the host (as this one
+/// does), pages freed a few seconds earlier are no longer backed and the next writer pays host
+/// faults on them; which tool happens to hit that made the timings bimodal. Freed just before the
+/// run, the pages are still backed, for both tools alike.
 fn settle(out: &Path) {
     let _ = std::fs::remove_file(out);
     let _ = Command::new("sync").status();
+    let n = PREWARM.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    if n > 0 {
+        let mut v = vec![0u8; n];
+        for i in (0..n).step_by(4096) {
+            v[i] = 1;
+        }
+        std::hint::black_box(&v);
+    }
 }
 
 /// User + system CPU time of this process (all threads) and of its waited-for children.
@@ -73,6 +90,10 @@ fn main() -> Result<(), String> {
         arg(&args, "--dir").map_or_else(|| std::env::temp_dir().join("virt-storage-bench"), PathBuf::from);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let size = size_mib << 20;
+    let prewarm_mib: u64 = arg(&args, "--prewarm-mib")
+        .map_or(Ok(0), |s| s.parse())
+        .map_err(|e| format!("--prewarm-mib: {e}"))?;
+    PREWARM.store(prewarm_mib << 20, std::sync::atomic::Ordering::Relaxed);
     let raw = dir.join("src.raw");
     let qcow = dir.join("src.qcow2");
     let out = dir.join("out.raw");

@@ -1,7 +1,9 @@
 //! Storage layer: volumes, disk formats, import, clone and golden images (see issue 3).
 //!
-//! [`format`] holds the disk-format code: raw and qcow2 images behind virt-core's
+//! [`format`](mod@format) holds the disk-format code: raw and qcow2 images behind virt-core's
 //! [`BlockBackend`](virt_core::block::BlockBackend) seam, format detection, conversion and
 //! host-assisted sparse copies.
+
+#![warn(missing_docs)]
 
 pub mod format;

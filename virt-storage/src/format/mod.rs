@@ -3,7 +3,7 @@
 //! * [`raw`]: plain images (virt-core's [`RawFile`](virt_core::block::RawFile)) with hole detection.
 //! * [`qcow2`]: qcow2 v2/v3 images, read and write, with backing chains, zero and compressed clusters.
 //! * [`detect`]: sniffing a file's format (raw, qcow2, vmdk, vhd, vhdx, iso, gzip, xz, zstd, ...).
-//! * [`convert`]: any supported source (also gzip/xz streams) to raw or qcow2.
+//! * [`convert`](mod@convert): any supported source (also gzip/xz streams) to raw or qcow2.
 //! * [`sparse`]: host-assisted copies of sparse raw files with `SEEK_DATA`/`SEEK_HOLE`.
 //!
 //! Every image type implements [`DiskImage`], which adds extent queries (where is data, where are
