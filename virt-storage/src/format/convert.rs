@@ -60,7 +60,7 @@ impl Default for ConvertOptions {
         Self {
             output: OutputFormat::Raw,
             sparse: true,
-            buffer_size: 1 << 20,
+            buffer_size: 2 << 20,
             sync: true,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
