@@ -60,7 +60,8 @@ fn main() -> Result<(), String> {
 
             let dst = VolumeId::new("default", format!("o{gib}-{r}"));
             let t = Instant::now();
-            pool.clone_volume(&src, &dst, CloneOptions { strategy: Some(CloneStrategy::Overlay) }).map_err(e)?;
+            pool.clone_volume(&src, &dst, CloneOptions { strategy: Some(CloneStrategy::Overlay) })
+                .map_err(e)?;
             overlay.push(t.elapsed());
             pool.delete(&dst).map_err(e)?;
 
@@ -101,10 +102,13 @@ fn main() -> Result<(), String> {
     let src_path = pool.get(&src).map_err(e)?.ok_or("source vanished")?.path;
     let dst = VolumeId::new("default", "sparse-copy");
     let t = Instant::now();
-    let c = pool.clone_volume(&src, &dst, CloneOptions { strategy: Some(CloneStrategy::HostAssisted) }).map_err(e)?;
+    let c = pool
+        .clone_volume(&src, &dst, CloneOptions { strategy: Some(CloneStrategy::HostAssisted) })
+        .map_err(e)?;
     let ours = t.elapsed();
     let peer = Path::new(&dir).join("cp-sparse");
-    let cp = timed(Command::new("cp").args(["--reflink=never", "--sparse=always"]).arg(&src_path).arg(&peer))?;
+    let cp =
+        timed(Command::new("cp").args(["--reflink=never", "--sparse=always"]).arg(&src_path).arg(&peer))?;
     println!(
         "host-assisted copy of a 10 GiB volume holding 1 GiB: {} written, {:.0} MiB allocated, {:.2} s \
          (cp --reflink=never --sparse=always {:.2} s)",

@@ -7,4 +7,5 @@
 #![warn(missing_docs)]
 
 pub mod format;
+pub mod import;
 pub mod volume;
