@@ -398,3 +398,56 @@ fn basic_auth_credentials_are_sent_and_checked() {
     run(&pool, "auth", &url, good, ImportOptions::default()).0.unwrap();
     assert_eq!(contents(&pool, "auth"), raw);
 }
+
+/// busybox's httpd (from busybox-static): a server this project did not write, with Range support.
+#[test]
+fn imports_and_resumes_against_busybox_httpd() {
+    use virt_storage::import::ByteSource;
+    let dir = tempfile::tempdir().unwrap();
+    let raw = disk();
+    std::fs::write(dir.path().join("disk.img"), &raw).unwrap();
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(
+        Command::new("busybox")
+            .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+            .arg(dir.path())
+            .spawn()
+            .expect("busybox (package busybox-static, scripts/install-deps.sh) is needed"),
+    );
+    let url = format!("http://127.0.0.1:{port}/disk.img");
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (_d, pool) = pool();
+    let out = run(
+        &pool,
+        "bb",
+        &url,
+        HttpOptions::default(),
+        ImportOptions { sha256: Some(sha256(&raw)), ..Default::default() },
+    )
+    .0
+    .unwrap();
+    assert_eq!(out.bytes_received, raw.len() as u64);
+    assert_eq!(contents(&pool, "bb"), raw);
+    // A resume is a Range request: busybox answers 206 with the rest.
+    let mut src = HttpSource::new(&url, HttpOptions::default()).unwrap();
+    let mut o = src.open(3 << 20).unwrap();
+    assert_eq!(o.total, Some(raw.len() as u64));
+    let mut rest = Vec::new();
+    o.reader.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, raw[3 << 20..]);
+}

@@ -124,13 +124,8 @@ impl ByteSource for HttpSource {
         } else {
             len
         };
-        if header("content-type").is_some_and(|ct| ct.starts_with("text/html")) {
-            return Err(ImportError::NotAnImage {
-                source_name: redact(&self.url),
-                msg: "the server answered with an HTML page (Content-Type text/html), not a disk image"
-                    .into(),
-            });
-        }
+        // The Content-Type is not trusted either way (servers label unknown files text/html); the
+        // importer sniffs the payload itself.
         Ok(Opened { reader: Box::new(resp.into_body().into_reader()), total })
     }
 

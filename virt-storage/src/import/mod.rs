@@ -140,8 +140,8 @@ pub struct ImportOutcome {
     pub bytes_received: u64,
     /// Times the transfer resumed after a drop.
     pub resumes: u64,
-    /// SHA-256 of the transferred bytes.
-    pub sha256: String,
+    /// SHA-256 of the transferred bytes (computed only when a checksum was expected).
+    pub sha256: Option<String>,
     /// Whether a scratch copy was needed (qcow2 inside the stream).
     pub used_scratch: bool,
 }
@@ -211,7 +211,7 @@ fn run_import(
     let io_err = |e: std::io::Error| ImportError::Source { source_name: name.clone(), msg: e.to_string() };
     let not_image = |msg: String| ImportError::NotAnImage { source_name: name.clone(), msg };
 
-    let reader = ResumingReader::new(source, opts.max_retries)?;
+    let reader = ResumingReader::new(source, opts.max_retries, opts.sha256.is_some())?;
     let total = reader.total();
     let counter = reader.counter();
     let resumes = reader.resumes.clone();
@@ -307,9 +307,13 @@ fn run_import(
             });
         }
     }
-    if let Some(want) = &opts.sha256 {
-        if !want.eq_ignore_ascii_case(&sha256) {
-            return Err(ImportError::Checksum { source_name: name, expected: want.clone(), actual: sha256 });
+    if let (Some(want), Some(got)) = (&opts.sha256, &sha256) {
+        if !want.eq_ignore_ascii_case(got) {
+            return Err(ImportError::Checksum {
+                source_name: name,
+                expected: want.clone(),
+                actual: got.clone(),
+            });
         }
     }
     Ok(ImportOutcome {

@@ -38,12 +38,12 @@ pub struct ResumingReader {
     /// How many times the stream was resumed.
     pub resumes: Arc<AtomicU64>,
     counter: Arc<AtomicU64>,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
 }
 
 impl ResumingReader {
-    /// Opens `source` from its start.
-    pub fn new(mut source: Box<dyn ByteSource>, max_retries: u32) -> Result<Self, ImportError> {
+    /// Opens `source` from its start; with `hash`, keeps a SHA-256 of every byte received.
+    pub fn new(mut source: Box<dyn ByteSource>, max_retries: u32, hash: bool) -> Result<Self, ImportError> {
         let o = source.open(0)?;
         Ok(Self {
             source,
@@ -54,7 +54,7 @@ impl ResumingReader {
             retries_left: max_retries,
             resumes: Arc::new(AtomicU64::new(0)),
             counter: Arc::new(AtomicU64::new(0)),
-            hasher: Sha256::new(),
+            hasher: hash.then(Sha256::new),
         })
     }
 
@@ -68,9 +68,10 @@ impl ResumingReader {
         self.counter.clone()
     }
 
-    /// The SHA-256 of every byte received, in order (valid once the stream is read to its end).
-    pub fn sha256_hex(&self) -> String {
-        self.hasher.clone().finalize().iter().map(|b| format!("{b:02x}")).collect()
+    /// The SHA-256 of every byte received, in order (valid once the stream is read to its end), if
+    /// hashing was asked for.
+    pub fn sha256_hex(&self) -> Option<String> {
+        self.hasher.as_ref().map(|h| h.clone().finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// Bytes received.
@@ -99,7 +100,9 @@ impl Read for ResumingReader {
                 }
                 Ok(n) => {
                     self.offset += n as u64;
-                    self.hasher.update(&buf[..n]);
+                    if let Some(h) = &mut self.hasher {
+                        h.update(&buf[..n]);
+                    }
                     self.counter.store(self.offset, Ordering::Relaxed);
                     self.retries_left = self.max_retries;
                     return Ok(n);
