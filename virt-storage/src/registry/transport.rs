@@ -365,12 +365,12 @@ impl Transport {
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let realm = parse_challenge(&resp).unwrap_or_else(|| state.challenge.clone()).realm();
             let body = small_body(resp);
-            let detail = match (status == StatusCode::FORBIDDEN, sent_auth, self.config.credentials.is_some())
-            {
-                (true, _, _) => format!("access denied: {body}"),
-                (false, _, false) => format!("the registry wants credentials and none were given: {body}"),
-                (false, _, true) => format!("the registry refused the credentials: {body}"),
+            let what = match (status == StatusCode::FORBIDDEN, sent_auth, self.config.credentials.is_some()) {
+                (true, _, _) => "access denied",
+                (false, _, false) => "the registry wants credentials and none were given",
+                (false, _, true) => "the registry refused the credentials",
             };
+            let detail = if body.is_empty() { what.to_string() } else { format!("{what}: {body}") };
             return RegistryError::Unauthorized {
                 registry,
                 image,
@@ -549,7 +549,14 @@ pub(crate) fn map_ureq_error(url: &str, e: ureq::Error) -> RegistryError {
     let url = url.to_string();
     let tls = |message: String| RegistryError::Tls { host: host.clone(), url: url.clone(), message };
     match e {
-        ureq::Error::Rustls(e) => tls(e.to_string()),
+        ureq::Error::Rustls(e) => {
+            let m = e.to_string();
+            if m.contains("InvalidContentType") {
+                tls(format!("{m} (a plain-HTTP server? list the registry as insecure to allow HTTP)"))
+            } else {
+                tls(m)
+            }
+        }
         ureq::Error::Tls(m) => tls(m.to_string()),
         ureq::Error::Pem(e) => tls(e.to_string()),
         ureq::Error::Io(io) if is_tls_io(&io) => tls(io.to_string()),

@@ -1,0 +1,784 @@
+//! The registry client against a real registry: Debian's `docker-registry` (distribution 2.x)
+//! started per test on a free 127.0.0.1 port with a temporary config and storage, images built
+//! here as OCI layouts and pushed with `skopeo copy`. Needs the packages docker-registry,
+//! skopeo and openssl (scripts/install-deps.sh installs them).
+
+use std::fs;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use tempfile::TempDir;
+use virt_storage::registry::{Credentials, RegistryClient, RegistryConfig, RegistryError};
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+// ---------------------------------------------------------------------------------------------
+
+fn require(bin: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin", "/bin"] {
+        let p = Path::new(dir).join(bin);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{bin} not found: install the Debian package {package} (bash scripts/install-deps.sh)");
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deterministic pseudo-random bytes with a zero run in the middle (a hole to keep sparse).
+fn disk_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    let (a, b) = (len / 3, len / 3 + (len / 4));
+    v[a..b].fill(0);
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registry process
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct RegistryOpts {
+    /// (user, password) for an htpasswd-protected registry.
+    htpasswd: Option<(String, String)>,
+    /// (certificate, key) PEM files to serve TLS with.
+    tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// A docker-registry process; killed when dropped.
+struct Registry {
+    child: Child,
+    dir: TempDir,
+    host: String,
+    tls: bool,
+    creds: Option<(String, String)>,
+}
+
+impl Registry {
+    fn start(opts: RegistryOpts) -> Registry {
+        let bin = require("docker-registry", "docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        fs::create_dir(&storage).unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        if let Some((user, pass)) = &opts.htpasswd {
+            let hash = bcrypt::hash(pass, 5).unwrap();
+            fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
+        }
+        // Ask the kernel for a free port, then hand it to the registry (retried if taken).
+        for attempt in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let host = format!("127.0.0.1:{port}");
+            let mut cfg = format!(
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  \
+                 filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                storage.display()
+            );
+            if let Some((cert, key)) = &opts.tls {
+                cfg.push_str(&format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                ));
+            }
+            if opts.htpasswd.is_some() {
+                cfg.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: virt-test-realm\n    path: {}\n",
+                    htpasswd.display()
+                ));
+            }
+            let cfg_path = dir.path().join("config.yml");
+            fs::write(&cfg_path, cfg).unwrap();
+            let log_path = dir.path().join("registry.log");
+            let log = fs::File::create(&log_path).unwrap();
+            let mut child = Command::new(&bin)
+                .arg("serve")
+                .arg(&cfg_path)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+            if wait_ready(&mut child, &host) {
+                return Registry { child, dir, host, tls: opts.tls.is_some(), creds: opts.htpasswd.clone() };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = fs::read_to_string(&log_path).unwrap_or_default();
+            eprintln!("registry attempt {attempt} on {host} did not come up:\n{log}");
+        }
+        panic!("docker-registry did not start (see the logs above)");
+    }
+
+    fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Pushes `layout:tag` to `repo:tag` with skopeo.
+    fn push(&self, layout: &OciLayout, tag: &str, repo: &str, extra: &[&str]) {
+        let skopeo = require("skopeo", "skopeo");
+        let mut cmd = Command::new(skopeo);
+        cmd.args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some((u, p)) = &self.creds {
+            cmd.arg("--dest-creds").arg(format!("{u}:{p}"));
+        }
+        cmd.args(extra);
+        cmd.arg(format!("oci:{}:{tag}", layout.dir.path().display()));
+        cmd.arg(format!("docker://{}/{repo}:{tag}", self.host));
+        run(&mut cmd);
+    }
+
+    /// A client configured for this registry (insecure when it serves plain HTTP).
+    fn client(&self) -> RegistryClient {
+        let mut cfg = RegistryConfig::default();
+        if !self.tls {
+            cfg = cfg.with_insecure_registry(&self.host);
+        }
+        if let Some((u, p)) = &self.creds {
+            cfg = cfg.with_credentials(Credentials::new(u, p));
+        }
+        RegistryClient::new(cfg).unwrap()
+    }
+}
+
+fn wait_ready(child: &mut Child, host: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if TcpStream::connect(host).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OCI layouts built by hand
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+enum Comp {
+    Gzip,
+    Zstd,
+    Plain,
+}
+
+enum Entry<'a> {
+    File(&'a str, Vec<u8>),
+    Dir(&'a str),
+    Symlink(&'a str, &'a str),
+    /// A path written raw into the header, bypassing the tar crate's checks.
+    RawPath(&'a str, Vec<u8>),
+}
+
+fn tar_of(entries: &[Entry<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(1_700_000_000);
+        match e {
+            Entry::File(p, data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, p, data.as_slice()).unwrap();
+            }
+            Entry::Dir(p) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(&mut h, p, std::io::empty()).unwrap();
+            }
+            Entry::Symlink(p, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, p, target).unwrap();
+            }
+            Entry::RawPath(p, data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(data.len() as u64);
+                let name = &mut h.as_old_mut().name;
+                name.fill(0);
+                name[..p.len()].copy_from_slice(p.as_bytes());
+                h.set_cksum();
+                b.append(&h, data.as_slice()).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+fn compress(tar: &[u8], c: Comp) -> (Vec<u8>, &'static str) {
+    match c {
+        Comp::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(tar).unwrap();
+            (e.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip")
+        }
+        Comp::Zstd => (zstd::encode_all(tar, 3).unwrap(), "application/vnd.oci.image.layer.v1.tar+zstd"),
+        Comp::Plain => (tar.to_vec(), "application/vnd.oci.image.layer.v1.tar"),
+    }
+}
+
+/// An OCI image layout directory (`oci-layout`, `index.json`, `blobs/sha256/`).
+struct OciLayout {
+    dir: TempDir,
+    tags: Vec<Value>,
+}
+
+impl OciLayout {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        fs::write(dir.path().join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let l = OciLayout { dir, tags: Vec::new() };
+        l.write_index();
+        l
+    }
+
+    fn blob(&self, data: &[u8], media_type: &str) -> Value {
+        let hex = sha256_hex(data);
+        fs::write(self.dir.path().join("blobs/sha256").join(&hex), data).unwrap();
+        json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": data.len()})
+    }
+
+    /// Writes an image of `layers` (tar bytes, lowest first) and returns its manifest descriptor.
+    fn image(&self, layers: &[(Vec<u8>, Comp)], arch: &str) -> Value {
+        let mut descs = Vec::new();
+        let mut diff_ids = Vec::new();
+        for (tar, c) in layers {
+            diff_ids.push(format!("sha256:{}", sha256_hex(tar)));
+            let (blob, mt) = compress(tar, *c);
+            descs.push(self.blob(&blob, mt));
+        }
+        let config = json!({
+            "architecture": arch, "os": "linux",
+            "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}
+        });
+        let config =
+            self.blob(&serde_json::to_vec(&config).unwrap(), "application/vnd.oci.image.config.v1+json");
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": descs,
+        });
+        let mut d =
+            self.blob(&serde_json::to_vec(&manifest).unwrap(), "application/vnd.oci.image.manifest.v1+json");
+        d["platform"] = json!({"architecture": arch, "os": "linux"});
+        d
+    }
+
+    /// Writes an index of `manifests` and returns its descriptor.
+    fn index(&self, manifests: &[Value]) -> Value {
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        self.blob(&serde_json::to_vec(&index).unwrap(), "application/vnd.oci.image.index.v1+json")
+    }
+
+    fn tag(&mut self, tag: &str, desc: &Value) {
+        let mut d = desc.clone();
+        d["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+        if let Some(o) = d.as_object_mut() {
+            o.remove("platform");
+        }
+        self.tags.retain(|t| t["annotations"]["org.opencontainers.image.ref.name"] != tag);
+        self.tags.push(d);
+        self.write_index();
+    }
+
+    fn write_index(&self) {
+        let index = json!({"schemaVersion": 2, "manifests": self.tags});
+        fs::write(self.dir.path().join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    }
+}
+
+/// A containerDisk-style image: a base layer with some files, the disk in its own layer.
+fn container_disk_image(layout: &mut OciLayout, tag: &str, disk_name: &str, disk: &[u8], c: Comp) -> Value {
+    let base = tar_of(&[
+        Entry::Dir("etc/"),
+        Entry::File("etc/os-release", b"ID=test\n".to_vec()),
+        Entry::File("README", b"containerDisk test image\n".to_vec()),
+    ]);
+    let disk_layer = tar_of(&[Entry::Dir("disk/"), Entry::File(&format!("disk/{disk_name}"), disk.to_vec())]);
+    let desc = layout.image(&[(base, c), (disk_layer, c)], "amd64");
+    layout.tag(tag, &desc);
+    desc
+}
+
+fn out_dir() -> TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn pull_by_tag_and_by_digest_gives_the_same_disk() {
+    let reg = Registry::start(RegistryOpts::default());
+    let mut layout = OciLayout::new();
+    let disk = disk_bytes(1, 3 << 20);
+    let desc = container_disk_image(&mut layout, "v1", "cirros.qcow2", &disk, Comp::Gzip);
+    reg.push(&layout, "v1", "demo/cirros", &[]);
+    let client = reg.client();
+
+    let out = out_dir();
+    let by_tag =
+        client.extract_container_disk(&format!("docker://{}/demo/cirros:v1", reg.host), out.path()).unwrap();
+    assert_eq!(by_tag, out.path().join("cirros.qcow2"));
+    assert!(fs::read(&by_tag).unwrap() == disk, "disk pulled by tag differs");
+
+    let digest = client.resolve_digest(&format!("{}/demo/cirros:v1", reg.host)).unwrap();
+    assert_eq!(
+        digest.to_string(),
+        desc["digest"].as_str().unwrap(),
+        "skopeo kept the OCI manifest as written"
+    );
+    let out2 = out_dir();
+    let by_digest =
+        client.extract_container_disk(&format!("{}/demo/cirros@{digest}", reg.host), out2.path()).unwrap();
+    assert!(fs::read(&by_digest).unwrap() == disk, "disk pulled by digest differs");
+    // Nothing but the disk is left in the destination (the staging directory is gone).
+    let names: Vec<_> = fs::read_dir(out2.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("cirros.qcow2")]);
+    assert_eq!(client.resolve_digest(&format!("{}/demo/cirros@{digest}", reg.host)).unwrap(), digest);
+}
+
+#[test]
+fn docker_schema2_and_zstd_and_indexes() {
+    let reg = Registry::start(RegistryOpts::default());
+    let client = reg.client();
+    let mut layout = OciLayout::new();
+
+    // Docker v2 schema 2: skopeo converts the OCI manifest on push.
+    let disk = disk_bytes(2, 1 << 20);
+    container_disk_image(&mut layout, "v2s2", "d.img", &disk, Comp::Gzip);
+    reg.push(&layout, "v2s2", "demo/docker", &["--format", "v2s2"]);
+    let m = client.fetch_manifest(&format!("{}/demo/docker:v2s2", reg.host)).unwrap();
+    assert_eq!(m.media_type, "application/vnd.docker.distribution.manifest.v2+json");
+    let out = out_dir();
+    let p = client.extract_container_disk(&format!("{}/demo/docker:v2s2", reg.host), out.path()).unwrap();
+    assert!(fs::read(p).unwrap() == disk);
+
+    // zstd and plain tar layers.
+    for (tag, c) in [("zstd", Comp::Zstd), ("plain", Comp::Plain)] {
+        let disk = disk_bytes(3, 1 << 20);
+        container_disk_image(&mut layout, tag, "z.raw", &disk, c);
+        reg.push(&layout, tag, "demo/comp", &[]);
+        let out = out_dir();
+        let p = client.extract_container_disk(&format!("{}/demo/comp:{tag}", reg.host), out.path()).unwrap();
+        assert!(fs::read(p).unwrap() == disk, "{tag} layer");
+    }
+
+    // A multi-platform index: arm64 first, amd64 second; the amd64 disk must come out.
+    let arm = disk_bytes(4, 256 << 10);
+    let amd = disk_bytes(5, 256 << 10);
+    let arm_img = layout.image(&[(tar_of(&[Entry::File("disk/a.img", arm)]), Comp::Gzip)], "arm64");
+    let amd_img = layout.image(&[(tar_of(&[Entry::File("disk/a.img", amd.clone())]), Comp::Gzip)], "amd64");
+    let index = layout.index(&[arm_img, amd_img.clone()]);
+    layout.tag("multi", &index);
+    reg.push(&layout, "multi", "demo/multi", &["--all"]);
+    let r = format!("{}/demo/multi:multi", reg.host);
+    let m = client.fetch_manifest(&r).unwrap();
+    assert_eq!(m.digest.to_string(), index["digest"].as_str().unwrap());
+    assert_eq!(m.manifest_digest.to_string(), amd_img["digest"].as_str().unwrap());
+    assert_eq!(client.resolve_digest(&r).unwrap(), m.digest, "a tag resolves to the index digest");
+    let out = out_dir();
+    let p = client.extract_container_disk(&r, out.path()).unwrap();
+    assert!(fs::read(p).unwrap() == amd, "picked the amd64 image from the OCI index");
+
+    // The same as a Docker manifest list.
+    reg.push(&layout, "multi", "demo/multi-docker", &["--all", "--format", "v2s2"]);
+    let r = format!("{}/demo/multi-docker:multi", reg.host);
+    let out = out_dir();
+    let p = client.extract_container_disk(&r, out.path()).unwrap();
+    assert!(fs::read(p).unwrap() == amd, "picked the amd64 image from the manifest list");
+
+    // An index without the wanted platform names what it has.
+    let cfg = RegistryConfig { architecture: "s390x".into(), ..RegistryConfig::default() }
+        .with_insecure_registry(&reg.host);
+    let e = RegistryClient::new(cfg)
+        .unwrap()
+        .fetch_manifest(&format!("{}/demo/multi:multi", reg.host))
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::NoPlatform { .. }), "{e}");
+    assert!(e.to_string().contains("linux/arm64, linux/amd64"), "{e}");
+}
+
+#[test]
+fn moving_a_tag_changes_the_resolved_digest() {
+    let reg = Registry::start(RegistryOpts::default());
+    let client = reg.client();
+    let mut layout = OciLayout::new();
+    let r = format!("{}/golden/fedora:latest", reg.host);
+
+    let d1 = container_disk_image(&mut layout, "latest", "f.qcow2", &disk_bytes(10, 64 << 10), Comp::Gzip);
+    reg.push(&layout, "latest", "golden/fedora", &[]);
+    let first = client.resolve_digest(&r).unwrap();
+    assert_eq!(first.to_string(), d1["digest"].as_str().unwrap());
+    assert_eq!(client.resolve_digest(&r).unwrap(), first, "stable while the tag does not move");
+
+    let d2 = container_disk_image(&mut layout, "latest", "f.qcow2", &disk_bytes(11, 64 << 10), Comp::Gzip);
+    reg.push(&layout, "latest", "golden/fedora", &[]);
+    let second = client.resolve_digest(&r).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(second.to_string(), d2["digest"].as_str().unwrap());
+    // The old image is still there by digest.
+    let out = out_dir();
+    let p =
+        client.extract_container_disk(&format!("{}/golden/fedora@{first}", reg.host), out.path()).unwrap();
+    assert!(fs::read(p).unwrap() == disk_bytes(10, 64 << 10));
+}
+
+#[test]
+fn missing_image_is_a_clear_404() {
+    let reg = Registry::start(RegistryOpts::default());
+    let client = reg.client();
+    let mut layout = OciLayout::new();
+    container_disk_image(&mut layout, "v1", "c.img", &disk_bytes(20, 4096), Comp::Gzip);
+    reg.push(&layout, "v1", "demo/cirros", &[]);
+
+    let e = client.resolve_digest(&format!("{}/demo/cirros:v9", reg.host)).unwrap_err();
+    assert!(matches!(e, RegistryError::NotFound { status: 404, .. }), "{e:?}");
+    let out = out_dir();
+    let e = client.extract_container_disk(&format!("{}/demo/cirros:v9", reg.host), out.path()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "registry {}: image demo/cirros:v9 not found (404 on /v2/demo/cirros/manifests/v9)",
+            reg.host
+        )
+    );
+    let e = client.fetch_manifest(&format!("{}/no/such-repo:v1", reg.host)).unwrap_err();
+    assert!(matches!(e, RegistryError::NotFound { .. }), "{e}");
+    assert!(e.to_string().contains("image no/such-repo:v1 not found"), "{e}");
+}
+
+#[test]
+fn images_without_one_disk_are_refused_by_name() {
+    let reg = Registry::start(RegistryOpts::default());
+    let client = reg.client();
+    let mut layout = OciLayout::new();
+
+    let none = layout.image(&[(tar_of(&[Entry::File("data/x.img", vec![1; 512])]), Comp::Gzip)], "amd64");
+    layout.tag("nodisk", &none);
+    let two = layout.image(
+        &[(
+            tar_of(&[Entry::File("disk/a.qcow2", vec![1; 512]), Entry::File("disk/b.raw", vec![2; 512])]),
+            Comp::Gzip,
+        )],
+        "amd64",
+    );
+    layout.tag("two", &two);
+    reg.push(&layout, "nodisk", "demo/bad", &[]);
+    reg.push(&layout, "two", "demo/bad", &[]);
+
+    let out = out_dir();
+    let e = client.extract_container_disk(&format!("{}/demo/bad:nodisk", reg.host), out.path()).unwrap_err();
+    assert!(matches!(e, RegistryError::NoDisk { .. }), "{e}");
+    assert!(e.to_string().contains("image demo/bad:nodisk has no disk file under /disk/"), "{e}");
+    let e = client.extract_container_disk(&format!("{}/demo/bad:two", reg.host), out.path()).unwrap_err();
+    assert!(e.to_string().contains("several files under /disk/: /disk/a.qcow2, /disk/b.raw"), "{e}");
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0, "nothing left behind");
+}
+
+#[test]
+fn kernel_boot_files_with_symlinks_and_whiteouts() {
+    let reg = Registry::start(RegistryOpts::default());
+    let client = reg.client();
+    let mut layout = OciLayout::new();
+    let kernel = disk_bytes(30, 300 << 10);
+    let initrd = disk_bytes(31, 200 << 10);
+    let lower = tar_of(&[
+        Entry::Dir("boot/"),
+        Entry::File("boot/vmlinuz-6.1.0", kernel.clone()),
+        Entry::File("boot/initrd.img-6.1.0", b"old initrd".to_vec()),
+        Entry::File("boot/stale", b"to be whited out".to_vec()),
+        Entry::Symlink("boot/vmlinuz", "vmlinuz-6.1.0"),
+    ]);
+    let upper = tar_of(&[
+        Entry::File("boot/initrd.img-6.1.0", initrd.clone()),
+        Entry::File("boot/.wh.stale", Vec::new()),
+        Entry::Symlink("boot/initrd", "/boot/initrd.img-6.1.0"),
+    ]);
+    let img = layout.image(&[(lower, Comp::Zstd), (upper, Comp::Gzip)], "amd64");
+    layout.tag("6.1", &img);
+    reg.push(&layout, "6.1", "kernels/debian", &[]);
+    let r = format!("{}/kernels/debian:6.1", reg.host);
+
+    let out = out_dir();
+    let files = client.extract_files(&r, &["boot/vmlinuz", "/boot/initrd"], out.path()).unwrap();
+    assert_eq!(files, vec![out.path().join("boot/vmlinuz"), out.path().join("boot/initrd")]);
+    assert!(fs::read(&files[0]).unwrap() == kernel, "kernel through its symlink");
+    assert!(fs::read(&files[1]).unwrap() == initrd, "upper layer's initrd through an absolute symlink");
+
+    let e = client.extract_files(&r, &["boot/stale"], out.path()).unwrap_err();
+    assert!(matches!(e, RegistryError::FileNotFound { .. }), "{e}");
+    assert!(e.to_string().contains("has no file /boot/stale"), "{e}");
+    let e = client.extract_files(&r, &["../etc/passwd"], out.path()).unwrap_err();
+    assert!(matches!(e, RegistryError::InvalidReference { .. }), "{e}");
+}
+
+#[test]
+fn path_traversal_in_layers_is_refused() {
+    let reg = Registry::start(RegistryOpts::default());
+    let client = reg.client();
+    let mut layout = OciLayout::new();
+    let cases = [
+        (
+            "dotdot",
+            tar_of(&[Entry::RawPath("../../evil", b"x".to_vec()), Entry::File("disk/d.img", vec![1; 512])]),
+        ),
+        (
+            "absolute",
+            tar_of(&[Entry::RawPath("/etc/evil", b"x".to_vec()), Entry::File("disk/d.img", vec![1; 512])]),
+        ),
+        ("symlink", tar_of(&[Entry::Symlink("disk/d.img", "../../../../etc/shadow")])),
+    ];
+    for (tag, tar) in &cases {
+        let img = layout.image(&[(tar.clone(), Comp::Gzip)], "amd64");
+        layout.tag(tag, &img);
+        reg.push(&layout, tag, "demo/evil", &[]);
+    }
+    for (tag, _) in &cases {
+        let out = out_dir();
+        let e =
+            client.extract_container_disk(&format!("{}/demo/evil:{tag}", reg.host), out.path()).unwrap_err();
+        assert!(matches!(e, RegistryError::UnsafePath { .. }), "{tag}: {e}");
+        assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0, "{tag}: nothing written");
+        assert!(!out.path().join("../../evil").exists());
+    }
+}
+
+#[test]
+fn corrupted_blob_is_a_digest_mismatch_naming_the_blob() {
+    let reg = Registry::start(RegistryOpts::default());
+    let client = reg.client();
+    let mut layout = OciLayout::new();
+    let disk = disk_bytes(40, 1 << 20);
+    let img = container_disk_image(&mut layout, "v1", "c.img", &disk, Comp::Gzip);
+    reg.push(&layout, "v1", "demo/corrupt", &[]);
+
+    // The disk layer is the manifest's second layer; flip one byte of it in the registry's storage.
+    let manifest: Value = serde_json::from_slice(
+        &fs::read(layout.dir.path().join("blobs/sha256").join(&img["digest"].as_str().unwrap()[7..]))
+            .unwrap(),
+    )
+    .unwrap();
+    let blob = manifest["layers"][1]["digest"].as_str().unwrap().to_string();
+    let hex = &blob[7..];
+    let data = reg.storage().join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let mut bytes = fs::read(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    fs::write(&data, bytes).unwrap();
+
+    let out = out_dir();
+    let e = client.extract_container_disk(&format!("{}/demo/corrupt:v1", reg.host), out.path()).unwrap_err();
+    assert!(matches!(e, RegistryError::DigestMismatch { what: "blob", .. }), "{e:?}");
+    assert!(e.to_string().contains(&format!("blob {blob} has wrong content")), "{e}");
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0, "no unverified disk left behind");
+}
+
+#[test]
+fn basic_auth_with_right_wrong_and_no_credentials() {
+    let reg = Registry::start(RegistryOpts {
+        htpasswd: Some(("cdi".into(), "s3cret-key".into())),
+        ..RegistryOpts::default()
+    });
+    let mut layout = OciLayout::new();
+    let disk = disk_bytes(50, 128 << 10);
+    container_disk_image(&mut layout, "v1", "p.img", &disk, Comp::Gzip);
+    reg.push(&layout, "v1", "private/img", &[]);
+    let r = format!("{}/private/img:v1", reg.host);
+
+    let out = out_dir();
+    let p = reg.client().extract_container_disk(&r, out.path()).unwrap();
+    assert!(fs::read(p).unwrap() == disk);
+
+    let wrong = RegistryClient::new(
+        RegistryConfig::default()
+            .with_insecure_registry(&reg.host)
+            .with_credentials(Credentials::new("cdi", "nope")),
+    )
+    .unwrap();
+    let e = wrong.resolve_digest(&r).unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { status: 401, .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("registry {}", reg.host)) && msg.contains("realm \"virt-test-realm\""),
+        "{msg}"
+    );
+    assert!(msg.contains("refused the credentials"), "{msg}");
+
+    let anonymous = RegistryClient::new(RegistryConfig::default().with_insecure_registry(&reg.host)).unwrap();
+    let e = anonymous.extract_container_disk(&r, out_dir().path()).unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e:?}");
+    assert!(e.to_string().contains("wants credentials and none were given"), "{e}");
+}
+
+/// A CA and a server certificate for 127.0.0.1 made with the openssl CLI.
+struct Pki {
+    dir: TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let openssl = require("openssl", "openssl");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        run(Command::new(&openssl).current_dir(d).args(["req", "-x509"]).args(ec).args([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=virt-storage test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]));
+        run(Command::new(&openssl).current_dir(d).arg("req").args(ec).args([
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]));
+        fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(Command::new(&openssl).current_dir(d).args([
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]));
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+#[test]
+fn tls_with_a_custom_ca() {
+    let pki = Pki::new();
+    let reg = Registry::start(RegistryOpts {
+        tls: Some((pki.path("server.crt"), pki.path("server.key"))),
+        ..RegistryOpts::default()
+    });
+    let mut layout = OciLayout::new();
+    let disk = disk_bytes(60, 256 << 10);
+    container_disk_image(&mut layout, "v1", "t.img", &disk, Comp::Gzip);
+    reg.push(&layout, "v1", "secure/img", &[]);
+    let r = format!("{}/secure/img:v1", reg.host);
+
+    // Trusting the CA: verified TLS works.
+    let ca = fs::read(pki.path("ca.crt")).unwrap();
+    let trusted = RegistryClient::new(RegistryConfig::default().with_ca_bundle(ca)).unwrap();
+    let out = out_dir();
+    let p = trusted.extract_container_disk(&r, out.path()).unwrap();
+    assert!(fs::read(p).unwrap() == disk);
+
+    // Without the CA: a TLS error naming the host, never a silent downgrade.
+    let e = RegistryClient::new(RegistryConfig::default()).unwrap().resolve_digest(&r).unwrap_err();
+    assert!(matches!(e, RegistryError::Tls { .. }), "{e:?}");
+    assert!(e.to_string().contains(&format!("TLS failure talking to registry {}", reg.host)), "{e}");
+
+    // Another CA does not do either.
+    let other = Pki::new();
+    let e = RegistryClient::new(
+        RegistryConfig::default().with_ca_bundle(fs::read(other.path("ca.crt")).unwrap()),
+    )
+    .unwrap()
+    .resolve_digest(&r)
+    .unwrap_err();
+    assert!(matches!(e, RegistryError::Tls { .. }), "{e:?}");
+
+    // Configured as insecure: unverified TLS is allowed for this registry.
+    let insecure = RegistryClient::new(RegistryConfig::default().with_insecure_registry(&reg.host)).unwrap();
+    let out = out_dir();
+    let p = insecure.extract_container_disk(&r, out.path()).unwrap();
+    assert!(fs::read(p).unwrap() == disk);
+
+    // A bundle without certificates is refused up front.
+    let e = RegistryClient::new(RegistryConfig::default().with_ca_bundle(b"not pem".to_vec())).unwrap_err();
+    assert!(matches!(e, RegistryError::Config(_)), "{e}");
+}
+
+#[test]
+fn plain_http_registry_needs_to_be_configured_insecure() {
+    let reg = Registry::start(RegistryOpts::default());
+    let mut layout = OciLayout::new();
+    container_disk_image(&mut layout, "v1", "h.img", &disk_bytes(70, 4096), Comp::Gzip);
+    reg.push(&layout, "v1", "plain/img", &[]);
+    let r = format!("{}/plain/img:v1", reg.host);
+    let e = RegistryClient::new(RegistryConfig::default()).unwrap().resolve_digest(&r).unwrap_err();
+    assert!(matches!(e, RegistryError::Tls { .. }), "{e:?}");
+    assert!(e.to_string().contains(&reg.host), "{e}");
+    assert!(reg.client().resolve_digest(&r).is_ok());
+}
