@@ -437,7 +437,13 @@ fn converts_compressed_streams() {
     let mut e = xz2::write::XzEncoder::new(std::fs::File::create(&xz).unwrap(), 1);
     e.write_all(&data).unwrap();
     e.finish().unwrap();
-    for (src, fmt) in [(&gz, ImageFormat::Gzip), (&xz, ImageFormat::Xz)] {
+    // Two concatenated zstd frames.
+    let zst = d.path().join("s.raw.zst");
+    let (a, b) = data.split_at(1 << 20);
+    let mut z = zstd::stream::encode_all(a, 1).unwrap();
+    z.extend(zstd::stream::encode_all(b, 3).unwrap());
+    std::fs::write(&zst, z).unwrap();
+    for (src, fmt) in [(&gz, ImageFormat::Gzip), (&xz, ImageFormat::Xz), (&zst, ImageFormat::Zstd)] {
         let out = d.path().join("out.raw");
         let st = convert(src, &out, &ConvertOptions::default()).unwrap();
         assert_eq!(st.compression, Some(fmt));

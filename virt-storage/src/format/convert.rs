@@ -1,10 +1,10 @@
 //! Conversion between formats: any supported source to raw or qcow2.
 //!
-//! Sources: raw (and ISO), qcow2 with its backing chain, and gzip or xz streams of either. A compressed
+//! Sources: raw (and ISO), qcow2 with its backing chain, and gzip, xz or zstd streams of either. A compressed
 //! **raw** image is decompressed straight into the destination as a stream (no scratch copy). A
 //! compressed **qcow2** image cannot be streamed (qcow2 needs random access to its tables), so it is
 //! spooled to a temporary file next to the destination first ([`ConvertStats::spooled`]). Formats
-//! QEMU knows but this crate does not (vmdk, vhd, vhdx, zstd/bzip2 streams) are refused with
+//! QEMU knows but this crate does not (vmdk, vhd, vhdx, bzip2 streams) are refused with
 //! [`FormatError::UnsupportedFormat`].
 //!
 //! Output is sparse by default: zero extents of the source (holes, unallocated or zero clusters) are
@@ -99,7 +99,7 @@ pub fn convert(src: &Path, dst: &Path, opts: &ConvertOptions) -> Result<ConvertS
             let img = open_image_as(src, fmt, true, 0)?;
             convert_image(img.as_ref(), dst, opts)
         }
-        ImageFormat::Gzip | ImageFormat::Xz => convert_compressed(src, fmt, dst, opts),
+        ImageFormat::Gzip | ImageFormat::Xz | ImageFormat::Zstd => convert_compressed(src, fmt, dst, opts),
         other => Err(FormatError::UnsupportedFormat { path: src.to_path_buf(), format: other.name().into() }),
     }
 }
@@ -128,6 +128,11 @@ fn convert_compressed(
     let f = BufReader::with_capacity(1 << 20, f);
     let mut reader: Box<dyn Read + Send> = match fmt {
         ImageFormat::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
+        // Reads all concatenated frames.
+        ImageFormat::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(f)
+                .map_err(|e| FormatError::io(src, "starting zstd decoder", e))?,
+        ),
         _ => Box::new(xz2::read::XzDecoder::new_multi_decoder(f)),
     };
     let mut head = vec![0u8; SNIFF_LEN];

@@ -34,7 +34,7 @@ pub enum ImageFormat {
     Gzip,
     /// xz stream.
     Xz,
-    /// zstd stream (detected; decompression unsupported).
+    /// zstd stream.
     Zstd,
     /// bzip2 stream (detected; decompression unsupported).
     Bzip2,

@@ -3,7 +3,7 @@
 //! * [`raw`]: plain images (virt-core's [`RawFile`](virt_core::block::RawFile)) with hole detection.
 //! * [`qcow2`]: qcow2 v2/v3 images, read and write, with backing chains, zero and compressed clusters.
 //! * [`detect`]: sniffing a file's format (raw, qcow2, vmdk, vhd, vhdx, iso, gzip, xz, zstd, ...).
-//! * [`convert`](mod@convert): any supported source (also gzip/xz streams) to raw or qcow2.
+//! * [`convert`](mod@convert): any supported source (also gzip/xz/zstd streams) to raw or qcow2.
 //! * [`sparse`]: host-assisted copies of sparse raw files with `SEEK_DATA`/`SEEK_HOLE`.
 //!
 //! Every image type implements [`DiskImage`], which adds extent queries (where is data, where are
@@ -213,7 +213,7 @@ impl<B: BlockBackend> DiskImage for PlainBackend<B> {
 
 /// Opens an image of a supported format (raw, iso, qcow2 with its backing chain), detecting the format.
 ///
-/// Compressed streams (gzip, xz) and foreign formats (vmdk, vhd, vhdx) give
+/// Compressed streams (gzip, xz, zstd) and foreign formats (vmdk, vhd, vhdx) give
 /// [`FormatError::UnsupportedFormat`]; compressed streams can be imported with [`convert()`].
 pub fn open_image(path: &Path, read_only: bool) -> Result<Box<dyn DiskImage>, FormatError> {
     open_image_as(path, detect_path(path)?, read_only, 0)
