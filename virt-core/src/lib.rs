@@ -7,4 +7,5 @@
 
 pub mod block;
 pub mod hypervisor;
+pub mod machine;
 pub mod vmm;

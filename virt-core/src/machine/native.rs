@@ -1,0 +1,382 @@
+//! The native microVM as a [`MachineBackend`]: kernel boot, virtio-blk disks, hardware KVM.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::accel::{self, AccelDecision, HostVirt};
+use super::{
+    BootSpec, ConsoleSink, DiskBus, DiskOpener, Machine, MachineBackend, MachineError, MachineEvent,
+    MachineExit, MachineSpec, MachineStatus,
+};
+use crate::hypervisor::kvm::KvmHypervisor;
+use crate::vmm::boot::KernelConfig;
+use crate::vmm::devices::lock;
+use crate::vmm::{ExitReason, MicroVm, Payload, VmConfig, VmHandle};
+
+/// Runs kernel-boot machines in-process on the native VMM.
+pub struct NativeBackend {
+    disks: DiskOpener,
+    host: HostVirt,
+    kernel_cache: Option<std::path::PathBuf>,
+}
+
+impl NativeBackend {
+    /// A backend that opens disks with `disks` and caches decompressed kernels in `kernel_cache`.
+    pub fn new(disks: DiskOpener, kernel_cache: Option<std::path::PathBuf>) -> Self {
+        Self { disks, host: HostVirt::probe(), kernel_cache }
+    }
+
+    /// Overrides the probed host (tests, or hosts whose KVM the probe misjudges).
+    pub fn with_host(mut self, host: HostVirt) -> Self {
+        self.host = host;
+        self
+    }
+}
+
+impl MachineBackend for NativeBackend {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn supports(&self, spec: &MachineSpec) -> Result<(), String> {
+        accel::decide(&self.host, accel::AccelPolicy::RequireKvm, false)?;
+        if !matches!(spec.boot, BootSpec::Kernel { .. }) {
+            return Err("the native VMM boots kernels only (no BIOS or UEFI firmware)".into());
+        }
+        if let Some(d) = spec.disks.iter().find(|d| d.bus != DiskBus::Virtio || d.cdrom) {
+            return Err(format!(
+                "disk {} needs bus {:?}{}; the native VMM has virtio-blk only",
+                d.name,
+                d.bus,
+                if d.cdrom { " as a CD-ROM" } else { "" }
+            ));
+        }
+        if spec.tpm.is_some() || spec.graphics || !spec.hyperv.is_empty() || spec.smm {
+            return Err("TPM, graphics, Hyper-V enlightenments and SMM need the QEMU backend".into());
+        }
+        if spec.cpu.count() == 0 || spec.cpu.count() > 254 {
+            return Err(format!("{} vCPUs", spec.cpu.count()));
+        }
+        Ok(())
+    }
+
+    fn start(&self, spec: &MachineSpec, console: ConsoleSink) -> Result<Box<dyn Machine>, MachineError> {
+        let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
+        self.supports(spec).map_err(|what| MachineError::Unsupported {
+            machine: spec.name.clone(),
+            backend: "native",
+            what,
+        })?;
+        let BootSpec::Kernel { kernel, initramfs, cmdline } = &spec.boot else {
+            return Err(err("not a kernel boot".into()));
+        };
+        let disks = spec
+            .disks
+            .iter()
+            .map(|d| (self.disks)(d).map_err(|e| err(format!("disk {}: {e}", d.name))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cfg = VmConfig {
+            memory_mib: spec.memory_mib,
+            cpus: u8::try_from(spec.cpu.count()).map_err(|_| err("too many vCPUs".into()))?,
+            payload: Payload::Kernel(KernelConfig {
+                kernel: kernel.clone(),
+                initramfs: initramfs.clone(),
+                cmdline: cmdline.clone(),
+                cache_dir: self.kernel_cache.clone(),
+                ..Default::default()
+            }),
+            disks,
+            console,
+            track_dirty_pages: false,
+            huge_pages: false,
+        };
+        let hv = KvmHypervisor::new().map_err(|e| err(e.to_string()))?;
+        let vm = MicroVm::new(&hv, cfg).map_err(|e| err(e.to_string()))?;
+        let handle = Arc::new(vm.start().map_err(|e| err(e.to_string()))?);
+        let (tx, rx) = channel();
+        let _ = tx.send(MachineEvent::Started);
+        let state = Arc::new(Mutex::new(MachineStatus::Running));
+        let m = NativeMachine {
+            name: spec.name.clone(),
+            handle: handle.clone(),
+            events_tx: tx.clone(),
+            events: Mutex::new(rx),
+            state: state.clone(),
+            ended: Arc::new((Mutex::new(None), std::sync::Condvar::new())),
+        };
+        let ended = m.ended.clone();
+        std::thread::Builder::new()
+            .name(format!("{}-wait", spec.name))
+            .spawn(move || {
+                let exit = match handle.wait() {
+                    ExitReason::PowerOff => MachineExit::PowerOff,
+                    ExitReason::Reset => MachineExit::Reboot,
+                    ExitReason::Stopped => MachineExit::Stopped,
+                    ExitReason::Error(e) => MachineExit::Failed(e),
+                };
+                *lock(&state) = MachineStatus::Stopped(exit.clone());
+                let _ = tx.send(MachineEvent::Ended(exit.clone()));
+                *lock(&ended.0) = Some(exit);
+                ended.1.notify_all();
+            })
+            .map_err(|e| err(e.to_string()))?;
+        Ok(Box::new(m))
+    }
+}
+
+type Ended = Arc<(Mutex<Option<MachineExit>>, std::sync::Condvar)>;
+
+struct NativeMachine {
+    name: String,
+    handle: Arc<VmHandle>,
+    events_tx: Sender<MachineEvent>,
+    events: Mutex<Receiver<MachineEvent>>,
+    state: Arc<Mutex<MachineStatus>>,
+    ended: Ended,
+}
+
+impl NativeMachine {
+    fn transition(
+        &self,
+        op: &'static str,
+        from: MachineStatus,
+        to: MachineStatus,
+        ev: MachineEvent,
+        act: impl FnOnce(),
+    ) -> Result<(), MachineError> {
+        let mut s = lock(&self.state);
+        if *s != from {
+            return Err(MachineError::State { machine: self.name.clone(), op, state: s.clone() });
+        }
+        act();
+        *s = to;
+        let _ = self.events_tx.send(ev);
+        Ok(())
+    }
+}
+
+impl Machine for NativeMachine {
+    fn status(&self) -> MachineStatus {
+        lock(&self.state).clone()
+    }
+    fn pause(&self) -> Result<(), MachineError> {
+        self.transition("pause", MachineStatus::Running, MachineStatus::Paused, MachineEvent::Paused, || {
+            self.handle.pause()
+        })
+    }
+    fn resume(&self) -> Result<(), MachineError> {
+        self.transition(
+            "resume",
+            MachineStatus::Paused,
+            MachineStatus::Running,
+            MachineEvent::Resumed,
+            || self.handle.resume(),
+        )
+    }
+    fn power_down(&self) -> Result<(), MachineError> {
+        Err(MachineError::Unsupported {
+            machine: self.name.clone(),
+            backend: "native",
+            what: "an ACPI power-button press".into(),
+        })
+    }
+    fn reset(&self) -> Result<(), MachineError> {
+        Err(MachineError::Unsupported {
+            machine: self.name.clone(),
+            backend: "native",
+            what: "a hard reset in place".into(),
+        })
+    }
+    fn stop(&self) -> Result<(), MachineError> {
+        if self.handle.is_paused() {
+            self.handle.resume();
+        }
+        self.handle.request_stop();
+        Ok(())
+    }
+    fn console_input(&self, bytes: &[u8]) -> Result<(), MachineError> {
+        let mut off = 0;
+        for _ in 0..1000 {
+            off += self.handle.console_input(&bytes[off..]);
+            if off >= bytes.len() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Err(MachineError::Control {
+            machine: self.name.clone(),
+            op: "console input",
+            msg: "the guest does not read its console".into(),
+        })
+    }
+    fn wait(&self, timeout: Option<Duration>) -> Option<MachineExit> {
+        let (m, cv) = &*self.ended;
+        let mut g = lock(m);
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        while g.is_none() {
+            match deadline {
+                None => g = cv.wait(g).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    g = cv.wait_timeout(g, d - now).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+                }
+            }
+        }
+        g.clone()
+    }
+    fn next_event(&self, timeout: Duration) -> Option<MachineEvent> {
+        lock(&self.events).recv_timeout(timeout).ok()
+    }
+    fn accelerator(&self) -> AccelDecision {
+        AccelDecision { accelerator: accel::Accelerator::Kvm, reason: "hardware KVM (native microVM)".into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::MemDisk;
+    use crate::machine::{accel::AccelPolicy, ClockSpec, CpuSpec, DiskFormat, DiskSpec};
+
+    /// A PVH ELF kernel whose 32-bit code is `code`, loaded at 16 MiB.
+    fn pvh_elf(code: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 0x1000];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        f[18..20].copy_from_slice(&62u16.to_le_bytes());
+        f[24..32].copy_from_slice(&0x100_0000u64.to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes());
+        f[54..56].copy_from_slice(&56u16.to_le_bytes());
+        f[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let ph = |f: &mut Vec<u8>, at: usize, kind: u32, off: u64, pa: u64, sz: u64| {
+            f[at..at + 4].copy_from_slice(&kind.to_le_bytes());
+            f[at + 8..at + 16].copy_from_slice(&off.to_le_bytes());
+            f[at + 24..at + 32].copy_from_slice(&pa.to_le_bytes());
+            f[at + 32..at + 40].copy_from_slice(&sz.to_le_bytes());
+            f[at + 40..at + 48].copy_from_slice(&sz.to_le_bytes());
+        };
+        ph(&mut f, 64, 1, 0x1000, 0x100_0000, code.len() as u64);
+        let mut note = Vec::new();
+        for v in [4u32, 4, 18] {
+            note.extend_from_slice(&v.to_le_bytes());
+        }
+        note.extend_from_slice(b"Xen\0");
+        note.extend_from_slice(&0x100_0000u32.to_le_bytes());
+        f[0x800..0x800 + note.len()].copy_from_slice(&note);
+        ph(&mut f, 120, 4, 0x800, 0, note.len() as u64);
+        f.extend_from_slice(code);
+        f
+    }
+
+    const SPIN: &[u8] = &[0xeb, 0xfe];
+    /// mov $0x600,%dx; mov $0x34,%al; out %al,(%dx); jmp .
+    const POWEROFF: &[u8] = &[0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xeb, 0xfe];
+
+    fn spec(dir: &std::path::Path, code: &[u8]) -> MachineSpec {
+        let k = dir.join("k.elf");
+        std::fs::write(&k, pvh_elf(code)).unwrap();
+        MachineSpec {
+            name: "t".into(),
+            cpu: CpuSpec::default(),
+            memory_mib: 32,
+            boot: BootSpec::Kernel { kernel: k, initramfs: None, cmdline: String::new() },
+            disks: vec![DiskSpec {
+                name: "d0".into(),
+                path: dir.join("d0.img"),
+                format: DiskFormat::Raw,
+                bus: DiskBus::Virtio,
+                cdrom: false,
+                read_only: true,
+                boot_order: None,
+                serial: None,
+            }],
+            acpi: true,
+            smm: false,
+            hyperv: vec![],
+            clock: ClockSpec::default(),
+            tpm: None,
+            graphics: false,
+            machine_type: None,
+            accel: AccelPolicy::Auto,
+        }
+    }
+
+    fn backend() -> NativeBackend {
+        let opener: DiskOpener =
+            Arc::new(|_d| Ok(Arc::new(MemDisk::new(1 << 20, true)) as Arc<dyn crate::block::BlockBackend>));
+        // This machine's /dev/kvm lacks vmx/svm but runs tiny guests; tell the backend it is hardware.
+        NativeBackend::new(opener, None).with_host(HostVirt { cpu_flag: true, kvm_usable: true })
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_run() {
+        let d = tempfile_dir();
+        let b = backend();
+        let mut s = spec(&d, SPIN);
+        s.boot = BootSpec::Bios;
+        assert!(b.supports(&s).unwrap_err().contains("kernels only"));
+        let mut s = spec(&d, SPIN);
+        s.disks[0].bus = DiskBus::Sata;
+        assert!(b.supports(&s).unwrap_err().contains("virtio-blk only"));
+        let mut s = spec(&d, SPIN);
+        s.graphics = true;
+        assert!(b.supports(&s).is_err());
+        let nohw = NativeBackend::new(Arc::new(|_d| Err("no".into())), None)
+            .with_host(HostVirt { cpu_flag: false, kvm_usable: true });
+        assert!(nohw.supports(&spec(&d, SPIN)).unwrap_err().contains("hardware KVM is required"));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "native-machine-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn lifecycle_events_follow_pause_resume_and_stop() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipping: no /dev/kvm");
+            return;
+        }
+        let d = tempfile_dir();
+        let m = backend().start(&spec(&d, SPIN), Box::new(std::io::sink())).unwrap();
+        let t = Duration::from_secs(5);
+        assert_eq!(m.next_event(t), Some(MachineEvent::Started));
+        assert_eq!(m.status(), MachineStatus::Running);
+        assert!(matches!(m.resume(), Err(MachineError::State { .. })));
+        m.pause().unwrap();
+        assert_eq!(m.next_event(t), Some(MachineEvent::Paused));
+        assert_eq!(m.status(), MachineStatus::Paused);
+        m.resume().unwrap();
+        assert_eq!(m.next_event(t), Some(MachineEvent::Resumed));
+        assert!(m.power_down().is_err());
+        m.stop().unwrap();
+        assert_eq!(m.wait(Some(t)), Some(MachineExit::Stopped));
+        assert_eq!(m.next_event(t), Some(MachineEvent::Ended(MachineExit::Stopped)));
+        assert_eq!(m.status(), MachineStatus::Stopped(MachineExit::Stopped));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn guest_power_off_ends_the_machine() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipping: no /dev/kvm");
+            return;
+        }
+        let d = tempfile_dir();
+        let m = backend().start(&spec(&d, POWEROFF), Box::new(std::io::sink())).unwrap();
+        assert_eq!(m.wait(Some(Duration::from_secs(10))), Some(MachineExit::PowerOff));
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
