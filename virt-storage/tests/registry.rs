@@ -71,6 +71,8 @@ struct RegistryOpts {
     htpasswd: Option<(String, String)>,
     /// (certificate, key) PEM files to serve TLS with.
     tls: Option<(PathBuf, PathBuf)>,
+    /// Bearer-token auth: (realm URL, service, issuer, token-signing certificate).
+    token: Option<(String, String, String, PathBuf)>,
 }
 
 /// A docker-registry process; killed when dropped.
@@ -107,6 +109,13 @@ impl Registry {
                     "  tls:\n    certificate: {}\n    key: {}\n",
                     cert.display(),
                     key.display()
+                ));
+            }
+            if let Some((realm, service, issuer, cert)) = &opts.token {
+                cfg.push_str(&format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    \
+                     rootcertbundle: {}\n",
+                    cert.display()
                 ));
             }
             if opts.htpasswd.is_some() {
@@ -722,6 +731,10 @@ impl Pki {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    fn ca_pem(&self) -> Vec<u8> {
+        fs::read(self.path("ca.crt")).unwrap()
+    }
 }
 
 #[test]
@@ -781,4 +794,204 @@ fn plain_http_registry_needs_to_be_configured_insecure() {
     assert!(matches!(e, RegistryError::Tls { .. }), "{e:?}");
     assert!(e.to_string().contains(&reg.host), "{e}");
     assert!(reg.client().resolve_digest(&r).is_ok());
+}
+
+/// A minimal token service for the registry's bearer auth: checks HTTP basic credentials and
+/// hands out one JWT (RS256, signed with the openssl CLI, its certificate in `x5c`) that grants
+/// pull and push on one repository. Records the query strings it was asked.
+struct TokenServer {
+    realm: String,
+    cert: PathBuf,
+    queries: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+const TOKEN_SERVICE: &str = "virt-test-registry";
+const TOKEN_ISSUER: &str = "virt-test-issuer";
+
+impl TokenServer {
+    fn start(user: &str, pass: &str, repo: &str) -> TokenServer {
+        use base64::Engine as _;
+        use std::io::{BufRead, BufReader};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let b64 = base64::engine::general_purpose::STANDARD;
+
+        let openssl = require("openssl", "openssl");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        run(Command::new(&openssl).current_dir(d).args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "tok.key",
+            "-out",
+            "tok.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=virt-storage token signer",
+        ]));
+        run(Command::new(&openssl)
+            .current_dir(d)
+            .args(["x509", "-in", "tok.crt", "-outform", "DER", "-out", "tok.der"]));
+        let der = fs::read(d.join("tok.der")).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let header = json!({"typ": "JWT", "alg": "RS256", "x5c": [b64.encode(&der)]});
+        let claims = json!({
+            "iss": TOKEN_ISSUER, "sub": user, "aud": TOKEN_SERVICE,
+            "exp": now + 3600, "nbf": now - 60, "iat": now - 60, "jti": "virt-test-1",
+            "access": [{"type": "repository", "name": repo, "actions": ["pull", "push"]}],
+        });
+        let signing_input = format!(
+            "{}.{}",
+            b64url.encode(serde_json::to_vec(&header).unwrap()),
+            b64url.encode(serde_json::to_vec(&claims).unwrap())
+        );
+        fs::write(d.join("input"), &signing_input).unwrap();
+        run(Command::new(&openssl)
+            .current_dir(d)
+            .args(["dgst", "-sha256", "-sign", "tok.key", "-out", "sig", "input"]));
+        let token = format!("{signing_input}.{}", b64url.encode(fs::read(d.join("sig")).unwrap()));
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let expected_auth = format!("Basic {}", b64.encode(format!("{user}:{pass}")));
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (q, st) = (queries.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Bounded: at most 10 minutes, and it stops when the test drops the server.
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !st.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let (stream, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                };
+                stream.set_nonblocking(false).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut auth = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        if k.eq_ignore_ascii_case("authorization") {
+                            auth = v.trim().to_string();
+                        }
+                    }
+                }
+                let target = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+                q.lock()
+                    .unwrap()
+                    .push(target.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default());
+                let (status, body) = if auth == expected_auth {
+                    ("200 OK", json!({"token": token, "expires_in": 3600}).to_string())
+                } else {
+                    (
+                        "401 Unauthorized",
+                        r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#.into(),
+                    )
+                };
+                let mut s = stream;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        TokenServer { realm, cert: d.join("tok.crt"), queries, stop, thread: Some(thread), _dir: dir }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn bearer_token_auth_through_the_challenge() {
+    let tokens = TokenServer::start("cdi", "token-secret", "private/tok");
+    let mut reg = Registry::start(RegistryOpts {
+        token: Some((tokens.realm.clone(), TOKEN_SERVICE.into(), TOKEN_ISSUER.into(), tokens.cert.clone())),
+        ..RegistryOpts::default()
+    });
+    reg.creds = Some(("cdi".into(), "token-secret".into()));
+    let mut layout = OciLayout::new();
+    let disk = disk_bytes(80, 200 << 10);
+    container_disk_image(&mut layout, "v1", "b.img", &disk, Comp::Gzip);
+    reg.push(&layout, "v1", "private/tok", &[]);
+    let r = format!("{}/private/tok:v1", reg.host);
+
+    tokens.queries.lock().unwrap().clear();
+    let out = out_dir();
+    let p = reg.client().extract_container_disk(&r, out.path()).unwrap();
+    assert!(fs::read(p).unwrap() == disk);
+    let asked = tokens.queries.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "one token for the manifest and every blob: {asked:?}");
+    assert!(asked[0].contains("scope=repository%3Aprivate%2Ftok%3Apull"), "{asked:?}");
+    assert!(asked[0].contains(&format!("service={TOKEN_SERVICE}")), "{asked:?}");
+
+    let wrong = RegistryClient::new(
+        RegistryConfig::default()
+            .with_insecure_registry(&reg.host)
+            .with_credentials(Credentials::new("cdi", "nope")),
+    )
+    .unwrap();
+    let e = wrong.resolve_digest(&r).unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { status: 401, .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("realm \"{}\"", tokens.realm)), "{msg}");
+    assert!(msg.contains("the token service refused the credentials"), "{msg}");
+
+    // A TLS registry whose token realm is plain HTTP: the credentials are not sent there
+    // unless the registry is configured as insecure.
+    let pki = Pki::new();
+    let tls_reg = Registry::start(RegistryOpts {
+        tls: Some((pki.path("server.crt"), pki.path("server.key"))),
+        token: Some((tokens.realm.clone(), TOKEN_SERVICE.into(), TOKEN_ISSUER.into(), tokens.cert.clone())),
+        ..RegistryOpts::default()
+    });
+    let r = format!("{}/private/tok:v1", tls_reg.host);
+    let creds = Credentials::new("cdi", "token-secret");
+    let strict = RegistryClient::new(
+        RegistryConfig::default().with_ca_bundle(pki.ca_pem()).with_credentials(creds.clone()),
+    )
+    .unwrap();
+    tokens.queries.lock().unwrap().clear();
+    let e = strict.resolve_digest(&r).unwrap_err();
+    assert!(e.to_string().contains("token realm is not an https:// URL"), "{e}");
+    assert!(tokens.queries.lock().unwrap().is_empty(), "no request reached the plain-HTTP realm");
+    let e = RegistryClient::new(
+        RegistryConfig::default()
+            .with_ca_bundle(pki.ca_pem())
+            .with_credentials(creds)
+            .with_insecure_registry(&tls_reg.host),
+    )
+    .unwrap()
+    .resolve_digest(&r)
+    .unwrap_err();
+    assert!(matches!(e, RegistryError::NotFound { .. }), "insecure: token fetched, empty registry: {e}");
 }
