@@ -7,6 +7,6 @@
 #![warn(missing_docs)]
 
 pub mod format;
-pub mod registry;
 pub mod import;
+pub mod registry;
 pub mod volume;
