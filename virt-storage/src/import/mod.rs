@@ -10,6 +10,7 @@
 //! ```
 
 pub mod http;
+pub mod registry;
 pub mod source;
 
 use std::io::{Cursor, Read};
