@@ -501,6 +501,17 @@ fn missing_image_is_a_clear_404() {
             reg.host
         )
     );
+    let small = RegistryConfig { max_manifest_size: 100, ..RegistryConfig::default() }
+        .with_insecure_registry(&reg.host);
+    let e = RegistryClient::new(small)
+        .unwrap()
+        .fetch_manifest(&format!("{}/demo/cirros:v1", reg.host))
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::TooLarge { limit: 100, .. }), "{e}");
+    assert!(
+        e.to_string().contains("manifest (/v2/demo/cirros/manifests/v1) is larger than the 100-byte limit"),
+        "{e}"
+    );
     let e = client.fetch_manifest(&format!("{}/no/such-repo:v1", reg.host)).unwrap_err();
     assert!(matches!(e, RegistryError::NotFound { .. }), "{e}");
     assert!(e.to_string().contains("image no/such-repo:v1 not found"), "{e}");

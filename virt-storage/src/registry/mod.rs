@@ -460,3 +460,12 @@ fn place(staged: &Path, dest: &Path, staging: &Path) -> Result<(), RegistryError
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn client_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::RegistryClient>();
+    }
+}
