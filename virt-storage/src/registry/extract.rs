@@ -17,8 +17,9 @@ use super::{Digest, RegistryError};
 
 /// Symlinks and hard links followed while resolving one path.
 const MAX_LINK_HOPS: usize = 40;
-/// Link entries remembered across layers (bounds memory on hostile images).
-const MAX_LINK_ENTRIES: usize = 1_000_000;
+/// Non-directory entries remembered across layers (bounds memory on hostile images; a large
+/// distribution base image has well under 100,000).
+const MAX_ENTRIES: usize = 1_000_000;
 /// Extraction passes: one more for each level of links whose targets were not kept.
 const MAX_PASSES: usize = 4;
 
@@ -145,7 +146,7 @@ pub(crate) struct Extractor<'a> {
     extra: BTreeSet<String>,
     selection: &'a Selection,
     staged: u64,
-    links: usize,
+    entries: usize,
 }
 
 /// Opens a layer blob for reading: the verified blob reader around the HTTP body.
@@ -173,7 +174,7 @@ pub(crate) fn extract(
             extra: extra.clone(),
             selection,
             staged: 0,
-            links: 0,
+            entries: 0,
         };
         for layer in layers {
             ex.apply_layer(layer, open)?;
@@ -421,6 +422,7 @@ impl Extractor<'_> {
                 if self.wants(&path) {
                     Some(Node::File(self.stage(digest, &mut entry)?))
                 } else {
+                    self.count_entry(digest)?;
                     Some(Node::Other)
                 }
             } else if kind.is_symlink() {
@@ -438,7 +440,7 @@ impl Extractor<'_> {
                         "symlink points outside the image",
                     ));
                 }
-                self.count_link(digest)?;
+                self.count_entry(digest)?;
                 Some(Node::Symlink(target))
             } else if kind.is_hard_link() {
                 let target_raw = entry
@@ -462,7 +464,7 @@ impl Extractor<'_> {
                         Some(Node::File(dst))
                     }
                     _ => {
-                        self.count_link(digest)?;
+                        self.count_entry(digest)?;
                         Some(Node::Hardlink(target))
                     }
                 }
@@ -480,10 +482,10 @@ impl Extractor<'_> {
         Ok(upper)
     }
 
-    fn count_link(&mut self, digest: &str) -> Result<(), RegistryError> {
-        self.links += 1;
-        if self.links > MAX_LINK_ENTRIES {
-            return Err(self.layer_err(digest, format!("more than {MAX_LINK_ENTRIES} links in the image")));
+    fn count_entry(&mut self, digest: &str) -> Result<(), RegistryError> {
+        self.entries += 1;
+        if self.entries > MAX_ENTRIES {
+            return Err(self.layer_err(digest, format!("more than {MAX_ENTRIES} file entries in the image")));
         }
         Ok(())
     }
@@ -691,5 +693,93 @@ mod tests {
         let mut bad = BlobReader::new(io::Cursor::new(b"hello World".to_vec()), d, 11);
         assert!(bad.read_to_end(&mut Vec::new()).is_err());
         assert!(matches!(bad.failure, Some(BlobFailure::Digest(_))));
+    }
+}
+
+#[cfg(test)]
+mod extract_tests {
+    use super::*;
+
+    enum E<'a> {
+        File(&'a str, &'a [u8]),
+        Link(&'a str, &'a str),
+        Hard(&'a str, &'a str),
+    }
+
+    fn layer(entries: &[E<'_>]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            match e {
+                E::File(p, d) => {
+                    h.set_size(d.len() as u64);
+                    b.append_data(&mut h, p, *d).unwrap();
+                }
+                E::Link(p, t) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+                E::Hard(p, t) => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn run(layers: Vec<Vec<u8>>, sel: Selection) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
+        let descs: Vec<Descriptor> = layers
+            .iter()
+            .map(|l| Descriptor {
+                media_type: String::new(),
+                digest: Digest::of(l).to_string(),
+                size: l.len() as u64,
+                platform: None,
+            })
+            .collect();
+        let ctx = ErrCtx { registry: "r".into(), image: "i:t".into() };
+        let dir = tempfile::tempdir().unwrap();
+        let mut open = |d: &Descriptor| {
+            let data = layers.iter().find(|l| Digest::of(l).to_string() == d.digest).unwrap().clone();
+            let r: Box<dyn Read> = Box::new(io::Cursor::new(data));
+            Ok(BlobReader::new(r, d.digest.parse().unwrap(), d.size))
+        };
+        let out = extract(&ctx, &descs, &sel, dir.path(), &mut open)?;
+        Ok(out.into_iter().map(|(p, f)| (p, std::fs::read(f).unwrap())).collect())
+    }
+
+    #[test]
+    fn hard_link_to_an_unwanted_file_takes_a_second_pass() {
+        let l = layer(&[E::File("usr/lib/k", b"kernel"), E::Hard("boot/vmlinuz", "usr/lib/k")]);
+        let got = run(vec![l], Selection::Files(vec!["boot/vmlinuz".into()])).unwrap();
+        assert_eq!(got, vec![("boot/vmlinuz".to_string(), b"kernel".to_vec())]);
+    }
+
+    #[test]
+    fn directory_symlink_and_opaque_whiteout() {
+        let lower = layer(&[E::File("disk/old.img", b"old"), E::File("real/k", b"K")]);
+        let upper = layer(&[
+            E::File("disk/.wh..wh..opq", b""),
+            E::File("disk/new.img", b"new"),
+            E::Link("boot", "real"),
+        ]);
+        let got = run(vec![lower.clone(), upper.clone()], Selection::ContainerDisk).unwrap();
+        assert_eq!(got, vec![("disk/new.img".to_string(), b"new".to_vec())]);
+        let got = run(vec![lower, upper], Selection::Files(vec!["boot/k".into()])).unwrap();
+        assert_eq!(got[0].1, b"K");
+    }
+
+    #[test]
+    fn symlink_loops_and_escapes_are_errors() {
+        let l = layer(&[E::Link("boot/a", "b"), E::Link("boot/b", "a")]);
+        let e = run(vec![l], Selection::Files(vec!["boot/a".into()])).unwrap_err();
+        assert!(e.to_string().contains("more than 40 links"), "{e}");
+        let l = layer(&[E::Link("boot", "../../host")]);
+        let e = run(vec![l], Selection::Files(vec!["boot/vmlinuz".into()])).unwrap_err();
+        assert!(matches!(e, RegistryError::UnsafePath { .. }), "{e}");
     }
 }

@@ -41,7 +41,9 @@ impl Challenge {
     fn realm(&self) -> Option<String> {
         match self {
             Challenge::None => None,
-            Challenge::Basic { realm } | Challenge::Bearer { realm, .. } => Some(realm.clone()),
+            Challenge::Basic { realm } | Challenge::Bearer { realm, .. } => {
+                Some(realm.clone()).filter(|r| !r.is_empty())
+            }
         }
     }
 }
@@ -247,7 +249,7 @@ impl Transport {
                     continue;
                 }
             }
-            return Err(self.status_error(r, &state, resp, path, target, auth.is_some()));
+            return Err(self.status_error(r, &state, resp, path, target));
         }
     }
 
@@ -356,7 +358,6 @@ impl Transport {
         resp: Response<Body>,
         path: &str,
         target: Target<'_>,
-        sent_auth: bool,
     ) -> RegistryError {
         let status = resp.status();
         let registry = r.registry().to_string();
@@ -365,10 +366,12 @@ impl Transport {
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let realm = parse_challenge(&resp).unwrap_or_else(|| state.challenge.clone()).realm();
             let body = small_body(resp);
-            let what = match (status == StatusCode::FORBIDDEN, sent_auth, self.config.credentials.is_some()) {
-                (true, _, _) => "access denied",
-                (false, _, false) => "the registry wants credentials and none were given",
-                (false, _, true) => "the registry refused the credentials",
+            let what = if status == StatusCode::FORBIDDEN {
+                "access denied"
+            } else if self.config.credentials.is_some() {
+                "the registry refused the credentials"
+            } else {
+                "the registry wants credentials and none were given"
             };
             let detail = if body.is_empty() { what.to_string() } else { format!("{what}: {body}") };
             return RegistryError::Unauthorized {
