@@ -21,7 +21,10 @@ pub fn import_container_disk(
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<(ImportOutcome, String), ImportError> {
     let reference = reference.strip_prefix("docker://").unwrap_or(reference);
-    let reg_err = |e: crate::registry::RegistryError| ImportError::Source { source_name: reference.to_string(), msg: e.to_string() };
+    let reg_err = |e: crate::registry::RegistryError| ImportError::Source {
+        source_name: reference.to_string(),
+        msg: e.to_string(),
+    };
     // Pin the tag to a digest first, so that the digest reported is the one whose disk was imported.
     let digest = client.resolve_digest(reference).map_err(reg_err)?;
     let pinned = match reference.split_once('@') {
@@ -55,6 +58,9 @@ mod tests {
     fn tags_are_stripped_but_ports_kept() {
         assert_eq!(strip_tag("127.0.0.1:5000/os/fedora:42"), "127.0.0.1:5000/os/fedora");
         assert_eq!(strip_tag("127.0.0.1:5000/os/fedora"), "127.0.0.1:5000/os/fedora");
-        assert_eq!(strip_tag("quay.io/kubevirt/cirros-container-disk-demo:latest"), "quay.io/kubevirt/cirros-container-disk-demo");
+        assert_eq!(
+            strip_tag("quay.io/kubevirt/cirros-container-disk-demo:latest"),
+            "quay.io/kubevirt/cirros-container-disk-demo"
+        );
     }
 }
