@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cdi;
 pub mod format;
 pub mod import;
 pub mod registry;
