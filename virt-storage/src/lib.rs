@@ -7,7 +7,9 @@
 #![warn(missing_docs)]
 
 pub mod cdi;
+pub mod datavolume;
 pub mod format;
+pub mod golden;
 pub mod import;
 pub mod registry;
 pub mod volume;

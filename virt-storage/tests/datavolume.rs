@@ -1,0 +1,238 @@
+//! DataVolumes from the conformance folder, loaded unchanged (only URLs pointed at local servers),
+//! reconciled into volumes: blank, HTTP (busybox httpd), registry (docker-registry), clone, a golden
+//! image through a DataSource, upload, and failures.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command};
+
+use support::registry::*;
+use virt_storage::cdi::{
+    self, DataSource, DataSourceSpec, DataVolume, DataVolumePhase, ObjectMeta, PvcSource,
+};
+use virt_storage::datavolume::{
+    reconcile_data_volume, DvEnv, DvRun, ObjectLookup, ANN_CLONE_FALLBACK, ANN_CLONE_TYPE,
+};
+use virt_storage::golden::StorageClasses;
+use virt_storage::volume::{DirPool, VolumeFormat, VolumeId, VolumeProvider};
+
+fn conformance(name: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cdi").join(name);
+    std::fs::read_to_string(&p)
+        .or_else(|_| std::fs::read_to_string(format!("/work/shared/conformance/cdi/{name}")))
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[derive(Default)]
+struct Objects {
+    secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    sources: HashMap<(String, String), DataSource>,
+}
+
+impl ObjectLookup for Objects {
+    fn secret(&self, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.secrets.get(&(ns.into(), name.into())).cloned()
+    }
+    fn config_map(&self, _: &str, _: &str) -> Option<BTreeMap<String, String>> {
+        None
+    }
+    fn data_source(&self, ns: &str, name: &str) -> Option<DataSource> {
+        self.sources.get(&(ns.into(), name.into())).cloned()
+    }
+}
+
+struct Httpd(Child, u16);
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn httpd(dir: &std::path::Path) -> Httpd {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("busybox")
+        .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+        .arg(dir)
+        .spawn()
+        .expect("busybox (busybox-static) is needed");
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Httpd(child, port)
+}
+
+fn phase(dv: &DataVolume) -> Option<DataVolumePhase> {
+    dv.status.as_ref().and_then(|s| s.phase)
+}
+
+/// The volume's size and its first `n` bytes.
+fn head(pool: &dyn VolumeProvider, id: &VolumeId, n: usize) -> (u64, Vec<u8>) {
+    let v = pool.open(id, true).unwrap();
+    let mut b = vec![0u8; n];
+    v.read_at(0, &mut b).unwrap();
+    (v.size(), b)
+}
+
+#[test]
+fn conformance_datavolumes_populate_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = DirPool::new(dir.path().join("pool")).unwrap();
+    let classes = StorageClasses {
+        classes: BTreeMap::from([("local".to_string(), &pool as &dyn VolumeProvider)]),
+        default_class: "local".into(),
+    };
+    let mut objects = Objects::default();
+    let none = |_: &_| {};
+
+    // Blank.
+    let mut dv: DataVolume = cdi::from_yaml(&conformance("blank-image-datavolume.yaml")).unwrap();
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    assert_eq!(reconcile_data_volume(&mut dv, &env, &mut none.clone()), DvRun::Populated);
+    assert_eq!(phase(&dv), Some(DataVolumePhase::Succeeded));
+    let v = pool.get(&VolumeId::new("default", "blank-image-datavolume")).unwrap().unwrap();
+    assert_eq!(v.size, 500 << 20);
+    // Reconciling again changes nothing.
+    assert_eq!(reconcile_data_volume(&mut dv, &env, &mut none.clone()), DvRun::AlreadyDone);
+
+    // HTTP, from busybox's httpd; the image (1 MiB) is grown to the requested 500 MiB.
+    let www = tempfile::tempdir().unwrap();
+    let image = disk_bytes(3, 1 << 20);
+    std::fs::write(www.path().join("cirros.img"), &image).unwrap();
+    let srv = httpd(www.path());
+    let text = conformance("import-kubevirt-datavolume.yaml").replace(
+        "https://download.cirros-cloud.net/0.4.0/cirros-0.4.0-x86_64-disk.img",
+        &format!("http://127.0.0.1:{}/cirros.img", srv.1),
+    );
+    let mut dv: DataVolume = cdi::from_yaml(&text).unwrap();
+    let mut seen = Vec::new();
+    let r = reconcile_data_volume(&mut dv, &env, &mut |st: &cdi::DataVolumeStatus| {
+        seen.push((st.phase, st.progress.clone()))
+    });
+    assert_eq!(r, DvRun::Populated, "{:?}", dv.status);
+    assert_eq!(seen.first().unwrap().0, Some(DataVolumePhase::ImportInProgress));
+    assert_eq!(dv.status.as_ref().unwrap().progress.as_ref().unwrap().0, "100.0%");
+    let id = VolumeId::new("default", "my-data-volume");
+    let (size, data) = head(&pool, &id, image.len());
+    assert_eq!(size, 500 << 20);
+    assert_eq!(data, image);
+
+    // A 404 fails with the server's answer in the status and leaves no volume.
+    let text = conformance("import-kubevirt-datavolume.yaml")
+        .replace(
+            "https://download.cirros-cloud.net/0.4.0/cirros-0.4.0-x86_64-disk.img",
+            &format!("http://127.0.0.1:{}/missing.img", srv.1),
+        )
+        .replace("my-data-volume", "missing");
+    let mut dv: DataVolume = cdi::from_yaml(&text).unwrap();
+    let r = reconcile_data_volume(&mut dv, &env, &mut none.clone());
+    assert!(matches!(&r, DvRun::Failed(m) if m.contains("404")), "{r:?}");
+    assert_eq!(phase(&dv), Some(DataVolumePhase::Failed));
+    let ready = dv.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.as_deref().unwrap().contains("404"));
+    assert!(pool.get(&VolumeId::new("default", "missing")).unwrap().is_none());
+
+    // A secretRef that does not exist is named.
+    let text = conformance("import-kubevirt-datavolume-secret.yaml").replace("my-data-volume", "with-secret");
+    let mut dv: DataVolume = cdi::from_yaml(&text).unwrap();
+    assert!(
+        matches!(reconcile_data_volume(&mut dv, &env, &mut none.clone()), DvRun::Failed(m) if m.contains("endpoint-secret"))
+    );
+    // An image bigger than the requested size fails.
+    std::fs::write(www.path().join("big.img"), vec![1u8; 2 << 20]).unwrap();
+    let text = conformance("import-kubevirt-datavolume.yaml")
+        .replace(
+            "https://download.cirros-cloud.net/0.4.0/cirros-0.4.0-x86_64-disk.img",
+            &format!("http://127.0.0.1:{}/big.img", srv.1),
+        )
+        .replace("my-data-volume", "too-small")
+        .replace("500Mi", "1Mi");
+    let mut dv: DataVolume = cdi::from_yaml(&text).unwrap();
+    assert!(
+        matches!(reconcile_data_volume(&mut dv, &env, &mut none.clone()), DvRun::Failed(m) if m.contains("requests only"))
+    );
+    assert!(pool.get(&VolumeId::new("default", "too-small")).unwrap().is_none());
+
+    // Upload: waits for the upload endpoint.
+    let mut dv: DataVolume = cdi::from_yaml(&conformance("upload-datavolume.yaml")).unwrap();
+    assert!(matches!(reconcile_data_volume(&mut dv, &env, &mut none.clone()), DvRun::Waiting(_)));
+    assert_eq!(phase(&dv), Some(DataVolumePhase::UploadReady));
+
+    // Clone: waits for its source, then clones it (an overlay here: the temp dir has no reflinks).
+    let mut dv: DataVolume = cdi::from_yaml(&conformance("clone-datavolume.yaml")).unwrap();
+    assert!(matches!(reconcile_data_volume(&mut dv, &env, &mut none.clone()), DvRun::Waiting(_)));
+    assert_eq!(phase(&dv), Some(DataVolumePhase::CloneScheduled));
+    let src = VolumeId::new("source-ns", "source-datavolume");
+    pool.create_blank(&src, 1 << 20, VolumeFormat::Raw).unwrap();
+    pool.open(&src, false).unwrap().write_at(0, b"cloned bytes").unwrap();
+    assert_eq!(reconcile_data_volume(&mut dv, &env, &mut none.clone()), DvRun::Populated);
+    let strategy = dv.metadata.annotations.get(ANN_CLONE_TYPE).cloned().unwrap();
+    if pool.profile().reflink.is_err() {
+        assert_eq!(strategy, "overlay");
+        assert!(dv.metadata.annotations.get(ANN_CLONE_FALLBACK).unwrap().contains("reflink"));
+    }
+    assert_eq!(head(&pool, &VolumeId::new("default", "cloned-datavolume"), 12).1, b"cloned bytes");
+
+    // A VM disk from a golden image: sourceRef -> DataSource -> its volume, cloned.
+    objects.sources.insert(
+        ("os-images".into(), "fedora".into()),
+        DataSource {
+            api_version: None,
+            kind: None,
+            metadata: ObjectMeta {
+                name: Some("fedora".into()),
+                namespace: Some("os-images".into()),
+                ..Default::default()
+            },
+            spec: DataSourceSpec {
+                source: cdi::DataSourceSource {
+                    pvc: Some(PvcSource {
+                        namespace: "os-images".into(),
+                        name: "fedora-0123456789ab".into(),
+                    }),
+                    ..Default::default()
+                },
+            },
+            status: None,
+        },
+    );
+    let golden = VolumeId::new("os-images", "fedora-0123456789ab");
+    pool.create_blank(&golden, 2 << 20, VolumeFormat::Raw).unwrap();
+    pool.open(&golden, false).unwrap().write_at(4096, b"golden").unwrap();
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    let mut dv: DataVolume = cdi::from_yaml(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: vm1-root\nspec:\n  sourceRef:\n    kind: DataSource\n    name: fedora\n    namespace: os-images\n  storage:\n    resources:\n      requests:\n        storage: 2Mi\n",
+    )
+    .unwrap();
+    assert_eq!(reconcile_data_volume(&mut dv, &env, &mut none.clone()), DvRun::Populated, "{:?}", dv.status);
+    assert_eq!(&head(&pool, &VolumeId::new("default", "vm1-root"), 4102).1[4096..], b"golden");
+}
+
+#[test]
+fn registry_datavolume_imports_the_container_disk() {
+    let reg = Registry::start(RegistryOpts::default());
+    let disk = disk_bytes(11, 1 << 20);
+    let mut layout = OciLayout::new();
+    container_disk_image(&mut layout, "latest", "fedora.img", &disk, Comp::Gzip);
+    reg.push(&layout, "latest", "kubevirt/fedora-cloud-registry-disk-demo", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pool = DirPool::new(dir.path().join("pool")).unwrap();
+    let classes = StorageClasses {
+        classes: BTreeMap::from([("local".to_string(), &pool as &dyn VolumeProvider)]),
+        default_class: "local".into(),
+    };
+    let objects = Objects::default();
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![reg.host.clone()] };
+    let text = conformance("registry-image-datavolume.yaml")
+        .replace("docker://kubevirt/", &format!("docker://{}/kubevirt/", reg.host));
+    let mut dv: DataVolume = cdi::from_yaml(&text).unwrap();
+    assert_eq!(reconcile_data_volume(&mut dv, &env, &mut |_| {}), DvRun::Populated, "{:?}", dv.status);
+    let (size, data) = head(&pool, &VolumeId::new("default", "registry-image-datavolume"), disk.len());
+    assert_eq!(size, 5 << 30);
+    assert_eq!(data, disk);
+}
