@@ -298,7 +298,7 @@ impl Worker {
         match kind {
             VIRTIO_BLK_T_IN => {
                 let total = writer.available_bytes();
-                if total as u64 % SECTOR_SIZE != 0 {
+                if !(total as u64).is_multiple_of(SECTOR_SIZE) {
                     return Err(RequestError::Malformed("read length not a multiple of 512"));
                 }
                 self.check_range(offset, total)?;
@@ -317,7 +317,7 @@ impl Worker {
                     return Err(BlockError::ReadOnly.into());
                 }
                 let total = reader.available_bytes();
-                if total as u64 % SECTOR_SIZE != 0 {
+                if !(total as u64).is_multiple_of(SECTOR_SIZE) {
                     return Err(RequestError::Malformed("write length not a multiple of 512"));
                 }
                 self.check_range(offset, total)?;
