@@ -116,7 +116,7 @@ impl DirPool {
     }
 
     fn check_size(id: &VolumeId, size: u64) -> Result<(), VolumeError> {
-        if size == 0 || size % 512 != 0 {
+        if size == 0 || !size.is_multiple_of(512) {
             return Err(VolumeError::BadSize {
                 id: id.clone(),
                 reason: format!("size {size} must be a positive multiple of 512 bytes"),

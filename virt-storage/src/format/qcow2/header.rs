@@ -453,7 +453,7 @@ fn check_table(
     cluster_size: u64,
     file_len: u64,
 ) -> Result<(), FormatError> {
-    if offset == 0 || offset % cluster_size != 0 {
+    if offset == 0 || !offset.is_multiple_of(cluster_size) {
         return Err(bad(format!(
             "{what} offset {offset:#x} is not a nonzero multiple of the cluster size {cluster_size}"
         )));

@@ -136,7 +136,7 @@ impl<F: ImageFile> Inner<F> {
             return Ok(Mapping::Compressed { offset, sectors });
         }
         let host = e & L2E_OFFSET_MASK;
-        if host != 0 && host % self.cs != 0 {
+        if host != 0 && !host.is_multiple_of(self.cs) {
             return Err(self.corrupt(format!("data cluster offset {host:#x} is not cluster aligned")));
         }
         if e & OFLAG_ZERO != 0 {

@@ -401,7 +401,7 @@ impl<F: ImageFile> Qcow2<F> {
             if off == 0 {
                 continue;
             }
-            if off % cs != 0 {
+            if !off.is_multiple_of(cs) {
                 return Err(corrupt(format!(
                     "L1 entry {i}: L2 table offset {off:#x} is not cluster aligned"
                 )));
@@ -422,7 +422,7 @@ impl<F: ImageFile> Qcow2<F> {
             if off == 0 {
                 continue;
             }
-            if off % cs != 0 {
+            if !off.is_multiple_of(cs) {
                 return Err(corrupt(format!(
                     "refcount table entry {i}: block offset {off:#x} is not cluster aligned"
                 )));
