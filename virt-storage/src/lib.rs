@@ -12,4 +12,5 @@ pub mod format;
 pub mod golden;
 pub mod import;
 pub mod registry;
+pub mod upload;
 pub mod volume;
