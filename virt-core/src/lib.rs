@@ -1,10 +1,13 @@
 //! virt-core: the VM model, the hypervisor seam and the native KVM microVM.
 //!
 //! Layers, bottom up:
+//! - [`api`]: strict YAML/JSON loading with field paths, object metadata, quantities, validation
+//!   results: the machinery the KubeVirt model here and CDI's in virt-storage share.
 //! - [`hypervisor`]: traits for a hypervisor, a VM and a vCPU, with the KVM implementation.
 //! - [`block`]: the block-backend seam that virtio-blk uses (raw files here; qcow2 in virt-storage).
 //! - [`vmm`]: the native VMM: memory layout, boot (bzImage, PVH vmlinux), ACPI, devices, vCPU loop.
 
+pub mod api;
 pub mod block;
 pub mod hypervisor;
 pub mod machine;
