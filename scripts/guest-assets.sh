@@ -6,12 +6,17 @@
 #   busybox               busybox-static
 #   initramfs.cpio.gz     L2 guest initramfs: busybox, virtio + ext4 modules, a test /init (below)
 #   rootfs.ext4           64 MiB ext4 disk with a busybox tree and /etc/motd, for the demo
+#   boot.img              64 MiB firmware-boot disk: MBR, one FAT16 partition (type 0xEF, active)
+#                         holding the kernel and the initramfs, booted by SYSLINUX under BIOS
+#                         (SeaBIOS) and by shim -> GRUB (Debian's signed builds) under UEFI (OVMF,
+#                         with or without Secure Boot); its command line is the virt.bench=1 one
+#   efi/                  shimx64.efi and grubx64.efi from shim-signed and grub-efi-amd64-signed
 # into ${VIRT_CACHE_DIR:-$HOME/.cache/virt-rs}/guest. Everything comes from Debian's archive through
 # apt-get download + dpkg -x (nothing is installed into /boot). Cached: the downloads happen once;
 # the initramfs and the disk image are rebuilt only when missing or when this script changed.
 #
 # usage: scripts/guest-assets.sh [--print-env] [--force]
-#   --print-env   print KERNEL=... INITRAMFS=... ROOTFS=... MODULES=... lines (after building if needed)
+#   --print-env   print KERNEL=... INITRAMFS=... ROOTFS=... BOOTDISK=... MODULES=... lines (after building if needed)
 #                 for `eval "$(scripts/guest-assets.sh --print-env)"`; progress goes to stderr
 #   --force       forget the cache and build everything again
 #
@@ -19,7 +24,11 @@
 #   virt.bench=1  print the user-space line and power off at once (boot-time benchmark)
 #   virt.e2e=1    disk checks for the end-to-end test (see docs/testing.md), then power off
 #   (neither)     interactive demo: mounts /dev/vda at /mnt if it holds ext4, shell on the console
+#   virt.idle=1   like the demo but without a shell: print the checks, then wait (for tests that
+#                 pause, resume, look at the display or press the power button)
 #   virt.exit=reboot  end with `reboot -f` instead of `poweroff -f` (for a VMM without ACPI power-off)
+# Outside virt.bench=1 it also reports `tpm0 present` when the kernel found a TPM, and powers off when
+# the ACPI power button is pressed (QEMU's system_powerdown).
 # Every line it prints for tests starts with `VIRT-E2E: `.
 set -euo pipefail
 
@@ -54,7 +63,7 @@ need_tools() {
     command -v "$t" >/dev/null 2>&1 || die "'$t' is not installed (scripts/install-deps.sh should provide it)"
   done
 }
-need_tools apt-get apt-cache dpkg dpkg-deb python3 gzip sha256sum mkfs.ext4
+need_tools apt-get apt-cache dpkg dpkg-deb python3 gzip sha256sum mkfs.ext4 mkfs.vfat mcopy mmd syslinux
 
 # A package list that is missing or stale (a kernel security update removes the old .deb from the
 # archive) is refreshed once, as root, and the look-up or download tried again.
@@ -144,7 +153,7 @@ busybox_tree() {
 # Modules in load order; dependencies are resolved from the modules' own metadata.
 WANT_MODULES=(virtio_ring virtio virtio_mmio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
               virtio_blk failover net_failover virtio_net crc32c_generic crc32c-intel crc16 mbcache
-              jbd2 ext4)
+              jbd2 ext4 button)
 
 write_init() {
 cat > "$1" <<'INIT'
@@ -164,6 +173,7 @@ for w in $cmdline; do
   case "$w" in
     virt.bench=1) mode=bench ;;
     virt.e2e=1) mode=e2e ;;
+    virt.idle=1) mode=idle ;;
     virt.exit=reboot) exit_cmd=reboot ;;
   esac
 done
@@ -186,6 +196,26 @@ while read -r m; do
 done < /etc/modules
 
 echo "VIRT-E2E: cpus=$(grep -c '^processor' /proc/cpuinfo)"
+# Debian's kernel has the CRB and TIS TPM drivers built in: a TPM the VMM offers is /dev/tpm0 by now.
+[ -c /dev/tpm0 ] && echo "VIRT-E2E: tpm0 present"
+
+# ACPI power button. Debian's `button` module (loaded above) enables the fixed power-button event and
+# turns it into an input event that nothing here reads; the kernel counts the event in sysfs, so a
+# background loop polls that counter and powers off, as acpid would. Absent on hardware-reduced ACPI
+# (the native VMM), where the loop does not start.
+pwr=/sys/firmware/acpi/interrupts/ff_pwr_btn
+if [ -r "$pwr" ]; then
+  (
+    read n0 _ < "$pwr"
+    while sleep 0.2; do
+      read n _ < "$pwr"
+      [ "$n" != "$n0" ] && break
+    done
+    echo "VIRT-E2E: power button"
+    exit_cmd=poweroff
+    finish
+  ) &
+fi
 # virtio-blk probes while its module loads; give late devices a moment all the same.
 if [ "$mode" = e2e ]; then
   i=0
@@ -212,6 +242,11 @@ if [ "$mode" = e2e ]; then
     echo "VIRT-E2E: vda write refused"
   fi
   finish
+fi
+
+if [ "$mode" = idle ]; then
+  echo "VIRT-E2E: idle"
+  while :; do sleep 3600; done
 fi
 
 # Interactive demo.
@@ -281,15 +316,109 @@ MOTD
   trap - EXIT
 fi
 
+# --- firmware-boot disk image -------------------------------------------------------------------
+# One image that both firmware kinds boot, built without loop mounts (mkfs.vfat -C, mtools, and
+# SYSLINUX's mtools installer work on image files):
+#   LBA 0        SYSLINUX's mbr.bin (boots the active partition) and an MBR partition table
+#   LBA 2048-    partition 1: active, type 0xEF (EFI system), FAT16:
+#                  ldlinux.sys ldlinux.c32 syslinux.cfg   BIOS: mbr.bin -> SYSLINUX
+#                  EFI/BOOT/BOOTX64.EFI (shim) grubx64.efi UEFI: shim -> GRUB, both signed, so Secure
+#                  EFI/BOOT/grub.cfg EFI/debian/grub.cfg       Boot with Microsoft's keys boots too
+#                  vmlinuz initrd.gz                      Debian's signed kernel, the initramfs above
+# OVMF finds \EFI\BOOT\BOOTX64.EFI on a FAT partition of an MBR disk as on a GPT one.
+if [ ! -s "$G/efi/shimx64.efi" ] || [ ! -s "$G/efi/grubx64.efi" ]; then
+  log "downloading shim-signed and grub-efi-amd64-signed"
+  work=$(mktemp -d "$G/.efi.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  (cd "$work" && apt_download shim-signed grub-efi-amd64-signed)
+  for deb in "$work"/*.deb; do dpkg -x "$deb" "$work/root"; done
+  [ -s "$work/root/usr/lib/shim/shimx64.efi.signed" ] || die "shim-signed holds no usr/lib/shim/shimx64.efi.signed"
+  [ -s "$work/root/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed" ] \
+    || die "grub-efi-amd64-signed holds no usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"
+  mkdir -p "$G/efi"
+  mv "$work/root/usr/lib/shim/shimx64.efi.signed" "$G/efi/shimx64.efi"
+  mv "$work/root/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed" "$G/efi/grubx64.efi"
+  rm -rf "$work"
+  trap - EXIT
+fi
+
+SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
+BOOT_CMDLINE="console=ttyS0 quiet panic=-1 virt.bench=1"
+[ -f "$SYSLINUX_MBR" ] || die "$SYSLINUX_MBR missing (scripts/install-deps.sh installs syslinux-common)"
+boot_stamp=$( { echo "$stamp"; sha256sum < "$G/initramfs.cpio.gz"; sha256sum < "$G/efi/shimx64.efi";
+                sha256sum < "$G/efi/grubx64.efi"; sha256sum < "$SYSLINUX_MBR"; } | sha256sum | cut -c1-16)
+if [ ! -s "$G/boot.img" ] || [ "$(cat "$G/boot.stamp" 2>/dev/null)" != "$boot_stamp" ]; then
+  log "building boot.img (BIOS: SYSLINUX, UEFI: shim + GRUB)"
+  work=$(mktemp -d "$G/.boot.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  printf '%s\n' "SERIAL 0 115200" "PROMPT 0" "TIMEOUT 0" "DEFAULT virt" "LABEL virt" "  LINUX /vmlinuz" \
+    "  INITRD /initrd.gz" "  APPEND $BOOT_CMDLINE" > "$work/syslinux.cfg"
+  # Debian's signed GRUB has /EFI/debian as its prefix and reads grub.cfg there (else next to itself).
+  # Its shim_lock verifier is on (and sets $shim_lock) only when the firmware enforces Secure Boot:
+  # the marker line lets a test tell an enforced chain from an unchecked one.
+  printf '%s\n' "set timeout=0" "set default=0" \
+    'if [ "$shim_lock" = y ]; then echo "VIRT-E2E: grub secure boot shim_lock=$shim_lock lockdown=$lockdown"; fi' \
+    'menuentry "virt-rs test guest" {' "  linux /vmlinuz $BOOT_CMDLINE" "  initrd /initrd.gz" "}" > "$work/grub.cfg"
+  # 63 MiB of FAT16 after the 1 MiB gap. -h 2048: the boot sector's hidden-sectors field is the
+  # partition's start, which SYSLINUX's boot sector reads.
+  mkfs.vfat -C -F 16 -n VIRTBOOT -h 2048 "$work/part.img" $((63 * 1024)) >/dev/null
+  # SYSLINUX 6's installer writes ldlinux.sys and ldlinux.c32 (the one from syslinux-common).
+  syslinux --install "$work/part.img"
+  export MTOOLS_SKIP_CHECK=1
+  mcopy -i "$work/part.img" "$work/syslinux.cfg" ::/
+  mcopy -i "$work/part.img" "$G/vmlinuz" ::/vmlinuz
+  mcopy -i "$work/part.img" "$G/initramfs.cpio.gz" ::/initrd.gz
+  mmd -i "$work/part.img" ::/EFI ::/EFI/BOOT ::/EFI/debian
+  mcopy -i "$work/part.img" "$G/efi/shimx64.efi" ::/EFI/BOOT/BOOTX64.EFI
+  mcopy -i "$work/part.img" "$G/efi/grubx64.efi" ::/EFI/BOOT/grubx64.efi
+  mcopy -i "$work/part.img" "$work/grub.cfg" ::/EFI/BOOT/grub.cfg
+  mcopy -i "$work/part.img" "$work/grub.cfg" ::/EFI/debian/grub.cfg
+  # The MBR: SYSLINUX's boot code, a disk signature, one active partition from LBA 2048.
+  python3 - "$SYSLINUX_MBR" "$work/part.img" "$work/boot.img" <<'PY'
+import sys
+mbr_code, part_path, out_path = sys.argv[1:]
+start = 2048
+part = open(part_path, "rb").read()
+assert len(part) % 512 == 0
+count = len(part) // 512
+
+def chs(lba):
+    # 255 heads x 63 sectors; past cylinder 1023 the conventional "use LBA" value.
+    c, rem = divmod(lba, 255 * 63)
+    h, s = divmod(rem, 63)
+    if c > 1023:
+        return bytes([0xFE, 0xFF, 0xFF])
+    return bytes([h, (s + 1) | ((c >> 2) & 0xC0), c & 0xFF])
+
+head = bytearray(start * 512)
+code = open(mbr_code, "rb").read()[:440]
+head[: len(code)] = code
+head[440:444] = (0x56495254).to_bytes(4, "little")
+entry = bytes([0x80]) + chs(start) + bytes([0xEF]) + chs(start + count - 1)
+entry += start.to_bytes(4, "little") + count.to_bytes(4, "little")
+head[446:462] = entry
+head[510:512] = b"\x55\xaa"
+with open(out_path, "wb") as f:
+    f.write(head)
+    f.write(part)
+PY
+  mv "$work/boot.img" "$G/boot.img"
+  echo "$boot_stamp" > "$G/boot.stamp"
+  rm -rf "$work"
+  trap - EXIT
+fi
+
 if [ "$print_env" -eq 1 ]; then
   echo "KERNEL=$G/vmlinuz"
   echo "INITRAMFS=$G/initramfs.cpio.gz"
   echo "ROOTFS=$G/rootfs.ext4"
+  echo "BOOTDISK=$G/boot.img"
   echo "MODULES=$G/modules"
   echo "KERNEL_VERSION=$KVER"
 else
   echo "kernel:     $G/vmlinuz ($KVER)"
   echo "initramfs:  $G/initramfs.cpio.gz"
   echo "rootfs:     $G/rootfs.ext4"
+  echo "boot disk:  $G/boot.img"
   echo "modules:    $G/modules"
 fi
