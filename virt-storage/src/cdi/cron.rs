@@ -19,7 +19,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::time::{civil_from_days, days_in_month, MAX_UNIX, MIN_UNIX};
+use virt_core::api::time::{civil_from_days, days_in_month, MAX_UNIX, MIN_UNIX};
 
 /// Why a cron schedule was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -283,8 +283,8 @@ impl FromStr for Schedule {
 
 #[cfg(test)]
 mod tests {
-    use super::super::time::Timestamp;
     use super::*;
+    use virt_core::api::Timestamp;
 
     fn t(s: &str) -> i64 {
         Timestamp::parse(s).unwrap().unix_seconds()

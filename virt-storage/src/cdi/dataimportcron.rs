@@ -2,11 +2,11 @@
 //! image digests as DataVolumes and points a managed DataSource at the newest one.
 
 use serde::{Deserialize, Serialize};
+use virt_core::api::{ObjectMeta, Timestamp};
 
 use super::cron::{CronError, Schedule};
 use super::datavolume::{DataVolume, PvcSource};
-use super::meta::{Condition, ObjectMeta};
-use super::time::Timestamp;
+use super::meta::Condition;
 
 /// A DataImportCron.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

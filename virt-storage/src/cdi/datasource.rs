@@ -2,9 +2,10 @@
 //! DataVolumes reference through `spec.sourceRef` and DataImportCrons keep up to date.
 
 use serde::{Deserialize, Serialize};
+use virt_core::api::ObjectMeta;
 
 use super::datavolume::{PvcSource, SnapshotSource};
-use super::meta::{Condition, ObjectMeta};
+use super::meta::Condition;
 
 /// A DataSource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

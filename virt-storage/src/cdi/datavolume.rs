@@ -3,9 +3,9 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use virt_core::api::{ObjectMeta, Quantity};
 
-use super::meta::{Condition, ObjectMeta, PersistentVolumeClaimSpec, StorageSpec};
-use super::quantity::Quantity;
+use super::meta::{Condition, PersistentVolumeClaimSpec, StorageSpec};
 
 /// The API group and version of every CDI kind modelled here.
 pub const API_VERSION: &str = "cdi.kubevirt.io/v1beta1";

@@ -1,99 +1,13 @@
-//! Kubernetes object metadata and the core (`v1`) types that CDI objects embed: claim specs,
-//! access and volume modes, resource requests, label selectors, typed references, conditions.
-//!
-//! `ObjectMeta` lists every field of `metav1.ObjectMeta` so that an object read back from a
-//! cluster (`kubectl get -o yaml`, with `uid`, `managedFields` and so on) is not refused as having
-//! unknown fields; fields the node has no use for are kept and written back unchanged.
+//! The core (`v1`) types that CDI objects embed: claim specs, access and volume modes, resource
+//! requests, and CDI's status conditions. Object metadata, label selectors, typed references and
+//! condition statuses are shared with the KubeVirt model and live in [`virt_core::api`].
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-
-use super::quantity::Quantity;
-use super::time::Timestamp;
-
-/// `metav1.ObjectMeta`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    /// Object name, unique within its namespace (or the cluster, for cluster-scoped kinds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Prefix from which the server generates a unique name when `name` is unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generate_name: Option<String>,
-    /// Namespace of a namespaced object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    /// Deprecated self link, kept for round trips.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub self_link: Option<String>,
-    /// Server-assigned unique id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// Opaque version for optimistic concurrency.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<String>,
-    /// Sequence number of the desired state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<i64>,
-    /// When the object was created.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub creation_timestamp: Option<Timestamp>,
-    /// When deletion was requested.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deletion_timestamp: Option<Timestamp>,
-    /// Grace period granted at deletion.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deletion_grace_period_seconds: Option<i64>,
-    /// Labels.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    /// Annotations.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    /// Owners of this object.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub owner_references: Vec<OwnerReference>,
-    /// Finalizers that must clear before deletion completes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub finalizers: Vec<String>,
-    /// Server-side-apply bookkeeping, kept opaque.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub managed_fields: Vec<serde_json::Value>,
-}
-
-impl ObjectMeta {
-    /// Metadata with just a name.
-    pub fn named(name: impl Into<String>) -> Self {
-        Self { name: Some(name.into()), ..Self::default() }
-    }
-
-    /// Whether nothing is set (the field is then left out when writing).
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-/// `metav1.OwnerReference`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OwnerReference {
-    /// API version of the owner.
-    pub api_version: String,
-    /// Kind of the owner.
-    pub kind: String,
-    /// Name of the owner.
-    pub name: String,
-    /// UID of the owner.
-    pub uid: String,
-    /// Whether the owner is the managing controller.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub controller: Option<bool>,
-    /// Whether the owner cannot be deleted before this object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub block_owner_deletion: Option<bool>,
-}
+use virt_core::api::{
+    ConditionStatus, LabelSelector, Quantity, Timestamp, TypedLocalObjectReference, TypedObjectReference,
+};
 
 /// `PersistentVolumeAccessMode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -136,60 +50,6 @@ impl ResourceRequirements {
     pub fn storage(&self) -> Option<&Quantity> {
         self.requests.get("storage")
     }
-}
-
-/// `metav1.LabelSelector`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LabelSelector {
-    /// Exact label matches.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub match_labels: BTreeMap<String, String>,
-    /// Set-based requirements.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub match_expressions: Vec<LabelSelectorRequirement>,
-}
-
-/// `metav1.LabelSelectorRequirement`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LabelSelectorRequirement {
-    /// Label key.
-    pub key: String,
-    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
-    pub operator: String,
-    /// Values for `In`/`NotIn`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub values: Vec<String>,
-}
-
-/// `TypedLocalObjectReference`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TypedLocalObjectReference {
-    /// API group of the referent (empty for core).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_group: Option<String>,
-    /// Kind of the referent.
-    pub kind: String,
-    /// Name of the referent.
-    pub name: String,
-}
-
-/// `TypedObjectReference`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TypedObjectReference {
-    /// API group of the referent (empty for core).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_group: Option<String>,
-    /// Kind of the referent.
-    pub kind: String,
-    /// Name of the referent.
-    pub name: String,
-    /// Namespace of the referent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
 }
 
 /// `PersistentVolumeClaimSpec` (the `spec.pvc` API of a DataVolume).
@@ -254,17 +114,6 @@ pub struct StorageSpec {
     /// External populator source (unsupported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_source_ref: Option<TypedObjectReference>,
-}
-
-/// `ConditionStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ConditionStatus {
-    /// The condition holds.
-    True,
-    /// The condition does not hold.
-    False,
-    /// Not known.
-    Unknown,
 }
 
 /// A status condition as CDI writes them (DataVolume, DataSource and DataImportCron share the

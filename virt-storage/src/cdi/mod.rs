@@ -32,7 +32,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! What is accepted, ignored or refused as unsupported is listed in `docs/cdi-api.md`.
+//! What is accepted, ignored or refused as unsupported is listed in `docs/cdi-api.md`. The loader,
+//! object metadata, quantities, timestamps and validation results are [`virt_core::api`]'s, shared
+//! with the KubeVirt model, and re-exported here.
 
 mod cron;
 mod dataimportcron;
@@ -40,9 +42,7 @@ mod datasource;
 mod datavolume;
 mod load;
 mod meta;
-mod quantity;
 mod storageprofile;
-mod time;
 mod validate;
 
 pub use cron::{CronError, Schedule};
@@ -59,21 +59,19 @@ pub use datavolume::{
 };
 pub use load::{
     from_json, from_yaml, load_file, load_json, load_json_with, load_value, load_yaml, load_yaml_with,
-    parse_json, parse_yaml, to_json, to_yaml, CdiObject, DecodeError, DecodeErrorKind, EmbeddedTemplate,
-    EmbeddedTemplates, FieldValidation, Format, LoadError, LoadOptions, Loaded, Resource, SerializeError,
-    Skipped,
+    parse_json, parse_yaml, to_json, to_yaml, CdiObject, EmbeddedTemplate, EmbeddedTemplates, Loaded,
+    Resource, Skipped,
 };
 pub use meta::{
-    AccessMode, Condition, ConditionStatus, LabelSelector, LabelSelectorRequirement, ObjectMeta,
-    OwnerReference, PersistentVolumeClaimSpec, ResourceRequirements, StorageSpec, TypedLocalObjectReference,
-    TypedObjectReference, VolumeMode,
+    AccessMode, Condition, PersistentVolumeClaimSpec, ResourceRequirements, StorageSpec, VolumeMode,
 };
-pub use quantity::{Quantity, QuantityError};
 pub use storageprofile::{
     ClaimPropertySet, CloneStrategy, StorageProfile, StorageProfileSpec, StorageProfileStatus,
 };
-pub use time::{Timestamp, TimestampError};
-pub use validate::{
-    is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, validate_data_volume_template, FieldProblem,
-    ProblemKind, Validate, Validation, ValidationError,
+pub use validate::validate_data_volume_template;
+pub use virt_core::api::{
+    is_dns1035_label, is_dns1123_label, is_dns1123_subdomain, ConditionStatus, DecodeError, DecodeErrorKind,
+    FieldProblem, FieldValidation, Format, LabelSelector, LabelSelectorRequirement, LoadError, LoadOptions,
+    ObjectMeta, OwnerReference, ProblemKind, Quantity, QuantityError, SerializeError, Timestamp,
+    TimestampError, TypedLocalObjectReference, TypedObjectReference, Validate, Validation, ValidationError,
 };

@@ -2,9 +2,10 @@
 //! recommendations for claim properties and clone strategy.
 
 use serde::{Deserialize, Serialize};
+use virt_core::api::ObjectMeta;
 
 use super::dataimportcron::SourceFormat;
-use super::meta::{AccessMode, ObjectMeta, VolumeMode};
+use super::meta::{AccessMode, VolumeMode};
 
 /// A StorageProfile (named after its storage class).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
