@@ -8,6 +8,7 @@
 
 pub mod accel;
 pub mod native;
+pub mod qemu;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -129,6 +130,8 @@ pub struct ClockSpec {
     pub localtime: bool,
     /// Timers asked for: (name, present), e.g. ("hpet", false), ("hypervclock", true).
     pub timers: Vec<(String, bool)>,
+    /// Lost-tick policies asked for: (timer, policy), e.g. ("rtc", "catchup"), ("pit", "delay").
+    pub tick_policies: Vec<(String, String)>,
 }
 
 /// A resolved virtual machine.

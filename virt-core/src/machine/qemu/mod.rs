@@ -1,0 +1,851 @@
+//! QEMU as a [`MachineBackend`]: firmware-booted disks (SeaBIOS, OVMF with or without Secure Boot),
+//! Windows-ready machines (Hyper-V enlightenments, SMM, TPM 2.0 through swtpm), VNC, and software
+//! emulation (TCG) where hardware KVM is unusable.
+//!
+//! One machine is one `qemu-system-x86_64` process, started paused (`-S`) with its QMP monitor and
+//! serial console connecting to unix sockets the backend listens on in the machine's run directory.
+//! The backend negotiates QMP ([`qmp`]), relays the console, then resumes the vCPUs; from then on
+//! QMP events drive the machine's status and event stream:
+//!
+//! | QMP | status | event |
+//! | --- | --- | --- |
+//! | first `RESUME` (after `cont`) | Running | `Started` |
+//! | `STOP` | Paused | `Paused` |
+//! | `RESUME` | Running | `Resumed` |
+//! | `POWERDOWN` | | `PowerDownRequested` |
+//! | `SHUTDOWN` guest-shutdown / guest-panic / host-* | Stopped on exit | `Ended(PowerOff / Failed / Stopped)` |
+//! | `RESET` from the guest (a reboot) | Stopped on exit | `Ended(Reboot)`: the backend quits QEMU |
+//!
+//! A host-initiated [`Machine::reset`] (`system_reset`) keeps the machine running (and so does the
+//! reset SeaBIOS itself makes right after one). The command line is built by [`cmdline::build`], a
+//! pure function.
+
+pub mod cmdline;
+pub mod qmp;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use self::cmdline::{Firmware, FirmwarePaths, Layout};
+use self::qmp::{Incoming, QmpClient, QmpError, QmpEvent, ShutdownCause};
+use super::accel::{self, AccelDecision, HostVirt};
+use super::{
+    BootSpec, ConsoleSink, Machine, MachineBackend, MachineError, MachineEvent, MachineExit, MachineSpec,
+    MachineStatus,
+};
+use crate::vmm::devices::lock;
+
+const BACKEND: &str = "qemu";
+/// Bytes of QEMU's stderr kept for error messages.
+const STDERR_TAIL: usize = 4096;
+/// A guest reset this soon after a host reset is the firmware's own (see `Inner::on_event`).
+const FIRMWARE_RESET_WINDOW: Duration = Duration::from_secs(10);
+/// Longest unix socket path (sun_path is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// How the backend runs QEMU.
+#[derive(Debug, Clone)]
+pub struct QemuOptions {
+    /// The QEMU binary (looked up in `PATH` when it has no slash).
+    pub qemu: PathBuf,
+    /// The swtpm binary, for machines with a TPM.
+    pub swtpm: PathBuf,
+    /// The node allows software emulation (KubeVirt's `useEmulation`).
+    pub allow_emulation: bool,
+    /// Firmware images.
+    pub firmware: FirmwarePaths,
+    /// Where per-machine run directories go; `$XDG_RUNTIME_DIR` or the temporary directory if `None`.
+    pub run_dir: Option<PathBuf>,
+    /// How long [`Machine::stop`] lets QEMU quit before killing it.
+    pub stop_grace: Duration,
+    /// How long QEMU (and swtpm) may take to start and connect.
+    pub start_timeout: Duration,
+    /// How long a QMP command may take.
+    pub qmp_timeout: Duration,
+}
+
+impl Default for QemuOptions {
+    fn default() -> Self {
+        Self {
+            qemu: "qemu-system-x86_64".into(),
+            swtpm: "swtpm".into(),
+            allow_emulation: false,
+            firmware: FirmwarePaths::default(),
+            run_dir: None,
+            stop_grace: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(30),
+            qmp_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs machines in QEMU processes.
+#[derive(Debug, Clone)]
+pub struct QemuBackend {
+    opts: QemuOptions,
+    host: HostVirt,
+}
+
+/// `prog` itself when it names a file, else the first match in `PATH`.
+fn find_program(prog: &Path) -> Option<PathBuf> {
+    if prog.components().count() > 1 {
+        return prog.is_file().then(|| prog.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(prog)).find(|p| p.is_file())
+}
+
+impl QemuBackend {
+    /// A backend with `opts` on the probed host.
+    pub fn new(opts: QemuOptions) -> Self {
+        Self { opts, host: HostVirt::probe() }
+    }
+
+    /// Overrides the probed host (tests, or hosts whose KVM the probe misjudges).
+    pub fn with_host(mut self, host: HostVirt) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// The accelerator `spec` would run on here, and why; an error when it cannot run.
+    pub fn decide(&self, spec: &MachineSpec) -> Result<AccelDecision, String> {
+        accel::decide(&self.host, spec.accel, self.opts.allow_emulation)
+    }
+
+    /// The command line (program first) `spec` would run with, with sockets under `run_dir`.
+    pub fn command_line(&self, spec: &MachineSpec, run_dir: &Path) -> Result<Vec<String>, String> {
+        let d = self.decide(spec)?;
+        let fw = self.opts.firmware.resolve(&spec.boot).map_err(|e| e.to_string())?;
+        let layout = layout_in(run_dir, fw, spec);
+        let mut v = vec![self.opts.qemu.display().to_string()];
+        v.extend(cmdline::build(spec, d.accelerator, &layout).map_err(|e| e.to_string())?);
+        Ok(v)
+    }
+}
+
+fn layout_in(dir: &Path, firmware: Firmware, spec: &MachineSpec) -> Layout {
+    let efi_vars = match (&firmware, &spec.boot) {
+        (Firmware::Ovmf { .. }, BootSpec::Efi { vars: Some(v), .. }) => Some(v.clone()),
+        (Firmware::Ovmf { .. }, _) => Some(dir.join("efivars.fd")),
+        _ => None,
+    };
+    Layout {
+        qmp_socket: dir.join("qmp.sock"),
+        serial_socket: dir.join("serial.sock"),
+        tpm_socket: spec.tpm.as_ref().map(|_| dir.join("swtpm.sock")),
+        firmware,
+        efi_vars,
+        vnc_display: 0,
+    }
+}
+
+impl MachineBackend for QemuBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn supports(&self, spec: &MachineSpec) -> Result<(), String> {
+        self.command_line(spec, Path::new("/run/virt-qemu/check"))?;
+        if find_program(&self.opts.qemu).is_none() {
+            return Err(format!(
+                "{} not found: install Debian's qemu-system-x86 package",
+                self.opts.qemu.display()
+            ));
+        }
+        if spec.tpm.is_some() && find_program(&self.opts.swtpm).is_none() {
+            return Err(format!("{} not found: install Debian's swtpm package", self.opts.swtpm.display()));
+        }
+        Ok(())
+    }
+
+    fn start(&self, spec: &MachineSpec, console: ConsoleSink) -> Result<Box<dyn Machine>, MachineError> {
+        self.supports(spec).map_err(|what| MachineError::Unsupported {
+            machine: spec.name.clone(),
+            backend: BACKEND,
+            what,
+        })?;
+        start(&self.opts, &self.host, spec, console)
+            .map(|m| Box::new(m) as Box<dyn Machine>)
+            .map_err(|msg| MachineError::Start { machine: spec.name.clone(), msg })
+    }
+}
+
+/// Processes and files a machine owns; dropping this kills the processes and removes the run dir.
+struct Resources {
+    run_dir: PathBuf,
+    qemu: Option<Arc<Mutex<Child>>>,
+    swtpm: Arc<Mutex<Option<Child>>>,
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        if let Some(q) = &self.qemu {
+            let mut c = lock(q);
+            if let Ok(None) = c.try_wait() {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+        if let Some(mut s) = lock(&self.swtpm).take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+fn new_run_dir(opts: &QemuOptions, name: &str) -> Result<PathBuf, String> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let base = opts
+        .run_dir
+        .clone()
+        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
+        .unwrap_or_else(std::env::temp_dir);
+    let short: String = name.chars().take(16).collect();
+    let dir = base.join(format!("vq-{short}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    if dir.join("serial.sock").as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(format!("run directory {} is too long for unix socket paths", dir.display()));
+    }
+    std::fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
+    std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    }
+    Ok(dir)
+}
+
+/// This machine's EFI variable store: the persistent file (made from the template the first time) or
+/// a fresh copy in the run directory.
+fn prepare_vars(template: &Path, vars: &Path) -> Result<(), String> {
+    let tlen = std::fs::metadata(template).map_err(|e| format!("{}: {e}", template.display()))?.len();
+    match std::fs::metadata(vars) {
+        Ok(m) if m.len() == tlen => Ok(()),
+        Ok(m) => Err(format!(
+            "EFI variables {} hold {} bytes but the firmware's template {} has {tlen}: made for another OVMF build",
+            vars.display(),
+            m.len(),
+            template.display()
+        )),
+        Err(_) => {
+            if let Some(parent) = vars.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+            }
+            std::fs::copy(template, vars)
+                .map(|_| ())
+                .map_err(|e| format!("copy {} to {}: {e}", template.display(), vars.display()))
+        }
+    }
+}
+
+/// Collects QEMU's stderr: logged line by line (lines bounded), the tail kept for error messages.
+fn collect_stderr(name: String, mut stderr: std::process::ChildStderr) -> Arc<Mutex<String>> {
+    let tail = Arc::new(Mutex::new(String::new()));
+    let t = tail.clone();
+    let _ = std::thread::Builder::new().name(format!("{name}-qemu-stderr")).spawn(move || {
+        let mut split = qmp::LineSplitter::new(1024);
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match stderr.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for line in split.push(&buf[..n]) {
+                let s = match line {
+                    Ok(l) => String::from_utf8_lossy(&l).trim_end().to_string(),
+                    Err(e) => e.to_string(),
+                };
+                log::warn!("machine {name}: qemu: {s}");
+                let mut t = lock(&t);
+                t.push_str(&s);
+                t.push('\n');
+                if t.len() > STDERR_TAIL {
+                    let cut = t.len() - STDERR_TAIL;
+                    let cut = (cut..t.len()).find(|&i| t.is_char_boundary(i)).unwrap_or(t.len());
+                    t.drain(..cut);
+                }
+            }
+        }
+    });
+    tail
+}
+
+fn stderr_note(tail: &Mutex<String>) -> String {
+    let t = lock(tail);
+    if t.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; qemu said: {}", t.trim())
+    }
+}
+
+/// Accepts one connection on `l` before `deadline`, failing early if `child` exits.
+fn accept_within(
+    l: &UnixListener,
+    what: &str,
+    deadline: Instant,
+    child: &Mutex<Child>,
+    tail: &Mutex<String>,
+) -> Result<UnixStream, String> {
+    l.set_nonblocking(true).map_err(|e| format!("{what}: {e}"))?;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(|e| format!("{what}: {e}"))?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("accept the {what} connection: {e}")),
+        }
+        if let Ok(Some(st)) = lock(child).try_wait() {
+            // Let the stderr thread catch up with QEMU's last words.
+            std::thread::sleep(Duration::from_millis(100));
+            return Err(format!("QEMU exited ({st}) before connecting its {what}{}", stderr_note(tail)));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("QEMU did not connect its {what} in time{}", stderr_note(tail)));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn start_swtpm(opts: &QemuOptions, spec: &MachineSpec, dir: &Path, sock: &Path) -> Result<Child, String> {
+    let Some(tpm) = &spec.tpm else { return Err("no TPM asked for".into()) };
+    let state = if tpm.persistent { tpm.state_dir.clone() } else { dir.join("tpm") };
+    std::fs::create_dir_all(&state).map_err(|e| format!("create TPM state dir {}: {e}", state.display()))?;
+    let log = dir.join("swtpm.log");
+    let mut cmd = Command::new(&opts.swtpm);
+    cmd.arg("socket")
+        .arg("--tpm2")
+        .arg("--tpmstate")
+        .arg(format!("dir={}", cmdline::escape(&state.display().to_string())))
+        .arg("--ctrl")
+        .arg(format!("type=unixio,path={}", cmdline::escape(&sock.display().to_string())))
+        .arg("--log")
+        .arg(format!("file={},level=1", cmdline::escape(&log.display().to_string())))
+        // Exits when QEMU disconnects.
+        .arg("--terminate")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", opts.swtpm.display()))?;
+    let deadline = Instant::now() + opts.start_timeout;
+    while !sock.exists() {
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(format!("swtpm exited ({st}) before listening: {}", log_text().trim()));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("swtpm did not listen on {} in time: {}", sock.display(), log_text().trim()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(child)
+}
+
+type Ended = (Mutex<Option<MachineExit>>, Condvar);
+
+/// State shared by the machine handle, the QMP reader and the waiter thread.
+struct Inner {
+    name: String,
+    status: Mutex<MachineStatus>,
+    events_tx: Mutex<Sender<MachineEvent>>,
+    /// Why the machine is ending, first cause wins (guest power-off, reboot, host stop).
+    cause: Mutex<Option<MachineExit>>,
+    ended: Ended,
+    qmp: OnceLock<Arc<QmpClient>>,
+    /// Kill QEMU at this instant if it has not exited (set by stop).
+    kill_at: Mutex<Option<Instant>>,
+    /// When the host last reset the machine (SeaBIOS answers a warm reset with a reset of its own).
+    host_reset_at: Mutex<Option<Instant>>,
+}
+
+impl Inner {
+    fn emit(&self, ev: MachineEvent) {
+        let _ = lock(&self.events_tx).send(ev);
+    }
+
+    fn set_cause(&self, exit: MachineExit) {
+        let mut c = lock(&self.cause);
+        if c.is_none() {
+            *c = Some(exit);
+        }
+    }
+
+    /// Moves `from` -> `to` and emits `ev`, if the status is `from` (the QMP event and the command's
+    /// return race; whichever comes first makes the transition).
+    fn transition(&self, from: &MachineStatus, to: MachineStatus, ev: MachineEvent) {
+        let mut s = lock(&self.status);
+        if *s == *from {
+            *s = to;
+            self.emit(ev);
+        }
+    }
+
+    fn on_qmp(&self, inc: Incoming) {
+        match inc {
+            Incoming::Event(ev, _) => self.on_event(ev),
+            Incoming::Error(e) => log::warn!("machine {}: QMP: {e}", self.name),
+            Incoming::Closed => log::debug!("machine {}: QMP closed", self.name),
+        }
+    }
+
+    fn on_event(&self, ev: QmpEvent) {
+        log::debug!("machine {}: QMP event {ev:?}", self.name);
+        match ev {
+            QmpEvent::Resume => {
+                self.transition(&MachineStatus::Starting, MachineStatus::Running, MachineEvent::Started);
+                self.transition(&MachineStatus::Paused, MachineStatus::Running, MachineEvent::Resumed);
+            }
+            QmpEvent::Stop => {
+                self.transition(&MachineStatus::Running, MachineStatus::Paused, MachineEvent::Paused)
+            }
+            QmpEvent::Powerdown => self.emit(MachineEvent::PowerDownRequested),
+            QmpEvent::Shutdown { reason, .. } => self.set_cause(match reason {
+                ShutdownCause::GuestShutdown => MachineExit::PowerOff,
+                ShutdownCause::GuestReset => MachineExit::Reboot,
+                ShutdownCause::GuestPanic => MachineExit::Failed("the guest panicked".into()),
+                ShutdownCause::HostError => MachineExit::Failed("QEMU reported a host error".into()),
+                _ => MachineExit::Stopped,
+            }),
+            QmpEvent::Reset { guest: true, .. }
+                if lock(&self.host_reset_at).take().is_some_and(|t| t.elapsed() < FIRMWARE_RESET_WINDOW) =>
+            {
+                // SeaBIOS, finding itself already initialised after a warm reset, resets the machine
+                // once more (through 0xcf9): part of the host's reset, not a guest reboot.
+                log::debug!("machine {}: the firmware's reset after the host's", self.name);
+            }
+            QmpEvent::Reset { guest: true, reason } => {
+                // The guest rebooted: the machine ends (the lifecycle decides whether to start it
+                // again), as with -no-reboot, while a host system_reset keeps it running.
+                self.set_cause(if reason == ShutdownCause::GuestPanic {
+                    MachineExit::Failed("the guest panicked".into())
+                } else {
+                    MachineExit::Reboot
+                });
+                if let Some(q) = self.qmp.get() {
+                    if let Err(e) = q.execute_detached("quit") {
+                        log::warn!("machine {}: quit after the guest's reboot: {e}", self.name);
+                    }
+                }
+            }
+            QmpEvent::GuestPanicked { .. } => {
+                self.set_cause(MachineExit::Failed("the guest panicked".into()))
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A running QEMU machine.
+pub struct QemuMachine {
+    inner: Arc<Inner>,
+    events: Mutex<Receiver<MachineEvent>>,
+    serial: Mutex<UnixStream>,
+    vnc: Option<std::net::SocketAddr>,
+    decision: AccelDecision,
+    stop_grace: Duration,
+    // Last: dropped after the handles above, it kills QEMU and swtpm and removes the run directory.
+    _res: Resources,
+}
+
+fn start(
+    opts: &QemuOptions,
+    host: &HostVirt,
+    spec: &MachineSpec,
+    console: ConsoleSink,
+) -> Result<QemuMachine, String> {
+    let decision = accel::decide(host, spec.accel, opts.allow_emulation)?;
+    let firmware = opts.firmware.resolve(&spec.boot).map_err(|e| e.to_string())?;
+    let dir = new_run_dir(opts, &spec.name)?;
+    let mut res = Resources { run_dir: dir.clone(), qemu: None, swtpm: Arc::new(Mutex::new(None)) };
+    let layout = layout_in(&dir, firmware.clone(), spec);
+    if let (Firmware::Ovmf { vars_template, .. }, Some(vars)) = (&firmware, &layout.efi_vars) {
+        prepare_vars(vars_template, vars)?;
+    }
+    if let Some(sock) = &layout.tpm_socket {
+        *lock(&res.swtpm) = Some(start_swtpm(opts, spec, &dir, sock)?);
+    }
+    let bind = |p: &Path| UnixListener::bind(p).map_err(|e| format!("listen on {}: {e}", p.display()));
+    let qmp_l = bind(&layout.qmp_socket)?;
+    let serial_l = bind(&layout.serial_socket)?;
+    let args = cmdline::build(spec, decision.accelerator, &layout).map_err(|e| e.to_string())?;
+    log::info!(
+        "machine {}: {} ({}): {} {}",
+        spec.name,
+        BACKEND,
+        decision.reason,
+        opts.qemu.display(),
+        args.join(" ")
+    );
+    let mut child = Command::new(&opts.qemu)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", opts.qemu.display()))?;
+    let stderr = child.stderr.take().map(|s| collect_stderr(spec.name.clone(), s)).unwrap_or_default();
+    let child = Arc::new(Mutex::new(child));
+    res.qemu = Some(child.clone());
+
+    let deadline = Instant::now() + opts.start_timeout;
+    let qmp_s = accept_within(&qmp_l, "QMP monitor", deadline, &child, &stderr)?;
+    let serial_s = accept_within(&serial_l, "serial console", deadline, &child, &stderr)?;
+    drop((qmp_l, serial_l));
+
+    let (tx, rx) = channel();
+    let inner = Arc::new(Inner {
+        name: spec.name.clone(),
+        status: Mutex::new(MachineStatus::Starting),
+        events_tx: Mutex::new(tx),
+        cause: Mutex::new(None),
+        ended: (Mutex::new(None), Condvar::new()),
+        qmp: OnceLock::new(),
+        kill_at: Mutex::new(None),
+        host_reset_at: Mutex::new(None),
+    });
+    let (done_tx, done_rx) = channel::<()>();
+    let handler_inner = inner.clone();
+    let (client, _reader) = QmpClient::connect(qmp_s, opts.qmp_timeout, move |inc| {
+        let closed = inc == Incoming::Closed;
+        handler_inner.on_qmp(inc);
+        if closed {
+            let _ = done_tx.send(());
+        }
+    })
+    .map_err(|e| format!("QMP handshake: {e}{}", stderr_note(&stderr)))?;
+    let g = client.greeting();
+    log::debug!(
+        "machine {}: QEMU {}.{}.{} {}",
+        spec.name,
+        g.version.major,
+        g.version.minor,
+        g.version.micro,
+        g.package
+    );
+    let _ = inner.qmp.set(client.clone());
+
+    spawn_console_relay(
+        &spec.name,
+        serial_s.try_clone().map_err(|e| format!("serial console: {e}"))?,
+        console,
+    )?;
+
+    let vnc = if spec.graphics {
+        let info = client.query_vnc().map_err(|e| e.to_string())?;
+        Some(info.socket_addr().ok_or_else(|| format!("query-vnc gave no TCP address: {info:?}"))?)
+    } else {
+        None
+    };
+
+    spawn_waiter(inner.clone(), child, res.swtpm.clone(), done_rx, stderr)?;
+    client.cont().map_err(|e| format!("start the vCPUs: {e}"))?;
+    // `cont` returns after RESUME was handled; make Started certain even if the event was lost.
+    inner.transition(&MachineStatus::Starting, MachineStatus::Running, MachineEvent::Started);
+
+    Ok(QemuMachine {
+        inner,
+        events: Mutex::new(rx),
+        serial: Mutex::new(serial_s),
+        vnc,
+        decision,
+        stop_grace: opts.stop_grace,
+        _res: res,
+    })
+}
+
+fn spawn_console_relay(name: &str, mut serial: UnixStream, mut sink: ConsoleSink) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name(format!("{name}-console"))
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match serial.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if sink.write_all(&buf[..n]).and_then(|_| sink.flush()).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("spawn the console relay: {e}"))
+}
+
+/// Waits for QEMU to exit (killing it when a stop's grace period ends), then for the QMP reader to
+/// deliver QEMU's last events, then ends the machine.
+fn spawn_waiter(
+    inner: Arc<Inner>,
+    child: Arc<Mutex<Child>>,
+    swtpm: Arc<Mutex<Option<Child>>>,
+    qmp_done: Receiver<()>,
+    stderr: Arc<Mutex<String>>,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name(format!("{}-wait", inner.name))
+        .spawn(move || {
+            let status = loop {
+                {
+                    let mut c = lock(&child);
+                    match c.try_wait() {
+                        Ok(Some(st)) => break st.to_string(),
+                        Ok(None) => {}
+                        Err(e) => break format!("unknown status: {e}"),
+                    }
+                    if lock(&inner.kill_at).is_some_and(|t| Instant::now() >= t) {
+                        log::warn!("machine {}: QEMU did not quit in time; killing it", inner.name);
+                        let _ = c.kill();
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let _ = qmp_done.recv_timeout(Duration::from_secs(2));
+            if let Some(mut s) = lock(&swtpm).take() {
+                // swtpm --terminate ends when QEMU disconnects; make sure.
+                if let Ok(None) = s.try_wait() {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if let Ok(None) = s.try_wait() {
+                        let _ = s.kill();
+                    }
+                }
+                let _ = s.wait();
+            }
+            let exit = lock(&inner.cause).clone().unwrap_or_else(|| {
+                MachineExit::Failed(format!(
+                    "QEMU exited ({status}) without a shutdown event{}",
+                    stderr_note(&stderr)
+                ))
+            });
+            log::info!("machine {}: ended: {exit:?} (QEMU {status})", inner.name);
+            *lock(&inner.status) = MachineStatus::Stopped(exit.clone());
+            inner.emit(MachineEvent::Ended(exit.clone()));
+            *lock(&inner.ended.0) = Some(exit);
+            inner.ended.1.notify_all();
+        })
+        .map(|_| ())
+        .map_err(|e| format!("spawn the waiter: {e}"))
+}
+
+impl QemuMachine {
+    fn qmp(&self, op: &'static str) -> Result<&Arc<QmpClient>, MachineError> {
+        self.inner.qmp.get().ok_or_else(|| MachineError::Control {
+            machine: self.inner.name.clone(),
+            op,
+            msg: "QMP is not connected".into(),
+        })
+    }
+
+    fn require(&self, op: &'static str, ok: impl Fn(&MachineStatus) -> bool) -> Result<(), MachineError> {
+        let s = lock(&self.inner.status).clone();
+        if ok(&s) {
+            Ok(())
+        } else {
+            Err(MachineError::State { machine: self.inner.name.clone(), op, state: s })
+        }
+    }
+
+    fn control(&self, op: &'static str) -> impl Fn(QmpError) -> MachineError + '_ {
+        move |e| MachineError::Control { machine: self.inner.name.clone(), op, msg: e.to_string() }
+    }
+
+    fn live(s: &MachineStatus) -> bool {
+        matches!(s, MachineStatus::Running | MachineStatus::Paused)
+    }
+}
+
+impl Machine for QemuMachine {
+    fn status(&self) -> MachineStatus {
+        lock(&self.inner.status).clone()
+    }
+
+    fn pause(&self) -> Result<(), MachineError> {
+        self.require("pause", |s| *s == MachineStatus::Running)?;
+        self.qmp("pause")?.stop().map_err(self.control("pause"))?;
+        self.inner.transition(&MachineStatus::Running, MachineStatus::Paused, MachineEvent::Paused);
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), MachineError> {
+        self.require("resume", |s| *s == MachineStatus::Paused)?;
+        self.qmp("resume")?.cont().map_err(self.control("resume"))?;
+        self.inner.transition(&MachineStatus::Paused, MachineStatus::Running, MachineEvent::Resumed);
+        Ok(())
+    }
+
+    fn power_down(&self) -> Result<(), MachineError> {
+        self.require("power down", Self::live)?;
+        self.qmp("power down")?.system_powerdown().map_err(self.control("power down"))
+    }
+
+    fn reset(&self) -> Result<(), MachineError> {
+        self.require("reset", Self::live)?;
+        *lock(&self.inner.host_reset_at) = Some(Instant::now());
+        self.qmp("reset")?.system_reset().map_err(self.control("reset"))
+    }
+
+    fn stop(&self) -> Result<(), MachineError> {
+        if matches!(self.status(), MachineStatus::Stopped(_)) {
+            return Ok(());
+        }
+        self.inner.set_cause(MachineExit::Stopped);
+        *lock(&self.inner.kill_at) = Some(Instant::now() + self.stop_grace);
+        if let Ok(q) = self.qmp("stop") {
+            if let Err(e) = q.quit() {
+                // The waiter kills QEMU when the grace period ends.
+                log::warn!("machine {}: quit: {e}", self.inner.name);
+            }
+        }
+        Ok(())
+    }
+
+    fn console_input(&self, bytes: &[u8]) -> Result<(), MachineError> {
+        lock(&self.serial).write_all(bytes).map_err(|e| MachineError::Control {
+            machine: self.inner.name.clone(),
+            op: "console input",
+            msg: e.to_string(),
+        })
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Option<MachineExit> {
+        let (m, cv) = &self.inner.ended;
+        let mut g = lock(m);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        while g.is_none() {
+            match deadline {
+                None => g = cv.wait(g).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    g = cv.wait_timeout(g, d - now).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+                }
+            }
+        }
+        g.clone()
+    }
+
+    fn next_event(&self, timeout: Duration) -> Option<MachineEvent> {
+        lock(&self.events).recv_timeout(timeout).ok()
+    }
+
+    fn vnc_address(&self) -> Option<std::net::SocketAddr> {
+        self.vnc
+    }
+
+    fn accelerator(&self) -> AccelDecision {
+        self.decision.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::accel::{AccelPolicy, Accelerator};
+    use crate::machine::{ClockSpec, CpuSpec};
+
+    fn spec() -> MachineSpec {
+        MachineSpec {
+            name: "t".into(),
+            cpu: CpuSpec::default(),
+            memory_mib: 128,
+            boot: BootSpec::Bios,
+            disks: vec![],
+            acpi: true,
+            smm: false,
+            hyperv: vec![],
+            clock: ClockSpec::default(),
+            tpm: None,
+            graphics: false,
+            machine_type: None,
+            accel: AccelPolicy::Auto,
+        }
+    }
+
+    fn fake_firmware(dir: &Path) -> FirmwarePaths {
+        let f = |n: &str| {
+            let p = dir.join(n);
+            std::fs::write(&p, b"fw").unwrap();
+            p
+        };
+        FirmwarePaths {
+            seabios: f("bios.bin"),
+            ovmf_code: f("code.fd"),
+            ovmf_vars: f("vars.fd"),
+            ovmf_secure_code: f("scode.fd"),
+            ovmf_secure_vars: f("svars.fd"),
+        }
+    }
+
+    #[test]
+    fn the_accelerator_decision_reaches_the_command_line() {
+        let dir = std::env::temp_dir().join(format!("qemu-accel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opts = QemuOptions { allow_emulation: true, firmware: fake_firmware(&dir), ..Default::default() };
+        let nested = HostVirt { cpu_flag: false, kvm_usable: true };
+        let hw = HostVirt { cpu_flag: true, kvm_usable: true };
+        let b = QemuBackend::new(opts.clone()).with_host(nested.clone());
+        let d = b.decide(&spec()).unwrap();
+        assert_eq!(d.accelerator, Accelerator::Emulation);
+        assert!(d.reason.contains("useEmulation"), "{}", d.reason);
+        let cl = b.command_line(&spec(), Path::new("/run/x")).unwrap();
+        assert!(cl.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg"), "{cl:?}");
+        let b = QemuBackend::new(opts.clone()).with_host(hw);
+        let cl = b.command_line(&spec(), Path::new("/run/x")).unwrap();
+        assert!(cl.windows(2).any(|w| w[0] == "-accel" && w[1] == "kvm"), "{cl:?}");
+        // Without useEmulation, no KVM means no machine, and supports() says why.
+        let b = QemuBackend::new(QemuOptions { allow_emulation: false, ..opts }).with_host(nested);
+        assert!(b.supports(&spec()).unwrap_err().contains("useEmulation is off"));
+        let mut s = spec();
+        s.accel = AccelPolicy::RequireKvm;
+        assert!(b.decide(&s).unwrap_err().contains("required"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn efi_vars_are_copied_once_and_checked() {
+        let dir = std::env::temp_dir().join(format!("qemu-vars-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = dir.join("template.fd");
+        std::fs::write(&t, vec![7u8; 4096]).unwrap();
+        let v = dir.join("vm/vars.fd");
+        prepare_vars(&t, &v).unwrap();
+        assert_eq!(std::fs::read(&v).unwrap(), vec![7u8; 4096]);
+        // A VM's changed variables persist: not overwritten by the template.
+        std::fs::write(&v, vec![9u8; 4096]).unwrap();
+        prepare_vars(&t, &v).unwrap();
+        assert_eq!(std::fs::read(&v).unwrap(), vec![9u8; 4096]);
+        std::fs::write(&v, vec![9u8; 100]).unwrap();
+        assert!(prepare_vars(&t, &v).unwrap_err().contains("another OVMF build"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn missing_programs_are_named() {
+        let dir = std::env::temp_dir().join(format!("qemu-missing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opts = QemuOptions {
+            allow_emulation: true,
+            firmware: fake_firmware(&dir),
+            qemu: "/nonexistent/qemu-system-x86_64".into(),
+            ..Default::default()
+        };
+        let b = QemuBackend::new(opts).with_host(HostVirt { cpu_flag: false, kvm_usable: false });
+        let e = b.supports(&spec()).unwrap_err();
+        assert!(e.contains("qemu-system-x86"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
