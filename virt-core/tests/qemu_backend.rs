@@ -264,12 +264,16 @@ fn guest_reboot_ends_the_machine_as_reboot() {
 }
 
 #[test]
-fn host_reset_keeps_running_and_forced_stop_ends_it() {
+fn console_input_host_reset_and_forced_stop() {
     need_qemu!();
     let _g = boot_lock();
-    let (m, console) = start(&kernel_spec("reset", "virt.idle=1"));
+    // The demo mode: a shell on the serial console.
+    let (m, console) = start(&kernel_spec("reset", ""));
     assert_eq!(m.next_event(Duration::from_secs(10)), Some(MachineEvent::Started));
-    assert!(console.wait_for("VIRT-E2E: idle", BOOT_TIMEOUT), "{}", console.text());
+    assert!(console.wait_for("Type 'poweroff -f' to exit.", BOOT_TIMEOUT), "{}", console.text());
+    // Console input reaches the guest's shell.
+    m.console_input(b"echo VIRT-INPUT-$((6*7))\n").unwrap();
+    assert!(console.wait_for("VIRT-INPUT-42", Duration::from_secs(60)), "{}", console.text());
     // A host reset reboots the guest in place: the machine goes on and boots again.
     m.reset().unwrap();
     assert!(
