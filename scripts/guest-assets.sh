@@ -201,8 +201,8 @@ echo "VIRT-E2E: cpus=$(grep -c '^processor' /proc/cpuinfo)"
 
 # ACPI power button. Debian's `button` module (loaded above) enables the fixed power-button event and
 # turns it into an input event that nothing here reads; the kernel counts the event in sysfs, so a
-# background loop polls that counter and powers off, as acpid would. Absent on hardware-reduced ACPI
-# (the native VMM), where the loop does not start.
+# background loop polls that counter and powers off, as acpid would. Where the kernel has no such
+# counter the loop does not start.
 pwr=/sys/firmware/acpi/interrupts/ff_pwr_btn
 if [ -r "$pwr" ]; then
   (
