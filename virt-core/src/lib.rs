@@ -5,10 +5,13 @@
 //!   results: the machinery the KubeVirt model here and CDI's in virt-storage share.
 //! - [`hypervisor`]: traits for a hypervisor, a VM and a vCPU, with the KVM implementation.
 //! - [`block`]: the block-backend seam that virtio-blk uses (raw files here; qcow2 in virt-storage).
+//! - [`model`]: KubeVirt's VirtualMachine, VirtualMachineInstance, instancetypes and preferences:
+//!   loading, validation, what this node supports, instancetype resolution.
 //! - [`vmm`]: the native VMM: memory layout, boot (bzImage, PVH vmlinux), ACPI, devices, vCPU loop.
 
 pub mod api;
 pub mod block;
 pub mod hypervisor;
 pub mod machine;
+pub mod model;
 pub mod vmm;

@@ -120,7 +120,7 @@ pub struct LabelSelectorRequirement {
 }
 
 /// `TypedLocalObjectReference`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TypedLocalObjectReference {
     /// API group of the referent (empty for core).
