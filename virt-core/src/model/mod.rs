@@ -11,7 +11,9 @@
 //!   interfaces have networks, one source per volume, Secure Boot has SMM, ...);
 //! * [`NodeSupport`] says what this node can do, and [`Admit::admit`] refuses what it cannot (a
 //!   GPU, a host device, SR-IOV, a Multus network, dedicated CPUs, ...) with the path of the field,
-//!   at create time, never silently.
+//!   at create time, never silently;
+//! * [`resolve`] applies an instancetype and a preference to a VirtualMachine the way KubeVirt
+//!   does, refusing conflicts by path.
 //!
 //! ```
 //! use virt_core::model::{self, Admit, KubeVirtObject, NodeSupport, VirtualMachineInstance};
@@ -52,13 +54,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! What is accepted and refused is in `docs/vm-model.md`.
+//! What is accepted, refused and how instancetypes resolve is in `docs/vm-model.md`.
 
 mod devices;
 mod domain;
 mod instancetype;
 mod network;
 mod node;
+mod resolve;
 mod validate;
 mod vm;
 mod vmi;
@@ -99,6 +102,7 @@ pub use network::{
     PluginBinding, PodNetwork, Port,
 };
 pub use node::{Admit, NodeSupport};
+pub use resolve::{resolve, Catalog, InstancetypeKind, PreferenceKind, ResolveError};
 pub use vm::{
     DataVolumeTemplateSpec, InstancetypeMatcher, PreferenceMatcher, RunStrategy, VirtualMachine,
     VirtualMachineSpec, VirtualMachineStatus,
