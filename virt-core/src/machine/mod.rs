@@ -9,6 +9,7 @@
 pub mod accel;
 pub mod native;
 pub mod qemu;
+pub mod resolve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
