@@ -7,11 +7,13 @@
 //! - [`block`]: the block-backend seam that virtio-blk uses (raw files here; qcow2 in virt-storage).
 //! - [`model`]: KubeVirt's VirtualMachine, VirtualMachineInstance, instancetypes and preferences:
 //!   loading, validation, what this node supports, instancetype resolution.
+//! - [`lifecycle`]: run strategies, phases, conditions and events of VMs and VMIs, as a library.
 //! - [`vmm`]: the native VMM: memory layout, boot (bzImage, PVH vmlinux), ACPI, devices, vCPU loop.
 
 pub mod api;
 pub mod block;
 pub mod hypervisor;
+pub mod lifecycle;
 pub mod machine;
 pub mod model;
 pub mod vmm;

@@ -49,6 +49,20 @@ impl Timestamp {
         Some(Self { text, unix })
     }
 
+    /// The current time, to the second (clamped into years 1..=9999).
+    pub fn now() -> Self {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(MAX_UNIX))
+            .unwrap_or(0)
+            .clamp(MIN_UNIX, MAX_UNIX);
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        let text = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60);
+        Self { text, unix: secs }
+    }
+
     /// Seconds since the Unix epoch (fractional seconds dropped).
     pub fn unix_seconds(&self) -> i64 {
         self.unix

@@ -1,0 +1,69 @@
+//! [`BackendRuntime`]: VMIs run in this process on machine backends (an embedding without a node
+//! daemon). The node daemon's runtime, one launcher process per VMI, lives in virt-k8s.
+
+use std::sync::Arc;
+
+use super::{Key, Runtime};
+use crate::machine::accel::AccelPolicy;
+use crate::machine::resolve::{machine_spec, VolumeFiles};
+use crate::machine::{ConsoleSink, Machine, MachineBackend, MachineExit};
+use crate::model::VirtualMachineInstance;
+
+/// Makes the [`VolumeFiles`] of a VMI: where its volumes' files, kernel and state live.
+pub type VolumeFilesFactory =
+    Arc<dyn Fn(&VirtualMachineInstance) -> Result<Box<dyn VolumeFiles>, String> + Send + Sync>;
+
+/// Where a VMI's serial console goes.
+pub type ConsoleFactory = Arc<dyn Fn(&Key) -> ConsoleSink + Send + Sync>;
+
+/// Runs VMIs in this process: resolves each into a machine and starts it on the first backend that
+/// supports it.
+pub struct BackendRuntime {
+    backends: Vec<Arc<dyn MachineBackend>>,
+    files: VolumeFilesFactory,
+    consoles: ConsoleFactory,
+    accel: AccelPolicy,
+}
+
+impl BackendRuntime {
+    /// A runtime trying `backends` in order.
+    pub fn new(
+        backends: Vec<Arc<dyn MachineBackend>>,
+        files: VolumeFilesFactory,
+        consoles: ConsoleFactory,
+        accel: AccelPolicy,
+    ) -> Self {
+        Self { backends, files, consoles, accel }
+    }
+}
+
+impl Runtime for BackendRuntime {
+    fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, String> {
+        let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = vmi.metadata.name.clone().unwrap_or_default();
+        let files = (self.files)(vmi)?;
+        let spec = machine_spec(&name, &vmi.spec, files.as_ref(), self.accel).map_err(|e| e.to_string())?;
+        let mut why = Vec::new();
+        for b in &self.backends {
+            match b.supports(&spec) {
+                Ok(()) => {
+                    let console = (self.consoles)(&Key::new(ns, name));
+                    return b.start(&spec, console).map(Arc::from).map_err(|e| e.to_string());
+                }
+                Err(e) => why.push(format!("{}: {e}", b.name())),
+            }
+        }
+        Err(format!("no machine backend can run it ({})", why.join("; ")))
+    }
+
+    fn reattach(&self, _vmi: &VirtualMachineInstance) -> Option<Arc<dyn Machine>> {
+        // In-process machines end with the process.
+        None
+    }
+
+    fn last_exit(&self, _vmi: &VirtualMachineInstance) -> Option<MachineExit> {
+        None
+    }
+
+    fn cleanup(&self, _vmi: &VirtualMachineInstance) {}
+}

@@ -1,0 +1,459 @@
+//! The controller with a test-double runtime: machines whose guests obey or ignore the power button,
+//! crash, reboot, and survive a restart of the lifecycle.
+
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use super::*;
+use crate::machine::accel::AccelDecision;
+use crate::machine::{MachineError, MachineEvent};
+use crate::model::RunStrategy;
+
+/// A machine that does what it is told, and whose guest does what the test says.
+struct FakeMachine {
+    status: Mutex<MachineStatus>,
+    /// The guest powers off when the power button is pressed.
+    obeys_power_button: bool,
+    power_downs: AtomicU32,
+    stops: AtomicU32,
+}
+
+impl FakeMachine {
+    fn set(&self, s: MachineStatus) {
+        *lock(&self.status) = s;
+    }
+}
+
+impl Machine for FakeMachine {
+    fn status(&self) -> MachineStatus {
+        lock(&self.status).clone()
+    }
+    fn pause(&self) -> Result<(), MachineError> {
+        self.set(MachineStatus::Paused);
+        Ok(())
+    }
+    fn resume(&self) -> Result<(), MachineError> {
+        self.set(MachineStatus::Running);
+        Ok(())
+    }
+    fn power_down(&self) -> Result<(), MachineError> {
+        self.power_downs.fetch_add(1, Ordering::SeqCst);
+        if self.obeys_power_button {
+            self.set(MachineStatus::Stopped(MachineExit::PowerOff));
+        }
+        Ok(())
+    }
+    fn reset(&self) -> Result<(), MachineError> {
+        Ok(())
+    }
+    fn stop(&self) -> Result<(), MachineError> {
+        self.stops.fetch_add(1, Ordering::SeqCst);
+        self.set(MachineStatus::Stopped(MachineExit::Stopped));
+        Ok(())
+    }
+    fn console_input(&self, _bytes: &[u8]) -> Result<(), MachineError> {
+        Ok(())
+    }
+    fn wait(&self, _timeout: Option<Duration>) -> Option<MachineExit> {
+        None
+    }
+    fn next_event(&self, _timeout: Duration) -> Option<MachineEvent> {
+        None
+    }
+    fn accelerator(&self) -> AccelDecision {
+        AccelDecision { accelerator: Accelerator::Emulation, reason: "software emulation (test)".into() }
+    }
+}
+
+#[derive(Default)]
+struct FakeRuntime {
+    launched: Mutex<Vec<(String, Arc<FakeMachine>)>>,
+    /// Machines that "survive" a restart of the lifecycle, by VMI name.
+    survivors: Mutex<HashMap<String, Arc<FakeMachine>>>,
+    exits: Mutex<HashMap<String, MachineExit>>,
+    fail_launch: AtomicBool,
+    ignore_power_button: AtomicBool,
+    cleaned: Mutex<Vec<String>>,
+}
+
+impl FakeRuntime {
+    fn launches(&self, name: &str) -> usize {
+        lock(&self.launched).iter().filter(|(n, _)| n == name).count()
+    }
+    fn last(&self, name: &str) -> Arc<FakeMachine> {
+        lock(&self.launched).iter().rev().find(|(n, _)| n == name).map(|(_, m)| m.clone()).expect("launched")
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, String> {
+        if self.fail_launch.load(Ordering::SeqCst) {
+            return Err("disk image missing".into());
+        }
+        let m = Arc::new(FakeMachine {
+            status: Mutex::new(MachineStatus::Running),
+            obeys_power_button: !self.ignore_power_button.load(Ordering::SeqCst),
+            power_downs: AtomicU32::new(0),
+            stops: AtomicU32::new(0),
+        });
+        let name = vmi.metadata.name.clone().unwrap_or_default();
+        lock(&self.launched).push((name.clone(), m.clone()));
+        lock(&self.survivors).insert(name, m.clone());
+        Ok(m)
+    }
+    fn reattach(&self, vmi: &VirtualMachineInstance) -> Option<Arc<dyn Machine>> {
+        let name = vmi.metadata.name.clone().unwrap_or_default();
+        lock(&self.survivors)
+            .get(&name)
+            .filter(|m| !matches!(m.status(), MachineStatus::Stopped(_)))
+            .map(|m| m.clone() as Arc<dyn Machine>)
+    }
+    fn last_exit(&self, vmi: &VirtualMachineInstance) -> Option<MachineExit> {
+        lock(&self.exits).get(vmi.metadata.name.as_deref().unwrap_or_default()).cloned()
+    }
+    fn cleanup(&self, vmi: &VirtualMachineInstance) {
+        lock(&self.cleaned).push(vmi.metadata.name.clone().unwrap_or_default());
+    }
+}
+
+fn opts() -> LifecycleOptions {
+    LifecycleOptions { backoff_base: Duration::ZERO, ..LifecycleOptions::default() }
+}
+
+fn setup() -> (Arc<MemStore>, Arc<FakeRuntime>, Lifecycle) {
+    let store = Arc::new(MemStore::default());
+    let rt = Arc::new(FakeRuntime::default());
+    let lc = Lifecycle::new(store.clone(), rt.clone(), opts()).unwrap();
+    (store, rt, lc)
+}
+
+fn vm(name: &str, strategy: &str, grace: i64) -> VirtualMachine {
+    model::from_yaml(&format!(
+        "apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: {strategy}
+  template:
+    spec:
+      terminationGracePeriodSeconds: {grace}
+      domain:
+        devices: {{}}
+        memory:
+          guest: 128Mi
+"
+    ))
+    .unwrap()
+}
+
+fn printable(lc: &Lifecycle, name: &str) -> String {
+    lc.get_vm("default", name).unwrap().status.unwrap().printable_status.unwrap()
+}
+
+fn phase(lc: &Lifecycle, name: &str) -> Option<VmiPhase> {
+    lc.get_vmi("default", name).ok().map(|v| phase_of(&v))
+}
+
+/// Reconciles a few times (each pass observes what the previous did).
+fn settle(lc: &Lifecycle) {
+    for _ in 0..4 {
+        lc.reconcile();
+    }
+}
+
+#[test]
+fn always_runs_and_stop_halts_gracefully() {
+    let (_s, rt, lc) = setup();
+    lc.create_vm("default", vm("a", "Always", 30)).unwrap();
+    settle(&lc);
+    assert_eq!(phase(&lc, "a"), Some(VmiPhase::Running));
+    assert_eq!(printable(&lc, "a"), "Running");
+    let vmi = lc.get_vmi("default", "a").unwrap();
+    let conds = vmi.status.unwrap().conditions;
+    assert!(has_condition(&conds, "Ready"));
+    assert!(conds.iter().any(|c| c.type_ == "HardwareAccelerated" && c.status == ConditionStatus::False));
+    assert!(lc.events(Some("default")).iter().any(|e| e.reason == "SoftwareEmulation"));
+    // Start of a running Always VM is refused; stop makes it Halted and presses the power button.
+    assert!(matches!(lc.start("default", "a"), Err(LifecycleError::Conflict(_))));
+    lc.stop("default", "a", None).unwrap();
+    settle(&lc);
+    assert_eq!(rt.last("a").power_downs.load(Ordering::SeqCst), 1);
+    assert_eq!(rt.last("a").stops.load(Ordering::SeqCst), 0, "the guest obeyed: no forced stop");
+    assert!(lc.get_vmi("default", "a").is_err(), "the stopped VMI is deleted");
+    let got = lc.get_vm("default", "a").unwrap();
+    assert_eq!(got.spec.run_strategy, Some(RunStrategy::Halted));
+    assert_eq!(printable(&lc, "a"), "Stopped");
+    assert_eq!(lock(&rt.cleaned).as_slice(), ["a"]);
+    // Start again: Always, a new instance.
+    lc.start("default", "a").unwrap();
+    settle(&lc);
+    assert_eq!(rt.launches("a"), 2);
+    assert_eq!(printable(&lc, "a"), "Running");
+}
+
+#[test]
+fn always_replaces_an_instance_whose_guest_powered_off() {
+    let (_s, rt, lc) = setup();
+    lc.create_vm("default", vm("a", "Always", 30)).unwrap();
+    settle(&lc);
+    rt.last("a").set(MachineStatus::Stopped(MachineExit::PowerOff));
+    settle(&lc);
+    assert_eq!(rt.launches("a"), 2);
+    assert_eq!(phase(&lc, "a"), Some(VmiPhase::Running));
+}
+
+#[test]
+fn a_guest_that_ignores_the_power_button_is_forced_off_after_the_grace_period() {
+    let (_s, rt, lc) = setup();
+    rt.ignore_power_button.store(true, Ordering::SeqCst);
+    lc.create_vm("default", vm("a", "Always", 1)).unwrap();
+    settle(&lc);
+    lc.stop("default", "a", None).unwrap();
+    settle(&lc);
+    assert_eq!(printable(&lc, "a"), "Stopping");
+    assert_eq!(rt.last("a").stops.load(Ordering::SeqCst), 0);
+    std::thread::sleep(Duration::from_millis(1100));
+    settle(&lc);
+    assert_eq!(rt.last("a").stops.load(Ordering::SeqCst), 1);
+    assert!(lc.get_vmi("default", "a").is_err());
+    assert_eq!(printable(&lc, "a"), "Stopped");
+}
+
+#[test]
+fn grace_period_zero_forces_at_once() {
+    let (_s, rt, lc) = setup();
+    rt.ignore_power_button.store(true, Ordering::SeqCst);
+    lc.create_vm("default", vm("a", "Manual", 600)).unwrap();
+    lc.start("default", "a").unwrap();
+    settle(&lc);
+    lc.stop("default", "a", Some(0)).unwrap();
+    settle(&lc);
+    assert_eq!(rt.last("a").stops.load(Ordering::SeqCst), 1);
+    assert_eq!(rt.last("a").power_downs.load(Ordering::SeqCst), 0);
+    assert!(lc.get_vmi("default", "a").is_err());
+}
+
+#[test]
+fn rerun_on_failure_reruns_failures_only() {
+    let (_s, rt, lc) = setup();
+    lc.create_vm("default", vm("r", "RerunOnFailure", 30)).unwrap();
+    settle(&lc);
+    assert_eq!(rt.launches("r"), 1);
+    rt.last("r").set(MachineStatus::Stopped(MachineExit::Failed("guest crashed".into())));
+    settle(&lc);
+    assert_eq!(rt.launches("r"), 2, "a failure is rerun");
+    assert_eq!(phase(&lc, "r"), Some(VmiPhase::Running));
+    rt.last("r").set(MachineStatus::Stopped(MachineExit::PowerOff));
+    settle(&lc);
+    assert_eq!(rt.launches("r"), 2, "a success is not");
+    assert_eq!(phase(&lc, "r"), Some(VmiPhase::Succeeded));
+    assert_eq!(printable(&lc, "r"), "Stopped");
+    // start runs it again and keeps the strategy.
+    lc.start("default", "r").unwrap();
+    settle(&lc);
+    assert_eq!(rt.launches("r"), 3);
+    assert_eq!(lc.get_vm("default", "r").unwrap().spec.run_strategy, Some(RunStrategy::RerunOnFailure));
+}
+
+#[test]
+fn manual_moves_only_on_request() {
+    let (_s, rt, lc) = setup();
+    lc.create_vm("default", vm("m", "Manual", 30)).unwrap();
+    settle(&lc);
+    assert_eq!(rt.launches("m"), 0);
+    assert_eq!(printable(&lc, "m"), "Stopped");
+    lc.start("default", "m").unwrap();
+    settle(&lc);
+    assert_eq!(rt.launches("m"), 1);
+    rt.last("m").set(MachineStatus::Stopped(MachineExit::Failed("crash".into())));
+    settle(&lc);
+    assert_eq!(rt.launches("m"), 1, "Manual does not restart by itself");
+    assert_eq!(phase(&lc, "m"), Some(VmiPhase::Failed));
+    lc.restart("default", "m", None).unwrap();
+    settle(&lc);
+    assert_eq!(rt.launches("m"), 2);
+    assert_eq!(phase(&lc, "m"), Some(VmiPhase::Running));
+}
+
+#[test]
+fn once_runs_once() {
+    let (_s, rt, lc) = setup();
+    lc.create_vm("default", vm("o", "Once", 30)).unwrap();
+    settle(&lc);
+    rt.last("o").set(MachineStatus::Stopped(MachineExit::Failed("crash".into())));
+    settle(&lc);
+    assert_eq!(rt.launches("o"), 1);
+    assert_eq!(phase(&lc, "o"), Some(VmiPhase::Failed));
+    assert!(lc.start("default", "o").is_err());
+}
+
+#[test]
+fn halted_vm_does_not_start_and_refuses_stop() {
+    let (_s, rt, lc) = setup();
+    lc.create_vm("default", vm("h", "Halted", 30)).unwrap();
+    settle(&lc);
+    assert_eq!(rt.launches("h"), 0);
+    assert!(
+        matches!(lc.stop("default", "h", None), Err(LifecycleError::Conflict(m)) if m.contains("not running"))
+    );
+}
+
+#[test]
+fn a_guest_reboot_restarts_the_machine_in_place() {
+    let (_s, rt, lc) = setup();
+    lc.create_vm("default", vm("b", "Always", 30)).unwrap();
+    settle(&lc);
+    let uid = lc.get_vmi("default", "b").unwrap().metadata.uid;
+    rt.last("b").set(MachineStatus::Stopped(MachineExit::Reboot));
+    settle(&lc);
+    assert_eq!(rt.launches("b"), 2);
+    let vmi = lc.get_vmi("default", "b").unwrap();
+    assert_eq!(vmi.metadata.uid, uid, "same VMI");
+    assert_eq!(phase_of(&vmi), VmiPhase::Running);
+    assert!(lc.events(None).iter().any(|e| e.reason == "Rebooted"));
+    // A soft reboot: power button, then the machine starts again in place.
+    lc.soft_reboot("default", "b").unwrap();
+    settle(&lc);
+    assert_eq!(rt.launches("b"), 3);
+    assert_eq!(lc.get_vmi("default", "b").unwrap().metadata.uid, uid);
+    assert!(lc.events(None).iter().any(|e| e.reason == "SoftRebooted"));
+}
+
+#[test]
+fn pause_and_unpause_show_in_conditions_and_status() {
+    let (_s, _rt, lc) = setup();
+    lc.create_vm("default", vm("p", "Always", 30)).unwrap();
+    settle(&lc);
+    lc.pause("default", "p").unwrap();
+    settle(&lc);
+    assert_eq!(printable(&lc, "p"), "Paused");
+    let c = lc.get_vmi("default", "p").unwrap().status.unwrap().conditions;
+    assert!(has_condition(&c, "Paused") && !has_condition(&c, "Ready"));
+    assert!(matches!(lc.pause("default", "p"), Err(LifecycleError::Conflict(_))));
+    lc.unpause("default", "p").unwrap();
+    settle(&lc);
+    assert_eq!(printable(&lc, "p"), "Running");
+    assert!(matches!(lc.unpause("default", "p"), Err(LifecycleError::Conflict(_))));
+}
+
+#[test]
+fn a_restarted_lifecycle_finds_running_machines_and_starts_nothing_twice() {
+    let (store, rt, lc) = setup();
+    lc.create_vm("default", vm("vm-x", "Always", 30)).unwrap();
+    lc.create_vm("default", vm("vm-y", "Always", 30)).unwrap();
+    lc.create_vm("default", vm("vm-z", "Manual", 30)).unwrap();
+    settle(&lc);
+    drop(lc);
+    // vm-y's machine ended while nobody watched, with a power-off the launcher recorded.
+    rt.last("vm-y").set(MachineStatus::Stopped(MachineExit::PowerOff));
+    lock(&rt.exits).insert("vm-y".into(), MachineExit::PowerOff);
+    let lc = Lifecycle::new(store, rt.clone(), opts()).unwrap();
+    assert_eq!(phase(&lc, "vm-x"), Some(VmiPhase::Running));
+    assert_eq!(phase(&lc, "vm-y"), Some(VmiPhase::Succeeded));
+    settle(&lc);
+    assert_eq!(rt.launches("vm-x"), 1, "vm-x was found again, not started twice");
+    assert_eq!(rt.launches("vm-y"), 2, "vm-y (Always) got a new instance");
+    assert_eq!(rt.launches("vm-z"), 0);
+    assert!(lc.events(None).iter().any(|e| e.reason == "Reattached"));
+    // And the found machine is controllable.
+    lc.pause("default", "vm-x").unwrap();
+    assert_eq!(rt.last("vm-x").status(), MachineStatus::Paused);
+}
+
+#[test]
+fn a_launch_failure_fails_the_vmi_and_backs_off() {
+    let store = Arc::new(MemStore::default());
+    let rt = Arc::new(FakeRuntime::default());
+    rt.fail_launch.store(true, Ordering::SeqCst);
+    let lc = Lifecycle::new(
+        store,
+        rt.clone(),
+        LifecycleOptions { backoff_base: Duration::from_secs(60), ..LifecycleOptions::default() },
+    )
+    .unwrap();
+    lc.create_vm("default", vm("f", "Always", 30)).unwrap();
+    settle(&lc);
+    assert_eq!(phase(&lc, "f"), Some(VmiPhase::Failed));
+    assert_eq!(printable(&lc, "f"), "CrashLoopBackOff");
+    let ev = lc.events(None);
+    assert!(
+        ev.iter().any(|e| e.reason == "FailedCreate" && e.message.contains("disk image missing")),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn deleting_a_vm_stops_and_removes_its_instance() {
+    let (store, rt, lc) = setup();
+    lc.create_vm("default", vm("d", "Always", 30)).unwrap();
+    settle(&lc);
+    lc.delete_vm("default", "d").unwrap();
+    settle(&lc);
+    assert!(lc.get_vm("default", "d").is_err());
+    assert!(lc.get_vmi("default", "d").is_err());
+    assert_eq!(rt.last("d").power_downs.load(Ordering::SeqCst), 1);
+    assert!(store.load().unwrap().iter().all(|o| o.key.name != "d"));
+}
+
+#[test]
+fn standalone_vmis_run_and_delete() {
+    let (_s, rt, lc) = setup();
+    let vmi: VirtualMachineInstance = model::from_yaml(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: s\nspec:\n  domain:\n    devices: {}\n    memory:\n      guest: 64Mi\n",
+    )
+    .unwrap();
+    lc.create_vmi("default", vmi.clone()).unwrap();
+    assert!(matches!(lc.create_vmi("default", vmi), Err(LifecycleError::AlreadyExists { .. })));
+    settle(&lc);
+    assert_eq!(phase(&lc, "s"), Some(VmiPhase::Running));
+    lc.delete_vmi("default", "s", None).unwrap();
+    settle(&lc);
+    assert!(lc.get_vmi("default", "s").is_err());
+    assert_eq!(rt.launches("s"), 1, "a standalone VMI is not recreated");
+}
+
+#[test]
+fn bad_requests_are_refused_with_the_field() {
+    let (_s, _rt, lc) = setup();
+    let gpu: VirtualMachine = model::from_yaml(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: g\nspec:\n  runStrategy: Always\n  template:\n    spec:\n      domain:\n        devices:\n          gpus:\n          - name: gpu1\n            deviceName: nvidia.com/GP102GL_Tesla_P40\n        memory:\n          guest: 64Mi\n",
+    )
+    .unwrap();
+    let e = lc.create_vm("default", gpu).unwrap_err().to_string();
+    assert!(e.contains("gpus"), "{e}");
+    let e = lc.create_vm("nope", vm("a", "Always", 0)).unwrap_err();
+    assert!(matches!(e, LifecycleError::NotFound { resource: "namespaces", .. }), "{e}");
+    let e = lc.create_vm("default", vm("Bad_Name", "Always", 0)).unwrap_err().to_string();
+    assert!(e.contains("metadata.name"), "{e}");
+    let mut wrong_ns = vm("a", "Always", 0);
+    wrong_ns.metadata.namespace = Some("os-images".into());
+    assert!(lc.create_vm("default", wrong_ns).unwrap_err().to_string().contains("metadata.namespace"));
+    lc.create_vm("default", vm("a", "Halted", 0)).unwrap();
+    assert!(matches!(
+        lc.create_vm("default", vm("a", "Halted", 0)),
+        Err(LifecycleError::AlreadyExists { .. })
+    ));
+    assert!(matches!(lc.pause("default", "a"), Err(LifecycleError::NotFound { .. })));
+    // Optimistic concurrency on replace.
+    let mut stale = lc.get_vm("default", "a").unwrap();
+    stale.metadata.resource_version = Some("999".into());
+    assert!(matches!(lc.replace_vm("default", stale), Err(LifecycleError::Conflict(_))));
+}
+
+#[test]
+fn namespaces_exist_and_guard_their_contents() {
+    let (store, rt, lc) = setup();
+    assert!(lc.namespace_exists("default") && lc.namespace_exists("os-images"));
+    lc.create_namespace("team-a").unwrap();
+    lc.create_vm("team-a", vm("a", "Halted", 0)).unwrap();
+    assert!(matches!(lc.delete_namespace("team-a"), Err(LifecycleError::Conflict(_))));
+    assert!(lc.delete_namespace("default").is_err());
+    drop(lc);
+    let lc = Lifecycle::new(store, rt, opts()).unwrap();
+    assert!(lc.namespace_exists("team-a"), "namespaces persist");
+    assert_eq!(lc.list_vms(Some("team-a")).len(), 1);
+    lc.delete_vm("team-a", "a").unwrap();
+    settle(&lc);
+    lc.delete_namespace("team-a").unwrap();
+}
