@@ -1,0 +1,108 @@
+//! `virt-node`: the local node daemon. Parsing and wiring only; the node is `virt_k8s::node`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use virt_k8s::node::{Node, NodeConfig};
+
+/// Serves KubeVirt's API for the VMs of this machine, each run by its own virt-launcher.
+///
+/// Stopping or killing the daemon leaves running VMs running; a restarted daemon finds them again.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// State directory (object store, VM run directories, image cache).
+    #[arg(long, env = "VIRT_NODE_STATE", default_value = "/var/lib/virt-node")]
+    state_dir: PathBuf,
+    /// The API's unix socket.
+    #[arg(long, env = "VIRT_NODE_SOCKET", default_value = "/run/virt-node/node.sock")]
+    socket: PathBuf,
+    /// Also serve on this TCP address (needs --token-file).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// File holding the bearer token TCP clients must send.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The virt-launcher binary (default: next to this one, else on PATH).
+    #[arg(long)]
+    launcher: Option<PathBuf>,
+    /// Allow software emulation where hardware KVM is missing (KubeVirt's useEmulation).
+    #[arg(long, env = "VIRT_NODE_ALLOW_EMULATION")]
+    allow_emulation: bool,
+    /// Force the machine backend for every VM.
+    #[arg(long, value_parser = ["native", "qemu"])]
+    backend: Option<String>,
+    /// A registry reached over plain HTTP (repeatable), e.g. 127.0.0.1:5000.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Node name shown in VMI status.
+    #[arg(long, default_value = "localhost")]
+    node_name: String,
+}
+
+fn default_launcher() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("virt-launcher")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("virt-launcher"))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let a = Args::parse();
+    let token = match &a.token_file {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => Some(t.trim().to_string()),
+            Err(e) => {
+                eprintln!("virt-node: reading the token file {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let cfg = NodeConfig {
+        node_name: a.node_name,
+        state_dir: a.state_dir,
+        socket: a.socket,
+        listen: a.listen,
+        token,
+        launcher: a.launcher.unwrap_or_else(default_launcher),
+        allow_emulation: a.allow_emulation,
+        backend: a.backend,
+        insecure_registries: a.insecure_registries,
+        tick: Duration::from_millis(200),
+    };
+    let node = match Node::open(cfg) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("virt-node: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = async {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        log::info!("virt-node: shutting down; running VMs keep running");
+    };
+    match node.run(shutdown) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("virt-node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The local node end to end, with real parts: the `virt-node` daemon, `virtctl`, one
+//! `virt-launcher` per VM, QEMU under software emulation (this machine has no hardware KVM), the
+//! project's Debian kernel and initramfs served as a kernel-boot container image by a real
+//! `docker-registry`, and a cloud-init NoCloud seed disk whose shell-script user-data prints a line
+//! on the console.
+//!
+//! 1. apply a VM, start it, see its console (the boot and the user-data line), pause and unpause it,
+//!    stop it (the guest obeys the ACPI power button), delete it;
+//! 2. kill the daemon with SIGKILL while the VM runs, start it again: the VM is Running, was not
+//!    started twice, and its console (with the boot in its ring buffer) is reachable.
+//!
+//! Skipped, with the reason printed, where qemu-system-x86_64, docker-registry or skopeo are missing
+//! (scripts/install-deps.sh installs them). `cargo test --workspace` builds virtctl and
+//! virt-launcher, which these tests run from the same target directory.
+
+#[path = "../../../virt-storage/tests/support/registry.rs"]
+mod registry;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
+use serde_json::Value;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+fn missing_tools() -> Option<&'static str> {
+    ["qemu-system-x86_64", "docker-registry", "skopeo"].into_iter().find(|t| !have(t))
+}
+
+/// One boot at a time (two cores, TCG is CPU-bound).
+fn boot_lock() -> std::sync::MutexGuard<'static, ()> {
+    static L: Mutex<()> = Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A binary of this workspace, from the target directory these tests run from.
+fn bin(name: &str) -> PathBuf {
+    if name == "virt-node" {
+        return PathBuf::from(env!("CARGO_BIN_EXE_virt-node"));
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let p = dir.join(name);
+    assert!(p.is_file(), "{} not built: run `cargo build --workspace` (cargo test --workspace does)", p.display());
+    p
+}
+
+fn assets() -> HashMap<String, PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest-assets.sh");
+    let out = Command::new("bash").arg(script).arg("--print-env").output().unwrap();
+    assert!(out.status.success(), "guest-assets.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+        .collect()
+}
+
+/// Pushes the kernel and initramfs as a kernel-boot container image; returns its reference.
+fn push_kernel_image(reg: &Registry) -> String {
+    let a = assets();
+    let kernel = std::fs::read(&a["KERNEL"]).unwrap();
+    let initrd = std::fs::read(&a["INITRAMFS"]).unwrap();
+    let mut layout = OciLayout::new();
+    let layer = registry::tar_of(&[
+        Entry::Dir("boot/"),
+        Entry::File("boot/vmlinuz", kernel),
+        Entry::File("boot/initrd.img", initrd),
+    ]);
+    let desc = layout.image(&[(layer, Comp::Gzip)], "amd64");
+    layout.tag("v1", &desc);
+    layout.write_index();
+    reg.push(&layout, "v1", "kubevirt/demo-kernel", &[]);
+    format!("{}/kubevirt/demo-kernel:v1", reg.host)
+}
+
+fn vm_yaml(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+  labels:
+    kubevirt.io/vm: {name}
+spec:
+  runStrategy: Halted
+  template:
+    metadata:
+      labels:
+        kubevirt.io/vm: {name}
+    spec:
+      domain:
+        firmware:
+          kernelBoot:
+            container:
+              image: {image}
+              kernelPath: /boot/vmlinuz
+              initrdPath: /boot/initrd.img
+            kernelArgs: console=ttyS0 quiet panic=-1 virt.idle=1
+        devices:
+          disks:
+          - disk:
+              bus: virtio
+            name: cloudinitdisk
+        memory:
+          guest: 256Mi
+      terminationGracePeriodSeconds: 60
+      volumes:
+      - cloudInitNoCloud:
+          userData: |
+            #!/bin/sh
+
+            echo 'printed from cloud-init userdata'
+        name: cloudinitdisk
+"
+    )
+}
+
+/// A node daemon on a temporary state directory; killed when dropped (its launchers too).
+struct NodeProc {
+    child: Option<Child>,
+    state: PathBuf,
+    socket: PathBuf,
+    registry_host: String,
+}
+
+impl NodeProc {
+    fn start(state: &Path, registry_host: &str) -> Self {
+        let socket = state.join("node.sock");
+        let mut n = Self { child: None, state: state.to_path_buf(), socket, registry_host: registry_host.into() };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state.join("node.log")).unwrap();
+        let child = Command::new(bin("virt-node"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--launcher")
+            .arg(bin("virt-launcher"))
+            .arg("--allow-emulation")
+            .arg("--insecure-registry")
+            .arg(&self.registry_host)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let t = Instant::now();
+        while !self.socket.exists() {
+            assert!(t.elapsed() < Duration::from_secs(20), "virt-node did not come up: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.join("node.log")).unwrap_or_default()
+    }
+
+    fn sigkill(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    fn virtctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("virtctl"))
+            .arg("--server")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs virtctl and insists on success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.virtctl(args);
+        assert!(
+            o.status.success(),
+            "virtctl {args:?} failed ({}): {}{}\nnode log:\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn vmi(&self, name: &str) -> Option<Value> {
+        let o = self.virtctl(&["get", "vmi", name, "-o", "json"]);
+        o.status.success().then(|| serde_json::from_slice(&o.stdout).unwrap())
+    }
+
+    fn wait_vmi(&self, name: &str, what: &str, ok: impl Fn(Option<&Value>) -> bool) -> Option<Value> {
+        let t = Instant::now();
+        loop {
+            let v = self.vmi(name);
+            if ok(v.as_ref()) {
+                return v;
+            }
+            assert!(t.elapsed() < BOOT_TIMEOUT, "VMI {name} never {what}: {v:?}\nnode log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Attaches `virtctl console` until `marker` shows, then leaves with ^]; returns what it saw.
+    fn console_until(&self, name: &str, marker: &str) -> String {
+        let mut child = Command::new(bin("virtctl"))
+            .arg("--server")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(["console", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let t = Instant::now();
+        while !String::from_utf8_lossy(&seen).contains(marker) {
+            if let Ok(b) = rx.recv_timeout(Duration::from_millis(200)) {
+                seen.extend(b);
+            }
+            if t.elapsed() > BOOT_TIMEOUT {
+                let _ = child.kill();
+                panic!("console of {name} never showed {marker:?}; saw:\n{}", String::from_utf8_lossy(&seen));
+            }
+        }
+        child.stdin.as_mut().unwrap().write_all(&[0x1d]).unwrap();
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(status.success(), "virtctl console did not end cleanly on ^]: {status} {err}");
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Launchers outlive the daemon by design; end this test's ones (and their QEMUs).
+        kill_launchers(&self.state);
+    }
+}
+
+fn kill_launchers(state: &Path) {
+    let Ok(dirs) = std::fs::read_dir(state.join("vmis")) else { return };
+    for d in dirs.flatten() {
+        if let Ok(pid) = std::fs::read_to_string(d.path().join("launcher.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // The launcher is a process-group leader: end the group (launcher and QEMU).
+                let _ = Command::new("kill").arg("-KILL").arg(format!("-{pid}")).status();
+            }
+        }
+    }
+}
+
+fn condition(vmi: &Value, type_: &str) -> Option<String> {
+    vmi.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["status"].as_str().map(str::to_string))
+}
+
+fn phase(v: Option<&Value>) -> Option<&str> {
+    v.and_then(|v| v.pointer("/status/phase")).and_then(Value::as_str)
+}
+
+fn setup() -> Option<(Registry, String, tempfile::TempDir)> {
+    if let Some(t) = missing_tools() {
+        eprintln!("{t} not installed: skipping (scripts/install-deps.sh installs it)");
+        return None;
+    }
+    let reg = Registry::start(RegistryOpts::default());
+    let image = push_kernel_image(&reg);
+    // Short path: unix socket paths are limited to 107 bytes.
+    let state = tempfile::Builder::new().prefix("vn").tempdir_in("/tmp").unwrap();
+    Some((reg, image, state))
+}
+
+#[test]
+fn apply_start_console_pause_stop_delete() {
+    let Some((reg, image, state)) = setup() else { return };
+    let _one = boot_lock();
+    let node = NodeProc::start(state.path(), &reg.host);
+    let file = state.path().join("demo.yaml");
+    std::fs::write(&file, vm_yaml("demo", &image)).unwrap();
+
+    let out = node.ok(&["create", "-f", file.to_str().unwrap()]);
+    assert!(out.contains("virtualmachine.kubevirt.io/demo created"), "{out}");
+    let o = node.virtctl(&["create", "-f", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "a second create must fail");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    let out = node.ok(&["get", "vm"]);
+    assert!(out.contains("demo") && out.contains("Stopped"), "{out}");
+
+    node.ok(&["start", "demo"]);
+    let vmi = node.wait_vmi("demo", "ran", |v| phase(v) == Some("Running")).unwrap();
+    assert_eq!(condition(&vmi, "HardwareAccelerated").as_deref(), Some("False"), "{vmi}");
+    let seen = node.console_until("demo", "printed from cloud-init userdata");
+    assert!(seen.contains("VIRT-E2E: userspace up"), "the console shows the boot: {seen}");
+    assert!(seen.contains("VIRT-E2E: cloud-init seed cidata"), "{seen}");
+
+    node.ok(&["pause", "vmi", "demo"]);
+    let v = node.vmi("demo").unwrap();
+    assert_eq!(condition(&v, "Paused").as_deref(), Some("True"), "{v}");
+    assert!(node.ok(&["get", "vm", "demo"]).contains("Paused"));
+    node.ok(&["unpause", "vmi", "demo"]);
+    let v = node.vmi("demo").unwrap();
+    assert_eq!(condition(&v, "Paused"), None, "{v}");
+    assert_eq!(condition(&v, "Ready").as_deref(), Some("True"), "{v}");
+
+    // A graceful stop: the guest sees the ACPI power button and powers off.
+    node.ok(&["stop", "demo"]);
+    node.wait_vmi("demo", "went away", |v| v.is_none());
+    let vm: Value = serde_json::from_str(&node.ok(&["get", "vm", "demo", "-o", "json"])).unwrap();
+    assert_eq!(vm["spec"]["runStrategy"], "Halted");
+    assert_eq!(vm["status"]["printableStatus"], "Stopped");
+    let log = std::fs::read_to_string(node.state.join("node.log")).unwrap();
+    assert!(log.contains("ShuttingDown") || log.contains("asked the guest to power off"), "{log}");
+    assert!(!log.contains("grace period over"), "the guest obeyed the power button: {log}");
+
+    node.ok(&["delete", "vm", "demo"]);
+    let t = Instant::now();
+    while node.virtctl(&["get", "vm", "demo"]).status.success() {
+        assert!(t.elapsed() < Duration::from_secs(30), "the VM was not deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = node.virtctl(&["get", "vm", "demo"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
+}
+
+#[test]
+fn sigkilled_daemon_finds_its_running_vm_again() {
+    let Some((reg, image, state)) = setup() else { return };
+    let _one = boot_lock();
+    let mut node = NodeProc::start(state.path(), &reg.host);
+    let file = state.path().join("keep.yaml");
+    std::fs::write(&file, vm_yaml("keep", &image)).unwrap();
+    node.ok(&["apply", "-f", file.to_str().unwrap()]);
+    node.ok(&["start", "keep"]);
+    let before = node.wait_vmi("keep", "ran", |v| phase(v) == Some("Running")).unwrap();
+    let uid = before["metadata"]["uid"].clone();
+    let run_dir = node.state.join("vmis").join(uid.as_str().unwrap());
+    let pid_before = std::fs::read_to_string(run_dir.join("launcher.pid")).unwrap();
+    // Wait for user space, so that the ring buffer holds the boot.
+    let log = run_dir.join("console.log");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("printed from cloud-init userdata") {
+        assert!(t.elapsed() < BOOT_TIMEOUT, "no user-data line in {}", log.display());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    node.sigkill();
+    assert!(node.virtctl(&["get", "vm"]).status.code() == Some(1), "the daemon is gone");
+    node.spawn();
+
+    let after = node.vmi("keep").expect("the VMI is still there");
+    assert_eq!(phase(Some(&after)), Some("Running"), "{after}");
+    assert_eq!(after["metadata"]["uid"], uid, "same VMI");
+    assert_eq!(std::fs::read_to_string(run_dir.join("launcher.pid")).unwrap(), pid_before, "not started twice");
+    // A late viewer sees the boot from the ring buffer.
+    let seen = node.console_until("keep", "printed from cloud-init userdata");
+    assert!(seen.contains("VIRT-E2E: userspace up"), "{seen}");
+    // And it is still controllable.
+    node.ok(&["stop", "keep", "--force", "--grace-period", "0"]);
+    node.wait_vmi("keep", "went away", |v| v.is_none());
+    assert!(node.log().contains("Reattached") || node.log().contains("found its running machine again"));
+}

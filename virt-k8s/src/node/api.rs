@@ -1,0 +1,461 @@
+//! The node's HTTP API (docs/node-api.md): Kubernetes and KubeVirt REST paths over the
+//! [`Lifecycle`], Kubernetes `Status` errors, the serial console as a websocket.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use virt_core::lifecycle::{Lifecycle, LifecycleError};
+use virt_core::machine::remote::RemoteError;
+use virt_core::model::{self, KubeVirtObject, VmiPhase};
+
+use super::runtime::LauncherRuntime;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The lifecycle.
+    pub lifecycle: Arc<Lifecycle>,
+    /// The launchers (for consoles).
+    pub runtime: Arc<LauncherRuntime>,
+}
+
+/// An error answered as a Kubernetes `Status`.
+#[derive(Debug)]
+pub struct ApiError {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { code, reason, message: message.into() }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+    fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "Conflict", message)
+    }
+}
+
+/// A Kubernetes `Status` response.
+pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    });
+    (code, Json(body)).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        status_response(self.code, self.reason, &self.message)
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(e: LifecycleError) -> Self {
+        let (code, reason) = match &e {
+            LifecycleError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+            LifecycleError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
+            LifecycleError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            LifecycleError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            LifecycleError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        };
+        Self::new(code, reason, e.to_string())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Runs blocking lifecycle work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("handler: {e}")))?
+}
+
+fn ok<T: serde::Serialize>(code: StatusCode, v: &T) -> ApiResult {
+    let v = serde_json::to_value(v)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("encoding: {e}")))?;
+    Ok((code, Json(v)).into_response())
+}
+
+fn list(kind: &str, api_version: &str, items: Vec<Value>) -> ApiResult {
+    ok(StatusCode::OK, &json!({ "apiVersion": api_version, "kind": kind, "metadata": {}, "items": items }))
+}
+
+/// Decodes a request body strictly (JSON, or YAML by content type): unknown fields are errors with
+/// their path.
+fn decode(headers: &HeaderMap, body: &[u8]) -> Result<KubeVirtObject, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
+    let yaml = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("yaml"));
+    let invalid = |e: virt_core::api::LoadError| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string());
+    if yaml {
+        let mut docs = model::load_yaml(text).map_err(invalid)?;
+        if docs.len() != 1 {
+            return Err(ApiError::bad_request(format!("expected one object in the body, got {}", docs.len())));
+        }
+        Ok(docs.remove(0).object)
+    } else {
+        Ok(model::load_json(text).map_err(invalid)?.object)
+    }
+}
+
+fn wrong_kind(got: &KubeVirtObject, want: &str) -> ApiError {
+    ApiError::bad_request(format!("the body is a {}, this path takes a {want}", got.kind()))
+}
+
+async fn version() -> ApiResult {
+    ok(
+        StatusCode::OK,
+        &json!({
+            "gitVersion": concat!("v", env!("CARGO_PKG_VERSION")),
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "",
+            "goVersion": "rust",
+            "compiler": "rustc",
+            "platform": format!("linux/{}", std::env::consts::ARCH),
+        }),
+    )
+}
+
+// ---- namespaces and events ----
+
+async fn list_namespaces(State(s): State<ApiState>) -> ApiResult {
+    list("NamespaceList", "v1", s.lifecycle.namespaces())
+}
+
+async fn create_namespace(State(s): State<ApiState>, body: Bytes) -> ApiResult {
+    let v: Value = serde_json::from_slice(&body)
+        .or_else(|_| {
+            std::str::from_utf8(&body)
+                .map_err(|e| e.to_string())
+                .and_then(|t| virt_core::api::parse_yaml(t).map_err(|e| e.to_string()))
+                .and_then(|mut d| if d.len() == 1 { Ok(d.remove(0)) } else { Err("expected one object".into()) })
+        })
+        .map_err(|e| ApiError::bad_request(format!("namespace body: {e}")))?;
+    if v.get("kind").and_then(Value::as_str) != Some("Namespace") {
+        return Err(ApiError::bad_request("the body is not a Namespace"));
+    }
+    if let Some(k) = v.as_object().and_then(|o| o.keys().find(|k| !["apiVersion", "kind", "metadata", "spec", "status"].contains(&k.as_str()))) {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("{k}: unknown field")));
+    }
+    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let out = blocking(move || Ok(s.lifecycle.create_namespace(&name)?)).await?;
+    ok(StatusCode::CREATED, &out)
+}
+
+async fn get_namespace(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
+    let found = s.lifecycle.namespaces().into_iter().find(|n| n.pointer("/metadata/name").and_then(Value::as_str) == Some(&ns));
+    match found {
+        Some(n) => ok(StatusCode::OK, &n),
+        None => Err(LifecycleError::NotFound { resource: "namespaces", name: ns }.into()),
+    }
+}
+
+async fn delete_namespace(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
+    blocking(move || Ok(s.lifecycle.delete_namespace(&ns)?)).await?;
+    ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+}
+
+async fn list_events(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
+    let items = s.lifecycle.events(Some(&ns)).iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
+    list("EventList", "v1", items)
+}
+
+// ---- VirtualMachines ----
+
+fn values<T: serde::Serialize>(v: Vec<T>) -> Vec<Value> {
+    v.iter().filter_map(|x| serde_json::to_value(x).ok()).collect()
+}
+
+async fn list_all_vms(State(s): State<ApiState>) -> ApiResult {
+    list("VirtualMachineList", model::API_VERSION, values(s.lifecycle.list_vms(None)))
+}
+
+async fn list_vms(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
+    if !s.lifecycle.namespace_exists(&ns) {
+        return Err(LifecycleError::NotFound { resource: "namespaces", name: ns }.into());
+    }
+    list("VirtualMachineList", model::API_VERSION, values(s.lifecycle.list_vms(Some(&ns))))
+}
+
+async fn create_vm(State(s): State<ApiState>, Path(ns): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let vm = match decode(&headers, &body)? {
+        KubeVirtObject::VirtualMachine(vm) => *vm,
+        other => return Err(wrong_kind(&other, "VirtualMachine")),
+    };
+    let out = blocking(move || Ok(s.lifecycle.create_vm(&ns, vm)?)).await?;
+    ok(StatusCode::CREATED, &out)
+}
+
+async fn get_vm(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
+    ok(StatusCode::OK, &s.lifecycle.get_vm(&ns, &name)?)
+}
+
+async fn replace_vm(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let vm = match decode(&headers, &body)? {
+        KubeVirtObject::VirtualMachine(vm) => *vm,
+        other => return Err(wrong_kind(&other, "VirtualMachine")),
+    };
+    if vm.metadata.name.as_deref().is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "metadata.name {:?} does not match the name in the path ({name})",
+            vm.metadata.name.as_deref().unwrap_or_default()
+        )));
+    }
+    let mut vm = vm;
+    vm.metadata.name = Some(name);
+    let out = blocking(move || Ok(s.lifecycle.replace_vm(&ns, vm)?)).await?;
+    ok(StatusCode::OK, &out)
+}
+
+async fn delete_vm(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
+    let out = blocking(move || Ok(s.lifecycle.delete_vm(&ns, &name)?)).await?;
+    ok(StatusCode::OK, &out)
+}
+
+/// The grace period in a stop or restart body (`gracePeriod` of StopOptions, `gracePeriodSeconds`
+/// of RestartOptions / DeleteOptions).
+fn grace(body: &[u8]) -> Result<Option<i64>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("options body: {e}")))?;
+    let g = v.get("gracePeriod").or_else(|| v.get("gracePeriodSeconds"));
+    match g {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_i64()
+            .filter(|g| *g >= 0)
+            .map(Some)
+            .ok_or_else(|| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("gracePeriod: {x} is not a number of seconds >= 0"))),
+    }
+}
+
+fn accepted() -> ApiResult {
+    Ok((StatusCode::ACCEPTED, "").into_response())
+}
+
+async fn vm_start(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
+    blocking(move || Ok(s.lifecycle.start(&ns, &name)?)).await?;
+    accepted()
+}
+
+async fn vm_stop(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>, body: Bytes) -> ApiResult {
+    let g = grace(&body)?;
+    blocking(move || Ok(s.lifecycle.stop(&ns, &name, g)?)).await?;
+    accepted()
+}
+
+async fn vm_restart(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>, body: Bytes) -> ApiResult {
+    let g = grace(&body)?;
+    blocking(move || Ok(s.lifecycle.restart(&ns, &name, g)?)).await?;
+    accepted()
+}
+
+// ---- VirtualMachineInstances ----
+
+async fn list_all_vmis(State(s): State<ApiState>) -> ApiResult {
+    list("VirtualMachineInstanceList", model::API_VERSION, values(s.lifecycle.list_vmis(None)))
+}
+
+async fn list_vmis(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
+    if !s.lifecycle.namespace_exists(&ns) {
+        return Err(LifecycleError::NotFound { resource: "namespaces", name: ns }.into());
+    }
+    list("VirtualMachineInstanceList", model::API_VERSION, values(s.lifecycle.list_vmis(Some(&ns))))
+}
+
+async fn create_vmi(State(s): State<ApiState>, Path(ns): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let vmi = match decode(&headers, &body)? {
+        KubeVirtObject::VirtualMachineInstance(v) => *v,
+        other => return Err(wrong_kind(&other, "VirtualMachineInstance")),
+    };
+    let out = blocking(move || Ok(s.lifecycle.create_vmi(&ns, vmi)?)).await?;
+    ok(StatusCode::CREATED, &out)
+}
+
+async fn get_vmi(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
+    ok(StatusCode::OK, &s.lifecycle.get_vmi(&ns, &name)?)
+}
+
+async fn delete_vmi(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>, body: Bytes) -> ApiResult {
+    let g = grace(&body)?;
+    blocking(move || Ok(s.lifecycle.delete_vmi(&ns, &name, g)?)).await?;
+    ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+}
+
+async fn vmi_pause(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
+    blocking(move || Ok(s.lifecycle.pause(&ns, &name)?)).await?;
+    accepted()
+}
+
+async fn vmi_unpause(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
+    blocking(move || Ok(s.lifecycle.unpause(&ns, &name)?)).await?;
+    accepted()
+}
+
+async fn vmi_softreboot(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
+    blocking(move || Ok(s.lifecycle.soft_reboot(&ns, &name)?)).await?;
+    accepted()
+}
+
+/// The serial console: checks (running, not in use) before the upgrade, so that a refusal is a
+/// proper `Status`; then bridges websocket frames and the launcher's console socket.
+async fn vmi_console(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    ws: WebSocketUpgrade,
+) -> ApiResult {
+    let stream = blocking(move || {
+        let vmi = s.lifecycle.get_vmi(&ns, &name)?;
+        let phase = vmi.status.as_ref().and_then(|st| st.phase).unwrap_or(VmiPhase::Pending);
+        if phase != VmiPhase::Running {
+            return Err(ApiError::conflict(format!(
+                "VirtualMachineInstance {ns}/{name} is not running (phase {})",
+                phase.as_str()
+            )));
+        }
+        s.runtime.console(&vmi).map_err(|e| match e {
+            RemoteError::ConsoleBusy { .. } => ApiError::conflict(format!(
+                "the console of VirtualMachineInstance {ns}/{name} is in use: one interactive session at a time"
+            )),
+            other => ApiError::conflict(format!("console of {ns}/{name}: {other}")),
+        })
+    })
+    .await?;
+    stream.set_nonblocking(true).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    let stream = tokio::net::UnixStream::from_std(stream)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    Ok(ws.on_upgrade(move |socket| bridge(socket, stream)))
+}
+
+async fn bridge(socket: WebSocket, stream: tokio::net::UnixStream) {
+    use futures_util::{SinkExt, StreamExt};
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (mut rd, mut wr) = stream.into_split();
+    let out = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = ws_tx.send(Message::Close(None)).await;
+    };
+    let inp = async {
+        while let Some(Ok(msg)) = ws_rx.next().await {
+            let bytes: Bytes = match msg {
+                Message::Binary(b) => b,
+                Message::Text(t) => Bytes::copy_from_slice(t.as_str().as_bytes()),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = out => {}
+        _ = inp => {}
+    }
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    const KV: &str = "/apis/kubevirt.io/v1";
+    const SUB: &str = "/apis/subresources.kubevirt.io/v1";
+    Router::new()
+        .route("/version", get(version))
+        .route(&format!("{SUB}/version"), get(version))
+        .route("/api/v1/namespaces", get(list_namespaces).post(create_namespace))
+        .route("/api/v1/namespaces/{ns}", get(get_namespace).delete(delete_namespace))
+        .route("/api/v1/namespaces/{ns}/events", get(list_events))
+        .route(&format!("{KV}/virtualmachines"), get(list_all_vms))
+        .route(&format!("{KV}/namespaces/{{ns}}/virtualmachines"), get(list_vms).post(create_vm))
+        .route(&format!("{KV}/namespaces/{{ns}}/virtualmachines/{{name}}"), get(get_vm).put(replace_vm).delete(delete_vm))
+        .route(&format!("{KV}/virtualmachineinstances"), get(list_all_vmis))
+        .route(&format!("{KV}/namespaces/{{ns}}/virtualmachineinstances"), get(list_vmis).post(create_vmi))
+        .route(&format!("{KV}/namespaces/{{ns}}/virtualmachineinstances/{{name}}"), get(get_vmi).delete(delete_vmi))
+        .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachines/{{name}}/start"), put(vm_start))
+        .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachines/{{name}}/stop"), put(vm_stop))
+        .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachines/{{name}}/restart"), put(vm_restart))
+        .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/pause"), put(vmi_pause))
+        .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/unpause"), put(vmi_unpause))
+        .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/softreboot"), put(vmi_softreboot))
+        .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/console"), get(vmi_console))
+        .fallback(|| async { status_response(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource") })
+        .with_state(state)
+}
+
+/// Constant-time comparison of a bearer token.
+fn token_matches(got: &[u8], want: &[u8]) -> bool {
+    if got.len() != want.len() {
+        return false;
+    }
+    got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// The routes behind a bearer-token check (the TCP listener): no token, no access.
+pub fn router_with_token(state: ApiState, token: Arc<String>) -> Router {
+    router(state).layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: Next| {
+        let token = token.clone();
+        async move {
+            let got = req
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            match got {
+                Some(t) if token_matches(t.as_bytes(), token.as_bytes()) => next.run(req).await,
+                _ => status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "a bearer token is required (Authorization: Bearer <token>)"),
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(token_matches(b"abc", b"abc"));
+        assert!(!token_matches(b"abd", b"abc"));
+        assert!(!token_matches(b"ab", b"abc"));
+        assert!(!token_matches(b"", b"abc"));
+    }
+}
