@@ -29,6 +29,13 @@
 #   virt.exit=reboot  end with `reboot -f` instead of `poweroff -f` (for a VMM without ACPI power-off)
 # Outside virt.bench=1 it also reports `tpm0 present` when the kernel found a TPM, and powers off when
 # the ACPI power button is pressed (QEMU's system_powerdown).
+# cloud-init seed disks (outside virt.bench=1, which powers off before any driver loads): a FAT disk
+# labelled `cidata` (NoCloud) or `config-2` (ConfigDrive) is mounted read-only on /seed, the hostname
+# set from its metadata, and user data starting with `#!` run with its output on the console:
+#   VIRT-E2E: cloud-init seed <label> <device>
+#   VIRT-E2E: cloud-init hostname <name>
+#   VIRT-E2E: cloud-init user-data exit <code>
+# Without such a disk nothing about it is printed.
 # Every line it prints for tests starts with `VIRT-E2E: `.
 set -euo pipefail
 
@@ -153,7 +160,7 @@ busybox_tree() {
 # Modules in load order; dependencies are resolved from the modules' own metadata.
 WANT_MODULES=(virtio_ring virtio virtio_mmio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
               virtio_blk failover net_failover virtio_net crc32c_generic crc32c-intel crc16 mbcache
-              jbd2 ext4 button)
+              jbd2 ext4 button fat vfat nls_cp437 nls_ascii)
 
 write_init() {
 cat > "$1" <<'INIT'
@@ -177,6 +184,42 @@ for w in $cmdline; do
     virt.exit=reboot) exit_cmd=reboot ;;
   esac
 done
+
+# cloud-init seed disks: a FAT file system labelled cidata (NoCloud) or config-2 (ConfigDrive),
+# as virt-storage's cloudinit module writes them (upper-case labels too, as mkfs.vfat makes them).
+cloud_init_seed() {
+  local label dev= meta host ud rc
+  for label in cidata CIDATA config-2 CONFIG-2; do
+    dev=$(findfs "LABEL=$label" 2>/dev/null) && break
+  done
+  [ -n "$dev" ] || return 0
+  echo "VIRT-E2E: cloud-init seed $label $dev"
+  mkdir -p /seed
+  if ! mount -t vfat -o ro "$dev" /seed; then
+    echo "VIRT-E2E: cloud-init seed $dev: mount failed"
+    return 0
+  fi
+  case "$label" in
+    cidata|CIDATA)
+      meta=/seed/meta-data ud=/seed/user-data
+      host=$(sed -n 's/^local-hostname:[[:space:]]*"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$/\1/p' "$meta" 2>/dev/null) ;;
+    *)
+      meta=/seed/openstack/latest/meta_data.json ud=/seed/openstack/latest/user_data
+      host=$(sed -n 's/.*"hostname"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$meta" 2>/dev/null) ;;
+  esac
+  host=$(echo "$host" | head -n1)
+  if [ -n "$host" ] && hostname "$host"; then
+    echo "VIRT-E2E: cloud-init hostname $host"
+  fi
+  # A script (#!) runs from a private copy (FAT has no exec bit to rely on); cloud-config and
+  # other formats need cloud-init itself, which this guest does not have.
+  if [ "$(head -c 2 "$ud" 2>/dev/null)" = '#!' ]; then
+    cp "$ud" /tmp/user-data && chmod 700 /tmp/user-data
+    /tmp/user-data </dev/null >/dev/console 2>&1
+    rc=$?
+    echo "VIRT-E2E: cloud-init user-data exit $rc"
+  fi
+}
 
 finish() {
   read up _ < /proc/uptime
@@ -221,11 +264,27 @@ if [ "$mode" = e2e ]; then
   i=0
   while [ ! -b /dev/vda ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i + 1)); done
 fi
+# In every mode: wait (at most 2 s) until each virtio block device (virtio device id 2) has its
+# /sys/block entry, so the cloud-init seed search below sees them all. No such device, no wait.
+i=0
+while [ $i -lt 20 ]; do
+  want=0
+  for f in /sys/bus/virtio/devices/*/device; do
+    [ -r "$f" ] && [ "$(cat "$f")" = 0x0002 ] && want=$((want + 1))
+  done
+  have=0
+  for d in /sys/block/vd*; do [ -e "$d" ] && have=$((have + 1)); done
+  [ $have -ge $want ] && break
+  sleep 0.1
+  i=$((i + 1))
+done
 for d in /sys/block/vd?; do
   [ -e "$d" ] || continue
   n=${d##*/}
   echo "VIRT-E2E: disk $n size=$(( $(cat "$d/size") * 512 )) ro=$(cat "$d/ro")"
 done
+
+cloud_init_seed
 
 if [ "$mode" = e2e ]; then
   echo "VIRT-E2E: sig=$(head -c 16 /dev/vda 2>/dev/null | tr -d '\000')"

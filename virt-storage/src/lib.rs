@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod cdi;
+pub mod cloudinit;
 pub mod datavolume;
 pub mod format;
 pub mod golden;

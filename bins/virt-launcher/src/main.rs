@@ -1,24 +1,66 @@
 //! `virt-launcher`: one VM per process. Parsing and wiring only; the VMM lives in `virt-core`.
+//!
+//! Two modes: direct (`--kernel ...`: the native microVM, console on stdin/stdout) and supervised
+//! (`--spec spec.json --run-dir DIR`: any MachineSpec on the native VMM or QEMU, served over the
+//! run directory's sockets by `virt_core::machine::supervisor`; see docs/launcher.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Parser;
 use virt_core::block::{BlockBackend, RawFile};
 use virt_core::hypervisor::kvm::KvmHypervisor;
+use virt_core::machine::native::NativeBackend;
+use virt_core::machine::qemu::{QemuBackend, QemuOptions};
+use virt_core::machine::supervisor::{graceful_stop, ServeInfo, Supervisor};
+use virt_core::machine::{
+    select_backend, BackendChoice, DiskFormat, DiskOpener, DiskSpec, Machine, MachineExit, MachineSpec,
+};
 use virt_core::vmm::boot::{BootPath, KernelConfig};
 use virt_core::vmm::{ExitReason, MicroVm, Payload, VmConfig};
+use virt_storage::format::{Qcow2, Qcow2OpenOptions, RawImage};
+
+/// `eprintln!` that never panics: a supervised launcher outlives the daemon that may hold its stderr
+/// pipe, and a write error to a closed pipe must not take the VM down.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
 
 /// Boots a Linux kernel in a KVM microVM; the serial console is this process's stdin/stdout.
+/// With `--spec` and `--run-dir`, runs any machine spec (native microVM or QEMU) supervised: control
+/// and console over unix sockets in the run directory (docs/launcher.md).
 ///
-/// Exits 0 when the guest powers off or reboots, 1 on any error.
+/// Exits 0 when the guest powers off or reboots (or is stopped), 1 on any error.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
     /// Kernel: a bzImage or an ELF vmlinux.
+    #[arg(long, required_unless_present = "spec", conflicts_with = "spec")]
+    kernel: Option<PathBuf>,
+    /// Supervised mode: the MachineSpec to run, as JSON.
+    #[arg(long, requires = "run_dir")]
+    spec: Option<PathBuf>,
+    /// Supervised mode: the VM's run directory (lock, pid, console.log, control.sock, console.sock,
+    /// exit.json).
+    #[arg(long, requires = "spec")]
+    run_dir: Option<PathBuf>,
+    /// Supervised mode: the engine (auto: the native microVM when it can run the spec on hardware
+    /// KVM, else QEMU).
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
+    /// Supervised mode: allow QEMU's software emulation where hardware KVM is unusable (KubeVirt's
+    /// useEmulation).
     #[arg(long)]
-    kernel: PathBuf,
+    allow_emulation: bool,
+    /// Supervised mode: seconds a SIGTERM lets the guest power down before the machine is stopped.
+    #[arg(long, default_value_t = 30)]
+    grace_period: u64,
     /// Initramfs to hand to the kernel.
     #[arg(long)]
     initramfs: Option<PathBuf>,
@@ -142,13 +184,14 @@ fn run(args: Args) -> Result<ExitReason, String> {
     let main_start = std::time::Instant::now();
     let prepare_only = args.prepare_kernel;
     let disks = args.disks.iter().map(|d| parse_disk(d)).collect::<Result<Vec<_>, _>>()?;
-    for p in std::iter::once(&args.kernel).chain(args.initramfs.iter()) {
+    let Some(kernel) = args.kernel else { return Err("--kernel or --spec is required".into()) };
+    for p in std::iter::once(&kernel).chain(args.initramfs.iter()) {
         if !p.is_file() {
             return Err(format!("{}: no such file", p.display()));
         }
     }
     let kernel = KernelConfig {
-        kernel: args.kernel,
+        kernel,
         initramfs: args.initramfs,
         cmdline: args.cmdline,
         boot_path: args.boot_path,
@@ -157,7 +200,7 @@ fn run(args: Args) -> Result<ExitReason, String> {
     if prepare_only {
         match virt_core::vmm::boot::prepare_kernel(&kernel).map_err(|e| e.to_string())? {
             Some(p) => println!("{}", p.display()),
-            None => eprintln!("virt-launcher: nothing to prepare (not a bzImage, or no kernel cache)"),
+            None => say!("virt-launcher: nothing to prepare (not a bzImage, or no kernel cache)"),
         }
         return Ok(ExitReason::PowerOff);
     }
@@ -175,12 +218,12 @@ fn run(args: Args) -> Result<ExitReason, String> {
     let trace = std::env::var_os("VIRT_LAUNCHER_TRACE").is_some();
     if trace {
         if let Some(b) = vm.boot_info() {
-            eprintln!("virt-launcher: boot path: {}", b.how);
+            say!("virt-launcher: boot path: {}", b.how);
         }
         for (what, d) in vm.build_timings() {
-            eprintln!("virt-launcher:   {what}: {:.3} ms", d.as_secs_f64() * 1e3);
+            say!("virt-launcher:   {what}: {:.3} ms", d.as_secs_f64() * 1e3);
         }
-        eprintln!("virt-launcher: VM built in {:.3} ms", main_start.elapsed().as_secs_f64() * 1e3);
+        say!("virt-launcher: VM built in {:.3} ms", main_start.elapsed().as_secs_f64() * 1e3);
     }
     let handle = Arc::new(vm.start().map_err(|e| e.to_string())?);
     let _term = TermGuard::new();
@@ -207,13 +250,13 @@ fn run(args: Args) -> Result<ExitReason, String> {
     if trace {
         if let Some(t) = handle.first_exit() {
             let ago = std::time::Instant::now().saturating_duration_since(t).as_nanos();
-            eprintln!(
+            say!(
                 "virt-launcher: first guest exit at monotonic {} ns ({:.3} ms after main)",
                 monotonic_ns() - ago,
                 t.saturating_duration_since(main_start).as_secs_f64() * 1e3
             );
         }
-        eprintln!(
+        say!(
             "virt-launcher: VM ended ({reason:?}) at monotonic {} ns ({:.3} ms after main)",
             monotonic_ns(),
             main_start.elapsed().as_secs_f64() * 1e3
@@ -221,25 +264,234 @@ fn run(args: Args) -> Result<ExitReason, String> {
     }
     drop(handle);
     if trace {
-        eprintln!("virt-launcher: torn down {:.3} ms after main", main_start.elapsed().as_secs_f64() * 1e3);
+        say!("virt-launcher: torn down {:.3} ms after main", main_start.elapsed().as_secs_f64() * 1e3);
     }
     Ok(reason)
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(ExitReason::PowerOff) | Ok(ExitReason::Stopped) => ExitCode::SUCCESS,
-        Ok(ExitReason::Reset) => {
-            eprintln!("virt-launcher: the guest rebooted; the VM has ended");
+/// Opens a disk of the spec for the native VMM: raw or qcow2 as the spec says (never sniffed, so a
+/// guest cannot turn its raw disk into a qcow2 pointing at host files), read-only for CD-ROMs.
+fn open_disk(d: &DiskSpec) -> Result<Arc<dyn BlockBackend>, String> {
+    let ro = d.read_only || d.cdrom;
+    Ok(match d.format {
+        DiskFormat::Raw => Arc::new(RawImage::open(&d.path, ro).map_err(|e| e.to_string())?),
+        DiskFormat::Qcow2 => {
+            let opts = Qcow2OpenOptions { read_only: ro, ..Default::default() };
+            Arc::new(Qcow2::open(&d.path, &opts).map_err(|e| e.to_string())?)
+        }
+    })
+}
+
+/// SIGTERM and SIGINT, taken by a thread with sigwait: the first powers the guest down and stops it
+/// after the grace period, a second stops it at once. Blocked in every thread (they inherit the mask
+/// from `install`, which runs before any thread starts); child processes get a clean mask from std.
+struct Termination {
+    machine: Mutex<Option<Arc<dyn Machine>>>,
+    requested: AtomicBool,
+    grace: Duration,
+}
+
+fn term_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; SIGTERM and SIGINT are valid signals.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+    }
+    set
+}
+
+impl Termination {
+    fn install(grace: Duration) -> Result<Arc<Self>, String> {
+        // SAFETY: setting SIGHUP's disposition to SIG_IGN installs no handler code; the launcher must
+        // outlive its parent's session. SIGPIPE likewise: a vanished socket peer is an EPIPE error.
+        unsafe {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+        let set = term_signals();
+        // SAFETY: blocks the signals in `set` (valid) for this thread, and so for threads started later.
+        let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        if r != 0 {
+            return Err(format!("block SIGTERM: {}", std::io::Error::from_raw_os_error(r)));
+        }
+        let t = Arc::new(Self { machine: Mutex::new(None), requested: AtomicBool::new(false), grace });
+        let t2 = t.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let mut count = 0;
+                loop {
+                    let mut sig = 0;
+                    // SAFETY: `set` is a valid sigset_t of blocked signals and `sig` a valid out-pointer.
+                    if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                        continue;
+                    }
+                    count += 1;
+                    t2.on_signal(sig, count);
+                }
+            })
+            .map_err(|e| format!("spawn the signal thread: {e}"))?;
+        Ok(t)
+    }
+
+    fn on_signal(&self, sig: i32, count: u32) {
+        let name = if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" };
+        self.requested.store(true, Ordering::SeqCst);
+        let m = self.machine.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match (m, count) {
+            (None, _) => {
+                say!("virt-launcher: {name} while starting: the machine is stopped once it runs")
+            }
+            (Some(m), 1) => {
+                say!(
+                    "virt-launcher: {name}: powering the guest down ({}s grace period)",
+                    self.grace.as_secs()
+                );
+                let grace = self.grace;
+                let _ = std::thread::Builder::new().name("graceful-stop".into()).spawn(move || {
+                    graceful_stop(m.as_ref(), grace);
+                });
+            }
+            (Some(m), _) => {
+                say!("virt-launcher: {name} again: stopping the machine now");
+                if let Err(e) = m.stop() {
+                    say!("virt-launcher: {e}");
+                }
+            }
+        }
+    }
+
+    /// The machine runs: a termination asked for while it started stops it now.
+    fn running(&self, m: Arc<dyn Machine>) {
+        *self.machine.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+        if self.requested.load(Ordering::SeqCst) {
+            if let Err(e) = m.stop() {
+                say!("virt-launcher: {e}");
+            }
+        }
+    }
+}
+
+/// Reads the spec, picks the backend and starts the machine with the supervisor's console.
+fn start_supervised(
+    args: &Args,
+    spec_path: &Path,
+    run_dir: &Path,
+    sup: &Supervisor,
+) -> Result<(Arc<dyn Machine>, ServeInfo), String> {
+    let raw = std::fs::read(spec_path).map_err(|e| format!("read the spec {}: {e}", spec_path.display()))?;
+    let spec: MachineSpec = serde_json::from_slice(&raw)
+        .map_err(|e| format!("the spec {} is not a MachineSpec: {e}", spec_path.display()))?;
+    let cache = if args.no_kernel_cache { None } else { args.kernel_cache.clone().or_else(default_cache) };
+    let opener: DiskOpener = Arc::new(open_disk);
+    let native = NativeBackend::new(opener, cache);
+    let qemu = QemuBackend::new(QemuOptions {
+        allow_emulation: args.allow_emulation,
+        run_dir: Some(run_dir.to_path_buf()),
+        ..Default::default()
+    });
+    let backend = select_backend(&spec, args.backend, &native, &qemu).map_err(|e| e.to_string())?;
+    let machine = backend.start(&spec, sup.console_sink()).map_err(|e| e.to_string())?;
+    let d = machine.accelerator();
+    say!(
+        "virt-launcher: machine {} runs on {} ({:?}: {})",
+        spec.name,
+        backend.name(),
+        d.accelerator,
+        d.reason
+    );
+    Ok((Arc::from(machine), ServeInfo { name: spec.name.clone(), backend: backend.name().into() }))
+}
+
+/// Supervised mode: claim the run directory, start, serve until the machine ends.
+fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
+    let term = match Termination::install(Duration::from_secs(args.grace_period)) {
+        Ok(t) => t,
+        Err(e) => {
+            say!("virt-launcher: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sup = match Supervisor::claim(run_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            say!("virt-launcher: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (machine, info) = match start_supervised(args, spec_path, run_dir, &sup) {
+        Ok(m) => m,
+        Err(e) => {
+            say!("virt-launcher: {e}");
+            if let Err(e) = sup.fail(&e) {
+                say!("virt-launcher: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    term.running(machine.clone());
+    let served = sup.serve(machine, info);
+    // Drop the machine (the backend's own clean-up: QEMU's run directory) before exiting.
+    drop(term.machine.lock().unwrap_or_else(|e| e.into_inner()).take());
+    match served {
+        Ok(MachineExit::PowerOff | MachineExit::Stopped) => ExitCode::SUCCESS,
+        Ok(MachineExit::Reboot) => {
+            say!("virt-launcher: the guest rebooted; the VM has ended");
             ExitCode::SUCCESS
         }
-        Ok(ExitReason::Error(e)) => {
-            eprintln!("virt-launcher: VM failed: {e}");
+        Ok(MachineExit::Failed(e)) => {
+            say!("virt-launcher: VM failed: {e}");
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("virt-launcher: {e}");
+            say!("virt-launcher: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Library warnings (and more with `VIRT_LAUNCHER_LOG=info|debug`) on stderr.
+struct StderrLog(log::LevelFilter);
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.0
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            say!("virt-launcher: {}: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let level = std::env::var("VIRT_LAUNCHER_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Warn);
+    if log::set_logger(Box::leak(Box::new(StderrLog(level)))).is_ok() {
+        log::set_max_level(level);
+    }
+    if let (Some(spec), Some(dir)) = (args.spec.clone(), args.run_dir.clone()) {
+        return supervised(&args, &spec, &dir);
+    }
+    match run(args) {
+        Ok(ExitReason::PowerOff) | Ok(ExitReason::Stopped) => ExitCode::SUCCESS,
+        Ok(ExitReason::Reset) => {
+            say!("virt-launcher: the guest rebooted; the VM has ended");
+            ExitCode::SUCCESS
+        }
+        Ok(ExitReason::Error(e)) => {
+            say!("virt-launcher: VM failed: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            say!("virt-launcher: {e}");
             ExitCode::FAILURE
         }
     }

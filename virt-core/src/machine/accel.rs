@@ -1,8 +1,10 @@
 //! Choosing the accelerator: hardware KVM when it is really there, software emulation only when the
 //! node allows it (KubeVirt's `useEmulation`), never silently slow.
 
+use serde::{Deserialize, Serialize};
+
 /// What the node allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum AccelPolicy {
     /// Hardware KVM, or emulation if the node allows it.
     #[default]
@@ -38,7 +40,7 @@ impl HostVirt {
 }
 
 /// The accelerator a machine runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Accelerator {
     /// Hardware-assisted KVM.
     Kvm,
@@ -47,7 +49,7 @@ pub enum Accelerator {
 }
 
 /// The decision and its reason, for the VMI's status and events.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccelDecision {
     /// The accelerator.
     pub accelerator: Accelerator,

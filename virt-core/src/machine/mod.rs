@@ -9,16 +9,21 @@
 pub mod accel;
 pub mod native;
 pub mod qemu;
+pub mod remote;
 pub mod resolve;
+pub mod supervisor;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::block::BlockBackend;
 
 /// How the guest boots.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase", deny_unknown_fields)]
 pub enum BootSpec {
     /// Direct kernel boot (KubeVirt's `firmware.kernelBoot`).
     Kernel {
@@ -41,7 +46,7 @@ pub enum BootSpec {
 }
 
 /// Bus a disk sits on (KubeVirt's `disk.bus`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DiskBus {
     /// virtio-blk.
     Virtio,
@@ -52,7 +57,7 @@ pub enum DiskBus {
 }
 
 /// Image format of a disk file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DiskFormat {
     /// Raw.
     Raw,
@@ -61,7 +66,8 @@ pub enum DiskFormat {
 }
 
 /// One disk or CD-ROM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DiskSpec {
     /// Name (KubeVirt's disk name), used for ids and serials.
     pub name: String,
@@ -72,17 +78,22 @@ pub struct DiskSpec {
     /// Bus.
     pub bus: DiskBus,
     /// A CD-ROM rather than a disk (read-only by nature).
+    #[serde(default)]
     pub cdrom: bool,
     /// Refuse writes.
+    #[serde(default)]
     pub read_only: bool,
     /// Boot priority (1 first), if any.
+    #[serde(default)]
     pub boot_order: Option<u32>,
     /// Serial number the guest sees.
+    #[serde(default)]
     pub serial: Option<String>,
 }
 
 /// vCPU topology and model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CpuSpec {
     /// Sockets.
     pub sockets: u32,
@@ -91,6 +102,7 @@ pub struct CpuSpec {
     /// Threads per core.
     pub threads: u32,
     /// CPU model (`host-passthrough`, `host-model` or a named model); `None` for the backend's default.
+    #[serde(default)]
     pub model: Option<String>,
 }
 
@@ -108,7 +120,8 @@ impl Default for CpuSpec {
 }
 
 /// A Hyper-V enlightenment (KubeVirt's `features.hyperv.*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all_fields = "camelCase", deny_unknown_fields)]
 pub enum HypervFeature {
     /// A flag such as `relaxed`, `vapic`, `vpindex`, `runtime`, `synic`, `reset`, `frequencies`,
     /// `reenlightenment`, `tlbflush`, `ipi`, `evmcs`.
@@ -125,49 +138,69 @@ pub enum HypervFeature {
 }
 
 /// Guest clock.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClockSpec {
     /// The RTC runs in local time (Windows) rather than UTC.
+    #[serde(default)]
     pub localtime: bool,
     /// Timers asked for: (name, present), e.g. ("hpet", false), ("hypervclock", true).
+    #[serde(default)]
     pub timers: Vec<(String, bool)>,
     /// Lost-tick policies asked for: (timer, policy), e.g. ("rtc", "catchup"), ("pit", "delay").
+    #[serde(default)]
     pub tick_policies: Vec<(String, String)>,
 }
 
 /// A resolved virtual machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MachineSpec {
     /// Name (for logs, ids, sockets).
     pub name: String,
     /// vCPUs.
+    #[serde(default)]
     pub cpu: CpuSpec,
     /// Guest memory in MiB.
     pub memory_mib: u64,
     /// Boot method.
     pub boot: BootSpec,
     /// Disks in the order the guest sees them.
+    #[serde(default)]
     pub disks: Vec<DiskSpec>,
     /// ACPI present (KubeVirt's `features.acpi`).
+    #[serde(default = "yes")]
     pub acpi: bool,
     /// System management mode (needed by Secure Boot).
+    #[serde(default)]
     pub smm: bool,
     /// Hyper-V enlightenments.
+    #[serde(default)]
     pub hyperv: Vec<HypervFeature>,
     /// Clock.
+    #[serde(default)]
     pub clock: ClockSpec,
     /// A TPM 2.0, persistent across boots or not.
+    #[serde(default)]
     pub tpm: Option<TpmSpec>,
     /// A VNC display.
+    #[serde(default)]
     pub graphics: bool,
     /// Machine type (e.g. `q35`); `None` for the backend's default.
+    #[serde(default)]
     pub machine_type: Option<String>,
     /// Where the machine may run.
+    #[serde(default)]
     pub accel: accel::AccelPolicy,
 }
 
+fn yes() -> bool {
+    true
+}
+
 /// A TPM 2.0 device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TpmSpec {
     /// Keep the TPM's state between boots (in `state_dir`).
     pub persistent: bool,
@@ -176,7 +209,7 @@ pub struct TpmSpec {
 }
 
 /// Where a running machine is in its life.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MachineStatus {
     /// Being set up.
     Starting,
@@ -189,7 +222,7 @@ pub enum MachineStatus {
 }
 
 /// How a machine ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MachineExit {
     /// The guest powered off.
     PowerOff,
@@ -202,7 +235,7 @@ pub enum MachineExit {
 }
 
 /// Something that happened to a machine, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MachineEvent {
     /// The guest started running.
     Started,
@@ -302,4 +335,213 @@ pub trait Machine: Send + Sync {
     }
     /// Which accelerator runs it, and why (shown in the VMI's status).
     fn accelerator(&self) -> accel::AccelDecision;
+}
+
+/// Which engine runs a machine (the launcher's `--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BackendChoice {
+    /// The native microVM when it can run the spec (kernel boot on hardware KVM), else QEMU.
+    #[default]
+    Auto,
+    /// The native microVM, or an error.
+    Native,
+    /// QEMU, or an error.
+    Qemu,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "native" => Ok(Self::Native),
+            "qemu" => Ok(Self::Qemu),
+            other => Err(format!("unknown backend {other:?} (expected auto, native or qemu)")),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::Qemu => "qemu",
+        })
+    }
+}
+
+/// Why no backend was selected for a machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    /// The backend asked for cannot run the spec.
+    #[error("machine {machine}: the {backend} backend was asked for but cannot run it: {why}")]
+    Forced {
+        /// Machine name.
+        machine: String,
+        /// The backend asked for.
+        backend: &'static str,
+        /// Why it cannot.
+        why: String,
+    },
+    /// Neither backend can run the spec.
+    #[error("machine {machine}: no backend can run it: native: {native}; qemu: {qemu}")]
+    Neither {
+        /// Machine name.
+        machine: String,
+        /// Why the native backend cannot.
+        native: String,
+        /// Why QEMU cannot.
+        qemu: String,
+    },
+}
+
+/// Picks the backend that runs `spec`. [`BackendChoice::Auto`] takes `native` when it supports the
+/// spec (a kernel boot on hardware KVM, virtio disks only, no TPM/graphics/Hyper-V), else `qemu` when
+/// that supports it; a forced choice that does not support the spec is an error saying why.
+pub fn select_backend<'a>(
+    spec: &MachineSpec,
+    choice: BackendChoice,
+    native: &'a dyn MachineBackend,
+    qemu: &'a dyn MachineBackend,
+) -> Result<&'a dyn MachineBackend, SelectError> {
+    let forced = |b: &'a dyn MachineBackend| match b.supports(spec) {
+        Ok(()) => Ok(b),
+        Err(why) => Err(SelectError::Forced { machine: spec.name.clone(), backend: b.name(), why }),
+    };
+    match choice {
+        BackendChoice::Native => forced(native),
+        BackendChoice::Qemu => forced(qemu),
+        BackendChoice::Auto => match native.supports(spec) {
+            Ok(()) => Ok(native),
+            Err(n) => match qemu.supports(spec) {
+                Ok(()) => Ok(qemu),
+                Err(q) => Err(SelectError::Neither { machine: spec.name.clone(), native: n, qemu: q }),
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend that supports what `ok` says and starts nothing.
+    struct Fake {
+        name: &'static str,
+        ok: fn(&MachineSpec) -> Result<(), String>,
+    }
+
+    impl MachineBackend for Fake {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn supports(&self, spec: &MachineSpec) -> Result<(), String> {
+            (self.ok)(spec)
+        }
+        fn start(&self, spec: &MachineSpec, _c: ConsoleSink) -> Result<Box<dyn Machine>, MachineError> {
+            Err(MachineError::Start { machine: spec.name.clone(), msg: "fake".into() })
+        }
+    }
+
+    fn kernel_only(spec: &MachineSpec) -> Result<(), String> {
+        match spec.boot {
+            BootSpec::Kernel { .. } => Ok(()),
+            _ => Err("the native VMM boots kernels only".into()),
+        }
+    }
+
+    fn spec(boot: BootSpec) -> MachineSpec {
+        MachineSpec {
+            name: "vm1".into(),
+            cpu: CpuSpec::default(),
+            memory_mib: 128,
+            boot,
+            disks: vec![],
+            acpi: true,
+            smm: false,
+            hyperv: vec![],
+            clock: ClockSpec::default(),
+            tpm: None,
+            graphics: false,
+            machine_type: None,
+            accel: accel::AccelPolicy::Auto,
+        }
+    }
+
+    fn kernel() -> BootSpec {
+        BootSpec::Kernel { kernel: "/k".into(), initramfs: None, cmdline: String::new() }
+    }
+
+    #[test]
+    fn auto_prefers_native_and_falls_back_to_qemu() {
+        let native = Fake { name: "native", ok: kernel_only };
+        let qemu = Fake { name: "qemu", ok: |_| Ok(()) };
+        let pick = |s: &MachineSpec, c| select_backend(s, c, &native, &qemu).map(|b| b.name());
+        assert_eq!(pick(&spec(kernel()), BackendChoice::Auto), Ok("native"));
+        assert_eq!(pick(&spec(BootSpec::Bios), BackendChoice::Auto), Ok("qemu"));
+        assert_eq!(pick(&spec(kernel()), BackendChoice::Qemu), Ok("qemu"));
+        assert_eq!(pick(&spec(kernel()), BackendChoice::Native), Ok("native"));
+    }
+
+    #[test]
+    fn no_kvm_means_qemu_and_a_forced_native_says_why() {
+        let native = Fake { name: "native", ok: |_| Err("hardware KVM is required: no vmx/svm".into()) };
+        let qemu = Fake { name: "qemu", ok: |_| Ok(()) };
+        let s = spec(kernel());
+        assert_eq!(select_backend(&s, BackendChoice::Auto, &native, &qemu).map(|b| b.name()), Ok("qemu"));
+        let e = select_backend(&s, BackendChoice::Native, &native, &qemu).map(|b| b.name()).unwrap_err();
+        assert!(matches!(e, SelectError::Forced { backend: "native", .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("vm1") && msg.contains("hardware KVM is required"), "{msg}");
+    }
+
+    #[test]
+    fn neither_backend_names_both_reasons() {
+        let native = Fake { name: "native", ok: kernel_only };
+        let qemu = Fake { name: "qemu", ok: |_| Err("qemu-system-x86_64 not found".into()) };
+        let s = spec(BootSpec::Bios);
+        let e = select_backend(&s, BackendChoice::Auto, &native, &qemu).map(|b| b.name()).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("kernels only") && msg.contains("not found"), "{msg}");
+        let e = select_backend(&s, BackendChoice::Qemu, &native, &qemu).map(|b| b.name()).unwrap_err();
+        assert!(e.to_string().contains("qemu backend was asked for"), "{e}");
+        assert_eq!("qemu".parse::<BackendChoice>(), Ok(BackendChoice::Qemu));
+        assert!("kvm".parse::<BackendChoice>().unwrap_err().contains("\"kvm\""));
+    }
+
+    #[test]
+    fn specs_round_trip_through_json_and_reject_unknown_fields() {
+        let mut s = spec(BootSpec::Efi { secure_boot: true, vars: Some("/v.fd".into()) });
+        s.disks.push(DiskSpec {
+            name: "root".into(),
+            path: "/d.qcow2".into(),
+            format: DiskFormat::Qcow2,
+            bus: DiskBus::Sata,
+            cdrom: false,
+            read_only: false,
+            boot_order: Some(1),
+            serial: None,
+        });
+        s.hyperv = vec![HypervFeature::Flag("relaxed".into()), HypervFeature::Stimer { direct: true }];
+        s.clock.timers.push(("hpet".into(), false));
+        s.tpm = Some(TpmSpec { persistent: true, state_dir: "/tpm".into() });
+        let j = serde_json::to_string(&s).unwrap();
+        assert!(j.contains("\"memoryMib\":128") && j.contains("\"secureBoot\":true"), "{j}");
+        assert_eq!(serde_json::from_str::<MachineSpec>(&j).unwrap(), s);
+        let bad = j.replacen("\"memoryMib\"", "\"memoryMiB\"", 1);
+        let e = serde_json::from_str::<MachineSpec>(&bad).unwrap_err().to_string();
+        assert!(e.contains("memoryMiB"), "{e}");
+        let bad = j.replacen("\"secureBoot\"", "\"secure\"", 1);
+        assert!(serde_json::from_str::<MachineSpec>(&bad).is_err());
+        // A minimal hand-written spec: defaults fill the rest (ACPI on).
+        let min = r#"{"name":"m","memoryMib":64,"boot":{"Kernel":{"kernel":"/k","cmdline":""}}}"#;
+        let m: MachineSpec = serde_json::from_str(min).unwrap();
+        assert!(m.acpi && m.disks.is_empty() && m.cpu.count() == 1, "{m:?}");
+        for st in [MachineStatus::Running, MachineStatus::Stopped(MachineExit::Failed("x".into()))] {
+            let j = serde_json::to_string(&st).unwrap();
+            assert_eq!(serde_json::from_str::<MachineStatus>(&j).unwrap(), st);
+        }
+    }
 }
