@@ -315,6 +315,22 @@ fn accept_within(
     }
 }
 
+/// Makes the child die with the thread that spawns it (the launcher's main thread), so that a
+/// launcher killed with SIGKILL does not leave an unsupervised QEMU (or swtpm) running its guest.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which is
+    // async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn start_swtpm(opts: &QemuOptions, spec: &MachineSpec, dir: &Path, sock: &Path) -> Result<Child, String> {
     let Some(tpm) = &spec.tpm else { return Err("no TPM asked for".into()) };
     let state = if tpm.persistent { tpm.state_dir.clone() } else { dir.join("tpm") };
@@ -334,6 +350,7 @@ fn start_swtpm(opts: &QemuOptions, spec: &MachineSpec, dir: &Path, sock: &Path) 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", opts.swtpm.display()))?;
     let deadline = Instant::now() + opts.start_timeout;
     while !sock.exists() {
@@ -486,11 +503,10 @@ fn start(
         opts.qemu.display(),
         args.join(" ")
     );
-    let mut child = Command::new(&opts.qemu)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let mut cmd = Command::new(&opts.qemu);
+    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let mut child = cmd
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", opts.qemu.display()))?;
     let stderr = child.stderr.take().map(|s| collect_stderr(spec.name.clone(), s)).unwrap_or_default();
