@@ -1,38 +1,61 @@
 #!/usr/bin/env bash
-# The README's main job: boot a Linux VM with virt-launcher and show its console.
+# The README's main job: the local node runs a KubeVirt VirtualMachine and shows its console.
 #
-# On a machine with hardware virtualisation (vmx/svm and a usable /dev/kvm) the VM runs right here and
-# its console is your terminal: log in is automatic, type `poweroff -f` to leave.
-# Without it (like the machines this project is built on, whose /dev/kvm is software-nested), the VM
-# runs inside the project's nested harness: an L1 Linux under QEMU's emulator that has real KVM. The
-# console is shown as the guest boots, a few commands are typed into it, and it powers off (~40 s).
+# It installs what is missing, builds the guest assets (Debian kernel + the project's initramfs) and
+# the binaries, makes sure a local registry holds the demo kernel-boot image, starts `virt-node`
+# (unless one runs), applies examples/vm-demo.yaml, starts the VM and attaches its serial console.
+# On a terminal the console is yours (leave with Ctrl-]); otherwise it is shown until the guest's user
+# space says hello. Where hardware KVM is missing (like the machines this project is built on) the node
+# runs the VM under QEMU's software emulation (KubeVirt's useEmulation) and says so in the VMI's status.
+#
+# Afterwards: `virtctl get vmi demo -o yaml`, `virtctl console demo`, `virtctl stop demo`; the node
+# keeps running (its log: $state/node.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
-eval "$(bash scripts/guest-assets.sh --print-env)"
-cargo build --release -q -p virt-launcher
-launcher=${CARGO_TARGET_DIR:-$PWD/target}/release/virt-launcher
-cmdline="console=ttyS0 quiet panic=-1"
+cargo build --release -q -p virt-node -p virt-launcher -p virtctl
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release
+registry=$(bash scripts/local-registry.sh)
+state=${VIRT_NODE_STATE:-${VIRT_CACHE_DIR:-$HOME/.cache/virt-rs}/node}
+mkdir -p "$state"
+export VIRT_NODE="unix://$state/node.sock"
+virtctl() { "$bin/virtctl" "$@"; }
 
-if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -r /dev/kvm ] && [ -w /dev/kvm ] && [ -z "${VIRT_FORCE_NESTED:-}" ]; then
-  echo "run-vm: booting on this machine's KVM; type 'poweroff -f' in the guest to exit"
-  exec "$launcher" --kernel "$KERNEL" --initramfs "$INITRAMFS" --cmdline "$cmdline" \
-    --memory 256 --cpus 2 --disk "$ROOTFS"
+if ! virtctl version >/dev/null 2>&1; then
+  echo "run-vm: starting virt-node (state in $state)"
+  setsid "$bin/virt-node" --state-dir "$state" --socket "$state/node.sock" --launcher "$bin/virt-launcher" \
+    --allow-emulation --insecure-registry "$registry" >>"$state/node.log" 2>&1 </dev/null &
+  for _ in $(seq 100); do virtctl version >/dev/null 2>&1 && break; sleep 0.1; done
+  virtctl version >/dev/null || { echo "run-vm: virt-node did not start:" >&2; tail -20 "$state/node.log" >&2; exit 1; }
 fi
-
-echo "run-vm: no hardware virtualisation here; booting inside the nested KVM harness (L1 under TCG)"
-cache=${VIRT_CACHE_DIR:-$HOME/.cache/virt-rs}/kernels
-vmlinux=$("$launcher" --kernel "$KERNEL" --prepare-kernel --kernel-cache "$cache")
-script=$(mktemp)
-trap 'rm -f "$script"' EXIT
-cat > "$script" <<RUN
-mkdir -p /l2/kernels && cp /payload/$(basename "$vmlinux") /l2/kernels/
-# Type a few commands on the guest's console once its shell is up.
-( sleep 15
-  printf 'echo; uname -sr; echo "vCPUs: \$(grep -c ^processor /proc/cpuinfo)"; df -h /mnt | tail -1\n'
-  sleep 3
-  printf 'poweroff -f\n' ) | virt-launcher --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio.gz \
-  --cmdline "$cmdline" --memory 256 --cpus 2 --disk /payload/rootfs.ext4 --kernel-cache /l2/kernels
-RUN
-exec bash scripts/nested/run.sh --file "$launcher" --file "$vmlinux" --file "$ROOTFS" --script "$script" --timeout 300
+virtctl apply -f examples/vm-demo.yaml
+phase=$(virtctl get vmi demo -o json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["phase"])' 2>/dev/null || true)
+[ "$phase" = Running ] || virtctl start demo
+for _ in $(seq 300); do
+  phase=$(virtctl get vmi demo -o json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin).get("status",{}).get("phase",""))' 2>/dev/null || true)
+  [ "$phase" = Running ] && break
+  [ "$phase" = Failed ] && { virtctl get vmi demo -o yaml; exit 1; }
+  sleep 0.2
+done
+virtctl get vmi demo
+if [ -t 0 ] && [ -t 1 ]; then
+  exec "$bin/virtctl" console demo
+fi
+# Not on a terminal: show the console until the guest's user space says hello, then detach.
+python3 - "$bin/virtctl" <<'PY'
+import subprocess, sys, time
+p = subprocess.Popen([sys.argv[1], "console", "demo"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+seen, deadline = b"", time.time() + 600
+while b"hello from cloud-init" not in seen and time.time() < deadline:
+    chunk = p.stdout.read1(4096)
+    if not chunk:
+        break
+    sys.stdout.buffer.write(chunk); sys.stdout.flush()
+    seen += chunk
+p.stdin.write(b"\x1d"); p.stdin.flush()
+p.wait(timeout=30)
+sys.exit(0 if b"hello from cloud-init" in seen else 1)
+PY
+echo
+echo "run-vm: the VM runs on; try: VIRT_NODE=$VIRT_NODE $bin/virtctl console demo   (leave with Ctrl-])"
