@@ -1,1 +1,3 @@
 //! Kubernetes adapter: CRDs, controllers and the node agent (not built yet).
+
+pub mod client;
