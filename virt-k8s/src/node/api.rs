@@ -353,7 +353,8 @@ async fn vmi_console(
     stream.set_nonblocking(true).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
     let stream = tokio::net::UnixStream::from_std(stream)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
-    Ok(ws.on_upgrade(move |socket| bridge(socket, stream)))
+    // KubeVirt's clients ask for the `plain.kubevirt.io` subprotocol; answer it when asked.
+    Ok(ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, stream)))
 }
 
 async fn bridge(socket: WebSocket, stream: tokio::net::UnixStream) {
