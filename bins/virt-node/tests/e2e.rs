@@ -51,7 +51,11 @@ fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap();
     let p = dir.join(name);
-    assert!(p.is_file(), "{} not built: run `cargo build --workspace` (cargo test --workspace does)", p.display());
+    assert!(
+        p.is_file(),
+        "{} not built: run `cargo build --workspace` (cargo test --workspace does)",
+        p.display()
+    );
     p
 }
 
@@ -137,13 +141,17 @@ struct NodeProc {
 impl NodeProc {
     fn start(state: &Path, registry_host: &str) -> Self {
         let socket = state.join("node.sock");
-        let mut n = Self { child: None, state: state.to_path_buf(), socket, registry_host: registry_host.into() };
+        let mut n =
+            Self { child: None, state: state.to_path_buf(), socket, registry_host: registry_host.into() };
         n.spawn();
         n
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state.join("node.log")).unwrap();
+        // A killed daemon leaves its socket file behind.
+        let _ = std::fs::remove_file(&self.socket);
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.state.join("node.log")).unwrap();
         let child = Command::new(bin("virt-node"))
             .arg("--state-dir")
             .arg(&self.state)
@@ -387,7 +395,11 @@ fn sigkilled_daemon_finds_its_running_vm_again() {
     let after = node.vmi("keep").expect("the VMI is still there");
     assert_eq!(phase(Some(&after)), Some("Running"), "{after}");
     assert_eq!(after["metadata"]["uid"], uid, "same VMI");
-    assert_eq!(std::fs::read_to_string(run_dir.join("launcher.pid")).unwrap(), pid_before, "not started twice");
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("launcher.pid")).unwrap(),
+        pid_before,
+        "not started twice"
+    );
     // A late viewer sees the boot from the ring buffer.
     let seen = node.console_until("keep", "printed from cloud-init userdata");
     assert!(seen.contains("VIRT-E2E: userspace up"), "{seen}");

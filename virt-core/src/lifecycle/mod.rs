@@ -1320,6 +1320,8 @@ impl Lifecycle {
         }
         if changed {
             self.persist_vmi(&mut st, key)?;
+            // The VM's status (printableStatus, ready) follows its instance at once.
+            self.update_vm_status_locked(&mut st, key)?;
         }
         Ok(())
     }

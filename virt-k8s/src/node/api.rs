@@ -84,15 +84,18 @@ impl From<LifecycleError> for ApiError {
 type ApiResult = Result<Response, ApiError>;
 
 /// Runs blocking lifecycle work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("handler: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("handler: {e}"))
+    })?
 }
 
 fn ok<T: serde::Serialize>(code: StatusCode, v: &T) -> ApiResult {
-    let v = serde_json::to_value(v)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("encoding: {e}")))?;
+    let v = serde_json::to_value(v).map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("encoding: {e}"))
+    })?;
     Ok((code, Json(v)).into_response())
 }
 
@@ -103,16 +106,22 @@ fn list(kind: &str, api_version: &str, items: Vec<Value>) -> ApiResult {
 /// Decodes a request body strictly (JSON, or YAML by content type): unknown fields are errors with
 /// their path.
 fn decode(headers: &HeaderMap, body: &[u8]) -> Result<KubeVirtObject, ApiError> {
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
     let yaml = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("yaml"));
-    let invalid = |e: virt_core::api::LoadError| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string());
+    let invalid = |e: virt_core::api::LoadError| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
+    };
     if yaml {
         let mut docs = model::load_yaml(text).map_err(invalid)?;
         if docs.len() != 1 {
-            return Err(ApiError::bad_request(format!("expected one object in the body, got {}", docs.len())));
+            return Err(ApiError::bad_request(format!(
+                "expected one object in the body, got {}",
+                docs.len()
+            )));
         }
         Ok(docs.remove(0).object)
     } else {
@@ -151,14 +160,22 @@ async fn create_namespace(State(s): State<ApiState>, body: Bytes) -> ApiResult {
             std::str::from_utf8(&body)
                 .map_err(|e| e.to_string())
                 .and_then(|t| virt_core::api::parse_yaml(t).map_err(|e| e.to_string()))
-                .and_then(|mut d| if d.len() == 1 { Ok(d.remove(0)) } else { Err("expected one object".into()) })
+                .and_then(
+                    |mut d| if d.len() == 1 { Ok(d.remove(0)) } else { Err("expected one object".into()) },
+                )
         })
         .map_err(|e| ApiError::bad_request(format!("namespace body: {e}")))?;
     if v.get("kind").and_then(Value::as_str) != Some("Namespace") {
         return Err(ApiError::bad_request("the body is not a Namespace"));
     }
-    if let Some(k) = v.as_object().and_then(|o| o.keys().find(|k| !["apiVersion", "kind", "metadata", "spec", "status"].contains(&k.as_str()))) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("{k}: unknown field")));
+    if let Some(k) = v.as_object().and_then(|o| {
+        o.keys().find(|k| !["apiVersion", "kind", "metadata", "spec", "status"].contains(&k.as_str()))
+    }) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("{k}: unknown field"),
+        ));
     }
     let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
     let out = blocking(move || Ok(s.lifecycle.create_namespace(&name)?)).await?;
@@ -166,7 +183,11 @@ async fn create_namespace(State(s): State<ApiState>, body: Bytes) -> ApiResult {
 }
 
 async fn get_namespace(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
-    let found = s.lifecycle.namespaces().into_iter().find(|n| n.pointer("/metadata/name").and_then(Value::as_str) == Some(&ns));
+    let found = s
+        .lifecycle
+        .namespaces()
+        .into_iter()
+        .find(|n| n.pointer("/metadata/name").and_then(Value::as_str) == Some(&ns));
     match found {
         Some(n) => ok(StatusCode::OK, &n),
         None => Err(LifecycleError::NotFound { resource: "namespaces", name: ns }.into()),
@@ -200,7 +221,12 @@ async fn list_vms(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResul
     list("VirtualMachineList", model::API_VERSION, values(s.lifecycle.list_vms(Some(&ns))))
 }
 
-async fn create_vm(State(s): State<ApiState>, Path(ns): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn create_vm(
+    State(s): State<ApiState>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     let vm = match decode(&headers, &body)? {
         KubeVirtObject::VirtualMachine(vm) => *vm,
         other => return Err(wrong_kind(&other, "VirtualMachine")),
@@ -246,15 +272,18 @@ fn grace(body: &[u8]) -> Result<Option<i64>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("options body: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("options body: {e}")))?;
     let g = v.get("gracePeriod").or_else(|| v.get("gracePeriodSeconds"));
     match g {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x
-            .as_i64()
-            .filter(|g| *g >= 0)
-            .map(Some)
-            .ok_or_else(|| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("gracePeriod: {x} is not a number of seconds >= 0"))),
+        Some(x) => x.as_i64().filter(|g| *g >= 0).map(Some).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                format!("gracePeriod: {x} is not a number of seconds >= 0"),
+            )
+        }),
     }
 }
 
@@ -267,13 +296,21 @@ async fn vm_start(State(s): State<ApiState>, Path((ns, name)): Path<(String, Str
     accepted()
 }
 
-async fn vm_stop(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>, body: Bytes) -> ApiResult {
+async fn vm_stop(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
     let g = grace(&body)?;
     blocking(move || Ok(s.lifecycle.stop(&ns, &name, g)?)).await?;
     accepted()
 }
 
-async fn vm_restart(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>, body: Bytes) -> ApiResult {
+async fn vm_restart(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
     let g = grace(&body)?;
     blocking(move || Ok(s.lifecycle.restart(&ns, &name, g)?)).await?;
     accepted()
@@ -292,7 +329,12 @@ async fn list_vmis(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResu
     list("VirtualMachineInstanceList", model::API_VERSION, values(s.lifecycle.list_vmis(Some(&ns))))
 }
 
-async fn create_vmi(State(s): State<ApiState>, Path(ns): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn create_vmi(
+    State(s): State<ApiState>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     let vmi = match decode(&headers, &body)? {
         KubeVirtObject::VirtualMachineInstance(v) => *v,
         other => return Err(wrong_kind(&other, "VirtualMachineInstance")),
@@ -305,7 +347,11 @@ async fn get_vmi(State(s): State<ApiState>, Path((ns, name)): Path<(String, Stri
     ok(StatusCode::OK, &s.lifecycle.get_vmi(&ns, &name)?)
 }
 
-async fn delete_vmi(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>, body: Bytes) -> ApiResult {
+async fn delete_vmi(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
     let g = grace(&body)?;
     blocking(move || Ok(s.lifecycle.delete_vmi(&ns, &name, g)?)).await?;
     ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
@@ -342,7 +388,7 @@ async fn vmi_console(
                 phase.as_str()
             )));
         }
-        s.runtime.console(&vmi).map_err(|e| match e {
+        s.runtime.console(&vmi).map_err(|e| match *e {
             RemoteError::ConsoleBusy { .. } => ApiError::conflict(format!(
                 "the console of VirtualMachineInstance {ns}/{name} is in use: one interactive session at a time"
             )),
@@ -350,7 +396,9 @@ async fn vmi_console(
         })
     })
     .await?;
-    stream.set_nonblocking(true).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
     let stream = tokio::net::UnixStream::from_std(stream)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
     // KubeVirt's clients ask for the `plain.kubevirt.io` subprotocol; answer it when asked.
@@ -406,18 +454,33 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/namespaces/{ns}/events", get(list_events))
         .route(&format!("{KV}/virtualmachines"), get(list_all_vms))
         .route(&format!("{KV}/namespaces/{{ns}}/virtualmachines"), get(list_vms).post(create_vm))
-        .route(&format!("{KV}/namespaces/{{ns}}/virtualmachines/{{name}}"), get(get_vm).put(replace_vm).delete(delete_vm))
+        .route(
+            &format!("{KV}/namespaces/{{ns}}/virtualmachines/{{name}}"),
+            get(get_vm).put(replace_vm).delete(delete_vm),
+        )
         .route(&format!("{KV}/virtualmachineinstances"), get(list_all_vmis))
         .route(&format!("{KV}/namespaces/{{ns}}/virtualmachineinstances"), get(list_vmis).post(create_vmi))
-        .route(&format!("{KV}/namespaces/{{ns}}/virtualmachineinstances/{{name}}"), get(get_vmi).delete(delete_vmi))
+        .route(
+            &format!("{KV}/namespaces/{{ns}}/virtualmachineinstances/{{name}}"),
+            get(get_vmi).delete(delete_vmi),
+        )
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachines/{{name}}/start"), put(vm_start))
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachines/{{name}}/stop"), put(vm_stop))
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachines/{{name}}/restart"), put(vm_restart))
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/pause"), put(vmi_pause))
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/unpause"), put(vmi_unpause))
-        .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/softreboot"), put(vmi_softreboot))
+        .route(
+            &format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/softreboot"),
+            put(vmi_softreboot),
+        )
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/console"), get(vmi_console))
-        .fallback(|| async { status_response(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource") })
+        .fallback(|| async {
+            status_response(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        })
         .with_state(state)
 }
 
@@ -442,7 +505,11 @@ pub fn router_with_token(state: ApiState, token: Arc<String>) -> Router {
                 .map(str::trim);
             match got {
                 Some(t) if token_matches(t.as_bytes(), token.as_bytes()) => next.run(req).await,
-                _ => status_response(StatusCode::UNAUTHORIZED, "Unauthorized", "a bearer token is required (Authorization: Bearer <token>)"),
+                _ => status_response(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "a bearer token is required (Authorization: Bearer <token>)",
+                ),
             }
         }
     }))

@@ -103,7 +103,8 @@ impl Node {
             return Err(NodeError::Locked(cfg.state_dir.display().to_string()));
         }
         let store = Arc::new(
-            RedbStore::open(&cfg.state_dir.join("node.redb")).map_err(|e| NodeError::Config(e.to_string()))?,
+            RedbStore::open(&cfg.state_dir.join("node.redb"))
+                .map_err(|e| NodeError::Config(e.to_string()))?,
         );
         let runtime = Arc::new(LauncherRuntime::new(LauncherConfig {
             launcher: cfg.launcher.clone(),
@@ -114,7 +115,11 @@ impl Node {
             registry_ca: None,
             start_timeout: Duration::from_secs(60),
         }));
-        let opts = LifecycleOptions { node_name: cfg.node_name.clone(), tick: cfg.tick, ..LifecycleOptions::default() };
+        let opts = LifecycleOptions {
+            node_name: cfg.node_name.clone(),
+            tick: cfg.tick,
+            ..LifecycleOptions::default()
+        };
         let lifecycle = Arc::new(Lifecycle::new(store, runtime.clone(), opts)?);
         Ok(Self { cfg, lifecycle, runtime, _lock: lock })
     }
@@ -126,7 +131,10 @@ impl Node {
 
     /// Serves the API and runs the controller until `shutdown` resolves. Running VMs are left
     /// running: a node that stops (or dies) does not take its VMs down.
-    pub fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    pub fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), NodeError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -147,7 +155,8 @@ impl Node {
                 std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
             }
             let _ = std::fs::remove_file(&self.cfg.socket);
-            let unix = tokio::net::UnixListener::bind(&self.cfg.socket).map_err(io("listening on", &self.cfg.socket))?;
+            let unix = tokio::net::UnixListener::bind(&self.cfg.socket)
+                .map_err(io("listening on", &self.cfg.socket))?;
             log::info!("virt-node: serving on unix://{}", self.cfg.socket.display());
             let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
             let mut tasks = Vec::new();
@@ -155,7 +164,11 @@ impl Node {
                 let mut rx = tx.subscribe();
                 let app = api::router(state.clone());
                 tasks.push(tokio::spawn(async move {
-                    let _ = axum::serve(unix, app).with_graceful_shutdown(async move { let _ = rx.recv().await; }).await;
+                    let _ = axum::serve(unix, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.recv().await;
+                        })
+                        .await;
                 }));
             }
             if let (Some(addr), Some(token)) = (self.cfg.listen, self.cfg.token.clone()) {
@@ -168,7 +181,11 @@ impl Node {
                 let mut rx = tx.subscribe();
                 let app = api::router_with_token(state.clone(), Arc::new(token));
                 tasks.push(tokio::spawn(async move {
-                    let _ = axum::serve(tcp, app).with_graceful_shutdown(async move { let _ = rx.recv().await; }).await;
+                    let _ = axum::serve(tcp, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.recv().await;
+                        })
+                        .await;
                 }));
             }
             shutdown.await;

@@ -73,8 +73,12 @@ impl LauncherRuntime {
 
     /// The serial console of `vmi`'s machine: its ring buffer, then live output (see
     /// [`RemoteMachine::console`]).
-    pub fn console(&self, vmi: &VirtualMachineInstance) -> Result<std::os::unix::net::UnixStream, remote::RemoteError> {
-        RemoteMachine::connect(&self.run_dir(vmi))?.console()
+    pub fn console(
+        &self,
+        vmi: &VirtualMachineInstance,
+    ) -> Result<std::os::unix::net::UnixStream, Box<remote::RemoteError>> {
+        let m = RemoteMachine::connect(&self.run_dir(vmi)).map_err(Box::new)?;
+        m.console().map_err(Box::new)
     }
 
     /// The file the guest's serial output is logged to.
@@ -120,7 +124,8 @@ impl LauncherRuntime {
         let _one = self.pull_lock.lock().unwrap_or_else(|e| e.into_inner());
         let client = self.registry()?;
         let reference = c.image.strip_prefix("docker://").unwrap_or(&c.image);
-        let digest = client.resolve_digest(reference).map_err(|e| format!("kernelBoot image {}: {e}", c.image))?;
+        let digest =
+            client.resolve_digest(reference).map_err(|e| format!("kernelBoot image {}: {e}", c.image))?;
         let dir = self.cfg.state_dir.join("images").join(digest.hex());
         let mut wanted: Vec<&str> = Vec::new();
         let kernel = c.kernel_path.as_deref().ok_or("kernelBoot.container.kernelPath is required")?;
@@ -134,7 +139,9 @@ impl LauncherRuntime {
                 Some(_) => reference.to_string(),
                 None => format!("{}@{digest}", strip_tag(reference)),
             };
-            client.extract_files(&pinned, &wanted, &dir).map_err(|e| format!("kernelBoot image {}: {e}", c.image))?;
+            client
+                .extract_files(&pinned, &wanted, &dir)
+                .map_err(|e| format!("kernelBoot image {}: {e}", c.image))?;
         }
         Ok((local(kernel), c.initrd_path.as_deref().map(local)))
     }
@@ -145,10 +152,19 @@ impl LauncherRuntime {
         let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let mut files = HashMap::new();
         for v in &vmi.spec.volumes {
-            let f = self.prepare_volume(vmi, &name, &ns, v, run_dir).map_err(|e| format!("volume {}: {e}", v.name))?;
+            let f = self
+                .prepare_volume(vmi, &name, &ns, v, run_dir)
+                .map_err(|e| format!("volume {}: {e}", v.name))?;
             files.insert(v.name.clone(), f);
         }
-        let kernel = match vmi.spec.domain.firmware.as_ref().and_then(|f| f.kernel_boot.as_ref()).and_then(|k| k.container.as_ref()) {
+        let kernel = match vmi
+            .spec
+            .domain
+            .firmware
+            .as_ref()
+            .and_then(|f| f.kernel_boot.as_ref())
+            .and_then(|k| k.container.as_ref())
+        {
             Some(c) => Some(self.kernel_files(c)?),
             None => None,
         };
@@ -210,7 +226,8 @@ impl LauncherRuntime {
                         if let Some(dir) = path.parent() {
                             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                         }
-                        let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                        let f =
+                            std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
                         f.set_len(cap.bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
                     }
                     _ => return Err(format!("hostDisk {} does not exist", path.display())),
@@ -230,7 +247,9 @@ impl LauncherRuntime {
         if let Some(claim) = claim {
             // Volumes of the node's pool: `<state>/volumes/<namespace>/<claim>.{img,qcow2}`.
             let dir = self.cfg.state_dir.join("volumes").join(ns);
-            for (ext, fmt) in [("img", DiskFormat::Raw), ("raw", DiskFormat::Raw), ("qcow2", DiskFormat::Qcow2)] {
+            for (ext, fmt) in
+                [("img", DiskFormat::Raw), ("raw", DiskFormat::Raw), ("qcow2", DiskFormat::Qcow2)]
+            {
                 let p = dir.join(format!("{claim}.{ext}"));
                 if p.is_file() {
                     return Ok((p, fmt));
@@ -241,10 +260,7 @@ impl LauncherRuntime {
                 dir.display()
             ));
         }
-        Err(format!(
-            "{} volumes are not supported on this node",
-            v.kind().map_or("empty", |k| k.field())
-        ))
+        Err(format!("{} volumes are not supported on this node", v.kind().map_or("empty", |k| k.field())))
     }
 
     fn spawn(&self, vmi: &VirtualMachineInstance, run_dir: &Path) -> Result<Arc<dyn Machine>, String> {
@@ -297,7 +313,10 @@ impl LauncherRuntime {
                 }
             };
             if let Some(status) = exited {
-                return Err(format!("the launcher exited ({status}) before its machine ran: {}", tail(&log_path)));
+                return Err(format!(
+                    "the launcher exited ({status}) before its machine ran: {}",
+                    tail(&log_path)
+                ));
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -345,7 +364,10 @@ struct PreparedFiles {
 
 impl VolumeFiles for PreparedFiles {
     fn volume_file(&self, volume: &Volume) -> Result<(PathBuf, DiskFormat), String> {
-        self.files.get(&volume.name).cloned().ok_or_else(|| format!("volume {} was not prepared", volume.name))
+        self.files
+            .get(&volume.name)
+            .cloned()
+            .ok_or_else(|| format!("volume {} was not prepared", volume.name))
     }
     fn kernel_files(&self, _c: &model::KernelBootContainer) -> Result<(PathBuf, Option<PathBuf>), String> {
         self.kernel.clone().ok_or_else(|| "the kernel-boot container was not pulled".into())

@@ -118,6 +118,9 @@ mod tests {
         let s = RedbStore::open(&path).unwrap();
         let mut got: Vec<_> = s.load().unwrap().into_iter().map(|o| (o.kind, o.key.to_string())).collect();
         got.sort_by_key(|(_, k)| k.clone());
-        assert_eq!(got, vec![(Kind::Namespace, "/team/x".into()), (Kind::VirtualMachine, "default/a".into())]);
+        assert_eq!(
+            got,
+            vec![(Kind::Namespace, "/team/x".into()), (Kind::VirtualMachine, "default/a".into())]
+        );
     }
 }

@@ -506,9 +506,7 @@ fn start(
     let mut cmd = Command::new(&opts.qemu);
     cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("spawn {}: {e}", opts.qemu.display()))?;
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", opts.qemu.display()))?;
     let stderr = child.stderr.take().map(|s| collect_stderr(spec.name.clone(), s)).unwrap_or_default();
     let child = Arc::new(Mutex::new(child));
     res.qemu = Some(child.clone());
