@@ -290,6 +290,58 @@ fn kill_launchers(state: &Path) {
     }
 }
 
+/// The RFB handshake (RFC 6143) with security type None, then one full framebuffer update.
+fn vnc_framebuffer_update(addr: std::net::SocketAddr) -> (u16, u16, String, usize) {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut version = [0u8; 12];
+    s.read_exact(&mut version).unwrap();
+    assert!(version.starts_with(b"RFB 003."), "{version:?}");
+    s.write_all(b"RFB 003.008\n").unwrap();
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).unwrap();
+    assert!(n[0] > 0, "the server refused the connection");
+    let mut types = vec![0u8; n[0] as usize];
+    s.read_exact(&mut types).unwrap();
+    assert!(types.contains(&1), "security type None not offered: {types:?}");
+    s.write_all(&[1]).unwrap();
+    let mut result = [0u8; 4];
+    s.read_exact(&mut result).unwrap();
+    assert_eq!(u32::from_be_bytes(result), 0, "SecurityResult failed");
+    s.write_all(&[1]).unwrap(); // ClientInit, shared
+    let mut init = [0u8; 24];
+    s.read_exact(&mut init).unwrap();
+    let w = u16::from_be_bytes([init[0], init[1]]);
+    let h = u16::from_be_bytes([init[2], init[3]]);
+    let bpp = init[4] as usize;
+    let name_len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
+    assert!(name_len < 4096);
+    let mut name = vec![0u8; name_len];
+    s.read_exact(&mut name).unwrap();
+    // FramebufferUpdateRequest, not incremental, whole screen.
+    let mut req = vec![3u8, 0, 0, 0, 0, 0];
+    req.extend_from_slice(&w.to_be_bytes());
+    req.extend_from_slice(&h.to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut hdr = [0u8; 4];
+    s.read_exact(&mut hdr).unwrap();
+    assert_eq!(hdr[0], 0, "expected a FramebufferUpdate");
+    let rects = u16::from_be_bytes([hdr[2], hdr[3]]);
+    assert!(rects >= 1);
+    let mut pixels = 0;
+    for _ in 0..rects {
+        let mut r = [0u8; 12];
+        s.read_exact(&mut r).unwrap();
+        let (rw, rh) = (u16::from_be_bytes([r[4], r[5]]) as usize, u16::from_be_bytes([r[6], r[7]]) as usize);
+        let enc = i32::from_be_bytes([r[8], r[9], r[10], r[11]]);
+        assert_eq!(enc, 0, "only Raw was negotiated");
+        let mut data = vec![0u8; rw * rh * bpp / 8];
+        s.read_exact(&mut data).unwrap();
+        pixels += rw * rh;
+    }
+    (w, h, String::from_utf8_lossy(&name).into_owned(), pixels)
+}
+
 fn condition(vmi: &Value, type_: &str) -> Option<String> {
     vmi.pointer("/status/conditions")?
         .as_array()?
@@ -346,6 +398,25 @@ fn apply_start_console_pause_stop_delete() {
     assert_eq!(condition(&v, "Paused"), None, "{v}");
     assert_eq!(condition(&v, "Ready").as_deref(), Some("True"), "{v}");
 
+    // VNC through the node: `virtctl vnc --proxy-only` prints a local port; a viewer there completes
+    // the RFB handshake and gets a framebuffer update from the guest's display.
+    let mut vnc = Command::new(bin("virtctl"))
+        .arg("--server")
+        .arg(format!("unix://{}", node.socket.display()))
+        .args(["vnc", "demo", "--proxy-only"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(vnc.stdout.take().unwrap()), &mut line).unwrap();
+    let port: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", port["port"]).parse().unwrap();
+    let (w, h, _name, pixels) = vnc_framebuffer_update(addr);
+    assert!(w > 0 && h > 0 && pixels > 0, "{w}x{h} {pixels}");
+    let _ = vnc.kill();
+    let _ = vnc.wait();
+
     // A graceful stop: the guest sees the ACPI power button and powers off.
     node.ok(&["stop", "demo"]);
     node.wait_vmi("demo", "went away", |v| v.is_none());
@@ -365,6 +436,8 @@ fn apply_start_console_pause_stop_delete() {
     let o = node.virtctl(&["get", "vm", "demo"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not found"));
+    let o = node.virtctl(&["vnc", "demo", "--proxy-only"]);
+    assert_eq!(o.status.code(), Some(1), "VNC of a VMI that does not exist");
 }
 
 #[test]

@@ -147,6 +147,21 @@ enum Command {
         /// The VMI's (or VM's) name.
         name: String,
     },
+    /// Open a VMI's VNC display on a local port for a VNC viewer (its RFB stream over the node's
+    /// websocket).
+    Vnc {
+        /// The VMI.
+        name: String,
+        /// Only serve the port and print it as JSON (`{"port":N}`), as KubeVirt's virtctl does.
+        #[arg(long)]
+        proxy_only: bool,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+        /// The port to listen on (0: a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Delete a VM (and its instance) or a VMI (stopping it).
     Delete {
         /// vm or vmi.
@@ -278,11 +293,37 @@ fn main() -> ExitCode {
             c.attach_console(ns, &name)?;
             Ok(())
         }),
+        Command::Vnc { name, proxy_only, address, port } => with_client(cli.server, cli.token, |c| {
+            c.vnc_proxy(ns, &name, address, port, false, |addr| {
+                if proxy_only {
+                    // KubeVirt's `virtctl vnc --proxy-only` prints the port as JSON.
+                    println!("{{\"port\":{}}}", addr.port());
+                } else {
+                    println!("VNC of {name} on {addr}: connect a VNC viewer to it (Ctrl-C ends)");
+                    launch_viewer(addr);
+                }
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            })?;
+            Ok(())
+        }),
         Command::Delete { resource, name } => with_client(cli.server, cli.token, |c| {
             c.delete(resource.0, ns, &name)?;
             println!("{}", output::deleted(resource.0, &name));
             Ok(())
         }),
+    }
+}
+
+/// Starts a VNC viewer on `addr` if one is installed (remote-viewer, vncviewer), in the background.
+fn launch_viewer(addr: std::net::SocketAddr) {
+    let tries: [(&str, String); 2] = [
+        ("remote-viewer", format!("vnc://{addr}")),
+        ("vncviewer", format!("{}::{}", addr.ip(), addr.port())),
+    ];
+    for (viewer, arg) in tries {
+        if std::process::Command::new(viewer).arg(arg).spawn().is_ok() {
+            return;
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub mod output;
 mod status;
 mod transport;
 mod types;
+pub mod vnc;
 
 use std::fmt;
 use std::io;
@@ -173,6 +174,14 @@ pub enum ClientError {
     /// The console session failed.
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// The local VNC proxy (`virtctl vnc`) failed.
+    #[error("VNC proxy {what}: {reason}")]
+    Vnc {
+        /// What it was doing (e.g. `listening on 127.0.0.1:5900`).
+        what: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl ClientError {
@@ -780,7 +789,18 @@ impl AsyncNodeClient {
     /// Opens the serial console of a VMI: the ring buffer first, then live output; bytes sent are
     /// keystrokes. The node allows one session per VMI (409 `Conflict` for a second one).
     pub async fn console(&self, namespace: &str, name: &str) -> Result<Console, ClientError> {
-        let path = subresource_path(Kind::VirtualMachineInstance, namespace, name, "console");
+        self.byte_socket(namespace, name, "console").await
+    }
+
+    /// Opens a VMI's VNC display: the RFB byte stream of its display as a websocket (KubeVirt's
+    /// `vnc` subresource); [`Console::send`] and [`Console::recv`] carry the raw bytes.
+    pub async fn vnc(&self, namespace: &str, name: &str) -> Result<Console, ClientError> {
+        self.byte_socket(namespace, name, "vnc").await
+    }
+
+    /// Opens a websocket subresource of a VMI that carries raw bytes (`console`, `vnc`).
+    async fn byte_socket(&self, namespace: &str, name: &str, sub: &str) -> Result<Console, ClientError> {
+        let path = subresource_path(Kind::VirtualMachineInstance, namespace, name, sub);
         let ws_error = |reason: String| ClientError::WebSocket {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -978,6 +998,30 @@ impl NodeClient {
     pub fn console(&self, namespace: &str, name: &str) -> Result<ConsoleStream, ClientError> {
         let console = self.block(self.inner.console(namespace, name))?;
         Ok(ConsoleStream::new(console, self.runtime.clone()))
+    }
+
+    /// Serves a local VNC port for `namespace/name`'s display (see [`vnc::proxy`]): binds
+    /// `address:port` (0 for a free port), calls `listening` with the bound address, then serves
+    /// viewers until the process ends (with `once`, until the first viewer leaves).
+    pub fn vnc_proxy(
+        &self,
+        namespace: &str,
+        name: &str,
+        address: std::net::IpAddr,
+        port: u16,
+        once: bool,
+        listening: impl FnOnce(std::net::SocketAddr),
+    ) -> Result<(), ClientError> {
+        let inner = self.inner.clone();
+        let (ns, n) = (namespace.to_string(), name.to_string());
+        self.block(async move {
+            let (listener, addr) = vnc::listen(address, port).await?;
+            // Check the display before announcing the port.
+            let probe = inner.vnc(&ns, &n).await?;
+            drop(probe);
+            listening(addr);
+            vnc::proxy(inner, ns, n, listener, once).await
+        })
     }
 
     /// Attaches this process's terminal to a VMI's serial console until `^]`, the end of standard

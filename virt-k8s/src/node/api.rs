@@ -405,10 +405,13 @@ async fn vmi_console(
     Ok(ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, stream)))
 }
 
-async fn bridge(socket: WebSocket, stream: tokio::net::UnixStream) {
+async fn bridge<S>(socket: WebSocket, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     use futures_util::{SinkExt, StreamExt};
     let (mut ws_tx, mut ws_rx) = socket.split();
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let out = async {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
@@ -474,6 +477,7 @@ pub fn router(state: ApiState) -> Router {
             put(vmi_softreboot),
         )
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/console"), get(vmi_console))
+        .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/vnc"), get(vmi_vnc))
         .fallback(|| async {
             status_response(
                 StatusCode::NOT_FOUND,
@@ -490,6 +494,29 @@ fn token_matches(got: &[u8], want: &[u8]) -> bool {
         return false;
     }
     got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// The VNC display: the RFB stream of the VMI's display (QEMU's VNC server, reached through the
+/// address its launcher reports), bridged to websocket frames.
+async fn vmi_vnc(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    ws: WebSocketUpgrade,
+) -> ApiResult {
+    let addr = blocking(move || {
+        let machine = s.lifecycle.machine(&ns, &name)?;
+        machine.vnc_address().ok_or_else(|| {
+            ApiError::conflict(format!(
+                "VirtualMachineInstance {ns}/{name} has no VNC display (autoattachGraphicsDevice: false, \
+                 or it runs on the native microVM, which has none)"
+            ))
+        })
+    })
+    .await?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| ApiError::conflict(format!("the VNC display at {addr} does not answer: {e}")))?;
+    Ok(ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, tcp)))
 }
 
 /// The routes behind a bearer-token check (the TCP listener): no token, no access.
