@@ -88,7 +88,28 @@ fn push_kernel_image(reg: &Registry) -> String {
     format!("{}/kubevirt/demo-kernel:v1", reg.host)
 }
 
+/// Pushes a containerDisk image (a 4 MiB raw disk under /disk/); returns its reference.
+fn push_container_disk(reg: &Registry) -> String {
+    let mut layout = OciLayout::new();
+    registry::container_disk_image(&mut layout, "v1", "disk.img", &registry::disk_bytes(7, 4 << 20), Comp::Gzip);
+    layout.write_index();
+    reg.push(&layout, "v1", "kubevirt/scratch-disk", &[]);
+    format!("{}/kubevirt/scratch-disk:v1", reg.host)
+}
+
 fn vm_yaml(name: &str, image: &str) -> String {
+    vm_yaml_with(name, image, None)
+}
+
+/// The test VM; with `container_disk`, a containerDisk volume as its first disk (vda).
+fn vm_yaml_with(name: &str, image: &str, container_disk: Option<&str>) -> String {
+    let (cd_disk, cd_volume) = match container_disk {
+        Some(img) => (
+            "          - disk:\n              bus: virtio\n            name: containerdisk\n".to_string(),
+            format!("      - containerDisk:\n          image: {img}\n        name: containerdisk\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         "apiVersion: kubevirt.io/v1
 kind: VirtualMachine
@@ -113,14 +134,14 @@ spec:
             kernelArgs: console=ttyS0 quiet panic=-1 virt.idle=1
         devices:
           disks:
-          - disk:
+{cd_disk}          - disk:
               bus: virtio
             name: cloudinitdisk
         memory:
           guest: 256Mi
       terminationGracePeriodSeconds: 60
       volumes:
-      - cloudInitNoCloud:
+{cd_volume}      - cloudInitNoCloud:
           userData: |
             #!/bin/sh
 
@@ -446,7 +467,8 @@ fn sigkilled_daemon_finds_its_running_vm_again() {
     let _one = boot_lock();
     let mut node = NodeProc::start(state.path(), &reg.host);
     let file = state.path().join("keep.yaml");
-    std::fs::write(&file, vm_yaml("keep", &image)).unwrap();
+    let disk = push_container_disk(&reg);
+    std::fs::write(&file, vm_yaml_with("keep", &image, Some(&disk))).unwrap();
     node.ok(&["apply", "-f", file.to_str().unwrap()]);
     node.ok(&["start", "keep"]);
     let before = node.wait_vmi("keep", "ran", |v| phase(v) == Some("Running")).unwrap();
@@ -460,6 +482,11 @@ fn sigkilled_daemon_finds_its_running_vm_again() {
         assert!(t.elapsed() < BOOT_TIMEOUT, "no user-data line in {}", log.display());
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // The containerDisk was pulled from the registry and the guest writes to its own overlay.
+    let console = std::fs::read_to_string(&log).unwrap();
+    assert!(console.contains("VIRT-E2E: disk vda size=4194304 ro=0"), "{console}");
+    assert!(run_dir.join("containerdisk.qcow2").is_file());
 
     node.sigkill();
     assert!(node.virtctl(&["get", "vm"]).status.code() == Some(1), "the daemon is gone");
