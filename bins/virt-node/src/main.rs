@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         allow_emulation: a.allow_emulation,
         backend: a.backend,
         insecure_registries: a.insecure_registries,
-        tick: Duration::from_millis(200),
+        tick: Duration::from_millis(500),
     };
     let node = match Node::open(cfg) {
         Ok(n) => n,

@@ -91,7 +91,13 @@ fn push_kernel_image(reg: &Registry) -> String {
 /// Pushes a containerDisk image (a 4 MiB raw disk under /disk/); returns its reference.
 fn push_container_disk(reg: &Registry) -> String {
     let mut layout = OciLayout::new();
-    registry::container_disk_image(&mut layout, "v1", "disk.img", &registry::disk_bytes(7, 4 << 20), Comp::Gzip);
+    registry::container_disk_image(
+        &mut layout,
+        "v1",
+        "disk.img",
+        &registry::disk_bytes(7, 4 << 20),
+        Comp::Gzip,
+    );
     layout.write_index();
     reg.push(&layout, "v1", "kubevirt/scratch-disk", &[]);
     format!("{}/kubevirt/scratch-disk:v1", reg.host)
@@ -507,4 +513,52 @@ fn sigkilled_daemon_finds_its_running_vm_again() {
     node.ok(&["stop", "keep", "--force", "--grace-period", "0"]);
     node.wait_vmi("keep", "went away", |v| v.is_none());
     assert!(node.log().contains("Reattached") || node.log().contains("found its running machine again"));
+}
+
+/// KubeVirt's own instancetype examples through the node: `virtctl create` takes the instancetypes,
+/// a VM naming one gets a VMI whose CPU and memory come from it; the VMI then fails (its
+/// containerDisk's registry does not exist here) with a message naming what failed.
+#[test]
+fn conformance_instancetypes_resolve_into_the_vmi() {
+    let state = tempfile::Builder::new().prefix("vn").tempdir_in("/tmp").unwrap();
+    let node = NodeProc::start(state.path(), "127.0.0.1:1");
+    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/kubevirt");
+    for f in ["cluster-csmall.yaml", "csmall.yaml", "vm-cirros-csmall.yaml"] {
+        let out = node.ok(&["create", "-f", conf.join(f).to_str().unwrap()]);
+        assert!(out.contains("created"), "{f}: {out}");
+    }
+    let o = node.virtctl(&["create", "-f", conf.join("csmall.yaml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "a second instancetype of that name");
+    node.ok(&["start", "vm-cirros-csmall"]);
+    let vmi = node.wait_vmi("vm-cirros-csmall", "failed", |v| phase(v) == Some("Failed")).unwrap();
+    let spec = &vmi["spec"]["domain"];
+    assert_eq!(spec["memory"]["guest"], "128Mi", "{vmi}");
+    let cpus: u64 =
+        ["sockets", "cores", "threads"].iter().map(|k| spec["cpu"][k].as_u64().unwrap_or(1)).product();
+    assert_eq!(cpus, 1, "csmall's one vCPU: {vmi}");
+    let msg = vmi.to_string();
+    assert!(msg.contains("containerDisk") && msg.contains("registry:5000"), "{msg}");
+    // A VM naming an instancetype that does not exist cannot start: its status says which.
+    let missing = state.path().join("missing.yaml");
+    let text = std::fs::read_to_string(conf.join("vm-cirros-csmall.yaml"))
+        .unwrap()
+        .replace("name: csmall", "name: cnothere")
+        .replace("vm-cirros-csmall", "vm-missing-type");
+    std::fs::write(&missing, text).unwrap();
+    node.ok(&["create", "-f", missing.to_str().unwrap()]);
+    node.ok(&["start", "vm-missing-type"]);
+    let t = Instant::now();
+    loop {
+        let vm: Value =
+            serde_json::from_str(&node.ok(&["get", "vm", "vm-missing-type", "-o", "json"])).unwrap();
+        let failure = vm["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Failure").cloned());
+        if let Some(f) = failure {
+            assert!(f["message"].as_str().unwrap().contains("cnothere"), "{f}");
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no Failure condition: {vm}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -71,7 +71,19 @@ pub enum Kind {
     VirtualMachine,
     /// A `VirtualMachineInstance`.
     VirtualMachineInstance,
+    /// An instancetype or preference (namespaced or cluster-wide); its key's name is
+    /// `<Kind>/<name>` and its namespace empty for the cluster-wide kinds.
+    Instancetype,
 }
+
+/// The instancetype and preference kinds (`instancetype.kubevirt.io/v1beta1`): (kind, plural,
+/// namespaced).
+pub const CATALOG_KINDS: [(&str, &str, bool); 4] = [
+    ("VirtualMachineInstancetype", "virtualmachineinstancetypes", true),
+    ("VirtualMachineClusterInstancetype", "virtualmachineclusterinstancetypes", false),
+    ("VirtualMachinePreference", "virtualmachinepreferences", true),
+    ("VirtualMachineClusterPreference", "virtualmachineclusterpreferences", false),
+];
 
 impl Kind {
     /// The resource name as Kubernetes writes it in messages (`virtualmachines.kubevirt.io`).
@@ -80,6 +92,7 @@ impl Kind {
             Self::Namespace => "namespaces",
             Self::VirtualMachine => "virtualmachines.kubevirt.io",
             Self::VirtualMachineInstance => "virtualmachineinstances.kubevirt.io",
+            Self::Instancetype => "instancetypes.instancetype.kubevirt.io",
         }
     }
 }
@@ -123,6 +136,7 @@ fn kind_tag(k: Kind) -> u8 {
         Kind::Namespace => 0,
         Kind::VirtualMachine => 1,
         Kind::VirtualMachineInstance => 2,
+        Kind::Instancetype => 3,
     }
 }
 
@@ -301,12 +315,55 @@ struct State {
     backoff: HashMap<Key, Backoff>,
     events: VecDeque<Event>,
     resource_version: u64,
+    /// Instancetypes and preferences created through the lifecycle, by store key.
+    catalog_objects: BTreeMap<Key, serde_json::Value>,
+    /// `LifecycleOptions::catalog` plus `catalog_objects`.
+    catalog: Catalog,
+}
+
+/// Wakes the controller: set by requests and by machine watchers, consumed by [`Lifecycle::run`].
+#[derive(Default)]
+struct Signal {
+    dirty: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Signal {
+    fn raise(&self) {
+        *lock(&self.dirty) = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Watches one machine's events and wakes the controller on each (pause, resume, its end), so that
+/// a VMI's phase follows its machine at once without polling every machine on every tick.
+fn watch(key: Key, machine: Arc<dyn Machine>, signal: Arc<Signal>) {
+    let spawned = std::thread::Builder::new().name(format!("watch-{}", key.name)).spawn(move || loop {
+        match machine.next_event(Duration::from_secs(3600)) {
+            Some(crate::machine::MachineEvent::Ended(_)) => {
+                signal.raise();
+                return;
+            }
+            Some(_) => signal.raise(),
+            None => {
+                if matches!(machine.status(), MachineStatus::Stopped(_)) {
+                    signal.raise();
+                    return;
+                }
+                // A machine without an event stream: the controller's tick observes it.
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("cannot watch a machine ({e}); its changes are seen on the controller's next tick");
+    }
 }
 
 /// The lifecycle of every VM and VMI of one node.
 pub struct Lifecycle {
     state: Mutex<State>,
-    wake: Condvar,
+    signal: Arc<Signal>,
     store: Arc<dyn Store>,
     runtime: Arc<dyn Runtime>,
     opts: LifecycleOptions,
@@ -432,6 +489,9 @@ impl Lifecycle {
                 Kind::Namespace => {
                     st.namespaces.insert(o.key.name.clone(), o.value);
                 }
+                Kind::Instancetype => {
+                    st.catalog_objects.insert(o.key, o.value);
+                }
                 Kind::VirtualMachine => match serde_json::from_value::<VirtualMachine>(o.value) {
                     Ok(vm) => {
                         if vm.metadata.deletion_timestamp.is_some() {
@@ -463,7 +523,8 @@ impl Lifecycle {
             }
         }
         st.resource_version = max_rv;
-        let lc = Self { state: Mutex::new(st), wake: Condvar::new(), store, runtime, opts };
+        st.catalog = build_catalog(&opts.catalog, &st.catalog_objects);
+        let lc = Self { state: Mutex::new(st), signal: Arc::new(Signal::default()), store, runtime, opts };
         lc.reattach_all()?;
         Ok(lc)
     }
@@ -483,6 +544,7 @@ impl Lifecycle {
         for (key, vmi) in candidates {
             match self.runtime.reattach(&vmi) {
                 Some(machine) => {
+                    watch(key.clone(), machine.clone(), self.signal.clone());
                     let last = machine.status();
                     log::info!("VMI {key}: found its running machine again ({last:?})");
                     let mut st = lock(&self.state);
@@ -572,11 +634,12 @@ impl Lifecycle {
             Kind::Namespace => "Namespace",
             Kind::VirtualMachine => "VirtualMachine",
             Kind::VirtualMachineInstance => "VirtualMachineInstance",
+            Kind::Instancetype => "Instancetype",
         };
         let uid = match kind {
             Kind::VirtualMachine => st.vms.get(key).and_then(|v| v.metadata.uid.clone()),
             Kind::VirtualMachineInstance => st.vmis.get(key).and_then(|v| v.metadata.uid.clone()),
-            Kind::Namespace => None,
+            Kind::Namespace | Kind::Instancetype => None,
         };
         if type_ == "Warning" {
             log::warn!("{kind_name} {key}: {reason}: {message}");
@@ -627,9 +690,10 @@ impl Lifecycle {
         }
     }
 
-    /// Wakes [`Lifecycle::run`].
+    /// Wakes [`Lifecycle::run`] (an embedder driving [`Lifecycle::reconcile`] itself calls that
+    /// instead).
     pub fn wake(&self) {
-        self.wake.notify_all();
+        self.signal.raise();
     }
 
     // ---- namespaces ----
@@ -695,6 +759,125 @@ impl Lifecycle {
         } else {
             Err(LifecycleError::NotFound { resource: Kind::Namespace.resource(), name: ns.into() })
         }
+    }
+
+    // ---- instancetypes and preferences ----
+
+    /// Creates (or, with `replace`, replaces) an instancetype or preference; `namespace` is the
+    /// request's namespace for the namespaced kinds, `None` for the cluster-wide ones. VMs started
+    /// afterwards resolve against it.
+    pub fn put_catalog_object(
+        &self,
+        namespace: Option<&str>,
+        object: model::KubeVirtObject,
+        replace: bool,
+    ) -> Result<serde_json::Value, LifecycleError> {
+        let kind = object.kind().to_string();
+        let Some(&(_, _, namespaced)) = CATALOG_KINDS.iter().find(|(k, _, _)| *k == kind) else {
+            return Err(LifecycleError::Invalid(format!("{kind} is not an instancetype or a preference")));
+        };
+        object.admit(&self.opts.support).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        let mut value = object.to_json_value().map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        let ns = match (namespaced, namespace) {
+            (true, Some(ns)) => ns.to_string(),
+            (true, None) => {
+                return Err(LifecycleError::Invalid(format!("{kind} is namespaced: name a namespace")))
+            }
+            (false, _) => String::new(),
+        };
+        let mut meta: ObjectMeta = serde_json::from_value(value["metadata"].take()).unwrap_or_default();
+        let expected_rv = meta.resource_version.take();
+        let name = if namespaced {
+            prepare_meta(&mut meta, &ns)?
+        } else {
+            if meta.namespace.is_some() {
+                return Err(LifecycleError::Invalid(format!("metadata.namespace: {kind} is cluster-scoped")));
+            }
+            let name = prepare_meta(&mut meta, "")?;
+            meta.namespace = None;
+            name
+        };
+        let key = Key::new(&ns, format!("{kind}/{name}"));
+        let mut st = lock(&self.state);
+        if namespaced {
+            Self::require_namespace(&st, &ns)?;
+        }
+        let existing = st.catalog_objects.get(&key).cloned();
+        match (&existing, replace) {
+            (Some(_), false) => {
+                return Err(LifecycleError::AlreadyExists { resource: Kind::Instancetype.resource(), name })
+            }
+            (None, true) => {
+                return Err(LifecycleError::NotFound { resource: Kind::Instancetype.resource(), name })
+            }
+            (Some(old), true) => {
+                let cur = old.pointer("/metadata/resourceVersion").and_then(|v| v.as_str());
+                if expected_rv.as_deref().is_some_and(|rv| Some(rv) != cur) {
+                    return Err(LifecycleError::Conflict(format!(
+                        "Operation cannot be fulfilled on {kind} \"{name}\": the object has been modified"
+                    )));
+                }
+                // Keep identity across a replace.
+                meta.uid = old.pointer("/metadata/uid").and_then(|v| v.as_str()).map(str::to_string);
+                meta.creation_timestamp = old
+                    .pointer("/metadata/creationTimestamp")
+                    .and_then(|v| v.as_str())
+                    .and_then(|t| Timestamp::parse(t).ok());
+            }
+            (None, false) => {}
+        }
+        meta.resource_version = Some(Self::next_rv(&mut st));
+        value["metadata"] = to_value(&meta);
+        self.store.put(&StoredObject { kind: Kind::Instancetype, key: key.clone(), value: value.clone() })?;
+        st.catalog_objects.insert(key, value.clone());
+        st.catalog = build_catalog(&self.opts.catalog, &st.catalog_objects);
+        Ok(value)
+    }
+
+    /// The instancetypes or preferences of `kind` in `namespace` (`None`: all, or the cluster-wide
+    /// ones).
+    pub fn list_catalog_objects(&self, kind: &str, namespace: Option<&str>) -> Vec<serde_json::Value> {
+        let prefix = format!("{kind}/");
+        lock(&self.state)
+            .catalog_objects
+            .iter()
+            .filter(|(k, _)| k.name.starts_with(&prefix) && namespace.is_none_or(|n| n == k.namespace))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// One instancetype or preference.
+    pub fn get_catalog_object(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<serde_json::Value, LifecycleError> {
+        let key = Key::new(namespace.unwrap_or(""), format!("{kind}/{name}"));
+        lock(&self.state).catalog_objects.get(&key).cloned().ok_or_else(|| LifecycleError::NotFound {
+            resource: Kind::Instancetype.resource(),
+            name: name.into(),
+        })
+    }
+
+    /// Deletes an instancetype or preference (VMs already running keep what they resolved).
+    pub fn delete_catalog_object(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), LifecycleError> {
+        let key = Key::new(namespace.unwrap_or(""), format!("{kind}/{name}"));
+        let mut st = lock(&self.state);
+        if st.catalog_objects.remove(&key).is_none() {
+            return Err(LifecycleError::NotFound {
+                resource: Kind::Instancetype.resource(),
+                name: name.into(),
+            });
+        }
+        self.store.delete(Kind::Instancetype, &key)?;
+        st.catalog = build_catalog(&self.opts.catalog, &st.catalog_objects);
+        Ok(())
     }
 
     // ---- VirtualMachines ----
@@ -877,7 +1060,7 @@ impl Lifecycle {
             format!("{what} requested"),
         );
         drop(st);
-        self.reconcile();
+        self.wake();
         Ok(())
     }
 
@@ -961,7 +1144,7 @@ impl Lifecycle {
         self.begin_stop_locked(&mut st, &key, g);
         self.persist_vmi(&mut st, &key)?;
         drop(st);
-        self.reconcile();
+        self.wake();
         Ok(())
     }
 
@@ -1100,8 +1283,16 @@ impl Lifecycle {
     pub fn run(&self, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
             self.reconcile();
-            let st = lock(&self.state);
-            let _unused = self.wake.wait_timeout(st, self.opts.tick);
+            let mut dirty = lock(&self.signal.dirty);
+            if !*dirty {
+                dirty = self
+                    .signal
+                    .cv
+                    .wait_timeout(dirty, self.opts.tick)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            *dirty = false;
         }
     }
 
@@ -1186,6 +1377,19 @@ impl Lifecycle {
 
     fn launch(&self, key: &Key, vmi: &VirtualMachineInstance) -> Result<(), LifecycleError> {
         let result = self.runtime.launch(vmi);
+        if let Ok(m) = &result {
+            watch(key.clone(), m.clone(), self.signal.clone());
+        }
+        let observe_now = result.as_ref().ok().cloned();
+        self.launched(key, result)?;
+        // Running is usually true at once: say so without waiting for the next pass.
+        if let Some(m) = observe_now {
+            self.observe(key, &m)?;
+        }
+        Ok(())
+    }
+
+    fn launched(&self, key: &Key, result: Result<Arc<dyn Machine>, String>) -> Result<(), LifecycleError> {
         let mut st = lock(&self.state);
         st.launching.remove(key);
         match result {
@@ -1354,6 +1558,7 @@ impl Lifecycle {
                 );
                 match self.runtime.launch(&v) {
                     Ok(machine) => {
+                        watch(key.clone(), machine.clone(), self.signal.clone());
                         let last = machine.status();
                         st.live.insert(
                             key.clone(),
@@ -1523,7 +1728,7 @@ impl Lifecycle {
 
     fn create_vmi_for_vm_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
         let Some(vm) = st.vms.get(key).cloned() else { return Ok(()) };
-        let template = match model::resolve(&vm, &self.opts.catalog) {
+        let template = match model::resolve(&vm, &st.catalog) {
             Ok(t) => t,
             Err(e) => {
                 let msg = format!("cannot start: {e}");
@@ -1606,6 +1811,20 @@ impl Lifecycle {
         }
         Ok(())
     }
+}
+
+/// The catalog VMs resolve against: the embedder's plus the stored objects.
+fn build_catalog(base: &Catalog, objects: &BTreeMap<Key, serde_json::Value>) -> Catalog {
+    let mut c = base.clone();
+    for (k, v) in objects {
+        match model::load_json(&v.to_string()) {
+            Ok(loaded) => {
+                c.add(&loaded.object);
+            }
+            Err(e) => log::error!("state store: instancetype {k} unreadable, skipped: {e}"),
+        }
+    }
+    c
 }
 
 fn namespace_object(name: &str) -> serde_json::Value {

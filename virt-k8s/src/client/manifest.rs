@@ -149,6 +149,18 @@ impl Kinds for Loadable {
             KubeVirtObject::VirtualMachineInstance(vmi) => {
                 Self::Stored(Kind::VirtualMachineInstance, Box::new(vmi.metadata))
             }
+            KubeVirtObject::VirtualMachineInstancetype(o) => {
+                Self::Stored(Kind::Instancetype, Box::new(o.metadata))
+            }
+            KubeVirtObject::VirtualMachineClusterInstancetype(o) => {
+                Self::Stored(Kind::ClusterInstancetype, Box::new(o.metadata))
+            }
+            KubeVirtObject::VirtualMachinePreference(o) => {
+                Self::Stored(Kind::Preference, Box::new(o.metadata))
+            }
+            KubeVirtObject::VirtualMachineClusterPreference(o) => {
+                Self::Stored(Kind::ClusterPreference, Box::new(o.metadata))
+            }
             _ => Self::Other,
         })
     }

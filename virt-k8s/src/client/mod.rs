@@ -221,11 +221,30 @@ pub enum Kind {
     VirtualMachineInstance,
     /// core `v1` Namespace (cluster-scoped).
     Namespace,
+    /// `instancetype.kubevirt.io/v1beta1` VirtualMachineInstancetype.
+    Instancetype,
+    /// `instancetype.kubevirt.io/v1beta1` VirtualMachineClusterInstancetype (cluster-scoped).
+    ClusterInstancetype,
+    /// `instancetype.kubevirt.io/v1beta1` VirtualMachinePreference.
+    Preference,
+    /// `instancetype.kubevirt.io/v1beta1` VirtualMachineClusterPreference (cluster-scoped).
+    ClusterPreference,
 }
+
+/// `instancetype.kubevirt.io/v1beta1`.
+const INSTANCETYPE_API: &str = "instancetype.kubevirt.io/v1beta1";
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 3] = [Self::VirtualMachine, Self::VirtualMachineInstance, Self::Namespace];
+    pub const ALL: [Kind; 7] = [
+        Self::VirtualMachine,
+        Self::VirtualMachineInstance,
+        Self::Namespace,
+        Self::Instancetype,
+        Self::ClusterInstancetype,
+        Self::Preference,
+        Self::ClusterPreference,
+    ];
 
     /// The kind of an object with this `apiVersion` and `kind`.
     pub fn of(api_version: &str, kind: &str) -> Option<Self> {
@@ -233,34 +252,69 @@ impl Kind {
     }
 
     /// The resource as `kubectl get` and `virtctl` accept it: `vm`, `vms`, `virtualmachine(s)`,
-    /// `virtualmachine(s).kubevirt.io`, the same for `vmi`, and `ns`, `namespace(s)`.
+    /// `virtualmachine(s).kubevirt.io`, the same for `vmi`, `ns`, `namespace(s)`, and KubeVirt's
+    /// short names of instancetypes and preferences (`vminstancetype`, `vmcf`, `vmpref`, `vmcp`...).
     pub fn parse_resource(s: &str) -> Option<Self> {
         let s = s.to_ascii_lowercase();
-        let s = s.strip_suffix(".kubevirt.io").unwrap_or(&s);
+        let s = s.strip_suffix(".instancetype.kubevirt.io").unwrap_or(&s);
+        let s = s.strip_suffix(".kubevirt.io").unwrap_or(s);
         match s {
             "vm" | "vms" | "virtualmachine" | "virtualmachines" => Some(Self::VirtualMachine),
             "vmi" | "vmis" | "virtualmachineinstance" | "virtualmachineinstances" => {
                 Some(Self::VirtualMachineInstance)
             }
             "ns" | "namespace" | "namespaces" => Some(Self::Namespace),
+            "vmf"
+            | "vmfs"
+            | "vminstancetype"
+            | "vminstancetypes"
+            | "virtualmachineinstancetype"
+            | "virtualmachineinstancetypes" => Some(Self::Instancetype),
+            "vmcf"
+            | "vmcfs"
+            | "vmclusterinstancetype"
+            | "vmclusterinstancetypes"
+            | "virtualmachineclusterinstancetype"
+            | "virtualmachineclusterinstancetypes" => Some(Self::ClusterInstancetype),
+            "vmp"
+            | "vmps"
+            | "vmpref"
+            | "vmprefs"
+            | "vmpreference"
+            | "vmpreferences"
+            | "virtualmachinepreference"
+            | "virtualmachinepreferences" => Some(Self::Preference),
+            "vmcp"
+            | "vmcps"
+            | "vmclusterpref"
+            | "vmclusterprefs"
+            | "vmclusterpreference"
+            | "vmclusterpreferences"
+            | "virtualmachineclusterpreference"
+            | "virtualmachineclusterpreferences" => Some(Self::ClusterPreference),
             _ => None,
         }
     }
 
-    /// `kubevirt.io/v1` or `v1`.
+    /// `kubevirt.io/v1`, `instancetype.kubevirt.io/v1beta1` or `v1`.
     pub fn api_version(self) -> &'static str {
         match self {
             Self::Namespace => "v1",
-            _ => API_VERSION,
+            Self::VirtualMachine | Self::VirtualMachineInstance => API_VERSION,
+            _ => INSTANCETYPE_API,
         }
     }
 
-    /// `VirtualMachine`, `VirtualMachineInstance` or `Namespace`.
+    /// The kind's name (`VirtualMachine`, `VirtualMachineClusterInstancetype`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Self::VirtualMachine => "VirtualMachine",
             Self::VirtualMachineInstance => "VirtualMachineInstance",
             Self::Namespace => "Namespace",
+            Self::Instancetype => "VirtualMachineInstancetype",
+            Self::ClusterInstancetype => "VirtualMachineClusterInstancetype",
+            Self::Preference => "VirtualMachinePreference",
+            Self::ClusterPreference => "VirtualMachineClusterPreference",
         }
     }
 
@@ -270,34 +324,48 @@ impl Kind {
             Self::VirtualMachine => "virtualmachines",
             Self::VirtualMachineInstance => "virtualmachineinstances",
             Self::Namespace => "namespaces",
+            Self::Instancetype => "virtualmachineinstancetypes",
+            Self::ClusterInstancetype => "virtualmachineclusterinstancetypes",
+            Self::Preference => "virtualmachinepreferences",
+            Self::ClusterPreference => "virtualmachineclusterpreferences",
         }
     }
 
     /// How kubectl names objects of the kind in its messages: `virtualmachine.kubevirt.io`,
-    /// `virtualmachineinstance.kubevirt.io`, `namespace`.
+    /// `virtualmachineinstance.kubevirt.io`, `namespace`,
+    /// `virtualmachineclusterinstancetype.instancetype.kubevirt.io`, ...
     pub fn qualified(self) -> &'static str {
         match self {
             Self::VirtualMachine => "virtualmachine.kubevirt.io",
             Self::VirtualMachineInstance => "virtualmachineinstance.kubevirt.io",
             Self::Namespace => "namespace",
+            Self::Instancetype => "virtualmachineinstancetype.instancetype.kubevirt.io",
+            Self::ClusterInstancetype => "virtualmachineclusterinstancetype.instancetype.kubevirt.io",
+            Self::Preference => "virtualmachinepreference.instancetype.kubevirt.io",
+            Self::ClusterPreference => "virtualmachineclusterpreference.instancetype.kubevirt.io",
         }
     }
 
     /// Whether objects of the kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        self != Self::Namespace
+        !matches!(self, Self::Namespace | Self::ClusterInstancetype | Self::ClusterPreference)
     }
 
-    /// The collection's path: in `namespace`, or across all namespaces with `None`.
+    /// The collection's path: in `namespace`, or across all namespaces with `None` (cluster-scoped
+    /// kinds ignore it).
     pub fn collection_path(self, namespace: Option<&str>) -> String {
-        match (self, namespace) {
-            (Self::Namespace, _) => "/api/v1/namespaces".to_string(),
-            (_, None) => format!("/apis/kubevirt.io/v1/{}", self.plural()),
-            (_, Some(ns)) => format!("/apis/kubevirt.io/v1/namespaces/{}/{}", segment(ns), self.plural()),
+        let group = match self {
+            Self::Namespace => return "/api/v1/namespaces".to_string(),
+            Self::VirtualMachine | Self::VirtualMachineInstance => "/apis/kubevirt.io/v1",
+            _ => "/apis/instancetype.kubevirt.io/v1beta1",
+        };
+        match namespace.filter(|_| self.namespaced()) {
+            None => format!("{group}/{}", self.plural()),
+            Some(ns) => format!("{group}/namespaces/{}/{}", segment(ns), self.plural()),
         }
     }
 
-    /// One object's path (`namespace` is ignored for namespaces).
+    /// One object's path (`namespace` is ignored for cluster-scoped kinds).
     pub fn object_path(self, namespace: &str, name: &str) -> String {
         format!("{}/{}", self.collection_path(Some(namespace)), segment(name))
     }

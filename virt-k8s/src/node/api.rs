@@ -372,6 +372,143 @@ async fn vmi_softreboot(State(s): State<ApiState>, Path((ns, name)): Path<(Strin
     accepted()
 }
 
+// ---- instancetypes and preferences ----
+
+/// The kind behind a plural in an `instancetype.kubevirt.io` path, and whether it is namespaced.
+fn catalog_kind(plural: &str) -> Result<(&'static str, bool), ApiError> {
+    virt_core::lifecycle::CATALOG_KINDS
+        .iter()
+        .find(|(_, p, _)| *p == plural)
+        .map(|(k, _, n)| (*k, *n))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("the server could not find the resource {plural}"),
+            )
+        })
+}
+
+fn scope(plural: &str, namespace: Option<&str>) -> Result<&'static str, ApiError> {
+    let (kind, namespaced) = catalog_kind(plural)?;
+    match (namespaced, namespace) {
+        (false, Some(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("{plural} are cluster-scoped")))
+        }
+        _ => Ok(kind),
+    }
+}
+
+async fn list_catalog(State(s): State<ApiState>, Path(plural): Path<String>) -> ApiResult {
+    let kind = scope(&plural, None)?;
+    list(
+        &format!("{kind}List"),
+        "instancetype.kubevirt.io/v1beta1",
+        s.lifecycle.list_catalog_objects(kind, None),
+    )
+}
+
+async fn list_catalog_ns(State(s): State<ApiState>, Path((ns, plural)): Path<(String, String)>) -> ApiResult {
+    let kind = scope(&plural, Some(&ns))?;
+    list(
+        &format!("{kind}List"),
+        "instancetype.kubevirt.io/v1beta1",
+        s.lifecycle.list_catalog_objects(kind, Some(&ns)),
+    )
+}
+
+async fn put_catalog(
+    s: ApiState,
+    ns: Option<String>,
+    plural: String,
+    name: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let kind = scope(&plural, ns.as_deref())?;
+    let object = decode(&headers, &body)?;
+    if object.kind() != kind {
+        return Err(wrong_kind(&object, kind));
+    }
+    if let (Some(n), Some(m)) = (&name, object.metadata().and_then(|m| m.name.as_deref())) {
+        if n != m {
+            return Err(ApiError::bad_request(format!(
+                "metadata.name {m:?} does not match the name in the path ({n})"
+            )));
+        }
+    }
+    let replace = name.is_some();
+    let out = blocking(move || Ok(s.lifecycle.put_catalog_object(ns.as_deref(), object, replace)?)).await?;
+    ok(if replace { StatusCode::OK } else { StatusCode::CREATED }, &out)
+}
+
+async fn create_catalog(
+    State(s): State<ApiState>,
+    Path(plural): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    put_catalog(s, None, plural, None, headers, body).await
+}
+
+async fn create_catalog_ns(
+    State(s): State<ApiState>,
+    Path((ns, plural)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    put_catalog(s, Some(ns), plural, None, headers, body).await
+}
+
+async fn replace_catalog(
+    State(s): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    put_catalog(s, None, plural, Some(name), headers, body).await
+}
+
+async fn replace_catalog_ns(
+    State(s): State<ApiState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    put_catalog(s, Some(ns), plural, Some(name), headers, body).await
+}
+
+async fn get_catalog(State(s): State<ApiState>, Path((plural, name)): Path<(String, String)>) -> ApiResult {
+    let kind = scope(&plural, None)?;
+    ok(StatusCode::OK, &s.lifecycle.get_catalog_object(kind, None, &name)?)
+}
+
+async fn get_catalog_ns(
+    State(s): State<ApiState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    let kind = scope(&plural, Some(&ns))?;
+    ok(StatusCode::OK, &s.lifecycle.get_catalog_object(kind, Some(&ns), &name)?)
+}
+
+async fn delete_catalog(
+    State(s): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+) -> ApiResult {
+    let kind = scope(&plural, None)?;
+    blocking(move || Ok(s.lifecycle.delete_catalog_object(kind, None, &name)?)).await?;
+    ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+}
+
+async fn delete_catalog_ns(
+    State(s): State<ApiState>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    let kind = scope(&plural, Some(&ns))?;
+    blocking(move || Ok(s.lifecycle.delete_catalog_object(kind, Some(&ns), &name)?)).await?;
+    ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+}
+
 /// The serial console: checks (running, not in use) before the upgrade, so that a refusal is a
 /// proper `Status`; then bridges websocket frames and the launcher's console socket.
 async fn vmi_console(
@@ -449,7 +586,18 @@ where
 pub fn router(state: ApiState) -> Router {
     const KV: &str = "/apis/kubevirt.io/v1";
     const SUB: &str = "/apis/subresources.kubevirt.io/v1";
+    const IT: &str = "/apis/instancetype.kubevirt.io/v1beta1";
     Router::new()
+        .route(&format!("{IT}/{{plural}}"), get(list_catalog).post(create_catalog))
+        .route(
+            &format!("{IT}/{{plural}}/{{name}}"),
+            get(get_catalog).put(replace_catalog).delete(delete_catalog),
+        )
+        .route(&format!("{IT}/namespaces/{{ns}}/{{plural}}"), get(list_catalog_ns).post(create_catalog_ns))
+        .route(
+            &format!("{IT}/namespaces/{{ns}}/{{plural}}/{{name}}"),
+            get(get_catalog_ns).put(replace_catalog_ns).delete(delete_catalog_ns),
+        )
         .route("/version", get(version))
         .route(&format!("{SUB}/version"), get(version))
         .route("/api/v1/namespaces", get(list_namespaces).post(create_namespace))

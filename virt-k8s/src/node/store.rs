@@ -19,6 +19,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Namespace => "Namespace",
         Kind::VirtualMachine => "VirtualMachine",
         Kind::VirtualMachineInstance => "VirtualMachineInstance",
+        Kind::Instancetype => "Instancetype",
     }
 }
 
@@ -32,6 +33,7 @@ fn parse_key(s: &str) -> Option<(Kind, Key)> {
         "Namespace" => Kind::Namespace,
         "VirtualMachine" => Kind::VirtualMachine,
         "VirtualMachineInstance" => Kind::VirtualMachineInstance,
+        "Instancetype" => Kind::Instancetype,
         _ => return None,
     };
     Some((kind, Key::new(it.next()?, it.next()?)))
