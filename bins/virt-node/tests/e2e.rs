@@ -562,3 +562,70 @@ fn conformance_instancetypes_resolve_into_the_vmi() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The optional TCP listener: no token, no access; the right token works; a wrong one does not.
+#[test]
+fn tcp_access_needs_the_bearer_token() {
+    let state = tempfile::Builder::new().prefix("vn").tempdir_in("/tmp").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let token_file = state.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let sock = state.path().join("node.sock");
+    let mut child = Command::new(bin("virt-node"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--token-file")
+        .arg(&token_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the TCP listener did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let server = format!("http://127.0.0.1:{port}");
+    let run = |token: Option<&str>| {
+        let mut c = Command::new(bin("virtctl"));
+        c.args(["--server", &server, "get", "vm"]).env_remove("VIRT_TOKEN");
+        if let Some(t) = token {
+            c.args(["--token", t]);
+        }
+        c.output().unwrap()
+    };
+    let none = run(None);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("Unauthorized"), "{none:?}");
+    assert_eq!(run(Some("wrong")).status.code(), Some(1));
+    let ok = run(Some("s3cret-token"));
+    assert!(ok.status.success(), "{ok:?}");
+    // Without a token file, a TCP listener is refused at start.
+    let refused = Command::new(bin("virt-node"))
+        .arg("--state-dir")
+        .arg(state.path().join("other"))
+        .arg("--socket")
+        .arg(state.path().join("other.sock"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("bearer token"), "{refused:?}");
+    // A second daemon on the same state directory is refused (its VMs would be run twice).
+    let second = Command::new(bin("virt-node"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--socket")
+        .arg(state.path().join("second.sock"))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another virt-node"), "{second:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
