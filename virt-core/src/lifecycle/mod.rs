@@ -312,6 +312,8 @@ struct State {
     live: HashMap<Key, Live>,
     /// VMIs being launched right now (outside the lock).
     launching: BTreeSet<Key>,
+    /// Running VMIs whose guest rebooted: their machine starts again on the next pass.
+    relaunch: BTreeSet<Key>,
     backoff: HashMap<Key, Backoff>,
     events: VecDeque<Event>,
     resource_version: u64,
@@ -1344,7 +1346,7 @@ impl Lifecycle {
             self.sync_vm(&key)?;
         }
         // 5. Launch pending VMIs.
-        let pending: Vec<(Key, VirtualMachineInstance)> = {
+        let pending: Vec<(Key, VirtualMachineInstance, bool)> = {
             let mut st = lock(&self.state);
             let keys: Vec<Key> = st
                 .vmis
@@ -1362,25 +1364,63 @@ impl Lifecycle {
                     set_phase(v, VmiPhase::Scheduling);
                     let st_ = v.status.get_or_insert_with(Default::default);
                     st_.node_name = Some(self.opts.node_name.clone());
-                    out.push((key.clone(), v.clone()));
+                    out.push((key.clone(), v.clone(), false));
                 }
                 st.launching.insert(key.clone());
                 self.persist_vmi(&mut st, &key)?;
             }
+            // Reboots in place: the VMI stays Running while its machine starts again.
+            let again: Vec<Key> = std::mem::take(&mut st.relaunch).into_iter().collect();
+            for key in again {
+                if st.deleting_vmis.contains_key(&key) || st.live.contains_key(&key) {
+                    continue;
+                }
+                if let Some(v) = st.vmis.get(&key) {
+                    out.push((key.clone(), v.clone(), true));
+                    st.launching.insert(key);
+                }
+            }
             out
         };
-        for (key, vmi) in pending {
-            self.launch(&key, &vmi)?;
+        for (key, vmi, in_place) in pending {
+            self.launch(&key, &vmi, in_place)?;
         }
         Ok(())
     }
 
-    fn launch(&self, key: &Key, vmi: &VirtualMachineInstance) -> Result<(), LifecycleError> {
+    fn launch(&self, key: &Key, vmi: &VirtualMachineInstance, in_place: bool) -> Result<(), LifecycleError> {
         let result = self.runtime.launch(vmi);
         if let Ok(m) = &result {
             watch(key.clone(), m.clone(), self.signal.clone());
         }
         let observe_now = result.as_ref().ok().cloned();
+        if in_place {
+            let mut st = lock(&self.state);
+            st.launching.remove(key);
+            match result {
+                Ok(machine) => {
+                    let last = machine.status();
+                    st.live
+                        .insert(key.clone(), Live { machine, stop_deadline: None, soft_reboot: false, last });
+                    // Deleted while it was starting again: stop it now.
+                    if let Some(g) = st.deleting_vmis.get(key).copied() {
+                        self.begin_stop_locked(&mut st, key, g);
+                    }
+                }
+                Err(msg) => {
+                    return self.finish_locked(
+                        &mut st,
+                        key,
+                        MachineExit::Failed(format!("restart after reboot: {msg}")),
+                    )
+                }
+            }
+            drop(st);
+            if let Some(m) = observe_now {
+                self.observe(key, &m)?;
+            }
+            return Ok(());
+        }
         self.launched(key, result)?;
         // Running is usually true at once: say so without waiting for the next pass.
         if let Some(m) = observe_now {
@@ -1556,24 +1596,11 @@ impl Lifecycle {
                     reason,
                     "the guest rebooted; starting its machine again".into(),
                 );
-                match self.runtime.launch(&v) {
-                    Ok(machine) => {
-                        watch(key.clone(), machine.clone(), self.signal.clone());
-                        let last = machine.status();
-                        st.live.insert(
-                            key.clone(),
-                            Live { machine, stop_deadline: None, soft_reboot: false, last },
-                        );
-                        return Ok(());
-                    }
-                    Err(msg) => {
-                        return self.finish_locked(
-                            st,
-                            key,
-                            MachineExit::Failed(format!("restart after reboot: {msg}")),
-                        );
-                    }
-                }
+                // Started again by the controller, outside the lock (a launch can take a while).
+                let _ = v;
+                st.relaunch.insert(key.clone());
+                self.signal.raise();
+                return Ok(());
             }
         }
         self.finish_locked(st, key, exit)
@@ -1611,6 +1638,7 @@ impl Lifecycle {
 
     fn remove_vmi_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
         st.deleting_vmis.remove(key);
+        st.relaunch.remove(key);
         st.live.remove(key);
         if let Some(v) = st.vmis.remove(key) {
             self.store.delete(Kind::VirtualMachineInstance, key)?;
