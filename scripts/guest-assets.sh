@@ -27,8 +27,13 @@
 #   virt.idle=1   like the demo but without a shell: print the checks, then wait (for tests that
 #                 pause, resume, look at the display or press the power button)
 #   virt.exit=reboot  end with `reboot -f` instead of `poweroff -f` (for a VMM without ACPI power-off)
+#   virt.exit=button  end virt.e2e=1 by waiting for the ACPI power button (`VIRT-E2E: waiting for the
+#                 power button`) instead of powering off at once (`VIRT-E2E: no power button to wait
+#                 for`, then power-off, when the guest found no power button)
 # Outside virt.bench=1 it also reports `tpm0 present` when the kernel found a TPM, and powers off when
-# the ACPI power button is pressed (QEMU's system_powerdown).
+# the ACPI power button is pressed (`VIRT-E2E: power button (<how it was seen>)`): QEMU's system_powerdown on q35 (the
+# fixed-hardware button) or microvm, and the native microVM's power button (a control-method button
+# notified by an ACPI Generic Event Device) alike.
 # cloud-init seed disks (outside virt.bench=1, which powers off before any driver loads): a FAT disk
 # labelled `cidata` (NoCloud) or `config-2` (ConfigDrive) is mounted read-only on /seed, the hostname
 # set from its metadata, and user data starting with `#!` run with its output on the console:
@@ -160,7 +165,7 @@ busybox_tree() {
 # Modules in load order; dependencies are resolved from the modules' own metadata.
 WANT_MODULES=(virtio_ring virtio virtio_mmio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
               virtio_blk failover net_failover virtio_net crc32c_generic crc32c-intel crc16 mbcache
-              jbd2 ext4 button fat vfat nls_cp437 nls_ascii)
+              jbd2 ext4 button evdev fat vfat nls_cp437 nls_ascii)
 
 write_init() {
 cat > "$1" <<'INIT'
@@ -176,12 +181,14 @@ mount -t devtmpfs devtmpfs /dev
 cmdline=$(cat /proc/cmdline)
 mode=demo
 exit_cmd=poweroff
+wait_button=0
 for w in $cmdline; do
   case "$w" in
     virt.bench=1) mode=bench ;;
     virt.e2e=1) mode=e2e ;;
     virt.idle=1) mode=idle ;;
     virt.exit=reboot) exit_cmd=reboot ;;
+    virt.exit=button) wait_button=1 ;;
   esac
 done
 
@@ -242,23 +249,64 @@ echo "VIRT-E2E: cpus=$(grep -c '^processor' /proc/cpuinfo)"
 # Debian's kernel has the CRB and TIS TPM drivers built in: a TPM the VMM offers is /dev/tpm0 by now.
 [ -c /dev/tpm0 ] && echo "VIRT-E2E: tpm0 present"
 
-# ACPI power button. Debian's `button` module (loaded above) enables the fixed power-button event and
-# turns it into an input event that nothing here reads; the kernel counts the event in sysfs, so a
-# background loop polls that counter and powers off, as acpid would. Where the kernel has no such
-# counter the loop does not start.
+# ACPI power button. Debian's `button` module (loaded above) turns a press into a KEY_POWER event on
+# its "Power Button" input device, for the fixed-hardware button (LNXPWRBN: QEMU's q35) and for the
+# control-method one (PNP0C0C, notified by an ACPI Generic Event Device: the native microVM, QEMU's
+# microvm) alike; evdev makes it /dev/input/eventN. One background reader per such device holds it
+# open (opened before anything is announced, so no press is missed) and blocks in read(): no
+# polling. The first event powers the guest off, as acpid or logind would. Without an evdev node the
+# kernel's fixed-event counter is polled instead (that counts the fixed-hardware button only).
+power_off_on_press() { # power_off_on_press HOW
+  echo "VIRT-E2E: power button ($1)"
+  exit_cmd=poweroff
+  finish
+}
+buttons=0
+for n in /sys/class/input/input*/name; do
+  [ -r "$n" ] || continue
+  case "$(cat "$n")" in *"Power Button"*) ;; *) continue ;; esac
+  for e in "${n%/name}"/event*; do
+    ev=/dev/input/${e##*/}
+    [ -c "$ev" ] || continue
+    buttons=$((buttons + 1))
+    (
+      exec 3< "$ev" || exit 0
+      : > "/tmp/button.$buttons"
+      dd of=/dev/null bs=24 count=1 <&3 2>/dev/null && power_off_on_press "$ev"
+    ) &
+  done
+done
 pwr=/sys/firmware/acpi/interrupts/ff_pwr_btn
-if [ -r "$pwr" ]; then
+if [ $buttons -eq 0 ] && [ -r "$pwr" ]; then
+  buttons=1
   (
     read n0 _ < "$pwr"
+    : > /tmp/button.1
     while sleep 0.2; do
       read n _ < "$pwr"
       [ "$n" != "$n0" ] && break
     done
-    echo "VIRT-E2E: power button"
-    exit_cmd=poweroff
-    finish
+    power_off_on_press "$pwr"
   ) &
 fi
+# Every reader has its device open (at most 1 s).
+i=0
+while [ $i -lt 20 ] && [ "$(ls /tmp/button.* 2>/dev/null | wc -l)" -lt $buttons ]; do
+  sleep 0.05
+  i=$((i + 1))
+done
+
+# The end of the e2e mode: power off, or with virt.exit=button wait for the power button.
+end() {
+  if [ $wait_button -eq 1 ]; then
+    if [ $buttons -gt 0 ]; then
+      echo "VIRT-E2E: waiting for the power button"
+      while :; do sleep 3600; done
+    fi
+    echo "VIRT-E2E: no power button to wait for"
+  fi
+  finish
+}
 # virtio-blk probes while its module loads; give late devices a moment all the same.
 if [ "$mode" = e2e ]; then
   i=0
@@ -300,7 +348,7 @@ if [ "$mode" = e2e ]; then
   else
     echo "VIRT-E2E: vda write refused"
   fi
-  finish
+  end
 fi
 
 if [ "$mode" = idle ]; then

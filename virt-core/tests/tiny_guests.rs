@@ -1,5 +1,6 @@
 //! Tiny hand-written guests run on this machine's /dev/kvm: the vCPU loop, port and MMIO exits, serial,
-//! power-off and reset, pause/resume and the dirty log, without a kernel.
+//! power-off and reset, the ACPI power button's interrupt and event register, pause/resume and the
+//! dirty log, without a kernel.
 //!
 //! Guests are 32-bit flat protected-mode code (the PVH entry state, paging off) assembled at test time
 //! with GNU `as` and linked at 1 MiB.
@@ -152,6 +153,96 @@ fn i8042_reset_ends_the_vm_as_reset() {
     let con = Console::default();
     let img = assemble("kbdreset", "mov $0x64, %dx\n mov $0xfe, %al\n out %al, %dx\n 1: jmp 1b");
     let h = MicroVm::new(&hv, config(img, &con)).unwrap().start().unwrap();
+    assert_eq!(h.wait(), ExitReason::Reset);
+}
+
+/// Waits up to 10 s for the console to show `text`.
+fn wait_for(con: &Console, text: &str) -> bool {
+    for _ in 0..2000 {
+        if con.text().contains(text) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn power_button_interrupts_the_guest_and_its_event_register_clears_on_read() {
+    let Some(hv) = kvm() else { return };
+    let con = Console::default();
+    // What Linux's GED driver and `_EVT` do, by hand: route IOAPIC pin 3 (the GED's GSI) to vector
+    // 0x40, wait with interrupts on; the handler reads the event register (port 0x604) twice, prints
+    // both values as digits and powers off. The legacy PIC and LINT0 are masked so that only the
+    // IOAPIC delivers. PVH enters with no stack: the guest brings its own.
+    let img = assemble(
+        "ged",
+        &format!(
+            "
+    mov $stack_top, %esp
+    mov $0xff, %al
+    out %al, $0x21
+    out %al, $0xa1
+    movl $0x10000, 0xfee00350
+    movl $0x1ff, 0xfee000f0
+    lea idt + 0x40 * 8, %edi
+    mov $isr, %eax
+    mov %ax, (%edi)
+    mov %cs, %bx
+    mov %bx, 2(%edi)
+    movw $0x8e00, 4(%edi)
+    shr $16, %eax
+    mov %ax, 6(%edi)
+    lidt idtr
+    movl $0x16, 0xfec00000
+    movl $0x40, 0xfec00010
+    movl $0x17, 0xfec00000
+    movl $0, 0xfec00010
+    sti
+    mov $0x3f8, %dx
+    mov $0x52, %al
+    out %al, %dx
+1:  hlt
+    jmp 1b
+isr:
+    mov $0x604, %dx
+    in %dx, %al
+    add $0x30, %al
+    mov $0x3f8, %dx
+    out %al, %dx
+    mov $0x604, %dx
+    in %dx, %al
+    add $0x30, %al
+    mov $0x3f8, %dx
+    out %al, %dx
+    movl $0, 0xfee000b0
+    {POWEROFF}
+.align 8
+idtr: .word 256 * 8 - 1
+    .long idt
+.align 8
+idt: .fill 256, 8, 0
+    .fill 1024, 1, 0
+stack_top:"
+        ),
+    );
+    let h = MicroVm::new(&hv, config(img, &con)).unwrap().start().unwrap();
+    assert!(wait_for(&con, "R"), "the guest did not get ready: {:?}", con.text());
+    h.power_button().unwrap();
+    assert_eq!(h.wait(), ExitReason::PowerOff, "console: {:?}", con.text());
+    // 1: the power-button bit; 0: the first read cleared it.
+    assert_eq!(con.text(), "R10");
+    let e = h.power_button().unwrap_err().to_string();
+    assert!(e.contains("already ended"), "{e}");
+}
+
+#[test]
+fn host_reset_ends_the_vm_as_reset() {
+    let Some(hv) = kvm() else { return };
+    let con = Console::default();
+    let img = assemble("spin", "1: jmp 1b");
+    let h = MicroVm::new(&hv, config(img, &con)).unwrap().start().unwrap();
+    h.request_reset();
     assert_eq!(h.wait(), ExitReason::Reset);
 }
 

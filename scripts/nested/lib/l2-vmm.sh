@@ -3,7 +3,7 @@
 # 2 vCPUs, 256 MiB, the initramfs /l2/initramfs.cpio.gz, two virtio-blk disks in this order:
 #   /l2/sig.img  1 MiB, read-only, "VIRT-SIGNATURE-1" in its first 16 bytes  (guest: /dev/vda)
 #   /l2/rw.img   2 MiB, read-write, zeros                                     (guest: /dev/vdb)
-# Settings (environment): L2_CPUS (2), L2_MEM (256), L2_TIMEOUT (300 s),
+# Settings (environment): L2_CPUS (2), L2_MEM (256), L2_TIMEOUT (300 s), L2_GRACE (60 s, l2_run_button),
 #   QEMU_MICROVM_OPTS: extra `-M microvm,...` properties (default none: QEMU's defaults),
 #   VIRT_LAUNCHER_BIN: the launcher inside L1 (default: virt-launcher on PATH, i.e. /payload).
 
@@ -52,4 +52,65 @@ l2_run() {
       return 2
       ;;
   esac
+}
+
+# Whether process $1 has ended (gone, or a zombie not yet waited for: `kill -0` succeeds on those).
+l1_ended() {
+  st=
+  [ -r "/proc/$1/stat" ] || return 0
+  read -r _ _ st _ 2>/dev/null < "/proc/$1/stat"
+  [ -z "$st" ] || [ "$st" = Z ]
+}
+
+# l2_run_button KERNEL CMDLINE: our launcher supervised, as the node runs it
+#   virt-launcher --spec /l2/run/spec.json --run-dir /l2/run --backend native --grace-period $L2_GRACE
+# on the machine `l2_run virt` boots (2 vCPUs, 256 MiB, sig.img read-only then rw.img). CMDLINE
+# carries virt.exit=button: when the guest prints `VIRT-E2E: waiting for the power button`, the
+# launcher gets SIGTERM, which it turns into the ACPI power button (and a forced stop if the guest
+# has not powered off after L2_GRACE s, default 60). Prints `L1: power button pressed at <L1 uptime>`,
+# `L1: press-to-exit <s> (exit.json after <s>)` (from the SIGTERM to the launcher's exit and to its
+# exit.json, polled every 50 ms), `L1: exit.json <contents>`, then the guest console
+# (/l2/run/console.log) between marker lines, so that it does not interleave with L1's lines.
+# Returns the launcher's exit code (137 if L2_TIMEOUT killed it).
+l2_run_button() {
+  kernel=$1 cmdline=$2 dir=/l2/run
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cat > "$dir/spec.json" <<SPEC
+{"name": "e2e", "cpu": {"sockets": 1, "cores": $L2_CPUS, "threads": 1}, "memoryMib": $L2_MEM,
+ "boot": {"Kernel": {"kernel": "$kernel", "initramfs": "$L2_INITRAMFS", "cmdline": "$cmdline"}},
+ "disks": [{"name": "sig", "path": "/l2/sig.img", "format": "Raw", "bus": "Virtio", "readOnly": true},
+           {"name": "rw", "path": "/l2/rw.img", "format": "Raw", "bus": "Virtio"}]}
+SPEC
+  "${VIRT_LAUNCHER_BIN:-virt-launcher}" --spec "$dir/spec.json" --run-dir "$dir" --backend native \
+    --kernel-cache /l2/kernels --grace-period "${L2_GRACE:-60}" < /dev/null &
+  pid=$!
+  t0=$(l1_uptime)
+  pressed= recorded=
+  while ! l1_ended "$pid"; do
+    if [ -n "$pressed" ] && [ -z "$recorded" ] && [ -e "$dir/exit.json" ]; then recorded=$(l1_uptime); fi
+    if [ -z "$pressed" ] && grep -qs "VIRT-E2E: waiting for the power button" "$dir/console.log"; then
+      pressed=$(l1_uptime)
+      echo "L1: power button pressed at $pressed (SIGTERM to the launcher)"
+      kill -TERM "$pid"
+    fi
+    if awk -v a="$t0" -v b="$(l1_uptime)" -v t="$L2_TIMEOUT" 'BEGIN { exit !(b - a > t) }'; then
+      echo "L1: L2 timed out after $L2_TIMEOUT s"
+      kill -KILL "$pid"
+    fi
+    sleep 0.05
+  done
+  t1=$(l1_uptime)
+  wait "$pid"
+  rc=$?
+  if [ -n "$pressed" ]; then
+    echo "L1: press-to-exit $(awk -v a="$pressed" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" \
+      "(exit.json after $(awk -v a="$pressed" -v b="${recorded:-$t1}" 'BEGIN { printf "%.2f", b - a }'))"
+  fi
+  echo "L1: exit.json $(cat "$dir/exit.json" 2>/dev/null || echo '<missing>')"
+  echo "L1: --- L2 console ($dir/console.log) ---"
+  cat "$dir/console.log" 2>/dev/null
+  echo
+  echo "L1: --- end of the L2 console ---"
+  return $rc
 }

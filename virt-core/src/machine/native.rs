@@ -175,18 +175,33 @@ impl Machine for NativeMachine {
         )
     }
     fn power_down(&self) -> Result<(), MachineError> {
-        Err(MachineError::Unsupported {
+        // Pressed under the state lock, so a pause or the machine's end cannot slip in between the
+        // check and the press; a press while paused is seen by the guest when it resumes.
+        let s = lock(&self.state);
+        if !matches!(*s, MachineStatus::Running | MachineStatus::Paused) {
+            return Err(MachineError::State {
+                machine: self.name.clone(),
+                op: "power down",
+                state: s.clone(),
+            });
+        }
+        self.handle.power_button().map_err(|e| MachineError::Control {
             machine: self.name.clone(),
-            backend: "native",
-            what: "an ACPI power-button press".into(),
-        })
+            op: "power down",
+            msg: e.to_string(),
+        })?;
+        let _ = self.events_tx.send(MachineEvent::PowerDownRequested);
+        Ok(())
     }
+    /// A hard reset ends the microVM as a guest reboot does (`Ended(Reboot)`); the lifecycle starts
+    /// the machine again, as it does after a reboot. It is not restarted in place (see docs/vmm.md).
     fn reset(&self) -> Result<(), MachineError> {
-        Err(MachineError::Unsupported {
-            machine: self.name.clone(),
-            backend: "native",
-            what: "a hard reset in place".into(),
-        })
+        let s = lock(&self.state);
+        if !matches!(*s, MachineStatus::Running | MachineStatus::Paused) {
+            return Err(MachineError::State { machine: self.name.clone(), op: "reset", state: s.clone() });
+        }
+        self.handle.request_reset();
+        Ok(())
     }
     fn stop(&self) -> Result<(), MachineError> {
         if self.handle.is_paused() {
@@ -360,11 +375,38 @@ mod tests {
         assert_eq!(m.status(), MachineStatus::Paused);
         m.resume().unwrap();
         assert_eq!(m.next_event(t), Some(MachineEvent::Resumed));
-        assert!(m.power_down().is_err());
+        // This guest ignores the power button: the press is reported and the machine runs on.
+        m.power_down().unwrap();
+        assert_eq!(m.next_event(t), Some(MachineEvent::PowerDownRequested));
+        assert_eq!(m.status(), MachineStatus::Running);
         m.stop().unwrap();
         assert_eq!(m.wait(Some(t)), Some(MachineExit::Stopped));
         assert_eq!(m.next_event(t), Some(MachineEvent::Ended(MachineExit::Stopped)));
         assert_eq!(m.status(), MachineStatus::Stopped(MachineExit::Stopped));
+        assert!(matches!(m.power_down(), Err(MachineError::State { .. })));
+        assert!(matches!(m.reset(), Err(MachineError::State { .. })));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn reset_ends_the_machine_as_a_reboot_even_while_paused() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipping: no /dev/kvm");
+            return;
+        }
+        let d = tempfile_dir();
+        let t = Duration::from_secs(5);
+        let m = backend().start(&spec(&d, SPIN), Box::new(std::io::sink())).unwrap();
+        assert_eq!(m.next_event(t), Some(MachineEvent::Started));
+        m.reset().unwrap();
+        assert_eq!(m.wait(Some(t)), Some(MachineExit::Reboot));
+        assert_eq!(m.next_event(t), Some(MachineEvent::Ended(MachineExit::Reboot)));
+
+        let m = backend().start(&spec(&d, SPIN), Box::new(std::io::sink())).unwrap();
+        m.pause().unwrap();
+        m.reset().unwrap();
+        assert_eq!(m.wait(Some(t)), Some(MachineExit::Reboot));
+        assert_eq!(m.status(), MachineStatus::Stopped(MachineExit::Reboot));
         let _ = std::fs::remove_dir_all(d);
     }
 

@@ -5,7 +5,7 @@
 //! that pauses, resumes, stops and waits for it.
 //!
 //! ```text
-//!   vCPU threads ──port/MMIO exits──► Bus ─► serial, i8042, ACPI PM, virtio-mmio transports
+//!   vCPU threads ──port/MMIO exits──► Bus ─► serial, i8042, ACPI PM, GED, virtio-mmio transports
 //!   guest notify ──ioeventfd──► virtio-blk worker ─► BlockBackend ─► file
 //!   worker ──irqfd──► in-kernel IOAPIC ─► guest
 //! ```
@@ -27,6 +27,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use self::boot::regs::{self, EntryMode};
 use self::boot::{BootInfo, KernelConfig};
+use self::devices::ged::{Ged, GedError};
 use self::devices::legacy::{AcpiPm, I8042, I8042_DATA_PORT};
 use self::devices::serial::{SerialDevice, COM1_GSI, COM1_PORT};
 use self::devices::virtio::block::Block;
@@ -107,6 +108,17 @@ pub enum VmmError {
     /// A thread or eventfd could not be created.
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
+    /// The power button could not be pressed.
+    #[error(transparent)]
+    Ged(#[from] GedError),
+    /// An operation that needs a running VM was asked of one that has ended.
+    #[error("cannot {op}: the VM has already ended ({reason:?})")]
+    Ended {
+        /// The operation.
+        op: &'static str,
+        /// Why the VM ended.
+        reason: ExitReason,
+    },
 }
 
 /// A built VM, ready to start.
@@ -117,6 +129,7 @@ pub struct MicroVm {
     io_bus: Bus,
     mmio_bus: Bus,
     serial: Arc<Mutex<SerialDevice>>,
+    ged: Arc<Mutex<Ged>>,
     exit: Arc<ExitLatch>,
     boot: Option<BootInfo>,
     slots: Vec<MemorySlot>,
@@ -192,6 +205,12 @@ impl MicroVm {
         io_bus
             .insert(Arc::new(Mutex::new(AcpiPm::new(exit.clone()))), u64::from(acpi::SLEEP_CONTROL_PORT), 3)
             .map_err(dev_err)?;
+        // The Generic Event Device: the power button's event register and interrupt.
+        let ged_irq = new_evt()?;
+        vm.register_irqfd(&ged_irq, acpi::GED_GSI)?;
+        let ged = Arc::new(Mutex::new(Ged::new(ged_irq.clone(), acpi::GED_GSI)));
+        eventfds.push(ged_irq);
+        io_bus.insert(ged.clone(), u64::from(acpi::GED_EVENT_PORT), 1).map_err(dev_err)?;
 
         // Virtio devices.
         let mut mmio_bus = Bus::new();
@@ -255,6 +274,7 @@ impl MicroVm {
             io_bus,
             mmio_bus,
             serial,
+            ged,
             exit,
             boot,
             slots,
@@ -295,6 +315,7 @@ impl MicroVm {
             ctl,
             exit: self.exit,
             serial: self.serial,
+            ged: self.ged,
             slots: self.slots,
             started,
             _io_bus: self.io_bus,
@@ -328,6 +349,7 @@ pub struct VmHandle {
     ctl: Arc<VcpuControl>,
     exit: Arc<ExitLatch>,
     serial: Arc<Mutex<SerialDevice>>,
+    ged: Arc<Mutex<Ged>>,
     slots: Vec<MemorySlot>,
     started: Instant,
     _io_bus: Bus,
@@ -361,6 +383,25 @@ impl VmHandle {
     /// Asks the VM to stop now (a forced stop, like pulling the plug).
     pub fn request_stop(&self) {
         self.exit.set(ExitReason::Stopped);
+    }
+
+    /// Presses the ACPI power button: the Generic Event Device latches the event and interrupts the
+    /// guest, whose `_EVT` method notifies `\_SB.PWRB`. A guest that handles it powers off (the VM then
+    /// ends with [`ExitReason::PowerOff`]); one that ignores it keeps running. Works while paused: the
+    /// guest sees the press when it resumes.
+    pub fn power_button(&self) -> Result<(), VmmError> {
+        if let Some(reason) = self.exit.get() {
+            return Err(VmmError::Ended { op: "press the power button", reason });
+        }
+        lock(&self.ged).notify(devices::ged::GED_EVENT_POWER_BUTTON)?;
+        Ok(())
+    }
+
+    /// A hard reset, like the reset button: the VM ends at once with [`ExitReason::Reset`], as when the
+    /// guest reboots, without warning the guest. The microVM does not restart itself in place
+    /// (re-loading the kernel and resetting every vCPU and device); whoever runs it starts a new one.
+    pub fn request_reset(&self) {
+        self.exit.set(ExitReason::Reset);
     }
 
     /// Blocks until the guest powers off, resets, fails or a stop is requested; then ends the vCPU

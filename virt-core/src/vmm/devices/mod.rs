@@ -1,5 +1,6 @@
 //! Devices of the microVM and the buses that route port and MMIO exits to them.
 
+pub mod ged;
 pub mod legacy;
 pub mod serial;
 pub mod virtio;
