@@ -7,12 +7,16 @@
 //! Also: the KubeVirt conformance VMIs that need QEMU (Windows, Secure Boot, EFI), written by hand as
 //! the MachineSpec they resolve to (the KubeVirt model comes later), and the flags they give.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
+#[macro_use]
+#[path = "support/guest.rs"]
+mod guest;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use guest::{asset, boot_lock, vnc_framebuffer_update};
 use virt_core::machine::accel::{AccelPolicy, Accelerator, HostVirt};
 use virt_core::machine::qemu::{QemuBackend, QemuOptions};
 use virt_core::machine::{
@@ -21,44 +25,6 @@ use virt_core::machine::{
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn have(tool: &str) -> bool {
-    std::process::Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
-}
-
-macro_rules! need_qemu {
-    () => {
-        if !have("qemu-system-x86_64") {
-            eprintln!("qemu-system-x86_64 not installed: skipping (scripts/install-deps.sh installs it)");
-            return;
-        }
-    };
-}
-
-/// Guest assets, built (once, cached) by scripts/guest-assets.sh.
-fn assets() -> &'static HashMap<String, PathBuf> {
-    static A: std::sync::OnceLock<HashMap<String, PathBuf>> = std::sync::OnceLock::new();
-    A.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/guest-assets.sh");
-        let out = std::process::Command::new("bash").arg(script).arg("--print-env").output().unwrap();
-        assert!(out.status.success(), "guest-assets.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
-            .collect()
-    })
-}
-
-fn asset(k: &str) -> PathBuf {
-    assets().get(k).cloned().unwrap_or_else(|| panic!("guest-assets.sh printed no {k}"))
-}
-
-/// One boot at a time.
-fn boot_lock() -> std::sync::MutexGuard<'static, ()> {
-    static L: Mutex<()> = Mutex::new(());
-    L.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Collects the console relay's output.
 #[derive(Clone, Default)]
@@ -294,58 +260,6 @@ fn console_input_host_reset_and_forced_stop() {
     );
     assert!(matches!(m.pause(), Err(virt_core::machine::MachineError::State { .. })));
     assert_eq!(console.count("VIRT-E2E: poweroff"), 0);
-}
-
-/// The RFB handshake (RFC 6143) with security type None, then one full framebuffer update.
-fn vnc_framebuffer_update(addr: std::net::SocketAddr) -> (u16, u16, String, usize) {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut version = [0u8; 12];
-    s.read_exact(&mut version).unwrap();
-    assert!(version.starts_with(b"RFB 003."), "{version:?}");
-    s.write_all(b"RFB 003.008\n").unwrap();
-    let mut n = [0u8; 1];
-    s.read_exact(&mut n).unwrap();
-    assert!(n[0] > 0, "the server refused the connection");
-    let mut types = vec![0u8; n[0] as usize];
-    s.read_exact(&mut types).unwrap();
-    assert!(types.contains(&1), "security type None not offered: {types:?}");
-    s.write_all(&[1]).unwrap();
-    let mut result = [0u8; 4];
-    s.read_exact(&mut result).unwrap();
-    assert_eq!(u32::from_be_bytes(result), 0, "SecurityResult failed");
-    s.write_all(&[1]).unwrap(); // ClientInit, shared
-    let mut init = [0u8; 24];
-    s.read_exact(&mut init).unwrap();
-    let w = u16::from_be_bytes([init[0], init[1]]);
-    let h = u16::from_be_bytes([init[2], init[3]]);
-    let bpp = init[4] as usize;
-    let name_len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
-    assert!(name_len < 4096);
-    let mut name = vec![0u8; name_len];
-    s.read_exact(&mut name).unwrap();
-    // FramebufferUpdateRequest, not incremental, whole screen.
-    let mut req = vec![3u8, 0, 0, 0, 0, 0];
-    req.extend_from_slice(&w.to_be_bytes());
-    req.extend_from_slice(&h.to_be_bytes());
-    s.write_all(&req).unwrap();
-    let mut hdr = [0u8; 4];
-    s.read_exact(&mut hdr).unwrap();
-    assert_eq!(hdr[0], 0, "expected a FramebufferUpdate");
-    let rects = u16::from_be_bytes([hdr[2], hdr[3]]);
-    assert!(rects >= 1);
-    let mut pixels = 0;
-    for _ in 0..rects {
-        let mut r = [0u8; 12];
-        s.read_exact(&mut r).unwrap();
-        let (rw, rh) = (u16::from_be_bytes([r[4], r[5]]) as usize, u16::from_be_bytes([r[6], r[7]]) as usize);
-        let enc = i32::from_be_bytes([r[8], r[9], r[10], r[11]]);
-        assert_eq!(enc, 0, "only Raw was negotiated");
-        let mut data = vec![0u8; rw * rh * bpp / 8];
-        s.read_exact(&mut data).unwrap();
-        pixels += rw * rh;
-    }
-    (w, h, String::from_utf8_lossy(&name).into_owned(), pixels)
 }
 
 #[test]

@@ -6,12 +6,16 @@
 //!
 //! Boots run one at a time: the machine has two cores and TCG is CPU-bound.
 
-use std::collections::HashMap;
+#[macro_use]
+#[path = "../../virt-core/tests/support/guest.rs"]
+mod guest;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use guest::{asset, boot_lock};
 use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::qemu::{QemuBackend, QemuOptions};
 use virt_core::machine::{
@@ -22,44 +26,6 @@ use virt_storage::cloudinit::{write_config_drive, write_nocloud, SeedInfo};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const SCRIPT: &str = "#!/bin/sh\necho 'printed from cloud-init userdata'\n";
-
-fn have(tool: &str) -> bool {
-    std::process::Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
-}
-
-macro_rules! need_qemu {
-    () => {
-        if !have("qemu-system-x86_64") {
-            eprintln!("qemu-system-x86_64 not installed: skipping (scripts/install-deps.sh installs it)");
-            return;
-        }
-    };
-}
-
-/// Guest assets, built (once, cached) by scripts/guest-assets.sh.
-fn assets() -> &'static HashMap<String, PathBuf> {
-    static A: std::sync::OnceLock<HashMap<String, PathBuf>> = std::sync::OnceLock::new();
-    A.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/guest-assets.sh");
-        let out = std::process::Command::new("bash").arg(script).arg("--print-env").output().unwrap();
-        assert!(out.status.success(), "guest-assets.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
-            .collect()
-    })
-}
-
-fn asset(k: &str) -> PathBuf {
-    assets().get(k).cloned().unwrap_or_else(|| panic!("guest-assets.sh printed no {k}"))
-}
-
-/// One boot at a time.
-fn boot_lock() -> std::sync::MutexGuard<'static, ()> {
-    static L: Mutex<()> = Mutex::new(());
-    L.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Collects the console relay's output.
 #[derive(Clone, Default)]

@@ -3,12 +3,16 @@
 //! initramfs (scripts/guest-assets.sh) in `virt.idle=1` mode, driven through `RemoteMachine` over the
 //! run directory's sockets. One boot, a few seconds of TCG.
 
-use std::collections::HashMap;
+#[macro_use]
+#[path = "../../../virt-core/tests/support/guest.rs"]
+mod guest;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use guest::{assets, have};
 use virt_core::machine::accel::{AccelPolicy, Accelerator, HostVirt};
 use virt_core::machine::remote::{is_alive, launcher_running, read_exit, RemoteError, RemoteMachine};
 use virt_core::machine::supervisor::{CONSOLE_LOG, CONSOLE_SOCKET, CONTROL_SOCKET, EXIT_FILE, PID_FILE};
@@ -17,21 +21,6 @@ use virt_core::machine::{
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
-}
-
-fn assets() -> HashMap<String, PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest-assets.sh");
-    let out = Command::new("bash").arg(script).arg("--print-env").output().unwrap();
-    assert!(out.status.success(), "guest-assets.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
-        .collect()
-}
 
 fn spec(name: &str, kernel: PathBuf, initramfs: PathBuf) -> MachineSpec {
     MachineSpec {

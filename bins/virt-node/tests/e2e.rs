@@ -13,34 +13,26 @@
 //! (scripts/install-deps.sh installs them). `cargo test --workspace` builds virtctl and
 //! virt-launcher, which these tests run from the same target directory.
 
+#[macro_use]
+#[path = "../../../virt-core/tests/support/guest.rs"]
+mod guest;
 #[path = "../../../virt-storage/tests/support/registry.rs"]
 mod registry;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use guest::{assets, boot_lock, have, vnc_framebuffer_update};
 use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
 use serde_json::Value;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
-}
-
 fn missing_tools() -> Option<&'static str> {
     ["qemu-system-x86_64", "docker-registry", "skopeo"].into_iter().find(|t| !have(t))
-}
-
-/// One boot at a time (two cores, TCG is CPU-bound).
-fn boot_lock() -> std::sync::MutexGuard<'static, ()> {
-    static L: Mutex<()> = Mutex::new(());
-    L.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A binary of this workspace, from the target directory these tests run from.
@@ -57,17 +49,6 @@ fn bin(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-fn assets() -> HashMap<String, PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/guest-assets.sh");
-    let out = Command::new("bash").arg(script).arg("--print-env").output().unwrap();
-    assert!(out.status.success(), "guest-assets.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
-        .collect()
 }
 
 /// Pushes the kernel and initramfs as a kernel-boot container image; returns its reference.
@@ -315,58 +296,6 @@ fn kill_launchers(state: &Path) {
             }
         }
     }
-}
-
-/// The RFB handshake (RFC 6143) with security type None, then one full framebuffer update.
-fn vnc_framebuffer_update(addr: std::net::SocketAddr) -> (u16, u16, String, usize) {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut version = [0u8; 12];
-    s.read_exact(&mut version).unwrap();
-    assert!(version.starts_with(b"RFB 003."), "{version:?}");
-    s.write_all(b"RFB 003.008\n").unwrap();
-    let mut n = [0u8; 1];
-    s.read_exact(&mut n).unwrap();
-    assert!(n[0] > 0, "the server refused the connection");
-    let mut types = vec![0u8; n[0] as usize];
-    s.read_exact(&mut types).unwrap();
-    assert!(types.contains(&1), "security type None not offered: {types:?}");
-    s.write_all(&[1]).unwrap();
-    let mut result = [0u8; 4];
-    s.read_exact(&mut result).unwrap();
-    assert_eq!(u32::from_be_bytes(result), 0, "SecurityResult failed");
-    s.write_all(&[1]).unwrap(); // ClientInit, shared
-    let mut init = [0u8; 24];
-    s.read_exact(&mut init).unwrap();
-    let w = u16::from_be_bytes([init[0], init[1]]);
-    let h = u16::from_be_bytes([init[2], init[3]]);
-    let bpp = init[4] as usize;
-    let name_len = u32::from_be_bytes([init[20], init[21], init[22], init[23]]) as usize;
-    assert!(name_len < 4096);
-    let mut name = vec![0u8; name_len];
-    s.read_exact(&mut name).unwrap();
-    // FramebufferUpdateRequest, not incremental, whole screen.
-    let mut req = vec![3u8, 0, 0, 0, 0, 0];
-    req.extend_from_slice(&w.to_be_bytes());
-    req.extend_from_slice(&h.to_be_bytes());
-    s.write_all(&req).unwrap();
-    let mut hdr = [0u8; 4];
-    s.read_exact(&mut hdr).unwrap();
-    assert_eq!(hdr[0], 0, "expected a FramebufferUpdate");
-    let rects = u16::from_be_bytes([hdr[2], hdr[3]]);
-    assert!(rects >= 1);
-    let mut pixels = 0;
-    for _ in 0..rects {
-        let mut r = [0u8; 12];
-        s.read_exact(&mut r).unwrap();
-        let (rw, rh) = (u16::from_be_bytes([r[4], r[5]]) as usize, u16::from_be_bytes([r[6], r[7]]) as usize);
-        let enc = i32::from_be_bytes([r[8], r[9], r[10], r[11]]);
-        assert_eq!(enc, 0, "only Raw was negotiated");
-        let mut data = vec![0u8; rw * rh * bpp / 8];
-        s.read_exact(&mut data).unwrap();
-        pixels += rw * rh;
-    }
-    (w, h, String::from_utf8_lossy(&name).into_owned(), pixels)
 }
 
 fn condition(vmi: &Value, type_: &str) -> Option<String> {
