@@ -9,6 +9,10 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use virt_k8s::client::manifest;
 use virt_k8s::client::output::{self, Format};
 use virt_k8s::client::{ApplyOutcome, ClientError, Endpoint, Kind, NodeClient, Version, ENV_TOKEN};
+use virt_storage::cdi::{
+    DataVolume, DataVolumePhase, DataVolumeSource, DataVolumeSpec, ObjectMeta, Quantity,
+    ResourceRequirements, StorageSpec, UploadSource,
+};
 
 const EXIT_STATUS: &str = "\
 Exit status:
@@ -35,8 +39,8 @@ struct Cli {
     /// The node: unix:///path/node.sock or http://host:port.
     #[arg(long, global = true, env = "VIRT_NODE")]
     server: Option<String>,
-    /// Bearer token for a node on TCP (else VIRT_TOKEN); for image-upload, the upload token (else
-    /// VIRT_UPLOAD_TOKEN).
+    /// Bearer token for a node on TCP (else VIRT_TOKEN). For image-upload with --uploadproxy-url and
+    /// no node (no --server, no VIRT_NODE): the upload token (else VIRT_UPLOAD_TOKEN).
     #[arg(long, global = true)]
     token: Option<String>,
     #[command(subcommand)]
@@ -54,6 +58,22 @@ fn parse_resource(s: &str) -> Result<Resource, String> {
             "unknown resource {s:?}: expected vm, vms, virtualmachine(s), vmi, vmis or virtualmachineinstance(s)"
         )),
     }
+}
+
+/// What `get` lists: `vm`, `vmi` or `dv` (and their long and plural forms).
+#[derive(Debug, Clone, Copy)]
+enum GetResource {
+    Kv(Kind),
+    DataVolume,
+}
+
+fn parse_get_resource(s: &str) -> Result<GetResource, String> {
+    let lower = s.to_ascii_lowercase();
+    let bare = lower.strip_suffix(".cdi.kubevirt.io").unwrap_or(&lower);
+    if matches!(bare, "dv" | "dvs" | "datavolume" | "datavolumes") {
+        return Ok(GetResource::DataVolume);
+    }
+    parse_resource(s).map(|r| GetResource::Kv(r.0)).map_err(|e| format!("{e}, dv or datavolume(s)"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -80,11 +100,11 @@ enum Command {
         #[arg(short = 'f', long = "filename")]
         file: String,
     },
-    /// List VMs or VMIs, or show one.
+    /// List VMs, VMIs or DataVolumes, or show one.
     Get {
-        /// vm(s) | virtualmachine(s) | vmi(s) | virtualmachineinstance(s)
-        #[arg(value_parser = parse_resource)]
-        resource: Resource,
+        /// vm(s) | virtualmachine(s) | vmi(s) | virtualmachineinstance(s) | dv(s) | datavolume(s)
+        #[arg(value_parser = parse_get_resource)]
+        resource: GetResource,
         /// One object's name; all of them without.
         name: Option<String>,
         /// Output format: yaml, json, or wide (more columns).
@@ -172,7 +192,10 @@ enum Command {
     },
     /// Print the client's and the node's versions.
     Version,
-    /// Upload a disk image into a DataVolume whose source is `upload: {}`.
+    /// Upload a disk image into a DataVolume whose source is `upload: {}`: the DataVolume is
+    /// created if missing (--size), the node issues the upload token, and the command waits until
+    /// the DataVolume is Succeeded. With VIRT_UPLOAD_TOKEN (or --token and no node) and
+    /// --uploadproxy-url, it only uploads to that endpoint.
     ImageUpload {
         /// `dv` (the kind of target; only DataVolumes are supported).
         kind: String,
@@ -181,9 +204,22 @@ enum Command {
         /// The image to upload (raw, qcow2, iso, or gzip/xz-compressed raw).
         #[arg(long)]
         image_path: PathBuf,
-        /// The upload endpoint, e.g. https://node:8443 (the path /v1beta1/upload is added).
+        /// The upload endpoint, e.g. https://node:8443 (the path /v1beta1/upload is added); by
+        /// default the node's (CDIConfig status.uploadProxyURL).
         #[arg(long = "uploadproxy-url")]
-        uploadproxy_url: String,
+        uploadproxy_url: Option<String>,
+        /// The size of the DataVolume to create, e.g. 1Gi (needed when it does not exist).
+        #[arg(long)]
+        size: Option<String>,
+        /// The storage class of the DataVolume to create.
+        #[arg(long)]
+        storage_class: Option<String>,
+        /// Fail if the DataVolume does not exist instead of creating it.
+        #[arg(long)]
+        no_create: bool,
+        /// Seconds to wait for the DataVolume to be ready for the upload, and to be Succeeded after.
+        #[arg(long, default_value_t = 300)]
+        wait_secs: u64,
         /// Do not verify the endpoint's TLS certificate.
         #[arg(long)]
         insecure: bool,
@@ -231,17 +267,49 @@ fn main() -> ExitCode {
     let namespace = cli.namespace.clone();
     let ns = namespace.as_deref().unwrap_or(manifest::DEFAULT_NAMESPACE);
     match cli.command {
-        Command::ImageUpload { kind, name, image_path, uploadproxy_url, insecure, quiet } => {
-            let token = cli.token.or_else(|| std::env::var("VIRT_UPLOAD_TOKEN").ok());
-            let Some(token) = token else {
-                Cli::command()
-                    .error(
-                        clap::error::ErrorKind::MissingRequiredArgument,
-                        "image-upload needs the upload token: --token or VIRT_UPLOAD_TOKEN",
-                    )
-                    .exit()
+        Command::ImageUpload {
+            kind,
+            name,
+            image_path,
+            uploadproxy_url,
+            size,
+            storage_class,
+            no_create,
+            wait_secs,
+            insecure,
+            quiet,
+        } => {
+            if kind != "dv" {
+                eprintln!("Error: image-upload: only `dv` targets are supported, not {kind:?}");
+                return ExitCode::from(2);
+            }
+            // An upload token given: upload to the endpoint named, without asking a node.
+            let legacy = cli.server.is_none().then_some(cli.token.clone()).flatten();
+            let direct_token = std::env::var("VIRT_UPLOAD_TOKEN").ok().or(legacy);
+            if let (Some(token), Some(url)) = (direct_token, uploadproxy_url.as_deref()) {
+                return image_upload(&name, &image_path, url, &token, insecure, quiet);
+            }
+            let opts = UploadOpts {
+                name,
+                image_path,
+                uploadproxy_url,
+                size,
+                storage_class,
+                no_create,
+                wait: std::time::Duration::from_secs(wait_secs),
+                insecure,
+                quiet,
             };
-            image_upload(&kind, &name, &image_path, &uploadproxy_url, &token, insecure, quiet)
+            match client(cli.server, cli.token) {
+                Ok(c) => match image_upload_via_node(&c, ns, &opts) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(UploadFailure::Usage(msg)) => {
+                        Cli::command().error(clap::error::ErrorKind::MissingRequiredArgument, msg).exit()
+                    }
+                    Err(UploadFailure::Failed(msg)) => fail(format_args!("image-upload: {msg}")),
+                },
+                Err(e) => fail_client(&e),
+            }
         }
         Command::Version => {
             println!("Client Version: {}", Version::client());
@@ -255,8 +323,11 @@ fn main() -> ExitCode {
             create_or_apply(&file, namespace.as_deref(), cli.server, cli.token, false)
         }
         Command::Apply { file } => create_or_apply(&file, namespace.as_deref(), cli.server, cli.token, true),
-        Command::Get { resource, name, output, all_namespaces } => {
-            with_client(cli.server, cli.token, |c| get(c, resource.0, ns, name, output, all_namespaces))
+        Command::Get { resource: GetResource::DataVolume, name, output, all_namespaces } => {
+            with_client(cli.server, cli.token, |c| get_dvs(c, ns, name, output, all_namespaces))
+        }
+        Command::Get { resource: GetResource::Kv(kind), name, output, all_namespaces } => {
+            with_client(cli.server, cli.token, |c| get(c, kind, ns, name, output, all_namespaces))
         }
         Command::Start { name } => with_client(cli.server, cli.token, |c| {
             c.start(ns, &name)?;
@@ -438,8 +509,58 @@ fn get(
     Ok(())
 }
 
+/// `virtctl get dv`: CDI's table (`NAME PHASE PROGRESS RESTARTS AGE`), or YAML/JSON.
+fn get_dvs(
+    client: &NodeClient,
+    ns: &str,
+    name: Option<String>,
+    out: Option<OutputArg>,
+    all_namespaces: bool,
+) -> Result<(), Failure> {
+    let scope = if all_namespaces { None } else { Some(ns) };
+    let single = name.is_some();
+    let dvs = match &name {
+        Some(n) => vec![client.get_data_volume(ns, n)?],
+        None => client.list_data_volumes(scope)?,
+    };
+    let text = match out {
+        None | Some(OutputArg::Wide) => {
+            if dvs.is_empty() {
+                eprintln!("{}", output::no_resources(scope));
+                return Ok(());
+            }
+            output::dv_table(&dvs, all_namespaces, output::now_unix())
+        }
+        Some(OutputArg::Yaml) => output::objects(&dvs, single, Format::Yaml)?,
+        Some(OutputArg::Json) => output::objects(&dvs, single, Format::Json)?,
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// Uploads with a progress bar (hidden with `quiet`).
+fn upload_with_bar(
+    url: &str,
+    token: &str,
+    image_path: &std::path::Path,
+    insecure: bool,
+    quiet: bool,
+) -> Result<String, virt_storage::upload::UploadError> {
+    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} [{wide_bar}] {bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let r = virt_storage::upload::upload_file(url, token, image_path, insecure, &mut |sent, total| {
+        bar.set_length(total);
+        bar.set_position(sent);
+    });
+    bar.finish_and_clear();
+    r
+}
+
+/// Uploads straight to an upload endpoint with a token the caller has.
 fn image_upload(
-    kind: &str,
     name: &str,
     image_path: &std::path::Path,
     uploadproxy_url: &str,
@@ -447,28 +568,160 @@ fn image_upload(
     insecure: bool,
     quiet: bool,
 ) -> ExitCode {
-    if kind != "dv" {
-        eprintln!("Error: image-upload: only `dv` targets are supported, not {kind:?}");
-        return ExitCode::from(2);
-    }
     let url = format!("{}/v1beta1/upload", uploadproxy_url.trim_end_matches('/'));
-    let bar = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} [{wide_bar}] {bytes_per_sec} {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let r = virt_storage::upload::upload_file(&url, token, image_path, insecure, &mut |sent, total| {
-        bar.set_length(total);
-        bar.set_position(sent);
-    });
-    bar.finish_and_clear();
-    match r {
+    match upload_with_bar(&url, token, image_path, insecure, quiet) {
         Ok(msg) => {
             println!("Uploading {} to DataVolume {name} completed: {msg}", image_path.display());
             ExitCode::SUCCESS
         }
         Err(e) => fail(format_args!("image-upload: {e}")),
     }
+}
+
+struct UploadOpts {
+    name: String,
+    image_path: PathBuf,
+    uploadproxy_url: Option<String>,
+    size: Option<String>,
+    storage_class: Option<String>,
+    no_create: bool,
+    wait: std::time::Duration,
+    insecure: bool,
+    quiet: bool,
+}
+
+enum UploadFailure {
+    /// A missing argument (exit 2).
+    Usage(String),
+    /// The upload failed (exit 1).
+    Failed(String),
+}
+
+fn refused(e: &ClientError) -> UploadFailure {
+    UploadFailure::Failed(match e.status() {
+        Some(status) => status.to_string(),
+        None => e.to_string(),
+    })
+}
+
+fn dv_phase(dv: &DataVolume) -> DataVolumePhase {
+    dv.status.as_ref().and_then(|s| s.phase).unwrap_or(DataVolumePhase::Pending)
+}
+
+/// The message of a DataVolume's Running or Ready condition, for errors.
+fn dv_message(dv: &DataVolume) -> String {
+    dv.status
+        .as_ref()
+        .and_then(|s| ["Running", "Ready"].iter().find_map(|t| s.conditions.iter().find(|c| c.type_ == *t)))
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// Polls DataVolume `ns/name` until its phase is `want` (an error if it fails or time runs out).
+fn wait_dv_phase(
+    client: &NodeClient,
+    ns: &str,
+    name: &str,
+    want: DataVolumePhase,
+    wait: std::time::Duration,
+) -> Result<(), UploadFailure> {
+    let start = std::time::Instant::now();
+    loop {
+        let dv = client.get_data_volume(ns, name).map_err(|e| refused(&e))?;
+        let phase = dv_phase(&dv);
+        if phase == want {
+            return Ok(());
+        }
+        if phase == DataVolumePhase::Failed {
+            return Err(UploadFailure::Failed(format!("DataVolume {ns}/{name} failed: {}", dv_message(&dv))));
+        }
+        if start.elapsed() > wait {
+            return Err(UploadFailure::Failed(format!(
+                "DataVolume {ns}/{name} is still {phase:?} after {}s (waiting for {want:?}): {}",
+                wait.as_secs(),
+                dv_message(&dv)
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// `virtctl image-upload dv NAME` against the node: creates the DataVolume with an upload source if
+/// it does not exist, waits for UploadReady, asks the node for a token, uploads, waits for
+/// Succeeded.
+fn image_upload_via_node(client: &NodeClient, ns: &str, o: &UploadOpts) -> Result<(), UploadFailure> {
+    let name = o.name.as_str();
+    if let Err(e) = std::fs::metadata(&o.image_path) {
+        return Err(UploadFailure::Failed(format!("cannot read {}: {e}", o.image_path.display())));
+    }
+    match client.get_data_volume(ns, name) {
+        Ok(dv) => {
+            if dv.spec.source.as_ref().is_none_or(|s| s.upload.is_none()) {
+                return Err(UploadFailure::Failed(format!(
+                    "DataVolume {ns}/{name} exists and its source is not upload"
+                )));
+            }
+            if dv_phase(&dv) == DataVolumePhase::Succeeded {
+                return Err(UploadFailure::Failed(format!("DataVolume {ns}/{name} is already populated")));
+            }
+            println!("Using existing DataVolume {ns}/{name}");
+        }
+        Err(e) if e.is_not_found() => {
+            if o.no_create {
+                return Err(UploadFailure::Failed(format!(
+                    "DataVolume {ns}/{name} does not exist (and --no-create was given)"
+                )));
+            }
+            let Some(size) = &o.size else {
+                return Err(UploadFailure::Usage(format!(
+                    "DataVolume {ns}/{name} does not exist: --size is needed to create it"
+                )));
+            };
+            let size = Quantity::parse(size).map_err(|e| UploadFailure::Usage(format!("--size: {e}")))?;
+            let mut meta = ObjectMeta::named(name);
+            meta.namespace = Some(ns.to_string());
+            let spec = DataVolumeSpec {
+                source: Some(DataVolumeSource { upload: Some(UploadSource {}), ..Default::default() }),
+                storage: Some(StorageSpec {
+                    resources: Some(ResourceRequirements {
+                        requests: [("storage".to_string(), size)].into_iter().collect(),
+                        ..Default::default()
+                    }),
+                    storage_class_name: o.storage_class.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            client.create_data_volume(ns, &DataVolume::new(meta, spec)).map_err(|e| refused(&e))?;
+            println!("DataVolume {ns}/{name} created");
+        }
+        Err(e) => return Err(refused(&e)),
+    }
+    println!("Waiting for DataVolume {ns}/{name} to be ready for the upload...");
+    wait_dv_phase(client, ns, name, DataVolumePhase::UploadReady, o.wait)?;
+    let token = client.upload_token(ns, name).map_err(|e| refused(&e))?;
+    let base = match &o.uploadproxy_url {
+        Some(u) => u.clone(),
+        None => client.upload_proxy_url().map_err(|e| refused(&e))?.ok_or_else(|| {
+            UploadFailure::Failed(
+                "the node publishes no upload proxy URL (CDIConfig status.uploadProxyURL): pass \
+                 --uploadproxy-url"
+                    .into(),
+            )
+        })?,
+    };
+    let url = format!("{}/v1beta1/upload", base.trim_end_matches('/'));
+    println!("Uploading data to {url}");
+    upload_with_bar(&url, &token, &o.image_path, o.insecure, o.quiet)
+        .map_err(|e| UploadFailure::Failed(e.to_string()))?;
+    println!(
+        "Uploading data completed successfully, waiting for processing to complete, you can hit ctrl-c \
+         without interrupting the progress"
+    );
+    wait_dv_phase(client, ns, name, DataVolumePhase::Succeeded, o.wait)?;
+    println!("Processing completed successfully");
+    println!("Uploading {} completed successfully", o.image_path.display());
+    Ok(())
 }
 
 #[cfg(test)]
@@ -478,6 +731,14 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn get_takes_datavolumes_too() {
+        assert!(matches!(parse_get_resource("dv"), Ok(GetResource::DataVolume)));
+        assert!(matches!(parse_get_resource("DataVolumes.cdi.kubevirt.io"), Ok(GetResource::DataVolume)));
+        assert!(matches!(parse_get_resource("vmi"), Ok(GetResource::Kv(Kind::VirtualMachineInstance))));
+        assert!(parse_get_resource("pods").unwrap_err().contains("datavolume"));
     }
 
     #[test]

@@ -37,6 +37,8 @@ use crate::model::{
 pub const BUILTIN_NAMESPACES: [&str; 2] = ["default", "os-images"];
 /// KubeVirt's default `terminationGracePeriodSeconds`.
 pub const DEFAULT_GRACE_SECONDS: i64 = 180;
+/// The VMI condition saying whether the volumes it needs are ready ([`Runtime::ready`]).
+pub const DATA_VOLUMES_READY: &str = "DataVolumesReady";
 /// Events kept per node (the oldest are dropped).
 const MAX_EVENTS: usize = 2000;
 
@@ -164,6 +166,13 @@ pub trait Runtime: Send + Sync {
     fn last_exit(&self, vmi: &VirtualMachineInstance) -> Option<MachineExit>;
     /// Frees what `launch` prepared, once the VMI is deleted.
     fn cleanup(&self, vmi: &VirtualMachineInstance);
+    /// Whether `vmi` can be launched now. `Err(why)` keeps it `Pending`, with condition
+    /// `DataVolumesReady`=False (reason `NotAllDVsReady`, the message `why`) and one event, until a
+    /// later pass finds it ready: e.g. while the DataVolumes its volumes name are still importing.
+    /// Called without the lifecycle's lock held. The default: always ready.
+    fn ready(&self, _vmi: &VirtualMachineInstance) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Errors of lifecycle requests; the variants map onto Kubernetes status reasons.
@@ -1345,25 +1354,45 @@ impl Lifecycle {
         for key in keys {
             self.sync_vm(&key)?;
         }
-        // 5. Launch pending VMIs.
-        let pending: Vec<(Key, VirtualMachineInstance, bool)> = {
-            let mut st = lock(&self.state);
-            let keys: Vec<Key> = st
-                .vmis
+        // 5. Launch pending VMIs the runtime finds ready; the others stay Pending, saying why.
+        let candidates: Vec<(Key, VirtualMachineInstance)> = {
+            let st = lock(&self.state);
+            st.vmis
                 .iter()
                 .filter(|(k, v)| {
                     phase_of(v) == VmiPhase::Pending
                         && !st.launching.contains(*k)
                         && !st.deleting_vmis.contains_key(*k)
                 })
-                .map(|(k, _)| k.clone())
-                .collect();
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let verdicts: Vec<(Key, Result<(), String>)> =
+            candidates.into_iter().map(|(k, v)| (k, self.runtime.ready(&v))).collect();
+        let pending: Vec<(Key, VirtualMachineInstance, bool)> = {
+            let mut st = lock(&self.state);
             let mut out = Vec::new();
-            for key in keys {
+            for (key, verdict) in verdicts {
+                let still_pending = st.vmis.get(&key).is_some_and(|v| phase_of(v) == VmiPhase::Pending)
+                    && !st.launching.contains(&key)
+                    && !st.deleting_vmis.contains_key(&key);
+                if !still_pending {
+                    continue;
+                }
+                if let Err(why) = verdict {
+                    self.not_ready_locked(&mut st, &key, why)?;
+                    continue;
+                }
                 if let Some(v) = st.vmis.get_mut(&key) {
                     set_phase(v, VmiPhase::Scheduling);
                     let st_ = v.status.get_or_insert_with(Default::default);
                     st_.node_name = Some(self.opts.node_name.clone());
+                    if st_.conditions.iter().any(|c| c.type_ == DATA_VOLUMES_READY) {
+                        set_condition(
+                            &mut st_.conditions,
+                            condition(DATA_VOLUMES_READY, true, Some("AllDVsReady"), None),
+                        );
+                    }
                     out.push((key.clone(), v.clone(), false));
                 }
                 st.launching.insert(key.clone());
@@ -1492,6 +1521,25 @@ impl Lifecycle {
                 self.note_failure_locked(&mut st, key);
                 self.event_locked(&mut st, Kind::VirtualMachineInstance, key, "Warning", "FailedCreate", msg);
             }
+        }
+        Ok(())
+    }
+
+    /// A pending VMI the runtime cannot launch yet: condition `DataVolumesReady`=False saying why;
+    /// persisted (with an event) when it starts waiting or its reason changes, not on every
+    /// change of the message (an import's progress).
+    fn not_ready_locked(&self, st: &mut State, key: &Key, why: String) -> Result<(), LifecycleError> {
+        let Some(v) = st.vmis.get_mut(key) else { return Ok(()) };
+        let s = v.status.get_or_insert_with(Default::default);
+        let was_waiting =
+            s.conditions.iter().any(|c| c.type_ == DATA_VOLUMES_READY && c.status == ConditionStatus::False);
+        set_condition(
+            &mut s.conditions,
+            condition(DATA_VOLUMES_READY, false, Some("NotAllDVsReady"), Some(why.clone())),
+        );
+        if !was_waiting {
+            self.persist_vmi(st, key)?;
+            self.event_locked(st, Kind::VirtualMachineInstance, key, "Normal", "NotAllDVsReady", why);
         }
         Ok(())
     }

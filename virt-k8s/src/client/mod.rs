@@ -49,6 +49,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use virt_core::api::{self, Decoder, FieldValidation, LoadError, LoadOptions};
 use virt_core::model::{VirtualMachine, VirtualMachineInstance, API_VERSION};
+use virt_storage::cdi::DataVolume;
 
 pub use console::{AttachEnd, Console, ConsoleError, ConsoleReader, ConsoleStream, ConsoleWriter};
 pub use endpoint::{Endpoint, EndpointError, DEFAULT_ENDPOINT, ENV_ENDPOINT, ENV_TOKEN};
@@ -798,6 +799,102 @@ impl AsyncNodeClient {
         self.list(&format!("/api/v1/namespaces/{}/events", segment(namespace)), None).await
     }
 
+    // ---- CDI (cdi.kubevirt.io/v1beta1; docs/node-api.md) ----
+
+    /// The objects of CDI resource `plural` (`datavolumes`, `datasources`, `dataimportcrons`) in
+    /// `namespace`, or in all namespaces with `None`.
+    pub async fn cdi_list<T: DeserializeOwned>(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<T>, ClientError> {
+        self.list(&cdi_path(plural, namespace, None), None).await
+    }
+
+    /// One CDI object.
+    pub async fn cdi_get<T: DeserializeOwned>(
+        &self,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<T, ClientError> {
+        self.get_json(&cdi_path(plural, Some(namespace), Some(name)), None).await
+    }
+
+    /// Creates a CDI object in `namespace`; returns what the node stored.
+    pub async fn cdi_create<T: serde::Serialize, R: DeserializeOwned>(
+        &self,
+        plural: &str,
+        namespace: &str,
+        object: &T,
+    ) -> Result<R, ClientError> {
+        let path = cdi_path(plural, Some(namespace), None);
+        let value = serde_json::to_value(object).map_err(|e| ClientError::Request {
+            method: "POST".to_string(),
+            path: path.clone(),
+            reason: format!("encoding the object: {e}"),
+        })?;
+        let body = self.send(Method::POST, &path, Some(&value)).await?;
+        Call { method: Method::POST, path: &path }.decode(&body, None)
+    }
+
+    /// Deletes a CDI object (a DataVolume's volume goes with it).
+    pub async fn cdi_delete(&self, plural: &str, namespace: &str, name: &str) -> Result<(), ClientError> {
+        self.send(Method::DELETE, &cdi_path(plural, Some(namespace), Some(name)), None).await.map(drop)
+    }
+
+    /// One DataVolume.
+    pub async fn get_data_volume(&self, namespace: &str, name: &str) -> Result<DataVolume, ClientError> {
+        self.cdi_get("datavolumes", namespace, name).await
+    }
+
+    /// The DataVolumes of `namespace`, or of all namespaces with `None`.
+    pub async fn list_data_volumes(&self, namespace: Option<&str>) -> Result<Vec<DataVolume>, ClientError> {
+        self.cdi_list("datavolumes", namespace).await
+    }
+
+    /// Creates a DataVolume in `namespace`.
+    pub async fn create_data_volume(
+        &self,
+        namespace: &str,
+        dv: &DataVolume,
+    ) -> Result<DataVolume, ClientError> {
+        self.cdi_create("datavolumes", namespace, dv).await
+    }
+
+    /// Deletes a DataVolume and its volume.
+    pub async fn delete_data_volume(&self, namespace: &str, name: &str) -> Result<(), ClientError> {
+        self.cdi_delete("datavolumes", namespace, name).await
+    }
+
+    /// A token for one upload into DataVolume `claim` (CDI's UploadTokenRequest).
+    pub async fn upload_token(&self, namespace: &str, claim: &str) -> Result<String, ClientError> {
+        let path = format!(
+            "/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{}/uploadtokenrequests",
+            segment(namespace)
+        );
+        let request = serde_json::json!({
+            "apiVersion": "upload.cdi.kubevirt.io/v1beta1",
+            "kind": "UploadTokenRequest",
+            "metadata": { "name": claim, "namespace": namespace },
+            "spec": { "pvcName": claim },
+        });
+        let body = self.send(Method::POST, &path, Some(&request)).await?;
+        let call = Call { method: Method::POST, path: &path };
+        let answer: Value = serde_json::from_slice(&body).map_err(|e| call.decode_error(e.to_string()))?;
+        answer
+            .pointer("/status/token")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| call.decode_error("status.token: required field is missing"))
+    }
+
+    /// Where the node takes uploads (CDIConfig's `status.uploadProxyURL`), if it says.
+    pub async fn upload_proxy_url(&self) -> Result<Option<String>, ClientError> {
+        let config: Value = self.get_json(&cdi_path("cdiconfigs", None, Some("config")), None).await?;
+        Ok(config.pointer("/status/uploadProxyURL").and_then(Value::as_str).map(str::to_string))
+    }
+
     async fn subresource(
         &self,
         kind: Kind,
@@ -911,6 +1008,21 @@ impl AsyncNodeClient {
             Err(e) => Err(ws_error(e.to_string())),
         }
     }
+}
+
+/// A CDI path: `/apis/cdi.kubevirt.io/v1beta1[/namespaces/NS]/PLURAL[/NAME]`.
+fn cdi_path(plural: &str, namespace: Option<&str>, name: Option<&str>) -> String {
+    let mut p = "/apis/cdi.kubevirt.io/v1beta1".to_string();
+    if let Some(ns) = namespace {
+        p.push_str(&format!("/namespaces/{}", segment(ns)));
+    }
+    p.push('/');
+    p.push_str(&segment(plural));
+    if let Some(n) = name {
+        p.push('/');
+        p.push_str(&segment(n));
+    }
+    p
 }
 
 fn grace_body(field: &str, grace_period: Option<u64>) -> Value {
@@ -1031,6 +1143,70 @@ impl NodeClient {
         self.block(self.inner.events(namespace))
     }
 
+    /// See [`AsyncNodeClient::cdi_list`].
+    pub fn cdi_list<T: DeserializeOwned>(
+        &self,
+        plural: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<T>, ClientError> {
+        self.block(self.inner.cdi_list(plural, namespace))
+    }
+
+    /// See [`AsyncNodeClient::cdi_get`].
+    pub fn cdi_get<T: DeserializeOwned>(
+        &self,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<T, ClientError> {
+        self.block(self.inner.cdi_get(plural, namespace, name))
+    }
+
+    /// See [`AsyncNodeClient::cdi_create`].
+    pub fn cdi_create<T: serde::Serialize, R: DeserializeOwned>(
+        &self,
+        plural: &str,
+        namespace: &str,
+        object: &T,
+    ) -> Result<R, ClientError> {
+        self.block(self.inner.cdi_create(plural, namespace, object))
+    }
+
+    /// See [`AsyncNodeClient::cdi_delete`].
+    pub fn cdi_delete(&self, plural: &str, namespace: &str, name: &str) -> Result<(), ClientError> {
+        self.block(self.inner.cdi_delete(plural, namespace, name))
+    }
+
+    /// See [`AsyncNodeClient::get_data_volume`].
+    pub fn get_data_volume(&self, namespace: &str, name: &str) -> Result<DataVolume, ClientError> {
+        self.block(self.inner.get_data_volume(namespace, name))
+    }
+
+    /// See [`AsyncNodeClient::list_data_volumes`].
+    pub fn list_data_volumes(&self, namespace: Option<&str>) -> Result<Vec<DataVolume>, ClientError> {
+        self.block(self.inner.list_data_volumes(namespace))
+    }
+
+    /// See [`AsyncNodeClient::create_data_volume`].
+    pub fn create_data_volume(&self, namespace: &str, dv: &DataVolume) -> Result<DataVolume, ClientError> {
+        self.block(self.inner.create_data_volume(namespace, dv))
+    }
+
+    /// See [`AsyncNodeClient::delete_data_volume`].
+    pub fn delete_data_volume(&self, namespace: &str, name: &str) -> Result<(), ClientError> {
+        self.block(self.inner.delete_data_volume(namespace, name))
+    }
+
+    /// See [`AsyncNodeClient::upload_token`].
+    pub fn upload_token(&self, namespace: &str, claim: &str) -> Result<String, ClientError> {
+        self.block(self.inner.upload_token(namespace, claim))
+    }
+
+    /// See [`AsyncNodeClient::upload_proxy_url`].
+    pub fn upload_proxy_url(&self) -> Result<Option<String>, ClientError> {
+        self.block(self.inner.upload_proxy_url())
+    }
+
     /// See [`AsyncNodeClient::start`].
     pub fn start(&self, namespace: &str, name: &str) -> Result<(), ClientError> {
         self.block(self.inner.start(namespace, name))
@@ -1131,6 +1307,11 @@ mod tests {
         assert_eq!(Kind::of("kubevirt.io/v1", "VirtualMachine"), Some(Kind::VirtualMachine));
         assert_eq!(Kind::of("v1", "Namespace"), Some(Kind::Namespace));
         assert_eq!(Kind::of("kubevirt.io/v1alpha3", "VirtualMachine"), None);
+        assert_eq!(cdi_path("datavolumes", None, None), "/apis/cdi.kubevirt.io/v1beta1/datavolumes");
+        assert_eq!(
+            cdi_path("datavolumes", Some("default"), Some("a b")),
+            "/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes/a%20b"
+        );
     }
 
     #[test]

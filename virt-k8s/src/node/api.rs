@@ -669,7 +669,12 @@ async fn vmi_vnc(
 
 /// The routes behind a bearer-token check (the TCP listener): no token, no access.
 pub fn router_with_token(state: ApiState, token: Arc<String>) -> Router {
-    router(state).layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: Next| {
+    with_token(router(state), token)
+}
+
+/// `routes` behind the bearer-token check of [`router_with_token`].
+pub fn with_token(routes: Router, token: Arc<String>) -> Router {
+    routes.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: Next| {
         let token = token.clone();
         async move {
             let got = req

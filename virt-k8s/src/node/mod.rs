@@ -7,6 +7,8 @@
 //! daemons on one state directory are refused (a lock file).
 
 pub mod api;
+pub mod cdi;
+pub mod cdi_api;
 pub mod runtime;
 pub mod store;
 
@@ -69,6 +71,9 @@ pub enum NodeError {
     /// The lifecycle could not load its state.
     #[error(transparent)]
     Lifecycle(#[from] virt_core::lifecycle::LifecycleError),
+    /// CDI's store, pool or upload endpoint could not be set up.
+    #[error(transparent)]
+    Cdi(#[from] cdi::CdiError),
 }
 
 fn io<'a>(what: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io::Error) -> NodeError + 'a {
@@ -80,6 +85,7 @@ pub struct Node {
     cfg: NodeConfig,
     lifecycle: Arc<Lifecycle>,
     runtime: Arc<LauncherRuntime>,
+    cdi: Arc<cdi::Cdi>,
     _lock: std::fs::File,
 }
 
@@ -115,18 +121,27 @@ impl Node {
             registry_ca: None,
             start_timeout: Duration::from_secs(60),
         }));
+        // CDI: DataVolumes fill `volumes/`; VMIs wait for theirs (docs/node.md, "CDI on the node").
+        let cdi = cdi::Cdi::open(&cfg.state_dir, cfg.insecure_registries.clone())?;
+        runtime.set_claims(cdi.clone());
         let opts = LifecycleOptions {
             node_name: cfg.node_name.clone(),
             tick: cfg.tick,
             ..LifecycleOptions::default()
         };
         let lifecycle = Arc::new(Lifecycle::new(store, runtime.clone(), opts)?);
-        Ok(Self { cfg, lifecycle, runtime, _lock: lock })
+        cdi.attach(lifecycle.clone());
+        Ok(Self { cfg, lifecycle, runtime, cdi, _lock: lock })
     }
 
     /// The lifecycle (for embedders that add their own API).
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
         &self.lifecycle
+    }
+
+    /// The CDI controller (DataVolumes, DataSources, DataImportCrons, uploads).
+    pub fn cdi(&self) -> &Arc<cdi::Cdi> {
+        &self.cdi
     }
 
     /// Serves the API and runs the controller until `shutdown` resolves. Running VMs are left
@@ -149,6 +164,14 @@ impl Node {
                 .spawn(move || lc.run(&stop))
                 .map_err(io("starting the controller for", &self.cfg.state_dir))?
         };
+        let cdi_controller = {
+            let (cdi, stop) = (self.cdi.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("cdi".into())
+                .spawn(move || cdi.run(&stop))
+                .map_err(io("starting the CDI controller for", &self.cfg.state_dir))?
+        };
+        let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone());
         let state = api::ApiState { lifecycle: self.lifecycle.clone(), runtime: self.runtime.clone() };
         let result = rt.block_on(async {
             if let Some(dir) = self.cfg.socket.parent() {
@@ -162,7 +185,7 @@ impl Node {
             let mut tasks = Vec::new();
             {
                 let mut rx = tx.subscribe();
-                let app = api::router(state.clone());
+                let app = api::router(state.clone()).merge(cdi_routes.clone());
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(unix, app)
                         .with_graceful_shutdown(async move {
@@ -179,7 +202,7 @@ impl Node {
                 })?;
                 log::info!("virt-node: serving on http://{addr} (bearer token required)");
                 let mut rx = tx.subscribe();
-                let app = api::router_with_token(state.clone(), Arc::new(token));
+                let app = api::with_token(api::router(state.clone()).merge(cdi_routes), Arc::new(token));
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(tcp, app)
                         .with_graceful_shutdown(async move {
@@ -187,6 +210,13 @@ impl Node {
                         })
                         .await;
                 }));
+            }
+            {
+                let mut rx = tx.subscribe();
+                let done = async move {
+                    let _ = rx.recv().await;
+                };
+                tasks.push(self.cdi.serve_uploads(self.cfg.listen, done).await?);
             }
             shutdown.await;
             let _ = tx.send(());
@@ -197,7 +227,9 @@ impl Node {
         });
         stop.store(true, Ordering::Relaxed);
         self.lifecycle.wake();
+        self.cdi.wake();
         let _ = controller.join();
+        let _ = cdi_controller.join();
         let _ = std::fs::remove_file(&self.cfg.socket);
         result
     }

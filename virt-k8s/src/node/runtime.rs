@@ -44,9 +44,20 @@ pub struct LauncherConfig {
     pub start_timeout: Duration,
 }
 
+/// Tells whether a claim a VMI names is populated: the node's CDI controller answers for the claims
+/// its DataVolumes fill ([`LauncherRuntime::set_claims`]).
+pub trait ClaimReadiness: Send + Sync {
+    /// `None` when no DataVolume fills `namespace/claim`; `Some(Ok(()))` once it is populated;
+    /// `Some(Err(why))` while it is not, e.g. "DataVolume x is not ready (phase ImportInProgress,
+    /// progress 45.20%)".
+    fn claim_ready(&self, namespace: &str, claim: &str) -> Option<Result<(), String>>;
+}
+
 /// Runs VMIs in launcher processes.
 pub struct LauncherRuntime {
     cfg: LauncherConfig,
+    /// Who knows about DataVolumes (none: claims are plain files of the pool).
+    claims: std::sync::OnceLock<Arc<dyn ClaimReadiness>>,
     /// Launchers this process spawned, reaped when they exit (no zombies while the node runs).
     children: Mutex<HashMap<PathBuf, Child>>,
     /// One pull of an image at a time.
@@ -56,7 +67,27 @@ pub struct LauncherRuntime {
 impl LauncherRuntime {
     /// A runtime with `cfg`.
     pub fn new(cfg: LauncherConfig) -> Self {
-        Self { cfg, children: Mutex::new(HashMap::new()), pull_lock: Mutex::new(()) }
+        Self {
+            cfg,
+            claims: std::sync::OnceLock::new(),
+            children: Mutex::new(HashMap::new()),
+            pull_lock: Mutex::new(()),
+        }
+    }
+
+    /// Lets `claims` say whether DataVolume-filled claims are ready: VMIs then wait (Pending) for
+    /// their DataVolumes instead of failing. Only the first call counts.
+    pub fn set_claims(&self, claims: Arc<dyn ClaimReadiness>) {
+        let _ = self.claims.set(claims);
+    }
+
+    /// The file of claim `claim` in `ns` in the node's pool, if it exists.
+    fn claim_file(&self, ns: &str, claim: &str) -> Option<(PathBuf, DiskFormat)> {
+        let dir = self.cfg.state_dir.join("volumes").join(ns);
+        [("img", DiskFormat::Raw), ("raw", DiskFormat::Raw), ("qcow2", DiskFormat::Qcow2)]
+            .into_iter()
+            .map(|(ext, fmt)| (dir.join(format!("{claim}.{ext}")), fmt))
+            .find(|(p, _)| p.is_file())
     }
 
     /// The run directory of `vmi`.
@@ -246,15 +277,13 @@ impl LauncherRuntime {
             .or_else(|| v.data_volume.as_ref().map(|d| d.name.clone()));
         if let Some(claim) = claim {
             // Volumes of the node's pool: `<state>/volumes/<namespace>/<claim>.{img,qcow2}`.
-            let dir = self.cfg.state_dir.join("volumes").join(ns);
-            for (ext, fmt) in
-                [("img", DiskFormat::Raw), ("raw", DiskFormat::Raw), ("qcow2", DiskFormat::Qcow2)]
-            {
-                let p = dir.join(format!("{claim}.{ext}"));
-                if p.is_file() {
-                    return Ok((p, fmt));
-                }
+            if let Some(found) = self.claim_file(ns, &claim) {
+                return Ok(found);
             }
+            if let Some(Err(why)) = self.claims.get().and_then(|c| c.claim_ready(ns, &claim)) {
+                return Err(why);
+            }
+            let dir = self.cfg.state_dir.join("volumes").join(ns);
             return Err(format!(
                 "PersistentVolumeClaim \"{claim}\" not found in namespace {ns} (looked for {}/{claim}.img|.qcow2)",
                 dir.display()
@@ -418,6 +447,33 @@ impl Runtime for LauncherRuntime {
 
     fn last_exit(&self, vmi: &VirtualMachineInstance) -> Option<MachineExit> {
         remote::read_exit(&self.run_dir(vmi))
+    }
+
+    /// With a CDI controller ([`LauncherRuntime::set_claims`]): a VMI waits while a DataVolume
+    /// its volumes name is not populated, or does not exist yet (a VM's `dataVolumeTemplates` are
+    /// created after its VMI). Plain claims without a DataVolume are not waited for.
+    fn ready(&self, vmi: &VirtualMachineInstance) -> Result<(), String> {
+        let Some(claims) = self.claims.get() else { return Ok(()) };
+        let ns = vmi.metadata.namespace.as_deref().unwrap_or("default");
+        for v in &vmi.spec.volumes {
+            let (claim, data_volume) = match (&v.data_volume, &v.persistent_volume_claim) {
+                (Some(d), _) => (d.name.as_str(), true),
+                (None, Some(p)) => (p.claim_name.as_str(), false),
+                (None, None) => continue,
+            };
+            match claims.claim_ready(ns, claim) {
+                Some(Err(why)) => return Err(format!("volume {}: {why}", v.name)),
+                Some(Ok(())) => {}
+                None if data_volume && self.claim_file(ns, claim).is_none() => {
+                    return Err(format!(
+                        "volume {}: DataVolume {claim} does not exist in namespace {ns} (yet)",
+                        v.name
+                    ))
+                }
+                None => {}
+            }
+        }
+        Ok(())
     }
 
     fn cleanup(&self, vmi: &VirtualMachineInstance) {

@@ -1,0 +1,371 @@
+//! CDI's REST paths on the node (docs/node-api.md): DataVolumes, DataSources and DataImportCrons
+//! (`cdi.kubevirt.io/v1beta1`, namespaced: list, create, get, delete), StorageProfiles and the
+//! CDIConfig (read-only), and UploadTokenRequests (`upload.cdi.kubevirt.io/v1beta1`). Errors are
+//! Kubernetes `Status` objects, as on the rest of the node's API; bodies are read strictly.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use virt_core::api::{Decoder, LoadError, LoadOptions, ObjectMeta, Timestamp};
+use virt_core::lifecycle::Lifecycle;
+use virt_core::model::VmiPhase;
+use virt_storage::cdi::{self, CdiObject, API_VERSION};
+
+use super::api::status_response;
+use super::cdi::{Cdi, CdiError, CdiKind, STORAGE_CLASS};
+
+/// The CDI group's path prefix.
+pub const CDI_PREFIX: &str = "/apis/cdi.kubevirt.io/v1beta1";
+/// The upload group's path prefix.
+pub const UPLOAD_PREFIX: &str = "/apis/upload.cdi.kubevirt.io/v1beta1";
+/// `apiVersion` of UploadTokenRequests.
+pub const UPLOAD_API_VERSION: &str = "upload.cdi.kubevirt.io/v1beta1";
+
+/// What the CDI handlers share.
+#[derive(Clone)]
+pub struct CdiApiState {
+    /// The CDI controller.
+    pub cdi: Arc<Cdi>,
+    /// The lifecycle (namespaces; VMIs using a DataVolume).
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// An error answered as a Kubernetes `Status`.
+#[derive(Debug)]
+struct Failure {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { code, reason, message: message.into() }
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
+    }
+    fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        status_response(self.code, self.reason, &self.message)
+    }
+}
+
+impl From<CdiError> for Failure {
+    fn from(e: CdiError) -> Self {
+        let (code, reason) = match &e {
+            CdiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+            CdiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
+            CdiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            CdiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            CdiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            CdiError::Store { .. } | CdiError::Io { .. } | CdiError::Volume(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
+            }
+        };
+        Self::new(code, reason, e.to_string())
+    }
+}
+
+type Answer = Result<Response, Failure>;
+
+/// Runs blocking work (store writes, volume files) off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Failure::internal(format!("handler: {e}")))?
+}
+
+fn ok<T: serde::Serialize>(code: StatusCode, v: &T) -> Answer {
+    let v = serde_json::to_value(v).map_err(|e| Failure::internal(format!("encoding: {e}")))?;
+    Ok((code, Json(v)).into_response())
+}
+
+fn list(kind: &str, items: Vec<Value>) -> Answer {
+    ok(StatusCode::OK, &json!({ "apiVersion": API_VERSION, "kind": kind, "metadata": {}, "items": items }))
+}
+
+fn no_such_resource() -> Failure {
+    Failure::not_found("the server could not find the requested resource")
+}
+
+fn kind_of(resource: &str) -> Result<CdiKind, Failure> {
+    CdiKind::from_plural(resource).ok_or_else(no_such_resource)
+}
+
+fn require_namespace(s: &CdiApiState, ns: &str) -> Result<(), Failure> {
+    if s.lifecycle.namespace_exists(ns) {
+        Ok(())
+    } else {
+        Err(Failure::not_found(format!("namespaces \"{ns}\" not found")))
+    }
+}
+
+fn yaml_body(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("yaml"))
+}
+
+fn utf8(body: &[u8]) -> Result<&str, Failure> {
+    std::str::from_utf8(body).map_err(|_| Failure::bad_request("the request body is not UTF-8"))
+}
+
+/// Decodes a CDI object strictly (JSON, or YAML by content type): unknown fields are 422s naming
+/// their path.
+fn decode(headers: &HeaderMap, body: &[u8]) -> Result<CdiObject, Failure> {
+    let text = utf8(body)?;
+    let invalid = |e: LoadError| Failure::invalid(e.to_string());
+    if yaml_body(headers) {
+        let mut docs = cdi::load_yaml(text).map_err(invalid)?;
+        if docs.len() != 1 {
+            return Err(Failure::bad_request(format!("expected one object in the body, got {}", docs.len())));
+        }
+        Ok(docs.remove(0).object)
+    } else {
+        Ok(cdi::load_json(text).map_err(invalid)?.object)
+    }
+}
+
+/// `GET /apis/cdi.kubevirt.io/v1beta1/{resource}`: a kind across namespaces, the StorageProfiles,
+/// or the CDIConfigs.
+async fn list_cluster(State(s): State<CdiApiState>, Path(resource): Path<String>) -> Answer {
+    match resource.as_str() {
+        "storageprofiles" => list(
+            "StorageProfileList",
+            vec![serde_json::to_value(s.cdi.storage_profile())
+                .map_err(|e| Failure::internal(format!("encoding: {e}")))?],
+        ),
+        "cdiconfigs" => list("CDIConfigList", vec![cdi_config(&s.cdi)]),
+        other => {
+            let kind = kind_of(other)?;
+            list(&format!("{}List", kind.name()), s.cdi.list(kind, None))
+        }
+    }
+}
+
+fn cdi_config(cdi: &Cdi) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": "CDIConfig",
+        "metadata": { "name": "config" },
+        "spec": {},
+        "status": {
+            "uploadProxyURL": cdi.upload_url(),
+            "scratchSpaceStorageClass": STORAGE_CLASS,
+        },
+    })
+}
+
+/// `GET /apis/cdi.kubevirt.io/v1beta1/{storageprofiles|cdiconfigs}/{name}`.
+async fn get_cluster(State(s): State<CdiApiState>, Path((resource, name)): Path<(String, String)>) -> Answer {
+    match resource.as_str() {
+        "storageprofiles" if name == STORAGE_CLASS => ok(StatusCode::OK, &s.cdi.storage_profile()),
+        "storageprofiles" => {
+            Err(Failure::not_found(format!("storageprofiles.cdi.kubevirt.io \"{name}\" not found")))
+        }
+        "cdiconfigs" if name == "config" => ok(StatusCode::OK, &cdi_config(&s.cdi)),
+        "cdiconfigs" => Err(Failure::not_found(format!("cdiconfigs.cdi.kubevirt.io \"{name}\" not found"))),
+        _ => Err(no_such_resource()),
+    }
+}
+
+async fn list_ns(State(s): State<CdiApiState>, Path((ns, resource)): Path<(String, String)>) -> Answer {
+    let kind = kind_of(&resource)?;
+    require_namespace(&s, &ns)?;
+    list(&format!("{}List", kind.name()), s.cdi.list(kind, Some(&ns)))
+}
+
+async fn create(
+    State(s): State<CdiApiState>,
+    Path((ns, resource)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let kind = kind_of(&resource)?;
+    require_namespace(&s, &ns)?;
+    let object = decode(&headers, &body)?;
+    if object.kind() != kind.name() {
+        return Err(Failure::bad_request(format!(
+            "the body is a {}, this path takes a {}",
+            object.kind(),
+            kind.name()
+        )));
+    }
+    let cdi = s.cdi.clone();
+    let out = blocking(move || {
+        let v = match object {
+            CdiObject::DataVolume(o) => serde_json::to_value(cdi.create_data_volume(&ns, *o)?),
+            CdiObject::DataSource(o) => serde_json::to_value(cdi.create_data_source(&ns, *o)?),
+            CdiObject::DataImportCron(o) => serde_json::to_value(cdi.create_data_import_cron(&ns, *o)?),
+            _ => return Err(no_such_resource()),
+        };
+        v.map_err(|e| Failure::internal(format!("encoding: {e}")))
+    })
+    .await?;
+    ok(StatusCode::CREATED, &out)
+}
+
+async fn get_one(
+    State(s): State<CdiApiState>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+) -> Answer {
+    let kind = kind_of(&resource)?;
+    ok(StatusCode::OK, &s.cdi.get(kind, &ns, &name)?)
+}
+
+/// The running VMIs of `ns` that use claim `name`.
+fn users(lifecycle: &Lifecycle, ns: &str, name: &str) -> Vec<String> {
+    lifecycle
+        .list_vmis(Some(ns))
+        .into_iter()
+        .filter(|vmi| {
+            let phase = vmi.status.as_ref().and_then(|s| s.phase).unwrap_or(VmiPhase::Pending);
+            !matches!(phase, VmiPhase::Succeeded | VmiPhase::Failed | VmiPhase::Pending)
+        })
+        .filter(|vmi| {
+            vmi.spec.volumes.iter().any(|v| {
+                v.data_volume.as_ref().is_some_and(|d| d.name == name)
+                    || v.persistent_volume_claim.as_ref().is_some_and(|p| p.claim_name == name)
+            })
+        })
+        .filter_map(|vmi| vmi.metadata.name)
+        .collect()
+}
+
+async fn delete_one(
+    State(s): State<CdiApiState>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+) -> Answer {
+    let kind = kind_of(&resource)?;
+    if kind == CdiKind::DataVolume {
+        let using = users(&s.lifecycle, &ns, &name);
+        if !using.is_empty() {
+            return Err(Failure::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "DataVolume {ns}/{name} is in use by VirtualMachineInstance(s) {}: stop them first",
+                    using.join(", ")
+                ),
+            ));
+        }
+    }
+    let cdi = s.cdi.clone();
+    let (n, k) = (name.clone(), kind);
+    blocking(move || Ok(cdi.delete(k, &ns, &n)?)).await?;
+    ok(
+        StatusCode::OK,
+        &json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": { "name": name, "group": "cdi.kubevirt.io", "kind": kind.plural() },
+        }),
+    )
+}
+
+/// CDI's `UploadTokenRequest`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UploadTokenRequest {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    metadata: ObjectMeta,
+    spec: UploadTokenRequestSpec,
+    /// Accepted and ignored (a request echoed back).
+    #[serde(default, rename = "status")]
+    _status: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UploadTokenRequestSpec {
+    pvc_name: String,
+}
+
+/// `POST /apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{ns}/uploadtokenrequests`: a token for
+/// one upload into the DataVolume `spec.pvcName`, in `status.token`.
+async fn token_request(
+    State(s): State<CdiApiState>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    require_namespace(&s, &ns)?;
+    let text = utf8(&body)?;
+    let invalid = |e: LoadError| Failure::invalid(e.to_string());
+    let mut value = if yaml_body(&headers) {
+        let mut docs = virt_core::api::parse_yaml(text).map_err(invalid)?;
+        if docs.len() != 1 {
+            return Err(Failure::bad_request(format!("expected one object in the body, got {}", docs.len())));
+        }
+        docs.remove(0)
+    } else {
+        virt_core::api::parse_json(text).map_err(invalid)?
+    };
+    virt_core::api::prune_nulls(&mut value);
+    let opts = LoadOptions::default();
+    let req: UploadTokenRequest = Decoder::new(&opts, 1).decode(value, "").map_err(invalid)?;
+    if req.api_version != UPLOAD_API_VERSION || req.kind != "UploadTokenRequest" {
+        return Err(Failure::bad_request(format!(
+            "the body is a {} {}, this path takes a {UPLOAD_API_VERSION} UploadTokenRequest",
+            req.api_version, req.kind
+        )));
+    }
+    if let Some(other) = req.metadata.namespace.as_deref().filter(|n| *n != ns) {
+        return Err(Failure::invalid(format!(
+            "metadata.namespace: Invalid value: \"{other}\": does not match the namespace of the request \
+             (\"{ns}\")"
+        )));
+    }
+    let cdi = s.cdi.clone();
+    let (n, claim) = (ns.clone(), req.spec.pvc_name.clone());
+    let token = blocking(move || Ok(cdi.upload_token(&n, &claim)?)).await?;
+    let name = req.metadata.name.clone().unwrap_or_else(|| req.spec.pvc_name.clone());
+    ok(
+        StatusCode::CREATED,
+        &json!({
+            "apiVersion": UPLOAD_API_VERSION,
+            "kind": "UploadTokenRequest",
+            "metadata": { "name": name, "namespace": ns, "creationTimestamp": Timestamp::now() },
+            "spec": { "pvcName": req.spec.pvc_name },
+            "status": { "token": token },
+        }),
+    )
+}
+
+/// CDI's routes, to merge into the node's API router.
+pub fn router(cdi: Arc<Cdi>, lifecycle: Arc<Lifecycle>) -> Router {
+    Router::new()
+        .route(&format!("{CDI_PREFIX}/{{resource}}"), get(list_cluster))
+        .route(&format!("{CDI_PREFIX}/{{resource}}/{{name}}"), get(get_cluster))
+        .route(&format!("{CDI_PREFIX}/namespaces/{{ns}}/{{resource}}"), get(list_ns).post(create))
+        .route(
+            &format!("{CDI_PREFIX}/namespaces/{{ns}}/{{resource}}/{{name}}"),
+            get(get_one).delete(delete_one),
+        )
+        .route(&format!("{UPLOAD_PREFIX}/namespaces/{{ns}}/uploadtokenrequests"), post(token_request))
+        .with_state(CdiApiState { cdi, lifecycle })
+}
