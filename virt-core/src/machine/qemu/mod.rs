@@ -536,7 +536,17 @@ fn start(
             let _ = done_tx.send(());
         }
     })
-    .map_err(|e| format!("QMP handshake: {e}{}", stderr_note(&stderr)))?;
+    .map_err(|e| {
+        // QEMU that fails to start (a missing disk, say) may close the monitor before it exits:
+        // give it a moment to exit and its stderr thread to catch up, so that its words are in the
+        // error rather than only the closed handshake.
+        let wait_until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < wait_until && matches!(lock(&child).try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        format!("QMP handshake: {e}{}", stderr_note(&stderr))
+    })?;
     let g = client.greeting();
     log::debug!(
         "machine {}: QEMU {}.{}.{} {}",
