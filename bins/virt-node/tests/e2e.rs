@@ -298,6 +298,19 @@ fn kill_launchers(state: &Path) {
     }
 }
 
+/// KubeVirt's example manifests: `VIRT_CONFORMANCE_DIR`, else `shared/` beside the repository, else
+/// the workplace's copy (as the conformance tests find them).
+fn conformance_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("VIRT_CONFORMANCE_DIR") {
+        return PathBuf::from(dir).join("kubevirt");
+    }
+    let beside = guest::workspace_root().join("../shared/conformance/kubevirt");
+    if beside.is_dir() {
+        return beside;
+    }
+    PathBuf::from("/work/shared/conformance/kubevirt")
+}
+
 fn condition(vmi: &Value, type_: &str) -> Option<String> {
     vmi.pointer("/status/conditions")?
         .as_array()?
@@ -451,7 +464,7 @@ fn sigkilled_daemon_finds_its_running_vm_again() {
 fn conformance_instancetypes_resolve_into_the_vmi() {
     let state = tempfile::Builder::new().prefix("vn").tempdir_in("/tmp").unwrap();
     let node = NodeProc::start(state.path(), "127.0.0.1:1");
-    let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/kubevirt");
+    let conf = conformance_dir();
     for f in ["cluster-csmall.yaml", "csmall.yaml", "vm-cirros-csmall.yaml"] {
         let out = node.ok(&["create", "-f", conf.join(f).to_str().unwrap()]);
         assert!(out.contains("created"), "{f}: {out}");
