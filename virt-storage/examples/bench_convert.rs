@@ -76,6 +76,14 @@ fn time(f: impl FnOnce() -> Result<(), String>) -> Result<(Duration, Duration), 
     Ok((wall, (s1 - s0) + (c1 - c0)))
 }
 
+/// The 1-minute load average.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
 fn gbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e9
 }
@@ -99,6 +107,7 @@ fn main() -> Result<(), String> {
     let out = dir.join("out.raw");
     let outq = dir.join("out.qcow2");
 
+    let load0 = loadavg();
     eprintln!("making {size_mib} MiB of random data in {}", dir.display());
     sh(
         "dd",
@@ -201,6 +210,20 @@ fn main() -> Result<(), String> {
     println!("raw->qcow2: ours {o:.2} GB/s, qemu-img {q:.2} GB/s, ratio {:.2}", o / q);
     let (o, q) = (gbps(size, median(&to)), gbps(size, median(&tq)));
     println!("qcow2->raw (median): ours {o:.2} GB/s, qemu-img {q:.2} GB/s, ratio {:.2}", o / q);
+    let secs = |v: &[Duration]| {
+        let lo = v.iter().min().copied().unwrap_or_default().as_secs_f64();
+        let hi = v.iter().max().copied().unwrap_or_default().as_secs_f64();
+        format!("{:.2} s ({lo:.2}-{hi:.2})", median(v).as_secs_f64())
+    };
+    let paired: Vec<Duration> =
+        to.iter().zip(&tq).map(|(o, q)| Duration::from_secs_f64(q.as_secs_f64() / o.as_secs_f64())).collect();
+    println!(
+        "qcow2->raw seconds, median (min-max) of {runs}: ours {}, qemu-img {}; median of per-round ratios {:.2}",
+        secs(&to),
+        secs(&tq),
+        median(&paired).as_secs_f64()
+    );
+    println!("load average (1 min) at start {load0}, at end {}", loadavg());
     println!(
         "CPU seconds (median) qcow2->raw: ours {:.2}, qemu-img {:.2}; raw->qcow2: ours {:.2}, qemu-img {:.2}",
         median(&co).as_secs_f64(),

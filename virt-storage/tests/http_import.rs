@@ -451,3 +451,211 @@ fn imports_and_resumes_against_busybox_httpd() {
     o.reader.read_to_end(&mut rest).unwrap();
     assert_eq!(rest, raw[3 << 20..]);
 }
+
+/// A CA and a server certificate for 127.0.0.1, made with the openssl CLI at test time.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .current_dir(d)
+                .args(args)
+                .output()
+                .expect("openssl (package openssl, scripts/install-deps.sh) is needed");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=virt-storage import test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&ca);
+        let mut csr = vec!["req"];
+        csr.extend(ec);
+        csr.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+        openssl(&csr);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// `openssl s_server -WWW`: a real TLS server (OpenSSL's, not rustls) serving files from `dir` as
+/// HTTP/1.0; killed when dropped.
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsServer {
+    fn start(pki: &Pki, dir: &std::path::Path) -> TlsServer {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut child = Command::new("openssl")
+                .current_dir(dir)
+                .args(["s_server", "-quiet", "-WWW", "-accept", &format!("127.0.0.1:{port}")])
+                .arg("-cert")
+                .arg(pki.path("server.crt"))
+                .arg("-key")
+                .arg(pki.path("server.key"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl is needed");
+            for _ in 0..200 {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return TlsServer { child, port };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken: try another
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("openssl s_server did not start");
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// HTTPS with a private CA, as CDI's `certConfigMap` gives it: trusted, the import works; without
+/// it (or with another CA) the import fails with a certificate error and leaves no volume, and the
+/// DataVolume fails instead of succeeding; verification is skipped only when asked.
+#[test]
+fn https_with_a_custom_ca_from_cert_config_map() {
+    use std::collections::BTreeMap;
+    use virt_storage::cdi::{self, DataSource, DataVolume, DataVolumePhase};
+    use virt_storage::datavolume::{reconcile_data_volume, DvEnv, DvRun, ObjectLookup};
+    use virt_storage::golden::StorageClasses;
+
+    let pki = Pki::new();
+    let www = tempfile::tempdir().unwrap();
+    let raw = disk();
+    std::fs::write(www.path().join("disk.img"), &raw).unwrap();
+    let srv = TlsServer::start(&pki, www.path());
+    let url = format!("https://127.0.0.1:{}/disk.img", srv.port);
+    let ca = std::fs::read(pki.path("ca.crt")).unwrap();
+    let (_d, pool) = pool();
+
+    // The CA trusted: verified TLS, byte for byte.
+    let trusted = HttpOptions { ca_pem: Some(ca.clone()), ..Default::default() };
+    let out =
+        run(&pool, "tls", &url, trusted, ImportOptions { sha256: Some(sha256(&raw)), ..Default::default() })
+            .0
+            .unwrap();
+    assert_eq!(out.bytes_received, raw.len() as u64);
+    assert_eq!(contents(&pool, "tls"), raw);
+
+    // Without it: a certificate error naming the URL and what to do, and no volume.
+    let e = run(&pool, "untrusted", &url, HttpOptions::default(), ImportOptions::default()).0.unwrap_err();
+    assert!(matches!(e, ImportError::Tls { .. }), "{e:?}");
+    let msg = e.to_string();
+    eprintln!("without the CA: {msg}");
+    assert!(msg.contains(&format!("TLS failure talking to {url}")), "{msg}");
+    assert!(msg.contains("certificate not trusted") && msg.contains("certConfigMap"), "{msg}");
+    assert!(pool.get(&VolumeId::new("default", "untrusted")).unwrap().is_none());
+
+    // Another CA is no better.
+    let other = Pki::new();
+    let wrong =
+        HttpOptions { ca_pem: Some(std::fs::read(other.path("ca.crt")).unwrap()), ..Default::default() };
+    let e = run(&pool, "otherca", &url, wrong, ImportOptions::default()).0.unwrap_err();
+    assert!(matches!(e, ImportError::Tls { .. }), "{e:?}");
+    assert!(e.to_string().contains("does not chain to the CA bundle"), "{e}");
+    assert!(pool.get(&VolumeId::new("default", "otherca")).unwrap().is_none());
+
+    // Skipping verification works, but only because it was asked for.
+    let skip = HttpOptions { insecure_skip_verify: true, ..Default::default() };
+    run(&pool, "skipverify", &url, skip, ImportOptions::default()).0.unwrap();
+    assert_eq!(contents(&pool, "skipverify"), raw);
+
+    // Through a DataVolume: certConfigMap's content is the CA bundle.
+    struct Objects(BTreeMap<String, String>);
+    impl ObjectLookup for Objects {
+        fn secret(&self, _: &str, _: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+            None
+        }
+        fn config_map(&self, _: &str, name: &str) -> Option<BTreeMap<String, String>> {
+            (name == "import-ca").then(|| self.0.clone())
+        }
+        fn data_source(&self, _: &str, _: &str) -> Option<DataSource> {
+            None
+        }
+    }
+    let objects = Objects(BTreeMap::from([("ca.pem".to_string(), String::from_utf8(ca).unwrap())]));
+    let classes = StorageClasses {
+        classes: BTreeMap::from([("local".to_string(), &pool as &dyn VolumeProvider)]),
+        default_class: "local".into(),
+    };
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    let dv_yaml = |name: &str, cm: &str| {
+        format!(
+            "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: {name}\nspec:\n  \
+             source:\n    http:\n      url: \"{url}\"\n{cm}  storage:\n    resources:\n      requests:\n        \
+             storage: 8Mi\n"
+        )
+    };
+    let mut dv: DataVolume = cdi::from_yaml(&dv_yaml("with-ca", "      certConfigMap: import-ca\n")).unwrap();
+    let r = reconcile_data_volume(&mut dv, &env, &mut |_: &cdi::DataVolumeStatus| {});
+    assert_eq!(r, DvRun::Populated, "{:?}", dv.status);
+    assert_eq!(dv.status.as_ref().unwrap().phase, Some(DataVolumePhase::Succeeded));
+    assert_eq!(&contents(&pool, "with-ca")[..raw.len()], &raw[..]);
+
+    let mut dv: DataVolume = cdi::from_yaml(&dv_yaml("without-ca", "")).unwrap();
+    let mut phases = Vec::new();
+    let r = reconcile_data_volume(&mut dv, &env, &mut |st: &cdi::DataVolumeStatus| phases.push(st.phase));
+    assert!(matches!(&r, DvRun::Failed(m) if m.contains("certificate not trusted")), "{r:?}");
+    assert_eq!(dv.status.as_ref().unwrap().phase, Some(DataVolumePhase::Failed));
+    assert!(!phases.contains(&Some(DataVolumePhase::Succeeded)), "{phases:?}");
+    assert!(pool.get(&VolumeId::new("default", "without-ca")).unwrap().is_none());
+}

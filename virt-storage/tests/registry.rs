@@ -666,3 +666,214 @@ fn bearer_token_auth_through_the_challenge() {
     .unwrap_err();
     assert!(matches!(e, RegistryError::NotFound { .. }), "insecure: token fetched, empty registry: {e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Interrupted blob downloads: a fault-injecting TCP proxy in front of the registry
+// ---------------------------------------------------------------------------------------------
+
+/// What the proxy breaks.
+#[derive(Clone, Copy)]
+struct Faults {
+    /// Cut a connection (both ways) once this many response bytes went through it...
+    cut_after: u64,
+    /// ...for this many connections.
+    cuts: usize,
+    /// Flip one byte of the response to every request carrying a `Range` header.
+    corrupt_ranged: bool,
+}
+
+/// A TCP proxy on 127.0.0.1 in front of the registry: logs every request head (`METHOD path` and
+/// its `Range` header), counts the response bytes it forwards and injects `Faults`. Stops when
+/// dropped (and after 10 minutes at most).
+struct FaultProxy {
+    host: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    down: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    fn start(upstream: &str, faults: Faults) -> FaultProxy {
+        use std::io::Read;
+        use std::net::{Shutdown, TcpStream};
+        use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let down = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let cuts_left = Arc::new(AtomicUsize::new(faults.cuts));
+        let upstream = upstream.to_string();
+        let (log, down2, stop2) = (requests.clone(), down.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                for s in [&client, &server] {
+                    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                }
+                // Set by the request direction when a ranged request went up: the response bytes
+                // forwarded on this connection so far (the ranged answer starts after them).
+                let ranged_at = Arc::new(Mutex::new(None::<u64>));
+                // Requests: client -> registry, heads logged.
+                let (mut c, mut s) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (log, ranged, conn_down) = (log.clone(), ranged_at.clone(), Arc::new(AtomicU64::new(0)));
+                let conn_down2 = conn_down.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut text = String::new();
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        while let Some(end) = text.find("\r\n\r\n") {
+                            let head: String = text.drain(..end + 4).collect();
+                            let line = head.lines().next().unwrap_or("").to_string();
+                            let range = head
+                                .lines()
+                                .find(|l| l.to_ascii_lowercase().starts_with("range:"))
+                                .map(|l| l[6..].trim().to_string());
+                            if let Some(r) = &range {
+                                *ranged.lock().unwrap() = Some(conn_down2.load(Ordering::SeqCst));
+                                log.lock().unwrap().push(format!("{line} range={r}"));
+                            } else {
+                                log.lock().unwrap().push(line);
+                            }
+                        }
+                    }
+                    let _ = c.shutdown(Shutdown::Both);
+                    let _ = s.shutdown(Shutdown::Both);
+                });
+                // Responses: registry -> client, counted, cut or corrupted.
+                let (mut c, mut s) = (client, server);
+                let (down, cuts_left) = (down2.clone(), cuts_left.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut corrupted = false;
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let before = conn_down.load(Ordering::SeqCst);
+                        let chunk = &mut buf[..n];
+                        if faults.corrupt_ranged && !corrupted {
+                            // 4 KiB into the ranged answer: well past its headers.
+                            if let Some(at) = *ranged_at.lock().unwrap() {
+                                let target = at + 4096;
+                                if target >= before && target < before + n as u64 {
+                                    chunk[(target - before) as usize] ^= 0x5a;
+                                    corrupted = true;
+                                }
+                            }
+                        }
+                        let over = before + n as u64 > faults.cut_after;
+                        if over
+                            && cuts_left
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
+                                .is_ok()
+                        {
+                            let keep = faults.cut_after.saturating_sub(before) as usize;
+                            let _ = c.write_all(&chunk[..keep]);
+                            down.fetch_add(keep as u64, Ordering::SeqCst);
+                            break;
+                        }
+                        if c.write_all(chunk).is_err() {
+                            break;
+                        }
+                        conn_down.fetch_add(n as u64, Ordering::SeqCst);
+                        down.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                    let _ = c.shutdown(Shutdown::Both);
+                    let _ = s.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        FaultProxy { host, requests, down, stop, thread: Some(thread) }
+    }
+
+    fn client(&self) -> RegistryClient {
+        RegistryClient::new(RegistryConfig::default().with_insecure_registry(&self.host)).unwrap()
+    }
+
+    fn blob_requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().iter().filter(|r| r.contains("/blobs/")).cloned().collect()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An image whose disk layer is one big uncompressed blob; returns (disk, disk layer digest, size).
+fn big_layer_image(reg: &Registry, repo: &str) -> (Vec<u8>, String, u64) {
+    let mut layout = OciLayout::new();
+    let disk = disk_bytes(70, 4 << 20);
+    container_disk_image(&mut layout, "v1", "big.img", &disk, Comp::Plain);
+    reg.push(&layout, "v1", repo, &[]);
+    // As the registry has it (skopeo may have compressed the layer on the way).
+    let m = reg.client().fetch_manifest(&format!("{}/{repo}:v1", reg.host)).unwrap();
+    let layer = &m.layers[1];
+    (disk, layer.digest.clone(), layer.size)
+}
+
+#[test]
+fn an_interrupted_layer_resumes_with_a_range_request_and_is_verified_whole() {
+    let reg = Registry::start(RegistryOpts::default());
+    let (disk, blob, size) = big_layer_image(&reg, "demo/big");
+    assert!(size > 2 << 20, "{size}");
+
+    // Two connections are cut 1 MiB into their answers: the layer arrives in three pieces.
+    let proxy = FaultProxy::start(&reg.host, Faults { cut_after: 1 << 20, cuts: 2, corrupt_ranged: false });
+    let out = out_dir();
+    let p =
+        proxy.client().extract_container_disk(&format!("{}/demo/big:v1", proxy.host), out.path()).unwrap();
+    assert!(fs::read(&p).unwrap() == disk, "the resumed disk differs");
+
+    let blob_reqs = proxy.blob_requests();
+    let ranged: Vec<&String> =
+        blob_reqs.iter().filter(|r| r.contains(&blob) && r.contains("range=")).collect();
+    assert_eq!(ranged.len(), 2, "two resumes with Range: {blob_reqs:#?}");
+    for r in &ranged {
+        let from: u64 = r.rsplit("bytes=").next().unwrap().trim_end_matches('-').parse().unwrap();
+        assert!(from > 0 && from < size, "{r}");
+    }
+    // Not started over: about one blob's worth went through the proxy, not two or three.
+    let down = proxy.down.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(down < size + (256 << 10), "{down} bytes for a {size}-byte layer: the download restarted");
+}
+
+#[test]
+fn a_resumed_layer_with_wrong_bytes_after_the_resume_is_a_digest_mismatch() {
+    let reg = Registry::start(RegistryOpts::default());
+    let (_disk, blob, _size) = big_layer_image(&reg, "demo/bigbad");
+    // One cut, and the answer to the ranged request is tampered with: only the digest of the whole
+    // blob (both pieces) can tell.
+    let proxy = FaultProxy::start(&reg.host, Faults { cut_after: 1 << 20, cuts: 1, corrupt_ranged: true });
+    let out = out_dir();
+    let e = proxy
+        .client()
+        .extract_container_disk(&format!("{}/demo/bigbad:v1", proxy.host), out.path())
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::DigestMismatch { what: "blob", .. }), "{e:?}");
+    assert!(e.to_string().contains(&format!("blob {blob} has wrong content")), "{e}");
+    assert!(proxy.blob_requests().iter().any(|r| r.contains(&blob) && r.contains("range=")));
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 0, "no unverified disk left behind");
+}

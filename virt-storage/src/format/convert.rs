@@ -86,6 +86,17 @@ pub struct ConvertStats {
 
 const RAW_GRANULE: u64 = 4096;
 
+/// Largest single write to a raw destination. The kernel sizes a page-cache folio by the write
+/// that creates it (ext4 and XFS use large folios, up to 2 MiB for a 2 MiB write), and a large
+/// folio needs a free block of that order. On a VM whose balloon reports free memory back to the
+/// host (free page reporting, as on this project's machines), the free high-order blocks are the
+/// ones handed back, so every large folio is faulted in and zeroed by the host first: a 2 MiB
+/// write then runs 4-8 times slower in about half the runs (`perf`: the time goes to
+/// `copy_folio_from_iter_atomic`). 64 KiB writes take order-4 folios, which come from memory the
+/// guest still holds, and ran at 0.31-0.34 s per GiB where 2 MiB writes ranged over 0.24-2.4 s
+/// (docs/disk-formats.md, "Performance").
+const WRITE_PIECE: u64 = 64 << 10;
+
 fn buffer_len(opts: &ConvertOptions) -> usize {
     const UNIT: usize = 64 << 10;
     opts.buffer_size.clamp(UNIT, 64 << 20).div_ceil(UNIT) * UNIT
@@ -112,7 +123,7 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8], name: &Path) -> Result<usize, For
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(FormatError::io(name, "decompressing", e)),
+            Err(e) => return Err(FormatError::io(name, "reading the stream", e)),
         }
     }
     Ok(n)
@@ -182,8 +193,73 @@ fn convert_compressed(
 }
 
 enum Sink {
-    Raw { file: File, path: PathBuf, regular: bool },
+    Raw { file: File, path: PathBuf, regular: bool, writeback: Option<Writeback> },
     Qcow2(Box<Qcow2>),
+}
+
+/// Starts write-back of a raw destination while it is still being written, so that the final
+/// `fdatasync` finds little left to do: without it the page cache holds the whole image dirty
+/// (1 GiB is below the kernel's background threshold on a machine with a few GiB of RAM) and the
+/// disk only starts when the copy is done, so the copy and the disk never overlap.
+///
+/// Every [`WRITEBACK_WINDOW`] bytes written, write-back of that window is started
+/// (`SYNC_FILE_RANGE_WRITE`, asynchronous), and the writer waits for the window
+/// [`WRITEBACK_LAG`] bytes behind to be on disk. That bounds the dirty data of an import to
+/// about the lag and paces the writer to the disk, which an import that ends with `fdatasync`
+/// waits for anyway. Only used when the conversion is to be made durable
+/// ([`ConvertOptions::sync`]); failures are ignored (it is advice; the final `fdatasync` reports
+/// any I/O error).
+struct Writeback {
+    fd: std::os::fd::RawFd,
+    /// Write-back was started for everything below this offset.
+    started: std::cell::Cell<u64>,
+    /// Everything below this offset was waited for.
+    waited: std::cell::Cell<u64>,
+}
+
+/// Bytes between two write-back kicks.
+const WRITEBACK_WINDOW: u64 = 16 << 20;
+/// How far behind the writer the data it waits for lies.
+const WRITEBACK_LAG: u64 = 64 << 20;
+
+impl Writeback {
+    fn new(file: &File) -> Self {
+        use std::os::fd::AsRawFd;
+        Self { fd: file.as_raw_fd(), started: 0.into(), waited: 0.into() }
+    }
+
+    /// The destination holds data up to `end` (writes come in increasing offsets).
+    fn wrote_to(&self, end: u64) {
+        let started = self.started.get();
+        if end < started.saturating_add(WRITEBACK_WINDOW) {
+            return;
+        }
+        self.range(started, end - started, libc::SYNC_FILE_RANGE_WRITE);
+        self.started.set(end);
+        let upto = end.saturating_sub(WRITEBACK_LAG);
+        let waited = self.waited.get();
+        if upto > waited {
+            self.range(
+                waited,
+                upto - waited,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            );
+            self.waited.set(upto);
+        }
+    }
+
+    fn range(&self, off: u64, len: u64, flags: libc::c_uint) {
+        let (Ok(o), Ok(l)) = (libc::off64_t::try_from(off), libc::off64_t::try_from(len)) else { return };
+        // SAFETY: sync_file_range on the destination's descriptor, which the sink owns for longer
+        // than this `Writeback` (both live in `Sink::Raw`); integer arguments only, no memory of
+        // ours is touched.
+        let rc = unsafe { libc::sync_file_range(self.fd, o, l, flags) };
+        if rc != 0 {
+            log::debug!("sync_file_range({off}, {len}): {}", std::io::Error::last_os_error());
+        }
+    }
 }
 
 impl Sink {
@@ -197,10 +273,15 @@ impl Sink {
                     .truncate(regular)
                     .open(dst)
                     .map_err(|e| FormatError::io(dst, "creating", e))?;
-                if regular {
+                // Opening truncated a regular file to 0 already. A size change to 0 would also make
+                // ext4 flush the whole file when it is closed (its "auto_da_alloc" heuristic for
+                // files rewritten after a truncate to 0), which costs a write-back pass the caller
+                // did not ask for.
+                if regular && size > 0 {
                     file.set_len(size).map_err(|e| FormatError::io(dst, "setting size", e))?;
                 }
-                Ok(Sink::Raw { file, path: dst.to_path_buf(), regular })
+                let writeback = opts.sync.then(|| Writeback::new(&file));
+                Ok(Sink::Raw { file, path: dst.to_path_buf(), regular, writeback })
             }
             OutputFormat::Qcow2 { cluster_bits } => {
                 let q = Qcow2::create(dst, &Qcow2CreateOptions { size, cluster_bits, ..Default::default() })?;
@@ -226,9 +307,22 @@ impl Sink {
 
     fn write(&self, off: u64, data: &[u8]) -> Result<(), FormatError> {
         match self {
-            Sink::Raw { file, path, .. } => file
-                .write_all_at(data, off)
-                .map_err(|e| FormatError::io(path, format!("writing at {off}"), e)),
+            Sink::Raw { file, path, writeback, .. } => {
+                // In pieces of at most WRITE_PIECE bytes, aligned to absolute offsets (see there).
+                let mut done = 0usize;
+                while done < data.len() {
+                    let at = off + done as u64;
+                    // At most WRITE_PIECE, so it fits usize.
+                    let n = ((WRITE_PIECE - at % WRITE_PIECE) as usize).min(data.len() - done);
+                    file.write_all_at(&data[done..done + n], at)
+                        .map_err(|e| FormatError::io(path, format!("writing at {at}"), e))?;
+                    done += n;
+                }
+                if let Some(w) = writeback {
+                    w.wrote_to(off + data.len() as u64);
+                }
+                Ok(())
+            }
             Sink::Qcow2(q) => q.write_guest(off, data),
         }
     }
@@ -253,8 +347,11 @@ impl Sink {
 
     fn finish(self, size: u64, sync: bool) -> Result<(), FormatError> {
         match self {
-            Sink::Raw { file, path, regular } => {
-                if regular {
+            Sink::Raw { file, path, regular, .. } => {
+                // Only when it differs (skipped zeros at the end): a same-size truncate still
+                // journals a truncate on ext4.
+                let len = file.metadata().map_err(|e| FormatError::io(&path, "getting size", e))?.len();
+                if regular && len != size {
                     file.set_len(size).map_err(|e| FormatError::io(&path, "setting size", e))?;
                 }
                 if sync {
@@ -451,8 +548,13 @@ where
 }
 
 /// Converts a stream holding a **raw** disk image (for example a decompressor) to `dst`. The size is
-/// whatever the stream holds (rounded up to 512 bytes for qcow2). `name` is used in errors. The stream
-/// is read on a separate thread, overlapping decompression with writing.
+/// whatever the stream holds (rounded up to 512 bytes for qcow2). `name` is used in errors.
+///
+/// With `opts.threads` above 1 the stream is read on a thread of its own, overlapping an expensive
+/// stream (a decompressor) with writing. With `opts.threads == 1` it is read and written on the
+/// calling thread through one buffer, which is faster for a cheap stream (a socket, a file): the
+/// buffer stays in the CPU cache between the copy in and the copy out, and no thread hand-offs wait
+/// for the scheduler (measured: docs/import-and-golden-images.md).
 ///
 /// A qcow2 image inside a stream cannot be converted this way: qcow2 needs random access, so
 /// [`convert`] spools such streams to a temporary file first.
@@ -469,6 +571,31 @@ pub fn convert_stream(
     let mut read = 0u64;
     let mut written = 0u64;
     let mut end = 0u64;
+    if opts.threads <= 1 {
+        // One thread, one buffer: the bytes the reader copied in are still in the CPU cache when
+        // they are copied out to the page cache (a queue of buffers between two threads is not).
+        let mut buf = vec![0u8; blen];
+        loop {
+            let n = read_full(reader, &mut buf, name)?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            let data = &buf[..n];
+            sink.grow(end + n as u64)?;
+            written += sink.write_data(end, data, skip, granule)?;
+            end += n as u64;
+        }
+        sink.finish(end, opts.sync)?;
+        return Ok(ConvertStats {
+            source_format: ImageFormat::Raw,
+            compression: None,
+            virtual_size: end,
+            bytes_read: read,
+            bytes_written: written,
+            spooled: false,
+        });
+    }
     pipelined(
         blen,
         |get, put| {

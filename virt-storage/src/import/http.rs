@@ -58,13 +58,79 @@ impl HttpSource {
             }
         }
         let tls = tls_config(&opts).map_err(bad)?;
+        // The timeout bounds connecting and each read, not the whole transfer (a large image
+        // takes as long as it takes). A 1 MiB input buffer (ureq's default is 128 KiB) makes
+        // fewer, larger socket reads on fast links.
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(5)
-            .timeout_global(opts.timeout)
+            .timeout_connect(opts.timeout)
+            .timeout_per_read(opts.timeout)
+            .input_buffer_size(INPUT_BUFFER)
             .tls_config(tls)
             .build();
         Ok(Self { agent: ureq::Agent::new_with_config(config), url: url.to_string(), opts })
+    }
+}
+
+/// ureq's input buffer: the most one socket read takes in.
+const INPUT_BUFFER: usize = 1 << 20;
+
+impl HttpSource {
+    /// Maps a failed request: TLS failures become [`ImportError::Tls`] with what to do about them.
+    fn call_error(&self, e: ureq::Error) -> ImportError {
+        let url = redact(&self.url);
+        match tls_failure(&e) {
+            Some(what) => {
+                let hint = if self.opts.ca_pem.is_some() {
+                    "the server's certificate does not chain to the CA bundle given (certConfigMap)"
+                } else {
+                    "give the CA that signed the server's certificate (certConfigMap)"
+                };
+                ImportError::Tls { url, msg: format!("{what}: {e}; {hint}") }
+            }
+            None => ImportError::Source { source_name: url, msg: e.to_string() },
+        }
+    }
+}
+
+/// rustls error names that mean the handshake failed.
+const HANDSHAKE_ERRORS: [&str; 7] = [
+    "InvalidMessage",
+    "InvalidContentType",
+    "AlertReceived",
+    "PeerIncompatible",
+    "PeerMisbehaved",
+    "NoCertificatesPresented",
+    "HandshakeFailure",
+];
+
+/// What kind of TLS failure `e` is, if it is one (ureq reports handshake failures as I/O errors
+/// wrapping the rustls error, so the source chain is searched).
+fn tls_failure(e: &ureq::Error) -> Option<&'static str> {
+    let classify = |text: &str| {
+        if text.contains("InvalidCertificate") || text.contains("invalid peer certificate") {
+            Some("certificate not trusted")
+        } else if HANDSHAKE_ERRORS.iter().any(|k| text.contains(k)) {
+            Some("TLS handshake failed")
+        } else {
+            None
+        }
+    };
+    match e {
+        ureq::Error::Tls(_) | ureq::Error::Pem(_) => Some("TLS failure"),
+        ureq::Error::Rustls(r) => classify(&format!("{r:?} {r}")).or(Some("TLS failure")),
+        ureq::Error::Io(io) => {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = io.get_ref().map(|r| r as _);
+            while let Some(s) = src {
+                if let Some(k) = classify(&format!("{s:?} {s}")) {
+                    return Some(k);
+                }
+                src = s.source();
+            }
+            None
+        }
+        _ => None,
     }
 }
 
@@ -100,9 +166,7 @@ impl ByteSource for HttpSource {
         if offset > 0 {
             req = req.header("Range", &format!("bytes={offset}-"));
         }
-        let resp = req
-            .call()
-            .map_err(|e| ImportError::Source { source_name: redact(&self.url), msg: e.to_string() })?;
+        let resp = req.call().map_err(|e| self.call_error(e))?;
         let status = resp.status().as_u16();
         let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
         if !(200..300).contains(&status) {

@@ -53,6 +53,14 @@ pub enum ImportError {
         /// What failed.
         msg: String,
     },
+    /// TLS with the server failed (an untrusted certificate, a failed handshake).
+    #[error("TLS failure talking to {url}: {msg}")]
+    Tls {
+        /// The URL (credentials removed).
+        url: String,
+        /// What failed and what to do about it.
+        msg: String,
+    },
     /// The source cannot continue from an offset, so an interrupted transfer must restart.
     #[error("{source_name} cannot resume at byte {offset} (no range support); the import must restart")]
     NoResume {
@@ -260,6 +268,10 @@ fn run_import(
         let copts = ConvertOptions { output, ..Default::default() };
         match inner {
             ImageFormat::Raw | ImageFormat::Iso9660 => {
+                // An uncompressed stream is cheap to read: read and write on this thread through
+                // one cache-resident buffer. A decompressor gets a thread of its own.
+                let threads = if compression.is_some() { copts.threads } else { 1 };
+                let copts = ConvertOptions { threads, ..copts };
                 let mut s = inner_stream;
                 let st =
                     convert_stream(&mut *s, std::path::Path::new(&name), dst, &copts).map_err(fmt_err)?;

@@ -34,10 +34,12 @@ mod error;
 mod extract;
 pub mod manifest;
 mod reference;
+mod resume;
 mod transport;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::RegistryError;
@@ -165,7 +167,8 @@ pub struct ImageManifest {
 /// A registry client. Cheap to share by reference across threads; it caches each registry's
 /// scheme, auth challenge and bearer tokens.
 pub struct RegistryClient {
-    transport: Transport,
+    /// Shared with blob downloads in flight, which reopen through it to resume.
+    transport: Arc<Transport>,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -183,7 +186,7 @@ struct Fetched {
 impl RegistryClient {
     /// A client with `config`. Fails if the CA bundle is not usable PEM.
     pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
-        Ok(Self { transport: Transport::new(config)? })
+        Ok(Self { transport: Arc::new(Transport::new(config)?) })
     }
 
     /// The digest the reference currently points at, with one `HEAD` of the manifest (its
@@ -345,8 +348,27 @@ impl RegistryClient {
             reason: format!("layer digest: {e}"),
         })?;
         let path = format!("/v2/{}/blobs/{}", r.repository(), digest);
-        let reply = self.transport.request(r, "GET", &path, None, Target::Blob(&desc.digest))?;
-        let body: Box<dyn std::io::Read> = Box::new(reply.response.into_body().into_reader());
+        // A dropped connection resumes with a Range request (resume.rs); the BlobReader above
+        // hashes every byte handed out, so the blob is verified whole across resumes.
+        let (transport, reference, blob) = (self.transport.clone(), r.clone(), desc.digest.clone());
+        let open = move |from: u64| {
+            let reply = transport.request_from(&reference, "GET", &path, None, from, Target::Blob(&blob))?;
+            let start = if from > 0 && reply.response.status().as_u16() == 206 {
+                content_range_start(&reply.response).ok_or_else(|| RegistryError::Http {
+                    registry: reference.registry().to_string(),
+                    image: reference.image(),
+                    status: 206,
+                    path: reply.path.clone(),
+                    message: "partial content without a usable Content-Range header".into(),
+                })?
+            } else {
+                0
+            };
+            let reader: Box<dyn std::io::Read + Send> = Box::new(reply.response.into_body().into_reader());
+            Ok(resume::Reopened { reader, start })
+        };
+        let body = resume::ResumingBlob::new(Box::new(open), desc.size, format!("blob {digest}"))?;
+        let body: Box<dyn std::io::Read> = Box::new(body);
         Ok(BlobReader::new(body, digest, desc.size))
     }
 
@@ -434,6 +456,13 @@ impl RegistryClient {
             })?;
         Ok(Fetched { doc, digest })
     }
+}
+
+/// The first byte's offset from a 206 answer's `Content-Range: bytes START-END/TOTAL`.
+fn content_range_start(resp: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    let v = resp.headers().get("content-range")?.to_str().ok()?;
+    let range = v.trim().strip_prefix("bytes")?.trim_start();
+    range.split('-').next()?.trim().parse().ok()
 }
 
 /// Moves a staged file to `dest` (creating its directory), replacing what was there.

@@ -211,6 +211,20 @@ impl Transport {
         accept: Option<&str>,
         target: Target<'_>,
     ) -> Result<Reply, RegistryError> {
+        self.request_from(r, method, path, accept, 0, target)
+    }
+
+    /// [`Transport::request`] asking for the bytes from `from` on (`Range: bytes=FROM-`) when
+    /// `from` is not 0. The registry may answer 206 with that range or 200 with everything.
+    pub(crate) fn request_from(
+        &self,
+        r: &Reference,
+        method: &str,
+        path: &str,
+        accept: Option<&str>,
+        from: u64,
+        target: Target<'_>,
+    ) -> Result<Reply, RegistryError> {
         let host = r.api_host();
         let scope = format!("repository:{}:pull", r.repository());
         let mut retried_auth = false;
@@ -225,6 +239,9 @@ impl Transport {
             }
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
+            }
+            if from > 0 {
+                req = req.header("Range", &format!("bytes={from}-"));
             }
             let resp = req.call().map_err(|e| map_ureq_error(&url, e))?;
             let status = resp.status();
