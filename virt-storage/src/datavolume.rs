@@ -12,14 +12,15 @@
 //! | `registry` | containerDisk import, pinned to the resolved digest |
 //! | `pvc` | a clone in the target's storage class: reflink, else qcow2 overlay, else host-assisted, with `cdi.kubevirt.io/cloneType` and `cdi.kubevirt.io/cloneFallbackReason` annotations |
 //! | `sourceRef` (DataSource) | the DataSource's volume is cloned as for `pvc` (golden images) |
+//! | `snapshot` | a new volume restored from a ready `VolumeSnapshot` (reflink, else a copy; never an overlay, so the snapshot may be deleted), phases and `cloneType` as for `pvc`; waits `Pending` while the snapshot is missing or not ready; a size below its `restoreSize` fails |
 //! | `upload` | `UploadReady`: the upload endpoint fills it |
-//! | `snapshot`, `s3`, `gcs`, `imageio`, `vddk` | refused with a reason (`Failed`) |
+//! | `s3`, `gcs`, `imageio`, `vddk` | refused with a reason (`Failed`) |
 
 use std::collections::BTreeMap;
 
 use crate::cdi::{
     Condition, ConditionStatus, DataSource, DataVolume, DataVolumePhase, DataVolumeProgress,
-    DataVolumeStatus, PvcSource,
+    DataVolumeStatus, PvcSource, SnapshotSource, VolumeSnapshot,
 };
 use crate::golden::StorageClasses;
 use crate::import::http::{HttpOptions, HttpSource};
@@ -41,6 +42,10 @@ pub trait ObjectLookup {
     fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>>;
     /// A DataSource.
     fn data_source(&self, namespace: &str, name: &str) -> Option<DataSource>;
+    /// A VolumeSnapshot (`snapshot.storage.k8s.io/v1`); none by default.
+    fn volume_snapshot(&self, _namespace: &str, _name: &str) -> Option<VolumeSnapshot> {
+        None
+    }
 }
 
 /// What a reconcile needs besides the DataVolume.
@@ -172,6 +177,9 @@ pub fn reconcile_data_volume(
     if let Some(src) = clone_from {
         return clone(dv, pool, env, &id, &src, size);
     }
+    if let Some(snap) = &source.snapshot {
+        return restore(dv, pool, env, &id, snap, size, progress);
+    }
     if source.blank.is_some() {
         let Some(bytes) = size else {
             return fail(
@@ -271,9 +279,7 @@ pub fn reconcile_data_volume(
             import_container_disk(pool, id, &client, &url, &ImportOptions::default(), p).map(|_| ())
         });
     }
-    let which = if source.snapshot.is_some() {
-        "snapshot"
-    } else if source.s3.is_some() {
+    let which = if source.s3.is_some() {
         "s3"
     } else if source.gcs.is_some() {
         "gcs"
@@ -392,5 +398,96 @@ fn clone(
             succeed(dv, &id.name)
         }
         Err(e) => fail(dv, "CloneFailed", e.to_string()),
+    }
+}
+
+fn wait_for_snapshot(dv: &mut DataVolume, reason: &str, msg: String) -> DvRun {
+    let st = dv.status.get_or_insert_with(Default::default);
+    st.phase = Some(DataVolumePhase::Pending);
+    set_conditions(st, false, false, false, reason, &msg);
+    DvRun::Waiting(msg)
+}
+
+/// Restores `id` from the VolumeSnapshot `snap` names: the pool snapshot `CLAIM@SNAPSHOT` of the
+/// snapshot's claim, into a volume that does not depend on it.
+fn restore(
+    dv: &mut DataVolume,
+    pool: &dyn VolumeProvider,
+    env: &DvEnv<'_>,
+    id: &VolumeId,
+    snap: &SnapshotSource,
+    size: Option<u64>,
+    progress: &mut (dyn FnMut(&DataVolumeStatus) + Send),
+) -> DvRun {
+    let what = format!("VolumeSnapshot {}/{}", snap.namespace, snap.name);
+    let Some(vs) = env.objects.volume_snapshot(&snap.namespace, &snap.name) else {
+        return wait_for_snapshot(
+            dv,
+            "SnapshotNotFound",
+            format!("{what} (spec.source.snapshot) not found; waiting for it to be created"),
+        );
+    };
+    if !vs.ready() {
+        let why = vs
+            .status
+            .as_ref()
+            .and_then(|s| s.error.as_ref())
+            .and_then(|e| e.message.as_deref())
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        return wait_for_snapshot(dv, "SnapshotNotReady", format!("{what} is not ready to use yet{why}"));
+    }
+    let Some(claim) = vs.claim() else {
+        return fail(dv, "CloneFailed", format!("{what} has no spec.source.persistentVolumeClaimName"));
+    };
+    let src_id = VolumeId::new(&snap.namespace, claim);
+    let restore_size = match vs.status.as_ref().and_then(|s| s.restore_size.as_ref()) {
+        Some(q) => Some(q.bytes()),
+        None => match pool.get_snapshot(&src_id, &snap.name) {
+            Ok(v) => v.map(|v| v.size),
+            Err(e) => return fail(dv, "CloneFailed", format!("{what}: {e}")),
+        },
+    };
+    if let (Some(want), Some(need)) = (size, restore_size) {
+        if want < need {
+            let field = if dv.spec.storage.is_some() { "spec.storage" } else { "spec.pvc" };
+            return fail(
+                dv,
+                "InvalidSpec",
+                format!(
+                    "{field}.resources.requests.storage: Invalid value: {want}: smaller than the restoreSize \
+                     ({need} bytes) of {what}"
+                ),
+            );
+        }
+    }
+    for (phase, reason) in [
+        (DataVolumePhase::CloneScheduled, "CloneScheduled"),
+        (DataVolumePhase::CloneInProgress, "CloneInProgress"),
+    ] {
+        let st = dv.status.get_or_insert_with(Default::default);
+        st.phase = Some(phase);
+        st.progress = Some(DataVolumeProgress("N/A".into()));
+        set_conditions(st, true, false, true, reason, &format!("restoring {what}"));
+        progress(st);
+    }
+    match pool.restore(&src_id, &snap.name, id) {
+        Ok(out) => {
+            dv.metadata.annotations.insert(ANN_CLONE_TYPE.into(), out.strategy.to_string());
+            match &out.fallback_reason {
+                Some(r) => {
+                    dv.metadata.annotations.insert(ANN_CLONE_FALLBACK.into(), r.clone());
+                }
+                None => {
+                    dv.metadata.annotations.remove(ANN_CLONE_FALLBACK);
+                }
+            }
+            if let Err(msg) = fit_size(pool, id, size) {
+                let _ = pool.delete(id);
+                return fail(dv, "CloneFailed", msg);
+            }
+            succeed(dv, &id.name)
+        }
+        Err(e) => fail(dv, "CloneFailed", format!("restoring {what} into {id}: {e}")),
     }
 }

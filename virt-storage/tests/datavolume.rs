@@ -10,7 +10,8 @@ use std::process::{Child, Command};
 
 use support::registry::*;
 use virt_storage::cdi::{
-    self, DataSource, DataSourceSpec, DataVolume, DataVolumePhase, ObjectMeta, PvcSource,
+    self, DataSource, DataSourceSpec, DataVolume, DataVolumePhase, ObjectMeta, PvcSource, Quantity,
+    VolumeSnapshot, VolumeSnapshotError, VolumeSnapshotStatus,
 };
 use virt_storage::datavolume::{
     reconcile_data_volume, DvEnv, DvRun, ObjectLookup, ANN_CLONE_FALLBACK, ANN_CLONE_TYPE,
@@ -29,6 +30,7 @@ fn conformance(name: &str) -> String {
 struct Objects {
     secrets: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
     sources: HashMap<(String, String), DataSource>,
+    snapshots: HashMap<(String, String), VolumeSnapshot>,
 }
 
 impl ObjectLookup for Objects {
@@ -40,6 +42,9 @@ impl ObjectLookup for Objects {
     }
     fn data_source(&self, ns: &str, name: &str) -> Option<DataSource> {
         self.sources.get(&(ns.into(), name.into())).cloned()
+    }
+    fn volume_snapshot(&self, ns: &str, name: &str) -> Option<VolumeSnapshot> {
+        self.snapshots.get(&(ns.into(), name.into())).cloned()
     }
 }
 
@@ -235,4 +240,106 @@ fn registry_datavolume_imports_the_container_disk() {
     let (size, data) = head(&pool, &VolumeId::new("default", "registry-image-datavolume"), disk.len());
     assert_eq!(size, 5 << 30);
     assert_eq!(data, disk);
+}
+
+fn snapshot_dv(name: &str, snap: &str, size: Option<&str>) -> DataVolume {
+    let storage =
+        size.map(|s| format!("\n  storage:\n    resources:\n      requests:\n        storage: {s}"));
+    cdi::from_yaml(&format!(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: {name}\n  namespace: \
+         default\nspec:\n  source:\n    snapshot:\n      namespace: default\n      name: {snap}{}\n",
+        storage.unwrap_or_else(|| "\n  storage: {}".into())
+    ))
+    .unwrap()
+}
+
+#[test]
+fn snapshot_sources_restore_the_snapshot_or_wait_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = DirPool::new(dir.path().join("pool")).unwrap();
+    let classes = StorageClasses {
+        classes: BTreeMap::from([("local".to_string(), &pool as &dyn VolumeProvider)]),
+        default_class: "local".into(),
+    };
+    let disk = VolumeId::new("default", "disk");
+    pool.create_blank(&disk, 1 << 20, VolumeFormat::Raw).unwrap();
+    pool.open(&disk, false).unwrap().write_at(0, b"old signature").unwrap();
+    let mut objects = Objects::default();
+    let mut vs: VolumeSnapshot = virt_core::api::Decoder::new(&Default::default(), 1)
+        .decode(
+            serde_json::json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                "metadata": {"name": "snap", "namespace": "default"},
+                "spec": {"source": {"persistentVolumeClaimName": "disk"}}}),
+            "",
+        )
+        .unwrap();
+
+    // No such snapshot: the DataVolume waits, saying so.
+    let mut dv = snapshot_dv("restored", "snap", Some("2Mi"));
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    let r = reconcile_data_volume(&mut dv, &env, &mut |_: &_| {});
+    assert!(
+        matches!(&r, DvRun::Waiting(m) if m.contains("VolumeSnapshot default/snap (spec.source.snapshot) not found")),
+        "{r:?}"
+    );
+    assert_eq!(phase(&dv), Some(DataVolumePhase::Pending));
+
+    // Not ready (an error in its status): still waiting, with the snapshot's error.
+    vs.status = Some(VolumeSnapshotStatus {
+        ready_to_use: Some(false),
+        error: Some(VolumeSnapshotError { message: Some("claim default/disk not found".into()), time: None }),
+        ..Default::default()
+    });
+    objects.snapshots.insert(("default".into(), "snap".into()), vs.clone());
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    let r = reconcile_data_volume(&mut dv, &env, &mut |_: &_| {});
+    assert!(
+        matches!(&r, DvRun::Waiting(m) if m == "VolumeSnapshot default/snap is not ready to use yet: claim default/disk not found"),
+        "{r:?}"
+    );
+    assert_eq!(phase(&dv), Some(DataVolumePhase::Pending));
+
+    // Taken and ready; the original is overwritten afterwards.
+    let taken = pool.snapshot(&disk, "snap").unwrap();
+    vs.status = Some(VolumeSnapshotStatus {
+        ready_to_use: Some(true),
+        restore_size: Some(Quantity::from_bytes(taken.volume.size)),
+        ..Default::default()
+    });
+    objects.snapshots.insert(("default".into(), "snap".into()), vs.clone());
+    pool.open(&disk, false).unwrap().write_at(0, b"new signature").unwrap();
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    let mut phases = Vec::new();
+    let r = reconcile_data_volume(&mut dv, &env, &mut |st: &cdi::DataVolumeStatus| phases.push(st.phase));
+    assert_eq!(r, DvRun::Populated, "{:?}", dv.status);
+    assert_eq!(phases, [Some(DataVolumePhase::CloneScheduled), Some(DataVolumePhase::CloneInProgress)]);
+    assert_eq!(phase(&dv), Some(DataVolumePhase::Succeeded));
+    let restored = VolumeId::new("default", "restored");
+    assert_eq!(head(&pool, &restored, 13), (2 << 20, b"old signature".to_vec()));
+    // ext4 or XFS: a reflink or a copy, never an overlay on the snapshot.
+    let how = dv.metadata.annotations[ANN_CLONE_TYPE].clone();
+    assert!(how == "reflink" || how == "host-assisted", "{how}");
+    if how == "host-assisted" {
+        assert!(dv.metadata.annotations[ANN_CLONE_FALLBACK].contains("reflink"));
+    }
+    assert_eq!(pool.get(&restored).unwrap().unwrap().backing, None);
+    // The snapshot can go; the restored volume stays whole.
+    pool.delete_snapshot(&disk, "snap").unwrap();
+    assert_eq!(head(&pool, &restored, 13).1, b"old signature");
+
+    // No size: the snapshot's size.
+    pool.snapshot(&disk, "snap").unwrap();
+    let mut dv = snapshot_dv("same-size", "snap", None);
+    assert_eq!(reconcile_data_volume(&mut dv, &env, &mut |_: &_| {}), DvRun::Populated, "{:?}", dv.status);
+    assert_eq!(head(&pool, &VolumeId::new("default", "same-size"), 13), (1 << 20, b"new signature".to_vec()));
+
+    // Smaller than the restoreSize: refused with the field path, nothing made.
+    let mut dv = snapshot_dv("too-small", "snap", Some("512Ki"));
+    let r = reconcile_data_volume(&mut dv, &env, &mut |_: &_| {});
+    assert!(
+        matches!(&r, DvRun::Failed(m) if m.starts_with("spec.storage.resources.requests.storage: Invalid value: 524288: smaller than the restoreSize (1048576 bytes) of VolumeSnapshot default/snap")),
+        "{r:?}"
+    );
+    assert_eq!(phase(&dv), Some(DataVolumePhase::Failed));
+    assert_eq!(pool.get(&VolumeId::new("default", "too-small")).unwrap(), None);
 }

@@ -643,3 +643,154 @@ fn a_daemon_killed_during_an_import_imports_again_after_restart() {
     }
     assert!(node.log().contains("the import was interrupted; importing again"));
 }
+
+/// One HTTP/1.1 request on the node's socket (the client has no VolumeSnapshot calls): the status
+/// code and the JSON body.
+fn http(node: &NodeProc, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(&node.socket).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: \
+         {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, serde_json::from_str(rest).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}")))
+}
+
+const SNAPS: &str = "/apis/snapshot.storage.k8s.io/v1/namespaces/default/volumesnapshots";
+
+fn snapshot_json(name: &str, claim: &str) -> Value {
+    json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot",
+        "metadata": { "name": name },
+        "spec": { "volumeSnapshotClassName": "csi-snapclass", "source": { "persistentVolumeClaimName": claim } },
+    })
+}
+
+fn write_at_start(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, 0).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn volume_snapshots_and_datavolumes_restored_from_them() {
+    let state = state_dir();
+    let node = NodeProc::start(state.path(), None);
+
+    // A blank DataVolume with a signature written into its file.
+    create_dv(&node, "default", &dv_json("origin", json!({ "blank": {} }), "4Mi"));
+    node.wait_phase("default", "origin", DataVolumePhase::Succeeded);
+    let origin = node.volume_file("default", "origin").unwrap();
+    write_at_start(&origin, b"signature one");
+
+    // Its VolumeSnapshot becomes ready to use, with the volume's size as restoreSize.
+    let (code, made) = http(&node, "POST", SNAPS, Some(&snapshot_json("snap", "origin")));
+    assert_eq!(code, 201, "{made}");
+    assert_eq!(made["status"]["readyToUse"], false);
+    assert!(made["metadata"]["uid"].is_string());
+    let vs = node.wait("VolumeSnapshot readyToUse", || {
+        let (_, v) = http(&node, "GET", &format!("{SNAPS}/snap"), None);
+        (v["status"]["readyToUse"] == true).then_some(v)
+    });
+    assert_eq!(vs["status"]["restoreSize"], "4194304", "{vs}");
+    assert!(vs["status"]["creationTime"].is_string(), "{vs}");
+    assert!(vs["status"].get("error").is_none(), "{vs}");
+    let (code, list) = http(&node, "GET", SNAPS, None);
+    assert_eq!((code, list["kind"].as_str()), (200, Some("VolumeSnapshotList")));
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+
+    // The original changes; a DataVolume from the snapshot has the old bytes.
+    write_at_start(&origin, b"signature two");
+    let src = json!({ "snapshot": { "namespace": "default", "name": "snap" } });
+    create_dv(&node, "default", &dv_json("restored", src.clone(), "8Mi"));
+    let dv = node.wait_phase("default", "restored", DataVolumePhase::Succeeded);
+    let how = dv.metadata.annotations.get("cdi.kubevirt.io/cloneType").cloned().unwrap_or_default();
+    assert!(how == "reflink" || how == "host-assisted", "cloneType {how:?}");
+    let restored = node.volume_file("default", "restored").unwrap();
+    assert_eq!(read_prefix(&restored, 13), b"signature one");
+    assert_eq!(std::fs::metadata(&restored).unwrap().len(), 8 << 20);
+    assert_eq!(read_prefix(&origin, 13), b"signature two");
+
+    // Smaller than the restoreSize: a 422 naming the field.
+    let e = node
+        .client()
+        .cdi_create::<_, Value>("datavolumes", "default", &dv_json("small", src.clone(), "1Mi"))
+        .unwrap_err();
+    let st = e.status().expect("a Status");
+    assert_eq!(st.code, 422, "{e}");
+    assert!(st.message.contains("spec.storage.resources.requests.storage: Invalid value: 1048576"), "{e}");
+
+    // Deleting the snapshot takes the pool snapshot; the restored volume stays.
+    let (code, v) = http(&node, "DELETE", &format!("{SNAPS}/snap"), None);
+    assert_eq!(code, 200, "{v}");
+    let snaps = state.path().join("volumes/default/.snapshots");
+    assert_eq!(std::fs::read_dir(&snaps).unwrap().count(), 0);
+    assert_eq!(read_prefix(&restored, 13), b"signature one");
+    let (code, v) = http(&node, "GET", &format!("{SNAPS}/snap"), None);
+    assert_eq!((code, v["reason"].as_str()), (404, Some("NotFound")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("volumesnapshots.snapshot.storage.k8s.io \"snap\""));
+
+    // A DataVolume naming a missing snapshot waits and says why.
+    let gone = json!({ "snapshot": { "namespace": "default", "name": "nope" } });
+    create_dv(&node, "default", &dv_json("orphan", gone, "8Mi"));
+    let dv = node.wait("the orphan to say why it waits", || {
+        node.dv("default", "orphan").filter(|d| condition_message(d, "Ready").contains("not found"))
+    });
+    assert_eq!(phase_of(&dv), Some(DataVolumePhase::Pending));
+    assert_eq!(
+        condition_message(&dv, "Ready"),
+        "VolumeSnapshot default/nope (spec.source.snapshot) not found; waiting for it to be created"
+    );
+
+    // A snapshot of a missing claim is not ready, with the error in its status.
+    let (code, _) = http(&node, "POST", SNAPS, Some(&snapshot_json("lost", "no-such-claim")));
+    assert_eq!(code, 201);
+    let vs = node.wait("the error of a snapshot of a missing claim", || {
+        let (_, v) = http(&node, "GET", &format!("{SNAPS}/lost"), None);
+        v["status"]["error"]["message"].as_str().map(|_| v.clone())
+    });
+    assert_eq!(vs["status"]["readyToUse"], false);
+    let msg = vs["status"]["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("persistentvolumeclaims \"no-such-claim\" not found"), "{msg}");
+
+    // Strict bodies: an unknown field is a 422 with its path; names are checked; wrong kinds are 400.
+    let mut typo = snapshot_json("typo", "origin");
+    typo["spec"]["source"]["persistentVolumeClaim"] = json!("origin");
+    let (code, v) = http(&node, "POST", SNAPS, Some(&typo));
+    assert_eq!((code, v["reason"].as_str()), (422, Some("Invalid")), "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("spec.source.persistentVolumeClaim: unknown field"),
+        "{v}"
+    );
+    let (code, v) = http(&node, "POST", SNAPS, Some(&snapshot_json("Bad.Name", "origin")));
+    assert_eq!(code, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("metadata.name: Invalid value: \"Bad.Name\""), "{v}");
+    let (code, v) = http(&node, "POST", SNAPS, Some(&dv_json("x", json!({"blank": {}}), "1Mi")));
+    assert_eq!(code, 400, "{v}");
+    let (code, _) = http(&node, "POST", SNAPS, Some(&snapshot_json("lost", "origin")));
+    assert_eq!(code, 409);
+    let (code, _) =
+        http(&node, "GET", "/apis/snapshot.storage.k8s.io/v1/namespaces/nowhere/volumesnapshots", None);
+    assert_eq!(code, 404);
+    // Not a CDI kind.
+    let (code, _) =
+        http(&node, "GET", "/apis/cdi.kubevirt.io/v1beta1/namespaces/default/volumesnapshots", None);
+    assert_eq!(code, 404);
+
+    // The store keeps them over a restart.
+    drop(node);
+    let node = NodeProc::start(state.path(), None);
+    let (code, v) = http(&node, "GET", &format!("{SNAPS}/lost"), None);
+    assert_eq!((code, v["status"]["readyToUse"].as_bool()), (200, Some(false)), "{v}");
+}

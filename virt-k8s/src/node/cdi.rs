@@ -19,6 +19,11 @@
 //!   schedule decides when the registry is polled); the managed DataSource is created if missing,
 //!   each import is recorded as a `Succeeded` DataVolume labelled with the cron, and imports the
 //!   cron garbage-collects lose their DataVolume too.
+//! - **VolumeSnapshots** (`snapshot.storage.k8s.io/v1`): a worker takes a pool snapshot
+//!   (`.snapshots/CLAIM@NAME`) of the claim's volume once its DataVolume is populated, then sets
+//!   `readyToUse`, `restoreSize` and `creationTime`; a missing claim is `status.error.message`
+//!   (retried). DataVolumes with `source.snapshot` restore from it; deleting the VolumeSnapshot
+//!   deletes the pool snapshot (restored volumes do not depend on it).
 //! - **Uploads**: [`UploadServer`] on its own TCP listener ([`Cdi::serve_uploads`]; its URL is
 //!   CDIConfig's `status.uploadProxyURL`); tokens are issued for DataVolumes whose source is
 //!   `upload` ([`Cdi::upload_token`]); a finished upload is grown to the requested size.
@@ -34,14 +39,16 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde_json::Value;
 use virt_core::api::{
-    ConditionStatus, Decoder, LoadError, LoadOptions, ObjectMeta, OwnerReference, Timestamp, Validate,
+    ConditionStatus, Decoder, LoadError, LoadOptions, ObjectMeta, OwnerReference, Quantity, Timestamp,
+    Validate,
 };
 use virt_core::lifecycle::{Key, Lifecycle};
 use virt_core::model::VirtualMachine;
 use virt_storage::cdi::{
     AccessMode, ClaimPropertySet, CloneStrategy as CdiCloneStrategy, Condition, DataImportCron, DataSource,
     DataSourceSpec, DataVolume, DataVolumePhase, DataVolumeProgress, DataVolumeStatus, RetentionPolicy,
-    SourceFormat, StorageProfile, StorageProfileSpec, StorageProfileStatus, VolumeMode, API_VERSION,
+    SourceFormat, StorageProfile, StorageProfileSpec, StorageProfileStatus, VolumeMode, VolumeSnapshot,
+    VolumeSnapshotError, VolumeSnapshotStatus, API_VERSION, SNAPSHOT_API_VERSION,
 };
 use virt_storage::datavolume::{reconcile_data_volume, DvEnv, DvRun, ObjectLookup};
 use virt_storage::golden::{reconcile_cron, StorageClasses};
@@ -86,11 +93,14 @@ pub enum CdiKind {
     DataSource,
     /// `DataImportCron`.
     DataImportCron,
+    /// `VolumeSnapshot` (`snapshot.storage.k8s.io/v1`, not in CDI's group).
+    VolumeSnapshot,
 }
 
 impl CdiKind {
     /// Every stored kind.
-    pub const ALL: [CdiKind; 3] = [Self::DataVolume, Self::DataSource, Self::DataImportCron];
+    pub const ALL: [CdiKind; 4] =
+        [Self::DataVolume, Self::DataSource, Self::DataImportCron, Self::VolumeSnapshot];
 
     /// `DataVolume`, ...
     pub fn name(self) -> &'static str {
@@ -98,6 +108,7 @@ impl CdiKind {
             Self::DataVolume => "DataVolume",
             Self::DataSource => "DataSource",
             Self::DataImportCron => "DataImportCron",
+            Self::VolumeSnapshot => "VolumeSnapshot",
         }
     }
 
@@ -107,6 +118,7 @@ impl CdiKind {
             Self::DataVolume => "datavolumes",
             Self::DataSource => "datasources",
             Self::DataImportCron => "dataimportcrons",
+            Self::VolumeSnapshot => "volumesnapshots",
         }
     }
 
@@ -116,7 +128,13 @@ impl CdiKind {
             Self::DataVolume => "datavolumes.cdi.kubevirt.io",
             Self::DataSource => "datasources.cdi.kubevirt.io",
             Self::DataImportCron => "dataimportcrons.cdi.kubevirt.io",
+            Self::VolumeSnapshot => "volumesnapshots.snapshot.storage.k8s.io",
         }
+    }
+
+    /// Whether the kind is in CDI's group (`cdi.kubevirt.io`).
+    pub fn is_cdi(self) -> bool {
+        self != Self::VolumeSnapshot
     }
 
     /// The kind of a plural path segment.
@@ -306,6 +324,11 @@ struct State {
     dvs: BTreeMap<Key, DataVolume>,
     sources: BTreeMap<Key, DataSource>,
     crons: BTreeMap<Key, DataImportCron>,
+    snapshots: BTreeMap<Key, VolumeSnapshot>,
+    /// VolumeSnapshots being taken, by key: the uid of the VolumeSnapshot.
+    snap_workers: HashMap<Key, String>,
+    /// When a VolumeSnapshot that is not ready is tried again.
+    snap_next: HashMap<Key, Instant>,
     /// DataVolumes with a worker, by key: the uid of the DataVolume it works for.
     dv_workers: HashMap<Key, String>,
     /// DataImportCrons with a worker.
@@ -346,7 +369,8 @@ fn store_key(kind: CdiKind, key: &Key) -> String {
 
 fn parse_store_key(s: &str) -> Option<(CdiKind, Key)> {
     let mut it = s.splitn(3, '/');
-    let kind = CdiKind::ALL.into_iter().find(|k| k.name() == it.next().unwrap_or_default())?;
+    let name = it.next()?;
+    let kind = CdiKind::ALL.into_iter().find(|k| k.name() == name)?;
     Some((kind, Key::new(it.next()?, it.next()?)))
 }
 
@@ -449,6 +473,10 @@ impl Cdi {
                 o.metadata.resource_version = Some(rv);
                 to_value(o)
             }),
+            CdiKind::VolumeSnapshot => st.snapshots.get_mut(key).map(|o| {
+                o.metadata.resource_version = Some(rv);
+                to_value(o)
+            }),
         };
         let k = store_key(kind, key);
         let err = |what: &str, e: &dyn std::fmt::Display| CdiError::Store {
@@ -481,6 +509,7 @@ impl Cdi {
         VolumeId::new(namespace, &name).validate().map_err(|e| {
             CdiError::Invalid(format!("metadata.name: Invalid value: \"{name}\": it names the volume: {e}"))
         })?;
+        self.check_restore_size(&dv)?;
         dv.api_version = Some(API_VERSION.into());
         dv.kind = Some("DataVolume".into());
         dv.status = Some(DataVolumeStatus {
@@ -518,6 +547,67 @@ impl Cdi {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// A DataVolume restoring a known, ready VolumeSnapshot must be at least its `restoreSize`
+    /// (checked again when it is populated: the snapshot may come later).
+    fn check_restore_size(&self, dv: &DataVolume) -> Result<(), CdiError> {
+        let (Some(snap), Some(want)) = (
+            dv.spec.source.as_ref().and_then(|s| s.snapshot.as_ref()),
+            dv.spec.requested_size().map(|q| q.bytes()),
+        ) else {
+            return Ok(());
+        };
+        let need = lock(&self.state)
+            .snapshots
+            .get(&Key::new(&snap.namespace, &snap.name))
+            .and_then(|vs| vs.status.as_ref())
+            .and_then(|s| s.restore_size.as_ref())
+            .map(|q| q.bytes());
+        match need {
+            Some(need) if want < need => {
+                let field = if dv.spec.storage.is_some() { "spec.storage" } else { "spec.pvc" };
+                Err(CdiError::Invalid(format!(
+                    "{field}.resources.requests.storage: Invalid value: {want}: smaller than the restoreSize \
+                     ({need} bytes) of VolumeSnapshot {}/{}",
+                    snap.namespace, snap.name
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates a VolumeSnapshot of a claim in `namespace`; a worker takes it.
+    pub fn create_volume_snapshot(
+        &self,
+        namespace: &str,
+        mut vs: VolumeSnapshot,
+    ) -> Result<VolumeSnapshot, CdiError> {
+        let name = prepare_meta(&mut vs.metadata, namespace)?;
+        vs.check().map_err(|e| CdiError::Invalid(e.to_string()))?;
+        vs.api_version = Some(SNAPSHOT_API_VERSION.into());
+        vs.kind = Some("VolumeSnapshot".into());
+        vs.status = Some(VolumeSnapshotStatus { ready_to_use: Some(false), ..Default::default() });
+        let key = Key::new(namespace, &name);
+        let mut st = lock(&self.state);
+        if st.snapshots.contains_key(&key) {
+            return Err(CdiError::AlreadyExists { resource: CdiKind::VolumeSnapshot.resource(), name });
+        }
+        if st.snap_workers.contains_key(&key) {
+            return Err(CdiError::Conflict(format!(
+                "VolumeSnapshot {key} was deleted while it was being taken; try again shortly"
+            )));
+        }
+        st.snapshots.insert(key.clone(), vs);
+        st.snap_next.remove(&key);
+        if let Err(e) = self.persist(&mut st, CdiKind::VolumeSnapshot, &key) {
+            st.snapshots.remove(&key);
+            return Err(e);
+        }
+        let out = st.snapshots.get(&key).cloned();
+        drop(st);
+        self.wake();
+        out.ok_or(CdiError::NotFound { resource: CdiKind::VolumeSnapshot.resource(), name })
     }
 
     /// Creates a DataSource in `namespace`.
@@ -586,6 +676,7 @@ impl Cdi {
             CdiKind::DataVolume => st.dvs.get(&key).map(to_value),
             CdiKind::DataSource => st.sources.get(&key).map(to_value),
             CdiKind::DataImportCron => st.crons.get(&key).map(to_value),
+            CdiKind::VolumeSnapshot => st.snapshots.get(&key).map(to_value),
         };
         v.ok_or_else(|| CdiError::NotFound { resource: kind.resource(), name: name.into() })
     }
@@ -606,6 +697,9 @@ impl Cdi {
             }
             CdiKind::DataImportCron => {
                 st.crons.iter().filter(|(k, _)| keep(k)).map(|(_, o)| to_value(o)).collect()
+            }
+            CdiKind::VolumeSnapshot => {
+                st.snapshots.iter().filter(|(k, _)| keep(k)).map(|(_, o)| to_value(o)).collect()
             }
         }
     }
@@ -641,6 +735,25 @@ impl Cdi {
                 let mut st = lock(&self.state);
                 st.sources.remove(&key).ok_or_else(not_found)?;
                 self.persist(&mut st, CdiKind::DataSource, &key)?;
+            }
+            CdiKind::VolumeSnapshot => {
+                let mut st = lock(&self.state);
+                let vs = st.snapshots.get(&key).ok_or_else(not_found)?;
+                if st.snap_workers.contains_key(&key) {
+                    return Err(CdiError::Conflict(format!(
+                        "VolumeSnapshot {key} is being taken; try again shortly"
+                    )));
+                }
+                if let Some(claim) = vs.claim() {
+                    match self.pool.delete_snapshot(&VolumeId::new(namespace, claim), name) {
+                        Ok(()) | Err(VolumeError::NotFound(_) | VolumeError::InvalidName(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                st.snapshots.remove(&key);
+                st.snap_next.remove(&key);
+                self.persist(&mut st, CdiKind::VolumeSnapshot, &key)?;
+                log::info!("VolumeSnapshot {key} deleted");
             }
             CdiKind::DataImportCron => {
                 let mut st = lock(&self.state);
@@ -837,6 +950,7 @@ impl Cdi {
             self.sync_templates(lc);
         }
         self.start_dv_workers();
+        self.start_snapshot_workers();
         self.start_cron_workers();
         let mut st = lock(&self.state);
         let keys: Vec<Key> = st.sources.keys().cloned().collect();
@@ -1080,6 +1194,127 @@ impl Cdi {
         self.wake();
     }
 
+    fn start_snapshot_workers(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        let due: Vec<(Key, String)> = st
+            .snapshots
+            .iter()
+            .filter(|(k, vs)| {
+                !vs.ready()
+                    && !st.snap_workers.contains_key(*k)
+                    && st.snap_next.get(*k).is_none_or(|t| *t <= now)
+            })
+            .map(|(k, vs)| (k.clone(), vs.metadata.uid.clone().unwrap_or_default()))
+            .collect();
+        for (key, uid) in due {
+            st.snap_workers.insert(key.clone(), uid.clone());
+            let me = self.clone();
+            let k = key.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("snap {}", key.name))
+                .spawn(move || me.take_snapshot(k, uid));
+            if let Err(e) = spawned {
+                log::error!("VolumeSnapshot {key}: starting a worker: {e}");
+                st.snap_workers.remove(&key);
+                st.snap_next.insert(key, now + RECHECK);
+            }
+        }
+    }
+
+    /// A worker: takes the pool snapshot of VolumeSnapshot `key` (uid `uid`).
+    fn take_snapshot(self: Arc<Self>, key: Key, uid: String) {
+        let (claim, dv_phase) = {
+            let st = lock(&self.state);
+            let claim = st
+                .snapshots
+                .get(&key)
+                .filter(|v| v.metadata.uid.as_deref() == Some(uid.as_str()))
+                .and_then(|v| v.claim().map(str::to_string));
+            let dv_phase =
+                claim.as_ref().and_then(|c| st.dvs.get(&Key::new(&key.namespace, c))).map(phase_of);
+            (claim, dv_phase)
+        };
+        let Some(claim) = claim else {
+            lock(&self.state).snap_workers.remove(&key);
+            return;
+        };
+        let id = VolumeId::new(&key.namespace, &claim);
+        let taken = match dv_phase {
+            Some(p) if p != Some(DataVolumePhase::Succeeded) => Err(format!(
+                "DataVolume {id} (spec.source.persistentVolumeClaimName) is not populated yet (phase {})",
+                phase_name(p)
+            )),
+            _ => match self.pool.get_snapshot(&id, &key.name) {
+                // Taken before the node stopped.
+                Ok(Some(v)) => Ok(v.size),
+                Ok(None) => match self.pool.get(&id) {
+                    Ok(None) => Err(format!(
+                        "persistentvolumeclaims \"{claim}\" not found in namespace {} \
+                         (spec.source.persistentVolumeClaimName)",
+                        key.namespace
+                    )),
+                    Ok(Some(_)) => {
+                        self.pool.snapshot(&id, &key.name).map(|o| o.volume.size).map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        self.snapshot_finished(&key, &uid, &id, taken);
+    }
+
+    fn snapshot_finished(&self, key: &Key, uid: &str, id: &VolumeId, taken: Result<u64, String>) {
+        let mut st = lock(&self.state);
+        st.snap_workers.remove(key);
+        let Some(vs) = st.snapshots.get_mut(key).filter(|v| v.metadata.uid.as_deref() == Some(uid)) else {
+            drop(st);
+            // Deleted while it was being taken: what it made goes too.
+            if taken.is_ok() {
+                if let Err(e) = self.pool.delete_snapshot(id, &key.name) {
+                    log::warn!("VolumeSnapshot {key} was deleted while it was taken: {e}");
+                }
+            }
+            return;
+        };
+        let before = vs.status.clone();
+        let status = vs.status.get_or_insert_with(Default::default);
+        let ready = match taken {
+            Ok(size) => {
+                status.ready_to_use = Some(true);
+                status.restore_size = Some(Quantity::from_bytes(size));
+                status.creation_time = Some(Timestamp::now());
+                status.error = None;
+                log::info!("VolumeSnapshot {key}: snapshot of {id} taken ({size} bytes)");
+                true
+            }
+            Err(message) => {
+                status.ready_to_use = Some(false);
+                let same = status.error.as_ref().and_then(|e| e.message.as_deref()) == Some(message.as_str());
+                if !same {
+                    log::info!("VolumeSnapshot {key}: {message}");
+                    status.error =
+                        Some(VolumeSnapshotError { message: Some(message), time: Some(Timestamp::now()) });
+                }
+                false
+            }
+        };
+        let changed = vs.status != before;
+        if ready {
+            st.snap_next.remove(key);
+        } else {
+            st.snap_next.insert(key.clone(), Instant::now() + RECHECK);
+        }
+        if changed {
+            if let Err(e) = self.persist(&mut st, CdiKind::VolumeSnapshot, key) {
+                log::error!("VolumeSnapshot {key}: {e}");
+            }
+        }
+        drop(st);
+        self.wake();
+    }
+
     fn start_cron_workers(self: &Arc<Self>) {
         let now = Instant::now();
         let mut st = lock(&self.state);
@@ -1317,6 +1552,9 @@ impl ObjectLookup for Lookup<'_> {
     fn config_map(&self, _namespace: &str, _name: &str) -> Option<BTreeMap<String, String>> {
         None
     }
+    fn volume_snapshot(&self, namespace: &str, name: &str) -> Option<VolumeSnapshot> {
+        lock(&self.0.state).snapshots.get(&Key::new(namespace, name)).cloned()
+    }
     fn data_source(&self, namespace: &str, name: &str) -> Option<DataSource> {
         let st = lock(&self.0.state);
         let ds = st.sources.get(&Key::new(namespace, name))?;
@@ -1427,6 +1665,9 @@ fn load(db: &Database, shown: &str) -> Result<State, CdiError> {
             CdiKind::DataImportCron => serde_json::from_slice(bytes).map(|o| {
                 st.crons.insert(key.clone(), o);
             }),
+            CdiKind::VolumeSnapshot => serde_json::from_slice(bytes).map(|o| {
+                st.snapshots.insert(key.clone(), o);
+            }),
         };
         if let Err(e) = loaded {
             log::error!("CDI store {shown}: {} {key} unreadable, skipped: {e}", kind.name());
@@ -1536,6 +1777,43 @@ spec:
             "{e}"
         );
         assert!(e.contains(": spec.dataVolumeTemplates[1].spec.source.http.urll: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn volume_snapshots_are_taken_kept_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cdi = Cdi::open(dir.path(), vec![]).unwrap();
+        cdi.create_data_volume("default", dv("disk", "blank: {}")).unwrap();
+        let vs = |name: &str, claim: &str| -> VolumeSnapshot {
+            let v = serde_json::json!({"apiVersion": SNAPSHOT_API_VERSION, "kind": "VolumeSnapshot",
+                "metadata": {"name": name}, "spec": {"source": {"persistentVolumeClaimName": claim}}});
+            Decoder::new(&LoadOptions::default(), 1).decode(v, "").unwrap()
+        };
+        cdi.create_volume_snapshot("default", vs("snap", "disk")).unwrap();
+        cdi.create_volume_snapshot("default", vs("lost", "nothing")).unwrap();
+        let t = Instant::now();
+        let get = |n: &str| -> VolumeSnapshot {
+            serde_json::from_value(cdi.get(CdiKind::VolumeSnapshot, "default", n).unwrap()).unwrap()
+        };
+        while !get("snap").ready() || get("lost").status.and_then(|s| s.error).is_none() {
+            assert!(t.elapsed() < Duration::from_secs(20), "{:?} {:?}", get("snap"), get("lost"));
+            cdi.pass();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let st = get("snap").status.unwrap();
+        assert_eq!(st.restore_size.map(|q| q.bytes()), Some(1 << 20));
+        let e = get("lost").status.unwrap().error.unwrap().message.unwrap();
+        assert!(e.starts_with("persistentvolumeclaims \"nothing\" not found in namespace default"), "{e}");
+        assert!(dir.path().join("volumes/default/.snapshots/disk@snap.img").is_file());
+        drop(cdi);
+        let cdi = Cdi::open(dir.path(), vec![]).unwrap();
+        assert_eq!(cdi.list(CdiKind::VolumeSnapshot, Some("default")).len(), 2);
+        cdi.delete(CdiKind::VolumeSnapshot, "default", "snap").unwrap();
+        assert!(!dir.path().join("volumes/default/.snapshots/disk@snap.img").exists());
+        assert!(matches!(
+            cdi.delete(CdiKind::VolumeSnapshot, "default", "snap"),
+            Err(CdiError::NotFound { .. })
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! CDI's REST paths on the node (docs/node-api.md): DataVolumes, DataSources and DataImportCrons
 //! (`cdi.kubevirt.io/v1beta1`, namespaced: list, create, get, delete), StorageProfiles and the
-//! CDIConfig (read-only), and UploadTokenRequests (`upload.cdi.kubevirt.io/v1beta1`). Errors are
+//! CDIConfig (read-only), UploadTokenRequests (`upload.cdi.kubevirt.io/v1beta1`), and
+//! VolumeSnapshots (`snapshot.storage.k8s.io/v1`: list, create, get, delete). Errors are
 //! Kubernetes `Status` objects, as on the rest of the node's API; bodies are read strictly.
 
 use std::sync::Arc;
@@ -16,13 +17,15 @@ use serde_json::{json, Value};
 use virt_core::api::{Decoder, LoadError, LoadOptions, ObjectMeta, Timestamp};
 use virt_core::lifecycle::Lifecycle;
 use virt_core::model::VmiPhase;
-use virt_storage::cdi::{self, CdiObject, API_VERSION};
+use virt_storage::cdi::{self, CdiObject, VolumeSnapshot, API_VERSION, SNAPSHOT_API_VERSION};
 
 use super::api::status_response;
 use super::cdi::{Cdi, CdiError, CdiKind, STORAGE_CLASS};
 
 /// The CDI group's path prefix.
 pub const CDI_PREFIX: &str = "/apis/cdi.kubevirt.io/v1beta1";
+/// The VolumeSnapshot group's path prefix.
+pub const SNAPSHOT_PREFIX: &str = "/apis/snapshot.storage.k8s.io/v1";
 /// The upload group's path prefix.
 pub const UPLOAD_PREFIX: &str = "/apis/upload.cdi.kubevirt.io/v1beta1";
 /// `apiVersion` of UploadTokenRequests.
@@ -108,7 +111,7 @@ fn no_such_resource() -> Failure {
 }
 
 fn kind_of(resource: &str) -> Result<CdiKind, Failure> {
-    CdiKind::from_plural(resource).ok_or_else(no_such_resource)
+    CdiKind::from_plural(resource).filter(|k| k.is_cdi()).ok_or_else(no_such_resource)
 }
 
 fn require_namespace(s: &CdiApiState, ns: &str) -> Result<(), Failure> {
@@ -356,6 +359,87 @@ async fn token_request(
     )
 }
 
+/// Reads a body of another group (JSON, or YAML by content type) as one JSON value.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, Failure> {
+    let text = utf8(body)?;
+    let invalid = |e: LoadError| Failure::invalid(e.to_string());
+    let mut value = if yaml_body(headers) {
+        let mut docs = virt_core::api::parse_yaml(text).map_err(invalid)?;
+        if docs.len() != 1 {
+            return Err(Failure::bad_request(format!("expected one object in the body, got {}", docs.len())));
+        }
+        docs.remove(0)
+    } else {
+        virt_core::api::parse_json(text).map_err(invalid)?
+    };
+    virt_core::api::prune_nulls(&mut value);
+    Ok(value)
+}
+
+fn snapshot_list(items: Vec<Value>) -> Answer {
+    ok(
+        StatusCode::OK,
+        &json!({ "apiVersion": SNAPSHOT_API_VERSION, "kind": "VolumeSnapshotList", "metadata": {}, "items": items }),
+    )
+}
+
+/// `GET /apis/snapshot.storage.k8s.io/v1/volumesnapshots`.
+async fn list_all_snapshots(State(s): State<CdiApiState>) -> Answer {
+    snapshot_list(s.cdi.list(CdiKind::VolumeSnapshot, None))
+}
+
+/// `GET /apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots`.
+async fn list_snapshots(State(s): State<CdiApiState>, Path(ns): Path<String>) -> Answer {
+    require_namespace(&s, &ns)?;
+    snapshot_list(s.cdi.list(CdiKind::VolumeSnapshot, Some(&ns)))
+}
+
+/// `POST /apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots`.
+async fn create_snapshot(
+    State(s): State<CdiApiState>,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    require_namespace(&s, &ns)?;
+    let value = parse_body(&headers, &body)?;
+    let (api, kind) = (value["apiVersion"].as_str().unwrap_or(""), value["kind"].as_str().unwrap_or(""));
+    if api != SNAPSHOT_API_VERSION || kind != "VolumeSnapshot" {
+        return Err(Failure::bad_request(format!(
+            "the body is a {api:?} {kind:?}, this path takes a {SNAPSHOT_API_VERSION} VolumeSnapshot"
+        )));
+    }
+    let opts = LoadOptions::default();
+    let vs: VolumeSnapshot =
+        Decoder::new(&opts, 1).decode(value, "").map_err(|e| Failure::invalid(e.to_string()))?;
+    let cdi = s.cdi.clone();
+    let made = blocking(move || Ok(cdi.create_volume_snapshot(&ns, vs)?)).await?;
+    ok(StatusCode::CREATED, &made)
+}
+
+/// `GET /apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots/{name}`.
+async fn get_snapshot(State(s): State<CdiApiState>, Path((ns, name)): Path<(String, String)>) -> Answer {
+    ok(StatusCode::OK, &s.cdi.get(CdiKind::VolumeSnapshot, &ns, &name)?)
+}
+
+/// `DELETE /apis/snapshot.storage.k8s.io/v1/namespaces/{ns}/volumesnapshots/{name}`: the pool
+/// snapshot goes with it.
+async fn delete_snapshot(State(s): State<CdiApiState>, Path((ns, name)): Path<(String, String)>) -> Answer {
+    let cdi = s.cdi.clone();
+    let n = name.clone();
+    blocking(move || Ok(cdi.delete(CdiKind::VolumeSnapshot, &ns, &n)?)).await?;
+    ok(
+        StatusCode::OK,
+        &json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "details": { "name": name, "group": "snapshot.storage.k8s.io", "kind": "volumesnapshots" },
+        }),
+    )
+}
+
 /// CDI's routes, to merge into the node's API router.
 pub fn router(cdi: Arc<Cdi>, lifecycle: Arc<Lifecycle>) -> Router {
     Router::new()
@@ -367,5 +451,14 @@ pub fn router(cdi: Arc<Cdi>, lifecycle: Arc<Lifecycle>) -> Router {
             get(get_one).delete(delete_one),
         )
         .route(&format!("{UPLOAD_PREFIX}/namespaces/{{ns}}/uploadtokenrequests"), post(token_request))
+        .route(&format!("{SNAPSHOT_PREFIX}/volumesnapshots"), get(list_all_snapshots))
+        .route(
+            &format!("{SNAPSHOT_PREFIX}/namespaces/{{ns}}/volumesnapshots"),
+            get(list_snapshots).post(create_snapshot),
+        )
+        .route(
+            &format!("{SNAPSHOT_PREFIX}/namespaces/{{ns}}/volumesnapshots/{{name}}"),
+            get(get_snapshot).delete(delete_snapshot),
+        )
         .with_state(CdiApiState { cdi, lifecycle })
 }

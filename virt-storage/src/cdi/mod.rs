@@ -44,6 +44,7 @@ mod load;
 mod meta;
 mod storageprofile;
 mod validate;
+mod volumesnapshot;
 
 pub use cron::{CronError, Schedule};
 pub use dataimportcron::{
@@ -74,4 +75,8 @@ pub use virt_core::api::{
     FieldProblem, FieldValidation, Format, LabelSelector, LabelSelectorRequirement, LoadError, LoadOptions,
     ObjectMeta, OwnerReference, ProblemKind, Quantity, QuantityError, SerializeError, Timestamp,
     TimestampError, TypedLocalObjectReference, TypedObjectReference, Validate, Validation, ValidationError,
+};
+pub use volumesnapshot::{
+    VolumeSnapshot, VolumeSnapshotError, VolumeSnapshotInvalid, VolumeSnapshotSource, VolumeSnapshotSpec,
+    VolumeSnapshotStatus, SNAPSHOT_API_VERSION,
 };

@@ -6,9 +6,11 @@
 //!     ─► sniff: gzip/xz ─► decompress ─► sniff again
 //!          raw ─► convert_stream ─► pool's staging file
 //!          qcow2 ─► spooled to a scratch file (qcow2 needs random access) ─► convert_image
+//!                   (converted while it downloads when it is not compressed and its length is known)
 //!     ─► checksum ok? ─► commit_import (rename into place)    any error ─► abort_import
 //! ```
 
+mod growing;
 pub mod http;
 pub mod registry;
 pub mod source;
@@ -228,20 +230,19 @@ fn run_import(
     let shared = std::sync::Arc::new(std::sync::Mutex::new(reader));
     let stream: Box<dyn Read + Send> = Box::new(SharedReader(shared.clone()));
 
-    // Progress from a side thread while the pipeline runs.
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel::<Progress>();
-    let ticker = {
-        let (done, counter) = (done.clone(), counter.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                let _ = tx.send(Progress { bytes: counter.load(Ordering::Relaxed), total });
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-        })
+    // Progress reported live from a side thread (`progress` is `Send`) every 200 ms while the
+    // pipeline runs on this one; the side thread wakes at once when the pipeline ends.
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let progress_shared = &mut *progress;
+    let ticker = move || loop {
+        progress_shared(Progress { bytes: counter.load(Ordering::Relaxed), total });
+        match stopped.recv_timeout(std::time::Duration::from_millis(200)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
     };
 
-    let result = (|| -> Result<(ImageFormat, Option<ImageFormat>, bool), ImportError> {
+    let pipeline = || -> Result<(ImageFormat, Option<ImageFormat>, bool), ImportError> {
         let (head, stream) = peek(stream, SNIFF).map_err(io_err)?;
         if head.is_empty() {
             return Err(not_image("the payload is empty".into()));
@@ -284,28 +285,36 @@ fn run_import(
                 Ok((inner, compression, false))
             }
             ImageFormat::Qcow2 => {
-                // qcow2 needs random access: spool it, then convert from the file.
+                // qcow2 needs random access: spool it. An imported image must not reach into the
+                // host's files through a backing file.
+                let qopts = Qcow2OpenOptions { backing: BackingPolicy::Refuse, ..Default::default() };
                 let mut s = inner_stream;
-                let f = std::fs::File::create(scratch).map_err(io_err)?;
-                spool(&mut *s, &f).map_err(io_err)?;
-                drop(f);
-                // An imported image must not reach into the host's files through a backing file.
-                let q = Qcow2::open(
-                    scratch,
-                    &Qcow2OpenOptions { backing: BackingPolicy::Refuse, ..Default::default() },
-                )
-                .map_err(fmt_err)?;
-                convert_image(&q, dst, &copts).map_err(fmt_err)?;
+                match (compression, total) {
+                    // The stream is the image and its length is known: convert while it downloads.
+                    (None, Some(total)) => {
+                        convert_while_downloading(&mut *s, total, scratch, dst, &qopts, &copts, &name)?
+                    }
+                    _ => {
+                        let f = std::fs::File::create(scratch).map_err(io_err)?;
+                        spool(&mut *s, &f).map_err(io_err)?;
+                        drop(f);
+                        let q = Qcow2::open(scratch, &qopts).map_err(fmt_err)?;
+                        convert_image(&q, dst, &copts).map_err(fmt_err)?;
+                    }
+                }
                 Ok((inner, compression, true))
             }
             other => Err(not_image(format!("{} images are not supported for import", other.name()))),
         }
-    })();
-    done.store(true, Ordering::Relaxed);
-    let _ = ticker.join();
-    for p in rx.try_iter() {
-        progress(p);
-    }
+    };
+    let result = std::thread::scope(|s| {
+        let t = s.spawn(ticker);
+        let r = pipeline();
+        // The receiver lives until the ticker returns, so this only fails if it already did.
+        let _ = stop.send(());
+        let _ = t.join();
+        r
+    });
     let (source_format, compression, used_scratch) = result?;
     let (bytes_received, sha256) = {
         let g = shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -344,6 +353,53 @@ fn run_import(
         resumes: resumes.load(Ordering::Relaxed),
         sha256,
         used_scratch,
+    })
+}
+
+/// Downloads `stream` (a qcow2 image of `total` bytes) into `scratch` on a thread of its own while
+/// this thread converts it to `dst` from a [`growing::GrowingFile`] over the same file. The download
+/// always runs to its end (the caller checks its length and checksum afterwards); a failed
+/// conversion stops it. A download error wins over the conversion error it caused.
+fn convert_while_downloading(
+    stream: &mut (dyn Read + Send),
+    total: u64,
+    scratch: &std::path::Path,
+    dst: &std::path::Path,
+    qopts: &Qcow2OpenOptions,
+    copts: &ConvertOptions,
+    name: &str,
+) -> Result<(), ImportError> {
+    let io_err =
+        |e: std::io::Error| ImportError::Source { source_name: name.to_string(), msg: e.to_string() };
+    let fmt_err = |source| ImportError::Format { source_name: name.to_string(), source };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(scratch)
+        .map_err(io_err)?;
+    let view = file.try_clone().map_err(io_err)?;
+    let fill = growing::Fill::default();
+    std::thread::scope(|s| {
+        let download = s.spawn(|| {
+            let r = growing::download_into(stream, &file, &fill);
+            fill.finish(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            r
+        });
+        let converted = Qcow2::open_file(growing::GrowingFile::new(view, total, &fill), scratch, qopts, None)
+            .and_then(|q| convert_image(&q, dst, copts));
+        if converted.is_err() {
+            fill.cancel();
+        }
+        let downloaded =
+            download.join().unwrap_or_else(|_| Err(std::io::Error::other("download thread panicked")));
+        match (downloaded, converted) {
+            (Err(e), Err(_)) => Err(io_err(e)),
+            (_, Err(e)) => Err(fmt_err(e)),
+            (Err(e), Ok(_)) => Err(io_err(e)),
+            (Ok(_), Ok(_)) => Ok(()),
+        }
     })
 }
 

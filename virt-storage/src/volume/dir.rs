@@ -369,10 +369,37 @@ impl VolumeProvider for DirPool {
         self.ensure_absent(dst)?;
         self.mkdirs(dst, &self.ns_dir(&dst.namespace))?;
         let base = self.ns_dir(&dst.namespace).join(&dst.name);
+        // No overlay: a restored volume must not depend on the snapshot (which may be deleted).
         let (strategy, fallback_reason, bytes_copied, out_fmt) =
-            self.clone_into(src, &snap_path, fmt, &base, CloneOptions::default(), true)?;
+            self.clone_into(src, &snap_path, fmt, &base, CloneOptions::default(), false)?;
         let volume = self.describe(dst, &self.file(dst, out_fmt), out_fmt)?;
         Ok(CloneOutcome { volume, strategy, fallback_reason, bytes_copied })
+    }
+
+    fn get_snapshot(&self, id: &VolumeId, snapshot: &str) -> Result<Option<Volume>, VolumeError> {
+        id.validate()?;
+        VolumeId::new(&id.namespace, snapshot).validate()?;
+        for f in [VolumeFormat::Raw, VolumeFormat::Qcow2] {
+            let path = self.snapshot_file(id, snapshot, f);
+            if path.exists() {
+                let mut volume = self.describe(id, &path, f)?;
+                volume.id = VolumeId::new(&id.namespace, format!("{}@{snapshot}", id.name));
+                return Ok(Some(volume));
+            }
+        }
+        Ok(None)
+    }
+
+    fn delete_snapshot(&self, id: &VolumeId, snapshot: &str) -> Result<(), VolumeError> {
+        id.validate()?;
+        VolumeId::new(&id.namespace, snapshot).validate()?;
+        let snap_id = || VolumeId::new(&id.namespace, format!("{}@{snapshot}", id.name));
+        let path = [VolumeFormat::Raw, VolumeFormat::Qcow2]
+            .into_iter()
+            .map(|f| self.snapshot_file(id, snapshot, f))
+            .find(|p| p.exists())
+            .ok_or_else(|| VolumeError::NotFound(snap_id()))?;
+        std::fs::remove_file(&path).map_err(Self::io(&snap_id(), "deleting", &path))
     }
 
     fn resize(&self, id: &VolumeId, new_size: u64) -> Result<Volume, VolumeError> {
@@ -605,9 +632,20 @@ mod tests {
         let mut b = [0u8; 6];
         p.open(&r.volume.id, true).unwrap().read_at(0, &mut b).unwrap();
         assert_eq!(&b, b"before");
+        // The restore does not depend on the snapshot.
+        assert_ne!(r.strategy, CloneStrategy::Overlay);
+        assert_eq!(r.volume.backing, None);
         // The snapshot is not a volume of the namespace.
         assert!(p.list("default").unwrap().iter().all(|v| !v.id.name.contains('@')));
         assert!(p.snapshot(&id("disk"), "snap1").is_err());
+        let info = p.get_snapshot(&id("disk"), "snap1").unwrap().unwrap();
+        assert_eq!((info.size, info.id.name.as_str()), (1 << 20, "disk@snap1"));
+        assert_eq!(p.get_snapshot(&id("disk"), "other").unwrap(), None);
+        p.delete_snapshot(&id("disk"), "snap1").unwrap();
+        assert_eq!(p.get_snapshot(&id("disk"), "snap1").unwrap(), None);
+        assert!(matches!(p.delete_snapshot(&id("disk"), "snap1"), Err(VolumeError::NotFound(_))));
+        p.open(&r.volume.id, true).unwrap().read_at(0, &mut b).unwrap();
+        assert_eq!(&b, b"before");
     }
 
     #[test]

@@ -213,8 +213,14 @@ pub trait VolumeProvider: Send + Sync {
     ) -> Result<CloneOutcome, VolumeError>;
     /// Takes a point-in-time copy of `id` as `snapshot` (same namespace, snapshots listed apart).
     fn snapshot(&self, id: &VolumeId, snapshot: &str) -> Result<CloneOutcome, VolumeError>;
-    /// Restores a new volume `dst` from snapshot `snapshot` of `src`.
+    /// Restores a new volume `dst` from snapshot `snapshot` of `src`. The new volume does not
+    /// depend on the snapshot (a reflink where the file system shares blocks, else a copy of the
+    /// data), so the snapshot can be deleted at any time.
     fn restore(&self, src: &VolumeId, snapshot: &str, dst: &VolumeId) -> Result<CloneOutcome, VolumeError>;
+    /// Snapshot `snapshot` of `id` (its `id` is `NAME@SNAPSHOT`), if it exists.
+    fn get_snapshot(&self, id: &VolumeId, snapshot: &str) -> Result<Option<Volume>, VolumeError>;
+    /// Deletes snapshot `snapshot` of `id` (the volume itself need not exist any more).
+    fn delete_snapshot(&self, id: &VolumeId, snapshot: &str) -> Result<(), VolumeError>;
     /// Grows a volume to `new_size` bytes.
     fn resize(&self, id: &VolumeId, new_size: u64) -> Result<Volume, VolumeError>;
     /// Deletes a volume (refused while overlays depend on it).
