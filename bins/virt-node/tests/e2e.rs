@@ -298,6 +298,30 @@ fn kill_launchers(state: &Path) {
     }
 }
 
+/// One HTTP/1.1 POST over the node's unix socket; returns the status code and the body.
+fn raw_post_as(socket: &Path, path: &str, body: &str, content_type: &str) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+fn raw_post(socket: &Path, path: &str, body: &str) -> (u16, String) {
+    raw_post_as(socket, path, body, "application/json")
+}
+
+fn raw_post_yaml(socket: &Path, path: &str, body: &str) -> (u16, String) {
+    raw_post_as(socket, path, body, "application/yaml")
+}
+
 /// KubeVirt's example manifests: `VIRT_CONFORMANCE_DIR`, else `shared/` beside the repository, else
 /// the workplace's copy (as the conformance tests find them).
 fn conformance_dir() -> PathBuf {
@@ -480,6 +504,22 @@ fn conformance_instancetypes_resolve_into_the_vmi() {
     assert_eq!(cpus, 1, "csmall's one vCPU: {vmi}");
     let msg = vmi.to_string();
     assert!(msg.contains("containerDisk") && msg.contains("registry:5000"), "{msg}");
+    // The API itself (not only virtctl) refuses unknown and unsupported fields, naming them.
+    let (code, body) = raw_post(
+        &node.socket,
+        "/apis/kubevirt.io/v1/namespaces/default/virtualmachines",
+        r#"{"apiVersion":"kubevirt.io/v1","kind":"VirtualMachine","metadata":{"name":"x"},"spec":{"bogus":1,"template":{"spec":{"domain":{"devices":{}}}}}}"#,
+    );
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("spec.bogus") && body.contains("\"reason\":\"Invalid\""), "{body}");
+    let gpu = std::fs::read_to_string(conf.join("vmi-gpu.yaml")).unwrap();
+    let (code, body) =
+        raw_post_yaml(&node.socket, "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances", &gpu);
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("spec.domain.devices.gpus"), "{body}");
+    let (code, body) = raw_post(&node.socket, "/apis/kubevirt.io/v1/namespaces/nope/virtualmachines", "{}");
+    assert!(code == 404 || code == 422, "{code} {body}");
+
     // A VM naming an instancetype that does not exist cannot start: its status says which.
     let missing = state.path().join("missing.yaml");
     let text = std::fs::read_to_string(conf.join("vm-cirros-csmall.yaml"))
