@@ -177,7 +177,10 @@ impl Drop for NodeProc {
             if let Ok(pid) = std::fs::read_to_string(d.path().join("launcher.pid")) {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
                     // The launcher leads its process group: end the group (launcher and QEMU).
-                    let _ = Command::new("kill").arg("-KILL").arg(format!("-{pid}")).status();
+                    let _ = Command::new("kill")
+                        .args(["-s", "KILL", "--", &format!("-{pid}")])
+                        .stderr(Stdio::null())
+                        .status();
                 }
             }
         }

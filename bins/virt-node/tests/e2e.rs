@@ -292,7 +292,10 @@ fn kill_launchers(state: &Path) {
         if let Ok(pid) = std::fs::read_to_string(d.path().join("launcher.pid")) {
             if let Ok(pid) = pid.trim().parse::<i32>() {
                 // The launcher is a process-group leader: end the group (launcher and QEMU).
-                let _ = Command::new("kill").arg("-KILL").arg(format!("-{pid}")).status();
+                let _ = Command::new("kill")
+                    .args(["-s", "KILL", "--", &format!("-{pid}")])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
     }
