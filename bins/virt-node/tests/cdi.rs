@@ -8,6 +8,8 @@
 //! reason otherwise; scripts/install-deps.sh installs them). virtctl is run from the target
 //! directory (`cargo test --workspace` builds it).
 
+#[path = "support/node.rs"]
+mod node;
 #[path = "../../../virt-storage/tests/support/registry.rs"]
 mod registry;
 
@@ -15,11 +17,12 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use node::{bin, NodeProc};
 use registry::{Comp, OciLayout, Registry, RegistryOpts};
 use serde_json::{json, Value};
 use virt_k8s::client::{Endpoint, NodeClient};
@@ -31,106 +34,9 @@ fn have(tool: &str) -> bool {
     Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
-/// A binary of this workspace, from the target directory these tests run from.
-fn bin(name: &str) -> PathBuf {
-    if name == "virt-node" {
-        return PathBuf::from(env!("CARGO_BIN_EXE_virt-node"));
-    }
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().join(name)
-}
-
-fn need(name: &str) -> PathBuf {
-    let p = bin(name);
-    assert!(
-        p.is_file(),
-        "{} not built: run `cargo build --workspace` (cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
-
-/// A node daemon on a temporary state directory; killed when dropped (its launchers too).
-struct NodeProc {
-    child: Option<Child>,
-    state: PathBuf,
-    socket: PathBuf,
-    registry: Option<String>,
-}
-
 impl NodeProc {
-    fn start(state: &Path, registry: Option<&str>) -> Self {
-        let mut n = Self {
-            child: None,
-            state: state.to_path_buf(),
-            socket: state.join("node.sock"),
-            registry: registry.map(str::to_string),
-        };
-        n.spawn();
-        n
-    }
-
-    fn spawn(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.state.join("node.log")).unwrap();
-        let mut cmd = Command::new(bin("virt-node"));
-        cmd.arg("--state-dir")
-            .arg(&self.state)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--launcher")
-            .arg(bin("virt-launcher"))
-            .arg("--allow-emulation");
-        if let Some(r) = &self.registry {
-            cmd.arg("--insecure-registry").arg(r);
-        }
-        let child = cmd.env("RUST_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
-        self.child = Some(child);
-        let t = Instant::now();
-        while !self.socket.exists() {
-            assert!(t.elapsed() < Duration::from_secs(20), "virt-node did not come up: {}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.state.join("node.log")).unwrap_or_default()
-    }
-
-    fn sigkill(&mut self) {
-        let mut c = self.child.take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
     fn client(&self) -> NodeClient {
         NodeClient::new(Endpoint::Unix(self.socket.clone()), None).unwrap()
-    }
-
-    fn virtctl(&self, args: &[&str]) -> Output {
-        Command::new(need("virtctl"))
-            .arg("--server")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .env_remove("VIRT_UPLOAD_TOKEN")
-            .env_remove("VIRT_TOKEN")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.virtctl(args);
-        assert!(
-            o.status.success(),
-            "virtctl {args:?} failed ({}): {}{}\nnode log:\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            self.log()
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     fn dv(&self, ns: &str, name: &str) -> Option<DataVolume> {
@@ -163,27 +69,6 @@ impl NodeProc {
             .iter()
             .map(|ext| self.state.join("volumes").join(ns).join(format!("{name}.{ext}")))
             .find(|p| p.is_file())
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let Ok(dirs) = std::fs::read_dir(self.state.join("vmis")) else { return };
-        for d in dirs.flatten() {
-            if let Ok(pid) = std::fs::read_to_string(d.path().join("launcher.pid")) {
-                if let Ok(pid) = pid.trim().parse::<i32>() {
-                    // The launcher leads its process group: end the group (launcher and QEMU).
-                    let _ = Command::new("kill")
-                        .args(["-s", "KILL", "--", &format!("-{pid}")])
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            }
-        }
     }
 }
 
@@ -428,7 +313,7 @@ fn image_upload_through_the_node_with_its_tokens() {
     let url = format!("{base}/v1beta1/upload");
     let e = virt_storage::upload::upload_file(&url, "not-a-token", &img, false, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("HTTP 401"), "{e}");
-    let o = Command::new(need("virtctl"))
+    let o = Command::new(bin("virtctl"))
         .args(["image-upload", "dv", "waiting", "--image-path", img_s, "--uploadproxy-url", &base, "--quiet"])
         .env("VIRT_UPLOAD_TOKEN", "forged")
         .output()

@@ -16,16 +16,19 @@
 #[macro_use]
 #[path = "../../../virt-core/tests/support/guest.rs"]
 mod guest;
+#[path = "support/node.rs"]
+mod node;
 #[path = "../../../virt-storage/tests/support/registry.rs"]
 mod registry;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use guest::{assets, boot_lock, have, vnc_framebuffer_update};
+use node::{bin, NodeProc};
 use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
 use serde_json::Value;
 
@@ -33,22 +36,6 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 
 fn missing_tools() -> Option<&'static str> {
     ["qemu-system-x86_64", "docker-registry", "skopeo"].into_iter().find(|t| !have(t))
-}
-
-/// A binary of this workspace, from the target directory these tests run from.
-fn bin(name: &str) -> PathBuf {
-    if name == "virt-node" {
-        return PathBuf::from(env!("CARGO_BIN_EXE_virt-node"));
-    }
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "{} not built: run `cargo build --workspace` (cargo test --workspace does)",
-        p.display()
-    );
-    p
 }
 
 /// Pushes the kernel and initramfs as a kernel-boot container image; returns its reference.
@@ -138,85 +125,7 @@ spec:
     )
 }
 
-/// A node daemon on a temporary state directory; killed when dropped (its launchers too).
-struct NodeProc {
-    child: Option<Child>,
-    state: PathBuf,
-    socket: PathBuf,
-    registry_host: String,
-}
-
 impl NodeProc {
-    fn start(state: &Path, registry_host: &str) -> Self {
-        let socket = state.join("node.sock");
-        let mut n =
-            Self { child: None, state: state.to_path_buf(), socket, registry_host: registry_host.into() };
-        n.spawn();
-        n
-    }
-
-    fn spawn(&mut self) {
-        // A killed daemon leaves its socket file behind.
-        let _ = std::fs::remove_file(&self.socket);
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.state.join("node.log")).unwrap();
-        let child = Command::new(bin("virt-node"))
-            .arg("--state-dir")
-            .arg(&self.state)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--launcher")
-            .arg(bin("virt-launcher"))
-            .arg("--allow-emulation")
-            .arg("--insecure-registry")
-            .arg(&self.registry_host)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let t = Instant::now();
-        while !self.socket.exists() {
-            assert!(t.elapsed() < Duration::from_secs(20), "virt-node did not come up: {}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.state.join("node.log")).unwrap_or_default()
-    }
-
-    fn sigkill(&mut self) {
-        let mut c = self.child.take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    fn virtctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("virtctl"))
-            .arg("--server")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// Runs virtctl and insists on success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.virtctl(args);
-        assert!(
-            o.status.success(),
-            "virtctl {args:?} failed ({}): {}{}\nnode log:\n{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr),
-            self.log()
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
     fn vmi(&self, name: &str) -> Option<Value> {
         let o = self.virtctl(&["get", "vmi", name, "-o", "json"]);
         o.status.success().then(|| serde_json::from_slice(&o.stdout).unwrap())
@@ -272,32 +181,6 @@ impl NodeProc {
         child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
         assert!(status.success(), "virtctl console did not end cleanly on ^]: {status} {err}");
         String::from_utf8_lossy(&seen).into_owned()
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Launchers outlive the daemon by design; end this test's ones (and their QEMUs).
-        kill_launchers(&self.state);
-    }
-}
-
-fn kill_launchers(state: &Path) {
-    let Ok(dirs) = std::fs::read_dir(state.join("vmis")) else { return };
-    for d in dirs.flatten() {
-        if let Ok(pid) = std::fs::read_to_string(d.path().join("launcher.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // The launcher is a process-group leader: end the group (launcher and QEMU).
-                let _ = Command::new("kill")
-                    .args(["-s", "KILL", "--", &format!("-{pid}")])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
     }
 }
 
@@ -366,7 +249,7 @@ fn setup() -> Option<(Registry, String, tempfile::TempDir)> {
 fn apply_start_console_pause_stop_delete() {
     let Some((reg, image, state)) = setup() else { return };
     let _one = boot_lock();
-    let node = NodeProc::start(state.path(), &reg.host);
+    let node = NodeProc::start(state.path(), Some(&reg.host));
     let file = state.path().join("demo.yaml");
     std::fs::write(&file, vm_yaml("demo", &image)).unwrap();
 
@@ -440,7 +323,7 @@ fn apply_start_console_pause_stop_delete() {
 fn sigkilled_daemon_finds_its_running_vm_again() {
     let Some((reg, image, state)) = setup() else { return };
     let _one = boot_lock();
-    let mut node = NodeProc::start(state.path(), &reg.host);
+    let mut node = NodeProc::start(state.path(), Some(&reg.host));
     let file = state.path().join("keep.yaml");
     let disk = push_container_disk(&reg);
     std::fs::write(&file, vm_yaml_with("keep", &image, Some(&disk))).unwrap();
@@ -490,7 +373,7 @@ fn sigkilled_daemon_finds_its_running_vm_again() {
 #[test]
 fn conformance_instancetypes_resolve_into_the_vmi() {
     let state = tempfile::Builder::new().prefix("vn").tempdir_in("/tmp").unwrap();
-    let node = NodeProc::start(state.path(), "127.0.0.1:1");
+    let node = NodeProc::start(state.path(), None);
     let conf = conformance_dir();
     for f in ["cluster-csmall.yaml", "csmall.yaml", "vm-cirros-csmall.yaml"] {
         let out = node.ok(&["create", "-f", conf.join(f).to_str().unwrap()]);
