@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-pub use runtime::{BackendRuntime, VolumeFilesFactory};
+pub use runtime::{BackendRuntime, ConsoleFactory, VolumeFilesFactory};
 pub use strategy::{Action, InstanceView, Request, RequestError, StateChange, VmView};
 
 use crate::api::{ConditionStatus, ObjectMeta, OwnerReference, Timestamp};
