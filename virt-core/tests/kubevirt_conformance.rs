@@ -85,6 +85,10 @@ const EXPECTED_REJECTIONS: &[(&str, &str)] = &[
     ),
     ("vmi-gpu.yaml", "spec.domain.devices.gpus: unsupported: GPUs are not supported on this node"),
     (
+        "vmi-host-disk.yaml",
+        "spec.volumes[0].hostDisk: unsupported: hostDisk is not enabled on this node (KubeVirt's HostDisk feature gate)",
+    ),
+    (
         "vmi-multus-multiple-net.yaml",
         "spec.networks[1].multus: unsupported: Multus secondary networks are not supported on this node",
     ),
@@ -111,7 +115,6 @@ const EXPECTED_KINDS: &[(&str, &str)] = &[
     ("vmi-alpine-efi.yaml", "VirtualMachineInstance"),
     ("vmi-ephemeral.yaml", "VirtualMachineInstance"),
     ("vmi-fedora.yaml", "VirtualMachineInstance"),
-    ("vmi-host-disk.yaml", "VirtualMachineInstance"),
     ("vmi-kernel-boot.yaml", "VirtualMachineInstance"),
     ("vmi-masquerade.yaml", "VirtualMachineInstance"),
     ("vmi-migratable.yaml", "VirtualMachineInstance"),
@@ -753,6 +756,25 @@ fn what_the_node_cannot_do_is_refused_by_path() {
     ));
     assert_eq!(paths(&p), ["spec.domain.cpu.dedicatedCpuPlacement", "spec.domain.memory.hugepages"]);
     assert!(p.iter().all(|p| p.kind == ProblemKind::Unsupported));
+    // hostDisk: off unless the node names directories; then only strictly under them, no `..`.
+    let p = admit(&read("vmi-host-disk.yaml"));
+    assert_eq!(paths(&p), ["spec.volumes[0].hostDisk"]);
+    let mut allowing = NodeSupport::default();
+    allowing.host_disk_dirs = vec!["/var/data".into()];
+    let host = |path: &str| {
+        let yaml = read("vmi-host-disk.yaml").replace("/var/data/disk.img", path);
+        model::load_yaml(&yaml).unwrap()[0].object.admit(&allowing)
+    };
+    assert!(host("/var/data/disk.img").is_ok());
+    assert!(host("/var/data/vms/a/disk.img").is_ok());
+    for hostile in ["/etc/shadow", "/var/data/../../etc/shadow", "/var/data", "/var/database.img"] {
+        let p = host(hostile).unwrap_err().problems;
+        assert_eq!(paths(&p), ["spec.volumes[0].hostDisk.path"], "{hostile}");
+        assert_eq!(p[0].kind, ProblemKind::Forbidden, "{hostile}");
+    }
+    assert!(host("/etc/shadow").unwrap_err().problems[0]
+        .message
+        .contains("\"/etc/shadow\" is outside the directories this node allows for hostDisk (/var/data)"));
     let p = admit(
         &VMI.replace("        masquerade: {}", "        sriov: {}")
             .replace("    pod: {}", "    multus: {networkName: sriov-net}"),

@@ -11,6 +11,7 @@ pub mod cloudinit;
 pub mod datavolume;
 pub mod format;
 pub mod golden;
+pub mod hostdisk;
 pub mod import;
 pub mod registry;
 pub mod upload;

@@ -41,6 +41,11 @@ struct Args {
     /// Node name shown in VMI status.
     #[arg(long, default_value = "localhost")]
     node_name: String,
+    /// Allow hostDisk volumes whose image files lie under DIR (repeatable). Without it hostDisk is
+    /// refused, as KubeVirt refuses it while its HostDisk feature gate is off: a host path in a
+    /// manifest lets whoever can create VMs read and write that file as root.
+    #[arg(long = "host-disk-dir", value_name = "DIR")]
+    host_disk_dirs: Vec<PathBuf>,
 }
 
 fn default_launcher() -> PathBuf {
@@ -74,6 +79,7 @@ fn main() -> ExitCode {
         allow_emulation: a.allow_emulation,
         backend: a.backend,
         insecure_registries: a.insecure_registries,
+        host_disk_dirs: a.host_disk_dirs,
         tick: Duration::from_millis(500),
     };
     let node = match Node::open(cfg) {

@@ -101,7 +101,7 @@ pub use network::{
     Binding, DhcpOptions, DhcpPrivateOption, Interface, InterfaceState, MultusNetwork, Network,
     PluginBinding, PodNetwork, Port,
 };
-pub use node::{Admit, NodeSupport};
+pub use node::{host_disk_path_problem, Admit, NodeSupport};
 pub use resolve::{resolve, Catalog, InstancetypeKind, PreferenceKind, ResolveError};
 pub use vm::{
     DataVolumeTemplateSpec, InstancetypeMatcher, PreferenceMatcher, RunStrategy, VirtualMachine,

@@ -5,6 +5,8 @@
 //! A manifest asking for one is refused with the path of the field and a sentence saying what is
 //! not supported, never started without it.
 
+use std::path::{Component, Path, PathBuf};
+
 use crate::api::{child, FieldProblem, ProblemKind, Validate, Validation, ValidationError};
 
 use super::instancetype::{InstancetypeSpec, PreferenceSpec};
@@ -43,6 +45,10 @@ pub struct NodeSupport {
     pub live_migration: bool,
     /// Volume hotplug (`hotpluggable: true`) and memory dumps.
     pub hotplug: bool,
+    /// Directories under which `hostDisk` image files may live. Empty (the default) disables
+    /// `hostDisk` altogether, as KubeVirt's `HostDisk` feature gate does when off: a host path in a
+    /// manifest is a request to read and write a file on the node as root.
+    pub host_disk_dirs: Vec<PathBuf>,
 }
 
 impl NodeSupport {
@@ -62,8 +68,37 @@ impl NodeSupport {
             downward_metrics: true,
             live_migration: true,
             hotplug: true,
+            host_disk_dirs: vec![PathBuf::from("/")],
         }
     }
+}
+
+/// Why a `hostDisk` path is refused before anything touches the file system (the lexical half of
+/// the check; the node resolves symlinks again when it prepares the disk).
+pub fn host_disk_path_problem(path: &str, dirs: &[PathBuf]) -> Option<String> {
+    if dirs.is_empty() {
+        return Some(
+            "hostDisk is not enabled on this node (KubeVirt's HostDisk feature gate): start virt-node with \
+             --host-disk-dir DIR to allow image files under DIR"
+                .into(),
+        );
+    }
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Some(format!("{path:?}: must be an absolute path"));
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Some(format!("{path:?}: must not contain '..' components"));
+    }
+    let inside = dirs.iter().any(|d| p.starts_with(d) && p.components().count() > d.components().count());
+    if !inside {
+        let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        return Some(format!(
+            "{path:?} is outside the directories this node allows for hostDisk ({})",
+            list.join(", ")
+        ));
+    }
+    None
 }
 
 /// Objects that can be admitted on a node: validated, then checked against what the node can do.
@@ -268,6 +303,17 @@ pub(crate) fn vmi_spec_node_problems(
             ),
             Some(VolumeKind::MemoryDump) if !node.hotplug => {
                 unsupported(v, child(&vp, "memoryDump"), "memory dumps are not supported on this node")
+            }
+            Some(VolumeKind::HostDisk) => {
+                if let Some(why) =
+                    vol.host_disk.as_ref().and_then(|h| host_disk_path_problem(&h.path, &node.host_disk_dirs))
+                {
+                    if node.host_disk_dirs.is_empty() {
+                        unsupported(v, child(&vp, "hostDisk"), why);
+                    } else {
+                        v.push(child(&child(&vp, "hostDisk"), "path"), ProblemKind::Forbidden, why);
+                    }
+                }
             }
             _ => {}
         }

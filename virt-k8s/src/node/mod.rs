@@ -45,6 +45,9 @@ pub struct NodeConfig {
     pub backend: Option<String>,
     /// Registries reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Directories `hostDisk` images may live in (`--host-disk-dir`); empty disables `hostDisk`.
+    /// Each must be an existing absolute directory outside the state directory.
+    pub host_disk_dirs: Vec<PathBuf>,
     /// How often the controller looks at machines without being woken.
     pub tick: Duration,
 }
@@ -80,6 +83,28 @@ fn io<'a>(what: &'static str, path: &'a std::path::Path) -> impl FnOnce(std::io:
     move |source| NodeError::Io { what, path: path.display().to_string(), source }
 }
 
+/// The `hostDisk` directories, resolved: each must exist, be a directory, and neither contain nor
+/// lie inside the state directory (whose store and run directories are never a guest's disk).
+fn host_disk_dirs(cfg: &NodeConfig) -> Result<Vec<PathBuf>, NodeError> {
+    let state = std::fs::canonicalize(&cfg.state_dir).map_err(io("resolving", &cfg.state_dir))?;
+    let mut out = Vec::new();
+    for d in &cfg.host_disk_dirs {
+        let real = std::fs::canonicalize(d).map_err(io("resolving the --host-disk-dir", d))?;
+        if !real.is_dir() {
+            return Err(NodeError::Config(format!("--host-disk-dir {}: not a directory", d.display())));
+        }
+        if real == std::path::Path::new("/") || state.starts_with(&real) || real.starts_with(&state) {
+            return Err(NodeError::Config(format!(
+                "--host-disk-dir {}: must not be / nor contain or lie inside the state directory {}",
+                d.display(),
+                state.display()
+            )));
+        }
+        out.push(real);
+    }
+    Ok(out)
+}
+
 /// A node: its lifecycle, launchers and API.
 pub struct Node {
     cfg: NodeConfig,
@@ -97,6 +122,7 @@ impl Node {
             return Err(NodeError::Config("a TCP listener needs a bearer token (--token-file)".into()));
         }
         std::fs::create_dir_all(&cfg.state_dir).map_err(io("creating", &cfg.state_dir))?;
+        let host_disk_dirs = host_disk_dirs(&cfg)?;
         let lock_path = cfg.state_dir.join("node.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -120,15 +146,17 @@ impl Node {
             insecure_registries: cfg.insecure_registries.clone(),
             registry_ca: None,
             start_timeout: Duration::from_secs(60),
+            host_disk_dirs: host_disk_dirs.clone(),
         }));
         // CDI: DataVolumes fill `volumes/`; VMIs wait for theirs (docs/node.md, "CDI on the node").
         let cdi = cdi::Cdi::open(&cfg.state_dir, cfg.insecure_registries.clone())?;
         runtime.set_claims(cdi.clone());
-        let opts = LifecycleOptions {
+        let mut opts = LifecycleOptions {
             node_name: cfg.node_name.clone(),
             tick: cfg.tick,
             ..LifecycleOptions::default()
         };
+        opts.support.host_disk_dirs = host_disk_dirs;
         let lifecycle = Arc::new(Lifecycle::new(store, runtime.clone(), opts)?);
         cdi.attach(lifecycle.clone());
         Ok(Self { cfg, lifecycle, runtime, cdi, _lock: lock })

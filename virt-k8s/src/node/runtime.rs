@@ -19,7 +19,7 @@ use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::remote::{self, RemoteMachine};
 use virt_core::machine::resolve::{machine_spec, VolumeFiles};
 use virt_core::machine::{DiskFormat, Machine, MachineExit};
-use virt_core::model::{self, HostDiskType, VirtualMachineInstance, Volume};
+use virt_core::model::{self, VirtualMachineInstance, Volume};
 use virt_storage::format::detect::{detect_path, ImageFormat};
 use virt_storage::format::open_image;
 use virt_storage::format::qcow2::{Qcow2, Qcow2CreateOptions};
@@ -42,6 +42,8 @@ pub struct LauncherConfig {
     pub registry_ca: Option<Vec<u8>>,
     /// How long a launcher may take to start its machine.
     pub start_timeout: Duration,
+    /// Directories `hostDisk` images may live in (empty: `hostDisk` disabled).
+    pub host_disk_dirs: Vec<PathBuf>,
 }
 
 /// Tells whether a claim a VMI names is populated: the node's CDI controller answers for the claims
@@ -250,20 +252,12 @@ impl LauncherRuntime {
             return Ok((dest, DiskFormat::Qcow2));
         }
         if let Some(h) = &v.host_disk {
-            let path = PathBuf::from(&h.path);
-            if !path.exists() {
-                match (h.type_, &h.capacity) {
-                    (HostDiskType::DiskOrCreate, Some(cap)) => {
-                        if let Some(dir) = path.parent() {
-                            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                        }
-                        let f =
-                            std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                        f.set_len(cap.bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
-                    }
-                    _ => return Err(format!("hostDisk {} does not exist", path.display())),
-                }
-            }
+            // The node's state (store, tokens, other VMIs' disks) is never a hostDisk.
+            let policy = virt_storage::hostdisk::HostDiskPolicy {
+                dirs: self.cfg.host_disk_dirs.clone(),
+                forbidden: vec![self.cfg.state_dir.clone()],
+            };
+            let path = policy.prepare(h).map_err(|e| e.to_string())?;
             let fmt = match detect_path(&path).map_err(|e| e.to_string())? {
                 ImageFormat::Qcow2 => DiskFormat::Qcow2,
                 _ => DiskFormat::Raw,

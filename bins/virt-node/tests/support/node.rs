@@ -30,6 +30,8 @@ pub struct NodeProc {
     pub socket: PathBuf,
     /// A registry reached over plain HTTP (`--insecure-registry`).
     pub registry: Option<String>,
+    /// More daemon arguments (e.g. `--host-disk-dir`).
+    pub extra: Vec<String>,
 }
 
 impl NodeProc {
@@ -40,6 +42,7 @@ impl NodeProc {
             state: state.to_path_buf(),
             socket: state.join("node.sock"),
             registry: registry.map(str::to_string),
+            extra: Vec::new(),
         };
         n.spawn();
         n
@@ -62,6 +65,7 @@ impl NodeProc {
         if let Some(r) = &self.registry {
             cmd.arg("--insecure-registry").arg(r);
         }
+        cmd.args(&self.extra);
         let child = cmd.env("RUST_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
         self.child = Some(child);
         let t = Instant::now();
