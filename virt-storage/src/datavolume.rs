@@ -56,6 +56,8 @@ pub struct DvEnv<'a> {
     pub objects: &'a dyn ObjectLookup,
     /// Registries the node treats as insecure (CDIConfig's `insecureRegistries`).
     pub insecure_registries: Vec<String>,
+    /// Where imports may connect (the node's own API and link-local addresses refused).
+    pub net_policy: Option<std::sync::Arc<crate::import::policy::NetPolicy>>,
 }
 
 /// What one reconcile did.
@@ -227,6 +229,7 @@ pub fn reconcile_data_volume(
             opts.ca_pem = Some(data.values().flat_map(|v| v.bytes().chain(std::iter::once(b'\n'))).collect());
         }
         opts.extra_headers = h.extra_headers.clone();
+        opts.net_policy = env.net_policy.clone();
         let src = match HttpSource::new(&h.url, opts) {
             Ok(s) => s,
             Err(e) => return fail(dv, "ImportFailed", e.to_string()),
@@ -243,7 +246,7 @@ pub fn reconcile_data_volume(
                 "spec.source.registry.url is required (imageStream is not supported)".into(),
             );
         };
-        let mut cfg = RegistryConfig::default();
+        let mut cfg = RegistryConfig { net_policy: env.net_policy.clone(), ..RegistryConfig::default() };
         for reg in &env.insecure_registries {
             cfg = cfg.with_insecure_registry(reg);
         }

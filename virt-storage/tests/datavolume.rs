@@ -97,7 +97,7 @@ fn conformance_datavolumes_populate_volumes() {
 
     // Blank.
     let mut dv: DataVolume = cdi::from_yaml(&conformance("blank-image-datavolume.yaml")).unwrap();
-    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![], net_policy: None };
     assert_eq!(reconcile_data_volume(&mut dv, &env, &mut none.clone()), DvRun::Populated);
     assert_eq!(phase(&dv), Some(DataVolumePhase::Succeeded));
     let v = pool.get(&VolumeId::new("default", "blank-image-datavolume")).unwrap().unwrap();
@@ -209,7 +209,7 @@ fn conformance_datavolumes_populate_volumes() {
     let golden = VolumeId::new("os-images", "fedora-0123456789ab");
     pool.create_blank(&golden, 2 << 20, VolumeFormat::Raw).unwrap();
     pool.open(&golden, false).unwrap().write_at(4096, b"golden").unwrap();
-    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![], net_policy: None };
     let mut dv: DataVolume = cdi::from_yaml(
         "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: vm1-root\nspec:\n  sourceRef:\n    kind: DataSource\n    name: fedora\n    namespace: os-images\n  storage:\n    resources:\n      requests:\n        storage: 2Mi\n",
     )
@@ -232,7 +232,12 @@ fn registry_datavolume_imports_the_container_disk() {
         default_class: "local".into(),
     };
     let objects = Objects::default();
-    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![reg.host.clone()] };
+    let env = DvEnv {
+        classes: &classes,
+        objects: &objects,
+        insecure_registries: vec![reg.host.clone()],
+        net_policy: None,
+    };
     let text = conformance("registry-image-datavolume.yaml")
         .replace("docker://kubevirt/", &format!("docker://{}/kubevirt/", reg.host));
     let mut dv: DataVolume = cdi::from_yaml(&text).unwrap();
@@ -276,7 +281,7 @@ fn snapshot_sources_restore_the_snapshot_or_wait_for_it() {
 
     // No such snapshot: the DataVolume waits, saying so.
     let mut dv = snapshot_dv("restored", "snap", Some("2Mi"));
-    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![], net_policy: None };
     let r = reconcile_data_volume(&mut dv, &env, &mut |_: &_| {});
     assert!(
         matches!(&r, DvRun::Waiting(m) if m.contains("VolumeSnapshot default/snap (spec.source.snapshot) not found")),
@@ -291,7 +296,7 @@ fn snapshot_sources_restore_the_snapshot_or_wait_for_it() {
         ..Default::default()
     });
     objects.snapshots.insert(("default".into(), "snap".into()), vs.clone());
-    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![], net_policy: None };
     let r = reconcile_data_volume(&mut dv, &env, &mut |_: &_| {});
     assert!(
         matches!(&r, DvRun::Waiting(m) if m == "VolumeSnapshot default/snap is not ready to use yet: claim default/disk not found"),
@@ -308,7 +313,7 @@ fn snapshot_sources_restore_the_snapshot_or_wait_for_it() {
     });
     objects.snapshots.insert(("default".into(), "snap".into()), vs.clone());
     pool.open(&disk, false).unwrap().write_at(0, b"new signature").unwrap();
-    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![], net_policy: None };
     let mut phases = Vec::new();
     let r = reconcile_data_volume(&mut dv, &env, &mut |st: &cdi::DataVolumeStatus| phases.push(st.phase));
     assert_eq!(r, DvRun::Populated, "{:?}", dv.status);

@@ -637,7 +637,7 @@ fn https_with_a_custom_ca_from_cert_config_map() {
         classes: BTreeMap::from([("local".to_string(), &pool as &dyn VolumeProvider)]),
         default_class: "local".into(),
     };
-    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![] };
+    let env = DvEnv { classes: &classes, objects: &objects, insecure_registries: vec![], net_policy: None };
     let dv_yaml = |name: &str, cm: &str| {
         format!(
             "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: {name}\nspec:\n  \

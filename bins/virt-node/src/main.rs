@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use virt_k8s::node::{Node, NodeConfig};
+use virt_k8s::node::{Allowed, Node, NodeConfig};
 
 /// Serves KubeVirt's API for the VMs of this machine, each run by its own virt-launcher.
 ///
@@ -46,6 +46,10 @@ struct Args {
     /// manifest lets whoever can create VMs read and write that file as root.
     #[arg(long = "host-disk-dir", value_name = "DIR")]
     host_disk_dirs: Vec<PathBuf>,
+    /// Let imports and pulls reach IP or IP:PORT (repeatable), which the node otherwise refuses
+    /// when it is link-local (e.g. 169.254.169.254) or one of the node's own listeners.
+    #[arg(long = "import-allow", value_name = "IP[:PORT]")]
+    import_allow: Vec<Allowed>,
 }
 
 fn default_launcher() -> PathBuf {
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         backend: a.backend,
         insecure_registries: a.insecure_registries,
         host_disk_dirs: a.host_disk_dirs,
+        import_allow: a.import_allow,
         tick: Duration::from_millis(500),
     };
     let node = match Node::open(cfg) {

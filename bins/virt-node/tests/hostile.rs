@@ -15,14 +15,15 @@ use serde_json::Value;
 /// One HTTP/1.1 request over the node's unix socket: the status code and the body.
 fn request(socket: &Path, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    );
+    // The node may answer (413) and close before a large body is all sent: keep what it said.
+    let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(body.as_bytes()));
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let out = String::from_utf8_lossy(&raw).into_owned();
     let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
@@ -129,4 +130,136 @@ fn host_disk_is_refused_unless_allowed_and_never_escapes_its_directories() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("--host-disk-dir") && err.contains("state directory"), "{err}");
     }
+}
+
+const DVS: &str = "/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes";
+
+fn http_dv(name: &str, url: &str) -> String {
+    format!(
+        "apiVersion: cdi.kubevirt.io/v1beta1
+kind: DataVolume
+metadata:
+  name: {name}
+spec:
+  source:
+    http:
+      url: {url}
+  storage:
+    resources:
+      requests:
+        storage: 1Mi
+"
+    )
+}
+
+/// A plain HTTP server on loopback that redirects every request to `to`.
+fn redirector(to: String) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = write!(
+                c,
+                "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn imports_cannot_reach_the_nodes_own_api_or_link_local_addresses() {
+    let t = tempfile::Builder::new().prefix("vi").tempdir_in("/tmp").unwrap();
+    let state = t.path().join("s");
+    std::fs::create_dir_all(&state).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(t.path().join("token"), "tok\n").unwrap();
+    let mut n = NodeProc::start_later(&state);
+    n.extra = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--token-file".into(),
+        t.path().join("token").display().to_string(),
+    ];
+    n.spawn();
+    let api = format!("http://127.0.0.1:{port}/apis/kubevirt.io/v1/namespaces/default/virtualmachines");
+
+    // Literal addresses are refused at admission, naming the field and the way to allow them.
+    for (name, url) in [
+        ("own-api", api.clone()),
+        ("own-api-v6", format!("http://[::1]:{port}/apis")),
+        ("own-api-name", format!("http://localhost:{port}/apis")),
+        ("metadata", "http://169.254.169.254/latest/meta-data/".to_string()),
+    ] {
+        let (code, body) = request(&n.socket, "POST", DVS, &http_dv(name, &url));
+        assert_eq!(code, 422, "{name}: {body}");
+        assert!(body.contains("spec.source.http.url"), "{name}: {body}");
+        assert!(body.contains("--import-allow"), "{name}: {body}");
+        assert_eq!(request(&n.socket, "GET", &format!("{DVS}/{name}"), "").0, 404, "{name} not stored");
+    }
+
+    // A redirect from an ordinary server to the node's API is refused when the importer connects.
+    let hop = redirector(api);
+    let (code, body) =
+        request(&n.socket, "POST", DVS, &http_dv("redirected", &format!("http://127.0.0.1:{hop}/disk.img")));
+    assert_eq!(code, 201, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = request(&n.socket, "GET", &format!("{DVS}/redirected"), "");
+        if body.contains("it is the node's own API") {
+            break;
+        }
+        assert!(!body.contains("\"Succeeded\""), "the import reached the API: {body}");
+        assert!(Instant::now() < deadline, "no refusal reported: {body}\n{}", n.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // --import-allow lets an address through (the admission check passes).
+    n.sigkill();
+    n.extra.extend(["--import-allow".to_string(), "169.254.169.254".to_string()]);
+    n.spawn();
+    let (code, body) =
+        request(&n.socket, "POST", DVS, &http_dv("allowed", "http://169.254.169.254/latest/meta-data/"));
+    assert_eq!(code, 201, "{body}");
+}
+
+#[test]
+fn hostile_bodies_names_and_urls_are_refused_and_the_node_stays_up() {
+    let t = tempfile::Builder::new().prefix("vb").tempdir_in("/tmp").unwrap();
+    let state = t.path().join("s");
+    std::fs::create_dir_all(&state).unwrap();
+    let n = NodeProc::start(&state, None);
+    // A name that would climb out of the volume pool.
+    let (code, body) = request(&n.socket, "POST", DVS, &http_dv("../../x", "http://192.0.2.1/x.img"));
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("metadata.name"), "{body}");
+    // Only http(s) imports.
+    let (code, body) = request(&n.socket, "POST", DVS, &http_dv("file", "file:///etc/shadow"));
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("spec.source.http.url"), "{body}");
+    // A YAML alias bomb is cut off by the parser's budget.
+    let mut bomb = String::from("a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\n");
+    for i in 1..9 {
+        let prev = (b'a' + i - 1) as char;
+        let cur = (b'a' + i) as char;
+        bomb.push_str(&format!(
+            "{cur}: &{cur} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
+    }
+    let (code, body) = request(&n.socket, "POST", VMS, &bomb);
+    assert_eq!(code, 422, "{body}");
+    // Deep nesting in JSON.
+    let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+    let (code, _) = request(&n.socket, "POST", VMS, &deep);
+    assert!(code == 422 || code == 400, "deep JSON: {code}");
+    // A 100 MB body.
+    let big = "x".repeat(100 << 20);
+    let (code, _) = request(&n.socket, "POST", VMS, &big);
+    assert_eq!(code, 413);
+    // Nothing was stored, and the node still answers.
+    assert_eq!(request(&n.socket, "GET", VMS, "").0, 200);
+    let (_, list) = request(&n.socket, "GET", DVS, "");
+    assert!(!list.contains("\"name\":\"file\""), "{list}");
 }

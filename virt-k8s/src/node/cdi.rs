@@ -52,6 +52,7 @@ use virt_storage::cdi::{
 };
 use virt_storage::datavolume::{reconcile_data_volume, DvEnv, DvRun, ObjectLookup};
 use virt_storage::golden::{reconcile_cron, StorageClasses};
+use virt_storage::import::policy::NetPolicy;
 use virt_storage::registry::{RegistryClient, RegistryConfig};
 use virt_storage::upload::UploadServer;
 use virt_storage::volume::{CloneStrategy, DirPool, VolumeError, VolumeFormat, VolumeId, VolumeProvider};
@@ -358,6 +359,7 @@ pub struct Cdi {
     uploads: Arc<UploadServer>,
     upload_url: Mutex<Option<String>>,
     insecure_registries: Vec<String>,
+    net_policy: Mutex<Option<Arc<NetPolicy>>>,
     lifecycle: OnceLock<Arc<Lifecycle>>,
     state: Mutex<State>,
     wake: Condvar,
@@ -419,6 +421,7 @@ impl Cdi {
                 uploads,
                 upload_url: Mutex::new(None),
                 insecure_registries,
+                net_policy: Mutex::new(None),
                 lifecycle: OnceLock::new(),
                 state: Mutex::new(state),
                 wake: Condvar::new(),
@@ -500,6 +503,23 @@ impl Cdi {
         tx.commit().map_err(|e| err("committing", &e))
     }
 
+    /// Limits where imports connect (the node's own listeners and link-local addresses refused);
+    /// DataVolumes naming a refused literal address are refused at create.
+    pub fn set_net_policy(&self, policy: Arc<NetPolicy>) {
+        *lock(&self.net_policy) = Some(policy);
+    }
+
+    /// A DataVolume's http URL naming a refused literal address: 422 at `spec.source.http.url`.
+    fn check_import_url(&self, dv: &DataVolume) -> Result<(), CdiError> {
+        let Some(policy) = lock(&self.net_policy).clone() else { return Ok(()) };
+        match dv.spec.source.as_ref().and_then(|s| s.http.as_ref()) {
+            Some(h) => policy
+                .check_url(&h.url)
+                .map_err(|r| CdiError::Invalid(format!("spec.source.http.url: Forbidden: {r}"))),
+            None => Ok(()),
+        }
+    }
+
     // ---- requests ----
 
     /// Creates a DataVolume in `namespace` (validated; its name names the volume file).
@@ -509,6 +529,7 @@ impl Cdi {
         VolumeId::new(namespace, &name).validate().map_err(|e| {
             CdiError::Invalid(format!("metadata.name: Invalid value: \"{name}\": it names the volume: {e}"))
         })?;
+        self.check_import_url(&dv)?;
         self.check_restore_size(&dv)?;
         dv.api_version = Some(API_VERSION.into());
         dv.kind = Some("DataVolume".into());
@@ -892,6 +913,13 @@ impl Cdi {
         })?;
         let url = format!("http://{bound}");
         log::info!("virt-node: upload endpoint on {url}/v1beta1/upload");
+        {
+            // Imports may not reach the upload endpoint either.
+            let mut policy = lock(&self.net_policy);
+            if let Some(p) = policy.as_ref() {
+                *policy = Some(Arc::new(p.as_ref().clone().protect(bound)));
+            }
+        }
         *lock(&self.upload_url) = Some(url);
         let app = self.uploads.router();
         Ok(tokio::spawn(async move {
@@ -1083,6 +1111,7 @@ impl Cdi {
             classes: &classes,
             objects: &lookup,
             insecure_registries: self.insecure_registries.clone(),
+            net_policy: lock(&self.net_policy).clone(),
         };
         let (me, k, u) = (self.clone(), key.clone(), uid.clone());
         let mut progress = move |st: &DataVolumeStatus| me.dv_progress(&k, &u, st);
@@ -1373,7 +1402,8 @@ impl Cdi {
             classes: BTreeMap::from([(STORAGE_CLASS.to_string(), pool)]),
             default_class: STORAGE_CLASS.into(),
         };
-        let mut cfg = RegistryConfig::default();
+        let mut cfg =
+            RegistryConfig { net_policy: lock(&self.net_policy).clone(), ..RegistryConfig::default() };
         for r in &self.insecure_registries {
             cfg = cfg.with_insecure_registry(r.clone());
         }

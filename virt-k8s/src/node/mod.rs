@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use virt_core::lifecycle::{Lifecycle, LifecycleOptions};
+pub use virt_storage::import::policy::Allowed;
+use virt_storage::import::policy::NetPolicy;
 
 pub use runtime::{LauncherConfig, LauncherRuntime};
 pub use store::RedbStore;
@@ -48,6 +50,10 @@ pub struct NodeConfig {
     /// Directories `hostDisk` images may live in (`--host-disk-dir`); empty disables `hostDisk`.
     /// Each must be an existing absolute directory outside the state directory.
     pub host_disk_dirs: Vec<PathBuf>,
+    /// Addresses imports and pulls may reach despite the rules of
+    /// [`virt_storage::import::policy`] (`--import-allow`): by default the node's own listeners
+    /// and link-local addresses are refused.
+    pub import_allow: Vec<Allowed>,
     /// How often the controller looks at machines without being woken.
     pub tick: Duration,
 }
@@ -123,6 +129,14 @@ impl Node {
         }
         std::fs::create_dir_all(&cfg.state_dir).map_err(io("creating", &cfg.state_dir))?;
         let host_disk_dirs = host_disk_dirs(&cfg)?;
+        let mut policy = NetPolicy::new();
+        if let Some(addr) = cfg.listen {
+            policy = policy.protect(addr);
+        }
+        for a in &cfg.import_allow {
+            policy = policy.allow(*a);
+        }
+        let net_policy = Arc::new(policy);
         let lock_path = cfg.state_dir.join("node.lock");
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -147,10 +161,12 @@ impl Node {
             registry_ca: None,
             start_timeout: Duration::from_secs(60),
             host_disk_dirs: host_disk_dirs.clone(),
+            net_policy: Some(net_policy.clone()),
         }));
         // CDI: DataVolumes fill `volumes/`; VMIs wait for theirs (docs/node.md, "CDI on the node").
         let cdi = cdi::Cdi::open(&cfg.state_dir, cfg.insecure_registries.clone())?;
         runtime.set_claims(cdi.clone());
+        cdi.set_net_policy(net_policy);
         let mut opts = LifecycleOptions {
             node_name: cfg.node_name.clone(),
             tick: cfg.tick,

@@ -44,6 +44,8 @@ pub struct LauncherConfig {
     pub start_timeout: Duration,
     /// Directories `hostDisk` images may live in (empty: `hostDisk` disabled).
     pub host_disk_dirs: Vec<PathBuf>,
+    /// Where containerDisk and kernel-boot pulls may connect.
+    pub net_policy: Option<Arc<virt_storage::import::policy::NetPolicy>>,
 }
 
 /// Tells whether a claim a VMI names is populated: the node's CDI controller answers for the claims
@@ -125,7 +127,7 @@ impl LauncherRuntime {
     }
 
     fn registry(&self) -> Result<RegistryClient, String> {
-        let mut cfg = RegistryConfig::default();
+        let mut cfg = RegistryConfig { net_policy: self.cfg.net_policy.clone(), ..RegistryConfig::default() };
         for r in &self.cfg.insecure_registries {
             cfg = cfg.with_insecure_registry(r.clone());
         }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::policy::NetPolicy;
 use super::source::{ByteSource, Opened};
 use super::ImportError;
 
@@ -20,6 +21,9 @@ pub struct HttpOptions {
     pub insecure_skip_verify: bool,
     /// Connect and read timeout.
     pub timeout: Option<Duration>,
+    /// Where the import may connect (literal hosts are checked at once, resolved ones when
+    /// connecting, redirects included); `None` connects anywhere.
+    pub net_policy: Option<Arc<NetPolicy>>,
 }
 
 /// An HTTP(S) URL to import from.
@@ -57,6 +61,9 @@ impl HttpSource {
                 return Err(bad(format!("extra header {h:?} is not \"Name: value\"")));
             }
         }
+        if let Some(p) = &opts.net_policy {
+            p.check_url(url).map_err(|r| bad(r.to_string()))?;
+        }
         let tls = tls_config(&opts).map_err(bad)?;
         // The timeout bounds connecting and each read, not the whole transfer (a large image
         // takes as long as it takes). A 1 MiB input buffer (ureq's default is 128 KiB) makes
@@ -69,7 +76,15 @@ impl HttpSource {
             .input_buffer_size(INPUT_BUFFER)
             .tls_config(tls)
             .build();
-        Ok(Self { agent: ureq::Agent::new_with_config(config), url: url.to_string(), opts })
+        let agent = match &opts.net_policy {
+            Some(p) => ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::new(),
+                p.resolver(),
+            ),
+            None => ureq::Agent::new_with_config(config),
+        };
+        Ok(Self { agent, url: url.to_string(), opts })
     }
 }
 

@@ -12,6 +12,7 @@
 
 mod growing;
 pub mod http;
+pub mod policy;
 pub mod registry;
 pub mod source;
 

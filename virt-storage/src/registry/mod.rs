@@ -104,6 +104,8 @@ pub struct RegistryConfig {
     pub connect_timeout: Duration,
     /// Timeout for each read from the network.
     pub read_timeout: Duration,
+    /// Where pulls may connect (see [`crate::import::policy`]); `None` connects anywhere.
+    pub net_policy: Option<std::sync::Arc<crate::import::policy::NetPolicy>>,
 }
 
 impl Default for RegistryConfig {
@@ -117,6 +119,7 @@ impl Default for RegistryConfig {
             max_manifest_size: DEFAULT_MAX_MANIFEST_SIZE,
             connect_timeout: transport::DEFAULT_CONNECT_TIMEOUT,
             read_timeout: transport::DEFAULT_READ_TIMEOUT,
+            net_policy: None,
         }
     }
 }
@@ -131,6 +134,12 @@ impl RegistryConfig {
     /// Sets the PEM CA bundle that server certificates must chain to.
     pub fn with_ca_bundle(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.ca_bundle_pem = Some(pem.into());
+        self
+    }
+
+    /// Limits where pulls may connect.
+    pub fn with_net_policy(mut self, policy: std::sync::Arc<crate::import::policy::NetPolicy>) -> Self {
+        self.net_policy = Some(policy);
         self
     }
 

@@ -107,15 +107,22 @@ impl Transport {
             None => RootCerts::WebPki,
         };
         let build = |tls: TlsConfig| {
-            Agent::config_builder()
+            let cfg = Agent::config_builder()
                 .http_status_as_error(false)
                 .tls_config(tls)
                 .timeout_connect(Some(config.connect_timeout))
                 .timeout_per_read(Some(config.read_timeout))
                 .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
                 .user_agent(concat!("virt-storage/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .new_agent()
+                .build();
+            match &config.net_policy {
+                Some(p) => Agent::with_parts(
+                    cfg,
+                    ureq::unversioned::transport::DefaultConnector::new(),
+                    p.resolver(),
+                ),
+                None => cfg.new_agent(),
+            }
         };
         let verified = build(TlsConfig::builder().root_certs(roots).build());
         let unverified = build(TlsConfig::builder().disable_verification(true).build());

@@ -48,6 +48,17 @@ impl NodeProc {
         n
     }
 
+    /// A node not started yet: set `extra`, then [`Self::spawn`].
+    pub fn start_later(state: &Path) -> Self {
+        Self {
+            child: None,
+            state: state.to_path_buf(),
+            socket: state.join("node.sock"),
+            registry: None,
+            extra: Vec::new(),
+        }
+    }
+
     /// Starts (again) the daemon process, waiting until it serves.
     pub fn spawn(&mut self) {
         // A killed daemon leaves its socket file behind.
