@@ -7,6 +7,7 @@
 //! daemons on one state directory are refused (a lock file).
 
 pub mod api;
+pub mod audit;
 pub mod cdi;
 pub mod cdi_api;
 pub mod runtime;
@@ -111,9 +112,38 @@ fn host_disk_dirs(cfg: &NodeConfig) -> Result<Vec<PathBuf>, NodeError> {
     Ok(out)
 }
 
+/// Writes `<state>/node-effective.json`, the configuration the node runs with, for the compliance
+/// scan ([`crate::compliance`]).
+fn write_effective(cfg: &NodeConfig, audit_log: &std::path::Path) -> Result<(), NodeError> {
+    let eff = crate::compliance::facts::EffectiveConfig {
+        node_name: cfg.node_name.clone(),
+        listen: cfg.listen.map(|a| a.to_string()),
+        tls: false,
+        token_required: cfg.listen.is_some() && cfg.token.as_deref().is_some_and(|t| !t.is_empty()),
+        socket: cfg.socket.clone(),
+        allow_emulation: cfg.allow_emulation,
+        host_disk_dirs: cfg.host_disk_dirs.clone(),
+        import_allow: cfg
+            .import_allow
+            .iter()
+            .map(|a| match a.port {
+                Some(p) => std::net::SocketAddr::new(a.ip, p).to_string(),
+                None => a.ip.to_string(),
+            })
+            .collect(),
+        audit_log: Some(audit_log.to_path_buf()),
+    };
+    let path = crate::compliance::facts::effective_config_path(&cfg.state_dir);
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(&eff).map_err(|e| NodeError::Config(e.to_string()))?;
+    std::fs::write(&tmp, text).map_err(io("writing", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("writing", &path))
+}
+
 /// A node: its lifecycle, launchers and API.
 pub struct Node {
     cfg: NodeConfig,
+    audit: Arc<audit::AuditLog>,
     lifecycle: Arc<Lifecycle>,
     runtime: Arc<LauncherRuntime>,
     cdi: Arc<cdi::Cdi>,
@@ -175,7 +205,10 @@ impl Node {
         opts.support.host_disk_dirs = host_disk_dirs;
         let lifecycle = Arc::new(Lifecycle::new(store, runtime.clone(), opts)?);
         cdi.attach(lifecycle.clone());
-        Ok(Self { cfg, lifecycle, runtime, cdi, _lock: lock })
+        let audit_path = cfg.state_dir.join("audit.log");
+        let audit = audit::AuditLog::open(&audit_path).map_err(io("opening the audit log", &audit_path))?;
+        write_effective(&cfg, audit.path())?;
+        Ok(Self { cfg, audit, lifecycle, runtime, cdi, _lock: lock })
     }
 
     /// The lifecycle (for embedders that add their own API).
@@ -229,7 +262,9 @@ impl Node {
             let mut tasks = Vec::new();
             {
                 let mut rx = tx.subscribe();
-                let app = api::router(state.clone()).merge(cdi_routes.clone());
+                let app = self
+                    .audit
+                    .layer(api::router(state.clone()).merge(cdi_routes.clone()), audit::Listener::Unix);
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(unix, app)
                         .with_graceful_shutdown(async move {
@@ -246,7 +281,10 @@ impl Node {
                 })?;
                 log::info!("virt-node: serving on http://{addr} (bearer token required)");
                 let mut rx = tx.subscribe();
-                let app = api::with_token(api::router(state.clone()).merge(cdi_routes), Arc::new(token));
+                let app = api::with_token(
+                    self.audit.layer(api::router(state.clone()).merge(cdi_routes), audit::Listener::Tcp),
+                    Arc::new(token),
+                );
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(tcp, app)
                         .with_graceful_shutdown(async move {
