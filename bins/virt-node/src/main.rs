@@ -23,9 +23,13 @@ struct Args {
     /// Also serve on this TCP address (needs --token-file).
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// File holding the bearer token TCP clients must send.
+    /// File holding the bearer token TCP clients must send (the user `admin`, every namespace).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// TCP users with KubeVirt's roles per namespace (YAML: users: [{name, token | tokenSha256,
+    /// role: view|edit|admin, namespaces: [..]}]); see docs/security.md.
+    #[arg(long)]
+    users_file: Option<PathBuf>,
     /// The virt-launcher binary (default: next to this one, else on PATH).
     #[arg(long)]
     launcher: Option<PathBuf>,
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         socket: a.socket,
         listen: a.listen,
         token,
+        users_file: a.users_file,
         launcher: a.launcher.unwrap_or_else(default_launcher),
         allow_emulation: a.allow_emulation,
         backend: a.backend,

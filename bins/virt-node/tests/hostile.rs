@@ -263,3 +263,101 @@ fn hostile_bodies_names_and_urls_are_refused_and_the_node_stays_up() {
     let (_, list) = request(&n.socket, "GET", DVS, "");
     assert!(!list.contains("\"name\":\"file\""), "{list}");
 }
+
+/// One HTTP/1.1 request to the node's TCP listener as the holder of `token`.
+fn tcp_request(port: u16, token: Option<&str>, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let out = String::from_utf8_lossy(&raw).into_owned();
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+fn halted_vm(name: &str) -> String {
+    format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {{name: {name}}}\nspec:\n  runStrategy: Halted\n  template:\n    spec:\n      domain:\n        devices: {{}}\n        memory: {{guest: 64Mi}}\n"
+    )
+}
+
+#[test]
+fn tokens_are_scoped_to_roles_and_namespaces_and_every_refusal_is_audited() {
+    let t = tempfile::Builder::new().prefix("va").tempdir_in("/tmp").unwrap();
+    let state = t.path().join("s");
+    std::fs::create_dir_all(&state).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(t.path().join("token"), "admin-token\n").unwrap();
+    std::fs::write(
+        t.path().join("users.yaml"),
+        "users:\n- {name: alice, token: alice-token, role: edit, namespaces: [dev]}\n- {name: bob, token: bob-token, role: view, namespaces: ['*']}\n",
+    )
+    .unwrap();
+    let mut n = NodeProc::start_later(&state);
+    n.extra = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--token-file".into(),
+        t.path().join("token").display().to_string(),
+        "--users-file".into(),
+        t.path().join("users.yaml").display().to_string(),
+    ];
+    n.spawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "no TCP listener: {}", n.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dev = "/apis/kubevirt.io/v1/namespaces/dev/virtualmachines";
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: dev}\n";
+
+    // No token, a token in the query string, an unknown token: 401.
+    assert_eq!(tcp_request(port, None, "GET", VMS, "").0, 401);
+    assert_eq!(tcp_request(port, None, "GET", &format!("{VMS}?access_token=admin-token"), "").0, 401);
+    assert_eq!(tcp_request(port, Some("guess"), "GET", VMS, "").0, 401);
+    // Namespaces are the admin's; alice (edit in dev) may not make one.
+    assert_eq!(tcp_request(port, Some("alice-token"), "POST", "/api/v1/namespaces", ns).0, 403);
+    assert_eq!(tcp_request(port, Some("admin-token"), "POST", "/api/v1/namespaces", ns).0, 201);
+    // alice edits in dev only.
+    assert_eq!(tcp_request(port, Some("alice-token"), "POST", dev, &halted_vm("a1")).0, 201);
+    let (code, body) = tcp_request(port, Some("alice-token"), "POST", VMS, &halted_vm("a2"));
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("User \\\"alice\\\" cannot create resource \\\"virtualmachines\\\" in API group \\\"kubevirt.io\\\" in the namespace \\\"default\\\""),
+        "{body}"
+    );
+    assert_eq!(tcp_request(port, Some("alice-token"), "GET", VMS, "").0, 403);
+    // bob reads everywhere and changes nothing, not even a console.
+    assert_eq!(tcp_request(port, Some("bob-token"), "GET", dev, "").0, 200);
+    assert_eq!(
+        tcp_request(port, Some("bob-token"), "GET", "/apis/kubevirt.io/v1/virtualmachines", "").0,
+        200
+    );
+    assert_eq!(tcp_request(port, Some("bob-token"), "DELETE", &format!("{dev}/a1"), "").0, 403);
+    let console = "/apis/subresources.kubevirt.io/v1/namespaces/dev/virtualmachineinstances/a1/console";
+    assert_eq!(tcp_request(port, Some("bob-token"), "GET", console, "").0, 403);
+    assert_eq!(
+        tcp_request(port, Some("bob-token"), "GET", &format!("{dev}/a1"), "").0,
+        200,
+        "a1 is still there"
+    );
+
+    // Who did what, refusals included.
+    let audit = std::fs::read_to_string(state.join("audit.log")).unwrap();
+    let lines: Vec<Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let has = |user: &str, verb: &str, code: u64| {
+        lines
+            .iter()
+            .any(|l| l["user"] == user && l["verb"] == verb && l["code"] == code && l["listener"] == "tcp")
+    };
+    assert!(has("alice", "POST", 201), "{audit}");
+    assert!(has("alice", "POST", 403), "{audit}");
+    assert!(has("bob", "DELETE", 403), "{audit}");
+    assert!(has("admin", "POST", 201), "{audit}");
+    assert!(has("anonymous", "GET", 401), "{audit}");
+}

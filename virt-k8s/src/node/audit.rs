@@ -1,6 +1,7 @@
 //! The node's audit log: one JSON line per request that changes something or reaches into a VM
-//! (every verb but GET, plus the console, VNC and port-forward subresources), saying who (the
-//! listener and credential), what (verb and path), when, and the answer's status code. Kubernetes'
+//! (every verb but GET, plus the console, VNC and port-forward subresources) or that was refused
+//! (401, 403), saying who (the TCP user, or the local user on the unix socket), what (verb and
+//! path), when, and the answer's status code. Kubernetes'
 //! audit log at its `Metadata` level is the model: bodies are never written.
 //!
 //! The file (`<state>/audit.log`) is appended to; when it passes [`MAX_BYTES`] it is rotated to
@@ -58,12 +59,12 @@ impl AuditLog {
         &self.path
     }
 
-    fn write(&self, listener: Listener, verb: &str, path: &str, code: u16) {
+    fn write(&self, listener: Listener, user: Option<&str>, verb: &str, path: &str, code: u16) {
         let time = virt_core::api::Timestamp::now();
-        let user = match listener {
+        let user = user.unwrap_or(match listener {
             Listener::Unix => "local-user",
-            Listener::Tcp => "bearer-token",
-        };
+            Listener::Tcp => "anonymous",
+        });
         let rec = Record { time: time.as_str(), listener, user, verb, path, code };
         let Ok(mut line) = serde_json::to_vec(&rec) else { return };
         line.push(b'\n');
@@ -91,8 +92,10 @@ impl AuditLog {
                 let path = req.uri().path().to_string();
                 let audited = verb != "GET" || is_interactive(&path);
                 let resp: Response = next.run(req).await;
-                if audited {
-                    me.write(listener, &verb, &path, resp.status().as_u16());
+                let refused = matches!(resp.status().as_u16(), 401 | 403);
+                if audited || refused {
+                    let user = resp.extensions().get::<super::auth::Principal>().map(|p| p.0.clone());
+                    me.write(listener, user.as_deref(), &verb, &path, resp.status().as_u16());
                 }
                 resp
             }
@@ -118,12 +121,18 @@ mod tests {
     fn records_are_json_lines_and_reads_are_not_audited() {
         let t = tempfile::tempdir().unwrap();
         let log = AuditLog::open(&t.path().join("audit.log")).unwrap();
-        log.write(Listener::Tcp, "DELETE", "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/a", 200);
+        log.write(
+            Listener::Tcp,
+            Some("alice"),
+            "DELETE",
+            "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/a",
+            200,
+        );
         let text = std::fs::read_to_string(log.path()).unwrap();
         let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(v["verb"], "DELETE");
         assert_eq!(v["listener"], "tcp");
-        assert_eq!(v["user"], "bearer-token");
+        assert_eq!(v["user"], "alice");
         assert_eq!(v["code"], 200);
         assert!(is_interactive(
             "/apis/subresources.kubevirt.io/v1/namespaces/d/virtualmachineinstances/x/console"

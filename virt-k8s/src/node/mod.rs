@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod cdi;
 pub mod cdi_api;
 pub mod runtime;
@@ -38,8 +39,10 @@ pub struct NodeConfig {
     pub socket: PathBuf,
     /// Optional TCP listener (bearer token required).
     pub listen: Option<SocketAddr>,
-    /// The token for TCP clients.
+    /// The token for TCP clients: the `admin` user, every namespace.
     pub token: Option<String>,
+    /// More TCP users with KubeVirt's roles per namespace ([`auth::Users::load`]).
+    pub users_file: Option<PathBuf>,
     /// The `virt-launcher` binary.
     pub launcher: PathBuf,
     /// Allow software emulation (KubeVirt's `useEmulation`).
@@ -119,7 +122,7 @@ fn write_effective(cfg: &NodeConfig, audit_log: &std::path::Path) -> Result<(), 
         node_name: cfg.node_name.clone(),
         listen: cfg.listen.map(|a| a.to_string()),
         tls: false,
-        token_required: cfg.listen.is_some() && cfg.token.as_deref().is_some_and(|t| !t.is_empty()),
+        token_required: cfg.listen.is_some(),
         socket: cfg.socket.clone(),
         allow_emulation: cfg.allow_emulation,
         host_disk_dirs: cfg.host_disk_dirs.clone(),
@@ -143,6 +146,7 @@ fn write_effective(cfg: &NodeConfig, audit_log: &std::path::Path) -> Result<(), 
 /// A node: its lifecycle, launchers and API.
 pub struct Node {
     cfg: NodeConfig,
+    users: Arc<auth::Users>,
     audit: Arc<audit::AuditLog>,
     lifecycle: Arc<Lifecycle>,
     runtime: Arc<LauncherRuntime>,
@@ -154,8 +158,17 @@ impl Node {
     /// Opens the node's state (taking its lock), loads the store and re-attaches to running
     /// launchers.
     pub fn open(cfg: NodeConfig) -> Result<Self, NodeError> {
-        if cfg.listen.is_some() && cfg.token.as_deref().is_none_or(str::is_empty) {
-            return Err(NodeError::Config("a TCP listener needs a bearer token (--token-file)".into()));
+        let mut users = match &cfg.users_file {
+            Some(p) => auth::Users::load(p).map_err(|e| NodeError::Config(e.to_string()))?,
+            None => auth::Users::new(),
+        };
+        if let Some(t) = cfg.token.as_deref().filter(|t| !t.is_empty()) {
+            users = users.with(auth::User::new("admin", t, auth::Role::Admin, vec!["*".into()]));
+        }
+        if cfg.listen.is_some() && users.is_empty() {
+            return Err(NodeError::Config(
+                "a TCP listener needs a bearer token (--token-file) or users (--users-file)".into(),
+            ));
         }
         std::fs::create_dir_all(&cfg.state_dir).map_err(io("creating", &cfg.state_dir))?;
         let host_disk_dirs = host_disk_dirs(&cfg)?;
@@ -208,7 +221,7 @@ impl Node {
         let audit_path = cfg.state_dir.join("audit.log");
         let audit = audit::AuditLog::open(&audit_path).map_err(io("opening the audit log", &audit_path))?;
         write_effective(&cfg, audit.path())?;
-        Ok(Self { cfg, audit, lifecycle, runtime, cdi, _lock: lock })
+        Ok(Self { cfg, users: Arc::new(users), audit, lifecycle, runtime, cdi, _lock: lock })
     }
 
     /// The lifecycle (for embedders that add their own API).
@@ -273,7 +286,7 @@ impl Node {
                         .await;
                 }));
             }
-            if let (Some(addr), Some(token)) = (self.cfg.listen, self.cfg.token.clone()) {
+            if let Some(addr) = self.cfg.listen {
                 let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|source| NodeError::Io {
                     what: "listening on",
                     path: addr.to_string(),
@@ -281,9 +294,10 @@ impl Node {
                 })?;
                 log::info!("virt-node: serving on http://{addr} (bearer token required)");
                 let mut rx = tx.subscribe();
-                let app = api::with_token(
-                    self.audit.layer(api::router(state.clone()).merge(cdi_routes), audit::Listener::Tcp),
-                    Arc::new(token),
+                // Audited outside the authorisation, so refused requests are recorded too.
+                let app = self.audit.layer(
+                    auth::layer(self.users.clone(), api::router(state.clone()).merge(cdi_routes)),
+                    audit::Listener::Tcp,
                 );
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(tcp, app)
