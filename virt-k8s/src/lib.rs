@@ -3,4 +3,5 @@
 //! controllers for a cluster later. Nothing below this crate knows Kubernetes' API.
 
 pub mod client;
+pub mod fuzzing;
 pub mod node;
