@@ -9,9 +9,11 @@
 //!   loading, validation, what this node supports, instancetype resolution.
 //! - [`lifecycle`]: run strategies, phases, conditions and events of VMs and VMIs, as a library.
 //! - [`vmm`]: the native VMM: memory layout, boot (bzImage, PVH vmlinux), ACPI, devices, vCPU loop.
+//! - [`fuzzing`]: entry points for the fuzz targets in `fuzz/` and the property tests.
 
 pub mod api;
 pub mod block;
+pub mod fuzzing;
 pub mod hypervisor;
 pub mod lifecycle;
 pub mod machine;

@@ -4,4 +4,5 @@
 
 pub mod client;
 pub mod compliance;
+pub mod fuzzing;
 pub mod node;

@@ -10,6 +10,7 @@ pub mod cdi;
 pub mod cloudinit;
 pub mod datavolume;
 pub mod format;
+pub mod fuzzing;
 pub mod golden;
 pub mod hostdisk;
 pub mod import;

@@ -784,6 +784,25 @@ fn handle(shared: &Shared, r: Request) -> Reply {
     })
 }
 
+/// Serves one control connection for `machine` on `stream` until the peer closes it, as a launcher
+/// does, with the console going nowhere. The machine counts as ended for event subscribers, so an
+/// `events` request is answered at once and ends the connection. For [`crate::fuzzing`].
+pub(crate) fn serve_control_for_fuzzing(
+    machine: Arc<dyn Machine>,
+    stream: UnixStream,
+) -> std::io::Result<()> {
+    let log = OpenOptions::new().write(true).open("/dev/null")?;
+    let console = Arc::new(ConsoleHub {
+        state: Mutex::new(ConsoleState { log, log_failed: false, ring: VecDeque::new(), session: None }),
+        next_session: AtomicU64::new(1),
+    });
+    let info = ServeInfo { name: "fuzz".into(), backend: "fuzz".into() };
+    let shared = Shared::new(info, machine, console);
+    lock(&shared.hub).ended = Some(MachineExit::Stopped);
+    serve_control(&shared, stream);
+    Ok(())
+}
+
 /// Writes the machine's events to `s`, one JSON per line, after an `{"ok":true}` line.
 fn stream_events(shared: &Arc<Shared>, mut s: UnixStream) {
     let (tx, rx) = channel();
@@ -793,6 +812,8 @@ fn stream_events(shared: &Arc<Shared>, mut s: UnixStream) {
             // Already over: the subscriber learns the end and the stream closes.
             Some(exit) => {
                 let _ = tx.send(MachineEvent::Ended(exit.clone()));
+                // No sender left: the stream ends right after the end, not at the next tick.
+                drop(tx);
             }
             None => hub.subs.push(tx),
         }

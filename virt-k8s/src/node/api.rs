@@ -105,7 +105,7 @@ fn list(kind: &str, api_version: &str, items: Vec<Value>) -> ApiResult {
 
 /// Decodes a request body strictly (JSON, or YAML by content type): unknown fields are errors with
 /// their path.
-fn decode(headers: &HeaderMap, body: &[u8]) -> Result<KubeVirtObject, ApiError> {
+pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<KubeVirtObject, ApiError> {
     let text =
         std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the request body is not UTF-8"))?;
     let yaml = headers
@@ -155,9 +155,16 @@ async fn list_namespaces(State(s): State<ApiState>) -> ApiResult {
 }
 
 async fn create_namespace(State(s): State<ApiState>, body: Bytes) -> ApiResult {
-    let v: Value = serde_json::from_slice(&body)
+    let name = namespace_name(&body)?;
+    let out = blocking(move || Ok(s.lifecycle.create_namespace(&name)?)).await?;
+    ok(StatusCode::CREATED, &out)
+}
+
+/// The name in a Namespace body (JSON or YAML), which may hold nothing but a Namespace's fields.
+pub(crate) fn namespace_name(body: &[u8]) -> Result<String, ApiError> {
+    let v: Value = serde_json::from_slice(body)
         .or_else(|_| {
-            std::str::from_utf8(&body)
+            std::str::from_utf8(body)
                 .map_err(|e| e.to_string())
                 .and_then(|t| virt_core::api::parse_yaml(t).map_err(|e| e.to_string()))
                 .and_then(
@@ -177,9 +184,7 @@ async fn create_namespace(State(s): State<ApiState>, body: Bytes) -> ApiResult {
             format!("{k}: unknown field"),
         ));
     }
-    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
-    let out = blocking(move || Ok(s.lifecycle.create_namespace(&name)?)).await?;
-    ok(StatusCode::CREATED, &out)
+    Ok(v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string())
 }
 
 async fn get_namespace(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
@@ -268,7 +273,7 @@ async fn delete_vm(State(s): State<ApiState>, Path((ns, name)): Path<(String, St
 
 /// The grace period in a stop or restart body (`gracePeriod` of StopOptions, `gracePeriodSeconds`
 /// of RestartOptions / DeleteOptions).
-fn grace(body: &[u8]) -> Result<Option<i64>, ApiError> {
+pub(crate) fn grace(body: &[u8]) -> Result<Option<i64>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

@@ -42,7 +42,7 @@ pub struct CdiApiState {
 
 /// An error answered as a Kubernetes `Status`.
 #[derive(Debug)]
-struct Failure {
+pub(crate) struct Failure {
     code: StatusCode,
     reason: &'static str,
     message: String,
@@ -135,7 +135,7 @@ fn utf8(body: &[u8]) -> Result<&str, Failure> {
 
 /// Decodes a CDI object strictly (JSON, or YAML by content type): unknown fields are 422s naming
 /// their path.
-fn decode(headers: &HeaderMap, body: &[u8]) -> Result<CdiObject, Failure> {
+pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<CdiObject, Failure> {
     let text = utf8(body)?;
     let invalid = |e: LoadError| Failure::invalid(e.to_string());
     if yaml_body(headers) {
@@ -291,7 +291,7 @@ async fn delete_one(
 /// CDI's `UploadTokenRequest`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct UploadTokenRequest {
+pub(crate) struct UploadTokenRequest {
     api_version: String,
     kind: String,
     #[serde(default)]
@@ -304,7 +304,7 @@ struct UploadTokenRequest {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct UploadTokenRequestSpec {
+pub(crate) struct UploadTokenRequestSpec {
     pvc_name: String,
 }
 
@@ -317,20 +317,7 @@ async fn token_request(
     body: Bytes,
 ) -> Answer {
     require_namespace(&s, &ns)?;
-    let text = utf8(&body)?;
-    let invalid = |e: LoadError| Failure::invalid(e.to_string());
-    let mut value = if yaml_body(&headers) {
-        let mut docs = virt_core::api::parse_yaml(text).map_err(invalid)?;
-        if docs.len() != 1 {
-            return Err(Failure::bad_request(format!("expected one object in the body, got {}", docs.len())));
-        }
-        docs.remove(0)
-    } else {
-        virt_core::api::parse_json(text).map_err(invalid)?
-    };
-    virt_core::api::prune_nulls(&mut value);
-    let opts = LoadOptions::default();
-    let req: UploadTokenRequest = Decoder::new(&opts, 1).decode(value, "").map_err(invalid)?;
+    let req = token_request_body(&headers, &body)?;
     if req.api_version != UPLOAD_API_VERSION || req.kind != "UploadTokenRequest" {
         return Err(Failure::bad_request(format!(
             "the body is a {} {}, this path takes a {UPLOAD_API_VERSION} UploadTokenRequest",
@@ -359,8 +346,28 @@ async fn token_request(
     )
 }
 
+/// Decodes an UploadTokenRequest body strictly.
+pub(crate) fn token_request_body(headers: &HeaderMap, body: &[u8]) -> Result<UploadTokenRequest, Failure> {
+    let value = parse_body(headers, body)?;
+    let opts = LoadOptions::default();
+    Decoder::new(&opts, 1).decode(value, "").map_err(|e| Failure::invalid(e.to_string()))
+}
+
+/// Decodes a VolumeSnapshot body strictly.
+pub(crate) fn snapshot_body(headers: &HeaderMap, body: &[u8]) -> Result<VolumeSnapshot, Failure> {
+    let value = parse_body(headers, body)?;
+    let (api, kind) = (value["apiVersion"].as_str().unwrap_or(""), value["kind"].as_str().unwrap_or(""));
+    if api != SNAPSHOT_API_VERSION || kind != "VolumeSnapshot" {
+        return Err(Failure::bad_request(format!(
+            "the body is a {api:?} {kind:?}, this path takes a {SNAPSHOT_API_VERSION} VolumeSnapshot"
+        )));
+    }
+    let opts = LoadOptions::default();
+    Decoder::new(&opts, 1).decode(value, "").map_err(|e| Failure::invalid(e.to_string()))
+}
+
 /// Reads a body of another group (JSON, or YAML by content type) as one JSON value.
-fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, Failure> {
+pub(crate) fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, Failure> {
     let text = utf8(body)?;
     let invalid = |e: LoadError| Failure::invalid(e.to_string());
     let mut value = if yaml_body(headers) {
@@ -402,16 +409,7 @@ async fn create_snapshot(
     body: Bytes,
 ) -> Answer {
     require_namespace(&s, &ns)?;
-    let value = parse_body(&headers, &body)?;
-    let (api, kind) = (value["apiVersion"].as_str().unwrap_or(""), value["kind"].as_str().unwrap_or(""));
-    if api != SNAPSHOT_API_VERSION || kind != "VolumeSnapshot" {
-        return Err(Failure::bad_request(format!(
-            "the body is a {api:?} {kind:?}, this path takes a {SNAPSHOT_API_VERSION} VolumeSnapshot"
-        )));
-    }
-    let opts = LoadOptions::default();
-    let vs: VolumeSnapshot =
-        Decoder::new(&opts, 1).decode(value, "").map_err(|e| Failure::invalid(e.to_string()))?;
+    let vs = snapshot_body(&headers, &body)?;
     let cdi = s.cdi.clone();
     let made = blocking(move || Ok(cdi.create_volume_snapshot(&ns, vs)?)).await?;
     ok(StatusCode::CREATED, &made)

@@ -31,11 +31,11 @@
 //! ```
 
 mod error;
-mod extract;
+pub(crate) mod extract;
 pub mod manifest;
 mod reference;
 mod resume;
-mod transport;
+pub(crate) mod transport;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

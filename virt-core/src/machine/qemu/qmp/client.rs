@@ -13,7 +13,15 @@ pub enum Incoming {
     Closed,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, Sender<Result<Value, QmpError>>>>>;
+/// Commands waiting for their answers, by id; once the connection has closed, none can wait.
+#[derive(Default)]
+struct Waiters {
+    by_id: HashMap<u64, Sender<Result<Value, QmpError>>>,
+    /// The reader saw the end of the stream: a command sent now would never be answered.
+    closed: bool,
+}
+
+type Pending = Arc<Mutex<Waiters>>;
 
 /// A connected QMP client. Commands may be sent from any thread; events go to the handler given to
 /// [`QmpClient::connect`], called on the client's reader thread (which must not send commands and wait
@@ -142,9 +150,17 @@ impl QmpClient {
     pub fn execute(&self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = channel();
-        lock(&self.pending).insert(id, tx);
+        {
+            let mut p = lock(&self.pending);
+            if p.closed {
+                // Sending could still succeed (QEMU may only have shut its end for writing), but
+                // nothing would read an answer: fail now rather than after the timeout.
+                return Err(QmpError::Closed(format!(" before {command} was sent")));
+            }
+            p.by_id.insert(id, tx);
+        }
         if let Err(e) = self.send(command, args, id) {
-            lock(&self.pending).remove(&id);
+            lock(&self.pending).by_id.remove(&id);
             return Err(e);
         }
         match rx.recv_timeout(self.timeout) {
@@ -154,7 +170,7 @@ impl QmpClient {
             }
             Ok(Err(e)) => Err(e),
             Err(RecvTimeoutError::Timeout) => {
-                lock(&self.pending).remove(&id);
+                lock(&self.pending).by_id.remove(&id);
                 Err(QmpError::Timeout { command: command.into(), timeout: self.timeout })
             }
             Err(RecvTimeoutError::Disconnected) => {
@@ -242,12 +258,12 @@ fn reader_loop(
                     Err(e) => handler(Incoming::Error(e)),
                 },
                 QmpMessage::Return { id: Some(id), value } => {
-                    if let Some(tx) = lock(&pending).remove(&id) {
+                    if let Some(tx) = lock(&pending).by_id.remove(&id) {
                         let _ = tx.send(Ok(value));
                     }
                 }
                 QmpMessage::Error { id: Some(id), class, desc } => {
-                    if let Some(tx) = lock(&pending).remove(&id) {
+                    if let Some(tx) = lock(&pending).by_id.remove(&id) {
                         let _ = tx.send(Err(QmpError::Command { command: String::new(), class, desc }));
                     }
                 }
@@ -268,6 +284,10 @@ fn reader_loop(
         }
     }
     // Waiting commands see their senders dropped: Closed.
-    lock(&pending).clear();
+    {
+        let mut p = lock(&pending);
+        p.closed = true;
+        p.by_id.clear();
+    }
     handler(Incoming::Closed);
 }

@@ -1,0 +1,115 @@
+//! The fuzz targets' bodies (`virt_core::fuzzing`) on every committed seed (`fuzz/seeds/TARGET`),
+//! on mutations of the seeds and on random bytes, so the stable test suite runs exactly what the
+//! fuzzer runs. Crashes the fuzzer found stay here as regression seeds.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use virt_core::fuzzing;
+
+fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds").join(target);
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let p = e.unwrap().path();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap())
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "no seeds in {}", dir.display());
+    out
+}
+
+/// A seed with some bytes flipped and maybe cut short.
+fn mutated(target: &'static str) -> impl Strategy<Value = Vec<u8>> {
+    let all = seeds(target);
+    (
+        0..all.len(),
+        proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        proptest::option::of(any::<prop::sample::Index>()),
+    )
+        .prop_map(move |(i, flips, cut)| {
+            let mut d = all[i].1.clone();
+            for (at, x) in flips {
+                if !d.is_empty() {
+                    let n = d.len();
+                    d[at.index(n)] ^= x;
+                }
+            }
+            if let Some(c) = cut {
+                let n = d.len();
+                d.truncate(c.index(n + 1));
+            }
+            d
+        })
+}
+
+#[test]
+fn every_seed_runs() {
+    for (name, d) in seeds("virtio_blk") {
+        eprintln!("virtio_blk {name}");
+        fuzzing::virtio_blk(&d);
+    }
+    for (name, d) in seeds("kubevirt_manifest") {
+        eprintln!("kubevirt_manifest {name}");
+        fuzzing::kubevirt_manifest(&d);
+    }
+    for (name, d) in seeds("qmp_stream") {
+        eprintln!("qmp_stream {name}");
+        fuzzing::qmp_stream(&d);
+    }
+    for (name, d) in seeds("launcher_control") {
+        eprintln!("launcher_control {name}");
+        fuzzing::launcher_control(&d);
+    }
+}
+
+/// The manifest seeds are objects the loader accepts, so the fuzzer starts past the parser.
+#[test]
+fn manifest_seeds_load() {
+    for (name, d) in seeds("kubevirt_manifest") {
+        let text = String::from_utf8(d).unwrap();
+        let docs = if name.ends_with(".json") {
+            vec![virt_core::model::load_json(&text).unwrap_or_else(|e| panic!("{name}: {e}"))]
+        } else {
+            virt_core::model::load_yaml(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        assert!(!docs.is_empty(), "{name}");
+    }
+}
+
+/// Regression (found by `qmp_stream`): once QEMU had closed its end, every further command waited
+/// for the whole command timeout (5 s here) instead of failing at once.
+#[test]
+fn qmp_commands_after_the_close_fail_at_once() {
+    let d = seeds("qmp_stream").into_iter().find(|(n, _)| n == "greeting-only").unwrap().1;
+    let t = Instant::now();
+    fuzzing::qmp_stream(&d);
+    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn virtio_blk_never_panics(d in prop_oneof![mutated("virtio_blk"), proptest::collection::vec(any::<u8>(), 0..4096)]) {
+        fuzzing::virtio_blk(&d);
+    }
+
+    #[test]
+    fn kubevirt_manifest_never_panics(d in prop_oneof![mutated("kubevirt_manifest"), proptest::collection::vec(any::<u8>(), 0..512)]) {
+        fuzzing::kubevirt_manifest(&d);
+    }
+
+    #[test]
+    fn qmp_stream_never_panics(d in prop_oneof![mutated("qmp_stream"), proptest::collection::vec(any::<u8>(), 0..512)]) {
+        fuzzing::qmp_stream(&d);
+    }
+
+    #[test]
+    fn launcher_control_never_panics(d in prop_oneof![mutated("launcher_control"), proptest::collection::vec(any::<u8>(), 0..512)]) {
+        fuzzing::launcher_control(&d);
+    }
+}
