@@ -46,6 +46,7 @@ fn layout(spec: &MachineSpec) -> Layout {
         firmware,
         efi_vars: efi.then(|| "/run/v/vars.fd".into()),
         vnc_display: 0,
+        vhost_net: false,
     }
 }
 

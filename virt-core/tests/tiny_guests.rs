@@ -71,6 +71,7 @@ fn config(image: Vec<u8>, console: &Console) -> VmConfig {
         cpus: 1,
         payload: Payload::Flat { image, load_addr: LOAD, entry: LOAD, mode: EntryMode::Pvh },
         disks: vec![],
+        nics: Vec::new(),
         console: Box::new(console.clone()),
         track_dirty_pages: false,
         huge_pages: false,
