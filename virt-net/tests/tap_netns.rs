@@ -1,11 +1,13 @@
 //! Real tap devices in network namespaces the tests create: frames through the tap backend reach a
 //! UDP socket on the host side and back, and TUNSETOFFLOAD changes what the kernel hands over.
 
+#[path = "support/netns.rs"]
+mod netns;
+
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use netns::Netns;
 
 use virt_core::net::{NetBackend, Offloads, MAX_FRAME_LEN, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN};
 use virt_net::tap::{Tap, TapError};
@@ -15,51 +17,6 @@ const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
 const HOST_IP: [u8; 4] = [10, 9, 0, 1];
 const GUEST_IP: [u8; 4] = [10, 9, 0, 2];
 
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A network namespace, removed (with its taps) on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Self {
-        let name = format!("vnet-t{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
-        ip(&["netns", "add", &name]);
-        Self { name }
-    }
-
-    /// Runs `f` on a thread that entered this namespace (sockets and taps it creates live there).
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: setns on this thread only, with a namespace descriptor kept open for the call.
-            assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
 fn mac(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -67,8 +24,7 @@ fn mac(m: [u8; 6]) -> String {
 /// A tap `guest side` in a fresh namespace whose host side is 10.9.0.1, with a UDP socket bound there.
 fn setup() -> (Netns, Tap, UdpSocket) {
     let ns = Netns::new();
-    let tap_name = format!("vt{}", ns.name.trim_start_matches("vnet-t").replace('-', "x"));
-    let tap_name = tap_name[..tap_name.len().min(15)].to_string();
+    let tap_name = ns.tap_name();
     let n2 = tap_name.clone();
     let tap = ns.run(move || Tap::open(&n2).expect("create tap"));
     ns.ip(&["link", "set", &tap_name, "address", &mac(HOST_MAC)]);
