@@ -107,7 +107,21 @@ fn the_guest_sees_its_mac_and_pings_the_host_side_of_its_tap() {
             backend: InterfaceBackend::TapFd { fd },
             mtu: None,
             boot_order: None,
-        }],
+        }]
+        .into_iter()
+        // The other models KubeVirt accepts, unlinked: QEMU must take them (the initramfs has no
+        // drivers for them, so the virtio NIC stays eth0).
+        .chain([NicModel::E1000e, NicModel::E1000, NicModel::Rtl8139].into_iter().map(|model| {
+            InterfaceSpec {
+                name: model.name().into(),
+                mac: MacAddr::derived(model.name()),
+                model,
+                backend: InterfaceBackend::None,
+                mtu: None,
+                boot_order: None,
+            }
+        }))
+        .collect(),
     };
     let t0 = Instant::now();
     let console = Console::default();
