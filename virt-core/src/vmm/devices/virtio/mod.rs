@@ -1,6 +1,8 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x, "modern" only).
 
 pub mod block;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mmio;
 pub mod net;
 

@@ -312,15 +312,21 @@ impl NetWorker {
     /// Sends every frame the guest queued; returns how many chains were completed.
     pub fn process_tx(&mut self) -> usize {
         let mut done = 0;
+        // Rounds in a row that found nothing to pop although the ring said otherwise (a guest
+        // lying about its avail index): one retry covers a real race, more would spin forever.
+        let mut empty = 0;
         loop {
             if self.tx.event_idx_enabled() {
                 if let Err(e) = self.tx.disable_notification(&self.mem) {
                     log::warn!("virtio-net {}: {e:?}", self.backend.name());
                 }
             }
-            done += self.drain_tx();
+            let n = self.drain_tx();
+            done += n;
+            empty = if n == 0 { empty + 1 } else { 0 };
             match self.tx.enable_notification(&self.mem) {
-                Ok(true) if self.tx.event_idx_enabled() => continue, // more frames arrived meanwhile
+                // More frames arrived meanwhile.
+                Ok(true) if self.tx.event_idx_enabled() && empty < 2 => continue,
                 Ok(_) => break,
                 Err(e) => {
                     log::warn!("virtio-net {}: {e:?}", self.backend.name());
