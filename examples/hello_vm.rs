@@ -41,6 +41,7 @@ fn main() -> ExitCode {
             ..Default::default()
         }),
         disks: Vec::new(),
+        nics: Vec::new(),
         // The guest's serial console goes straight to our stdout.
         console: Box::new(std::io::stdout()),
         track_dirty_pages: false,

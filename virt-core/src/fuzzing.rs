@@ -133,6 +133,7 @@ fn exercise_object(object: &KubeVirtObject, catalog: &Catalog) {
             firmware: cmdline::Firmware::Bios("/usr/share/seabios/bios-256k.bin".into()),
             efi_vars: None,
             vnc_display: 0,
+            vhost_net: false,
         };
         for a in [Accelerator::Kvm, Accelerator::Emulation] {
             let _ = cmdline::build(&m, a, &layout);

@@ -18,4 +18,5 @@ pub mod hypervisor;
 pub mod lifecycle;
 pub mod machine;
 pub mod model;
+pub mod net;
 pub mod vmm;

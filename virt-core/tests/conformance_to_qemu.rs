@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use virt_core::machine::accel::{AccelPolicy, Accelerator};
 use virt_core::machine::qemu::cmdline::{build, Firmware, Layout};
 use virt_core::machine::resolve::{machine_spec, VolumeFiles};
-use virt_core::machine::{BootSpec, DiskBus, DiskFormat, MachineSpec};
+use virt_core::machine::{BootSpec, DiskBus, DiskFormat, InterfaceBackend, MachineSpec, NicModel};
 use virt_core::model::{self, KernelBootContainer, VirtualMachineInstance, Volume};
+use virt_core::net::MacAddr;
 
 fn conformance(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/kubevirt").join(name);
@@ -46,6 +47,7 @@ fn layout(spec: &MachineSpec) -> Layout {
         firmware,
         efi_vars: efi.then(|| "/run/v/vars.fd".into()),
         vnc_display: 0,
+        vhost_net: false,
     }
 }
 
@@ -137,4 +139,59 @@ fn windows_vm_with_the_clarge_instancetype_resolves_once_its_conflict_is_gone() 
     for want in ["hv-relaxed", "ide-hd", "tpm-crb", "if=pflash"] {
         assert!(f.contains(want), "missing {want:?} in:\n{f}");
     }
+}
+
+/// The node wires every interface to a tap named after it.
+struct Wired;
+impl VolumeFiles for Wired {
+    fn volume_file(&self, v: &Volume) -> Result<(PathBuf, DiskFormat), String> {
+        Files.volume_file(v)
+    }
+    fn kernel_files(&self, c: &KernelBootContainer) -> Result<(PathBuf, Option<PathBuf>), String> {
+        Files.kernel_files(c)
+    }
+    fn state_dir(&self) -> PathBuf {
+        Files.state_dir()
+    }
+    fn interface_backend(&self, i: &model::Interface) -> Result<InterfaceBackend, String> {
+        Ok(InterfaceBackend::Tap { name: format!("tap-{}", &i.name[..i.name.len().min(11)]) })
+    }
+}
+
+#[test]
+fn interfaces_become_nics_with_their_model_and_a_stable_mac() {
+    // vmi-windows: one e1000 on the pod network; unwired (no node networking), it has no netdev.
+    let v = vmi("vmi-windows.yaml");
+    let s = machine_spec("vmi-windows", &v.spec, &Files, AccelPolicy::Auto).unwrap();
+    assert_eq!(s.interfaces.len(), 1);
+    let nic = &s.interfaces[0];
+    assert_eq!(
+        (nic.name.as_str(), nic.model, &nic.backend),
+        ("default", NicModel::E1000, &InterfaceBackend::None)
+    );
+    assert_eq!(nic.mac, MacAddr::derived("vmi-windows/default"));
+    let f = flags(&s);
+    assert!(f.contains(&format!("-device e1000,id=net0,mac={},romfile=", nic.mac)), "{f}");
+    assert!(!f.contains("-netdev"), "{f}");
+    // vmi-masquerade: virtio by default; a wired interface gets its tap.
+    let mut v = vmi("vmi-masquerade.yaml");
+    v.spec.domain.devices.interfaces[0].mac_address = Some("DE-AD-00-00-BE-AF".into());
+    let s = machine_spec("vmi-masquerade", &v.spec, &Wired, AccelPolicy::Auto).unwrap();
+    let nic = &s.interfaces[0];
+    assert_eq!((nic.model, nic.mac.to_string().as_str()), (NicModel::Virtio, "de:ad:00:00:be:af"));
+    let f = flags(&s);
+    assert!(f.contains("-netdev tap,id=hostnet0,ifname=tap-testmasquer,script=no,downscript=no"), "{f}");
+    assert!(f.contains("-device virtio-net-pci,id=net0,mac=de:ad:00:00:be:af,netdev=hostnet0"), "{f}");
+    // Bad input names the field.
+    v.spec.domain.devices.interfaces[0].mac_address = Some("de:ad".into());
+    let e = machine_spec("x", &v.spec, &Wired, AccelPolicy::Auto).unwrap_err();
+    assert_eq!(e.path, "spec.domain.devices.interfaces[0].macAddress");
+    v.spec.domain.devices.interfaces[0].mac_address = None;
+    v.spec.domain.devices.interfaces[0].model = Some("virtio-fast".into());
+    let e = machine_spec("x", &v.spec, &Wired, AccelPolicy::Auto).unwrap_err();
+    assert_eq!(e.path, "spec.domain.devices.interfaces[0].model");
+    // An absent interface is left out.
+    v.spec.domain.devices.interfaces[0].model = None;
+    v.spec.domain.devices.interfaces[0].state = Some(model::InterfaceState::Absent);
+    assert!(machine_spec("x", &v.spec, &Wired, AccelPolicy::Auto).unwrap().interfaces.is_empty());
 }

@@ -95,6 +95,7 @@ fn kernel_spec(name: &str, cmdline: &str) -> MachineSpec {
         graphics: false,
         machine_type: None,
         accel: AccelPolicy::Auto,
+        interfaces: Vec::new(),
     }
 }
 
@@ -363,6 +364,7 @@ fn vmi_windows() -> MachineSpec {
         graphics: true,
         machine_type: None,
         accel: AccelPolicy::Auto,
+        interfaces: Vec::new(),
     }
 }
 
@@ -523,6 +525,7 @@ fn kernel_spec_free(name: &str) -> MachineSpec {
         graphics: false,
         machine_type: None,
         accel: AccelPolicy::Auto,
+        interfaces: Vec::new(),
     }
 }
 

@@ -71,6 +71,7 @@ fn config(image: Vec<u8>, console: &Console) -> VmConfig {
         cpus: 1,
         payload: Payload::Flat { image, load_addr: LOAD, entry: LOAD, mode: EntryMode::Pvh },
         disks: vec![],
+        nics: Vec::new(),
         console: Box::new(console.clone()),
         track_dirty_pages: false,
         huge_pages: false,
@@ -145,6 +146,41 @@ fn mmio_exit_reads_virtio_registers_and_unhandled_port_reads_all_ones() {
     assert_eq!(h.wait(), ExitReason::PowerOff);
     let out = con.0.lock().unwrap().clone();
     assert_eq!(out, b"virt2\xff");
+}
+
+#[test]
+fn a_nic_sits_on_the_virtio_mmio_bus_after_the_disks() {
+    let Some(hv) = kvm() else { return };
+    let con = Console::default();
+    // Prints the device IDs at the first two virtio-mmio slots: the disk (2), then the NIC (1), and
+    // the first byte of the NIC's config space (the MAC's first octet, 0x02 -> '2' after adding '0').
+    let img = assemble(
+        "nic",
+        &format!(
+            "
+    mov $0x3f8, %dx
+    mov 0xd0000008, %eax
+    add $0x30, %al
+    out %al, %dx
+    mov 0xd0001008, %eax
+    add $0x30, %al
+    out %al, %dx
+    movb 0xd0001100, %al
+    add $0x30, %al
+    out %al, %dx
+    {POWEROFF}"
+        ),
+    );
+    let mut cfg = config(img, &con);
+    cfg.disks = vec![Arc::new(MemDisk::new(1 << 20, true))];
+    let (ours, _peer) = virt_core::net::NetPair::new("nic", "peer").unwrap();
+    cfg.nics = vec![virt_core::vmm::NicConfig {
+        backend: Arc::new(ours),
+        config: virt_core::vmm::NetConfig { mac: virt_core::net::MacAddr([2, 0, 0, 0, 0, 1]), mtu: 1500 },
+    }];
+    let h = MicroVm::new(&hv, cfg).unwrap().start().unwrap();
+    assert_eq!(h.wait(), ExitReason::PowerOff);
+    assert_eq!(con.text(), "212");
 }
 
 #[test]

@@ -1,1 +1,9 @@
-//! Networking layer: tap, bridge, masquerade and addresses for virtio-net (not built yet).
+//! Networking layer: the host side of guest NICs.
+//!
+//! - [`tap`]: Linux tap devices (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`) implementing
+//!   [`virt_core::net::NetBackend`], with the guest's accepted offloads applied by `TUNSETOFFLOAD`;
+//!   [`tap::opener`] gives the native VMM its NICs from a `MachineSpec`'s interfaces.
+//!
+//! The node's pod network (bridges, masquerade, DHCP) builds on these (not built yet).
+
+pub mod tap;

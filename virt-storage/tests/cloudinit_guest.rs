@@ -81,6 +81,7 @@ fn spec(name: &str, disks: Vec<DiskSpec>) -> MachineSpec {
         graphics: false,
         machine_type: None,
         accel: AccelPolicy::Auto,
+        interfaces: Vec::new(),
     }
 }
 

@@ -210,6 +210,7 @@ fn run(args: Args) -> Result<ExitReason, String> {
         cpus: args.cpus,
         payload: Payload::Kernel(kernel),
         disks,
+        nics: Vec::new(),
         console: Box::new(RawStdout),
         track_dirty_pages: false,
         huge_pages: args.huge_pages,
@@ -387,7 +388,7 @@ fn start_supervised(
         .map_err(|e| format!("the spec {} is not a MachineSpec: {e}", spec_path.display()))?;
     let cache = if args.no_kernel_cache { None } else { args.kernel_cache.clone().or_else(default_cache) };
     let opener: DiskOpener = Arc::new(open_disk);
-    let native = NativeBackend::new(opener, cache);
+    let native = NativeBackend::new(opener, cache).with_net(virt_net::tap::opener());
     let qemu = QemuBackend::new(QemuOptions {
         allow_emulation: args.allow_emulation,
         run_dir: Some(run_dir.to_path_buf()),

@@ -41,6 +41,7 @@ fn spec(name: &str, kernel: PathBuf, initramfs: PathBuf) -> MachineSpec {
         graphics: false,
         machine_type: None,
         accel: AccelPolicy::Auto,
+        interfaces: Vec::new(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! files, everything a backend needs and nothing Kubernetes-specific.
 
 pub mod accel;
+mod interfaces;
 pub mod native;
 pub mod qemu;
 pub mod remote;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::block::BlockBackend;
+pub use interfaces::{InterfaceBackend, InterfaceSpec, NetOpener, NicModel};
 
 /// How the guest boots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +194,9 @@ pub struct MachineSpec {
     /// Where the machine may run.
     #[serde(default)]
     pub accel: accel::AccelPolicy,
+    /// NICs in the order the guest sees them.
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceSpec>,
 }
 
 fn yes() -> bool {
@@ -467,6 +472,7 @@ mod tests {
             graphics: false,
             machine_type: None,
             accel: accel::AccelPolicy::Auto,
+            interfaces: Vec::new(),
         }
     }
 

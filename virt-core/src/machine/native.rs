@@ -6,17 +6,19 @@ use std::time::Duration;
 
 use super::accel::{self, AccelDecision, HostVirt};
 use super::{
-    BootSpec, ConsoleSink, DiskBus, DiskOpener, Machine, MachineBackend, MachineError, MachineEvent,
-    MachineExit, MachineSpec, MachineStatus,
+    BootSpec, ConsoleSink, DiskBus, DiskOpener, InterfaceBackend, Machine, MachineBackend, MachineError,
+    MachineEvent, MachineExit, MachineSpec, MachineStatus, NetOpener, NicModel,
 };
 use crate::hypervisor::kvm::KvmHypervisor;
+use crate::net::{NetBackend, NetPair};
 use crate::vmm::boot::KernelConfig;
 use crate::vmm::devices::lock;
-use crate::vmm::{ExitReason, MicroVm, Payload, VmConfig, VmHandle};
+use crate::vmm::{ExitReason, MicroVm, NetConfig, NicConfig, Payload, VmConfig, VmHandle};
 
 /// Runs kernel-boot machines in-process on the native VMM.
 pub struct NativeBackend {
     disks: DiskOpener,
+    net: Option<NetOpener>,
     host: HostVirt,
     kernel_cache: Option<std::path::PathBuf>,
 }
@@ -24,7 +26,13 @@ pub struct NativeBackend {
 impl NativeBackend {
     /// A backend that opens disks with `disks` and caches decompressed kernels in `kernel_cache`.
     pub fn new(disks: DiskOpener, kernel_cache: Option<std::path::PathBuf>) -> Self {
-        Self { disks, host: HostVirt::probe(), kernel_cache }
+        Self { disks, net: None, host: HostVirt::probe(), kernel_cache }
+    }
+
+    /// Opens the host side of NICs (taps) with `net` (virt-net provides it).
+    pub fn with_net(mut self, net: NetOpener) -> Self {
+        self.net = Some(net);
+        self
     }
 
     /// Overrides the probed host (tests, or hosts whose KVM the probe misjudges).
@@ -52,6 +60,21 @@ impl MachineBackend for NativeBackend {
                 if d.cdrom { " as a CD-ROM" } else { "" }
             ));
         }
+        if let Some(n) = spec.interfaces.iter().find(|n| n.model != NicModel::Virtio) {
+            return Err(format!(
+                "interface {} needs model {}; the native VMM has virtio-net only",
+                n.name,
+                n.model.name()
+            ));
+        }
+        if let Some(n) =
+            spec.interfaces.iter().find(|n| n.backend != InterfaceBackend::None && self.net.is_none())
+        {
+            return Err(format!(
+                "interface {} has a tap but this backend was built without virt-net",
+                n.name
+            ));
+        }
         if spec.tpm.is_some() || spec.graphics || !spec.hyperv.is_empty() || spec.smm {
             return Err("TPM, graphics, Hyper-V enlightenments and SMM need the QEMU backend".into());
         }
@@ -76,6 +99,25 @@ impl MachineBackend for NativeBackend {
             .iter()
             .map(|d| (self.disks)(d).map_err(|e| err(format!("disk {}: {e}", d.name))))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut unlinked = Vec::new();
+        let mut nics = Vec::new();
+        for nic in &spec.interfaces {
+            let backend: Arc<dyn NetBackend> = match (&nic.backend, &self.net) {
+                (InterfaceBackend::None, _) => {
+                    // A NIC with nothing behind it: its frames fill a socket buffer nobody reads.
+                    let (ours, theirs) = NetPair::new(&nic.name, "unlinked")
+                        .map_err(|e| err(format!("interface {}: {e}", nic.name)))?;
+                    unlinked.push(theirs);
+                    Arc::new(ours)
+                }
+                (_, Some(open)) => open(nic).map_err(|e| err(format!("interface {}: {e}", nic.name)))?,
+                (_, None) => return Err(err(format!("interface {}: no network opener", nic.name))),
+            };
+            nics.push(NicConfig {
+                backend,
+                config: NetConfig { mac: nic.mac, mtu: nic.mtu.unwrap_or(1500) },
+            });
+        }
         let cfg = VmConfig {
             memory_mib: spec.memory_mib,
             cpus: u8::try_from(spec.cpu.count()).map_err(|_| err("too many vCPUs".into()))?,
@@ -87,6 +129,7 @@ impl MachineBackend for NativeBackend {
                 ..Default::default()
             }),
             disks,
+            nics,
             console,
             track_dirty_pages: false,
             huge_pages: false,
@@ -104,6 +147,7 @@ impl MachineBackend for NativeBackend {
             events: Mutex::new(rx),
             state: state.clone(),
             ended: Arc::new((Mutex::new(None), std::sync::Condvar::new())),
+            _unlinked: unlinked,
         };
         let ended = m.ended.clone();
         std::thread::Builder::new()
@@ -134,6 +178,8 @@ struct NativeMachine {
     events: Mutex<Receiver<MachineEvent>>,
     state: Arc<Mutex<MachineStatus>>,
     ended: Ended,
+    // The far ends of NICs that are not linked to anything.
+    _unlinked: Vec<NetPair>,
 }
 
 impl NativeMachine {
@@ -318,6 +364,7 @@ mod tests {
             graphics: false,
             machine_type: None,
             accel: AccelPolicy::Auto,
+            interfaces: Vec::new(),
         }
     }
 

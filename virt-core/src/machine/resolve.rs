@@ -11,9 +11,11 @@ use std::path::PathBuf;
 
 use super::accel::AccelPolicy;
 use super::{
-    BootSpec, ClockSpec, CpuSpec, DiskBus, DiskFormat, DiskSpec, HypervFeature, MachineSpec, TpmSpec,
+    BootSpec, ClockSpec, CpuSpec, DiskBus, DiskFormat, DiskSpec, HypervFeature, InterfaceBackend,
+    InterfaceSpec, MachineSpec, NicModel, TpmSpec,
 };
 use crate::model::{self, VirtualMachineInstanceSpec, Volume};
+use crate::net::MacAddr;
 
 /// Where the lifecycle put what the VMI refers to.
 pub trait VolumeFiles {
@@ -26,6 +28,10 @@ pub trait VolumeFiles {
     ) -> Result<(PathBuf, Option<PathBuf>), String>;
     /// Where this VM's persistent state (EFI variables, TPM) lives.
     fn state_dir(&self) -> PathBuf;
+    /// The host side of `interface` (the node's network layer wires it); unlinked by default.
+    fn interface_backend(&self, _interface: &model::Interface) -> Result<InterfaceBackend, String> {
+        Ok(InterfaceBackend::None)
+    }
 }
 
 /// Why a VMI cannot become a machine; each names the field.
@@ -242,5 +248,48 @@ pub fn machine_spec(
         graphics: d.devices.autoattach_graphics_device.unwrap_or(true),
         machine_type: d.machine.as_ref().and_then(|m| m.type_.clone()),
         accel,
+        interfaces: interfaces(name, spec, files)?,
     })
+}
+
+/// NICs: KubeVirt's model names, the MAC asked for or one derived from the VM and interface names
+/// (stable across restarts; the node's MAC pool replaces it), interfaces marked `absent` left out.
+fn interfaces(
+    name: &str,
+    spec: &VirtualMachineInstanceSpec,
+    files: &dyn VolumeFiles,
+) -> Result<Vec<InterfaceSpec>, ResolveError> {
+    let mut out = Vec::new();
+    for (i, iface) in spec.domain.devices.interfaces.iter().enumerate() {
+        let path = format!("spec.domain.devices.interfaces[{i}]");
+        if iface.state == Some(model::InterfaceState::Absent) {
+            continue;
+        }
+        if !spec.networks.iter().any(|n| n.name == iface.name) {
+            return Err(err(format!("{path}.name"), format!("no network named {:?}", iface.name)));
+        }
+        let model = match iface.model.as_deref() {
+            None => NicModel::Virtio,
+            Some(m) => NicModel::from_name(m).ok_or_else(|| {
+                let names: Vec<_> = NicModel::ALL.iter().map(|m| m.name()).collect();
+                err(format!("{path}.model"), format!("unknown model {m:?} (one of {})", names.join(", ")))
+            })?,
+        };
+        let mac = match &iface.mac_address {
+            Some(m) => m
+                .parse()
+                .map_err(|e: crate::net::MacParseError| err(format!("{path}.macAddress"), e.to_string()))?,
+            None => MacAddr::derived(&format!("{name}/{}", iface.name)),
+        };
+        let backend = files.interface_backend(iface).map_err(|m| err(path.clone(), m))?;
+        out.push(InterfaceSpec {
+            name: iface.name.clone(),
+            mac,
+            model,
+            backend,
+            mtu: None,
+            boot_order: iface.boot_order,
+        });
+    }
+    Ok(out)
 }

@@ -32,12 +32,15 @@ use self::devices::legacy::{AcpiPm, I8042, I8042_DATA_PORT};
 use self::devices::serial::{SerialDevice, COM1_GSI, COM1_PORT};
 use self::devices::virtio::block::Block;
 use self::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use self::devices::virtio::net::Net;
+pub use self::devices::virtio::net::NetConfig;
 use self::devices::virtio::{VirtioDevice, VirtioInterrupt};
 pub use self::devices::ExitReason;
 use self::devices::{lock, Bus, ExitLatch};
 use self::vcpu::VcpuControl;
 use crate::block::BlockBackend;
 use crate::hypervisor::{Hypervisor, HypervisorError, IoEventAddress, MemorySlot, Vm};
+use crate::net::NetBackend;
 
 /// First GSI used for virtio-mmio devices (0-15 are ISA lines; 4 is COM1).
 const VIRTIO_FIRST_GSI: u32 = 5;
@@ -73,12 +76,22 @@ pub struct VmConfig {
     pub payload: Payload,
     /// Disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<Arc<dyn BlockBackend>>,
+    /// virtio-net NICs, after the disks on the virtio-mmio bus.
+    pub nics: Vec<NicConfig>,
     /// Where the serial console's output goes.
     pub console: Box<dyn Write + Send>,
     /// Whether the hypervisor logs dirty pages of guest memory (for migration and snapshots).
     pub track_dirty_pages: bool,
     /// Ask for huge pages for guest RAM (`MADV_HUGEPAGE`); see [`memory::create`].
     pub huge_pages: bool,
+}
+
+/// A virtio-net NIC of the native VMM.
+pub struct NicConfig {
+    /// Where its frames go.
+    pub backend: Arc<dyn NetBackend>,
+    /// MAC and MTU the guest sees.
+    pub config: NetConfig,
 }
 
 /// Errors while building or running a VM.
@@ -158,10 +171,12 @@ impl MicroVm {
         let ranges = layout::ram_regions(mem_size).map_err(|e| VmmError::Config(e.to_string()))?;
         let (mem, ram) =
             memory::create(&ranges, cfg.huge_pages).map_err(|e| VmmError::Memory(e.to_string()))?;
-        let disk_count = cfg.disks.len() as u32;
-        if disk_count > LAST_GSI - VIRTIO_FIRST_GSI + 1 {
+        let virtio_count = (cfg.disks.len() + cfg.nics.len()) as u32;
+        if virtio_count > LAST_GSI - VIRTIO_FIRST_GSI + 1 {
             return Err(VmmError::Config(format!(
-                "{disk_count} disks requested, at most {}",
+                "{} disks and {} NICs requested, at most {} virtio devices in all",
+                cfg.disks.len(),
+                cfg.nics.len(),
                 LAST_GSI - VIRTIO_FIRST_GSI + 1
             )));
         }
@@ -215,12 +230,17 @@ impl MicroVm {
         // Virtio devices.
         let mut mmio_bus = Bus::new();
         let mut acpi_devs = Vec::new();
-        for (i, disk) in cfg.disks.into_iter().enumerate() {
+        let virtio_devs =
+            cfg.disks.into_iter().map(|d| Box::new(Block::new(d)) as Box<dyn VirtioDevice>).chain(
+                cfg.nics
+                    .into_iter()
+                    .map(|n| Box::new(Net::new(n.backend, n.config)) as Box<dyn VirtioDevice>),
+            );
+        for (i, dev) in virtio_devs.enumerate() {
             let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
             let gsi = VIRTIO_FIRST_GSI + i as u32;
             let irq = new_evt()?;
             vm.register_irqfd(&irq, gsi)?;
-            let dev: Box<dyn VirtioDevice> = Box::new(Block::new(disk));
             let transport = MmioTransport::new(dev, mem.clone(), VirtioInterrupt::new(irq.clone()))
                 .map_err(|e| VmmError::Io("virtio queue eventfd", e))?;
             for (q, evt) in transport.queue_evts().iter().enumerate() {

@@ -32,7 +32,7 @@ pub enum ConfigError {
     },
 }
 
-fn unsupported(
+pub(super) fn unsupported(
     field: impl Into<String>,
     value: impl std::fmt::Display,
     why: impl Into<String>,
@@ -128,6 +128,8 @@ pub struct Layout {
     /// Serve VNC on 127.0.0.1 from display `vnc_display` upwards (QEMU takes the first free port
     /// in 5900+N..=5999).
     pub vnc_display: u16,
+    /// `/dev/vhost-net` opens on this host: virtio NICs on KVM get the in-kernel datapath.
+    pub vhost_net: bool,
 }
 
 /// A value inside a QEMU option list: commas are doubled.
@@ -144,7 +146,7 @@ fn path_str(field: &str, p: &Path) -> Result<String, ConfigError> {
 }
 
 /// QEMU ids: a letter first, then letters, digits, `-`, `.`, `_`.
-fn check_id(field: &str, name: &str) -> Result<(), ConfigError> {
+pub(super) fn check_id(field: &str, name: &str) -> Result<(), ConfigError> {
     let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
@@ -513,6 +515,9 @@ pub fn build(spec: &MachineSpec, accel: Accelerator, layout: &Layout) -> Result<
         push(&mut a, "-device", dev.join(","));
     }
 
+    // NICs.
+    a.extend(super::nic::args(spec, accel, layout.vhost_net)?);
+
     // TPM 2.0 through swtpm.
     if spec.tpm.is_some() {
         let sock = layout
@@ -556,7 +561,7 @@ pub fn build(spec: &MachineSpec, accel: Accelerator, layout: &Layout) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::machine::accel::AccelPolicy;
     use crate::machine::{ClockSpec, CpuSpec, DiskSpec, TpmSpec};
@@ -570,6 +575,7 @@ mod tests {
             firmware,
             efi_vars: efi.then(|| "/run/v/vars.fd".into()),
             vnc_display: 0,
+            vhost_net: false,
         }
     }
 
@@ -599,7 +605,7 @@ mod tests {
         }
     }
 
-    fn spec() -> MachineSpec {
+    pub(crate) fn spec() -> MachineSpec {
         MachineSpec {
             name: "vm1".into(),
             cpu: CpuSpec::default(),
@@ -618,6 +624,7 @@ mod tests {
             graphics: false,
             machine_type: None,
             accel: AccelPolicy::Auto,
+            interfaces: Vec::new(),
         }
     }
 

@@ -21,6 +21,7 @@
 //! pure function.
 
 pub mod cmdline;
+pub mod nic;
 pub mod qmp;
 
 use std::io::{Read, Write};
@@ -141,6 +142,7 @@ fn layout_in(dir: &Path, firmware: Firmware, spec: &MachineSpec) -> Layout {
         firmware,
         efi_vars,
         vnc_display: 0,
+        vhost_net: std::fs::OpenOptions::new().read(true).write(true).open("/dev/vhost-net").is_ok(),
     }
 }
 
@@ -796,6 +798,7 @@ mod tests {
             graphics: false,
             machine_type: None,
             accel: AccelPolicy::Auto,
+            interfaces: Vec::new(),
         }
     }
 

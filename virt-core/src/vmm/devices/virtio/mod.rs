@@ -1,7 +1,10 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x, "modern" only).
 
 pub mod block;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mmio;
+pub mod net;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

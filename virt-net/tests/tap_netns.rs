@@ -1,0 +1,146 @@
+//! Real tap devices in network namespaces the tests create: frames through the tap backend reach a
+//! UDP socket on the host side and back, and TUNSETOFFLOAD changes what the kernel hands over.
+
+#[path = "support/netns.rs"]
+mod netns;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use netns::Netns;
+
+use virt_core::net::{NetBackend, Offloads, MAX_FRAME_LEN, VIRTIO_NET_HDR_F_NEEDS_CSUM, VNET_HDR_LEN};
+use virt_net::tap::{Tap, TapError};
+
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+const GUEST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+const HOST_IP: [u8; 4] = [10, 9, 0, 1];
+const GUEST_IP: [u8; 4] = [10, 9, 0, 2];
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// A tap `guest side` in a fresh namespace whose host side is 10.9.0.1, with a UDP socket bound there.
+fn setup() -> (Netns, Tap, UdpSocket) {
+    let ns = Netns::new();
+    let tap_name = ns.tap_name();
+    let n2 = tap_name.clone();
+    let tap = ns.run(move || Tap::open(&n2).expect("create tap"));
+    ns.ip(&["link", "set", &tap_name, "address", &mac(HOST_MAC)]);
+    ns.ip(&["addr", "add", "10.9.0.1/24", "dev", &tap_name]);
+    ns.ip(&["link", "set", &tap_name, "up"]);
+    ns.ip(&["neigh", "add", "10.9.0.2", "lladdr", &mac(GUEST_MAC), "dev", &tap_name, "nud", "permanent"]);
+    let udp = ns.run(|| UdpSocket::bind("10.9.0.1:5555").expect("bind in netns"));
+    udp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    (ns, tap, udp)
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 =
+        data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A guest's UDP frame from 10.9.0.2:6666 to 10.9.0.1:5555, with a zero virtio-net header.
+fn udp_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN];
+    f.extend_from_slice(&HOST_MAC);
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut iph = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+    iph[2..4].copy_from_slice(&total.to_be_bytes());
+    iph.extend_from_slice(&GUEST_IP);
+    iph.extend_from_slice(&HOST_IP);
+    let c = checksum(&iph);
+    iph[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&iph);
+    f.extend_from_slice(&6666u16.to_be_bytes());
+    f.extend_from_slice(&5555u16.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // no UDP checksum (allowed on IPv4)
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The next UDP frame to the guest's port 6666 on the tap: (virtio-net header, UDP payload).
+fn recv_udp(tap: &Tap) -> (Vec<u8>, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; MAX_FRAME_LEN];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no UDP frame for the guest within 30 s");
+        let mut pfd = libc::pollfd { fd: tap.fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
+        while let Some(n) = tap.recv(&mut buf).unwrap() {
+            let f = &buf[..n];
+            let eth = &f[VNET_HDR_LEN..];
+            // IPv4, UDP, to port 6666 (IPv6 neighbour discovery and the like are skipped).
+            if eth.len() > 14 + 28
+                && eth[12..14] == [0x08, 0x00]
+                && eth[14 + 9] == 17
+                && eth[14 + 22..14 + 24] == 6666u16.to_be_bytes()
+            {
+                return (f[..VNET_HDR_LEN].to_vec(), eth[14 + 28..].to_vec());
+            }
+        }
+    }
+}
+
+#[test]
+fn frames_cross_a_real_tap_both_ways() {
+    let (_ns, tap, udp) = setup();
+    // Guest -> host.
+    tap.send(&udp_frame(b"hello from the guest")).unwrap();
+    let mut buf = [0u8; 100];
+    let (n, from) = udp.recv_from(&mut buf).expect("the host side receives the guest's datagram");
+    assert_eq!(&buf[..n], b"hello from the guest");
+    assert_eq!(from, "10.9.0.2:6666".parse::<SocketAddr>().unwrap());
+    // Host -> guest, without offloads: a finished checksum, no NEEDS_CSUM.
+    udp.send_to(b"hello from the host", "10.9.0.2:6666").unwrap();
+    let (hdr, payload) = recv_udp(&tap);
+    assert_eq!(payload, b"hello from the host");
+    assert_eq!(hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM, 0);
+}
+
+#[test]
+fn offloads_the_guest_accepted_reach_the_kernel() {
+    let (_ns, tap, udp) = setup();
+    tap.set_offloads(Offloads { csum: true, tso4: true, tso6: true, ecn: false }).unwrap();
+    udp.send_to(b"partial", "10.9.0.2:6666").unwrap();
+    let (hdr, payload) = recv_udp(&tap);
+    assert_eq!(payload, b"partial");
+    assert_eq!(hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_F_NEEDS_CSUM, "header {hdr:?}");
+    tap.set_offloads(Offloads::default()).unwrap();
+    udp.send_to(b"finished", "10.9.0.2:6666").unwrap();
+    let (hdr, payload) = recv_udp(&tap);
+    assert_eq!(payload, b"finished");
+    assert_eq!(hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM, 0);
+}
+
+#[test]
+fn a_tap_descriptor_from_elsewhere_is_adopted_and_bad_inputs_are_refused() {
+    let (_ns, tap, udp) = setup();
+    // SAFETY: dup of a descriptor `tap` keeps open; the copy is owned by the OwnedFd.
+    let dup = unsafe { libc::dup(tap.fd()) };
+    assert!(dup >= 0);
+    // SAFETY: `dup` was just created and is owned by nobody else.
+    let adopted =
+        Tap::from_fd(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) }).unwrap();
+    assert_eq!(adopted.if_name(), tap.if_name());
+    adopted.send(&udp_frame(b"via the adopted fd")).unwrap();
+    let mut buf = [0u8; 100];
+    let (n, _) = udp.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"via the adopted fd");
+
+    assert!(matches!(Tap::open("this-name-is-too-long"), Err(TapError::BadName(_))));
+    assert!(matches!(Tap::open("a/b"), Err(TapError::BadName(_))));
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let e = Tap::from_fd(null.into()).err().expect("/dev/null is not a tap");
+    assert!(e.to_string().contains("TUNGETIFF"), "{e}");
+}
