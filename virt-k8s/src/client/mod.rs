@@ -38,6 +38,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::registry::{self, segment, Resource};
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
@@ -48,7 +50,7 @@ use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use virt_core::api::{self, Decoder, FieldValidation, LoadError, LoadOptions};
-use virt_core::model::{VirtualMachine, VirtualMachineInstance, API_VERSION};
+use virt_core::model::{VirtualMachine, VirtualMachineInstance};
 use virt_storage::cdi::DataVolume;
 
 pub use console::{AttachEnd, Console, ConsoleError, ConsoleReader, ConsoleStream, ConsoleWriter};
@@ -232,9 +234,6 @@ pub enum Kind {
     ClusterPreference,
 }
 
-/// `instancetype.kubevirt.io/v1beta1`.
-const INSTANCETYPE_API: &str = "instancetype.kubevirt.io/v1beta1";
-
 impl Kind {
     /// Every kind.
     pub const ALL: [Kind; 7] = [
@@ -252,58 +251,23 @@ impl Kind {
         Self::ALL.into_iter().find(|k| k.api_version() == api_version && k.name() == kind)
     }
 
-    /// The resource as `kubectl get` and `virtctl` accept it: `vm`, `vms`, `virtualmachine(s)`,
-    /// `virtualmachine(s).kubevirt.io`, the same for `vmi`, `ns`, `namespace(s)`, and KubeVirt's
-    /// short names of instancetypes and preferences (`vminstancetype`, `vmcf`, `vmpref`, `vmcp`...).
+    /// The resource as `kubectl get` and `virtctl` accept it: plural, singular, short name or
+    /// kind, optionally with its group (`vm`, `vmis`, `virtualmachines.kubevirt.io`, `vmcf`, `ns`):
+    /// the names of the [`registry`](crate::registry).
     pub fn parse_resource(s: &str) -> Option<Self> {
-        let s = s.to_ascii_lowercase();
-        let s = s.strip_suffix(".instancetype.kubevirt.io").unwrap_or(&s);
-        let s = s.strip_suffix(".kubevirt.io").unwrap_or(s);
-        match s {
-            "vm" | "vms" | "virtualmachine" | "virtualmachines" => Some(Self::VirtualMachine),
-            "vmi" | "vmis" | "virtualmachineinstance" | "virtualmachineinstances" => {
-                Some(Self::VirtualMachineInstance)
-            }
-            "ns" | "namespace" | "namespaces" => Some(Self::Namespace),
-            "vmf"
-            | "vmfs"
-            | "vminstancetype"
-            | "vminstancetypes"
-            | "virtualmachineinstancetype"
-            | "virtualmachineinstancetypes" => Some(Self::Instancetype),
-            "vmcf"
-            | "vmcfs"
-            | "vmclusterinstancetype"
-            | "vmclusterinstancetypes"
-            | "virtualmachineclusterinstancetype"
-            | "virtualmachineclusterinstancetypes" => Some(Self::ClusterInstancetype),
-            "vmp"
-            | "vmps"
-            | "vmpref"
-            | "vmprefs"
-            | "vmpreference"
-            | "vmpreferences"
-            | "virtualmachinepreference"
-            | "virtualmachinepreferences" => Some(Self::Preference),
-            "vmcp"
-            | "vmcps"
-            | "vmclusterpref"
-            | "vmclusterprefs"
-            | "vmclusterpreference"
-            | "vmclusterpreferences"
-            | "virtualmachineclusterpreference"
-            | "virtualmachineclusterpreferences" => Some(Self::ClusterPreference),
-            _ => None,
-        }
+        registry::parse(s).and_then(|r| Self::of(r.api_version, r.kind))
+    }
+
+    /// The kind's entry in the [`registry`](crate::registry).
+    pub fn resource(self) -> &'static Resource {
+        let name = self.name();
+        // Every variant has an entry (the registry's test checks it).
+        registry::RESOURCES.iter().find(|r| r.kind == name).unwrap_or(&registry::RESOURCES[0])
     }
 
     /// `kubevirt.io/v1`, `instancetype.kubevirt.io/v1beta1` or `v1`.
     pub fn api_version(self) -> &'static str {
-        match self {
-            Self::Namespace => "v1",
-            Self::VirtualMachine | Self::VirtualMachineInstance => API_VERSION,
-            _ => INSTANCETYPE_API,
-        }
+        self.resource().api_version
     }
 
     /// The kind's name (`VirtualMachine`, `VirtualMachineClusterInstancetype`, ...).
@@ -321,54 +285,29 @@ impl Kind {
 
     /// The plural resource name in paths: `virtualmachines`, ...
     pub fn plural(self) -> &'static str {
-        match self {
-            Self::VirtualMachine => "virtualmachines",
-            Self::VirtualMachineInstance => "virtualmachineinstances",
-            Self::Namespace => "namespaces",
-            Self::Instancetype => "virtualmachineinstancetypes",
-            Self::ClusterInstancetype => "virtualmachineclusterinstancetypes",
-            Self::Preference => "virtualmachinepreferences",
-            Self::ClusterPreference => "virtualmachineclusterpreferences",
-        }
+        self.resource().plural
     }
 
     /// How kubectl names objects of the kind in its messages: `virtualmachine.kubevirt.io`,
-    /// `virtualmachineinstance.kubevirt.io`, `namespace`,
-    /// `virtualmachineclusterinstancetype.instancetype.kubevirt.io`, ...
-    pub fn qualified(self) -> &'static str {
-        match self {
-            Self::VirtualMachine => "virtualmachine.kubevirt.io",
-            Self::VirtualMachineInstance => "virtualmachineinstance.kubevirt.io",
-            Self::Namespace => "namespace",
-            Self::Instancetype => "virtualmachineinstancetype.instancetype.kubevirt.io",
-            Self::ClusterInstancetype => "virtualmachineclusterinstancetype.instancetype.kubevirt.io",
-            Self::Preference => "virtualmachinepreference.instancetype.kubevirt.io",
-            Self::ClusterPreference => "virtualmachineclusterpreference.instancetype.kubevirt.io",
-        }
+    /// `namespace`, `virtualmachineclusterinstancetype.instancetype.kubevirt.io`, ...
+    pub fn qualified(self) -> String {
+        self.resource().qualified()
     }
 
     /// Whether objects of the kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Self::Namespace | Self::ClusterInstancetype | Self::ClusterPreference)
+        self.resource().namespaced
     }
 
     /// The collection's path: in `namespace`, or across all namespaces with `None` (cluster-scoped
     /// kinds ignore it).
     pub fn collection_path(self, namespace: Option<&str>) -> String {
-        let group = match self {
-            Self::Namespace => return "/api/v1/namespaces".to_string(),
-            Self::VirtualMachine | Self::VirtualMachineInstance => "/apis/kubevirt.io/v1",
-            _ => "/apis/instancetype.kubevirt.io/v1beta1",
-        };
-        match namespace.filter(|_| self.namespaced()) {
-            None => format!("{group}/{}", self.plural()),
-            Some(ns) => format!("{group}/namespaces/{}/{}", segment(ns), self.plural()),
-        }
+        self.resource().collection_path(namespace)
     }
 
     /// One object's path (`namespace` is ignored for cluster-scoped kinds).
     pub fn object_path(self, namespace: &str, name: &str) -> String {
-        format!("{}/{}", self.collection_path(Some(namespace)), segment(name))
+        self.resource().object_path(namespace, name)
     }
 }
 
@@ -404,19 +343,6 @@ impl fmt::Display for ApplyOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Percent-encodes a path segment (names are DNS labels; anything else must not change the path).
-fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn subresource_path(kind: Kind, namespace: &str, name: &str, sub: &str) -> String {
