@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cdi;
 pub mod cdi_api;
+pub mod kube;
 pub mod runtime;
 pub mod store;
 
@@ -185,7 +186,7 @@ impl Node {
             let mut tasks = Vec::new();
             {
                 let mut rx = tx.subscribe();
-                let app = api::router(state.clone()).merge(cdi_routes.clone());
+                let app = kube::layer(api::router(state.clone()).merge(cdi_routes.clone()));
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(unix, app)
                         .with_graceful_shutdown(async move {
@@ -202,7 +203,10 @@ impl Node {
                 })?;
                 log::info!("virt-node: serving on http://{addr} (bearer token required)");
                 let mut rx = tx.subscribe();
-                let app = api::with_token(api::router(state.clone()).merge(cdi_routes), Arc::new(token));
+                let app = api::with_token(
+                    kube::layer(api::router(state.clone()).merge(cdi_routes)),
+                    Arc::new(token),
+                );
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(tcp, app)
                         .with_graceful_shutdown(async move {
