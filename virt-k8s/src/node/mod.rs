@@ -12,6 +12,7 @@ pub mod cdi_api;
 pub mod kube;
 pub mod runtime;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -38,6 +39,9 @@ pub struct NodeConfig {
     pub listen: Option<SocketAddr>,
     /// The token for TCP clients.
     pub token: Option<String>,
+    /// The TCP listener's certificate and key (PEM); `None`: one made on first start under
+    /// `<state>/tls/` ([`tls::ensure`]).
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// The `virt-launcher` binary.
     pub launcher: PathBuf,
     /// Allow software emulation (KubeVirt's `useEmulation`).
@@ -72,6 +76,9 @@ pub enum NodeError {
     /// The lifecycle could not load its state.
     #[error(transparent)]
     Lifecycle(#[from] virt_core::lifecycle::LifecycleError),
+    /// The TCP listener's TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// CDI's store, pool or upload endpoint could not be set up.
     #[error(transparent)]
     Cdi(#[from] cdi::CdiError),
@@ -145,6 +152,20 @@ impl Node {
         &self.cdi
     }
 
+    /// Writes `<state>/kubeconfig` (mode 0600): the TCP listener at `bound`, its CA, the token,
+    /// a context named for the node. kubectl and virtctl both read it (`--kubeconfig`).
+    fn write_kubeconfig(
+        &self,
+        bound: SocketAddr,
+        files: &tls::TlsFiles,
+        token: &str,
+    ) -> Result<(), NodeError> {
+        let ca = std::fs::read(&files.ca).map_err(io("reading", &files.ca))?;
+        let text = tls::kubeconfig(&self.cfg.node_name, &tls::server_url(bound), &ca, token);
+        tls::write_private(&self.cfg.state_dir.join("kubeconfig"), text.as_bytes())?;
+        Ok(())
+    }
+
     /// Serves the API and runs the controller until `shutdown` resolves. Running VMs are left
     /// running: a node that stops (or dies) does not take its VMs down.
     pub fn run(
@@ -196,12 +217,26 @@ impl Node {
                 }));
             }
             if let (Some(addr), Some(token)) = (self.cfg.listen, self.cfg.token.clone()) {
+                let files =
+                    tls::ensure(&self.cfg.state_dir, &self.cfg.node_name, addr, self.cfg.tls.clone())?;
+                let acceptor = tls::acceptor(&files)?;
                 let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|source| NodeError::Io {
                     what: "listening on",
                     path: addr.to_string(),
                     source,
                 })?;
-                log::info!("virt-node: serving on http://{addr} (bearer token required)");
+                let bound = tcp.local_addr().map_err(|source| NodeError::Io {
+                    what: "listening on",
+                    path: addr.to_string(),
+                    source,
+                })?;
+                self.write_kubeconfig(bound, &files, &token)?;
+                let tcp = tls::TlsListener::new(tcp, acceptor).map_err(|source| NodeError::Io {
+                    what: "listening on",
+                    path: addr.to_string(),
+                    source,
+                })?;
+                log::info!("virt-node: serving on https://{bound} (bearer token required)");
                 let mut rx = tx.subscribe();
                 let app = api::with_token(
                     kube::layer(api::router(state.clone()).merge(cdi_routes)),

@@ -171,9 +171,66 @@ async fn handle(inner: Router, req: Request) -> Response {
             list(inner, &target, &selector, table).await
         }
         (Method::GET, Some(_), None) => get_one(inner, req, &target, table).await,
-        (Method::PATCH, Some(_), None) => patch_object(inner, req, &target).await,
+        (Method::PATCH, Some(_), None) => {
+            let name = target.name.clone().unwrap_or_default();
+            invalid_details(patch_object(inner, req, &target).await, target.resource, &name).await
+        }
+        (Method::POST, None, _) | (Method::PUT, Some(_), None) => write(inner, req, &target).await,
         _ => forward(inner, req).await,
     }
+}
+
+/// A create or replace: forwarded; a refusal as `Invalid` gets the `details` kubectl prints (`The
+/// VirtualMachine "x" is invalid: spec.bogus: unknown field`).
+async fn write(inner: Router, req: Request, target: &Target) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => {
+            return status_response(StatusCode::BAD_REQUEST, "BadRequest", &format!("request body: {e}"))
+        }
+    };
+    let name = target.name.clone().unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(&body);
+        let doc = serde_json::from_str::<Value>(&text).ok().or_else(|| {
+            virt_core::api::parse_yaml(&text).ok().and_then(|mut d| (!d.is_empty()).then(|| d.remove(0)))
+        });
+        doc.and_then(|d| d.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_default()
+    });
+    let resp = forward(inner, Request::from_parts(parts, Body::from(body))).await;
+    invalid_details(resp, target.resource, &name).await
+}
+
+/// Adds `details` (kind, name, one cause per refused field) to a 422 `Status` without them.
+async fn invalid_details(resp: Response, r: &Resource, name: &str) -> Response {
+    if resp.status() != StatusCode::UNPROCESSABLE_ENTITY {
+        return resp;
+    }
+    let (code, mut status) = match read_json(resp).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if status.get("details").is_none() {
+        let message = status["message"].as_str().unwrap_or("").to_string();
+        let causes: Vec<Value> = message
+            .split("; ")
+            .map(|m| {
+                // The loaders write "document N: path: what".
+                let m =
+                    m.strip_prefix("document ").and_then(|rest| rest.split_once(": ")).map_or(m, |(_, t)| t);
+                match m.split_once(": ") {
+                    Some((field, what)) if !field.contains(' ') => {
+                        serde_json::json!({ "reason": "FieldValueInvalid", "message": what, "field": field })
+                    }
+                    _ => serde_json::json!({ "reason": "FieldValueInvalid", "message": m }),
+                }
+            })
+            .collect();
+        status["details"] =
+            serde_json::json!({ "name": name, "group": r.group, "kind": r.kind, "causes": causes });
+    }
+    json_response(code, &status)
 }
 
 /// Hands `req` to the per-kind routes.

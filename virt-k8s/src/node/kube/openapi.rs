@@ -9,8 +9,10 @@ use serde_json::{json, Map, Value};
 
 use crate::registry::{Resource, RESOURCES};
 
-/// The protobuf media type kubectl asks for first.
-pub const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+/// The protobuf media type kubectl asks for first (`application/com.github.proto-openapi.spec.v2@v1.0+protobuf`;
+/// answered as `application/octet-stream`, as kube-openapi does: Go's media type parser refuses the
+/// `@`).
+pub const PROTOBUF: &str = "application/octet-stream";
 
 /// The definition name of a kind: `io.kubevirt.v1.VirtualMachine` (reversed group, version, kind).
 fn definition_name(r: &Resource) -> String {
