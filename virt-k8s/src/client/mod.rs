@@ -26,6 +26,7 @@
 
 pub mod console;
 mod endpoint;
+pub mod kubeconfig;
 pub mod manifest;
 pub mod output;
 mod status;
@@ -77,6 +78,12 @@ pub enum ClientError {
     /// The endpoint is malformed.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    /// A kubeconfig cannot be used.
+    #[error(transparent)]
+    Kubeconfig(#[from] kubeconfig::KubeconfigError),
+    /// A CA certificate cannot be used.
+    #[error("the node's CA certificate: {0}")]
+    Ca(String),
     /// No connection: no socket, connection refused, timed out.
     #[error("cannot reach the node at {endpoint}: {source}{}", unreachable_hint(source))]
     Unreachable {
@@ -462,6 +469,7 @@ pub struct AsyncNodeClient {
     endpoint: Endpoint,
     token: Option<String>,
     timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for AsyncNodeClient {
@@ -478,7 +486,44 @@ impl AsyncNodeClient {
     /// A client of the node at `endpoint`; `token` is sent as `Authorization: Bearer` (required on
     /// TCP, ignored by the node on its unix socket).
     pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
-        Self { endpoint, token: token.filter(|t| !t.is_empty()), timeout: DEFAULT_TIMEOUT }
+        Self { endpoint, token: token.filter(|t| !t.is_empty()), timeout: DEFAULT_TIMEOUT, tls: None }
+    }
+
+    /// Trusts the CA certificates in `pem` (and only them) for an `https://` endpoint.
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Self, ClientError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut &pem[..]) {
+            let cert = cert.map_err(|e| ClientError::Ca(e.to_string()))?;
+            roots.add(cert).map_err(|e| ClientError::Ca(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ClientError::Ca("no CERTIFICATE in the PEM data".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Ca(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        self.tls = Some(Arc::new(cfg));
+        Ok(self)
+    }
+
+    /// A client of the node a kubeconfig's context names (`context`, else its current context):
+    /// its server, CA and token; `token` (`--token`) overrides the file's.
+    pub fn from_kubeconfig(
+        path: &std::path::Path,
+        context: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let k = kubeconfig::Kubeconfig::load(path, context)?;
+        let endpoint = Endpoint::parse(&k.server)?;
+        let client = Self::new(endpoint, token.map(str::to_string).or(k.token));
+        match &k.ca_pem {
+            Some(pem) => client.with_ca_pem(pem),
+            None => Ok(client),
+        }
     }
 
     /// A client of the node named by `server` (`--server`), else `VIRT_NODE`, else the default
@@ -502,7 +547,7 @@ impl AsyncNodeClient {
 
     /// Opens a connection to the node.
     pub async fn connect(&self) -> Result<Conn, ClientError> {
-        Conn::connect(&self.endpoint, CONNECT_TIMEOUT.min(self.timeout))
+        Conn::connect(&self.endpoint, self.tls.as_ref(), CONNECT_TIMEOUT.min(self.timeout))
             .await
             .map_err(|source| ClientError::Unreachable { endpoint: self.endpoint.to_string(), source })
     }
