@@ -30,16 +30,24 @@ pub struct NodeProc {
     pub socket: PathBuf,
     /// A registry reached over plain HTTP (`--insecure-registry`).
     pub registry: Option<String>,
+    /// More arguments for the daemon (`--listen`, `--node-name`, ...).
+    pub args: Vec<String>,
 }
 
 impl NodeProc {
     /// Starts a node on `state` (which should be a short path: unix sockets live below it).
     pub fn start(state: &Path, registry: Option<&str>) -> Self {
+        Self::start_with(state, registry, &[])
+    }
+
+    /// [`NodeProc::start`] with more daemon arguments.
+    pub fn start_with(state: &Path, registry: Option<&str>, args: &[&str]) -> Self {
         let mut n = Self {
             child: None,
             state: state.to_path_buf(),
             socket: state.join("node.sock"),
             registry: registry.map(str::to_string),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         n.spawn();
         n
@@ -62,6 +70,7 @@ impl NodeProc {
         if let Some(r) = &self.registry {
             cmd.arg("--insecure-registry").arg(r);
         }
+        cmd.args(&self.args);
         let child = cmd.env("RUST_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
         self.child = Some(child);
         let t = Instant::now();
