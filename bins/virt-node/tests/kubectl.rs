@@ -8,7 +8,8 @@
 //! - label selectors, `patch --type json`;
 //! - an unknown field refused with its path (top level by kubectl's OpenAPI validation, nested by the
 //!   node's strict decoder);
-//! - `delete` of a running VM taking its VMI with it.
+//! - `delete` of a running VM taking its VMI with it;
+//! - `virtctl` through the same kubeconfig: `apply`/`delete -f` of CDI's kinds.
 //!
 //! The VM that starts has one blank host disk (no guest OS: SeaBIOS finds nothing to boot), so its
 //! start is QEMU's, under software emulation, without any image to fetch.

@@ -195,13 +195,19 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         port: u16,
     },
-    /// Delete a VM (and its instance) or a VMI (stopping it).
+    /// Delete an object by resource and name (a VM takes its instance with it; a VMI is stopped),
+    /// or every object of a manifest (-f).
     Delete {
-        /// vm or vmi.
-        #[arg(value_parser = parse_resource)]
-        resource: Resource,
+        /// The resource: any the node serves, as kubectl names it (vm, vmi, dv, das, dic, vs, ns,
+        /// vmf, vmcf, vmp, vmcp, or their plural and long forms).
+        #[arg(value_parser = parse_any_resource, required_unless_present = "file")]
+        resource: Option<Kind>,
         /// The name.
-        name: String,
+        #[arg(required_unless_present = "file")]
+        name: Option<String>,
+        /// The manifest whose objects to delete (`-` for standard input).
+        #[arg(short = 'f', long, conflicts_with_all = ["resource", "name"])]
+        file: Option<String>,
     },
     /// Print the client's and the node's versions.
     Version,
@@ -395,11 +401,15 @@ fn main() -> ExitCode {
             })?;
             Ok(())
         }),
-        Command::Delete { resource, name } => with_client(target, |c| {
-            c.delete(resource.0, ns, &name)?;
-            println!("{}", output::deleted(resource.0, &name));
+        Command::Delete { file: Some(file), .. } => delete_file(&file, namespace.as_deref(), target),
+        Command::Delete { resource: Some(kind), name: Some(name), file: None } => with_client(target, |c| {
+            c.delete(kind, ns, &name)?;
+            println!("{}", output::deleted(kind, &name));
             Ok(())
         }),
+        Command::Delete { .. } => Cli::command()
+            .error(clap::error::ErrorKind::MissingRequiredArgument, "delete needs RESOURCE NAME or -f FILE")
+            .exit(),
     }
 }
 
@@ -414,6 +424,38 @@ fn launch_viewer(addr: std::net::SocketAddr) {
             return;
         }
     }
+}
+
+/// Any resource the node serves, as kubectl names it.
+fn parse_any_resource(s: &str) -> Result<Kind, String> {
+    Kind::parse_resource(s).ok_or_else(|| {
+        format!("unknown resource {s:?}: see `kubectl api-resources` for the kinds the node serves and their short names")
+    })
+}
+
+/// `delete -f`: every object of the manifest, in reverse order (as kubectl deletes a file's objects
+/// independently); like kubectl, goes on after a failure and exits 1 at the end.
+fn delete_file(file: &str, namespace: Option<&str>, target: Target) -> ExitCode {
+    let manifests = match manifest::load_path(file, namespace) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let client = match client(target) {
+        Ok(c) => c,
+        Err(e) => return fail_client(&e),
+    };
+    let mut code = ExitCode::SUCCESS;
+    for m in manifests.iter().rev() {
+        let Some(name) = m.name.as_deref() else {
+            code = fail(format_args!("document {}: delete needs metadata.name", m.document));
+            continue;
+        };
+        match client.delete(m.kind, &m.namespace, name) {
+            Ok(()) => println!("{}", output::deleted(m.kind, name)),
+            Err(e) => code = fail_client(&e),
+        }
+    }
+    code
 }
 
 fn grace(grace_period: Option<u64>, force: bool) -> Option<u64> {

@@ -239,11 +239,19 @@ pub enum Kind {
     Preference,
     /// `instancetype.kubevirt.io/v1beta1` VirtualMachineClusterPreference (cluster-scoped).
     ClusterPreference,
+    /// `cdi.kubevirt.io/v1beta1` DataVolume.
+    DataVolume,
+    /// `cdi.kubevirt.io/v1beta1` DataSource.
+    DataSource,
+    /// `cdi.kubevirt.io/v1beta1` DataImportCron.
+    DataImportCron,
+    /// `snapshot.storage.k8s.io/v1` VolumeSnapshot.
+    VolumeSnapshot,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 11] = [
         Self::VirtualMachine,
         Self::VirtualMachineInstance,
         Self::Namespace,
@@ -251,6 +259,10 @@ impl Kind {
         Self::ClusterInstancetype,
         Self::Preference,
         Self::ClusterPreference,
+        Self::DataVolume,
+        Self::DataSource,
+        Self::DataImportCron,
+        Self::VolumeSnapshot,
     ];
 
     /// The kind of an object with this `apiVersion` and `kind`.
@@ -287,6 +299,10 @@ impl Kind {
             Self::ClusterInstancetype => "VirtualMachineClusterInstancetype",
             Self::Preference => "VirtualMachinePreference",
             Self::ClusterPreference => "VirtualMachineClusterPreference",
+            Self::DataVolume => "DataVolume",
+            Self::DataSource => "DataSource",
+            Self::DataImportCron => "DataImportCron",
+            Self::VolumeSnapshot => "VolumeSnapshot",
         }
     }
 
@@ -711,12 +727,14 @@ impl AsyncNodeClient {
         if last == Some(record.as_str()) || kind == Kind::Namespace {
             return Ok(ApplyOutcome::Unchanged);
         }
-        if kind == Kind::VirtualMachineInstance {
+        if !kind.resource().serves("update") {
             return Err(ClientError::Object {
-                object: format!("VirtualMachineInstance {namespace}/{name}"),
-                reason: "exists and differs from the applied object; the node does not update \
-                         VirtualMachineInstances in place: delete it and apply again"
-                    .to_string(),
+                object: format!("{kind} {namespace}/{name}"),
+                reason: format!(
+                    "exists and differs from the applied object; the node does not update {}s in place: \
+                     delete it and apply again",
+                    kind.name()
+                ),
             });
         }
         if let Some(rv) = metadata.and_then(|m| m.get("resourceVersion")).and_then(Value::as_str) {
