@@ -147,6 +147,49 @@ const DV_COLUMNS: &[Column] = &[
 
 const AGE_ONLY: &[Column] = &[AGE];
 
+/// kubectl's columns of events.
+const EVENT_COLUMNS: &[Column] = &[
+    Column {
+        name: "Last Seen",
+        type_: "date",
+        description: "When the event was last seen",
+        priority: 0,
+        cell: |v| at(v, "/lastTimestamp").clone(),
+    },
+    Column {
+        name: "Type",
+        type_: "string",
+        description: "Normal or Warning",
+        priority: 0,
+        cell: |v| at(v, "/type").clone(),
+    },
+    Column {
+        name: "Reason",
+        type_: "string",
+        description: "Why the event was recorded",
+        priority: 0,
+        cell: |v| at(v, "/reason").clone(),
+    },
+    Column {
+        name: "Object",
+        type_: "string",
+        description: "The object the event is about",
+        priority: 0,
+        cell: |v| {
+            let o =
+                |k: &str| at(v, &format!("/involvedObject/{k}")).as_str().unwrap_or("").to_ascii_lowercase();
+            Value::String(format!("{}/{}", o("kind"), at(v, "/involvedObject/name").as_str().unwrap_or("")))
+        },
+    },
+    Column {
+        name: "Message",
+        type_: "string",
+        description: "What happened",
+        priority: 0,
+        cell: |v| at(v, "/message").clone(),
+    },
+];
+
 const KUBEVIRT: &str = "kubevirt.io";
 const INSTANCETYPE: &str = "instancetype.kubevirt.io";
 const CDI: &str = "cdi.kubevirt.io";
@@ -188,29 +231,7 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         verbs: &["list"],
         subresources: &[],
-        columns: &[
-            Column {
-                name: "Type",
-                type_: "string",
-                description: "Normal or Warning",
-                priority: 0,
-                cell: |v| at(v, "/type").clone(),
-            },
-            Column {
-                name: "Reason",
-                type_: "string",
-                description: "Why the event was recorded",
-                priority: 0,
-                cell: |v| at(v, "/reason").clone(),
-            },
-            Column {
-                name: "Message",
-                type_: "string",
-                description: "What happened",
-                priority: 0,
-                cell: |v| at(v, "/message").clone(),
-            },
-        ],
+        columns: EVENT_COLUMNS,
     },
     Resource {
         group: KUBEVIRT,

@@ -79,6 +79,7 @@ struct Query {
     field_selector: Option<String>,
     include_object: Option<String>,
     timeout_seconds: Option<u64>,
+    dry_run: bool,
 }
 
 fn decode_component(s: &str) -> String {
@@ -114,6 +115,7 @@ impl Query {
                 "fieldSelector" => out.field_selector = Some(v).filter(|v| !v.is_empty()),
                 "includeObject" => out.include_object = Some(v),
                 "timeoutSeconds" => out.timeout_seconds = v.parse().ok(),
+                "dryRun" => out.dry_run = !v.is_empty(),
                 _ => {}
             }
         }
@@ -150,6 +152,10 @@ async fn handle(inner: Router, req: Request) -> Response {
     };
     let query = Query::parse(req.uri().query());
     let table = table::wanted(&accept).then(|| Include::parse(query.include_object.as_deref()));
+    if query.dry_run && req.method() != Method::GET {
+        // Refused rather than ignored: a dry run must never change anything.
+        return status_response(StatusCode::BAD_REQUEST, "BadRequest", "the node does not support dryRun");
+    }
     match (req.method().clone(), &target.name, &target.subresource) {
         (Method::GET, None, _) => {
             let selector =
