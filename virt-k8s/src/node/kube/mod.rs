@@ -418,3 +418,6 @@ mod tests {
         assert_eq!(q.resource_version.as_deref(), Some("12"));
     }
 }
+
+#[cfg(test)]
+mod layer_tests;

@@ -1,11 +1,12 @@
 //! kubectl's server-side printing: a list or an object answered as a `meta.k8s.io/v1` `Table`
 //! (when the request accepts `application/json;as=Table`), with the registry's printer columns
 //! (KubeVirt's: VM `AGE STATUS READY`, VMI `AGE PHASE IP NODENAME READY`, DV `PHASE PROGRESS
-//! RESTARTS AGE`). Dates are printed as kubectl prints ages (`5s`, `3m2s`, `4h`, `2d3h`).
+//! RESTARTS AGE`). Dates are printed as kubectl prints ages (`5s`, `3m2s`, `4h`, `2d3h`, as `client::output` prints them).
 
 use serde_json::{json, Value};
 use virt_core::api::Timestamp;
 
+use crate::client::output::human_duration;
 use crate::registry::Resource;
 
 /// Whether an `Accept` header asks for a Table.
@@ -33,42 +34,6 @@ impl Include {
             _ => Self::Metadata,
         }
     }
-}
-
-/// kubectl's human-readable duration (apimachinery's `HumanDuration`).
-pub fn human_duration(seconds: i64) -> String {
-    if seconds < -1 {
-        return "<invalid>".into();
-    }
-    let s = seconds.max(0);
-    if s < 120 {
-        return format!("{s}s");
-    }
-    let m = s / 60;
-    if m < 10 {
-        return if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) };
-    }
-    if m < 180 {
-        return format!("{m}m");
-    }
-    let h = m / 60;
-    if h < 8 {
-        return if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) };
-    }
-    if h < 48 {
-        return format!("{h}h");
-    }
-    if h < 24 * 8 {
-        return if h % 24 == 0 { format!("{}d", h / 24) } else { format!("{}d{}h", h / 24, h % 24) };
-    }
-    if h < 24 * 365 * 2 {
-        return format!("{}d", h / 24);
-    }
-    if h < 24 * 365 * 8 {
-        let dy = (h / 24) % 365;
-        return if dy == 0 { format!("{}y", h / 24 / 365) } else { format!("{}y{dy}d", h / 24 / 365) };
-    }
-    format!("{}y", h / 24 / 365)
 }
 
 fn age(v: &Value, now: i64) -> Value {
@@ -134,17 +99,6 @@ pub fn table(r: &Resource, objects: &[Value], resource_version: &str, include: I
 mod tests {
     use super::*;
     use crate::registry;
-
-    #[test]
-    fn durations_read_as_kubectl_prints_them() {
-        assert_eq!(human_duration(5), "5s");
-        assert_eq!(human_duration(119), "119s");
-        assert_eq!(human_duration(182), "3m2s");
-        assert_eq!(human_duration(600), "10m");
-        assert_eq!(human_duration(3 * 3600 + 60), "3h1m");
-        assert_eq!(human_duration(30 * 3600), "30h");
-        assert_eq!(human_duration(50 * 3600), "2d2h");
-    }
 
     #[test]
     fn a_vm_row_has_kubevirts_columns() {
