@@ -144,6 +144,12 @@ async fn patches_read_patch_and_replace() {
     )
     .await;
     assert_eq!(code, StatusCode::NOT_FOUND);
+    // The routing's own refusals are Statuses too.
+    let (code, st) = call(&app, Request::delete(format!("{VMS}/a")).body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        (code, st["kind"].as_str(), st["reason"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("Status"), Some("MethodNotAllowed"))
+    );
 }
 
 #[tokio::test]

@@ -239,12 +239,38 @@ async fn invalid_details(resp: Response, r: &Resource, name: &str) -> Response {
     json_response(code, &status)
 }
 
-/// Hands `req` to the per-kind routes.
+/// Hands `req` to the per-kind routes. An error the routing itself answers (a method a path does
+/// not take, a body the extractor refused) becomes a Kubernetes `Status` like every other error.
 async fn forward(inner: Router, req: Request) -> Response {
-    match inner.oneshot(req).await {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = match inner.oneshot(req).await {
         Ok(r) => r,
         Err(never) => match never {},
+    };
+    let code = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(code.is_client_error() || code.is_server_error()) || is_json {
+        return resp;
     }
+    let text = match axum::body::to_bytes(resp.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let (reason, message) = match code {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("MethodNotAllowed", format!("the node does not serve {method} on {path}"))
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("UnsupportedMediaType", format!("{method} {path}: {text}")),
+        StatusCode::NOT_FOUND => ("NotFound", "the server could not find the requested resource".to_string()),
+        c if c.is_server_error() => ("InternalError", format!("{method} {path}: {text}")),
+        _ => ("BadRequest", format!("{method} {path}: {text}")),
+    };
+    status_response(code, reason, &message)
 }
 
 /// A GET of `path` on the per-kind routes: its status and JSON body.
