@@ -1280,6 +1280,16 @@ mod tests {
             assert_eq!(Kind::parse_resource(alias), Some(Kind::VirtualMachineInstance), "{alias}");
         }
         assert_eq!(Kind::parse_resource("pods"), None);
+        assert_eq!(Kind::parse_resource("dv"), Some(Kind::DataVolume));
+        // Every kind has its own registry entry, and its names resolve back to it.
+        for k in Kind::ALL {
+            assert_eq!(k.resource().kind, k.name());
+            assert_eq!(Kind::of(k.api_version(), k.name()), Some(k));
+            assert_eq!(Kind::parse_resource(k.plural()), Some(k));
+        }
+        for k in crate::node::cdi::CdiKind::ALL {
+            assert_eq!(k.registered().kind, k.name());
+        }
         assert_eq!(
             Kind::VirtualMachine.object_path("default", "a b"),
             "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/a%20b"
