@@ -291,7 +291,9 @@ fn main() -> ExitCode {
         ca: cli.certificate_authority.clone(),
     };
     let namespace = cli.namespace.clone();
-    let ns = namespace.as_deref().unwrap_or(manifest::DEFAULT_NAMESPACE);
+    // Without -n, the kubeconfig context's namespace, as kubectl does.
+    let context_ns = if namespace.is_none() { target.context_namespace() } else { None };
+    let ns = namespace.as_deref().or(context_ns.as_deref()).unwrap_or(manifest::DEFAULT_NAMESPACE);
     match cli.command {
         Command::ImageUpload {
             kind,
@@ -436,7 +438,7 @@ fn parse_any_resource(s: &str) -> Result<Kind, String> {
 /// `delete -f`: every object of the manifest, in reverse order (as kubectl deletes a file's objects
 /// independently); like kubectl, goes on after a failure and exits 1 at the end.
 fn delete_file(file: &str, namespace: Option<&str>, target: Target) -> ExitCode {
-    let manifests = match manifest::load_path(file, namespace) {
+    let manifests = match load_manifests(file, namespace, &target) {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
@@ -472,6 +474,37 @@ struct Target {
     ca: Option<PathBuf>,
 }
 
+impl Target {
+    /// The namespace of the kubeconfig context in use (none with --server, or without a kubeconfig).
+    fn context_namespace(&self) -> Option<String> {
+        if self.server.is_some() {
+            return None;
+        }
+        let path = Kubeconfig::path(self.kubeconfig.as_deref())?;
+        Kubeconfig::load(&path, self.context.as_deref()).ok()?.namespace
+    }
+}
+
+/// Loads a manifest: objects naming no namespace go to `-n`, else the context's namespace, else
+/// `default`.
+fn load_manifests(
+    file: &str,
+    namespace: Option<&str>,
+    target: &Target,
+) -> Result<Vec<manifest::Manifest>, manifest::ManifestError> {
+    let mut manifests = manifest::load_path(file, namespace)?;
+    if namespace.is_none() {
+        if let Some(ctx) = target.context_namespace() {
+            for m in manifests.iter_mut().filter(|m| m.kind.namespaced()) {
+                if m.object.pointer("/metadata/namespace").is_none() {
+                    m.namespace = ctx.clone();
+                }
+            }
+        }
+    }
+    Ok(manifests)
+}
+
 /// The client of the node: --server (or VIRT_NODE), else the kubeconfig's context (--kubeconfig or
 /// KUBECONFIG), else the default socket.
 fn client(t: Target) -> Result<NodeClient, ClientError> {
@@ -501,7 +534,7 @@ fn with_client(target: Target, f: impl FnOnce(&NodeClient) -> Result<(), Failure
 
 fn create_or_apply(file: &str, namespace: Option<&str>, target: Target, apply: bool) -> ExitCode {
     // Every document is checked before anything is sent.
-    let manifests = match manifest::load_path(file, namespace) {
+    let manifests = match load_manifests(file, namespace, &target) {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
