@@ -5,13 +5,13 @@ use std::fmt::Display;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod target;
+
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use virt_k8s::client::kubeconfig::Kubeconfig;
+use target::{client, load_manifests, Target};
 use virt_k8s::client::manifest;
 use virt_k8s::client::output::{self, Format};
-use virt_k8s::client::{
-    ApplyOutcome, AsyncNodeClient, ClientError, Endpoint, Kind, NodeClient, Version, ENV_TOKEN,
-};
+use virt_k8s::client::{ApplyOutcome, ClientError, Kind, NodeClient, Version};
 use virt_storage::cdi::{
     DataVolume, DataVolumePhase, DataVolumeSource, DataVolumeSpec, ObjectMeta, Quantity,
     ResourceRequirements, StorageSpec, UploadSource,
@@ -462,66 +462,6 @@ fn delete_file(file: &str, namespace: Option<&str>, target: Target) -> ExitCode 
 
 fn grace(grace_period: Option<u64>, force: bool) -> Option<u64> {
     grace_period.or(force.then_some(0))
-}
-
-/// Where the node is and how to reach it: the global flags.
-#[derive(Debug, Clone)]
-struct Target {
-    server: Option<String>,
-    token: Option<String>,
-    kubeconfig: Option<String>,
-    context: Option<String>,
-    ca: Option<PathBuf>,
-}
-
-impl Target {
-    /// The namespace of the kubeconfig context in use (none with --server, or without a kubeconfig).
-    fn context_namespace(&self) -> Option<String> {
-        if self.server.is_some() {
-            return None;
-        }
-        let path = Kubeconfig::path(self.kubeconfig.as_deref())?;
-        Kubeconfig::load(&path, self.context.as_deref()).ok()?.namespace
-    }
-}
-
-/// Loads a manifest: objects naming no namespace go to `-n`, else the context's namespace, else
-/// `default`.
-fn load_manifests(
-    file: &str,
-    namespace: Option<&str>,
-    target: &Target,
-) -> Result<Vec<manifest::Manifest>, manifest::ManifestError> {
-    let mut manifests = manifest::load_path(file, namespace)?;
-    if namespace.is_none() {
-        if let Some(ctx) = target.context_namespace() {
-            for m in manifests.iter_mut().filter(|m| m.kind.namespaced()) {
-                if m.object.pointer("/metadata/namespace").is_none() {
-                    m.namespace = ctx.clone();
-                }
-            }
-        }
-    }
-    Ok(manifests)
-}
-
-/// The client of the node: --server (or VIRT_NODE), else the kubeconfig's context (--kubeconfig or
-/// KUBECONFIG), else the default socket.
-fn client(t: Target) -> Result<NodeClient, ClientError> {
-    let token = t.token.clone().or_else(|| std::env::var(ENV_TOKEN).ok());
-    if t.server.is_none() {
-        if let Some(path) = Kubeconfig::path(t.kubeconfig.as_deref()) {
-            let c = AsyncNodeClient::from_kubeconfig(&path, t.context.as_deref(), token.as_deref())?;
-            return NodeClient::with_client(c);
-        }
-    }
-    let endpoint = Endpoint::resolve(t.server.as_deref(), None)?;
-    let mut c = AsyncNodeClient::new(endpoint, token);
-    if let Some(ca) = &t.ca {
-        let pem = std::fs::read(ca).map_err(|e| ClientError::Ca(format!("{}: {e}", ca.display())))?;
-        c = c.with_ca_pem(&pem)?;
-    }
-    NodeClient::with_client(c)
 }
 
 fn with_client(target: Target, f: impl FnOnce(&NodeClient) -> Result<(), Failure>) -> ExitCode {
