@@ -14,7 +14,13 @@ want_pkgs=(qemu-system-x86 busybox-static cpio e2fsprogs xz-utils zstd docker-re
 for p in "${want_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done
-[ ${#need[@]} -eq 0 ] && exit 0
+# Debian's kubectl 1.20 for the node's kubectl test, unpacked into the project cache (not installed:
+# the package conflicts with other kubectl installs).
+kubectl_into_cache() { "$(dirname "$0")/kubectl.sh" >/dev/null; }
+if [ ${#need[@]} -eq 0 ]; then
+  kubectl_into_cache
+  exit 0
+fi
 
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo
@@ -58,3 +64,4 @@ rest=()
 for p in "${need[@]}"; do [ "$p" = qemu-system-x86 ] || rest+=("$p"); done
 [ ${#rest[@]} -gt 0 ] && $SUDO apt-get install -y -qq --no-install-recommends "${rest[@]}" >/dev/null
 echo "install-deps: installed ${need[*]}"
+kubectl_into_cache

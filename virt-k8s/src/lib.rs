@@ -6,3 +6,4 @@ pub mod client;
 pub mod compliance;
 pub mod fuzzing;
 pub mod node;
+pub mod registry;

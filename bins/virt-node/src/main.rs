@@ -20,7 +20,7 @@ struct Args {
     /// The API's unix socket.
     #[arg(long, env = "VIRT_NODE_SOCKET", default_value = "/run/virt-node/node.sock")]
     socket: PathBuf,
-    /// Also serve on this TCP address (needs --token-file).
+    /// Also serve HTTPS on this TCP address (needs --token-file); writes <state-dir>/kubeconfig.
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// File holding the bearer token TCP clients must send (the user `admin`, every namespace).
@@ -30,6 +30,13 @@ struct Args {
     /// role: view|edit|admin, namespaces: [..]}]); see docs/security.md.
     #[arg(long)]
     users_file: Option<PathBuf>,
+    /// The TCP listener's TLS certificate (PEM; with --tls-key). Without it the node makes a CA and
+    /// a certificate under <state-dir>/tls/ on first start.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The TCP listener's TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// The virt-launcher binary (default: next to this one, else on PATH).
     #[arg(long)]
     launcher: Option<PathBuf>,
@@ -84,6 +91,7 @@ fn main() -> ExitCode {
         listen: a.listen,
         token,
         users_file: a.users_file,
+        tls: a.tls_cert.zip(a.tls_key),
         launcher: a.launcher.unwrap_or_else(default_launcher),
         allow_emulation: a.allow_emulation,
         backend: a.backend,

@@ -431,7 +431,8 @@ fn conformance_instancetypes_resolve_into_the_vmi() {
     }
 }
 
-/// The optional TCP listener: no token, no access; the right token works; a wrong one does not.
+/// The optional TCP listener speaks TLS with the certificate the node made: no token, no access;
+/// the right token works, a wrong one does not; the kubeconfig the node wrote is enough for virtctl.
 #[test]
 fn tcp_access_needs_the_bearer_token() {
     let state = tempfile::Builder::new().prefix("vn").tempdir_in("/tmp").unwrap();
@@ -453,14 +454,18 @@ fn tcp_access_needs_the_bearer_token() {
         .spawn()
         .unwrap();
     let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    let kubeconfig = state.path().join("kubeconfig");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() || !kubeconfig.exists() {
         assert!(t.elapsed() < Duration::from_secs(20), "the TCP listener did not come up");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let server = format!("http://127.0.0.1:{port}");
+    let server = format!("https://127.0.0.1:{port}");
+    let ca = state.path().join("tls/ca.crt");
     let run = |token: Option<&str>| {
         let mut c = Command::new(bin("virtctl"));
-        c.args(["--server", &server, "get", "vm"]).env_remove("VIRT_TOKEN");
+        c.args(["--server", &server, "--certificate-authority", ca.to_str().unwrap(), "get", "vm"])
+            .env_remove("VIRT_TOKEN")
+            .env_remove("KUBECONFIG");
         if let Some(t) = token {
             c.args(["--token", t]);
         }
@@ -472,6 +477,31 @@ fn tcp_access_needs_the_bearer_token() {
     assert_eq!(run(Some("wrong")).status.code(), Some(1));
     let ok = run(Some("s3cret-token"));
     assert!(ok.status.success(), "{ok:?}");
+    // The kubeconfig carries the server, the CA and the token.
+    let via_kubeconfig = Command::new(bin("virtctl"))
+        .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "get", "vm"])
+        .env_remove("VIRT_TOKEN")
+        .env_remove("VIRT_NODE")
+        .output()
+        .unwrap();
+    assert!(via_kubeconfig.status.success(), "{via_kubeconfig:?}");
+    // Plain HTTP, or TLS without the node's CA, gets nowhere.
+    let plain = Command::new(bin("virtctl"))
+        .args(["--server", &format!("http://127.0.0.1:{port}"), "--token", "s3cret-token", "get", "vm"])
+        .output()
+        .unwrap();
+    assert_eq!(plain.status.code(), Some(1), "{plain:?}");
+    let untrusted = Command::new(bin("virtctl"))
+        .args([
+            "--server",
+            &server,
+            "--certificate-authority",
+            state.path().join("tls/tls.crt").to_str().unwrap(),
+        ])
+        .args(["--token", "s3cret-token", "get", "vm"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&untrusted.stderr).contains("UnknownIssuer"), "{untrusted:?}");
     // Without a token file, a TCP listener is refused at start.
     let refused = Command::new(bin("virt-node"))
         .arg("--state-dir")

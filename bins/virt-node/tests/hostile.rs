@@ -78,7 +78,7 @@ fn host_disk_is_refused_unless_allowed_and_never_escapes_its_directories() {
 
     // Allowed under one directory: paths outside it (or climbing out of it) stay refused.
     n.sigkill();
-    n.extra = vec!["--host-disk-dir".into(), allowed.display().to_string()];
+    n.args = vec!["--host-disk-dir".into(), allowed.display().to_string()];
     n.spawn();
     let (code, body) = request(&n.socket, "POST", VMS, &host_disk_vm("shadow", "/etc/shadow"));
     assert_eq!(code, 422, "{body}");
@@ -177,7 +177,7 @@ fn imports_cannot_reach_the_nodes_own_api_or_link_local_addresses() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::write(t.path().join("token"), "tok\n").unwrap();
     let mut n = NodeProc::start_later(&state);
-    n.extra = vec![
+    n.args = vec![
         "--listen".into(),
         format!("127.0.0.1:{port}"),
         "--token-file".into(),
@@ -218,7 +218,7 @@ fn imports_cannot_reach_the_nodes_own_api_or_link_local_addresses() {
 
     // --import-allow lets an address through (the admission check passes).
     n.sigkill();
-    n.extra.extend(["--import-allow".to_string(), "169.254.169.254".to_string()]);
+    n.args.extend(["--import-allow".to_string(), "169.254.169.254".to_string()]);
     n.spawn();
     let (code, body) =
         request(&n.socket, "POST", DVS, &http_dv("allowed", "http://169.254.169.254/latest/meta-data/"));
@@ -264,20 +264,41 @@ fn hostile_bodies_names_and_urls_are_refused_and_the_node_stays_up() {
     assert!(!list.contains("\"name\":\"file\""), "{list}");
 }
 
-/// One HTTP/1.1 request to the node's TCP listener as the holder of `token`.
-fn tcp_request(port: u16, token: Option<&str>, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let _ = write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let out = String::from_utf8_lossy(&raw).into_owned();
-    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+/// One HTTPS request to the node's TCP listener as the holder of `token` (curl, trusting the CA
+/// the node made under `<state>/tls/`).
+fn tcp_request(
+    state: &Path,
+    port: u16,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+        .arg("--cacert")
+        .arg(state.join("tls/ca.crt"))
+        .args(["-H", "Content-Type: application/yaml", "--data-binary", "@-"]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if method == "GET" {
+        cmd.args(["-G"]);
+    }
+    let mut child = cmd
+        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    if method != "GET" {
+        child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 fn halted_vm(name: &str) -> String {
@@ -299,7 +320,7 @@ fn tokens_are_scoped_to_roles_and_namespaces_and_every_refusal_is_audited() {
     )
     .unwrap();
     let mut n = NodeProc::start_later(&state);
-    n.extra = vec![
+    n.args = vec![
         "--listen".into(),
         format!("127.0.0.1:{port}"),
         "--token-file".into(),
@@ -317,32 +338,32 @@ fn tokens_are_scoped_to_roles_and_namespaces_and_every_refusal_is_audited() {
     let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: dev}\n";
 
     // No token, a token in the query string, an unknown token: 401.
-    assert_eq!(tcp_request(port, None, "GET", VMS, "").0, 401);
-    assert_eq!(tcp_request(port, None, "GET", &format!("{VMS}?access_token=admin-token"), "").0, 401);
-    assert_eq!(tcp_request(port, Some("guess"), "GET", VMS, "").0, 401);
+    assert_eq!(tcp_request(&state, port, None, "GET", VMS, "").0, 401);
+    assert_eq!(tcp_request(&state, port, None, "GET", &format!("{VMS}?access_token=admin-token"), "").0, 401);
+    assert_eq!(tcp_request(&state, port, Some("guess"), "GET", VMS, "").0, 401);
     // Namespaces are the admin's; alice (edit in dev) may not make one.
-    assert_eq!(tcp_request(port, Some("alice-token"), "POST", "/api/v1/namespaces", ns).0, 403);
-    assert_eq!(tcp_request(port, Some("admin-token"), "POST", "/api/v1/namespaces", ns).0, 201);
+    assert_eq!(tcp_request(&state, port, Some("alice-token"), "POST", "/api/v1/namespaces", ns).0, 403);
+    assert_eq!(tcp_request(&state, port, Some("admin-token"), "POST", "/api/v1/namespaces", ns).0, 201);
     // alice edits in dev only.
-    assert_eq!(tcp_request(port, Some("alice-token"), "POST", dev, &halted_vm("a1")).0, 201);
-    let (code, body) = tcp_request(port, Some("alice-token"), "POST", VMS, &halted_vm("a2"));
+    assert_eq!(tcp_request(&state, port, Some("alice-token"), "POST", dev, &halted_vm("a1")).0, 201);
+    let (code, body) = tcp_request(&state, port, Some("alice-token"), "POST", VMS, &halted_vm("a2"));
     assert_eq!(code, 403, "{body}");
     assert!(
         body.contains("User \\\"alice\\\" cannot create resource \\\"virtualmachines\\\" in API group \\\"kubevirt.io\\\" in the namespace \\\"default\\\""),
         "{body}"
     );
-    assert_eq!(tcp_request(port, Some("alice-token"), "GET", VMS, "").0, 403);
+    assert_eq!(tcp_request(&state, port, Some("alice-token"), "GET", VMS, "").0, 403);
     // bob reads everywhere and changes nothing, not even a console.
-    assert_eq!(tcp_request(port, Some("bob-token"), "GET", dev, "").0, 200);
+    assert_eq!(tcp_request(&state, port, Some("bob-token"), "GET", dev, "").0, 200);
     assert_eq!(
-        tcp_request(port, Some("bob-token"), "GET", "/apis/kubevirt.io/v1/virtualmachines", "").0,
+        tcp_request(&state, port, Some("bob-token"), "GET", "/apis/kubevirt.io/v1/virtualmachines", "").0,
         200
     );
-    assert_eq!(tcp_request(port, Some("bob-token"), "DELETE", &format!("{dev}/a1"), "").0, 403);
+    assert_eq!(tcp_request(&state, port, Some("bob-token"), "DELETE", &format!("{dev}/a1"), "").0, 403);
     let console = "/apis/subresources.kubevirt.io/v1/namespaces/dev/virtualmachineinstances/a1/console";
-    assert_eq!(tcp_request(port, Some("bob-token"), "GET", console, "").0, 403);
+    assert_eq!(tcp_request(&state, port, Some("bob-token"), "GET", console, "").0, 403);
     assert_eq!(
-        tcp_request(port, Some("bob-token"), "GET", &format!("{dev}/a1"), "").0,
+        tcp_request(&state, port, Some("bob-token"), "GET", &format!("{dev}/a1"), "").0,
         200,
         "a1 is still there"
     );

@@ -5,10 +5,13 @@ use std::fmt::Display;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod target;
+
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use target::{client, load_manifests, Target};
 use virt_k8s::client::manifest;
 use virt_k8s::client::output::{self, Format};
-use virt_k8s::client::{ApplyOutcome, ClientError, Endpoint, Kind, NodeClient, Version, ENV_TOKEN};
+use virt_k8s::client::{ApplyOutcome, ClientError, Kind, NodeClient, Version};
 use virt_storage::cdi::{
     DataVolume, DataVolumePhase, DataVolumeSource, DataVolumeSpec, ObjectMeta, Quantity,
     ResourceRequirements, StorageSpec, UploadSource,
@@ -22,8 +25,9 @@ Exit status:
      anything is sent); the reason follows `Error: ` on standard error
   2  usage error: unknown verb, resource or flag, missing or invalid argument
 
-The node is found through --server, else VIRT_NODE, else unix:///run/virt-node/node.sock; on TCP
-(http://host:port) requests carry --token or VIRT_TOKEN.";
+The node is found through --server (or VIRT_NODE), else the current context of --kubeconfig (or
+KUBECONFIG; the node writes <state>/kubeconfig), else unix:///run/virt-node/node.sock; on TCP
+(https://host:port, http://host:port) requests carry --token, VIRT_TOKEN or the kubeconfig's token.";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,9 +40,18 @@ struct Cli {
     /// The namespace (default: `default`; for create/apply, a document's own metadata.namespace).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
-    /// The node: unix:///path/node.sock or http://host:port.
+    /// The node: unix:///path/node.sock, https://host:port or http://host:port.
     #[arg(long, global = true, env = "VIRT_NODE")]
     server: Option<String>,
+    /// A kubeconfig (else KUBECONFIG): its current context names the node, its CA and token.
+    #[arg(long, global = true)]
+    kubeconfig: Option<String>,
+    /// The kubeconfig context to use instead of its current-context.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// The CA certificate (PEM) an https:// --server is checked against.
+    #[arg(long, global = true)]
+    certificate_authority: Option<PathBuf>,
     /// Bearer token for a node on TCP (else VIRT_TOKEN). For image-upload with --uploadproxy-url and
     /// no node (no --server, no VIRT_NODE): the upload token (else VIRT_UPLOAD_TOKEN).
     #[arg(long, global = true)]
@@ -182,13 +195,19 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         port: u16,
     },
-    /// Delete a VM (and its instance) or a VMI (stopping it).
+    /// Delete an object by resource and name (a VM takes its instance with it; a VMI is stopped),
+    /// or every object of a manifest (-f).
     Delete {
-        /// vm or vmi.
-        #[arg(value_parser = parse_resource)]
-        resource: Resource,
+        /// The resource: any the node serves, as kubectl names it (vm, vmi, dv, das, dic, vs, ns,
+        /// vmf, vmcf, vmp, vmcp, or their plural and long forms).
+        #[arg(value_parser = parse_any_resource, required_unless_present = "file")]
+        resource: Option<Kind>,
         /// The name.
-        name: String,
+        #[arg(required_unless_present = "file")]
+        name: Option<String>,
+        /// The manifest whose objects to delete (`-` for standard input).
+        #[arg(short = 'f', long, conflicts_with_all = ["resource", "name"])]
+        file: Option<String>,
     },
     /// Print the client's and the node's versions.
     Version,
@@ -264,8 +283,17 @@ impl From<output::OutputError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let target = Target {
+        server: cli.server.clone(),
+        token: cli.token.clone(),
+        kubeconfig: cli.kubeconfig.clone(),
+        context: cli.context.clone(),
+        ca: cli.certificate_authority.clone(),
+    };
     let namespace = cli.namespace.clone();
-    let ns = namespace.as_deref().unwrap_or(manifest::DEFAULT_NAMESPACE);
+    // Without -n, the kubeconfig context's namespace, as kubectl does.
+    let context_ns = if namespace.is_none() { target.context_namespace() } else { None };
+    let ns = namespace.as_deref().or(context_ns.as_deref()).unwrap_or(manifest::DEFAULT_NAMESPACE);
     match cli.command {
         Command::ImageUpload {
             kind,
@@ -300,7 +328,7 @@ fn main() -> ExitCode {
                 insecure,
                 quiet,
             };
-            match client(cli.server, cli.token) {
+            match client(target) {
                 Ok(c) => match image_upload_via_node(&c, ns, &opts) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(UploadFailure::Usage(msg)) => {
@@ -313,58 +341,56 @@ fn main() -> ExitCode {
         }
         Command::Version => {
             println!("Client Version: {}", Version::client());
-            with_client(cli.server, cli.token, |c| {
+            with_client(target, |c| {
                 let v = c.version()?;
                 println!("Server Version: {v}");
                 Ok(())
             })
         }
-        Command::Create { file } => {
-            create_or_apply(&file, namespace.as_deref(), cli.server, cli.token, false)
-        }
-        Command::Apply { file } => create_or_apply(&file, namespace.as_deref(), cli.server, cli.token, true),
+        Command::Create { file } => create_or_apply(&file, namespace.as_deref(), target, false),
+        Command::Apply { file } => create_or_apply(&file, namespace.as_deref(), target, true),
         Command::Get { resource: GetResource::DataVolume, name, output, all_namespaces } => {
-            with_client(cli.server, cli.token, |c| get_dvs(c, ns, name, output, all_namespaces))
+            with_client(target, |c| get_dvs(c, ns, name, output, all_namespaces))
         }
         Command::Get { resource: GetResource::Kv(kind), name, output, all_namespaces } => {
-            with_client(cli.server, cli.token, |c| get(c, kind, ns, name, output, all_namespaces))
+            with_client(target, |c| get(c, kind, ns, name, output, all_namespaces))
         }
-        Command::Start { name } => with_client(cli.server, cli.token, |c| {
+        Command::Start { name } => with_client(target, |c| {
             c.start(ns, &name)?;
             println!("VM {name} was scheduled to start");
             Ok(())
         }),
-        Command::Stop { name, grace_period, force } => with_client(cli.server, cli.token, |c| {
+        Command::Stop { name, grace_period, force } => with_client(target, |c| {
             c.stop(ns, &name, grace(grace_period, force))?;
             println!("VM {name} was scheduled to stop");
             Ok(())
         }),
-        Command::Restart { name, grace_period, force } => with_client(cli.server, cli.token, |c| {
+        Command::Restart { name, grace_period, force } => with_client(target, |c| {
             c.restart(ns, &name, grace(grace_period, force))?;
             println!("VM {name} was scheduled to restart");
             Ok(())
         }),
         // A VM's instance has the VM's name; pausing is the instance's subresource either way.
-        Command::Pause { resource: _, name } => with_client(cli.server, cli.token, |c| {
+        Command::Pause { resource: _, name } => with_client(target, |c| {
             c.pause(ns, &name)?;
             println!("VMI {name} was scheduled to pause");
             Ok(())
         }),
-        Command::Unpause { resource: _, name } => with_client(cli.server, cli.token, |c| {
+        Command::Unpause { resource: _, name } => with_client(target, |c| {
             c.unpause(ns, &name)?;
             println!("VMI {name} was scheduled to unpause");
             Ok(())
         }),
-        Command::SoftReboot { name } => with_client(cli.server, cli.token, |c| {
+        Command::SoftReboot { name } => with_client(target, |c| {
             c.soft_reboot(ns, &name)?;
             println!("VMI {name} was scheduled to soft-reboot");
             Ok(())
         }),
-        Command::Console { name } => with_client(cli.server, cli.token, |c| {
+        Command::Console { name } => with_client(target, |c| {
             c.attach_console(ns, &name)?;
             Ok(())
         }),
-        Command::Vnc { name, proxy_only, address, port } => with_client(cli.server, cli.token, |c| {
+        Command::Vnc { name, proxy_only, address, port } => with_client(target, |c| {
             c.vnc_proxy(ns, &name, address, port, false, |addr| {
                 if proxy_only {
                     // KubeVirt's `virtctl vnc --proxy-only` prints the port as JSON.
@@ -377,11 +403,15 @@ fn main() -> ExitCode {
             })?;
             Ok(())
         }),
-        Command::Delete { resource, name } => with_client(cli.server, cli.token, |c| {
-            c.delete(resource.0, ns, &name)?;
-            println!("{}", output::deleted(resource.0, &name));
+        Command::Delete { file: Some(file), .. } => delete_file(&file, namespace.as_deref(), target),
+        Command::Delete { resource: Some(kind), name: Some(name), file: None } => with_client(target, |c| {
+            c.delete(kind, ns, &name)?;
+            println!("{}", output::deleted(kind, &name));
             Ok(())
         }),
+        Command::Delete { .. } => Cli::command()
+            .error(clap::error::ErrorKind::MissingRequiredArgument, "delete needs RESOURCE NAME or -f FILE")
+            .exit(),
     }
 }
 
@@ -398,41 +428,57 @@ fn launch_viewer(addr: std::net::SocketAddr) {
     }
 }
 
+/// Any resource the node serves, as kubectl names it.
+fn parse_any_resource(s: &str) -> Result<Kind, String> {
+    Kind::parse_resource(s).ok_or_else(|| {
+        format!("unknown resource {s:?}: see `kubectl api-resources` for the kinds the node serves and their short names")
+    })
+}
+
+/// `delete -f`: every object of the manifest, in reverse order (as kubectl deletes a file's objects
+/// independently); like kubectl, goes on after a failure and exits 1 at the end.
+fn delete_file(file: &str, namespace: Option<&str>, target: Target) -> ExitCode {
+    let manifests = match load_manifests(file, namespace, &target) {
+        Ok(m) => m,
+        Err(e) => return fail(e),
+    };
+    let client = match client(target) {
+        Ok(c) => c,
+        Err(e) => return fail_client(&e),
+    };
+    let mut code = ExitCode::SUCCESS;
+    for m in manifests.iter().rev() {
+        let Some(name) = m.name.as_deref() else {
+            code = fail(format_args!("document {}: delete needs metadata.name", m.document));
+            continue;
+        };
+        match client.delete(m.kind, &m.namespace, name) {
+            Ok(()) => println!("{}", output::deleted(m.kind, name)),
+            Err(e) => code = fail_client(&e),
+        }
+    }
+    code
+}
+
 fn grace(grace_period: Option<u64>, force: bool) -> Option<u64> {
     grace_period.or(force.then_some(0))
 }
 
-fn client(server: Option<String>, token: Option<String>) -> Result<NodeClient, ClientError> {
-    let endpoint = Endpoint::resolve(server.as_deref(), None)?;
-    let token = token.or_else(|| std::env::var(ENV_TOKEN).ok());
-    NodeClient::new(endpoint, token)
-}
-
-fn with_client(
-    server: Option<String>,
-    token: Option<String>,
-    f: impl FnOnce(&NodeClient) -> Result<(), Failure>,
-) -> ExitCode {
-    match client(server, token).map_err(Failure::from).and_then(|c| f(&c)) {
+fn with_client(target: Target, f: impl FnOnce(&NodeClient) -> Result<(), Failure>) -> ExitCode {
+    match client(target).map_err(Failure::from).and_then(|c| f(&c)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Client(e)) => fail_client(&e),
         Err(Failure::Output(e)) => fail(e),
     }
 }
 
-fn create_or_apply(
-    file: &str,
-    namespace: Option<&str>,
-    server: Option<String>,
-    token: Option<String>,
-    apply: bool,
-) -> ExitCode {
+fn create_or_apply(file: &str, namespace: Option<&str>, target: Target, apply: bool) -> ExitCode {
     // Every document is checked before anything is sent.
-    let manifests = match manifest::load_path(file, namespace) {
+    let manifests = match load_manifests(file, namespace, &target) {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
-    let client = match client(server, token) {
+    let client = match client(target) {
         Ok(c) => c,
         Err(e) => return fail_client(&e),
     };

@@ -614,7 +614,7 @@ fn bad_manifests_fail_before_any_request() {
         (format!("{VM}---\nkind: [\n"), "YAML syntax error"),
         (
             format!("{VM}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\n"),
-            "document 2: v1 Pod p: the node stores only",
+            "document 2: v1 Pod p: not a kind the node creates",
         ),
         (
             VM.replace("name: testvm", "name: testvm\n  namespace: lab"),

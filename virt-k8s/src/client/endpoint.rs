@@ -1,5 +1,6 @@
-//! Where the node listens: `unix:///path/node.sock` or `http://host:port`, chosen from `--server`,
-//! then `VIRT_NODE`, then [`DEFAULT_ENDPOINT`].
+//! Where the node listens: `unix:///path/node.sock`, `https://host:port` (the node's TCP listener)
+//! or `http://host:port` (a plain-HTTP proxy), chosen from `--server`, then `VIRT_NODE`, then
+//! [`DEFAULT_ENDPOINT`] (or a kubeconfig's server, see `client::kubeconfig`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -17,20 +18,12 @@ pub const ENV_TOKEN: &str = "VIRT_TOKEN";
 /// Why an endpoint was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
-    /// Neither `unix://` nor `http://`.
+    /// Neither `unix://`, `http://` nor `https://`.
     #[error(
-        "node endpoint {input:?}: unsupported scheme (expected unix:///path/node.sock or http://host:port)"
+        "node endpoint {input:?}: unsupported scheme (expected unix:///path/node.sock, https://host:port or \
+         http://host:port)"
     )]
     Scheme {
-        /// The endpoint as given.
-        input: String,
-    },
-    /// `https://`: the node serves plain HTTP.
-    #[error(
-        "node endpoint {input:?}: the node serves plain HTTP with a bearer token; use http://host:port \
-         (over a trusted network or a tunnel)"
-    )]
-    Tls {
         /// The endpoint as given.
         input: String,
     },
@@ -62,10 +55,20 @@ pub enum Endpoint {
         /// Port (80 when not given).
         port: u16,
     },
+    /// TLS over TCP (`https://127.0.0.1:8443`, the node's TCP listener); requests carry the bearer
+    /// token; the node's certificate is checked against the CA of the client
+    /// ([`AsyncNodeClient::with_ca_pem`](super::AsyncNodeClient::with_ca_pem)).
+    Https {
+        /// Host name or address (IPv6 without brackets); also the name the certificate must hold.
+        host: String,
+        /// Port (443 when not given).
+        port: u16,
+    },
 }
 
 impl Endpoint {
-    /// Parses `unix:///path`, `unix://relative/path`, a bare absolute path, or `http://host[:port][/]`.
+    /// Parses `unix:///path`, `unix://relative/path`, a bare absolute path, `https://host[:port][/]` or
+    /// `http://host[:port][/]`.
     pub fn parse(input: &str) -> Result<Self, EndpointError> {
         let s = input.trim();
         if let Some(path) = s.strip_prefix("unix://") {
@@ -77,11 +80,10 @@ impl Endpoint {
         if s.starts_with('/') {
             return Ok(Self::Unix(PathBuf::from(s)));
         }
-        if s.starts_with("https://") {
-            return Err(EndpointError::Tls { input: input.to_string() });
-        }
-        let Some(rest) = s.strip_prefix("http://") else {
-            return Err(EndpointError::Scheme { input: input.to_string() });
+        let (rest, tls) = match (s.strip_prefix("http://"), s.strip_prefix("https://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => return Err(EndpointError::Scheme { input: input.to_string() }),
         };
         let bad = |reason| EndpointError::Address { input: input.to_string(), reason };
         let authority = match rest.split_once('/') {
@@ -108,11 +110,15 @@ impl Endpoint {
             return Err(bad("no host"));
         }
         let port = match port {
+            None if tls => 443,
             None => 80,
             Some(p) => {
                 p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("the port is not 1-65535"))?
             }
         };
+        if tls {
+            return Ok(Self::Https { host: host.to_string(), port });
+        }
         Ok(Self::Tcp { host: host.to_string(), port })
     }
 
@@ -133,8 +139,10 @@ impl Endpoint {
     pub fn host_header(&self) -> String {
         match self {
             Self::Unix(_) => "localhost".to_string(),
-            Self::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
-            Self::Tcp { host, port } => format!("{host}:{port}"),
+            Self::Tcp { host, port } | Self::Https { host, port } if host.contains(':') => {
+                format!("[{host}]:{port}")
+            }
+            Self::Tcp { host, port } | Self::Https { host, port } => format!("{host}:{port}"),
         }
     }
 }
@@ -151,6 +159,7 @@ impl fmt::Display for Endpoint {
         match self {
             Self::Unix(p) => write!(f, "unix://{}", p.display()),
             Self::Tcp { .. } => write!(f, "http://{}", self.host_header()),
+            Self::Https { .. } => write!(f, "https://{}", self.host_header()),
         }
     }
 }
@@ -172,13 +181,19 @@ mod tests {
         assert_eq!(Endpoint::parse("http://node/").unwrap(), tcp("node", 80));
         assert_eq!(Endpoint::parse("http://[::1]:9").unwrap(), tcp("::1", 9));
         assert_eq!(Endpoint::parse("http://[::1]").unwrap(), tcp("::1", 80));
+        let https = Endpoint::parse("https://127.0.0.1:8443").unwrap();
+        assert_eq!(https, Endpoint::Https { host: "127.0.0.1".into(), port: 8443 });
+        assert_eq!(https.to_string(), "https://127.0.0.1:8443");
+        assert_eq!(
+            Endpoint::parse("https://node").unwrap(),
+            Endpoint::Https { host: "node".into(), port: 443 }
+        );
     }
 
     #[test]
     fn refuses_bad_endpoints_naming_the_input() {
         for (input, needle) in [
             ("unix://", "no socket path"),
-            ("https://n:1", "plain HTTP"),
             ("tcp://n:1", "unsupported scheme"),
             ("http://n:1/api", "a path is not allowed"),
             ("http://n:0", "port"),

@@ -1,7 +1,8 @@
 //! `-f FILE` for create and apply: one or several YAML documents (or a JSON object), loaded as
 //! strictly as the node loads them (through [`virt_core::api`], so a malformed document or an
-//! unknown field is refused with its path before anything is sent), each a VirtualMachine,
-//! VirtualMachineInstance or Namespace, with its namespace settled.
+//! unknown field is refused with its path before anything is sent), each of a kind the node creates
+//! (KubeVirt's VMs, VMIs, instancetypes and preferences; CDI's DataVolumes, DataSources and
+//! DataImportCrons; VolumeSnapshots; Namespaces), with its namespace settled.
 
 use std::io::Read;
 use std::path::Path;
@@ -10,6 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use virt_core::api::{self, Decoder, Document, Kinds, LoadError, LoadOptions, ObjectMeta};
 use virt_core::model::KubeVirtObject;
+use virt_storage::cdi::{CdiObject, VolumeSnapshot};
 
 use super::Kind;
 
@@ -37,8 +39,9 @@ pub enum ManifestError {
     },
     /// A kind the node does not store.
     #[error(
-        "{source_name}: document {document}: {api_version} {kind} {name}: the node stores only kubevirt.io/v1 \
-         VirtualMachine and VirtualMachineInstance, and v1 Namespace objects"
+        "{source_name}: document {document}: {api_version} {kind} {name}: not a kind the node creates (see \
+         `kubectl api-resources`: KubeVirt's VMs, VMIs, instancetypes and preferences, CDI's DataVolumes, \
+         DataSources and DataImportCrons, VolumeSnapshots, Namespaces)"
     )]
     Unsupported {
         /// The file, or `standard input`.
@@ -143,6 +146,26 @@ impl Kinds for Loadable {
             }
             let ns: StrictNamespace = decoder.decode(doc.value, "")?;
             return Ok(Self::Stored(Kind::Namespace, Box::new(ns.metadata)));
+        }
+        if doc.group == "cdi.kubevirt.io" {
+            return Ok(match CdiObject::decode(doc, decoder)? {
+                CdiObject::DataVolume(o) => Self::Stored(Kind::DataVolume, Box::new(o.metadata)),
+                CdiObject::DataSource(o) => Self::Stored(Kind::DataSource, Box::new(o.metadata)),
+                CdiObject::DataImportCron(o) => Self::Stored(Kind::DataImportCron, Box::new(o.metadata)),
+                _ => Self::Other,
+            });
+        }
+        if doc.group == "snapshot.storage.k8s.io" && doc.kind == "VolumeSnapshot" {
+            if doc.version != "v1" {
+                return Err(LoadError::UnsupportedVersion {
+                    document: doc.number,
+                    api_version: doc.api_version,
+                    kind: doc.kind,
+                    supported: "v1",
+                });
+            }
+            let vs: VolumeSnapshot = decoder.decode(doc.value, "")?;
+            return Ok(Self::Stored(Kind::VolumeSnapshot, Box::new(vs.metadata)));
         }
         Ok(match KubeVirtObject::decode(doc, decoder)? {
             KubeVirtObject::VirtualMachine(vm) => Self::Stored(Kind::VirtualMachine, Box::new(vm.metadata)),
@@ -312,7 +335,13 @@ mod tests {
     fn other_kinds_and_unnamed_objects_are_refused() {
         let e =
             load("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n", "s.yaml", false, None).unwrap_err();
-        assert!(e.to_string().contains("document 1: v1 Secret s: the node stores only"), "{e}");
+        assert!(e.to_string().contains("document 1: v1 Secret s: not a kind the node creates"), "{e}");
+        let dv = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata: {name: d}\nspec:\n  source: {blank: {}}\n  \
+                  storage: {resources: {requests: {storage: 1Mi}}}\n";
+        let m = load(dv, "dv.yaml", false, Some("lab")).unwrap();
+        assert_eq!((m[0].kind, m[0].namespace.as_str()), (Kind::DataVolume, "lab"));
+        let e = load(&dv.replace("blank: {}", "blank: {}, bogus: 1"), "dv.yaml", false, None).unwrap_err();
+        assert!(e.to_string().contains("spec.source.bogus"), "{e}");
         let e = load(&VM.replace("name: testvm", "labels: {a: b}"), "vm.yaml", false, None).unwrap_err();
         assert!(e.to_string().contains("neither metadata.name nor metadata.generateName"), "{e}");
         assert!(matches!(load("", "e.yaml", false, None), Err(ManifestError::Empty { .. })));

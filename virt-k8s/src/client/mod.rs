@@ -26,6 +26,8 @@
 
 pub mod console;
 mod endpoint;
+mod kind;
+pub mod kubeconfig;
 pub mod manifest;
 pub mod output;
 mod status;
@@ -38,6 +40,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::registry::segment;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST, USER_AGENT};
@@ -48,11 +52,12 @@ use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use virt_core::api::{self, Decoder, FieldValidation, LoadError, LoadOptions};
-use virt_core::model::{VirtualMachine, VirtualMachineInstance, API_VERSION};
+use virt_core::model::{VirtualMachine, VirtualMachineInstance};
 use virt_storage::cdi::DataVolume;
 
 pub use console::{AttachEnd, Console, ConsoleError, ConsoleReader, ConsoleStream, ConsoleWriter};
 pub use endpoint::{Endpoint, EndpointError, DEFAULT_ENDPOINT, ENV_ENDPOINT, ENV_TOKEN};
+pub use kind::Kind;
 pub use status::Status;
 pub use transport::Conn;
 pub use types::{Event, Namespace, NamespaceStatus, ObjectReference, Version};
@@ -75,6 +80,12 @@ pub enum ClientError {
     /// The endpoint is malformed.
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    /// A kubeconfig cannot be used.
+    #[error(transparent)]
+    Kubeconfig(#[from] kubeconfig::KubeconfigError),
+    /// A CA certificate cannot be used.
+    #[error("the node's CA certificate: {0}")]
+    Ca(String),
     /// No connection: no socket, connection refused, timed out.
     #[error("cannot reach the node at {endpoint}: {source}{}", unreachable_hint(source))]
     Unreachable {
@@ -213,171 +224,6 @@ fn unreachable_hint(e: &io::Error) -> &'static str {
     }
 }
 
-/// The kinds of object the node stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// `kubevirt.io/v1` VirtualMachine.
-    VirtualMachine,
-    /// `kubevirt.io/v1` VirtualMachineInstance.
-    VirtualMachineInstance,
-    /// core `v1` Namespace (cluster-scoped).
-    Namespace,
-    /// `instancetype.kubevirt.io/v1beta1` VirtualMachineInstancetype.
-    Instancetype,
-    /// `instancetype.kubevirt.io/v1beta1` VirtualMachineClusterInstancetype (cluster-scoped).
-    ClusterInstancetype,
-    /// `instancetype.kubevirt.io/v1beta1` VirtualMachinePreference.
-    Preference,
-    /// `instancetype.kubevirt.io/v1beta1` VirtualMachineClusterPreference (cluster-scoped).
-    ClusterPreference,
-}
-
-/// `instancetype.kubevirt.io/v1beta1`.
-const INSTANCETYPE_API: &str = "instancetype.kubevirt.io/v1beta1";
-
-impl Kind {
-    /// Every kind.
-    pub const ALL: [Kind; 7] = [
-        Self::VirtualMachine,
-        Self::VirtualMachineInstance,
-        Self::Namespace,
-        Self::Instancetype,
-        Self::ClusterInstancetype,
-        Self::Preference,
-        Self::ClusterPreference,
-    ];
-
-    /// The kind of an object with this `apiVersion` and `kind`.
-    pub fn of(api_version: &str, kind: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.api_version() == api_version && k.name() == kind)
-    }
-
-    /// The resource as `kubectl get` and `virtctl` accept it: `vm`, `vms`, `virtualmachine(s)`,
-    /// `virtualmachine(s).kubevirt.io`, the same for `vmi`, `ns`, `namespace(s)`, and KubeVirt's
-    /// short names of instancetypes and preferences (`vminstancetype`, `vmcf`, `vmpref`, `vmcp`...).
-    pub fn parse_resource(s: &str) -> Option<Self> {
-        let s = s.to_ascii_lowercase();
-        let s = s.strip_suffix(".instancetype.kubevirt.io").unwrap_or(&s);
-        let s = s.strip_suffix(".kubevirt.io").unwrap_or(s);
-        match s {
-            "vm" | "vms" | "virtualmachine" | "virtualmachines" => Some(Self::VirtualMachine),
-            "vmi" | "vmis" | "virtualmachineinstance" | "virtualmachineinstances" => {
-                Some(Self::VirtualMachineInstance)
-            }
-            "ns" | "namespace" | "namespaces" => Some(Self::Namespace),
-            "vmf"
-            | "vmfs"
-            | "vminstancetype"
-            | "vminstancetypes"
-            | "virtualmachineinstancetype"
-            | "virtualmachineinstancetypes" => Some(Self::Instancetype),
-            "vmcf"
-            | "vmcfs"
-            | "vmclusterinstancetype"
-            | "vmclusterinstancetypes"
-            | "virtualmachineclusterinstancetype"
-            | "virtualmachineclusterinstancetypes" => Some(Self::ClusterInstancetype),
-            "vmp"
-            | "vmps"
-            | "vmpref"
-            | "vmprefs"
-            | "vmpreference"
-            | "vmpreferences"
-            | "virtualmachinepreference"
-            | "virtualmachinepreferences" => Some(Self::Preference),
-            "vmcp"
-            | "vmcps"
-            | "vmclusterpref"
-            | "vmclusterprefs"
-            | "vmclusterpreference"
-            | "vmclusterpreferences"
-            | "virtualmachineclusterpreference"
-            | "virtualmachineclusterpreferences" => Some(Self::ClusterPreference),
-            _ => None,
-        }
-    }
-
-    /// `kubevirt.io/v1`, `instancetype.kubevirt.io/v1beta1` or `v1`.
-    pub fn api_version(self) -> &'static str {
-        match self {
-            Self::Namespace => "v1",
-            Self::VirtualMachine | Self::VirtualMachineInstance => API_VERSION,
-            _ => INSTANCETYPE_API,
-        }
-    }
-
-    /// The kind's name (`VirtualMachine`, `VirtualMachineClusterInstancetype`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::VirtualMachine => "VirtualMachine",
-            Self::VirtualMachineInstance => "VirtualMachineInstance",
-            Self::Namespace => "Namespace",
-            Self::Instancetype => "VirtualMachineInstancetype",
-            Self::ClusterInstancetype => "VirtualMachineClusterInstancetype",
-            Self::Preference => "VirtualMachinePreference",
-            Self::ClusterPreference => "VirtualMachineClusterPreference",
-        }
-    }
-
-    /// The plural resource name in paths: `virtualmachines`, ...
-    pub fn plural(self) -> &'static str {
-        match self {
-            Self::VirtualMachine => "virtualmachines",
-            Self::VirtualMachineInstance => "virtualmachineinstances",
-            Self::Namespace => "namespaces",
-            Self::Instancetype => "virtualmachineinstancetypes",
-            Self::ClusterInstancetype => "virtualmachineclusterinstancetypes",
-            Self::Preference => "virtualmachinepreferences",
-            Self::ClusterPreference => "virtualmachineclusterpreferences",
-        }
-    }
-
-    /// How kubectl names objects of the kind in its messages: `virtualmachine.kubevirt.io`,
-    /// `virtualmachineinstance.kubevirt.io`, `namespace`,
-    /// `virtualmachineclusterinstancetype.instancetype.kubevirt.io`, ...
-    pub fn qualified(self) -> &'static str {
-        match self {
-            Self::VirtualMachine => "virtualmachine.kubevirt.io",
-            Self::VirtualMachineInstance => "virtualmachineinstance.kubevirt.io",
-            Self::Namespace => "namespace",
-            Self::Instancetype => "virtualmachineinstancetype.instancetype.kubevirt.io",
-            Self::ClusterInstancetype => "virtualmachineclusterinstancetype.instancetype.kubevirt.io",
-            Self::Preference => "virtualmachinepreference.instancetype.kubevirt.io",
-            Self::ClusterPreference => "virtualmachineclusterpreference.instancetype.kubevirt.io",
-        }
-    }
-
-    /// Whether objects of the kind live in a namespace.
-    pub fn namespaced(self) -> bool {
-        !matches!(self, Self::Namespace | Self::ClusterInstancetype | Self::ClusterPreference)
-    }
-
-    /// The collection's path: in `namespace`, or across all namespaces with `None` (cluster-scoped
-    /// kinds ignore it).
-    pub fn collection_path(self, namespace: Option<&str>) -> String {
-        let group = match self {
-            Self::Namespace => return "/api/v1/namespaces".to_string(),
-            Self::VirtualMachine | Self::VirtualMachineInstance => "/apis/kubevirt.io/v1",
-            _ => "/apis/instancetype.kubevirt.io/v1beta1",
-        };
-        match namespace.filter(|_| self.namespaced()) {
-            None => format!("{group}/{}", self.plural()),
-            Some(ns) => format!("{group}/namespaces/{}/{}", segment(ns), self.plural()),
-        }
-    }
-
-    /// One object's path (`namespace` is ignored for cluster-scoped kinds).
-    pub fn object_path(self, namespace: &str, name: &str) -> String {
-        format!("{}/{}", self.collection_path(Some(namespace)), segment(name))
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// What `apply` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -404,19 +250,6 @@ impl fmt::Display for ApplyOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Percent-encodes a path segment (names are DNS labels; anything else must not change the path).
-fn segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 fn subresource_path(kind: Kind, namespace: &str, name: &str, sub: &str) -> String {
@@ -536,6 +369,7 @@ pub struct AsyncNodeClient {
     endpoint: Endpoint,
     token: Option<String>,
     timeout: Duration,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for AsyncNodeClient {
@@ -552,7 +386,44 @@ impl AsyncNodeClient {
     /// A client of the node at `endpoint`; `token` is sent as `Authorization: Bearer` (required on
     /// TCP, ignored by the node on its unix socket).
     pub fn new(endpoint: Endpoint, token: Option<String>) -> Self {
-        Self { endpoint, token: token.filter(|t| !t.is_empty()), timeout: DEFAULT_TIMEOUT }
+        Self { endpoint, token: token.filter(|t| !t.is_empty()), timeout: DEFAULT_TIMEOUT, tls: None }
+    }
+
+    /// Trusts the CA certificates in `pem` (and only them) for an `https://` endpoint.
+    pub fn with_ca_pem(mut self, pem: &[u8]) -> Result<Self, ClientError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut &pem[..]) {
+            let cert = cert.map_err(|e| ClientError::Ca(e.to_string()))?;
+            roots.add(cert).map_err(|e| ClientError::Ca(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ClientError::Ca("no CERTIFICATE in the PEM data".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Ca(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        self.tls = Some(Arc::new(cfg));
+        Ok(self)
+    }
+
+    /// A client of the node a kubeconfig's context names (`context`, else its current context):
+    /// its server, CA and token; `token` (`--token`) overrides the file's.
+    pub fn from_kubeconfig(
+        path: &std::path::Path,
+        context: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let k = kubeconfig::Kubeconfig::load(path, context)?;
+        let endpoint = Endpoint::parse(&k.server)?;
+        let client = Self::new(endpoint, token.map(str::to_string).or(k.token));
+        match &k.ca_pem {
+            Some(pem) => client.with_ca_pem(pem),
+            None => Ok(client),
+        }
     }
 
     /// A client of the node named by `server` (`--server`), else `VIRT_NODE`, else the default
@@ -576,7 +447,7 @@ impl AsyncNodeClient {
 
     /// Opens a connection to the node.
     pub async fn connect(&self) -> Result<Conn, ClientError> {
-        Conn::connect(&self.endpoint, CONNECT_TIMEOUT.min(self.timeout))
+        Conn::connect(&self.endpoint, self.tls.as_ref(), CONNECT_TIMEOUT.min(self.timeout))
             .await
             .map_err(|source| ClientError::Unreachable { endpoint: self.endpoint.to_string(), source })
     }
@@ -740,12 +611,14 @@ impl AsyncNodeClient {
         if last == Some(record.as_str()) || kind == Kind::Namespace {
             return Ok(ApplyOutcome::Unchanged);
         }
-        if kind == Kind::VirtualMachineInstance {
+        if !kind.resource().serves("update") {
             return Err(ClientError::Object {
-                object: format!("VirtualMachineInstance {namespace}/{name}"),
-                reason: "exists and differs from the applied object; the node does not update \
-                         VirtualMachineInstances in place: delete it and apply again"
-                    .to_string(),
+                object: format!("{kind} {namespace}/{name}"),
+                reason: format!(
+                    "exists and differs from the applied object; the node does not update {}s in place: \
+                     delete it and apply again",
+                    kind.name()
+                ),
             });
         }
         if let Some(rv) = metadata.and_then(|m| m.get("resourceVersion")).and_then(Value::as_str) {
@@ -1291,6 +1164,16 @@ mod tests {
             assert_eq!(Kind::parse_resource(alias), Some(Kind::VirtualMachineInstance), "{alias}");
         }
         assert_eq!(Kind::parse_resource("pods"), None);
+        assert_eq!(Kind::parse_resource("dv"), Some(Kind::DataVolume));
+        // Every kind has its own registry entry, and its names resolve back to it.
+        for k in Kind::ALL {
+            assert_eq!(k.resource().kind, k.name());
+            assert_eq!(Kind::of(k.api_version(), k.name()), Some(k));
+            assert_eq!(Kind::parse_resource(k.plural()), Some(k));
+        }
+        for k in crate::node::cdi::CdiKind::ALL {
+            assert_eq!(k.registered().kind, k.name());
+        }
         assert_eq!(
             Kind::VirtualMachine.object_path("default", "a b"),
             "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/a%20b"

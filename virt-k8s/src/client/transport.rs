@@ -3,6 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,11 +19,18 @@ pub enum Conn {
     Unix(UnixStream),
     /// Over TCP.
     Tcp(TcpStream),
+    /// Over TLS on TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Conn {
-    /// Connects to `endpoint`, giving up after `timeout` (a `TimedOut` error).
-    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> io::Result<Self> {
+    /// Connects to `endpoint`, giving up after `timeout` (a `TimedOut` error); an `https://`
+    /// endpoint needs `tls` (the CA the node's certificate is checked against).
+    pub async fn connect(
+        endpoint: &Endpoint,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        timeout: Duration,
+    ) -> io::Result<Self> {
         let connect = async {
             match endpoint {
                 Endpoint::Unix(path) => UnixStream::connect(path).await.map(Self::Unix),
@@ -31,6 +39,21 @@ impl Conn {
                     // Console keystrokes go one by one.
                     s.set_nodelay(true)?;
                     Ok(Self::Tcp(s))
+                }
+                Endpoint::Https { host, port } => {
+                    let cfg = tls.ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            "an https:// node needs its CA: use --kubeconfig (the node writes \
+                             <state>/kubeconfig) or --certificate-authority",
+                        )
+                    })?;
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+                    let s = TcpStream::connect((host.as_str(), *port)).await?;
+                    s.set_nodelay(true)?;
+                    let tls = tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, s).await?;
+                    Ok(Self::Tls(Box::new(tls)))
                 }
             }
         };
@@ -48,6 +71,7 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -57,6 +81,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -64,6 +89,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_flush(cx),
             Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -71,6 +97,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -82,6 +109,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -89,6 +117,7 @@ impl AsyncWrite for Conn {
         match self {
             Self::Unix(s) => s.is_write_vectored(),
             Self::Tcp(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
         }
     }
 }

@@ -204,6 +204,11 @@ async fn delete_namespace(State(s): State<ApiState>, Path(ns): Path<String>) -> 
     ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
 }
 
+async fn list_all_events(State(s): State<ApiState>) -> ApiResult {
+    let items = s.lifecycle.events(None).iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
+    list("EventList", "v1", items)
+}
+
 async fn list_events(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
     let items = s.lifecycle.events(Some(&ns)).iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
     list("EventList", "v1", items)
@@ -608,6 +613,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/namespaces", get(list_namespaces).post(create_namespace))
         .route("/api/v1/namespaces/{ns}", get(get_namespace).delete(delete_namespace))
         .route("/api/v1/namespaces/{ns}/events", get(list_events))
+        .route("/api/v1/events", get(list_all_events))
         .route(&format!("{KV}/virtualmachines"), get(list_all_vms))
         .route(&format!("{KV}/namespaces/{{ns}}/virtualmachines"), get(list_vms).post(create_vm))
         .route(

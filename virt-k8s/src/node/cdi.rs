@@ -113,24 +113,21 @@ impl CdiKind {
         }
     }
 
+    /// The kind's entry in the [`registry`](crate::registry).
+    pub fn registered(self) -> &'static crate::registry::Resource {
+        let name = self.name();
+        // Every variant has an entry (the registry's tests check the kinds the node serves).
+        crate::registry::RESOURCES.iter().find(|r| r.kind == name).unwrap_or(&crate::registry::RESOURCES[0])
+    }
+
     /// The plural in paths: `datavolumes`, ...
     pub fn plural(self) -> &'static str {
-        match self {
-            Self::DataVolume => "datavolumes",
-            Self::DataSource => "datasources",
-            Self::DataImportCron => "dataimportcrons",
-            Self::VolumeSnapshot => "volumesnapshots",
-        }
+        self.registered().plural
     }
 
     /// How Kubernetes names the resource in messages: `datavolumes.cdi.kubevirt.io`.
     pub fn resource(self) -> &'static str {
-        match self {
-            Self::DataVolume => "datavolumes.cdi.kubevirt.io",
-            Self::DataSource => "datasources.cdi.kubevirt.io",
-            Self::DataImportCron => "dataimportcrons.cdi.kubevirt.io",
-            Self::VolumeSnapshot => "volumesnapshots.snapshot.storage.k8s.io",
-        }
+        self.registered().resource
     }
 
     /// Whether the kind is in CDI's group (`cdi.kubevirt.io`).

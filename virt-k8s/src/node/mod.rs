@@ -11,8 +11,10 @@ pub mod audit;
 pub mod auth;
 pub mod cdi;
 pub mod cdi_api;
+pub mod kube;
 pub mod runtime;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -43,6 +45,9 @@ pub struct NodeConfig {
     pub token: Option<String>,
     /// More TCP users with KubeVirt's roles per namespace ([`auth::Users::load`]).
     pub users_file: Option<PathBuf>,
+    /// The TCP listener's certificate and key (PEM); `None`: one made on first start under
+    /// `<state>/tls/` ([`tls::ensure`]).
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// The `virt-launcher` binary.
     pub launcher: PathBuf,
     /// Allow software emulation (KubeVirt's `useEmulation`).
@@ -84,6 +89,9 @@ pub enum NodeError {
     /// The lifecycle could not load its state.
     #[error(transparent)]
     Lifecycle(#[from] virt_core::lifecycle::LifecycleError),
+    /// The TCP listener's TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// CDI's store, pool or upload endpoint could not be set up.
     #[error(transparent)]
     Cdi(#[from] cdi::CdiError),
@@ -121,7 +129,7 @@ fn write_effective(cfg: &NodeConfig, audit_log: &std::path::Path) -> Result<(), 
     let eff = crate::compliance::facts::EffectiveConfig {
         node_name: cfg.node_name.clone(),
         listen: cfg.listen.map(|a| a.to_string()),
-        tls: false,
+        tls: cfg.listen.is_some(),
         token_required: cfg.listen.is_some(),
         socket: cfg.socket.clone(),
         allow_emulation: cfg.allow_emulation,
@@ -234,6 +242,20 @@ impl Node {
         &self.cdi
     }
 
+    /// Writes `<state>/kubeconfig` (mode 0600): the TCP listener at `bound`, its CA, the token,
+    /// a context named for the node. kubectl and virtctl both read it (`--kubeconfig`).
+    fn write_kubeconfig(
+        &self,
+        bound: SocketAddr,
+        files: &tls::TlsFiles,
+        token: &str,
+    ) -> Result<(), NodeError> {
+        let ca = std::fs::read(&files.ca).map_err(io("reading", &files.ca))?;
+        let text = tls::kubeconfig(&self.cfg.node_name, &tls::server_url(bound), &ca, token);
+        tls::write_private(&self.cfg.state_dir.join("kubeconfig"), text.as_bytes())?;
+        Ok(())
+    }
+
     /// Serves the API and runs the controller until `shutdown` resolves. Running VMs are left
     /// running: a node that stops (or dies) does not take its VMs down.
     pub fn run(
@@ -275,9 +297,10 @@ impl Node {
             let mut tasks = Vec::new();
             {
                 let mut rx = tx.subscribe();
-                let app = self
-                    .audit
-                    .layer(api::router(state.clone()).merge(cdi_routes.clone()), audit::Listener::Unix);
+                let app = self.audit.layer(
+                    kube::layer(api::router(state.clone()).merge(cdi_routes.clone())),
+                    audit::Listener::Unix,
+                );
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(unix, app)
                         .with_graceful_shutdown(async move {
@@ -287,16 +310,37 @@ impl Node {
                 }));
             }
             if let Some(addr) = self.cfg.listen {
+                let files =
+                    tls::ensure(&self.cfg.state_dir, &self.cfg.node_name, addr, self.cfg.tls.clone())?;
+                let acceptor = tls::acceptor(&files)?;
                 let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|source| NodeError::Io {
                     what: "listening on",
                     path: addr.to_string(),
                     source,
                 })?;
-                log::info!("virt-node: serving on http://{addr} (bearer token required)");
+                let bound = tcp.local_addr().map_err(|source| NodeError::Io {
+                    what: "listening on",
+                    path: addr.to_string(),
+                    source,
+                })?;
+                // The kubeconfig carries the admin token (--token-file); users of --users-file
+                // write their own from it.
+                if let Some(token) = self.cfg.token.as_deref().filter(|t| !t.is_empty()) {
+                    self.write_kubeconfig(bound, &files, token)?;
+                }
+                let tcp = tls::TlsListener::new(tcp, acceptor).map_err(|source| NodeError::Io {
+                    what: "listening on",
+                    path: addr.to_string(),
+                    source,
+                })?;
+                log::info!("virt-node: serving on https://{bound} (bearer token required)");
                 let mut rx = tx.subscribe();
                 // Audited outside the authorisation, so refused requests are recorded too.
                 let app = self.audit.layer(
-                    auth::layer(self.users.clone(), api::router(state.clone()).merge(cdi_routes)),
+                    auth::layer(
+                        self.users.clone(),
+                        kube::layer(api::router(state.clone()).merge(cdi_routes)),
+                    ),
                     audit::Listener::Tcp,
                 );
                 tasks.push(tokio::spawn(async move {

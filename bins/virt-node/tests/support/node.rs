@@ -30,32 +30,37 @@ pub struct NodeProc {
     pub socket: PathBuf,
     /// A registry reached over plain HTTP (`--insecure-registry`).
     pub registry: Option<String>,
-    /// More daemon arguments (e.g. `--host-disk-dir`).
-    pub extra: Vec<String>,
+    /// More arguments for the daemon (`--listen`, `--node-name`, ...).
+    pub args: Vec<String>,
 }
 
 impl NodeProc {
     /// Starts a node on `state` (which should be a short path: unix sockets live below it).
     pub fn start(state: &Path, registry: Option<&str>) -> Self {
+        Self::start_with(state, registry, &[])
+    }
+
+    /// [`NodeProc::start`] with more daemon arguments.
+    pub fn start_with(state: &Path, registry: Option<&str>, args: &[&str]) -> Self {
         let mut n = Self {
             child: None,
             state: state.to_path_buf(),
             socket: state.join("node.sock"),
             registry: registry.map(str::to_string),
-            extra: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         n.spawn();
         n
     }
 
-    /// A node not started yet: set `extra`, then [`Self::spawn`].
+    /// A node not started yet: set `args`, then [`Self::spawn`].
     pub fn start_later(state: &Path) -> Self {
         Self {
             child: None,
             state: state.to_path_buf(),
             socket: state.join("node.sock"),
             registry: None,
-            extra: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -76,7 +81,7 @@ impl NodeProc {
         if let Some(r) = &self.registry {
             cmd.arg("--insecure-registry").arg(r);
         }
-        cmd.args(&self.extra);
+        cmd.args(&self.args);
         let child = cmd.env("RUST_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
         self.child = Some(child);
         let t = Instant::now();
