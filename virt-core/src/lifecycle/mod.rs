@@ -276,6 +276,11 @@ pub struct LifecycleOptions {
     pub backoff_max: Duration,
     /// How often [`Lifecycle::run`] reconciles without being woken.
     pub tick: Duration,
+    /// First delay before reconciling again an object whose reconcile failed (doubles per failure
+    /// in a row); the other objects are not delayed.
+    pub requeue_base: Duration,
+    /// Longest such delay.
+    pub requeue_max: Duration,
 }
 
 impl Default for LifecycleOptions {
@@ -287,6 +292,8 @@ impl Default for LifecycleOptions {
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
             tick: Duration::from_millis(200),
+            requeue_base: Duration::from_millis(500),
+            requeue_max: Duration::from_secs(60),
         }
     }
 }
@@ -302,7 +309,7 @@ struct Live {
     last: MachineStatus,
 }
 
-/// Restart back-off of a VM whose instances keep failing.
+/// A back-off: of a VM whose instances keep failing, or of an object whose reconcile failed.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
     failures: u32,
@@ -324,6 +331,8 @@ struct State {
     /// Running VMIs whose guest rebooted: their machine starts again on the next pass.
     relaunch: BTreeSet<Key>,
     backoff: HashMap<Key, Backoff>,
+    /// Objects whose last reconcile failed, waiting for their requeue back-off.
+    requeue: HashMap<Key, Backoff>,
     events: VecDeque<Event>,
     resource_version: u64,
     /// Instancetypes and preferences created through the lifecycle, by store key.
@@ -1308,20 +1317,24 @@ impl Lifecycle {
     }
 
     /// One pass of the controller: observes machines, applies run strategies, launches pending
-    /// VMIs, forces stops whose grace ran out, finishes deletions. Errors are logged and retried on
-    /// the next pass.
+    /// VMIs, forces stops whose grace ran out, finishes deletions. Each object is reconciled on its
+    /// own: one whose reconcile fails (its store write failed, ...) is logged and requeued with its
+    /// own back-off ([`LifecycleOptions::requeue_base`]), and the pass goes on with the others.
     pub fn reconcile(&self) {
-        if let Err(e) = self.reconcile_inner() {
-            log::error!("lifecycle: {e}");
-        }
-    }
-
-    fn reconcile_inner(&self) -> Result<(), LifecycleError> {
+        let started = Instant::now();
+        let mut failed = BTreeSet::new();
         // 1. Observe machines.
-        let live: Vec<(Key, Arc<dyn Machine>)> =
-            lock(&self.state).live.iter().map(|(k, l)| (k.clone(), l.machine.clone())).collect();
+        let live: Vec<(Key, Arc<dyn Machine>)> = {
+            let st = lock(&self.state);
+            st.live
+                .iter()
+                .filter(|(k, _)| !Self::deferred(&st, k, started))
+                .map(|(k, l)| (k.clone(), l.machine.clone()))
+                .collect()
+        };
         for (key, m) in live {
-            self.observe(&key, &m)?;
+            let r = self.observe(&key, &m);
+            self.outcome(&mut failed, &key, r);
         }
         // 2. Grace periods that ran out.
         {
@@ -1342,17 +1355,29 @@ impl Lifecycle {
             let done: Vec<Key> = st
                 .deleting_vmis
                 .keys()
-                .filter(|k| !st.live.contains_key(*k) && !st.launching.contains(*k))
+                .filter(|k| {
+                    !st.live.contains_key(*k)
+                        && !st.launching.contains(*k)
+                        && !Self::deferred(&st, k, started)
+                })
                 .cloned()
                 .collect();
             for key in done {
-                self.remove_vmi_locked(&mut st, &key)?;
+                let r = self.remove_vmi_locked(&mut st, &key);
+                self.outcome_locked(&mut st, &mut failed, &key, r);
             }
         }
         // 4. VMs: run strategies and deletions.
-        let keys: Vec<Key> = lock(&self.state).vms.keys().cloned().collect();
+        let keys: Vec<Key> = {
+            let st = lock(&self.state);
+            st.vms.keys().filter(|k| !Self::deferred(&st, k, started)).cloned().collect()
+        };
         for key in keys {
-            self.sync_vm(&key)?;
+            if failed.contains(&key) {
+                continue;
+            }
+            let r = self.sync_vm(&key);
+            self.outcome(&mut failed, &key, r);
         }
         // 5. Launch pending VMIs the runtime finds ready; the others stay Pending, saying why.
         let candidates: Vec<(Key, VirtualMachineInstance)> = {
@@ -1363,6 +1388,8 @@ impl Lifecycle {
                     phase_of(v) == VmiPhase::Pending
                         && !st.launching.contains(*k)
                         && !st.deleting_vmis.contains_key(*k)
+                        && !failed.contains(*k)
+                        && !Self::deferred(&st, k, started)
                 })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
@@ -1380,23 +1407,28 @@ impl Lifecycle {
                     continue;
                 }
                 if let Err(why) = verdict {
-                    self.not_ready_locked(&mut st, &key, why)?;
+                    let r = self.not_ready_locked(&mut st, &key, why);
+                    self.outcome_locked(&mut st, &mut failed, &key, r);
                     continue;
                 }
-                if let Some(v) = st.vmis.get_mut(&key) {
-                    set_phase(v, VmiPhase::Scheduling);
-                    let st_ = v.status.get_or_insert_with(Default::default);
-                    st_.node_name = Some(self.opts.node_name.clone());
-                    if st_.conditions.iter().any(|c| c.type_ == DATA_VOLUMES_READY) {
-                        set_condition(
-                            &mut st_.conditions,
-                            condition(DATA_VOLUMES_READY, true, Some("AllDVsReady"), None),
-                        );
-                    }
-                    out.push((key.clone(), v.clone(), false));
+                let Some(v) = st.vmis.get_mut(&key) else { continue };
+                set_phase(v, VmiPhase::Scheduling);
+                let st_ = v.status.get_or_insert_with(Default::default);
+                st_.node_name = Some(self.opts.node_name.clone());
+                if st_.conditions.iter().any(|c| c.type_ == DATA_VOLUMES_READY) {
+                    set_condition(
+                        &mut st_.conditions,
+                        condition(DATA_VOLUMES_READY, true, Some("AllDVsReady"), None),
+                    );
                 }
-                st.launching.insert(key.clone());
-                self.persist_vmi(&mut st, &key)?;
+                let vmi = v.clone();
+                match self.persist_vmi(&mut st, &key) {
+                    Ok(()) => {
+                        st.launching.insert(key.clone());
+                        out.push((key, vmi, false));
+                    }
+                    Err(e) => self.outcome_locked(&mut st, &mut failed, &key, Err(e)),
+                }
             }
             // Reboots in place: the VMI stays Running while its machine starts again.
             let again: Vec<Key> = std::mem::take(&mut st.relaunch).into_iter().collect();
@@ -1412,9 +1444,46 @@ impl Lifecycle {
             out
         };
         for (key, vmi, in_place) in pending {
-            self.launch(&key, &vmi, in_place)?;
+            let r = self.launch(&key, &vmi, in_place);
+            self.outcome(&mut failed, &key, r);
         }
-        Ok(())
+        // Objects reconciled without error this pass start their next failure from the base delay.
+        let mut st = lock(&self.state);
+        st.requeue.retain(|k, b| failed.contains(k) || b.until > started);
+    }
+
+    /// Whether `key` waits for its requeue back-off (its last reconcile failed).
+    fn deferred(st: &State, key: &Key, now: Instant) -> bool {
+        st.requeue.get(key).is_some_and(|b| b.until > now)
+    }
+
+    fn outcome(&self, failed: &mut BTreeSet<Key>, key: &Key, r: Result<(), LifecycleError>) {
+        if r.is_err() {
+            let mut st = lock(&self.state);
+            self.outcome_locked(&mut st, failed, key, r);
+        }
+    }
+
+    /// The error policy: a failed reconcile of `key` is logged and requeued after a back-off that
+    /// doubles per failure in a row; other objects are not delayed.
+    fn outcome_locked(
+        &self,
+        st: &mut State,
+        failed: &mut BTreeSet<Key>,
+        key: &Key,
+        r: Result<(), LifecycleError>,
+    ) {
+        let Err(e) = r else { return };
+        let b = st.requeue.entry(key.clone()).or_insert(Backoff { failures: 0, until: Instant::now() });
+        b.failures = b.failures.saturating_add(1);
+        let factor = 1u32.checked_shl(b.failures.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
+        let delay = self.opts.requeue_base.saturating_mul(factor).min(self.opts.requeue_max);
+        b.until = Instant::now() + delay;
+        log::error!(
+            "lifecycle: reconciling {key} failed (attempt {}), requeued in {delay:?}: {e}",
+            b.failures
+        );
+        failed.insert(key.clone());
     }
 
     fn launch(&self, key: &Key, vmi: &VirtualMachineInstance, in_place: bool) -> Result<(), LifecycleError> {

@@ -72,6 +72,8 @@ struct FakeRuntime {
     survivors: Mutex<HashMap<String, Arc<FakeMachine>>>,
     exits: Mutex<HashMap<String, MachineExit>>,
     fail_launch: AtomicBool,
+    /// VMIs whose volume is missing: their launch fails.
+    missing_volume: Mutex<BTreeSet<String>>,
     ignore_power_button: AtomicBool,
     cleaned: Mutex<Vec<String>>,
 }
@@ -89,6 +91,9 @@ impl Runtime for FakeRuntime {
     fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, String> {
         if self.fail_launch.load(Ordering::SeqCst) {
             return Err("disk image missing".into());
+        }
+        if lock(&self.missing_volume).contains(vmi.metadata.name.as_deref().unwrap_or_default()) {
+            return Err("volume rootdisk: /var/lib/images/missing.qcow2: No such file or directory".into());
         }
         let m = Arc::new(FakeMachine {
             status: Mutex::new(MachineStatus::Running),
@@ -113,6 +118,43 @@ impl Runtime for FakeRuntime {
     }
     fn cleanup(&self, vmi: &VirtualMachineInstance) {
         lock(&self.cleaned).push(vmi.metadata.name.clone().unwrap_or_default());
+    }
+}
+
+/// A store whose writes of chosen objects fail (a full disk, an I/O error), counting the failures.
+#[derive(Default)]
+struct FlakyStore {
+    inner: MemStore,
+    /// Writes of objects with these names fail; `"*"` fails every write.
+    failing: Mutex<BTreeSet<String>>,
+    failures: AtomicU32,
+}
+
+impl FlakyStore {
+    fn fail(&self, name: &str) {
+        lock(&self.failing).insert(name.into());
+    }
+    fn check(&self, key: &Key) -> Result<(), StoreError> {
+        let f = lock(&self.failing);
+        if f.contains(&key.name) || f.contains("*") {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError(format!("writing {key}: No space left on device")));
+        }
+        Ok(())
+    }
+}
+
+impl Store for FlakyStore {
+    fn load(&self) -> Result<Vec<StoredObject>, StoreError> {
+        self.inner.load()
+    }
+    fn put(&self, object: &StoredObject) -> Result<(), StoreError> {
+        self.check(&object.key)?;
+        self.inner.put(object)
+    }
+    fn delete(&self, kind: Kind, key: &Key) -> Result<(), StoreError> {
+        self.check(key)?;
+        self.inner.delete(kind, key)
     }
 }
 
@@ -456,4 +498,49 @@ fn namespaces_exist_and_guard_their_contents() {
     lc.delete_vm("team-a", "a").unwrap();
     settle(&lc);
     lc.delete_namespace("team-a").unwrap();
+}
+
+#[test]
+fn a_failing_vm_fails_on_its_own_while_another_starts_in_the_same_pass() {
+    let store = Arc::new(FlakyStore::default());
+    let rt = Arc::new(FakeRuntime::default());
+    let lc = Lifecycle::new(
+        store.clone(),
+        rt.clone(),
+        LifecycleOptions {
+            backoff_base: Duration::from_secs(60),
+            requeue_base: Duration::from_secs(60),
+            ..LifecycleOptions::default()
+        },
+    )
+    .unwrap();
+    // Names sort before the healthy VM's, so they are reconciled first in the pass.
+    lc.create_vm("default", vm("a-missing-volume", "Always", 30)).unwrap();
+    lc.create_vm("default", vm("b-store-fails", "Always", 30)).unwrap();
+    lc.create_vm("default", vm("c-good", "Always", 30)).unwrap();
+    lock(&rt.missing_volume).insert("a-missing-volume".into());
+    store.fail("b-store-fails");
+
+    lc.reconcile();
+    assert_eq!(phase(&lc, "c-good"), Some(VmiPhase::Running), "the healthy VM starts in the same pass");
+    assert_eq!(phase(&lc, "a-missing-volume"), Some(VmiPhase::Failed));
+    let ev = lc.events(None);
+    assert!(ev
+        .iter()
+        .any(|e| e.involved_object.name == "a-missing-volume" && e.message.contains("missing.qcow2")));
+    assert_eq!(rt.launches("b-store-fails"), 0);
+    let failures = store.failures.load(Ordering::SeqCst);
+    assert!(failures >= 1);
+
+    // The failed object waits for its own back-off; the others go on.
+    lc.reconcile();
+    assert_eq!(
+        store.failures.load(Ordering::SeqCst),
+        failures,
+        "requeued with back-off, not retried at once"
+    );
+    lc.stop("default", "c-good", Some(0)).unwrap();
+    settle(&lc);
+    assert_eq!(printable(&lc, "c-good"), "Stopped");
+    assert_eq!(rt.launches("b-store-fails"), 0);
 }
