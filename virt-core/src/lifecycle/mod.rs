@@ -125,6 +125,11 @@ pub trait Store: Send + Sync {
     fn put(&self, object: &StoredObject) -> Result<(), StoreError>;
     /// Removes one object (absent is fine).
     fn delete(&self, kind: Kind, key: &Key) -> Result<(), StoreError>;
+    /// One stored object, if it is stored. The lifecycle reads an object back after a failed write
+    /// so that what readers see is what the store holds. The default scans [`Store::load`].
+    fn get(&self, kind: Kind, key: &Key) -> Result<Option<StoredObject>, StoreError> {
+        Ok(self.load()?.into_iter().find(|o| o.kind == kind && o.key == *key))
+    }
 }
 
 /// A store in memory: objects survive a new [`Lifecycle`] on the same store, not the process.
@@ -153,6 +158,9 @@ impl Store for MemStore {
     fn delete(&self, kind: Kind, key: &Key) -> Result<(), StoreError> {
         lock(&self.objects).remove(&(kind_tag(kind), key.clone()));
         Ok(())
+    }
+    fn get(&self, kind: Kind, key: &Key) -> Result<Option<StoredObject>, StoreError> {
+        Ok(lock(&self.objects).get(&(kind_tag(kind), key.clone())).cloned())
     }
 }
 
@@ -615,30 +623,81 @@ impl Lifecycle {
         st.resource_version.to_string()
     }
 
+    /// Writes the VM at `key` as it is in memory, with a new resourceVersion. The lock is held, so
+    /// nobody sees the change before it is stored; if the write fails, the VM is read back from the
+    /// store ([`Lifecycle::rollback`]) and the change is gone.
     fn persist_vm(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
         let rv = Self::next_rv(st);
-        if let Some(vm) = st.vms.get_mut(key) {
-            vm.metadata.resource_version = Some(rv);
-            self.store.put(&StoredObject {
-                kind: Kind::VirtualMachine,
-                key: key.clone(),
-                value: to_value(vm),
-            })?;
+        let Some(vm) = st.vms.get_mut(key) else { return Ok(()) };
+        vm.metadata.resource_version = Some(rv);
+        let object = StoredObject { kind: Kind::VirtualMachine, key: key.clone(), value: to_value(vm) };
+        self.put_or_rollback(st, object)
+    }
+
+    /// [`Lifecycle::persist_vm`] for a VMI.
+    fn persist_vmi(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
+        let rv = Self::next_rv(st);
+        let Some(vmi) = st.vmis.get_mut(key) else { return Ok(()) };
+        vmi.metadata.resource_version = Some(rv);
+        let object =
+            StoredObject { kind: Kind::VirtualMachineInstance, key: key.clone(), value: to_value(vmi) };
+        self.put_or_rollback(st, object)
+    }
+
+    fn put_or_rollback(&self, st: &mut State, object: StoredObject) -> Result<(), LifecycleError> {
+        if let Err(e) = self.store.put(&object) {
+            self.rollback(st, object.kind, &object.key);
+            return Err(e.into());
         }
         Ok(())
     }
 
-    fn persist_vmi(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
-        let rv = Self::next_rv(st);
-        if let Some(vmi) = st.vmis.get_mut(key) {
-            vmi.metadata.resource_version = Some(rv);
-            self.store.put(&StoredObject {
-                kind: Kind::VirtualMachineInstance,
-                key: key.clone(),
-                value: to_value(vmi),
-            })?;
+    /// After a failed write: makes the in-memory VM or VMI at `key` what the store holds again
+    /// (absent if it holds none), with the deletion bookkeeping that follows from it.
+    fn rollback(&self, st: &mut State, kind: Kind, key: &Key) {
+        let stored = match self.store.get(kind, key) {
+            Ok(s) => s.map(|o| o.value),
+            Err(e) => {
+                log::error!("{} {key}: cannot read it back after a failed write: {e}", kind.resource());
+                return;
+            }
+        };
+        match kind {
+            Kind::VirtualMachine => {
+                match stored.and_then(|v| serde_json::from_value::<VirtualMachine>(v).ok()) {
+                    Some(vm) => {
+                        if vm.metadata.deletion_timestamp.is_some() {
+                            st.deleting_vms.insert(key.clone());
+                        } else {
+                            st.deleting_vms.remove(key);
+                        }
+                        st.vms.insert(key.clone(), vm);
+                    }
+                    None => {
+                        st.vms.remove(key);
+                        st.deleting_vms.remove(key);
+                    }
+                }
+            }
+            Kind::VirtualMachineInstance => {
+                match stored.and_then(|v| serde_json::from_value::<VirtualMachineInstance>(v).ok()) {
+                    Some(vmi) => {
+                        if vmi.metadata.deletion_timestamp.is_some() {
+                            let g = vmi.metadata.deletion_grace_period_seconds.unwrap_or(0);
+                            st.deleting_vmis.insert(key.clone(), g);
+                        } else {
+                            st.deleting_vmis.remove(key);
+                        }
+                        st.vmis.insert(key.clone(), vmi);
+                    }
+                    None => {
+                        st.vmis.remove(key);
+                        st.deleting_vmis.remove(key);
+                    }
+                }
+            }
+            Kind::Namespace | Kind::Instancetype => {}
         }
-        Ok(())
     }
 
     fn event_locked(
@@ -889,13 +948,14 @@ impl Lifecycle {
     ) -> Result<(), LifecycleError> {
         let key = Key::new(namespace.unwrap_or(""), format!("{kind}/{name}"));
         let mut st = lock(&self.state);
-        if st.catalog_objects.remove(&key).is_none() {
+        if !st.catalog_objects.contains_key(&key) {
             return Err(LifecycleError::NotFound {
                 resource: Kind::Instancetype.resource(),
                 name: name.into(),
             });
         }
         self.store.delete(Kind::Instancetype, &key)?;
+        st.catalog_objects.remove(&key);
         st.catalog = build_catalog(&self.opts.catalog, &st.catalog_objects);
         Ok(())
     }
@@ -920,12 +980,17 @@ impl Lifecycle {
         vm.metadata.generation = Some(1);
         vm.status =
             Some(VirtualMachineStatus { printable_status: Some("Stopped".into()), ..Default::default() });
-        st.vms.insert(key.clone(), vm);
-        self.persist_vm(&mut st, &key)?;
-        let out = st.vms.get(&key).cloned();
+        vm.metadata.resource_version = Some(Self::next_rv(&mut st));
+        // Stored first: a VM nobody could find after a crash is never shown.
+        self.store.put(&StoredObject {
+            kind: Kind::VirtualMachine,
+            key: key.clone(),
+            value: to_value(&vm),
+        })?;
+        st.vms.insert(key, vm.clone());
         drop(st);
         self.wake();
-        out.ok_or(LifecycleError::NotFound { resource: Kind::VirtualMachine.resource(), name: key.name })
+        Ok(vm)
     }
 
     /// Replaces a VM's labels, annotations and spec, keeping its status (`kubectl replace`/`apply`).
@@ -1120,12 +1185,16 @@ impl Lifecycle {
         }
         vmi.status = None;
         set_phase(&mut vmi, VmiPhase::Pending);
-        st.vmis.insert(key.clone(), vmi);
-        self.persist_vmi(&mut st, &key)?;
-        let out = st.vmis.get(&key).cloned();
+        vmi.metadata.resource_version = Some(Self::next_rv(&mut st));
+        self.store.put(&StoredObject {
+            kind: Kind::VirtualMachineInstance,
+            key: key.clone(),
+            value: to_value(&vmi),
+        })?;
+        st.vmis.insert(key, vmi.clone());
         drop(st);
         self.wake();
-        out.ok_or(LifecycleError::NotFound { resource: Kind::VirtualMachineInstance.resource(), name })
+        Ok(vmi)
     }
 
     /// One VMI.
@@ -1156,13 +1225,7 @@ impl Lifecycle {
             name: name.into(),
         })?;
         let g = grace.unwrap_or_else(|| grace_of(vmi)).max(0);
-        if vmi.metadata.deletion_timestamp.is_none() {
-            vmi.metadata.deletion_timestamp = Some(now());
-        }
-        vmi.metadata.deletion_grace_period_seconds = Some(g);
-        st.deleting_vmis.insert(key.clone(), g);
-        self.begin_stop_locked(&mut st, &key, g);
-        self.persist_vmi(&mut st, &key)?;
+        self.delete_vmi_locked(&mut st, &key, g)?;
         drop(st);
         self.wake();
         Ok(())
@@ -1385,7 +1448,7 @@ impl Lifecycle {
             st.vmis
                 .iter()
                 .filter(|(k, v)| {
-                    phase_of(v) == VmiPhase::Pending
+                    Self::awaiting_launch(&st, k, v)
                         && !st.launching.contains(*k)
                         && !st.deleting_vmis.contains_key(*k)
                         && !failed.contains(*k)
@@ -1400,7 +1463,7 @@ impl Lifecycle {
             let mut st = lock(&self.state);
             let mut out = Vec::new();
             for (key, verdict) in verdicts {
-                let still_pending = st.vmis.get(&key).is_some_and(|v| phase_of(v) == VmiPhase::Pending)
+                let still_pending = st.vmis.get(&key).is_some_and(|v| Self::awaiting_launch(&st, &key, v))
                     && !st.launching.contains(&key)
                     && !st.deleting_vmis.contains_key(&key);
                 if !still_pending {
@@ -1450,6 +1513,16 @@ impl Lifecycle {
         // Objects reconciled without error this pass start their next failure from the base delay.
         let mut st = lock(&self.state);
         st.requeue.retain(|k, b| failed.contains(k) || b.until > started);
+    }
+
+    /// Whether the VMI at `key` is to be launched: Pending, or Scheduling without a machine (its
+    /// launch ended but recording how failed).
+    fn awaiting_launch(st: &State, key: &Key, vmi: &VirtualMachineInstance) -> bool {
+        match phase_of(vmi) {
+            VmiPhase::Pending => true,
+            VmiPhase::Scheduling => !st.live.contains_key(key),
+            _ => false,
+        }
     }
 
     /// Whether `key` waits for its requeue back-off (its last reconcile failed).
@@ -1506,11 +1579,16 @@ impl Lifecycle {
                     }
                 }
                 Err(msg) => {
-                    return self.finish_locked(
+                    let r = self.finish_locked(
                         &mut st,
                         key,
                         MachineExit::Failed(format!("restart after reboot: {msg}")),
-                    )
+                    );
+                    if r.is_err() {
+                        // Not recorded: try the restart again on a later pass.
+                        st.relaunch.insert(key.clone());
+                    }
+                    return r;
                 }
             }
             drop(st);
@@ -1720,7 +1798,14 @@ impl Lifecycle {
                 return Ok(());
             }
         }
-        self.finish_locked(st, key, exit)
+        let r = self.finish_locked(st, key, exit);
+        if r.is_err() {
+            // Not recorded: keep watching the ended machine so that a later pass records it.
+            if let Some(l) = live {
+                st.live.insert(key.clone(), l);
+            }
+        }
+        r
     }
 
     fn finish_locked(&self, st: &mut State, key: &Key, exit: MachineExit) -> Result<(), LifecycleError> {
@@ -1754,11 +1839,13 @@ impl Lifecycle {
     }
 
     fn remove_vmi_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
+        if st.vmis.contains_key(key) {
+            self.store.delete(Kind::VirtualMachineInstance, key)?;
+        }
         st.deleting_vmis.remove(key);
         st.relaunch.remove(key);
         st.live.remove(key);
         if let Some(v) = st.vmis.remove(key) {
-            self.store.delete(Kind::VirtualMachineInstance, key)?;
             self.runtime.cleanup(&v);
             self.event_locked(
                 st,
@@ -1785,9 +1872,9 @@ impl Lifecycle {
                     }
                     true => {}
                     false => {
+                        self.store.delete(Kind::VirtualMachine, key)?;
                         st.vms.remove(key);
                         st.backoff.remove(key);
-                        self.store.delete(Kind::VirtualMachine, key)?;
                         self.event_locked(
                             &mut st,
                             Kind::VirtualMachine,
@@ -1859,6 +1946,7 @@ impl Lifecycle {
         }
     }
 
+    /// Marks the VMI deleted (stored first) and asks its guest to power off.
     fn delete_vmi_locked(&self, st: &mut State, key: &Key, grace: i64) -> Result<(), LifecycleError> {
         if let Some(v) = st.vmis.get_mut(key) {
             if v.metadata.deletion_timestamp.is_none() {
@@ -1866,9 +1954,10 @@ impl Lifecycle {
             }
             v.metadata.deletion_grace_period_seconds = Some(grace);
         }
+        self.persist_vmi(st, key)?;
         st.deleting_vmis.insert(key.clone(), grace);
         self.begin_stop_locked(st, key, grace);
-        self.persist_vmi(st, key)
+        Ok(())
     }
 
     fn create_vmi_for_vm_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
@@ -1905,9 +1994,14 @@ impl Lifecycle {
         let mut vmi = VirtualMachineInstance::new(meta, template.spec);
         vmi.status = Some(VirtualMachineInstanceStatus::default());
         set_phase(&mut vmi, VmiPhase::Pending);
+        vmi.metadata.resource_version = Some(Self::next_rv(st));
+        self.store.put(&StoredObject {
+            kind: Kind::VirtualMachineInstance,
+            key: key.clone(),
+            value: to_value(&vmi),
+        })?;
         st.vmis.insert(key.clone(), vmi);
         st.deleting_vmis.remove(key);
-        self.persist_vmi(st, key)?;
         if let Some(s) = st.vms.get_mut(key).and_then(|v| v.status.as_mut()) {
             remove_condition(&mut s.conditions, "Failure");
         }

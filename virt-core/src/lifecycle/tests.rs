@@ -134,6 +134,9 @@ impl FlakyStore {
     fn fail(&self, name: &str) {
         lock(&self.failing).insert(name.into());
     }
+    fn heal(&self) {
+        lock(&self.failing).clear();
+    }
     fn check(&self, key: &Key) -> Result<(), StoreError> {
         let f = lock(&self.failing);
         if f.contains(&key.name) || f.contains("*") {
@@ -543,4 +546,80 @@ fn a_failing_vm_fails_on_its_own_while_another_starts_in_the_same_pass() {
     settle(&lc);
     assert_eq!(printable(&lc, "c-good"), "Stopped");
     assert_eq!(rt.launches("b-store-fails"), 0);
+}
+
+#[test]
+fn an_object_whose_reconcile_failed_is_retried_once_the_store_heals() {
+    let store = Arc::new(FlakyStore::default());
+    let rt = Arc::new(FakeRuntime::default());
+    let lc = Lifecycle::new(
+        store.clone(),
+        rt.clone(),
+        LifecycleOptions { requeue_base: Duration::ZERO, ..opts() },
+    )
+    .unwrap();
+    lc.create_vm("default", vm("r", "Always", 30)).unwrap();
+    store.fail("r");
+    settle(&lc);
+    assert_eq!(rt.launches("r"), 0);
+    assert!(store.failures.load(Ordering::SeqCst) >= 2, "retried after its (zero) back-off");
+    store.heal();
+    settle(&lc);
+    assert_eq!(phase(&lc, "r"), Some(VmiPhase::Running));
+    assert_eq!(rt.launches("r"), 1);
+}
+
+#[test]
+fn a_write_the_store_refuses_is_never_visible() {
+    let store = Arc::new(FlakyStore::default());
+    let rt = Arc::new(FakeRuntime::default());
+    let lc = Lifecycle::new(store.clone(), rt.clone(), opts()).unwrap();
+    store.fail("*");
+    // Creates: refused, and nobody sees them.
+    assert!(matches!(lc.create_vm("default", vm("nv", "Always", 30)), Err(LifecycleError::Store(_))));
+    assert!(matches!(lc.get_vm("default", "nv"), Err(LifecycleError::NotFound { .. })));
+    assert!(lc.list_vms(None).is_empty());
+    let vmi: VirtualMachineInstance = model::from_yaml(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: s\nspec:\n  domain:\n    devices: {}\n    memory:\n      guest: 64Mi\n",
+    )
+    .unwrap();
+    assert!(lc.create_vmi("default", vmi).is_err());
+    assert!(lc.list_vmis(None).is_empty());
+    assert!(lc.create_namespace("team-x").is_err());
+    assert!(!lc.namespace_exists("team-x"));
+    settle(&lc);
+    assert!(lc.list_vmis(None).is_empty(), "nothing was launched");
+
+    // Changes of an existing, running VM: refused and not applied.
+    store.heal();
+    lc.create_vm("default", vm("v", "Always", 30)).unwrap();
+    settle(&lc);
+    assert_eq!(phase(&lc, "v"), Some(VmiPhase::Running));
+    let before = lc.get_vm("default", "v").unwrap();
+    let vmi_before = lc.get_vmi("default", "v").unwrap();
+    store.fail("*");
+    let mut changed = before.clone();
+    changed.metadata.labels.insert("tier".into(), "web".into());
+    assert!(lc.replace_vm("default", changed).is_err());
+    assert!(lc.stop("default", "v", None).is_err());
+    assert!(lc.delete_vm("default", "v").is_err());
+    assert!(lc.delete_vmi("default", "v", Some(0)).is_err());
+    assert_eq!(lc.get_vm("default", "v").unwrap(), before, "the VM is as the store holds it");
+    assert_eq!(lc.get_vmi("default", "v").unwrap(), vmi_before);
+    settle(&lc);
+    let m = rt.last("v");
+    assert_eq!(
+        m.power_downs.load(Ordering::SeqCst) + m.stops.load(Ordering::SeqCst),
+        0,
+        "no stop was acted on"
+    );
+    assert_eq!(phase(&lc, "v"), Some(VmiPhase::Running));
+
+    // The store holds exactly what readers saw; a new lifecycle on it agrees.
+    store.heal();
+    drop(lc);
+    let lc = Lifecycle::new(store, rt.clone(), opts()).unwrap();
+    assert_eq!(lc.get_vm("default", "v").unwrap().metadata.labels, before.metadata.labels);
+    assert!(lc.get_vm("default", "nv").is_err());
+    assert_eq!(rt.launches("v"), 1, "found again, not started twice");
 }

@@ -86,6 +86,15 @@ impl Store for RedbStore {
         tx.commit().map_err(|e| err("committing", &k, e))
     }
 
+    fn get(&self, kind: Kind, key: &Key) -> Result<Option<StoredObject>, StoreError> {
+        let k = key_of(kind, key);
+        let tx = self.db.begin_read().map_err(|e| err("reading", &k, e))?;
+        let table = tx.open_table(OBJECTS).map_err(|e| err("opening the table for", &k, e))?;
+        let Some(v) = table.get(k.as_str()).map_err(|e| err("reading", &k, e))? else { return Ok(None) };
+        let value = serde_json::from_slice(v.value()).map_err(|e| err("decoding", &k, e))?;
+        Ok(Some(StoredObject { kind, key: key.clone(), value }))
+    }
+
     fn delete(&self, kind: Kind, key: &Key) -> Result<(), StoreError> {
         let k = key_of(kind, key);
         let tx = self.db.begin_write().map_err(|e| err("writing", &k, e))?;
@@ -116,6 +125,9 @@ mod tests {
                 s.put(&StoredObject { kind, key: Key::new(ns, name), value }).unwrap();
             }
             s.delete(Kind::VirtualMachineInstance, &Key::new("default", "a")).unwrap();
+            assert!(s.get(Kind::VirtualMachineInstance, &Key::new("default", "a")).unwrap().is_none());
+            let vm = s.get(Kind::VirtualMachine, &Key::new("default", "a")).unwrap().unwrap();
+            assert_eq!(vm.value["metadata"]["name"], "a");
         }
         let s = RedbStore::open(&path).unwrap();
         let mut got: Vec<_> = s.load().unwrap().into_iter().map(|o| (o.kind, o.key.to_string())).collect();
