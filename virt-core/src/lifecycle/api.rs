@@ -22,13 +22,13 @@ impl Lifecycle {
         vm.metadata.generation = Some(1);
         vm.status =
             Some(VirtualMachineStatus { printable_status: Some("Stopped".into()), ..Default::default() });
-        vm.metadata.resource_version = Some(Self::next_rv(&mut st));
         // Stored first: a VM nobody could find after a crash is never shown.
-        self.store.put(&StoredObject {
+        let rv = self.store.put(&StoredObject {
             kind: Kind::VirtualMachine,
             key: key.clone(),
             value: to_value(&vm),
         })?;
+        vm.metadata.resource_version = Some(rv.to_string());
         st.vms.insert(key, vm.clone());
         drop(st);
         self.wake();
@@ -225,12 +225,12 @@ impl Lifecycle {
         }
         vmi.status = None;
         set_phase(&mut vmi, VmiPhase::Pending);
-        vmi.metadata.resource_version = Some(Self::next_rv(&mut st));
-        self.store.put(&StoredObject {
+        let rv = self.store.put(&StoredObject {
             kind: Kind::VirtualMachineInstance,
             key: key.clone(),
             value: to_value(&vmi),
         })?;
+        vmi.metadata.resource_version = Some(rv.to_string());
         st.vmis.insert(key, vmi.clone());
         drop(st);
         self.wake();

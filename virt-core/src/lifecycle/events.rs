@@ -72,12 +72,7 @@ impl Lifecycle {
         reason: &str,
         message: String,
     ) {
-        let kind_name = match kind {
-            Kind::Namespace => "Namespace",
-            Kind::VirtualMachine => "VirtualMachine",
-            Kind::VirtualMachineInstance => "VirtualMachineInstance",
-            Kind::Instancetype => "Instancetype",
-        };
+        let kind_name = kind.name();
         let uid = match kind {
             Kind::VirtualMachine => st.vms.get(key).and_then(|v| v.metadata.uid.clone()),
             Kind::VirtualMachineInstance => st.vmis.get(key).and_then(|v| v.metadata.uid.clone()),
@@ -101,7 +96,8 @@ impl Lifecycle {
                 return;
             }
         }
-        let seq = Self::next_rv(st);
+        st.event_seq += 1;
+        let seq = st.event_seq;
         let mut meta = ObjectMeta::named(format!("{}.{seq}", key.name));
         meta.namespace = Some(key.namespace.clone());
         st.events.push_back(Event {

@@ -26,6 +26,7 @@ mod store;
 pub mod strategy;
 mod vm_controller;
 mod vmi_controller;
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 pub use events::{Event, EventSource, ObjectReference};
 pub use runtime::{BackendRuntime, ConsoleFactory, VolumeFilesFactory};
 pub use store::{MemStore, Store, StoreError, StoredObject};
+pub use watch::{Change, ChangeLog, ChangeType, WatchError, WatchEvent, Watcher};
 
 pub use strategy::{Action, InstanceView, Request, RequestError, StateChange, VmView};
 
@@ -104,6 +106,17 @@ pub const CATALOG_KINDS: [(&str, &str, bool); 4] = [
 ];
 
 impl Kind {
+    /// The kind's name as stored and watched (`VirtualMachine`; `Instancetype` for the catalog
+    /// kinds).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Namespace => "Namespace",
+            Self::VirtualMachine => "VirtualMachine",
+            Self::VirtualMachineInstance => "VirtualMachineInstance",
+            Self::Instancetype => "Instancetype",
+        }
+    }
+
     /// The resource name as Kubernetes writes it in messages (`virtualmachines.kubevirt.io`).
     pub fn resource(self) -> &'static str {
         match self {
@@ -237,7 +250,8 @@ struct State {
     /// Objects whose last reconcile failed, waiting for their requeue back-off.
     requeue: HashMap<Key, Backoff>,
     events: VecDeque<Event>,
-    resource_version: u64,
+    /// Numbers event names (`<object>.<n>`).
+    event_seq: u64,
     /// Instancetypes and preferences created through the lifecycle, by store key.
     catalog_objects: BTreeMap<Key, serde_json::Value>,
     /// `LifecycleOptions::catalog` plus `catalog_objects`.
@@ -358,15 +372,7 @@ impl Lifecycle {
         for ns in BUILTIN_NAMESPACES {
             st.namespaces.insert(ns.to_string(), namespace_object(ns));
         }
-        let mut max_rv = 0u64;
         for o in store.load()? {
-            let rv = o
-                .value
-                .pointer("/metadata/resourceVersion")
-                .and_then(|v| v.as_str())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            max_rv = max_rv.max(rv);
             match o.kind {
                 Kind::Namespace => {
                     st.namespaces.insert(o.key.name.clone(), o.value);
@@ -404,7 +410,6 @@ impl Lifecycle {
                 }
             }
         }
-        st.resource_version = max_rv;
         st.catalog = build_catalog(&opts.catalog, &st.catalog_objects);
         let lc = Self { state: Mutex::new(st), signal: Arc::new(Signal::default()), store, runtime, opts };
         lc.reattach_all()?;

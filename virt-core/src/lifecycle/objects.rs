@@ -25,15 +25,14 @@ impl Lifecycle {
             });
         }
         let mut obj = namespace_object(name);
-        let rv = Self::next_rv(&mut st);
-        obj["metadata"]["resourceVersion"] = rv.into();
         obj["metadata"]["uid"] = new_uid().into();
         obj["metadata"]["creationTimestamp"] = now().as_str().into();
-        self.store.put(&StoredObject {
+        let rv = self.store.put(&StoredObject {
             kind: Kind::Namespace,
             key: Key::new("", name),
             value: obj.clone(),
         })?;
+        obj["metadata"]["resourceVersion"] = rv.to_string().into();
         st.namespaces.insert(name.into(), obj.clone());
         Ok(obj)
     }
@@ -130,9 +129,13 @@ impl Lifecycle {
             }
             (None, false) => {}
         }
-        meta.resource_version = Some(Self::next_rv(&mut st));
         value["metadata"] = to_value(&meta);
-        self.store.put(&StoredObject { kind: Kind::Instancetype, key: key.clone(), value: value.clone() })?;
+        let rv = self.store.put(&StoredObject {
+            kind: Kind::Instancetype,
+            key: key.clone(),
+            value: value.clone(),
+        })?;
+        value["metadata"]["resourceVersion"] = rv.to_string().into();
         st.catalog_objects.insert(key, value.clone());
         st.catalog = build_catalog(&self.opts.catalog, &st.catalog_objects);
         Ok(value)

@@ -1,6 +1,7 @@
 //! Where a lifecycle keeps its objects: the [`Store`] seam, an in-memory store, and the writes
 //! of the lifecycle, each stored before anyone can see it (a refused write is read back).
 
+use super::watch::{ChangeLog, Journal, WatchError, Watcher, DEFAULT_LOG_CAPACITY};
 use super::*;
 
 /// One stored object: its kind, key and JSON.
@@ -21,12 +22,15 @@ pub struct StoreError(pub String);
 
 /// Where a lifecycle keeps its objects so that they survive a restart: an embedded database on the
 /// local node, nothing at all for a throw-away embedding ([`MemStore`]). Every call is durable when
-/// it returns.
+/// it returns. A store has one resourceVersion sequence for every kind it holds, and a change log
+/// ([`ChangeLog`]) that lists and watches start from: a change is recorded, and seen by watchers,
+/// only once it is stored.
 pub trait Store: Send + Sync {
-    /// Every stored object.
+    /// Every stored object of the lifecycle's kinds.
     fn load(&self) -> Result<Vec<StoredObject>, StoreError>;
-    /// Writes (creates or replaces) one object.
-    fn put(&self, object: &StoredObject) -> Result<(), StoreError>;
+    /// Writes (creates or replaces) one object with the next resourceVersion of the store's
+    /// sequence, which the store writes into the stored `metadata.resourceVersion` and returns.
+    fn put(&self, object: &StoredObject) -> Result<u64, StoreError>;
     /// Removes one object (absent is fine).
     fn delete(&self, kind: Kind, key: &Key) -> Result<(), StoreError>;
     /// One stored object, if it is stored. The lifecycle reads an object back after a failed write
@@ -34,12 +38,28 @@ pub trait Store: Send + Sync {
     fn get(&self, kind: Kind, key: &Key) -> Result<Option<StoredObject>, StoreError> {
         Ok(self.load()?.into_iter().find(|o| o.kind == kind && o.key == *key))
     }
+    /// The store's change log: its latest resourceVersion, and watches from a resourceVersion.
+    fn changes(&self) -> &Arc<ChangeLog>;
 }
 
 /// A store in memory: objects survive a new [`Lifecycle`] on the same store, not the process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemStore {
     objects: Mutex<BTreeMap<(u8, Key), StoredObject>>,
+    journal: Journal,
+}
+
+impl Default for MemStore {
+    fn default() -> Self {
+        Self::with_log_capacity(DEFAULT_LOG_CAPACITY)
+    }
+}
+
+impl MemStore {
+    /// An empty store whose change log keeps `capacity` changes.
+    pub fn with_log_capacity(capacity: usize) -> Self {
+        Self { objects: Mutex::default(), journal: Journal::new(0, capacity) }
+    }
 }
 
 pub(super) fn kind_tag(k: Kind) -> u8 {
@@ -55,52 +75,76 @@ impl Store for MemStore {
     fn load(&self) -> Result<Vec<StoredObject>, StoreError> {
         Ok(lock(&self.objects).values().cloned().collect())
     }
-    fn put(&self, object: &StoredObject) -> Result<(), StoreError> {
-        lock(&self.objects).insert((kind_tag(object.kind), object.key.clone()), object.clone());
-        Ok(())
+    fn put(&self, object: &StoredObject) -> Result<u64, StoreError> {
+        let slot = (kind_tag(object.kind), object.key.clone());
+        self.journal.put(object.kind.name(), &object.key, object.value.clone(), |_, value| {
+            let stored = StoredObject { value: value.clone(), ..object.clone() };
+            Ok::<_, StoreError>(lock(&self.objects).insert(slot, stored).is_some())
+        })
     }
     fn delete(&self, kind: Kind, key: &Key) -> Result<(), StoreError> {
-        lock(&self.objects).remove(&(kind_tag(kind), key.clone()));
+        self.journal.delete(kind.name(), key, |_| {
+            Ok::<_, StoreError>(lock(&self.objects).remove(&(kind_tag(kind), key.clone())).map(|o| o.value))
+        })?;
         Ok(())
     }
     fn get(&self, kind: Kind, key: &Key) -> Result<Option<StoredObject>, StoreError> {
         Ok(lock(&self.objects).get(&(kind_tag(kind), key.clone())).cloned())
     }
+    fn changes(&self) -> &Arc<ChangeLog> {
+        self.journal.log()
+    }
 }
 
 impl Lifecycle {
-    pub(super) fn next_rv(st: &mut State) -> String {
-        st.resource_version += 1;
-        st.resource_version.to_string()
+    /// The store's latest resourceVersion: what a list of the lifecycle's objects is as of.
+    pub fn resource_version(&self) -> u64 {
+        self.store.changes().last()
+    }
+
+    /// Watches every change the store records after resourceVersion `from` (every kind, in
+    /// order); [`WatchError::Gone`] when the store no longer holds the changes since then.
+    pub fn watch(&self, from: u64) -> Result<Watcher, WatchError> {
+        self.store.changes().watch(from)
     }
 
     /// Writes the VM at `key` as it is in memory, with a new resourceVersion. The lock is held, so
     /// nobody sees the change before it is stored; if the write fails, the VM is read back from the
     /// store ([`Lifecycle::rollback`]) and the change is gone.
     pub(super) fn persist_vm(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
-        let rv = Self::next_rv(st);
-        let Some(vm) = st.vms.get_mut(key) else { return Ok(()) };
-        vm.metadata.resource_version = Some(rv);
+        let Some(vm) = st.vms.get(key) else { return Ok(()) };
         let object = StoredObject { kind: Kind::VirtualMachine, key: key.clone(), value: to_value(vm) };
-        self.put_or_rollback(st, object)
+        let rv = self.put_or_rollback(st, object)?;
+        if let Some(vm) = st.vms.get_mut(key) {
+            vm.metadata.resource_version = Some(rv.to_string());
+        }
+        Ok(())
     }
 
     /// [`Lifecycle::persist_vm`] for a VMI.
     pub(super) fn persist_vmi(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
-        let rv = Self::next_rv(st);
-        let Some(vmi) = st.vmis.get_mut(key) else { return Ok(()) };
-        vmi.metadata.resource_version = Some(rv);
+        let Some(vmi) = st.vmis.get(key) else { return Ok(()) };
         let object =
             StoredObject { kind: Kind::VirtualMachineInstance, key: key.clone(), value: to_value(vmi) };
-        self.put_or_rollback(st, object)
-    }
-
-    pub(super) fn put_or_rollback(&self, st: &mut State, object: StoredObject) -> Result<(), LifecycleError> {
-        if let Err(e) = self.store.put(&object) {
-            self.rollback(st, object.kind, &object.key);
-            return Err(e.into());
+        let rv = self.put_or_rollback(st, object)?;
+        if let Some(vmi) = st.vmis.get_mut(key) {
+            vmi.metadata.resource_version = Some(rv.to_string());
         }
         Ok(())
+    }
+
+    pub(super) fn put_or_rollback(
+        &self,
+        st: &mut State,
+        object: StoredObject,
+    ) -> Result<u64, LifecycleError> {
+        match self.store.put(&object) {
+            Ok(rv) => Ok(rv),
+            Err(e) => {
+                self.rollback(st, object.kind, &object.key);
+                Err(e.into())
+            }
+        }
     }
 
     /// After a failed write: makes the in-memory VM or VMI at `key` what the store holds again

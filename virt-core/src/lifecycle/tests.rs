@@ -151,13 +151,16 @@ impl Store for FlakyStore {
     fn load(&self) -> Result<Vec<StoredObject>, StoreError> {
         self.inner.load()
     }
-    fn put(&self, object: &StoredObject) -> Result<(), StoreError> {
+    fn put(&self, object: &StoredObject) -> Result<u64, StoreError> {
         self.check(&object.key)?;
         self.inner.put(object)
     }
     fn delete(&self, kind: Kind, key: &Key) -> Result<(), StoreError> {
         self.check(key)?;
         self.inner.delete(kind, key)
+    }
+    fn changes(&self) -> &Arc<ChangeLog> {
+        self.inner.changes()
     }
 }
 
@@ -574,6 +577,7 @@ fn a_write_the_store_refuses_is_never_visible() {
     let store = Arc::new(FlakyStore::default());
     let rt = Arc::new(FakeRuntime::default());
     let lc = Lifecycle::new(store.clone(), rt.clone(), opts()).unwrap();
+    let mut watch = lc.watch(lc.resource_version()).unwrap();
     store.fail("*");
     // Creates: refused, and nobody sees them.
     assert!(matches!(lc.create_vm("default", vm("nv", "Always", 30)), Err(LifecycleError::Store(_))));
@@ -589,6 +593,7 @@ fn a_write_the_store_refuses_is_never_visible() {
     assert!(!lc.namespace_exists("team-x"));
     settle(&lc);
     assert!(lc.list_vmis(None).is_empty(), "nothing was launched");
+    assert_eq!(watch.next(Duration::ZERO).unwrap(), WatchEvent::Bookmark(0), "watchers saw nothing");
 
     // Changes of an existing, running VM: refused and not applied.
     store.heal();
@@ -622,4 +627,27 @@ fn a_write_the_store_refuses_is_never_visible() {
     assert_eq!(lc.get_vm("default", "v").unwrap().metadata.labels, before.metadata.labels);
     assert!(lc.get_vm("default", "nv").is_err());
     assert_eq!(rt.launches("v"), 1, "found again, not started twice");
+}
+
+#[test]
+fn watchers_see_the_lifecycle_s_changes_in_order() {
+    let (_s, _rt, lc) = setup();
+    let mut w = lc.watch(lc.resource_version()).unwrap();
+    lc.create_vm("default", vm("w", "Always", 30)).unwrap();
+    settle(&lc);
+    let mut seen = Vec::new();
+    while let WatchEvent::Change(c) = w.next(Duration::ZERO).unwrap() {
+        seen.push((
+            c.kind,
+            c.type_,
+            c.object["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap(),
+        ));
+    }
+    assert_eq!(seen[0].0, "VirtualMachine");
+    assert_eq!(seen[0].1, ChangeType::Added);
+    assert!(seen.iter().any(|(k, t, _)| k == "VirtualMachineInstance" && *t == ChangeType::Added));
+    assert!(seen.windows(2).all(|p| p[0].2 < p[1].2), "in resourceVersion order: {seen:?}");
+    let vmi = lc.get_vmi("default", "w").unwrap();
+    let last = seen.iter().rev().find(|(k, _, _)| k == "VirtualMachineInstance").unwrap().2;
+    assert_eq!(vmi.metadata.resource_version, Some(last.to_string()), "the last change is what readers see");
 }

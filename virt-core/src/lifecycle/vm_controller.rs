@@ -137,12 +137,12 @@ impl Lifecycle {
         let mut vmi = VirtualMachineInstance::new(meta, template.spec);
         vmi.status = Some(VirtualMachineInstanceStatus::default());
         set_phase(&mut vmi, VmiPhase::Pending);
-        vmi.metadata.resource_version = Some(Self::next_rv(st));
-        self.store.put(&StoredObject {
+        let rv = self.store.put(&StoredObject {
             kind: Kind::VirtualMachineInstance,
             key: key.clone(),
             value: to_value(&vmi),
         })?;
+        vmi.metadata.resource_version = Some(rv.to_string());
         st.vmis.insert(key.clone(), vmi);
         st.deleting_vmis.remove(key);
         if let Some(s) = st.vms.get_mut(key).and_then(|v| v.status.as_mut()) {

@@ -35,14 +35,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde_json::Value;
 use virt_core::api::{
     ConditionStatus, Decoder, LoadError, LoadOptions, ObjectMeta, OwnerReference, Quantity, Timestamp,
     Validate,
 };
-use virt_core::lifecycle::{Key, Lifecycle};
+use virt_core::lifecycle::{Key, Lifecycle, StoreError};
 use virt_core::model::VirtualMachine;
 use virt_storage::cdi::{
     AccessMode, ClaimPropertySet, CloneStrategy as CdiCloneStrategy, Condition, DataImportCron, DataSource,
@@ -57,6 +56,7 @@ use virt_storage::upload::UploadServer;
 use virt_storage::volume::{CloneStrategy, DirPool, VolumeError, VolumeFormat, VolumeId, VolumeProvider};
 
 use super::runtime::ClaimReadiness;
+use super::store::RedbStore;
 
 /// The storage class of the node's pool (the only one; DataVolumes naming another class get the
 /// same pool).
@@ -69,7 +69,6 @@ pub const LABEL_CRON: &str = "cdi.kubevirt.io/dataImportCron";
 /// source), as HCO's per-template switch does.
 pub const ANN_AUTO_UPDATE: &str = "dataimportcrontemplate.kubevirt.io/enable";
 
-const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("cdi");
 /// How often the controller looks without being woken (VMs' templates, waiting DataVolumes).
 const TICK: Duration = Duration::from_millis(500);
 /// How soon a waiting DataVolume (an upload, a clone source) is looked at again.
@@ -340,20 +339,11 @@ struct State {
     cron_failures: HashMap<Key, u32>,
     /// Template DataVolumes of VMs that cannot be created, and why.
     template_errors: HashMap<Key, String>,
-    resource_version: u64,
-}
-
-impl State {
-    fn next_rv(&mut self) -> String {
-        self.resource_version += 1;
-        self.resource_version.to_string()
-    }
 }
 
 /// The node's CDI controller.
 pub struct Cdi {
-    db: Database,
-    db_path: String,
+    store: Arc<RedbStore>,
     pool: Arc<DirPool>,
     uploads: Arc<UploadServer>,
     upload_url: Mutex<Option<String>>,
@@ -363,40 +353,35 @@ pub struct Cdi {
     wake: Condvar,
 }
 
-fn store_key(kind: CdiKind, key: &Key) -> String {
-    format!("{}/{}/{}", kind.name(), key.namespace, key.name)
-}
-
-fn parse_store_key(s: &str) -> Option<(CdiKind, Key)> {
-    let mut it = s.splitn(3, '/');
-    let name = it.next()?;
-    let kind = CdiKind::ALL.into_iter().find(|k| k.name() == name)?;
-    Some((kind, Key::new(it.next()?, it.next()?)))
-}
-
 impl Cdi {
-    /// Opens the CDI store (`cdi.redb`) and the volume pool (`volumes/`) in `state_dir`. Registries
-    /// in `insecure_registries` are reached over plain HTTP.
+    /// Opens the node's store in `state_dir` ([`RedbStore::open_state_dir`], which migrates an
+    /// earlier node's `cdi.redb`) and the volume pool (`volumes/`). Registries in
+    /// `insecure_registries` are reached over plain HTTP. A node that opened the store already
+    /// shares it through [`Cdi::open_with_store`].
     pub fn open(state_dir: &Path, insecure_registries: Vec<String>) -> Result<Arc<Self>, CdiError> {
+        let store = RedbStore::open_state_dir(state_dir).map_err(|e| CdiError::Store {
+            path: state_dir.display().to_string(),
+            what: "opening the store".into(),
+            message: e.to_string(),
+        })?;
+        Self::open_with_store(state_dir, Arc::new(store), insecure_registries)
+    }
+
+    /// Like [`Cdi::open`], keeping CDI's objects in `store` (the node's one object store, with
+    /// one resourceVersion sequence for every kind).
+    pub fn open_with_store(
+        state_dir: &Path,
+        store: Arc<RedbStore>,
+        insecure_registries: Vec<String>,
+    ) -> Result<Arc<Self>, CdiError> {
         let pool_dir = state_dir.join("volumes");
         let pool = Arc::new(DirPool::new(&pool_dir).map_err(|source| CdiError::Io {
             what: "opening the volume pool",
             path: pool_dir.display().to_string(),
             source,
         })?);
-        let db_path = state_dir.join("cdi.redb");
-        let shown = db_path.display().to_string();
-        let store_err = |what: &str, e: &dyn std::fmt::Display| CdiError::Store {
-            path: shown.clone(),
-            what: what.to_string(),
-            message: e.to_string(),
-        };
-        let db = Database::create(&db_path).map_err(|e| store_err("opening", &e))?;
-        let tx = db.begin_write().map_err(|e| store_err("writing", &e))?;
-        tx.open_table(TABLE).map_err(|e| store_err("creating the table", &e))?;
-        tx.commit().map_err(|e| store_err("committing", &e))?;
-        let mut state = load(&db, &shown)?;
-        state.resource_version = state.resource_version.max(1);
+        let shown = store.path().to_string();
+        let state = load(&store, &shown)?;
         let interrupted: Vec<Key> = state
             .dvs
             .iter()
@@ -413,8 +398,7 @@ impl Cdi {
             let provider: Arc<dyn VolumeProvider> = pool.clone();
             let uploads = UploadServer::new(provider, Some(done));
             Cdi {
-                db,
-                db_path: shown.clone(),
+                store,
                 pool,
                 uploads,
                 upload_url: Mutex::new(None),
@@ -458,46 +442,33 @@ impl Cdi {
         self.wake.notify_all();
     }
 
+    /// Stores the object at `key` as it is in memory (removes it from the store when it is gone
+    /// from memory), and gives it the resourceVersion the store's one sequence assigned.
     fn persist(&self, st: &mut State, kind: CdiKind, key: &Key) -> Result<(), CdiError> {
-        let rv = st.next_rv();
         let value = match kind {
-            CdiKind::DataVolume => st.dvs.get_mut(key).map(|o| {
-                o.metadata.resource_version = Some(rv);
-                to_value(o)
-            }),
-            CdiKind::DataSource => st.sources.get_mut(key).map(|o| {
-                o.metadata.resource_version = Some(rv);
-                to_value(o)
-            }),
-            CdiKind::DataImportCron => st.crons.get_mut(key).map(|o| {
-                o.metadata.resource_version = Some(rv);
-                to_value(o)
-            }),
-            CdiKind::VolumeSnapshot => st.snapshots.get_mut(key).map(|o| {
-                o.metadata.resource_version = Some(rv);
-                to_value(o)
-            }),
+            CdiKind::DataVolume => st.dvs.get(key).map(to_value),
+            CdiKind::DataSource => st.sources.get(key).map(to_value),
+            CdiKind::DataImportCron => st.crons.get(key).map(to_value),
+            CdiKind::VolumeSnapshot => st.snapshots.get(key).map(to_value),
         };
-        let k = store_key(kind, key);
-        let err = |what: &str, e: &dyn std::fmt::Display| CdiError::Store {
-            path: self.db_path.clone(),
-            what: format!("{what} {k}"),
+        let err = |what: &str, e: StoreError| CdiError::Store {
+            path: self.store.path().to_string(),
+            what: format!("{what} {} {key}", kind.name()),
             message: e.to_string(),
         };
-        let tx = self.db.begin_write().map_err(|e| err("writing", &e))?;
-        {
-            let mut table = tx.open_table(TABLE).map_err(|e| err("opening the table for", &e))?;
-            match value {
-                Some(v) => {
-                    let bytes = serde_json::to_vec(&v).map_err(|e| err("encoding", &e))?;
-                    table.insert(k.as_str(), bytes.as_slice()).map_err(|e| err("writing", &e))?;
-                }
-                None => {
-                    table.remove(k.as_str()).map_err(|e| err("deleting", &e))?;
-                }
-            }
-        }
-        tx.commit().map_err(|e| err("committing", &e))
+        let Some(value) = value else {
+            self.store.delete_object(kind.name(), key).map_err(|e| err("deleting", e))?;
+            return Ok(());
+        };
+        let rv =
+            Some(self.store.put_object(kind.name(), key, value).map_err(|e| err("writing", e))?.to_string());
+        match kind {
+            CdiKind::DataVolume => st.dvs.get_mut(key).map(|o| o.metadata.resource_version = rv),
+            CdiKind::DataSource => st.sources.get_mut(key).map(|o| o.metadata.resource_version = rv),
+            CdiKind::DataImportCron => st.crons.get_mut(key).map(|o| o.metadata.resource_version = rv),
+            CdiKind::VolumeSnapshot => st.snapshots.get_mut(key).map(|o| o.metadata.resource_version = rv),
+        };
+        Ok(())
     }
 
     // ---- requests ----
@@ -1633,39 +1604,27 @@ fn import_record(cron: &DataImportCron, id: &VolumeId) -> DataVolume {
     dv
 }
 
-fn load(db: &Database, shown: &str) -> Result<State, CdiError> {
-    let err = |what: &str, e: &dyn std::fmt::Display| CdiError::Store {
+fn load(store: &RedbStore, shown: &str) -> Result<State, CdiError> {
+    let names: Vec<&str> = CdiKind::ALL.iter().map(|k| k.name()).collect();
+    let rows = store.load_kinds(&names).map_err(|e| CdiError::Store {
         path: shown.to_string(),
-        what: what.to_string(),
+        what: "loading the CDI objects".into(),
         message: e.to_string(),
-    };
-    let tx = db.begin_read().map_err(|e| err("reading", &e))?;
-    let table = tx.open_table(TABLE).map_err(|e| err("opening the table", &e))?;
+    })?;
     let mut st = State::default();
-    for row in table.iter().map_err(|e| err("listing", &e))? {
-        let (k, v) = row.map_err(|e| err("reading an object", &e))?;
-        let Some((kind, key)) = parse_store_key(k.value()) else {
-            log::warn!("CDI store {shown}: unknown key {:?} skipped", k.value());
-            continue;
-        };
-        let bytes = v.value();
-        let rv = serde_json::from_slice::<Value>(bytes)
-            .ok()
-            .and_then(|v| v.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        st.resource_version = st.resource_version.max(rv);
+    for (kind, key, bytes) in rows {
+        let Some(kind) = CdiKind::ALL.into_iter().find(|k| k.name() == kind) else { continue };
         let loaded = match kind {
-            CdiKind::DataVolume => serde_json::from_slice(bytes).map(|o| {
+            CdiKind::DataVolume => serde_json::from_slice(&bytes).map(|o| {
                 st.dvs.insert(key.clone(), o);
             }),
-            CdiKind::DataSource => serde_json::from_slice(bytes).map(|o| {
+            CdiKind::DataSource => serde_json::from_slice(&bytes).map(|o| {
                 st.sources.insert(key.clone(), o);
             }),
-            CdiKind::DataImportCron => serde_json::from_slice(bytes).map(|o| {
+            CdiKind::DataImportCron => serde_json::from_slice(&bytes).map(|o| {
                 st.crons.insert(key.clone(), o);
             }),
-            CdiKind::VolumeSnapshot => serde_json::from_slice(bytes).map(|o| {
+            CdiKind::VolumeSnapshot => serde_json::from_slice(&bytes).map(|o| {
                 st.snapshots.insert(key.clone(), o);
             }),
         };
