@@ -84,7 +84,7 @@ impl Lifecycle {
             log::info!("{kind_name} {key}: {reason}: {message}");
         }
         let t = now();
-        if let Some(last) = st.events.back_mut() {
+        if let Some((seq, last)) = st.events.back_mut() {
             if last.involved_object.name == key.name
                 && last.involved_object.namespace == key.namespace
                 && last.involved_object.kind == kind_name
@@ -93,6 +93,7 @@ impl Lifecycle {
             {
                 last.count += 1;
                 last.last_timestamp = t;
+                self.store_event(*seq, last);
                 return;
             }
         }
@@ -100,7 +101,7 @@ impl Lifecycle {
         let seq = st.event_seq;
         let mut meta = ObjectMeta::named(format!("{}.{seq}", key.name));
         meta.namespace = Some(key.namespace.clone());
-        st.events.push_back(Event {
+        let event = Event {
             api_version: "v1".into(),
             kind: "Event".into(),
             metadata: meta,
@@ -122,9 +123,19 @@ impl Lifecycle {
                     .into(),
                 host: Some(self.opts.node_name.clone()),
             },
-        });
+        };
+        self.store_event(seq, &event);
+        st.events.push_back((seq, event));
         while st.events.len() > MAX_EVENTS {
             st.events.pop_front();
+        }
+    }
+
+    /// Persists event number `seq` (the store keeps the latest [`MAX_EVENTS`]). Events are not
+    /// worth failing a request for: a store that refuses one is logged.
+    fn store_event(&self, seq: u64, event: &Event) {
+        if let Err(e) = self.store.put_event(seq, &to_value(event), MAX_EVENTS) {
+            log::warn!("event {}: not stored: {e}", event.metadata.name.as_deref().unwrap_or_default());
         }
     }
 
@@ -133,6 +144,7 @@ impl Lifecycle {
         lock(&self.state)
             .events
             .iter()
+            .map(|(_, e)| e)
             .filter(|e| namespace.is_none_or(|n| n == e.involved_object.namespace))
             .cloned()
             .collect()

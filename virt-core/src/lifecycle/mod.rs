@@ -249,7 +249,8 @@ struct State {
     backoff: HashMap<Key, Backoff>,
     /// Objects whose last reconcile failed, waiting for their requeue back-off.
     requeue: HashMap<Key, Backoff>,
-    events: VecDeque<Event>,
+    /// Events by number, oldest first.
+    events: VecDeque<(u64, Event)>,
     /// Numbers event names (`<object>.<n>`).
     event_seq: u64,
     /// Instancetypes and preferences created through the lifecycle, by store key.
@@ -409,6 +410,13 @@ impl Lifecycle {
                     }
                 }
             }
+        }
+        for (seq, value) in store.load_events()? {
+            match serde_json::from_value::<Event>(value) {
+                Ok(e) => st.events.push_back((seq, e)),
+                Err(e) => log::error!("state store: event {seq} unreadable, skipped: {e}"),
+            }
+            st.event_seq = st.event_seq.max(seq);
         }
         st.catalog = build_catalog(&opts.catalog, &st.catalog_objects);
         let lc = Self { state: Mutex::new(st), signal: Arc::new(Signal::default()), store, runtime, opts };

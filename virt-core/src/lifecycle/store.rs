@@ -40,12 +40,23 @@ pub trait Store: Send + Sync {
     }
     /// The store's change log: its latest resourceVersion, and watches from a resourceVersion.
     fn changes(&self) -> &Arc<ChangeLog>;
+    /// Writes (or rewrites) event number `seq`, dropping those numbered `seq - keep` and below.
+    /// Events need not be durable at once (the next object write may carry them). The default
+    /// keeps nothing.
+    fn put_event(&self, _seq: u64, _event: &serde_json::Value, _keep: usize) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The stored events, by number, oldest first.
+    fn load_events(&self) -> Result<Vec<(u64, serde_json::Value)>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A store in memory: objects survive a new [`Lifecycle`] on the same store, not the process.
 #[derive(Debug)]
 pub struct MemStore {
     objects: Mutex<BTreeMap<(u8, Key), StoredObject>>,
+    events: Mutex<BTreeMap<u64, serde_json::Value>>,
     journal: Journal,
 }
 
@@ -58,7 +69,7 @@ impl Default for MemStore {
 impl MemStore {
     /// An empty store whose change log keeps `capacity` changes.
     pub fn with_log_capacity(capacity: usize) -> Self {
-        Self { objects: Mutex::default(), journal: Journal::new(0, capacity) }
+        Self { objects: Mutex::default(), events: Mutex::default(), journal: Journal::new(0, capacity) }
     }
 }
 
@@ -93,6 +104,16 @@ impl Store for MemStore {
     }
     fn changes(&self) -> &Arc<ChangeLog> {
         self.journal.log()
+    }
+    fn put_event(&self, seq: u64, event: &serde_json::Value, keep: usize) -> Result<(), StoreError> {
+        let mut events = lock(&self.events);
+        events.insert(seq, event.clone());
+        let cut = seq.saturating_sub(keep as u64);
+        events.retain(|s, _| *s > cut);
+        Ok(())
+    }
+    fn load_events(&self) -> Result<Vec<(u64, serde_json::Value)>, StoreError> {
+        Ok(lock(&self.events).iter().map(|(s, e)| (*s, e.clone())).collect())
     }
 }
 

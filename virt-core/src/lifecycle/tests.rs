@@ -162,6 +162,12 @@ impl Store for FlakyStore {
     fn changes(&self) -> &Arc<ChangeLog> {
         self.inner.changes()
     }
+    fn put_event(&self, seq: u64, event: &serde_json::Value, keep: usize) -> Result<(), StoreError> {
+        self.inner.put_event(seq, event, keep)
+    }
+    fn load_events(&self) -> Result<Vec<(u64, serde_json::Value)>, StoreError> {
+        self.inner.load_events()
+    }
 }
 
 fn opts() -> LifecycleOptions {
@@ -650,4 +656,28 @@ fn watchers_see_the_lifecycle_s_changes_in_order() {
     let vmi = lc.get_vmi("default", "w").unwrap();
     let last = seen.iter().rev().find(|(k, _, _)| k == "VirtualMachineInstance").unwrap().2;
     assert_eq!(vmi.metadata.resource_version, Some(last.to_string()), "the last change is what readers see");
+}
+
+#[test]
+fn events_survive_a_restart_bounded_oldest_dropped() {
+    let (store, rt, lc) = setup();
+    lc.create_vm("default", vm("e", "Always", 30)).unwrap();
+    settle(&lc);
+    let before = lc.events(None);
+    assert!(before.iter().any(|e| e.reason == "Started"), "{before:?}");
+    drop(lc);
+    let lc = Lifecycle::new(store.clone(), rt, opts()).unwrap();
+    let after = lc.events(None);
+    assert_eq!(after[..before.len()], before[..], "the events of before the restart are there");
+    // Numbering goes on after the stored ones.
+    lc.stop("default", "e", Some(0)).unwrap();
+    let names: BTreeSet<_> = lc.events(None).iter().map(|e| e.metadata.name.clone()).collect();
+    assert_eq!(names.len(), lc.events(None).len(), "event names stay unique");
+    // Bounded: a store keeps the latest `keep` only.
+    for seq in 1..=10u64 {
+        store.put_event(1_000 + seq, &serde_json::json!({ "n": seq }), 3).unwrap();
+    }
+    let kept: Vec<u64> =
+        store.load_events().unwrap().into_iter().map(|(s, _)| s).filter(|s| *s > 1_000).collect();
+    assert_eq!(kept, vec![1_008, 1_009, 1_010]);
 }

@@ -18,6 +18,8 @@ use virt_core::lifecycle::{ChangeLog, Key, Kind, Store, StoreError, StoredObject
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 /// The store's counters: [`LAST_RV`], and a mark per migrated file.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Events by number (the latest few thousand).
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// The latest resourceVersion taken.
 const LAST_RV: &str = "resourceVersion";
 /// The table of the CDI store of earlier nodes (`cdi.redb`), keyed like [`OBJECTS`].
@@ -81,6 +83,7 @@ impl RedbStore {
         let tx = db.begin_write().map_err(|e| err("writing", &shown, e))?;
         tx.open_table(OBJECTS).map_err(|e| err("creating the objects table in", &shown, e))?;
         tx.open_table(META).map_err(|e| err("creating the meta table in", &shown, e))?;
+        tx.open_table(EVENTS).map_err(|e| err("creating the events table in", &shown, e))?;
         tx.commit().map_err(|e| err("committing", &shown, e))?;
         let last = last_rv(&db, &shown)?;
         Ok(Self { db, path: shown, journal: Journal::new(last, DEFAULT_LOG_CAPACITY) })
@@ -255,6 +258,43 @@ impl Store for RedbStore {
 
     fn changes(&self) -> &Arc<ChangeLog> {
         self.journal.log()
+    }
+
+    /// Events are written without waiting for the disk (redb's `Durability::None`): the next
+    /// object write, which does, makes them durable too. A SIGKILL loses at most the events since.
+    fn put_event(&self, seq: u64, event: &Value, keep: usize) -> Result<(), StoreError> {
+        let what = format!("event {seq} in {}", self.path);
+        let bytes = serde_json::to_vec(event).map_err(|e| err("encoding", &what, e))?;
+        let mut tx = self.db.begin_write().map_err(|e| err("writing", &what, e))?;
+        tx.set_durability(redb::Durability::None);
+        {
+            let mut table =
+                tx.open_table(EVENTS).map_err(|e| err("opening the events table for", &what, e))?;
+            table.insert(seq, bytes.as_slice()).map_err(|e| err("writing", &what, e))?;
+            let cut = seq.saturating_sub(keep as u64);
+            if cut > 0 {
+                table
+                    .retain_in(..=cut, |_, _| false)
+                    .map_err(|e| err("dropping events older than", &what, e))?;
+            }
+        }
+        tx.commit().map_err(|e| err("committing", &what, e))
+    }
+
+    fn load_events(&self) -> Result<Vec<(u64, Value)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| err("reading the events of", &self.path, e))?;
+        let table = tx.open_table(EVENTS).map_err(|e| err("opening the events of", &self.path, e))?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(|e| err("listing the events of", &self.path, e))? {
+            let (k, v) = row.map_err(|e| err("reading an event of", &self.path, e))?;
+            match serde_json::from_slice(v.value()) {
+                Ok(value) => out.push((k.value(), value)),
+                Err(e) => {
+                    log::error!("state store {}: event {} unreadable, skipped: {e}", self.path, k.value())
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

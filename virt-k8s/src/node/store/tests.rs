@@ -93,3 +93,24 @@ fn watch_from_a_resource_version_sees_later_changes_and_older_ones_are_gone() {
         virt_core::lifecycle::WatchEvent::Bookmark(4)
     );
 }
+
+#[test]
+fn events_are_kept_bounded_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    {
+        let s = RedbStore::open(&path).unwrap();
+        for seq in 1..=6u64 {
+            s.put_event(seq, &serde_json::json!({ "reason": format!("r{seq}") }), 4).unwrap();
+        }
+        // Rewriting the latest (a repeated event's count) keeps its number.
+        s.put_event(6, &serde_json::json!({ "reason": "r6", "count": 2 }), 4).unwrap();
+        // An object write makes the events durable with it.
+        s.put_object("VirtualMachine", &Key::new("default", "a"), serde_json::json!({ "metadata": {} }))
+            .unwrap();
+    }
+    let s = RedbStore::open(&path).unwrap();
+    let got = s.load_events().unwrap();
+    assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
+    assert_eq!(got[3].1["count"], 2);
+}
