@@ -1,5 +1,5 @@
-//! CDI on the node: DataVolumes, DataSources and DataImportCrons kept in a crash-safe store
-//! (the node's one store, `node.redb` in the state directory), reconciled in the background with virt-storage's CDI
+//! CDI on the node: DataVolumes, DataSources and DataImportCrons kept in the node's one crash-safe
+//! store (`node.redb` in the state directory), reconciled in the background with virt-storage's CDI
 //! logic on the node's volume pool (`<state>/volumes`, a [`DirPool`], the directory the launcher
 //! runtime takes `persistentVolumeClaim` and `dataVolume` volumes from), and an upload endpoint
 //! for `virtctl image-upload`. The REST paths are in [`super::cdi_api`].
