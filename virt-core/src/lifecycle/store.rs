@@ -88,8 +88,11 @@ impl Store for MemStore {
     }
     fn put(&self, object: &StoredObject) -> Result<u64, StoreError> {
         let slot = (kind_tag(object.kind), object.key.clone());
-        self.journal.put(object.kind.name(), &object.key, object.value.clone(), |_, value| {
-            let stored = StoredObject { value: value.clone(), ..object.clone() };
+        self.journal.put(object.kind.name(), &object.key, object.value.clone(), |rv, _| {
+            let mut stored = object.clone();
+            if let Some(meta) = stored.value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                meta.insert("resourceVersion".into(), rv.to_string().into());
+            }
             Ok::<_, StoreError>(lock(&self.objects).insert(slot, stored).is_some())
         })
     }

@@ -644,9 +644,9 @@ fn watchers_see_the_lifecycle_s_changes_in_order() {
     let mut seen = Vec::new();
     while let WatchEvent::Change(c) = w.next(Duration::ZERO).unwrap() {
         seen.push((
-            c.kind,
+            c.kind.clone(),
             c.type_,
-            c.object["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap(),
+            c.value()["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap(),
         ));
     }
     assert_eq!(seen[0].0, "VirtualMachine");

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use super::{lock, Key};
 
 /// Changes a log keeps by default before the oldest are dropped (watchers further behind get
-/// [`WatchError::Gone`] and list again).
-pub const DEFAULT_LOG_CAPACITY: usize = 10_000;
+/// [`WatchError::Gone`] and list again). Each is kept as its JSON text (about 1 KiB for a VM).
+pub const DEFAULT_LOG_CAPACITY: usize = 2_048;
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +46,16 @@ pub struct Change {
     pub kind: String,
     /// Namespace and name.
     pub key: Key,
-    /// The object as stored (for a deletion: as it was last stored).
-    pub object: serde_json::Value,
+    /// The object as stored, as JSON text (for a deletion: as it was last stored, with the
+    /// deletion's resourceVersion).
+    pub object: Arc<str>,
+}
+
+impl Change {
+    /// The object as a JSON value.
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.object).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 /// What a watcher gets next.
@@ -195,22 +203,22 @@ impl Journal {
     }
 
     /// Writes `value` as object `kind` `key` with the next resourceVersion, stamped into its
-    /// `metadata.resourceVersion`: `persist(rv, value)` stores it durably and says whether the
-    /// object existed. Returns the resourceVersion; a failed `persist` takes none and records
-    /// nothing.
+    /// `metadata.resourceVersion`: `persist(rv, json)` stores that JSON text durably and says
+    /// whether the object existed. Returns the resourceVersion; a failed `persist` takes none and
+    /// records nothing.
     pub fn put<E>(
         &self,
         kind: &str,
         key: &Key,
         mut value: serde_json::Value,
-        persist: impl FnOnce(u64, &serde_json::Value) -> Result<bool, E>,
+        persist: impl FnOnce(u64, &str) -> Result<bool, E>,
     ) -> Result<u64, E> {
         let mut seq = lock(&self.seq);
         let rv = *seq + 1;
-        if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-            meta.insert("resourceVersion".into(), rv.to_string().into());
-        }
-        let existed = persist(rv, &value)?;
+        stamp(&mut value, rv);
+        let json: Arc<str> = value.to_string().into();
+        drop(value);
+        let existed = persist(rv, &json)?;
         *seq = rv;
         let type_ = if existed { ChangeType::Modified } else { ChangeType::Added };
         self.log.record(Change {
@@ -218,7 +226,7 @@ impl Journal {
             type_,
             kind: kind.into(),
             key: key.clone(),
-            object: value,
+            object: json,
         });
         Ok(rv)
     }
@@ -234,16 +242,14 @@ impl Journal {
         let mut seq = lock(&self.seq);
         let rv = *seq + 1;
         let Some(mut object) = persist(rv)? else { return Ok(None) };
-        if let Some(meta) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-            meta.insert("resourceVersion".into(), rv.to_string().into());
-        }
+        stamp(&mut object, rv);
         *seq = rv;
         self.log.record(Change {
             resource_version: rv,
             type_: ChangeType::Deleted,
             kind: kind.into(),
             key: key.clone(),
-            object,
+            object: object.to_string().into(),
         });
         Ok(Some(rv))
     }
@@ -251,6 +257,12 @@ impl Journal {
     /// The latest resourceVersion taken.
     pub fn last(&self) -> u64 {
         *lock(&self.seq)
+    }
+}
+
+fn stamp(value: &mut serde_json::Value, rv: u64) {
+    if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.insert("resourceVersion".into(), rv.to_string().into());
     }
 }
 

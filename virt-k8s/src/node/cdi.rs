@@ -1648,6 +1648,16 @@ mod tests {
         .unwrap()
     }
 
+    /// Drops the controller once its workers let go of it (just after they report), so that the
+    /// store's file can be opened again.
+    fn release(cdi: Arc<Cdi>) {
+        let t = Instant::now();
+        while Arc::strong_count(&cdi) > 1 {
+            assert!(t.elapsed() < Duration::from_secs(20), "a worker still holds the controller");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn wait(cdi: &Arc<Cdi>, ns: &str, name: &str, phase: DataVolumePhase) -> DataVolume {
         let t = Instant::now();
         loop {
@@ -1683,7 +1693,7 @@ mod tests {
         assert_eq!(cdi.claim_ready("default", "disk"), Some(Ok(())));
         let file = dir.path().join("volumes/default/disk.img");
         assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 20);
-        drop(cdi);
+        release(cdi);
         // Reopened: the DataVolume is there, Succeeded.
         let cdi = Cdi::open(dir.path(), vec![]).unwrap();
         let d = cdi.data_volume("default", "disk").unwrap();
@@ -1764,7 +1774,7 @@ spec:
         let e = get("lost").status.unwrap().error.unwrap().message.unwrap();
         assert!(e.starts_with("persistentvolumeclaims \"nothing\" not found in namespace default"), "{e}");
         assert!(dir.path().join("volumes/default/.snapshots/disk@snap.img").is_file());
-        drop(cdi);
+        release(cdi);
         let cdi = Cdi::open(dir.path(), vec![]).unwrap();
         assert_eq!(cdi.list(CdiKind::VolumeSnapshot, Some("default")).len(), 2);
         cdi.delete(CdiKind::VolumeSnapshot, "default", "snap").unwrap();

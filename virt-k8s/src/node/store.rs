@@ -158,12 +158,12 @@ impl RedbStore {
     /// `metadata.resourceVersion`; returns it.
     pub fn put_object(&self, kind: &str, key: &Key, value: Value) -> Result<u64, StoreError> {
         let k = key_of(kind, key);
-        self.journal.put(kind, key, value, |rv, value| {
-            let bytes = serde_json::to_vec(value).map_err(|e| err("encoding", &k, e))?;
+        self.journal.put(kind, key, value, |rv, json| {
+            let bytes = json.as_bytes();
             let tx = self.db.begin_write().map_err(|e| err("writing", &k, e))?;
             let existed = {
                 let mut table = tx.open_table(OBJECTS).map_err(|e| err("opening the table for", &k, e))?;
-                let old = table.insert(k.as_str(), bytes.as_slice()).map_err(|e| err("writing", &k, e))?;
+                let old = table.insert(k.as_str(), bytes).map_err(|e| err("writing", &k, e))?;
                 old.is_some()
             };
             {
