@@ -93,6 +93,38 @@ impl Lifecycle {
             .collect()
     }
 
+    /// The VMs of `namespace` (or of all namespaces) whose labels `selector` selects.
+    pub fn list_vms_selected(
+        &self,
+        namespace: Option<&str>,
+        selector: &LabelSelector,
+    ) -> Vec<VirtualMachine> {
+        lock(&self.state)
+            .vms
+            .iter()
+            .filter(|(k, v)| {
+                namespace.is_none_or(|n| n == k.namespace) && selector.matches(&v.metadata.labels)
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The VMIs of `namespace` (or of all namespaces) whose labels `selector` selects.
+    pub fn list_vmis_selected(
+        &self,
+        namespace: Option<&str>,
+        selector: &LabelSelector,
+    ) -> Vec<VirtualMachineInstance> {
+        lock(&self.state)
+            .vmis
+            .iter()
+            .filter(|(k, v)| {
+                namespace.is_none_or(|n| n == k.namespace) && selector.matches(&v.metadata.labels)
+            })
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// How many VMs are defined.
     pub fn vm_count(&self) -> usize {
         lock(&self.state).vms.len()

@@ -45,7 +45,7 @@ pub use strategy::{Action, InstanceView, Request, RequestError, StateChange, VmV
 use objects::{build_catalog, namespace_object, prepare_meta};
 use vmi_controller::grace_of;
 
-use crate::api::{ConditionStatus, ObjectMeta, OwnerReference, Timestamp};
+use crate::api::{ConditionStatus, LabelSelector, ObjectMeta, OwnerReference, Timestamp};
 use crate::machine::accel::Accelerator;
 use crate::machine::{Machine, MachineExit, MachineStatus};
 use crate::model::{

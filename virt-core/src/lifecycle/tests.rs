@@ -681,3 +681,22 @@ fn events_survive_a_restart_bounded_oldest_dropped() {
         store.load_events().unwrap().into_iter().map(|(s, _)| s).filter(|s| *s > 1_000).collect();
     assert_eq!(kept, vec![1_008, 1_009, 1_010]);
 }
+
+#[test]
+fn lists_take_label_selectors() {
+    let (_s, _rt, lc) = setup();
+    let mut web = vm("web", "Halted", 0);
+    web.metadata.labels.insert("app".into(), "web".into());
+    let mut db = vm("db", "Always", 0);
+    db.metadata.labels.insert("app".into(), "db".into());
+    lc.create_vm("default", web).unwrap();
+    lc.create_vm("default", db).unwrap();
+    settle(&lc);
+    let sel = |s: &str| crate::api::parse_label_selector(s).unwrap();
+    let names = |v: Vec<VirtualMachine>| v.into_iter().map(|v| v.metadata.name.unwrap()).collect::<Vec<_>>();
+    assert_eq!(names(lc.list_vms_selected(None, &sel("app=web"))), ["web"]);
+    assert_eq!(names(lc.list_vms_selected(Some("default"), &sel("app in (web,db)"))), ["db", "web"]);
+    assert!(lc.list_vms_selected(Some("os-images"), &sel("app")).is_empty());
+    assert!(lc.list_vmis_selected(None, &sel("app=db")).is_empty(), "the VMI has the template's labels");
+    assert_eq!(lc.list_vmis_selected(None, &sel("")).len(), 1);
+}

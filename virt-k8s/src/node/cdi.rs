@@ -38,8 +38,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 use virt_core::api::{
-    ConditionStatus, Decoder, LoadError, LoadOptions, ObjectMeta, OwnerReference, Quantity, Timestamp,
-    Validate,
+    ConditionStatus, Decoder, LabelSelector, LoadError, LoadOptions, ObjectMeta, OwnerReference, Quantity,
+    Timestamp, Validate,
 };
 use virt_core::lifecycle::{Key, Lifecycle, StoreError};
 use virt_core::model::VirtualMachine;
@@ -673,6 +673,16 @@ impl Cdi {
                 st.snapshots.iter().filter(|(k, _)| keep(k)).map(|(_, o)| to_value(o)).collect()
             }
         }
+    }
+
+    /// The objects of `kind` in `namespace` (or all) whose labels `selector` selects.
+    pub fn list_selected(
+        &self,
+        kind: CdiKind,
+        namespace: Option<&str>,
+        selector: &LabelSelector,
+    ) -> Vec<Value> {
+        self.list(kind, namespace).into_iter().filter(|o| selector.matches_object(o)).collect()
     }
 
     /// Deletes an object. A DataVolume's volume goes with it (refused while other volumes are
@@ -1701,6 +1711,13 @@ mod tests {
         cdi.delete(CdiKind::DataVolume, "default", "disk").unwrap();
         assert!(!file.exists());
         assert!(matches!(cdi.delete(CdiKind::DataVolume, "default", "disk"), Err(CdiError::NotFound { .. })));
+        let mut labelled = dv("labelled", "blank: {}");
+        labelled.metadata.labels.insert("app".into(), "web".into());
+        cdi.create_data_volume("default", labelled).unwrap();
+        cdi.create_data_volume("default", dv("plain", "blank: {}")).unwrap();
+        let sel = virt_core::api::parse_label_selector("app=web").unwrap();
+        let got = cdi.list_selected(CdiKind::DataVolume, Some("default"), &sel);
+        assert_eq!(got.iter().map(|o| o["metadata"]["name"].clone()).collect::<Vec<_>>(), ["labelled"]);
     }
 
     #[test]
