@@ -58,9 +58,17 @@ impl Lifecycle {
                 )));
             }
         }
+        if cur.metadata.deletion_timestamp.is_some()
+            && vm.metadata.finalizers.iter().any(|f| !cur.metadata.finalizers.contains(f))
+        {
+            return Err(LifecycleError::Invalid(format!(
+                "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted (VirtualMachine {key})"
+            )));
+        }
         let changed = cur.spec != vm.spec
             || cur.metadata.labels != vm.metadata.labels
-            || cur.metadata.annotations != vm.metadata.annotations;
+            || cur.metadata.annotations != vm.metadata.annotations
+            || cur.metadata.finalizers != vm.metadata.finalizers;
         if changed {
             if cur.spec != vm.spec {
                 cur.metadata.generation = Some(cur.metadata.generation.unwrap_or(1) + 1);
@@ -68,6 +76,7 @@ impl Lifecycle {
             cur.spec = vm.spec;
             cur.metadata.labels = vm.metadata.labels;
             cur.metadata.annotations = vm.metadata.annotations;
+            cur.metadata.finalizers = vm.metadata.finalizers;
             self.persist_vm(&mut st, &key)?;
         }
         let out = st.vms.get(&key).cloned();

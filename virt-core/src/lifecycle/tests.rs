@@ -700,3 +700,27 @@ fn lists_take_label_selectors() {
     assert!(lc.list_vmis_selected(None, &sel("app=db")).is_empty(), "the VMI has the template's labels");
     assert_eq!(lc.list_vmis_selected(None, &sel("")).len(), 1);
 }
+
+#[test]
+fn finalizers_hold_a_deleted_vm_until_they_are_removed() {
+    let (store, _rt, lc) = setup();
+    let mut v = vm("fin", "Always", 0);
+    v.metadata.finalizers = vec!["example.com/backup".into()];
+    lc.create_vm("default", v).unwrap();
+    settle(&lc);
+    lc.delete_vm("default", "fin").unwrap();
+    settle(&lc);
+    assert!(lc.get_vmi("default", "fin").is_err(), "its instance went first");
+    let held = lc.get_vm("default", "fin").unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    let mut more = held.clone();
+    more.metadata.finalizers.push("example.com/other".into());
+    let e = lc.replace_vm("default", more).unwrap_err().to_string();
+    assert!(e.contains("metadata.finalizers"), "{e}");
+    let mut done = held;
+    done.metadata.finalizers.clear();
+    lc.replace_vm("default", done).unwrap();
+    settle(&lc);
+    assert!(lc.get_vm("default", "fin").is_err(), "gone once its finalizers are");
+    assert!(store.load().unwrap().iter().all(|o| o.key.name != "fin"));
+}

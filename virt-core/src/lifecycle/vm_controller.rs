@@ -28,6 +28,9 @@ impl Lifecycle {
                         self.delete_vmi_locked(&mut st, key, g)?;
                     }
                     true => {}
+                    // Finalizers (other controllers' cleanup) hold the VM, deletionTimestamp
+                    // set, until they are removed (replace_vm).
+                    false if !vm.metadata.finalizers.is_empty() => {}
                     false => {
                         self.store.delete(Kind::VirtualMachine, key)?;
                         st.vms.remove(key);
