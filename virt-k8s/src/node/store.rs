@@ -6,8 +6,9 @@
 //! go back. A state directory of an earlier node, whose CDI objects lived in a second file
 //! (`cdi.redb`) with its own sequence, is migrated on first open ([`RedbStore::open_state_dir`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde_json::Value;
@@ -38,6 +39,35 @@ pub struct RedbStore {
     db: Database,
     path: String,
     journal: Journal,
+    /// Events not written yet: they go with the next object write's transaction.
+    events: Mutex<PendingEvents>,
+}
+
+/// Events waiting for the next object write.
+#[derive(Default)]
+struct PendingEvents {
+    by_seq: BTreeMap<u64, Vec<u8>>,
+    /// Stored events numbered up to this are dropped.
+    cut: u64,
+}
+
+impl PendingEvents {
+    /// Writes the pending events into `tx` (not committed yet).
+    fn write(&self, tx: &redb::WriteTransaction, what: &str) -> Result<(), StoreError> {
+        if self.by_seq.is_empty() {
+            return Ok(());
+        }
+        let mut table = tx.open_table(EVENTS).map_err(|e| err("opening the events table for", what, e))?;
+        for (seq, bytes) in &self.by_seq {
+            table.insert(*seq, bytes.as_slice()).map_err(|e| err("writing the events with", what, e))?;
+        }
+        if self.cut > 0 {
+            table
+                .retain_in(..=self.cut, |_, _| false)
+                .map_err(|e| err("dropping old events with", what, e))?;
+        }
+        Ok(())
+    }
 }
 
 fn key_of(kind: &str, key: &Key) -> String {
@@ -86,7 +116,12 @@ impl RedbStore {
         tx.open_table(EVENTS).map_err(|e| err("creating the events table in", &shown, e))?;
         tx.commit().map_err(|e| err("committing", &shown, e))?;
         let last = last_rv(&db, &shown)?;
-        Ok(Self { db, path: shown, journal: Journal::new(last, DEFAULT_LOG_CAPACITY) })
+        Ok(Self {
+            db,
+            path: shown,
+            journal: Journal::new(last, DEFAULT_LOG_CAPACITY),
+            events: Mutex::default(),
+        })
     }
 
     /// Opens the node's store in `state_dir` ([`STORE_FILE`]), first moving into it the CDI
@@ -140,6 +175,24 @@ impl RedbStore {
         Ok(store)
     }
 
+    fn pending_events(&self) -> MutexGuard<'_, PendingEvents> {
+        self.events.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores the events waiting for an object write.
+    pub fn flush_events(&self) -> Result<(), StoreError> {
+        let mut events = self.pending_events();
+        if events.by_seq.is_empty() {
+            return Ok(());
+        }
+        let what = format!("the events of {}", self.path);
+        let tx = self.db.begin_write().map_err(|e| err("writing", &what, e))?;
+        events.write(&tx, &what)?;
+        tx.commit().map_err(|e| err("committing", &what, e))?;
+        events.by_seq.clear();
+        Ok(())
+    }
+
     /// The database file.
     pub fn path(&self) -> &str {
         &self.path
@@ -170,7 +223,10 @@ impl RedbStore {
                 let mut meta = tx.open_table(META).map_err(|e| err("opening the meta table for", &k, e))?;
                 meta.insert(LAST_RV, rv).map_err(|e| err("writing the resourceVersion of", &k, e))?;
             }
+            let mut events = self.pending_events();
+            events.write(&tx, &k)?;
             tx.commit().map_err(|e| err("committing", &k, e))?;
+            events.by_seq.clear();
             Ok(existed)
         })
     }
@@ -192,7 +248,10 @@ impl RedbStore {
                 let mut meta = tx.open_table(META).map_err(|e| err("opening the meta table for", &k, e))?;
                 meta.insert(LAST_RV, rv).map_err(|e| err("writing the resourceVersion of", &k, e))?;
             }
+            let mut events = self.pending_events();
+            events.write(&tx, &k)?;
             tx.commit().map_err(|e| err("committing", &k, e))?;
+            events.by_seq.clear();
             Ok(old)
         })
     }
@@ -223,6 +282,14 @@ impl RedbStore {
             }
         }
         Ok(out)
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush_events() {
+            log::warn!("{e}");
+        }
     }
 }
 
@@ -260,28 +327,21 @@ impl Store for RedbStore {
         self.journal.log()
     }
 
-    /// Events are written without waiting for the disk (redb's `Durability::None`): the next
-    /// object write, which does, makes them durable too. A SIGKILL loses at most the events since.
+    /// Events cost no write of their own: they are kept until the next object write and stored
+    /// in its transaction (or when the store is dropped). A SIGKILL loses at most the events since
+    /// the last object write.
     fn put_event(&self, seq: u64, event: &Value, keep: usize) -> Result<(), StoreError> {
-        let what = format!("event {seq} in {}", self.path);
-        let bytes = serde_json::to_vec(event).map_err(|e| err("encoding", &what, e))?;
-        let mut tx = self.db.begin_write().map_err(|e| err("writing", &what, e))?;
-        tx.set_durability(redb::Durability::None);
-        {
-            let mut table =
-                tx.open_table(EVENTS).map_err(|e| err("opening the events table for", &what, e))?;
-            table.insert(seq, bytes.as_slice()).map_err(|e| err("writing", &what, e))?;
-            let cut = seq.saturating_sub(keep as u64);
-            if cut > 0 {
-                table
-                    .retain_in(..=cut, |_, _| false)
-                    .map_err(|e| err("dropping events older than", &what, e))?;
-            }
-        }
-        tx.commit().map_err(|e| err("committing", &what, e))
+        let bytes = serde_json::to_vec(event).map_err(|e| err("encoding event", &seq.to_string(), e))?;
+        let mut events = self.pending_events();
+        events.cut = events.cut.max(seq.saturating_sub(keep as u64));
+        let cut = events.cut;
+        events.by_seq.insert(seq, bytes);
+        events.by_seq.retain(|s, _| *s > cut);
+        Ok(())
     }
 
     fn load_events(&self) -> Result<Vec<(u64, Value)>, StoreError> {
+        self.flush_events()?;
         let tx = self.db.begin_read().map_err(|e| err("reading the events of", &self.path, e))?;
         let table = tx.open_table(EVENTS).map_err(|e| err("opening the events of", &self.path, e))?;
         let mut out = Vec::new();

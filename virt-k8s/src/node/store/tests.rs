@@ -105,12 +105,14 @@ fn events_are_kept_bounded_across_reopening() {
         }
         // Rewriting the latest (a repeated event's count) keeps its number.
         s.put_event(6, &serde_json::json!({ "reason": "r6", "count": 2 }), 4).unwrap();
-        // An object write makes the events durable with it.
+        // An object write stores the pending events in its transaction.
         s.put_object("VirtualMachine", &Key::new("default", "a"), serde_json::json!({ "metadata": {} }))
             .unwrap();
+        // One after it waits for the next write, or for the store to close.
+        s.put_event(7, &serde_json::json!({ "reason": "r7" }), 4).unwrap();
     }
     let s = RedbStore::open(&path).unwrap();
     let got = s.load_events().unwrap();
-    assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![3, 4, 5, 6]);
-    assert_eq!(got[3].1["count"], 2);
+    assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
+    assert_eq!(got[2].1["count"], 2);
 }
