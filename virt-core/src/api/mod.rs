@@ -21,6 +21,7 @@
 mod load;
 mod meta;
 mod quantity;
+mod selector;
 pub mod time;
 mod validate;
 
@@ -34,6 +35,7 @@ pub use meta::{
     OwnerReference, TypedLocalObjectReference, TypedObjectReference,
 };
 pub use quantity::{Quantity, QuantityError};
+pub use selector::{parse_label_selector, SelectorError};
 pub use time::{Duration, DurationError, Timestamp, TimestampError};
 pub use validate::{
     check_name, check_namespace, check_type_meta, child, describe_meta, is_dns1035_label, is_dns1123_label,

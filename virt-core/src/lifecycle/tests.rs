@@ -72,6 +72,8 @@ struct FakeRuntime {
     survivors: Mutex<HashMap<String, Arc<FakeMachine>>>,
     exits: Mutex<HashMap<String, MachineExit>>,
     fail_launch: AtomicBool,
+    /// VMIs whose volume is missing: their launch fails.
+    missing_volume: Mutex<BTreeSet<String>>,
     ignore_power_button: AtomicBool,
     cleaned: Mutex<Vec<String>>,
 }
@@ -89,6 +91,9 @@ impl Runtime for FakeRuntime {
     fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, String> {
         if self.fail_launch.load(Ordering::SeqCst) {
             return Err("disk image missing".into());
+        }
+        if lock(&self.missing_volume).contains(vmi.metadata.name.as_deref().unwrap_or_default()) {
+            return Err("volume rootdisk: /var/lib/images/missing.qcow2: No such file or directory".into());
         }
         let m = Arc::new(FakeMachine {
             status: Mutex::new(MachineStatus::Running),
@@ -113,6 +118,55 @@ impl Runtime for FakeRuntime {
     }
     fn cleanup(&self, vmi: &VirtualMachineInstance) {
         lock(&self.cleaned).push(vmi.metadata.name.clone().unwrap_or_default());
+    }
+}
+
+/// A store whose writes of chosen objects fail (a full disk, an I/O error), counting the failures.
+#[derive(Default)]
+struct FlakyStore {
+    inner: MemStore,
+    /// Writes of objects with these names fail; `"*"` fails every write.
+    failing: Mutex<BTreeSet<String>>,
+    failures: AtomicU32,
+}
+
+impl FlakyStore {
+    fn fail(&self, name: &str) {
+        lock(&self.failing).insert(name.into());
+    }
+    fn heal(&self) {
+        lock(&self.failing).clear();
+    }
+    fn check(&self, key: &Key) -> Result<(), StoreError> {
+        let f = lock(&self.failing);
+        if f.contains(&key.name) || f.contains("*") {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError(format!("writing {key}: No space left on device")));
+        }
+        Ok(())
+    }
+}
+
+impl Store for FlakyStore {
+    fn load(&self) -> Result<Vec<StoredObject>, StoreError> {
+        self.inner.load()
+    }
+    fn put(&self, object: &StoredObject) -> Result<u64, StoreError> {
+        self.check(&object.key)?;
+        self.inner.put(object)
+    }
+    fn delete(&self, kind: Kind, key: &Key) -> Result<(), StoreError> {
+        self.check(key)?;
+        self.inner.delete(kind, key)
+    }
+    fn changes(&self) -> &Arc<ChangeLog> {
+        self.inner.changes()
+    }
+    fn put_event(&self, seq: u64, event: &serde_json::Value, keep: usize) -> Result<(), StoreError> {
+        self.inner.put_event(seq, event, keep)
+    }
+    fn load_events(&self) -> Result<Vec<(u64, serde_json::Value)>, StoreError> {
+        self.inner.load_events()
     }
 }
 
@@ -456,4 +510,217 @@ fn namespaces_exist_and_guard_their_contents() {
     lc.delete_vm("team-a", "a").unwrap();
     settle(&lc);
     lc.delete_namespace("team-a").unwrap();
+}
+
+#[test]
+fn a_failing_vm_fails_on_its_own_while_another_starts_in_the_same_pass() {
+    let store = Arc::new(FlakyStore::default());
+    let rt = Arc::new(FakeRuntime::default());
+    let lc = Lifecycle::new(
+        store.clone(),
+        rt.clone(),
+        LifecycleOptions {
+            backoff_base: Duration::from_secs(60),
+            requeue_base: Duration::from_secs(60),
+            ..LifecycleOptions::default()
+        },
+    )
+    .unwrap();
+    // Names sort before the healthy VM's, so they are reconciled first in the pass.
+    lc.create_vm("default", vm("a-missing-volume", "Always", 30)).unwrap();
+    lc.create_vm("default", vm("b-store-fails", "Always", 30)).unwrap();
+    lc.create_vm("default", vm("c-good", "Always", 30)).unwrap();
+    lock(&rt.missing_volume).insert("a-missing-volume".into());
+    store.fail("b-store-fails");
+
+    lc.reconcile();
+    assert_eq!(phase(&lc, "c-good"), Some(VmiPhase::Running), "the healthy VM starts in the same pass");
+    assert_eq!(phase(&lc, "a-missing-volume"), Some(VmiPhase::Failed));
+    let ev = lc.events(None);
+    assert!(ev
+        .iter()
+        .any(|e| e.involved_object.name == "a-missing-volume" && e.message.contains("missing.qcow2")));
+    assert_eq!(rt.launches("b-store-fails"), 0);
+    let failures = store.failures.load(Ordering::SeqCst);
+    assert!(failures >= 1);
+
+    // The failed object waits for its own back-off; the others go on.
+    lc.reconcile();
+    assert_eq!(
+        store.failures.load(Ordering::SeqCst),
+        failures,
+        "requeued with back-off, not retried at once"
+    );
+    lc.stop("default", "c-good", Some(0)).unwrap();
+    settle(&lc);
+    assert_eq!(printable(&lc, "c-good"), "Stopped");
+    assert_eq!(rt.launches("b-store-fails"), 0);
+}
+
+#[test]
+fn an_object_whose_reconcile_failed_is_retried_once_the_store_heals() {
+    let store = Arc::new(FlakyStore::default());
+    let rt = Arc::new(FakeRuntime::default());
+    let lc = Lifecycle::new(
+        store.clone(),
+        rt.clone(),
+        LifecycleOptions { requeue_base: Duration::ZERO, ..opts() },
+    )
+    .unwrap();
+    lc.create_vm("default", vm("r", "Always", 30)).unwrap();
+    store.fail("r");
+    settle(&lc);
+    assert_eq!(rt.launches("r"), 0);
+    assert!(store.failures.load(Ordering::SeqCst) >= 2, "retried after its (zero) back-off");
+    store.heal();
+    settle(&lc);
+    assert_eq!(phase(&lc, "r"), Some(VmiPhase::Running));
+    assert_eq!(rt.launches("r"), 1);
+}
+
+#[test]
+fn a_write_the_store_refuses_is_never_visible() {
+    let store = Arc::new(FlakyStore::default());
+    let rt = Arc::new(FakeRuntime::default());
+    let lc = Lifecycle::new(store.clone(), rt.clone(), opts()).unwrap();
+    let mut watch = lc.watch(lc.resource_version()).unwrap();
+    store.fail("*");
+    // Creates: refused, and nobody sees them.
+    assert!(matches!(lc.create_vm("default", vm("nv", "Always", 30)), Err(LifecycleError::Store(_))));
+    assert!(matches!(lc.get_vm("default", "nv"), Err(LifecycleError::NotFound { .. })));
+    assert!(lc.list_vms(None).is_empty());
+    let vmi: VirtualMachineInstance = model::from_yaml(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: s\nspec:\n  domain:\n    devices: {}\n    memory:\n      guest: 64Mi\n",
+    )
+    .unwrap();
+    assert!(lc.create_vmi("default", vmi).is_err());
+    assert!(lc.list_vmis(None).is_empty());
+    assert!(lc.create_namespace("team-x").is_err());
+    assert!(!lc.namespace_exists("team-x"));
+    settle(&lc);
+    assert!(lc.list_vmis(None).is_empty(), "nothing was launched");
+    assert_eq!(watch.next(Duration::ZERO).unwrap(), WatchEvent::Bookmark(0), "watchers saw nothing");
+
+    // Changes of an existing, running VM: refused and not applied.
+    store.heal();
+    lc.create_vm("default", vm("v", "Always", 30)).unwrap();
+    settle(&lc);
+    assert_eq!(phase(&lc, "v"), Some(VmiPhase::Running));
+    let before = lc.get_vm("default", "v").unwrap();
+    let vmi_before = lc.get_vmi("default", "v").unwrap();
+    store.fail("*");
+    let mut changed = before.clone();
+    changed.metadata.labels.insert("tier".into(), "web".into());
+    assert!(lc.replace_vm("default", changed).is_err());
+    assert!(lc.stop("default", "v", None).is_err());
+    assert!(lc.delete_vm("default", "v").is_err());
+    assert!(lc.delete_vmi("default", "v", Some(0)).is_err());
+    assert_eq!(lc.get_vm("default", "v").unwrap(), before, "the VM is as the store holds it");
+    assert_eq!(lc.get_vmi("default", "v").unwrap(), vmi_before);
+    settle(&lc);
+    let m = rt.last("v");
+    assert_eq!(
+        m.power_downs.load(Ordering::SeqCst) + m.stops.load(Ordering::SeqCst),
+        0,
+        "no stop was acted on"
+    );
+    assert_eq!(phase(&lc, "v"), Some(VmiPhase::Running));
+
+    // The store holds exactly what readers saw; a new lifecycle on it agrees.
+    store.heal();
+    drop(lc);
+    let lc = Lifecycle::new(store, rt.clone(), opts()).unwrap();
+    assert_eq!(lc.get_vm("default", "v").unwrap().metadata.labels, before.metadata.labels);
+    assert!(lc.get_vm("default", "nv").is_err());
+    assert_eq!(rt.launches("v"), 1, "found again, not started twice");
+}
+
+#[test]
+fn watchers_see_the_lifecycle_s_changes_in_order() {
+    let (_s, _rt, lc) = setup();
+    let mut w = lc.watch(lc.resource_version()).unwrap();
+    lc.create_vm("default", vm("w", "Always", 30)).unwrap();
+    settle(&lc);
+    let mut seen = Vec::new();
+    while let WatchEvent::Change(c) = w.next(Duration::ZERO).unwrap() {
+        seen.push((
+            c.kind.clone(),
+            c.type_,
+            c.value()["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().unwrap(),
+        ));
+    }
+    assert_eq!(seen[0].0, "VirtualMachine");
+    assert_eq!(seen[0].1, ChangeType::Added);
+    assert!(seen.iter().any(|(k, t, _)| k == "VirtualMachineInstance" && *t == ChangeType::Added));
+    assert!(seen.windows(2).all(|p| p[0].2 < p[1].2), "in resourceVersion order: {seen:?}");
+    let vmi = lc.get_vmi("default", "w").unwrap();
+    let last = seen.iter().rev().find(|(k, _, _)| k == "VirtualMachineInstance").unwrap().2;
+    assert_eq!(vmi.metadata.resource_version, Some(last.to_string()), "the last change is what readers see");
+}
+
+#[test]
+fn events_survive_a_restart_bounded_oldest_dropped() {
+    let (store, rt, lc) = setup();
+    lc.create_vm("default", vm("e", "Always", 30)).unwrap();
+    settle(&lc);
+    let before = lc.events(None);
+    assert!(before.iter().any(|e| e.reason == "Started"), "{before:?}");
+    drop(lc);
+    let lc = Lifecycle::new(store.clone(), rt, opts()).unwrap();
+    let after = lc.events(None);
+    assert_eq!(after[..before.len()], before[..], "the events of before the restart are there");
+    // Numbering goes on after the stored ones.
+    lc.stop("default", "e", Some(0)).unwrap();
+    let names: BTreeSet<_> = lc.events(None).iter().map(|e| e.metadata.name.clone()).collect();
+    assert_eq!(names.len(), lc.events(None).len(), "event names stay unique");
+    // Bounded: a store keeps the latest `keep` only.
+    for seq in 1..=10u64 {
+        store.put_event(1_000 + seq, &serde_json::json!({ "n": seq }), 3).unwrap();
+    }
+    let kept: Vec<u64> =
+        store.load_events().unwrap().into_iter().map(|(s, _)| s).filter(|s| *s > 1_000).collect();
+    assert_eq!(kept, vec![1_008, 1_009, 1_010]);
+}
+
+#[test]
+fn lists_take_label_selectors() {
+    let (_s, _rt, lc) = setup();
+    let mut web = vm("web", "Halted", 0);
+    web.metadata.labels.insert("app".into(), "web".into());
+    let mut db = vm("db", "Always", 0);
+    db.metadata.labels.insert("app".into(), "db".into());
+    lc.create_vm("default", web).unwrap();
+    lc.create_vm("default", db).unwrap();
+    settle(&lc);
+    let sel = |s: &str| crate::api::parse_label_selector(s).unwrap();
+    let names = |v: Vec<VirtualMachine>| v.into_iter().map(|v| v.metadata.name.unwrap()).collect::<Vec<_>>();
+    assert_eq!(names(lc.list_vms_selected(None, &sel("app=web"))), ["web"]);
+    assert_eq!(names(lc.list_vms_selected(Some("default"), &sel("app in (web,db)"))), ["db", "web"]);
+    assert!(lc.list_vms_selected(Some("os-images"), &sel("app")).is_empty());
+    assert!(lc.list_vmis_selected(None, &sel("app=db")).is_empty(), "the VMI has the template's labels");
+    assert_eq!(lc.list_vmis_selected(None, &sel("")).len(), 1);
+}
+
+#[test]
+fn finalizers_hold_a_deleted_vm_until_they_are_removed() {
+    let (store, _rt, lc) = setup();
+    let mut v = vm("fin", "Always", 0);
+    v.metadata.finalizers = vec!["example.com/backup".into()];
+    lc.create_vm("default", v).unwrap();
+    settle(&lc);
+    lc.delete_vm("default", "fin").unwrap();
+    settle(&lc);
+    assert!(lc.get_vmi("default", "fin").is_err(), "its instance went first");
+    let held = lc.get_vm("default", "fin").unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    let mut more = held.clone();
+    more.metadata.finalizers.push("example.com/other".into());
+    let e = lc.replace_vm("default", more).unwrap_err().to_string();
+    assert!(e.contains("metadata.finalizers"), "{e}");
+    let mut done = held;
+    done.metadata.finalizers.clear();
+    lc.replace_vm("default", done).unwrap();
+    settle(&lc);
+    assert!(lc.get_vm("default", "fin").is_err(), "gone once its finalizers are");
+    assert!(store.load().unwrap().iter().all(|o| o.key.name != "fin"));
 }

@@ -1,5 +1,5 @@
-//! CDI on the node: DataVolumes, DataSources and DataImportCrons kept in a crash-safe store
-//! (`cdi.redb` in the state directory), reconciled in the background with virt-storage's CDI
+//! CDI on the node: DataVolumes, DataSources and DataImportCrons kept in the node's one crash-safe
+//! store (`node.redb` in the state directory), reconciled in the background with virt-storage's CDI
 //! logic on the node's volume pool (`<state>/volumes`, a [`DirPool`], the directory the launcher
 //! runtime takes `persistentVolumeClaim` and `dataVolume` volumes from), and an upload endpoint
 //! for `virtctl image-upload`. The REST paths are in [`super::cdi_api`].
@@ -35,14 +35,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde_json::Value;
 use virt_core::api::{
-    ConditionStatus, Decoder, LoadError, LoadOptions, ObjectMeta, OwnerReference, Quantity, Timestamp,
-    Validate,
+    ConditionStatus, Decoder, LabelSelector, LoadError, LoadOptions, ObjectMeta, OwnerReference, Quantity,
+    Timestamp, Validate,
 };
-use virt_core::lifecycle::{Key, Lifecycle};
+use virt_core::lifecycle::{Key, Lifecycle, StoreError};
 use virt_core::model::VirtualMachine;
 use virt_storage::cdi::{
     AccessMode, ClaimPropertySet, CloneStrategy as CdiCloneStrategy, Condition, DataImportCron, DataSource,
@@ -58,6 +57,7 @@ use virt_storage::upload::UploadServer;
 use virt_storage::volume::{CloneStrategy, DirPool, VolumeError, VolumeFormat, VolumeId, VolumeProvider};
 
 use super::runtime::ClaimReadiness;
+use super::store::RedbStore;
 
 /// The storage class of the node's pool (the only one; DataVolumes naming another class get the
 /// same pool).
@@ -70,7 +70,6 @@ pub const LABEL_CRON: &str = "cdi.kubevirt.io/dataImportCron";
 /// source), as HCO's per-template switch does.
 pub const ANN_AUTO_UPDATE: &str = "dataimportcrontemplate.kubevirt.io/enable";
 
-const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("cdi");
 /// How often the controller looks without being woken (VMs' templates, waiting DataVolumes).
 const TICK: Duration = Duration::from_millis(500);
 /// How soon a waiting DataVolume (an upload, a clone source) is looked at again.
@@ -338,20 +337,11 @@ struct State {
     cron_failures: HashMap<Key, u32>,
     /// Template DataVolumes of VMs that cannot be created, and why.
     template_errors: HashMap<Key, String>,
-    resource_version: u64,
-}
-
-impl State {
-    fn next_rv(&mut self) -> String {
-        self.resource_version += 1;
-        self.resource_version.to_string()
-    }
 }
 
 /// The node's CDI controller.
 pub struct Cdi {
-    db: Database,
-    db_path: String,
+    store: Arc<RedbStore>,
     pool: Arc<DirPool>,
     uploads: Arc<UploadServer>,
     upload_url: Mutex<Option<String>>,
@@ -362,40 +352,35 @@ pub struct Cdi {
     wake: Condvar,
 }
 
-fn store_key(kind: CdiKind, key: &Key) -> String {
-    format!("{}/{}/{}", kind.name(), key.namespace, key.name)
-}
-
-fn parse_store_key(s: &str) -> Option<(CdiKind, Key)> {
-    let mut it = s.splitn(3, '/');
-    let name = it.next()?;
-    let kind = CdiKind::ALL.into_iter().find(|k| k.name() == name)?;
-    Some((kind, Key::new(it.next()?, it.next()?)))
-}
-
 impl Cdi {
-    /// Opens the CDI store (`cdi.redb`) and the volume pool (`volumes/`) in `state_dir`. Registries
-    /// in `insecure_registries` are reached over plain HTTP.
+    /// Opens the node's store in `state_dir` ([`RedbStore::open_state_dir`], which migrates an
+    /// earlier node's `cdi.redb`) and the volume pool (`volumes/`). Registries in
+    /// `insecure_registries` are reached over plain HTTP. A node that opened the store already
+    /// shares it through [`Cdi::open_with_store`].
     pub fn open(state_dir: &Path, insecure_registries: Vec<String>) -> Result<Arc<Self>, CdiError> {
+        let store = RedbStore::open_state_dir(state_dir).map_err(|e| CdiError::Store {
+            path: state_dir.display().to_string(),
+            what: "opening the store".into(),
+            message: e.to_string(),
+        })?;
+        Self::open_with_store(state_dir, Arc::new(store), insecure_registries)
+    }
+
+    /// Like [`Cdi::open`], keeping CDI's objects in `store` (the node's one object store, with
+    /// one resourceVersion sequence for every kind).
+    pub fn open_with_store(
+        state_dir: &Path,
+        store: Arc<RedbStore>,
+        insecure_registries: Vec<String>,
+    ) -> Result<Arc<Self>, CdiError> {
         let pool_dir = state_dir.join("volumes");
         let pool = Arc::new(DirPool::new(&pool_dir).map_err(|source| CdiError::Io {
             what: "opening the volume pool",
             path: pool_dir.display().to_string(),
             source,
         })?);
-        let db_path = state_dir.join("cdi.redb");
-        let shown = db_path.display().to_string();
-        let store_err = |what: &str, e: &dyn std::fmt::Display| CdiError::Store {
-            path: shown.clone(),
-            what: what.to_string(),
-            message: e.to_string(),
-        };
-        let db = Database::create(&db_path).map_err(|e| store_err("opening", &e))?;
-        let tx = db.begin_write().map_err(|e| store_err("writing", &e))?;
-        tx.open_table(TABLE).map_err(|e| store_err("creating the table", &e))?;
-        tx.commit().map_err(|e| store_err("committing", &e))?;
-        let mut state = load(&db, &shown)?;
-        state.resource_version = state.resource_version.max(1);
+        let shown = store.path().to_string();
+        let state = load(&store, &shown)?;
         let interrupted: Vec<Key> = state
             .dvs
             .iter()
@@ -412,8 +397,7 @@ impl Cdi {
             let provider: Arc<dyn VolumeProvider> = pool.clone();
             let uploads = UploadServer::new(provider, Some(done));
             Cdi {
-                db,
-                db_path: shown.clone(),
+                store,
                 pool,
                 uploads,
                 upload_url: Mutex::new(None),
@@ -458,46 +442,33 @@ impl Cdi {
         self.wake.notify_all();
     }
 
+    /// Stores the object at `key` as it is in memory (removes it from the store when it is gone
+    /// from memory), and gives it the resourceVersion the store's one sequence assigned.
     fn persist(&self, st: &mut State, kind: CdiKind, key: &Key) -> Result<(), CdiError> {
-        let rv = st.next_rv();
         let value = match kind {
-            CdiKind::DataVolume => st.dvs.get_mut(key).map(|o| {
-                o.metadata.resource_version = Some(rv);
-                to_value(o)
-            }),
-            CdiKind::DataSource => st.sources.get_mut(key).map(|o| {
-                o.metadata.resource_version = Some(rv);
-                to_value(o)
-            }),
-            CdiKind::DataImportCron => st.crons.get_mut(key).map(|o| {
-                o.metadata.resource_version = Some(rv);
-                to_value(o)
-            }),
-            CdiKind::VolumeSnapshot => st.snapshots.get_mut(key).map(|o| {
-                o.metadata.resource_version = Some(rv);
-                to_value(o)
-            }),
+            CdiKind::DataVolume => st.dvs.get(key).map(to_value),
+            CdiKind::DataSource => st.sources.get(key).map(to_value),
+            CdiKind::DataImportCron => st.crons.get(key).map(to_value),
+            CdiKind::VolumeSnapshot => st.snapshots.get(key).map(to_value),
         };
-        let k = store_key(kind, key);
-        let err = |what: &str, e: &dyn std::fmt::Display| CdiError::Store {
-            path: self.db_path.clone(),
-            what: format!("{what} {k}"),
+        let err = |what: &str, e: StoreError| CdiError::Store {
+            path: self.store.path().to_string(),
+            what: format!("{what} {} {key}", kind.name()),
             message: e.to_string(),
         };
-        let tx = self.db.begin_write().map_err(|e| err("writing", &e))?;
-        {
-            let mut table = tx.open_table(TABLE).map_err(|e| err("opening the table for", &e))?;
-            match value {
-                Some(v) => {
-                    let bytes = serde_json::to_vec(&v).map_err(|e| err("encoding", &e))?;
-                    table.insert(k.as_str(), bytes.as_slice()).map_err(|e| err("writing", &e))?;
-                }
-                None => {
-                    table.remove(k.as_str()).map_err(|e| err("deleting", &e))?;
-                }
-            }
-        }
-        tx.commit().map_err(|e| err("committing", &e))
+        let Some(value) = value else {
+            self.store.delete_object(kind.name(), key).map_err(|e| err("deleting", e))?;
+            return Ok(());
+        };
+        let rv =
+            Some(self.store.put_object(kind.name(), key, value).map_err(|e| err("writing", e))?.to_string());
+        match kind {
+            CdiKind::DataVolume => st.dvs.get_mut(key).map(|o| o.metadata.resource_version = rv),
+            CdiKind::DataSource => st.sources.get_mut(key).map(|o| o.metadata.resource_version = rv),
+            CdiKind::DataImportCron => st.crons.get_mut(key).map(|o| o.metadata.resource_version = rv),
+            CdiKind::VolumeSnapshot => st.snapshots.get_mut(key).map(|o| o.metadata.resource_version = rv),
+        };
+        Ok(())
     }
 
     /// Limits where imports connect (the node's own listeners and link-local addresses refused);
@@ -720,6 +691,16 @@ impl Cdi {
                 st.snapshots.iter().filter(|(k, _)| keep(k)).map(|(_, o)| to_value(o)).collect()
             }
         }
+    }
+
+    /// The objects of `kind` in `namespace` (or all) whose labels `selector` selects.
+    pub fn list_selected(
+        &self,
+        kind: CdiKind,
+        namespace: Option<&str>,
+        selector: &LabelSelector,
+    ) -> Vec<Value> {
+        self.list(kind, namespace).into_iter().filter(|o| selector.matches_object(o)).collect()
     }
 
     /// Deletes an object. A DataVolume's volume goes with it (refused while other volumes are
@@ -1660,39 +1641,27 @@ fn import_record(cron: &DataImportCron, id: &VolumeId) -> DataVolume {
     dv
 }
 
-fn load(db: &Database, shown: &str) -> Result<State, CdiError> {
-    let err = |what: &str, e: &dyn std::fmt::Display| CdiError::Store {
+fn load(store: &RedbStore, shown: &str) -> Result<State, CdiError> {
+    let names: Vec<&str> = CdiKind::ALL.iter().map(|k| k.name()).collect();
+    let rows = store.load_kinds(&names).map_err(|e| CdiError::Store {
         path: shown.to_string(),
-        what: what.to_string(),
+        what: "loading the CDI objects".into(),
         message: e.to_string(),
-    };
-    let tx = db.begin_read().map_err(|e| err("reading", &e))?;
-    let table = tx.open_table(TABLE).map_err(|e| err("opening the table", &e))?;
+    })?;
     let mut st = State::default();
-    for row in table.iter().map_err(|e| err("listing", &e))? {
-        let (k, v) = row.map_err(|e| err("reading an object", &e))?;
-        let Some((kind, key)) = parse_store_key(k.value()) else {
-            log::warn!("CDI store {shown}: unknown key {:?} skipped", k.value());
-            continue;
-        };
-        let bytes = v.value();
-        let rv = serde_json::from_slice::<Value>(bytes)
-            .ok()
-            .and_then(|v| v.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        st.resource_version = st.resource_version.max(rv);
+    for (kind, key, bytes) in rows {
+        let Some(kind) = CdiKind::ALL.into_iter().find(|k| k.name() == kind) else { continue };
         let loaded = match kind {
-            CdiKind::DataVolume => serde_json::from_slice(bytes).map(|o| {
+            CdiKind::DataVolume => serde_json::from_slice(&bytes).map(|o| {
                 st.dvs.insert(key.clone(), o);
             }),
-            CdiKind::DataSource => serde_json::from_slice(bytes).map(|o| {
+            CdiKind::DataSource => serde_json::from_slice(&bytes).map(|o| {
                 st.sources.insert(key.clone(), o);
             }),
-            CdiKind::DataImportCron => serde_json::from_slice(bytes).map(|o| {
+            CdiKind::DataImportCron => serde_json::from_slice(&bytes).map(|o| {
                 st.crons.insert(key.clone(), o);
             }),
-            CdiKind::VolumeSnapshot => serde_json::from_slice(bytes).map(|o| {
+            CdiKind::VolumeSnapshot => serde_json::from_slice(&bytes).map(|o| {
                 st.snapshots.insert(key.clone(), o);
             }),
         };
@@ -1714,6 +1683,16 @@ mod tests {
              source:\n    {source}\n  storage:\n    resources:\n      requests:\n        storage: 1Mi\n"
         ))
         .unwrap()
+    }
+
+    /// Drops the controller once its workers let go of it (just after they report), so that the
+    /// store's file can be opened again.
+    fn release(cdi: Arc<Cdi>) {
+        let t = Instant::now();
+        while Arc::strong_count(&cdi) > 1 {
+            assert!(t.elapsed() < Duration::from_secs(20), "a worker still holds the controller");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn wait(cdi: &Arc<Cdi>, ns: &str, name: &str, phase: DataVolumePhase) -> DataVolume {
@@ -1751,7 +1730,7 @@ mod tests {
         assert_eq!(cdi.claim_ready("default", "disk"), Some(Ok(())));
         let file = dir.path().join("volumes/default/disk.img");
         assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 20);
-        drop(cdi);
+        release(cdi);
         // Reopened: the DataVolume is there, Succeeded.
         let cdi = Cdi::open(dir.path(), vec![]).unwrap();
         let d = cdi.data_volume("default", "disk").unwrap();
@@ -1759,6 +1738,13 @@ mod tests {
         cdi.delete(CdiKind::DataVolume, "default", "disk").unwrap();
         assert!(!file.exists());
         assert!(matches!(cdi.delete(CdiKind::DataVolume, "default", "disk"), Err(CdiError::NotFound { .. })));
+        let mut labelled = dv("labelled", "blank: {}");
+        labelled.metadata.labels.insert("app".into(), "web".into());
+        cdi.create_data_volume("default", labelled).unwrap();
+        cdi.create_data_volume("default", dv("plain", "blank: {}")).unwrap();
+        let sel = virt_core::api::parse_label_selector("app=web").unwrap();
+        let got = cdi.list_selected(CdiKind::DataVolume, Some("default"), &sel);
+        assert_eq!(got.iter().map(|o| o["metadata"]["name"].clone()).collect::<Vec<_>>(), ["labelled"]);
     }
 
     #[test]
@@ -1832,7 +1818,7 @@ spec:
         let e = get("lost").status.unwrap().error.unwrap().message.unwrap();
         assert!(e.starts_with("persistentvolumeclaims \"nothing\" not found in namespace default"), "{e}");
         assert!(dir.path().join("volumes/default/.snapshots/disk@snap.img").is_file());
-        drop(cdi);
+        release(cdi);
         let cdi = Cdi::open(dir.path(), vec![]).unwrap();
         assert_eq!(cdi.list(CdiKind::VolumeSnapshot, Some("default")).len(), 2);
         cdi.delete(CdiKind::VolumeSnapshot, "default", "snap").unwrap();

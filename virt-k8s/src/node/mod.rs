@@ -199,9 +199,9 @@ impl Node {
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(NodeError::Locked(cfg.state_dir.display().to_string()));
         }
+        // One store for every kind (an earlier node's cdi.redb is moved into it).
         let store = Arc::new(
-            RedbStore::open(&cfg.state_dir.join("node.redb"))
-                .map_err(|e| NodeError::Config(e.to_string()))?,
+            RedbStore::open_state_dir(&cfg.state_dir).map_err(|e| NodeError::Config(e.to_string()))?,
         );
         let runtime = Arc::new(LauncherRuntime::new(LauncherConfig {
             launcher: cfg.launcher.clone(),
@@ -215,7 +215,7 @@ impl Node {
             net_policy: Some(net_policy.clone()),
         }));
         // CDI: DataVolumes fill `volumes/`; VMIs wait for theirs (docs/node.md, "CDI on the node").
-        let cdi = cdi::Cdi::open(&cfg.state_dir, cfg.insecure_registries.clone())?;
+        let cdi = cdi::Cdi::open_with_store(&cfg.state_dir, store.clone(), cfg.insecure_registries.clone())?;
         runtime.set_claims(cdi.clone());
         cdi.set_net_policy(net_policy);
         let mut opts = LifecycleOptions {

@@ -1,0 +1,203 @@
+//! The controller loop: one pass reconciles every object on its own, with an error policy per
+//! object (a failure is logged and requeued with back-off; the others proceed).
+
+use super::*;
+
+impl Lifecycle {
+    /// Runs [`Lifecycle::reconcile`] until `stop` is set, every `tick` or when woken.
+    pub fn run(&self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            self.reconcile();
+            let mut dirty = lock(&self.signal.dirty);
+            if !*dirty {
+                dirty = self
+                    .signal
+                    .cv
+                    .wait_timeout(dirty, self.opts.tick)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+            }
+            *dirty = false;
+        }
+    }
+
+    /// One pass of the controller: observes machines, applies run strategies, launches pending
+    /// VMIs, forces stops whose grace ran out, finishes deletions. Each object is reconciled on its
+    /// own: one whose reconcile fails (its store write failed, ...) is logged and requeued with its
+    /// own back-off ([`LifecycleOptions::requeue_base`]), and the pass goes on with the others.
+    pub fn reconcile(&self) {
+        let started = Instant::now();
+        let mut failed = BTreeSet::new();
+        // 1. Observe machines.
+        let live: Vec<(Key, Arc<dyn Machine>)> = {
+            let st = lock(&self.state);
+            st.live
+                .iter()
+                .filter(|(k, _)| !Self::deferred(&st, k, started))
+                .map(|(k, l)| (k.clone(), l.machine.clone()))
+                .collect()
+        };
+        for (key, m) in live {
+            let r = self.observe(&key, &m);
+            self.outcome(&mut failed, &key, r);
+        }
+        // 2. Grace periods that ran out.
+        {
+            let st = lock(&self.state);
+            let now = Instant::now();
+            for (key, l) in st.live.iter() {
+                if l.stop_deadline.is_some_and(|d| d <= now) && !matches!(l.last, MachineStatus::Stopped(_)) {
+                    log::info!("VMI {key}: grace period over, stopping it");
+                    if let Err(e) = l.machine.stop() {
+                        log::warn!("VMI {key}: stop: {e}");
+                    }
+                }
+            }
+        }
+        // 3. Finish deletions of VMIs without a machine.
+        {
+            let mut st = lock(&self.state);
+            let done: Vec<Key> = st
+                .deleting_vmis
+                .keys()
+                .filter(|k| {
+                    !st.live.contains_key(*k)
+                        && !st.launching.contains(*k)
+                        && !Self::deferred(&st, k, started)
+                })
+                .cloned()
+                .collect();
+            for key in done {
+                let r = self.remove_vmi_locked(&mut st, &key);
+                self.outcome_locked(&mut st, &mut failed, &key, r);
+            }
+        }
+        // 4. VMs: run strategies and deletions.
+        let keys: Vec<Key> = {
+            let st = lock(&self.state);
+            st.vms.keys().filter(|k| !Self::deferred(&st, k, started)).cloned().collect()
+        };
+        for key in keys {
+            if failed.contains(&key) {
+                continue;
+            }
+            let r = self.sync_vm(&key);
+            self.outcome(&mut failed, &key, r);
+        }
+        // 5. Launch pending VMIs the runtime finds ready; the others stay Pending, saying why.
+        let candidates: Vec<(Key, VirtualMachineInstance)> = {
+            let st = lock(&self.state);
+            st.vmis
+                .iter()
+                .filter(|(k, v)| {
+                    Self::awaiting_launch(&st, k, v)
+                        && !st.launching.contains(*k)
+                        && !st.deleting_vmis.contains_key(*k)
+                        && !failed.contains(*k)
+                        && !Self::deferred(&st, k, started)
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        let verdicts: Vec<(Key, Result<(), String>)> =
+            candidates.into_iter().map(|(k, v)| (k, self.runtime.ready(&v))).collect();
+        let pending: Vec<(Key, VirtualMachineInstance, bool)> = {
+            let mut st = lock(&self.state);
+            let mut out = Vec::new();
+            for (key, verdict) in verdicts {
+                let still_pending = st.vmis.get(&key).is_some_and(|v| Self::awaiting_launch(&st, &key, v))
+                    && !st.launching.contains(&key)
+                    && !st.deleting_vmis.contains_key(&key);
+                if !still_pending {
+                    continue;
+                }
+                if let Err(why) = verdict {
+                    let r = self.not_ready_locked(&mut st, &key, why);
+                    self.outcome_locked(&mut st, &mut failed, &key, r);
+                    continue;
+                }
+                let Some(v) = st.vmis.get_mut(&key) else { continue };
+                set_phase(v, VmiPhase::Scheduling);
+                let st_ = v.status.get_or_insert_with(Default::default);
+                st_.node_name = Some(self.opts.node_name.clone());
+                if st_.conditions.iter().any(|c| c.type_ == DATA_VOLUMES_READY) {
+                    set_condition(
+                        &mut st_.conditions,
+                        condition(DATA_VOLUMES_READY, true, Some("AllDVsReady"), None),
+                    );
+                }
+                let vmi = v.clone();
+                match self.persist_vmi(&mut st, &key) {
+                    Ok(()) => {
+                        st.launching.insert(key.clone());
+                        out.push((key, vmi, false));
+                    }
+                    Err(e) => self.outcome_locked(&mut st, &mut failed, &key, Err(e)),
+                }
+            }
+            // Reboots in place: the VMI stays Running while its machine starts again.
+            let again: Vec<Key> = std::mem::take(&mut st.relaunch).into_iter().collect();
+            for key in again {
+                if st.deleting_vmis.contains_key(&key) || st.live.contains_key(&key) {
+                    continue;
+                }
+                if let Some(v) = st.vmis.get(&key) {
+                    out.push((key.clone(), v.clone(), true));
+                    st.launching.insert(key);
+                }
+            }
+            out
+        };
+        for (key, vmi, in_place) in pending {
+            let r = self.launch(&key, &vmi, in_place);
+            self.outcome(&mut failed, &key, r);
+        }
+        // Objects reconciled without error this pass start their next failure from the base delay.
+        let mut st = lock(&self.state);
+        st.requeue.retain(|k, b| failed.contains(k) || b.until > started);
+    }
+
+    /// Whether the VMI at `key` is to be launched: Pending, or Scheduling without a machine (its
+    /// launch ended but recording how failed).
+    pub(super) fn awaiting_launch(st: &State, key: &Key, vmi: &VirtualMachineInstance) -> bool {
+        match phase_of(vmi) {
+            VmiPhase::Pending => true,
+            VmiPhase::Scheduling => !st.live.contains_key(key),
+            _ => false,
+        }
+    }
+
+    /// Whether `key` waits for its requeue back-off (its last reconcile failed).
+    pub(super) fn deferred(st: &State, key: &Key, now: Instant) -> bool {
+        st.requeue.get(key).is_some_and(|b| b.until > now)
+    }
+
+    pub(super) fn outcome(&self, failed: &mut BTreeSet<Key>, key: &Key, r: Result<(), LifecycleError>) {
+        if r.is_err() {
+            let mut st = lock(&self.state);
+            self.outcome_locked(&mut st, failed, key, r);
+        }
+    }
+
+    /// The error policy: a failed reconcile of `key` is logged and requeued after a back-off that
+    /// doubles per failure in a row; other objects are not delayed.
+    pub(super) fn outcome_locked(
+        &self,
+        st: &mut State,
+        failed: &mut BTreeSet<Key>,
+        key: &Key,
+        r: Result<(), LifecycleError>,
+    ) {
+        let Err(e) = r else { return };
+        let b = st.requeue.entry(key.clone()).or_insert(Backoff { failures: 0, until: Instant::now() });
+        b.failures = b.failures.saturating_add(1);
+        let factor = 1u32.checked_shl(b.failures.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
+        let delay = self.opts.requeue_base.saturating_mul(factor).min(self.opts.requeue_max);
+        b.until = Instant::now() + delay;
+        log::error!(
+            "lifecycle: reconciling {key} failed (attempt {}), requeued in {delay:?}: {e}",
+            b.failures
+        );
+        failed.insert(key.clone());
+    }
+}

@@ -1,0 +1,199 @@
+//! The VM controller: applies a VM's run strategy (the pure functions of [`super::strategy`]) to
+//! its instance, and writes the VM's status from it.
+
+use super::*;
+
+pub(super) fn state_change_requests(vm: &VirtualMachine) -> Vec<StateChange> {
+    vm.status
+        .as_ref()
+        .map(|s| {
+            s.state_change_requests
+                .iter()
+                .filter_map(|r| r.get("action").and_then(|a| a.as_str()).and_then(StateChange::parse))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Lifecycle {
+    /// Applies `key`'s run strategy until it rests, then writes its status.
+    pub(super) fn sync_vm(&self, key: &Key) -> Result<(), LifecycleError> {
+        let mut st = lock(&self.state);
+        for _ in 0..8 {
+            let Some(vm) = st.vms.get(key) else { return Ok(()) };
+            if st.deleting_vms.contains(key) {
+                match st.vmis.contains_key(key) {
+                    true if !st.deleting_vmis.contains_key(key) => {
+                        let g = st.vmis.get(key).map(grace_of).unwrap_or(0);
+                        self.delete_vmi_locked(&mut st, key, g)?;
+                    }
+                    true => {}
+                    // Finalizers (other controllers' cleanup) hold the VM, deletionTimestamp
+                    // set, until they are removed (replace_vm).
+                    false if !vm.metadata.finalizers.is_empty() => {}
+                    false => {
+                        self.store.delete(Kind::VirtualMachine, key)?;
+                        st.vms.remove(key);
+                        st.backoff.remove(key);
+                        self.event_locked(
+                            &mut st,
+                            Kind::VirtualMachine,
+                            key,
+                            "Normal",
+                            "Deleted",
+                            "VirtualMachine deleted".into(),
+                        );
+                        return Ok(());
+                    }
+                }
+                break;
+            }
+            let strategy = vm.spec.effective_run_strategy();
+            let applied = vm.status.as_ref().and_then(|s| s.run_strategy) == Some(strategy);
+            let queue = state_change_requests(vm);
+            let vmi = st.vmis.get(key).map(|v| InstanceView {
+                phase: if st.launching.contains(key) { VmiPhase::Scheduling } else { phase_of(v) },
+                deleting: st.deleting_vmis.contains_key(key),
+            });
+            let backing_off = st.backoff.get(key).is_some_and(|b| Instant::now() < b.until);
+            let view = VmView {
+                strategy,
+                strategy_applied: applied,
+                vmi,
+                next_request: queue.first().copied(),
+                backing_off,
+            };
+            match strategy::sync(&view) {
+                Action::None | Action::Wait => break,
+                Action::Create => {
+                    self.dequeue_locked(&mut st, key, StateChange::Start);
+                    self.create_vmi_for_vm_locked(&mut st, key)?;
+                }
+                Action::Replace => {
+                    self.dequeue_locked(&mut st, key, StateChange::Start);
+                    self.remove_vmi_locked(&mut st, key)?;
+                    self.create_vmi_for_vm_locked(&mut st, key)?;
+                }
+                Action::Stop => {
+                    self.dequeue_locked(&mut st, key, StateChange::Stop);
+                    let g = st
+                        .vmis
+                        .get(key)
+                        .map(|v| v.metadata.deletion_grace_period_seconds.unwrap_or_else(|| grace_of(v)))
+                        .unwrap_or(0);
+                    self.delete_vmi_locked(&mut st, key, g)?;
+                }
+                Action::DeleteFinished => self.remove_vmi_locked(&mut st, key)?,
+                Action::Dequeue => {
+                    if let Some(s) = st.vms.get_mut(key).and_then(|v| v.status.as_mut()) {
+                        if !s.state_change_requests.is_empty() {
+                            s.state_change_requests.remove(0);
+                        }
+                    }
+                }
+            }
+        }
+        self.update_vm_status_locked(&mut st, key)
+    }
+
+    pub(super) fn dequeue_locked(&self, st: &mut State, key: &Key, what: StateChange) {
+        if let Some(s) = st.vms.get_mut(key).and_then(|v| v.status.as_mut()) {
+            if s.state_change_requests.first().and_then(|r| r.get("action")).and_then(|a| a.as_str())
+                == Some(what.as_str())
+            {
+                s.state_change_requests.remove(0);
+            }
+        }
+    }
+
+    pub(super) fn create_vmi_for_vm_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
+        let Some(vm) = st.vms.get(key).cloned() else { return Ok(()) };
+        let template = match model::resolve(&vm, &st.catalog) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!("cannot start: {e}");
+                if let Some(s) = st.vms.get_mut(key).and_then(|v| v.status.as_mut()) {
+                    set_condition(
+                        &mut s.conditions,
+                        condition("Failure", true, Some("FailedCreate"), Some(msg.clone())),
+                    );
+                }
+                self.event_locked(st, Kind::VirtualMachine, key, "Warning", "FailedCreate", msg);
+                return Ok(());
+            }
+        };
+        let mut meta = template.metadata.clone().unwrap_or_default();
+        meta.name = Some(key.name.clone());
+        meta.namespace = Some(key.namespace.clone());
+        meta.uid = Some(new_uid());
+        meta.creation_timestamp = Some(now());
+        meta.resource_version = None;
+        meta.generate_name = None;
+        meta.owner_references = vec![OwnerReference {
+            api_version: model::API_VERSION.into(),
+            kind: "VirtualMachine".into(),
+            name: key.name.clone(),
+            uid: vm.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }];
+        let mut vmi = VirtualMachineInstance::new(meta, template.spec);
+        vmi.status = Some(VirtualMachineInstanceStatus::default());
+        set_phase(&mut vmi, VmiPhase::Pending);
+        let rv = self.store.put(&StoredObject {
+            kind: Kind::VirtualMachineInstance,
+            key: key.clone(),
+            value: to_value(&vmi),
+        })?;
+        vmi.metadata.resource_version = Some(rv.to_string());
+        st.vmis.insert(key.clone(), vmi);
+        st.deleting_vmis.remove(key);
+        if let Some(s) = st.vms.get_mut(key).and_then(|v| v.status.as_mut()) {
+            remove_condition(&mut s.conditions, "Failure");
+        }
+        self.event_locked(
+            st,
+            Kind::VirtualMachine,
+            key,
+            "Normal",
+            "SuccessfulCreate",
+            format!("Started the virtual machine by creating the new virtual machine instance {}", key.name),
+        );
+        Ok(())
+    }
+
+    pub(super) fn update_vm_status_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
+        let vmi = st.vmis.get(key);
+        let phase =
+            vmi.map(phase_of).map(|p| if st.launching.contains(key) { VmiPhase::Scheduling } else { p });
+        let conds = vmi.and_then(|v| v.status.as_ref()).map(|s| s.conditions.clone()).unwrap_or_default();
+        let paused = has_condition(&conds, "Paused");
+        let ready = has_condition(&conds, "Ready");
+        let deleting = st.deleting_vmis.contains_key(key) || st.deleting_vms.contains(key);
+        let backing_off = st.backoff.get(key).is_some_and(|b| Instant::now() < b.until);
+        let printable = strategy::printable_status(phase, deleting, paused, backing_off);
+        let Some(vm) = st.vms.get_mut(key) else { return Ok(()) };
+        let strategy = vm.spec.effective_run_strategy();
+        let generation = vm.metadata.generation;
+        let s = vm.status.get_or_insert_with(Default::default);
+        let before = s.clone();
+        s.created = phase.map(|_| true);
+        s.ready = Some(ready);
+        s.printable_status = Some(printable.into());
+        s.run_strategy = Some(strategy);
+        s.observed_generation = generation;
+        set_condition(&mut s.conditions, condition("Ready", ready, None, None));
+        if paused {
+            set_condition(
+                &mut s.conditions,
+                condition("Paused", true, Some("PausedByUser"), Some("VMI was paused by user".into())),
+            );
+        } else {
+            remove_condition(&mut s.conditions, "Paused");
+        }
+        if *s != before {
+            self.persist_vm(st, key)?;
+        }
+        Ok(())
+    }
+}
