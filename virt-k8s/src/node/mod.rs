@@ -278,6 +278,7 @@ impl Node {
                 let app = self
                     .audit
                     .layer(api::router(state.clone()).merge(cdi_routes.clone()), audit::Listener::Unix);
+                let app = virt_console::mount(app);
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(unix, app)
                         .with_graceful_shutdown(async move {
@@ -299,6 +300,7 @@ impl Node {
                     auth::layer(self.users.clone(), api::router(state.clone()).merge(cdi_routes)),
                     audit::Listener::Tcp,
                 );
+                let app = virt_console::mount(app);
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(tcp, app)
                         .with_graceful_shutdown(async move {
