@@ -17,7 +17,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{any, get};
+use axum::routing::get;
 use axum::Router;
 
 pub use ws::TOKEN_COOKIE;
@@ -29,13 +29,14 @@ pub const PREFIX: &str = "/console";
 /// authorisation and audit layers): `/` redirects to `/console/`, `/console/...` serves the pages
 /// and forwards console websockets to `api`; every other request goes to `api` unchanged.
 pub fn mount(api: Router) -> Router {
-    let fwd = api.clone();
+    // The rest of `/console/` is matched by hand in the fallback: a route with a path parameter
+    // would leave its parameters in the request, and the API's own `Path` extractors would then
+    // see them too when a websocket is forwarded.
     Router::new()
         .route("/", get(|| async { Redirect::to("/console/") }))
         .route(PREFIX, get(|| async { Redirect::to("/console/") }))
         .route("/console/", get(|| async { serve("index.html", &Method::GET) }))
-        .route("/console/{*rest}", any(move |req: Request| ws::or_asset(fwd.clone(), req)))
-        .fallback_service(api)
+        .fallback(move |req: Request| ws::or_asset(api.clone(), req))
 }
 
 /// The embedded file at `path` (below `/console/`); page routes (no extension) get the

@@ -1,7 +1,7 @@
 //! The console's routes without a browser: files, page routes, redirects, websocket forwarding.
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Path, Request};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -17,10 +17,16 @@ fn api() -> Router {
         let auth = req.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("").to_string());
         format!("api {} auth={}", req.uri(), auth.unwrap_or_default()).into_response()
     };
+    // Path parameters as the node's console handler takes them: the console's own routing must
+    // leave none behind.
+    let console = move |Path((ns, name)): Path<(String, String)>, req: Request| async move {
+        assert_eq!((ns.as_str(), name.as_str()), ("d", "x"));
+        echo(req).await
+    };
     Router::new()
         .route(
             "/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/console",
-            get(echo),
+            get(console),
         )
         .route("/apis/kubevirt.io/v1/virtualmachines", get(echo))
 }

@@ -41,12 +41,18 @@ impl IntoResponse for WsError {
     }
 }
 
-/// `/console/ws/<API path>` goes to the API; anything else under `/console/` is a file.
+/// `/console/ws/<API path>` goes to the API; anything else under `/console/` is a file; every
+/// other path is the API's.
 pub async fn or_asset(api: Router, req: Request) -> Response {
     let path = req.uri().path();
+    let Some(below) = path.strip_prefix("/console/") else {
+        return match api.oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        };
+    };
     let Some(rest) = path.strip_prefix("/console/ws") else {
-        let file = path.strip_prefix("/console/").unwrap_or(path).to_string();
-        return super::serve(&file, req.method());
+        return super::serve(below, req.method());
     };
     match rewrite(rest.to_string(), req) {
         Ok(req) => match api.oneshot(req).await {

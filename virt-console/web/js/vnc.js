@@ -22,15 +22,16 @@ export function vncConsole(el, ns, name, currentVmi) {
   const keysym = (k) => KS[k] || (/^F(\d+)$/.test(k) ? 0xffbe + Number(k.slice(1)) - 1 : k.charCodeAt(0));
   function combo(spec) {
     const parts = spec.split('-').map(keysym);
+    if (!rfb) return;
     parts.forEach((s) => rfb.sendKey(s, null, true));
     [...parts].reverse().forEach((s) => rfb.sendKey(s, null, false));
   }
-  cad.addEventListener('click', () => rfb && rfb.sendCtrlAltDel());
+  cad.addEventListener('click', () => { if (rfb) rfb.sendCtrlAltDel(); });
   keys.addEventListener('change', () => { if (rfb && keys.value) combo(keys.value); keys.value = ''; });
   paste.addEventListener('click', async () => {
     try {
       const text = await navigator.clipboard.readText();
-      for (const ch of text) rfb.sendKey(ch === '\n' ? 0xff0d : ch.codePointAt(0));
+      for (const ch of text) if (rfb) rfb.sendKey(ch === '\n' ? 0xff0d : ch.codePointAt(0));
     } catch (e) {
       toast(`The clipboard could not be read: ${e.message}`, true);
     }
@@ -51,6 +52,7 @@ export function vncConsole(el, ns, name, currentVmi) {
     rfb.scaleViewport = true;
     rfb.addEventListener('connect', () => { state.textContent = 'Connected'; enable(true); });
     rfb.addEventListener('disconnect', (e) => {
+      rfb = null;
       enable(false);
       if (stopped) return;
       state.textContent = e.detail.clean ? 'Disconnected.' : 'Disconnected: the VNC server closed the connection (another viewer may hold it).';

@@ -63,7 +63,7 @@ export function vmDetails(main, query, ns, name) {
   if (tab === 'overview') {
     drawTab = () => {
       if (!vm) return;
-      const conds = [...(vm.status?.conditions || []), ...(vmi?.status?.conditions || [])];
+      const conds = [...(vm.status?.conditions || []).map((c) => ['VirtualMachine', c]), ...(vmi?.status?.conditions || []).map((c) => ['VirtualMachineInstance', c])];
       const ifaces = vmi?.status?.interfaces || [];
       body.replaceChildren(
         h('div', { class: 'card' }, h('dl', { class: 'props' },
@@ -77,9 +77,9 @@ export function vmDetails(main, query, ns, name) {
           h('dt', {}, 'Guest OS'), h('dd', {}, vmi?.status?.guestOSInfo?.prettyName || vmi?.status?.guestOSInfo?.name || 'not reported (no guest agent)'),
         )),
         h('h2', {}, 'Conditions'),
-        h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Type'), h('th', {}, 'Status'), h('th', {}, 'Reason'), h('th', {}, 'Message'))),
-          h('tbody', {}, conds.length ? conds.map((c) => h('tr', {}, h('td', {}, c.type), h('td', {}, status(c.status)), h('td', {}, c.reason || ''), h('td', {}, c.message || '')))
-            : h('tr', {}, h('td', { colspan: 4, class: 'muted' }, 'No conditions.')))),
+        h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Of'), h('th', {}, 'Type'), h('th', {}, 'Status'), h('th', {}, 'Reason'), h('th', {}, 'Message'))),
+          h('tbody', {}, conds.length ? conds.map(([of, c]) => h('tr', {}, h('td', {}, of), h('td', {}, c.type), h('td', {}, status(c.status)), h('td', {}, c.reason || ''), h('td', {}, c.message || '')))
+            : h('tr', {}, h('td', { colspan: 5, class: 'muted' }, 'No conditions.')))),
         h('h2', {}, 'Interfaces'),
         h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'IP addresses'), h('th', {}, 'MAC'))),
           h('tbody', {}, ifaces.length ? ifaces.map((i) => h('tr', {}, h('td', {}, i.name || ''), h('td', {}, (i.ipAddresses || [i.ipAddress]).filter(Boolean).join(', ')), h('td', {}, i.mac || '')))
