@@ -10,10 +10,16 @@ set -euo pipefail
 need=()
 want_pkgs=(qemu-system-x86 busybox-static cpio e2fsprogs xz-utils zstd docker-registry skopeo \
            xfsprogs btrfs-progs dosfstools mtools xorriso curl openssl \
-           ovmf seabios swtpm swtpm-tools syslinux syslinux-common openscap-scanner ssg-debian)
+           ovmf seabios swtpm swtpm-tools syslinux syslinux-common openscap-scanner ssg-debian \
+           chromium chromium-driver)
 for p in "${want_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done
+# The web console's build fetches xterm.js and noVNC with npm (scripts/console-assets.sh), and its
+# browser test runs playwright-core under node: Debian's node and npm unless the machine has its own.
+if ! command -v npm >/dev/null 2>&1; then
+  need+=(nodejs npm)
+fi
 # Debian's kubectl 1.20 for the node's kubectl test, unpacked into the project cache (not installed:
 # the package conflicts with other kubectl installs).
 kubectl_into_cache() { "$(dirname "$0")/kubectl.sh" >/dev/null; }

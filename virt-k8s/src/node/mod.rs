@@ -301,6 +301,7 @@ impl Node {
                     kube::layer(api::router(state.clone()).merge(cdi_routes.clone())),
                     audit::Listener::Unix,
                 );
+                let app = virt_console::mount(app);
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(unix, app)
                         .with_graceful_shutdown(async move {
@@ -343,6 +344,7 @@ impl Node {
                     ),
                     audit::Listener::Tcp,
                 );
+                let app = virt_console::mount(app);
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(tcp, app)
                         .with_graceful_shutdown(async move {

@@ -1,0 +1,167 @@
+//! The web console in a real browser: Debian's chromium driven by `playwright-core` (from the
+//! console's pinned npm packages, scripts/console-assets.sh) against a real `virt-node` on TCP with
+//! a bearer token. The script (tests/web/console.cjs) logs in (a wrong token first), sees a
+//! refused YAML's field path marked at its line, creates a VM from YAML, finds it in the list,
+//! starts it and sees it reach Running without a reload, then sees the guest's cloud-init line
+//! in the serial console (xterm.js over the console websocket). The guest is the project's Debian
+//! kernel and busybox initramfs under QEMU emulation, from a local registry. Screenshots of each
+//! page land in `<target>/web-console-shots/`.
+
+#[macro_use]
+#[path = "../../../virt-core/tests/support/guest.rs"]
+mod guest;
+#[path = "support/node.rs"]
+mod node;
+#[path = "../../../virt-storage/tests/support/registry.rs"]
+mod registry;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use guest::{assets, boot_lock, have};
+use node::NodeProc;
+use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
+
+const BOOT_MARKER: &str = "printed from cloud-init userdata";
+
+/// Pushes the kernel and initramfs as a kernel-boot container image; returns its reference.
+fn push_kernel_image(reg: &Registry) -> String {
+    let a = assets();
+    let mut layout = OciLayout::new();
+    let layer = registry::tar_of(&[
+        Entry::Dir("boot/"),
+        Entry::File("boot/vmlinuz", std::fs::read(&a["KERNEL"]).unwrap()),
+        Entry::File("boot/initrd.img", std::fs::read(&a["INITRAMFS"]).unwrap()),
+    ]);
+    let desc = layout.image(&[(layer, Comp::Gzip)], "amd64");
+    layout.tag("v1", &desc);
+    layout.write_index();
+    reg.push(&layout, "v1", "kubevirt/console-kernel", &[]);
+    format!("{}/kubevirt/console-kernel:v1", reg.host)
+}
+
+fn vm_yaml(name: &str, image: &str, extra_domain: &str) -> String {
+    format!(
+        "apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+  namespace: default
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain:
+        firmware:
+          kernelBoot:
+            container:
+              image: {image}
+              kernelPath: /boot/vmlinuz
+              initrdPath: /boot/initrd.img
+            kernelArgs: console=ttyS0 quiet panic=-1 virt.idle=1
+{extra_domain}        devices:
+          disks:
+          - disk:
+              bus: virtio
+            name: cloudinitdisk
+        memory:
+          guest: 256Mi
+      volumes:
+      - cloudInitNoCloud:
+          userData: |
+            #!/bin/sh
+
+            echo '{BOOT_MARKER}'
+        name: cloudinitdisk
+"
+    )
+}
+
+/// The console's npm packages (playwright-core among them), fetched once per lockfile.
+fn node_modules() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/console-assets.sh");
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(out.status.success(), "{}: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[test]
+fn browser_login_create_start_and_serial_console() {
+    for t in ["qemu-system-x86_64", "docker-registry", "skopeo", "chromium", "node"] {
+        assert!(have(t), "{t} is not installed: run scripts/install-deps.sh");
+    }
+    let modules = node_modules();
+    let reg = Registry::start(RegistryOpts::default());
+    let image = push_kernel_image(&reg);
+    let _one = boot_lock();
+    let state = tempfile::Builder::new().prefix("vw").tempdir_in("/tmp").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let token = format!("console-{}-{port}", std::process::id());
+    let token_file = state.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let mut node = NodeProc::start_later(state.path());
+    node.registry = Some(reg.host.clone());
+    node.args = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--token-file".into(),
+        token_file.display().to_string(),
+    ];
+    node.spawn();
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(30), "the TCP listener did not come up: {}", node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let name = format!("web{}", std::process::id() % 100000);
+    let bad = vm_yaml(&name, &image, "        bogusField: 1\n");
+    let bad_line = bad.lines().position(|l| l.contains("bogusField")).unwrap() + 1;
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-console-shots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web/console.cjs");
+    // The browser trusts exactly the node's certificate (made on first start under <state>/tls/),
+    // pinned by the SHA-256 of its public key.
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in {}/tls/tls.crt -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64",
+            state.path().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(spki.status.success(), "{spki:?}");
+    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_string();
+    let started = Instant::now();
+    let out = Command::new("node")
+        .arg(&script)
+        .env("PLAYWRIGHT_CORE", modules.join("playwright-core"))
+        .env("BASE", format!("https://127.0.0.1:{port}"))
+        .env("SPKI", &spki)
+        .env("TOKEN", &token)
+        .env("VM_NAME", &name)
+        .env("VM_YAML", vm_yaml(&name, &image, ""))
+        .env("BAD_YAML", &bad)
+        .env("BAD_FIELD", "bogusField")
+        .env("BAD_LINE", bad_line.to_string())
+        .env("BOOT_MARKER", BOOT_MARKER)
+        .env("SHOTS", &shots)
+        .env("PROFILE", state.path().join("chromium-profile"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the browser script failed after {:?} (screenshots in {}); node log:\n{}",
+        started.elapsed(),
+        shots.display(),
+        node.log()
+    );
+    assert!(stdout.contains("step: done"), "{stdout}");
+    // The console's websocket went through the API's audit as the admin user.
+    let audit = std::fs::read_to_string(state.path().join("audit.log")).unwrap();
+    assert!(audit.contains(&format!("virtualmachineinstances/{name}/console")), "{audit}");
+}

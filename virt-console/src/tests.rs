@@ -1,0 +1,159 @@
+//! The console's routes without a browser: files, page routes, redirects, websocket forwarding.
+
+use axum::body::Body;
+use axum::extract::{Path, Request};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+
+/// A stand-in API: echoes the path and the `Authorization` it was given.
+fn api() -> Router {
+    let echo = |req: Request| async move {
+        let auth = req.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("").to_string());
+        format!("api {} auth={}", req.uri(), auth.unwrap_or_default()).into_response()
+    };
+    // Path parameters as the node's console handler takes them: the console's own routing must
+    // leave none behind.
+    let console = move |Path((ns, name)): Path<(String, String)>, req: Request| async move {
+        assert_eq!((ns.as_str(), name.as_str()), ("d", "x"));
+        echo(req).await
+    };
+    Router::new()
+        .route(
+            "/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/console",
+            get(console),
+        )
+        .route("/apis/kubevirt.io/v1/virtualmachines", get(echo))
+}
+
+async fn call(req: Request) -> (StatusCode, axum::http::HeaderMap, String) {
+    let resp = mount(api()).oneshot(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn get_req(uri: &str) -> Request {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn root_redirects_to_the_console() {
+    for p in ["/", "/console"] {
+        let (code, h, _) = call(get_req(p)).await;
+        assert!(code.is_redirection(), "{p}: {code}");
+        assert_eq!(h[header::LOCATION], "/console/");
+    }
+}
+
+#[tokio::test]
+async fn pages_are_the_application_with_a_strict_policy() {
+    for p in ["/console/", "/console/vms", "/console/vms/default/demo"] {
+        let (code, h, body) = call(get_req(p)).await;
+        assert_eq!(code, StatusCode::OK, "{p}");
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'"), "{csp}");
+        assert!(body.contains("<title>"), "{body}");
+        // No CDN: every script and stylesheet is the console's own.
+        assert!(!body.contains("http://") && !body.contains("https://"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn vendored_libraries_are_embedded() {
+    for (p, ty) in [
+        ("/console/vendor/xterm/xterm.mjs", "text/javascript; charset=utf-8"),
+        ("/console/vendor/xterm/xterm.css", "text/css; charset=utf-8"),
+        ("/console/vendor/novnc/core/rfb.js", "text/javascript; charset=utf-8"),
+        ("/console/js/app.js", "text/javascript; charset=utf-8"),
+    ] {
+        let (code, h, body) = call(get_req(p)).await;
+        assert_eq!(code, StatusCode::OK, "{p}");
+        assert_eq!(h[header::CONTENT_TYPE], ty, "{p}");
+        assert!(body.len() > 100, "{p}: {} bytes", body.len());
+    }
+    let (code, _, body) = call(get_req("/console/vendor/nothing.js")).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(body.contains("vendor/nothing.js"), "{body}");
+    // Every relative import of the embedded modules resolves to an embedded file.
+    for name in assets::names().filter(|n| n.ends_with(".js") || n.ends_with(".mjs")) {
+        let (_, bytes) = assets::find(name).unwrap();
+        let text = String::from_utf8_lossy(bytes);
+        for line in text.lines().filter(|l| l.trim_start().starts_with("import ")) {
+            let Some(spec) = line.split(['"', '\'']).nth(1).filter(|s| s.starts_with('.')) else { continue };
+            let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
+            let mut parts: Vec<&str> = dir.split('/').filter(|s| !s.is_empty()).collect();
+            for seg in spec.split('/') {
+                match seg {
+                    "." => {}
+                    ".." => {
+                        parts.pop();
+                    }
+                    s => parts.push(s),
+                }
+            }
+            let target = parts.join("/");
+            assert!(assets::find(&target).is_some(), "{name} imports {spec}: {target} is not embedded");
+        }
+    }
+}
+
+#[tokio::test]
+async fn files_are_read_only() {
+    let req = Request::post("/console/js/app.js").body(Body::empty()).unwrap();
+    let (code, _, _) = call(req).await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn other_paths_reach_the_api() {
+    let (code, _, body) = call(get_req("/apis/kubevirt.io/v1/virtualmachines")).await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(body, "api /apis/kubevirt.io/v1/virtualmachines auth=");
+}
+
+const WS: &str =
+    "/console/ws/apis/subresources.kubevirt.io/v1/namespaces/d/virtualmachineinstances/x/console";
+
+#[tokio::test]
+async fn websockets_carry_the_cookie_token_to_the_api() {
+    let req = Request::get(format!("{WS}?q=1"))
+        .header(header::HOST, "node:8443")
+        .header(header::ORIGIN, "https://node:8443")
+        .header(header::COOKIE, "virt-console-token=tok%20en")
+        .body(Body::empty())
+        .unwrap();
+    let (code, _, body) = call(req).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        "api /apis/subresources.kubevirt.io/v1/namespaces/d/virtualmachineinstances/x/console?q=1 auth=Bearer tok en"
+    );
+}
+
+#[tokio::test]
+async fn websockets_from_other_sites_are_refused() {
+    let req = Request::get(WS)
+        .header(header::HOST, "node:8443")
+        .header(header::ORIGIN, "https://evil.example")
+        .header(header::COOKIE, "virt-console-token=tok")
+        .body(Body::empty())
+        .unwrap();
+    let (code, _, body) = call(req).await;
+    assert_eq!(code, StatusCode::FORBIDDEN);
+    assert!(body.contains("evil.example"), "{body}");
+}
+
+#[tokio::test]
+async fn only_console_subresources_are_forwarded() {
+    let req = get_req("/console/ws/apis/kubevirt.io/v1/virtualmachines");
+    let (code, _, body) = call(req).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(body.contains("/apis/kubevirt.io/v1/virtualmachines"), "{body}");
+}
