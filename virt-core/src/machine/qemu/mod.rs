@@ -249,6 +249,7 @@ fn collect_stderr(name: String, mut stderr: std::process::ChildStderr) -> Arc<Mu
     let tail = Arc::new(Mutex::new(String::new()));
     let t = tail.clone();
     let _ = std::thread::Builder::new().name(format!("{name}-qemu-stderr")).spawn(move || {
+        crate::jail::enter_or_die(crate::jail::Role::Console);
         let mut split = qmp::LineSplitter::new(1024);
         let mut buf = [0u8; 4096];
         loop {
@@ -591,6 +592,7 @@ fn spawn_console_relay(name: &str, mut serial: UnixStream, mut sink: ConsoleSink
     std::thread::Builder::new()
         .name(format!("{name}-console"))
         .spawn(move || {
+            crate::jail::enter_or_die(crate::jail::Role::Console);
             let mut buf = [0u8; 4096];
             loop {
                 match serial.read(&mut buf) {
@@ -621,6 +623,7 @@ fn spawn_waiter(
     std::thread::Builder::new()
         .name(format!("{}-wait", inner.name))
         .spawn(move || {
+            crate::jail::enter_or_die(crate::jail::Role::Main);
             let status = loop {
                 {
                     let mut c = lock(&child);
