@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use virt_core::block::{BlockBackend, RawFile};
 use virt_core::hypervisor::kvm::KvmHypervisor;
+use virt_core::jail::cgroup::{self, Cgroup};
 use virt_core::jail::{self, JailOptions, Role};
 use virt_core::machine::accel::HostVirt;
 use virt_core::machine::native::NativeBackend;
@@ -391,13 +392,20 @@ impl Termination {
     }
 }
 
+/// A started machine, what the supervisor shows of it, and its cgroup (left when it ends).
+struct Started {
+    machine: Arc<dyn Machine>,
+    info: ServeInfo,
+    cgroup: Option<Cgroup>,
+}
+
 /// Reads the spec, picks the backend and starts the machine with the supervisor's console.
 fn start_supervised(
     args: &Args,
     spec_path: &Path,
     run_dir: &Path,
     sup: &Supervisor,
-) -> Result<(Arc<dyn Machine>, ServeInfo), String> {
+) -> Result<Started, String> {
     let raw = std::fs::read(spec_path).map_err(|e| format!("read the spec {}: {e}", spec_path.display()))?;
     let spec: MachineSpec = serde_json::from_slice(&raw)
         .map_err(|e| format!("the spec {} is not a MachineSpec: {e}", spec_path.display()))?;
@@ -412,9 +420,29 @@ fn start_supervised(
     let qemu = QemuBackend::new(QemuOptions {
         allow_emulation: args.allow_emulation,
         run_dir: Some(run_dir.to_path_buf()),
+        confine: !args.no_confine,
         ..Default::default()
     });
     let backend = select_backend(&spec, args.backend, &native, &qemu).map_err(|e| e.to_string())?;
+    // The cgroup before the machine: QEMU and swtpm start inside it.
+    let cgroup = if args.no_confine {
+        None
+    } else {
+        let vcpus = spec.cpu.count();
+        let emulation = backend.name() == "qemu" && args.allow_emulation;
+        let overhead = cgroup::overhead_mib(spec.memory_mib, vcpus, emulation);
+        let limits = cgroup::Limits {
+            memory_bytes: (spec.memory_mib + overhead) << 20,
+            pids: cgroup::pids_for(vcpus),
+        };
+        let name: String = spec
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+            .collect();
+        let name = format!("virt-launcher-{name}-{}", std::process::id());
+        Some(Cgroup::join(&name, limits).map_err(|e| format!("confinement: the machine's cgroup: {e}"))?)
+    };
     let machine = backend.start(&spec, sup.console_sink()).map_err(|e| e.to_string())?;
     let d = machine.accelerator();
     say!(
@@ -424,7 +452,8 @@ fn start_supervised(
         d.accelerator,
         d.reason
     );
-    Ok((Arc::from(machine), ServeInfo { name: spec.name.clone(), backend: backend.name().into() }))
+    let info = ServeInfo { name: spec.name.clone(), backend: backend.name().into() };
+    Ok(Started { machine: Arc::from(machine), info, cgroup })
 }
 
 /// Supervised mode: claim the run directory, start, serve until the machine ends.
@@ -455,7 +484,7 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (machine, info) = match start_supervised(args, spec_path, run_dir, &sup) {
+    let Started { machine, info, cgroup } = match start_supervised(args, spec_path, run_dir, &sup) {
         Ok(m) => m,
         Err(e) => {
             say!("virt-launcher: {e}");
@@ -472,6 +501,9 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
     let served = sup.serve(machine, info);
     // Drop the machine (the backend's own clean-up: QEMU's run directory) before exiting.
     drop(term.machine.lock().unwrap_or_else(|e| e.into_inner()).take());
+    if let Some(cg) = cgroup {
+        cg.leave();
+    }
     match served {
         Ok(MachineExit::PowerOff | MachineExit::Stopped) => ExitCode::SUCCESS,
         Ok(MachineExit::Reboot) => {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use virt_core::jail::{read_violation, VIOLATION_EXIT_CODE};
+use virt_core::jail::{cgroup, read_violation, VIOLATION_EXIT_CODE};
 use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::remote::{is_alive, read_exit, RemoteMachine};
 use virt_core::machine::supervisor::{CONSOLE_LOG, PID_FILE};
@@ -158,11 +158,20 @@ fn a_tiny_guest_runs_on_the_native_backend_with_every_thread_confined() {
         assert_eq!(*seccomp, 2, "thread {name} is not filtered: {ts:?}");
         assert_eq!(*cap_eff, 0, "thread {name} keeps capabilities: {ts:?}");
     }
+    // Its own cgroup: guest memory + the documented overhead, and a task limit.
+    let mem = cgroup::read_limit(pid, "memory", "memory.limit_in_bytes", "memory.max").unwrap();
+    assert_eq!(mem, ((32 + cgroup::overhead_mib(32, 1, false)) << 20).to_string());
+    let pids = cgroup::read_limit(pid, "pids", "pids.max", "pids.max").unwrap();
+    assert_eq!(pids, cgroup::pids_for(1).to_string());
+    let (cg_dir, _) = cgroup::dir_of(pid, "memory").unwrap();
+    assert!(cg_dir.ends_with(format!("virt-launcher-tiny-{pid}")), "{}", cg_dir.display());
     m.stop().unwrap();
     assert_eq!(m.wait(Some(Duration::from_secs(30))), Some(MachineExit::Stopped));
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(0), "{}", text(&stderr));
     assert!(read_violation(&run_dir).is_none(), "{}", text(&stderr));
+    // The cgroup went with the launcher.
+    assert!(!cg_dir.exists(), "{} is left", cg_dir.display());
     let _ = std::fs::remove_dir_all(base);
 }
 

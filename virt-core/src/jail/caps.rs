@@ -22,6 +22,15 @@ pub enum CapsError {
     },
 }
 
+impl CapsError {
+    /// The kernel's error alone (no allocation: usable between fork and exec).
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            CapsError::Capset { source, .. } | CapsError::Prctl { source, .. } => source,
+        }
+    }
+}
+
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 #[repr(C)]
