@@ -440,7 +440,7 @@ fn start_supervised(
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
             .collect();
-        let name = format!("virt-launcher-{name}-{}", std::process::id());
+        let name = format!("{}{name}-{}", cgroup::PREFIX, std::process::id());
         Some(Cgroup::join(&name, limits).map_err(|e| format!("confinement: the machine's cgroup: {e}"))?)
     };
     let machine = backend.start(&spec, sup.console_sink()).map_err(|e| e.to_string())?;
@@ -469,6 +469,7 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
             say!("virt-launcher: {e}");
             return ExitCode::FAILURE;
         }
+        cgroup::collect_stale();
     }
     let term = match Termination::install(Duration::from_secs(args.grace_period)) {
         Ok(t) => t,

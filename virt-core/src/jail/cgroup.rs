@@ -199,8 +199,41 @@ impl Drop for Cgroup {
                 continue;
             }
             if let Err(e) = std::fs::remove_dir(dir) {
-                log::warn!("cgroup: remove {}: {e}", dir.display());
+                // A read-only parent (without CAP_DAC_OVERRIDE): the next launcher removes it.
+                log::debug!("cgroup: remove {}: {e}", dir.display());
             }
+        }
+    }
+}
+
+/// Prefix of the machines' cgroups; the name ends with `-<launcher pid>`.
+pub const PREFIX: &str = "virt-launcher-";
+
+/// Removes the groups of launchers that are gone: a launcher that lost its capabilities cannot
+/// remove its own group where the parent directory is read-only without CAP_DAC_OVERRIDE (a v1
+/// hierarchy's root is mode 0555), nor does one killed for a forbidden call; the next launcher does.
+/// `rmdir` of a cgroup with tasks fails, so a live machine's group is never touched.
+pub fn collect_stale() {
+    let (Ok(mountinfo), Ok(self_cgroup)) =
+        (std::fs::read_to_string("/proc/self/mountinfo"), std::fs::read_to_string("/proc/self/cgroup"))
+    else {
+        return;
+    };
+    for c in ["memory", "pids"] {
+        if let Some(h) = find(c, &mountinfo, &self_cgroup) {
+            collect_stale_in(&h.dir);
+        }
+    }
+}
+
+fn collect_stale_in(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        let Some(pid) = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir(e.path());
         }
     }
 }

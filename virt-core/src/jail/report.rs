@@ -133,6 +133,7 @@ pub(super) fn install(run_dir: Option<PathBuf>, hook: Option<ViolationHook>) -> 
     std::thread::Builder::new()
         .name("jail-reporter".into())
         .spawn(move || {
+            block_async_signals();
             super::enter_or_die(Role::Main);
             let mut f = std::fs::File::from(report_r);
             let mut rec = [0u8; RECORD];
@@ -161,6 +162,21 @@ pub(super) fn install(run_dir: Option<PathBuf>, hook: Option<ViolationHook>) -> 
         })
         .map_err(err("spawn the reporter thread"))?;
     Ok(())
+}
+
+/// The reporter takes no process-directed signal (SIGTERM and the like are the embedder's, which
+/// may be blocked everywhere else and taken with sigwait); faults and SIGSYS stay deliverable.
+fn block_async_signals() {
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use; pthread_sigmask changes the
+    // calling thread's mask only.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for s in [libc::SIGSYS, libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGABRT] {
+            libc::sigdelset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 fn record(run_dir: Option<&Path>, v: &Violation) {
