@@ -8,6 +8,8 @@
 //! - [`model`]: KubeVirt's VirtualMachine, VirtualMachineInstance, instancetypes and preferences:
 //!   loading, validation, what this node supports, instancetype resolution.
 //! - [`lifecycle`]: run strategies, phases, conditions and events of VMs and VMIs, as a library.
+//! - [`jail`]: confinement of a process running a machine: a seccomp filter per thread role,
+//!   capabilities dropped, a cgroup (docs/confinement.md).
 //! - [`vmm`]: the native VMM: memory layout, boot (bzImage, PVH vmlinux), ACPI, devices, vCPU loop.
 //! - [`fuzzing`]: entry points for the fuzz targets in `fuzz/` and the property tests.
 
@@ -15,6 +17,8 @@ pub mod api;
 pub mod block;
 pub mod fuzzing;
 pub mod hypervisor;
+#[cfg(target_arch = "x86_64")]
+pub mod jail;
 pub mod lifecycle;
 pub mod machine;
 pub mod model;

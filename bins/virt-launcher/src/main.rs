@@ -13,9 +13,12 @@ use std::time::Duration;
 use clap::Parser;
 use virt_core::block::{BlockBackend, RawFile};
 use virt_core::hypervisor::kvm::KvmHypervisor;
+use virt_core::jail::cgroup::{self, Cgroup};
+use virt_core::jail::{self, JailOptions, Role};
+use virt_core::machine::accel::HostVirt;
 use virt_core::machine::native::NativeBackend;
 use virt_core::machine::qemu::{QemuBackend, QemuOptions};
-use virt_core::machine::supervisor::{graceful_stop, ServeInfo, Supervisor};
+use virt_core::machine::supervisor::{graceful_stop, write_exit_record, ServeInfo, Supervisor};
 use virt_core::machine::{
     select_backend, BackendChoice, DiskFormat, DiskOpener, DiskSpec, Machine, MachineExit, MachineSpec,
 };
@@ -96,6 +99,14 @@ struct Args {
     /// Only decompress the kernel into the cache (no VM, no /dev/kvm needed) and print the cached path.
     #[arg(long)]
     prepare_kernel: bool,
+    /// Debugging only: run without confinement (no seccomp filters, capabilities kept, no cgroup);
+    /// see docs/confinement.md.
+    #[arg(long)]
+    no_confine: bool,
+    /// Supervised mode: treat /dev/kvm as hardware KVM when it opens, even if /proc/cpuinfo shows no
+    /// vmx/svm (a nested hypervisor that hides the flag; the tests' tiny guests on such hosts).
+    #[arg(long)]
+    trust_kvm: bool,
 }
 
 fn parse_disk(spec: &str) -> Result<Arc<dyn BlockBackend>, String> {
@@ -204,6 +215,9 @@ fn run(args: Args) -> Result<ExitReason, String> {
         }
         return Ok(ExitReason::PowerOff);
     }
+    if !args.no_confine {
+        confine(None, None)?;
+    }
     let hv = KvmHypervisor::with_path(&args.kvm_device).map_err(|e| e.to_string())?;
     let cfg = VmConfig {
         memory_mib: args.memory,
@@ -231,6 +245,7 @@ fn run(args: Args) -> Result<ExitReason, String> {
     let h = handle.clone();
     // Console input: a detached thread; it ends with the process.
     let _ = std::thread::Builder::new().name("console-in".into()).spawn(move || {
+        jail::enter_or_die(Role::Console);
         use std::io::Read;
         let mut buf = [0u8; 64];
         let mut stdin = std::io::stdin();
@@ -247,6 +262,7 @@ fn run(args: Args) -> Result<ExitReason, String> {
             }
         }
     });
+    jail::enter_or_die(Role::Main);
     let reason = handle.wait();
     if trace {
         if let Some(t) = handle.first_exit() {
@@ -323,6 +339,7 @@ impl Termination {
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
+                jail::enter_or_die(Role::Main);
                 let mut count = 0;
                 loop {
                     let mut sig = 0;
@@ -376,25 +393,57 @@ impl Termination {
     }
 }
 
+/// A started machine, what the supervisor shows of it, and its cgroup (left when it ends).
+struct Started {
+    machine: Arc<dyn Machine>,
+    info: ServeInfo,
+    cgroup: Option<Cgroup>,
+}
+
 /// Reads the spec, picks the backend and starts the machine with the supervisor's console.
 fn start_supervised(
     args: &Args,
     spec_path: &Path,
     run_dir: &Path,
     sup: &Supervisor,
-) -> Result<(Arc<dyn Machine>, ServeInfo), String> {
+) -> Result<Started, String> {
     let raw = std::fs::read(spec_path).map_err(|e| format!("read the spec {}: {e}", spec_path.display()))?;
     let spec: MachineSpec = serde_json::from_slice(&raw)
         .map_err(|e| format!("the spec {} is not a MachineSpec: {e}", spec_path.display()))?;
     let cache = if args.no_kernel_cache { None } else { args.kernel_cache.clone().or_else(default_cache) };
     let opener: DiskOpener = Arc::new(open_disk);
-    let native = NativeBackend::new(opener, cache).with_net(virt_net::tap::opener());
+    let mut native = NativeBackend::new(opener, cache).with_net(virt_net::tap::opener());
+    if args.trust_kvm {
+        let mut host = HostVirt::probe();
+        host.cpu_flag = host.kvm_usable;
+        native = native.with_host(host);
+    }
     let qemu = QemuBackend::new(QemuOptions {
         allow_emulation: args.allow_emulation,
         run_dir: Some(run_dir.to_path_buf()),
+        confine: !args.no_confine,
         ..Default::default()
     });
     let backend = select_backend(&spec, args.backend, &native, &qemu).map_err(|e| e.to_string())?;
+    // The cgroup before the machine: QEMU and swtpm start inside it.
+    let cgroup = if args.no_confine {
+        None
+    } else {
+        let vcpus = spec.cpu.count();
+        let emulation = backend.name() == "qemu" && args.allow_emulation;
+        let overhead = cgroup::overhead_mib(spec.memory_mib, vcpus, emulation);
+        let limits = cgroup::Limits {
+            memory_bytes: (spec.memory_mib + overhead) << 20,
+            pids: cgroup::pids_for(vcpus),
+        };
+        let name: String = spec
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+            .collect();
+        let name = format!("{}{name}-{}", cgroup::PREFIX, std::process::id());
+        Some(Cgroup::join(&name, limits).map_err(|e| format!("confinement: the machine's cgroup: {e}"))?)
+    };
     let machine = backend.start(&spec, sup.console_sink()).map_err(|e| e.to_string())?;
     let d = machine.accelerator();
     say!(
@@ -404,11 +453,25 @@ fn start_supervised(
         d.accelerator,
         d.reason
     );
-    Ok((Arc::from(machine), ServeInfo { name: spec.name.clone(), backend: backend.name().into() }))
+    let info = ServeInfo { name: spec.name.clone(), backend: backend.name().into() };
+    Ok(Started { machine: Arc::from(machine), info, cgroup })
 }
 
 /// Supervised mode: claim the run directory, start, serve until the machine ends.
 fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
+    if !args.no_confine {
+        let dir = run_dir.to_path_buf();
+        let hook: jail::ViolationHook = Box::new(move |v| {
+            if let Err(e) = write_exit_record(&dir, &MachineExit::Failed(v.to_string())) {
+                say!("virt-launcher: write the exit record: {e}");
+            }
+        });
+        if let Err(e) = confine(Some(run_dir.to_path_buf()), Some(hook)) {
+            say!("virt-launcher: {e}");
+            return ExitCode::FAILURE;
+        }
+        cgroup::collect_stale();
+    }
     let term = match Termination::install(Duration::from_secs(args.grace_period)) {
         Ok(t) => t,
         Err(e) => {
@@ -423,7 +486,7 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (machine, info) = match start_supervised(args, spec_path, run_dir, &sup) {
+    let Started { machine, info, cgroup } = match start_supervised(args, spec_path, run_dir, &sup) {
         Ok(m) => m,
         Err(e) => {
             say!("virt-launcher: {e}");
@@ -433,10 +496,16 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The machine runs (QEMU, which must not inherit the launcher's filter, is spawned): the main
+    // thread confines itself before it serves the sockets.
+    jail::enter_or_die(Role::Main);
     term.running(machine.clone());
     let served = sup.serve(machine, info);
     // Drop the machine (the backend's own clean-up: QEMU's run directory) before exiting.
     drop(term.machine.lock().unwrap_or_else(|e| e.into_inner()).take());
+    if let Some(cg) = cgroup {
+        cg.leave();
+    }
     match served {
         Ok(MachineExit::PowerOff | MachineExit::Stopped) => ExitCode::SUCCESS,
         Ok(MachineExit::Reboot) => {
@@ -452,6 +521,17 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Turns confinement on (docs/confinement.md); `VIRT_JAIL_SELFTEST=<role>` makes the first thread of
+/// that role make a forbidden call, for the tests that prove the filter and its exit record.
+fn confine(run_dir: Option<PathBuf>, on_violation: Option<jail::ViolationHook>) -> Result<(), String> {
+    let selftest = match std::env::var("VIRT_JAIL_SELFTEST") {
+        Ok(r) => Some(Role::from_name(&r).ok_or_else(|| format!("VIRT_JAIL_SELFTEST={r:?}: no such role"))?),
+        Err(_) => None,
+    };
+    jail::enable(JailOptions { run_dir, keep_caps: vec![], on_violation, selftest })
+        .map_err(|e| e.to_string())
 }
 
 /// Library warnings (and more with `VIRT_LAUNCHER_LOG=info|debug`) on stderr.

@@ -104,6 +104,35 @@ fn text(p: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
 }
 
+/// The threads of `pid`: (name, /proc status).
+fn tasks(pid: u32) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        if let Ok(st) = std::fs::read_to_string(t.unwrap().path().join("status")) {
+            v.push((field(&st, "Name:"), st));
+        }
+    }
+    v
+}
+
+fn field(status: &str, k: &str) -> String {
+    status.lines().find_map(|l| l.strip_prefix(k)).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
+
+/// The child processes of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let c = std::fs::read_to_string(t.unwrap().path().join("children")).unwrap_or_default();
+        v.extend(c.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    v
+}
+
 #[test]
 fn a_supervised_qemu_machine_is_driven_over_its_sockets() {
     if !have("qemu-system-x86_64") {
@@ -146,6 +175,19 @@ fn a_supervised_qemu_machine_is_driven_over_its_sockets() {
 
     let m = RemoteMachine::connect(&run_dir).unwrap();
     assert_eq!(m.launcher_pid(), pid);
+    // Confined (docs/confinement.md): every launcher thread filtered with no capability; QEMU under
+    // its own sandbox with no capability and no_new_privs.
+    for (name, st) in tasks(pid) {
+        assert_eq!(field(&st, "Seccomp:"), "2", "launcher thread {name}: {st}");
+        assert_eq!(field(&st, "CapEff:"), "0000000000000000", "launcher thread {name}: {st}");
+    }
+    let qemu = children(pid).into_iter().find(|c| comm(*c).starts_with("qemu")).expect("QEMU's process");
+    let qst = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+    assert_eq!(field(&qst, "Seccomp:"), "2", "{qst}");
+    assert_eq!(field(&qst, "NoNewPrivs:"), "1", "{qst}");
+    assert_eq!(field(&qst, "CapEff:"), "0000000000000000", "{qst}");
+    let cmdline = std::fs::read_to_string(format!("/proc/{qemu}/cmdline")).unwrap().replace('\0', " ");
+    assert!(cmdline.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"), "{cmdline}");
     assert_eq!(m.backend(), "qemu");
     assert_eq!(m.name(), "supervised");
     assert_eq!(m.status(), MachineStatus::Running);

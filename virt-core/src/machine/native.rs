@@ -153,6 +153,7 @@ impl MachineBackend for NativeBackend {
         std::thread::Builder::new()
             .name(format!("{}-wait", spec.name))
             .spawn(move || {
+                crate::jail::enter_or_die(crate::jail::Role::Main);
                 let exit = match handle.wait() {
                     ExitReason::PowerOff => MachineExit::PowerOff,
                     ExitReason::Reset => MachineExit::Reboot,

@@ -319,6 +319,14 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Writes `exit.json` in `run_dir` (atomically) on behalf of a launcher that ends outside
+/// [`Supervisor::serve`]: e.g. the confinement's reporter, when a thread made a forbidden call.
+pub fn write_exit_record(run_dir: &Path, exit: &MachineExit) -> std::io::Result<()> {
+    let mut json = serde_json::to_vec(exit).map_err(std::io::Error::other)?;
+    json.push(b'\n');
+    write_atomic(&run_dir.join(EXIT_FILE), &json)
+}
+
 /// The console: `console.log`, the ring buffer and the one interactive session.
 struct ConsoleHub {
     state: Mutex<ConsoleState>,
@@ -522,8 +530,8 @@ impl Supervisor {
             }
         };
         let acceptors = [
-            spawn_acceptor(shared.clone(), control, "control", accept_control),
-            spawn_acceptor(shared.clone(), console, "console", accept_console),
+            spawn_acceptor(shared.clone(), control, "control", crate::jail::Role::Control, accept_control),
+            spawn_acceptor(shared.clone(), console, "console", crate::jail::Role::Console, accept_console),
         ];
 
         let exit = pump_events(&shared);
@@ -647,10 +655,12 @@ fn spawn_acceptor(
     shared: Arc<Shared>,
     l: UnixListener,
     what: &'static str,
+    role: crate::jail::Role,
     handle: Handler,
 ) -> Option<std::thread::JoinHandle<()>> {
     let machine = shared.info.name.clone();
     let r = std::thread::Builder::new().name(format!("{machine}-{what}")).spawn(move || {
+        crate::jail::enter_or_die(role);
         while !shared.shutdown.load(Ordering::SeqCst) {
             if !wait_readable(&l, TICK) {
                 continue;
@@ -708,6 +718,7 @@ fn accept_control(shared: &Arc<Shared>, mut s: UnixStream) {
     lock(&shared.conns).push((id, clone));
     let sh = shared.clone();
     let r = std::thread::Builder::new().name(format!("{}-ctl{id}", shared.info.name)).spawn(move || {
+        crate::jail::enter_or_die(crate::jail::Role::Control);
         let _open = open;
         serve_control(&sh, s);
         lock(&sh.conns).retain(|(i, _)| *i != id);
@@ -865,6 +876,7 @@ fn accept_console(shared: &Arc<Shared>, mut s: UnixStream) {
     let open = Open::new(shared);
     let sh = shared.clone();
     let r = std::thread::Builder::new().name(format!("{}-console-in", shared.info.name)).spawn(move || {
+        crate::jail::enter_or_die(crate::jail::Role::Console);
         let _open = open;
         let mut buf = [0u8; 1024];
         loop {

@@ -152,6 +152,7 @@ impl VcpuControl {
     ) -> std::io::Result<()> {
         let ctl = self.clone();
         let h = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
+            crate::jail::enter_or_die(crate::jail::Role::Vcpu);
             run_vcpu(id, vcpu, &io, &mmio, &ctl, &exit);
             ctl.mark_exited();
             // Wake the VMM if this vCPU ended the VM.

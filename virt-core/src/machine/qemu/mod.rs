@@ -69,7 +69,14 @@ pub struct QemuOptions {
     pub start_timeout: Duration,
     /// How long a QMP command may take.
     pub qmp_timeout: Duration,
+    /// Confine QEMU and swtpm (docs/confinement.md): QEMU's own seccomp sandbox
+    /// ([`QEMU_SANDBOX`]), and both started with no capabilities and `no_new_privs`.
+    pub confine: bool,
 }
+
+/// QEMU's seccomp sandbox for a confined machine: no obsolete calls, no privilege changes, no new
+/// processes, no scheduler or resource control.
+pub const QEMU_SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 impl Default for QemuOptions {
     fn default() -> Self {
@@ -82,6 +89,7 @@ impl Default for QemuOptions {
             stop_grace: Duration::from_secs(10),
             start_timeout: Duration::from_secs(30),
             qmp_timeout: Duration::from_secs(30),
+            confine: false,
         }
     }
 }
@@ -251,6 +259,7 @@ fn collect_stderr(name: String, mut stderr: std::process::ChildStderr) -> Arc<Mu
     let tail = Arc::new(Mutex::new(String::new()));
     let t = tail.clone();
     let _ = std::thread::Builder::new().name(format!("{name}-qemu-stderr")).spawn(move || {
+        crate::jail::enter_or_die(crate::jail::Role::Console);
         let mut split = qmp::LineSplitter::new(1024);
         let mut buf = [0u8; 4096];
         loop {
@@ -318,15 +327,20 @@ fn accept_within(
 }
 
 /// Makes the child die with the thread that spawns it (the launcher's main thread), so that a
-/// launcher killed with SIGKILL does not leave an unsupervised QEMU (or swtpm) running its guest.
-fn die_with_parent(cmd: &mut Command) {
+/// launcher killed with SIGKILL does not leave an unsupervised QEMU (or swtpm) running its guest;
+/// with `confine`, the child also starts with no capabilities and `no_new_privs`.
+fn die_with_parent(cmd: &mut Command, confine: bool) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which is
-    // async-signal-safe; it touches no memory of the parent.
+    // SAFETY: the closure runs in the child between fork and exec and only makes system calls
+    // (prctl, capset), which are async-signal-safe; it allocates nothing and touches no memory of
+    // the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if confine {
+                crate::jail::drop_capabilities(0).map_err(crate::jail::CapsError::into_io)?;
             }
             Ok(())
         });
@@ -352,7 +366,7 @@ fn start_swtpm(opts: &QemuOptions, spec: &MachineSpec, dir: &Path, sock: &Path) 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    die_with_parent(&mut cmd);
+    die_with_parent(&mut cmd, opts.confine);
     let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", opts.swtpm.display()))?;
     let deadline = Instant::now() + opts.start_timeout;
     while !sock.exists() {
@@ -507,7 +521,10 @@ fn start(
     );
     let mut cmd = Command::new(&opts.qemu);
     cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    die_with_parent(&mut cmd);
+    if opts.confine {
+        cmd.args(["-sandbox", QEMU_SANDBOX]);
+    }
+    die_with_parent(&mut cmd, opts.confine);
     let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", opts.qemu.display()))?;
     let stderr = child.stderr.take().map(|s| collect_stderr(spec.name.clone(), s)).unwrap_or_default();
     let child = Arc::new(Mutex::new(child));
@@ -593,6 +610,7 @@ fn spawn_console_relay(name: &str, mut serial: UnixStream, mut sink: ConsoleSink
     std::thread::Builder::new()
         .name(format!("{name}-console"))
         .spawn(move || {
+            crate::jail::enter_or_die(crate::jail::Role::Console);
             let mut buf = [0u8; 4096];
             loop {
                 match serial.read(&mut buf) {
@@ -623,6 +641,7 @@ fn spawn_waiter(
     std::thread::Builder::new()
         .name(format!("{}-wait", inner.name))
         .spawn(move || {
+            crate::jail::enter_or_die(crate::jail::Role::Main);
             let status = loop {
                 {
                     let mut c = lock(&child);

@@ -126,7 +126,10 @@ impl QmpClient {
         let pending = client.pending.clone();
         let reader = std::thread::Builder::new()
             .name("qmp-reader".into())
-            .spawn(move || reader_loop(stream, split, queue, pending, handler))
+            .spawn(move || {
+                crate::jail::enter_or_die(crate::jail::Role::Control);
+                reader_loop(stream, split, queue, pending, handler)
+            })
             .map_err(io("spawn the reader thread"))?;
         Ok((client, reader))
     }

@@ -118,7 +118,10 @@ impl VirtioDevice for Block {
         let mut worker = Worker { backend: self.backend.clone(), mem, queue, interrupt, buf: Vec::new() };
         let handle = std::thread::Builder::new()
             .name("virtio-blk".into())
-            .spawn(move || worker.run(&evt, &kill2))
+            .spawn(move || {
+                crate::jail::enter_or_die(crate::jail::Role::Worker);
+                worker.run(&evt, &kill2)
+            })
             .map_err(ActivateError::Worker)?;
         self.worker = Some((handle, kill));
         Ok(())
