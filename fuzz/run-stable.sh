@@ -18,8 +18,10 @@ triple=$(rustc -vV | sed -n 's/^host: //p')
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
-export CARGO_TARGET_DIR=target/stable
-bin_dir="target/stable/$triple/release"
+# Instrumented builds take long on 2 cores: keep them in a persistent directory (cargo rebuilds what
+# changed), so later runs and CI on the same machine only rebuild what a change touched.
+export CARGO_TARGET_DIR=${VIRT_FUZZ_TARGET_DIR:-/var/tmp/virt-rs-fuzz-target}
+bin_dir="$CARGO_TARGET_DIR/$triple/release"
 # -timeout: one input taking longer is a hang (a crash); -rss_limit_mb: so is a runaway allocation.
 fuzz_args=(-max_len=65536 -rss_limit_mb=1024 -timeout=10 -print_final_stats=1)
 
@@ -66,6 +68,6 @@ for src in fuzz_targets/*.rs; do
 done
 echo "fuzz: all targets took $(($(date +%s) - start)) s"
 if [ "${#failed[@]}" -gt 0 ]; then
-  echo "fuzz: crashed: ${failed[*]} (reproduce: fuzz/target/stable/$triple/release/TARGET INPUT)"
+  echo "fuzz: crashed: ${failed[*]} (reproduce: $bin_dir/TARGET INPUT)"
   exit 1
 fi

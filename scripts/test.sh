@@ -10,6 +10,8 @@ bash scripts/install-deps.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+# Every fuzz target for 15 s on the stable toolchain (docs/fuzzing.md); a crash fails the run.
+bash fuzz/run-stable.sh all 15
 
 bash scripts/guest-assets.sh >/dev/null
 cargo build --release -p virt-launcher
