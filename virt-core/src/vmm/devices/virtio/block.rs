@@ -214,6 +214,13 @@ impl Worker {
                 break;
             }
             match self.queue.enable_notification(&self.mem) {
+                // The driver published an index further ahead than the ring holds: nothing can be
+                // popped, and "more" would stay true forever (the worker spun at 100% and could not
+                // be stopped). Wait for the driver to publish a sane index.
+                Ok(true) if self.avail_index_is_broken() => {
+                    log::warn!("virtio-blk: the driver's available index is more than a queue ahead");
+                    break;
+                }
                 Ok(true) => continue, // more requests arrived meanwhile
                 Ok(false) => break,
                 Err(e) => {
@@ -234,6 +241,14 @@ impl Worker {
             }
         }
         done
+    }
+
+    /// Whether the available index is more than the queue's size ahead of the next one to serve.
+    fn avail_index_is_broken(&self) -> bool {
+        match self.queue.avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire) {
+            Ok(idx) => idx.0.wrapping_sub(self.queue.next_avail()) > self.queue.size(),
+            Err(_) => true,
+        }
     }
 
     fn drain(&mut self) -> usize {
