@@ -90,6 +90,17 @@ fn qmp_commands_after_the_close_fail_at_once() {
     assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
 }
 
+/// Regression (found by `virtio_blk`): with `VIRTIO_RING_F_EVENT_IDX`, a driver publishing an
+/// available index more than the queue's size ahead made the worker spin forever (it could pop
+/// nothing, yet "more requests" stayed true), so the device could not even be reset.
+#[test]
+fn virtio_blk_avail_index_far_ahead_does_not_spin() {
+    let d = seeds("virtio_blk").into_iter().find(|(n, _)| n == "regression-avail-index-ahead").unwrap().1;
+    let t = Instant::now();
+    fuzzing::virtio_blk(&d);
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 

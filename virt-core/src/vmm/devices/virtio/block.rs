@@ -26,6 +26,10 @@ const QUEUE_SIZE: u16 = 256;
 const SECTOR_SIZE: u64 = 512;
 /// Largest number of data segments per request the device announces.
 const SEG_MAX: u32 = 126;
+/// Requests served per wake-up; more wait for the next round of the worker's loop, so that a
+/// driver keeping the queue full forever (or one whose buffers overlap its own rings, so that
+/// completing a request publishes another) cannot keep the worker from being stopped.
+const REQUEST_BUDGET: usize = 1024;
 /// Bounce buffer size: the most host memory one request can pin at a time.
 const CHUNK: usize = 1 << 20;
 
@@ -115,7 +119,8 @@ impl VirtioDevice for Block {
         self.stop_worker();
         let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
         let kill2 = kill.try_clone().map_err(ActivateError::Worker)?;
-        let mut worker = Worker { backend: self.backend.clone(), mem, queue, interrupt, buf: Vec::new() };
+        let mut worker =
+            Worker { backend: self.backend.clone(), mem, queue, interrupt, buf: Vec::new(), more: false };
         let handle = std::thread::Builder::new()
             .name("virtio-blk".into())
             .spawn(move || {
@@ -140,6 +145,8 @@ pub struct Worker {
     queue: Queue,
     interrupt: Arc<VirtioInterrupt>,
     buf: Vec<u8>,
+    /// The last [`Worker::process_queue`] stopped at its budget with requests left.
+    more: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +167,7 @@ impl Worker {
         queue: Queue,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Self {
-        Self { backend, mem, queue, interrupt, buf: Vec::new() }
+        Self { backend, mem, queue, interrupt, buf: Vec::new(), more: false }
     }
 
     fn run(&mut self, queue_evt: &EventFd, kill: &EventFd) {
@@ -195,6 +202,10 @@ impl Worker {
                     0 => {
                         let _ = queue_evt.read();
                         self.process_queue();
+                        if self.more {
+                            // Budget spent with work left: come back after looking at `kill`.
+                            let _ = queue_evt.write(1);
+                        }
                     }
                     _ => return,
                 }
@@ -202,21 +213,37 @@ impl Worker {
         }
     }
 
-    /// Serves every available request, then raises the interrupt if the driver wants one.
-    /// Returns the number of requests completed.
+    /// Serves the available requests (at most [`REQUEST_BUDGET`]), then raises the interrupt if
+    /// the driver wants one. Returns the number of requests completed.
     pub fn process_queue(&mut self) -> usize {
         let mut done = 0;
-        loop {
+        self.more = false;
+        for round in 0.. {
+            if round == REQUEST_BUDGET {
+                self.more = true;
+                break;
+            }
             if self.queue.event_idx_enabled() {
                 if let Err(e) = self.queue.disable_notification(&self.mem) {
                     log::warn!("virtio-blk: {e:?}");
                 }
             }
-            done += self.drain();
+            done += self.drain(REQUEST_BUDGET - done);
+            if done >= REQUEST_BUDGET {
+                self.more = true;
+                break;
+            }
             if !self.queue.event_idx_enabled() {
                 break;
             }
             match self.queue.enable_notification(&self.mem) {
+                // The driver published an index further ahead than the ring holds: nothing can be
+                // popped, and "more" would stay true forever (the worker spun at 100% and could not
+                // be stopped). Wait for the driver to publish a sane index.
+                Ok(true) if self.avail_index_is_broken() => {
+                    log::warn!("virtio-blk: the driver's available index is more than a queue ahead");
+                    break;
+                }
                 Ok(true) => continue, // more requests arrived meanwhile
                 Ok(false) => break,
                 Err(e) => {
@@ -239,10 +266,19 @@ impl Worker {
         done
     }
 
-    fn drain(&mut self) -> usize {
+    /// Whether the available index is more than the queue's size ahead of the next one to serve.
+    fn avail_index_is_broken(&self) -> bool {
+        match self.queue.avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire) {
+            Ok(idx) => idx.0.wrapping_sub(self.queue.next_avail()) > self.queue.size(),
+            Err(_) => true,
+        }
+    }
+
+    fn drain(&mut self, budget: usize) -> usize {
         let mut done = 0;
         let mem = self.mem.clone();
-        while let Some(chain) = self.queue.pop_descriptor_chain(&mem) {
+        while done < budget {
+            let Some(chain) = self.queue.pop_descriptor_chain(&mem) else { break };
             let head = chain.head_index();
             let len = match self.handle(chain.clone()) {
                 Ok(n) => n,
