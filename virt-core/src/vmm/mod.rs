@@ -16,6 +16,7 @@ pub mod cpuid;
 pub mod devices;
 pub mod layout;
 pub mod memory;
+pub mod state;
 pub mod vcpu;
 
 use std::io::Write;
