@@ -163,6 +163,14 @@ pub trait DeviceState: Send {
     fn save_section(&mut self, name: &str) -> Result<Section, StateError>;
     /// Restores the device from its section.
     fn restore_section(&mut self, section: &Section) -> Result<(), StateError>;
+    /// Makes the device's writes durable (a disk flushes) before a snapshot.
+    fn flush(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
+    /// Resumes work stopped by [`DeviceState::save_section`] (workers), when the source continues.
+    fn resume(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
 }
 
 /// CRC-32 (IEEE) of `data`.

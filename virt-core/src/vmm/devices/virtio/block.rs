@@ -49,7 +49,7 @@ const ID_BYTES: usize = 20;
 pub struct Block {
     backend: Arc<dyn BlockBackend>,
     config: Vec<u8>,
-    worker: Option<(JoinHandle<()>, EventFd)>,
+    worker: Option<(JoinHandle<Queue>, EventFd)>,
 }
 
 impl Block {
@@ -61,11 +61,10 @@ impl Block {
         Self { backend, config, worker: None }
     }
 
-    fn stop_worker(&mut self) {
-        if let Some((handle, kill)) = self.worker.take() {
-            let _ = kill.write(1);
-            let _ = handle.join();
-        }
+    fn stop_worker(&mut self) -> Option<Queue> {
+        let (handle, kill) = self.worker.take()?;
+        let _ = kill.write(1);
+        handle.join().ok()
     }
 }
 
@@ -118,7 +117,10 @@ impl VirtioDevice for Block {
         let mut worker = Worker { backend: self.backend.clone(), mem, queue, interrupt, buf: Vec::new() };
         let handle = std::thread::Builder::new()
             .name("virtio-blk".into())
-            .spawn(move || worker.run(&evt, &kill2))
+            .spawn(move || {
+                worker.run(&evt, &kill2);
+                worker.queue
+            })
             .map_err(ActivateError::Worker)?;
         self.worker = Some((handle, kill));
         Ok(())
@@ -127,6 +129,17 @@ impl VirtioDevice for Block {
     fn reset(&mut self) -> bool {
         self.stop_worker();
         true
+    }
+
+    fn pause(&mut self) -> Vec<Queue> {
+        self.stop_worker().into_iter().collect()
+    }
+
+    fn flush(&mut self) -> Result<(), BlockError> {
+        if self.backend.read_only() {
+            return Ok(());
+        }
+        self.backend.flush()
     }
 }
 

@@ -42,6 +42,10 @@ impl VirtioInterrupt {
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
     }
+    /// Sets InterruptStatus (restoring a snapshot).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
     /// The driver's InterruptACK.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
@@ -85,6 +89,16 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Stops serving queues (driver reset). Returns false if the device cannot be reset.
     fn reset(&mut self) -> bool;
+    /// Quiesces the device for a snapshot or migration: stops its workers after the request in flight
+    /// and hands back the live queues (their positions are what the snapshot saves). The transport
+    /// re-activates the device with them to resume. A device without workers returns nothing.
+    fn pause(&mut self) -> Vec<Queue> {
+        Vec::new()
+    }
+    /// Makes the device's writes durable before a snapshot (a disk flushes its backend).
+    fn flush(&mut self) -> Result<(), crate::block::BlockError> {
+        Ok(())
+    }
 }
 
 /// Reads `data.len()` bytes at `offset` from a configuration space image, padding with zeros.
