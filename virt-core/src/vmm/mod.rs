@@ -139,6 +139,7 @@ pub struct MicroVm {
     slots: Vec<MemorySlot>,
     timings: Vec<(&'static str, std::time::Duration)>,
     devices: Vec<NamedDevice>,
+    virtio: Vec<Arc<Mutex<MmioTransport>>>,
     cfg_summary: snapshot::ConfigSummary,
     // Kept alive for as long as the VM: the hypervisor holds their file descriptors' counterparts.
     _eventfds: Vec<Arc<EventFd>>,
@@ -246,6 +247,7 @@ impl MicroVm {
 
         // Virtio devices.
         let mut mmio_bus = Bus::new();
+        let mut virtio = Vec::new();
         let mut acpi_devs = Vec::new();
         for (i, disk) in cfg.disks.into_iter().enumerate() {
             let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
@@ -262,6 +264,7 @@ impl MicroVm {
             eventfds.push(irq);
             let transport = Arc::new(Mutex::new(transport));
             devices.push((format!("virtio-mmio{i}"), transport.clone()));
+            virtio.push(transport.clone());
             mmio_bus.insert(transport, base, layout::VIRTIO_MMIO_SIZE).map_err(dev_err)?;
             acpi_devs.push(acpi::MmioDeviceInfo { base, size: layout::VIRTIO_MMIO_SIZE, gsi });
         }
@@ -312,6 +315,7 @@ impl MicroVm {
             slots,
             timings: timer.phases,
             devices,
+            virtio,
             cfg_summary,
             _eventfds: eventfds,
             _ram: ram,
@@ -365,6 +369,7 @@ impl MicroVm {
             ged: self.ged,
             slots: self.slots,
             devices: self.devices,
+            virtio: self.virtio,
             cfg_summary: self.cfg_summary,
             started,
             _io_bus: self.io_bus,
@@ -401,6 +406,7 @@ pub struct VmHandle {
     ged: Arc<Mutex<Ged>>,
     slots: Vec<MemorySlot>,
     devices: Vec<NamedDevice>,
+    virtio: Vec<Arc<Mutex<MmioTransport>>>,
     cfg_summary: snapshot::ConfigSummary,
     started: Instant,
     _io_bus: Bus,

@@ -16,10 +16,12 @@ pub const LOAD: u64 = 0x10_0000;
 /// Guest-physical address of the counter.
 pub const COUNTER: u64 = 0x20_0000;
 /// The pages the guest writes the counter into on every iteration.
-pub const PAGES: std::ops::Range<u64> = 0x30_0000..0x40_0000;
+pub const PAGES: std::ops::Range<u64> = 0x30_0000..0x31_0000;
+/// Counter steps between heartbeats.
+pub const STEP: u32 = 0x100;
 
 /// The guest: forever, increments the counter at [`COUNTER`], stores it into the first word of
-/// every page of [`PAGES`], and each time the counter's low 16 bits wrap prints `h` + the counter in
+/// every page of [`PAGES`], and each time the counter's low 8 bits wrap prints `h` + the counter in
 /// 8 hex digits + newline on COM1.
 pub const COUNTER_GUEST: &str = "
     mov $0x3f8, %dx
@@ -29,9 +31,9 @@ top:
     mov $0x300000, %edi
 1:  mov %eax, (%edi)
     add $4096, %edi
-    cmp $0x400000, %edi
+    cmp $0x310000, %edi
     jb 1b
-    test $0xffff, %eax
+    test $0xff, %eax
     jnz top
     mov %eax, %ebp
     mov $0x68, %al
@@ -126,6 +128,6 @@ pub fn counter_config(image: Vec<u8>, console: &Console, memory_mib: u64) -> VmC
 /// Asserts that heartbeats go up by one step each (no reset, no gap).
 pub fn assert_consecutive(beats: &[u32]) {
     for w in beats.windows(2) {
-        assert_eq!(w[1], w[0].wrapping_add(0x1_0000), "heartbeats not consecutive: {beats:x?}");
+        assert_eq!(w[1], w[0].wrapping_add(STEP), "heartbeats not consecutive: {beats:x?}");
     }
 }

@@ -254,6 +254,12 @@ impl Worker {
         let mem = self.mem.clone();
         while let Some(chain) = self.queue.pop_descriptor_chain(&mem) {
             let head = chain.head_index();
+            let writes = self.interrupt.guest_writes();
+            if writes.tracking() {
+                for d in chain.clone().writable() {
+                    writes.record(d.addr().0, u64::from(d.len()));
+                }
+            }
             let len = match self.handle(chain.clone()) {
                 Ok(n) => n,
                 Err(e) => {

@@ -259,6 +259,22 @@ impl Persist for MmioTransport {
     }
 }
 
+impl MmioTransport {
+    /// The interrupt, whose [`super::GuestWrites`] a migration reads.
+    pub fn interrupt(&self) -> &Arc<VirtioInterrupt> {
+        &self.interrupt
+    }
+
+    /// Guest ranges of the used rings of the ready queues (written by the device on every completion).
+    pub fn used_rings(&self) -> Vec<(u64, u64)> {
+        self.queues
+            .iter()
+            .filter(|q| q.ready())
+            .map(|q| (q.used_ring(), 6 + 8 * u64::from(q.size())))
+            .collect()
+    }
+}
+
 impl DeviceState for MmioTransport {
     fn save_section(&mut self, name: &str) -> Result<Section, StateError> {
         if self.activated && self.paused.is_none() {

@@ -26,12 +26,46 @@ pub const INT_CONFIG: u32 = 0x2;
 pub struct VirtioInterrupt {
     status: AtomicU32,
     irqfd: Arc<EventFd>,
+    writes: GuestWrites,
+}
+
+/// Guest memory the device itself wrote (buffers it filled, used rings), recorded while a live
+/// migration runs: the hypervisor's dirty log only sees the guest's own writes, so these ranges are
+/// sent again too. Every device that writes guest memory records its writes here.
+#[derive(Default)]
+pub struct GuestWrites {
+    on: std::sync::atomic::AtomicBool,
+    ranges: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl GuestWrites {
+    /// Whether writes are being recorded (skip the bookkeeping otherwise).
+    pub fn tracking(&self) -> bool {
+        self.on.load(Ordering::SeqCst)
+    }
+    /// Starts or stops recording (stopping drops what was recorded).
+    pub fn set_tracking(&self, on: bool) {
+        self.on.store(on, Ordering::SeqCst);
+        if !on {
+            crate::vmm::devices::lock(&self.ranges).clear();
+        }
+    }
+    /// Records that the device wrote `len` bytes at guest address `gpa`.
+    pub fn record(&self, gpa: u64, len: u64) {
+        if self.tracking() {
+            crate::vmm::devices::lock(&self.ranges).push((gpa, len));
+        }
+    }
+    /// Takes the ranges recorded so far.
+    pub fn take(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *crate::vmm::devices::lock(&self.ranges))
+    }
 }
 
 impl VirtioInterrupt {
     /// An interrupt that fires through `irqfd`.
     pub fn new(irqfd: Arc<EventFd>) -> Arc<Self> {
-        Arc::new(Self { status: AtomicU32::new(0), irqfd })
+        Arc::new(Self { status: AtomicU32::new(0), irqfd, writes: GuestWrites::default() })
     }
     /// Sets `bits` in InterruptStatus and raises the interrupt.
     pub fn trigger(&self, bits: u32) -> std::io::Result<()> {
@@ -49,6 +83,10 @@ impl VirtioInterrupt {
     /// The driver's InterruptACK.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+    /// Where the device records the guest memory it writes (see [`GuestWrites`]).
+    pub fn guest_writes(&self) -> &GuestWrites {
+        &self.writes
     }
     /// The irqfd, for registration with the hypervisor.
     pub fn irqfd(&self) -> &Arc<EventFd> {
