@@ -120,7 +120,7 @@ fn corrupted_truncated_newer_and_mismatched_snapshots_are_refused() {
     std::fs::write(&path, &good[..good.len() - 100]).unwrap();
     let e = restore_err(&hv, &img, &dir, 32).to_string();
     assert!(e.contains("truncated"), "{e}");
-    std::fs::write(&path, &good[..good.len() - 28]).unwrap(); // exactly the `end` section missing
+    std::fs::write(&path, &good[..good.len() - 32]).unwrap(); // exactly the `end` section missing
     let e = restore_err(&hv, &img, &dir, 32).to_string();
     assert!(e.contains("without its `end` section"), "{e}");
 
