@@ -381,19 +381,19 @@ impl VmHandle {
         stats.pages_per_pass.push(first);
         // Bandwidth in bytes per second, measured on each pass.
         let mut bandwidth = (first as f64 * PAGE as f64) / t.elapsed().as_secs_f64().max(1e-6);
-        loop {
+        // Pages read from the dirty log (which clears it) but not sent yet: they join the final pass.
+        let pending = loop {
             let dirty = self.dirty_set(false)?;
             let eta = Duration::from_secs_f64(dirty.len() as f64 * PAGE as f64 / bandwidth.max(1.0));
             if eta <= opts.downtime_budget / 2 || stats.passes >= opts.max_passes {
-                // Send what is dirty now while still running; the final pass then has little left.
-                break;
+                break dirty;
             }
             let t = Instant::now();
             let n = self.send_pages(&mut sender, &dirty)?;
             bandwidth = (n as f64 * PAGE as f64) / t.elapsed().as_secs_f64().max(1e-6);
             stats.pages_per_pass.push(n);
             stats.passes += 1;
-        }
+        };
 
         // Stop-and-copy.
         let paused_at = Instant::now();
@@ -401,7 +401,8 @@ impl VmHandle {
         self.pause();
         let sections = self.save_state().map_err(MigrationError::Vm)?;
         let saved_at = Instant::now();
-        let dirty = self.dirty_set(true)?;
+        let mut dirty = self.dirty_set(true)?;
+        dirty.extend(pending);
         let n = self.send_pages(&mut sender, &dirty)?;
         stats.pages_per_pass.push(n);
         stats.bytes_sent = sender.bytes;
