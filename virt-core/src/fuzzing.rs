@@ -319,11 +319,11 @@ pub fn state_stream(data: &[u8]) {
     let Ok(irq) = EventFd::new(libc::EFD_NONBLOCK) else { return };
     let irq = Arc::new(irq);
     for s in &sections {
-        let _ = VcpuState::default().from_section(s);
-        let _ = VmState::default().from_section(s);
-        let _ = ConfigSummary::default().from_section(s);
-        let _ = SerialDevice::new(irq.clone(), Box::new(std::io::sink())).from_section(s);
-        let _ = Ged::new(irq.clone(), 0).from_section(s);
+        let _ = VcpuState::default().load_section(s);
+        let _ = VmState::default().load_section(s);
+        let _ = ConfigSummary::default().load_section(s);
+        let _ = SerialDevice::new(irq.clone(), Box::new(std::io::sink())).load_section(s);
+        let _ = Ged::new(irq.clone(), 0).load_section(s);
     }
 }
 

@@ -141,7 +141,9 @@ fn a_peer_with_no_common_version_is_refused() {
     migration::write_frame(&mut a, Kind::Hello, &hello).unwrap();
     let hv = kvm();
     let img = assemble("counter", COUNTER_GUEST);
-    let e = MicroVm::migrate_from(&hv, counter_config(img, &Console::default(), 32), &mut b).map(|_| ()).unwrap_err();
+    let e = MicroVm::migrate_from(&hv, counter_config(img, &Console::default(), 32), &mut b)
+        .map(|_| ())
+        .unwrap_err();
     assert!(e.to_string().contains("we speak 1..=1, the peer 5..=9"), "{e}");
     let e = migration::read_frame(&mut a).unwrap_err();
     assert!(matches!(&e, MigrationError::Abandoned(m) if m.contains("no common")), "{e}");

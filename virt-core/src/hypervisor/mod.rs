@@ -12,9 +12,11 @@ pub mod kvm;
 
 use std::sync::Arc;
 
-pub use kvm_bindings::{kvm_fpu as FpuState, kvm_regs as StandardRegisters, kvm_sregs as SpecialRegisters};
-pub use kvm_bindings::{kvm_clock_data as ClockState, kvm_irqchip as IrqchipState, kvm_pit_state2 as PitState};
+pub use kvm_bindings::{
+    kvm_clock_data as ClockState, kvm_irqchip as IrqchipState, kvm_pit_state2 as PitState,
+};
 pub use kvm_bindings::{kvm_debugregs as DebugRegs, kvm_mp_state as MpState, kvm_vcpu_events as VcpuEvents};
+pub use kvm_bindings::{kvm_fpu as FpuState, kvm_regs as StandardRegisters, kvm_sregs as SpecialRegisters};
 pub use kvm_bindings::{kvm_lapic_state as LapicState, kvm_msr_entry as MsrEntry, CpuId};
 pub use kvm_bindings::{kvm_xcrs as Xcrs, kvm_xsave as XsaveState};
 use vmm_sys_util::eventfd::EventFd;
@@ -111,7 +113,7 @@ pub struct VcpuState {
 }
 
 /// VM-wide state of the in-kernel devices: the two PICs and the IOAPIC, the PIT, and the KVM clock.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct VmState {
     /// PIC master, PIC slave and IOAPIC, in that order.
     pub irqchips: Vec<IrqchipState>,

@@ -89,7 +89,14 @@ fn create_inner(
             // SAFETY: MAP_FIXED over `aligned .. aligned + len`, which is our own anonymous mapping
             // created above (owned by `ram`); the file mapping replaces it in place.
             let m = unsafe {
-                libc::mmap(aligned as *mut libc::c_void, len, prot, libc::MAP_PRIVATE | libc::MAP_FIXED, f.as_raw_fd(), off)
+                libc::mmap(
+                    aligned as *mut libc::c_void,
+                    len,
+                    prot,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED,
+                    f.as_raw_fd(),
+                    off,
+                )
             };
             if m == libc::MAP_FAILED {
                 return Err(std::io::Error::last_os_error());

@@ -77,7 +77,9 @@ pub enum Kind {
 impl Kind {
     fn from_u16(v: u16) -> Option<Self> {
         use Kind::*;
-        [Hello, Config, Ok, Memory, State, Complete, Ready, Commit, Abandon].into_iter().find(|k| *k as u16 == v)
+        [Hello, Config, Ok, Memory, State, Complete, Ready, Commit, Abandon]
+            .into_iter()
+            .find(|k| *k as u16 == v)
     }
 }
 
@@ -149,7 +151,8 @@ fn parse_header(h: &[u8; FRAME_HEADER]) -> Result<(Kind, usize, u32), MigrationE
         return Err(MigrationError::Protocol(format!("bad frame magic {:02x?}, expected \"VCMG\"", &h[..4])));
     }
     let k = u16::from_le_bytes([h[4], h[5]]);
-    let kind = Kind::from_u16(k).ok_or_else(|| MigrationError::Protocol(format!("unknown message kind {k}")))?;
+    let kind =
+        Kind::from_u16(k).ok_or_else(|| MigrationError::Protocol(format!("unknown message kind {k}")))?;
     let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
     if len > MAX_FRAME {
         return Err(MigrationError::Protocol(format!("{kind:?} frame of {len} bytes exceeds {MAX_FRAME}")));
@@ -160,7 +163,9 @@ fn parse_header(h: &[u8; FRAME_HEADER]) -> Result<(Kind, usize, u32), MigrationE
 fn check_payload(kind: Kind, payload: &[u8], crc: u32) -> Result<(Kind, Vec<u8>), MigrationError> {
     let found = state::crc32(payload);
     if found != crc {
-        return Err(MigrationError::Protocol(format!("{kind:?} frame corrupted: crc32 {found:#010x}, header {crc:#010x}")));
+        return Err(MigrationError::Protocol(format!(
+            "{kind:?} frame corrupted: crc32 {found:#010x}, header {crc:#010x}"
+        )));
     }
     if kind == Kind::Abandon {
         return Err(MigrationError::Abandoned(String::from_utf8_lossy(payload).into_owned()));
@@ -317,7 +322,11 @@ impl VmHandle {
         Ok(pages)
     }
 
-    fn send_pages(&self, s: &mut Sender<'_, impl Write>, pages: &BTreeSet<u64>) -> Result<u64, MigrationError> {
+    fn send_pages(
+        &self,
+        s: &mut Sender<'_, impl Write>,
+        pages: &BTreeSet<u64>,
+    ) -> Result<u64, MigrationError> {
         let mut page = vec![0u8; PAGE];
         let mut n = 0;
         for &gpa in pages {
@@ -363,7 +372,12 @@ impl VmHandle {
         write_frame(stream, Kind::Hello, &hello(VERSION_MIN, VERSION_MAX, FEATURES))?;
         let (v, _, _) = parse_hello(&expect(stream, Kind::Hello)?)?;
         if !(VERSION_MIN..=VERSION_MAX).contains(&v) {
-            return Err(MigrationError::Version { ours_min: VERSION_MIN, ours_max: VERSION_MAX, theirs_min: v, theirs_max: v });
+            return Err(MigrationError::Version {
+                ours_min: VERSION_MIN,
+                ours_max: VERSION_MAX,
+                theirs_min: v,
+                theirs_max: v,
+            });
         }
         write_frame(stream, Kind::Config, &state::write_stream(&[self.cfg_summary.to_section("config")?])?)?;
         expect(stream, Kind::Ok)?;
@@ -463,12 +477,17 @@ impl MicroVm {
         let (min, max, _features) = parse_hello(&expect(stream, Kind::Hello)?)?;
         let v = max.min(VERSION_MAX);
         if v < min.max(VERSION_MIN) {
-            return Err(MigrationError::Version { ours_min: VERSION_MIN, ours_max: VERSION_MAX, theirs_min: min, theirs_max: max });
+            return Err(MigrationError::Version {
+                ours_min: VERSION_MIN,
+                ours_max: VERSION_MAX,
+                theirs_min: min,
+                theirs_max: max,
+            });
         }
         write_frame(stream, Kind::Hello, &hello(v, v, FEATURES))?;
         let config = state::read_stream(&expect(stream, Kind::Config)?)?;
         let mut theirs = ConfigSummary::default();
-        theirs.from_section(state::find(&config, "config")?)?;
+        theirs.load_section(state::find(&config, "config")?)?;
         let mut vm = MicroVm::build(hv, cfg, Build::Empty).map_err(SnapshotError::from)?;
         vm.cfg_summary.check(&theirs)?;
         write_frame(stream, Kind::Ok, &[])?;
@@ -483,7 +502,9 @@ impl MicroVm {
                 }
                 Kind::State => sections = Some(state::read_stream(&p)?),
                 Kind::Complete => break,
-                k => return Err(MigrationError::Protocol(format!("unexpected {k:?} during the memory copy"))),
+                k => {
+                    return Err(MigrationError::Protocol(format!("unexpected {k:?} during the memory copy")))
+                }
             }
         }
         let sections = sections.ok_or_else(|| MigrationError::Protocol("Complete before State".into()))?;
@@ -516,7 +537,10 @@ impl MicroVm {
 fn write_batch(mem: &GuestMemoryMmap, p: &[u8]) -> Result<(), MigrationError> {
     for (gpa, data) in parse_batch(p)? {
         mem.write_slice(data, GuestAddress(gpa)).map_err(|e| {
-            MigrationError::Protocol(format!("memory batch: {} bytes at {gpa:#x} outside guest memory: {e}", data.len()))
+            MigrationError::Protocol(format!(
+                "memory batch: {} bytes at {gpa:#x} outside guest memory: {e}",
+                data.len()
+            ))
         })?;
     }
     Ok(())

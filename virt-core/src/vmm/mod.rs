@@ -243,7 +243,8 @@ impl MicroVm {
         eventfds.push(ged_irq);
         io_bus.insert(ged.clone(), u64::from(acpi::GED_EVENT_PORT), 1).map_err(dev_err)?;
         // The i8042 and the ACPI PM registers hold no state: they only report resets and power-off.
-        let mut devices: Vec<NamedDevice> = vec![("serial".into(), serial.clone()), ("ged".into(), ged.clone())];
+        let mut devices: Vec<NamedDevice> =
+            vec![("serial".into(), serial.clone()), ("ged".into(), ged.clone())];
 
         // Virtio devices.
         let mut mmio_bus = Bus::new();

@@ -121,7 +121,10 @@ impl ConfigSummary {
     pub fn check(&self, other: &ConfigSummary) -> Result<(), SnapshotError> {
         let mismatch = |snapshot: String, ours: String| Err(SnapshotError::ConfigMismatch { snapshot, ours });
         if other.memory_mib != self.memory_mib {
-            return mismatch(format!("{} MiB of memory", other.memory_mib), format!("{} MiB", self.memory_mib));
+            return mismatch(
+                format!("{} MiB of memory", other.memory_mib),
+                format!("{} MiB", self.memory_mib),
+            );
         }
         if other.cpus != self.cpus {
             return mismatch(format!("{} vCPUs", other.cpus), format!("{}", self.cpus));
@@ -317,16 +320,26 @@ impl MicroVm {
     /// [`MicroVm::start_paused`].
     pub fn restore(hv: &dyn Hypervisor, cfg: VmConfig, dir: &Path) -> Result<Self, SnapshotError> {
         let state_path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&state_path)
-            .map_err(|source| SnapshotError::Io { op: "read", path: state_path.clone(), source })?;
+        let bytes = std::fs::read(&state_path).map_err(|source| SnapshotError::Io {
+            op: "read",
+            path: state_path.clone(),
+            source,
+        })?;
         let sections = state::read_stream(&bytes)?;
         // Check the configuration before mapping anything.
         let mut theirs = ConfigSummary::default();
-        theirs.from_section(state::find(&sections, "config")?)?;
+        theirs.load_section(state::find(&sections, "config")?)?;
         let mem_path = dir.join(MEMORY_FILE);
-        let f = File::open(&mem_path).map_err(|source| SnapshotError::Io { op: "open", path: mem_path.clone(), source })?;
+        let f = File::open(&mem_path).map_err(|source| SnapshotError::Io {
+            op: "open",
+            path: mem_path.clone(),
+            source,
+        })?;
         let want = cfg.memory_mib.saturating_mul(1 << 20);
-        let have = f.metadata().map_err(|source| SnapshotError::Io { op: "stat", path: mem_path.clone(), source })?.len();
+        let have = f
+            .metadata()
+            .map_err(|source| SnapshotError::Io { op: "stat", path: mem_path.clone(), source })?
+            .len();
         if have != want {
             return Err(SnapshotError::ConfigMismatch {
                 snapshot: format!("a memory file of {have} bytes ({})", mem_path.display()),
@@ -341,14 +354,14 @@ impl MicroVm {
     /// Applies a saved state to this freshly built (not started) VM.
     pub(crate) fn apply_state(&mut self, sections: &[Section]) -> Result<(), SnapshotError> {
         let mut theirs = ConfigSummary::default();
-        theirs.from_section(state::find(sections, "config")?)?;
+        theirs.load_section(state::find(sections, "config")?)?;
         self.cfg_summary.check(&theirs)?;
         let mut vm_state = VmState::default();
-        vm_state.from_section(state::find(sections, "vm")?)?;
+        vm_state.load_section(state::find(sections, "vm")?)?;
         let mut vcpus = Vec::new();
         for i in 0..self.vcpus.len() {
             let mut v = VcpuState::default();
-            v.from_section(state::find(sections, &vcpu_section(i))?)?;
+            v.load_section(state::find(sections, &vcpu_section(i))?)?;
             vcpus.push(v);
         }
         for (name, d) in &self.devices {

@@ -53,7 +53,11 @@ hexdigits: .ascii \"0123456789abcdef\"
 
 /// Assembles 32-bit code `src` (with `_start` at its top) into a flat binary linked at [`LOAD`].
 pub fn assemble(name: &str, src: &str) -> Vec<u8> {
-    let dir = std::env::temp_dir().join(format!("tiny-{}-{name}-{:?}", std::process::id(), std::thread::current().id()));
+    let dir = std::env::temp_dir().join(format!(
+        "tiny-{}-{name}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let s = dir.join("g.S");
     std::fs::write(&s, format!(".code32\n.globl _start\n_start:\n{src}\n")).unwrap();

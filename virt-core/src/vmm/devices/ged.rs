@@ -18,8 +18,8 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::BusDevice;
-use crate::vmm::state::{Decoder, DeviceState, Encoder, Persist, Section, StateError};
 pub use crate::vmm::acpi::{GED_EVENT_PORT, GED_EVENT_POWER_BUTTON, GED_GSI};
+use crate::vmm::state::{Decoder, DeviceState, Encoder, Persist, Section, StateError};
 
 /// Errors of the GED.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ impl DeviceState for Ged {
         self.to_section(name)
     }
     fn restore_section(&mut self, section: &Section) -> Result<(), StateError> {
-        self.from_section(section)
+        self.load_section(section)
     }
 }
 

@@ -107,7 +107,7 @@ impl DeviceState for SerialDevice {
         self.to_section(name)
     }
     fn restore_section(&mut self, section: &Section) -> Result<(), StateError> {
-        self.from_section(section)
+        self.load_section(section)
     }
 }
 

@@ -56,11 +56,9 @@ impl<'a> Decoder<'a> {
     /// The next `n` bytes.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], StateError> {
         let have = self.buf.len() - self.pos;
-        let s = self
-            .pos
-            .checked_add(n)
-            .and_then(|end| self.buf.get(self.pos..end))
-            .ok_or_else(|| StateError::Truncated { what: format!("section `{}`", self.name), need: n, at: self.pos, have })?;
+        let s = self.pos.checked_add(n).and_then(|end| self.buf.get(self.pos..end)).ok_or_else(|| {
+            StateError::Truncated { what: format!("section `{}`", self.name), need: n, at: self.pos, have }
+        })?;
         self.pos += n;
         Ok(s)
     }
@@ -107,7 +105,9 @@ impl<'a> Decoder<'a> {
     /// Fails if bytes are left over.
     pub fn finish(&self) -> Result<(), StateError> {
         if self.pos != self.buf.len() {
-            return Err(self.invalid(format!("{} unexpected bytes after the payload", self.buf.len() - self.pos)));
+            return Err(
+                self.invalid(format!("{} unexpected bytes after the payload", self.buf.len() - self.pos))
+            );
         }
         Ok(())
     }

@@ -148,9 +148,3 @@ impl Persist for VmState {
         Ok(())
     }
 }
-
-impl Default for VmState {
-    fn default() -> Self {
-        Self { irqchips: Vec::new(), pit: Default::default(), clock: Default::default() }
-    }
-}

@@ -146,7 +146,7 @@ pub trait Persist {
 
     /// Restores from `section`, refusing a newer layout it cannot read and trailing bytes it does not
     /// know (which a same-version writer never leaves).
-    fn from_section(&mut self, section: &Section) -> Result<(), StateError> {
+    fn load_section(&mut self, section: &Section) -> Result<(), StateError> {
         let mut d = section.reader(Self::VERSION)?;
         self.restore(section.version, &mut d)?;
         if section.version <= Self::VERSION {
@@ -184,7 +184,12 @@ pub fn write_stream(sections: &[Section]) -> Result<Vec<u8>, StateError> {
     for s in sections {
         write_section(&mut out, s)?;
     }
-    let end = Section { name: END.into(), version: 1, min_reader: 1, payload: (sections.len() as u32).to_le_bytes().to_vec() };
+    let end = Section {
+        name: END.into(),
+        version: 1,
+        min_reader: 1,
+        payload: (sections.len() as u32).to_le_bytes().to_vec(),
+    };
     write_section(&mut out, &end)?;
     Ok(out)
 }
@@ -214,7 +219,8 @@ pub fn write_section(out: &mut Vec<u8>, s: &Section) -> Result<(), StateError> {
 
 /// Reads one framed section at the start of `buf`; returns it and the bytes it used.
 pub fn read_section(buf: &[u8], at: usize) -> Result<(Section, usize), StateError> {
-    let trunc = |what: &str, need: usize, have: usize| StateError::Truncated { what: what.into(), need, at, have };
+    let trunc =
+        |what: &str, need: usize, have: usize| StateError::Truncated { what: what.into(), need, at, have };
     let hdr = buf.get(..HEADER_LEN).ok_or_else(|| trunc("a section header", HEADER_LEN, buf.len()))?;
     let name_bytes = &hdr[..NAME_LEN];
     let end = name_bytes.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
@@ -274,7 +280,10 @@ pub fn read_stream(buf: &[u8]) -> Result<Vec<Section>, StateError> {
                 )));
             }
             if at != buf.len() {
-                return Err(StateError::BadEnd(format!("has {} bytes after its `end` section", buf.len() - at)));
+                return Err(StateError::BadEnd(format!(
+                    "has {} bytes after its `end` section",
+                    buf.len() - at
+                )));
             }
             return Ok(sections);
         }

@@ -44,28 +44,31 @@ fn an_older_section_is_read_and_a_newer_one_refused() {
     old.u32(5);
     let v1 = Section { name: "grown".into(), version: 1, min_reader: 1, payload: old.0 };
     let mut g = Grown::default();
-    g.from_section(&v1).unwrap();
+    g.load_section(&v1).unwrap();
     assert_eq!(g, Grown { a: 5, b: 7 });
 
     let v2 = Grown { a: 1, b: 2 }.to_section("grown").unwrap();
     let mut g = Grown::default();
-    g.from_section(&v2).unwrap();
+    g.load_section(&v2).unwrap();
     assert_eq!(g, Grown { a: 1, b: 2 });
 
     // Version 3 that a version-2 reader may still read (it appended a field): read, tail ignored.
     let mut v3 = v2.clone();
     v3.version = 3;
     v3.payload.extend_from_slice(&[9, 9]);
-    Grown::default().from_section(&v3).unwrap();
+    Grown::default().load_section(&v3).unwrap();
     // Version 4 that needs a reader of version 4: refused with both versions named.
     v3.version = 4;
     v3.min_reader = 4;
-    let e = Grown::default().from_section(&v3).unwrap_err().to_string();
-    assert!(e.contains("`grown` has version 4 and needs a reader of version >= 4; this build reads version 2"), "{e}");
+    let e = Grown::default().load_section(&v3).unwrap_err().to_string();
+    assert!(
+        e.contains("`grown` has version 4 and needs a reader of version >= 4; this build reads version 2"),
+        "{e}"
+    );
     // Trailing bytes in a same-version section are an error.
     let mut long = v2.clone();
     long.payload.push(0);
-    assert!(Grown::default().from_section(&long).unwrap_err().to_string().contains("1 unexpected bytes"));
+    assert!(Grown::default().load_section(&long).unwrap_err().to_string().contains("1 unexpected bytes"));
 }
 
 #[test]

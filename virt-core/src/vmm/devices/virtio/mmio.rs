@@ -7,8 +7,8 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
-use crate::vmm::state::{Decoder, DeviceState, Encoder, Persist, Section, StateError};
 use crate::vmm::devices::BusDevice;
+use crate::vmm::state::{Decoder, DeviceState, Encoder, Persist, Section, StateError};
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -248,7 +248,8 @@ impl Persist for MmioTransport {
                     if !q.is_valid(&self.mem) {
                         return Err(d.invalid(format!("queue {i} lies outside guest memory")));
                     }
-                    let copy = Queue::try_from(q.state()).map_err(|e| d.invalid(format!("queue {i}: {e:?}")))?;
+                    let copy =
+                        Queue::try_from(q.state()).map_err(|e| d.invalid(format!("queue {i}: {e:?}")))?;
                     qs.push(copy);
                 }
             }
@@ -284,7 +285,7 @@ impl DeviceState for MmioTransport {
     }
 
     fn restore_section(&mut self, section: &Section) -> Result<(), StateError> {
-        self.from_section(section)
+        self.load_section(section)
     }
 
     fn flush(&mut self) -> Result<(), StateError> {
