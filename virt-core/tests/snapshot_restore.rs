@@ -148,3 +148,41 @@ fn corrupted_truncated_newer_and_mismatched_snapshots_are_refused() {
     assert!(e.contains("memory file of 16777216 bytes"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_snapshot_flushes_the_disk_and_restores_with_the_virtio_device() {
+    use std::sync::Arc;
+    use virt_core::block::MemDisk;
+    let hv = kvm();
+    let dir = tempdir("disk");
+    let img = assemble("counter", COUNTER_GUEST);
+    let con = Console::default();
+    let disk = Arc::new(MemDisk::new(1 << 20, false));
+    let mut cfg = counter_config(img.clone(), &con, 32);
+    cfg.disks = vec![disk.clone()];
+    let h = MicroVm::new(&hv, cfg).unwrap().start().unwrap();
+    con.wait_beats(2);
+    assert_eq!(disk.flush_count(), 0);
+    h.snapshot(&dir).unwrap();
+    assert_eq!(disk.flush_count(), 1, "the disk is flushed before the snapshot");
+    let expected = next_beat(&con);
+    h.request_stop();
+    h.wait();
+    drop(h);
+    let sections = state::read_stream(&std::fs::read(dir.join(STATE_FILE)).unwrap()).unwrap();
+    assert!(sections.iter().any(|s| s.name == "virtio-mmio0"));
+
+    // Restoring without the disk is refused; with it, the guest continues.
+    let e = restore_err(&hv, &img, &dir, 32).to_string();
+    assert!(e.contains("disks of [1048576] bytes"), "{e}");
+    let con2 = Console::default();
+    let mut cfg = counter_config(img, &con2, 32);
+    cfg.disks = vec![Arc::new(MemDisk::new(1 << 20, false))];
+    let h2 = MicroVm::restore(&hv, cfg, &dir).unwrap().start().unwrap();
+    let beats = con2.wait_beats(2);
+    assert_eq!(beats[0], expected);
+    assert_consecutive(&beats);
+    h2.request_stop();
+    h2.wait();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -564,3 +564,62 @@ pub fn fuzz_messages(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn frames_round_trip_and_damage_is_named() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, Kind::Hello, &hello(1, 3, 5)).unwrap();
+        write_frame(&mut buf, Kind::Abandon, b"disk full").unwrap();
+        let mut r = &buf[..];
+        let (k, p) = read_frame(&mut r).unwrap();
+        assert_eq!((k, parse_hello(&p).unwrap()), (Kind::Hello, (1, 3, 5)));
+        let e = read_frame(&mut r).unwrap_err();
+        assert!(matches!(&e, MigrationError::Abandoned(m) if m == "disk full"), "{e}");
+
+        let mut bad = buf.clone();
+        bad[FRAME_HEADER] ^= 1;
+        assert!(read_frame(&mut &bad[..]).unwrap_err().to_string().contains("Hello frame corrupted"));
+        let mut bad = buf.clone();
+        bad[4] = 77;
+        assert!(read_frame(&mut &bad[..]).unwrap_err().to_string().contains("unknown message kind 77"));
+        let mut bad = buf.clone();
+        bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(read_frame(&mut &bad[..]).unwrap_err().to_string().contains("exceeds"));
+        assert!(matches!(read_frame(&mut &buf[..10]), Err(MigrationError::Io { .. })));
+    }
+
+    #[test]
+    fn batches_parse_and_refuse_writes_outside_memory() {
+        let mut p = Vec::new();
+        for (gpa, data) in [(0x1000u64, &[1u8, 2, 3][..]), (0x2000, &[4][..])] {
+            p.extend_from_slice(&gpa.to_le_bytes());
+            p.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            p.extend_from_slice(data);
+        }
+        let runs = parse_batch(&p).unwrap();
+        assert_eq!(runs, vec![(0x1000, &[1u8, 2, 3][..]), (0x2000, &[4][..])]);
+        assert!(parse_batch(&p[..p.len() - 1]).is_err());
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let e = write_batch(&mem, &p).unwrap_err().to_string();
+        assert!(e.contains("at 0x1000 outside guest memory"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_streams_never_panic(frames in proptest::collection::vec(
+            (1u16..10, proptest::collection::vec(any::<u8>(), 0..64)), 0..6)) {
+            let mut buf = Vec::new();
+            for (k, p) in &frames {
+                let kind = Kind::from_u16(*k).unwrap_or(Kind::Memory);
+                write_frame(&mut buf, kind, p).unwrap();
+            }
+            fuzz_messages(&buf);
+            crate::fuzzing::migration_stream(&buf);
+        }
+    }
+}
