@@ -148,3 +148,55 @@ fn a_peer_with_no_common_version_is_refused() {
     let e = migration::read_frame(&mut a).unwrap_err();
     assert!(matches!(&e, MigrationError::Abandoned(m) if m.contains("no common")), "{e}");
 }
+
+/// Set in the child process of [`counter_guest_migrates_to_a_second_process`]: the socket to
+/// receive the migration on.
+const CHILD_SOCKET: &str = "VIRT_MIGRATION_TEST_DEST_SOCKET";
+
+#[test]
+fn counter_guest_migrates_to_a_second_process() {
+    if let Ok(path) = std::env::var(CHILD_SOCKET) {
+        // The destination VMM, in its own process: receive, run, report the heartbeats.
+        let mut s = UnixStream::connect(&path).unwrap();
+        let hv = kvm();
+        let con = Console::default();
+        let img = assemble("counter-dest", COUNTER_GUEST);
+        let (h, _) = MicroVm::migrate_from(&hv, counter_config(img, &con, 32), &mut s).unwrap();
+        let beats = con.wait_beats(3);
+        println!("BEATS {}", beats.iter().map(|b| format!("{b:x}")).collect::<Vec<_>>().join(" "));
+        h.request_stop();
+        h.wait();
+        return;
+    }
+    let hv = kvm();
+    let (_img, con, h) = running_source(&hv);
+    let dir = std::env::temp_dir().join(format!("migr-{}-proc", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("migrate.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "counter_guest_migrates_to_a_second_process", "--nocapture", "--test-threads=1"])
+        .env(CHILD_SOCKET, &sock)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    let stats = h.migrate_to(&mut s, &MigrationOptions::default()).unwrap();
+    assert_eq!(h.wait(), ExitReason::Stopped);
+    let last = *con.beats().last().unwrap();
+    let ends_line = con.0.lock().unwrap().last() == Some(&b'\n');
+    let expected = last.wrapping_add(if ends_line { STEP } else { 2 * STEP });
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the destination process failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.find("BEATS ").map(|i| &l[i + 6..]))
+        .unwrap_or_else(|| panic!("the destination reports no heartbeats: {text}"));
+    let beats: Vec<u32> = line.split(' ').map(|h| u32::from_str_radix(h, 16).unwrap()).collect();
+    assert_eq!(beats[0], expected, "the guest continues in the second process: {beats:x?}");
+    assert_consecutive(&beats);
+    eprintln!("migration to a second process: {stats:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
