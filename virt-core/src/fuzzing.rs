@@ -9,6 +9,8 @@
 //! | [`kubevirt_manifest`] | `kubevirt.io` YAML / JSON documents | API users |
 //! | [`qmp_stream`] | the byte stream of a QMP socket | QEMU (running guest code) |
 //! | [`launcher_control`] | control-socket requests, and the launcher's answers | the node / a launcher |
+//! | [`state_stream`] | a snapshot's state file, or the state sent by a migration source | a snapshot file / a source host |
+//! | [`migration_stream`] | the framed migration protocol a destination reads | a migration source |
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -301,4 +303,33 @@ impl Machine for FuzzMachine {
     fn accelerator(&self) -> AccelDecision {
         AccelDecision { accelerator: Accelerator::Emulation, reason: "fuzz".into() }
     }
+}
+
+/// A snapshot state stream: the framing ([`crate::vmm::state::read_stream`]), then every section's
+/// payload decoded as each kind of state the VMM restores (vCPU, VM, configuration, serial, GED).
+pub fn state_stream(data: &[u8]) {
+    use crate::hypervisor::{VcpuState, VmState};
+    use crate::vmm::devices::ged::Ged;
+    use crate::vmm::devices::serial::SerialDevice;
+    use crate::vmm::snapshot::ConfigSummary;
+    use crate::vmm::state::{self, Persist};
+    // Also decode the bytes as one section's payload, so the decoders see arbitrary bytes directly.
+    let raw = state::Section { name: "raw".into(), version: 1, min_reader: 1, payload: data.to_vec() };
+    let mut sections = state::read_stream(data).unwrap_or_default();
+    sections.push(raw);
+    let Ok(irq) = EventFd::new(libc::EFD_NONBLOCK) else { return };
+    let irq = Arc::new(irq);
+    for s in &sections {
+        let _ = VcpuState::default().load_section(s);
+        let _ = VmState::default().load_section(s);
+        let _ = ConfigSummary::default().load_section(s);
+        let _ = SerialDevice::new(irq.clone(), Box::new(std::io::sink())).load_section(s);
+        let _ = Ged::new(irq.clone(), 0).load_section(s);
+    }
+}
+
+/// The migration stream a destination reads: frames, then the messages inside them
+/// ([`crate::vmm::migration::fuzz_messages`]), without guest memory or a VM behind them.
+pub fn migration_stream(data: &[u8]) {
+    crate::vmm::migration::fuzz_messages(data);
 }

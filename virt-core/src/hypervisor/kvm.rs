@@ -3,15 +3,15 @@
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    CpuId, FpuState, HypervisorError, IoEventAddress, LapicState, MemorySlot, MsrEntry, Result,
-    SpecialRegisters, StandardRegisters, Vcpu, Vm, VmExit,
+    ClockState, CpuId, FpuState, HypervisorError, IoEventAddress, IrqchipState, LapicState, MemorySlot,
+    MsrEntry, Result, SpecialRegisters, StandardRegisters, Vcpu, VcpuState, Vm, VmExit, VmState, XsaveState,
 };
 
 /// Default KVM device node.
@@ -20,6 +20,7 @@ pub const KVM_PATH: &str = "/dev/kvm";
 /// KVM as a [`Hypervisor`](super::Hypervisor).
 pub struct KvmHypervisor {
     kvm: Kvm,
+    msr_indices: Arc<Vec<u32>>,
 }
 
 impl KvmHypervisor {
@@ -48,14 +49,19 @@ impl KvmHypervisor {
                 return Err(HypervisorError::MissingCapability(name));
             }
         }
-        Ok(Self { kvm })
+        let msr_indices = kvm
+            .get_msr_index_list()
+            .map_err(|e| HypervisorError::call("KVM_GET_MSR_INDEX_LIST", e))?
+            .as_slice()
+            .to_vec();
+        Ok(Self { kvm, msr_indices: Arc::new(msr_indices) })
     }
 }
 
 impl super::Hypervisor for KvmHypervisor {
     fn create_vm(&self) -> Result<Arc<dyn Vm>> {
         let fd = self.kvm.create_vm().map_err(|e| HypervisorError::call("KVM_CREATE_VM", e))?;
-        Ok(Arc::new(KvmVm { fd }))
+        Ok(Arc::new(KvmVm { fd, msr_indices: self.msr_indices.clone() }))
     }
 
     fn supported_cpuid(&self) -> Result<CpuId> {
@@ -72,7 +78,11 @@ impl super::Hypervisor for KvmHypervisor {
 /// A KVM virtual machine.
 pub struct KvmVm {
     fd: VmFd,
+    msr_indices: Arc<Vec<u32>>,
 }
+
+/// The chip ids of `KVM_GET_IRQCHIP`: PIC master, PIC slave, IOAPIC.
+const IRQCHIPS: [u32; 3] = [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC];
 
 /// Address of the three-page region KVM on Intel needs for the real-mode TSS; just below the BIOS
 /// area's end, inside the MMIO gap, where no guest RAM or device lives.
@@ -110,7 +120,7 @@ impl Vm for KvmVm {
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>> {
         let fd =
             self.fd.create_vcpu(u64::from(id)).map_err(|e| HypervisorError::call("KVM_CREATE_VCPU", e))?;
-        Ok(Box::new(KvmVcpu { fd }))
+        Ok(Box::new(KvmVcpu { fd, msr_indices: self.msr_indices.clone() }))
     }
 
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
@@ -149,11 +159,50 @@ impl Vm for KvmVm {
         })?;
         self.fd.get_dirty_log(slot, size).map_err(|e| HypervisorError::call("KVM_GET_DIRTY_LOG", e))
     }
+
+    fn save_state(&self) -> Result<VmState> {
+        let mut irqchips = Vec::new();
+        for chip_id in IRQCHIPS {
+            let mut chip = IrqchipState { chip_id, ..Default::default() };
+            self.fd.get_irqchip(&mut chip).map_err(|e| HypervisorError::call("KVM_GET_IRQCHIP", e))?;
+            irqchips.push(chip);
+        }
+        let pit = self.fd.get_pit2().map_err(|e| HypervisorError::call("KVM_GET_PIT2", e))?;
+        let clock = self.fd.get_clock().map_err(|e| HypervisorError::call("KVM_GET_CLOCK", e))?;
+        Ok(VmState { irqchips, pit, clock })
+    }
+
+    fn restore_state(&self, state: &VmState) -> Result<()> {
+        for chip in &state.irqchips {
+            self.fd.set_irqchip(chip).map_err(|e| HypervisorError::call("KVM_SET_IRQCHIP", e))?;
+        }
+        self.fd.set_pit2(&state.pit).map_err(|e| HypervisorError::call("KVM_SET_PIT2", e))?;
+        // Only the clock value is restored; the flags describe how the source read it.
+        let clock = ClockState { clock: state.clock.clock, ..Default::default() };
+        self.fd.set_clock(&clock).map_err(|e| HypervisorError::call("KVM_SET_CLOCK", e))
+    }
 }
 
 /// A KVM vCPU.
 pub struct KvmVcpu {
     fd: VcpuFd,
+    msr_indices: Arc<Vec<u32>>,
+}
+
+impl KvmVcpu {
+    /// Reads every MSR of the hypervisor's index list that this vCPU has, skipping the ones KVM
+    /// refuses to read (`KVM_GET_MSRS` stops at the first).
+    fn read_all_msrs(&self) -> Result<Vec<MsrEntry>> {
+        let mut out = Vec::new();
+        let mut rest: &[u32] = &self.msr_indices;
+        while !rest.is_empty() {
+            let got = self.get_msrs(rest)?;
+            let n = got.len();
+            out.extend(got);
+            rest = rest.get(n + 1..).unwrap_or_default();
+        }
+        Ok(out)
+    }
 }
 
 impl Vcpu for KvmVcpu {
@@ -232,6 +281,40 @@ impl Vcpu for KvmVcpu {
 
     fn set_lapic(&self, lapic: &LapicState) -> Result<()> {
         self.fd.set_lapic(lapic).map_err(|e| HypervisorError::call("KVM_SET_LAPIC", e))
+    }
+
+    fn save_state(&self) -> Result<VcpuState> {
+        let c = HypervisorError::call;
+        Ok(VcpuState {
+            mp_state: self.fd.get_mp_state().map_err(|e| c("KVM_GET_MP_STATE", e))?,
+            regs: self.get_regs()?,
+            sregs: self.get_sregs()?,
+            xsave: self.fd.get_xsave().map_err(|e| c("KVM_GET_XSAVE", e))?.region.to_vec(),
+            xcrs: self.fd.get_xcrs().map_err(|e| c("KVM_GET_XCRS", e))?,
+            debug_regs: self.fd.get_debug_regs().map_err(|e| c("KVM_GET_DEBUGREGS", e))?,
+            lapic: self.get_lapic()?,
+            msrs: self.read_all_msrs()?,
+            events: self.fd.get_vcpu_events().map_err(|e| c("KVM_GET_VCPU_EVENTS", e))?,
+        })
+    }
+
+    fn restore_state(&self, s: &VcpuState) -> Result<()> {
+        let c = HypervisorError::call;
+        // The order Firecracker uses: MSRs after the LAPIC (TSC deadline), events last.
+        self.fd.set_mp_state(s.mp_state).map_err(|e| c("KVM_SET_MP_STATE", e))?;
+        self.set_regs(&s.regs)?;
+        self.set_sregs(&s.sregs)?;
+        let mut xsave = XsaveState::default();
+        let n = s.xsave.len().min(xsave.region.len());
+        xsave.region[..n].copy_from_slice(&s.xsave[..n]);
+        // SAFETY: `xsave` is a plain `kvm_xsave` without trailing FAM entries; KVM_SET_XSAVE reads
+        // exactly its fixed 4 KiB region.
+        unsafe { self.fd.set_xsave(&xsave) }.map_err(|e| c("KVM_SET_XSAVE", e))?;
+        self.fd.set_xcrs(&s.xcrs).map_err(|e| c("KVM_SET_XCRS", e))?;
+        self.fd.set_debug_regs(&s.debug_regs).map_err(|e| c("KVM_SET_DEBUGREGS", e))?;
+        self.set_lapic(&s.lapic)?;
+        self.set_msrs(&s.msrs)?;
+        self.fd.set_vcpu_events(&s.events).map_err(|e| c("KVM_SET_VCPU_EVENTS", e))
     }
 
     fn set_immediate_exit(&mut self, exit: bool) {

@@ -12,8 +12,13 @@ pub mod kvm;
 
 use std::sync::Arc;
 
+pub use kvm_bindings::{
+    kvm_clock_data as ClockState, kvm_irqchip as IrqchipState, kvm_pit_state2 as PitState,
+};
+pub use kvm_bindings::{kvm_debugregs as DebugRegs, kvm_mp_state as MpState, kvm_vcpu_events as VcpuEvents};
 pub use kvm_bindings::{kvm_fpu as FpuState, kvm_regs as StandardRegisters, kvm_sregs as SpecialRegisters};
 pub use kvm_bindings::{kvm_lapic_state as LapicState, kvm_msr_entry as MsrEntry, CpuId};
+pub use kvm_bindings::{kvm_xcrs as Xcrs, kvm_xsave as XsaveState};
 use vmm_sys_util::eventfd::EventFd;
 
 /// Errors of the hypervisor layer; each names the operation that failed.
@@ -83,6 +88,41 @@ pub struct MemorySlot {
     pub log_dirty: bool,
 }
 
+/// Everything the hypervisor holds for one x86 vCPU: what a snapshot must carry so the vCPU resumes
+/// exactly where it stopped (the set Firecracker and Cloud Hypervisor save).
+#[derive(Clone)]
+pub struct VcpuState {
+    /// General-purpose registers, RIP and RFLAGS.
+    pub regs: StandardRegisters,
+    /// Segment, control, descriptor-table registers, EFER and APIC base.
+    pub sregs: SpecialRegisters,
+    /// The 4 KiB XSAVE region as 1024 words (x87, SSE, AVX...; the legacy FPU state is part of it).
+    pub xsave: Vec<u32>,
+    /// Extended control registers (XCR0).
+    pub xcrs: Xcrs,
+    /// Model-specific registers (TSC, SYSCALL, PAT, KVM clock...).
+    pub msrs: Vec<MsrEntry>,
+    /// The local APIC's registers.
+    pub lapic: LapicState,
+    /// Pending exceptions, interrupts, NMIs and SMIs.
+    pub events: VcpuEvents,
+    /// Multiprocessing state (running, halted, waiting for INIT/SIPI).
+    pub mp_state: MpState,
+    /// Debug registers.
+    pub debug_regs: DebugRegs,
+}
+
+/// VM-wide state of the in-kernel devices: the two PICs and the IOAPIC, the PIT, and the KVM clock.
+#[derive(Clone, Default)]
+pub struct VmState {
+    /// PIC master, PIC slave and IOAPIC, in that order.
+    pub irqchips: Vec<IrqchipState>,
+    /// The i8254 timer.
+    pub pit: PitState,
+    /// The guest's KVM clock.
+    pub clock: ClockState,
+}
+
 /// A virtual machine: memory, interrupts, ioevents, dirty log and vCPU creation.
 pub trait Vm: Send + Sync {
     /// Maps (or re-maps, e.g. to toggle dirty logging) a memory slot.
@@ -110,6 +150,10 @@ pub trait Vm: Send + Sync {
     fn set_irq_line(&self, gsi: u32, level: bool) -> Result<()>;
     /// Returns and clears the dirty-page bitmap of a slot (one bit per 4 KiB page, 64 pages per word).
     fn get_dirty_log(&self, slot: u32, size: u64) -> Result<Vec<u64>>;
+    /// Reads the in-kernel interrupt controllers, timer and clock (vCPUs paused).
+    fn save_state(&self) -> Result<VmState>;
+    /// Writes state read by [`Vm::save_state`], on this VM or another one built the same way.
+    fn restore_state(&self, state: &VmState) -> Result<()>;
 }
 
 /// Why a vCPU stopped running guest code.
@@ -161,6 +205,11 @@ pub trait Vcpu: Send {
     fn get_lapic(&self) -> Result<LapicState>;
     /// Sets the local APIC's state.
     fn set_lapic(&self, lapic: &LapicState) -> Result<()>;
+    /// Reads the vCPU's whole state. Call while the vCPU is not running, after a run with immediate
+    /// exit so that a pending I/O completion has been applied.
+    fn save_state(&self) -> Result<VcpuState>;
+    /// Writes state read by [`Vcpu::save_state`] (the CPUID must already be set).
+    fn restore_state(&self, state: &VcpuState) -> Result<()>;
     /// Makes the next (or current, when called from a signal handler's thread) run return at once.
     fn set_immediate_exit(&mut self, exit: bool);
 }

@@ -35,7 +35,28 @@ impl Drop for GuestRam {
 /// compaction) on each first touch. Without it, the alignment alone lets a host whose THP mode is
 /// "always" (Debian's default) use huge pages opportunistically, without stalls.
 pub fn create(ranges: &[(u64, u64)], huge_pages: bool) -> std::io::Result<(GuestMemoryMmap, Arc<GuestRam>)> {
+    create_inner(ranges, huge_pages, None)
+}
+
+/// Maps `ranges` of guest RAM from `file` (the regions back to back from offset 0), private and
+/// copy-on-write: restore maps a snapshot's memory file this way, so pages are read from the page
+/// cache only when the guest touches them and restore time does not grow with memory size. Guest
+/// writes never reach the file.
+pub fn create_from_file(
+    ranges: &[(u64, u64)],
+    file: &std::fs::File,
+) -> std::io::Result<(GuestMemoryMmap, Arc<GuestRam>)> {
+    create_inner(ranges, false, Some(file))
+}
+
+fn create_inner(
+    ranges: &[(u64, u64)],
+    huge_pages: bool,
+    file: Option<&std::fs::File>,
+) -> std::io::Result<(GuestMemoryMmap, Arc<GuestRam>)> {
+    use std::os::fd::AsRawFd;
     let mut ram = GuestRam { maps: Vec::new() };
+    let mut file_offset: u64 = 0;
     let mut regions = Vec::new();
     for &(gpa, size) in ranges {
         let len = usize::try_from(size).map_err(|_| std::io::Error::other("region too large"))?;
@@ -62,6 +83,26 @@ pub fn create(ranges: &[(u64, u64)], huge_pages: bool) -> std::io::Result<(Guest
             }
         }
         ram.maps.push((aligned, len));
+        if let Some(f) = file {
+            let off = libc::off_t::try_from(file_offset)
+                .map_err(|_| std::io::Error::other("memory file offset too large"))?;
+            // SAFETY: MAP_FIXED over `aligned .. aligned + len`, which is our own anonymous mapping
+            // created above (owned by `ram`); the file mapping replaces it in place.
+            let m = unsafe {
+                libc::mmap(
+                    aligned as *mut libc::c_void,
+                    len,
+                    prot,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED,
+                    f.as_raw_fd(),
+                    off,
+                )
+            };
+            if m == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+            file_offset += size;
+        }
         if huge_pages {
             // SAFETY: advice on our own mapping; failure (THP disabled) only means 4 KiB pages.
             unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };

@@ -16,6 +16,9 @@ pub mod cpuid;
 pub mod devices;
 pub mod layout;
 pub mod memory;
+pub mod migration;
+pub mod snapshot;
+pub mod state;
 pub mod vcpu;
 
 use std::io::Write;
@@ -37,6 +40,7 @@ pub use self::devices::virtio::net::NetConfig;
 use self::devices::virtio::{VirtioDevice, VirtioInterrupt};
 pub use self::devices::ExitReason;
 use self::devices::{lock, Bus, ExitLatch};
+use self::state::DeviceState;
 use self::vcpu::VcpuControl;
 use crate::block::BlockBackend;
 use crate::hypervisor::{Hypervisor, HypervisorError, IoEventAddress, MemorySlot, Vm};
@@ -147,15 +151,37 @@ pub struct MicroVm {
     boot: Option<BootInfo>,
     slots: Vec<MemorySlot>,
     timings: Vec<(&'static str, std::time::Duration)>,
+    devices: Vec<NamedDevice>,
+    virtio: Vec<Arc<Mutex<MmioTransport>>>,
+    cfg_summary: snapshot::ConfigSummary,
     // Kept alive for as long as the VM: the hypervisor holds their file descriptors' counterparts.
     _eventfds: Vec<Arc<EventFd>>,
     // Declared last: dropped after every device and thread that uses guest memory.
     _ram: Arc<memory::GuestRam>,
 }
 
+/// A device with state, under the name of its state section.
+pub(crate) type NamedDevice = (String, Arc<Mutex<dyn DeviceState>>);
+
+/// How [`MicroVm::build`] fills guest memory.
+pub(crate) enum Build<'a> {
+    /// Fresh memory, ACPI tables and the payload: a cold boot.
+    Boot,
+    /// Memory left empty (to be received from a migration source); no tables, no payload.
+    Empty,
+    /// Memory mapped privately from a snapshot's memory file; no tables, no payload.
+    File(&'a std::fs::File),
+}
+
 impl MicroVm {
     /// Builds memory, devices, ACPI tables, loads the payload and creates configured vCPUs.
     pub fn new(hv: &dyn Hypervisor, cfg: VmConfig) -> Result<Self, VmmError> {
+        Self::build(hv, cfg, Build::Boot)
+    }
+
+    /// Builds the VM of `cfg` with its memory as `how` says.
+    pub(crate) fn build(hv: &dyn Hypervisor, cfg: VmConfig, how: Build<'_>) -> Result<Self, VmmError> {
+        let booting = matches!(how, Build::Boot);
         let mut timer = PhaseTimer::new();
         if cfg.cpus == 0 {
             return Err(VmmError::Config("at least one vCPU is needed".into()));
@@ -169,8 +195,11 @@ impl MicroVm {
             .checked_mul(1 << 20)
             .ok_or_else(|| VmmError::Config(format!("{} MiB of memory is too large", cfg.memory_mib)))?;
         let ranges = layout::ram_regions(mem_size).map_err(|e| VmmError::Config(e.to_string()))?;
-        let (mem, ram) =
-            memory::create(&ranges, cfg.huge_pages).map_err(|e| VmmError::Memory(e.to_string()))?;
+        let (mem, ram) = match how {
+            Build::File(f) => memory::create_from_file(&ranges, f),
+            _ => memory::create(&ranges, cfg.huge_pages),
+        }
+        .map_err(|e| VmmError::Memory(e.to_string()))?;
         let virtio_count = (cfg.disks.len() + cfg.nics.len()) as u32;
         if virtio_count > LAST_GSI - VIRTIO_FIRST_GSI + 1 {
             return Err(VmmError::Config(format!(
@@ -181,6 +210,8 @@ impl MicroVm {
             )));
         }
 
+        let supported = hv.supported_cpuid()?;
+        let cfg_summary = snapshot::ConfigSummary::of(&cfg, &cpuid::filter_cpuid(&supported, 0, cfg.cpus));
         timer.mark("guest memory mapped");
         let vm = hv.create_vm()?;
         let mut slots = Vec::new();
@@ -226,9 +257,13 @@ impl MicroVm {
         let ged = Arc::new(Mutex::new(Ged::new(ged_irq.clone(), acpi::GED_GSI)));
         eventfds.push(ged_irq);
         io_bus.insert(ged.clone(), u64::from(acpi::GED_EVENT_PORT), 1).map_err(dev_err)?;
+        // The i8042 and the ACPI PM registers hold no state: they only report resets and power-off.
+        let mut devices: Vec<NamedDevice> =
+            vec![("serial".into(), serial.clone()), ("ged".into(), ged.clone())];
 
         // Virtio devices.
         let mut mmio_bus = Bus::new();
+        let mut virtio = Vec::new();
         let mut acpi_devs = Vec::new();
         let virtio_devs =
             cfg.disks.into_iter().map(|d| Box::new(Block::new(d)) as Box<dyn VirtioDevice>).chain(
@@ -248,21 +283,23 @@ impl MicroVm {
                 eventfds.push(evt.clone());
             }
             eventfds.push(irq);
-            mmio_bus
-                .insert(Arc::new(Mutex::new(transport)), base, layout::VIRTIO_MMIO_SIZE)
-                .map_err(dev_err)?;
+            let transport = Arc::new(Mutex::new(transport));
+            devices.push((format!("virtio-mmio{i}"), transport.clone()));
+            virtio.push(transport.clone());
+            mmio_bus.insert(transport, base, layout::VIRTIO_MMIO_SIZE).map_err(dev_err)?;
             acpi_devs.push(acpi::MmioDeviceInfo { base, size: layout::VIRTIO_MMIO_SIZE, gsi });
         }
 
         timer.mark("devices attached");
-        let rsdp = acpi::create_acpi_tables(&mem, usize::from(cfg.cpus), &acpi_devs)?;
-        timer.mark("ACPI tables written");
         let (mode, entry, boot) = match &cfg.payload {
+            _ if !booting => (EntryMode::Pvh, 0, None),
             Payload::Kernel(k) => {
+                let rsdp = acpi::create_acpi_tables(&mem, usize::from(cfg.cpus), &acpi_devs)?;
                 let info = boot::load_kernel(&mem, mem_size, k, rsdp)?;
                 (info.mode, info.entry, Some(info))
             }
             Payload::Flat { image, load_addr, entry, mode } => {
+                acpi::create_acpi_tables(&mem, usize::from(cfg.cpus), &acpi_devs)?;
                 mem.write_slice(image, GuestAddress(*load_addr)).map_err(|e| {
                     VmmError::Memory(format!("cannot place the flat image at {load_addr:#x}: {e}"))
                 })?;
@@ -271,7 +308,6 @@ impl MicroVm {
         };
 
         timer.mark("payload loaded");
-        let supported = hv.supported_cpuid()?;
         let mut vcpus = Vec::new();
         for id in 0..cfg.cpus {
             let vcpu = vm.create_vcpu(id)?;
@@ -279,7 +315,7 @@ impl MicroVm {
             vcpu.set_msrs(&regs::boot_msrs())?;
             vcpu.set_fpu(&regs::boot_fpu())?;
             regs::setup_lint(vcpu.as_ref())?;
-            if id == 0 {
+            if id == 0 && booting {
                 let sregs = regs::setup_sregs(&mem, mode, vcpu.get_sregs()?)?;
                 vcpu.set_sregs(&sregs)?;
                 vcpu.set_regs(&regs::boot_regs(mode, entry))?;
@@ -299,6 +335,9 @@ impl MicroVm {
             boot,
             slots,
             timings: timer.phases,
+            devices,
+            virtio,
+            cfg_summary,
             _eventfds: eventfds,
             _ram: ram,
         })
@@ -321,9 +360,22 @@ impl MicroVm {
 
     /// Starts the vCPUs.
     pub fn start(self) -> Result<VmHandle, VmmError> {
+        self.start_with(false)
+    }
+
+    /// Creates the vCPU threads parked: the VM runs from [`VmHandle::resume`] on (a restored VM that
+    /// should not run yet).
+    pub fn start_paused(self) -> Result<VmHandle, VmmError> {
+        self.start_with(true)
+    }
+
+    fn start_with(self, paused: bool) -> Result<VmHandle, VmmError> {
         vcpu::install_kick_handler()
             .map_err(|e| VmmError::Io("installing the vCPU kick signal handler", e))?;
         let ctl = VcpuControl::new();
+        if paused {
+            ctl.preset_paused();
+        }
         let started = Instant::now();
         for (id, v) in self.vcpus.into_iter().enumerate() {
             ctl.spawn(id as u8, v, self.io_bus.clone(), self.mmio_bus.clone(), self.exit.clone())
@@ -337,6 +389,9 @@ impl MicroVm {
             serial: self.serial,
             ged: self.ged,
             slots: self.slots,
+            devices: self.devices,
+            virtio: self.virtio,
+            cfg_summary: self.cfg_summary,
             started,
             _io_bus: self.io_bus,
             _mmio_bus: self.mmio_bus,
@@ -371,6 +426,9 @@ pub struct VmHandle {
     serial: Arc<Mutex<SerialDevice>>,
     ged: Arc<Mutex<Ged>>,
     slots: Vec<MemorySlot>,
+    devices: Vec<NamedDevice>,
+    virtio: Vec<Arc<Mutex<MmioTransport>>>,
+    cfg_summary: snapshot::ConfigSummary,
     started: Instant,
     _io_bus: Bus,
     _mmio_bus: Bus,
@@ -385,8 +443,14 @@ impl VmHandle {
         self.ctl.pause();
     }
 
-    /// Resumes paused vCPUs.
+    /// Resumes paused vCPUs (and device workers a snapshot stopped). A device that cannot resume ends
+    /// the VM with an error.
     pub fn resume(&self) {
+        for (name, d) in &self.devices {
+            if let Err(e) = lock(d).resume() {
+                self.exit.set(ExitReason::Error(format!("device {name}: {e}")));
+            }
+        }
         self.ctl.resume();
     }
 

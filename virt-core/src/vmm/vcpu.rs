@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::devices::{lock, Bus, ExitLatch, ExitReason};
-use crate::hypervisor::{Vcpu, VmExit};
+use crate::hypervisor::{HypervisorError, Vcpu, VcpuState, VmExit};
 
 /// Signal used to kick vCPU threads out of the hypervisor.
 pub fn kick_signal() -> i32 {
@@ -43,8 +43,13 @@ pub struct VcpuControl {
     state: Mutex<State>,
     cv: Condvar,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    vcpus: Mutex<Vec<SharedVcpu>>,
     first_exit: OnceLock<Instant>,
 }
+
+/// A vCPU shared between its thread (which holds it while in the hypervisor) and the controller
+/// (which reads and writes its state while the thread is parked).
+type SharedVcpu = Arc<Mutex<Box<dyn Vcpu>>>;
 
 impl VcpuControl {
     /// A control with no threads yet.
@@ -90,6 +95,27 @@ impl VcpuControl {
     pub fn pause(&self) {
         lock(&self.state).paused = true;
         self.kick_until(|s, n| s.parked + s.exited >= n);
+    }
+
+    /// Marks the vCPUs paused before any thread runs (a restored VM that starts paused).
+    pub fn preset_paused(&self) {
+        lock(&self.state).paused = true;
+    }
+
+    /// Reads every vCPU's state; the vCPUs must be paused. Each vCPU first re-enters the hypervisor
+    /// with immediate exit so an I/O exit the VMM completed is applied to its registers.
+    pub fn save_states(&self) -> Result<Vec<VcpuState>, HypervisorError> {
+        let vcpus = lock(&self.vcpus).clone();
+        let mut out = Vec::new();
+        for v in vcpus {
+            let mut v = lock(&v);
+            v.set_immediate_exit(true);
+            let r = v.run().map(|_| ());
+            v.set_immediate_exit(false);
+            r?;
+            out.push(v.save_state()?);
+        }
+        Ok(out)
     }
 
     /// Lets parked vCPUs run again.
@@ -150,6 +176,8 @@ impl VcpuControl {
         mmio: Bus,
         exit: Arc<ExitLatch>,
     ) -> std::io::Result<()> {
+        let vcpu: SharedVcpu = Arc::new(Mutex::new(vcpu));
+        lock(&self.vcpus).push(vcpu.clone());
         let ctl = self.clone();
         let h = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
             crate::jail::enter_or_die(crate::jail::Role::Vcpu);
@@ -165,11 +193,12 @@ impl VcpuControl {
     }
 }
 
-fn run_vcpu(id: u8, mut vcpu: Box<dyn Vcpu>, io: &Bus, mmio: &Bus, ctl: &VcpuControl, exit: &ExitLatch) {
+fn run_vcpu(id: u8, shared: SharedVcpu, io: &Bus, mmio: &Bus, ctl: &VcpuControl, exit: &ExitLatch) {
     loop {
         if exit.get().is_some() || !ctl.checkpoint() {
             return;
         }
+        let mut vcpu = lock(&shared);
         let r = vcpu.run();
         if id == 0 {
             let _ = ctl.first_exit.set(Instant::now());

@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::BusDevice;
 pub use crate::vmm::acpi::{GED_EVENT_PORT, GED_EVENT_POWER_BUTTON, GED_GSI};
+use crate::vmm::state::{Decoder, DeviceState, Encoder, Persist, Section, StateError};
 
 /// Errors of the GED.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,29 @@ impl Ged {
     /// Events set and not yet read by the guest.
     pub fn pending(&self) -> u8 {
         self.pending
+    }
+}
+
+impl Persist for Ged {
+    const VERSION: u16 = 1;
+
+    fn save(&self, e: &mut Encoder) -> Result<(), StateError> {
+        e.u8(self.pending);
+        Ok(())
+    }
+
+    fn restore(&mut self, _version: u16, d: &mut Decoder<'_>) -> Result<(), StateError> {
+        self.pending = d.u8()?;
+        Ok(())
+    }
+}
+
+impl DeviceState for Ged {
+    fn save_section(&mut self, name: &str) -> Result<Section, StateError> {
+        self.to_section(name)
+    }
+    fn restore_section(&mut self, section: &Section) -> Result<(), StateError> {
+        self.load_section(section)
     }
 }
 

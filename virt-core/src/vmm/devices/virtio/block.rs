@@ -53,7 +53,7 @@ const ID_BYTES: usize = 20;
 pub struct Block {
     backend: Arc<dyn BlockBackend>,
     config: Vec<u8>,
-    worker: Option<(JoinHandle<()>, EventFd)>,
+    worker: Option<(JoinHandle<Queue>, EventFd)>,
 }
 
 impl Block {
@@ -65,11 +65,10 @@ impl Block {
         Self { backend, config, worker: None }
     }
 
-    fn stop_worker(&mut self) {
-        if let Some((handle, kill)) = self.worker.take() {
-            let _ = kill.write(1);
-            let _ = handle.join();
-        }
+    fn stop_worker(&mut self) -> Option<Queue> {
+        let (handle, kill) = self.worker.take()?;
+        let _ = kill.write(1);
+        handle.join().ok()
     }
 }
 
@@ -125,7 +124,8 @@ impl VirtioDevice for Block {
             .name("virtio-blk".into())
             .spawn(move || {
                 crate::jail::enter_or_die(crate::jail::Role::Worker);
-                worker.run(&evt, &kill2)
+                worker.run(&evt, &kill2);
+                worker.queue
             })
             .map_err(ActivateError::Worker)?;
         self.worker = Some((handle, kill));
@@ -135,6 +135,17 @@ impl VirtioDevice for Block {
     fn reset(&mut self) -> bool {
         self.stop_worker();
         true
+    }
+
+    fn pause(&mut self) -> Vec<Queue> {
+        self.stop_worker().into_iter().collect()
+    }
+
+    fn flush(&mut self) -> Result<(), BlockError> {
+        if self.backend.read_only() {
+            return Ok(());
+        }
+        self.backend.flush()
     }
 }
 
@@ -280,6 +291,12 @@ impl Worker {
         while done < budget {
             let Some(chain) = self.queue.pop_descriptor_chain(&mem) else { break };
             let head = chain.head_index();
+            let writes = self.interrupt.guest_writes();
+            if writes.tracking() {
+                for d in chain.clone().writable() {
+                    writes.record(d.addr().0, u64::from(d.len()));
+                }
+            }
             let len = match self.handle(chain.clone()) {
                 Ok(n) => n,
                 Err(e) => {

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{ActivateError, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::vmm::devices::BusDevice;
+use crate::vmm::state::{Decoder, DeviceState, Encoder, Persist, Section, StateError};
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -36,6 +37,8 @@ pub struct MmioTransport {
     status: u32,
     config_generation: u32,
     activated: bool,
+    /// Live queues taken from the device by a snapshot, handed back on resume.
+    paused: Option<Vec<Queue>>,
 }
 
 impl MmioTransport {
@@ -67,6 +70,7 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             activated: false,
+            paused: None,
         })
     }
 
@@ -156,6 +160,149 @@ impl MmioTransport {
                 self.status |= STATUS_FAILED;
             }
         }
+    }
+}
+
+/// Largest number of queues a section may carry.
+const MAX_QUEUES: usize = 64;
+
+impl MmioTransport {
+    fn reactivate(&mut self, queues: Vec<Queue>) -> Result<(), ActivateError> {
+        let qs = queues.into_iter().zip(self.queue_evts.iter().cloned()).collect();
+        self.device.activate(self.mem.clone(), self.interrupt.clone(), self.driver_features, qs)
+    }
+
+    fn encode(&self, e: &mut Encoder, live: &[QueueState]) {
+        e.u32(self.device.device_type());
+        for v in [self.device_features_sel, self.driver_features_sel, self.queue_sel, self.status] {
+            e.u32(v);
+        }
+        e.u64(self.driver_features);
+        e.u32(self.config_generation);
+        e.u8(u8::from(self.activated));
+        e.u32(self.interrupt.status());
+        e.u32(self.queues.len() as u32);
+        for (i, q) in self.queues.iter().enumerate() {
+            // An active queue's positions live in the device's copy; the transport's copy is config only.
+            let s = live.get(i).copied().unwrap_or_else(|| q.state());
+            e.u16(s.max_size);
+            e.u16(s.next_avail);
+            e.u16(s.next_used);
+            e.u8(u8::from(s.event_idx_enabled));
+            e.u16(s.size);
+            e.u8(u8::from(s.ready));
+            e.u64(s.desc_table);
+            e.u64(s.avail_ring);
+            e.u64(s.used_ring);
+        }
+    }
+}
+
+impl Persist for MmioTransport {
+    const VERSION: u16 = 1;
+
+    fn save(&self, e: &mut Encoder) -> Result<(), StateError> {
+        let live: Vec<QueueState> = self.paused.iter().flatten().map(|q| q.state()).collect();
+        self.encode(e, &live);
+        Ok(())
+    }
+
+    fn restore(&mut self, _version: u16, d: &mut Decoder<'_>) -> Result<(), StateError> {
+        let kind = d.u32()?;
+        if kind != self.device.device_type() {
+            return Err(d.invalid(format!(
+                "holds virtio device type {kind}, this slot has type {}",
+                self.device.device_type()
+            )));
+        }
+        self.device_features_sel = d.u32()?;
+        self.driver_features_sel = d.u32()?;
+        self.queue_sel = d.u32()?;
+        self.status = d.u32()?;
+        self.driver_features = d.u64()?;
+        self.config_generation = d.u32()?;
+        let activated = d.bool()?;
+        self.interrupt.set_status(d.u32()?);
+        let n = d.u32()? as usize;
+        if n != self.queues.len() || n > MAX_QUEUES {
+            return Err(d.invalid(format!("{n} queues, the device has {}", self.queues.len())));
+        }
+        for i in 0..n {
+            let s = QueueState {
+                max_size: d.u16()?,
+                next_avail: d.u16()?,
+                next_used: d.u16()?,
+                event_idx_enabled: d.bool()?,
+                size: d.u16()?,
+                ready: d.bool()?,
+                desc_table: d.u64()?,
+                avail_ring: d.u64()?,
+                used_ring: d.u64()?,
+            };
+            self.queues[i] = Queue::try_from(s).map_err(|e| d.invalid(format!("queue {i}: {e:?}")))?;
+        }
+        if activated {
+            let mut qs = Vec::new();
+            for (i, q) in self.queues.iter().enumerate() {
+                if q.ready() {
+                    if !q.is_valid(&self.mem) {
+                        return Err(d.invalid(format!("queue {i} lies outside guest memory")));
+                    }
+                    let copy =
+                        Queue::try_from(q.state()).map_err(|e| d.invalid(format!("queue {i}: {e:?}")))?;
+                    qs.push(copy);
+                }
+            }
+            self.reactivate(qs).map_err(|e| d.invalid(format!("cannot re-activate the device: {e}")))?;
+        }
+        self.activated = activated;
+        Ok(())
+    }
+}
+
+impl MmioTransport {
+    /// The interrupt, whose [`super::GuestWrites`] a migration reads.
+    pub fn interrupt(&self) -> &Arc<VirtioInterrupt> {
+        &self.interrupt
+    }
+
+    /// Guest ranges of the used rings of the ready queues (written by the device on every completion).
+    pub fn used_rings(&self) -> Vec<(u64, u64)> {
+        self.queues
+            .iter()
+            .filter(|q| q.ready())
+            .map(|q| (q.used_ring(), 6 + 8 * u64::from(q.size())))
+            .collect()
+    }
+}
+
+impl DeviceState for MmioTransport {
+    fn save_section(&mut self, name: &str) -> Result<Section, StateError> {
+        if self.activated && self.paused.is_none() {
+            self.paused = Some(self.device.pause());
+        }
+        self.to_section(name)
+    }
+
+    fn restore_section(&mut self, section: &Section) -> Result<(), StateError> {
+        self.load_section(section)
+    }
+
+    fn flush(&mut self) -> Result<(), StateError> {
+        self.device.flush().map_err(|e| StateError::Invalid {
+            name: format!("virtio device type {}", self.device.device_type()),
+            msg: format!("flush before the snapshot failed: {e}"),
+        })
+    }
+
+    fn resume(&mut self) -> Result<(), StateError> {
+        if let Some(qs) = self.paused.take() {
+            self.reactivate(qs).map_err(|e| StateError::Invalid {
+                name: format!("virtio device type {}", self.device.device_type()),
+                msg: format!("cannot resume the device: {e}"),
+            })?;
+        }
+        Ok(())
     }
 }
 

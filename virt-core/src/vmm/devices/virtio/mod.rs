@@ -29,12 +29,46 @@ pub const INT_CONFIG: u32 = 0x2;
 pub struct VirtioInterrupt {
     status: AtomicU32,
     irqfd: Arc<EventFd>,
+    writes: GuestWrites,
+}
+
+/// Guest memory the device itself wrote (buffers it filled, used rings), recorded while a live
+/// migration runs: the hypervisor's dirty log only sees the guest's own writes, so these ranges are
+/// sent again too. Every device that writes guest memory records its writes here.
+#[derive(Default)]
+pub struct GuestWrites {
+    on: std::sync::atomic::AtomicBool,
+    ranges: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+impl GuestWrites {
+    /// Whether writes are being recorded (skip the bookkeeping otherwise).
+    pub fn tracking(&self) -> bool {
+        self.on.load(Ordering::SeqCst)
+    }
+    /// Starts or stops recording (stopping drops what was recorded).
+    pub fn set_tracking(&self, on: bool) {
+        self.on.store(on, Ordering::SeqCst);
+        if !on {
+            crate::vmm::devices::lock(&self.ranges).clear();
+        }
+    }
+    /// Records that the device wrote `len` bytes at guest address `gpa`.
+    pub fn record(&self, gpa: u64, len: u64) {
+        if self.tracking() {
+            crate::vmm::devices::lock(&self.ranges).push((gpa, len));
+        }
+    }
+    /// Takes the ranges recorded so far.
+    pub fn take(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *crate::vmm::devices::lock(&self.ranges))
+    }
 }
 
 impl VirtioInterrupt {
     /// An interrupt that fires through `irqfd`.
     pub fn new(irqfd: Arc<EventFd>) -> Arc<Self> {
-        Arc::new(Self { status: AtomicU32::new(0), irqfd })
+        Arc::new(Self { status: AtomicU32::new(0), irqfd, writes: GuestWrites::default() })
     }
     /// Sets `bits` in InterruptStatus and raises the interrupt.
     pub fn trigger(&self, bits: u32) -> std::io::Result<()> {
@@ -45,9 +79,17 @@ impl VirtioInterrupt {
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
     }
+    /// Sets InterruptStatus (restoring a snapshot).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
     /// The driver's InterruptACK.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+    /// Where the device records the guest memory it writes (see [`GuestWrites`]).
+    pub fn guest_writes(&self) -> &GuestWrites {
+        &self.writes
     }
     /// The irqfd, for registration with the hypervisor.
     pub fn irqfd(&self) -> &Arc<EventFd> {
@@ -88,6 +130,16 @@ pub trait VirtioDevice: Send {
     ) -> Result<(), ActivateError>;
     /// Stops serving queues (driver reset). Returns false if the device cannot be reset.
     fn reset(&mut self) -> bool;
+    /// Quiesces the device for a snapshot or migration: stops its workers after the request in flight
+    /// and hands back the live queues (their positions are what the snapshot saves). The transport
+    /// re-activates the device with them to resume. A device without workers returns nothing.
+    fn pause(&mut self) -> Vec<Queue> {
+        Vec::new()
+    }
+    /// Makes the device's writes durable before a snapshot (a disk flushes its backend).
+    fn flush(&mut self) -> Result<(), crate::block::BlockError> {
+        Ok(())
+    }
 }
 
 /// Reads `data.len()` bytes at `offset` from a configuration space image, padding with zeros.
