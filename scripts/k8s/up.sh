@@ -38,7 +38,19 @@ rm -rf "$DIR"
 mkdir -p "$DIR"/{pki,pids,logs,etcd,kubelet,containerd/root,containerd/state,cni/net.d,cni/ipam}
 DIR=$(cd "$DIR" && pwd)
 echo "$DIR" >"$DIR/.virt-rs-k8s"
-trap 'echo "k8s/up.sh: failed; logs in $DIR/logs" >&2; "$here/down.sh" "$DIR" >/dev/null 2>&1 || true' ERR
+# On any failure: keep the logs beside the state dir (down.sh removes the state dir), tear down.
+up_ok=0
+on_exit() {
+  [ "$up_ok" = 1 ] && return 0
+  rm -rf "$DIR.failed-logs"
+  cp -r "$DIR/logs" "$DIR.failed-logs" 2>/dev/null || true
+  echo "k8s/up.sh: failed; logs in $DIR.failed-logs" >&2
+  for f in "$DIR"/logs/*.log; do
+    [ -s "$f" ] && { echo "--- $(basename "$f") (last lines)" >&2; tail -n 5 "$f" >&2; }
+  done
+  "$here/down.sh" "$DIR" >/dev/null 2>&1 || true
+}
+trap on_exit EXIT
 
 # --- network namespace: lo up, a veth pair, the node at .1, the host at .254 ---------------------
 ip netns add $NS
@@ -224,5 +236,5 @@ wait_for "node $NODE" 180 "${K[@]}" get node $NODE
 "${K[@]}" wait --for=condition=Ready node/$NODE --timeout=180s >/dev/null \
   || die "node $NODE not Ready (logs in $DIR/logs)"
 wait_for "default service account" 120 "${K[@]}" get serviceaccount default -n default
-trap - ERR
+up_ok=1
 echo "$DIR/admin.kubeconfig"
