@@ -149,6 +149,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         "-p",
         r#"{"spec":{"runStrategy":"Always"}}"#,
     ]));
+    let start = Instant::now();
     let vm_uid = cluster.get(&["vm", "vm-cirros", "-n", ns], "{.metadata.uid}").unwrap();
     let owner = wait_for("the VMI", 60, || {
         cluster
@@ -165,6 +166,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
             .filter(|s| s.ends_with(" Running"))
     });
     let pod = pod.split(' ').next().unwrap().to_string();
+    eprintln!("start -> launcher pod Running: {:?}", start.elapsed());
     assert!(pod.starts_with("virt-launcher-vm-cirros-"), "{pod}");
     let labels = cluster.get(&["pod", &pod, "-n", ns], "{.metadata.labels}").unwrap();
     assert!(labels.contains("vm.kubevirt.io/name") && labels.contains("kubevirt.io/created-by"), "{labels}");
@@ -189,6 +191,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     assert!(logs.contains("placeholder launcher for virt-rs-e2e/vm-cirros"), "{logs}");
 
     // Delete the VM: the garbage collector takes the VMI, then its pod.
+    let deleted = Instant::now();
     ok(&mut cluster.kubectl(&["delete", "vm", "vm-cirros", "-n", ns, "--wait=false"]));
     wait_for("the VMI to go", 120, || {
         cluster.get(&["vmi", "vm-cirros", "-n", ns], "{.metadata.name}").is_none().then_some(())
@@ -197,6 +200,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         cluster.get(&["pod", &pod, "-n", ns], "{.metadata.name}").is_none().then_some(())
     });
 
+    eprintln!("delete -> VMI and pod gone: {:?}", deleted.elapsed());
     let controller = cluster.controller.as_mut().unwrap();
     assert!(controller.try_wait().unwrap().is_none(), "the controller is still running");
     eprintln!("test done in {:?}", started.elapsed());
