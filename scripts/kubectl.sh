@@ -30,7 +30,8 @@ if [ ! -x "$bin" ]; then
     || die "apt-get download kubernetes-client=$version failed"
   dpkg-deb -x "$tmp"/kubernetes-client_*.deb "$tmp/root"
   [ -x "$tmp/root/usr/bin/kubectl" ] || die "the package has no usr/bin/kubectl"
-  rm -rf "$dir"
-  mv "$tmp/root" "$dir"
+  # Another run may have unpacked it meanwhile: its copy stays (it may be running).
+  mv -T "$tmp/root" "$dir" 2>/dev/null || true
+  [ -x "$bin" ] || die "could not unpack kubectl into $dir"
 fi
 echo "$bin"
