@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::time::Timestamp;
 
 /// `metav1.ObjectMeta`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// Object name, unique within its namespace (or the cluster, for cluster-scoped kinds).
@@ -75,7 +75,7 @@ impl ObjectMeta {
 }
 
 /// `metav1.OwnerReference`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OwnerReference {
     /// API version of the owner.
@@ -95,7 +95,7 @@ pub struct OwnerReference {
 }
 
 /// `metav1.LabelSelector`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelector {
     /// Exact label matches.
@@ -107,7 +107,7 @@ pub struct LabelSelector {
 }
 
 /// `metav1.LabelSelectorRequirement`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelectorRequirement {
     /// Label key.
@@ -120,7 +120,7 @@ pub struct LabelSelectorRequirement {
 }
 
 /// `TypedLocalObjectReference`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TypedLocalObjectReference {
     /// API group of the referent (empty for core).
@@ -133,7 +133,7 @@ pub struct TypedLocalObjectReference {
 }
 
 /// `TypedObjectReference`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TypedObjectReference {
     /// API group of the referent (empty for core).
@@ -149,7 +149,7 @@ pub struct TypedObjectReference {
 }
 
 /// `LocalObjectReference`: a named object in the same namespace (a Secret, a ConfigMap).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalObjectReference {
     /// Name of the referent.
@@ -158,7 +158,7 @@ pub struct LocalObjectReference {
 }
 
 /// `ConditionStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum ConditionStatus {
     /// The condition holds.
     True,

@@ -247,6 +247,25 @@ impl<'de> Deserialize<'de> for Quantity {
     }
 }
 
+/// A quantity is a string (`"2Gi"`) or a number (`2`) on the wire: Kubernetes' int-or-string.
+impl schemars::JsonSchema for Quantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A Kubernetes quantity: a number or a string such as 2Gi or 500m.",
+            "x-kubernetes-int-or-string": true,
+            "anyOf": [{ "type": "integer" }, { "type": "string" }]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

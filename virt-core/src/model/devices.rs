@@ -8,7 +8,7 @@ use super::domain::{Empty, FeatureState};
 use super::network::Interface;
 
 /// `Devices`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Devices {
     /// Legacy virtio 0.9 devices for old guests.
@@ -90,7 +90,7 @@ pub struct Devices {
 
 /// `Disk`: how a volume appears to the guest. At most one of `disk`, `lun` and `cdrom`; none
 /// means a `disk`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Disk {
     /// Name, also the name of the backing volume.
@@ -148,7 +148,7 @@ impl Disk {
 }
 
 /// `DiskBus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskBus {
     /// virtio-blk (the default for disks).
@@ -174,7 +174,7 @@ impl DiskBus {
 }
 
 /// `DiskTarget`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DiskTarget {
     /// Bus (virtio unless a preference says otherwise).
@@ -189,7 +189,7 @@ pub struct DiskTarget {
 }
 
 /// `LunTarget`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LunTarget {
     /// Bus.
@@ -204,7 +204,7 @@ pub struct LunTarget {
 }
 
 /// `CDRomTarget`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CdromTarget {
     /// Bus (sata unless a preference says otherwise).
@@ -219,7 +219,7 @@ pub struct CdromTarget {
 }
 
 /// `TrayState`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TrayState {
     /// Open.
@@ -229,7 +229,7 @@ pub enum TrayState {
 }
 
 /// `DriverCache`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskCache {
     /// No host page cache (O_DIRECT).
@@ -241,7 +241,7 @@ pub enum DiskCache {
 }
 
 /// `DriverIO`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskIo {
     /// Linux native AIO.
@@ -253,7 +253,7 @@ pub enum DiskIo {
 }
 
 /// `DiskErrorPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskErrorPolicy {
     /// Pause the VM.
@@ -267,7 +267,7 @@ pub enum DiskErrorPolicy {
 }
 
 /// `BlockSize`: at most one member.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BlockSize {
     /// Explicit sizes.
@@ -279,7 +279,7 @@ pub struct BlockSize {
 }
 
 /// `CustomBlockSize`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomBlockSize {
     /// Logical block size.
@@ -294,7 +294,7 @@ pub struct CustomBlockSize {
 }
 
 /// `GPU` (refused on this node).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Gpu {
     /// Name.
@@ -317,7 +317,7 @@ pub struct Gpu {
 }
 
 /// `HostDevice` (refused on this node).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HostDevice {
     /// Name.
@@ -337,7 +337,7 @@ pub struct HostDevice {
 }
 
 /// `SoundDevice`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Sound {
     /// Name.
@@ -348,7 +348,7 @@ pub struct Sound {
 }
 
 /// `TPMDevice`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Tpm {
     /// Defaults to true (a preference's TPM can be switched off with false).
@@ -360,7 +360,7 @@ pub struct Tpm {
 }
 
 /// `VideoDevice`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Video {
     /// `virtio`, `vga`, `bochs`, `ramfb`...
@@ -369,7 +369,7 @@ pub struct Video {
 }
 
 /// `Input`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Input {
     /// `usb` or `virtio`.
@@ -383,7 +383,7 @@ pub struct Input {
 }
 
 /// `InputBus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InputBus {
     /// USB.
@@ -393,7 +393,7 @@ pub enum InputBus {
 }
 
 /// `InputType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InputType {
     /// An absolute pointing device.
@@ -403,7 +403,7 @@ pub enum InputType {
 }
 
 /// `Watchdog`: exactly one device member.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Watchdog {
     /// Name.
@@ -417,7 +417,7 @@ pub struct Watchdog {
 }
 
 /// The `action` of a watchdog device.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchdogAction {
     /// `poweroff`, `reset` (default) or `shutdown`.
@@ -426,7 +426,7 @@ pub struct WatchdogAction {
 }
 
 /// `PanicDevice`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PanicDevice {
     /// `isa`, `hyperv` or `pvpanic`.
@@ -435,7 +435,7 @@ pub struct PanicDevice {
 }
 
 /// `Filesystem` (virtiofs; refused on this node).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Filesystem {
     /// Name, also the name of the backing volume.

@@ -11,7 +11,7 @@ use crate::api::Quantity;
 use super::devices::Devices;
 
 /// `DomainSpec`: the virtual hardware.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DomainSpec {
     /// Compute resources (`requests`/`limits` of `memory` and `cpu`).
@@ -55,7 +55,7 @@ pub struct DomainSpec {
 }
 
 /// `IOThreadsPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum IoThreadsPolicy {
     /// One IOThread shared by all disks.
@@ -67,7 +67,7 @@ pub enum IoThreadsPolicy {
 }
 
 /// `DiskIOThreads`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DiskIoThreads {
     /// Threads in the pool for `supplementalPool`.
@@ -76,7 +76,7 @@ pub struct DiskIoThreads {
 }
 
 /// `RebootPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum RebootPolicy {
     /// The guest reboots in place.
     Reboot,
@@ -85,7 +85,7 @@ pub enum RebootPolicy {
 }
 
 /// `Chassis`: SMBIOS chassis fields.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Chassis {
     /// Manufacturer.
@@ -106,7 +106,7 @@ pub struct Chassis {
 }
 
 /// `ResourceRequirements` of a domain: `memory` and `cpu` requests and limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceRequirements {
     /// Requested resources (`memory`, `cpu`).
@@ -121,7 +121,7 @@ pub struct ResourceRequirements {
 }
 
 /// `CPU`: topology, model and placement.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cpu {
     /// Cores per socket.
@@ -165,7 +165,7 @@ impl Cpu {
 }
 
 /// `CPUFeature`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CpuFeature {
     /// Feature name (e.g. `vmx`).
@@ -176,7 +176,7 @@ pub struct CpuFeature {
 }
 
 /// `NUMA`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Numa {
     /// Mirror the host NUMA cells of the pinned CPUs.
@@ -185,11 +185,11 @@ pub struct Numa {
 }
 
 /// An empty object (`{}`) that switches something on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Empty {}
 
 /// `Realtime`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Realtime {
     /// vCPUs that run real-time, as a libvirt CPU set (`0-3,^1`).
@@ -198,7 +198,7 @@ pub struct Realtime {
 }
 
 /// `Memory`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Memory {
     /// Back guest memory with huge pages.
@@ -213,7 +213,7 @@ pub struct Memory {
 }
 
 /// `Hugepages`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Hugepages {
     /// `2Mi` or `1Gi` on x86_64.
@@ -222,7 +222,7 @@ pub struct Hugepages {
 }
 
 /// `Machine`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Machine {
     /// QEMU machine type (`q35`, `pc-q35-rhel9.4.0`, ...).
@@ -231,7 +231,7 @@ pub struct Machine {
 }
 
 /// `Firmware`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Firmware {
     /// SMBIOS UUID (random when unset).
@@ -252,7 +252,7 @@ pub struct Firmware {
 }
 
 /// `Bootloader`: at most one of `bios` and `efi`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Bootloader {
     /// Legacy BIOS (the default).
@@ -264,7 +264,7 @@ pub struct Bootloader {
 }
 
 /// `BIOS`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Bios {
     /// Send BIOS output to the serial console.
@@ -273,7 +273,7 @@ pub struct Bios {
 }
 
 /// `EFI`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Efi {
     /// Secure Boot; defaults to true and then requires SMM.
@@ -292,7 +292,7 @@ impl Efi {
 }
 
 /// `KernelBoot`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KernelBoot {
     /// Kernel command line.
@@ -304,7 +304,7 @@ pub struct KernelBoot {
 }
 
 /// `KernelBootContainer`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KernelBootContainer {
     /// Image reference.
@@ -324,7 +324,7 @@ pub struct KernelBootContainer {
 }
 
 /// `PullPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum PullPolicy {
     /// Pull on every start.
     Always,
@@ -335,7 +335,7 @@ pub enum PullPolicy {
 }
 
 /// `ACPI` of the firmware.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FirmwareAcpi {
     /// Volume (a secret) holding a SLIC table.
@@ -347,7 +347,7 @@ pub struct FirmwareAcpi {
 }
 
 /// `Clock`: an offset (`utc` or `timezone`, at most one) and timers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Clock {
     /// Guest clock in UTC, with an optional offset.
@@ -362,7 +362,7 @@ pub struct Clock {
 }
 
 /// `ClockOffset` (the `utc`/`timezone` part of a clock, as a preference gives it).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClockOffset {
     /// Guest clock in UTC.
@@ -374,7 +374,7 @@ pub struct ClockOffset {
 }
 
 /// `ClockOffsetUTC`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClockOffsetUtc {
     /// Offset from UTC in seconds; guest changes then persist across reboots.
@@ -383,7 +383,7 @@ pub struct ClockOffsetUtc {
 }
 
 /// `Timer`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Timer {
     /// High Precision Event Timer.
@@ -404,7 +404,7 @@ pub struct Timer {
 }
 
 /// A timer with only `present` (`KVMTimer`, `HypervTimer`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresentTimer {
     /// `false` keeps the machine type from adding the timer.
@@ -413,7 +413,7 @@ pub struct PresentTimer {
 }
 
 /// `HPETTimer`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HpetTimer {
     /// What happens to missed ticks.
@@ -425,7 +425,7 @@ pub struct HpetTimer {
 }
 
 /// `HPETTickPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HpetTickPolicy {
     /// Constant rate; guest time lags.
@@ -439,7 +439,7 @@ pub enum HpetTickPolicy {
 }
 
 /// `PITTimer`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PitTimer {
     /// What happens to missed ticks.
@@ -451,7 +451,7 @@ pub struct PitTimer {
 }
 
 /// `PITTickPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PitTickPolicy {
     /// Constant rate; guest time lags.
@@ -463,7 +463,7 @@ pub enum PitTickPolicy {
 }
 
 /// `RTCTimer`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RtcTimer {
     /// What happens to missed ticks.
@@ -478,7 +478,7 @@ pub struct RtcTimer {
 }
 
 /// `RTCTickPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RtcTickPolicy {
     /// Constant rate; guest time lags.
@@ -488,7 +488,7 @@ pub enum RtcTickPolicy {
 }
 
 /// `RTCTimerTrack`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RtcTrack {
     /// Track guest time.
@@ -498,7 +498,7 @@ pub enum RtcTrack {
 }
 
 /// `FeatureState`: `{}` enables, `{enabled: false}` disables.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureState {
     /// Defaults to true.
@@ -514,7 +514,7 @@ impl FeatureState {
 }
 
 /// `Features`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Features {
     /// ACPI (on by default).
@@ -548,7 +548,7 @@ impl Features {
 }
 
 /// `FeatureAPIC`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureApic {
     /// Defaults to true.
@@ -560,7 +560,7 @@ pub struct FeatureApic {
 }
 
 /// `HyperVPassthrough`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HypervPassthrough {
     /// Whether passthrough is on.
@@ -569,7 +569,7 @@ pub struct HypervPassthrough {
 }
 
 /// `FeatureHyperv`: Hyper-V enlightenments for Windows guests.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureHyperv {
     /// Disable watchdog timeouts.
@@ -617,7 +617,7 @@ pub struct FeatureHyperv {
 }
 
 /// `FeatureSpinlocks`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureSpinlocks {
     /// Defaults to true.
@@ -629,7 +629,7 @@ pub struct FeatureSpinlocks {
 }
 
 /// `FeatureVendorID`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureVendorId {
     /// Defaults to true.
@@ -641,7 +641,7 @@ pub struct FeatureVendorId {
 }
 
 /// `SyNICTimer`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyNicTimer {
     /// Defaults to true.
@@ -653,7 +653,7 @@ pub struct SyNicTimer {
 }
 
 /// `TLBFlush`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlbFlush {
     /// Defaults to true.
@@ -668,7 +668,7 @@ pub struct TlbFlush {
 }
 
 /// `FeatureKVM`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureKvm {
     /// Hide KVM from MSR-based discovery.

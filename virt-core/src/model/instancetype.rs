@@ -20,7 +20,7 @@ pub const INSTANCETYPE_API_VERSION: &str = "instancetype.kubevirt.io/v1beta1";
 macro_rules! instancetype_kind {
     ($(#[$doc:meta])* $name:ident, $spec:ty) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
         #[serde(rename_all = "camelCase")]
         pub struct $name {
             /// `instancetype.kubevirt.io/v1beta1`.
@@ -70,7 +70,7 @@ instancetype_kind!(
 );
 
 /// `VirtualMachineInstancetypeSpec`: `cpu.guest` and `memory.guest` are required.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstancetypeSpec {
     /// Node labels the VMI needs.
@@ -104,7 +104,7 @@ pub struct InstancetypeSpec {
 }
 
 /// `CPUInstancetype`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CpuInstancetype {
     /// vCPUs (at least 1), laid out by the preference's `preferredCPUTopology` (sockets by
@@ -131,7 +131,7 @@ pub struct CpuInstancetype {
 }
 
 /// `MemoryInstancetype`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemoryInstancetype {
     /// Guest memory.
@@ -155,7 +155,7 @@ impl Default for MemoryInstancetype {
 
 /// `VirtualMachinePreferenceSpec`: every member is optional and only fills in what a VM leaves
 /// unset.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PreferenceSpec {
     /// Clock preferences.
@@ -200,7 +200,7 @@ pub struct PreferenceSpec {
 }
 
 /// `ClockPreferences`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClockPreferences {
     /// `utc` or `timezone`, applied when the VM sets neither.
@@ -212,7 +212,7 @@ pub struct ClockPreferences {
 }
 
 /// `CPUPreferences`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CpuPreferences {
     /// How an instancetype's vCPUs are laid out (default `sockets`).
@@ -227,7 +227,7 @@ pub struct CpuPreferences {
 }
 
 /// `PreferredCPUTopology`, including the deprecated `prefer*` spellings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum PreferredCpuTopology {
     /// All vCPUs as sockets.
@@ -267,7 +267,7 @@ impl PreferredCpuTopology {
 }
 
 /// `SpreadOptions`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SpreadOptions {
     /// What to spread across (default `SocketsCores`).
@@ -279,7 +279,7 @@ pub struct SpreadOptions {
 }
 
 /// `SpreadAcross`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum SpreadAcross {
     /// sockets:cores = 1:ratio.
     SocketsCores,
@@ -290,7 +290,7 @@ pub enum SpreadAcross {
 }
 
 /// `DevicePreferences`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DevicePreferences {
     /// Default of `autoattachGraphicsDevice`.
@@ -374,7 +374,7 @@ pub struct DevicePreferences {
 }
 
 /// `FeaturePreferences`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeaturePreferences {
     /// ACPI (overrides the VM, as KubeVirt does).
@@ -398,7 +398,7 @@ pub struct FeaturePreferences {
 }
 
 /// `FirmwarePreferences`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FirmwarePreferences {
     /// BIOS where the VM chooses no bootloader.
@@ -419,7 +419,7 @@ pub struct FirmwarePreferences {
 }
 
 /// `MachinePreferences`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachinePreferences {
     /// Machine type where the VM sets none.
@@ -428,7 +428,7 @@ pub struct MachinePreferences {
 }
 
 /// `VolumePreferences`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumePreferences {
     /// Storage class for DataVolume templates without one.
@@ -437,7 +437,7 @@ pub struct VolumePreferences {
 }
 
 /// `PreferenceRequirements`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PreferenceRequirements {
     /// Minimum vCPUs.
@@ -452,7 +452,7 @@ pub struct PreferenceRequirements {
 }
 
 /// `CPUPreferenceRequirement`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CpuRequirement {
     /// Minimum vCPUs.
@@ -460,7 +460,7 @@ pub struct CpuRequirement {
 }
 
 /// `MemoryPreferenceRequirement`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemoryRequirement {
     /// Minimum memory.

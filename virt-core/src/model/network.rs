@@ -7,7 +7,7 @@ use super::domain::Empty;
 
 /// `Interface`: a guest NIC. Exactly one binding (`masquerade`, `bridge`, `sriov`, ... or a
 /// `binding` plugin) may be set; none means the node's default.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Interface {
     /// Name, also the name of the network it connects to.
@@ -122,7 +122,7 @@ impl Interface {
 }
 
 /// `PluginBinding`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginBinding {
     /// Plugin name as registered in the KubeVirt CR.
@@ -130,7 +130,7 @@ pub struct PluginBinding {
 }
 
 /// `Port`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Port {
     /// Port name.
@@ -144,7 +144,7 @@ pub struct Port {
 }
 
 /// `DHCPOptions`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DhcpOptions {
     /// Option 67.
@@ -162,7 +162,7 @@ pub struct DhcpOptions {
 }
 
 /// `DHCPPrivateOptions`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DhcpPrivateOption {
     /// Option number, 224-254.
@@ -172,7 +172,7 @@ pub struct DhcpPrivateOption {
 }
 
 /// `InterfaceState`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InterfaceState {
     /// Link up.
@@ -184,7 +184,7 @@ pub enum InterfaceState {
 }
 
 /// `Network`: exactly one of `pod` and `multus`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Network {
     /// Name, matched by an interface.
@@ -198,7 +198,7 @@ pub struct Network {
 }
 
 /// `PodNetwork`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodNetwork {
     /// Guest IPv4 CIDR behind masquerade (default 10.0.2.0/24).
@@ -210,7 +210,7 @@ pub struct PodNetwork {
 }
 
 /// `MultusNetwork`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MultusNetwork {
     /// `name` or `namespace/name` of a NetworkAttachmentDefinition.

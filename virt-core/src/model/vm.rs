@@ -10,7 +10,7 @@ use super::vmi::{Condition, VirtualMachineInstanceTemplateSpec};
 use super::API_VERSION;
 
 /// A VirtualMachine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachine {
     /// `kubevirt.io/v1`.
@@ -41,7 +41,7 @@ impl VirtualMachine {
 }
 
 /// `VirtualMachineSpec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineSpec {
     /// Deprecated: `true` is `runStrategy: Always`, `false` is `Halted`. Exclusive with
@@ -80,7 +80,7 @@ impl VirtualMachineSpec {
 }
 
 /// `VirtualMachineRunStrategy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum RunStrategy {
     /// Keep an instance running: restart it whenever it stops.
     Always,
@@ -111,7 +111,7 @@ impl RunStrategy {
 }
 
 /// `InstancetypeMatcher`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstancetypeMatcher {
     /// Name of the instancetype.
@@ -141,7 +141,7 @@ pub type PreferenceMatcher = InstancetypeMatcher;
 /// required). `virt_storage::cdi` reads the same document strictly as a DataVolume
 /// (`CdiObject::DataVolumeTemplates`, with paths like `spec.dataVolumeTemplates[0].spec.pvc`) and
 /// validates it with CDI's rules.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeTemplateSpec {
     /// `cdi.kubevirt.io/v1beta1`, usually left out.
@@ -162,7 +162,7 @@ pub struct DataVolumeTemplateSpec {
 
 /// `VirtualMachineStatus`: the commonly read fields; request queues and revisions are kept as
 /// written.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineStatus {
     /// Name of a snapshot in progress.

@@ -13,7 +13,7 @@ use super::volumes::Volume;
 use super::API_VERSION;
 
 /// A VirtualMachineInstance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineInstance {
     /// `kubevirt.io/v1`.
@@ -44,7 +44,7 @@ impl VirtualMachineInstance {
 }
 
 /// `VirtualMachineInstanceSpec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineInstanceSpec {
     /// Pod priority class (accepted; no effect on a single node).
@@ -118,7 +118,7 @@ pub struct VirtualMachineInstanceSpec {
 }
 
 /// `VirtualMachineInstanceTemplateSpec`: the VMI a VirtualMachine (or replica set) creates.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineInstanceTemplateSpec {
     /// Labels and annotations of the VMI.
@@ -129,7 +129,7 @@ pub struct VirtualMachineInstanceTemplateSpec {
 }
 
 /// `Toleration`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Toleration {
     /// Taint key (empty with `Exists` matches every key).
@@ -150,7 +150,7 @@ pub struct Toleration {
 }
 
 /// `EvictionStrategy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum EvictionStrategy {
     /// Stop the VMI; the run strategy decides what happens next.
     None,
@@ -163,14 +163,14 @@ pub enum EvictionStrategy {
 }
 
 /// `StartStrategy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum StartStrategy {
     /// Start with the vCPUs paused.
     Paused,
 }
 
 /// `VirtualMachineInstancePhase`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum VmiPhase {
     /// Accepted, nothing done yet.
     Pending,
@@ -213,7 +213,7 @@ impl VmiPhase {
 
 /// `VirtualMachineInstanceCondition` (also the shape of VirtualMachine conditions): `type` is
 /// e.g. `Ready`, `Paused`, `AgentConnected`, `LiveMigratable`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// Condition type.
@@ -236,7 +236,7 @@ pub struct Condition {
 }
 
 /// `VirtualMachineInstanceStatus`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineInstanceStatus {
     /// Node running the VMI.
@@ -323,7 +323,7 @@ pub struct VirtualMachineInstanceStatus {
 }
 
 /// `VirtualMachineInstancePhaseTransitionTimestamp`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PhaseTransition {
     /// The phase entered.
@@ -335,7 +335,7 @@ pub struct PhaseTransition {
 }
 
 /// `VirtualMachineInstanceNetworkInterface`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkInterfaceStatus {
     /// First IP address.
@@ -368,7 +368,7 @@ pub struct NetworkInterfaceStatus {
 }
 
 /// `VirtualMachineInstanceGuestOSInfo`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GuestOsInfo {
     /// OS name.
@@ -398,7 +398,7 @@ pub struct GuestOsInfo {
 }
 
 /// `CPUTopology`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CpuTopology {
     /// Cores per socket.
@@ -413,7 +413,7 @@ pub struct CpuTopology {
 }
 
 /// `MemoryStatus`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemoryStatus {
     /// Memory at boot.
@@ -429,7 +429,7 @@ pub struct MemoryStatus {
 
 /// `VirtualMachineInstanceMigrationState`: the commonly read fields; the handler-internal
 /// `sourceState`, `targetState` and `migrationConfiguration` are kept as written.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationState {
     /// When the migration began.

@@ -8,7 +8,7 @@ use crate::api::{LocalObjectReference, Quantity};
 use super::domain::{Empty, PullPolicy};
 
 /// `Volume`: a name and exactly one source.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Volume {
     /// Name (a DNS label), matched by a disk.
@@ -154,7 +154,7 @@ impl Volume {
 }
 
 /// `HostDisk`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HostDisk {
     /// Absolute path of the image file on the node.
@@ -171,7 +171,7 @@ pub struct HostDisk {
 }
 
 /// `HostDiskType`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum HostDiskType {
     /// The image must exist.
     #[default]
@@ -181,7 +181,7 @@ pub enum HostDiskType {
 }
 
 /// `PersistentVolumeClaimVolumeSource` (also the shape of `memoryDump`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PvcVolumeSource {
     /// Claim (volume) name in the VMI's namespace.
@@ -195,7 +195,7 @@ pub struct PvcVolumeSource {
 }
 
 /// `CloudInitNoCloudSource` and `CloudInitConfigDriveSource` (the same fields).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CloudInitSource {
     /// Secret holding the user data (`userdata` or `userData` key).
@@ -219,7 +219,7 @@ pub struct CloudInitSource {
 }
 
 /// `SysprepSource`: exactly one of `secret` and `configMap`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SysprepSource {
     /// Secret holding `autounattend.xml`.
@@ -231,7 +231,7 @@ pub struct SysprepSource {
 }
 
 /// `ContainerDiskSource`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerDiskSource {
     /// Image reference (`registry:5000/kubevirt/cirros-container-disk-demo:devel`).
@@ -248,7 +248,7 @@ pub struct ContainerDiskSource {
 }
 
 /// `EphemeralVolumeSource`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EphemeralVolumeSource {
     /// The claim under the copy-on-write layer.
@@ -257,7 +257,7 @@ pub struct EphemeralVolumeSource {
 }
 
 /// `EmptyDiskSource`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EmptyDiskSource {
     /// Size of the sparse disk.
@@ -265,7 +265,7 @@ pub struct EmptyDiskSource {
 }
 
 /// `DataVolumeSource`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeSource {
     /// DataVolume (and volume) name in the VMI's namespace.
@@ -276,7 +276,7 @@ pub struct DataVolumeSource {
 }
 
 /// `ConfigMapVolumeSource`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigMapVolumeSource {
     /// ConfigMap name.
@@ -291,7 +291,7 @@ pub struct ConfigMapVolumeSource {
 }
 
 /// `SecretVolumeSource`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretVolumeSource {
     /// Secret name.
@@ -306,7 +306,7 @@ pub struct SecretVolumeSource {
 }
 
 /// `DownwardAPIVolumeSource`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DownwardApiVolumeSource {
     /// `DownwardAPIVolumeFile` entries, kept as written.
@@ -318,7 +318,7 @@ pub struct DownwardApiVolumeSource {
 }
 
 /// `ServiceAccountVolumeSource`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceAccountVolumeSource {
     /// Service account name.

@@ -14,7 +14,7 @@ use super::vmi::{Condition, VirtualMachineInstanceTemplateSpec};
 macro_rules! kind {
     ($(#[$doc:meta])* $name:ident, $spec:ty, $status:ty) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
         #[serde(rename_all = "camelCase")]
         pub struct $name {
             /// The group and version.
@@ -71,7 +71,7 @@ kind!(
 );
 
 /// `VirtualMachineInstanceReplicaSetSpec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaSetSpec {
     /// Number of VMIs (default 1).
@@ -87,7 +87,7 @@ pub struct ReplicaSetSpec {
 }
 
 /// `VirtualMachineInstanceReplicaSetStatus`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaSetStatus {
     /// VMIs that exist.
@@ -106,7 +106,7 @@ pub struct ReplicaSetStatus {
 
 /// `VirtualMachinePoolSpec`: the fields the examples use, plus the update and scale-in
 /// strategies kept as written.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSpec {
     /// Number of VMs (default 1).
@@ -134,7 +134,7 @@ pub struct PoolSpec {
 }
 
 /// `VirtualMachineTemplateSpec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineTemplateSpec {
     /// Labels and annotations of each VM.
@@ -145,7 +145,7 @@ pub struct VirtualMachineTemplateSpec {
 }
 
 /// `VirtualMachineSnapshotSpec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotSpec {
     /// The VirtualMachine to snapshot.
@@ -159,7 +159,7 @@ pub struct SnapshotSpec {
 }
 
 /// `VirtualMachineCloneSpec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CloneSpec {
     /// A VirtualMachine or VirtualMachineSnapshot.
@@ -191,7 +191,7 @@ pub struct CloneSpec {
 }
 
 /// `CloneTemplateFilters`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CloneTemplateFilters {
     /// Annotation keys to copy.
@@ -203,7 +203,7 @@ pub struct CloneTemplateFilters {
 }
 
 /// `MigrationPolicySpec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationPolicySpec {
     /// Throttle the guest's CPU to converge.
@@ -226,7 +226,7 @@ pub struct MigrationPolicySpec {
 }
 
 /// `Selectors` of a MigrationPolicy: label maps.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationPolicySelectors {
     /// Labels of the VMI's namespace.
@@ -238,7 +238,7 @@ pub struct MigrationPolicySelectors {
 }
 
 /// `VirtualMachineInstanceMigrationSpec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationSpec {
     /// The VMI to migrate.

@@ -9,7 +9,7 @@ use super::datavolume::{DataVolume, PvcSource};
 use super::meta::Condition;
 
 /// A DataImportCron.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataImportCron {
     /// `cdi.kubevirt.io/v1beta1`.
@@ -29,7 +29,7 @@ pub struct DataImportCron {
 }
 
 /// `DataImportCronSpec`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataImportCronSpec {
     /// Template of the DataVolumes created for each new image (registry source only).
@@ -68,7 +68,7 @@ impl DataImportCronSpec {
 }
 
 /// `DataImportCronGarbageCollect`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum GarbageCollect {
     /// Delete imports beyond `importsToKeep`.
     Outdated,
@@ -77,7 +77,7 @@ pub enum GarbageCollect {
 }
 
 /// `DataImportCronRetentionPolicy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum RetentionPolicy {
     /// Delete created DataVolumes and the DataSource with the cron.
     None,
@@ -86,7 +86,7 @@ pub enum RetentionPolicy {
 }
 
 /// `DataImportCronStatus`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataImportCronStatus {
     /// Imports in progress (CDI runs one at a time).
@@ -110,7 +110,7 @@ pub struct DataImportCronStatus {
 }
 
 /// `ImportStatus` (CDI spells these two keys with capitals).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ImportStatus {
     /// The DataVolume doing the import.
     #[serde(rename = "DataVolumeName")]
@@ -121,7 +121,7 @@ pub struct ImportStatus {
 }
 
 /// `DataImportCronSourceFormat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceFormat {
     /// Imports are kept as claims.

@@ -8,7 +8,7 @@ use super::datavolume::{PvcSource, SnapshotSource};
 use super::meta::Condition;
 
 /// A DataSource.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSource {
     /// `cdi.kubevirt.io/v1beta1`.
@@ -28,7 +28,7 @@ pub struct DataSource {
 }
 
 /// `DataSourceSpec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSourceSpec {
     /// What the DataSource points at; empty until a DataImportCron has imported something.
@@ -36,7 +36,7 @@ pub struct DataSourceSpec {
 }
 
 /// `DataSourceSource`: at most one member is set.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSourceSource {
     /// A claim holding the image.
@@ -68,7 +68,7 @@ impl DataSourceSource {
 }
 
 /// `DataSourceRefSourceDataSource`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSourceReference {
     /// Namespace of the referenced DataSource.
@@ -78,7 +78,7 @@ pub struct DataSourceReference {
 }
 
 /// `DataSourceStatus`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSourceStatus {
     /// The resolved source.

@@ -12,7 +12,7 @@ pub const API_VERSION: &str = "cdi.kubevirt.io/v1beta1";
 
 /// A DataVolume. Also the shape of KubeVirt's `dataVolumeTemplates` entries and of a
 /// DataImportCron's `spec.template`, where `apiVersion`, `kind` and `status` are usually absent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolume {
     /// `cdi.kubevirt.io/v1beta1` for a top-level object.
@@ -45,7 +45,7 @@ impl DataVolume {
 }
 
 /// `DataVolumeSpec`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeSpec {
     /// Where the data comes from.
@@ -88,7 +88,7 @@ impl DataVolumeSpec {
 }
 
 /// `DataVolumeContentType`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContentType {
     /// A disk image (raw, qcow2, possibly compressed).
@@ -98,7 +98,7 @@ pub enum ContentType {
 }
 
 /// `DataVolumeCheckpoint`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeCheckpoint {
     /// Snapshot of the previous checkpoint.
@@ -108,7 +108,7 @@ pub struct DataVolumeCheckpoint {
 }
 
 /// `DataVolumeSource`: exactly one member must be set.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeSource {
     /// Import over HTTP(S).
@@ -245,7 +245,7 @@ impl DataVolumeSource {
 }
 
 /// `DataVolumeSourceHTTP`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpSource {
     /// `http://` or `https://` URL of the image.
@@ -265,7 +265,7 @@ pub struct HttpSource {
 }
 
 /// `DataVolumeSourceS3` (unsupported; modelled so that it loads and is refused by validation).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct S3Source {
     /// Object URL.
@@ -279,7 +279,7 @@ pub struct S3Source {
 }
 
 /// `DataVolumeSourceGCS` (unsupported).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GcsSource {
     /// Object URL.
@@ -290,7 +290,7 @@ pub struct GcsSource {
 }
 
 /// `DataVolumeSourceImageIO` (unsupported).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageIoSource {
     /// oVirt engine URL.
@@ -309,7 +309,7 @@ pub struct ImageIoSource {
 }
 
 /// `DataVolumeSourceVDDK` (unsupported).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VddkSource {
     /// vCenter or ESXi URL.
@@ -336,7 +336,7 @@ pub struct VddkSource {
 }
 
 /// `DataVolumeSourceRegistry`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistrySource {
     /// `docker://host/repo[:tag|@digest]` or `oci-archive://path`.
@@ -360,7 +360,7 @@ pub struct RegistrySource {
 }
 
 /// `RegistryPullMethod`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PullMethod {
     /// Pulled by an importer pod.
@@ -370,7 +370,7 @@ pub enum PullMethod {
 }
 
 /// `PlatformOptions`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlatformOptions {
     /// CPU architecture (`amd64`, `arm64`, ...).
@@ -379,7 +379,7 @@ pub struct PlatformOptions {
 }
 
 /// `DataVolumeSourcePVC`: a claim to clone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PvcSource {
     /// Namespace of the source claim.
@@ -389,7 +389,7 @@ pub struct PvcSource {
 }
 
 /// `DataVolumeSourceSnapshot`: a volume snapshot to restore.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotSource {
     /// Namespace of the snapshot.
@@ -399,15 +399,15 @@ pub struct SnapshotSource {
 }
 
 /// `DataVolumeSourceUpload` (no fields).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UploadSource {}
 
 /// `DataVolumeBlankImage` (no fields).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BlankSource {}
 
 /// `DataVolumeSourceRef`: a DataSource standing for the real source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeSourceRef {
     /// Must be `DataSource`.
@@ -420,7 +420,7 @@ pub struct DataVolumeSourceRef {
 }
 
 /// `DataVolumeStatus`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolumeStatus {
     /// Name of the claim (volume) holding the data.
@@ -441,7 +441,7 @@ pub struct DataVolumeStatus {
 }
 
 /// `DataVolumePhase`: every phase CDI defines, so that status read from a cluster loads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum DataVolumePhase {
     /// Nothing has happened yet.
     Pending,
@@ -492,7 +492,7 @@ pub enum DataVolumePhase {
 }
 
 /// `DataVolumeProgress`: `"N/A"` or a percentage like `"45.20%"`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct DataVolumeProgress(pub String);
 

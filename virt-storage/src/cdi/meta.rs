@@ -10,7 +10,7 @@ use virt_core::api::{
 };
 
 /// `PersistentVolumeAccessMode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum AccessMode {
     /// Mounted read-write by one node.
     ReadWriteOnce,
@@ -23,7 +23,7 @@ pub enum AccessMode {
 }
 
 /// `PersistentVolumeMode`, plus CDI's `FromStorageProfile`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum VolumeMode {
     /// A filesystem holding the disk image (`disk.img`).
     Filesystem,
@@ -34,7 +34,7 @@ pub enum VolumeMode {
 }
 
 /// `VolumeResourceRequirements`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceRequirements {
     /// Upper bounds (ignored for volumes).
@@ -53,7 +53,7 @@ impl ResourceRequirements {
 }
 
 /// `PersistentVolumeClaimSpec` (the `spec.pvc` API of a DataVolume).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PersistentVolumeClaimSpec {
     /// Access modes; CDI requires exactly one here.
@@ -87,7 +87,7 @@ pub struct PersistentVolumeClaimSpec {
 
 /// CDI's `StorageSpec` (the `spec.storage` API of a DataVolume): a claim spec whose unset fields
 /// CDI completes from the StorageProfile.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
     /// Access modes (any number, including none).
@@ -118,7 +118,7 @@ pub struct StorageSpec {
 
 /// A status condition as CDI writes them (DataVolume, DataSource and DataImportCron share the
 /// shape; `type` is e.g. `Ready`, `Bound`, `Running`, `Progressing`, `UpToDate`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// Condition type.

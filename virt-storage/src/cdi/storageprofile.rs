@@ -8,7 +8,7 @@ use super::dataimportcron::SourceFormat;
 use super::meta::{AccessMode, VolumeMode};
 
 /// A StorageProfile (named after its storage class).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageProfile {
     /// `cdi.kubevirt.io/v1beta1`.
@@ -29,7 +29,7 @@ pub struct StorageProfile {
 }
 
 /// `StorageProfileSpec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageProfileSpec {
     /// Preferred clone method.
@@ -47,7 +47,7 @@ pub struct StorageProfileSpec {
 }
 
 /// `StorageProfileStatus`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageProfileStatus {
     /// The storage class described.
@@ -71,7 +71,7 @@ pub struct StorageProfileStatus {
 }
 
 /// `ClaimPropertySet`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimPropertySet {
     /// Access modes (at most 4).
@@ -81,7 +81,7 @@ pub struct ClaimPropertySet {
 }
 
 /// `CDICloneStrategy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum CloneStrategy {
     /// Host-assisted copy (here: a sparse copy of the image file).
     #[serde(rename = "copy")]

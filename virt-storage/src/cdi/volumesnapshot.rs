@@ -11,7 +11,7 @@ use virt_core::api::{is_dns1123_label, ObjectMeta, Quantity, Timestamp};
 pub const SNAPSHOT_API_VERSION: &str = "snapshot.storage.k8s.io/v1";
 
 /// A VolumeSnapshot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshot {
     /// `snapshot.storage.k8s.io/v1`.
@@ -31,7 +31,7 @@ pub struct VolumeSnapshot {
 }
 
 /// `VolumeSnapshotSpec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotSpec {
     /// The claim to snapshot.
@@ -42,7 +42,7 @@ pub struct VolumeSnapshotSpec {
 }
 
 /// `VolumeSnapshotSource` (only dynamic snapshots of a claim).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotSource {
     /// The claim (DataVolume) in the snapshot's namespace.
@@ -51,7 +51,7 @@ pub struct VolumeSnapshotSource {
 }
 
 /// `VolumeSnapshotStatus`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotStatus {
     /// Whether the snapshot can be restored from.
@@ -69,7 +69,7 @@ pub struct VolumeSnapshotStatus {
 }
 
 /// `VolumeSnapshotError`: the last error taking the snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSnapshotError {
     /// What went wrong.

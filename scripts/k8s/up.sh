@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Starts a single-node Kubernetes 1.20 cluster built by build.sh: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, containerd + runc, kubelet and the CNI bridge, all inside a
+# network namespace this script creates (the kubelet refuses a loopback node IP), with the pause image
+# imported into containerd without a registry. One cluster per machine (the kubelet and containerd
+# hard-code paths under /var/lib/kubelet, /var/log/pods and /run/containerd).
+#
+# Usage: scripts/k8s/up.sh [STATE_DIR]      (default /var/tmp/virt-rs-k8s-run)
+# Env:   VIRT_K8S_NODE_NET  the /24 prefix of the node's veth (default 172.31.254): the node is .1,
+#                           the host side .254; the API server is https://<prefix>.1:6443
+#        VIRT_K8S_IMAGES    extra docker-archive tars to import (space-separated)
+# Writes STATE_DIR/admin.kubeconfig (prints its path on success); scripts/k8s/down.sh STATE_DIR stops
+# everything and removes what this script made.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+DIR=${1:-/var/tmp/virt-rs-k8s-run}
+NET=${VIRT_K8S_NODE_NET:-172.31.254}
+NODE_IP=$NET.1
+HOST_IP=$NET.254
+NS=virtrs-k8s
+NODE=virtrs-node
+die() { echo "k8s/up.sh: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "needs root (network namespace, containerd, kubelet)"
+for t in ip nsenter openssl curl containerd ctr runc; do
+  command -v "$t" >/dev/null || die "$t is missing: run scripts/install-deps.sh"
+done
+[ -x /usr/lib/cni/bridge ] || die "/usr/lib/cni/bridge is missing: run scripts/install-deps.sh"
+
+K8S=$("$here/build.sh") || die "build.sh failed"
+KUBECTL=$("$here/../kubectl.sh") || die "kubectl.sh failed"
+BIN=$K8S/bin
+
+if [ -e /run/netns/$NS ] || [ -f "$DIR/pids/kube-apiserver" ]; then
+  "$here/down.sh" "$DIR" >/dev/null 2>&1 || true
+fi
+rm -rf "$DIR"
+mkdir -p "$DIR"/{pki,pids,logs,etcd,kubelet,containerd/root,containerd/state,cni/net.d,cni/ipam}
+DIR=$(cd "$DIR" && pwd)
+echo "$DIR" >"$DIR/.virt-rs-k8s"
+# On any failure: keep the logs beside the state dir (down.sh removes the state dir), tear down.
+up_ok=0
+on_exit() {
+  [ "$up_ok" = 1 ] && return 0
+  rm -rf "$DIR.failed-logs"
+  cp -r "$DIR/logs" "$DIR.failed-logs" 2>/dev/null || true
+  echo "k8s/up.sh: failed; logs in $DIR.failed-logs" >&2
+  for f in "$DIR"/logs/*.log; do
+    [ -s "$f" ] && { echo "--- $(basename "$f") (last lines)" >&2; tail -n 5 "$f" >&2; }
+  done
+  "$here/down.sh" "$DIR" >/dev/null 2>&1 || true
+}
+trap on_exit EXIT
+
+# --- network namespace: lo up, a veth pair, the node at .1, the host at .254 ---------------------
+ip netns add $NS
+ip link add virtrs-k8s-h type veth peer name virtrs-k8s-n
+ip link set virtrs-k8s-n netns $NS
+ip addr add "$HOST_IP/24" dev virtrs-k8s-h
+ip link set virtrs-k8s-h up
+IN=(nsenter --net=/run/netns/$NS)
+"${IN[@]}" ip link set lo up
+"${IN[@]}" ip addr add "$NODE_IP/24" dev virtrs-k8s-n
+"${IN[@]}" ip link set virtrs-k8s-n up
+"${IN[@]}" ip route add default via "$HOST_IP"
+
+# --- PKI: a CA, the API server's serving cert, the API server's kubelet-client cert, SA keys -------
+P=$DIR/pki
+(
+  cd "$P"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 30 -subj /CN=virt-rs-k8s-ca
+  openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj /CN=kube-apiserver
+  printf 'subjectAltName=IP:127.0.0.1,IP:%s,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n' \
+    "$NODE_IP" >apiserver.ext
+  openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out apiserver.crt \
+    -days 30 -extfile apiserver.ext
+  openssl req -newkey rsa:2048 -nodes -keyout kubelet-client.key -out kubelet-client.csr \
+    -subj "/O=system:masters/CN=kube-apiserver-kubelet-client"
+  openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+    -out kubelet-client.crt -days 30
+  openssl genrsa -out sa.key 2048
+  openssl rsa -in sa.key -pubout -out sa.pub
+) >"$DIR/logs/pki.log" 2>&1
+
+tok() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+ADMIN_TOKEN=$(tok); CM_TOKEN=$(tok); SCHED_TOKEN=$(tok); NODE_TOKEN=$(tok)
+cat >"$P/tokens.csv" <<CSV
+$ADMIN_TOKEN,admin,admin-uid,system:masters
+$CM_TOKEN,system:kube-controller-manager,kcm-uid
+$SCHED_TOKEN,system:kube-scheduler,sched-uid
+$NODE_TOKEN,system:node:$NODE,node-uid,system:nodes
+CSV
+kubeconfig() { # FILE SERVER TOKEN USER
+  cat >"$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: virt-rs-k8s
+  cluster:
+    server: $2
+    certificate-authority: $P/ca.crt
+users:
+- name: $4
+  user:
+    token: $3
+contexts:
+- name: virt-rs-k8s
+  context:
+    cluster: virt-rs-k8s
+    user: $4
+current-context: virt-rs-k8s
+KC
+}
+kubeconfig "$DIR/admin.kubeconfig" "https://$NODE_IP:6443" "$ADMIN_TOKEN" admin
+kubeconfig "$DIR/controller-manager.kubeconfig" https://127.0.0.1:6443 "$CM_TOKEN" kcm
+kubeconfig "$DIR/scheduler.kubeconfig" https://127.0.0.1:6443 "$SCHED_TOKEN" scheduler
+kubeconfig "$DIR/kubelet.kubeconfig" https://127.0.0.1:6443 "$NODE_TOKEN" "system:node:$NODE"
+
+# start NAME CMD...: a daemon in the namespace, in its own session, logging to logs/NAME.log
+start() {
+  local name=$1; shift
+  setsid "${IN[@]}" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$DIR/pids/$name"
+}
+# wait_for WHAT SECONDS CMD...: retries CMD until it succeeds
+wait_for() {
+  local what=$1 secs=$2; shift 2
+  local end=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || die "$what not ready after ${secs}s (logs in $DIR/logs)"
+    sleep 0.5
+  done
+}
+
+# --- etcd, API server ----------------------------------------------------------------------------
+start etcd "$BIN/etcd" --name virtrs --data-dir "$DIR/etcd" \
+  --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
+  --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
+  --initial-cluster virtrs=http://127.0.0.1:23800
+wait_for etcd 60 "${IN[@]}" curl -sf http://127.0.0.1:23790/health
+
+start kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:23790 \
+  --bind-address=0.0.0.0 --advertise-address="$NODE_IP" --secure-port=6443 --insecure-port=0 \
+  --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
+  --client-ca-file="$P/ca.crt" --token-auth-file="$P/tokens.csv" \
+  --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+  --service-account-key-file="$P/sa.pub" --service-account-signing-key-file="$P/sa.key" \
+  --service-account-issuer=https://kubernetes.default.svc --api-audiences=https://kubernetes.default.svc \
+  --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none \
+  --kubelet-client-certificate="$P/kubelet-client.crt" --kubelet-client-key="$P/kubelet-client.key" \
+  --kubelet-preferred-address-types=InternalIP,Hostname --allow-privileged=true
+wait_for kube-apiserver 180 curl -sf --cacert "$P/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
+  "https://$NODE_IP:6443/readyz"
+
+start kube-controller-manager "$BIN/kube-controller-manager" \
+  --kubeconfig="$DIR/controller-manager.kubeconfig" --leader-elect=false --port=0 \
+  --use-service-account-credentials --service-account-private-key-file="$P/sa.key" \
+  --root-ca-file="$P/ca.crt" --cluster-signing-cert-file="$P/ca.crt" \
+  --cluster-signing-key-file="$P/ca.key" \
+  --controllers='*,-nodeipam,-cloud-node-lifecycle,-route,-service'
+start kube-scheduler "$BIN/kube-scheduler" --kubeconfig="$DIR/scheduler.kubeconfig" \
+  --leader-elect=false --port=0
+
+# --- containerd, CNI, images ---------------------------------------------------------------------
+SOCK=$DIR/containerd/containerd.sock
+cat >"$DIR/containerd/config.toml" <<TOML
+version = 2
+root = "$DIR/containerd/root"
+state = "$DIR/containerd/state"
+[grpc]
+  address = "$SOCK"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/pause:1"
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$DIR/cni/net.d"
+TOML
+cat >"$DIR/cni/net.d/10-virtrs.conflist" <<JSON
+{
+  "cniVersion": "0.4.0",
+  "name": "virtrs",
+  "plugins": [
+    {
+      "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.244.0.0/24" }]],
+                "dataDir": "$DIR/cni/ipam" }
+    }
+  ]
+}
+JSON
+start containerd containerd -c "$DIR/containerd/config.toml"
+wait_for containerd 60 ctr -a "$SOCK" version
+for img in "$K8S/images/pause.tar" ${VIRT_K8S_IMAGES:-}; do
+  ctr -a "$SOCK" -n k8s.io images import "$img" >>"$DIR/logs/images.log" 2>&1 || die "importing $img failed"
+done
+
+# --- kubelet (it changes three kernel sysctls: saved for down.sh) ------------------------------
+sysctl -n vm.overcommit_memory kernel.panic kernel.panic_on_oops >"$DIR/sysctl.saved"
+cat >"$DIR/kubelet/config.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+failSwapOn: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+makeIPTablesUtilChains: false
+protectKernelDefaults: false
+readOnlyPort: 0
+clusterDomain: cluster.local
+authentication:
+  anonymous: { enabled: false }
+  webhook: { enabled: true }
+  x509: { clientCAFile: "$P/ca.crt" }
+authorization: { mode: Webhook }
+evictionHard:
+  nodefs.available: "2%"
+  nodefs.inodesFree: "2%"
+  imagefs.available: "2%"
+  memory.available: "100Mi"
+YAML
+start kubelet "$BIN/kubelet" --kubeconfig="$DIR/kubelet.kubeconfig" --config="$DIR/kubelet/config.yaml" \
+  --container-runtime=remote --container-runtime-endpoint="unix://$SOCK" \
+  --root-dir="$DIR/kubelet/root" --cert-dir="$DIR/kubelet/pki" --hostname-override=$NODE \
+  --node-ip="$NODE_IP" --pod-infra-container-image=localhost/pause:1
+K=("$KUBECTL" --kubeconfig "$DIR/admin.kubeconfig")
+wait_for "node $NODE" 180 "${K[@]}" get node $NODE
+"${K[@]}" wait --for=condition=Ready node/$NODE --timeout=180s >/dev/null \
+  || die "node $NODE not Ready (logs in $DIR/logs)"
+wait_for "default service account" 120 "${K[@]}" get serviceaccount default -n default
+up_ok=1
+echo "$DIR/admin.kubeconfig"

@@ -1,0 +1,155 @@
+//! The cluster's controllers, on kube's `Controller` runtime: [`vm`] keeps each VirtualMachine's
+//! instance as its run strategy says (virt-core's `lifecycle::strategy`, the same pure functions
+//! the local node runs), [`vmi`] gives each VirtualMachineInstance a launcher pod and writes the
+//! VMI's phase from the pod's through `/status`. Failed reconciles back off per object.
+
+pub mod vm;
+pub mod vmi;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::Action;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use virt_core::model::{VirtualMachine, VirtualMachineInstance};
+
+use super::kinds::Cr;
+use super::pod::{LauncherConfig, APP_LABEL};
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// An API request failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// The request, with the object it was about.
+        what: String,
+        /// The client's or API server's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// An object could not be converted between the project's and kube's types.
+    #[error("{what}: {source}")]
+    Convert {
+        /// The object.
+        what: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// How launcher pods are made.
+    pub launcher: LauncherConfig,
+    /// Consecutive failures per object (`namespace/name` of a kind), for the back-off.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client, launcher: LauncherConfig) -> Self {
+        Self { client, launcher, failures: Mutex::new(HashMap::new()) }
+    }
+
+    /// Forgets `key`'s failures after a successful reconcile.
+    fn succeeded(&self, key: &str) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(key);
+        }
+    }
+
+    /// The delay before retrying `key` after its n-th consecutive failure: 1 s doubling up to
+    /// 5 min.
+    fn backoff(&self, key: &str) -> Duration {
+        let n = match self.failures.lock() {
+            Ok(mut f) => {
+                let n = f.entry(key.to_string()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            }
+            Err(_) => 1,
+        };
+        backoff_delay(n)
+    }
+}
+
+/// 1 s after the first failure, doubling, at most 5 minutes.
+pub fn backoff_delay(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(9);
+    Duration::from_secs(secs.min(300))
+}
+
+fn key(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!("{kind}/{}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))
+}
+
+fn error_policy<K: kube::Resource>(
+    kind: &'static str,
+) -> impl Fn(Arc<K>, &ReconcileError, Arc<Context>) -> Action {
+    move |obj, err, ctx| {
+        let k = key(kind, obj.meta());
+        let delay = ctx.backoff(&k);
+        log::warn!("reconcile of {k} failed (retry in {delay:?}): {err}");
+        Action::requeue(delay)
+    }
+}
+
+/// Runs the VM and VMI controllers until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    launcher: LauncherConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let ctx = Arc::new(Context::new(client.clone(), launcher));
+    let vms: Api<Cr<VirtualMachine>> = Api::all(client.clone());
+    let vmis: Api<Cr<VirtualMachineInstance>> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let vm_ctl = Controller::new(vms, watcher::Config::default())
+        .owns(vmis.clone(), watcher::Config::default())
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(vm::reconcile, error_policy::<Cr<VirtualMachine>>("VirtualMachine"), ctx.clone())
+        .for_each(|r| async move {
+            if let Ok((obj, _)) = r {
+                log::debug!("reconciled VirtualMachine {}", obj.name);
+            }
+        });
+    let vmi_ctl = Controller::new(vmis, watcher::Config::default())
+        .owns(pods, watcher::Config::default().labels(&format!("{APP_LABEL}=virt-launcher")))
+        .graceful_shutdown_on(stopped(stop_rx))
+        .run(vmi::reconcile, error_policy::<Cr<VirtualMachineInstance>>("VirtualMachineInstance"), ctx)
+        .for_each(|r| async move {
+            if let Ok((obj, _)) = r {
+                log::debug!("reconciled VirtualMachineInstance {}", obj.name);
+            }
+        });
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    futures_util::future::join(vm_ctl, vmi_ctl).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff_delay(1), Duration::from_secs(1));
+        assert_eq!(backoff_delay(2), Duration::from_secs(2));
+        assert_eq!(backoff_delay(5), Duration::from_secs(16));
+        assert_eq!(backoff_delay(40), Duration::from_secs(300));
+    }
+}

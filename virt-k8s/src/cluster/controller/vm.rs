@@ -1,0 +1,149 @@
+//! VirtualMachine -> VirtualMachineInstance, by virt-core's run-strategy functions
+//! (`lifecycle::strategy::sync`, `printable_status`): the controller only carries out the answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource};
+use serde_json::{json, Value};
+use virt_core::lifecycle::strategy::{self, InstanceView, StateChange, VmView};
+use virt_core::model::{VirtualMachine, VirtualMachineInstance, VmiPhase};
+
+use super::{key, Context, ReconcileError};
+use crate::cluster::kinds::Cr;
+use crate::cluster::pod::VM_NAME_LABEL;
+
+fn api_err(what: String) -> impl FnOnce(kube::Error) -> ReconcileError {
+    move |source| ReconcileError::Api { what, source }
+}
+
+/// The VMI a VM would create now: its template, named as the VM, owned by it.
+pub fn vmi_for(vm: &Cr<VirtualMachine>) -> Result<Cr<VirtualMachineInstance>, ReconcileError> {
+    let name = vm.meta.name.clone().unwrap_or_default();
+    let tmpl = &vm.obj.spec.template;
+    let vmi = VirtualMachineInstance {
+        api_version: Cr::<VirtualMachineInstance>::api_version(),
+        kind: "VirtualMachineInstance".into(),
+        metadata: tmpl.metadata.clone().unwrap_or_default(),
+        spec: tmpl.spec.clone(),
+        status: None,
+    };
+    let mut cr = Cr::new(vmi)
+        .map_err(|source| ReconcileError::Convert { what: format!("VMI of VM {name}"), source })?;
+    cr.meta.name = Some(name.clone());
+    cr.meta.generate_name = None;
+    cr.meta.namespace = vm.meta.namespace.clone();
+    cr.meta.labels.get_or_insert_with(Default::default).insert(VM_NAME_LABEL.into(), name);
+    cr.meta.owner_references = vm.controller_owner_ref(&()).map(|o| {
+        vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            block_owner_deletion: Some(true),
+            ..o
+        }]
+    });
+    Ok(cr)
+}
+
+fn next_request(vm: &VirtualMachine) -> Option<StateChange> {
+    let first = vm.status.as_ref()?.state_change_requests.first()?;
+    StateChange::parse(first.get("action")?.as_str()?)
+}
+
+fn owned_by(vmi: &Cr<VirtualMachineInstance>, uid: Option<&str>) -> bool {
+    vmi.meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(o.uid.as_str()) == uid && o.controller == Some(true))
+}
+
+/// One reconcile of a VirtualMachine.
+pub async fn reconcile(vm: Arc<Cr<VirtualMachine>>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let k = key("VirtualMachine", &vm.meta);
+    if vm.meta.deletion_timestamp.is_some() {
+        // The garbage collector removes the VMI (owner reference, blockOwnerDeletion).
+        return Ok(Action::await_change());
+    }
+    let ns = vm.meta.namespace.clone().unwrap_or_default();
+    let name = vm.meta.name.clone().unwrap_or_default();
+    let vmis: Api<Cr<VirtualMachineInstance>> = Api::namespaced(ctx.client.clone(), &ns);
+    let vmi = vmis
+        .get_opt(&name)
+        .await
+        .map_err(api_err(format!("reading VMI {ns}/{name}")))?
+        .filter(|v| owned_by(v, vm.meta.uid.as_deref()));
+    let view_of = |v: &Cr<VirtualMachineInstance>| InstanceView {
+        phase: v.obj.status.as_ref().and_then(|s| s.phase).unwrap_or(VmiPhase::Pending),
+        deleting: v.meta.deletion_timestamp.is_some(),
+    };
+    let strategy = vm.obj.spec.effective_run_strategy();
+    let status = vm.obj.status.clone().unwrap_or_default();
+    let view = VmView {
+        strategy,
+        strategy_applied: status.observed_generation.is_some()
+            && status.observed_generation == vm.meta.generation,
+        vmi: vmi.as_ref().map(view_of),
+        next_request: next_request(&vm.obj),
+        backing_off: false,
+    };
+    let action = strategy::sync(&view);
+    let mut requests: Vec<Value> = status.state_change_requests.clone();
+    let mut vmi_now = vmi.as_ref().map(view_of);
+    let delete =
+        DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+    match action {
+        strategy::Action::Create => {
+            vmis.create(&PostParams::default(), &vmi_for(&vm)?)
+                .await
+                .map_err(api_err(format!("creating VMI {ns}/{name}")))?;
+            log::info!("{k}: created its VMI ({strategy:?})");
+            vmi_now = Some(InstanceView { phase: VmiPhase::Pending, deleting: false });
+            if view.next_request == Some(StateChange::Start) {
+                requests.remove(0);
+            }
+        }
+        strategy::Action::Replace | strategy::Action::Stop | strategy::Action::DeleteFinished => {
+            vmis.delete(&name, &delete).await.map_err(api_err(format!("deleting VMI {ns}/{name}")))?;
+            log::info!("{k}: deleting its VMI ({action:?})");
+            vmi_now = vmi_now.map(|v| InstanceView { deleting: true, ..v });
+            if action == strategy::Action::Stop && view.next_request == Some(StateChange::Stop) {
+                requests.remove(0);
+            }
+        }
+        strategy::Action::Dequeue => {
+            requests.remove(0);
+        }
+        strategy::Action::None | strategy::Action::Wait => {}
+    }
+    let phase = vmi_now.map(|v| v.phase);
+    let deleting = vmi_now.is_some_and(|v| v.deleting);
+    let printable = strategy::printable_status(phase, deleting, false, false);
+    let ready = phase == Some(VmiPhase::Running) && !deleting;
+    let desired = json!({
+        "printableStatus": printable,
+        "created": vmi_now.is_some(),
+        "ready": ready,
+        "observedGeneration": vm.meta.generation,
+        "stateChangeRequests": requests,
+    });
+    let current = json!({
+        "printableStatus": status.printable_status,
+        "created": status.created.unwrap_or(false),
+        "ready": status.ready.unwrap_or(false),
+        "observedGeneration": status.observed_generation,
+        "stateChangeRequests": status.state_change_requests,
+    });
+    if desired != current {
+        let vms: Api<Cr<VirtualMachine>> = Api::namespaced(ctx.client.clone(), &ns);
+        vms.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": desired })))
+            .await
+            .map_err(api_err(format!("writing the status of VM {ns}/{name}")))?;
+    }
+    ctx.succeeded(&k);
+    Ok(match action {
+        // Carry on with the next step (a replace creates once the old VMI is gone).
+        strategy::Action::Replace | strategy::Action::Dequeue => Action::requeue(Duration::from_millis(500)),
+        _ => Action::requeue(Duration::from_secs(300)),
+    })
+}

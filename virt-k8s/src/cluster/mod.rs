@@ -1,0 +1,49 @@
+//! The Kubernetes adapter: the project's KubeVirt and CDI types as custom resources of a real
+//! cluster ([`kinds`], [`crd`], [`schema`]), and controllers on kube's runtime that turn
+//! VirtualMachines into VMIs and VMIs into launcher pods ([`controller`], [`pod`]). See
+//! docs/kubernetes.md.
+
+pub mod controller;
+pub mod crd;
+pub mod kinds;
+pub mod pod;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+
+pub use kinds::{Cr, KubeKind};
+
+/// Errors connecting to a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The kubeconfig could not be read.
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// Its path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// No configuration could be inferred (no KUBECONFIG, no ~/.kube/config, not in a pod).
+    #[error("no cluster configuration found: {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    /// The client could not be built from the configuration.
+    #[error("building the API client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client from `kubeconfig`, else from the environment (`KUBECONFIG`, ~/.kube/config, in-cluster).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClusterError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|source| ClusterError::Kubeconfig { path: path.to_path_buf(), source })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|source| ClusterError::Kubeconfig { path: path.to_path_buf(), source })?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}

@@ -1,0 +1,238 @@
+//! The launcher pod of a VMI (pure: no API calls), with KubeVirt's labels and the resources the
+//! VM needs, and the VMI phase a pod's state stands for.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, EnvVar, Pod, PodSpec, ResourceRequirements, SecurityContext, Toleration,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use virt_core::model::{VirtualMachineInstance, VmiPhase};
+
+use super::kinds::Cr;
+
+/// Label on a launcher pod: the uid of the VMI it runs (KubeVirt's `kubevirt.io/created-by`).
+pub const CREATED_BY: &str = "kubevirt.io/created-by";
+/// Label on a launcher pod (`virt-launcher`), KubeVirt's `kubevirt.io`.
+pub const APP_LABEL: &str = "kubevirt.io";
+/// Label on a launcher pod: the VMI's name (KubeVirt's `kubevirt.io/domain`).
+pub const DOMAIN_LABEL: &str = "kubevirt.io/domain";
+/// Label on a launcher pod and a VM's VMI: the VM's name.
+pub const VM_NAME_LABEL: &str = "vm.kubevirt.io/name";
+/// Label on a VMI once its pod is scheduled: the node.
+pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
+
+/// Memory the launcher needs beside the guest's RAM: the launcher process, QEMU's or the native
+/// VMM's own allocations, page tables and the containerd shim. A fixed 192 MiB plus 8 MiB per
+/// vCPU (KubeVirt's estimate is of the same order: ~180 MiB plus per-vCPU and per-device terms).
+pub const OVERHEAD_BASE_BYTES: u64 = 192 << 20;
+/// Per-vCPU part of the overhead.
+pub const OVERHEAD_PER_VCPU_BYTES: u64 = 8 << 20;
+/// CPU requested per vCPU, in millicores (KubeVirt's default cpuAllocationRatio of 10).
+pub const CPU_MILLIS_PER_VCPU: u64 = 100;
+/// Where the launcher's sockets live in its pod (an emptyDir).
+pub const SOCKETS_DIR: &str = "/var/run/kubevirt";
+
+/// How the launcher gets `/dev/kvm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmAccess {
+    /// A privileged container (works on any node; sees every device).
+    Privileged,
+    /// The `devices.kubevirt.io/kvm` extended resource a device plugin serves.
+    DevicePlugin,
+}
+
+/// What every launcher pod shares.
+#[derive(Debug, Clone)]
+pub struct LauncherConfig {
+    /// The launcher's image (pods use `imagePullPolicy: Never`: images are imported locally).
+    pub image: String,
+    /// How `/dev/kvm` reaches the launcher.
+    pub kvm: KvmAccess,
+}
+
+/// Guest RAM of a VMI: `domain.memory.guest`, else `domain.resources.requests.memory`, else
+/// 128 MiB (the node's default).
+pub fn guest_memory_bytes(vmi: &VirtualMachineInstance) -> u64 {
+    let d = &vmi.spec.domain;
+    d.memory
+        .as_ref()
+        .and_then(|m| m.guest.as_ref())
+        .or_else(|| d.resources.as_ref().and_then(|r| r.requests.get("memory")))
+        .map(|q| q.bytes())
+        .unwrap_or(128 << 20)
+}
+
+/// vCPUs of a VMI (sockets x cores x threads, 1 without a `cpu` section).
+pub fn vcpus(vmi: &VirtualMachineInstance) -> u64 {
+    vmi.spec.domain.cpu.as_ref().map(|c| c.vcpus()).unwrap_or(1).max(1)
+}
+
+/// The launcher pod's memory request: guest RAM plus the overhead.
+pub fn memory_request_bytes(vmi: &VirtualMachineInstance) -> u64 {
+    guest_memory_bytes(vmi) + OVERHEAD_BASE_BYTES + OVERHEAD_PER_VCPU_BYTES * vcpus(vmi)
+}
+
+/// The launcher pod of `vmi`: owned by it, labelled as KubeVirt labels it.
+pub fn launcher_pod(vmi: &Cr<VirtualMachineInstance>, cfg: &LauncherConfig) -> Pod {
+    let name = vmi.meta.name.clone().unwrap_or_default();
+    let uid = vmi.meta.uid.clone().unwrap_or_default();
+    let spec = &vmi.obj.spec;
+    let mut labels: BTreeMap<String, String> = vmi.meta.labels.clone().unwrap_or_default();
+    labels.remove(NODE_NAME_LABEL);
+    labels.insert(APP_LABEL.into(), "virt-launcher".into());
+    labels.insert(CREATED_BY.into(), uid.clone());
+    labels.insert(DOMAIN_LABEL.into(), name.clone());
+    labels.entry(VM_NAME_LABEL.into()).or_insert_with(|| name.clone());
+    let mut requests = BTreeMap::new();
+    requests.insert("memory".to_string(), KQuantity(memory_request_bytes(&vmi.obj).to_string()));
+    requests.insert("cpu".to_string(), KQuantity(format!("{}m", CPU_MILLIS_PER_VCPU * vcpus(&vmi.obj))));
+    let mut limits = BTreeMap::new();
+    let privileged = match cfg.kvm {
+        KvmAccess::Privileged => true,
+        KvmAccess::DevicePlugin => {
+            requests.insert("devices.kubevirt.io/kvm".into(), KQuantity("1".into()));
+            limits.insert("devices.kubevirt.io/kvm".into(), KQuantity("1".into()));
+            false
+        }
+    };
+    let env = |n: &str, v: &str| EnvVar { name: n.into(), value: Some(v.into()), ..Default::default() };
+    let container = Container {
+        name: "compute".into(),
+        image: Some(cfg.image.clone()),
+        image_pull_policy: Some("Never".into()),
+        env: Some(vec![
+            env("VIRT_VMI_NAME", &name),
+            env("VIRT_VMI_NAMESPACE", vmi.meta.namespace.as_deref().unwrap_or("default")),
+            env("VIRT_VMI_UID", &uid),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(requests),
+            limits: (!limits.is_empty()).then_some(limits),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext { privileged: Some(privileged), ..Default::default() }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "sockets".into(),
+            mount_path: SOCKETS_DIR.into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let tolerations: Vec<Toleration> = spec
+        .tolerations
+        .iter()
+        .map(|t| Toleration {
+            key: t.key.clone(),
+            operator: t.operator.clone(),
+            value: t.value.clone(),
+            effect: t.effect.clone(),
+            toleration_seconds: t.toleration_seconds,
+        })
+        .collect();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("virt-launcher-{name}-")),
+            namespace: vmi.meta.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(DOMAIN_LABEL.to_string(), name.clone())])),
+            owner_references: Some(vec![OwnerReference {
+                api_version: Cr::<VirtualMachineInstance>::api_version(),
+                kind: "VirtualMachineInstance".into(),
+                name,
+                uid,
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container],
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            termination_grace_period_seconds: Some(spec.termination_grace_period_seconds.unwrap_or(30)),
+            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+            scheduler_name: spec.scheduler_name.clone(),
+            priority_class_name: spec.priority_class_name.clone(),
+            hostname: spec.hostname.clone(),
+            subdomain: spec.subdomain.clone(),
+            tolerations: (!tolerations.is_empty()).then_some(tolerations),
+            volumes: Some(vec![Volume {
+                name: "sockets".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The VMI phase a launcher pod's state stands for, until a node agent reports the domain itself:
+/// an unscheduled pod is `Scheduling`, a scheduled one `Scheduled`, a running one `Running`; a
+/// pod that ended ends the VMI the same way.
+pub fn phase_from_pod(pod: &Pod) -> VmiPhase {
+    let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+    match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Running") => VmiPhase::Running,
+        Some("Succeeded") => VmiPhase::Succeeded,
+        Some("Failed") => VmiPhase::Failed,
+        Some("Unknown") => VmiPhase::Unknown,
+        _ if scheduled => VmiPhase::Scheduled,
+        _ => VmiPhase::Scheduling,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vmi() -> Cr<VirtualMachineInstance> {
+        serde_json::from_value(json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": { "name": "demo", "namespace": "ns", "uid": "u-9",
+                          "labels": { "vm.kubevirt.io/name": "demo", "kubevirt.io/nodeName": "old" } },
+            "spec": { "domain": { "cpu": { "cores": 2 }, "memory": { "guest": "1Gi" }, "devices": {} } }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_pod_requests_guest_memory_plus_overhead_and_is_owned() {
+        let cfg = LauncherConfig { image: "localhost/virt-launcher:1".into(), kvm: KvmAccess::Privileged };
+        let pod = launcher_pod(&vmi(), &cfg);
+        let c = &pod.spec.as_ref().unwrap().containers[0];
+        let req = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(req["memory"].0, ((1u64 << 30) + (192 << 20) + 2 * (8 << 20)).to_string());
+        assert_eq!(req["cpu"].0, "200m");
+        assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[DOMAIN_LABEL], "demo");
+        assert_eq!(labels[CREATED_BY], "u-9");
+        assert!(!labels.contains_key(NODE_NAME_LABEL));
+        let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("VirtualMachineInstance", "u-9", Some(true))
+        );
+        let plugin = launcher_pod(&vmi(), &LauncherConfig { kvm: KvmAccess::DevicePlugin, ..cfg });
+        let c = &plugin.spec.as_ref().unwrap().containers[0];
+        assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["devices.kubevirt.io/kvm"].0, "1");
+    }
+
+    #[test]
+    fn pod_states_map_to_vmi_phases() {
+        let mut pod = Pod::default();
+        assert_eq!(phase_from_pod(&pod), VmiPhase::Scheduling);
+        pod.spec = Some(PodSpec { node_name: Some("n".into()), ..Default::default() });
+        assert_eq!(phase_from_pod(&pod), VmiPhase::Scheduled);
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Running".into()),
+            ..Default::default()
+        });
+        assert_eq!(phase_from_pod(&pod), VmiPhase::Running);
+    }
+}
