@@ -64,6 +64,14 @@ fn every_seed_runs() {
         eprintln!("launcher_control {name}");
         fuzzing::launcher_control(&d);
     }
+    for (name, d) in seeds("state_stream") {
+        eprintln!("state_stream {name}");
+        fuzzing::state_stream(&d);
+    }
+    for (name, d) in seeds("migration_stream") {
+        eprintln!("migration_stream {name}");
+        fuzzing::migration_stream(&d);
+    }
 }
 
 /// The manifest seeds are objects the loader accepts, so the fuzzer starts past the parser.
@@ -122,5 +130,15 @@ proptest! {
     #[test]
     fn launcher_control_never_panics(d in prop_oneof![mutated("launcher_control"), proptest::collection::vec(any::<u8>(), 0..512)]) {
         fuzzing::launcher_control(&d);
+    }
+
+    #[test]
+    fn state_stream_never_panics(d in prop_oneof![mutated("state_stream"), proptest::collection::vec(any::<u8>(), 0..512)]) {
+        fuzzing::state_stream(&d);
+    }
+
+    #[test]
+    fn migration_stream_never_panics(d in prop_oneof![mutated("migration_stream"), proptest::collection::vec(any::<u8>(), 0..1024)]) {
+        fuzzing::migration_stream(&d);
     }
 }
