@@ -131,6 +131,12 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
+# The launcher confines each machine in a cgroup (memory, pids), as on the build hosts (cgroup v1).
+mount -t tmpfs cgroup /sys/fs/cgroup
+for c in memory pids; do
+  mkdir -p "/sys/fs/cgroup/$c"
+  mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" || echo "L1: cannot mount the $c cgroup"
+done
 up() { read u _ < /proc/uptime; echo "$u"; }
 echo "L1: start $(up)"
 while read -r m; do
