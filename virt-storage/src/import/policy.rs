@@ -35,17 +35,22 @@ pub struct Allowed {
     pub port: Option<u16>,
 }
 
+/// An `--import-allow` entry that is neither `IP` nor `IP:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: expected IP or IP:PORT ([v6]:PORT for IPv6)")]
+pub struct AllowedParseError(pub String);
+
 impl std::str::FromStr for Allowed {
-    type Err = String;
+    type Err = AllowedParseError;
 
     /// `IP` or `IP:PORT` (`[v6]:PORT` for IPv6).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, AllowedParseError> {
         if let Ok(ip) = s.parse::<IpAddr>() {
             return Ok(Self { ip, port: None });
         }
         s.parse::<SocketAddr>()
             .map(|a| Self { ip: a.ip(), port: Some(a.port()) })
-            .map_err(|_| format!("{s:?}: expected IP or IP:PORT"))
+            .map_err(|_| AllowedParseError(s.to_string()))
     }
 }
 
