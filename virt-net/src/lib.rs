@@ -4,6 +4,9 @@
 //!   [`virt_core::net::NetBackend`], with the guest's accepted offloads applied by `TUNSETOFFLOAD`;
 //!   [`tap::opener`] gives the native VMM its NICs from a `MachineSpec`'s interfaces.
 //!
+//! - [`endpoint`]: where a running VMI's guest is reached from the node (netns + address).
+//!
 //! The node's pod network (bridges, masquerade, DHCP) builds on these (not built yet).
 
+pub mod endpoint;
 pub mod tap;
