@@ -57,6 +57,9 @@ use virt_storage::upload::UploadServer;
 use virt_storage::volume::{CloneStrategy, DirPool, VolumeError, VolumeFormat, VolumeId, VolumeProvider};
 
 use super::runtime::ClaimReadiness;
+
+#[path = "cdi_gc.rs"]
+mod gc;
 use super::store::RedbStore;
 
 /// The storage class of the node's pool (the only one; DataVolumes naming another class get the

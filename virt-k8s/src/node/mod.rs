@@ -226,6 +226,11 @@ impl Node {
         opts.support.host_disk_dirs = host_disk_dirs;
         let lifecycle = Arc::new(Lifecycle::new(store, runtime.clone(), opts)?);
         cdi.attach(lifecycle.clone());
+        // The DataVolumes VMs own, for deletions with a propagation policy (held weakly: the CDI
+        // controller holds the lifecycle).
+        let weak = Arc::downgrade(&cdi);
+        let dependents: std::sync::Weak<dyn virt_core::lifecycle::Dependents> = weak;
+        lifecycle.set_dependents(dependents);
         let audit_path = cfg.state_dir.join("audit.log");
         let audit = audit::AuditLog::open(&audit_path).map_err(io("opening the audit log", &audit_path))?;
         write_effective(&cfg, audit.path())?;
@@ -284,6 +289,7 @@ impl Node {
                 .map_err(io("starting the CDI controller for", &self.cfg.state_dir))?
         };
         let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone());
+        let changes = self.lifecycle.changes().clone();
         let state = api::ApiState { lifecycle: self.lifecycle.clone(), runtime: self.runtime.clone() };
         let result = rt.block_on(async {
             if let Some(dir) = self.cfg.socket.parent() {
@@ -298,7 +304,7 @@ impl Node {
             {
                 let mut rx = tx.subscribe();
                 let app = self.audit.layer(
-                    kube::layer(api::router(state.clone()).merge(cdi_routes.clone())),
+                    kube::layer(api::router(state.clone()).merge(cdi_routes.clone()), Some(changes.clone())),
                     audit::Listener::Unix,
                 );
                 let app = virt_console::mount(app);
@@ -340,7 +346,7 @@ impl Node {
                 let app = self.audit.layer(
                     auth::layer(
                         self.users.clone(),
-                        kube::layer(api::router(state.clone()).merge(cdi_routes)),
+                        kube::layer(api::router(state.clone()).merge(cdi_routes), Some(changes.clone())),
                     ),
                     audit::Listener::Tcp,
                 );
