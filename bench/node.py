@@ -247,8 +247,9 @@ def main():
     ap.add_argument("--watch-events", type=int, default=100)
     ap.add_argument("--only", choices=["start", "memory", "watch"], help="run one part")
     a = ap.parse_args()
-    subprocess.run(["cargo", "build", "-q", "-p", "virt-node", "-p", "virt-launcher", "-p", "virtctl"]
-                   + (["--release"] if PROFILE == "release" else []), cwd=ROOT, check=True)
+    if os.environ.get("BENCH_BUILD", "1") != "0":  # BENCH_BUILD=0: binaries already built
+        subprocess.run(["cargo", "build", "-q", "-p", "virt-node", "-p", "virt-launcher", "-p", "virtctl"]
+                       + (["--release"] if PROFILE == "release" else []), cwd=ROOT, check=True)
     registry = subprocess.run(["bash", os.path.join(ROOT, "scripts/local-registry.sh")], check=True,
                               capture_output=True, text=True).stdout.strip()
     image = f"{registry}/virt-rs/demo-kernel:latest"
