@@ -219,3 +219,26 @@ fn two_vms_on_one_secondary_network_reach_each_other() {
     let (_, peer) = l.accept().unwrap();
     assert_eq!(peer.ip().to_string(), "192.168.50.10");
 }
+
+/// Network setup time per VMI (masquerade: namespace, veth, bridge, tap, addresses, sysctls, nft,
+/// DHCP server), and teardown time; printed for the note.
+#[test]
+fn setup_time_per_vmi() {
+    let node = Node::new();
+    let n = 10;
+    let (mut setup, mut teardown) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..n {
+        let uid = format!("uid-time-{i}");
+        let t = Instant::now();
+        node.mgr.setup(&uid, "default", &format!("t{i}"), &masq(100 + i as u8, vec![(false, 22)])).unwrap();
+        setup += t.elapsed();
+        let t = Instant::now();
+        node.mgr.teardown(&uid);
+        teardown += t.elapsed();
+    }
+    eprintln!(
+        "pod network, masquerade, {n} VMIs one after another: setup {:?} per VMI, teardown {:?} per VMI",
+        setup / n,
+        teardown / n
+    );
+}
