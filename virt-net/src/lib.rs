@@ -1,12 +1,22 @@
-//! Networking layer: the host side of guest NICs.
+//! Networking layer: the host side of guest NICs and the node's pod network.
 //!
 //! - [`tap`]: Linux tap devices (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`) implementing
 //!   [`virt_core::net::NetBackend`], with the guest's accepted offloads applied by `TUNSETOFFLOAD`;
 //!   [`tap::opener`] gives the native VMM its NICs from a `MachineSpec`'s interfaces.
-//!
 //! - [`endpoint`]: where a running VMI's guest is reached from the node (netns + address).
-//!
-//! The node's pod network (bridges, masquerade, DHCP) builds on these (not built yet).
+//! - [`pod`]: the node's [`pod::NetworkManager`]: a network namespace per VMI, the pod network with
+//!   KubeVirt's `masquerade` and `bridge` bindings, secondary networks, cleanup after crashes.
+//! - [`spec`]: a VMI's interfaces resolved (bindings, `vmNetworkCIDR`, `ports`, Multus networks).
+//! - [`dhcp`]: the DHCPv4 server of each interface (dhcproto); [`nft`]: the masquerade ruleset;
+//!   [`macpool`]: the MAC pool; [`netns`]: namespaces, `ip -batch`, `nft -f -`.
+//! - [`fuzzing`]: bodies of the cargo-fuzz targets (also run as proptests).
 
+pub mod dhcp;
 pub mod endpoint;
+pub mod fuzzing;
+pub mod macpool;
+pub mod netns;
+pub mod nft;
+pub mod pod;
+pub mod spec;
 pub mod tap;

@@ -61,6 +61,28 @@ struct Args {
     /// when it is link-local (e.g. 169.254.169.254) or one of the node's own listeners.
     #[arg(long = "import-allow", value_name = "IP[:PORT]")]
     import_allow: Vec<Allowed>,
+    /// Give VMIs the pod network: a network namespace per VMI joined to the node bridge
+    /// `virt-pods` (10.244.0.0/16), masquerade and bridge bindings with a DHCP server per
+    /// interface, NetworkAttachmentDefinitions for Multus networks, MACs from the pool. Without
+    /// it interfaces are not linked to anything.
+    #[arg(long)]
+    pod_network: bool,
+    /// Put the node side of the pod network (its bridge, the pods' veths) in this network
+    /// namespace instead of the node's own (tests, or a node that keeps VMs off its host network).
+    #[arg(long, value_name = "NAME", requires = "pod_network")]
+    pod_netns: Option<String>,
+    /// The MAC pool's range, FIRST-LAST (default 02:00:00:00:00:00-02:00:00:ff:ff:ff).
+    #[arg(long, value_name = "FIRST-LAST", requires = "pod_network")]
+    mac_range: Option<String>,
+}
+
+fn mac_range(s: &str) -> Result<(virt_core::net::MacAddr, virt_core::net::MacAddr), String> {
+    let (a, b) = s
+        .split_once('-')
+        .filter(|_| s.contains(':'))
+        .ok_or_else(|| format!("--mac-range {s:?}: expected FIRST-LAST"))?;
+    let p = |x: &str| x.parse().map_err(|e| format!("--mac-range: {e}"));
+    Ok((p(a)?, p(b)?))
 }
 
 fn default_launcher() -> PathBuf {
@@ -84,6 +106,22 @@ fn main() -> ExitCode {
         },
         None => None,
     };
+    let pod_network = if a.pod_network {
+        let mut pn =
+            virt_k8s::node::network::PodNetworkConfig { node_netns: a.pod_netns, ..Default::default() };
+        if let Some(r) = &a.mac_range {
+            match mac_range(r) {
+                Ok(r) => pn.mac_range = r,
+                Err(e) => {
+                    eprintln!("virt-node: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Some(pn)
+    } else {
+        None
+    };
     let cfg = NodeConfig {
         node_name: a.node_name,
         state_dir: a.state_dir,
@@ -99,6 +137,7 @@ fn main() -> ExitCode {
         host_disk_dirs: a.host_disk_dirs,
         import_allow: a.import_allow,
         tick: Duration::from_millis(500),
+        pod_network,
     };
     let node = match Node::open(cfg) {
         Ok(n) => n,

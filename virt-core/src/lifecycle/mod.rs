@@ -140,6 +140,15 @@ pub trait Runtime: Send + Sync {
     fn last_exit(&self, vmi: &VirtualMachineInstance) -> Option<MachineExit>;
     /// Frees what `launch` prepared, once the VMI is deleted.
     fn cleanup(&self, vmi: &VirtualMachineInstance);
+    /// What the node's network gave `vmi`'s interfaces (KubeVirt's `status.interfaces`: name, MAC,
+    /// addresses, `infoSource`), written to the VMI when its machine started; an interface without
+    /// a `macAddress` in the spec gets the MAC listed here. Default: nothing.
+    fn interfaces(&self, _vmi: &VirtualMachineInstance) -> Vec<crate::model::NetworkInterfaceStatus> {
+        Vec::new()
+    }
+    /// `vmi`'s machine ended (the VMI is Succeeded or Failed): free what only a running machine
+    /// needs (its network). Default: nothing.
+    fn ended(&self, _vmi: &VirtualMachineInstance) {}
     /// Whether `vmi` can be launched now. `Err(why)` keeps it `Pending`, with condition
     /// `DataVolumesReady`=False (reason `NotAllDVsReady`, the message `why`) and one event, until a
     /// later pass finds it ready: e.g. while the DataVolumes its volumes name are still importing.

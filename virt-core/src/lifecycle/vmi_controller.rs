@@ -154,8 +154,16 @@ impl Lifecycle {
                 let deleting = st.deleting_vmis.get(key).copied();
                 st.live.insert(key.clone(), Live { machine, stop_deadline: None, soft_reboot: false, last });
                 if let Some(v) = st.vmis.get_mut(key) {
+                    let interfaces = self.runtime.interfaces(v);
+                    for i in v.spec.domain.devices.interfaces.iter_mut().filter(|i| i.mac_address.is_none()) {
+                        let given = interfaces.iter().find(|s| s.name.as_deref() == Some(i.name.as_str()));
+                        i.mac_address = given.and_then(|s| s.mac.clone());
+                    }
                     set_phase(v, VmiPhase::Scheduled);
                     let s = v.status.get_or_insert_with(Default::default);
+                    if !interfaces.is_empty() {
+                        s.interfaces = interfaces;
+                    }
                     let hw = acc.accelerator == Accelerator::Kvm;
                     set_condition(
                         &mut s.conditions,
@@ -378,6 +386,9 @@ impl Lifecycle {
             if phase == VmiPhase::Failed {
                 s.reason = Some("Failed".into());
             }
+        }
+        if let Some(v) = st.vmis.get(key) {
+            self.runtime.ended(v);
         }
         if phase == VmiPhase::Failed {
             self.note_failure_locked(st, key);

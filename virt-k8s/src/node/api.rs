@@ -26,6 +26,9 @@ pub struct ApiState {
     pub lifecycle: Arc<Lifecycle>,
     /// The launchers (for consoles).
     pub runtime: Arc<LauncherRuntime>,
+    /// Where each running VMI's guest is reached (network namespace + address): port-forward
+    /// and ssh connect through it.
+    pub endpoints: Arc<dyn virt_net::endpoint::EndpointLookup>,
 }
 
 /// An error answered as a Kubernetes `Status`.

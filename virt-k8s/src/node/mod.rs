@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cdi;
 pub mod cdi_api;
 pub mod kube;
+pub mod network;
 pub mod runtime;
 pub mod store;
 pub mod tls;
@@ -65,6 +66,9 @@ pub struct NodeConfig {
     pub import_allow: Vec<Allowed>,
     /// How often the controller looks at machines without being woken.
     pub tick: Duration,
+    /// The pod network (`--pod-network`): a network namespace per VMI, masquerade and bridge
+    /// bindings, DHCP, MAC pool, NetworkAttachmentDefinitions; `None`: interfaces stay unlinked.
+    pub pod_network: Option<network::PodNetworkConfig>,
 }
 
 /// Errors starting a node.
@@ -159,6 +163,10 @@ pub struct Node {
     lifecycle: Arc<Lifecycle>,
     runtime: Arc<LauncherRuntime>,
     cdi: Arc<cdi::Cdi>,
+    store: Arc<RedbStore>,
+    /// Where each running VMI's guest is reached (port-forward, ssh): the pod network's
+    /// manager, or [`network::NoNetwork`].
+    endpoints: Arc<dyn virt_net::endpoint::EndpointLookup>,
     _lock: std::fs::File,
 }
 
@@ -214,6 +222,20 @@ impl Node {
             host_disk_dirs: host_disk_dirs.clone(),
             net_policy: Some(net_policy.clone()),
         }));
+        let endpoints: Arc<dyn virt_net::endpoint::EndpointLookup> = match &cfg.pod_network {
+            Some(pn) => {
+                let vmis = cfg.state_dir.join("vmis");
+                let alive = |n: &virt_net::pod::VmiNet| {
+                    virt_core::machine::remote::launcher_running(&vmis.join(&n.uid))
+                };
+                let net = network::NodeNetwork::open(&cfg.state_dir, pn, store.clone(), &alive)
+                    .map_err(|e| NodeError::Config(format!("pod network: {e}")))?;
+                let net = Arc::new(net);
+                runtime.set_network(net.clone());
+                net
+            }
+            None => Arc::new(network::NoNetwork),
+        };
         // CDI: DataVolumes fill `volumes/`; VMIs wait for theirs (docs/node.md, "CDI on the node").
         let cdi = cdi::Cdi::open_with_store(&cfg.state_dir, store.clone(), cfg.insecure_registries.clone())?;
         runtime.set_claims(cdi.clone());
@@ -224,7 +246,9 @@ impl Node {
             ..LifecycleOptions::default()
         };
         opts.support.host_disk_dirs = host_disk_dirs;
-        let lifecycle = Arc::new(Lifecycle::new(store, runtime.clone(), opts)?);
+        // Multus networks resolve to the node's NetworkAttachmentDefinitions.
+        opts.support.multus = cfg.pod_network.is_some();
+        let lifecycle = Arc::new(Lifecycle::new(store.clone(), runtime.clone(), opts)?);
         cdi.attach(lifecycle.clone());
         // The DataVolumes VMs own, for deletions with a propagation policy (held weakly: the CDI
         // controller holds the lifecycle).
@@ -234,12 +258,27 @@ impl Node {
         let audit_path = cfg.state_dir.join("audit.log");
         let audit = audit::AuditLog::open(&audit_path).map_err(io("opening the audit log", &audit_path))?;
         write_effective(&cfg, audit.path())?;
-        Ok(Self { cfg, users: Arc::new(users), audit, lifecycle, runtime, cdi, _lock: lock })
+        Ok(Self {
+            cfg,
+            users: Arc::new(users),
+            audit,
+            lifecycle,
+            runtime,
+            cdi,
+            store,
+            endpoints,
+            _lock: lock,
+        })
     }
 
     /// The lifecycle (for embedders that add their own API).
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
         &self.lifecycle
+    }
+
+    /// Where running VMIs' guests are reached (the pod network's [`virt_net::endpoint::EndpointLookup`]).
+    pub fn endpoints(&self) -> &Arc<dyn virt_net::endpoint::EndpointLookup> {
+        &self.endpoints
     }
 
     /// The CDI controller (DataVolumes, DataSources, DataImportCrons, uploads).
@@ -288,9 +327,14 @@ impl Node {
                 .spawn(move || cdi.run(&stop))
                 .map_err(io("starting the CDI controller for", &self.cfg.state_dir))?
         };
-        let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone());
+        let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone())
+            .merge(network::router(self.store.clone()));
         let changes = self.lifecycle.changes().clone();
-        let state = api::ApiState { lifecycle: self.lifecycle.clone(), runtime: self.runtime.clone() };
+        let state = api::ApiState {
+            lifecycle: self.lifecycle.clone(),
+            runtime: self.runtime.clone(),
+            endpoints: self.endpoints.clone(),
+        };
         let result = rt.block_on(async {
             if let Some(dir) = self.cfg.socket.parent() {
                 std::fs::create_dir_all(dir).map_err(io("creating", dir))?;

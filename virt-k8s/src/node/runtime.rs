@@ -18,7 +18,7 @@ use virt_core::lifecycle::Runtime;
 use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::remote::{self, RemoteMachine};
 use virt_core::machine::resolve::{machine_spec, VolumeFiles};
-use virt_core::machine::{DiskFormat, Machine, MachineExit};
+use virt_core::machine::{DiskFormat, InterfaceBackend, Machine, MachineExit};
 use virt_core::model::{self, VirtualMachineInstance, Volume};
 use virt_storage::format::detect::{detect_path, ImageFormat};
 use virt_storage::format::open_image;
@@ -66,6 +66,8 @@ pub struct LauncherRuntime {
     children: Mutex<HashMap<PathBuf, Child>>,
     /// One pull of an image at a time.
     pull_lock: Mutex<()>,
+    /// The pod network (none: interfaces stay unlinked).
+    network: std::sync::OnceLock<Arc<super::network::NodeNetwork>>,
 }
 
 impl LauncherRuntime {
@@ -76,7 +78,14 @@ impl LauncherRuntime {
             claims: std::sync::OnceLock::new(),
             children: Mutex::new(HashMap::new()),
             pull_lock: Mutex::new(()),
+            network: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Gives VMIs a pod network: each launcher then runs in its VMI's network namespace with taps
+    /// made for its interfaces. Only the first call counts.
+    pub fn set_network(&self, network: Arc<super::network::NodeNetwork>) {
+        let _ = self.network.set(network);
     }
 
     /// Lets `claims` say whether DataVolume-filled claims are ready: VMIs then wait (Pending) for
@@ -203,7 +212,7 @@ impl LauncherRuntime {
             Some(c) => Some(self.kernel_files(c)?),
             None => None,
         };
-        Ok(PreparedFiles { files, kernel, state_dir: run_dir.join("state") })
+        Ok(PreparedFiles { files, kernel, state_dir: run_dir.join("state"), taps: HashMap::new() })
     }
 
     fn prepare_volume(
@@ -291,8 +300,23 @@ impl LauncherRuntime {
     fn spawn(&self, vmi: &VirtualMachineInstance, run_dir: &Path) -> Result<Arc<dyn Machine>, String> {
         let name = vmi.metadata.name.clone().unwrap_or_default();
         let accel = if self.cfg.allow_emulation { AccelPolicy::Auto } else { AccelPolicy::RequireKvm };
-        let files = self.prepare(vmi, run_dir)?;
-        let spec = machine_spec(&name, &vmi.spec, &files, accel).map_err(|e| e.to_string())?;
+        let mut files = self.prepare(vmi, run_dir)?;
+        let mut spec_in = vmi.spec.clone();
+        let net = match self.network.get() {
+            Some(n) => n.setup(vmi)?,
+            None => None,
+        };
+        if let Some(net) = &net {
+            for s in &net.interfaces {
+                files.taps.insert(s.request.name.clone(), s.tap.clone());
+                if let Some(i) =
+                    spec_in.domain.devices.interfaces.iter_mut().find(|i| i.name == s.request.name)
+                {
+                    i.mac_address = Some(s.request.mac.to_string());
+                }
+            }
+        }
+        let spec = machine_spec(&name, &spec_in, &files, accel).map_err(|e| e.to_string())?;
         let spec_path = run_dir.join("spec.json");
         let json = serde_json::to_vec_pretty(&spec).map_err(|e| format!("encoding the machine spec: {e}"))?;
         std::fs::write(&spec_path, json).map_err(|e| format!("{}: {e}", spec_path.display()))?;
@@ -311,6 +335,23 @@ impl LauncherRuntime {
             use std::os::unix::process::CommandExt;
             // Its own process group: the terminal's signals and the node's death do not reach it.
             cmd.process_group(0);
+            // The VMI's network namespace: the launcher opens its taps there (as a pod's
+            // containers share the pod's namespace).
+            if let Some(net) = &net {
+                let path = net.netns_path();
+                let ns = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                // SAFETY: between fork and exec only setns(2), async-signal-safe, on a descriptor
+                // the closure owns (moved in); nothing is allocated.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        use std::os::fd::AsRawFd;
+                        if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -385,6 +426,8 @@ struct PreparedFiles {
     files: HashMap<String, (PathBuf, DiskFormat)>,
     kernel: Option<(PathBuf, Option<PathBuf>)>,
     state_dir: PathBuf,
+    /// Tap of each interface (by name) in the VMI's network namespace.
+    taps: HashMap<String, String>,
 }
 
 impl VolumeFiles for PreparedFiles {
@@ -399,6 +442,12 @@ impl VolumeFiles for PreparedFiles {
     }
     fn state_dir(&self) -> PathBuf {
         self.state_dir.clone()
+    }
+    fn interface_backend(&self, interface: &model::Interface) -> Result<InterfaceBackend, String> {
+        Ok(match self.taps.get(&interface.name) {
+            Some(tap) => InterfaceBackend::Tap { name: tap.clone() },
+            None => InterfaceBackend::None,
+        })
     }
 }
 
@@ -424,7 +473,14 @@ impl Runtime for LauncherRuntime {
         for f in ["exit.json", "control.sock", "console.sock"] {
             let _ = std::fs::remove_file(run_dir.join(f));
         }
-        self.spawn(vmi, &run_dir)
+        let spawned = self.spawn(vmi, &run_dir);
+        if spawned.is_err() {
+            // Nothing half set up: the network made for this launch goes with it.
+            if let Some(n) = self.network.get() {
+                n.teardown(vmi);
+            }
+        }
+        spawned
     }
 
     fn reattach(&self, vmi: &VirtualMachineInstance) -> Option<Arc<dyn Machine>> {
@@ -472,7 +528,20 @@ impl Runtime for LauncherRuntime {
         Ok(())
     }
 
+    fn interfaces(&self, vmi: &VirtualMachineInstance) -> Vec<model::NetworkInterfaceStatus> {
+        self.network.get().map(|n| n.status(vmi)).unwrap_or_default()
+    }
+
+    fn ended(&self, vmi: &VirtualMachineInstance) {
+        if let Some(n) = self.network.get() {
+            n.teardown(vmi);
+        }
+    }
+
     fn cleanup(&self, vmi: &VirtualMachineInstance) {
+        if let Some(n) = self.network.get() {
+            n.teardown(vmi);
+        }
         let run_dir = self.run_dir(vmi);
         self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_dir);
         self.reap();
