@@ -95,13 +95,13 @@ spec:
   runStrategy: Halted
   dataVolumeTemplates:
   - metadata: {name: root}
-spec:
-  source: {blank: {}}
-  storage: {resources: {requests: {storage: 1Mi}}}
+    spec:
+      source: {blank: {}}
+      storage: {resources: {requests: {storage: 1Mi}}}
   - metadata: {name: bad}
-spec:
-  source: {http: {urll: "http://x/y"}}
-  storage: {}
+    spec:
+      source: {http: {urll: "http://x/y"}}
+      storage: {}
   template: {spec: {domain: {devices: {}}}}
 "#;
     let vm: VirtualMachine = virt_core::model::from_yaml(text).unwrap();
