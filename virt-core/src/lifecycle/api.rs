@@ -386,7 +386,17 @@ impl Lifecycle {
         if m.status() == MachineStatus::Paused {
             return Err(LifecycleError::Conflict(format!("VMI {key} is paused; unpause it first")));
         }
-        m.power_down().map_err(|e| LifecycleError::Conflict(format!("soft reboot of VMI {key}: {e}")))?;
+        // As KubeVirt: through the guest agent while it is connected, else the ACPI power button
+        // (the machine is started again when the guest powers off).
+        let via_agent = match m.guest_shutdown(crate::agent::ShutdownMode::Reboot) {
+            Ok(()) => true,
+            Err(crate::machine::MachineError::Agent { absent: true, .. }) => {
+                m.power_down()
+                    .map_err(|e| LifecycleError::Conflict(format!("soft reboot of VMI {key}: {e}")))?;
+                false
+            }
+            Err(e) => return Err(LifecycleError::Conflict(format!("soft reboot of VMI {key}: {e}"))),
+        };
         let mut st = lock(&self.state);
         if let Some(l) = st.live.get_mut(&key) {
             l.soft_reboot = true;
@@ -397,7 +407,11 @@ impl Lifecycle {
             &key,
             "Normal",
             "SoftRebootRequested",
-            "asked the guest to power off; it starts again when it does".into(),
+            if via_agent {
+                "asked the guest agent to reboot the guest".into()
+            } else {
+                "asked the guest to power off; it starts again when it does".into()
+            },
         );
         Ok(())
     }
