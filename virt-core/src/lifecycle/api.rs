@@ -415,4 +415,34 @@ impl Lifecycle {
         );
         Ok(())
     }
+    /// The guest agent's report of a running VMI (KubeVirt's `guestosinfo`, `userlist` and
+    /// `filesystemlist`); a conflict when no agent is connected.
+    pub fn guest_agent(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<crate::agent::AgentReport, LifecycleError> {
+        let (key, m) = self.live_machine(namespace, name, "ask the guest agent of")?;
+        match m.guest_agent() {
+            Some(r) if r.connected => Ok(r),
+            _ => Err(LifecycleError::Conflict(format!("VMI {key} does not have guest agent connected"))),
+        }
+    }
+
+    /// Freezes (`true`) or thaws the file systems of a running VMI through its guest agent (KubeVirt's
+    /// `freeze` and `unfreeze`); returns the freeze status after it.
+    pub fn fs_freeze(&self, namespace: &str, name: &str, freeze: bool) -> Result<String, LifecycleError> {
+        let op = if freeze { "freeze" } else { "unfreeze" };
+        let (key, m) = self.live_machine(namespace, name, op)?;
+        let status = m
+            .guest_fs_freeze(freeze)
+            .map_err(|e| LifecycleError::Conflict(format!("{op} VMI {key}: {e}")))?;
+        let mut st = lock(&self.state);
+        if let Some(v) = st.vmis.get_mut(&key) {
+            let s = v.status.get_or_insert_with(Default::default);
+            s.fs_freeze_status = (status == "frozen").then(|| status.clone());
+        }
+        self.persist_vmi(&mut st, &key)?;
+        Ok(status)
+    }
 }

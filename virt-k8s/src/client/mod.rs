@@ -824,6 +824,21 @@ impl AsyncNodeClient {
         self.subresource(Kind::VirtualMachineInstance, namespace, name, "softreboot", empty).await
     }
 
+    /// A VMI's guest-agent subresource: `guestosinfo`, `userlist` or `filesystemlist` (KubeVirt's
+    /// shapes, as JSON); 409 `Conflict` when no agent is connected.
+    pub async fn guest_agent_info(&self, namespace: &str, name: &str, sub: &str) -> Result<Value, ClientError> {
+        let path = subresource_path(Kind::VirtualMachineInstance, namespace, name, sub);
+        let body = self.send(Method::GET, &path, None).await?;
+        Call { method: Method::GET, path: &path }.decode(&body, None)
+    }
+
+    /// Freezes (`true`) or thaws a VMI's file systems through its guest agent.
+    pub async fn fs_freeze(&self, namespace: &str, name: &str, freeze: bool) -> Result<(), ClientError> {
+        let sub = if freeze { "freeze" } else { "unfreeze" };
+        let empty = Value::Object(Map::new());
+        self.subresource(Kind::VirtualMachineInstance, namespace, name, sub, empty).await
+    }
+
     /// Opens the serial console of a VMI: the ring buffer first, then live output; bytes sent are
     /// keystrokes. The node allows one session per VMI (409 `Conflict` for a second one).
     pub async fn console(&self, namespace: &str, name: &str) -> Result<Console, ClientError> {
@@ -1108,6 +1123,16 @@ impl NodeClient {
     /// See [`AsyncNodeClient::soft_reboot`].
     pub fn soft_reboot(&self, namespace: &str, name: &str) -> Result<(), ClientError> {
         self.block(self.inner.soft_reboot(namespace, name))
+    }
+
+    /// See [`AsyncNodeClient::guest_agent_info`].
+    pub fn guest_agent_info(&self, namespace: &str, name: &str, sub: &str) -> Result<Value, ClientError> {
+        self.block(self.inner.guest_agent_info(namespace, name, sub))
+    }
+
+    /// See [`AsyncNodeClient::fs_freeze`].
+    pub fn fs_freeze(&self, namespace: &str, name: &str, freeze: bool) -> Result<(), ClientError> {
+        self.block(self.inner.fs_freeze(namespace, name, freeze))
     }
 
     /// The serial console as a blocking byte stream (`Read` + `Write`, or split into halves for
