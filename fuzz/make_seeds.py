@@ -365,3 +365,40 @@ put("image_probe", "qcow2.gz", gzip.compress(qc, mtime=0))
 vhd = bytearray(2048)
 vhd[-512:-504] = b"conectix"
 put("image_probe", "fixed-vhd", bytes(vhd))
+
+# ---- qga_reply: what a guest agent sends. The client's first sync carries id 1 (then 2, 3 after
+# errors); a poll asks guest-info, guest-get-osinfo, guest-get-host-name, guest-get-timezone,
+# guest-network-get-interfaces, guest-get-users, guest-get-fsinfo, guest-fsfreeze-status in that
+# order; then freeze, thaw, shutdown (no answer on success), ping. Answers are those of Debian 12's
+# qemu-ga 7.2. ----
+def qga(*answers):
+    out = b""
+    for a in answers:
+        out += a if isinstance(a, bytes) else (json.dumps(a) + "\n").encode()
+    return out
+SYNC1 = b"\xff" + b'{"return": 1}\n'
+QGA_POLL = [
+    {"return": {"version": "7.2.22", "supported_commands": [
+        {"enabled": True, "name": "guest-ping", "success-response": True},
+        {"enabled": False, "name": "guest-shutdown", "success-response": False}]}},
+    {"return": {"name": "Debian GNU/Linux", "kernel-release": "6.1.0-18-amd64", "version": "12 (bookworm)",
+                "pretty-name": "Debian GNU/Linux 12 (bookworm)", "version-id": "12",
+                "kernel-version": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1 (2024-02-01)", "machine": "x86_64", "id": "debian"}},
+    {"return": {"host-name": "vm1"}},
+    {"return": {"zone": "UTC", "offset": 0}},
+    {"return": [{"name": "lo", "ip-addresses": [{"ip-address-type": "ipv4", "ip-address": "127.0.0.1", "prefix": 8}],
+                 "statistics": {"tx-packets": 0, "rx-bytes": 0}, "hardware-address": "00:00:00:00:00:00"},
+                {"name": "enp1s0", "ip-addresses": [{"ip-address-type": "ipv4", "ip-address": "10.0.2.15", "prefix": 24},
+                                                    {"ip-address-type": "ipv6", "ip-address": "fe80::5054:ff:fe12:3456", "prefix": 64}],
+                 "hardware-address": "52:54:00:12:34:56"}]},
+    {"return": [{"user": "debian", "login-time": 1733300000.25}]},
+    {"return": [{"name": "vda1", "total-bytes": 2040373248, "mountpoint": "/", "disk": [
+        {"serial": "root", "bus-type": "virtio", "bus": 0, "unit": 0, "target": 0, "dev": "/dev/vda1",
+         "pci-controller": {"bus": 0, "slot": 4, "domain": 0, "function": 0}}], "used-bytes": 1023410176, "type": "ext4"}]},
+    {"return": "thawed"},
+]
+put("qga_reply", "poll", qga(SYNC1, *QGA_POLL, {"return": 1}, {"return": 1}, {"return": {}}))
+put("qga_reply", "refusals", qga(SYNC1, *[{"error": {"class": "CommandNotFound", "desc": "Command has been disabled"}}] * 8))
+put("qga_reply", "garbage-then-sync", qga(b"\x00garbage {\n", b'\xff{"return": 99}\n', {"return": 7}, SYNC1, *QGA_POLL))
+put("qga_reply", "long-line-then-resync", qga(SYNC1, {"return": {"version": "x" * 5000}}, b'\xff{"return": 2}\n', *QGA_POLL[1:]))
+put("qga_reply", "wrong-shapes", qga(SYNC1, {"return": [1]}, {"return": {"id": 5}}, b'\xff{"return": 2}\n', {"return": {"host-name": 3}}))

@@ -8,6 +8,7 @@
 //! | [`virtio_blk`] | virtqueue descriptor chains and virtio-blk requests in guest memory | the guest |
 //! | [`kubevirt_manifest`] | `kubevirt.io` YAML / JSON documents | API users |
 //! | [`qmp_stream`] | the byte stream of a QMP socket | QEMU (running guest code) |
+//! | [`qga_reply`] | what a guest agent sends on its channel | the guest |
 //! | [`launcher_control`] | control-socket requests, and the launcher's answers | the node / a launcher |
 //! | [`state_stream`] | a snapshot's state file, or the state sent by a migration source | a snapshot file / a source host |
 //! | [`migration_stream`] | the framed migration protocol a destination reads | a migration source |
@@ -131,6 +132,7 @@ fn exercise_object(object: &KubeVirtObject, catalog: &Catalog) {
         let layout = cmdline::Layout {
             qmp_socket: "/run/fuzz/qmp.sock".into(),
             serial_socket: "/run/fuzz/serial.sock".into(),
+            agent_socket: "/run/fuzz/qga.sock".into(),
             tpm_socket: Some("/run/fuzz/swtpm.sock".into()),
             firmware: cmdline::Firmware::Bios("/usr/share/seabios/bios-256k.bin".into()),
             efi_vars: None,
@@ -203,6 +205,50 @@ pub fn qmp_stream(data: &[u8]) {
         let _ = client.human_monitor_command("info version");
         let _ = client.stop();
         let _ = reader.join();
+    }
+    drop(theirs);
+    let _ = peer.join();
+}
+
+/// Connects the guest agent client (sync ids from 1, answers of at most 4 KiB) to an "agent" that
+/// sends `data` and then closes, and runs one poll (sync, guest-info, OS, host name, time zone,
+/// interfaces, users, file systems, freeze state) and the freeze, thaw and shutdown commands; every
+/// line of `data` is also parsed on its own as each command's answer. Every call must end with a
+/// result or an error (never wait past the close: the harness gives 30 s per command), and a
+/// report must stay clipped.
+pub fn qga_reply(data: &[u8]) {
+    use crate::agent::{protocol as p, AgentClient, ShutdownMode};
+    for line in data.split(|b| *b == b'\n') {
+        if let Ok(v) = p::parse_reply("fuzz", line) {
+            let _ = p::decode::<p::GuestAgentInfo>("i", v.clone()).map(<(Option<String>, Vec<_>)>::from);
+            let _ = p::decode::<p::GuestOsInfo>("o", v.clone()).map(model::GuestOsInfo::from);
+            let _ = p::decode::<p::GuestTimezone>("t", v.clone()).map(p::timezone_text);
+            let _ = p::decode::<Vec<p::GuestNetworkInterface>>("n", v.clone()).map(p::interfaces);
+            let _ = p::decode::<Vec<p::GuestUser>>("u", v.clone()).map(p::users);
+            let _ = p::decode::<Vec<p::GuestFilesystemInfo>>("f", v).map(p::filesystems);
+        }
+    }
+    let Ok((ours, theirs)) = UnixStream::pair() else { return };
+    let peer = {
+        let Ok(mut w) = theirs.try_clone() else { return };
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+            let _ = w.shutdown(std::net::Shutdown::Write);
+            let mut sink = [0u8; 4096];
+            while matches!(w.read(&mut sink), Ok(n) if n > 0) {}
+        })
+    };
+    if let Ok(c) = AgentClient::new(ours) {
+        let mut c = c.with_first_id(1).with_max_reply(4096).with_timeout(Duration::from_secs(30));
+        let r = crate::agent::poll_client("fuzz", &mut c);
+        let clipped = |s: &String| s.chars().count() <= p::MAX_STR;
+        assert!(r.interfaces.len() <= p::MAX_ITEMS && r.user_list.len() <= p::MAX_ITEMS, "{r:?}");
+        assert!(r.filesystems.len() <= p::MAX_ITEMS && r.hostname.iter().all(clipped), "{r:?}");
+        let _ = c.fsfreeze_freeze();
+        let _ = c.fsfreeze_thaw();
+        let _ = c.shutdown(ShutdownMode::Reboot, Duration::from_millis(10));
+        let _ = c.ping();
     }
     drop(theirs);
     let _ = peer.join();

@@ -11,8 +11,10 @@
 //! - [`jail`]: confinement of a process running a machine: a seccomp filter per thread role,
 //!   capabilities dropped, a cgroup (docs/confinement.md).
 //! - [`vmm`]: the native VMM: memory layout, boot (bzImage, PVH vmlinux), ACPI, devices, vCPU loop.
+//! - [`agent`]: the QEMU guest agent client and the launcher's agent poller (docs/guest-agent.md).
 //! - [`fuzzing`]: entry points for the fuzz targets in `fuzz/` and the property tests.
 
+pub mod agent;
 pub mod api;
 pub mod block;
 pub mod fuzzing;

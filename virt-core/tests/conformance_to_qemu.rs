@@ -43,6 +43,7 @@ fn layout(spec: &MachineSpec) -> Layout {
     Layout {
         qmp_socket: "/run/v/qmp.sock".into(),
         serial_socket: "/run/v/serial.sock".into(),
+        agent_socket: "/run/v/qga.sock".into(),
         tpm_socket: spec.tpm.as_ref().map(|_| "/run/v/swtpm.sock".into()),
         firmware,
         efi_vars: efi.then(|| "/run/v/vars.fd".into()),

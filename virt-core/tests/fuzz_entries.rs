@@ -25,6 +25,10 @@ fn every_seed_runs() {
         eprintln!("qmp_stream {name}");
         fuzzing::qmp_stream(&d);
     }
+    for (name, d) in seeds("qga_reply") {
+        eprintln!("qga_reply {name}");
+        fuzzing::qga_reply(&d);
+    }
     for (name, d) in seeds("launcher_control") {
         eprintln!("launcher_control {name}");
         fuzzing::launcher_control(&d);
@@ -50,6 +54,17 @@ fn manifest_seeds_load() {
             virt_core::model::load_yaml(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
         };
         assert!(!docs.is_empty(), "{name}");
+    }
+}
+
+/// A guest agent's stream ends: every seed's poll and commands finish at once, none waits for
+/// the 30 s command timeout the harness gives.
+#[test]
+fn qga_seeds_finish_without_waiting_for_timeouts() {
+    for (name, d) in seeds("qga_reply") {
+        let t = Instant::now();
+        fuzzing::qga_reply(&d);
+        assert!(t.elapsed() < Duration::from_secs(5), "{name} took {:?}", t.elapsed());
     }
 }
 
@@ -85,6 +100,11 @@ proptest! {
     #[test]
     fn kubevirt_manifest_never_panics(d in prop_oneof![mutated("kubevirt_manifest"), proptest::collection::vec(any::<u8>(), 0..512)]) {
         fuzzing::kubevirt_manifest(&d);
+    }
+
+    #[test]
+    fn qga_reply_never_panics(d in prop_oneof![mutated("qga_reply"), proptest::collection::vec(any::<u8>(), 0..512)]) {
+        fuzzing::qga_reply(&d);
     }
 
     #[test]

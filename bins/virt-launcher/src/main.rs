@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
+use virt_core::agent::{Agent, AgentMachine, AgentOptions};
 use virt_core::block::{BlockBackend, RawFile};
 use virt_core::hypervisor::kvm::KvmHypervisor;
 use virt_core::jail::cgroup::{self, Cgroup};
@@ -454,7 +455,20 @@ fn start_supervised(
         d.reason
     );
     let info = ServeInfo { name: spec.name.clone(), backend: backend.name().into() };
-    Ok(Started { machine: Arc::from(machine), info, cgroup })
+    let machine: Arc<dyn Machine> = Arc::from(machine);
+    // The guest agent's channel: a thread keeps its report fresh for the node and graceful
+    // power-down goes through the agent while it answers (docs/guest-agent.md).
+    let machine: Arc<dyn Machine> = match machine.take_agent_channel() {
+        Some(ch) => match Agent::start(&spec.name, ch, AgentOptions::default()) {
+            Ok(a) => Arc::new(AgentMachine::new(&spec.name, machine, a)),
+            Err(e) => {
+                say!("virt-launcher: {e}; running without the guest agent");
+                machine
+            }
+        },
+        None => machine,
+    };
+    Ok(Started { machine, info, cgroup })
 }
 
 /// Supervised mode: claim the run directory, start, serve until the machine ends.

@@ -170,9 +170,35 @@ enum Command {
         /// The name.
         name: String,
     },
-    /// Soft-reboot a VMI (ACPI power button; the machine starts again in place).
+    /// Soft-reboot a VMI (through the guest agent when it is connected, else the ACPI power button;
+    /// the machine starts again in place).
     SoftReboot {
         /// The VMI's (or VM's) name.
+        name: String,
+    },
+    /// What the guest agent reports of a VMI (OS, host name, time zone, users, file systems), as JSON.
+    Guestosinfo {
+        /// The VMI's name.
+        name: String,
+    },
+    /// The users logged in to a VMI's guest, as the guest agent reports them (JSON).
+    Userlist {
+        /// The VMI's name.
+        name: String,
+    },
+    /// The file systems of a VMI's guest, as the guest agent reports them (JSON).
+    Fslist {
+        /// The VMI's name.
+        name: String,
+    },
+    /// Freeze a VMI's file systems through its guest agent.
+    Freeze {
+        /// The VMI's name.
+        name: String,
+    },
+    /// Thaw a VMI's file systems through its guest agent.
+    Unfreeze {
+        /// The VMI's name.
         name: String,
     },
     /// Attach to a VMI's serial console; Ctrl-] (^]) or the end of standard input detaches.
@@ -386,6 +412,19 @@ fn main() -> ExitCode {
             println!("VMI {name} was scheduled to soft-reboot");
             Ok(())
         }),
+        Command::Guestosinfo { name } => guest_info(target, ns, &name, "guestosinfo"),
+        Command::Userlist { name } => guest_info(target, ns, &name, "userlist"),
+        Command::Fslist { name } => guest_info(target, ns, &name, "filesystemlist"),
+        Command::Freeze { name } => with_client(target, |c| {
+            c.fs_freeze(ns, &name, true)?;
+            println!("VMI {name} was scheduled to freeze");
+            Ok(())
+        }),
+        Command::Unfreeze { name } => with_client(target, |c| {
+            c.fs_freeze(ns, &name, false)?;
+            println!("VMI {name} was scheduled to unfreeze");
+            Ok(())
+        }),
         Command::Console { name } => with_client(target, |c| {
             c.attach_console(ns, &name)?;
             Ok(())
@@ -462,6 +501,15 @@ fn delete_file(file: &str, namespace: Option<&str>, target: Target) -> ExitCode 
 
 fn grace(grace_period: Option<u64>, force: bool) -> Option<u64> {
     grace_period.or(force.then_some(0))
+}
+
+/// `virtctl guestosinfo/userlist/fslist NAME`: the subresource's JSON, indented, as KubeVirt's virtctl prints it.
+fn guest_info(target: Target, ns: &str, name: &str, sub: &str) -> ExitCode {
+    with_client(target, |c| {
+        let v = c.guest_agent_info(ns, name, sub)?;
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        Ok(())
+    })
 }
 
 fn with_client(target: Target, f: impl FnOnce(&NodeClient) -> Result<(), Failure>) -> ExitCode {

@@ -386,7 +386,17 @@ impl Lifecycle {
         if m.status() == MachineStatus::Paused {
             return Err(LifecycleError::Conflict(format!("VMI {key} is paused; unpause it first")));
         }
-        m.power_down().map_err(|e| LifecycleError::Conflict(format!("soft reboot of VMI {key}: {e}")))?;
+        // As KubeVirt: through the guest agent while it is connected, else the ACPI power button
+        // (the machine is started again when the guest powers off).
+        let via_agent = match m.guest_shutdown(crate::agent::ShutdownMode::Reboot) {
+            Ok(()) => true,
+            Err(crate::machine::MachineError::Agent { absent: true, .. }) => {
+                m.power_down()
+                    .map_err(|e| LifecycleError::Conflict(format!("soft reboot of VMI {key}: {e}")))?;
+                false
+            }
+            Err(e) => return Err(LifecycleError::Conflict(format!("soft reboot of VMI {key}: {e}"))),
+        };
         let mut st = lock(&self.state);
         if let Some(l) = st.live.get_mut(&key) {
             l.soft_reboot = true;
@@ -397,8 +407,42 @@ impl Lifecycle {
             &key,
             "Normal",
             "SoftRebootRequested",
-            "asked the guest to power off; it starts again when it does".into(),
+            if via_agent {
+                "asked the guest agent to reboot the guest".into()
+            } else {
+                "asked the guest to power off; it starts again when it does".into()
+            },
         );
         Ok(())
+    }
+    /// The guest agent's report of a running VMI (KubeVirt's `guestosinfo`, `userlist` and
+    /// `filesystemlist`); a conflict when no agent is connected.
+    pub fn guest_agent(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<crate::agent::AgentReport, LifecycleError> {
+        let (key, m) = self.live_machine(namespace, name, "ask the guest agent of")?;
+        match m.guest_agent() {
+            Some(r) if r.connected => Ok(r),
+            _ => Err(LifecycleError::Conflict(format!("VMI {key} does not have guest agent connected"))),
+        }
+    }
+
+    /// Freezes (`true`) or thaws the file systems of a running VMI through its guest agent (KubeVirt's
+    /// `freeze` and `unfreeze`); returns the freeze status after it.
+    pub fn fs_freeze(&self, namespace: &str, name: &str, freeze: bool) -> Result<String, LifecycleError> {
+        let op = if freeze { "freeze" } else { "unfreeze" };
+        let (key, m) = self.live_machine(namespace, name, op)?;
+        let status = m
+            .guest_fs_freeze(freeze)
+            .map_err(|e| LifecycleError::Conflict(format!("{op} VMI {key}: {e}")))?;
+        let mut st = lock(&self.state);
+        if let Some(v) = st.vmis.get_mut(&key) {
+            let s = v.status.get_or_insert_with(Default::default);
+            s.fs_freeze_status = (status == "frozen").then(|| status.clone());
+        }
+        self.persist_vmi(&mut st, &key)?;
+        Ok(status)
     }
 }

@@ -17,6 +17,7 @@
 //! `controller` (the pass and its per-object error policy), `vm_controller` (run strategies),
 //! `vmi_controller` (launches and machines), `gc` (propagation policies of deletions), `events`.
 
+mod agent_status;
 mod api;
 mod controller;
 mod events;

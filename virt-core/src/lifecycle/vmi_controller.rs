@@ -254,6 +254,11 @@ impl Lifecycle {
     /// Reads a machine's status into its VMI.
     pub(super) fn observe(&self, key: &Key, m: &Arc<dyn Machine>) -> Result<(), LifecycleError> {
         let status = m.status();
+        // Asked outside the lock: for a launcher's machine it is a round trip.
+        let agent = match status {
+            MachineStatus::Running | MachineStatus::Paused => m.guest_agent(),
+            _ => None,
+        };
         let mut st = lock(&self.state);
         let Some(l) = st.live.get_mut(key) else { return Ok(()) };
         l.last = status.clone();
@@ -284,6 +289,7 @@ impl Lifecycle {
                     }
                     s.reason = None;
                     changed |= before != s.conditions;
+                    changed |= super::agent_status::apply(v, agent.as_ref());
                 }
                 if became_running {
                     self.event_locked(

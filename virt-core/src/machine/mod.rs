@@ -285,6 +285,19 @@ pub enum MachineError {
         /// Why.
         msg: String,
     },
+    /// A guest-agent operation with no agent to do it (none connected, or this machine has no
+    /// agent channel), or one the agent refused.
+    #[error("machine {machine}: {op} through the guest agent: {why}")]
+    Agent {
+        /// Machine name (empty when the caller does not know it).
+        machine: String,
+        /// The operation.
+        op: &'static str,
+        /// Why it did not happen.
+        why: String,
+        /// No agent was there to ask (rather than an agent that refused or failed).
+        absent: bool,
+    },
     /// The operation does not apply in the machine's state (e.g. resume while running).
     #[error("machine {machine}: cannot {op} while {state:?}")]
     State {
@@ -340,6 +353,34 @@ pub trait Machine: Send + Sync {
     }
     /// Which accelerator runs it, and why (shown in the VMI's status).
     fn accelerator(&self) -> accel::AccelDecision;
+    /// The host end of the guest agent's channel (`org.qemu.guest_agent.0`), for the launcher's
+    /// [`crate::agent::Agent`]; `None` when the machine has none. Taken once.
+    fn take_agent_channel(&self) -> Option<std::os::unix::net::UnixStream> {
+        None
+    }
+    /// What the guest agent reported last; `None` when nothing watches an agent for this machine.
+    fn guest_agent(&self) -> Option<crate::agent::AgentReport> {
+        None
+    }
+    /// Asks the guest agent to power off, reboot or halt the guest.
+    fn guest_shutdown(&self, _mode: crate::agent::ShutdownMode) -> Result<(), MachineError> {
+        Err(no_agent("guest-shutdown"))
+    }
+    /// Freezes (`true`) or thaws the guest's file systems through its agent; returns the freeze
+    /// status after it (`frozen`, `thawed`).
+    fn guest_fs_freeze(&self, freeze: bool) -> Result<String, MachineError> {
+        Err(no_agent(if freeze { "guest-fsfreeze-freeze" } else { "guest-fsfreeze-thaw" }))
+    }
+}
+
+/// The error of a guest-agent operation on a machine without an agent.
+pub fn no_agent(op: &'static str) -> MachineError {
+    MachineError::Agent {
+        machine: String::new(),
+        op,
+        why: "the machine has no guest agent".into(),
+        absent: true,
+    }
 }
 
 /// Which engine runs a machine (the launcher's `--backend`).

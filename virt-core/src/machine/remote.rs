@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::accel::AccelDecision;
 use super::supervisor::{
-    peer_gone, quote, wait_readable, ErrorCode, Reply, Request, StatusReply, CONSOLE_SOCKET, CONTROL_SOCKET,
-    EXIT_FILE, LOCK_FILE,
+    peer_gone, quote, wait_readable, AgentAnswer, ErrorCode, Reply, Request, StatusReply, CONSOLE_SOCKET,
+    CONTROL_SOCKET, EXIT_FILE, LOCK_FILE,
 };
 use super::{Machine, MachineError, MachineEvent, MachineExit, MachineStatus};
 use crate::vmm::devices::lock;
@@ -259,6 +259,10 @@ fn op_name(r: &Request) -> &'static str {
         Request::Stop => "stop",
         Request::Events => "events",
         Request::ConsoleInput { .. } => "consoleInput",
+        Request::GuestAgent => "guestAgent",
+        Request::GuestShutdown { .. } => "guestShutdown",
+        Request::FsFreeze => "fsFreeze",
+        Request::FsThaw => "fsThaw",
     }
 }
 
@@ -403,6 +407,19 @@ impl RemoteMachine {
         check_reply(&self.dir, op_name(req), &line)
     }
 
+    /// Sends a guest-agent request (`guestAgent`, `fsFreeze`, `fsThaw`) and returns its answer.
+    pub fn agent_call(&self, req: &Request) -> Result<AgentAnswer, RemoteError> {
+        let op = op_name(req);
+        let line = self.round_trip(req)?;
+        check_reply(&self.dir, op, &line)?;
+        serde_json::from_slice(&line).map_err(|e| RemoteError::Protocol {
+            dir: self.dir.clone(),
+            op: op.into(),
+            answer: quote(&line, 200),
+            msg: e.to_string(),
+        })
+    }
+
     fn round_trip(&self, req: &Request) -> Result<Vec<u8>, RemoteError> {
         let op = op_name(req);
         let mut g = lock(&self.control);
@@ -532,6 +549,9 @@ impl RemoteMachine {
                     what: what.unwrap_or(error),
                 }
             }
+            RemoteError::Refused { code: Some(ErrorCode::NoAgent), error, .. } => {
+                MachineError::Agent { machine, op, why: error, absent: true }
+            }
             RemoteError::Gone { exit, .. } => {
                 MachineError::State { machine, op, state: MachineStatus::Stopped(self.ended(exit)) }
             }
@@ -575,6 +595,21 @@ impl Machine for RemoteMachine {
 
     fn power_down(&self) -> Result<(), MachineError> {
         self.op("power down", Request::PowerDown)
+    }
+
+    /// The launcher's agent report; `None` when its machine has no agent or the launcher is gone.
+    fn guest_agent(&self) -> Option<crate::agent::AgentReport> {
+        self.agent_call(&Request::GuestAgent).ok().and_then(|a| a.agent)
+    }
+
+    fn guest_shutdown(&self, mode: crate::agent::ShutdownMode) -> Result<(), MachineError> {
+        self.op("guest shutdown", Request::GuestShutdown { mode })
+    }
+
+    fn guest_fs_freeze(&self, freeze: bool) -> Result<String, MachineError> {
+        let (op, req) = if freeze { ("freeze", Request::FsFreeze) } else { ("thaw", Request::FsThaw) };
+        let a = self.agent_call(&req).map_err(|e| self.machine_error(op, e))?;
+        Ok(a.fs_freeze_status.unwrap_or_default())
     }
 
     fn reset(&self) -> Result<(), MachineError> {

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use super::asynchronous::Call;
 use super::AsyncNodeClient;
 use super::ClientError;
 use super::Console;
@@ -69,6 +70,26 @@ impl AsyncNodeClient {
     pub async fn soft_reboot(&self, namespace: &str, name: &str) -> Result<(), ClientError> {
         let empty = Value::Object(Map::new());
         self.subresource(Kind::VirtualMachineInstance, namespace, name, "softreboot", empty).await
+    }
+
+    /// A VMI's guest-agent subresource: `guestosinfo`, `userlist` or `filesystemlist` (KubeVirt's
+    /// shapes, as JSON); 409 `Conflict` when no agent is connected.
+    pub async fn guest_agent_info(
+        &self,
+        namespace: &str,
+        name: &str,
+        sub: &str,
+    ) -> Result<Value, ClientError> {
+        let path = subresource_path(Kind::VirtualMachineInstance, namespace, name, sub);
+        let body = self.send(Method::GET, &path, None).await?;
+        Call { method: Method::GET, path: &path }.decode(&body, None)
+    }
+
+    /// Freezes (`true`) or thaws a VMI's file systems through its guest agent.
+    pub async fn fs_freeze(&self, namespace: &str, name: &str, freeze: bool) -> Result<(), ClientError> {
+        let sub = if freeze { "freeze" } else { "unfreeze" };
+        let empty = Value::Object(Map::new());
+        self.subresource(Kind::VirtualMachineInstance, namespace, name, sub, empty).await
     }
 
     /// Opens the serial console of a VMI: the ring buffer first, then live output; bytes sent are

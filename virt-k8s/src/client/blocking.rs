@@ -215,6 +215,16 @@ impl NodeClient {
         self.block(self.inner.soft_reboot(namespace, name))
     }
 
+    /// See [`AsyncNodeClient::guest_agent_info`].
+    pub fn guest_agent_info(&self, namespace: &str, name: &str, sub: &str) -> Result<Value, ClientError> {
+        self.block(self.inner.guest_agent_info(namespace, name, sub))
+    }
+
+    /// See [`AsyncNodeClient::fs_freeze`].
+    pub fn fs_freeze(&self, namespace: &str, name: &str, freeze: bool) -> Result<(), ClientError> {
+        self.block(self.inner.fs_freeze(namespace, name, freeze))
+    }
+
     /// The serial console as a blocking byte stream (`Read` + `Write`, or split into halves for
     /// two threads). See [`AsyncNodeClient::console`].
     pub fn console(&self, namespace: &str, name: &str) -> Result<ConsoleStream, ClientError> {

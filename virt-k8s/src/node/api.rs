@@ -19,6 +19,8 @@ use virt_core::model::{self, KubeVirtObject, VmiPhase};
 
 use super::runtime::LauncherRuntime;
 
+pub mod agent;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
@@ -676,6 +678,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/console"), get(vmi_console))
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/vnc"), get(vmi_vnc))
+        .merge(agent::routes(SUB))
         .fallback(|| async {
             status_response(
                 StatusCode::NOT_FOUND,

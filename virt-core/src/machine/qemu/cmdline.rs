@@ -119,6 +119,8 @@ pub struct Layout {
     pub qmp_socket: PathBuf,
     /// Serial console socket; QEMU connects to it.
     pub serial_socket: PathBuf,
+    /// The guest agent's channel (`org.qemu.guest_agent.0`); QEMU connects to it.
+    pub agent_socket: PathBuf,
     /// swtpm's control socket, when the machine has a TPM.
     pub tpm_socket: Option<PathBuf>,
     /// The firmware.
@@ -547,6 +549,19 @@ pub fn build(spec: &MachineSpec, accel: Accelerator, layout: &Layout) -> Result<
         format!("socket,id=qmp,path={}", escape(&path_str("QMP socket", &layout.qmp_socket)?)),
     );
     push(&mut a, "-mon", "chardev=qmp,mode=control".into());
+    // The guest agent's virtio-serial port, always there as in KubeVirt's domains: the guest's
+    // qemu-ga opens /dev/virtio-ports/org.qemu.guest_agent.0 and the backend talks to it.
+    push(
+        &mut a,
+        "-chardev",
+        format!("socket,id=qga0,path={}", escape(&path_str("guest agent socket", &layout.agent_socket)?)),
+    );
+    push(&mut a, "-device", "virtio-serial-pci,id=virtio-serial0".into());
+    push(
+        &mut a,
+        "-device",
+        format!("virtserialport,bus=virtio-serial0.0,chardev=qga0,name={}", crate::agent::CHANNEL),
+    );
 
     // Display.
     push(&mut a, "-display", "none".into());
@@ -571,6 +586,7 @@ pub(crate) mod tests {
         Layout {
             qmp_socket: "/run/v/qmp.sock".into(),
             serial_socket: "/run/v/serial.sock".into(),
+            agent_socket: "/run/v/qga.sock".into(),
             tpm_socket: Some("/run/v/swtpm.sock".into()),
             firmware,
             efi_vars: efi.then(|| "/run/v/vars.fd".into()),
@@ -660,7 +676,16 @@ pub(crate) mod tests {
         for f in ["-nodefaults", "-no-user-config", "-S"] {
             assert!(a.iter().any(|x| x == f), "{f}");
         }
-        assert!(values(&a, "-vnc").is_empty() && values(&a, "-device").is_empty());
+        assert!(values(&a, "-vnc").is_empty());
+        // Only the guest agent's channel.
+        assert!(values(&a, "-chardev").contains(&"socket,id=qga0,path=/run/v/qga.sock"));
+        assert_eq!(
+            values(&a, "-device"),
+            [
+                "virtio-serial-pci,id=virtio-serial0",
+                "virtserialport,bus=virtio-serial0.0,chardev=qga0,name=org.qemu.guest_agent.0"
+            ]
+        );
     }
 
     #[test]
@@ -726,6 +751,8 @@ pub(crate) mod tests {
                 "virtio-scsi-pci,id=scsi0",
                 "scsi-hd,id=disk-sc,drive=drive-sc,bus=scsi0.0,channel=0,scsi-id=0,lun=0",
                 "scsi-cd,id=disk-scd,drive=drive-scd,bus=scsi0.0,channel=0,scsi-id=0,lun=1",
+                "virtio-serial-pci,id=virtio-serial0",
+                "virtserialport,bus=virtio-serial0.0,chardev=qga0,name=org.qemu.guest_agent.0",
             ]
         );
         // A comma in a path is escaped, a relative path refused, a virtio CD-ROM refused.
@@ -839,7 +866,15 @@ pub(crate) mod tests {
         let a = build(&s, Accelerator::Emulation, &layout(bios())).unwrap();
         assert!(values(&a, "-chardev").contains(&"socket,id=chrtpm,path=/run/v/swtpm.sock"));
         assert_eq!(one(&a, "-tpmdev"), "emulator,id=tpm0,chardev=chrtpm");
-        assert_eq!(values(&a, "-device"), vec!["tpm-crb,tpmdev=tpm0", "VGA,id=video0"]);
+        assert_eq!(
+            values(&a, "-device"),
+            vec![
+                "tpm-crb,tpmdev=tpm0",
+                "virtio-serial-pci,id=virtio-serial0",
+                "virtserialport,bus=virtio-serial0.0,chardev=qga0,name=org.qemu.guest_agent.0",
+                "VGA,id=video0"
+            ]
+        );
         assert_eq!(one(&a, "-vnc"), "127.0.0.1:0,to=99");
         assert_eq!(one(&a, "-machine"), "pc-q35-10.0,smm=off,acpi=off");
         s.name = "bad name".into();

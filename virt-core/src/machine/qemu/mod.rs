@@ -146,6 +146,7 @@ fn layout_in(dir: &Path, firmware: Firmware, spec: &MachineSpec) -> Layout {
     Layout {
         qmp_socket: dir.join("qmp.sock"),
         serial_socket: dir.join("serial.sock"),
+        agent_socket: dir.join("qga.sock"),
         tpm_socket: spec.tpm.as_ref().map(|_| dir.join("swtpm.sock")),
         firmware,
         efi_vars,
@@ -483,6 +484,8 @@ pub struct QemuMachine {
     inner: Arc<Inner>,
     events: Mutex<Receiver<MachineEvent>>,
     serial: Mutex<UnixStream>,
+    /// The host end of the guest agent's channel, until the launcher takes it.
+    agent: Mutex<Option<UnixStream>>,
     vnc: Option<std::net::SocketAddr>,
     decision: AccelDecision,
     stop_grace: Duration,
@@ -510,6 +513,7 @@ fn start(
     let bind = |p: &Path| UnixListener::bind(p).map_err(|e| format!("listen on {}: {e}", p.display()));
     let qmp_l = bind(&layout.qmp_socket)?;
     let serial_l = bind(&layout.serial_socket)?;
+    let agent_l = bind(&layout.agent_socket)?;
     let args = cmdline::build(spec, decision.accelerator, &layout).map_err(|e| e.to_string())?;
     log::info!(
         "machine {}: {} ({}): {} {}",
@@ -533,7 +537,8 @@ fn start(
     let deadline = Instant::now() + opts.start_timeout;
     let qmp_s = accept_within(&qmp_l, "QMP monitor", deadline, &child, &stderr)?;
     let serial_s = accept_within(&serial_l, "serial console", deadline, &child, &stderr)?;
-    drop((qmp_l, serial_l));
+    let agent_s = accept_within(&agent_l, "guest agent channel", deadline, &child, &stderr)?;
+    drop((qmp_l, serial_l, agent_l));
 
     let (tx, rx) = channel();
     let inner = Arc::new(Inner {
@@ -599,6 +604,7 @@ fn start(
         inner,
         events: Mutex::new(rx),
         serial: Mutex::new(serial_s),
+        agent: Mutex::new(Some(agent_s)),
         vnc,
         decision,
         stop_grace: opts.stop_grace,
@@ -789,6 +795,10 @@ impl Machine for QemuMachine {
 
     fn vnc_address(&self) -> Option<std::net::SocketAddr> {
         self.vnc
+    }
+
+    fn take_agent_channel(&self) -> Option<UnixStream> {
+        lock(&self.agent).take()
     }
 
     fn accelerator(&self) -> AccelDecision {

@@ -20,6 +20,7 @@ use super::peer_gone;
 use super::protocol::send_line;
 use super::protocol::Lines;
 use super::wait_readable;
+use super::AgentAnswer;
 use super::ErrorCode;
 use super::Reply;
 use super::Request;
@@ -181,6 +182,20 @@ pub(super) fn serve_control(shared: &Arc<Shared>, mut s: UnixStream) {
                 Err(e) => send_line(&mut s, &Reply::err(ErrorCode::BadRequest, e)),
                 Ok(Request::Events) => return stream_events(shared, s),
                 Ok(Request::Status) => send_line(&mut s, &status_reply(shared)),
+                Ok(Request::GuestAgent) => {
+                    let a =
+                        AgentAnswer { ok: true, agent: shared.machine.guest_agent(), fs_freeze_status: None };
+                    send_line(&mut s, &a)
+                }
+                Ok(r @ (Request::FsFreeze | Request::FsThaw)) => {
+                    match shared.machine.guest_fs_freeze(r == Request::FsFreeze) {
+                        Ok(st) => send_line(
+                            &mut s,
+                            &AgentAnswer { ok: true, agent: None, fs_freeze_status: Some(st) },
+                        ),
+                        Err(e) => send_line(&mut s, &Reply::from_machine(Err(e))),
+                    }
+                }
                 Ok(r) => send_line(&mut s, &handle(shared, r)),
             };
             if sent.is_err() {
@@ -222,7 +237,10 @@ pub(super) fn handle(shared: &Shared, r: Request) -> Reply {
             b.extend(bytes.unwrap_or_default());
             m.console_input(&b)
         }
-        Request::Status | Request::Events => Ok(()),
+        Request::GuestShutdown { mode } => m.guest_shutdown(mode),
+        Request::Status | Request::Events | Request::GuestAgent | Request::FsFreeze | Request::FsThaw => {
+            Ok(())
+        }
     })
 }
 

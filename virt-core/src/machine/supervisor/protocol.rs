@@ -38,6 +38,32 @@ pub enum Request {
         #[serde(default)]
         bytes: Option<Vec<u8>>,
     },
+    /// The guest agent's latest report: an [`AgentAnswer`] whose `agent` is null when the
+    /// machine has no agent channel.
+    GuestAgent,
+    /// [`Machine::guest_shutdown`]: `{"op":"guestShutdown","mode":"reboot"}` (`powerdown`, `halt`).
+    GuestShutdown {
+        /// How the guest goes down.
+        mode: crate::agent::ShutdownMode,
+    },
+    /// [`Machine::guest_fs_freeze`] (freeze): an [`AgentAnswer`] with `fsFreezeStatus`.
+    FsFreeze,
+    /// [`Machine::guest_fs_freeze`] (thaw): an [`AgentAnswer`] with `fsFreezeStatus`.
+    FsThaw,
+}
+
+/// The answer to [`Request::GuestAgent`], [`Request::FsFreeze`] and [`Request::FsThaw`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentAnswer {
+    /// Always true (failures are [`Reply`]s).
+    pub ok: bool,
+    /// The agent's report (for `guestAgent`).
+    #[serde(default)]
+    pub agent: Option<crate::agent::AgentReport>,
+    /// The freeze status after a freeze or thaw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs_freeze_status: Option<String>,
 }
 
 /// The answer to [`Request::Status`].
@@ -74,6 +100,8 @@ pub enum ErrorCode {
     Failed,
     /// The launcher serves no more connections now.
     Busy,
+    /// No guest agent is connected (or the machine has none) for a guest-agent operation.
+    NoAgent,
 }
 
 /// An answer other than a status: `{"ok":true}` or `{"ok":false,"error":..,"code":..}`.
@@ -114,9 +142,10 @@ impl Reply {
                     MachineError::Unsupported { what, .. } => {
                         Self { what: Some(what), ..Self::err(ErrorCode::Unsupported, msg) }
                     }
-                    MachineError::Start { .. } | MachineError::Control { .. } => {
-                        Self::err(ErrorCode::Failed, msg)
-                    }
+                    MachineError::Agent { absent: true, .. } => Self::err(ErrorCode::NoAgent, msg),
+                    MachineError::Start { .. }
+                    | MachineError::Control { .. }
+                    | MachineError::Agent { .. } => Self::err(ErrorCode::Failed, msg),
                 }
             }
         }
