@@ -451,7 +451,7 @@ impl Supervisor {
                 Err(e) => return Err(io(format!("remove the stale {stale}"))(e)),
             }
         }
-        write_atomic(&run_dir.join(PID_FILE), format!("{}\n", std::process::id()).as_bytes())
+        write_atomic(&run_dir.join(PID_FILE), format!("{}\n", crate::jail::host_pid()).as_bytes())
             .map_err(io(format!("write {PID_FILE}")))?;
         let log = OpenOptions::new()
             .create(true)
@@ -767,7 +767,7 @@ fn status_reply(shared: &Shared) -> StatusReply {
         status: m.status(),
         accelerator: m.accelerator(),
         backend: shared.info.backend.clone(),
-        pid: std::process::id(),
+        pid: crate::jail::host_pid(),
         vnc_address: m.vnc_address(),
     }
 }
