@@ -19,13 +19,16 @@ use virt_core::jail::{self, JailOptions, Role};
 use virt_core::machine::accel::HostVirt;
 use virt_core::machine::native::NativeBackend;
 use virt_core::machine::qemu::{QemuBackend, QemuOptions};
-use virt_core::machine::supervisor::{graceful_stop, write_exit_record, ServeInfo, Supervisor};
+use virt_core::machine::supervisor::{graceful_stop, write_exit_record, ServeInfo, Supervisor, EXIT_FILE};
 use virt_core::machine::{
-    select_backend, BackendChoice, DiskFormat, DiskOpener, DiskSpec, Machine, MachineExit, MachineSpec,
+    select_backend, BackendChoice, BootSpec, DiskFormat, DiskOpener, DiskSpec, Machine, MachineBackend,
+    MachineExit, MachineSpec,
 };
 use virt_core::vmm::boot::{BootPath, KernelConfig};
 use virt_core::vmm::{ExitReason, MicroVm, Payload, VmConfig};
 use virt_storage::format::{Qcow2, Qcow2OpenOptions, RawImage};
+
+mod sandbox;
 
 /// `eprintln!` that never panics: a supervised launcher outlives the daemon that may hold its stderr
 /// pipe, and a write error to a closed pipe must not take the VM down.
@@ -108,6 +111,22 @@ struct Args {
     /// vmx/svm (a nested hypervisor that hides the flag; the tests' tiny guests on such hosts).
     #[arg(long)]
     trust_kvm: bool,
+    /// Supervised mode: the network namespace to run in (e.g. `/run/netns/<pod>`), joined before
+    /// any tap is opened. Without it a machine with no interfaces gets a fresh, empty namespace and
+    /// one with interfaces stays in the node's (docs/confinement.md).
+    #[arg(long, requires = "spec")]
+    netns: Option<PathBuf>,
+    /// Supervised mode: the range of unprivileged uids launchers run as, `FIRST-LAST` (one per
+    /// launcher; default 2000000000-2000065535).
+    #[arg(long)]
+    uid_range: Option<jail::UidRange>,
+    /// Supervised mode: keep the machine's own namespaces and view of the filesystem but run as root.
+    #[arg(long)]
+    stay_root: bool,
+    /// Supervised mode: no pid or mount namespace, no view of the filesystem and no user of its own
+    /// (filters, capabilities and the cgroup stay).
+    #[arg(long)]
+    no_namespaces: bool,
 }
 
 fn parse_disk(spec: &str) -> Result<Arc<dyn BlockBackend>, String> {
@@ -217,7 +236,7 @@ fn run(args: Args) -> Result<ExitReason, String> {
         return Ok(ExitReason::PowerOff);
     }
     if !args.no_confine {
-        confine(None, None)?;
+        confine_direct()?;
     }
     let hv = KvmHypervisor::with_path(&args.kvm_device).map_err(|e| e.to_string())?;
     let cfg = VmConfig {
@@ -394,58 +413,74 @@ impl Termination {
     }
 }
 
-/// A started machine, what the supervisor shows of it, and its cgroup (left when it ends).
+/// A started machine and what the supervisor shows of it.
 struct Started {
     machine: Arc<dyn Machine>,
     info: ServeInfo,
-    cgroup: Option<Cgroup>,
 }
 
-/// Reads the spec, picks the backend and starts the machine with the supervisor's console.
+/// Reads the machine spec.
+fn load_spec(spec_path: &Path) -> Result<MachineSpec, String> {
+    let raw = std::fs::read(spec_path).map_err(|e| format!("read the spec {}: {e}", spec_path.display()))?;
+    serde_json::from_slice(&raw)
+        .map_err(|e| format!("the spec {} is not a MachineSpec: {e}", spec_path.display()))
+}
+
+/// Both engines, built once: the choice between them is made before the jail (it probes the host).
+struct Backends {
+    native: NativeBackend,
+    qemu: QemuBackend,
+    kernel_cache: Option<PathBuf>,
+}
+
+impl Backends {
+    fn new(args: &Args, run_dir: &Path) -> Self {
+        let kernel_cache =
+            if args.no_kernel_cache { None } else { args.kernel_cache.clone().or_else(default_cache) };
+        let opener: DiskOpener = Arc::new(open_disk);
+        let mut native = NativeBackend::new(opener, kernel_cache.clone()).with_net(virt_net::tap::opener());
+        if args.trust_kvm {
+            let mut host = HostVirt::probe();
+            host.cpu_flag = host.kvm_usable;
+            native = native.with_host(host);
+        }
+        let qemu = QemuBackend::new(QemuOptions {
+            allow_emulation: args.allow_emulation,
+            run_dir: Some(run_dir.to_path_buf()),
+            confine: !args.no_confine,
+            ..Default::default()
+        });
+        Self { native, qemu, kernel_cache }
+    }
+
+    fn select(&self, args: &Args, spec: &MachineSpec) -> Result<&dyn MachineBackend, String> {
+        select_backend(spec, args.backend, &self.native, &self.qemu).map_err(|e| e.to_string())
+    }
+}
+
+/// The machine's cgroup (before the machine: QEMU and swtpm start inside it).
+fn join_cgroup(args: &Args, spec: &MachineSpec, backend: &str) -> Result<Cgroup, String> {
+    let vcpus = spec.cpu.count();
+    let emulation = backend == "qemu" && args.allow_emulation;
+    let overhead = cgroup::overhead_mib(spec.memory_mib, vcpus, emulation);
+    let limits =
+        cgroup::Limits { memory_bytes: (spec.memory_mib + overhead) << 20, pids: cgroup::pids_for(vcpus) };
+    let name: String = spec
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    let name = format!("{}{name}-{}", cgroup::PREFIX, std::process::id());
+    Cgroup::join(&name, limits).map_err(|e| format!("confinement: the machine's cgroup: {e}"))
+}
+
+/// Starts the machine of `spec` on `backend` with the supervisor's console.
 fn start_supervised(
-    args: &Args,
-    spec_path: &Path,
-    run_dir: &Path,
+    spec: &MachineSpec,
+    backend: &dyn MachineBackend,
     sup: &Supervisor,
 ) -> Result<Started, String> {
-    let raw = std::fs::read(spec_path).map_err(|e| format!("read the spec {}: {e}", spec_path.display()))?;
-    let spec: MachineSpec = serde_json::from_slice(&raw)
-        .map_err(|e| format!("the spec {} is not a MachineSpec: {e}", spec_path.display()))?;
-    let cache = if args.no_kernel_cache { None } else { args.kernel_cache.clone().or_else(default_cache) };
-    let opener: DiskOpener = Arc::new(open_disk);
-    let mut native = NativeBackend::new(opener, cache).with_net(virt_net::tap::opener());
-    if args.trust_kvm {
-        let mut host = HostVirt::probe();
-        host.cpu_flag = host.kvm_usable;
-        native = native.with_host(host);
-    }
-    let qemu = QemuBackend::new(QemuOptions {
-        allow_emulation: args.allow_emulation,
-        run_dir: Some(run_dir.to_path_buf()),
-        confine: !args.no_confine,
-        ..Default::default()
-    });
-    let backend = select_backend(&spec, args.backend, &native, &qemu).map_err(|e| e.to_string())?;
-    // The cgroup before the machine: QEMU and swtpm start inside it.
-    let cgroup = if args.no_confine {
-        None
-    } else {
-        let vcpus = spec.cpu.count();
-        let emulation = backend.name() == "qemu" && args.allow_emulation;
-        let overhead = cgroup::overhead_mib(spec.memory_mib, vcpus, emulation);
-        let limits = cgroup::Limits {
-            memory_bytes: (spec.memory_mib + overhead) << 20,
-            pids: cgroup::pids_for(vcpus),
-        };
-        let name: String = spec
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
-            .collect();
-        let name = format!("{}{name}-{}", cgroup::PREFIX, std::process::id());
-        Some(Cgroup::join(&name, limits).map_err(|e| format!("confinement: the machine's cgroup: {e}"))?)
-    };
-    let machine = backend.start(&spec, sup.console_sink()).map_err(|e| e.to_string())?;
+    let machine = backend.start(spec, sup.console_sink()).map_err(|e| e.to_string())?;
     let d = machine.accelerator();
     say!(
         "virt-launcher: machine {} runs on {} ({:?}: {})",
@@ -468,23 +503,57 @@ fn start_supervised(
         },
         None => machine,
     };
-    Ok(Started { machine, info, cgroup })
+    Ok(Started { machine, info })
 }
 
-/// Supervised mode: claim the run directory, start, serve until the machine ends.
+/// Everything the launcher must know before it confines itself: the spec, the engine, the
+/// cgroup. An error is reported through the run directory once it is claimed.
+type Prepared<'a> = Result<(MachineSpec, &'a dyn MachineBackend), String>;
+
+/// Supervised mode: read the spec and pick the engine (host view), confine (own cgroup, pid, mount
+/// and network namespaces, own user, filters), claim the run directory, start, serve until the
+/// machine ends.
 fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
-    if !args.no_confine {
-        let dir = run_dir.to_path_buf();
-        let hook: jail::ViolationHook = Box::new(move |v| {
-            if let Err(e) = write_exit_record(&dir, &MachineExit::Failed(v.to_string())) {
-                say!("virt-launcher: write the exit record: {e}");
+    let backends = Backends::new(args, run_dir);
+    let prepared: Prepared = load_spec(spec_path).and_then(|s| {
+        let b = backends.select(args, &s)?;
+        Ok((s, b))
+    });
+    let mut cgroup = None;
+    // Another launcher holds the run directory: nothing is handed over or set up (the claim below
+    // reports it busy), so the running machine keeps its files.
+    let busy = virt_core::machine::remote::launcher_running(run_dir);
+    if !args.no_confine && !busy {
+        cgroup::collect_stale();
+        if let Ok((spec, backend)) = &prepared {
+            match join_cgroup(args, spec, backend.name()) {
+                Ok(cg) => cgroup = Some(cg),
+                Err(e) => {
+                    say!("virt-launcher: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
-        });
-        if let Err(e) = confine(Some(run_dir.to_path_buf()), Some(hook)) {
+        }
+        // SAFETY: geteuid has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } == 0 && !args.no_namespaces {
+            match jail::pidns::split() {
+                Ok(jail::pidns::Side::Child) => {
+                    // The keeper leaves and removes the cgroup once this process is gone.
+                    std::mem::forget(cgroup.take());
+                }
+                Ok(jail::pidns::Side::Keeper { status, child }) => {
+                    return keeper_done(run_dir, status, child, cgroup);
+                }
+                Err(e) => {
+                    say!("virt-launcher: confinement: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        if let Err(e) = jail_self(args, run_dir, &prepared, &backends) {
             say!("virt-launcher: {e}");
             return ExitCode::FAILURE;
         }
-        cgroup::collect_stale();
     }
     let term = match Termination::install(Duration::from_secs(args.grace_period)) {
         Ok(t) => t,
@@ -500,7 +569,8 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Started { machine, info, cgroup } = match start_supervised(args, spec_path, run_dir, &sup) {
+    let started = prepared.and_then(|(spec, backend)| start_supervised(&spec, backend, &sup));
+    let Started { machine, info } = match started {
         Ok(m) => m,
         Err(e) => {
             say!("virt-launcher: {e}");
@@ -537,15 +607,96 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
     }
 }
 
-/// Turns confinement on (docs/confinement.md); `VIRT_JAIL_SELFTEST=<role>` makes the first thread of
-/// that role make a forbidden call, for the tests that prove the filter and its exit record.
-fn confine(run_dir: Option<PathBuf>, on_violation: Option<jail::ViolationHook>) -> Result<(), String> {
-    let selftest = match std::env::var("VIRT_JAIL_SELFTEST") {
-        Ok(r) => Some(Role::from_name(&r).ok_or_else(|| format!("VIRT_JAIL_SELFTEST={r:?}: no such role"))?),
-        Err(_) => None,
+/// The keeper, once the jailed launcher ended: records a death that left no exit record (killed by
+/// a signal: the out-of-memory killer, SIGKILL), removes the cgroup, ends with the same status.
+fn keeper_done(run_dir: &Path, status: i32, child: u32, cgroup: Option<Cgroup>) -> ExitCode {
+    if status > 128 && status != jail::VIOLATION_EXIT_CODE && !run_dir.join(EXIT_FILE).exists() {
+        let why = format!("the launcher (pid {child}) was killed by signal {}", status - 128);
+        if let Err(e) = write_exit_record(run_dir, &MachineExit::Failed(why)) {
+            say!("virt-launcher: write the exit record: {e}");
+        }
+    }
+    // The jail's mount point (empty on the host's side).
+    let _ = std::fs::remove_dir(run_dir.join(sandbox::STAGING));
+    drop(cgroup);
+    ExitCode::from(u8::try_from(status).unwrap_or(1))
+}
+
+/// Confines this process (before any thread starts): network namespace, view of the filesystem,
+/// user, then the filters (docs/confinement.md).
+fn jail_self(args: &Args, run_dir: &Path, prepared: &Prepared, backends: &Backends) -> Result<(), String> {
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(run_dir)
+            .map_err(|e| format!("create the run directory {}: {e}", run_dir.display()))?;
+    }
+    let dir = run_dir.to_path_buf();
+    let hook: jail::ViolationHook = Box::new(move |v| {
+        if let Err(e) = write_exit_record(&dir, &MachineExit::Failed(v.to_string())) {
+            say!("virt-launcher: write the exit record: {e}");
+        }
+    });
+    let mut opts = JailOptions {
+        run_dir: Some(run_dir.to_path_buf()),
+        on_violation: Some(hook),
+        selftest: selftest()?,
+        netns: args.netns.clone(),
+        ..Default::default()
     };
-    jail::enable(JailOptions { run_dir, keep_caps: vec![], on_violation, selftest })
-        .map_err(|e| e.to_string())
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if let Ok((spec, backend)) = prepared {
+        opts.interfaces = !spec.interfaces.is_empty();
+        if root && !args.no_namespaces {
+            let cache = (backend.name() == "native").then_some(backends.kernel_cache.as_deref()).flatten();
+            if let (Some(_), BootSpec::Kernel { kernel, initramfs, cmdline }) = (cache, &spec.boot) {
+                // The jail sees the kernel cache read-only: fill it now.
+                let cfg = KernelConfig {
+                    kernel: kernel.clone(),
+                    initramfs: initramfs.clone(),
+                    cmdline: cmdline.clone(),
+                    cache_dir: cache.map(Path::to_path_buf),
+                    ..Default::default()
+                };
+                if let Err(e) = virt_core::vmm::boot::prepare_kernel(&cfg) {
+                    say!("virt-launcher: prepare the kernel: {e}");
+                }
+            }
+            let mut view = sandbox::view(spec, backend.name(), run_dir, cache);
+            if !args.stay_root {
+                let range = args.uid_range.unwrap_or(jail::user::DEFAULT_RANGE);
+                match sandbox::identity(spec, &view, range, jail::host_pid()) {
+                    Ok(id) => {
+                        sandbox::hand_over(&id, &view).map_err(|e| format!("confinement: {e}"))?;
+                        view.device_owner = Some((id.uid, id.gid));
+                        opts.identity = Some(id);
+                    }
+                    Err(why) => say!("virt-launcher: the machine runs as root: {why}"),
+                }
+            }
+            opts.view = Some(view);
+        }
+    }
+    jail::enable(opts).map_err(|e| e.to_string())
+}
+
+/// `VIRT_JAIL_SELFTEST=<role>` makes the first thread of that role make a forbidden call, for the
+/// tests that prove the filter and its exit record.
+fn selftest() -> Result<Option<Role>, String> {
+    match std::env::var("VIRT_JAIL_SELFTEST") {
+        Ok(r) => {
+            Ok(Some(Role::from_name(&r).ok_or_else(|| format!("VIRT_JAIL_SELFTEST={r:?}: no such role"))?))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Direct mode's confinement: the filters and no capabilities (docs/confinement.md).
+fn confine_direct() -> Result<(), String> {
+    jail::enable(JailOptions { selftest: selftest()?, ..Default::default() }).map_err(|e| e.to_string())
 }
 
 /// Library warnings (and more with `VIRT_LAUNCHER_LOG=info|debug`) on stderr.

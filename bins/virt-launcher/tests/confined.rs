@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use virt_core::jail::{cgroup, read_violation, VIOLATION_EXIT_CODE};
+use virt_core::jail::{cgroup, netns, read_violation, VIOLATION_EXIT_CODE};
 use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::remote::{is_alive, read_exit, RemoteMachine};
 use virt_core::machine::supervisor::{CONSOLE_LOG, PID_FILE};
@@ -165,13 +165,23 @@ fn a_tiny_guest_runs_on_the_native_backend_with_every_thread_confined() {
         assert_eq!(*seccomp, 2, "thread {name} is not filtered: {ts:?}");
         assert_eq!(*cap_eff, 0, "thread {name} keeps capabilities: {ts:?}");
     }
+    assert_jailed(pid, &run_dir, &base.join("k.elf"));
+    // No interfaces and no --netns: a fresh, empty network namespace.
+    assert_ne!(
+        netns::inode_of(pid).unwrap(),
+        netns::inode_of(std::process::id()).unwrap(),
+        "a machine without interfaces stays in the node's network namespace"
+    );
     // Its own cgroup: guest memory + the documented overhead, and a task limit.
     let mem = cgroup::read_limit(pid, "memory", "memory.limit_in_bytes", "memory.max").unwrap();
     assert_eq!(mem, ((32 + cgroup::overhead_mib(32, 1, false)) << 20).to_string());
     let pids = cgroup::read_limit(pid, "pids", "pids.max", "pids.max").unwrap();
     assert_eq!(pids, cgroup::pids_for(1).to_string());
     let (cg_dir, _) = cgroup::dir_of(pid, "memory").unwrap();
-    assert!(cg_dir.ends_with(format!("virt-launcher-tiny-{pid}")), "{}", cg_dir.display());
+    // Named after the keeper (the process the node started), which outlives the jailed launcher
+    // and removes the group.
+    assert!(cg_dir.ends_with(format!("virt-launcher-tiny-{}", child.id())), "{}", cg_dir.display());
+    assert_eq!(cgroup::dir_of(child.id(), "memory").unwrap().0, cg_dir, "the keeper is in the group too");
     let (pids_dir, _) = cgroup::dir_of(pid, "pids").unwrap();
     // SIGTERM is still the launcher's (no confined thread takes it by accident): the guest ignores
     // the power button, so the grace period ends in a stop.
@@ -197,6 +207,60 @@ fn a_tiny_guest_runs_on_the_native_backend_with_every_thread_confined() {
     }
     assert!(!cg_dir.exists() && !pids_dir.exists(), "{} is left", pids_dir.display());
     let _ = std::fs::remove_dir_all(base);
+}
+
+/// `pid` runs in its own pid and mount namespaces, as an unprivileged user from the default range,
+/// and sees only its own files: the run directory, the kernel, its device nodes and its /proc.
+fn assert_jailed(pid: u32, run_dir: &Path, kernel: &Path) {
+    let ns = |p: u32, kind: &str| std::fs::read_link(format!("/proc/{p}/ns/{kind}")).unwrap();
+    let me = std::process::id();
+    assert_ne!(ns(pid, "pid"), ns(me, "pid"), "no pid namespace of its own");
+    assert_ne!(ns(pid, "mnt"), ns(me, "mnt"), "no mount namespace of its own");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .split_whitespace()
+            .map(|s| s.parse::<u32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let uids = field("Uid:");
+    let range = virt_core::jail::user::DEFAULT_RANGE;
+    assert!(
+        uids.iter().all(|&u| u == uids[0] && u >= range.first && u - range.first < range.count),
+        "Uid: {uids:?}"
+    );
+    assert_eq!(field("Gid:")[0], uids[0]);
+    assert!(field("NSpid:").ends_with(&[1]), "not pid 1 of its namespace: {status}");
+    // Its view of the filesystem, from the host through /proc/PID/root.
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    assert!(!root.join("etc/shadow").exists() && !root.join("etc").exists(), "/etc is reachable");
+    assert!(!root.join("usr").exists(), "the native backend needs no /usr");
+    assert!(root.join(run_dir.strip_prefix("/").unwrap()).join(CONSOLE_LOG).is_file());
+    assert!(root.join(kernel.strip_prefix("/").unwrap()).is_file());
+    let mut top: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    let first = run_dir.components().nth(1).unwrap().as_os_str().to_string_lossy().into_owned();
+    let mut want = vec!["dev".to_string(), "proc".into(), first];
+    want.sort();
+    want.dedup();
+    assert_eq!(top, want, "the launcher's / holds more than its files");
+    let mut dev: Vec<String> = std::fs::read_dir(root.join("dev"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dev.sort();
+    assert_eq!(dev, ["kvm", "null", "random", "urandom", "zero"]);
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(root.join("dev/kvm")).unwrap().uid(), uids[0], "its own /dev/kvm node");
+    // Writing outside its binds fails: the root is read-only.
+    let run_meta = std::fs::metadata(run_dir).unwrap();
+    assert_eq!(run_meta.uid(), uids[0], "the run directory is handed over");
 }
 
 /// The launcher dies of a forbidden call made on a thread of `role`; returns what it recorded.
@@ -248,4 +312,82 @@ fn a_forbidden_call_on_a_control_thread_kills_the_launcher_too() {
     let (stderr, v, exit) = forbidden_call_on("control");
     assert_eq!((v.name.as_str(), v.role.as_str()), ("socket", "control"), "{stderr}");
     assert!(matches!(exit, MachineExit::Failed(m) if m.contains("socket")));
+}
+
+/// A network namespace made with `ip netns add`, deleted on drop.
+struct TestNetNs(String);
+
+impl TestNetNs {
+    fn new(tag: &str) -> Self {
+        let name = format!("vc-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip (iproute2) runs");
+        assert!(st.success(), "ip netns add {name}");
+        Self(name)
+    }
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for TestNetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn the_launcher_joins_the_network_namespace_it_is_given() {
+    let ns = TestNetNs::new("join");
+    let base = scratch("netns");
+    let run_dir = base.join("run");
+    let spec = tiny_spec(&base, "joined");
+    let stderr = base.join("launcher.err");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_virt-launcher"));
+    c.arg("--spec").arg(&spec).arg("--run-dir").arg(&run_dir).arg("--netns").arg(ns.path()).args([
+        "--backend",
+        "native",
+        "--trust-kvm",
+        "--grace-period",
+        "1",
+    ]);
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the control socket", Duration::from_secs(60), || {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("the launcher exited ({st}): {}", text(&stderr));
+        }
+        is_alive(&run_dir)
+    });
+    let pid: u32 = text(&run_dir.join(PID_FILE)).trim().parse().unwrap();
+    use std::os::unix::fs::MetadataExt as _;
+    let want = std::fs::metadata(ns.path()).unwrap().ino();
+    assert_eq!(netns::inode_of(pid).unwrap(), want, "the launcher is not in {}", ns.path().display());
+    let m = RemoteMachine::connect(&run_dir).unwrap();
+    m.stop().unwrap();
+    assert_eq!(m.wait(Some(Duration::from_secs(30))), Some(MachineExit::Stopped));
+    assert!(child.wait().unwrap().success(), "{}", text(&stderr));
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[test]
+fn a_network_namespace_that_does_not_exist_fails_the_launcher_naming_it() {
+    let base = scratch("nonetns");
+    let spec = tiny_spec(&base, "nowhere");
+    let out = Command::new(env!("CARGO_BIN_EXE_virt-launcher"))
+        .arg("--spec")
+        .arg(&spec)
+        .arg("--run-dir")
+        .arg(base.join("run"))
+        .args(["--netns", "/run/netns/vc-no-such-namespace", "--backend", "native", "--trust-kvm"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/run/netns/vc-no-such-namespace"), "{err}");
+    let _ = std::fs::remove_dir_all(base);
 }

@@ -160,7 +160,9 @@ fn a_supervised_qemu_machine_is_driven_over_its_sockets() {
     });
     assert!(launcher_running(&run_dir));
     let pid: u32 = text(&run_dir.join(PID_FILE)).trim().parse().unwrap();
-    assert_eq!(pid, reap.child.id());
+    // The process the node started is the keeper, outside the machine's pid namespace; the launcher
+    // proper is its child, pid 1 of its own (docs/confinement.md).
+    assert_eq!(children(reap.child.id()), vec![pid]);
 
     // A second launcher on the same run directory is refused at once, and harms nothing.
     let err2 = base.join("second.err");
@@ -186,6 +188,21 @@ fn a_supervised_qemu_machine_is_driven_over_its_sockets() {
     assert_eq!(field(&qst, "Seccomp:"), "2", "{qst}");
     assert_eq!(field(&qst, "NoNewPrivs:"), "1", "{qst}");
     assert_eq!(field(&qst, "CapEff:"), "0000000000000000", "{qst}");
+    // QEMU inherits the launcher's jail: its pid, mount and network namespaces, its unprivileged
+    // user, a view with /usr (read-only) and the machine's files, and no /etc/shadow.
+    let uid = field(&qst, "Uid:");
+    let uid: u32 = uid.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(uid >= virt_core::jail::user::DEFAULT_RANGE.first, "QEMU runs as uid {uid}");
+    let ns = |p: u32, k: &str| std::fs::read_link(format!("/proc/{p}/ns/{k}")).unwrap();
+    for k in ["pid", "mnt", "net"] {
+        assert_eq!(ns(qemu, k), ns(pid, k), "{k}");
+        assert_ne!(ns(qemu, k), ns(std::process::id(), k), "{k}");
+    }
+    let root = PathBuf::from(format!("/proc/{qemu}/root"));
+    assert!(
+        root.join("usr/bin").is_dir() && !root.join("etc/shadow").exists() && !root.join("home").exists()
+    );
+    assert!(root.join(a["KERNEL"].strip_prefix("/").unwrap()).is_file());
     let cmdline = std::fs::read_to_string(format!("/proc/{qemu}/cmdline")).unwrap().replace('\0', " ");
     assert!(cmdline.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny"), "{cmdline}");
     assert_eq!(m.backend(), "qemu");

@@ -15,9 +15,13 @@
 
 mod caps;
 pub mod cgroup;
+pub mod netns;
+pub mod pidns;
 mod report;
 pub mod roles;
+pub mod rootfs;
 pub mod syscalls;
+pub mod user;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,7 +33,11 @@ use seccompiler::{
 };
 
 pub use caps::{drop_capabilities, CapsError};
+pub use netns::{NetNs, NetNsError};
+pub use pidns::host_pid;
 pub use report::{read_violation, Violation, SECCOMP_FILE, VIOLATION_EXIT_CODE};
+pub use rootfs::{Access, RootfsError, View};
+pub use user::{Identity, UidRange, UserError};
 
 /// What a thread does, and so which system calls it may make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,6 +160,15 @@ pub enum JailError {
     /// [`enable`] was called twice.
     #[error("confinement is already enabled in this process")]
     AlreadyEnabled,
+    /// The network namespace could not be entered.
+    #[error("confinement: {0}")]
+    NetNs(#[from] NetNsError),
+    /// The machine's view of the filesystem could not be built.
+    #[error("confinement: {0}")]
+    Rootfs(#[from] RootfsError),
+    /// The machine's user could not be taken on.
+    #[error("confinement: {0}")]
+    User(#[from] UserError),
 }
 
 /// Called by the reporter thread with the violation, before the process ends (the launcher writes
@@ -171,6 +188,24 @@ pub struct JailOptions {
     /// (`socket(AF_INET)`), to prove the filter and the record end to end. The launcher sets it
     /// from `VIRT_JAIL_SELFTEST=<role>`.
     pub selftest: Option<Role>,
+    /// The network namespace to join (the pod network's, e.g. `/run/netns/<pod>`), before any
+    /// thread starts and so before any tap is opened. `None`: a fresh, empty namespace when
+    /// [`JailOptions::interfaces`] is false, else the node's (see [`netns`]).
+    pub netns: Option<PathBuf>,
+    /// The machine has NICs (decides what `netns: None` means).
+    pub interfaces: bool,
+    /// The machine's view of the filesystem (a mount namespace with only these files, entered
+    /// after the network namespace); `None`: the host's.
+    pub view: Option<View>,
+    /// The unprivileged user to become, after the view is built; `None`: stay as is.
+    pub identity: Option<Identity>,
+}
+
+impl JailOptions {
+    /// Where the machine's network lives under these options.
+    pub fn net_plan(&self) -> NetNs {
+        NetNs::plan(self.netns.as_deref(), self.interfaces)
+    }
 }
 
 struct State {
@@ -199,7 +234,9 @@ pub fn filter(role: Role) -> Result<BpfProgram, JailError> {
     BpfProgram::try_from(f).map_err(|e| build(e.into()))
 }
 
-/// Turns confinement on for this process: compiles every role's filter, installs the SIGSYS
+/// Turns confinement on for this process: enters the network namespace of [`JailOptions::net_plan`],
+/// the view of the filesystem and the user of the options (so call it before the process starts
+/// any thread), compiles every role's filter, installs the SIGSYS
 /// reporter and makes glibc's malloc stop probing the CPU count (a hidden `open` of
 /// `/sys/devices/system/cpu/online` when a thread first needs an arena). Call it before the machine
 /// starts; threads started afterwards confine themselves with [`enter`].
@@ -208,6 +245,13 @@ pub fn enable(opts: JailOptions) -> Result<(), JailError> {
         return Err(JailError::AlreadyEnabled);
     }
     let programs = Role::ALL.into_iter().map(filter).collect::<Result<Vec<_>, _>>()?;
+    netns::enter(&opts.net_plan())?;
+    if let Some(view) = &opts.view {
+        rootfs::enter(view)?;
+    }
+    if let Some(id) = &opts.identity {
+        user::switch(id)?;
+    }
     // SAFETY: mallopt only sets a malloc tunable; M_ARENA_MAX takes a positive count.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 8) };
     let keep_caps = opts.keep_caps.iter().filter(|&&c| c < 64).fold(0u64, |m, &c| m | 1 << c);

@@ -63,6 +63,46 @@ pub struct LauncherFacts {
     pub pid: u32,
     /// Its threads.
     pub threads: Vec<ThreadFacts>,
+    /// Its jail, as the host sees it (docs/confinement.md).
+    pub jail: JailFacts,
+}
+
+/// What the host sees of a launcher's jail.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JailFacts {
+    /// A mount namespace other than init's (`/proc/PID/ns/mnt` differs from `/proc/1/ns/mnt`).
+    pub own_mount_ns: bool,
+    /// A pid namespace other than init's.
+    pub own_pid_ns: bool,
+    /// Its real uid.
+    pub uid: u32,
+    /// `/etc/shadow` is in its view (`/proc/PID/root/etc/shadow` exists).
+    pub sees_shadow: bool,
+}
+
+impl JailFacts {
+    /// Reads the jail of `pid` from /proc.
+    pub fn of(pid: u32) -> JailFacts {
+        let ns = |p: &str, k: &str| std::fs::read_link(format!("/proc/{p}/ns/{k}")).ok();
+        let own = |k: &str| match (ns(&pid.to_string(), k), ns("1", k)) {
+            (Some(a), Some(b)) => a != b,
+            _ => false,
+        };
+        let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|v| v.split_whitespace().next().and_then(|u| u.parse().ok()))
+            })
+            .unwrap_or(0);
+        JailFacts {
+            own_mount_ns: own("mnt"),
+            own_pid_ns: own("pid"),
+            uid,
+            sees_shadow: Path::new(&format!("/proc/{pid}/root/etc/shadow")).exists(),
+        }
+    }
 }
 
 /// Everything the project's rules evaluate.
@@ -123,7 +163,7 @@ fn launchers(state_dir: &Path) -> Vec<LauncherFacts> {
         let Ok(pid) = pid.trim().parse::<u32>() else { continue };
         let threads = threads_of(pid);
         if !threads.is_empty() {
-            out.push(LauncherFacts { pid, threads });
+            out.push(LauncherFacts { pid, threads, jail: JailFacts::of(pid) });
         }
     }
     out

@@ -65,6 +65,13 @@ const RULES: &[Rule] = &[
         eval: launchers_confined,
     },
     Rule {
+        id: "virt-node-launchers-jailed",
+        title: "Every launcher runs in its own mount and pid namespaces, sees only its machine's files and runs as an unprivileged user",
+        severity: "medium",
+        remediation: "run launchers as root without --no-confine, --no-namespaces or --stay-root, so they jail themselves; a launcher stays root only for taps opened by name (hand it the pod network's namespace or tap descriptors); see docs/confinement.md",
+        eval: launchers_jailed,
+    },
+    Rule {
         id: "virt-node-requests-audited",
         title: "Requests that change or reach into VMs are audited (who, what, when, result)",
         severity: "medium",
@@ -189,6 +196,42 @@ fn imports_limited(f: &NodeFacts) -> (Status, String) {
     }
 }
 
+fn launchers_jailed(f: &NodeFacts) -> (Status, String) {
+    if f.launchers.is_empty() {
+        return (Status::NotApplicable, "no launcher is running".into());
+    }
+    let mut loose = Vec::new();
+    for l in &f.launchers {
+        let j = &l.jail;
+        let mut why = Vec::new();
+        if !j.own_mount_ns {
+            why.push("the host's mount namespace".to_string());
+        }
+        if !j.own_pid_ns {
+            why.push("the host's pid namespace".to_string());
+        }
+        if j.sees_shadow {
+            why.push("/etc/shadow in view".to_string());
+        }
+        if j.uid == 0 {
+            why.push("uid 0".to_string());
+        }
+        if !why.is_empty() {
+            loose.push(format!("{} ({})", l.pid, why.join(", ")));
+        }
+    }
+    if loose.is_empty() {
+        (
+            Status::Pass,
+            format!("{} launchers, each in its own namespaces under its own uid", f.launchers.len()),
+        )
+    } else {
+        let n = loose.len();
+        loose.truncate(5);
+        (Status::Fail, format!("{n} of {} launchers not jailed: {}", f.launchers.len(), loose.join("; ")))
+    }
+}
+
 fn launchers_confined(f: &NodeFacts) -> (Status, String) {
     if f.launchers.is_empty() {
         return (Status::NotApplicable, "no launcher is running".into());
@@ -228,7 +271,7 @@ fn audited(f: &NodeFacts) -> (Status, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::facts::{EffectiveConfig, LauncherFacts, ThreadFacts};
+    use super::super::facts::{EffectiveConfig, JailFacts, LauncherFacts, ThreadFacts};
     use super::*;
 
     fn facts(config: EffectiveConfig) -> NodeFacts {
@@ -273,6 +316,7 @@ mod tests {
                 ThreadFacts { tid: 7, name: "virt-launcher".into(), seccomp: 2, cap_eff: 0 },
                 ThreadFacts { tid: 8, name: "vcpu0".into(), seccomp: 0, cap_eff: 0x1ff },
             ],
+            jail: JailFacts { own_mount_ns: false, own_pid_ns: true, uid: 0, sees_shadow: true },
         }];
         let r = evaluate(&bad);
         for id in ids() {
@@ -282,6 +326,11 @@ mod tests {
         assert_eq!(
             confined.as_deref(),
             Some("1 of 2 launcher threads unconfined: 7/8 \"vcpu0\" (seccomp 0, CapEff 1ff)")
+        );
+        let jailed = r.iter().find(|r| r.id == "virt-node-launchers-jailed").map(|r| r.detail.clone());
+        assert_eq!(
+            jailed.as_deref(),
+            Some("1 of 1 launchers not jailed: 7 (the host's mount namespace, /etc/shadow in view, uid 0)")
         );
         // hostDisk under a dedicated directory is fine.
         let mut ok = good;

@@ -213,7 +213,7 @@ pub(super) fn status_reply(shared: &Shared) -> StatusReply {
         status: m.status(),
         accelerator: m.accelerator(),
         backend: shared.info.backend.clone(),
-        pid: std::process::id(),
+        pid: crate::jail::host_pid(),
         vnc_address: m.vnc_address(),
     }
 }

@@ -199,7 +199,7 @@ impl Supervisor {
                 Err(e) => return Err(io(format!("remove the stale {stale}"))(e)),
             }
         }
-        write_atomic(&run_dir.join(PID_FILE), format!("{}\n", std::process::id()).as_bytes())
+        write_atomic(&run_dir.join(PID_FILE), format!("{}\n", crate::jail::host_pid()).as_bytes())
             .map_err(io(format!("write {PID_FILE}")))?;
         let log = OpenOptions::new()
             .create(true)

@@ -1,0 +1,153 @@
+//! What the launcher's jail holds for one machine (docs/confinement.md): the view of the filesystem
+//! (only the machine's files, its run directory and the device nodes it opens; for QEMU and swtpm
+//! also `/usr` and the loader's cache) and the unprivileged user it runs as, with the reason when it
+//! must stay root. Wiring only: the mechanisms are `virt_core::jail`.
+
+use std::path::{Path, PathBuf};
+
+use virt_core::jail::user::{self, UidRange};
+use virt_core::jail::{Access, Identity, View};
+use virt_core::machine::{BootSpec, InterfaceBackend, MachineSpec};
+
+/// Where in the run directory the jail's root is mounted (in the launcher's namespace only).
+pub const STAGING: &str = ".root";
+
+/// Device nodes every jail has (std's `Stdio::null`, randomness).
+const BASIC_DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"];
+
+/// What QEMU and swtpm need to run: their binaries, libraries, firmware and the loader's cache.
+const PROGRAM_TREES: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc/ld.so.cache"];
+
+/// The view for `spec` on `backend`, with its run directory and (native) kernel cache.
+pub fn view(spec: &MachineSpec, backend: &str, run_dir: &Path, kernel_cache: Option<&Path>) -> View {
+    let mut v = View { staging: run_dir.join(STAGING), binds: Vec::new(), proc: true, device_owner: None };
+    for d in BASIC_DEVICES {
+        if Path::new(d).exists() {
+            v.add(*d, Access::Device);
+        }
+    }
+    if Path::new("/dev/kvm").exists() {
+        v.add("/dev/kvm", Access::Device);
+    }
+    if backend != "native" {
+        for p in PROGRAM_TREES {
+            if Path::new(p).exists() {
+                v.add(*p, Access::ReadExec);
+            }
+        }
+    }
+    if spec.interfaces.iter().any(|i| matches!(i.backend, InterfaceBackend::Tap { .. })) {
+        for d in ["/dev/net/tun", "/dev/vhost-net"] {
+            if Path::new(d).exists() {
+                v.add(d, Access::Device);
+            }
+        }
+    }
+    v.add(run_dir, Access::ReadWrite);
+    for (p, a) in machine_files(spec) {
+        v.add(p, a);
+    }
+    if let Some(c) = kernel_cache.filter(|c| c.is_dir()) {
+        // Prepared before the jail: the machine only reads the cached kernel.
+        v.add(c, Access::ReadOnly);
+    }
+    v
+}
+
+/// The files of the spec itself: kernel, initramfs, disks, EFI variables, a TPM's state.
+fn machine_files(spec: &MachineSpec) -> Vec<(PathBuf, Access)> {
+    let mut f = Vec::new();
+    match &spec.boot {
+        BootSpec::Kernel { kernel, initramfs, .. } => {
+            f.push((kernel.clone(), Access::ReadOnly));
+            if let Some(i) = initramfs {
+                f.push((i.clone(), Access::ReadOnly));
+            }
+        }
+        BootSpec::Efi { vars: Some(v), .. } => f.push((v.clone(), Access::ReadWrite)),
+        BootSpec::Efi { vars: None, .. } | BootSpec::Bios => {}
+    }
+    for d in &spec.disks {
+        let ro = d.read_only || d.cdrom;
+        f.push((d.path.clone(), if ro { Access::ReadOnly } else { Access::ReadWrite }));
+    }
+    if let Some(t) = &spec.tpm {
+        f.push((t.state_dir.clone(), Access::ReadWrite));
+    }
+    f
+}
+
+/// The user the machine runs as, or why it stays root: taps opened by name need `CAP_NET_ADMIN`,
+/// and a read-only file nobody else may read can only be opened by root.
+pub fn identity(spec: &MachineSpec, view: &View, range: UidRange, host_pid: u32) -> Result<Identity, String> {
+    if spec.interfaces.iter().any(|i| matches!(i.backend, InterfaceBackend::Tap { .. })) {
+        return Err("a tap opened by name needs CAP_NET_ADMIN".into());
+    }
+    let uid = range.pick(host_pid);
+    for b in &view.binds {
+        if matches!(b.access, Access::ReadOnly | Access::ReadExec) && !user::world_readable(&b.path) {
+            return Err(format!("{} is not readable by others", b.path.display()));
+        }
+    }
+    Ok(Identity { uid, gid: uid, groups: Vec::new() })
+}
+
+/// Gives the machine's user what it writes: the run directory and the writable binds.
+pub fn hand_over(id: &Identity, view: &View) -> Result<(), String> {
+    for b in view.binds.iter().filter(|b| b.access == Access::ReadWrite) {
+        user::chown_for(id, &b.path).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virt_core::machine::{ClockSpec, CpuSpec, DiskBus, DiskFormat, DiskSpec};
+
+    fn spec() -> MachineSpec {
+        MachineSpec {
+            name: "t".into(),
+            cpu: CpuSpec::default(),
+            memory_mib: 32,
+            boot: BootSpec::Kernel { kernel: "/k/vmlinux".into(), initramfs: None, cmdline: String::new() },
+            disks: vec![DiskSpec {
+                name: "root".into(),
+                path: "/d/root.img".into(),
+                format: DiskFormat::Raw,
+                bus: DiskBus::Virtio,
+                cdrom: false,
+                read_only: false,
+                boot_order: None,
+                serial: None,
+            }],
+            acpi: true,
+            smm: false,
+            hyperv: vec![],
+            clock: ClockSpec::default(),
+            tpm: None,
+            graphics: false,
+            machine_type: None,
+            accel: Default::default(),
+            interfaces: vec![],
+        }
+    }
+
+    #[test]
+    fn the_native_view_holds_the_machine_files_and_no_program_tree() {
+        let v = view(&spec(), "native", Path::new("/run/vm"), None);
+        let has = |p: &str, a| v.binds.iter().any(|b| b.path == Path::new(p) && b.access == a);
+        assert!(has("/k/vmlinux", Access::ReadOnly));
+        assert!(has("/d/root.img", Access::ReadWrite));
+        assert!(has("/run/vm", Access::ReadWrite));
+        assert!(!v.binds.iter().any(|b| b.path == Path::new("/usr")));
+        assert!(!v.binds.iter().any(|b| b.path.starts_with("/etc")));
+        assert_eq!(v.staging, Path::new("/run/vm/.root"));
+    }
+
+    #[test]
+    fn qemu_gets_usr_read_only_and_executable() {
+        let v = view(&spec(), "qemu", Path::new("/run/vm"), None);
+        assert!(v.binds.iter().any(|b| b.path == Path::new("/usr") && b.access == Access::ReadExec));
+    }
+}

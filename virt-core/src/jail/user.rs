@@ -1,0 +1,174 @@
+//! The machine's own unprivileged user: a uid (and a gid of the same number) taken from a range
+//! the node sets aside, one per launcher, so a machine broken out of its guest owns nothing but its
+//! own files. The files it writes (its run directory, its writable disks, a TPM's state) are
+//! chowned to it while the process is still root; the device nodes it opens are its own nodes in
+//! the jail (`rootfs::Access::Device`). Switching is done before any thread starts (`setresuid`
+//! is per thread in the kernel), and drops every capability with it.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+/// The default range of launcher uids: high enough not to meet a real account or a container
+/// runtime's default subordinate ids (100000-165535).
+pub const DEFAULT_RANGE: UidRange = UidRange { first: 2_000_000_000, count: 65_536 };
+
+/// A range of uids for launchers (`FIRST-LAST` on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UidRange {
+    /// The first uid.
+    pub first: u32,
+    /// How many.
+    pub count: u32,
+}
+
+/// Why a range does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("uid range {input:?}: {why} (expected FIRST-LAST, e.g. 2000000000-2000065535, with FIRST > 0)")]
+pub struct UidRangeError {
+    /// The text given.
+    pub input: String,
+    /// What is wrong.
+    pub why: &'static str,
+}
+
+impl std::str::FromStr for UidRange {
+    type Err = UidRangeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why| UidRangeError { input: s.to_string(), why };
+        let (a, b) = s.split_once('-').ok_or_else(|| err("no `-`"))?;
+        let first: u32 = a.trim().parse().map_err(|_| err("FIRST is not a number"))?;
+        let last: u32 = b.trim().parse().map_err(|_| err("LAST is not a number"))?;
+        if first == 0 {
+            return Err(err("uid 0 is root"));
+        }
+        if last < first || last == u32::MAX {
+            return Err(err("LAST must be at least FIRST and below 4294967295"));
+        }
+        Ok(UidRange { first, count: last - first + 1 })
+    }
+}
+
+impl UidRange {
+    /// The uid of the launcher whose host pid is `pid` (pids of live processes differ, so two
+    /// running launchers get different uids while the range is at least the host's `pid_max`).
+    pub fn pick(&self, pid: u32) -> u32 {
+        self.first + pid % self.count.max(1)
+    }
+}
+
+/// Who the machine runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The uid.
+    pub uid: u32,
+    /// The primary gid.
+    pub gid: u32,
+    /// Supplementary groups (none for a launcher).
+    pub groups: Vec<u32>,
+}
+
+/// Why the switch failed; each names the call or the path.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// A file could not be given to the machine's user.
+    #[error("chown {path} to {uid}:{gid}: {source}")]
+    Chown {
+        /// The file.
+        path: PathBuf,
+        /// The uid.
+        uid: u32,
+        /// The gid.
+        gid: u32,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A credential call failed.
+    #[error("switch to uid {uid}: {op}: {source}")]
+    Switch {
+        /// The uid.
+        uid: u32,
+        /// The call.
+        op: &'static str,
+        /// The kernel's error.
+        source: std::io::Error,
+    },
+}
+
+/// Gives `path` (and, for a directory, what is directly in it) to `id` (not following links).
+pub fn chown_for(id: &Identity, path: &Path) -> Result<(), UserError> {
+    let one = |p: &Path| -> Result<(), UserError> {
+        let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| UserError::Chown {
+            path: p.to_path_buf(),
+            uid: id.uid,
+            gid: id.gid,
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+        // SAFETY: lchown of a NUL-terminated path with plain ids.
+        if unsafe { libc::lchown(c.as_ptr(), id.uid, id.gid) } != 0 {
+            return Err(UserError::Chown {
+                path: p.to_path_buf(),
+                uid: id.uid,
+                gid: id.gid,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    };
+    one(path)?;
+    if path.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        if let Ok(rd) = std::fs::read_dir(path) {
+            for e in rd.flatten() {
+                one(&e.path())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether anyone may read `path` (and enter it, for a directory): a read-only file the machine's
+/// user can open without owning it.
+pub fn world_readable(path: &Path) -> bool {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => m.mode() & 0o005 == 0o005,
+        Ok(m) => m.mode() & 0o004 != 0,
+        Err(_) => false,
+    }
+}
+
+/// Becomes `id` for good (real, effective and saved ids), which clears every capability. The
+/// process must be single-threaded.
+pub fn switch(id: &Identity) -> Result<(), UserError> {
+    let err = |op| UserError::Switch { uid: id.uid, op, source: std::io::Error::last_os_error() };
+    // SAFETY: setgroups reads `groups.len()` gids from a valid slice.
+    if unsafe { libc::setgroups(id.groups.len(), id.groups.as_ptr()) } != 0 {
+        return Err(err("setgroups"));
+    }
+    // SAFETY: plain ids.
+    if unsafe { libc::setresgid(id.gid, id.gid, id.gid) } != 0 {
+        return Err(err("setresgid"));
+    }
+    // SAFETY: plain ids.
+    if unsafe { libc::setresuid(id.uid, id.uid, id.uid) } != 0 {
+        return Err(err("setresuid"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_refuse_root() {
+        assert_eq!("100-199".parse::<UidRange>().unwrap(), UidRange { first: 100, count: 100 });
+        assert!("0-10".parse::<UidRange>().unwrap_err().to_string().contains("root"));
+        assert!("20-10".parse::<UidRange>().is_err());
+        assert!("abc".parse::<UidRange>().unwrap_err().to_string().contains("\"abc\""));
+        let r = UidRange { first: 1000, count: 10 };
+        assert_eq!(r.pick(3), 1003);
+        assert_eq!(r.pick(13), 1003);
+        assert!(DEFAULT_RANGE.pick(u32::MAX) >= DEFAULT_RANGE.first);
+    }
+}
