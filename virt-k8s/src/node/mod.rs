@@ -11,8 +11,10 @@ pub mod audit;
 pub mod auth;
 pub mod cdi;
 pub mod cdi_api;
+pub mod core_objects;
 pub mod kube;
 pub mod runtime;
+pub mod seed;
 pub mod store;
 pub mod tls;
 
@@ -159,6 +161,7 @@ pub struct Node {
     lifecycle: Arc<Lifecycle>,
     runtime: Arc<LauncherRuntime>,
     cdi: Arc<cdi::Cdi>,
+    objects: Arc<core_objects::CoreObjects>,
     _lock: std::fs::File,
 }
 
@@ -224,12 +227,17 @@ impl Node {
             ..LifecycleOptions::default()
         };
         opts.support.host_disk_dirs = host_disk_dirs;
-        let lifecycle = Arc::new(Lifecycle::new(store, runtime.clone(), opts)?);
+        let lifecycle = Arc::new(Lifecycle::new(store.clone(), runtime.clone(), opts)?);
         cdi.attach(lifecycle.clone());
+        // Secrets and ConfigMaps: cloud-init and accessCredentials (launches), secretRef and
+        // certConfigMap (imports).
+        let objects = Arc::new(core_objects::CoreObjects::new(store, lifecycle.clone()));
+        cdi.set_objects(objects.clone());
+        runtime.set_objects(objects.clone());
         let audit_path = cfg.state_dir.join("audit.log");
         let audit = audit::AuditLog::open(&audit_path).map_err(io("opening the audit log", &audit_path))?;
         write_effective(&cfg, audit.path())?;
-        Ok(Self { cfg, users: Arc::new(users), audit, lifecycle, runtime, cdi, _lock: lock })
+        Ok(Self { cfg, users: Arc::new(users), audit, lifecycle, runtime, cdi, objects, _lock: lock })
     }
 
     /// The lifecycle (for embedders that add their own API).
@@ -283,7 +291,8 @@ impl Node {
                 .spawn(move || cdi.run(&stop))
                 .map_err(io("starting the CDI controller for", &self.cfg.state_dir))?
         };
-        let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone());
+        let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone())
+            .merge(core_objects::router(self.objects.clone()));
         let state = api::ApiState { lifecycle: self.lifecycle.clone(), runtime: self.runtime.clone() };
         let result = rt.block_on(async {
             if let Some(dir) = self.cfg.socket.parent() {
