@@ -7,7 +7,12 @@
    started by `virt-launcher --spec` directly (no node), until its control socket reports Running.
 2. Daemon memory per defined VM: RSS of `virt-node` with 1,000 VMs defined (Halted) minus RSS with
    none, divided by 1,000; also how long the 1,000 creates took and how long a restarted daemon takes
-   to load them.
+   to load them, and the creates' rate through the API (requests per second, one client).
+3. Watch event latency: a `?watch=true` stream on the VMs is open; a VM is created (or its labels
+   replaced) and the time from the request's send until its event line arrives on the stream
+   (the event follows the store's change log, woken by each durable write). Median and p99 of N.
+   Peer, the same run: the create's own round trip (the event cannot come before the write is
+   durable).
 
 usage: bench/node.py [--runs N] [--vms N]   (builds release binaries; needs the local registry)
 """
@@ -26,7 +31,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-BIN = os.path.join(TARGET, "release")
+# BENCH_PROFILE=debug measures the debug binaries (a quick look; figures to publish are release).
+PROFILE = os.environ.get("BENCH_PROFILE", "release")
+BIN = os.path.join(TARGET, PROFILE)
 
 
 class UnixHTTP(http.client.HTTPConnection):
@@ -192,17 +199,72 @@ def bench_memory(n, registry, image):
         shutil.rmtree(state, ignore_errors=True)
 
 
+def bench_watch(n, registry, image):
+    state = tempfile.mkdtemp(prefix="vnw", dir="/tmp")
+    node, sock, _ = start_node(state, registry)
+    try:
+        w = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        w.connect(sock)
+        w.sendall(b"GET /apis/kubevirt.io/v1/namespaces/default/virtualmachines?watch=true&resourceVersion=1 "
+                  b"HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += w.recv(65536)
+        buf = buf.split(b"\r\n\r\n", 1)[1]
+
+        def next_event(name):
+            nonlocal buf
+            while True:
+                # chunked encoding: events are JSON lines; find our VM's.
+                for line in buf.split(b"\n"):
+                    if f'"name":"{name}"'.encode() in line:
+                        buf = b""
+                        return time.perf_counter()
+                buf += w.recv(65536)
+
+        lat, rtt = [], []
+        for i in range(n):
+            name = f"w-{i:04d}"
+            t0 = time.perf_counter()
+            st, body = call(sock, "POST", "/apis/kubevirt.io/v1/namespaces/default/virtualmachines",
+                            json.dumps(vm(name, image)))
+            t1 = time.perf_counter()
+            assert st == 201, body
+            t2 = next_event(name)
+            lat.append(t2 - t0)
+            rtt.append(t1 - t0)
+        w.close()
+        return lat, rtt
+    finally:
+        node.kill()
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--vms", type=int, default=1000)
+    ap.add_argument("--watch-events", type=int, default=100)
+    ap.add_argument("--only", choices=["start", "memory", "watch"], help="run one part")
     a = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "virt-node", "-p", "virt-launcher", "-p", "virtctl"],
-                   cwd=ROOT, check=True)
+    if os.environ.get("BENCH_BUILD", "1") != "0":  # BENCH_BUILD=0: binaries already built
+        subprocess.run(["cargo", "build", "-q", "-p", "virt-node", "-p", "virt-launcher", "-p", "virtctl"]
+                       + (["--release"] if PROFILE == "release" else []), cwd=ROOT, check=True)
     registry = subprocess.run(["bash", os.path.join(ROOT, "scripts/local-registry.sh")], check=True,
                               capture_output=True, text=True).stdout.strip()
     image = f"{registry}/virt-rs/demo-kernel:latest"
 
+    med = statistics.median
+    if a.only in (None, "watch"):
+        lat, rtt = bench_watch(a.watch_events, registry, image)
+        lat.sort()
+        print(f"watch event latency (create sent -> ADDED line read), median of {a.watch_events}: "
+              f"{med(lat)*1000:.2f} ms, p99 {lat[int(len(lat)*0.99)-1]*1000:.2f} ms")
+        print(f"  peer: the create's own round trip (fsynced): {med(rtt)*1000:.2f} ms")
+    if a.only in (None, "memory"):
+        bench_memory_report(a, registry, image)
+    if a.only not in (None, "start"):
+        return
     node_times, cli_times, state, node = bench_start(a.runs, registry, image)
     # The launcher alone, on the machine spec the node wrote for the last run (kept in the cache dir
     # of a fresh copy: the run directory itself is removed with the VMI).
@@ -232,7 +294,6 @@ def main():
     launcher_times = bench_launcher(a.runs, spec_copy)
     shutil.rmtree(state, ignore_errors=True)
 
-    med = statistics.median
     print(f"virtctl start -> VMI Running, median of {a.runs}: {med(node_times)*1000:.1f} ms "
           f"(virtctl itself returned after {med(cli_times)*1000:.1f} ms)")
     print(f"  peer: virt-launcher --spec alone -> Running: {med(launcher_times)*1000:.1f} ms")
@@ -240,11 +301,15 @@ def main():
     print(f"  all runs (node, ms): {[round(t*1000,1) for t in node_times]}")
     print(f"  all runs (launcher alone, ms): {[round(t*1000,1) for t in launcher_times]}")
 
+
+
+def bench_memory_report(a, registry, image):
     base, full, reloaded, create_s, load_s, db = bench_memory(a.vms, registry, image)
     print(f"daemon RSS: {base} KiB with no VMs, {full} KiB with {a.vms} VMs defined -> "
           f"{(full-base)/a.vms:.1f} KiB per VM; after a SIGKILL and restart: {reloaded} KiB")
-    print(f"  {a.vms} creates took {create_s:.2f} s ({create_s/a.vms*1000:.2f} ms each, fsynced); "
-          f"restart to serving: {load_s*1000:.0f} ms; store file {db/1024/1024:.1f} MiB")
+    print(f"  {a.vms} creates took {create_s:.2f} s ({create_s/a.vms*1000:.2f} ms each, fsynced, "
+          f"{a.vms/create_s:.0f} req/s); restart to serving: {load_s*1000:.0f} ms; "
+          f"store file {db/1024/1024:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 //! - label selectors, `patch --type json`;
 //! - an unknown field refused with its path (top level by kubectl's OpenAPI validation, nested by the
 //!   node's strict decoder);
-//! - `delete` of a running VM taking its VMI with it;
+//! - `delete` of a running VM taking its VMI with it, and of a VM taking the DataVolume its
+//!   `dataVolumeTemplates` made (ownerReferences, background propagation);
 //! - `virtctl` through the same kubeconfig: `apply`/`delete -f` of CDI's kinds.
 //!
 //! The VM that starts has one blank host disk (no guest OS: SeaBIOS finds nothing to boot), so its
@@ -306,4 +307,57 @@ fn debian_kubectl_drives_the_node_through_its_kubeconfig() {
         String::from_utf8_lossy(&gone.stderr).contains(r#"virtualmachines.kubevirt.io "blank" not found"#),
         "{gone:?}"
     );
+
+    // A VM's dataVolumeTemplates make DataVolumes it owns; deleting the VM deletes them.
+    let owner = state.path().join("owner.yaml");
+    std::fs::write(&owner, OWNER_VM).unwrap();
+    k.ok(&["apply", "-f", owner.to_str().unwrap()], &node);
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !done() {
+            assert!(t.elapsed() < Duration::from_secs(120), "{what}\n{}", node.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    until("the template's DataVolume was never made", &|| {
+        k.run(&["get", "dv", "owner-disk"]).status.success()
+    });
+    let dv = k.ok(&["get", "dv", "owner-disk", "-o", "yaml"], &node);
+    assert!(dv.contains("kind: VirtualMachine") && dv.contains("name: owner"), "{dv}");
+    k.ok(&["delete", "vm", "owner"], &node);
+    until("the owned DataVolume outlived its VM", &|| {
+        String::from_utf8_lossy(&k.run(&["get", "dv", "owner-disk"]).stderr).contains("NotFound")
+    });
 }
+
+const OWNER_VM: &str = "apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: owner
+spec:
+  runStrategy: Halted
+  dataVolumeTemplates:
+  - metadata:
+      name: owner-disk
+    spec:
+      source:
+        blank: {}
+      storage:
+        resources:
+          requests:
+            storage: 16Mi
+  template:
+    spec:
+      domain:
+        devices:
+          disks:
+          - name: root
+            disk:
+              bus: virtio
+        memory:
+          guest: 64Mi
+      volumes:
+      - name: root
+        dataVolume:
+          name: owner-disk
+";

@@ -15,11 +15,12 @@
 //! Layout, by responsibility: `store` (the [`Store`] seam and the lifecycle's writes: stored before
 //! visible), `objects` (namespaces, instancetypes, preferences), `api` (the VM and VMI requests),
 //! `controller` (the pass and its per-object error policy), `vm_controller` (run strategies),
-//! `vmi_controller` (launches and machines), `events`.
+//! `vmi_controller` (launches and machines), `gc` (propagation policies of deletions), `events`.
 
 mod api;
 mod controller;
 mod events;
+mod gc;
 mod objects;
 mod runtime;
 mod store;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use events::{Event, EventSource, ObjectReference};
+pub use gc::{Dependents, DependentsError, Propagation, FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
 pub use runtime::{BackendRuntime, ConsoleFactory, VolumeFilesFactory};
 pub use store::{MemStore, Store, StoreError, StoredObject};
 pub use watch::{Change, ChangeLog, ChangeType, WatchError, WatchEvent, Watcher};
@@ -280,6 +282,8 @@ pub struct Lifecycle {
     store: Arc<dyn Store>,
     runtime: Arc<dyn Runtime>,
     opts: LifecycleOptions,
+    /// Who keeps the other objects VMs own ([`Lifecycle::set_dependents`]).
+    dependents: Mutex<Option<std::sync::Weak<dyn Dependents>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -419,7 +423,14 @@ impl Lifecycle {
             st.event_seq = st.event_seq.max(seq);
         }
         st.catalog = build_catalog(&opts.catalog, &st.catalog_objects);
-        let lc = Self { state: Mutex::new(st), signal: Arc::new(Signal::default()), store, runtime, opts };
+        let lc = Self {
+            state: Mutex::new(st),
+            signal: Arc::new(Signal::default()),
+            store,
+            runtime,
+            opts,
+            dependents: Mutex::new(None),
+        };
         lc.reattach_all()?;
         Ok(lc)
     }

@@ -126,6 +126,11 @@ impl Lifecycle {
         self.store.changes().last()
     }
 
+    /// The store's change log, which the REST layer's watches follow.
+    pub fn changes(&self) -> &Arc<ChangeLog> {
+        self.store.changes()
+    }
+
     /// Watches every change the store records after resourceVersion `from` (every kind, in
     /// order); [`WatchError::Gone`] when the store no longer holds the changes since then.
     pub fn watch(&self, from: u64) -> Result<Watcher, WatchError> {

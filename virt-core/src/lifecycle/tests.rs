@@ -724,3 +724,6 @@ fn finalizers_hold_a_deleted_vm_until_they_are_removed() {
     assert!(lc.get_vm("default", "fin").is_err(), "gone once its finalizers are");
     assert!(store.load().unwrap().iter().all(|o| o.key.name != "fin"));
 }
+
+#[path = "gc_tests.rs"]
+mod gc;

@@ -1,6 +1,7 @@
 //! The VM controller: applies a VM's run strategy (the pure functions of [`super::strategy`]) to
 //! its instance, and writes the VM's status from it.
 
+use super::gc::owns;
 use super::*;
 
 pub(super) fn state_change_requests(vm: &VirtualMachine) -> Vec<StateChange> {
@@ -18,31 +19,26 @@ pub(super) fn state_change_requests(vm: &VirtualMachine) -> Vec<StateChange> {
 impl Lifecycle {
     /// Applies `key`'s run strategy until it rests, then writes its status.
     pub(super) fn sync_vm(&self, key: &Key) -> Result<(), LifecycleError> {
+        self.collect_vm(key)?;
         let mut st = lock(&self.state);
         for _ in 0..8 {
             let Some(vm) = st.vms.get(key) else { return Ok(()) };
             if st.deleting_vms.contains(key) {
-                match st.vmis.contains_key(key) {
-                    true if !st.deleting_vmis.contains_key(key) => {
-                        let g = st.vmis.get(key).map(grace_of).unwrap_or(0);
+                // Only the VM's own VMI goes with it (one orphaned by an earlier deletion stays).
+                let uid = vm.metadata.uid.clone().unwrap_or_default();
+                let orphaning = vm.metadata.finalizers.iter().any(|f| f == ORPHAN_FINALIZER);
+                let own = st.vmis.get(key).filter(|v| owns(&uid, v)).map(grace_of);
+                match own {
+                    Some(_) if orphaning => {}
+                    Some(g) if !st.deleting_vmis.contains_key(key) => {
                         self.delete_vmi_locked(&mut st, key, g)?;
                     }
-                    true => {}
-                    // Finalizers (other controllers' cleanup) hold the VM, deletionTimestamp
-                    // set, until they are removed (replace_vm).
-                    false if !vm.metadata.finalizers.is_empty() => {}
-                    false => {
-                        self.store.delete(Kind::VirtualMachine, key)?;
-                        st.vms.remove(key);
-                        st.backoff.remove(key);
-                        self.event_locked(
-                            &mut st,
-                            Kind::VirtualMachine,
-                            key,
-                            "Normal",
-                            "Deleted",
-                            "VirtualMachine deleted".into(),
-                        );
+                    Some(_) => {}
+                    // Finalizers (other controllers' cleanup, foregroundDeletion) hold the VM,
+                    // deletionTimestamp set, until they are removed (replace_vm, gc).
+                    None if !vm.metadata.finalizers.is_empty() => {}
+                    None => {
+                        self.remove_vm_locked(&mut st, key)?;
                         return Ok(());
                     }
                 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use virt_core::lifecycle::{Lifecycle, LifecycleError};
+use virt_core::lifecycle::{Lifecycle, LifecycleError, Propagation};
 use virt_core::machine::remote::RemoteError;
 use virt_core::model::{self, KubeVirtObject, VmiPhase};
 
@@ -271,9 +271,45 @@ async fn replace_vm(
     ok(StatusCode::OK, &out)
 }
 
-async fn delete_vm(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    let out = blocking(move || Ok(s.lifecycle.delete_vm(&ns, &name)?)).await?;
+async fn delete_vm(
+    State(s): State<ApiState>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let policy = propagation(query.as_deref(), &body)?;
+    let out = blocking(move || Ok(s.lifecycle.delete_vm_with(&ns, &name, policy)?)).await?;
     ok(StatusCode::OK, &out)
+}
+
+/// The propagation policy of a deletion: `?propagationPolicy=` or the DeleteOptions body's
+/// `propagationPolicy` (or its older `orphanDependents: true`); `None` when neither says.
+pub(crate) fn propagation(query: Option<&str>, body: &[u8]) -> Result<Option<Propagation>, ApiError> {
+    let from_query = query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "propagationPolicy")
+        .map(|(_, v)| v.to_string());
+    if let Some(v) = from_query {
+        return Ok(Some(Propagation::parse(&v, "propagationPolicy")?));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("DeleteOptions body: {e}")))?;
+    match v.get("propagationPolicy") {
+        Some(Value::String(p)) => Ok(Some(Propagation::parse(p, "propagationPolicy")?)),
+        Some(Value::Null) | None => {
+            Ok(v.get("orphanDependents").and_then(Value::as_bool).filter(|o| *o).map(|_| Propagation::Orphan))
+        }
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("propagationPolicy: {other} is not a string"),
+        )),
+    }
 }
 
 /// The grace period in a stop or restart body (`gracePeriod` of StopOptions, `gracePeriodSeconds`

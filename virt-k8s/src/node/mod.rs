@@ -234,6 +234,11 @@ impl Node {
         let objects = Arc::new(core_objects::CoreObjects::new(store, lifecycle.clone()));
         cdi.set_objects(objects.clone());
         runtime.set_objects(objects.clone());
+        // The DataVolumes VMs own, for deletions with a propagation policy (held weakly: the CDI
+        // controller holds the lifecycle).
+        let weak = Arc::downgrade(&cdi);
+        let dependents: std::sync::Weak<dyn virt_core::lifecycle::Dependents> = weak;
+        lifecycle.set_dependents(dependents);
         let audit_path = cfg.state_dir.join("audit.log");
         let audit = audit::AuditLog::open(&audit_path).map_err(io("opening the audit log", &audit_path))?;
         write_effective(&cfg, audit.path())?;
@@ -293,6 +298,7 @@ impl Node {
         };
         let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone())
             .merge(core_objects::router(self.objects.clone()));
+        let changes = self.lifecycle.changes().clone();
         let state = api::ApiState { lifecycle: self.lifecycle.clone(), runtime: self.runtime.clone() };
         let result = rt.block_on(async {
             if let Some(dir) = self.cfg.socket.parent() {
@@ -307,7 +313,7 @@ impl Node {
             {
                 let mut rx = tx.subscribe();
                 let app = self.audit.layer(
-                    kube::layer(api::router(state.clone()).merge(cdi_routes.clone())),
+                    kube::layer(api::router(state.clone()).merge(cdi_routes.clone()), Some(changes.clone())),
                     audit::Listener::Unix,
                 );
                 let app = virt_console::mount(app);
@@ -349,7 +355,7 @@ impl Node {
                 let app = self.audit.layer(
                     auth::layer(
                         self.users.clone(),
-                        kube::layer(api::router(state.clone()).merge(cdi_routes)),
+                        kube::layer(api::router(state.clone()).merge(cdi_routes), Some(changes.clone())),
                     ),
                     audit::Listener::Tcp,
                 );

@@ -54,6 +54,7 @@ use super::store::RedbStore;
 
 mod controller;
 mod crons;
+mod gc;
 mod requests;
 mod snapshots;
 mod upload;

@@ -13,6 +13,8 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
+use virt_core::lifecycle::watch::Journal;
+use virt_core::lifecycle::Key;
 
 type Objects = Arc<Mutex<BTreeMap<String, Value>>>;
 
@@ -67,7 +69,7 @@ fn setup() -> (Objects, Router) {
     let objects: Objects = Arc::new(Mutex::new(BTreeMap::new()));
     objects.lock().unwrap().insert("a".into(), vm("a", 1, json!({ "app": "web" })));
     objects.lock().unwrap().insert("b".into(), vm("b", 2, json!({ "app": "db" })));
-    (objects.clone(), super::layer(inner(objects)))
+    (objects.clone(), super::layer(inner(objects), None))
 }
 
 async fn call(app: &Router, req: Request<Body>) -> (StatusCode, Value) {
@@ -201,4 +203,94 @@ impl Lines {
             self.buf.extend_from_slice(&frame.into_data().unwrap());
         }
     }
+}
+
+/// Writes `vm` to the routes' objects and the store's journal, as a store write does.
+fn store_put(objects: &Objects, journal: &Journal, mut v: Value) {
+    let name = v["metadata"]["name"].as_str().unwrap().to_string();
+    let key = Key::new("default", &name);
+    let rv = journal
+        .put("VirtualMachine", &key, v.clone(), |_, _| Ok::<_, std::convert::Infallible>(false))
+        .unwrap();
+    v["metadata"]["resourceVersion"] = json!(rv.to_string());
+    objects.lock().unwrap().insert(name, v);
+}
+
+#[tokio::test]
+async fn a_watch_of_a_stored_kind_follows_the_change_log() {
+    let objects: Objects = Arc::new(Mutex::new(BTreeMap::new()));
+    let journal = Journal::new(0, 3);
+    store_put(&objects, &journal, vm("a", 0, json!({ "app": "web" })));
+    let app = super::layer(inner(objects.clone()), Some(journal.log().clone()));
+    // The list is as of the store's resourceVersion.
+    let (_, list) = call(&app, get_req(VMS, "application/json")).await;
+    assert_eq!(list["metadata"]["resourceVersion"], "1");
+
+    let resp = app
+        .clone()
+        .oneshot(get_req(&format!("{VMS}?watch=true&labelSelector=app%3Dweb"), "application/json"))
+        .await
+        .unwrap();
+    let mut lines = Lines { body: resp.into_body(), buf: Vec::new() };
+    let first = lines.next().await;
+    assert_eq!(
+        (first["type"].as_str(), first["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("a"))
+    );
+    // A change of another label is not shown; one that matches is, at once, with its resourceVersion.
+    store_put(&objects, &journal, vm("b", 0, json!({ "app": "db" })));
+    store_put(&objects, &journal, vm("c", 0, json!({ "app": "web" })));
+    let added = lines.next().await;
+    assert_eq!(
+        (added["type"].as_str(), added["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("c"))
+    );
+    assert_eq!(added["object"]["metadata"]["resourceVersion"], "3");
+    // "a" stops matching: DELETED for this watch.
+    store_put(&objects, &journal, vm("a", 0, json!({ "app": "other" })));
+    let left = lines.next().await;
+    assert_eq!(
+        (left["type"].as_str(), left["object"]["metadata"]["name"].as_str()),
+        (Some("DELETED"), Some("a"))
+    );
+
+    // The log keeps 3 changes: after 5 writes a watch from resourceVersion 1 is 410 Gone.
+    store_put(&objects, &journal, vm("d", 0, json!({})));
+    let resp = app
+        .clone()
+        .oneshot(get_req(&format!("{VMS}?watch=true&resourceVersion=0"), "application/json"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "from 0: a list, then a watch from now");
+    drop(resp);
+    let (code, status) = call(
+        &app,
+        get_req(&format!("{VMS}?watch=true&resourceVersion=1&timeoutSeconds=1"), "application/json"),
+    )
+    .await;
+    assert_eq!(
+        (code, status["reason"].as_str(), status["code"].as_i64()),
+        (StatusCode::GONE, Some("Expired"), Some(410))
+    );
+}
+
+#[tokio::test]
+async fn bookmarks_come_when_asked_for() {
+    let objects: Objects = Arc::new(Mutex::new(BTreeMap::new()));
+    let journal = Journal::new(0, 16);
+    store_put(&objects, &journal, vm("a", 0, json!({})));
+    let app = super::layer(inner(objects.clone()), Some(journal.log().clone()));
+    let resp = app
+        .oneshot(get_req(
+            &format!("{VMS}?watch=true&resourceVersion=1&allowWatchBookmarks=true"),
+            "application/json",
+        ))
+        .await
+        .unwrap();
+    let mut lines = Lines { body: resp.into_body(), buf: Vec::new() };
+    let b = lines.next().await;
+    assert_eq!(
+        (b["type"].as_str(), b["object"]["metadata"]["resourceVersion"].as_str()),
+        (Some("BOOKMARK"), Some("1"))
+    );
 }

@@ -12,6 +12,8 @@ pub mod select;
 pub mod table;
 mod watch;
 
+use std::sync::Arc;
+
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -19,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::Value;
 use tower::ServiceExt;
+use virt_core::lifecycle::ChangeLog;
 
 use crate::registry::{self, Resource};
 
@@ -80,6 +83,7 @@ struct Query {
     include_object: Option<String>,
     timeout_seconds: Option<u64>,
     dry_run: bool,
+    bookmarks: bool,
 }
 
 fn decode_component(s: &str) -> String {
@@ -116,6 +120,7 @@ impl Query {
                 "includeObject" => out.include_object = Some(v),
                 "timeoutSeconds" => out.timeout_seconds = v.parse().ok(),
                 "dryRun" => out.dry_run = !v.is_empty(),
+                "allowWatchBookmarks" => out.bookmarks = v == "true" || v == "1",
                 _ => {}
             }
         }
@@ -123,16 +128,17 @@ impl Query {
     }
 }
 
-/// The node's routes behind the Kubernetes layer.
-pub fn layer(inner: Router) -> Router {
-    Router::new().fallback(move |req: Request| handle(inner.clone(), req))
+/// The node's routes behind the Kubernetes layer; watches of the kinds the store holds follow
+/// `changes`, the store's change log (without it, every watch compares snapshots).
+pub fn layer(inner: Router, changes: Option<Arc<ChangeLog>>) -> Router {
+    Router::new().fallback(move |req: Request| handle(inner.clone(), changes.clone(), req))
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, Json(v)).into_response()
 }
 
-async fn handle(inner: Router, req: Request) -> Response {
+async fn handle(inner: Router, changes: Option<Arc<ChangeLog>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     if req.method() == Method::GET {
@@ -164,17 +170,19 @@ async fn handle(inner: Router, req: Request) -> Response {
                     Err(e) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
                 };
             if query.watch {
-                return watch::serve(
-                    inner,
+                let req = watch::Request {
                     target,
                     selector,
-                    query.resource_version,
+                    from: query.resource_version,
                     table,
-                    query.timeout_seconds,
-                )
-                .await;
+                    timeout_seconds: query.timeout_seconds,
+                    bookmarks: query.bookmarks,
+                };
+                return watch::serve(inner, changes, req).await;
             }
-            list(inner, &target, &selector, table).await
+            // Read before the list: a watch from it sees whatever the list might have missed.
+            let store_rv = changes.filter(|_| watch::stored(target.resource.kind)).map(|c| c.last());
+            list(inner, &target, &selector, table, store_rv).await
         }
         (Method::GET, Some(_), None) => get_one(inner, req, &target, table).await,
         (Method::PATCH, Some(_), None) => {
@@ -300,7 +308,13 @@ pub(crate) fn resource_version(o: &Value) -> u64 {
     o.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
-async fn list(inner: Router, target: &Target, selector: &Selector, table: Option<Include>) -> Response {
+async fn list(
+    inner: Router,
+    target: &Target,
+    selector: &Selector,
+    table: Option<Include>,
+    store_rv: Option<u64>,
+) -> Response {
     let path = target.resource.collection_path(target.namespace.as_deref());
     let (code, mut body) = match get_json(&inner, &path).await {
         Ok(x) => x,
@@ -314,12 +328,12 @@ async fn list(inner: Router, target: &Target, selector: &Selector, table: Option
         _ => Vec::new(),
     };
     items.retain(|o| selector.matches(o));
-    let rv = items.iter().map(resource_version).max().unwrap_or(0).to_string();
+    let rv = store_rv.unwrap_or_else(|| items.iter().map(resource_version).max().unwrap_or(0)).to_string();
     if let Some(include) = table {
         return json_response(StatusCode::OK, &table::table(target.resource, &items, &rv, include));
     }
     body["items"] = Value::Array(items);
-    if body.get("metadata").and_then(|m| m.get("resourceVersion")).is_none() {
+    if store_rv.is_some() || body.get("metadata").and_then(|m| m.get("resourceVersion")).is_none() {
         body["metadata"] = serde_json::json!({ "resourceVersion": rv });
     }
     json_response(StatusCode::OK, &body)
