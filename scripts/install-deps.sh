@@ -5,15 +5,25 @@
 # qemu-system-x86 must match the machine's qemu-utils, which comes from bookworm-backports, so the
 # backports suite is added next to the machine's configured Debian archive (its address is read from
 # the existing apt sources, never written here).
+#
+#   --cloud-image   also the tools scripts/cloud-image.sh builds the Debian cloud image with (mmdebstrap,
+#                   GRUB's BIOS and EFI images, sfdisk); none of them touches the host's boot loader
 set -euo pipefail
 
 need=()
+extra=()
+for a in "$@"; do
+  case "$a" in
+    --cloud-image) extra+=(mmdebstrap grub-pc-bin grub-efi-amd64-bin grub-common fdisk) ;;
+    *) echo "install-deps: unknown option $a (known: --cloud-image)" >&2; exit 2 ;;
+  esac
+done
 want_pkgs=(qemu-system-x86 busybox-static cpio e2fsprogs xz-utils zstd docker-registry skopeo \
            xfsprogs btrfs-progs dosfstools mtools xorriso curl openssl \
            ovmf seabios swtpm swtpm-tools syslinux syslinux-common openscap-scanner ssg-debian \
            chromium chromium-driver \
            containerd runc containernetworking-plugins iproute2 nftables util-linux gcc libc6-dev python3 \
-           qemu-guest-agent)
+           qemu-guest-agent ${extra[@]+"${extra[@]}"})
 for p in "${want_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done

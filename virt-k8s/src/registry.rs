@@ -147,6 +147,42 @@ const DV_COLUMNS: &[Column] = &[
 
 const AGE_ONLY: &[Column] = &[AGE];
 
+fn data_count(v: &Value) -> Value {
+    let n = |p| at(v, p).as_object().map_or(0, |m| m.len());
+    Value::from(n("/data") + n("/binaryData"))
+}
+
+/// kubectl's columns of Secrets.
+const SECRET_COLUMNS: &[Column] = &[
+    Column {
+        name: "Type",
+        type_: "string",
+        description: "The type of the secret",
+        priority: 0,
+        cell: |v| at(v, "/type").clone(),
+    },
+    Column {
+        name: "Data",
+        type_: "integer",
+        description: "The number of keys",
+        priority: 0,
+        cell: data_count,
+    },
+    AGE,
+];
+
+/// kubectl's columns of ConfigMaps.
+const CONFIGMAP_COLUMNS: &[Column] = &[
+    Column {
+        name: "Data",
+        type_: "integer",
+        description: "The number of keys",
+        priority: 0,
+        cell: data_count,
+    },
+    AGE,
+];
+
 /// kubectl's columns of events.
 const EVENT_COLUMNS: &[Column] = &[
     Column {
@@ -232,6 +268,34 @@ pub static RESOURCES: &[Resource] = &[
         verbs: &["list"],
         subresources: &[],
         columns: EVENT_COLUMNS,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        api_version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        resource: "secrets",
+        singular: "secret",
+        short_names: &[],
+        namespaced: true,
+        verbs: CRUD,
+        subresources: &[],
+        columns: SECRET_COLUMNS,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        api_version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        resource: "configmaps",
+        singular: "configmap",
+        short_names: &["cm"],
+        namespaced: true,
+        verbs: CRUD,
+        subresources: &[],
+        columns: CONFIGMAP_COLUMNS,
     },
     Resource {
         group: KUBEVIRT,
@@ -547,6 +611,8 @@ mod tests {
         assert_eq!(parse("vmcf").map(|r| r.kind), Some("VirtualMachineClusterInstancetype"));
         assert_eq!(parse("ns").map(|r| r.kind), Some("Namespace"));
         assert!(parse("pods").is_none());
+        assert_eq!(parse("cm").map(|r| r.kind), Some("ConfigMap"));
+        assert_eq!(parse("secrets").map(|r| r.kind), Some("Secret"));
         assert!(parse("virtualmachines.cdi.kubevirt.io").is_none());
     }
 

@@ -17,9 +17,10 @@
 //!
 //! User and network data come inline (`userData`, `networkData`) or base64-encoded
 //! (`userDataBase64`, `networkDataBase64`, decoded here). `secretRef` and `networkDataSecretRef`
-//! are refused with [`CloudInitError::Unsupported`]: a node without a Kubernetes API server has no
-//! Secrets to read. See docs/cloud-init.md.
+//! are refused with [`CloudInitError::Unsupported`]: the caller resolves them from its Secrets first
+//! (the node does, node::seed) and passes the data inline. See docs/cloud-init.md.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -46,6 +47,10 @@ const MAX_HOSTNAME_LEN: usize = 63;
 
 /// The longest instance id accepted (a VMI name of 253 bytes, a dot, a namespace of 63, and room).
 const MAX_INSTANCE_ID_LEN: usize = 512;
+/// The most SSH public keys a seed carries.
+const MAX_PUBLIC_KEYS: usize = 256;
+/// The longest SSH public key line accepted.
+const MAX_PUBLIC_KEY_LEN: usize = 16 * 1024;
 
 /// Which kind of seed disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +100,8 @@ pub enum CloudInitError {
     },
     /// A field this node cannot honour (`secretRef`, `networkDataSecretRef`).
     #[error(
-        "cloud-init volume {volume:?}: {field}: Secrets are not available on the local node; \
-         put the data inline in {inline}"
+        "cloud-init volume {volume:?}: {field}: the Secret was not resolved (the node reads it before \
+         writing the seed); put the data inline in {inline}"
     )]
     Unsupported {
         /// The volume.
@@ -208,12 +213,21 @@ pub struct SeedInfo {
     /// ConfigDrive's `uuid` (cloud-init requires one). `None`: a UUID derived from the instance id,
     /// the same for the same id.
     pub uuid: Option<String>,
+    /// SSH public keys (KubeVirt's `accessCredentials` propagated by `noCloud` / `configDrive`):
+    /// NoCloud's `public-keys`, ConfigDrive's `public_keys`; cloud-init gives them to the default
+    /// user. One key a line, no control characters.
+    pub public_keys: Vec<String>,
 }
 
 impl SeedInfo {
     /// The given instance id and hostname, no UUID.
     pub fn new(instance_id: impl Into<String>, hostname: impl Into<String>) -> Self {
-        Self { instance_id: instance_id.into(), hostname: hostname.into(), uuid: None }
+        Self {
+            instance_id: instance_id.into(),
+            hostname: hostname.into(),
+            uuid: None,
+            public_keys: Vec::new(),
+        }
     }
 
     /// What KubeVirt writes for VMI `name` in `namespace` with `spec`: instance id
@@ -231,7 +245,14 @@ impl SeedInfo {
             instance_id: format!("{name}.{namespace}"),
             hostname: host[..end].to_string(),
             uuid: spec.domain.firmware.as_ref().and_then(|f| f.uuid.clone()).filter(|u| !u.is_empty()),
+            public_keys: Vec::new(),
         }
+    }
+
+    /// The same with `keys` as the SSH public keys of the default user.
+    pub fn with_public_keys(mut self, keys: Vec<String>) -> Self {
+        self.public_keys = keys;
+        self
     }
 
     /// The same with `uuid` as ConfigDrive's `uuid`.
@@ -261,6 +282,17 @@ impl SeedInfo {
         if let Some(u) = &self.uuid {
             if !is_uuid(u) {
                 return bad("uuid", u, "is not a UUID (8-4-4-4-12 hexadecimal digits)");
+            }
+        }
+        if self.public_keys.len() > MAX_PUBLIC_KEYS {
+            return bad("public_keys", "", "at most 256 keys");
+        }
+        for k in &self.public_keys {
+            if k.trim().is_empty() || k.len() > MAX_PUBLIC_KEY_LEN {
+                return bad("public_keys", k, "a key must be 1 to 16384 bytes");
+            }
+            if k.chars().any(char::is_control) {
+                return bad("public_keys", k, "a key is one line without control characters");
             }
         }
         Ok(())
@@ -400,8 +432,15 @@ fn seed_files(kind: SeedKind, data: &SeedData, info: &SeedInfo) -> Vec<(&'static
         SeedKind::NoCloud => {
             // YAML with double-quoted values: YAML 1.1 (PyYAML) would read `on` or `12:30` unquoted as a
             // boolean or a number. The values are checked to hold no quote or backslash.
-            let meta =
+            let mut meta =
                 format!("instance-id: \"{}\"\nlocal-hostname: \"{}\"\n", info.instance_id, info.hostname);
+            if !info.public_keys.is_empty() {
+                // JSON strings are YAML double-quoted scalars; the keys hold no control characters.
+                meta.push_str("public-keys:\n");
+                for k in &info.public_keys {
+                    meta.push_str(&format!("  - {}\n", serde_json::Value::String(k.clone())));
+                }
+            }
             let mut files = vec![("meta-data", meta.into_bytes()), ("user-data", data.user_data.clone())];
             if let Some(n) = &data.network_data {
                 files.push(("network-config", n.clone()));
@@ -416,11 +455,19 @@ fn seed_files(kind: SeedKind, data: &SeedData, info: &SeedInfo) -> Vec<(&'static
                 instance_id: &'a str,
                 hostname: &'a str,
                 uuid: String,
+                #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+                public_keys: BTreeMap<String, &'a str>,
             }
             let meta = ConfigDriveMetadata {
                 instance_id: &info.instance_id,
                 hostname: &info.hostname,
                 uuid: info.uuid_or_derived(),
+                public_keys: info
+                    .public_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| (i.to_string(), k.as_str()))
+                    .collect(),
             };
             // Serializing three strings cannot fail.
             let meta = serde_json::to_string(&meta).unwrap_or_default();
@@ -919,6 +966,27 @@ mod tests {
     }
 
     #[test]
+    fn public_keys_go_into_both_metadata_kinds() {
+        let keys = vec!["ssh-ed25519 AAAAC3Nza me@host".to_string(), "ssh-rsa AAAAB3 \"quoted\"".to_string()];
+        let info = info().with_public_keys(keys.clone());
+        let data = SeedData { user_data: b"#cloud-config\n".to_vec(), network_data: None };
+        let files = seed_files(SeedKind::NoCloud, &data, &info);
+        let meta = String::from_utf8(files[0].1.clone()).unwrap();
+        assert!(
+            meta.ends_with("public-keys:\n  - \"ssh-ed25519 AAAAC3Nza me@host\"\n  - \"ssh-rsa AAAAB3 \\\"quoted\\\"\"\n"),
+            "{meta}"
+        );
+        let files = seed_files(SeedKind::ConfigDrive, &data, &info);
+        let meta: serde_json::Value = serde_json::from_slice(&files[0].1).unwrap();
+        assert_eq!(meta["public_keys"]["0"], keys[0]);
+        assert_eq!(meta["public_keys"]["1"], keys[1]);
+        for bad in ["", "ssh-rsa AAAA\nssh-rsa BBBB"] {
+            let e = self::info().with_public_keys(vec![bad.into()]).check().unwrap_err().to_string();
+            assert!(e.contains("public_keys"), "{e}");
+        }
+    }
+
+    #[test]
     fn derived_uuid_is_stable_and_well_formed() {
         let u = derived_uuid("testvm.default");
         assert!(is_uuid(&u), "{u}");
@@ -932,7 +1000,15 @@ mod tests {
     fn for_vmi_follows_kubevirt() {
         let mut spec = VirtualMachineInstanceSpec::default();
         let i = SeedInfo::for_vmi("testvm", "ns1", &spec);
-        assert_eq!(i, SeedInfo { instance_id: "testvm.ns1".into(), hostname: "testvm".into(), uuid: None });
+        assert_eq!(
+            i,
+            SeedInfo {
+                instance_id: "testvm.ns1".into(),
+                hostname: "testvm".into(),
+                uuid: None,
+                public_keys: Vec::new()
+            }
+        );
         spec.hostname = Some("h".repeat(70));
         spec.domain.firmware = Some(virt_core::model::Firmware {
             uuid: Some("5d307ca9-b3ef-428c-8861-06e72d69f223".into()),
@@ -979,7 +1055,8 @@ mod tests {
         let e = err(CloudInitSource { user_data_secret_ref: secret.clone(), ..Default::default() });
         assert_eq!(
             e,
-            "cloud-init volume \"cloudinitdisk\": secretRef: Secrets are not available on the local node; \
+            "cloud-init volume \"cloudinitdisk\": secretRef: the Secret was not resolved (the node reads it before \
+             writing the seed); \
              put the data inline in userData or userDataBase64"
         );
         let e = err(CloudInitSource {
@@ -987,7 +1064,7 @@ mod tests {
             network_data_secret_ref: secret,
             ..Default::default()
         });
-        assert!(e.contains("networkDataSecretRef: Secrets are not available on the local node"), "{e}");
+        assert!(e.contains("networkDataSecretRef: the Secret was not resolved"), "{e}");
         assert!(e.contains("put the data inline in networkData or networkDataBase64"), "{e}");
 
         let e = err(CloudInitSource::default());

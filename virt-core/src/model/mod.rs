@@ -56,6 +56,7 @@
 //!
 //! What is accepted, refused and how instancetypes resolve is in `docs/vm-model.md`.
 
+pub mod credentials;
 mod devices;
 mod domain;
 mod instancetype;

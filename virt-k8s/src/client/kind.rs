@@ -29,11 +29,15 @@ pub enum Kind {
     DataImportCron,
     /// `snapshot.storage.k8s.io/v1` VolumeSnapshot.
     VolumeSnapshot,
+    /// core `v1` Secret.
+    Secret,
+    /// core `v1` ConfigMap.
+    ConfigMap,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Self::VirtualMachine,
         Self::VirtualMachineInstance,
         Self::Namespace,
@@ -45,6 +49,8 @@ impl Kind {
         Self::DataSource,
         Self::DataImportCron,
         Self::VolumeSnapshot,
+        Self::Secret,
+        Self::ConfigMap,
     ];
 
     /// The kind of an object with this `apiVersion` and `kind`.
@@ -85,6 +91,8 @@ impl Kind {
             Self::DataSource => "DataSource",
             Self::DataImportCron => "DataImportCron",
             Self::VolumeSnapshot => "VolumeSnapshot",
+            Self::Secret => "Secret",
+            Self::ConfigMap => "ConfigMap",
         }
     }
 

@@ -147,6 +147,23 @@ impl Kinds for Loadable {
             let ns: StrictNamespace = decoder.decode(doc.value, "")?;
             return Ok(Self::Stored(Kind::Namespace, Box::new(ns.metadata)));
         }
+        if doc.group.is_empty() && matches!(doc.kind.as_str(), "Secret" | "ConfigMap") {
+            if doc.version != "v1" {
+                return Err(LoadError::UnsupportedVersion {
+                    document: doc.number,
+                    api_version: doc.api_version,
+                    kind: doc.kind,
+                    supported: "v1",
+                });
+            }
+            // The node checks the data (keys, base64, size); here only the metadata is read.
+            let kind = if doc.kind == "Secret" { Kind::Secret } else { Kind::ConfigMap };
+            let meta: ObjectMeta = match doc.value.get("metadata") {
+                Some(m) => decoder.decode(m.clone(), "metadata")?,
+                None => ObjectMeta::default(),
+            };
+            return Ok(Self::Stored(kind, Box::new(meta)));
+        }
         if doc.group == "cdi.kubevirt.io" {
             return Ok(match CdiObject::decode(doc, decoder)? {
                 CdiObject::DataVolume(o) => Self::Stored(Kind::DataVolume, Box::new(o.metadata)),
@@ -333,9 +350,8 @@ mod tests {
 
     #[test]
     fn other_kinds_and_unnamed_objects_are_refused() {
-        let e =
-            load("apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n", "s.yaml", false, None).unwrap_err();
-        assert!(e.to_string().contains("document 1: v1 Secret s: not a kind the node creates"), "{e}");
+        let e = load("apiVersion: v1\nkind: Pod\nmetadata: {name: s}\n", "s.yaml", false, None).unwrap_err();
+        assert!(e.to_string().contains("document 1: v1 Pod s: not a kind the node creates"), "{e}");
         let dv = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata: {name: d}\nspec:\n  source: {blank: {}}\n  \
                   storage: {resources: {requests: {storage: 1Mi}}}\n";
         let m = load(dv, "dv.yaml", false, Some("lab")).unwrap();

@@ -265,7 +265,8 @@ pub fn allowed(user: &User, r: &RequestInfo) -> bool {
         return false;
     }
     match user.role {
-        Role::View => r.is_read() && !interactive,
+        // As KubeVirt's view role: no Secrets (they hold keys and credentials).
+        Role::View => r.is_read() && !interactive && r.resource != "secrets",
         Role::Edit | Role::Admin => true,
     }
 }

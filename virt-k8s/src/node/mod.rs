@@ -11,9 +11,11 @@ pub mod audit;
 pub mod auth;
 pub mod cdi;
 pub mod cdi_api;
+pub mod core_objects;
 pub mod kube;
 pub mod network;
 pub mod runtime;
+pub mod seed;
 pub mod store;
 pub mod tls;
 
@@ -167,6 +169,7 @@ pub struct Node {
     /// Where each running VMI's guest is reached (port-forward, ssh): the pod network's
     /// manager, or [`network::NoNetwork`].
     endpoints: Arc<dyn virt_net::endpoint::EndpointLookup>,
+    objects: Arc<core_objects::CoreObjects>,
     _lock: std::fs::File,
 }
 
@@ -250,6 +253,11 @@ impl Node {
         opts.support.multus = cfg.pod_network.is_some();
         let lifecycle = Arc::new(Lifecycle::new(store.clone(), runtime.clone(), opts)?);
         cdi.attach(lifecycle.clone());
+        // Secrets and ConfigMaps: cloud-init and accessCredentials (launches), secretRef and
+        // certConfigMap (imports).
+        let objects = Arc::new(core_objects::CoreObjects::new(store.clone(), lifecycle.clone()));
+        cdi.set_objects(objects.clone());
+        runtime.set_objects(objects.clone());
         // The DataVolumes VMs own, for deletions with a propagation policy (held weakly: the CDI
         // controller holds the lifecycle).
         let weak = Arc::downgrade(&cdi);
@@ -267,6 +275,7 @@ impl Node {
             cdi,
             store,
             endpoints,
+            objects,
             _lock: lock,
         })
     }
@@ -328,7 +337,8 @@ impl Node {
                 .map_err(io("starting the CDI controller for", &self.cfg.state_dir))?
         };
         let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone())
-            .merge(network::router(self.store.clone()));
+            .merge(network::router(self.store.clone()))
+            .merge(core_objects::router(self.objects.clone()));
         let changes = self.lifecycle.changes().clone();
         let state = api::ApiState {
             lifecycle: self.lifecycle.clone(),

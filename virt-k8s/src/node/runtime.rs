@@ -62,6 +62,8 @@ pub struct LauncherRuntime {
     cfg: LauncherConfig,
     /// Who knows about DataVolumes (none: claims are plain files of the pool).
     claims: std::sync::OnceLock<Arc<dyn ClaimReadiness>>,
+    /// Secrets (cloud-init `secretRef`, `accessCredentials`); none: such VMIs fail to launch.
+    objects: std::sync::OnceLock<Arc<super::core_objects::CoreObjects>>,
     /// Launchers this process spawned, reaped when they exit (no zombies while the node runs).
     children: Mutex<HashMap<PathBuf, Child>>,
     /// One pull of an image at a time.
@@ -76,6 +78,7 @@ impl LauncherRuntime {
         Self {
             cfg,
             claims: std::sync::OnceLock::new(),
+            objects: std::sync::OnceLock::new(),
             children: Mutex::new(HashMap::new()),
             pull_lock: Mutex::new(()),
             network: std::sync::OnceLock::new(),
@@ -92,6 +95,11 @@ impl LauncherRuntime {
     /// their DataVolumes instead of failing. Only the first call counts.
     pub fn set_claims(&self, claims: Arc<dyn ClaimReadiness>) {
         let _ = self.claims.set(claims);
+    }
+
+    /// Lets launches read the node's Secrets. Only the first call counts.
+    pub fn set_objects(&self, objects: Arc<super::core_objects::CoreObjects>) {
+        let _ = self.objects.set(objects);
     }
 
     /// The file of claim `claim` in `ns` in the node's pool, if it exists.
@@ -247,11 +255,8 @@ impl LauncherRuntime {
         }
         if v.cloud_init_no_cloud.is_some() || v.cloud_init_config_drive.is_some() {
             let dest = run_dir.join(format!("{}.img", v.name));
-            let mut info = virt_storage::cloudinit::SeedInfo::for_vmi(name, ns, &vmi.spec);
-            if let Some(uid) = &vmi.metadata.uid {
-                info = info.with_uuid(uid.clone());
-            }
-            virt_storage::cloudinit::write_seed(v, &info, &dest).map_err(|e| e.to_string())?;
+            super::seed::write_vmi_seed(self.objects.get().map(|o| &**o), vmi, name, ns, v, &dest)
+                .map_err(|e| e.to_string())?;
             return Ok((dest, DiskFormat::Raw));
         }
         if let Some(e) = &v.empty_disk {

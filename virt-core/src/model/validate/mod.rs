@@ -103,6 +103,7 @@ pub(crate) fn validate_vmi_spec(
     let volumes = validate_volumes(v, &spec.volumes, path);
     validate_disks(v, spec, &dp, &volumes);
     validate_networks(v, spec, path);
+    super::credentials::validate(v, spec, path);
     if let Some(t) = spec.termination_grace_period_seconds {
         if t < 0 {
             invalid(v, child(path, "terminationGracePeriodSeconds"), format!("{t}: must not be negative"));

@@ -348,6 +348,8 @@ pub struct Cdi {
     insecure_registries: Vec<String>,
     net_policy: Mutex<Option<Arc<NetPolicy>>>,
     lifecycle: OnceLock<Arc<Lifecycle>>,
+    /// Secrets and ConfigMaps (`secretRef`, `certConfigMap`), once the node has them.
+    objects: OnceLock<Arc<super::core_objects::CoreObjects>>,
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -404,6 +406,7 @@ impl Cdi {
                 insecure_registries,
                 net_policy: Mutex::new(None),
                 lifecycle: OnceLock::new(),
+                objects: OnceLock::new(),
                 state: Mutex::new(state),
                 wake: Condvar::new(),
             }
@@ -430,6 +433,11 @@ impl Cdi {
     /// Lets the controller see the node's VMs and namespaces (VMs' `dataVolumeTemplates`).
     pub fn attach(&self, lifecycle: Arc<Lifecycle>) {
         let _ = self.lifecycle.set(lifecycle);
+    }
+
+    /// Lets DataVolumes read the node's Secrets and ConfigMaps. Only the first call counts.
+    pub fn set_objects(&self, objects: Arc<super::core_objects::CoreObjects>) {
+        let _ = self.objects.set(objects);
     }
 
     /// The node's volume pool.
@@ -520,15 +528,15 @@ impl ClaimReadiness for Cdi {
 }
 
 /// The objects a DataVolume refers to: DataSources of this node (one level of `dataSource`
-/// indirection followed); the node has no Secrets or ConfigMaps.
+/// indirection followed); its Secrets and ConfigMaps (node::core_objects).
 struct Lookup<'a>(&'a Cdi);
 
 impl ObjectLookup for Lookup<'_> {
-    fn secret(&self, _namespace: &str, _name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-        None
+    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.0.objects.get()?.secret(namespace, name)
     }
-    fn config_map(&self, _namespace: &str, _name: &str) -> Option<BTreeMap<String, String>> {
-        None
+    fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        self.0.objects.get()?.config_map(namespace, name)
     }
     fn volume_snapshot(&self, namespace: &str, name: &str) -> Option<VolumeSnapshot> {
         lock(&self.0.state).snapshots.get(&Key::new(namespace, name)).cloned()

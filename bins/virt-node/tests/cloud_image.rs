@@ -1,0 +1,380 @@
+//! The golden-image journey with the project's real Debian cloud image (scripts/cloud-image.sh:
+//! systemd, cloud-init, sshd, the guest agent), end to end on a real `virt-node` under QEMU's
+//! software emulation:
+//!
+//! DataImportCron in `os-images` polling a real `docker-registry` -> DataSource -> a VM whose
+//! `dataVolumeTemplates` clone it through `sourceRef`, with an SSH key from a Secret
+//! (`accessCredentials`, `noCloud`) -> Running -> login on the serial console (cloud-init made
+//! the user, set the key, `cloud-init status` is done) -> a file written in the guest survives
+//! stop and start -> graceful stop (ACPI power button, the guest powers down) -> a rebuilt image
+//! pushed moves the DataSource.
+//!
+//! Slow (two boots of systemd under emulation): minutes on an idle machine, much more under load.
+//! Needs root (the image is built with mmdebstrap on first use and cached), docker-registry,
+//! skopeo, qemu-system-x86_64 and ssh-keygen; scripts/install-deps.sh installs them and the
+//! test fails naming what is missing. Prints the golden-image-to-login time and the image size.
+
+#[path = "support/node.rs"]
+mod node;
+#[path = "../../../virt-storage/tests/support/registry.rs"]
+mod registry;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use node::{bin, NodeProc};
+use registry::{Registry, RegistryOpts};
+use serde_json::{json, Value};
+use virt_k8s::client::{Endpoint, NodeClient};
+
+/// One boot of the image to cloud-init's end under emulation on a loaded 2-core machine.
+const BOOT: Duration = Duration::from_secs(30 * 60);
+/// Imports, clones, shutdowns.
+const STEP: Duration = Duration::from_secs(15 * 60);
+const USER: &str = "virt";
+const PASSWORD: &str = "virt-rs-e2e";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn require(tool: &str) {
+    let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap();
+    assert!(found.status.success(), "{tool} not found: run scripts/install-deps.sh --cloud-image");
+}
+
+fn progress(t0: Instant, what: &str) {
+    eprintln!("[{:>6.1} s] {what}", t0.elapsed().as_secs_f64());
+}
+
+/// Builds (or finds cached) the cloud image; returns its qcow2.
+fn cloud_image() -> PathBuf {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/cloud-image.sh"))
+        .arg("--print-env")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scripts/cloud-image.sh failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let image = text.lines().find_map(|l| l.strip_prefix("IMAGE=")).expect("IMAGE= line");
+    PathBuf::from(image)
+}
+
+/// Pushes `image` as a containerDisk (`/disk/debian-12.qcow2`) to `repo:12`, labelled `build`
+/// (another label: another digest, as a rebuilt image).
+fn push(reg: &Registry, image: &Path, repo: &str, build: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("oci");
+    let st = Command::new("python3")
+        .arg(repo_root().join("scripts/oci-layout.py"))
+        .arg(&layout)
+        .arg("12")
+        .args(["--label", &format!("org.opencontainers.image.version={build}")])
+        .arg(format!("disk/debian-12.qcow2={}:107", image.display()))
+        .status()
+        .unwrap();
+    assert!(st.success(), "oci-layout.py");
+    let st = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:12", layout.display()))
+        .arg(format!("docker://{}/{repo}:12", reg.host))
+        .status()
+        .unwrap();
+    assert!(st.success(), "skopeo copy to {}", reg.host);
+}
+
+/// `virtctl console` with a reader thread: wait for text, type lines.
+struct Console {
+    child: Child,
+    rx: mpsc::Receiver<Vec<u8>>,
+    seen: String,
+}
+
+impl Console {
+    fn attach(node: &NodeProc, name: &str) -> Self {
+        let mut child = Command::new(bin("virtctl"))
+            .arg("--server")
+            .arg(format!("unix://{}", node.socket.display()))
+            .args(["console", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, rx, seen: String::new() }
+    }
+
+    /// Waits until the output after the last `expect` holds `marker`; returns that output.
+    fn expect(&mut self, marker: &str, timeout: Duration) -> String {
+        let t = Instant::now();
+        loop {
+            if let Some(i) = self.seen.find(marker) {
+                let upto = i + marker.len();
+                let out = self.seen[..upto].to_string();
+                self.seen = self.seen[upto..].to_string();
+                return out;
+            }
+            match self.rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(b) => self.seen.push_str(&String::from_utf8_lossy(&b)),
+                Err(mpsc::RecvTimeoutError::Disconnected) if !self.seen.contains(marker) => {
+                    panic!("the console closed before {marker:?}; last output:\n{}", tail(&self.seen))
+                }
+                Err(_) => {}
+            }
+            assert!(
+                t.elapsed() < timeout,
+                "the console never showed {marker:?}; last output:\n{}",
+                tail(&self.seen)
+            );
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\r").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Logs in on the serial console once cloud-init has finished.
+    fn login(&mut self) {
+        self.expect("Cloud-init v.", BOOT);
+        self.expect(" finished at ", BOOT);
+        // The getty's prompt may be long gone from the screen: ask for a new one.
+        self.send("");
+        self.expect("login:", STEP);
+        self.send(USER);
+        self.expect("Password:", STEP);
+        self.send(PASSWORD);
+        self.expect("$ ", STEP);
+    }
+
+    /// Runs `cmd` in the logged-in shell; returns what it printed between two markers. The
+    /// markers are computed by the shell, so the echoed (and perhaps wrapped) command line never
+    /// holds them.
+    fn run(&mut self, cmd: &str) -> String {
+        self.send(&format!("echo BEGIN-$((40+2)); {cmd}; echo END-$((40+3))"));
+        self.expect("BEGIN-42", STEP);
+        let out = self.expect("END-43", STEP);
+        out.trim_end_matches("END-43").trim().to_string()
+    }
+
+    fn detach(mut self) {
+        let _ = self.child.stdin.as_mut().unwrap().write_all(&[0x1d]);
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(s: &str) -> &str {
+    let mut i = s.len().saturating_sub(3000);
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+fn wait<T>(node: &NodeProc, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t.elapsed() < timeout, "never {what}\nnode log:\n{}", tail(&node.log()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn vmi_phase(c: &NodeClient, name: &str) -> Option<String> {
+    let v = serde_json::to_value(c.get_vmi("default", name).ok()?).ok()?;
+    v["status"]["phase"].as_str().map(str::to_string)
+}
+
+fn data_source_pvc(c: &NodeClient) -> Option<String> {
+    let v: Value = c.cdi_get("datasources", "os-images", "debian").ok()?;
+    let ready =
+        v["status"]["conditions"].as_array()?.iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
+    ready.then(|| v["spec"]["source"]["pvc"]["name"].as_str().map(str::to_string)).flatten()
+}
+
+fn vm_yaml(key_secret: &str) -> String {
+    format!(
+        "apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: debian
+spec:
+  runStrategy: Halted
+  dataVolumeTemplates:
+  - metadata:
+      name: debian-root
+    spec:
+      sourceRef:
+        kind: DataSource
+        namespace: os-images
+        name: debian
+      storage:
+        resources:
+          requests:
+            storage: 3Gi
+  template:
+    spec:
+      terminationGracePeriodSeconds: 600
+      accessCredentials:
+      - sshPublicKey:
+          source:
+            secret:
+              secretName: {key_secret}
+          propagationMethod:
+            noCloud: {{}}
+      domain:
+        cpu:
+          cores: 1
+        devices:
+          disks:
+          - name: root
+            disk:
+              bus: virtio
+          - name: cloudinitdisk
+            disk:
+              bus: virtio
+        memory:
+          guest: 1Gi
+      volumes:
+      - name: root
+        dataVolume:
+          name: debian-root
+      - name: cloudinitdisk
+        cloudInitNoCloud:
+          userData: |
+            #cloud-config
+            user: {USER}
+            password: {PASSWORD}
+            chpasswd: {{expire: false}}
+"
+    )
+}
+
+#[test]
+fn golden_debian_image_to_login_with_a_key_from_a_secret() {
+    for t in ["docker-registry", "skopeo", "qemu-system-x86_64", "ssh-keygen", "python3"] {
+        require(t);
+    }
+    let t0 = Instant::now();
+    let image = cloud_image();
+    let image_mib = std::fs::metadata(&image).unwrap().len() as f64 / (1 << 20) as f64;
+    progress(t0, &format!("cloud image {} ({image_mib:.0} MiB)", image.display()));
+    let reg = Registry::start(RegistryOpts::default());
+    push(&reg, &image, "virt-rs/debian", "1");
+    progress(t0, "pushed to the test's registry");
+
+    let state = tempfile::Builder::new().prefix("ci").tempdir_in("/tmp").unwrap();
+    let node = NodeProc::start(state.path(), Some(&reg.host));
+    let c = NodeClient::new(Endpoint::Unix(node.socket.clone()), None).unwrap();
+
+    // The user's key, in a Secret.
+    let keydir = tempfile::tempdir().unwrap();
+    let key = keydir.path().join("id_ed25519");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e@virt-rs", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_string();
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "my-key"},
+                        "stringData": {"key1": pubkey}});
+    let sf = state.path().join("secret.json");
+    std::fs::write(&sf, secret.to_string()).unwrap();
+    node.ok(&["create", "-f", sf.to_str().unwrap()]);
+
+    // The boot source: a DataImportCron polling the registry every minute.
+    let cron = json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1",
+        "kind": "DataImportCron",
+        "metadata": { "name": "debian-image-cron", "namespace": "os-images" },
+        "spec": {
+            "template": { "spec": {
+                "source": { "registry": { "url": format!("docker://{}/virt-rs/debian:12", reg.host) } },
+                "storage": { "resources": { "requests": { "storage": "3Gi" } } },
+            } },
+            "schedule": "* * * * *",
+            "garbageCollect": "Outdated",
+            "importsToKeep": 1,
+            "managedDataSource": "debian",
+        },
+    });
+    let tg = Instant::now();
+    c.cdi_create::<_, Value>("dataimportcrons", "os-images", &cron).unwrap();
+    let first = wait(&node, "the DataSource Ready", STEP, || data_source_pvc(&c));
+    progress(t0, &format!("DataSource os-images/debian -> {first} ({:.1} s)", tg.elapsed().as_secs_f64()));
+
+    // The VM clones it; its key comes from the Secret.
+    let vf = state.path().join("vm.yaml");
+    std::fs::write(&vf, vm_yaml("my-key")).unwrap();
+    node.ok(&["create", "-f", vf.to_str().unwrap()]);
+    let tv = Instant::now();
+    node.ok(&["start", "debian"]);
+    wait(&node, "the VMI Running", STEP, || {
+        (vmi_phase(&c, "debian").as_deref() == Some("Running")).then_some(())
+    });
+    progress(t0, "VMI Running; logging in on the serial console when cloud-init is done");
+    let mut con = Console::attach(&node, "debian");
+    con.login();
+    let login_s = tv.elapsed().as_secs_f64();
+    progress(t0, &format!("logged in: start -> login {login_s:.1} s"));
+    let status = con.run("cloud-init status --wait");
+    assert!(status.contains("status: done"), "{status}");
+    let keys = con.run("cat ~/.ssh/authorized_keys");
+    assert!(keys.contains(&pubkey), "the Secret's key is not in authorized_keys: {keys}");
+    let os = con.run("grep ^VERSION_ID= /etc/os-release; df --output=size -BG / | tail -1");
+    assert!(os.contains("VERSION_ID=\"12\""), "{os}");
+    con.run("echo kept-across-restarts | sudo tee /var/lib/virt-e2e-file >/dev/null; sync");
+    con.detach();
+
+    // Stop (graceful: the guest powers down) and start: the file is still there.
+    let mut con = Console::attach(&node, "debian");
+    let ts = Instant::now();
+    node.ok(&["stop", "debian"]);
+    con.expect("reboot: Power down", STEP);
+    progress(t0, &format!("guest powered down ({:.1} s after stop)", ts.elapsed().as_secs_f64()));
+    con.detach();
+    wait(&node, "the VMI gone", STEP, || vmi_phase(&c, "debian").is_none().then_some(()));
+    node.ok(&["start", "debian"]);
+    wait(&node, "the VMI Running again", STEP, || {
+        (vmi_phase(&c, "debian").as_deref() == Some("Running")).then_some(())
+    });
+    let mut con = Console::attach(&node, "debian");
+    con.login();
+    let kept = con.run("cat /var/lib/virt-e2e-file");
+    assert!(kept.contains("kept-across-restarts"), "{kept}");
+    progress(t0, "the file survived stop and start");
+    con.detach();
+    let mut con = Console::attach(&node, "debian");
+    node.ok(&["stop", "debian"]);
+    con.expect("reboot: Power down", STEP);
+    con.detach();
+    wait(&node, "the VMI gone", STEP, || vmi_phase(&c, "debian").is_none().then_some(()));
+
+    // A rebuilt image moves the DataSource.
+    push(&reg, &image, "virt-rs/debian", "2");
+    let second = wait(&node, "the DataSource moved", STEP, || data_source_pvc(&c).filter(|p| *p != first));
+    progress(t0, &format!("rebuilt image imported: DataSource -> {second}"));
+    eprintln!(
+        "MEASURED image {image_mib:.0} MiB (qcow2); VM start -> serial login {login_s:.1} s; whole test {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}

@@ -1,0 +1,142 @@
+//! The cloud-init seed of a VMI on the node: the volume's `secretRef` / `networkDataSecretRef`
+//! read from the node's Secrets (KubeVirt's keys `userdata` or `userData`, `networkdata` or
+//! `networkData`), and the SSH public keys of `accessCredentials` propagated by `noCloud` or
+//! `configDrive` (every line of every value of each Secret, in key order, as KubeVirt reads them)
+//! written into the seed's metadata (docs/cloud-init.md).
+
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use virt_core::model::credentials::{ssh_key_secrets, Propagation};
+use virt_core::model::{CloudInitSource, VirtualMachineInstance, Volume};
+use virt_storage::cloudinit::{write_seed, SeedInfo};
+
+use super::core_objects::CoreObjects;
+
+/// Why a seed could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    /// A Secret the VMI names does not exist.
+    #[error("{field}: Secret {namespace}/{name} not found")]
+    NoSecret {
+        /// The field naming it (`spec.volumes[cloudinitdisk].cloudInitNoCloud.secretRef`, ...).
+        field: String,
+        /// Its namespace (the VMI's).
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// The Secret has none of the keys the field reads.
+    #[error("{field}: Secret {namespace}/{name} has no key {keys}")]
+    NoKey {
+        /// The field naming the Secret.
+        field: String,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The keys looked for.
+        keys: &'static str,
+    },
+    /// The seed itself (bad data, the file).
+    #[error(transparent)]
+    CloudInit(#[from] virt_storage::cloudinit::CloudInitError),
+}
+
+/// Resolves `field`'s Secret reference into base64 data.
+fn secret_value(
+    objects: Option<&CoreObjects>,
+    ns: &str,
+    name: &str,
+    field: String,
+    keys: [&'static str; 2],
+) -> Result<String, SeedError> {
+    let no_secret = || SeedError::NoSecret { field: field.clone(), namespace: ns.into(), name: name.into() };
+    let data = objects.and_then(|o| o.secret(ns, name)).ok_or_else(no_secret)?;
+    let value = keys.iter().find_map(|k| data.get(*k)).ok_or_else(|| SeedError::NoKey {
+        field: field.clone(),
+        namespace: ns.into(),
+        name: name.into(),
+        keys: if keys[0] == "userdata" { "userdata or userData" } else { "networkdata or networkData" },
+    })?;
+    Ok(STANDARD.encode(value))
+}
+
+fn resolve_source(
+    objects: Option<&CoreObjects>,
+    ns: &str,
+    at: &str,
+    src: &CloudInitSource,
+) -> Result<CloudInitSource, SeedError> {
+    let mut out = src.clone();
+    if let Some(name) = src.user_data_secret_ref.as_ref().and_then(|r| r.name.clone()) {
+        let field = format!("{at}.secretRef");
+        out.user_data_base64 = Some(secret_value(objects, ns, &name, field, ["userdata", "userData"])?);
+        out.user_data_secret_ref = None;
+    }
+    if let Some(name) = src.network_data_secret_ref.as_ref().and_then(|r| r.name.clone()) {
+        let field = format!("{at}.networkDataSecretRef");
+        out.network_data_base64 =
+            Some(secret_value(objects, ns, &name, field, ["networkdata", "networkData"])?);
+        out.network_data_secret_ref = None;
+    }
+    Ok(out)
+}
+
+/// The SSH keys of `vmi`'s `accessCredentials` propagated by `method`.
+pub fn public_keys(
+    objects: Option<&CoreObjects>,
+    vmi: &VirtualMachineInstance,
+    ns: &str,
+    method: &Propagation,
+) -> Result<Vec<String>, SeedError> {
+    let mut keys = Vec::new();
+    for secret in ssh_key_secrets(&vmi.spec, method) {
+        let data = objects.and_then(|o| o.secret(ns, &secret)).ok_or_else(|| SeedError::NoSecret {
+            field: "spec.accessCredentials.sshPublicKey.source.secret.secretName".into(),
+            namespace: ns.into(),
+            name: secret.clone(),
+        })?;
+        for value in data.values() {
+            let text = String::from_utf8_lossy(value);
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+        }
+    }
+    Ok(keys)
+}
+
+/// Writes the seed disk of cloud-init volume `v` of `vmi` (`name` in `ns`) to `dest`.
+pub fn write_vmi_seed(
+    objects: Option<&CoreObjects>,
+    vmi: &VirtualMachineInstance,
+    name: &str,
+    ns: &str,
+    v: &Volume,
+    dest: &Path,
+) -> Result<(), SeedError> {
+    let mut resolved = v.clone();
+    let at = |kind: &str| format!("spec.volumes[{}].{kind}", v.name);
+    let method = if let Some(src) = &v.cloud_init_no_cloud {
+        resolved.cloud_init_no_cloud = Some(resolve_source(objects, ns, &at("cloudInitNoCloud"), src)?);
+        Propagation::NoCloud
+    } else {
+        if let Some(src) = &v.cloud_init_config_drive {
+            resolved.cloud_init_config_drive =
+                Some(resolve_source(objects, ns, &at("cloudInitConfigDrive"), src)?);
+        }
+        Propagation::ConfigDrive
+    };
+    let mut info = SeedInfo::for_vmi(name, ns, &vmi.spec);
+    if let Some(uid) = &vmi.metadata.uid {
+        info = info.with_uuid(uid.clone());
+    }
+    info = info.with_public_keys(public_keys(objects, vmi, ns, &method)?);
+    write_seed(&resolved, &info, dest)?;
+    Ok(())
+}
