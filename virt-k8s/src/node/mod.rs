@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cdi;
 pub mod cdi_api;
 pub mod kube;
+pub mod metrics;
 pub mod runtime;
 pub mod store;
 pub mod tls;
@@ -284,7 +285,11 @@ impl Node {
                 .map_err(io("starting the CDI controller for", &self.cfg.state_dir))?
         };
         let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone());
-        let state = api::ApiState { lifecycle: self.lifecycle.clone(), runtime: self.runtime.clone() };
+        let state = api::ApiState {
+            lifecycle: self.lifecycle.clone(),
+            runtime: self.runtime.clone(),
+            node_name: self.cfg.node_name.as_str().into(),
+        };
         let result = rt.block_on(async {
             if let Some(dir) = self.cfg.socket.parent() {
                 std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
