@@ -27,7 +27,9 @@ for t in ip nsenter openssl curl containerd ctr runc; do
 done
 [ -x /usr/lib/cni/bridge ] || die "/usr/lib/cni/bridge is missing: run scripts/install-deps.sh"
 
-K8S=$("$here/build.sh") || die "build.sh failed"
+# build.sh prints the cache directory as its last line (a first build also prints make's output).
+K8S=$("$here/build.sh" | tail -n 1) || die "build.sh failed"
+[ -x "$K8S/bin/kube-apiserver" ] || die "build.sh gave no cache directory (got '$K8S')"
 KUBECTL=$("$here/../kubectl.sh") || die "kubectl.sh failed"
 BIN=$K8S/bin
 
