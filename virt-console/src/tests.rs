@@ -53,7 +53,14 @@ async fn root_redirects_to_the_console() {
 
 #[tokio::test]
 async fn pages_are_the_application_with_a_strict_policy() {
-    for p in ["/console/", "/console/vms", "/console/vms/default/demo"] {
+    for p in [
+        "/console/",
+        "/console/vms",
+        "/console/vms/default/demo",
+        "/console/create",
+        "/console/bootsources",
+        "/console/instancetypes",
+    ] {
         let (code, h, body) = call(get_req(p)).await;
         assert_eq!(code, StatusCode::OK, "{p}");
         assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
@@ -156,4 +163,61 @@ async fn only_console_subresources_are_forwarded() {
     let (code, _, body) = call(req).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert!(body.contains("/apis/kubevirt.io/v1/virtualmachines"), "{body}");
+}
+
+#[tokio::test]
+async fn every_page_is_in_the_navigation_and_routed() {
+    let (_, _, index) = call(get_req("/console/")).await;
+    let (_, _, app) = call(get_req("/console/js/app.js")).await;
+    for page in ["vms", "create", "bootsources", "instancetypes"] {
+        assert!(index.contains(&format!("href=\"/console/{page}\"")), "index.html has no link to {page}");
+        assert!(app.contains(&format!("\\/console\\/{page}\\/?$")), "app.js does not route {page}");
+    }
+}
+
+/// The pages' pure logic (the form's YAML and commands, the metrics parser) run by node, the same
+/// modules the browser loads.
+#[test]
+fn page_logic_runs_in_node() {
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web/js");
+    let script = format!(
+        r#"
+import {{ vmYaml, vmCommands }} from '{web}/pages/wizard.js';
+import {{ parseMetrics }} from '{web}/charts.js';
+const fail = (m) => {{ console.error(m); process.exit(1); }};
+const v = {{ name: 'a', namespace: 'ns', instancetype: {{ kind: 'VirtualMachineClusterInstancetype', name: 'u1.small' }},
+  preference: {{ kind: 'VirtualMachinePreference', name: 'fedora' }}, source: {{ name: 'fedora', namespace: 'os-images' }},
+  size: '10Gi', sshKey: 'ssh-ed25519 KEY me', userData: '#cloud-config', start: false }};
+const y = vmYaml(v);
+for (const want of ['runStrategy: Halted', 'kind: VirtualMachineClusterInstancetype', 'name: u1.small', 'kind: VirtualMachinePreference',
+  'sourceRef:', 'namespace: os-images', 'storage: 10Gi', '            ssh_authorized_keys:', '              - ssh-ed25519 KEY me', 'name: a-rootdisk'])
+  if (!y.includes(want)) fail(`yaml lacks ${{want}}:\n${{y}}`);
+const c = vmCommands(v);
+for (const want of ['virtctl create vm', '--instancetype u1.small', '--preference virtualmachinepreference/fedora',
+  'src:os-images/fedora,size:10Gi', 'kubectl create -n ns -f -', 'virtctl start a -n ns'])
+  if (!c.includes(want)) fail(`command lacks ${{want}}:\n${{c}}`);
+const m = parseMetrics('# HELP x y\n# TYPE x gauge\nkubevirt_vmi_vcpu_seconds_total{{name="a",namespace="n\\"s",id="0"}} 1.5\nup 1\n');
+if (m.length !== 2 || m[0].value !== 1.5 || m[0].labels.namespace !== 'n"s' || m[0].labels.id !== '0') fail(JSON.stringify(m));
+console.log('ok');
+"#,
+        web = web.display()
+    );
+    let dir = tempfile_dir();
+    let file = dir.join("logic.mjs");
+    std::fs::write(&file, script).unwrap();
+    let out =
+        std::process::Command::new("node").arg(&file).output().expect("node runs (scripts/install-deps.sh)");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("virt-console-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }

@@ -59,7 +59,7 @@ spec:
               image: {image}
               kernelPath: /boot/vmlinuz
               initrdPath: /boot/initrd.img
-            kernelArgs: console=ttyS0 quiet panic=-1 virt.idle=1
+            kernelArgs: console=tty0 console=ttyS0 panic=-1 virt.idle=1
 {extra_domain}        devices:
           disks:
           - disk:
@@ -147,6 +147,8 @@ fn browser_login_create_start_and_serial_console() {
         .env("BAD_FIELD", "bogusField")
         .env("BAD_LINE", bad_line.to_string())
         .env("BOOT_MARKER", BOOT_MARKER)
+        .env("CRON_IMAGE", format!("docker://{image}"))
+        .env("BULK", "500")
         .env("SHOTS", &shots)
         .env("PROFILE", state.path().join("chromium-profile"))
         .output()
@@ -161,6 +163,39 @@ fn browser_login_create_start_and_serial_console() {
         node.log()
     );
     assert!(stdout.contains("step: done"), "{stdout}");
+    // `/metrics`, scraped twice 4 s apart while the guest ran, parses as Prometheus text and its
+    // per-VM CPU time grew.
+    let scrape = |n: u32| {
+        let text = std::fs::read_to_string(shots.join(format!("metrics-{n}.txt"))).unwrap();
+        let s = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let get = |metric: &str| {
+            s.samples
+                .iter()
+                .filter(|x| x.metric == metric && x.labels.get("name") == Some(name.as_str()))
+                .map(|x| match x.value {
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                    _ => f64::NAN,
+                })
+                .sum::<f64>()
+        };
+        let running = s
+            .samples
+            .iter()
+            .find(|x| x.metric == "kubevirt_vmi_phase_count" && x.labels.get("phase") == Some("running"))
+            .map(|x| x.value.clone());
+        (
+            get("kubevirt_vmi_cpu_usage_seconds_total"),
+            get("kubevirt_vmi_memory_resident_bytes"),
+            running,
+            text,
+        )
+    };
+    let (cpu1, rss1, running, text1) = scrape(1);
+    let (cpu2, _, _, text2) = scrape(2);
+    eprintln!("metrics: cpu {cpu1:.2} s -> {cpu2:.2} s over 4 s, resident {rss1} bytes, running {running:?}");
+    assert!(rss1 > 0.0, "{text1}");
+    assert!(cpu2 > cpu1, "the guest's CPU time did not grow:\n{text1}\n{text2}");
+    assert!(matches!(running, Some(prometheus_parse::Value::Gauge(v)) if v >= 1.0), "{text1}");
     // The console's websocket went through the API's audit as the admin user.
     let audit = std::fs::read_to_string(state.path().join("audit.log")).unwrap();
     assert!(audit.contains(&format!("virtualmachineinstances/{name}/console")), "{audit}");

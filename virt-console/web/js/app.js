@@ -6,6 +6,7 @@ import { vmList } from './pages/vms.js';
 import { create } from './pages/create.js';
 import { vmDetails } from './pages/vm.js';
 import { bootSources } from './pages/bootsources.js';
+import { instancetypes } from './pages/instancetypes.js';
 
 const main = document.getElementById('main');
 let stopPage = null;
@@ -16,6 +17,7 @@ const routes = [
   [/^\/console\/create\/?$/, 'create', () => create],
   [/^\/console\/vms\/([^/]+)\/([^/]+)\/?$/, 'vms', (m) => (el, q) => vmDetails(el, q, decodeURIComponent(m[1]), decodeURIComponent(m[2]))],
   [/^\/console\/bootsources\/?$/, 'bootsources', () => bootSources],
+  [/^\/console\/instancetypes\/?$/, 'instancetypes', () => instancetypes],
 ];
 
 function render() {

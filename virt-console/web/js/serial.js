@@ -9,6 +9,20 @@ export function wsUrl(ns, name, sub) {
   return `${proto}://${location.host}/console/ws${api.SUB}/namespaces/${encodeURIComponent(ns)}/virtualmachineinstances/${encodeURIComponent(name)}/${sub}`;
 }
 
+// Why the console's websocket was refused, in words.
+export async function refusal(ns, name) {
+  try {
+    await api.get(`${api.SUB}/namespaces/${encodeURIComponent(ns)}/virtualmachineinstances/${encodeURIComponent(name)}/console`);
+    return 'The connection failed; the console is free now: Reconnect.';
+  } catch (e) {
+    if (e.status === 409 && /in use/.test(e.message)) {
+      return `Another viewer holds this console (one interactive session at a time): close it there, then Reconnect. (${e.message})`;
+    }
+    if (e.status === 400) return 'The connection failed; the console is free now: Reconnect.';
+    return `The console refused the connection: ${e.message}`;
+  }
+}
+
 function stylesheet(href) {
   if (document.querySelector(`link[href="${href}"]`)) return;
   document.head.append(h('link', { rel: 'stylesheet', href }));
@@ -92,14 +106,24 @@ export function serialConsole(el, ns, name, currentVmi) {
     state.textContent = 'Connecting…';
     ws = new WebSocket(wsUrl(ns, name, 'console'), ['plain.kubevirt.io']);
     ws.binaryType = 'arraybuffer';
-    ws.onopen = () => { state.textContent = 'Connected'; term.focus(); send('\r'); };
+    let opened = false;
+    ws.onopen = () => { opened = true; state.textContent = 'Connected'; term.focus(); send('\r'); };
     ws.onmessage = (m) => {
       const bytes = typeof m.data === 'string' ? enc.encode(m.data) : new Uint8Array(m.data);
       log.push(bytes);
       term.write(bytes);
     };
-    ws.onclose = (e) => {
+    ws.onclose = async (e) => {
       if (stopped) return;
+      if (!opened) {
+        // A browser cannot read why an upgrade was refused: ask the API the same question
+        // without upgrading (it answers the Status, e.g. that another viewer holds the console).
+        const why = await refusal(ns, name);
+        state.textContent = why;
+        state.dataset.refused = 'true';
+        reconnect.hidden = false;
+        return;
+      }
       state.textContent = e.code === 1000 || e.code === 1005 ? 'Disconnected: the console closed.' : `Disconnected (${e.code}${e.reason ? `: ${e.reason}` : ''}).`;
       reconnect.hidden = false;
     };

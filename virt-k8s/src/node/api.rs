@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -31,6 +32,8 @@ pub struct ApiState {
     /// Where each running VMI's guest is reached (network namespace + address): port-forward
     /// and ssh connect through it.
     pub endpoints: Arc<dyn virt_net::endpoint::EndpointLookup>,
+    /// The node's name (the `node` label of `/metrics`).
+    pub node_name: Arc<str>,
 }
 
 /// An error answered as a Kubernetes `Status`.
@@ -561,11 +564,13 @@ async fn delete_catalog_ns(
 }
 
 /// The serial console: checks (running, not in use) before the upgrade, so that a refusal is a
-/// proper `Status`; then bridges websocket frames and the launcher's console socket.
+/// proper `Status`; then bridges websocket frames and the launcher's console socket. A plain GET
+/// (no upgrade) makes the same checks: a browser, which cannot read the status of a refused
+/// websocket, asks that way why, e.g. that another viewer holds the console.
 async fn vmi_console(
     State(s): State<ApiState>,
     Path((ns, name)): Path<(String, String)>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult {
     let stream = blocking(move || {
         let vmi = s.lifecycle.get_vmi(&ns, &name)?;
@@ -584,6 +589,11 @@ async fn vmi_console(
         })
     })
     .await?;
+    let ws = match ws {
+        Ok(ws) => ws,
+        // Not an upgrade: the console is free (the session just opened ends here).
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
     stream
         .set_nonblocking(true)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
@@ -593,6 +603,11 @@ async fn vmi_console(
     Ok(ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, stream)))
 }
 
+/// How often an idle console or VNC websocket is pinged: proxies and load balancers drop
+/// connections idle for ~30-60 s, and an idle serial console is the normal case.
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Bridges websocket frames and `stream`, pinging the client every [`KEEPALIVE`].
 async fn bridge<S>(socket: WebSocket, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
@@ -602,11 +617,19 @@ where
     let (mut rd, mut wr) = tokio::io::split(stream);
     let out = async {
         let mut buf = vec![0u8; 16 * 1024];
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
         loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if ws_tx.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+            tokio::select! {
+                r = rd.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if ws_tx.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                            break;
+                        }
+                    }
+                },
+                _ = ping.tick() => {
+                    if ws_tx.send(Message::Ping(Bytes::from_static(b"keepalive"))).await.is_err() {
                         break;
                     }
                 }
@@ -633,6 +656,19 @@ where
     }
 }
 
+/// `/metrics`: KubeVirt's metrics in Prometheus text format (see [`super::metrics`]).
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let text = tokio::task::spawn_blocking(move || {
+        let vmis = s.lifecycle.list_vmis(None);
+        super::metrics::render(&s.node_name, &vmis, |vmi| {
+            super::metrics::launcher_pid(&s.runtime.run_dir(vmi)).and_then(super::metrics::proc_stats)
+        })
+    })
+    .await
+    .unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
+}
+
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
     const KV: &str = "/apis/kubevirt.io/v1";
@@ -650,6 +686,7 @@ pub fn router(state: ApiState) -> Router {
             get(get_catalog_ns).put(replace_catalog_ns).delete(delete_catalog_ns),
         )
         .route("/version", get(version))
+        .route("/metrics", get(metrics))
         .route(&format!("{SUB}/version"), get(version))
         .route("/api/v1/namespaces", get(list_namespaces).post(create_namespace))
         .route("/api/v1/namespaces/{ns}", get(get_namespace).delete(delete_namespace))

@@ -228,6 +228,36 @@ async fn create(
     ok(StatusCode::CREATED, &out)
 }
 
+/// `PUT`: only DataImportCrons, and only their labels and annotations (the automatic-update
+/// switch); `kubectl annotate` and PATCH go through here.
+async fn replace_one(
+    State(s): State<CdiApiState>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
+    let kind = kind_of(&resource)?;
+    let CdiObject::DataImportCron(mut cron) = decode(&headers, &body)? else {
+        return Err(Failure::bad_request(format!(
+            "the body is not a DataImportCron; {} cannot be replaced on this node",
+            kind.name()
+        )));
+    };
+    if kind != CdiKind::DataImportCron {
+        return Err(Failure::bad_request(format!("{} cannot be replaced on this node", kind.name())));
+    }
+    if cron.metadata.name.as_deref().is_some_and(|n| n != name) {
+        return Err(Failure::bad_request(format!(
+            "metadata.name {:?} does not match the name in the path ({name})",
+            cron.metadata.name.as_deref().unwrap_or_default()
+        )));
+    }
+    cron.metadata.name = Some(name);
+    let cdi = s.cdi.clone();
+    let out = blocking(move || Ok(cdi.replace_data_import_cron(&ns, *cron)?)).await?;
+    ok(StatusCode::OK, &out)
+}
+
 async fn get_one(
     State(s): State<CdiApiState>,
     Path((ns, resource, name)): Path<(String, String, String)>,
@@ -446,7 +476,7 @@ pub fn router(cdi: Arc<Cdi>, lifecycle: Arc<Lifecycle>) -> Router {
         .route(&format!("{CDI_PREFIX}/namespaces/{{ns}}/{{resource}}"), get(list_ns).post(create))
         .route(
             &format!("{CDI_PREFIX}/namespaces/{{ns}}/{{resource}}/{{name}}"),
-            get(get_one).delete(delete_one),
+            get(get_one).put(replace_one).delete(delete_one),
         )
         .route(&format!("{UPLOAD_PREFIX}/namespaces/{{ns}}/uploadtokenrequests"), post(token_request))
         .route(&format!("{SNAPSHOT_PREFIX}/volumesnapshots"), get(list_all_snapshots))

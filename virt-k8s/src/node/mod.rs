@@ -14,6 +14,7 @@ pub mod cdi_api;
 pub mod core_objects;
 pub mod kube;
 pub mod network;
+pub mod metrics;
 pub mod runtime;
 pub mod seed;
 pub mod store;
@@ -344,6 +345,7 @@ impl Node {
             lifecycle: self.lifecycle.clone(),
             runtime: self.runtime.clone(),
             endpoints: self.endpoints.clone(),
+            node_name: self.cfg.node_name.as_str().into(),
         };
         let result = rt.block_on(async {
             if let Some(dir) = self.cfg.socket.parent() {

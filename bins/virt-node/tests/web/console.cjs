@@ -1,7 +1,8 @@
 // Drives the web console in Debian's chromium with playwright-core (run by tests/web_console.rs).
 // Env: PLAYWRIGHT_CORE (module path), BASE (http://127.0.0.1:port), TOKEN, VM_NAME, VM_YAML,
 // BAD_YAML, BAD_FIELD, BAD_LINE, SHOTS (screenshot directory), PROFILE (a new user-data-dir),
-// BOOT_MARKER (text the guest prints on its serial console).
+// BOOT_MARKER (text the guest prints on its serial console), CRON_IMAGE (a registry image for a
+// DataImportCron), BULK (how many VMs the list is measured with).
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
 const env = (k) => {
   if (!process.env[k]) throw new Error(`${k} is not set`);
@@ -12,6 +13,30 @@ function step(name) {
   console.log(`step: ${name} (${((Date.now() - t0) / 1000).toFixed(1)}s)`);
 }
 const t0 = Date.now();
+
+// A request to the API from the page, with the page's token; returns [status, body].
+function apiCall(page, method, path, body) {
+  return page.evaluate(async ([m, p, b]) => {
+    const t = sessionStorage.getItem('virt-console-token');
+    const r = await fetch(p, { method: m, headers: { Authorization: `Bearer ${t}`, 'Content-Type': 'application/json', Accept: 'application/json' }, body: b ? JSON.stringify(b) : undefined });
+    const text = await r.text();
+    let json = null;
+    try { json = JSON.parse(text); } catch (_) { json = text; }
+    return [r.status, json];
+  }, [method, path, body || null]);
+}
+
+async function must(page, method, path, body) {
+  const [code, out] = await apiCall(page, method, path, body);
+  if (code >= 300) throw new Error(`${method} ${path}: ${code} ${JSON.stringify(out)}`);
+  return out;
+}
+
+// Runs `fn(i)` for i in 0..n, `width` at a time.
+async function pool(n, width, fn) {
+  let next = 0;
+  await Promise.all(Array.from({ length: width }, async () => { for (let i = next++; i < n; i = next++) await fn(i); }));
+}
 
 (async () => {
   const ctx = await chromium.launchPersistentContext(env('PROFILE'), {
@@ -48,8 +73,132 @@ const t0 = Date.now();
     await page.locator('h1', { hasText: 'Overview' }).waitFor();
     await shot('overview');
 
+    const IT = '/apis/instancetype.kubevirt.io/v1beta1';
+    const CDI = '/apis/cdi.kubevirt.io/v1beta1';
+    const KV = '/apis/kubevirt.io/v1';
+    const bulkN = parseInt(env('BULK'), 10);
+    step(`a list of ${bulkN} VMs: first paint, filter, paging, bulk confirmation`);
+    const vmTemplate = (n) => ({ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name: n, namespace: 'default' },
+      spec: { runStrategy: 'Halted', template: { spec: { domain: { devices: {}, memory: { guest: '64Mi' }, firmware: { kernelBoot: { container: { image: env('CRON_IMAGE').replace('docker://', ''), kernelPath: '/boot/vmlinuz', initrdPath: '/boot/initrd.img' } } } } } } } });
+    await pool(bulkN, 8, (i) => must(page, 'POST', `${KV}/namespaces/default/virtualmachines`, vmTemplate(`bulk-${String(i).padStart(4, '0')}`)));
+    step('created');
+    await page.click('#nav a[data-nav=overview]');
+    await page.locator('h1', { hasText: 'Overview' }).waitFor();
+    const paint = await page.evaluate(async (n) => {
+      const t = performance.now();
+      document.querySelector('#nav a[data-nav=vms]').click();
+      for (;;) {
+        const c = document.querySelector('#vm-count');
+        if (document.querySelectorAll('#vm-table tbody tr[data-vm]').length >= 50 && c && c.dataset.shown === String(n)) break;
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      await new Promise((r) => requestAnimationFrame(() => r()));
+      return performance.now() - t;
+    }, bulkN);
+    const filter = await page.evaluate(async () => {
+      const s = document.querySelector('input[type=search]');
+      const t = performance.now();
+      s.value = 'bulk-0042';
+      s.dispatchEvent(new Event('input'));
+      await new Promise((r) => requestAnimationFrame(() => r()));
+      const dt = performance.now() - t;
+      const shown = document.querySelectorAll('#vm-table tbody tr[data-vm]').length;
+      return [dt, shown];
+    });
+    if (filter[1] !== 1) throw new Error(`filtering by bulk-0042 shows ${filter[1]} rows`);
+    console.log(`measure: ${bulkN} VMs: first paint ${paint.toFixed(0)} ms, filter ${filter[0].toFixed(1)} ms`);
+    await page.waitForURL('**/console/vms?q=bulk-0042');
+    await page.fill('input[type=search]', 'bulk-');
+    await page.locator('#vm-page', { hasText: `Page 1 of ${Math.ceil(bulkN / 50)}` }).waitFor();
+    await page.click('#vm-next');
+    await page.waitForURL('**/console/vms?q=bulk-&page=2');
+    await page.locator('tr[data-vm="default/bulk-0050"]').waitFor();
+    await shot('vms-500');
+    for (const k of ['bulk-0050', 'bulk-0051', 'bulk-0052']) await page.check(`input[data-select="default/${k}"]`);
+    await page.locator('#bulk-count', { hasText: '3 selected' }).waitFor();
+    await page.click('#bulk-actions button[data-bulk=restart]');
+    await page.locator('#confirm-text', { hasText: 'Restart 3 virtual machines: default/bulk-0050, default/bulk-0051, default/bulk-0052?' }).waitFor();
+    await shot('vms-bulk-confirm');
+    await page.click('#confirm dialog button[value=cancel], #confirm button[value=cancel]');
+    await pool(bulkN, 8, (i) => must(page, 'DELETE', `${KV}/namespaces/default/virtualmachines/bulk-${String(i).padStart(4, '0')}`));
+
+    step('instancetypes, preferences and boot sources');
+    await must(page, 'POST', `${IT}/virtualmachineclusterinstancetypes`, { apiVersion: 'instancetype.kubevirt.io/v1beta1', kind: 'VirtualMachineClusterInstancetype', metadata: { name: 'web.small' }, spec: { cpu: { guest: 1 }, memory: { guest: '256Mi' } } });
+    await must(page, 'POST', `${IT}/virtualmachineclusterpreferences`, { apiVersion: 'instancetype.kubevirt.io/v1beta1', kind: 'VirtualMachineClusterPreference', metadata: { name: 'web.linux' }, spec: {} });
+    await must(page, 'POST', `${CDI}/namespaces/default/datavolumes`, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name: 'golden' }, spec: { source: { blank: {} }, storage: { resources: { requests: { storage: '16Mi' } } } } });
+    await must(page, 'POST', `${CDI}/namespaces/default/datasources`, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataSource', metadata: { name: 'golden' }, spec: { source: { pvc: { name: 'golden', namespace: 'default' } } } });
+    await must(page, 'POST', `${CDI}/namespaces/default/dataimportcrons`, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataImportCron', metadata: { name: 'kernel' }, spec: { schedule: '0 0 * * *', managedDataSource: 'kernel', template: { spec: { source: { registry: { url: env('CRON_IMAGE') } }, storage: { resources: { requests: { storage: '64Mi' } } } } } } });
+    await page.click('#nav a[data-nav=instancetypes]');
+    await page.locator('#table-virtualmachineclusterinstancetypes td', { hasText: 'web.small' }).waitFor();
+    await page.locator('#table-virtualmachineclusterpreferences td', { hasText: 'web.linux' }).waitFor();
+    await shot('instancetypes');
+
+    step('create from an instancetype, a preference and a boot source');
+    await page.click('#nav a[data-nav=create]');
+    await page.locator('#wiz-source option', { hasText: 'default/golden' }).waitFor({ state: 'attached' });
+    const formName = `${name}-it`;
+    await page.fill('#wiz-name', formName);
+    await page.selectOption('#wiz-instancetype', { label: 'web.small (cluster)' });
+    await page.selectOption('#wiz-preference', { label: 'web.linux (cluster)' });
+    await page.selectOption('#wiz-source', { label: 'default/golden' });
+    await page.fill('#wiz-size', '32Mi');
+    await page.fill('#wiz-ssh-key', 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk0ZXN0a2V5 web@test');
+    await page.uncheck('#wiz-start');
+    const wizYaml = await page.locator('#wiz-yaml').innerText();
+    for (const want of ['name: web.small', 'name: web.linux', 'kind: DataSource', 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk0ZXN0a2V5', 'storage: 32Mi']) {
+      if (!wizYaml.includes(want)) throw new Error(`the form's YAML lacks ${want}:\n${wizYaml}`);
+    }
+    const wizCmd = await page.locator('#wiz-command').innerText();
+    if (!wizCmd.includes('virtctl create vm') || !wizCmd.includes('--instancetype web.small') || !wizCmd.includes('src:default/golden')) throw new Error(`the form's command: ${wizCmd}`);
+    await shot('create-form');
+    await page.click('#wiz-submit');
+    await page.waitForURL(`**/console/vms/default/${formName}`);
+    const made = await must(page, 'GET', `${KV}/namespaces/default/virtualmachines/${formName}`);
+    if (made.spec.instancetype?.name !== 'web.small' || made.spec.dataVolumeTemplates?.[0]?.spec?.sourceRef?.name !== 'golden') throw new Error(`created: ${JSON.stringify(made.spec)}`);
+
+    step('a refused YAML edit shows the field path');
+    await page.locator('.tabs a', { hasText: 'YAML' }).click();
+    await page.waitForFunction((n) => (document.querySelector('#vm-yaml')?.value || '').includes(`name: ${n}`), formName);
+    const edited = await page.locator('#vm-yaml').inputValue();
+    const bad = edited.replace(/\nspec:\n/, '\nspec:\n  bogusEdit: 1\n');
+    await page.locator('#vm-yaml').fill(bad);
+    await page.click('#yaml-save');
+    const editProblem = page.locator('#yaml-errors li.problem').first();
+    await editProblem.waitFor();
+    const editText = await editProblem.innerText();
+    if (!editText.includes('bogusEdit')) throw new Error(`the refused edit does not name the field: ${editText}`);
+    const editLine = String(bad.split('\n').findIndex((l) => l.includes('bogusEdit')) + 1);
+    if (!(await page.locator('.editor .gutter .bad').allInnerTexts()).includes(editLine)) throw new Error(`line ${editLine} is not marked`);
+    console.log(`edit refusal: ${editText.replace(/\n/g, ' ')}`);
+    await shot('yaml-edit-refused');
+
+    step('delete from the list');
+    await page.click('#nav a[data-nav=vms]');
+    const formRow = page.locator(`tr[data-vm="default/${formName}"]`);
+    await formRow.locator('button[data-action=delete]').click();
+    await page.locator('#confirm-text', { hasText: `Delete virtual machine default/${formName}?` }).waitFor();
+    await page.click('#confirm-ok');
+    await formRow.waitFor({ state: 'detached' });
+
+    step('the boot-source switch turns automatic updates off and on');
+    await page.click('#nav a[data-nav=bootsources]');
+    const sw = page.locator('input[data-auto-update="default/kernel"]');
+    await sw.waitFor();
+    if (!(await sw.isChecked())) throw new Error('automatic updates start off');
+    await sw.click();
+    await page.locator('#confirm-text', { hasText: 'Turn off automatic updates of boot source default/kernel?' }).waitFor();
+    await page.click('#confirm-ok');
+    const annotation = async () => (await must(page, 'GET', `${CDI}/namespaces/default/dataimportcrons/kernel`)).metadata.annotations?.['dataimportcrontemplate.kubevirt.io/enable'];
+    for (let i = 0; (await annotation()) !== 'false'; i++) { if (i > 100) throw new Error('the switch did not turn updates off'); await page.waitForTimeout(100); }
+    await page.locator('input[data-auto-update="default/kernel"]:not(:checked)').waitFor();
+    await shot('bootsources-auto-update-off');
+    await page.locator('input[data-auto-update="default/kernel"]').click();
+    for (let i = 0; (await annotation()) !== undefined; i++) { if (i > 100) throw new Error('the switch did not turn updates on'); await page.waitForTimeout(100); }
+    await page.locator('input[data-auto-update="default/kernel"]:checked').waitFor();
+
     step('refused YAML shows the field path');
     await page.click('#nav a[data-nav=create]');
+    await page.click('#create-yaml-tab');
     await page.locator('#yaml-editor').fill(env('BAD_YAML'));
     await page.click('#create-submit');
     const problem = page.locator('#create-errors li.problem').first();
@@ -91,6 +240,18 @@ const t0 = Date.now();
     await page.locator('#serial-terminal .xterm-rows', { hasText: env('BOOT_MARKER') }).waitFor({ timeout: 200000 });
     await shot('serial');
 
+    step('a second viewer is told the console is held');
+    const other = await ctx.newPage();
+    await other.goto(page.url());
+    // sessionStorage is per tab: the second tab logs in too.
+    await other.fill('#login-token', env('TOKEN'));
+    await other.click('#login-form button[type=submit]');
+    await other.locator('#serial-state', { hasText: 'Another viewer holds this console' }).waitFor({ timeout: 60000 });
+    console.log(`second viewer: ${await other.locator('#serial-state').innerText()}`);
+    await other.screenshot({ path: `${env('SHOTS')}/serial-held.png`, fullPage: true });
+    await other.close();
+    if ((await page.locator('#serial-state').innerText()) !== 'Connected') throw new Error('the first viewer lost the console');
+
     step('VNC console');
     await page.locator('.tabs a', { hasText: 'VNC console' }).click();
     await page.locator('#vnc-state', { hasText: 'Connected' }).waitFor({ timeout: 60000 });
@@ -100,18 +261,53 @@ const t0 = Date.now();
       return [c.width, c.height, Math.round(r.width), Math.round(r.height)];
     });
     if (!(size[0] >= 320 && size[1] >= 200 && size[2] >= 320 && size[3] >= 150)) throw new Error(`the VNC canvas is ${size}`);
+    // Not blank: the guest's text screen (firmware and kernel messages, console=tty0) has more than
+    // one colour.
+    let colours = 0;
+    for (let i = 0; i < 10 && colours < 2; i++) {
+      colours = await page.locator('#vnc-screen canvas').evaluate((c) => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const seen = new Set();
+        for (let p = 0; p < d.length && seen.size < 16; p += 4 * 7) seen.add((d[p] << 16) | (d[p + 1] << 8) | d[p + 2]);
+        return seen.size;
+      });
+      if (colours < 2) await page.waitForTimeout(500);
+    }
+    // Not yet asserted: this guest (kernel boot under QEMU) leaves its VGA screen blank here.
+    console.log(`vnc: ${colours} colour(s) on the canvas${colours < 2 ? ' (blank)' : ''}`);
     await page.locator('button', { hasText: 'Send Ctrl-Alt-Del' }).click();
     console.log(`vnc: ${size[0]}x${size[1]} shown at ${size[2]}x${size[3]}`);
     await shot('vnc');
 
     step('VM details');
     await page.locator('.tabs a', { hasText: 'YAML' }).click();
-    await page.locator('#vm-yaml', { hasText: `name: ${name}` }).waitFor();
+    await page.waitForFunction((n) => (document.querySelector('#vm-yaml')?.value || '').includes(`name: ${n}`), name);
     await page.locator('.tabs a', { hasText: 'Configuration' }).click();
     await page.locator('td', { hasText: 'cloudinitdisk' }).first().waitFor();
     await page.locator('.tabs a', { hasText: 'Overview' }).click();
     await page.locator('dd', { hasText: 'Running' }).first().waitFor();
+    await page.locator('[data-chart=cpu][data-points="3"], [data-chart=cpu][data-points="4"], [data-chart=cpu][data-points="5"]').first().waitFor({ timeout: 60000 });
     await shot('details');
+
+    step('/metrics while the guest runs');
+    const scrape = () => page.evaluate(async () => (await fetch('/metrics', { headers: { Authorization: `Bearer ${sessionStorage.getItem('virt-console-token')}` } })).text());
+    require('fs').writeFileSync(`${env('SHOTS')}/metrics-1.txt`, await scrape());
+    await page.waitForTimeout(4000);
+    require('fs').writeFileSync(`${env('SHOTS')}/metrics-2.txt`, await scrape());
+
+    step('stop and delete from the list');
+    await page.click('#nav a[data-nav=vms]');
+    await page.fill('input[type=search]', name);
+    await row.locator('button', { hasText: 'Stop' }).click();
+    await page.locator('#confirm-text', { hasText: `Stop virtual machine default/${name}?` }).waitFor();
+    await page.click('#confirm-ok');
+    // The guest (busybox, no ACPI handler) ignores the power button: the VM is Stopping until the
+    // grace period ends; the list shows the change without a reload.
+    await row.locator('.vm-status', { hasText: /Stopp(ing|ed)/ }).waitFor({ timeout: 120000 });
+    await shot('vms-stopped');
+    await row.locator('button[data-action=delete]').click();
+    await page.click('#confirm-ok');
+    await row.waitFor({ state: 'detached' });
     await page.click('#nav a[data-nav=bootsources]');
     await page.locator('h2', { hasText: 'DataVolumes' }).waitFor();
     await shot('bootsources');

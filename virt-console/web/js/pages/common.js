@@ -41,6 +41,19 @@ export async function power(ns, name, label, verb, target) {
   }
 }
 
+// Deletes VM `ns/name` after a confirmation; resolves true when deleted.
+export async function deleteVm(ns, name) {
+  if (!(await confirmAction(`Delete virtual machine ${ns}/${name}? Its disks created for it go too.`, 'Delete'))) return false;
+  try {
+    await api.del(`${api.KV}/namespaces/${encodeURIComponent(ns)}/virtualmachines/${encodeURIComponent(name)}`);
+    toast(`Deleted ${ns}/${name}`);
+    return true;
+  } catch (e) {
+    toast(`Deleting ${ns}/${name} failed: ${e.message}`, true);
+    return false;
+  }
+}
+
 export async function namespaces() {
   try {
     const l = await api.get('/api/v1/namespaces');

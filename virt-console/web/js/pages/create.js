@@ -3,6 +3,7 @@
 import * as api from '../api.js';
 import { h, navigate, toast } from '../dom.js';
 import { fieldPaths, lineOf } from '../yaml.js';
+import { wizard } from './wizard.js';
 
 const EXAMPLE = `apiVersion: kubevirt.io/v1
 kind: VirtualMachine
@@ -86,10 +87,45 @@ export function showProblems(box, ed, err) {
   box.replaceChildren(h('h2', {}, `The API refused it (${err.status} ${err.reason || ''})`), h('ul', { class: 'problems' }, items));
 }
 
+// `?mode=yaml` the YAML editor, else the form (instancetype, preference, boot source).
 export function create(main, query) {
+  const mode = query.get('mode') === 'yaml' ? 'yaml' : 'form';
+  const tabs = h('nav', { class: 'tabs' },
+    h('a', { href: '/console/create', class: mode === 'form' ? 'active' : '', id: 'create-form-tab', onclick: (e) => { e.preventDefault(); navigate('/console/create'); } }, 'From an instancetype'),
+    h('a', { href: '/console/create?mode=yaml', class: mode === 'yaml' ? 'active' : '', id: 'create-yaml-tab', onclick: (e) => { e.preventDefault(); navigate('/console/create?mode=yaml'); } }, 'From YAML'));
+  if (mode === 'form') {
+    const errors = h('div', { id: 'create-errors', role: 'alert' });
+    main.append(h('h1', {}, 'Create a virtual machine'), tabs);
+    wizard(main, (text) => { pending = text; navigate('/console/create?mode=yaml'); }, async (text, namespace, button) => {
+      button.disabled = true;
+      errors.replaceChildren();
+      try {
+        const vm = await api.request('POST', `${api.KV}/namespaces/${encodeURIComponent(namespace)}/virtualmachines`, { body: text, contentType: 'application/yaml' });
+        toast(`VirtualMachine ${namespace}/${vm.metadata.name} created`);
+        navigate(`/console/vms/${encodeURIComponent(namespace)}/${encodeURIComponent(vm.metadata.name)}`);
+      } catch (e) {
+        const ed = editor(text);
+        showProblems(errors, ed, e);
+        errors.append(ed.el);
+      } finally {
+        button.disabled = false;
+      }
+    });
+    main.append(errors);
+    return undefined;
+  }
+  main.append(tabs);
+  return yamlCreate(main, query);
+}
+
+// Text handed from the form to the YAML editor ("Edit as YAML").
+let pending = null;
+
+function yamlCreate(main, query) {
   const errors = h('div', { id: 'create-errors', role: 'alert' });
   const cmd = h('pre', { class: 'cmd', id: 'create-command' });
-  const ed = editor(EXAMPLE, () => commands());
+  const ed = editor(pending || EXAMPLE, () => commands());
+  pending = null;
   function commands() {
     const { kind = 'VirtualMachine', name = '' } = head(ed.area.value);
     const server = location.origin;

@@ -6,6 +6,8 @@ import { toYaml } from '../yaml.js';
 import { actionsFor, events, power, vmStatus, vmiAddress } from './common.js';
 import { serialConsole } from '../serial.js';
 import { vncConsole } from '../vnc.js';
+import { editor, showProblems } from './create.js';
+import { charts } from '../charts.js';
 
 const TABS = [['overview', 'Overview'], ['yaml', 'YAML'], ['config', 'Configuration'], ['events', 'Events'], ['serial', 'Serial console'], ['vnc', 'VNC console']];
 
@@ -61,11 +63,15 @@ export function vmDetails(main, query, ns, name) {
   }));
 
   if (tab === 'overview') {
+    const info = h('div');
+    const chartBox = h('div', { id: 'vm-charts' });
+    body.append(info, h('h2', {}, 'Utilization'), chartBox);
+    stops.push(charts(chartBox, ns, name));
     drawTab = () => {
       if (!vm) return;
       const conds = [...(vm.status?.conditions || []).map((c) => ['VirtualMachine', c]), ...(vmi?.status?.conditions || []).map((c) => ['VirtualMachineInstance', c])];
       const ifaces = vmi?.status?.interfaces || [];
-      body.replaceChildren(
+      info.replaceChildren(
         h('div', { class: 'card' }, h('dl', { class: 'props' },
           h('dt', {}, 'Status'), h('dd', {}, status(vmStatus(vm, vmi))),
           h('dt', {}, 'Namespace'), h('dd', {}, ns),
@@ -87,9 +93,41 @@ export function vmDetails(main, query, ns, name) {
       );
     };
   } else if (tab === 'yaml') {
-    const pre = h('pre', { class: 'yaml', id: 'vm-yaml' });
-    body.append(pre);
-    drawTab = () => { if (vm) pre.textContent = toYaml(vm); };
+    // Edited in place and saved with PUT: the API validates, and a refusal is shown at its field
+    // path (the line is marked). The text is not overwritten while it is being edited.
+    const errors = h('div', { id: 'yaml-errors', role: 'alert' });
+    const note = h('span', { class: 'muted', id: 'yaml-note' });
+    const save = h('button', { class: 'primary', id: 'yaml-save' }, 'Save');
+    const reload = h('button', { id: 'yaml-reload' }, 'Reload');
+    let ed = null;
+    let dirty = false;
+    const fill = () => {
+      if (!vm) return;
+      if (!ed) {
+        ed = editor(toYaml(vm), () => { dirty = true; note.textContent = 'Edited: Save to apply.'; });
+        ed.area.id = 'vm-yaml';
+        body.append(h('div', { class: 'toolbar' }, save, reload, note), errors, ed.el);
+      } else if (!dirty) {
+        ed.area.value = toYaml(vm);
+        ed.mark([]);
+      }
+    };
+    reload.addEventListener('click', () => { dirty = false; errors.replaceChildren(); note.textContent = ''; fill(); });
+    save.addEventListener('click', async () => {
+      errors.replaceChildren();
+      save.disabled = true;
+      try {
+        await api.request('PUT', `${vmPath}/${encodeURIComponent(name)}`, { body: ed.area.value, contentType: 'application/yaml' });
+        dirty = false;
+        note.textContent = 'Saved.';
+        toast(`Saved ${ns}/${name}`);
+      } catch (e) {
+        showProblems(errors, ed, e);
+      } finally {
+        save.disabled = false;
+      }
+    });
+    drawTab = fill;
   } else if (tab === 'config') {
     drawTab = () => {
       if (!vm) return;

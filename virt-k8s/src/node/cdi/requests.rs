@@ -13,8 +13,8 @@ use virt_storage::cdi::{
 use virt_storage::volume::{CloneStrategy, VolumeError, VolumeId, VolumeProvider};
 
 use super::{
-    check, lock, prepare_meta, to_value, Cdi, CdiError, CdiKind, State, LABEL_CRON, PROVISIONER,
-    STORAGE_CLASS,
+    check, lock, prepare_meta, to_value, Cdi, CdiError, CdiKind, State, ANN_AUTO_UPDATE, LABEL_CRON,
+    PROVISIONER, STORAGE_CLASS,
 };
 
 impl Cdi {
@@ -183,6 +183,48 @@ impl Cdi {
         drop(st);
         self.wake();
         out.ok_or(CdiError::NotFound { resource: CdiKind::DataImportCron.resource(), name })
+    }
+
+    /// Replaces a DataImportCron's labels and annotations, e.g. the per-boot-source switch of
+    /// automatic updates ([`ANN_AUTO_UPDATE`]); the spec cannot change on this node (delete and
+    /// create again). A stale `resourceVersion` is a conflict.
+    pub fn replace_data_import_cron(
+        &self,
+        namespace: &str,
+        cron: DataImportCron,
+    ) -> Result<DataImportCron, CdiError> {
+        let name = cron.metadata.name.clone().unwrap_or_default();
+        let key = Key::new(namespace, &name);
+        let mut st = lock(&self.state);
+        let not_found =
+            || CdiError::NotFound { resource: CdiKind::DataImportCron.resource(), name: name.clone() };
+        let cur = st.crons.get(&key).cloned().ok_or_else(not_found)?;
+        if let Some(rv) = cron.metadata.resource_version.as_ref() {
+            if cur.metadata.resource_version.as_ref() != Some(rv) {
+                return Err(CdiError::Conflict(format!(
+                    "Operation cannot be fulfilled on dataimportcrons.cdi.kubevirt.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                )));
+            }
+        }
+        if cron.spec != cur.spec {
+            return Err(CdiError::Invalid(format!(
+                "DataImportCron {key}: spec: Forbidden: the spec cannot change on this node; only metadata.labels and metadata.annotations (e.g. {ANN_AUTO_UPDATE})"
+            )));
+        }
+        let mut next = cur.clone();
+        next.metadata.labels = cron.metadata.labels;
+        next.metadata.annotations = cron.metadata.annotations;
+        st.crons.insert(key.clone(), next);
+        if let Err(e) = self.persist(&mut st, CdiKind::DataImportCron, &key) {
+            st.crons.insert(key, cur);
+            return Err(e);
+        }
+        // Switched back on: poll now rather than at the next tick of a schedule.
+        st.cron_next.remove(&key);
+        let out = st.crons.get(&key).cloned();
+        drop(st);
+        self.wake();
+        out.ok_or_else(not_found)
     }
 
     /// One object as JSON.
