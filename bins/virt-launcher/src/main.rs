@@ -649,7 +649,9 @@ fn jail_self(args: &Args, run_dir: &Path, prepared: &Prepared, backends: &Backen
     // SAFETY: geteuid has no arguments and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     if let Ok((spec, backend)) = prepared {
-        opts.interfaces = !spec.interfaces.is_empty();
+        // QEMU serves VNC on the loopback the node dials, so a machine with graphics keeps the
+        // node's network namespace like one with legacy taps (a VNC unix socket would lift this).
+        opts.interfaces = !spec.interfaces.is_empty() || spec.graphics;
         if root && !args.no_namespaces {
             let cache = (backend.name() == "native").then_some(backends.kernel_cache.as_deref()).flatten();
             if let (Some(_), BootSpec::Kernel { kernel, initramfs, cmdline }) = (cache, &spec.boot) {
