@@ -12,7 +12,8 @@ want_pkgs=(qemu-system-x86 busybox-static cpio e2fsprogs xz-utils zstd docker-re
            xfsprogs btrfs-progs dosfstools mtools xorriso curl openssl \
            ovmf seabios swtpm swtpm-tools syslinux syslinux-common openscap-scanner ssg-debian \
            chromium chromium-driver \
-           containerd runc containernetworking-plugins iproute2 util-linux gcc libc6-dev python3)
+           containerd runc containernetworking-plugins iproute2 util-linux gcc libc6-dev python3 \
+           openssh-client openssh-server)
 for p in "${want_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done
