@@ -244,7 +244,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["vm", "vms"],
         namespaced: true,
         verbs: CRUD,
-        subresources: &["start", "stop", "restart"],
+        subresources: &["start", "stop", "restart", "portforward"],
         columns: VM_COLUMNS,
     },
     Resource {
@@ -258,7 +258,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["vmi", "vmis"],
         namespaced: true,
         verbs: CRD,
-        subresources: &["pause", "unpause", "softreboot", "console", "vnc"],
+        subresources: &["pause", "unpause", "softreboot", "console", "vnc", "portforward"],
         columns: VMI_COLUMNS,
     },
     Resource {

@@ -30,6 +30,7 @@ mod kind;
 pub mod kubeconfig;
 pub mod manifest;
 pub mod output;
+pub mod portforward;
 mod status;
 mod transport;
 mod types;
@@ -186,6 +187,9 @@ pub enum ClientError {
     /// The console session failed.
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// A port forward (`virtctl port-forward`, `ssh`) failed.
+    #[error(transparent)]
+    PortForward(#[from] portforward::PortForwardError),
     /// The local VNC proxy (`virtctl vnc`) failed.
     #[error("VNC proxy {what}: {reason}")]
     Vnc {
@@ -252,7 +256,7 @@ impl fmt::Display for ApplyOutcome {
     }
 }
 
-fn subresource_path(kind: Kind, namespace: &str, name: &str, sub: &str) -> String {
+pub(crate) fn subresource_path(kind: Kind, namespace: &str, name: &str, sub: &str) -> String {
     format!(
         "/apis/subresources.kubevirt.io/v1/namespaces/{}/{}/{}/{sub}",
         segment(namespace),
@@ -839,6 +843,18 @@ impl AsyncNodeClient {
     /// Opens a websocket subresource of a VMI that carries raw bytes (`console`, `vnc`).
     async fn byte_socket(&self, namespace: &str, name: &str, sub: &str) -> Result<Console, ClientError> {
         let path = subresource_path(Kind::VirtualMachineInstance, namespace, name, sub);
+        let ws = self.websocket(path, namespace, name).await?;
+        Ok(Console::new(format!("{namespace}/{name}"), ws))
+    }
+
+    /// Opens the websocket at `path` (a subresource of `namespace/name`); a refusal is the node's
+    /// `Status`.
+    pub(crate) async fn websocket(
+        &self,
+        path: String,
+        namespace: &str,
+        name: &str,
+    ) -> Result<tokio_tungstenite::WebSocketStream<transport::Conn>, ClientError> {
         let ws_error = |reason: String| ClientError::WebSocket {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -862,7 +878,7 @@ impl AsyncNodeClient {
                 after: self.timeout,
             })?;
         match result {
-            Ok((ws, _)) => Ok(Console::new(format!("{namespace}/{name}"), ws)),
+            Ok((ws, _)) => Ok(ws),
             Err(tungstenite::Error::Http(response)) => {
                 let code = response.status().as_u16();
                 let body = response.body().as_deref().unwrap_or_default();

@@ -17,6 +17,7 @@ use virt_core::lifecycle::{Lifecycle, LifecycleError};
 use virt_core::machine::remote::RemoteError;
 use virt_core::model::{self, KubeVirtObject, VmiPhase};
 
+use super::portforward;
 use super::runtime::LauncherRuntime;
 
 /// What the handlers share.
@@ -26,6 +27,8 @@ pub struct ApiState {
     pub lifecycle: Arc<Lifecycle>,
     /// The launchers (for consoles).
     pub runtime: Arc<LauncherRuntime>,
+    /// The `portforward` subresource's endpoints and dialer.
+    pub portforward: super::portforward::PortForwarding,
 }
 
 /// An error answered as a Kubernetes `Status`.
@@ -637,6 +640,24 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/console"), get(vmi_console))
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/vnc"), get(vmi_vnc))
+        .route(
+            &format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/portforward/{{port}}"),
+            get(portforward::vmi_port),
+        )
+        .route(
+            &format!(
+                "{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/portforward/{{port}}/{{protocol}}"
+            ),
+            get(portforward::vmi_port_protocol),
+        )
+        .route(
+            &format!("{SUB}/namespaces/{{ns}}/virtualmachines/{{name}}/portforward/{{port}}"),
+            get(portforward::vm_port),
+        )
+        .route(
+            &format!("{SUB}/namespaces/{{ns}}/virtualmachines/{{name}}/portforward/{{port}}/{{protocol}}"),
+            get(portforward::vm_port_protocol),
+        )
         .fallback(|| async {
             status_response(
                 StatusCode::NOT_FOUND,

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod cdi;
 pub mod cdi_api;
 pub mod kube;
+pub mod portforward;
 pub mod runtime;
 pub mod store;
 pub mod tls;
@@ -159,6 +160,7 @@ pub struct Node {
     lifecycle: Arc<Lifecycle>,
     runtime: Arc<LauncherRuntime>,
     cdi: Arc<cdi::Cdi>,
+    portforward: portforward::PortForwarding,
     _lock: std::fs::File,
 }
 
@@ -229,12 +231,22 @@ impl Node {
         let audit_path = cfg.state_dir.join("audit.log");
         let audit = audit::AuditLog::open(&audit_path).map_err(io("opening the audit log", &audit_path))?;
         write_effective(&cfg, audit.path())?;
-        Ok(Self { cfg, users: Arc::new(users), audit, lifecycle, runtime, cdi, _lock: lock })
+        // Where `portforward` (virtctl port-forward, ssh) reaches each VMI's guest: the pod network's
+        // EndpointLookup goes here; until then no VMI is reachable (409 Conflict).
+        let endpoints: Arc<dyn virt_net::endpoint::EndpointLookup> = Arc::new(virt_net::lookup::NoEndpoints);
+        let portforward = portforward::PortForwarding::new(endpoints);
+        Ok(Self { cfg, users: Arc::new(users), audit, lifecycle, runtime, cdi, portforward, _lock: lock })
     }
 
     /// The lifecycle (for embedders that add their own API).
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
         &self.lifecycle
+    }
+
+    /// Replaces where `portforward` finds each VMI's guest (embedders with their own network).
+    pub fn with_endpoints(mut self, endpoints: Arc<dyn virt_net::endpoint::EndpointLookup>) -> Self {
+        self.portforward.endpoints = endpoints;
+        self
     }
 
     /// The CDI controller (DataVolumes, DataSources, DataImportCrons, uploads).
@@ -284,7 +296,11 @@ impl Node {
                 .map_err(io("starting the CDI controller for", &self.cfg.state_dir))?
         };
         let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone());
-        let state = api::ApiState { lifecycle: self.lifecycle.clone(), runtime: self.runtime.clone() };
+        let state = api::ApiState {
+            lifecycle: self.lifecycle.clone(),
+            runtime: self.runtime.clone(),
+            portforward: self.portforward.clone(),
+        };
         let result = rt.block_on(async {
             if let Some(dir) = self.cfg.socket.parent() {
                 std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
