@@ -1,7 +1,7 @@
 //! `virtctl port-forward`, `--stdio`, `ssh` and `scp` end to end with real parts: the node's own
 //! API router (virt-k8s `node::api`) on a unix socket, with a lifecycle whose VMI runs on a
 //! test-double machine; the real `NetnsDialer`; a network namespace made by the test holding the
-//! "guest" address 10.0.2.2 on a dummy interface, a python3 TCP/UDP echo server and Debian's sshd
+//! "guest" address 10.0.2.2 on its loopback, a python3 TCP/UDP echo server and Debian's sshd
 //! in it (scripts/install-deps.sh installs openssh-server and openssh-client). Needs root.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -89,7 +89,7 @@ fn ip(args: &[&str]) {
     assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A network namespace holding 10.0.2.2 (dummy interface) and the servers started in it; all
+/// A network namespace holding 10.0.2.2 (on its loopback) and the servers started in it; all
 /// removed on drop.
 struct Guest {
     ns: String,
@@ -102,9 +102,8 @@ impl Guest {
         ip(&["netns", "add", &ns]);
         let g = Self { ns, servers: Vec::new() };
         ip(&["-n", &g.ns, "link", "set", "lo", "up"]);
-        ip(&["-n", &g.ns, "link", "add", "g0", "type", "dummy"]);
-        ip(&["-n", &g.ns, "addr", "add", "10.0.2.2/24", "dev", "g0"]);
-        ip(&["-n", &g.ns, "link", "set", "g0", "up"]);
+        // The guest's address on the namespace's loopback (this kernel has no dummy interfaces).
+        ip(&["-n", &g.ns, "addr", "add", "10.0.2.2/32", "dev", "lo"]);
         g
     }
 
@@ -191,7 +190,7 @@ fn vmi(name: &str) -> VirtualMachineInstance {
 
 impl Node {
     /// A node with running VMIs `vm1` (reachable through the table once registered) and `nonet`
-    /// (never registered), and a stopped VM `off`.
+    /// (never registered), and a stopped VM `halted`.
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let lifecycle = Arc::new(
@@ -202,7 +201,7 @@ impl Node {
             lifecycle.create_vmi("default", vmi(name)).unwrap();
         }
         let off: virt_core::model::VirtualMachine = model::from_yaml(
-            "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: off\nspec:\n  runStrategy: Halted\n  template:\n    spec:\n      domain:\n        devices: {}\n        memory:\n          guest: 64Mi\n",
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: halted\nspec:\n  runStrategy: Halted\n  template:\n    spec:\n      domain:\n        devices: {}\n        memory:\n          guest: 64Mi\n",
         )
         .unwrap();
         lifecycle.create_vm("default", off).unwrap();
@@ -323,7 +322,7 @@ fn forwards_tcp_both_ways_concurrently_with_large_transfers_and_half_close() {
     let guest = guest_with_echo();
     let node = Node::start();
     node.register(&guest);
-    let fwd = Forward::start(&node, &["port-forward", "vm/vm1", &format!("0:{ECHO_PORT}")], 1);
+    let fwd = Forward::start(&node, &["port-forward", "vmi/vm1", &format!("0:{ECHO_PORT}")], 1);
     let port = fwd.ports[0];
 
     // A small exchange, then the answer after the half-close.
@@ -405,7 +404,7 @@ fn bad_input_and_unreachable_vmis_are_clear_errors() {
             1,
             "virtualmachineinstances.kubevirt.io \"missing\" not found",
         ),
-        (&["port-forward", "vm/off", "22"], 1, "VirtualMachine default/off is not running"),
+        (&["port-forward", "vm/halted", "22"], 1, "VirtualMachine default/halted is not running"),
         (&["port-forward", "--stdio", "vmi/missing", "22"], 1, "\"missing\" not found"),
         (&["port-forward", "--stdio", "vmi/nonet", "22"], 1, "has no network the node can reach"),
         (&["ssh", "@vmi/vm1"], 2, "user name before '@'"),
@@ -486,20 +485,22 @@ fn ssh_and_scp_reach_a_real_sshd_through_the_proxy_command() {
             "-o StrictHostKeyChecking=accept-new".into(),
             "-t".into(),
             "-o BatchMode=yes".into(),
+            "-t".into(),
+            "-o HashKnownHosts=no".into(),
         ];
         v.extend(extra.iter().map(|s| s.to_string()));
         v
     };
 
-    let target = format!("{user}@vm/vm1");
+    let target = format!("{user}@vmi/vm1");
     let mut args = vec!["ssh".to_string(), target.clone()];
-    args.extend(ssh_opts(&["--", "echo", "hello-from-$(hostname -I)"]));
+    args.extend(ssh_opts(&["--", "echo", "hello-from \"$SSH_CONNECTION\""]));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, out, err) = node.run(&argv);
     assert_eq!(code, 0, "ssh: {err}");
-    assert!(out.contains("hello-from-10.0.2.2"), "ssh output: {out:?} {err}");
+    assert!(out.starts_with("hello-from ") && out.trim_end().ends_with("10.0.2.2 22"), "ssh output: {out:?} {err}");
     let known_text = std::fs::read_to_string(&known).unwrap();
-    assert!(known_text.contains("vm.vm1.default"), "host key recorded under its alias: {known_text}");
+    assert!(known_text.contains("vmi.vm1.default"), "host key recorded under its alias: {known_text}");
 
     // The command's exit status comes back.
     let mut args = vec!["ssh".to_string(), "--username".into(), user.clone(), "vmi/vm1/default".into()];
@@ -514,7 +515,7 @@ fn ssh_and_scp_reach_a_real_sshd_through_the_proxy_command() {
     std::fs::write(&local, &data).unwrap();
     let remote = node.dir.path().join("copied.bin");
     let mut args =
-        vec!["scp".to_string(), local.display().to_string(), format!("{user}@vm/vm1:{}", remote.display())];
+        vec!["scp".to_string(), local.display().to_string(), format!("{user}@vmi/vm1:{}", remote.display())];
     args.extend(ssh_opts(&[]));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, _, err) = node.run(&argv);
@@ -522,7 +523,7 @@ fn ssh_and_scp_reach_a_real_sshd_through_the_proxy_command() {
     assert!(std::fs::read(&remote).unwrap() == data);
     let back = node.dir.path().join("back.bin");
     let mut args =
-        vec!["scp".to_string(), format!("{user}@vm/vm1:{}", remote.display()), back.display().to_string()];
+        vec!["scp".to_string(), format!("{user}@vmi/vm1:{}", remote.display()), back.display().to_string()];
     args.extend(ssh_opts(&[]));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, _, err) = node.run(&argv);
