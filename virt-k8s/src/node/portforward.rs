@@ -95,38 +95,38 @@ enum Form {
 }
 
 /// The checks before the upgrade: the port and protocol, the object, its phase, its endpoint.
-fn resolve(s: &ApiState, form: Form, ns: &str, name: &str) -> Result<VmiEndpoint, Response> {
+fn resolve(s: &ApiState, form: Form, ns: &str, name: &str) -> Result<VmiEndpoint, Box<Response>> {
     if form == Form::Vm {
-        s.lifecycle.get_vm(ns, name).map_err(lifecycle_error)?;
+        s.lifecycle.get_vm(ns, name).map_err(|e| Box::new(lifecycle_error(e)))?;
     }
     let vmi = match s.lifecycle.get_vmi(ns, name) {
         Ok(v) => v,
         Err(LifecycleError::NotFound { .. }) if form == Form::Vm => {
-            return Err(refuse(
+            return Err(Box::new(refuse(
                 StatusCode::CONFLICT,
                 "Conflict",
                 format!("VirtualMachine {ns}/{name} is not running (it has no VirtualMachineInstance)"),
-            ))
+            )))
         }
-        Err(e) => return Err(lifecycle_error(e)),
+        Err(e) => return Err(Box::new(lifecycle_error(e))),
     };
     let phase = vmi.status.as_ref().and_then(|st| st.phase).unwrap_or(VmiPhase::Pending);
     if phase != VmiPhase::Running {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             StatusCode::CONFLICT,
             "Conflict",
             format!("VirtualMachineInstance {ns}/{name} is not running (phase {})", phase.as_str()),
-        ));
+        )));
     }
     s.portforward.endpoints.endpoint(ns, name).ok_or_else(|| {
-        refuse(
+        Box::new(refuse(
             StatusCode::CONFLICT,
             "Conflict",
             format!(
                 "VirtualMachineInstance {ns}/{name} has no network the node can reach (no pod \
                  network interface, or its network is not set up yet)"
             ),
-        )
+        ))
     })
 }
 
@@ -150,12 +150,15 @@ async fn serve(
     let keepalive = s.portforward.keepalive;
     let dialled = tokio::task::spawn_blocking(move || {
         let endpoint = resolve(&s, form, &ns, &name)?;
-        s.portforward.dialer.dial(&endpoint, port, protocol).map_err(|e| dial_refusal(&ns, &name, port, &e))
+        s.portforward
+            .dialer
+            .dial(&endpoint, port, protocol)
+            .map_err(|e| Box::new(dial_refusal(&ns, &name, port, &e)))
     })
     .await;
     let stream = match dialled {
         Ok(Ok(stream)) => stream,
-        Ok(Err(response)) => return response,
+        Ok(Err(response)) => return *response,
         Err(e) => {
             return refuse(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("portforward: {e}"))
         }
