@@ -308,7 +308,7 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["vm", "vms"],
         namespaced: true,
         verbs: CRUD,
-        subresources: &["start", "stop", "restart"],
+        subresources: &["start", "stop", "restart", "portforward"],
         columns: VM_COLUMNS,
     },
     Resource {
@@ -333,6 +333,7 @@ pub static RESOURCES: &[Resource] = &[
             "filesystemlist",
             "freeze",
             "unfreeze",
+            "portforward",
         ],
         columns: VMI_COLUMNS,
     },

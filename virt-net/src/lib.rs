@@ -9,11 +9,15 @@
 //! - [`spec`]: a VMI's interfaces resolved (bindings, `vmNetworkCIDR`, `ports`, Multus networks).
 //! - [`dhcp`]: the DHCPv4 server of each interface (dhcproto); [`nft`]: the masquerade ruleset;
 //!   [`macpool`]: the MAC pool; [`netns`]: namespaces, `ip -batch`, `nft -f -`.
+//! - [`lookup`]: an empty lookup and a hand-filled table; [`dial`]: streams to a guest's port from
+//!   inside its VMI's network namespace (`portforward`).
 //! - [`fuzzing`]: bodies of the cargo-fuzz targets (also run as proptests).
 
 pub mod dhcp;
+pub mod dial;
 pub mod endpoint;
 pub mod fuzzing;
+pub mod lookup;
 pub mod macpool;
 pub mod netns;
 pub mod nft;

@@ -112,6 +112,18 @@ impl AsyncNodeClient {
         sub: &str,
     ) -> Result<Console, ClientError> {
         let path = subresource_path(Kind::VirtualMachineInstance, namespace, name, sub);
+        let ws = self.websocket(path, namespace, name).await?;
+        Ok(Console::new(format!("{namespace}/{name}"), ws))
+    }
+
+    /// Opens the websocket at `path` (a subresource of `namespace/name`); a refusal is the node's
+    /// `Status`.
+    pub(crate) async fn websocket(
+        &self,
+        path: String,
+        namespace: &str,
+        name: &str,
+    ) -> Result<tokio_tungstenite::WebSocketStream<super::transport::Conn>, ClientError> {
         let ws_error = |reason: String| ClientError::WebSocket {
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -135,7 +147,7 @@ impl AsyncNodeClient {
                 after: self.timeout,
             })?;
         match result {
-            Ok((ws, _)) => Ok(Console::new(format!("{namespace}/{name}"), ws)),
+            Ok((ws, _)) => Ok(ws),
             Err(tungstenite::Error::Http(response)) => {
                 let code = response.status().as_u16();
                 let body = response.body().as_deref().unwrap_or_default();

@@ -120,6 +120,9 @@ pub enum ClientError {
     /// The console session failed.
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    /// A port forward (`virtctl port-forward`, `ssh`) failed.
+    #[error(transparent)]
+    PortForward(#[from] super::portforward::PortForwardError),
     /// The local VNC proxy (`virtctl vnc`) failed.
     #[error("VNC proxy {what}: {reason}")]
     Vnc {

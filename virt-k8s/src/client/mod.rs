@@ -30,6 +30,7 @@ mod kind;
 pub mod kubeconfig;
 pub mod manifest;
 pub mod output;
+pub mod portforward;
 mod status;
 mod transport;
 mod types;
@@ -99,7 +100,7 @@ impl fmt::Display for ApplyOutcome {
     }
 }
 
-fn subresource_path(kind: Kind, namespace: &str, name: &str, sub: &str) -> String {
+pub(crate) fn subresource_path(kind: Kind, namespace: &str, name: &str, sub: &str) -> String {
     format!(
         "/apis/subresources.kubevirt.io/v1/namespaces/{}/{}/{}/{sub}",
         segment(namespace),

@@ -18,6 +18,7 @@ use virt_core::lifecycle::{Lifecycle, LifecycleError, Propagation};
 use virt_core::machine::remote::RemoteError;
 use virt_core::model::{self, KubeVirtObject, VmiPhase};
 
+use super::portforward;
 use super::runtime::LauncherRuntime;
 
 pub mod agent;
@@ -29,11 +30,10 @@ pub struct ApiState {
     pub lifecycle: Arc<Lifecycle>,
     /// The launchers (for consoles).
     pub runtime: Arc<LauncherRuntime>,
-    /// Where each running VMI's guest is reached (network namespace + address): port-forward
-    /// and ssh connect through it.
-    pub endpoints: Arc<dyn virt_net::endpoint::EndpointLookup>,
     /// The node's name (the `node` label of `/metrics`).
     pub node_name: Arc<str>,
+    /// The `portforward` subresource's endpoints (the pod network's) and dialer.
+    pub portforward: super::portforward::PortForwarding,
 }
 
 /// An error answered as a Kubernetes `Status`.
@@ -716,6 +716,24 @@ pub fn router(state: ApiState) -> Router {
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/console"), get(vmi_console))
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/vnc"), get(vmi_vnc))
         .merge(agent::routes(SUB))
+        .route(
+            &format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/portforward/{{port}}"),
+            get(portforward::vmi_port),
+        )
+        .route(
+            &format!(
+                "{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/portforward/{{port}}/{{protocol}}"
+            ),
+            get(portforward::vmi_port_protocol),
+        )
+        .route(
+            &format!("{SUB}/namespaces/{{ns}}/virtualmachines/{{name}}/portforward/{{port}}"),
+            get(portforward::vm_port),
+        )
+        .route(
+            &format!("{SUB}/namespaces/{{ns}}/virtualmachines/{{name}}/portforward/{{port}}/{{protocol}}"),
+            get(portforward::vm_port_protocol),
+        )
         .fallback(|| async {
             status_response(
                 StatusCode::NOT_FOUND,

@@ -13,8 +13,9 @@ pub mod cdi;
 pub mod cdi_api;
 pub mod core_objects;
 pub mod kube;
-pub mod network;
 pub mod metrics;
+pub mod network;
+pub mod portforward;
 pub mod runtime;
 pub mod seed;
 pub mod store;
@@ -170,6 +171,8 @@ pub struct Node {
     /// Where each running VMI's guest is reached (port-forward, ssh): the pod network's
     /// manager, or [`network::NoNetwork`].
     endpoints: Arc<dyn virt_net::endpoint::EndpointLookup>,
+    /// The `portforward` subresource: [`Self::endpoints`] and the dialer into VMI namespaces.
+    portforward: portforward::PortForwarding,
     objects: Arc<core_objects::CoreObjects>,
     _lock: std::fs::File,
 }
@@ -267,6 +270,7 @@ impl Node {
         let audit_path = cfg.state_dir.join("audit.log");
         let audit = audit::AuditLog::open(&audit_path).map_err(io("opening the audit log", &audit_path))?;
         write_effective(&cfg, audit.path())?;
+        let portforward = portforward::PortForwarding::new(endpoints.clone());
         Ok(Self {
             cfg,
             users: Arc::new(users),
@@ -276,6 +280,7 @@ impl Node {
             cdi,
             store,
             endpoints,
+            portforward,
             objects,
             _lock: lock,
         })
@@ -289,6 +294,13 @@ impl Node {
     /// Where running VMIs' guests are reached (the pod network's [`virt_net::endpoint::EndpointLookup`]).
     pub fn endpoints(&self) -> &Arc<dyn virt_net::endpoint::EndpointLookup> {
         &self.endpoints
+    }
+
+    /// Replaces where `portforward` finds each VMI's guest (embedders with their own network).
+    pub fn with_endpoints(mut self, endpoints: Arc<dyn virt_net::endpoint::EndpointLookup>) -> Self {
+        self.portforward.endpoints = endpoints.clone();
+        self.endpoints = endpoints;
+        self
     }
 
     /// The CDI controller (DataVolumes, DataSources, DataImportCrons, uploads).
@@ -344,7 +356,7 @@ impl Node {
         let state = api::ApiState {
             lifecycle: self.lifecycle.clone(),
             runtime: self.runtime.clone(),
-            endpoints: self.endpoints.clone(),
+            portforward: self.portforward.clone(),
             node_name: self.cfg.node_name.as_str().into(),
         };
         let result = rt.block_on(async {

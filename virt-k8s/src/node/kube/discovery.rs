@@ -73,7 +73,8 @@ fn subresource_entries() -> Vec<Value> {
         .filter(|r| r.group == "kubevirt.io")
         .flat_map(|r| {
             r.subresources.iter().map(move |s| {
-                let verbs: &[&str] = if matches!(*s, "console" | "vnc") { &["get"] } else { &["update"] };
+                let verbs: &[&str] =
+                    if matches!(*s, "console" | "vnc" | "portforward") { &["get"] } else { &["update"] };
                 json!({
                     "name": format!("{}/{s}", r.plural),
                     "singularName": "",

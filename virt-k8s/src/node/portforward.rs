@@ -1,0 +1,353 @@
+//! KubeVirt's `portforward` subresource: a websocket carrying one TCP connection (or a UDP flow) to
+//! a port of a running VMI's guest, for `virtctl port-forward` and `virtctl ssh`.
+//!
+//! Paths (both forms KubeVirt serves; a VM's form reaches the VMI of the same name):
+//! `/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}/portforward/{port}[/{protocol}]`
+//! and `.../virtualmachines/{name}/portforward/{port}[/{protocol}]`, `protocol` `tcp` (default) or
+//! `udp`.
+//!
+//! Everything is checked, and the guest dialled, before the upgrade, so that a refusal is a
+//! Kubernetes `Status`: 400 for a bad port or protocol, 404 for a missing VM/VMI, 409 when it is not
+//! running or has no network, 503 (504) when the guest refuses (does not answer).
+//!
+//! Framing (`plain.kubevirt.io`): binary messages carry the bytes. A zero-length binary message
+//! means "the sender will send no more" (a TCP half-close, `shutdown(SHUT_WR)` on the other side);
+//! KubeVirt's clients never send one, so they are unaffected. For UDP each message is one datagram.
+//! The node pings every [`PortForwarding::keepalive`] and ends a session that stays silent (not even
+//! a pong) for three intervals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use virt_core::lifecycle::LifecycleError;
+use virt_core::model::VmiPhase;
+use virt_net::dial::{DialError, Dialer, GuestStream, NetnsDialer, Protocol};
+use virt_net::endpoint::{EndpointLookup, VmiEndpoint};
+use virt_net::lookup::NoEndpoints;
+
+use super::api::{status_response, ApiState};
+
+/// What the `portforward` subresource needs: where VMIs are reached and how to dial them.
+#[derive(Clone)]
+pub struct PortForwarding {
+    /// Where each running VMI's guest is (the node's pod network).
+    pub endpoints: Arc<dyn EndpointLookup>,
+    /// Opens the stream to the guest.
+    pub dialer: Arc<dyn Dialer>,
+    /// How often the node pings an open session.
+    pub keepalive: Duration,
+}
+
+impl Default for PortForwarding {
+    /// No VMI reachable yet ([`NoEndpoints`]) and the real [`NetnsDialer`].
+    fn default() -> Self {
+        Self {
+            endpoints: Arc::new(NoEndpoints),
+            dialer: Arc::new(NetnsDialer::default()),
+            keepalive: KEEPALIVE,
+        }
+    }
+}
+
+impl PortForwarding {
+    /// The real dialer in front of `endpoints`.
+    pub fn new(endpoints: Arc<dyn EndpointLookup>) -> Self {
+        Self { endpoints, ..Self::default() }
+    }
+}
+
+/// The default ping interval.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+
+fn refuse(code: StatusCode, reason: &str, message: String) -> Response {
+    status_response(code, reason, &message)
+}
+
+fn lifecycle_error(e: LifecycleError) -> Response {
+    let code = match &e {
+        LifecycleError::NotFound { .. } => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let reason = if code == StatusCode::NOT_FOUND { "NotFound" } else { "InternalError" };
+    refuse(code, reason, e.to_string())
+}
+
+/// `{port}` as the path has it: 1..=65535.
+pub fn parse_port(port: &str) -> Result<u16, String> {
+    match port.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(p as u16),
+        _ => Err(format!("port {port:?}: expected a number from 1 to 65535")),
+    }
+}
+
+/// Which object the path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Vm,
+    Vmi,
+}
+
+/// The checks before the upgrade: the port and protocol, the object, its phase, its endpoint.
+fn resolve(s: &ApiState, form: Form, ns: &str, name: &str) -> Result<VmiEndpoint, Box<Response>> {
+    if form == Form::Vm {
+        s.lifecycle.get_vm(ns, name).map_err(|e| Box::new(lifecycle_error(e)))?;
+    }
+    let vmi = match s.lifecycle.get_vmi(ns, name) {
+        Ok(v) => v,
+        Err(LifecycleError::NotFound { .. }) if form == Form::Vm => {
+            return Err(Box::new(refuse(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("VirtualMachine {ns}/{name} is not running (it has no VirtualMachineInstance)"),
+            )))
+        }
+        Err(e) => return Err(Box::new(lifecycle_error(e))),
+    };
+    let phase = vmi.status.as_ref().and_then(|st| st.phase).unwrap_or(VmiPhase::Pending);
+    if phase != VmiPhase::Running {
+        return Err(Box::new(refuse(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("VirtualMachineInstance {ns}/{name} is not running (phase {})", phase.as_str()),
+        )));
+    }
+    s.portforward.endpoints.endpoint(ns, name).ok_or_else(|| {
+        Box::new(refuse(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "VirtualMachineInstance {ns}/{name} has no network the node can reach (no pod \
+                 network interface, or its network is not set up yet)"
+            ),
+        ))
+    })
+}
+
+async fn serve(
+    s: ApiState,
+    form: Form,
+    ns: String,
+    name: String,
+    port: String,
+    protocol: Option<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let port = match parse_port(&port) {
+        Ok(p) => p,
+        Err(m) => return refuse(StatusCode::BAD_REQUEST, "BadRequest", m),
+    };
+    let protocol = match protocol.as_deref().map(str::parse::<Protocol>).transpose() {
+        Ok(p) => p.unwrap_or(Protocol::Tcp),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+    };
+    let keepalive = s.portforward.keepalive;
+    let dialled = tokio::task::spawn_blocking(move || {
+        let endpoint = resolve(&s, form, &ns, &name)?;
+        s.portforward
+            .dialer
+            .dial(&endpoint, port, protocol)
+            .map_err(|e| Box::new(dial_refusal(&ns, &name, port, &e)))
+    })
+    .await;
+    let stream = match dialled {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(response)) => return *response,
+        Err(e) => {
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("portforward: {e}"))
+        }
+    };
+    let upgrade = ws.protocols(["plain.kubevirt.io"]);
+    match stream {
+        GuestStream::Tcp(t) => {
+            match t.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(t)) {
+                Ok(t) => upgrade.on_upgrade(move |socket| bridge(socket, t, keepalive)),
+                Err(e) => internal(e),
+            }
+        }
+        GuestStream::Local(u) => {
+            match u.set_nonblocking(true).and_then(|()| tokio::net::UnixStream::from_std(u)) {
+                Ok(u) => upgrade.on_upgrade(move |socket| bridge(socket, u, keepalive)),
+                Err(e) => internal(e),
+            }
+        }
+        GuestStream::Udp(u) => {
+            match u.set_nonblocking(true).and_then(|()| tokio::net::UdpSocket::from_std(u)) {
+                Ok(u) => upgrade.on_upgrade(move |socket| datagrams(socket, u, keepalive)),
+                Err(e) => internal(e),
+            }
+        }
+    }
+}
+
+fn internal(e: std::io::Error) -> Response {
+    refuse(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("portforward: {e}"))
+}
+
+fn dial_refusal(ns: &str, name: &str, port: u16, e: &DialError) -> Response {
+    let message = format!("portforward to port {port} of VirtualMachineInstance {ns}/{name}: {e}");
+    if e.is_timeout() {
+        refuse(StatusCode::GATEWAY_TIMEOUT, "Timeout", message)
+    } else {
+        refuse(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message)
+    }
+}
+
+/// `GET .../virtualmachineinstances/{name}/portforward/{port}`
+pub async fn vmi_port(
+    State(s): State<ApiState>,
+    Path((ns, name, port)): Path<(String, String, String)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    serve(s, Form::Vmi, ns, name, port, None, ws).await
+}
+
+/// `GET .../virtualmachineinstances/{name}/portforward/{port}/{protocol}`
+pub async fn vmi_port_protocol(
+    State(s): State<ApiState>,
+    Path((ns, name, port, protocol)): Path<(String, String, String, String)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    serve(s, Form::Vmi, ns, name, port, Some(protocol), ws).await
+}
+
+/// `GET .../virtualmachines/{name}/portforward/{port}`
+pub async fn vm_port(
+    State(s): State<ApiState>,
+    Path((ns, name, port)): Path<(String, String, String)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    serve(s, Form::Vm, ns, name, port, None, ws).await
+}
+
+/// `GET .../virtualmachines/{name}/portforward/{port}/{protocol}`
+pub async fn vm_port_protocol(
+    State(s): State<ApiState>,
+    Path((ns, name, port, protocol)): Path<(String, String, String, String)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    serve(s, Form::Vm, ns, name, port, Some(protocol), ws).await
+}
+
+/// Copies a TCP-like stream and the websocket both ways, with half-closes (see the module's
+/// framing) and keepalive pings, until both directions ended, either side closed, or the client
+/// went silent.
+async fn bridge<S>(socket: WebSocket, stream: S, keepalive: Duration)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut ping = tokio::time::interval(keepalive);
+    ping.tick().await;
+    let mut silent_ticks = 0u32;
+    let (mut guest_done, mut client_done) = (false, false);
+    while !(guest_done && client_done) {
+        tokio::select! {
+            r = rd.read(&mut buf), if !guest_done => match r {
+                Ok(0) | Err(_) => {
+                    guest_done = true;
+                    // The guest will send no more: tell the client (an empty message).
+                    if ws_tx.send(Message::Binary(Bytes::new())).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(n) => {
+                    if ws_tx.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            m = ws_rx.next() => {
+                silent_ticks = 0;
+                match m {
+                    Some(Ok(Message::Binary(b))) if b.is_empty() => {
+                        client_done = true;
+                        let _ = wr.shutdown().await;
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        if client_done || wr.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Text(t))) => {
+                        if client_done || wr.write_all(t.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                }
+            },
+            _ = ping.tick() => {
+                silent_ticks += 1;
+                if silent_ticks > 3 || ws_tx.send(Message::Ping(Bytes::from_static(b"keepalive"))).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = ws_tx.send(Message::Close(None)).await;
+}
+
+/// UDP: each binary message is one datagram to the guest, each datagram from it one message.
+async fn datagrams(socket: WebSocket, udp: tokio::net::UdpSocket, keepalive: Duration) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let mut buf = vec![0u8; 65536];
+    let mut ping = tokio::time::interval(keepalive);
+    ping.tick().await;
+    let mut silent_ticks = 0u32;
+    loop {
+        tokio::select! {
+            r = udp.recv(&mut buf) => match r {
+                Ok(n) => {
+                    if ws_tx.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        break;
+                    }
+                }
+                // An ICMP port unreachable from an earlier datagram: the guest may listen later.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(_) => break,
+            },
+            m = ws_rx.next() => {
+                silent_ticks = 0;
+                match m {
+                    Some(Ok(Message::Binary(b))) if !b.is_empty() => {
+                        let _ = udp.send(&b).await;
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                }
+            },
+            _ = ping.tick() => {
+                silent_ticks += 1;
+                if silent_ticks > 3 || ws_tx.send(Message::Ping(Bytes::from_static(b"keepalive"))).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = ws_tx.send(Message::Close(None)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port;
+
+    #[test]
+    fn ports_are_1_to_65535() {
+        assert_eq!(parse_port("22"), Ok(22));
+        assert_eq!(parse_port("65535"), Ok(65535));
+        for bad in ["0", "65536", "-1", "ssh", ""] {
+            let e = parse_port(bad).unwrap_err();
+            assert!(e.contains("1 to 65535") && e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+}
