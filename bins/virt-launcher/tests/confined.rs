@@ -95,6 +95,11 @@ fn launcher(spec: &Path, run_dir: &Path, stderr: &Path, env: &[(&str, &str)]) ->
         "--grace-period",
         "1",
     ]);
+    // The kernel cache beside the run directory: the jail binds it read-only, and the view test
+    // expects nothing outside the scratch directory's tree (the default cache is under $HOME).
+    if let Some(scratch) = run_dir.parent() {
+        c.env("VIRT_CACHE_DIR", scratch.join("cache"));
+    }
     for (k, v) in env {
         c.env(k, v);
     }
