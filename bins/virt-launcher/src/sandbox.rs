@@ -70,11 +70,41 @@ fn machine_files(spec: &MachineSpec) -> Vec<(PathBuf, Access)> {
     for d in &spec.disks {
         let ro = d.read_only || d.cdrom;
         f.push((d.path.clone(), if ro { Access::ReadOnly } else { Access::ReadWrite }));
+        // A clone's qcow2 overlay reads its golden image: the backing chain is visible read-only.
+        for b in backing_chain(&d.path) {
+            f.push((b, Access::ReadOnly));
+        }
     }
     if let Some(t) = &spec.tpm {
         f.push((t.state_dir.clone(), Access::ReadWrite));
     }
     f
+}
+
+/// The backing files of a qcow2 image, nearest first (at most 16 deep; relative names are relative
+/// to the image that names them). Anything unreadable or not qcow2 ends the chain: the engine that
+/// opens the disk reports it.
+fn backing_chain(disk: &Path) -> Vec<PathBuf> {
+    use std::io::Read as _;
+    let mut chain = Vec::new();
+    let mut cur = disk.to_path_buf();
+    for _ in 0..16 {
+        let Ok(file) = std::fs::File::open(&cur) else { break };
+        let Ok(len) = file.metadata().map(|m| m.len()) else { break };
+        let mut buf = Vec::new();
+        if file.take(2 << 20).read_to_end(&mut buf).is_err() || !buf.starts_with(b"QFI\xfb") {
+            break;
+        }
+        let Ok(header) = virt_storage::format::qcow2::Header::parse(&buf, len, &cur) else { break };
+        let Some(next) = header.backing_file else { break };
+        let next = match cur.parent() {
+            Some(dir) if next.is_relative() => dir.join(next),
+            _ => next,
+        };
+        chain.push(next.clone());
+        cur = next;
+    }
+    chain
 }
 
 /// The user the machine runs as, or why it stays root: taps opened by name need `CAP_NET_ADMIN`,
