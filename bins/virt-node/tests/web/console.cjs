@@ -307,7 +307,7 @@ async function pool(n, width, fn) {
     await shot('vms-stopped');
     await row.locator('button[data-action=delete]').click();
     await page.click('#confirm-ok');
-    await row.waitFor({ state: 'detached' });
+    await row.waitFor({ state: 'detached', timeout: 120000 });
     await page.click('#nav a[data-nav=bootsources]');
     await page.locator('h2', { hasText: 'DataVolumes' }).waitFor();
     await shot('bootsources');
