@@ -318,9 +318,6 @@ fn guest_with_echo() -> Guest {
 }
 
 #[test]
-#[ignore = "known bug: node::portforward::bridge and client::portforward::splice copy both directions in one \
-            select loop, so a blocked write stalls the read of the other direction and echoes of \
-            several MiB deadlock; fix: run each direction as its own future"]
 fn forwards_tcp_both_ways_concurrently_with_large_transfers_and_half_close() {
     let guest = guest_with_echo();
     let node = Node::start();

@@ -240,26 +240,32 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(local);
     let (mut tx, mut rx) = ws.split();
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut local_done, mut remote_done) = (false, false);
     let io = |what: &'static str| {
         move |source: io::Error| PortForwardError::Io { target: target.to_string(), what, source }
     };
-    let result = async {
-        while !(local_done && remote_done) {
-            tokio::select! {
-                r = rd.read(&mut buf), if !local_done => {
-                    let n = r.map_err(io("reading the local side"))?;
-                    local_done = n == 0;
-                    // An empty message tells the node the local side sends no more.
-                    let msg = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
-                    tx.send(msg).await.map_err(|e| ws_error(target, e))?;
-                },
-                m = rx.next() => match m {
+    let result = {
+        // Each direction is its own future, so a write that waits (the local peer or the node not
+        // reading) never stops the other direction's reads: large echoes cannot deadlock.
+        let up = async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = rd.read(&mut buf).await.map_err(io("reading the local side"))?;
+                // An empty message tells the node the local side sends no more.
+                let msg = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
+                tx.send(msg).await.map_err(|e| ws_error(target, e))?;
+                if n == 0 {
+                    return Ok::<(), PortForwardError>(());
+                }
+            }
+        };
+        // Ok(true): the remote side sends no more; Ok(false): the websocket closed.
+        let down = async {
+            loop {
+                match rx.next().await {
                     Some(Ok(Message::Binary(b))) if b.is_empty() => {
-                        remote_done = true;
                         wr.flush().await.map_err(io("writing the local side"))?;
                         let _ = wr.shutdown().await;
+                        return Ok::<bool, PortForwardError>(true);
                     }
                     Some(Ok(Message::Binary(b))) => {
                         wr.write_all(&b).await.map_err(io("writing the local side"))?;
@@ -272,15 +278,30 @@ where
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_))) | None => {
                         let _ = wr.flush().await;
-                        return Ok(());
+                        return Ok(false);
                     }
                     Some(Err(e)) => return Err(ws_error(target, e)),
+                }
+            }
+        };
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut up, if !up_done => match r {
+                    Err(e) => break Err(e),
+                    Ok(()) if down_done => break Ok(()),
+                    Ok(()) => up_done = true,
+                },
+                r = &mut down, if !down_done => match r {
+                    Err(e) => break Err(e),
+                    Ok(false) => break Ok(()),
+                    Ok(true) if up_done => break Ok(()),
+                    Ok(true) => down_done = true,
                 },
             }
         }
-        Ok(())
-    }
-    .await;
+    };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tx.close()).await;
     result
 }

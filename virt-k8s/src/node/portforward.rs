@@ -16,6 +16,7 @@
 //! The node pings every [`PortForwarding::keepalive`] and ends a session that stays silent (not even
 //! a pong) for three intervals.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use virt_core::lifecycle::LifecycleError;
 use virt_core::model::VmiPhase;
 use virt_net::dial::{DialError, Dialer, GuestStream, NetnsDialer, Protocol};
@@ -244,55 +246,73 @@ where
 {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut ping = tokio::time::interval(keepalive);
-    ping.tick().await;
-    let mut silent_ticks = 0u32;
-    let (mut guest_done, mut client_done) = (false, false);
-    while !(guest_done && client_done) {
-        tokio::select! {
-            r = rd.read(&mut buf), if !guest_done => match r {
-                Ok(0) | Err(_) => {
-                    guest_done = true;
-                    // The guest will send no more: tell the client (an empty message).
-                    if ws_tx.send(Message::Binary(Bytes::new())).await.is_err() {
-                        break;
+    // Each direction is its own future: a write that waits (the guest or the client not reading)
+    // holds up only its own direction, never the other's reads.
+    let silent_ticks = AtomicU32::new(0);
+    let (guest_done, client_done) = (AtomicBool::new(false), AtomicBool::new(false));
+    let both_done = Notify::new();
+    let mark_done = |mine: &AtomicBool, other: &AtomicBool| {
+        mine.store(true, Ordering::SeqCst);
+        if other.load(Ordering::SeqCst) {
+            both_done.notify_one();
+        }
+    };
+    let to_client = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut ping = tokio::time::interval(keepalive);
+        ping.tick().await;
+        let mut reading = true;
+        loop {
+            tokio::select! {
+                r = rd.read(&mut buf), if reading => {
+                    // End of the guest's stream: tell the client with an empty message.
+                    let msg = match r {
+                        Ok(0) | Err(_) => Bytes::new(),
+                        Ok(n) => Bytes::copy_from_slice(&buf[..n]),
+                    };
+                    reading = !msg.is_empty();
+                    if ws_tx.send(Message::Binary(msg)).await.is_err() {
+                        return;
                     }
-                }
-                Ok(n) => {
-                    if ws_tx.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-                        break;
+                    if !reading {
+                        mark_done(&guest_done, &client_done);
                     }
-                }
-            },
-            m = ws_rx.next() => {
-                silent_ticks = 0;
-                match m {
-                    Some(Ok(Message::Binary(b))) if b.is_empty() => {
-                        client_done = true;
-                        let _ = wr.shutdown().await;
+                },
+                _ = ping.tick() => {
+                    let silent = silent_ticks.fetch_add(1, Ordering::SeqCst) + 1;
+                    if silent > 3 || ws_tx.send(Message::Ping(Bytes::from_static(b"keepalive"))).await.is_err() {
+                        return;
                     }
-                    Some(Ok(Message::Binary(b))) => {
-                        if client_done || wr.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Ok(Message::Text(t))) => {
-                        if client_done || wr.write_all(t.as_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                }
-            },
-            _ = ping.tick() => {
-                silent_ticks += 1;
-                if silent_ticks > 3 || ws_tx.send(Message::Ping(Bytes::from_static(b"keepalive"))).await.is_err() {
-                    break;
                 }
             }
         }
+    };
+    let to_guest = async {
+        let mut writing = true;
+        loop {
+            let m = ws_rx.next().await;
+            silent_ticks.store(0, Ordering::SeqCst);
+            let data = match m {
+                Some(Ok(Message::Binary(b))) if b.is_empty() => {
+                    writing = false;
+                    let _ = wr.shutdown().await;
+                    mark_done(&client_done, &guest_done);
+                    continue;
+                }
+                Some(Ok(Message::Binary(b))) => b,
+                Some(Ok(Message::Text(t))) => Bytes::copy_from_slice(t.as_bytes()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+            };
+            if !writing || wr.write_all(&data).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = to_client => {}
+        _ = to_guest => {}
+        _ = both_done.notified() => {}
     }
     let _ = ws_tx.send(Message::Close(None)).await;
 }
