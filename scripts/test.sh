@@ -6,13 +6,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-deps.sh --cloud-image
-cargo fmt --all --check
-cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
-# Every fuzz target for 15 s on the stable toolchain (docs/fuzzing.md); a crash fails the run.
-bash fuzz/run-stable.sh all 15
+# Each step's wall time, printed when it ends and summed up at the end (CI has a time budget).
+steps=()
+step() {
+  local t0=$SECONDS
+  echo "== $*" >&2
+  "$@"
+  steps+=("$((SECONDS - t0)) s  $*")
+  echo "== $((SECONDS - t0)) s: $*" >&2
+}
+trap 'printf "step times:\n"; printf "  %s\n" "${steps[@]}"' EXIT
 
-bash scripts/guest-assets.sh >/dev/null
-cargo build --release -p virt-launcher
-L2_VMM=virt VIRT_LAUNCHER="${CARGO_TARGET_DIR:-$PWD/target}/release/virt-launcher" bash scripts/nested/e2e.sh
+step bash scripts/install-deps.sh --cloud-image
+step cargo fmt --all --check
+step cargo clippy --workspace --all-targets -- -D warnings
+step cargo test --workspace
+# Every fuzz target for 15 s on the stable toolchain (docs/fuzzing.md); a crash fails the run.
+step bash fuzz/run-stable.sh all 15
+
+step bash scripts/guest-assets.sh >/dev/null
+step cargo build --release -p virt-launcher
+step env L2_VMM=virt VIRT_LAUNCHER="${CARGO_TARGET_DIR:-$PWD/target}/release/virt-launcher" bash scripts/nested/e2e.sh
