@@ -10,6 +10,9 @@
 //! the page's own, and the request is handed in-process to the API router (its authorisation and
 //! audit included) with the token as `Authorization`.
 
+#![warn(missing_docs)]
+// Library code returns errors; tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 mod assets;
 mod ws;
 

@@ -14,6 +14,9 @@
 //! - [`agent`]: the QEMU guest agent client and the launcher's agent poller (docs/guest-agent.md).
 //! - [`fuzzing`]: entry points for the fuzz targets in `fuzz/` and the property tests.
 
+#![warn(missing_docs)]
+// Library code returns errors; tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 pub mod agent;
 pub mod api;
 pub mod block;

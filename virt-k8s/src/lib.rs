@@ -2,6 +2,9 @@
 //! controller, launchers, REST API), its client (`virtctl` and embedders), and the Kubernetes
 //! adapter (`cluster`: CRDs from the project's types, controllers on kube's runtime). Nothing below this crate knows Kubernetes' API.
 
+#![warn(missing_docs)]
+// Library code returns errors; tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 pub mod client;
 pub mod cluster;
 pub mod compliance;

@@ -13,6 +13,9 @@
 //!   inside its VMI's network namespace (`portforward`).
 //! - [`fuzzing`]: bodies of the cargo-fuzz targets (also run as proptests).
 
+#![warn(missing_docs)]
+// Library code returns errors; tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 pub mod dhcp;
 pub mod dial;
 pub mod endpoint;

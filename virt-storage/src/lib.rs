@@ -4,6 +4,8 @@
 //! [`BlockBackend`](virt_core::block::BlockBackend) seam, format detection, conversion and
 //! host-assisted sparse copies.
 
+// Library code returns errors; tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
 pub mod cdi;

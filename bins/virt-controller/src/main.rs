@@ -7,6 +7,7 @@
 //! virt-controller run [--kubeconfig F] [--launcher-image I] [--kvm privileged|device-plugin]
 //! ```
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //! (`--spec spec.json --run-dir DIR`: any MachineSpec on the native VMM or QEMU, served over the
 //! run directory's sockets by `virt_core::machine::supervisor`; see docs/launcher.md).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,6 @@
 //! `virt-node`: the local node daemon. Parsing and wiring only; the node is `virt_k8s::node`.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,7 @@
 //! `virtctl`: KubeVirt's verbs for virt-rs. Parsing and wiring only; the logic lives in the crates
 //! (`virt_k8s::client` for the node's API, tables and the console; `virt_storage::upload`).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 use std::fmt::Display;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,7 @@
 //! `virt-compliance`: scans this node (the project's rules and OpenSCAP) and prints the results.
 //! Parsing and printing only; the scan is `virt_k8s::compliance`.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
