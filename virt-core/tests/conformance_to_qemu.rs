@@ -11,10 +11,8 @@ use virt_core::model::{self, KernelBootContainer, VirtualMachineInstance, Volume
 use virt_core::net::MacAddr;
 
 fn conformance(name: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/kubevirt").join(name);
-    std::fs::read_to_string(&p)
-        .or_else(|_| std::fs::read_to_string(format!("/work/shared/conformance/kubevirt/{name}")))
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conformance/kubevirt").join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 struct Files;

@@ -1,4 +1,4 @@
-//! KubeVirt API conformance: every file of `shared/conformance/kubevirt/` is loaded unchanged,
+//! KubeVirt API conformance: every file of `conformance/kubevirt/` is loaded unchanged,
 //! strictly, validated, checked against what this node supports, and (for VMs naming an
 //! instancetype or preference) resolved against the instancetypes and preferences of the same
 //! folder. Each file's outcome is asserted exactly; the tally is printed.
@@ -32,12 +32,8 @@ fn conformance_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("VIRT_CONFORMANCE_DIR") {
         return PathBuf::from(dir).join("kubevirt");
     }
-    // shared/ sits beside the repository (in CI too).
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/kubevirt");
-    if beside.is_dir() {
-        return beside;
-    }
-    PathBuf::from("/work/shared/conformance/kubevirt")
+    // The repository's copy of KubeVirt's examples (conformance/SOURCES.md names their commits).
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../conformance/kubevirt")
 }
 
 fn files() -> Vec<PathBuf> {

@@ -1,4 +1,4 @@
-//! CDI API conformance: every file of `shared/conformance/cdi/` and `shared/conformance/golden/`
+//! CDI API conformance: every file of `conformance/cdi/` and `conformance/golden/`
 //! is loaded unchanged, strictly, and each CDI object in it must load, validate and round-trip.
 //! Then negative cases: unknown fields, two sources, bad quantities, bad cron schedules,
 //! unsupported sources, malformed YAML, and a property test that no input makes the loader panic.
@@ -33,12 +33,8 @@ fn conformance_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("VIRT_CONFORMANCE_DIR") {
         return PathBuf::from(dir);
     }
-    // shared/ sits beside the repository (in CI too).
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance");
-    if beside.is_dir() {
-        return beside;
-    }
-    PathBuf::from("/work/shared/conformance")
+    // The repository's copy of CDI's examples (conformance/SOURCES.md names their commits).
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../conformance")
 }
 
 fn files(sub: &str) -> Vec<PathBuf> {

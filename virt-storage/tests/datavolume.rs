@@ -20,10 +20,8 @@ use virt_storage::golden::StorageClasses;
 use virt_storage::volume::{DirPool, VolumeFormat, VolumeId, VolumeProvider};
 
 fn conformance(name: &str) -> String {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cdi").join(name);
-    std::fs::read_to_string(&p)
-        .or_else(|_| std::fs::read_to_string(format!("/work/shared/conformance/cdi/{name}")))
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../conformance/cdi").join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 #[derive(Default)]

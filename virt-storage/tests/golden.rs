@@ -20,14 +20,11 @@ fn push(reg: &Registry, tag_digest_seed: u64) -> Vec<u8> {
 }
 
 fn cron_for(reg: &Registry) -> DataImportCron {
-    let text = std::fs::read_to_string("/work/shared/conformance/golden/dataimportcron-fedora.yaml")
-        .or_else(|_| {
-            std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/conformance/golden/dataimportcron-fedora.yaml"
-            ))
-        })
-        .expect("shared/conformance/golden/dataimportcron-fedora.yaml");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../conformance/golden/dataimportcron-fedora.yaml"
+    ))
+    .expect("conformance/golden/dataimportcron-fedora.yaml");
     let mut cron: DataImportCron = cdi::from_yaml(&text).unwrap();
     // Same object, but polling the test's registry instead of quay.io.
     let src = cron.spec.template.spec.source.as_mut().unwrap().registry.as_mut().unwrap();

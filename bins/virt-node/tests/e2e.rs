@@ -208,17 +208,13 @@ fn raw_post_yaml(socket: &Path, path: &str, body: &str) -> (u16, String) {
     raw_post_as(socket, path, body, "application/yaml")
 }
 
-/// KubeVirt's example manifests: `VIRT_CONFORMANCE_DIR`, else `shared/` beside the repository, else
-/// the workplace's copy (as the conformance tests find them).
+/// KubeVirt's example manifests: `VIRT_CONFORMANCE_DIR`, else the repository's copy (as the
+/// conformance tests find them).
 fn conformance_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("VIRT_CONFORMANCE_DIR") {
         return PathBuf::from(dir).join("kubevirt");
     }
-    let beside = guest::workspace_root().join("../shared/conformance/kubevirt");
-    if beside.is_dir() {
-        return beside;
-    }
-    PathBuf::from("/work/shared/conformance/kubevirt")
+    guest::workspace_root().join("conformance/kubevirt")
 }
 
 fn condition(vmi: &Value, type_: &str) -> Option<String> {
