@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use guest::{asset, boot_lock, vnc_framebuffer_update};
 use virt_core::machine::accel::{AccelPolicy, Accelerator, HostVirt};
-use virt_core::machine::qemu::{QemuBackend, QemuOptions};
+use virt_core::machine::qemu::cmdline::ConfigError;
+use virt_core::machine::qemu::{CommandLineError, QemuBackend, QemuOptions};
 use virt_core::machine::{
     BootSpec, ClockSpec, CpuSpec, DiskBus, DiskFormat, DiskSpec, HypervFeature, Machine, MachineBackend,
     MachineEvent, MachineExit, MachineSpec, MachineStatus, TpmSpec,
@@ -485,7 +486,10 @@ fn conformance_vmi_secureboot() {
         .with_host(HostVirt { cpu_flag: false, kvm_usable: false })
         .command_line(&s, Path::new("/run/virt/vm"))
         .unwrap_err();
-    assert!(e.contains("features.smm"), "{e}");
+    assert!(
+        matches!(&e, CommandLineError::Config(ConfigError::Unsupported { field, .. }) if field.contains("features.smm")),
+        "{e}"
+    );
 }
 
 /// vmi-alpine-efi.yaml: 1 GiB, EFI without Secure Boot, a virtio containerdisk.

@@ -57,8 +57,26 @@ pub struct AccelDecision {
     pub reason: String,
 }
 
+/// No accelerator the policy and the node allow is there; says why and what would change it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoAccelerator {
+    /// Emulation was asked for (`ForceEmulation`) on a node with `useEmulation` off.
+    #[error("software emulation was asked for but the node does not allow it (useEmulation is off)")]
+    EmulationNotAllowed,
+    /// Hardware KVM was required and is not there (why not).
+    #[error("hardware KVM is required: {0}")]
+    KvmRequired(String),
+    /// No hardware KVM (why not), and the node does not allow emulation.
+    #[error("{0}, and the node does not allow software emulation (useEmulation is off)")]
+    NoKvmNoEmulation(String),
+}
+
 /// Decides the accelerator. `allow_emulation` is the node's `useEmulation` setting.
-pub fn decide(host: &HostVirt, policy: AccelPolicy, allow_emulation: bool) -> Result<AccelDecision, String> {
+pub fn decide(
+    host: &HostVirt,
+    policy: AccelPolicy,
+    allow_emulation: bool,
+) -> Result<AccelDecision, NoAccelerator> {
     let hw = host.cpu_flag && host.kvm_usable;
     let why_not = match (host.cpu_flag, host.kvm_usable) {
         (true, true) => String::new(),
@@ -73,19 +91,14 @@ pub fn decide(host: &HostVirt, policy: AccelPolicy, allow_emulation: bool) -> Re
             accelerator: Accelerator::Emulation,
             reason: "software emulation forced".into(),
         }),
-        AccelPolicy::ForceEmulation => {
-            Err("software emulation was asked for but the node does not allow it (useEmulation is off)"
-                .into())
-        }
+        AccelPolicy::ForceEmulation => Err(NoAccelerator::EmulationNotAllowed),
         _ if hw => Ok(AccelDecision { accelerator: Accelerator::Kvm, reason: "hardware KVM".into() }),
-        AccelPolicy::RequireKvm => Err(format!("hardware KVM is required: {why_not}")),
+        AccelPolicy::RequireKvm => Err(NoAccelerator::KvmRequired(why_not)),
         AccelPolicy::Auto if allow_emulation => Ok(AccelDecision {
             accelerator: Accelerator::Emulation,
             reason: format!("software emulation (useEmulation): {why_not}; expect a slow guest"),
         }),
-        AccelPolicy::Auto => {
-            Err(format!("{why_not}, and the node does not allow software emulation (useEmulation is off)"))
-        }
+        AccelPolicy::Auto => Err(NoAccelerator::NoKvmNoEmulation(why_not)),
     }
 }
 
@@ -109,12 +122,15 @@ mod tests {
         let d = decide(&NESTED_SW, AccelPolicy::Auto, true).unwrap();
         assert_eq!(d.accelerator, Accelerator::Emulation);
         assert!(d.reason.contains("no vmx/svm"), "{}", d.reason);
-        assert!(decide(&NESTED_SW, AccelPolicy::RequireKvm, true).unwrap_err().contains("required"));
+        assert!(decide(&NESTED_SW, AccelPolicy::RequireKvm, true)
+            .unwrap_err()
+            .to_string()
+            .contains("required"));
     }
 
     #[test]
     fn emulation_needs_the_node_to_allow_it() {
-        let e = decide(&NONE, AccelPolicy::Auto, false).unwrap_err();
+        let e = decide(&NONE, AccelPolicy::Auto, false).unwrap_err().to_string();
         assert!(e.contains("useEmulation is off"), "{e}");
         assert!(decide(&HW, AccelPolicy::ForceEmulation, false).is_err());
         assert_eq!(

@@ -310,6 +310,29 @@ pub enum MachineError {
     },
 }
 
+/// Why a backend cannot run a spec here ([`MachineBackend::supports`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsupported {
+    /// The host lacks what the backend needs (hardware KVM, a program, a firmware file).
+    #[error("{0}")]
+    Host(String),
+    /// A part of the spec (boot, a disk, an interface, a device) the backend has no model for.
+    #[error("{part}: {reason}")]
+    Spec {
+        /// The part, e.g. `disk rootdisk`, `boot`.
+        part: String,
+        /// What the backend lacks for it.
+        reason: String,
+    },
+}
+
+impl Unsupported {
+    /// A part of the spec the backend cannot run.
+    pub fn spec(part: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Spec { part: part.into(), reason: reason.into() }
+    }
+}
+
 /// Where console output goes.
 pub type ConsoleSink = Box<dyn std::io::Write + Send>;
 
@@ -322,7 +345,7 @@ pub trait MachineBackend: Send + Sync {
     /// Short name ("native", "qemu").
     fn name(&self) -> &'static str;
     /// Whether this backend can run `spec` here, and if not, why.
-    fn supports(&self, spec: &MachineSpec) -> Result<(), String>;
+    fn supports(&self, spec: &MachineSpec) -> Result<(), Unsupported>;
     /// Starts a machine; its serial console goes to `console`.
     fn start(&self, spec: &MachineSpec, console: ConsoleSink) -> Result<Box<dyn Machine>, MachineError>;
 }
@@ -429,7 +452,7 @@ pub enum SelectError {
         /// The backend asked for.
         backend: &'static str,
         /// Why it cannot.
-        why: String,
+        why: Unsupported,
     },
     /// Neither backend can run the spec.
     #[error("machine {machine}: no backend can run it: native: {native}; qemu: {qemu}")]
@@ -437,9 +460,9 @@ pub enum SelectError {
         /// Machine name.
         machine: String,
         /// Why the native backend cannot.
-        native: String,
+        native: Unsupported,
         /// Why QEMU cannot.
-        qemu: String,
+        qemu: Unsupported,
     },
 }
 
@@ -476,14 +499,14 @@ mod tests {
     /// A backend that supports what `ok` says and starts nothing.
     struct Fake {
         name: &'static str,
-        ok: fn(&MachineSpec) -> Result<(), String>,
+        ok: fn(&MachineSpec) -> Result<(), Unsupported>,
     }
 
     impl MachineBackend for Fake {
         fn name(&self) -> &'static str {
             self.name
         }
-        fn supports(&self, spec: &MachineSpec) -> Result<(), String> {
+        fn supports(&self, spec: &MachineSpec) -> Result<(), Unsupported> {
             (self.ok)(spec)
         }
         fn start(&self, spec: &MachineSpec, _c: ConsoleSink) -> Result<Box<dyn Machine>, MachineError> {
@@ -491,10 +514,10 @@ mod tests {
         }
     }
 
-    fn kernel_only(spec: &MachineSpec) -> Result<(), String> {
+    fn kernel_only(spec: &MachineSpec) -> Result<(), Unsupported> {
         match spec.boot {
             BootSpec::Kernel { .. } => Ok(()),
-            _ => Err("the native VMM boots kernels only".into()),
+            _ => Err(Unsupported::spec("boot", "the native VMM boots kernels only")),
         }
     }
 
@@ -534,7 +557,10 @@ mod tests {
 
     #[test]
     fn no_kvm_means_qemu_and_a_forced_native_says_why() {
-        let native = Fake { name: "native", ok: |_| Err("hardware KVM is required: no vmx/svm".into()) };
+        let native = Fake {
+            name: "native",
+            ok: |_| Err(Unsupported::Host("hardware KVM is required: no vmx/svm".into())),
+        };
         let qemu = Fake { name: "qemu", ok: |_| Ok(()) };
         let s = spec(kernel());
         assert_eq!(select_backend(&s, BackendChoice::Auto, &native, &qemu).map(|b| b.name()), Ok("qemu"));
@@ -547,7 +573,8 @@ mod tests {
     #[test]
     fn neither_backend_names_both_reasons() {
         let native = Fake { name: "native", ok: kernel_only };
-        let qemu = Fake { name: "qemu", ok: |_| Err("qemu-system-x86_64 not found".into()) };
+        let qemu =
+            Fake { name: "qemu", ok: |_| Err(Unsupported::Host("qemu-system-x86_64 not found".into())) };
         let s = spec(BootSpec::Bios);
         let e = select_backend(&s, BackendChoice::Auto, &native, &qemu).map(|b| b.name()).unwrap_err();
         let msg = e.to_string();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::accel::{self, AccelDecision, HostVirt};
 use super::{
     BootSpec, ConsoleSink, DiskBus, DiskOpener, InterfaceBackend, Machine, MachineBackend, MachineError,
-    MachineEvent, MachineExit, MachineSpec, MachineStatus, NetOpener, NicModel,
+    MachineEvent, MachineExit, MachineSpec, MachineStatus, NetOpener, NicModel, Unsupported,
 };
 use crate::hypervisor::kvm::KvmHypervisor;
 use crate::net::{NetBackend, NetPair};
@@ -47,49 +47,57 @@ impl MachineBackend for NativeBackend {
         "native"
     }
 
-    fn supports(&self, spec: &MachineSpec) -> Result<(), String> {
-        accel::decide(&self.host, accel::AccelPolicy::RequireKvm, false)?;
+    fn supports(&self, spec: &MachineSpec) -> Result<(), Unsupported> {
+        accel::decide(&self.host, accel::AccelPolicy::RequireKvm, false)
+            .map_err(|e| Unsupported::Host(e.to_string()))?;
         if !matches!(spec.boot, BootSpec::Kernel { .. }) {
-            return Err("the native VMM boots kernels only (no BIOS or UEFI firmware)".into());
+            return Err(Unsupported::spec(
+                "boot",
+                "the native VMM boots kernels only (no BIOS or UEFI firmware)",
+            ));
         }
         if let Some(d) = spec.disks.iter().find(|d| d.bus != DiskBus::Virtio || d.cdrom) {
-            return Err(format!(
-                "disk {} needs bus {:?}{}; the native VMM has virtio-blk only",
-                d.name,
-                d.bus,
-                if d.cdrom { " as a CD-ROM" } else { "" }
+            return Err(Unsupported::spec(
+                format!("disk {}", d.name),
+                format!(
+                    "needs bus {:?}{}; the native VMM has virtio-blk only",
+                    d.bus,
+                    if d.cdrom { " as a CD-ROM" } else { "" }
+                ),
             ));
         }
         if let Some(n) = spec.interfaces.iter().find(|n| n.model != NicModel::Virtio) {
-            return Err(format!(
-                "interface {} needs model {}; the native VMM has virtio-net only",
-                n.name,
-                n.model.name()
+            return Err(Unsupported::spec(
+                format!("interface {}", n.name),
+                format!("needs model {}; the native VMM has virtio-net only", n.model.name()),
             ));
         }
         if let Some(n) =
             spec.interfaces.iter().find(|n| n.backend != InterfaceBackend::None && self.net.is_none())
         {
-            return Err(format!(
-                "interface {} has a tap but this backend was built without virt-net",
-                n.name
+            return Err(Unsupported::spec(
+                format!("interface {}", n.name),
+                "has a tap but this backend was built without virt-net",
             ));
         }
         if spec.tpm.is_some() || spec.graphics || !spec.hyperv.is_empty() || spec.smm {
-            return Err("TPM, graphics, Hyper-V enlightenments and SMM need the QEMU backend".into());
+            return Err(Unsupported::spec(
+                "devices",
+                "TPM, graphics, Hyper-V enlightenments and SMM need the QEMU backend",
+            ));
         }
         if spec.cpu.count() == 0 || spec.cpu.count() > 254 {
-            return Err(format!("{} vCPUs", spec.cpu.count()));
+            return Err(Unsupported::spec("cpu", format!("{} vCPUs (1 to 254)", spec.cpu.count())));
         }
         Ok(())
     }
 
     fn start(&self, spec: &MachineSpec, console: ConsoleSink) -> Result<Box<dyn Machine>, MachineError> {
         let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
-        self.supports(spec).map_err(|what| MachineError::Unsupported {
+        self.supports(spec).map_err(|why| MachineError::Unsupported {
             machine: spec.name.clone(),
             backend: "native",
-            what,
+            what: why.to_string(),
         })?;
         let BootSpec::Kernel { kernel, initramfs, cmdline } = &spec.boot else {
             return Err(err("not a kernel boot".into()));
@@ -382,16 +390,16 @@ mod tests {
         let b = backend();
         let mut s = spec(&d, SPIN);
         s.boot = BootSpec::Bios;
-        assert!(b.supports(&s).unwrap_err().contains("kernels only"));
+        assert!(b.supports(&s).unwrap_err().to_string().contains("kernels only"));
         let mut s = spec(&d, SPIN);
         s.disks[0].bus = DiskBus::Sata;
-        assert!(b.supports(&s).unwrap_err().contains("virtio-blk only"));
+        assert!(b.supports(&s).unwrap_err().to_string().contains("virtio-blk only"));
         let mut s = spec(&d, SPIN);
         s.graphics = true;
         assert!(b.supports(&s).is_err());
         let nohw = NativeBackend::new(Arc::new(|_d| Err("no".into())), None)
             .with_host(HostVirt { cpu_flag: false, kvm_usable: true });
-        assert!(nohw.supports(&spec(&d, SPIN)).unwrap_err().contains("hardware KVM is required"));
+        assert!(nohw.supports(&spec(&d, SPIN)).unwrap_err().to_string().contains("hardware KVM is required"));
         let _ = std::fs::remove_dir_all(d);
     }
 

@@ -38,7 +38,7 @@ use self::qmp::{Incoming, QmpClient, QmpError, QmpEvent, ShutdownCause};
 use super::accel::{self, AccelDecision, HostVirt};
 use super::{
     BootSpec, ConsoleSink, Machine, MachineBackend, MachineError, MachineEvent, MachineExit, MachineSpec,
-    MachineStatus,
+    MachineStatus, Unsupported,
 };
 use crate::vmm::devices::lock;
 
@@ -122,19 +122,30 @@ impl QemuBackend {
     }
 
     /// The accelerator `spec` would run on here, and why; an error when it cannot run.
-    pub fn decide(&self, spec: &MachineSpec) -> Result<AccelDecision, String> {
+    pub fn decide(&self, spec: &MachineSpec) -> Result<AccelDecision, accel::NoAccelerator> {
         accel::decide(&self.host, spec.accel, self.opts.allow_emulation)
     }
 
     /// The command line (program first) `spec` would run with, with sockets under `run_dir`.
-    pub fn command_line(&self, spec: &MachineSpec, run_dir: &Path) -> Result<Vec<String>, String> {
+    pub fn command_line(&self, spec: &MachineSpec, run_dir: &Path) -> Result<Vec<String>, CommandLineError> {
         let d = self.decide(spec)?;
-        let fw = self.opts.firmware.resolve(&spec.boot).map_err(|e| e.to_string())?;
+        let fw = self.opts.firmware.resolve(&spec.boot)?;
         let layout = layout_in(run_dir, fw, spec);
         let mut v = vec![self.opts.qemu.display().to_string()];
-        v.extend(cmdline::build(spec, d.accelerator, &layout).map_err(|e| e.to_string())?);
+        v.extend(cmdline::build(spec, d.accelerator, &layout)?);
         Ok(v)
     }
+}
+
+/// Why no QEMU command line can be made for a spec on this host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandLineError {
+    /// No accelerator the node allows.
+    #[error(transparent)]
+    Accel(#[from] accel::NoAccelerator),
+    /// A field QEMU cannot be configured for, or missing firmware.
+    #[error(transparent)]
+    Config(#[from] cmdline::ConfigError),
 }
 
 fn layout_in(dir: &Path, firmware: Firmware, spec: &MachineSpec) -> Layout {
@@ -160,25 +171,33 @@ impl MachineBackend for QemuBackend {
         BACKEND
     }
 
-    fn supports(&self, spec: &MachineSpec) -> Result<(), String> {
-        self.command_line(spec, Path::new("/run/virt-qemu/check"))?;
+    fn supports(&self, spec: &MachineSpec) -> Result<(), Unsupported> {
+        self.command_line(spec, Path::new("/run/virt-qemu/check")).map_err(|e| match e {
+            CommandLineError::Config(cmdline::ConfigError::Unsupported { field, value, why }) => {
+                Unsupported::spec(field, format!("{value:?}: {why}"))
+            }
+            other => Unsupported::Host(other.to_string()),
+        })?;
         if find_program(&self.opts.qemu).is_none() {
-            return Err(format!(
+            return Err(Unsupported::Host(format!(
                 "{} not found: install Debian's qemu-system-x86 package",
                 self.opts.qemu.display()
-            ));
+            )));
         }
         if spec.tpm.is_some() && find_program(&self.opts.swtpm).is_none() {
-            return Err(format!("{} not found: install Debian's swtpm package", self.opts.swtpm.display()));
+            return Err(Unsupported::Host(format!(
+                "{} not found: install Debian's swtpm package",
+                self.opts.swtpm.display()
+            )));
         }
         Ok(())
     }
 
     fn start(&self, spec: &MachineSpec, console: ConsoleSink) -> Result<Box<dyn Machine>, MachineError> {
-        self.supports(spec).map_err(|what| MachineError::Unsupported {
+        self.supports(spec).map_err(|why| MachineError::Unsupported {
             machine: spec.name.clone(),
             backend: BACKEND,
-            what,
+            what: why.to_string(),
         })?;
         start(&self.opts, &self.host, spec, console)
             .map(|m| Box::new(m) as Box<dyn Machine>)
@@ -499,7 +518,7 @@ fn start(
     spec: &MachineSpec,
     console: ConsoleSink,
 ) -> Result<QemuMachine, String> {
-    let decision = accel::decide(host, spec.accel, opts.allow_emulation)?;
+    let decision = accel::decide(host, spec.accel, opts.allow_emulation).map_err(|e| e.to_string())?;
     let firmware = opts.firmware.resolve(&spec.boot).map_err(|e| e.to_string())?;
     let dir = new_run_dir(opts, &spec.name)?;
     let mut res = Resources { run_dir: dir.clone(), qemu: None, swtpm: Arc::new(Mutex::new(None)) };
@@ -864,10 +883,10 @@ mod tests {
         assert!(cl.windows(2).any(|w| w[0] == "-accel" && w[1] == "kvm"), "{cl:?}");
         // Without useEmulation, no KVM means no machine, and supports() says why.
         let b = QemuBackend::new(QemuOptions { allow_emulation: false, ..opts }).with_host(nested);
-        assert!(b.supports(&spec()).unwrap_err().contains("useEmulation is off"));
+        assert!(b.supports(&spec()).unwrap_err().to_string().contains("useEmulation is off"));
         let mut s = spec();
         s.accel = AccelPolicy::RequireKvm;
-        assert!(b.decide(&s).unwrap_err().contains("required"));
+        assert!(b.decide(&s).unwrap_err().to_string().contains("required"));
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -900,7 +919,7 @@ mod tests {
             ..Default::default()
         };
         let b = QemuBackend::new(opts).with_host(HostVirt { cpu_flag: false, kvm_usable: false });
-        let e = b.supports(&spec()).unwrap_err();
+        let e = b.supports(&spec()).unwrap_err().to_string();
         assert!(e.contains("qemu-system-x86"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
