@@ -27,7 +27,7 @@ use crate::api::Validate;
 use crate::block::{BlockBackend, MemDisk};
 use crate::machine::accel::{AccelDecision, AccelPolicy, Accelerator};
 use crate::machine::qemu::{cmdline, qmp};
-use crate::machine::resolve::{machine_spec, VolumeFiles};
+use crate::machine::resolve::{machine_spec, HostFileError, VolumeFiles};
 use crate::machine::{DiskFormat, Machine, MachineError, MachineEvent, MachineExit, MachineStatus};
 use crate::model::{self, Admit, Catalog, KubeVirtObject, NodeSupport};
 use crate::vmm::devices::virtio::block::Worker;
@@ -149,13 +149,13 @@ fn exercise_object(object: &KubeVirtObject, catalog: &Catalog) {
 struct FuzzFiles;
 
 impl VolumeFiles for FuzzFiles {
-    fn volume_file(&self, volume: &model::Volume) -> Result<(PathBuf, DiskFormat), String> {
+    fn volume_file(&self, volume: &model::Volume) -> Result<(PathBuf, DiskFormat), HostFileError> {
         Ok((Path::new("/run/fuzz/volumes").join(&volume.name), DiskFormat::Raw))
     }
     fn kernel_files(
         &self,
         _container: &model::KernelBootContainer,
-    ) -> Result<(PathBuf, Option<PathBuf>), String> {
+    ) -> Result<(PathBuf, Option<PathBuf>), HostFileError> {
         Ok(("/run/fuzz/vmlinuz".into(), Some("/run/fuzz/initrd".into())))
     }
     fn state_dir(&self) -> PathBuf {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use virt_core::machine::accel::{AccelPolicy, Accelerator};
 use virt_core::machine::qemu::cmdline::{build, Firmware, Layout};
-use virt_core::machine::resolve::{machine_spec, VolumeFiles};
+use virt_core::machine::resolve::{machine_spec, HostFileError, VolumeFiles};
 use virt_core::machine::{BootSpec, DiskBus, DiskFormat, InterfaceBackend, MachineSpec, NicModel};
 use virt_core::model::{self, KernelBootContainer, VirtualMachineInstance, Volume};
 use virt_core::net::MacAddr;
@@ -17,11 +17,14 @@ fn conformance(name: &str) -> String {
 
 struct Files;
 impl VolumeFiles for Files {
-    fn volume_file(&self, v: &Volume) -> Result<(PathBuf, DiskFormat), String> {
+    fn volume_file(&self, v: &Volume) -> Result<(PathBuf, DiskFormat), HostFileError> {
         Ok((PathBuf::from(format!("/var/lib/virt/volumes/{}.img", v.name)), DiskFormat::Raw))
     }
-    fn kernel_files(&self, _: &KernelBootContainer) -> Result<(PathBuf, Option<PathBuf>), String> {
-        Err("no kernel images here".into())
+    fn kernel_files(&self, c: &KernelBootContainer) -> Result<(PathBuf, Option<PathBuf>), HostFileError> {
+        Err(HostFileError::KernelNotPulled {
+            image: c.image.clone(),
+            reason: Some("no kernel images here".into()),
+        })
     }
     fn state_dir(&self) -> PathBuf {
         "/var/lib/virt/state/vm".into()
@@ -143,16 +146,16 @@ fn windows_vm_with_the_clarge_instancetype_resolves_once_its_conflict_is_gone() 
 /// The node wires every interface to a tap named after it.
 struct Wired;
 impl VolumeFiles for Wired {
-    fn volume_file(&self, v: &Volume) -> Result<(PathBuf, DiskFormat), String> {
+    fn volume_file(&self, v: &Volume) -> Result<(PathBuf, DiskFormat), HostFileError> {
         Files.volume_file(v)
     }
-    fn kernel_files(&self, c: &KernelBootContainer) -> Result<(PathBuf, Option<PathBuf>), String> {
+    fn kernel_files(&self, c: &KernelBootContainer) -> Result<(PathBuf, Option<PathBuf>), HostFileError> {
         Files.kernel_files(c)
     }
     fn state_dir(&self) -> PathBuf {
         Files.state_dir()
     }
-    fn interface_backend(&self, i: &model::Interface) -> Result<InterfaceBackend, String> {
+    fn interface_backend(&self, i: &model::Interface) -> Result<InterfaceBackend, HostFileError> {
         Ok(InterfaceBackend::Tap { name: format!("tap-{}", &i.name[..i.name.len().min(11)]) })
     }
 }

@@ -18,7 +18,7 @@ use guest::{asset, boot_lock};
 use virt_core::lifecycle::{BackendRuntime, Lifecycle, LifecycleOptions, MemStore};
 use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::qemu::{QemuBackend, QemuOptions};
-use virt_core::machine::resolve::VolumeFiles;
+use virt_core::machine::resolve::{HostFileError, VolumeFiles};
 use virt_core::machine::{DiskFormat, MachineBackend};
 use virt_core::model::{self, KernelBootContainer, RunStrategy, VirtualMachine, VmiPhase, Volume};
 
@@ -26,10 +26,10 @@ use virt_core::model::{self, KernelBootContainer, RunStrategy, VirtualMachine, V
 struct Assets(PathBuf);
 
 impl VolumeFiles for Assets {
-    fn volume_file(&self, v: &Volume) -> Result<(PathBuf, DiskFormat), String> {
-        Err(format!("volume {} not expected", v.name))
+    fn volume_file(&self, v: &Volume) -> Result<(PathBuf, DiskFormat), HostFileError> {
+        Err(HostFileError::VolumeNotPrepared { volume: v.name.clone(), reason: Some("not expected".into()) })
     }
-    fn kernel_files(&self, _c: &KernelBootContainer) -> Result<(PathBuf, Option<PathBuf>), String> {
+    fn kernel_files(&self, _c: &KernelBootContainer) -> Result<(PathBuf, Option<PathBuf>), HostFileError> {
         Ok((asset("KERNEL"), Some(asset("INITRAMFS"))))
     }
     fn state_dir(&self) -> PathBuf {

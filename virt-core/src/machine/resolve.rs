@@ -20,18 +20,47 @@ use crate::net::MacAddr;
 /// Where the lifecycle put what the VMI refers to.
 pub trait VolumeFiles {
     /// The file (and its format) backing `volume`.
-    fn volume_file(&self, volume: &Volume) -> Result<(PathBuf, DiskFormat), String>;
+    fn volume_file(&self, volume: &Volume) -> Result<(PathBuf, DiskFormat), HostFileError>;
     /// The kernel and initrd extracted from a `kernelBoot.container` image.
     fn kernel_files(
         &self,
         container: &model::KernelBootContainer,
-    ) -> Result<(PathBuf, Option<PathBuf>), String>;
+    ) -> Result<(PathBuf, Option<PathBuf>), HostFileError>;
     /// Where this VM's persistent state (EFI variables, TPM) lives.
     fn state_dir(&self) -> PathBuf;
     /// The host side of `interface` (the node's network layer wires it); unlinked by default.
-    fn interface_backend(&self, _interface: &model::Interface) -> Result<InterfaceBackend, String> {
+    fn interface_backend(&self, _interface: &model::Interface) -> Result<InterfaceBackend, HostFileError> {
         Ok(InterfaceBackend::None)
     }
+}
+
+/// Why the host side of a VMI's volume, kernel or interface is not there ([`VolumeFiles`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostFileError {
+    /// The runtime did not prepare this volume (its kind is not served here, or preparing it failed).
+    #[error("volume {volume} was not prepared{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    VolumeNotPrepared {
+        /// The volume's name.
+        volume: String,
+        /// Why, when known.
+        reason: Option<String>,
+    },
+    /// The kernel-boot container's kernel and initrd were not extracted.
+    #[error("the kernel-boot container {image} was not pulled{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    KernelNotPulled {
+        /// The container image.
+        image: String,
+        /// Why, when known.
+        reason: Option<String>,
+    },
+    /// The interface's host side could not be made.
+    #[error("interface {interface}: {reason}")]
+    Interface {
+        /// The interface's name.
+        interface: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why a VMI cannot become a machine; each names the field.
@@ -88,8 +117,9 @@ pub fn machine_spec(
         let c = kb.container.as_ref().ok_or_else(|| {
             err("spec.domain.firmware.kernelBoot.container", "kernel boot needs a container image")
         })?;
-        let (kernel, initramfs) =
-            files.kernel_files(c).map_err(|m| err("spec.domain.firmware.kernelBoot.container", m))?;
+        let (kernel, initramfs) = files
+            .kernel_files(c)
+            .map_err(|m| err("spec.domain.firmware.kernelBoot.container", m.to_string()))?;
         BootSpec::Kernel { kernel, initramfs, cmdline: kb.kernel_args.clone().unwrap_or_default() }
     } else if let Some(efi) = fw.and_then(|f| f.bootloader.as_ref()).and_then(|b| b.efi.as_ref()) {
         let vars = efi.persistent.unwrap_or(false).then(|| files.state_dir().join("efi-vars.fd"));
@@ -106,8 +136,9 @@ pub fn machine_spec(
             .iter()
             .find(|v| v.name == disk.name)
             .ok_or_else(|| err(format!("{path}.name"), format!("no volume named {:?}", disk.name)))?;
-        let (file, format) =
-            files.volume_file(vol).map_err(|m| err(format!("spec.volumes[name={}]", vol.name), m))?;
+        let (file, format) = files
+            .volume_file(vol)
+            .map_err(|m| err(format!("spec.volumes[name={}]", vol.name), m.to_string()))?;
         let cdrom = disk.cdrom.is_some();
         let (bus, read_only) = if let Some(t) = &disk.cdrom {
             (t.bus.unwrap_or(model::DiskBus::Sata), true)
@@ -145,8 +176,9 @@ pub fn machine_spec(
         if d.devices.disks.iter().any(|k| k.name == vol.name) {
             continue;
         }
-        let (file, format) =
-            files.volume_file(vol).map_err(|m| err(format!("spec.volumes[name={}]", vol.name), m))?;
+        let (file, format) = files
+            .volume_file(vol)
+            .map_err(|m| err(format!("spec.volumes[name={}]", vol.name), m.to_string()))?;
         disks.push(DiskSpec {
             name: vol.name.clone(),
             path: file,
@@ -281,7 +313,7 @@ fn interfaces(
                 .map_err(|e: crate::net::MacParseError| err(format!("{path}.macAddress"), e.to_string()))?,
             None => MacAddr::derived(&format!("{name}/{}", iface.name)),
         };
-        let backend = files.interface_backend(iface).map_err(|m| err(path.clone(), m))?;
+        let backend = files.interface_backend(iface).map_err(|m| err(path.clone(), m.to_string()))?;
         out.push(InterfaceSpec {
             name: iface.name.clone(),
             mac,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use virt_core::lifecycle::Runtime;
 use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::remote::{self, RemoteMachine};
-use virt_core::machine::resolve::{machine_spec, VolumeFiles};
+use virt_core::machine::resolve::{machine_spec, HostFileError, VolumeFiles};
 use virt_core::machine::{DiskFormat, InterfaceBackend, Machine, MachineExit};
 use virt_core::model::{self, VirtualMachineInstance, Volume};
 use virt_storage::format::detect::{detect_path, ImageFormat};
@@ -436,19 +436,24 @@ struct PreparedFiles {
 }
 
 impl VolumeFiles for PreparedFiles {
-    fn volume_file(&self, volume: &Volume) -> Result<(PathBuf, DiskFormat), String> {
+    fn volume_file(&self, volume: &Volume) -> Result<(PathBuf, DiskFormat), HostFileError> {
         self.files
             .get(&volume.name)
             .cloned()
-            .ok_or_else(|| format!("volume {} was not prepared", volume.name))
+            .ok_or_else(|| HostFileError::VolumeNotPrepared { volume: volume.name.clone(), reason: None })
     }
-    fn kernel_files(&self, _c: &model::KernelBootContainer) -> Result<(PathBuf, Option<PathBuf>), String> {
-        self.kernel.clone().ok_or_else(|| "the kernel-boot container was not pulled".into())
+    fn kernel_files(
+        &self,
+        c: &model::KernelBootContainer,
+    ) -> Result<(PathBuf, Option<PathBuf>), HostFileError> {
+        self.kernel
+            .clone()
+            .ok_or_else(|| HostFileError::KernelNotPulled { image: c.image.clone(), reason: None })
     }
     fn state_dir(&self) -> PathBuf {
         self.state_dir.clone()
     }
-    fn interface_backend(&self, interface: &model::Interface) -> Result<InterfaceBackend, String> {
+    fn interface_backend(&self, interface: &model::Interface) -> Result<InterfaceBackend, HostFileError> {
         Ok(match self.taps.get(&interface.name) {
             Some(tap) => InterfaceBackend::Tap { name: tap.clone() },
             None => InterfaceBackend::None,
