@@ -22,12 +22,10 @@ use virt_core::machine::native::NativeBackend;
 use virt_core::machine::qemu::{QemuBackend, QemuOptions};
 use virt_core::machine::supervisor::{graceful_stop, write_exit_record, ServeInfo, Supervisor, EXIT_FILE};
 use virt_core::machine::{
-    select_backend, BackendChoice, BootSpec, DiskFormat, DiskOpener, DiskSpec, Machine, MachineBackend,
-    MachineExit, MachineSpec,
+    select_backend, BackendChoice, BootSpec, DiskOpener, Machine, MachineBackend, MachineExit, MachineSpec,
 };
 use virt_core::vmm::boot::{BootPath, KernelConfig};
 use virt_core::vmm::{ExitReason, MicroVm, Payload, VmConfig};
-use virt_storage::format::{Qcow2, Qcow2OpenOptions, RawImage};
 
 mod sandbox;
 
@@ -312,19 +310,6 @@ fn run(args: Args) -> Result<ExitReason, String> {
     Ok(reason)
 }
 
-/// Opens a disk of the spec for the native VMM: raw or qcow2 as the spec says (never sniffed, so a
-/// guest cannot turn its raw disk into a qcow2 pointing at host files), read-only for CD-ROMs.
-fn open_disk(d: &DiskSpec) -> Result<Arc<dyn BlockBackend>, String> {
-    let ro = d.read_only || d.cdrom;
-    Ok(match d.format {
-        DiskFormat::Raw => Arc::new(RawImage::open(&d.path, ro).map_err(|e| e.to_string())?),
-        DiskFormat::Qcow2 => {
-            let opts = Qcow2OpenOptions { read_only: ro, ..Default::default() };
-            Arc::new(Qcow2::open(&d.path, &opts).map_err(|e| e.to_string())?)
-        }
-    })
-}
-
 /// SIGTERM and SIGINT, taken by a thread with sigwait: the first powers the guest down and stops it
 /// after the grace period, a second stops it at once. Blocked in every thread (they inherit the mask
 /// from `install`, which runs before any thread starts); child processes get a clean mask from std.
@@ -443,7 +428,7 @@ impl Backends {
     fn new(args: &Args, run_dir: &Path) -> Self {
         let kernel_cache =
             if args.no_kernel_cache { None } else { args.kernel_cache.clone().or_else(default_cache) };
-        let opener: DiskOpener = Arc::new(open_disk);
+        let opener: DiskOpener = virt_storage::format::disk_opener();
         let mut native = NativeBackend::new(opener, kernel_cache.clone()).with_net(virt_net::tap::opener());
         if args.trust_kvm {
             let mut host = HostVirt::probe();

@@ -337,8 +337,22 @@ impl Unsupported {
 pub type ConsoleSink = Box<dyn std::io::Write + Send>;
 
 /// Opens a disk for a backend that serves disks itself (the native VMM); the storage layer provides
-/// it (raw and qcow2), so `virt-core` does not depend on `virt-storage`.
-pub type DiskOpener = Arc<dyn Fn(&DiskSpec) -> Result<Arc<dyn BlockBackend>, String> + Send + Sync>;
+/// it (raw and qcow2: `virt_storage::format::disk_opener`), so `virt-core` does not depend on
+/// `virt-storage`.
+pub type DiskOpener = Arc<dyn Fn(&DiskSpec) -> Result<Arc<dyn BlockBackend>, DiskOpenError> + Send + Sync>;
+
+/// A [`DiskOpener`] could not open a disk.
+#[derive(Debug, thiserror::Error)]
+#[error("disk {disk} ({}): {source}", path.display())]
+pub struct DiskOpenError {
+    /// The disk's name in the spec.
+    pub disk: String,
+    /// Its image file.
+    pub path: PathBuf,
+    /// What the storage layer said.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
 
 /// An engine that runs machines.
 pub trait MachineBackend: Send + Sync {

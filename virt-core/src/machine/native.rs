@@ -105,7 +105,7 @@ impl MachineBackend for NativeBackend {
         let disks = spec
             .disks
             .iter()
-            .map(|d| (self.disks)(d).map_err(|e| err(format!("disk {}: {e}", d.name))))
+            .map(|d| (self.disks)(d).map_err(|e| err(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         let mut unlinked = Vec::new();
         let mut nics = Vec::new();
@@ -397,8 +397,17 @@ mod tests {
         let mut s = spec(&d, SPIN);
         s.graphics = true;
         assert!(b.supports(&s).is_err());
-        let nohw = NativeBackend::new(Arc::new(|_d| Err("no".into())), None)
-            .with_host(HostVirt { cpu_flag: false, kvm_usable: true });
+        let nohw = NativeBackend::new(
+            Arc::new(|d| {
+                Err(crate::machine::DiskOpenError {
+                    disk: d.name.clone(),
+                    path: d.path.clone(),
+                    source: "no".into(),
+                })
+            }),
+            None,
+        )
+        .with_host(HostVirt { cpu_flag: false, kvm_usable: true });
         assert!(nohw.supports(&spec(&d, SPIN)).unwrap_err().to_string().contains("hardware KVM is required"));
         let _ = std::fs::remove_dir_all(d);
     }

@@ -13,6 +13,7 @@ pub mod convert;
 pub mod detect;
 pub mod fuzzing;
 pub mod io;
+mod open;
 pub mod qcow2;
 pub mod raw;
 pub mod sparse;
@@ -23,6 +24,7 @@ use virt_core::block::{BlockBackend, BlockError};
 
 pub use convert::{convert, ConvertOptions, ConvertStats, OutputFormat};
 pub use detect::{detect_bytes, detect_path, ImageFormat};
+pub use open::{disk_opener, open_disk};
 pub use qcow2::{BackingPolicy, Qcow2, Qcow2CreateOptions, Qcow2OpenOptions};
 pub use raw::RawImage;
 pub use sparse::{sparse_copy, SparseCopyStats};
