@@ -12,10 +12,12 @@ mod upload;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use target::{client, load_manifests, Target};
-use upload::{image_upload, image_upload_via_node, UploadFailure, UploadOpts};
+use upload::{image_upload, image_upload_via_node};
 use virt_k8s::client::manifest;
 use virt_k8s::client::output::{self, Format};
+use virt_k8s::client::upload::ImageUpload;
 use virt_k8s::client::{ApplyOutcome, ClientError, Kind, NodeClient, Version};
+use virt_storage::cdi::Quantity;
 
 const EXIT_STATUS: &str = "\
 Exit status:
@@ -352,7 +354,14 @@ fn main() -> ExitCode {
             if let (Some(token), Some(url)) = (direct_token, uploadproxy_url.as_deref()) {
                 return image_upload(&name, &image_path, url, &token, insecure, quiet);
             }
-            let opts = UploadOpts {
+            let size = match size.as_deref().map(Quantity::parse).transpose() {
+                Ok(s) => s,
+                Err(e) => {
+                    Cli::command().error(clap::error::ErrorKind::InvalidValue, format!("--size: {e}")).exit()
+                }
+            };
+            let up = ImageUpload {
+                namespace: ns.to_string(),
                 name,
                 image_path,
                 uploadproxy_url,
@@ -361,15 +370,14 @@ fn main() -> ExitCode {
                 no_create,
                 wait: std::time::Duration::from_secs(wait_secs),
                 insecure,
-                quiet,
             };
             match client(target) {
-                Ok(c) => match image_upload_via_node(&c, ns, &opts) {
+                Ok(c) => match image_upload_via_node(&c, &up, quiet) {
                     Ok(()) => ExitCode::SUCCESS,
-                    Err(UploadFailure::Usage(msg)) => {
-                        Cli::command().error(clap::error::ErrorKind::MissingRequiredArgument, msg).exit()
-                    }
-                    Err(UploadFailure::Failed(msg)) => fail(format_args!("image-upload: {msg}")),
+                    Err(e) if e.is_usage() => Cli::command()
+                        .error(clap::error::ErrorKind::MissingRequiredArgument, e.to_string())
+                        .exit(),
+                    Err(e) => fail(format_args!("image-upload: {e}")),
                 },
                 Err(e) => fail_client(&e),
             }

@@ -34,6 +34,7 @@ pub mod portforward;
 mod status;
 mod transport;
 mod types;
+pub mod upload;
 pub mod vnc;
 
 mod actions;
