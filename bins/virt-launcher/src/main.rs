@@ -123,14 +123,9 @@ struct Args {
     #[arg(long)]
     stay_root: bool,
     /// Supervised mode: no pid or mount namespace, no view of the filesystem and no user of its own
-    /// (filters, capabilities and the cgroup stay).
+    /// (filters, capabilities and the cgroup stay; docs/confinement.md).
     #[arg(long)]
     no_namespaces: bool,
-    /// Supervised mode: opt in to the pid and mount namespaces, the view of only the machine's
-    /// files and a user of its own (docs/confinement.md). Off by default until the node's
-    /// crash-handling and VNC paths are verified under them.
-    #[arg(long)]
-    namespaces: bool,
 }
 
 fn parse_disk(spec: &str) -> Result<Arc<dyn BlockBackend>, String> {
@@ -526,7 +521,7 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
             }
         }
         // SAFETY: geteuid has no arguments and cannot fail.
-        if unsafe { libc::geteuid() } == 0 && (args.namespaces && !args.no_namespaces) {
+        if unsafe { libc::geteuid() } == 0 && !args.no_namespaces {
             match jail::pidns::split() {
                 Ok(jail::pidns::Side::Child) => {
                     // The keeper leaves and removes the cgroup once this process is gone.
@@ -643,7 +638,7 @@ fn jail_self(args: &Args, run_dir: &Path, prepared: &Prepared, backends: &Backen
         // QEMU serves VNC on the loopback the node dials, so a machine with graphics keeps the
         // node's network namespace like one with legacy taps (a VNC unix socket would lift this).
         opts.interfaces = !spec.interfaces.is_empty() || spec.graphics;
-        if root && (args.namespaces && !args.no_namespaces) {
+        if root && !args.no_namespaces {
             let cache = (backend.name() == "native").then_some(backends.kernel_cache.as_deref()).flatten();
             if let (Some(_), BootSpec::Kernel { kernel, initramfs, cmdline }) = (cache, &spec.boot) {
                 // The jail sees the kernel cache read-only: fill it now.

@@ -89,7 +89,6 @@ fn tiny_spec(dir: &Path, name: &str) -> PathBuf {
 fn launcher(spec: &Path, run_dir: &Path, stderr: &Path, env: &[(&str, &str)]) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_virt-launcher"));
     c.arg("--spec").arg(spec).arg("--run-dir").arg(run_dir).args([
-        "--namespaces",
         "--backend",
         "native",
         "--trust-kvm",
@@ -351,7 +350,6 @@ fn the_launcher_joins_the_network_namespace_it_is_given() {
     let stderr = base.join("launcher.err");
     let mut c = Command::new(env!("CARGO_BIN_EXE_virt-launcher"));
     c.arg("--spec").arg(&spec).arg("--run-dir").arg(&run_dir).arg("--netns").arg(ns.path()).args([
-        "--namespaces",
         "--backend",
         "native",
         "--trust-kvm",
@@ -390,14 +388,7 @@ fn a_network_namespace_that_does_not_exist_fails_the_launcher_naming_it() {
         .arg(&spec)
         .arg("--run-dir")
         .arg(base.join("run"))
-        .args([
-            "--namespaces",
-            "--netns",
-            "/run/netns/vc-no-such-namespace",
-            "--backend",
-            "native",
-            "--trust-kvm",
-        ])
+        .args(["--netns", "/run/netns/vc-no-such-namespace", "--backend", "native", "--trust-kvm"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

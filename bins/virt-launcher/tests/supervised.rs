@@ -59,7 +59,6 @@ fn launcher(spec: &Path, run_dir: &Path, stderr: &Path, extra: &[&str]) -> Child
         .arg(spec)
         .arg("--run-dir")
         .arg(run_dir)
-        .arg("--namespaces")
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

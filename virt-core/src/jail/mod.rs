@@ -169,6 +169,9 @@ pub enum JailError {
     /// The machine's user could not be taken on.
     #[error("confinement: {0}")]
     User(#[from] UserError),
+    /// The keeper's death could not be tied to this process again after the switch of user.
+    #[error("confinement: {0}")]
+    PidNs(#[from] pidns::PidNsError),
 }
 
 /// Called by the reporter thread with the violation, before the process ends (the launcher writes
@@ -251,6 +254,8 @@ pub fn enable(opts: JailOptions) -> Result<(), JailError> {
     }
     if let Some(id) = &opts.identity {
         user::switch(id)?;
+        // The switch cleared the parent-death signal: tie this process to its keeper again.
+        pidns::rearm()?;
     }
     // SAFETY: mallopt only sets a malloc tunable; M_ARENA_MAX takes a positive count.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 8) };

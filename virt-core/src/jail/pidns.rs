@@ -3,12 +3,17 @@
 //! machine (QEMU and swtpm start inside it and see nothing of the host's processes); the parent,
 //! the *keeper*, stays outside, unconfined and single-threaded: it forwards SIGTERM and SIGINT,
 //! waits for the child and hands its exit status back so the caller can clean up what only the
-//! host can (the cgroup) and exit with the same status. Needs `CAP_SYS_ADMIN`; call it before any
-//! thread starts.
+//! host can (the cgroup) and exit with the same status. The child leads a process group of its own
+//! (the keeper is not in it), so ending the launcher by its group reaches the machine and leaves the
+//! keeper to record how it died. Needs `CAP_SYS_ADMIN`; call it before any thread starts.
 
 use std::sync::OnceLock;
 
 static HOST_PID: OnceLock<u32> = OnceLock::new();
+
+/// In the child: the read end of a pipe whose write end only the keeper holds; it hangs up when
+/// the keeper is gone (see [`rearm`]).
+static KEEPER_PIPE: OnceLock<std::os::fd::OwnedFd> = OnceLock::new();
 
 /// This process's id as the host sees it (what goes into `launcher.pid` and the status): inside
 /// its own pid namespace the process is pid 1 to itself.
@@ -42,6 +47,9 @@ pub enum PidNsError {
         /// The kernel's error.
         source: std::io::Error,
     },
+    /// The keeper ended before the child was tied to it again (see [`rearm`]).
+    #[error("own pid namespace: the keeper is gone")]
+    KeeperGone,
 }
 
 fn step(op: &'static str) -> PidNsError {
@@ -71,6 +79,18 @@ pub fn split() -> Result<Side, PidNsError> {
     if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) } != 0 {
         return Err(step("block signals"));
     }
+    let mut ends = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills two descriptors into a valid array.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        let e = step("pipe2");
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        return Err(e);
+    }
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: pipe2 just made these descriptors; each is owned once.
+    let (read_end, write_end) =
+        unsafe { (std::os::fd::OwnedFd::from_raw_fd(ends[0]), std::os::fd::OwnedFd::from_raw_fd(ends[1])) };
     // SAFETY: unshare takes flags only; it affects the children made afterwards.
     if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
         let e = step("unshare CLONE_NEWPID");
@@ -85,6 +105,8 @@ pub fn split() -> Result<Side, PidNsError> {
         return Err(step("fork"));
     }
     if pid == 0 {
+        drop(write_end);
+        let _ = KEEPER_PIPE.set(read_end);
         // The host's /proc is still mounted: its `self` names this process as the host sees it.
         let me = std::fs::read_link("/proc/self")
             .ok()
@@ -95,12 +117,22 @@ pub fn split() -> Result<Side, PidNsError> {
         if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
             return Err(step("PR_SET_PDEATHSIG"));
         }
+        // The launcher leads its own process group, as it does without the namespace: `launcher.pid`
+        // names it, and whoever ends a launcher by its group (`kill -- -<pid>`) reaches it and
+        // everything it started, while the keeper stays out to record the death.
+        // SAFETY: setpgid on this process only; no memory is involved.
+        if unsafe { libc::setpgid(0, 0) } != 0 {
+            return Err(step("setpgid"));
+        }
         // SAFETY: restores the mask the caller had.
         if unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) } != 0 {
             return Err(step("restore the signal mask"));
         }
         return Ok(Side::Child);
     }
+    // The keeper holds the write end until it exits (it never writes).
+    drop(read_end);
+    let _keeper_end = write_end;
     loop {
         let mut sig = 0;
         // SAFETY: `set` holds blocked signals and `sig` is a valid out-pointer.
@@ -130,4 +162,26 @@ pub fn split() -> Result<Side, PidNsError> {
             _ => {}
         }
     }
+}
+
+/// In the child of [`split`], after a change of user (which clears the parent-death signal): asks
+/// again for SIGKILL when the keeper dies, then makes sure the keeper did not die in between (its
+/// end of the pipe hung up). Does nothing outside such a child.
+pub fn rearm() -> Result<(), PidNsError> {
+    let Some(fd) = KEEPER_PIPE.get() else { return Ok(()) };
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        return Err(step("PR_SET_PDEATHSIG"));
+    }
+    use std::os::fd::AsRawFd as _;
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: polls one valid pollfd without waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    if n < 0 {
+        return Err(step("poll the keeper's pipe"));
+    }
+    if n > 0 && p.revents & (libc::POLLHUP | libc::POLLIN) != 0 {
+        return Err(PidNsError::KeeperGone);
+    }
+    Ok(())
 }

@@ -118,6 +118,22 @@ impl LauncherRuntime {
         self.run_dir(vmi).join("console.log")
     }
 
+    /// Forgets the launcher of `run_dir`, whose machine ended, and reaps it once it exits (a
+    /// thread waits, so no zombie stays until the next launch); then removes the cgroups of
+    /// launchers that are gone (a jailed launcher's keeper killed with SIGKILL cannot).
+    fn release(&self, run_dir: &Path) {
+        let child = self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(run_dir);
+        if let Some(mut c) = child {
+            let spawned = std::thread::Builder::new().name("launcher-reaper".into()).spawn(move || {
+                let _ = c.wait();
+                virt_core::jail::cgroup::collect_stale();
+            });
+            if let Err(e) = spawned {
+                log::warn!("launcher of {}: no thread to reap it: {e}", run_dir.display());
+            }
+        }
+    }
+
     fn reap(&self) {
         let mut ch = self.children.lock().unwrap_or_else(|e| e.into_inner());
         ch.retain(|_, c| !matches!(c.try_wait(), Ok(Some(_))));
@@ -320,6 +336,7 @@ impl Runtime for LauncherRuntime {
         if let Some(n) = self.network.get() {
             n.teardown(vmi);
         }
+        self.release(&self.run_dir(vmi));
     }
 
     fn cleanup(&self, vmi: &VirtualMachineInstance) {
@@ -327,7 +344,7 @@ impl Runtime for LauncherRuntime {
             n.teardown(vmi);
         }
         let run_dir = self.run_dir(vmi);
-        self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_dir);
+        self.release(&run_dir);
         self.reap();
         if remote::launcher_running(&run_dir) {
             log::warn!("VMI run directory {} kept: its launcher still runs", run_dir.display());
