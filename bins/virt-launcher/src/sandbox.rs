@@ -113,7 +113,12 @@ pub fn identity(spec: &MachineSpec, view: &View, range: UidRange, host_pid: u32)
     if spec.interfaces.iter().any(|i| matches!(i.backend, InterfaceBackend::Tap { .. })) {
         return Err("a tap opened by name needs CAP_NET_ADMIN".into());
     }
-    let uid = range.pick(host_pid);
+    // A uid a live process (another launcher) holds is passed over: pids that meet modulo a range
+    // smaller than pid_max would otherwise share one.
+    let taken = user::uids_in_use();
+    let uid = range
+        .pick_free(host_pid, |u| taken.contains(&u))
+        .ok_or_else(|| format!("every uid of {range:?} is in use"))?;
     for b in &view.binds {
         if matches!(b.access, Access::ReadOnly | Access::ReadExec) && !user::world_readable(&b.path) {
             return Err(format!("{} is not readable by others", b.path.display()));

@@ -56,6 +56,31 @@ impl UidRange {
     pub fn pick(&self, pid: u32) -> u32 {
         self.first + pid % self.count.max(1)
     }
+
+    /// Like [`UidRange::pick`], but a uid `in_use` says is taken (a running launcher's, when the
+    /// range is smaller than `pid_max` and two pids meet) is passed over for the next one of the
+    /// range, wrapping round; `None` when every uid of the range is taken.
+    pub fn pick_free(&self, pid: u32, in_use: impl Fn(u32) -> bool) -> Option<u32> {
+        let count = self.count.max(1);
+        let start = pid % count;
+        (0..count).map(|i| self.first + (start + i) % count).find(|&u| !in_use(u))
+    }
+}
+
+/// The real and effective uids of every process on the host (from `/proc/*/status`).
+pub fn uids_in_use() -> std::collections::HashSet<u32> {
+    let mut uids = std::collections::HashSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return uids };
+    for e in dir.flatten() {
+        if !e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else { continue };
+        if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
+            uids.extend(line.split_whitespace().skip(1).take(2).filter_map(|u| u.parse::<u32>().ok()));
+        }
+    }
+    uids
 }
 
 /// Who the machine runs as.
@@ -170,5 +195,19 @@ mod tests {
         assert_eq!(r.pick(3), 1003);
         assert_eq!(r.pick(13), 1003);
         assert!(DEFAULT_RANGE.pick(u32::MAX) >= DEFAULT_RANGE.first);
+    }
+
+    #[test]
+    fn a_uid_in_use_is_passed_over_so_two_launchers_never_share_one() {
+        let r = UidRange { first: 1000, count: 10 };
+        // Pids 3 and 13 meet on 1003 in a range smaller than pid_max: the second takes 1004.
+        let taken = [1003u32];
+        assert_eq!(r.pick_free(3, |u| taken.contains(&u)), Some(1004));
+        assert_eq!(r.pick_free(9, |u| u == 1009), Some(1000), "wraps round");
+        assert_eq!(r.pick_free(5, |u| u == 1000), Some(1005));
+        assert_eq!(r.pick_free(5, |_| true), None, "a full range says so");
+        // This test's own uid shows among the host's.
+        // SAFETY: getuid has no arguments and cannot fail.
+        assert!(uids_in_use().contains(&unsafe { libc::getuid() }));
     }
 }
