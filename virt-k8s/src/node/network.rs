@@ -197,10 +197,10 @@ pub fn parse_nad(nad: &str, v: &Value) -> Result<SecondaryNetwork, NadError> {
         None => None,
         Some(ipam) => {
             let field = |f: &str| ipam.get(f).and_then(Value::as_str);
-            let subnet: ipnet::Ipv4Net = field("subnet")
-                .unwrap_or_default()
-                .parse()
-                .map_err(|e: ipnet::AddrParseError| NadError::invalid("spec.config.ipam.subnet", e.to_string()))?;
+            let subnet: ipnet::Ipv4Net =
+                field("subnet").unwrap_or_default().parse().map_err(|e: ipnet::AddrParseError| {
+                    NadError::invalid("spec.config.ipam.subnet", e.to_string())
+                })?;
             let addr = |f: &str, default: Ipv4Addr| -> Result<Ipv4Addr, NadError> {
                 match field(f) {
                     None => Ok(default),
