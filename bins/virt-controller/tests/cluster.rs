@@ -166,6 +166,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         .map(PathBuf::from)
         .unwrap_or_else(|| "/var/tmp/virt-rs-k8s-run".into());
     let kubectl = PathBuf::from(ok(&mut Command::new(repo.join("scripts/kubectl.sh"))));
+    let cluster_kubeconfig = dir.join("admin.kubeconfig");
     // Short: the launcher's and QEMU's unix sockets live in run directories below it.
     let node_state = PathBuf::from("/var/tmp/vrs-h");
     let _ = std::fs::remove_dir_all(&node_state);
@@ -195,34 +196,46 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     assert_eq!(crds.lines().count(), 10, "{crds}");
     ok(&mut cluster.kubectl(&["api-resources", "--api-group=kubevirt.io"]));
 
-    let log = std::fs::File::create(tmp.path().join("controller.log")).unwrap();
-    cluster.controller = Some(
+    let spawn_controller = |n: u32| {
+        let log = std::fs::File::create(tmp.path().join(format!("controller-{n}.log"))).unwrap();
         Command::new(bin)
             .args(["run", "--launcher-image", "localhost/virt-launcher:dev", "--kubeconfig"])
-            .arg(&cluster.kubeconfig)
+            .arg(&cluster_kubeconfig)
             .arg("--node-state-dir")
             .arg(&node_state)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap(),
-    );
-
-    let log = std::fs::File::create(tmp.path().join("handler.log")).unwrap();
-    cluster.handler = Some(
+            .unwrap()
+    };
+    let spawn_handler = |n: u32| {
+        let log = std::fs::File::create(tmp.path().join(format!("handler-{n}.log"))).unwrap();
         Command::new(env!("CARGO_BIN_EXE_virt-handler"))
             .args(["--node", "virtrs-node", "--allow-emulation", "--insecure-registry", &reg.host])
             .arg("--state-dir")
             .arg(&node_state)
             .arg("--kubeconfig")
-            .arg(&cluster.kubeconfig)
+            .arg(&cluster_kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap(),
-    );
+            .unwrap()
+    };
+    cluster.controller = Some(spawn_controller(1));
+    cluster.handler = Some(spawn_handler(1));
+
+    // A plain pod on the same node, beside the VM's launcher.
+    ok(&mut cluster.kubectl(&[
+        "run",
+        "plain",
+        "-n",
+        "default",
+        "--image=localhost/pause:1",
+        "--image-pull-policy=Never",
+        "--restart=Never",
+    ]));
 
     // A KubeVirt example VM (runStrategy: Halted) in a namespace of the test's own.
     let ns = "virt-rs-e2e";
@@ -302,6 +315,39 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         String::from_utf8_lossy(&logs.stdout).contains("Hello from the guest").then_some(())
     });
     eprintln!("start -> guest userspace on the console: {:?}", start.elapsed());
+    wait_for("the plain pod Running beside the VM", 60, || {
+        cluster
+            .get(&["pod", "plain", "-n", "default"], "{.status.phase} {.spec.nodeName}")
+            .filter(|s| s == "Running virtrs-node")
+    });
+
+    // SIGKILL the controller and the node agent, start them again: the same launcher (same pod,
+    // same pid) runs on, nothing is created or started twice, the VMI stays Running.
+    let vmi_uid = cluster.get(&["vmi", "vm-cirros", "-n", ns], "{.metadata.uid}").unwrap();
+    let run_dir = node_state.join("vmis").join(&vmi_uid);
+    let pid = std::fs::read_to_string(run_dir.join("launcher.pid")).unwrap();
+    for c in [cluster.controller.as_mut().unwrap(), cluster.handler.as_mut().unwrap()] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    cluster.controller = Some(spawn_controller(2));
+    cluster.handler = Some(spawn_handler(2));
+    let restarted = Instant::now();
+    // The agent's first pass after the restart: it reattaches and reads the launcher.
+    wait_for("the restarted agent to reattach", 60, || {
+        let log = std::fs::read_to_string(tmp.path().join("handler-2.log")).unwrap_or_default();
+        log.contains("reattached").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let pods =
+        cluster.get(&["pods", "-n", ns, "-l", "kubevirt.io/domain=vm-cirros"], "{.items[*].metadata.name}");
+    assert_eq!(pods.as_deref(), Some(pod.as_str()), "one launcher pod, the same");
+    assert_eq!(std::fs::read_to_string(run_dir.join("launcher.pid")).unwrap(), pid, "the same launcher");
+    let phase = cluster.get(&["vmi", "vm-cirros", "-n", ns], "{.status.phase} {.metadata.uid}").unwrap();
+    assert_eq!(phase, format!("Running {vmi_uid}"));
+    let console = std::fs::read_to_string(run_dir.join("console.log")).unwrap();
+    assert_eq!(console.matches("Linux version").count(), 1, "the guest booted once");
+    eprintln!("controller and agent killed and restarted, launcher re-adopted in {:?}", restarted.elapsed());
 
     // Delete the VM: the garbage collector takes the VMI, then its pod.
     let deleted = Instant::now();

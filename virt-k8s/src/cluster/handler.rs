@@ -9,7 +9,8 @@
 //! Never started twice: the launcher holds `launcher.lock` in the run directory for its life, and
 //! the agent only writes a spec where none is; a restarted agent reattaches to what runs.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -35,6 +36,15 @@ pub struct Handler {
     pub node: String,
     /// Prepares volumes and specs; reaches launchers.
     pub runtime: Arc<LauncherRuntime>,
+    /// VMIs (uid) whose running launcher this process has reached (logged once each).
+    attached: Mutex<HashSet<String>>,
+}
+
+impl Handler {
+    /// The agent of `node`.
+    pub fn new(client: Client, node: String, runtime: Arc<LauncherRuntime>) -> Self {
+        Self { client, node, runtime, attached: Mutex::new(HashSet::new()) }
+    }
 }
 
 /// What the agent concluded about one VMI's launcher.
@@ -117,6 +127,12 @@ async fn reconcile(vmi: Arc<Cr<VirtualMachineInstance>>, h: Arc<Handler>) -> Res
         // The volumes cannot be prepared (an image that cannot be pulled ...): the VMI fails.
         Err(why) => (VmiPhase::Failed, Some(why.clone()), false),
     };
+    if matches!(observed, Ok(Observed::Running { .. })) {
+        let uid = vmi.meta.uid.clone().unwrap_or_default();
+        if h.attached.lock().map(|mut a| a.insert(uid)).unwrap_or(false) {
+            log::info!("VMI {ns}/{name}: reattached to its running launcher");
+        }
+    }
     let ready_now =
         status.conditions.iter().any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True");
     if phase != Some(new_phase) || ready != ready_now {

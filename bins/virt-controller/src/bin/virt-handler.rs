@@ -68,7 +68,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         net_policy: None,
     });
     log::info!("virt-handler: serving the VMIs of node {}", cli.node);
-    let h = handler::Handler { client, node: cli.node, runtime: Arc::new(runtime) };
+    let h = handler::Handler::new(client, cli.node, Arc::new(runtime));
     handler::run(h, shutdown_signal()).await;
     Ok(())
 }
