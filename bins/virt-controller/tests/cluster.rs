@@ -349,6 +349,35 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     assert_eq!(console.matches("Linux version").count(), 1, "the guest booted once");
     eprintln!("controller and agent killed and restarted, launcher re-adopted in {:?}", restarted.elapsed());
 
+    // virtctl through the kubeconfig: the cluster has no subresources.kubevirt.io API, so virtctl
+    // applies the run-strategy decision by updating the VM.
+    let virtctl = workspace_bin("virtctl");
+    let stopped = Instant::now();
+    ok(Command::new(&virtctl).arg("--kubeconfig").arg(&cluster.kubeconfig).args([
+        "stop",
+        "vm-cirros",
+        "-n",
+        ns,
+    ]));
+    wait_for("the VMI and its pod to go after virtctl stop", 120, || {
+        let vmi = cluster.get(&["vmi", "vm-cirros", "-n", ns], "{.metadata.name}");
+        let pod = cluster.get(&["pod", &pod, "-n", ns], "{.metadata.name}");
+        (vmi.is_none() && pod.is_none()).then_some(())
+    });
+    wait_for("VM printableStatus Stopped", 60, || {
+        cluster.get(&["vm", "vm-cirros", "-n", ns], "{.status.printableStatus}").filter(|s| s == "Stopped")
+    });
+    eprintln!("virtctl stop -> VMI and pod gone: {:?}", stopped.elapsed());
+    let restarted = Instant::now();
+    ok(Command::new(&virtctl).env("KUBECONFIG", &cluster.kubeconfig).args(["start", "vm-cirros", "-n", ns]));
+    wait_for("VMI Running again after virtctl start", 120, || {
+        cluster.get(&["vmi", "vm-cirros", "-n", ns], "{.status.phase}").filter(|s| s == "Running")
+    });
+    let pod = cluster
+        .get(&["pods", "-n", ns, "-l", "kubevirt.io/domain=vm-cirros"], "{.items[0].metadata.name}")
+        .unwrap();
+    eprintln!("virtctl start -> VMI Running: {:?}", restarted.elapsed());
+
     // Delete the VM: the garbage collector takes the VMI, then its pod.
     let deleted = Instant::now();
     ok(&mut cluster.kubectl(&["delete", "vm", "vm-cirros", "-n", ns, "--wait=false"]));
