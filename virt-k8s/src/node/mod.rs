@@ -20,6 +20,7 @@ pub mod runtime;
 pub mod seed;
 pub mod store;
 pub mod tls;
+pub mod volumes;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;

@@ -3,10 +3,8 @@
 //! ([`virt_core::machine::remote`]). Launchers run in their own process group, so a node daemon
 //! that dies (even by SIGKILL) leaves them running, and a restarted daemon finds them again.
 //!
-//! Before a launch the runtime prepares what the VMI's volumes name: containerDisk images are pulled
-//! from their registry once (cached by digest) and each VMI writes to its own qcow2 overlay on top
-//! (ephemeral, as KubeVirt's containerDisks are); cloud-init seed disks are written; emptyDisks and
-//! hostDisks (`DiskOrCreate`) are created; kernel-boot containers give their kernel and initrd.
+//! Before a launch the runtime prepares what the VMI's volumes name through
+//! [`VmiVolumes`](super::volumes::VmiVolumes) (the library an embedder's runtime calls too).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,13 +15,12 @@ use std::time::{Duration, Instant};
 use virt_core::lifecycle::Runtime;
 use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::remote::{self, RemoteMachine};
-use virt_core::machine::resolve::{machine_spec, HostFileError, VolumeFiles};
-use virt_core::machine::{DiskFormat, InterfaceBackend, Machine, MachineExit};
-use virt_core::model::{self, VirtualMachineInstance, Volume};
-use virt_storage::format::detect::{detect_path, ImageFormat};
-use virt_storage::format::open_image;
-use virt_storage::format::qcow2::{Qcow2, Qcow2CreateOptions};
-use virt_storage::registry::{RegistryClient, RegistryConfig};
+use virt_core::machine::resolve::machine_spec;
+use virt_core::machine::{Machine, MachineExit};
+use virt_core::model::{self, VirtualMachineInstance};
+
+pub use super::volumes::{ClaimNotReady, ClaimReadiness};
+use super::volumes::{VmiVolumes, VolumeConfig};
 
 /// How the node runs launchers.
 #[derive(Debug, Clone)]
@@ -48,26 +45,13 @@ pub struct LauncherConfig {
     pub net_policy: Option<Arc<virt_storage::import::policy::NetPolicy>>,
 }
 
-/// Tells whether a claim a VMI names is populated: the node's CDI controller answers for the claims
-/// its DataVolumes fill ([`LauncherRuntime::set_claims`]).
-pub trait ClaimReadiness: Send + Sync {
-    /// `None` when no DataVolume fills `namespace/claim`; `Some(Ok(()))` once it is populated;
-    /// `Some(Err(why))` while it is not, e.g. "DataVolume x is not ready (phase ImportInProgress,
-    /// progress 45.20%)".
-    fn claim_ready(&self, namespace: &str, claim: &str) -> Option<Result<(), String>>;
-}
-
 /// Runs VMIs in launcher processes.
 pub struct LauncherRuntime {
     cfg: LauncherConfig,
-    /// Who knows about DataVolumes (none: claims are plain files of the pool).
-    claims: std::sync::OnceLock<Arc<dyn ClaimReadiness>>,
-    /// Secrets (cloud-init `secretRef`, `accessCredentials`); none: such VMIs fail to launch.
-    objects: std::sync::OnceLock<Arc<super::core_objects::CoreObjects>>,
+    /// What the VMIs' volumes name, made into files.
+    volumes: VmiVolumes,
     /// Launchers this process spawned, reaped when they exit (no zombies while the node runs).
     children: Mutex<HashMap<PathBuf, Child>>,
-    /// One pull of an image at a time.
-    pull_lock: Mutex<()>,
     /// The pod network (none: interfaces stay unlinked).
     network: std::sync::OnceLock<Arc<super::network::NodeNetwork>>,
 }
@@ -75,14 +59,14 @@ pub struct LauncherRuntime {
 impl LauncherRuntime {
     /// A runtime with `cfg`.
     pub fn new(cfg: LauncherConfig) -> Self {
-        Self {
-            cfg,
-            claims: std::sync::OnceLock::new(),
-            objects: std::sync::OnceLock::new(),
-            children: Mutex::new(HashMap::new()),
-            pull_lock: Mutex::new(()),
-            network: std::sync::OnceLock::new(),
-        }
+        let volumes = VmiVolumes::new(VolumeConfig {
+            state_dir: cfg.state_dir.clone(),
+            insecure_registries: cfg.insecure_registries.clone(),
+            registry_ca: cfg.registry_ca.clone(),
+            host_disk_dirs: cfg.host_disk_dirs.clone(),
+            net_policy: cfg.net_policy.clone(),
+        });
+        Self { cfg, volumes, children: Mutex::new(HashMap::new()), network: std::sync::OnceLock::new() }
     }
 
     /// Gives VMIs a pod network: each launcher then runs in its VMI's network namespace with taps
@@ -94,21 +78,17 @@ impl LauncherRuntime {
     /// Lets `claims` say whether DataVolume-filled claims are ready: VMIs then wait (Pending) for
     /// their DataVolumes instead of failing. Only the first call counts.
     pub fn set_claims(&self, claims: Arc<dyn ClaimReadiness>) {
-        let _ = self.claims.set(claims);
+        self.volumes.set_claims(claims);
     }
 
     /// Lets launches read the node's Secrets. Only the first call counts.
     pub fn set_objects(&self, objects: Arc<super::core_objects::CoreObjects>) {
-        let _ = self.objects.set(objects);
+        self.volumes.set_objects(objects);
     }
 
-    /// The file of claim `claim` in `ns` in the node's pool, if it exists.
-    fn claim_file(&self, ns: &str, claim: &str) -> Option<(PathBuf, DiskFormat)> {
-        let dir = self.cfg.state_dir.join("volumes").join(ns);
-        [("img", DiskFormat::Raw), ("raw", DiskFormat::Raw), ("qcow2", DiskFormat::Qcow2)]
-            .into_iter()
-            .map(|(ext, fmt)| (dir.join(format!("{claim}.{ext}")), fmt))
-            .find(|(p, _)| p.is_file())
+    /// What prepares this runtime's volumes.
+    pub fn volumes(&self) -> &VmiVolumes {
+        &self.volumes
     }
 
     /// The run directory of `vmi`.
@@ -162,169 +142,10 @@ impl LauncherRuntime {
         ch.retain(|_, c| !matches!(c.try_wait(), Ok(Some(_))));
     }
 
-    fn registry(&self) -> Result<RegistryClient, String> {
-        let mut cfg = RegistryConfig { net_policy: self.cfg.net_policy.clone(), ..RegistryConfig::default() };
-        for r in &self.cfg.insecure_registries {
-            cfg = cfg.with_insecure_registry(r.clone());
-        }
-        if let Some(ca) = &self.cfg.registry_ca {
-            cfg = cfg.with_ca_bundle(ca.clone());
-        }
-        RegistryClient::new(cfg).map_err(|e| format!("registry client: {e}"))
-    }
-
-    /// Pulls `image`'s containerDisk into the cache (once per digest); returns the disk file.
-    fn container_disk(&self, image: &str) -> Result<PathBuf, String> {
-        let _one = self.pull_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let client = self.registry()?;
-        let reference = image.strip_prefix("docker://").unwrap_or(image);
-        let digest = client.resolve_digest(reference).map_err(|e| format!("containerDisk {image}: {e}"))?;
-        let dir = self.cfg.state_dir.join("images").join(digest.hex());
-        if let Some(existing) = first_file(&dir) {
-            return Ok(existing);
-        }
-        let pinned = match reference.split_once('@') {
-            Some(_) => reference.to_string(),
-            None => format!("{}@{digest}", strip_tag(reference)),
-        };
-        client.extract_container_disk(&pinned, &dir).map_err(|e| format!("containerDisk {image}: {e}"))
-    }
-
-    /// Pulls a kernel-boot container's kernel and initrd into the cache.
-    fn kernel_files(&self, c: &model::KernelBootContainer) -> Result<(PathBuf, Option<PathBuf>), String> {
-        let _one = self.pull_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let client = self.registry()?;
-        let reference = c.image.strip_prefix("docker://").unwrap_or(&c.image);
-        let digest =
-            client.resolve_digest(reference).map_err(|e| format!("kernelBoot image {}: {e}", c.image))?;
-        let dir = self.cfg.state_dir.join("images").join(digest.hex());
-        let mut wanted: Vec<&str> = Vec::new();
-        let kernel = c.kernel_path.as_deref().ok_or("kernelBoot.container.kernelPath is required")?;
-        wanted.push(kernel);
-        if let Some(i) = c.initrd_path.as_deref() {
-            wanted.push(i);
-        }
-        let local = |p: &str| dir.join(p.trim_start_matches('/'));
-        if !wanted.iter().all(|p| local(p).is_file()) {
-            let pinned = match reference.split_once('@') {
-                Some(_) => reference.to_string(),
-                None => format!("{}@{digest}", strip_tag(reference)),
-            };
-            client
-                .extract_files(&pinned, &wanted, &dir)
-                .map_err(|e| format!("kernelBoot image {}: {e}", c.image))?;
-        }
-        Ok((local(kernel), c.initrd_path.as_deref().map(local)))
-    }
-
-    /// Prepares the files of `vmi`'s volumes in `run_dir`.
-    fn prepare(&self, vmi: &VirtualMachineInstance, run_dir: &Path) -> Result<PreparedFiles, String> {
-        let name = vmi.metadata.name.clone().unwrap_or_default();
-        let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let mut files = HashMap::new();
-        for v in &vmi.spec.volumes {
-            let f = self
-                .prepare_volume(vmi, &name, &ns, v, run_dir)
-                .map_err(|e| format!("volume {}: {e}", v.name))?;
-            files.insert(v.name.clone(), f);
-        }
-        let kernel = match vmi
-            .spec
-            .domain
-            .firmware
-            .as_ref()
-            .and_then(|f| f.kernel_boot.as_ref())
-            .and_then(|k| k.container.as_ref())
-        {
-            Some(c) => Some(self.kernel_files(c)?),
-            None => None,
-        };
-        Ok(PreparedFiles { files, kernel, state_dir: run_dir.join("state"), taps: HashMap::new() })
-    }
-
-    fn prepare_volume(
-        &self,
-        vmi: &VirtualMachineInstance,
-        name: &str,
-        ns: &str,
-        v: &Volume,
-        run_dir: &Path,
-    ) -> Result<(PathBuf, DiskFormat), String> {
-        if let Some(cd) = &v.container_disk {
-            let base = self.container_disk(&cd.image)?;
-            let base_fmt = detect_path(&base).map_err(|e| e.to_string())?;
-            if !matches!(base_fmt, ImageFormat::Qcow2 | ImageFormat::Raw) {
-                return Err(format!("containerDisk {}: {base_fmt:?} images are not supported", cd.image));
-            }
-            let virtual_size = open_image(&base, true).map_err(|e| e.to_string())?.size();
-            // Ephemeral: this VMI's writes go to an overlay that goes with the run directory.
-            let overlay = run_dir.join(format!("{}.qcow2", v.name));
-            let _ = std::fs::remove_file(&overlay);
-            Qcow2::create(
-                &overlay,
-                &Qcow2CreateOptions {
-                    size: virtual_size,
-                    backing_file: Some(base),
-                    backing_format: Some(base_fmt),
-                    ..Default::default()
-                },
-            )
-            .map_err(|e| format!("overlay {}: {e}", overlay.display()))?;
-            return Ok((overlay, DiskFormat::Qcow2));
-        }
-        if v.cloud_init_no_cloud.is_some() || v.cloud_init_config_drive.is_some() {
-            let dest = run_dir.join(format!("{}.img", v.name));
-            super::seed::write_vmi_seed(self.objects.get().map(|o| &**o), vmi, name, ns, v, &dest)
-                .map_err(|e| e.to_string())?;
-            return Ok((dest, DiskFormat::Raw));
-        }
-        if let Some(e) = &v.empty_disk {
-            let dest = run_dir.join(format!("{}.qcow2", v.name));
-            if !dest.exists() {
-                Qcow2::create(&dest, &Qcow2CreateOptions { size: e.capacity.bytes(), ..Default::default() })
-                    .map_err(|e| format!("emptyDisk {}: {e}", dest.display()))?;
-            }
-            return Ok((dest, DiskFormat::Qcow2));
-        }
-        if let Some(h) = &v.host_disk {
-            // The node's state (store, tokens, other VMIs' disks) is never a hostDisk.
-            let policy = virt_storage::hostdisk::HostDiskPolicy {
-                dirs: self.cfg.host_disk_dirs.clone(),
-                forbidden: vec![self.cfg.state_dir.clone()],
-            };
-            let path = policy.prepare(h).map_err(|e| e.to_string())?;
-            let fmt = match detect_path(&path).map_err(|e| e.to_string())? {
-                ImageFormat::Qcow2 => DiskFormat::Qcow2,
-                _ => DiskFormat::Raw,
-            };
-            return Ok((path, fmt));
-        }
-        let claim = v
-            .persistent_volume_claim
-            .as_ref()
-            .map(|p| p.claim_name.clone())
-            .or_else(|| v.data_volume.as_ref().map(|d| d.name.clone()));
-        if let Some(claim) = claim {
-            // Volumes of the node's pool: `<state>/volumes/<namespace>/<claim>.{img,qcow2}`.
-            if let Some(found) = self.claim_file(ns, &claim) {
-                return Ok(found);
-            }
-            if let Some(Err(why)) = self.claims.get().and_then(|c| c.claim_ready(ns, &claim)) {
-                return Err(why);
-            }
-            let dir = self.cfg.state_dir.join("volumes").join(ns);
-            return Err(format!(
-                "PersistentVolumeClaim \"{claim}\" not found in namespace {ns} (looked for {}/{claim}.img|.qcow2)",
-                dir.display()
-            ));
-        }
-        Err(format!("{} volumes are not supported on this node", v.kind().map_or("empty", |k| k.field())))
-    }
-
     fn spawn(&self, vmi: &VirtualMachineInstance, run_dir: &Path) -> Result<Arc<dyn Machine>, String> {
         let name = vmi.metadata.name.clone().unwrap_or_default();
         let accel = if self.cfg.allow_emulation { AccelPolicy::Auto } else { AccelPolicy::RequireKvm };
-        let mut files = self.prepare(vmi, run_dir)?;
+        let mut files = self.volumes.prepare(vmi, run_dir).map_err(|e| e.to_string())?;
         let mut spec_in = vmi.spec.clone();
         let net = match self.network.get() {
             Some(n) => n.setup(vmi)?,
@@ -332,7 +153,7 @@ impl LauncherRuntime {
         };
         if let Some(net) = &net {
             for s in &net.interfaces {
-                files.taps.insert(s.request.name.clone(), s.tap.clone());
+                files.set_tap(s.request.name.clone(), s.tap.clone());
                 if let Some(i) =
                     spec_in.domain.devices.interfaces.iter_mut().find(|i| i.name == s.request.name)
                 {
@@ -433,53 +254,6 @@ fn tail(path: &Path) -> String {
     }
 }
 
-fn first_file(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(dir).ok()?.filter_map(Result::ok).map(|e| e.path()).find(|p| p.is_file())
-}
-
-/// `repo:tag` without the tag (a port's colon before the last slash stays).
-fn strip_tag(reference: &str) -> &str {
-    let slash = reference.rfind('/').map_or(0, |i| i + 1);
-    match reference[slash..].rfind(':') {
-        Some(i) => &reference[..slash + i],
-        None => reference,
-    }
-}
-
-struct PreparedFiles {
-    files: HashMap<String, (PathBuf, DiskFormat)>,
-    kernel: Option<(PathBuf, Option<PathBuf>)>,
-    state_dir: PathBuf,
-    /// Tap of each interface (by name) in the VMI's network namespace.
-    taps: HashMap<String, String>,
-}
-
-impl VolumeFiles for PreparedFiles {
-    fn volume_file(&self, volume: &Volume) -> Result<(PathBuf, DiskFormat), HostFileError> {
-        self.files
-            .get(&volume.name)
-            .cloned()
-            .ok_or_else(|| HostFileError::VolumeNotPrepared { volume: volume.name.clone(), reason: None })
-    }
-    fn kernel_files(
-        &self,
-        c: &model::KernelBootContainer,
-    ) -> Result<(PathBuf, Option<PathBuf>), HostFileError> {
-        self.kernel
-            .clone()
-            .ok_or_else(|| HostFileError::KernelNotPulled { image: c.image.clone(), reason: None })
-    }
-    fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone()
-    }
-    fn interface_backend(&self, interface: &model::Interface) -> Result<InterfaceBackend, HostFileError> {
-        Ok(match self.taps.get(&interface.name) {
-            Some(tap) => InterfaceBackend::Tap { name: tap.clone() },
-            None => InterfaceBackend::None,
-        })
-    }
-}
-
 impl Runtime for LauncherRuntime {
     fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, String> {
         self.reap();
@@ -534,7 +308,7 @@ impl Runtime for LauncherRuntime {
     /// its volumes name is not populated, or does not exist yet (a VM's `dataVolumeTemplates` are
     /// created after its VMI). Plain claims without a DataVolume are not waited for.
     fn ready(&self, vmi: &VirtualMachineInstance) -> Result<(), String> {
-        let Some(claims) = self.claims.get() else { return Ok(()) };
+        let Some(claims) = self.volumes.claims() else { return Ok(()) };
         let ns = vmi.metadata.namespace.as_deref().unwrap_or("default");
         for v in &vmi.spec.volumes {
             let (claim, data_volume) = match (&v.data_volume, &v.persistent_volume_claim) {
@@ -545,7 +319,7 @@ impl Runtime for LauncherRuntime {
             match claims.claim_ready(ns, claim) {
                 Some(Err(why)) => return Err(format!("volume {}: {why}", v.name)),
                 Some(Ok(())) => {}
-                None if data_volume && self.claim_file(ns, claim).is_none() => {
+                None if data_volume && self.volumes.claim_file(ns, claim).is_none() => {
                     return Err(format!(
                         "volume {}: DataVolume {claim} does not exist in namespace {ns} (yet)",
                         v.name
@@ -583,17 +357,5 @@ impl Runtime for LauncherRuntime {
                 log::warn!("removing {}: {e}", run_dir.display());
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::strip_tag;
-
-    #[test]
-    fn tags_are_stripped_but_ports_kept() {
-        assert_eq!(strip_tag("127.0.0.1:5000/os/cirros:devel"), "127.0.0.1:5000/os/cirros");
-        assert_eq!(strip_tag("127.0.0.1:5000/os/cirros"), "127.0.0.1:5000/os/cirros");
-        assert_eq!(strip_tag("quay.io/x/y:1"), "quay.io/x/y");
     }
 }
