@@ -127,7 +127,7 @@ impl LauncherRuntime {
         std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
         let name = vmi.metadata.name.clone().unwrap_or_default();
         let accel = if self.cfg.allow_emulation { AccelPolicy::Auto } else { AccelPolicy::RequireKvm };
-        let files = self.prepare(vmi, &run_dir)?;
+        let files = self.volumes.prepare(vmi, &run_dir).map_err(|e| e.to_string())?;
         let spec = machine_spec(&name, &vmi.spec, &files, accel).map_err(|e| e.to_string())?;
         let json = serde_json::to_vec_pretty(&spec).map_err(|e| format!("encoding the machine spec: {e}"))?;
         let spec_path = run_dir.join("spec.json");
