@@ -72,3 +72,31 @@ impl AsyncNodeClient {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Status;
+
+    fn status_err(code: u16, message: &str) -> ClientError {
+        ClientError::Status {
+            method: "PUT".into(),
+            path: "/apis/subresources.kubevirt.io/v1/namespaces/ns/virtualmachines/vm/start".into(),
+            status: Box::new(Status {
+                code,
+                message: message.into(),
+                reason: "NotFound".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn only_the_api_servers_generic_404_means_no_subresource_api() {
+        // What kube-apiserver 1.20 answers for a group it does not serve.
+        assert!(no_subresource_api(&status_err(404, "the server could not find the requested resource")));
+        // A missing VM names the VM: the verb's own error, no fallback.
+        assert!(!no_subresource_api(&status_err(404, "virtualmachines.kubevirt.io \"vm\" not found")));
+        assert!(!no_subresource_api(&status_err(409, "the server could not find the requested resource")));
+    }
+}
