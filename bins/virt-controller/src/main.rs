@@ -5,6 +5,7 @@
 //! virt-controller install-crds [--kubeconfig F]    apply the CRDs (server-side apply; idempotent)
 //! virt-controller print-crds                       the CRDs as a JSON List (kubectl apply -f -)
 //! virt-controller run [--kubeconfig F] [--launcher-image I] [--kvm privileged|device-plugin]
+//!                    [--node-state-dir D]
 //! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -43,6 +44,9 @@ enum Command {
         /// How launchers get /dev/kvm.
         #[arg(long, value_enum, default_value_t = Kvm::Privileged)]
         kvm: Kvm,
+        /// The node agents' state directory (virt-handler --state-dir), mounted into launcher pods.
+        #[arg(long, default_value = "/var/lib/virt-rs-handler")]
+        node_state_dir: String,
     },
 }
 
@@ -79,7 +83,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 println!("customresourcedefinition.apiextensions.k8s.io/{name} applied");
             }
         }
-        Command::Run { kubeconfig, launcher_image, kvm } => {
+        Command::Run { kubeconfig, launcher_image, kvm, node_state_dir } => {
             let client = cluster::client(kubeconfig.as_deref()).await?;
             let kvm = match kvm {
                 Kvm::Privileged => pod::KvmAccess::Privileged,
@@ -88,7 +92,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             log::info!("virt-controller: watching VirtualMachines and VirtualMachineInstances");
             cluster::controller::run(
                 client,
-                pod::LauncherConfig { image: launcher_image, kvm },
+                pod::LauncherConfig { image: launcher_image, kvm, node_state_dir },
                 shutdown_signal(),
             )
             .await;

@@ -27,9 +27,26 @@ impl AsyncNodeClient {
         self.send(Method::PUT, &subresource_path(kind, namespace, name, sub), Some(&body)).await.map(drop)
     }
 
+    /// A VM verb through the subresource, else (a cluster without the subresources API) by
+    /// updating the VM ([`super::cluster_verbs`]).
+    async fn vm_verb(&self, namespace: &str, name: &str, sub: &str, body: Value) -> Result<(), ClientError> {
+        use virt_core::lifecycle::strategy::Request;
+        match self.subresource(Kind::VirtualMachine, namespace, name, sub, body).await {
+            Err(e) if super::cluster_verbs::no_subresource_api(&e) => {
+                let request = match sub {
+                    "start" => Request::Start,
+                    "stop" => Request::Stop,
+                    _ => Request::Restart,
+                };
+                self.request_by_update(namespace, name, request).await
+            }
+            r => r,
+        }
+    }
+
     /// Starts a VirtualMachine.
     pub async fn start(&self, namespace: &str, name: &str) -> Result<(), ClientError> {
-        self.subresource(Kind::VirtualMachine, namespace, name, "start", Value::Object(Map::new())).await
+        self.vm_verb(namespace, name, "start", Value::Object(Map::new())).await
     }
 
     /// Stops a VirtualMachine; `grace_period` overrides its termination grace period (0 forces).
@@ -40,7 +57,7 @@ impl AsyncNodeClient {
         grace_period: Option<u64>,
     ) -> Result<(), ClientError> {
         let body = grace_body("gracePeriod", grace_period);
-        self.subresource(Kind::VirtualMachine, namespace, name, "stop", body).await
+        self.vm_verb(namespace, name, "stop", body).await
     }
 
     /// Restarts a VirtualMachine; `grace_period` overrides its grace period (0 forces).
@@ -51,7 +68,7 @@ impl AsyncNodeClient {
         grace_period: Option<u64>,
     ) -> Result<(), ClientError> {
         let body = grace_body("gracePeriodSeconds", grace_period);
-        self.subresource(Kind::VirtualMachine, namespace, name, "restart", body).await
+        self.vm_verb(namespace, name, "restart", body).await
     }
 
     /// Pauses a VirtualMachineInstance (a VM's instance has the VM's name).

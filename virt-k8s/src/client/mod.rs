@@ -41,6 +41,7 @@ mod actions;
 mod asynchronous;
 mod blocking;
 mod cdi;
+mod cluster_verbs;
 mod error;
 
 use std::fmt;

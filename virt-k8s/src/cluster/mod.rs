@@ -1,10 +1,12 @@
 //! The Kubernetes adapter: the project's KubeVirt and CDI types as custom resources of a real
 //! cluster ([`kinds`], [`crd`], [`schema`]), and controllers on kube's runtime that turn
-//! VirtualMachines into VMIs and VMIs into launcher pods ([`controller`], [`pod`]). See
+//! VirtualMachines into VMIs and VMIs into launcher pods ([`controller`], [`pod`]), and the node agent that runs their machines
+//! ([`handler`]). See
 //! docs/kubernetes.md.
 
 pub mod controller;
 pub mod crd;
+pub mod handler;
 pub mod kinds;
 pub mod pod;
 pub mod schema;

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, Pod, PodSpec, ResourceRequirements, SecurityContext, Toleration,
-    Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements,
+    SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -51,6 +51,17 @@ pub struct LauncherConfig {
     pub image: String,
     /// How `/dev/kvm` reaches the launcher.
     pub kvm: KvmAccess,
+    /// The node agent's state directory on every node (`virt-handler --state-dir`): the pod
+    /// mounts the VMI's run directory (`<dir>/vmis/<uid>`, where the agent writes `spec.json`
+    /// and the launcher its sockets and `console.log`) and the image cache (`<dir>/images`,
+    /// read-only) at the same paths, so the spec's host paths are valid in the container.
+    pub node_state_dir: String,
+}
+
+/// The run directory of the VMI with `uid` under a node agent's state directory: the same
+/// layout as `node::LauncherRuntime::run_dir`.
+pub fn run_dir(node_state_dir: &str, uid: &str) -> String {
+    format!("{}/vmis/{uid}", node_state_dir.trim_end_matches('/'))
 }
 
 /// Guest RAM of a VMI: `domain.memory.guest`, else `domain.resources.requests.memory`, else
@@ -98,6 +109,20 @@ pub fn launcher_pod(vmi: &Cr<VirtualMachineInstance>, cfg: &LauncherConfig) -> P
             false
         }
     };
+    let run_dir = run_dir(&cfg.node_state_dir, &uid);
+    let images = format!("{}/images", cfg.node_state_dir.trim_end_matches('/'));
+    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+    let host_path = |name: &str, path: &str| Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource { path: path.into(), type_: Some("DirectoryOrCreate".into()) }),
+        ..Default::default()
+    };
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    };
     let env = |n: &str, v: &str| EnvVar { name: n.into(), value: Some(v.into()), ..Default::default() };
     let container = Container {
         name: "compute".into(),
@@ -107,6 +132,8 @@ pub fn launcher_pod(vmi: &Cr<VirtualMachineInstance>, cfg: &LauncherConfig) -> P
             env("VIRT_VMI_NAME", &name),
             env("VIRT_VMI_NAMESPACE", vmi.meta.namespace.as_deref().unwrap_or("default")),
             env("VIRT_VMI_UID", &uid),
+            env("VIRT_RUN_DIR", &run_dir),
+            env("VIRT_GRACE_PERIOD", &grace.to_string()),
         ]),
         resources: Some(ResourceRequirements {
             requests: Some(requests),
@@ -114,11 +141,11 @@ pub fn launcher_pod(vmi: &Cr<VirtualMachineInstance>, cfg: &LauncherConfig) -> P
             ..Default::default()
         }),
         security_context: Some(SecurityContext { privileged: Some(privileged), ..Default::default() }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "sockets".into(),
-            mount_path: SOCKETS_DIR.into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            mount("sockets", SOCKETS_DIR, false),
+            mount("run-dir", &run_dir, false),
+            mount("images", &images, true),
+        ]),
         ..Default::default()
     };
     let tolerations: Vec<Toleration> = spec
@@ -152,31 +179,38 @@ pub fn launcher_pod(vmi: &Cr<VirtualMachineInstance>, cfg: &LauncherConfig) -> P
             containers: vec![container],
             restart_policy: Some("Never".into()),
             automount_service_account_token: Some(false),
-            termination_grace_period_seconds: Some(spec.termination_grace_period_seconds.unwrap_or(30)),
+            // The launcher's own grace period (the guest's power-down) plus time to write its exit.
+            termination_grace_period_seconds: Some(grace + 5),
             node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
             scheduler_name: spec.scheduler_name.clone(),
             priority_class_name: spec.priority_class_name.clone(),
             hostname: spec.hostname.clone(),
             subdomain: spec.subdomain.clone(),
             tolerations: (!tolerations.is_empty()).then_some(tolerations),
-            volumes: Some(vec![Volume {
-                name: "sockets".into(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Default::default()
-            }]),
+            volumes: Some(vec![
+                Volume {
+                    name: "sockets".into(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Default::default()
+                },
+                host_path("run-dir", &run_dir),
+                host_path("images", &images),
+            ]),
             ..Default::default()
         }),
         status: None,
     }
 }
 
-/// The VMI phase a launcher pod's state stands for, until a node agent reports the domain itself:
-/// an unscheduled pod is `Scheduling`, a scheduled one `Scheduled`, a running one `Running`; a
-/// pod that ended ends the VMI the same way.
-pub fn phase_from_pod(pod: &Pod) -> VmiPhase {
+/// The VMI phase a launcher pod's state stands for: an unscheduled pod is `Scheduling`, a
+/// scheduled or running one `Scheduled` (the node agent reports `Running` once the launcher runs
+/// the machine; `current` Running stays Running while the pod runs); a pod that ended ends the
+/// VMI the same way.
+pub fn phase_from_pod(pod: &Pod, current: Option<VmiPhase>) -> VmiPhase {
     let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
     match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
-        Some("Running") => VmiPhase::Running,
+        Some("Running") if current == Some(VmiPhase::Running) => VmiPhase::Running,
+        Some("Running") => VmiPhase::Scheduled,
         Some("Succeeded") => VmiPhase::Succeeded,
         Some("Failed") => VmiPhase::Failed,
         Some("Unknown") => VmiPhase::Unknown,
@@ -202,7 +236,11 @@ mod tests {
 
     #[test]
     fn the_pod_requests_guest_memory_plus_overhead_and_is_owned() {
-        let cfg = LauncherConfig { image: "localhost/virt-launcher:1".into(), kvm: KvmAccess::Privileged };
+        let cfg = LauncherConfig {
+            image: "localhost/virt-launcher:1".into(),
+            kvm: KvmAccess::Privileged,
+            node_state_dir: "/var/lib/virt-rs/".into(),
+        };
         let pod = launcher_pod(&vmi(), &cfg);
         let c = &pod.spec.as_ref().unwrap().containers[0];
         let req = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
@@ -213,6 +251,15 @@ mod tests {
         assert_eq!(labels[DOMAIN_LABEL], "demo");
         assert_eq!(labels[CREATED_BY], "u-9");
         assert!(!labels.contains_key(NODE_NAME_LABEL));
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert!(mounts.iter().any(|m| m.mount_path == "/var/lib/virt-rs/vmis/u-9"), "{mounts:?}");
+        let vols = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap();
+        let run = vols.iter().find(|v| v.name == "run-dir").unwrap();
+        assert_eq!(
+            run.host_path.as_ref().unwrap().path,
+            "/var/lib/virt-rs/vmis/u-9",
+            "same path as on the host"
+        );
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
@@ -226,13 +273,17 @@ mod tests {
     #[test]
     fn pod_states_map_to_vmi_phases() {
         let mut pod = Pod::default();
-        assert_eq!(phase_from_pod(&pod), VmiPhase::Scheduling);
+        assert_eq!(phase_from_pod(&pod, None), VmiPhase::Scheduling);
         pod.spec = Some(PodSpec { node_name: Some("n".into()), ..Default::default() });
-        assert_eq!(phase_from_pod(&pod), VmiPhase::Scheduled);
+        assert_eq!(phase_from_pod(&pod, None), VmiPhase::Scheduled);
         pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
             phase: Some("Running".into()),
             ..Default::default()
         });
-        assert_eq!(phase_from_pod(&pod), VmiPhase::Running);
+        // Running is the node agent's word (the machine runs), not the pod's.
+        assert_eq!(phase_from_pod(&pod, Some(VmiPhase::Scheduled)), VmiPhase::Scheduled);
+        assert_eq!(phase_from_pod(&pod, Some(VmiPhase::Running)), VmiPhase::Running);
+        pod.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert_eq!(phase_from_pod(&pod, Some(VmiPhase::Running)), VmiPhase::Failed);
     }
 }

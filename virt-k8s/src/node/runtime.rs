@@ -134,6 +134,25 @@ impl LauncherRuntime {
         }
     }
 
+    /// Prepares `vmi`'s volumes in its run directory and writes the launcher's `spec.json` there
+    /// (through a temporary file and a rename: never half-written), without starting a launcher.
+    /// On a cluster the launcher runs in the VMI's pod, which mounts the run directory and the
+    /// image cache at the same paths (`cluster::handler`). Returns the spec's path.
+    pub fn write_spec(&self, vmi: &VirtualMachineInstance) -> Result<PathBuf, String> {
+        let run_dir = self.run_dir(vmi);
+        std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+        let name = vmi.metadata.name.clone().unwrap_or_default();
+        let accel = if self.cfg.allow_emulation { AccelPolicy::Auto } else { AccelPolicy::RequireKvm };
+        let files = self.volumes.prepare(vmi, &run_dir).map_err(|e| e.to_string())?;
+        let spec = machine_spec(&name, &vmi.spec, &files, accel).map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec_pretty(&spec).map_err(|e| format!("encoding the machine spec: {e}"))?;
+        let spec_path = run_dir.join("spec.json");
+        let tmp = run_dir.join(".spec.json.tmp");
+        std::fs::write(&tmp, json).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+        Ok(spec_path)
+    }
+
     fn reap(&self) {
         let mut ch = self.children.lock().unwrap_or_else(|e| e.into_inner());
         ch.retain(|_, c| !matches!(c.try_wait(), Ok(Some(_))));

@@ -43,7 +43,7 @@ pub async fn reconcile(
         .map_err(api_err(format!("listing the pods of VMI {ns}/{name}")))?;
     let pod = list.items.into_iter().next();
     let (phase, node, reason) = match &pod {
-        Some(p) => (phase_from_pod(p), p.spec.as_ref().and_then(|s| s.node_name.clone()), None),
+        Some(p) => (phase_from_pod(p, status.phase), p.spec.as_ref().and_then(|s| s.node_name.clone()), None),
         None if matches!(status.phase, None | Some(VmiPhase::Pending) | Some(VmiPhase::Scheduling)) => {
             let created = pods
                 .create(&PostParams::default(), &launcher_pod(&vmi, &ctx.launcher))

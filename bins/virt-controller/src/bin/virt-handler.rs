@@ -1,0 +1,93 @@
+//! virt-handler: the node agent on a Kubernetes node (KubeVirt's virt-handler; a DaemonSet in a
+//! cluster, with hostPath access to its state directory). Parsing and wiring only; the logic is
+//! in `virt_k8s::cluster::handler`.
+//!
+//! ```text
+//! virt-handler --node NAME [--kubeconfig F] [--state-dir D] [--allow-emulation]
+//!              [--insecure-registry HOST:PORT ...]
+//! ```
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use virt_k8s::cluster::{self, handler};
+use virt_k8s::node::{LauncherConfig, LauncherRuntime};
+
+#[derive(Parser)]
+#[command(name = "virt-handler", about = "KubeVirt's node agent for a Kubernetes node")]
+struct Cli {
+    /// This node's name (the pods' spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node: String,
+    /// The kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Run directories (`vmis/<uid>`) and the image cache (`images/`); virt-controller's
+    /// --node-state-dir.
+    #[arg(long, default_value = "/var/lib/virt-rs-handler")]
+    state_dir: PathBuf,
+    /// Let the launchers use software emulation where KVM is unusable (KubeVirt's useEmulation).
+    #[arg(long)]
+    allow_emulation: bool,
+    /// Registries reached over plain HTTP (containerDisk and kernel-boot pulls).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let client = cluster::client(cli.kubeconfig.as_deref()).await?;
+    let runtime = LauncherRuntime::new(LauncherConfig {
+        // The launcher runs in the VMI's pod; this one is never spawned by the agent.
+        launcher: PathBuf::from("/usr/bin/virt-launcher"),
+        state_dir: cli.state_dir,
+        allow_emulation: cli.allow_emulation,
+        backend: None,
+        insecure_registries: cli.insecure_registries,
+        registry_ca: None,
+        start_timeout: Duration::from_secs(5),
+        host_disk_dirs: Vec::new(),
+        net_policy: None,
+    });
+    log::info!("virt-handler: serving the VMIs of node {}", cli.node);
+    let h = handler::Handler::new(client, cli.node, Arc::new(runtime));
+    handler::run(h, shutdown_signal()).await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("virt-handler: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("virt-handler: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The node agent (KubeVirt's virt-handler): watches the VMIs placed on its node and gives each
+//! launcher pod its machine. The agent prepares the VMI's volumes and writes `spec.json` into the
+//! VMI's run directory with the node's own [`LauncherRuntime`] (containerDisk and kernel-boot
+//! pulls, cloud-init seeds, emptyDisks: the same code the local node runs); the launcher pod
+//! mounts that directory at the same path and runs the same `virt-launcher` on it. The agent then
+//! reaches the launcher through its control socket (`Runtime::reattach`, `Runtime::last_exit`)
+//! and writes the VMI's phase through `/status`.
+//!
+//! Never started twice: the launcher holds `launcher.lock` in the run directory for its life, and
+//! the agent only writes a spec where none is; a restarted agent reattaches to what runs.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client};
+use serde_json::json;
+use virt_core::lifecycle::Runtime;
+use virt_core::machine::{MachineExit, MachineStatus};
+use virt_core::model::{VirtualMachineInstance, VmiPhase};
+
+use super::controller::ReconcileError;
+use super::kinds::Cr;
+use super::pod::NODE_NAME_LABEL;
+use crate::node::LauncherRuntime;
+
+/// What the agent serves.
+pub struct Handler {
+    /// The API client.
+    pub client: Client,
+    /// This node's name (`spec.nodeName` of its pods).
+    pub node: String,
+    /// Prepares volumes and specs; reaches launchers.
+    pub runtime: Arc<LauncherRuntime>,
+    /// VMIs (uid) whose running launcher this process has reached (logged once each).
+    attached: Mutex<HashSet<String>>,
+}
+
+impl Handler {
+    /// The agent of `node`.
+    pub fn new(client: Client, node: String, runtime: Arc<LauncherRuntime>) -> Self {
+        Self { client, node, runtime, attached: Mutex::new(HashSet::new()) }
+    }
+}
+
+/// What the agent concluded about one VMI's launcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// No spec yet: the agent wrote it (the pod's launcher starts on it).
+    SpecWritten,
+    /// The spec is there; the launcher has not started the machine yet.
+    Starting,
+    /// The machine runs (paused or not).
+    Running {
+        /// Paused.
+        paused: bool,
+    },
+    /// The machine ended.
+    Ended(MachineExit),
+}
+
+/// The VMI phase and reason an observation stands for (`None`: leave the phase as it is).
+pub fn phase_of(observed: &Observed) -> Option<(VmiPhase, Option<String>)> {
+    match observed {
+        Observed::SpecWritten | Observed::Starting => None,
+        Observed::Running { .. } => Some((VmiPhase::Running, None)),
+        Observed::Ended(MachineExit::Failed(why)) => Some((VmiPhase::Failed, Some(why.clone()))),
+        Observed::Ended(_) => Some((VmiPhase::Succeeded, None)),
+    }
+}
+
+/// The project's VMI with the API server's identity (uid, name, namespace) filled in.
+fn model_of(vmi: &Cr<VirtualMachineInstance>) -> VirtualMachineInstance {
+    let mut v = vmi.obj.clone();
+    v.metadata.uid = vmi.meta.uid.clone();
+    v.metadata.name = vmi.meta.name.clone();
+    v.metadata.namespace = vmi.meta.namespace.clone();
+    v
+}
+
+/// Looks at `vmi`'s launcher, writing its spec first if there is none (blocking: pulls images).
+pub fn observe(runtime: &LauncherRuntime, vmi: &VirtualMachineInstance) -> Result<Observed, String> {
+    if let Some(m) = runtime.reattach(vmi) {
+        return Ok(match m.status() {
+            MachineStatus::Running => Observed::Running { paused: false },
+            MachineStatus::Paused => Observed::Running { paused: true },
+            MachineStatus::Starting => Observed::Starting,
+            MachineStatus::Stopped(exit) => Observed::Ended(exit),
+        });
+    }
+    if let Some(exit) = runtime.last_exit(vmi) {
+        return Ok(Observed::Ended(exit));
+    }
+    if runtime.run_dir(vmi).join("spec.json").is_file() {
+        return Ok(Observed::Starting);
+    }
+    runtime.write_spec(vmi)?;
+    Ok(Observed::SpecWritten)
+}
+
+async fn reconcile(vmi: Arc<Cr<VirtualMachineInstance>>, h: Arc<Handler>) -> Result<Action, ReconcileError> {
+    let status = vmi.obj.status.clone().unwrap_or_default();
+    let phase = status.phase;
+    if vmi.meta.deletion_timestamp.is_some() || phase.is_some_and(|p| p.is_final()) {
+        return Ok(Action::await_change());
+    }
+    // The launcher pod runs once the VMI is Scheduled (see `pod::phase_from_pod`).
+    if !matches!(phase, Some(VmiPhase::Scheduled) | Some(VmiPhase::Running)) {
+        return Ok(Action::await_change());
+    }
+    let ns = vmi.meta.namespace.clone().unwrap_or_default();
+    let name = vmi.meta.name.clone().unwrap_or_default();
+    let model = model_of(&vmi);
+    let rt = h.runtime.clone();
+    let observed = tokio::task::spawn_blocking(move || observe(&rt, &model))
+        .await
+        .unwrap_or_else(|e| Err(format!("the observing task failed: {e}")));
+    let (new_phase, reason, ready) = match &observed {
+        Ok(o) => match phase_of(o) {
+            Some((p, r)) => (p, r, matches!(o, Observed::Running { paused: false })),
+            None => return Ok(Action::requeue(Duration::from_secs(1))),
+        },
+        // The volumes cannot be prepared (an image that cannot be pulled ...): the VMI fails.
+        Err(why) => (VmiPhase::Failed, Some(why.clone()), false),
+    };
+    if matches!(observed, Ok(Observed::Running { .. })) {
+        let uid = vmi.meta.uid.clone().unwrap_or_default();
+        if h.attached.lock().map(|mut a| a.insert(uid)).unwrap_or(false) {
+            log::info!("VMI {ns}/{name}: reattached to its running launcher");
+        }
+    }
+    let ready_now =
+        status.conditions.iter().any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True");
+    if phase != Some(new_phase) || ready != ready_now {
+        let mut s = json!({
+            "phase": new_phase,
+            "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }],
+        });
+        if let Some(r) = &reason {
+            s["reason"] = json!(if new_phase == VmiPhase::Failed { "Failed" } else { "Succeeded" });
+            s["conditions"][0]["message"] = json!(r);
+        }
+        let vmis: Api<Cr<VirtualMachineInstance>> = Api::namespaced(h.client.clone(), &ns);
+        vmis.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": s })))
+            .await
+            .map_err(|source| ReconcileError::Api {
+                what: format!("writing the status of VMI {ns}/{name}"),
+                source,
+            })?;
+        log::info!(
+            "VMI {ns}/{name}: {new_phase:?} on {}{}",
+            h.node,
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        );
+    }
+    Ok(Action::requeue(if new_phase == VmiPhase::Running {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(1)
+    }))
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(h: Handler, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+    let vmis: Api<Cr<VirtualMachineInstance>> = Api::all(h.client.clone());
+    let selector = format!("{NODE_NAME_LABEL}={}", h.node);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    Controller::new(vmis, watcher::Config::default().labels(&selector))
+        .graceful_shutdown_on(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        })
+        .run(
+            reconcile,
+            |vmi, err, _| {
+                log::warn!("VMI {}: {err}", vmi.meta.name.as_deref().unwrap_or("?"));
+                Action::requeue(Duration::from_secs(2))
+            },
+            Arc::new(h),
+        )
+        .for_each(|_| async {})
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_map_to_phases() {
+        assert_eq!(phase_of(&Observed::SpecWritten), None);
+        assert_eq!(phase_of(&Observed::Starting), None);
+        assert_eq!(phase_of(&Observed::Running { paused: true }), Some((VmiPhase::Running, None)));
+        assert_eq!(phase_of(&Observed::Ended(MachineExit::PowerOff)), Some((VmiPhase::Succeeded, None)));
+        assert_eq!(
+            phase_of(&Observed::Ended(MachineExit::Failed("x".into()))),
+            Some((VmiPhase::Failed, Some("x".into())))
+        );
+    }
+}
