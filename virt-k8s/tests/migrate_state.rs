@@ -19,8 +19,14 @@ use virt_k8s::node::RedbStore;
 
 struct NoRuntime;
 impl Runtime for NoRuntime {
-    fn launch(&self, _vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, String> {
-        Err("this test launches nothing".into())
+    fn launch(
+        &self,
+        _vmi: &VirtualMachineInstance,
+    ) -> Result<Arc<dyn Machine>, virt_core::lifecycle::LaunchError> {
+        Err(virt_core::lifecycle::LaunchError::new(
+            virt_core::lifecycle::LaunchStage::Start,
+            "this test launches nothing",
+        ))
     }
     fn reattach(&self, _vmi: &VirtualMachineInstance) -> Option<Arc<dyn Machine>> {
         None

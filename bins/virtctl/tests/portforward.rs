@@ -70,7 +70,10 @@ impl Machine for Up {
 struct UpRuntime;
 
 impl Runtime for UpRuntime {
-    fn launch(&self, _vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, String> {
+    fn launch(
+        &self,
+        _vmi: &VirtualMachineInstance,
+    ) -> Result<Arc<dyn Machine>, virt_core::lifecycle::LaunchError> {
         Ok(Arc::new(Up))
     }
     fn reattach(&self, _vmi: &VirtualMachineInstance) -> Option<Arc<dyn Machine>> {

@@ -131,10 +131,52 @@ impl Kind {
     }
 }
 
+/// Where a launch failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchStage {
+    /// Preparing what the volumes name (pulls, overlays, seeds, claims).
+    Volumes,
+    /// Wiring the VMI's network.
+    Network,
+    /// Making the machine spec from the VMI.
+    Spec,
+    /// No machine backend can run the spec here.
+    Backend,
+    /// The run directory, the spec file or the launcher process.
+    Process,
+    /// The machine did not start (or its launcher did not answer).
+    Start,
+}
+
+/// Why a [`Runtime`] could not start a VMI's machine: the stage and what failed there. The message
+/// is the cause's (it names the volume, file or process); it becomes the VMI's `FailedCreate`
+/// condition and event.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct LaunchError {
+    /// Where it failed.
+    pub stage: LaunchStage,
+    /// What failed.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl LaunchError {
+    /// A failure at `stage`.
+    pub fn new(stage: LaunchStage, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self { stage, source: source.into() }
+    }
+
+    /// A `map_err` adapter for failures at `stage`.
+    pub fn at<E: Into<Box<dyn std::error::Error + Send + Sync>>>(stage: LaunchStage) -> impl Fn(E) -> Self {
+        move |e| Self::new(stage, e)
+    }
+}
+
 /// How VMIs run: prepares what a VMI needs (volumes, seed disks, a launcher) and starts its machine.
 pub trait Runtime: Send + Sync {
     /// Starts the machine of `vmi` (its spec has instancetypes and preferences applied).
-    fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, String>;
+    fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, LaunchError>;
     /// The machine already running `vmi`, found again after the lifecycle restarted.
     fn reattach(&self, vmi: &VirtualMachineInstance) -> Option<Arc<dyn Machine>>;
     /// How `vmi`'s machine ended while nobody watched, if that is known.

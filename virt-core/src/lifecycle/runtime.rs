@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Key, Runtime};
+use super::{Key, LaunchError, LaunchStage, Runtime};
 use crate::machine::accel::AccelPolicy;
 use crate::machine::resolve::{machine_spec, VolumeFiles};
 use crate::machine::{ConsoleSink, Machine, MachineBackend, MachineExit};
@@ -38,22 +38,29 @@ impl BackendRuntime {
 }
 
 impl Runtime for BackendRuntime {
-    fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, String> {
+    fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, LaunchError> {
         let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let name = vmi.metadata.name.clone().unwrap_or_default();
-        let files = (self.files)(vmi)?;
-        let spec = machine_spec(&name, &vmi.spec, files.as_ref(), self.accel).map_err(|e| e.to_string())?;
+        let files = (self.files)(vmi).map_err(LaunchError::at(LaunchStage::Volumes))?;
+        let spec = machine_spec(&name, &vmi.spec, files.as_ref(), self.accel)
+            .map_err(LaunchError::at(LaunchStage::Spec))?;
         let mut why = Vec::new();
         for b in &self.backends {
             match b.supports(&spec) {
                 Ok(()) => {
                     let console = (self.consoles)(&Key::new(ns, name));
-                    return b.start(&spec, console).map(Arc::from).map_err(|e| e.to_string());
+                    return b
+                        .start(&spec, console)
+                        .map(Arc::from)
+                        .map_err(LaunchError::at(LaunchStage::Start));
                 }
                 Err(e) => why.push(format!("{}: {e}", b.name())),
             }
         }
-        Err(format!("no machine backend can run it ({})", why.join("; ")))
+        Err(LaunchError::new(
+            LaunchStage::Backend,
+            format!("no machine backend can run it ({})", why.join("; ")),
+        ))
     }
 
     fn reattach(&self, _vmi: &VirtualMachineInstance) -> Option<Arc<dyn Machine>> {

@@ -88,12 +88,15 @@ impl FakeRuntime {
 }
 
 impl Runtime for FakeRuntime {
-    fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, String> {
+    fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, LaunchError> {
         if self.fail_launch.load(Ordering::SeqCst) {
-            return Err("disk image missing".into());
+            return Err(LaunchError::new(LaunchStage::Start, "disk image missing"));
         }
         if lock(&self.missing_volume).contains(vmi.metadata.name.as_deref().unwrap_or_default()) {
-            return Err("volume rootdisk: /var/lib/images/missing.qcow2: No such file or directory".into());
+            return Err(LaunchError::new(
+                LaunchStage::Volumes,
+                "volume rootdisk: /var/lib/images/missing.qcow2: No such file or directory",
+            ));
         }
         let m = Arc::new(FakeMachine {
             status: Mutex::new(MachineStatus::Running),

@@ -143,7 +143,7 @@ impl Lifecycle {
     pub(super) fn launched(
         &self,
         key: &Key,
-        result: Result<Arc<dyn Machine>, String>,
+        result: Result<Arc<dyn Machine>, LaunchError>,
     ) -> Result<(), LifecycleError> {
         let mut st = lock(&self.state);
         st.launching.remove(key);
@@ -198,7 +198,8 @@ impl Lifecycle {
                     self.begin_stop_locked(&mut st, key, g);
                 }
             }
-            Err(msg) => {
+            Err(e) => {
+                let msg = e.to_string();
                 if st.deleting_vmis.contains_key(key) {
                     return self.remove_vmi_locked(&mut st, key);
                 }

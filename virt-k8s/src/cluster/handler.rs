@@ -19,7 +19,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use serde_json::json;
-use virt_core::lifecycle::Runtime;
+use virt_core::lifecycle::{LaunchError, LaunchStage, Runtime};
 use virt_core::machine::{MachineExit, MachineStatus};
 use virt_core::model::{VirtualMachineInstance, VmiPhase};
 
@@ -83,7 +83,7 @@ fn model_of(vmi: &Cr<VirtualMachineInstance>) -> VirtualMachineInstance {
 }
 
 /// Looks at `vmi`'s launcher, writing its spec first if there is none (blocking: pulls images).
-pub fn observe(runtime: &LauncherRuntime, vmi: &VirtualMachineInstance) -> Result<Observed, String> {
+pub fn observe(runtime: &LauncherRuntime, vmi: &VirtualMachineInstance) -> Result<Observed, LaunchError> {
     if let Some(m) = runtime.reattach(vmi) {
         return Ok(match m.status() {
             MachineStatus::Running => Observed::Running { paused: false },
@@ -116,16 +116,16 @@ async fn reconcile(vmi: Arc<Cr<VirtualMachineInstance>>, h: Arc<Handler>) -> Res
     let name = vmi.meta.name.clone().unwrap_or_default();
     let model = model_of(&vmi);
     let rt = h.runtime.clone();
-    let observed = tokio::task::spawn_blocking(move || observe(&rt, &model))
-        .await
-        .unwrap_or_else(|e| Err(format!("the observing task failed: {e}")));
+    let observed = tokio::task::spawn_blocking(move || observe(&rt, &model)).await.unwrap_or_else(|e| {
+        Err(LaunchError::new(LaunchStage::Process, format!("the observing task failed: {e}")))
+    });
     let (new_phase, reason, ready) = match &observed {
         Ok(o) => match phase_of(o) {
             Some((p, r)) => (p, r, matches!(o, Observed::Running { paused: false })),
             None => return Ok(Action::requeue(Duration::from_secs(1))),
         },
         // The volumes cannot be prepared (an image that cannot be pulled ...): the VMI fails.
-        Err(why) => (VmiPhase::Failed, Some(why.clone()), false),
+        Err(why) => (VmiPhase::Failed, Some(why.to_string()), false),
     };
     if matches!(observed, Ok(Observed::Running { .. })) {
         let uid = vmi.meta.uid.clone().unwrap_or_default();

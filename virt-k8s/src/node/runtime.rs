@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use virt_core::lifecycle::Runtime;
+use virt_core::lifecycle::{LaunchError, LaunchStage as Stage, Runtime};
 use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::remote::{self, RemoteMachine};
 use virt_core::machine::resolve::machine_spec;
@@ -138,18 +138,19 @@ impl LauncherRuntime {
     /// (through a temporary file and a rename: never half-written), without starting a launcher.
     /// On a cluster the launcher runs in the VMI's pod, which mounts the run directory and the
     /// image cache at the same paths (`cluster::handler`). Returns the spec's path.
-    pub fn write_spec(&self, vmi: &VirtualMachineInstance) -> Result<PathBuf, String> {
+    pub fn write_spec(&self, vmi: &VirtualMachineInstance) -> Result<PathBuf, LaunchError> {
         let run_dir = self.run_dir(vmi);
-        std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+        std::fs::create_dir_all(&run_dir).map_err(process(&run_dir))?;
         let name = vmi.metadata.name.clone().unwrap_or_default();
         let accel = if self.cfg.allow_emulation { AccelPolicy::Auto } else { AccelPolicy::RequireKvm };
-        let files = self.volumes.prepare(vmi, &run_dir).map_err(|e| e.to_string())?;
-        let spec = machine_spec(&name, &vmi.spec, &files, accel).map_err(|e| e.to_string())?;
-        let json = serde_json::to_vec_pretty(&spec).map_err(|e| format!("encoding the machine spec: {e}"))?;
+        let files = self.volumes.prepare(vmi, &run_dir).map_err(LaunchError::at(Stage::Volumes))?;
+        let spec = machine_spec(&name, &vmi.spec, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| LaunchError::new(Stage::Spec, format!("encoding the machine spec: {e}")))?;
         let spec_path = run_dir.join("spec.json");
         let tmp = run_dir.join(".spec.json.tmp");
-        std::fs::write(&tmp, json).map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+        std::fs::write(&tmp, json).map_err(process(&tmp))?;
+        std::fs::rename(&tmp, &spec_path).map_err(process(&spec_path))?;
         Ok(spec_path)
     }
 
@@ -158,13 +159,13 @@ impl LauncherRuntime {
         ch.retain(|_, c| !matches!(c.try_wait(), Ok(Some(_))));
     }
 
-    fn spawn(&self, vmi: &VirtualMachineInstance, run_dir: &Path) -> Result<Arc<dyn Machine>, String> {
+    fn spawn(&self, vmi: &VirtualMachineInstance, run_dir: &Path) -> Result<Arc<dyn Machine>, LaunchError> {
         let name = vmi.metadata.name.clone().unwrap_or_default();
         let accel = if self.cfg.allow_emulation { AccelPolicy::Auto } else { AccelPolicy::RequireKvm };
-        let mut files = self.volumes.prepare(vmi, run_dir).map_err(|e| e.to_string())?;
+        let mut files = self.volumes.prepare(vmi, run_dir).map_err(LaunchError::at(Stage::Volumes))?;
         let mut spec_in = vmi.spec.clone();
         let net = match self.network.get() {
-            Some(n) => n.setup(vmi)?,
+            Some(n) => n.setup(vmi).map_err(LaunchError::at(Stage::Network))?,
             None => None,
         };
         if let Some(net) = &net {
@@ -177,13 +178,14 @@ impl LauncherRuntime {
                 }
             }
         }
-        let spec = machine_spec(&name, &spec_in, &files, accel).map_err(|e| e.to_string())?;
+        let spec = machine_spec(&name, &spec_in, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
         let spec_path = run_dir.join("spec.json");
-        let json = serde_json::to_vec_pretty(&spec).map_err(|e| format!("encoding the machine spec: {e}"))?;
-        std::fs::write(&spec_path, json).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| LaunchError::new(Stage::Spec, format!("encoding the machine spec: {e}")))?;
+        std::fs::write(&spec_path, json).map_err(process(&spec_path))?;
         let log_path = run_dir.join("launcher.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let log2 = log.try_clone().map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let log = std::fs::File::create(&log_path).map_err(process(&log_path))?;
+        let log2 = log.try_clone().map_err(process(&log_path))?;
         let mut cmd = Command::new(&self.cfg.launcher);
         cmd.arg("--spec").arg(&spec_path).arg("--run-dir").arg(run_dir);
         if self.cfg.allow_emulation {
@@ -200,7 +202,8 @@ impl LauncherRuntime {
             // containers share the pod's namespace).
             if let Some(net) = &net {
                 let path = net.netns_path();
-                let ns = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let ns = std::fs::File::open(&path)
+                    .map_err(|e| LaunchError::new(Stage::Network, format!("{}: {e}", path.display())))?;
                 // SAFETY: between fork and exec only setns(2), async-signal-safe, on a descriptor
                 // the closure owns (moved in); nothing is allocated.
                 unsafe {
@@ -214,12 +217,9 @@ impl LauncherRuntime {
                 }
             }
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", self.cfg.launcher.display()))?;
+        let child = cmd.stdin(Stdio::null()).stdout(log).stderr(log2).spawn().map_err(|e| {
+            LaunchError::new(Stage::Process, format!("starting {}: {e}", self.cfg.launcher.display()))
+        })?;
         let pid = child.id();
         self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(run_dir.to_path_buf(), child);
         let deadline = Instant::now() + self.cfg.start_timeout;
@@ -227,7 +227,7 @@ impl LauncherRuntime {
             if remote::is_alive(run_dir) {
                 return RemoteMachine::connect(run_dir)
                     .map(|m| Arc::new(m) as Arc<dyn Machine>)
-                    .map_err(|e| format!("launcher {pid}: {e}"));
+                    .map_err(|e| LaunchError::new(Stage::Start, format!("launcher {pid}: {e}")));
             }
             let exited = {
                 let mut ch = self.children.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,21 +240,30 @@ impl LauncherRuntime {
                 }
             };
             if let Some(status) = exited {
-                return Err(format!(
-                    "the launcher exited ({status}) before its machine ran: {}",
-                    tail(&log_path)
+                return Err(LaunchError::new(
+                    Stage::Start,
+                    format!("the launcher exited ({status}) before its machine ran: {}", tail(&log_path)),
                 ));
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "the launcher (pid {pid}) did not start its machine within {:?}: {}",
-                    self.cfg.start_timeout,
-                    tail(&log_path)
+                return Err(LaunchError::new(
+                    Stage::Start,
+                    format!(
+                        "the launcher (pid {pid}) did not start its machine within {:?}: {}",
+                        self.cfg.start_timeout,
+                        tail(&log_path)
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A `map_err` adapter for I/O on `path` (run directory, spec, log): a [`Stage::Process`] failure
+/// naming the file.
+fn process(path: &Path) -> impl Fn(std::io::Error) -> LaunchError + '_ {
+    move |e| LaunchError::new(Stage::Process, format!("{}: {e}", path.display()))
 }
 
 /// The last lines of a log, for error messages.
@@ -271,7 +280,7 @@ fn tail(path: &Path) -> String {
 }
 
 impl Runtime for LauncherRuntime {
-    fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, String> {
+    fn launch(&self, vmi: &VirtualMachineInstance) -> Result<Arc<dyn Machine>, LaunchError> {
         self.reap();
         let run_dir = self.run_dir(vmi);
         if run_dir.join("exit.json").exists() {
@@ -285,9 +294,14 @@ impl Runtime for LauncherRuntime {
             // Never two launchers for one VMI: take over the one that runs.
             return RemoteMachine::connect_timeout(&run_dir, self.cfg.start_timeout)
                 .map(|m| Arc::new(m) as Arc<dyn Machine>)
-                .map_err(|e| format!("a launcher already holds {}: {e}", run_dir.display()));
+                .map_err(|e| {
+                    LaunchError::new(
+                        Stage::Start,
+                        format!("a launcher already holds {}: {e}", run_dir.display()),
+                    )
+                });
         }
-        std::fs::create_dir_all(&run_dir).map_err(|e| format!("{}: {e}", run_dir.display()))?;
+        std::fs::create_dir_all(&run_dir).map_err(process(&run_dir))?;
         // What the previous machine of this VMI left (a reboot in place starts a new launcher).
         for f in ["exit.json", "control.sock", "console.sock"] {
             let _ = std::fs::remove_file(run_dir.join(f));
