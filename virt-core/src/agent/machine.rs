@@ -58,6 +58,13 @@ impl Machine for AgentMachine {
     fn reset(&self) -> Result<(), MachineError> {
         self.inner.reset()
     }
+    fn migrate_out(
+        &self,
+        stream: &mut dyn crate::machine::migrate::MigrationStream,
+        opts: &crate::machine::migrate::MigrateOptions,
+    ) -> Result<crate::machine::migrate::MigrationReport, MachineError> {
+        self.inner.migrate_out(stream, opts)
+    }
     fn stop(&self) -> Result<(), MachineError> {
         self.inner.stop()
     }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::accel::{self, AccelDecision, HostVirt};
+use super::migrate::{MigrateOptions, MigrationReport, MigrationStream};
 use super::{
     BootSpec, ConsoleSink, DiskBus, DiskOpener, InterfaceBackend, Machine, MachineBackend, MachineError,
     MachineEvent, MachineExit, MachineSpec, MachineStatus, NetOpener, NicModel, Unsupported,
@@ -94,6 +95,36 @@ impl MachineBackend for NativeBackend {
 
     fn start(&self, spec: &MachineSpec, console: ConsoleSink) -> Result<Box<dyn Machine>, MachineError> {
         let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
+        let (cfg, unlinked) = self.config(spec, console)?;
+        let hv = KvmHypervisor::new().map_err(|e| err(e.to_string()))?;
+        let vm = MicroVm::new(&hv, cfg).map_err(|e| err(e.to_string()))?;
+        let handle = vm.start().map_err(|e| err(e.to_string()))?;
+        NativeMachine::wrap(spec, handle, unlinked)
+    }
+
+    fn start_incoming(
+        &self,
+        spec: &MachineSpec,
+        console: ConsoleSink,
+        stream: &mut dyn MigrationStream,
+    ) -> Result<Box<dyn Machine>, MachineError> {
+        let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
+        let (cfg, unlinked) = self.config(spec, console)?;
+        let hv = KvmHypervisor::new().map_err(|e| err(e.to_string()))?;
+        let (handle, _stats) = MicroVm::migrate_from(&hv, cfg, &mut &mut *stream)
+            .map_err(|e| err(format!("incoming migration: {e}")))?;
+        NativeMachine::wrap(spec, handle, unlinked)
+    }
+}
+
+impl NativeBackend {
+    /// The VM configuration of `spec`: disks opened, NICs linked; the unlinked NICs' far ends.
+    fn config(
+        &self,
+        spec: &MachineSpec,
+        console: ConsoleSink,
+    ) -> Result<(VmConfig, Vec<NetPair>), MachineError> {
+        let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
         self.supports(spec).map_err(|why| MachineError::Unsupported {
             machine: spec.name.clone(),
             backend: "native",
@@ -142,9 +173,19 @@ impl MachineBackend for NativeBackend {
             track_dirty_pages: false,
             huge_pages: false,
         };
-        let hv = KvmHypervisor::new().map_err(|e| err(e.to_string()))?;
-        let vm = MicroVm::new(&hv, cfg).map_err(|e| err(e.to_string()))?;
-        let handle = Arc::new(vm.start().map_err(|e| err(e.to_string()))?);
+        Ok((cfg, unlinked))
+    }
+}
+
+impl NativeMachine {
+    /// The machine of a started (or migrated-in) VM, with the thread that reports its end.
+    fn wrap(
+        spec: &MachineSpec,
+        handle: VmHandle,
+        unlinked: Vec<NetPair>,
+    ) -> Result<Box<dyn Machine>, MachineError> {
+        let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
+        let handle = Arc::new(handle);
         let (tx, rx) = channel();
         let _ = tx.send(MachineEvent::Started);
         let state = Arc::new(Mutex::new(MachineStatus::Running));
@@ -303,6 +344,24 @@ impl Machine for NativeMachine {
     }
     fn accelerator(&self) -> AccelDecision {
         AccelDecision { accelerator: accel::Accelerator::Kvm, reason: "hardware KVM (native microVM)".into() }
+    }
+    fn migrate_out(
+        &self,
+        stream: &mut dyn MigrationStream,
+        opts: &MigrateOptions,
+    ) -> Result<MigrationReport, MachineError> {
+        let s = self.status();
+        if s != MachineStatus::Running {
+            return Err(MachineError::State { machine: self.name.clone(), op: "migrate", state: s });
+        }
+        let vmm_opts = crate::vmm::migration::MigrationOptions {
+            downtime_budget: opts.downtime(),
+            ..Default::default()
+        };
+        let stats = self.handle.migrate_to(&mut &mut *stream, &vmm_opts).map_err(|e| {
+            MachineError::Control { machine: self.name.clone(), op: "migrate", msg: e.to_string() }
+        })?;
+        Ok(MigrationReport::from(&stats))
     }
 }
 
@@ -484,6 +543,93 @@ mod tests {
         let d = tempfile_dir();
         let m = backend().start(&spec(&d, POWEROFF), Box::new(std::io::sink())).unwrap();
         assert_eq!(m.wait(Some(Duration::from_secs(10))), Some(MachineExit::PowerOff));
+        let _ = std::fs::remove_dir_all(d);
+    }
+    /// A guest that counts in %ecx and prints a `.` on COM1 every 2^20 steps:
+    /// `back: inc %ecx; test $0xfffff,%ecx; jnz back; mov $0x3f8,%dx; mov $0x2e,%al; out %al,(%dx);
+    /// jmp back`.
+    const DOTS: &[u8] = &[
+        0x41, 0xf7, 0xc1, 0xff, 0xff, 0x0f, 0x00, 0x75, 0xf7, 0x66, 0xba, 0xf8, 0x03, 0xb0, 0x2e, 0xee, 0xeb,
+        0xee,
+    ];
+
+    /// Console bytes shared with the test.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Seen {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Seen {
+        fn dots(&self) -> usize {
+            lock(&self.0).iter().filter(|&&b| b == b'.').count()
+        }
+        fn wait_more(&self, than: usize) -> usize {
+            let t = std::time::Instant::now();
+            while t.elapsed() < Duration::from_secs(20) {
+                let n = self.dots();
+                if n > than {
+                    return n;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            panic!("the console stayed at {than} dots");
+        }
+    }
+
+    #[test]
+    fn a_running_machine_migrates_into_a_new_machine_and_keeps_printing() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipping: no /dev/kvm");
+            return;
+        }
+        let d = tempfile_dir();
+        let sp = spec(&d, DOTS);
+        let (src_out, dst_out) = (Seen::default(), Seen::default());
+        let src = backend().start(&sp, Box::new(src_out.clone())).unwrap();
+        src_out.wait_more(2);
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (sp2, out2) = (sp.clone(), dst_out.clone());
+        let dst = std::thread::spawn(move || backend().start_incoming(&sp2, Box::new(out2), &mut b));
+        let report = src.migrate_out(&mut a, &MigrateOptions::default()).unwrap();
+        let dst = dst.join().unwrap().unwrap();
+        assert!(report.downtime_us > 0 && report.downtime_us < 300_000, "{report:?}");
+        assert_eq!(src.wait(Some(Duration::from_secs(5))), Some(MachineExit::Stopped));
+        let stopped_at = src_out.dots();
+        assert_eq!(dst.status(), MachineStatus::Running);
+        dst_out.wait_more(2);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(src_out.dots(), stopped_at, "the source printed after it handed over");
+        assert!(matches!(
+            src.migrate_out(&mut a, &MigrateOptions::default()),
+            Err(MachineError::State { .. })
+        ));
+        dst.stop().unwrap();
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_destination_that_goes_away_leaves_the_source_running() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipping: no /dev/kvm");
+            return;
+        }
+        let d = tempfile_dir();
+        let out = Seen::default();
+        let src = backend().start(&spec(&d, DOTS), Box::new(out.clone())).unwrap();
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(b);
+        let e = src.migrate_out(&mut a, &MigrateOptions::default()).unwrap_err();
+        assert!(matches!(e, MachineError::Control { op: "migrate", .. }), "{e}");
+        assert_eq!(src.status(), MachineStatus::Running);
+        let n = out.dots();
+        out.wait_more(n + 1);
+        src.stop().unwrap();
         let _ = std::fs::remove_dir_all(d);
     }
 }
