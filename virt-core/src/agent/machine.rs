@@ -60,10 +60,13 @@ impl Machine for AgentMachine {
     }
     fn migrate_out(
         &self,
-        stream: &mut dyn crate::machine::migrate::MigrationStream,
+        stream: std::os::unix::net::UnixStream,
         opts: &crate::machine::migrate::MigrateOptions,
     ) -> Result<crate::machine::migrate::MigrationReport, MachineError> {
         self.inner.migrate_out(stream, opts)
+    }
+    fn migrate_cancel(&self) -> Result<(), MachineError> {
+        self.inner.migrate_cancel()
     }
     fn stop(&self) -> Result<(), MachineError> {
         self.inner.stop()

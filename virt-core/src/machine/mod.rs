@@ -429,7 +429,7 @@ pub trait Machine: Send + Sync {
     /// there; on any failure before the destination was ready it runs here as before.
     fn migrate_out(
         &self,
-        _stream: &mut dyn migrate::MigrationStream,
+        _stream: std::os::unix::net::UnixStream,
         _opts: &migrate::MigrateOptions,
     ) -> Result<migrate::MigrationReport, MachineError> {
         Err(MachineError::Unsupported {
@@ -437,6 +437,11 @@ pub trait Machine: Send + Sync {
             backend: "its",
             what: "live migration".into(),
         })
+    }
+    /// Abandons a running [`Machine::migrate_out`] if the destination is not ready yet: the
+    /// migration fails and the machine runs on here. Fine when no migration runs.
+    fn migrate_cancel(&self) -> Result<(), MachineError> {
+        Ok(())
     }
 }
 

@@ -14,6 +14,7 @@ use crate::hypervisor::kvm::KvmHypervisor;
 use crate::net::{NetBackend, NetPair};
 use crate::vmm::boot::KernelConfig;
 use crate::vmm::devices::lock;
+use crate::vmm::migration::{CancelToken, MigrationOptions};
 use crate::vmm::{ExitReason, MicroVm, NetConfig, NicConfig, Payload, VmConfig, VmHandle};
 
 /// Runs kernel-boot machines in-process on the native VMM.
@@ -196,6 +197,7 @@ impl NativeMachine {
             events: Mutex::new(rx),
             state: state.clone(),
             ended: Arc::new((Mutex::new(None), std::sync::Condvar::new())),
+            cancel: Mutex::new(None),
             _unlinked: unlinked,
         };
         let ended = m.ended.clone();
@@ -228,6 +230,8 @@ struct NativeMachine {
     events: Mutex<Receiver<MachineEvent>>,
     state: Arc<Mutex<MachineStatus>>,
     ended: Ended,
+    /// The running migration's cancel, for [`Machine::migrate_cancel`].
+    cancel: Mutex<Option<Arc<CancelToken>>>,
     // The far ends of NICs that are not linked to anything.
     _unlinked: Vec<NetPair>,
 }
@@ -347,21 +351,42 @@ impl Machine for NativeMachine {
     }
     fn migrate_out(
         &self,
-        stream: &mut dyn MigrationStream,
+        stream: std::os::unix::net::UnixStream,
         opts: &MigrateOptions,
     ) -> Result<MigrationReport, MachineError> {
         let s = self.status();
         if s != MachineStatus::Running {
             return Err(MachineError::State { machine: self.name.clone(), op: "migrate", state: s });
         }
-        let vmm_opts = crate::vmm::migration::MigrationOptions {
-            downtime_budget: opts.downtime(),
-            ..Default::default()
-        };
-        let stats = self.handle.migrate_to(&mut &mut *stream, &vmm_opts).map_err(|e| {
-            MachineError::Control { machine: self.name.clone(), op: "migrate", msg: e.to_string() }
-        })?;
-        Ok(MigrationReport::from(&stats))
+        let err = |msg: String| MachineError::Control { machine: self.name.clone(), op: "migrate", msg };
+        let token = Arc::new(CancelToken::default());
+        let waker = stream.try_clone().map_err(|e| err(format!("cloning the migration stream: {e}")))?;
+        token.on_cancel(Box::new(move || {
+            let _ = waker.shutdown(std::net::Shutdown::Both);
+        }));
+        {
+            let mut cur = lock(&self.cancel);
+            if cur.is_some() {
+                return Err(err("a migration is already running".into()));
+            }
+            *cur = Some(token.clone());
+        }
+        let vmm_opts =
+            MigrationOptions { downtime_budget: opts.downtime(), cancel: token, ..Default::default() };
+        let mut stream = stream;
+        let r = self.handle.migrate_to(&mut stream, &vmm_opts);
+        *lock(&self.cancel) = None;
+        Ok(MigrationReport::from(&r.map_err(|e| err(e.to_string()))?))
+    }
+    fn migrate_cancel(&self) -> Result<(), MachineError> {
+        match lock(&self.cancel).as_ref() {
+            Some(t) if !t.cancel() => Err(MachineError::Control {
+                machine: self.name.clone(),
+                op: "migrate cancel",
+                msg: "too late: the migration completed".into(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -593,10 +618,10 @@ mod tests {
         let (src_out, dst_out) = (Seen::default(), Seen::default());
         let src = backend().start(&sp, Box::new(src_out.clone())).unwrap();
         src_out.wait_more(2);
-        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
         let (sp2, out2) = (sp.clone(), dst_out.clone());
         let dst = std::thread::spawn(move || backend().start_incoming(&sp2, Box::new(out2), &mut b));
-        let report = src.migrate_out(&mut a, &MigrateOptions::default()).unwrap();
+        let report = src.migrate_out(a.try_clone().unwrap(), &MigrateOptions::default()).unwrap();
         let dst = dst.join().unwrap().unwrap();
         assert!(report.downtime_us > 0 && report.downtime_us < 300_000, "{report:?}");
         assert_eq!(src.wait(Some(Duration::from_secs(5))), Some(MachineExit::Stopped));
@@ -605,10 +630,7 @@ mod tests {
         dst_out.wait_more(2);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(src_out.dots(), stopped_at, "the source printed after it handed over");
-        assert!(matches!(
-            src.migrate_out(&mut a, &MigrateOptions::default()),
-            Err(MachineError::State { .. })
-        ));
+        assert!(matches!(src.migrate_out(a, &MigrateOptions::default()), Err(MachineError::State { .. })));
         dst.stop().unwrap();
         let _ = std::fs::remove_dir_all(d);
     }
@@ -622,10 +644,62 @@ mod tests {
         let d = tempfile_dir();
         let out = Seen::default();
         let src = backend().start(&spec(&d, DOTS), Box::new(out.clone())).unwrap();
-        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         drop(b);
-        let e = src.migrate_out(&mut a, &MigrateOptions::default()).unwrap_err();
+        let e = src.migrate_out(a, &MigrateOptions::default()).unwrap_err();
         assert!(matches!(e, MachineError::Control { op: "migrate", .. }), "{e}");
+        assert_eq!(src.status(), MachineStatus::Running);
+        let n = out.dots();
+        out.wait_more(n + 1);
+        src.stop().unwrap();
+        let _ = std::fs::remove_dir_all(d);
+    }
+    #[test]
+    fn a_cancel_when_the_destination_is_ready_leaves_only_the_source_running() {
+        use crate::vmm::migration::{read_frame, write_frame, Kind, MigrationError};
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipping: no /dev/kvm");
+            return;
+        }
+        let d = tempfile_dir();
+        let sp = spec(&d, DOTS);
+        let out = Seen::default();
+        let src: Arc<dyn Machine> = Arc::from(backend().start(&sp, Box::new(out.clone())).unwrap());
+        out.wait_more(1);
+        // src <-> (a, a2) relay (b2, b) <-> destination; the relay cancels as Ready passes.
+        let (a, mut a2) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (mut b, mut b2) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (mut a3, mut b3) = (a2.try_clone().unwrap(), b2.try_clone().unwrap());
+        let relay = |from: &mut std::os::unix::net::UnixStream,
+                     to: &mut std::os::unix::net::UnixStream,
+                     on_ready: &dyn Fn()| loop {
+            match read_frame(from) {
+                Ok((k, p)) => {
+                    if k == Kind::Ready {
+                        on_ready();
+                    }
+                    if write_frame(to, k, &p).is_err() {
+                        return;
+                    }
+                }
+                Err(MigrationError::Abandoned(m)) => {
+                    let _ = write_frame(to, Kind::Abandon, m.as_bytes());
+                    return;
+                }
+                Err(_) => {
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+        };
+        let s2 = src.clone();
+        std::thread::spawn(move || relay(&mut a2, &mut b2, &|| ()));
+        std::thread::spawn(move || relay(&mut b3, &mut a3, &|| s2.migrate_cancel().unwrap()));
+        let dst =
+            std::thread::spawn(move || backend().start_incoming(&sp, Box::new(std::io::sink()), &mut b));
+        let e = src.migrate_out(a, &MigrateOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("cancelled"), "{e}");
+        assert!(dst.join().unwrap().is_err(), "the destination must not run");
         assert_eq!(src.status(), MachineStatus::Running);
         let n = out.dots();
         out.wait_more(n + 1);
