@@ -707,4 +707,22 @@ mod tests {
             crate::fuzzing::migration_stream(&buf);
         }
     }
+
+    #[test]
+    fn a_cancel_and_the_commit_point_exclude_each_other() {
+        let t = CancelToken::default();
+        let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let w = woken.clone();
+        t.on_cancel(Box::new(move || w.store(true, std::sync::atomic::Ordering::SeqCst)));
+        assert!(t.check().is_ok());
+        assert!(t.cancel(), "a cancel before the commit point takes effect");
+        assert!(woken.load(std::sync::atomic::Ordering::SeqCst), "the cancel wakes the blocked source");
+        assert!(matches!(t.check(), Err(MigrationError::Cancelled)));
+        assert!(matches!(t.commit(), Err(MigrationError::Cancelled)), "no commit after a cancel");
+
+        let t = CancelToken::default();
+        t.commit().unwrap();
+        assert!(!t.cancel(), "a cancel after the commit point is too late");
+        assert!(!t.is_cancelled());
+    }
 }
