@@ -52,7 +52,30 @@ pub struct SecondaryNetwork {
 pub trait NadLookup: Send + Sync {
     /// The network `namespace/name` describes, `Ok(None)` when there is no such object, `Err(why)`
     /// when its config is unusable.
-    fn network(&self, namespace: &str, name: &str) -> Result<Option<SecondaryNetwork>, String>;
+    fn network(&self, namespace: &str, name: &str) -> Result<Option<SecondaryNetwork>, NadError>;
+}
+
+/// Why a NetworkAttachmentDefinition cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NadError {
+    /// A field of its config is missing or wrong.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field path, e.g. `spec.config.ipam.subnet`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// It could not be read.
+    #[error("reading it: {0}")]
+    Read(String),
+}
+
+impl NadError {
+    /// Field `field` is wrong: `reason`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid { field: field.into(), reason: reason.into() }
+    }
 }
 
 /// How one interface is connected.
@@ -239,7 +262,7 @@ mod tests {
 
     struct Nads;
     impl NadLookup for Nads {
-        fn network(&self, ns: &str, name: &str) -> Result<Option<SecondaryNetwork>, String> {
+        fn network(&self, ns: &str, name: &str) -> Result<Option<SecondaryNetwork>, NadError> {
             Ok((ns == "default" && name == "sec").then(|| SecondaryNetwork {
                 nad: "default/sec".into(),
                 bridge: "br1".into(),

@@ -25,7 +25,18 @@ use crate::import::{import, ByteSource, ImportError, ImportOptions, Opened};
 use crate::volume::{VolumeError, VolumeFormat, VolumeId, VolumeProvider};
 
 /// What a finished upload reports to whoever watches (the DataVolume controller).
-pub type UploadDone = Arc<dyn Fn(&VolumeId, &Result<(), String>) + Send + Sync>;
+pub type UploadDone = Arc<dyn Fn(&VolumeId, &Result<(), UploadFailed>) + Send + Sync>;
+
+/// Why an upload into a volume did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadFailed {
+    /// The bytes were not an image this pool takes, or writing them failed.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// The import task itself ended abnormally.
+    #[error("import task failed: {0}")]
+    Task(String),
+}
 
 struct Grant {
     volume: VolumeId,
@@ -222,8 +233,8 @@ async fn upload(
     }
     drop(tx);
     let result = match worker.await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("import task failed: {e}")),
+        Ok(r) => r.map_err(UploadFailed::from),
+        Err(e) => Err(UploadFailed::Task(e.to_string())),
     };
     if let Some(done) = &srv.done {
         done(&grant.volume, &result);

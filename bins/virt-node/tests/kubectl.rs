@@ -251,6 +251,34 @@ fn debian_kubectl_drives_the_node_through_its_kubeconfig() {
     // The start's phases, in order: Stopped first, then (possibly Provisioning/Starting) Running.
     assert!(seen.len() >= 2 && seen[0].contains("Stopped"), "{seen:?}");
 
+    // Secrets (like every stored kind) are watched from the store's change log.
+    let mut watch = k
+        .command(&["get", "secrets", "-w", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let made = k.ok(&["create", "secret", "generic", "watched", "--from-literal=k=v"], &node);
+    assert!(made.contains("secret/watched created"), "{made}");
+    let mut events = Vec::new();
+    while !events.iter().any(|l: &String| l.trim() == "secret/watched") {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => events.push(line),
+            Err(_) => panic!("get secrets -w never showed the new Secret: {events:?}\n{}", node.log()),
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+
     let vmis = k.ok(&["get", "vmi"], &node);
     let (header, vmi) = row(&vmis, "blank");
     assert_eq!(header, ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"], "{vmis}");

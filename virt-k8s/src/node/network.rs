@@ -22,7 +22,7 @@ use virt_core::net::MacAddr;
 use virt_net::endpoint::{EndpointLookup, VmiEndpoint};
 use virt_net::macpool::MacPool;
 use virt_net::pod::{NetworkManager, NodeNetConfig, VmiNet};
-use virt_net::spec::{self, AddressRange, NadLookup, SecondaryNetwork};
+use virt_net::spec::{self, AddressRange, NadError, NadLookup, SecondaryNetwork};
 
 use super::store::RedbStore;
 
@@ -173,36 +173,46 @@ impl EndpointLookup for NoNetwork {
 /// A NetworkAttachmentDefinition's `spec.config` (a CNI config as a JSON string) as a secondary
 /// network: `type: bridge` with `bridge`, optional `ipam` (`subnet`, `rangeStart`, `rangeEnd`,
 /// `gateway`). Errors name the field.
-pub fn parse_nad(nad: &str, v: &Value) -> Result<SecondaryNetwork, String> {
+pub fn parse_nad(nad: &str, v: &Value) -> Result<SecondaryNetwork, NadError> {
     let text = v
         .pointer("/spec/config")
         .and_then(Value::as_str)
-        .ok_or("spec.config: a CNI config (a JSON string) is required")?;
-    let c: Value = serde_json::from_str(text).map_err(|e| format!("spec.config: not JSON: {e}"))?;
+        .ok_or_else(|| NadError::invalid("spec.config", "a CNI config (a JSON string) is required"))?;
+    let c: Value =
+        serde_json::from_str(text).map_err(|e| NadError::invalid("spec.config", format!("not JSON: {e}")))?;
     match c.get("type").and_then(Value::as_str) {
         Some("bridge") => {}
         other => {
-            return Err(format!("spec.config.type: {other:?}: only \"bridge\" is supported on this node"))
+            return Err(NadError::invalid(
+                "spec.config.type",
+                format!("{other:?}: only \"bridge\" is supported on this node"),
+            ))
         }
     }
     let bridge = c.get("bridge").and_then(Value::as_str).filter(|b| !b.is_empty() && b.len() <= 15);
-    let bridge = bridge.ok_or("spec.config.bridge: the node bridge's name (1 to 15 bytes) is required")?;
+    let bridge = bridge.ok_or_else(|| {
+        NadError::invalid("spec.config.bridge", "the node bridge's name (1 to 15 bytes) is required")
+    })?;
     let range = match c.get("ipam").filter(|i| i.get("subnet").is_some()) {
         None => None,
         Some(ipam) => {
             let field = |f: &str| ipam.get(f).and_then(Value::as_str);
-            let subnet: ipnet::Ipv4Net = field("subnet")
-                .unwrap_or_default()
-                .parse()
-                .map_err(|e| format!("spec.config.ipam.subnet: {e}"))?;
-            let addr = |f: &str, default: Ipv4Addr| -> Result<Ipv4Addr, String> {
+            let subnet: ipnet::Ipv4Net =
+                field("subnet").unwrap_or_default().parse().map_err(|e: ipnet::AddrParseError| {
+                    NadError::invalid("spec.config.ipam.subnet", e.to_string())
+                })?;
+            let addr = |f: &str, default: Ipv4Addr| -> Result<Ipv4Addr, NadError> {
                 match field(f) {
                     None => Ok(default),
                     Some(s) => {
-                        let a: Ipv4Addr =
-                            s.parse().map_err(|e| format!("spec.config.ipam.{f}: {s:?}: {e}"))?;
+                        let a: Ipv4Addr = s.parse().map_err(|e| {
+                            NadError::invalid(format!("spec.config.ipam.{f}"), format!("{s:?}: {e}"))
+                        })?;
                         if !subnet.contains(&a) {
-                            return Err(format!("spec.config.ipam.{f}: {a} is outside {subnet}"));
+                            return Err(NadError::invalid(
+                                format!("spec.config.ipam.{f}"),
+                                format!("{a} is outside {subnet}"),
+                            ));
                         }
                         Ok(a)
                     }
@@ -213,7 +223,10 @@ pub fn parse_nad(nad: &str, v: &Value) -> Result<SecondaryNetwork, String> {
             let start = addr("rangeStart", first)?;
             let end = addr("rangeEnd", last)?;
             if start > end {
-                return Err(format!("spec.config.ipam: rangeStart {start} is after rangeEnd {end}"));
+                return Err(NadError::invalid(
+                    "spec.config.ipam",
+                    format!("rangeStart {start} is after rangeEnd {end}"),
+                ));
             }
             let gateway = match field("gateway") {
                 None => None,
@@ -226,8 +239,11 @@ pub fn parse_nad(nad: &str, v: &Value) -> Result<SecondaryNetwork, String> {
 }
 
 impl NadLookup for NodeNetwork {
-    fn network(&self, namespace: &str, name: &str) -> Result<Option<SecondaryNetwork>, String> {
-        let v = self.store.get_object(NAD_KIND, &Key::new(namespace, name)).map_err(|e| e.to_string())?;
+    fn network(&self, namespace: &str, name: &str) -> Result<Option<SecondaryNetwork>, NadError> {
+        let v = self
+            .store
+            .get_object(NAD_KIND, &Key::new(namespace, name))
+            .map_err(|e| NadError::Read(e.to_string()))?;
         v.map(|v| parse_nad(&format!("{namespace}/{name}"), &v)).transpose()
     }
 }
@@ -377,14 +393,14 @@ mod tests {
         let r = n.range.unwrap();
         assert_eq!((r.start, r.end), (Ipv4Addr::new(192, 168, 50, 10), Ipv4Addr::new(192, 168, 50, 20)));
         let e = parse_nad("d/s", &nad(r#"{"type":"macvlan"}"#)).unwrap_err();
-        assert!(e.starts_with("spec.config.type"), "{e}");
+        assert!(e.to_string().starts_with("spec.config.type"), "{e}");
         let e = parse_nad("d/s", &nad(r#"{"type":"bridge"}"#)).unwrap_err();
-        assert!(e.starts_with("spec.config.bridge"), "{e}");
+        assert!(e.to_string().starts_with("spec.config.bridge"), "{e}");
         let e = parse_nad(
             "d/s",
             &nad(r#"{"type":"bridge","bridge":"b","ipam":{"subnet":"10.1.0.0/24","rangeStart":"10.2.0.1"}}"#),
         )
         .unwrap_err();
-        assert!(e.starts_with("spec.config.ipam.rangeStart"), "{e}");
+        assert!(e.to_string().starts_with("spec.config.ipam.rangeStart"), "{e}");
     }
 }

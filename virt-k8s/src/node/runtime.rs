@@ -19,7 +19,7 @@ use virt_core::machine::resolve::machine_spec;
 use virt_core::machine::{Machine, MachineExit};
 use virt_core::model::{self, VirtualMachineInstance};
 
-pub use super::volumes::ClaimReadiness;
+pub use super::volumes::{ClaimNotReady, ClaimReadiness};
 use super::volumes::{VmiVolumes, VolumeConfig};
 
 /// How the node runs launchers.

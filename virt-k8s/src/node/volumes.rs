@@ -44,9 +44,28 @@ pub struct VolumeConfig {
 /// its DataVolumes fill.
 pub trait ClaimReadiness: Send + Sync {
     /// `None` when no DataVolume fills `namespace/claim`; `Some(Ok(()))` once it is populated;
-    /// `Some(Err(why))` while it is not, e.g. "DataVolume x is not ready (phase ImportInProgress,
-    /// progress 45.20%)".
-    fn claim_ready(&self, namespace: &str, claim: &str) -> Option<Result<(), String>>;
+    /// `Some(Err(why))` while it is not.
+    fn claim_ready(&self, namespace: &str, claim: &str) -> Option<Result<(), ClaimNotReady>>;
+}
+
+/// Why a claim a DataVolume fills cannot be used yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimNotReady {
+    /// The DataVolume is still being populated.
+    #[error("DataVolume {name} is not ready (phase {phase}, progress {progress}){}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Populating {
+        /// The DataVolume.
+        name: String,
+        /// Its phase.
+        phase: String,
+        /// Its progress (`N/A` when unknown).
+        progress: String,
+        /// Its Running/Ready condition's message.
+        detail: Option<String>,
+    },
+    /// The VM's `dataVolumeTemplates` entry for it could not be made into a DataVolume.
+    #[error("{0}")]
+    Template(String),
 }
 
 /// Why a volume (or the kernel) of a VMI could not be prepared; names the volume or image.
@@ -85,8 +104,8 @@ pub enum PrepareError {
     #[error(transparent)]
     HostDisk(#[from] HostDiskError),
     /// A DataVolume-filled claim is not populated yet.
-    #[error("{0}")]
-    ClaimNotReady(String),
+    #[error(transparent)]
+    ClaimNotReady(ClaimNotReady),
     /// A claim has no file in the pool.
     #[error("PersistentVolumeClaim \"{claim}\" not found in namespace {namespace} (looked for {}/{claim}.img|.qcow2)", dir.display())]
     ClaimNotFound {

@@ -49,7 +49,7 @@ use virt_storage::import::policy::NetPolicy;
 use virt_storage::upload::UploadServer;
 use virt_storage::volume::{DirPool, VolumeError, VolumeId, VolumeProvider};
 
-use super::runtime::ClaimReadiness;
+use super::runtime::{ClaimNotReady, ClaimReadiness};
 use super::store::RedbStore;
 
 mod controller;
@@ -498,7 +498,7 @@ impl Cdi {
 }
 
 impl ClaimReadiness for Cdi {
-    fn claim_ready(&self, namespace: &str, claim: &str) -> Option<Result<(), String>> {
+    fn claim_ready(&self, namespace: &str, claim: &str) -> Option<Result<(), ClaimNotReady>> {
         let key = Key::new(namespace, claim);
         let st = lock(&self.state);
         if let Some(dv) = st.dvs.get(&key) {
@@ -514,16 +514,16 @@ impl ClaimReadiness for Cdi {
                         .iter()
                         .find_map(|t| s.conditions.iter().find(|c| c.type_ == *t && c.message.is_some()))
                 })
-                .and_then(|c| c.message.as_deref())
-                .filter(|m| !m.is_empty())
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default();
-            return Some(Err(format!(
-                "DataVolume {claim} is not ready (phase {}, progress {progress}){detail}",
-                phase_name(phase)
-            )));
+                .and_then(|c| c.message.clone())
+                .filter(|m| !m.is_empty());
+            return Some(Err(ClaimNotReady::Populating {
+                name: claim.to_string(),
+                phase: phase_name(phase).to_string(),
+                progress: progress.to_string(),
+                detail,
+            }));
         }
-        st.template_errors.get(&key).map(|e| Err(e.clone()))
+        st.template_errors.get(&key).map(|e| Err(ClaimNotReady::Template(e.clone())))
     }
 }
 

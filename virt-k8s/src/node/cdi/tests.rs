@@ -48,7 +48,7 @@ fn blank_volumes_are_made_stored_and_deleted() {
     assert_eq!(cdi.claim_ready("default", "nothing"), None);
     let waiting = cdi.claim_ready("default", "disk");
     assert!(
-        matches!(&waiting, Some(Err(m)) if m.starts_with("DataVolume disk is not ready (phase ")),
+        matches!(&waiting, Some(Err(m)) if m.to_string().starts_with("DataVolume disk is not ready (phase ")),
         "{waiting:?}"
     );
     wait(&cdi, "default", "disk", DataVolumePhase::Succeeded);

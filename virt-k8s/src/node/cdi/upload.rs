@@ -80,7 +80,11 @@ impl Cdi {
     }
 
     /// Told by the upload endpoint when an upload ended.
-    pub(super) fn upload_finished(&self, id: &VolumeId, result: &Result<(), String>) {
+    pub(super) fn upload_finished(
+        &self,
+        id: &VolumeId,
+        result: &Result<(), virt_storage::upload::UploadFailed>,
+    ) {
         let key = Key::new(&id.namespace, &id.name);
         let mut st = lock(&self.state);
         let wanted = st.dvs.get(&key).is_some_and(is_upload);

@@ -116,7 +116,10 @@ impl StoredKind {
             | "DataVolume"
             | "DataSource"
             | "DataImportCron"
-            | "VolumeSnapshot" => Some(Self { kind, prefix: None }),
+            | "VolumeSnapshot"
+            | "Secret"
+            | "ConfigMap"
+            | "NetworkAttachmentDefinition" => Some(Self { kind, prefix: None }),
             "VirtualMachineInstancetype"
             | "VirtualMachineClusterInstancetype"
             | "VirtualMachinePreference"
