@@ -20,6 +20,7 @@ use virt_core::jail::{self, JailOptions, Role};
 use virt_core::machine::accel::HostVirt;
 use virt_core::machine::native::NativeBackend;
 use virt_core::machine::qemu::{QemuBackend, QemuOptions};
+use virt_core::machine::supervisor::migration::MIGRATE_SOCKET;
 use virt_core::machine::supervisor::{graceful_stop, write_exit_record, ServeInfo, Supervisor, EXIT_FILE};
 use virt_core::machine::{
     select_backend, BackendChoice, BootSpec, DiskOpener, Machine, MachineBackend, MachineExit, MachineSpec,
@@ -115,6 +116,10 @@ struct Args {
     /// one with interfaces stays in the node's (docs/confinement.md).
     #[arg(long, requires = "spec")]
     netns: Option<PathBuf>,
+    /// Supervised mode: start the machine from a live migration instead of booting it: listen on
+    /// `migrate.sock` in the run directory for the source launcher's stream (docs/migration.md).
+    #[arg(long, requires = "spec")]
+    incoming: bool,
     /// Supervised mode: the range of unprivileged uids launchers run as, `FIRST-LAST` (one per
     /// launcher; default 2000000000-2000065535).
     #[arg(long)]
@@ -460,13 +465,55 @@ fn join_cgroup(args: &Args, spec: &MachineSpec, backend: &str) -> Result<Cgroup,
     Cgroup::join(&name, limits).map_err(|e| format!("confinement: the machine's cgroup: {e}"))
 }
 
+/// How long `--incoming` waits for the source's stream.
+const INCOMING_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Listens on the run directory's migration socket and returns the first connection (the stream
+/// the source launcher migrates over).
+fn accept_migration(run_dir: &Path) -> Result<std::os::unix::net::UnixStream, String> {
+    let path = run_dir.join(MIGRATE_SOCKET);
+    let err = |what: &str, e: std::io::Error| format!("incoming migration: {what} {}: {e}", path.display());
+    let _ = std::fs::remove_file(&path);
+    let l = std::os::unix::net::UnixListener::bind(&path).map_err(|e| err("binding", e))?;
+    l.set_nonblocking(true).map_err(|e| err("setting up", e))?;
+    let deadline = std::time::Instant::now() + INCOMING_TIMEOUT;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).map_err(|e| err("setting up a connection on", e))?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(format!(
+                        "incoming migration: no source connected to {} within {}s",
+                        path.display(),
+                        INCOMING_TIMEOUT.as_secs()
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(err("accepting on", e)),
+        }
+    }
+}
+
 /// Starts the machine of `spec` on `backend` with the supervisor's console.
 fn start_supervised(
     spec: &MachineSpec,
     backend: &dyn MachineBackend,
     sup: &Supervisor,
+    incoming: bool,
 ) -> Result<Started, String> {
-    let machine = backend.start(spec, sup.console_sink()).map_err(|e| e.to_string())?;
+    let machine = if incoming {
+        let mut stream = accept_migration(sup.run_dir())?;
+        let m = backend.start_incoming(spec, sup.console_sink(), &mut stream);
+        let _ = std::fs::remove_file(sup.run_dir().join(MIGRATE_SOCKET));
+        m.map_err(|e| e.to_string())?
+    } else {
+        backend.start(spec, sup.console_sink()).map_err(|e| e.to_string())?
+    };
     let d = machine.accelerator();
     say!(
         "virt-launcher: machine {} runs on {} ({:?}: {})",
@@ -555,7 +602,7 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let started = prepared.and_then(|(spec, backend)| start_supervised(&spec, backend, &sup));
+    let started = prepared.and_then(|(spec, backend)| start_supervised(&spec, backend, &sup, args.incoming));
     let Started { machine, info } = match started {
         Ok(m) => m,
         Err(e) => {

@@ -58,6 +58,16 @@ impl Machine for AgentMachine {
     fn reset(&self) -> Result<(), MachineError> {
         self.inner.reset()
     }
+    fn migrate_out(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+        opts: &crate::machine::migrate::MigrateOptions,
+    ) -> Result<crate::machine::migrate::MigrationReport, MachineError> {
+        self.inner.migrate_out(stream, opts)
+    }
+    fn migrate_cancel(&self) -> Result<(), MachineError> {
+        self.inner.migrate_cancel()
+    }
     fn stop(&self) -> Result<(), MachineError> {
         self.inner.stop()
     }

@@ -8,6 +8,7 @@
 
 pub mod accel;
 mod interfaces;
+pub mod migrate;
 pub mod native;
 pub mod qemu;
 pub mod remote;
@@ -362,6 +363,21 @@ pub trait MachineBackend: Send + Sync {
     fn supports(&self, spec: &MachineSpec) -> Result<(), Unsupported>;
     /// Starts a machine; its serial console goes to `console`.
     fn start(&self, spec: &MachineSpec, console: ConsoleSink) -> Result<Box<dyn Machine>, MachineError>;
+    /// Starts `spec`'s machine from a migration arriving on `stream` (the source runs
+    /// [`Machine::migrate_out`] on its other end); returns it running once the source has stopped
+    /// for good. On failure no machine runs here and the source keeps running.
+    fn start_incoming(
+        &self,
+        spec: &MachineSpec,
+        _console: ConsoleSink,
+        _stream: &mut dyn migrate::MigrationStream,
+    ) -> Result<Box<dyn Machine>, MachineError> {
+        Err(MachineError::Unsupported {
+            machine: spec.name.clone(),
+            backend: self.name(),
+            what: "incoming live migration".into(),
+        })
+    }
 }
 
 /// A running machine.
@@ -407,6 +423,25 @@ pub trait Machine: Send + Sync {
     /// status after it (`frozen`, `thawed`).
     fn guest_fs_freeze(&self, freeze: bool) -> Result<String, MachineError> {
         Err(no_agent(if freeze { "guest-fsfreeze-freeze" } else { "guest-fsfreeze-thaw" }))
+    }
+    /// Moves the running machine to the destination on the other end of `stream`
+    /// ([`MachineBackend::start_incoming`]). On success it has ended here (`Stopped`) and runs
+    /// there; on any failure before the destination was ready it runs here as before.
+    fn migrate_out(
+        &self,
+        _stream: std::os::unix::net::UnixStream,
+        _opts: &migrate::MigrateOptions,
+    ) -> Result<migrate::MigrationReport, MachineError> {
+        Err(MachineError::Unsupported {
+            machine: "this machine".into(),
+            backend: "its",
+            what: "live migration".into(),
+        })
+    }
+    /// Abandons a running [`Machine::migrate_out`] if the destination is not ready yet: the
+    /// migration fails and the machine runs on here. Fine when no migration runs.
+    fn migrate_cancel(&self) -> Result<(), MachineError> {
+        Ok(())
     }
 }
 

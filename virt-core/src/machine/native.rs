@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::accel::{self, AccelDecision, HostVirt};
+use super::migrate::{MigrateOptions, MigrationReport, MigrationStream};
 use super::{
     BootSpec, ConsoleSink, DiskBus, DiskOpener, InterfaceBackend, Machine, MachineBackend, MachineError,
     MachineEvent, MachineExit, MachineSpec, MachineStatus, NetOpener, NicModel, Unsupported,
@@ -13,6 +14,7 @@ use crate::hypervisor::kvm::KvmHypervisor;
 use crate::net::{NetBackend, NetPair};
 use crate::vmm::boot::KernelConfig;
 use crate::vmm::devices::lock;
+use crate::vmm::migration::{CancelToken, MigrationOptions};
 use crate::vmm::{ExitReason, MicroVm, NetConfig, NicConfig, Payload, VmConfig, VmHandle};
 
 /// Runs kernel-boot machines in-process on the native VMM.
@@ -94,6 +96,36 @@ impl MachineBackend for NativeBackend {
 
     fn start(&self, spec: &MachineSpec, console: ConsoleSink) -> Result<Box<dyn Machine>, MachineError> {
         let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
+        let (cfg, unlinked) = self.config(spec, console)?;
+        let hv = KvmHypervisor::new().map_err(|e| err(e.to_string()))?;
+        let vm = MicroVm::new(&hv, cfg).map_err(|e| err(e.to_string()))?;
+        let handle = vm.start().map_err(|e| err(e.to_string()))?;
+        NativeMachine::wrap(spec, handle, unlinked)
+    }
+
+    fn start_incoming(
+        &self,
+        spec: &MachineSpec,
+        console: ConsoleSink,
+        stream: &mut dyn MigrationStream,
+    ) -> Result<Box<dyn Machine>, MachineError> {
+        let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
+        let (cfg, unlinked) = self.config(spec, console)?;
+        let hv = KvmHypervisor::new().map_err(|e| err(e.to_string()))?;
+        let (handle, _stats) = MicroVm::migrate_from(&hv, cfg, &mut &mut *stream)
+            .map_err(|e| err(format!("incoming migration: {e}")))?;
+        NativeMachine::wrap(spec, handle, unlinked)
+    }
+}
+
+impl NativeBackend {
+    /// The VM configuration of `spec`: disks opened, NICs linked; the unlinked NICs' far ends.
+    fn config(
+        &self,
+        spec: &MachineSpec,
+        console: ConsoleSink,
+    ) -> Result<(VmConfig, Vec<NetPair>), MachineError> {
+        let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
         self.supports(spec).map_err(|why| MachineError::Unsupported {
             machine: spec.name.clone(),
             backend: "native",
@@ -142,9 +174,19 @@ impl MachineBackend for NativeBackend {
             track_dirty_pages: false,
             huge_pages: false,
         };
-        let hv = KvmHypervisor::new().map_err(|e| err(e.to_string()))?;
-        let vm = MicroVm::new(&hv, cfg).map_err(|e| err(e.to_string()))?;
-        let handle = Arc::new(vm.start().map_err(|e| err(e.to_string()))?);
+        Ok((cfg, unlinked))
+    }
+}
+
+impl NativeMachine {
+    /// The machine of a started (or migrated-in) VM, with the thread that reports its end.
+    fn wrap(
+        spec: &MachineSpec,
+        handle: VmHandle,
+        unlinked: Vec<NetPair>,
+    ) -> Result<Box<dyn Machine>, MachineError> {
+        let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
+        let handle = Arc::new(handle);
         let (tx, rx) = channel();
         let _ = tx.send(MachineEvent::Started);
         let state = Arc::new(Mutex::new(MachineStatus::Running));
@@ -155,6 +197,7 @@ impl MachineBackend for NativeBackend {
             events: Mutex::new(rx),
             state: state.clone(),
             ended: Arc::new((Mutex::new(None), std::sync::Condvar::new())),
+            cancel: Mutex::new(None),
             _unlinked: unlinked,
         };
         let ended = m.ended.clone();
@@ -187,6 +230,8 @@ struct NativeMachine {
     events: Mutex<Receiver<MachineEvent>>,
     state: Arc<Mutex<MachineStatus>>,
     ended: Ended,
+    /// The running migration's cancel, for [`Machine::migrate_cancel`].
+    cancel: Mutex<Option<Arc<CancelToken>>>,
     // The far ends of NICs that are not linked to anything.
     _unlinked: Vec<NetPair>,
 }
@@ -303,6 +348,45 @@ impl Machine for NativeMachine {
     }
     fn accelerator(&self) -> AccelDecision {
         AccelDecision { accelerator: accel::Accelerator::Kvm, reason: "hardware KVM (native microVM)".into() }
+    }
+    fn migrate_out(
+        &self,
+        stream: std::os::unix::net::UnixStream,
+        opts: &MigrateOptions,
+    ) -> Result<MigrationReport, MachineError> {
+        let s = self.status();
+        if s != MachineStatus::Running {
+            return Err(MachineError::State { machine: self.name.clone(), op: "migrate", state: s });
+        }
+        let err = |msg: String| MachineError::Control { machine: self.name.clone(), op: "migrate", msg };
+        let token = Arc::new(CancelToken::default());
+        let waker = stream.try_clone().map_err(|e| err(format!("cloning the migration stream: {e}")))?;
+        token.on_cancel(Box::new(move || {
+            let _ = waker.shutdown(std::net::Shutdown::Both);
+        }));
+        {
+            let mut cur = lock(&self.cancel);
+            if cur.is_some() {
+                return Err(err("a migration is already running".into()));
+            }
+            *cur = Some(token.clone());
+        }
+        let vmm_opts =
+            MigrationOptions { downtime_budget: opts.downtime(), cancel: token, ..Default::default() };
+        let mut stream = stream;
+        let r = self.handle.migrate_to(&mut stream, &vmm_opts);
+        *lock(&self.cancel) = None;
+        Ok(MigrationReport::from(&r.map_err(|e| err(e.to_string()))?))
+    }
+    fn migrate_cancel(&self) -> Result<(), MachineError> {
+        match lock(&self.cancel).as_ref() {
+            Some(t) if !t.cancel() => Err(MachineError::Control {
+                machine: self.name.clone(),
+                op: "migrate cancel",
+                msg: "too late: the migration completed".into(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -490,6 +574,142 @@ mod tests {
         let d = tempfile_dir();
         let m = backend().start(&spec(&d, POWEROFF), Box::new(std::io::sink())).unwrap();
         assert_eq!(m.wait(Some(Duration::from_secs(10))), Some(MachineExit::PowerOff));
+        let _ = std::fs::remove_dir_all(d);
+    }
+    /// A guest that counts in %ecx and prints a `.` on COM1 every 2^20 steps:
+    /// `back: inc %ecx; test $0xfffff,%ecx; jnz back; mov $0x3f8,%dx; mov $0x2e,%al; out %al,(%dx);
+    /// jmp back`.
+    const DOTS: &[u8] = &[
+        0x41, 0xf7, 0xc1, 0xff, 0xff, 0x0f, 0x00, 0x75, 0xf7, 0x66, 0xba, 0xf8, 0x03, 0xb0, 0x2e, 0xee, 0xeb,
+        0xee,
+    ];
+
+    /// Console bytes shared with the test.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Seen {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            lock(&self.0).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Seen {
+        fn dots(&self) -> usize {
+            lock(&self.0).iter().filter(|&&b| b == b'.').count()
+        }
+        fn wait_more(&self, than: usize) -> usize {
+            let t = std::time::Instant::now();
+            while t.elapsed() < Duration::from_secs(20) {
+                let n = self.dots();
+                if n > than {
+                    return n;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            panic!("the console stayed at {than} dots");
+        }
+    }
+
+    #[test]
+    fn a_running_machine_migrates_into_a_new_machine_and_keeps_printing() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipping: no /dev/kvm");
+            return;
+        }
+        let d = tempfile_dir();
+        let sp = spec(&d, DOTS);
+        let (src_out, dst_out) = (Seen::default(), Seen::default());
+        let src = backend().start(&sp, Box::new(src_out.clone())).unwrap();
+        src_out.wait_more(2);
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (sp2, out2) = (sp.clone(), dst_out.clone());
+        let dst = std::thread::spawn(move || backend().start_incoming(&sp2, Box::new(out2), &mut b));
+        let report = src.migrate_out(a.try_clone().unwrap(), &MigrateOptions::default()).unwrap();
+        let dst = dst.join().unwrap().unwrap();
+        assert!(report.downtime_us > 0 && report.downtime_us < 300_000, "{report:?}");
+        assert_eq!(src.wait(Some(Duration::from_secs(5))), Some(MachineExit::Stopped));
+        let stopped_at = src_out.dots();
+        assert_eq!(dst.status(), MachineStatus::Running);
+        dst_out.wait_more(2);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(src_out.dots(), stopped_at, "the source printed after it handed over");
+        assert!(matches!(src.migrate_out(a, &MigrateOptions::default()), Err(MachineError::State { .. })));
+        dst.stop().unwrap();
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_destination_that_goes_away_leaves_the_source_running() {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipping: no /dev/kvm");
+            return;
+        }
+        let d = tempfile_dir();
+        let out = Seen::default();
+        let src = backend().start(&spec(&d, DOTS), Box::new(out.clone())).unwrap();
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(b);
+        let e = src.migrate_out(a, &MigrateOptions::default()).unwrap_err();
+        assert!(matches!(e, MachineError::Control { op: "migrate", .. }), "{e}");
+        assert_eq!(src.status(), MachineStatus::Running);
+        let n = out.dots();
+        out.wait_more(n + 1);
+        src.stop().unwrap();
+        let _ = std::fs::remove_dir_all(d);
+    }
+    #[test]
+    fn a_cancel_when_the_destination_is_ready_leaves_only_the_source_running() {
+        use crate::vmm::migration::{read_frame, write_frame, Kind, MigrationError};
+        if !std::path::Path::new("/dev/kvm").exists() {
+            eprintln!("skipping: no /dev/kvm");
+            return;
+        }
+        let d = tempfile_dir();
+        let sp = spec(&d, DOTS);
+        let out = Seen::default();
+        let src: Arc<dyn Machine> = Arc::from(backend().start(&sp, Box::new(out.clone())).unwrap());
+        out.wait_more(1);
+        // src <-> (a, a2) relay (b2, b) <-> destination; the relay cancels as Ready passes.
+        let (a, mut a2) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (mut b, mut b2) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (mut a3, mut b3) = (a2.try_clone().unwrap(), b2.try_clone().unwrap());
+        let relay = |from: &mut std::os::unix::net::UnixStream,
+                     to: &mut std::os::unix::net::UnixStream,
+                     on_ready: &dyn Fn()| loop {
+            match read_frame(from) {
+                Ok((k, p)) => {
+                    if k == Kind::Ready {
+                        on_ready();
+                    }
+                    if write_frame(to, k, &p).is_err() {
+                        return;
+                    }
+                }
+                Err(MigrationError::Abandoned(m)) => {
+                    let _ = write_frame(to, Kind::Abandon, m.as_bytes());
+                    return;
+                }
+                Err(_) => {
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+        };
+        let s2 = src.clone();
+        std::thread::spawn(move || relay(&mut a2, &mut b2, &|| ()));
+        std::thread::spawn(move || relay(&mut b3, &mut a3, &|| s2.migrate_cancel().unwrap()));
+        let dst =
+            std::thread::spawn(move || backend().start_incoming(&sp, Box::new(std::io::sink()), &mut b));
+        let e = src.migrate_out(a, &MigrateOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("cancelled"), "{e}");
+        assert!(dst.join().unwrap().is_err(), "the destination must not run");
+        assert_eq!(src.status(), MachineStatus::Running);
+        let n = out.dots();
+        out.wait_more(n + 1);
+        src.stop().unwrap();
         let _ = std::fs::remove_dir_all(d);
     }
 }

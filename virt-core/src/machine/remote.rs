@@ -263,6 +263,8 @@ fn op_name(r: &Request) -> &'static str {
         Request::GuestShutdown { .. } => "guestShutdown",
         Request::FsFreeze => "fsFreeze",
         Request::FsThaw => "fsThaw",
+        Request::MigrateOut { .. } => "migrateOut",
+        Request::MigrateCancel => "migrateCancel",
     }
 }
 

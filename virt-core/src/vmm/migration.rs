@@ -27,6 +27,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -118,6 +119,9 @@ pub enum MigrationError {
     /// The state stream is malformed.
     #[error(transparent)]
     State(#[from] StateError),
+    /// [`MigrationOptions::cancel`] was set before the destination was told to run.
+    #[error("the migration was cancelled")]
+    Cancelled,
 }
 
 fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> MigrationError {
@@ -222,11 +226,83 @@ pub struct MigrationOptions {
     pub downtime_budget: Duration,
     /// Dirty passes before the source gives up converging and pauses anyway.
     pub max_passes: u32,
+    /// Cancelled from another thread to abandon the migration at any step before Commit.
+    pub cancel: Arc<CancelToken>,
+}
+
+/// Cancels a migration from another thread. [`CancelToken::cancel`] before the source commits
+/// makes the migration fail (the source resumes, the destination never runs); after it, it is too
+/// late. The commit point and a cancel exclude each other, so a cancel never loses the VM.
+#[derive(Default)]
+pub struct CancelToken {
+    state: Mutex<CancelState>,
+}
+
+#[derive(Default)]
+struct CancelState {
+    cancelled: bool,
+    committed: bool,
+    /// Unblocks the source's I/O (shuts its stream down) when cancelled.
+    on_cancel: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = lock(&self.state);
+        f.debug_struct("CancelToken")
+            .field("cancelled", &s.cancelled)
+            .field("committed", &s.committed)
+            .finish()
+    }
+}
+
+impl CancelToken {
+    /// Runs `f` on cancel (e.g. shutting the stream down, so a source blocked on the peer wakes).
+    pub fn on_cancel(&self, f: Box<dyn FnOnce() + Send>) {
+        lock(&self.state).on_cancel = Some(f);
+    }
+    /// Cancels; false when the migration already committed (the destination runs).
+    pub fn cancel(&self) -> bool {
+        let mut s = lock(&self.state);
+        if s.committed {
+            return false;
+        }
+        s.cancelled = true;
+        if let Some(f) = s.on_cancel.take() {
+            f();
+        }
+        true
+    }
+    /// Whether a cancel came.
+    pub fn is_cancelled(&self) -> bool {
+        lock(&self.state).cancelled
+    }
+    fn check(&self) -> Result<(), MigrationError> {
+        if self.is_cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
+        Ok(())
+    }
+    /// The point of no return: fails if cancelled, else no cancel takes effect from here on.
+    fn commit(&self) -> Result<(), MigrationError> {
+        let mut s = lock(&self.state);
+        if s.cancelled {
+            return Err(MigrationError::Cancelled);
+        }
+        s.committed = true;
+        Ok(())
+    }
 }
 
 impl Default for MigrationOptions {
     fn default() -> Self {
-        Self { downtime_budget: Duration::from_millis(300), max_passes: 30 }
+        Self { downtime_budget: Duration::from_millis(300), max_passes: 30, cancel: Arc::default() }
+    }
+}
+
+impl MigrationOptions {
+    fn check_cancel(&self) -> Result<(), MigrationError> {
+        self.cancel.check()
     }
 }
 
@@ -350,7 +426,11 @@ impl VmHandle {
     ) -> Result<MigrationStats, MigrationError> {
         let was_paused = self.is_paused();
         let mut paused_here = false;
-        let r = self.migrate_inner(stream, opts, &mut paused_here);
+        let mut r = self.migrate_inner(stream, opts, &mut paused_here);
+        if r.is_err() && opts.cancel.is_cancelled() {
+            // The cancel shut the stream down: whatever broke, this is why.
+            r = Err(MigrationError::Cancelled);
+        }
         if let Err(e) = &r {
             let _ = write_frame(stream, Kind::Abandon, e.to_string().as_bytes());
             let _ = self.set_dirty_logging(false);
@@ -381,6 +461,7 @@ impl VmHandle {
         }
         write_frame(stream, Kind::Config, &state::write_stream(&[self.cfg_summary.to_section("config")?])?)?;
         expect(stream, Kind::Ok)?;
+        opts.check_cancel()?;
 
         // Pre-copy: log dirty pages from here on, send everything non-zero, then the dirty pages
         // until what is left fits the downtime budget.
@@ -397,6 +478,7 @@ impl VmHandle {
         let mut bandwidth = (first as f64 * PAGE as f64) / t.elapsed().as_secs_f64().max(1e-6);
         // Pages read from the dirty log (which clears it) but not sent yet: they join the final pass.
         let pending = loop {
+            opts.check_cancel()?;
             let dirty = self.dirty_set(false)?;
             let eta = Duration::from_secs_f64(dirty.len() as f64 * PAGE as f64 / bandwidth.max(1.0));
             if eta <= opts.downtime_budget / 2 || stats.passes >= opts.max_passes {
@@ -429,6 +511,9 @@ impl VmHandle {
             a.copy_from_slice(b);
             u64::from_le_bytes(a)
         });
+        // The last moment a cancel is honoured: the destination restored the VM but runs it only
+        // on Commit, so Abandon (sent by `migrate_to`) leaves it never started.
+        opts.cancel.commit()?;
         // The destination holds the VM now: stop here for good before letting it run.
         self.request_stop();
         write_frame(stream, Kind::Commit, &[])?;
@@ -621,5 +706,23 @@ mod tests {
             fuzz_messages(&buf);
             crate::fuzzing::migration_stream(&buf);
         }
+    }
+
+    #[test]
+    fn a_cancel_and_the_commit_point_exclude_each_other() {
+        let t = CancelToken::default();
+        let woken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let w = woken.clone();
+        t.on_cancel(Box::new(move || w.store(true, std::sync::atomic::Ordering::SeqCst)));
+        assert!(t.check().is_ok());
+        assert!(t.cancel(), "a cancel before the commit point takes effect");
+        assert!(woken.load(std::sync::atomic::Ordering::SeqCst), "the cancel wakes the blocked source");
+        assert!(matches!(t.check(), Err(MigrationError::Cancelled)));
+        assert!(matches!(t.commit(), Err(MigrationError::Cancelled)), "no commit after a cancel");
+
+        let t = CancelToken::default();
+        t.commit().unwrap();
+        assert!(!t.cancel(), "a cancel after the commit point is too late");
+        assert!(!t.is_cancelled());
     }
 }

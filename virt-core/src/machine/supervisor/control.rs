@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
-use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
@@ -15,6 +14,7 @@ use crate::vmm::devices::lock;
 
 use super::console::ConsoleHub;
 use super::console::ConsoleState;
+use super::migration::MigrateReply;
 use super::parse_request;
 use super::peer_gone;
 use super::protocol::send_line;
@@ -26,6 +26,7 @@ use super::Reply;
 use super::Request;
 use super::StatusReply;
 use super::{ServeInfo, EVENT_WRITE_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST, TICK};
+use crate::machine::migrate::MigrateOptions;
 
 pub(super) struct EventHub {
     pub(super) subs: Vec<Sender<MachineEvent>>,
@@ -165,8 +166,10 @@ pub(super) fn accept_control(shared: &Arc<Shared>, mut s: UnixStream) {
 pub(super) fn serve_control(shared: &Arc<Shared>, mut s: UnixStream) {
     let mut lines = Lines::new(MAX_REQUEST);
     let mut buf = [0u8; 4096];
+    // Descriptors passed with requests (a migration's stream); the latest goes with `migrateOut`.
+    let mut fds = Vec::new();
     loop {
-        let n = match s.read(&mut buf) {
+        let n = match super::migration::recv_with_fds(&s, &mut buf, &mut fds) {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -196,6 +199,29 @@ pub(super) fn serve_control(shared: &Arc<Shared>, mut s: UnixStream) {
                         Err(e) => send_line(&mut s, &Reply::from_machine(Err(e))),
                     }
                 }
+                Ok(Request::MigrateOut { downtime_ms }) => match fds.pop() {
+                    Some(fd) => {
+                        fds.clear();
+                        let stream = UnixStream::from(fd);
+                        let mut opts = MigrateOptions::default();
+                        if let Some(ms) = downtime_ms {
+                            opts.downtime_ms = ms;
+                        }
+                        match shared.machine.migrate_out(stream, &opts) {
+                            Ok(report) => send_line(&mut s, &MigrateReply { ok: true, report }),
+                            Err(e) => send_line(&mut s, &Reply::from_machine(Err(e))),
+                        }
+                    }
+                    None => send_line(
+                        &mut s,
+                        &Reply::err(
+                            ErrorCode::BadRequest,
+                            "migrateOut: no stream to the destination came with the request (pass its \
+                             descriptor with SCM_RIGHTS)"
+                                .into(),
+                        ),
+                    ),
+                },
                 Ok(r) => send_line(&mut s, &handle(shared, r)),
             };
             if sent.is_err() {
@@ -238,9 +264,13 @@ pub(super) fn handle(shared: &Shared, r: Request) -> Reply {
             m.console_input(&b)
         }
         Request::GuestShutdown { mode } => m.guest_shutdown(mode),
-        Request::Status | Request::Events | Request::GuestAgent | Request::FsFreeze | Request::FsThaw => {
-            Ok(())
-        }
+        Request::MigrateCancel => m.migrate_cancel(),
+        Request::Status
+        | Request::Events
+        | Request::GuestAgent
+        | Request::FsFreeze
+        | Request::FsThaw
+        | Request::MigrateOut { .. } => Ok(()),
     })
 }
 

@@ -32,6 +32,7 @@ use crate::vmm::devices::lock;
 
 mod console;
 mod control;
+pub mod migration;
 mod protocol;
 
 use console::{accept_console, ConsoleHub, ConsoleState, HubSink};

@@ -50,6 +50,15 @@ pub enum Request {
     FsFreeze,
     /// [`Machine::guest_fs_freeze`] (thaw): an [`AgentAnswer`] with `fsFreezeStatus`.
     FsThaw,
+    /// [`Machine::migrate_out`] over the stream whose descriptor comes with this line
+    /// (`SCM_RIGHTS`; see `supervisor::migration`): a `MigrateReply` when it completed.
+    MigrateOut {
+        /// The downtime budget in milliseconds (default 300).
+        #[serde(default, rename = "downtimeMs")]
+        downtime_ms: Option<u64>,
+    },
+    /// [`Machine::migrate_cancel`]: abandons a running `migrateOut` before the destination is ready.
+    MigrateCancel,
 }
 
 /// The answer to [`Request::GuestAgent`], [`Request::FsFreeze`] and [`Request::FsThaw`].

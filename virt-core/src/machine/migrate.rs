@@ -1,0 +1,79 @@
+//! Moving a running machine into another process or VMM: the backend-neutral seam the launcher's
+//! control socket and the node's migration reconciler drive (docs/migration.md).
+//!
+//! The source calls [`Machine::migrate_out`](super::Machine::migrate_out) with a connected stream;
+//! the destination is started by
+//! [`MachineBackend::start_incoming`](super::MachineBackend::start_incoming) on the other end of it.
+//! The native backend speaks `vmm::migration`'s protocol over the stream; on any failure before the
+//! destination is ready the source keeps (or resumes) running, and the destination runs only after
+//! the source stopped for good: a machine never runs in two places.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A byte stream a migration runs over (a unix socket or a TCP connection).
+pub trait MigrationStream: Read + Write + Send {}
+impl<T: Read + Write + Send> MigrationStream for T {}
+
+/// How the source migrates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrateOptions {
+    /// The longest the guest may be paused, in milliseconds (QEMU's default budget is 300).
+    #[serde(default = "default_downtime_ms")]
+    pub downtime_ms: u64,
+}
+
+fn default_downtime_ms() -> u64 {
+    300
+}
+
+impl Default for MigrateOptions {
+    fn default() -> Self {
+        Self { downtime_ms: default_downtime_ms() }
+    }
+}
+
+impl MigrateOptions {
+    /// The downtime budget as a duration.
+    pub fn downtime(&self) -> Duration {
+        Duration::from_millis(self.downtime_ms)
+    }
+}
+
+/// What a completed migration measured on the source, in microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationReport {
+    /// From the first message to the destination running.
+    pub total_us: u64,
+    /// From the source's pause to the destination told to run.
+    pub downtime_us: u64,
+    /// Of the downtime: saving device, VM and vCPU state.
+    pub save_state_us: u64,
+    /// Of the downtime: the final dirty pass.
+    pub final_pass_us: u64,
+    /// Of the downtime: the destination restoring the state.
+    pub restore_us: u64,
+    /// Dirty passes before the pause.
+    pub passes: u32,
+    /// Bytes of guest memory sent.
+    pub bytes_sent: u64,
+}
+
+impl From<&crate::vmm::migration::MigrationStats> for MigrationReport {
+    fn from(s: &crate::vmm::migration::MigrationStats) -> Self {
+        let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Self {
+            total_us: us(s.total),
+            downtime_us: us(s.downtime),
+            save_state_us: us(s.save_state),
+            final_pass_us: us(s.final_pass),
+            restore_us: us(s.restore),
+            passes: s.passes,
+            bytes_sent: s.bytes_sent,
+        }
+    }
+}
