@@ -88,7 +88,6 @@ fn tiny_spec(dir: &Path) -> PathBuf {
 fn launcher(spec: &Path, run_dir: &Path, extra: &[&str]) -> Reap {
     let mut c = Command::new(env!("CARGO_BIN_EXE_virt-launcher"));
     c.arg("--spec").arg(spec).arg("--run-dir").arg(run_dir).args([
-        "--namespaces",
         "--backend",
         "native",
         "--trust-kvm",
