@@ -4,8 +4,6 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -13,15 +11,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use virt_core::lifecycle::{Lifecycle, LifecycleError, Propagation};
-use virt_core::machine::remote::RemoteError;
-use virt_core::model::{self, KubeVirtObject, VmiPhase};
+use virt_core::model::{self, KubeVirtObject};
 
 use super::portforward;
 use super::runtime::LauncherRuntime;
 
 pub mod agent;
+mod consoles;
+
+pub use consoles::KEEPALIVE;
+use consoles::{vmi_console, vmi_vnc};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -563,99 +563,6 @@ async fn delete_catalog_ns(
     ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
 }
 
-/// The serial console: checks (running, not in use) before the upgrade, so that a refusal is a
-/// proper `Status`; then bridges websocket frames and the launcher's console socket. A plain GET
-/// (no upgrade) makes the same checks: a browser, which cannot read the status of a refused
-/// websocket, asks that way why, e.g. that another viewer holds the console.
-async fn vmi_console(
-    State(s): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> ApiResult {
-    let stream = blocking(move || {
-        let vmi = s.lifecycle.get_vmi(&ns, &name)?;
-        let phase = vmi.status.as_ref().and_then(|st| st.phase).unwrap_or(VmiPhase::Pending);
-        if phase != VmiPhase::Running {
-            return Err(ApiError::conflict(format!(
-                "VirtualMachineInstance {ns}/{name} is not running (phase {})",
-                phase.as_str()
-            )));
-        }
-        s.runtime.console(&vmi).map_err(|e| match *e {
-            RemoteError::ConsoleBusy { .. } => ApiError::conflict(format!(
-                "the console of VirtualMachineInstance {ns}/{name} is in use: one interactive session at a time"
-            )),
-            other => ApiError::conflict(format!("console of {ns}/{name}: {other}")),
-        })
-    })
-    .await?;
-    let ws = match ws {
-        Ok(ws) => ws,
-        // Not an upgrade: the console is free (the session just opened ends here).
-        Err(rejection) => return Ok(rejection.into_response()),
-    };
-    stream
-        .set_nonblocking(true)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
-    let stream = tokio::net::UnixStream::from_std(stream)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
-    // KubeVirt's clients ask for the `plain.kubevirt.io` subprotocol; answer it when asked.
-    Ok(ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, stream)))
-}
-
-/// How often an idle console or VNC websocket is pinged: proxies and load balancers drop
-/// connections idle for ~30-60 s, and an idle serial console is the normal case.
-pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// Bridges websocket frames and `stream`, pinging the client every [`KEEPALIVE`].
-async fn bridge<S>(socket: WebSocket, stream: S)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-{
-    use futures_util::{SinkExt, StreamExt};
-    let (mut ws_tx, mut ws_rx) = socket.split();
-    let (mut rd, mut wr) = tokio::io::split(stream);
-    let out = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
-        loop {
-            tokio::select! {
-                r = rd.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if ws_tx.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
-                            break;
-                        }
-                    }
-                },
-                _ = ping.tick() => {
-                    if ws_tx.send(Message::Ping(Bytes::from_static(b"keepalive"))).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = ws_tx.send(Message::Close(None)).await;
-    };
-    let inp = async {
-        while let Some(Ok(msg)) = ws_rx.next().await {
-            let bytes: Bytes = match msg {
-                Message::Binary(b) => b,
-                Message::Text(t) => Bytes::copy_from_slice(t.as_str().as_bytes()),
-                Message::Close(_) => break,
-                _ => continue,
-            };
-            if wr.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-    };
-    tokio::select! {
-        _ = out => {}
-        _ = inp => {}
-    }
-}
-
 /// `/metrics`: KubeVirt's metrics in Prometheus text format (see [`super::metrics`]).
 async fn metrics(State(s): State<ApiState>) -> Response {
     let text = tokio::task::spawn_blocking(move || {
@@ -750,29 +657,6 @@ fn token_matches(got: &[u8], want: &[u8]) -> bool {
         return false;
     }
     got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
-
-/// The VNC display: the RFB stream of the VMI's display (QEMU's VNC server, reached through the
-/// address its launcher reports), bridged to websocket frames.
-async fn vmi_vnc(
-    State(s): State<ApiState>,
-    Path((ns, name)): Path<(String, String)>,
-    ws: WebSocketUpgrade,
-) -> ApiResult {
-    let addr = blocking(move || {
-        let machine = s.lifecycle.machine(&ns, &name)?;
-        machine.vnc_address().ok_or_else(|| {
-            ApiError::conflict(format!(
-                "VirtualMachineInstance {ns}/{name} has no VNC display (autoattachGraphicsDevice: false, \
-                 or it runs on the native microVM, which has none)"
-            ))
-        })
-    })
-    .await?;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| ApiError::conflict(format!("the VNC display at {addr} does not answer: {e}")))?;
-    Ok(ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, tcp)))
 }
 
 /// The routes behind a bearer-token check (the TCP listener): no token, no access.
