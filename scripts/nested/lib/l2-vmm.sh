@@ -82,8 +82,11 @@ l2_run_button() {
  "disks": [{"name": "sig", "path": "/l2/sig.img", "format": "Raw", "bus": "Virtio", "readOnly": true},
            {"name": "rw", "path": "/l2/rw.img", "format": "Raw", "bus": "Virtio"}]}
 SPEC
+  # L1's root file system is its initramfs (rootfs), which pivot_root(2) cannot leave (EINVAL): the
+  # launcher's pid/mount/uid namespaces stay off here; its seccomp filters, dropped capabilities and
+  # cgroup still apply.
   "${VIRT_LAUNCHER_BIN:-virt-launcher}" --spec "$dir/spec.json" --run-dir "$dir" --backend native \
-    --kernel-cache /l2/kernels --grace-period "${L2_GRACE:-60}" < /dev/null &
+    --no-namespaces --kernel-cache /l2/kernels --grace-period "${L2_GRACE:-60}" < /dev/null &
   pid=$!
   t0=$(l1_uptime)
   pressed= recorded=
