@@ -20,7 +20,7 @@ mod node;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,21 @@ impl Kubectl {
             node.log()
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Starts a long-running kubectl (`get -w`); its output lines arrive on the receiver.
+    fn stream(&self, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
     }
 }
 
@@ -208,21 +223,7 @@ fn debian_kubectl_drives_the_node_through_its_kubeconfig() {
     assert_eq!(by_name.trim(), "virtualmachine.kubevirt.io/vm-cirros");
 
     // get -w sees the start that a merge patch of runStrategy causes.
-    let mut watch = k
-        .command(&["get", "vm", "blank", "-w"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut watch, rx) = k.stream(&["get", "vm", "blank", "-w"]);
     let first = rx.recv_timeout(Duration::from_secs(60)).expect("get -w printed nothing");
     assert!(first.starts_with("NAME"), "{first}");
     let initial = rx.recv_timeout(Duration::from_secs(60)).expect("get -w printed no row");
@@ -252,21 +253,7 @@ fn debian_kubectl_drives_the_node_through_its_kubeconfig() {
     assert!(seen.len() >= 2 && seen[0].contains("Stopped"), "{seen:?}");
 
     // Secrets (like every stored kind) are watched from the store's change log.
-    let mut watch = k
-        .command(&["get", "secrets", "-w", "-o", "name"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut watch, rx) = k.stream(&["get", "secrets", "-w", "-o", "name"]);
     let made = k.ok(&["create", "secret", "generic", "watched", "--from-literal=k=v"], &node);
     assert!(made.contains("secret/watched created"), "{made}");
     let mut events = Vec::new();
