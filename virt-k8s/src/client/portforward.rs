@@ -424,8 +424,11 @@ async fn udp_peer(
 /// This process's standard input and output as one async stream: two detached threads copy
 /// between them and a pipe in memory (a blocked read of standard input must not hold up the
 /// runtime's shutdown). The end of standard input is the stream's end; the stream's end closes
-/// nothing but is flushed.
-fn stdio_stream(handle: tokio::runtime::Handle) -> io::Result<tokio::io::DuplexStream> {
+/// nothing but is flushed. The returned thread writes standard output: join it once the stream
+/// is dropped, or bytes still in the pipe are lost when the process exits.
+fn stdio_stream(
+    handle: tokio::runtime::Handle,
+) -> io::Result<(tokio::io::DuplexStream, std::thread::JoinHandle<()>)> {
     let (local, remote) = tokio::io::duplex(256 * 1024);
     let (mut from_remote, mut to_remote) = tokio::io::split(remote);
     let h = handle.clone();
@@ -447,7 +450,7 @@ fn stdio_stream(handle: tokio::runtime::Handle) -> io::Result<tokio::io::DuplexS
             }
         }
     })?;
-    std::thread::Builder::new().name("stdout".into()).spawn(move || {
+    let writer = std::thread::Builder::new().name("stdout".into()).spawn(move || {
         let mut stdout = io::stdout().lock();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -467,7 +470,7 @@ fn stdio_stream(handle: tokio::runtime::Handle) -> io::Result<tokio::io::DuplexS
             }
         }
     })?;
-    Ok(local)
+    Ok((local, writer))
 }
 
 impl NodeClient {
@@ -548,14 +551,18 @@ impl NodeClient {
             .into());
         }
         let label = format!("{}/{}/{namespace}:{}", target.short_kind(), target.name, port.remote);
-        self.runtime.block_on(async {
+        let (spliced, writer) = self.runtime.block_on(async {
             let ws = self.inner.port_forward_socket(target, namespace, port.remote, Protocol::Tcp).await?;
-            let local = stdio_stream(tokio::runtime::Handle::current()).map_err(|source| {
+            let (local, writer) = stdio_stream(tokio::runtime::Handle::current()).map_err(|source| {
                 PortForwardError::Io { target: label.clone(), what: "starting the stdio threads", source }
             })?;
-            splice(local, ws, &label).await?;
-            Ok(())
-        })
+            // `local` goes with the splice: the writer then sees the pipe's end once it is drained.
+            Ok::<_, ClientError>((splice(local, ws, &label).await, writer))
+        })?;
+        // Everything the guest sent is on standard output before this returns (and the process exits).
+        let _ = writer.join();
+        spliced?;
+        Ok(())
     }
 }
 
