@@ -8,11 +8,13 @@
 #  3. puts your SSH public key (~/.ssh/id_ed25519.pub or id_rsa.pub; else a key generated into
 #     $state/id_ed25519) into the Secret `my-ssh-key`;
 #  4. applies examples/vm-debian.yaml (a clone of the golden image through dataVolumeTemplates, the
-#     key by accessCredentials), starts it and shows the serial console until the login prompt
-#     after cloud-init's end.
+#     key by accessCredentials, the pod network with masquerade), starts it, and once sshd answers
+#     runs `virtctl ssh virt@vm/debian -- cat /etc/os-release` through the node's port-forward
+#     (after cloud-init's end); on a terminal it then logs you in.
 # Where hardware KVM is missing the VM runs under QEMU's emulation: the first boot then takes
-# minutes (progress is printed). Afterwards: `virtctl console debian` (user `virt`; set a password
-# or log in with your key over `virtctl ssh` once port-forwarding is there), `virtctl stop debian`.
+# minutes (progress is printed). The node runs with `--pod-network` in this machine's network
+# namespace (bridge virt-pods, 10.244.0.0/16, masqueraded on the way out: the guest reaches the
+# Internet). Afterwards: `virtctl ssh virt@vm/debian`, `virtctl console debian`, `virtctl stop debian`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { echo "run-cloud-vm: $*" >&2; }
@@ -35,7 +37,7 @@ print("" if v is None else v)' "$1"; }
 if ! virtctl version >/dev/null 2>&1; then
   say "starting virt-node (state in $state)"
   setsid "$bin/virt-node" --state-dir "$state" --socket "$state/node.sock" --launcher "$bin/virt-launcher" \
-    --allow-emulation --insecure-registry "$REGISTRY" >>"$state/node.log" 2>&1 </dev/null &
+    --allow-emulation --insecure-registry "$REGISTRY" --pod-network >>"$state/node.log" 2>&1 </dev/null &
   for _ in $(seq 100); do virtctl version >/dev/null 2>&1 && break; sleep 0.1; done
   virtctl version >/dev/null || { say "virt-node did not start:"; tail -20 "$state/node.log" >&2; exit 1; }
 fi
@@ -50,7 +52,7 @@ done
 say "DataSource os-images/debian -> $(ds | jget spec.source.pvc.name)"
 
 key=""
-for k in "$HOME/.ssh/id_ed25519.pub" "$HOME/.ssh/id_rsa.pub"; do [ -f "$k" ] && { key=$k; break; }; done
+for k in "$HOME/.ssh/id_ed25519.pub" "$HOME/.ssh/id_rsa.pub"; do [ -f "$k" ] && [ -f "${k%.pub}" ] && { key=$k; break; }; done
 if [ -z "$key" ]; then
   [ -f "$state/id_ed25519" ] || ssh-keygen -q -t ed25519 -N "" -C "virt-rs demo" -f "$state/id_ed25519"
   key=$state/id_ed25519.pub
@@ -69,30 +71,23 @@ until [ "$(virtctl get vmi debian -o json 2>/dev/null | jget status.phase)" = Ru
   sleep 5; say "cloning the golden image and starting ($(( $(date +%s) - t0 )) s)"
 done
 virtctl get vmi debian
+# The guest's host key is new (each clone makes its own): accepted on first use, kept in the
+# state directory's known_hosts.
+ssh_opts=(-i "${key%.pub}" --known-hosts "$state/known_hosts" -t "-o StrictHostKeyChecking=accept-new"
+  -t "-o ConnectTimeout=30" -t "-o LogLevel=ERROR")
+t0=$(date +%s)
+until virtctl ssh virt@vm/debian "${ssh_opts[@]}" -t "-o BatchMode=yes" -c "cloud-init status --wait >/dev/null" 2>/dev/null; do
+  sleep 5; say "booting: waiting for sshd and cloud-init ($(( $(date +%s) - t0 )) s)"
+done
+say "logged in with ${key%.pub} after $(( $(date +%s) - t0 )) s"
+echo "\$ virtctl ssh virt@vm/debian -- cat /etc/os-release"
+virtctl ssh virt@vm/debian "${ssh_opts[@]}" -- cat /etc/os-release
+virtctl get vmi debian -o json | python3 -c 'import json,sys
+s=json.load(sys.stdin).get("status",{})
+print("guest agent:", s.get("guestOSInfo",{}).get("prettyName","(not yet)"), "| interfaces:",
+      ", ".join("%s %s (%s)" % (i.get("interfaceName"), i.get("ipAddress"), i.get("infoSource")) for i in s.get("interfaces",[])))'
 if [ -t 0 ] && [ -t 1 ]; then
-  say "attaching the serial console (leave with Ctrl-])"
-  exec "$bin/virtctl" console debian
+  say "logging you in (leave with exit)"
+  exec "$bin/virtctl" ssh virt@vm/debian "${ssh_opts[@]}"
 fi
-# Not on a terminal: show the console until the login prompt after cloud-init's end.
-python3 - "$bin/virtctl" <<'PY'
-import subprocess, sys, time
-p = subprocess.Popen([sys.argv[1], "console", "debian"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-seen, deadline, asked = b"", time.time() + 3600, False
-while time.time() < deadline:
-    chunk = p.stdout.read1(4096)
-    if not chunk:
-        break
-    sys.stdout.buffer.write(chunk); sys.stdout.flush()
-    seen += chunk
-    if b" finished at " in seen and b"login:" in seen.split(b" finished at ")[-1]:
-        break
-    if b" finished at " in seen and not asked:
-        # The getty's prompt may be long gone from the screen: ask for a new one, once.
-        asked = True
-        p.stdin.write(b"\r"); p.stdin.flush()
-p.stdin.write(b"\x1d"); p.stdin.flush()
-p.wait(timeout=30)
-sys.exit(0 if b"login:" in seen else 1)
-PY
-echo
-say "the VM runs on: VIRT_NODE=$VIRT_NODE $bin/virtctl console debian   (leave with Ctrl-])"
+say "the VM runs on: VIRT_NODE=$VIRT_NODE $bin/virtctl ssh virt@vm/debian -i ${key%.pub}"

@@ -150,19 +150,6 @@ impl Console {
         stdin.flush().unwrap();
     }
 
-    /// Logs in on the serial console once cloud-init has finished.
-    fn login(&mut self) {
-        self.expect("Cloud-init v.", BOOT);
-        self.expect(" finished at ", BOOT);
-        // The getty's prompt may be long gone from the screen: ask for a new one.
-        self.send("");
-        self.expect("login:", STEP);
-        self.send(USER);
-        self.expect("Password:", STEP);
-        self.send(PASSWORD);
-        self.expect("$ ", STEP);
-    }
-
     /// Runs `cmd` in the logged-in shell; returns what it printed between two markers. The
     /// markers are computed by the shell, so the echoed (and perhaps wrapped) command line never
     /// holds them.
@@ -251,8 +238,14 @@ spec:
           - name: cloudinitdisk
             disk:
               bus: virtio
+          interfaces:
+          - name: default
+            masquerade: {{}}
         memory:
           guest: 1Gi
+      networks:
+      - name: default
+        pod: {{}}
       volumes:
       - name: root
         dataVolume:
@@ -268,11 +261,92 @@ spec:
     )
 }
 
+/// A network namespace the node uses as its own (`--pod-netns`): the pod network's bridge, veths
+/// and rules stay out of the host's namespace. Removed on drop.
+struct TestNs(String);
+
+impl TestNs {
+    fn new() -> Self {
+        let n = format!("vcloud-{}", std::process::id() % 100_000);
+        let _ = Command::new("ip").args(["netns", "del", &n]).stderr(Stdio::null()).status();
+        assert!(
+            Command::new("ip").args(["netns", "add", &n]).status().unwrap().success(),
+            "ip netns add {n}"
+        );
+        Self(n)
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// `virtctl ssh` / `scp` to `USER@vm/debian` with the Secret's key, through the node's
+/// port-forward.
+struct Ssh<'a> {
+    node: &'a NodeProc,
+    key: PathBuf,
+    known_hosts: PathBuf,
+}
+
+impl Ssh<'_> {
+    fn virtctl(&self, sub: &str, args: &[&str]) -> std::process::Output {
+        let mut v: Vec<String> = vec![sub.into(), "-i".into(), self.key.display().to_string()];
+        v.extend(["--known-hosts".into(), self.known_hosts.display().to_string()]);
+        for o in ["StrictHostKeyChecking=accept-new", "BatchMode=yes", "ConnectTimeout=30", "LogLevel=ERROR"]
+        {
+            v.extend(["-t".into(), format!("-o {o}")]);
+        }
+        v.extend(args.iter().map(|a| a.to_string()));
+        self.node.virtctl(&v.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn try_run(&self, cmd: &str) -> Result<String, String> {
+        let out = self.virtctl("ssh", &[&format!("{USER}@vm/debian"), "--command", cmd]);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn run(&self, cmd: &str) -> String {
+        self.try_run(cmd).unwrap_or_else(|e| panic!("virtctl ssh {cmd:?}: {e}"))
+    }
+
+    fn scp_in(&self, local: &Path, remote: &str) {
+        let out = self.virtctl("scp", &[local.to_str().unwrap(), &format!("{USER}@vm/debian:{remote}")]);
+        assert!(out.status.success(), "virtctl scp: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn vmi_json(c: &NodeClient) -> Option<Value> {
+    serde_json::to_value(c.get_vmi("default", "debian").ok()?).ok()
+}
+
+fn agent_connected(v: &Value) -> bool {
+    v["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "AgentConnected" && c["status"] == "True"))
+}
+
+/// The launcher's log of the running VMI, opened now: the node removes the file when the VMI ends,
+/// the descriptor keeps what the launcher wrote until then.
+fn open_launcher_log(state: &Path, c: &NodeClient) -> std::fs::File {
+    let uid = vmi_json(c).unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+    std::fs::File::open(state.join("vmis").join(uid).join("launcher.log")).unwrap()
+}
+
 #[test]
-fn golden_debian_image_to_login_with_a_key_from_a_secret() {
-    for t in ["docker-registry", "skopeo", "qemu-system-x86_64", "ssh-keygen", "python3"] {
+fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
+    for t in ["docker-registry", "skopeo", "qemu-system-x86_64", "ssh-keygen", "ssh", "scp", "python3", "nft"]
+    {
         require(t);
     }
+    // The launchers (children of the node) log at info: the test reads how the VM was stopped.
+    std::env::set_var("VIRT_LAUNCHER_LOG", "info");
     let t0 = Instant::now();
     let image = cloud_image();
     let image_mib = std::fs::metadata(&image).unwrap().len() as f64 / (1 << 20) as f64;
@@ -282,7 +356,8 @@ fn golden_debian_image_to_login_with_a_key_from_a_secret() {
     progress(t0, "pushed to the test's registry");
 
     let state = tempfile::Builder::new().prefix("ci").tempdir_in("/tmp").unwrap();
-    let node = NodeProc::start(state.path(), Some(&reg.host));
+    let ns = TestNs::new();
+    let node = NodeProc::start_with(state.path(), Some(&reg.host), &["--pod-network", "--pod-netns", &ns.0]);
     let c = NodeClient::new(Endpoint::Unix(node.socket.clone()), None).unwrap();
 
     // The user's key, in a Secret.
@@ -300,6 +375,7 @@ fn golden_debian_image_to_login_with_a_key_from_a_secret() {
     let sf = state.path().join("secret.json");
     std::fs::write(&sf, secret.to_string()).unwrap();
     node.ok(&["create", "-f", sf.to_str().unwrap()]);
+    let ssh = Ssh { node: &node, key: key.clone(), known_hosts: keydir.path().join("known_hosts") };
 
     // The boot source: a DataImportCron polling the registry every minute.
     let cron = json!({
@@ -322,7 +398,7 @@ fn golden_debian_image_to_login_with_a_key_from_a_secret() {
     let first = wait(&node, "the DataSource Ready", STEP, || data_source_pvc(&c));
     progress(t0, &format!("DataSource os-images/debian -> {first} ({:.1} s)", tg.elapsed().as_secs_f64()));
 
-    // The VM clones it; its key comes from the Secret.
+    // The VM clones it, on the pod network (masquerade); its key comes from the Secret.
     let vf = state.path().join("vm.yaml");
     std::fs::write(&vf, vm_yaml("my-key")).unwrap();
     node.ok(&["create", "-f", vf.to_str().unwrap()]);
@@ -331,42 +407,120 @@ fn golden_debian_image_to_login_with_a_key_from_a_secret() {
     wait(&node, "the VMI Running", STEP, || {
         (vmi_phase(&c, "debian").as_deref() == Some("Running")).then_some(())
     });
-    progress(t0, "VMI Running; logging in on the serial console when cloud-init is done");
+    progress(t0, "VMI Running; waiting for the guest agent and sshd");
     let mut con = Console::attach(&node, "debian");
-    con.login();
-    let login_s = tv.elapsed().as_secs_f64();
-    progress(t0, &format!("logged in: start -> login {login_s:.1} s"));
-    let status = con.run("cloud-init status --wait");
-    assert!(status.contains("status: done"), "{status}");
-    let keys = con.run("cat ~/.ssh/authorized_keys");
-    assert!(keys.contains(&pubkey), "the Secret's key is not in authorized_keys: {keys}");
-    let os = con.run("grep ^VERSION_ID= /etc/os-release; df --output=size -BG / | tail -1");
-    assert!(os.contains("VERSION_ID=\"12\""), "{os}");
-    con.run("echo kept-across-restarts | sudo tee /var/lib/virt-e2e-file >/dev/null; sync");
-    con.detach();
 
-    // Stop (graceful: the guest powers down) and start: the file is still there.
-    let mut con = Console::attach(&node, "debian");
+    // Boot: the agent connects, sshd answers through the port-forward.
+    let (mut agent_s, mut ssh_s) = (None, None);
+    wait(&node, "the agent connected and ssh logged in", BOOT, || {
+        if agent_s.is_none() && vmi_json(&c).is_some_and(|v| agent_connected(&v)) {
+            agent_s = Some(tv.elapsed().as_secs_f64());
+            progress(t0, &format!("AgentConnected: start -> agent {:.1} s", agent_s.unwrap()));
+        }
+        if ssh_s.is_none() && ssh.try_run("true").is_ok() {
+            ssh_s = Some(tv.elapsed().as_secs_f64());
+            progress(t0, &format!("virtctl ssh works: start -> ssh {:.1} s", ssh_s.unwrap()));
+        }
+        (agent_s.is_some() && ssh_s.is_some()).then_some(())
+    });
+    let (agent_s, ssh_s) = (agent_s.unwrap(), ssh_s.unwrap());
+    let golden_s = tg.elapsed().as_secs_f64();
+
+    // What cloud-init did, over ssh.
+    let status = ssh.run("cloud-init status --wait");
+    assert!(status.contains("status: done"), "{status}");
+    let done_s = tv.elapsed().as_secs_f64();
+    progress(t0, &format!("cloud-init done: start -> done {done_s:.1} s"));
+    let os = ssh.run("cat /etc/os-release");
+    assert!(os.contains("VERSION_ID=\"12\"") && os.contains("Debian"), "{os}");
+    // The address came from the node's DHCP server (10.0.2.1 on the VMI's bridge).
+    let addr =
+        ssh.run("ip -4 -o addr show scope global; grep -h dhcp-server-identifier /var/lib/dhcp/*.leases");
+    assert!(addr.contains(" 10.0.2.2/24 "), "the guest has no 10.0.2.2/24: {addr}");
+    assert!(
+        addr.contains("dhcp-server-identifier 10.0.2.1;"),
+        "the lease is not from the node's server: {addr}"
+    );
+    // A file copied in with virtctl scp.
+    let local = keydir.path().join("payload.txt");
+    std::fs::write(&local, "copied-in-by-virtctl-scp\n").unwrap();
+    ssh.scp_in(&local, "/tmp/payload.txt");
+    assert_eq!(ssh.run("cat /tmp/payload.txt").trim(), "copied-in-by-virtctl-scp");
+    ssh.run("echo kept-across-restarts | sudo tee /var/lib/virt-e2e-file >/dev/null; sync");
+
+    // The agent's view in the VMI's status.
+    let v = wait(&node, "the guest's address in status.interfaces", STEP, || {
+        let v = vmi_json(&c)?;
+        let i = &v["status"]["interfaces"][0];
+        (i["ipAddress"] == "10.0.2.2" && i["infoSource"].as_str()?.contains("guest-agent")).then_some(v)
+    });
+    let info = &v["status"]["guestOSInfo"];
+    assert_eq!(info["id"], "debian", "{info}");
+    assert_eq!(info["versionId"], "12", "{info}");
+    let iface = &v["status"]["interfaces"][0];
+    assert_eq!(iface["name"], "default", "{iface}");
+    assert_eq!(iface["infoSource"], "domain, guest-agent", "{iface}");
+    assert!(iface["interfaceName"].as_str().is_some_and(|n| !n.is_empty()), "{iface}");
+    let gi = node.ok(&["guestosinfo", "debian"]);
+    assert!(gi.contains("Debian GNU/Linux 12"), "{gi}");
+    progress(t0, &format!("guestOSInfo {}; interface {iface}", info["prettyName"]));
+
+    // One check on the serial console: the getty logs the user in with the password.
+    con.send("");
+    con.expect("login:", STEP);
+    con.send(USER);
+    con.expect("Password:", STEP);
+    con.send(PASSWORD);
+    con.expect("$ ", STEP);
+    let who = con.run("id -un; hostname");
+    assert!(who.contains(USER) && who.contains("debian"), "{who}");
+
+    // Graceful stop through the agent: the guest powers down.
+    let mut log = open_launcher_log(state.path(), &c);
     let ts = Instant::now();
     node.ok(&["stop", "debian"]);
     con.expect("reboot: Power down", STEP);
     progress(t0, &format!("guest powered down ({:.1} s after stop)", ts.elapsed().as_secs_f64()));
     con.detach();
     wait(&node, "the VMI gone", STEP, || vmi_phase(&c, "debian").is_none().then_some(()));
+    let mut text = String::new();
+    log.read_to_string(&mut text).unwrap();
+    assert!(
+        text.contains("asked the guest agent to power off"),
+        "the stop did not go through the agent:\n{}",
+        tail(&text)
+    );
+
+    // Started again: the file is still there.
+    let tr = Instant::now();
     node.ok(&["start", "debian"]);
     wait(&node, "the VMI Running again", STEP, || {
         (vmi_phase(&c, "debian").as_deref() == Some("Running")).then_some(())
     });
     let mut con = Console::attach(&node, "debian");
-    con.login();
-    let kept = con.run("cat /var/lib/virt-e2e-file");
+    let kept = wait(&node, "ssh after the restart", BOOT, || ssh.try_run("cat /var/lib/virt-e2e-file").ok());
     assert!(kept.contains("kept-across-restarts"), "{kept}");
-    progress(t0, "the file survived stop and start");
+    let restart_s = tr.elapsed().as_secs_f64();
+    progress(t0, &format!("the file survived stop and start (start -> ssh {restart_s:.1} s)"));
+    wait(&node, "AgentConnected again", BOOT, || vmi_json(&c).filter(agent_connected));
+
+    // Soft reboot through the agent: the guest restarts itself (an ACPI fallback would power it
+    // off instead); its machine ends and the VMI's is started again in place, on the same network.
+    let uid = vmi_json(&c).unwrap()["metadata"]["uid"].clone();
+    let boot_id = ssh.run("cat /proc/sys/kernel/random/boot_id");
+    let tb = Instant::now();
+    node.ok(&["soft-reboot", "debian"]);
+    con.expect("reboot: Restarting system", STEP);
     con.detach();
-    let mut con = Console::attach(&node, "debian");
+    wait(&node, "ssh after the soft reboot", BOOT, || {
+        ssh.try_run("cat /proc/sys/kernel/random/boot_id").ok().filter(|b| *b != boot_id)
+    });
+    let reboot_s = tb.elapsed().as_secs_f64();
+    let v = vmi_json(&c).unwrap();
+    assert_eq!(v["metadata"]["uid"], uid, "the same VMI");
+    assert_eq!(v["status"]["phase"], "Running");
+    progress(t0, &format!("soft reboot through the agent: back on ssh after {reboot_s:.1} s"));
     node.ok(&["stop", "debian"]);
-    con.expect("reboot: Power down", STEP);
-    con.detach();
     wait(&node, "the VMI gone", STEP, || vmi_phase(&c, "debian").is_none().then_some(()));
 
     // A rebuilt image moves the DataSource.
@@ -374,7 +528,9 @@ fn golden_debian_image_to_login_with_a_key_from_a_secret() {
     let second = wait(&node, "the DataSource moved", STEP, || data_source_pvc(&c).filter(|p| *p != first));
     progress(t0, &format!("rebuilt image imported: DataSource -> {second}"));
     eprintln!(
-        "MEASURED image {image_mib:.0} MiB (qcow2); VM start -> serial login {login_s:.1} s; whole test {:.1} s",
+        "MEASURED image {image_mib:.0} MiB (qcow2); golden image (cron created) -> ssh {golden_s:.1} s; \
+         VM start -> agent {agent_s:.1} s, -> ssh {ssh_s:.1} s, -> cloud-init done {done_s:.1} s; restart -> ssh {restart_s:.1} s; \
+         soft reboot -> ssh {reboot_s:.1} s; whole test {:.1} s",
         t0.elapsed().as_secs_f64()
     );
 }
