@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         }),
         disks: Vec::new(),
         nics: Vec::new(),
+        agent: None,
         // The guest's serial console goes straight to our stdout.
         console: Box::new(std::io::stdout()),
         track_dirty_pages: false,

@@ -77,6 +77,7 @@ fn config(image: Vec<u8>, console: &Console) -> VmConfig {
         payload: Payload::Flat { image, load_addr: LOAD, entry: LOAD, mode: EntryMode::Pvh },
         disks: vec![],
         nics: Vec::new(),
+        agent: None,
         console: Box::new(console.clone()),
         track_dirty_pages: false,
         huge_pages: false,

@@ -249,6 +249,7 @@ fn run(args: Args) -> Result<ExitReason, String> {
         payload: Payload::Kernel(kernel),
         disks,
         nics: Vec::new(),
+        agent: None,
         console: Box::new(RawStdout),
         track_dirty_pages: false,
         huge_pages: args.huge_pages,

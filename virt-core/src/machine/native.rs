@@ -120,11 +120,7 @@ impl MachineBackend for NativeBackend {
 
 impl NativeBackend {
     /// The VM configuration of `spec`: disks opened, NICs linked; the unlinked NICs' far ends.
-    fn config(
-        &self,
-        spec: &MachineSpec,
-        console: ConsoleSink,
-    ) -> Result<(VmConfig, Vec<NetPair>), MachineError> {
+    fn config(&self, spec: &MachineSpec, console: ConsoleSink) -> Result<(VmConfig, Attached), MachineError> {
         let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
         self.supports(spec).map_err(|why| MachineError::Unsupported {
             machine: spec.name.clone(),
@@ -158,6 +154,10 @@ impl NativeBackend {
                 config: NetConfig { mac: nic.mac, mtu: nic.mtu.unwrap_or(1500) },
             });
         }
+        // The guest agent's channel, as every machine of the QEMU backend has one: the VMM's end
+        // goes to its virtio-console, the host's to the launcher's agent client.
+        let (agent_vm, agent_host) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| err(format!("the guest agent's channel: {e}")))?;
         let cfg = VmConfig {
             memory_mib: spec.memory_mib,
             cpus: u8::try_from(spec.cpu.count()).map_err(|_| err("too many vCPUs".into()))?,
@@ -170,11 +170,12 @@ impl NativeBackend {
             }),
             disks,
             nics,
+            agent: Some(agent_vm),
             console,
             track_dirty_pages: false,
             huge_pages: false,
         };
-        Ok((cfg, unlinked))
+        Ok((cfg, Attached { unlinked, agent: Some(agent_host) }))
     }
 }
 
@@ -183,7 +184,7 @@ impl NativeMachine {
     fn wrap(
         spec: &MachineSpec,
         handle: VmHandle,
-        unlinked: Vec<NetPair>,
+        unlinked: Attached,
     ) -> Result<Box<dyn Machine>, MachineError> {
         let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
         let handle = Arc::new(handle);
@@ -198,7 +199,8 @@ impl NativeMachine {
             state: state.clone(),
             ended: Arc::new((Mutex::new(None), std::sync::Condvar::new())),
             cancel: Mutex::new(None),
-            _unlinked: unlinked,
+            _unlinked: unlinked.unlinked,
+            agent: Mutex::new(unlinked.agent),
         };
         let ended = m.ended.clone();
         std::thread::Builder::new()
@@ -223,6 +225,13 @@ impl NativeMachine {
 
 type Ended = Arc<(Mutex<Option<MachineExit>>, std::sync::Condvar)>;
 
+/// What a started VM keeps besides its handle: the far ends of unlinked NICs, and the host end of
+/// the guest agent's channel until the launcher takes it.
+struct Attached {
+    unlinked: Vec<NetPair>,
+    agent: Option<std::os::unix::net::UnixStream>,
+}
+
 struct NativeMachine {
     name: String,
     handle: Arc<VmHandle>,
@@ -234,6 +243,8 @@ struct NativeMachine {
     cancel: Mutex<Option<Arc<CancelToken>>>,
     // The far ends of NICs that are not linked to anything.
     _unlinked: Vec<NetPair>,
+    /// The host end of the guest agent's channel (virtio-console port `org.qemu.guest_agent.0`).
+    agent: Mutex<Option<std::os::unix::net::UnixStream>>,
 }
 
 impl NativeMachine {
@@ -348,6 +359,9 @@ impl Machine for NativeMachine {
     }
     fn accelerator(&self) -> AccelDecision {
         AccelDecision { accelerator: accel::Accelerator::Kvm, reason: "hardware KVM (native microVM)".into() }
+    }
+    fn take_agent_channel(&self) -> Option<std::os::unix::net::UnixStream> {
+        lock(&self.agent).take()
     }
     fn migrate_out(
         &self,

@@ -34,6 +34,7 @@ use self::devices::ged::{Ged, GedError};
 use self::devices::legacy::{AcpiPm, I8042, I8042_DATA_PORT};
 use self::devices::serial::{SerialDevice, COM1_GSI, COM1_PORT};
 use self::devices::virtio::block::Block;
+use self::devices::virtio::console::{Console, AGENT_PORT_NAME};
 use self::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use self::devices::virtio::net::Net;
 pub use self::devices::virtio::net::NetConfig;
@@ -82,6 +83,9 @@ pub struct VmConfig {
     pub disks: Vec<Arc<dyn BlockBackend>>,
     /// virtio-net NICs, after the disks on the virtio-mmio bus.
     pub nics: Vec<NicConfig>,
+    /// The guest agent's channel: a virtio-console whose one port is named
+    /// `org.qemu.guest_agent.0`, after the NICs; its bytes go to and from this socket.
+    pub agent: Option<std::os::unix::net::UnixStream>,
     /// Where the serial console's output goes.
     pub console: Box<dyn Write + Send>,
     /// Whether the hypervisor logs dirty pages of guest memory (for migration and snapshots).
@@ -200,7 +204,7 @@ impl MicroVm {
             _ => memory::create(&ranges, cfg.huge_pages),
         }
         .map_err(|e| VmmError::Memory(e.to_string()))?;
-        let virtio_count = (cfg.disks.len() + cfg.nics.len()) as u32;
+        let virtio_count = (cfg.disks.len() + cfg.nics.len() + usize::from(cfg.agent.is_some())) as u32;
         if virtio_count > LAST_GSI - VIRTIO_FIRST_GSI + 1 {
             return Err(VmmError::Config(format!(
                 "{} disks and {} NICs requested, at most {} virtio devices in all",
@@ -265,12 +269,23 @@ impl MicroVm {
         let mut mmio_bus = Bus::new();
         let mut virtio = Vec::new();
         let mut acpi_devs = Vec::new();
-        let virtio_devs =
-            cfg.disks.into_iter().map(|d| Box::new(Block::new(d)) as Box<dyn VirtioDevice>).chain(
+        let agent = match cfg.agent {
+            Some(host) => Some(
+                Console::new(AGENT_PORT_NAME, host)
+                    .map_err(|e| VmmError::Io("the guest agent's channel", e))?,
+            ),
+            None => None,
+        };
+        let virtio_devs = cfg
+            .disks
+            .into_iter()
+            .map(|d| Box::new(Block::new(d)) as Box<dyn VirtioDevice>)
+            .chain(
                 cfg.nics
                     .into_iter()
                     .map(|n| Box::new(Net::new(n.backend, n.config)) as Box<dyn VirtioDevice>),
-            );
+            )
+            .chain(agent.map(|c| Box::new(c) as Box<dyn VirtioDevice>));
         for (i, dev) in virtio_devs.enumerate() {
             let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
             let gsi = VIRTIO_FIRST_GSI + i as u32;

@@ -124,6 +124,7 @@ pub fn counter_config(image: Vec<u8>, console: &Console, memory_mib: u64) -> VmC
         payload: Payload::Flat { image, load_addr: LOAD, entry: LOAD, mode: EntryMode::Pvh },
         disks: vec![],
         nics: vec![],
+        agent: None,
         console: Box::new(console.clone()),
         track_dirty_pages: false,
         huge_pages: false,

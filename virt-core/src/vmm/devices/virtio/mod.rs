@@ -1,6 +1,7 @@
 //! Virtio devices over the virtio-mmio transport (virtio 1.x, "modern" only).
 
 pub mod block;
+pub mod console;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod mmio;
