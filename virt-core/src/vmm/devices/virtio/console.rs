@@ -7,7 +7,9 @@
 //! says `PORT_READY`, the device sends `PORT_NAME` (the guest's udev makes
 //! `/dev/virtio-ports/NAME`) and `PORT_OPEN` (the host side is connected). The guest's
 //! `PORT_OPEN` / close are noted; bytes flow between port 0's queues and a host stream (a unix
-//! socket whose other end the launcher hands to its agent client).
+//! socket whose other end the launcher hands to its agent client); the guest's driver drops what
+//! arrives while its port is closed. `pause` hands the live queues back for snapshots and
+//! migration, as virtio-blk does.
 //!
 //! Everything the guest writes is untrusted: control messages of the wrong size or for another port
 //! are ignored, transmitted chains are bounded ([`MAX_CHUNK`]), chains outside guest memory are
@@ -76,7 +78,9 @@ pub struct Console {
     name: String,
     host: Arc<UnixStream>,
     config: Vec<u8>,
-    worker: Option<(JoinHandle<()>, EventFd)>,
+    worker: Option<(JoinHandle<ConsoleWorker>, EventFd)>,
+    /// What a paused worker had not delivered yet (control messages, host bytes), for the next one.
+    carry: Option<(VecDeque<Vec<u8>>, Vec<u8>)>,
 }
 
 impl Console {
@@ -86,14 +90,14 @@ impl Console {
         // cols, rows (unused: no VIRTIO_CONSOLE_F_SIZE), max_nr_ports, emerg_wr.
         let mut config = vec![0u8; 12];
         config[4..8].copy_from_slice(&1u32.to_le_bytes());
-        Ok(Self { name: name.to_string(), host: Arc::new(host), config, worker: None })
+        Ok(Self { name: name.to_string(), host: Arc::new(host), config, worker: None, carry: None })
     }
 
-    fn stop_worker(&mut self) {
-        if let Some((handle, kill)) = self.worker.take() {
-            let _ = kill.write(1);
-            let _ = handle.join();
-        }
+    /// Stops the worker after the work in hand; returns it (with its queues).
+    fn stop_worker(&mut self) -> Option<ConsoleWorker> {
+        let (handle, kill) = self.worker.take()?;
+        let _ = kill.write(1);
+        handle.join().ok()
     }
 }
 
@@ -136,14 +140,23 @@ impl VirtioDevice for Console {
         if queues.len() != 4 {
             return Err(ActivateError::BadQueue(queues.len().min(3)));
         }
-        self.stop_worker();
+        if let Some(w) = self.stop_worker() {
+            self.carry = Some((w.control_out, w.pending));
+        }
         let (queues, evts): (Vec<Queue>, Vec<Arc<EventFd>>) = queues.into_iter().unzip();
         let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
         let kill2 = kill.try_clone().map_err(ActivateError::Worker)?;
         let mut worker = ConsoleWorker::new(&self.name, self.host.clone(), mem, queues, interrupt);
+        if let Some((control_out, pending)) = self.carry.take() {
+            worker.control_out = control_out;
+            worker.pending = pending;
+        }
         let handle = std::thread::Builder::new()
             .name("virtio-console".into())
-            .spawn(move || worker.run(&evts, &kill2))
+            .spawn(move || {
+                worker.run(&evts, &kill2);
+                worker
+            })
             .map_err(ActivateError::Worker)?;
         self.worker = Some((handle, kill));
         Ok(())
@@ -151,7 +164,18 @@ impl VirtioDevice for Console {
 
     fn reset(&mut self) -> bool {
         self.stop_worker();
+        self.carry = None;
         true
+    }
+
+    fn pause(&mut self) -> Vec<Queue> {
+        match self.stop_worker() {
+            Some(w) => {
+                self.carry = Some((w.control_out, w.pending));
+                w.queues
+            }
+            None => Vec::new(),
+        }
     }
 }
 
@@ -328,12 +352,7 @@ impl ConsoleWorker {
                 self.queue_control(name);
                 self.queue_control(control(0, event::PORT_OPEN, 1).to_vec());
             }
-            event::PORT_OPEN if id == 0 => {
-                self.guest_open = value == 1;
-                if !self.guest_open {
-                    self.pending.clear();
-                }
-            }
+            event::PORT_OPEN if id == 0 => self.guest_open = value == 1,
             _ => log::debug!("virtio-console {}: control event {ev} for port {id} ignored", self.name),
         }
     }
@@ -381,11 +400,12 @@ impl ConsoleWorker {
         let mut moved = false;
         loop {
             if self.pending.is_empty() {
+                // Delivered whether or not the guest has the port open: its driver drops what
+                // arrives for a closed port (Linux: discard_port_data), and the state survives a
+                // snapshot or migration that this device's open flag would not.
                 match (&*self.host).read(&mut self.buf) {
                     Ok(0) => break,
-                    Ok(n) if self.guest_open => self.pending.extend_from_slice(&self.buf[..n]),
-                    // Nobody in the guest listens: the bytes are dropped, as a closed port's are.
-                    Ok(_) => continue,
+                    Ok(n) => self.pending.extend_from_slice(&self.buf[..n]),
                     Err(_) => break,
                 }
             }
