@@ -534,6 +534,9 @@ mod tests {
         let t = Duration::from_secs(5);
         assert_eq!(m.next_event(t), Some(MachineEvent::Started));
         assert_eq!(m.status(), MachineStatus::Running);
+        // The guest agent's channel (the virtio-console's host end), taken once.
+        assert!(m.take_agent_channel().is_some());
+        assert!(m.take_agent_channel().is_none());
         assert!(matches!(m.resume(), Err(MachineError::State { .. })));
         m.pause().unwrap();
         assert_eq!(m.next_event(t), Some(MachineEvent::Paused));
