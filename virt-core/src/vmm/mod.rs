@@ -207,9 +207,10 @@ impl MicroVm {
         let virtio_count = (cfg.disks.len() + cfg.nics.len() + usize::from(cfg.agent.is_some())) as u32;
         if virtio_count > LAST_GSI - VIRTIO_FIRST_GSI + 1 {
             return Err(VmmError::Config(format!(
-                "{} disks and {} NICs requested, at most {} virtio devices in all",
+                "{} disks and {} NICs requested{}, at most {} virtio devices in all",
                 cfg.disks.len(),
                 cfg.nics.len(),
+                if cfg.agent.is_some() { " besides the guest agent's console" } else { "" },
                 LAST_GSI - VIRTIO_FIRST_GSI + 1
             )));
         }
