@@ -80,6 +80,15 @@ P=$DIR/pki
     -subj "/O=system:masters/CN=kube-apiserver-kubelet-client"
   openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
     -out kubelet-client.crt -days 30
+  # The aggregation layer (front proxy): a CA of its own and the client certificate the API server
+  # presents to aggregated APIs (virt-handler's subresources.kubevirt.io), which trust that CA only.
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key -out front-proxy-ca.crt -days 30 \
+    -subj /CN=virt-rs-front-proxy-ca
+  openssl req -newkey rsa:2048 -nodes -keyout front-proxy-client.key -out front-proxy-client.csr \
+    -subj /CN=front-proxy-client
+  echo 'extendedKeyUsage=clientAuth' >front-proxy-client.ext
+  openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key \
+    -CAcreateserial -out front-proxy-client.crt -days 30 -extfile front-proxy-client.ext
   openssl genrsa -out sa.key 2048
   openssl rsa -in sa.key -pubout -out sa.pub
 ) >"$DIR/logs/pki.log" 2>&1
@@ -150,7 +159,12 @@ start kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:23790
   --service-account-issuer=https://kubernetes.default.svc --api-audiences=https://kubernetes.default.svc \
   --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none \
   --kubelet-client-certificate="$P/kubelet-client.crt" --kubelet-client-key="$P/kubelet-client.key" \
-  --kubelet-preferred-address-types=InternalIP,Hostname --allow-privileged=true
+  --kubelet-preferred-address-types=InternalIP,Hostname --allow-privileged=true \
+  --requestheader-client-ca-file="$P/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$P/front-proxy-client.crt" --proxy-client-key-file="$P/front-proxy-client.key" \
+  --enable-aggregator-routing=true
 wait_for kube-apiserver 180 curl -sf --cacert "$P/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
   "https://$NODE_IP:6443/readyz"
 

@@ -1,7 +1,9 @@
 //! The Kubernetes adapter: the project's KubeVirt and CDI types as custom resources of a real
 //! cluster ([`kinds`], [`crd`], [`schema`]), and controllers on kube's runtime that turn
 //! VirtualMachines into VMIs and VMIs into launcher pods ([`controller`], [`pod`]), and the node agent that runs their machines
-//! ([`handler`]). See
+//! ([`handler`]); [`leader`] elects one active virt-controller through a Lease; [`deploy`]
+//! has the Deployment and DaemonSet that run them. The agent serves KubeVirt's subresources through the API server
+//! ([`subresources`]). See
 //! docs/kubernetes.md.
 
 pub mod controller;
@@ -10,6 +12,7 @@ pub mod handler;
 pub mod kinds;
 pub mod pod;
 pub mod schema;
+pub mod subresources;
 
 use std::path::{Path, PathBuf};
 
