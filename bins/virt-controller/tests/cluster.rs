@@ -62,6 +62,8 @@ struct Cluster {
     kubeconfig: PathBuf,
     kubectl: PathBuf,
     controller: Option<Child>,
+    /// The second virt-controller replica (waits for the Lease).
+    standby: Option<Child>,
     handler: Option<Child>,
     /// virt-handler's state directory (run directories, image cache), removed at the end.
     node_state: PathBuf,
@@ -87,7 +89,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for mut c in [self.controller.take(), self.handler.take()].into_iter().flatten() {
+        for mut c in [self.controller.take(), self.standby.take(), self.handler.take()].into_iter().flatten()
+        {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -220,6 +223,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         kubeconfig: dir.join("admin.kubeconfig"),
         kubectl,
         controller: None,
+        standby: None,
         handler: None,
         node_state: node_state.clone(),
     };
@@ -274,7 +278,17 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
             .spawn()
             .unwrap()
     };
+    // Two replicas: one takes the Lease and acts, the other waits.
     cluster.controller = Some(spawn_controller(1));
+    let lease_holder = |cluster: &Cluster| {
+        cluster
+            .get(&["lease", "virt-controller", "-n", "kube-system"], "{.spec.holderIdentity}")
+            .filter(|h| !h.is_empty())
+    };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let first = wait_for("the first replica to take the lease", 60, || lease_holder(&cluster));
+    assert_eq!(first, format!("{hostname}_{}", cluster.controller.as_ref().unwrap().id()));
+    cluster.standby = Some(spawn_controller(2));
     cluster.handler = Some(spawn_handler(1));
 
     // A plain pod on the same node, beside the VM's launcher.
@@ -372,8 +386,14 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
             .filter(|s| s == "Running virtrs-node")
     });
 
-    // SIGKILL the controller and the node agent, start them again: the same launcher (same pod,
-    // same pid) runs on, nothing is created or started twice, the VMI stays Running.
+    // The standby replica waited and did nothing.
+    let standby_log = std::fs::read_to_string(tmp.path().join("controller-2.log")).unwrap();
+    assert!(standby_log.contains("waiting for lease"), "{standby_log}");
+    assert!(!standby_log.contains("watching"), "the standby acts only once it leads: {standby_log}");
+
+    // SIGKILL the leading controller and the node agent, start the agent again: the standby
+    // takes the Lease over once it expires; the same launcher (same pod, same pid) runs on,
+    // nothing is created or started twice, the VMI stays Running.
     let vmi_uid = cluster.get(&["vmi", "vm-cirros", "-n", ns], "{.metadata.uid}").unwrap();
     let run_dir = node_state.join("vmis").join(&vmi_uid);
     let pid = std::fs::read_to_string(run_dir.join("launcher.pid")).unwrap();
@@ -381,7 +401,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         c.kill().unwrap();
         c.wait().unwrap();
     }
-    cluster.controller = Some(spawn_controller(2));
+    cluster.controller = cluster.standby.take();
     cluster.handler = Some(spawn_handler(2));
     let restarted = Instant::now();
     // The agent's first pass after the restart: it reattaches and reads the launcher.
@@ -399,6 +419,11 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     let console = std::fs::read_to_string(run_dir.join("console.log")).unwrap();
     assert_eq!(console.matches("Linux version").count(), 1, "the guest booted once");
     eprintln!("controller and agent killed and restarted, launcher re-adopted in {:?}", restarted.elapsed());
+    let standby_id = format!("{hostname}_{}", cluster.controller.as_ref().unwrap().id());
+    wait_for("the standby to take the lease over", 60, || {
+        lease_holder(&cluster).filter(|h| *h == standby_id)
+    });
+    eprintln!("the standby replica leads {:?} after the leader was killed", restarted.elapsed());
 
     // The subresources API through the API server (aggregated; served by the restarted
     // virt-handler, which registered itself again): the console shows the guest's boot, pause and
@@ -444,6 +469,16 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     virtctl_ok(&["unpause", "vmi", "vm-cirros"]);
     wait_for("the VMI Ready again", 30, conditions("True/"));
     eprintln!("virtctl pause + unpause through the API server: {:?}", t.elapsed());
+
+    // The components' manifests (RBAC, virt-controller's Deployment, virt-handler's DaemonSet)
+    // pass the API server's validation (server-side dry run; namespace kubevirt exists: the
+    // agent registered the subresources API's Service there).
+    let manifests = tmp.path().join("manifests.json");
+    std::fs::write(&manifests, ok(Command::new(bin).args(["print-manifests", "--allow-emulation"]))).unwrap();
+    let applied = ok(&mut cluster.kubectl(&["apply", "--dry-run=server", "-f", manifests.to_str().unwrap()]));
+    for what in ["deployment.apps/virt-controller", "daemonset.apps/virt-handler", "clusterrole.rbac"] {
+        assert!(applied.contains(what), "{applied}");
+    }
 
     // start and stop through the kubeconfig: the subresources API serves no VM verbs (404), so
     // virtctl applies the run-strategy decision by updating the VM.

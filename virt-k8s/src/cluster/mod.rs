@@ -8,8 +8,10 @@
 
 pub mod controller;
 pub mod crd;
+pub mod deploy;
 pub mod handler;
 pub mod kinds;
+pub mod leader;
 pub mod pod;
 pub mod schema;
 pub mod subresources;
