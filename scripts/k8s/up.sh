@@ -9,6 +9,7 @@
 # Env:   VIRT_K8S_NODE_NET  the /24 prefix of the node's veth (default 172.31.254): the node is .1,
 #                           the host side .254; the API server is https://<prefix>.1:6443
 #        VIRT_K8S_IMAGES    extra docker-archive tars to import (space-separated)
+#        VIRT_K8S_AUDIT=1   the API server's audit log (metadata of every request) in logs/audit.log
 # Writes STATE_DIR/admin.kubeconfig (prints its path on success); scripts/k8s/down.sh STATE_DIR stops
 # everything and removes what this script made.
 set -euo pipefail
@@ -150,7 +151,20 @@ start etcd "$BIN/etcd" --name virtrs --data-dir "$DIR/etcd" \
   --initial-cluster virtrs=http://127.0.0.1:23800
 wait_for etcd 60 "${IN[@]}" curl -sf http://127.0.0.1:23790/health
 
-start kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:23790 \
+# VIRT_K8S_AUDIT=1: every request's metadata in logs/audit.log (JSON lines; bench/k8s-scale.sh
+# counts the components' requests by user agent).
+audit=()
+if [ "${VIRT_K8S_AUDIT:-0}" = 1 ]; then
+  cat >"$DIR/audit-policy.yaml" <<YAML
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+YAML
+  audit=(--audit-policy-file="$DIR/audit-policy.yaml" --audit-log-path="$DIR/logs/audit.log" --audit-log-format=json)
+fi
+start kube-apiserver "$BIN/kube-apiserver" "${audit[@]}" --etcd-servers=http://127.0.0.1:23790 \
   --bind-address=0.0.0.0 --advertise-address="$NODE_IP" --secure-port=6443 --insecure-port=0 \
   --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
   --client-ca-file="$P/ca.crt" --token-auth-file="$P/tokens.csv" \

@@ -114,7 +114,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", serde_json::to_string_pretty(&list)?);
         }
         Command::InstallCrds { kubeconfig } => {
-            let client = cluster::client(kubeconfig.as_deref()).await?;
+            let client = cluster::client_as(kubeconfig.as_deref(), "virt-controller").await?;
             for name in crd::install_crds(&client, Duration::from_secs(120)).await? {
                 println!("customresourcedefinition.apiextensions.k8s.io/{name} applied");
             }
@@ -127,7 +127,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             leader_elect,
             leader_elect_lease,
         } => {
-            let client = cluster::client(kubeconfig.as_deref()).await?;
+            let client = cluster::client_as(kubeconfig.as_deref(), "virt-controller").await?;
             let kvm = match kvm {
                 Kvm::Privileged => pod::KvmAccess::Privileged,
                 Kvm::DevicePlugin => pod::KvmAccess::DevicePlugin,

@@ -63,7 +63,7 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let client = cluster::client(cli.kubeconfig.as_deref()).await?;
+    let client = cluster::client_as(cli.kubeconfig.as_deref(), "virt-handler").await?;
     let runtime = LauncherRuntime::new(LauncherConfig {
         // The launcher runs in the VMI's pod; this one is never spawned by the agent.
         launcher: PathBuf::from("/usr/bin/virt-launcher"),
