@@ -182,7 +182,7 @@ impl Lifecycle {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        let verdicts: Vec<(Key, Result<(), String>)> =
+        let verdicts: Vec<(Key, Result<(), NotReady>)> =
             candidates.into_iter().map(|(k, v)| (k, self.runtime.ready(&v))).collect();
         let pending: Vec<(Key, VirtualMachineInstance, bool)> = {
             let mut st = lock(&self.state);
@@ -195,7 +195,7 @@ impl Lifecycle {
                     continue;
                 }
                 if let Err(why) = verdict {
-                    let r = self.not_ready_locked(&mut st, &key, why);
+                    let r = self.not_ready_locked(&mut st, &key, why.to_string());
                     self.outcome_locked(&mut st, &mut failed, &key, r);
                     continue;
                 }

@@ -197,8 +197,30 @@ pub trait Runtime: Send + Sync {
     /// `DataVolumesReady`=False (reason `NotAllDVsReady`, the message `why`) and one event, until a
     /// later pass finds it ready: e.g. while the DataVolumes its volumes name are still importing.
     /// Called without the lifecycle's lock held. The default: always ready.
-    fn ready(&self, _vmi: &VirtualMachineInstance) -> Result<(), String> {
+    fn ready(&self, _vmi: &VirtualMachineInstance) -> Result<(), NotReady> {
         Ok(())
+    }
+}
+
+/// Why a VMI cannot be launched yet ([`Runtime::ready`]): one of its volumes waits for something
+/// (a DataVolume importing, one not made yet).
+#[derive(Debug, thiserror::Error)]
+#[error("volume {volume}: {source}")]
+pub struct NotReady {
+    /// The volume's name in the VMI's spec.
+    pub volume: String,
+    /// What it waits for.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl NotReady {
+    /// Volume `volume` waits for `source`.
+    pub fn new(
+        volume: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self { volume: volume.into(), source: source.into() }
     }
 }
 
