@@ -9,6 +9,7 @@
 # Env:   VIRT_K8S_NODE_NET  the /24 prefix of the node's veth (default 172.31.254): the node is .1,
 #                           the host side .254; the API server is https://<prefix>.1:6443
 #        VIRT_K8S_IMAGES    extra docker-archive tars to import (space-separated)
+#        VIRT_K8S_AUDIT=1   the API server's audit log (metadata of every request) in logs/audit.log
 # Writes STATE_DIR/admin.kubeconfig (prints its path on success); scripts/k8s/down.sh STATE_DIR stops
 # everything and removes what this script made.
 set -euo pipefail
@@ -80,6 +81,15 @@ P=$DIR/pki
     -subj "/O=system:masters/CN=kube-apiserver-kubelet-client"
   openssl x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
     -out kubelet-client.crt -days 30
+  # The aggregation layer (front proxy): a CA of its own and the client certificate the API server
+  # presents to aggregated APIs (virt-handler's subresources.kubevirt.io), which trust that CA only.
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key -out front-proxy-ca.crt -days 30 \
+    -subj /CN=virt-rs-front-proxy-ca
+  openssl req -newkey rsa:2048 -nodes -keyout front-proxy-client.key -out front-proxy-client.csr \
+    -subj /CN=front-proxy-client
+  echo 'extendedKeyUsage=clientAuth' >front-proxy-client.ext
+  openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key \
+    -CAcreateserial -out front-proxy-client.crt -days 30 -extfile front-proxy-client.ext
   openssl genrsa -out sa.key 2048
   openssl rsa -in sa.key -pubout -out sa.pub
 ) >"$DIR/logs/pki.log" 2>&1
@@ -141,7 +151,20 @@ start etcd "$BIN/etcd" --name virtrs --data-dir "$DIR/etcd" \
   --initial-cluster virtrs=http://127.0.0.1:23800
 wait_for etcd 60 "${IN[@]}" curl -sf http://127.0.0.1:23790/health
 
-start kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:23790 \
+# VIRT_K8S_AUDIT=1: every request's metadata in logs/audit.log (JSON lines; bench/k8s-scale.sh
+# counts the components' requests by user agent).
+audit=()
+if [ "${VIRT_K8S_AUDIT:-0}" = 1 ]; then
+  cat >"$DIR/audit-policy.yaml" <<YAML
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+YAML
+  audit=(--audit-policy-file="$DIR/audit-policy.yaml" --audit-log-path="$DIR/logs/audit.log" --audit-log-format=json)
+fi
+start kube-apiserver "$BIN/kube-apiserver" "${audit[@]}" --etcd-servers=http://127.0.0.1:23790 \
   --bind-address=0.0.0.0 --advertise-address="$NODE_IP" --secure-port=6443 --insecure-port=0 \
   --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" \
   --client-ca-file="$P/ca.crt" --token-auth-file="$P/tokens.csv" \
@@ -150,7 +173,12 @@ start kube-apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:23790
   --service-account-issuer=https://kubernetes.default.svc --api-audiences=https://kubernetes.default.svc \
   --service-cluster-ip-range=10.0.0.0/24 --endpoint-reconciler-type=none \
   --kubelet-client-certificate="$P/kubelet-client.crt" --kubelet-client-key="$P/kubelet-client.key" \
-  --kubelet-preferred-address-types=InternalIP,Hostname --allow-privileged=true
+  --kubelet-preferred-address-types=InternalIP,Hostname --allow-privileged=true \
+  --requestheader-client-ca-file="$P/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$P/front-proxy-client.crt" --proxy-client-key-file="$P/front-proxy-client.key" \
+  --enable-aggregator-routing=true
 wait_for kube-apiserver 180 curl -sf --cacert "$P/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" \
   "https://$NODE_IP:6443/readyz"
 

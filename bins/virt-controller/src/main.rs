@@ -4,8 +4,10 @@
 //! ```text
 //! virt-controller install-crds [--kubeconfig F]    apply the CRDs (server-side apply; idempotent)
 //! virt-controller print-crds                       the CRDs as a JSON List (kubectl apply -f -)
+//! virt-controller print-manifests [--image I] ...  Deployment, DaemonSet, RBAC (kubectl apply -f -)
 //! virt-controller run [--kubeconfig F] [--launcher-image I] [--kvm privileged|device-plugin]
-//!                    [--node-state-dir D]
+//!                    [--node-state-dir D] [--leader-elect=true|false]
+//!                    [--leader-elect-lease NAMESPACE/NAME]
 //! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -14,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use virt_k8s::cluster::{self, crd, pod};
+use virt_k8s::cluster::{self, crd, deploy, leader, pod};
 
 #[derive(Parser)]
 #[command(name = "virt-controller", about = "KubeVirt's controller for a Kubernetes cluster")]
@@ -33,6 +35,22 @@ enum Command {
     },
     /// Print the CRDs as a JSON List.
     PrintCrds,
+    /// Print the components' manifests (namespace kubevirt, RBAC, virt-controller's Deployment,
+    /// virt-handler's DaemonSet) as a JSON List, for `kubectl apply -f -`.
+    PrintManifests {
+        /// The image with /usr/bin/virt-controller and /usr/bin/virt-handler.
+        #[arg(long, default_value = "localhost/virt-rs:dev")]
+        image: String,
+        /// The launcher pods' image.
+        #[arg(long, default_value = "localhost/virt-launcher:dev")]
+        launcher_image: String,
+        /// virt-controller replicas (one leads).
+        #[arg(long, default_value_t = 2)]
+        replicas: u32,
+        /// Let launchers use software emulation where KVM is unusable.
+        #[arg(long)]
+        allow_emulation: bool,
+    },
     /// Run the VM and VMI controllers until SIGINT or SIGTERM.
     Run {
         /// The kubeconfig (default: KUBECONFIG, ~/.kube/config, in-cluster).
@@ -47,6 +65,12 @@ enum Command {
         /// The node agents' state directory (virt-handler --state-dir), mounted into launcher pods.
         #[arg(long, default_value = "/var/lib/virt-rs-handler")]
         node_state_dir: String,
+        /// Run the controllers only while holding the Lease (several replicas are safe).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
+        /// The Lease's namespace and name.
+        #[arg(long, default_value = "kube-system/virt-controller")]
+        leader_elect_lease: String,
     },
 }
 
@@ -77,28 +101,90 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": crd::all_crds() });
             println!("{}", serde_json::to_string_pretty(&list)?);
         }
+        Command::PrintManifests { image, launcher_image, replicas, allow_emulation } => {
+            let c = deploy::Components {
+                image,
+                launcher_image,
+                controller_replicas: replicas,
+                allow_emulation,
+                ..Default::default()
+            };
+            let list =
+                serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": deploy::manifests(&c) });
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        }
         Command::InstallCrds { kubeconfig } => {
-            let client = cluster::client(kubeconfig.as_deref()).await?;
+            let client = cluster::client_as(kubeconfig.as_deref(), "virt-controller").await?;
             for name in crd::install_crds(&client, Duration::from_secs(120)).await? {
                 println!("customresourcedefinition.apiextensions.k8s.io/{name} applied");
             }
         }
-        Command::Run { kubeconfig, launcher_image, kvm, node_state_dir } => {
-            let client = cluster::client(kubeconfig.as_deref()).await?;
+        Command::Run {
+            kubeconfig,
+            launcher_image,
+            kvm,
+            node_state_dir,
+            leader_elect,
+            leader_elect_lease,
+        } => {
+            let client = cluster::client_as(kubeconfig.as_deref(), "virt-controller").await?;
             let kvm = match kvm {
                 Kvm::Privileged => pod::KvmAccess::Privileged,
                 Kvm::DevicePlugin => pod::KvmAccess::DevicePlugin,
             };
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            let stopped = move || {
+                let mut rx = stop_rx.clone();
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                }
+            };
+            let elector = if leader_elect {
+                let (ns, name) = leader_elect_lease.split_once('/').ok_or_else(|| {
+                    format!("--leader-elect-lease {leader_elect_lease}: expected NAMESPACE/NAME")
+                })?;
+                let elector = leader::Elector::new(client.clone(), ns, name, identity());
+                log::info!("virt-controller {}: waiting for lease {ns}/{name}", elector.identity);
+                tokio::select! {
+                    r = elector.acquire() => r?,
+                    _ = stopped() => return Ok(()),
+                }
+                Some(elector)
+            } else {
+                None
+            };
             log::info!("virt-controller: watching VirtualMachines and VirtualMachineInstances");
-            cluster::controller::run(
+            let controllers = cluster::controller::run(
                 client,
                 pod::LauncherConfig { image: launcher_image, kvm, node_state_dir },
-                shutdown_signal(),
-            )
-            .await;
+                stopped(),
+            );
+            match elector {
+                Some(elector) => tokio::select! {
+                    _ = controllers => {}
+                    // Leadership lost: stop at once (the controllers are dropped mid-flight; the
+                    // next leader reconciles from the cluster's state).
+                    e = elector.hold() => return Err(e.into()),
+                },
+                None => controllers.await,
+            }
         }
     }
     Ok(())
+}
+
+/// This replica's identity in the Lease: the pod's name (`POD_NAME`, from the Deployment's
+/// downward API), else the host name and the process id.
+fn identity() -> String {
+    if let Ok(pod) = std::env::var("POD_NAME") {
+        return pod;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}_{}", host.trim(), std::process::id())
 }
 
 fn main() -> ExitCode {

@@ -13,182 +13,27 @@
 //! (scripts/install-deps.sh) and virt-launcher built in the same target directory
 //! (`cargo test --workspace` builds it).
 
-#[path = "../../../virt-core/tests/support/guest.rs"]
-mod guest;
-#[path = "../../../virt-storage/tests/support/registry.rs"]
-mod registry;
+mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    out
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Polls `f` until it returns Some, or panics after `secs` with `what`.
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out after {secs} s waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// The cluster, torn down on drop (also when the test fails).
-struct Cluster {
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-    controller: Option<Child>,
-    handler: Option<Child>,
-    /// virt-handler's state directory (run directories, image cache), removed at the end.
-    node_state: PathBuf,
-}
-
-impl Cluster {
-    fn kubectl(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.kubectl);
-        c.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
-        c
-    }
-
-    /// `kubectl get ... -o jsonpath=PATH`, or None when the object does not exist.
-    fn get(&self, args: &[&str], path: &str) -> Option<String> {
-        let mut a = vec!["get"];
-        a.extend_from_slice(args);
-        let jp = format!("jsonpath={path}");
-        a.extend_from_slice(&["-o", &jp]);
-        let out = run(&mut self.kubectl(&a));
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for mut c in [self.controller.take(), self.handler.take()].into_iter().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new(repo().join("scripts/k8s/down.sh")).arg(&self.dir).status();
-        let _ = std::fs::remove_dir_all(&self.node_state);
-    }
-}
-
-/// A binary of this workspace from the target directory the test runs from.
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        p.is_file(),
-        "{} not built: run `cargo build --workspace` (cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
-
-/// Pushes the test kernel and initramfs as a kernel-boot container image; returns its reference.
-fn push_kernel_image(reg: &Registry) -> String {
-    let a = guest::assets();
-    let mut layout = OciLayout::new();
-    let layer = registry::tar_of(&[
-        Entry::Dir("boot/"),
-        Entry::File("boot/vmlinuz", std::fs::read(&a["KERNEL"]).unwrap()),
-        Entry::File("boot/initrd.img", std::fs::read(&a["INITRAMFS"]).unwrap()),
-    ]);
-    let desc = layout.image(&[(layer, Comp::Gzip)], "amd64");
-    layout.tag("v1", &desc);
-    layout.write_index();
-    reg.push(&layout, "v1", "kubevirt/demo-kernel", &[]);
-    format!("{}/kubevirt/demo-kernel:v1", reg.host)
-}
-
-/// A VM that boots the kernel-boot image (the smallest real guest of the project's tests).
-fn kernel_vm_yaml(name: &str, image: &str) -> String {
-    format!(
-        "apiVersion: kubevirt.io/v1
-kind: VirtualMachine
-metadata:
-  name: {name}
-spec:
-  runStrategy: Halted
-  template:
-    spec:
-      domain:
-        firmware:
-          kernelBoot:
-            container:
-              image: {image}
-              kernelPath: /boot/vmlinuz
-              initrdPath: /boot/initrd.img
-            kernelArgs: console=ttyS0 panic=-1
-        devices: {{}}
-        memory:
-          guest: 256Mi
-      terminationGracePeriodSeconds: 10
-"
-    )
-}
+use support::{console_until, kernel_vm_yaml, ok, repo, run, wait_for, workspace_bin, Cluster};
 
 #[test]
 fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete() {
     let started = Instant::now();
     let repo = repo();
-    let tmp = tempfile::tempdir().unwrap();
-    let image = tmp.path().join("launcher.tar");
-    ok(Command::new(repo.join("scripts/k8s/launcher-image.sh"))
-        .arg(&image)
-        .arg(workspace_bin("virt-launcher")));
-    let reg = Registry::start(RegistryOpts::default());
-    let kernel_image = push_kernel_image(&reg);
-    let dir = std::env::var_os("VIRT_K8S_STATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/tmp/virt-rs-k8s-run".into());
-    let kubectl = PathBuf::from(ok(&mut Command::new(repo.join("scripts/kubectl.sh"))));
-    let cluster_kubeconfig = dir.join("admin.kubeconfig");
-    // Short: the launcher's and QEMU's unix sockets live in run directories below it.
-    let node_state = PathBuf::from("/var/tmp/vrs-h");
-    let _ = std::fs::remove_dir_all(&node_state);
-    let mut cluster = Cluster {
-        dir: dir.clone(),
-        kubeconfig: dir.join("admin.kubeconfig"),
-        kubectl,
-        controller: None,
-        handler: None,
-        node_state: node_state.clone(),
-    };
-    let up = ok(Command::new(repo.join("scripts/k8s/up.sh"))
-        .arg(&dir)
-        .env("VIRT_K8S_IMAGES", &image)
-        .stderr(Stdio::inherit()));
-    assert_eq!(Path::new(up.lines().last().unwrap()), cluster.kubeconfig);
+    let mut cluster = Cluster::start(false);
+    let tmp = cluster.tmp.path().to_path_buf();
+    let node_state = cluster.node_state.clone();
+    let kernel_image = cluster.kernel_image.clone();
     eprintln!("cluster up in {:?}", started.elapsed());
 
     // CRDs, twice: the second apply changes nothing and fails nothing.
     let bin = env!("CARGO_BIN_EXE_virt-controller");
     for _ in 0..2 {
-        let out = ok(Command::new(bin).arg("install-crds").arg("--kubeconfig").arg(&cluster.kubeconfig));
+        let out = cluster.install_crds();
         assert!(out.contains("virtualmachines.kubevirt.io"), "{out}");
         assert!(out.contains("datavolumes.cdi.kubevirt.io"), "{out}");
     }
@@ -196,35 +41,18 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     assert_eq!(crds.lines().count(), 10, "{crds}");
     ok(&mut cluster.kubectl(&["api-resources", "--api-group=kubevirt.io"]));
 
-    let spawn_controller = |n: u32| {
-        let log = std::fs::File::create(tmp.path().join(format!("controller-{n}.log"))).unwrap();
-        Command::new(bin)
-            .args(["run", "--launcher-image", "localhost/virt-launcher:dev", "--kubeconfig"])
-            .arg(&cluster_kubeconfig)
-            .arg("--node-state-dir")
-            .arg(&node_state)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+    // Two replicas: one takes the Lease and acts, the other waits.
+    cluster.controller = Some(cluster.spawn_controller(1));
+    let lease_holder = |cluster: &Cluster| {
+        cluster
+            .get(&["lease", "virt-controller", "-n", "kube-system"], "{.spec.holderIdentity}")
+            .filter(|h| !h.is_empty())
     };
-    let spawn_handler = |n: u32| {
-        let log = std::fs::File::create(tmp.path().join(format!("handler-{n}.log"))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_virt-handler"))
-            .args(["--node", "virtrs-node", "--allow-emulation", "--insecure-registry", &reg.host])
-            .arg("--state-dir")
-            .arg(&node_state)
-            .arg("--kubeconfig")
-            .arg(&cluster_kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    };
-    cluster.controller = Some(spawn_controller(1));
-    cluster.handler = Some(spawn_handler(1));
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let first = wait_for("the first replica to take the lease", 60, || lease_holder(&cluster));
+    assert_eq!(first, format!("{hostname}_{}", cluster.controller.as_ref().unwrap().id()));
+    cluster.standby = Some(cluster.spawn_controller(2));
+    cluster.handler = Some(cluster.spawn_handler(1));
 
     // A plain pod on the same node, beside the VM's launcher.
     ok(&mut cluster.kubectl(&[
@@ -253,7 +81,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
 
     // Its containerDisk's registry is not reachable here: the booting VM is the project's own.
     ok(&mut cluster.kubectl(&["delete", "vm", "vm-cirros", "-n", ns]));
-    let vm_file = tmp.path().join("vm-kernel.yaml");
+    let vm_file = tmp.join("vm-kernel.yaml");
     std::fs::write(&vm_file, kernel_vm_yaml("vm-cirros", &kernel_image)).unwrap();
     ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", vm_file.to_str().unwrap()]));
 
@@ -321,8 +149,14 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
             .filter(|s| s == "Running virtrs-node")
     });
 
-    // SIGKILL the controller and the node agent, start them again: the same launcher (same pod,
-    // same pid) runs on, nothing is created or started twice, the VMI stays Running.
+    // The standby replica waited and did nothing.
+    let standby_log = std::fs::read_to_string(tmp.join("controller-2.log")).unwrap();
+    assert!(standby_log.contains("waiting for lease"), "{standby_log}");
+    assert!(!standby_log.contains("watching"), "the standby acts only once it leads: {standby_log}");
+
+    // SIGKILL the leading controller and the node agent, start the agent again: the standby
+    // takes the Lease over once it expires; the same launcher (same pod, same pid) runs on,
+    // nothing is created or started twice, the VMI stays Running.
     let vmi_uid = cluster.get(&["vmi", "vm-cirros", "-n", ns], "{.metadata.uid}").unwrap();
     let run_dir = node_state.join("vmis").join(&vmi_uid);
     let pid = std::fs::read_to_string(run_dir.join("launcher.pid")).unwrap();
@@ -330,12 +164,12 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         c.kill().unwrap();
         c.wait().unwrap();
     }
-    cluster.controller = Some(spawn_controller(2));
-    cluster.handler = Some(spawn_handler(2));
+    cluster.controller = cluster.standby.take();
+    cluster.handler = Some(cluster.spawn_handler(2));
     let restarted = Instant::now();
     // The agent's first pass after the restart: it reattaches and reads the launcher.
     wait_for("the restarted agent to reattach", 60, || {
-        let log = std::fs::read_to_string(tmp.path().join("handler-2.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(tmp.join("handler-2.log")).unwrap_or_default();
         log.contains("reattached").then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
@@ -348,10 +182,69 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     let console = std::fs::read_to_string(run_dir.join("console.log")).unwrap();
     assert_eq!(console.matches("Linux version").count(), 1, "the guest booted once");
     eprintln!("controller and agent killed and restarted, launcher re-adopted in {:?}", restarted.elapsed());
+    let standby_id = format!("{hostname}_{}", cluster.controller.as_ref().unwrap().id());
+    wait_for("the standby to take the lease over", 60, || {
+        lease_holder(&cluster).filter(|h| *h == standby_id)
+    });
+    eprintln!("the standby replica leads {:?} after the leader was killed", restarted.elapsed());
 
-    // virtctl through the kubeconfig: the cluster has no subresources.kubevirt.io API, so virtctl
-    // applies the run-strategy decision by updating the VM.
+    // The subresources API through the API server (aggregated; served by the restarted
+    // virt-handler, which registered itself again): the console shows the guest's boot, pause and
+    // unpause reach the launcher.
     let virtctl = workspace_bin("virtctl");
+    wait_for("the subresources APIService Available", 60, || {
+        cluster
+            .get(
+                &["apiservice", "v1.subresources.kubevirt.io"],
+                r#"{.status.conditions[?(@.type=="Available")].status}"#,
+            )
+            .filter(|s| s == "True")
+    });
+    let t = Instant::now();
+    let seen = console_until(&virtctl, &cluster.kubeconfig, ns, "vm-cirros", "Hello from the guest");
+    assert!(seen.contains("Linux version"), "the console replays the boot: {seen}");
+    eprintln!("virtctl console through the API server showed the boot in {:?}", t.elapsed());
+    let virtctl_ok = |args: &[&str]| {
+        ok(Command::new(&virtctl).arg("--kubeconfig").arg(&cluster.kubeconfig).args(args).args(["-n", ns]))
+    };
+    let cl = &cluster;
+    let conditions = |want: &'static str| {
+        move || {
+            cl.get(
+                &["vmi", "vm-cirros", "-n", ns],
+                r#"{.status.conditions[?(@.type=="Ready")].status}/{.status.conditions[?(@.type=="Paused")].status}"#,
+            )
+            .filter(|s| s == want)
+        }
+    };
+    let t = Instant::now();
+    virtctl_ok(&["pause", "vmi", "vm-cirros"]);
+    wait_for("the VMI Paused and not Ready", 30, conditions("False/True"));
+    let again = run(Command::new(&virtctl).arg("--kubeconfig").arg(&cluster.kubeconfig).args([
+        "pause",
+        "vmi",
+        "vm-cirros",
+        "-n",
+        ns,
+    ]));
+    assert!(!again.status.success(), "pausing a paused VMI is refused");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already paused"), "{again:?}");
+    virtctl_ok(&["unpause", "vmi", "vm-cirros"]);
+    wait_for("the VMI Ready again", 30, conditions("True/"));
+    eprintln!("virtctl pause + unpause through the API server: {:?}", t.elapsed());
+
+    // The components' manifests (RBAC, virt-controller's Deployment, virt-handler's DaemonSet)
+    // pass the API server's validation (server-side dry run; namespace kubevirt exists: the
+    // agent registered the subresources API's Service there).
+    let manifests = tmp.join("manifests.json");
+    std::fs::write(&manifests, ok(Command::new(bin).args(["print-manifests", "--allow-emulation"]))).unwrap();
+    let applied = ok(&mut cluster.kubectl(&["apply", "--dry-run=server", "-f", manifests.to_str().unwrap()]));
+    for what in ["deployment.apps/virt-controller", "daemonset.apps/virt-handler", "clusterrole.rbac"] {
+        assert!(applied.contains(what), "{applied}");
+    }
+
+    // start and stop through the kubeconfig: the subresources API serves no VM verbs (404), so
+    // virtctl applies the run-strategy decision by updating the VM.
     let stopped = Instant::now();
     ok(Command::new(&virtctl).arg("--kubeconfig").arg(&cluster.kubeconfig).args([
         "stop",

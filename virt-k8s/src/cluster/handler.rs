@@ -74,7 +74,7 @@ pub fn phase_of(observed: &Observed) -> Option<(VmiPhase, Option<String>)> {
 }
 
 /// The project's VMI with the API server's identity (uid, name, namespace) filled in.
-fn model_of(vmi: &Cr<VirtualMachineInstance>) -> VirtualMachineInstance {
+pub(crate) fn model_of(vmi: &Cr<VirtualMachineInstance>) -> VirtualMachineInstance {
     let mut v = vmi.obj.clone();
     v.metadata.uid = vmi.meta.uid.clone();
     v.metadata.name = vmi.meta.name.clone();
@@ -136,10 +136,12 @@ async fn reconcile(vmi: Arc<Cr<VirtualMachineInstance>>, h: Arc<Handler>) -> Res
     let ready_now =
         status.conditions.iter().any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True");
     if phase != Some(new_phase) || ready != ready_now {
-        let mut s = json!({
-            "phase": new_phase,
-            "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }],
-        });
+        let mut conditions = vec![json!({ "type": "Ready", "status": if ready { "True" } else { "False" } })];
+        // KubeVirt's condition for a VMI paused through the `pause` subresource.
+        if matches!(observed, Ok(Observed::Running { paused: true })) {
+            conditions.push(json!({ "type": "Paused", "status": "True", "reason": "PausedByUser" }));
+        }
+        let mut s = json!({ "phase": new_phase, "conditions": conditions });
         if let Some(r) = &reason {
             s["reason"] = json!(if new_phase == VmiPhase::Failed { "Failed" } else { "Succeeded" });
             s["conditions"][0]["message"] = json!(r);

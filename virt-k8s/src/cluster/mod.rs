@@ -1,15 +1,20 @@
 //! The Kubernetes adapter: the project's KubeVirt and CDI types as custom resources of a real
 //! cluster ([`kinds`], [`crd`], [`schema`]), and controllers on kube's runtime that turn
 //! VirtualMachines into VMIs and VMIs into launcher pods ([`controller`], [`pod`]), and the node agent that runs their machines
-//! ([`handler`]). See
+//! ([`handler`]); [`leader`] elects one active virt-controller through a Lease; [`deploy`]
+//! has the Deployment and DaemonSet that run them. The agent serves KubeVirt's subresources through the API server
+//! ([`subresources`]). See
 //! docs/kubernetes.md.
 
 pub mod controller;
 pub mod crd;
+pub mod deploy;
 pub mod handler;
 pub mod kinds;
+pub mod leader;
 pub mod pod;
 pub mod schema;
+pub mod subresources;
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +42,12 @@ pub enum ClusterError {
 
 /// A client from `kubeconfig`, else from the environment (`KUBECONFIG`, ~/.kube/config, in-cluster).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClusterError> {
+    client_as(kubeconfig, "virt-rs").await
+}
+
+/// [`client`] sending `User-Agent: <component>/<version>` (the API server's audit log and
+/// metrics tell the components apart by it).
+pub async fn client_as(kubeconfig: Option<&Path>, component: &str) -> Result<kube::Client, ClusterError> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -47,5 +58,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClusterEr
         }
         None => kube::Config::infer().await?,
     };
+    let mut config = config;
+    let agent = format!("{component}/{}", env!("CARGO_PKG_VERSION"));
+    if let Ok(v) = axum::http::HeaderValue::from_str(&agent) {
+        config.headers.push((axum::http::header::USER_AGENT, v));
+    }
     Ok(kube::Client::try_from(config)?)
 }

@@ -18,7 +18,7 @@ use super::portforward;
 use super::runtime::LauncherRuntime;
 
 pub mod agent;
-mod consoles;
+pub(crate) mod consoles;
 
 pub use consoles::KEEPALIVE;
 use consoles::{vmi_console, vmi_vnc};

@@ -5,16 +5,18 @@
 //! ```text
 //! virt-handler --node NAME [--kubeconfig F] [--state-dir D] [--allow-emulation]
 //!              [--insecure-registry HOST:PORT ...]
+//!              [--subresources-listen ADDR [--subresources-advertise IP]]
 //! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use virt_k8s::cluster::{self, handler};
+use virt_k8s::cluster::{self, handler, subresources};
 use virt_k8s::node::{LauncherConfig, LauncherRuntime};
 
 #[derive(Parser)]
@@ -36,6 +38,13 @@ struct Cli {
     /// Registries reached over plain HTTP (containerDisk and kernel-boot pulls).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Serve `subresources.kubevirt.io/v1` (console, pause, ...) on this address and register it
+    /// with the API server as an aggregated API (port 0: any free port).
+    #[arg(long)]
+    subresources_listen: Option<SocketAddr>,
+    /// The address the API server reaches the subresources API at (default: the listen address's).
+    #[arg(long, requires = "subresources_listen")]
+    subresources_advertise: Option<IpAddr>,
 }
 
 async fn shutdown_signal() {
@@ -54,7 +63,7 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let client = cluster::client(cli.kubeconfig.as_deref()).await?;
+    let client = cluster::client_as(cli.kubeconfig.as_deref(), "virt-handler").await?;
     let runtime = LauncherRuntime::new(LauncherConfig {
         // The launcher runs in the VMI's pod; this one is never spawned by the agent.
         launcher: PathBuf::from("/usr/bin/virt-launcher"),
@@ -68,8 +77,31 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         net_policy: None,
     });
     log::info!("virt-handler: serving the VMIs of node {}", cli.node);
-    let h = handler::Handler::new(client, cli.node, Arc::new(runtime));
+    let runtime = Arc::new(runtime);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api = match cli.subresources_listen {
+        Some(listen) => {
+            let server = subresources::Server {
+                client: client.clone(),
+                node: cli.node.clone(),
+                runtime: runtime.clone(),
+            };
+            let advertise = cli.subresources_advertise.unwrap_or(listen.ip());
+            let mut rx = stop_rx.clone();
+            let stopped = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            Some(subresources::start(server, listen, advertise, stopped).await?)
+        }
+        None => None,
+    };
+    let h = handler::Handler::new(client, cli.node, runtime);
     handler::run(h, shutdown_signal()).await;
+    let _ = stop_tx.send(true);
+    if let Some(api) = api {
+        // Open console sessions hold a graceful shutdown: they get a few seconds.
+        let _ = tokio::time::timeout(Duration::from_secs(5), api).await;
+    }
     Ok(())
 }
 

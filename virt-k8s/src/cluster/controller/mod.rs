@@ -51,12 +51,15 @@ pub struct Context {
     pub launcher: LauncherConfig,
     /// Consecutive failures per object (`namespace/name` of a kind), for the back-off.
     failures: Mutex<HashMap<String, u32>>,
+    /// The launcher pods as a watch reflects them (read instead of a list per reconcile; a pod
+    /// the cache lacks is looked up with a list before one is created).
+    pods: Option<kube::runtime::reflector::Store<Pod>>,
 }
 
 impl Context {
     /// A context for `client`.
     pub fn new(client: Client, launcher: LauncherConfig) -> Self {
-        Self { client, launcher, failures: Mutex::new(HashMap::new()) }
+        Self { client, launcher, failures: Mutex::new(HashMap::new()), pods: None }
     }
 
     /// Forgets `key`'s failures after a successful reconcile.
@@ -108,10 +111,16 @@ pub async fn run(
     launcher: LauncherConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let ctx = Arc::new(Context::new(client.clone(), launcher));
     let vms: Api<Cr<VirtualMachine>> = Api::all(client.clone());
     let vmis: Api<Cr<VirtualMachineInstance>> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
+    let launchers = watcher::Config::default().labels(&format!("{APP_LABEL}=virt-launcher"));
+    let (store, writer) = kube::runtime::reflector::store();
+    let reflected = kube::runtime::reflector(writer, watcher(pods.clone(), launchers.clone()));
+    tokio::spawn(reflected.for_each(|_| async {}));
+    let mut ctx = Context::new(client.clone(), launcher);
+    ctx.pods = Some(store);
+    let ctx = Arc::new(ctx);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -126,7 +135,7 @@ pub async fn run(
             }
         });
     let vmi_ctl = Controller::new(vmis, watcher::Config::default())
-        .owns(pods, watcher::Config::default().labels(&format!("{APP_LABEL}=virt-launcher")))
+        .owns(pods, launchers)
         .graceful_shutdown_on(stopped(stop_rx))
         .run(vmi::reconcile, error_policy::<Cr<VirtualMachineInstance>>("VirtualMachineInstance"), ctx)
         .for_each(|r| async move {

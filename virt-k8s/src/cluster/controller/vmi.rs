@@ -37,11 +37,28 @@ pub async fn reconcile(
     let name = vmi.meta.name.clone().unwrap_or_default();
     let uid = vmi.meta.uid.clone().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let list = pods
-        .list(&ListParams::default().labels(&format!("{CREATED_BY}={uid}")))
-        .await
-        .map_err(api_err(format!("listing the pods of VMI {ns}/{name}")))?;
-    let pod = list.items.into_iter().next();
+    let cached = ctx.pods.as_ref().and_then(|store| {
+        store
+            .state()
+            .into_iter()
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && p.metadata.labels.as_ref().and_then(|l| l.get(CREATED_BY)) == Some(&uid)
+            })
+            .map(|p| Pod::clone(&p))
+    });
+    // The cache can lag behind a pod just created (another watch): only a list says there is none.
+    let from_cache = cached.is_some();
+    let pod = match cached {
+        Some(p) => Some(p),
+        None => pods
+            .list(&ListParams::default().labels(&format!("{CREATED_BY}={uid}")))
+            .await
+            .map_err(api_err(format!("listing the pods of VMI {ns}/{name}")))?
+            .items
+            .into_iter()
+            .next(),
+    };
     let (phase, node, reason) = match &pod {
         Some(p) => (phase_from_pod(p, status.phase), p.spec.as_ref().and_then(|s| s.node_name.clone()), None),
         None if matches!(status.phase, None | Some(VmiPhase::Pending) | Some(VmiPhase::Scheduling)) => {
@@ -86,5 +103,7 @@ pub async fn reconcile(
         log::info!("{k}: phase {phase:?} on {}", node.as_deref().unwrap_or("no node"));
     }
     ctx.succeeded(&k);
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // A cached pod may be one the cache has not yet seen go: look again soon (no request unless
+    // something changed).
+    Ok(Action::requeue(Duration::from_secs(if from_cache { 30 } else { 300 })))
 }

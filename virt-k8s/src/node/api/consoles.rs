@@ -58,7 +58,7 @@ pub(super) async fn vmi_console(
 pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Bridges websocket frames and `stream`, pinging the client every [`KEEPALIVE`].
-async fn bridge<S>(socket: WebSocket, stream: S)
+pub(crate) async fn bridge<S>(socket: WebSocket, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {

@@ -1,0 +1,285 @@
+//! The cluster the tests and the benchmark share: the launcher image, a docker-registry serving the
+//! test kernel as a kernel-boot image, the cluster from scripts/k8s (torn down on drop), and the
+//! components started as host processes.
+
+#![allow(dead_code)]
+
+#[path = "../../../../virt-core/tests/support/guest.rs"]
+mod guest;
+#[path = "../../../../virt-storage/tests/support/registry.rs"]
+mod registry;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    out
+}
+
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Polls `f` until it returns Some, or panics after `secs` with `what`.
+pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {secs} s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The cluster, torn down on drop (also when the test fails).
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    pub controller: Option<Child>,
+    /// The second virt-controller replica (waits for the Lease).
+    pub standby: Option<Child>,
+    pub handler: Option<Child>,
+    /// virt-handler's state directory (run directories, image cache), removed at the end.
+    pub node_state: PathBuf,
+    /// The host's address on the node's veth (the API server reaches the host there).
+    pub host_ip: String,
+    /// The kernel-boot image in the registry.
+    pub kernel_image: String,
+    /// Serves the kernel-boot image (dropped after the cluster is down).
+    pub reg: Registry,
+    /// Logs and files of the run.
+    pub tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn kubectl(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.kubectl);
+        c.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        c
+    }
+
+    /// `kubectl get ... -o jsonpath=PATH`, or None when the object does not exist.
+    pub fn get(&self, args: &[&str], path: &str) -> Option<String> {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        let jp = format!("jsonpath={path}");
+        a.extend_from_slice(&["-o", &jp]);
+        let out = run(&mut self.kubectl(&a));
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for mut c in [self.controller.take(), self.standby.take(), self.handler.take()].into_iter().flatten()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new(repo().join("scripts/k8s/down.sh")).arg(&self.dir).status();
+        let _ = std::fs::remove_dir_all(&self.node_state);
+    }
+}
+
+/// A binary of this workspace from the target directory the test runs from.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        p.is_file(),
+        "{} not built: run `cargo build --workspace` (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
+/// Pushes the test kernel and initramfs as a kernel-boot container image; returns its reference.
+pub fn push_kernel_image(reg: &Registry) -> String {
+    let a = guest::assets();
+    let mut layout = OciLayout::new();
+    let layer = registry::tar_of(&[
+        Entry::Dir("boot/"),
+        Entry::File("boot/vmlinuz", std::fs::read(&a["KERNEL"]).unwrap()),
+        Entry::File("boot/initrd.img", std::fs::read(&a["INITRAMFS"]).unwrap()),
+    ]);
+    let desc = layout.image(&[(layer, Comp::Gzip)], "amd64");
+    layout.tag("v1", &desc);
+    layout.write_index();
+    reg.push(&layout, "v1", "kubevirt/demo-kernel", &[]);
+    format!("{}/kubevirt/demo-kernel:v1", reg.host)
+}
+
+/// Attaches `virtctl --kubeconfig KC console` until `marker` shows, then leaves with ^]; returns
+/// what it saw.
+pub fn console_until(virtctl: &Path, kubeconfig: &Path, ns: &str, name: &str, marker: &str) -> String {
+    use std::io::{Read, Write};
+    let mut child = Command::new(virtctl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["console", name, "-n", ns])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let t = Instant::now();
+    while !String::from_utf8_lossy(&seen).contains(marker) {
+        if let Ok(b) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.extend(b);
+        }
+        if t.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!(
+                "console of {name} never showed {marker:?}; saw:\n{}\n{err}",
+                String::from_utf8_lossy(&seen)
+            );
+        }
+    }
+    child.stdin.as_mut().unwrap().write_all(&[0x1d]).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "virtctl console did not end cleanly on ^]: {status}");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// A VM that boots the kernel-boot image (the smallest real guest of the project's tests).
+pub fn kernel_vm_yaml(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: {name}
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain:
+        firmware:
+          kernelBoot:
+            container:
+              image: {image}
+              kernelPath: /boot/vmlinuz
+              initrdPath: /boot/initrd.img
+            kernelArgs: console=ttyS0 panic=-1
+        devices: {{}}
+        memory:
+          guest: 256Mi
+      terminationGracePeriodSeconds: 10
+"
+    )
+}
+
+impl Cluster {
+    /// Builds the launcher image, starts the registry and the cluster (`audit`: the API server's
+    /// audit log, VIRT_K8S_AUDIT=1).
+    pub fn start(audit: bool) -> Cluster {
+        let repo = repo();
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("launcher.tar");
+        ok(Command::new(repo.join("scripts/k8s/launcher-image.sh"))
+            .arg(&image)
+            .arg(workspace_bin("virt-launcher")));
+        let reg = Registry::start(RegistryOpts::default());
+        let kernel_image = push_kernel_image(&reg);
+        let dir = std::env::var_os("VIRT_K8S_STATE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/var/tmp/virt-rs-k8s-run".into());
+        let kubectl = PathBuf::from(ok(&mut Command::new(repo.join("scripts/kubectl.sh"))));
+        // Short: the launcher's and QEMU's unix sockets live in run directories below it.
+        let node_state = PathBuf::from("/var/tmp/vrs-h");
+        let _ = std::fs::remove_dir_all(&node_state);
+        let host_ip =
+            format!("{}.254", std::env::var("VIRT_K8S_NODE_NET").unwrap_or_else(|_| "172.31.254".into()));
+        let cluster = Cluster {
+            dir: dir.clone(),
+            kubeconfig: dir.join("admin.kubeconfig"),
+            kubectl,
+            controller: None,
+            standby: None,
+            handler: None,
+            node_state,
+            host_ip,
+            kernel_image,
+            reg,
+            tmp,
+        };
+        let up = ok(Command::new(repo.join("scripts/k8s/up.sh"))
+            .arg(&dir)
+            .env("VIRT_K8S_IMAGES", &image)
+            .env("VIRT_K8S_AUDIT", if audit { "1" } else { "0" })
+            .stderr(Stdio::inherit()));
+        assert_eq!(Path::new(up.lines().last().unwrap()), cluster.kubeconfig);
+        cluster
+    }
+
+    /// `virt-controller install-crds`; returns its output.
+    pub fn install_crds(&self) -> String {
+        ok(Command::new(env!("CARGO_BIN_EXE_virt-controller"))
+            .arg("install-crds")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig))
+    }
+
+    /// virt-controller replica `n` (log: `controller-N.log` in `tmp`).
+    pub fn spawn_controller(&self, n: u32) -> Child {
+        let log = std::fs::File::create(self.tmp.path().join(format!("controller-{n}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_virt-controller"))
+            .args(["run", "--launcher-image", "localhost/virt-launcher:dev", "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .arg("--node-state-dir")
+            .arg(&self.node_state)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// virt-handler run `n` (log: `handler-N.log` in `tmp`), serving the aggregated subresources
+    /// API on the host side of the node's veth.
+    pub fn spawn_handler(&self, n: u32) -> Child {
+        let log = std::fs::File::create(self.tmp.path().join(format!("handler-{n}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_virt-handler"))
+            .args(["--node", "virtrs-node", "--allow-emulation", "--insecure-registry", &self.reg.host])
+            .arg("--subresources-listen")
+            .arg(format!("{}:0", self.host_ip))
+            .arg("--state-dir")
+            .arg(&self.node_state)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+}

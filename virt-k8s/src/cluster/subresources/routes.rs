@@ -1,0 +1,305 @@
+//! The routes of `subresources.kubevirt.io/v1`: discovery, and the VMI subresources served for the
+//! VMIs of this node. Every refusal is a Kubernetes `Status` naming the VMI; paths not served
+//! answer the API server's generic 404, on which `virtctl` carries VM verbs out itself.
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use kube::Api;
+use serde_json::json;
+use virt_core::agent::ShutdownMode;
+use virt_core::lifecycle::Runtime;
+use virt_core::machine::{Machine, MachineError, MachineStatus};
+use virt_core::model::{VirtualMachineInstance, VmiPhase};
+
+use super::{Server, GROUP_VERSION};
+use crate::cluster::handler::model_of;
+use crate::cluster::kinds::Cr;
+use crate::node::api::consoles::bridge;
+use crate::node::api::status_response;
+
+type Refusal = Box<Response>;
+
+fn refuse(code: StatusCode, reason: &str, message: String) -> Refusal {
+    Box::new(status_response(code, reason, &message))
+}
+
+/// The subresources of a VMI this server serves, with their verbs.
+const VMI_SUBRESOURCES: &[(&str, &str)] = &[
+    ("console", "get"),
+    ("pause", "update"),
+    ("unpause", "update"),
+    ("softreboot", "update"),
+    ("guestosinfo", "get"),
+];
+
+/// The router.
+pub fn router(server: Server) -> Router {
+    let at = |what: &str| {
+        format!("/apis/{GROUP_VERSION}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/{what}")
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/apis/subresources.kubevirt.io", get(group))
+        .route(&format!("/apis/{GROUP_VERSION}"), get(resources))
+        .route(&at("console"), get(console))
+        .route(&at("pause"), put(pause))
+        .route(&at("unpause"), put(unpause))
+        .route(&at("softreboot"), put(softreboot))
+        .route(&at("guestosinfo"), get(guestosinfo))
+        .fallback(|| async {
+            status_response(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        })
+        .with_state(server)
+}
+
+async fn group() -> Json<serde_json::Value> {
+    let v = json!({ "groupVersion": GROUP_VERSION, "version": "v1" });
+    Json(json!({
+        "kind": "APIGroup", "apiVersion": "v1", "name": "subresources.kubevirt.io",
+        "versions": [v], "preferredVersion": v,
+    }))
+}
+
+/// The `APIResourceList` (kubectl api-resources, the API server's discovery and availability).
+async fn resources() -> Json<serde_json::Value> {
+    let resources: Vec<_> = VMI_SUBRESOURCES
+        .iter()
+        .map(|(sub, verb)| {
+            json!({
+                "name": format!("virtualmachineinstances/{sub}"), "singularName": "", "namespaced": true,
+                "kind": "VirtualMachineInstance", "verbs": [verb],
+            })
+        })
+        .collect();
+    Json(
+        json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": GROUP_VERSION, "resources": resources }),
+    )
+}
+
+/// The running VMI `ns/name` of this node, as the project's model (the launcher's run directory is
+/// found by its uid).
+async fn running_vmi(
+    s: &Server,
+    headers: &HeaderMap,
+    ns: &str,
+    name: &str,
+    sub: &str,
+) -> Result<VirtualMachineInstance, Refusal> {
+    let user = headers.get("x-remote-user").and_then(|v| v.to_str().ok()).unwrap_or("?");
+    log::info!("subresource {sub} of VMI {ns}/{name} for {user}");
+    let vmis: Api<Cr<VirtualMachineInstance>> = Api::namespaced(s.client.clone(), ns);
+    let vmi = match vmis.get_opt(name).await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("virtualmachineinstances.kubevirt.io \"{name}\" not found in namespace {ns}"),
+            ))
+        }
+        Err(e) => {
+            return Err(refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("reading VMI {ns}/{name}: {e}"),
+            ))
+        }
+    };
+    let status = vmi.obj.status.clone().unwrap_or_default();
+    let phase = status.phase.unwrap_or(VmiPhase::Pending);
+    if phase != VmiPhase::Running {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("VirtualMachineInstance {ns}/{name} is not running (phase {})", phase.as_str()),
+        ));
+    }
+    let node = status.node_name.unwrap_or_default();
+    if node != s.node {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!(
+                "VirtualMachineInstance {ns}/{name} runs on node {node}; this virt-handler serves node {} \
+                 (one node per subresources endpoint)",
+                s.node
+            ),
+        ));
+    }
+    Ok(model_of(&vmi))
+}
+
+/// Runs `f` on the launcher of `vmi` (blocking: the control socket).
+async fn on_machine<T: Send + 'static>(
+    s: &Server,
+    vmi: VirtualMachineInstance,
+    what: &'static str,
+    f: impl FnOnce(&dyn Machine) -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    let rt = s.runtime.clone();
+    let key = format!(
+        "{}/{}",
+        vmi.metadata.namespace.as_deref().unwrap_or_default(),
+        vmi.metadata.name.as_deref().unwrap_or_default()
+    );
+    let k = key.clone();
+    let joined = tokio::task::spawn_blocking(move || match rt.reattach(&vmi) {
+        Some(m) => f(m.as_ref()),
+        None => Err(refuse(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("{what} of VirtualMachineInstance {k}: its launcher does not answer"),
+        )),
+    })
+    .await;
+    joined.unwrap_or_else(|e| {
+        Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("{what} of {key}: {e}")))
+    })
+}
+
+fn machine_err(what: &'static str, e: MachineError) -> Refusal {
+    refuse(StatusCode::CONFLICT, "Conflict", format!("{what}: {e}"))
+}
+
+fn done(r: Result<(), Refusal>) -> Response {
+    match r {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => *e,
+    }
+}
+
+async fn pause(State(s): State<Server>, h: HeaderMap, Path((ns, name)): Path<(String, String)>) -> Response {
+    let r = async {
+        let vmi = running_vmi(&s, &h, &ns, &name, "pause").await?;
+        on_machine(&s, vmi, "pause", |m| {
+            if m.status() == MachineStatus::Paused {
+                return Err(refuse(StatusCode::CONFLICT, "Conflict", "the VMI is already paused".into()));
+            }
+            m.pause().map_err(|e| machine_err("pause", e))
+        })
+        .await
+    };
+    done(r.await)
+}
+
+async fn unpause(
+    State(s): State<Server>,
+    h: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let r = async {
+        let vmi = running_vmi(&s, &h, &ns, &name, "unpause").await?;
+        on_machine(&s, vmi, "unpause", |m| {
+            if m.status() != MachineStatus::Paused {
+                return Err(refuse(StatusCode::CONFLICT, "Conflict", "the VMI is not paused".into()));
+            }
+            m.resume().map_err(|e| machine_err("unpause", e))
+        })
+        .await
+    };
+    done(r.await)
+}
+
+/// Through the guest agent (a reboot in place). Without one the local node presses the ACPI power
+/// button and starts the machine again; a launcher pod ends with its machine, so here that is
+/// refused.
+async fn softreboot(
+    State(s): State<Server>,
+    h: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let r = async {
+        let vmi = running_vmi(&s, &h, &ns, &name, "softreboot").await?;
+        on_machine(&s, vmi, "softreboot", |m| {
+            if m.status() == MachineStatus::Paused {
+                return Err(refuse(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    "the VMI is paused; unpause it first".into(),
+                ));
+            }
+            m.guest_shutdown(ShutdownMode::Reboot).map_err(|e| match e {
+                MachineError::Agent { absent: true, .. } => refuse(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    "soft reboot on a cluster needs the guest agent (none is connected)".into(),
+                ),
+                e => machine_err("softreboot", e),
+            })
+        })
+        .await
+    };
+    done(r.await)
+}
+
+async fn guestosinfo(
+    State(s): State<Server>,
+    h: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let r = async {
+        let vmi = running_vmi(&s, &h, &ns, &name, "guestosinfo").await?;
+        on_machine(&s, vmi, "guestosinfo", |m| {
+            m.guest_agent().ok_or_else(|| {
+                refuse(StatusCode::CONFLICT, "Conflict", "guestosinfo: no guest agent is connected".into())
+            })
+        })
+        .await
+    };
+    match r.await {
+        Ok(report) => Json(crate::node::api::agent::guest_os_info(&report)).into_response(),
+        Err(e) => *e,
+    }
+}
+
+/// The serial console: checked before the upgrade (a refusal is a `Status`), then bridged to the
+/// launcher's console socket.
+async fn console(
+    State(s): State<Server>,
+    h: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let vmi = match running_vmi(&s, &h, &ns, &name, "console").await {
+        Ok(v) => v,
+        Err(e) => return *e,
+    };
+    let rt = s.runtime.clone();
+    let key = format!("{ns}/{name}");
+    let opened = tokio::task::spawn_blocking(move || rt.console(&vmi)).await;
+    let stream = match opened {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return *refuse(StatusCode::CONFLICT, "Conflict", format!("console of {key}: {e}")),
+        Err(e) => {
+            return *refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("console of {key}: {e}"),
+            )
+        }
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let stream = match stream.set_nonblocking(true).and_then(|()| tokio::net::UnixStream::from_std(stream)) {
+        Ok(s) => s,
+        Err(e) => {
+            return *refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("console of {key}: {e}"),
+            )
+        }
+    };
+    ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, stream))
+}
