@@ -36,7 +36,7 @@ pub use caps::{drop_capabilities, CapsError};
 pub use netns::{NetNs, NetNsError};
 pub use pidns::host_pid;
 pub use report::{read_violation, Violation, SECCOMP_FILE, VIOLATION_EXIT_CODE};
-pub use rootfs::{Access, RootfsError, View};
+pub use rootfs::{Access, RootSwitch, RootfsError, View};
 pub use user::{Identity, UidRange, UserError};
 
 /// What a thread does, and so which system calls it may make.
