@@ -561,10 +561,10 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
         // Still setting up: the supervisor's lock may be free yet, so the claim below would not
         // refuse; refuse here, as it would.
         sandbox::RunDir::SettingUp => {
-            say!(
-                "virt-launcher: {}",
-                virt_core::machine::supervisor::SupervisorError::Busy { dir: run_dir.into(), pid: None }
-            );
+            use virt_core::machine::supervisor::{SupervisorError, PID_FILE};
+            let pid =
+                std::fs::read_to_string(run_dir.join(PID_FILE)).ok().and_then(|s| s.trim().parse().ok());
+            say!("virt-launcher: {}", SupervisorError::Busy { dir: run_dir.into(), pid });
             return ExitCode::FAILURE;
         }
     };
