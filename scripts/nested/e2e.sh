@@ -17,7 +17,10 @@
 #                 with `virt.exit=button` on the guest command line; when the guest says it waits
 #                 for the power button, L1 sends the launcher SIGTERM (the node's graceful stop: the
 #                 ACPI power button, then a forced stop after L2_GRACE s, default 60). Extra checks:
-#                 the guest saw the button and powered off by itself, exit.json says "PowerOff".
+#                 the guest saw the button and powered off by itself, exit.json says "PowerOff",
+#                 and the launcher ran fully jailed (own mount and pid namespaces, its own uid, a
+#                 view without /etc: L1's root is its initramfs, so the jail's MS_MOVE + chroot
+#                 fallback for pivot_root is what runs here).
 #   VIRT_LAUNCHER_MODE=direct  our launcher's direct command line instead, no power button:
 #                 virt-launcher --kernel /l2/vmlinuz --initramfs /l2/initramfs.cpio.gz \
 #                   --cmdline "$CMDLINE" --memory 256 --cpus 2 --disk /l2/sig.img,readonly --disk /l2/rw.img
@@ -110,6 +113,9 @@ check "L2 powered off (VIRT-E2E: poweroff)" grep -qE "VIRT-E2E: (poweroff|reboot
 if [ "$button" -eq 1 ]; then
   check "L2 waited for the power button (VIRT-E2E: waiting for the power button)" \
     has "VIRT-E2E: waiting for the power button"
+  jail=$(grep -m1 '^L1: jailed launcher ' "$logf" || true)
+  check "the launcher ran jailed: own mount and pid namespaces, not root, no /etc in view (${jail:-no jailed launcher})" \
+    sh -c 'echo "$1" | grep -Eq "uid=[1-9][0-9]* mnt=own pidns=own root: " && ! echo "$1" | grep -q " etc "' _ "$jail"
   check "L1 pressed it (SIGTERM to the supervised launcher)" has "L1: power button pressed at "
   check "L2 saw the press and powered off by itself (VIRT-E2E: power button)" has "VIRT-E2E: power button"
   check "exit.json says the guest powered off (L1: exit.json \"PowerOff\")" has 'L1: exit.json "PowerOff"'

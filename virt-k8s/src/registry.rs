@@ -498,6 +498,38 @@ pub static RESOURCES: &[Resource] = &[
         subresources: &[],
         columns: &[],
     },
+    Resource {
+        group: "compliance.openshift.io",
+        version: "v1alpha1",
+        api_version: "compliance.openshift.io/v1alpha1",
+        kind: "ComplianceCheckResult",
+        plural: "compliancecheckresults",
+        resource: "compliancecheckresults.compliance.openshift.io",
+        singular: "compliancecheckresult",
+        short_names: &["ccr", "checkresults", "checkresult"],
+        namespaced: true,
+        verbs: READ,
+        subresources: &[],
+        columns: CHECK_RESULT_COLUMNS,
+    },
+];
+
+/// The Compliance Operator's columns of ComplianceCheckResults.
+const CHECK_RESULT_COLUMNS: &[Column] = &[
+    Column {
+        name: "Status",
+        type_: "string",
+        description: "The result of the check",
+        priority: 0,
+        cell: |v| at(v, "/status").clone(),
+    },
+    Column {
+        name: "Severity",
+        type_: "string",
+        description: "The severity of the check",
+        priority: 0,
+        cell: |v| at(v, "/severity").clone(),
+    },
 ];
 
 /// The group of KubeVirt's subresources (`virtctl start`, consoles): its paths carry the

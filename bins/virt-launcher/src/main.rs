@@ -556,7 +556,19 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
     let mut cgroup = None;
     // Another launcher holds the run directory: nothing is handed over or set up (the claim below
     // reports it busy), so the running machine keeps its files.
-    let busy = virt_core::machine::remote::launcher_running(run_dir);
+    let busy = match sandbox::run_dir_busy(run_dir) {
+        sandbox::RunDir::Ours => false,
+        sandbox::RunDir::Running => true,
+        // Still setting up: the supervisor's lock may be free yet, so the claim below would not
+        // refuse; refuse here, as it would.
+        sandbox::RunDir::SettingUp => {
+            use virt_core::machine::supervisor::{SupervisorError, PID_FILE};
+            let pid =
+                std::fs::read_to_string(run_dir.join(PID_FILE)).ok().and_then(|s| s.trim().parse().ok());
+            say!("virt-launcher: {}", SupervisorError::Busy { dir: run_dir.into(), pid });
+            return ExitCode::FAILURE;
+        }
+    };
     if !args.no_confine && !busy {
         cgroup::collect_stale();
         if let Ok((spec, backend)) = &prepared {

@@ -113,18 +113,70 @@ pub fn identity(spec: &MachineSpec, view: &View, range: UidRange, host_pid: u32)
     if spec.interfaces.iter().any(|i| matches!(i.backend, InterfaceBackend::Tap { .. })) {
         return Err("a tap opened by name needs CAP_NET_ADMIN".into());
     }
-    // A uid a live process (another launcher) holds is passed over: pids that meet modulo a range
-    // smaller than pid_max would otherwise share one.
-    let taken = user::uids_in_use();
-    let uid = range
-        .pick_free(host_pid, |u| taken.contains(&u))
-        .ok_or_else(|| format!("every uid of {range:?} is in use"))?;
     for b in &view.binds {
         if matches!(b.access, Access::ReadOnly | Access::ReadExec) && !user::world_readable(&b.path) {
             return Err(format!("{} is not readable by others", b.path.display()));
         }
     }
+    // A uid a live process (another launcher) holds is passed over: pids that meet modulo a range
+    // smaller than pid_max would otherwise share one. The claim (a lock per uid, held for this
+    // process's life) makes that hold for launchers started at the same moment too.
+    let taken = user::uids_in_use();
+    let lock_dir =
+        std::env::var_os("VIRT_LAUNCHER_UID_LOCKS").map_or_else(|| user::UID_LOCK_DIR.into(), PathBuf::from);
+    let uid = range
+        .claim(host_pid, &lock_dir, |u| taken.contains(&u))
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("every uid of {range:?} is in use"))?
+        .hold_for_life();
     Ok(Identity { uid, gid: uid, groups: Vec::new() })
+}
+
+/// The lock file of a launcher's set-up in its run directory.
+pub const SETUP_LOCK: &str = "setup.lock";
+
+/// Whether another launcher owns `run_dir` (its set-up or its machine). Otherwise this process
+/// now does, before it sets anything up: an exclusive `flock` on `<run dir>/setup.lock`, held for
+/// the process's life (shared with the jailed launcher after the pid namespace's fork). Checking
+/// the supervisor's lock alone left a window: two launchers started at once both saw it free,
+/// both handed the run directory to their own uid, and the one that won the claim could find its
+/// files given to the loser's.
+pub fn run_dir_busy(run_dir: &Path) -> RunDir {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(run_dir);
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(run_dir.join(SETUP_LOCK));
+    if let Ok(lock) = lock {
+        // SAFETY: flock on a descriptor `lock` owns.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return RunDir::SettingUp;
+        }
+        // Held until the process ends; the kernel releases it then.
+        let _fd = std::os::fd::IntoRawFd::into_raw_fd(lock);
+    }
+    if virt_core::machine::remote::launcher_running(run_dir) {
+        RunDir::Running
+    } else {
+        RunDir::Ours
+    }
+}
+
+/// Who owns a run directory (see [`run_dir_busy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunDir {
+    /// This launcher: set up and claim it.
+    Ours,
+    /// Another launcher runs its machine there (the supervisor's claim will say so).
+    Running,
+    /// Another launcher is setting it up.
+    SettingUp,
 }
 
 /// Gives the machine's user what it writes: the run directory and the writable binds.

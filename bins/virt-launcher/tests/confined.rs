@@ -60,7 +60,12 @@ fn tiny_spec(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn launcher(spec: &Path, run_dir: &Path, stderr: &Path, env: &[(&str, &str)]) -> Child {
+    launcher_with(spec, run_dir, stderr, &[], env)
+}
+
+fn launcher_with(spec: &Path, run_dir: &Path, stderr: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_virt-launcher"));
+    c.args(args);
     c.arg("--spec").arg(spec).arg("--run-dir").arg(run_dir).args([
         "--backend",
         "native",
@@ -368,4 +373,106 @@ fn a_network_namespace_that_does_not_exist_fails_the_launcher_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/run/netns/vc-no-such-namespace"), "{err}");
     let _ = std::fs::remove_dir_all(base);
+}
+
+/// The real uid of `pid`.
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Stops launchers (the keeper's process group: the jailed launcher leads its own).
+fn stop_all(children: &mut [Child], run_dirs: &[PathBuf]) {
+    for d in run_dirs {
+        if let Ok(pid) = text(&d.join(PID_FILE)).trim().parse::<i32>() {
+            // SAFETY: kill with a pid read from the launcher's own pid file.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    for c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn launchers_started_at_once_never_share_a_uid() {
+    // Four launchers at the same moment on a range of two uids, the uid locks in a directory of
+    // the test's own: two get one uid each, two stay root saying the range is full.
+    let base = scratch("uids");
+    let spec = tiny_spec(&base, "uids");
+    let locks = base.join("locks").display().to_string();
+    let run_dirs: Vec<PathBuf> = (0..4).map(|i| base.join(format!("run{i}"))).collect();
+    let mut children: Vec<Child> = run_dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let err = base.join(format!("err{i}"));
+            launcher_with(
+                &spec,
+                d,
+                &err,
+                &["--uid-range", "2100000000-2100000001"],
+                &[("VIRT_LAUNCHER_UID_LOCKS", &locks)],
+            )
+        })
+        .collect();
+    for (i, d) in run_dirs.iter().enumerate() {
+        wait_for("every launcher's control socket", Duration::from_secs(120), || {
+            if let Ok(Some(st)) = children[i].try_wait() {
+                panic!("launcher {i} exited ({st}): {}", text(&base.join(format!("err{i}"))));
+            }
+            is_alive(d)
+        });
+    }
+    let uids: Vec<u32> =
+        run_dirs.iter().map(|d| uid_of(text(&d.join(PID_FILE)).trim().parse().unwrap())).collect();
+    let errs: Vec<String> = (0..4).map(|i| text(&base.join(format!("err{i}")))).collect();
+    stop_all(&mut children, &run_dirs);
+    let mut own: Vec<u32> = uids.iter().copied().filter(|&u| u != 0).collect();
+    own.sort();
+    assert_eq!(own, vec![2_100_000_000, 2_100_000_001], "uids {uids:?}; stderr {errs:?}");
+    let full = errs.iter().filter(|e| e.contains("the machine runs as root: every uid of")).count();
+    assert_eq!(full, 2, "{errs:?}");
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn two_launchers_started_at_once_on_one_run_directory_leave_it_to_the_one_that_runs() {
+    let base = scratch("rundir");
+    let spec = tiny_spec(&base, "rundir");
+    let run_dir = base.join("run");
+    let locks = base.join("locks").display().to_string();
+    let env = [("VIRT_LAUNCHER_UID_LOCKS", locks.as_str())];
+    let mut children: Vec<Child> =
+        (0..2).map(|i| launcher_with(&spec, &run_dir, &base.join(format!("err{i}")), &[], &env)).collect();
+    wait_for("the control socket", Duration::from_secs(120), || is_alive(&run_dir));
+    // The other one refused at once.
+    let mut refused = None;
+    wait_for("the second launcher's refusal", Duration::from_secs(60), || {
+        refused = children.iter_mut().position(|c| c.try_wait().unwrap().is_some());
+        refused.is_some()
+    });
+    let loser = refused.unwrap();
+    let err = text(&base.join(format!("err{loser}")));
+    assert!(err.contains("is in use by another launcher"), "{err}");
+    // The running machine keeps its files: the run directory and its console log are its uid's.
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = uid_of(text(&run_dir.join(PID_FILE)).trim().parse().unwrap());
+    let owners = (
+        std::fs::metadata(&run_dir).unwrap().uid(),
+        std::fs::metadata(run_dir.join(CONSOLE_LOG)).unwrap().uid(),
+    );
+    stop_all(&mut children, std::slice::from_ref(&run_dir));
+    assert_ne!(uid, 0);
+    assert_eq!(owners, (uid, uid), "the run directory stays the running launcher's");
+    let _ = std::fs::remove_dir_all(&base);
 }

@@ -260,13 +260,13 @@ fn a_supervised_qemu_machine_is_driven_over_its_sockets() {
     assert_eq!(read_exit(&run_dir), Some(MachineExit::PowerOff));
     assert!(text(&run_dir.join(EXIT_FILE)).contains("PowerOff"));
     assert!(!run_dir.join(CONTROL_SOCKET).exists() && !run_dir.join(CONSOLE_SOCKET).exists());
-    // What is left: the lock, the log and the exit (QEMU's own run directory went with it).
+    // What is left: the locks, the log and the exit (QEMU's own run directory went with it).
     let mut left: Vec<String> = std::fs::read_dir(&run_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into())
         .collect();
     left.sort();
-    assert_eq!(left, ["console.log", "exit.json", "launcher.lock"]);
+    assert_eq!(left, ["console.log", "exit.json", "launcher.lock", "setup.lock"]);
     assert!(!is_alive(&run_dir) && !launcher_running(&run_dir));
     assert!(text(&log).contains("VIRT-E2E: power button"), "{}", text(&log));
     // The console session ended with the machine; stop afterwards is fine.

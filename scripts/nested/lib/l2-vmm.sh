@@ -62,6 +62,20 @@ l1_ended() {
   [ -z "$st" ] || [ "$st" = Z ]
 }
 
+# l1_jail_report KEEPER_PID: one line per child of the launcher's keeper (the jailed launcher):
+#   L1: jailed launcher pid=N uid=U mnt=own|host pidns=own|host root: <what / holds in its view>
+l1_jail_report() {
+  for st in /proc/[0-9]*/stat; do
+    read -r c _ _ pp _ 2>/dev/null < "$st" || continue
+    [ "$pp" = "$1" ] || continue
+    uid=$(awk '/^Uid:/ { print $2 }' "/proc/$c/status" 2>/dev/null)
+    mnt=host pidns=host
+    [ "$(readlink "/proc/$c/ns/mnt")" = "$(readlink /proc/self/ns/mnt)" ] || mnt=own
+    [ "$(readlink "/proc/$c/ns/pid")" = "$(readlink /proc/self/ns/pid)" ] || pidns=own
+    echo "L1: jailed launcher pid=$c uid=$uid mnt=$mnt pidns=$pidns root: $(ls "/proc/$c/root" | tr '\n' ' ')"
+  done
+}
+
 # l2_run_button KERNEL CMDLINE: our launcher supervised, as the node runs it
 #   virt-launcher --spec /l2/run/spec.json --run-dir /l2/run --backend native --grace-period $L2_GRACE
 # on the machine `l2_run virt` boots (2 vCPUs, 256 MiB, sig.img read-only then rw.img). CMDLINE
@@ -82,11 +96,11 @@ l2_run_button() {
  "disks": [{"name": "sig", "path": "/l2/sig.img", "format": "Raw", "bus": "Virtio", "readOnly": true},
            {"name": "rw", "path": "/l2/rw.img", "format": "Raw", "bus": "Virtio"}]}
 SPEC
-  # L1's root file system is its initramfs (rootfs), which pivot_root(2) cannot leave (EINVAL): the
-  # launcher's pid/mount/uid namespaces stay off here; its seccomp filters, dropped capabilities and
-  # cgroup still apply.
+  # Fully confined, as the node runs it. L1's root file system is its initramfs (rootfs), which
+  # pivot_root(2) cannot leave (EINVAL): the jail moves its root onto / and chroots instead
+  # (docs/confinement.md).
   "${VIRT_LAUNCHER_BIN:-virt-launcher}" --spec "$dir/spec.json" --run-dir "$dir" --backend native \
-    --no-namespaces --kernel-cache /l2/kernels --grace-period "${L2_GRACE:-60}" < /dev/null &
+    --kernel-cache /l2/kernels --grace-period "${L2_GRACE:-60}" < /dev/null &
   pid=$!
   t0=$(l1_uptime)
   pressed= recorded=
@@ -94,6 +108,7 @@ SPEC
     if [ -n "$pressed" ] && [ -z "$recorded" ] && [ -e "$dir/exit.json" ]; then recorded=$(l1_uptime); fi
     if [ -z "$pressed" ] && grep -qs "VIRT-E2E: waiting for the power button" "$dir/console.log"; then
       pressed=$(l1_uptime)
+      l1_jail_report "$pid"
       echo "L1: power button pressed at $pressed (SIGTERM to the launcher)"
       kill -TERM "$pid"
     fi

@@ -36,7 +36,7 @@ pub use caps::{drop_capabilities, CapsError};
 pub use netns::{NetNs, NetNsError};
 pub use pidns::host_pid;
 pub use report::{read_violation, Violation, SECCOMP_FILE, VIOLATION_EXIT_CODE};
-pub use rootfs::{Access, RootfsError, View};
+pub use rootfs::{Access, RootSwitch, RootfsError, View};
 pub use user::{Identity, UidRange, UserError};
 
 /// What a thread does, and so which system calls it may make.
@@ -232,6 +232,14 @@ pub fn filter(role: Role) -> Result<BpfProgram, JailError> {
             .map_err(|e| build(e.into()))?;
         *socket = vec![SeccompRule::new(vec![unix]).map_err(|e| build(e.into()))?];
     }
+    // Every role may ask whether a descriptor is open (`fcntl(fd, F_GETFD)`, nothing else of
+    // fcntl unless its list says so): a debug build's `OwnedFd::drop` asks before closing, so a
+    // worker dropping its epoll descriptor at a stop trapped in debug builds only.
+    if let std::collections::btree_map::Entry::Vacant(e) = rules.entry(libc::SYS_fcntl) {
+        let getfd = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::F_GETFD as u64)
+            .map_err(|e| build(e.into()))?;
+        e.insert(vec![SeccompRule::new(vec![getfd]).map_err(|e| build(e.into()))?]);
+    }
     let f = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(|e| build(e.into()))?;
     BpfProgram::try_from(f).map_err(|e| build(e.into()))
@@ -333,6 +341,25 @@ mod tests {
         }
         assert!(!Role::Vcpu.calls().contains(&"openat"));
         assert!(!Role::Main.calls().contains(&"execve"));
+    }
+
+    #[test]
+    fn a_worker_may_ask_whether_a_descriptor_is_open_and_drop_it() {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "installing a filter on a test thread needs root here");
+        let prog = filter(Role::Worker).unwrap();
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let getfd = std::thread::spawn(move || {
+            seccompiler::apply_filter(&prog).unwrap();
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: fcntl F_GETFD on a descriptor this thread owns.
+            let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) };
+            drop(f); // a debug build asks F_GETFD again, then closes
+            r
+        })
+        .join()
+        .unwrap();
+        assert_eq!(getfd, libc::FD_CLOEXEC);
     }
 
     #[test]

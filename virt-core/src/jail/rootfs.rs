@@ -2,9 +2,11 @@
 //! read-only tmpfs holding only the files the machine needs, each bind-mounted at its own path
 //! (so the spec's paths stay valid), read-only unless the machine writes it. After `pivot_root`
 //! the host's tree is unmounted: `/etc/shadow`, other machines' disks and the node's state are
-//! not reachable whatever the process does. Needs `CAP_SYS_ADMIN`; call it before any thread
-//! starts (the mount namespace is per process, but `unshare` of it is refused to a multi-threaded
-//! process).
+//! not reachable whatever the process does. Where the host's root is an initramfs, which
+//! `pivot_root` cannot leave, every other mount is detached and the new root is moved onto `/`
+//! and chrooted into instead ([`RootSwitch::MoveRoot`]). Needs `CAP_SYS_ADMIN`; call it before
+//! any thread starts (the mount namespace and root are the calling thread's: threads started
+//! later share them, threads already running keep the host's).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt as _;
@@ -167,8 +169,20 @@ fn make_device(
     Ok(())
 }
 
+/// How [`enter`] left the host's root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootSwitch {
+    /// `pivot_root`, and the host's tree unmounted (the usual way).
+    PivotRoot,
+    /// The root could not be pivoted away from (an initramfs: `pivot_root` says `EINVAL`): every
+    /// other mount detached, the new root moved onto `/` and chrooted into (as `switch_root`, and
+    /// runc for a ramfs root, do).
+    MoveRoot,
+}
+
 /// Enters a new mount namespace and makes `view` its whole filesystem (see the module's doc).
-pub fn enter(view: &View) -> Result<(), RootfsError> {
+/// Says how the old root was left.
+pub fn enter(view: &View) -> Result<RootSwitch, RootfsError> {
     // SAFETY: unshare takes flags only.
     if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
         return Err(step("unshare CLONE_NEWNS", Path::new("/"))(std::io::Error::last_os_error()));
@@ -239,16 +253,16 @@ pub fn enter(view: &View) -> Result<(), RootfsError> {
     if unsafe { libc::chdir(root_c.as_ptr()) } != 0 {
         return Err(step("chdir", root)(std::io::Error::last_os_error()));
     }
-    let dot = c".";
-    // SAFETY: pivot_root(".", ".") stacks the old root on the new one (both valid C strings); the
-    // old root is detached right after.
-    if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } != 0 {
-        return Err(step("pivot_root", root)(std::io::Error::last_os_error()));
-    }
-    // SAFETY: detaches the old root, which sits on top of "." after pivot_root.
-    if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(step("detach the host's root", root)(std::io::Error::last_os_error()));
-    }
+    let switch = match pivot_root_here() {
+        Ok(()) => RootSwitch::PivotRoot,
+        // The current root is the initial ramfs (rootfs), which has no parent mount: the kernel
+        // refuses to pivot away from it. Do what switch_root and runc's no-pivot mode do.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            move_root(root)?;
+            RootSwitch::MoveRoot
+        }
+        Err(e) => return Err(step("pivot_root", root)(e)),
+    };
     // SAFETY: chdir to "/", a valid C string.
     if unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
         return Err(step("chdir", Path::new("/"))(std::io::Error::last_os_error()));
@@ -262,7 +276,92 @@ pub fn enter(view: &View) -> Result<(), RootfsError> {
         None,
         "remount read-only",
     )?;
+    Ok(switch)
+}
+
+/// `pivot_root(".", ".")` in the new root (the current directory), then the host's root, stacked
+/// on top of it, detached.
+fn pivot_root_here() -> std::io::Result<()> {
+    let dot = c".";
+    // SAFETY: pivot_root(".", ".") stacks the old root on the new one (both valid C strings); the
+    // old root is detached right after.
+    if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: detaches the old root, which sits on top of "." after pivot_root.
+    if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     Ok(())
+}
+
+/// The fallback for a root `pivot_root` cannot leave (an initramfs): every mount of this
+/// namespace outside the new root is detached first (the host's `/proc`, `/sys`, `/dev` and the
+/// rest; only the directories leading to the new root stay, beneath it), then the new root
+/// (the current directory) is moved onto `/` (`MS_MOVE`) and the process chroots into it. What
+/// is left of the host's tree is the initramfs' own files under the moved mount, reachable only
+/// by leaving a chroot, which needs `CAP_SYS_CHROOT` (dropped with everything else) and `chroot`
+/// (on no role's list).
+fn move_root(root: &Path) -> Result<(), RootfsError> {
+    // As mountinfo spells it: absolute, no symbolic links.
+    let root = &std::fs::canonicalize(root).map_err(step("resolve", root))?;
+    for mount_point in mounts_outside(root)? {
+        let c = cstr(&mount_point)?;
+        // SAFETY: umount2 of a NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            let e = std::io::Error::last_os_error();
+            // Gone already with a mount it sat in, or a directory that is no mount any more.
+            if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) {
+                return Err(step("detach the host's mount", &mount_point)(e));
+            }
+        }
+    }
+    mount(Some(Path::new(".")), Path::new("/"), None, libc::MS_MOVE, None, "move the new root onto")?;
+    // SAFETY: chroot to ".", a valid C string (the new root, now mounted on "/").
+    if unsafe { libc::chroot(c".".as_ptr()) } != 0 {
+        return Err(step("chroot", root)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The mount points of this thread's mount namespace that are neither `root`, inside it, on the
+/// way to it, nor `/`: deepest first.
+fn mounts_outside(root: &Path) -> Result<Vec<PathBuf>, RootfsError> {
+    // The host's /proc, or (an initramfs without one) the view's own, mounted already.
+    let info = Path::new("/proc/thread-self/mountinfo");
+    let text = std::fs::read_to_string(info)
+        .or_else(|e| std::fs::read_to_string(root.join("proc/thread-self/mountinfo")).map_err(|_| e))
+        .map_err(step("read", info))?;
+    let mut points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| p != Path::new("/") && !p.starts_with(root) && !root.starts_with(p))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    Ok(points)
+}
+
+/// A path of `/proc/*/mountinfo`, where space, tab, newline and backslash are octal escapes.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let oct = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], oct) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -274,6 +373,12 @@ mod tests {
         assert!(under(Path::new("/r"), Path::new("etc/x")).is_err());
         assert!(under(Path::new("/r"), Path::new("/a/../etc/shadow")).is_err());
         assert_eq!(under(Path::new("/r"), Path::new("/dev/kvm")).unwrap(), Path::new("/r/dev/kvm"));
+    }
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo("/a\\040b\\134c"), "/a b\\c");
+        assert_eq!(unescape_mountinfo("/plain\\x"), "/plain\\x");
     }
 
     #[test]

@@ -67,6 +67,76 @@ impl UidRange {
     }
 }
 
+/// Where launchers claim their uids: one lock file per uid (`<uid>`), `flock`ed for the claiming
+/// launcher's life (the kernel drops the lock when the process ends, so nothing goes stale).
+pub const UID_LOCK_DIR: &str = "/run/virt-launcher/uid-locks";
+
+/// A uid this process holds: the lock on its file in the lock directory.
+#[derive(Debug)]
+pub struct UidClaim {
+    /// The uid.
+    pub uid: u32,
+    lock: std::fs::File,
+}
+
+impl UidClaim {
+    /// Keeps the lock until the process ends (its descriptor is left open on purpose: it
+    /// survives the jail, and the kernel releases it at exit); returns the uid.
+    pub fn hold_for_life(self) -> u32 {
+        let _fd = std::os::fd::IntoRawFd::into_raw_fd(self.lock);
+        self.uid
+    }
+}
+
+impl UidRange {
+    /// [`UidRange::pick_free`] made atomic across launchers started at the same time: a uid is
+    /// taken only with an exclusive `flock` on `<lock_dir>/<uid>` (created if missing), which
+    /// another launcher holding it refuses at once, so two launchers never get the same uid
+    /// even before either has switched to it. `in_use` (uids live processes hold) is passed
+    /// over as before. `None` when every uid of the range is taken.
+    pub fn claim(
+        &self,
+        pid: u32,
+        lock_dir: &Path,
+        in_use: impl Fn(u32) -> bool,
+    ) -> Result<Option<UidClaim>, UserError> {
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        let lock_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| UserError::Lock { path, source }
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(lock_dir)
+            .map_err(lock_err(lock_dir))?;
+        let count = self.count.max(1);
+        let start = pid % count;
+        for uid in (0..count).map(|i| self.first + (start + i) % count).filter(|&u| !in_use(u)) {
+            let path = lock_dir.join(uid.to_string());
+            let lock = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+                .map_err(lock_err(&path))?;
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: flock on a descriptor `lock` owns.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Some(UidClaim { uid, lock }));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(lock_err(&path)(e));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// The real and effective uids of every process on the host (from `/proc/*/status`).
 pub fn uids_in_use() -> std::collections::HashSet<u32> {
     let mut uids = std::collections::HashSet::new();
@@ -106,6 +176,14 @@ pub enum UserError {
         uid: u32,
         /// The gid.
         gid: u32,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A uid's lock file could not be made or locked.
+    #[error("claim a launcher uid: lock {path}: {source}")]
+    Lock {
+        /// The lock file (or its directory).
+        path: PathBuf,
         /// The error.
         source: std::io::Error,
     },
@@ -206,6 +284,19 @@ mod tests {
         assert_eq!(r.pick_free(9, |u| u == 1009), Some(1000), "wraps round");
         assert_eq!(r.pick_free(5, |u| u == 1000), Some(1005));
         assert_eq!(r.pick_free(5, |_| true), None, "a full range says so");
+        // Claims are exclusive (flock per open file: even within one process), in pick order,
+        // and a released claim is free again.
+        let dir = std::env::temp_dir().join(format!("uid-locks-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let two = UidRange { first: 5000, count: 2 };
+        let a = two.claim(1, &dir, |_| false).unwrap().unwrap();
+        let b = two.claim(1, &dir, |_| false).unwrap().unwrap();
+        assert_eq!((a.uid, b.uid), (5001, 5000));
+        assert!(two.claim(1, &dir, |_| false).unwrap().is_none(), "both taken");
+        drop(a);
+        assert_eq!(two.claim(1, &dir, |u| u == 5000).unwrap().map(|c| c.uid), Some(5001));
+        assert!(two.claim(0, &dir, |u| u == 5001).unwrap().is_none(), "in use and locked");
+        let _ = std::fs::remove_dir_all(&dir);
         // This test's own uid shows among the host's.
         // SAFETY: getuid has no arguments and cannot fail.
         assert!(uids_in_use().contains(&unsafe { libc::getuid() }));

@@ -6,6 +6,7 @@
 //! seen, and the remediation.
 
 pub mod facts;
+pub mod objects;
 pub mod openscap;
 pub mod rules;
 

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod cdi;
 pub mod cdi_api;
+pub mod compliance_api;
 pub mod core_objects;
 pub mod kube;
 pub mod metrics;
@@ -352,7 +353,8 @@ impl Node {
         };
         let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone())
             .merge(network::router(self.store.clone()))
-            .merge(core_objects::router(self.objects.clone()));
+            .merge(core_objects::router(self.objects.clone()))
+            .merge(compliance_api::router(self.cfg.state_dir.clone()));
         let changes = self.lifecycle.changes().clone();
         let state = api::ApiState {
             lifecycle: self.lifecycle.clone(),

@@ -30,6 +30,10 @@ struct Args {
     /// Where OpenSCAP's results and re-targeted content go (default: <state-dir>/compliance).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Do not keep the results as the node's ComplianceCheckResult objects
+    /// (<state-dir>/compliance/checkresults.json, served by the node's API).
+    #[arg(long)]
+    no_store: bool,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if !a.no_store {
+        if let Err(e) = compliance::objects::store(&a.state_dir, &report) {
+            eprintln!("virt-compliance: {e}");
+            return ExitCode::from(2);
+        }
+    }
     if a.output == "json" {
         match serde_json::to_string_pretty(&report) {
             Ok(s) => println!("{s}"),
