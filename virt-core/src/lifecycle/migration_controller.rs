@@ -78,14 +78,15 @@ impl Lifecycle {
             let signal = self.signal.clone();
             let name = vmi.metadata.name.clone().unwrap_or_default();
             let f = flight.clone();
+            let key = Key::new(vmi.metadata.namespace.clone().unwrap_or_default(), name.clone());
             let spawned = std::thread::Builder::new().name(format!("migrate-{name}")).spawn(move || {
                 let report = |step: MigrationStep| {
                     lock(&f.progress).steps.push(step);
-                    signal.raise();
+                    signal.raise_key(&key);
                 };
                 let r = runtime.migrate(&vmi, &f.ticket, &report);
                 lock(&f.progress).outcome = Some(r);
-                signal.raise();
+                signal.raise_key(&key);
             });
             if let Err(e) = spawned {
                 lock(&flight.progress).outcome =
