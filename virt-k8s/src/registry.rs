@@ -120,6 +120,24 @@ const VMI_COLUMNS: &[Column] = &[
     Column { name: "Ready", type_: "string", description: "Ready condition", priority: 0, cell: ready },
 ];
 
+/// KubeVirt's columns of VirtualMachineInstanceMigrations.
+const VMIM_COLUMNS: &[Column] = &[
+    Column {
+        name: "Phase",
+        type_: "string",
+        description: "The migration phase",
+        priority: 0,
+        cell: |v| at(v, "/status/phase").clone(),
+    },
+    Column {
+        name: "VMI",
+        type_: "string",
+        description: "The name of the VMI to migrate",
+        priority: 0,
+        cell: |v| at(v, "/spec/vmiName").clone(),
+    },
+];
+
 const DV_COLUMNS: &[Column] = &[
     Column {
         name: "Phase",
@@ -336,6 +354,20 @@ pub static RESOURCES: &[Resource] = &[
             "portforward",
         ],
         columns: VMI_COLUMNS,
+    },
+    Resource {
+        group: KUBEVIRT,
+        version: "v1",
+        api_version: "kubevirt.io/v1",
+        kind: "VirtualMachineInstanceMigration",
+        plural: "virtualmachineinstancemigrations",
+        resource: "virtualmachineinstancemigrations.kubevirt.io",
+        singular: "virtualmachineinstancemigration",
+        short_names: &["vmim", "vmims"],
+        namespaced: true,
+        verbs: CRD,
+        subresources: &[],
+        columns: VMIM_COLUMNS,
     },
     Resource {
         group: INSTANCETYPE,

@@ -109,6 +109,7 @@ struct Args {
     no_confine: bool,
     /// Supervised mode: treat /dev/kvm as hardware KVM when it opens, even if /proc/cpuinfo shows no
     /// vmx/svm (a nested hypervisor that hides the flag; the tests' tiny guests on such hosts).
+    /// Also set by `VIRT_LAUNCHER_TRUST_KVM=true`, which the node's launchers inherit.
     #[arg(long)]
     trust_kvm: bool,
     /// Supervised mode: the network namespace to run in (e.g. `/run/netns/<pod>`), joined before
@@ -147,6 +148,9 @@ fn parse_disk(spec: &str) -> Result<Arc<dyn BlockBackend>, String> {
     }
     Ok(Arc::new(RawFile::open(&PathBuf::from(path), read_only).map_err(|e| e.to_string())?))
 }
+
+/// The environment variable that does what `--trust-kvm` does (the node's launchers inherit it).
+const TRUST_KVM_ENV: &str = "VIRT_LAUNCHER_TRUST_KVM";
 
 fn default_cache() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("VIRT_CACHE_DIR") {
@@ -431,7 +435,8 @@ impl Backends {
             if args.no_kernel_cache { None } else { args.kernel_cache.clone().or_else(default_cache) };
         let opener: DiskOpener = virt_storage::format::disk_opener();
         let mut native = NativeBackend::new(opener, kernel_cache.clone()).with_net(virt_net::tap::opener());
-        if args.trust_kvm {
+        let trust_env = std::env::var(TRUST_KVM_ENV).is_ok_and(|v| v == "1" || v == "true");
+        if args.trust_kvm || trust_env {
             let mut host = HostVirt::probe();
             host.cpu_flag = host.kvm_usable;
             native = native.with_host(host);

@@ -6,6 +6,7 @@ use std::fmt::Display;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod migrate;
 mod portforward;
 mod target;
 mod upload;
@@ -170,6 +171,23 @@ enum Command {
         #[arg(value_parser = parse_resource)]
         resource: Resource,
         /// The name.
+        name: String,
+    },
+    /// Live-migrate a VMI: create a VirtualMachineInstanceMigration for it (on the local node the VM
+    /// moves into a fresh launcher).
+    Migrate {
+        /// The VMI's (or VM's) name.
+        name: String,
+        /// Wait until the migration ended, printing each phase and then the downtime.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Cancel the unfinished migration of a VMI (deletes its VirtualMachineInstanceMigration).
+    MigrateCancel {
+        /// The VMI's (or VM's) name.
         name: String,
     },
     /// Soft-reboot a VMI (through the guest agent when it is connected, else the ACPI power button;
@@ -429,6 +447,10 @@ fn main() -> ExitCode {
             println!("VMI {name} was scheduled to soft-reboot");
             Ok(())
         }),
+        Command::Migrate { name, wait, timeout } => {
+            migrate::migrate(target, ns, &name, wait, std::time::Duration::from_secs(timeout))
+        }
+        Command::MigrateCancel { name } => migrate::migrate_cancel(target, ns, &name),
         Command::Guestosinfo { name } => guest_info(target, ns, &name, "guestosinfo"),
         Command::Userlist { name } => guest_info(target, ns, &name, "userlist"),
         Command::Fslist { name } => guest_info(target, ns, &name, "filesystemlist"),

@@ -122,6 +122,8 @@ impl Lifecycle {
             let r = self.observe(&key, &m);
             self.outcome(&mut failed, &key, r);
         }
+        // 1b. Migrations: record what their workers reported, start pending ones.
+        self.sync_migrations(&mut failed);
         // 2. Grace periods that ran out.
         {
             let st = lock(&self.state);

@@ -76,6 +76,7 @@ impl Lifecycle {
         let uid = match kind {
             Kind::VirtualMachine => st.vms.get(key).and_then(|v| v.metadata.uid.clone()),
             Kind::VirtualMachineInstance => st.vmis.get(key).and_then(|v| v.metadata.uid.clone()),
+            Kind::Migration => st.migrations.get(key).and_then(|m| m.metadata.uid.clone()),
             Kind::Namespace | Kind::Instancetype => None,
         };
         if type_ == "Warning" {

@@ -22,6 +22,8 @@ mod api;
 mod controller;
 mod events;
 mod gc;
+mod migration_controller;
+mod migrations;
 mod objects;
 mod runtime;
 mod store;
@@ -40,6 +42,7 @@ use serde::{Deserialize, Serialize};
 pub use controller::ReconcileStats;
 pub use events::{Event, EventSource, ObjectReference};
 pub use gc::{Dependents, DependentsError, Propagation, FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
+pub use migrations::{Migrated, MigrationError, MigrationStep, MigrationTicket, MIGRATION_PHASES};
 pub use runtime::{BackendRuntime, ConsoleFactory, VolumeFilesFactory};
 pub use store::{MemStore, Store, StoreError, StoredObject};
 pub use watch::{Change, ChangeLog, ChangeType, WatchError, WatchEvent, Watcher};
@@ -98,6 +101,8 @@ pub enum Kind {
     /// An instancetype or preference (namespaced or cluster-wide); its key's name is
     /// `<Kind>/<name>` and its namespace empty for the cluster-wide kinds.
     Instancetype,
+    /// A `VirtualMachineInstanceMigration`.
+    Migration,
 }
 
 /// The instancetype and preference kinds (`instancetype.kubevirt.io/v1beta1`): (kind, plural,
@@ -118,6 +123,7 @@ impl Kind {
             Self::VirtualMachine => "VirtualMachine",
             Self::VirtualMachineInstance => "VirtualMachineInstance",
             Self::Instancetype => "Instancetype",
+            Self::Migration => "VirtualMachineInstanceMigration",
         }
     }
 
@@ -128,6 +134,7 @@ impl Kind {
             Self::VirtualMachine => "virtualmachines.kubevirt.io",
             Self::VirtualMachineInstance => "virtualmachineinstances.kubevirt.io",
             Self::Instancetype => "instancetypes.instancetype.kubevirt.io",
+            Self::Migration => "virtualmachineinstancemigrations.kubevirt.io",
         }
     }
 }
@@ -200,6 +207,19 @@ pub trait Runtime: Send + Sync {
     fn ready(&self, _vmi: &VirtualMachineInstance) -> Result<(), NotReady> {
         Ok(())
     }
+    /// Moves `vmi`'s running machine into a fresh one (a live migration on this node), blocking
+    /// until it ended; `step` is told each step reached. On success the returned machine runs the
+    /// VM and the old one has stopped; on error the old one runs on. Default: unsupported.
+    fn migrate(
+        &self,
+        _vmi: &VirtualMachineInstance,
+        _ticket: &MigrationTicket,
+        _step: &dyn Fn(MigrationStep),
+    ) -> Result<Migrated, MigrationError> {
+        Err(MigrationError::Unsupported("this node's runtime cannot migrate VMIs".into()))
+    }
+    /// Asks the running migration of `vmi` to stop (the source runs on); harmless when none runs.
+    fn cancel_migration(&self, _vmi: &VirtualMachineInstance) {}
 }
 
 /// Why a VMI cannot be launched yet ([`Runtime::ready`]): one of its volumes waits for something
@@ -324,6 +344,10 @@ struct State {
     /// VMs whose deletion was asked for.
     deleting_vms: BTreeSet<Key>,
     live: HashMap<Key, Live>,
+    /// VirtualMachineInstanceMigrations.
+    migrations: BTreeMap<Key, model::VirtualMachineInstanceMigration>,
+    /// Migrations under way, by their VMI's key.
+    flights: HashMap<Key, Arc<migrations::Flight>>,
     /// VMIs being launched right now (outside the lock).
     launching: BTreeSet<Key>,
     /// Running VMIs whose guest rebooted: their machine starts again on the next pass.
@@ -490,6 +514,14 @@ impl Lifecycle {
                 Kind::Instancetype => {
                     st.catalog_objects.insert(o.key, o.value);
                 }
+                Kind::Migration => {
+                    match serde_json::from_value::<model::VirtualMachineInstanceMigration>(o.value) {
+                        Ok(m) => {
+                            st.migrations.insert(o.key, m);
+                        }
+                        Err(e) => log::error!("state store: migration {} unreadable, skipped: {e}", o.key),
+                    }
+                }
                 Kind::VirtualMachine => match serde_json::from_value::<VirtualMachine>(o.value) {
                     Ok(vm) => {
                         if vm.metadata.deletion_timestamp.is_some() {
@@ -537,6 +569,7 @@ impl Lifecycle {
             dependents: Mutex::new(None),
         };
         lc.reattach_all()?;
+        lc.interrupted_migrations()?;
         Ok(lc)
     }
 

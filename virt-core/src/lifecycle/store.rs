@@ -79,6 +79,7 @@ pub(super) fn kind_tag(k: Kind) -> u8 {
         Kind::VirtualMachine => 1,
         Kind::VirtualMachineInstance => 2,
         Kind::Instancetype => 3,
+        Kind::Migration => 4,
     }
 }
 
@@ -220,6 +221,14 @@ impl Lifecycle {
                     }
                 }
             }
+            Kind::Migration => match stored.and_then(|v| serde_json::from_value(v).ok()) {
+                Some(m) => {
+                    st.migrations.insert(key.clone(), m);
+                }
+                None => {
+                    st.migrations.remove(key);
+                }
+            },
             Kind::Namespace | Kind::Instancetype => {}
         }
     }

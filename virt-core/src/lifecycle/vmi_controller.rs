@@ -261,7 +261,17 @@ impl Lifecycle {
             _ => None,
         };
         let mut st = lock(&self.state);
+        let migrating = Self::migrating(&st, key);
         let Some(l) = st.live.get_mut(key) else { return Ok(()) };
+        if !Arc::ptr_eq(&l.machine, m) {
+            // A machine the VMI moved away from (a completed migration).
+            return Ok(());
+        }
+        if migrating && matches!(status, MachineStatus::Stopped(_)) {
+            // The source of a migration under way stopped: the migration controller decides
+            // whether the VM moved (and adopts its new machine) or ended.
+            return Ok(());
+        }
         l.last = status.clone();
         let mut changed = false;
         match &status {

@@ -516,4 +516,9 @@ pub struct MigrationState {
     /// Memory overhead of the target launcher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_memory_overhead: Option<Quantity>,
+    /// virt-rs: what the migration measured (`totalUs`, `downtimeUs`, `saveStateUs`,
+    /// `finalPassUs`, `restoreUs`, `passes`, `bytesSent`; `machine::migrate::MigrationReport`).
+    /// KubeVirt reports no downtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_stats: Option<Value>,
 }

@@ -33,11 +33,13 @@ pub enum Kind {
     Secret,
     /// core `v1` ConfigMap.
     ConfigMap,
+    /// `kubevirt.io/v1` VirtualMachineInstanceMigration.
+    Migration,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Self::VirtualMachine,
         Self::VirtualMachineInstance,
         Self::Namespace,
@@ -51,6 +53,7 @@ impl Kind {
         Self::VolumeSnapshot,
         Self::Secret,
         Self::ConfigMap,
+        Self::Migration,
     ];
 
     /// The kind of an object with this `apiVersion` and `kind`.
@@ -93,6 +96,7 @@ impl Kind {
             Self::VolumeSnapshot => "VolumeSnapshot",
             Self::Secret => "Secret",
             Self::ConfigMap => "ConfigMap",
+            Self::Migration => "VirtualMachineInstanceMigration",
         }
     }
 

@@ -43,6 +43,7 @@ mod blocking;
 mod cdi;
 mod cluster_verbs;
 mod error;
+pub mod migration;
 
 use std::fmt;
 use std::time::Duration;

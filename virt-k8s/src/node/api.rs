@@ -19,6 +19,7 @@ use super::runtime::LauncherRuntime;
 
 pub mod agent;
 pub(crate) mod consoles;
+mod migrations;
 
 pub use consoles::KEEPALIVE;
 use consoles::{vmi_console, vmi_vnc};
@@ -623,6 +624,7 @@ pub fn router(state: ApiState) -> Router {
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/console"), get(vmi_console))
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/vnc"), get(vmi_vnc))
         .merge(agent::routes(SUB))
+        .merge(migrations::routes(KV))
         .route(
             &format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/portforward/{{port}}"),
             get(portforward::vmi_port),

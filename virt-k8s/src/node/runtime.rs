@@ -12,7 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use virt_core::lifecycle::{LaunchError, LaunchStage as Stage, NotReady, Runtime};
+use virt_core::lifecycle::{
+    LaunchError, LaunchStage as Stage, Migrated, MigrationError, MigrationStep, MigrationTicket, NotReady,
+    Runtime,
+};
 use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::remote::{self, RemoteMachine};
 use virt_core::machine::resolve::machine_spec;
@@ -20,6 +23,8 @@ use virt_core::machine::{Machine, MachineExit};
 use virt_core::model::{self, VirtualMachineInstance};
 
 pub use super::volumes::{ClaimNotReady, ClaimReadiness};
+
+mod migration;
 use super::volumes::{VmiVolumes, VolumeConfig};
 
 /// How the node runs launchers.
@@ -91,8 +96,14 @@ impl LauncherRuntime {
         &self.volumes
     }
 
-    /// The run directory of `vmi`.
+    /// The run directory of `vmi`'s launcher: [`LauncherRuntime::base_dir`], or after a live
+    /// migration the run directory of the launcher the VM moved into.
     pub fn run_dir(&self, vmi: &VirtualMachineInstance) -> PathBuf {
+        migration::active_dir(&self.base_dir(vmi))
+    }
+
+    /// The directory named after `vmi`'s uid: its volumes, and its first launcher's sockets.
+    pub fn base_dir(&self, vmi: &VirtualMachineInstance) -> PathBuf {
         let uid = vmi.metadata.uid.clone().unwrap_or_else(|| {
             format!(
                 "{}-{}",
@@ -301,6 +312,8 @@ impl Runtime for LauncherRuntime {
                     )
                 });
         }
+        // A VM that migrated starts again (a reboot) in its first run directory, by its volumes.
+        let run_dir = self.forget_migrations(vmi);
         std::fs::create_dir_all(&run_dir).map_err(process(&run_dir))?;
         // What the previous machine of this VMI left (a reboot in place starts a new launcher).
         for f in ["exit.json", "control.sock", "console.sock"] {
@@ -317,6 +330,8 @@ impl Runtime for LauncherRuntime {
     }
 
     fn reattach(&self, vmi: &VirtualMachineInstance) -> Option<Arc<dyn Machine>> {
+        // A migration cut short by the node's restart may have moved the VM already.
+        self.recover_incoming(vmi);
         let run_dir = self.run_dir(vmi);
         if !remote::launcher_running(&run_dir) && !remote::is_alive(&run_dir) {
             return None;
@@ -363,6 +378,22 @@ impl Runtime for LauncherRuntime {
         self.network.get().map(|n| n.status(vmi)).unwrap_or_default()
     }
 
+    fn migrate(
+        &self,
+        vmi: &VirtualMachineInstance,
+        ticket: &MigrationTicket,
+        step: &dyn Fn(MigrationStep),
+    ) -> Result<Migrated, MigrationError> {
+        self.migrate_vmi(vmi, ticket, step)
+    }
+
+    fn cancel_migration(&self, vmi: &VirtualMachineInstance) {
+        let source = self.run_dir(vmi);
+        if let Err(e) = virt_core::machine::supervisor::migration::migrate_cancel(&source) {
+            log::info!("VMI {}: migrateCancel: {e}", source.display());
+        }
+    }
+
     fn ended(&self, vmi: &VirtualMachineInstance) {
         if let Some(n) = self.network.get() {
             n.teardown(vmi);
@@ -377,14 +408,30 @@ impl Runtime for LauncherRuntime {
         let run_dir = self.run_dir(vmi);
         self.release(&run_dir);
         self.reap();
-        if remote::launcher_running(&run_dir) {
+        let base = self.base_dir(vmi);
+        if !remote::launcher_running(&run_dir) {
+            migration::remove_vmi_dirs(&base);
+            return;
+        }
+        if !run_dir.join("exit.json").exists() {
             log::warn!("VMI run directory {} kept: its launcher still runs", run_dir.display());
             return;
         }
-        if let Err(e) = std::fs::remove_dir_all(&run_dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                log::warn!("removing {}: {e}", run_dir.display());
+        // Its machine ended and the launcher is on its way out: the directories go after it.
+        let shown = base.display().to_string();
+        let spawned = std::thread::Builder::new().name("vmi-cleanup".into()).spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while remote::launcher_running(&run_dir) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
             }
+            if remote::launcher_running(&run_dir) {
+                log::warn!("VMI run directory {} kept: its launcher still runs", run_dir.display());
+            } else {
+                migration::remove_vmi_dirs(&base);
+            }
+        });
+        if let Err(e) = spawned {
+            log::warn!("VMI run directory {shown} kept: no thread to remove it: {e}");
         }
     }
 }

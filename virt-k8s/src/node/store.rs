@@ -31,8 +31,13 @@ pub const OLD_CDI_FILE: &str = "cdi.redb";
 pub const STORE_FILE: &str = "node.redb";
 
 /// The lifecycle's kinds, as stored.
-const LIFECYCLE_KINDS: [Kind; 4] =
-    [Kind::Namespace, Kind::VirtualMachine, Kind::VirtualMachineInstance, Kind::Instancetype];
+const LIFECYCLE_KINDS: [Kind; 5] = [
+    Kind::Namespace,
+    Kind::VirtualMachine,
+    Kind::VirtualMachineInstance,
+    Kind::Instancetype,
+    Kind::Migration,
+];
 
 /// A [`Store`] in a redb database file, also holding objects of other kinds ([`RedbStore::put_object`]).
 pub struct RedbStore {

@@ -32,6 +32,8 @@ pub struct NodeProc {
     pub registry: Option<String>,
     /// More arguments for the daemon (`--listen`, `--node-name`, ...).
     pub args: Vec<String>,
+    /// The launcher the daemon starts (default: this workspace's `virt-launcher`).
+    pub launcher: Option<PathBuf>,
 }
 
 impl NodeProc {
@@ -48,6 +50,7 @@ impl NodeProc {
             socket: state.join("node.sock"),
             registry: registry.map(str::to_string),
             args: args.iter().map(|a| a.to_string()).collect(),
+            launcher: None,
         };
         n.spawn();
         n
@@ -61,6 +64,7 @@ impl NodeProc {
             socket: state.join("node.sock"),
             registry: None,
             args: Vec::new(),
+            launcher: None,
         }
     }
 
@@ -76,7 +80,7 @@ impl NodeProc {
             .arg("--socket")
             .arg(&self.socket)
             .arg("--launcher")
-            .arg(bin("virt-launcher"))
+            .arg(self.launcher.clone().unwrap_or_else(|| bin("virt-launcher")))
             .arg("--allow-emulation");
         if let Some(r) = &self.registry {
             cmd.arg("--insecure-registry").arg(r);

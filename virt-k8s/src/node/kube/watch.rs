@@ -113,6 +113,7 @@ impl StoredKind {
             "Namespace"
             | "VirtualMachine"
             | "VirtualMachineInstance"
+            | "VirtualMachineInstanceMigration"
             | "DataVolume"
             | "DataSource"
             | "DataImportCron"

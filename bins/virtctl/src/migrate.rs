@@ -1,0 +1,96 @@
+//! `virtctl migrate NAME [--wait]` and `virtctl migrate-cancel NAME`, as KubeVirt's virtctl:
+//! a `VirtualMachineInstanceMigration` created for the VMI, or the unfinished one deleted
+//! (docs/virtctl.md, docs/migration.md). Parsing and printing only: the requests are
+//! `virt_k8s::client::migration`'s.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use virt_k8s::client::migration::{migration_finished, migration_phase};
+use virt_k8s::client::NodeClient;
+
+use crate::target::{client, Target};
+use crate::{fail, fail_client};
+
+/// `virtctl migrate NAME`: prints KubeVirt's line and the migration's name; with `wait`, each
+/// phase until it ended, then the measured downtime (status 1 if it failed).
+pub fn migrate(target: Target, ns: &str, name: &str, wait: bool, timeout: Duration) -> ExitCode {
+    let c = match client(target) {
+        Ok(c) => c,
+        Err(e) => return fail_client(&e),
+    };
+    let created = match c.migrate(ns, name) {
+        Ok(v) => v,
+        Err(e) => return fail_client(&e),
+    };
+    let vmim = created.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    println!("VM {name} was scheduled to migrate");
+    println!("virtualmachineinstancemigration.kubevirt.io/{vmim} created");
+    if !wait {
+        return ExitCode::SUCCESS;
+    }
+    wait_for(&c, ns, &vmim, timeout)
+}
+
+fn wait_for(c: &NodeClient, ns: &str, vmim: &str, timeout: Duration) -> ExitCode {
+    let deadline = Instant::now() + timeout;
+    let mut shown = String::new();
+    loop {
+        let m = match c.get_migration(ns, vmim) {
+            Ok(m) => m,
+            Err(e) => return fail_client(&e),
+        };
+        let phase = migration_phase(&m).to_string();
+        if phase != shown {
+            println!("{vmim}: {phase}");
+            shown = phase;
+        }
+        if migration_finished(&m) {
+            return finished(&m);
+        }
+        if Instant::now() > deadline {
+            return fail(format!(
+                "migration {vmim} did not finish within {}s (phase {shown})",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn finished(m: &Value) -> ExitCode {
+    let state = m.pointer("/status/migrationState").cloned().unwrap_or_default();
+    if migration_phase(m) == "Succeeded" {
+        let us =
+            |k: &str| state.pointer(&format!("/migrationStats/{k}")).and_then(Value::as_u64).unwrap_or(0);
+        println!(
+            "moved to {}: downtime {:.1} ms, total {:.1} ms",
+            state.get("targetPod").and_then(Value::as_str).unwrap_or("?"),
+            us("downtimeUs") as f64 / 1000.0,
+            us("totalUs") as f64 / 1000.0
+        );
+        return ExitCode::SUCCESS;
+    }
+    let why = m
+        .pointer("/status/reason")
+        .or_else(|| state.get("failureReason"))
+        .and_then(Value::as_str)
+        .unwrap_or("no reason given");
+    fail(format!("the migration failed: {why}"))
+}
+
+/// `virtctl migrate-cancel NAME`.
+pub fn migrate_cancel(target: Target, ns: &str, name: &str) -> ExitCode {
+    let c = match client(target) {
+        Ok(c) => c,
+        Err(e) => return fail_client(&e),
+    };
+    match c.migrate_cancel(ns, name) {
+        Ok(_) => {
+            println!("VM {name} was scheduled to migrate-cancel");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail_client(&e),
+    }
+}

@@ -1,0 +1,300 @@
+//! Live migration on the node (docs/migration.md): the VM moves from its launcher into a fresh one
+//! started with `--incoming` in a run directory of its own (`vmis/<uid>-mig-<migration>`, next to
+//! the VMI's first one, which keeps its volumes), over that launcher's `migrate.sock`, the stream
+//! handed to the source with `migrateOut`.
+//!
+//! Which launcher runs the VM is recorded in the VMI's first run directory: [`INCOMING`] names
+//! the target while the VM moves, [`ACTIVE`] the launcher that runs it once it moved (written by a
+//! rename, never half). A node restarted in the middle of a migration finds the VM through
+//! [`INCOMING`] if it had moved ([`LauncherRuntime::recover_incoming`]).
+
+use std::io::Write as _;
+use std::os::unix::net::UnixStream;
+
+use virt_core::machine::migrate::MigrateOptions;
+use virt_core::machine::supervisor::migration::{connect_destination, migrate_out};
+use virt_core::machine::{InterfaceBackend, MachineSpec};
+
+use super::*;
+
+/// In the first run directory: the name of the run directory of the launcher running the VM.
+pub const ACTIVE: &str = "active-launcher";
+/// In the first run directory: the name of the run directory the VM is moving into.
+pub const INCOMING: &str = "incoming-launcher";
+
+/// The run directory `base` points at ([`ACTIVE`]), or `base` itself.
+pub(super) fn active_dir(base: &Path) -> PathBuf {
+    match (pointer(base, ACTIVE), base.parent()) {
+        (Some(name), Some(parent)) => parent.join(name),
+        _ => base.to_path_buf(),
+    }
+}
+
+/// The run-directory name in `base/file`, if it holds a plausible one.
+fn pointer(base: &Path, file: &str) -> Option<String> {
+    let name = std::fs::read_to_string(base.join(file)).ok()?;
+    let name = name.trim();
+    let ok = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+    ok.then(|| name.to_string())
+}
+
+/// Writes `name` into `base/file` through a temporary file and a rename.
+fn write_pointer(base: &Path, file: &str, name: &str) -> std::io::Result<()> {
+    let tmp = base.join(format!(".{file}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(name.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, base.join(file))
+}
+
+fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> MigrationError {
+    MigrationError::Failed(format!("{what} {}: {e}", path.display()))
+}
+
+/// Why a machine with this spec cannot move into another launcher on this node, if it cannot.
+fn not_migratable(spec: &MachineSpec) -> Option<String> {
+    spec.interfaces.iter().find(|i| matches!(i.backend, InterfaceBackend::Tap { .. })).map(|i| {
+        format!(
+            "interface {} is a tap the running launcher holds; a second launcher cannot open it (live \
+             migration of VMIs with pod-network interfaces is not supported yet)",
+            i.name
+        )
+    })
+}
+
+impl LauncherRuntime {
+    /// Moves `vmi`'s machine into a fresh launcher (see the module's documentation).
+    pub(super) fn migrate_vmi(
+        &self,
+        vmi: &VirtualMachineInstance,
+        ticket: &MigrationTicket,
+        step: &dyn Fn(MigrationStep),
+    ) -> Result<Migrated, MigrationError> {
+        let base = self.base_dir(vmi);
+        let source = self.run_dir(vmi);
+        if !remote::is_alive(&source) {
+            return Err(MigrationError::Failed(format!(
+                "the source launcher in {} does not run",
+                source.display()
+            )));
+        }
+        let spec_path = source.join("spec.json");
+        let spec_bytes = std::fs::read(&spec_path).map_err(|e| failed("reading", &spec_path, e))?;
+        let spec: MachineSpec =
+            serde_json::from_slice(&spec_bytes).map_err(|e| failed("decoding", &spec_path, e))?;
+        if let Some(why) = not_migratable(&spec) {
+            return Err(MigrationError::Unsupported(why));
+        }
+        let short: String = ticket.uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+        let base_name = base.file_name().and_then(|n| n.to_str()).unwrap_or("vmi");
+        let name = format!("{base_name}-mig-{short}");
+        let Some(parent) = base.parent() else {
+            return Err(MigrationError::Failed(format!("{} has no parent directory", base.display())));
+        };
+        let target = parent.join(&name);
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::create_dir_all(&target).map_err(|e| failed("creating", &target, e))?;
+        let target_spec = target.join("spec.json");
+        std::fs::write(&target_spec, &spec_bytes).map_err(|e| failed("writing", &target_spec, e))?;
+        write_pointer(&base, INCOMING, &name).map_err(|e| failed("writing", &base.join(INCOMING), e))?;
+        let result = self.move_into(&source, &target, &target_spec, ticket, step);
+        match result {
+            Ok(report) => {
+                write_pointer(&base, ACTIVE, &name).map_err(|e| failed("writing", &base.join(ACTIVE), e))?;
+                let _ = std::fs::remove_file(base.join(INCOMING));
+                let machine =
+                    RemoteMachine::connect_timeout(&target, self.cfg.start_timeout).map_err(|e| {
+                        MigrationError::Failed(format!("the VM moved but its launcher does not answer: {e}"))
+                    })?;
+                self.release_source(&base, &source);
+                let source_name = source.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                Ok(Migrated { machine: Arc::new(machine), report, source: source_name, target: name })
+            }
+            Err(e) => {
+                self.abandon_target(&target);
+                let _ = std::fs::remove_file(base.join(INCOMING));
+                Err(if ticket.cancelled() { MigrationError::Cancelled } else { e })
+            }
+        }
+    }
+
+    /// Starts the target launcher in `target` and has the source in `source` send the VM to it.
+    fn move_into(
+        &self,
+        source: &Path,
+        target: &Path,
+        spec: &Path,
+        ticket: &MigrationTicket,
+        step: &dyn Fn(MigrationStep),
+    ) -> Result<virt_core::machine::migrate::MigrationReport, MigrationError> {
+        let log_path = target.join("launcher.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| failed("creating", &log_path, e))?;
+        let log2 = log.try_clone().map_err(|e| failed("opening", &log_path, e))?;
+        let mut cmd = Command::new(&self.cfg.launcher);
+        cmd.arg("--spec").arg(spec).arg("--run-dir").arg(target).arg("--incoming");
+        if self.cfg.allow_emulation {
+            cmd.arg("--allow-emulation");
+        }
+        if let Some(b) = &self.cfg.backend {
+            cmd.arg("--backend").arg(b);
+        }
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let child =
+            cmd.stdin(Stdio::null()).stdout(log).stderr(log2).spawn().map_err(|e| {
+                MigrationError::Failed(format!("starting {}: {e}", self.cfg.launcher.display()))
+            })?;
+        self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(target.to_path_buf(), child);
+        if ticket.cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
+        let stream = self.connect_target(target, ticket, &log_path)?;
+        let name = target.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        step(MigrationStep::TargetReady { target: name });
+        if ticket.cancelled() {
+            return Err(MigrationError::Cancelled);
+        }
+        step(MigrationStep::Running);
+        migrate_out(source, &stream, &MigrateOptions::default())
+            .map_err(|e| MigrationError::Failed(format!("{e} (target: {})", tail(&log_path))))
+    }
+
+    /// Connects to the target launcher's migration socket once it listens; gives up when the
+    /// migration is cancelled, the launcher exits, or it does not listen within the start timeout.
+    fn connect_target(
+        &self,
+        target: &Path,
+        ticket: &MigrationTicket,
+        log_path: &Path,
+    ) -> Result<UnixStream, MigrationError> {
+        let deadline = Instant::now() + self.cfg.start_timeout;
+        loop {
+            if ticket.cancelled() {
+                return Err(MigrationError::Cancelled);
+            }
+            if let Ok(s) = connect_destination(target, Duration::ZERO) {
+                return Ok(s);
+            }
+            let exited = {
+                let mut ch = self.children.lock().unwrap_or_else(|e| e.into_inner());
+                ch.get_mut(target).and_then(|c| c.try_wait().ok().flatten())
+            };
+            if let Some(status) = exited {
+                return Err(MigrationError::Failed(format!(
+                    "the target launcher exited ({status}) before it listened: {}",
+                    tail(log_path)
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(MigrationError::Failed(format!(
+                    "the target launcher did not listen within {:?}: {}",
+                    self.cfg.start_timeout,
+                    tail(log_path)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// After a failed migration: the target launcher ends (it exits by itself once the source
+    /// abandoned; killed otherwise) and its run directory goes.
+    fn abandon_target(&self, target: &Path) {
+        let child = self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(target);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        if let Some(mut c) = child {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if matches!(c.try_wait(), Ok(None)) {
+                // Its process group: the launcher and what it started.
+                // SAFETY: kill has no memory effects; the group is the launcher's own (process_group(0)).
+                unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            }
+            let _ = c.wait();
+        }
+        if let Err(e) = std::fs::remove_dir_all(target) {
+            log::warn!("removing the abandoned migration target {}: {e}", target.display());
+        }
+    }
+
+    /// After a successful migration: the source launcher (which stopped) is reaped, and its run
+    /// directory removed unless it is the VMI's first one (which holds the volumes).
+    fn release_source(&self, base: &Path, source: &Path) {
+        let child = self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(source);
+        let shown = source.display().to_string();
+        let (base, source) = (base.to_path_buf(), source.to_path_buf());
+        let spawned = std::thread::Builder::new().name("migration-source".into()).spawn(move || {
+            if let Some(mut c) = child {
+                let _ = c.wait();
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while remote::launcher_running(&source) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            virt_core::jail::cgroup::collect_stale();
+            if source != base && !remote::launcher_running(&source) {
+                let _ = std::fs::remove_dir_all(&source);
+            }
+        });
+        if let Err(e) = spawned {
+            log::warn!("the migration source {shown}: no thread to reap it: {e}");
+        }
+    }
+
+    /// Before a launch in place (a reboot after a migration): the VMI goes back to its first run
+    /// directory, where its volumes are; the migrated launcher's directory goes. Returns that
+    /// first directory.
+    pub(super) fn forget_migrations(&self, vmi: &VirtualMachineInstance) -> PathBuf {
+        let base = self.base_dir(vmi);
+        let active = self.run_dir(vmi);
+        if active != base {
+            let _ = std::fs::remove_file(base.join(ACTIVE));
+            self.release(&active);
+            if !remote::launcher_running(&active) {
+                let _ = std::fs::remove_dir_all(&active);
+            }
+        }
+        base
+    }
+
+    /// After a restart: a migration that was cut short after the VM moved (its target runs, the
+    /// pointer was not switched yet) is completed; one that had not is forgotten.
+    pub(super) fn recover_incoming(&self, vmi: &VirtualMachineInstance) {
+        let base = self.base_dir(vmi);
+        let Some(name) = pointer(&base, INCOMING) else { return };
+        let Some(target) = base.parent().map(|p| p.join(&name)) else { return };
+        let active = self.run_dir(vmi);
+        if !remote::launcher_running(&active) && remote::is_alive(&target) {
+            log::info!("VMI {}: its VM had moved into {name} before the node restarted", base.display());
+            if let Err(e) = write_pointer(&base, ACTIVE, &name) {
+                log::warn!("VMI {}: recording the migrated launcher: {e}", base.display());
+                return;
+            }
+        }
+        let _ = std::fs::remove_file(base.join(INCOMING));
+    }
+}
+
+/// Removes a VMI's directories: `base` and its migrations' (`<base>-mig-*`) whose launcher is
+/// gone.
+pub(super) fn remove_vmi_dirs(base: &Path) {
+    if let (Some(parent), Some(base_name)) = (base.parent(), base.file_name().and_then(|n| n.to_str())) {
+        let prefix = format!("{base_name}-mig-");
+        for e in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let path = e.path();
+            let ours = e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix));
+            if ours && !remote::launcher_running(&path) {
+                if let Err(e) = std::fs::remove_dir_all(&path) {
+                    log::warn!("removing {}: {e}", path.display());
+                }
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(base) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("removing {}: {e}", base.display());
+        }
+    }
+}
