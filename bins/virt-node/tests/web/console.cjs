@@ -369,6 +369,26 @@ async function pool(n, width, fn) {
     await page.click('#nav a[data-nav=bootsources]');
     await page.locator('h2', { hasText: 'DataVolumes' }).waitFor();
     await shot('bootsources');
+
+    step('upload a disk image from the browser');
+    const img = `${env('SHOTS')}/upload.img`;
+    fs.writeFileSync(img, Buffer.alloc(3 * 1048576, 0x5a));
+    await page.fill('#upload-name', 'uploaded');
+    await page.setInputFiles('#upload-file', img);
+    const progressSeen = page.evaluate(() => new Promise((resolve) => {
+      const seen = new Set();
+      const t = setInterval(() => {
+        seen.add(Math.round(document.querySelector('#upload-progress').value));
+        if (document.querySelector('#upload-state').dataset.done) { clearInterval(t); resolve([...seen]); }
+      }, 5);
+    }));
+    await page.click('#upload-submit');
+    await page.locator('#upload-state[data-done=true]').waitFor({ timeout: 120000 }).catch(async (e) => { throw new Error(`upload: ${await page.locator('#upload-state').innerText()} (${e.message})`); });
+    const seenValues = await progressSeen;
+    if (!seenValues.includes(100)) throw new Error(`the progress bar never reached 100: ${seenValues}`);
+    console.log(`upload: ${await page.locator('#upload-state').innerText()}; progress values seen: ${seenValues.join(',')}`);
+    await page.locator('tr', { hasText: 'uploaded' }).locator('td', { hasText: 'Succeeded' }).waitFor({ timeout: 60000 });
+    await shot('bootsources-upload');
     if (errors.length) throw new Error(errors.join('\n'));
     step('done');
   } catch (e) {
