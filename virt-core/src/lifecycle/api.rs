@@ -29,9 +29,9 @@ impl Lifecycle {
             value: to_value(&vm),
         })?;
         vm.metadata.resource_version = Some(rv.to_string());
-        st.vms.insert(key, vm.clone());
+        st.vms.insert(key.clone(), vm.clone());
         drop(st);
-        self.wake();
+        self.enqueue(&key);
         Ok(vm)
     }
 
@@ -81,7 +81,7 @@ impl Lifecycle {
         }
         let out = st.vms.get(&key).cloned();
         drop(st);
-        self.wake();
+        self.enqueue(&key);
         out.ok_or(LifecycleError::NotFound { resource: Kind::VirtualMachine.resource(), name })
     }
 
@@ -162,7 +162,7 @@ impl Lifecycle {
         }
         let out = st.vms.get(&key).cloned();
         drop(st);
-        self.wake();
+        self.enqueue(&key);
         out.ok_or(LifecycleError::NotFound { resource: Kind::VirtualMachine.resource(), name: name.into() })
     }
 
@@ -228,7 +228,7 @@ impl Lifecycle {
             format!("{what} requested"),
         );
         drop(st);
-        self.wake();
+        self.enqueue(&key);
         Ok(())
     }
 
@@ -272,9 +272,9 @@ impl Lifecycle {
             value: to_value(&vmi),
         })?;
         vmi.metadata.resource_version = Some(rv.to_string());
-        st.vmis.insert(key, vmi.clone());
+        st.vmis.insert(key.clone(), vmi.clone());
         drop(st);
-        self.wake();
+        self.enqueue(&key);
         Ok(vmi)
     }
 
@@ -308,7 +308,7 @@ impl Lifecycle {
         let g = grace.unwrap_or_else(|| grace_of(vmi)).max(0);
         self.delete_vmi_locked(&mut st, &key, g)?;
         drop(st);
-        self.wake();
+        self.enqueue(&key);
         Ok(())
     }
 

@@ -1,39 +1,120 @@
-//! The controller loop: one pass reconciles every object on its own, with an error policy per
-//! object (a failure is logged and requeued with back-off; the others proceed).
+//! The controller loop, shaped as kube-rs' `Controller`: requests and machine watchers queue the
+//! keys of the objects they changed, and a pass reconciles those objects only (plus the ones whose
+//! timers are due: grace periods, back-offs, requeues); every object is reconciled again on the
+//! resync period. Each object is reconciled on its own, with an error policy per object (a
+//! failure is logged and requeued with back-off; the others proceed).
 
 use super::*;
 
+/// Which objects a pass reconciles.
+pub(super) enum Scope {
+    /// Every object.
+    All,
+    /// The objects at these keys (a VM and its VMI share their key).
+    Keys(BTreeSet<Key>),
+}
+
+impl Scope {
+    fn has(&self, key: &Key) -> bool {
+        match self {
+            Self::All => true,
+            Self::Keys(keys) => keys.contains(key),
+        }
+    }
+}
+
+/// How much reconciling a lifecycle did (for metrics, and to show a pass is driven by what changed).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileStats {
+    /// Passes run.
+    pub passes: u64,
+    /// Passes over every object ([`Lifecycle::reconcile`], [`Lifecycle::wake`], the resync).
+    pub full_passes: u64,
+    /// Objects (VMs and VMIs) reconciled, over all passes.
+    pub objects: u64,
+}
+
 impl Lifecycle {
-    /// Runs [`Lifecycle::reconcile`] until `stop` is set, every `tick` or when woken.
+    /// Runs the controller until `stop` is set: reconciles the objects queued by requests and
+    /// machine watchers as they come, the objects whose timers are due at least every
+    /// [`LifecycleOptions::tick`], and every object every [`LifecycleOptions::resync`].
     pub fn run(&self, stop: &AtomicBool) {
+        let mut next_resync = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            self.reconcile();
-            let mut dirty = lock(&self.signal.dirty);
-            if !*dirty {
-                dirty = self
-                    .signal
-                    .cv
-                    .wait_timeout(dirty, self.opts.tick)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|e| e.into_inner().0);
+            let queued = std::mem::take(&mut *lock(&self.signal.queued));
+            let now = Instant::now();
+            if queued.all || now >= next_resync {
+                self.pass(Scope::All);
+                next_resync = Instant::now() + self.opts.resync;
+            } else {
+                self.pass(Scope::Keys(queued.keys));
             }
-            *dirty = false;
+            let wait = self.opts.tick.min(next_resync.saturating_duration_since(Instant::now()));
+            let queued = lock(&self.signal.queued);
+            if queued.is_empty() {
+                let _woken = self.signal.cv.wait_timeout(queued, wait).unwrap_or_else(|e| e.into_inner());
+            }
         }
     }
 
-    /// One pass of the controller: observes machines, applies run strategies, launches pending
-    /// VMIs, forces stops whose grace ran out, finishes deletions. Each object is reconciled on its
-    /// own: one whose reconcile fails (its store write failed, ...) is logged and requeued with its
-    /// own back-off ([`LifecycleOptions::requeue_base`]), and the pass goes on with the others.
+    /// One pass of the controller over every object: observes machines, applies run strategies,
+    /// launches pending VMIs, forces stops whose grace ran out, finishes deletions. Each object is
+    /// reconciled on its own: one whose reconcile fails (its store write failed, ...) is logged and
+    /// requeued with its own back-off ([`LifecycleOptions::requeue_base`]), and the pass goes on
+    /// with the others.
     pub fn reconcile(&self) {
+        self.pass(Scope::All);
+    }
+
+    /// How much reconciling this lifecycle did so far.
+    pub fn reconcile_stats(&self) -> ReconcileStats {
+        lock(&self.state).stats
+    }
+
+    /// The keys due without being queued: requeue and crash-loop back-offs that ran out, grace
+    /// periods that ran out, and VMIs waiting to launch (their readiness depends on objects
+    /// outside the lifecycle: DataVolumes, Secrets, the runtime's checks).
+    fn due(st: &State, now: Instant) -> BTreeSet<Key> {
+        let requeued = st.requeue.iter().chain(st.backoff.iter()).filter(|(_, b)| b.until <= now);
+        let graceless = st.live.iter().filter(|(_, l)| l.stop_deadline.is_some_and(|d| d <= now));
+        let waiting =
+            st.vmis.iter().filter(|(k, v)| Self::awaiting_launch(st, k, v) && !st.launching.contains(*k));
+        requeued
+            .map(|(k, _)| k.clone())
+            .chain(graceless.map(|(k, _)| k.clone()))
+            .chain(waiting.map(|(k, _)| k.clone()))
+            .collect()
+    }
+
+    /// One pass over the objects `scope` names and those whose timers are due.
+    pub(super) fn pass(&self, scope: Scope) {
         let started = Instant::now();
+        let scope = match scope {
+            Scope::All => Scope::All,
+            Scope::Keys(mut keys) => {
+                keys.extend(Self::due(&lock(&self.state), started));
+                Scope::Keys(keys)
+            }
+        };
+        {
+            let mut st = lock(&self.state);
+            st.stats.passes += 1;
+            st.stats.full_passes += u64::from(matches!(scope, Scope::All));
+            st.stats.objects += match &scope {
+                Scope::All => (st.vms.len() + st.vmis.len()) as u64,
+                Scope::Keys(keys) => keys
+                    .iter()
+                    .map(|k| u64::from(st.vms.contains_key(k)) + u64::from(st.vmis.contains_key(k)))
+                    .sum(),
+            };
+        }
         let mut failed = BTreeSet::new();
         // 1. Observe machines.
         let live: Vec<(Key, Arc<dyn Machine>)> = {
             let st = lock(&self.state);
             st.live
                 .iter()
-                .filter(|(k, _)| !Self::deferred(&st, k, started))
+                .filter(|(k, _)| scope.has(k) && !Self::deferred(&st, k, started))
                 .map(|(k, l)| (k.clone(), l.machine.clone()))
                 .collect()
         };
@@ -61,7 +142,8 @@ impl Lifecycle {
                 .deleting_vmis
                 .keys()
                 .filter(|k| {
-                    !st.live.contains_key(*k)
+                    scope.has(k)
+                        && !st.live.contains_key(*k)
                         && !st.launching.contains(*k)
                         && !Self::deferred(&st, k, started)
                 })
@@ -75,7 +157,7 @@ impl Lifecycle {
         // 4. VMs: run strategies and deletions.
         let keys: Vec<Key> = {
             let st = lock(&self.state);
-            st.vms.keys().filter(|k| !Self::deferred(&st, k, started)).cloned().collect()
+            st.vms.keys().filter(|k| scope.has(k) && !Self::deferred(&st, k, started)).cloned().collect()
         };
         for key in keys {
             if failed.contains(&key) {
@@ -90,7 +172,8 @@ impl Lifecycle {
             st.vmis
                 .iter()
                 .filter(|(k, v)| {
-                    Self::awaiting_launch(&st, k, v)
+                    scope.has(k)
+                        && Self::awaiting_launch(&st, k, v)
                         && !st.launching.contains(*k)
                         && !st.deleting_vmis.contains_key(*k)
                         && !failed.contains(*k)
@@ -99,7 +182,7 @@ impl Lifecycle {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        let verdicts: Vec<(Key, Result<(), String>)> =
+        let verdicts: Vec<(Key, Result<(), NotReady>)> =
             candidates.into_iter().map(|(k, v)| (k, self.runtime.ready(&v))).collect();
         let pending: Vec<(Key, VirtualMachineInstance, bool)> = {
             let mut st = lock(&self.state);
@@ -112,7 +195,7 @@ impl Lifecycle {
                     continue;
                 }
                 if let Err(why) = verdict {
-                    let r = self.not_ready_locked(&mut st, &key, why);
+                    let r = self.not_ready_locked(&mut st, &key, why.to_string());
                     self.outcome_locked(&mut st, &mut failed, &key, r);
                     continue;
                 }

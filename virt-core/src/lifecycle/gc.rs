@@ -151,7 +151,7 @@ impl Lifecycle {
             self.remove_vm_locked(&mut st, &key)?;
         }
         drop(st);
-        self.wake();
+        self.enqueue(&key);
         Ok(out)
     }
 

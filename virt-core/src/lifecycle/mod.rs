@@ -37,6 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub use controller::ReconcileStats;
 pub use events::{Event, EventSource, ObjectReference};
 pub use gc::{Dependents, DependentsError, Propagation, FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
 pub use runtime::{BackendRuntime, ConsoleFactory, VolumeFilesFactory};
@@ -196,8 +197,30 @@ pub trait Runtime: Send + Sync {
     /// `DataVolumesReady`=False (reason `NotAllDVsReady`, the message `why`) and one event, until a
     /// later pass finds it ready: e.g. while the DataVolumes its volumes name are still importing.
     /// Called without the lifecycle's lock held. The default: always ready.
-    fn ready(&self, _vmi: &VirtualMachineInstance) -> Result<(), String> {
+    fn ready(&self, _vmi: &VirtualMachineInstance) -> Result<(), NotReady> {
         Ok(())
+    }
+}
+
+/// Why a VMI cannot be launched yet ([`Runtime::ready`]): one of its volumes waits for something
+/// (a DataVolume importing, one not made yet).
+#[derive(Debug, thiserror::Error)]
+#[error("volume {volume}: {source}")]
+pub struct NotReady {
+    /// The volume's name in the VMI's spec.
+    pub volume: String,
+    /// What it waits for.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl NotReady {
+    /// Volume `volume` waits for `source`.
+    pub fn new(
+        volume: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self { volume: volume.into(), source: source.into() }
     }
 }
 
@@ -244,8 +267,12 @@ pub struct LifecycleOptions {
     pub backoff_base: Duration,
     /// Longest delay between restarts of a failing VMI (KubeVirt: 5 minutes).
     pub backoff_max: Duration,
-    /// How often [`Lifecycle::run`] reconciles without being woken.
+    /// How often [`Lifecycle::run`] looks at its timers (grace periods, back-offs, requeues)
+    /// when nothing wakes it.
     pub tick: Duration,
+    /// How often [`Lifecycle::run`] reconciles every object, whether or not anything changed
+    /// (kube-rs' resync): observes every machine, refreshes what guest agents report.
+    pub resync: Duration,
     /// First delay before reconciling again an object whose reconcile failed (doubles per failure
     /// in a row); the other objects are not delayed.
     pub requeue_base: Duration,
@@ -262,6 +289,7 @@ impl Default for LifecycleOptions {
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
             tick: Duration::from_millis(200),
+            resync: Duration::from_secs(10),
             requeue_base: Duration::from_millis(500),
             requeue_max: Duration::from_secs(60),
         }
@@ -311,18 +339,43 @@ struct State {
     catalog_objects: BTreeMap<Key, serde_json::Value>,
     /// `LifecycleOptions::catalog` plus `catalog_objects`.
     catalog: Catalog,
+    /// How much reconciling was done.
+    stats: ReconcileStats,
 }
 
-/// Wakes the controller: set by requests and by machine watchers, consumed by [`Lifecycle::run`].
+/// The controller's work queue: requests and machine watchers put the keys of the objects they
+/// changed on it, [`Lifecycle::run`] takes them and reconciles those objects only.
 #[derive(Default)]
 struct Signal {
-    dirty: Mutex<bool>,
+    queued: Mutex<Queued>,
     cv: Condvar,
 }
 
+/// What [`Signal`] holds until the controller takes it.
+#[derive(Default)]
+struct Queued {
+    /// Everything is to be reconciled (an embedder's [`Lifecycle::wake`], the first pass).
+    all: bool,
+    /// The objects (VM and VMI share their key) to reconcile.
+    keys: BTreeSet<Key>,
+}
+
+impl Queued {
+    fn is_empty(&self) -> bool {
+        !self.all && self.keys.is_empty()
+    }
+}
+
 impl Signal {
+    /// Queues a pass over every object.
     fn raise(&self) {
-        *lock(&self.dirty) = true;
+        lock(&self.queued).all = true;
+        self.cv.notify_all();
+    }
+
+    /// Queues the object at `key`.
+    fn raise_key(&self, key: &Key) {
+        lock(&self.queued).keys.insert(key.clone());
         self.cv.notify_all();
     }
 }
@@ -492,10 +545,15 @@ impl Lifecycle {
         &self.opts
     }
 
-    /// Wakes [`Lifecycle::run`] (an embedder driving [`Lifecycle::reconcile`] itself calls that
-    /// instead).
+    /// Wakes [`Lifecycle::run`] for a pass over every object (an embedder driving
+    /// [`Lifecycle::reconcile`] itself calls that instead).
     pub fn wake(&self) {
         self.signal.raise();
+    }
+
+    /// Queues the objects at `key` (the VM and the VMI of that name) for the controller.
+    pub(super) fn enqueue(&self, key: &Key) {
+        self.signal.raise_key(key);
     }
 }
 

@@ -730,3 +730,6 @@ fn finalizers_hold_a_deleted_vm_until_they_are_removed() {
 
 #[path = "gc_tests.rs"]
 mod gc;
+
+#[path = "queue_tests.rs"]
+mod queue;

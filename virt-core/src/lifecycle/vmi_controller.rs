@@ -3,19 +3,19 @@
 
 use super::*;
 
-/// Watches one machine's events and wakes the controller on each (pause, resume, its end), so that
+/// Watches one machine's events and queues its VMI for the controller on each (pause, resume, its end), so that
 /// a VMI's phase follows its machine at once without polling every machine on every tick.
 pub(super) fn watch(key: Key, machine: Arc<dyn Machine>, signal: Arc<Signal>) {
     let spawned = std::thread::Builder::new().name(format!("watch-{}", key.name)).spawn(move || loop {
         match machine.next_event(Duration::from_secs(3600)) {
             Some(crate::machine::MachineEvent::Ended(_)) => {
-                signal.raise();
+                signal.raise_key(&key);
                 return;
             }
-            Some(_) => signal.raise(),
+            Some(_) => signal.raise_key(&key),
             None => {
                 if matches!(machine.status(), MachineStatus::Stopped(_)) {
-                    signal.raise();
+                    signal.raise_key(&key);
                     return;
                 }
                 // A machine without an event stream: the controller's tick observes it.
@@ -353,7 +353,7 @@ impl Lifecycle {
                 // Started again by the controller, outside the lock (a launch can take a while).
                 let _ = v;
                 st.relaunch.insert(key.clone());
-                self.signal.raise();
+                self.signal.raise_key(key);
                 return Ok(());
             }
         }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use virt_core::lifecycle::{LaunchError, LaunchStage as Stage, Runtime};
+use virt_core::lifecycle::{LaunchError, LaunchStage as Stage, NotReady, Runtime};
 use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::remote::{self, RemoteMachine};
 use virt_core::machine::resolve::machine_spec;
@@ -349,7 +349,7 @@ impl Runtime for LauncherRuntime {
     /// With a CDI controller ([`LauncherRuntime::set_claims`]): a VMI waits while a DataVolume
     /// its volumes name is not populated, or does not exist yet (a VM's `dataVolumeTemplates` are
     /// created after its VMI). Plain claims without a DataVolume are not waited for.
-    fn ready(&self, vmi: &VirtualMachineInstance) -> Result<(), String> {
+    fn ready(&self, vmi: &VirtualMachineInstance) -> Result<(), NotReady> {
         let Some(claims) = self.volumes.claims() else { return Ok(()) };
         let ns = vmi.metadata.namespace.as_deref().unwrap_or("default");
         for v in &vmi.spec.volumes {
@@ -359,13 +359,11 @@ impl Runtime for LauncherRuntime {
                 (None, None) => continue,
             };
             match claims.claim_ready(ns, claim) {
-                Some(Err(why)) => return Err(format!("volume {}: {why}", v.name)),
+                Some(Err(why)) => return Err(NotReady::new(&v.name, why)),
                 Some(Ok(())) => {}
                 None if data_volume && self.volumes.claim_file(ns, claim).is_none() => {
-                    return Err(format!(
-                        "volume {}: DataVolume {claim} does not exist in namespace {ns} (yet)",
-                        v.name
-                    ))
+                    let missing = ClaimNotReady::Missing { name: claim.into(), namespace: ns.into() };
+                    return Err(NotReady::new(&v.name, missing));
                 }
                 None => {}
             }

@@ -66,6 +66,14 @@ pub enum ClaimNotReady {
     /// The VM's `dataVolumeTemplates` entry for it could not be made into a DataVolume.
     #[error("{0}")]
     Template(String),
+    /// No such DataVolume (a VM's `dataVolumeTemplates` are made after its VMI).
+    #[error("DataVolume {name} does not exist in namespace {namespace} (yet)")]
+    Missing {
+        /// The DataVolume.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+    },
 }
 
 /// Why a volume (or the kernel) of a VMI could not be prepared; names the volume or image.

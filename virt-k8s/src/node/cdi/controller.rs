@@ -1,12 +1,12 @@
 //! The CDI controller's passes: VMs' template DataVolumes and the DataVolume workers that
 //! populate volumes.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use virt_core::lifecycle::{Key, Lifecycle};
+use virt_core::lifecycle::{ChangeType, Key, Lifecycle, Store, WatchEvent};
 use virt_storage::cdi::{DataVolume, DataVolumePhase, DataVolumeStatus};
 use virt_storage::datavolume::{reconcile_data_volume, DvEnv, DvRun};
 use virt_storage::golden::StorageClasses;
@@ -14,8 +14,11 @@ use virt_storage::volume::{VolumeId, VolumeProvider};
 
 use super::{
     backoff, dv_from_template, fail_dv, is_upload, lock, phase_of, retryable, Cdi, CdiError, CdiKind, Lookup,
-    MAX_WORKERS, RECHECK, STORAGE_CLASS, TICK,
+    TemplatesSeen, MAX_WORKERS, RECHECK, STORAGE_CLASS, TICK,
 };
+
+/// How often the template pass looks at every VM, whatever the change log says.
+const TEMPLATE_RESYNC: Duration = Duration::from_secs(30);
 
 impl Cdi {
     /// Runs the controller until `stop` is set: creates VMs' template DataVolumes, populates
@@ -47,10 +50,63 @@ impl Cdi {
         }
     }
 
+    /// Which VMs' templates the next template pass looks at: those the store's change log shows
+    /// changed (a VM written or deleted, a VM's template DataVolume deleted) since the last pass,
+    /// or every VM (`None`) on the first pass, every [`TEMPLATE_RESYNC`], and when the log no
+    /// longer holds the changes since the last pass.
+    fn template_scope(&self) -> Option<BTreeSet<Key>> {
+        let log = self.store.changes().clone();
+        let mut st = lock(&self.state);
+        let last = log.last();
+        let seen = st.templates_seen.as_ref().filter(|s| s.full_at.elapsed() < TEMPLATE_RESYNC);
+        let Some(from) = seen.map(|s| s.resource_version) else {
+            st.templates_seen = Some(TemplatesSeen { resource_version: last, full_at: Instant::now() });
+            return None;
+        };
+        drop(st);
+        let mut keys = BTreeSet::new();
+        let mut upto = from;
+        let complete = match log.watch(from) {
+            Err(_) => false,
+            Ok(mut w) => loop {
+                match w.next(Duration::ZERO) {
+                    Ok(WatchEvent::Change(c)) => {
+                        upto = c.resource_version;
+                        if c.kind == "VirtualMachine" {
+                            keys.insert(c.key);
+                        } else if c.kind == CdiKind::DataVolume.name() && c.type_ == ChangeType::Deleted {
+                            keys.extend(template_owner(&c.key.namespace, &c.value()));
+                        }
+                    }
+                    Ok(WatchEvent::Bookmark(rv)) => {
+                        upto = upto.max(rv);
+                        break true;
+                    }
+                    Err(_) => break false,
+                }
+            },
+        };
+        let mut st = lock(&self.state);
+        if !complete {
+            st.templates_seen = Some(TemplatesSeen { resource_version: last, full_at: Instant::now() });
+            return None;
+        }
+        if let Some(s) = st.templates_seen.as_mut() {
+            s.resource_version = upto;
+        }
+        Some(keys)
+    }
+
     /// Creates the DataVolumes of VMs' `dataVolumeTemplates` that do not exist; deletes the
-    /// DataVolumes whose owning VM is gone.
+    /// DataVolumes whose owning VM is gone. Looks at the VMs that changed since the last pass
+    /// ([`Cdi::template_scope`]), not at every VM on every pass.
     pub(super) fn sync_templates(&self, lc: &Lifecycle) {
-        let vms = lc.list_vms(None);
+        let scope = self.template_scope();
+        let vms = match &scope {
+            None => lc.list_vms(None),
+            Some(keys) => keys.iter().filter_map(|k| lc.get_vm(&k.namespace, &k.name).ok()).collect(),
+        };
+        let in_scope = |ns: &str, vm: &str| scope.as_ref().is_none_or(|s| s.contains(&Key::new(ns, vm)));
         let mut live: HashSet<(String, String, String)> = HashSet::new();
         let mut wanted: Vec<(Key, Result<DataVolume, String>)> = Vec::new();
         for vm in &vms {
@@ -70,7 +126,14 @@ impl Cdi {
         let mut gone: Vec<Key> = Vec::new();
         {
             let mut st = lock(&self.state);
-            st.template_errors.clear();
+            match &scope {
+                None => st.template_errors.clear(),
+                Some(_) => {
+                    for (key, _) in &wanted {
+                        st.template_errors.remove(key);
+                    }
+                }
+            }
             for (key, dv) in wanted {
                 if st.dvs.contains_key(&key) {
                     continue;
@@ -94,7 +157,7 @@ impl Cdi {
                     .owner_references
                     .iter()
                     .find(|o| o.kind == "VirtualMachine" && o.api_version.starts_with("kubevirt.io/"));
-                if let Some(o) = owner {
+                if let Some(o) = owner.filter(|o| in_scope(&key.namespace, &o.name)) {
                     if !live.contains(&(key.namespace.clone(), o.name.clone(), o.uid.clone())) {
                         gone.push(key.clone());
                     }
@@ -278,4 +341,16 @@ impl Cdi {
         drop(st);
         self.wake();
     }
+}
+
+/// The VM whose `dataVolumeTemplates` made the DataVolume `dv` (its owner reference), if any.
+pub(super) fn template_owner(namespace: &str, dv: &serde_json::Value) -> Option<Key> {
+    let refs = dv.pointer("/metadata/ownerReferences")?.as_array()?;
+    refs.iter()
+        .find(|o| {
+            o.get("kind").and_then(|k| k.as_str()) == Some("VirtualMachine")
+                && o.get("apiVersion").and_then(|a| a.as_str()).is_some_and(|a| a.starts_with("kubevirt.io/"))
+        })
+        .and_then(|o| o.get("name")?.as_str())
+        .map(|name| Key::new(namespace, name))
 }

@@ -337,6 +337,17 @@ struct State {
     cron_failures: HashMap<Key, u32>,
     /// Template DataVolumes of VMs that cannot be created, and why.
     template_errors: HashMap<Key, String>,
+    /// How far the template pass has read the store's change log (absent: every VM is looked at
+    /// on the next pass).
+    templates_seen: Option<TemplatesSeen>,
+}
+
+/// Where the template pass is in the store's change log.
+struct TemplatesSeen {
+    /// The resourceVersion read up to.
+    resource_version: u64,
+    /// When every VM was last looked at.
+    full_at: Instant,
 }
 
 /// The node's CDI controller.

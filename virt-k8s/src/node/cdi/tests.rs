@@ -161,3 +161,78 @@ fn the_storage_profile_says_how_the_pool_clones() {
     assert!(st.clone_strategy.is_some());
     assert!(p.metadata.annotations["virt-rs.io/clone-strategies"].contains("overlay"));
 }
+
+/// A runtime for Halted VMs: nothing is ever launched.
+struct NoRuntime;
+
+impl virt_core::lifecycle::Runtime for NoRuntime {
+    fn launch(
+        &self,
+        _vmi: &virt_core::model::VirtualMachineInstance,
+    ) -> Result<Arc<dyn virt_core::machine::Machine>, virt_core::lifecycle::LaunchError> {
+        Err(virt_core::lifecycle::LaunchError::new(
+            virt_core::lifecycle::LaunchStage::Start,
+            "no runtime (test)",
+        ))
+    }
+    fn reattach(
+        &self,
+        _vmi: &virt_core::model::VirtualMachineInstance,
+    ) -> Option<Arc<dyn virt_core::machine::Machine>> {
+        None
+    }
+    fn last_exit(
+        &self,
+        _vmi: &virt_core::model::VirtualMachineInstance,
+    ) -> Option<virt_core::machine::MachineExit> {
+        None
+    }
+    fn cleanup(&self, _vmi: &virt_core::model::VirtualMachineInstance) {}
+}
+
+fn templated_vm(name: &str, dv: &str) -> VirtualMachine {
+    virt_core::model::from_yaml(&format!(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {{name: {name}}}\nspec:\n  runStrategy: Halted\n  \
+         dataVolumeTemplates:\n  - metadata: {{name: {dv}}}\n    spec:\n      source: {{blank: {{}}}}\n      \
+         storage: {{resources: {{requests: {{storage: 1Mi}}}}}}\n  template: {{spec: {{domain: {{devices: {{}}, memory: {{guest: 64Mi}}}}}}}}\n"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn template_datavolumes_follow_the_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open_state_dir(dir.path()).unwrap());
+    let cdi = Cdi::open_with_store(dir.path(), store.clone(), vec![]).unwrap();
+    let lc = Arc::new(Lifecycle::new(store, Arc::new(NoRuntime), Default::default()).unwrap());
+    cdi.attach(lc.clone());
+    let exists = |name: &str| cdi.data_volume("default", name).is_some();
+
+    lc.create_vm("default", templated_vm("first", "first-root")).unwrap();
+    cdi.pass(); // the first pass looks at every VM
+    assert!(exists("first-root"));
+    // Later passes look at what the change log says changed.
+    lc.create_vm("default", templated_vm("second", "second-root")).unwrap();
+    cdi.pass();
+    assert!(exists("second-root"), "a VM created after the first pass gets its DataVolume");
+    // A template DataVolume deleted by hand is made again (its deletion names its VM).
+    cdi.delete(CdiKind::DataVolume, "default", "first-root").unwrap();
+    cdi.pass();
+    assert!(exists("first-root"), "the deleted template DataVolume is made again");
+    // The VM deleted: its DataVolume goes, the other VM's stays.
+    lc.delete_vm("default", "second").unwrap();
+    lc.reconcile(); // the lifecycle finishes the deletion
+    cdi.pass();
+    assert!(!exists("second-root"));
+    assert!(exists("first-root"));
+}
+
+#[test]
+fn a_template_owner_is_read_from_owner_references_only() {
+    let dv = serde_json::json!({"metadata": {"ownerReferences": [
+        {"apiVersion": "v1", "kind": "VirtualMachine", "name": "not-kubevirt"},
+        {"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": "web", "uid": "u"}]}});
+    assert_eq!(super::controller::template_owner("ns", &dv), Some(Key::new("ns", "web")));
+    assert_eq!(super::controller::template_owner("ns", &serde_json::json!({"metadata": {}})), None);
+    assert_eq!(super::controller::template_owner("ns", &serde_json::json!("garbage")), None);
+}
