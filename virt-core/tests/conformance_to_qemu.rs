@@ -197,3 +197,27 @@ fn interfaces_become_nics_with_their_model_and_a_stable_mac() {
     v.spec.domain.devices.interfaces[0].state = Some(model::InterfaceState::Absent);
     assert!(machine_spec("x", &v.spec, &Wired, AccelPolicy::Auto).unwrap().interfaces.is_empty());
 }
+
+/// SMM as written in `features.smm`; absent, it follows the graphics device: QEMU 9.1 and later
+/// leave q35's legacy VGA window unmapped with `smm=off`, so a VNC viewer of a text-mode guest
+/// saw a black screen (the web console's VNC test).
+#[test]
+fn smm_follows_the_graphics_device_unless_features_say_otherwise() {
+    let v = vmi("vmi-alpine-efi.yaml");
+    assert!(v.spec.domain.features.as_ref().and_then(|f| f.smm.as_ref()).is_none());
+    let s = machine_spec("efi", &v.spec, &Files, AccelPolicy::Auto).unwrap();
+    assert!(s.graphics && s.smm, "{s:?}");
+    assert!(flags(&s).contains("q35,smm=on"));
+    let mut headless = v.clone();
+    headless.spec.domain.devices.autoattach_graphics_device = Some(false);
+    let s = machine_spec("efi", &headless.spec, &Files, AccelPolicy::Auto).unwrap();
+    assert!(!s.graphics && !s.smm, "{s:?}");
+    let off: VirtualMachineInstance = model::from_yaml(&conformance("vmi-alpine-efi.yaml").replacen(
+        "  domain:\n",
+        "  domain:\n    features:\n      smm:\n        enabled: false\n",
+        1,
+    ))
+    .unwrap();
+    let s = machine_spec("efi", &off.spec, &Files, AccelPolicy::Auto).unwrap();
+    assert!(s.graphics && !s.smm, "features.smm.enabled: false is kept: {s:?}");
+}

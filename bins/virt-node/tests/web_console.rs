@@ -3,9 +3,13 @@
 //! a bearer token. The script (tests/web/console.cjs) logs in (a wrong token first), sees a
 //! refused YAML's field path marked at its line, creates a VM from YAML, finds it in the list,
 //! starts it and sees it reach Running without a reload, then sees the guest's cloud-init line
-//! in the serial console (xterm.js over the console websocket). The guest is the project's Debian
-//! kernel and busybox initramfs under QEMU emulation, from a local registry. Screenshots of each
-//! page land in `<target>/web-console-shots/`.
+//! in the serial console (xterm.js over the console websocket), types commands the guest's shell
+//! runs (one brings its pod-network NIC up and asks for a DHCP lease), downloads the log, sees a
+//! non-blank VNC canvas (noVNC), and uses a console left idle for more than a minute. `/metrics`
+//! is parsed with `prometheus-parse`: the VM's CPU time and network counters grew. The guest is
+//! the project's Debian kernel and busybox initramfs under QEMU emulation, from a local registry.
+//! Needs root (the pod network's namespaces). Screenshots of each page land in
+//! `<target>/tmp/web-console-shots/`.
 
 #[macro_use]
 #[path = "../../../virt-core/tests/support/guest.rs"]
@@ -52,6 +56,7 @@ spec:
   runStrategy: Halted
   template:
     spec:
+      terminationGracePeriodSeconds: 5
       domain:
         firmware:
           kernelBoot:
@@ -59,14 +64,20 @@ spec:
               image: {image}
               kernelPath: /boot/vmlinuz
               initrdPath: /boot/initrd.img
-            kernelArgs: console=tty0 console=ttyS0 panic=-1 virt.idle=1
+            kernelArgs: console=tty0 console=ttyS0 panic=-1
 {extra_domain}        devices:
           disks:
           - disk:
               bus: virtio
             name: cloudinitdisk
+          interfaces:
+          - name: default
+            masquerade: {{}}
         memory:
           guest: 256Mi
+      networks:
+      - name: default
+        pod: {{}}
       volumes:
       - cloudInitNoCloud:
           userData: |
@@ -76,6 +87,27 @@ spec:
         name: cloudinitdisk
 "
     )
+}
+
+/// A network namespace playing the node's for the pod network (`--pod-netns`), removed on drop.
+struct TestNs(String);
+
+impl TestNs {
+    fn new() -> Self {
+        let n = format!("vweb-{}", std::process::id() % 100_000);
+        let _ = Command::new("ip").args(["netns", "del", &n]).status();
+        assert!(
+            Command::new("ip").args(["netns", "add", &n]).status().unwrap().success(),
+            "ip netns add {n}"
+        );
+        Self(n)
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }
 
 /// The console's npm packages (playwright-core among them), fetched once per lockfile.
@@ -102,7 +134,11 @@ fn browser_login_create_start_and_serial_console() {
     std::fs::write(&token_file, &token).unwrap();
     let mut node = NodeProc::start_later(state.path());
     node.registry = Some(reg.host.clone());
+    let netns = TestNs::new();
     node.args = vec![
+        "--pod-network".into(),
+        "--pod-netns".into(),
+        netns.0.clone(),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
         "--token-file".into(),
@@ -183,18 +219,40 @@ fn browser_login_create_start_and_serial_console() {
             .iter()
             .find(|x| x.metric == "kubevirt_vmi_phase_count" && x.labels.get("phase") == Some("running"))
             .map(|x| x.value.clone());
+        let net = [
+            "kubevirt_vmi_network_transmit_packets_total",
+            "kubevirt_vmi_network_transmit_bytes_total",
+            "kubevirt_vmi_network_receive_packets_total",
+            "kubevirt_vmi_network_receive_bytes_total",
+        ]
+        .map(|m| {
+            assert!(
+                s.samples.iter().any(|x| x.metric == m && x.labels.get("interface") == Some("default")),
+                "no {m} for interface default:\n{text}"
+            );
+            get(m)
+        });
         (
             get("kubevirt_vmi_cpu_usage_seconds_total"),
             get("kubevirt_vmi_memory_resident_bytes"),
             running,
+            net,
             text,
         )
     };
-    let (cpu1, rss1, running, text1) = scrape(1);
-    let (cpu2, _, _, text2) = scrape(2);
-    eprintln!("metrics: cpu {cpu1:.2} s -> {cpu2:.2} s over 4 s, resident {rss1} bytes, running {running:?}");
+    let (cpu1, rss1, running, net1, text1) = scrape(1);
+    let (cpu2, _, _, net2, text2) = scrape(2);
+    eprintln!("metrics: cpu {cpu1:.2} s -> {cpu2:.2} s, resident {rss1} bytes, running {running:?}");
+    eprintln!(
+        "metrics: guest tx packets/bytes, rx packets/bytes {net1:?} -> {net2:?} (a DHCP exchange between)"
+    );
     assert!(rss1 > 0.0, "{text1}");
     assert!(cpu2 > cpu1, "the guest's CPU time did not grow:\n{text1}\n{text2}");
+    // The guest brought eth0 up and asked for a lease between the scrapes: it sent packets.
+    assert!(
+        net2[0] > net1[0] && net2[1] > net1[1],
+        "the guest's transmit counters did not grow:\n{text1}\n{text2}"
+    );
     assert!(matches!(running, Some(prometheus_parse::Value::Gauge(v)) if v >= 1.0), "{text1}");
     // The console's websocket went through the API's audit as the admin user.
     let audit = std::fs::read_to_string(state.path().join("audit.log")).unwrap();

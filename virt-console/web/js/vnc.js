@@ -1,7 +1,20 @@
 // The VNC console: noVNC over the node's vnc websocket, with Ctrl-Alt-Del and other key
 // combinations, and clipboard paste typed into the guest.
 import { h, toast } from './dom.js';
+import * as api from './api.js';
 import { wsUrl } from './serial.js';
+
+// Why the VNC websocket closed before the display answered, in words: the API answers a plain
+// GET of the same path with the same checks (a browser cannot read a refused upgrade's status).
+async function vncRefusal(ns, name) {
+  try {
+    await api.get(`${api.SUB}/namespaces/${encodeURIComponent(ns)}/virtualmachineinstances/${encodeURIComponent(name)}/vnc`);
+    return 'Disconnected: the VNC server closed the connection (another viewer may hold it).';
+  } catch (e) {
+    if (e.status === 400) return 'Disconnected: the VNC server closed the connection (another viewer may hold it).';
+    return `The VNC display refused the connection: ${e.message}`;
+  }
+}
 
 export function vncConsole(el, ns, name, currentVmi) {
   const state = h('span', { class: 'muted', id: 'vnc-state' }, 'Waiting for the VM to run…');
@@ -50,12 +63,14 @@ export function vncConsole(el, ns, name, currentVmi) {
     screen.replaceChildren();
     rfb = new RFB(screen, wsUrl(ns, name, 'vnc'), { wsProtocols: ['plain.kubevirt.io'] });
     rfb.scaleViewport = true;
-    rfb.addEventListener('connect', () => { state.textContent = 'Connected'; enable(true); });
-    rfb.addEventListener('disconnect', (e) => {
+    let opened = false;
+    rfb.addEventListener('connect', () => { opened = true; state.textContent = 'Connected'; enable(true); });
+    rfb.addEventListener('disconnect', async (e) => {
       rfb = null;
       enable(false);
       if (stopped) return;
-      state.textContent = e.detail.clean ? 'Disconnected.' : 'Disconnected: the VNC server closed the connection (another viewer may hold it).';
+      if (e.detail.clean && opened) state.textContent = 'Disconnected.';
+      else state.textContent = opened ? 'Disconnected: the VNC server closed the connection (another viewer may hold it).' : await vncRefusal(ns, name);
       reconnect.hidden = false;
     });
   }

@@ -193,7 +193,15 @@ pub fn machine_spec(
 
     let f = d.features.as_ref();
     let acpi = f.and_then(|f| f.acpi.as_ref()).is_none_or(|a| a.is_enabled());
-    let smm = f.is_some_and(|f| f.smm_enabled());
+    // `features.smm` as written; absent, SMM follows the graphics device, as QEMU's own default
+    // (smm=auto: on) would give a KubeVirt domain with no <smm> element. QEMU 9.1 and later leave
+    // q35's legacy VGA window (0xa0000-0xbffff) unmapped with smm=off, so the VGA text screen a
+    // VNC viewer shows stays black; the native backend (no graphics, no SMM) is unaffected.
+    let graphics = d.devices.autoattach_graphics_device.unwrap_or(true);
+    let smm = match f.and_then(|f| f.smm.as_ref()) {
+        Some(state) => state.is_enabled(),
+        None => graphics,
+    };
     let mut hyperv = Vec::new();
     if let Some(h) = f.and_then(|f| f.hyperv.as_ref()) {
         for (flag, on) in [
@@ -277,7 +285,7 @@ pub fn machine_spec(
         hyperv,
         clock,
         tpm,
-        graphics: d.devices.autoattach_graphics_device.unwrap_or(true),
+        graphics,
         machine_type: d.machine.as_ref().and_then(|m| m.type_.clone()),
         accel,
         interfaces: interfaces(name, spec, files)?,

@@ -5,7 +5,10 @@
 //! on it), read from `/proc` when the endpoint is scraped: CPU time per vCPU thread (`vcpuN` of
 //! the native VMM, `CPU N/KVM` or `CPU N/TCG` of QEMU), resident memory, and the bytes and calls
 //! of the processes' reads and writes (the guest's disk I/O goes through them). Nothing is
-//! sampled in the background: a scrape costs a few small `/proc` reads per VM.
+//! sampled in the background: a scrape costs a few small `/proc` reads per VM. Network figures
+//! come from the VM's taps in its pod network namespace ([`netdev`]).
+
+mod netdev;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,6 +19,8 @@ use virt_core::model::{VirtualMachineInstance, VmiPhase};
 
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub use netdev::{guest_net_stats, parse_net_dev, NetStats};
 
 /// What the launcher processes of one VM used so far.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -34,6 +39,8 @@ pub struct ProcStats {
     pub read_ops: u64,
     /// See `read_ops`.
     pub write_ops: u64,
+    /// Each guest interface's counters (empty without a pod network).
+    pub net: Vec<NetStats>,
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat`'s times.
@@ -303,6 +310,53 @@ pub fn render(
             drive,
             s.write_ops as f64,
         );
+        for n in &s.net {
+            let labels = format!("{base},interface=\"{}\"", esc(&n.interface));
+            for (metric, help, v) in [
+                (
+                    "kubevirt_vmi_network_receive_bytes_total",
+                    "Total network traffic received in bytes.",
+                    n.rx_bytes,
+                ),
+                (
+                    "kubevirt_vmi_network_transmit_bytes_total",
+                    "Total network traffic transmitted in bytes.",
+                    n.tx_bytes,
+                ),
+                (
+                    "kubevirt_vmi_network_receive_packets_total",
+                    "Total network traffic received packets.",
+                    n.rx_packets,
+                ),
+                (
+                    "kubevirt_vmi_network_transmit_packets_total",
+                    "Total network traffic transmitted packets.",
+                    n.tx_packets,
+                ),
+                (
+                    "kubevirt_vmi_network_receive_errors_total",
+                    "Total network received error packets.",
+                    n.rx_errors,
+                ),
+                (
+                    "kubevirt_vmi_network_transmit_errors_total",
+                    "Total network transmitted error packets.",
+                    n.tx_errors,
+                ),
+                (
+                    "kubevirt_vmi_network_receive_packets_dropped_total",
+                    "The total number of rx packets dropped on vNIC interfaces.",
+                    n.rx_dropped,
+                ),
+                (
+                    "kubevirt_vmi_network_transmit_packets_dropped_total",
+                    "The total number of tx packets dropped on vNIC interfaces.",
+                    n.tx_dropped,
+                ),
+            ] {
+                add(metric, help, "counter", labels.clone(), v as f64);
+            }
+        }
     }
     let mut out = String::new();
     for (name, f) in &families {
@@ -365,6 +419,12 @@ mod tests {
                 write_bytes: 20,
                 read_ops: 1,
                 write_ops: 2,
+                net: vec![NetStats {
+                    interface: "default".into(),
+                    rx_bytes: 300,
+                    tx_packets: 4,
+                    ..Default::default()
+                }],
             })
         });
         let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
@@ -386,6 +446,8 @@ mod tests {
         assert_eq!(find("kubevirt_vmi_memory_domain_bytes", "name", "a"), Some(268435456.0));
         assert_eq!(find("kubevirt_vmi_storage_write_traffic_bytes_total", "drive", "all"), Some(20.0));
         assert_eq!(find("kubevirt_vmi_info", "namespace", "d"), Some(1.0));
+        assert_eq!(find("kubevirt_vmi_network_receive_bytes_total", "interface", "default"), Some(300.0));
+        assert_eq!(find("kubevirt_vmi_network_transmit_packets_total", "interface", "default"), Some(4.0));
         assert!(find("kubevirt_vmi_phase_count", "node", "node-1").is_some());
         // A VMI that is not running has no per-VM figures.
         assert_eq!(find("kubevirt_vmi_memory_resident_bytes", "name", "b"), None);

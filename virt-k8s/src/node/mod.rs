@@ -421,7 +421,8 @@ impl Node {
                     ),
                     audit::Listener::Tcp,
                 );
-                let app = virt_console::mount(app);
+                // Uploads from the web console's origin; the upload token authorises them.
+                let app = virt_console::mount(app).merge(self.cdi.upload_router());
                 tasks.push(tokio::spawn(async move {
                     let _ = axum::serve(tcp, app)
                         .with_graceful_shutdown(async move {

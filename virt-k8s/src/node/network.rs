@@ -153,6 +153,27 @@ impl NodeNetwork {
     pub fn netns_of(&self, vmi: &VirtualMachineInstance) -> Option<PathBuf> {
         self.manager.get(&uid_of(vmi)).map(|n| n.netns_path())
     }
+
+    /// The guest-side counters of each of `vmi`'s interfaces: its taps' figures, read from
+    /// `/proc/net/dev` by a thread inside the VMI's network namespace (empty without one).
+    pub fn guest_net_stats(&self, vmi: &VirtualMachineInstance) -> Vec<super::metrics::NetStats> {
+        let Some(net) = self.manager.get(&uid_of(vmi)) else { return Vec::new() };
+        let taps: Vec<(String, String)> =
+            net.interfaces.iter().map(|i| (i.request.name.clone(), i.tap.clone())).collect();
+        match virt_net::netns::run_in(&net.netns_path(), || {
+            std::fs::read_to_string("/proc/thread-self/net/dev")
+        }) {
+            Ok(Ok(text)) => super::metrics::guest_net_stats(&text, &taps),
+            Ok(Err(e)) => {
+                log::debug!("metrics: /proc/net/dev in {}: {e}", net.netns);
+                Vec::new()
+            }
+            Err(e) => {
+                log::debug!("metrics: {e}");
+                Vec::new()
+            }
+        }
+    }
 }
 
 impl EndpointLookup for NodeNetwork {

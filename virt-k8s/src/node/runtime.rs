@@ -80,6 +80,18 @@ impl LauncherRuntime {
         let _ = self.network.set(network);
     }
 
+    /// The network namespace `vmi`'s launcher runs in when it has a pod network (where its QEMU's
+    /// VNC server listens).
+    pub fn netns_of(&self, vmi: &VirtualMachineInstance) -> Option<std::path::PathBuf> {
+        self.network.get().and_then(|n| n.netns_of(vmi))
+    }
+
+    /// The guest-side network counters of `vmi`'s interfaces (`/metrics`; empty without a pod
+    /// network).
+    pub fn guest_net_stats(&self, vmi: &VirtualMachineInstance) -> Vec<super::metrics::NetStats> {
+        self.network.get().map(|n| n.guest_net_stats(vmi)).unwrap_or_default()
+    }
+
     /// Lets `claims` say whether DataVolume-filled claims are ready: VMIs then wait (Pending) for
     /// their DataVolumes instead of failing. Only the first call counts.
     pub fn set_claims(&self, claims: Arc<dyn ClaimReadiness>) {

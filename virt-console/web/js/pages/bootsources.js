@@ -1,7 +1,9 @@
 // Boot sources: DataVolumes with phase and import progress, DataSources and DataImportCrons
-// (current version, import under way with its progress, the automatic-update switch).
+// (current version, import under way with its progress, the automatic-update switch), and the
+// upload of a disk image from the browser (upload.js).
 import * as api from '../api.js';
 import { h, age, confirmAction, status, toast } from '../dom.js';
+import { uploadForm } from '../upload.js';
 
 // HCO's per-boot-source switch, honoured by the node's DataImportCron controller.
 export const AUTO_UPDATE = 'dataimportcrontemplate.kubevirt.io/enable';
@@ -99,5 +101,6 @@ export function bootSources(main) {
     section(main, 'DataVolumes', `${api.CDI}/datavolumes`, ['Name', 'Namespace', 'Source', 'Phase', 'Progress', 'Age'],
       (o) => [(dvs.set(`${o.metadata.namespace}/${o.metadata.name}`, o), o.metadata.name), o.metadata.namespace, source(o.spec), status(o.status?.phase || 'Pending'), progress(o.status?.progress), age(o.metadata.creationTimestamp)],
       'No DataVolumes.'),
+    (main.append(uploadForm()), () => {}),
   ].reduce((acc, stop) => () => { acc(); stop(); }, () => {});
 }

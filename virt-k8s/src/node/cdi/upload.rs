@@ -44,6 +44,14 @@ impl Cdi {
         Ok(self.uploads.issue_token(&id, VolumeFormat::Raw, UPLOAD_TOKEN_TTL)?)
     }
 
+    /// The upload endpoint's routes (`/v1beta1/upload`, CDI's upload proxy path) for the node's
+    /// API listeners too, so that the web console uploads from its own origin. The upload token
+    /// (an UploadTokenRequest's, single use) is its authorisation, as on the endpoint's own
+    /// listener.
+    pub fn upload_router(&self) -> axum::Router {
+        self.uploads.router()
+    }
+
     /// Binds the upload endpoint on `near`'s address (the node's TCP listener) or 127.0.0.1, on a
     /// free port, records its URL, and serves it until `shutdown` resolves.
     pub async fn serve_uploads(
