@@ -22,18 +22,22 @@
 
 pub mod cmdline;
 pub mod nic;
+mod process;
 pub mod qmp;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use self::cmdline::{Firmware, FirmwarePaths, Layout};
+use self::process::{
+    accept_within, collect_stderr, die_with_parent, new_run_dir, prepare_vars, start_swtpm, stderr_note,
+    Resources,
+};
 use self::qmp::{Incoming, QmpClient, QmpError, QmpEvent, ShutdownCause};
 use super::accel::{self, AccelDecision, HostVirt};
 use super::{
@@ -203,205 +207,6 @@ impl MachineBackend for QemuBackend {
             .map(|m| Box::new(m) as Box<dyn Machine>)
             .map_err(|msg| MachineError::Start { machine: spec.name.clone(), msg })
     }
-}
-
-/// Processes and files a machine owns; dropping this kills the processes and removes the run dir.
-struct Resources {
-    run_dir: PathBuf,
-    qemu: Option<Arc<Mutex<Child>>>,
-    swtpm: Arc<Mutex<Option<Child>>>,
-}
-
-impl Drop for Resources {
-    fn drop(&mut self) {
-        if let Some(q) = &self.qemu {
-            let mut c = lock(q);
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
-        if let Some(mut s) = lock(&self.swtpm).take() {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.run_dir);
-    }
-}
-
-fn new_run_dir(opts: &QemuOptions, name: &str) -> Result<PathBuf, String> {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let base = opts
-        .run_dir
-        .clone()
-        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
-        .unwrap_or_else(std::env::temp_dir);
-    let short: String = name.chars().take(16).collect();
-    let dir = base.join(format!("vq-{short}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-    if dir.join("serial.sock").as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(format!("run directory {} is too long for unix socket paths", dir.display()));
-    }
-    std::fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
-    std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
-    }
-    Ok(dir)
-}
-
-/// This machine's EFI variable store: the persistent file (made from the template the first time) or
-/// a fresh copy in the run directory.
-fn prepare_vars(template: &Path, vars: &Path) -> Result<(), String> {
-    let tlen = std::fs::metadata(template).map_err(|e| format!("{}: {e}", template.display()))?.len();
-    match std::fs::metadata(vars) {
-        Ok(m) if m.len() == tlen => Ok(()),
-        Ok(m) => Err(format!(
-            "EFI variables {} hold {} bytes but the firmware's template {} has {tlen}: made for another OVMF build",
-            vars.display(),
-            m.len(),
-            template.display()
-        )),
-        Err(_) => {
-            if let Some(parent) = vars.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
-            }
-            std::fs::copy(template, vars)
-                .map(|_| ())
-                .map_err(|e| format!("copy {} to {}: {e}", template.display(), vars.display()))
-        }
-    }
-}
-
-/// Collects QEMU's stderr: logged line by line (lines bounded), the tail kept for error messages.
-fn collect_stderr(name: String, mut stderr: std::process::ChildStderr) -> Arc<Mutex<String>> {
-    let tail = Arc::new(Mutex::new(String::new()));
-    let t = tail.clone();
-    let _ = std::thread::Builder::new().name(format!("{name}-qemu-stderr")).spawn(move || {
-        crate::jail::enter_or_die(crate::jail::Role::Console);
-        let mut split = qmp::LineSplitter::new(1024);
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = match stderr.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            for line in split.push(&buf[..n]) {
-                let s = match line {
-                    Ok(l) => String::from_utf8_lossy(&l).trim_end().to_string(),
-                    Err(e) => e.to_string(),
-                };
-                log::warn!("machine {name}: qemu: {s}");
-                let mut t = lock(&t);
-                t.push_str(&s);
-                t.push('\n');
-                if t.len() > STDERR_TAIL {
-                    let cut = t.len() - STDERR_TAIL;
-                    let cut = (cut..t.len()).find(|&i| t.is_char_boundary(i)).unwrap_or(t.len());
-                    t.drain(..cut);
-                }
-            }
-        }
-    });
-    tail
-}
-
-fn stderr_note(tail: &Mutex<String>) -> String {
-    let t = lock(tail);
-    if t.trim().is_empty() {
-        String::new()
-    } else {
-        format!("; qemu said: {}", t.trim())
-    }
-}
-
-/// Accepts one connection on `l` before `deadline`, failing early if `child` exits.
-fn accept_within(
-    l: &UnixListener,
-    what: &str,
-    deadline: Instant,
-    child: &Mutex<Child>,
-    tail: &Mutex<String>,
-) -> Result<UnixStream, String> {
-    l.set_nonblocking(true).map_err(|e| format!("{what}: {e}"))?;
-    loop {
-        match l.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).map_err(|e| format!("{what}: {e}"))?;
-                return Ok(s);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(format!("accept the {what} connection: {e}")),
-        }
-        if let Ok(Some(st)) = lock(child).try_wait() {
-            // Let the stderr thread catch up with QEMU's last words.
-            std::thread::sleep(Duration::from_millis(100));
-            return Err(format!("QEMU exited ({st}) before connecting its {what}{}", stderr_note(tail)));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("QEMU did not connect its {what} in time{}", stderr_note(tail)));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Makes the child die with the thread that spawns it (the launcher's main thread), so that a
-/// launcher killed with SIGKILL does not leave an unsupervised QEMU (or swtpm) running its guest;
-/// with `confine`, the child also starts with no capabilities and `no_new_privs`.
-fn die_with_parent(cmd: &mut Command, confine: bool) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the child between fork and exec and only makes system calls
-    // (prctl, capset), which are async-signal-safe; it allocates nothing and touches no memory of
-    // the parent.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if confine {
-                crate::jail::drop_capabilities(0).map_err(crate::jail::CapsError::into_io)?;
-            }
-            Ok(())
-        });
-    }
-}
-
-fn start_swtpm(opts: &QemuOptions, spec: &MachineSpec, dir: &Path, sock: &Path) -> Result<Child, String> {
-    let Some(tpm) = &spec.tpm else { return Err("no TPM asked for".into()) };
-    let state = if tpm.persistent { tpm.state_dir.clone() } else { dir.join("tpm") };
-    std::fs::create_dir_all(&state).map_err(|e| format!("create TPM state dir {}: {e}", state.display()))?;
-    let log = dir.join("swtpm.log");
-    let mut cmd = Command::new(&opts.swtpm);
-    cmd.arg("socket")
-        .arg("--tpm2")
-        .arg("--tpmstate")
-        .arg(format!("dir={}", cmdline::escape(&state.display().to_string())))
-        .arg("--ctrl")
-        .arg(format!("type=unixio,path={}", cmdline::escape(&sock.display().to_string())))
-        .arg("--log")
-        .arg(format!("file={},level=1", cmdline::escape(&log.display().to_string())))
-        // Exits when QEMU disconnects.
-        .arg("--terminate")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    die_with_parent(&mut cmd, opts.confine);
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", opts.swtpm.display()))?;
-    let deadline = Instant::now() + opts.start_timeout;
-    while !sock.exists() {
-        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-        if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!("swtpm exited ({st}) before listening: {}", log_text().trim()));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("swtpm did not listen on {} in time: {}", sock.display(), log_text().trim()));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(child)
 }
 
 type Ended = (Mutex<Option<MachineExit>>, Condvar);
