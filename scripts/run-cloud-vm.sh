@@ -29,7 +29,10 @@ mkdir -p "$state"
 export VIRT_NODE="unix://$state/node.sock"
 virtctl() { "$bin/virtctl" "$@"; }
 jget() { python3 -c 'import json,sys
-v=json.load(sys.stdin)
+try:
+    v=json.load(sys.stdin)
+except ValueError:  # nothing (the object does not exist yet) or not JSON: no value
+    v=None
 for k in sys.argv[1].split("."):
     v = v[int(k)] if isinstance(v, list) else (v or {}).get(k)
 print("" if v is None else v)' "$1"; }
