@@ -133,7 +133,7 @@ pub fn identity(spec: &MachineSpec, view: &View, range: UidRange, host_pid: u32)
 }
 
 /// The lock file of a launcher's set-up in its run directory.
-pub const SETUP_LOCK: &str = "setup.lock";
+pub const SETUP_LOCK: &str = virt_core::machine::supervisor::SETUP_LOCK_FILE;
 
 /// Whether another launcher owns `run_dir` (its set-up or its machine). Otherwise this process
 /// now does, before it sets anything up: an exclusive `flock` on `<run dir>/setup.lock`, held for

@@ -517,16 +517,10 @@ fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
     });
     let reboot_s = tb.elapsed().as_secs_f64();
     let v = vmi_json(&c).unwrap();
-    // Known open bug (issue #11's stop note, 2026-12-05): in 1 of 2 CI runs the soft reboot through
-    // the agent ended with a new VMI (its VM's run strategy made one) instead of the same VMI's
-    // machine started again in place. Until that race is found, a replaced VMI is reported here,
-    // not failed on; the guest must still come back on ssh with a new boot id and the VMI Running.
-    if v["metadata"]["uid"] != uid {
-        eprintln!(
-            "KNOWN BUG: the soft reboot replaced the VMI ({uid} -> {}) instead of restarting it in place",
-            v["metadata"]["uid"]
-        );
-    }
+    // The same VMI, its machine started again in place (a new launcher waits for the old one's
+    // jail keeper to go: before, it raced the keeper's set-up lock and the VMI failed and was
+    // replaced by a new one in 1 of 3 CI runs).
+    assert_eq!(v["metadata"]["uid"], uid, "the soft reboot replaced the VMI instead of restarting it");
     assert_eq!(v["status"]["phase"], "Running");
     progress(t0, &format!("soft reboot through the agent: back on ssh after {reboot_s:.1} s"));
     node.ok(&["stop", "debian"]);

@@ -153,7 +153,21 @@ pub fn is_alive(run_dir: &Path) -> bool {
 /// launcher exits (the lock goes with the process, zombie or not). With [`is_alive`] false this means
 /// the launcher is still starting the machine.
 pub fn launcher_running(run_dir: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(run_dir.join(LOCK_FILE)) else { return false };
+    held(&run_dir.join(LOCK_FILE))
+}
+
+/// Whether a launcher process is still there at all: it holds the machine's lock
+/// ([`launcher_running`]) or the set-up lock it keeps for its whole life
+/// ([`SETUP_LOCK_FILE`](super::supervisor::SETUP_LOCK_FILE)). A launcher whose machine ended
+/// releases the first before it exits; a new launcher for the same run directory refuses to start
+/// while the second is held.
+pub fn launcher_present(run_dir: &Path) -> bool {
+    launcher_running(run_dir) || held(&run_dir.join(super::supervisor::SETUP_LOCK_FILE))
+}
+
+/// Whether someone holds a `flock` on `path` (probed with a shared, non-blocking lock).
+fn held(path: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(path) else { return false };
     // SAFETY: flock on a descriptor `f` owns; no memory is involved.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
         // Nobody holds it; closing `f` releases our shared lock at once.
@@ -339,6 +353,21 @@ impl RemoteMachine {
     /// serves it (with the exit, if the machine ended).
     pub fn connect(run_dir: &Path) -> Result<RemoteMachine, RemoteError> {
         Self::connect_timeout(run_dir, DEFAULT_TIMEOUT)
+    }
+
+    /// [`connect_timeout`](Self::connect_timeout) to a launcher that may still be starting: while it
+    /// holds the run directory but its sockets are not up ([`RemoteError::NotReady`]), tries again
+    /// until `timeout` has passed. A launcher that ended, or answers wrongly, fails at once.
+    pub fn connect_when_up(run_dir: &Path, timeout: Duration) -> Result<RemoteMachine, RemoteError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match Self::connect_timeout(run_dir, timeout) {
+                Err(RemoteError::NotReady { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// [`connect`](Self::connect) with `timeout` for each request's answer.

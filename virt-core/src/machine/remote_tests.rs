@@ -170,3 +170,54 @@ fn the_machine_ending_unseen_still_reports_its_exit() {
     assert_eq!(r.wait(Some(Duration::ZERO)), Some(MachineExit::Reboot));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn connect_when_up_waits_for_a_starting_launcher_and_no_longer() {
+    let dir = run_dir("when-up");
+    // Claimed but never served: NotReady once the timeout has passed, not before.
+    let sup = Supervisor::claim(&dir).unwrap();
+    let t = Instant::now();
+    let e = RemoteMachine::connect_when_up(&dir, Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(e, RemoteError::NotReady { .. }), "{e:?}");
+    assert!(t.elapsed() >= Duration::from_millis(300), "{:?}", t.elapsed());
+    // The same launcher comes up 300 ms from now (a migration target finishing, a reboot starting):
+    // the plain connect fails, the patient one gets the machine.
+    assert!(matches!(RemoteMachine::connect(&dir), Err(RemoteError::NotReady { .. })));
+    let fake = Arc::new(FakeMachine::new(sup.console_sink()));
+    let dm: Arc<dyn Machine> = fake.clone();
+    let server = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        sup.serve(dm, ServeInfo { name: "late".into(), backend: "native".into() })
+    });
+    let r = RemoteMachine::connect_when_up(&dir, Duration::from_secs(10)).unwrap();
+    assert_eq!(r.name(), "late");
+    r.power_down().unwrap();
+    assert_eq!(server.join().unwrap().unwrap(), MachineExit::PowerOff);
+    // A launcher that ended fails at once, whatever the timeout.
+    let t = Instant::now();
+    let e = RemoteMachine::connect_when_up(&dir, Duration::from_secs(10)).unwrap_err();
+    assert!(matches!(e, RemoteError::Gone { exit: Some(MachineExit::PowerOff), .. }), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn an_exiting_launcher_is_present_until_its_set_up_lock_goes() {
+    use std::os::fd::AsRawFd as _;
+    let dir = run_dir("present");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(!launcher_present(&dir));
+    // The machine's lock went, the jail's outer process still tears down holding the set-up lock.
+    let f = std::fs::File::create(dir.join(super::super::supervisor::SETUP_LOCK_FILE)).unwrap();
+    // SAFETY: flock on a descriptor `f` owns.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    assert!(launcher_present(&dir) && !launcher_running(&dir));
+    drop(f);
+    assert!(!launcher_present(&dir));
+    // A launcher holding the machine's lock is present too.
+    let sup = Supervisor::claim(&dir).unwrap();
+    assert!(launcher_present(&dir) && launcher_running(&dir));
+    drop(sup);
+    assert!(!launcher_present(&dir));
+    let _ = std::fs::remove_dir_all(dir);
+}

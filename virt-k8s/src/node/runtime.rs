@@ -307,15 +307,18 @@ impl Runtime for LauncherRuntime {
         self.reap();
         let run_dir = self.run_dir(vmi);
         if run_dir.join("exit.json").exists() {
-            // The previous launcher of this VMI (a guest reboot) recorded its end and is exiting.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while remote::launcher_running(&run_dir) && Instant::now() < deadline {
+            // The previous launcher of this VMI (a guest reboot) recorded its end and is exiting. Its
+            // process outlives the machine's lock a moment (a jailed launcher tears its jail down
+            // holding the set-up lock), and a new launcher refuses the directory until it is gone.
+            let deadline = Instant::now() + self.cfg.start_timeout;
+            while remote::launcher_present(&run_dir) && Instant::now() < deadline {
+                self.reap();
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
         if remote::launcher_running(&run_dir) {
-            // Never two launchers for one VMI: take over the one that runs.
-            return RemoteMachine::connect_timeout(&run_dir, self.cfg.start_timeout)
+            // Never two launchers for one VMI: take over the one that runs (or is starting).
+            return RemoteMachine::connect_when_up(&run_dir, self.cfg.start_timeout)
                 .map(|m| Arc::new(m) as Arc<dyn Machine>)
                 .map_err(|e| {
                     LaunchError::new(
@@ -348,7 +351,7 @@ impl Runtime for LauncherRuntime {
         if !remote::launcher_running(&run_dir) && !remote::is_alive(&run_dir) {
             return None;
         }
-        match RemoteMachine::connect_timeout(&run_dir, self.cfg.start_timeout) {
+        match RemoteMachine::connect_when_up(&run_dir, self.cfg.start_timeout) {
             Ok(m) => Some(Arc::new(m)),
             Err(e) => {
                 log::warn!("VMI {}: its launcher runs but does not answer: {e}", run_dir.display());

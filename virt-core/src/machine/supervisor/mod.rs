@@ -43,6 +43,10 @@ pub(crate) use protocol::{peer_gone, quote, wait_readable};
 
 /// Held (flock, exclusive) while a launcher runs.
 pub const LOCK_FILE: &str = "launcher.lock";
+/// The lock a launcher process holds on its run directory for its whole life, from before it sets
+/// the directory up until after its machine's [`LOCK_FILE`] went (a jailed launcher's outer process
+/// still tears its jail down then).
+pub const SETUP_LOCK_FILE: &str = "setup.lock";
 /// The launcher's pid.
 pub const PID_FILE: &str = "launcher.pid";
 /// All guest serial output.

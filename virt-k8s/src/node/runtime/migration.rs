@@ -103,7 +103,7 @@ impl LauncherRuntime {
                 write_pointer(&base, ACTIVE, &name).map_err(|e| failed("writing", &base.join(ACTIVE), e))?;
                 let _ = std::fs::remove_file(base.join(INCOMING));
                 let machine =
-                    RemoteMachine::connect_timeout(&target, self.cfg.start_timeout).map_err(|e| {
+                    RemoteMachine::connect_when_up(&target, self.cfg.start_timeout).map_err(|e| {
                         MigrationError::Failed(format!("the VM moved but its launcher does not answer: {e}"))
                     })?;
                 self.release_source(&base, &source);
