@@ -13,6 +13,7 @@ pub mod cdi;
 pub mod cdi_api;
 pub mod compliance_api;
 pub mod core_objects;
+pub mod images;
 pub mod kube;
 pub mod metrics;
 pub mod network;

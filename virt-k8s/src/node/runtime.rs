@@ -278,7 +278,9 @@ impl LauncherRuntime {
                     ),
                 ));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Asking costs a failed connect (no socket yet) or one status round trip; a machine
+            // starts in tens of milliseconds, and each millisecond waited here is the node's.
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

@@ -10,19 +10,20 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use virt_core::machine::resolve::{HostFileError, VolumeFiles};
 use virt_core::machine::{DiskFormat, InterfaceBackend};
-use virt_core::model::{self, VirtualMachineInstance, Volume};
+use virt_core::model::{self, PullPolicy, VirtualMachineInstance, Volume};
 use virt_storage::format::detect::{detect_path, ImageFormat};
 use virt_storage::format::qcow2::{Qcow2, Qcow2CreateOptions};
 use virt_storage::format::{open_image, FormatError};
 use virt_storage::hostdisk::{HostDiskError, HostDiskPolicy};
 use virt_storage::import::policy::NetPolicy;
-use virt_storage::registry::{RegistryClient, RegistryConfig, RegistryError};
+use virt_storage::registry::{RegistryConfig, RegistryError};
 
 use super::core_objects::CoreObjects;
+use super::images::ImageCache;
 use super::seed::{write_vmi_seed, SeedError};
 
 /// Where volumes come from and go.
@@ -38,6 +39,18 @@ pub struct VolumeConfig {
     pub host_disk_dirs: Vec<PathBuf>,
     /// Where containerDisk and kernel-boot pulls may connect.
     pub net_policy: Option<Arc<NetPolicy>>,
+}
+
+/// How the node's pulls talk to registries.
+fn registry_config(cfg: &VolumeConfig) -> RegistryConfig {
+    let mut rc = RegistryConfig { net_policy: cfg.net_policy.clone(), ..RegistryConfig::default() };
+    for r in &cfg.insecure_registries {
+        rc = rc.with_insecure_registry(r.clone());
+    }
+    if let Some(ca) = &cfg.registry_ca {
+        rc = rc.with_ca_bundle(ca.clone());
+    }
+    rc
 }
 
 /// Tells whether a claim a VMI names is populated: the node's CDI controller answers for the claims
@@ -130,6 +143,14 @@ pub enum PrepareError {
         /// The volume's kind (its field name).
         kind: String,
     },
+    /// The image is not in the node's cache and its `imagePullPolicy` is `Never`.
+    #[error("{what} {image}: not in the node's image cache and imagePullPolicy is Never (pull it once with IfNotPresent or Always)")]
+    NotPresent {
+        /// `containerDisk` or `kernelBoot image`.
+        what: &'static str,
+        /// The image reference.
+        image: String,
+    },
     /// `kernelBoot.container` without `kernelPath`.
     #[error("kernelBoot.container.kernelPath is required")]
     KernelPathRequired,
@@ -203,18 +224,18 @@ pub struct VmiVolumes {
     claims: std::sync::OnceLock<Arc<dyn ClaimReadiness>>,
     /// Secrets (cloud-init `secretRef`, `accessCredentials`); none: such VMIs fail to launch.
     objects: std::sync::OnceLock<Arc<CoreObjects>>,
-    /// One pull of an image at a time.
-    pull_lock: Mutex<()>,
+    /// containerDisks and kernel-boot images.
+    images: ImageCache,
 }
 
 impl VmiVolumes {
     /// Volumes prepared with `cfg`.
     pub fn new(cfg: VolumeConfig) -> Self {
         Self {
+            images: ImageCache::new(cfg.state_dir.join("images"), registry_config(&cfg)),
             cfg,
             claims: std::sync::OnceLock::new(),
             objects: std::sync::OnceLock::new(),
-            pull_lock: Mutex::new(()),
         }
     }
 
@@ -242,73 +263,18 @@ impl VmiVolumes {
             .find(|(p, _)| p.is_file())
     }
 
-    fn registry(&self, what: &'static str, image: &str) -> Result<RegistryClient, PrepareError> {
-        let mut cfg = RegistryConfig { net_policy: self.cfg.net_policy.clone(), ..RegistryConfig::default() };
-        for r in &self.cfg.insecure_registries {
-            cfg = cfg.with_insecure_registry(r.clone());
-        }
-        if let Some(ca) = &self.cfg.registry_ca {
-            cfg = cfg.with_ca_bundle(ca.clone());
-        }
-        RegistryClient::new(cfg).map_err(|source| PrepareError::Registry {
-            what,
-            image: image.into(),
-            source: Box::new(source),
-        })
+    /// `image`'s containerDisk, pulled into the node's image cache as `policy` says
+    /// ([`ImageCache::container_disk`]); the disk file.
+    pub fn container_disk(&self, image: &str, policy: Option<PullPolicy>) -> Result<PathBuf, PrepareError> {
+        self.images.container_disk(image, policy)
     }
 
-    /// Pulls `image`'s containerDisk into the cache (once per digest); returns the disk file.
-    pub fn container_disk(&self, image: &str) -> Result<PathBuf, PrepareError> {
-        let _one = self.pull_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let reg = |source| PrepareError::Registry {
-            what: "containerDisk",
-            image: image.into(),
-            source: Box::new(source),
-        };
-        let client = self.registry("containerDisk", image)?;
-        let reference = image.strip_prefix("docker://").unwrap_or(image);
-        let digest = client.resolve_digest(reference).map_err(reg)?;
-        let dir = self.cfg.state_dir.join("images").join(digest.hex());
-        if let Some(existing) = first_file(&dir) {
-            return Ok(existing);
-        }
-        let pinned = match reference.split_once('@') {
-            Some(_) => reference.to_string(),
-            None => format!("{}@{digest}", strip_tag(reference)),
-        };
-        client.extract_container_disk(&pinned, &dir).map_err(reg)
-    }
-
-    /// Pulls a kernel-boot container's kernel and initrd into the cache.
+    /// A kernel-boot container's kernel and initrd, from the node's image cache.
     pub fn kernel_files(
         &self,
         c: &model::KernelBootContainer,
     ) -> Result<(PathBuf, Option<PathBuf>), PrepareError> {
-        let _one = self.pull_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let reg = |source| PrepareError::Registry {
-            what: "kernelBoot image",
-            image: c.image.clone(),
-            source: Box::new(source),
-        };
-        let client = self.registry("kernelBoot image", &c.image)?;
-        let reference = c.image.strip_prefix("docker://").unwrap_or(&c.image);
-        let digest = client.resolve_digest(reference).map_err(reg)?;
-        let dir = self.cfg.state_dir.join("images").join(digest.hex());
-        let mut wanted: Vec<&str> = Vec::new();
-        let kernel = c.kernel_path.as_deref().ok_or(PrepareError::KernelPathRequired)?;
-        wanted.push(kernel);
-        if let Some(i) = c.initrd_path.as_deref() {
-            wanted.push(i);
-        }
-        let local = |p: &str| dir.join(p.trim_start_matches('/'));
-        if !wanted.iter().all(|p| local(p).is_file()) {
-            let pinned = match reference.split_once('@') {
-                Some(_) => reference.to_string(),
-                None => format!("{}@{digest}", strip_tag(reference)),
-            };
-            client.extract_files(&pinned, &wanted, &dir).map_err(reg)?;
-        }
-        Ok((local(kernel), c.initrd_path.as_deref().map(local)))
+        self.images.kernel_files(c)
     }
 
     /// Prepares the files of `vmi`'s volumes (and its kernel-boot container) in `run_dir`.
@@ -354,7 +320,7 @@ impl VmiVolumes {
             move |source| PrepareError::Format { path, source }
         };
         if let Some(cd) = &v.container_disk {
-            let base = self.container_disk(&cd.image)?;
+            let base = self.container_disk(&cd.image, cd.image_pull_policy)?;
             let base_fmt = detect_path(&base).map_err(format_err(&base))?;
             if !matches!(base_fmt, ImageFormat::Qcow2 | ImageFormat::Raw) {
                 return Err(PrepareError::ImageFormat { image: cd.image.clone(), format: base_fmt });
@@ -420,29 +386,9 @@ impl VmiVolumes {
     }
 }
 
-fn first_file(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| p.is_file())
-}
-
-/// `repo:tag` without the tag (a port's colon before the last slash stays).
-fn strip_tag(reference: &str) -> &str {
-    let slash = reference.rfind('/').map_or(0, |i| i + 1);
-    match reference[slash..].rfind(':') {
-        Some(i) => &reference[..slash + i],
-        None => reference,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tags_are_stripped_but_ports_kept() {
-        assert_eq!(strip_tag("127.0.0.1:5000/os/cirros:devel"), "127.0.0.1:5000/os/cirros");
-        assert_eq!(strip_tag("127.0.0.1:5000/os/cirros"), "127.0.0.1:5000/os/cirros");
-        assert_eq!(strip_tag("quay.io/x/y:1"), "quay.io/x/y");
-    }
 
     #[test]
     fn volumes_of_every_served_kind_become_files_and_the_rest_are_named() {
