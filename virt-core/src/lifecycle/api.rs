@@ -29,7 +29,7 @@ impl Lifecycle {
             value: to_value(&vm),
         })?;
         vm.metadata.resource_version = Some(rv.to_string());
-        st.vms.insert(key.clone(), vm.clone());
+        st.vms.insert(key.clone(), Box::new(vm.clone()));
         drop(st);
         self.enqueue(&key);
         Ok(vm)
@@ -79,7 +79,7 @@ impl Lifecycle {
             cur.metadata.finalizers = vm.metadata.finalizers;
             self.persist_vm(&mut st, &key)?;
         }
-        let out = st.vms.get(&key).cloned();
+        let out = st.vms.get(&key).map(|b| (**b).clone());
         drop(st);
         self.enqueue(&key);
         out.ok_or(LifecycleError::NotFound { resource: Kind::VirtualMachine.resource(), name })
@@ -87,7 +87,7 @@ impl Lifecycle {
 
     /// One VM.
     pub fn get_vm(&self, namespace: &str, name: &str) -> Result<VirtualMachine, LifecycleError> {
-        lock(&self.state).vms.get(&Key::new(namespace, name)).cloned().ok_or_else(|| {
+        lock(&self.state).vms.get(&Key::new(namespace, name)).map(|b| (**b).clone()).ok_or_else(|| {
             LifecycleError::NotFound { resource: Kind::VirtualMachine.resource(), name: name.into() }
         })
     }
@@ -98,7 +98,7 @@ impl Lifecycle {
             .vms
             .iter()
             .filter(|(k, _)| namespace.is_none_or(|n| n == k.namespace))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| (**v).clone())
             .collect()
     }
 
@@ -114,7 +114,7 @@ impl Lifecycle {
             .filter(|(k, v)| {
                 namespace.is_none_or(|n| n == k.namespace) && selector.matches(&v.metadata.labels)
             })
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| (**v).clone())
             .collect()
     }
 
@@ -130,7 +130,7 @@ impl Lifecycle {
             .filter(|(k, v)| {
                 namespace.is_none_or(|n| n == k.namespace) && selector.matches(&v.metadata.labels)
             })
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| (**v).clone())
             .collect()
     }
 
@@ -160,7 +160,7 @@ impl Lifecycle {
                 "VirtualMachine deletion requested".into(),
             );
         }
-        let out = st.vms.get(&key).cloned();
+        let out = st.vms.get(&key).map(|b| (**b).clone());
         drop(st);
         self.enqueue(&key);
         out.ok_or(LifecycleError::NotFound { resource: Kind::VirtualMachine.resource(), name: name.into() })
@@ -272,7 +272,7 @@ impl Lifecycle {
             value: to_value(&vmi),
         })?;
         vmi.metadata.resource_version = Some(rv.to_string());
-        st.vmis.insert(key.clone(), vmi.clone());
+        st.vmis.insert(key.clone(), Box::new(vmi.clone()));
         drop(st);
         self.enqueue(&key);
         Ok(vmi)
@@ -280,7 +280,7 @@ impl Lifecycle {
 
     /// One VMI.
     pub fn get_vmi(&self, namespace: &str, name: &str) -> Result<VirtualMachineInstance, LifecycleError> {
-        lock(&self.state).vmis.get(&Key::new(namespace, name)).cloned().ok_or_else(|| {
+        lock(&self.state).vmis.get(&Key::new(namespace, name)).map(|b| (**b).clone()).ok_or_else(|| {
             LifecycleError::NotFound { resource: Kind::VirtualMachineInstance.resource(), name: name.into() }
         })
     }
@@ -291,7 +291,7 @@ impl Lifecycle {
             .vmis
             .iter()
             .filter(|(k, _)| namespace.is_none_or(|n| n == k.namespace))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| (**v).clone())
             .collect()
     }
 

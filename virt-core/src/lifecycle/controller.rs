@@ -181,7 +181,7 @@ impl Lifecycle {
                         && !failed.contains(*k)
                         && !Self::deferred(&st, k, started)
                 })
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), (**v).clone()))
                 .collect()
         };
         let verdicts: Vec<(Key, Result<(), NotReady>)> =
@@ -211,7 +211,7 @@ impl Lifecycle {
                         condition(DATA_VOLUMES_READY, true, Some("AllDVsReady"), None),
                     );
                 }
-                let vmi = v.clone();
+                let vmi = (**v).clone();
                 match self.persist_vmi(&mut st, &key) {
                     Ok(()) => {
                         st.launching.insert(key.clone());
@@ -227,7 +227,7 @@ impl Lifecycle {
                     continue;
                 }
                 if let Some(v) = st.vmis.get(&key) {
-                    out.push((key.clone(), v.clone(), true));
+                    out.push((key.clone(), (**v).clone(), true));
                     st.launching.insert(key);
                 }
             }

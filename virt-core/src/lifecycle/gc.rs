@@ -141,10 +141,10 @@ impl Lifecycle {
                 format!("VirtualMachine deletion requested (propagationPolicy {p:?})"),
             );
         }
-        let out = st.vms.get(&key).cloned().ok_or_else(not_found)?;
+        let out = st.vms.get(&key).map(|b| (**b).clone()).ok_or_else(not_found)?;
         if p == Propagation::Background && out.metadata.finalizers.is_empty() {
             let uid = uid_of(&out);
-            let vmi = st.vmis.get(&key).filter(|v| owns(&uid, v)).map(grace_of);
+            let vmi = st.vmis.get(&key).map(|b| &**b).filter(|v| owns(&uid, v)).map(grace_of);
             if let Some(g) = vmi.filter(|_| !st.deleting_vmis.contains_key(&key)) {
                 self.delete_vmi_locked(&mut st, &key, g)?;
             }

@@ -160,7 +160,7 @@ impl Lifecycle {
             };
         }
         self.persist_vmi(st, &vmi_key)?;
-        let state = state_value(st.vmis.get(&vmi_key));
+        let state = state_value(st.vmis.get(&vmi_key).map(|b| &**b));
         if let Some(m) = st.migrations.get_mut(key) {
             set_migration_phase(m, "Scheduling");
             if let Some(s) = m.status.as_mut() {
@@ -175,7 +175,7 @@ impl Lifecycle {
         });
         st.flights.insert(vmi_key.clone(), flight.clone());
         if let Some(v) = st.vmis.get(&vmi_key) {
-            work.start.push((v.clone(), flight));
+            work.start.push(((**v).clone(), flight));
         }
         self.event_locked(
             st,
@@ -229,7 +229,7 @@ impl Lifecycle {
         }
         let Some(outcome) = outcome else {
             self.persist_vmi(st, vmi_key)?;
-            let state = state_value(st.vmis.get(vmi_key));
+            let state = state_value(st.vmis.get(vmi_key).map(|b| &**b));
             if let Some(m) = st.migrations.get_mut(key) {
                 if let Some(s) = m.status.as_mut() {
                     s["migrationState"] = state;
@@ -240,7 +240,7 @@ impl Lifecycle {
                 // Again on every pass until the worker ends: a cancel that reached the source
                 // before its migration began is harmless, and one that came too early is repeated.
                 if let Some(v) = st.vmis.get(vmi_key) {
-                    work.cancel.push(v.clone());
+                    work.cancel.push((**v).clone());
                 }
             }
             return Ok(());
@@ -289,7 +289,7 @@ impl Lifecycle {
             s.migration_stats = Some(to_value(&report));
         }
         self.persist_vmi(st, vmi_key)?;
-        let state = state_value(st.vmis.get(vmi_key));
+        let state = state_value(st.vmis.get(vmi_key).map(|b| &**b));
         if let Some(m) = st.migrations.get_mut(key) {
             set_migration_phase(m, "Succeeded");
             if let Some(s) = m.status.as_mut() {
@@ -338,7 +338,7 @@ impl Lifecycle {
             }
         }
         self.persist_vmi(st, vmi_key)?;
-        let state = state_value(st.vmis.get(vmi_key));
+        let state = state_value(st.vmis.get(vmi_key).map(|b| &**b));
         if let Some(m) = st.migrations.get_mut(key) {
             set_migration_phase(m, "Failed");
             if let Some(s) = m.status.as_mut() {

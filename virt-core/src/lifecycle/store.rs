@@ -196,7 +196,7 @@ impl Lifecycle {
                         } else {
                             st.deleting_vms.remove(key);
                         }
-                        st.vms.insert(key.clone(), vm);
+                        st.vms.insert(key.clone(), Box::new(vm));
                     }
                     None => {
                         st.vms.remove(key);
@@ -213,7 +213,7 @@ impl Lifecycle {
                         } else {
                             st.deleting_vmis.remove(key);
                         }
-                        st.vmis.insert(key.clone(), vmi);
+                        st.vmis.insert(key.clone(), Box::new(vmi));
                     }
                     None => {
                         st.vmis.remove(key);

@@ -27,7 +27,7 @@ impl Lifecycle {
                 // Only the VM's own VMI goes with it (one orphaned by an earlier deletion stays).
                 let uid = vm.metadata.uid.clone().unwrap_or_default();
                 let orphaning = vm.metadata.finalizers.iter().any(|f| f == ORPHAN_FINALIZER);
-                let own = st.vmis.get(key).filter(|v| owns(&uid, v)).map(grace_of);
+                let own = st.vmis.get(key).map(|b| &**b).filter(|v| owns(&uid, v)).map(grace_of);
                 match own {
                     Some(_) if orphaning => {}
                     Some(g) if !st.deleting_vmis.contains_key(key) => {
@@ -142,7 +142,7 @@ impl Lifecycle {
             value: to_value(&vmi),
         })?;
         vmi.metadata.resource_version = Some(rv.to_string());
-        st.vmis.insert(key.clone(), vmi);
+        st.vmis.insert(key.clone(), Box::new(vmi));
         st.deleting_vmis.remove(key);
         if let Some(s) = st.vms.get_mut(key).and_then(|v| v.status.as_mut()) {
             remove_condition(&mut s.conditions, "Failure");
@@ -159,7 +159,7 @@ impl Lifecycle {
     }
 
     pub(super) fn update_vm_status_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
-        let vmi = st.vmis.get(key);
+        let vmi = st.vmis.get(key).map(|b| &**b);
         let phase =
             vmi.map(phase_of).map(|p| if st.launching.contains(key) { VmiPhase::Scheduling } else { p });
         let conds = vmi.and_then(|v| v.status.as_ref()).map(|s| s.conditions.clone()).unwrap_or_default();

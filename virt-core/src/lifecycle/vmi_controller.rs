@@ -42,7 +42,7 @@ impl Lifecycle {
                 .filter(|(_, v)| {
                     matches!(phase_of(v), VmiPhase::Scheduling | VmiPhase::Scheduled | VmiPhase::Running)
                 })
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), (**v).clone()))
                 .collect()
         };
         for (key, vmi) in candidates {
