@@ -370,6 +370,43 @@ impl RemoteMachine {
         }
     }
 
+    /// [`connect_timeout`](Self::connect_timeout) to a launcher that has just come up: when its
+    /// machine already ended (a guest that reboots or powers off within moments of starting), the
+    /// machine is returned anyway, its first event being its end as `exit.json` records it, so the
+    /// caller handles the end (a reboot starts the machine again) instead of a failed start.
+    pub fn connect_or_ended(run_dir: &Path, timeout: Duration) -> Result<RemoteMachine, RemoteError> {
+        match Self::connect_timeout(run_dir, timeout) {
+            Err(RemoteError::Gone { exit: Some(exit), .. }) => {
+                Ok(Self::already_ended(run_dir, timeout, exit))
+            }
+            other => other,
+        }
+    }
+
+    fn already_ended(run_dir: &Path, timeout: Duration, exit: MachineExit) -> RemoteMachine {
+        RemoteMachine {
+            dir: run_dir.to_path_buf(),
+            timeout,
+            info: StatusReply {
+                ok: true,
+                name: String::new(),
+                status: MachineStatus::Stopped(exit.clone()),
+                accelerator: AccelDecision {
+                    accelerator: super::accel::Accelerator::Emulation,
+                    reason: "the machine ended before its launcher was asked".into(),
+                },
+                backend: String::new(),
+                pid: 0,
+                vnc_address: None,
+            },
+            control: Mutex::new(None),
+            // No stream: the first event is the end.
+            events: Mutex::new(Events { conn: None, done: false }),
+            last_status: Mutex::new(MachineStatus::Stopped(exit.clone())),
+            exit: Mutex::new(Some(exit)),
+        }
+    }
+
     /// [`connect`](Self::connect) with `timeout` for each request's answer.
     pub fn connect_timeout(run_dir: &Path, timeout: Duration) -> Result<RemoteMachine, RemoteError> {
         let events = subscribe(run_dir, timeout)?;

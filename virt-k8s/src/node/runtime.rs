@@ -248,7 +248,7 @@ impl LauncherRuntime {
         let deadline = Instant::now() + self.cfg.start_timeout;
         loop {
             if remote::is_alive(run_dir) {
-                return RemoteMachine::connect(run_dir)
+                return RemoteMachine::connect_or_ended(run_dir, remote::DEFAULT_TIMEOUT)
                     .map(|m| Arc::new(m) as Arc<dyn Machine>)
                     .map_err(|e| LaunchError::new(Stage::Start, format!("launcher {pid}: {e}")));
             }
