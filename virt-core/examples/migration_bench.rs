@@ -209,4 +209,8 @@ fn main() {
         ratio(rows[0].0, rows[1].0),
         ratio(rows[0].1, rows[1].1)
     );
+    if reports.iter().any(Vec::is_empty) {
+        eprintln!("no figures for a VMM: its runs failed (above)");
+        std::process::exit(1);
+    }
 }
