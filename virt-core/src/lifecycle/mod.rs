@@ -594,4 +594,7 @@ impl Lifecycle {
 }
 
 #[cfg(test)]
+#[path = "migration_tests.rs"]
+mod migration_tests;
+#[cfg(test)]
 mod tests;

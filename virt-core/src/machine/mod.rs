@@ -370,7 +370,7 @@ pub trait MachineBackend: Send + Sync {
         &self,
         spec: &MachineSpec,
         _console: ConsoleSink,
-        _stream: &mut dyn migrate::MigrationStream,
+        _stream: &mut std::os::unix::net::UnixStream,
     ) -> Result<Box<dyn Machine>, MachineError> {
         Err(MachineError::Unsupported {
             machine: spec.name.clone(),

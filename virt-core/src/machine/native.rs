@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::accel::{self, AccelDecision, HostVirt};
-use super::migrate::{MigrateOptions, MigrationReport, MigrationStream};
+use super::migrate::{MigrateOptions, MigrationReport};
 use super::{
     BootSpec, ConsoleSink, DiskBus, DiskOpener, InterfaceBackend, Machine, MachineBackend, MachineError,
     MachineEvent, MachineExit, MachineSpec, MachineStatus, NetOpener, NicModel, Unsupported,
@@ -107,7 +107,7 @@ impl MachineBackend for NativeBackend {
         &self,
         spec: &MachineSpec,
         console: ConsoleSink,
-        stream: &mut dyn MigrationStream,
+        stream: &mut std::os::unix::net::UnixStream,
     ) -> Result<Box<dyn Machine>, MachineError> {
         let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
         let (cfg, unlinked) = self.config(spec, console)?;

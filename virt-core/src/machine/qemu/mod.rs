@@ -21,6 +21,7 @@
 //! pure function.
 
 pub mod cmdline;
+pub mod migration;
 pub mod nic;
 mod process;
 pub mod qmp;
@@ -40,6 +41,7 @@ use self::process::{
 };
 use self::qmp::{Incoming, QmpClient, QmpError, QmpEvent, ShutdownCause};
 use super::accel::{self, AccelDecision, HostVirt};
+use super::migrate::{MigrateOptions, MigrationReport};
 use super::{
     BootSpec, ConsoleSink, Machine, MachineBackend, MachineError, MachineEvent, MachineExit, MachineSpec,
     MachineStatus, Unsupported,
@@ -53,6 +55,8 @@ const STDERR_TAIL: usize = 4096;
 const FIRMWARE_RESET_WINDOW: Duration = Duration::from_secs(10);
 /// Longest unix socket path (sun_path is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
+/// How long an incoming migration may take before the destination gives up (the source resumes).
+const INCOMING_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How the backend runs QEMU.
 #[derive(Debug, Clone)]
@@ -203,9 +207,28 @@ impl MachineBackend for QemuBackend {
             backend: BACKEND,
             what: why.to_string(),
         })?;
-        start(&self.opts, &self.host, spec, console)
+        start(&self.opts, &self.host, spec, console, None)
             .map(|m| Box::new(m) as Box<dyn Machine>)
             .map_err(|msg| MachineError::Start { machine: spec.name.clone(), msg })
+    }
+
+    fn start_incoming(
+        &self,
+        spec: &MachineSpec,
+        console: ConsoleSink,
+        stream: &mut UnixStream,
+    ) -> Result<Box<dyn Machine>, MachineError> {
+        self.supports(spec).map_err(|why| MachineError::Unsupported {
+            machine: spec.name.clone(),
+            backend: BACKEND,
+            what: why.to_string(),
+        })?;
+        start(&self.opts, &self.host, spec, console, Some(stream))
+            .map(|m| Box::new(m) as Box<dyn Machine>)
+            .map_err(|msg| MachineError::Start {
+                machine: spec.name.clone(),
+                msg: format!("incoming migration: {msg}"),
+            })
     }
 }
 
@@ -313,6 +336,8 @@ pub struct QemuMachine {
     vnc: Option<std::net::SocketAddr>,
     decision: AccelDecision,
     stop_grace: Duration,
+    /// A `migrate_out` is under way.
+    migrating: Mutex<bool>,
     // Last: dropped after the handles above, it kills QEMU and swtpm and removes the run directory.
     _res: Resources,
 }
@@ -322,6 +347,7 @@ fn start(
     host: &HostVirt,
     spec: &MachineSpec,
     console: ConsoleSink,
+    incoming: Option<&mut UnixStream>,
 ) -> Result<QemuMachine, String> {
     let decision = accel::decide(host, spec.accel, opts.allow_emulation).map_err(|e| e.to_string())?;
     let firmware = opts.firmware.resolve(&spec.boot).map_err(|e| e.to_string())?;
@@ -338,7 +364,11 @@ fn start(
     let qmp_l = bind(&layout.qmp_socket)?;
     let serial_l = bind(&layout.serial_socket)?;
     let agent_l = bind(&layout.agent_socket)?;
-    let args = cmdline::build(spec, decision.accelerator, &layout).map_err(|e| e.to_string())?;
+    let mut args = cmdline::build(spec, decision.accelerator, &layout).map_err(|e| e.to_string())?;
+    if incoming.is_some() {
+        // With -S the guest stays paused after the state arrived, until `cont` below.
+        args.extend(["-incoming".to_string(), "defer".to_string()]);
+    }
     log::info!(
         "machine {}: {} ({}): {} {}",
         spec.name,
@@ -420,6 +450,9 @@ fn start(
     };
 
     spawn_waiter(inner.clone(), child, res.swtpm.clone(), done_rx, stderr)?;
+    if let Some(stream) = incoming {
+        migration::receive(&client, stream, INCOMING_TIMEOUT).map_err(|e| e.to_string())?;
+    }
     client.cont().map_err(|e| format!("start the vCPUs: {e}"))?;
     // `cont` returns after RESUME was handled; make Started certain even if the event was lost.
     inner.transition(&MachineStatus::Starting, MachineStatus::Running, MachineEvent::Started);
@@ -432,6 +465,7 @@ fn start(
         vnc,
         decision,
         stop_grace: opts.stop_grace,
+        migrating: Mutex::new(false),
         _res: res,
     })
 }
@@ -628,104 +662,65 @@ impl Machine for QemuMachine {
     fn accelerator(&self) -> AccelDecision {
         self.decision.clone()
     }
+
+    fn migrate_out(
+        &self,
+        stream: UnixStream,
+        opts: &MigrateOptions,
+    ) -> Result<MigrationReport, MachineError> {
+        self.require("migrate", |s| *s == MachineStatus::Running)?;
+        let q = self.qmp("migrate")?;
+        {
+            let mut m = lock(&self.migrating);
+            if *m {
+                return Err(MachineError::Control {
+                    machine: self.inner.name.clone(),
+                    op: "migrate",
+                    msg: "a migration is already running".into(),
+                });
+            }
+            *m = true;
+        }
+        let r = migration::send(q, stream, opts);
+        *lock(&self.migrating) = false;
+        let err = |e: migration::QemuMigrationError| MachineError::Control {
+            machine: self.inner.name.clone(),
+            op: "migrate",
+            msg: e.to_string(),
+        };
+        match r {
+            Ok(report) => {
+                // The guest runs on the destination now; QEMU here holds a stopped copy.
+                self.stop()?;
+                Ok(report)
+            }
+            Err(e) => {
+                // QEMU resumes a guest whose migration failed; make sure.
+                if self.status() == MachineStatus::Paused {
+                    let _ = q.cont();
+                }
+                Err(err(e))
+            }
+        }
+    }
+
+    fn migrate_cancel(&self) -> Result<(), MachineError> {
+        if !*lock(&self.migrating) {
+            return Ok(());
+        }
+        let q = self.qmp("migrate cancel")?;
+        let msg = |m: String| MachineError::Control {
+            machine: self.inner.name.clone(),
+            op: "migrate cancel",
+            msg: m,
+        };
+        match migration::active(q).map_err(|e| msg(e.to_string()))? {
+            None => Err(msg("too late: the migration completed".into())),
+            Some(_) => q.execute("migrate_cancel", None).map(|_| ()).map_err(|e| msg(e.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::machine::accel::{AccelPolicy, Accelerator};
-    use crate::machine::{ClockSpec, CpuSpec};
-
-    fn spec() -> MachineSpec {
-        MachineSpec {
-            name: "t".into(),
-            cpu: CpuSpec::default(),
-            memory_mib: 128,
-            boot: BootSpec::Bios,
-            disks: vec![],
-            acpi: true,
-            smm: false,
-            hyperv: vec![],
-            clock: ClockSpec::default(),
-            tpm: None,
-            graphics: false,
-            machine_type: None,
-            accel: AccelPolicy::Auto,
-            interfaces: Vec::new(),
-        }
-    }
-
-    fn fake_firmware(dir: &Path) -> FirmwarePaths {
-        let f = |n: &str| {
-            let p = dir.join(n);
-            std::fs::write(&p, b"fw").unwrap();
-            p
-        };
-        FirmwarePaths {
-            seabios: f("bios.bin"),
-            ovmf_code: f("code.fd"),
-            ovmf_vars: f("vars.fd"),
-            ovmf_secure_code: f("scode.fd"),
-            ovmf_secure_vars: f("svars.fd"),
-        }
-    }
-
-    #[test]
-    fn the_accelerator_decision_reaches_the_command_line() {
-        let dir = std::env::temp_dir().join(format!("qemu-accel-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let opts = QemuOptions { allow_emulation: true, firmware: fake_firmware(&dir), ..Default::default() };
-        let nested = HostVirt { cpu_flag: false, kvm_usable: true };
-        let hw = HostVirt { cpu_flag: true, kvm_usable: true };
-        let b = QemuBackend::new(opts.clone()).with_host(nested.clone());
-        let d = b.decide(&spec()).unwrap();
-        assert_eq!(d.accelerator, Accelerator::Emulation);
-        assert!(d.reason.contains("useEmulation"), "{}", d.reason);
-        let cl = b.command_line(&spec(), Path::new("/run/x")).unwrap();
-        assert!(cl.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg"), "{cl:?}");
-        let b = QemuBackend::new(opts.clone()).with_host(hw);
-        let cl = b.command_line(&spec(), Path::new("/run/x")).unwrap();
-        assert!(cl.windows(2).any(|w| w[0] == "-accel" && w[1] == "kvm"), "{cl:?}");
-        // Without useEmulation, no KVM means no machine, and supports() says why.
-        let b = QemuBackend::new(QemuOptions { allow_emulation: false, ..opts }).with_host(nested);
-        assert!(b.supports(&spec()).unwrap_err().to_string().contains("useEmulation is off"));
-        let mut s = spec();
-        s.accel = AccelPolicy::RequireKvm;
-        assert!(b.decide(&s).unwrap_err().to_string().contains("required"));
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn efi_vars_are_copied_once_and_checked() {
-        let dir = std::env::temp_dir().join(format!("qemu-vars-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let t = dir.join("template.fd");
-        std::fs::write(&t, vec![7u8; 4096]).unwrap();
-        let v = dir.join("vm/vars.fd");
-        prepare_vars(&t, &v).unwrap();
-        assert_eq!(std::fs::read(&v).unwrap(), vec![7u8; 4096]);
-        // A VM's changed variables persist: not overwritten by the template.
-        std::fs::write(&v, vec![9u8; 4096]).unwrap();
-        prepare_vars(&t, &v).unwrap();
-        assert_eq!(std::fs::read(&v).unwrap(), vec![9u8; 4096]);
-        std::fs::write(&v, vec![9u8; 100]).unwrap();
-        assert!(prepare_vars(&t, &v).unwrap_err().contains("another OVMF build"));
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn missing_programs_are_named() {
-        let dir = std::env::temp_dir().join(format!("qemu-missing-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let opts = QemuOptions {
-            allow_emulation: true,
-            firmware: fake_firmware(&dir),
-            qemu: "/nonexistent/qemu-system-x86_64".into(),
-            ..Default::default()
-        };
-        let b = QemuBackend::new(opts).with_host(HostVirt { cpu_flag: false, kvm_usable: false });
-        let e = b.supports(&spec()).unwrap_err().to_string();
-        assert!(e.contains("qemu-system-x86"), "{e}");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
+#[path = "mod_tests.rs"]
+mod tests;

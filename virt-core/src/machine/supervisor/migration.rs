@@ -128,7 +128,7 @@ fn refused<T: Default>(path: &Path, answer: &str) -> Result<T, MigrateRequestErr
 }
 
 /// Sends `data` on `s` with `fd` attached (`SCM_RIGHTS`).
-fn send_with_fd(s: &UnixStream, data: &[u8], fd: RawFd) -> std::io::Result<()> {
+pub(crate) fn send_with_fd(s: &UnixStream, data: &[u8], fd: RawFd) -> std::io::Result<()> {
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;

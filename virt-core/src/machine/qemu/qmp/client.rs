@@ -1,6 +1,7 @@
 //! The QMP connection: greeting, capabilities, commands by id, events on a channel.
 
 use super::*;
+use std::os::fd::RawFd;
 
 /// Something the reader thread delivers, in the order QEMU sent it.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,18 +140,33 @@ impl QmpClient {
         &self.greeting
     }
 
-    fn send(&self, command: &str, args: Option<Value>, id: u64) -> Result<(), QmpError> {
+    fn send(&self, command: &str, args: Option<Value>, id: u64, fd: Option<RawFd>) -> Result<(), QmpError> {
         let mut msg = json!({ "execute": command, "id": id });
         if let (Some(a), Some(o)) = (args, msg.as_object_mut()) {
             o.insert("arguments".into(), a);
         }
         let mut line = msg.to_string();
         line.push('\n');
-        lock(&self.writer).write_all(line.as_bytes()).map_err(io("send a command"))
+        let w = lock(&self.writer);
+        match fd {
+            None => (&*w).write_all(line.as_bytes()).map_err(io("send a command")),
+            Some(fd) => crate::machine::supervisor::migration::send_with_fd(&w, line.as_bytes(), fd)
+                .map_err(io("send a command with a descriptor")),
+        }
     }
 
     /// Runs `command` and waits for its answer.
     pub fn execute(&self, command: &str, args: Option<Value>) -> Result<Value, QmpError> {
+        self.execute_fd(command, args, None)
+    }
+
+    /// Runs `command` with `fd` attached to it (`SCM_RIGHTS`; QEMU's `getfd`), and waits for its
+    /// answer. The descriptor stays open here too.
+    pub fn execute_with_fd(&self, command: &str, args: Option<Value>, fd: RawFd) -> Result<Value, QmpError> {
+        self.execute_fd(command, args, Some(fd))
+    }
+
+    fn execute_fd(&self, command: &str, args: Option<Value>, fd: Option<RawFd>) -> Result<Value, QmpError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = channel();
         {
@@ -162,7 +178,7 @@ impl QmpClient {
             }
             p.by_id.insert(id, tx);
         }
-        if let Err(e) = self.send(command, args, id) {
+        if let Err(e) = self.send(command, args, id, fd) {
             lock(&self.pending).by_id.remove(&id);
             return Err(e);
         }
@@ -184,7 +200,7 @@ impl QmpClient {
 
     /// Sends `command` without waiting for its answer (which is dropped). For the reader thread.
     pub fn execute_detached(&self, command: &str) -> Result<(), QmpError> {
-        self.send(command, None, self.next_id.fetch_add(1, Ordering::Relaxed))
+        self.send(command, None, self.next_id.fetch_add(1, Ordering::Relaxed), None)
     }
 
     fn execute_empty(&self, command: &str) -> Result<(), QmpError> {

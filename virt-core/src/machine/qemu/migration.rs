@@ -1,0 +1,152 @@
+//! Live migration of a QEMU machine with QEMU's own machinery, behind the same seam as the native
+//! VMM ([`Machine::migrate_out`](crate::machine::Machine::migrate_out),
+//! [`MachineBackend::start_incoming`](crate::machine::MachineBackend::start_incoming)): the stream's
+//! descriptor is handed to QEMU over QMP (`getfd`, `SCM_RIGHTS`), the source runs
+//! `migrate uri=fd:...` and follows `query-migrate`; the destination was started with
+//! `-incoming defer` and `-S`, runs `migrate-incoming uri=fd:...`, and is told to run (`cont`) only
+//! when its side completed, after the source stopped sending (docs/migration.md).
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::qmp::{QmpClient, QmpError};
+use crate::machine::migrate::{MigrateOptions, MigrationReport};
+
+/// The name the migration stream's descriptor gets in QEMU (`getfd`).
+const FD_NAME: &str = "virt-migrate";
+
+/// Why a QEMU migration did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuMigrationError {
+    /// A QMP command failed.
+    #[error("QMP {command}: {source}")]
+    Qmp {
+        /// The command.
+        command: &'static str,
+        /// What QMP said.
+        #[source]
+        source: QmpError,
+    },
+    /// QEMU reported the migration failed (its `error-desc`).
+    #[error("QEMU's migration failed: {0}")]
+    Failed(String),
+    /// It was cancelled (`migrate_cancel`).
+    #[error("cancelled: the migration was aborted and the source runs on")]
+    Cancelled,
+    /// `query-migrate` answered something unexpected.
+    #[error("query-migrate answered {0}, which has no status")]
+    Shape(String),
+    /// The destination did not complete in time.
+    #[error("the incoming migration did not complete within {0:?} (last status {1})")]
+    Timeout(Duration, String),
+}
+
+fn qmp(command: &'static str) -> impl Fn(QmpError) -> QemuMigrationError {
+    move |source| QemuMigrationError::Qmp { command, source }
+}
+
+/// `query-migrate`'s status, and the whole answer.
+fn query(q: &QmpClient) -> Result<(String, Value), QemuMigrationError> {
+    let v = q.execute("query-migrate", None).map_err(qmp("query-migrate"))?;
+    let status = v.get("status").and_then(Value::as_str).unwrap_or("none").to_string();
+    Ok((status, v))
+}
+
+/// Whether a migration is under way on this QEMU (not none/completed/failed/cancelled).
+pub(super) fn active(q: &QmpClient) -> Result<Option<String>, QemuMigrationError> {
+    let (status, _) = query(q)?;
+    Ok(match status.as_str() {
+        "none" | "completed" | "failed" | "cancelled" => None,
+        _ => Some(status),
+    })
+}
+
+/// The report of a completed `query-migrate` answer (QEMU counts milliseconds).
+pub fn report_of(v: &Value) -> MigrationReport {
+    let ms = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0).saturating_mul(1000);
+    let ram = |k: &str| v.get("ram").and_then(|r| r.get(k)).and_then(Value::as_u64).unwrap_or(0);
+    MigrationReport {
+        total_us: ms("total-time"),
+        downtime_us: ms("downtime"),
+        passes: u32::try_from(ram("dirty-sync-count")).unwrap_or(u32::MAX),
+        bytes_sent: ram("transferred"),
+        ..Default::default()
+    }
+}
+
+/// The source's side: sends the VM down `stream` and waits for QEMU's migration to end. On
+/// success QEMU has stopped the guest here (`postmigrate`); on failure or cancel QEMU resumes it.
+pub(super) fn send(
+    q: &QmpClient,
+    stream: UnixStream,
+    opts: &MigrateOptions,
+) -> Result<MigrationReport, QemuMigrationError> {
+    q.execute("migrate-set-parameters", Some(json!({ "downtime-limit": opts.downtime_ms })))
+        .map_err(qmp("migrate-set-parameters"))?;
+    q.execute_with_fd("getfd", Some(json!({ "fdname": FD_NAME })), stream.as_raw_fd())
+        .map_err(qmp("getfd"))?;
+    // QEMU holds its own copy now; ours would keep the destination from seeing the end.
+    drop(stream);
+    q.execute("migrate", Some(json!({ "uri": format!("fd:{FD_NAME}") }))).map_err(qmp("migrate"))?;
+    loop {
+        let (status, v) = query(q)?;
+        match status.as_str() {
+            "completed" => return Ok(report_of(&v)),
+            "failed" => {
+                let why = v.get("error-desc").and_then(Value::as_str).unwrap_or("no reason given");
+                return Err(QemuMigrationError::Failed(why.to_string()));
+            }
+            "cancelled" => return Err(QemuMigrationError::Cancelled),
+            "none" => return Err(QemuMigrationError::Shape(v.to_string())),
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+}
+
+/// The destination's side, on a QEMU started with `-incoming defer` and `-S`: receives the VM from
+/// `stream`; returns once it has all of it (the guest still paused). `timeout` bounds a source that
+/// never finishes.
+pub(super) fn receive(
+    q: &QmpClient,
+    stream: &UnixStream,
+    timeout: Duration,
+) -> Result<(), QemuMigrationError> {
+    q.execute_with_fd("getfd", Some(json!({ "fdname": FD_NAME })), stream.as_raw_fd())
+        .map_err(qmp("getfd"))?;
+    q.execute("migrate-incoming", Some(json!({ "uri": format!("fd:{FD_NAME}") })))
+        .map_err(qmp("migrate-incoming"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, v) = query(q)?;
+        match status.as_str() {
+            "completed" => return Ok(()),
+            "failed" => {
+                let why = v.get("error-desc").and_then(Value::as_str).unwrap_or("the stream ended early");
+                return Err(QemuMigrationError::Failed(why.to_string()));
+            }
+            "cancelled" => return Err(QemuMigrationError::Cancelled),
+            _ if Instant::now() > deadline => return Err(QemuMigrationError::Timeout(timeout, status)),
+            // Polled closely: the guest stays paused until this loop sees the end.
+            _ => std::thread::sleep(Duration::from_micros(500)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_completed_answer_becomes_a_report() {
+        let v = json!({
+            "status": "completed", "total-time": 812, "downtime": 7, "setup-time": 1,
+            "ram": { "transferred": 41_000_000u64, "dirty-sync-count": 4 }
+        });
+        let r = report_of(&v);
+        assert_eq!((r.total_us, r.downtime_us, r.passes, r.bytes_sent), (812_000, 7_000, 4, 41_000_000));
+        assert_eq!(report_of(&json!({})), MigrationReport::default());
+    }
+}

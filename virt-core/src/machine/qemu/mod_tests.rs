@@ -1,0 +1,98 @@
+//! Unit tests of the QEMU backend: command lines, firmware variables, programs.
+
+use super::*;
+use crate::machine::accel::{AccelPolicy, Accelerator};
+use crate::machine::{ClockSpec, CpuSpec};
+
+fn spec() -> MachineSpec {
+    MachineSpec {
+        name: "t".into(),
+        cpu: CpuSpec::default(),
+        memory_mib: 128,
+        boot: BootSpec::Bios,
+        disks: vec![],
+        acpi: true,
+        smm: false,
+        hyperv: vec![],
+        clock: ClockSpec::default(),
+        tpm: None,
+        graphics: false,
+        machine_type: None,
+        accel: AccelPolicy::Auto,
+        interfaces: Vec::new(),
+    }
+}
+
+fn fake_firmware(dir: &Path) -> FirmwarePaths {
+    let f = |n: &str| {
+        let p = dir.join(n);
+        std::fs::write(&p, b"fw").unwrap();
+        p
+    };
+    FirmwarePaths {
+        seabios: f("bios.bin"),
+        ovmf_code: f("code.fd"),
+        ovmf_vars: f("vars.fd"),
+        ovmf_secure_code: f("scode.fd"),
+        ovmf_secure_vars: f("svars.fd"),
+    }
+}
+
+#[test]
+fn the_accelerator_decision_reaches_the_command_line() {
+    let dir = std::env::temp_dir().join(format!("qemu-accel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = QemuOptions { allow_emulation: true, firmware: fake_firmware(&dir), ..Default::default() };
+    let nested = HostVirt { cpu_flag: false, kvm_usable: true };
+    let hw = HostVirt { cpu_flag: true, kvm_usable: true };
+    let b = QemuBackend::new(opts.clone()).with_host(nested.clone());
+    let d = b.decide(&spec()).unwrap();
+    assert_eq!(d.accelerator, Accelerator::Emulation);
+    assert!(d.reason.contains("useEmulation"), "{}", d.reason);
+    let cl = b.command_line(&spec(), Path::new("/run/x")).unwrap();
+    assert!(cl.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg"), "{cl:?}");
+    let b = QemuBackend::new(opts.clone()).with_host(hw);
+    let cl = b.command_line(&spec(), Path::new("/run/x")).unwrap();
+    assert!(cl.windows(2).any(|w| w[0] == "-accel" && w[1] == "kvm"), "{cl:?}");
+    // Without useEmulation, no KVM means no machine, and supports() says why.
+    let b = QemuBackend::new(QemuOptions { allow_emulation: false, ..opts }).with_host(nested);
+    assert!(b.supports(&spec()).unwrap_err().to_string().contains("useEmulation is off"));
+    let mut s = spec();
+    s.accel = AccelPolicy::RequireKvm;
+    assert!(b.decide(&s).unwrap_err().to_string().contains("required"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn efi_vars_are_copied_once_and_checked() {
+    let dir = std::env::temp_dir().join(format!("qemu-vars-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let t = dir.join("template.fd");
+    std::fs::write(&t, vec![7u8; 4096]).unwrap();
+    let v = dir.join("vm/vars.fd");
+    prepare_vars(&t, &v).unwrap();
+    assert_eq!(std::fs::read(&v).unwrap(), vec![7u8; 4096]);
+    // A VM's changed variables persist: not overwritten by the template.
+    std::fs::write(&v, vec![9u8; 4096]).unwrap();
+    prepare_vars(&t, &v).unwrap();
+    assert_eq!(std::fs::read(&v).unwrap(), vec![9u8; 4096]);
+    std::fs::write(&v, vec![9u8; 100]).unwrap();
+    assert!(prepare_vars(&t, &v).unwrap_err().contains("another OVMF build"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn missing_programs_are_named() {
+    let dir = std::env::temp_dir().join(format!("qemu-missing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = QemuOptions {
+        allow_emulation: true,
+        firmware: fake_firmware(&dir),
+        qemu: "/nonexistent/qemu-system-x86_64".into(),
+        ..Default::default()
+    };
+    let b = QemuBackend::new(opts).with_host(HostVirt { cpu_flag: false, kvm_usable: false });
+    let e = b.supports(&spec()).unwrap_err().to_string();
+    assert!(e.contains("qemu-system-x86"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
