@@ -14,9 +14,10 @@
 #[path = "../tests/support/guest.rs"]
 mod guest;
 
-use std::io::Write;
+use guest::Console;
+
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virt_core::block::{BlockBackend, MemDisk};
@@ -25,40 +26,6 @@ use virt_core::machine::migrate::{MigrateOptions, MigrationReport};
 use virt_core::machine::native::NativeBackend;
 use virt_core::machine::qemu::{QemuBackend, QemuOptions};
 use virt_core::machine::{BootSpec, ClockSpec, CpuSpec, DiskOpener, Machine, MachineBackend, MachineSpec};
-
-#[derive(Clone, Default)]
-struct Console(Arc<(Mutex<Vec<u8>>, Condvar)>);
-
-impl Write for Console {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0 .0.lock().unwrap().extend_from_slice(b);
-        self.0 .1.notify_all();
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Console {
-    fn wait_for(&self, marker: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.0 .0.lock().unwrap();
-        loop {
-            if String::from_utf8_lossy(&g).contains(marker) {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = self.0 .1.wait_timeout(g, deadline - now).unwrap().0;
-        }
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0 .0.lock().unwrap()).into_owned()
-    }
-}
 
 fn spec(memory_mib: u64, cpu_model: Option<String>) -> MachineSpec {
     MachineSpec {
@@ -103,49 +70,61 @@ fn backend(name: &str) -> Box<dyn MachineBackend> {
     }
 }
 
+type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Waits for `marker` on `console`; the error says which VMM and shows what the guest printed.
+fn expect_on(name: &str, console: &Console, marker: &str) -> Result<(), BenchError> {
+    if console.wait_for(marker, Duration::from_secs(30)) {
+        return Ok(());
+    }
+    Err(format!("{name}: no {marker:?} within 30 s; console:\n{}", console.text()).into())
+}
+
 /// One migration of a freshly booted guest; checks the shell answers on the destination.
-fn one(name: &str, memory_mib: u64, dirty: bool) -> MigrationReport {
+fn one(name: &str, memory_mib: u64, dirty: bool) -> Result<MigrationReport, BenchError> {
     let b = backend(name);
     // QEMU's `-cpu host` asks this nested /dev/kvm for MSRs it refuses (ARCH_CAPABILITIES):
     // BENCH_QEMU_CPU (default qemu64) names the model QEMU's guest gets.
     let cpu = (name == "qemu").then(|| std::env::var("BENCH_QEMU_CPU").unwrap_or_else(|_| "qemu64".into()));
     let spec = |m| spec(m, cpu.clone());
     let console = Console::default();
-    let src: Arc<dyn Machine> = Arc::from(b.start(&spec(memory_mib), Box::new(console.clone())).unwrap());
+    let src: Arc<dyn Machine> = Arc::from(b.start(&spec(memory_mib), Box::new(console.clone()))?);
     // Waits for the shell, giving up at once if the machine ended (a KVM that cannot run it).
     let deadline = Instant::now() + Duration::from_secs(120);
     while !console.wait_for("Type 'poweroff -f' to exit.", Duration::from_secs(1)) {
         let s = src.status();
-        assert!(
-            Instant::now() < deadline && !matches!(s, virt_core::machine::MachineStatus::Stopped(_)),
-            "{name}: the guest's shell did not come up (status {s:?}); console:\n{}",
-            console.text()
-        );
+        if Instant::now() >= deadline || matches!(s, virt_core::machine::MachineStatus::Stopped(_)) {
+            return Err(format!(
+                "{name}: the guest's shell did not come up (status {s:?}); console:\n{}",
+                console.text()
+            )
+            .into());
+        }
     }
-    src.console_input(b"X=4242; echo SET-$X\n").unwrap();
-    assert!(console.wait_for("SET-4242", Duration::from_secs(30)), "{name}: {}", console.text());
+    src.console_input(b"X=4242; echo SET-$X\n")?;
+    expect_on(name, &console, "SET-4242")?;
     if dirty {
         let mib = memory_mib / 4;
         let cmd = format!(
             "mkdir -p /dev/shm; mount -t tmpfs none /dev/shm 2>/dev/null; (while :; do dd if=/dev/zero of=/dev/shm/d bs=1M count={mib} 2>/dev/null; done) & echo DIRTY-ON\n"
         );
-        src.console_input(cmd.as_bytes()).unwrap();
-        assert!(console.wait_for("DIRTY-ON", Duration::from_secs(30)), "{name}: {}", console.text());
+        src.console_input(cmd.as_bytes())?;
+        expect_on(name, &console, "DIRTY-ON")?;
         std::thread::sleep(Duration::from_secs(2));
     }
-    let (a, mut s) = UnixStream::pair().unwrap();
+    let (a, mut s) = UnixStream::pair()?;
     let s2 = src.clone();
     let source = std::thread::spawn(move || s2.migrate_out(a, &MigrateOptions::default()));
     // On this thread: QEMU dies with the thread that spawned it.
     let dst_console = Console::default();
-    let dst = b.start_incoming(&spec(memory_mib), Box::new(dst_console.clone()), &mut s).unwrap();
-    let report = source.join().unwrap().unwrap();
-    dst.console_input(b"echo AFTER-$X\n").unwrap();
-    assert!(dst_console.wait_for("AFTER-4242", Duration::from_secs(30)), "{name}: {}", dst_console.text());
-    dst.stop().unwrap();
+    let dst = b.start_incoming(&spec(memory_mib), Box::new(dst_console.clone()), &mut s)?;
+    let report = source.join().map_err(|_| format!("{name}: the migrating thread panicked"))??;
+    dst.console_input(b"echo AFTER-$X\n")?;
+    expect_on(name, &dst_console, "AFTER-4242")?;
+    dst.stop()?;
     dst.wait(Some(Duration::from_secs(10)));
     src.wait(Some(Duration::from_secs(10)));
-    report
+    Ok(report)
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -169,10 +148,10 @@ fn main() {
             if !only.is_empty() && !only.split_whitespace().any(|o| o == *n) {
                 continue;
             }
-            let r = match std::panic::catch_unwind(|| one(n, memory_mib, dirty)) {
+            let r = match one(n, memory_mib, dirty) {
                 Ok(r) => r,
-                Err(_) => {
-                    eprintln!("run {run} {n}: FAILED (above); not counted");
+                Err(e) => {
+                    eprintln!("run {run} {n}: FAILED, not counted: {e}");
                     continue;
                 }
             };

@@ -11,9 +11,8 @@
 #[path = "support/guest.rs"]
 mod guest;
 
-use std::io::Write;
+use guest::Console;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use guest::{asset, boot_lock, vnc_framebuffer_update};
@@ -26,48 +25,6 @@ use virt_core::machine::{
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Collects the console relay's output.
-#[derive(Clone, Default)]
-struct Console(Arc<(Mutex<Vec<u8>>, Condvar)>);
-
-impl Write for Console {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0 .0.lock().unwrap().extend_from_slice(b);
-        self.0 .1.notify_all();
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Console {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0 .0.lock().unwrap()).into_owned()
-    }
-    fn count(&self, marker: &str) -> usize {
-        self.text().matches(marker).count()
-    }
-    /// Waits until `marker` appears `n` times.
-    fn wait_for_n(&self, marker: &str, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.0 .0.lock().unwrap();
-        loop {
-            if String::from_utf8_lossy(&g).matches(marker).count() >= n {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            g = self.0 .1.wait_timeout(g, deadline - now).unwrap().0;
-        }
-    }
-    fn wait_for(&self, marker: &str, timeout: Duration) -> bool {
-        self.wait_for_n(marker, 1, timeout)
-    }
-}
 
 fn backend() -> QemuBackend {
     QemuBackend::new(QemuOptions {

@@ -15,8 +15,7 @@ mod guest;
 #[path = "support/netns.rs"]
 mod netns;
 
-use std::io::Write;
-use std::sync::{Arc, Condvar, Mutex};
+use guest::Console;
 use std::time::{Duration, Instant};
 
 use guest::{asset, boot_lock};
@@ -39,20 +38,6 @@ ip addr add 10.9.0.2/24 dev eth0
 ip link set eth0 up
 if ping -c 3 -W 10 10.9.0.1 >/dev/null; then echo 'VIRT-NET: ping ok'; else echo 'VIRT-NET: ping failed'; fi
 ";
-
-#[derive(Clone, Default)]
-struct Console(Arc<(Mutex<Vec<u8>>, Condvar)>);
-
-impl Write for Console {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0 .0.lock().unwrap().extend_from_slice(b);
-        self.0 .1.notify_all();
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// A tap in a fresh namespace with the host side 10.9.0.1/24, and an inheritable copy of its fd.
 fn tap_in_netns() -> (Netns, Tap, i32) {
@@ -125,7 +110,7 @@ fn boot_and_check(backend: &dyn MachineBackend, spec: &MachineSpec, fd: i32) {
     // SAFETY: the machine has its own copy now; ours is closed exactly once.
     unsafe { libc::close(fd) };
     let exit = m.wait(Some(BOOT_TIMEOUT));
-    let text = String::from_utf8_lossy(&console.0 .0.lock().unwrap()).into_owned();
+    let text = console.text();
     if exit.is_none() {
         let _ = m.stop();
     }

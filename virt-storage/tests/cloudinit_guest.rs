@@ -10,9 +10,8 @@
 #[path = "../../virt-core/tests/support/guest.rs"]
 mod guest;
 
-use std::io::Write;
+use guest::Console;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use guest::{asset, boot_lock};
@@ -26,27 +25,6 @@ use virt_storage::cloudinit::{write_config_drive, write_nocloud, SeedInfo};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const SCRIPT: &str = "#!/bin/sh\necho 'printed from cloud-init userdata'\n";
-
-/// Collects the console relay's output.
-#[derive(Clone, Default)]
-struct Console(Arc<(Mutex<Vec<u8>>, Condvar)>);
-
-impl Write for Console {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0 .0.lock().unwrap().extend_from_slice(b);
-        self.0 .1.notify_all();
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Console {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0 .0.lock().unwrap()).into_owned()
-    }
-}
 
 fn disk(name: &str, path: &Path, read_only: bool) -> DiskSpec {
     DiskSpec {

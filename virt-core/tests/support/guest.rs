@@ -121,3 +121,55 @@ pub fn vnc_framebuffer_update(addr: std::net::SocketAddr) -> (u16, u16, String, 
     }
     (w, h, String::from_utf8_lossy(&name).into_owned(), pixels)
 }
+
+/// A machine's console sink that keeps everything the guest printed, for the tests (and the
+/// migration bench) that wait for markers in it. A panicked writer does not poison it.
+#[derive(Clone, Default)]
+pub struct Console(std::sync::Arc<(Mutex<Vec<u8>>, std::sync::Condvar)>);
+
+impl Write for Console {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 .0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(b);
+        self.0 .1.notify_all();
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Console {
+    /// Everything printed so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0 .0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+
+    /// How many times `marker` was printed.
+    pub fn count(&self, marker: &str) -> usize {
+        self.text().matches(marker).count()
+    }
+
+    /// Waits until `marker` was printed `n` times; false on timeout.
+    pub fn wait_for_n(&self, marker: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if String::from_utf8_lossy(&g).matches(marker).count() >= n {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = match self.0 .1.wait_timeout(g, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    /// Waits until `marker` was printed; false on timeout.
+    pub fn wait_for(&self, marker: &str, timeout: Duration) -> bool {
+        self.wait_for_n(marker, 1, timeout)
+    }
+}
