@@ -20,7 +20,6 @@ mod pvh;
 #[path = "../../../virt-storage/tests/support/registry.rs"]
 mod registry;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use guest::have;
@@ -78,22 +77,8 @@ fn count(log: &str, what: &str) -> usize {
 
 #[test]
 fn a_rebooting_guest_restarts_in_place_every_time() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
-    if !root || !Path::new("/dev/kvm").exists() {
-        assert!(std::env::var_os("VIRT_TESTS_REQUIRE_TOOLS").is_none(), "needs root and /dev/kvm");
-        eprintln!("needs root and /dev/kvm: skipping");
+    if !node::can_run_confined_with_registry(have) {
         return;
-    }
-    for t in ["docker-registry", "skopeo"] {
-        if !have(t) {
-            assert!(
-                std::env::var_os("VIRT_TESTS_REQUIRE_TOOLS").is_none(),
-                "{t} not installed (scripts/install-deps.sh installs it)"
-            );
-            eprintln!("{t} not installed: skipping (scripts/install-deps.sh installs it)");
-            return;
-        }
     }
     let reg = Registry::start(RegistryOpts::default());
     let image = push_guest(&reg);

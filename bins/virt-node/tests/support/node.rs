@@ -23,6 +23,27 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Whether a test that runs confined launchers on /dev/kvm with a local registry can run here: root,
+/// /dev/kvm, docker-registry and skopeo. If not, it fails under `VIRT_TESTS_REQUIRE_TOOLS` (CI) and
+/// otherwise prints why it is skipped (scripts/install-deps.sh installs the tools).
+/// `have` says whether a tool runs (the guest support's `have`).
+pub fn can_run_confined_with_registry(have: impl Fn(&str) -> bool) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
+    let missing = if !root || !Path::new("/dev/kvm").exists() {
+        Some("needs root and /dev/kvm".to_string())
+    } else {
+        ["docker-registry", "skopeo"]
+            .into_iter()
+            .find(|t| !have(t))
+            .map(|t| format!("{t} not installed (scripts/install-deps.sh installs it)"))
+    };
+    let Some(why) = missing else { return true };
+    assert!(std::env::var_os("VIRT_TESTS_REQUIRE_TOOLS").is_none(), "{why}");
+    eprintln!("{why}: skipping");
+    false
+}
+
 /// A node daemon on a temporary state directory; killed when dropped, its launchers too.
 pub struct NodeProc {
     pub child: Option<Child>,
