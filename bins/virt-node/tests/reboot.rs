@@ -116,6 +116,8 @@ fn a_rebooting_guest_restarts_in_place_every_time() {
     }
     let log = node.log();
     assert!(!log.contains("FailedCreate"), "{log}");
+    // Machines that ended before the node asked them anything do not claim software emulation.
+    assert!(!log.contains("SoftwareEmulation"), "{log}");
     // One VMI all along, its machine started once plus once per reboot.
     assert_eq!(count(&log, "SuccessfulCreate: Started the virtual machine"), 1, "{log}");
     let v = vmi(&node).expect("the VMI");

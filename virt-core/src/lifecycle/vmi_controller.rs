@@ -151,6 +151,7 @@ impl Lifecycle {
             Ok(machine) => {
                 let acc = machine.accelerator();
                 let last = machine.status();
+                let ended = matches!(last, MachineStatus::Stopped(_));
                 let deleting = st.deleting_vmis.get(key).copied();
                 st.live.insert(key.clone(), Live { machine, stop_deadline: None, soft_reboot: false, last });
                 if let Some(v) = st.vmis.get_mut(key) {
@@ -164,19 +165,23 @@ impl Lifecycle {
                     if !interfaces.is_empty() {
                         s.interfaces = interfaces;
                     }
-                    let hw = acc.accelerator == Accelerator::Kvm;
-                    set_condition(
-                        &mut s.conditions,
-                        condition(
-                            "HardwareAccelerated",
-                            hw,
-                            Some(if hw { "KVM" } else { "SoftwareEmulation" }),
-                            Some(acc.reason.clone()),
-                        ),
-                    );
+                    // A machine that ended before it was asked (a guest that reset at once) says
+                    // nothing of its accelerator: the condition stays as the last start left it.
+                    if !ended {
+                        let hw = acc.accelerator == Accelerator::Kvm;
+                        set_condition(
+                            &mut s.conditions,
+                            condition(
+                                "HardwareAccelerated",
+                                hw,
+                                Some(if hw { "KVM" } else { "SoftwareEmulation" }),
+                                Some(acc.reason.clone()),
+                            ),
+                        );
+                    }
                 }
                 self.persist_vmi(&mut st, key)?;
-                if acc.accelerator == Accelerator::Emulation {
+                if acc.accelerator == Accelerator::Emulation && !ended {
                     self.event_locked(
                         &mut st,
                         Kind::VirtualMachineInstance,
