@@ -7,19 +7,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Args};
-use virt_k8s::client::portforward::{PortSpec, Target as VmTarget};
+use virt_k8s::client::portforward::{PortForwardError, PortSpec, Target as VmTarget};
 
 use crate::target::{client, Target};
 use crate::{fail, fail_client};
 
 /// `[PROTOCOL/]LOCAL[:REMOTE]`.
-pub fn parse_port(s: &str) -> Result<PortSpec, String> {
-    s.parse().map_err(|e: virt_k8s::client::portforward::PortForwardError| e.to_string())
+pub fn parse_port(s: &str) -> Result<PortSpec, PortForwardError> {
+    s.parse()
 }
 
 /// `TYPE/NAME[/NAMESPACE]`.
-pub fn parse_target(s: &str) -> Result<VmTarget, String> {
-    s.parse().map_err(|e: virt_k8s::client::portforward::PortForwardError| e.to_string())
+pub fn parse_target(s: &str) -> Result<VmTarget, PortForwardError> {
+    s.parse()
 }
 
 /// `virtctl port-forward`'s arguments.
@@ -95,9 +95,14 @@ pub struct ScpArgs {
 }
 
 /// `[USER@]TYPE/NAME[/NAMESPACE]`.
-pub fn split_user(s: &str) -> Result<(Option<String>, VmTarget), String> {
+pub fn split_user(s: &str) -> Result<(Option<String>, VmTarget), PortForwardError> {
     let (user, rest) = match s.split_once('@') {
-        Some(("", _)) => return Err(format!("target {s:?}: expected a user name before '@'")),
+        Some(("", _)) => {
+            return Err(PortForwardError::BadTarget {
+                input: s.to_string(),
+                reason: "expected a user name before '@'".into(),
+            })
+        }
         Some((u, r)) => (Some(u.to_string()), r),
         None => (None, s),
     };
@@ -232,7 +237,7 @@ pub fn ssh(a: SshArgs, target: Target, ns: &str) -> ExitCode {
         None => host.into(),
     });
     if a.command.is_some() && !a.args.is_empty() {
-        return usage("give the command either with --command or after --, not both".into());
+        return usage("give the command either with --command or after --, not both");
     }
     if let Some(c) = a.command {
         args.push(c.into());
@@ -270,8 +275,7 @@ pub fn scp(a: ScpArgs, target: Target, ns: &str) -> ExitCode {
         match (src_vm, dst_vm) {
             (Some(v), None) | (None, Some(v)) => v,
             _ => return usage(
-                "exactly one of SOURCE and DESTINATION must be a VM's path ([USER@]vm/NAME[/NAMESPACE]:PATH)"
-                    .into(),
+                "exactly one of SOURCE and DESTINATION must be a VM's path ([USER@]vm/NAME[/NAMESPACE]:PATH)",
             ),
         };
     let mut args = match common_options(&a.opts, &target, &vm, &namespace) {
@@ -293,7 +297,7 @@ pub fn scp(a: ScpArgs, target: Target, ns: &str) -> ExitCode {
     run("scp", args, &target)
 }
 
-fn usage(msg: String) -> ExitCode {
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("Error: {msg}");
     ExitCode::from(2)
 }
@@ -329,8 +333,8 @@ mod tests {
     fn users_targets_and_scp_sides() {
         let (u, t) = split_user("root@vmi/a/b").unwrap();
         assert_eq!((u.as_deref(), t.name.as_str(), t.namespace.as_deref()), (Some("root"), "a", Some("b")));
-        assert!(split_user("@vm/a").unwrap_err().contains("user name before '@'"));
-        assert!(split_user("vm").unwrap_err().contains("target \"vm\""));
+        assert!(split_user("@vm/a").unwrap_err().to_string().contains("user name before '@'"));
+        assert!(split_user("vm").unwrap_err().to_string().contains("target \"vm\""));
         let (spec, vm) = scp_side("root@vm/a:/etc/hosts", "default").unwrap();
         assert_eq!(spec, "root@vm.a.default:/etc/hosts");
         assert!(vm.is_some());

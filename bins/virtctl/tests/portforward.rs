@@ -353,6 +353,68 @@ fn forwards_tcp_both_ways_concurrently_with_large_transfers_and_half_close() {
 }
 
 #[test]
+fn a_reader_that_stalls_for_many_keepalive_intervals_loses_nothing() {
+    // The node's keepalive is 200 ms: the local reader stalls for ten intervals while the guest's
+    // echo backs up through every buffer (the node blocked writing to the guest and sending to
+    // virtctl). A stall of the node's own making is not the client's silence; before this was
+    // told apart, missed pings were counted in a burst and the session cut mid-transfer.
+    let guest = guest_with_echo();
+    let node = Node::start();
+    node.register(&guest);
+    let fwd = Forward::start(&node, &["port-forward", "vmi/vm1", &format!("0:{ECHO_PORT}")], 1);
+    let data = pattern(8 << 20, 5);
+    let mut s = TcpStream::connect(("127.0.0.1", fwd.ports[0])).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let sent = data.clone();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    w.join().unwrap();
+    assert_eq!(got.len(), data.len(), "echoed length after the stall");
+    assert!(got == data, "echoed bytes differ after the stall");
+}
+
+#[test]
+fn a_client_that_never_answers_pings_is_cut_off() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use virt_k8s::client::portforward::{Protocol, Target};
+    use virt_k8s::client::{AsyncNodeClient, Endpoint};
+
+    let guest = guest_with_echo();
+    let node = Node::start();
+    node.register(&guest);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = AsyncNodeClient::new(Endpoint::Unix(node.socket.clone()), None);
+        let target: Target = "vmi/vm1".parse().unwrap();
+        let mut ws = client.port_forward_socket(&target, "default", ECHO_PORT, Protocol::Tcp).await.unwrap();
+        // Not reading means not answering the node's pings (tungstenite answers them on read).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut pings = 0;
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Ping(_))) => pings += 1,
+                    // The node's Close, or the socket it already closed (answering the first
+                    // ping then fails with a broken pipe).
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return pings,
+                    Some(Ok(other)) => panic!("unexpected message {other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the node ends a session whose client stays silent for three keepalive intervals");
+        assert!(ended >= 1, "the node ended the session without pinging");
+    });
+}
+
+#[test]
 fn stdio_and_udp() {
     let guest = guest_with_echo();
     let node = Node::start();

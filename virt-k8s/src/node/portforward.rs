@@ -14,7 +14,10 @@
 //! means "the sender will send no more" (a TCP half-close, `shutdown(SHUT_WR)` on the other side);
 //! KubeVirt's clients never send one, so they are unaffected. For UDP each message is one datagram.
 //! The node pings every [`PortForwarding::keepalive`] and ends a session that stays silent (not even
-//! a pong) for three intervals.
+//! a pong) for three intervals. Only time spent waiting on the client counts as silence: while the
+//! node itself is blocked (writing to a guest that does not read, or sending to a client whose
+//! window is full) no interval is counted, and missed intervals are not made up in a burst, so a
+//! slow but live client never loses its connection.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -81,11 +84,16 @@ fn lifecycle_error(e: LifecycleError) -> Response {
     refuse(code, reason, e.to_string())
 }
 
+/// The `{port}` of the path is not a port.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("port {0:?}: expected a number from 1 to 65535")]
+pub struct BadPort(pub String);
+
 /// `{port}` as the path has it: 1..=65535.
-pub fn parse_port(port: &str) -> Result<u16, String> {
+pub fn parse_port(port: &str) -> Result<u16, BadPort> {
     match port.parse::<u32>() {
         Ok(p @ 1..=65535) => Ok(p as u16),
-        _ => Err(format!("port {port:?}: expected a number from 1 to 65535")),
+        _ => Err(BadPort(port.to_string())),
     }
 }
 
@@ -143,7 +151,7 @@ async fn serve(
 ) -> Response {
     let port = match parse_port(&port) {
         Ok(p) => p,
-        Err(m) => return refuse(StatusCode::BAD_REQUEST, "BadRequest", m),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
     };
     let protocol = match protocol.as_deref().map(str::parse::<Protocol>).transpose() {
         Ok(p) => p.unwrap_or(Protocol::Tcp),
@@ -249,6 +257,8 @@ where
     // Each direction is its own future: a write that waits (the guest or the client not reading)
     // holds up only its own direction, never the other's reads.
     let silent_ticks = AtomicU32::new(0);
+    // The node is writing to the guest: the client's silence meanwhile is the node's doing.
+    let writing_guest = AtomicBool::new(false);
     let (guest_done, client_done) = (AtomicBool::new(false), AtomicBool::new(false));
     let both_done = Notify::new();
     let mark_done = |mine: &AtomicBool, other: &AtomicBool| {
@@ -259,8 +269,7 @@ where
     };
     let to_client = async {
         let mut buf = vec![0u8; 64 * 1024];
-        let mut ping = tokio::time::interval(keepalive);
-        ping.tick().await;
+        let mut ping = keepalive_interval(keepalive).await;
         let mut reading = true;
         loop {
             tokio::select! {
@@ -274,11 +283,16 @@ where
                     if ws_tx.send(Message::Binary(msg)).await.is_err() {
                         return;
                     }
+                    // The client took the data: it is alive.
+                    silent_ticks.store(0, Ordering::SeqCst);
                     if !reading {
                         mark_done(&guest_done, &client_done);
                     }
                 },
                 _ = ping.tick() => {
+                    if writing_guest.load(Ordering::SeqCst) {
+                        silent_ticks.store(0, Ordering::SeqCst);
+                    }
                     let silent = silent_ticks.fetch_add(1, Ordering::SeqCst) + 1;
                     if silent > 3 || ws_tx.send(Message::Ping(Bytes::from_static(b"keepalive"))).await.is_err() {
                         return;
@@ -304,7 +318,14 @@ where
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
             };
-            if !writing || wr.write_all(&data).await.is_err() {
+            if !writing {
+                return;
+            }
+            writing_guest.store(true, Ordering::SeqCst);
+            let written = wr.write_all(&data).await;
+            writing_guest.store(false, Ordering::SeqCst);
+            silent_ticks.store(0, Ordering::SeqCst);
+            if written.is_err() {
                 return;
             }
         }
@@ -317,12 +338,21 @@ where
     let _ = ws_tx.send(Message::Close(None)).await;
 }
 
+/// The ping timer, its immediate first tick taken. A tick missed while the session was blocked is
+/// not made up at once (the default burst would count several intervals of "silence" in a row
+/// right after a long write and end a live session).
+async fn keepalive_interval(period: Duration) -> tokio::time::Interval {
+    let mut ping = tokio::time::interval(period);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    ping
+}
+
 /// UDP: each binary message is one datagram to the guest, each datagram from it one message.
 async fn datagrams(socket: WebSocket, udp: tokio::net::UdpSocket, keepalive: Duration) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let mut buf = vec![0u8; 65536];
-    let mut ping = tokio::time::interval(keepalive);
-    ping.tick().await;
+    let mut ping = keepalive_interval(keepalive).await;
     let mut silent_ticks = 0u32;
     loop {
         tokio::select! {
@@ -366,7 +396,7 @@ mod tests {
         assert_eq!(parse_port("22"), Ok(22));
         assert_eq!(parse_port("65535"), Ok(65535));
         for bad in ["0", "65536", "-1", "ssh", ""] {
-            let e = parse_port(bad).unwrap_err();
+            let e = parse_port(bad).unwrap_err().to_string();
             assert!(e.contains("1 to 65535") && e.contains(&format!("{bad:?}")), "{e}");
         }
     }
