@@ -157,6 +157,7 @@ impl Lifecycle {
 
     /// Removes a deleted VM from the store and memory.
     pub(super) fn remove_vm_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
+        self.flush_batch(st)?;
         self.store.delete(Kind::VirtualMachine, key)?;
         st.vms.remove(key);
         st.deleting_vms.remove(key);

@@ -368,6 +368,10 @@ struct State {
     catalog: Catalog,
     /// How much reconciling was done.
     stats: ReconcileStats,
+    /// While a write batch is open ([`Lifecycle::batched`]): the VMs and VMIs persisted in it, as
+    /// they were then, in order, written together (one durable commit) before the lock is
+    /// released.
+    batch: Option<Vec<StoredObject>>,
 }
 
 /// The controller's work queue: requests and machine watchers put the keys of the objects they

@@ -733,3 +733,77 @@ mod gc;
 
 #[path = "queue_tests.rs"]
 mod queue;
+
+/// Counts the durable steps a store is asked for: each put, put_all and delete is one.
+#[derive(Default)]
+struct CountingStore {
+    inner: MemStore,
+    commits: AtomicU32,
+}
+
+impl Store for CountingStore {
+    fn load(&self) -> Result<Vec<StoredObject>, StoreError> {
+        self.inner.load()
+    }
+    fn put(&self, object: &StoredObject) -> Result<u64, StoreError> {
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.inner.put(object)
+    }
+    fn put_all(&self, objects: &[StoredObject]) -> Result<Vec<u64>, StoreError> {
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.inner.put_all(objects)
+    }
+    fn delete(&self, kind: Kind, key: &Key) -> Result<(), StoreError> {
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(kind, key)
+    }
+    fn changes(&self) -> &Arc<ChangeLog> {
+        self.inner.changes()
+    }
+}
+
+#[test]
+fn a_start_costs_four_durable_writes_and_every_phase_is_still_its_own_change() {
+    let store = Arc::new(CountingStore::default());
+    let lc = Lifecycle::new(store.clone(), Arc::new(FakeRuntime::default()), opts()).unwrap();
+    lc.create_vm("default", vm("w", "Halted", 0)).unwrap();
+    settle(&lc);
+    let (from, commits) = (lc.resource_version(), store.commits.load(Ordering::SeqCst));
+    let mut watch = lc.watch(from).unwrap();
+    lc.start("default", "w").unwrap();
+    settle(&lc);
+    assert_eq!(phase(&lc, "w"), Some(VmiPhase::Running));
+    // The request; the new VMI with the VM's status; Scheduling (before the launch, outside the
+    // lock); Scheduled, Running and the VM's status together.
+    assert_eq!(store.commits.load(Ordering::SeqCst) - commits, 4);
+    let mut seen = Vec::new();
+    for _ in from..lc.resource_version() {
+        let WatchEvent::Change(c) = watch.next(Duration::from_secs(1)).unwrap() else { panic!("a bookmark") };
+        let v: serde_json::Value = serde_json::from_str(&c.object).unwrap();
+        let status = &v["status"];
+        let shown = status["phase"].as_str().or(status["printableStatus"].as_str()).unwrap_or_default();
+        seen.push(format!("{} {shown}", c.kind));
+        // The VM and VMI in memory carry the resourceVersion of their last change.
+        let current = match c.kind.as_str() {
+            "VirtualMachine" => lc.get_vm("default", "w").unwrap().metadata.resource_version,
+            _ => lc.get_vmi("default", "w").unwrap().metadata.resource_version,
+        };
+        assert!(current.unwrap().parse::<u64>().unwrap() >= c.resource_version);
+    }
+    assert_eq!(
+        seen,
+        [
+            "VirtualMachine Stopped",
+            "VirtualMachineInstance Pending",
+            "VirtualMachine Provisioning",
+            "VirtualMachineInstance Scheduling",
+            "VirtualMachineInstance Scheduled",
+            "VirtualMachineInstance Running",
+            "VirtualMachine Running",
+        ]
+    );
+    assert_eq!(
+        lc.get_vm("default", "w").unwrap().metadata.resource_version,
+        Some(lc.resource_version().to_string())
+    );
+}

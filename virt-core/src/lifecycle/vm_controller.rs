@@ -17,10 +17,15 @@ pub(super) fn state_change_requests(vm: &VirtualMachine) -> Vec<StateChange> {
 }
 
 impl Lifecycle {
-    /// Applies `key`'s run strategy until it rests, then writes its status.
+    /// Applies `key`'s run strategy until it rests, then writes its status: the VMI it creates
+    /// and the VM's status are one write batch.
     pub(super) fn sync_vm(&self, key: &Key) -> Result<(), LifecycleError> {
         self.collect_vm(key)?;
         let mut st = lock(&self.state);
+        self.batched(&mut st, |st| self.sync_vm_locked(st, key))
+    }
+
+    fn sync_vm_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
         for _ in 0..8 {
             let Some(vm) = st.vms.get(key) else { return Ok(()) };
             if st.deleting_vms.contains(key) {
@@ -31,14 +36,14 @@ impl Lifecycle {
                 match own {
                     Some(_) if orphaning => {}
                     Some(g) if !st.deleting_vmis.contains_key(key) => {
-                        self.delete_vmi_locked(&mut st, key, g)?;
+                        self.delete_vmi_locked(st, key, g)?;
                     }
                     Some(_) => {}
                     // Finalizers (other controllers' cleanup, foregroundDeletion) hold the VM,
                     // deletionTimestamp set, until they are removed (replace_vm, gc).
                     None if !vm.metadata.finalizers.is_empty() => {}
                     None => {
-                        self.remove_vm_locked(&mut st, key)?;
+                        self.remove_vm_locked(st, key)?;
                         return Ok(());
                     }
                 }
@@ -62,24 +67,24 @@ impl Lifecycle {
             match strategy::sync(&view) {
                 Action::None | Action::Wait => break,
                 Action::Create => {
-                    self.dequeue_locked(&mut st, key, StateChange::Start);
-                    self.create_vmi_for_vm_locked(&mut st, key)?;
+                    self.dequeue_locked(st, key, StateChange::Start);
+                    self.create_vmi_for_vm_locked(st, key)?;
                 }
                 Action::Replace => {
-                    self.dequeue_locked(&mut st, key, StateChange::Start);
-                    self.remove_vmi_locked(&mut st, key)?;
-                    self.create_vmi_for_vm_locked(&mut st, key)?;
+                    self.dequeue_locked(st, key, StateChange::Start);
+                    self.remove_vmi_locked(st, key)?;
+                    self.create_vmi_for_vm_locked(st, key)?;
                 }
                 Action::Stop => {
-                    self.dequeue_locked(&mut st, key, StateChange::Stop);
+                    self.dequeue_locked(st, key, StateChange::Stop);
                     let g = st
                         .vmis
                         .get(key)
                         .map(|v| v.metadata.deletion_grace_period_seconds.unwrap_or_else(|| grace_of(v)))
                         .unwrap_or(0);
-                    self.delete_vmi_locked(&mut st, key, g)?;
+                    self.delete_vmi_locked(st, key, g)?;
                 }
-                Action::DeleteFinished => self.remove_vmi_locked(&mut st, key)?,
+                Action::DeleteFinished => self.remove_vmi_locked(st, key)?,
                 Action::Dequeue => {
                     if let Some(s) = st.vms.get_mut(key).and_then(|v| v.status.as_mut()) {
                         if !s.state_change_requests.is_empty() {
@@ -89,7 +94,7 @@ impl Lifecycle {
                 }
             }
         }
-        self.update_vm_status_locked(&mut st, key)
+        self.update_vm_status_locked(st, key)
     }
 
     pub(super) fn dequeue_locked(&self, st: &mut State, key: &Key, what: StateChange) {
@@ -136,14 +141,10 @@ impl Lifecycle {
         let mut vmi = VirtualMachineInstance::new(meta, template.spec);
         vmi.status = Some(VirtualMachineInstanceStatus::default());
         set_phase(&mut vmi, VmiPhase::Pending);
-        let rv = self.store.put(&StoredObject {
-            kind: Kind::VirtualMachineInstance,
-            key: key.clone(),
-            value: to_value(&vmi),
-        })?;
-        vmi.metadata.resource_version = Some(rv.to_string());
         st.vmis.insert(key.clone(), Box::new(vmi));
         st.deleting_vmis.remove(key);
+        // A failed write takes the new VMI out of memory again (nothing is stored under `key`).
+        self.persist_vmi(st, key)?;
         if let Some(s) = st.vms.get_mut(key).and_then(|v| v.status.as_mut()) {
             remove_condition(&mut s.conditions, "Failure");
         }

@@ -28,6 +28,16 @@ pub(super) fn watch(key: Key, machine: Arc<dyn Machine>, signal: Arc<Signal>) {
     }
 }
 
+/// What a machine says of itself: its status, and its guest agent's report while it runs.
+fn look(m: &Arc<dyn Machine>) -> (MachineStatus, Option<crate::agent::AgentReport>) {
+    let status = m.status();
+    let agent = match status {
+        MachineStatus::Running | MachineStatus::Paused => m.guest_agent(),
+        _ => None,
+    };
+    (status, agent)
+}
+
 pub(super) fn grace_of(vmi: &VirtualMachineInstance) -> i64 {
     vmi.spec.termination_grace_period_seconds.unwrap_or(DEFAULT_GRACE_SECONDS).max(0)
 }
@@ -132,25 +142,38 @@ impl Lifecycle {
             }
             return Ok(());
         }
-        self.launched(key, result)?;
-        // Running is usually true at once: say so without waiting for the next pass.
-        if let Some(m) = observe_now {
-            self.observe(key, &m)?;
-        }
-        Ok(())
+        // Running is usually true at once: say so without waiting for the next pass, in the same
+        // write batch as Scheduled (each still its own change). Asked before the lock: for a
+        // launcher's machine these are round trips.
+        let seen = observe_now.map(|m| {
+            let (status, agent) = look(&m);
+            (m, status, agent)
+        });
+        let mut st = lock(&self.state);
+        self.batched(&mut st, |st| {
+            let status = seen.as_ref().map(|(_, s, _)| s.clone());
+            self.launched_locked(st, key, result, status)?;
+            match seen {
+                Some((m, status, agent)) => self.observe_locked(st, key, &m, status, agent),
+                None => Ok(()),
+            }
+        })
     }
 
-    pub(super) fn launched(
+    /// Records a launch's outcome: Scheduled with the machine's accelerator (its `status` when
+    /// the caller already asked), or Failed.
+    fn launched_locked(
         &self,
+        st: &mut State,
         key: &Key,
         result: Result<Arc<dyn Machine>, LaunchError>,
+        status: Option<MachineStatus>,
     ) -> Result<(), LifecycleError> {
-        let mut st = lock(&self.state);
         st.launching.remove(key);
         match result {
             Ok(machine) => {
                 let acc = machine.accelerator();
-                let last = machine.status();
+                let last = status.unwrap_or_else(|| machine.status());
                 let ended = matches!(last, MachineStatus::Stopped(_));
                 let deleting = st.deleting_vmis.get(key).copied();
                 st.live.insert(key.clone(), Live { machine, stop_deadline: None, soft_reboot: false, last });
@@ -180,10 +203,10 @@ impl Lifecycle {
                         );
                     }
                 }
-                self.persist_vmi(&mut st, key)?;
+                self.persist_vmi(st, key)?;
                 if acc.accelerator == Accelerator::Emulation && !ended {
                     self.event_locked(
-                        &mut st,
+                        st,
                         Kind::VirtualMachineInstance,
                         key,
                         "Warning",
@@ -192,7 +215,7 @@ impl Lifecycle {
                     );
                 }
                 self.event_locked(
-                    &mut st,
+                    st,
                     Kind::VirtualMachineInstance,
                     key,
                     "Normal",
@@ -200,13 +223,13 @@ impl Lifecycle {
                     "VirtualMachineInstance defined".into(),
                 );
                 if let Some(g) = deleting {
-                    self.begin_stop_locked(&mut st, key, g);
+                    self.begin_stop_locked(st, key, g);
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
                 if st.deleting_vmis.contains_key(key) {
-                    return self.remove_vmi_locked(&mut st, key);
+                    return self.remove_vmi_locked(st, key);
                 }
                 if let Some(v) = st.vmis.get_mut(key) {
                     set_phase(v, VmiPhase::Failed);
@@ -217,9 +240,9 @@ impl Lifecycle {
                         condition("Ready", false, Some("FailedCreate"), Some(msg.clone())),
                     );
                 }
-                self.persist_vmi(&mut st, key)?;
-                self.note_failure_locked(&mut st, key);
-                self.event_locked(&mut st, Kind::VirtualMachineInstance, key, "Warning", "FailedCreate", msg);
+                self.persist_vmi(st, key)?;
+                self.note_failure_locked(st, key);
+                self.event_locked(st, Kind::VirtualMachineInstance, key, "Warning", "FailedCreate", msg);
             }
         }
         Ok(())
@@ -259,14 +282,22 @@ impl Lifecycle {
 
     /// Reads a machine's status into its VMI.
     pub(super) fn observe(&self, key: &Key, m: &Arc<dyn Machine>) -> Result<(), LifecycleError> {
-        let status = m.status();
         // Asked outside the lock: for a launcher's machine it is a round trip.
-        let agent = match status {
-            MachineStatus::Running | MachineStatus::Paused => m.guest_agent(),
-            _ => None,
-        };
+        let (status, agent) = look(m);
         let mut st = lock(&self.state);
-        let migrating = Self::migrating(&st, key);
+        self.observe_locked(&mut st, key, m, status, agent)
+    }
+
+    /// [`Lifecycle::observe`] with what the machine said.
+    fn observe_locked(
+        &self,
+        st: &mut State,
+        key: &Key,
+        m: &Arc<dyn Machine>,
+        status: MachineStatus,
+        agent: Option<crate::agent::AgentReport>,
+    ) -> Result<(), LifecycleError> {
+        let migrating = Self::migrating(st, key);
         let Some(l) = st.live.get_mut(key) else { return Ok(()) };
         if !Arc::ptr_eq(&l.machine, m) {
             // A machine the VMI moved away from (a completed migration).
@@ -309,7 +340,7 @@ impl Lifecycle {
                 }
                 if became_running {
                     self.event_locked(
-                        &mut st,
+                        st,
                         Kind::VirtualMachineInstance,
                         key,
                         "Normal",
@@ -328,13 +359,16 @@ impl Lifecycle {
             }
             MachineStatus::Stopped(exit) => {
                 let exit = exit.clone();
-                return self.machine_ended_locked(&mut st, key, exit);
+                return self.machine_ended_locked(st, key, exit);
             }
         }
         if changed {
-            self.persist_vmi(&mut st, key)?;
-            // The VM's status (printableStatus, ready) follows its instance at once.
-            self.update_vm_status_locked(&mut st, key)?;
+            // The VM's status (printableStatus, ready) follows its instance at once, in the same
+            // write batch.
+            self.batched(st, |st| {
+                self.persist_vmi(st, key)?;
+                self.update_vm_status_locked(st, key)
+            })?;
         }
         Ok(())
     }
@@ -422,6 +456,7 @@ impl Lifecycle {
 
     pub(super) fn remove_vmi_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
         if st.vmis.contains_key(key) {
+            self.flush_batch(st)?;
             self.store.delete(Kind::VirtualMachineInstance, key)?;
         }
         st.deleting_vmis.remove(key);

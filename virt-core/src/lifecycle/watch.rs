@@ -231,6 +231,45 @@ impl Journal {
         Ok(rv)
     }
 
+    /// [`Journal::put`] for several objects `(kind, key, value)` as one durable step: each takes
+    /// the next resourceVersion in order; `persist` stores every `(rv, json)` durably at once
+    /// and says for each whether the object existed. A failed `persist` takes no resourceVersion
+    /// and records nothing.
+    pub fn put_all<E>(
+        &self,
+        objects: Vec<(&str, &Key, serde_json::Value)>,
+        persist: impl FnOnce(&[(u64, Arc<str>)]) -> Result<Vec<bool>, E>,
+    ) -> Result<Vec<u64>, E> {
+        let mut seq = lock(&self.seq);
+        let first = *seq + 1;
+        let mut names = Vec::with_capacity(objects.len());
+        let mut stamped = Vec::with_capacity(objects.len());
+        for (rv, (kind, key, mut value)) in (first..).zip(objects) {
+            stamp(&mut value, rv);
+            stamped.push((rv, Arc::<str>::from(value.to_string())));
+            names.push((kind, key));
+        }
+        let existed = persist(&stamped)?;
+        let mut rvs = Vec::with_capacity(stamped.len());
+        for (i, ((kind, key), (rv, json))) in names.into_iter().zip(stamped).enumerate() {
+            *seq = rv;
+            rvs.push(rv);
+            let type_ = if existed.get(i).copied().unwrap_or(false) {
+                ChangeType::Modified
+            } else {
+                ChangeType::Added
+            };
+            self.log.record(Change {
+                resource_version: rv,
+                type_,
+                kind: kind.into(),
+                key: key.clone(),
+                object: json,
+            });
+        }
+        Ok(rvs)
+    }
+
     /// Removes object `kind` `key`: `persist(rv)` removes it durably and returns what was stored
     /// (`None`: nothing was, and no resourceVersion is taken).
     pub fn delete<E>(

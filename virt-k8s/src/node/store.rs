@@ -236,6 +236,34 @@ impl RedbStore {
         })
     }
 
+    /// [`RedbStore::put_object`] for several objects `(kind, key, value)` in one transaction (one
+    /// commit, one sync); returns their resourceVersions in order.
+    pub fn put_objects(&self, objects: Vec<(&str, &Key, Value)>) -> Result<Vec<u64>, StoreError> {
+        let keys: Vec<String> = objects.iter().map(|(kind, key, _)| key_of(kind, key)).collect();
+        let what = keys.first().cloned().unwrap_or_default();
+        self.journal.put_all(objects, |stamped| {
+            let tx = self.db.begin_write().map_err(|e| err("writing", &what, e))?;
+            let mut existed = Vec::with_capacity(stamped.len());
+            {
+                let mut table = tx.open_table(OBJECTS).map_err(|e| err("opening the table for", &what, e))?;
+                for (k, (_, json)) in keys.iter().zip(stamped) {
+                    let old = table.insert(k.as_str(), json.as_bytes()).map_err(|e| err("writing", k, e))?;
+                    existed.push(old.is_some());
+                }
+            }
+            if let Some((last, _)) = stamped.last() {
+                let mut meta =
+                    tx.open_table(META).map_err(|e| err("opening the meta table for", &what, e))?;
+                meta.insert(LAST_RV, *last).map_err(|e| err("writing the resourceVersion of", &what, e))?;
+            }
+            let mut events = self.pending_events();
+            events.write(&tx, &what)?;
+            tx.commit().map_err(|e| err("committing", &what, e))?;
+            events.by_seq.clear();
+            Ok(existed)
+        })
+    }
+
     /// Removes object `kind` `key` (absent is fine); returns the resourceVersion of the removal.
     pub fn delete_object(&self, kind: &str, key: &Key) -> Result<Option<u64>, StoreError> {
         let k = key_of(kind, key);
@@ -318,6 +346,10 @@ impl Store for RedbStore {
 
     fn put(&self, object: &StoredObject) -> Result<u64, StoreError> {
         self.put_object(object.kind.name(), &object.key, object.value.clone())
+    }
+
+    fn put_all(&self, objects: &[StoredObject]) -> Result<Vec<u64>, StoreError> {
+        self.put_objects(objects.iter().map(|o| (o.kind.name(), &o.key, o.value.clone())).collect())
     }
 
     fn get(&self, kind: Kind, key: &Key) -> Result<Option<StoredObject>, StoreError> {

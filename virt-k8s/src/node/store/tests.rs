@@ -116,3 +116,54 @@ fn events_are_kept_bounded_across_reopening() {
     assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
     assert_eq!(got[2].1["count"], 2);
 }
+
+#[test]
+fn several_objects_in_one_commit_each_take_their_own_resource_version_and_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let obj =
+        |n: &str, phase: &str| serde_json::json!({ "metadata": { "name": n }, "status": { "phase": phase } });
+    let key = Key::new("default", "a");
+    {
+        let s = RedbStore::open(&path).unwrap();
+        assert_eq!(s.put_object("VirtualMachine", &key, obj("a", "")).unwrap(), 1);
+        let mut watch = s.changes().watch(1).unwrap();
+        let batch = [
+            StoredObject {
+                kind: Kind::VirtualMachineInstance,
+                key: key.clone(),
+                value: obj("a", "Scheduled"),
+            },
+            StoredObject { kind: Kind::VirtualMachineInstance, key: key.clone(), value: obj("a", "Running") },
+            StoredObject { kind: Kind::VirtualMachine, key: key.clone(), value: obj("a", "Running") },
+        ];
+        assert_eq!(s.put_all(&batch).unwrap(), vec![2, 3, 4]);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            match watch.next(std::time::Duration::from_secs(1)).unwrap() {
+                virt_core::lifecycle::WatchEvent::Change(c) => {
+                    let v: Value = serde_json::from_str(&c.object).unwrap();
+                    seen.push((c.resource_version, c.kind, c.type_, v["status"]["phase"].clone()));
+                }
+                other => panic!("expected a change, got {other:?}"),
+            }
+        }
+        use virt_core::lifecycle::ChangeType::{Added, Modified};
+        assert_eq!(
+            seen,
+            vec![
+                (2, "VirtualMachineInstance".to_string(), Added, "Scheduled".into()),
+                (3, "VirtualMachineInstance".to_string(), Modified, "Running".into()),
+                (4, "VirtualMachine".to_string(), Modified, "Running".into()),
+            ]
+        );
+    }
+    // What the one commit wrote is there after reopening, with the last of the two VMI writes.
+    let s = RedbStore::open(&path).unwrap();
+    assert_eq!(s.changes().last(), 4);
+    let vmi = s.get(Kind::VirtualMachineInstance, &key).unwrap().unwrap();
+    assert_eq!(
+        (vmi.value["status"]["phase"].as_str(), vmi.value["metadata"]["resourceVersion"].as_str()),
+        (Some("Running"), Some("3"))
+    );
+}
