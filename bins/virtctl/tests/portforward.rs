@@ -299,6 +299,11 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 /// Sends `data`, half-closes, reads the echo to its end.
 fn echo_roundtrip(port: u16, data: &[u8]) -> Vec<u8> {
+    echo_roundtrip_after(port, data, Duration::ZERO)
+}
+
+/// [`echo_roundtrip`] whose reader starts only after `stall` (the echo backs up meanwhile).
+fn echo_roundtrip_after(port: u16, data: &[u8], stall: Duration) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut writer = s.try_clone().unwrap();
@@ -307,6 +312,7 @@ fn echo_roundtrip(port: u16, data: &[u8]) -> Vec<u8> {
         writer.write_all(&data).unwrap();
         writer.shutdown(Shutdown::Write).unwrap();
     });
+    std::thread::sleep(stall);
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
     w.join().unwrap();
@@ -320,12 +326,24 @@ fn guest_with_echo() -> Guest {
     g
 }
 
-#[test]
-fn forwards_tcp_both_ways_concurrently_with_large_transfers_and_half_close() {
+/// The echo guest and a node reaching it as `vm1`.
+fn echo_node() -> (Guest, Node) {
     let guest = guest_with_echo();
     let node = Node::start();
     node.register(&guest);
+    (guest, node)
+}
+
+/// [`echo_node`] and `virtctl port-forward vmi/vm1 0:7000`.
+fn echo_forward() -> (Guest, Node, Forward) {
+    let (guest, node) = echo_node();
     let fwd = Forward::start(&node, &["port-forward", "vmi/vm1", &format!("0:{ECHO_PORT}")], 1);
+    (guest, node, fwd)
+}
+
+#[test]
+fn forwards_tcp_both_ways_concurrently_with_large_transfers_and_half_close() {
+    let (_guest, node, fwd) = echo_forward();
     let port = fwd.ports[0];
 
     // A small exchange, then the answer after the half-close.
@@ -358,23 +376,9 @@ fn a_reader_that_stalls_for_many_keepalive_intervals_loses_nothing() {
     // echo backs up through every buffer (the node blocked writing to the guest and sending to
     // virtctl). A stall of the node's own making is not the client's silence; before this was
     // told apart, missed pings were counted in a burst and the session cut mid-transfer.
-    let guest = guest_with_echo();
-    let node = Node::start();
-    node.register(&guest);
-    let fwd = Forward::start(&node, &["port-forward", "vmi/vm1", &format!("0:{ECHO_PORT}")], 1);
+    let (_guest, _node, fwd) = echo_forward();
     let data = pattern(8 << 20, 5);
-    let mut s = TcpStream::connect(("127.0.0.1", fwd.ports[0])).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut writer = s.try_clone().unwrap();
-    let sent = data.clone();
-    let w = std::thread::spawn(move || {
-        writer.write_all(&sent).unwrap();
-        writer.shutdown(Shutdown::Write).unwrap();
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let mut got = Vec::new();
-    s.read_to_end(&mut got).unwrap();
-    w.join().unwrap();
+    let got = echo_roundtrip_after(fwd.ports[0], &data, Duration::from_secs(2));
     assert_eq!(got.len(), data.len(), "echoed length after the stall");
     assert!(got == data, "echoed bytes differ after the stall");
 }
@@ -386,9 +390,7 @@ fn a_client_that_never_answers_pings_is_cut_off() {
     use virt_k8s::client::portforward::{Protocol, Target};
     use virt_k8s::client::{AsyncNodeClient, Endpoint};
 
-    let guest = guest_with_echo();
-    let node = Node::start();
-    node.register(&guest);
+    let (_guest, node) = echo_node();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let client = AsyncNodeClient::new(Endpoint::Unix(node.socket.clone()), None);
@@ -416,9 +418,7 @@ fn a_client_that_never_answers_pings_is_cut_off() {
 
 #[test]
 fn stdio_and_udp() {
-    let guest = guest_with_echo();
-    let node = Node::start();
-    node.register(&guest);
+    let (_guest, node) = echo_node();
 
     let mut child = node
         .virtctl(&["port-forward", "--stdio=true", "vmi/vm1/default", &ECHO_PORT.to_string()])

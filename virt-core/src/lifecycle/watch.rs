@@ -210,25 +210,20 @@ impl Journal {
         &self,
         kind: &str,
         key: &Key,
-        mut value: serde_json::Value,
+        value: serde_json::Value,
         persist: impl FnOnce(u64, &str) -> Result<bool, E>,
     ) -> Result<u64, E> {
-        let mut seq = lock(&self.seq);
-        let rv = *seq + 1;
-        stamp(&mut value, rv);
-        let json: Arc<str> = value.to_string().into();
-        drop(value);
-        let existed = persist(rv, &json)?;
-        *seq = rv;
-        let type_ = if existed { ChangeType::Modified } else { ChangeType::Added };
-        self.log.record(Change {
-            resource_version: rv,
-            type_,
-            kind: kind.into(),
-            key: key.clone(),
-            object: json,
-        });
-        Ok(rv)
+        let mut persist = Some(persist);
+        let rvs = self.put_all(vec![(kind, key, value)], |stamped| {
+            let mut existed = Vec::with_capacity(1);
+            for (rv, json) in stamped {
+                if let Some(p) = persist.take() {
+                    existed.push(p(*rv, json)?);
+                }
+            }
+            Ok(existed)
+        })?;
+        Ok(rvs.first().copied().unwrap_or_default())
     }
 
     /// [`Journal::put`] for several objects `(kind, key, value)` as one durable step: each takes
