@@ -201,6 +201,10 @@ fn a_vmi_migrates_into_a_fresh_launcher_cancel_and_refusal() {
         v["status"]["phase"] == "Running"
     });
     let uid = vmi(&node)["metadata"]["uid"].as_str().unwrap().to_string();
+    // No interface holds it to its launcher: the VMI says it can move (KubeVirt's condition).
+    let v = vmi(&node);
+    let conditions = v["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    assert!(conditions.iter().any(|c| c["type"] == "LiveMigratable" && c["status"] == "True"), "{v}");
     let first = active_dir(&state, &uid);
     more_dots(&node, &first, 2);
     let first_pid = pid(&first);

@@ -154,6 +154,25 @@ fn launchers_run_in_their_vmis_namespace_and_nothing_leaks_after_sigkills() {
     assert_eq!(st["infoSource"], "domain");
     let mac = st["mac"].as_str().unwrap().to_string();
     assert!(mac.starts_with("02:00:00:"), "{mac}: from the MAC pool's default range");
+    // Its tap is held by its launcher: the VMI says it cannot move, and a migration is refused
+    // when it is asked for, naming why (not accepted and failed later).
+    let movable = v["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "LiveMigratable"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&movable["status"], &movable["reason"]),
+        (&"False".into(), &"InterfaceNotLiveMigratable".into()),
+        "{v}"
+    );
+    let refused = node.virtctl(&["migrate", "net-a"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("Reason: InterfaceNotLiveMigratable") && err.contains("interface default is a tap"),
+        "{err}"
+    );
     assert_eq!(
         v["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"],
         mac.as_str(),

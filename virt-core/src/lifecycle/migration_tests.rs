@@ -140,6 +140,12 @@ impl Runtime for MigRuntime {
         None
     }
     fn cleanup(&self, _vmi: &VirtualMachineInstance) {}
+    fn live_migratable(&self, vmi: &VirtualMachineInstance) -> Result<(), NotMigratable> {
+        match vmi.metadata.annotations.get("test/not-migratable") {
+            Some(why) => Err(NotMigratable::new("InterfaceNotLiveMigratable", why.clone())),
+            None => Ok(()),
+        }
+    }
     fn migrate(
         &self,
         _vmi: &VirtualMachineInstance,
@@ -418,6 +424,44 @@ fn a_vmi_that_does_not_run_is_refused_with_a_clear_message() {
     assert!(matches!(err, LifecycleError::Invalid(_)), "{msg}");
     assert!(msg.contains("Cannot migrate VMI \"v\": it is not running (phase Succeeded)"), "{msg}");
     assert!(msg.contains("migration-create-validator.kubevirt.io"), "{msg}");
+    assert_eq!(rt.migrations.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn live_migratable_is_a_condition_and_a_vmi_that_cannot_move_is_refused_at_creation() {
+    let (_s, rt, lc) = setup();
+    running_vmi(&lc);
+    let cond = |lc: &Lifecycle, name: &str| {
+        let v = lc.get_vmi("default", name).unwrap();
+        let c = v.status.unwrap().conditions.into_iter().find(|c| c.type_ == LIVE_MIGRATABLE);
+        c.map(|c| (c.status, c.reason, c.message))
+    };
+    assert_eq!(cond(&lc, "v"), Some((ConditionStatus::True, None, None)));
+
+    let tapped: VirtualMachineInstance = model::from_yaml(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: t\n  annotations:\n    test/not-migratable: interface default is a tap\nspec:\n  domain:\n    devices: {}\n    memory:\n      guest: 64Mi\n",
+    )
+    .unwrap();
+    lc.create_vmi("default", tapped).unwrap();
+    settle(&lc);
+    assert_eq!(
+        cond(&lc, "t"),
+        Some((
+            ConditionStatus::False,
+            Some("InterfaceNotLiveMigratable".to_string()),
+            Some("interface default is a tap".to_string())
+        ))
+    );
+    let err = lc.create_migration("default", migration("m", "t")).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, LifecycleError::Invalid(_)), "{msg}");
+    assert!(
+        msg.contains(
+            "Cannot migrate VMI, Reason: InterfaceNotLiveMigratable, Message: interface default is a tap"
+        ),
+        "{msg}"
+    );
+    assert!(lc.get_migration("default", "m").is_err(), "nothing is stored");
     assert_eq!(rt.migrations.load(Ordering::SeqCst), 0);
 }
 

@@ -154,6 +154,13 @@ impl Lifecycle {
         if st.deleting_vmis.contains_key(&vmi_key) {
             return Err(denied(format!("Cannot migrate VMI \"{vmi_name}\": it is being deleted")));
         }
+        // As KubeVirt's validator: a VMI that cannot move is refused now, not failed later.
+        if let Err(why) = self.runtime.live_migratable(vmi) {
+            return Err(denied(format!(
+                "Cannot migrate VMI, Reason: {}, Message: {}",
+                why.reason, why.message
+            )));
+        }
         if let Some((other, _)) = st.migrations.iter().find(|(k, o)| {
             k.namespace == namespace
                 && o.spec.vmi_name.as_deref() == Some(vmi_name.as_str())

@@ -66,6 +66,8 @@ pub const BUILTIN_NAMESPACES: [&str; 2] = ["default", "os-images"];
 pub const DEFAULT_GRACE_SECONDS: i64 = 180;
 /// The VMI condition saying whether the volumes it needs are ready ([`Runtime::ready`]).
 pub const DATA_VOLUMES_READY: &str = "DataVolumesReady";
+/// The VMI condition saying whether it can live-migrate ([`Runtime::live_migratable`]).
+pub const LIVE_MIGRATABLE: &str = "LiveMigratable";
 
 /// A namespaced name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -220,6 +222,31 @@ pub trait Runtime: Send + Sync {
     }
     /// Asks the running migration of `vmi` to stop (the source runs on); harmless when none runs.
     fn cancel_migration(&self, _vmi: &VirtualMachineInstance) {}
+    /// Whether [`Runtime::migrate`] can move `vmi` (KubeVirt's `LiveMigratable` condition, set
+    /// when its machine starts; a migration of a VMI that cannot move is refused when it is
+    /// created). Called with the lifecycle's lock held: decide from the VMI and the runtime's
+    /// configuration, without I/O. Default: not migratable, as [`Runtime::migrate`].
+    fn live_migratable(&self, _vmi: &VirtualMachineInstance) -> Result<(), NotMigratable> {
+        Err(NotMigratable::new("RuntimeNotLiveMigratable", "this node's runtime cannot migrate VMIs"))
+    }
+}
+
+/// Why a VMI cannot live-migrate ([`Runtime::live_migratable`]): condition `LiveMigratable`=False
+/// with this reason (KubeVirt's, e.g. `InterfaceNotLiveMigratable`) and message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct NotMigratable {
+    /// The condition's reason, one CamelCase word.
+    pub reason: String,
+    /// What keeps it from moving.
+    pub message: String,
+}
+
+impl NotMigratable {
+    /// `reason` and `message`.
+    pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { reason: reason.into(), message: message.into() }
+    }
 }
 
 /// Why a VMI cannot be launched yet ([`Runtime::ready`]): one of its volumes waits for something

@@ -188,6 +188,17 @@ impl Lifecycle {
                     if !interfaces.is_empty() {
                         s.interfaces = interfaces;
                     }
+                    let movable = self.runtime.live_migratable(v);
+                    let s = v.status.get_or_insert_with(Default::default);
+                    set_condition(
+                        &mut s.conditions,
+                        match movable {
+                            Ok(()) => condition(LIVE_MIGRATABLE, true, None, None),
+                            Err(why) => {
+                                condition(LIVE_MIGRATABLE, false, Some(&why.reason), Some(why.message))
+                            }
+                        },
+                    );
                     // A machine that ended before it was asked (a guest that reset at once) says
                     // nothing of its accelerator: the condition stays as the last start left it.
                     if !ended {

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use virt_core::lifecycle::{
-    LaunchError, LaunchStage as Stage, Migrated, MigrationError, MigrationStep, MigrationTicket, NotReady,
-    Runtime,
+    LaunchError, LaunchStage as Stage, Migrated, MigrationError, MigrationStep, MigrationTicket,
+    NotMigratable, NotReady, Runtime,
 };
 use virt_core::machine::accel::AccelPolicy;
 use virt_core::machine::remote::{self, RemoteMachine};
@@ -402,6 +402,15 @@ impl Runtime for LauncherRuntime {
         step: &dyn Fn(MigrationStep),
     ) -> Result<Migrated, MigrationError> {
         self.migrate_vmi(vmi, ticket, step)
+    }
+
+    /// Every interface of a VMI on the pod network is a tap its launcher holds: such a VMI cannot
+    /// move. Without a network (interfaces stay unlinked) any VMI can.
+    fn live_migratable(&self, vmi: &VirtualMachineInstance) -> Result<(), NotMigratable> {
+        match (self.network.get(), vmi.spec.domain.devices.interfaces.first()) {
+            (Some(_), Some(i)) => Err(migration::tap_not_migratable(&i.name)),
+            _ => Ok(()),
+        }
     }
 
     fn cancel_migration(&self, vmi: &VirtualMachineInstance) {

@@ -51,15 +51,24 @@ fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> MigrationError 
     MigrationError::Failed(format!("{what} {}: {e}", path.display()))
 }
 
-/// Why a machine with this spec cannot move into another launcher on this node, if it cannot.
-fn not_migratable(spec: &MachineSpec) -> Option<String> {
-    spec.interfaces.iter().find(|i| matches!(i.backend, InterfaceBackend::Tap { .. })).map(|i| {
+/// Why a VMI whose interface `name` is a tap cannot move: the running launcher holds the tap and
+/// a second launcher cannot open it (KubeVirt's reason `InterfaceNotLiveMigratable`).
+pub(super) fn tap_not_migratable(name: &str) -> NotMigratable {
+    NotMigratable::new(
+        "InterfaceNotLiveMigratable",
         format!(
-            "interface {} is a tap the running launcher holds; a second launcher cannot open it (live \
-             migration of VMIs with pod-network interfaces is not supported yet)",
-            i.name
-        )
-    })
+            "interface {name} is a tap the running launcher holds; a second launcher cannot open it \
+             (live migration of VMIs with pod-network interfaces is not supported yet)"
+        ),
+    )
+}
+
+/// Why a machine with this spec cannot move into another launcher on this node, if it cannot.
+fn not_migratable(spec: &MachineSpec) -> Option<NotMigratable> {
+    spec.interfaces
+        .iter()
+        .find(|i| matches!(i.backend, InterfaceBackend::Tap { .. }))
+        .map(|i| tap_not_migratable(&i.name))
 }
 
 impl LauncherRuntime {
@@ -83,7 +92,7 @@ impl LauncherRuntime {
         let spec: MachineSpec =
             serde_json::from_slice(&spec_bytes).map_err(|e| failed("decoding", &spec_path, e))?;
         if let Some(why) = not_migratable(&spec) {
-            return Err(MigrationError::Unsupported(why));
+            return Err(MigrationError::Unsupported(why.message));
         }
         let short: String = ticket.uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
         let base_name = base.file_name().and_then(|n| n.to_str()).unwrap_or("vmi");
