@@ -164,6 +164,21 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         c.kill().unwrap();
         c.wait().unwrap();
     }
+    // With the agent (and its admission webhook) down, unrelated objects are still stored; a VM,
+    // which the webhook checks, is not stored unchecked (failurePolicy Fail, as KubeVirt).
+    ok(&mut cluster.kubectl(&[
+        "create",
+        "configmap",
+        "while-the-webhook-is-down",
+        "-n",
+        ns,
+        "--from-literal=a=b",
+    ]));
+    let unchecked = tmp.join("vm-unchecked.yaml");
+    std::fs::write(&unchecked, kernel_vm_yaml("vm-unchecked", &kernel_image)).unwrap();
+    let refused = run(&mut cluster.kubectl(&["apply", "-n", ns, "-f", unchecked.to_str().unwrap()]));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("virtualmachine-validator.kubevirt.io"), "{err}");
     cluster.controller = cluster.standby.take();
     cluster.handler = Some(cluster.spawn_handler(2));
     let restarted = Instant::now();
@@ -242,6 +257,21 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     for what in ["deployment.apps/virt-controller", "daemonset.apps/virt-handler", "clusterrole.rbac"] {
         assert!(applied.contains(what), "{applied}");
     }
+
+    // Admission: what the local node refuses, the cluster refuses with the same message, naming
+    // the field (the webhook runs the node's own checks).
+    let bad = tmp.join("vm-bad.yaml");
+    let bad_vm = kernel_vm_yaml("vm-bad", &kernel_image).replacen("spec:\n", "spec:\n  running: true\n", 1);
+    assert!(bad_vm.contains("running: true"), "{bad_vm}");
+    std::fs::write(&bad, bad_vm).unwrap();
+    let refused = run(&mut cluster.kubectl(&["apply", "-n", ns, "-f", bad.to_str().unwrap()]));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("The VirtualMachine \"vm-bad\" is invalid") && err.contains("spec.running"),
+        "{err}"
+    );
+    assert_eq!(cluster.get(&["vm", "vm-bad", "-n", ns], "{.metadata.name}"), None, "nothing stored");
 
     // start and stop through the kubeconfig: the subresources API serves no VM verbs (404), so
     // virtctl applies the run-strategy decision by updating the VM.

@@ -85,6 +85,8 @@ pub fn manifests(c: &Components) -> Vec<Value> {
               "verbs": ["get"] },
             { "apiGroups": [""], "resources": ["namespaces", "services", "endpoints"], "verbs": all },
             { "apiGroups": ["apiregistration.k8s.io"], "resources": ["apiservices"], "verbs": all },
+            { "apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
+              "verbs": all },
             { "apiGroups": [""], "resources": ["nodes"], "verbs": read },
         ]),
     ));

@@ -18,6 +18,7 @@
 //! VM verbs (`start`, `stop`, `restart`) are not served here: `virtctl` carries them out by
 //! updating the VM (`client::cluster_verbs`), which needs no node.
 
+pub mod admission;
 mod register;
 mod routes;
 
@@ -157,6 +158,35 @@ pub fn tls_config(
     Ok(cfg)
 }
 
+/// The webhook's TLS configuration: `cert`/`key`, no client certificate asked (the API server
+/// presents none to webhooks); it serves verdicts only ([`admission`]).
+pub fn webhook_tls_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig, SubresourceError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SubresourceError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| SubresourceError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Binds a TLS listener on `addr` with `cfg`; returns it with the port it took.
+async fn tls_listener(
+    addr: SocketAddr,
+    cfg: rustls::ServerConfig,
+) -> Result<(crate::node::tls::TlsListener, u16), SubresourceError> {
+    let err = |source| SubresourceError::Listen { addr, source };
+    let tcp = tokio::net::TcpListener::bind(addr).await.map_err(err)?;
+    let port = tcp.local_addr().map_err(err)?.port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    Ok((crate::node::tls::TlsListener::new(tcp, acceptor).map_err(err)?, port))
+}
+
 /// Serves on `listen` until `shutdown` resolves, after registering the APIService with
 /// `advertise` as the Service's endpoint. Returns once the listener is bound and registered; the
 /// server runs on a task.
@@ -169,24 +199,35 @@ pub async fn start(
     let front = front_proxy(&server.client).await?;
     let dns = format!("{SERVICE}.{SERVICE_NAMESPACE}.svc");
     let (cert_pem, cert, key) = serving_certificate(&dns)?;
-    let cfg = tls_config(&front, cert, key)?;
-    let tcp = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| SubresourceError::Listen { addr: listen, source })?;
-    let port = tcp.local_addr().map_err(|source| SubresourceError::Listen { addr: listen, source })?.port();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = crate::node::tls::TlsListener::new(tcp, acceptor)
-        .map_err(|source| SubresourceError::Listen { addr: listen, source })?;
+    let cfg = tls_config(&front, cert.clone(), key.clone_key())?;
+    let (listener, port) = tls_listener(listen, cfg).await?;
+    // The webhook: the same address, a port of its own, no client certificate.
+    let (hooks, webhook_port) =
+        tls_listener(SocketAddr::new(listen.ip(), 0), webhook_tls_config(cert, key)?).await?;
     let app = routes::router(server.clone());
+    let hooks_app = admission::router();
+    let (stop_api, stop_hooks) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
+        let mut stopped = stop_hooks.clone();
+        let webhook = axum::serve(hooks, hooks_app.into_make_service()).with_graceful_shutdown(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+        let webhook = tokio::spawn(async move {
+            if let Err(e) = webhook.await {
+                log::error!("admission webhook: {e}");
+            }
+        });
         let serve = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(shutdown);
         if let Err(e) = serve.await {
             log::error!("subresources API: {e}");
         }
+        let _ = stop_api.send(true);
+        let _ = webhook.await;
     });
-    register(&server.client, &Registration { ip: advertise, port, ca_pem: cert_pem }).await?;
+    register(&server.client, &Registration { ip: advertise, port, webhook_port, ca_pem: cert_pem }).await?;
     log::info!(
-        "subresources API ({GROUP_VERSION}) on {listen} (port {port}), registered at {advertise}:{port}"
+        "subresources API ({GROUP_VERSION}) on {listen} (port {port}), admission webhook on port \
+         {webhook_port}, registered at {advertise}"
     );
     Ok(task)
 }

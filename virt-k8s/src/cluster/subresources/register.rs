@@ -1,7 +1,9 @@
 //! The objects that make the API server proxy `subresources.kubevirt.io/v1` here: the namespace
 //! `kubevirt`, a Service `virt-api` without a selector, its Endpoints (this server's address, kept
 //! by hand: no pod backs it) and the APIService `v1.subresources.kubevirt.io` carrying this
-//! server's certificate as `caBundle`. Applied server-side (field manager `virt-handler`, forced;
+//! server's certificate as `caBundle`; and the ValidatingWebhookConfiguration
+//! `virt-api-validator` sending creates and updates of VMs and VMIs to the admission webhook
+//! (`admission`) through the same Service's `webhook` port, with the same `caBundle`. Applied server-side (field manager `virt-handler`, forced;
 //! the APIService created or merge-patched), so registering again replaces the address and the
 //! certificate. The API server must route to
 //! the endpoint (`--enable-aggregator-routing=true`): there is no kube-proxy for the Service's
@@ -10,6 +12,7 @@
 use std::net::IpAddr;
 
 use base64::Engine;
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Service};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{Patch, PatchParams};
@@ -24,31 +27,43 @@ pub const API_SERVICE: &str = "v1.subresources.kubevirt.io";
 pub const SERVICE: &str = "virt-api";
 /// The Service's namespace.
 pub const SERVICE_NAMESPACE: &str = "kubevirt";
+/// The ValidatingWebhookConfiguration's name.
+pub const WEBHOOK_CONFIGURATION: &str = "virt-api-validator";
+/// The Service's port for the webhook.
+pub const WEBHOOK_SERVICE_PORT: u16 = 8444;
 
 /// Where the server listens and what it presents.
 pub struct Registration {
     /// The address the API server reaches.
     pub ip: IpAddr,
-    /// The port.
+    /// The port of the subresources API.
     pub port: u16,
+    /// The port of the admission webhook.
+    pub webhook_port: u16,
     /// The serving certificate (PEM), the APIService's `caBundle`.
     pub ca_pem: String,
 }
 
 /// The objects, in the order they are applied.
-pub fn objects(r: &Registration) -> [Value; 4] {
+pub fn objects(r: &Registration) -> [Value; 5] {
     let ns = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": SERVICE_NAMESPACE } });
     let meta =
         json!({ "name": SERVICE, "namespace": SERVICE_NAMESPACE, "labels": { "kubevirt.io": "virt-api" } });
     let service = json!({
         "apiVersion": "v1", "kind": "Service", "metadata": meta,
-        "spec": { "ports": [{ "name": "https", "port": 443, "targetPort": r.port, "protocol": "TCP" }] },
+        "spec": { "ports": [
+            { "name": "https", "port": 443, "targetPort": r.port, "protocol": "TCP" },
+            { "name": "webhook", "port": WEBHOOK_SERVICE_PORT, "targetPort": r.webhook_port, "protocol": "TCP" },
+        ] },
     });
     let endpoints = json!({
         "apiVersion": "v1", "kind": "Endpoints", "metadata": meta,
         "subsets": [{
             "addresses": [{ "ip": r.ip.to_string() }],
-            "ports": [{ "name": "https", "port": r.port, "protocol": "TCP" }],
+            "ports": [
+                { "name": "https", "port": r.port, "protocol": "TCP" },
+                { "name": "webhook", "port": r.webhook_port, "protocol": "TCP" },
+            ],
         }],
     });
     let api_service = json!({
@@ -63,13 +78,44 @@ pub fn objects(r: &Registration) -> [Value; 4] {
             "service": { "namespace": SERVICE_NAMESPACE, "name": SERVICE, "port": 443 },
         },
     });
-    [ns, service, endpoints, api_service]
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(r.ca_pem.as_bytes());
+    let webhooks: Vec<Value> = super::admission::WEBHOOKS
+        .iter()
+        .map(|(name, resource)| {
+            json!({
+                "name": name,
+                "clientConfig": {
+                    "service": {
+                        "namespace": SERVICE_NAMESPACE, "name": SERVICE,
+                        "path": super::admission::PATH, "port": WEBHOOK_SERVICE_PORT,
+                    },
+                    "caBundle": ca_bundle,
+                },
+                "rules": [{
+                    "apiGroups": ["kubevirt.io"], "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": [resource], "scope": "Namespaced",
+                }],
+                // Only these kinds go through it, so a webhook that is down blocks nothing else;
+                // for them, an unchecked object is not stored (as KubeVirt).
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            })
+        })
+        .collect();
+    let webhook_configuration = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+        "metadata": { "name": WEBHOOK_CONFIGURATION, "labels": { "kubevirt.io": "virt-api" } },
+        "webhooks": webhooks,
+    });
+    [ns, service, endpoints, api_service, webhook_configuration]
 }
 
 /// Applies [`objects`].
 pub async fn register(client: &Client, r: &Registration) -> Result<(), SubresourceError> {
     let pp = PatchParams::apply("virt-handler").force();
-    let [ns, service, endpoints, api_service] = objects(r);
+    let [ns, service, endpoints, api_service, webhook_configuration] = objects(r);
     let err = |what: &str| {
         let what = what.to_string();
         move |source| SubresourceError::Api { what: format!("applying {what}"), source }
@@ -97,6 +143,10 @@ pub async fn register(client: &Client, r: &Registration) -> Result<(), Subresour
         let obj: APIService = serde_json::from_value(api_service).map_err(SubresourceError::Object)?;
         services.create(&Default::default(), &obj).await.map_err(err(what))?;
     }
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .patch(WEBHOOK_CONFIGURATION, &pp, &Patch::Apply(webhook_configuration))
+        .await
+        .map_err(err("validatingwebhookconfiguration virt-api-validator"))?;
     Ok(())
 }
 
@@ -105,14 +155,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_endpoint_port_is_named_as_the_service_port() {
-        let r = Registration { ip: "10.1.2.3".parse().unwrap(), port: 8443, ca_pem: "PEM".into() };
-        let [_, svc, ep, api] = objects(&r);
-        // The API server resolves the Service's port 443 to the endpoint port of the same name.
-        assert_eq!(svc["spec"]["ports"][0]["name"], ep["subsets"][0]["ports"][0]["name"]);
+    fn the_endpoint_ports_are_named_as_the_service_ports() {
+        let r = Registration {
+            ip: "10.1.2.3".parse().unwrap(),
+            port: 8443,
+            webhook_port: 9555,
+            ca_pem: "PEM".into(),
+        };
+        let [_, svc, ep, api, hooks] = objects(&r);
+        // The API server resolves each Service port to the endpoint port of the same name.
+        for i in 0..2 {
+            assert_eq!(svc["spec"]["ports"][i]["name"], ep["subsets"][0]["ports"][i]["name"]);
+        }
         assert_eq!(ep["subsets"][0]["ports"][0]["port"], 8443);
+        assert_eq!(ep["subsets"][0]["ports"][1]["port"], 9555);
         assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "10.1.2.3");
         assert_eq!(api["spec"]["service"]["port"], 443);
         assert_eq!(api["spec"]["caBundle"], "UEVN");
+        // The webhooks reach the webhook port, check only VMs and VMIs, and do nothing else.
+        let webhooks = hooks["webhooks"].as_array().unwrap();
+        assert_eq!(webhooks.len(), 2);
+        for h in webhooks {
+            assert_eq!(h["clientConfig"]["service"]["port"], svc["spec"]["ports"][1]["port"]);
+            assert_eq!(h["clientConfig"]["service"]["path"], "/validate");
+            assert_eq!(h["clientConfig"]["caBundle"], "UEVN");
+            assert_eq!(h["rules"][0]["apiGroups"], json!(["kubevirt.io"]));
+            assert_eq!(h["sideEffects"], "None");
+        }
+        let resources: Vec<&Value> = webhooks.iter().map(|h| &h["rules"][0]["resources"][0]).collect();
+        assert_eq!(resources, [&json!("virtualmachines"), &json!("virtualmachineinstances")]);
     }
 }

@@ -216,6 +216,25 @@ async fn write(inner: Router, req: Request, target: &Target) -> Response {
     invalid_details(resp, target.resource, &name).await
 }
 
+/// The `causes` of an `Invalid` Status whose message lists problems as the loaders and the
+/// validation write them (`[document N: ]path: what; ...`): one per problem, with its field.
+/// kubectl prints them as `The Kind "name" is invalid: path: what`.
+fn causes_of(message: &str) -> Vec<Value> {
+    message
+        .split("; ")
+        .map(|m| {
+            // The loaders write "document N: path: what".
+            let m = m.strip_prefix("document ").and_then(|rest| rest.split_once(": ")).map_or(m, |(_, t)| t);
+            match m.split_once(": ") {
+                Some((field, what)) if !field.contains(' ') => {
+                    serde_json::json!({ "reason": "FieldValueInvalid", "message": what, "field": field })
+                }
+                _ => serde_json::json!({ "reason": "FieldValueInvalid", "message": m }),
+            }
+        })
+        .collect()
+}
+
 /// Adds `details` (kind, name, one cause per refused field) to a 422 `Status` without them.
 async fn invalid_details(resp: Response, r: &Resource, name: &str) -> Response {
     if resp.status() != StatusCode::UNPROCESSABLE_ENTITY {
@@ -227,20 +246,7 @@ async fn invalid_details(resp: Response, r: &Resource, name: &str) -> Response {
     };
     if status.get("details").is_none() {
         let message = status["message"].as_str().unwrap_or("").to_string();
-        let causes: Vec<Value> = message
-            .split("; ")
-            .map(|m| {
-                // The loaders write "document N: path: what".
-                let m =
-                    m.strip_prefix("document ").and_then(|rest| rest.split_once(": ")).map_or(m, |(_, t)| t);
-                match m.split_once(": ") {
-                    Some((field, what)) if !field.contains(' ') => {
-                        serde_json::json!({ "reason": "FieldValueInvalid", "message": what, "field": field })
-                    }
-                    _ => serde_json::json!({ "reason": "FieldValueInvalid", "message": m }),
-                }
-            })
-            .collect();
+        let causes = causes_of(&message);
         status["details"] =
             serde_json::json!({ "name": name, "group": r.group, "kind": r.kind, "causes": causes });
     }
