@@ -183,8 +183,8 @@ impl Lifecycle {
             return false;
         }
         let value = match kind {
-            Kind::VirtualMachine => st.vms.get(key).map(|v| to_value(v)),
-            _ => st.vmis.get(key).map(|v| to_value(v)),
+            Kind::VirtualMachine => st.vms.get(key).map(to_value),
+            _ => st.vmis.get(key).map(to_value),
         };
         if let (Some(batch), Some(value)) = (st.batch.as_mut(), value) {
             batch.push(StoredObject { kind, key: key.clone(), value });
