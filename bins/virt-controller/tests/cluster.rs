@@ -273,6 +273,50 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     );
     assert_eq!(cluster.get(&["vm", "vm-bad", "-n", ns], "{.metadata.name}"), None, "nothing stored");
 
+    // Instancetypes on the cluster: a VM naming a cluster instancetype (and no memory of its
+    // own) gets a VMI with the instancetype's CPU and memory, resolved by the controller with
+    // the local node's own function, and a launcher pod sized from it.
+    let it = tmp.join("instancetype.yaml");
+    std::fs::write(
+        &it,
+        "apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachineClusterInstancetype\nmetadata:\n  name: \
+         e2e.small\nspec:\n  cpu:\n    guest: 1\n  memory:\n    guest: 320Mi\n",
+    )
+    .unwrap();
+    ok(&mut cluster.kubectl(&["apply", "-f", it.to_str().unwrap()]));
+    let typed = kernel_vm_yaml("vm-typed", &kernel_image)
+        .replacen(
+            "spec:\n  runStrategy: Halted\n",
+            "spec:\n  runStrategy: Always\n  instancetype:\n    name: e2e.small\n",
+            1,
+        )
+        .replace("        memory:\n          guest: 256Mi\n", "");
+    assert!(typed.contains("e2e.small") && !typed.contains("256Mi"), "{typed}");
+    let typed_file = tmp.join("vm-typed.yaml");
+    std::fs::write(&typed_file, typed).unwrap();
+    ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", typed_file.to_str().unwrap()]));
+    let memory = wait_for("the instancetype VM's VMI", 60, || {
+        cluster.get(&["vmi", "vm-typed", "-n", ns], "{.spec.domain.memory.guest} {.spec.domain.cpu.sockets}")
+    });
+    assert_eq!(memory, "320Mi 1");
+    let typed_mem = wait_for("the instancetype VM's launcher pod", 60, || {
+        cluster
+            .get(
+                &["pods", "-n", ns, "-l", "kubevirt.io/domain=vm-typed"],
+                "{.items[0].spec.containers[0].resources.requests.memory}",
+            )
+            .filter(|m| !m.is_empty())
+    });
+    assert_eq!(
+        typed_mem,
+        ((320u64 << 20) + (192 << 20) + (8 << 20)).to_string(),
+        "instancetype memory + overhead"
+    );
+    ok(&mut cluster.kubectl(&["delete", "vm", "vm-typed", "-n", ns, "--wait=false"]));
+    wait_for("the instancetype VM's VMI to go", 120, || {
+        cluster.get(&["vmi", "vm-typed", "-n", ns], "{.metadata.name}").is_none().then_some(())
+    });
+
     // start and stop through the kubeconfig: the subresources API serves no VM verbs (404), so
     // virtctl applies the run-strategy decision by updating the VM.
     let stopped = Instant::now();

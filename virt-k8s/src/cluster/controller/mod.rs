@@ -32,6 +32,15 @@ pub enum ReconcileError {
         #[source]
         source: kube::Error,
     },
+    /// The instancetype or preference a VM names is missing or does not fit its template.
+    #[error("{what}: {source}")]
+    Resolve {
+        /// The VM.
+        what: String,
+        /// What resolving found.
+        #[source]
+        source: virt_core::model::ResolveError,
+    },
     /// An object could not be converted between the project's and kube's types.
     #[error("{what}: {source}")]
     Convert {

@@ -9,7 +9,11 @@ use kube::runtime::controller::Action;
 use kube::{Api, Resource};
 use serde_json::{json, Value};
 use virt_core::lifecycle::strategy::{self, InstanceView, StateChange, VmView};
-use virt_core::model::{VirtualMachine, VirtualMachineInstance, VmiPhase};
+use virt_core::model::{
+    self, Catalog, InstancetypeKind, PreferenceKind, VirtualMachine, VirtualMachineClusterInstancetype,
+    VirtualMachineClusterPreference, VirtualMachineInstance, VirtualMachineInstancetype,
+    VirtualMachinePreference, VmiPhase,
+};
 
 use super::{key, Context, ReconcileError};
 use crate::cluster::kinds::Cr;
@@ -19,10 +23,18 @@ fn api_err(what: String) -> impl FnOnce(kube::Error) -> ReconcileError {
     move |source| ReconcileError::Api { what, source }
 }
 
-/// The VMI a VM would create now: its template, named as the VM, owned by it.
-pub fn vmi_for(vm: &Cr<VirtualMachine>) -> Result<Cr<VirtualMachineInstance>, ReconcileError> {
+/// The VMI a VM would create now: its template with the instancetype and preference it names
+/// applied (`catalog` holds them: [`catalog_for`]), as the local node does, named as the VM,
+/// owned by it.
+pub fn vmi_for(
+    vm: &Cr<VirtualMachine>,
+    catalog: &Catalog,
+) -> Result<Cr<VirtualMachineInstance>, ReconcileError> {
     let name = vm.meta.name.clone().unwrap_or_default();
-    let tmpl = &vm.obj.spec.template;
+    let mut named = vm.obj.clone();
+    named.metadata.namespace = vm.meta.namespace.clone();
+    let tmpl = &model::resolve(&named, catalog)
+        .map_err(|source| ReconcileError::Resolve { what: format!("VM {name}"), source })?;
     let vmi = VirtualMachineInstance {
         api_version: Cr::<VirtualMachineInstance>::api_version(),
         kind: "VirtualMachineInstance".into(),
@@ -43,6 +55,63 @@ pub fn vmi_for(vm: &Cr<VirtualMachine>) -> Result<Cr<VirtualMachineInstance>, Re
         }]
     });
     Ok(cr)
+}
+
+/// The instancetype and preference `vm` (in `ns`) names, read from the API server: the catalog
+/// [`vmi_for`] resolves against. One that does not exist is left out, and resolving names it.
+pub async fn catalog_for(
+    client: &kube::Client,
+    vm: &VirtualMachine,
+    ns: &str,
+) -> Result<Catalog, ReconcileError> {
+    let mut catalog = Catalog::new();
+    let read = |what: String| api_err(format!("reading {what}"));
+    if let Some(name) = vm
+        .spec
+        .instancetype
+        .as_ref()
+        .and_then(|m| m.name.clone().map(|n| (n, InstancetypeKind::from_matcher(m.kind.as_deref()))))
+    {
+        match name {
+            (n, Some(InstancetypeKind::Cluster)) => {
+                let api: Api<Cr<VirtualMachineClusterInstancetype>> = Api::all(client.clone());
+                if let Some(o) = api.get_opt(&n).await.map_err(read(format!("instancetype {n}")))? {
+                    catalog.add_instancetype(InstancetypeKind::Cluster, None, &n, o.obj.spec);
+                }
+            }
+            (n, Some(InstancetypeKind::Namespaced)) => {
+                let api: Api<Cr<VirtualMachineInstancetype>> = Api::namespaced(client.clone(), ns);
+                if let Some(o) = api.get_opt(&n).await.map_err(read(format!("instancetype {ns}/{n}")))? {
+                    catalog.add_instancetype(InstancetypeKind::Namespaced, Some(ns), &n, o.obj.spec);
+                }
+            }
+            // A kind that is none: resolving says so, naming the field.
+            (_, None) => {}
+        }
+    }
+    if let Some(name) = vm
+        .spec
+        .preference
+        .as_ref()
+        .and_then(|m| m.name.clone().map(|n| (n, PreferenceKind::from_matcher(m.kind.as_deref()))))
+    {
+        match name {
+            (n, Some(PreferenceKind::Cluster)) => {
+                let api: Api<Cr<VirtualMachineClusterPreference>> = Api::all(client.clone());
+                if let Some(o) = api.get_opt(&n).await.map_err(read(format!("preference {n}")))? {
+                    catalog.add_preference(PreferenceKind::Cluster, None, &n, o.obj.spec);
+                }
+            }
+            (n, Some(PreferenceKind::Namespaced)) => {
+                let api: Api<Cr<VirtualMachinePreference>> = Api::namespaced(client.clone(), ns);
+                if let Some(o) = api.get_opt(&n).await.map_err(read(format!("preference {ns}/{n}")))? {
+                    catalog.add_preference(PreferenceKind::Namespaced, Some(ns), &n, o.obj.spec);
+                }
+            }
+            (_, None) => {}
+        }
+    }
+    Ok(catalog)
 }
 
 fn next_request(vm: &VirtualMachine) -> Option<StateChange> {
@@ -94,7 +163,8 @@ pub async fn reconcile(vm: Arc<Cr<VirtualMachine>>, ctx: Arc<Context>) -> Result
         DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
     match action {
         strategy::Action::Create => {
-            vmis.create(&PostParams::default(), &vmi_for(&vm)?)
+            let catalog = catalog_for(&ctx.client, &vm.obj, &ns).await?;
+            vmis.create(&PostParams::default(), &vmi_for(&vm, &catalog)?)
                 .await
                 .map_err(api_err(format!("creating VMI {ns}/{name}")))?;
             log::info!("{k}: created its VMI ({strategy:?})");
@@ -146,4 +216,70 @@ pub async fn reconcile(vm: Arc<Cr<VirtualMachine>>, ctx: Arc<Context>) -> Result
         strategy::Action::Replace | strategy::Action::Dequeue => Action::requeue(Duration::from_millis(500)),
         _ => Action::requeue(Duration::from_secs(300)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(yaml: &str) -> Cr<VirtualMachine> {
+        let mut cr = Cr::new(model::from_yaml::<VirtualMachine>(yaml).unwrap()).unwrap();
+        cr.meta.namespace = Some("team".into());
+        cr.meta.uid = Some("vm-uid".into());
+        cr
+    }
+
+    const WITH_TYPE: &str = "apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: typed
+spec:
+  runStrategy: Always
+  instancetype:
+    name: u1.small
+  preference:
+    kind: VirtualMachinePreference
+    name: virtio
+  template:
+    spec:
+      domain:
+        devices:
+          disks:
+          - name: root
+            disk: {}
+      volumes:
+      - name: root
+        containerDisk:
+          image: registry.example/os:1
+";
+
+    #[test]
+    fn the_vmi_gets_the_instancetype_and_preference_as_on_the_local_node() {
+        let it: model::VirtualMachineClusterInstancetype = model::from_yaml(
+            "apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachineClusterInstancetype\nmetadata:\n  name: u1.small\nspec:\n  cpu:\n    guest: 2\n  memory:\n    guest: 384Mi\n",
+        )
+        .unwrap();
+        let pref: model::VirtualMachinePreference = model::from_yaml(
+            "apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachinePreference\nmetadata:\n  name: virtio\n  namespace: team\nspec:\n  devices:\n    preferredDiskBus: virtio\n",
+        )
+        .unwrap();
+        let mut catalog = Catalog::new();
+        catalog.add_instancetype(InstancetypeKind::Cluster, None, "u1.small", it.spec);
+        catalog.add_preference(PreferenceKind::Namespaced, Some("team"), "virtio", pref.spec);
+        let vmi = vmi_for(&vm(WITH_TYPE), &catalog).unwrap();
+        let domain = &vmi.obj.spec.domain;
+        assert_eq!(
+            domain.memory.as_ref().and_then(|m| m.guest.as_ref()).map(|q| q.to_string()),
+            Some("384Mi".into())
+        );
+        assert_eq!(domain.cpu.as_ref().and_then(|c| c.sockets.or(c.cores)), Some(2), "{domain:?}");
+        let bus = domain.devices.disks[0].disk.as_ref().and_then(|d| d.bus.clone());
+        assert_eq!(bus.map(|b| format!("{b:?}").to_lowercase()), Some("virtio".into()));
+        assert_eq!(vmi.meta.name.as_deref(), Some("typed"));
+        assert_eq!(vmi.meta.owner_references.as_ref().map(|o| o[0].uid.as_str()), Some("vm-uid"));
+
+        // Missing from the catalog (not on the API server): refused naming the field.
+        let e = vmi_for(&vm(WITH_TYPE), &Catalog::new()).unwrap_err().to_string();
+        assert!(e.contains("spec.instancetype") && e.contains("u1.small"), "{e}");
+    }
 }
