@@ -275,6 +275,20 @@ fn a_vmi_migrates_into_a_fresh_launcher_cancel_and_refusal() {
     wait_for("the kubeconfig", &node, || state.join("kubeconfig").exists());
     let table = kubectl(&state, dir.path(), &["get", "vmim"]);
     assert!(table.contains("PHASE") && table.contains("Succeeded") && table.contains("mover"), "{table}");
+    // /metrics carries the migration: KubeVirt's succeeded/processed figures and our downtime.
+    let metrics = kubectl(&state, dir.path(), &["get", "--raw", "/metrics"]);
+    let line = |metric: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(metric) && l.contains("name=\"mover\""))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("kubevirt_vmi_migration_succeeded{").ends_with(" 1"), "{metrics}");
+    assert!(line("kubevirt_vmi_migration_data_processed_bytes{").len() > 10, "{metrics}");
+    let seconds: f64 =
+        line("virtrs_vmi_migration_downtime_seconds{").rsplit(' ').next().unwrap_or("").parse().unwrap();
+    assert!((seconds * 1e6 - downtime as f64).abs() < 1.0, "{seconds} s vs {downtime} us");
 
     // 3. Again, from the migrated launcher; then the VMI stops where it runs now.
     let out = node.ok(&["migrate", "mover", "--wait"]);

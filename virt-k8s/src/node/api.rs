@@ -568,7 +568,8 @@ async fn delete_catalog_ns(
 async fn metrics(State(s): State<ApiState>) -> Response {
     let text = tokio::task::spawn_blocking(move || {
         let vmis = s.lifecycle.list_vmis(None);
-        super::metrics::render(&s.node_name, &vmis, |vmi| {
+        let migrations = s.lifecycle.list_migrations(None);
+        super::metrics::render(&s.node_name, &vmis, &migrations, |vmi| {
             let mut st =
                 super::metrics::launcher_pid(&s.runtime.run_dir(vmi)).and_then(super::metrics::proc_stats)?;
             st.net = s.runtime.guest_net_stats(vmi);

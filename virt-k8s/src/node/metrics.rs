@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use virt_core::api::Quantity;
-use virt_core::model::{VirtualMachineInstance, VmiPhase};
+use virt_core::model::{MigrationState, VirtualMachineInstance, VirtualMachineInstanceMigration, VmiPhase};
 
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -187,11 +187,104 @@ fn guest_memory(vmi: &VirtualMachineInstance) -> Option<u64> {
     Quantity::parse(q).ok().map(|q| q.bytes())
 }
 
-/// The text for `vmis` on node `node`; `stats` gives a VMI's launcher figures (None: not running
-/// here, or gone).
+type Add<'a> = dyn FnMut(&'static str, &'static str, &'static str, String, f64) + 'a;
+
+/// KubeVirt's counts of migrations per phase (`kubevirt_vmi_migrations_in_<phase>_phase`).
+fn migration_phases(migrations: &[VirtualMachineInstanceMigration], add: &mut Add<'_>) {
+    let phase_of = |m: &VirtualMachineInstanceMigration| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.get("phase"))
+            .and_then(|p| p.as_str())
+            .unwrap_or("Pending")
+            .to_string()
+    };
+    for (metric, help, phases) in [
+        (
+            "kubevirt_vmi_migrations_in_pending_phase",
+            "Number of current pending migrations.",
+            &["Pending"][..],
+        ),
+        (
+            "kubevirt_vmi_migrations_in_scheduling_phase",
+            "Number of current scheduling migrations.",
+            &["Scheduling", "Scheduled", "PreparingTarget", "TargetReady"][..],
+        ),
+        (
+            "kubevirt_vmi_migrations_in_running_phase",
+            "Number of current running migrations.",
+            &["Running"][..],
+        ),
+    ] {
+        let n = migrations.iter().filter(|m| phases.contains(&phase_of(m).as_str())).count();
+        add(metric, help, "gauge", String::new(), n as f64);
+    }
+}
+
+/// The figures of a VMI's last migration (`status.migrationState`): KubeVirt's start and end
+/// times, bytes processed, succeeded/failed, and the downtime, which KubeVirt does not report.
+fn migration_figures(base: &str, m: &MigrationState, add: &mut Add<'_>) {
+    if let Some(t) = &m.start_timestamp {
+        add(
+            "kubevirt_vmi_migration_start_time_seconds",
+            "The time at which the migration started.",
+            "gauge",
+            base.to_string(),
+            t.unix_seconds() as f64,
+        );
+    }
+    if let Some(t) = &m.end_timestamp {
+        add(
+            "kubevirt_vmi_migration_end_time_seconds",
+            "The time at which the migration ended.",
+            "gauge",
+            base.to_string(),
+            t.unix_seconds() as f64,
+        );
+    }
+    let done = m.completed == Some(true);
+    let failed = m.failed == Some(true);
+    add(
+        "kubevirt_vmi_migration_succeeded",
+        "Indicates if the VMI migration succeeded.",
+        "gauge",
+        base.to_string(),
+        if done && !failed { 1.0 } else { 0.0 },
+    );
+    add(
+        "kubevirt_vmi_migration_failed",
+        "Indicates if the VMI migration failed.",
+        "gauge",
+        base.to_string(),
+        if failed { 1.0 } else { 0.0 },
+    );
+    let stat = |k: &str| m.migration_stats.as_ref().and_then(|s| s.get(k)).and_then(|v| v.as_f64());
+    if let Some(b) = stat("bytesSent") {
+        add(
+            "kubevirt_vmi_migration_data_processed_bytes",
+            "The total Guest OS data processed and migrated to the new VM.",
+            "gauge",
+            base.to_string(),
+            b,
+        );
+    }
+    if let Some(us) = stat("downtimeUs") {
+        add(
+            "virtrs_vmi_migration_downtime_seconds",
+            "How long the guest was paused by its last migration (not a KubeVirt metric).",
+            "gauge",
+            base.to_string(),
+            us / 1e6,
+        );
+    }
+}
+
+/// The text for `vmis` and `migrations` on node `node`; `stats` gives a VMI's launcher figures
+/// (None: not running here, or gone).
 pub fn render(
     node: &str,
     vmis: &[VirtualMachineInstance],
+    migrations: &[VirtualMachineInstanceMigration],
     stats: impl Fn(&VirtualMachineInstance) -> Option<ProcStats>,
 ) -> String {
     let mut families: BTreeMap<&'static str, Family> = BTreeMap::new();
@@ -226,6 +319,7 @@ pub fn render(
             *n as f64,
         );
     }
+    migration_phases(migrations, &mut add);
     for vmi in vmis {
         let ns = vmi.metadata.namespace.as_deref().unwrap_or("default");
         let name = vmi.metadata.name.as_deref().unwrap_or("");
@@ -238,6 +332,9 @@ pub fn render(
             format!("{base},phase=\"{}\"", phase.as_str().to_lowercase()),
             1.0,
         );
+        if let Some(m) = vmi.status.as_ref().and_then(|s| s.migration_state.as_ref()) {
+            migration_figures(&base, m, &mut add);
+        }
         if phase != VmiPhase::Running {
             continue;
         }
@@ -363,7 +460,11 @@ pub fn render(
         let _ = writeln!(out, "# HELP {name} {}", f.help);
         let _ = writeln!(out, "# TYPE {name} {}", f.kind);
         for (labels, v) in &f.samples {
-            let _ = writeln!(out, "{name}{{{labels}}} {}", num(*v));
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {}", num(*v));
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", num(*v));
+            }
         }
     }
     out
@@ -409,8 +510,29 @@ mod tests {
 
     #[test]
     fn text_format_parses_with_a_prometheus_parser() {
-        let vmis = [vmi("a", VmiPhase::Running), vmi("b", VmiPhase::Pending)];
-        let text = render("node-1", &vmis, |v| {
+        let mut moved = vmi("a", VmiPhase::Running);
+        if let Some(st) = moved.status.as_mut() {
+            st.migration_state = Some(
+                serde_json::from_value(serde_json::json!({
+                    "startTimestamp": "2026-12-05T08:00:00Z", "endTimestamp": "2026-12-05T08:00:02Z",
+                    "completed": true, "failed": false,
+                    "migrationStats": { "bytesSent": 4096, "downtimeUs": 1500 },
+                }))
+                .unwrap(),
+            );
+        }
+        let vmis = [moved, vmi("b", VmiPhase::Pending)];
+        let migration = |phase: &str| -> VirtualMachineInstanceMigration {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+                "metadata": {"name": "m", "namespace": "d"}, "spec": {"vmiName": "b"},
+                "status": {"phase": phase},
+            }))
+            .unwrap()
+        };
+        let migrations =
+            [migration("Running"), migration("Pending"), migration("Scheduling"), migration("Succeeded")];
+        let text = render("node-1", &vmis, &migrations, |v| {
             (v.metadata.name.as_deref() == Some("a")).then(|| ProcStats {
                 vcpu_seconds: [(0, 1.5), (1, 0.25)].into_iter().collect(),
                 cpu_seconds: 2.0,
@@ -451,5 +573,22 @@ mod tests {
         assert!(find("kubevirt_vmi_phase_count", "node", "node-1").is_some());
         // A VMI that is not running has no per-VM figures.
         assert_eq!(find("kubevirt_vmi_memory_resident_bytes", "name", "b"), None);
+        // Migrations: per phase, and the last one of each VMI.
+        let total = |metric: &str| {
+            scrape.samples.iter().find(|s| s.metric == metric).map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+        };
+        assert_eq!(total("kubevirt_vmi_migrations_in_pending_phase"), Some(1.0));
+        assert_eq!(total("kubevirt_vmi_migrations_in_scheduling_phase"), Some(1.0));
+        assert_eq!(total("kubevirt_vmi_migrations_in_running_phase"), Some(1.0));
+        assert_eq!(find("kubevirt_vmi_migration_succeeded", "name", "a"), Some(1.0));
+        assert_eq!(find("kubevirt_vmi_migration_failed", "name", "a"), Some(0.0));
+        assert_eq!(find("kubevirt_vmi_migration_data_processed_bytes", "name", "a"), Some(4096.0));
+        assert_eq!(find("virtrs_vmi_migration_downtime_seconds", "name", "a"), Some(0.0015));
+        let start = find("kubevirt_vmi_migration_start_time_seconds", "name", "a").unwrap();
+        assert_eq!(find("kubevirt_vmi_migration_end_time_seconds", "name", "a"), Some(start + 2.0));
+        assert_eq!(find("kubevirt_vmi_migration_succeeded", "name", "b"), None, "b never migrated");
     }
 }
