@@ -136,7 +136,7 @@ fn exercise_object(object: &KubeVirtObject, catalog: &Catalog) {
             tpm_socket: Some("/run/fuzz/swtpm.sock".into()),
             firmware: cmdline::Firmware::Bios("/usr/share/seabios/bios-256k.bin".into()),
             efi_vars: None,
-            vnc_display: 0,
+            vnc_socket: "/run/vm/vnc.sock".into(),
             vhost_net: false,
         };
         for a in [Accelerator::Kvm, Accelerator::Emulation] {

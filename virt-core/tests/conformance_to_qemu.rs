@@ -48,7 +48,7 @@ fn layout(spec: &MachineSpec) -> Layout {
         tpm_socket: spec.tpm.as_ref().map(|_| "/run/v/swtpm.sock".into()),
         firmware,
         efi_vars: efi.then(|| "/run/v/vars.fd".into()),
-        vnc_display: 0,
+        vnc_socket: "/run/vm/vnc.sock".into(),
         vhost_net: false,
     }
 }

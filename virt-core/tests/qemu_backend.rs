@@ -236,10 +236,24 @@ fn pause_resume_vnc_tpm_and_the_power_button() {
     assert!(console.text().contains("VIRT-E2E: tpm0 present"), "{}", console.text());
 
     // VNC: the RFB handshake and a framebuffer update.
-    let addr = m.vnc_address().expect("a VNC address");
-    assert!(addr.ip().is_loopback(), "{addr}");
-    let (w, h, name, pixels) = vnc_framebuffer_update(addr);
-    eprintln!("VNC {addr}: {w}x{h} {name:?}, {pixels} pixels in the first update");
+    let socket = m.vnc_socket().expect("a VNC socket");
+    let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let (w, h, name, pixels) = vnc_framebuffer_update(stream);
+    eprintln!("VNC {}: {w}x{h} {name:?}, {pixels} pixels in the first update", socket.display());
+    // Only the unix socket: QEMU opened no TCP listener (none in /proc/net/tcp is QEMU's VNC port range).
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let vnc_ports: Vec<&str> = tcp
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|local| {
+            u16::from_str_radix(local.rsplit(':').next().unwrap_or(""), 16)
+                .is_ok_and(|p| (5900..6000).contains(&p))
+        })
+        .collect();
+    assert!(vnc_ports.is_empty(), "a TCP listener in the VNC range: {vnc_ports:?}");
     assert!(w > 0 && h > 0 && pixels > 0);
     assert_eq!(name, "QEMU (life)");
 

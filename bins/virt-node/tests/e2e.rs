@@ -290,9 +290,16 @@ fn apply_start_console_pause_stop_delete() {
         .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(vnc.stdout.take().unwrap()), &mut line).unwrap();
-    let port: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let port: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| {
+        let _ = vnc.kill();
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut vnc.stderr.take().unwrap(), &mut err);
+        panic!("virtctl vnc printed {line:?} ({e}); stderr: {err}\n{}", node.log())
+    });
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", port["port"]).parse().unwrap();
-    let (w, h, _name, pixels) = vnc_framebuffer_update(addr);
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let (w, h, _name, pixels) = vnc_framebuffer_update(stream);
     assert!(w > 0 && h > 0 && pixels > 0, "{w}x{h} {pixels}");
     let _ = vnc.kill();
     let _ = vnc.wait();

@@ -80,8 +80,8 @@ impl Machine for AgentMachine {
     fn next_event(&self, timeout: Duration) -> Option<MachineEvent> {
         self.inner.next_event(timeout)
     }
-    fn vnc_address(&self) -> Option<std::net::SocketAddr> {
-        self.inner.vnc_address()
+    fn vnc_socket(&self) -> Option<std::path::PathBuf> {
+        self.inner.vnc_socket()
     }
     fn accelerator(&self) -> AccelDecision {
         self.inner.accelerator()

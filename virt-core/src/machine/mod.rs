@@ -400,8 +400,9 @@ pub trait Machine: Send + Sync {
     fn wait(&self, timeout: Option<Duration>) -> Option<MachineExit>;
     /// The next event, waiting up to `timeout`.
     fn next_event(&self, timeout: Duration) -> Option<MachineEvent>;
-    /// Where its VNC display listens, if it has one.
-    fn vnc_address(&self) -> Option<std::net::SocketAddr> {
+    /// The unix socket its VNC display listens on, if it has one (a path the host sees: a
+    /// confined launcher's run directory is mounted at the same path).
+    fn vnc_socket(&self) -> Option<std::path::PathBuf> {
         None
     }
     /// Which accelerator runs it, and why (shown in the VMI's status).

@@ -383,7 +383,9 @@ impl RemoteMachine {
         }
     }
 
-    fn already_ended(run_dir: &Path, timeout: Duration, exit: MachineExit) -> RemoteMachine {
+    /// The machine of a launcher in `run_dir` that ran and ended with `exit` before anyone
+    /// connected (its `exit.json`): its status is that end and its first event the end.
+    pub fn already_ended(run_dir: &Path, timeout: Duration, exit: MachineExit) -> RemoteMachine {
         RemoteMachine {
             dir: run_dir.to_path_buf(),
             timeout,
@@ -397,7 +399,7 @@ impl RemoteMachine {
                 },
                 backend: String::new(),
                 pid: 0,
-                vnc_address: None,
+                vnc_socket: None,
             },
             control: Mutex::new(None),
             // No stream: the first event is the end.
@@ -423,7 +425,7 @@ impl RemoteMachine {
                 },
                 backend: String::new(),
                 pid: 0,
-                vnc_address: None,
+                vnc_socket: None,
             },
             control: Mutex::new(None),
             events: Mutex::new(Events { conn: Some(events), done: false }),
@@ -766,8 +768,8 @@ impl Machine for RemoteMachine {
         }
     }
 
-    fn vnc_address(&self) -> Option<std::net::SocketAddr> {
-        self.info.vnc_address
+    fn vnc_socket(&self) -> Option<PathBuf> {
+        self.info.vnc_socket.clone()
     }
 
     fn accelerator(&self) -> AccelDecision {

@@ -36,7 +36,7 @@ fn the_machine_api_over_the_sockets() {
     assert_eq!(r.backend(), "qemu");
     assert_eq!(r.launcher_pid(), std::process::id());
     assert_eq!(r.accelerator().accelerator, Accelerator::Emulation);
-    assert_eq!(r.vnc_address(), Some("127.0.0.1:5901".parse().unwrap()));
+    assert_eq!(r.vnc_socket(), Some("/run/vm1/vnc.sock".into()));
     assert_eq!(r.status(), MachineStatus::Running);
     drain_started(&r);
 

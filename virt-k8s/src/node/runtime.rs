@@ -263,6 +263,20 @@ impl LauncherRuntime {
                 }
             };
             if let Some(status) = exited {
+                // Its machine ran and ended between two looks (a guest that resets or powers off
+                // at once): the launcher's exit record (removed before the spawn, so it is this
+                // launcher's) says how, and the end is handled as any other (a reboot starts it
+                // again). A failure stays a failed start, with the launcher's log.
+                match remote::read_exit(run_dir) {
+                    Some(exit) if !matches!(exit, MachineExit::Failed(_)) => {
+                        return Ok(Arc::new(RemoteMachine::already_ended(
+                            run_dir,
+                            remote::DEFAULT_TIMEOUT,
+                            exit,
+                        )));
+                    }
+                    _ => {}
+                }
                 return Err(LaunchError::new(
                     Stage::Start,
                     format!("the launcher exited ({status}) before its machine ran: {}", tail(&log_path)),

@@ -127,18 +127,12 @@ pub struct Layout {
     pub firmware: Firmware,
     /// This machine's copy of the EFI variables (OVMF only).
     pub efi_vars: Option<PathBuf>,
-    /// Serve VNC on [`VNC_HOST`] from display `vnc_display` upwards (QEMU takes the first free port
-    /// in 5900+N..=5999).
-    pub vnc_display: u16,
+    /// The VNC display's unix socket (QEMU listens on it; no TCP port is opened, so nothing but
+    /// who can open the run directory reaches the display).
+    pub vnc_socket: PathBuf,
     /// `/dev/vhost-net` opens on this host: virtio NICs on KVM get the in-kernel datapath.
     pub vhost_net: bool,
 }
-
-/// The loopback address QEMU's VNC server listens on: not 127.0.0.1, which a masquerade pod
-/// network's rules (KubeVirt's, `ip daddr 127.0.0.1 dnat to` the guest) send to the guest, so the
-/// node could not reach the display of a VM with a pod interface; the rest of 127.0.0.0/8 is
-/// local in every namespace.
-pub const VNC_HOST: &str = "127.0.0.2";
 
 /// A value inside a QEMU option list: commas are doubled.
 pub fn escape(v: &str) -> String {
@@ -573,8 +567,7 @@ pub fn build(spec: &MachineSpec, accel: Accelerator, layout: &Layout) -> Result<
     push(&mut a, "-display", "none".into());
     if spec.graphics {
         push(&mut a, "-device", "VGA,id=video0".into());
-        let d = layout.vnc_display.min(99);
-        push(&mut a, "-vnc", format!("{VNC_HOST}:{d},to=99"));
+        push(&mut a, "-vnc", format!("unix:{}", escape(&layout.vnc_socket.to_string_lossy())));
     }
     // Start paused: the backend resumes once it listens to QMP, so it sees every event from the start.
     a.push("-S".into());

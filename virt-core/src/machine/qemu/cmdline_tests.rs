@@ -13,7 +13,7 @@ pub(crate) fn layout(firmware: Firmware) -> Layout {
         tpm_socket: Some("/run/v/swtpm.sock".into()),
         firmware,
         efi_vars: efi.then(|| "/run/v/vars.fd".into()),
-        vnc_display: 0,
+        vnc_socket: "/run/vm/vnc.sock".into(),
         vhost_net: false,
     }
 }
@@ -289,7 +289,8 @@ fn tpm_vnc_and_machine_options() {
             "VGA,id=video0"
         ]
     );
-    assert_eq!(one(&a, "-vnc"), "127.0.0.2:0,to=99");
+    // A unix socket only: no TCP listener for the display, confined or not.
+    assert_eq!(one(&a, "-vnc"), "unix:/run/vm/vnc.sock");
     assert_eq!(one(&a, "-machine"), "pc-q35-10.0,smm=off,acpi=off");
     s.name = "bad name".into();
     assert!(build(&s, Accelerator::Emulation, &layout(bios())).is_err());

@@ -169,7 +169,7 @@ fn layout_in(dir: &Path, firmware: Firmware, spec: &MachineSpec) -> Layout {
         tpm_socket: spec.tpm.as_ref().map(|_| dir.join("swtpm.sock")),
         firmware,
         efi_vars,
-        vnc_display: 0,
+        vnc_socket: dir.join("vnc.sock"),
         vhost_net: std::fs::OpenOptions::new().read(true).write(true).open("/dev/vhost-net").is_ok(),
     }
 }
@@ -333,7 +333,7 @@ pub struct QemuMachine {
     serial: Mutex<UnixStream>,
     /// The host end of the guest agent's channel, until the launcher takes it.
     agent: Mutex<Option<UnixStream>>,
-    vnc: Option<std::net::SocketAddr>,
+    vnc: Option<PathBuf>,
     decision: AccelDecision,
     stop_grace: Duration,
     /// A `migrate_out` is under way.
@@ -442,12 +442,7 @@ fn start(
         console,
     )?;
 
-    let vnc = if spec.graphics {
-        let info = client.query_vnc().map_err(|e| e.to_string())?;
-        Some(info.socket_addr().ok_or_else(|| format!("query-vnc gave no TCP address: {info:?}"))?)
-    } else {
-        None
-    };
+    let vnc = spec.graphics.then(|| layout.vnc_socket.clone());
 
     spawn_waiter(inner.clone(), child, res.swtpm.clone(), done_rx, stderr)?;
     if let Some(stream) = incoming {
@@ -651,8 +646,8 @@ impl Machine for QemuMachine {
         lock(&self.events).recv_timeout(timeout).ok()
     }
 
-    fn vnc_address(&self) -> Option<std::net::SocketAddr> {
-        self.vnc
+    fn vnc_socket(&self) -> Option<PathBuf> {
+        self.vnc.clone()
     }
 
     fn take_agent_channel(&self) -> Option<UnixStream> {

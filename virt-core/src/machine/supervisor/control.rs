@@ -240,7 +240,7 @@ pub(super) fn status_reply(shared: &Shared) -> StatusReply {
         accelerator: m.accelerator(),
         backend: shared.info.backend.clone(),
         pid: crate::jail::host_pid(),
-        vnc_address: m.vnc_address(),
+        vnc_socket: m.vnc_socket(),
     }
 }
 

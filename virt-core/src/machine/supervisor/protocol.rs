@@ -91,8 +91,9 @@ pub struct StatusReply {
     pub backend: String,
     /// The launcher's pid.
     pub pid: u32,
-    /// The VNC display's address, if it has one.
-    pub vnc_address: Option<std::net::SocketAddr>,
+    /// The VNC display's unix socket, if it has one.
+    #[serde(default)]
+    pub vnc_socket: Option<std::path::PathBuf>,
 }
 
 /// What failed, in an error answer's `code`.

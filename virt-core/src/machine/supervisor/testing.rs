@@ -119,8 +119,8 @@ impl Machine for FakeMachine {
     fn next_event(&self, timeout: Duration) -> Option<MachineEvent> {
         self.rx.lock().unwrap().recv_timeout(timeout).ok()
     }
-    fn vnc_address(&self) -> Option<std::net::SocketAddr> {
-        Some("127.0.0.1:5901".parse().unwrap())
+    fn vnc_socket(&self) -> Option<std::path::PathBuf> {
+        Some("/run/vm1/vnc.sock".into())
     }
     fn accelerator(&self) -> AccelDecision {
         AccelDecision { accelerator: Accelerator::Emulation, reason: "fake".into() }

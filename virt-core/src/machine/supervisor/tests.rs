@@ -93,7 +93,7 @@ fn status_pause_resume_and_power_down() {
     assert_eq!(st["backend"], "qemu");
     assert_eq!(st["name"], "vm1");
     assert_eq!(st["pid"], std::process::id());
-    assert_eq!(st["vncAddress"], "127.0.0.1:5901");
+    assert_eq!(st["vncSocket"], "/run/vm1/vnc.sock");
     assert_eq!(st["accelerator"]["accelerator"], "Emulation");
     let parsed: StatusReply = serde_json::from_value(st).unwrap();
     assert_eq!(parsed.status, MachineStatus::Running);

@@ -273,7 +273,7 @@ spec:
             Some("384Mi".into())
         );
         assert_eq!(domain.cpu.as_ref().and_then(|c| c.sockets.or(c.cores)), Some(2), "{domain:?}");
-        let bus = domain.devices.disks[0].disk.as_ref().and_then(|d| d.bus.clone());
+        let bus = domain.devices.disks[0].disk.as_ref().and_then(|d| d.bus);
         assert_eq!(bus.map(|b| format!("{b:?}").to_lowercase()), Some("virtio".into()));
         assert_eq!(vmi.meta.name.as_deref(), Some("typed"));
         assert_eq!(vmi.meta.owner_references.as_ref().map(|o| o[0].uid.as_str()), Some("vm-uid"));

@@ -106,35 +106,29 @@ where
     }
 }
 
-/// The VNC display: the RFB stream of the VMI's display (QEMU's VNC server, reached through the
-/// address its launcher reports), bridged to websocket frames. QEMU listens on the loopback of the
-/// launcher's network namespace: the VMI's own with a pod network (dialled from a thread inside
-/// it), else the node's. A plain GET (no upgrade) makes the same checks, so that a browser can
-/// learn why its websocket was refused.
+/// The VNC display: the RFB stream of the VMI's display (QEMU's VNC server on the unix socket
+/// its launcher reports, in the VMI's run directory: no TCP listener exists for it), bridged to
+/// websocket frames. A plain GET (no upgrade) makes the same checks, so that a browser can learn
+/// why its websocket was refused.
 pub(super) async fn vmi_vnc(
     State(s): State<ApiState>,
     Path((ns, name)): Path<(String, String)>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult {
-    let tcp = blocking(move || {
+    let display = blocking(move || {
         let machine = s.lifecycle.machine(&ns, &name)?;
-        let addr = machine.vnc_address().ok_or_else(|| {
+        let socket = machine.vnc_socket().ok_or_else(|| {
             ApiError::conflict(format!(
                 "VirtualMachineInstance {ns}/{name} has no VNC display (autoattachGraphicsDevice: false, \
                  or it runs on the native microVM, which has none)"
             ))
         })?;
-        let netns = s.lifecycle.get_vmi(&ns, &name).ok().and_then(|vmi| s.runtime.netns_of(&vmi));
-        let dial = || std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10));
-        let refused =
-            |e: String| ApiError::conflict(format!("the VNC display at {addr} does not answer: {e}"));
-        let tcp = match &netns {
-            Some(path) => virt_net::netns::run_in(path, dial).map_err(|e| refused(e.to_string()))?,
-            None => dial(),
-        }
-        .map_err(|e| refused(e.to_string()))?;
-        tcp.set_nonblocking(true).map_err(|e| refused(e.to_string()))?;
-        Ok(tcp)
+        let refused = |e: std::io::Error| {
+            ApiError::conflict(format!("the VNC display at {} does not answer: {e}", socket.display()))
+        };
+        let stream = std::os::unix::net::UnixStream::connect(&socket).map_err(refused)?;
+        stream.set_nonblocking(true).map_err(refused)?;
+        Ok(stream)
     })
     .await?;
     let ws = match ws {
@@ -142,7 +136,7 @@ pub(super) async fn vmi_vnc(
         // Not an upgrade: the display answers (the connection just made ends here).
         Err(rejection) => return Ok(rejection.into_response()),
     };
-    let tcp = tokio::net::TcpStream::from_std(tcp)
+    let display = tokio::net::UnixStream::from_std(display)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
-    Ok(ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, tcp)))
+    Ok(ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, display)))
 }
