@@ -57,58 +57,73 @@ pub fn vmi_for(
     Ok(cr)
 }
 
+/// One object's content (`obj`), or `None` when the API server has none named `name`.
+async fn fetch<K>(api: Api<Cr<K>>, name: &str, what: &str) -> Result<Option<K>, ReconcileError>
+where
+    Cr<K>: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    <Cr<K> as Resource>::DynamicType: Default,
+{
+    Ok(api.get_opt(name).await.map_err(api_err(format!("reading {what} {name}")))?.map(|o| o.obj))
+}
+
+/// How the spec is taken out of a cluster-wide (`C`) and a namespaced (`N`) object.
+type Specs<C, N, S> = (fn(C) -> S, fn(N) -> S);
+
+/// The spec of the cluster-wide (`C`) or namespaced (`N`, in `ns`) object `name`.
+async fn spec_of<C, N, S>(
+    client: &kube::Client,
+    cluster: bool,
+    ns: &str,
+    name: &str,
+    what: &str,
+    specs: Specs<C, N, S>,
+) -> Result<Option<S>, ReconcileError>
+where
+    Cr<C>: Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    <Cr<C> as Resource>::DynamicType: Default,
+    Cr<N>: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    <Cr<N> as Resource>::DynamicType: Default,
+{
+    Ok(if cluster {
+        fetch(Api::<Cr<C>>::all(client.clone()), name, &format!("cluster {what}")).await?.map(specs.0)
+    } else {
+        fetch(Api::<Cr<N>>::namespaced(client.clone(), ns), name, what).await?.map(specs.1)
+    })
+}
+
 /// The instancetype and preference `vm` (in `ns`) names, read from the API server: the catalog
-/// [`vmi_for`] resolves against. One that does not exist is left out, and resolving names it.
+/// [`vmi_for`] resolves against. One that does not exist (or a kind that is none) is left out,
+/// and resolving names it.
 pub async fn catalog_for(
     client: &kube::Client,
     vm: &VirtualMachine,
     ns: &str,
 ) -> Result<Catalog, ReconcileError> {
     let mut catalog = Catalog::new();
-    let read = |what: String| api_err(format!("reading {what}"));
-    if let Some(name) = vm
-        .spec
-        .instancetype
-        .as_ref()
-        .and_then(|m| m.name.clone().map(|n| (n, InstancetypeKind::from_matcher(m.kind.as_deref()))))
-    {
-        match name {
-            (n, Some(InstancetypeKind::Cluster)) => {
-                let api: Api<Cr<VirtualMachineClusterInstancetype>> = Api::all(client.clone());
-                if let Some(o) = api.get_opt(&n).await.map_err(read(format!("instancetype {n}")))? {
-                    catalog.add_instancetype(InstancetypeKind::Cluster, None, &n, o.obj.spec);
-                }
-            }
-            (n, Some(InstancetypeKind::Namespaced)) => {
-                let api: Api<Cr<VirtualMachineInstancetype>> = Api::namespaced(client.clone(), ns);
-                if let Some(o) = api.get_opt(&n).await.map_err(read(format!("instancetype {ns}/{n}")))? {
-                    catalog.add_instancetype(InstancetypeKind::Namespaced, Some(ns), &n, o.obj.spec);
-                }
-            }
-            // A kind that is none: resolving says so, naming the field.
-            (_, None) => {}
+    let named =
+        |m: Option<(&Option<String>, &Option<String>)>| m.and_then(|(n, k)| Some((n.clone()?, k.clone())));
+    let it = named(vm.spec.instancetype.as_ref().map(|m| (&m.name, &m.kind)));
+    if let Some((n, Some(k))) = it.map(|(n, k)| (n, InstancetypeKind::from_matcher(k.as_deref()))) {
+        let cluster = k == InstancetypeKind::Cluster;
+        let specs: Specs<VirtualMachineClusterInstancetype, VirtualMachineInstancetype, _> =
+            (|o| o.spec, |o| o.spec);
+        if let Some(spec) = spec_of(client, cluster, ns, &n, "instancetype", specs).await? {
+            catalog.add_instancetype(k, (!cluster).then_some(ns), &n, spec);
         }
     }
-    if let Some(name) = vm
-        .spec
-        .preference
-        .as_ref()
-        .and_then(|m| m.name.clone().map(|n| (n, PreferenceKind::from_matcher(m.kind.as_deref()))))
-    {
-        match name {
-            (n, Some(PreferenceKind::Cluster)) => {
-                let api: Api<Cr<VirtualMachineClusterPreference>> = Api::all(client.clone());
-                if let Some(o) = api.get_opt(&n).await.map_err(read(format!("preference {n}")))? {
-                    catalog.add_preference(PreferenceKind::Cluster, None, &n, o.obj.spec);
-                }
-            }
-            (n, Some(PreferenceKind::Namespaced)) => {
-                let api: Api<Cr<VirtualMachinePreference>> = Api::namespaced(client.clone(), ns);
-                if let Some(o) = api.get_opt(&n).await.map_err(read(format!("preference {ns}/{n}")))? {
-                    catalog.add_preference(PreferenceKind::Namespaced, Some(ns), &n, o.obj.spec);
-                }
-            }
-            (_, None) => {}
+    let pref = named(vm.spec.preference.as_ref().map(|m| (&m.name, &m.kind)));
+    if let Some((n, Some(k))) = pref.map(|(n, k)| (n, PreferenceKind::from_matcher(k.as_deref()))) {
+        let cluster = k == PreferenceKind::Cluster;
+        let specs: Specs<VirtualMachineClusterPreference, VirtualMachinePreference, _> =
+            (|o| o.spec, |o| o.spec);
+        if let Some(spec) = spec_of(client, cluster, ns, &n, "preference", specs).await? {
+            catalog.add_preference(k, (!cluster).then_some(ns), &n, spec);
         }
     }
     Ok(catalog)
