@@ -365,7 +365,7 @@ fn conformance_vmi_windows() {
     assert_eq!(value(&a, "-tpmdev"), vec!["emulator,id=tpm0,chardev=chrtpm"]);
     assert!(value(&a, "-device").contains(&"tpm-crb,tpmdev=tpm0"));
     assert!(value(&a, "-device").contains(&"virtio-blk-pci,id=disk-pvcdisk,drive=drive-pvcdisk"));
-    assert_eq!(value(&a, "-vnc"), vec!["127.0.0.2:0,to=99"]);
+    assert_eq!(value(&a, "-vnc"), vec!["unix:/run/virt/vm/vnc.sock"]);
     // On hardware KVM the same VMI gets the host CPU and the in-kernel PIT's policy.
     let kvm = QemuBackend::new(QemuOptions::default())
         .with_host(HostVirt { cpu_flag: true, kvm_usable: true })
