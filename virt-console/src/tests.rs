@@ -184,6 +184,7 @@ fn page_logic_runs_in_node() {
         r#"
 import {{ vmYaml, vmCommands }} from '{web}/pages/wizard.js';
 import {{ parseMetrics }} from '{web}/charts.js';
+import {{ migrationRequest, liveMigratable, migrating, activeMigration, migrationSummary }} from '{web}/pages/common.js';
 const fail = (m) => {{ console.error(m); process.exit(1); }};
 const v = {{ name: 'a', namespace: 'ns', instancetype: {{ kind: 'VirtualMachineClusterInstancetype', name: 'u1.small' }},
   preference: {{ kind: 'VirtualMachinePreference', name: 'fedora' }}, source: {{ name: 'fedora', namespace: 'os-images' }},
@@ -198,6 +199,24 @@ for (const want of ['virtctl create vm', '--instancetype u1.small', '--preferenc
   if (!c.includes(want)) fail(`command lacks ${{want}}:\n${{c}}`);
 const m = parseMetrics('# HELP x y\n# TYPE x gauge\nkubevirt_vmi_vcpu_seconds_total{{name="a",namespace="n\\"s",id="0"}} 1.5\nup 1\n');
 if (m.length !== 2 || m[0].value !== 1.5 || m[0].labels.namespace !== 'n"s' || m[0].labels.id !== '0') fail(JSON.stringify(m));
+// Migrate: KubeVirt's request (a migration named by the API server), the condition's reason shown
+// instead of a button that fails later, the last migration kept on the VMI.
+const r = migrationRequest('ns', 'a');
+if (r.path !== '/apis/kubevirt.io/v1/namespaces/ns/virtualmachineinstancemigrations' || r.body.kind !== 'VirtualMachineInstanceMigration'
+  || r.body.metadata.generateName !== 'kubevirt-migrate-vm-' || r.body.spec.vmiName !== 'a') fail(JSON.stringify(r));
+const tapped = {{ status: {{ conditions: [{{ type: 'LiveMigratable', status: 'False', reason: 'InterfaceNotLiveMigratable', message: 'interface default is a tap' }}] }} }};
+const lm = liveMigratable(tapped);
+if (lm.can || lm.why !== 'InterfaceNotLiveMigratable: interface default is a tap') fail(JSON.stringify(lm));
+if (!liveMigratable({{ status: {{}} }}).can) fail('no condition: migratable');
+const moved = {{ status: {{ migrationState: {{ completed: true, failed: false, sourceNode: 'n', targetNode: 'n', sourcePod: 'a', targetPod: 'a-mig-1',
+  startTimestamp: 't0', endTimestamp: 't1', migrationStats: {{ downtimeUs: 1500, totalUs: 650000, bytesSent: 2097152 }} }} }} }};
+if (migrating(moved) || !migrating({{ status: {{ migrationState: {{ completed: false }} }} }})) fail('migrating');
+const rows = Object.fromEntries(migrationSummary(moved));
+if (rows.Outcome !== 'succeeded' || rows.Downtime !== '1.5 ms' || rows.Target !== 'n / a-mig-1' || rows.Sent !== '2.0 MiB') fail(JSON.stringify(rows));
+const failed = Object.fromEntries(migrationSummary({{ status: {{ migrationState: {{ completed: true, failed: true, failureReason: 'target refused', abortStatus: 'Succeeded' }} }} }}));
+if (failed.Outcome !== 'failed: target refused (abort succeeded)') fail(JSON.stringify(failed));
+const items = [{{ metadata: {{ name: 'old' }}, spec: {{ vmiName: 'a' }}, status: {{ phase: 'Succeeded' }} }}, {{ metadata: {{ name: 'now' }}, spec: {{ vmiName: 'a' }}, status: {{ phase: 'Running' }} }}];
+if (activeMigration(items, 'a')?.metadata.name !== 'now' || activeMigration(items, 'b')) fail('activeMigration');
 console.log('ok');
 "#,
         web = web.display()

@@ -233,8 +233,17 @@ async function pool(n, width, fn) {
     if (!(await page.evaluate(() => window.sameDocument === true))) throw new Error('the list page was reloaded');
     await shot('vms-running');
 
-    step('serial console shows the boot');
+    step('the running VM offers Migrate, or says why it cannot move');
     await row.locator('a').first().click();
+    const mig = page.locator('#vm-migrate');
+    await mig.waitFor();
+    if (await mig.isDisabled()) {
+      const why = await mig.getAttribute('title');
+      await page.locator('#vm-not-migratable', { hasText: why.split(':')[0] }).waitFor();
+    }
+    await shot('vm-overview');
+
+    step('serial console shows the boot');
     await page.locator('.tabs a', { hasText: 'Serial console' }).click();
     await page.locator('#serial-state', { hasText: 'Connected' }).waitFor({ timeout: 60000 });
     await page.locator('#serial-terminal .xterm-rows', { hasText: env('BOOT_MARKER') }).waitFor({ timeout: 200000 });

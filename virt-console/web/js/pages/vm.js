@@ -3,13 +3,24 @@
 import * as api from '../api.js';
 import { h, age, link, status, confirmAction, navigate, toast } from '../dom.js';
 import { toYaml } from '../yaml.js';
-import { actionsFor, events, power, vmStatus, vmiAddress } from './common.js';
+import { actionsFor, cancelMigration, events, liveMigratable, migrate, migrating, migrationSummary, power, vmStatus, vmiAddress } from './common.js';
 import { serialConsole } from '../serial.js';
 import { vncConsole } from '../vnc.js';
 import { editor, showProblems } from './create.js';
 import { charts } from '../charts.js';
 
 const TABS = [['overview', 'Overview'], ['yaml', 'YAML'], ['config', 'Configuration'], ['events', 'Events'], ['serial', 'Serial console'], ['vnc', 'VNC console']];
+
+// The VMI's last live migration (status.migrationState), or why it cannot move.
+function migrationPart(vmi) {
+  const rows = migrationSummary(vmi);
+  const movable = liveMigratable(vmi);
+  if (!rows.length && movable.can) return [];
+  const out = [h('h2', {}, 'Live migration')];
+  if (!movable.can) out.push(h('p', { class: 'muted', id: 'vm-not-migratable' }, `Cannot be live-migrated: ${movable.why}`));
+  if (rows.length) out.push(h('div', { class: 'card', id: 'vm-migration' }, h('dl', { class: 'props' }, ...rows.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v)]))));
+  return out;
+}
 
 export function vmDetails(main, query, ns, name) {
   const tab = TABS.some(([t]) => t === query.get('tab')) ? query.get('tab') : 'overview';
@@ -31,11 +42,19 @@ export function vmDetails(main, query, ns, name) {
   const drawHead = () => {
     if (!vm) return;
     const s = vmStatus(vm, vmi);
-    if (title.dataset.s !== s) {
-      title.dataset.s = s;
-      title.replaceChildren(status(s));
+    const movable = liveMigratable(vmi);
+    const moving = migrating(vmi);
+    const key = `${s}|${movable.can}|${movable.why}|${moving}`;
+    if (title.dataset.s !== key) {
+      title.dataset.s = key;
+      title.replaceChildren(status(moving ? 'Migrating' : s));
+      // Migrate is offered on a running VM; one that cannot move says why instead of failing later.
+      const move = [];
+      if (moving) move.push(h('button', { id: 'vm-migrate-cancel', onclick: () => cancelMigration(ns, name) }, 'Cancel migration'));
+      else if (s === 'Running' && movable.can) move.push(h('button', { id: 'vm-migrate', onclick: () => migrate(ns, name) }, 'Migrate'));
+      else if (s === 'Running') move.push(h('button', { id: 'vm-migrate', disabled: true, title: movable.why }, 'Migrate'));
       actions.replaceChildren(...actionsFor(s).map(([label, verb, target]) => h('button', { class: verb === 'stop' ? 'danger' : '', onclick: () => power(ns, name, label, verb, target) }, label)),
-        h('button', { class: 'danger', onclick: remove }, 'Delete'));
+        ...move, h('button', { class: 'danger', onclick: remove }, 'Delete'));
     }
   };
   async function remove() {
@@ -86,6 +105,7 @@ export function vmDetails(main, query, ns, name) {
         h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Of'), h('th', {}, 'Type'), h('th', {}, 'Status'), h('th', {}, 'Reason'), h('th', {}, 'Message'))),
           h('tbody', {}, conds.length ? conds.map(([of, c]) => h('tr', {}, h('td', {}, of), h('td', {}, c.type), h('td', {}, status(c.status)), h('td', {}, c.reason || ''), h('td', {}, c.message || '')))
             : h('tr', {}, h('td', { colspan: 5, class: 'muted' }, 'No conditions.')))),
+        ...migrationPart(vmi),
         h('h2', {}, 'Interfaces'),
         h('table', {}, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'IP addresses'), h('th', {}, 'MAC'))),
           h('tbody', {}, ifaces.length ? ifaces.map((i) => h('tr', {}, h('td', {}, i.name || ''), h('td', {}, (i.ipAddresses || [i.ipAddress]).filter(Boolean).join(', ')), h('td', {}, i.mac || '')))
