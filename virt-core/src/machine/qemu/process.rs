@@ -107,12 +107,10 @@ pub(crate) enum QemuProcessError {
         /// `; qemu said: ...`, or empty.
         note: String,
     },
-    /// swtpm was asked to start for a spec without a TPM.
-    #[error("machine {machine}: no TPM asked for")]
-    NoTpm {
-        /// The machine.
-        machine: String,
-    },
+    /// swtpm was asked to start for a spec without a TPM (the machine is named by the caller's
+    /// `MachineError::Start`).
+    #[error("no TPM asked for")]
+    NoTpm,
     /// swtpm exited before listening on its control socket.
     #[error("swtpm exited ({status}) before listening: {log}")]
     SwtpmExited {
@@ -334,7 +332,7 @@ pub(super) fn start_swtpm(
     dir: &Path,
     sock: &Path,
 ) -> Result<Child, QemuProcessError> {
-    let Some(tpm) = &spec.tpm else { return Err(QemuProcessError::NoTpm { machine: spec.name.clone() }) };
+    let Some(tpm) = &spec.tpm else { return Err(QemuProcessError::NoTpm) };
     let state = if tpm.persistent { tpm.state_dir.clone() } else { dir.join("tpm") };
     std::fs::create_dir_all(&state).map_err(io_at("create TPM state dir", &state))?;
     let log = dir.join("swtpm.log");
