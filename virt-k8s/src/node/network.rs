@@ -55,8 +55,8 @@ pub enum NodeNetworkError {
     Manager {
         /// Where the VMIs' network records live (`<state>/net/vmis`).
         dir: PathBuf,
-        /// What failed.
-        source: virt_net::pod::PodNetError,
+        /// What failed (boxed: it is large).
+        source: Box<virt_net::pod::PodNetError>,
     },
     /// The MAC pool could not be opened (a bad `--mac-range`, or an unreadable record).
     #[error("MAC pool {}: {source}", file.display())]
@@ -111,7 +111,8 @@ impl NodeNetwork {
         }
         net_cfg.prefix = format!("virt-{:04x}-", h & 0xffff);
         let manager = Arc::new(
-            NetworkManager::new(net_cfg).map_err(|source| NodeNetworkError::Manager { dir: vmis_dir, source })?,
+            NetworkManager::new(net_cfg)
+                .map_err(|source| NodeNetworkError::Manager { dir: vmis_dir, source: Box::new(source) })?,
         );
         let removed = manager.sweep(alive);
         if !removed.is_empty() {

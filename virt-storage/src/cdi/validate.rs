@@ -744,7 +744,10 @@ mod tests {
         assert_eq!(e.to_string(), "\"http://host:99999/x\": bad port \"99999\"");
         let e = check_http_url("ftp://host/x").unwrap_err();
         assert_eq!(e.to_string(), "\"ftp://host/x\": scheme \"ftp\" is not http or https");
-        assert_eq!(check_http_url("http://[::1/x").unwrap_err(), SourceUrlError::UnclosedBracket { url: "http://[::1/x".into() });
+        assert_eq!(
+            check_http_url("http://[::1/x").unwrap_err(),
+            SourceUrlError::UnclosedBracket { url: "http://[::1/x".into() }
+        );
         assert_eq!(check_http_url(""), Err(SourceUrlError::Empty));
         let e = check_registry_url("docker:///x").unwrap_err();
         assert_eq!(e, SourceUrlError::Reference { url: "docker:///x".into(), reference: "/x".into() });

@@ -251,7 +251,10 @@ mod tests {
         let body = r#"{"schemaVersion":2,"config":{"digest":"sha256:zz","size":2},"layers":[]}"#;
         let e = parse(body.as_bytes(), Some(OCI_MANIFEST)).unwrap_err();
         assert!(matches!(&e, ManifestError::Digest { digest, .. } if digest == "sha256:zz"), "{e:?}");
-        assert!(e.to_string().starts_with("descriptor digest: ") && e.to_string().contains("sha256:zz"), "{e}");
+        assert!(
+            e.to_string().starts_with("descriptor digest: ") && e.to_string().contains("sha256:zz"),
+            "{e}"
+        );
         assert!(matches!(parse(b"not json", None).unwrap_err(), ManifestError::Json(_)));
     }
 

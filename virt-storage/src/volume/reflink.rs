@@ -89,7 +89,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let msg = e.to_string();
-        assert!(msg.starts_with("cannot probe reflinks in /nonexistent/virt-rs-reflink-probe: writing "), "{msg}");
+        assert!(
+            msg.starts_with("cannot probe reflinks in /nonexistent/virt-rs-reflink-probe: writing "),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -100,8 +103,17 @@ mod tests {
             return;
         };
         let e = probe(dir.path()).unwrap_err();
-        assert!(matches!(&e, ReflinkError::Unsupported { dir: d, errno: Some(_), .. } if d == dir.path()), "{e:?}");
+        assert!(
+            matches!(&e, ReflinkError::Unsupported { dir: d, errno: Some(_), .. } if d == dir.path()),
+            "{e:?}"
+        );
         let msg = e.to_string();
-        assert!(msg.contains(&format!("the file system of {} does not support reflinks (FICLONE: ", dir.path().display())), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "the file system of {} does not support reflinks (FICLONE: ",
+                dir.path().display()
+            )),
+            "{msg}"
+        );
     }
 }

@@ -225,7 +225,10 @@ impl MachineBackend for QemuBackend {
         })?;
         start(&self.opts, &self.host, spec, console, Some(stream))
             .map(|m| Box::new(m) as Box<dyn Machine>)
-            .map_err(|e| MachineError::Start { machine: spec.name.clone(), msg: format!("incoming migration: {e}") })
+            .map_err(|e| MachineError::Start {
+                machine: spec.name.clone(),
+                msg: format!("incoming migration: {e}"),
+            })
     }
 }
 
@@ -357,7 +360,13 @@ fn start(
     if let Some(sock) = &layout.tpm_socket {
         *lock(&res.swtpm) = Some(start_swtpm(opts, spec, &dir, sock)?);
     }
-    let bind = |p: &Path| UnixListener::bind(p).map_err(|source| QemuProcessError::Io { op: "listen on", path: p.to_path_buf(), source });
+    let bind = |p: &Path| {
+        UnixListener::bind(p).map_err(|source| QemuProcessError::Io {
+            op: "listen on",
+            path: p.to_path_buf(),
+            source,
+        })
+    };
     let qmp_l = bind(&layout.qmp_socket)?;
     let serial_l = bind(&layout.serial_socket)?;
     let agent_l = bind(&layout.agent_socket)?;
@@ -380,7 +389,8 @@ fn start(
         cmd.args(["-sandbox", QEMU_SANDBOX]);
     }
     die_with_parent(&mut cmd, opts.confine);
-    let mut child = cmd.spawn().map_err(|source| QemuProcessError::Spawn { program: opts.qemu.clone(), source })?;
+    let mut child =
+        cmd.spawn().map_err(|source| QemuProcessError::Spawn { program: opts.qemu.clone(), source })?;
     let stderr = child.stderr.take().map(|s| collect_stderr(spec.name.clone(), s)).unwrap_or_default();
     let child = Arc::new(Mutex::new(child));
     res.qemu = Some(child.clone());

@@ -202,7 +202,9 @@ fn a_bad_request_names_the_line() {
     assert!(msg.contains("explode"), "{msg}");
     // A long line is quoted by its start only.
     let long = [b'z'; 500];
-    let ProtocolError::BadRequest { line, .. } = parse_request(&long).unwrap_err() else { panic!("not BadRequest") };
+    let ProtocolError::BadRequest { line, .. } = parse_request(&long).unwrap_err() else {
+        panic!("not BadRequest")
+    };
     assert_eq!(line, format!("{}...", "z".repeat(120)));
 }
 
@@ -215,7 +217,10 @@ fn an_over_long_line_names_the_limit_and_its_start() {
         Err(ProtocolError::LineTooLong { max: 8, start }) => assert_eq!(start, "abcdefghijkl"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(out[0].as_ref().unwrap_err().to_string(), "line longer than 8 bytes (starts \"abcdefghijkl\")");
+    assert_eq!(
+        out[0].as_ref().unwrap_err().to_string(),
+        "line longer than 8 bytes (starts \"abcdefghijkl\")"
+    );
     assert_eq!(out[1].as_ref().unwrap(), b"ok");
 }
 
