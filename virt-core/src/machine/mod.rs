@@ -469,14 +469,22 @@ pub enum BackendChoice {
     Qemu,
 }
 
+/// A backend name [`BackendChoice`] does not know (the launcher's `--backend`); names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend {given:?} (expected auto, native or qemu)")]
+pub struct UnknownBackend {
+    /// The name given.
+    pub given: String,
+}
+
 impl std::str::FromStr for BackendChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
         match s {
             "auto" => Ok(Self::Auto),
             "native" => Ok(Self::Native),
             "qemu" => Ok(Self::Qemu),
-            other => Err(format!("unknown backend {other:?} (expected auto, native or qemu)")),
+            other => Err(UnknownBackend { given: other.to_string() }),
         }
     }
 }
@@ -545,6 +553,15 @@ pub fn select_backend<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_choice_parses_and_an_unknown_name_is_named() {
+        assert_eq!("qemu".parse::<BackendChoice>(), Ok(BackendChoice::Qemu));
+        assert_eq!("auto".parse::<BackendChoice>(), Ok(BackendChoice::Auto));
+        let e = "kvmtool".parse::<BackendChoice>().unwrap_err();
+        assert_eq!(e, UnknownBackend { given: "kvmtool".into() });
+        assert_eq!(e.to_string(), "unknown backend \"kvmtool\" (expected auto, native or qemu)");
+    }
 
     /// A backend that supports what `ok` says and starts nothing.
     struct Fake {
@@ -632,7 +649,7 @@ mod tests {
         let e = select_backend(&s, BackendChoice::Qemu, &native, &qemu).map(|b| b.name()).unwrap_err();
         assert!(e.to_string().contains("qemu backend was asked for"), "{e}");
         assert_eq!("qemu".parse::<BackendChoice>(), Ok(BackendChoice::Qemu));
-        assert!("kvm".parse::<BackendChoice>().unwrap_err().contains("\"kvm\""));
+        assert!("kvm".parse::<BackendChoice>().unwrap_err().to_string().contains("\"kvm\""));
     }
 
     #[test]

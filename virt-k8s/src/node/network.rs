@@ -47,6 +47,27 @@ impl Default for PodNetworkConfig {
     }
 }
 
+/// Why the node's network could not be opened; each names the directory or file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeNetworkError {
+    /// The network manager could not start under the node's state directory.
+    #[error("network manager under {}: {source}", dir.display())]
+    Manager {
+        /// Where the VMIs' network records live (`<state>/net/vmis`).
+        dir: PathBuf,
+        /// What failed (boxed: it is large).
+        source: Box<virt_net::pod::PodNetError>,
+    },
+    /// The MAC pool could not be opened (a bad `--mac-range`, or an unreadable record).
+    #[error("MAC pool {}: {source}", file.display())]
+    MacPool {
+        /// The pool's record (`<state>/net/macs.json`).
+        file: PathBuf,
+        /// What failed.
+        source: virt_net::macpool::MacPoolError,
+    },
+}
+
 /// The node's network: what the runtime calls around a launcher, and the endpoint lookup of
 /// port-forward and ssh.
 pub struct NodeNetwork {
@@ -68,14 +89,19 @@ pub fn uid_of(vmi: &VirtualMachineInstance) -> String {
 
 impl NodeNetwork {
     /// Opens the network under `<state>/net/`; the networks of VMIs whose launcher no longer runs
-    /// are removed (`alive` says which still do), the others taken back.
+    /// are removed (`alive` says which still do), the others taken back. The MAC pool is opened
+    /// first, so a bad range fails before anything is set up.
     pub fn open(
         state_dir: &std::path::Path,
         cfg: &PodNetworkConfig,
         store: Arc<RedbStore>,
         alive: &dyn Fn(&VmiNet) -> bool,
-    ) -> Result<Self, String> {
-        let mut net_cfg = NodeNetConfig::new(state_dir.join("net").join("vmis"));
+    ) -> Result<Self, NodeNetworkError> {
+        let mac_file = state_dir.join("net").join("macs.json");
+        let macs = MacPool::open(cfg.mac_range.0, cfg.mac_range.1, Some(&mac_file))
+            .map_err(|source| NodeNetworkError::MacPool { file: mac_file.clone(), source })?;
+        let vmis_dir = state_dir.join("net").join("vmis");
+        let mut net_cfg = NodeNetConfig::new(vmis_dir.clone());
         net_cfg.node_netns = cfg.node_netns.clone();
         // Namespaces are named per state directory: the sweep of one node never takes another's
         // (two nodes on one host, as tests run them).
@@ -84,14 +110,14 @@ impl NodeNetwork {
             h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
         }
         net_cfg.prefix = format!("virt-{:04x}-", h & 0xffff);
-        let manager = Arc::new(NetworkManager::new(net_cfg).map_err(|e| e.to_string())?);
+        let manager = Arc::new(
+            NetworkManager::new(net_cfg)
+                .map_err(|source| NodeNetworkError::Manager { dir: vmis_dir, source: Box::new(source) })?,
+        );
         let removed = manager.sweep(alive);
         if !removed.is_empty() {
             log::info!("pod network: removed what {} ended VMIs left: {removed:?}", removed.len());
         }
-        let macs =
-            MacPool::open(cfg.mac_range.0, cfg.mac_range.1, Some(&state_dir.join("net").join("macs.json")))
-                .map_err(|e| e.to_string())?;
         Ok(Self { manager, macs, store })
     }
 
@@ -423,5 +449,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().starts_with("spec.config.ipam.rangeStart"), "{e}");
+    }
+
+    fn store() -> (tempfile::TempDir, Arc<RedbStore>) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Arc::new(RedbStore::open_state_dir(d.path()).unwrap());
+        (d, s)
+    }
+
+    #[test]
+    fn a_reversed_mac_range_fails_naming_the_pool_before_anything_is_set_up() {
+        let (_d, store) = store();
+        let state = tempfile::tempdir().unwrap();
+        let (a, b) = virt_net::macpool::DEFAULT_RANGE;
+        let cfg = PodNetworkConfig { node_netns: None, mac_range: (b, a) };
+        let Err(e) = NodeNetwork::open(state.path(), &cfg, store, &|_| true) else { panic!("opened") };
+        let file = state.path().join("net").join("macs.json");
+        assert!(matches!(&e, NodeNetworkError::MacPool { file: f, .. } if *f == file), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.starts_with(&format!("MAC pool {}: MAC range {b}-{a}: ", file.display())), "{msg}");
+        assert!(!state.path().join("net").join("vmis").exists());
+    }
+
+    #[test]
+    fn a_manager_that_cannot_make_its_directory_fails_naming_it() {
+        let (_d, store) = store();
+        let state = tempfile::tempdir().unwrap();
+        // `net` is a file, so `net/vmis` cannot be made (and there is no MAC record to read).
+        std::fs::write(state.path().join("net"), b"").unwrap();
+        let cfg = PodNetworkConfig::default();
+        let Err(e) = NodeNetwork::open(state.path(), &cfg, store, &|_| true) else { panic!("opened") };
+        let dir = state.path().join("net").join("vmis");
+        assert!(matches!(&e, NodeNetworkError::Manager { dir: d, .. } if *d == dir), "{e:?}");
+        assert!(e.to_string().starts_with(&format!("network manager under {}: ", dir.display())), "{e}");
     }
 }

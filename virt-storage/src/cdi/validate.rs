@@ -26,34 +26,76 @@ fn check_type_meta(
     api::check_type_meta(v, api_version, kind, API_VERSION, want_kind, path);
 }
 
+/// Why a source URL is refused; each names the URL and the part at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SourceUrlError {
+    /// An empty URL.
+    #[error("must not be empty")]
+    Empty,
+    /// Whitespace or control characters anywhere.
+    #[error("{url:?} contains whitespace or control characters")]
+    Whitespace { url: String },
+    /// No `scheme://`.
+    #[error("{url:?} is not an absolute http:// or https:// URL")]
+    NotAbsolute { url: String },
+    /// A scheme other than http or https.
+    #[error("{url:?}: scheme {scheme:?} is not http or https")]
+    Scheme { url: String, scheme: String },
+    /// `[` without `]` in the host.
+    #[error("{url:?}: unclosed '[' in the host")]
+    UnclosedBracket { url: String },
+    /// Not an IPv6 address between the brackets.
+    #[error("{url:?}: bad IPv6 address {addr:?}")]
+    Ipv6 { url: String, addr: String },
+    /// Something other than `:port` after `]`.
+    #[error("{url:?}: junk after the IPv6 address")]
+    AfterIpv6 { url: String },
+    /// An empty host.
+    #[error("{url:?} has no host")]
+    NoHost { url: String },
+    /// A port that is not a number up to 65535.
+    #[error("{url:?}: bad port {port:?}")]
+    Port { url: String, port: String },
+    /// A `docker://` URL whose reference is not an image reference.
+    #[error("{url:?}: {reference:?} is not an image reference like quay.io/org/image:tag")]
+    Reference { url: String, reference: String },
+    /// `oci-archive://` without a path.
+    #[error("{url:?}: empty archive path")]
+    ArchivePath { url: String },
+    /// A registry URL with neither scheme.
+    #[error("{url:?}: the scheme must be docker:// or oci-archive://")]
+    RegistryScheme { url: String },
+}
+
 /// Checks an `http(s)://` URL the way CDI does (Go's `url.ParseRequestURI` plus a scheme check),
 /// and a little more: a host is required.
-pub(crate) fn check_http_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_http_url(url: &str) -> Result<(), SourceUrlError> {
+    let u = || url.to_string();
     if url.is_empty() {
-        return Err("must not be empty".into());
+        return Err(SourceUrlError::Empty);
     }
     if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("{url:?} contains whitespace or control characters"));
+        return Err(SourceUrlError::Whitespace { url: u() });
     }
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(format!("{url:?} is not an absolute http:// or https:// URL"));
+        return Err(SourceUrlError::NotAbsolute { url: u() });
     };
     if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
-        return Err(format!("{url:?}: scheme {scheme:?} is not http or https"));
+        return Err(SourceUrlError::Scheme { url: u(), scheme: scheme.to_string() });
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
         let Some((addr, after)) = v6.split_once(']') else {
-            return Err(format!("{url:?}: unclosed '[' in the host"));
+            return Err(SourceUrlError::UnclosedBracket { url: u() });
         };
         if addr.is_empty() || !addr.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.') {
-            return Err(format!("{url:?}: bad IPv6 address {addr:?}"));
+            return Err(SourceUrlError::Ipv6 { url: u(), addr: addr.to_string() });
         }
         match after.strip_prefix(':') {
             Some(p) => (addr, Some(p)),
             None if after.is_empty() => (addr, None),
-            None => return Err(format!("{url:?}: junk after the IPv6 address")),
+            None => return Err(SourceUrlError::AfterIpv6 { url: u() }),
         }
     } else {
         match host_port.rsplit_once(':') {
@@ -62,7 +104,7 @@ pub(crate) fn check_http_url(url: &str) -> Result<(), String> {
         }
     };
     if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
+        return Err(SourceUrlError::NoHost { url: u() });
     }
     if let Some(p) = port {
         if !p.is_empty()
@@ -70,16 +112,17 @@ pub(crate) fn check_http_url(url: &str) -> Result<(), String> {
                 || p.len() > 5
                 || p.parse::<u32>().map_or(true, |n| n > 65_535))
         {
-            return Err(format!("{url:?}: bad port {p:?}"));
+            return Err(SourceUrlError::Port { url: u(), port: p.to_string() });
         }
     }
     Ok(())
 }
 
 /// Checks a registry source URL: `docker://REFERENCE` or `oci-archive://PATH`.
-pub(crate) fn check_registry_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_registry_url(url: &str) -> Result<(), SourceUrlError> {
+    let u = || url.to_string();
     if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("{url:?} contains whitespace or control characters"));
+        return Err(SourceUrlError::Whitespace { url: u() });
     }
     if let Some(reference) = url.strip_prefix("docker://") {
         let ok = !reference.is_empty()
@@ -88,19 +131,17 @@ pub(crate) fn check_registry_url(url: &str) -> Result<(), String> {
                 .bytes()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'/' | b':' | b'@'));
         if !ok {
-            return Err(format!(
-                "{url:?}: {reference:?} is not an image reference like quay.io/org/image:tag"
-            ));
+            return Err(SourceUrlError::Reference { url: u(), reference: reference.to_string() });
         }
         return Ok(());
     }
     if let Some(path) = url.strip_prefix("oci-archive://") {
         if path.is_empty() {
-            return Err(format!("{url:?}: empty archive path"));
+            return Err(SourceUrlError::ArchivePath { url: u() });
         }
         return Ok(());
     }
-    Err(format!("{url:?}: the scheme must be docker:// or oci-archive://"))
+    Err(SourceUrlError::RegistryScheme { url: u() })
 }
 
 fn check_resources(
@@ -406,7 +447,7 @@ fn validate_source(v: &mut Validation, kind: SourceKind<'_>, p: &str) {
     match kind {
         SourceKind::Http(h) => {
             if let Err(e) = check_http_url(&h.url) {
-                v.push(child(p, "url"), ProblemKind::Invalid, e);
+                v.push(child(p, "url"), ProblemKind::Invalid, e.to_string());
             }
             if let Some(s) = &h.secret_ref {
                 check_name(v, child(p, "secretRef"), s, "secret name");
@@ -443,7 +484,7 @@ fn validate_source(v: &mut Validation, kind: SourceKind<'_>, p: &str) {
             }
             if let Some(url) = &r.url {
                 if let Err(e) = check_registry_url(url) {
-                    v.push(child(p, "url"), ProblemKind::Invalid, e);
+                    v.push(child(p, "url"), ProblemKind::Invalid, e.to_string());
                 }
             }
             if r.image_stream.is_some() {
@@ -694,5 +735,24 @@ mod tests {
         {
             assert!(check_registry_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn url_errors_name_the_url_and_the_part_at_fault() {
+        let e = check_http_url("http://host:99999/x").unwrap_err();
+        assert_eq!(e, SourceUrlError::Port { url: "http://host:99999/x".into(), port: "99999".into() });
+        assert_eq!(e.to_string(), "\"http://host:99999/x\": bad port \"99999\"");
+        let e = check_http_url("ftp://host/x").unwrap_err();
+        assert_eq!(e.to_string(), "\"ftp://host/x\": scheme \"ftp\" is not http or https");
+        assert_eq!(
+            check_http_url("http://[::1/x").unwrap_err(),
+            SourceUrlError::UnclosedBracket { url: "http://[::1/x".into() }
+        );
+        assert_eq!(check_http_url(""), Err(SourceUrlError::Empty));
+        let e = check_registry_url("docker:///x").unwrap_err();
+        assert_eq!(e, SourceUrlError::Reference { url: "docker:///x".into(), reference: "/x".into() });
+        assert!(e.to_string().contains("is not an image reference"), "{e}");
+        let e = check_registry_url("http://quay.io/x").unwrap_err();
+        assert_eq!(e.to_string(), "\"http://quay.io/x\": the scheme must be docker:// or oci-archive://");
     }
 }

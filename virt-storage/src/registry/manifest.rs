@@ -89,11 +89,43 @@ pub enum Document {
     },
 }
 
+/// Why a manifest body was refused; each names the field or value at fault.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ManifestError {
+    /// The body is not JSON of a manifest's shape.
+    #[error("manifest is not valid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// A Docker v2 schema 1 manifest (signed, no digests per layer).
+    #[error("Docker v2 schema 1 manifests are not supported (re-push the image with a current tool)")]
+    Schema1,
+    /// A `schemaVersion` other than 2 (or none).
+    #[error("manifest schemaVersion {0:?} is not supported (expected 2)")]
+    SchemaVersion(Option<u32>),
+    /// A media type that is neither an image manifest nor an index.
+    #[error("manifest media type {0:?} is not supported")]
+    MediaType(String),
+    /// A field the document's kind requires is absent.
+    #[error("{kind} has no {field}")]
+    Missing {
+        /// `image manifest` or `index`.
+        kind: &'static str,
+        /// `config`, `layers` or `manifests`.
+        field: &'static str,
+    },
+    /// A descriptor's digest is not `sha256:<64 hex>`.
+    #[error("descriptor digest: {source}")]
+    Digest {
+        /// The digest as given.
+        digest: String,
+        /// What is wrong with it (names the digest).
+        source: super::reference::DigestError,
+    },
+}
+
 /// Parses a manifest body. `content_type` is the response's `Content-Type`, used when the
 /// document does not carry its own `mediaType` (OCI makes the field optional).
-pub(crate) fn parse(body: &[u8], content_type: Option<&str>) -> Result<Document, String> {
-    let raw: RawDocument =
-        serde_json::from_slice(body).map_err(|e| format!("manifest is not valid JSON: {e}"))?;
+pub(crate) fn parse(body: &[u8], content_type: Option<&str>) -> Result<Document, ManifestError> {
+    let raw: RawDocument = serde_json::from_slice(body).map_err(ManifestError::Json)?;
     let header_type = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_string());
     let media_type = raw
         .media_type
@@ -102,12 +134,10 @@ pub(crate) fn parse(body: &[u8], content_type: Option<&str>) -> Result<Document,
         .or(header_type.filter(|h| !h.is_empty() && h != "application/json"))
         .unwrap_or_default();
     if DOCKER_SCHEMA1.contains(&media_type.as_str()) || raw.schema_version == Some(1) {
-        return Err(
-            "Docker v2 schema 1 manifests are not supported (re-push the image with a current tool)".into()
-        );
+        return Err(ManifestError::Schema1);
     }
     if raw.schema_version != Some(2) {
-        return Err(format!("manifest schemaVersion {:?} is not supported (expected 2)", raw.schema_version));
+        return Err(ManifestError::SchemaVersion(raw.schema_version));
     }
     let kind = match media_type.as_str() {
         OCI_MANIFEST | DOCKER_MANIFEST => Kind::Image,
@@ -115,15 +145,19 @@ pub(crate) fn parse(body: &[u8], content_type: Option<&str>) -> Result<Document,
         // No media type anywhere: decide by shape, as the OCI spec allows.
         "" if raw.manifests.is_some() => Kind::Index,
         "" if raw.layers.is_some() => Kind::Image,
-        other => return Err(format!("manifest media type {other:?} is not supported")),
+        other => return Err(ManifestError::MediaType(other.to_string())),
     };
-    let check = |d: &Descriptor| -> Result<(), String> {
-        d.digest.parse::<Digest>().map(|_| ()).map_err(|e| format!("descriptor digest: {e}"))
+    let check = |d: &Descriptor| -> Result<(), ManifestError> {
+        d.digest
+            .parse::<Digest>()
+            .map(|_| ())
+            .map_err(|source| ManifestError::Digest { digest: d.digest.clone(), source })
     };
+    let missing = |kind, field| ManifestError::Missing { kind, field };
     match kind {
         Kind::Image => {
-            let config = raw.config.ok_or("image manifest has no config")?;
-            let layers = raw.layers.ok_or("image manifest has no layers")?;
+            let config = raw.config.ok_or_else(|| missing("image manifest", "config"))?;
+            let layers = raw.layers.ok_or_else(|| missing("image manifest", "layers"))?;
             check(&config)?;
             for l in &layers {
                 check(l)?;
@@ -131,7 +165,7 @@ pub(crate) fn parse(body: &[u8], content_type: Option<&str>) -> Result<Document,
             Ok(Document::Image { media_type, config, layers })
         }
         Kind::Index => {
-            let manifests = raw.manifests.ok_or("index has no manifests")?;
+            let manifests = raw.manifests.ok_or_else(|| missing("index", "manifests"))?;
             for m in &manifests {
                 check(m)?;
             }
@@ -212,9 +246,29 @@ mod tests {
 
     #[test]
     fn refuses_schema1_and_bad_digests() {
-        assert!(parse(br#"{"schemaVersion":1,"name":"x"}"#, None).unwrap_err().contains("schema 1"));
+        let e = parse(br#"{"schemaVersion":1,"name":"x"}"#, None).unwrap_err();
+        assert!(matches!(e, ManifestError::Schema1) && e.to_string().contains("schema 1"), "{e}");
         let body = r#"{"schemaVersion":2,"config":{"digest":"sha256:zz","size":2},"layers":[]}"#;
-        assert!(parse(body.as_bytes(), Some(OCI_MANIFEST)).is_err());
-        assert!(parse(b"not json", None).is_err());
+        let e = parse(body.as_bytes(), Some(OCI_MANIFEST)).unwrap_err();
+        assert!(matches!(&e, ManifestError::Digest { digest, .. } if digest == "sha256:zz"), "{e:?}");
+        assert!(
+            e.to_string().starts_with("descriptor digest: ") && e.to_string().contains("sha256:zz"),
+            "{e}"
+        );
+        assert!(matches!(parse(b"not json", None).unwrap_err(), ManifestError::Json(_)));
+    }
+
+    #[test]
+    fn errors_name_the_version_media_type_and_missing_field() {
+        let e = parse(br#"{"schemaVersion":3}"#, None).unwrap_err();
+        assert_eq!(e.to_string(), "manifest schemaVersion Some(3) is not supported (expected 2)");
+        let e = parse(br#"{"schemaVersion":2,"mediaType":"text/plain"}"#, None).unwrap_err();
+        assert!(matches!(&e, ManifestError::MediaType(m) if m == "text/plain"), "{e:?}");
+        assert_eq!(e.to_string(), "manifest media type \"text/plain\" is not supported");
+        let e = parse(br#"{"schemaVersion":2,"layers":[]}"#, Some(OCI_MANIFEST)).unwrap_err();
+        assert!(matches!(e, ManifestError::Missing { kind: "image manifest", field: "config" }), "{e:?}");
+        assert_eq!(e.to_string(), "image manifest has no config");
+        let e = parse(br#"{"schemaVersion":2}"#, Some(OCI_INDEX)).unwrap_err();
+        assert_eq!(e.to_string(), "index has no manifests");
     }
 }

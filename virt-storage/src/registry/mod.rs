@@ -44,7 +44,7 @@ use std::time::Duration;
 
 pub use error::RegistryError;
 pub use manifest::{Descriptor, Platform};
-pub use reference::{Digest, Reference, DOCKER_HUB};
+pub use reference::{Digest, DigestError, Reference, DOCKER_HUB};
 
 use extract::{BlobReader, ErrCtx, Selection};
 use manifest::Document;

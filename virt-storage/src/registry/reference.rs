@@ -61,19 +61,42 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// Why a string is not a [`Digest`]; each names the digest (or its algorithm) as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DigestError {
+    /// No `algorithm:` prefix.
+    #[error("digest {digest:?} has no algorithm prefix (expected sha256:<hex>)")]
+    NoAlgorithm {
+        /// The digest as given.
+        digest: String,
+    },
+    /// An algorithm other than sha256.
+    #[error("digest algorithm {algorithm:?} is not supported (only sha256)")]
+    Algorithm {
+        /// The algorithm as given.
+        algorithm: String,
+    },
+    /// Not 64 lowercase hex digits after `sha256:`.
+    #[error("digest {digest:?} is not sha256 followed by 64 lowercase hex digits")]
+    Hex {
+        /// The digest as given.
+        digest: String,
+    },
+}
+
 impl FromStr for Digest {
-    type Err = String;
+    type Err = DigestError;
 
     /// Parses `sha256:<64 lowercase hex>`; the error says what is wrong.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let Some((algo, hex)) = s.split_once(':') else {
-            return Err(format!("digest {s:?} has no algorithm prefix (expected sha256:<hex>)"));
+            return Err(DigestError::NoAlgorithm { digest: s.to_string() });
         };
         if algo != "sha256" {
-            return Err(format!("digest algorithm {algo:?} is not supported (only sha256)"));
+            return Err(DigestError::Algorithm { algorithm: algo.to_string() });
         }
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return Err(format!("digest {s:?} is not sha256 followed by 64 lowercase hex digits"));
+            return Err(DigestError::Hex { digest: s.to_string() });
         }
         Ok(Self { hex: hex.to_string() })
     }
@@ -105,7 +128,7 @@ impl Reference {
             return Err(bad("only the docker:// scheme is supported".into()));
         }
         let (name_tag, digest) = match s.rsplit_once('@') {
-            Some((n, d)) => (n, Some(d.parse::<Digest>().map_err(bad)?)),
+            Some((n, d)) => (n, Some(d.parse::<Digest>().map_err(|e| bad(e.to_string()))?)),
             None => (s, None),
         };
         let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
@@ -338,5 +361,18 @@ mod tests {
         assert!("sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
             .parse::<Digest>()
             .is_err());
+    }
+
+    #[test]
+    fn digest_errors_name_what_was_given() {
+        let e = "abc".parse::<Digest>().unwrap_err();
+        assert_eq!(e, DigestError::NoAlgorithm { digest: "abc".into() });
+        assert_eq!(e.to_string(), "digest \"abc\" has no algorithm prefix (expected sha256:<hex>)");
+        let e = "md5:00".parse::<Digest>().unwrap_err();
+        assert_eq!(e, DigestError::Algorithm { algorithm: "md5".into() });
+        assert_eq!(e.to_string(), "digest algorithm \"md5\" is not supported (only sha256)");
+        let e = "sha256:zz".parse::<Digest>().unwrap_err();
+        assert_eq!(e, DigestError::Hex { digest: "sha256:zz".into() });
+        assert!(e.to_string().starts_with("digest \"sha256:zz\" is not sha256"), "{e}");
     }
 }

@@ -26,7 +26,7 @@ const IMPORTING: &str = ".importing";
 #[derive(Debug)]
 pub struct DirPool {
     root: PathBuf,
-    reflink: Result<(), String>,
+    reflink: Result<(), reflink::ReflinkError>,
 }
 
 impl DirPool {
@@ -211,7 +211,7 @@ impl DirPool {
         for s in order {
             let res = match s {
                 CloneStrategy::Reflink => match &self.reflink {
-                    Err(why) => Err(why.clone()),
+                    Err(why) => Err(why.to_string()),
                     Ok(()) => self
                         .copy_file(src, src_path, &dst_path.with_extension(src_format.ext()), s)
                         .map(|n| (n, src_format))

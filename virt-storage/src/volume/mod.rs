@@ -129,7 +129,7 @@ pub struct CloneOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageProfile {
     /// Whether reflink clones work, or why not.
-    pub reflink: Result<(), String>,
+    pub reflink: Result<(), reflink::ReflinkError>,
     /// Strategies in the order the pool tries them.
     pub clone_strategies: Vec<CloneStrategy>,
     /// Format new volumes get unless asked otherwise.

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use self::cmdline::{Firmware, FirmwarePaths, Layout};
 use self::process::{
     accept_within, collect_stderr, die_with_parent, new_run_dir, prepare_vars, start_swtpm, stderr_note,
-    Resources,
+    QemuProcessError, Resources,
 };
 use self::qmp::{Incoming, QmpClient, QmpError, QmpEvent, ShutdownCause};
 use super::accel::{self, AccelDecision, HostVirt};
@@ -209,7 +209,7 @@ impl MachineBackend for QemuBackend {
         })?;
         start(&self.opts, &self.host, spec, console, None)
             .map(|m| Box::new(m) as Box<dyn Machine>)
-            .map_err(|msg| MachineError::Start { machine: spec.name.clone(), msg })
+            .map_err(|e| MachineError::Start { machine: spec.name.clone(), msg: e.to_string() })
     }
 
     fn start_incoming(
@@ -225,9 +225,9 @@ impl MachineBackend for QemuBackend {
         })?;
         start(&self.opts, &self.host, spec, console, Some(stream))
             .map(|m| Box::new(m) as Box<dyn Machine>)
-            .map_err(|msg| MachineError::Start {
+            .map_err(|e| MachineError::Start {
                 machine: spec.name.clone(),
-                msg: format!("incoming migration: {msg}"),
+                msg: format!("incoming migration: {e}"),
             })
     }
 }
@@ -348,9 +348,9 @@ fn start(
     spec: &MachineSpec,
     console: ConsoleSink,
     incoming: Option<&mut UnixStream>,
-) -> Result<QemuMachine, String> {
-    let decision = accel::decide(host, spec.accel, opts.allow_emulation).map_err(|e| e.to_string())?;
-    let firmware = opts.firmware.resolve(&spec.boot).map_err(|e| e.to_string())?;
+) -> Result<QemuMachine, QemuProcessError> {
+    let decision = accel::decide(host, spec.accel, opts.allow_emulation)?;
+    let firmware = opts.firmware.resolve(&spec.boot)?;
     let dir = new_run_dir(opts, &spec.name)?;
     let mut res = Resources { run_dir: dir.clone(), qemu: None, swtpm: Arc::new(Mutex::new(None)) };
     let layout = layout_in(&dir, firmware.clone(), spec);
@@ -360,11 +360,17 @@ fn start(
     if let Some(sock) = &layout.tpm_socket {
         *lock(&res.swtpm) = Some(start_swtpm(opts, spec, &dir, sock)?);
     }
-    let bind = |p: &Path| UnixListener::bind(p).map_err(|e| format!("listen on {}: {e}", p.display()));
+    let bind = |p: &Path| {
+        UnixListener::bind(p).map_err(|source| QemuProcessError::Io {
+            op: "listen on",
+            path: p.to_path_buf(),
+            source,
+        })
+    };
     let qmp_l = bind(&layout.qmp_socket)?;
     let serial_l = bind(&layout.serial_socket)?;
     let agent_l = bind(&layout.agent_socket)?;
-    let mut args = cmdline::build(spec, decision.accelerator, &layout).map_err(|e| e.to_string())?;
+    let mut args = cmdline::build(spec, decision.accelerator, &layout)?;
     if incoming.is_some() {
         // With -S the guest stays paused after the state arrived, until `cont` below.
         args.extend(["-incoming".to_string(), "defer".to_string()]);
@@ -383,7 +389,8 @@ fn start(
         cmd.args(["-sandbox", QEMU_SANDBOX]);
     }
     die_with_parent(&mut cmd, opts.confine);
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", opts.qemu.display()))?;
+    let mut child =
+        cmd.spawn().map_err(|source| QemuProcessError::Spawn { program: opts.qemu.clone(), source })?;
     let stderr = child.stderr.take().map(|s| collect_stderr(spec.name.clone(), s)).unwrap_or_default();
     let child = Arc::new(Mutex::new(child));
     res.qemu = Some(child.clone());
@@ -414,7 +421,7 @@ fn start(
             let _ = done_tx.send(());
         }
     })
-    .map_err(|e| {
+    .map_err(|source| {
         // QEMU that fails to start (a missing disk, say) may close the monitor before it exits:
         // give it a moment to exit and its stderr thread to catch up, so that its words are in the
         // error rather than only the closed handshake.
@@ -423,7 +430,7 @@ fn start(
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(100));
-        format!("QMP handshake: {e}{}", stderr_note(&stderr))
+        QemuProcessError::Handshake { source, note: stderr_note(&stderr) }
     })?;
     let g = client.greeting();
     log::debug!(
@@ -438,7 +445,7 @@ fn start(
 
     spawn_console_relay(
         &spec.name,
-        serial_s.try_clone().map_err(|e| format!("serial console: {e}"))?,
+        serial_s.try_clone().map_err(|source| QemuProcessError::Socket { what: "serial console", source })?,
         console,
     )?;
 
@@ -446,9 +453,9 @@ fn start(
 
     spawn_waiter(inner.clone(), child, res.swtpm.clone(), done_rx, stderr)?;
     if let Some(stream) = incoming {
-        migration::receive(&client, stream, INCOMING_TIMEOUT).map_err(|e| e.to_string())?;
+        migration::receive(&client, stream, INCOMING_TIMEOUT)?;
     }
-    client.cont().map_err(|e| format!("start the vCPUs: {e}"))?;
+    client.cont().map_err(|source| QemuProcessError::Qmp { op: "start the vCPUs", source })?;
     // `cont` returns after RESUME was handled; make Started certain even if the event was lost.
     inner.transition(&MachineStatus::Starting, MachineStatus::Running, MachineEvent::Started);
 
@@ -465,7 +472,11 @@ fn start(
     })
 }
 
-fn spawn_console_relay(name: &str, mut serial: UnixStream, mut sink: ConsoleSink) -> Result<(), String> {
+fn spawn_console_relay(
+    name: &str,
+    mut serial: UnixStream,
+    mut sink: ConsoleSink,
+) -> Result<(), QemuProcessError> {
     std::thread::Builder::new()
         .name(format!("{name}-console"))
         .spawn(move || {
@@ -485,7 +496,7 @@ fn spawn_console_relay(name: &str, mut serial: UnixStream, mut sink: ConsoleSink
             }
         })
         .map(|_| ())
-        .map_err(|e| format!("spawn the console relay: {e}"))
+        .map_err(|source| QemuProcessError::Thread { what: "console relay", source })
 }
 
 /// Waits for QEMU to exit (killing it when a stop's grace period ends), then for the QMP reader to
@@ -496,7 +507,7 @@ fn spawn_waiter(
     swtpm: Arc<Mutex<Option<Child>>>,
     qmp_done: Receiver<()>,
     stderr: Arc<Mutex<String>>,
-) -> Result<(), String> {
+) -> Result<(), QemuProcessError> {
     std::thread::Builder::new()
         .name(format!("{}-wait", inner.name))
         .spawn(move || {
@@ -540,7 +551,7 @@ fn spawn_waiter(
             inner.ended.1.notify_all();
         })
         .map(|_| ())
-        .map_err(|e| format!("spawn the waiter: {e}"))
+        .map_err(|source| QemuProcessError::Thread { what: "waiter", source })
 }
 
 impl QemuMachine {

@@ -77,8 +77,42 @@ fn efi_vars_are_copied_once_and_checked() {
     prepare_vars(&t, &v).unwrap();
     assert_eq!(std::fs::read(&v).unwrap(), vec![9u8; 4096]);
     std::fs::write(&v, vec![9u8; 100]).unwrap();
-    assert!(prepare_vars(&t, &v).unwrap_err().contains("another OVMF build"));
+    let e = prepare_vars(&t, &v).unwrap_err();
+    assert!(
+        matches!(&e, QemuProcessError::VarsMismatch { vars, held: 100, template, template_len: 4096 } if *vars == v && *template == t),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("EFI variables {} hold 100 bytes", v.display())), "{msg}");
+    assert!(msg.contains("another OVMF build"), "{msg}");
+    // A missing template is named.
+    let missing = dir.join("no-template.fd");
+    let e = prepare_vars(&missing, &v).unwrap_err();
+    assert!(matches!(&e, QemuProcessError::Io { path, .. } if *path == missing), "{e:?}");
+    assert!(
+        e.to_string().starts_with(&format!("read the EFI variables template {}: ", missing.display())),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_run_dir_too_long_for_sockets_is_named_before_anything_is_made() {
+    let base = std::env::temp_dir().join("x".repeat(120));
+    let opts = QemuOptions { run_dir: Some(base.clone()), ..Default::default() };
+    let e = new_run_dir(&opts, "vm").unwrap_err();
+    let QemuProcessError::RunDirTooLong { dir } = &e else { panic!("{e:?}") };
+    assert!(dir.starts_with(&base), "{dir:?}");
+    assert_eq!(e.to_string(), format!("run directory {} is too long for unix socket paths", dir.display()));
+    assert!(!base.exists());
+}
+
+#[test]
+fn a_machine_without_a_tpm_gets_no_swtpm() {
+    let dir = std::env::temp_dir();
+    let e = start_swtpm(&QemuOptions::default(), &spec(), &dir, &dir.join("swtpm.sock")).unwrap_err();
+    assert!(matches!(&e, QemuProcessError::NoTpm), "{e:?}");
+    assert_eq!(e.to_string(), "no TPM asked for");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +12,154 @@ use std::time::{Duration, Instant};
 use super::{cmdline, qmp, QemuOptions, MAX_SOCKET_PATH, STDERR_TAIL};
 use crate::machine::MachineSpec;
 use crate::vmm::devices::lock;
+
+/// Why a QEMU machine did not start: a step of its process, files or sockets, each naming the
+/// path, program or connection concerned (and QEMU's last words where it exited).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum QemuProcessError {
+    /// No accelerator the policy allows.
+    #[error(transparent)]
+    Accel(#[from] crate::machine::accel::NoAccelerator),
+    /// The firmware or command line could not be made.
+    #[error(transparent)]
+    Config(#[from] cmdline::ConfigError),
+    /// The run directory's sockets would exceed the unix socket path limit.
+    #[error("run directory {} is too long for unix socket paths", dir.display())]
+    RunDirTooLong {
+        /// The run directory it would have made.
+        dir: PathBuf,
+    },
+    /// A file system or socket step on a path failed (`create`, `chmod`, `listen on`, ...).
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What was done.
+        op: &'static str,
+        /// To what.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The persistent EFI variable store does not match the firmware's template.
+    #[error(
+        "EFI variables {} hold {held} bytes but the firmware's template {} has {template_len}: made for another OVMF build",
+        vars.display(),
+        template.display()
+    )]
+    VarsMismatch {
+        /// The machine's variable store.
+        vars: PathBuf,
+        /// Its size.
+        held: u64,
+        /// The firmware's template.
+        template: PathBuf,
+        /// The template's size.
+        template_len: u64,
+    },
+    /// The variable store could not be made from the template.
+    #[error("copy {} to {}: {source}", template.display(), vars.display())]
+    CopyVars {
+        /// The firmware's template.
+        template: PathBuf,
+        /// The machine's variable store.
+        vars: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A program (QEMU, swtpm) could not be started.
+    #[error("spawn {}: {source}", program.display())]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A connection QEMU made (or the socket it came on) failed.
+    #[error("{what}: {source}")]
+    Socket {
+        /// Which connection (`QMP monitor`, `serial console`, ...).
+        what: &'static str,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Accepting a connection from QEMU failed.
+    #[error("accept the {what} connection: {source}")]
+    Accept {
+        /// Which connection.
+        what: &'static str,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// QEMU exited before making a connection.
+    #[error("QEMU exited ({status}) before connecting its {what}{note}")]
+    ExitedEarly {
+        /// Which connection.
+        what: &'static str,
+        /// How QEMU ended.
+        status: ExitStatus,
+        /// `; qemu said: ...`, or empty.
+        note: String,
+    },
+    /// QEMU did not make a connection before the start timeout.
+    #[error("QEMU did not connect its {what} in time{note}")]
+    ConnectTimeout {
+        /// Which connection.
+        what: &'static str,
+        /// `; qemu said: ...`, or empty.
+        note: String,
+    },
+    /// swtpm was asked to start for a spec without a TPM (the machine is named by the caller's
+    /// `MachineError::Start`).
+    #[error("no TPM asked for")]
+    NoTpm,
+    /// swtpm exited before listening on its control socket.
+    #[error("swtpm exited ({status}) before listening: {log}")]
+    SwtpmExited {
+        /// How it ended.
+        status: ExitStatus,
+        /// Its log.
+        log: String,
+    },
+    /// swtpm did not listen in time.
+    #[error("swtpm did not listen on {} in time: {log}", sock.display())]
+    SwtpmTimeout {
+        /// The socket it should have listened on.
+        sock: PathBuf,
+        /// Its log.
+        log: String,
+    },
+    /// The QMP handshake failed.
+    #[error("QMP handshake: {source}{note}")]
+    Handshake {
+        /// What QMP said.
+        source: super::qmp::QmpError,
+        /// `; qemu said: ...`, or empty.
+        note: String,
+    },
+    /// A QMP command of the start failed (`start the vCPUs`).
+    #[error("{op}: {source}")]
+    Qmp {
+        /// The step.
+        op: &'static str,
+        /// What QMP said.
+        source: super::qmp::QmpError,
+    },
+    /// The incoming migration failed.
+    #[error(transparent)]
+    Migration(#[from] super::migration::QemuMigrationError),
+    /// A thread of the machine could not be started.
+    #[error("spawn the {what}: {source}")]
+    Thread {
+        /// Which thread (`console relay`, `waiter`).
+        what: &'static str,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+fn io_at(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> QemuProcessError {
+    let path = path.to_path_buf();
+    move |source| QemuProcessError::Io { op, path, source }
+}
 
 /// Processes and files a machine owns; dropping this kills the processes and removes the run dir.
 pub(super) struct Resources {
@@ -37,7 +185,7 @@ impl Drop for Resources {
     }
 }
 
-pub(super) fn new_run_dir(opts: &QemuOptions, name: &str) -> Result<PathBuf, String> {
+pub(super) fn new_run_dir(opts: &QemuOptions, name: &str) -> Result<PathBuf, QemuProcessError> {
     static N: AtomicU32 = AtomicU32::new(0);
     let base = opts
         .run_dir
@@ -47,37 +195,39 @@ pub(super) fn new_run_dir(opts: &QemuOptions, name: &str) -> Result<PathBuf, Str
     let short: String = name.chars().take(16).collect();
     let dir = base.join(format!("vq-{short}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
     if dir.join("serial.sock").as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(format!("run directory {} is too long for unix socket paths", dir.display()));
+        return Err(QemuProcessError::RunDirTooLong { dir });
     }
-    std::fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
-    std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&base).map_err(io_at("create", &base))?;
+    std::fs::create_dir(&dir).map_err(io_at("create", &dir))?;
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+            .map_err(io_at("chmod", &dir))?;
     }
     Ok(dir)
 }
 
 /// This machine's EFI variable store: the persistent file (made from the template the first time) or
 /// a fresh copy in the run directory.
-pub(super) fn prepare_vars(template: &Path, vars: &Path) -> Result<(), String> {
-    let tlen = std::fs::metadata(template).map_err(|e| format!("{}: {e}", template.display()))?.len();
+pub(super) fn prepare_vars(template: &Path, vars: &Path) -> Result<(), QemuProcessError> {
+    let tlen = std::fs::metadata(template).map_err(io_at("read the EFI variables template", template))?.len();
     match std::fs::metadata(vars) {
         Ok(m) if m.len() == tlen => Ok(()),
-        Ok(m) => Err(format!(
-            "EFI variables {} hold {} bytes but the firmware's template {} has {tlen}: made for another OVMF build",
-            vars.display(),
-            m.len(),
-            template.display()
-        )),
+        Ok(m) => Err(QemuProcessError::VarsMismatch {
+            vars: vars.to_path_buf(),
+            held: m.len(),
+            template: template.to_path_buf(),
+            template_len: tlen,
+        }),
         Err(_) => {
             if let Some(parent) = vars.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent).map_err(io_at("create", parent))?;
             }
-            std::fs::copy(template, vars)
-                .map(|_| ())
-                .map_err(|e| format!("copy {} to {}: {e}", template.display(), vars.display()))
+            std::fs::copy(template, vars).map(|_| ()).map_err(|source| QemuProcessError::CopyVars {
+                template: template.to_path_buf(),
+                vars: vars.to_path_buf(),
+                source,
+            })
         }
     }
 }
@@ -127,28 +277,29 @@ pub(super) fn stderr_note(tail: &Mutex<String>) -> String {
 /// Accepts one connection on `l` before `deadline`, failing early if `child` exits.
 pub(super) fn accept_within(
     l: &UnixListener,
-    what: &str,
+    what: &'static str,
     deadline: Instant,
     child: &Mutex<Child>,
     tail: &Mutex<String>,
-) -> Result<UnixStream, String> {
-    l.set_nonblocking(true).map_err(|e| format!("{what}: {e}"))?;
+) -> Result<UnixStream, QemuProcessError> {
+    let sock = |source| QemuProcessError::Socket { what, source };
+    l.set_nonblocking(true).map_err(sock)?;
     loop {
         match l.accept() {
             Ok((s, _)) => {
-                s.set_nonblocking(false).map_err(|e| format!("{what}: {e}"))?;
+                s.set_nonblocking(false).map_err(sock)?;
                 return Ok(s);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(format!("accept the {what} connection: {e}")),
+            Err(source) => return Err(QemuProcessError::Accept { what, source }),
         }
-        if let Ok(Some(st)) = lock(child).try_wait() {
+        if let Ok(Some(status)) = lock(child).try_wait() {
             // Let the stderr thread catch up with QEMU's last words.
             std::thread::sleep(Duration::from_millis(100));
-            return Err(format!("QEMU exited ({st}) before connecting its {what}{}", stderr_note(tail)));
+            return Err(QemuProcessError::ExitedEarly { what, status, note: stderr_note(tail) });
         }
         if Instant::now() >= deadline {
-            return Err(format!("QEMU did not connect its {what} in time{}", stderr_note(tail)));
+            return Err(QemuProcessError::ConnectTimeout { what, note: stderr_note(tail) });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -180,10 +331,10 @@ pub(super) fn start_swtpm(
     spec: &MachineSpec,
     dir: &Path,
     sock: &Path,
-) -> Result<Child, String> {
-    let Some(tpm) = &spec.tpm else { return Err("no TPM asked for".into()) };
+) -> Result<Child, QemuProcessError> {
+    let Some(tpm) = &spec.tpm else { return Err(QemuProcessError::NoTpm) };
     let state = if tpm.persistent { tpm.state_dir.clone() } else { dir.join("tpm") };
-    std::fs::create_dir_all(&state).map_err(|e| format!("create TPM state dir {}: {e}", state.display()))?;
+    std::fs::create_dir_all(&state).map_err(io_at("create TPM state dir", &state))?;
     let log = dir.join("swtpm.log");
     let mut cmd = Command::new(&opts.swtpm);
     cmd.arg("socket")
@@ -200,17 +351,21 @@ pub(super) fn start_swtpm(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     die_with_parent(&mut cmd, opts.confine);
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", opts.swtpm.display()))?;
+    let mut child =
+        cmd.spawn().map_err(|source| QemuProcessError::Spawn { program: opts.swtpm.clone(), source })?;
     let deadline = Instant::now() + opts.start_timeout;
     while !sock.exists() {
         let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-        if let Ok(Some(st)) = child.try_wait() {
-            return Err(format!("swtpm exited ({st}) before listening: {}", log_text().trim()));
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(QemuProcessError::SwtpmExited { status, log: log_text().trim().to_string() });
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!("swtpm did not listen on {} in time: {}", sock.display(), log_text().trim()));
+            return Err(QemuProcessError::SwtpmTimeout {
+                sock: sock.to_path_buf(),
+                log: log_text().trim().to_string(),
+            });
         }
         std::thread::sleep(Duration::from_millis(10));
     }

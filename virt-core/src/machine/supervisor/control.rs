@@ -182,7 +182,7 @@ pub(super) fn serve_control(shared: &Arc<Shared>, mut s: UnixStream) {
                 Err(e) => Err(e),
             };
             let sent = match req {
-                Err(e) => send_line(&mut s, &Reply::err(ErrorCode::BadRequest, e)),
+                Err(e) => send_line(&mut s, &Reply::err(ErrorCode::BadRequest, e.to_string())),
                 Ok(Request::Events) => return stream_events(shared, s),
                 Ok(Request::Status) => send_line(&mut s, &status_reply(shared)),
                 Ok(Request::GuestAgent) => {

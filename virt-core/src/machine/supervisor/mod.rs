@@ -38,7 +38,7 @@ mod protocol;
 use console::{accept_console, ConsoleHub, ConsoleState, HubSink};
 pub(crate) use control::serve_control_for_fuzzing;
 use control::{accept_control, pump_events, spawn_acceptor, Shared};
-pub use protocol::{parse_request, AgentAnswer, ErrorCode, Reply, Request, StatusReply};
+pub use protocol::{parse_request, AgentAnswer, ErrorCode, ProtocolError, Reply, Request, StatusReply};
 pub(crate) use protocol::{peer_gone, quote, wait_readable};
 
 /// Held (flock, exclusive) while a launcher runs.

@@ -172,9 +172,31 @@ pub(crate) fn quote(b: &[u8], n: usize) -> String {
     }
 }
 
+/// Why a control line is not a request; each names the offending line (its start, quoted).
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The line is not a JSON request object the protocol knows.
+    #[error("bad request {line:?}: {source}")]
+    BadRequest {
+        /// The line's first 120 bytes, lossily as text.
+        line: String,
+        /// Why it did not parse.
+        source: serde_json::Error,
+    },
+    /// The line exceeded the protocol's line limit; it was skipped up to its newline.
+    #[error("line longer than {max} bytes (starts {start:?})")]
+    LineTooLong {
+        /// The limit in bytes.
+        max: usize,
+        /// The line's first 60 bytes, lossily as text.
+        start: String,
+    },
+}
+
 /// Parses one request line (without its newline).
-pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    serde_json::from_slice(line).map_err(|e| format!("bad request {:?}: {e}", quote(line, 120)))
+pub fn parse_request(line: &[u8]) -> Result<Request, ProtocolError> {
+    serde_json::from_slice(line)
+        .map_err(|source| ProtocolError::BadRequest { line: quote(line, 120), source })
 }
 
 /// Splits a byte stream into lines of at most `max` bytes; an over-long line becomes one error and is
@@ -191,7 +213,7 @@ impl Lines {
     }
 
     /// Feeds bytes; returns the lines they complete (a trailing `\r` removed).
-    pub(crate) fn push(&mut self, mut data: &[u8]) -> Vec<Result<Vec<u8>, String>> {
+    pub(crate) fn push(&mut self, mut data: &[u8]) -> Vec<Result<Vec<u8>, ProtocolError>> {
         let mut out = Vec::new();
         while !data.is_empty() {
             let (chunk, complete) = match data.iter().position(|&b| b == b'\n') {
@@ -212,7 +234,7 @@ impl Lines {
             }
             if self.buf.len() + chunk.len() > self.max {
                 let start = if self.buf.is_empty() { chunk } else { &self.buf[..] };
-                out.push(Err(format!("line longer than {} bytes (starts {:?})", self.max, quote(start, 60))));
+                out.push(Err(ProtocolError::LineTooLong { max: self.max, start: quote(start, 60) }));
                 self.buf.clear();
                 self.discarding = !complete;
                 continue;

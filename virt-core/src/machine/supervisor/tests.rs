@@ -193,6 +193,37 @@ fn garbage_gets_errors_and_the_connection_survives() {
     drop(s);
 }
 
+#[test]
+fn a_bad_request_names_the_line() {
+    let e = parse_request(b"{\"op\":\"explode\"}").unwrap_err();
+    assert!(matches!(&e, ProtocolError::BadRequest { line, .. } if line == "{\"op\":\"explode\"}"), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.starts_with("bad request \"{\\\"op\\\":\\\"explode\\\"}\": "), "{msg}");
+    assert!(msg.contains("explode"), "{msg}");
+    // A long line is quoted by its start only.
+    let long = [b'z'; 500];
+    let ProtocolError::BadRequest { line, .. } = parse_request(&long).unwrap_err() else {
+        panic!("not BadRequest")
+    };
+    assert_eq!(line, format!("{}...", "z".repeat(120)));
+}
+
+#[test]
+fn an_over_long_line_names_the_limit_and_its_start() {
+    let mut l = Lines::new(8);
+    let out = l.push(b"abcdefghijkl\nok\n");
+    assert_eq!(out.len(), 2);
+    match &out[0] {
+        Err(ProtocolError::LineTooLong { max: 8, start }) => assert_eq!(start, "abcdefghijkl"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        out[0].as_ref().unwrap_err().to_string(),
+        "line longer than 8 bytes (starts \"abcdefghijkl\")"
+    );
+    assert_eq!(out[1].as_ref().unwrap(), b"ok");
+}
+
 proptest! {
     #[test]
     fn arbitrary_lines_never_panic(line in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -215,9 +246,12 @@ proptest! {
         let cut = cut.min(b.len());
         let mut whole = Lines::new(1000);
         let mut parts = Lines::new(1000);
+        let text = |v: Vec<Result<Vec<u8>, ProtocolError>>| -> Vec<Result<Vec<u8>, String>> {
+            v.into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
+        };
         let mut split = parts.push(&b[..cut]);
         split.extend(parts.push(&b[cut..]));
-        prop_assert_eq!(whole.push(b), split);
+        prop_assert_eq!(text(whole.push(b)), text(split));
     }
 }
 

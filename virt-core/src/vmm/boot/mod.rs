@@ -38,14 +38,22 @@ pub enum BootPath {
     Linux64,
 }
 
+/// A boot path name [`BootPath`] does not know (the launcher's `--boot-path`); names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown boot path {given:?} (expected auto, pvh or linux64)")]
+pub struct UnknownBootPath {
+    /// The name given.
+    pub given: String,
+}
+
 impl std::str::FromStr for BootPath {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownBootPath;
+    fn from_str(s: &str) -> Result<Self, UnknownBootPath> {
         match s {
             "auto" => Ok(Self::Auto),
             "pvh" => Ok(Self::Pvh),
             "linux64" | "bzimage" => Ok(Self::Linux64),
-            o => Err(format!("unknown boot path {o:?} (expected auto, pvh or linux64)")),
+            o => Err(UnknownBootPath { given: o.to_string() }),
         }
     }
 }
@@ -417,4 +425,18 @@ pub fn load_kernel(
         }
     }
     Ok(BootInfo { mode: loaded.mode, entry: loaded.entry, how: loaded.how })
+}
+
+#[cfg(test)]
+mod boot_path_tests {
+    use super::*;
+
+    #[test]
+    fn boot_path_parses_and_an_unknown_name_is_named() {
+        assert_eq!("pvh".parse::<BootPath>(), Ok(BootPath::Pvh));
+        assert_eq!("bzimage".parse::<BootPath>(), Ok(BootPath::Linux64));
+        let e = "uefi".parse::<BootPath>().unwrap_err();
+        assert_eq!(e, UnknownBootPath { given: "uefi".into() });
+        assert_eq!(e.to_string(), "unknown boot path \"uefi\" (expected auto, pvh or linux64)");
+    }
 }

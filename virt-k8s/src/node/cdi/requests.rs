@@ -385,7 +385,7 @@ impl Cdi {
             "virt-rs.io/reflink".into(),
             match &p.reflink {
                 Ok(()) => "supported".into(),
-                Err(why) => why.clone(),
+                Err(why) => why.to_string(),
             },
         );
         StorageProfile {
