@@ -17,7 +17,9 @@ use std::sync::Mutex;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
+use crate::dhcp::ra::RaConfig;
 use crate::dhcp::server::{DhcpServer, ServerError};
+use crate::dhcp::v6::{duid_ll, Dhcp6Config};
 use crate::dhcp::DhcpConfig;
 use crate::endpoint::{EndpointLookup, VmiEndpoint};
 use crate::netns::{self, NetnsError};
@@ -438,6 +440,30 @@ impl NetworkManager {
             let s = DhcpServer::start(&net.netns_path(), &i.bridge, cfg)
                 .map_err(|source| PodNetError::Dhcp { vmi: vmi.clone(), source })?;
             servers.push(s);
+            // Masquerade's IPv6 side, as KubeVirt's: router advertisements name the gateway and
+            // send the guest to DHCPv6 for fd10:0:2::2.
+            if let (IfaceKind::Masquerade { cidr6, .. }, Some(ip6)) = (&i.request.kind, i.guest6) {
+                // The server's DUID: stable per interface, never the guest's own.
+                let mut gw = i.request.mac;
+                gw.0[5] ^= 0xff;
+                let dhcp = Dhcp6Config {
+                    server_duid: duid_ll(gw),
+                    client_mac: i.request.mac,
+                    client_ip: ip6,
+                    dns: Vec::new(),
+                    search: self.cfg.search.clone(),
+                    lease_secs: 86400,
+                };
+                let ra = RaConfig {
+                    prefix: cidr6.network(),
+                    prefix_len: cidr6.prefix_len(),
+                    mtu: Some(self.cfg.mtu),
+                    router_lifetime: 1800,
+                };
+                let s = DhcpServer::start_v6(&net.netns_path(), &i.bridge, dhcp, ra)
+                    .map_err(|source| PodNetError::Dhcp { vmi: vmi.clone(), source })?;
+                servers.push(s);
+            }
         }
         Ok(servers)
     }

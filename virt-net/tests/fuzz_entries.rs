@@ -43,6 +43,29 @@ fn seeds_reach_the_replies() {
     assert!(virt_net::dhcp::respond(&cfg, &get("hlen-200")).is_err());
 }
 
+/// The IPv6 seeds reach the DHCPv6 replies and the router solicitation check.
+#[test]
+fn ipv6_seeds_reach_the_replies() {
+    let cfg = virt_net::dhcp::v6::Dhcp6Config {
+        server_duid: virt_net::dhcp::v6::duid_ll(virt_core::net::MacAddr([2, 0, 0, 0, 0, 0xfe])),
+        client_mac: virt_core::net::MacAddr([2, 0, 0, 0, 0, 1]),
+        client_ip: "fd10:0:2::2".parse().unwrap(),
+        dns: vec![],
+        search: vec![],
+        lease_secs: 60,
+    };
+    let all = seeds("dhcp_packet");
+    let get = |n: &str| all.iter().find(|(k, _)| k == n).unwrap().1[1..].to_vec();
+    let reply = |n: &str| {
+        let r = virt_net::dhcp::v6::respond6(&cfg, &get(n)).unwrap().unwrap();
+        virt_net::dhcp::v6::parse_reply6(&r).unwrap()
+    };
+    let ip: std::net::Ipv6Addr = "fd10:0:2::2".parse().unwrap();
+    assert_eq!(reply("solicit6"), (2, vec![ip]));
+    assert_eq!(reply("request6"), (7, vec![ip]));
+    assert!(virt_net::dhcp::ra::is_solicitation(&get("router-solicitation")));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 

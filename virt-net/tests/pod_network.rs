@@ -101,6 +101,45 @@ fn masquerade_outbound_and_ports_limited_inbound_with_real_tcp() {
     assert!(reached.is_ok(), "the VMI's namespace reaches every guest port");
 }
 
+/// IPv6 on the masquerade binding, as KubeVirt's: the guest's kernel takes its default route from
+/// our router advertisement (the VMI bridge's link-local address, the prefix on-link), ISC dhclient
+/// takes fd10:0:2::2 over DHCPv6, and the guest reaches the node masqueraded behind the pod's IPv6
+/// address.
+#[test]
+fn router_advertisements_and_dhcpv6_give_the_guest_ipv6() {
+    let node = Node::new();
+    let net = node.mgr.setup("uid-v6", "default", "vmi-6", &masq(6, vec![])).expect("setup");
+    let guest = Guest::plug(&net, 0);
+    let (route, lease) = guest.dhcp6();
+    assert!(route.contains("dev eth0") && route.contains("proto ra"), "default route from the RA: {route}");
+    assert_eq!(lease["new_ip6_address"], "fd10:0:2::2", "{lease:?}");
+    assert!(lease["new_dhcp6_domain_search"].contains("cluster.local"), "{lease:?}");
+    assert!(lease["new_dhcp6_server_id"].len() > 4, "{lease:?}");
+    let onlink = std::process::Command::new("ip")
+        .args(["-n", &guest.ns.name, "-6", "route", "show", "fd10:0:2::/120"])
+        .output()
+        .unwrap();
+    // The kernel files the advertised prefix as its own on-link route, with the RA's lifetime.
+    let onlink = String::from_utf8_lossy(&onlink.stdout);
+    assert!(
+        onlink.contains("dev eth0") && onlink.contains("expires"),
+        "the prefix is on-link from the RA: {onlink}"
+    );
+    // Outbound IPv6: the node sees the pod's IPv6 address.
+    let l = listen(&node.ns, "[fd10:244::1]:18086");
+    let mut c = connect(&guest.ns, "[fd10:244::1]:18086").expect("guest -> node over IPv6");
+    let (mut s, peer) = l.accept().unwrap();
+    assert_eq!(
+        Some(peer.ip()),
+        net.pod6.map(std::net::IpAddr::V6),
+        "masqueraded behind the pod's IPv6 address"
+    );
+    c.write_all(b"v6").unwrap();
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"v6");
+}
+
 #[test]
 fn the_nft_ruleset_matches_its_snapshot() {
     let node = Node::new();

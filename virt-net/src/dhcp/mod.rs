@@ -3,7 +3,10 @@
 //! function of the configuration and one received packet (fuzzed: `fuzz/fuzz_targets/dhcp_packet.rs`);
 //! [`server::DhcpServer`] runs it on a socket bound to the VMI's bridge inside its network namespace.
 
+pub mod ra;
 pub mod server;
+mod server6;
+pub mod v6;
 
 use std::net::Ipv4Addr;
 
@@ -244,3 +247,6 @@ pub fn parse_reply_type(bytes: &[u8]) -> Option<MessageType> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests6;

@@ -1,4 +1,5 @@
-//! A DHCPv4 server thread for one client, on one bridge, inside one network namespace.
+//! A DHCPv4 server thread for one client, on one bridge, inside one network namespace (the IPv6
+//! one, DHCPv6 with router advertisements, is `server6`).
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -37,7 +38,7 @@ pub struct DhcpServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-fn set_opt(fd: i32, level: i32, name: i32, value: &[u8]) -> std::io::Result<()> {
+pub(super) fn set_opt(fd: i32, level: i32, name: i32, value: &[u8]) -> std::io::Result<()> {
     // SAFETY: `value` is a valid buffer of the given length for the duration of the call.
     let r =
         unsafe { libc::setsockopt(fd, level, name, value.as_ptr().cast(), value.len() as libc::socklen_t) };
@@ -83,7 +84,15 @@ impl DhcpServer {
         Ok(Self { stop, acks, thread: Some(thread) })
     }
 
-    /// How many ACKs the server has sent.
+    pub(super) fn running(
+        stop: Arc<AtomicBool>,
+        acks: Arc<AtomicU64>,
+        thread: std::thread::JoinHandle<()>,
+    ) -> Self {
+        Self { stop, acks, thread: Some(thread) }
+    }
+
+    /// How many ACKs (DHCPv6: REPLYs with the address) the server has sent.
     pub fn acks(&self) -> u64 {
         self.acks.load(Ordering::Relaxed)
     }

@@ -161,7 +161,7 @@ impl NetworkManager {
                 cmds.push(format!("route add default via {g}"));
             }
         }
-        let mut route_localnet = Vec::new();
+        let (mut route_localnet, mut no_dad) = (Vec::new(), Vec::new());
         for (i, s) in net.interfaces.iter().enumerate() {
             let (br, tap) = (&s.bridge, &s.tap);
             cmds.push(format!("link add {br} type bridge"));
@@ -181,6 +181,9 @@ impl NetworkManager {
                         cidr6.prefix_len()
                     ));
                     route_localnet.push(format!("ipv4/conf/{br}/route_localnet"));
+                    // The bridge's link-local address is the router advertisements' source: usable
+                    // as soon as the guest's NIC brings the carrier up, not after a second of DAD.
+                    no_dad.push(format!("ipv6/conf/{br}/accept_dad"));
                 }
                 IfaceKind::PodBridge => {
                     cmds.push(format!("link set dev eth0 master {br} up"));
@@ -198,6 +201,7 @@ impl NetworkManager {
         netns::ip_batch(Some(ns), &cmds).map_err(&err)?;
         let mut sys: Vec<(&str, &str)> = vec![("ipv4/ip_forward", "1"), ("ipv6/conf/all/forwarding", "1")];
         sys.extend(route_localnet.iter().map(|k| (k.as_str(), "1")));
+        sys.extend(no_dad.iter().map(|k| (k.as_str(), "0")));
         netns::sysctl(&net.netns_path(), &sys).map_err(&err)?;
         if let Some(script) = self.ruleset(net) {
             netns::nft(Some(ns), &script).map_err(&err)?;

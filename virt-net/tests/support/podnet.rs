@@ -117,4 +117,72 @@ impl Guest {
             .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
             .collect()
     }
+    /// Waits for the kernel's router-advertisement default route on eth0 (`ip -6 route show
+    /// default`), then runs ISC `dhclient -6` once (the DHCPv6 client Debian guests use); the
+    /// variables of its BOUND6 event, which also configured the address as dhclient-script does.
+    pub fn dhcp6(&self) -> (String, HashMap<String, String>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let route = loop {
+            let out = Command::new("ip")
+                .args(["-n", &self.ns.name, "-6", "route", "show", "default"])
+                .output()
+                .expect("ip");
+            let r = String::from_utf8_lossy(&out.stdout).to_string();
+            let tentative = Command::new("ip")
+                .args(["-n", &self.ns.name, "-6", "addr", "show", "dev", "eth0", "tentative"])
+                .output()
+                .expect("ip");
+            if r.contains("via fe80::") && tentative.stdout.is_empty() {
+                break r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no router advertisement reached the guest: route {r:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("lease.env");
+        let script = dir.path().join("script.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ncase \"$reason\" in BOUND6|REBOOT6) ;; *) exit 0 ;; esac\nenv > {}\n\
+                 ip -6 addr add $new_ip6_address/$new_ip6_prefixlen dev $interface nodad\nexit 0\n",
+                out.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (lf, pf) = (dir.path().join("leases"), dir.path().join("pid"));
+        let st = Command::new("timeout")
+            .args(["30", "ip", "netns", "exec", &self.ns.name, "dhclient", "-6", "-1", "-v", "-lf"])
+            .arg(&lf)
+            .arg("-pf")
+            .arg(&pf)
+            .arg("-sf")
+            .arg(&script)
+            .arg("eth0")
+            .output()
+            .expect("dhclient (scripts/install-deps.sh installs isc-dhcp-client)");
+        // `-1` leaves dhclient running once bound; stop it.
+        if let Ok(pid) = std::fs::read_to_string(&pf) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        assert!(
+            st.status.success(),
+            "dhclient -6: {}{}",
+            String::from_utf8_lossy(&st.stdout),
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let env = std::fs::read_to_string(&out)
+            .unwrap_or_else(|e| {
+                panic!("dhclient -6 bound nothing ({e}): {}", String::from_utf8_lossy(&st.stderr))
+            })
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        (route, env)
+    }
 }
