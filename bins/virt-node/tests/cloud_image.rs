@@ -441,6 +441,16 @@ fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
         addr.contains("dhcp-server-identifier 10.0.2.1;"),
         "the lease is not from the node's server: {addr}"
     );
+    // IPv6 from the node too: the guest's kernel took its default route from the node's router
+    // advertisement, and Debian's dhclient takes fd10:0:2::2 over DHCPv6 (what ifupdown's
+    // `inet6 dhcp` runs).
+    let v6 = ssh.run(
+        "dev=$(ip -o -4 route show default | awk '{print $5}'); sudo dhclient -6 -1 \"$dev\" >/dev/null 2>&1; \
+         ip -6 -o addr show scope global; ip -6 route show default",
+    );
+    assert!(v6.contains(" fd10:0:2::2/"), "the guest has no fd10:0:2::2 from DHCPv6: {v6}");
+    assert!(v6.contains("default via fe80::"), "no default route from the router advertisement: {v6}");
+    progress(t0, "IPv6: fd10:0:2::2 over DHCPv6, default route from the router advertisement");
     // A file copied in with virtctl scp.
     let local = keydir.path().join("payload.txt");
     std::fs::write(&local, "copied-in-by-virtctl-scp\n").unwrap();
