@@ -131,6 +131,67 @@ fn a_destination_that_dies_mid_copy_leaves_the_source_running() {
     h.wait();
 }
 
+/// Fills 4 MiB of the source's guest memory (above what the counter guest uses) with non-zero
+/// bytes, so pre-copy has that much to send.
+fn give_it_memory_to_send(h: &VmHandle) -> u64 {
+    let len = 4 << 20;
+    h.memory().write_slice(&vec![0x5a; len], GuestAddress(24 << 20)).unwrap();
+    len as u64
+}
+
+#[test]
+fn a_bandwidth_limit_paces_pre_copy_but_not_the_paused_final_pass() {
+    let hv = kvm();
+    let (img, _con, h) = running_source(&hv);
+    let bytes = give_it_memory_to_send(&h);
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let con2 = Console::default();
+    let con2b = con2.clone();
+    let dest =
+        std::thread::spawn(move || MicroVm::migrate_from(&kvm(), counter_config(img, &con2b, 32), &mut b));
+    let rate = 16u64 << 20;
+    let opts = MigrationOptions { bandwidth_limit: Some(rate), ..Default::default() };
+    let stats = h.migrate_to(&mut a, &opts).unwrap();
+    let (h2, _) = dest.join().unwrap().unwrap();
+    // At most `rate` bytes a second: 4 MiB take at least a quarter of a second before the pause.
+    let floor = Duration::from_secs_f64(bytes as f64 / rate as f64);
+    assert!(
+        stats.total - stats.downtime >= floor * 9 / 10,
+        "pre-copy took {:?}, under {floor:?}: {stats:?}",
+        stats.total - stats.downtime
+    );
+    assert!(stats.bytes_sent >= bytes, "{stats:?}");
+    con2.wait_beats(2);
+    eprintln!("paced migration ({} MiB/s): {stats:?}", rate >> 20);
+    h2.request_stop();
+    h2.wait();
+}
+
+#[test]
+fn a_migration_past_its_completion_timeout_fails_and_the_source_keeps_running() {
+    let hv = kvm();
+    let (img, con, h) = running_source(&hv);
+    give_it_memory_to_send(&h);
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let dest = std::thread::spawn(move || {
+        MicroVm::migrate_from(&kvm(), counter_config(img, &Console::default(), 32), &mut b).map(|_| ())
+    });
+    // 1 MiB/s cannot send 4 MiB within 300 ms.
+    let opts = MigrationOptions {
+        bandwidth_limit: Some(1 << 20),
+        completion_timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let e = h.migrate_to(&mut a, &opts).unwrap_err();
+    assert!(matches!(e, MigrationError::TimedOut { .. }), "{e}");
+    assert!(e.to_string().contains("did not complete within 300ms"), "{e}");
+    let de = dest.join().unwrap().unwrap_err();
+    assert!(de.to_string().contains("did not complete within"), "the destination is told why: {de}");
+    source_keeps_running(&con, &h);
+    h.request_stop();
+    h.wait();
+}
+
 #[test]
 fn a_peer_with_no_common_version_is_refused() {
     let (mut a, mut b) = UnixStream::pair().unwrap();

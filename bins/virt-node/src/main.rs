@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use virt_k8s::node::{Allowed, Node, NodeConfig};
+use virt_k8s::node::{Allowed, MigrationSettings, Node, NodeConfig};
 
 /// Serves KubeVirt's API for the VMs of this machine, each run by its own virt-launcher.
 ///
@@ -62,6 +62,14 @@ struct Args {
     /// when it is link-local (e.g. 169.254.169.254) or one of the node's own listeners.
     #[arg(long = "import-allow", value_name = "IP[:PORT]")]
     import_allow: Vec<Allowed>,
+    /// The most bytes per second a live migration sends while the guest runs (KubeVirt's
+    /// bandwidthPerMigration), e.g. 64Mi; 0: unlimited.
+    #[arg(long = "migration-bandwidth", value_name = "QUANTITY", default_value = "0")]
+    migration_bandwidth: virt_core::api::Quantity,
+    /// Cancel a live migration still copying after this many seconds per GiB of guest memory
+    /// (KubeVirt's completionTimeoutPerGiB); the source runs on. 0: no timeout.
+    #[arg(long = "migration-completion-timeout-per-gib", value_name = "SECONDS", default_value_t = 150)]
+    migration_completion_timeout_per_gib: u64,
     /// Give VMIs the pod network: a network namespace per VMI joined to the node bridge
     /// `virt-pods` (10.244.0.0/16), masquerade and bridge bindings with a DHCP server per
     /// interface, NetworkAttachmentDefinitions for Multus networks, MACs from the pool. Without
@@ -137,6 +145,10 @@ fn main() -> ExitCode {
         insecure_registries: a.insecure_registries,
         host_disk_dirs: a.host_disk_dirs,
         import_allow: a.import_allow,
+        migration: MigrationSettings {
+            bandwidth_per_migration: Some(a.migration_bandwidth),
+            completion_timeout_per_gib: a.migration_completion_timeout_per_gib,
+        },
         tick: Duration::from_millis(500),
         pod_network,
     };

@@ -183,10 +183,19 @@ fn a_vmi_migrates_into_a_fresh_launcher_cancel_and_refusal() {
     std::fs::write(&token, "migrate-test-token\n").unwrap();
     let mut node = NodeProc::start_later(&state);
     node.registry = Some(reg.host.clone());
-    node.args = ["--backend", "native", "--listen", &listen, "--token-file", token.to_str().unwrap()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    node.args = [
+        "--backend",
+        "native",
+        "--listen",
+        &listen,
+        "--token-file",
+        token.to_str().unwrap(),
+        "--migration-bandwidth",
+        "64Mi",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     node.launcher = Some(held_launcher(dir.path(), &hold));
     // The nested /dev/kvm hides vmx from /proc/cpuinfo: the launchers trust it (inherited).
     std::env::set_var("VIRT_LAUNCHER_TRUST_KVM", "true");
@@ -259,6 +268,10 @@ fn a_vmi_migrates_into_a_fresh_launcher_cancel_and_refusal() {
     assert_eq!(ms["failed"], false, "{ms}");
     assert_eq!(ms["sourceNode"], ms["targetNode"], "{ms}");
     assert!(ms["startTimestamp"].is_string() && ms["endTimestamp"].is_string(), "{ms}");
+    // The node's settings, as KubeVirt reports them (bandwidth as given, the default timeout).
+    let conf = &ms["migrationConfiguration"];
+    assert_eq!(conf["bandwidthPerMigration"], "64Mi", "{ms}");
+    assert_eq!(conf["completionTimeoutPerGiB"], 150, "{ms}");
     let downtime = ms["migrationStats"]["downtimeUs"].as_u64().unwrap();
     assert!(downtime > 0 && downtime < 1_000_000, "{ms}");
     eprintln!("node migration: downtime {} us, total {} us", downtime, ms["migrationStats"]["totalUs"]);

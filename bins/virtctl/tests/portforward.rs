@@ -221,6 +221,7 @@ impl Node {
             start_timeout: Duration::from_secs(1),
             host_disk_dirs: Vec::new(),
             net_policy: None,
+            migration: Default::default(),
         }));
         let table = Arc::new(EndpointTable::new());
         let portforward = PortForwarding {

@@ -209,7 +209,12 @@ impl Lifecycle {
                     }
                     "TargetReady"
                 }
-                MigrationStep::Running => "Running",
+                MigrationStep::Running { configuration } => {
+                    if let Some(v) = st.vmis.get_mut(vmi_key) {
+                        migration_state(v).migration_configuration = Some(configuration.clone());
+                    }
+                    "Running"
+                }
             };
             if let Some(m) = st.migrations.get_mut(key) {
                 if !migration_final(m) {

@@ -161,7 +161,7 @@ impl Runtime for MigRuntime {
         if !self.gate(1, ticket) {
             return Err(MigrationError::Cancelled);
         }
-        step(MigrationStep::Running);
+        step(MigrationStep::Running { configuration: serde_json::json!({"bandwidthPerMigration": "64Mi"}) });
         source.set(MachineStatus::Paused);
         if !self.gate(2, ticket) {
             // Rollback, as the launcher's protocol does: the source resumes.
@@ -278,6 +278,11 @@ fn a_migration_goes_through_its_phases_and_the_vm_runs_in_the_new_machine() {
     until(&lc, "Running", |lc| mig_phase(lc, "m1") == "Running");
     // The source is paused for the final pass: not the VMI's end, and no Paused phase either.
     assert_eq!(vmi_phase(&lc), VmiPhase::Running);
+    // The settings the runtime migrates with are the VMI's migrationConfiguration.
+    assert_eq!(
+        state(&lc).migration_configuration,
+        Some(serde_json::json!({"bandwidthPerMigration": "64Mi"}))
+    );
 
     rt.open(2);
     until(&lc, "Succeeded", |lc| mig_phase(lc, "m1") == "Succeeded");

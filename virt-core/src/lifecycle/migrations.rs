@@ -45,7 +45,12 @@ pub enum MigrationStep {
         target: String,
     },
     /// The source sends the VM.
-    Running,
+    Running {
+        /// The settings it runs with, as KubeVirt reports them in the VMI's
+        /// `status.migrationState.migrationConfiguration` (`bandwidthPerMigration`,
+        /// `completionTimeoutPerGiB`, `allowAutoConverge`, `allowPostCopy`, ...).
+        configuration: serde_json::Value,
+    },
 }
 
 /// A migration that completed: the VM runs in `machine`.

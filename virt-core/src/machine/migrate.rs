@@ -24,6 +24,14 @@ pub struct MigrateOptions {
     /// The longest the guest may be paused, in milliseconds (QEMU's default budget is 300).
     #[serde(default = "default_downtime_ms")]
     pub downtime_ms: u64,
+    /// At most this many bytes per second while the guest runs (KubeVirt's
+    /// `bandwidthPerMigration`; QEMU's `max-bandwidth`); `None`: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    /// Fail the migration (the source runs on) when it has not completed after this many seconds
+    /// (KubeVirt's `completionTimeoutPerGiB` times the guest's memory); `None`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_timeout_secs: Option<u64>,
 }
 
 fn default_downtime_ms() -> u64 {
@@ -32,7 +40,11 @@ fn default_downtime_ms() -> u64 {
 
 impl Default for MigrateOptions {
     fn default() -> Self {
-        Self { downtime_ms: default_downtime_ms() }
+        Self {
+            downtime_ms: default_downtime_ms(),
+            bandwidth_bytes_per_sec: None,
+            completion_timeout_secs: None,
+        }
     }
 }
 
@@ -40,6 +52,11 @@ impl MigrateOptions {
     /// The downtime budget as a duration.
     pub fn downtime(&self) -> Duration {
         Duration::from_millis(self.downtime_ms)
+    }
+
+    /// The completion timeout as a duration.
+    pub fn completion_timeout(&self) -> Option<Duration> {
+        self.completion_timeout_secs.map(Duration::from_secs)
     }
 }
 

@@ -385,8 +385,13 @@ impl Machine for NativeMachine {
             }
             *cur = Some(token.clone());
         }
-        let vmm_opts =
-            MigrationOptions { downtime_budget: opts.downtime(), cancel: token, ..Default::default() };
+        let vmm_opts = MigrationOptions {
+            downtime_budget: opts.downtime(),
+            cancel: token,
+            bandwidth_limit: opts.bandwidth_bytes_per_sec,
+            completion_timeout: opts.completion_timeout(),
+            ..Default::default()
+        };
         let mut stream = stream;
         let r = self.handle.migrate_to(&mut stream, &vmm_opts);
         *lock(&self.cancel) = None;

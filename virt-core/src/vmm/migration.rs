@@ -122,6 +122,17 @@ pub enum MigrationError {
     /// [`MigrationOptions::cancel`] was set before the destination was told to run.
     #[error("the migration was cancelled")]
     Cancelled,
+    /// Pre-copy ran past the completion timeout (KubeVirt's `completionTimeoutPerGiB` times the
+    /// guest's memory); the source keeps running.
+    #[error("the migration did not complete within {limit:?} ({sent} bytes sent in {passes} dirty passes)")]
+    TimedOut {
+        /// The timeout.
+        limit: Duration,
+        /// Memory bytes sent until then.
+        sent: u64,
+        /// Dirty passes until then.
+        passes: u32,
+    },
 }
 
 fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> MigrationError {
@@ -228,6 +239,13 @@ pub struct MigrationOptions {
     pub max_passes: u32,
     /// Cancelled from another thread to abandon the migration at any step before Commit.
     pub cancel: Arc<CancelToken>,
+    /// The most memory bytes per second pre-copy sends (KubeVirt's `bandwidthPerMigration`);
+    /// `None`: as fast as the stream takes them. The final pass, with the guest paused, is not
+    /// limited: the limit is for the running guest's neighbours, the downtime for the guest.
+    pub bandwidth_limit: Option<u64>,
+    /// How long pre-copy may run before the migration fails and the source goes on
+    /// (KubeVirt's `completionTimeoutPerGiB` times the memory size); `None`: no limit.
+    pub completion_timeout: Option<Duration>,
 }
 
 /// Cancels a migration from another thread. [`CancelToken::cancel`] before the source commits
@@ -296,7 +314,13 @@ impl CancelToken {
 
 impl Default for MigrationOptions {
     fn default() -> Self {
-        Self { downtime_budget: Duration::from_millis(300), max_passes: 30, cancel: Arc::default() }
+        Self {
+            downtime_budget: Duration::from_millis(300),
+            max_passes: 30,
+            cancel: Arc::default(),
+            bandwidth_limit: None,
+            completion_timeout: None,
+        }
     }
 }
 
@@ -332,6 +356,14 @@ struct Sender<'a, W: Write> {
     w: &'a mut W,
     buf: Vec<u8>,
     bytes: u64,
+    /// Pre-copy's pace: at most this many bytes per second since `since` (None: unlimited).
+    limit: Option<u64>,
+    since: Instant,
+    /// Bytes sent since `since`.
+    paced: u64,
+    /// When pre-copy gives up (None: never), with the limit for the error.
+    deadline: Option<(Instant, Duration)>,
+    passes: u32,
 }
 
 impl<W: Write> Sender<'_, W> {
@@ -346,11 +378,32 @@ impl<W: Write> Sender<'_, W> {
         Ok(())
     }
     fn flush(&mut self) -> Result<(), MigrationError> {
-        if !self.buf.is_empty() {
-            write_frame(self.w, Kind::Memory, &self.buf)?;
-            self.buf.clear();
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Some((at, limit)) = self.deadline {
+            if Instant::now() >= at {
+                return Err(MigrationError::TimedOut { limit, sent: self.bytes, passes: self.passes });
+            }
+        }
+        write_frame(self.w, Kind::Memory, &self.buf)?;
+        self.paced += self.buf.len() as u64;
+        self.buf.clear();
+        if let Some(rate) = self.limit.filter(|r| *r > 0) {
+            // Sleep off what this batch took beyond the rate (a token bucket of one batch).
+            let due = Duration::from_secs_f64(self.paced as f64 / rate as f64);
+            let spent = self.since.elapsed();
+            if due > spent {
+                std::thread::sleep(due - spent);
+            }
         }
         Ok(())
+    }
+
+    /// The guest is paused: the rest goes out at full speed and no timeout applies.
+    fn unlimit(&mut self) {
+        self.limit = None;
+        self.deadline = None;
     }
 }
 
@@ -467,11 +520,30 @@ impl VmHandle {
         // until what is left fits the downtime budget.
         self.set_dirty_logging(true)?;
         self.dirty_set(false)?;
-        let mut sender = Sender { w: stream, buf: Vec::new(), bytes: 0 };
+        let mut sender = Sender {
+            w: stream,
+            buf: Vec::new(),
+            bytes: 0,
+            limit: opts.bandwidth_limit,
+            since: Instant::now(),
+            paced: 0,
+            deadline: opts.completion_timeout.map(|t| (start + t, t)),
+            passes: 0,
+        };
         let t = Instant::now();
+        // A send error (the peer gone, the completion timeout) is kept as it is, not as a memory error.
+        let mut send_err = None;
         let first = for_each_nonzero_run(&self.mem, |gpa, _, data| {
-            sender.push(gpa, data).map_err(|e| SnapshotError::Memory { gpa, msg: e.to_string() })
-        })?;
+            sender.push(gpa, data).map_err(|e| {
+                let msg = e.to_string();
+                send_err = Some(e);
+                SnapshotError::Memory { gpa, msg }
+            })
+        });
+        if let Some(e) = send_err {
+            return Err(e);
+        }
+        let first = first?;
         sender.flush()?;
         stats.pages_per_pass.push(first);
         // Bandwidth in bytes per second, measured on each pass.
@@ -489,6 +561,7 @@ impl VmHandle {
             bandwidth = (n as f64 * PAGE as f64) / t.elapsed().as_secs_f64().max(1e-6);
             stats.pages_per_pass.push(n);
             stats.passes += 1;
+            sender.passes = stats.passes;
         };
 
         // Stop-and-copy.
@@ -499,6 +572,7 @@ impl VmHandle {
         let saved_at = Instant::now();
         let mut dirty = self.dirty_set(true)?;
         dirty.extend(pending);
+        sender.unlimit();
         let n = self.send_pages(&mut sender, &dirty)?;
         stats.pages_per_pass.push(n);
         stats.bytes_sent = sender.bytes;

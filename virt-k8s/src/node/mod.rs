@@ -35,7 +35,7 @@ use virt_core::lifecycle::{Lifecycle, LifecycleOptions};
 pub use virt_storage::import::policy::Allowed;
 use virt_storage::import::policy::NetPolicy;
 
-pub use runtime::{LauncherConfig, LauncherRuntime};
+pub use runtime::{LauncherConfig, LauncherRuntime, MigrationSettings};
 pub use store::RedbStore;
 
 /// How a node runs.
@@ -76,6 +76,8 @@ pub struct NodeConfig {
     /// The pod network (`--pod-network`): a network namespace per VMI, masquerade and bridge
     /// bindings, DHCP, MAC pool, NetworkAttachmentDefinitions; `None`: interfaces stay unlinked.
     pub pod_network: Option<network::PodNetworkConfig>,
+    /// How VMIs migrate (`--migration-bandwidth`, `--migration-completion-timeout-per-gib`).
+    pub migration: runtime::MigrationSettings,
 }
 
 /// Errors starting a node.
@@ -231,6 +233,7 @@ impl Node {
             start_timeout: Duration::from_secs(60),
             host_disk_dirs: host_disk_dirs.clone(),
             net_policy: Some(net_policy.clone()),
+            migration: cfg.migration.clone(),
         }));
         let endpoints: Arc<dyn virt_net::endpoint::EndpointLookup> = match &cfg.pod_network {
             Some(pn) => {

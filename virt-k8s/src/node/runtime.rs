@@ -26,6 +26,7 @@ pub use super::volumes::{ClaimNotReady, ClaimReadiness};
 
 mod migration;
 use super::volumes::{VmiVolumes, VolumeConfig};
+pub use migration::MigrationSettings;
 
 /// How the node runs launchers.
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub struct LauncherConfig {
     pub host_disk_dirs: Vec<PathBuf>,
     /// Where containerDisk and kernel-boot pulls may connect.
     pub net_policy: Option<Arc<virt_storage::import::policy::NetPolicy>>,
+    /// How VMIs migrate (bandwidth, completion timeout).
+    pub migration: MigrationSettings,
 }
 
 /// Runs VMIs in launcher processes.

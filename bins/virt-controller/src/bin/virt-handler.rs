@@ -75,6 +75,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         start_timeout: Duration::from_secs(5),
         host_disk_dirs: Vec::new(),
         net_policy: None,
+        migration: Default::default(),
     });
     log::info!("virt-handler: serving the VMIs of node {}", cli.node);
     let runtime = Arc::new(runtime);

@@ -39,6 +39,9 @@ pub enum QemuMigrationError {
     /// `query-migrate` answered something unexpected.
     #[error("query-migrate answered {0}, which has no status")]
     Shape(String),
+    /// The source ran past its completion timeout and cancelled.
+    #[error("the migration did not complete within {0:?}: cancelled, the source runs on")]
+    CompletionTimeout(Duration),
     /// The destination did not complete in time.
     #[error("the incoming migration did not complete within {0:?} (last status {1})")]
     Timeout(Duration, String),
@@ -84,15 +87,29 @@ pub(super) fn send(
     stream: UnixStream,
     opts: &MigrateOptions,
 ) -> Result<MigrationReport, QemuMigrationError> {
-    q.execute("migrate-set-parameters", Some(json!({ "downtime-limit": opts.downtime_ms })))
-        .map_err(qmp("migrate-set-parameters"))?;
+    // QEMU's max-bandwidth 0 is its default 128 MiB/s, not unlimited: without a limit, ask for the
+    // most it takes.
+    let bandwidth = opts.bandwidth_bytes_per_sec.filter(|b| *b > 0).unwrap_or(i64::MAX as u64);
+    q.execute(
+        "migrate-set-parameters",
+        Some(json!({ "downtime-limit": opts.downtime_ms, "max-bandwidth": bandwidth.min(i64::MAX as u64) })),
+    )
+    .map_err(qmp("migrate-set-parameters"))?;
     q.execute_with_fd("getfd", Some(json!({ "fdname": FD_NAME })), stream.as_raw_fd())
         .map_err(qmp("getfd"))?;
     // QEMU holds its own copy now; ours would keep the destination from seeing the end.
     drop(stream);
     q.execute("migrate", Some(json!({ "uri": format!("fd:{FD_NAME}") }))).map_err(qmp("migrate"))?;
+    let deadline = opts.completion_timeout().map(|t| (Instant::now() + t, t));
     loop {
         let (status, v) = query(q)?;
+        if let Some((at, limit)) = deadline {
+            if Instant::now() > at && matches!(status.as_str(), "setup" | "active") {
+                // As KubeVirt does past completionTimeoutPerGiB: abort; QEMU resumes the source.
+                q.execute("migrate_cancel", None).map_err(qmp("migrate_cancel"))?;
+                return Err(QemuMigrationError::CompletionTimeout(limit));
+            }
+        }
         match status.as_str() {
             "completed" => return Ok(report_of(&v)),
             "failed" => {

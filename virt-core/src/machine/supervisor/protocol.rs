@@ -56,6 +56,12 @@ pub enum Request {
         /// The downtime budget in milliseconds (default 300).
         #[serde(default, rename = "downtimeMs")]
         downtime_ms: Option<u64>,
+        /// Pre-copy's bandwidth limit in bytes per second (default: none).
+        #[serde(default, rename = "bandwidthBytesPerSec", skip_serializing_if = "Option::is_none")]
+        bandwidth_bytes_per_sec: Option<u64>,
+        /// The completion timeout in seconds (default: none).
+        #[serde(default, rename = "completionTimeoutSecs", skip_serializing_if = "Option::is_none")]
+        completion_timeout_secs: Option<u64>,
     },
     /// [`Machine::migrate_cancel`]: abandons a running `migrateOut` before the destination is ready.
     MigrateCancel,

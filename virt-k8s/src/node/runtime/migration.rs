@@ -71,6 +71,54 @@ fn not_migratable(spec: &MachineSpec) -> Option<NotMigratable> {
         .map(|i| tap_not_migratable(&i.name))
 }
 
+/// The node's migration settings, as KubeVirt's `spec.configuration.migrations` (`virt-node
+/// --migration-bandwidth`, `--migration-completion-timeout-per-gib`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationSettings {
+    /// `bandwidthPerMigration`: the most bytes per second pre-copy sends (`64Mi`); `None` or zero:
+    /// unlimited.
+    pub bandwidth_per_migration: Option<virt_core::api::Quantity>,
+    /// `completionTimeoutPerGiB`: a migration still copying after this many seconds per GiB of
+    /// guest memory is cancelled and the source runs on; 0: no timeout. KubeVirt's default: 150.
+    pub completion_timeout_per_gib: u64,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        Self { bandwidth_per_migration: None, completion_timeout_per_gib: 150 }
+    }
+}
+
+impl MigrationSettings {
+    /// What the source launcher migrates a machine of `memory_mib` with.
+    pub fn options_for(&self, memory_mib: u64) -> MigrateOptions {
+        let per_gib = self.completion_timeout_per_gib;
+        MigrateOptions {
+            bandwidth_bytes_per_sec: self
+                .bandwidth_per_migration
+                .as_ref()
+                .map(|q| q.bytes())
+                .filter(|b| *b > 0),
+            completion_timeout_secs: (per_gib > 0).then(|| (per_gib * memory_mib).div_ceil(1024).max(1)),
+            ..MigrateOptions::default()
+        }
+    }
+
+    /// The VMI's `status.migrationState.migrationConfiguration`, with KubeVirt's field names.
+    pub fn configuration(&self) -> serde_json::Value {
+        let bandwidth = match &self.bandwidth_per_migration {
+            Some(q) if !q.is_zero() => q.to_string(),
+            _ => "0".to_string(),
+        };
+        serde_json::json!({
+            "bandwidthPerMigration": bandwidth,
+            "completionTimeoutPerGiB": self.completion_timeout_per_gib,
+            "allowAutoConverge": false,
+            "allowPostCopy": false,
+        })
+    }
+}
+
 impl LauncherRuntime {
     /// Moves `vmi`'s machine into a fresh launcher (see the module's documentation).
     pub(super) fn migrate_vmi(
@@ -106,7 +154,7 @@ impl LauncherRuntime {
         let target_spec = target.join("spec.json");
         std::fs::write(&target_spec, &spec_bytes).map_err(|e| failed("writing", &target_spec, e))?;
         write_pointer(&base, INCOMING, &name).map_err(|e| failed("writing", &base.join(INCOMING), e))?;
-        let result = self.move_into(&source, &target, &target_spec, ticket, step);
+        let result = self.move_into(&source, &target, &target_spec, spec.memory_mib, ticket, step);
         match result {
             Ok(report) => {
                 write_pointer(&base, ACTIVE, &name).map_err(|e| failed("writing", &base.join(ACTIVE), e))?;
@@ -133,6 +181,7 @@ impl LauncherRuntime {
         source: &Path,
         target: &Path,
         spec: &Path,
+        memory_mib: u64,
         ticket: &MigrationTicket,
         step: &dyn Fn(MigrationStep),
     ) -> Result<virt_core::machine::migrate::MigrationReport, MigrationError> {
@@ -165,8 +214,8 @@ impl LauncherRuntime {
         if ticket.cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        step(MigrationStep::Running);
-        migrate_out(source, &stream, &MigrateOptions::default())
+        step(MigrationStep::Running { configuration: self.cfg.migration.configuration() });
+        migrate_out(source, &stream, &self.cfg.migration.options_for(memory_mib))
             .map_err(|e| MigrationError::Failed(format!("{e} (target: {})", tail(&log_path))))
     }
 
