@@ -237,12 +237,18 @@ fn pause_resume_vnc_tpm_and_the_power_button() {
 
     // VNC: the RFB handshake and a framebuffer update.
     let socket = m.vnc_socket().expect("a VNC socket");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the VNC socket is {mode:o}, not 0600");
+    }
     let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let (w, h, name, pixels) = vnc_framebuffer_update(stream);
     eprintln!("VNC {}: {w}x{h} {name:?}, {pixels} pixels in the first update", socket.display());
-    // Only the unix socket: QEMU opened no TCP listener (none in /proc/net/tcp is QEMU's VNC port range).
-    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    // Only the unix socket: QEMU opened no TCP listener, IPv4 or IPv6, in its VNC port range.
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap()
+        + &std::fs::read_to_string("/proc/net/tcp6").unwrap();
     let vnc_ports: Vec<&str> = tcp
         .lines()
         .skip(1)

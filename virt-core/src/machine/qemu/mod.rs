@@ -450,6 +450,13 @@ fn start(
     )?;
 
     let vnc = spec.graphics.then(|| layout.vnc_socket.clone());
+    if let Some(v) = &vnc {
+        // QEMU makes the socket with its own umask: only the owner (and root: the node relaying a
+        // viewer) may connect, whatever the run directory's mode.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(v, std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| QemuProcessError::Io { op: "chmod 0600", path: v.clone(), source })?;
+    }
 
     spawn_waiter(inner.clone(), child, res.swtpm.clone(), done_rx, stderr)?;
     if let Some(stream) = incoming {
