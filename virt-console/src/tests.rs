@@ -60,6 +60,7 @@ async fn pages_are_the_application_with_a_strict_policy() {
         "/console/create",
         "/console/bootsources",
         "/console/instancetypes",
+        "/console/compliance",
     ] {
         let (code, h, body) = call(get_req(p)).await;
         assert_eq!(code, StatusCode::OK, "{p}");
@@ -169,7 +170,7 @@ async fn only_console_subresources_are_forwarded() {
 async fn every_page_is_in_the_navigation_and_routed() {
     let (_, _, index) = call(get_req("/console/")).await;
     let (_, _, app) = call(get_req("/console/js/app.js")).await;
-    for page in ["vms", "create", "bootsources", "instancetypes"] {
+    for page in ["vms", "create", "bootsources", "instancetypes", "compliance"] {
         assert!(index.contains(&format!("href=\"/console/{page}\"")), "index.html has no link to {page}");
         assert!(app.contains(&format!("\\/console\\/{page}\\/?$")), "app.js does not route {page}");
     }
@@ -185,6 +186,7 @@ fn page_logic_runs_in_node() {
 import {{ vmYaml, vmCommands }} from '{web}/pages/wizard.js';
 import {{ parseMetrics }} from '{web}/charts.js';
 import {{ migrationRequest, liveMigratable, migrating, activeMigration, migrationSummary }} from '{web}/pages/common.js';
+import {{ complianceRows, complianceSummary }} from '{web}/pages/compliance.js';
 const fail = (m) => {{ console.error(m); process.exit(1); }};
 const v = {{ name: 'a', namespace: 'ns', instancetype: {{ kind: 'VirtualMachineClusterInstancetype', name: 'u1.small' }},
   preference: {{ kind: 'VirtualMachinePreference', name: 'fedora' }}, source: {{ name: 'fedora', namespace: 'os-images' }},
@@ -217,6 +219,18 @@ const failed = Object.fromEntries(migrationSummary({{ status: {{ migrationState:
 if (failed.Outcome !== 'failed: target refused (abort succeeded)') fail(JSON.stringify(failed));
 const items = [{{ metadata: {{ name: 'old' }}, spec: {{ vmiName: 'a' }}, status: {{ phase: 'Succeeded' }} }}, {{ metadata: {{ name: 'now' }}, spec: {{ vmiName: 'a' }}, status: {{ phase: 'Running' }} }}];
 if (activeMigration(items, 'a')?.metadata.name !== 'now' || activeMigration(items, 'b')) fail('activeMigration');
+// Compliance: failures first, then by severity; filters by status, scan and text; counts per status.
+const ccr = (name, status, severity, scan, t) => ({{ metadata: {{ name, creationTimestamp: t || '2026-12-05T10:00:00Z',
+  labels: {{ 'compliance.openshift.io/scan-name': scan }} }}, id: name, status, severity, description: `title of ${{name}}` }});
+const results = [ccr('virt-node-api-tls', 'PASS', 'high', 'virt-node'), ccr('debian-a', 'FAIL', 'low', 'debian'),
+  ccr('virt-node-hostdisk-gated', 'FAIL', 'high', 'virt-node', '2026-12-05T11:00:00Z'), ccr('debian-b', 'NOT-APPLICABLE', 'medium', 'debian')];
+const order = complianceRows(results).map((o) => o.metadata.name).join(',');
+if (order !== 'virt-node-hostdisk-gated,debian-a,virt-node-api-tls,debian-b') fail(`compliance order ${{order}}`);
+if (complianceRows(results, {{ status: 'FAIL', scan: 'debian' }}).map((o) => o.metadata.name).join() !== 'debian-a') fail('compliance filter');
+if (complianceRows(results, {{ search: 'HOSTDISK' }}).length !== 1) fail('compliance search');
+const sum = complianceSummary(results);
+if (sum.counts.FAIL !== 2 || sum.counts.PASS !== 1 || sum.counts.ERROR !== 0 || sum.scans.join() !== 'debian,virt-node'
+  || sum.scanned !== '2026-12-05T11:00:00Z') fail(JSON.stringify(sum));
 console.log('ok');
 "#,
         web = web.display()

@@ -6,7 +6,9 @@
 //! in the serial console (xterm.js over the console websocket), types commands the guest's shell
 //! runs (one brings its pod-network NIC up and asks for a DHCP lease), downloads the log, sees a
 //! non-blank VNC canvas (noVNC), and uses a console left idle for more than a minute. `/metrics`
-//! is parsed with `prometheus-parse`: the VM's CPU time and network counters grew. The guest is
+//! is parsed with `prometheus-parse`: the VM's CPU time and network counters grew. The Compliance
+//! page shows a `virt-compliance` scan of the node: its failure count, failures first, a status
+//! filter kept in the URL, and a rule's remediation. The guest is
 //! the project's Debian kernel and busybox initramfs under QEMU emulation, from a local registry.
 //! Needs root (the pod network's namespaces). Screenshots of each page land in
 //! `<target>/tmp/web-console-shots/`.
@@ -151,6 +153,27 @@ fn browser_login_create_start_and_serial_console() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // A compliance scan of this node (the project's rules only: OpenSCAP's part is
+    // tests/compliance.rs's), whose results the console's Compliance page shows.
+    let scan = Command::new(node::bin("virt-compliance"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--no-openscap", "-o", "json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&scan.stdout)
+        .unwrap_or_else(|e| panic!("virt-compliance: {e}: {}", String::from_utf8_lossy(&scan.stderr)));
+    let results = report["results"].as_array().expect("results");
+    let failed = results.iter().filter(|r| r["status"] == "fail").count();
+    let hostdisk_fix = results
+        .iter()
+        .find(|r| r["id"] == "virt-node-hostdisk-gated")
+        .and_then(|r| r["remediation"].as_str())
+        .expect("the hostDisk rule")
+        .chars()
+        .take(24)
+        .collect::<String>();
+
     let name = format!("web{}", std::process::id() % 100000);
     let bad = vm_yaml(&name, &image, "        bogusField: 1\n");
     let bad_line = bad.lines().position(|l| l.contains("bogusField")).unwrap() + 1;
@@ -185,6 +208,8 @@ fn browser_login_create_start_and_serial_console() {
         .env("BOOT_MARKER", BOOT_MARKER)
         .env("CRON_IMAGE", format!("docker://{image}"))
         .env("BULK", "500")
+        .env("COMPLIANCE_FAIL", failed.to_string())
+        .env("COMPLIANCE_REMEDIATION", &hostdisk_fix)
         .env("SHOTS", &shots)
         .env("PROFILE", state.path().join("chromium-profile"))
         .output()

@@ -7,6 +7,7 @@ import { create } from './pages/create.js';
 import { vmDetails } from './pages/vm.js';
 import { bootSources } from './pages/bootsources.js';
 import { instancetypes } from './pages/instancetypes.js';
+import { compliance } from './pages/compliance.js';
 
 const main = document.getElementById('main');
 let stopPage = null;
@@ -18,6 +19,7 @@ const routes = [
   [/^\/console\/vms\/([^/]+)\/([^/]+)\/?$/, 'vms', (m) => (el, q) => vmDetails(el, q, decodeURIComponent(m[1]), decodeURIComponent(m[2]))],
   [/^\/console\/bootsources\/?$/, 'bootsources', () => bootSources],
   [/^\/console\/instancetypes\/?$/, 'instancetypes', () => instancetypes],
+  [/^\/console\/compliance\/?$/, 'compliance', () => compliance],
 ];
 
 function render() {

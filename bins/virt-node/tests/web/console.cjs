@@ -2,7 +2,8 @@
 // Env: PLAYWRIGHT_CORE (module path), BASE (http://127.0.0.1:port), TOKEN, VM_NAME, VM_YAML,
 // BAD_YAML, BAD_FIELD, BAD_LINE, SHOTS (screenshot directory), PROFILE (a new user-data-dir),
 // BOOT_MARKER (text the guest prints on its serial console), CRON_IMAGE (a registry image for a
-// DataImportCron), BULK (how many VMs the list is measured with).
+// DataImportCron), BULK (how many VMs the list is measured with), COMPLIANCE_FAIL (how many rules
+// the node's compliance scan failed), COMPLIANCE_REMEDIATION (text of the hostDisk rule's fix).
 const { chromium } = require(process.env.PLAYWRIGHT_CORE);
 const env = (k) => {
   if (!process.env[k]) throw new Error(`${k} is not set`);
@@ -132,6 +133,25 @@ async function pool(n, width, fn) {
     await page.locator('#table-virtualmachineclusterinstancetypes td', { hasText: 'web.small' }).waitFor();
     await page.locator('#table-virtualmachineclusterpreferences td', { hasText: 'web.linux' }).waitFor();
     await shot('instancetypes');
+
+    step('compliance results: failures first, filters kept in the URL, a remediation');
+    await page.click('#nav a[data-nav=compliance]');
+    await page.locator('#compliance-table tbody tr[data-rule]').first().waitFor();
+    const failing = Number(await page.locator('#compliance-counts [data-status=FAIL] .stat').textContent());
+    const expectFail = Number(env('COMPLIANCE_FAIL'));
+    if (failing !== expectFail) throw new Error(`the console counts ${failing} failed rules, the scan ${expectFail}`);
+    const firstStatus = await page.locator('#compliance-table tbody tr[data-rule] td').first().textContent();
+    if (expectFail > 0 && firstStatus.trim() !== 'FAIL') throw new Error(`the first rule shown is ${firstStatus}, not a failure`);
+    await page.selectOption('#compliance-status', 'PASS');
+    await page.waitForURL(/\/console\/compliance\?status=PASS$/);
+    const shown = await page.locator('#compliance-table tbody tr[data-rule] td:first-child').allTextContents();
+    if (!shown.length || shown.some((t) => t.trim() !== 'PASS')) throw new Error(`status filter shows ${shown.join(',')}`);
+    await page.fill('#main input[type=search]', 'hostdisk');
+    await page.selectOption('#compliance-status', '');
+    const rule = page.locator('#compliance-table tbody tr[data-rule=virt-node-hostdisk-gated]');
+    await rule.locator('summary').click();
+    await rule.locator('dd', { hasText: env('COMPLIANCE_REMEDIATION') }).waitFor();
+    await shot('compliance');
 
     step('create from an instancetype, a preference and a boot source');
     await page.click('#nav a[data-nav=create]');
