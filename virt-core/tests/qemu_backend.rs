@@ -54,6 +54,7 @@ fn kernel_spec(name: &str, cmdline: &str) -> MachineSpec {
         machine_type: None,
         accel: AccelPolicy::Auto,
         interfaces: Vec::new(),
+        agent_ssh_keys: Vec::new(),
     }
 }
 
@@ -343,6 +344,7 @@ fn vmi_windows() -> MachineSpec {
         machine_type: None,
         accel: AccelPolicy::Auto,
         interfaces: Vec::new(),
+        agent_ssh_keys: Vec::new(),
     }
 }
 
@@ -515,6 +517,7 @@ fn kernel_spec_free(name: &str) -> MachineSpec {
         machine_type: None,
         accel: AccelPolicy::Auto,
         interfaces: Vec::new(),
+        agent_ssh_keys: Vec::new(),
     }
 }
 

@@ -533,7 +533,11 @@ fn start_supervised(
     // The guest agent's channel: a thread keeps its report fresh for the node and graceful
     // power-down goes through the agent while it answers (docs/guest-agent.md).
     let machine: Arc<dyn Machine> = match machine.take_agent_channel() {
-        Some(ch) => match Agent::start(&spec.name, ch, AgentOptions::default()) {
+        Some(ch) => match Agent::start(
+            &spec.name,
+            ch,
+            AgentOptions { ssh_keys: spec.agent_ssh_keys.clone(), ..AgentOptions::default() },
+        ) {
             Ok(a) => Arc::new(AgentMachine::new(&spec.name, machine, a)),
             Err(e) => {
                 say!("virt-launcher: {e}; running without the guest agent");

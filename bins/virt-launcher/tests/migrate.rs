@@ -43,6 +43,7 @@ fn tiny_spec(dir: &Path) -> PathBuf {
         boot: BootSpec::Kernel { kernel: k, initramfs: None, cmdline: String::new() },
         disks: vec![],
         interfaces: vec![],
+        agent_ssh_keys: Vec::new(),
         acpi: true,
         smm: false,
         hyperv: vec![],

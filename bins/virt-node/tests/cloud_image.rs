@@ -197,7 +197,7 @@ fn data_source_pvc(c: &NodeClient) -> Option<String> {
     ready.then(|| v["spec"]["source"]["pvc"]["name"].as_str().map(str::to_string)).flatten()
 }
 
-fn vm_yaml(key_secret: &str) -> String {
+fn vm_yaml(key_secret: &str, agent_key_secret: &str) -> String {
     format!(
         "apiVersion: kubevirt.io/v1
 kind: VirtualMachine
@@ -227,6 +227,13 @@ spec:
               secretName: {key_secret}
           propagationMethod:
             noCloud: {{}}
+      - sshPublicKey:
+          source:
+            secret:
+              secretName: {agent_key_secret}
+          propagationMethod:
+            qemuGuestAgent:
+              users: [{USER}]
       domain:
         cpu:
           cores: 1
@@ -376,6 +383,21 @@ fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
     std::fs::write(&sf, secret.to_string()).unwrap();
     node.ok(&["create", "-f", sf.to_str().unwrap()]);
     let ssh = Ssh { node: &node, key: key.clone(), known_hosts: keydir.path().join("known_hosts") };
+    // A second key, given to the guest by its agent (qemuGuestAgent propagation).
+    let key2 = keydir.path().join("id_agent");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "agent@virt-rs", "-f"])
+        .arg(&key2)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pubkey2 = std::fs::read_to_string(key2.with_extension("pub")).unwrap().trim().to_string();
+    let secret2 = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "agent-key"},
+                         "stringData": {"key": pubkey2}});
+    let sf2 = state.path().join("secret2.json");
+    std::fs::write(&sf2, secret2.to_string()).unwrap();
+    node.ok(&["create", "-f", sf2.to_str().unwrap()]);
+    let ssh2 = Ssh { node: &node, key: key2.clone(), known_hosts: keydir.path().join("known_hosts") };
 
     // The boot source: a DataImportCron polling the registry every minute.
     let cron = json!({
@@ -400,7 +422,7 @@ fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
 
     // The VM clones it, on the pod network (masquerade); its key comes from the Secret.
     let vf = state.path().join("vm.yaml");
-    std::fs::write(&vf, vm_yaml("my-key")).unwrap();
+    std::fs::write(&vf, vm_yaml("my-key", "agent-key")).unwrap();
     node.ok(&["create", "-f", vf.to_str().unwrap()]);
     let tv = Instant::now();
     node.ok(&["start", "debian"]);
@@ -425,6 +447,17 @@ fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
     });
     let (agent_s, ssh_s) = (agent_s.unwrap(), ssh_s.unwrap());
     let golden_s = tg.elapsed().as_secs_f64();
+
+    // The agent wrote the second key: KubeVirt's condition, then a login with that key.
+    let synced = wait(&node, "AccessCredentialsSynchronized", BOOT, || {
+        let v = vmi_json(&c)?;
+        let conds = v["status"]["conditions"].as_array()?.clone();
+        conds.into_iter().find(|c| c["type"] == "AccessCredentialsSynchronized" && c["status"] == "True")
+    });
+    progress(t0, &format!("AccessCredentialsSynchronized: {}", synced["message"]));
+    let who = wait(&node, "ssh with the agent's key", STEP, || ssh2.try_run("id -un").ok());
+    assert_eq!(who.trim(), USER);
+    progress(t0, "virtctl ssh with the key the guest agent wrote works");
 
     // What cloud-init did, over ssh.
     let status = ssh.run("cloud-init status --wait");

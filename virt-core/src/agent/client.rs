@@ -167,6 +167,19 @@ impl AgentClient {
         r
     }
 
+    /// `guest-ssh-add-authorized-keys`: adds `keys` to `user`'s `authorized_keys` (keys already
+    /// there stay once; the agent creates the file with the right owner and modes).
+    pub fn ssh_add_authorized_keys(&mut self, user: &str, keys: &[String]) -> Result<(), AgentError> {
+        let args = serde_json::json!({ "username": user, "keys": keys });
+        self.execute("guest-ssh-add-authorized-keys", Some(args)).map(drop)
+    }
+
+    /// `guest-ssh-remove-authorized-keys`: removes `keys` from `user`'s `authorized_keys`.
+    pub fn ssh_remove_authorized_keys(&mut self, user: &str, keys: &[String]) -> Result<(), AgentError> {
+        let args = serde_json::json!({ "username": user, "keys": keys });
+        self.execute("guest-ssh-remove-authorized-keys", Some(args)).map(drop)
+    }
+
     /// `guest-ping`.
     pub fn ping(&mut self) -> Result<(), AgentError> {
         self.execute("guest-ping", None).map(drop)

@@ -10,6 +10,7 @@
 //! report say "not connected". See docs/guest-agent.md.
 
 pub mod client;
+mod credentials;
 mod machine;
 mod poller;
 pub mod protocol;
@@ -18,7 +19,10 @@ pub use client::{AgentClient, ShutdownMode};
 pub use machine::AgentMachine;
 pub(crate) use poller::poll_client;
 pub use poller::{Agent, AgentOptions};
-pub use protocol::{AgentReport, CommandInfo, FilesystemDisk, FilesystemInfo, InterfaceInfo, UserInfo};
+pub use protocol::{
+    AgentReport, AuthorizedKeys, CommandInfo, CredentialsSync, FilesystemDisk, FilesystemInfo, InterfaceInfo,
+    UserInfo,
+};
 
 use std::time::Duration;
 

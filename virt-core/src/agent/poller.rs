@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::client::{AgentClient, ShutdownMode};
+use super::credentials::KeySync;
 use super::protocol::{self, AgentReport};
 use super::AgentError;
 use crate::vmm::devices::lock;
@@ -23,6 +24,8 @@ pub struct AgentOptions {
     pub max_reply: usize,
     /// How long `guest-shutdown` waits for a refusal before it counts as done.
     pub shutdown_wait: Duration,
+    /// SSH keys to keep in guest users' `authorized_keys` (`qemuGuestAgent` access credentials).
+    pub ssh_keys: Vec<super::AuthorizedKeys>,
 }
 
 impl Default for AgentOptions {
@@ -32,6 +35,7 @@ impl Default for AgentOptions {
             timeout: super::client::DEFAULT_TIMEOUT,
             max_reply: super::client::MAX_REPLY,
             shutdown_wait: Duration::from_secs(1),
+            ssh_keys: Vec::new(),
         }
     }
 }
@@ -41,6 +45,7 @@ struct Shared {
     opts: AgentOptions,
     client: Mutex<AgentClient>,
     report: Mutex<AgentReport>,
+    keys: Mutex<KeySync>,
     stop: AtomicBool,
     /// Wakes the thread for a poll now.
     poke: (Mutex<bool>, std::sync::Condvar),
@@ -55,11 +60,13 @@ impl Agent {
     /// Starts watching the agent on `channel` for machine `name`.
     pub fn start(name: &str, channel: UnixStream, opts: AgentOptions) -> Result<Agent, AgentError> {
         let client = AgentClient::new(channel)?.with_timeout(opts.timeout).with_max_reply(opts.max_reply);
+        let keys = opts.ssh_keys.clone();
         let shared = Arc::new(Shared {
             name: name.to_string(),
             opts,
             client: Mutex::new(client),
             report: Mutex::new(AgentReport::default()),
+            keys: Mutex::new(KeySync::new(keys)),
             stop: AtomicBool::new(false),
             poke: (Mutex::new(false), std::sync::Condvar::new()),
         });
@@ -83,6 +90,12 @@ impl Agent {
     /// Whether the agent answered the last poll.
     pub fn connected(&self) -> bool {
         lock(&self.shared.report).connected
+    }
+
+    /// Replaces the SSH keys kept in the guest (the Secret changed); written at the next poll.
+    pub fn set_ssh_keys(&self, keys: Vec<super::AuthorizedKeys>) {
+        lock(&self.shared.keys).set(keys);
+        self.poll_now();
     }
 
     /// Asks for a poll now (the thread does it when it is free).
@@ -152,7 +165,12 @@ impl Drop for Agent {
 fn run(sh: &Shared) {
     let mut was = false;
     while !sh.stop.load(Ordering::SeqCst) {
-        let report = poll(sh);
+        let mut report = poll(sh);
+        if report.connected {
+            report.access_credentials = lock(&sh.keys).sync(&mut lock(&sh.client));
+        } else {
+            lock(&sh.keys).lost();
+        }
         let now = report.connected;
         if now != was {
             log::info!("machine {}: guest agent {}", sh.name, if now { "connected" } else { "disconnected" });

@@ -269,6 +269,31 @@ pub struct AgentReport {
     /// `guest-network-get-interfaces`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<InterfaceInfo>,
+    /// How writing the `qemuGuestAgent` access credentials went (None: there are none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_credentials: Option<CredentialsSync>,
+}
+
+/// SSH public keys the agent keeps in a guest user's `authorized_keys` (`accessCredentials` with
+/// `propagationMethod.qemuGuestAgent`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizedKeys {
+    /// The guest user.
+    pub user: String,
+    /// The keys, one line each.
+    pub keys: Vec<String>,
+}
+
+/// The outcome of the last attempt to write the access credentials through the agent (KubeVirt's
+/// `AccessCredentialsSynchronized` condition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSync {
+    /// Every user's keys are in place.
+    pub synchronized: bool,
+    /// What was done, or what failed.
+    pub message: String,
 }
 
 /// KubeVirt's `GuestAgentCommandInfo`.

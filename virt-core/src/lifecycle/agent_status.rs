@@ -10,6 +10,8 @@ use super::{condition, remove_condition, set_condition};
 
 /// The condition KubeVirt sets while the agent answers.
 pub const AGENT_CONNECTED: &str = "AgentConnected";
+/// The condition saying whether the `qemuGuestAgent` access credentials are in the guest.
+pub const ACCESS_CREDENTIALS_SYNCHRONIZED: &str = "AccessCredentialsSynchronized";
 const DOMAIN: &str = "domain";
 const DOMAIN_AND_AGENT: &str = "domain, guest-agent";
 const AGENT: &str = "guest-agent";
@@ -33,6 +35,22 @@ pub(super) fn apply(vmi: &mut VirtualMachineInstance, report: Option<&AgentRepor
                 s.guest_os_info = r.os.clone();
             }
             merge_interfaces(&mut s.interfaces, &spec_macs, r);
+            if let Some(c) = &r.access_credentials {
+                let reason = if c.synchronized {
+                    "AccessCredentialsSyncSuccess"
+                } else {
+                    "AccessCredentialsSyncFailed"
+                };
+                set_condition(
+                    &mut s.conditions,
+                    condition(
+                        ACCESS_CREDENTIALS_SYNCHRONIZED,
+                        c.synchronized,
+                        Some(reason),
+                        Some(c.message.clone()),
+                    ),
+                );
+            }
         }
         _ => {
             // The agent went away: what only it said goes; the spec's interfaces stay.
@@ -150,5 +168,44 @@ spec:
         assert_eq!(s.interfaces[0].info_source.as_deref(), Some("domain"));
         assert_eq!(s.guest_os_info.as_ref(), Some(&os), "the last OS info stays");
         assert!(!apply(&mut v, None));
+    }
+
+    #[test]
+    fn the_agents_key_writes_become_access_credentials_synchronized() {
+        let mut v = vmi();
+        let sync = |ok: bool, message: &str| AgentReport {
+            connected: true,
+            access_credentials: Some(crate::agent::CredentialsSync {
+                synchronized: ok,
+                message: message.into(),
+            }),
+            ..Default::default()
+        };
+        let cond = |v: &VirtualMachineInstance| {
+            v.status
+                .as_ref()
+                .unwrap()
+                .conditions
+                .iter()
+                .find(|c| c.type_ == ACCESS_CREDENTIALS_SYNCHRONIZED)
+                .cloned()
+        };
+        assert!(apply(&mut v, Some(&sync(false, "user debian: guest-ssh-add-authorized-keys refused"))));
+        let c = cond(&v).unwrap();
+        assert_eq!(
+            (c.status, c.reason.as_deref()),
+            (ConditionStatus::False, Some("AccessCredentialsSyncFailed"))
+        );
+        assert!(apply(&mut v, Some(&sync(true, "SSH keys of debian written by the guest agent"))));
+        let c = cond(&v).unwrap();
+        assert_eq!(
+            (c.status, c.reason.as_deref()),
+            (ConditionStatus::True, Some("AccessCredentialsSyncSuccess"))
+        );
+        assert!(c.message.as_deref().unwrap_or("").contains("debian"));
+        // A VMI without such credentials never gets the condition.
+        let mut w = vmi();
+        apply(&mut w, Some(&AgentReport { connected: true, ..Default::default() }));
+        assert!(cond(&w).is_none());
     }
 }

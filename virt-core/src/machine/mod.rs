@@ -198,6 +198,10 @@ pub struct MachineSpec {
     /// NICs in the order the guest sees them.
     #[serde(default)]
     pub interfaces: Vec<InterfaceSpec>,
+    /// SSH keys the guest agent keeps in guest users' `authorized_keys` (`accessCredentials` with
+    /// `qemuGuestAgent` propagation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_ssh_keys: Vec<crate::agent::AuthorizedKeys>,
 }
 
 fn yes() -> bool {
@@ -604,6 +608,7 @@ mod tests {
             machine_type: None,
             accel: accel::AccelPolicy::Auto,
             interfaces: Vec::new(),
+            agent_ssh_keys: Vec::new(),
         }
     }
 

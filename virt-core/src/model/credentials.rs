@@ -4,9 +4,9 @@
 //! KubeVirt's admission webhook does, naming the field of every problem.
 //!
 //! What this node propagates: `sshPublicKey` by `noCloud` or `configDrive` (the keys go into the
-//! cloud-init seed's metadata as `public-keys` / `public_keys`, read once at first boot). The
-//! `qemuGuestAgent` method and `userPassword` need the guest agent's client and are refused as
-//! unsupported until it is there.
+//! cloud-init seed's metadata as `public-keys` / `public_keys`, read once at first boot) and by
+//! `qemuGuestAgent` (the launcher's agent writes them into each named user's `authorized_keys`
+//! once the agent answers: `agent::AuthorizedKeys`). `userPassword` is refused as unsupported.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -204,11 +204,6 @@ pub(crate) fn validate(v: &mut Validation, spec: &VirtualMachineInstanceSpec, pa
                         ProblemKind::Required,
                         "name at least one guest user",
                     ),
-                    Propagation::QemuGuestAgent { .. } => v.push(
-                        child(&pp, "qemuGuestAgent"),
-                        ProblemKind::Unsupported,
-                        "the guest agent does not propagate keys on this node yet; use noCloud or configDrive",
-                    ),
                     _ => {}
                 }
             }
@@ -282,8 +277,8 @@ mod tests {
                 "propagationMethod.configDrive: invalid: configDrive propagation needs a cloudInitConfigDrive volume",
             ),
             (
-                json!([{"sshPublicKey": {"source": {"secret": {"secretName": "k"}}, "propagationMethod": {"qemuGuestAgent": {"users": ["debian"]}}}}]),
-                "propagationMethod.qemuGuestAgent: unsupported",
+                json!([{"sshPublicKey": {"source": {"secret": {"secretName": "k"}}, "propagationMethod": {"qemuGuestAgent": {"users": []}}}}]),
+                "propagationMethod.qemuGuestAgent.users: required",
             ),
             (json!([{"sshPublicKey": {"sorce": {}}}]), "spec.accessCredentials[0]: invalid: unknown field `sorce`"),
         ];
@@ -291,5 +286,15 @@ mod tests {
             let got = problems(&spec(creds.clone(), nocloud())).join("; ");
             assert!(got.contains(want), "{creds}: {got}");
         }
+    }
+
+    #[test]
+    fn keys_through_the_guest_agent_are_accepted_for_named_users() {
+        let creds = json!([{"sshPublicKey": {"source": {"secret": {"secretName": "k"}},
+            "propagationMethod": {"qemuGuestAgent": {"users": ["debian", "root"]}}}}]);
+        let s = spec(creds, nocloud());
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        let users = Propagation::QemuGuestAgent { users: vec!["debian".into(), "root".into()] };
+        assert_eq!(ssh_key_secrets(&s, &users), vec!["k".to_string()]);
     }
 }

@@ -170,7 +170,8 @@ impl LauncherRuntime {
         let name = vmi.metadata.name.clone().unwrap_or_default();
         let accel = if self.cfg.allow_emulation { AccelPolicy::Auto } else { AccelPolicy::RequireKvm };
         let files = self.volumes.prepare(vmi, &run_dir).map_err(LaunchError::at(Stage::Volumes))?;
-        let spec = machine_spec(&name, &vmi.spec, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
+        let mut spec = machine_spec(&name, &vmi.spec, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
+        spec.agent_ssh_keys = self.volumes.agent_keys(vmi).map_err(LaunchError::at(Stage::Volumes))?;
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| LaunchError::new(Stage::Spec, format!("encoding the machine spec: {e}")))?;
         let spec_path = run_dir.join("spec.json");
@@ -204,7 +205,8 @@ impl LauncherRuntime {
                 }
             }
         }
-        let spec = machine_spec(&name, &spec_in, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
+        let mut spec = machine_spec(&name, &spec_in, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
+        spec.agent_ssh_keys = self.volumes.agent_keys(vmi).map_err(LaunchError::at(Stage::Volumes))?;
         let spec_path = run_dir.join("spec.json");
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| LaunchError::new(Stage::Spec, format!("encoding the machine spec: {e}")))?;

@@ -8,7 +8,8 @@ use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use virt_core::model::credentials::{ssh_key_secrets, Propagation};
+use virt_core::agent::AuthorizedKeys;
+use virt_core::model::credentials::{access_credentials, ssh_key_secrets, AccessCredential, Propagation};
 use virt_core::model::{CloudInitSource, VirtualMachineInstance, Volume};
 use virt_storage::cloudinit::{write_seed, SeedInfo};
 
@@ -109,6 +110,30 @@ pub fn public_keys(
         }
     }
     Ok(keys)
+}
+
+/// The SSH keys the guest agent keeps for `vmi`'s users (`accessCredentials` with
+/// `qemuGuestAgent` propagation): each credential's Secret's keys, for each user it names.
+pub fn agent_keys(
+    objects: Option<&CoreObjects>,
+    vmi: &VirtualMachineInstance,
+    ns: &str,
+) -> Result<Vec<AuthorizedKeys>, SeedError> {
+    let mut out: Vec<AuthorizedKeys> = Vec::new();
+    for c in access_credentials(&vmi.spec) {
+        let AccessCredential::SshPublicKey(k) = c else { continue };
+        let Propagation::QemuGuestAgent { users } = &k.propagation else { continue };
+        let keys = public_keys(objects, vmi, ns, &k.propagation)?;
+        for user in users {
+            match out.iter_mut().find(|a| &a.user == user) {
+                Some(a) => {
+                    a.keys.extend(keys.iter().filter(|k| !a.keys.contains(k)).cloned().collect::<Vec<_>>())
+                }
+                None => out.push(AuthorizedKeys { user: user.clone(), keys: keys.clone() }),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Writes the seed disk of cloud-init volume `v` of `vmi` (`name` in `ns`) to `dest`.

@@ -254,6 +254,16 @@ impl VmiVolumes {
         let _ = self.objects.set(objects);
     }
 
+    /// The SSH keys `vmi`'s guest agent keeps (`qemuGuestAgent` access credentials), read from
+    /// their Secrets now.
+    pub fn agent_keys(
+        &self,
+        vmi: &VirtualMachineInstance,
+    ) -> Result<Vec<virt_core::agent::AuthorizedKeys>, SeedError> {
+        let ns = vmi.metadata.namespace.as_deref().unwrap_or("default");
+        super::seed::agent_keys(self.objects.get().map(|o| &**o), vmi, ns)
+    }
+
     /// The file of claim `claim` in `ns` in the node's pool, if it exists.
     pub fn claim_file(&self, ns: &str, claim: &str) -> Option<(PathBuf, DiskFormat)> {
         let dir = self.cfg.state_dir.join("volumes").join(ns);

@@ -165,3 +165,80 @@ fn wrong_shapes_are_bad_replies_and_refused_shutdown_is_an_error() {
     let e = c.shutdown(ShutdownMode::Reboot, T).unwrap_err();
     assert!(matches!(&e, AgentError::Refused { desc, .. } if desc == "blocked"), "{e:?}");
 }
+
+/// The `qemuGuestAgent` access credentials: written once the agent answers, not again while
+/// nothing changed, the difference when the Secret changes (keys this node wrote and no longer
+/// wants are removed; nobody else's), everything again after a reconnection; a refusal is reported.
+#[test]
+fn access_credentials_are_kept_in_the_guest_through_the_agent() {
+    use super::super::credentials::KeySync;
+    use super::super::protocol::AuthorizedKeys;
+    use std::sync::{Arc, Mutex};
+
+    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let log = seen.clone();
+    let script = move |cmd: &str, args: &Value| -> Vec<u8> {
+        if cmd.starts_with("guest-ssh-") {
+            log.lock().unwrap().push((cmd.to_string(), args.clone()));
+            return b"{\"return\": {}}\n".to_vec();
+        }
+        good(cmd, args)
+    };
+    let mut c = fake(Box::new(script), T);
+    let keys = |user: &str, k: &[&str]| AuthorizedKeys {
+        user: user.into(),
+        keys: k.iter().map(|s| s.to_string()).collect(),
+    };
+    let take = |seen: &Arc<Mutex<Vec<(String, Value)>>>| std::mem::take(&mut *seen.lock().unwrap());
+
+    let mut sync = KeySync::new(vec![keys("debian", &["ssh-ed25519 A a", "ssh-ed25519 B b"])]);
+    let r = sync.sync(&mut c).expect("an outcome");
+    assert!(r.synchronized && r.message.contains("debian"), "{r:?}");
+    assert_eq!(
+        take(&seen),
+        vec![(
+            "guest-ssh-add-authorized-keys".to_string(),
+            json!({"username": "debian", "keys": ["ssh-ed25519 A a", "ssh-ed25519 B b"]})
+        )]
+    );
+    assert!(sync.sync(&mut c).is_some_and(|r| r.synchronized));
+    assert!(take(&seen).is_empty(), "nothing changed: nothing written");
+
+    sync.set(vec![keys("debian", &["ssh-ed25519 B b"]), keys("root", &["ssh-ed25519 C c"])]);
+    assert!(sync.sync(&mut c).is_some_and(|r| r.synchronized));
+    assert_eq!(
+        take(&seen),
+        vec![
+            (
+                "guest-ssh-add-authorized-keys".to_string(),
+                json!({"username": "debian", "keys": ["ssh-ed25519 B b"]})
+            ),
+            (
+                "guest-ssh-add-authorized-keys".to_string(),
+                json!({"username": "root", "keys": ["ssh-ed25519 C c"]})
+            ),
+            (
+                "guest-ssh-remove-authorized-keys".to_string(),
+                json!({"username": "debian", "keys": ["ssh-ed25519 A a"]})
+            ),
+        ]
+    );
+
+    sync.lost();
+    sync.sync(&mut c);
+    assert_eq!(take(&seen).len(), 2, "a reconnected agent (a rebooted guest) gets the keys again");
+
+    let refusing = |cmd: &str, args: &Value| -> Vec<u8> {
+        if cmd == "guest-ssh-add-authorized-keys" {
+            return b"{\"error\":{\"class\":\"CommandNotFound\",\"desc\":\"command disabled\"}}\n".to_vec();
+        }
+        good(cmd, args)
+    };
+    let mut c = fake(Box::new(refusing), T);
+    let r = KeySync::new(vec![keys("debian", &["ssh-ed25519 A a"])]).sync(&mut c).unwrap();
+    assert!(
+        !r.synchronized && r.message.contains("user debian") && r.message.contains("command disabled"),
+        "{r:?}"
+    );
+    assert_eq!(KeySync::new(Vec::new()).sync(&mut c), None, "no credentials: nothing to report");
+}
