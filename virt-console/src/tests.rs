@@ -185,7 +185,7 @@ fn page_logic_runs_in_node() {
         r#"
 import {{ vmYaml, vmCommands }} from '{web}/pages/wizard.js';
 import {{ parseMetrics }} from '{web}/charts.js';
-import {{ migrationRequest, liveMigratable, migrating, activeMigration, migrationSummary }} from '{web}/pages/common.js';
+import {{ migrationRequest, liveMigratable, migrating, activeMigration, migrationSummary, dataSourceReadiness }} from '{web}/pages/common.js';
 import {{ complianceRows, complianceSummary }} from '{web}/pages/compliance.js';
 const fail = (m) => {{ console.error(m); process.exit(1); }};
 const v = {{ name: 'a', namespace: 'ns', instancetype: {{ kind: 'VirtualMachineClusterInstancetype', name: 'u1.small' }},
@@ -219,6 +219,12 @@ const failed = Object.fromEntries(migrationSummary({{ status: {{ migrationState:
 if (failed.Outcome !== 'failed: target refused (abort succeeded)') fail(JSON.stringify(failed));
 const items = [{{ metadata: {{ name: 'old' }}, spec: {{ vmiName: 'a' }}, status: {{ phase: 'Succeeded' }} }}, {{ metadata: {{ name: 'now' }}, spec: {{ vmiName: 'a' }}, status: {{ phase: 'Running' }} }}];
 if (activeMigration(items, 'a')?.metadata.name !== 'now' || activeMigration(items, 'b')) fail('activeMigration');
+// Boot sources on the Overview: ready, not ready with the reason, unknown.
+const dsr = (conds) => dataSourceReadiness({{ status: {{ conditions: conds }} }});
+if (dsr([{{ type: 'Ready', status: 'True' }}]).text !== 'Ready') fail('ready');
+const nr = dsr([{{ type: 'Ready', status: 'False', reason: 'NotFound', message: 'PVC os-images/x not found' }}]);
+if (nr.ready !== false || nr.text !== 'Not ready (NotFound: PVC os-images/x not found)') fail(JSON.stringify(nr));
+if (dsr(undefined).ready !== null) fail('unknown');
 // Compliance: failures first, then by severity; filters by status, scan and text; counts per status.
 const ccr = (name, status, severity, scan, t) => ({{ metadata: {{ name, creationTimestamp: t || '2026-12-05T10:00:00Z',
   labels: {{ 'compliance.openshift.io/scan-name': scan }} }}, id: name, status, severity, description: `title of ${{name}}` }});

@@ -134,6 +134,28 @@ async function pool(n, width, fn) {
     await page.locator('#table-virtualmachineclusterpreferences td', { hasText: 'web.linux' }).waitFor();
     await shot('instancetypes');
 
+    step('the Overview lists boot sources with their readiness');
+    await must(page, 'POST', `${CDI}/namespaces/default/datasources`, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataSource', metadata: { name: 'orphan' }, spec: { source: { pvc: { name: 'no-such-claim', namespace: 'default' } } } });
+    await page.click('#nav a[data-nav=overview]');
+    for (const ds of ['golden', 'orphan']) {
+      const row = page.locator(`#overview-sources tr[data-object="default/${ds}"] td:nth-child(3)`);
+      await row.waitFor();
+      // What the page says follows the DataSource's Ready condition as the API reports it.
+      let want = null;
+      for (let i = 0; i < 100; i++) {
+        const o = await must(page, 'GET', `${CDI}/namespaces/default/datasources/${ds}`);
+        const c = (o.status?.conditions || []).find((x) => x.type === 'Ready');
+        want = c?.status === 'True' ? 'Ready' : c ? 'Not ready' : null;
+        const text = (await row.textContent()).trim();
+        if (want && text.startsWith(want)) break;
+        await page.waitForTimeout(200);
+      }
+      const text = (await row.textContent()).trim();
+      if (!want || !text.startsWith(want)) throw new Error(`Overview says ${ds} is "${text}", the API ${want}`);
+    }
+    await shot('overview-boot-sources');
+    await must(page, 'DELETE', `${CDI}/namespaces/default/datasources/orphan`);
+
     step('compliance results: failures first, filters kept in the URL, a remediation');
     await page.click('#nav a[data-nav=compliance]');
     await page.locator('#compliance-table tbody tr[data-rule]').first().waitFor();

@@ -163,3 +163,14 @@ export async function cancelMigration(ns, name) {
     return false;
   }
 }
+
+// A DataSource's readiness from its Ready condition: { ready: true|false|null (unknown), text }.
+// Not ready says why (the condition's reason and message), as a user deciding whether VMs can
+// clone from it needs to know.
+export function dataSourceReadiness(ds) {
+  const c = (ds.status?.conditions || []).find((x) => x.type === 'Ready');
+  if (!c) return { ready: null, text: 'Unknown: no Ready condition yet' };
+  if (c.status === 'True') return { ready: true, text: 'Ready' };
+  const why = [c.reason, c.message].filter(Boolean).join(': ');
+  return { ready: false, text: `Not ready${why ? ` (${why})` : ''}` };
+}
