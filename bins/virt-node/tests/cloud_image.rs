@@ -346,6 +346,25 @@ fn open_launcher_log(state: &Path, c: &NodeClient) -> std::fs::File {
     std::fs::File::open(state.join("vmis").join(uid).join("launcher.log")).unwrap()
 }
 
+/// A new ed25519 key pair `dir/file` whose public key becomes the Secret `secret` (in `default`)
+/// through `virtctl VERB -f` (`create`, or `apply` to change it); returns the private key's path.
+fn keypair_secret(node: &NodeProc, dir: &Path, file: &str, secret: &str, verb: &str) -> PathBuf {
+    let key = dir.join(file);
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", &format!("{file}@virt-rs"), "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_string();
+    let manifest = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret, "namespace": "default"},
+                          "stringData": {"key": public}});
+    let f = dir.join(format!("{file}-secret.json"));
+    std::fs::write(&f, manifest.to_string()).unwrap();
+    node.ok(&[verb, "-f", f.to_str().unwrap()]);
+    key
+}
+
 #[test]
 fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
     for t in ["docker-registry", "skopeo", "qemu-system-x86_64", "ssh-keygen", "ssh", "scp", "python3", "nft"]
@@ -369,34 +388,10 @@ fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
 
     // The user's key, in a Secret.
     let keydir = tempfile::tempdir().unwrap();
-    let key = keydir.path().join("id_ed25519");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e@virt-rs", "-f"])
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let pubkey = std::fs::read_to_string(key.with_extension("pub")).unwrap().trim().to_string();
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "my-key"},
-                        "stringData": {"key1": pubkey}});
-    let sf = state.path().join("secret.json");
-    std::fs::write(&sf, secret.to_string()).unwrap();
-    node.ok(&["create", "-f", sf.to_str().unwrap()]);
+    let key = keypair_secret(&node, keydir.path(), "id_ed25519", "my-key", "create");
     let ssh = Ssh { node: &node, key: key.clone(), known_hosts: keydir.path().join("known_hosts") };
     // A second key, given to the guest by its agent (qemuGuestAgent propagation).
-    let key2 = keydir.path().join("id_agent");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "agent@virt-rs", "-f"])
-        .arg(&key2)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let pubkey2 = std::fs::read_to_string(key2.with_extension("pub")).unwrap().trim().to_string();
-    let secret2 = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "agent-key"},
-                         "stringData": {"key": pubkey2}});
-    let sf2 = state.path().join("secret2.json");
-    std::fs::write(&sf2, secret2.to_string()).unwrap();
-    node.ok(&["create", "-f", sf2.to_str().unwrap()]);
+    let key2 = keypair_secret(&node, keydir.path(), "id_agent", "agent-key", "create");
     let ssh2 = Ssh { node: &node, key: key2.clone(), known_hosts: keydir.path().join("known_hosts") };
 
     // The boot source: a DataImportCron polling the registry every minute.
@@ -458,6 +453,16 @@ fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
     let who = wait(&node, "ssh with the agent's key", STEP, || ssh2.try_run("id -un").ok());
     assert_eq!(who.trim(), USER);
     progress(t0, "virtctl ssh with the key the guest agent wrote works");
+    // The Secret changes while the VM runs: the agent swaps the keys (the old one no longer logs in).
+    let key3 = keypair_secret(&node, keydir.path(), "id_agent2", "agent-key", "apply");
+    let ssh3 = Ssh { node: &node, key: key3.clone(), known_hosts: keydir.path().join("known_hosts") };
+    let ts = Instant::now();
+    wait(&node, "ssh with the Secret's new key", STEP, || ssh3.try_run("true").ok());
+    assert!(ssh2.try_run("true").is_err(), "the key removed from the Secret still logs in");
+    progress(
+        t0,
+        &format!("Secret changed: the agent swapped the keys in {:.1} s", ts.elapsed().as_secs_f64()),
+    );
 
     // What cloud-init did, over ssh.
     let status = ssh.run("cloud-init status --wait");

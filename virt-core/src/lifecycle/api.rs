@@ -429,6 +429,18 @@ impl Lifecycle {
         }
     }
 
+    /// Gives a running VMI's guest agent new SSH keys to keep (its `qemuGuestAgent` access
+    /// credentials' Secret changed).
+    pub fn set_guest_ssh_keys(
+        &self,
+        namespace: &str,
+        name: &str,
+        keys: Vec<crate::agent::AuthorizedKeys>,
+    ) -> Result<(), LifecycleError> {
+        let (key, m) = self.live_machine(namespace, name, "update the SSH keys of")?;
+        m.guest_set_ssh_keys(keys).map_err(|e| LifecycleError::Conflict(format!("VMI {key}: {e}")))
+    }
+
     /// Freezes (`true`) or thaws the file systems of a running VMI through its guest agent (KubeVirt's
     /// `freeze` and `unfreeze`); returns the freeze status after it.
     pub fn fs_freeze(&self, namespace: &str, name: &str, freeze: bool) -> Result<String, LifecycleError> {

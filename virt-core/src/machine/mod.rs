@@ -424,6 +424,11 @@ pub trait Machine: Send + Sync {
     fn guest_shutdown(&self, _mode: crate::agent::ShutdownMode) -> Result<(), MachineError> {
         Err(no_agent("guest-shutdown"))
     }
+    /// Replaces the SSH keys the guest agent keeps in guest users' `authorized_keys`
+    /// (`qemuGuestAgent` access credentials whose Secret changed); written at the agent's next poll.
+    fn guest_set_ssh_keys(&self, _keys: Vec<crate::agent::AuthorizedKeys>) -> Result<(), MachineError> {
+        Err(no_agent("guest-ssh-add-authorized-keys"))
+    }
     /// Freezes (`true`) or thaws the guest's file systems through its agent; returns the freeze
     /// status after it (`frozen`, `thawed`).
     fn guest_fs_freeze(&self, freeze: bool) -> Result<String, MachineError> {

@@ -275,6 +275,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::ConsoleInput { .. } => "consoleInput",
         Request::GuestAgent => "guestAgent",
         Request::GuestShutdown { .. } => "guestShutdown",
+        Request::GuestSshKeys { .. } => "guestSshKeys",
         Request::FsFreeze => "fsFreeze",
         Request::FsThaw => "fsThaw",
         Request::MigrateOut { .. } => "migrateOut",
@@ -674,6 +675,10 @@ impl Machine for RemoteMachine {
 
     fn guest_shutdown(&self, mode: crate::agent::ShutdownMode) -> Result<(), MachineError> {
         self.op("guest shutdown", Request::GuestShutdown { mode })
+    }
+
+    fn guest_set_ssh_keys(&self, keys: Vec<crate::agent::AuthorizedKeys>) -> Result<(), MachineError> {
+        self.op("set the guest's SSH keys", Request::GuestSshKeys { keys })
     }
 
     fn guest_fs_freeze(&self, freeze: bool) -> Result<String, MachineError> {

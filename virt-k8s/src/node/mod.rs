@@ -13,6 +13,7 @@ pub mod cdi;
 pub mod cdi_api;
 pub mod compliance_api;
 pub mod core_objects;
+pub mod credentials;
 pub mod images;
 pub mod kube;
 pub mod metrics;
@@ -355,6 +356,13 @@ impl Node {
                 .spawn(move || cdi.run(&stop))
                 .map_err(io("starting the CDI controller for", &self.cfg.state_dir))?
         };
+        let credentials = {
+            let (lc, rt, stop) = (self.lifecycle.clone(), self.runtime.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("credentials".into())
+                .spawn(move || credentials::run(&lc, &rt, &stop))
+                .map_err(io("starting the access-credentials watcher for", &self.cfg.state_dir))?
+        };
         let cdi_routes = cdi_api::router(self.cdi.clone(), self.lifecycle.clone())
             .merge(network::router(self.store.clone()))
             .merge(core_objects::router(self.objects.clone()))
@@ -454,6 +462,7 @@ impl Node {
         self.cdi.wake();
         let _ = controller.join();
         let _ = cdi_controller.join();
+        let _ = credentials.join();
         let _ = std::fs::remove_file(&self.cfg.socket);
         result
     }
