@@ -216,17 +216,7 @@ fn build(cfg: &DhcpConfig, req: &v4::Message, kind: MessageType) -> Result<v4::M
     }
     if let Some(first) = cfg.search.first() {
         o.insert(DhcpOption::DomainName(first.clone()));
-        let names = cfg
-            .search
-            .iter()
-            .map(|s| {
-                Name::from_ascii(s).map_err(|e| DhcpError::Option {
-                    option: "domain search (119)",
-                    why: format!("{s:?}: {e}"),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        o.insert(DhcpOption::DomainSearch(names));
+        o.insert(DhcpOption::DomainSearch(search_names(&cfg.search, "domain search (119)")?));
     }
     if let Some(mtu) = cfg.mtu {
         o.insert(DhcpOption::InterfaceMtu(mtu));
@@ -235,6 +225,15 @@ fn build(cfg: &DhcpConfig, req: &v4::Message, kind: MessageType) -> Result<v4::M
         o.insert(DhcpOption::Hostname(h.clone()));
     }
     Ok(m)
+}
+
+/// Search domains as DNS names for `option` (DHCPv4's 119, DHCPv6's 24); one that is not a name
+/// is an error naming it.
+pub(crate) fn search_names(search: &[String], option: &'static str) -> Result<Vec<Name>, DhcpError> {
+    search
+        .iter()
+        .map(|s| Name::from_ascii(s).map_err(|e| DhcpError::Option { option, why: format!("{s:?}: {e}") }))
+        .collect()
 }
 
 /// The message type of an encoded reply (for counting ACKs and in tests).

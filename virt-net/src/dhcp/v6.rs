@@ -13,7 +13,7 @@
 use std::net::Ipv6Addr;
 
 use dhcproto::v6::{self, DhcpOption, IAAddr, MessageType, Status, StatusCode, IANA};
-use dhcproto::{Encodable, Encoder, Name};
+use dhcproto::{Encodable, Encoder};
 use virt_core::net::MacAddr;
 
 use super::DhcpError;
@@ -217,17 +217,10 @@ fn reply(
             o.insert(DhcpOption::DomainNameServers(cfg.dns.clone()));
         }
         if !cfg.search.is_empty() {
-            let names = cfg
-                .search
-                .iter()
-                .map(|s| {
-                    Name::from_ascii(s).map_err(|e| DhcpError::Option {
-                        option: "domain search list (24)",
-                        why: format!("{s:?}: {e}"),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            o.insert(DhcpOption::DomainSearchList(names));
+            o.insert(DhcpOption::DomainSearchList(super::search_names(
+                &cfg.search,
+                "domain search list (24)",
+            )?));
         }
     }
     Ok(m)

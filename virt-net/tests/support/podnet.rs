@@ -70,20 +70,10 @@ impl Guest {
     /// Runs busybox udhcpc once on eth0; the variables of its `bound` event, which also configured
     /// the address and default route as a guest's scripts do.
     pub fn dhcp(&self) -> HashMap<String, String> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("lease.env");
-        let script = dir.path().join("script.sh");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\n[ \"$1\" = bound ] || exit 0\nenv > {}\nip addr add $ip/$mask dev $interface\n\
-                 [ -n \"$router\" ] && ip route add default via $router\nexit 0\n",
-                out.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (_dir, out, script) = lease_script(
+            "[ \"$1\" = bound ] || exit 0",
+            "ip addr add $ip/$mask dev $interface\n[ -n \"$router\" ] && ip route add default via $router",
+        );
         let st = Command::new("ip")
             .args([
                 "netns",
@@ -141,20 +131,10 @@ impl Guest {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         };
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("lease.env");
-        let script = dir.path().join("script.sh");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\ncase \"$reason\" in BOUND6|REBOOT6) ;; *) exit 0 ;; esac\nenv > {}\n\
-                 ip -6 addr add $new_ip6_address/$new_ip6_prefixlen dev $interface nodad\nexit 0\n",
-                out.display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (dir, out, script) = lease_script(
+            "case \"$reason\" in BOUND6|REBOOT6) ;; *) exit 0 ;; esac",
+            "ip -6 addr add $new_ip6_address/$new_ip6_prefixlen dev $interface nodad",
+        );
         let (lf, pf) = (dir.path().join("leases"), dir.path().join("pid"));
         let st = Command::new("timeout")
             .args(["30", "ip", "netns", "exec", &self.ns.name, "dhclient", "-6", "-1", "-v", "-lf"])
@@ -185,4 +165,18 @@ impl Guest {
             .collect();
         (route, env)
     }
+}
+
+/// A DHCP client's hook script in a new temporary directory: past `guard` (which exits for events
+/// other than a bound lease) it saves its environment to `lease.env` and runs `configure`. Returns
+/// the directory (removed on drop), the env file and the script.
+fn lease_script(guard: &str, configure: &str) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lease.env");
+    let script = dir.path().join("script.sh");
+    std::fs::write(&script, format!("#!/bin/sh\n{guard}\nenv > {}\n{configure}\nexit 0\n", out.display()))
+        .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, out, script)
 }
