@@ -458,11 +458,9 @@ impl Runtime for LauncherRuntime {
             migration::remove_vmi_dirs(&base);
             return;
         }
-        if !run_dir.join("exit.json").exists() {
-            log::warn!("VMI run directory {} kept: its launcher still runs", run_dir.display());
-            return;
-        }
-        // Its machine ended and the launcher is on its way out: the directories go after it.
+        // Its machine was stopped and the launcher is on its way out (it may not have written
+        // exit.json yet: a VMI stopped with no grace period is cleaned up at once): the
+        // directories go after it, or stay (with a warning) if it still runs 30 s later.
         let shown = base.display().to_string();
         let spawned = std::thread::Builder::new().name("vmi-cleanup".into()).spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(30);
