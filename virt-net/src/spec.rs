@@ -163,11 +163,11 @@ pub fn interfaces(
                 let pod = net.pod.clone().unwrap_or_default();
                 let cidr4 = match pod.vm_network_cidr.as_deref() {
                     None => default_cidr4(),
-                    Some(c) => parse4(c).map_err(|m| err(format!("{np}.pod.vmNetworkCIDR"), m))?,
+                    Some(c) => parse4(c, || format!("{np}.pod.vmNetworkCIDR"))?,
                 };
                 let cidr6 = match pod.vm_ipv6_network_cidr.as_deref() {
                     None => default_cidr6(),
-                    Some(c) => parse6(c).map_err(|m| err(format!("{np}.pod.vmIPv6NetworkCIDR"), m))?,
+                    Some(c) => parse6(c, || format!("{np}.pod.vmIPv6NetworkCIDR"))?,
                 };
                 let mut ports = Vec::new();
                 for (j, port) in iface.ports.iter().enumerate() {
@@ -227,18 +227,26 @@ pub fn interfaces(
     Ok(out)
 }
 
-fn parse4(c: &str) -> Result<Ipv4Net, String> {
-    let n: Ipv4Net = c.parse().map_err(|e| format!("{c:?} is not an IPv4 CIDR: {e}"))?;
+/// The masquerade CIDR `c` of the field `path`.
+fn parse4(c: &str, path: impl Fn() -> String) -> Result<Ipv4Net, SpecError> {
+    let n: Ipv4Net = c.parse().map_err(|e| err(path(), format!("{c:?} is not an IPv4 CIDR: {e}")))?;
     if n.prefix_len() > 30 {
-        return Err(format!("{c:?}: the prefix must leave room for a gateway and a guest (at most /30)"));
+        return Err(err(
+            path(),
+            format!("{c:?}: the prefix must leave room for a gateway and a guest (at most /30)"),
+        ));
     }
     Ok(n.trunc())
 }
 
-fn parse6(c: &str) -> Result<Ipv6Net, String> {
-    let n: Ipv6Net = c.parse().map_err(|e| format!("{c:?} is not an IPv6 CIDR: {e}"))?;
+/// The masquerade IPv6 CIDR `c` of the field `path`.
+fn parse6(c: &str, path: impl Fn() -> String) -> Result<Ipv6Net, SpecError> {
+    let n: Ipv6Net = c.parse().map_err(|e| err(path(), format!("{c:?} is not an IPv6 CIDR: {e}")))?;
     if n.prefix_len() > 126 {
-        return Err(format!("{c:?}: the prefix must leave room for a gateway and a guest (at most /126)"));
+        return Err(err(
+            path(),
+            format!("{c:?}: the prefix must leave room for a gateway and a guest (at most /126)"),
+        ));
     }
     Ok(n.trunc())
 }

@@ -335,22 +335,38 @@ fn run_import(
         st.restart_count = Some(st.restart_count.unwrap_or(0) + 1);
         return fail(dv, "ImportFailed", e.to_string());
     }
-    if let Err(msg) = fit_size(pool, id, size) {
+    if let Err(e) = fit_size(pool, id, size) {
         let _ = pool.delete(id);
-        return fail(dv, "ImportFailed", msg);
+        return fail(dv, "ImportFailed", e.to_string());
     }
     succeed(dv, &id.name)
 }
 
+/// Why a populated volume could not be brought to the DataVolume's size.
+#[derive(Debug, thiserror::Error)]
+enum FitError {
+    /// The pool could not read or resize the volume (the error names it).
+    #[error(transparent)]
+    Pool(#[from] crate::volume::VolumeError),
+    /// The image is larger than the DataVolume asks for.
+    #[error("the image needs {have} bytes but the DataVolume requests only {want}")]
+    TooSmall {
+        /// The image's size.
+        have: u64,
+        /// The requested size (rounded up to 512 bytes).
+        want: u64,
+    },
+}
+
 /// Grows a populated volume to the requested size; a requested size smaller than the image fails.
-fn fit_size(pool: &dyn VolumeProvider, id: &VolumeId, size: Option<u64>) -> Result<(), String> {
+fn fit_size(pool: &dyn VolumeProvider, id: &VolumeId, size: Option<u64>) -> Result<(), FitError> {
     let Some(want) = size else { return Ok(()) };
-    let have = pool.get(id).map_err(|e| e.to_string())?.map(|v| v.size).unwrap_or(0);
+    let have = pool.get(id)?.map(|v| v.size).unwrap_or(0);
     let want = want.div_ceil(512) * 512;
     if want > have {
-        pool.resize(id, want).map_err(|e| e.to_string())?;
+        pool.resize(id, want)?;
     } else if want < have {
-        return Err(format!("the image needs {have} bytes but the DataVolume requests only {want}"));
+        return Err(FitError::TooSmall { have, want });
     }
     Ok(())
 }
@@ -394,9 +410,9 @@ fn clone(
                     dv.metadata.annotations.remove(ANN_CLONE_FALLBACK);
                 }
             }
-            if let Err(msg) = fit_size(pool, id, size) {
+            if let Err(e) = fit_size(pool, id, size) {
                 let _ = pool.delete(id);
-                return fail(dv, "CloneFailed", msg);
+                return fail(dv, "CloneFailed", e.to_string());
             }
             succeed(dv, &id.name)
         }
@@ -485,9 +501,9 @@ fn restore(
                     dv.metadata.annotations.remove(ANN_CLONE_FALLBACK);
                 }
             }
-            if let Err(msg) = fit_size(pool, id, size) {
+            if let Err(e) = fit_size(pool, id, size) {
                 let _ = pool.delete(id);
-                return fail(dv, "CloneFailed", msg);
+                return fail(dv, "CloneFailed", e.to_string());
             }
             succeed(dv, &id.name)
         }

@@ -144,15 +144,20 @@ async fn drain(body: Body) {
     }
 }
 
+/// The client's request body broke off before its end (the import reads it as an I/O error).
+#[derive(Debug, thiserror::Error)]
+#[error("upload interrupted: {0}")]
+struct Interrupted(#[source] axum::Error);
+
 /// The request body as a one-shot [`ByteSource`] (an upload cannot be resumed from an offset).
 struct BodySource {
-    rx: Option<std::sync::mpsc::Receiver<Result<Vec<u8>, String>>>,
+    rx: Option<std::sync::mpsc::Receiver<Result<Vec<u8>, Interrupted>>>,
     total: Option<u64>,
     name: String,
 }
 
 struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+    rx: std::sync::mpsc::Receiver<Result<Vec<u8>, Interrupted>>,
     cur: Vec<u8>,
     pos: usize,
 }
@@ -212,7 +217,7 @@ async fn upload(
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
     let total = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, String>>(16);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, Interrupted>>(16);
     let source = BodySource { rx: Some(rx), total, name: format!("upload into {}", grant.volume) };
     let pool = srv.pool.clone();
     let (volume, format) = (grant.volume.clone(), grant.format);
@@ -222,7 +227,7 @@ async fn upload(
     });
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let msg = chunk.map(|b| b.to_vec()).map_err(|e| format!("upload interrupted: {e}"));
+        let msg = chunk.map(|b| b.to_vec()).map_err(Interrupted);
         let failed = msg.is_err();
         let tx2 = tx.clone();
         // The import thread may stop reading early (bad payload); then sends fail and we stop.

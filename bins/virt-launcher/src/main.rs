@@ -28,7 +28,10 @@ use virt_core::machine::{
 use virt_core::vmm::boot::{BootPath, KernelConfig};
 use virt_core::vmm::{ExitReason, MicroVm, Payload, VmConfig};
 
+mod errors;
 mod sandbox;
+
+use errors::LauncherError;
 
 /// `eprintln!` that never panics: a supervised launcher outlives the daemon that may hold its stderr
 /// pipe, and a write error to a closed pipe must not take the VM down.
@@ -134,19 +137,18 @@ struct Args {
     no_namespaces: bool,
 }
 
-fn parse_disk(spec: &str) -> Result<Arc<dyn BlockBackend>, String> {
+fn parse_disk(spec: &str) -> Result<Arc<dyn BlockBackend>, LauncherError> {
     let mut parts = spec.split(',');
-    let path =
-        parts.next().filter(|p| !p.is_empty()).ok_or_else(|| format!("--disk {spec:?}: empty path"))?;
+    let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| LauncherError::DiskPath(spec.into()))?;
     let mut read_only = false;
     for opt in parts {
         match opt {
             "readonly" | "ro" | "readonly=on" => read_only = true,
             "readonly=off" | "rw" => read_only = false,
-            o => return Err(format!("--disk {spec:?}: unknown option {o:?} (expected readonly)")),
+            o => return Err(LauncherError::DiskOption { spec: spec.into(), option: o.into() }),
         }
     }
-    Ok(Arc::new(RawFile::open(&PathBuf::from(path), read_only).map_err(|e| e.to_string())?))
+    Ok(Arc::new(RawFile::open(&PathBuf::from(path), read_only)?))
 }
 
 /// The environment variable that does what `--trust-kvm` does (the node's launchers inherit it).
@@ -222,7 +224,8 @@ fn monotonic_ns() -> u128 {
 fn run(args: Args) -> Result<ExitReason, String> {
     let main_start = std::time::Instant::now();
     let prepare_only = args.prepare_kernel;
-    let disks = args.disks.iter().map(|d| parse_disk(d)).collect::<Result<Vec<_>, _>>()?;
+    let disks =
+        args.disks.iter().map(|d| parse_disk(d)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
     let Some(kernel) = args.kernel else { return Err("--kernel or --spec is required".into()) };
     for p in std::iter::once(&kernel).chain(args.initramfs.iter()) {
         if !p.is_file() {
@@ -416,10 +419,10 @@ struct Started {
 }
 
 /// Reads the machine spec.
-fn load_spec(spec_path: &Path) -> Result<MachineSpec, String> {
-    let raw = std::fs::read(spec_path).map_err(|e| format!("read the spec {}: {e}", spec_path.display()))?;
-    serde_json::from_slice(&raw)
-        .map_err(|e| format!("the spec {} is not a MachineSpec: {e}", spec_path.display()))
+fn load_spec(spec_path: &Path) -> Result<MachineSpec, LauncherError> {
+    let path = || spec_path.to_path_buf();
+    let raw = std::fs::read(spec_path).map_err(|source| LauncherError::SpecRead { path: path(), source })?;
+    serde_json::from_slice(&raw).map_err(|source| LauncherError::SpecParse { path: path(), source })
 }
 
 /// Both engines, built once: the choice between them is made before the jail (it probes the host).
@@ -456,7 +459,7 @@ impl Backends {
 }
 
 /// The machine's cgroup (before the machine: QEMU and swtpm start inside it).
-fn join_cgroup(args: &Args, spec: &MachineSpec, backend: &str) -> Result<Cgroup, String> {
+fn join_cgroup(args: &Args, spec: &MachineSpec, backend: &str) -> Result<Cgroup, LauncherError> {
     let vcpus = spec.cpu.count();
     let emulation = backend == "qemu" && args.allow_emulation;
     let overhead = cgroup::overhead_mib(spec.memory_mib, vcpus, emulation);
@@ -468,7 +471,7 @@ fn join_cgroup(args: &Args, spec: &MachineSpec, backend: &str) -> Result<Cgroup,
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
         .collect();
     let name = format!("{}{name}-{}", cgroup::PREFIX, std::process::id());
-    Cgroup::join(&name, limits).map_err(|e| format!("confinement: the machine's cgroup: {e}"))
+    Cgroup::join(&name, limits).map_err(LauncherError::Cgroup)
 }
 
 /// How long `--incoming` waits for the source's stream.
@@ -476,9 +479,13 @@ const INCOMING_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Listens on the run directory's migration socket and returns the first connection (the stream
 /// the source launcher migrates over).
-fn accept_migration(run_dir: &Path) -> Result<std::os::unix::net::UnixStream, String> {
+fn accept_migration(run_dir: &Path) -> Result<std::os::unix::net::UnixStream, LauncherError> {
     let path = run_dir.join(MIGRATE_SOCKET);
-    let err = |what: &str, e: std::io::Error| format!("incoming migration: {what} {}: {e}", path.display());
+    let err = |what: &'static str, source: std::io::Error| LauncherError::Incoming {
+        what,
+        path: path.clone(),
+        source,
+    };
     let _ = std::fs::remove_file(&path);
     let l = std::os::unix::net::UnixListener::bind(&path).map_err(|e| err("binding", e))?;
     l.set_nonblocking(true).map_err(|e| err("setting up", e))?;
@@ -492,11 +499,7 @@ fn accept_migration(run_dir: &Path) -> Result<std::os::unix::net::UnixStream, St
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if std::time::Instant::now() >= deadline {
                     let _ = std::fs::remove_file(&path);
-                    return Err(format!(
-                        "incoming migration: no source connected to {} within {}s",
-                        path.display(),
-                        INCOMING_TIMEOUT.as_secs()
-                    ));
+                    return Err(LauncherError::IncomingTimeout { path, secs: INCOMING_TIMEOUT.as_secs() });
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -513,7 +516,7 @@ fn start_supervised(
     incoming: bool,
 ) -> Result<Started, String> {
     let machine = if incoming {
-        let mut stream = accept_migration(sup.run_dir())?;
+        let mut stream = accept_migration(sup.run_dir()).map_err(|e| e.to_string())?;
         let m = backend.start_incoming(spec, sup.console_sink(), &mut stream);
         let _ = std::fs::remove_file(sup.run_dir().join(MIGRATE_SOCKET));
         m.map_err(|e| e.to_string())?
@@ -558,7 +561,7 @@ type Prepared<'a> = Result<(MachineSpec, &'a dyn MachineBackend), String>;
 /// machine ends.
 fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
     let backends = Backends::new(args, run_dir);
-    let prepared: Prepared = load_spec(spec_path).and_then(|s| {
+    let prepared: Prepared = load_spec(spec_path).map_err(|e| e.to_string()).and_then(|s| {
         let b = backends.select(args, &s)?;
         Ok((s, b))
     });
@@ -697,7 +700,7 @@ fn jail_self(args: &Args, run_dir: &Path, prepared: &Prepared, backends: &Backen
     let mut opts = JailOptions {
         run_dir: Some(run_dir.to_path_buf()),
         on_violation: Some(hook),
-        selftest: selftest()?,
+        selftest: selftest().map_err(|e| e.to_string())?,
         netns: args.netns.clone(),
         ..Default::default()
     };
@@ -742,18 +745,20 @@ fn jail_self(args: &Args, run_dir: &Path, prepared: &Prepared, backends: &Backen
 
 /// `VIRT_JAIL_SELFTEST=<role>` makes the first thread of that role make a forbidden call, for the
 /// tests that prove the filter and its exit record.
-fn selftest() -> Result<Option<Role>, String> {
+fn selftest() -> Result<Option<Role>, LauncherError> {
     match std::env::var("VIRT_JAIL_SELFTEST") {
-        Ok(r) => {
-            Ok(Some(Role::from_name(&r).ok_or_else(|| format!("VIRT_JAIL_SELFTEST={r:?}: no such role"))?))
-        }
+        Ok(r) => match Role::from_name(&r) {
+            Some(role) => Ok(Some(role)),
+            None => Err(LauncherError::Selftest(r)),
+        },
         Err(_) => Ok(None),
     }
 }
 
 /// Direct mode's confinement: the filters and no capabilities (docs/confinement.md).
 fn confine_direct() -> Result<(), String> {
-    jail::enable(JailOptions { selftest: selftest()?, ..Default::default() }).map_err(|e| e.to_string())
+    let selftest = selftest().map_err(|e| e.to_string())?;
+    jail::enable(JailOptions { selftest, ..Default::default() }).map_err(|e| e.to_string())
 }
 
 /// Library warnings (and more with `VIRT_LAUNCHER_LOG=info|debug`) on stderr.

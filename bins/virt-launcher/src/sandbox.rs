@@ -107,15 +107,37 @@ fn backing_chain(disk: &Path) -> Vec<PathBuf> {
     chain
 }
 
+/// Why the machine stays root (or its user could not be claimed); each names the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StaysRoot {
+    /// A tap interface is opened by name, which needs `CAP_NET_ADMIN`.
+    #[error("a tap opened by name needs CAP_NET_ADMIN")]
+    TapByName,
+    /// A read-only file of the machine is not readable by other users.
+    #[error("{} is not readable by others", .0.display())]
+    NotWorldReadable(PathBuf),
+    /// Claiming a uid failed (the error names the lock file).
+    #[error(transparent)]
+    Claim(#[from] user::UserError),
+    /// Every uid of the range is held by a live process.
+    #[error("every uid of {0:?} is in use")]
+    RangeExhausted(UidRange),
+}
+
 /// The user the machine runs as, or why it stays root: taps opened by name need `CAP_NET_ADMIN`,
 /// and a read-only file nobody else may read can only be opened by root.
-pub fn identity(spec: &MachineSpec, view: &View, range: UidRange, host_pid: u32) -> Result<Identity, String> {
+pub fn identity(
+    spec: &MachineSpec,
+    view: &View,
+    range: UidRange,
+    host_pid: u32,
+) -> Result<Identity, StaysRoot> {
     if spec.interfaces.iter().any(|i| matches!(i.backend, InterfaceBackend::Tap { .. })) {
-        return Err("a tap opened by name needs CAP_NET_ADMIN".into());
+        return Err(StaysRoot::TapByName);
     }
     for b in &view.binds {
         if matches!(b.access, Access::ReadOnly | Access::ReadExec) && !user::world_readable(&b.path) {
-            return Err(format!("{} is not readable by others", b.path.display()));
+            return Err(StaysRoot::NotWorldReadable(b.path.clone()));
         }
     }
     // A uid a live process (another launcher) holds is passed over: pids that meet modulo a range
@@ -125,9 +147,8 @@ pub fn identity(spec: &MachineSpec, view: &View, range: UidRange, host_pid: u32)
     let lock_dir =
         std::env::var_os("VIRT_LAUNCHER_UID_LOCKS").map_or_else(|| user::UID_LOCK_DIR.into(), PathBuf::from);
     let uid = range
-        .claim(host_pid, &lock_dir, |u| taken.contains(&u))
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("every uid of {range:?} is in use"))?
+        .claim(host_pid, &lock_dir, |u| taken.contains(&u))?
+        .ok_or(StaysRoot::RangeExhausted(range))?
         .hold_for_life();
     Ok(Identity { uid, gid: uid, groups: Vec::new() })
 }
@@ -180,9 +201,9 @@ pub enum RunDir {
 }
 
 /// Gives the machine's user what it writes: the run directory and the writable binds.
-pub fn hand_over(id: &Identity, view: &View) -> Result<(), String> {
+pub fn hand_over(id: &Identity, view: &View) -> Result<(), user::UserError> {
     for b in view.binds.iter().filter(|b| b.access == Access::ReadWrite) {
-        user::chown_for(id, &b.path).map_err(|e| e.to_string())?;
+        user::chown_for(id, &b.path)?;
     }
     Ok(())
 }

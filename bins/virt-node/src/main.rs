@@ -85,13 +85,21 @@ struct Args {
     mac_range: Option<String>,
 }
 
-fn mac_range(s: &str) -> Result<(virt_core::net::MacAddr, virt_core::net::MacAddr), String> {
-    let (a, b) = s
-        .split_once('-')
-        .filter(|_| s.contains(':'))
-        .ok_or_else(|| format!("--mac-range {s:?}: expected FIRST-LAST"))?;
-    let p = |x: &str| x.parse().map_err(|e| format!("--mac-range: {e}"));
-    Ok((p(a)?, p(b)?))
+/// A `--mac-range` that is not `FIRST-LAST` of two MAC addresses.
+#[derive(Debug, thiserror::Error)]
+enum MacRangeError {
+    /// No `-` between two addresses.
+    #[error("--mac-range {0:?}: expected FIRST-LAST")]
+    Shape(String),
+    /// One end is not a MAC address (the error names it).
+    #[error("--mac-range: {0}")]
+    Mac(#[from] virt_core::net::MacParseError),
+}
+
+fn mac_range(s: &str) -> Result<(virt_core::net::MacAddr, virt_core::net::MacAddr), MacRangeError> {
+    let (a, b) =
+        s.split_once('-').filter(|_| s.contains(':')).ok_or_else(|| MacRangeError::Shape(s.into()))?;
+    Ok((a.parse()?, b.parse()?))
 }
 
 fn default_launcher() -> PathBuf {

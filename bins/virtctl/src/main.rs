@@ -67,12 +67,31 @@ struct Cli {
 #[derive(Debug, Clone, Copy)]
 struct Resource(Kind);
 
-fn parse_resource(s: &str) -> Result<Resource, String> {
+/// A resource name a command does not take; each names what was given and what is expected.
+#[derive(Debug, thiserror::Error)]
+enum UnknownResource {
+    /// Not a VM or VMI (`start`, `stop`, ...).
+    #[error(
+        "unknown resource {0:?}: expected vm, vms, virtualmachine(s), vmi, vmis or virtualmachineinstance(s)"
+    )]
+    Kv(String),
+    /// Not a VM, VMI or DataVolume (`get`).
+    #[error(
+        "unknown resource {0:?}: expected vm, vms, virtualmachine(s), vmi, vmis or virtualmachineinstance(s), \
+         dv or datavolume(s)"
+    )]
+    Get(String),
+    /// No kind the node serves (`delete`).
+    #[error(
+        "unknown resource {0:?}: see `kubectl api-resources` for the kinds the node serves and their short names"
+    )]
+    Any(String),
+}
+
+fn parse_resource(s: &str) -> Result<Resource, UnknownResource> {
     match Kind::parse_resource(s) {
         Some(k @ (Kind::VirtualMachine | Kind::VirtualMachineInstance)) => Ok(Resource(k)),
-        _ => Err(format!(
-            "unknown resource {s:?}: expected vm, vms, virtualmachine(s), vmi, vmis or virtualmachineinstance(s)"
-        )),
+        _ => Err(UnknownResource::Kv(s.into())),
     }
 }
 
@@ -83,13 +102,13 @@ enum GetResource {
     DataVolume,
 }
 
-fn parse_get_resource(s: &str) -> Result<GetResource, String> {
+fn parse_get_resource(s: &str) -> Result<GetResource, UnknownResource> {
     let lower = s.to_ascii_lowercase();
     let bare = lower.strip_suffix(".cdi.kubevirt.io").unwrap_or(&lower);
     if matches!(bare, "dv" | "dvs" | "datavolume" | "datavolumes") {
         return Ok(GetResource::DataVolume);
     }
-    parse_resource(s).map(|r| GetResource::Kv(r.0)).map_err(|e| format!("{e}, dv or datavolume(s)"))
+    parse_resource(s).map(|r| GetResource::Kv(r.0)).map_err(|_| UnknownResource::Get(s.into()))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -510,10 +529,8 @@ fn launch_viewer(addr: std::net::SocketAddr) {
 }
 
 /// Any resource the node serves, as kubectl names it.
-fn parse_any_resource(s: &str) -> Result<Kind, String> {
-    Kind::parse_resource(s).ok_or_else(|| {
-        format!("unknown resource {s:?}: see `kubectl api-resources` for the kinds the node serves and their short names")
-    })
+fn parse_any_resource(s: &str) -> Result<Kind, UnknownResource> {
+    Kind::parse_resource(s).ok_or_else(|| UnknownResource::Any(s.into()))
 }
 
 /// `delete -f`: every object of the manifest, in reverse order (as kubectl deletes a file's objects
@@ -688,7 +705,7 @@ mod tests {
         assert!(matches!(parse_get_resource("dv"), Ok(GetResource::DataVolume)));
         assert!(matches!(parse_get_resource("DataVolumes.cdi.kubevirt.io"), Ok(GetResource::DataVolume)));
         assert!(matches!(parse_get_resource("vmi"), Ok(GetResource::Kv(Kind::VirtualMachineInstance))));
-        assert!(parse_get_resource("pods").unwrap_err().contains("datavolume"));
+        assert!(parse_get_resource("pods").unwrap_err().to_string().contains("datavolume"));
     }
 
     #[test]

@@ -174,16 +174,26 @@ pub fn host_alias(vm: &VmTarget, namespace: &str) -> String {
     format!("{}.{}.{namespace}", vm.short_kind(), vm.name)
 }
 
+/// Why ssh's ProxyCommand could not name this virtctl.
+#[derive(Debug, thiserror::Error)]
+enum ProxyCommandError {
+    /// The running executable's path is unknown.
+    #[error("finding this virtctl for the ProxyCommand: {0}")]
+    CurrentExe(#[source] std::io::Error),
+    /// The path cannot be written into an ssh option.
+    #[error("the path of this virtctl is not UTF-8: {}", .0.display())]
+    NotUtf8(PathBuf),
+}
+
 /// The options every ssh/scp run gets: the ProxyCommand, the known_hosts file, the key, the user's.
 fn common_options(
     o: &SshOpts,
     target: &Target,
     vm: &VmTarget,
     namespace: &str,
-) -> Result<Vec<OsString>, String> {
-    let exe =
-        std::env::current_exe().map_err(|e| format!("finding this virtctl for the ProxyCommand: {e}"))?;
-    let exe = exe.to_str().ok_or("the path of this virtctl is not UTF-8")?;
+) -> Result<Vec<OsString>, ProxyCommandError> {
+    let exe = std::env::current_exe().map_err(ProxyCommandError::CurrentExe)?;
+    let exe = exe.to_str().ok_or_else(|| ProxyCommandError::NotUtf8(exe.clone()))?;
     let mut args: Vec<OsString> = vec![
         "-o".into(),
         format!("ProxyCommand={}", proxy_command(exe, target, vm, namespace, o.port)).into(),
@@ -248,29 +258,23 @@ pub fn ssh(a: SshArgs, target: Target, ns: &str) -> ExitCode {
 
 /// One side of `virtctl scp`: a local path, or `[USER@]TYPE/NAME[/NS]:PATH` made into ssh's
 /// `[USER@]HOST:PATH` (with the target found).
-fn scp_side(s: &str, ns: &str) -> Result<(String, Option<(VmTarget, String)>), String> {
-    let Some((remote, path)) = s.split_once(':') else { return Ok((s.to_string(), None)) };
+fn scp_side(s: &str, ns: &str) -> (String, Option<(VmTarget, String)>) {
+    let Some((remote, path)) = s.split_once(':') else { return (s.to_string(), None) };
     // A local path with ':' in it is not a target: only TYPE/NAME forms are remote.
-    let Ok((user, vm)) = split_user(remote) else { return Ok((s.to_string(), None)) };
+    let Ok((user, vm)) = split_user(remote) else { return (s.to_string(), None) };
     let namespace = vm.namespace.clone().unwrap_or_else(|| ns.to_string());
     let host = host_alias(&vm, &namespace);
     let spec = match user {
         Some(u) => format!("{u}@{host}:{path}"),
         None => format!("{host}:{path}"),
     };
-    Ok((spec, Some((vm, namespace))))
+    (spec, Some((vm, namespace)))
 }
 
 /// Runs `virtctl scp`: the system scp through `virtctl port-forward --stdio`.
 pub fn scp(a: ScpArgs, target: Target, ns: &str) -> ExitCode {
-    let (src, src_vm) = match scp_side(&a.source, ns) {
-        Ok(s) => s,
-        Err(e) => return usage(e),
-    };
-    let (dst, dst_vm) = match scp_side(&a.destination, ns) {
-        Ok(s) => s,
-        Err(e) => return usage(e),
-    };
+    let (src, src_vm) = scp_side(&a.source, ns);
+    let (dst, dst_vm) = scp_side(&a.destination, ns);
     let (vm, namespace) =
         match (src_vm, dst_vm) {
             (Some(v), None) | (None, Some(v)) => v,
@@ -335,9 +339,9 @@ mod tests {
         assert_eq!((u.as_deref(), t.name.as_str(), t.namespace.as_deref()), (Some("root"), "a", Some("b")));
         assert!(split_user("@vm/a").unwrap_err().to_string().contains("user name before '@'"));
         assert!(split_user("vm").unwrap_err().to_string().contains("target \"vm\""));
-        let (spec, vm) = scp_side("root@vm/a:/etc/hosts", "default").unwrap();
+        let (spec, vm) = scp_side("root@vm/a:/etc/hosts", "default");
         assert_eq!(spec, "root@vm.a.default:/etc/hosts");
         assert!(vm.is_some());
-        assert_eq!(scp_side("./local:file", "default").unwrap(), ("./local:file".to_string(), None));
+        assert_eq!(scp_side("./local:file", "default"), ("./local:file".to_string(), None));
     }
 }

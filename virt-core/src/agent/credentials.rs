@@ -10,6 +10,16 @@ use super::client::AgentClient;
 use super::protocol::{AuthorizedKeys, CredentialsSync};
 use super::AgentError;
 
+/// Why the guest agent did not write a user's keys.
+#[derive(Debug, thiserror::Error)]
+#[error("user {user}: {source}")]
+struct KeysNotWritten {
+    /// The guest user whose `authorized_keys` was being changed.
+    user: String,
+    /// What the agent answered.
+    source: AgentError,
+}
+
 /// What should be in the guest, what this node wrote, and how the last attempt went.
 #[derive(Debug, Default)]
 pub(super) struct KeySync {
@@ -67,15 +77,15 @@ impl KeySync {
                     message: format!("SSH keys of {users} written by the guest agent"),
                 }
             }
-            Err(why) => CredentialsSync { synchronized: false, message: why },
+            Err(why) => CredentialsSync { synchronized: false, message: why.to_string() },
         });
         self.last.clone()
     }
 
-    fn write(&self, c: &mut AgentClient) -> Result<String, String> {
+    fn write(&self, c: &mut AgentClient) -> Result<String, KeysNotWritten> {
         let wanted = by_user(&self.wanted);
         let written = by_user(&self.written);
-        let fail = |user: &str, e: AgentError| format!("user {user}: {e}");
+        let fail = |user: &str, source: AgentError| KeysNotWritten { user: user.to_string(), source };
         for (user, keys) in &wanted {
             let keys: Vec<String> = keys.iter().map(|k| (*k).clone()).collect();
             if !keys.is_empty() {

@@ -9,9 +9,14 @@ use crate::machine::resolve::{machine_spec, VolumeFiles};
 use crate::machine::{ConsoleSink, Machine, MachineBackend, MachineExit};
 use crate::model::VirtualMachineInstance;
 
-/// Makes the [`VolumeFiles`] of a VMI: where its volumes' files, kernel and state live.
-pub type VolumeFilesFactory =
-    Arc<dyn Fn(&VirtualMachineInstance) -> Result<Box<dyn VolumeFiles>, String> + Send + Sync>;
+/// Makes the [`VolumeFiles`] of a VMI: where its volumes' files, kernel and state live. The
+/// embedder's error (it should name the VMI or volume concerned) becomes the launch's
+/// [`LaunchStage::Volumes`] failure, its source kept.
+pub type VolumeFilesFactory = Arc<
+    dyn Fn(&VirtualMachineInstance) -> Result<Box<dyn VolumeFiles>, Box<dyn std::error::Error + Send + Sync>>
+        + Send
+        + Sync,
+>;
 
 /// Where a VMI's serial console goes.
 pub type ConsoleFactory = Arc<dyn Fn(&Key) -> ConsoleSink + Send + Sync>;

@@ -259,6 +259,27 @@ pub enum MachineEvent {
     Ended(MachineExit),
 }
 
+/// A failed step of a machine's start (`interface eth0`, `incoming migration`) and its error: the
+/// source of [`MachineError::Start`] when the step is worth naming.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {source}")]
+pub struct StartStep {
+    /// What was being done.
+    pub step: String,
+    /// The error.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl StartStep {
+    /// `step` failed with `source`, boxed for [`MachineError::Start`].
+    pub fn boxed(
+        step: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Box<dyn std::error::Error + Send + Sync> {
+        Box::new(Self { step: step.into(), source: source.into() })
+    }
+}
+
 /// Errors of machine backends; each names the machine and what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
@@ -273,12 +294,12 @@ pub enum MachineError {
         what: String,
     },
     /// Starting failed.
-    #[error("machine {machine}: cannot start: {msg}")]
+    #[error("machine {machine}: cannot start: {source}")]
     Start {
         /// Machine name.
         machine: String,
-        /// Why.
-        msg: String,
+        /// Why (the backend's error; a [`StartStep`] when it says which step failed).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A control operation failed.
     #[error("machine {machine}: {op} failed: {msg}")]
@@ -586,7 +607,7 @@ mod tests {
             (self.ok)(spec)
         }
         fn start(&self, spec: &MachineSpec, _c: ConsoleSink) -> Result<Box<dyn Machine>, MachineError> {
-            Err(MachineError::Start { machine: spec.name.clone(), msg: "fake".into() })
+            Err(MachineError::Start { machine: spec.name.clone(), source: "fake".into() })
         }
     }
 

@@ -8,7 +8,7 @@ use super::accel::{self, AccelDecision, HostVirt};
 use super::migrate::{MigrateOptions, MigrationReport};
 use super::{
     BootSpec, ConsoleSink, DiskBus, DiskOpener, InterfaceBackend, Machine, MachineBackend, MachineError,
-    MachineEvent, MachineExit, MachineSpec, MachineStatus, NetOpener, NicModel, Unsupported,
+    MachineEvent, MachineExit, MachineSpec, MachineStatus, NetOpener, NicModel, StartStep, Unsupported,
 };
 use crate::hypervisor::kvm::KvmHypervisor;
 use crate::net::{NetBackend, NetPair};
@@ -95,11 +95,14 @@ impl MachineBackend for NativeBackend {
     }
 
     fn start(&self, spec: &MachineSpec, console: ConsoleSink) -> Result<Box<dyn Machine>, MachineError> {
-        let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| MachineError::Start {
+            machine: spec.name.clone(),
+            source,
+        };
         let (cfg, unlinked) = self.config(spec, console)?;
-        let hv = KvmHypervisor::new().map_err(|e| err(e.to_string()))?;
-        let vm = MicroVm::new(&hv, cfg).map_err(|e| err(e.to_string()))?;
-        let handle = vm.start().map_err(|e| err(e.to_string()))?;
+        let hv = KvmHypervisor::new().map_err(|e| err(e.into()))?;
+        let vm = MicroVm::new(&hv, cfg).map_err(|e| err(e.into()))?;
+        let handle = vm.start().map_err(|e| err(e.into()))?;
         NativeMachine::wrap(spec, handle, unlinked)
     }
 
@@ -109,11 +112,14 @@ impl MachineBackend for NativeBackend {
         console: ConsoleSink,
         stream: &mut std::os::unix::net::UnixStream,
     ) -> Result<Box<dyn Machine>, MachineError> {
-        let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| MachineError::Start {
+            machine: spec.name.clone(),
+            source,
+        };
         let (cfg, unlinked) = self.config(spec, console)?;
-        let hv = KvmHypervisor::new().map_err(|e| err(e.to_string()))?;
+        let hv = KvmHypervisor::new().map_err(|e| err(e.into()))?;
         let (handle, _stats) = MicroVm::migrate_from(&hv, cfg, &mut &mut *stream)
-            .map_err(|e| err(format!("incoming migration: {e}")))?;
+            .map_err(|e| err(StartStep::boxed("incoming migration", e)))?;
         NativeMachine::wrap(spec, handle, unlinked)
     }
 }
@@ -121,7 +127,10 @@ impl MachineBackend for NativeBackend {
 impl NativeBackend {
     /// The VM configuration of `spec`: disks opened, NICs linked; the unlinked NICs' far ends.
     fn config(&self, spec: &MachineSpec, console: ConsoleSink) -> Result<(VmConfig, Attached), MachineError> {
-        let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| MachineError::Start {
+            machine: spec.name.clone(),
+            source,
+        };
         self.supports(spec).map_err(|why| MachineError::Unsupported {
             machine: spec.name.clone(),
             backend: "native",
@@ -133,7 +142,7 @@ impl NativeBackend {
         let disks = spec
             .disks
             .iter()
-            .map(|d| (self.disks)(d).map_err(|e| err(e.to_string())))
+            .map(|d| (self.disks)(d).map_err(|e| err(e.into())))
             .collect::<Result<Vec<_>, _>>()?;
         let mut unlinked = Vec::new();
         let mut nics = Vec::new();
@@ -142,12 +151,16 @@ impl NativeBackend {
                 (InterfaceBackend::None, _) => {
                     // A NIC with nothing behind it: its frames fill a socket buffer nobody reads.
                     let (ours, theirs) = NetPair::new(&nic.name, "unlinked")
-                        .map_err(|e| err(format!("interface {}: {e}", nic.name)))?;
+                        .map_err(|e| err(StartStep::boxed(format!("interface {}", nic.name), e)))?;
                     unlinked.push(theirs);
                     Arc::new(ours)
                 }
-                (_, Some(open)) => open(nic).map_err(|e| err(format!("interface {}: {e}", nic.name)))?,
-                (_, None) => return Err(err(format!("interface {}: no network opener", nic.name))),
+                (_, Some(open)) => {
+                    open(nic).map_err(|e| err(StartStep::boxed(format!("interface {}", nic.name), e)))?
+                }
+                (_, None) => {
+                    return Err(err(StartStep::boxed(format!("interface {}", nic.name), "no network opener")))
+                }
             };
             nics.push(NicConfig {
                 backend,
@@ -157,7 +170,7 @@ impl NativeBackend {
         // The guest agent's channel, as every machine of the QEMU backend has one: the VMM's end
         // goes to its virtio-console, the host's to the launcher's agent client.
         let (agent_vm, agent_host) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| err(format!("the guest agent's channel: {e}")))?;
+            .map_err(|e| err(StartStep::boxed("the guest agent's channel", e)))?;
         let cfg = VmConfig {
             memory_mib: spec.memory_mib,
             cpus: u8::try_from(spec.cpu.count()).map_err(|_| err("too many vCPUs".into()))?,
@@ -186,7 +199,10 @@ impl NativeMachine {
         handle: VmHandle,
         unlinked: Attached,
     ) -> Result<Box<dyn Machine>, MachineError> {
-        let err = |msg: String| MachineError::Start { machine: spec.name.clone(), msg };
+        let err = |source: Box<dyn std::error::Error + Send + Sync>| MachineError::Start {
+            machine: spec.name.clone(),
+            source,
+        };
         let handle = Arc::new(handle);
         let (tx, rx) = channel();
         let _ = tx.send(MachineEvent::Started);
@@ -218,7 +234,7 @@ impl NativeMachine {
                 *lock(&ended.0) = Some(exit);
                 ended.1.notify_all();
             })
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
         Ok(Box::new(m))
     }
 }

@@ -87,6 +87,18 @@ pub enum PortForwardError {
         /// What failed.
         reason: String,
     },
+    /// The node refused or failed the websocket of one UDP peer (the caller names the peer).
+    #[error("{}", describe(source))]
+    PeerDial {
+        /// The node's answer (boxed: a ClientError can hold a PortForwardError).
+        source: Box<ClientError>,
+    },
+    /// The websocket of one UDP peer failed after it opened (the caller names the peer).
+    #[error("{source}")]
+    PeerWebSocket {
+        /// The websocket's error.
+        source: tokio_tungstenite::tungstenite::Error,
+    },
 }
 
 /// What `port-forward` and `ssh` reach: `vm/NAME[/NAMESPACE]` or `vmi/NAME[/NAMESPACE]`.
@@ -399,22 +411,23 @@ async fn udp_peer(
     socket: &UdpSocket,
     peer: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
-) -> Result<(), String> {
+) -> Result<(), PortForwardError> {
     let ws = client
         .port_forward_socket(target, namespace, remote, Protocol::Udp)
         .await
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| PortForwardError::PeerDial { source: Box::new(e) })?;
+    let ws_err = |source| PortForwardError::PeerWebSocket { source };
     let (mut tx, mut wsrx) = ws.split();
     loop {
         tokio::select! {
             d = rx.recv() => match d {
-                Some(d) => tx.send(Message::Binary(d.into())).await.map_err(|e| e.to_string())?,
+                Some(d) => tx.send(Message::Binary(d.into())).await.map_err(ws_err)?,
                 None => return Ok(()),
             },
             m = wsrx.next() => match m {
                 Some(Ok(Message::Binary(b))) => { let _ = socket.send_to(&b, peer).await; }
                 Some(Ok(Message::Close(_))) | None => return Ok(()),
-                Some(Err(e)) => return Err(e.to_string()),
+                Some(Err(e)) => return Err(ws_err(e)),
                 Some(Ok(_)) => {}
             },
         }

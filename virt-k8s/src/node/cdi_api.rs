@@ -77,7 +77,7 @@ impl From<CdiError> for Failure {
         let (code, reason) = match &e {
             CdiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             CdiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            CdiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            CdiError::Invalid(_) | CdiError::Template { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             CdiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             CdiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             CdiError::Store { .. } | CdiError::Io { .. } | CdiError::Volume(_) => {

@@ -68,6 +68,33 @@ pub enum NodeNetworkError {
     },
 }
 
+/// Why a VMI's network could not be set up; each names the VMI and the field or step concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum VmiNetworkError {
+    /// An interface's `macAddress` is not a MAC address.
+    #[error("{field}: {source}")]
+    BadMac {
+        /// The field (`spec.domain.devices.interfaces[i].macAddress`).
+        field: String,
+        /// What did not parse (names the value).
+        source: virt_core::net::MacParseError,
+    },
+    /// The MAC pool refused the interface's address, or had none left.
+    #[error("{field}: {source}")]
+    MacPool {
+        /// The field (`spec.domain.devices.interfaces[i].macAddress`).
+        field: String,
+        /// What the pool said.
+        source: virt_net::macpool::MacPoolError,
+    },
+    /// The VMI's interfaces or networks are not valid (the error names the field).
+    #[error(transparent)]
+    Spec(#[from] virt_net::spec::SpecError),
+    /// The namespace, bridges, taps, rules or DHCP of the VMI could not be made.
+    #[error(transparent)]
+    Setup(Box<virt_net::pod::PodNetError>),
+}
+
 /// The node's network: what the runtime calls around a launcher, and the endpoint lookup of
 /// port-forward and ssh.
 pub struct NodeNetwork {
@@ -128,7 +155,7 @@ impl NodeNetwork {
 
     /// Sets up `vmi`'s network: MACs from the pool (or claimed as given), then namespace, bridges,
     /// taps, rules and DHCP. `Ok(None)` for a VMI without interfaces. Errors name the field.
-    pub fn setup(&self, vmi: &VirtualMachineInstance) -> Result<Option<VmiNet>, String> {
+    pub fn setup(&self, vmi: &VirtualMachineInstance) -> Result<Option<VmiNet>, VmiNetworkError> {
         if vmi.spec.domain.devices.interfaces.is_empty() {
             return Ok(None);
         }
@@ -137,23 +164,27 @@ impl NodeNetwork {
         let mut macs: HashMap<String, MacAddr> = HashMap::new();
         for (i, iface) in vmi.spec.domain.devices.interfaces.iter().enumerate() {
             let owner = format!("{ns}/{name}/{}", iface.name);
-            let path = format!("spec.domain.devices.interfaces[{i}].macAddress");
+            let field = || format!("spec.domain.devices.interfaces[{i}].macAddress");
+            let pool = |source| VmiNetworkError::MacPool { field: field(), source };
             let mac = match iface.mac_address.as_deref() {
                 Some(m) => {
-                    let mac: MacAddr = m.parse().map_err(|e| format!("{path}: {e}"))?;
-                    self.macs.claim(&owner, mac).map_err(|e| format!("{path}: {e}"))?;
+                    let mac: MacAddr =
+                        m.parse().map_err(|source| VmiNetworkError::BadMac { field: field(), source })?;
+                    self.macs.claim(&owner, mac).map_err(pool)?;
                     mac
                 }
-                None => self.macs.allocate(&owner).map_err(|e| format!("{path}: {e}"))?,
+                None => self.macs.allocate(&owner).map_err(pool)?,
             };
             macs.insert(iface.name.clone(), mac);
         }
-        let reqs =
-            spec::interfaces(&vmi.spec, &ns, &|n| macs.get(n).copied(), self).map_err(|e| e.to_string())?;
+        let reqs = spec::interfaces(&vmi.spec, &ns, &|n| macs.get(n).copied(), self)?;
         if reqs.is_empty() {
             return Ok(None);
         }
-        self.manager.setup(&uid_of(vmi), &ns, &name, &reqs).map(Some).map_err(|e| e.to_string())
+        self.manager
+            .setup(&uid_of(vmi), &ns, &name, &reqs)
+            .map(Some)
+            .map_err(|e| VmiNetworkError::Setup(Box::new(e)))
     }
 
     /// Removes `vmi`'s network (namespace, taps, bridges, rules, DHCP servers, addresses). A VMI

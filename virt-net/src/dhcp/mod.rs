@@ -80,7 +80,7 @@ pub fn parse(packet: &[u8]) -> Result<v4::Message, DhcpError> {
             packet[1], packet[2]
         )));
     }
-    let clean = sanitize(packet).map_err(bad)?;
+    let clean = sanitize(packet)?;
     let msg = v4::Message::decode(&mut Decoder::new(&clean)).map_err(|e| bad(e.to_string()))?;
     if msg.opcode() != Opcode::BootRequest {
         return Err(bad("not a BOOTREQUEST".into()));
@@ -106,10 +106,11 @@ const READ_OPTIONS: &[(u8, Option<usize>)] = &[
 /// a prefix length (found by the `dhcp_packet` fuzz target), and a guest chooses these bytes.
 /// An option the server reads with a wrong length, or options running past the end, refuse the
 /// packet.
-fn sanitize(packet: &[u8]) -> Result<Vec<u8>, String> {
+fn sanitize(packet: &[u8]) -> Result<Vec<u8>, DhcpError> {
+    let bad = |why: String| DhcpError::Malformed { len: packet.len(), why };
     let mut out = packet.to_vec();
     if out[236..240] != [99, 130, 83, 99] {
-        return Err("no DHCP magic cookie".into());
+        return Err(bad("no DHCP magic cookie".into()));
     }
     let mut i = 240;
     while i < out.len() {
@@ -120,14 +121,16 @@ fn sanitize(packet: &[u8]) -> Result<Vec<u8>, String> {
                 return Ok(out);
             }
             code => {
-                let len = *out.get(i + 1).ok_or("an option without its length at the end")? as usize;
+                let len =
+                    *out.get(i + 1).ok_or_else(|| bad("an option without its length at the end".into()))?
+                        as usize;
                 let end = i + 2 + len;
                 if end > out.len() {
-                    return Err(format!("option {code} runs past the end of the packet"));
+                    return Err(bad(format!("option {code} runs past the end of the packet")));
                 }
                 match READ_OPTIONS.iter().find(|(c, _)| *c == code) {
                     Some((_, Some(want))) if *want != len => {
-                        return Err(format!("option {code} has length {len}, expected {want}"))
+                        return Err(bad(format!("option {code} has length {len}, expected {want}")))
                     }
                     Some(_) if len > 0 => {}
                     _ => out[i..end].fill(0),

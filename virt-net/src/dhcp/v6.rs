@@ -89,7 +89,7 @@ pub fn parse6(packet: &[u8]) -> Result<Request6, DhcpError> {
         .and_then(|x| x.try_into().ok())
         .ok_or_else(|| bad("shorter than the 4-byte DHCPv6 header".into()))?;
     let mut req = Request6 { kind, xid, ..Default::default() };
-    for (code, body) in options(&rest[3..]).map_err(&bad)? {
+    for (code, body) in options(&rest[3..], packet.len())? {
         match code {
             OPT_CLIENTID if req.client_id.is_none() => req.client_id = Some(body.to_vec()),
             OPT_SERVERID if req.server_id.is_none() => req.server_id = Some(body.to_vec()),
@@ -103,7 +103,7 @@ pub fn parse6(packet: &[u8]) -> Result<Request6, DhcpError> {
                     .get(12..)
                     .ok_or_else(|| bad(format!("IA_NA of {} bytes: at least 12 expected", body.len())))?;
                 req.ia_na.push(id);
-                for (c, b) in options(inner).map_err(&bad)? {
+                for (c, b) in options(inner, packet.len())? {
                     if c == OPT_IAADDR {
                         let a: [u8; 16] = b.get(..16).and_then(|a| a.try_into().ok()).ok_or_else(|| {
                             bad(format!("IAADDR of {} bytes: at least 24 expected", b.len()))
@@ -118,15 +118,19 @@ pub fn parse6(packet: &[u8]) -> Result<Request6, DhcpError> {
     Ok(req)
 }
 
-/// The (code, body) pairs of an option area; an option running past the end refuses it.
-fn options(mut area: &[u8]) -> Result<Vec<(u16, &[u8])>, String> {
+/// The (code, body) pairs of an option area of a `packet_len`-byte packet; an option running past
+/// the end refuses it.
+fn options(mut area: &[u8], packet_len: usize) -> Result<Vec<(u16, &[u8])>, DhcpError> {
+    let bad = |why: String| DhcpError::Malformed { len: packet_len, why };
     let mut out = Vec::new();
     while !area.is_empty() {
-        let head = area.get(..4).ok_or("an option header cut short at the end of the packet")?;
+        let head =
+            area.get(..4).ok_or_else(|| bad("an option header cut short at the end of the packet".into()))?;
         let code = u16::from_be_bytes([head[0], head[1]]);
         let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-        let body =
-            area.get(4..4 + len).ok_or_else(|| format!("option {code} runs past the end of the packet"))?;
+        let body = area
+            .get(4..4 + len)
+            .ok_or_else(|| bad(format!("option {code} runs past the end of the packet")))?;
         out.push((code, body));
         area = &area[4 + len..];
     }
@@ -237,9 +241,9 @@ fn encode(packet: &[u8], m: v6::Message) -> Result<Option<Vec<u8>>, DhcpError> {
 pub fn parse_reply6(reply: &[u8]) -> Option<(u8, Vec<Ipv6Addr>)> {
     let (&kind, rest) = reply.split_first()?;
     let mut addrs = Vec::new();
-    for (code, body) in options(rest.get(3..)?).ok()? {
+    for (code, body) in options(rest.get(3..)?, reply.len()).ok()? {
         if code == OPT_IA_NA {
-            for (c, b) in options(body.get(12..)?).ok()? {
+            for (c, b) in options(body.get(12..)?, reply.len()).ok()? {
                 if c == OPT_IAADDR {
                     let a: [u8; 16] = b.get(..16)?.try_into().ok()?;
                     addrs.push(Ipv6Addr::from(a));

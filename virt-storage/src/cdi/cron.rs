@@ -64,41 +64,43 @@ const DOW: Field =
     Field { name: "day of week", min: 0, max: 6, names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"] };
 
 impl Field {
-    fn value(&self, s: &str) -> Result<u32, String> {
+    fn value(&self, s: &str, input: &str) -> Result<u32, CronError> {
+        let err = |reason: String| CronError { input: input.to_string(), reason };
         if let Some(i) = self.names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
             // Names are listed from the field's minimum upwards.
-            return Ok(self.min + u32::try_from(i).map_err(|_| "name index".to_string())?);
+            return Ok(self.min + u32::try_from(i).map_err(|_| err("name index".to_string()))?);
         }
         if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 4 {
-            return Err(format!("{}: {s:?} is not a number", self.name));
+            return Err(err(format!("{}: {s:?} is not a number", self.name)));
         }
-        let v: u32 = s.parse().map_err(|_| format!("{}: {s:?} is not a number", self.name))?;
+        let v: u32 = s.parse().map_err(|_| err(format!("{}: {s:?} is not a number", self.name)))?;
         if v < self.min || v > self.max {
-            return Err(format!("{}: {v} is out of range {}-{}", self.name, self.min, self.max));
+            return Err(err(format!("{}: {v} is out of range {}-{}", self.name, self.min, self.max)));
         }
         Ok(v)
     }
 
     /// Bits set for every value the field matches, and whether it was an unrestricted `*`/`?`.
-    fn parse(&self, expr: &str) -> Result<(u64, bool), String> {
+    fn parse(&self, expr: &str, input: &str) -> Result<(u64, bool), CronError> {
+        let err = |reason: String| CronError { input: input.to_string(), reason };
         let mut bits = 0u64;
         let mut star = false;
         for part in expr.split(',') {
             if part.is_empty() {
-                return Err(format!("{}: empty list element in {expr:?}", self.name));
+                return Err(err(format!("{}: empty list element in {expr:?}", self.name)));
             }
             let (range, step) = match part.split_once('/') {
                 Some((r, s)) => {
                     if s.contains('/') {
-                        return Err(format!("{}: too many slashes in {part:?}", self.name));
+                        return Err(err(format!("{}: too many slashes in {part:?}", self.name)));
                     }
                     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 4 {
-                        return Err(format!("{}: step {s:?} is not a number", self.name));
+                        return Err(err(format!("{}: step {s:?} is not a number", self.name)));
                     }
                     let step: u32 =
-                        s.parse().map_err(|_| format!("{}: step {s:?} is not a number", self.name))?;
+                        s.parse().map_err(|_| err(format!("{}: step {s:?} is not a number", self.name)))?;
                     if step == 0 {
-                        return Err(format!("{}: step must be at least 1", self.name));
+                        return Err(err(format!("{}: step must be at least 1", self.name)));
                     }
                     (r, Some(step))
                 }
@@ -107,13 +109,13 @@ impl Field {
             let (lo, hi, part_star) = if range == "*" || range == "?" {
                 (self.min, self.max, true)
             } else if let Some((a, b)) = range.split_once('-') {
-                let (lo, hi) = (self.value(a)?, self.value(b)?);
+                let (lo, hi) = (self.value(a, input)?, self.value(b, input)?);
                 if lo > hi {
-                    return Err(format!("{}: range {range:?} goes backwards ({lo} > {hi})", self.name));
+                    return Err(err(format!("{}: range {range:?} goes backwards ({lo} > {hi})", self.name)));
                 }
                 (lo, hi, false)
             } else {
-                let v = self.value(range)?;
+                let v = self.value(range, input)?;
                 // robfig: "a/n" runs from a to the field's maximum.
                 let hi = if step.is_some() { self.max } else { v };
                 (v, hi, false)
@@ -175,11 +177,11 @@ impl Schedule {
                 fields.len()
             )));
         }
-        let (minutes, _) = MINUTE.parse(fields[0]).map_err(&err)?;
-        let (hours, _) = HOUR.parse(fields[1]).map_err(&err)?;
-        let (days_of_month, dom_star) = DOM.parse(fields[2]).map_err(&err)?;
-        let (months, _) = MONTH.parse(fields[3]).map_err(&err)?;
-        let (days_of_week, dow_star) = DOW.parse(fields[4]).map_err(&err)?;
+        let (minutes, _) = MINUTE.parse(fields[0], input)?;
+        let (hours, _) = HOUR.parse(fields[1], input)?;
+        let (days_of_month, dom_star) = DOM.parse(fields[2], input)?;
+        let (months, _) = MONTH.parse(fields[3], input)?;
+        let (days_of_week, dow_star) = DOW.parse(fields[4], input)?;
         Ok(Self {
             text: input.to_string(),
             minutes,

@@ -11,9 +11,15 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::format::io::ImageFile;
+
+/// A read waited for bytes a failed download never wrote (the download's error is the source,
+/// shared by every waiting reader).
+#[derive(Debug, thiserror::Error)]
+#[error("the download failed: {0}")]
+struct DownloadFailed(#[source] Arc<io::Error>);
 
 /// How far the download got.
 #[derive(Debug, Default)]
@@ -21,7 +27,7 @@ struct State {
     /// Bytes of the file written so far (a prefix: the download writes in order).
     written: u64,
     /// Set when the download ended: `Ok` at the end of the stream, `Err` with why it failed.
-    done: Option<Result<(), String>>,
+    done: Option<Result<(), Arc<io::Error>>>,
     /// Set when the reader side gave up (the conversion failed): the download stops.
     cancelled: bool,
 }
@@ -45,7 +51,7 @@ impl Fill {
     }
 
     /// The download ended (`Err`: why it failed); wakes every waiting reader.
-    pub(crate) fn finish(&self, r: Result<(), String>) {
+    pub(crate) fn finish(&self, r: Result<(), Arc<io::Error>>) {
         self.lock().done = Some(r);
         self.moved.notify_all();
     }
@@ -115,7 +121,7 @@ impl<'a> GrowingFile<'a> {
                 return Ok(());
             }
             match &g.done {
-                Some(Err(why)) => return Err(io::Error::other(format!("the download failed: {why}"))),
+                Some(Err(why)) => return Err(io::Error::other(DownloadFailed(why.clone()))),
                 Some(Ok(())) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -180,8 +186,8 @@ mod tests {
         let g = GrowingFile::new(f.try_clone().unwrap(), data.len() as u64, &fill);
         std::thread::scope(|s| {
             let h = s.spawn(|| {
-                let r = download_into(&mut Slow(&data, 0), &f, &fill);
-                fill.finish(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                let r = download_into(&mut Slow(&data, 0), &f, &fill).map_err(Arc::new);
+                fill.finish(r.as_ref().map(|_| ()).map_err(Arc::clone));
                 r
             });
             // The end first: waits for the whole download.
@@ -207,14 +213,14 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 let r = download_into(&mut &[7u8; 3000][..], &f, &fill);
-                fill.finish(r.map(|_| ()).map_err(|e| e.to_string()));
+                fill.finish(r.map(|_| ()).map_err(Arc::new));
             });
             let e = g.read_exact_at(&mut [0u8; 10], 5 << 20).unwrap_err();
             assert!(e.to_string().contains("ended at byte 3000 of 10485760"), "{e}");
         });
         let fill = Fill::default();
         let g = GrowingFile::new(f.try_clone().unwrap(), 100, &fill);
-        fill.finish(Err("connection reset".into()));
+        fill.finish(Err(Arc::new(io::Error::other("connection reset"))));
         assert!(g.read_exact_at(&mut [0u8; 10], 50).unwrap_err().to_string().contains("connection reset"));
         // A cancelled fill stops the download.
         let fill = Fill::default();

@@ -64,7 +64,7 @@ impl HttpSource {
         if let Some(p) = &opts.net_policy {
             p.check_url(url).map_err(|r| bad(r.to_string()))?;
         }
-        let tls = tls_config(&opts).map_err(bad)?;
+        let tls = tls_config(&opts, &bad)?;
         // The timeout bounds connecting and each read, not the whole transfer (a large image
         // takes as long as it takes). A 1 MiB input buffer (ureq's default is 128 KiB) makes
         // fewer, larger socket reads on fast links.
@@ -149,18 +149,22 @@ fn tls_failure(e: &ureq::Error) -> Option<&'static str> {
     }
 }
 
-fn tls_config(opts: &HttpOptions) -> Result<ureq::tls::TlsConfig, String> {
+/// The TLS settings of `opts`; `bad` makes the error naming the URL.
+fn tls_config(
+    opts: &HttpOptions,
+    bad: &dyn Fn(String) -> ImportError,
+) -> Result<ureq::tls::TlsConfig, ImportError> {
     use ureq::tls::{PemItem, RootCerts, TlsConfig};
     let mut b = TlsConfig::builder().disable_verification(opts.insecure_skip_verify);
     if let Some(pem) = &opts.ca_pem {
         let mut certs = Vec::new();
         for item in ureq::tls::parse_pem(pem) {
-            if let PemItem::Certificate(c) = item.map_err(|e| format!("CA bundle: {e}"))? {
+            if let PemItem::Certificate(c) = item.map_err(|e| bad(format!("CA bundle: {e}")))? {
                 certs.push(c);
             }
         }
         if certs.is_empty() {
-            return Err("CA bundle holds no PEM certificate".into());
+            return Err(bad("CA bundle holds no PEM certificate".into()));
         }
         b = b.root_certs(RootCerts::Specific(Arc::new(certs)));
     }

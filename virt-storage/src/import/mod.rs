@@ -384,9 +384,10 @@ fn convert_while_downloading(
     let fill = growing::Fill::default();
     std::thread::scope(|s| {
         let download = s.spawn(|| {
-            let r = growing::download_into(stream, &file, &fill);
-            fill.finish(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-            r
+            let r = growing::download_into(stream, &file, &fill).map_err(std::sync::Arc::new);
+            fill.finish(r.as_ref().map(|_| ()).map_err(std::sync::Arc::clone));
+            // The readers hold the error too; the import reports it with its kind and text.
+            r.map_err(|e| std::io::Error::new(e.kind(), e))
         });
         let converted = Qcow2::open_file(growing::GrowingFile::new(view, total, &fill), scratch, qopts, None)
             .and_then(|q| convert_image(&q, dst, copts));

@@ -140,7 +140,7 @@ impl Reference {
             None => (name_tag, None),
         };
         if let Some(t) = &tag {
-            validate_tag(t).map_err(bad)?;
+            validate_tag(t, &bad)?;
         }
         let (registry, repository) = match name.split_once('/') {
             Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
@@ -148,8 +148,8 @@ impl Reference {
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
-        validate_host(&registry).map_err(bad)?;
-        validate_repository(&repository).map_err(bad)?;
+        validate_host(&registry, &bad)?;
+        validate_repository(&repository, &bad)?;
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
         } else {
@@ -245,7 +245,8 @@ impl FromStr for Reference {
     }
 }
 
-fn validate_tag(tag: &str) -> Result<(), String> {
+/// `bad` makes the error naming the whole reference.
+fn validate_tag(tag: &str, bad: &dyn Fn(String) -> RegistryError) -> Result<(), RegistryError> {
     let ok = !tag.is_empty()
         && tag.len() <= 128
         && tag.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -253,31 +254,33 @@ fn validate_tag(tag: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("tag {tag:?} is not valid (letters, digits, '_', '.', '-'; at most 128)"))
+        Err(bad(format!("tag {tag:?} is not valid (letters, digits, '_', '.', '-'; at most 128)")))
     }
 }
 
-fn validate_host(host: &str) -> Result<(), String> {
+/// `bad` makes the error naming the whole reference.
+fn validate_host(host: &str, bad: &dyn Fn(String) -> RegistryError) -> Result<(), RegistryError> {
     let (name, port) = match host.rsplit_once(':') {
         Some((n, p)) => (n, Some(p)),
         None => (host, None),
     };
     if let Some(p) = port {
         if p.parse::<u16>().is_err() {
-            return Err(format!("registry port {p:?} is not a number"));
+            return Err(bad(format!("registry port {p:?} is not a number")));
         }
     }
     let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(format!("registry host {host:?} is not valid"))
+        Err(bad(format!("registry host {host:?} is not valid")))
     }
 }
 
-fn validate_repository(repo: &str) -> Result<(), String> {
+/// `bad` makes the error naming the whole reference.
+fn validate_repository(repo: &str, bad: &dyn Fn(String) -> RegistryError) -> Result<(), RegistryError> {
     if repo.is_empty() || repo.len() > 255 {
-        return Err("repository name is empty or longer than 255 characters".into());
+        return Err(bad("repository name is empty or longer than 255 characters".into()));
     }
     for comp in repo.split('/') {
         let bytes = comp.as_bytes();
@@ -286,10 +289,10 @@ fn validate_repository(repo: &str) -> Result<(), String> {
             && bytes.first().is_some_and(|b| b.is_ascii_alphanumeric())
             && bytes.last().is_some_and(|b| b.is_ascii_alphanumeric());
         if !ok {
-            return Err(format!(
+            return Err(bad(format!(
                 "repository component {comp:?} is not valid (lowercase letters, digits and . _ - \
                  between them)"
-            ));
+            )));
         }
     }
     Ok(())

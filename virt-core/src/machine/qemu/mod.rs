@@ -209,7 +209,7 @@ impl MachineBackend for QemuBackend {
         })?;
         start(&self.opts, &self.host, spec, console, None)
             .map(|m| Box::new(m) as Box<dyn Machine>)
-            .map_err(|e| MachineError::Start { machine: spec.name.clone(), msg: e.to_string() })
+            .map_err(|e| MachineError::Start { machine: spec.name.clone(), source: e.into() })
     }
 
     fn start_incoming(
@@ -227,7 +227,7 @@ impl MachineBackend for QemuBackend {
             .map(|m| Box::new(m) as Box<dyn Machine>)
             .map_err(|e| MachineError::Start {
                 machine: spec.name.clone(),
-                msg: format!("incoming migration: {e}"),
+                source: super::StartStep::boxed("incoming migration", e),
             })
     }
 }

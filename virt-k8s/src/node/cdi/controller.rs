@@ -108,7 +108,7 @@ impl Cdi {
         };
         let in_scope = |ns: &str, vm: &str| scope.as_ref().is_none_or(|s| s.contains(&Key::new(ns, vm)));
         let mut live: HashSet<(String, String, String)> = HashSet::new();
-        let mut wanted: Vec<(Key, Result<DataVolume, String>)> = Vec::new();
+        let mut wanted: Vec<(Key, Result<DataVolume, CdiError>)> = Vec::new();
         for vm in &vms {
             let (Some(ns), Some(name)) = (vm.metadata.namespace.clone(), vm.metadata.name.clone()) else {
                 continue;
@@ -147,7 +147,7 @@ impl Cdi {
                         }
                     },
                     Err(why) => {
-                        st.template_errors.insert(key, why);
+                        st.template_errors.insert(key, why.to_string());
                     }
                 }
             }

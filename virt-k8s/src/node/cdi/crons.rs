@@ -16,6 +16,17 @@ use super::{
     unix_now, Cdi, CdiKind, State, ANN_AUTO_UPDATE, CRON_CHECK, LABEL_CRON, STORAGE_CLASS,
 };
 
+/// Why a DataImportCron's run failed (logged, and retried with a backoff).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CronRunError {
+    /// The registry client could not be made from the node's settings.
+    #[error("registry client: {0}")]
+    Client(#[source] virt_storage::registry::RegistryError),
+    /// Polling the source or importing it failed (the error names the cron and image).
+    #[error(transparent)]
+    Run(#[from] virt_storage::golden::GoldenError),
+}
+
 impl Cdi {
     pub(super) fn start_cron_workers(self: &Arc<Self>) {
         let now = Instant::now();
@@ -83,8 +94,8 @@ impl Cdi {
         let auto_update = cron.metadata.annotations.get(ANN_AUTO_UPDATE).map(String::as_str) != Some("false");
         let result = match RegistryClient::new(cfg) {
             Ok(client) => reconcile_cron(&mut cron, &mut ds, &classes, &client, auto_update, unix_now())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("registry client: {e}")),
+                .map_err(CronRunError::from),
+            Err(e) => Err(CronRunError::Client(e)),
         };
         self.cron_finished(&key, &uid, cron, ds, result);
     }
@@ -95,7 +106,7 @@ impl Cdi {
         uid: &str,
         cron: DataImportCron,
         ds: DataSource,
-        result: Result<virt_storage::golden::CronRun, String>,
+        result: Result<virt_storage::golden::CronRun, CronRunError>,
     ) {
         let mut st = lock(&self.state);
         st.cron_workers.remove(key);

@@ -191,6 +191,16 @@ pub enum CdiError {
     /// A volume operation failed (the message names the volume).
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    /// A VM's `dataVolumeTemplates` entry does not make a valid DataVolume.
+    #[error("DataVolume template {path} of VirtualMachine {vm}: {source}")]
+    Template {
+        /// The template's field path (`spec.dataVolumeTemplates[i]`).
+        path: String,
+        /// The VM (`namespace/name`).
+        vm: String,
+        /// What is wrong (the decoder's, metadata's or validation's error, naming the field).
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -569,11 +579,16 @@ fn check<T: Validate>(o: &T) -> Result<(), CdiError> {
 
 /// The DataVolume of `vm`'s template `i`, owned by the VM, read strictly (paths like
 /// `spec.dataVolumeTemplates[0].spec.source.http.url`) and validated.
-fn dv_from_template(vm: &VirtualMachine, i: usize) -> Result<DataVolume, String> {
+fn dv_from_template(vm: &VirtualMachine, i: usize) -> Result<DataVolume, CdiError> {
     let ns = vm.metadata.namespace.clone().unwrap_or_default();
     let vm_name = vm.metadata.name.clone().unwrap_or_default();
     let path = format!("spec.dataVolumeTemplates[{i}]");
-    let t = vm.spec.data_volume_templates.get(i).ok_or_else(|| format!("{path}: no such template"))?;
+    let why = |source: Box<dyn std::error::Error + Send + Sync>| CdiError::Template {
+        path: path.clone(),
+        vm: format!("{ns}/{vm_name}"),
+        source,
+    };
+    let t = vm.spec.data_volume_templates.get(i).ok_or_else(|| why("no such template".into()))?;
     let mut meta = t.metadata.clone();
     meta.namespace = Some(ns.clone());
     meta.owner_references = vec![OwnerReference {
@@ -590,18 +605,17 @@ fn dv_from_template(vm: &VirtualMachine, i: usize) -> Result<DataVolume, String>
         "metadata": to_value(&meta),
         "spec": t.spec,
     });
-    let why = |e: String| format!("DataVolume template {path} of VirtualMachine {ns}/{vm_name}: {e}");
     let opts = LoadOptions::default();
     let mut dv: DataVolume = Decoder::new(&opts, 1).decode(value, &path).map_err(|e| match e {
         LoadError::Decode { errors, .. } => {
-            why(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+            why(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ").into())
         }
-        other => why(other.to_string()),
+        other => why(other.into()),
     })?;
     let name = dv.metadata.name.clone().unwrap_or_default();
-    prepare_meta(&mut dv.metadata, &ns).map_err(|e| why(e.to_string()))?;
-    check(&dv).map_err(|e| why(e.to_string()))?;
-    VolumeId::new(&ns, &name).validate().map_err(|e| why(e.to_string()))?;
+    prepare_meta(&mut dv.metadata, &ns).map_err(|e| why(e.into()))?;
+    check(&dv).map_err(|e| why(e.into()))?;
+    VolumeId::new(&ns, &name).validate().map_err(|e| why(e.into()))?;
     dv.status = Some(DataVolumeStatus {
         phase: Some(DataVolumePhase::Pending),
         progress: Some(DataVolumeProgress("N/A".into())),

@@ -10,6 +10,33 @@ use virt_storage::volume::{VolumeId, VolumeProvider};
 
 use super::{lock, phase_name, phase_of, Cdi, CdiKind, RECHECK};
 
+/// Why a VolumeSnapshot is not ready (its `status.error.message`); each names the claim.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SnapshotError {
+    /// The claim's DataVolume has not finished populating it.
+    #[error("DataVolume {id} (spec.source.persistentVolumeClaimName) is not populated yet (phase {phase})")]
+    NotPopulated {
+        /// The claim's volume.
+        id: VolumeId,
+        /// The DataVolume's phase.
+        phase: String,
+    },
+    /// No volume of that claim.
+    #[error(
+        "persistentvolumeclaims \"{claim}\" not found in namespace {namespace} \
+         (spec.source.persistentVolumeClaimName)"
+    )]
+    NoClaim {
+        /// The claim named.
+        claim: String,
+        /// The snapshot's namespace.
+        namespace: String,
+    },
+    /// The pool failed reading or snapshotting the volume (the error names it).
+    #[error(transparent)]
+    Pool(#[from] virt_storage::volume::VolumeError),
+}
+
 impl Cdi {
     pub(super) fn start_snapshot_workers(self: &Arc<Self>) {
         let now = Instant::now();
@@ -58,31 +85,34 @@ impl Cdi {
         };
         let id = VolumeId::new(&key.namespace, &claim);
         let taken = match dv_phase {
-            Some(p) if p != Some(DataVolumePhase::Succeeded) => Err(format!(
-                "DataVolume {id} (spec.source.persistentVolumeClaimName) is not populated yet (phase {})",
-                phase_name(p)
-            )),
+            Some(p) if p != Some(DataVolumePhase::Succeeded) => {
+                Err(SnapshotError::NotPopulated { id: id.clone(), phase: phase_name(p) })
+            }
             _ => match self.pool.get_snapshot(&id, &key.name) {
                 // Taken before the node stopped.
                 Ok(Some(v)) => Ok(v.size),
                 Ok(None) => match self.pool.get(&id) {
-                    Ok(None) => Err(format!(
-                        "persistentvolumeclaims \"{claim}\" not found in namespace {} \
-                         (spec.source.persistentVolumeClaimName)",
-                        key.namespace
-                    )),
-                    Ok(Some(_)) => {
-                        self.pool.snapshot(&id, &key.name).map(|o| o.volume.size).map_err(|e| e.to_string())
+                    Ok(None) => {
+                        Err(SnapshotError::NoClaim { claim: claim.clone(), namespace: key.namespace.clone() })
                     }
-                    Err(e) => Err(e.to_string()),
+                    Ok(Some(_)) => {
+                        self.pool.snapshot(&id, &key.name).map(|o| o.volume.size).map_err(Into::into)
+                    }
+                    Err(e) => Err(e.into()),
                 },
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e.into()),
             },
         };
         self.snapshot_finished(&key, &uid, &id, taken);
     }
 
-    pub(super) fn snapshot_finished(&self, key: &Key, uid: &str, id: &VolumeId, taken: Result<u64, String>) {
+    pub(super) fn snapshot_finished(
+        &self,
+        key: &Key,
+        uid: &str,
+        id: &VolumeId,
+        taken: Result<u64, SnapshotError>,
+    ) {
         let mut st = lock(&self.state);
         st.snap_workers.remove(key);
         let Some(vs) = st.snapshots.get_mut(key).filter(|v| v.metadata.uid.as_deref() == Some(uid)) else {
@@ -106,7 +136,8 @@ impl Cdi {
                 log::info!("VolumeSnapshot {key}: snapshot of {id} taken ({size} bytes)");
                 true
             }
-            Err(message) => {
+            Err(e) => {
+                let message = e.to_string();
                 status.ready_to_use = Some(false);
                 let same = status.error.as_ref().and_then(|e| e.message.as_deref()) == Some(message.as_str());
                 if !same {

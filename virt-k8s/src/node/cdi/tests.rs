@@ -111,6 +111,11 @@ spec:
     assert_eq!(phase_of(&dv), Some(DataVolumePhase::Pending));
     let e = dv_from_template(&vm, 1).unwrap_err();
     assert!(
+        matches!(&e, CdiError::Template { path, vm, .. } if path == "spec.dataVolumeTemplates[1]" && vm == "default/vm"),
+        "{e:?}"
+    );
+    let e = e.to_string();
+    assert!(
         e.starts_with("DataVolume template spec.dataVolumeTemplates[1] of VirtualMachine default/vm"),
         "{e}"
     );

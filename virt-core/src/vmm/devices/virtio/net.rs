@@ -195,6 +195,23 @@ impl VirtioDevice for Net {
     }
 }
 
+/// Why a transmit chain was dropped.
+#[derive(Debug, thiserror::Error)]
+enum TxError {
+    /// The chain's descriptors do not describe readable guest memory.
+    #[error("bad descriptor chain: {0:?}")]
+    Chain(virtio_queue::Error),
+    /// The chain's length is not a frame with its virtio-net header.
+    #[error("{0} bytes is not a frame with header")]
+    Length(usize),
+    /// Reading the frame out of guest memory failed.
+    #[error("guest memory: {0}")]
+    Guest(#[source] std::io::Error),
+    /// The backend refused the frame.
+    #[error(transparent)]
+    Backend(#[from] crate::net::NetError),
+}
+
 /// Where a received frame went.
 enum Delivery {
     /// Into the guest's buffers.
@@ -356,16 +373,16 @@ impl NetWorker {
         done
     }
 
-    fn send_chain(&mut self, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> Result<(), String> {
+    fn send_chain(&mut self, chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> Result<(), TxError> {
         let mem = &self.mem.clone();
-        let mut reader = chain.reader(mem).map_err(|e| format!("bad descriptor chain: {e:?}"))?;
+        let mut reader = chain.reader(mem).map_err(TxError::Chain)?;
         let len = reader.available_bytes();
         if !(VNET_HDR_LEN..=MAX_FRAME_LEN).contains(&len) {
-            return Err(format!("{len} bytes is not a frame with header"));
+            return Err(TxError::Length(len));
         }
         self.txbuf.resize(len, 0);
-        reader.read_exact(&mut self.txbuf).map_err(|e| format!("guest memory: {e}"))?;
-        self.backend.send(&self.txbuf).map_err(|e| e.to_string())
+        reader.read_exact(&mut self.txbuf).map_err(TxError::Guest)?;
+        Ok(self.backend.send(&self.txbuf)?)
     }
 
     /// Delivers frames from the backend until it is empty or the guest has no buffers; returns how
