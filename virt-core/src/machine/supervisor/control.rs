@@ -199,7 +199,12 @@ pub(super) fn serve_control(shared: &Arc<Shared>, mut s: UnixStream) {
                         Err(e) => send_line(&mut s, &Reply::from_machine(Err(e))),
                     }
                 }
-                Ok(Request::MigrateOut { downtime_ms, bandwidth_bytes_per_sec, completion_timeout_secs }) => {
+                Ok(Request::MigrateOut {
+                    downtime_ms,
+                    bandwidth_bytes_per_sec,
+                    completion_timeout_secs,
+                    auto_converge,
+                }) => {
                     match fds.pop() {
                         Some(fd) => {
                             fds.clear();
@@ -207,6 +212,7 @@ pub(super) fn serve_control(shared: &Arc<Shared>, mut s: UnixStream) {
                             let mut opts = MigrateOptions {
                                 bandwidth_bytes_per_sec,
                                 completion_timeout_secs,
+                                auto_converge,
                                 ..Default::default()
                             };
                             if let Some(ms) = downtime_ms {
