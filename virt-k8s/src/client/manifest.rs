@@ -201,6 +201,7 @@ impl Kinds for Loadable {
             KubeVirtObject::VirtualMachineClusterPreference(o) => {
                 Self::Stored(Kind::ClusterPreference, Box::new(o.metadata))
             }
+            KubeVirtObject::MigrationPolicy(o) => Self::Stored(Kind::MigrationPolicy, Box::new(o.metadata)),
             _ => Self::Other,
         })
     }
