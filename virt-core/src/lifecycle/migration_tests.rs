@@ -555,7 +555,10 @@ fn a_migration_records_the_policy_that_matched_its_vmi_and_hands_it_to_the_runti
 
     // Stored: a new lifecycle on the store knows the policies; a deleted one is gone.
     let lc2 = Lifecycle::new(store.clone(), rt.clone(), LifecycleOptions::default()).unwrap();
-    assert_eq!(lc2.get_migration_policy("by-vmi").unwrap().spec.selectors, policy("x", by_vmi).spec.selectors);
+    assert_eq!(
+        lc2.get_migration_policy("by-vmi").unwrap().spec.selectors,
+        policy("x", by_vmi).spec.selectors
+    );
     lc2.delete_migration_policy("by-ns").unwrap();
     assert!(matches!(lc2.get_migration_policy("by-ns"), Err(LifecycleError::NotFound { .. })));
     let lc3 = Lifecycle::new(store, rt, LifecycleOptions::default()).unwrap();

@@ -95,11 +95,8 @@ impl Lifecycle {
             (None, false) => {}
         }
         let key = Key::new("", &name);
-        let rv = self.store.put(&StoredObject {
-            kind: Kind::MigrationPolicy,
-            key,
-            value: to_value(&policy),
-        })?;
+        let rv =
+            self.store.put(&StoredObject { kind: Kind::MigrationPolicy, key, value: to_value(&policy) })?;
         policy.metadata.resource_version = Some(rv.to_string());
         st.migration_policies.insert(name, policy.clone());
         Ok(policy)

@@ -12,9 +12,9 @@ use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 
 use virt_core::machine::migrate::{migration_features, MigrateOptions};
-use virt_core::model::MigrationPolicySpec;
 use virt_core::machine::supervisor::migration::{connect_destination, migrate_out};
 use virt_core::machine::{InterfaceBackend, MachineSpec};
+use virt_core::model::MigrationPolicySpec;
 
 use super::*;
 
@@ -141,7 +141,8 @@ impl MigrationSettings {
         let mut drop = |asked: &mut bool, able: bool, field: &str, what: &str| {
             if *asked && !able {
                 *asked = false;
-                not_honoured.push(format!("{field}: the {shown} backend cannot {what}; migrating without it"));
+                not_honoured
+                    .push(format!("{field}: the {shown} backend cannot {what}; migrating without it"));
             }
         };
         drop(&mut s.allow_auto_converge, can.auto_converge, "allowAutoConverge", "throttle the guest");
@@ -443,7 +444,10 @@ mod tests {
     use virt_core::api::Quantity;
 
     fn node() -> MigrationSettings {
-        MigrationSettings { bandwidth_per_migration: Some(Quantity::parse("64Mi").unwrap()), ..Default::default() }
+        MigrationSettings {
+            bandwidth_per_migration: Some(Quantity::parse("64Mi").unwrap()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -456,7 +460,10 @@ mod tests {
         let s = node().with_policy(&policy);
         assert_eq!(s.bandwidth_per_migration, node().bandwidth_per_migration, "not set: the node's");
         assert_eq!((s.completion_timeout_per_gib, s.allow_auto_converge), (300, true));
-        let bw = MigrationPolicySpec { bandwidth_per_migration: Quantity::parse("1Gi").ok(), ..Default::default() };
+        let bw = MigrationPolicySpec {
+            bandwidth_per_migration: Quantity::parse("1Gi").ok(),
+            ..Default::default()
+        };
         let s = node().with_policy(&bw);
         assert_eq!(s.configuration()["bandwidthPerMigration"], "1Gi");
         assert_eq!(s.options_for(2048).bandwidth_bytes_per_sec, Some(1 << 30));
