@@ -135,7 +135,7 @@ impl MigrationSettings {
     /// event), so that `migrationConfiguration` shows what is in force.
     pub fn for_backend(&self, backend: &str) -> (Self, Vec<String>) {
         let can = migration_features(backend);
-        let shown = if backend.is_empty() { "this" } else { backend };
+        let shown = if backend.is_empty() { "unknown" } else { backend };
         let mut s = self.clone();
         let mut not_honoured = Vec::new();
         let mut drop = |asked: &mut bool, able: bool, field: &str, what: &str| {
