@@ -365,6 +365,20 @@ mod tests {
     }
 
     #[test]
+    fn a_migration_policy_is_cluster_scoped_and_checked_field_by_field() {
+        let p = "apiVersion: migrations.kubevirt.io/v1alpha1\nkind: MigrationPolicy\nmetadata: {name: fast}\n\
+                 spec:\n  bandwidthPerMigration: 128Mi\n  selectors: {virtualMachineInstanceSelector: {a: b}}\n";
+        let m = load(p, "p.yaml", false, Some("lab")).unwrap();
+        assert_eq!(m[0].kind, Kind::MigrationPolicy);
+        assert_eq!(
+            m[0].kind.collection_path(Some("lab")),
+            "/apis/migrations.kubevirt.io/v1alpha1/migrationpolicies"
+        );
+        let e = load(&p.replace("{a: b}", "{a: b}, bogus: {}"), "p.yaml", false, None).unwrap_err();
+        assert!(e.to_string().contains("spec.selectors.bogus: unknown field"), "{e}");
+    }
+
+    #[test]
     fn json_documents() {
         let text = r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"n","labels":null}}"#;
         let m = load(text, "n.json", true, None).unwrap();
