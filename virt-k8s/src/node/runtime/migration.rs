@@ -138,16 +138,16 @@ impl MigrationSettings {
         let shown = if backend.is_empty() { "unknown" } else { backend };
         let mut s = self.clone();
         let mut not_honoured = Vec::new();
-        let mut drop = |asked: &mut bool, able: bool, field: &str, what: &str| {
+        let mut turn_off = |asked: &mut bool, able: bool, field: &str, what: &str| {
             if *asked && !able {
                 *asked = false;
                 not_honoured
                     .push(format!("{field}: the {shown} backend cannot {what}; migrating without it"));
             }
         };
-        drop(&mut s.allow_auto_converge, can.auto_converge, "allowAutoConverge", "throttle the guest");
-        drop(&mut s.allow_post_copy, can.post_copy, "allowPostCopy", "switch to post-copy");
-        drop(
+        turn_off(&mut s.allow_auto_converge, can.auto_converge, "allowAutoConverge", "throttle the guest");
+        turn_off(&mut s.allow_post_copy, can.post_copy, "allowPostCopy", "switch to post-copy");
+        turn_off(
             &mut s.allow_workload_disruption,
             can.pause_to_complete,
             "allowWorkloadDisruption",
