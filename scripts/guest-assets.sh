@@ -397,7 +397,12 @@ net_test() {
     [ $rc -eq 0 ] || cat "/tmp/iperf3.$k"
     k=$((k + 1))
   done
-  echo "VIRT-E2E: rx_bytes=$(cat "$n/statistics/rx_bytes") tx_bytes=$(cat "$n/statistics/tx_bytes")"
+  for k in rx_bytes tx_bytes rx_packets tx_packets rx_dropped rx_errors tx_dropped tx_errors; do
+    printf ' %s=%s' "$k" "$(cat "$n/statistics/$k")"
+  done > /tmp/netstats
+  echo "VIRT-E2E: net stats$(cat /tmp/netstats)"
+  # TCP's counters (RetransSegs, InErrs, ...): header line, then values.
+  grep '^Tcp:' /proc/net/snmp | sed 's/^/VIRT-E2E: net snmp /'
 }
 if [ "$mode" = net ]; then
   net_test
