@@ -38,6 +38,9 @@ use super::state::{self, Persist, StateError};
 use super::{Build, MicroVm, VmConfig, VmHandle};
 use crate::hypervisor::{Hypervisor, MemorySlot};
 
+mod sender;
+use sender::Sender;
+
 /// Protocol versions this build speaks.
 pub const VERSION_MIN: u16 = 1;
 /// Protocol versions this build speaks.
@@ -351,62 +354,6 @@ pub struct MigrationStats {
     pub bytes_sent: u64,
 }
 
-/// Collects and sends memory batches.
-struct Sender<'a, W: Write> {
-    w: &'a mut W,
-    buf: Vec<u8>,
-    bytes: u64,
-    /// Pre-copy's pace: at most this many bytes per second since `since` (None: unlimited).
-    limit: Option<u64>,
-    since: Instant,
-    /// Bytes sent since `since`.
-    paced: u64,
-    /// When pre-copy gives up (None: never), with the limit for the error.
-    deadline: Option<(Instant, Duration)>,
-    passes: u32,
-}
-
-impl<W: Write> Sender<'_, W> {
-    fn push(&mut self, gpa: u64, data: &[u8]) -> Result<(), MigrationError> {
-        self.buf.extend_from_slice(&gpa.to_le_bytes());
-        self.buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(data);
-        self.bytes += data.len() as u64;
-        if self.buf.len() >= BATCH {
-            self.flush()?;
-        }
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), MigrationError> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        if let Some((at, limit)) = self.deadline {
-            if Instant::now() >= at {
-                return Err(MigrationError::TimedOut { limit, sent: self.bytes, passes: self.passes });
-            }
-        }
-        write_frame(self.w, Kind::Memory, &self.buf)?;
-        self.paced += self.buf.len() as u64;
-        self.buf.clear();
-        if let Some(rate) = self.limit.filter(|r| *r > 0) {
-            // Sleep off what this batch took beyond the rate (a token bucket of one batch).
-            let due = Duration::from_secs_f64(self.paced as f64 / rate as f64);
-            let spent = self.since.elapsed();
-            if due > spent {
-                std::thread::sleep(due - spent);
-            }
-        }
-        Ok(())
-    }
-
-    /// The guest is paused: the rest goes out at full speed and no timeout applies.
-    fn unlimit(&mut self) {
-        self.limit = None;
-        self.deadline = None;
-    }
-}
-
 impl VmHandle {
     fn set_dirty_logging(&self, on: bool) -> Result<(), MigrationError> {
         for s in &self.slots {
@@ -520,16 +467,7 @@ impl VmHandle {
         // until what is left fits the downtime budget.
         self.set_dirty_logging(true)?;
         self.dirty_set(false)?;
-        let mut sender = Sender {
-            w: stream,
-            buf: Vec::new(),
-            bytes: 0,
-            limit: opts.bandwidth_limit,
-            since: Instant::now(),
-            paced: 0,
-            deadline: opts.completion_timeout.map(|t| (start + t, t)),
-            passes: 0,
-        };
+        let mut sender = Sender::new(stream, opts.bandwidth_limit, start, opts.completion_timeout);
         let t = Instant::now();
         // A send error (the peer gone, the completion timeout) is kept as it is, not as a memory error.
         let mut send_err = None;
@@ -561,7 +499,7 @@ impl VmHandle {
             bandwidth = (n as f64 * PAGE as f64) / t.elapsed().as_secs_f64().max(1e-6);
             stats.pages_per_pass.push(n);
             stats.passes += 1;
-            sender.passes = stats.passes;
+            sender.set_passes(stats.passes);
         };
 
         // Stop-and-copy.
@@ -575,7 +513,7 @@ impl VmHandle {
         sender.unlimit();
         let n = self.send_pages(&mut sender, &dirty)?;
         stats.pages_per_pass.push(n);
-        stats.bytes_sent = sender.bytes;
+        stats.bytes_sent = sender.bytes();
         let final_at = Instant::now();
         write_frame(stream, Kind::State, &state::write_stream(&sections)?)?;
         write_frame(stream, Kind::Complete, &[])?;

@@ -1,0 +1,88 @@
+//! Pre-copy's sender: memory runs gathered into batches of at most `BATCH` bytes, each one frame,
+//! paced to the migration's bandwidth limit and cut off at its completion timeout (both lifted for
+//! the final pass, while the guest is paused).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use super::{write_frame, Kind, MigrationError, BATCH};
+
+/// Collects and sends memory batches.
+pub(super) struct Sender<'a, W: Write> {
+    w: &'a mut W,
+    buf: Vec<u8>,
+    bytes: u64,
+    /// Pre-copy's pace: at most this many bytes per second since `since` (None: unlimited).
+    limit: Option<u64>,
+    since: Instant,
+    /// Bytes sent since `since`.
+    paced: u64,
+    /// When pre-copy gives up (None: never), with the limit for the error.
+    deadline: Option<(Instant, Duration)>,
+    passes: u32,
+}
+
+impl<'a, W: Write> Sender<'a, W> {
+    /// A sender on `w` pacing to `limit` bytes a second, giving up after `timeout` from `start`.
+    pub(super) fn new(w: &'a mut W, limit: Option<u64>, start: Instant, timeout: Option<Duration>) -> Self {
+        Self {
+            w,
+            buf: Vec::new(),
+            bytes: 0,
+            limit,
+            since: Instant::now(),
+            paced: 0,
+            deadline: timeout.map(|t| (start + t, t)),
+            passes: 0,
+        }
+    }
+
+    /// Memory bytes pushed so far.
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Dirty passes done so far (for the timeout's error).
+    pub(super) fn set_passes(&mut self, passes: u32) {
+        self.passes = passes;
+    }
+
+    pub(super) fn push(&mut self, gpa: u64, data: &[u8]) -> Result<(), MigrationError> {
+        self.buf.extend_from_slice(&gpa.to_le_bytes());
+        self.buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(data);
+        self.bytes += data.len() as u64;
+        if self.buf.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+    pub(super) fn flush(&mut self) -> Result<(), MigrationError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Some((at, limit)) = self.deadline {
+            if Instant::now() >= at {
+                return Err(MigrationError::TimedOut { limit, sent: self.bytes, passes: self.passes });
+            }
+        }
+        write_frame(self.w, Kind::Memory, &self.buf)?;
+        self.paced += self.buf.len() as u64;
+        self.buf.clear();
+        if let Some(rate) = self.limit.filter(|r| *r > 0) {
+            // Sleep off what this batch took beyond the rate (a token bucket of one batch).
+            let due = Duration::from_secs_f64(self.paced as f64 / rate as f64);
+            let spent = self.since.elapsed();
+            if due > spent {
+                std::thread::sleep(due - spent);
+            }
+        }
+        Ok(())
+    }
+
+    /// The guest is paused: the rest goes out at full speed and no timeout applies.
+    pub(super) fn unlimit(&mut self) {
+        self.limit = None;
+        self.deadline = None;
+    }
+}
