@@ -354,21 +354,25 @@ fn open_launcher_log(state: &Path, c: &NodeClient) -> std::fs::File {
 
 /// A new ed25519 key pair `dir/file` whose public key becomes the Secret `secret` (in `default`)
 /// through `virtctl VERB -f` (`create`, or `apply` to change it); returns the private key's path.
-/// Creates (`verb` create) or replaces (apply) Secret `guest-password`: `USER` -> `password`.
+/// The guest user whose password the agent sets: not `USER`, who logs in on the serial console
+/// with the password cloud-init gave it.
+const PW_USER: &str = "root";
+
+/// Creates (`verb` create) or replaces (apply) Secret `guest-password`: `PW_USER` -> `password`.
 fn password_secret(node: &NodeProc, dir: &Path, password: &str, verb: &str) {
     let manifest = json!({"apiVersion": "v1", "kind": "Secret",
                           "metadata": {"name": "guest-password", "namespace": "default"},
-                          "stringData": {USER: password}});
+                          "stringData": {PW_USER: password}});
     let f = dir.join("password-secret.json");
     std::fs::write(&f, manifest.to_string()).unwrap();
     node.ok(&[verb, "-f", f.to_str().unwrap()]);
 }
 
-/// Whether `USER`'s hash in the guest's /etc/shadow is `password`'s (checked in the guest).
+/// Whether `PW_USER`'s hash in the guest's /etc/shadow is `password`'s (checked in the guest).
 fn guest_password_is(ssh: &Ssh, password: &str) -> bool {
     let check = format!(
         "sudo python3 -W ignore -c 'import crypt,spwd,sys; h=spwd.getspnam(sys.argv[1]).sp_pwdp; \
-         print(crypt.crypt(sys.argv[2], h) == h)' {USER} '{password}'"
+         print(crypt.crypt(sys.argv[2], h) == h)' {PW_USER} '{password}'"
     );
     ssh.try_run(&check).is_ok_and(|o| o.trim() == "True")
 }
@@ -478,7 +482,7 @@ fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
     });
     progress(t0, &format!("AccessCredentialsSynchronized: {}", synced["message"]));
     let msg = synced["message"].as_str().unwrap_or_default();
-    assert!(msg.contains(&format!("passwords of {USER}")), "{msg}");
+    assert!(msg.contains(&format!("passwords of {PW_USER}")), "{msg}");
     let who = wait(&node, "ssh with the agent's key", STEP, || ssh2.try_run("id -un").ok());
     assert_eq!(who.trim(), USER);
     progress(t0, "virtctl ssh with the key the guest agent wrote works");
