@@ -171,12 +171,13 @@ impl LauncherRuntime {
         let accel = if self.cfg.allow_emulation { AccelPolicy::Auto } else { AccelPolicy::RequireKvm };
         let files = self.volumes.prepare(vmi, &run_dir).map_err(LaunchError::at(Stage::Volumes))?;
         let mut spec = machine_spec(&name, &vmi.spec, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
-        spec.agent_ssh_keys = self.volumes.agent_keys(vmi).map_err(LaunchError::at(Stage::Volumes))?;
+        spec.agent_credentials =
+            self.volumes.agent_credentials(vmi).map_err(LaunchError::at(Stage::Volumes))?;
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| LaunchError::new(Stage::Spec, format!("encoding the machine spec: {e}")))?;
         let spec_path = run_dir.join("spec.json");
         let tmp = run_dir.join(".spec.json.tmp");
-        std::fs::write(&tmp, json).map_err(process(&tmp))?;
+        write_private(&tmp, &json).map_err(process(&tmp))?;
         std::fs::rename(&tmp, &spec_path).map_err(process(&spec_path))?;
         Ok(spec_path)
     }
@@ -206,11 +207,12 @@ impl LauncherRuntime {
             }
         }
         let mut spec = machine_spec(&name, &spec_in, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
-        spec.agent_ssh_keys = self.volumes.agent_keys(vmi).map_err(LaunchError::at(Stage::Volumes))?;
+        spec.agent_credentials =
+            self.volumes.agent_credentials(vmi).map_err(LaunchError::at(Stage::Volumes))?;
         let spec_path = run_dir.join("spec.json");
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| LaunchError::new(Stage::Spec, format!("encoding the machine spec: {e}")))?;
-        std::fs::write(&spec_path, json).map_err(process(&spec_path))?;
+        write_private(&spec_path, &json).map_err(process(&spec_path))?;
         let log_path = run_dir.join("launcher.log");
         let log = std::fs::File::create(&log_path).map_err(process(&log_path))?;
         let log2 = log.try_clone().map_err(process(&log_path))?;
@@ -477,4 +479,16 @@ impl Runtime for LauncherRuntime {
             log::warn!("VMI run directory {shown} kept: no thread to remove it: {e}");
         }
     }
+}
+
+/// Writes `bytes` to `path` readable by its owner only (a machine spec carries the guest's access
+/// credentials, passwords among them), replacing what is there.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // An existing file keeps its mode through open: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
