@@ -18,7 +18,9 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{console_until, kernel_vm_yaml, ok, repo, run, wait_for, workspace_bin, Cluster};
+use support::{
+    console_until, kernel_vm_net_yaml, kernel_vm_yaml, ok, repo, run, wait_for, workspace_bin, Cluster,
+};
 
 #[test]
 fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete() {
@@ -82,7 +84,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     // Its containerDisk's registry is not reachable here: the booting VM is the project's own.
     ok(&mut cluster.kubectl(&["delete", "vm", "vm-cirros", "-n", ns]));
     let vm_file = tmp.join("vm-kernel.yaml");
-    std::fs::write(&vm_file, kernel_vm_yaml("vm-cirros", &kernel_image)).unwrap();
+    std::fs::write(&vm_file, kernel_vm_net_yaml("vm-cirros", &kernel_image)).unwrap();
     ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", vm_file.to_str().unwrap()]));
 
     // Start it as virtctl start does for Halted: runStrategy Always.
@@ -143,6 +145,32 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         String::from_utf8_lossy(&logs.stdout).contains("Hello from the guest").then_some(())
     });
     eprintln!("start -> guest userspace on the console: {:?}", start.elapsed());
+    // Its NIC, masqueraded behind the pod's address by the node agent inside the pod (as KubeVirt):
+    // DHCP gives it 10.0.2.2, it reaches the pod network, and the pod's address reaches it.
+    let pod_ip = cluster.get(&["pod", &pod, "-n", ns], "{.status.podIP}").unwrap();
+    wait_for("the guest's network checks on its console", 120, || {
+        let logs = String::from_utf8_lossy(&run(&mut cluster.kubectl(&["logs", "-n", ns, &pod])).stdout)
+            .into_owned();
+        logs.contains("VIRT-NET: httpd up").then_some(logs)
+    });
+    let logs =
+        String::from_utf8_lossy(&run(&mut cluster.kubectl(&["logs", "-n", ns, &pod])).stdout).into_owned();
+    assert!(logs.contains("VIRT-NET: lease of 10.0.2.2 obtained"), "no DHCP lease: {logs}");
+    assert!(logs.contains("VIRT-NET: ping 10.244.0.1 ok"), "the guest did not reach the pod network: {logs}");
+    let page = wait_for("the guest's page through the pod's address", 60, || {
+        let get = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())";
+        let out = run(Command::new("ip")
+            .args(["netns", "exec", "virtrs-k8s", "python3", "-c", get])
+            .arg(format!("http://{pod_ip}:8080/")));
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(page.trim(), "guest-says-hello");
+    let iface = cluster.get(
+        &["vmi", "vm-cirros", "-n", ns],
+        "{.status.interfaces[0].name} {.status.interfaces[0].ipAddress}",
+    );
+    assert_eq!(iface.as_deref(), Some(format!("default {pod_ip}").as_str()), "status.interfaces");
+    eprintln!("start -> guest served a page through the pod network: {:?}", start.elapsed());
     wait_for("the plain pod Running beside the VM", 60, || {
         cluster
             .get(&["pod", "plain", "-n", "default"], "{.status.phase} {.spec.nodeName}")

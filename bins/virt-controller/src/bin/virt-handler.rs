@@ -67,7 +67,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = LauncherRuntime::new(LauncherConfig {
         // The launcher runs in the VMI's pod; this one is never spawned by the agent.
         launcher: PathBuf::from("/usr/bin/virt-launcher"),
-        state_dir: cli.state_dir,
+        state_dir: cli.state_dir.clone(),
         allow_emulation: cli.allow_emulation,
         backend: None,
         insecure_registries: cli.insecure_registries,
@@ -96,7 +96,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
-    let h = handler::Handler::new(client, cli.node, runtime);
+    // VMIs' interfaces in their launcher pods (masquerade on the pod network).
+    let networks = Arc::new(cluster::network::PodNetworks::open(&cli.state_dir)?);
+    let h = handler::Handler::new(client, cli.node, runtime).with_networks(networks);
     handler::run(h, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     if let Some(api) = api {
