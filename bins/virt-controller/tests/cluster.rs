@@ -247,6 +247,30 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     let seen = console_until(&virtctl, &cluster.kubeconfig, ns, "vm-cirros", "Hello from the guest");
     assert!(seen.contains("Linux version"), "the console replays the boot: {seen}");
     eprintln!("virtctl console through the API server showed the boot in {:?}", t.elapsed());
+    // VNC through the API server: `virtctl vnc --proxy-only` serves a local port; a client on it
+    // gets QEMU's RFB greeting from the launcher pod's display.
+    let t = Instant::now();
+    let mut proxy = Command::new(&virtctl)
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(["vnc", "vm-cirros", "--proxy-only", "-n", ns])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(proxy.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    let port: serde_json::Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let mut rfb = std::net::TcpStream::connect(("127.0.0.1", port["port"].as_u64().unwrap() as u16)).unwrap();
+    rfb.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut greeting = [0u8; 12];
+    std::io::Read::read_exact(&mut rfb, &mut greeting).unwrap();
+    assert!(greeting.starts_with(b"RFB 003."), "not an RFB greeting: {greeting:?}");
+    drop(rfb);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    eprintln!("virtctl vnc through the API server: RFB greeting in {:?}", t.elapsed());
     let virtctl_ok = |args: &[&str]| {
         ok(Command::new(&virtctl).arg("--kubeconfig").arg(&cluster.kubeconfig).args(args).args(["-n", ns]))
     };

@@ -31,6 +31,7 @@ fn refuse(code: StatusCode, reason: &str, message: String) -> Refusal {
 /// The subresources of a VMI this server serves, with their verbs.
 const VMI_SUBRESOURCES: &[(&str, &str)] = &[
     ("console", "get"),
+    ("vnc", "get"),
     ("pause", "update"),
     ("unpause", "update"),
     ("softreboot", "update"),
@@ -47,6 +48,7 @@ pub fn router(server: Server) -> Router {
         .route("/apis/subresources.kubevirt.io", get(group))
         .route(&format!("/apis/{GROUP_VERSION}"), get(resources))
         .route(&at("console"), get(console))
+        .route(&at("vnc"), get(vnc))
         .route(&at("pause"), put(pause))
         .route(&at("unpause"), put(unpause))
         .route(&at("softreboot"), put(softreboot))
@@ -302,4 +304,52 @@ async fn console(
         }
     };
     ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, stream))
+}
+
+/// The VNC display: QEMU's VNC server on a unix socket in the VMI's run directory (the agent sees
+/// the pod's run directory at the same path), checked before the upgrade, then bridged as the
+/// local node's API bridges it.
+async fn vnc(
+    State(s): State<Server>,
+    h: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let vmi = match running_vmi(&s, &h, &ns, &name, "vnc").await {
+        Ok(v) => v,
+        Err(e) => return *e,
+    };
+    let key = format!("{ns}/{name}");
+    let k = key.clone();
+    let socket = on_machine(&s, vmi, "vnc", move |m| {
+        m.vnc_socket().ok_or_else(|| {
+            refuse(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "VirtualMachineInstance {k} has no VNC display (autoattachGraphicsDevice: false, or it \
+                     runs on the native microVM, which has none)"
+                ),
+            )
+        })
+    })
+    .await;
+    let socket = match socket {
+        Ok(p) => p,
+        Err(e) => return *e,
+    };
+    let display = match tokio::net::UnixStream::connect(&socket).await {
+        Ok(d) => d,
+        Err(e) => {
+            return *refuse(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("the VNC display of {key} at {} does not answer: {e}", socket.display()),
+            )
+        }
+    };
+    match ws {
+        Ok(ws) => ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, display)),
+        Err(rejection) => rejection.into_response(),
+    }
 }
