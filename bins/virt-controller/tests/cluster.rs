@@ -271,6 +271,26 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     let _ = proxy.kill();
     let _ = proxy.wait();
     eprintln!("virtctl vnc through the API server: RFB greeting in {:?}", t.elapsed());
+    // port-forward through the API server: the agent dials the guest inside its pod.
+    let t = Instant::now();
+    let mut pf = Command::new(&virtctl)
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(["port-forward", "--stdio", &format!("vmi/vm-cirros/{ns}"), "8080"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(pf.stdin.as_mut().unwrap(), b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let out = pf.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("guest-says-hello"),
+        "port-forward: {answer}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("virtctl port-forward through the API server: the guest's page in {:?}", t.elapsed());
     let virtctl_ok = |args: &[&str]| {
         ok(Command::new(&virtctl).arg("--kubeconfig").arg(&cluster.kubeconfig).args(args).args(["-n", ns]))
     };

@@ -80,12 +80,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     log::info!("virt-handler: serving the VMIs of node {}", cli.node);
     let runtime = Arc::new(runtime);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // VMIs' interfaces in their launcher pods (masquerade on the pod network).
+    let networks = Arc::new(cluster::network::PodNetworks::open(&cli.state_dir)?);
     let api = match cli.subresources_listen {
         Some(listen) => {
             let server = subresources::Server {
                 client: client.clone(),
                 node: cli.node.clone(),
                 runtime: runtime.clone(),
+                networks: Some(networks.clone()),
             };
             let advertise = cli.subresources_advertise.unwrap_or(listen.ip());
             let mut rx = stop_rx.clone();
@@ -96,8 +99,6 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
-    // VMIs' interfaces in their launcher pods (masquerade on the pod network).
-    let networks = Arc::new(cluster::network::PodNetworks::open(&cli.state_dir)?);
     let h = handler::Handler::new(client, cli.node, runtime).with_networks(networks);
     handler::run(h, shutdown_signal()).await;
     let _ = stop_tx.send(true);
