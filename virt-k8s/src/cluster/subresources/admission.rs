@@ -137,12 +137,12 @@ pub fn review(body: &[u8]) -> Result<Value, ReviewError> {
     let request = &review["request"];
     let uid = request["uid"].as_str().ok_or(ReviewError::NoUid)?;
     let api_version = review["apiVersion"].as_str().unwrap_or("admission.k8s.io/v1");
+    let group = request["kind"]["group"].as_str().unwrap_or_default();
+    let kind = request["kind"]["kind"].as_str().unwrap_or_default();
     let verdict = match request["operation"].as_str() {
-        Some("CREATE" | "UPDATE") => check(
-            request["kind"]["group"].as_str().unwrap_or_default(),
-            request["kind"]["kind"].as_str().unwrap_or_default(),
-            &request["object"],
-        ),
+        Some("CREATE") => check(group, kind, &request["object"]),
+        Some("UPDATE") => check_update(group, kind, &request["object"], &request["oldObject"])
+            .and_then(|()| check(group, kind, &request["object"])),
         // DELETE and CONNECT carry nothing to check.
         _ => Ok(Vec::new()),
     };
@@ -206,7 +206,8 @@ impl From<ValidationError> for Refusal {
 ///
 /// - VMs and VMIs: validation and the node checks (`Admit::admit`, as `Lifecycle::create_vm`).
 /// - Instancetypes and preferences: the same (`Lifecycle::put_catalog_object`).
-/// - Migrations: the model's validation (the VMI named, names well-formed). The node admits them
+/// - Migrations: the model's validation (the VMI named, names well-formed), and on an update an
+///   unchanged spec ([`check_update`]). The node admits them
 ///   without its node checks (it migrates on itself), and whether the VMI exists, runs and can
 ///   move depends on the cluster's state, which this stateless webhook does not read.
 /// - DataVolumes, DataSources, DataImportCrons: CDI's validation (`Validate::check`, as the
@@ -240,6 +241,18 @@ fn check(group: &str, kind: &str, object: &Value) -> Result<Vec<String>, Refusal
         _ => Vec::new(),
     };
     Ok(warnings.iter().map(ToString::to_string).collect())
+}
+
+/// What an update may not change: a migration's spec (KubeVirt's
+/// `migration-update-validator.kubevirt.io`, with its message; the node serves no update of a
+/// migration at all).
+fn check_update(group: &str, kind: &str, object: &Value, old: &Value) -> Result<(), Refusal> {
+    if (group, kind) == ("kubevirt.io", "VirtualMachineInstanceMigration") && object["spec"] != old["spec"] {
+        let message = "update of Migration object's spec is restricted".to_string();
+        let causes = vec![json!({ "reason": "FieldValueNotSupported", "field": "spec", "message": message })];
+        return Err(Refusal { message: format!("spec: {message}"), causes });
+    }
+    Ok(())
 }
 
 /// CDI's strict loader, then the kind's validation.

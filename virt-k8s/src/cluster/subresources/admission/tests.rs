@@ -271,6 +271,22 @@ fn a_migration_of_a_running_vmi_is_not_refused_for_this_node_not_migrating() {
 }
 
 #[test]
+fn a_migrations_spec_cannot_change_but_its_labels_can() {
+    let m = cases()[0].good.clone();
+    let kind = "VirtualMachineInstanceMigration";
+    let update = |old: &Value, new: &Value| {
+        let mut body: Value =
+            serde_json::from_slice(&request_op("kubevirt.io", kind, "UPDATE", new.clone())).unwrap();
+        body["request"]["oldObject"] = old.clone();
+        review(body.to_string().as_bytes()).unwrap()
+    };
+    let answer = update(&m, &with(&m, "/spec/vmiName", json!("other")));
+    let msg = refused_at(&answer, "spec");
+    assert!(msg.contains("update of Migration object's spec is restricted"), "{msg}");
+    allowed(&update(&m, &with(&m, "/metadata/labels", json!({ "a": "b" }))));
+}
+
+#[test]
 fn warnings_are_passed_on() {
     // An empty DataSource is allowed with the node's notice.
     let ds = with(&cases()[6].good, "/spec/source", json!({}));
