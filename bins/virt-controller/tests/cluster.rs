@@ -318,13 +318,41 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
             && err.contains("spec.targetNode: unknown field"),
         "{err}"
     );
+    // A valid migration is stored (nothing on the cluster carries it out yet); its spec cannot
+    // change afterwards (an update review), its labels can.
+    let mig = tmp.join("mig-ok.yaml");
+    std::fs::write(
+        &mig,
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: mig-ok\nspec:\n  \
+         vmiName: vm-cirros\n",
+    )
+    .unwrap();
+    ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", mig.to_str().unwrap()]));
+    let patched = run(&mut cluster.kubectl(&[
+        "patch",
+        "vmim",
+        "mig-ok",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"vmiName":"vm-other"}}"#,
+    ]));
+    let err = String::from_utf8_lossy(&patched.stderr);
+    assert!(
+        !patched.status.success() && err.contains("update of Migration object's spec is restricted"),
+        "{err}"
+    );
+    ok(&mut cluster.kubectl(&["label", "vmim", "mig-ok", "-n", ns, "e2e=yes"]));
+    ok(&mut cluster.kubectl(&["delete", "vmim", "mig-ok", "-n", ns]));
     let err = apply_refused(
         "it-bad",
         "apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachineClusterInstancetype\nmetadata:\n  \
          name: e2e.bad\nspec:\n  cpu:\n    guest: 0\n  memory:\n    guest: 128Mi\n",
     );
     assert!(err.contains("spec.cpu.guest"), "{err}");
-    eprintln!("admission: DataVolume, migration and instancetype refused by their webhooks by path");
+    eprintln!("admission: DataVolume, migration (create, update) and instancetype refused by their webhooks");
 
     // Instancetypes on the cluster: a VM naming a cluster instancetype (and no memory of its
     // own) gets a VMI with the instancetype's CPU and memory, resolved by the controller with
