@@ -3,7 +3,7 @@
 //! only if this answers `allowed`: VirtualMachines and VirtualMachineInstances,
 //! VirtualMachineInstanceMigrations, the four instancetype and preference kinds
 //! (`instancetype.kubevirt.io`) and CDI's DataVolumes, DataSources and DataImportCrons
-//! (`cdi.kubevirt.io`). The checks are the local node's own, not a copy ([`check`]): the strict
+//! (`cdi.kubevirt.io`). The checks are the local node's own, not a copy (`check`): the strict
 //! loader (unknown fields refused by path, wrong types) of virt-core or virt-storage, then the
 //! validation the node's create applies to the kind. The CRDs keep unknown fields
 //! ([`crate::cluster::schema::keep_unknown_fields`]) so that they reach this instead of being
@@ -207,7 +207,7 @@ impl From<ValidationError> for Refusal {
 /// - VMs and VMIs: validation and the node checks (`Admit::admit`, as `Lifecycle::create_vm`).
 /// - Instancetypes and preferences: the same (`Lifecycle::put_catalog_object`).
 /// - Migrations: the model's validation (the VMI named, names well-formed), and on an update an
-///   unchanged spec ([`check_update`]). The node admits them
+///   unchanged spec (`check_update`). The node admits them
 ///   without its node checks (it migrates on itself), and whether the VMI exists, runs and can
 ///   move depends on the cluster's state, which this stateless webhook does not read.
 /// - DataVolumes, DataSources, DataImportCrons: CDI's validation (`Validate::check`, as the
