@@ -6,7 +6,8 @@
 //! scheduled and started by the kubelet with the real launcher image
 //! (scripts/k8s/launcher-image.sh: virt-launcher + QEMU), virt-handler writes the machine spec,
 //! the guest boots under emulation and its console shows in `kubectl logs`; then the VM deleted
-//! and VMI and pod gone with it.
+//! and VMI and pod gone with it. Admission: a VM, a DataVolume, a migration and an instancetype
+//! the local node refuses are refused by the webhooks naming the field.
 //!
 //! The first run builds Kubernetes (scripts/k8s/build.sh, 15-30 minutes); later runs reuse the
 //! cached binaries. Needs docker-registry, skopeo, qemu-system-x86 and busybox-static
@@ -344,6 +345,86 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         "{err}"
     );
     assert_eq!(cluster.get(&["vm", "vm-bad", "-n", ns], "{.metadata.name}"), None, "nothing stored");
+
+    // The other kinds the node validates, through their own webhooks: a field the CRD does not
+    // know is kept by the API server (not pruned) and refused by the webhook by path, as the node
+    // refuses it; a good DataVolume is stored.
+    let apply_refused = |name: &str, yaml: &str| {
+        let file = tmp.join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let refused = run(&mut cluster.kubectl(&["apply", "-n", ns, "-f", file.to_str().unwrap()]));
+        let err = String::from_utf8_lossy(&refused.stderr).to_string();
+        assert!(!refused.status.success(), "{name} was stored: {err}");
+        assert!(!err.contains("ValidationError("), "refused by kubectl, not the webhook: {err}");
+        err
+    };
+    let dv = |name: &str, http: &str| {
+        format!(
+            "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: {name}\nspec:\n  \
+             source:\n    http:\n      {http}\n  storage:\n    resources:\n      requests:\n        \
+             storage: 500Mi\n"
+        )
+    };
+    let err =
+        apply_refused("dv-bad", &dv("dv-bad", "url: https://example.com/disk.img\n      secretReff: creds"));
+    assert!(
+        err.contains("The DataVolume \"dv-bad\" is invalid")
+            && err.contains("spec.source.http.secretReff: unknown field"),
+        "{err}"
+    );
+    assert_eq!(cluster.get(&["dv", "dv-bad", "-n", ns], "{.metadata.name}"), None, "nothing stored");
+    let good = tmp.join("dv-good.yaml");
+    std::fs::write(&good, dv("dv-good", "url: https://example.com/disk.img")).unwrap();
+    ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", good.to_str().unwrap()]));
+    assert_eq!(
+        cluster.get(&["dv", "dv-good", "-n", ns], "{.spec.source.http.url}").as_deref(),
+        Some("https://example.com/disk.img")
+    );
+    let err = apply_refused(
+        "mig-bad",
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: mig-bad\n\
+         spec:\n  vmiName: vm-cirros\n  targetNode: elsewhere\n",
+    );
+    assert!(
+        err.contains("The VirtualMachineInstanceMigration \"mig-bad\" is invalid")
+            && err.contains("spec.targetNode: unknown field"),
+        "{err}"
+    );
+    // A valid migration is stored (nothing on the cluster carries it out yet); its spec cannot
+    // change afterwards (an update review), its labels can.
+    let mig = tmp.join("mig-ok.yaml");
+    std::fs::write(
+        &mig,
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: mig-ok\nspec:\n  \
+         vmiName: vm-cirros\n",
+    )
+    .unwrap();
+    ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", mig.to_str().unwrap()]));
+    let patched = run(&mut cluster.kubectl(&[
+        "patch",
+        "vmim",
+        "mig-ok",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"vmiName":"vm-other"}}"#,
+    ]));
+    let err = String::from_utf8_lossy(&patched.stderr);
+    assert!(
+        !patched.status.success() && err.contains("update of Migration object's spec is restricted"),
+        "{err}"
+    );
+    ok(&mut cluster.kubectl(&["label", "vmim", "mig-ok", "-n", ns, "e2e=yes"]));
+    ok(&mut cluster.kubectl(&["delete", "vmim", "mig-ok", "-n", ns]));
+    let err = apply_refused(
+        "it-bad",
+        "apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachineClusterInstancetype\nmetadata:\n  \
+         name: e2e.bad\nspec:\n  cpu:\n    guest: 0\n  memory:\n    guest: 128Mi\n",
+    );
+    assert!(err.contains("spec.cpu.guest"), "{err}");
+    eprintln!("admission: DataVolume, migration (create, update) and instancetype refused by their webhooks");
 
     // Instancetypes on the cluster: a VM naming a cluster instancetype (and no memory of its
     // own) gets a VMI with the instancetype's CPU and memory, resolved by the controller with
