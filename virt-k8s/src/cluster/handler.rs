@@ -197,7 +197,7 @@ async fn reconcile(vmi: Arc<Cr<VirtualMachineInstance>>, h: Arc<Handler>) -> Res
             conditions.push(json!({ "type": "Paused", "status": "True", "reason": "PausedByUser" }));
         }
         let mut s = json!({ "phase": new_phase, "conditions": conditions });
-        // KubeVirt's status.interfaces as the node knows them (the pod's address for masquerade).
+        // KubeVirt's status.interfaces as the local node reports them.
         if let Some(net) = h.networks.as_ref().and_then(|n| n.get(&model_of(&vmi))) {
             s["interfaces"] = json!(net.status());
         }
