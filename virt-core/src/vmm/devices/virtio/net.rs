@@ -468,11 +468,7 @@ impl NetWorker {
         }
         let next = self.rx.next_used();
         let slot = u64::from(next % size);
-        let addr = self
-            .rx
-            .used_ring()
-            .checked_add(4 + 8 * slot)
-            .ok_or(QueueError::AddressOverflow)?;
+        let addr = self.rx.used_ring().checked_add(4 + 8 * slot).ok_or(QueueError::AddressOverflow)?;
         // A used element: the chain's head index and the bytes written, both little-endian u32.
         let elem = [u32::from(head).to_le(), len.to_le()];
         self.mem.write_obj(elem, GuestAddress(addr)).map_err(QueueError::GuestMemory)?;
