@@ -5,6 +5,8 @@
 #   kernel-version        <version>
 #   busybox               busybox-static
 #   initramfs.cpio.gz     L2 guest initramfs: busybox, virtio + ext4 modules, a test /init (below)
+#   initramfs-net.cpio.gz (--net only) initramfs.cpio.gz with a second archive appended holding
+#                         Debian's iperf3 and the libraries it links (for virt.net=iperf)
 #   rootfs.ext4           64 MiB ext4 disk with a busybox tree and /etc/motd, for the demo
 #   boot.img              64 MiB firmware-boot disk: MBR, one FAT16 partition (type 0xEF, active)
 #                         holding the kernel and the initramfs, booted by SYSLINUX under BIOS
@@ -15,10 +17,12 @@
 # apt-get download + dpkg -x (nothing is installed into /boot). Cached: the downloads happen once;
 # the initramfs and the disk image are rebuilt only when missing or when this script changed.
 #
-# usage: scripts/guest-assets.sh [--print-env] [--force]
+# usage: scripts/guest-assets.sh [--print-env] [--force] [--net]
 #   --print-env   print KERNEL=... INITRAMFS=... ROOTFS=... BOOTDISK=... MODULES=... lines (after building if needed)
 #                 for `eval "$(scripts/guest-assets.sh --print-env)"`; progress goes to stderr
+#                 (with --net also INITRAMFS_NET=...)
 #   --force       forget the cache and build everything again
+#   --net         also build initramfs-net.cpio.gz (needs the host's iperf3: scripts/install-deps.sh)
 #
 # The guest /init (busybox sh) reacts to kernel command-line words:
 #   virt.bench=1  print the user-space line and power off at once (boot-time benchmark)
@@ -26,6 +30,15 @@
 #   (neither)     interactive demo: mounts /dev/vda at /mnt if it holds ext4, shell on the console
 #   virt.idle=1   like the demo but without a shell: print the checks, then wait (for tests that
 #                 pause, resume, look at the display or press the power button)
+#   virt.net=iperf  network test (scripts/nested/e2e-net.sh, bench/net-throughput.sh): the first NIC
+#                 gets a STATIC address (virt.net.ip=, default 10.0.2.2/24; no DHCP), is brought up
+#                 (`VIRT-E2E: net dev <name> mac=<mac> driver=<driver> mtu=<mtu>`, `VIRT-E2E: net up
+#                 <name> <address>`), pings virt.net.peer= (default 10.0.2.1) three times
+#                 (`VIRT-E2E: ping <peer> ok <summary>` or `... FAILED`), then serves
+#                 virt.net.iperf=N (default 1) iperf3 tests one after the other (`iperf3 -s -1`,
+#                 `VIRT-E2E: iperf3 server <k> start`, `VIRT-E2E: iperf3 server <k> exit <rc>`; without
+#                 an iperf3 in the initramfs, `VIRT-E2E: iperf3 missing`), and powers off. iperf3 comes
+#                 with initramfs-net.cpio.gz (--net).
 #   virt.exit=reboot  end with `reboot -f` instead of `poweroff -f` (for a VMM without ACPI power-off)
 #   virt.exit=button  end virt.e2e=1 by waiting for the ACPI power button (`VIRT-E2E: waiting for the
 #                 power button`) instead of powering off at once (`VIRT-E2E: no power button to wait
@@ -50,9 +63,11 @@ G=$CACHE/guest
 
 print_env=0
 force=0
+net=0
 for a in "$@"; do
   case "$a" in
     --print-env) print_env=1 ;;
+    --net) net=1 ;;
     --force) force=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "guest-assets: unknown argument $a (try --help)" >&2; exit 2 ;;
@@ -180,6 +195,7 @@ mount -t devtmpfs devtmpfs /dev
 
 cmdline=$(cat /proc/cmdline)
 mode=demo
+net_ip=10.0.2.2/24 net_peer=10.0.2.1 net_iperf=1
 exit_cmd=poweroff
 wait_button=0
 for w in $cmdline; do
@@ -187,6 +203,10 @@ for w in $cmdline; do
     virt.bench=1) mode=bench ;;
     virt.e2e=1) mode=e2e ;;
     virt.idle=1) mode=idle ;;
+    virt.net=iperf) mode=net ;;
+    virt.net.ip=*) net_ip=${w#virt.net.ip=} ;;
+    virt.net.peer=*) net_peer=${w#virt.net.peer=} ;;
+    virt.net.iperf=*) net_iperf=${w#virt.net.iperf=} ;;
     virt.exit=reboot) exit_cmd=reboot ;;
     virt.exit=button) wait_button=1 ;;
   esac
@@ -334,6 +354,61 @@ done
 
 cloud_init_seed
 
+# virt.net=iperf: the first NIC, a static address, a ping, iperf3 servers (see the header).
+net_test() {
+  local dev= n i k rc
+  i=0
+  while [ $i -lt 40 ]; do
+    for n in /sys/class/net/*; do
+      [ -e "$n/device" ] && { dev=${n##*/}; break; }
+    done
+    [ -n "$dev" ] && break
+    sleep 0.05
+    i=$((i + 1))
+  done
+  if [ -z "$dev" ]; then
+    echo "VIRT-E2E: net no device"
+    return 0
+  fi
+  n=/sys/class/net/$dev
+  echo "VIRT-E2E: net dev $dev mac=$(cat "$n/address") driver=$(basename "$(readlink "$n/device/driver")") mtu=$(cat "$n/mtu")"
+  ip link set lo up
+  if ! ip addr add "$net_ip" dev "$dev" || ! ip link set "$dev" up; then
+    echo "VIRT-E2E: net setup FAILED"
+    return 0
+  fi
+  echo "VIRT-E2E: net up $dev $net_ip"
+  if ping -c 3 -W 3 "$net_peer" > /tmp/ping 2>&1; then
+    echo "VIRT-E2E: ping $net_peer ok $(grep -E 'transmitted|round-trip' /tmp/ping | tr '\n' ' ')"
+  else
+    echo "VIRT-E2E: ping $net_peer FAILED"
+    cat /tmp/ping
+  fi
+  if ! command -v iperf3 >/dev/null 2>&1; then
+    echo "VIRT-E2E: iperf3 missing"
+    return 0
+  fi
+  k=1
+  while [ $k -le "$net_iperf" ]; do
+    echo "VIRT-E2E: iperf3 server $k start"
+    iperf3 -s -1 > "/tmp/iperf3.$k" 2>&1
+    rc=$?
+    echo "VIRT-E2E: iperf3 server $k exit $rc"
+    [ $rc -eq 0 ] || cat "/tmp/iperf3.$k"
+    k=$((k + 1))
+  done
+  for k in rx_bytes tx_bytes rx_packets tx_packets rx_dropped rx_errors tx_dropped tx_errors; do
+    printf ' %s=%s' "$k" "$(cat "$n/statistics/$k")"
+  done > /tmp/netstats
+  echo "VIRT-E2E: net stats$(cat /tmp/netstats)"
+  # TCP's counters (RetransSegs, InErrs, ...): header line, then values.
+  grep '^Tcp:' /proc/net/snmp | sed 's/^/VIRT-E2E: net snmp /'
+}
+if [ "$mode" = net ]; then
+  net_test
+  finish
+fi
+
 if [ "$mode" = e2e ]; then
   echo "VIRT-E2E: sig=$(head -c 16 /dev/vda 2>/dev/null | tr -d '\000')"
   read up _ < /proc/uptime
@@ -401,6 +476,38 @@ if [ ! -s "$G/initramfs.cpio.gz" ] || [ "$(cat "$G/initramfs.stamp" 2>/dev/null)
   echo "$stamp" > "$G/initramfs.stamp"
   rm -rf "$work"
   trap - EXIT
+fi
+
+# --- L2 initramfs with iperf3 (--net) -----------------------------------------------------------
+# The plain initramfs, then a second gzip'd cpio (Linux unpacks concatenated archives, skipping the
+# zero padding between them) holding the host's iperf3 and every library ldd lists, at the paths
+# ldd gives; the whole padded to 4 KiB pages as above.
+if [ "$net" -eq 1 ]; then
+  need_tools iperf3 ldd
+  iperf3_bin=$(command -v iperf3)
+  net_stamp=$( { echo "$stamp"; sha256sum < "$G/initramfs.cpio.gz"; sha256sum < "$iperf3_bin";
+                 ldd "$iperf3_bin" | sed "s/ (0x[0-9a-f]*)//"; } | sha256sum | cut -c1-16)
+  if [ ! -s "$G/initramfs-net.cpio.gz" ] || [ "$(cat "$G/initramfs-net.stamp" 2>/dev/null)" != "$net_stamp" ]; then
+    log "building initramfs-net.cpio.gz (with $iperf3_bin)"
+    work=$(mktemp -d "$G/.initramfs-net.XXXXXX")
+    trap 'rm -rf "$work"' EXIT
+    t=$work/tree
+    mkdir -p "$t/usr/bin"
+    cp -L "$iperf3_bin" "$t/usr/bin/iperf3"
+    ldd "$iperf3_bin" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i}' | while read -r lib; do
+      mkdir -p "$t$(dirname "$lib")"
+      cp -L "$lib" "$t$lib"
+    done
+    ! ldd "$iperf3_bin" | grep -q 'not found' || die "ldd cannot resolve all of $iperf3_bin's libraries"
+    python3 "$here/nested/lib/mkcpio.py" --gzip "$work/iperf3.cpio.gz" "$t"
+    cat "$G/initramfs.cpio.gz" "$work/iperf3.cpio.gz" > "$work/initramfs-net.cpio.gz"
+    size=$(stat -c %s "$work/initramfs-net.cpio.gz")
+    truncate -s $(( (size + 4095) / 4096 * 4096 )) "$work/initramfs-net.cpio.gz"
+    mv "$work/initramfs-net.cpio.gz" "$G/initramfs-net.cpio.gz"
+    echo "$net_stamp" > "$G/initramfs-net.stamp"
+    rm -rf "$work"
+    trap - EXIT
+  fi
 fi
 
 # --- demo root disk -----------------------------------------------------------------------------
@@ -522,10 +629,12 @@ if [ "$print_env" -eq 1 ]; then
   echo "BOOTDISK=$G/boot.img"
   echo "MODULES=$G/modules"
   echo "KERNEL_VERSION=$KVER"
+  if [ "$net" -eq 1 ]; then echo "INITRAMFS_NET=$G/initramfs-net.cpio.gz"; fi
 else
   echo "kernel:     $G/vmlinuz ($KVER)"
   echo "initramfs:  $G/initramfs.cpio.gz"
   echo "rootfs:     $G/rootfs.ext4"
   echo "boot disk:  $G/boot.img"
   echo "modules:    $G/modules"
+  if [ "$net" -eq 1 ]; then echo "net initramfs: $G/initramfs-net.cpio.gz"; fi
 fi

@@ -30,3 +30,5 @@ step bash fuzz/run-stable.sh all 15
 step bash scripts/guest-assets.sh >/dev/null
 step cargo build --release -p virt-launcher
 step env L2_VMM=virt VIRT_LAUNCHER="${CARGO_TARGET_DIR:-$PWD/target}/release/virt-launcher" bash scripts/nested/e2e.sh
+# Our virtio-net against Linux's virtio_net driver on a tap in L1: MAC, ping both ways, TCP both ways.
+step env L2_VMM=virt VIRT_LAUNCHER="${CARGO_TARGET_DIR:-$PWD/target}/release/virt-launcher" bash scripts/nested/e2e-net.sh

@@ -21,6 +21,8 @@ trap 'rm -rf "$tmp"' EXIT
 cat >"$tmp/launcher.sh" <<'SH'
 trap 'exit 0' TERM INT
 run=${VIRT_RUN_DIR:?VIRT_RUN_DIR is not set}
+# The pod's network namespace, for the node agent to make the guest's interfaces in.
+/bin/busybox readlink /proc/self/ns/net > "$run/netns.tmp" && /bin/busybox mv "$run/netns.tmp" "$run/netns"
 echo "virt-launcher pod of $VIRT_VMI_NAMESPACE/$VIRT_VMI_NAME: waiting for $run/spec.json"
 while [ ! -f "$run/spec.json" ]; do /bin/busybox sleep 0.2; done
 /bin/busybox touch "$run/console.log"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the cached BASE initramfs of the nested-KVM "L1" machine (see docs/testing.md):
-#   busybox, the KVM modules (irqbypass, kvm, ccp, kvm-amd, order from their own metadata),
+#   busybox, the KVM modules (irqbypass, kvm, ccp, kvm-amd) and the network ones an L2 NIC on a
+#   tap needs (tun; vhost_net for QEMU's vhost=on), in the order their own metadata gives,
 #   qemu-system-x86_64 with every shared library ldd lists and the firmware `-M microvm` loads,
 #   the L2 kernel and initramfs (/l2/vmlinuz, /l2/initramfs.cpio.gz from scripts/guest-assets.sh),
 #   and an /init that loads KVM, runs /run.sh and powers off, printing
@@ -74,8 +75,9 @@ cp "$G/busybox" "$t/bin/busybox"
   [ "$app" = bin/busybox ] || [ -e "$t/$app" ] || ln -s /bin/busybox "$t/$app"
 done
 
-# KVM modules, decompressed on the host (busybox insmod may not read .ko.xz)
-python3 "$here/lib/moddeps.py" "$G/modules" kvm-amd > "$work/kvm-order"
+# KVM and tap modules, decompressed on the host (busybox insmod may not read .ko.xz): tun gives
+# /dev/net/tun (L1's tap0 for an L2 NIC, scripts/nested/e2e-net.sh), vhost_net /dev/vhost-net.
+python3 "$here/lib/moddeps.py" "$G/modules" kvm-amd tun vhost_net > "$work/kvm-order"
 : > "$t/etc/l1-modules"
 while IFS=$'\t' read -r name path; do
   case "$path" in
@@ -87,7 +89,8 @@ while IFS=$'\t' read -r name path; do
   echo "$name" >> "$t/etc/l1-modules"
 done < "$work/kvm-order"
 grep -qx kvm_amd "$t/etc/l1-modules" || die "kvm-amd module not found in $G/modules"
-log "KVM modules: $(tr '\n' ' ' < "$t/etc/l1-modules")"
+grep -qx tun "$t/etc/l1-modules" || die "tun module not found in $G/modules"
+log "KVM and tap modules: $(tr '\n' ' ' < "$t/etc/l1-modules")"
 
 # copy_elf SRC DST: a program and the shared libraries ldd lists, at the paths ldd gives.
 copy_elf() {

@@ -47,7 +47,7 @@ fn spec(memory_mib: u64, cpu_model: Option<String>) -> MachineSpec {
         machine_type: None,
         accel: AccelPolicy::Auto,
         interfaces: Vec::new(),
-        agent_ssh_keys: Vec::new(),
+        agent_credentials: Default::default(),
     }
 }
 

@@ -54,7 +54,7 @@ fn kernel_spec(name: &str, cmdline: &str) -> MachineSpec {
         machine_type: None,
         accel: AccelPolicy::Auto,
         interfaces: Vec::new(),
-        agent_ssh_keys: Vec::new(),
+        agent_credentials: Default::default(),
     }
 }
 
@@ -344,7 +344,7 @@ fn vmi_windows() -> MachineSpec {
         machine_type: None,
         accel: AccelPolicy::Auto,
         interfaces: Vec::new(),
-        agent_ssh_keys: Vec::new(),
+        agent_credentials: Default::default(),
     }
 }
 
@@ -517,7 +517,7 @@ fn kernel_spec_free(name: &str) -> MachineSpec {
         machine_type: None,
         accel: AccelPolicy::Auto,
         interfaces: Vec::new(),
-        agent_ssh_keys: Vec::new(),
+        agent_credentials: Default::default(),
     }
 }
 

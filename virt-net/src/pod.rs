@@ -120,6 +120,14 @@ pub enum PodNetError {
         /// The range.
         range: String,
     },
+    /// An interface kind a pod made by someone else (a Kubernetes pod) cannot carry.
+    #[error("VMI {vmi}: {why}")]
+    Unsupported {
+        /// `namespace/name`.
+        vmi: String,
+        /// What and why.
+        why: String,
+    },
     /// The record could not be written.
     #[error("network record {path}: {why}")]
     Record {
@@ -253,6 +261,17 @@ impl NetworkManager {
         Ok(m)
     }
 
+    /// A manager of VMIs in pods someone else networks (a Kubernetes node: the CNI plugin made
+    /// each launcher pod's namespace and `eth0`): no node bridge, no namespaces of its own; see
+    /// [`NetworkManager::adopt`].
+    pub fn for_pods(cfg: NodeNetConfig) -> Result<Self, PodNetError> {
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| PodNetError::Record {
+            path: cfg.state_dir.display().to_string(),
+            why: e.to_string(),
+        })?;
+        Ok(Self { cfg, running: Mutex::new(HashMap::new()), setup_lock: Mutex::new(()) })
+    }
+
     /// The configuration.
     pub fn config(&self) -> &NodeNetConfig {
         &self.cfg
@@ -329,6 +348,79 @@ impl NetworkManager {
         }
     }
 
+    /// Sets up VMI `uid`'s interfaces inside `netns`, a named namespace that already exists with
+    /// the pod's `eth0` (a Kubernetes launcher pod's, attached by name): per interface the bridge,
+    /// the tap, the masquerade rules and the DHCP servers, as [`NetworkManager::setup`] makes them
+    /// in a namespace of its own. Only masquerade interfaces: a bridge binding would take the
+    /// pod's address off `eth0`, and secondary networks need a node bridge. Idempotent; removing
+    /// it ([`NetworkManager::teardown`]) drops the name and stops the DHCP servers (the namespace
+    /// goes with its pod).
+    pub fn adopt(
+        &self,
+        uid: &str,
+        namespace: &str,
+        name: &str,
+        netns: &str,
+        interfaces: &[IfaceRequest],
+    ) -> Result<VmiNet, PodNetError> {
+        let vmi = format!("{namespace}/{name}");
+        if let Some(i) = interfaces.iter().find(|i| !matches!(i.kind, IfaceKind::Masquerade { .. })) {
+            return Err(PodNetError::Unsupported {
+                vmi,
+                why: format!(
+                    "interface {}: only masquerade interfaces on the pod network are supported in a \
+                     Kubernetes launcher pod",
+                    i.name
+                ),
+            });
+        }
+        let _one = self.setup_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = self.get(uid) {
+            return Ok(n);
+        }
+        let existing = self.records().into_iter().find(|r| r.uid == uid);
+        if let Some(net) = existing.filter(|r| r.netns == netns && netns::exists(netns)) {
+            // A restarted agent: the pod's interfaces are there; its DHCP servers are not.
+            let servers = self.start_dhcp(&net)?;
+            self.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uid.to_string(), (net.clone(), servers));
+            return Ok(net);
+        }
+        let err = |source| PodNetError::Netns { vmi: vmi.clone(), source };
+        let pod4 = netns::ip(Some(netns), &["-4", "-o", "addr", "show", "dev", "eth0"])
+            .map_err(err)?
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
+            .ok_or_else(|| PodNetError::Unsupported {
+                vmi: vmi.clone(),
+                why: format!("the pod's eth0 in namespace {netns} has no IPv4 address"),
+            })?;
+        let mut net = self.plan(uid, namespace, name, interfaces)?;
+        net.netns = netns.to_string();
+        net.node_veth = String::new();
+        net.pod4 = pod4;
+        net.pod6 = None;
+        self.write_record(&net)?;
+        let made = self.create_in_pod(&net).and_then(|()| self.start_dhcp(&net));
+        match made {
+            Ok(servers) => {
+                self.running
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(uid.to_string(), (net.clone(), servers));
+                Ok(net)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(self.record_path(uid));
+                Err(e)
+            }
+        }
+    }
+
     fn remove_record_and_netns(&self, uid: &str) {
         let path = self.record_path(uid);
         let rec: Option<VmiNet> = std::fs::read(&path).ok().and_then(|t| serde_json::from_slice(&t).ok());
@@ -348,7 +440,7 @@ impl NetworkManager {
             let node = self.cfg.node_netns.as_deref();
             let ends = std::iter::once(r.node_veth.clone())
                 .chain(r.interfaces.iter().filter_map(|i| i.node_veth.clone()));
-            for v in ends {
+            for v in ends.filter(|v| !v.is_empty()) {
                 if netns::ip(node, &["link", "show", "dev", &v]).is_ok() {
                     let _ = netns::ip(node, &["link", "del", "dev", &v]);
                 }

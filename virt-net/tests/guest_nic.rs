@@ -87,7 +87,7 @@ fn spec(name: &str, seed: &std::path::Path, interfaces: Vec<InterfaceSpec>) -> M
         machine_type: None,
         accel: AccelPolicy::Auto,
         interfaces,
-        agent_ssh_keys: Vec::new(),
+        agent_credentials: Default::default(),
     }
 }
 

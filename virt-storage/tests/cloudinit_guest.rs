@@ -60,7 +60,7 @@ fn spec(name: &str, disks: Vec<DiskSpec>) -> MachineSpec {
         machine_type: None,
         accel: AccelPolicy::Auto,
         interfaces: Vec::new(),
-        agent_ssh_keys: Vec::new(),
+        agent_credentials: Default::default(),
     }
 }
 

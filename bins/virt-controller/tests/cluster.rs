@@ -6,7 +6,8 @@
 //! scheduled and started by the kubelet with the real launcher image
 //! (scripts/k8s/launcher-image.sh: virt-launcher + QEMU), virt-handler writes the machine spec,
 //! the guest boots under emulation and its console shows in `kubectl logs`; then the VM deleted
-//! and VMI and pod gone with it.
+//! and VMI and pod gone with it. Admission: a VM, a DataVolume, a migration and an instancetype
+//! the local node refuses are refused by the webhooks naming the field.
 //!
 //! The first run builds Kubernetes (scripts/k8s/build.sh, 15-30 minutes); later runs reuse the
 //! cached binaries. Needs docker-registry, skopeo, qemu-system-x86 and busybox-static
@@ -18,7 +19,9 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{console_until, kernel_vm_yaml, ok, repo, run, wait_for, workspace_bin, Cluster};
+use support::{
+    console_until, kernel_vm_net_yaml, kernel_vm_yaml, ok, repo, run, wait_for, workspace_bin, Cluster,
+};
 
 #[test]
 fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete() {
@@ -82,7 +85,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     // Its containerDisk's registry is not reachable here: the booting VM is the project's own.
     ok(&mut cluster.kubectl(&["delete", "vm", "vm-cirros", "-n", ns]));
     let vm_file = tmp.join("vm-kernel.yaml");
-    std::fs::write(&vm_file, kernel_vm_yaml("vm-cirros", &kernel_image)).unwrap();
+    std::fs::write(&vm_file, kernel_vm_net_yaml("vm-cirros", &kernel_image)).unwrap();
     ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", vm_file.to_str().unwrap()]));
 
     // Start it as virtctl start does for Halted: runStrategy Always.
@@ -143,6 +146,33 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         String::from_utf8_lossy(&logs.stdout).contains("Hello from the guest").then_some(())
     });
     eprintln!("start -> guest userspace on the console: {:?}", start.elapsed());
+    // Its NIC, masqueraded behind the pod's address by the node agent inside the pod (as KubeVirt):
+    // DHCP gives it 10.0.2.2, it reaches the pod network, and the pod's address reaches it.
+    let pod_ip = cluster.get(&["pod", &pod, "-n", ns], "{.status.podIP}").unwrap();
+    wait_for("the guest's network checks on its console", 120, || {
+        let logs = String::from_utf8_lossy(&run(&mut cluster.kubectl(&["logs", "-n", ns, &pod])).stdout)
+            .into_owned();
+        logs.contains("VIRT-NET: httpd up").then_some(logs)
+    });
+    let logs =
+        String::from_utf8_lossy(&run(&mut cluster.kubectl(&["logs", "-n", ns, &pod])).stdout).into_owned();
+    assert!(logs.contains("VIRT-NET: lease of 10.0.2.2 obtained"), "no DHCP lease: {logs}");
+    assert!(logs.contains("VIRT-NET: ping 10.244.0.1 ok"), "the guest did not reach the pod network: {logs}");
+    let page = wait_for("the guest's page through the pod's address", 60, || {
+        let get = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())";
+        let out = run(Command::new("ip")
+            .args(["netns", "exec", "virtrs-k8s", "python3", "-c", get])
+            .arg(format!("http://{pod_ip}:8080/")));
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(page.trim(), "guest-says-hello");
+    let iface = cluster.get(
+        &["vmi", "vm-cirros", "-n", ns],
+        "{.status.interfaces[0].name} {.status.interfaces[0].ipAddress}",
+    );
+    // As the local node reports it: the guest's address on its interface.
+    assert_eq!(iface.as_deref(), Some("default 10.0.2.2"), "status.interfaces (pod {pod_ip})");
+    eprintln!("start -> guest served a page through the pod network: {:?}", start.elapsed());
     wait_for("the plain pod Running beside the VM", 60, || {
         cluster
             .get(&["pod", "plain", "-n", "default"], "{.status.phase} {.spec.nodeName}")
@@ -219,6 +249,50 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     let seen = console_until(&virtctl, &cluster.kubeconfig, ns, "vm-cirros", "Hello from the guest");
     assert!(seen.contains("Linux version"), "the console replays the boot: {seen}");
     eprintln!("virtctl console through the API server showed the boot in {:?}", t.elapsed());
+    // VNC through the API server: `virtctl vnc --proxy-only` serves a local port; a client on it
+    // gets QEMU's RFB greeting from the launcher pod's display.
+    let t = Instant::now();
+    let mut proxy = Command::new(&virtctl)
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(["vnc", "vm-cirros", "--proxy-only", "-n", ns])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(proxy.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    let port: serde_json::Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let mut rfb = std::net::TcpStream::connect(("127.0.0.1", port["port"].as_u64().unwrap() as u16)).unwrap();
+    rfb.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut greeting = [0u8; 12];
+    std::io::Read::read_exact(&mut rfb, &mut greeting).unwrap();
+    assert!(greeting.starts_with(b"RFB 003."), "not an RFB greeting: {greeting:?}");
+    drop(rfb);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    eprintln!("virtctl vnc through the API server: RFB greeting in {:?}", t.elapsed());
+    // port-forward through the API server: the agent dials the guest inside its pod.
+    let t = Instant::now();
+    let mut pf = Command::new(&virtctl)
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(["port-forward", "--stdio", &format!("vmi/vm-cirros/{ns}"), "8080"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(pf.stdin.as_mut().unwrap(), b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let out = pf.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("guest-says-hello"),
+        "port-forward: {answer}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("virtctl port-forward through the API server: the guest's page in {:?}", t.elapsed());
     let virtctl_ok = |args: &[&str]| {
         ok(Command::new(&virtctl).arg("--kubeconfig").arg(&cluster.kubeconfig).args(args).args(["-n", ns]))
     };
@@ -272,6 +346,86 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         "{err}"
     );
     assert_eq!(cluster.get(&["vm", "vm-bad", "-n", ns], "{.metadata.name}"), None, "nothing stored");
+
+    // The other kinds the node validates, through their own webhooks: a field the CRD does not
+    // know is kept by the API server (not pruned) and refused by the webhook by path, as the node
+    // refuses it; a good DataVolume is stored.
+    let apply_refused = |name: &str, yaml: &str| {
+        let file = tmp.join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let refused = run(&mut cluster.kubectl(&["apply", "-n", ns, "-f", file.to_str().unwrap()]));
+        let err = String::from_utf8_lossy(&refused.stderr).to_string();
+        assert!(!refused.status.success(), "{name} was stored: {err}");
+        assert!(!err.contains("ValidationError("), "refused by kubectl, not the webhook: {err}");
+        err
+    };
+    let dv = |name: &str, http: &str| {
+        format!(
+            "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: {name}\nspec:\n  \
+             source:\n    http:\n      {http}\n  storage:\n    resources:\n      requests:\n        \
+             storage: 500Mi\n"
+        )
+    };
+    let err =
+        apply_refused("dv-bad", &dv("dv-bad", "url: https://example.com/disk.img\n      secretReff: creds"));
+    assert!(
+        err.contains("The DataVolume \"dv-bad\" is invalid")
+            && err.contains("spec.source.http.secretReff: unknown field"),
+        "{err}"
+    );
+    assert_eq!(cluster.get(&["dv", "dv-bad", "-n", ns], "{.metadata.name}"), None, "nothing stored");
+    let good = tmp.join("dv-good.yaml");
+    std::fs::write(&good, dv("dv-good", "url: https://example.com/disk.img")).unwrap();
+    ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", good.to_str().unwrap()]));
+    assert_eq!(
+        cluster.get(&["dv", "dv-good", "-n", ns], "{.spec.source.http.url}").as_deref(),
+        Some("https://example.com/disk.img")
+    );
+    let err = apply_refused(
+        "mig-bad",
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: mig-bad\n\
+         spec:\n  vmiName: vm-cirros\n  targetNode: elsewhere\n",
+    );
+    assert!(
+        err.contains("The VirtualMachineInstanceMigration \"mig-bad\" is invalid")
+            && err.contains("spec.targetNode: unknown field"),
+        "{err}"
+    );
+    // A valid migration is stored (nothing on the cluster carries it out yet); its spec cannot
+    // change afterwards (an update review), its labels can.
+    let mig = tmp.join("mig-ok.yaml");
+    std::fs::write(
+        &mig,
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: mig-ok\nspec:\n  \
+         vmiName: vm-cirros\n",
+    )
+    .unwrap();
+    ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", mig.to_str().unwrap()]));
+    let patched = run(&mut cluster.kubectl(&[
+        "patch",
+        "vmim",
+        "mig-ok",
+        "-n",
+        ns,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"vmiName":"vm-other"}}"#,
+    ]));
+    let err = String::from_utf8_lossy(&patched.stderr);
+    assert!(
+        !patched.status.success() && err.contains("update of Migration object's spec is restricted"),
+        "{err}"
+    );
+    ok(&mut cluster.kubectl(&["label", "vmim", "mig-ok", "-n", ns, "e2e=yes"]));
+    ok(&mut cluster.kubectl(&["delete", "vmim", "mig-ok", "-n", ns]));
+    let err = apply_refused(
+        "it-bad",
+        "apiVersion: instancetype.kubevirt.io/v1beta1\nkind: VirtualMachineClusterInstancetype\nmetadata:\n  \
+         name: e2e.bad\nspec:\n  cpu:\n    guest: 0\n  memory:\n    guest: 128Mi\n",
+    );
+    assert!(err.contains("spec.cpu.guest"), "{err}");
+    eprintln!("admission: DataVolume, migration (create, update) and instancetype refused by their webhooks");
 
     // Instancetypes on the cluster: a VM naming a cluster instancetype (and no memory of its
     // own) gets a VMI with the instancetype's CPU and memory, resolved by the controller with

@@ -492,7 +492,7 @@ fn start_supervised(
         Some(ch) => match Agent::start(
             &spec.name,
             ch,
-            AgentOptions { ssh_keys: spec.agent_ssh_keys.clone(), ..AgentOptions::default() },
+            AgentOptions { credentials: spec.agent_credentials.clone(), ..AgentOptions::default() },
         ) {
             Ok(a) => Arc::new(AgentMachine::new(&spec.name, machine, a)),
             Err(e) => {

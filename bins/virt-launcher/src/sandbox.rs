@@ -238,7 +238,7 @@ mod tests {
             machine_type: None,
             accel: Default::default(),
             interfaces: vec![],
-            agent_ssh_keys: Vec::new(),
+            agent_credentials: Default::default(),
         }
     }
 

@@ -45,7 +45,7 @@ fn tiny_spec(dir: &Path, name: &str) -> PathBuf {
         boot: BootSpec::Kernel { kernel: k, initramfs: None, cmdline: String::new() },
         disks: vec![],
         interfaces: vec![],
-        agent_ssh_keys: Vec::new(),
+        agent_credentials: Default::default(),
         acpi: true,
         smm: false,
         hyperv: vec![],

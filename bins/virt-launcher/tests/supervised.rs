@@ -42,7 +42,7 @@ fn spec(name: &str, kernel: PathBuf, initramfs: PathBuf) -> MachineSpec {
         machine_type: None,
         accel: AccelPolicy::Auto,
         interfaces: Vec::new(),
-        agent_ssh_keys: Vec::new(),
+        agent_credentials: Default::default(),
     }
 }
 

@@ -234,6 +234,12 @@ spec:
           propagationMethod:
             qemuGuestAgent:
               users: [{USER}]
+      - userPassword:
+          source:
+            secret:
+              secretName: guest-password
+          propagationMethod:
+            qemuGuestAgent: {{}}
       domain:
         cpu:
           cores: 1
@@ -348,6 +354,29 @@ fn open_launcher_log(state: &Path, c: &NodeClient) -> std::fs::File {
 
 /// A new ed25519 key pair `dir/file` whose public key becomes the Secret `secret` (in `default`)
 /// through `virtctl VERB -f` (`create`, or `apply` to change it); returns the private key's path.
+/// The guest user whose password the agent sets: not `USER`, who logs in on the serial console
+/// with the password cloud-init gave it.
+const PW_USER: &str = "root";
+
+/// Creates (`verb` create) or replaces (apply) Secret `guest-password`: `PW_USER` -> `password`.
+fn password_secret(node: &NodeProc, dir: &Path, password: &str, verb: &str) {
+    let manifest = json!({"apiVersion": "v1", "kind": "Secret",
+                          "metadata": {"name": "guest-password", "namespace": "default"},
+                          "stringData": {PW_USER: password}});
+    let f = dir.join("password-secret.json");
+    std::fs::write(&f, manifest.to_string()).unwrap();
+    node.ok(&[verb, "-f", f.to_str().unwrap()]);
+}
+
+/// Whether `PW_USER`'s hash in the guest's /etc/shadow is `password`'s (checked in the guest).
+fn guest_password_is(ssh: &Ssh, password: &str) -> bool {
+    let check = format!(
+        "sudo python3 -W ignore -c 'import crypt,spwd,sys; h=spwd.getspnam(sys.argv[1]).sp_pwdp; \
+         print(crypt.crypt(sys.argv[2], h) == h)' {PW_USER} '{password}'"
+    );
+    ssh.try_run(&check).is_ok_and(|o| o.trim() == "True")
+}
+
 fn keypair_secret(node: &NodeProc, dir: &Path, file: &str, secret: &str, verb: &str) -> PathBuf {
     let key = dir.join(file);
     let st = Command::new("ssh-keygen")
@@ -393,6 +422,8 @@ fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
     // A second key, given to the guest by its agent (qemuGuestAgent propagation).
     let key2 = keypair_secret(&node, keydir.path(), "id_agent", "agent-key", "create");
     let ssh2 = Ssh { node: &node, key: key2.clone(), known_hosts: keydir.path().join("known_hosts") };
+    // The user's password, set by the agent (userPassword): the Secret's key is the guest user.
+    password_secret(&node, keydir.path(), "first pass \u{e9}", "create");
 
     // The boot source: a DataImportCron polling the registry every minute.
     let cron = json!({
@@ -450,9 +481,21 @@ fn golden_debian_image_to_ssh_with_the_agent_on_the_pod_network() {
         conds.into_iter().find(|c| c["type"] == "AccessCredentialsSynchronized" && c["status"] == "True")
     });
     progress(t0, &format!("AccessCredentialsSynchronized: {}", synced["message"]));
+    let msg = synced["message"].as_str().unwrap_or_default();
+    assert!(msg.contains(&format!("passwords of {PW_USER}")), "{msg}");
     let who = wait(&node, "ssh with the agent's key", STEP, || ssh2.try_run("id -un").ok());
     assert_eq!(who.trim(), USER);
     progress(t0, "virtctl ssh with the key the guest agent wrote works");
+    assert!(
+        guest_password_is(&ssh2, "first pass \u{e9}"),
+        "the guest's shadow hash is not the Secret's password"
+    );
+    // A new password in the Secret reaches the running guest.
+    password_secret(&node, keydir.path(), "second-pass", "apply");
+    wait(&node, "the Secret's new password in the guest", STEP, || {
+        guest_password_is(&ssh2, "second-pass").then_some(())
+    });
+    progress(t0, "userPassword: the agent set the Secret's password, and its replacement");
     // The Secret changes while the VM runs: the agent swaps the keys (the old one no longer logs in).
     let key3 = keypair_secret(&node, keydir.path(), "id_agent2", "agent-key", "apply");
     let ssh3 = Ssh { node: &node, key: key3.clone(), known_hosts: keydir.path().join("known_hosts") };

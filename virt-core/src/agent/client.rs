@@ -174,6 +174,15 @@ impl AgentClient {
         self.execute("guest-ssh-add-authorized-keys", Some(args)).map(drop)
     }
 
+    /// `guest-set-user-password`: sets `user`'s password (sent base64-encoded, in clear: the agent
+    /// hashes it with the guest's `chpasswd`).
+    pub fn set_user_password(&mut self, user: &str, password: &str) -> Result<(), AgentError> {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(password);
+        let args = serde_json::json!({ "username": user, "password": encoded, "crypted": false });
+        self.execute("guest-set-user-password", Some(args)).map(drop)
+    }
+
     /// `guest-ssh-remove-authorized-keys`: removes `keys` from `user`'s `authorized_keys`.
     pub fn ssh_remove_authorized_keys(&mut self, user: &str, keys: &[String]) -> Result<(), AgentError> {
         let args = serde_json::json!({ "username": user, "keys": keys });

@@ -92,8 +92,8 @@ impl Machine for AgentMachine {
     fn guest_shutdown(&self, mode: ShutdownMode) -> Result<(), MachineError> {
         self.agent.shutdown(mode).map_err(|e| self.agent_err("guest-shutdown", e))
     }
-    fn guest_set_ssh_keys(&self, keys: Vec<super::AuthorizedKeys>) -> Result<(), MachineError> {
-        self.agent.set_ssh_keys(keys);
+    fn guest_set_credentials(&self, credentials: super::GuestCredentials) -> Result<(), MachineError> {
+        self.agent.set_credentials(credentials);
         Ok(())
     }
     fn guest_fs_freeze(&self, freeze: bool) -> Result<String, MachineError> {

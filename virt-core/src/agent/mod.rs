@@ -20,8 +20,8 @@ pub use machine::AgentMachine;
 pub(crate) use poller::poll_client;
 pub use poller::{Agent, AgentOptions};
 pub use protocol::{
-    AgentReport, AuthorizedKeys, CommandInfo, CredentialsSync, FilesystemDisk, FilesystemInfo, InterfaceInfo,
-    UserInfo,
+    AgentReport, AuthorizedKeys, CommandInfo, CredentialsSync, FilesystemDisk, FilesystemInfo,
+    GuestCredentials, InterfaceInfo, UserInfo, UserPassword,
 };
 
 use std::time::Duration;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::client::{AgentClient, ShutdownMode};
-use super::credentials::KeySync;
+use super::credentials::CredentialSync;
 use super::protocol::{self, AgentReport};
 use super::AgentError;
 use crate::vmm::devices::lock;
@@ -24,8 +24,8 @@ pub struct AgentOptions {
     pub max_reply: usize,
     /// How long `guest-shutdown` waits for a refusal before it counts as done.
     pub shutdown_wait: Duration,
-    /// SSH keys to keep in guest users' `authorized_keys` (`qemuGuestAgent` access credentials).
-    pub ssh_keys: Vec<super::AuthorizedKeys>,
+    /// SSH keys and passwords to keep in the guest (`qemuGuestAgent` access credentials).
+    pub credentials: super::GuestCredentials,
 }
 
 impl Default for AgentOptions {
@@ -35,7 +35,7 @@ impl Default for AgentOptions {
             timeout: super::client::DEFAULT_TIMEOUT,
             max_reply: super::client::MAX_REPLY,
             shutdown_wait: Duration::from_secs(1),
-            ssh_keys: Vec::new(),
+            credentials: super::GuestCredentials::default(),
         }
     }
 }
@@ -45,7 +45,7 @@ struct Shared {
     opts: AgentOptions,
     client: Mutex<AgentClient>,
     report: Mutex<AgentReport>,
-    keys: Mutex<KeySync>,
+    credentials: Mutex<CredentialSync>,
     stop: AtomicBool,
     /// Wakes the thread for a poll now.
     poke: (Mutex<bool>, std::sync::Condvar),
@@ -60,13 +60,13 @@ impl Agent {
     /// Starts watching the agent on `channel` for machine `name`.
     pub fn start(name: &str, channel: UnixStream, opts: AgentOptions) -> Result<Agent, AgentError> {
         let client = AgentClient::new(channel)?.with_timeout(opts.timeout).with_max_reply(opts.max_reply);
-        let keys = opts.ssh_keys.clone();
+        let keys = opts.credentials.clone();
         let shared = Arc::new(Shared {
             name: name.to_string(),
             opts,
             client: Mutex::new(client),
             report: Mutex::new(AgentReport::default()),
-            keys: Mutex::new(KeySync::new(keys)),
+            credentials: Mutex::new(CredentialSync::new(keys)),
             stop: AtomicBool::new(false),
             poke: (Mutex::new(false), std::sync::Condvar::new()),
         });
@@ -92,9 +92,10 @@ impl Agent {
         lock(&self.shared.report).connected
     }
 
-    /// Replaces the SSH keys kept in the guest (the Secret changed); written at the next poll.
-    pub fn set_ssh_keys(&self, keys: Vec<super::AuthorizedKeys>) {
-        lock(&self.shared.keys).set(keys);
+    /// Replaces the SSH keys and passwords kept in the guest (a Secret changed); written at the next
+    /// poll.
+    pub fn set_credentials(&self, keys: super::GuestCredentials) {
+        lock(&self.shared.credentials).set(keys);
         self.poll_now();
     }
 
@@ -167,9 +168,9 @@ fn run(sh: &Shared) {
     while !sh.stop.load(Ordering::SeqCst) {
         let mut report = poll(sh);
         if report.connected {
-            report.access_credentials = lock(&sh.keys).sync(&mut lock(&sh.client));
+            report.access_credentials = lock(&sh.credentials).sync(&mut lock(&sh.client));
         } else {
-            lock(&sh.keys).lost();
+            lock(&sh.credentials).lost();
         }
         let now = report.connected;
         if now != was {

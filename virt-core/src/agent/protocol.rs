@@ -285,6 +285,42 @@ pub struct AuthorizedKeys {
     pub keys: Vec<String>,
 }
 
+/// A guest user's password, set by the agent (`accessCredentials` `userPassword` with
+/// `propagationMethod.qemuGuestAgent`). Its `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserPassword {
+    /// The guest user.
+    pub user: String,
+    /// The password, in clear (the agent hashes it in the guest).
+    pub password: String,
+}
+
+impl std::fmt::Debug for UserPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserPassword").field("user", &self.user).field("password", &"<redacted>").finish()
+    }
+}
+
+/// What the guest agent keeps in the guest for `accessCredentials` propagated by `qemuGuestAgent`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GuestCredentials {
+    /// SSH public keys per user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<AuthorizedKeys>,
+    /// Passwords per user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub passwords: Vec<UserPassword>,
+}
+
+impl GuestCredentials {
+    /// Nothing to keep.
+    pub fn is_empty(&self) -> bool {
+        self.ssh_keys.is_empty() && self.passwords.is_empty()
+    }
+}
+
 /// The outcome of the last attempt to write the access credentials through the agent (KubeVirt's
 /// `AccessCredentialsSynchronized` condition).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

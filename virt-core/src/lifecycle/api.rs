@@ -429,16 +429,16 @@ impl Lifecycle {
         }
     }
 
-    /// Gives a running VMI's guest agent new SSH keys to keep (its `qemuGuestAgent` access
-    /// credentials' Secret changed).
-    pub fn set_guest_ssh_keys(
+    /// Gives a running VMI's guest agent new SSH keys and passwords to keep (its `qemuGuestAgent`
+    /// access credentials' Secret changed).
+    pub fn set_guest_credentials(
         &self,
         namespace: &str,
         name: &str,
-        keys: Vec<crate::agent::AuthorizedKeys>,
+        credentials: crate::agent::GuestCredentials,
     ) -> Result<(), LifecycleError> {
-        let (key, m) = self.live_machine(namespace, name, "update the SSH keys of")?;
-        m.guest_set_ssh_keys(keys).map_err(|e| LifecycleError::Conflict(format!("VMI {key}: {e}")))
+        let (key, m) = self.live_machine(namespace, name, "update the access credentials of")?;
+        m.guest_set_credentials(credentials).map_err(|e| LifecycleError::Conflict(format!("VMI {key}: {e}")))
     }
 
     /// Freezes (`true`) or thaws the file systems of a running VMI through its guest agent (KubeVirt's

@@ -198,10 +198,10 @@ pub struct MachineSpec {
     /// NICs in the order the guest sees them.
     #[serde(default)]
     pub interfaces: Vec<InterfaceSpec>,
-    /// SSH keys the guest agent keeps in guest users' `authorized_keys` (`accessCredentials` with
-    /// `qemuGuestAgent` propagation).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub agent_ssh_keys: Vec<crate::agent::AuthorizedKeys>,
+    /// SSH keys and passwords the guest agent keeps in the guest (`accessCredentials` with
+    /// `qemuGuestAgent` propagation). The spec file holding them is the launcher's alone (0600).
+    #[serde(default, skip_serializing_if = "crate::agent::GuestCredentials::is_empty")]
+    pub agent_credentials: crate::agent::GuestCredentials,
 }
 
 fn yes() -> bool {
@@ -445,9 +445,12 @@ pub trait Machine: Send + Sync {
     fn guest_shutdown(&self, _mode: crate::agent::ShutdownMode) -> Result<(), MachineError> {
         Err(no_agent("guest-shutdown"))
     }
-    /// Replaces the SSH keys the guest agent keeps in guest users' `authorized_keys`
-    /// (`qemuGuestAgent` access credentials whose Secret changed); written at the agent's next poll.
-    fn guest_set_ssh_keys(&self, _keys: Vec<crate::agent::AuthorizedKeys>) -> Result<(), MachineError> {
+    /// Replaces the SSH keys and passwords the guest agent keeps in the guest (`qemuGuestAgent`
+    /// access credentials whose Secret changed); written at the agent's next poll.
+    fn guest_set_credentials(
+        &self,
+        _credentials: crate::agent::GuestCredentials,
+    ) -> Result<(), MachineError> {
         Err(no_agent("guest-ssh-add-authorized-keys"))
     }
     /// Freezes (`true`) or thaws the guest's file systems through its agent; returns the freeze
@@ -634,7 +637,7 @@ mod tests {
             machine_type: None,
             accel: accel::AccelPolicy::Auto,
             interfaces: Vec::new(),
-            agent_ssh_keys: Vec::new(),
+            agent_credentials: Default::default(),
         }
     }
 

@@ -493,7 +493,7 @@ mod tests {
             machine_type: None,
             accel: AccelPolicy::Auto,
             interfaces: Vec::new(),
-            agent_ssh_keys: Vec::new(),
+            agent_credentials: Default::default(),
         }
     }
 

@@ -275,7 +275,7 @@ fn op_name(r: &Request) -> &'static str {
         Request::ConsoleInput { .. } => "consoleInput",
         Request::GuestAgent => "guestAgent",
         Request::GuestShutdown { .. } => "guestShutdown",
-        Request::GuestSshKeys { .. } => "guestSshKeys",
+        Request::GuestCredentials { .. } => "guestCredentials",
         Request::FsFreeze => "fsFreeze",
         Request::FsThaw => "fsThaw",
         Request::MigrateOut { .. } => "migrateOut",
@@ -677,8 +677,8 @@ impl Machine for RemoteMachine {
         self.op("guest shutdown", Request::GuestShutdown { mode })
     }
 
-    fn guest_set_ssh_keys(&self, keys: Vec<crate::agent::AuthorizedKeys>) -> Result<(), MachineError> {
-        self.op("set the guest's SSH keys", Request::GuestSshKeys { keys })
+    fn guest_set_credentials(&self, credentials: crate::agent::GuestCredentials) -> Result<(), MachineError> {
+        self.op("set the guest's access credentials", Request::GuestCredentials { credentials })
     }
 
     fn guest_fs_freeze(&self, freeze: bool) -> Result<String, MachineError> {

@@ -289,7 +289,7 @@ pub fn machine_spec(
         machine_type: d.machine.as_ref().and_then(|m| m.type_.clone()),
         accel,
         interfaces: interfaces(name, spec, files)?,
-        agent_ssh_keys: Vec::new(),
+        agent_credentials: Default::default(),
     })
 }
 

@@ -6,7 +6,8 @@
 //! What this node propagates: `sshPublicKey` by `noCloud` or `configDrive` (the keys go into the
 //! cloud-init seed's metadata as `public-keys` / `public_keys`, read once at first boot) and by
 //! `qemuGuestAgent` (the launcher's agent writes them into each named user's `authorized_keys`
-//! once the agent answers: `agent::AuthorizedKeys`). `userPassword` is refused as unsupported.
+//! once the agent answers: `agent::AuthorizedKeys`); `userPassword` by `qemuGuestAgent` (each
+//! Secret entry's user gets the value as password: `agent::UserPassword`).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -173,6 +174,14 @@ fn parse(v: &mut Validation, value: &Value, p: &str) -> Option<AccessCredential>
             v.push(pp, ProblemKind::Invalid, "userPassword is propagated only by qemuGuestAgent");
             return None;
         }
+        if matches!(&propagation, Propagation::QemuGuestAgent { users } if !users.is_empty()) {
+            v.push(
+                child(&child(&pp, "qemuGuestAgent"), "users"),
+                ProblemKind::Invalid,
+                "userPassword takes its users from the Secret's keys: remove users",
+            );
+            return None;
+        }
         return Some(AccessCredential::UserPassword { secret_name: secret });
     }
     Some(AccessCredential::SshPublicKey(SshPublicKeyCredential { secret_name: secret, propagation }))
@@ -207,11 +216,7 @@ pub(crate) fn validate(v: &mut Validation, spec: &VirtualMachineInstanceSpec, pa
                     _ => {}
                 }
             }
-            AccessCredential::UserPassword { .. } => v.push(
-                child(&p, "userPassword"),
-                ProblemKind::Unsupported,
-                "passwords are propagated by the guest agent, which this node does not drive yet",
-            ),
+            AccessCredential::UserPassword { .. } => {}
         }
     }
 }
@@ -286,6 +291,26 @@ mod tests {
             let got = problems(&spec(creds.clone(), nocloud())).join("; ");
             assert!(got.contains(want), "{creds}: {got}");
         }
+    }
+
+    #[test]
+    fn passwords_through_the_guest_agent_are_accepted_and_only_so() {
+        let pw = |method: Value| {
+            json!([{"userPassword": {"source": {"secret": {"secretName": "pw"}},
+            "propagationMethod": method}}])
+        };
+        let s = spec(pw(json!({"qemuGuestAgent": {}})), nocloud());
+        assert!(problems(&s).is_empty(), "{:?}", problems(&s));
+        assert_eq!(access_credentials(&s), vec![AccessCredential::UserPassword { secret_name: "pw".into() }]);
+        let got = problems(&spec(pw(json!({"noCloud": {}})), nocloud())).join("; ");
+        assert!(
+            got.contains(
+                "userPassword.propagationMethod: invalid: userPassword is propagated only by qemuGuestAgent"
+            ),
+            "{got}"
+        );
+        let got = problems(&spec(pw(json!({"qemuGuestAgent": {"users": ["root"]}})), nocloud())).join("; ");
+        assert!(got.contains("propagationMethod.qemuGuestAgent.users: invalid"), "{got}");
     }
 
     #[test]

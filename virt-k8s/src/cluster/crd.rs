@@ -1,5 +1,10 @@
 //! The CustomResourceDefinitions of the kinds the project serves, generated from its own types
 //! ([`KubeKind`] + schemars + [`schema::structural`]), and their installation by server-side apply.
+//! The top level and the spec keep unknown fields ([`schema::keep_unknown_fields`]) so that the
+//! admission webhook, not the API server's pruning, answers for them: refused by path, as on the
+//! local node, instead of silently dropped. The price: the OpenAPI v2 document the API server
+//! publishes drops the properties of such nodes, so a 1.20 kubectl neither checks the spec
+//! client-side (the webhook does) nor `explain`s below `spec`.
 
 use std::time::Duration;
 
@@ -58,6 +63,14 @@ pub fn crd_for<K: KubeKind>() -> Value {
         req.retain(|r| !matches!(r.as_str(), Some("apiVersion" | "kind" | "metadata")));
     }
     root["type"] = json!("object");
+    // Every kind here goes through the admission webhook (`subresources::admission`), which refuses
+    // unknown fields by path as the local node does; the API server must keep them (it prunes
+    // before admission) for the webhook to see them. The top level and the spec keep them; the
+    // status is written through `/status`, which the webhook does not see, and is pruned.
+    if let Some(spec) = root.pointer_mut("/properties/spec") {
+        schema::keep_unknown_fields(spec);
+    }
+    root["x-kubernetes-preserve-unknown-fields"] = json!(true);
     let singular = K::KIND.to_lowercase();
     let mut version = json!({
         "name": K::VERSION,
@@ -183,6 +196,14 @@ mod tests {
         let dv = crd_for::<DataVolume>();
         assert_eq!(dv["spec"]["group"], "cdi.kubevirt.io");
         assert_eq!(dv["spec"]["names"]["shortNames"], json!(["dv", "dvs"]));
+        // Unknown fields reach the webhook: the top level and all of the spec keep them, the
+        // status does not.
+        let root = &dv["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        assert_eq!(root["x-kubernetes-preserve-unknown-fields"], true);
+        let source = &root["properties"]["spec"]["properties"]["source"];
+        assert_eq!(source["x-kubernetes-preserve-unknown-fields"], true, "{source}");
+        assert_eq!(source["properties"]["http"]["x-kubernetes-preserve-unknown-fields"], true);
+        assert!(root["properties"]["status"].get("x-kubernetes-preserve-unknown-fields").is_none());
         let it = crd_for::<VirtualMachineClusterInstancetype>();
         assert_eq!(it["spec"]["scope"], "Cluster");
         assert!(it["spec"]["versions"][0].get("subresources").is_none());

@@ -6,6 +6,9 @@
 //! reaches the launcher through its control socket (`Runtime::reattach`, `Runtime::last_exit`)
 //! and writes the VMI's phase through `/status`.
 //!
+//! VMIs with interfaces get them in their launcher pod's network namespace before the spec is
+//! written (`cluster::network`: masquerade on the pod network, as KubeVirt binds it).
+//!
 //! Never started twice: the launcher holds `launcher.lock` in the run directory for its life, and
 //! the agent only writes a spec where none is; a restarted agent reattaches to what runs.
 
@@ -25,6 +28,7 @@ use virt_core::model::{VirtualMachineInstance, VmiPhase};
 
 use super::controller::ReconcileError;
 use super::kinds::Cr;
+use super::network::{PodNetworkError, PodNetworks};
 use super::pod::NODE_NAME_LABEL;
 use crate::node::LauncherRuntime;
 
@@ -36,6 +40,8 @@ pub struct Handler {
     pub node: String,
     /// Prepares volumes and specs; reaches launchers.
     pub runtime: Arc<LauncherRuntime>,
+    /// The VMIs' interfaces in their pods (none: VMIs with interfaces are refused).
+    pub networks: Option<Arc<PodNetworks>>,
     /// VMIs (uid) whose running launcher this process has reached (logged once each).
     attached: Mutex<HashSet<String>>,
 }
@@ -43,13 +49,21 @@ pub struct Handler {
 impl Handler {
     /// The agent of `node`.
     pub fn new(client: Client, node: String, runtime: Arc<LauncherRuntime>) -> Self {
-        Self { client, node, runtime, attached: Mutex::new(HashSet::new()) }
+        Self { client, node, runtime, networks: None, attached: Mutex::new(HashSet::new()) }
+    }
+
+    /// Gives VMIs with interfaces their pod network.
+    pub fn with_networks(mut self, networks: Arc<PodNetworks>) -> Self {
+        self.networks = Some(networks);
+        self
     }
 }
 
 /// What the agent concluded about one VMI's launcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
+    /// The launcher pod has not named its network namespace yet: no spec until it has.
+    WaitingForPod,
     /// No spec yet: the agent wrote it (the pod's launcher starts on it).
     SpecWritten,
     /// The spec is there; the launcher has not started the machine yet.
@@ -66,7 +80,7 @@ pub enum Observed {
 /// The VMI phase and reason an observation stands for (`None`: leave the phase as it is).
 pub fn phase_of(observed: &Observed) -> Option<(VmiPhase, Option<String>)> {
     match observed {
-        Observed::SpecWritten | Observed::Starting => None,
+        Observed::WaitingForPod | Observed::SpecWritten | Observed::Starting => None,
         Observed::Running { .. } => Some((VmiPhase::Running, None)),
         Observed::Ended(MachineExit::Failed(why)) => Some((VmiPhase::Failed, Some(why.clone()))),
         Observed::Ended(_) => Some((VmiPhase::Succeeded, None)),
@@ -82,9 +96,21 @@ pub(crate) fn model_of(vmi: &Cr<VirtualMachineInstance>) -> VirtualMachineInstan
     v
 }
 
-/// Looks at `vmi`'s launcher, writing its spec first if there is none (blocking: pulls images).
-pub fn observe(runtime: &LauncherRuntime, vmi: &VirtualMachineInstance) -> Result<Observed, LaunchError> {
+/// Looks at `vmi`'s launcher, writing its spec first if there is none (blocking: pulls images),
+/// after its interfaces are made in its pod (`networks`).
+pub fn observe(
+    runtime: &LauncherRuntime,
+    networks: Option<&PodNetworks>,
+    vmi: &VirtualMachineInstance,
+) -> Result<Observed, LaunchError> {
+    let has_interfaces = !vmi.spec.domain.devices.interfaces.is_empty();
     if let Some(m) = runtime.reattach(vmi) {
+        // An agent that restarted serves the running guest's DHCP again.
+        if let (Some(n), true) = (networks, has_interfaces) {
+            if let Err(e) = n.setup(vmi, &runtime.run_dir(vmi)) {
+                log::warn!("VMI {}: its pod network: {e}", uid_or_name(vmi));
+            }
+        }
         return Ok(match m.status() {
             MachineStatus::Running => Observed::Running { paused: false },
             MachineStatus::Paused => Observed::Running { paused: true },
@@ -98,14 +124,41 @@ pub fn observe(runtime: &LauncherRuntime, vmi: &VirtualMachineInstance) -> Resul
     if runtime.run_dir(vmi).join("spec.json").is_file() {
         return Ok(Observed::Starting);
     }
-    runtime.write_spec(vmi)?;
+    let net = match (networks, has_interfaces) {
+        (Some(n), true) => match n.setup(vmi, &runtime.run_dir(vmi)) {
+            Ok(net) => net,
+            Err(PodNetworkError::NotReady { .. }) => return Ok(Observed::WaitingForPod),
+            Err(e) => return Err(LaunchError::new(LaunchStage::Network, e.to_string())),
+        },
+        (None, true) => {
+            return Err(LaunchError::new(
+                LaunchStage::Network,
+                "this node agent runs without pod networks: the VMI's interfaces cannot be made",
+            ))
+        }
+        _ => None,
+    };
+    runtime.write_spec(vmi, net.as_ref())?;
     Ok(Observed::SpecWritten)
+}
+
+fn uid_or_name(vmi: &VirtualMachineInstance) -> String {
+    format!(
+        "{}/{}",
+        vmi.metadata.namespace.as_deref().unwrap_or_default(),
+        vmi.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 async fn reconcile(vmi: Arc<Cr<VirtualMachineInstance>>, h: Arc<Handler>) -> Result<Action, ReconcileError> {
     let status = vmi.obj.status.clone().unwrap_or_default();
     let phase = status.phase;
     if vmi.meta.deletion_timestamp.is_some() || phase.is_some_and(|p| p.is_final()) {
+        // Its DHCP servers and the namespace's name go (the pod takes the rest with it).
+        if let Some(n) = h.networks.clone().filter(|_| !vmi.obj.spec.domain.devices.interfaces.is_empty()) {
+            let model = model_of(&vmi);
+            let _ = tokio::task::spawn_blocking(move || n.teardown(&model)).await;
+        }
         return Ok(Action::await_change());
     }
     // The launcher pod runs once the VMI is Scheduled (see `pod::phase_from_pod`).
@@ -116,9 +169,11 @@ async fn reconcile(vmi: Arc<Cr<VirtualMachineInstance>>, h: Arc<Handler>) -> Res
     let name = vmi.meta.name.clone().unwrap_or_default();
     let model = model_of(&vmi);
     let rt = h.runtime.clone();
-    let observed = tokio::task::spawn_blocking(move || observe(&rt, &model)).await.unwrap_or_else(|e| {
-        Err(LaunchError::new(LaunchStage::Process, format!("the observing task failed: {e}")))
-    });
+    let nets = h.networks.clone();
+    let observed =
+        tokio::task::spawn_blocking(move || observe(&rt, nets.as_deref(), &model)).await.unwrap_or_else(
+            |e| Err(LaunchError::new(LaunchStage::Process, format!("the observing task failed: {e}"))),
+        );
     let (new_phase, reason, ready) = match &observed {
         Ok(o) => match phase_of(o) {
             Some((p, r)) => (p, r, matches!(o, Observed::Running { paused: false })),
@@ -142,6 +197,10 @@ async fn reconcile(vmi: Arc<Cr<VirtualMachineInstance>>, h: Arc<Handler>) -> Res
             conditions.push(json!({ "type": "Paused", "status": "True", "reason": "PausedByUser" }));
         }
         let mut s = json!({ "phase": new_phase, "conditions": conditions });
+        // KubeVirt's status.interfaces as the local node reports them.
+        if let Some(net) = h.networks.as_ref().and_then(|n| n.get(&model_of(&vmi))) {
+            s["interfaces"] = json!(net.status());
+        }
         if let Some(r) = &reason {
             s["reason"] = json!(if new_phase == VmiPhase::Failed { "Failed" } else { "Succeeded" });
             s["conditions"][0]["message"] = json!(r);

@@ -12,6 +12,7 @@ pub mod deploy;
 pub mod handler;
 pub mod kinds;
 pub mod leader;
+pub mod network;
 pub mod pod;
 pub mod schema;
 pub mod subresources;

@@ -352,6 +352,28 @@ fn merge_variants(variants: Vec<Value>) -> Option<Value> {
     }
 }
 
+/// Marks every object node of `node` (itself included) that lists its `properties`
+/// `x-kubernetes-preserve-unknown-fields`, so the API server keeps fields it does not know
+/// instead of pruning them as it decodes the request (before admission). The admission webhook
+/// then sees them and refuses them by path, as the local node's strict loader does; the
+/// properties stay, so the API server still checks the types of the known fields. Maps
+/// (`additionalProperties`) take any key already and are only descended into.
+pub fn keep_unknown_fields(node: &mut Value) {
+    let Some(obj) = node.as_object_mut() else { return };
+    if let Some(Value::Object(props)) = obj.get_mut("properties") {
+        for v in props.values_mut() {
+            keep_unknown_fields(v);
+        }
+        obj.insert("x-kubernetes-preserve-unknown-fields".into(), Value::Bool(true));
+    }
+    if let Some(v) = obj.get_mut("additionalProperties") {
+        keep_unknown_fields(v);
+    }
+    if let Some(v) = obj.get_mut("items") {
+        keep_unknown_fields(v);
+    }
+}
+
 /// The rules of a structural schema a 1.20 API server enforces on a CRD, as problems with the path
 /// of the node that breaks them (empty: structural).
 pub fn check_structural(schema: &Value) -> Vec<String> {
@@ -446,6 +468,33 @@ mod tests {
         assert_eq!(p["e"]["additionalProperties"]["type"], "string");
         assert_eq!(p["f"]["properties"]["next"]["x-kubernetes-preserve-unknown-fields"], true);
         assert!(!s.to_string().contains("$ref"));
+    }
+
+    #[test]
+    fn kept_unknown_fields_mark_every_object_with_properties_and_stay_structural() {
+        let root = json!({
+            "type": "object",
+            "properties": { "spec": { "type": "object", "properties": {
+                "a": { "type": "object", "nullable": true, "properties": { "x": { "type": "string" } } },
+                "l": { "type": "array", "items": { "type": "object", "properties": { "y": { "type": "integer" } } } },
+                "m": { "type": "object", "additionalProperties": { "type": "object", "properties": { "z": { "type": "string" } } } },
+                "s": { "type": "string" }
+            } } }
+        });
+        let mut spec = root["properties"]["spec"].clone();
+        keep_unknown_fields(&mut spec);
+        let open = |v: &Value| v["x-kubernetes-preserve-unknown-fields"] == true;
+        assert!(open(&spec) && open(&spec["properties"]["a"]), "{spec}");
+        assert!(open(&spec["properties"]["l"]["items"]), "{spec}");
+        assert!(open(&spec["properties"]["m"]["additionalProperties"]), "{spec}");
+        // A map takes any key already; scalars and arrays are not objects.
+        for k in ["m", "s", "l"] {
+            assert!(spec["properties"][k].get("x-kubernetes-preserve-unknown-fields").is_none(), "{k}");
+        }
+        assert_eq!(spec["properties"]["a"]["properties"]["x"]["type"], "string", "types still checked");
+        let mut whole = root.clone();
+        whole["properties"]["spec"] = spec;
+        assert!(check_structural(&whole).is_empty(), "{:?}", check_structural(&whole));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Keeps the `qemuGuestAgent` access credentials of running VMIs in step with their Secrets, as
 //! KubeVirt's handler does: a thread follows the store's change log, and when a Secret changes, each
 //! running VMI of its namespace whose credentials name it gets the keys read again
-//! (`VmiVolumes::agent_keys`) and handed to its launcher's agent (`Lifecycle::set_guest_ssh_keys`),
+//! (`VmiVolumes::agent_credentials`) and handed to its launcher's agent (`Lifecycle::set_guest_credentials`),
 //! which writes the difference at its next poll. A change log that no longer holds the changes
 //! since the last look (410) makes every such VMI get its keys again.
 
@@ -26,6 +26,7 @@ fn agent_secrets(vmi: &VirtualMachineInstance) -> Vec<String> {
             {
                 Some(k.secret_name)
             }
+            AccessCredential::UserPassword { secret_name } => Some(secret_name),
             _ => None,
         })
         .collect()
@@ -52,12 +53,10 @@ pub fn push(
         let (Some(ns), Some(name)) = (vmi.metadata.namespace.as_deref(), vmi.metadata.name.as_deref()) else {
             continue;
         };
-        match runtime.volumes().agent_keys(&vmi) {
-            Ok(keys) => match lc.set_guest_ssh_keys(ns, name, keys) {
+        match runtime.volumes().agent_credentials(&vmi) {
+            Ok(credentials) => match lc.set_guest_credentials(ns, name, credentials) {
                 Ok(()) => {
-                    log::info!(
-                        "VMI {ns}/{name}: access credentials changed; its guest agent gets the new keys"
-                    );
+                    log::info!("VMI {ns}/{name}: access credentials changed; its guest agent gets them");
                     n += 1;
                 }
                 Err(e) => log::warn!("VMI {ns}/{name}: {e}"),

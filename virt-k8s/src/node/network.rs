@@ -114,6 +114,37 @@ pub fn uid_of(vmi: &VirtualMachineInstance) -> String {
     })
 }
 
+/// What `vmi`'s interfaces ask for: each with its MAC, from `macs` (claimed as the spec gives it,
+/// else allocated), and secondary networks looked up in `nads`. Empty without interfaces.
+pub fn interface_requests(
+    vmi: &VirtualMachineInstance,
+    macs: &MacPool,
+    nads: &dyn NadLookup,
+) -> Result<Vec<virt_net::spec::IfaceRequest>, VmiNetworkError> {
+    if vmi.spec.domain.devices.interfaces.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = vmi.metadata.name.clone().unwrap_or_default();
+    let mut chosen: HashMap<String, MacAddr> = HashMap::new();
+    for (i, iface) in vmi.spec.domain.devices.interfaces.iter().enumerate() {
+        let owner = format!("{ns}/{name}/{}", iface.name);
+        let field = || format!("spec.domain.devices.interfaces[{i}].macAddress");
+        let pool = |source| VmiNetworkError::MacPool { field: field(), source };
+        let mac = match iface.mac_address.as_deref() {
+            Some(m) => {
+                let mac: MacAddr =
+                    m.parse().map_err(|source| VmiNetworkError::BadMac { field: field(), source })?;
+                macs.claim(&owner, mac).map_err(pool)?;
+                mac
+            }
+            None => macs.allocate(&owner).map_err(pool)?,
+        };
+        chosen.insert(iface.name.clone(), mac);
+    }
+    Ok(spec::interfaces(&vmi.spec, &ns, &|n| chosen.get(n).copied(), nads)?)
+}
+
 impl NodeNetwork {
     /// Opens the network under `<state>/net/`; the networks of VMIs whose launcher no longer runs
     /// are removed (`alive` says which still do), the others taken back. The MAC pool is opened
@@ -156,31 +187,12 @@ impl NodeNetwork {
     /// Sets up `vmi`'s network: MACs from the pool (or claimed as given), then namespace, bridges,
     /// taps, rules and DHCP. `Ok(None)` for a VMI without interfaces. Errors name the field.
     pub fn setup(&self, vmi: &VirtualMachineInstance) -> Result<Option<VmiNet>, VmiNetworkError> {
-        if vmi.spec.domain.devices.interfaces.is_empty() {
+        let reqs = interface_requests(vmi, &self.macs, self)?;
+        if reqs.is_empty() {
             return Ok(None);
         }
         let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let name = vmi.metadata.name.clone().unwrap_or_default();
-        let mut macs: HashMap<String, MacAddr> = HashMap::new();
-        for (i, iface) in vmi.spec.domain.devices.interfaces.iter().enumerate() {
-            let owner = format!("{ns}/{name}/{}", iface.name);
-            let field = || format!("spec.domain.devices.interfaces[{i}].macAddress");
-            let pool = |source| VmiNetworkError::MacPool { field: field(), source };
-            let mac = match iface.mac_address.as_deref() {
-                Some(m) => {
-                    let mac: MacAddr =
-                        m.parse().map_err(|source| VmiNetworkError::BadMac { field: field(), source })?;
-                    self.macs.claim(&owner, mac).map_err(pool)?;
-                    mac
-                }
-                None => self.macs.allocate(&owner).map_err(pool)?,
-            };
-            macs.insert(iface.name.clone(), mac);
-        }
-        let reqs = spec::interfaces(&vmi.spec, &ns, &|n| macs.get(n).copied(), self)?;
-        if reqs.is_empty() {
-            return Ok(None);
-        }
         self.manager
             .setup(&uid_of(vmi), &ns, &name, &reqs)
             .map(Some)

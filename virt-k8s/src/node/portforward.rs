@@ -158,12 +158,44 @@ async fn serve(
         Err(e) => return refuse(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
     };
     let keepalive = s.portforward.keepalive;
+    let dialer = s.portforward.dialer.clone();
+    let resolved =
+        tokio::task::spawn_blocking(move || resolve(&s, form, &ns, &name).map(|e| (e, ns, name))).await;
+    let (endpoint, ns, name) = match resolved {
+        Ok(Ok(r)) => r,
+        Ok(Err(response)) => return *response,
+        Err(e) => return internal(std::io::Error::other(e.to_string())),
+    };
+    let target = Target { endpoint, namespace: ns, name, port, protocol };
+    forward(dialer, keepalive, target, ws).await
+}
+
+/// A guest port to forward to.
+pub struct Target {
+    /// Where the guest is.
+    pub endpoint: VmiEndpoint,
+    /// The VMI's namespace (for messages).
+    pub namespace: String,
+    /// The VMI's name (for messages).
+    pub name: String,
+    /// The guest's port.
+    pub port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+}
+
+/// Dials `target` with `dialer` and, when the guest answers, upgrades `ws` to a session carrying
+/// it (pinged every `keepalive`); a refusal is a `Status` (503, 504 on a timeout). The cluster's
+/// agent calls this with the endpoint in the VMI's pod.
+pub async fn forward(
+    dialer: Arc<dyn Dialer>,
+    keepalive: Duration,
+    target: Target,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Target { endpoint, namespace: ns, name, port, protocol } = target;
     let dialled = tokio::task::spawn_blocking(move || {
-        let endpoint = resolve(&s, form, &ns, &name)?;
-        s.portforward
-            .dialer
-            .dial(&endpoint, port, protocol)
-            .map_err(|e| Box::new(dial_refusal(&ns, &name, port, &e)))
+        dialer.dial(&endpoint, port, protocol).map_err(|e| Box::new(dial_refusal(&ns, &name, port, &e)))
     })
     .await;
     let stream = match dialled {

@@ -21,6 +21,7 @@ use virt_core::machine::remote::{self, RemoteMachine};
 use virt_core::machine::resolve::machine_spec;
 use virt_core::machine::{Machine, MachineExit};
 use virt_core::model::{self, VirtualMachineInstance};
+use virt_net::pod::VmiNet;
 
 pub use super::volumes::{ClaimNotReady, ClaimReadiness};
 
@@ -164,19 +165,29 @@ impl LauncherRuntime {
     /// (through a temporary file and a rename: never half-written), without starting a launcher.
     /// On a cluster the launcher runs in the VMI's pod, which mounts the run directory and the
     /// image cache at the same paths (`cluster::handler`). Returns the spec's path.
-    pub fn write_spec(&self, vmi: &VirtualMachineInstance) -> Result<PathBuf, LaunchError> {
+    /// `net`: the interfaces made for it in its pod (their taps and MACs go into the spec).
+    pub fn write_spec(
+        &self,
+        vmi: &VirtualMachineInstance,
+        net: Option<&VmiNet>,
+    ) -> Result<PathBuf, LaunchError> {
         let run_dir = self.run_dir(vmi);
         std::fs::create_dir_all(&run_dir).map_err(process(&run_dir))?;
         let name = vmi.metadata.name.clone().unwrap_or_default();
         let accel = if self.cfg.allow_emulation { AccelPolicy::Auto } else { AccelPolicy::RequireKvm };
-        let files = self.volumes.prepare(vmi, &run_dir).map_err(LaunchError::at(Stage::Volumes))?;
-        let mut spec = machine_spec(&name, &vmi.spec, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
-        spec.agent_ssh_keys = self.volumes.agent_keys(vmi).map_err(LaunchError::at(Stage::Volumes))?;
+        let mut files = self.volumes.prepare(vmi, &run_dir).map_err(LaunchError::at(Stage::Volumes))?;
+        let mut spec_in = vmi.spec.clone();
+        if let Some(net) = net {
+            link_interfaces(net, &mut files, &mut spec_in);
+        }
+        let mut spec = machine_spec(&name, &spec_in, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
+        spec.agent_credentials =
+            self.volumes.agent_credentials(vmi).map_err(LaunchError::at(Stage::Volumes))?;
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| LaunchError::new(Stage::Spec, format!("encoding the machine spec: {e}")))?;
         let spec_path = run_dir.join("spec.json");
         let tmp = run_dir.join(".spec.json.tmp");
-        std::fs::write(&tmp, json).map_err(process(&tmp))?;
+        write_private(&tmp, &json).map_err(process(&tmp))?;
         std::fs::rename(&tmp, &spec_path).map_err(process(&spec_path))?;
         Ok(spec_path)
     }
@@ -196,21 +207,15 @@ impl LauncherRuntime {
             None => None,
         };
         if let Some(net) = &net {
-            for s in &net.interfaces {
-                files.set_tap(s.request.name.clone(), s.tap.clone());
-                if let Some(i) =
-                    spec_in.domain.devices.interfaces.iter_mut().find(|i| i.name == s.request.name)
-                {
-                    i.mac_address = Some(s.request.mac.to_string());
-                }
-            }
+            link_interfaces(net, &mut files, &mut spec_in);
         }
         let mut spec = machine_spec(&name, &spec_in, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
-        spec.agent_ssh_keys = self.volumes.agent_keys(vmi).map_err(LaunchError::at(Stage::Volumes))?;
+        spec.agent_credentials =
+            self.volumes.agent_credentials(vmi).map_err(LaunchError::at(Stage::Volumes))?;
         let spec_path = run_dir.join("spec.json");
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| LaunchError::new(Stage::Spec, format!("encoding the machine spec: {e}")))?;
-        std::fs::write(&spec_path, json).map_err(process(&spec_path))?;
+        write_private(&spec_path, &json).map_err(process(&spec_path))?;
         let log_path = run_dir.join("launcher.log");
         let log = std::fs::File::create(&log_path).map_err(process(&log_path))?;
         let log2 = log.try_clone().map_err(process(&log_path))?;
@@ -475,6 +480,32 @@ impl Runtime for LauncherRuntime {
         });
         if let Err(e) = spawned {
             log::warn!("VMI run directory {shown} kept: no thread to remove it: {e}");
+        }
+    }
+}
+
+/// Writes `bytes` to `path` readable by its owner only (a machine spec carries the guest's access
+/// credentials, passwords among them), replacing what is there.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // An existing file keeps its mode through open: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Gives each of `spec`'s interfaces the tap and MAC `net` made for it.
+fn link_interfaces(
+    net: &VmiNet,
+    files: &mut super::volumes::PreparedFiles,
+    spec: &mut virt_core::model::VirtualMachineInstanceSpec,
+) {
+    for s in &net.interfaces {
+        files.set_tap(s.request.name.clone(), s.tap.clone());
+        if let Some(i) = spec.domain.devices.interfaces.iter_mut().find(|i| i.name == s.request.name) {
+            i.mac_address = Some(s.request.mac.to_string());
         }
     }
 }

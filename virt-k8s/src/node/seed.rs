@@ -8,7 +8,7 @@ use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use virt_core::agent::AuthorizedKeys;
+use virt_core::agent::{AuthorizedKeys, GuestCredentials, UserPassword};
 use virt_core::model::credentials::{access_credentials, ssh_key_secrets, AccessCredential, Propagation};
 use virt_core::model::{CloudInitSource, VirtualMachineInstance, Volume};
 use virt_storage::cloudinit::{write_seed, SeedInfo};
@@ -39,6 +39,18 @@ pub enum SeedError {
         name: String,
         /// The keys looked for.
         keys: &'static str,
+    },
+    /// A `userPassword` Secret's value that is not a password (not UTF-8, a NUL, a line break).
+    #[error("{field}: Secret {namespace}/{name}: the password of user {user:?} is not a line of UTF-8 text")]
+    BadPassword {
+        /// The field naming the Secret.
+        field: String,
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The key (the guest user).
+        user: String,
     },
     /// The seed itself (bad data, the file).
     #[error(transparent)]
@@ -112,16 +124,28 @@ pub fn public_keys(
     Ok(keys)
 }
 
-/// The SSH keys the guest agent keeps for `vmi`'s users (`accessCredentials` with
-/// `qemuGuestAgent` propagation): each credential's Secret's keys, for each user it names.
-pub fn agent_keys(
+/// What the guest agent keeps in `vmi`'s guest (`accessCredentials` with `qemuGuestAgent`
+/// propagation): each `sshPublicKey` credential's Secret's keys, for each user it names, and each
+/// `userPassword` credential's Secret's entries as user -> password (KubeVirt's layout; a later
+/// Secret's entry for the same user wins).
+pub fn agent_credentials(
     objects: Option<&CoreObjects>,
     vmi: &VirtualMachineInstance,
     ns: &str,
-) -> Result<Vec<AuthorizedKeys>, SeedError> {
+) -> Result<GuestCredentials, SeedError> {
     let mut out: Vec<AuthorizedKeys> = Vec::new();
+    let mut passwords: Vec<UserPassword> = Vec::new();
     for c in access_credentials(&vmi.spec) {
-        let AccessCredential::SshPublicKey(k) = c else { continue };
+        let k = match c {
+            AccessCredential::SshPublicKey(k) => k,
+            AccessCredential::UserPassword { secret_name } => {
+                for p in user_passwords(objects, ns, &secret_name)? {
+                    passwords.retain(|q| q.user != p.user);
+                    passwords.push(p);
+                }
+                continue;
+            }
+        };
         let Propagation::QemuGuestAgent { users } = &k.propagation else { continue };
         let keys = public_keys(objects, vmi, ns, &k.propagation)?;
         for user in users {
@@ -132,6 +156,34 @@ pub fn agent_keys(
                 None => out.push(AuthorizedKeys { user: user.clone(), keys: keys.clone() }),
             }
         }
+    }
+    Ok(GuestCredentials { ssh_keys: out, passwords })
+}
+
+/// The user -> password entries of `userPassword` Secret `name` in `ns`.
+fn user_passwords(
+    objects: Option<&CoreObjects>,
+    ns: &str,
+    name: &str,
+) -> Result<Vec<UserPassword>, SeedError> {
+    const FIELD: &str = "spec.accessCredentials.userPassword.source.secret.secretName";
+    let data = objects.and_then(|o| o.secret(ns, name)).ok_or_else(|| SeedError::NoSecret {
+        field: FIELD.into(),
+        namespace: ns.into(),
+        name: name.into(),
+    })?;
+    let mut out = Vec::new();
+    for (user, value) in data.iter() {
+        let password = std::str::from_utf8(value)
+            .ok()
+            .filter(|p| !p.contains(['\0', '\n', '\r']))
+            .ok_or_else(|| SeedError::BadPassword {
+                field: FIELD.into(),
+                namespace: ns.into(),
+                name: name.into(),
+                user: user.clone(),
+            })?;
+        out.push(UserPassword { user: user.clone(), password: password.to_string() });
     }
     Ok(out)
 }

@@ -256,12 +256,12 @@ impl VmiVolumes {
 
     /// The SSH keys `vmi`'s guest agent keeps (`qemuGuestAgent` access credentials), read from
     /// their Secrets now.
-    pub fn agent_keys(
+    pub fn agent_credentials(
         &self,
         vmi: &VirtualMachineInstance,
-    ) -> Result<Vec<virt_core::agent::AuthorizedKeys>, SeedError> {
+    ) -> Result<virt_core::agent::GuestCredentials, SeedError> {
         let ns = vmi.metadata.namespace.as_deref().unwrap_or("default");
-        super::seed::agent_keys(self.objects.get().map(|o| &**o), vmi, ns)
+        super::seed::agent_credentials(self.objects.get().map(|o| &**o), vmi, ns)
     }
 
     /// The file of claim `claim` in `ns` in the node's pool, if it exists.

@@ -161,6 +161,39 @@ impl NetworkManager {
                 cmds.push(format!("route add default via {g}"));
             }
         }
+        let (more, route_localnet, no_dad) = self.iface_cmds(net);
+        cmds.extend(more);
+        netns::ip_batch(Some(ns), &cmds).map_err(&err)?;
+        let mut sys: Vec<(&str, &str)> = vec![("ipv4/ip_forward", "1"), ("ipv6/conf/all/forwarding", "1")];
+        sys.extend(route_localnet.iter().map(|k| (k.as_str(), "1")));
+        sys.extend(no_dad.iter().map(|k| (k.as_str(), "0")));
+        netns::sysctl(&net.netns_path(), &sys).map_err(&err)?;
+        if let Some(script) = self.ruleset(net) {
+            netns::nft(Some(ns), &script).map_err(&err)?;
+        }
+        Ok(())
+    }
+
+    /// Creates `net`'s interfaces in an existing pod namespace (its `eth0` configured by the pod's
+    /// network plugin): bridges, taps, forwarding and the masquerade rules.
+    pub(super) fn create_in_pod(&self, net: &VmiNet) -> Result<(), PodNetError> {
+        let err = self.netns_err(&format!("{}/{}", net.namespace, net.name));
+        let (cmds, route_localnet, no_dad) = self.iface_cmds(net);
+        netns::ip_batch(Some(&net.netns), &cmds).map_err(&err)?;
+        let mut sys: Vec<(&str, &str)> = vec![("ipv4/ip_forward", "1"), ("ipv6/conf/all/forwarding", "1")];
+        sys.extend(route_localnet.iter().map(|k| (k.as_str(), "1")));
+        sys.extend(no_dad.iter().map(|k| (k.as_str(), "0")));
+        netns::sysctl(&net.netns_path(), &sys).map_err(&err)?;
+        if let Some(script) = self.ruleset(net) {
+            netns::nft(Some(&net.netns), &script).map_err(&err)?;
+        }
+        Ok(())
+    }
+
+    /// The `ip` commands of `net`'s bridges and taps inside its namespace, and the sysctls to set
+    /// to 1 (`route_localnet`) and 0 (`accept_dad`) on its bridges.
+    fn iface_cmds(&self, net: &VmiNet) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let mut cmds = Vec::new();
         let (mut route_localnet, mut no_dad) = (Vec::new(), Vec::new());
         for (i, s) in net.interfaces.iter().enumerate() {
             let (br, tap) = (&s.bridge, &s.tap);
@@ -198,14 +231,6 @@ impl NetworkManager {
             }
             cmds.push(format!("link set {br} up"));
         }
-        netns::ip_batch(Some(ns), &cmds).map_err(&err)?;
-        let mut sys: Vec<(&str, &str)> = vec![("ipv4/ip_forward", "1"), ("ipv6/conf/all/forwarding", "1")];
-        sys.extend(route_localnet.iter().map(|k| (k.as_str(), "1")));
-        sys.extend(no_dad.iter().map(|k| (k.as_str(), "0")));
-        netns::sysctl(&net.netns_path(), &sys).map_err(&err)?;
-        if let Some(script) = self.ruleset(net) {
-            netns::nft(Some(ns), &script).map_err(&err)?;
-        }
-        Ok(())
+        (cmds, route_localnet, no_dad)
     }
 }

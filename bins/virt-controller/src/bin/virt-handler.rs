@@ -67,7 +67,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let runtime = LauncherRuntime::new(LauncherConfig {
         // The launcher runs in the VMI's pod; this one is never spawned by the agent.
         launcher: PathBuf::from("/usr/bin/virt-launcher"),
-        state_dir: cli.state_dir,
+        state_dir: cli.state_dir.clone(),
         allow_emulation: cli.allow_emulation,
         backend: None,
         insecure_registries: cli.insecure_registries,
@@ -80,12 +80,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     log::info!("virt-handler: serving the VMIs of node {}", cli.node);
     let runtime = Arc::new(runtime);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // VMIs' interfaces in their launcher pods (masquerade on the pod network).
+    let networks = Arc::new(cluster::network::PodNetworks::open(&cli.state_dir)?);
     let api = match cli.subresources_listen {
         Some(listen) => {
             let server = subresources::Server {
                 client: client.clone(),
                 node: cli.node.clone(),
                 runtime: runtime.clone(),
+                networks: Some(networks.clone()),
             };
             let advertise = cli.subresources_advertise.unwrap_or(listen.ip());
             let mut rx = stop_rx.clone();
@@ -96,7 +99,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
-    let h = handler::Handler::new(client, cli.node, runtime);
+    let h = handler::Handler::new(client, cli.node, runtime).with_networks(networks);
     handler::run(h, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     if let Some(api) = api {

@@ -198,6 +198,31 @@ spec:
     )
 }
 
+/// The user data of [`kernel_vm_net_yaml`]'s guest: it asks DHCP on its NIC (udhcpc reports the
+/// lease without configuring: the script is `true`), sets that address, pings the pod network's
+/// gateway through the masquerade, and serves a page on port 8080.
+const NET_USER_DATA: &str = "#!/bin/sh
+ip link set eth0 up
+udhcpc -i eth0 -n -q -t 10 -T 2 -s /bin/true 2>&1 | grep -o 'lease of [0-9.]* obtained' | sed 's/^/VIRT-NET: /'
+ip addr add 10.0.2.2/24 dev eth0
+ip route add default via 10.0.2.1
+ping -c 2 -W 5 10.244.0.1 >/dev/null 2>&1 && echo 'VIRT-NET: ping 10.244.0.1 ok'
+mkdir -p /www && echo guest-says-hello > /www/index.html && httpd -p 8080 -h /www && echo 'VIRT-NET: httpd up'
+";
+
+/// [`kernel_vm_yaml`] with a masquerade interface on the pod network and [`NET_USER_DATA`] in a
+/// NoCloud seed.
+pub fn kernel_vm_net_yaml(name: &str, image: &str) -> String {
+    let indented: String = NET_USER_DATA.lines().map(|l| format!("              {l}\n")).collect();
+    kernel_vm_yaml(name, image).replace(
+        "        devices: {}\n",
+        "        devices:\n          interfaces:\n          - name: default\n            masquerade: {}\n",
+    ) + &format!(
+        "      networks:\n      - name: default\n        pod: {{}}\n      volumes:\n      - name: cloudinit\n        \
+         cloudInitNoCloud:\n          userData: |\n{indented}"
+    )
+}
+
 impl Cluster {
     /// Builds the launcher image, starts the registry and the cluster (`audit`: the API server's
     /// audit log, VIRT_K8S_AUDIT=1).

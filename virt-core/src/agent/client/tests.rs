@@ -171,9 +171,10 @@ fn wrong_shapes_are_bad_replies_and_refused_shutdown_is_an_error() {
 /// wants are removed; nobody else's), everything again after a reconnection; a refusal is reported.
 #[test]
 fn access_credentials_are_kept_in_the_guest_through_the_agent() {
-    use super::super::credentials::KeySync;
-    use super::super::protocol::AuthorizedKeys;
+    use super::super::credentials::CredentialSync;
+    use super::super::protocol::{AuthorizedKeys, GuestCredentials};
     use std::sync::{Arc, Mutex};
+    let creds = |ssh_keys: Vec<AuthorizedKeys>| GuestCredentials { ssh_keys, passwords: Vec::new() };
 
     let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
     let log = seen.clone();
@@ -191,7 +192,7 @@ fn access_credentials_are_kept_in_the_guest_through_the_agent() {
     };
     let take = |seen: &Arc<Mutex<Vec<(String, Value)>>>| std::mem::take(&mut *seen.lock().unwrap());
 
-    let mut sync = KeySync::new(vec![keys("debian", &["ssh-ed25519 A a", "ssh-ed25519 B b"])]);
+    let mut sync = CredentialSync::new(creds(vec![keys("debian", &["ssh-ed25519 A a", "ssh-ed25519 B b"])]));
     let r = sync.sync(&mut c).expect("an outcome");
     assert!(r.synchronized && r.message.contains("debian"), "{r:?}");
     assert_eq!(
@@ -204,7 +205,7 @@ fn access_credentials_are_kept_in_the_guest_through_the_agent() {
     assert!(sync.sync(&mut c).is_some_and(|r| r.synchronized));
     assert!(take(&seen).is_empty(), "nothing changed: nothing written");
 
-    sync.set(vec![keys("debian", &["ssh-ed25519 B b"]), keys("root", &["ssh-ed25519 C c"])]);
+    sync.set(creds(vec![keys("debian", &["ssh-ed25519 B b"]), keys("root", &["ssh-ed25519 C c"])]));
     assert!(sync.sync(&mut c).is_some_and(|r| r.synchronized));
     assert_eq!(
         take(&seen),
@@ -235,10 +236,75 @@ fn access_credentials_are_kept_in_the_guest_through_the_agent() {
         good(cmd, args)
     };
     let mut c = fake(Box::new(refusing), T);
-    let r = KeySync::new(vec![keys("debian", &["ssh-ed25519 A a"])]).sync(&mut c).unwrap();
+    let r = CredentialSync::new(creds(vec![keys("debian", &["ssh-ed25519 A a"])])).sync(&mut c).unwrap();
     assert!(
         !r.synchronized && r.message.contains("user debian") && r.message.contains("command disabled"),
         "{r:?}"
     );
-    assert_eq!(KeySync::new(Vec::new()).sync(&mut c), None, "no credentials: nothing to report");
+    assert_eq!(
+        CredentialSync::new(creds(Vec::new())).sync(&mut c),
+        None,
+        "no credentials: nothing to report"
+    );
+}
+
+/// `userPassword` through the agent: set (base64, not crypted) once the agent answers, not again
+/// after a reconnection (the guest keeps it in /etc/shadow) nor while unchanged, again when the
+/// Secret changes it; a refusal names the user and never the password.
+#[test]
+fn passwords_are_set_through_the_agent_once_per_change() {
+    use super::super::credentials::CredentialSync;
+    use super::super::protocol::{GuestCredentials, UserPassword};
+    use std::sync::{Arc, Mutex};
+
+    let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let log = seen.clone();
+    let script = move |cmd: &str, args: &Value| -> Vec<u8> {
+        if cmd == "guest-set-user-password" {
+            log.lock().unwrap().push((cmd.to_string(), args.clone()));
+            return b"{\"return\": {}}\n".to_vec();
+        }
+        good(cmd, args)
+    };
+    let mut c = fake(Box::new(script), T);
+    let take = |seen: &Arc<Mutex<Vec<(String, Value)>>>| std::mem::take(&mut *seen.lock().unwrap());
+    let pw = |user: &str, password: &str| GuestCredentials {
+        ssh_keys: Vec::new(),
+        passwords: vec![UserPassword { user: user.into(), password: password.into() }],
+    };
+
+    let mut sync = CredentialSync::new(pw("debian", "s3cr\u{e9}t pass"));
+    let r = sync.sync(&mut c).expect("an outcome");
+    assert!(r.synchronized && r.message == "passwords of debian written by the guest agent", "{r:?}");
+    assert_eq!(
+        take(&seen),
+        vec![(
+            "guest-set-user-password".to_string(),
+            json!({"username": "debian", "password": "czNjcsOpdCBwYXNz", "crypted": false})
+        )]
+    );
+    sync.sync(&mut c);
+    sync.lost();
+    sync.sync(&mut c);
+    assert!(take(&seen).is_empty(), "unchanged or reconnected: not set again");
+    sync.set(pw("debian", "new"));
+    assert!(sync.sync(&mut c).is_some_and(|r| r.synchronized));
+    assert_eq!(take(&seen).len(), 1, "a changed password is set");
+    let debug = format!("{:?}", pw("debian", "new"));
+    assert!(!debug.contains("new") && debug.contains("redacted"), "{debug}");
+
+    let refusing = |cmd: &str, args: &Value| -> Vec<u8> {
+        if cmd == "guest-set-user-password" {
+            return b"{\"error\":{\"class\":\"GenericError\",\"desc\":\"chpasswd failed\"}}\n".to_vec();
+        }
+        good(cmd, args)
+    };
+    let mut c = fake(Box::new(refusing), T);
+    let r = CredentialSync::new(pw("nobody", "hunter2")).sync(&mut c).unwrap();
+    assert!(
+        !r.synchronized
+            && r.message.contains("user nobody: password")
+            && r.message.contains("chpasswd failed")
+    );
+    assert!(!r.message.contains("hunter2"), "{r:?}");
 }

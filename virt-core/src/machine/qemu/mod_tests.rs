@@ -20,7 +20,7 @@ fn spec() -> MachineSpec {
         machine_type: None,
         accel: AccelPolicy::Auto,
         interfaces: Vec::new(),
-        agent_ssh_keys: Vec::new(),
+        agent_credentials: Default::default(),
     }
 }
 

@@ -274,7 +274,7 @@ pub(super) fn handle(shared: &Shared, r: Request) -> Reply {
             m.console_input(&b)
         }
         Request::GuestShutdown { mode } => m.guest_shutdown(mode),
-        Request::GuestSshKeys { keys } => m.guest_set_ssh_keys(keys),
+        Request::GuestCredentials { credentials } => m.guest_set_credentials(credentials),
         Request::MigrateCancel => m.migrate_cancel(),
         Request::Status
         | Request::Events

@@ -46,10 +46,11 @@ pub enum Request {
         /// How the guest goes down.
         mode: crate::agent::ShutdownMode,
     },
-    /// [`Machine::guest_set_ssh_keys`]: `{"op":"guestSshKeys","keys":[{"user":..,"keys":[..]}]}`.
-    GuestSshKeys {
-        /// The keys per user.
-        keys: Vec<crate::agent::AuthorizedKeys>,
+    /// [`Machine::guest_set_credentials`]:
+    /// `{"op":"guestCredentials","credentials":{"sshKeys":[{"user":..,"keys":[..]}],"passwords":[..]}}`.
+    GuestCredentials {
+        /// The keys and passwords per user.
+        credentials: crate::agent::GuestCredentials,
     },
     /// [`Machine::guest_fs_freeze`] (freeze): an [`AgentAnswer`] with `fsFreezeStatus`.
     FsFreeze,

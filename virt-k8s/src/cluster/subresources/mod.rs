@@ -92,6 +92,8 @@ pub struct Server {
     pub node: String,
     /// Reaches the launchers of the node.
     pub runtime: Arc<LauncherRuntime>,
+    /// The VMIs' interfaces in their pods (port-forward dials the guest there).
+    pub networks: Option<Arc<crate::cluster::network::PodNetworks>>,
 }
 
 /// The front-proxy CA the API server publishes.

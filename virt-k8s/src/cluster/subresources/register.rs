@@ -2,8 +2,11 @@
 //! `kubevirt`, a Service `virt-api` without a selector, its Endpoints (this server's address, kept
 //! by hand: no pod backs it) and the APIService `v1.subresources.kubevirt.io` carrying this
 //! server's certificate as `caBundle`; and the ValidatingWebhookConfiguration
-//! `virt-api-validator` sending creates and updates of VMs and VMIs to the admission webhook
-//! (`admission`) through the same Service's `webhook` port, with the same `caBundle`. Applied server-side (field manager `virt-handler`, forced;
+//! `virt-api-validator` sending creates and updates of each kind the local node validates (VMs,
+//! VMIs, migrations, instancetypes and preferences, DataVolumes, DataSources, DataImportCrons:
+//! [`super::admission::webhooks`], one webhook per resource) to the admission webhook
+//! (`admission`) through the same Service's `webhook` port, with the same `caBundle`. Applied
+//! server-side (field manager `virt-handler`, forced;
 //! the APIService created or merge-patched), so registering again replaces the address and the
 //! certificate. The API server must route to
 //! the endpoint (`--enable-aggregator-routing=true`): there is no kube-proxy for the Service's
@@ -79,11 +82,11 @@ pub fn objects(r: &Registration) -> [Value; 5] {
         },
     });
     let ca_bundle = base64::engine::general_purpose::STANDARD.encode(r.ca_pem.as_bytes());
-    let webhooks: Vec<Value> = super::admission::WEBHOOKS
+    let webhooks: Vec<Value> = super::admission::webhooks()
         .iter()
-        .map(|(name, resource)| {
+        .map(|w| {
             json!({
-                "name": name,
+                "name": w.name,
                 "clientConfig": {
                     "service": {
                         "namespace": SERVICE_NAMESPACE, "name": SERVICE,
@@ -92,11 +95,11 @@ pub fn objects(r: &Registration) -> [Value; 5] {
                     "caBundle": ca_bundle,
                 },
                 "rules": [{
-                    "apiGroups": ["kubevirt.io"], "apiVersions": ["v1"],
-                    "operations": ["CREATE", "UPDATE"], "resources": [resource], "scope": "Namespaced",
+                    "apiGroups": [w.group], "apiVersions": [w.version],
+                    "operations": w.operations, "resources": [w.resource], "scope": w.scope,
                 }],
-                // Only these kinds go through it, so a webhook that is down blocks nothing else;
-                // for them, an unchecked object is not stored (as KubeVirt).
+                // Only this resource goes through it, so a webhook that is down blocks nothing
+                // else; for it, an unchecked object is not stored (as KubeVirt and CDI).
                 "failurePolicy": "Fail",
                 "sideEffects": "None",
                 "admissionReviewVersions": ["v1"],
@@ -172,17 +175,37 @@ mod tests {
         assert_eq!(ep["subsets"][0]["addresses"][0]["ip"], "10.1.2.3");
         assert_eq!(api["spec"]["service"]["port"], 443);
         assert_eq!(api["spec"]["caBundle"], "UEVN");
-        // The webhooks reach the webhook port, check only VMs and VMIs, and do nothing else.
+        // The webhooks reach the webhook port, each checks one resource of its own group, fails
+        // closed and does nothing else.
         let webhooks = hooks["webhooks"].as_array().unwrap();
-        assert_eq!(webhooks.len(), 2);
+        assert_eq!(webhooks.len(), super::super::admission::webhooks().len());
         for h in webhooks {
             assert_eq!(h["clientConfig"]["service"]["port"], svc["spec"]["ports"][1]["port"]);
             assert_eq!(h["clientConfig"]["service"]["path"], "/validate");
             assert_eq!(h["clientConfig"]["caBundle"], "UEVN");
-            assert_eq!(h["rules"][0]["apiGroups"], json!(["kubevirt.io"]));
+            assert_eq!(h["rules"].as_array().unwrap().len(), 1, "{h}");
+            assert_eq!(h["rules"][0]["resources"].as_array().unwrap().len(), 1, "{h}");
+            assert_eq!(h["failurePolicy"], "Fail");
             assert_eq!(h["sideEffects"], "None");
+            let group = h["rules"][0]["apiGroups"][0].as_str().unwrap();
+            assert!(h["name"].as_str().unwrap().ends_with(group), "{h}");
         }
-        let resources: Vec<&Value> = webhooks.iter().map(|h| &h["rules"][0]["resources"][0]).collect();
-        assert_eq!(resources, [&json!("virtualmachines"), &json!("virtualmachineinstances")]);
+        let rule = |name: &str| {
+            let h = webhooks.iter().find(|h| h["name"] == name).unwrap_or_else(|| panic!("{name}"));
+            h["rules"][0].clone()
+        };
+        assert_eq!(
+            rule("virtualmachine-validator.kubevirt.io"),
+            json!({ "apiGroups": ["kubevirt.io"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                    "resources": ["virtualmachines"], "scope": "Namespaced" })
+        );
+        assert_eq!(rule("migration-create-validator.kubevirt.io")["operations"], json!(["CREATE"]));
+        assert_eq!(
+            rule("virtualmachineclusterpreference-validator.instancetype.kubevirt.io"),
+            json!({ "apiGroups": ["instancetype.kubevirt.io"], "apiVersions": ["v1beta1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["virtualmachineclusterpreferences"],
+                    "scope": "Cluster" })
+        );
+        assert_eq!(rule("datavolume-validate.cdi.kubevirt.io")["resources"], json!(["datavolumes"]));
     }
 }

@@ -11,6 +11,7 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use kube::Api;
 use serde_json::json;
+use std::sync::Arc;
 use virt_core::agent::ShutdownMode;
 use virt_core::lifecycle::Runtime;
 use virt_core::machine::{Machine, MachineError, MachineStatus};
@@ -31,6 +32,8 @@ fn refuse(code: StatusCode, reason: &str, message: String) -> Refusal {
 /// The subresources of a VMI this server serves, with their verbs.
 const VMI_SUBRESOURCES: &[(&str, &str)] = &[
     ("console", "get"),
+    ("vnc", "get"),
+    ("portforward", "get"),
     ("pause", "update"),
     ("unpause", "update"),
     ("softreboot", "update"),
@@ -47,6 +50,9 @@ pub fn router(server: Server) -> Router {
         .route("/apis/subresources.kubevirt.io", get(group))
         .route(&format!("/apis/{GROUP_VERSION}"), get(resources))
         .route(&at("console"), get(console))
+        .route(&at("vnc"), get(vnc))
+        .route(&at("portforward/{port}"), get(portforward))
+        .route(&at("portforward/{port}/{protocol}"), get(portforward_protocol))
         .route(&at("pause"), put(pause))
         .route(&at("unpause"), put(unpause))
         .route(&at("softreboot"), put(softreboot))
@@ -302,4 +308,110 @@ async fn console(
         }
     };
     ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, stream))
+}
+
+/// The VNC display: QEMU's VNC server on a unix socket in the VMI's run directory (the agent sees
+/// the pod's run directory at the same path), checked before the upgrade, then bridged as the
+/// local node's API bridges it.
+async fn vnc(
+    State(s): State<Server>,
+    h: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let vmi = match running_vmi(&s, &h, &ns, &name, "vnc").await {
+        Ok(v) => v,
+        Err(e) => return *e,
+    };
+    let key = format!("{ns}/{name}");
+    let k = key.clone();
+    let socket = on_machine(&s, vmi, "vnc", move |m| {
+        m.vnc_socket().ok_or_else(|| {
+            refuse(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "VirtualMachineInstance {k} has no VNC display (autoattachGraphicsDevice: false, or it \
+                     runs on the native microVM, which has none)"
+                ),
+            )
+        })
+    })
+    .await;
+    let socket = match socket {
+        Ok(p) => p,
+        Err(e) => return *e,
+    };
+    let display = match tokio::net::UnixStream::connect(&socket).await {
+        Ok(d) => d,
+        Err(e) => {
+            return *refuse(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("the VNC display of {key} at {} does not answer: {e}", socket.display()),
+            )
+        }
+    };
+    match ws {
+        Ok(ws) => ws.protocols(["plain.kubevirt.io"]).on_upgrade(move |socket| bridge(socket, display)),
+        Err(rejection) => rejection.into_response(),
+    }
+}
+
+async fn portforward(
+    State(s): State<Server>,
+    h: HeaderMap,
+    Path((ns, name, port)): Path<(String, String, String)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    forward(s, h, ns, name, port, None, ws).await
+}
+
+async fn portforward_protocol(
+    State(s): State<Server>,
+    h: HeaderMap,
+    Path((ns, name, port, protocol)): Path<(String, String, String, String)>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    forward(s, h, ns, name, port, Some(protocol), ws).await
+}
+
+/// A guest port through the VMI's pod: the guest's address in the pod's namespace, dialled there
+/// by the local node's dialer and carried as the local node carries it (`node::portforward`).
+async fn forward(
+    s: Server,
+    h: HeaderMap,
+    ns: String,
+    name: String,
+    port: String,
+    protocol: Option<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    use crate::node::portforward::{self as pf, Target};
+    let port = match pf::parse_port(&port) {
+        Ok(p) => p,
+        Err(e) => return *refuse(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+    };
+    let protocol = match protocol.as_deref().map(str::parse::<virt_net::dial::Protocol>).transpose() {
+        Ok(p) => p.unwrap_or(virt_net::dial::Protocol::Tcp),
+        Err(e) => return *refuse(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+    };
+    let vmi = match running_vmi(&s, &h, &ns, &name, "portforward").await {
+        Ok(v) => v,
+        Err(e) => return *e,
+    };
+    let endpoint = s.networks.as_ref().and_then(|n| n.get(&vmi)).map(|net| net.endpoint());
+    let Some(endpoint) = endpoint else {
+        return *refuse(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "VirtualMachineInstance {ns}/{name} has no network the node can reach (no masquerade \
+                 interface on the pod network, or it is not set up yet)"
+            ),
+        );
+    };
+    let dialer: Arc<dyn virt_net::dial::Dialer> = Arc::new(virt_net::dial::NetnsDialer::default());
+    let target = Target { endpoint, namespace: ns, name, port, protocol };
+    pf::forward(dialer, pf::KEEPALIVE, target, ws).await
 }

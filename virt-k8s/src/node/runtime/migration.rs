@@ -220,7 +220,7 @@ impl LauncherRuntime {
         let _ = std::fs::remove_dir_all(&target);
         std::fs::create_dir_all(&target).map_err(|e| failed("creating", &target, e))?;
         let target_spec = target.join("spec.json");
-        std::fs::write(&target_spec, &spec_bytes).map_err(|e| failed("writing", &target_spec, e))?;
+        super::write_private(&target_spec, &spec_bytes).map_err(|e| failed("writing", &target_spec, e))?;
         write_pointer(&base, INCOMING, &name).map_err(|e| failed("writing", &base.join(INCOMING), e))?;
         let result = self.move_into(&source, &target, &target_spec, spec.memory_mib, ticket, step);
         match result {

@@ -16,7 +16,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Error as QueueError, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -234,6 +234,9 @@ pub struct NetWorker {
     frame: Vec<u8>,
     pending: Option<usize>,
     txbuf: Vec<u8>,
+    /// Used entries published without the queue counting them (a frame's leading buffers): the
+    /// event-index check cannot see them, so the next rx notification is sent unconditionally.
+    rx_uncounted: bool,
 }
 
 impl NetWorker {
@@ -256,6 +259,7 @@ impl NetWorker {
             frame: vec![0u8; MAX_FRAME_LEN],
             pending: None,
             txbuf: Vec::new(),
+            rx_uncounted: false,
         }
     }
 
@@ -315,7 +319,8 @@ impl NetWorker {
 
     fn notify(&mut self, rx: bool) {
         let q = if rx { &mut self.rx } else { &mut self.tx };
-        match q.needs_notification(&self.mem) {
+        let forced = rx && std::mem::take(&mut self.rx_uncounted);
+        match q.needs_notification(&self.mem).map(|n| n || forced) {
             Ok(true) => {
                 if let Err(e) = self.interrupt.trigger(INT_USED_RING) {
                     log::error!("virtio-net {}: cannot raise interrupt: {e}", self.backend.name());
@@ -454,10 +459,29 @@ impl NetWorker {
         }
     }
 
+    /// Writes a used entry for `head` at the queue's next used slot and moves past it without
+    /// publishing the used index (the frame's last buffer publishes them all).
+    fn enter_used(&mut self, head: u16, len: u32) -> Result<(), QueueError> {
+        let size = self.rx.size();
+        if size == 0 || head >= size {
+            return Err(QueueError::InvalidDescriptorIndex);
+        }
+        let next = self.rx.next_used();
+        let slot = u64::from(next % size);
+        let addr = self.rx.used_ring().checked_add(4 + 8 * slot).ok_or(QueueError::AddressOverflow)?;
+        // A used element: the chain's head index and the bytes written, both little-endian u32.
+        let elem = [u32::from(head).to_le(), len.to_le()];
+        self.mem.write_obj(elem, GuestAddress(addr)).map_err(QueueError::GuestMemory)?;
+        self.rx.set_next_used(next.wrapping_add(1));
+        self.rx_uncounted = true;
+        Ok(())
+    }
+
     /// Copies the pending frame into as many rx chains as it needs (one unless MRG_RXBUF).
     fn deliver(&mut self, len: usize) -> Delivery {
         let mem = self.mem.clone();
-        let name = self.backend.name();
+        let backend = self.backend.clone();
+        let name = backend.name();
         // Chains taken for this frame, with their writable capacity (0 for a chain outside memory).
         let mut taken = Vec::new();
         let mut capacity = 0usize;
@@ -483,14 +507,17 @@ impl NetWorker {
         }
         // num_buffers (bytes 10..12 of the header): how many chains the frame spans.
         let nbuf = u16::try_from(taken.len()).unwrap_or(u16::MAX);
-        let frame = &mut self.frame[..len];
-        frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
+        self.frame[10..12].copy_from_slice(&nbuf.to_le_bytes());
+        // Every buffer of the frame is written and entered in the used ring before the used index
+        // moves, once, past all of them: Linux's driver reads num_buffers from the first entry and
+        // takes the rest at once, so an index published mid-frame makes it drop the frame.
+        let last = taken.len().saturating_sub(1);
         let mut off = 0usize;
-        for (chain, cap) in taken {
+        for (i, (chain, cap)) in taken.into_iter().enumerate() {
             let head = chain.head_index();
             let n = cap.min(len - off);
             let written = match chain.writer(&mem) {
-                Ok(mut w) => match w.write_all(&frame[off..off + n]) {
+                Ok(mut w) => match w.write_all(&self.frame[off..off + n]) {
                     Ok(()) => n,
                     Err(e) => {
                         log::warn!("virtio-net {name}: rx chain {head}: {e}");
@@ -500,7 +527,12 @@ impl NetWorker {
                 Err(_) => 0,
             };
             off += n;
-            if let Err(e) = self.rx.add_used(&mem, head, written as u32) {
+            let entered = if i == last {
+                self.rx.add_used(&mem, head, written as u32)
+            } else {
+                self.enter_used(head, written as u32)
+            };
+            if let Err(e) = entered {
                 log::warn!("virtio-net {name}: add_used: {e:?}");
             }
         }
