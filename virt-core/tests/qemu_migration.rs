@@ -1,7 +1,7 @@
 //! Live migration of a QEMU machine through QMP, behind the backend-neutral seam
 //! (`Machine::migrate_out`, `MachineBackend::start_incoming`): a guest with a shell on its serial
 //! console moves into a second QEMU over a unix socket pair, keeps a shell variable set before the
-//! move and answers on the new console; a cancel against a destination that never reads leaves
+//! move and answers on the new console (asked to auto-converge); a cancel against a destination that never reads leaves
 //! the source running. Guest assets come from scripts/guest-assets.sh (cached); software emulation
 //! where /dev/kvm is unusable.
 
@@ -77,7 +77,9 @@ fn a_qemu_guest_moves_into_a_new_qemu_and_its_shell_goes_on() {
     let dst_console = Console::default();
     // The destination starts on this thread: QEMU dies with the thread that spawned it.
     let s2 = src.clone();
-    let source = std::thread::spawn(move || s2.migrate_out(a, &MigrateOptions::default()));
+    // With auto-converge (KubeVirt's allowAutoConverge): QEMU takes the capability.
+    let opts = MigrateOptions { auto_converge: true, ..MigrateOptions::default() };
+    let source = std::thread::spawn(move || s2.migrate_out(a, &opts));
     let dst = backend().start_incoming(&shell_spec("qmig"), Box::new(dst_console.clone()), &mut b).unwrap();
     let report = source.join().unwrap().unwrap();
     eprintln!("QEMU migration: {report:?}");

@@ -36,7 +36,7 @@ pub fn rest_body(data: &[u8]) {
             apply(sel & 0x0f, object);
         }
         4 => {
-            if let Ok(name) = api::namespace_name(body) {
+            if let Ok((name, _)) = api::namespace_body(body) {
                 let (lc, _) = lifecycle();
                 let _ = lc.create_namespace(&name);
             }

@@ -246,6 +246,7 @@ const EVENT_COLUMNS: &[Column] = &[
 
 const KUBEVIRT: &str = "kubevirt.io";
 const INSTANCETYPE: &str = "instancetype.kubevirt.io";
+const MIGRATIONS: &str = "migrations.kubevirt.io";
 const CDI: &str = "cdi.kubevirt.io";
 
 /// Every resource the node serves, in discovery order.
@@ -427,6 +428,20 @@ pub static RESOURCES: &[Resource] = &[
             "vmclusterpreference",
             "vmclusterpreferences",
         ],
+        namespaced: false,
+        verbs: CRUD,
+        subresources: &[],
+        columns: AGE_ONLY,
+    },
+    Resource {
+        group: MIGRATIONS,
+        version: "v1alpha1",
+        api_version: "migrations.kubevirt.io/v1alpha1",
+        kind: "MigrationPolicy",
+        plural: "migrationpolicies",
+        resource: "migrationpolicies.migrations.kubevirt.io",
+        singular: "migrationpolicy",
+        short_names: &[],
         namespaced: false,
         verbs: CRUD,
         subresources: &[],

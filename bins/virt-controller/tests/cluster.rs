@@ -41,7 +41,8 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         assert!(out.contains("datavolumes.cdi.kubevirt.io"), "{out}");
     }
     let crds = ok(&mut cluster.kubectl(&["get", "crd", "-o", "name"]));
-    assert_eq!(crds.lines().count(), 10, "{crds}");
+    assert_eq!(crds.lines().count(), 11, "{crds}");
+    assert!(crds.contains("migrationpolicies.migrations.kubevirt.io"), "{crds}");
     ok(&mut cluster.kubectl(&["api-resources", "--api-group=kubevirt.io"]));
 
     // Two replicas: one takes the Lease and acts, the other waits.

@@ -70,6 +70,11 @@ struct Args {
     /// (KubeVirt's completionTimeoutPerGiB); the source runs on. 0: no timeout.
     #[arg(long = "migration-completion-timeout-per-gib", value_name = "SECONDS", default_value_t = 150)]
     migration_completion_timeout_per_gib: u64,
+    /// Let live migrations throttle the guest's vCPUs when pre-copy does not converge (KubeVirt's
+    /// allowAutoConverge; QEMU backend only). A MigrationPolicy matching a VMI overrides these
+    /// three settings for its migrations.
+    #[arg(long = "migration-allow-auto-converge")]
+    migration_allow_auto_converge: bool,
     /// Give VMIs the pod network: a network namespace per VMI joined to the node bridge
     /// `virt-pods` (10.244.0.0/16), masquerade and bridge bindings with a DHCP server per
     /// interface, NetworkAttachmentDefinitions for Multus networks, MACs from the pool. Without
@@ -156,6 +161,8 @@ fn main() -> ExitCode {
         migration: MigrationSettings {
             bandwidth_per_migration: Some(a.migration_bandwidth),
             completion_timeout_per_gib: a.migration_completion_timeout_per_gib,
+            allow_auto_converge: a.migration_allow_auto_converge,
+            ..MigrationSettings::default()
         },
         tick: Duration::from_millis(500),
         pod_network,

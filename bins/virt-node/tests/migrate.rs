@@ -8,7 +8,8 @@
 //! launcher while a file exists: the migration then waits in `Scheduling`, where a second
 //! migration of the VMI is refused and `migrate-cancel` aborts it with the source running on.
 //! Then the VM moves: the VMI stays Running, the guest prints on in a new launcher process, the
-//! old one is gone, and `status.migrationState` says completed with a downtime.
+//! old one is gone, and `status.migrationState` says completed with a downtime. A MigrationPolicy
+//! applied with kubectl then sets the next migration's bandwidth and timeout.
 //!
 //! Needs root and /dev/kvm (skipped otherwise, with the reason printed), docker-registry and
 //! skopeo (scripts/install-deps.sh installs them).
@@ -43,6 +44,8 @@ const VMI: &str = "apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
 metadata:
   name: mover
+  labels:
+    migration: fast
 spec:
   terminationGracePeriodSeconds: 0
   domain:
@@ -147,12 +150,42 @@ fn held_launcher(dir: &Path, hold: &Path) -> PathBuf {
     script
 }
 
+/// Two MigrationPolicies: `fast-movers` matches the VMI's label, `a-slow` (first by name) does not.
+const POLICIES: &str = "apiVersion: migrations.kubevirt.io/v1alpha1
+kind: MigrationPolicy
+metadata:
+  name: fast-movers
+spec:
+  bandwidthPerMigration: 128Mi
+  completionTimeoutPerGiB: 300
+  allowAutoConverge: true
+  selectors:
+    virtualMachineInstanceSelector:
+      migration: fast
+---
+apiVersion: migrations.kubevirt.io/v1alpha1
+kind: MigrationPolicy
+metadata:
+  name: a-slow
+spec:
+  bandwidthPerMigration: 1Mi
+  selectors:
+    virtualMachineInstanceSelector:
+      migration: slow
+";
+
 fn kubectl(state: &Path, home: &Path, args: &[&str]) -> String {
+    let o = kubectl_output(state, home, args);
+    assert!(o.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn kubectl_output(state: &Path, home: &Path, args: &[&str]) -> std::process::Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let out = Command::new("bash").arg(root.join("scripts/kubectl.sh")).output().unwrap();
     assert!(out.status.success(), "scripts/kubectl.sh failed: {}", String::from_utf8_lossy(&out.stderr));
     let k = String::from_utf8(out.stdout).unwrap();
-    let o = Command::new(k.trim())
+    Command::new(k.trim())
         .args(["--request-timeout", "60s"])
         .args(args)
         .env("HOME", home)
@@ -160,9 +193,7 @@ fn kubectl(state: &Path, home: &Path, args: &[&str]) -> String {
         .env_remove("KUBERNETES_SERVICE_HOST")
         .stdin(Stdio::null())
         .output()
-        .unwrap();
-    assert!(o.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
+        .unwrap()
 }
 
 #[test]
@@ -272,6 +303,7 @@ fn a_vmi_migrates_into_a_fresh_launcher_cancel_and_refusal() {
     let conf = &ms["migrationConfiguration"];
     assert_eq!(conf["bandwidthPerMigration"], "64Mi", "{ms}");
     assert_eq!(conf["completionTimeoutPerGiB"], 150, "{ms}");
+    assert!(ms.get("migrationPolicyName").is_none(), "no MigrationPolicy yet: {ms}");
     let downtime = ms["migrationStats"]["downtimeUs"].as_u64().unwrap();
     assert!(downtime > 0 && downtime < 1_000_000, "{ms}");
     eprintln!("node migration: downtime {} us, total {} us", downtime, ms["migrationStats"]["totalUs"]);
@@ -303,9 +335,51 @@ fn a_vmi_migrates_into_a_fresh_launcher_cancel_and_refusal() {
         line("virtrs_vmi_migration_downtime_seconds{").rsplit(' ').next().unwrap_or("").parse().unwrap();
     assert!((seconds * 1e6 - downtime as f64).abs() < 1.0, "{seconds} s vs {downtime} us");
 
-    // 3. Again, from the migrated launcher; then the VMI stops where it runs now.
+    // 3. MigrationPolicies through kubectl: an unknown field is refused by its path; the policy
+    // matching the VMI's label overrides the node's bandwidth and timeout for the next migration.
+    let bad = dir.path().join("bad-policy.yaml");
+    std::fs::write(
+        &bad,
+        POLICIES.replacen("  allowAutoConverge: true\n", "  allowAutoConverge: true\n  bogus: 1\n", 1),
+    )
+    .unwrap();
+    let o = kubectl_output(&state, dir.path(), &["apply", "-f", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("spec.bogus"), "{err}");
+    let pf = dir.path().join("policies.yaml");
+    std::fs::write(&pf, POLICIES).unwrap();
+    let out = kubectl(&state, dir.path(), &["apply", "-f", pf.to_str().unwrap()]);
+    assert!(out.contains("migrationpolicy.migrations.kubevirt.io/fast-movers created"), "{out}");
+    let table = kubectl(&state, dir.path(), &["get", "migrationpolicies"]);
+    assert!(table.contains("fast-movers") && table.contains("a-slow"), "{table}");
+    let got: Value = serde_json::from_str(&kubectl(
+        &state,
+        dir.path(),
+        &["get", "migrationpolicy", "fast-movers", "-o", "json"],
+    ))
+    .unwrap();
+    assert_eq!(got["spec"]["bandwidthPerMigration"], "128Mi", "{got}");
+
+    // Again, from the migrated launcher, with the policy; then the VMI stops where it runs now.
     let out = node.ok(&["migrate", "mover", "--wait"]);
     assert!(out.contains("Succeeded"), "{out}");
+    let v = vmi(&node);
+    let ms = &v["status"]["migrationState"];
+    assert_eq!(ms["migrationPolicyName"], "fast-movers", "{ms}");
+    let conf = &ms["migrationConfiguration"];
+    assert_eq!(conf["bandwidthPerMigration"], "128Mi", "the policy's: {ms}");
+    assert_eq!(conf["completionTimeoutPerGiB"], 300, "the policy's: {ms}");
+    // The native backend cannot throttle the guest: not in force, and said so.
+    assert_eq!(conf["allowAutoConverge"], false, "{ms}");
+    let events = kubectl(&state, dir.path(), &["get", "events"]);
+    assert!(
+        events.contains("MigrationSettingNotHonoured") && events.contains("allowAutoConverge"),
+        "{events}"
+    );
+    let out = kubectl(&state, dir.path(), &["delete", "migrationpolicy", "fast-movers"]);
+    assert!(out.contains("deleted"), "{out}");
+    let table = kubectl(&state, dir.path(), &["get", "migrationpolicies"]);
+    assert!(!table.contains("fast-movers") && table.contains("a-slow"), "{table}");
     let third = active_dir(&state, &uid);
     assert_ne!(third, moved);
     more_dots(&node, &third, 2);

@@ -77,7 +77,7 @@ impl Lifecycle {
             Kind::VirtualMachine => st.vms.get(key).and_then(|v| v.metadata.uid.clone()),
             Kind::VirtualMachineInstance => st.vmis.get(key).and_then(|v| v.metadata.uid.clone()),
             Kind::Migration => st.migrations.get(key).and_then(|m| m.metadata.uid.clone()),
-            Kind::Namespace | Kind::Instancetype => None,
+            Kind::Namespace | Kind::Instancetype | Kind::MigrationPolicy => None,
         };
         if type_ == "Warning" {
             log::warn!("{kind_name} {key}: {reason}: {message}");

@@ -146,6 +146,8 @@ impl Lifecycle {
             return Ok(());
         }
         let node = self.opts.node_name.clone();
+        // As KubeVirt's migration controller: the policy is matched once, when the migration starts.
+        let policy = st.vmis.get(&vmi_key).and_then(|v| Self::policy_for_locked(st, v));
         if let Some(v) = st.vmis.get_mut(&vmi_key) {
             let s = migration_state(v);
             *s = MigrationState {
@@ -156,6 +158,7 @@ impl Lifecycle {
                 mode: Some("PreCopy".into()),
                 completed: Some(false),
                 failed: Some(false),
+                migration_policy_name: policy.as_ref().map(super::policies::policy_name),
                 ..Default::default()
             };
         }
@@ -170,7 +173,12 @@ impl Lifecycle {
         self.persist_migration(st, key)?;
         let flight = Arc::new(Flight {
             migration: key.clone(),
-            ticket: MigrationTicket { uid, name: key.name.clone(), cancel: Arc::new(AtomicBool::new(false)) },
+            ticket: MigrationTicket {
+                uid,
+                name: key.name.clone(),
+                cancel: Arc::new(AtomicBool::new(false)),
+                policy,
+            },
             progress: Mutex::new(Progress::default()),
         });
         st.flights.insert(vmi_key.clone(), flight.clone());
@@ -209,9 +217,20 @@ impl Lifecycle {
                     }
                     "TargetReady"
                 }
-                MigrationStep::Running { configuration } => {
+                MigrationStep::Running { configuration, not_honoured } => {
                     if let Some(v) = st.vmis.get_mut(vmi_key) {
                         migration_state(v).migration_configuration = Some(configuration.clone());
+                    }
+                    if !not_honoured.is_empty() {
+                        let why = format!("migration {}: {}", key.name, not_honoured.join("; "));
+                        self.event_locked(
+                            st,
+                            Kind::VirtualMachineInstance,
+                            vmi_key,
+                            "Warning",
+                            "MigrationSettingNotHonoured",
+                            why,
+                        );
                     }
                     "Running"
                 }

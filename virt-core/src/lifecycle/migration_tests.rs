@@ -85,6 +85,8 @@ struct MigRuntime {
     /// A cancel is heard only through `cancel_migration` (as a source launcher blocked in its
     /// migration hears only `migrateCancel`), not through the ticket's flag.
     deaf_to_ticket: AtomicBool,
+    /// The name of the policy the last migration's ticket carried.
+    policy: Mutex<Option<String>>,
 }
 
 impl Default for MigRuntime {
@@ -96,6 +98,7 @@ impl Default for MigRuntime {
             migrations: AtomicU32::new(0),
             cancels: AtomicU32::new(0),
             deaf_to_ticket: AtomicBool::new(false),
+            policy: Mutex::new(None),
         }
     }
 }
@@ -161,7 +164,11 @@ impl Runtime for MigRuntime {
         if !self.gate(1, ticket) {
             return Err(MigrationError::Cancelled);
         }
-        step(MigrationStep::Running { configuration: serde_json::json!({"bandwidthPerMigration": "64Mi"}) });
+        *lock(&self.policy) = ticket.policy.as_ref().and_then(|p| p.metadata.name.clone());
+        step(MigrationStep::Running {
+            configuration: serde_json::json!({"bandwidthPerMigration": "64Mi"}),
+            not_honoured: Vec::new(),
+        });
         source.set(MachineStatus::Paused);
         if !self.gate(2, ticket) {
             // Rollback, as the launcher's protocol does: the source resumes.
@@ -272,6 +279,7 @@ fn a_migration_goes_through_its_phases_and_the_vm_runs_in_the_new_machine() {
     assert_eq!(s.mode.as_deref(), Some("PreCopy"));
     assert!(s.start_timestamp.is_some() && s.end_timestamp.is_none());
     assert_eq!(s.migration_uid, lc.get_migration("default", "m1").unwrap().metadata.uid);
+    assert_eq!(s.migration_policy_name, None, "no MigrationPolicy: the node's settings");
     assert!(s.target_pod.as_deref().is_some_and(|p| p.starts_with("uid-mig-")));
 
     rt.open(1);
@@ -506,4 +514,54 @@ fn reconciling_again_changes_nothing() {
     assert_eq!(lc.events(Some("default")).len(), events, "no new event");
     assert_eq!(rt.migrations.load(Ordering::SeqCst), 1, "the runtime migrated once");
     assert_eq!(rt.count(), 2);
+}
+
+fn policy(name: &str, selectors: &str) -> model::MigrationPolicy {
+    model::from_yaml(&format!(
+        "apiVersion: migrations.kubevirt.io/v1alpha1\nkind: MigrationPolicy\nmetadata:\n  name: {name}\nspec:\n  bandwidthPerMigration: 1Gi\n  selectors:\n{selectors}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_migration_records_the_policy_that_matched_its_vmi_and_hands_it_to_the_runtime() {
+    let (store, rt, lc) = setup();
+    running_vmi(&lc);
+    // The VMI has no label "app": only the policy on its namespace's built-in label matches.
+    let by_ns = "    namespaceSelector:\n      kubernetes.io/metadata.name: default\n";
+    let by_vmi = "    virtualMachineInstanceSelector:\n      app: db\n";
+    let made = lc.put_migration_policy(policy("by-ns", by_ns), false).unwrap();
+    lc.put_migration_policy(policy("by-vmi", by_vmi), false).unwrap();
+    assert!(matches!(
+        lc.put_migration_policy(policy("by-ns", by_ns), false),
+        Err(LifecycleError::AlreadyExists { .. })
+    ));
+    let mut namespaced = policy("elsewhere", by_ns);
+    namespaced.metadata.namespace = Some("default".into());
+    assert!(matches!(lc.put_migration_policy(namespaced, false), Err(LifecycleError::Invalid(_))));
+    // A replace keeps the policy's identity.
+    let replaced = lc.put_migration_policy(policy("by-ns", by_ns), true).unwrap();
+    assert_eq!(replaced.metadata.uid, made.metadata.uid);
+    assert_eq!(lc.list_migration_policies().len(), 2);
+
+    lc.create_migration("default", migration("m1", "v")).unwrap();
+    until(&lc, "Scheduling", |lc| mig_phase(lc, "m1") != "Pending");
+    assert_eq!(state(&lc).migration_policy_name.as_deref(), Some("by-ns"));
+    rt.open(2);
+    until(&lc, "Succeeded", |lc| mig_phase(lc, "m1") == "Succeeded");
+    assert_eq!(lock(&rt.policy).as_deref(), Some("by-ns"), "the runtime got the policy");
+    let m = lc.get_migration("default", "m1").unwrap();
+    assert_eq!(m.status.unwrap()["migrationState"]["migrationPolicyName"], "by-ns");
+
+    // Stored: a new lifecycle on the store knows the policies; a deleted one is gone.
+    let lc2 = Lifecycle::new(store.clone(), rt.clone(), LifecycleOptions::default()).unwrap();
+    assert_eq!(
+        lc2.get_migration_policy("by-vmi").unwrap().spec.selectors,
+        policy("x", by_vmi).spec.selectors
+    );
+    lc2.delete_migration_policy("by-ns").unwrap();
+    assert!(matches!(lc2.get_migration_policy("by-ns"), Err(LifecycleError::NotFound { .. })));
+    let lc3 = Lifecycle::new(store, rt, LifecycleOptions::default()).unwrap();
+    let names: Vec<_> = lc3.list_migration_policies().into_iter().filter_map(|p| p.metadata.name).collect();
+    assert_eq!(names, ["by-vmi"]);
 }

@@ -27,6 +27,9 @@ pub struct MigrationTicket {
     pub name: String,
     /// Set when the migration is to be abandoned: checked between steps.
     pub cancel: Arc<AtomicBool>,
+    /// The MigrationPolicy that matched the VMI when the migration started (its fields override
+    /// the node's migration settings); `None`: the node's settings apply.
+    pub policy: Option<crate::model::MigrationPolicy>,
 }
 
 impl MigrationTicket {
@@ -48,8 +51,12 @@ pub enum MigrationStep {
     Running {
         /// The settings it runs with, as KubeVirt reports them in the VMI's
         /// `status.migrationState.migrationConfiguration` (`bandwidthPerMigration`,
-        /// `completionTimeoutPerGiB`, `allowAutoConverge`, `allowPostCopy`, ...).
+        /// `completionTimeoutPerGiB`, `allowAutoConverge`, `allowPostCopy`, ...): the values in
+        /// force, not those asked for.
         configuration: serde_json::Value,
+        /// What was asked for (by the node's settings or the policy) that this migration cannot
+        /// do, one sentence each (e.g. post-copy): a Warning event on the VMI.
+        not_honoured: Vec<String>,
     },
 }
 

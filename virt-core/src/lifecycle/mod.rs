@@ -15,7 +15,8 @@
 //! Layout, by responsibility: `store` (the [`Store`] seam and the lifecycle's writes: stored before
 //! visible), `objects` (namespaces, instancetypes, preferences), `api` (the VM and VMI requests),
 //! `controller` (the pass and its per-object error policy), `vm_controller` (run strategies),
-//! `vmi_controller` (launches and machines), `gc` (propagation policies of deletions), `events`.
+//! `vmi_controller` (launches and machines), `gc` (propagation policies of deletions), `events`,
+//! `policies` (MigrationPolicies and how a migration picks one).
 
 mod agent_status;
 mod api;
@@ -25,6 +26,7 @@ mod gc;
 mod migration_controller;
 mod migrations;
 mod objects;
+pub mod policies;
 mod runtime;
 mod store;
 pub mod strategy;
@@ -105,6 +107,8 @@ pub enum Kind {
     Instancetype,
     /// A `VirtualMachineInstanceMigration`.
     Migration,
+    /// A `MigrationPolicy` (cluster-scoped: its key's namespace is empty).
+    MigrationPolicy,
 }
 
 /// The instancetype and preference kinds (`instancetype.kubevirt.io/v1beta1`): (kind, plural,
@@ -126,6 +130,7 @@ impl Kind {
             Self::VirtualMachineInstance => "VirtualMachineInstance",
             Self::Instancetype => "Instancetype",
             Self::Migration => "VirtualMachineInstanceMigration",
+            Self::MigrationPolicy => "MigrationPolicy",
         }
     }
 
@@ -137,6 +142,7 @@ impl Kind {
             Self::VirtualMachineInstance => "virtualmachineinstances.kubevirt.io",
             Self::Instancetype => "instancetypes.instancetype.kubevirt.io",
             Self::Migration => "virtualmachineinstancemigrations.kubevirt.io",
+            Self::MigrationPolicy => "migrationpolicies.migrations.kubevirt.io",
         }
     }
 }
@@ -376,6 +382,8 @@ struct State {
     live: HashMap<Key, Live>,
     /// VirtualMachineInstanceMigrations.
     migrations: BTreeMap<Key, model::VirtualMachineInstanceMigration>,
+    /// MigrationPolicies, by name.
+    migration_policies: BTreeMap<String, model::MigrationPolicy>,
     /// Migrations under way, by their VMI's key.
     flights: HashMap<Key, Arc<migrations::Flight>>,
     /// VMIs being launched right now (outside the lock).
@@ -556,6 +564,12 @@ impl Lifecycle {
                         Err(e) => log::error!("state store: migration {} unreadable, skipped: {e}", o.key),
                     }
                 }
+                Kind::MigrationPolicy => match serde_json::from_value::<model::MigrationPolicy>(o.value) {
+                    Ok(p) => {
+                        st.migration_policies.insert(o.key.name.clone(), p);
+                    }
+                    Err(e) => log::error!("state store: MigrationPolicy {} unreadable, skipped: {e}", o.key),
+                },
                 Kind::VirtualMachine => match serde_json::from_value::<VirtualMachine>(o.value) {
                     Ok(vm) => {
                         if vm.metadata.deletion_timestamp.is_some() {

@@ -16,6 +16,16 @@ impl Lifecycle {
 
     /// Creates namespace `name`.
     pub fn create_namespace(&self, name: &str) -> Result<serde_json::Value, LifecycleError> {
+        self.create_namespace_with_labels(name, BTreeMap::new())
+    }
+
+    /// Creates namespace `name` with `labels` (which MigrationPolicies' `namespaceSelector`s
+    /// match).
+    pub fn create_namespace_with_labels(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<serde_json::Value, LifecycleError> {
         check_name(name, "metadata.name")?;
         let mut st = lock(&self.state);
         if st.namespaces.contains_key(name) {
@@ -25,6 +35,9 @@ impl Lifecycle {
             });
         }
         let mut obj = namespace_object(name);
+        if !labels.is_empty() {
+            obj["metadata"]["labels"] = to_value(&labels);
+        }
         obj["metadata"]["uid"] = new_uid().into();
         obj["metadata"]["creationTimestamp"] = now().as_str().into();
         let rv = self.store.put(&StoredObject {

@@ -86,6 +86,7 @@ pub(super) fn kind_tag(k: Kind) -> u8 {
         Kind::VirtualMachineInstance => 2,
         Kind::Instancetype => 3,
         Kind::Migration => 4,
+        Kind::MigrationPolicy => 5,
     }
 }
 
@@ -314,6 +315,14 @@ impl Lifecycle {
                 }
                 None => {
                     st.migrations.remove(key);
+                }
+            },
+            Kind::MigrationPolicy => match stored.and_then(|v| serde_json::from_value(v).ok()) {
+                Some(p) => {
+                    st.migration_policies.insert(key.name.clone(), p);
+                }
+                None => {
+                    st.migration_policies.remove(&key.name);
                 }
             },
             Kind::Namespace | Kind::Instancetype => {}

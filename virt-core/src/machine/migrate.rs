@@ -32,6 +32,30 @@ pub struct MigrateOptions {
     /// (KubeVirt's `completionTimeoutPerGiB` times the guest's memory); `None`: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_timeout_secs: Option<u64>,
+    /// Throttle the guest's vCPUs when pre-copy does not converge (KubeVirt's
+    /// `allowAutoConverge`; QEMU's `auto-converge` capability). Only the QEMU backend can: the
+    /// native one ignores it, and the node says so rather than ask it
+    /// ([`migration_features`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_converge: bool,
+}
+
+/// What a backend's migrations can do beyond pre-copy with a bandwidth limit and a completion
+/// timeout (which every backend honours), by backend name (`native`, `qemu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MigrationFeatures {
+    /// [`MigrateOptions::auto_converge`] throttles the guest.
+    pub auto_converge: bool,
+    /// Switching to post-copy (KubeVirt's `allowPostCopy`).
+    pub post_copy: bool,
+    /// Pausing the guest to finish past the timeout (KubeVirt's `allowWorkloadDisruption`).
+    pub pause_to_complete: bool,
+}
+
+/// What the backend named `backend` can do (nothing extra for an unknown name): QEMU's
+/// auto-converge; post-copy and pausing to complete by none of them yet.
+pub fn migration_features(backend: &str) -> MigrationFeatures {
+    MigrationFeatures { auto_converge: backend == "qemu", ..MigrationFeatures::default() }
 }
 
 fn default_downtime_ms() -> u64 {
@@ -44,6 +68,7 @@ impl Default for MigrateOptions {
             downtime_ms: default_downtime_ms(),
             bandwidth_bytes_per_sec: None,
             completion_timeout_secs: None,
+            auto_converge: false,
         }
     }
 }

@@ -35,11 +35,13 @@ pub enum Kind {
     ConfigMap,
     /// `kubevirt.io/v1` VirtualMachineInstanceMigration.
     Migration,
+    /// `migrations.kubevirt.io/v1alpha1` MigrationPolicy (cluster-scoped).
+    MigrationPolicy,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Self::VirtualMachine,
         Self::VirtualMachineInstance,
         Self::Namespace,
@@ -54,6 +56,7 @@ impl Kind {
         Self::Secret,
         Self::ConfigMap,
         Self::Migration,
+        Self::MigrationPolicy,
     ];
 
     /// The kind of an object with this `apiVersion` and `kind`.
@@ -97,6 +100,7 @@ impl Kind {
             Self::Secret => "Secret",
             Self::ConfigMap => "ConfigMap",
             Self::Migration => "VirtualMachineInstanceMigration",
+            Self::MigrationPolicy => "MigrationPolicy",
         }
     }
 

@@ -201,6 +201,7 @@ impl Kinds for Loadable {
             KubeVirtObject::VirtualMachineClusterPreference(o) => {
                 Self::Stored(Kind::ClusterPreference, Box::new(o.metadata))
             }
+            KubeVirtObject::MigrationPolicy(o) => Self::Stored(Kind::MigrationPolicy, Box::new(o.metadata)),
             _ => Self::Other,
         })
     }
@@ -361,6 +362,20 @@ mod tests {
         let e = load(&VM.replace("name: testvm", "labels: {a: b}"), "vm.yaml", false, None).unwrap_err();
         assert!(e.to_string().contains("neither metadata.name nor metadata.generateName"), "{e}");
         assert!(matches!(load("", "e.yaml", false, None), Err(ManifestError::Empty { .. })));
+    }
+
+    #[test]
+    fn a_migration_policy_is_cluster_scoped_and_checked_field_by_field() {
+        let p = "apiVersion: migrations.kubevirt.io/v1alpha1\nkind: MigrationPolicy\nmetadata: {name: fast}\n\
+                 spec:\n  bandwidthPerMigration: 128Mi\n  selectors: {virtualMachineInstanceSelector: {a: b}}\n";
+        let m = load(p, "p.yaml", false, Some("lab")).unwrap();
+        assert_eq!(m[0].kind, Kind::MigrationPolicy);
+        assert_eq!(
+            m[0].kind.collection_path(Some("lab")),
+            "/apis/migrations.kubevirt.io/v1alpha1/migrationpolicies"
+        );
+        let e = load(&p.replace("{a: b}", "{a: b}, bogus: {}"), "p.yaml", false, None).unwrap_err();
+        assert!(e.to_string().contains("spec.selectors.bogus: unknown field"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{json, Value};
 use virt_core::model::{
-    VirtualMachine, VirtualMachineClusterInstancetype, VirtualMachineClusterPreference,
+    MigrationPolicy, VirtualMachine, VirtualMachineClusterInstancetype, VirtualMachineClusterPreference,
     VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstancetype,
     VirtualMachinePreference,
 };
@@ -111,6 +111,7 @@ pub fn all_crds() -> Vec<Value> {
         crd_for::<VirtualMachine>(),
         crd_for::<VirtualMachineInstance>(),
         crd_for::<VirtualMachineInstanceMigration>(),
+        crd_for::<MigrationPolicy>(),
         crd_for::<VirtualMachineInstancetype>(),
         crd_for::<VirtualMachineClusterInstancetype>(),
         crd_for::<VirtualMachinePreference>(),

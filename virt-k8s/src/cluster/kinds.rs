@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
 use virt_core::model::{
-    VirtualMachine, VirtualMachineClusterInstancetype, VirtualMachineClusterPreference,
+    MigrationPolicy, VirtualMachine, VirtualMachineClusterInstancetype, VirtualMachineClusterPreference,
     VirtualMachineInstance, VirtualMachineInstanceMigration, VirtualMachineInstancetype,
     VirtualMachinePreference,
 };
@@ -114,6 +114,18 @@ impl KubeKind for VirtualMachineInstanceMigration {
     fn printer_columns() -> Vec<Value> {
         vec![column("Phase", "string", ".status.phase"), column("VMI", "string", ".spec.vmiName")]
     }
+}
+
+impl KubeKind for MigrationPolicy {
+    const GROUP: &'static str = "migrations.kubevirt.io";
+    const VERSION: &'static str = "v1alpha1";
+    const KIND: &'static str = "MigrationPolicy";
+    const PLURAL: &'static str = "migrationpolicies";
+    const NAMESPACED: bool = false;
+    const SHORT_NAMES: &'static [&'static str] = &[];
+    const CATEGORIES: &'static [&'static str] = &["all"];
+    const HAS_STATUS: bool = false;
+    type Scope = ClusterResourceScope;
 }
 
 macro_rules! instancetype_kind {

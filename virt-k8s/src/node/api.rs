@@ -20,6 +20,7 @@ use super::runtime::LauncherRuntime;
 pub mod agent;
 pub(crate) mod consoles;
 mod migrations;
+mod policies;
 
 pub use consoles::KEEPALIVE;
 use consoles::{vmi_console, vmi_vnc};
@@ -164,13 +165,16 @@ async fn list_namespaces(State(s): State<ApiState>) -> ApiResult {
 }
 
 async fn create_namespace(State(s): State<ApiState>, body: Bytes) -> ApiResult {
-    let name = namespace_name(&body)?;
-    let out = blocking(move || Ok(s.lifecycle.create_namespace(&name)?)).await?;
+    let (name, labels) = namespace_body(&body)?;
+    let out = blocking(move || Ok(s.lifecycle.create_namespace_with_labels(&name, labels)?)).await?;
     ok(StatusCode::CREATED, &out)
 }
 
-/// The name in a Namespace body (JSON or YAML), which may hold nothing but a Namespace's fields.
-pub(crate) fn namespace_name(body: &[u8]) -> Result<String, ApiError> {
+/// The name and labels in a Namespace body (JSON or YAML), which may hold nothing but a
+/// Namespace's fields.
+pub(crate) fn namespace_body(
+    body: &[u8],
+) -> Result<(String, std::collections::BTreeMap<String, String>), ApiError> {
     let v: Value = serde_json::from_slice(body)
         .or_else(|_| {
             std::str::from_utf8(body)
@@ -193,7 +197,14 @@ pub(crate) fn namespace_name(body: &[u8]) -> Result<String, ApiError> {
             format!("{k}: unknown field"),
         ));
     }
-    Ok(v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string())
+    let labels = match v.pointer("/metadata/labels") {
+        None | Some(Value::Null) => Default::default(),
+        Some(l) => serde_json::from_value(l.clone()).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("metadata.labels: {e}"))
+        })?,
+    };
+    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    Ok((name, labels))
 }
 
 async fn get_namespace(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
@@ -629,6 +640,7 @@ pub fn router(state: ApiState) -> Router {
         .route(&format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/vnc"), get(vmi_vnc))
         .merge(agent::routes(SUB))
         .merge(migrations::routes(KV))
+        .merge(policies::routes())
         .route(
             &format!("{SUB}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/portforward/{{port}}"),
             get(portforward::vmi_port),

@@ -31,12 +31,13 @@ pub const OLD_CDI_FILE: &str = "cdi.redb";
 pub const STORE_FILE: &str = "node.redb";
 
 /// The lifecycle's kinds, as stored.
-const LIFECYCLE_KINDS: [Kind; 5] = [
+const LIFECYCLE_KINDS: [Kind; 6] = [
     Kind::Namespace,
     Kind::VirtualMachine,
     Kind::VirtualMachineInstance,
     Kind::Instancetype,
     Kind::Migration,
+    Kind::MigrationPolicy,
 ];
 
 /// A [`Store`] in a redb database file, also holding objects of other kinds ([`RedbStore::put_object`]).

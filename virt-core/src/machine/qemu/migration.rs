@@ -95,6 +95,13 @@ pub(super) fn send(
         Some(json!({ "downtime-limit": opts.downtime_ms, "max-bandwidth": bandwidth.min(i64::MAX as u64) })),
     )
     .map_err(qmp("migrate-set-parameters"))?;
+    // KubeVirt's allowAutoConverge: QEMU throttles the vCPUs while pre-copy does not converge.
+    // Set either way: a QEMU migrated before keeps what the last migration asked for.
+    q.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": [{ "capability": "auto-converge", "state": opts.auto_converge }] })),
+    )
+    .map_err(qmp("migrate-set-capabilities"))?;
     q.execute_with_fd("getfd", Some(json!({ "fdname": FD_NAME })), stream.as_raw_fd())
         .map_err(qmp("getfd"))?;
     // QEMU holds its own copy now; ours would keep the destination from seeing the end.

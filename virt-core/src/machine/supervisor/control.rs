@@ -199,35 +199,39 @@ pub(super) fn serve_control(shared: &Arc<Shared>, mut s: UnixStream) {
                         Err(e) => send_line(&mut s, &Reply::from_machine(Err(e))),
                     }
                 }
-                Ok(Request::MigrateOut { downtime_ms, bandwidth_bytes_per_sec, completion_timeout_secs }) => {
-                    match fds.pop() {
-                        Some(fd) => {
-                            fds.clear();
-                            let stream = UnixStream::from(fd);
-                            let mut opts = MigrateOptions {
-                                bandwidth_bytes_per_sec,
-                                completion_timeout_secs,
-                                ..Default::default()
-                            };
-                            if let Some(ms) = downtime_ms {
-                                opts.downtime_ms = ms;
-                            }
-                            match shared.machine.migrate_out(stream, &opts) {
-                                Ok(report) => send_line(&mut s, &MigrateReply { ok: true, report }),
-                                Err(e) => send_line(&mut s, &Reply::from_machine(Err(e))),
-                            }
+                Ok(Request::MigrateOut {
+                    downtime_ms,
+                    bandwidth_bytes_per_sec,
+                    completion_timeout_secs,
+                    auto_converge,
+                }) => match fds.pop() {
+                    Some(fd) => {
+                        fds.clear();
+                        let stream = UnixStream::from(fd);
+                        let mut opts = MigrateOptions {
+                            bandwidth_bytes_per_sec,
+                            completion_timeout_secs,
+                            auto_converge,
+                            ..Default::default()
+                        };
+                        if let Some(ms) = downtime_ms {
+                            opts.downtime_ms = ms;
                         }
-                        None => send_line(
-                            &mut s,
-                            &Reply::err(
-                                ErrorCode::BadRequest,
-                                "migrateOut: no stream to the destination came with the request (pass its \
-                             descriptor with SCM_RIGHTS)"
-                                    .into(),
-                            ),
-                        ),
+                        match shared.machine.migrate_out(stream, &opts) {
+                            Ok(report) => send_line(&mut s, &MigrateReply { ok: true, report }),
+                            Err(e) => send_line(&mut s, &Reply::from_machine(Err(e))),
+                        }
                     }
-                }
+                    None => send_line(
+                        &mut s,
+                        &Reply::err(
+                            ErrorCode::BadRequest,
+                            "migrateOut: no stream to the destination came with the request (pass its \
+                             descriptor with SCM_RIGHTS)"
+                                .into(),
+                        ),
+                    ),
+                },
                 Ok(r) => send_line(&mut s, &handle(shared, r)),
             };
             if sent.is_err() {

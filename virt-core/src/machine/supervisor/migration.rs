@@ -93,6 +93,7 @@ pub fn migrate_out(
         downtime_ms: Some(opts.downtime_ms),
         bandwidth_bytes_per_sec: opts.bandwidth_bytes_per_sec,
         completion_timeout_secs: opts.completion_timeout_secs,
+        auto_converge: opts.auto_converge,
     };
     let mut line = serde_json::to_vec(&req).unwrap_or_default();
     line.push(b'\n');

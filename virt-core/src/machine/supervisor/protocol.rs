@@ -68,6 +68,9 @@ pub enum Request {
         /// The completion timeout in seconds (default: none).
         #[serde(default, rename = "completionTimeoutSecs", skip_serializing_if = "Option::is_none")]
         completion_timeout_secs: Option<u64>,
+        /// Throttle the guest to converge (QEMU's `auto-converge`; default: no).
+        #[serde(default, rename = "autoConverge", skip_serializing_if = "std::ops::Not::not")]
+        auto_converge: bool,
     },
     /// [`Machine::migrate_cancel`]: abandons a running `migrateOut` before the destination is ready.
     MigrateCancel,

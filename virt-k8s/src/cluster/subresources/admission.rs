@@ -37,7 +37,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use virt_core::api::{FieldProblem, LoadError, Validate, ValidationError};
 use virt_core::model::{
-    self, Admit, NodeSupport, VirtualMachine, VirtualMachineClusterInstancetype,
+    self, Admit, MigrationPolicy, NodeSupport, VirtualMachine, VirtualMachineClusterInstancetype,
     VirtualMachineClusterPreference, VirtualMachineInstance, VirtualMachineInstanceMigration,
     VirtualMachineInstancetype, VirtualMachinePreference,
 };
@@ -96,6 +96,7 @@ pub fn webhooks() -> Vec<Webhook> {
             "virtualmachineclusterpreference-validator.instancetype.kubevirt.io",
             CREATE_UPDATE,
         ),
+        hook::<MigrationPolicy>("migrationpolicy-validator.migrations.kubevirt.io", CREATE_UPDATE),
         hook::<DataVolume>("datavolume-validate.cdi.kubevirt.io", CREATE_UPDATE),
         // CDI checks DataSources in its controller only; the name follows its pattern.
         hook::<DataSource>("datasource-validate.cdi.kubevirt.io", CREATE_UPDATE),
@@ -210,6 +211,7 @@ impl From<ValidationError> for Refusal {
 ///   unchanged spec (`check_update`). The node admits them
 ///   without its node checks (it migrates on itself), and whether the VMI exists, runs and can
 ///   move depends on the cluster's state, which this stateless webhook does not read.
+/// - MigrationPolicies: the model's validation (as the node's create of one).
 /// - DataVolumes, DataSources, DataImportCrons: CDI's validation (`Validate::check`, as the
 ///   node's `Cdi::create_*`). The node's further checks depend on the node (a DataVolume's name
 ///   names a file in its pool, its import-URL policy, known snapshots) and are not the cluster's.
@@ -235,6 +237,9 @@ fn check(group: &str, kind: &str, object: &Value) -> Result<Vec<String>, Refusal
         }
         ("instancetype.kubevirt.io", "VirtualMachineClusterPreference") => {
             model::from_json::<VirtualMachineClusterPreference>(&text)?.admit(&support)?
+        }
+        ("migrations.kubevirt.io", "MigrationPolicy") => {
+            model::from_json::<MigrationPolicy>(&text)?.check()?
         }
         ("cdi.kubevirt.io", "DataVolume" | "DataSource" | "DataImportCron") => check_cdi(kind, &text)?,
         // A kind this webhook is not registered for: not its business.

@@ -114,6 +114,7 @@ impl StoredKind {
             | "VirtualMachine"
             | "VirtualMachineInstance"
             | "VirtualMachineInstanceMigration"
+            | "MigrationPolicy"
             | "DataVolume"
             | "DataSource"
             | "DataImportCron"

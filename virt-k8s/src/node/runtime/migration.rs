@@ -11,9 +11,10 @@
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
 
-use virt_core::machine::migrate::MigrateOptions;
+use virt_core::machine::migrate::{migration_features, MigrateOptions};
 use virt_core::machine::supervisor::migration::{connect_destination, migrate_out};
 use virt_core::machine::{InterfaceBackend, MachineSpec};
+use virt_core::model::MigrationPolicySpec;
 
 use super::*;
 
@@ -72,7 +73,9 @@ fn not_migratable(spec: &MachineSpec) -> Option<NotMigratable> {
 }
 
 /// The node's migration settings, as KubeVirt's `spec.configuration.migrations` (`virt-node
-/// --migration-bandwidth`, `--migration-completion-timeout-per-gib`).
+/// --migration-bandwidth`, `--migration-completion-timeout-per-gib`,
+/// `--migration-allow-auto-converge`); a MigrationPolicy that matches a VMI overrides them for its
+/// migrations ([`MigrationSettings::with_policy`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationSettings {
     /// `bandwidthPerMigration`: the most bytes per second pre-copy sends (`64Mi`); `None` or zero:
@@ -81,15 +84,78 @@ pub struct MigrationSettings {
     /// `completionTimeoutPerGiB`: a migration still copying after this many seconds per GiB of
     /// guest memory is cancelled and the source runs on; 0: no timeout. KubeVirt's default: 150.
     pub completion_timeout_per_gib: u64,
+    /// `allowAutoConverge`: throttle the guest's vCPUs when pre-copy does not converge (QEMU's
+    /// `auto-converge`; the native backend cannot).
+    pub allow_auto_converge: bool,
+    /// `allowPostCopy`: switch to post-copy when pre-copy does not converge (no backend here can).
+    pub allow_post_copy: bool,
+    /// `allowWorkloadDisruption`: pause the guest to finish rather than fail past the timeout (no
+    /// backend here can; KubeVirt's default is `allowPostCopy`'s value).
+    pub allow_workload_disruption: bool,
 }
 
 impl Default for MigrationSettings {
     fn default() -> Self {
-        Self { bandwidth_per_migration: None, completion_timeout_per_gib: 150 }
+        Self {
+            bandwidth_per_migration: None,
+            completion_timeout_per_gib: 150,
+            allow_auto_converge: false,
+            allow_post_copy: false,
+            allow_workload_disruption: false,
+        }
     }
 }
 
 impl MigrationSettings {
+    /// These settings with `policy`'s over them, as KubeVirt's `GetMigrationConfByPolicy`: each
+    /// field the policy sets replaces the node's; the others stay.
+    pub fn with_policy(&self, policy: &MigrationPolicySpec) -> Self {
+        let mut s = self.clone();
+        if let Some(b) = &policy.bandwidth_per_migration {
+            s.bandwidth_per_migration = Some(b.clone());
+        }
+        if let Some(t) = policy.completion_timeout_per_gib {
+            // Validation refuses a negative timeout.
+            s.completion_timeout_per_gib = u64::try_from(t).unwrap_or(0);
+        }
+        if let Some(a) = policy.allow_auto_converge {
+            s.allow_auto_converge = a;
+        }
+        if let Some(p) = policy.allow_post_copy {
+            s.allow_post_copy = p;
+        }
+        if let Some(w) = policy.allow_workload_disruption {
+            s.allow_workload_disruption = w;
+        }
+        s
+    }
+
+    /// What a migration by the backend named `backend` (`native`, `qemu`) runs with: the settings
+    /// it cannot honour are turned off, each named in the list returned (the VMI gets a Warning
+    /// event), so that `migrationConfiguration` shows what is in force.
+    pub fn for_backend(&self, backend: &str) -> (Self, Vec<String>) {
+        let can = migration_features(backend);
+        let shown = if backend.is_empty() { "unknown" } else { backend };
+        let mut s = self.clone();
+        let mut not_honoured = Vec::new();
+        let mut turn_off = |asked: &mut bool, able: bool, field: &str, what: &str| {
+            if *asked && !able {
+                *asked = false;
+                not_honoured
+                    .push(format!("{field}: the {shown} backend cannot {what}; migrating without it"));
+            }
+        };
+        turn_off(&mut s.allow_auto_converge, can.auto_converge, "allowAutoConverge", "throttle the guest");
+        turn_off(&mut s.allow_post_copy, can.post_copy, "allowPostCopy", "switch to post-copy");
+        turn_off(
+            &mut s.allow_workload_disruption,
+            can.pause_to_complete,
+            "allowWorkloadDisruption",
+            "pause the guest to complete",
+        );
+        (s, not_honoured)
+    }
+
     /// What the source launcher migrates a machine of `memory_mib` with.
     pub fn options_for(&self, memory_mib: u64) -> MigrateOptions {
         let per_gib = self.completion_timeout_per_gib;
@@ -100,6 +166,7 @@ impl MigrationSettings {
                 .map(|q| q.bytes())
                 .filter(|b| *b > 0),
             completion_timeout_secs: (per_gib > 0).then(|| (per_gib * memory_mib).div_ceil(1024).max(1)),
+            auto_converge: self.allow_auto_converge,
             ..MigrateOptions::default()
         }
     }
@@ -113,8 +180,9 @@ impl MigrationSettings {
         serde_json::json!({
             "bandwidthPerMigration": bandwidth,
             "completionTimeoutPerGiB": self.completion_timeout_per_gib,
-            "allowAutoConverge": false,
-            "allowPostCopy": false,
+            "allowAutoConverge": self.allow_auto_converge,
+            "allowPostCopy": self.allow_post_copy,
+            "allowWorkloadDisruption": self.allow_workload_disruption,
         })
     }
 }
@@ -175,7 +243,19 @@ impl LauncherRuntime {
         }
     }
 
-    /// Starts the target launcher in `target` and has the source in `source` send the VM to it.
+    /// The settings a migration of the machine in `source` runs with: the node's, the ticket's
+    /// policy over them, less what the source's backend cannot do (listed).
+    fn settings_for(&self, source: &Path, ticket: &MigrationTicket) -> (MigrationSettings, Vec<String>) {
+        let asked = match &ticket.policy {
+            Some(p) => self.cfg.migration.with_policy(&p.spec),
+            None => self.cfg.migration.clone(),
+        };
+        let backend = RemoteMachine::connect(source).map(|m| m.backend().to_string()).unwrap_or_default();
+        asked.for_backend(&backend)
+    }
+
+    /// Starts the target launcher in `target` and has the source in `source` send the VM to it,
+    /// with the settings of [`LauncherRuntime::settings_for`].
     fn move_into(
         &self,
         source: &Path,
@@ -214,8 +294,9 @@ impl LauncherRuntime {
         if ticket.cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        step(MigrationStep::Running { configuration: self.cfg.migration.configuration() });
-        migrate_out(source, &stream, &self.cfg.migration.options_for(memory_mib))
+        let (settings, not_honoured) = self.settings_for(source, ticket);
+        step(MigrationStep::Running { configuration: settings.configuration(), not_honoured });
+        migrate_out(source, &stream, &settings.options_for(memory_mib))
             .map_err(|e| MigrationError::Failed(format!("{e} (target: {})", tail(&log_path))))
     }
 
@@ -354,5 +435,60 @@ pub(super) fn remove_vmi_dirs(base: &Path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             log::warn!("removing {}: {e}", base.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virt_core::api::Quantity;
+
+    fn node() -> MigrationSettings {
+        MigrationSettings {
+            bandwidth_per_migration: Some(Quantity::parse("64Mi").unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_policy_replaces_the_fields_it_sets_and_keeps_the_others() {
+        let policy = MigrationPolicySpec {
+            completion_timeout_per_gib: Some(300),
+            allow_auto_converge: Some(true),
+            ..Default::default()
+        };
+        let s = node().with_policy(&policy);
+        assert_eq!(s.bandwidth_per_migration, node().bandwidth_per_migration, "not set: the node's");
+        assert_eq!((s.completion_timeout_per_gib, s.allow_auto_converge), (300, true));
+        let bw = MigrationPolicySpec {
+            bandwidth_per_migration: Quantity::parse("1Gi").ok(),
+            ..Default::default()
+        };
+        let s = node().with_policy(&bw);
+        assert_eq!(s.configuration()["bandwidthPerMigration"], "1Gi");
+        assert_eq!(s.options_for(2048).bandwidth_bytes_per_sec, Some(1 << 30));
+        assert_eq!(s.options_for(2048).completion_timeout_secs, Some(300), "150 s per GiB, 2 GiB");
+        assert_eq!(node().with_policy(&MigrationPolicySpec::default()), node());
+    }
+
+    #[test]
+    fn what_the_backend_cannot_do_is_turned_off_and_named() {
+        let asked = MigrationSettings {
+            allow_auto_converge: true,
+            allow_post_copy: true,
+            allow_workload_disruption: true,
+            ..node()
+        };
+        let (qemu, not) = asked.for_backend("qemu");
+        assert!(qemu.allow_auto_converge && qemu.options_for(1024).auto_converge);
+        assert!(!qemu.allow_post_copy && !qemu.allow_workload_disruption);
+        assert_eq!(not.len(), 2, "{not:?}");
+        assert!(not[0].starts_with("allowPostCopy: the qemu backend cannot"), "{not:?}");
+        let (native, not) = asked.for_backend("native");
+        assert!(!native.options_for(1024).auto_converge);
+        assert_eq!(native.configuration()["allowAutoConverge"], false, "the value in force");
+        assert!(not[0].starts_with("allowAutoConverge: the native backend cannot"), "{not:?}");
+        // Nothing asked, nothing to say.
+        assert_eq!(node().for_backend("native"), (node(), Vec::new()));
     }
 }
