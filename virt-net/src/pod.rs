@@ -333,19 +333,7 @@ impl NetworkManager {
         let net = self.plan(uid, namespace, name, interfaces)?;
         self.write_record(&net)?;
         let made = self.create(&net).and_then(|()| self.start_dhcp(&net));
-        match made {
-            Ok(servers) => {
-                self.running
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(uid.to_string(), (net.clone(), servers));
-                Ok(net)
-            }
-            Err(e) => {
-                self.remove_record_and_netns(uid);
-                Err(e)
-            }
-        }
+        self.keep_or_undo(net, made, || self.remove_record_and_netns(uid))
     }
 
     /// Sets up VMI `uid`'s interfaces inside `netns`, a named namespace that already exists with
@@ -406,16 +394,28 @@ impl NetworkManager {
         net.pod6 = None;
         self.write_record(&net)?;
         let made = self.create_in_pod(&net).and_then(|()| self.start_dhcp(&net));
+        self.keep_or_undo(net, made, || {
+            let _ = std::fs::remove_file(self.record_path(uid));
+        })
+    }
+
+    /// Records `net` as running with its DHCP servers when `made`, else runs `undo`.
+    fn keep_or_undo(
+        &self,
+        net: VmiNet,
+        made: Result<Vec<DhcpServer>, PodNetError>,
+        undo: impl FnOnce(),
+    ) -> Result<VmiNet, PodNetError> {
         match made {
             Ok(servers) => {
                 self.running
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(uid.to_string(), (net.clone(), servers));
+                    .insert(net.uid.clone(), (net.clone(), servers));
                 Ok(net)
             }
             Err(e) => {
-                let _ = std::fs::remove_file(self.record_path(uid));
+                undo();
                 Err(e)
             }
         }

@@ -149,13 +149,9 @@ async fn serve(
     protocol: Option<String>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let port = match parse_port(&port) {
+    let (port, protocol) = match port_and_protocol(&port, protocol.as_deref()) {
         Ok(p) => p,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
-    };
-    let protocol = match protocol.as_deref().map(str::parse::<Protocol>).transpose() {
-        Ok(p) => p.unwrap_or(Protocol::Tcp),
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+        Err(refusal) => return *refusal,
     };
     let keepalive = s.portforward.keepalive;
     let dialer = s.portforward.dialer.clone();
@@ -168,6 +164,14 @@ async fn serve(
     };
     let target = Target { endpoint, namespace: ns, name, port, protocol };
     forward(dialer, keepalive, target, ws).await
+}
+
+/// The `{port}` and `{protocol}` of a path (TCP when none); a bad one is a 400 `Status`.
+pub fn port_and_protocol(port: &str, protocol: Option<&str>) -> Result<(u16, Protocol), Box<Response>> {
+    let bad = |e: String| Box::new(refuse(StatusCode::BAD_REQUEST, "BadRequest", e));
+    let port = parse_port(port).map_err(|e| bad(e.to_string()))?;
+    let protocol = protocol.map(str::parse::<Protocol>).transpose().map_err(|e| bad(e.to_string()))?;
+    Ok((port, protocol.unwrap_or(Protocol::Tcp)))
 }
 
 /// A guest port to forward to.

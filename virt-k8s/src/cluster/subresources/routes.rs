@@ -388,13 +388,9 @@ async fn forward(
     ws: WebSocketUpgrade,
 ) -> Response {
     use crate::node::portforward::{self as pf, Target};
-    let port = match pf::parse_port(&port) {
+    let (port, protocol) = match pf::port_and_protocol(&port, protocol.as_deref()) {
         Ok(p) => p,
-        Err(e) => return *refuse(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
-    };
-    let protocol = match protocol.as_deref().map(str::parse::<virt_net::dial::Protocol>).transpose() {
-        Ok(p) => p.unwrap_or(virt_net::dial::Protocol::Tcp),
-        Err(e) => return *refuse(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
+        Err(refusal) => return *refusal,
     };
     let vmi = match running_vmi(&s, &h, &ns, &name, "portforward").await {
         Ok(v) => v,
