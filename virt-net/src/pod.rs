@@ -193,17 +193,20 @@ impl VmiNet {
         }
     }
 
-    /// KubeVirt's `status.interfaces` as the node knows them (`infoSource: domain`).
+    /// KubeVirt's `status.interfaces` as the node knows them (`infoSource: domain`). A masquerade
+    /// interface shows the pod's addresses, as KubeVirt's: the guest's 10.0.2.2 is reached from
+    /// nowhere else.
     pub fn status(&self) -> Vec<virt_core::model::NetworkInterfaceStatus> {
         self.interfaces
             .iter()
             .map(|i| {
                 let mut ips: Vec<String> = Vec::new();
-                if let Some((ip, _)) = i.guest4 {
-                    ips.push(ip.to_string());
-                }
-                if let Some(ip) = i.guest6 {
-                    ips.push(ip.to_string());
+                if matches!(i.request.kind, IfaceKind::Masquerade { .. }) {
+                    ips.push(self.pod4.to_string());
+                    ips.extend(self.pod6.map(|a| a.to_string()));
+                } else {
+                    ips.extend(i.guest4.map(|(ip, _)| ip.to_string()));
+                    ips.extend(i.guest6.map(|ip| ip.to_string()));
                 }
                 virt_core::model::NetworkInterfaceStatus {
                     ip_address: ips.first().cloned(),

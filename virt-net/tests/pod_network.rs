@@ -60,7 +60,9 @@ fn udhcpc_gets_the_lease_and_kubevirts_options() {
     assert_eq!(ep.guest_ipv4, Some(Ipv4Addr::new(10, 0, 2, 2)));
     assert_eq!(ep.netns, Some(net.netns_path()));
     let st = net.status();
-    assert_eq!(st[0].ip_addresses, vec!["10.0.2.2".to_string(), "fd10:0:2::2".to_string()]);
+    // A masquerade interface shows the pod's addresses (as KubeVirt's), not the guest's 10.0.2.2.
+    let pod6 = net.pod6.map(|a| a.to_string()).unwrap_or_default();
+    assert_eq!(st[0].ip_addresses, vec![net.pod4.to_string(), pod6]);
     assert_eq!(st[0].mac.as_deref(), Some("02:00:00:00:00:01"));
     assert_eq!(st[0].info_source.as_deref(), Some("domain"));
 }

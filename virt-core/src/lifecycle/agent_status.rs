@@ -26,6 +26,17 @@ pub(super) fn apply(vmi: &mut VirtualMachineInstance, report: Option<&AgentRepor
         .iter()
         .filter_map(|i| i.mac_address.as_ref().map(|m| (i.name.clone(), m.to_ascii_lowercase())))
         .collect();
+    // Masquerade interfaces keep the pod's addresses the node reported (as KubeVirt's handler: the
+    // guest's own 10.0.2.2 is not reachable from outside its pod).
+    let masquerade: Vec<String> = vmi
+        .spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .filter(|i| i.masquerade.is_some())
+        .map(|i| i.name.clone())
+        .collect();
     let s = vmi.status.get_or_insert_with(Default::default);
     let before = (s.conditions.clone(), s.guest_os_info.clone(), s.interfaces.clone());
     match report {
@@ -34,7 +45,7 @@ pub(super) fn apply(vmi: &mut VirtualMachineInstance, report: Option<&AgentRepor
             if r.os.is_some() {
                 s.guest_os_info = r.os.clone();
             }
-            merge_interfaces(&mut s.interfaces, &spec_macs, r);
+            merge_interfaces(&mut s.interfaces, &spec_macs, &masquerade, r);
             if let Some(c) = &r.access_credentials {
                 let reason = if c.synchronized {
                     "AccessCredentialsSyncSuccess"
@@ -66,7 +77,12 @@ pub(super) fn apply(vmi: &mut VirtualMachineInstance, report: Option<&AgentRepor
     before != (s.conditions.clone(), s.guest_os_info.clone(), s.interfaces.clone())
 }
 
-fn merge_interfaces(list: &mut Vec<NetworkInterfaceStatus>, spec_macs: &[(String, String)], r: &AgentReport) {
+fn merge_interfaces(
+    list: &mut Vec<NetworkInterfaceStatus>,
+    spec_macs: &[(String, String)],
+    masquerade: &[String],
+    r: &AgentReport,
+) {
     // Entries that only the agent gave last time are rebuilt from this report.
     list.retain(|i| i.info_source.as_deref() != Some(AGENT));
     for g in &r.interfaces {
@@ -94,8 +110,12 @@ fn merge_interfaces(list: &mut Vec<NetworkInterfaceStatus>, spec_macs: &[(String
             }
         };
         entry.interface_name = Some(g.interface_name.clone());
-        entry.ip_address = g.ip_addresses.first().cloned();
-        entry.ip_addresses = g.ip_addresses.clone();
+        let pod_addresses =
+            entry.name.as_ref().is_some_and(|n| masquerade.contains(n)) && entry.ip_address.is_some();
+        if !pod_addresses {
+            entry.ip_address = g.ip_addresses.first().cloned();
+            entry.ip_addresses = g.ip_addresses.clone();
+        }
         entry.info_source = Some(source.into());
     }
 }
@@ -168,6 +188,40 @@ spec:
         assert_eq!(s.interfaces[0].info_source.as_deref(), Some("domain"));
         assert_eq!(s.guest_os_info.as_ref(), Some(&os), "the last OS info stays");
         assert!(!apply(&mut v, None));
+    }
+
+    #[test]
+    fn a_masquerade_interface_keeps_the_pods_addresses_the_node_reported() {
+        let mut v = vmi();
+        v.status.get_or_insert_with(Default::default).interfaces = vec![NetworkInterfaceStatus {
+            name: Some("default".into()),
+            mac: Some("52:54:00:aa:bb:cc".into()),
+            ip_address: Some("10.244.0.7".into()),
+            ip_addresses: vec!["10.244.0.7".into()],
+            info_source: Some(DOMAIN.into()),
+            ..Default::default()
+        }];
+        let r = AgentReport {
+            connected: true,
+            interfaces: vec![InterfaceInfo {
+                interface_name: "enp1s0".into(),
+                mac: Some("52:54:00:aa:bb:cc".into()),
+                ip_addresses: vec!["10.0.2.2".into()],
+            }],
+            ..Default::default()
+        };
+        assert!(apply(&mut v, Some(&r)));
+        let d = &v.status.as_ref().unwrap().interfaces[0];
+        assert_eq!(
+            (d.ip_address.as_deref(), &d.ip_addresses[..]),
+            (Some("10.244.0.7"), &["10.244.0.7".to_string()][..])
+        );
+        assert_eq!(
+            d.interface_name.as_deref(),
+            Some("enp1s0"),
+            "the guest's name for it still comes from the agent"
+        );
+        assert_eq!(d.info_source.as_deref(), Some("domain, guest-agent"));
     }
 
     #[test]
