@@ -325,12 +325,8 @@ impl NetworkManager {
         if let Some(net) = existing
             .filter(|r| netns::exists(&r.netns) && r.interfaces.iter().map(|i| &i.request).eq(interfaces))
         {
-            let servers = self.start_dhcp(&net)?;
-            self.running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(uid.to_string(), (net.clone(), servers));
-            return Ok(net);
+            let servers = self.start_dhcp(&net);
+            return self.keep_or_undo(net, servers, || {});
         }
         self.remove_record_and_netns(uid);
         let net = self.plan(uid, namespace, name, interfaces)?;
@@ -372,12 +368,8 @@ impl NetworkManager {
         let existing = self.records().into_iter().find(|r| r.uid == uid);
         if let Some(net) = existing.filter(|r| r.netns == netns && netns::exists(netns)) {
             // A restarted agent: the pod's interfaces are there; its DHCP servers are not.
-            let servers = self.start_dhcp(&net)?;
-            self.running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(uid.to_string(), (net.clone(), servers));
-            return Ok(net);
+            let servers = self.start_dhcp(&net);
+            return self.keep_or_undo(net, servers, || {});
         }
         let err = |source| PodNetError::Netns { vmi: vmi.clone(), source };
         let pod4 = netns::ip(Some(netns), &["-4", "-o", "addr", "show", "dev", "eth0"])

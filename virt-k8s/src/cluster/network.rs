@@ -34,9 +34,16 @@ pub enum PodNetworkError {
         /// The file it writes.
         file: PathBuf,
     },
-    /// No process of this node is in the namespace the pod named (the pod is gone).
-    #[error("no process is in network namespace {id} (named by {})", file.display())]
+    /// No process of the VMI's launcher pod is in the namespace the run directory names (the pod
+    /// is gone, or the file names a namespace that is not the pod's: the node's, another pod's).
+    #[error(
+        "no process of the VMI's launcher pod (VIRT_VMI_UID={uid}) is in network namespace {id} (named by {}), \
+         or it is this agent's own",
+        file.display()
+    )]
     NoProcess {
+        /// The VMI's uid, in its launcher's environment.
+        uid: String,
         /// What the pod wrote.
         id: String,
         /// Where.
@@ -114,7 +121,11 @@ impl PodNetworks {
                 .ok()
                 .filter(|s| s.starts_with("net:["))
                 .ok_or_else(|| PodNetworkError::NotReady { file: file.clone() })?;
-            let pid = process_in(&id).ok_or_else(|| PodNetworkError::NoProcess { id: id.clone(), file })?;
+            let pid = pod_process_in(&id, &uid).ok_or_else(|| PodNetworkError::NoProcess {
+                uid: uid.clone(),
+                id: id.clone(),
+                file,
+            })?;
             netns::ip(None, &["netns", "attach", &name, &pid.to_string()])
                 .map_err(|source| PodNetworkError::Attach { name: name.clone(), source })?;
         }
@@ -146,12 +157,24 @@ impl PodNetworks {
     }
 }
 
-/// A process of this node whose network namespace is `id` (`net:[inode]`).
-fn process_in(id: &str) -> Option<u32> {
+/// A process of VMI `uid`'s launcher pod (`VIRT_VMI_UID=uid` in its environment, as the pod spec
+/// sets it) in network namespace `id` (`net:[inode]`). The run directory is the pod's to write, so
+/// the namespace it names is trusted only with such a process in it, and never when it is this
+/// agent's own (the node's): the guest's bridge, tap and rules go into the pod's namespace only.
+fn pod_process_in(id: &str, uid: &str) -> Option<u32> {
+    let own = std::fs::read_link("/proc/self/ns/net").ok()?;
+    if own.to_str() == Some(id) {
+        return None;
+    }
+    let wanted = format!("VIRT_VMI_UID={uid}");
     std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let ns = std::fs::read_link(e.path().join("ns/net")).ok()?;
-        (ns.to_str()? == id).then_some(pid)
+        if ns.to_str()? != id {
+            return None;
+        }
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()).then_some(pid)
     })
 }
 
@@ -159,12 +182,33 @@ fn process_in(id: &str) -> Option<u32> {
 mod tests {
     use super::*;
 
+    /// Needs root (`unshare -n`, reading another process's environment).
     #[test]
-    fn this_process_is_found_by_its_namespace() {
-        let id = std::fs::read_link("/proc/self/ns/net").unwrap();
-        let pid = process_in(id.to_str().unwrap()).expect("some process is in our namespace");
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
-        assert_eq!(theirs, id);
-        assert_eq!(process_in("net:[1]"), None);
+    fn only_a_process_of_the_vmis_pod_in_another_namespace_is_taken() {
+        // A "pod": a process in a namespace of its own with the VMI's uid in its environment.
+        let mut pod = std::process::Command::new("unshare")
+            .args(["-n", "sleep", "30"])
+            .env("VIRT_VMI_UID", "uid-1")
+            .spawn()
+            .unwrap();
+        let ns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let mut id = None;
+        for _ in 0..100 {
+            id = ns(pod.id()).filter(|n| *n != own);
+            if id.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let id = id.expect("unshare made a namespace").to_str().unwrap().to_string();
+        assert_eq!(pod_process_in(&id, "uid-1"), Some(pod.id()));
+        assert_eq!(pod_process_in(&id, "uid-2"), None, "another VMI's pod");
+        // The node's own namespace is never taken, whatever the file says.
+        let own = own.to_str().unwrap().to_string();
+        assert_eq!(pod_process_in(&own, "uid-1"), None);
+        assert_eq!(pod_process_in("net:[1]", "uid-1"), None);
+        let _ = pod.kill();
+        let _ = pod.wait();
     }
 }
