@@ -1,5 +1,6 @@
-//! Errors of the launcher's helpers; each names the flag, file or socket concerned. The top-level
-//! `run`/`supervised` paths still report them as text (the exit record and stderr take text).
+//! The launcher's one error type: each variant names the flag, file, socket or step concerned, and
+//! keeps the library error it wraps as its source. `main` prints it; a supervised launcher also
+//! writes it into the run directory's exit record.
 
 use std::path::PathBuf;
 
@@ -60,4 +61,47 @@ pub enum LauncherError {
     /// `VIRT_JAIL_SELFTEST` names no role.
     #[error("VIRT_JAIL_SELFTEST={0:?}: no such role")]
     Selftest(String),
+    /// Direct mode without `--kernel` (and no `--spec`).
+    #[error("--kernel or --spec is required")]
+    NoKernel,
+    /// A file named on the command line does not exist.
+    #[error("{}: no such file", .0.display())]
+    NoSuchFile(PathBuf),
+    /// The kernel could not be prepared (decompressed into the cache).
+    #[error(transparent)]
+    Boot(#[from] virt_core::vmm::boot::BootError),
+    /// The KVM device could not be opened or lacks a capability.
+    #[error(transparent)]
+    Hypervisor(#[from] virt_core::hypervisor::HypervisorError),
+    /// The microVM could not be built or started.
+    #[error(transparent)]
+    Vmm(#[from] virt_core::vmm::VmmError),
+    /// No engine runs the spec.
+    #[error(transparent)]
+    Select(#[from] virt_core::machine::SelectError),
+    /// The machine could not be started.
+    #[error(transparent)]
+    Machine(#[from] virt_core::machine::MachineError),
+    /// The confinement could not be entered.
+    #[error(transparent)]
+    Jail(#[from] virt_core::jail::JailError),
+    /// The machine's user could not be handed its files.
+    #[error("confinement: {0}")]
+    HandOver(#[from] virt_core::jail::user::UserError),
+    /// The run directory could not be made.
+    #[error("create the run directory {}: {source}", path.display())]
+    RunDir {
+        /// The run directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// SIGTERM/SIGINT handling could not be set up.
+    #[error("{what}: {source}")]
+    Signals {
+        /// The step (`block SIGTERM`, `spawn the signal thread`).
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
 }

@@ -174,15 +174,14 @@ fn monotonic_ns() -> u128 {
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
-fn run(args: Args) -> Result<ExitReason, String> {
+fn run(args: Args) -> Result<ExitReason, LauncherError> {
     let main_start = std::time::Instant::now();
     let prepare_only = args.prepare_kernel;
-    let disks =
-        args.disks.iter().map(|d| parse_disk(d)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-    let Some(kernel) = args.kernel else { return Err("--kernel or --spec is required".into()) };
+    let disks = args.disks.iter().map(|d| parse_disk(d)).collect::<Result<Vec<_>, _>>()?;
+    let Some(kernel) = args.kernel else { return Err(LauncherError::NoKernel) };
     for p in std::iter::once(&kernel).chain(args.initramfs.iter()) {
         if !p.is_file() {
-            return Err(format!("{}: no such file", p.display()));
+            return Err(LauncherError::NoSuchFile(p.clone()));
         }
     }
     let kernel = KernelConfig {
@@ -193,7 +192,7 @@ fn run(args: Args) -> Result<ExitReason, String> {
         cache_dir: if args.no_kernel_cache { None } else { args.kernel_cache.or_else(default_cache) },
     };
     if prepare_only {
-        match virt_core::vmm::boot::prepare_kernel(&kernel).map_err(|e| e.to_string())? {
+        match virt_core::vmm::boot::prepare_kernel(&kernel)? {
             Some(p) => println!("{}", p.display()),
             None => say!("virt-launcher: nothing to prepare (not a bzImage, or no kernel cache)"),
         }
@@ -202,7 +201,7 @@ fn run(args: Args) -> Result<ExitReason, String> {
     if !args.no_confine {
         confine_direct()?;
     }
-    let hv = KvmHypervisor::with_path(&args.kvm_device).map_err(|e| e.to_string())?;
+    let hv = KvmHypervisor::with_path(&args.kvm_device)?;
     let cfg = VmConfig {
         memory_mib: args.memory,
         cpus: args.cpus,
@@ -214,7 +213,7 @@ fn run(args: Args) -> Result<ExitReason, String> {
         track_dirty_pages: false,
         huge_pages: args.huge_pages,
     };
-    let vm = MicroVm::new(&hv, cfg).map_err(|e| e.to_string())?;
+    let vm = MicroVm::new(&hv, cfg)?;
     let trace = std::env::var_os("VIRT_LAUNCHER_TRACE").is_some();
     if trace {
         if let Some(b) = vm.boot_info() {
@@ -225,7 +224,7 @@ fn run(args: Args) -> Result<ExitReason, String> {
         }
         say!("virt-launcher: VM built in {:.3} ms", main_start.elapsed().as_secs_f64() * 1e3);
     }
-    let handle = Arc::new(vm.start().map_err(|e| e.to_string())?);
+    let handle = Arc::new(vm.start()?);
     let _term = TermGuard::new();
     let h = handle.clone();
     // Console input: a detached thread; it ends with the process.
@@ -293,7 +292,7 @@ fn term_signals() -> libc::sigset_t {
 }
 
 impl Termination {
-    fn install(grace: Duration) -> Result<Arc<Self>, String> {
+    fn install(grace: Duration) -> Result<Arc<Self>, LauncherError> {
         // SAFETY: setting SIGHUP's disposition to SIG_IGN installs no handler code; the launcher must
         // outlive its parent's session. SIGPIPE likewise: a vanished socket peer is an EPIPE error.
         unsafe {
@@ -304,7 +303,10 @@ impl Termination {
         // SAFETY: blocks the signals in `set` (valid) for this thread, and so for threads started later.
         let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         if r != 0 {
-            return Err(format!("block SIGTERM: {}", std::io::Error::from_raw_os_error(r)));
+            return Err(LauncherError::Signals {
+                what: "block SIGTERM",
+                source: std::io::Error::from_raw_os_error(r),
+            });
         }
         let t = Arc::new(Self { machine: Mutex::new(None), requested: AtomicBool::new(false), grace });
         let t2 = t.clone();
@@ -323,7 +325,7 @@ impl Termination {
                     t2.on_signal(sig, count);
                 }
             })
-            .map_err(|e| format!("spawn the signal thread: {e}"))?;
+            .map_err(|source| LauncherError::Signals { what: "spawn the signal thread", source })?;
         Ok(t)
     }
 
@@ -406,8 +408,8 @@ impl Backends {
         Self { native, qemu, kernel_cache }
     }
 
-    fn select(&self, args: &Args, spec: &MachineSpec) -> Result<&dyn MachineBackend, String> {
-        select_backend(spec, args.backend, &self.native, &self.qemu).map_err(|e| e.to_string())
+    fn select(&self, args: &Args, spec: &MachineSpec) -> Result<&dyn MachineBackend, LauncherError> {
+        Ok(select_backend(spec, args.backend, &self.native, &self.qemu)?)
     }
 }
 
@@ -467,14 +469,14 @@ fn start_supervised(
     backend: &dyn MachineBackend,
     sup: &Supervisor,
     incoming: bool,
-) -> Result<Started, String> {
+) -> Result<Started, LauncherError> {
     let machine = if incoming {
-        let mut stream = accept_migration(sup.run_dir()).map_err(|e| e.to_string())?;
+        let mut stream = accept_migration(sup.run_dir())?;
         let m = backend.start_incoming(spec, sup.console_sink(), &mut stream);
         let _ = std::fs::remove_file(sup.run_dir().join(MIGRATE_SOCKET));
-        m.map_err(|e| e.to_string())?
+        m?
     } else {
-        backend.start(spec, sup.console_sink()).map_err(|e| e.to_string())?
+        backend.start(spec, sup.console_sink())?
     };
     let d = machine.accelerator();
     say!(
@@ -507,14 +509,14 @@ fn start_supervised(
 
 /// Everything the launcher must know before it confines itself: the spec, the engine, the
 /// cgroup. An error is reported through the run directory once it is claimed.
-type Prepared<'a> = Result<(MachineSpec, &'a dyn MachineBackend), String>;
+type Prepared<'a> = Result<(MachineSpec, &'a dyn MachineBackend), LauncherError>;
 
 /// Supervised mode: read the spec and pick the engine (host view), confine (own cgroup, pid, mount
 /// and network namespaces, own user, filters), claim the run directory, start, serve until the
 /// machine ends.
 fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
     let backends = Backends::new(args, run_dir);
-    let prepared: Prepared = load_spec(spec_path).map_err(|e| e.to_string()).and_then(|s| {
+    let prepared: Prepared = load_spec(spec_path).and_then(|s| {
         let b = backends.select(args, &s)?;
         Ok((s, b))
     });
@@ -585,7 +587,7 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
         Ok(m) => m,
         Err(e) => {
             say!("virt-launcher: {e}");
-            if let Err(e) = sup.fail(&e) {
+            if let Err(e) = sup.fail(&e.to_string()) {
                 say!("virt-launcher: {e}");
             }
             return ExitCode::FAILURE;
@@ -635,14 +637,19 @@ fn keeper_done(run_dir: &Path, status: i32, child: u32, cgroup: Option<Cgroup>) 
 
 /// Confines this process (before any thread starts): network namespace, view of the filesystem,
 /// user, then the filters (docs/confinement.md).
-fn jail_self(args: &Args, run_dir: &Path, prepared: &Prepared, backends: &Backends) -> Result<(), String> {
+fn jail_self(
+    args: &Args,
+    run_dir: &Path,
+    prepared: &Prepared,
+    backends: &Backends,
+) -> Result<(), LauncherError> {
     {
         use std::os::unix::fs::DirBuilderExt as _;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(run_dir)
-            .map_err(|e| format!("create the run directory {}: {e}", run_dir.display()))?;
+            .map_err(|source| LauncherError::RunDir { path: run_dir.to_path_buf(), source })?;
     }
     let dir = run_dir.to_path_buf();
     let hook: jail::ViolationHook = Box::new(move |v| {
@@ -653,7 +660,7 @@ fn jail_self(args: &Args, run_dir: &Path, prepared: &Prepared, backends: &Backen
     let mut opts = JailOptions {
         run_dir: Some(run_dir.to_path_buf()),
         on_violation: Some(hook),
-        selftest: selftest().map_err(|e| e.to_string())?,
+        selftest: selftest()?,
         netns: args.netns.clone(),
         ..Default::default()
     };
@@ -683,7 +690,7 @@ fn jail_self(args: &Args, run_dir: &Path, prepared: &Prepared, backends: &Backen
                 let range = args.uid_range.unwrap_or(jail::user::DEFAULT_RANGE);
                 match sandbox::identity(spec, &view, range, jail::host_pid()) {
                     Ok(id) => {
-                        sandbox::hand_over(&id, &view).map_err(|e| format!("confinement: {e}"))?;
+                        sandbox::hand_over(&id, &view)?;
                         view.device_owner = Some((id.uid, id.gid));
                         opts.identity = Some(id);
                     }
@@ -693,7 +700,7 @@ fn jail_self(args: &Args, run_dir: &Path, prepared: &Prepared, backends: &Backen
             opts.view = Some(view);
         }
     }
-    jail::enable(opts).map_err(|e| e.to_string())
+    Ok(jail::enable(opts)?)
 }
 
 /// `VIRT_JAIL_SELFTEST=<role>` makes the first thread of that role make a forbidden call, for the
@@ -709,9 +716,9 @@ fn selftest() -> Result<Option<Role>, LauncherError> {
 }
 
 /// Direct mode's confinement: the filters and no capabilities (docs/confinement.md).
-fn confine_direct() -> Result<(), String> {
-    let selftest = selftest().map_err(|e| e.to_string())?;
-    jail::enable(JailOptions { selftest, ..Default::default() }).map_err(|e| e.to_string())
+fn confine_direct() -> Result<(), LauncherError> {
+    let selftest = selftest()?;
+    Ok(jail::enable(JailOptions { selftest, ..Default::default() })?)
 }
 
 /// Library warnings (and more with `VIRT_LAUNCHER_LOG=info|debug`) on stderr.
