@@ -174,7 +174,7 @@ pub fn reconcile_cron(
     let reference = url.strip_prefix("docker://").unwrap_or(&url).to_string();
     let digest = registry
         .resolve_digest(&reference)
-        .map_err(|e| ImportError::Source { source_name: reference.clone(), msg: e.to_string() })?
+        .map_err(|e| ImportError::Registry { reference: reference.clone(), source: Box::new(e) })?
         .to_string();
     run.polled = true;
     run.digest = Some(digest.clone());

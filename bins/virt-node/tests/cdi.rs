@@ -687,3 +687,68 @@ fn volume_snapshots_and_datavolumes_restored_from_them() {
     let (code, v) = http(&node, "GET", &format!("{SNAPS}/lost"), None);
     assert_eq!((code, v["status"]["readyToUse"].as_bool()), (200, Some(false)), "{v}");
 }
+
+/// The `(field, reason)` of each cause of a 422 `Status`.
+fn causes(v: &Value) -> Vec<(String, String)> {
+    let list = v["details"]["causes"].as_array().unwrap_or_else(|| panic!("no details.causes: {v}"));
+    list.iter()
+        .map(|c| (c["field"].as_str().unwrap_or("").to_string(), c["reason"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Refusals answer with Kubernetes' `details.causes` built from the structured errors (field and
+/// reason per problem: Required, Forbidden, NotSupported are told apart), for VMs and CDI kinds.
+#[test]
+fn refusals_name_each_field_with_its_reason() {
+    let state = state_dir();
+    let node = NodeProc::start(state.path(), None);
+    const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
+    const DVS: &str = "/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes";
+    let vm = |meta: Value, spec: Value| json!({ "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": meta, "spec": spec });
+    let template = json!({ "spec": { "domain": { "devices": {}, "memory": { "guest": "64Mi" } } } });
+
+    // Two problems of one VM: two causes, each with its field.
+    let bad = vm(
+        json!({ "name": "both" }),
+        json!({ "running": true, "runStrategy": "Always", "template": template }),
+    );
+    let (code, v) = http(&node, "POST", VMS, Some(&bad));
+    assert_eq!((code, v["reason"].as_str()), (422, Some("Invalid")), "{v}");
+    assert!(causes(&v).iter().any(|(f, r)| f == "spec.running" && r == "FieldValueInvalid"), "{v}");
+    assert_eq!(
+        (v["details"]["kind"].as_str(), v["details"]["name"].as_str()),
+        (Some("VirtualMachine"), Some("both"))
+    );
+
+    // No name: Required; another namespace than the path's: Invalid, both on their field.
+    let (code, v) = http(&node, "POST", VMS, Some(&vm(json!({}), json!({ "template": template }))));
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(causes(&v), [("metadata.name".to_string(), "FieldValueRequired".to_string())], "{v}");
+    let elsewhere = vm(json!({ "name": "x", "namespace": "other" }), json!({ "template": template }));
+    let (_, v) = http(&node, "POST", VMS, Some(&elsewhere));
+    assert_eq!(causes(&v), [("metadata.namespace".to_string(), "FieldValueInvalid".to_string())], "{v}");
+
+    // An unknown field of a DataVolume: its path; an unsupported propagation policy: NotSupported.
+    let mut dv = dv_json("typo", json!({ "blank": {} }), "1Mi");
+    dv["spec"]["sourcee"] = json!({});
+    let (code, v) = http(&node, "POST", DVS, Some(&dv));
+    assert_eq!(code, 422, "{v}");
+    assert!(causes(&v).iter().any(|(f, _)| f == "spec.sourcee"), "{v}");
+    let (code, v) = http(
+        &node,
+        "POST",
+        DVS,
+        Some(&json!({
+            "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": { "namespace": "other", "name": "x" },
+            "spec": { "source": { "blank": {} }, "storage": { "resources": { "requests": { "storage": "1Mi" } } } },
+        })),
+    );
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(causes(&v), [("metadata.namespace".to_string(), "FieldValueInvalid".to_string())], "{v}");
+    let good = vm(json!({ "name": "good" }), json!({ "template": template }));
+    let (code, v) = http(&node, "POST", VMS, Some(&good));
+    assert_eq!(code, 201, "{v}");
+    let (code, v) = http(&node, "DELETE", &format!("{VMS}/good?propagationPolicy=Sometimes"), None);
+    assert_eq!(code, 422, "{v}");
+    assert_eq!(causes(&v), [("propagationPolicy".to_string(), "FieldValueNotSupported".to_string())], "{v}");
+}

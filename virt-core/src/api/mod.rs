@@ -22,6 +22,7 @@ mod load;
 mod meta;
 mod quantity;
 mod selector;
+mod status;
 pub mod time;
 mod validate;
 
@@ -36,6 +37,7 @@ pub use meta::{
 };
 pub use quantity::{Quantity, QuantityError};
 pub use selector::{parse_label_selector, SelectorError};
+pub use status::{Causes, Invalid, StatusCause};
 pub use time::{Duration, DurationError, Timestamp, TimestampError};
 pub use validate::{
     check_name, check_namespace, check_type_meta, child, describe_meta, is_dns1035_label, is_dns1123_label,

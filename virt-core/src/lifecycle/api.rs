@@ -2,6 +2,7 @@
 //! `virtctl` verbs (start, stop, restart, pause, unpause, soft-reboot).
 
 use super::*;
+use crate::api::StatusCause;
 
 impl Lifecycle {
     /// Creates a VM in `namespace` (`metadata.namespace`, if set, must agree). Validation and the
@@ -12,7 +13,7 @@ impl Lifecycle {
         mut vm: VirtualMachine,
     ) -> Result<VirtualMachine, LifecycleError> {
         let name = prepare_meta(&mut vm.metadata, namespace)?;
-        vm.admit(&self.opts.support).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        vm.admit(&self.opts.support)?;
         let key = Key::new(namespace, &name);
         let mut st = lock(&self.state);
         Self::require_namespace(&st, namespace)?;
@@ -44,7 +45,7 @@ impl Lifecycle {
     ) -> Result<VirtualMachine, LifecycleError> {
         let expected_rv = vm.metadata.resource_version.take();
         let name = prepare_meta(&mut vm.metadata, namespace)?;
-        vm.admit(&self.opts.support).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        vm.admit(&self.opts.support)?;
         let key = Key::new(namespace, &name);
         let mut st = lock(&self.state);
         let cur = st.vms.get_mut(&key).ok_or_else(|| LifecycleError::NotFound {
@@ -61,9 +62,13 @@ impl Lifecycle {
         if cur.metadata.deletion_timestamp.is_some()
             && vm.metadata.finalizers.iter().any(|f| !cur.metadata.finalizers.contains(f))
         {
-            return Err(LifecycleError::Invalid(format!(
-                "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted (VirtualMachine {key})"
-            )));
+            return Err(StatusCause::forbidden(
+                "metadata.finalizers",
+                &format!(
+                    "no new finalizers can be added if the object is being deleted (VirtualMachine {key})"
+                ),
+            )
+            .into());
         }
         let changed = cur.spec != vm.spec
             || cur.metadata.labels != vm.metadata.labels
@@ -254,7 +259,7 @@ impl Lifecycle {
         mut vmi: VirtualMachineInstance,
     ) -> Result<VirtualMachineInstance, LifecycleError> {
         let name = prepare_meta(&mut vmi.metadata, namespace)?;
-        vmi.admit(&self.opts.support).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        vmi.admit(&self.opts.support)?;
         let key = Key::new(namespace, &name);
         let mut st = lock(&self.state);
         Self::require_namespace(&st, namespace)?;

@@ -13,6 +13,7 @@
 //! - No policy ([`Lifecycle::delete_vm`]): KubeVirt's own, what the node always did: the VM stays
 //!   until its VMI has stopped and is gone, and its DataVolumes are collected after it.
 
+use crate::api::StatusCause;
 use std::sync::Weak;
 
 use super::*;
@@ -40,9 +41,12 @@ impl Propagation {
             "Background" => Ok(Self::Background),
             "Foreground" => Ok(Self::Foreground),
             "Orphan" => Ok(Self::Orphan),
-            other => Err(LifecycleError::Invalid(format!(
-                "{field}: Unsupported value: \"{other}\": supported values: \"Background\", \"Foreground\", \"Orphan\""
-            ))),
+            other => Err(StatusCause::unsupported(
+                field,
+                format!("{other:?}"),
+                "\"Background\", \"Foreground\", \"Orphan\"",
+            )
+            .into()),
         }
     }
 

@@ -5,6 +5,7 @@
 //! As KubeVirt's admission webhook does, a migration is refused when its VMI does not exist, does
 //! not run, or already has a migration under way; finished migrations do not block a new one.
 
+use crate::api::StatusCause;
 use std::sync::atomic::AtomicBool;
 
 use super::*;
@@ -130,9 +131,10 @@ pub(super) fn set_migration_phase(m: &mut VirtualMachineInstanceMigration, phase
 }
 
 fn denied(msg: String) -> LifecycleError {
-    LifecycleError::Invalid(format!(
+    StatusCause::general(format!(
         "admission webhook \"migration-create-validator.kubevirt.io\" denied the request: {msg}"
     ))
+    .into()
 }
 
 impl Lifecycle {
@@ -145,7 +147,7 @@ impl Lifecycle {
     ) -> Result<VirtualMachineInstanceMigration, LifecycleError> {
         let name = prepare_meta(&mut m.metadata, namespace)?;
         let vmi_name = m.spec.vmi_name.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
-            LifecycleError::Invalid("spec.vmiName: Required value: the VMI to migrate".into())
+            LifecycleError::from(StatusCause::required("spec.vmiName", "the VMI to migrate"))
         })?;
         let key = Key::new(namespace, &name);
         let vmi_key = Key::new(namespace, &vmi_name);

@@ -297,14 +297,26 @@ pub enum LifecycleError {
         name: String,
     },
     /// The object is invalid or asks for what this node cannot do; names the fields.
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] crate::api::Invalid),
     /// The request does not fit the object's state.
     #[error("{0}")]
     Conflict(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<crate::api::ValidationError> for LifecycleError {
+    fn from(e: crate::api::ValidationError) -> Self {
+        Self::Invalid(e.into())
+    }
+}
+
+impl From<crate::api::StatusCause> for LifecycleError {
+    fn from(c: crate::api::StatusCause) -> Self {
+        Self::Invalid(c.into())
+    }
 }
 
 /// How a lifecycle behaves.

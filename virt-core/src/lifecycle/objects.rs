@@ -2,6 +2,7 @@
 //! server-side metadata of new objects.
 
 use super::*;
+use crate::api::StatusCause;
 
 impl Lifecycle {
     /// Every namespace, as `Namespace` objects.
@@ -90,14 +91,18 @@ impl Lifecycle {
     ) -> Result<serde_json::Value, LifecycleError> {
         let kind = object.kind().to_string();
         let Some(&(_, _, namespaced)) = CATALOG_KINDS.iter().find(|(k, _, _)| *k == kind) else {
-            return Err(LifecycleError::Invalid(format!("{kind} is not an instancetype or a preference")));
+            return Err(
+                StatusCause::invalid_value("kind", &kind, "not an instancetype or a preference").into()
+            );
         };
-        object.admit(&self.opts.support).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
-        let mut value = object.to_json_value().map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        object.admit(&self.opts.support)?;
+        let mut value = object.to_json_value().map_err(|e| StatusCause::general(e.to_string()))?;
         let ns = match (namespaced, namespace) {
             (true, Some(ns)) => ns.to_string(),
             (true, None) => {
-                return Err(LifecycleError::Invalid(format!("{kind} is namespaced: name a namespace")))
+                return Err(
+                    StatusCause::required("metadata.namespace", &format!("{kind} is namespaced")).into()
+                )
             }
             (false, _) => String::new(),
         };
@@ -107,7 +112,11 @@ impl Lifecycle {
             prepare_meta(&mut meta, &ns)?
         } else {
             if meta.namespace.is_some() {
-                return Err(LifecycleError::Invalid(format!("metadata.namespace: {kind} is cluster-scoped")));
+                return Err(StatusCause::forbidden(
+                    "metadata.namespace",
+                    &format!("{kind} is cluster-scoped"),
+                )
+                .into());
             }
             let name = prepare_meta(&mut meta, "")?;
             meta.namespace = None;
@@ -235,9 +244,12 @@ pub(super) fn check_name(name: &str, path: &str) -> Result<(), LifecycleError> {
     if ok {
         Ok(())
     } else {
-        Err(LifecycleError::Invalid(format!(
-            "{path}: Invalid value: \"{name}\": a lowercase RFC 1123 name must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (at most 63)"
-        )))
+        Err(StatusCause::invalid_value(
+            path,
+            format!("{name:?}"),
+            "a lowercase RFC 1123 name must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (at most 63)",
+        )
+        .into())
     }
 }
 
@@ -245,9 +257,12 @@ pub(super) fn check_name(name: &str, path: &str) -> Result<(), LifecycleError> {
 pub(super) fn prepare_meta(meta: &mut ObjectMeta, namespace: &str) -> Result<String, LifecycleError> {
     if let Some(ns) = &meta.namespace {
         if ns != namespace {
-            return Err(LifecycleError::Invalid(format!(
-                "metadata.namespace: Invalid value: \"{ns}\": does not match the namespace of the request (\"{namespace}\")"
-            )));
+            return Err(StatusCause::invalid_value(
+                "metadata.namespace",
+                format!("{ns:?}"),
+                &format!("does not match the namespace of the request ({namespace:?})"),
+            )
+            .into());
         }
     }
     let name = match (&meta.name, &meta.generate_name) {
@@ -257,9 +272,7 @@ pub(super) fn prepare_meta(meta: &mut ObjectMeta, namespace: &str) -> Result<Str
             format!("{prefix}{}", &uid[..5])
         }
         (None, None) => {
-            return Err(LifecycleError::Invalid(
-                "metadata.name: Required value: name or generateName is required".into(),
-            ))
+            return Err(StatusCause::required("metadata.name", "name or generateName is required").into())
         }
     };
     check_name(&name, "metadata.name")?;

@@ -9,6 +9,7 @@
 //! `kubernetes.io/metadata.name: <name>`, as Kubernetes sets it on every namespace.
 
 use super::*;
+use crate::api::StatusCause;
 use crate::model::{MigrationPolicy, MigrationPolicySpec};
 
 /// The label Kubernetes puts on every namespace, with the namespace's name as its value.
@@ -67,11 +68,11 @@ impl Lifecycle {
         mut policy: MigrationPolicy,
         replace: bool,
     ) -> Result<MigrationPolicy, LifecycleError> {
-        policy.admit(&self.opts.support).map_err(|e| LifecycleError::Invalid(e.to_string()))?;
+        policy.admit(&self.opts.support)?;
         if policy.metadata.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
-            return Err(LifecycleError::Invalid(
-                "metadata.namespace: MigrationPolicy is cluster-scoped".into(),
-            ));
+            return Err(
+                StatusCause::forbidden("metadata.namespace", "MigrationPolicy is cluster-scoped").into()
+            );
         }
         let expected_rv = policy.metadata.resource_version.take();
         let name = prepare_meta(&mut policy.metadata, "")?;

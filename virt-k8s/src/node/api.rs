@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use virt_core::api::{Causes as _, StatusCause};
 use virt_core::lifecycle::{Lifecycle, LifecycleError, Propagation};
 use virt_core::model::{self, KubeVirtObject};
 
@@ -44,11 +45,17 @@ pub struct ApiError {
     code: StatusCode,
     reason: &'static str,
     message: String,
+    /// The fields refused (`details.causes` of an `Invalid`).
+    causes: Vec<StatusCause>,
 }
 
 impl ApiError {
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into() }
+        Self { code, reason, message: message.into(), causes: Vec::new() }
+    }
+    /// A 422 `Invalid` with one cause per refused field.
+    pub(crate) fn invalid(message: impl Into<String>, causes: Vec<StatusCause>) -> Self {
+        Self { causes, ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message) }
     }
     fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
@@ -60,7 +67,13 @@ impl ApiError {
 
 /// A Kubernetes `Status` response.
 pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Response {
-    let body = json!({
+    status_with_causes(code, reason, message, &[])
+}
+
+/// A Kubernetes `Status` response; `causes`, when there are any, go into `details.causes` (the
+/// REST layer adds the object's kind and name).
+pub fn status_with_causes(code: StatusCode, reason: &str, message: &str, causes: &[StatusCause]) -> Response {
+    let mut body = json!({
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
@@ -69,12 +82,15 @@ pub fn status_response(code: StatusCode, reason: &str, message: &str) -> Respons
         "reason": reason,
         "code": code.as_u16(),
     });
+    if !causes.is_empty() {
+        body["details"] = json!({ "causes": causes });
+    }
     (code, Json(body)).into_response()
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        status_response(self.code, self.reason, &self.message)
+        status_with_causes(self.code, self.reason, &self.message, &self.causes)
     }
 }
 
@@ -83,7 +99,7 @@ impl From<LifecycleError> for ApiError {
         let (code, reason) = match &e {
             LifecycleError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             LifecycleError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            LifecycleError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            LifecycleError::Invalid(i) => return Self::invalid(e.to_string(), i.causes.clone()),
             LifecycleError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             LifecycleError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         };
@@ -122,9 +138,7 @@ pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<KubeVirtObject,
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("yaml"));
-    let invalid = |e: virt_core::api::LoadError| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
-    };
+    let invalid = |e: virt_core::api::LoadError| ApiError::invalid(e.to_string(), e.causes());
     if yaml {
         let mut docs = model::load_yaml(text).map_err(invalid)?;
         if docs.len() != 1 {

@@ -14,12 +14,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use virt_core::api::{Decoder, LoadError, LoadOptions, ObjectMeta, Timestamp};
+use virt_core::api::{Causes as _, Decoder, LoadError, LoadOptions, ObjectMeta, StatusCause, Timestamp};
 use virt_core::lifecycle::Lifecycle;
 use virt_core::model::VmiPhase;
 use virt_storage::cdi::{self, CdiObject, VolumeSnapshot, API_VERSION, SNAPSHOT_API_VERSION};
 
-use super::api::status_response;
+use super::api::status_with_causes;
 use super::cdi::{Cdi, CdiError, CdiKind, STORAGE_CLASS};
 
 /// The CDI group's path prefix.
@@ -46,11 +46,13 @@ pub(crate) struct Failure {
     code: StatusCode,
     reason: &'static str,
     message: String,
+    /// The fields refused (`details.causes` of an `Invalid`).
+    causes: Vec<StatusCause>,
 }
 
 impl Failure {
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into() }
+        Self { code, reason, message: message.into(), causes: Vec::new() }
     }
     fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NotFound", message)
@@ -68,7 +70,7 @@ impl Failure {
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        status_response(self.code, self.reason, &self.message)
+        status_with_causes(self.code, self.reason, &self.message, &self.causes)
     }
 }
 
@@ -77,7 +79,11 @@ impl From<CdiError> for Failure {
         let (code, reason) = match &e {
             CdiError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             CdiError::AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            CdiError::Invalid(_) | CdiError::Template { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            CdiError::Invalid(i) => {
+                let causes = i.causes.clone();
+                return Self { causes, ..Self::invalid(e.to_string()) };
+            }
+            CdiError::Template { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             CdiError::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             CdiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             CdiError::Store { .. } | CdiError::Io { .. } | CdiError::Volume(_) => {
@@ -137,7 +143,7 @@ fn utf8(body: &[u8]) -> Result<&str, Failure> {
 /// their path.
 pub(crate) fn decode(headers: &HeaderMap, body: &[u8]) -> Result<CdiObject, Failure> {
     let text = utf8(body)?;
-    let invalid = |e: LoadError| Failure::invalid(e.to_string());
+    let invalid = |e: LoadError| Failure { causes: e.causes(), ..Failure::invalid(e.to_string()) };
     if yaml_body(headers) {
         let mut docs = cdi::load_yaml(text).map_err(invalid)?;
         if docs.len() != 1 {
@@ -399,7 +405,7 @@ pub(crate) fn snapshot_body(headers: &HeaderMap, body: &[u8]) -> Result<VolumeSn
 /// Reads a body of another group (JSON, or YAML by content type) as one JSON value.
 pub(crate) fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, Failure> {
     let text = utf8(body)?;
-    let invalid = |e: LoadError| Failure::invalid(e.to_string());
+    let invalid = |e: LoadError| Failure { causes: e.causes(), ..Failure::invalid(e.to_string()) };
     let mut value = if yaml_body(headers) {
         let mut docs = virt_core::api::parse_yaml(text).map_err(invalid)?;
         if docs.len() != 1 {

@@ -104,7 +104,7 @@ impl HttpSource {
                 };
                 ImportError::Tls { url, msg: format!("{what}: {e}; {hint}") }
             }
-            None => ImportError::Source { source_name: url, msg: e.to_string() },
+            None => ImportError::Request { url, source: Box::new(e) },
         }
     }
 }

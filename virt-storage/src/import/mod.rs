@@ -48,13 +48,39 @@ pub enum ImportError {
         /// What it means.
         msg: String,
     },
-    /// The source could not be read.
-    #[error("{source_name}: {msg}")]
-    Source {
+    /// The source could not be read (opened, sought, read) or the target written.
+    #[error("{source_name}: {source}")]
+    Read {
         /// The source.
         source_name: String,
         /// What failed.
-        msg: String,
+        source: std::io::Error,
+    },
+    /// An HTTP request for the source failed (other than TLS: see [`ImportError::Tls`]).
+    #[error("{url}: {source}")]
+    Request {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The client's error.
+        source: Box<ureq::Error>,
+    },
+    /// The registry refused or failed a request for the image.
+    #[error("{reference}: {source}")]
+    Registry {
+        /// The image reference.
+        reference: String,
+        /// The registry client's error.
+        source: Box<crate::registry::RegistryError>,
+    },
+    /// The source ended before the size it announced.
+    #[error("{source_name}: transfer ended at byte {received} of {total}")]
+    Truncated {
+        /// The source.
+        source_name: String,
+        /// Bytes received.
+        received: u64,
+        /// Bytes announced.
+        total: u64,
     },
     /// TLS with the server failed (an untrusted certificate, a failed handshake).
     #[error("TLS failure talking to {url}: {msg}")]
@@ -220,7 +246,7 @@ fn run_import(
 ) -> Result<ImportOutcome, ImportError> {
     let name = source.describe();
     let fmt_err = |source| ImportError::Format { source_name: name.clone(), source };
-    let io_err = |e: std::io::Error| ImportError::Source { source_name: name.clone(), msg: e.to_string() };
+    let io_err = |source: std::io::Error| ImportError::Read { source_name: name.clone(), source };
     let not_image = |msg: String| ImportError::NotAnImage { source_name: name.clone(), msg };
 
     let reader = ResumingReader::new(source, opts.max_retries, opts.sha256.is_some())?;
@@ -324,10 +350,7 @@ fn run_import(
     progress(Progress { bytes: bytes_received, total });
     if let Some(t) = total {
         if bytes_received != t {
-            return Err(ImportError::Source {
-                source_name: name,
-                msg: format!("transfer ended at byte {bytes_received} of {t}"),
-            });
+            return Err(ImportError::Truncated { source_name: name, received: bytes_received, total: t });
         }
     }
     if let (Some(want), Some(got)) = (&opts.sha256, &sha256) {
@@ -370,8 +393,7 @@ fn convert_while_downloading(
     copts: &ConvertOptions,
     name: &str,
 ) -> Result<(), ImportError> {
-    let io_err =
-        |e: std::io::Error| ImportError::Source { source_name: name.to_string(), msg: e.to_string() };
+    let io_err = |source: std::io::Error| ImportError::Read { source_name: name.to_string(), source };
     let fmt_err = |source| ImportError::Format { source_name: name.to_string(), source };
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -21,9 +21,9 @@ pub fn import_container_disk(
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<(ImportOutcome, String), ImportError> {
     let reference = reference.strip_prefix("docker://").unwrap_or(reference);
-    let reg_err = |e: crate::registry::RegistryError| ImportError::Source {
-        source_name: reference.to_string(),
-        msg: e.to_string(),
+    let reg_err = |e: crate::registry::RegistryError| ImportError::Registry {
+        reference: reference.to_string(),
+        source: Box::new(e),
     };
     // Pin the tag to a digest first, so that the digest reported is the one whose disk was imported.
     let digest = client.resolve_digest(reference).map_err(reg_err)?;

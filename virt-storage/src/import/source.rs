@@ -167,10 +167,10 @@ impl ByteSource for FileSource {
     fn open(&mut self, offset: u64) -> Result<Opened, ImportError> {
         use std::io::{Seek, SeekFrom};
         let mut f = std::fs::File::open(&self.path)
-            .map_err(|e| ImportError::Source { source_name: self.describe(), msg: e.to_string() })?;
+            .map_err(|source| ImportError::Read { source_name: self.describe(), source })?;
         let total = f.metadata().map(|m| m.len()).ok();
         f.seek(SeekFrom::Start(offset))
-            .map_err(|e| ImportError::Source { source_name: self.describe(), msg: e.to_string() })?;
+            .map_err(|source| ImportError::Read { source_name: self.describe(), source })?;
         Ok(Opened { reader: Box::new(f), total })
     }
     fn describe(&self) -> String {

@@ -35,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use virt_core::api::{FieldProblem, LoadError, Validate, ValidationError};
+use virt_core::api::{Causes as _, FieldProblem, LoadError, StatusCause, Validate, ValidationError};
 use virt_core::model::{
     self, Admit, MigrationPolicy, NodeSupport, VirtualMachine, VirtualMachineClusterInstancetype,
     VirtualMachineClusterPreference, VirtualMachineInstance, VirtualMachineInstanceMigration,
@@ -184,22 +184,18 @@ fn cause(field: &str, message: String) -> Value {
 
 impl From<LoadError> for Refusal {
     fn from(e: LoadError) -> Self {
-        let causes = match &e {
-            LoadError::Decode { errors, .. } => {
-                errors.iter().map(|d| cause(&d.path, d.message.clone())).collect()
-            }
-            other => vec![json!({ "reason": "FieldValueInvalid", "message": other.to_string() })],
-        };
-        Self { message: e.to_string(), causes }
+        Self { causes: causes_json(e.causes()), message: e.to_string() }
     }
 }
 
 impl From<ValidationError> for Refusal {
     fn from(e: ValidationError) -> Self {
-        let causes =
-            e.problems.iter().map(|p| cause(&p.path, format!("{}: {}", p.kind, p.message))).collect();
-        Self { message: e.to_string(), causes }
+        Self { causes: causes_json(e.causes()), message: e.to_string() }
     }
+}
+
+fn causes_json(causes: Vec<StatusCause>) -> Vec<Value> {
+    causes.into_iter().map(|c| serde_json::to_value(c).unwrap_or(Value::Null)).collect()
 }
 
 /// The local node's checks of `object` of `kind` in `group`: the warnings, or why it is refused.

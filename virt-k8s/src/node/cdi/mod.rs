@@ -36,7 +36,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::Value;
 use virt_core::api::{
-    ConditionStatus, Decoder, LoadError, LoadOptions, ObjectMeta, OwnerReference, Timestamp, Validate,
+    ConditionStatus, Decoder, LoadError, LoadOptions, ObjectMeta, OwnerReference, StatusCause, Timestamp,
+    Validate,
 };
 use virt_core::lifecycle::{Key, Lifecycle, StoreError};
 use virt_core::model::VirtualMachine;
@@ -160,8 +161,8 @@ pub enum CdiError {
         name: String,
     },
     /// The object is invalid (the message names the field).
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] virt_core::api::Invalid),
     /// The request is not possible in the object's current state.
     #[error("{0}")]
     Conflict(String),
@@ -297,19 +298,19 @@ fn backoff(failures: u32) -> Duration {
 fn prepare_meta(meta: &mut ObjectMeta, namespace: &str) -> Result<String, CdiError> {
     if let Some(ns) = &meta.namespace {
         if ns != namespace {
-            return Err(CdiError::Invalid(format!(
-                "metadata.namespace: Invalid value: \"{ns}\": does not match the namespace of the request \
-                 (\"{namespace}\")"
-            )));
+            return Err(StatusCause::invalid_value(
+                "metadata.namespace",
+                format!("{ns:?}"),
+                &format!("does not match the namespace of the request ({namespace:?})"),
+            )
+            .into());
         }
     }
     let name = match (&meta.name, &meta.generate_name) {
         (Some(n), _) => n.clone(),
         (None, Some(prefix)) => format!("{prefix}{}", &new_uid()[..5]),
         (None, None) => {
-            return Err(CdiError::Invalid(
-                "metadata.name: Required value: name or generateName is required".into(),
-            ))
+            return Err(StatusCause::required("metadata.name", "name or generateName is required").into())
         }
     };
     meta.name = Some(name.clone());
@@ -512,7 +513,7 @@ impl Cdi {
         match dv.spec.source.as_ref().and_then(|s| s.http.as_ref()) {
             Some(h) => policy
                 .check_url(&h.url)
-                .map_err(|r| CdiError::Invalid(format!("spec.source.http.url: Forbidden: {r}"))),
+                .map_err(|r| CdiError::from(StatusCause::forbidden("spec.source.http.url", &r.to_string()))),
             None => Ok(()),
         }
     }
@@ -573,8 +574,14 @@ impl ObjectLookup for Lookup<'_> {
 }
 
 /// Validates a CDI object as CDI's webhooks do; errors name the fields.
+impl From<StatusCause> for CdiError {
+    fn from(c: StatusCause) -> Self {
+        Self::Invalid(c.into())
+    }
+}
+
 fn check<T: Validate>(o: &T) -> Result<(), CdiError> {
-    o.check().map(drop).map_err(|e| CdiError::Invalid(e.to_string()))
+    o.check().map(drop).map_err(|e| CdiError::Invalid(e.into()))
 }
 
 /// The DataVolume of `vm`'s template `i`, owned by the VM, read strictly (paths like

@@ -2,7 +2,7 @@
 //! DataImportCrons and VolumeSnapshots, and the pool's StorageProfile.
 
 use serde_json::Value;
-use virt_core::api::{LabelSelector, ObjectMeta};
+use virt_core::api::{LabelSelector, ObjectMeta, StatusCause};
 use virt_core::lifecycle::Key;
 use virt_storage::cdi::{
     AccessMode, ClaimPropertySet, CloneStrategy as CdiCloneStrategy, DataImportCron, DataSource, DataVolume,
@@ -23,7 +23,11 @@ impl Cdi {
         let name = prepare_meta(&mut dv.metadata, namespace)?;
         check(&dv)?;
         VolumeId::new(namespace, &name).validate().map_err(|e| {
-            CdiError::Invalid(format!("metadata.name: Invalid value: \"{name}\": it names the volume: {e}"))
+            CdiError::from(StatusCause::invalid_value(
+                "metadata.name",
+                format!("{name:?}"),
+                &format!("it names the volume: {e}"),
+            ))
         })?;
         self.check_import_url(&dv)?;
         self.check_restore_size(&dv)?;
@@ -84,11 +88,15 @@ impl Cdi {
         match need {
             Some(need) if want < need => {
                 let field = if dv.spec.storage.is_some() { "spec.storage" } else { "spec.pvc" };
-                Err(CdiError::Invalid(format!(
-                    "{field}.resources.requests.storage: Invalid value: {want}: smaller than the restoreSize \
-                     ({need} bytes) of VolumeSnapshot {}/{}",
-                    snap.namespace, snap.name
-                )))
+                Err(StatusCause::invalid_value(
+                    &format!("{field}.resources.requests.storage"),
+                    want,
+                    &format!(
+                        "smaller than the restoreSize ({need} bytes) of VolumeSnapshot {}/{}",
+                        snap.namespace, snap.name
+                    ),
+                )
+                .into())
             }
             _ => Ok(()),
         }
@@ -101,7 +109,7 @@ impl Cdi {
         mut vs: VolumeSnapshot,
     ) -> Result<VolumeSnapshot, CdiError> {
         let name = prepare_meta(&mut vs.metadata, namespace)?;
-        vs.check().map_err(|e| CdiError::Invalid(e.to_string()))?;
+        vs.check().map_err(|e| CdiError::from(StatusCause::general(e.to_string())))?;
         vs.api_version = Some(SNAPSHOT_API_VERSION.into());
         vs.kind = Some("VolumeSnapshot".into());
         vs.status = Some(VolumeSnapshotStatus { ready_to_use: Some(false), ..Default::default() });
@@ -207,9 +215,15 @@ impl Cdi {
             }
         }
         if cron.spec != cur.spec {
-            return Err(CdiError::Invalid(format!(
-                "DataImportCron {key}: spec: Forbidden: the spec cannot change on this node; only metadata.labels and metadata.annotations (e.g. {ANN_AUTO_UPDATE})"
-            )));
+            return Err(CdiError::Invalid(virt_core::api::Invalid {
+                object: Some(format!("DataImportCron {key}")),
+                causes: vec![StatusCause::forbidden(
+                    "spec",
+                    &format!(
+                        "the spec cannot change on this node; only metadata.labels and metadata.annotations (e.g. {ANN_AUTO_UPDATE})"
+                    ),
+                )],
+            }));
         }
         let mut next = cur.clone();
         next.metadata.labels = cron.metadata.labels;

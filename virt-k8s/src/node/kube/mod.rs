@@ -216,9 +216,10 @@ async fn write(inner: Router, req: Request, target: &Target) -> Response {
     invalid_details(resp, target.resource, &name).await
 }
 
-/// The `causes` of an `Invalid` Status whose message lists problems as the loaders and the
-/// validation write them (`[document N: ]path: what; ...`): one per problem, with its field.
-/// kubectl prints them as `The Kind "name" is invalid: path: what`.
+/// The `causes` of an `Invalid` Status that came without them (the per-kind routes send the
+/// causes of the structured errors; a few refusals are still text): read from a message that lists
+/// problems as the loaders and the validation write them (`[document N: ]path: what; ...`), one
+/// per problem, with its field. kubectl prints them as `The Kind "name" is invalid: path: what`.
 fn causes_of(message: &str) -> Vec<Value> {
     message
         .split("; ")
@@ -235,7 +236,8 @@ fn causes_of(message: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Adds `details` (kind, name, one cause per refused field) to a 422 `Status` without them.
+/// Gives a 422 `Status` its `details`: the kind and name, and one cause per refused field (the
+/// route's own, else read from the message).
 async fn invalid_details(resp: Response, r: &Resource, name: &str) -> Response {
     if resp.status() != StatusCode::UNPROCESSABLE_ENTITY {
         return resp;
@@ -244,12 +246,12 @@ async fn invalid_details(resp: Response, r: &Resource, name: &str) -> Response {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if status.get("details").is_none() {
-        let message = status["message"].as_str().unwrap_or("").to_string();
-        let causes = causes_of(&message);
-        status["details"] =
-            serde_json::json!({ "name": name, "group": r.group, "kind": r.kind, "causes": causes });
-    }
+    let causes = match status.pointer_mut("/details/causes").map(Value::take) {
+        Some(c) => c,
+        None => Value::from(causes_of(status["message"].as_str().unwrap_or(""))),
+    };
+    status["details"] =
+        serde_json::json!({ "name": name, "group": r.group, "kind": r.kind, "causes": causes });
     json_response(code, &status)
 }
 
