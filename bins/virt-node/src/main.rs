@@ -62,6 +62,14 @@ struct Args {
     /// when it is link-local (e.g. 169.254.169.254) or one of the node's own listeners.
     #[arg(long = "import-allow", value_name = "IP[:PORT]")]
     import_allow: Vec<Allowed>,
+    /// Live migrations under way at once (KubeVirt's parallelMigrationsPerCluster); more wait in
+    /// Pending, oldest first.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    parallel_migrations_per_cluster: u16,
+    /// Live migrations under way at once out of this node (KubeVirt's
+    /// parallelOutboundMigrationsPerNode); on one node the smaller of the two limits binds.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    parallel_outbound_migrations_per_node: u16,
     /// The most bytes per second a live migration sends while the guest runs (KubeVirt's
     /// bandwidthPerMigration), e.g. 64Mi; 0: unlimited.
     #[arg(long = "migration-bandwidth", value_name = "QUANTITY", default_value = "0")]
@@ -158,6 +166,8 @@ fn main() -> ExitCode {
         insecure_registries: a.insecure_registries,
         host_disk_dirs: a.host_disk_dirs,
         import_allow: a.import_allow,
+        parallel_migrations_per_cluster: a.parallel_migrations_per_cluster.into(),
+        parallel_outbound_migrations_per_node: a.parallel_outbound_migrations_per_node.into(),
         migration: MigrationSettings {
             bandwidth_per_migration: Some(a.migration_bandwidth),
             completion_timeout_per_gib: a.migration_completion_timeout_per_gib,

@@ -44,13 +44,26 @@ impl Lifecycle {
                 let mk = flight.migration.clone();
                 self.outcome_locked(&mut st, failed, &mk, r);
             }
-            let pending: Vec<Key> = st
+            // Oldest first, as many as the parallel limits leave room for; the rest wait in
+            // Pending for a later pass (one runs when a flight ends).
+            let mut pending: Vec<(i64, Key)> = st
                 .migrations
                 .iter()
                 .filter(|(k, m)| phase_of_migration(m) == "Pending" && !failed.contains(*k))
-                .map(|(k, _)| k.clone())
+                .map(|(k, m)| {
+                    let created =
+                        m.metadata.creation_timestamp.as_ref().map_or(i64::MIN, Timestamp::unix_seconds);
+                    (created, k.clone())
+                })
                 .collect();
-            for key in pending {
+            pending.sort();
+            let limit = self.migration_slots();
+            for (_, key) in pending {
+                let deleted =
+                    st.migrations.get(&key).is_some_and(|m| m.metadata.deletion_timestamp.is_some());
+                if st.flights.len() >= limit && !deleted {
+                    continue;
+                }
                 let r = self.begin_migration_locked(&mut st, &key, &mut work);
                 self.outcome_locked(&mut st, failed, &key, r);
             }
@@ -106,6 +119,13 @@ impl Lifecycle {
                 log::warn!("no thread to cancel migrations ({e}); the next pass asks again");
             }
         }
+    }
+
+    /// How many migrations may be under way at once: on one node, the smaller of the cluster's
+    /// and the node's limits (at least one).
+    fn migration_slots(&self) -> usize {
+        let o = &self.opts;
+        o.parallel_migrations_per_cluster.min(o.parallel_outbound_migrations_per_node).max(1)
     }
 
     /// Starts the pending migration at `key`, or fails it when its VMI cannot move now.

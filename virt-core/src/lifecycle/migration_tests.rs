@@ -565,3 +565,43 @@ fn a_migration_records_the_policy_that_matched_its_vmi_and_hands_it_to_the_runti
     let names: Vec<_> = lc3.list_migration_policies().into_iter().filter_map(|p| p.metadata.name).collect();
     assert_eq!(names, ["by-vmi"]);
 }
+
+#[test]
+fn migrations_beyond_the_parallel_limit_wait_in_pending_oldest_first() {
+    let store = Arc::new(MemStore::default());
+    let rt = Arc::new(MigRuntime::default());
+    let opts = LifecycleOptions {
+        backoff_base: Duration::ZERO,
+        parallel_migrations_per_cluster: 5,
+        parallel_outbound_migrations_per_node: 1,
+        ..LifecycleOptions::default()
+    };
+    let lc = Lifecycle::new(store, rt.clone(), opts).unwrap();
+    running_vmi(&lc);
+    let w: VirtualMachineInstance = model::from_yaml(
+        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: w\nspec:\n  domain:\n    devices: {}\n    memory:\n      guest: 64Mi\n",
+    )
+    .unwrap();
+    lc.create_vmi("default", w).unwrap();
+    settle(&lc);
+    // `second` sorts before `first` by name: the order is creation's, not the key's. (The test
+    // runtime migrates the last machine launched: w's first.)
+    lc.create_migration("default", migration("second", "w")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    lc.create_migration("default", migration("first", "v")).unwrap();
+
+    until(&lc, "the older migration to start", |lc| mig_phase(lc, "second") == "TargetReady");
+    settle(&lc);
+    assert_eq!(mig_phase(&lc, "first"), "Pending", "one slot: the younger waits");
+    assert_eq!(rt.migrations.load(Ordering::SeqCst), 1);
+
+    rt.open(2);
+    until(&lc, "the older to succeed", |lc| mig_phase(lc, "second") == "Succeeded");
+    until(&lc, "the younger to end", |lc| ["Succeeded", "Failed"].contains(&mig_phase(lc, "first").as_str()));
+    let m = lc.get_migration("default", "first").unwrap();
+    assert_eq!(mig_phase(&lc, "first"), "Succeeded", "{:?}", m.status);
+    assert_eq!(rt.migrations.load(Ordering::SeqCst), 2);
+    let seen = phases_seen(&lc, "first");
+    assert_eq!(seen.first().map(String::as_str), Some("Pending"));
+    assert_eq!(seen.iter().filter(|p| *p == "Pending").count(), 1, "{seen:?}");
+}

@@ -343,6 +343,12 @@ pub struct LifecycleOptions {
     pub requeue_base: Duration,
     /// Longest such delay.
     pub requeue_max: Duration,
+    /// Migrations under way at once in the cluster (KubeVirt's `parallelMigrationsPerCluster`,
+    /// default 5); more wait in `Pending`, oldest first.
+    pub parallel_migrations_per_cluster: usize,
+    /// Migrations under way at once out of one node (KubeVirt's
+    /// `parallelOutboundMigrationsPerNode`, default 2). On one node the smaller limit binds.
+    pub parallel_outbound_migrations_per_node: usize,
 }
 
 impl Default for LifecycleOptions {
@@ -357,6 +363,8 @@ impl Default for LifecycleOptions {
             resync: Duration::from_secs(10),
             requeue_base: Duration::from_millis(500),
             requeue_max: Duration::from_secs(60),
+            parallel_migrations_per_cluster: 5,
+            parallel_outbound_migrations_per_node: 2,
         }
     }
 }

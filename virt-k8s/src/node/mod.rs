@@ -74,6 +74,11 @@ pub struct NodeConfig {
     pub import_allow: Vec<Allowed>,
     /// How often the controller looks at machines without being woken.
     pub tick: Duration,
+    /// Migrations under way at once (`--parallel-migrations-per-cluster`, KubeVirt's default 5).
+    pub parallel_migrations_per_cluster: usize,
+    /// Migrations under way at once out of this node (`--parallel-outbound-migrations-per-node`,
+    /// KubeVirt's default 2).
+    pub parallel_outbound_migrations_per_node: usize,
     /// The pod network (`--pod-network`): a network namespace per VMI, masquerade and bridge
     /// bindings, DHCP, MAC pool, NetworkAttachmentDefinitions; `None`: interfaces stay unlinked.
     pub pod_network: Option<network::PodNetworkConfig>,
@@ -257,6 +262,8 @@ impl Node {
         let mut opts = LifecycleOptions {
             node_name: cfg.node_name.clone(),
             tick: cfg.tick,
+            parallel_migrations_per_cluster: cfg.parallel_migrations_per_cluster,
+            parallel_outbound_migrations_per_node: cfg.parallel_outbound_migrations_per_node,
             ..LifecycleOptions::default()
         };
         opts.support.host_disk_dirs = host_disk_dirs;
