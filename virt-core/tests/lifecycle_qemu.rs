@@ -120,29 +120,29 @@ spec:
 ",
     )
     .unwrap();
-    lc.create_vm("default", vm).unwrap();
-    lc.start("default", "embedded").unwrap();
-    let phase = || lc.get_vmi("default", "embedded").ok().and_then(|v| v.status.and_then(|s| s.phase));
+    lc.vms().create("default", vm).unwrap();
+    lc.vms().start("default", "embedded").unwrap();
+    let phase = || lc.vmis().get("default", "embedded").ok().and_then(|v| v.status.and_then(|s| s.phase));
     wait("Running", || phase() == Some(VmiPhase::Running));
-    let vmi = lc.get_vmi("default", "embedded").unwrap();
+    let vmi = lc.vmis().get("default", "embedded").unwrap();
     let conds = vmi.status.unwrap().conditions;
     assert!(conds.iter().any(|c| c.type_ == "HardwareAccelerated"), "{conds:?}");
     wait("the guest's user space on the console", || console.text().contains("VIRT-E2E: idle"));
 
-    lc.pause("default", "embedded").unwrap();
-    let printable = || lc.get_vm("default", "embedded").unwrap().status.unwrap().printable_status.unwrap();
+    lc.vmis().pause("default", "embedded").unwrap();
+    let printable = || lc.vms().get("default", "embedded").unwrap().status.unwrap().printable_status.unwrap();
     assert_eq!(printable(), "Paused");
-    lc.unpause("default", "embedded").unwrap();
+    lc.vmis().unpause("default", "embedded").unwrap();
     assert_eq!(printable(), "Running");
 
-    lc.stop("default", "embedded", None).unwrap();
-    wait("the instance gone", || lc.get_vmi("default", "embedded").is_err());
+    lc.vms().stop("default", "embedded", None).unwrap();
+    wait("the instance gone", || lc.vmis().get("default", "embedded").is_err());
     assert!(
         console.text().contains("VIRT-E2E: power button"),
         "the guest saw the button:\n{}",
         console.text()
     );
-    let vm = lc.get_vm("default", "embedded").unwrap();
+    let vm = lc.vms().get("default", "embedded").unwrap();
     assert_eq!(vm.spec.run_strategy, Some(RunStrategy::Halted));
     assert_eq!(printable(), "Stopped");
     assert!(lc.events(None).iter().all(|e| e.reason != "Killing"), "no forced stop");

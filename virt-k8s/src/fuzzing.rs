@@ -38,7 +38,7 @@ pub fn rest_body(data: &[u8]) {
         4 => {
             if let Ok((name, _)) = api::namespace_body(body) {
                 let (lc, _) = lifecycle();
-                let _ = lc.create_namespace(&name);
+                let _ = lc.namespaces().create(&name);
             }
         }
         5 => {
@@ -84,26 +84,26 @@ fn apply(endpoint: u8, object: KubeVirtObject) {
     let (lc, store) = lifecycle();
     match (endpoint, object) {
         (0, KubeVirtObject::VirtualMachine(vm)) => {
-            let _ = lc.create_vm(NS, *vm);
+            let _ = lc.vms().create(NS, *vm);
         }
         (1, KubeVirtObject::VirtualMachine(vm)) => {
             // Replace what a create made of the same object (a replace needs one to exist).
-            if lc.create_vm(NS, (*vm).clone()).is_ok() {
-                let _ = lc.replace_vm(NS, *vm);
+            if lc.vms().create(NS, (*vm).clone()).is_ok() {
+                let _ = lc.vms().replace(NS, *vm);
             }
         }
         (2, KubeVirtObject::VirtualMachineInstance(vmi)) => {
-            let _ = lc.create_vmi(NS, *vmi);
+            let _ = lc.vmis().create(NS, *vmi);
         }
         (3, o) => {
-            let _ = lc.put_catalog_object(Some(NS), o, false);
+            let _ = lc.catalog().put(Some(NS), o, false);
         }
         _ => return,
     }
     lc.reconcile();
-    let (vms, vmis) = (lc.list_vms(None).len(), lc.list_vmis(None).len());
+    let (vms, vmis) = (lc.vms().list(None).len(), lc.vmis().list(None).len());
     drop(lc);
     let again = open(store);
-    assert_eq!(again.list_vms(None).len(), vms, "VMs lost when the node restarts");
-    assert_eq!(again.list_vmis(None).len(), vmis, "VMIs lost when the node restarts");
+    assert_eq!(again.vms().list(None).len(), vms, "VMs lost when the node restarts");
+    assert_eq!(again.vmis().list(None).len(), vmis, "VMIs lost when the node restarts");
 }

@@ -86,29 +86,29 @@ fn a_state_dir_of_the_previous_layout_is_migrated_with_nothing_lost() {
         let cdi = Cdi::open_with_store(dir.path(), store.clone(), vec![]).unwrap();
 
         // Lifecycle objects: as they were, resourceVersions included.
-        assert!(lc.namespace_exists("team-a"), "round {round}");
-        let web = lc.get_vm("default", "web").unwrap();
+        assert!(lc.namespaces().exists("team-a"), "round {round}");
+        let web = lc.vms().get("default", "web").unwrap();
         assert_eq!(web.metadata.labels.get("app").map(String::as_str), Some("fixture"));
-        lc.get_vm("team-a", "db").unwrap();
-        lc.get_vmi("default", "solo").unwrap();
-        lc.get_catalog_object("VirtualMachineClusterInstancetype", None, "small").unwrap();
+        lc.vms().get("team-a", "db").unwrap();
+        lc.vmis().get("default", "solo").unwrap();
+        lc.catalog().get("VirtualMachineClusterInstancetype", None, "small").unwrap();
         let mut current: Vec<Value> = Vec::new();
         for (k, old) in &old_node {
             let name = old["metadata"]["name"].as_str().unwrap().to_string();
             let now = if k.starts_with("VirtualMachine/") {
                 serde_json::to_value(
-                    lc.get_vm(old["metadata"]["namespace"].as_str().unwrap(), &name).unwrap(),
+                    lc.vms().get(old["metadata"]["namespace"].as_str().unwrap(), &name).unwrap(),
                 )
                 .unwrap()
             } else if k.starts_with("VirtualMachineInstance/") {
                 serde_json::to_value(
-                    lc.get_vmi(old["metadata"]["namespace"].as_str().unwrap(), &name).unwrap(),
+                    lc.vmis().get(old["metadata"]["namespace"].as_str().unwrap(), &name).unwrap(),
                 )
                 .unwrap()
             } else if k.starts_with("Namespace/") {
-                lc.namespaces().into_iter().find(|n| n["metadata"]["name"] == name.as_str()).unwrap()
+                lc.namespaces().list().into_iter().find(|n| n["metadata"]["name"] == name.as_str()).unwrap()
             } else {
-                lc.get_catalog_object("VirtualMachineClusterInstancetype", None, &name).unwrap()
+                lc.catalog().get("VirtualMachineClusterInstancetype", None, &name).unwrap()
             };
             assert_eq!(without_rv(now.clone()), without_rv(old.clone()), "{k}");
             current.push(now);
@@ -129,7 +129,7 @@ fn a_state_dir_of_the_previous_layout_is_migrated_with_nothing_lost() {
         assert_eq!(rvs.len(), current.len(), "unique resourceVersions: {rvs:?}");
         let last = store.changes().last();
         assert!(rvs.iter().all(|r| *r <= last), "{rvs:?} <= {last}");
-        let made = lc.create_namespace(&format!("after-{round}")).unwrap();
+        let made = lc.namespaces().create(&format!("after-{round}")).unwrap();
         assert!(rv(&made) > last);
     }
 }

@@ -201,13 +201,13 @@ impl Node {
                 .unwrap(),
         );
         for name in ["vm1", "nonet"] {
-            lifecycle.create_vmi("default", vmi(name)).unwrap();
+            lifecycle.vmis().create("default", vmi(name)).unwrap();
         }
         let off: virt_core::model::VirtualMachine = model::from_yaml(
             "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: halted\nspec:\n  runStrategy: Halted\n  template:\n    spec:\n      domain:\n        devices: {}\n        memory:\n          guest: 64Mi\n",
         )
         .unwrap();
-        lifecycle.create_vm("default", off).unwrap();
+        lifecycle.vms().create("default", off).unwrap();
         for _ in 0..4 {
             lifecycle.reconcile();
         }

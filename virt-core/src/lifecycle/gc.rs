@@ -10,7 +10,7 @@
 //! - `Orphan`: the VM gets the finalizer `orphan`; its VMI and DataVolumes lose their
 //!   `ownerReferences` to it and stay (the VMI keeps running on its own); then the finalizer goes
 //!   and the VM with it.
-//! - No policy ([`Lifecycle::delete_vm`]): KubeVirt's own, what the node always did: the VM stays
+//! - No policy ([`Vms::delete`]): KubeVirt's own, what the node always did: the VM stays
 //!   until its VMI has stopped and is gone, and its DataVolumes are collected after it.
 
 use crate::api::StatusCause;
@@ -50,7 +50,7 @@ impl Propagation {
         }
     }
 
-    fn finalizer(self) -> Option<&'static str> {
+    pub(super) fn finalizer(self) -> Option<&'static str> {
         match self {
             Self::Background => None,
             Self::Foreground => Some(FOREGROUND_FINALIZER),
@@ -93,7 +93,7 @@ pub(super) fn owns(uid: &str, vmi: &VirtualMachineInstance) -> bool {
     vmi.metadata.owner_references.iter().any(|o| o.kind == "VirtualMachine" && o.uid == uid)
 }
 
-fn uid_of(vm: &VirtualMachine) -> String {
+pub(super) fn uid_of(vm: &VirtualMachine) -> String {
     vm.metadata.uid.clone().unwrap_or_default()
 }
 
@@ -104,59 +104,8 @@ impl Lifecycle {
         *lock(&self.dependents) = Some(dependents);
     }
 
-    fn dependents(&self) -> Option<Arc<dyn Dependents>> {
+    pub(super) fn dependents(&self) -> Option<Arc<dyn Dependents>> {
         lock(&self.dependents).as_ref().and_then(Weak::upgrade)
-    }
-
-    /// Deletes a VM with a propagation policy (the module doc); `None` is [`Lifecycle::delete_vm`].
-    /// Returns the VM as it was last stored (with its `deletionTimestamp`).
-    pub fn delete_vm_with(
-        &self,
-        namespace: &str,
-        name: &str,
-        propagation: Option<Propagation>,
-    ) -> Result<VirtualMachine, LifecycleError> {
-        let Some(p) = propagation else { return self.delete_vm(namespace, name) };
-        let key = Key::new(namespace, name);
-        let not_found =
-            || LifecycleError::NotFound { resource: Kind::VirtualMachine.resource(), name: name.into() };
-        let mut st = lock(&self.state);
-        let vm = st.vms.get_mut(&key).ok_or_else(not_found)?;
-        let mut changed = false;
-        if vm.metadata.deletion_timestamp.is_none() {
-            vm.metadata.deletion_timestamp = Some(now());
-            changed = true;
-        }
-        if let Some(f) = p.finalizer() {
-            if !vm.metadata.finalizers.iter().any(|x| x == f) {
-                vm.metadata.finalizers.push(f.into());
-                changed = true;
-            }
-        }
-        if changed {
-            st.deleting_vms.insert(key.clone());
-            self.persist_vm(&mut st, &key)?;
-            self.event_locked(
-                &mut st,
-                Kind::VirtualMachine,
-                &key,
-                "Normal",
-                "Deleting",
-                format!("VirtualMachine deletion requested (propagationPolicy {p:?})"),
-            );
-        }
-        let out = st.vms.get(&key).map(|b| (**b).clone()).ok_or_else(not_found)?;
-        if p == Propagation::Background && out.metadata.finalizers.is_empty() {
-            let uid = uid_of(&out);
-            let vmi = st.vmis.get(&key).map(|b| &**b).filter(|v| owns(&uid, v)).map(grace_of);
-            if let Some(g) = vmi.filter(|_| !st.deleting_vmis.contains_key(&key)) {
-                self.delete_vmi_locked(&mut st, &key, g)?;
-            }
-            self.remove_vm_locked(&mut st, &key)?;
-        }
-        drop(st);
-        self.enqueue(&key);
-        Ok(out)
     }
 
     /// Removes a deleted VM from the store and memory.
@@ -228,7 +177,12 @@ impl Lifecycle {
         Ok(())
     }
 
-    fn drop_finalizer_locked(&self, st: &mut State, key: &Key, fin: &str) -> Result<(), LifecycleError> {
+    pub(super) fn drop_finalizer_locked(
+        &self,
+        st: &mut State,
+        key: &Key,
+        fin: &str,
+    ) -> Result<(), LifecycleError> {
         if let Some(vm) = st.vms.get_mut(key) {
             vm.metadata.finalizers.retain(|f| f != fin);
             self.persist_vm(st, key)?;

@@ -29,7 +29,7 @@ impl Dependents for FakeDependents {
 
 fn with_dependents(lc: &Lifecycle, name: &str) -> Arc<FakeDependents> {
     let deps = Arc::new(FakeDependents::default());
-    let uid = lc.get_vm("default", name).unwrap().metadata.uid.unwrap();
+    let uid = lc.vms().get("default", name).unwrap().metadata.uid.unwrap();
     lock(&deps.objects).push(("default".into(), uid));
     let weak: std::sync::Weak<dyn Dependents> = Arc::downgrade(&deps) as std::sync::Weak<dyn Dependents>;
     lc.set_dependents(weak);
@@ -39,14 +39,14 @@ fn with_dependents(lc: &Lifecycle, name: &str) -> Arc<FakeDependents> {
 #[test]
 fn background_removes_the_vm_at_once_and_its_instance_after() {
     let (store, rt, lc) = setup();
-    lc.create_vm("default", vm("bg", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("bg", "Always", 30)).unwrap();
     settle(&lc);
-    let out = lc.delete_vm_with("default", "bg", Some(Propagation::Background)).unwrap();
+    let out = lc.vms().delete_with("default", "bg", Some(Propagation::Background)).unwrap();
     assert!(out.metadata.deletion_timestamp.is_some());
-    assert!(lc.get_vm("default", "bg").is_err(), "the owner goes first");
+    assert!(lc.vms().get("default", "bg").is_err(), "the owner goes first");
     assert!(store.get(Kind::VirtualMachine, &Key::new("default", "bg")).unwrap().is_none());
     settle(&lc);
-    assert!(lc.get_vmi("default", "bg").is_err(), "its instance is collected after it");
+    assert!(lc.vmis().get("default", "bg").is_err(), "its instance is collected after it");
     assert_eq!(rt.last("bg").power_downs.load(Ordering::SeqCst), 1, "stopped gracefully");
 }
 
@@ -54,33 +54,33 @@ fn background_removes_the_vm_at_once_and_its_instance_after() {
 fn foreground_holds_the_vm_until_its_dependents_are_gone() {
     let (_store, rt, lc) = setup();
     rt.ignore_power_button.store(true, Ordering::SeqCst);
-    lc.create_vm("default", vm("fg", "Always", 3600)).unwrap();
+    lc.vms().create("default", vm("fg", "Always", 3600)).unwrap();
     settle(&lc);
     let deps = with_dependents(&lc, "fg");
-    lc.delete_vm_with("default", "fg", Some(Propagation::Foreground)).unwrap();
+    lc.vms().delete_with("default", "fg", Some(Propagation::Foreground)).unwrap();
     settle(&lc);
     // The guest ignores the power button: its VMI is still stopping, so the VM stays.
-    let held = lc.get_vm("default", "fg").unwrap();
+    let held = lc.vms().get("default", "fg").unwrap();
     assert!(held.metadata.deletion_timestamp.is_some());
     assert_eq!(held.metadata.finalizers, [FOREGROUND_FINALIZER]);
-    assert!(lc.get_vmi("default", "fg").is_ok());
+    assert!(lc.vmis().get("default", "fg").is_ok());
     assert_eq!(lock(&deps.objects).len(), 0, "the other dependents were deleted first");
-    lc.delete_vmi("default", "fg", Some(0)).unwrap();
+    lc.vmis().delete("default", "fg", Some(0)).unwrap();
     settle(&lc);
-    assert!(lc.get_vmi("default", "fg").is_err());
-    assert!(lc.get_vm("default", "fg").is_err(), "gone once its dependents are");
+    assert!(lc.vmis().get("default", "fg").is_err());
+    assert!(lc.vms().get("default", "fg").is_err(), "gone once its dependents are");
 }
 
 #[test]
 fn orphan_keeps_the_instance_running_without_its_owner() {
     let (store, rt, lc) = setup();
-    lc.create_vm("default", vm("or", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("or", "Always", 30)).unwrap();
     settle(&lc);
     let deps = with_dependents(&lc, "or");
-    lc.delete_vm_with("default", "or", Some(Propagation::Orphan)).unwrap();
+    lc.vms().delete_with("default", "or", Some(Propagation::Orphan)).unwrap();
     settle(&lc);
-    assert!(lc.get_vm("default", "or").is_err());
-    let vmi = lc.get_vmi("default", "or").unwrap();
+    assert!(lc.vms().get("default", "or").is_err());
+    let vmi = lc.vmis().get("default", "or").unwrap();
     assert!(vmi.metadata.owner_references.is_empty(), "{:?}", vmi.metadata.owner_references);
     assert_eq!(phase(&lc, "or"), Some(VmiPhase::Running));
     assert_eq!(rt.last("or").power_downs.load(Ordering::SeqCst), 0, "never stopped");
@@ -89,9 +89,9 @@ fn orphan_keeps_the_instance_running_without_its_owner() {
     let refs =
         stored.value.pointer("/metadata/ownerReferences").and_then(|o| o.as_array()).map_or(0, Vec::len);
     assert_eq!(refs, 0, "stored without its owner reference");
-    lc.delete_vmi("default", "or", Some(0)).unwrap();
+    lc.vmis().delete("default", "or", Some(0)).unwrap();
     settle(&lc);
-    assert!(lc.get_vmi("default", "or").is_err());
+    assert!(lc.vmis().get("default", "or").is_err());
 }
 
 #[test]

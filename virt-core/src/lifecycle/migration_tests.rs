@@ -213,7 +213,7 @@ fn running_vmi(lc: &Lifecycle) {
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: v\nspec:\n  domain:\n    devices: {}\n    memory:\n      guest: 64Mi\n",
     )
     .unwrap();
-    lc.create_vmi("default", vmi).unwrap();
+    lc.vmis().create("default", vmi).unwrap();
     settle(lc);
     assert_eq!(vmi_phase(lc), VmiPhase::Running);
 }
@@ -226,15 +226,15 @@ fn migration(name: &str, vmi: &str) -> VirtualMachineInstanceMigration {
 }
 
 fn vmi_phase(lc: &Lifecycle) -> VmiPhase {
-    phase_of(&lc.get_vmi("default", "v").unwrap())
+    phase_of(&lc.vmis().get("default", "v").unwrap())
 }
 
 fn mig_phase(lc: &Lifecycle, name: &str) -> String {
-    phase_of_migration(&lc.get_migration("default", name).unwrap()).to_string()
+    phase_of_migration(&lc.migrations().get("default", name).unwrap()).to_string()
 }
 
 fn state(lc: &Lifecycle) -> model::MigrationState {
-    lc.get_vmi("default", "v").unwrap().status.unwrap().migration_state.expect("migrationState")
+    lc.vmis().get("default", "v").unwrap().status.unwrap().migration_state.expect("migrationState")
 }
 
 /// Reconciles until `cond` holds (the worker thread reports asynchronously).
@@ -251,7 +251,7 @@ fn until(lc: &Lifecycle, what: &str, cond: impl Fn(&Lifecycle) -> bool) {
 }
 
 fn phases_seen(lc: &Lifecycle, name: &str) -> Vec<String> {
-    let m = lc.get_migration("default", name).unwrap();
+    let m = lc.migrations().get("default", name).unwrap();
     m.status.unwrap()["phaseTransitionTimestamps"]
         .as_array()
         .unwrap()
@@ -268,7 +268,7 @@ fn reasons(lc: &Lifecycle) -> Vec<String> {
 fn a_migration_goes_through_its_phases_and_the_vm_runs_in_the_new_machine() {
     let (_s, rt, lc) = setup();
     running_vmi(&lc);
-    let created = lc.create_migration("default", migration("m1", "v")).unwrap();
+    let created = lc.migrations().create("default", migration("m1", "v")).unwrap();
     assert_eq!(phase_of_migration(&created), "Pending");
     assert_eq!(created.metadata.labels.get("kubevirt.io/vmi-name").map(String::as_str), Some("v"));
 
@@ -278,7 +278,7 @@ fn a_migration_goes_through_its_phases_and_the_vm_runs_in_the_new_machine() {
     assert_eq!(s.failed, Some(false));
     assert_eq!(s.mode.as_deref(), Some("PreCopy"));
     assert!(s.start_timestamp.is_some() && s.end_timestamp.is_none());
-    assert_eq!(s.migration_uid, lc.get_migration("default", "m1").unwrap().metadata.uid);
+    assert_eq!(s.migration_uid, lc.migrations().get("default", "m1").unwrap().metadata.uid);
     assert_eq!(s.migration_policy_name, None, "no MigrationPolicy: the node's settings");
     assert!(s.target_pod.as_deref().is_some_and(|p| p.starts_with("uid-mig-")));
 
@@ -306,7 +306,7 @@ fn a_migration_goes_through_its_phases_and_the_vm_runs_in_the_new_machine() {
     assert_eq!(stats["downtimeUs"], 4200, "{stats}");
     assert_eq!(stats["passes"], 3, "{stats}");
     // The object carries the same state.
-    let m = lc.get_migration("default", "m1").unwrap();
+    let m = lc.migrations().get("default", "m1").unwrap();
     assert_eq!(m.status.unwrap()["migrationState"]["completed"], true);
     assert!(reasons(&lc).iter().any(|r| r == "Migrating"));
     let migrated =
@@ -331,9 +331,9 @@ fn a_failed_migration_leaves_the_source_running() {
     running_vmi(&lc);
     *lock(&rt.ending) = Ending::Fail;
     rt.open(2);
-    lc.create_migration("default", migration("m1", "v")).unwrap();
+    lc.migrations().create("default", migration("m1", "v")).unwrap();
     until(&lc, "Failed", |lc| mig_phase(lc, "m1") == "Failed");
-    let m = lc.get_migration("default", "m1").unwrap();
+    let m = lc.migrations().get("default", "m1").unwrap();
     let reason = m.status.unwrap()["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("went away during the memory copy"), "{reason}");
     let s = state(&lc);
@@ -347,7 +347,7 @@ fn a_failed_migration_leaves_the_source_running() {
     assert_eq!(vmi_phase(&lc), VmiPhase::Running);
     // A finished migration does not block the next one, which succeeds.
     *lock(&rt.ending) = Ending::Succeed;
-    lc.create_migration("default", migration("m2", "v")).unwrap();
+    lc.migrations().create("default", migration("m2", "v")).unwrap();
     until(&lc, "m2 Succeeded", |lc| mig_phase(lc, "m2") == "Succeeded");
     assert_eq!(mig_phase(&lc, "m1"), "Failed");
     assert_eq!(rt.count(), 2);
@@ -357,15 +357,15 @@ fn a_failed_migration_leaves_the_source_running() {
 fn deleting_a_running_migration_aborts_it_and_the_source_runs_on() {
     let (_s, rt, lc) = setup();
     running_vmi(&lc);
-    lc.create_migration("default", migration("m1", "v")).unwrap();
+    lc.migrations().create("default", migration("m1", "v")).unwrap();
     until(&lc, "TargetReady", |lc| mig_phase(lc, "m1") == "TargetReady");
     rt.open(1);
     until(&lc, "Running", |lc| mig_phase(lc, "m1") == "Running");
     assert!(matches!(rt.machine(0).status(), MachineStatus::Paused));
 
-    lc.delete_migration("default", "m1").unwrap();
+    lc.migrations().delete("default", "m1").unwrap();
     // The object stays (marked) until the worker ended; then it goes.
-    until(&lc, "the migration object to go", |lc| lc.get_migration("default", "m1").is_err());
+    until(&lc, "the migration object to go", |lc| lc.migrations().get("default", "m1").is_err());
     let s = state(&lc);
     assert_eq!((s.completed, s.failed), (Some(true), Some(true)));
     assert_eq!(s.abort_requested, Some(true));
@@ -377,8 +377,8 @@ fn deleting_a_running_migration_aborts_it_and_the_source_runs_on() {
     assert!(matches!(rt.machine(0).status(), MachineStatus::Running), "the source resumed");
     assert_eq!(vmi_phase(&lc), VmiPhase::Running);
     // Deleting it again finds nothing; a new migration is accepted.
-    assert!(matches!(lc.delete_migration("default", "m1"), Err(LifecycleError::NotFound { .. })));
-    lc.create_migration("default", migration("m2", "v")).unwrap();
+    assert!(matches!(lc.migrations().delete("default", "m1"), Err(LifecycleError::NotFound { .. })));
+    lc.migrations().create("default", migration("m2", "v")).unwrap();
 }
 
 #[test]
@@ -386,12 +386,12 @@ fn a_cancel_while_the_target_starts_asks_the_runtime_until_the_worker_ends() {
     let (_s, rt, lc) = setup();
     rt.deaf_to_ticket.store(true, Ordering::SeqCst);
     running_vmi(&lc);
-    lc.create_migration("default", migration("m1", "v")).unwrap();
+    lc.migrations().create("default", migration("m1", "v")).unwrap();
     until(&lc, "TargetReady", |lc| mig_phase(lc, "m1") == "TargetReady");
-    lc.delete_migration("default", "m1").unwrap();
+    lc.migrations().delete("default", "m1").unwrap();
     assert_eq!(mig_phase(&lc, "m1"), "TargetReady", "marked, not gone, while the worker runs");
-    assert!(lc.get_migration("default", "m1").unwrap().metadata.deletion_timestamp.is_some());
-    until(&lc, "the migration object to go", |lc| lc.get_migration("default", "m1").is_err());
+    assert!(lc.migrations().get("default", "m1").unwrap().metadata.deletion_timestamp.is_some());
+    until(&lc, "the migration object to go", |lc| lc.migrations().get("default", "m1").is_err());
     assert!(rt.cancels.load(Ordering::SeqCst) >= 1, "the runtime was asked to cancel");
     assert_eq!(state(&lc).abort_status.as_deref(), Some("Succeeded"));
     assert_eq!(rt.count(), 1);
@@ -402,16 +402,16 @@ fn a_cancel_while_the_target_starts_asks_the_runtime_until_the_worker_ends() {
 fn a_second_migration_while_one_runs_is_refused() {
     let (_s, rt, lc) = setup();
     running_vmi(&lc);
-    lc.create_migration("default", migration("m1", "v")).unwrap();
+    lc.migrations().create("default", migration("m1", "v")).unwrap();
     // Refused while still Pending, and again while under way.
-    let err = lc.create_migration("default", migration("m2", "v")).unwrap_err();
+    let err = lc.migrations().create("default", migration("m2", "v")).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, LifecycleError::Invalid(_)), "{msg}");
     assert!(msg.contains("in-flight migration detected. Active migration job (m1)"), "{msg}");
     until(&lc, "TargetReady", |lc| mig_phase(lc, "m1") == "TargetReady");
-    let msg = lc.create_migration("default", migration("m3", "v")).unwrap_err().to_string();
+    let msg = lc.migrations().create("default", migration("m3", "v")).unwrap_err().to_string();
     assert!(msg.contains("(m1) is currently already in progress for VMI v"), "{msg}");
-    assert!(lc.get_migration("default", "m2").is_err() && lc.get_migration("default", "m3").is_err());
+    assert!(lc.migrations().get("default", "m2").is_err() && lc.migrations().get("default", "m3").is_err());
     rt.open(2);
     until(&lc, "Succeeded", |lc| mig_phase(lc, "m1") == "Succeeded");
     assert_eq!(rt.migrations.load(Ordering::SeqCst), 1);
@@ -420,10 +420,10 @@ fn a_second_migration_while_one_runs_is_refused() {
 #[test]
 fn a_vmi_that_does_not_run_is_refused_with_a_clear_message() {
     let (_s, rt, lc) = setup();
-    let msg = lc.create_migration("default", migration("m0", "ghost")).unwrap_err().to_string();
+    let msg = lc.migrations().create("default", migration("m0", "ghost")).unwrap_err().to_string();
     assert!(msg.contains("the VMI \"ghost\" does not exist"), "{msg}");
     let msg = lc
-        .create_migration("default", model::from_yaml("apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: m\nspec: {}\n").unwrap())
+        .migrations().create("default", model::from_yaml("apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: m\nspec: {}\n").unwrap())
         .unwrap_err()
         .to_string();
     assert!(msg.contains("spec.vmiName: Required value"), "{msg}");
@@ -432,7 +432,7 @@ fn a_vmi_that_does_not_run_is_refused_with_a_clear_message() {
     rt.machine(0).set(MachineStatus::Stopped(MachineExit::PowerOff));
     settle(&lc);
     assert_eq!(vmi_phase(&lc), VmiPhase::Succeeded);
-    let err = lc.create_migration("default", migration("m1", "v")).unwrap_err();
+    let err = lc.migrations().create("default", migration("m1", "v")).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, LifecycleError::Invalid(_)), "{msg}");
     assert!(msg.contains("Cannot migrate VMI \"v\": it is not running (phase Succeeded)"), "{msg}");
@@ -445,7 +445,7 @@ fn live_migratable_is_a_condition_and_a_vmi_that_cannot_move_is_refused_at_creat
     let (_s, rt, lc) = setup();
     running_vmi(&lc);
     let cond = |lc: &Lifecycle, name: &str| {
-        let v = lc.get_vmi("default", name).unwrap();
+        let v = lc.vmis().get("default", name).unwrap();
         let c = v.status.unwrap().conditions.into_iter().find(|c| c.type_ == LIVE_MIGRATABLE);
         c.map(|c| (c.status, c.reason, c.message))
     };
@@ -455,7 +455,7 @@ fn live_migratable_is_a_condition_and_a_vmi_that_cannot_move_is_refused_at_creat
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: t\n  annotations:\n    test/not-migratable: interface default is a tap\nspec:\n  domain:\n    devices: {}\n    memory:\n      guest: 64Mi\n",
     )
     .unwrap();
-    lc.create_vmi("default", tapped).unwrap();
+    lc.vmis().create("default", tapped).unwrap();
     settle(&lc);
     assert_eq!(
         cond(&lc, "t"),
@@ -465,7 +465,7 @@ fn live_migratable_is_a_condition_and_a_vmi_that_cannot_move_is_refused_at_creat
             Some("interface default is a tap".to_string())
         ))
     );
-    let err = lc.create_migration("default", migration("m", "t")).unwrap_err();
+    let err = lc.migrations().create("default", migration("m", "t")).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, LifecycleError::Invalid(_)), "{msg}");
     assert!(
@@ -474,7 +474,7 @@ fn live_migratable_is_a_condition_and_a_vmi_that_cannot_move_is_refused_at_creat
         ),
         "{msg}"
     );
-    assert!(lc.get_migration("default", "m").is_err(), "nothing is stored");
+    assert!(lc.migrations().get("default", "m").is_err(), "nothing is stored");
     assert_eq!(rt.migrations.load(Ordering::SeqCst), 0);
 }
 
@@ -482,12 +482,12 @@ fn live_migratable_is_a_condition_and_a_vmi_that_cannot_move_is_refused_at_creat
 fn a_vmi_that_stopped_before_its_migration_started_fails_it() {
     let (_s, rt, lc) = setup();
     running_vmi(&lc);
-    lc.create_migration("default", migration("m1", "v")).unwrap();
+    lc.migrations().create("default", migration("m1", "v")).unwrap();
     // The guest powers off before the controller's pass picks the migration up.
     rt.machine(0).set(MachineStatus::Stopped(MachineExit::PowerOff));
     settle(&lc);
     assert_eq!(mig_phase(&lc, "m1"), "Failed");
-    let m = lc.get_migration("default", "m1").unwrap();
+    let m = lc.migrations().get("default", "m1").unwrap();
     assert_eq!(m.status.unwrap()["reason"], "the VMI v is not running");
     assert_eq!(rt.migrations.load(Ordering::SeqCst), 0, "the runtime was never asked");
     assert!(lc.events(Some("default")).iter().any(|e| e.reason == "FailedMigration"));
@@ -498,17 +498,17 @@ fn reconciling_again_changes_nothing() {
     let (store, rt, lc) = setup();
     running_vmi(&lc);
     rt.open(2);
-    lc.create_migration("default", migration("m1", "v")).unwrap();
+    lc.migrations().create("default", migration("m1", "v")).unwrap();
     until(&lc, "Succeeded", |lc| mig_phase(lc, "m1") == "Succeeded");
     settle(&lc);
-    let vmi_rv = lc.get_vmi("default", "v").unwrap().metadata.resource_version;
-    let mig = lc.get_migration("default", "m1").unwrap();
+    let vmi_rv = lc.vmis().get("default", "v").unwrap().metadata.resource_version;
+    let mig = lc.migrations().get("default", "m1").unwrap();
     let seq = store.changes().last();
     let events = lc.events(Some("default")).len();
     lc.reconcile();
     lc.reconcile();
-    assert_eq!(lc.get_vmi("default", "v").unwrap().metadata.resource_version, vmi_rv);
-    let again = lc.get_migration("default", "m1").unwrap();
+    assert_eq!(lc.vmis().get("default", "v").unwrap().metadata.resource_version, vmi_rv);
+    let again = lc.migrations().get("default", "m1").unwrap();
     assert_eq!(to_value(&again), to_value(&mig), "the migration object is unchanged");
     assert_eq!(store.changes().last(), seq, "no write to the store");
     assert_eq!(lc.events(Some("default")).len(), events, "no new event");
@@ -530,39 +530,39 @@ fn a_migration_records_the_policy_that_matched_its_vmi_and_hands_it_to_the_runti
     // The VMI has no label "app": only the policy on its namespace's built-in label matches.
     let by_ns = "    namespaceSelector:\n      kubernetes.io/metadata.name: default\n";
     let by_vmi = "    virtualMachineInstanceSelector:\n      app: db\n";
-    let made = lc.put_migration_policy(policy("by-ns", by_ns), false).unwrap();
-    lc.put_migration_policy(policy("by-vmi", by_vmi), false).unwrap();
+    let made = lc.migration_policies().put(policy("by-ns", by_ns), false).unwrap();
+    lc.migration_policies().put(policy("by-vmi", by_vmi), false).unwrap();
     assert!(matches!(
-        lc.put_migration_policy(policy("by-ns", by_ns), false),
+        lc.migration_policies().put(policy("by-ns", by_ns), false),
         Err(LifecycleError::AlreadyExists { .. })
     ));
     let mut namespaced = policy("elsewhere", by_ns);
     namespaced.metadata.namespace = Some("default".into());
-    assert!(matches!(lc.put_migration_policy(namespaced, false), Err(LifecycleError::Invalid(_))));
+    assert!(matches!(lc.migration_policies().put(namespaced, false), Err(LifecycleError::Invalid(_))));
     // A replace keeps the policy's identity.
-    let replaced = lc.put_migration_policy(policy("by-ns", by_ns), true).unwrap();
+    let replaced = lc.migration_policies().put(policy("by-ns", by_ns), true).unwrap();
     assert_eq!(replaced.metadata.uid, made.metadata.uid);
-    assert_eq!(lc.list_migration_policies().len(), 2);
+    assert_eq!(lc.migration_policies().list().len(), 2);
 
-    lc.create_migration("default", migration("m1", "v")).unwrap();
+    lc.migrations().create("default", migration("m1", "v")).unwrap();
     until(&lc, "Scheduling", |lc| mig_phase(lc, "m1") != "Pending");
     assert_eq!(state(&lc).migration_policy_name.as_deref(), Some("by-ns"));
     rt.open(2);
     until(&lc, "Succeeded", |lc| mig_phase(lc, "m1") == "Succeeded");
     assert_eq!(lock(&rt.policy).as_deref(), Some("by-ns"), "the runtime got the policy");
-    let m = lc.get_migration("default", "m1").unwrap();
+    let m = lc.migrations().get("default", "m1").unwrap();
     assert_eq!(m.status.unwrap()["migrationState"]["migrationPolicyName"], "by-ns");
 
     // Stored: a new lifecycle on the store knows the policies; a deleted one is gone.
     let lc2 = Lifecycle::new(store.clone(), rt.clone(), LifecycleOptions::default()).unwrap();
     assert_eq!(
-        lc2.get_migration_policy("by-vmi").unwrap().spec.selectors,
+        lc2.migration_policies().get("by-vmi").unwrap().spec.selectors,
         policy("x", by_vmi).spec.selectors
     );
-    lc2.delete_migration_policy("by-ns").unwrap();
-    assert!(matches!(lc2.get_migration_policy("by-ns"), Err(LifecycleError::NotFound { .. })));
+    lc2.migration_policies().delete("by-ns").unwrap();
+    assert!(matches!(lc2.migration_policies().get("by-ns"), Err(LifecycleError::NotFound { .. })));
     let lc3 = Lifecycle::new(store, rt, LifecycleOptions::default()).unwrap();
-    let names: Vec<_> = lc3.list_migration_policies().into_iter().filter_map(|p| p.metadata.name).collect();
+    let names: Vec<_> = lc3.migration_policies().list().into_iter().filter_map(|p| p.metadata.name).collect();
     assert_eq!(names, ["by-vmi"]);
 }
 
@@ -582,13 +582,13 @@ fn migrations_beyond_the_parallel_limit_wait_in_pending_oldest_first() {
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: w\nspec:\n  domain:\n    devices: {}\n    memory:\n      guest: 64Mi\n",
     )
     .unwrap();
-    lc.create_vmi("default", w).unwrap();
+    lc.vmis().create("default", w).unwrap();
     settle(&lc);
     // `second` sorts before `first` by name: the order is creation's, not the key's. (The test
     // runtime migrates the last machine launched: w's first.)
-    lc.create_migration("default", migration("second", "w")).unwrap();
+    lc.migrations().create("default", migration("second", "w")).unwrap();
     std::thread::sleep(Duration::from_millis(1100));
-    lc.create_migration("default", migration("first", "v")).unwrap();
+    lc.migrations().create("default", migration("first", "v")).unwrap();
 
     until(&lc, "the older migration to start", |lc| mig_phase(lc, "second") == "TargetReady");
     settle(&lc);
@@ -598,7 +598,7 @@ fn migrations_beyond_the_parallel_limit_wait_in_pending_oldest_first() {
     rt.open(2);
     until(&lc, "the older to succeed", |lc| mig_phase(lc, "second") == "Succeeded");
     until(&lc, "the younger to end", |lc| ["Succeeded", "Failed"].contains(&mig_phase(lc, "first").as_str()));
-    let m = lc.get_migration("default", "first").unwrap();
+    let m = lc.migrations().get("default", "first").unwrap();
     assert_eq!(mig_phase(&lc, "first"), "Succeeded", "{:?}", m.status);
     assert_eq!(rt.migrations.load(Ordering::SeqCst), 2);
     let seen = phases_seen(&lc, "first");

@@ -138,133 +138,6 @@ fn denied(msg: String) -> LifecycleError {
 }
 
 impl Lifecycle {
-    /// Creates a migration of the VMI `spec.vmiName` (`virtctl migrate`): refused when the VMI is
-    /// missing, not running, or has a migration under way.
-    pub fn create_migration(
-        &self,
-        namespace: &str,
-        mut m: VirtualMachineInstanceMigration,
-    ) -> Result<VirtualMachineInstanceMigration, LifecycleError> {
-        let name = prepare_meta(&mut m.metadata, namespace)?;
-        let vmi_name = m.spec.vmi_name.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
-            LifecycleError::from(StatusCause::required("spec.vmiName", "the VMI to migrate"))
-        })?;
-        let key = Key::new(namespace, &name);
-        let vmi_key = Key::new(namespace, &vmi_name);
-        let mut st = lock(&self.state);
-        Self::require_namespace(&st, namespace)?;
-        if st.migrations.contains_key(&key) {
-            return Err(LifecycleError::AlreadyExists { resource: Kind::Migration.resource(), name });
-        }
-        let Some(vmi) = st.vmis.get(&vmi_key) else {
-            return Err(denied(format!("the VMI \"{vmi_name}\" does not exist")));
-        };
-        if phase_of(vmi) != VmiPhase::Running || !st.live.contains_key(&vmi_key) {
-            return Err(denied(format!(
-                "Cannot migrate VMI \"{vmi_name}\": it is not running (phase {:?})",
-                phase_of(vmi)
-            )));
-        }
-        if st.deleting_vmis.contains_key(&vmi_key) {
-            return Err(denied(format!("Cannot migrate VMI \"{vmi_name}\": it is being deleted")));
-        }
-        // As KubeVirt's validator: a VMI that cannot move is refused now, not failed later.
-        if let Err(why) = self.runtime.live_migratable(vmi) {
-            return Err(denied(format!(
-                "Cannot migrate VMI, Reason: {}, Message: {}",
-                why.reason, why.message
-            )));
-        }
-        if let Some((other, _)) = st.migrations.iter().find(|(k, o)| {
-            k.namespace == namespace
-                && o.spec.vmi_name.as_deref() == Some(vmi_name.as_str())
-                && !migration_final(o)
-        }) {
-            return Err(denied(format!(
-                "in-flight migration detected. Active migration job ({}) is currently already in progress for VMI {vmi_name}.",
-                other.name
-            )));
-        }
-        m.status = None;
-        set_migration_phase(&mut m, "Pending");
-        m.metadata.labels.insert("kubevirt.io/vmi-name".into(), vmi_name.clone());
-        let rv =
-            self.store.put(&StoredObject { kind: Kind::Migration, key: key.clone(), value: to_value(&m) })?;
-        m.metadata.resource_version = Some(rv.to_string());
-        st.migrations.insert(key.clone(), m.clone());
-        self.event_locked(
-            &mut st,
-            Kind::Migration,
-            &key,
-            "Normal",
-            "SuccessfulCreate",
-            format!("migration of VMI {vmi_name} requested"),
-        );
-        drop(st);
-        self.wake();
-        Ok(m)
-    }
-
-    /// One migration.
-    pub fn get_migration(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<VirtualMachineInstanceMigration, LifecycleError> {
-        lock(&self.state).migrations.get(&Key::new(namespace, name)).cloned().ok_or_else(|| {
-            LifecycleError::NotFound { resource: Kind::Migration.resource(), name: name.into() }
-        })
-    }
-
-    /// The migrations of `namespace`, or of all namespaces.
-    pub fn list_migrations(&self, namespace: Option<&str>) -> Vec<VirtualMachineInstanceMigration> {
-        lock(&self.state)
-            .migrations
-            .iter()
-            .filter(|(k, _)| namespace.is_none_or(|n| n == k.namespace))
-            .map(|(_, m)| m.clone())
-            .collect()
-    }
-
-    /// Deletes a migration (`virtctl migrate-cancel`, `kubectl delete vmim`). One under way is
-    /// aborted first (the source runs on, unless the VM already moved) and goes once it ended.
-    pub fn delete_migration(&self, namespace: &str, name: &str) -> Result<(), LifecycleError> {
-        let key = Key::new(namespace, name);
-        let mut st = lock(&self.state);
-        let m = st.migrations.get(&key).ok_or_else(|| LifecycleError::NotFound {
-            resource: Kind::Migration.resource(),
-            name: name.into(),
-        })?;
-        let flight = st.flights.values().find(|f| f.migration == key).cloned();
-        match flight {
-            None => {
-                let _ = m;
-                self.store.delete(Kind::Migration, &key)?;
-                st.migrations.remove(&key);
-            }
-            Some(f) => {
-                if let Some(m) = st.migrations.get_mut(&key) {
-                    if m.metadata.deletion_timestamp.is_none() {
-                        m.metadata.deletion_timestamp = Some(now());
-                    }
-                }
-                self.persist_migration(&mut st, &key)?;
-                f.ticket.cancel.store(true, Ordering::SeqCst);
-                self.event_locked(
-                    &mut st,
-                    Kind::Migration,
-                    &key,
-                    "Normal",
-                    "MigrationAbortRequested",
-                    "the migration was deleted: aborting it".into(),
-                );
-            }
-        }
-        drop(st);
-        self.wake();
-        Ok(())
-    }
-
     /// Writes the migration at `key` as it is in memory.
     pub(super) fn persist_migration(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
         let Some(m) = st.migrations.get(key) else { return Ok(()) };
@@ -295,6 +168,138 @@ impl Lifecycle {
             }
             self.persist_migration(&mut st, &key)?;
         }
+        Ok(())
+    }
+}
+
+impl Migrations<'_> {
+    /// Creates a migration of the VMI `spec.vmiName` (`virtctl migrate`): refused when the VMI is
+    /// missing, not running, or has a migration under way.
+    pub fn create(
+        &self,
+        namespace: &str,
+        mut m: VirtualMachineInstanceMigration,
+    ) -> Result<VirtualMachineInstanceMigration, LifecycleError> {
+        let name = prepare_meta(&mut m.metadata, namespace)?;
+        let vmi_name = m.spec.vmi_name.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
+            LifecycleError::from(StatusCause::required("spec.vmiName", "the VMI to migrate"))
+        })?;
+        let key = Key::new(namespace, &name);
+        let vmi_key = Key::new(namespace, &vmi_name);
+        let mut st = lock(&self.lc.state);
+        Lifecycle::require_namespace(&st, namespace)?;
+        if st.migrations.contains_key(&key) {
+            return Err(LifecycleError::AlreadyExists { resource: Kind::Migration.resource(), name });
+        }
+        let Some(vmi) = st.vmis.get(&vmi_key) else {
+            return Err(denied(format!("the VMI \"{vmi_name}\" does not exist")));
+        };
+        if phase_of(vmi) != VmiPhase::Running || !st.live.contains_key(&vmi_key) {
+            return Err(denied(format!(
+                "Cannot migrate VMI \"{vmi_name}\": it is not running (phase {:?})",
+                phase_of(vmi)
+            )));
+        }
+        if st.deleting_vmis.contains_key(&vmi_key) {
+            return Err(denied(format!("Cannot migrate VMI \"{vmi_name}\": it is being deleted")));
+        }
+        // As KubeVirt's validator: a VMI that cannot move is refused now, not failed later.
+        if let Err(why) = self.lc.runtime.live_migratable(vmi) {
+            return Err(denied(format!(
+                "Cannot migrate VMI, Reason: {}, Message: {}",
+                why.reason, why.message
+            )));
+        }
+        if let Some((other, _)) = st.migrations.iter().find(|(k, o)| {
+            k.namespace == namespace
+                && o.spec.vmi_name.as_deref() == Some(vmi_name.as_str())
+                && !migration_final(o)
+        }) {
+            return Err(denied(format!(
+                "in-flight migration detected. Active migration job ({}) is currently already in progress for VMI {vmi_name}.",
+                other.name
+            )));
+        }
+        m.status = None;
+        set_migration_phase(&mut m, "Pending");
+        m.metadata.labels.insert("kubevirt.io/vmi-name".into(), vmi_name.clone());
+        let rv = self.lc.store.put(&StoredObject {
+            kind: Kind::Migration,
+            key: key.clone(),
+            value: to_value(&m),
+        })?;
+        m.metadata.resource_version = Some(rv.to_string());
+        st.migrations.insert(key.clone(), m.clone());
+        self.lc.event_locked(
+            &mut st,
+            Kind::Migration,
+            &key,
+            "Normal",
+            "SuccessfulCreate",
+            format!("migration of VMI {vmi_name} requested"),
+        );
+        drop(st);
+        self.lc.wake();
+        Ok(m)
+    }
+
+    /// One migration.
+    pub fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<VirtualMachineInstanceMigration, LifecycleError> {
+        lock(&self.lc.state).migrations.get(&Key::new(namespace, name)).cloned().ok_or_else(|| {
+            LifecycleError::NotFound { resource: Kind::Migration.resource(), name: name.into() }
+        })
+    }
+
+    /// The migrations of `namespace`, or of all namespaces.
+    pub fn list(&self, namespace: Option<&str>) -> Vec<VirtualMachineInstanceMigration> {
+        lock(&self.lc.state)
+            .migrations
+            .iter()
+            .filter(|(k, _)| namespace.is_none_or(|n| n == k.namespace))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// Deletes a migration (`virtctl migrate-cancel`, `kubectl delete vmim`). One under way is
+    /// aborted first (the source runs on, unless the VM already moved) and goes once it ended.
+    pub fn delete(&self, namespace: &str, name: &str) -> Result<(), LifecycleError> {
+        let key = Key::new(namespace, name);
+        let mut st = lock(&self.lc.state);
+        let m = st.migrations.get(&key).ok_or_else(|| LifecycleError::NotFound {
+            resource: Kind::Migration.resource(),
+            name: name.into(),
+        })?;
+        let flight = st.flights.values().find(|f| f.migration == key).cloned();
+        match flight {
+            None => {
+                let _ = m;
+                self.lc.store.delete(Kind::Migration, &key)?;
+                st.migrations.remove(&key);
+            }
+            Some(f) => {
+                if let Some(m) = st.migrations.get_mut(&key) {
+                    if m.metadata.deletion_timestamp.is_none() {
+                        m.metadata.deletion_timestamp = Some(now());
+                    }
+                }
+                self.lc.persist_migration(&mut st, &key)?;
+                f.ticket.cancel.store(true, Ordering::SeqCst);
+                self.lc.event_locked(
+                    &mut st,
+                    Kind::Migration,
+                    &key,
+                    "Normal",
+                    "MigrationAbortRequested",
+                    "the migration was deleted: aborting it".into(),
+                );
+            }
+        }
+        drop(st);
+        self.lc.wake();
         Ok(())
     }
 }

@@ -61,14 +61,25 @@ pub(super) fn policy_name(p: &MigrationPolicy) -> String {
 }
 
 impl Lifecycle {
+    /// The policy `vmi` migrates with now, if one matches it.
+    pub(super) fn policy_for_locked(st: &State, vmi: &VirtualMachineInstance) -> Option<MigrationPolicy> {
+        let ns = vmi.metadata.namespace.clone().unwrap_or_default();
+        let mut ns_labels: BTreeMap<String, String> = st
+            .namespaces
+            .get(&ns)
+            .and_then(|n| n.pointer("/metadata/labels"))
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
+        ns_labels.insert(NAMESPACE_NAME_LABEL.into(), ns);
+        select_policy(st.migration_policies.values(), &vmi.metadata.labels, &ns_labels).cloned()
+    }
+}
+
+impl MigrationPolicies<'_> {
     /// Creates (or, with `replace`, replaces) a MigrationPolicy; migrations started afterwards
     /// match against it.
-    pub fn put_migration_policy(
-        &self,
-        mut policy: MigrationPolicy,
-        replace: bool,
-    ) -> Result<MigrationPolicy, LifecycleError> {
-        policy.admit(&self.opts.support)?;
+    pub fn put(&self, mut policy: MigrationPolicy, replace: bool) -> Result<MigrationPolicy, LifecycleError> {
+        policy.admit(&self.lc.opts.support)?;
         if policy.metadata.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
             return Err(
                 StatusCause::forbidden("metadata.namespace", "MigrationPolicy is cluster-scoped").into()
@@ -79,7 +90,7 @@ impl Lifecycle {
         policy.metadata.namespace = None;
         policy.status = None;
         let resource = Kind::MigrationPolicy.resource();
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.lc.state);
         match (st.migration_policies.get(&name), replace) {
             (Some(_), false) => return Err(LifecycleError::AlreadyExists { resource, name }),
             (None, true) => return Err(LifecycleError::NotFound { resource, name }),
@@ -96,51 +107,41 @@ impl Lifecycle {
             (None, false) => {}
         }
         let key = Key::new("", &name);
-        let rv =
-            self.store.put(&StoredObject { kind: Kind::MigrationPolicy, key, value: to_value(&policy) })?;
+        let rv = self.lc.store.put(&StoredObject {
+            kind: Kind::MigrationPolicy,
+            key,
+            value: to_value(&policy),
+        })?;
         policy.metadata.resource_version = Some(rv.to_string());
         st.migration_policies.insert(name, policy.clone());
         Ok(policy)
     }
 
     /// One MigrationPolicy.
-    pub fn get_migration_policy(&self, name: &str) -> Result<MigrationPolicy, LifecycleError> {
-        lock(&self.state).migration_policies.get(name).cloned().ok_or_else(|| LifecycleError::NotFound {
+    pub fn get(&self, name: &str) -> Result<MigrationPolicy, LifecycleError> {
+        lock(&self.lc.state).migration_policies.get(name).cloned().ok_or_else(|| LifecycleError::NotFound {
             resource: Kind::MigrationPolicy.resource(),
             name: name.into(),
         })
     }
 
     /// Every MigrationPolicy, by name.
-    pub fn list_migration_policies(&self) -> Vec<MigrationPolicy> {
-        lock(&self.state).migration_policies.values().cloned().collect()
+    pub fn list(&self) -> Vec<MigrationPolicy> {
+        lock(&self.lc.state).migration_policies.values().cloned().collect()
     }
 
     /// Deletes a MigrationPolicy (a migration under way keeps the settings it started with).
-    pub fn delete_migration_policy(&self, name: &str) -> Result<(), LifecycleError> {
-        let mut st = lock(&self.state);
+    pub fn delete(&self, name: &str) -> Result<(), LifecycleError> {
+        let mut st = lock(&self.lc.state);
         if !st.migration_policies.contains_key(name) {
             return Err(LifecycleError::NotFound {
                 resource: Kind::MigrationPolicy.resource(),
                 name: name.into(),
             });
         }
-        self.store.delete(Kind::MigrationPolicy, &Key::new("", name))?;
+        self.lc.store.delete(Kind::MigrationPolicy, &Key::new("", name))?;
         st.migration_policies.remove(name);
         Ok(())
-    }
-
-    /// The policy `vmi` migrates with now, if one matches it.
-    pub(super) fn policy_for_locked(st: &State, vmi: &VirtualMachineInstance) -> Option<MigrationPolicy> {
-        let ns = vmi.metadata.namespace.clone().unwrap_or_default();
-        let mut ns_labels: BTreeMap<String, String> = st
-            .namespaces
-            .get(&ns)
-            .and_then(|n| n.pointer("/metadata/labels"))
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
-            .unwrap_or_default();
-        ns_labels.insert(NAMESPACE_NAME_LABEL.into(), ns);
-        select_policy(st.migration_policies.values(), &vmi.metadata.labels, &ns_labels).cloned()
     }
 }
 

@@ -34,11 +34,12 @@ fn a_start_among_many_vms_reconciles_that_vm_only() {
     let (rt, lc) = queued_lifecycle();
     let (stop, h) = running(lc.clone());
     for i in 0..100 {
-        lc.create_vm("default", vm(&format!("idle-{i:03}"), "Halted", 0)).unwrap();
+        lc.vms().create("default", vm(&format!("idle-{i:03}"), "Halted", 0)).unwrap();
     }
-    lc.create_vm("default", vm("web", "Halted", 0)).unwrap();
+    lc.vms().create("default", vm("web", "Halted", 0)).unwrap();
     wait_for("the creates to be reconciled", || {
-        lc.list_vms(None)
+        lc.vms()
+            .list(None)
             .iter()
             .all(|v| v.status.as_ref().and_then(|s| s.printable_status.as_deref()) == Some("Stopped"))
     });
@@ -46,7 +47,7 @@ fn a_start_among_many_vms_reconciles_that_vm_only() {
     thread::sleep(Duration::from_millis(200));
     let before = lc.reconcile_stats();
 
-    lc.start("default", "web").unwrap();
+    lc.vms().start("default", "web").unwrap();
     wait_for("web to run", || {
         phase(&lc, "web") == Some(VmiPhase::Running) && printable(&lc, "web") == "Running"
     });
@@ -70,8 +71,8 @@ fn a_start_among_many_vms_reconciles_that_vm_only() {
 fn a_machine_event_queues_its_vmi_and_a_wake_reconciles_everything() {
     let (rt, lc) = queued_lifecycle();
     let (stop, h) = running(lc.clone());
-    lc.create_vm("default", vm("a", "Always", 0)).unwrap();
-    lc.create_vm("default", vm("b", "Halted", 0)).unwrap();
+    lc.vms().create("default", vm("a", "Always", 0)).unwrap();
+    lc.vms().create("default", vm("b", "Halted", 0)).unwrap();
     wait_for("a to run", || phase(&lc, "a") == Some(VmiPhase::Running));
     // The guest powers off: its machine's watcher (FakeMachine has no event stream; the watcher
     // sees the end within a second) queues the VMI, whose VM (Always) starts it again.

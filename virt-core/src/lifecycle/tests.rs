@@ -205,11 +205,11 @@ spec:
 }
 
 fn printable(lc: &Lifecycle, name: &str) -> String {
-    lc.get_vm("default", name).unwrap().status.unwrap().printable_status.unwrap()
+    lc.vms().get("default", name).unwrap().status.unwrap().printable_status.unwrap()
 }
 
 fn phase(lc: &Lifecycle, name: &str) -> Option<VmiPhase> {
-    lc.get_vmi("default", name).ok().map(|v| phase_of(&v))
+    lc.vmis().get("default", name).ok().map(|v| phase_of(&v))
 }
 
 /// Reconciles a few times (each pass observes what the previous did).
@@ -222,28 +222,28 @@ fn settle(lc: &Lifecycle) {
 #[test]
 fn always_runs_and_stop_halts_gracefully() {
     let (_s, rt, lc) = setup();
-    lc.create_vm("default", vm("a", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("a", "Always", 30)).unwrap();
     settle(&lc);
     assert_eq!(phase(&lc, "a"), Some(VmiPhase::Running));
     assert_eq!(printable(&lc, "a"), "Running");
-    let vmi = lc.get_vmi("default", "a").unwrap();
+    let vmi = lc.vmis().get("default", "a").unwrap();
     let conds = vmi.status.unwrap().conditions;
     assert!(has_condition(&conds, "Ready"));
     assert!(conds.iter().any(|c| c.type_ == "HardwareAccelerated" && c.status == ConditionStatus::False));
     assert!(lc.events(Some("default")).iter().any(|e| e.reason == "SoftwareEmulation"));
     // Start of a running Always VM is refused; stop makes it Halted and presses the power button.
-    assert!(matches!(lc.start("default", "a"), Err(LifecycleError::Conflict(_))));
-    lc.stop("default", "a", None).unwrap();
+    assert!(matches!(lc.vms().start("default", "a"), Err(LifecycleError::Conflict(_))));
+    lc.vms().stop("default", "a", None).unwrap();
     settle(&lc);
     assert_eq!(rt.last("a").power_downs.load(Ordering::SeqCst), 1);
     assert_eq!(rt.last("a").stops.load(Ordering::SeqCst), 0, "the guest obeyed: no forced stop");
-    assert!(lc.get_vmi("default", "a").is_err(), "the stopped VMI is deleted");
-    let got = lc.get_vm("default", "a").unwrap();
+    assert!(lc.vmis().get("default", "a").is_err(), "the stopped VMI is deleted");
+    let got = lc.vms().get("default", "a").unwrap();
     assert_eq!(got.spec.run_strategy, Some(RunStrategy::Halted));
     assert_eq!(printable(&lc, "a"), "Stopped");
     assert_eq!(lock(&rt.cleaned).as_slice(), ["a"]);
     // Start again: Always, a new instance.
-    lc.start("default", "a").unwrap();
+    lc.vms().start("default", "a").unwrap();
     settle(&lc);
     assert_eq!(rt.launches("a"), 2);
     assert_eq!(printable(&lc, "a"), "Running");
@@ -252,7 +252,7 @@ fn always_runs_and_stop_halts_gracefully() {
 #[test]
 fn always_replaces_an_instance_whose_guest_powered_off() {
     let (_s, rt, lc) = setup();
-    lc.create_vm("default", vm("a", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("a", "Always", 30)).unwrap();
     settle(&lc);
     rt.last("a").set(MachineStatus::Stopped(MachineExit::PowerOff));
     settle(&lc);
@@ -264,16 +264,16 @@ fn always_replaces_an_instance_whose_guest_powered_off() {
 fn a_guest_that_ignores_the_power_button_is_forced_off_after_the_grace_period() {
     let (_s, rt, lc) = setup();
     rt.ignore_power_button.store(true, Ordering::SeqCst);
-    lc.create_vm("default", vm("a", "Always", 1)).unwrap();
+    lc.vms().create("default", vm("a", "Always", 1)).unwrap();
     settle(&lc);
-    lc.stop("default", "a", None).unwrap();
+    lc.vms().stop("default", "a", None).unwrap();
     settle(&lc);
     assert_eq!(printable(&lc, "a"), "Stopping");
     assert_eq!(rt.last("a").stops.load(Ordering::SeqCst), 0);
     std::thread::sleep(Duration::from_millis(1100));
     settle(&lc);
     assert_eq!(rt.last("a").stops.load(Ordering::SeqCst), 1);
-    assert!(lc.get_vmi("default", "a").is_err());
+    assert!(lc.vmis().get("default", "a").is_err());
     assert_eq!(printable(&lc, "a"), "Stopped");
 }
 
@@ -281,20 +281,20 @@ fn a_guest_that_ignores_the_power_button_is_forced_off_after_the_grace_period() 
 fn grace_period_zero_forces_at_once() {
     let (_s, rt, lc) = setup();
     rt.ignore_power_button.store(true, Ordering::SeqCst);
-    lc.create_vm("default", vm("a", "Manual", 600)).unwrap();
-    lc.start("default", "a").unwrap();
+    lc.vms().create("default", vm("a", "Manual", 600)).unwrap();
+    lc.vms().start("default", "a").unwrap();
     settle(&lc);
-    lc.stop("default", "a", Some(0)).unwrap();
+    lc.vms().stop("default", "a", Some(0)).unwrap();
     settle(&lc);
     assert_eq!(rt.last("a").stops.load(Ordering::SeqCst), 1);
     assert_eq!(rt.last("a").power_downs.load(Ordering::SeqCst), 0);
-    assert!(lc.get_vmi("default", "a").is_err());
+    assert!(lc.vmis().get("default", "a").is_err());
 }
 
 #[test]
 fn rerun_on_failure_reruns_failures_only() {
     let (_s, rt, lc) = setup();
-    lc.create_vm("default", vm("r", "RerunOnFailure", 30)).unwrap();
+    lc.vms().create("default", vm("r", "RerunOnFailure", 30)).unwrap();
     settle(&lc);
     assert_eq!(rt.launches("r"), 1);
     rt.last("r").set(MachineStatus::Stopped(MachineExit::Failed("guest crashed".into())));
@@ -307,27 +307,27 @@ fn rerun_on_failure_reruns_failures_only() {
     assert_eq!(phase(&lc, "r"), Some(VmiPhase::Succeeded));
     assert_eq!(printable(&lc, "r"), "Stopped");
     // start runs it again and keeps the strategy.
-    lc.start("default", "r").unwrap();
+    lc.vms().start("default", "r").unwrap();
     settle(&lc);
     assert_eq!(rt.launches("r"), 3);
-    assert_eq!(lc.get_vm("default", "r").unwrap().spec.run_strategy, Some(RunStrategy::RerunOnFailure));
+    assert_eq!(lc.vms().get("default", "r").unwrap().spec.run_strategy, Some(RunStrategy::RerunOnFailure));
 }
 
 #[test]
 fn manual_moves_only_on_request() {
     let (_s, rt, lc) = setup();
-    lc.create_vm("default", vm("m", "Manual", 30)).unwrap();
+    lc.vms().create("default", vm("m", "Manual", 30)).unwrap();
     settle(&lc);
     assert_eq!(rt.launches("m"), 0);
     assert_eq!(printable(&lc, "m"), "Stopped");
-    lc.start("default", "m").unwrap();
+    lc.vms().start("default", "m").unwrap();
     settle(&lc);
     assert_eq!(rt.launches("m"), 1);
     rt.last("m").set(MachineStatus::Stopped(MachineExit::Failed("crash".into())));
     settle(&lc);
     assert_eq!(rt.launches("m"), 1, "Manual does not restart by itself");
     assert_eq!(phase(&lc, "m"), Some(VmiPhase::Failed));
-    lc.restart("default", "m", None).unwrap();
+    lc.vms().restart("default", "m", None).unwrap();
     settle(&lc);
     assert_eq!(rt.launches("m"), 2);
     assert_eq!(phase(&lc, "m"), Some(VmiPhase::Running));
@@ -336,70 +336,70 @@ fn manual_moves_only_on_request() {
 #[test]
 fn once_runs_once() {
     let (_s, rt, lc) = setup();
-    lc.create_vm("default", vm("o", "Once", 30)).unwrap();
+    lc.vms().create("default", vm("o", "Once", 30)).unwrap();
     settle(&lc);
     rt.last("o").set(MachineStatus::Stopped(MachineExit::Failed("crash".into())));
     settle(&lc);
     assert_eq!(rt.launches("o"), 1);
     assert_eq!(phase(&lc, "o"), Some(VmiPhase::Failed));
-    assert!(lc.start("default", "o").is_err());
+    assert!(lc.vms().start("default", "o").is_err());
 }
 
 #[test]
 fn halted_vm_does_not_start_and_refuses_stop() {
     let (_s, rt, lc) = setup();
-    lc.create_vm("default", vm("h", "Halted", 30)).unwrap();
+    lc.vms().create("default", vm("h", "Halted", 30)).unwrap();
     settle(&lc);
     assert_eq!(rt.launches("h"), 0);
     assert!(
-        matches!(lc.stop("default", "h", None), Err(LifecycleError::Conflict(m)) if m.contains("not running"))
+        matches!(lc.vms().stop("default", "h", None), Err(LifecycleError::Conflict(m)) if m.contains("not running"))
     );
 }
 
 #[test]
 fn a_guest_reboot_restarts_the_machine_in_place() {
     let (_s, rt, lc) = setup();
-    lc.create_vm("default", vm("b", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("b", "Always", 30)).unwrap();
     settle(&lc);
-    let uid = lc.get_vmi("default", "b").unwrap().metadata.uid;
+    let uid = lc.vmis().get("default", "b").unwrap().metadata.uid;
     rt.last("b").set(MachineStatus::Stopped(MachineExit::Reboot));
     settle(&lc);
     assert_eq!(rt.launches("b"), 2);
-    let vmi = lc.get_vmi("default", "b").unwrap();
+    let vmi = lc.vmis().get("default", "b").unwrap();
     assert_eq!(vmi.metadata.uid, uid, "same VMI");
     assert_eq!(phase_of(&vmi), VmiPhase::Running);
     assert!(lc.events(None).iter().any(|e| e.reason == "Rebooted"));
     // A soft reboot: power button, then the machine starts again in place.
-    lc.soft_reboot("default", "b").unwrap();
+    lc.vmis().soft_reboot("default", "b").unwrap();
     settle(&lc);
     assert_eq!(rt.launches("b"), 3);
-    assert_eq!(lc.get_vmi("default", "b").unwrap().metadata.uid, uid);
+    assert_eq!(lc.vmis().get("default", "b").unwrap().metadata.uid, uid);
     assert!(lc.events(None).iter().any(|e| e.reason == "SoftRebooted"));
 }
 
 #[test]
 fn pause_and_unpause_show_in_conditions_and_status() {
     let (_s, _rt, lc) = setup();
-    lc.create_vm("default", vm("p", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("p", "Always", 30)).unwrap();
     settle(&lc);
-    lc.pause("default", "p").unwrap();
+    lc.vmis().pause("default", "p").unwrap();
     settle(&lc);
     assert_eq!(printable(&lc, "p"), "Paused");
-    let c = lc.get_vmi("default", "p").unwrap().status.unwrap().conditions;
+    let c = lc.vmis().get("default", "p").unwrap().status.unwrap().conditions;
     assert!(has_condition(&c, "Paused") && !has_condition(&c, "Ready"));
-    assert!(matches!(lc.pause("default", "p"), Err(LifecycleError::Conflict(_))));
-    lc.unpause("default", "p").unwrap();
+    assert!(matches!(lc.vmis().pause("default", "p"), Err(LifecycleError::Conflict(_))));
+    lc.vmis().unpause("default", "p").unwrap();
     settle(&lc);
     assert_eq!(printable(&lc, "p"), "Running");
-    assert!(matches!(lc.unpause("default", "p"), Err(LifecycleError::Conflict(_))));
+    assert!(matches!(lc.vmis().unpause("default", "p"), Err(LifecycleError::Conflict(_))));
 }
 
 #[test]
 fn a_restarted_lifecycle_finds_running_machines_and_starts_nothing_twice() {
     let (store, rt, lc) = setup();
-    lc.create_vm("default", vm("vm-x", "Always", 30)).unwrap();
-    lc.create_vm("default", vm("vm-y", "Always", 30)).unwrap();
-    lc.create_vm("default", vm("vm-z", "Manual", 30)).unwrap();
+    lc.vms().create("default", vm("vm-x", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("vm-y", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("vm-z", "Manual", 30)).unwrap();
     settle(&lc);
     drop(lc);
     // vm-y's machine ended while nobody watched, with a power-off the launcher recorded.
@@ -414,7 +414,7 @@ fn a_restarted_lifecycle_finds_running_machines_and_starts_nothing_twice() {
     assert_eq!(rt.launches("vm-z"), 0);
     assert!(lc.events(None).iter().any(|e| e.reason == "Reattached"));
     // And the found machine is controllable.
-    lc.pause("default", "vm-x").unwrap();
+    lc.vmis().pause("default", "vm-x").unwrap();
     assert_eq!(rt.last("vm-x").status(), MachineStatus::Paused);
 }
 
@@ -429,7 +429,7 @@ fn a_launch_failure_fails_the_vmi_and_backs_off() {
         LifecycleOptions { backoff_base: Duration::from_secs(60), ..LifecycleOptions::default() },
     )
     .unwrap();
-    lc.create_vm("default", vm("f", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("f", "Always", 30)).unwrap();
     settle(&lc);
     assert_eq!(phase(&lc, "f"), Some(VmiPhase::Failed));
     assert_eq!(printable(&lc, "f"), "CrashLoopBackOff");
@@ -443,12 +443,12 @@ fn a_launch_failure_fails_the_vmi_and_backs_off() {
 #[test]
 fn deleting_a_vm_stops_and_removes_its_instance() {
     let (store, rt, lc) = setup();
-    lc.create_vm("default", vm("d", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("d", "Always", 30)).unwrap();
     settle(&lc);
-    lc.delete_vm("default", "d").unwrap();
+    lc.vms().delete("default", "d").unwrap();
     settle(&lc);
-    assert!(lc.get_vm("default", "d").is_err());
-    assert!(lc.get_vmi("default", "d").is_err());
+    assert!(lc.vms().get("default", "d").is_err());
+    assert!(lc.vmis().get("default", "d").is_err());
     assert_eq!(rt.last("d").power_downs.load(Ordering::SeqCst), 1);
     assert!(store.load().unwrap().iter().all(|o| o.key.name != "d"));
 }
@@ -460,13 +460,13 @@ fn standalone_vmis_run_and_delete() {
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: s\nspec:\n  domain:\n    devices: {}\n    memory:\n      guest: 64Mi\n",
     )
     .unwrap();
-    lc.create_vmi("default", vmi.clone()).unwrap();
-    assert!(matches!(lc.create_vmi("default", vmi), Err(LifecycleError::AlreadyExists { .. })));
+    lc.vmis().create("default", vmi.clone()).unwrap();
+    assert!(matches!(lc.vmis().create("default", vmi), Err(LifecycleError::AlreadyExists { .. })));
     settle(&lc);
     assert_eq!(phase(&lc, "s"), Some(VmiPhase::Running));
-    lc.delete_vmi("default", "s", None).unwrap();
+    lc.vmis().delete("default", "s", None).unwrap();
     settle(&lc);
-    assert!(lc.get_vmi("default", "s").is_err());
+    assert!(lc.vmis().get("default", "s").is_err());
     assert_eq!(rt.launches("s"), 1, "a standalone VMI is not recreated");
 }
 
@@ -477,42 +477,42 @@ fn bad_requests_are_refused_with_the_field() {
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata:\n  name: g\nspec:\n  runStrategy: Always\n  template:\n    spec:\n      domain:\n        devices:\n          gpus:\n          - name: gpu1\n            deviceName: nvidia.com/GP102GL_Tesla_P40\n        memory:\n          guest: 64Mi\n",
     )
     .unwrap();
-    let e = lc.create_vm("default", gpu).unwrap_err().to_string();
+    let e = lc.vms().create("default", gpu).unwrap_err().to_string();
     assert!(e.contains("gpus"), "{e}");
-    let e = lc.create_vm("nope", vm("a", "Always", 0)).unwrap_err();
+    let e = lc.vms().create("nope", vm("a", "Always", 0)).unwrap_err();
     assert!(matches!(e, LifecycleError::NotFound { resource: "namespaces", .. }), "{e}");
-    let e = lc.create_vm("default", vm("Bad_Name", "Always", 0)).unwrap_err().to_string();
+    let e = lc.vms().create("default", vm("Bad_Name", "Always", 0)).unwrap_err().to_string();
     assert!(e.contains("metadata.name"), "{e}");
     let mut wrong_ns = vm("a", "Always", 0);
     wrong_ns.metadata.namespace = Some("os-images".into());
-    assert!(lc.create_vm("default", wrong_ns).unwrap_err().to_string().contains("metadata.namespace"));
-    lc.create_vm("default", vm("a", "Halted", 0)).unwrap();
+    assert!(lc.vms().create("default", wrong_ns).unwrap_err().to_string().contains("metadata.namespace"));
+    lc.vms().create("default", vm("a", "Halted", 0)).unwrap();
     assert!(matches!(
-        lc.create_vm("default", vm("a", "Halted", 0)),
+        lc.vms().create("default", vm("a", "Halted", 0)),
         Err(LifecycleError::AlreadyExists { .. })
     ));
-    assert!(matches!(lc.pause("default", "a"), Err(LifecycleError::NotFound { .. })));
+    assert!(matches!(lc.vmis().pause("default", "a"), Err(LifecycleError::NotFound { .. })));
     // Optimistic concurrency on replace.
-    let mut stale = lc.get_vm("default", "a").unwrap();
+    let mut stale = lc.vms().get("default", "a").unwrap();
     stale.metadata.resource_version = Some("999".into());
-    assert!(matches!(lc.replace_vm("default", stale), Err(LifecycleError::Conflict(_))));
+    assert!(matches!(lc.vms().replace("default", stale), Err(LifecycleError::Conflict(_))));
 }
 
 #[test]
 fn namespaces_exist_and_guard_their_contents() {
     let (store, rt, lc) = setup();
-    assert!(lc.namespace_exists("default") && lc.namespace_exists("os-images"));
-    lc.create_namespace("team-a").unwrap();
-    lc.create_vm("team-a", vm("a", "Halted", 0)).unwrap();
-    assert!(matches!(lc.delete_namespace("team-a"), Err(LifecycleError::Conflict(_))));
-    assert!(lc.delete_namespace("default").is_err());
+    assert!(lc.namespaces().exists("default") && lc.namespaces().exists("os-images"));
+    lc.namespaces().create("team-a").unwrap();
+    lc.vms().create("team-a", vm("a", "Halted", 0)).unwrap();
+    assert!(matches!(lc.namespaces().delete("team-a"), Err(LifecycleError::Conflict(_))));
+    assert!(lc.namespaces().delete("default").is_err());
     drop(lc);
     let lc = Lifecycle::new(store, rt, opts()).unwrap();
-    assert!(lc.namespace_exists("team-a"), "namespaces persist");
-    assert_eq!(lc.list_vms(Some("team-a")).len(), 1);
-    lc.delete_vm("team-a", "a").unwrap();
+    assert!(lc.namespaces().exists("team-a"), "namespaces persist");
+    assert_eq!(lc.vms().list(Some("team-a")).len(), 1);
+    lc.vms().delete("team-a", "a").unwrap();
     settle(&lc);
-    lc.delete_namespace("team-a").unwrap();
+    lc.namespaces().delete("team-a").unwrap();
 }
 
 #[test]
@@ -530,9 +530,9 @@ fn a_failing_vm_fails_on_its_own_while_another_starts_in_the_same_pass() {
     )
     .unwrap();
     // Names sort before the healthy VM's, so they are reconciled first in the pass.
-    lc.create_vm("default", vm("a-missing-volume", "Always", 30)).unwrap();
-    lc.create_vm("default", vm("b-store-fails", "Always", 30)).unwrap();
-    lc.create_vm("default", vm("c-good", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("a-missing-volume", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("b-store-fails", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("c-good", "Always", 30)).unwrap();
     lock(&rt.missing_volume).insert("a-missing-volume".into());
     store.fail("b-store-fails");
 
@@ -554,7 +554,7 @@ fn a_failing_vm_fails_on_its_own_while_another_starts_in_the_same_pass() {
         failures,
         "requeued with back-off, not retried at once"
     );
-    lc.stop("default", "c-good", Some(0)).unwrap();
+    lc.vms().stop("default", "c-good", Some(0)).unwrap();
     settle(&lc);
     assert_eq!(printable(&lc, "c-good"), "Stopped");
     assert_eq!(rt.launches("b-store-fails"), 0);
@@ -570,7 +570,7 @@ fn an_object_whose_reconcile_failed_is_retried_once_the_store_heals() {
         LifecycleOptions { requeue_base: Duration::ZERO, ..opts() },
     )
     .unwrap();
-    lc.create_vm("default", vm("r", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("r", "Always", 30)).unwrap();
     store.fail("r");
     settle(&lc);
     assert_eq!(rt.launches("r"), 0);
@@ -589,37 +589,37 @@ fn a_write_the_store_refuses_is_never_visible() {
     let mut watch = lc.watch(lc.resource_version()).unwrap();
     store.fail("*");
     // Creates: refused, and nobody sees them.
-    assert!(matches!(lc.create_vm("default", vm("nv", "Always", 30)), Err(LifecycleError::Store(_))));
-    assert!(matches!(lc.get_vm("default", "nv"), Err(LifecycleError::NotFound { .. })));
-    assert!(lc.list_vms(None).is_empty());
+    assert!(matches!(lc.vms().create("default", vm("nv", "Always", 30)), Err(LifecycleError::Store(_))));
+    assert!(matches!(lc.vms().get("default", "nv"), Err(LifecycleError::NotFound { .. })));
+    assert!(lc.vms().list(None).is_empty());
     let vmi: VirtualMachineInstance = model::from_yaml(
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: s\nspec:\n  domain:\n    devices: {}\n    memory:\n      guest: 64Mi\n",
     )
     .unwrap();
-    assert!(lc.create_vmi("default", vmi).is_err());
-    assert!(lc.list_vmis(None).is_empty());
-    assert!(lc.create_namespace("team-x").is_err());
-    assert!(!lc.namespace_exists("team-x"));
+    assert!(lc.vmis().create("default", vmi).is_err());
+    assert!(lc.vmis().list(None).is_empty());
+    assert!(lc.namespaces().create("team-x").is_err());
+    assert!(!lc.namespaces().exists("team-x"));
     settle(&lc);
-    assert!(lc.list_vmis(None).is_empty(), "nothing was launched");
+    assert!(lc.vmis().list(None).is_empty(), "nothing was launched");
     assert_eq!(watch.next(Duration::ZERO).unwrap(), WatchEvent::Bookmark(0), "watchers saw nothing");
 
     // Changes of an existing, running VM: refused and not applied.
     store.heal();
-    lc.create_vm("default", vm("v", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("v", "Always", 30)).unwrap();
     settle(&lc);
     assert_eq!(phase(&lc, "v"), Some(VmiPhase::Running));
-    let before = lc.get_vm("default", "v").unwrap();
-    let vmi_before = lc.get_vmi("default", "v").unwrap();
+    let before = lc.vms().get("default", "v").unwrap();
+    let vmi_before = lc.vmis().get("default", "v").unwrap();
     store.fail("*");
     let mut changed = before.clone();
     changed.metadata.labels.insert("tier".into(), "web".into());
-    assert!(lc.replace_vm("default", changed).is_err());
-    assert!(lc.stop("default", "v", None).is_err());
-    assert!(lc.delete_vm("default", "v").is_err());
-    assert!(lc.delete_vmi("default", "v", Some(0)).is_err());
-    assert_eq!(lc.get_vm("default", "v").unwrap(), before, "the VM is as the store holds it");
-    assert_eq!(lc.get_vmi("default", "v").unwrap(), vmi_before);
+    assert!(lc.vms().replace("default", changed).is_err());
+    assert!(lc.vms().stop("default", "v", None).is_err());
+    assert!(lc.vms().delete("default", "v").is_err());
+    assert!(lc.vmis().delete("default", "v", Some(0)).is_err());
+    assert_eq!(lc.vms().get("default", "v").unwrap(), before, "the VM is as the store holds it");
+    assert_eq!(lc.vmis().get("default", "v").unwrap(), vmi_before);
     settle(&lc);
     let m = rt.last("v");
     assert_eq!(
@@ -633,8 +633,8 @@ fn a_write_the_store_refuses_is_never_visible() {
     store.heal();
     drop(lc);
     let lc = Lifecycle::new(store, rt.clone(), opts()).unwrap();
-    assert_eq!(lc.get_vm("default", "v").unwrap().metadata.labels, before.metadata.labels);
-    assert!(lc.get_vm("default", "nv").is_err());
+    assert_eq!(lc.vms().get("default", "v").unwrap().metadata.labels, before.metadata.labels);
+    assert!(lc.vms().get("default", "nv").is_err());
     assert_eq!(rt.launches("v"), 1, "found again, not started twice");
 }
 
@@ -642,7 +642,7 @@ fn a_write_the_store_refuses_is_never_visible() {
 fn watchers_see_the_lifecycle_s_changes_in_order() {
     let (_s, _rt, lc) = setup();
     let mut w = lc.watch(lc.resource_version()).unwrap();
-    lc.create_vm("default", vm("w", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("w", "Always", 30)).unwrap();
     settle(&lc);
     let mut seen = Vec::new();
     while let WatchEvent::Change(c) = w.next(Duration::ZERO).unwrap() {
@@ -656,7 +656,7 @@ fn watchers_see_the_lifecycle_s_changes_in_order() {
     assert_eq!(seen[0].1, ChangeType::Added);
     assert!(seen.iter().any(|(k, t, _)| k == "VirtualMachineInstance" && *t == ChangeType::Added));
     assert!(seen.windows(2).all(|p| p[0].2 < p[1].2), "in resourceVersion order: {seen:?}");
-    let vmi = lc.get_vmi("default", "w").unwrap();
+    let vmi = lc.vmis().get("default", "w").unwrap();
     let last = seen.iter().rev().find(|(k, _, _)| k == "VirtualMachineInstance").unwrap().2;
     assert_eq!(vmi.metadata.resource_version, Some(last.to_string()), "the last change is what readers see");
 }
@@ -664,7 +664,7 @@ fn watchers_see_the_lifecycle_s_changes_in_order() {
 #[test]
 fn events_survive_a_restart_bounded_oldest_dropped() {
     let (store, rt, lc) = setup();
-    lc.create_vm("default", vm("e", "Always", 30)).unwrap();
+    lc.vms().create("default", vm("e", "Always", 30)).unwrap();
     settle(&lc);
     let before = lc.events(None);
     assert!(before.iter().any(|e| e.reason == "Started"), "{before:?}");
@@ -673,7 +673,7 @@ fn events_survive_a_restart_bounded_oldest_dropped() {
     let after = lc.events(None);
     assert_eq!(after[..before.len()], before[..], "the events of before the restart are there");
     // Numbering goes on after the stored ones.
-    lc.stop("default", "e", Some(0)).unwrap();
+    lc.vms().stop("default", "e", Some(0)).unwrap();
     let names: BTreeSet<_> = lc.events(None).iter().map(|e| e.metadata.name.clone()).collect();
     assert_eq!(names.len(), lc.events(None).len(), "event names stay unique");
     // Bounded: a store keeps the latest `keep` only.
@@ -692,16 +692,16 @@ fn lists_take_label_selectors() {
     web.metadata.labels.insert("app".into(), "web".into());
     let mut db = vm("db", "Always", 0);
     db.metadata.labels.insert("app".into(), "db".into());
-    lc.create_vm("default", web).unwrap();
-    lc.create_vm("default", db).unwrap();
+    lc.vms().create("default", web).unwrap();
+    lc.vms().create("default", db).unwrap();
     settle(&lc);
     let sel = |s: &str| crate::api::parse_label_selector(s).unwrap();
     let names = |v: Vec<VirtualMachine>| v.into_iter().map(|v| v.metadata.name.unwrap()).collect::<Vec<_>>();
-    assert_eq!(names(lc.list_vms_selected(None, &sel("app=web"))), ["web"]);
-    assert_eq!(names(lc.list_vms_selected(Some("default"), &sel("app in (web,db)"))), ["db", "web"]);
-    assert!(lc.list_vms_selected(Some("os-images"), &sel("app")).is_empty());
-    assert!(lc.list_vmis_selected(None, &sel("app=db")).is_empty(), "the VMI has the template's labels");
-    assert_eq!(lc.list_vmis_selected(None, &sel("")).len(), 1);
+    assert_eq!(names(lc.vms().list_selected(None, &sel("app=web"))), ["web"]);
+    assert_eq!(names(lc.vms().list_selected(Some("default"), &sel("app in (web,db)"))), ["db", "web"]);
+    assert!(lc.vms().list_selected(Some("os-images"), &sel("app")).is_empty());
+    assert!(lc.vmis().list_selected(None, &sel("app=db")).is_empty(), "the VMI has the template's labels");
+    assert_eq!(lc.vmis().list_selected(None, &sel("")).len(), 1);
 }
 
 #[test]
@@ -709,22 +709,22 @@ fn finalizers_hold_a_deleted_vm_until_they_are_removed() {
     let (store, _rt, lc) = setup();
     let mut v = vm("fin", "Always", 0);
     v.metadata.finalizers = vec!["example.com/backup".into()];
-    lc.create_vm("default", v).unwrap();
+    lc.vms().create("default", v).unwrap();
     settle(&lc);
-    lc.delete_vm("default", "fin").unwrap();
+    lc.vms().delete("default", "fin").unwrap();
     settle(&lc);
-    assert!(lc.get_vmi("default", "fin").is_err(), "its instance went first");
-    let held = lc.get_vm("default", "fin").unwrap();
+    assert!(lc.vmis().get("default", "fin").is_err(), "its instance went first");
+    let held = lc.vms().get("default", "fin").unwrap();
     assert!(held.metadata.deletion_timestamp.is_some());
     let mut more = held.clone();
     more.metadata.finalizers.push("example.com/other".into());
-    let e = lc.replace_vm("default", more).unwrap_err().to_string();
+    let e = lc.vms().replace("default", more).unwrap_err().to_string();
     assert!(e.contains("metadata.finalizers"), "{e}");
     let mut done = held;
     done.metadata.finalizers.clear();
-    lc.replace_vm("default", done).unwrap();
+    lc.vms().replace("default", done).unwrap();
     settle(&lc);
-    assert!(lc.get_vm("default", "fin").is_err(), "gone once its finalizers are");
+    assert!(lc.vms().get("default", "fin").is_err(), "gone once its finalizers are");
     assert!(store.load().unwrap().iter().all(|o| o.key.name != "fin"));
 }
 
@@ -766,11 +766,11 @@ impl Store for CountingStore {
 fn a_start_costs_four_durable_writes_and_every_phase_is_still_its_own_change() {
     let store = Arc::new(CountingStore::default());
     let lc = Lifecycle::new(store.clone(), Arc::new(FakeRuntime::default()), opts()).unwrap();
-    lc.create_vm("default", vm("w", "Halted", 0)).unwrap();
+    lc.vms().create("default", vm("w", "Halted", 0)).unwrap();
     settle(&lc);
     let (from, commits) = (lc.resource_version(), store.commits.load(Ordering::SeqCst));
     let mut watch = lc.watch(from).unwrap();
-    lc.start("default", "w").unwrap();
+    lc.vms().start("default", "w").unwrap();
     settle(&lc);
     assert_eq!(phase(&lc, "w"), Some(VmiPhase::Running));
     // The request; the new VMI with the VM's status; Scheduling (before the launch, outside the
@@ -785,8 +785,8 @@ fn a_start_costs_four_durable_writes_and_every_phase_is_still_its_own_change() {
         seen.push(format!("{} {shown}", c.kind));
         // The VM and VMI in memory carry the resourceVersion of their last change.
         let current = match c.kind.as_str() {
-            "VirtualMachine" => lc.get_vm("default", "w").unwrap().metadata.resource_version,
-            _ => lc.get_vmi("default", "w").unwrap().metadata.resource_version,
+            "VirtualMachine" => lc.vms().get("default", "w").unwrap().metadata.resource_version,
+            _ => lc.vmis().get("default", "w").unwrap().metadata.resource_version,
         };
         assert!(current.unwrap().parse::<u64>().unwrap() >= c.resource_version);
     }
@@ -803,7 +803,7 @@ fn a_start_costs_four_durable_writes_and_every_phase_is_still_its_own_change() {
         ]
     );
     assert_eq!(
-        lc.get_vm("default", "w").unwrap().metadata.resource_version,
+        lc.vms().get("default", "w").unwrap().metadata.resource_version,
         Some(lc.resource_version().to_string())
     );
 }

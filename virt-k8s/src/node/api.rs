@@ -175,12 +175,12 @@ async fn version() -> ApiResult {
 // ---- namespaces and events ----
 
 async fn list_namespaces(State(s): State<ApiState>) -> ApiResult {
-    list("NamespaceList", "v1", s.lifecycle.namespaces())
+    list("NamespaceList", "v1", s.lifecycle.namespaces().list())
 }
 
 async fn create_namespace(State(s): State<ApiState>, body: Bytes) -> ApiResult {
     let (name, labels) = namespace_body(&body)?;
-    let out = blocking(move || Ok(s.lifecycle.create_namespace_with_labels(&name, labels)?)).await?;
+    let out = blocking(move || Ok(s.lifecycle.namespaces().create_with_labels(&name, labels)?)).await?;
     ok(StatusCode::CREATED, &out)
 }
 
@@ -225,6 +225,7 @@ async fn get_namespace(State(s): State<ApiState>, Path(ns): Path<String>) -> Api
     let found = s
         .lifecycle
         .namespaces()
+        .list()
         .into_iter()
         .find(|n| n.pointer("/metadata/name").and_then(Value::as_str) == Some(&ns));
     match found {
@@ -234,7 +235,7 @@ async fn get_namespace(State(s): State<ApiState>, Path(ns): Path<String>) -> Api
 }
 
 async fn delete_namespace(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
-    blocking(move || Ok(s.lifecycle.delete_namespace(&ns)?)).await?;
+    blocking(move || Ok(s.lifecycle.namespaces().delete(&ns)?)).await?;
     ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
 }
 
@@ -255,14 +256,14 @@ fn values<T: serde::Serialize>(v: Vec<T>) -> Vec<Value> {
 }
 
 async fn list_all_vms(State(s): State<ApiState>) -> ApiResult {
-    list("VirtualMachineList", model::API_VERSION, values(s.lifecycle.list_vms(None)))
+    list("VirtualMachineList", model::API_VERSION, values(s.lifecycle.vms().list(None)))
 }
 
 async fn list_vms(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
-    if !s.lifecycle.namespace_exists(&ns) {
+    if !s.lifecycle.namespaces().exists(&ns) {
         return Err(LifecycleError::NotFound { resource: "namespaces", name: ns }.into());
     }
-    list("VirtualMachineList", model::API_VERSION, values(s.lifecycle.list_vms(Some(&ns))))
+    list("VirtualMachineList", model::API_VERSION, values(s.lifecycle.vms().list(Some(&ns))))
 }
 
 async fn create_vm(
@@ -275,12 +276,12 @@ async fn create_vm(
         KubeVirtObject::VirtualMachine(vm) => *vm,
         other => return Err(wrong_kind(&other, "VirtualMachine")),
     };
-    let out = blocking(move || Ok(s.lifecycle.create_vm(&ns, vm)?)).await?;
+    let out = blocking(move || Ok(s.lifecycle.vms().create(&ns, vm)?)).await?;
     ok(StatusCode::CREATED, &out)
 }
 
 async fn get_vm(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    ok(StatusCode::OK, &s.lifecycle.get_vm(&ns, &name)?)
+    ok(StatusCode::OK, &s.lifecycle.vms().get(&ns, &name)?)
 }
 
 async fn replace_vm(
@@ -301,7 +302,7 @@ async fn replace_vm(
     }
     let mut vm = vm;
     vm.metadata.name = Some(name);
-    let out = blocking(move || Ok(s.lifecycle.replace_vm(&ns, vm)?)).await?;
+    let out = blocking(move || Ok(s.lifecycle.vms().replace(&ns, vm)?)).await?;
     ok(StatusCode::OK, &out)
 }
 
@@ -312,7 +313,7 @@ async fn delete_vm(
     body: Bytes,
 ) -> ApiResult {
     let policy = propagation(query.as_deref(), &body)?;
-    let out = blocking(move || Ok(s.lifecycle.delete_vm_with(&ns, &name, policy)?)).await?;
+    let out = blocking(move || Ok(s.lifecycle.vms().delete_with(&ns, &name, policy)?)).await?;
     ok(StatusCode::OK, &out)
 }
 
@@ -372,7 +373,7 @@ fn accepted() -> ApiResult {
 }
 
 async fn vm_start(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    blocking(move || Ok(s.lifecycle.start(&ns, &name)?)).await?;
+    blocking(move || Ok(s.lifecycle.vms().start(&ns, &name)?)).await?;
     accepted()
 }
 
@@ -382,7 +383,7 @@ async fn vm_stop(
     body: Bytes,
 ) -> ApiResult {
     let g = grace(&body)?;
-    blocking(move || Ok(s.lifecycle.stop(&ns, &name, g)?)).await?;
+    blocking(move || Ok(s.lifecycle.vms().stop(&ns, &name, g)?)).await?;
     accepted()
 }
 
@@ -392,21 +393,21 @@ async fn vm_restart(
     body: Bytes,
 ) -> ApiResult {
     let g = grace(&body)?;
-    blocking(move || Ok(s.lifecycle.restart(&ns, &name, g)?)).await?;
+    blocking(move || Ok(s.lifecycle.vms().restart(&ns, &name, g)?)).await?;
     accepted()
 }
 
 // ---- VirtualMachineInstances ----
 
 async fn list_all_vmis(State(s): State<ApiState>) -> ApiResult {
-    list("VirtualMachineInstanceList", model::API_VERSION, values(s.lifecycle.list_vmis(None)))
+    list("VirtualMachineInstanceList", model::API_VERSION, values(s.lifecycle.vmis().list(None)))
 }
 
 async fn list_vmis(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
-    if !s.lifecycle.namespace_exists(&ns) {
+    if !s.lifecycle.namespaces().exists(&ns) {
         return Err(LifecycleError::NotFound { resource: "namespaces", name: ns }.into());
     }
-    list("VirtualMachineInstanceList", model::API_VERSION, values(s.lifecycle.list_vmis(Some(&ns))))
+    list("VirtualMachineInstanceList", model::API_VERSION, values(s.lifecycle.vmis().list(Some(&ns))))
 }
 
 async fn create_vmi(
@@ -419,12 +420,12 @@ async fn create_vmi(
         KubeVirtObject::VirtualMachineInstance(v) => *v,
         other => return Err(wrong_kind(&other, "VirtualMachineInstance")),
     };
-    let out = blocking(move || Ok(s.lifecycle.create_vmi(&ns, vmi)?)).await?;
+    let out = blocking(move || Ok(s.lifecycle.vmis().create(&ns, vmi)?)).await?;
     ok(StatusCode::CREATED, &out)
 }
 
 async fn get_vmi(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    ok(StatusCode::OK, &s.lifecycle.get_vmi(&ns, &name)?)
+    ok(StatusCode::OK, &s.lifecycle.vmis().get(&ns, &name)?)
 }
 
 async fn delete_vmi(
@@ -433,22 +434,22 @@ async fn delete_vmi(
     body: Bytes,
 ) -> ApiResult {
     let g = grace(&body)?;
-    blocking(move || Ok(s.lifecycle.delete_vmi(&ns, &name, g)?)).await?;
+    blocking(move || Ok(s.lifecycle.vmis().delete(&ns, &name, g)?)).await?;
     ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
 }
 
 async fn vmi_pause(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    blocking(move || Ok(s.lifecycle.pause(&ns, &name)?)).await?;
+    blocking(move || Ok(s.lifecycle.vmis().pause(&ns, &name)?)).await?;
     accepted()
 }
 
 async fn vmi_unpause(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    blocking(move || Ok(s.lifecycle.unpause(&ns, &name)?)).await?;
+    blocking(move || Ok(s.lifecycle.vmis().unpause(&ns, &name)?)).await?;
     accepted()
 }
 
 async fn vmi_softreboot(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    blocking(move || Ok(s.lifecycle.soft_reboot(&ns, &name)?)).await?;
+    blocking(move || Ok(s.lifecycle.vmis().soft_reboot(&ns, &name)?)).await?;
     accepted()
 }
 
@@ -481,11 +482,7 @@ fn scope(plural: &str, namespace: Option<&str>) -> Result<&'static str, ApiError
 
 async fn list_catalog(State(s): State<ApiState>, Path(plural): Path<String>) -> ApiResult {
     let kind = scope(&plural, None)?;
-    list(
-        &format!("{kind}List"),
-        "instancetype.kubevirt.io/v1beta1",
-        s.lifecycle.list_catalog_objects(kind, None),
-    )
+    list(&format!("{kind}List"), "instancetype.kubevirt.io/v1beta1", s.lifecycle.catalog().list(kind, None))
 }
 
 async fn list_catalog_ns(State(s): State<ApiState>, Path((ns, plural)): Path<(String, String)>) -> ApiResult {
@@ -493,7 +490,7 @@ async fn list_catalog_ns(State(s): State<ApiState>, Path((ns, plural)): Path<(St
     list(
         &format!("{kind}List"),
         "instancetype.kubevirt.io/v1beta1",
-        s.lifecycle.list_catalog_objects(kind, Some(&ns)),
+        s.lifecycle.catalog().list(kind, Some(&ns)),
     )
 }
 
@@ -518,7 +515,7 @@ async fn put_catalog(
         }
     }
     let replace = name.is_some();
-    let out = blocking(move || Ok(s.lifecycle.put_catalog_object(ns.as_deref(), object, replace)?)).await?;
+    let out = blocking(move || Ok(s.lifecycle.catalog().put(ns.as_deref(), object, replace)?)).await?;
     ok(if replace { StatusCode::OK } else { StatusCode::CREATED }, &out)
 }
 
@@ -560,7 +557,7 @@ async fn replace_catalog_ns(
 
 async fn get_catalog(State(s): State<ApiState>, Path((plural, name)): Path<(String, String)>) -> ApiResult {
     let kind = scope(&plural, None)?;
-    ok(StatusCode::OK, &s.lifecycle.get_catalog_object(kind, None, &name)?)
+    ok(StatusCode::OK, &s.lifecycle.catalog().get(kind, None, &name)?)
 }
 
 async fn get_catalog_ns(
@@ -568,7 +565,7 @@ async fn get_catalog_ns(
     Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> ApiResult {
     let kind = scope(&plural, Some(&ns))?;
-    ok(StatusCode::OK, &s.lifecycle.get_catalog_object(kind, Some(&ns), &name)?)
+    ok(StatusCode::OK, &s.lifecycle.catalog().get(kind, Some(&ns), &name)?)
 }
 
 async fn delete_catalog(
@@ -576,7 +573,7 @@ async fn delete_catalog(
     Path((plural, name)): Path<(String, String)>,
 ) -> ApiResult {
     let kind = scope(&plural, None)?;
-    blocking(move || Ok(s.lifecycle.delete_catalog_object(kind, None, &name)?)).await?;
+    blocking(move || Ok(s.lifecycle.catalog().delete(kind, None, &name)?)).await?;
     ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
 }
 
@@ -585,15 +582,15 @@ async fn delete_catalog_ns(
     Path((ns, plural, name)): Path<(String, String, String)>,
 ) -> ApiResult {
     let kind = scope(&plural, Some(&ns))?;
-    blocking(move || Ok(s.lifecycle.delete_catalog_object(kind, Some(&ns), &name)?)).await?;
+    blocking(move || Ok(s.lifecycle.catalog().delete(kind, Some(&ns), &name)?)).await?;
     ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
 }
 
 /// `/metrics`: KubeVirt's metrics in Prometheus text format (see [`super::metrics`]).
 async fn metrics(State(s): State<ApiState>) -> Response {
     let text = tokio::task::spawn_blocking(move || {
-        let vmis = s.lifecycle.list_vmis(None);
-        let migrations = s.lifecycle.list_migrations(None);
+        let vmis = s.lifecycle.vmis().list(None);
+        let migrations = s.lifecycle.migrations().list(None);
         super::metrics::render(&s.node_name, &vmis, &migrations, |vmi| {
             let mut st =
                 super::metrics::launcher_pid(&s.runtime.run_dir(vmi)).and_then(super::metrics::proc_stats)?;

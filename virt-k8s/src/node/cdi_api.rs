@@ -121,7 +121,7 @@ fn kind_of(resource: &str) -> Result<CdiKind, Failure> {
 }
 
 fn require_namespace(s: &CdiApiState, ns: &str) -> Result<(), Failure> {
-    if s.lifecycle.namespace_exists(ns) {
+    if s.lifecycle.namespaces().exists(ns) {
         Ok(())
     } else {
         Err(Failure::not_found(format!("namespaces \"{ns}\" not found")))
@@ -275,7 +275,8 @@ async fn get_one(
 /// The running VMIs of `ns` that use claim `name`.
 fn users(lifecycle: &Lifecycle, ns: &str, name: &str) -> Vec<String> {
     lifecycle
-        .list_vmis(Some(ns))
+        .vmis()
+        .list(Some(ns))
         .into_iter()
         .filter(|vmi| {
             let phase = vmi.status.as_ref().and_then(|s| s.phase).unwrap_or(VmiPhase::Pending);

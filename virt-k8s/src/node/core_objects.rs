@@ -337,7 +337,7 @@ impl CoreObjects {
         path_name: Option<&str>,
         body: &Value,
     ) -> Result<Value, CoreError> {
-        if !self.lifecycle.namespace_exists(ns) {
+        if !self.lifecycle.namespaces().exists(ns) {
             return Err(CoreError::NoNamespace(ns.into()));
         }
         let (mut obj, sent_rv) = normalize(kind, ns, path_name, body)?;
@@ -455,7 +455,7 @@ fn list_response(kind: CoreKind, items: Vec<Value>) -> Response {
 }
 
 async fn list_ns(State(s): State<St>, Path(ns): Path<String>) -> Answer {
-    if !s.objects.lifecycle.namespace_exists(&ns) {
+    if !s.objects.lifecycle.namespaces().exists(&ns) {
         return Err(CoreError::NoNamespace(ns));
     }
     let items = blocking(move || s.objects.list(s.kind, Some(&ns))).await?;

@@ -1,7 +1,7 @@
 //! Keeps the `qemuGuestAgent` access credentials of running VMIs in step with their Secrets, as
 //! KubeVirt's handler does: a thread follows the store's change log, and when a Secret changes, each
 //! running VMI of its namespace whose credentials name it gets the keys read again
-//! (`VmiVolumes::agent_credentials`) and handed to its launcher's agent (`Lifecycle::set_guest_credentials`),
+//! (`VmiVolumes::agent_credentials`) and handed to its launcher's agent (`Vmis::set_guest_credentials`),
 //! which writes the difference at its next poll. A change log that no longer holds the changes
 //! since the last look (410) makes every such VMI get its keys again.
 
@@ -45,7 +45,7 @@ pub fn push(
     secret: Option<&str>,
 ) -> usize {
     let mut n = 0;
-    for vmi in lc.list_vmis(namespace).into_iter().filter(running) {
+    for vmi in lc.vmis().list(namespace).into_iter().filter(running) {
         let uses = agent_secrets(&vmi);
         if uses.is_empty() || secret.is_some_and(|s| !uses.iter().any(|u| u == s)) {
             continue;
@@ -54,7 +54,7 @@ pub fn push(
             continue;
         };
         match runtime.volumes().agent_credentials(&vmi) {
-            Ok(credentials) => match lc.set_guest_credentials(ns, name, credentials) {
+            Ok(credentials) => match lc.vmis().set_guest_credentials(ns, name, credentials) {
                 Ok(()) => {
                     log::info!("VMI {ns}/{name}: access credentials changed; its guest agent gets them");
                     n += 1;

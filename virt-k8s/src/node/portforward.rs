@@ -107,9 +107,9 @@ enum Form {
 /// The checks before the upgrade: the port and protocol, the object, its phase, its endpoint.
 fn resolve(s: &ApiState, form: Form, ns: &str, name: &str) -> Result<VmiEndpoint, Box<Response>> {
     if form == Form::Vm {
-        s.lifecycle.get_vm(ns, name).map_err(|e| Box::new(lifecycle_error(e)))?;
+        s.lifecycle.vms().get(ns, name).map_err(|e| Box::new(lifecycle_error(e)))?;
     }
-    let vmi = match s.lifecycle.get_vmi(ns, name) {
+    let vmi = match s.lifecycle.vmis().get(ns, name) {
         Ok(v) => v,
         Err(LifecycleError::NotFound { .. }) if form == Form::Vm => {
             return Err(Box::new(refuse(

@@ -201,8 +201,8 @@ fn causes_json(causes: Vec<StatusCause>) -> Vec<Value> {
 /// The local node's checks of `object` of `kind` in `group`: the warnings, or why it is refused.
 /// Each arm is what the node's create path runs for the kind, after the same strict loader:
 ///
-/// - VMs and VMIs: validation and the node checks (`Admit::admit`, as `Lifecycle::create_vm`).
-/// - Instancetypes and preferences: the same (`Lifecycle::put_catalog_object`).
+/// - VMs and VMIs: validation and the node checks (`Admit::admit`, as `Vms::create`).
+/// - Instancetypes and preferences: the same (`CatalogObjects::put`).
 /// - Migrations: the model's validation (the VMI named, names well-formed), and on an update an
 ///   unchanged spec (`check_update`). The node admits them
 ///   without its node checks (it migrates on itself), and whether the VMI exists, runs and can

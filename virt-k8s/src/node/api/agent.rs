@@ -25,27 +25,27 @@ pub fn guest_os_info(r: &AgentReport) -> Value {
 }
 
 async fn guestosinfo(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    let r = blocking(move || Ok(s.lifecycle.guest_agent(&ns, &name)?)).await?;
+    let r = blocking(move || Ok(s.lifecycle.vmis().guest_agent(&ns, &name)?)).await?;
     ok(StatusCode::OK, &guest_os_info(&r))
 }
 
 async fn userlist(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    let r = blocking(move || Ok(s.lifecycle.guest_agent(&ns, &name)?)).await?;
+    let r = blocking(move || Ok(s.lifecycle.vmis().guest_agent(&ns, &name)?)).await?;
     ok(StatusCode::OK, &json!({ "metadata": {}, "items": r.user_list }))
 }
 
 async fn filesystemlist(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    let r = blocking(move || Ok(s.lifecycle.guest_agent(&ns, &name)?)).await?;
+    let r = blocking(move || Ok(s.lifecycle.vmis().guest_agent(&ns, &name)?)).await?;
     ok(StatusCode::OK, &json!({ "metadata": {}, "items": r.filesystems }))
 }
 
 async fn freeze(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    blocking(move || Ok(s.lifecycle.fs_freeze(&ns, &name, true)?)).await?;
+    blocking(move || Ok(s.lifecycle.vmis().fs_freeze(&ns, &name, true)?)).await?;
     accepted()
 }
 
 async fn unfreeze(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    blocking(move || Ok(s.lifecycle.fs_freeze(&ns, &name, false)?)).await?;
+    blocking(move || Ok(s.lifecycle.vmis().fs_freeze(&ns, &name, false)?)).await?;
     accepted()
 }
 

@@ -23,7 +23,7 @@ pub(super) async fn vmi_console(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult {
     let stream = blocking(move || {
-        let vmi = s.lifecycle.get_vmi(&ns, &name)?;
+        let vmi = s.lifecycle.vmis().get(&ns, &name)?;
         let phase = vmi.status.as_ref().and_then(|st| st.phase).unwrap_or(VmiPhase::Pending);
         if phase != VmiPhase::Running {
             return Err(ApiError::conflict(format!(
@@ -116,7 +116,7 @@ pub(super) async fn vmi_vnc(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult {
     let display = blocking(move || {
-        let machine = s.lifecycle.machine(&ns, &name)?;
+        let machine = s.lifecycle.vmis().machine(&ns, &name)?;
         let socket = machine.vnc_socket().ok_or_else(|| {
             ApiError::conflict(format!(
                 "VirtualMachineInstance {ns}/{name} has no VNC display (autoattachGraphicsDevice: false, \

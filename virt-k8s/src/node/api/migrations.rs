@@ -7,17 +7,21 @@ use super::*;
 const PLURAL: &str = "virtualmachineinstancemigrations";
 
 async fn list_all(State(s): State<ApiState>) -> ApiResult {
-    list("VirtualMachineInstanceMigrationList", model::API_VERSION, values(s.lifecycle.list_migrations(None)))
+    list(
+        "VirtualMachineInstanceMigrationList",
+        model::API_VERSION,
+        values(s.lifecycle.migrations().list(None)),
+    )
 }
 
 async fn list_ns(State(s): State<ApiState>, Path(ns): Path<String>) -> ApiResult {
-    if !s.lifecycle.namespace_exists(&ns) {
+    if !s.lifecycle.namespaces().exists(&ns) {
         return Err(LifecycleError::NotFound { resource: "namespaces", name: ns }.into());
     }
     list(
         "VirtualMachineInstanceMigrationList",
         model::API_VERSION,
-        values(s.lifecycle.list_migrations(Some(&ns))),
+        values(s.lifecycle.migrations().list(Some(&ns))),
     )
 }
 
@@ -31,16 +35,16 @@ async fn create(
         KubeVirtObject::VirtualMachineInstanceMigration(m) => *m,
         other => return Err(wrong_kind(&other, "VirtualMachineInstanceMigration")),
     };
-    let out = blocking(move || Ok(s.lifecycle.create_migration(&ns, m)?)).await?;
+    let out = blocking(move || Ok(s.lifecycle.migrations().create(&ns, m)?)).await?;
     ok(StatusCode::CREATED, &out)
 }
 
 async fn get_one(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    ok(StatusCode::OK, &s.lifecycle.get_migration(&ns, &name)?)
+    ok(StatusCode::OK, &s.lifecycle.migrations().get(&ns, &name)?)
 }
 
 async fn delete_one(State(s): State<ApiState>, Path((ns, name)): Path<(String, String)>) -> ApiResult {
-    blocking(move || Ok(s.lifecycle.delete_migration(&ns, &name)?)).await?;
+    blocking(move || Ok(s.lifecycle.migrations().delete(&ns, &name)?)).await?;
     ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
 }
 

@@ -8,7 +8,11 @@ const GROUP: &str = "/apis/migrations.kubevirt.io/v1alpha1";
 const PLURAL: &str = "migrationpolicies";
 
 async fn list_all(State(s): State<ApiState>) -> ApiResult {
-    list("MigrationPolicyList", model::MIGRATIONS_API_VERSION, values(s.lifecycle.list_migration_policies()))
+    list(
+        "MigrationPolicyList",
+        model::MIGRATIONS_API_VERSION,
+        values(s.lifecycle.migration_policies().list()),
+    )
 }
 
 fn policy_of(headers: &HeaderMap, body: &[u8]) -> Result<model::MigrationPolicy, ApiError> {
@@ -20,7 +24,7 @@ fn policy_of(headers: &HeaderMap, body: &[u8]) -> Result<model::MigrationPolicy,
 
 async fn create(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let p = policy_of(&headers, &body)?;
-    let out = blocking(move || Ok(s.lifecycle.put_migration_policy(p, false)?)).await?;
+    let out = blocking(move || Ok(s.lifecycle.migration_policies().put(p, false)?)).await?;
     ok(StatusCode::CREATED, &out)
 }
 
@@ -37,16 +41,16 @@ async fn replace(
         )));
     }
     p.metadata.name = Some(name);
-    let out = blocking(move || Ok(s.lifecycle.put_migration_policy(p, true)?)).await?;
+    let out = blocking(move || Ok(s.lifecycle.migration_policies().put(p, true)?)).await?;
     ok(StatusCode::OK, &out)
 }
 
 async fn get_one(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult {
-    ok(StatusCode::OK, &s.lifecycle.get_migration_policy(&name)?)
+    ok(StatusCode::OK, &s.lifecycle.migration_policies().get(&name)?)
 }
 
 async fn delete_one(State(s): State<ApiState>, Path(name): Path<String>) -> ApiResult {
-    blocking(move || Ok(s.lifecycle.delete_migration_policy(&name)?)).await?;
+    blocking(move || Ok(s.lifecycle.migration_policies().delete(&name)?)).await?;
     ok(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
 }
 

@@ -103,8 +103,8 @@ impl Cdi {
     pub(super) fn sync_templates(&self, lc: &Lifecycle) {
         let scope = self.template_scope();
         let vms = match &scope {
-            None => lc.list_vms(None),
-            Some(keys) => keys.iter().filter_map(|k| lc.get_vm(&k.namespace, &k.name).ok()).collect(),
+            None => lc.vms().list(None),
+            Some(keys) => keys.iter().filter_map(|k| lc.vms().get(&k.namespace, &k.name).ok()).collect(),
         };
         let in_scope = |ns: &str, vm: &str| scope.as_ref().is_none_or(|s| s.contains(&Key::new(ns, vm)));
         let mut live: HashSet<(String, String, String)> = HashSet::new();

@@ -213,11 +213,11 @@ fn template_datavolumes_follow_the_change_log() {
     cdi.attach(lc.clone());
     let exists = |name: &str| cdi.data_volume("default", name).is_some();
 
-    lc.create_vm("default", templated_vm("first", "first-root")).unwrap();
+    lc.vms().create("default", templated_vm("first", "first-root")).unwrap();
     cdi.pass(); // the first pass looks at every VM
     assert!(exists("first-root"));
     // Later passes look at what the change log says changed.
-    lc.create_vm("default", templated_vm("second", "second-root")).unwrap();
+    lc.vms().create("default", templated_vm("second", "second-root")).unwrap();
     cdi.pass();
     assert!(exists("second-root"), "a VM created after the first pass gets its DataVolume");
     // A template DataVolume deleted by hand is made again (its deletion names its VM).
@@ -225,7 +225,7 @@ fn template_datavolumes_follow_the_change_log() {
     cdi.pass();
     assert!(exists("first-root"), "the deleted template DataVolume is made again");
     // The VM deleted: its DataVolume goes, the other VM's stays.
-    lc.delete_vm("default", "second").unwrap();
+    lc.vms().delete("default", "second").unwrap();
     lc.reconcile(); // the lifecycle finishes the deletion
     cdi.pass();
     assert!(!exists("second-root"));
