@@ -53,13 +53,13 @@ impl Lifecycle {
                 self.begin_stop_locked(&mut st, &key, g);
             }
         }
-        self.persist_vm(&mut st, &key)?;
+        self.persist().persist_vm(&mut st, &key)?;
         let what = match req {
             Request::Start => "start",
             Request::Stop => "stop",
             Request::Restart => "restart",
         };
-        self.event_locked(
+        self.persist().event_locked(
             &mut st,
             Kind::VirtualMachine,
             &key,
@@ -165,7 +165,7 @@ impl Vms<'_> {
             cur.metadata.labels = vm.metadata.labels;
             cur.metadata.annotations = vm.metadata.annotations;
             cur.metadata.finalizers = vm.metadata.finalizers;
-            self.lc.persist_vm(&mut st, &key)?;
+            self.lc.persist().persist_vm(&mut st, &key)?;
         }
         let out = st.vms.get(&key).map(|b| (**b).clone());
         drop(st);
@@ -218,8 +218,8 @@ impl Vms<'_> {
         if vm.metadata.deletion_timestamp.is_none() {
             vm.metadata.deletion_timestamp = Some(now());
             st.deleting_vms.insert(key.clone());
-            self.lc.persist_vm(&mut st, &key)?;
-            self.lc.event_locked(
+            self.lc.persist().persist_vm(&mut st, &key)?;
+            self.lc.persist().event_locked(
                 &mut st,
                 Kind::VirtualMachine,
                 &key,
@@ -276,8 +276,8 @@ impl Vms<'_> {
         }
         if changed {
             st.deleting_vms.insert(key.clone());
-            self.lc.persist_vm(&mut st, &key)?;
-            self.lc.event_locked(
+            self.lc.persist().persist_vm(&mut st, &key)?;
+            self.lc.persist().event_locked(
                 &mut st,
                 Kind::VirtualMachine,
                 &key,
@@ -293,7 +293,7 @@ impl Vms<'_> {
             if let Some(g) = vmi.filter(|_| !st.deleting_vmis.contains_key(&key)) {
                 self.lc.delete_vmi_locked(&mut st, &key, g)?;
             }
-            self.lc.remove_vm_locked(&mut st, &key)?;
+            self.lc.gc().remove_vm_locked(&mut st, &key)?;
         }
         drop(st);
         self.lc.enqueue(&key);

@@ -119,11 +119,11 @@ impl Lifecycle {
                 .collect()
         };
         for (key, m) in live {
-            let r = self.observe(&key, &m);
+            let r = self.vmi_ctl().observe(&key, &m);
             self.outcome(&mut failed, &key, r);
         }
         // 1b. Migrations: record what their workers reported, start pending ones.
-        self.sync_migrations(&mut failed);
+        self.migration_ctl().sync_migrations(&mut failed);
         // 2. Grace periods that ran out.
         {
             let st = lock(&self.state);
@@ -165,7 +165,7 @@ impl Lifecycle {
             if failed.contains(&key) {
                 continue;
             }
-            let r = self.sync_vm(&key);
+            let r = self.vm_ctl().sync_vm(&key);
             self.outcome(&mut failed, &key, r);
         }
         // 5. Launch pending VMIs the runtime finds ready; the others stay Pending, saying why.
@@ -197,7 +197,7 @@ impl Lifecycle {
                     continue;
                 }
                 if let Err(why) = verdict {
-                    let r = self.not_ready_locked(&mut st, &key, why.to_string());
+                    let r = self.vmi_ctl().not_ready_locked(&mut st, &key, why.to_string());
                     self.outcome_locked(&mut st, &mut failed, &key, r);
                     continue;
                 }
@@ -212,7 +212,7 @@ impl Lifecycle {
                     );
                 }
                 let vmi = (**v).clone();
-                match self.persist_vmi(&mut st, &key) {
+                match self.persist().persist_vmi(&mut st, &key) {
                     Ok(()) => {
                         st.launching.insert(key.clone());
                         out.push((key, vmi, false));
@@ -234,7 +234,7 @@ impl Lifecycle {
             out
         };
         for (key, vmi, in_place) in pending {
-            let r = self.launch(&key, &vmi, in_place);
+            let r = self.vmi_ctl().launch(&key, &vmi, in_place);
             self.outcome(&mut failed, &key, r);
         }
         // Objects reconciled without error this pass start their next failure from the base delay.

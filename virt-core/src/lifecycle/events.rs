@@ -63,6 +63,19 @@ pub struct EventSource {
 }
 
 impl Lifecycle {
+    /// The events of `namespace`, oldest first.
+    pub fn events(&self, namespace: Option<&str>) -> Vec<Event> {
+        lock(&self.state)
+            .events
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| namespace.is_none_or(|n| n == e.involved_object.namespace))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Persistence<'_> {
     pub(super) fn event_locked(
         &self,
         st: &mut State,
@@ -122,7 +135,7 @@ impl Lifecycle {
             source: EventSource {
                 component: if kind == Kind::VirtualMachine { "virt-controller" } else { "virt-handler" }
                     .into(),
-                host: Some(self.opts.node_name.clone()),
+                host: Some(self.lc.opts.node_name.clone()),
             },
         };
         self.store_event(seq, &event);
@@ -135,19 +148,8 @@ impl Lifecycle {
     /// Persists event number `seq` (the store keeps the latest [`MAX_EVENTS`]). Events are not
     /// worth failing a request for: a store that refuses one is logged.
     fn store_event(&self, seq: u64, event: &Event) {
-        if let Err(e) = self.store.put_event(seq, &to_value(event), MAX_EVENTS) {
+        if let Err(e) = self.lc.store.put_event(seq, &to_value(event), MAX_EVENTS) {
             log::warn!("event {}: not stored: {e}", event.metadata.name.as_deref().unwrap_or_default());
         }
-    }
-
-    /// The events of `namespace`, oldest first.
-    pub fn events(&self, namespace: Option<&str>) -> Vec<Event> {
-        lock(&self.state)
-            .events
-            .iter()
-            .map(|(_, e)| e)
-            .filter(|e| namespace.is_none_or(|n| n == e.involved_object.namespace))
-            .cloned()
-            .collect()
     }
 }

@@ -103,19 +103,21 @@ impl Lifecycle {
     pub fn set_dependents(&self, dependents: Weak<dyn Dependents>) {
         *lock(&self.dependents) = Some(dependents);
     }
+}
 
+impl Collector<'_> {
     pub(super) fn dependents(&self) -> Option<Arc<dyn Dependents>> {
-        lock(&self.dependents).as_ref().and_then(Weak::upgrade)
+        lock(&self.lc.dependents).as_ref().and_then(Weak::upgrade)
     }
 
     /// Removes a deleted VM from the store and memory.
     pub(super) fn remove_vm_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
-        self.flush_batch(st)?;
-        self.store.delete(Kind::VirtualMachine, key)?;
+        self.lc.persist().flush_batch(st)?;
+        self.lc.store.delete(Kind::VirtualMachine, key)?;
         st.vms.remove(key);
         st.deleting_vms.remove(key);
         st.backoff.remove(key);
-        self.event_locked(
+        self.lc.persist().event_locked(
             st,
             Kind::VirtualMachine,
             key,
@@ -131,7 +133,7 @@ impl Lifecycle {
     /// without the lock held.
     pub(super) fn collect_vm(&self, key: &Key) -> Result<(), LifecycleError> {
         let (uid, fin) = {
-            let st = lock(&self.state);
+            let st = lock(&self.lc.state);
             let Some(vm) = st.vms.get(key).filter(|_| st.deleting_vms.contains(key)) else { return Ok(()) };
             let has = |f: &str| vm.metadata.finalizers.iter().any(|x| x == f);
             let fin = if has(ORPHAN_FINALIZER) {
@@ -148,11 +150,11 @@ impl Lifecycle {
             if let Some(d) = &deps {
                 d.orphan(&key.namespace, &uid)?;
             }
-            let mut st = lock(&self.state);
+            let mut st = lock(&self.lc.state);
             if let Some(vmi) = st.vmis.get_mut(key).filter(|v| owns(&uid, v)) {
                 vmi.metadata.owner_references.retain(|o| o.uid != uid);
-                self.persist_vmi(&mut st, key)?;
-                self.event_locked(
+                self.lc.persist().persist_vmi(&mut st, key)?;
+                self.lc.persist().event_locked(
                     &mut st,
                     Kind::VirtualMachineInstance,
                     key,
@@ -170,7 +172,7 @@ impl Lifecycle {
             }
             None => 0,
         };
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.lc.state);
         if left == 0 && !st.vmis.get(key).is_some_and(|v| owns(&uid, v)) {
             self.drop_finalizer_locked(&mut st, key, fin)?;
         }
@@ -185,7 +187,7 @@ impl Lifecycle {
     ) -> Result<(), LifecycleError> {
         if let Some(vm) = st.vms.get_mut(key) {
             vm.metadata.finalizers.retain(|f| f != fin);
-            self.persist_vm(st, key)?;
+            self.lc.persist().persist_vm(st, key)?;
         }
         Ok(())
     }

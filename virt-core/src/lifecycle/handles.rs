@@ -45,6 +45,36 @@ pub struct CatalogObjects<'a> {
     pub(super) lc: &'a Lifecycle,
 }
 
+/// The lifecycle's vm ctl (internal).
+#[derive(Clone, Copy)]
+pub(super) struct VmController<'a> {
+    pub(super) lc: &'a Lifecycle,
+}
+
+/// The lifecycle's vmi ctl (internal).
+#[derive(Clone, Copy)]
+pub(super) struct VmiController<'a> {
+    pub(super) lc: &'a Lifecycle,
+}
+
+/// The lifecycle's migration ctl (internal).
+#[derive(Clone, Copy)]
+pub(super) struct MigrationController<'a> {
+    pub(super) lc: &'a Lifecycle,
+}
+
+/// The lifecycle's persist (internal).
+#[derive(Clone, Copy)]
+pub(super) struct Persistence<'a> {
+    pub(super) lc: &'a Lifecycle,
+}
+
+/// The lifecycle's gc (internal).
+#[derive(Clone, Copy)]
+pub(super) struct Collector<'a> {
+    pub(super) lc: &'a Lifecycle,
+}
+
 impl Lifecycle {
     /// The VirtualMachine requests.
     pub fn vms(&self) -> Vms<'_> {
@@ -74,5 +104,25 @@ impl Lifecycle {
     /// The instancetype and preference requests.
     pub fn catalog(&self) -> CatalogObjects<'_> {
         CatalogObjects { lc: self }
+    }
+
+    pub(super) fn vm_ctl(&self) -> VmController<'_> {
+        VmController { lc: self }
+    }
+
+    pub(super) fn vmi_ctl(&self) -> VmiController<'_> {
+        VmiController { lc: self }
+    }
+
+    pub(super) fn migration_ctl(&self) -> MigrationController<'_> {
+        MigrationController { lc: self }
+    }
+
+    pub(super) fn persist(&self) -> Persistence<'_> {
+        Persistence { lc: self }
+    }
+
+    pub(super) fn gc(&self) -> Collector<'_> {
+        Collector { lc: self }
     }
 }

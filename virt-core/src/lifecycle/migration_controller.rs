@@ -30,19 +30,19 @@ fn state_value(vmi: Option<&VirtualMachineInstance>) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-impl Lifecycle {
+impl MigrationController<'_> {
     /// The migration step of a pass: records what workers reported, starts pending migrations,
     /// removes deleted ones that are not under way. Failures are per object (`failed`).
     pub(super) fn sync_migrations(&self, failed: &mut BTreeSet<Key>) {
         let work = {
-            let mut st = lock(&self.state);
+            let mut st = lock(&self.lc.state);
             let mut work = MigrationWork::default();
             let flights: Vec<(Key, Arc<Flight>)> =
                 st.flights.iter().map(|(k, f)| (k.clone(), f.clone())).collect();
             for (vmi_key, flight) in flights {
                 let r = self.record_flight_locked(&mut st, &vmi_key, &flight, &mut work);
                 let mk = flight.migration.clone();
-                self.outcome_locked(&mut st, failed, &mk, r);
+                self.lc.outcome_locked(&mut st, failed, &mk, r);
             }
             // Oldest first, as many as the parallel limits leave room for; the rest wait in
             // Pending for a later pass (one runs when a flight ends).
@@ -65,7 +65,7 @@ impl Lifecycle {
                     continue;
                 }
                 let r = self.begin_migration_locked(&mut st, &key, &mut work);
-                self.outcome_locked(&mut st, failed, &key, r);
+                self.lc.outcome_locked(&mut st, failed, &key, r);
             }
             // Deleted and not under way (finished, or never started): gone.
             let gone: Vec<Key> = st
@@ -78,17 +78,17 @@ impl Lifecycle {
                 .map(|(k, _)| k.clone())
                 .collect();
             for key in gone {
-                let r = self.store.delete(Kind::Migration, &key).map_err(LifecycleError::from);
+                let r = self.lc.store.delete(Kind::Migration, &key).map_err(LifecycleError::from);
                 if r.is_ok() {
                     st.migrations.remove(&key);
                 }
-                self.outcome_locked(&mut st, failed, &key, r);
+                self.lc.outcome_locked(&mut st, failed, &key, r);
             }
             work
         };
         for (vmi, flight) in work.start {
-            let runtime = self.runtime.clone();
-            let signal = self.signal.clone();
+            let runtime = self.lc.runtime.clone();
+            let signal = self.lc.signal.clone();
             let name = vmi.metadata.name.clone().unwrap_or_default();
             let f = flight.clone();
             let key = Key::new(vmi.metadata.namespace.clone().unwrap_or_default(), name.clone());
@@ -104,12 +104,12 @@ impl Lifecycle {
             if let Err(e) = spawned {
                 lock(&flight.progress).outcome =
                     Some(Err(MigrationError::Failed(format!("no thread to run the migration: {e}"))));
-                self.signal.raise();
+                self.lc.signal.raise();
             }
         }
         if !work.cancel.is_empty() {
             // Off the controller's thread: a source that does not answer must not hold the pass.
-            let runtime = self.runtime.clone();
+            let runtime = self.lc.runtime.clone();
             let spawned = std::thread::Builder::new().name("migrate-cancel".into()).spawn(move || {
                 for vmi in work.cancel {
                     runtime.cancel_migration(&vmi);
@@ -124,7 +124,7 @@ impl Lifecycle {
     /// How many migrations may be under way at once: on one node, the smaller of the cluster's
     /// and the node's limits (at least one).
     fn migration_slots(&self) -> usize {
-        let o = &self.opts;
+        let o = &self.lc.opts;
         o.parallel_migrations_per_cluster.min(o.parallel_outbound_migrations_per_node).max(1)
     }
 
@@ -162,10 +162,10 @@ impl Lifecycle {
                 }
             }
             self.persist_migration(st, key)?;
-            self.event_locked(st, Kind::Migration, key, "Warning", "FailedMigration", why);
+            self.lc.persist().event_locked(st, Kind::Migration, key, "Warning", "FailedMigration", why);
             return Ok(());
         }
-        let node = self.opts.node_name.clone();
+        let node = self.lc.opts.node_name.clone();
         // As KubeVirt's migration controller: the policy is matched once, when the migration starts.
         let policy = st.vmis.get(&vmi_key).and_then(|v| Self::policy_for_locked(st, v));
         if let Some(v) = st.vmis.get_mut(&vmi_key) {
@@ -182,7 +182,7 @@ impl Lifecycle {
                 ..Default::default()
             };
         }
-        self.persist_vmi(st, &vmi_key)?;
+        self.lc.persist().persist_vmi(st, &vmi_key)?;
         let state = state_value(st.vmis.get(&vmi_key).map(|b| &**b));
         if let Some(m) = st.migrations.get_mut(key) {
             set_migration_phase(m, "Scheduling");
@@ -205,7 +205,7 @@ impl Lifecycle {
         if let Some(v) = st.vmis.get(&vmi_key) {
             work.start.push(((**v).clone(), flight));
         }
-        self.event_locked(
+        self.lc.persist().event_locked(
             st,
             Kind::VirtualMachineInstance,
             &vmi_key,
@@ -243,7 +243,7 @@ impl Lifecycle {
                     }
                     if !not_honoured.is_empty() {
                         let why = format!("migration {}: {}", key.name, not_honoured.join("; "));
-                        self.event_locked(
+                        self.lc.persist().event_locked(
                             st,
                             Kind::VirtualMachineInstance,
                             vmi_key,
@@ -272,7 +272,7 @@ impl Lifecycle {
             }
         }
         let Some(outcome) = outcome else {
-            self.persist_vmi(st, vmi_key)?;
+            self.lc.persist().persist_vmi(st, vmi_key)?;
             let state = state_value(st.vmis.get(vmi_key).map(|b| &**b));
             if let Some(m) = st.migrations.get_mut(key) {
                 if let Some(s) = m.status.as_mut() {
@@ -305,7 +305,7 @@ impl Lifecycle {
         aborting: bool,
     ) -> Result<(), LifecycleError> {
         let Migrated { machine, report, source, target } = done;
-        super::vmi_controller::watch(vmi_key.clone(), machine.clone(), self.signal.clone());
+        super::vmi_controller::watch(vmi_key.clone(), machine.clone(), self.lc.signal.clone());
         let last = machine.status();
         match st.live.get_mut(vmi_key) {
             Some(l) => {
@@ -332,7 +332,7 @@ impl Lifecycle {
             }
             s.migration_stats = Some(to_value(&report));
         }
-        self.persist_vmi(st, vmi_key)?;
+        self.lc.persist().persist_vmi(st, vmi_key)?;
         let state = state_value(st.vmis.get(vmi_key).map(|b| &**b));
         if let Some(m) = st.migrations.get_mut(key) {
             set_migration_phase(m, "Succeeded");
@@ -342,7 +342,7 @@ impl Lifecycle {
         }
         self.persist_migration(st, key)?;
         let ms = report.downtime_us as f64 / 1000.0;
-        self.event_locked(
+        self.lc.persist().event_locked(
             st,
             Kind::VirtualMachineInstance,
             vmi_key,
@@ -355,7 +355,7 @@ impl Lifecycle {
             if let Some(l) = st.live.get_mut(vmi_key) {
                 l.stop_deadline = None;
             }
-            self.begin_stop_locked(st, vmi_key, g);
+            self.lc.begin_stop_locked(st, vmi_key, g);
         }
         Ok(())
     }
@@ -381,7 +381,7 @@ impl Lifecycle {
                 s.abort_status = Some("Succeeded".into());
             }
         }
-        self.persist_vmi(st, vmi_key)?;
+        self.lc.persist().persist_vmi(st, vmi_key)?;
         let state = state_value(st.vmis.get(vmi_key).map(|b| &**b));
         if let Some(m) = st.migrations.get_mut(key) {
             set_migration_phase(m, "Failed");
@@ -392,7 +392,7 @@ impl Lifecycle {
         }
         self.persist_migration(st, key)?;
         let reason = if cancelled { "MigrationAborted" } else { "MigrationFailed" };
-        self.event_locked(st, Kind::VirtualMachineInstance, vmi_key, "Warning", reason, why);
+        self.lc.persist().event_locked(st, Kind::VirtualMachineInstance, vmi_key, "Warning", reason, why);
         Ok(())
     }
 

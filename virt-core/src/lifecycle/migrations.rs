@@ -137,41 +137,6 @@ fn denied(msg: String) -> LifecycleError {
     .into()
 }
 
-impl Lifecycle {
-    /// Writes the migration at `key` as it is in memory.
-    pub(super) fn persist_migration(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
-        let Some(m) = st.migrations.get(key) else { return Ok(()) };
-        let object = StoredObject { kind: Kind::Migration, key: key.clone(), value: to_value(m) };
-        let rv = self.put_or_rollback(st, object)?;
-        if let Some(m) = st.migrations.get_mut(key) {
-            m.metadata.resource_version = Some(rv.to_string());
-        }
-        Ok(())
-    }
-
-    /// After a restart: migrations that were under way when the previous lifecycle ended are
-    /// Failed (their worker is gone; the runtime found the VM wherever it runs).
-    pub(super) fn interrupted_migrations(&self) -> Result<(), LifecycleError> {
-        let mut st = lock(&self.state);
-        let keys: Vec<Key> = st
-            .migrations
-            .iter()
-            .filter(|(_, m)| !migration_final(m) && phase_of_migration(m) != "Pending")
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
-            if let Some(m) = st.migrations.get_mut(&key) {
-                set_migration_phase(m, "Failed");
-                if let Some(s) = m.status.as_mut() {
-                    s["reason"] = "the node restarted during the migration".into();
-                }
-            }
-            self.persist_migration(&mut st, &key)?;
-        }
-        Ok(())
-    }
-}
-
 impl Migrations<'_> {
     /// Creates a migration of the VMI `spec.vmiName` (`virtctl migrate`): refused when the VMI is
     /// missing, not running, or has a migration under way.
@@ -230,7 +195,7 @@ impl Migrations<'_> {
         })?;
         m.metadata.resource_version = Some(rv.to_string());
         st.migrations.insert(key.clone(), m.clone());
-        self.lc.event_locked(
+        self.lc.persist().event_locked(
             &mut st,
             Kind::Migration,
             &key,
@@ -286,9 +251,9 @@ impl Migrations<'_> {
                         m.metadata.deletion_timestamp = Some(now());
                     }
                 }
-                self.lc.persist_migration(&mut st, &key)?;
+                self.lc.migration_ctl().persist_migration(&mut st, &key)?;
                 f.ticket.cancel.store(true, Ordering::SeqCst);
-                self.lc.event_locked(
+                self.lc.persist().event_locked(
                     &mut st,
                     Kind::Migration,
                     &key,
@@ -300,6 +265,41 @@ impl Migrations<'_> {
         }
         drop(st);
         self.lc.wake();
+        Ok(())
+    }
+}
+
+impl MigrationController<'_> {
+    /// Writes the migration at `key` as it is in memory.
+    pub(super) fn persist_migration(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
+        let Some(m) = st.migrations.get(key) else { return Ok(()) };
+        let object = StoredObject { kind: Kind::Migration, key: key.clone(), value: to_value(m) };
+        let rv = self.lc.persist().put_or_rollback(st, object)?;
+        if let Some(m) = st.migrations.get_mut(key) {
+            m.metadata.resource_version = Some(rv.to_string());
+        }
+        Ok(())
+    }
+
+    /// After a restart: migrations that were under way when the previous lifecycle ended are
+    /// Failed (their worker is gone; the runtime found the VM wherever it runs).
+    pub(super) fn interrupted_migrations(&self) -> Result<(), LifecycleError> {
+        let mut st = lock(&self.lc.state);
+        let keys: Vec<Key> = st
+            .migrations
+            .iter()
+            .filter(|(_, m)| !migration_final(m) && phase_of_migration(m) != "Pending")
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            if let Some(m) = st.migrations.get_mut(&key) {
+                set_migration_phase(m, "Failed");
+                if let Some(s) = m.status.as_mut() {
+                    s["reason"] = "the node restarted during the migration".into();
+                }
+            }
+            self.persist_migration(&mut st, &key)?;
+        }
         Ok(())
     }
 }

@@ -54,6 +54,7 @@ pub use watch::{Change, ChangeLog, ChangeType, WatchError, WatchEvent, Watcher};
 
 pub use strategy::{Action, InstanceView, Request, RequestError, StateChange, VmView};
 
+use handles::{Collector, MigrationController, Persistence, VmController, VmiController};
 use objects::{build_catalog, namespace_object, prepare_meta};
 use vmi_controller::grace_of;
 
@@ -639,8 +640,8 @@ impl Lifecycle {
             opts,
             dependents: Mutex::new(None),
         };
-        lc.reattach_all()?;
-        lc.interrupted_migrations()?;
+        lc.vmi_ctl().reattach_all()?;
+        lc.migration_ctl().interrupted_migrations()?;
         Ok(lc)
     }
 

@@ -60,21 +60,6 @@ pub(super) fn policy_name(p: &MigrationPolicy) -> String {
     p.metadata.name.clone().unwrap_or_default()
 }
 
-impl Lifecycle {
-    /// The policy `vmi` migrates with now, if one matches it.
-    pub(super) fn policy_for_locked(st: &State, vmi: &VirtualMachineInstance) -> Option<MigrationPolicy> {
-        let ns = vmi.metadata.namespace.clone().unwrap_or_default();
-        let mut ns_labels: BTreeMap<String, String> = st
-            .namespaces
-            .get(&ns)
-            .and_then(|n| n.pointer("/metadata/labels"))
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
-            .unwrap_or_default();
-        ns_labels.insert(NAMESPACE_NAME_LABEL.into(), ns);
-        select_policy(st.migration_policies.values(), &vmi.metadata.labels, &ns_labels).cloned()
-    }
-}
-
 impl MigrationPolicies<'_> {
     /// Creates (or, with `replace`, replaces) a MigrationPolicy; migrations started afterwards
     /// match against it.
@@ -142,6 +127,21 @@ impl MigrationPolicies<'_> {
         self.lc.store.delete(Kind::MigrationPolicy, &Key::new("", name))?;
         st.migration_policies.remove(name);
         Ok(())
+    }
+}
+
+impl MigrationController<'_> {
+    /// The policy `vmi` migrates with now, if one matches it.
+    pub(super) fn policy_for_locked(st: &State, vmi: &VirtualMachineInstance) -> Option<MigrationPolicy> {
+        let ns = vmi.metadata.namespace.clone().unwrap_or_default();
+        let mut ns_labels: BTreeMap<String, String> = st
+            .namespaces
+            .get(&ns)
+            .and_then(|n| n.pointer("/metadata/labels"))
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
+        ns_labels.insert(NAMESPACE_NAME_LABEL.into(), ns);
+        select_policy(st.migration_policies.values(), &vmi.metadata.labels, &ns_labels).cloned()
     }
 }
 

@@ -144,7 +144,9 @@ impl Lifecycle {
     pub fn watch(&self, from: u64) -> Result<Watcher, WatchError> {
         self.store.changes().watch(from)
     }
+}
 
+impl Persistence<'_> {
     /// Writes the VM at `key` as it is in memory, with a new resourceVersion. The lock is held, so
     /// nobody sees the change before it is stored; if the write fails, the VM is read back from the
     /// store ([`Lifecycle::rollback`]) and the change is gone. Inside a write batch the write
@@ -223,7 +225,7 @@ impl Lifecycle {
             Some(b) if !b.is_empty() => std::mem::take(b),
             _ => return Ok(()),
         };
-        match self.store.put_all(&objects) {
+        match self.lc.store.put_all(&objects) {
             Ok(rvs) => {
                 for (o, rv) in objects.iter().zip(rvs) {
                     let rv = Some(rv.to_string());
@@ -256,7 +258,7 @@ impl Lifecycle {
         st: &mut State,
         object: StoredObject,
     ) -> Result<u64, LifecycleError> {
-        match self.store.put(&object) {
+        match self.lc.store.put(&object) {
             Ok(rv) => Ok(rv),
             Err(e) => {
                 self.rollback(st, object.kind, &object.key);
@@ -268,7 +270,7 @@ impl Lifecycle {
     /// After a failed write: makes the in-memory VM or VMI at `key` what the store holds again
     /// (absent if it holds none), with the deletion bookkeeping that follows from it.
     pub(super) fn rollback(&self, st: &mut State, kind: Kind, key: &Key) {
-        let stored = match self.store.get(kind, key) {
+        let stored = match self.lc.store.get(kind, key) {
             Ok(s) => s.map(|o| o.value),
             Err(e) => {
                 log::error!("{} {key}: cannot read it back after a failed write: {e}", kind.resource());

@@ -16,13 +16,13 @@ pub(super) fn state_change_requests(vm: &VirtualMachine) -> Vec<StateChange> {
         .unwrap_or_default()
 }
 
-impl Lifecycle {
+impl VmController<'_> {
     /// Applies `key`'s run strategy until it rests, then writes its status: the VMI it creates
     /// and the VM's status are one write batch.
     pub(super) fn sync_vm(&self, key: &Key) -> Result<(), LifecycleError> {
-        self.collect_vm(key)?;
-        let mut st = lock(&self.state);
-        self.batched(&mut st, |st| self.sync_vm_locked(st, key))
+        self.lc.gc().collect_vm(key)?;
+        let mut st = lock(&self.lc.state);
+        self.lc.persist().batched(&mut st, |st| self.sync_vm_locked(st, key))
     }
 
     fn sync_vm_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
@@ -36,14 +36,14 @@ impl Lifecycle {
                 match own {
                     Some(_) if orphaning => {}
                     Some(g) if !st.deleting_vmis.contains_key(key) => {
-                        self.delete_vmi_locked(st, key, g)?;
+                        self.lc.delete_vmi_locked(st, key, g)?;
                     }
                     Some(_) => {}
                     // Finalizers (other controllers' cleanup, foregroundDeletion) hold the VM,
                     // deletionTimestamp set, until they are removed (replace_vm, gc).
                     None if !vm.metadata.finalizers.is_empty() => {}
                     None => {
-                        self.remove_vm_locked(st, key)?;
+                        self.lc.gc().remove_vm_locked(st, key)?;
                         return Ok(());
                     }
                 }
@@ -72,7 +72,7 @@ impl Lifecycle {
                 }
                 Action::Replace => {
                     self.dequeue_locked(st, key, StateChange::Start);
-                    self.remove_vmi_locked(st, key)?;
+                    self.lc.remove_vmi_locked(st, key)?;
                     self.create_vmi_for_vm_locked(st, key)?;
                 }
                 Action::Stop => {
@@ -82,9 +82,9 @@ impl Lifecycle {
                         .get(key)
                         .map(|v| v.metadata.deletion_grace_period_seconds.unwrap_or_else(|| grace_of(v)))
                         .unwrap_or(0);
-                    self.delete_vmi_locked(st, key, g)?;
+                    self.lc.delete_vmi_locked(st, key, g)?;
                 }
-                Action::DeleteFinished => self.remove_vmi_locked(st, key)?,
+                Action::DeleteFinished => self.lc.remove_vmi_locked(st, key)?,
                 Action::Dequeue => {
                     if let Some(s) = st.vms.get_mut(key).and_then(|v| v.status.as_mut()) {
                         if !s.state_change_requests.is_empty() {
@@ -119,7 +119,7 @@ impl Lifecycle {
                         condition("Failure", true, Some("FailedCreate"), Some(msg.clone())),
                     );
                 }
-                self.event_locked(st, Kind::VirtualMachine, key, "Warning", "FailedCreate", msg);
+                self.lc.persist().event_locked(st, Kind::VirtualMachine, key, "Warning", "FailedCreate", msg);
                 return Ok(());
             }
         };
@@ -144,11 +144,11 @@ impl Lifecycle {
         st.vmis.insert(key.clone(), Box::new(vmi));
         st.deleting_vmis.remove(key);
         // A failed write takes the new VMI out of memory again (nothing is stored under `key`).
-        self.persist_vmi(st, key)?;
+        self.lc.persist().persist_vmi(st, key)?;
         if let Some(s) = st.vms.get_mut(key).and_then(|v| v.status.as_mut()) {
             remove_condition(&mut s.conditions, "Failure");
         }
-        self.event_locked(
+        self.lc.persist().event_locked(
             st,
             Kind::VirtualMachine,
             key,
@@ -189,7 +189,7 @@ impl Lifecycle {
             remove_condition(&mut s.conditions, "Paused");
         }
         if *s != before {
-            self.persist_vm(st, key)?;
+            self.lc.persist().persist_vm(st, key)?;
         }
         Ok(())
     }

@@ -43,10 +43,82 @@ pub(super) fn grace_of(vmi: &VirtualMachineInstance) -> i64 {
 }
 
 impl Lifecycle {
+    pub(super) fn remove_vmi_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
+        if st.vmis.contains_key(key) {
+            self.persist().flush_batch(st)?;
+            self.store.delete(Kind::VirtualMachineInstance, key)?;
+        }
+        st.deleting_vmis.remove(key);
+        st.relaunch.remove(key);
+        st.live.remove(key);
+        if let Some(v) = st.vmis.remove(key) {
+            self.runtime.cleanup(&v);
+            self.persist().event_locked(
+                st,
+                Kind::VirtualMachineInstance,
+                key,
+                "Normal",
+                "Deleted",
+                "VirtualMachineInstance deleted".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Asks the guest to power off, forced after `grace` seconds.
+    pub(super) fn begin_stop_locked(&self, st: &mut State, key: &Key, grace: i64) {
+        let Some(live) = st.live.get_mut(key) else { return };
+        let forced = grace == 0;
+        let deadline = Instant::now() + Duration::from_secs(grace.unsigned_abs());
+        let earlier = live.stop_deadline.is_none_or(|d| deadline < d);
+        if !earlier {
+            return;
+        }
+        live.stop_deadline = Some(deadline);
+        live.soft_reboot = false;
+        let machine = live.machine.clone();
+        let (reason, msg) = if forced {
+            if let Err(e) = machine.stop() {
+                log::warn!("VMI {key}: forced stop: {e}");
+            }
+            ("Killing", "stopping the VMI now (grace period 0)".to_string())
+        } else {
+            if let Err(e) = machine.power_down() {
+                log::info!("VMI {key}: the guest cannot be asked to power off ({e}); stopping it now");
+                if let Err(e) = machine.stop() {
+                    log::warn!("VMI {key}: stop: {e}");
+                }
+            }
+            ("ShuttingDown", format!("asked the guest to power off; forced off after {grace} s"))
+        };
+        self.persist().event_locked(st, Kind::VirtualMachineInstance, key, "Normal", reason, msg);
+    }
+
+    /// Marks the VMI deleted (stored first) and asks its guest to power off.
+    pub(super) fn delete_vmi_locked(
+        &self,
+        st: &mut State,
+        key: &Key,
+        grace: i64,
+    ) -> Result<(), LifecycleError> {
+        if let Some(v) = st.vmis.get_mut(key) {
+            if v.metadata.deletion_timestamp.is_none() {
+                v.metadata.deletion_timestamp = Some(now());
+            }
+            v.metadata.deletion_grace_period_seconds = Some(grace);
+        }
+        self.persist().persist_vmi(st, key)?;
+        st.deleting_vmis.insert(key.clone(), grace);
+        self.begin_stop_locked(st, key, grace);
+        Ok(())
+    }
+}
+
+impl VmiController<'_> {
     /// Finds the machines of VMIs that were running before a restart.
     pub(super) fn reattach_all(&self) -> Result<(), LifecycleError> {
         let candidates: Vec<(Key, VirtualMachineInstance)> = {
-            let st = lock(&self.state);
+            let st = lock(&self.lc.state);
             st.vmis
                 .iter()
                 .filter(|(_, v)| {
@@ -56,15 +128,15 @@ impl Lifecycle {
                 .collect()
         };
         for (key, vmi) in candidates {
-            match self.runtime.reattach(&vmi) {
+            match self.lc.runtime.reattach(&vmi) {
                 Some(machine) => {
-                    watch(key.clone(), machine.clone(), self.signal.clone());
+                    watch(key.clone(), machine.clone(), self.lc.signal.clone());
                     let last = machine.status();
                     log::info!("VMI {key}: found its running machine again ({last:?})");
-                    let mut st = lock(&self.state);
+                    let mut st = lock(&self.lc.state);
                     st.live
                         .insert(key.clone(), Live { machine, stop_deadline: None, soft_reboot: false, last });
-                    self.event_locked(
+                    self.lc.persist().event_locked(
                         &mut st,
                         Kind::VirtualMachineInstance,
                         &key,
@@ -74,8 +146,8 @@ impl Lifecycle {
                     );
                 }
                 None => {
-                    let mut st = lock(&self.state);
-                    let exit = self.runtime.last_exit(&vmi);
+                    let mut st = lock(&self.lc.state);
+                    let exit = self.lc.runtime.last_exit(&vmi);
                     match (phase_of(&vmi), exit) {
                         (_, Some(exit)) => self.machine_ended_locked(&mut st, &key, exit)?,
                         (VmiPhase::Scheduling, None) => {
@@ -83,7 +155,7 @@ impl Lifecycle {
                             if let Some(v) = st.vmis.get_mut(&key) {
                                 set_phase(v, VmiPhase::Pending);
                             }
-                            self.persist_vmi(&mut st, &key)?;
+                            self.lc.persist().persist_vmi(&mut st, &key)?;
                         }
                         (_, None) => self.machine_ended_locked(
                             &mut st,
@@ -105,13 +177,13 @@ impl Lifecycle {
         vmi: &VirtualMachineInstance,
         in_place: bool,
     ) -> Result<(), LifecycleError> {
-        let result = self.runtime.launch(vmi);
+        let result = self.lc.runtime.launch(vmi);
         if let Ok(m) = &result {
-            watch(key.clone(), m.clone(), self.signal.clone());
+            watch(key.clone(), m.clone(), self.lc.signal.clone());
         }
         let observe_now = result.as_ref().ok().cloned();
         if in_place {
-            let mut st = lock(&self.state);
+            let mut st = lock(&self.lc.state);
             st.launching.remove(key);
             match result {
                 Ok(machine) => {
@@ -120,7 +192,7 @@ impl Lifecycle {
                         .insert(key.clone(), Live { machine, stop_deadline: None, soft_reboot: false, last });
                     // Deleted while it was starting again: stop it now.
                     if let Some(g) = st.deleting_vmis.get(key).copied() {
-                        self.begin_stop_locked(&mut st, key, g);
+                        self.lc.begin_stop_locked(&mut st, key, g);
                     }
                 }
                 Err(msg) => {
@@ -149,8 +221,8 @@ impl Lifecycle {
             let (status, agent) = look(&m);
             (m, status, agent)
         });
-        let mut st = lock(&self.state);
-        self.batched(&mut st, |st| {
+        let mut st = lock(&self.lc.state);
+        self.lc.persist().batched(&mut st, |st| {
             let status = seen.as_ref().map(|(_, s, _)| s.clone());
             self.launched_locked(st, key, result, status)?;
             match seen {
@@ -178,7 +250,7 @@ impl Lifecycle {
                 let deleting = st.deleting_vmis.get(key).copied();
                 st.live.insert(key.clone(), Live { machine, stop_deadline: None, soft_reboot: false, last });
                 if let Some(v) = st.vmis.get_mut(key) {
-                    let interfaces = self.runtime.interfaces(v);
+                    let interfaces = self.lc.runtime.interfaces(v);
                     for i in v.spec.domain.devices.interfaces.iter_mut().filter(|i| i.mac_address.is_none()) {
                         let given = interfaces.iter().find(|s| s.name.as_deref() == Some(i.name.as_str()));
                         i.mac_address = given.and_then(|s| s.mac.clone());
@@ -188,7 +260,7 @@ impl Lifecycle {
                     if !interfaces.is_empty() {
                         s.interfaces = interfaces;
                     }
-                    let movable = self.runtime.live_migratable(v);
+                    let movable = self.lc.runtime.live_migratable(v);
                     let s = v.status.get_or_insert_with(Default::default);
                     set_condition(
                         &mut s.conditions,
@@ -214,9 +286,9 @@ impl Lifecycle {
                         );
                     }
                 }
-                self.persist_vmi(st, key)?;
+                self.lc.persist().persist_vmi(st, key)?;
                 if acc.accelerator == Accelerator::Emulation && !ended {
-                    self.event_locked(
+                    self.lc.persist().event_locked(
                         st,
                         Kind::VirtualMachineInstance,
                         key,
@@ -225,7 +297,7 @@ impl Lifecycle {
                         acc.reason,
                     );
                 }
-                self.event_locked(
+                self.lc.persist().event_locked(
                     st,
                     Kind::VirtualMachineInstance,
                     key,
@@ -234,13 +306,13 @@ impl Lifecycle {
                     "VirtualMachineInstance defined".into(),
                 );
                 if let Some(g) = deleting {
-                    self.begin_stop_locked(st, key, g);
+                    self.lc.begin_stop_locked(st, key, g);
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
                 if st.deleting_vmis.contains_key(key) {
-                    return self.remove_vmi_locked(st, key);
+                    return self.lc.remove_vmi_locked(st, key);
                 }
                 if let Some(v) = st.vmis.get_mut(key) {
                     set_phase(v, VmiPhase::Failed);
@@ -251,9 +323,16 @@ impl Lifecycle {
                         condition("Ready", false, Some("FailedCreate"), Some(msg.clone())),
                     );
                 }
-                self.persist_vmi(st, key)?;
+                self.lc.persist().persist_vmi(st, key)?;
                 self.note_failure_locked(st, key);
-                self.event_locked(st, Kind::VirtualMachineInstance, key, "Warning", "FailedCreate", msg);
+                self.lc.persist().event_locked(
+                    st,
+                    Kind::VirtualMachineInstance,
+                    key,
+                    "Warning",
+                    "FailedCreate",
+                    msg,
+                );
             }
         }
         Ok(())
@@ -277,8 +356,15 @@ impl Lifecycle {
             condition(DATA_VOLUMES_READY, false, Some("NotAllDVsReady"), Some(why.clone())),
         );
         if !was_waiting {
-            self.persist_vmi(st, key)?;
-            self.event_locked(st, Kind::VirtualMachineInstance, key, "Normal", "NotAllDVsReady", why);
+            self.lc.persist().persist_vmi(st, key)?;
+            self.lc.persist().event_locked(
+                st,
+                Kind::VirtualMachineInstance,
+                key,
+                "Normal",
+                "NotAllDVsReady",
+                why,
+            );
         }
         Ok(())
     }
@@ -287,7 +373,7 @@ impl Lifecycle {
         let b = st.backoff.entry(key.clone()).or_insert(Backoff { failures: 0, until: Instant::now() });
         b.failures = b.failures.saturating_add(1);
         let factor = 1u32.checked_shl(b.failures.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
-        let delay = self.opts.backoff_base.saturating_mul(factor).min(self.opts.backoff_max);
+        let delay = self.lc.opts.backoff_base.saturating_mul(factor).min(self.lc.opts.backoff_max);
         b.until = Instant::now() + delay;
     }
 
@@ -295,7 +381,7 @@ impl Lifecycle {
     pub(super) fn observe(&self, key: &Key, m: &Arc<dyn Machine>) -> Result<(), LifecycleError> {
         // Asked outside the lock: for a launcher's machine it is a round trip.
         let (status, agent) = look(m);
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.lc.state);
         self.observe_locked(&mut st, key, m, status, agent)
     }
 
@@ -308,7 +394,7 @@ impl Lifecycle {
         status: MachineStatus,
         agent: Option<crate::agent::AgentReport>,
     ) -> Result<(), LifecycleError> {
-        let migrating = Self::migrating(st, key);
+        let migrating = MigrationController::migrating(st, key);
         let Some(l) = st.live.get_mut(key) else { return Ok(()) };
         if !Arc::ptr_eq(&l.machine, m) {
             // A machine the VMI moved away from (a completed migration).
@@ -350,7 +436,7 @@ impl Lifecycle {
                     changed |= super::agent_status::apply(v, agent.as_ref());
                 }
                 if became_running {
-                    self.event_locked(
+                    self.lc.persist().event_locked(
                         st,
                         Kind::VirtualMachineInstance,
                         key,
@@ -362,7 +448,7 @@ impl Lifecycle {
                 // Running for a while clears the crash-loop back-off.
                 if !paused {
                     if let Some(b) = st.backoff.get(key) {
-                        if Instant::now() > b.until + self.opts.backoff_base {
+                        if Instant::now() > b.until + self.lc.opts.backoff_base {
                             st.backoff.remove(key);
                         }
                     }
@@ -376,9 +462,9 @@ impl Lifecycle {
         if changed {
             // The VM's status (printableStatus, ready) follows its instance at once, in the same
             // write batch.
-            self.batched(st, |st| {
-                self.persist_vmi(st, key)?;
-                self.update_vm_status_locked(st, key)
+            self.lc.persist().batched(st, |st| {
+                self.lc.persist().persist_vmi(st, key)?;
+                self.lc.vm_ctl().update_vm_status_locked(st, key)
             })?;
         }
         Ok(())
@@ -402,7 +488,7 @@ impl Lifecycle {
         if in_place {
             if let Some(v) = st.vmis.get(key).cloned() {
                 let reason = if soft { "SoftRebooted" } else { "Rebooted" };
-                self.event_locked(
+                self.lc.persist().event_locked(
                     st,
                     Kind::VirtualMachineInstance,
                     key,
@@ -413,7 +499,7 @@ impl Lifecycle {
                 // Started again by the controller, outside the lock (a launch can take a while).
                 let _ = v;
                 st.relaunch.insert(key.clone());
-                self.signal.raise_key(key);
+                self.lc.signal.raise_key(key);
                 return Ok(());
             }
         }
@@ -455,83 +541,13 @@ impl Lifecycle {
             }
         }
         if let Some(v) = st.vmis.get(key) {
-            self.runtime.ended(v);
+            self.lc.runtime.ended(v);
         }
         if phase == VmiPhase::Failed {
             self.note_failure_locked(st, key);
         }
-        self.persist_vmi(st, key)?;
-        self.event_locked(st, Kind::VirtualMachineInstance, key, type_, reason, msg);
-        Ok(())
-    }
-
-    pub(super) fn remove_vmi_locked(&self, st: &mut State, key: &Key) -> Result<(), LifecycleError> {
-        if st.vmis.contains_key(key) {
-            self.flush_batch(st)?;
-            self.store.delete(Kind::VirtualMachineInstance, key)?;
-        }
-        st.deleting_vmis.remove(key);
-        st.relaunch.remove(key);
-        st.live.remove(key);
-        if let Some(v) = st.vmis.remove(key) {
-            self.runtime.cleanup(&v);
-            self.event_locked(
-                st,
-                Kind::VirtualMachineInstance,
-                key,
-                "Normal",
-                "Deleted",
-                "VirtualMachineInstance deleted".into(),
-            );
-        }
-        Ok(())
-    }
-
-    /// Asks the guest to power off, forced after `grace` seconds.
-    pub(super) fn begin_stop_locked(&self, st: &mut State, key: &Key, grace: i64) {
-        let Some(live) = st.live.get_mut(key) else { return };
-        let forced = grace == 0;
-        let deadline = Instant::now() + Duration::from_secs(grace.unsigned_abs());
-        let earlier = live.stop_deadline.is_none_or(|d| deadline < d);
-        if !earlier {
-            return;
-        }
-        live.stop_deadline = Some(deadline);
-        live.soft_reboot = false;
-        let machine = live.machine.clone();
-        let (reason, msg) = if forced {
-            if let Err(e) = machine.stop() {
-                log::warn!("VMI {key}: forced stop: {e}");
-            }
-            ("Killing", "stopping the VMI now (grace period 0)".to_string())
-        } else {
-            if let Err(e) = machine.power_down() {
-                log::info!("VMI {key}: the guest cannot be asked to power off ({e}); stopping it now");
-                if let Err(e) = machine.stop() {
-                    log::warn!("VMI {key}: stop: {e}");
-                }
-            }
-            ("ShuttingDown", format!("asked the guest to power off; forced off after {grace} s"))
-        };
-        self.event_locked(st, Kind::VirtualMachineInstance, key, "Normal", reason, msg);
-    }
-
-    /// Marks the VMI deleted (stored first) and asks its guest to power off.
-    pub(super) fn delete_vmi_locked(
-        &self,
-        st: &mut State,
-        key: &Key,
-        grace: i64,
-    ) -> Result<(), LifecycleError> {
-        if let Some(v) = st.vmis.get_mut(key) {
-            if v.metadata.deletion_timestamp.is_none() {
-                v.metadata.deletion_timestamp = Some(now());
-            }
-            v.metadata.deletion_grace_period_seconds = Some(grace);
-        }
-        self.persist_vmi(st, key)?;
-        st.deleting_vmis.insert(key.clone(), grace);
-        self.begin_stop_locked(st, key, grace);
+        self.lc.persist().persist_vmi(st, key)?;
+        self.lc.persist().event_locked(st, Kind::VirtualMachineInstance, key, type_, reason, msg);
         Ok(())
     }
 }

@@ -97,9 +97,9 @@ impl Vmis<'_> {
             return Err(LifecycleError::Conflict(format!("VMI {key} is already paused")));
         }
         m.pause().map_err(|e| LifecycleError::Conflict(e.to_string()))?;
-        self.lc.observe(&key, &m)?;
+        self.lc.vmi_ctl().observe(&key, &m)?;
         let mut st = lock(&self.lc.state);
-        self.lc.event_locked(
+        self.lc.persist().event_locked(
             &mut st,
             Kind::VirtualMachineInstance,
             &key,
@@ -117,9 +117,9 @@ impl Vmis<'_> {
             return Err(LifecycleError::Conflict(format!("VMI {key} is not paused")));
         }
         m.resume().map_err(|e| LifecycleError::Conflict(e.to_string()))?;
-        self.lc.observe(&key, &m)?;
+        self.lc.vmi_ctl().observe(&key, &m)?;
         let mut st = lock(&self.lc.state);
-        self.lc.event_locked(
+        self.lc.persist().event_locked(
             &mut st,
             Kind::VirtualMachineInstance,
             &key,
@@ -152,7 +152,7 @@ impl Vmis<'_> {
         if let Some(l) = st.live.get_mut(&key) {
             l.soft_reboot = true;
         }
-        self.lc.event_locked(
+        self.lc.persist().event_locked(
             &mut st,
             Kind::VirtualMachineInstance,
             &key,
@@ -206,7 +206,7 @@ impl Vmis<'_> {
             let s = v.status.get_or_insert_with(Default::default);
             s.fs_freeze_status = (status == "frozen").then(|| status.clone());
         }
-        self.lc.persist_vmi(&mut st, &key)?;
+        self.lc.persist().persist_vmi(&mut st, &key)?;
         Ok(status)
     }
 }
