@@ -44,10 +44,10 @@ impl Lifecycle {
             let queued = std::mem::take(&mut *lock(&self.signal.queued));
             let now = Instant::now();
             if queued.all || now >= next_resync {
-                self.pass(Scope::All);
+                self.reconciler().pass(Scope::All);
                 next_resync = Instant::now() + self.opts.resync;
             } else {
-                self.pass(Scope::Keys(queued.keys));
+                self.reconciler().pass(Scope::Keys(queued.keys));
             }
             let wait = self.opts.tick.min(next_resync.saturating_duration_since(Instant::now()));
             let queued = lock(&self.signal.queued);
@@ -63,14 +63,16 @@ impl Lifecycle {
     /// requeued with its own back-off ([`LifecycleOptions::requeue_base`]), and the pass goes on
     /// with the others.
     pub fn reconcile(&self) {
-        self.pass(Scope::All);
+        self.reconciler().pass(Scope::All);
     }
 
     /// How much reconciling this lifecycle did so far.
     pub fn reconcile_stats(&self) -> ReconcileStats {
         lock(&self.state).stats
     }
+}
 
+impl Reconciler<'_> {
     /// The keys due without being queued: requeue and crash-loop back-offs that ran out, grace
     /// periods that ran out, and VMIs waiting to launch (their readiness depends on objects
     /// outside the lifecycle: DataVolumes, Secrets, the runtime's checks).
@@ -92,12 +94,12 @@ impl Lifecycle {
         let scope = match scope {
             Scope::All => Scope::All,
             Scope::Keys(mut keys) => {
-                keys.extend(Self::due(&lock(&self.state), started));
+                keys.extend(Self::due(&lock(&self.lc.state), started));
                 Scope::Keys(keys)
             }
         };
         {
-            let mut st = lock(&self.state);
+            let mut st = lock(&self.lc.state);
             st.stats.passes += 1;
             st.stats.full_passes += u64::from(matches!(scope, Scope::All));
             st.stats.objects += match &scope {
@@ -111,7 +113,7 @@ impl Lifecycle {
         let mut failed = BTreeSet::new();
         // 1. Observe machines.
         let live: Vec<(Key, Arc<dyn Machine>)> = {
-            let st = lock(&self.state);
+            let st = lock(&self.lc.state);
             st.live
                 .iter()
                 .filter(|(k, _)| scope.has(k) && !Self::deferred(&st, k, started))
@@ -119,14 +121,14 @@ impl Lifecycle {
                 .collect()
         };
         for (key, m) in live {
-            let r = self.vmi_ctl().observe(&key, &m);
+            let r = self.lc.vmi_ctl().observe(&key, &m);
             self.outcome(&mut failed, &key, r);
         }
         // 1b. Migrations: record what their workers reported, start pending ones.
-        self.migration_ctl().sync_migrations(&mut failed);
+        self.lc.migration_ctl().sync_migrations(&mut failed);
         // 2. Grace periods that ran out.
         {
-            let st = lock(&self.state);
+            let st = lock(&self.lc.state);
             let now = Instant::now();
             for (key, l) in st.live.iter() {
                 if l.stop_deadline.is_some_and(|d| d <= now) && !matches!(l.last, MachineStatus::Stopped(_)) {
@@ -139,7 +141,7 @@ impl Lifecycle {
         }
         // 3. Finish deletions of VMIs without a machine.
         {
-            let mut st = lock(&self.state);
+            let mut st = lock(&self.lc.state);
             let done: Vec<Key> = st
                 .deleting_vmis
                 .keys()
@@ -152,25 +154,25 @@ impl Lifecycle {
                 .cloned()
                 .collect();
             for key in done {
-                let r = self.remove_vmi_locked(&mut st, &key);
+                let r = self.lc.remove_vmi_locked(&mut st, &key);
                 self.outcome_locked(&mut st, &mut failed, &key, r);
             }
         }
         // 4. VMs: run strategies and deletions.
         let keys: Vec<Key> = {
-            let st = lock(&self.state);
+            let st = lock(&self.lc.state);
             st.vms.keys().filter(|k| scope.has(k) && !Self::deferred(&st, k, started)).cloned().collect()
         };
         for key in keys {
             if failed.contains(&key) {
                 continue;
             }
-            let r = self.vm_ctl().sync_vm(&key);
+            let r = self.lc.vm_ctl().sync_vm(&key);
             self.outcome(&mut failed, &key, r);
         }
         // 5. Launch pending VMIs the runtime finds ready; the others stay Pending, saying why.
         let candidates: Vec<(Key, VirtualMachineInstance)> = {
-            let st = lock(&self.state);
+            let st = lock(&self.lc.state);
             st.vmis
                 .iter()
                 .filter(|(k, v)| {
@@ -185,9 +187,9 @@ impl Lifecycle {
                 .collect()
         };
         let verdicts: Vec<(Key, Result<(), NotReady>)> =
-            candidates.into_iter().map(|(k, v)| (k, self.runtime.ready(&v))).collect();
+            candidates.into_iter().map(|(k, v)| (k, self.lc.runtime.ready(&v))).collect();
         let pending: Vec<(Key, VirtualMachineInstance, bool)> = {
-            let mut st = lock(&self.state);
+            let mut st = lock(&self.lc.state);
             let mut out = Vec::new();
             for (key, verdict) in verdicts {
                 let still_pending = st.vmis.get(&key).is_some_and(|v| Self::awaiting_launch(&st, &key, v))
@@ -197,14 +199,14 @@ impl Lifecycle {
                     continue;
                 }
                 if let Err(why) = verdict {
-                    let r = self.vmi_ctl().not_ready_locked(&mut st, &key, why.to_string());
+                    let r = self.lc.vmi_ctl().not_ready_locked(&mut st, &key, why.to_string());
                     self.outcome_locked(&mut st, &mut failed, &key, r);
                     continue;
                 }
                 let Some(v) = st.vmis.get_mut(&key) else { continue };
                 set_phase(v, VmiPhase::Scheduling);
                 let st_ = v.status.get_or_insert_with(Default::default);
-                st_.node_name = Some(self.opts.node_name.clone());
+                st_.node_name = Some(self.lc.opts.node_name.clone());
                 if st_.conditions.iter().any(|c| c.type_ == DATA_VOLUMES_READY) {
                     set_condition(
                         &mut st_.conditions,
@@ -212,7 +214,7 @@ impl Lifecycle {
                     );
                 }
                 let vmi = (**v).clone();
-                match self.persist().persist_vmi(&mut st, &key) {
+                match self.lc.persist().persist_vmi(&mut st, &key) {
                     Ok(()) => {
                         st.launching.insert(key.clone());
                         out.push((key, vmi, false));
@@ -234,11 +236,11 @@ impl Lifecycle {
             out
         };
         for (key, vmi, in_place) in pending {
-            let r = self.vmi_ctl().launch(&key, &vmi, in_place);
+            let r = self.lc.vmi_ctl().launch(&key, &vmi, in_place);
             self.outcome(&mut failed, &key, r);
         }
         // Objects reconciled without error this pass start their next failure from the base delay.
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.lc.state);
         st.requeue.retain(|k, b| failed.contains(k) || b.until > started);
     }
 
@@ -259,7 +261,7 @@ impl Lifecycle {
 
     pub(super) fn outcome(&self, failed: &mut BTreeSet<Key>, key: &Key, r: Result<(), LifecycleError>) {
         if r.is_err() {
-            let mut st = lock(&self.state);
+            let mut st = lock(&self.lc.state);
             self.outcome_locked(&mut st, failed, key, r);
         }
     }
@@ -277,7 +279,7 @@ impl Lifecycle {
         let b = st.requeue.entry(key.clone()).or_insert(Backoff { failures: 0, until: Instant::now() });
         b.failures = b.failures.saturating_add(1);
         let factor = 1u32.checked_shl(b.failures.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
-        let delay = self.opts.requeue_base.saturating_mul(factor).min(self.opts.requeue_max);
+        let delay = self.lc.opts.requeue_base.saturating_mul(factor).min(self.lc.opts.requeue_max);
         b.until = Instant::now() + delay;
         log::error!(
             "lifecycle: reconciling {key} failed (attempt {}), requeued in {delay:?}: {e}",

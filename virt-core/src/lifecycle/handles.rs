@@ -75,6 +75,12 @@ pub(super) struct Collector<'a> {
     pub(super) lc: &'a Lifecycle,
 }
 
+/// The lifecycle's reconciler (internal).
+#[derive(Clone, Copy)]
+pub(super) struct Reconciler<'a> {
+    pub(super) lc: &'a Lifecycle,
+}
+
 impl Lifecycle {
     /// The VirtualMachine requests.
     pub fn vms(&self) -> Vms<'_> {
@@ -124,5 +130,9 @@ impl Lifecycle {
 
     pub(super) fn gc(&self) -> Collector<'_> {
         Collector { lc: self }
+    }
+
+    pub(super) fn reconciler(&self) -> Reconciler<'_> {
+        Reconciler { lc: self }
     }
 }

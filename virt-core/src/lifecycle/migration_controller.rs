@@ -42,7 +42,7 @@ impl MigrationController<'_> {
             for (vmi_key, flight) in flights {
                 let r = self.record_flight_locked(&mut st, &vmi_key, &flight, &mut work);
                 let mk = flight.migration.clone();
-                self.lc.outcome_locked(&mut st, failed, &mk, r);
+                self.lc.reconciler().outcome_locked(&mut st, failed, &mk, r);
             }
             // Oldest first, as many as the parallel limits leave room for; the rest wait in
             // Pending for a later pass (one runs when a flight ends).
@@ -65,7 +65,7 @@ impl MigrationController<'_> {
                     continue;
                 }
                 let r = self.begin_migration_locked(&mut st, &key, &mut work);
-                self.lc.outcome_locked(&mut st, failed, &key, r);
+                self.lc.reconciler().outcome_locked(&mut st, failed, &key, r);
             }
             // Deleted and not under way (finished, or never started): gone.
             let gone: Vec<Key> = st
@@ -82,7 +82,7 @@ impl MigrationController<'_> {
                 if r.is_ok() {
                     st.migrations.remove(&key);
                 }
-                self.lc.outcome_locked(&mut st, failed, &key, r);
+                self.lc.reconciler().outcome_locked(&mut st, failed, &key, r);
             }
             work
         };

@@ -54,7 +54,7 @@ pub use watch::{Change, ChangeLog, ChangeType, WatchError, WatchEvent, Watcher};
 
 pub use strategy::{Action, InstanceView, Request, RequestError, StateChange, VmView};
 
-use handles::{Collector, MigrationController, Persistence, VmController, VmiController};
+use handles::{Collector, MigrationController, Persistence, Reconciler, VmController, VmiController};
 use objects::{build_catalog, namespace_object, prepare_meta};
 use vmi_controller::grace_of;
 
