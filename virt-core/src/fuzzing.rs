@@ -304,7 +304,7 @@ impl FuzzMachine {
         let mut s = self.status.lock().map_err(|_| MachineError::Control {
             machine: "fuzz".into(),
             op,
-            msg: "poisoned".into(),
+            source: "poisoned".into(),
         })?;
         if *s != *from {
             return Err(MachineError::State { machine: "fuzz".into(), op, state: s.clone() });

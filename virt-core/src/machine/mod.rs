@@ -302,14 +302,14 @@ pub enum MachineError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A control operation failed.
-    #[error("machine {machine}: {op} failed: {msg}")]
+    #[error("machine {machine}: {op} failed: {source}")]
     Control {
         /// Machine name.
         machine: String,
         /// The operation.
         op: &'static str,
-        /// Why.
-        msg: String,
+        /// Why: the engine's error (QMP, the VMM, the launcher's socket), or a reason.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A guest-agent operation with no agent to do it (none connected, or this machine has no
     /// agent channel), or one the agent refused.

@@ -315,7 +315,7 @@ impl Machine for NativeMachine {
         self.handle.power_button().map_err(|e| MachineError::Control {
             machine: self.name.clone(),
             op: "power down",
-            msg: e.to_string(),
+            source: Box::new(e),
         })?;
         let _ = self.events_tx.send(MachineEvent::PowerDownRequested);
         Ok(())
@@ -349,7 +349,7 @@ impl Machine for NativeMachine {
         Err(MachineError::Control {
             machine: self.name.clone(),
             op: "console input",
-            msg: "the guest does not read its console".into(),
+            source: "the guest does not read its console".into(),
         })
     }
     fn wait(&self, timeout: Option<Duration>) -> Option<MachineExit> {
@@ -388,7 +388,11 @@ impl Machine for NativeMachine {
         if s != MachineStatus::Running {
             return Err(MachineError::State { machine: self.name.clone(), op: "migrate", state: s });
         }
-        let err = |msg: String| MachineError::Control { machine: self.name.clone(), op: "migrate", msg };
+        let err = |msg: String| MachineError::Control {
+            machine: self.name.clone(),
+            op: "migrate",
+            source: msg.into(),
+        };
         let token = Arc::new(CancelToken::default());
         let waker = stream.try_clone().map_err(|e| err(format!("cloning the migration stream: {e}")))?;
         token.on_cancel(Box::new(move || {
@@ -418,7 +422,7 @@ impl Machine for NativeMachine {
             Some(t) if !t.cancel() => Err(MachineError::Control {
                 machine: self.name.clone(),
                 op: "migrate cancel",
-                msg: "too late: the migration completed".into(),
+                source: "too late: the migration completed".into(),
             }),
             _ => Ok(()),
         }

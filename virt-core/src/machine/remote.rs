@@ -626,7 +626,7 @@ impl RemoteMachine {
             RemoteError::Gone { exit, .. } => {
                 MachineError::State { machine, op, state: MachineStatus::Stopped(self.ended(exit)) }
             }
-            e => MachineError::Control { machine, op, msg: e.to_string() },
+            e => MachineError::Control { machine, op, source: Box::new(e) },
         }
     }
 

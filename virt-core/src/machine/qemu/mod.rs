@@ -566,7 +566,7 @@ impl QemuMachine {
         self.inner.qmp.get().ok_or_else(|| MachineError::Control {
             machine: self.inner.name.clone(),
             op,
-            msg: "QMP is not connected".into(),
+            source: "QMP is not connected".into(),
         })
     }
 
@@ -580,7 +580,7 @@ impl QemuMachine {
     }
 
     fn control(&self, op: &'static str) -> impl Fn(QmpError) -> MachineError + '_ {
-        move |e| MachineError::Control { machine: self.inner.name.clone(), op, msg: e.to_string() }
+        move |e| MachineError::Control { machine: self.inner.name.clone(), op, source: Box::new(e) }
     }
 
     fn live(s: &MachineStatus) -> bool {
@@ -637,7 +637,7 @@ impl Machine for QemuMachine {
         lock(&self.serial).write_all(bytes).map_err(|e| MachineError::Control {
             machine: self.inner.name.clone(),
             op: "console input",
-            msg: e.to_string(),
+            source: Box::new(e),
         })
     }
 
@@ -689,7 +689,7 @@ impl Machine for QemuMachine {
                 return Err(MachineError::Control {
                     machine: self.inner.name.clone(),
                     op: "migrate",
-                    msg: "a migration is already running".into(),
+                    source: "a migration is already running".into(),
                 });
             }
             *m = true;
@@ -699,7 +699,7 @@ impl Machine for QemuMachine {
         let err = |e: migration::QemuMigrationError| MachineError::Control {
             machine: self.inner.name.clone(),
             op: "migrate",
-            msg: e.to_string(),
+            source: Box::new(e),
         };
         match r {
             Ok(report) => {
@@ -725,7 +725,7 @@ impl Machine for QemuMachine {
         let msg = |m: String| MachineError::Control {
             machine: self.inner.name.clone(),
             op: "migrate cancel",
-            msg: m,
+            source: m.into(),
         };
         match migration::active(q).map_err(|e| msg(e.to_string()))? {
             None => Err(msg("too late: the migration completed".into())),

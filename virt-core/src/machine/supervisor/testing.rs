@@ -101,7 +101,7 @@ impl Machine for FakeMachine {
     }
     fn stop(&self) -> R {
         if let MachineStatus::Stopped(_) = self.status() {
-            return Err(MachineError::Control { machine: "fake".into(), op: "stop", msg: "ended".into() });
+            return Err(MachineError::Control { machine: "fake".into(), op: "stop", source: "ended".into() });
         }
         self.end(MachineExit::Stopped);
         Ok(())
