@@ -122,8 +122,10 @@ fn outcome(object: &KubeVirtObject, catalog: &Catalog, node: &NodeSupport) -> Ou
                 Err(e) => return Outcome::Rejected(e.to_string()),
             };
             // The VMI the VM would start must itself be admissible.
-            let mut vmi =
-                VirtualMachineInstance::new(template.metadata.clone().unwrap_or_default(), template.spec);
+            let mut vmi = VirtualMachineInstance::new(
+                template.metadata.as_deref().cloned().unwrap_or_default(),
+                template.spec,
+            );
             vmi.metadata.name = vm.metadata.name.clone();
             match vmi.admit(node) {
                 Ok(w) => warnings.extend(w.iter().map(|w| format!("resolved: {w}"))),
@@ -255,7 +257,7 @@ fn vm_cirros_csmall_resolves_to_one_vcpu_and_128mi() {
     // No preference: the disks are as written (`disk: {}` keeps no bus; virtio is the default).
     assert_eq!(t.spec.domain.devices.disks[0].bus(), None);
     assert_eq!(t.metadata.as_ref().unwrap().labels["kubevirt.io/vm"], "vm-cirros-csmall");
-    let mut vmi = VirtualMachineInstance::new(t.metadata.clone().unwrap(), t.spec);
+    let mut vmi = VirtualMachineInstance::new(*t.metadata.clone().unwrap(), t.spec);
     vmi.metadata.name = Some("vm-cirros-csmall".into());
     vmi.admit(&NodeSupport::default()).unwrap();
 }
@@ -328,7 +330,7 @@ fn vm_windows_clarge_with_the_windows_preference_resolves_like_kubevirt() {
     assert_eq!(timer.pit.as_ref().unwrap().tick_policy, Some(model::PitTickPolicy::Delay));
     // The result is what `vmi-windows.yaml` spells out by hand, and it admits (Secure Boot has
     // the SMM the preference added).
-    let mut vmi = VirtualMachineInstance::new(t.metadata.clone().unwrap(), t.spec.clone());
+    let mut vmi = VirtualMachineInstance::new(*t.metadata.clone().unwrap(), t.spec.clone());
     vmi.metadata.name = Some("vm-windows-clarge-windows".into());
     vmi.admit(&NodeSupport::default()).unwrap();
     let by_hand: VirtualMachineInstance = model::from_yaml(&read("vmi-windows.yaml")).unwrap();

@@ -123,7 +123,7 @@ impl VmController<'_> {
                 return Ok(());
             }
         };
-        let mut meta = template.metadata.clone().unwrap_or_default();
+        let mut meta = template.metadata.as_deref().cloned().unwrap_or_default();
         meta.name = Some(key.name.clone());
         meta.namespace = Some(key.namespace.clone());
         meta.uid = Some(new_uid());

@@ -28,7 +28,7 @@ pub struct DomainSpec {
     pub machine: Option<Machine>,
     /// Firmware: bootloader, kernel boot, UUID, serial.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub firmware: Option<Firmware>,
+    pub firmware: Option<Box<Firmware>>,
     /// Guest clock and timers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<Clock>,
@@ -45,7 +45,7 @@ pub struct DomainSpec {
     pub io_threads: Option<DiskIoThreads>,
     /// SMBIOS chassis information.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chassis: Option<Chassis>,
+    pub chassis: Option<Box<Chassis>>,
     /// Confidential computing (SEV, SNP, TDX); kept as written, refused on this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_security: Option<Value>,

@@ -123,7 +123,7 @@ pub struct VirtualMachineInstanceSpec {
 pub struct VirtualMachineInstanceTemplateSpec {
     /// Labels and annotations of the VMI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<ObjectMeta>,
+    pub metadata: Option<Box<ObjectMeta>>,
     /// The VMI's spec.
     pub spec: VirtualMachineInstanceSpec,
 }

@@ -226,10 +226,10 @@ fn for_vmi_follows_kubevirt() {
         }
     );
     spec.hostname = Some("h".repeat(70));
-    spec.domain.firmware = Some(virt_core::model::Firmware {
+    spec.domain.firmware = Some(Box::new(virt_core::model::Firmware {
         uuid: Some("5d307ca9-b3ef-428c-8861-06e72d69f223".into()),
         ..Default::default()
-    });
+    }));
     let i = SeedInfo::for_vmi("testvm", "ns1", &spec);
     assert_eq!(i.hostname, "h".repeat(63));
     assert_eq!(i.uuid.as_deref(), Some("5d307ca9-b3ef-428c-8861-06e72d69f223"));

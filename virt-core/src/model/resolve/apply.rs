@@ -167,7 +167,7 @@ pub(super) fn apply_instancetype(
         }
     }
     if !it.annotations.is_empty() {
-        let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+        let meta = template.metadata.get_or_insert_with(Box::default);
         for (k, val) in &it.annotations {
             match meta.annotations.get(k) {
                 Some(h) if h != val => conflict(
@@ -283,7 +283,7 @@ pub(super) fn apply_preference(p: &PreferenceSpec, template: &mut VirtualMachine
     }
 
     if let Some(fw) = &p.firmware {
-        let firmware = d.firmware.get_or_insert_with(Firmware::default);
+        let firmware = d.firmware.get_or_insert_with(Box::default);
         let boot = firmware.bootloader.get_or_insert_with(Bootloader::default);
         if fw.preferred_use_bios == Some(true) && boot.bios.is_none() && boot.efi.is_none() {
             boot.bios = Some(Bios::default());
@@ -304,7 +304,7 @@ pub(super) fn apply_preference(p: &PreferenceSpec, template: &mut VirtualMachine
         if firmware.bootloader.as_ref().is_some_and(|b| b == &Bootloader::default()) {
             firmware.bootloader = None;
         }
-        if d.firmware.as_ref().is_some_and(|f| f == &Firmware::default()) {
+        if d.firmware.as_deref().is_some_and(|f| f == &Firmware::default()) {
             d.firmware = None;
         }
     }
@@ -329,7 +329,7 @@ pub(super) fn apply_preference(p: &PreferenceSpec, template: &mut VirtualMachine
     fill(&mut spec.termination_grace_period_seconds, p.preferred_termination_grace_period_seconds);
     fill_clone(&mut spec.architecture, &p.preferred_architecture);
     if !p.annotations.is_empty() {
-        let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+        let meta = template.metadata.get_or_insert_with(Box::default);
         for (k, v) in &p.annotations {
             meta.annotations.entry(k.clone()).or_insert_with(|| v.clone());
         }

@@ -85,7 +85,7 @@ impl Validate for VirtualMachineInstanceReplicaSet {
         check_selector(
             &mut v,
             &self.spec.selector,
-            self.spec.template.metadata.as_ref(),
+            self.spec.template.metadata.as_deref(),
             "spec.selector",
             "spec.template",
         );

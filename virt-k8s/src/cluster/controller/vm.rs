@@ -38,7 +38,7 @@ pub fn vmi_for(
     let vmi = VirtualMachineInstance {
         api_version: Cr::<VirtualMachineInstance>::api_version(),
         kind: "VirtualMachineInstance".into(),
-        metadata: tmpl.metadata.clone().unwrap_or_default(),
+        metadata: tmpl.metadata.as_deref().cloned().unwrap_or_default(),
         spec: tmpl.spec.clone(),
         status: None,
     };
