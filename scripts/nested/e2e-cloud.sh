@@ -84,7 +84,7 @@ check "guest-get-osinfo names Debian 12 (\"prettyName\":\"Debian GNU/Linux 12 (b
   hasre '^L1: cloud virt agent answered .*Debian GNU/Linux 12'
 check "ssh logged in as debian with the seed's key over the tap and ran a command on Debian 12" \
   hasre '^L1: cloud virt ssh login after [0-9.]+ s: ssh-ok user=debian Debian GNU/Linux 12'
-check "the guest shut down gracefully (reboot: Power down on its console)" has "reboot: Power down"
+check "the guest shut down gracefully (reboot: Power down on its console)" has "L1: cloud virt guest console: reboot: Power down"
 check "exit.json says the guest powered off (L1: exit.json \"PowerOff\")" has 'L1: exit.json "PowerOff"'
 check "the launcher exited 0 (L1: cloud virt exit=0)" has "L1: cloud virt exit=0 "
 check "the L1 run ended with exit 0 (run.sh exit $run_rc)" test "$run_rc" -eq 0

@@ -43,7 +43,8 @@ NET
   mkfs.vfat -C -n cidata "$work/seed.img" 2048 >/dev/null
   mcopy -i "$work/seed.img" "$work/meta-data" "$work/user-data" "$work/network-config" ::
   local vsize
-  vsize=$(qemu-img info --output=json "$IMAGE" | sed -n 's/.*"virtual-size": *\([0-9]*\).*/\1/p' | head -n1)
+  # The image's own virtual size (the overlay must match it: the partition table covers all of it).
+  vsize=$(qemu-img info --output=json "$IMAGE" | python3 -c 'import json, sys; print(json.load(sys.stdin)["virtual-size"])')
   qemu-img create -q -f qcow2 -F qcow2 -b /l2/cloud/debian-12.qcow2 -u "$work/overlay.qcow2" "$vsize"
   CLOUD_FILES=(--file "$here/l2-vmm.sh:/lib/l2-vmm.sh" --file "$here/l2-cloud.sh:/lib/l2-cloud.sh"
     --file "$(command -v socat):/payload/socat" --file "$(command -v ssh):/payload/ssh"

@@ -69,6 +69,12 @@ SPEC
   esac
 }
 
+# cloud_failed: whether the guest's console shows a failed boot (sets CLOUD_WHY to the line).
+cloud_failed() {
+  CLOUD_WHY=$(grep -m1 -oE 'Kernel panic.*|Failed to mount.*|reboot: Restarting system' "$L2_CONSOLE" 2>/dev/null)
+  [ -n "$CLOUD_WHY" ]
+}
+
 cloud_since() { awk -v a="$CLOUD_T0" -v b="$(l1_uptime)" 'BEGIN { printf "%.2f", b - a }'; }
 cloud_over() { awk -v a="$CLOUD_T0" -v b="$(l1_uptime)" -v t="$1" 'BEGIN { exit !(b - a > t) }'; }
 
@@ -94,6 +100,7 @@ cloud_wait_agent() {
       qemu) case "$a" in *'"return"'*'"return"'*) break ;; esac ;;
     esac
     l1_ended "$L2_PID" && { echo "L1: cloud $1 agent never answered: the VMM ended after $(cloud_since) s"; return 1; }
+    cloud_failed && { echo "L1: cloud $1 agent never answered: the guest failed to boot ($CLOUD_WHY) after $(cloud_since) s"; return 1; }
     cloud_over "$2" && { echo "L1: cloud $1 agent never answered in $2 s"; return 1; }
     sleep 0.2
   done
@@ -110,6 +117,7 @@ cloud_ssh() {
 cloud_wait_ssh() {
   while ! out=$(cloud_ssh 'echo "ssh-ok user=$(id -un) $(. /etc/os-release; echo "$PRETTY_NAME") kernel=$(uname -r)"' 2>/tmp/ssh.err); do
     l1_ended "$L2_PID" && { echo "L1: cloud $1 ssh never logged in: the VMM ended after $(cloud_since) s"; return 1; }
+    cloud_failed && { echo "L1: cloud $1 ssh never logged in: the guest failed to boot ($CLOUD_WHY)"; return 1; }
     cloud_over "$2" && { echo "L1: cloud $1 ssh never logged in in $2 s: $(tail -n1 /tmp/ssh.err)"; return 1; }
     sleep 0.5
   done
@@ -135,6 +143,7 @@ cloud_stop() {
   done
   wait "$L2_PID"
   rc=$?
+  grep -qs "reboot: Power down" "$L2_CONSOLE" && echo "L1: cloud $1 guest console: reboot: Power down"
   echo "L1: cloud $1 exit=$rc stop-to-exit=$(awk -v a="$ts" -v b="$(l1_uptime)" 'BEGIN { printf "%.2f", b - a }') s"
   return $rc
 }
