@@ -365,7 +365,8 @@ mod tests {
     #[test]
     fn a_worker_may_read_and_write_a_unix_socket() {
         // The virtio-console worker moves the guest agent's bytes over a unix stream; std reads a
-        // socket with recvfrom, which a jailed launcher once trapped (the nested cloud-image test).
+        // socket with recvfrom and writes it with sendto, which a jailed launcher once trapped (the
+        // nested cloud-image test, scripts/nested/e2e-cloud.sh).
         // SAFETY: geteuid has no arguments and cannot fail.
         assert_eq!(unsafe { libc::geteuid() }, 0, "installing a filter on a test thread needs root here");
         let prog = filter(Role::Worker).unwrap();
@@ -384,7 +385,9 @@ mod tests {
         b.read_exact(&mut back).unwrap();
         assert_eq!(&echoed.join().unwrap(), b"ping");
         assert_eq!(&back, b"ping");
-        assert!(Role::Vcpu.calls().contains(&"recvfrom"), "a vCPU starts the console worker: it must allow it too");
+        for c in ["recvfrom", "sendto"] {
+            assert!(Role::Vcpu.calls().contains(&c), "a vCPU starts the console worker: it must allow {c} too");
+        }
     }
 
     #[test]
