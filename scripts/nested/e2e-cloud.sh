@@ -49,7 +49,13 @@ echo "L1: booting the cloud image on virt: $CLOUD_CMDLINE"
 fail=0
 cloud_start virt || exit 1
 cloud_wait_agent virt "$CLOUD_WAIT" || fail=1
-cloud_wait_ssh virt "$CLOUD_WAIT" || fail=1
+if cloud_wait_ssh virt "$CLOUD_WAIT"; then
+  # Where the guest's boot spent its time (for the record; not a check).
+  cloud_ssh 'sudo journalctl -b -o short-monotonic --no-pager | grep -E "Linux version|Switching root|Reached target|Timed out|start job|Startup finished|Started (ssh|qemu-guest-agent|cloud-init)" | head -n 40' \
+    2>&1 | sed 's/^/L1: guest journal: /'
+else
+  fail=1
+fi
 cloud_stop virt 180
 rc=$?
 cloud_dump virt
