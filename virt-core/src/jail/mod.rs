@@ -386,7 +386,10 @@ mod tests {
         assert_eq!(&echoed.join().unwrap(), b"ping");
         assert_eq!(&back, b"ping");
         for c in ["recvfrom", "sendto"] {
-            assert!(Role::Vcpu.calls().contains(&c), "a vCPU starts the console worker: it must allow {c} too");
+            assert!(
+                Role::Vcpu.calls().contains(&c),
+                "a vCPU starts the console worker: it must allow {c} too"
+            );
         }
     }
 
