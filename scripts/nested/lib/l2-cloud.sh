@@ -132,7 +132,10 @@ cloud_stop() {
   ts=$(l1_uptime)
   case "$1" in
     virt) kill -TERM "$L2_PID" ;;
-    qemu) printf '{"execute":"guest-shutdown"}\n' | timeout 5 socat -t 1 - "UNIX-CONNECT:$CLOUD_DIR/qga.sock" >/dev/null 2>&1 ;;
+    # The connection stays open a while: QEMU reads the socket only as the guest's port takes bytes,
+    # and what it has not read when the client goes is lost (a one-second client's shutdown was).
+    qemu) { printf '{"execute":"guest-shutdown"}\n'; sleep 15; } \
+            | timeout 20 socat - "UNIX-CONNECT:$CLOUD_DIR/qga.sock" >/dev/null 2>&1 & ;;
   esac
   while ! l1_ended "$L2_PID"; do
     if awk -v a="$ts" -v b="$(l1_uptime)" -v t="$2" 'BEGIN { exit !(b - a > t) }'; then
