@@ -363,6 +363,37 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_may_read_and_write_a_unix_socket() {
+        // The virtio-console worker moves the guest agent's bytes over a unix stream; std reads a
+        // socket with recvfrom and writes it with sendto, which a jailed launcher once trapped (the
+        // nested cloud-image test, scripts/nested/e2e-cloud.sh).
+        // SAFETY: geteuid has no arguments and cannot fail.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "installing a filter on a test thread needs root here");
+        let prog = filter(Role::Worker).unwrap();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let echoed = std::thread::spawn(move || {
+            seccompiler::apply_filter(&prog).unwrap();
+            use std::io::{Read as _, Write as _};
+            let mut buf = [0u8; 4];
+            (&a).read_exact(&mut buf).unwrap();
+            (&a).write_all(&buf).unwrap();
+            buf
+        });
+        use std::io::{Read as _, Write as _};
+        b.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        b.read_exact(&mut back).unwrap();
+        assert_eq!(&echoed.join().unwrap(), b"ping");
+        assert_eq!(&back, b"ping");
+        for c in ["recvfrom", "sendto"] {
+            assert!(
+                Role::Vcpu.calls().contains(&c),
+                "a vCPU starts the console worker: it must allow {c} too"
+            );
+        }
+    }
+
+    #[test]
     fn syscall_names_round_trip() {
         assert_eq!(syscalls::number("socket"), Some(libc::SYS_socket));
         assert_eq!(syscalls::name(libc::SYS_ioctl), Some("ioctl"));

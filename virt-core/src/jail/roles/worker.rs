@@ -1,5 +1,6 @@
-//! Device-worker threads (virtio-blk): wait on the queue's eventfd with epoll, read and write the
-//! disk image they already hold open (raw or qcow2: allocation and flushes too), signal the irqfd.
+//! Device-worker threads (virtio-blk, virtio-console): wait on the queue's eventfd with epoll, read
+//! and write the disk image they already hold open (raw or qcow2: allocation and flushes too), or
+//! the guest agent's unix socket (`recvfrom`, `sendto`), signal the irqfd.
 
 /// The device-worker allowlist (with [`super::base`]).
 pub const CALLS: &[&str] = &[
@@ -21,4 +22,8 @@ pub const CALLS: &[&str] = &[
     "fstat",
     "newfstatat",
     "statx",
+    // virtio-console: the agent channel's host end is a unix stream (std reads it with `recvfrom`
+    // and writes it with `sendto`, MSG_NOSIGNAL).
+    "recvfrom",
+    "sendto",
 ];

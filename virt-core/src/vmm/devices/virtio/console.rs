@@ -154,6 +154,8 @@ impl VirtioDevice for Console {
         let handle = std::thread::Builder::new()
             .name("virtio-console".into())
             .spawn(move || {
+                // Started on a vCPU (the guest's DRIVER_OK): narrow to a device worker at once.
+                crate::jail::enter_or_die(crate::jail::Role::Worker);
                 worker.run(&evts, &kill2);
                 worker
             })
