@@ -406,6 +406,8 @@ impl Machine for NativeMachine {
             cancel: token,
             bandwidth_limit: opts.bandwidth_bytes_per_sec,
             completion_timeout: opts.completion_timeout(),
+            auto_converge: opts.auto_converge,
+            progress_timeout: opts.progress_timeout(),
             ..Default::default()
         };
         let mut stream = stream;

@@ -38,7 +38,9 @@ use super::state::{self, Persist, StateError};
 use super::{Build, MicroVm, VmConfig, VmHandle};
 use crate::hypervisor::{Hypervisor, MemorySlot};
 
+mod converge;
 mod sender;
+pub use converge::{AutoConverge, ProgressWatch, Stuck};
 use sender::Sender;
 
 /// Protocol versions this build speaks.
@@ -136,6 +138,20 @@ pub enum MigrationError {
         /// Dirty passes until then.
         passes: u32,
     },
+    /// The data left to send did not go below its lowest for longer than the progress timeout
+    /// (KubeVirt's `progressTimeout`); the source keeps running.
+    #[error("Live migration stuck for {} sec and has been aborted ({remaining} bytes left after {passes} dirty passes)", .stuck_for.as_secs())]
+    Stuck {
+        /// How long it made no progress.
+        stuck_for: Duration,
+        /// Bytes left to send at the last round.
+        remaining: u64,
+        /// Dirty passes until then.
+        passes: u32,
+    },
+    /// The vCPU throttle could not start.
+    #[error("starting the vCPU throttle: {0}")]
+    Throttle(std::io::Error),
 }
 
 fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> MigrationError {
@@ -249,6 +265,12 @@ pub struct MigrationOptions {
     /// How long pre-copy may run before the migration fails and the source goes on
     /// (KubeVirt's `completionTimeoutPerGiB` times the memory size); `None`: no limit.
     pub completion_timeout: Option<Duration>,
+    /// Throttle the vCPUs when dirty-page rounds do not shrink (KubeVirt's `allowAutoConverge`,
+    /// QEMU's rule and steps: [`AutoConverge`]); the throttle ends with the migration.
+    pub auto_converge: bool,
+    /// Abort when the data left to send has not gone below its lowest for this long (KubeVirt's
+    /// `progressTimeout`, judged at each dirty-page round: [`ProgressWatch`]); `None`: never.
+    pub progress_timeout: Option<Duration>,
 }
 
 /// Cancels a migration from another thread. [`CancelToken::cancel`] before the source commits
@@ -323,6 +345,8 @@ impl Default for MigrationOptions {
             cancel: Arc::default(),
             bandwidth_limit: None,
             completion_timeout: None,
+            auto_converge: false,
+            progress_timeout: None,
         }
     }
 }
@@ -352,6 +376,10 @@ pub struct MigrationStats {
     pub pages_per_pass: Vec<u64>,
     /// Bytes of guest memory sent in all.
     pub bytes_sent: u64,
+    /// The vCPU throttle when the source paused, in percent (auto-converge; 0: none).
+    pub throttle_percent: u8,
+    /// The throttle after each dirty-page round (empty without auto-converge).
+    pub throttle_per_pass: Vec<u8>,
 }
 
 impl VmHandle {
@@ -427,6 +455,10 @@ impl VmHandle {
         let was_paused = self.is_paused();
         let mut paused_here = false;
         let mut r = self.migrate_inner(stream, opts, &mut paused_here);
+        // The throttle ends with the migration: a source that runs on runs at full speed.
+        if let Err(e) = self.ctl.set_throttle(0) {
+            log::warn!("ending the vCPU throttle: {e}");
+        }
         if r.is_err() && opts.cancel.is_cancelled() {
             // The cancel shut the stream down: whatever broke, this is why.
             r = Err(MigrationError::Cancelled);
@@ -486,21 +518,38 @@ impl VmHandle {
         stats.pages_per_pass.push(first);
         // Bandwidth in bytes per second, measured on each pass.
         let mut bandwidth = (first as f64 * PAGE as f64) / t.elapsed().as_secs_f64().max(1e-6);
+        let mut converge = AutoConverge::default();
+        let mut progress = ProgressWatch::new(opts.progress_timeout.unwrap_or(Duration::ZERO), start);
+        // Bytes sent in the round just ended.
+        let mut round_sent = first * PAGE as u64;
         // Pages read from the dirty log (which clears it) but not sent yet: they join the final pass.
         let pending = loop {
             opts.check_cancel()?;
             let dirty = self.dirty_set(false)?;
-            let eta = Duration::from_secs_f64(dirty.len() as f64 * PAGE as f64 / bandwidth.max(1.0));
+            let dirty_bytes = dirty.len() as u64 * PAGE as u64;
+            let eta = Duration::from_secs_f64(dirty_bytes as f64 / bandwidth.max(1.0));
             if eta <= opts.downtime_budget / 2 || stats.passes >= opts.max_passes {
                 break dirty;
+            }
+            progress.observe(dirty_bytes, Instant::now()).map_err(|Stuck(stuck_for)| {
+                MigrationError::Stuck { stuck_for, remaining: dirty_bytes, passes: stats.passes }
+            })?;
+            if opts.auto_converge {
+                if let Some(p) = converge.after_round(dirty_bytes, round_sent) {
+                    log::info!("migration: pass {} dirtied {dirty_bytes} of {round_sent} bytes sent: vCPUs throttled to {p}%", stats.passes);
+                    self.ctl.set_throttle(p).map_err(MigrationError::Throttle)?;
+                }
+                stats.throttle_per_pass.push(converge.percent());
             }
             let t = Instant::now();
             let n = self.send_pages(&mut sender, &dirty)?;
             bandwidth = (n as f64 * PAGE as f64) / t.elapsed().as_secs_f64().max(1e-6);
+            round_sent = n * PAGE as u64;
             stats.pages_per_pass.push(n);
             stats.passes += 1;
             sender.set_passes(stats.passes);
         };
+        stats.throttle_percent = converge.percent();
 
         // Stop-and-copy.
         let paused_at = Instant::now();

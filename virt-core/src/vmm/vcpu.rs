@@ -5,6 +5,11 @@
 //! the run returns `Interrupted` and the thread checks its control state. Because a signal sent just
 //! before the thread enters the hypervisor would be lost, the controller repeats the kick until every
 //! thread has acknowledged (parked or exited).
+//!
+//! Throttling (auto-converge of a live migration, [`VcpuControl::set_throttle`]): a throttle thread
+//! cuts time into slices of [`THROTTLE_SLICE`]; after the running part of each slice it kicks every
+//! vCPU out of the hypervisor with the same signal, and each vCPU sleeps out the rest of the slice
+//! before it enters again, so at `p` percent a vCPU spends `p`% of each slice outside `KVM_RUN`.
 
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -29,12 +34,24 @@ pub fn install_kick_handler() -> std::io::Result<()> {
     r.map_err(std::io::Error::from_raw_os_error)
 }
 
+/// The throttle's time slice: at `p` percent each vCPU is out of the hypervisor for `p`% of it.
+pub const THROTTLE_SLICE: Duration = Duration::from_millis(10);
+/// The highest throttle (QEMU's `max-cpu-throttle` bound).
+pub const THROTTLE_MAX: u8 = 99;
+
 #[derive(Default)]
 struct State {
     paused: bool,
     stop: bool,
     parked: usize,
     exited: usize,
+    /// Throttle percentage (0: none).
+    throttle: u8,
+    /// The current slice's number, and when its sleeping part ends (None: no slice sleeps).
+    slice: u64,
+    sleep_until: Option<Instant>,
+    /// vCPUs that began sleeping in the current slice.
+    slept: usize,
 }
 
 /// Shared control of all vCPU threads of one VM.
@@ -45,6 +62,7 @@ pub struct VcpuControl {
     threads: Mutex<Vec<JoinHandle<()>>>,
     vcpus: Mutex<Vec<SharedVcpu>>,
     first_exit: OnceLock<Instant>,
+    throttler: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A vCPU shared between its thread (which holds it while in the hypervisor) and the controller
@@ -94,6 +112,8 @@ impl VcpuControl {
     /// Stops every vCPU at its next exit and waits until all are parked.
     pub fn pause(&self) {
         lock(&self.state).paused = true;
+        // A vCPU sleeping out a throttle slice parks at once.
+        self.cv.notify_all();
         self.kick_until(|s, n| s.parked + s.exited >= n);
     }
 
@@ -141,6 +161,104 @@ impl VcpuControl {
         for t in threads {
             let _ = t.join();
         }
+        self.join_throttler();
+    }
+
+    /// Throttles the vCPUs to `percent` (capped at [`THROTTLE_MAX`]; 0 ends throttling and the
+    /// vCPUs run at full speed at once). The first non-zero value starts the throttle thread.
+    pub fn set_throttle(self: &Arc<Self>, percent: u8) -> std::io::Result<()> {
+        let percent = percent.min(THROTTLE_MAX);
+        {
+            let mut st = lock(&self.state);
+            if st.stop {
+                return Ok(());
+            }
+            st.throttle = percent;
+            if percent == 0 {
+                st.sleep_until = None;
+            }
+        }
+        self.cv.notify_all();
+        if percent == 0 {
+            self.join_throttler();
+            return Ok(());
+        }
+        let mut t = lock(&self.throttler);
+        if t.is_none() {
+            let ctl = self.clone();
+            *t = Some(std::thread::Builder::new().name("vcpu-throttle".into()).spawn(move || {
+                crate::jail::enter_or_die(crate::jail::Role::Control);
+                ctl.throttle_loop();
+            })?);
+        }
+        Ok(())
+    }
+
+    /// The throttle percentage in force (0: none).
+    pub fn throttle(&self) -> u8 {
+        lock(&self.state).throttle
+    }
+
+    fn join_throttler(&self) {
+        let t = lock(&self.throttler).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+
+    /// The throttle thread: runs slices until the throttle is 0 or the vCPUs stop.
+    fn throttle_loop(&self) {
+        loop {
+            let slice_start = Instant::now();
+            let pct = {
+                let st = lock(&self.state);
+                if st.throttle == 0 || st.stop {
+                    return;
+                }
+                st.throttle
+            };
+            let sleep = THROTTLE_SLICE * u32::from(pct) / 100;
+            // The running part of the slice.
+            self.wait_until(slice_start + (THROTTLE_SLICE - sleep));
+            let until = Instant::now() + sleep;
+            let n = self.n_threads();
+            {
+                let mut st = lock(&self.state);
+                if st.throttle == 0 || st.stop {
+                    return;
+                }
+                st.slice = st.slice.wrapping_add(1);
+                st.sleep_until = Some(until);
+                st.slept = 0;
+            }
+            // Kick until every running vCPU began its sleep (a kick landing just before a vCPU
+            // enters the hypervisor is lost, so repeat it), or the slice ends.
+            loop {
+                self.kick_all();
+                let mut st = lock(&self.state);
+                let deadline = Instant::now() + Duration::from_millis(1);
+                while st.slept + st.parked + st.exited < n && Instant::now() < deadline.min(until) {
+                    let left = deadline.min(until).saturating_duration_since(Instant::now());
+                    st = self.cv.wait_timeout(st, left).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+                }
+                if st.slept + st.parked + st.exited >= n || Instant::now() >= until || st.throttle == 0 {
+                    break;
+                }
+            }
+            self.wait_until(until);
+        }
+    }
+
+    /// Sleeps until `t`, or until the throttle ends or the vCPUs stop.
+    fn wait_until(&self, t: Instant) {
+        let mut st = lock(&self.state);
+        while st.throttle != 0 && !st.stop {
+            let now = Instant::now();
+            if now >= t {
+                return;
+            }
+            st = self.cv.wait_timeout(st, t - now).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+        }
     }
 
     /// When vCPU 0 first exited to the VMM (for boot-latency measurements).
@@ -148,9 +266,22 @@ impl VcpuControl {
         self.first_exit.get().copied()
     }
 
-    /// Parks the calling vCPU while paused; returns false when it must stop.
-    fn checkpoint(&self) -> bool {
+    /// Parks the calling vCPU while paused, and sleeps out the current throttle slice once
+    /// (`slept` is the last slice it slept in); returns false when it must stop.
+    fn checkpoint(&self, slept: &mut u64) -> bool {
         let mut st = lock(&self.state);
+        if let Some(until) = st.sleep_until.filter(|_| st.slice != *slept && st.throttle != 0) {
+            *slept = st.slice;
+            st.slept += 1;
+            self.cv.notify_all();
+            while !st.paused && !st.stop && st.throttle != 0 {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                st = self.cv.wait_timeout(st, until - now).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+            }
+        }
         if st.paused && !st.stop {
             st.parked += 1;
             self.cv.notify_all();
@@ -194,8 +325,9 @@ impl VcpuControl {
 }
 
 fn run_vcpu(id: u8, shared: SharedVcpu, io: &Bus, mmio: &Bus, ctl: &VcpuControl, exit: &ExitLatch) {
+    let mut slept = 0u64;
     loop {
-        if exit.get().is_some() || !ctl.checkpoint() {
+        if exit.get().is_some() || !ctl.checkpoint(&mut slept) {
             return;
         }
         let mut vcpu = lock(&shared);
