@@ -444,6 +444,11 @@ impl VmHandle {
         Ok(n)
     }
 
+    /// The vCPU throttle in force, in percent (auto-converge during a migration; 0 otherwise).
+    pub fn throttle_percent(&self) -> u8 {
+        self.ctl.throttle()
+    }
+
     /// Migrates this VM to the destination at the other end of `stream` (see the module doc). On
     /// success the VM here is stopped and runs on the destination; on any failure before the
     /// destination is Ready it keeps running here (resumed if it was paused for the migration).

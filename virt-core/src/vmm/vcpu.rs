@@ -7,9 +7,12 @@
 //! thread has acknowledged (parked or exited).
 //!
 //! Throttling (auto-converge of a live migration, [`VcpuControl::set_throttle`]): a throttle thread
-//! cuts time into slices of [`THROTTLE_SLICE`]; after the running part of each slice it kicks every
-//! vCPU out of the hypervisor with the same signal, and each vCPU sleeps out the rest of the slice
-//! before it enters again, so at `p` percent a vCPU spends `p`% of each slice outside `KVM_RUN`.
+//! kicks every vCPU out of the hypervisor with the same signal after the running part of each
+//! [`THROTTLE_SLICE`] (`(100 - p)`% of it, at least [`THROTTLE_MIN_RUN`]); a kicked vCPU measures
+//! how long it actually ran since its last sleep (`r`, which a late kick on a loaded host makes
+//! longer than asked) and sleeps `r * p / (100 - p)` before it enters again, so at `p` percent it
+//! spends `p`% of its time outside `KVM_RUN` however late the kicks come (QEMU sleeps by the same
+//! ratio). A kick lost just before `KVM_RUN` is repeated by the next period's.
 
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -36,6 +39,10 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 
 /// The throttle's time slice: at `p` percent each vCPU is out of the hypervisor for `p`% of it.
 pub const THROTTLE_SLICE: Duration = Duration::from_millis(10);
+/// The shortest running part between two throttle kicks (at 99% the slice stretches to 100 ms).
+pub const THROTTLE_MIN_RUN: Duration = Duration::from_millis(1);
+/// The longest single throttle sleep.
+const THROTTLE_MAX_SLEEP: Duration = Duration::from_secs(1);
 /// The highest throttle (QEMU's `max-cpu-throttle` bound).
 pub const THROTTLE_MAX: u8 = 99;
 
@@ -47,11 +54,8 @@ struct State {
     exited: usize,
     /// Throttle percentage (0: none).
     throttle: u8,
-    /// The current slice's number, and when its sleeping part ends (None: no slice sleeps).
-    slice: u64,
-    sleep_until: Option<Instant>,
-    /// vCPUs that began sleeping in the current slice.
-    slept: usize,
+    /// Throttle kicks so far: a vCPU that has not seen the latest sleeps.
+    kicks: u64,
 }
 
 /// Shared control of all vCPU threads of one VM.
@@ -174,9 +178,6 @@ impl VcpuControl {
                 return Ok(());
             }
             st.throttle = percent;
-            if percent == 0 {
-                st.sleep_until = None;
-            }
         }
         self.cv.notify_all();
         if percent == 0 {
@@ -206,10 +207,10 @@ impl VcpuControl {
         }
     }
 
-    /// The throttle thread: runs slices until the throttle is 0 or the vCPUs stop.
+    /// The throttle thread: kicks the vCPUs after each running part until the throttle is 0 or
+    /// the vCPUs stop.
     fn throttle_loop(&self) {
         loop {
-            let slice_start = Instant::now();
             let pct = {
                 let st = lock(&self.state);
                 if st.throttle == 0 || st.stop {
@@ -217,35 +218,16 @@ impl VcpuControl {
                 }
                 st.throttle
             };
-            let sleep = THROTTLE_SLICE * u32::from(pct) / 100;
-            // The running part of the slice.
-            self.wait_until(slice_start + (THROTTLE_SLICE - sleep));
-            let until = Instant::now() + sleep;
-            let n = self.n_threads();
+            let run = (THROTTLE_SLICE * u32::from(100 - pct) / 100).max(THROTTLE_MIN_RUN);
+            self.wait_until(Instant::now() + run);
             {
                 let mut st = lock(&self.state);
                 if st.throttle == 0 || st.stop {
                     return;
                 }
-                st.slice = st.slice.wrapping_add(1);
-                st.sleep_until = Some(until);
-                st.slept = 0;
+                st.kicks = st.kicks.wrapping_add(1);
             }
-            // Kick until every running vCPU began its sleep (a kick landing just before a vCPU
-            // enters the hypervisor is lost, so repeat it), or the slice ends.
-            loop {
-                self.kick_all();
-                let mut st = lock(&self.state);
-                let deadline = Instant::now() + Duration::from_millis(1);
-                while st.slept + st.parked + st.exited < n && Instant::now() < deadline.min(until) {
-                    let left = deadline.min(until).saturating_duration_since(Instant::now());
-                    st = self.cv.wait_timeout(st, left).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
-                }
-                if st.slept + st.parked + st.exited >= n || Instant::now() >= until || st.throttle == 0 {
-                    break;
-                }
-            }
-            self.wait_until(until);
+            self.kick_all();
         }
     }
 
@@ -266,20 +248,35 @@ impl VcpuControl {
         self.first_exit.get().copied()
     }
 
-    /// Parks the calling vCPU while paused, and sleeps out the current throttle slice once
-    /// (`slept` is the last slice it slept in); returns false when it must stop.
-    fn checkpoint(&self, slept: &mut u64) -> bool {
+    /// Parks the calling vCPU while paused, and after a throttle kick sleeps by the throttle's
+    /// ratio of the time it ran; returns false when it must stop.
+    fn checkpoint(&self, t: &mut ThrottleSeen) -> bool {
         let mut st = lock(&self.state);
-        if let Some(until) = st.sleep_until.filter(|_| st.slice != *slept && st.throttle != 0) {
-            *slept = st.slice;
-            st.slept += 1;
-            self.cv.notify_all();
-            while !st.paused && !st.stop && st.throttle != 0 {
-                let now = Instant::now();
-                if now >= until {
-                    break;
+        if st.throttle == 0 {
+            t.ran_since = None;
+        } else {
+            let now = Instant::now();
+            match t.ran_since {
+                None => {
+                    // Throttled from now on: count from here.
+                    t.ran_since = Some(now);
+                    t.kicks = st.kicks;
                 }
-                st = self.cv.wait_timeout(st, until - now).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+                Some(since) if t.kicks != st.kicks => {
+                    t.kicks = st.kicks;
+                    let p = u32::from(st.throttle);
+                    let sleep = ((now - since) * p / (100 - p)).min(THROTTLE_MAX_SLEEP);
+                    let until = now + sleep;
+                    while !st.paused && !st.stop && st.throttle != 0 {
+                        let now = Instant::now();
+                        if now >= until {
+                            break;
+                        }
+                        st = self.cv.wait_timeout(st, until - now).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+                    }
+                    t.ran_since = Some(Instant::now());
+                }
+                Some(_) => {}
             }
         }
         if st.paused && !st.stop {
@@ -324,10 +321,17 @@ impl VcpuControl {
     }
 }
 
+/// A vCPU thread's view of the throttle: the last kick it obeyed, and since when it runs.
+#[derive(Default)]
+struct ThrottleSeen {
+    kicks: u64,
+    ran_since: Option<Instant>,
+}
+
 fn run_vcpu(id: u8, shared: SharedVcpu, io: &Bus, mmio: &Bus, ctl: &VcpuControl, exit: &ExitLatch) {
-    let mut slept = 0u64;
+    let mut throttle = ThrottleSeen::default();
     loop {
-        if exit.get().is_some() || !ctl.checkpoint(&mut slept) {
+        if exit.get().is_some() || !ctl.checkpoint(&mut throttle) {
             return;
         }
         let mut vcpu = lock(&shared);
