@@ -186,3 +186,32 @@ fn a_throttled_migration_that_fails_leaves_the_source_at_full_speed() {
     h.request_stop();
     h.wait();
 }
+
+#[test]
+fn a_migration_that_makes_no_progress_is_aborted_by_the_progress_timeout() {
+    let hv = kvm();
+    let (img, con, h) = running(&hv);
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let dest = std::thread::spawn(move || {
+        MicroVm::migrate_from(&kvm(), counter_config(img, &Console::default(), MEMORY_MIB), &mut b)
+            .map(|_| ())
+    });
+    // Every round finds the whole region dirty: the remaining data never goes below its first low.
+    let opts = MigrationOptions {
+        progress_timeout: Some(Duration::from_secs(1)),
+        ..options(false, Duration::from_secs(60))
+    };
+    let t = Instant::now();
+    let e = h.migrate_to(&mut a, &opts).unwrap_err();
+    eprintln!("stalled migration: {e} after {:?}", t.elapsed());
+    assert!(matches!(e, MigrationError::Stuck { .. }), "{e}");
+    assert!(e.to_string().starts_with("Live migration stuck for 1 sec and has been aborted"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let de = dest.join().unwrap().unwrap_err();
+    assert!(de.to_string().contains("Live migration stuck"), "the destination is told why: {de}");
+    assert_eq!(h.exit_reason(), None, "the source runs on");
+    let n = con.beats().len();
+    con.wait_beats(n + 3);
+    h.request_stop();
+    h.wait();
+}
