@@ -114,7 +114,8 @@ fn a_guest_dirtying_faster_than_the_link_converges_only_with_auto_converge() {
     let (mut a, mut b) = UnixStream::pair().unwrap();
     let img2 = img.clone();
     let dest = std::thread::spawn(move || {
-        MicroVm::migrate_from(&kvm(), counter_config(img2, &Console::default(), MEMORY_MIB), &mut b).map(|_| ())
+        MicroVm::migrate_from(&kvm(), counter_config(img2, &Console::default(), MEMORY_MIB), &mut b)
+            .map(|_| ())
     });
     let t = Instant::now();
     let e = h.migrate_to(&mut a, &options(false, Duration::from_secs(6))).unwrap_err();
@@ -164,7 +165,8 @@ fn a_throttled_migration_that_fails_leaves_the_source_at_full_speed() {
     let before = sweep_rate(&con, Duration::from_millis(500));
     let (mut a, mut b) = UnixStream::pair().unwrap();
     let dest = std::thread::spawn(move || {
-        MicroVm::migrate_from(&kvm(), counter_config(img, &Console::default(), MEMORY_MIB), &mut b).map(|_| ())
+        MicroVm::migrate_from(&kvm(), counter_config(img, &Console::default(), MEMORY_MIB), &mut b)
+            .map(|_| ())
     });
     // Long enough for the throttle to rise, too short to converge.
     let watcher = {

@@ -134,7 +134,11 @@ fn a_cancelled_qemu_migration_leaves_the_source_running() {
     let e = src.migrate_out(a, &opts).unwrap_err();
     eprintln!("stalled QEMU migration: {e} after {:?}", t.elapsed());
     assert!(e.to_string().contains("Live migration stuck for"), "{e}");
-    assert!(t.elapsed() >= Duration::from_secs(2) && t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_secs(2) && t.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        t.elapsed()
+    );
     drop(silent);
     assert_eq!(src.status(), MachineStatus::Running);
     src.console_input(b"echo VIRT-AGAIN-$X\n").unwrap();

@@ -246,16 +246,29 @@ fn a_confined_launcher_throttles_a_dirtying_guest_to_converge() {
     let _src = launcher(&spec, &src_dir, &[]);
     let _ = running(&src_dir);
     more_dots(&src_dir, 2);
-    let _dst = launcher(&spec, &dst_dir, &["--incoming"]);
-    let stream = connect_destination(&dst_dir, Duration::from_secs(30)).unwrap();
-    // 16 MiB/s and a 20 ms budget: the guest's 512 pages never fit without a throttle.
-    let opts = MigrateOptions {
+    // 16 MiB/s and a 20 ms budget: the guest's 512 pages never fit without a throttle. Without
+    // it, the completion timeout ends the migration (no forced pause after a pass count) and the
+    // source runs on.
+    let mut opts = MigrateOptions {
         downtime_ms: 20,
         bandwidth_bytes_per_sec: Some(16 << 20),
-        completion_timeout_secs: Some(60),
-        auto_converge: true,
+        completion_timeout_secs: Some(3),
         ..MigrateOptions::default()
     };
+    let failed_dir = base.join("failed");
+    let mut failed = launcher(&spec, &failed_dir, &["--incoming"]);
+    let stream = connect_destination(&failed_dir, Duration::from_secs(30)).unwrap();
+    let e = migrate_out(&src_dir, &stream, &opts).unwrap_err().to_string();
+    assert!(e.contains("did not complete within 3s"), "{e}");
+    wait_for("the abandoned destination to exit", Duration::from_secs(10), || {
+        matches!(failed.child.try_wait(), Ok(Some(_)))
+    });
+    more_dots(&src_dir, dots(&src_dir) + 2);
+
+    opts.completion_timeout_secs = Some(60);
+    opts.auto_converge = true;
+    let _dst = launcher(&spec, &dst_dir, &["--incoming"]);
+    let stream = connect_destination(&dst_dir, Duration::from_secs(30)).unwrap();
     let report = migrate_out(&src_dir, &stream, &opts)
         .unwrap_or_else(|e| panic!("{e}\nsource: {}\ndestination: {}", stderr(&src_dir), stderr(&dst_dir)));
     eprintln!("throttled migration between launchers: {report:?}");

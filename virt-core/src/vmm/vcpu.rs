@@ -272,7 +272,11 @@ impl VcpuControl {
                         if now >= until {
                             break;
                         }
-                        st = self.cv.wait_timeout(st, until - now).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+                        st = self
+                            .cv
+                            .wait_timeout(st, until - now)
+                            .map(|r| r.0)
+                            .unwrap_or_else(|e| e.into_inner().0);
                     }
                     t.ran_since = Some(Instant::now());
                 }

@@ -48,12 +48,8 @@ impl AutoConverge {
             return None;
         }
         self.high_rounds = 0;
-        let next = if self.percent == 0 {
-            self.initial
-        } else {
-            self.percent.saturating_add(self.increment)
-        }
-        .min(self.max);
+        let next = if self.percent == 0 { self.initial } else { self.percent.saturating_add(self.increment) }
+            .min(self.max);
         (next != self.percent).then(|| {
             self.percent = next;
             next
