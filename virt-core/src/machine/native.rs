@@ -416,7 +416,6 @@ impl Machine for NativeMachine {
             } else {
                 MigrationOptions::default().max_passes
             },
-            ..Default::default()
         };
         let mut stream = stream;
         let r = self.handle.migrate_to(&mut stream, &vmm_opts);
