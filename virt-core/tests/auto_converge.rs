@@ -217,3 +217,49 @@ fn a_migration_that_makes_no_progress_is_aborted_by_the_progress_timeout() {
     h.request_stop();
     h.wait();
 }
+
+#[test]
+fn a_destination_that_takes_nothing_is_caught_by_the_progress_timeout() {
+    use virt_core::vmm::migration::{self, CancelToken, Kind};
+    let hv = kvm();
+    let (_img, con, h) = running(&hv);
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    // A destination that agrees to everything and then reads nothing: the source's write blocks
+    // once the socket buffer is full, so no round ever ends.
+    let dest = std::thread::spawn(move || {
+        assert_eq!(migration::read_frame(&mut b).unwrap().0, Kind::Hello);
+        let mut hello = Vec::new();
+        hello.extend_from_slice(&1u16.to_le_bytes());
+        hello.extend_from_slice(&1u16.to_le_bytes());
+        hello.extend_from_slice(&0u64.to_le_bytes());
+        migration::write_frame(&mut b, Kind::Hello, &hello).unwrap();
+        assert_eq!(migration::read_frame(&mut b).unwrap().0, Kind::Config);
+        migration::write_frame(&mut b, Kind::Ok, &[]).unwrap();
+        std::thread::sleep(Duration::from_secs(15));
+        drop(b);
+    });
+    // As the machine layer does: a cancel shuts the stream down.
+    let token = std::sync::Arc::new(CancelToken::default());
+    let waker = a.try_clone().unwrap();
+    token.on_cancel(Box::new(move || {
+        let _ = waker.shutdown(std::net::Shutdown::Both);
+    }));
+    let opts = MigrationOptions {
+        progress_timeout: Some(Duration::from_secs(1)),
+        cancel: token,
+        ..options(false, Duration::from_secs(60))
+    };
+    let t = Instant::now();
+    let e = h.migrate_to(&mut a, &opts).unwrap_err();
+    eprintln!("silent destination: {e} after {:?}", t.elapsed());
+    assert!(matches!(e, MigrationError::Blocked(_)), "{e}");
+    assert!(e.to_string().starts_with("Live migration stuck for 1 sec and has been aborted"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(h.exit_reason(), None, "the source runs on");
+    assert!(!h.is_paused());
+    let n = con.beats().len();
+    con.wait_beats(n + 3);
+    h.request_stop();
+    h.wait();
+    dest.join().unwrap();
+}

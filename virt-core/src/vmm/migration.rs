@@ -27,7 +27,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -38,8 +38,11 @@ use super::state::{self, Persist, StateError};
 use super::{Build, MicroVm, VmConfig, VmHandle};
 use crate::hypervisor::{Hypervisor, MemorySlot};
 
+mod cancel;
 mod converge;
 mod sender;
+pub use cancel::CancelToken;
+use converge::{Activity, Watchdog};
 pub use converge::{AutoConverge, ProgressWatch, Stuck};
 use sender::Sender;
 
@@ -149,6 +152,10 @@ pub enum MigrationError {
         /// Dirty passes until then.
         passes: u32,
     },
+    /// Nothing went out for longer than the progress timeout (a peer that takes nothing); the
+    /// source keeps running.
+    #[error("Live migration stuck for {} sec and has been aborted (the destination took nothing)", .0.as_secs())]
+    Blocked(Duration),
     /// The vCPU throttle could not start.
     #[error("starting the vCPU throttle: {0}")]
     Throttle(std::io::Error),
@@ -273,70 +280,6 @@ pub struct MigrationOptions {
     pub progress_timeout: Option<Duration>,
 }
 
-/// Cancels a migration from another thread. [`CancelToken::cancel`] before the source commits
-/// makes the migration fail (the source resumes, the destination never runs); after it, it is too
-/// late. The commit point and a cancel exclude each other, so a cancel never loses the VM.
-#[derive(Default)]
-pub struct CancelToken {
-    state: Mutex<CancelState>,
-}
-
-#[derive(Default)]
-struct CancelState {
-    cancelled: bool,
-    committed: bool,
-    /// Unblocks the source's I/O (shuts its stream down) when cancelled.
-    on_cancel: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl std::fmt::Debug for CancelToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = lock(&self.state);
-        f.debug_struct("CancelToken")
-            .field("cancelled", &s.cancelled)
-            .field("committed", &s.committed)
-            .finish()
-    }
-}
-
-impl CancelToken {
-    /// Runs `f` on cancel (e.g. shutting the stream down, so a source blocked on the peer wakes).
-    pub fn on_cancel(&self, f: Box<dyn FnOnce() + Send>) {
-        lock(&self.state).on_cancel = Some(f);
-    }
-    /// Cancels; false when the migration already committed (the destination runs).
-    pub fn cancel(&self) -> bool {
-        let mut s = lock(&self.state);
-        if s.committed {
-            return false;
-        }
-        s.cancelled = true;
-        if let Some(f) = s.on_cancel.take() {
-            f();
-        }
-        true
-    }
-    /// Whether a cancel came.
-    pub fn is_cancelled(&self) -> bool {
-        lock(&self.state).cancelled
-    }
-    fn check(&self) -> Result<(), MigrationError> {
-        if self.is_cancelled() {
-            return Err(MigrationError::Cancelled);
-        }
-        Ok(())
-    }
-    /// The point of no return: fails if cancelled, else no cancel takes effect from here on.
-    fn commit(&self) -> Result<(), MigrationError> {
-        let mut s = lock(&self.state);
-        if s.cancelled {
-            return Err(MigrationError::Cancelled);
-        }
-        s.committed = true;
-        Ok(())
-    }
-}
-
 impl Default for MigrationOptions {
     fn default() -> Self {
         Self {
@@ -459,12 +402,29 @@ impl VmHandle {
     ) -> Result<MigrationStats, MigrationError> {
         let was_paused = self.is_paused();
         let mut paused_here = false;
-        let mut r = self.migrate_inner(stream, opts, &mut paused_here);
+        let (activity, dog) = (Activity::new(), Watchdog::default());
+        let mut r = std::thread::scope(|sc| {
+            if let Some(limit) = opts.progress_timeout.filter(|t| !t.is_zero()) {
+                let (dog, activity, cancel) = (&dog, &activity, &*opts.cancel);
+                let watch = move || dog.run(limit, activity, cancel);
+                if let Err(e) =
+                    std::thread::Builder::new().name("migration-watch".into()).spawn_scoped(sc, watch)
+                {
+                    log::warn!("no watchdog for a stream that takes nothing: {e}");
+                }
+            }
+            let r = self.migrate_inner(stream, opts, &mut paused_here, &activity);
+            dog.finish();
+            r
+        });
+        if let (Err(_), Some(idle)) = (&r, dog.stuck()) {
+            r = Err(MigrationError::Blocked(idle));
+        }
         // The throttle ends with the migration: a source that runs on runs at full speed.
         if let Err(e) = self.ctl.set_throttle(0) {
             log::warn!("ending the vCPU throttle: {e}");
         }
-        if r.is_err() && opts.cancel.is_cancelled() {
+        if matches!(r, Err(ref e) if !matches!(e, MigrationError::Blocked(_))) && opts.cancel.is_cancelled() {
             // The cancel shut the stream down: whatever broke, this is why.
             r = Err(MigrationError::Cancelled);
         }
@@ -483,6 +443,7 @@ impl VmHandle {
         stream: &mut S,
         opts: &MigrationOptions,
         paused_here: &mut bool,
+        activity: &Activity,
     ) -> Result<MigrationStats, MigrationError> {
         let start = Instant::now();
         let mut stats = MigrationStats::default();
@@ -504,7 +465,7 @@ impl VmHandle {
         // until what is left fits the downtime budget.
         self.set_dirty_logging(true)?;
         self.dirty_set(false)?;
-        let mut sender = Sender::new(stream, opts.bandwidth_limit, start, opts.completion_timeout);
+        let mut sender = Sender::new(stream, opts.bandwidth_limit, start, opts.completion_timeout, activity);
         let t = Instant::now();
         // A send error (the peer gone, the completion timeout) is kept as it is, not as a memory error.
         let mut send_err = None;

@@ -2,7 +2,11 @@
 //! (auto-converge, QEMU's rule) and when a migration that makes no progress is aborted (KubeVirt's
 //! `progressTimeout`).
 
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use super::CancelToken;
+use crate::vmm::devices::lock;
 
 /// QEMU's auto-converge: after a dirty-page round in which the guest dirtied more than half of
 /// what was sent in it, twice, throttle the vCPUs: first [`AutoConverge::initial`] percent, then
@@ -90,6 +94,63 @@ impl ProgressWatch {
             return Err(Stuck(idle));
         }
         Ok(())
+    }
+}
+
+/// When the sender last got memory out (a frame written).
+#[derive(Debug)]
+pub(super) struct Activity(Mutex<Instant>);
+
+impl Activity {
+    pub(super) fn new() -> Self {
+        Self(Mutex::new(Instant::now()))
+    }
+    pub(super) fn touch(&self) {
+        *lock(&self.0) = Instant::now();
+    }
+    fn idle(&self) -> Duration {
+        lock(&self.0).elapsed()
+    }
+}
+
+/// The progress timeout for a stream that takes nothing: the rounds are judged when they end,
+/// and a write blocked on a silent peer never ends one. A watchdog thread cancels the migration
+/// (which shuts the stream down, [`CancelToken::on_cancel`]) once nothing went out for longer
+/// than the timeout.
+#[derive(Default)]
+pub(super) struct Watchdog {
+    done: Mutex<bool>,
+    cv: Condvar,
+    stuck: Mutex<Option<Duration>>,
+}
+
+impl Watchdog {
+    /// Watches until [`Watchdog::finish`]; cancels through `cancel` when `activity` is idle for
+    /// longer than `limit` (not after the commit point, where a cancel is refused).
+    pub(super) fn run(&self, limit: Duration, activity: &Activity, cancel: &CancelToken) {
+        let mut done = lock(&self.done);
+        while !*done {
+            let idle = activity.idle();
+            if idle > limit {
+                if cancel.cancel() {
+                    *lock(&self.stuck) = Some(idle);
+                }
+                return;
+            }
+            done = self
+                .cv
+                .wait_timeout(done, Duration::from_millis(100))
+                .map(|r| r.0)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+    pub(super) fn finish(&self) {
+        *lock(&self.done) = true;
+        self.cv.notify_all();
+    }
+    /// How long nothing went out when the watchdog cancelled, if it did.
+    pub(super) fn stuck(&self) -> Option<Duration> {
+        *lock(&self.stuck)
     }
 }
 
