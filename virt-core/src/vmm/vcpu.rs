@@ -290,6 +290,8 @@ impl VcpuControl {
                 st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
             }
             st.parked -= 1;
+            // Time parked is not time run: the throttle counts afresh.
+            t.ran_since = None;
         }
         !st.stop
     }
