@@ -1,8 +1,8 @@
 //! Live migration of a QEMU machine through QMP, behind the backend-neutral seam
 //! (`Machine::migrate_out`, `MachineBackend::start_incoming`): a guest with a shell on its serial
 //! console moves into a second QEMU over a unix socket pair, keeps a shell variable set before the
-//! move and answers on the new console (asked to auto-converge); a cancel against a destination that never reads leaves
-//! the source running. Guest assets come from scripts/guest-assets.sh (cached); software emulation
+//! move and answers on the new console (asked to auto-converge); a cancel against a destination that never reads, and
+//! the progress timeout against another, leave the source running. Guest assets come from scripts/guest-assets.sh (cached); software emulation
 //! where /dev/kvm is unusable.
 
 #[macro_use]
@@ -126,6 +126,23 @@ fn a_cancelled_qemu_migration_leaves_the_source_running() {
     assert!(console.wait_for("VIRT-STILL-7731", Duration::from_secs(60)), "{}", console.text());
     // No migration runs: a cancel now is harmless.
     src.migrate_cancel().unwrap();
+    // KubeVirt's progressTimeout: against another silent destination `ram.remaining` stops going
+    // down; after 2 s without progress the source aborts by itself and runs on.
+    let (a, silent) = UnixStream::pair().unwrap();
+    let opts = MigrateOptions { progress_timeout_secs: Some(2), ..MigrateOptions::default() };
+    let t = Instant::now();
+    let e = src.migrate_out(a, &opts).unwrap_err();
+    eprintln!("stalled QEMU migration: {e} after {:?}", t.elapsed());
+    assert!(e.to_string().contains("Live migration stuck for"), "{e}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(2) && t.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        t.elapsed()
+    );
+    drop(silent);
+    assert_eq!(src.status(), MachineStatus::Running);
+    src.console_input(b"echo VIRT-AGAIN-$X\n").unwrap();
+    assert!(console.wait_for("VIRT-AGAIN-7731", Duration::from_secs(60)), "{}", console.text());
     src.stop().unwrap();
     assert_eq!(src.wait(Some(Duration::from_secs(30))), Some(MachineExit::Stopped));
 }

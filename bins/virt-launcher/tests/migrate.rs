@@ -33,9 +33,21 @@ fn scratch(tag: &str) -> PathBuf {
     d
 }
 
+/// Forever: writes `%eax` into the first word of every page of 4..6 MiB, 10 `dec`/`jnz` steps
+/// after each page, then a dot on COM1 per sweep: 512 pages dirtied far faster than 16 MiB/s.
+const DIRTIER: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xbf, 0x00, 0x00, 0x40, 0x00, 0x89, 0x07, 0xb9, 0x0a, 0x00, 0x00, 0x00, 0x49,
+    0x75, 0xfd, 0x81, 0xc7, 0x00, 0x10, 0x00, 0x00, 0x81, 0xff, 0x00, 0x00, 0x60, 0x00, 0x72, 0xe8, 0x40,
+    0x89, 0xc3, 0xb0, 0x2e, 0xee, 0x89, 0xd8, 0xeb, 0xd9,
+];
+
 fn tiny_spec(dir: &Path) -> PathBuf {
+    guest_spec(dir, DOTS)
+}
+
+fn guest_spec(dir: &Path, code: &[u8]) -> PathBuf {
     let k = dir.join("k.elf");
-    std::fs::write(&k, pvh_elf(DOTS)).unwrap();
+    std::fs::write(&k, pvh_elf(code)).unwrap();
     let spec = MachineSpec {
         name: "mover".into(),
         cpu: CpuSpec::default(),
@@ -222,6 +234,47 @@ fn a_cancel_or_a_dead_destination_leaves_the_source_running() {
         l
     });
     assert!(e.unwrap().contains("no stream to the destination"));
+    m.stop().unwrap();
+    let _ = std::fs::remove_dir_all(base);
+}
+
+#[test]
+fn a_confined_launcher_throttles_a_dirtying_guest_to_converge() {
+    let base = scratch("converge");
+    let spec = guest_spec(&base, DIRTIER);
+    let (src_dir, dst_dir) = (base.join("src"), base.join("dst"));
+    let _src = launcher(&spec, &src_dir, &[]);
+    let _ = running(&src_dir);
+    more_dots(&src_dir, 2);
+    // 16 MiB/s and a 20 ms budget: the guest's 512 pages never fit without a throttle. Without
+    // it, the completion timeout ends the migration (no forced pause after a pass count) and the
+    // source runs on.
+    let mut opts = MigrateOptions {
+        downtime_ms: 20,
+        bandwidth_bytes_per_sec: Some(16 << 20),
+        completion_timeout_secs: Some(3),
+        ..MigrateOptions::default()
+    };
+    let failed_dir = base.join("failed");
+    let mut failed = launcher(&spec, &failed_dir, &["--incoming"]);
+    let stream = connect_destination(&failed_dir, Duration::from_secs(30)).unwrap();
+    let e = migrate_out(&src_dir, &stream, &opts).unwrap_err().to_string();
+    assert!(e.contains("did not complete within 3s"), "{e}");
+    wait_for("the abandoned destination to exit", Duration::from_secs(10), || {
+        matches!(failed.child.try_wait(), Ok(Some(_)))
+    });
+    more_dots(&src_dir, dots(&src_dir) + 2);
+
+    opts.completion_timeout_secs = Some(60);
+    opts.auto_converge = true;
+    let _dst = launcher(&spec, &dst_dir, &["--incoming"]);
+    let stream = connect_destination(&dst_dir, Duration::from_secs(30)).unwrap();
+    let report = migrate_out(&src_dir, &stream, &opts)
+        .unwrap_or_else(|e| panic!("{e}\nsource: {}\ndestination: {}", stderr(&src_dir), stderr(&dst_dir)));
+    eprintln!("throttled migration between launchers: {report:?}");
+    assert!(report.cpu_throttle_percentage >= 20, "the confined source throttled its vCPU: {report:?}");
+    let m = running(&dst_dir);
+    more_dots(&dst_dir, 2);
     m.stop().unwrap();
     let _ = std::fs::remove_dir_all(base);
 }

@@ -79,10 +79,14 @@ struct Args {
     #[arg(long = "migration-completion-timeout-per-gib", value_name = "SECONDS", default_value_t = 150)]
     migration_completion_timeout_per_gib: u64,
     /// Let live migrations throttle the guest's vCPUs when pre-copy does not converge (KubeVirt's
-    /// allowAutoConverge; QEMU backend only). A MigrationPolicy matching a VMI overrides these
-    /// three settings for its migrations.
+    /// allowAutoConverge; QEMU's auto-converge, the native VMM's vCPU throttle). A
+    /// MigrationPolicy matching a VMI overrides these three settings for its migrations.
     #[arg(long = "migration-allow-auto-converge")]
     migration_allow_auto_converge: bool,
+    /// Abort a live migration whose data left to send has not decreased for this many seconds
+    /// (KubeVirt's progressTimeout); the source runs on. 0: never.
+    #[arg(long = "migration-progress-timeout", value_name = "SECONDS", default_value_t = 150)]
+    migration_progress_timeout: u64,
     /// Give VMIs the pod network: a network namespace per VMI joined to the node bridge
     /// `virt-pods` (10.244.0.0/16), masquerade and bridge bindings with a DHCP server per
     /// interface, NetworkAttachmentDefinitions for Multus networks, MACs from the pool. Without
@@ -172,6 +176,7 @@ fn main() -> ExitCode {
             bandwidth_per_migration: Some(a.migration_bandwidth),
             completion_timeout_per_gib: a.migration_completion_timeout_per_gib,
             allow_auto_converge: a.migration_allow_auto_converge,
+            progress_timeout: a.migration_progress_timeout,
             ..MigrationSettings::default()
         },
         tick: Duration::from_millis(500),

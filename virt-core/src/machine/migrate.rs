@@ -33,11 +33,13 @@ pub struct MigrateOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_timeout_secs: Option<u64>,
     /// Throttle the guest's vCPUs when pre-copy does not converge (KubeVirt's
-    /// `allowAutoConverge`; QEMU's `auto-converge` capability). Only the QEMU backend can: the
-    /// native one ignores it, and the node says so rather than ask it
-    /// ([`migration_features`]).
+    /// `allowAutoConverge`; QEMU's `auto-converge` capability, the native VMM's vCPU throttle).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_converge: bool,
+    /// Abort the migration (the source runs on) when the data left to send has not gone below its
+    /// lowest for this many seconds (KubeVirt's `progressTimeout`); `None`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_timeout_secs: Option<u64>,
 }
 
 /// What a backend's migrations can do beyond pre-copy with a bandwidth limit and a completion
@@ -52,10 +54,11 @@ pub struct MigrationFeatures {
     pub pause_to_complete: bool,
 }
 
-/// What the backend named `backend` can do (nothing extra for an unknown name): QEMU's
-/// auto-converge; post-copy and pausing to complete by none of them yet.
+/// What the backend named `backend` can do (nothing extra for an unknown name): auto-converge
+/// (QEMU's capability, the native VMM's vCPU throttle); post-copy and pausing to complete by none
+/// of them yet.
 pub fn migration_features(backend: &str) -> MigrationFeatures {
-    MigrationFeatures { auto_converge: backend == "qemu", ..MigrationFeatures::default() }
+    MigrationFeatures { auto_converge: matches!(backend, "qemu" | "native"), ..MigrationFeatures::default() }
 }
 
 fn default_downtime_ms() -> u64 {
@@ -69,6 +72,7 @@ impl Default for MigrateOptions {
             bandwidth_bytes_per_sec: None,
             completion_timeout_secs: None,
             auto_converge: false,
+            progress_timeout_secs: None,
         }
     }
 }
@@ -82,6 +86,11 @@ impl MigrateOptions {
     /// The completion timeout as a duration.
     pub fn completion_timeout(&self) -> Option<Duration> {
         self.completion_timeout_secs.map(Duration::from_secs)
+    }
+
+    /// The progress timeout as a duration (`None` for none or zero).
+    pub fn progress_timeout(&self) -> Option<Duration> {
+        self.progress_timeout_secs.filter(|s| *s > 0).map(Duration::from_secs)
     }
 }
 
@@ -103,6 +112,14 @@ pub struct MigrationReport {
     pub passes: u32,
     /// Bytes of guest memory sent.
     pub bytes_sent: u64,
+    /// The vCPU throttle auto-converge had reached when the source paused, in percent (QEMU's
+    /// `cpu-throttle-percentage`; 0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cpu_throttle_percentage: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
 }
 
 impl From<&crate::vmm::migration::MigrationStats> for MigrationReport {
@@ -116,6 +133,7 @@ impl From<&crate::vmm::migration::MigrationStats> for MigrationReport {
             restore_us: us(s.restore),
             passes: s.passes,
             bytes_sent: s.bytes_sent,
+            cpu_throttle_percentage: s.throttle_percent,
         }
     }
 }

@@ -410,7 +410,16 @@ impl Machine for NativeMachine {
             cancel: token,
             bandwidth_limit: opts.bandwidth_bytes_per_sec,
             completion_timeout: opts.completion_timeout(),
-            ..Default::default()
+            auto_converge: opts.auto_converge,
+            progress_timeout: opts.progress_timeout(),
+            // With a timeout, it ends a migration that does not converge, as KubeVirt's (pausing
+            // to finish is `allowWorkloadDisruption`, which this backend does not do); without
+            // one, the pass count does.
+            max_passes: if opts.completion_timeout().is_some() || opts.progress_timeout().is_some() {
+                u32::MAX
+            } else {
+                MigrationOptions::default().max_passes
+            },
         };
         let mut stream = stream;
         let r = self.handle.migrate_to(&mut stream, &vmm_opts);

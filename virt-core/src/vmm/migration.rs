@@ -27,7 +27,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -38,7 +38,12 @@ use super::state::{self, Persist, StateError};
 use super::{Build, MicroVm, VmConfig, VmHandle};
 use crate::hypervisor::{Hypervisor, MemorySlot};
 
+mod cancel;
+mod converge;
 mod sender;
+pub use cancel::CancelToken;
+use converge::{Activity, Watchdog};
+pub use converge::{AutoConverge, ProgressWatch, Stuck};
 use sender::Sender;
 
 /// Protocol versions this build speaks.
@@ -136,6 +141,24 @@ pub enum MigrationError {
         /// Dirty passes until then.
         passes: u32,
     },
+    /// The data left to send did not go below its lowest for longer than the progress timeout
+    /// (KubeVirt's `progressTimeout`); the source keeps running.
+    #[error("Live migration stuck for {} sec and has been aborted ({remaining} bytes left after {passes} dirty passes)", .stuck_for.as_secs())]
+    Stuck {
+        /// How long it made no progress.
+        stuck_for: Duration,
+        /// Bytes left to send at the last round.
+        remaining: u64,
+        /// Dirty passes until then.
+        passes: u32,
+    },
+    /// Nothing went out for longer than the progress timeout (a peer that takes nothing); the
+    /// source keeps running.
+    #[error("Live migration stuck for {} sec and has been aborted (the destination took nothing)", .0.as_secs())]
+    Blocked(Duration),
+    /// The vCPU throttle could not start.
+    #[error("starting the vCPU throttle: {0}")]
+    Throttle(std::io::Error),
 }
 
 fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> MigrationError {
@@ -249,70 +272,12 @@ pub struct MigrationOptions {
     /// How long pre-copy may run before the migration fails and the source goes on
     /// (KubeVirt's `completionTimeoutPerGiB` times the memory size); `None`: no limit.
     pub completion_timeout: Option<Duration>,
-}
-
-/// Cancels a migration from another thread. [`CancelToken::cancel`] before the source commits
-/// makes the migration fail (the source resumes, the destination never runs); after it, it is too
-/// late. The commit point and a cancel exclude each other, so a cancel never loses the VM.
-#[derive(Default)]
-pub struct CancelToken {
-    state: Mutex<CancelState>,
-}
-
-#[derive(Default)]
-struct CancelState {
-    cancelled: bool,
-    committed: bool,
-    /// Unblocks the source's I/O (shuts its stream down) when cancelled.
-    on_cancel: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl std::fmt::Debug for CancelToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = lock(&self.state);
-        f.debug_struct("CancelToken")
-            .field("cancelled", &s.cancelled)
-            .field("committed", &s.committed)
-            .finish()
-    }
-}
-
-impl CancelToken {
-    /// Runs `f` on cancel (e.g. shutting the stream down, so a source blocked on the peer wakes).
-    pub fn on_cancel(&self, f: Box<dyn FnOnce() + Send>) {
-        lock(&self.state).on_cancel = Some(f);
-    }
-    /// Cancels; false when the migration already committed (the destination runs).
-    pub fn cancel(&self) -> bool {
-        let mut s = lock(&self.state);
-        if s.committed {
-            return false;
-        }
-        s.cancelled = true;
-        if let Some(f) = s.on_cancel.take() {
-            f();
-        }
-        true
-    }
-    /// Whether a cancel came.
-    pub fn is_cancelled(&self) -> bool {
-        lock(&self.state).cancelled
-    }
-    fn check(&self) -> Result<(), MigrationError> {
-        if self.is_cancelled() {
-            return Err(MigrationError::Cancelled);
-        }
-        Ok(())
-    }
-    /// The point of no return: fails if cancelled, else no cancel takes effect from here on.
-    fn commit(&self) -> Result<(), MigrationError> {
-        let mut s = lock(&self.state);
-        if s.cancelled {
-            return Err(MigrationError::Cancelled);
-        }
-        s.committed = true;
-        Ok(())
-    }
+    /// Throttle the vCPUs when dirty-page rounds do not shrink (KubeVirt's `allowAutoConverge`,
+    /// QEMU's rule and steps: [`AutoConverge`]); the throttle ends with the migration.
+    pub auto_converge: bool,
+    /// Abort when the data left to send has not gone below its lowest for this long (KubeVirt's
+    /// `progressTimeout`, judged at each dirty-page round: [`ProgressWatch`]); `None`: never.
+    pub progress_timeout: Option<Duration>,
 }
 
 impl Default for MigrationOptions {
@@ -323,6 +288,8 @@ impl Default for MigrationOptions {
             cancel: Arc::default(),
             bandwidth_limit: None,
             completion_timeout: None,
+            auto_converge: false,
+            progress_timeout: None,
         }
     }
 }
@@ -352,6 +319,10 @@ pub struct MigrationStats {
     pub pages_per_pass: Vec<u64>,
     /// Bytes of guest memory sent in all.
     pub bytes_sent: u64,
+    /// The vCPU throttle when the source paused, in percent (auto-converge; 0: none).
+    pub throttle_percent: u8,
+    /// The throttle after each dirty-page round (empty without auto-converge).
+    pub throttle_per_pass: Vec<u8>,
 }
 
 impl VmHandle {
@@ -416,6 +387,11 @@ impl VmHandle {
         Ok(n)
     }
 
+    /// The vCPU throttle in force, in percent (auto-converge during a migration; 0 otherwise).
+    pub fn throttle_percent(&self) -> u8 {
+        self.ctl.throttle()
+    }
+
     /// Migrates this VM to the destination at the other end of `stream` (see the module doc). On
     /// success the VM here is stopped and runs on the destination; on any failure before the
     /// destination is Ready it keeps running here (resumed if it was paused for the migration).
@@ -426,8 +402,29 @@ impl VmHandle {
     ) -> Result<MigrationStats, MigrationError> {
         let was_paused = self.is_paused();
         let mut paused_here = false;
-        let mut r = self.migrate_inner(stream, opts, &mut paused_here);
-        if r.is_err() && opts.cancel.is_cancelled() {
+        let (activity, dog) = (Activity::new(), Watchdog::default());
+        let mut r = std::thread::scope(|sc| {
+            if let Some(limit) = opts.progress_timeout.filter(|t| !t.is_zero()) {
+                let (dog, activity, cancel) = (&dog, &activity, &*opts.cancel);
+                let watch = move || dog.run(limit, activity, cancel);
+                if let Err(e) =
+                    std::thread::Builder::new().name("migration-watch".into()).spawn_scoped(sc, watch)
+                {
+                    log::warn!("no watchdog for a stream that takes nothing: {e}");
+                }
+            }
+            let r = self.migrate_inner(stream, opts, &mut paused_here, &activity);
+            dog.finish();
+            r
+        });
+        if let (Err(_), Some(idle)) = (&r, dog.stuck()) {
+            r = Err(MigrationError::Blocked(idle));
+        }
+        // The throttle ends with the migration: a source that runs on runs at full speed.
+        if let Err(e) = self.ctl.set_throttle(0) {
+            log::warn!("ending the vCPU throttle: {e}");
+        }
+        if matches!(r, Err(ref e) if !matches!(e, MigrationError::Blocked(_))) && opts.cancel.is_cancelled() {
             // The cancel shut the stream down: whatever broke, this is why.
             r = Err(MigrationError::Cancelled);
         }
@@ -446,6 +443,7 @@ impl VmHandle {
         stream: &mut S,
         opts: &MigrationOptions,
         paused_here: &mut bool,
+        activity: &Activity,
     ) -> Result<MigrationStats, MigrationError> {
         let start = Instant::now();
         let mut stats = MigrationStats::default();
@@ -467,7 +465,7 @@ impl VmHandle {
         // until what is left fits the downtime budget.
         self.set_dirty_logging(true)?;
         self.dirty_set(false)?;
-        let mut sender = Sender::new(stream, opts.bandwidth_limit, start, opts.completion_timeout);
+        let mut sender = Sender::new(stream, opts.bandwidth_limit, start, opts.completion_timeout, activity);
         let t = Instant::now();
         // A send error (the peer gone, the completion timeout) is kept as it is, not as a memory error.
         let mut send_err = None;
@@ -486,21 +484,38 @@ impl VmHandle {
         stats.pages_per_pass.push(first);
         // Bandwidth in bytes per second, measured on each pass.
         let mut bandwidth = (first as f64 * PAGE as f64) / t.elapsed().as_secs_f64().max(1e-6);
+        let mut converge = AutoConverge::default();
+        let mut progress = ProgressWatch::new(opts.progress_timeout.unwrap_or(Duration::ZERO), start);
+        // Bytes sent in the round just ended.
+        let mut round_sent = first * PAGE as u64;
         // Pages read from the dirty log (which clears it) but not sent yet: they join the final pass.
         let pending = loop {
             opts.check_cancel()?;
             let dirty = self.dirty_set(false)?;
-            let eta = Duration::from_secs_f64(dirty.len() as f64 * PAGE as f64 / bandwidth.max(1.0));
+            let dirty_bytes = dirty.len() as u64 * PAGE as u64;
+            let eta = Duration::from_secs_f64(dirty_bytes as f64 / bandwidth.max(1.0));
             if eta <= opts.downtime_budget / 2 || stats.passes >= opts.max_passes {
                 break dirty;
+            }
+            progress.observe(dirty_bytes, Instant::now()).map_err(|Stuck(stuck_for)| {
+                MigrationError::Stuck { stuck_for, remaining: dirty_bytes, passes: stats.passes }
+            })?;
+            if opts.auto_converge {
+                if let Some(p) = converge.after_round(dirty_bytes, round_sent) {
+                    log::info!("migration: pass {} dirtied {dirty_bytes} of {round_sent} bytes sent: vCPUs throttled to {p}%", stats.passes);
+                    self.ctl.set_throttle(p).map_err(MigrationError::Throttle)?;
+                }
+                stats.throttle_per_pass.push(converge.percent());
             }
             let t = Instant::now();
             let n = self.send_pages(&mut sender, &dirty)?;
             bandwidth = (n as f64 * PAGE as f64) / t.elapsed().as_secs_f64().max(1e-6);
+            round_sent = n * PAGE as u64;
             stats.pages_per_pass.push(n);
             stats.passes += 1;
             sender.set_passes(stats.passes);
         };
+        stats.throttle_percent = converge.percent();
 
         // Stop-and-copy.
         let paused_at = Instant::now();

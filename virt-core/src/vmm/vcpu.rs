@@ -5,6 +5,14 @@
 //! the run returns `Interrupted` and the thread checks its control state. Because a signal sent just
 //! before the thread enters the hypervisor would be lost, the controller repeats the kick until every
 //! thread has acknowledged (parked or exited).
+//!
+//! Throttling (auto-converge of a live migration, [`VcpuControl::set_throttle`]): a throttle thread
+//! kicks every vCPU out of the hypervisor with the same signal after the running part of each
+//! [`THROTTLE_SLICE`] (`(100 - p)`% of it, at least [`THROTTLE_MIN_RUN`]); a kicked vCPU measures
+//! how long it actually ran since its last sleep (`r`, which a late kick on a loaded host makes
+//! longer than asked) and sleeps `r * p / (100 - p)` before it enters again, so at `p` percent it
+//! spends `p`% of its time outside `KVM_RUN` however late the kicks come (QEMU sleeps by the same
+//! ratio). A kick lost just before `KVM_RUN` is repeated by the next period's.
 
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -29,12 +37,25 @@ pub fn install_kick_handler() -> std::io::Result<()> {
     r.map_err(std::io::Error::from_raw_os_error)
 }
 
+/// The throttle's time slice: at `p` percent each vCPU is out of the hypervisor for `p`% of it.
+pub const THROTTLE_SLICE: Duration = Duration::from_millis(10);
+/// The shortest running part between two throttle kicks (at 99% the slice stretches to 100 ms).
+pub const THROTTLE_MIN_RUN: Duration = Duration::from_millis(1);
+/// The longest single throttle sleep.
+const THROTTLE_MAX_SLEEP: Duration = Duration::from_secs(1);
+/// The highest throttle (QEMU's `max-cpu-throttle` bound).
+pub const THROTTLE_MAX: u8 = 99;
+
 #[derive(Default)]
 struct State {
     paused: bool,
     stop: bool,
     parked: usize,
     exited: usize,
+    /// Throttle percentage (0: none).
+    throttle: u8,
+    /// Throttle kicks so far: a vCPU that has not seen the latest sleeps.
+    kicks: u64,
 }
 
 /// Shared control of all vCPU threads of one VM.
@@ -45,6 +66,7 @@ pub struct VcpuControl {
     threads: Mutex<Vec<JoinHandle<()>>>,
     vcpus: Mutex<Vec<SharedVcpu>>,
     first_exit: OnceLock<Instant>,
+    throttler: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A vCPU shared between its thread (which holds it while in the hypervisor) and the controller
@@ -94,6 +116,8 @@ impl VcpuControl {
     /// Stops every vCPU at its next exit and waits until all are parked.
     pub fn pause(&self) {
         lock(&self.state).paused = true;
+        // A vCPU sleeping out a throttle slice parks at once.
+        self.cv.notify_all();
         self.kick_until(|s, n| s.parked + s.exited >= n);
     }
 
@@ -141,6 +165,82 @@ impl VcpuControl {
         for t in threads {
             let _ = t.join();
         }
+        self.join_throttler();
+    }
+
+    /// Throttles the vCPUs to `percent` (capped at [`THROTTLE_MAX`]; 0 ends throttling and the
+    /// vCPUs run at full speed at once). The first non-zero value starts the throttle thread.
+    pub fn set_throttle(self: &Arc<Self>, percent: u8) -> std::io::Result<()> {
+        let percent = percent.min(THROTTLE_MAX);
+        {
+            let mut st = lock(&self.state);
+            if st.stop {
+                return Ok(());
+            }
+            st.throttle = percent;
+        }
+        self.cv.notify_all();
+        if percent == 0 {
+            self.join_throttler();
+            return Ok(());
+        }
+        let mut t = lock(&self.throttler);
+        if t.is_none() {
+            let ctl = self.clone();
+            *t = Some(std::thread::Builder::new().name("vcpu-throttle".into()).spawn(move || {
+                crate::jail::enter_or_die(crate::jail::Role::Control);
+                ctl.throttle_loop();
+            })?);
+        }
+        Ok(())
+    }
+
+    /// The throttle percentage in force (0: none).
+    pub fn throttle(&self) -> u8 {
+        lock(&self.state).throttle
+    }
+
+    fn join_throttler(&self) {
+        let t = lock(&self.throttler).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+
+    /// The throttle thread: kicks the vCPUs after each running part until the throttle is 0 or
+    /// the vCPUs stop.
+    fn throttle_loop(&self) {
+        loop {
+            let pct = {
+                let st = lock(&self.state);
+                if st.throttle == 0 || st.stop {
+                    return;
+                }
+                st.throttle
+            };
+            let run = (THROTTLE_SLICE * u32::from(100 - pct) / 100).max(THROTTLE_MIN_RUN);
+            self.wait_until(Instant::now() + run);
+            {
+                let mut st = lock(&self.state);
+                if st.throttle == 0 || st.stop {
+                    return;
+                }
+                st.kicks = st.kicks.wrapping_add(1);
+            }
+            self.kick_all();
+        }
+    }
+
+    /// Sleeps until `t`, or until the throttle ends or the vCPUs stop.
+    fn wait_until(&self, t: Instant) {
+        let mut st = lock(&self.state);
+        while st.throttle != 0 && !st.stop {
+            let now = Instant::now();
+            if now >= t {
+                return;
+            }
+            st = self.cv.wait_timeout(st, t - now).map(|r| r.0).unwrap_or_else(|e| e.into_inner().0);
+        }
     }
 
     /// When vCPU 0 first exited to the VMM (for boot-latency measurements).
@@ -148,9 +248,41 @@ impl VcpuControl {
         self.first_exit.get().copied()
     }
 
-    /// Parks the calling vCPU while paused; returns false when it must stop.
-    fn checkpoint(&self) -> bool {
+    /// Parks the calling vCPU while paused, and after a throttle kick sleeps by the throttle's
+    /// ratio of the time it ran; returns false when it must stop.
+    fn checkpoint(&self, t: &mut ThrottleSeen) -> bool {
         let mut st = lock(&self.state);
+        if st.throttle == 0 {
+            t.ran_since = None;
+        } else {
+            let now = Instant::now();
+            match t.ran_since {
+                None => {
+                    // Throttled from now on: count from here.
+                    t.ran_since = Some(now);
+                    t.kicks = st.kicks;
+                }
+                Some(since) if t.kicks != st.kicks => {
+                    t.kicks = st.kicks;
+                    let p = u32::from(st.throttle);
+                    let sleep = ((now - since) * p / (100 - p)).min(THROTTLE_MAX_SLEEP);
+                    let until = now + sleep;
+                    while !st.paused && !st.stop && st.throttle != 0 {
+                        let now = Instant::now();
+                        if now >= until {
+                            break;
+                        }
+                        st = self
+                            .cv
+                            .wait_timeout(st, until - now)
+                            .map(|r| r.0)
+                            .unwrap_or_else(|e| e.into_inner().0);
+                    }
+                    t.ran_since = Some(Instant::now());
+                }
+                Some(_) => {}
+            }
+        }
         if st.paused && !st.stop {
             st.parked += 1;
             self.cv.notify_all();
@@ -158,6 +290,8 @@ impl VcpuControl {
                 st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
             }
             st.parked -= 1;
+            // Time parked is not time run: the throttle counts afresh.
+            t.ran_since = None;
         }
         !st.stop
     }
@@ -193,9 +327,17 @@ impl VcpuControl {
     }
 }
 
+/// A vCPU thread's view of the throttle: the last kick it obeyed, and since when it runs.
+#[derive(Default)]
+struct ThrottleSeen {
+    kicks: u64,
+    ran_since: Option<Instant>,
+}
+
 fn run_vcpu(id: u8, shared: SharedVcpu, io: &Bus, mmio: &Bus, ctl: &VcpuControl, exit: &ExitLatch) {
+    let mut throttle = ThrottleSeen::default();
     loop {
-        if exit.get().is_some() || !ctl.checkpoint() {
+        if exit.get().is_some() || !ctl.checkpoint(&mut throttle) {
             return;
         }
         let mut vcpu = lock(&shared);
@@ -252,5 +394,105 @@ fn run_vcpu(id: u8, shared: SharedVcpu, io: &Bus, mmio: &Bus, ctl: &VcpuControl,
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::{
+        CpuId, FpuState, LapicState, MsrEntry, Result, SpecialRegisters, StandardRegisters,
+    };
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A vCPU whose "guest" sleeps in short naps (a kick interrupts a nap with EINTR, as it
+    /// interrupts KVM_RUN) and counts the nanoseconds spent inside `run`.
+    struct Fake(Arc<AtomicU64>);
+
+    impl Vcpu for Fake {
+        fn run(&mut self) -> Result<VmExit<'_>> {
+            let t = Instant::now();
+            let nap = libc::timespec { tv_sec: 0, tv_nsec: 100_000 };
+            // SAFETY: a plain sleep; the timespec lives on the stack for the call.
+            while unsafe { libc::nanosleep(&nap, std::ptr::null_mut()) } == 0
+                && t.elapsed() < Duration::from_millis(50)
+            {}
+            self.0.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            Ok(VmExit::Interrupted)
+        }
+        fn get_regs(&self) -> Result<StandardRegisters> {
+            unimplemented!()
+        }
+        fn set_regs(&self, _: &StandardRegisters) -> Result<()> {
+            unimplemented!()
+        }
+        fn get_sregs(&self) -> Result<SpecialRegisters> {
+            unimplemented!()
+        }
+        fn set_sregs(&self, _: &SpecialRegisters) -> Result<()> {
+            unimplemented!()
+        }
+        fn set_fpu(&self, _: &FpuState) -> Result<()> {
+            unimplemented!()
+        }
+        fn set_cpuid(&self, _: &CpuId) -> Result<()> {
+            unimplemented!()
+        }
+        fn set_msrs(&self, _: &[MsrEntry]) -> Result<()> {
+            unimplemented!()
+        }
+        fn get_msrs(&self, _: &[u32]) -> Result<Vec<MsrEntry>> {
+            unimplemented!()
+        }
+        fn get_lapic(&self) -> Result<LapicState> {
+            unimplemented!()
+        }
+        fn set_lapic(&self, _: &LapicState) -> Result<()> {
+            unimplemented!()
+        }
+        fn save_state(&self) -> Result<VcpuState> {
+            unimplemented!()
+        }
+        fn restore_state(&self, _: &VcpuState) -> Result<()> {
+            unimplemented!()
+        }
+        fn set_immediate_exit(&mut self, _: bool) {}
+    }
+
+    /// The share of `over` the vCPU spent inside `run`.
+    fn share_inside(inside: &AtomicU64, over: Duration) -> f64 {
+        let before = inside.load(Ordering::Relaxed);
+        std::thread::sleep(over);
+        (inside.load(Ordering::Relaxed) - before) as f64 / over.as_nanos() as f64
+    }
+
+    #[test]
+    fn a_throttled_vcpu_spends_the_throttle_outside_the_hypervisor_until_it_ends() {
+        install_kick_handler().unwrap();
+        let ctl = VcpuControl::new();
+        let inside = Arc::new(AtomicU64::new(0));
+        ctl.spawn(0, Box::new(Fake(inside.clone())), Bus::new(), Bus::new(), ExitLatch::new()).unwrap();
+        let full = share_inside(&inside, Duration::from_millis(300));
+        ctl.set_throttle(60).unwrap();
+        assert_eq!(ctl.throttle(), 60);
+        std::thread::sleep(Duration::from_millis(50));
+        let at_60 = share_inside(&inside, Duration::from_millis(600));
+        ctl.set_throttle(0).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let after = share_inside(&inside, Duration::from_millis(300));
+        // A pause still works while throttled, and wakes a sleeping vCPU at once.
+        ctl.set_throttle(THROTTLE_MAX + 1).unwrap();
+        assert_eq!(ctl.throttle(), THROTTLE_MAX, "capped");
+        let t = Instant::now();
+        ctl.pause();
+        assert!(t.elapsed() < Duration::from_millis(500), "pause took {:?}", t.elapsed());
+        ctl.resume();
+        ctl.stop();
+        eprintln!("inside run: {full:.2} unthrottled, {at_60:.2} at 60%, {after:.2} after");
+        // Naps and exits cost something even unthrottled: compare with that.
+        assert!(full > 0.5, "{full}");
+        let ratio = at_60 / full;
+        assert!((0.25..=0.6).contains(&ratio), "60% throttle: {ratio:.2} of the unthrottled time inside");
+        assert!(after > full * 0.75, "full speed once the throttle ends: {after:.2} against {full:.2}");
     }
 }

@@ -137,3 +137,10 @@ pub fn assert_consecutive(beats: &[u32]) {
         assert_eq!(w[1], w[0].wrapping_add(STEP), "heartbeats not consecutive: {beats:x?}");
     }
 }
+
+/// Asserts that heartbeats go up by `step` each (no reset, no gap).
+pub fn assert_consecutive_by(beats: &[u32], step: u32) {
+    for w in beats.windows(2) {
+        assert_eq!(w[1], w[0].wrapping_add(step), "heartbeats not consecutive: {beats:x?}");
+    }
+}

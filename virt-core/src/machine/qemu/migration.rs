@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::qmp::{QmpClient, QmpError};
 use crate::machine::migrate::{MigrateOptions, MigrationReport};
+use crate::vmm::migration::{ProgressWatch, Stuck};
 
 /// The name the migration stream's descriptor gets in QEMU (`getfd`).
 const FD_NAME: &str = "virt-migrate";
@@ -42,6 +43,10 @@ pub enum QemuMigrationError {
     /// The source ran past its completion timeout and cancelled.
     #[error("the migration did not complete within {0:?}: cancelled, the source runs on")]
     CompletionTimeout(Duration),
+    /// `ram.remaining` did not go below its lowest for longer than the progress timeout
+    /// (KubeVirt's `progressTimeout`, its message): cancelled, the source runs on.
+    #[error("Live migration stuck for {secs} sec and has been aborted ({1} bytes remaining)", secs = .0.as_secs())]
+    Stuck(Duration, u64),
     /// The destination did not complete in time.
     #[error("the incoming migration did not complete within {0:?} (last status {1})")]
     Timeout(Duration, String),
@@ -80,6 +85,11 @@ pub fn report_of(v: &Value) -> MigrationReport {
     }
 }
 
+/// `query-migrate`'s `ram.remaining` (libvirt's DataRemaining for memory), if it has one.
+fn remaining(v: &Value) -> Option<u64> {
+    v.get("ram").and_then(|r| r.get("remaining")).and_then(Value::as_u64)
+}
+
 /// The source's side: sends the VM down `stream` and waits for QEMU's migration to end. On
 /// success QEMU has stopped the guest here (`postmigrate`); on failure or cancel QEMU resumes it.
 pub(super) fn send(
@@ -108,17 +118,31 @@ pub(super) fn send(
     drop(stream);
     q.execute("migrate", Some(json!({ "uri": format!("fd:{FD_NAME}") }))).map_err(qmp("migrate"))?;
     let deadline = opts.completion_timeout().map(|t| (Instant::now() + t, t));
+    let mut progress = ProgressWatch::new(opts.progress_timeout().unwrap_or(Duration::ZERO), Instant::now());
+    // QEMU shows `cpu-throttle-percentage` only while it throttles: keep the last one seen.
+    let mut throttle = 0u8;
     loop {
         let (status, v) = query(q)?;
+        if let Some(p) = v.get("cpu-throttle-percentage").and_then(Value::as_u64) {
+            throttle = u8::try_from(p).unwrap_or(u8::MAX);
+        }
+        let copying = matches!(status.as_str(), "setup" | "active");
         if let Some((at, limit)) = deadline {
-            if Instant::now() > at && matches!(status.as_str(), "setup" | "active") {
+            if Instant::now() > at && copying {
                 // As KubeVirt does past completionTimeoutPerGiB: abort; QEMU resumes the source.
                 q.execute("migrate_cancel", None).map_err(qmp("migrate_cancel"))?;
                 return Err(QemuMigrationError::CompletionTimeout(limit));
             }
         }
+        if let Some(remaining) = remaining(&v).filter(|_| status == "active") {
+            if let Err(Stuck(idle)) = progress.observe(remaining, Instant::now()) {
+                // As KubeVirt past progressTimeout: abort; QEMU resumes the source.
+                q.execute("migrate_cancel", None).map_err(qmp("migrate_cancel"))?;
+                return Err(QemuMigrationError::Stuck(idle, remaining));
+            }
+        }
         match status.as_str() {
-            "completed" => return Ok(report_of(&v)),
+            "completed" => return Ok(MigrationReport { cpu_throttle_percentage: throttle, ..report_of(&v) }),
             "failed" => {
                 let why = v.get("error-desc").and_then(Value::as_str).unwrap_or("no reason given");
                 return Err(QemuMigrationError::Failed(why.to_string()));

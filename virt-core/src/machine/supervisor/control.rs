@@ -204,6 +204,7 @@ pub(super) fn serve_control(shared: &Arc<Shared>, mut s: UnixStream) {
                     bandwidth_bytes_per_sec,
                     completion_timeout_secs,
                     auto_converge,
+                    progress_timeout_secs,
                 }) => match fds.pop() {
                     Some(fd) => {
                         fds.clear();
@@ -212,6 +213,7 @@ pub(super) fn serve_control(shared: &Arc<Shared>, mut s: UnixStream) {
                             bandwidth_bytes_per_sec,
                             completion_timeout_secs,
                             auto_converge,
+                            progress_timeout_secs,
                             ..Default::default()
                         };
                         if let Some(ms) = downtime_ms {

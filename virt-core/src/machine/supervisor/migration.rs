@@ -94,6 +94,7 @@ pub fn migrate_out(
         bandwidth_bytes_per_sec: opts.bandwidth_bytes_per_sec,
         completion_timeout_secs: opts.completion_timeout_secs,
         auto_converge: opts.auto_converge,
+        progress_timeout_secs: opts.progress_timeout_secs,
     };
     let mut line = serde_json::to_vec(&req).unwrap_or_default();
     line.push(b'\n');

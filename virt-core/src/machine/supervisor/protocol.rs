@@ -71,6 +71,9 @@ pub enum Request {
         /// Throttle the guest to converge (QEMU's `auto-converge`; default: no).
         #[serde(default, rename = "autoConverge", skip_serializing_if = "std::ops::Not::not")]
         auto_converge: bool,
+        /// The progress timeout in seconds (default: none).
+        #[serde(default, rename = "progressTimeoutSecs", skip_serializing_if = "Option::is_none")]
+        progress_timeout_secs: Option<u64>,
     },
     /// [`Machine::migrate_cancel`]: abandons a running `migrateOut` before the destination is ready.
     MigrateCancel,

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use super::converge::Activity;
 use super::{write_frame, Kind, MigrationError, BATCH};
 
 /// Collects and sends memory batches.
@@ -20,11 +21,19 @@ pub(super) struct Sender<'a, W: Write> {
     /// When pre-copy gives up (None: never), with the limit for the error.
     deadline: Option<(Instant, Duration)>,
     passes: u32,
+    activity: &'a Activity,
 }
 
 impl<'a, W: Write> Sender<'a, W> {
-    /// A sender on `w` pacing to `limit` bytes a second, giving up after `timeout` from `start`.
-    pub(super) fn new(w: &'a mut W, limit: Option<u64>, start: Instant, timeout: Option<Duration>) -> Self {
+    /// A sender on `w` pacing to `limit` bytes a second, giving up after `timeout` from `start`,
+    /// recording each frame sent in `activity`.
+    pub(super) fn new(
+        w: &'a mut W,
+        limit: Option<u64>,
+        start: Instant,
+        timeout: Option<Duration>,
+        activity: &'a Activity,
+    ) -> Self {
         Self {
             w,
             buf: Vec::new(),
@@ -34,6 +43,7 @@ impl<'a, W: Write> Sender<'a, W> {
             paced: 0,
             deadline: timeout.map(|t| (start + t, t)),
             passes: 0,
+            activity,
         }
     }
 
@@ -67,6 +77,7 @@ impl<'a, W: Write> Sender<'a, W> {
             }
         }
         write_frame(self.w, Kind::Memory, &self.buf)?;
+        self.activity.touch();
         self.paced += self.buf.len() as u64;
         self.buf.clear();
         if let Some(rate) = self.limit.filter(|r| *r > 0) {

@@ -74,7 +74,7 @@ fn not_migratable(spec: &MachineSpec) -> Option<NotMigratable> {
 
 /// The node's migration settings, as KubeVirt's `spec.configuration.migrations` (`virt-node
 /// --migration-bandwidth`, `--migration-completion-timeout-per-gib`,
-/// `--migration-allow-auto-converge`); a MigrationPolicy that matches a VMI overrides them for its
+/// `--migration-allow-auto-converge`, `--migration-progress-timeout`); a MigrationPolicy that matches a VMI overrides them for its
 /// migrations ([`MigrationSettings::with_policy`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationSettings {
@@ -85,8 +85,12 @@ pub struct MigrationSettings {
     /// guest memory is cancelled and the source runs on; 0: no timeout. KubeVirt's default: 150.
     pub completion_timeout_per_gib: u64,
     /// `allowAutoConverge`: throttle the guest's vCPUs when pre-copy does not converge (QEMU's
-    /// `auto-converge`; the native backend cannot).
+    /// `auto-converge`, the native VMM's vCPU throttle).
     pub allow_auto_converge: bool,
+    /// `progressTimeout`: a migration whose data left to send has not decreased for this many
+    /// seconds is aborted and the source runs on; 0: never. KubeVirt's default: 150. Not a
+    /// MigrationPolicy field (as in KubeVirt).
+    pub progress_timeout: u64,
     /// `allowPostCopy`: switch to post-copy when pre-copy does not converge (no backend here can).
     pub allow_post_copy: bool,
     /// `allowWorkloadDisruption`: pause the guest to finish rather than fail past the timeout (no
@@ -100,6 +104,7 @@ impl Default for MigrationSettings {
             bandwidth_per_migration: None,
             completion_timeout_per_gib: 150,
             allow_auto_converge: false,
+            progress_timeout: 150,
             allow_post_copy: false,
             allow_workload_disruption: false,
         }
@@ -167,6 +172,7 @@ impl MigrationSettings {
                 .filter(|b| *b > 0),
             completion_timeout_secs: (per_gib > 0).then(|| (per_gib * memory_mib).div_ceil(1024).max(1)),
             auto_converge: self.allow_auto_converge,
+            progress_timeout_secs: (self.progress_timeout > 0).then_some(self.progress_timeout),
             ..MigrateOptions::default()
         }
     }
@@ -180,6 +186,7 @@ impl MigrationSettings {
         serde_json::json!({
             "bandwidthPerMigration": bandwidth,
             "completionTimeoutPerGiB": self.completion_timeout_per_gib,
+            "progressTimeout": self.progress_timeout,
             "allowAutoConverge": self.allow_auto_converge,
             "allowPostCopy": self.allow_post_copy,
             "allowWorkloadDisruption": self.allow_workload_disruption,
@@ -469,6 +476,11 @@ mod tests {
         assert_eq!(s.options_for(2048).bandwidth_bytes_per_sec, Some(1 << 30));
         assert_eq!(s.options_for(2048).completion_timeout_secs, Some(300), "150 s per GiB, 2 GiB");
         assert_eq!(node().with_policy(&MigrationPolicySpec::default()), node());
+        // progressTimeout is the node's (KubeVirt's default 150 s), shown and passed on; 0: none.
+        assert_eq!(s.configuration()["progressTimeout"], 150);
+        assert_eq!(s.options_for(1024).progress_timeout_secs, Some(150));
+        let off = MigrationSettings { progress_timeout: 0, ..node() };
+        assert_eq!(off.options_for(1024).progress_timeout_secs, None);
     }
 
     #[test]
@@ -479,15 +491,20 @@ mod tests {
             allow_workload_disruption: true,
             ..node()
         };
-        let (qemu, not) = asked.for_backend("qemu");
-        assert!(qemu.allow_auto_converge && qemu.options_for(1024).auto_converge);
-        assert!(!qemu.allow_post_copy && !qemu.allow_workload_disruption);
-        assert_eq!(not.len(), 2, "{not:?}");
-        assert!(not[0].starts_with("allowPostCopy: the qemu backend cannot"), "{not:?}");
-        let (native, not) = asked.for_backend("native");
-        assert!(!native.options_for(1024).auto_converge);
-        assert_eq!(native.configuration()["allowAutoConverge"], false, "the value in force");
-        assert!(not[0].starts_with("allowAutoConverge: the native backend cannot"), "{not:?}");
+        // Both backends throttle (QEMU's auto-converge, the native VMM's vCPU throttle).
+        for backend in ["qemu", "native"] {
+            let (s, not) = asked.for_backend(backend);
+            assert!(s.allow_auto_converge && s.options_for(1024).auto_converge, "{backend}");
+            assert_eq!(s.configuration()["allowAutoConverge"], true, "{backend}");
+            assert!(!s.allow_post_copy && !s.allow_workload_disruption);
+            assert_eq!(not.len(), 2, "{not:?}");
+            assert!(not[0].starts_with(&format!("allowPostCopy: the {backend} backend cannot")), "{not:?}");
+        }
+        // A backend that cannot (an unknown one) drops it and says so.
+        let (other, not) = asked.for_backend("");
+        assert!(!other.options_for(1024).auto_converge);
+        assert_eq!(other.configuration()["allowAutoConverge"], false, "the value in force");
+        assert!(not[0].starts_with("allowAutoConverge: the unknown backend cannot"), "{not:?}");
         // Nothing asked, nothing to say.
         assert_eq!(node().for_backend("native"), (node(), Vec::new()));
     }
