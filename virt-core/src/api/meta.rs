@@ -62,7 +62,59 @@ pub struct ObjectMeta {
     pub managed_fields: Vec<serde_json::Value>,
 }
 
+/// A random (version 4) UUID, as the API server gives new objects (`metadata.uid`); from the clock
+/// when `/dev/urandom` cannot be read.
+pub fn new_uid() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    if b == [0; 16] {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = t.to_le_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
 impl ObjectMeta {
+    /// Fills the server-side metadata of an object created in `namespace` (empty for a
+    /// cluster-scoped kind) as the API server does: the namespace given must agree, a
+    /// `generateName` gets a random suffix, a fresh uid and creation time, no deletion time or
+    /// resourceVersion. Returns the name; the caller checks its form for the kind.
+    pub fn fill_new(&mut self, namespace: &str) -> Result<String, super::StatusCause> {
+        use super::StatusCause;
+        if let Some(ns) = &self.namespace {
+            if ns != namespace {
+                return Err(StatusCause::invalid_value(
+                    "metadata.namespace",
+                    format!("{ns:?}"),
+                    &format!("does not match the namespace of the request ({namespace:?})"),
+                ));
+            }
+        }
+        let name = match (&self.name, &self.generate_name) {
+            (Some(n), _) => n.clone(),
+            (None, Some(prefix)) => format!("{prefix}{}", &new_uid()[..5]),
+            (None, None) => {
+                return Err(StatusCause::required("metadata.name", "name or generateName is required"))
+            }
+        };
+        self.name = Some(name.clone());
+        self.namespace = Some(namespace.to_string());
+        self.uid = Some(new_uid());
+        self.creation_timestamp = Some(Timestamp::now());
+        self.deletion_timestamp = None;
+        self.resource_version = None;
+        Ok(name)
+    }
+
     /// Metadata with just a name.
     pub fn named(name: impl Into<String>) -> Self {
         Self { name: Some(name.into()), ..Self::default() }

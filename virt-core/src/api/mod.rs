@@ -32,7 +32,7 @@ pub use load::{
     Document, FieldValidation, Format, Kinds, LoadError, LoadOptions, Loaded, SerializeError,
 };
 pub use meta::{
-    ConditionStatus, LabelSelector, LabelSelectorRequirement, LocalObjectReference, ObjectMeta,
+    new_uid, ConditionStatus, LabelSelector, LabelSelectorRequirement, LocalObjectReference, ObjectMeta,
     OwnerReference, TypedLocalObjectReference, TypedObjectReference,
 };
 pub use quantity::{Quantity, QuantityError};

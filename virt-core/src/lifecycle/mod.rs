@@ -39,7 +39,7 @@ pub mod watch;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -58,7 +58,7 @@ use handles::{Collector, MigrationController, Persistence, Reconciler, VmControl
 use objects::{build_catalog, namespace_object, prepare_meta};
 use vmi_controller::grace_of;
 
-use crate::api::{ConditionStatus, LabelSelector, ObjectMeta, OwnerReference, Timestamp};
+use crate::api::{new_uid, ConditionStatus, LabelSelector, ObjectMeta, OwnerReference, Timestamp};
 use crate::machine::accel::Accelerator;
 use crate::machine::{Machine, MachineExit, MachineStatus};
 use crate::model::{
@@ -487,22 +487,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn now() -> Timestamp {
     Timestamp::now()
-}
-
-fn new_uid() -> String {
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    if b == [0; 16] {
-        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        b = t.to_le_bytes();
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 fn condition(type_: &str, status: bool, reason: Option<&str>, message: Option<String>) -> Condition {

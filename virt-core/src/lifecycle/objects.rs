@@ -56,35 +56,11 @@ pub(super) fn check_name(name: &str, path: &str) -> Result<(), LifecycleError> {
     }
 }
 
-/// Fills server-side metadata; returns the name.
+/// Fills server-side metadata (`ObjectMeta::fill_new`) and checks the name's form; returns the
+/// name.
 pub(super) fn prepare_meta(meta: &mut ObjectMeta, namespace: &str) -> Result<String, LifecycleError> {
-    if let Some(ns) = &meta.namespace {
-        if ns != namespace {
-            return Err(StatusCause::invalid_value(
-                "metadata.namespace",
-                format!("{ns:?}"),
-                &format!("does not match the namespace of the request ({namespace:?})"),
-            )
-            .into());
-        }
-    }
-    let name = match (&meta.name, &meta.generate_name) {
-        (Some(n), _) => n.clone(),
-        (None, Some(prefix)) => {
-            let uid = new_uid();
-            format!("{prefix}{}", &uid[..5])
-        }
-        (None, None) => {
-            return Err(StatusCause::required("metadata.name", "name or generateName is required").into())
-        }
-    };
+    let name = meta.fill_new(namespace)?;
     check_name(&name, "metadata.name")?;
-    meta.name = Some(name.clone());
-    meta.namespace = Some(namespace.to_string());
-    meta.uid = Some(new_uid());
-    meta.creation_timestamp = Some(now());
-    meta.deletion_timestamp = None;
-    meta.resource_version = None;
     Ok(name)
 }
 

@@ -148,18 +148,6 @@ fn is_data_key(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
 }
 
-fn new_uid() -> String {
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
-}
-
 /// Reads and checks a body for `kind` in `ns` (named `path_name` when the path names it); returns
 /// the object to store (without server metadata) and the resourceVersion the client sent.
 fn normalize(
@@ -371,7 +359,7 @@ impl CoreObjects {
             obj["metadata"]["uid"] = old["metadata"]["uid"].clone();
             obj["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
         } else {
-            obj["metadata"]["uid"] = new_uid().into();
+            obj["metadata"]["uid"] = virt_core::api::new_uid().into();
             obj["metadata"]["creationTimestamp"] = Timestamp::now().as_str().into();
         }
         let rv = self.store.put_object(kind.name(), &key, obj.clone())?;

@@ -212,23 +212,6 @@ fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-/// A random (version 4) UUID.
-fn new_uid() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    if b == [0; 16] {
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        b = t.to_le_bytes();
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
-}
-
 /// A DataVolume phase as CDI writes it (`ImportInProgress`).
 pub fn phase_name(phase: Option<DataVolumePhase>) -> String {
     phase
@@ -294,31 +277,10 @@ fn backoff(failures: u32) -> Duration {
     RETRY_BASE.saturating_mul(factor).min(RETRY_MAX)
 }
 
-/// Fills server-side metadata of a new object in `namespace`; returns its name.
+/// Fills server-side metadata of a new object in `namespace` (`ObjectMeta::fill_new`, and
+/// generation 1); returns its name.
 fn prepare_meta(meta: &mut ObjectMeta, namespace: &str) -> Result<String, CdiError> {
-    if let Some(ns) = &meta.namespace {
-        if ns != namespace {
-            return Err(StatusCause::invalid_value(
-                "metadata.namespace",
-                format!("{ns:?}"),
-                &format!("does not match the namespace of the request ({namespace:?})"),
-            )
-            .into());
-        }
-    }
-    let name = match (&meta.name, &meta.generate_name) {
-        (Some(n), _) => n.clone(),
-        (None, Some(prefix)) => format!("{prefix}{}", &new_uid()[..5]),
-        (None, None) => {
-            return Err(StatusCause::required("metadata.name", "name or generateName is required").into())
-        }
-    };
-    meta.name = Some(name.clone());
-    meta.namespace = Some(namespace.to_string());
-    meta.uid = Some(new_uid());
-    meta.creation_timestamp = Some(Timestamp::now());
-    meta.deletion_timestamp = None;
-    meta.resource_version = None;
+    let name = meta.fill_new(namespace)?;
     meta.generation = Some(1);
     Ok(name)
 }
