@@ -405,6 +405,11 @@ mod tests {
     };
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    /// What the fake answers for the register calls the throttle never makes.
+    fn unsupported(op: &'static str) -> crate::hypervisor::HypervisorError {
+        crate::hypervisor::HypervisorError::Call { op, source: std::io::ErrorKind::Unsupported.into() }
+    }
+
     /// A vCPU whose "guest" sleeps in short naps (a kick interrupts a nap with EINTR, as it
     /// interrupts KVM_RUN) and counts the nanoseconds spent inside `run`.
     struct Fake(Arc<AtomicU64>);
@@ -421,40 +426,40 @@ mod tests {
             Ok(VmExit::Interrupted)
         }
         fn get_regs(&self) -> Result<StandardRegisters> {
-            unimplemented!()
+            Err(unsupported("get_regs"))
         }
         fn set_regs(&self, _: &StandardRegisters) -> Result<()> {
-            unimplemented!()
+            Err(unsupported("set_regs"))
         }
         fn get_sregs(&self) -> Result<SpecialRegisters> {
-            unimplemented!()
+            Err(unsupported("get_sregs"))
         }
         fn set_sregs(&self, _: &SpecialRegisters) -> Result<()> {
-            unimplemented!()
+            Err(unsupported("set_sregs"))
         }
         fn set_fpu(&self, _: &FpuState) -> Result<()> {
-            unimplemented!()
+            Err(unsupported("set_fpu"))
         }
         fn set_cpuid(&self, _: &CpuId) -> Result<()> {
-            unimplemented!()
+            Err(unsupported("set_cpuid"))
         }
         fn set_msrs(&self, _: &[MsrEntry]) -> Result<()> {
-            unimplemented!()
+            Err(unsupported("set_msrs"))
         }
         fn get_msrs(&self, _: &[u32]) -> Result<Vec<MsrEntry>> {
-            unimplemented!()
+            Err(unsupported("get_msrs"))
         }
         fn get_lapic(&self) -> Result<LapicState> {
-            unimplemented!()
+            Err(unsupported("get_lapic"))
         }
         fn set_lapic(&self, _: &LapicState) -> Result<()> {
-            unimplemented!()
+            Err(unsupported("set_lapic"))
         }
         fn save_state(&self) -> Result<VcpuState> {
-            unimplemented!()
+            Err(unsupported("save_state"))
         }
         fn restore_state(&self, _: &VcpuState) -> Result<()> {
-            unimplemented!()
+            Err(unsupported("restore_state"))
         }
         fn set_immediate_exit(&mut self, _: bool) {}
     }
