@@ -90,6 +90,27 @@ impl Vmis<'_> {
         self.lc.live_machine(namespace, name, "reach").map(|(_, m)| m)
     }
 
+    /// Records what a user's verb did to the machine of `key` (its status now, and a Normal event).
+    fn observed_by_user(
+        &self,
+        key: &Key,
+        m: &Arc<dyn Machine>,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), LifecycleError> {
+        self.lc.vmi_ctl().observe(key, m)?;
+        let mut st = lock(&self.lc.state);
+        self.lc.persist().event_locked(
+            &mut st,
+            Kind::VirtualMachineInstance,
+            key,
+            "Normal",
+            reason,
+            message.into(),
+        );
+        Ok(())
+    }
+
     /// `virtctl pause vmi`.
     pub fn pause(&self, namespace: &str, name: &str) -> Result<(), LifecycleError> {
         let (key, m) = self.lc.live_machine(namespace, name, "pause")?;
@@ -97,17 +118,7 @@ impl Vmis<'_> {
             return Err(LifecycleError::Conflict(format!("VMI {key} is already paused")));
         }
         m.pause().map_err(|e| LifecycleError::Conflict(e.to_string()))?;
-        self.lc.vmi_ctl().observe(&key, &m)?;
-        let mut st = lock(&self.lc.state);
-        self.lc.persist().event_locked(
-            &mut st,
-            Kind::VirtualMachineInstance,
-            &key,
-            "Normal",
-            "Paused",
-            "VMI was paused by user".into(),
-        );
-        Ok(())
+        self.observed_by_user(&key, &m, "Paused", "VMI was paused by user")
     }
 
     /// `virtctl unpause vmi`.
@@ -117,17 +128,7 @@ impl Vmis<'_> {
             return Err(LifecycleError::Conflict(format!("VMI {key} is not paused")));
         }
         m.resume().map_err(|e| LifecycleError::Conflict(e.to_string()))?;
-        self.lc.vmi_ctl().observe(&key, &m)?;
-        let mut st = lock(&self.lc.state);
-        self.lc.persist().event_locked(
-            &mut st,
-            Kind::VirtualMachineInstance,
-            &key,
-            "Normal",
-            "Unpaused",
-            "VMI was unpaused by user".into(),
-        );
-        Ok(())
+        self.observed_by_user(&key, &m, "Unpaused", "VMI was unpaused by user")
     }
 
     /// `virtctl soft-reboot`: the guest is asked to power off (ACPI power button) and its machine
