@@ -193,6 +193,46 @@ fn a_migration_past_its_completion_timeout_fails_and_the_source_keeps_running() 
 }
 
 #[test]
+fn past_its_completion_timeout_a_migration_allowed_to_disrupt_pauses_the_guest_and_completes() {
+    let hv = kvm();
+    let (img, con, h) = running_source(&hv);
+    let bytes = give_it_memory_to_send(&h);
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let con2 = Console::default();
+    let con2b = con2.clone();
+    let dest =
+        std::thread::spawn(move || MicroVm::migrate_from(&kvm(), counter_config(img, &con2b, 32), &mut b));
+    // KubeVirt's allowWorkloadDisruption: 1 MiB/s cannot send 4 MiB within 300 ms; instead of
+    // failing, the source pauses the guest there and sends the rest unpaced.
+    let opts = MigrationOptions {
+        bandwidth_limit: Some(1 << 20),
+        completion_timeout: Some(Duration::from_millis(300)),
+        pause_to_complete: true,
+        ..Default::default()
+    };
+    let stats = h.migrate_to(&mut a, &opts).unwrap();
+    let (h2, _) = dest.join().unwrap().unwrap();
+    assert!(stats.paused_to_complete, "{stats:?}");
+    assert!(stats.bytes_sent >= bytes, "{stats:?}");
+    // The pause came at the timeout, long before 4 MiB could go out at 1 MiB/s: the downtime
+    // counts from it, so pre-copy took about the timeout and the rest was downtime.
+    let precopy = stats.total - stats.downtime;
+    assert!(
+        precopy >= Duration::from_millis(250) && precopy < Duration::from_secs(3),
+        "pre-copy ran until the timeout: {stats:?}"
+    );
+    assert!(stats.total < Duration::from_secs(4), "the rest went out unpaced: {stats:?}");
+    assert_eq!(h.wait(), ExitReason::Stopped, "the source stops after the migration");
+    let last = *con.beats().last().unwrap();
+    let beats = con2.wait_beats(3);
+    assert!(beats[0] > last, "the guest continues its count on the destination: {beats:x?} after {last:x}");
+    assert_consecutive(&beats);
+    eprintln!("paused to complete: {stats:?}");
+    h2.request_stop();
+    h2.wait();
+}
+
+#[test]
 fn a_peer_with_no_common_version_is_refused() {
     let (mut a, mut b) = UnixStream::pair().unwrap();
     let mut hello = Vec::new();

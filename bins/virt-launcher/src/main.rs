@@ -126,6 +126,10 @@ struct Args {
     /// `migrate.sock` in the run directory for the source launcher's stream (docs/migration.md).
     #[arg(long, requires = "spec")]
     incoming: bool,
+    /// With `--incoming`: the source may switch to post-copy (KubeVirt's `allowPostCopy`); QEMU
+    /// takes `postcopy-ram` and the jail holds `/dev/userfaultfd` for it.
+    #[arg(long, requires = "incoming")]
+    post_copy: bool,
     /// Supervised mode: the range of unprivileged uids launchers run as, `FIRST-LAST` (one per
     /// launcher; default 2000000000-2000065535).
     #[arg(long)]
@@ -403,6 +407,7 @@ impl Backends {
             allow_emulation: args.allow_emulation,
             run_dir: Some(run_dir.to_path_buf()),
             confine: !args.no_confine,
+            incoming_post_copy: args.post_copy,
             ..Default::default()
         });
         Self { native, qemu, kernel_cache }
@@ -686,6 +691,9 @@ fn jail_self(
                 }
             }
             let mut view = sandbox::view(spec, backend.name(), run_dir, cache);
+            if args.post_copy && backend.name() == "qemu" {
+                sandbox::allow_post_copy(&mut view);
+            }
             if !args.stay_root {
                 let range = args.uid_range.unwrap_or(jail::user::DEFAULT_RANGE);
                 match sandbox::identity(spec, &view, range, jail::host_pid()) {

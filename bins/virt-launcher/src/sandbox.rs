@@ -54,6 +54,18 @@ pub fn view(spec: &MachineSpec, backend: &str, run_dir: &Path, kernel_cache: Opt
     v
 }
 
+/// QEMU receiving a migration that may switch to post-copy faults the missing pages in with
+/// userfaultfd, which unprivileged processes cannot create (`vm.unprivileged_userfaultfd` is 0 on
+/// most hosts): the jail gets its own `/dev/userfaultfd` node, owned by the jailed user, for this
+/// launcher only (it is not in [`view`]'s default: the device is an exploitation aid).
+pub fn allow_post_copy(v: &mut View) {
+    if Path::new(USERFAULTFD).exists() {
+        v.add(USERFAULTFD, Access::Device);
+    }
+}
+
+const USERFAULTFD: &str = "/dev/userfaultfd";
+
 /// The files of the spec itself: kernel, initramfs, disks, EFI variables, a TPM's state.
 fn machine_files(spec: &MachineSpec) -> Vec<(PathBuf, Access)> {
     let mut f = Vec::new();

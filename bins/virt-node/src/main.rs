@@ -83,6 +83,16 @@ struct Args {
     /// MigrationPolicy matching a VMI overrides these three settings for its migrations.
     #[arg(long = "migration-allow-auto-converge")]
     migration_allow_auto_converge: bool,
+    /// At a live migration's completion timeout switch to post-copy instead of cancelling
+    /// (KubeVirt's allowPostCopy; QEMU backend: the guest runs on the destination, which fetches
+    /// the pages it lacks; a broken stream then loses the guest).
+    #[arg(long = "migration-allow-post-copy")]
+    migration_allow_post_copy: bool,
+    /// At a live migration's completion timeout do not cancel: switch to post-copy if allowed,
+    /// else pause the guest to complete (KubeVirt's allowWorkloadDisruption). Default: the value
+    /// of --migration-allow-post-copy.
+    #[arg(long = "migration-allow-workload-disruption", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    migration_allow_workload_disruption: Option<bool>,
     /// Abort a live migration whose data left to send has not decreased for this many seconds
     /// (KubeVirt's progressTimeout); the source runs on. 0: never.
     #[arg(long = "migration-progress-timeout", value_name = "SECONDS", default_value_t = 150)]
@@ -177,6 +187,10 @@ fn main() -> ExitCode {
             completion_timeout_per_gib: a.migration_completion_timeout_per_gib,
             allow_auto_converge: a.migration_allow_auto_converge,
             progress_timeout: a.migration_progress_timeout,
+            allow_post_copy: a.migration_allow_post_copy,
+            allow_workload_disruption: a
+                .migration_allow_workload_disruption
+                .unwrap_or(a.migration_allow_post_copy),
             ..MigrationSettings::default()
         },
         tick: Duration::from_millis(500),

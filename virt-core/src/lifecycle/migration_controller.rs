@@ -326,6 +326,10 @@ impl MigrationController<'_> {
             s.target_pod = Some(target.clone());
             s.completed = Some(true);
             s.failed = Some(false);
+            if let Some(mode) = &report.mode {
+                // Past the completion timeout it switched to post-copy or paused the guest.
+                s.mode = Some(mode.clone());
+            }
             if aborting {
                 // The cancel came after the commit point: the VM had moved.
                 s.abort_status = Some("Failed".into());

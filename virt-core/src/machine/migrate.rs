@@ -40,6 +40,15 @@ pub struct MigrateOptions {
     /// lowest for this many seconds (KubeVirt's `progressTimeout`); `None`: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_timeout_secs: Option<u64>,
+    /// At the completion timeout, switch to post-copy instead of failing: the guest runs on the
+    /// destination, which fetches the pages it lacks from the source (KubeVirt's `allowPostCopy`;
+    /// QEMU's `postcopy-ram`). The destination must have been started ready for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_copy: bool,
+    /// At the completion timeout (and without post-copy), pause the guest and finish instead of
+    /// failing (KubeVirt's `allowWorkloadDisruption`); the rest goes out unpaced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause_to_complete: bool,
 }
 
 /// What a backend's migrations can do beyond pre-copy with a bandwidth limit and a completion
@@ -55,10 +64,11 @@ pub struct MigrationFeatures {
 }
 
 /// What the backend named `backend` can do (nothing extra for an unknown name): auto-converge
-/// (QEMU's capability, the native VMM's vCPU throttle); post-copy and pausing to complete by none
-/// of them yet.
+/// (QEMU's capability, the native VMM's vCPU throttle) and pausing to complete by both; post-copy
+/// by QEMU only (the native VMM has no post-copy yet).
 pub fn migration_features(backend: &str) -> MigrationFeatures {
-    MigrationFeatures { auto_converge: matches!(backend, "qemu" | "native"), ..MigrationFeatures::default() }
+    let known = matches!(backend, "qemu" | "native");
+    MigrationFeatures { auto_converge: known, post_copy: backend == "qemu", pause_to_complete: known }
 }
 
 fn default_downtime_ms() -> u64 {
@@ -73,6 +83,8 @@ impl Default for MigrateOptions {
             completion_timeout_secs: None,
             auto_converge: false,
             progress_timeout_secs: None,
+            post_copy: false,
+            pause_to_complete: false,
         }
     }
 }
@@ -116,7 +128,16 @@ pub struct MigrationReport {
     /// `cpu-throttle-percentage`; 0: none).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cpu_throttle_percentage: u8,
+    /// How it ended, with KubeVirt's `migrationState.mode` names: `PostCopy` (switched to
+    /// post-copy), `Paused` (the guest paused to complete); `None`: pre-copy to the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
+
+/// [`MigrationReport::mode`] of a migration that switched to post-copy.
+pub const MODE_POST_COPY: &str = "PostCopy";
+/// [`MigrationReport::mode`] of a migration that paused the guest to complete.
+pub const MODE_PAUSED: &str = "Paused";
 
 fn is_zero(v: &u8) -> bool {
     *v == 0
@@ -134,6 +155,7 @@ impl From<&crate::vmm::migration::MigrationStats> for MigrationReport {
             passes: s.passes,
             bytes_sent: s.bytes_sent,
             cpu_throttle_percentage: s.throttle_percent,
+            mode: s.paused_to_complete.then(|| MODE_PAUSED.to_string()),
         }
     }
 }

@@ -412,14 +412,14 @@ impl Machine for NativeMachine {
             completion_timeout: opts.completion_timeout(),
             auto_converge: opts.auto_converge,
             progress_timeout: opts.progress_timeout(),
-            // With a timeout, it ends a migration that does not converge, as KubeVirt's (pausing
-            // to finish is `allowWorkloadDisruption`, which this backend does not do); without
-            // one, the pass count does.
+            // With a timeout, it ends a migration that does not converge, as KubeVirt's (or pauses
+            // the guest to finish: `allowWorkloadDisruption`); without one, the pass count does.
             max_passes: if opts.completion_timeout().is_some() || opts.progress_timeout().is_some() {
                 u32::MAX
             } else {
                 MigrationOptions::default().max_passes
             },
+            pause_to_complete: opts.pause_to_complete,
         };
         let mut stream = stream;
         let r = self.handle.migrate_to(&mut stream, &vmm_opts);

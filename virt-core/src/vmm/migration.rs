@@ -278,6 +278,9 @@ pub struct MigrationOptions {
     /// Abort when the data left to send has not gone below its lowest for this long (KubeVirt's
     /// `progressTimeout`, judged at each dirty-page round: [`ProgressWatch`]); `None`: never.
     pub progress_timeout: Option<Duration>,
+    /// At the completion timeout, pause the guest and finish (the rest unpaced) instead of failing
+    /// (KubeVirt's `allowWorkloadDisruption`).
+    pub pause_to_complete: bool,
 }
 
 impl Default for MigrationOptions {
@@ -290,6 +293,7 @@ impl Default for MigrationOptions {
             completion_timeout: None,
             auto_converge: false,
             progress_timeout: None,
+            pause_to_complete: false,
         }
     }
 }
@@ -323,6 +327,9 @@ pub struct MigrationStats {
     pub throttle_percent: u8,
     /// The throttle after each dirty-page round (empty without auto-converge).
     pub throttle_per_pass: Vec<u8>,
+    /// Pre-copy reached the completion timeout and the guest was paused to complete
+    /// ([`MigrationOptions::pause_to_complete`]); the downtime counts from that pause.
+    pub paused_to_complete: bool,
 }
 
 impl VmHandle {
@@ -401,7 +408,7 @@ impl VmHandle {
         opts: &MigrationOptions,
     ) -> Result<MigrationStats, MigrationError> {
         let was_paused = self.is_paused();
-        let mut paused_here = false;
+        let paused_here = std::cell::Cell::new(false);
         let (activity, dog) = (Activity::new(), Watchdog::default());
         let mut r = std::thread::scope(|sc| {
             if let Some(limit) = opts.progress_timeout.filter(|t| !t.is_zero()) {
@@ -413,7 +420,7 @@ impl VmHandle {
                     log::warn!("no watchdog for a stream that takes nothing: {e}");
                 }
             }
-            let r = self.migrate_inner(stream, opts, &mut paused_here, &activity);
+            let r = self.migrate_inner(stream, opts, &paused_here, &activity);
             dog.finish();
             r
         });
@@ -431,7 +438,7 @@ impl VmHandle {
         if let Err(e) = &r {
             let _ = write_frame(stream, Kind::Abandon, e.to_string().as_bytes());
             let _ = self.set_dirty_logging(false);
-            if paused_here && !was_paused {
+            if paused_here.get() && !was_paused {
                 self.resume();
             }
         }
@@ -442,7 +449,7 @@ impl VmHandle {
         &self,
         stream: &mut S,
         opts: &MigrationOptions,
-        paused_here: &mut bool,
+        paused_here: &std::cell::Cell<bool>,
         activity: &Activity,
     ) -> Result<MigrationStats, MigrationError> {
         let start = Instant::now();
@@ -465,7 +472,16 @@ impl VmHandle {
         // until what is left fits the downtime budget.
         self.set_dirty_logging(true)?;
         self.dirty_set(false)?;
+        // allowWorkloadDisruption: at the completion timeout the sender pauses the guest and goes on
+        // unpaced; the loop below then moves to stop-and-copy.
+        let pause_now = || {
+            paused_here.set(true);
+            self.pause();
+        };
         let mut sender = Sender::new(stream, opts.bandwidth_limit, start, opts.completion_timeout, activity);
+        if opts.pause_to_complete {
+            sender.pause_at_deadline(&pause_now);
+        }
         let t = Instant::now();
         // A send error (the peer gone, the completion timeout) is kept as it is, not as a memory error.
         let mut send_err = None;
@@ -491,6 +507,10 @@ impl VmHandle {
         // Pages read from the dirty log (which clears it) but not sent yet: they join the final pass.
         let pending = loop {
             opts.check_cancel()?;
+            if sender.paused_at().is_some() {
+                // Paused at the completion timeout: the final pass below takes what is dirty.
+                break BTreeSet::new();
+            }
             let dirty = self.dirty_set(false)?;
             let dirty_bytes = dirty.len() as u64 * PAGE as u64;
             let eta = Duration::from_secs_f64(dirty_bytes as f64 / bandwidth.max(1.0));
@@ -518,9 +538,15 @@ impl VmHandle {
         stats.throttle_percent = converge.percent();
 
         // Stop-and-copy.
-        let paused_at = Instant::now();
-        *paused_here = true;
-        self.pause();
+        stats.paused_to_complete = sender.paused_at().is_some();
+        let paused_at = match sender.paused_at() {
+            Some(at) => at,
+            None => {
+                paused_here.set(true);
+                self.pause();
+                Instant::now()
+            }
+        };
         let sections = self.save_state().map_err(MigrationError::Vm)?;
         let saved_at = Instant::now();
         let mut dirty = self.dirty_set(true)?;

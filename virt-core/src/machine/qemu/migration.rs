@@ -5,6 +5,11 @@
 //! `migrate uri=fd:...` and follows `query-migrate`; the destination was started with
 //! `-incoming defer` and `-S`, runs `migrate-incoming uri=fd:...`, and is told to run (`cont`) only
 //! when its side completed, after the source stopped sending (docs/migration.md).
+//!
+//! Past the completion timeout the source switches to post-copy (`migrate-start-postcopy`, when
+//! asked and the destination took `postcopy-ram`: it runs the guest at `postcopy-active` and faults
+//! the rest in) or pauses the guest to complete (`stop`, the bandwidth limit lifted), or else
+//! cancels.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -13,11 +18,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::qmp::{QmpClient, QmpError};
-use crate::machine::migrate::{MigrateOptions, MigrationReport};
+use crate::machine::migrate::{MigrateOptions, MigrationReport, MODE_PAUSED, MODE_POST_COPY};
 use crate::vmm::migration::{ProgressWatch, Stuck};
 
 /// The name the migration stream's descriptor gets in QEMU (`getfd`).
 const FD_NAME: &str = "virt-migrate";
+
+/// QEMU's `max-bandwidth` for "as fast as it goes" (its 0 is a default of 128 MiB/s).
+const UNLIMITED: u64 = i64::MAX as u64;
 
 /// Why a QEMU migration did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +55,10 @@ pub enum QemuMigrationError {
     /// (KubeVirt's `progressTimeout`, its message): cancelled, the source runs on.
     #[error("Live migration stuck for {secs} sec and has been aborted ({1} bytes remaining)", secs = .0.as_secs())]
     Stuck(Duration, u64),
+    /// The stream broke after the switch to post-copy: the guest's memory is split between the
+    /// two sides, so neither can run it (QEMU's `postcopy-paused`; it is not resumed here).
+    #[error("post-copy lost its stream ({0}): the guest is paused on the destination and cannot run here")]
+    PostCopyBroken(String),
     /// The destination did not complete in time.
     #[error("the incoming migration did not complete within {0:?} (last status {1})")]
     Timeout(Duration, String),
@@ -63,7 +75,8 @@ fn query(q: &QmpClient) -> Result<(String, Value), QemuMigrationError> {
     Ok((status, v))
 }
 
-/// Whether a migration is under way on this QEMU (not none/completed/failed/cancelled).
+/// Whether a migration is under way on this QEMU (not none/completed/failed/cancelled), by its
+/// status (`postcopy-...` once it switched to post-copy: too late to cancel).
 pub(super) fn active(q: &QmpClient) -> Result<Option<String>, QemuMigrationError> {
     let (status, _) = query(q)?;
     Ok(match status.as_str() {
@@ -99,17 +112,21 @@ pub(super) fn send(
 ) -> Result<MigrationReport, QemuMigrationError> {
     // QEMU's max-bandwidth 0 is its default 128 MiB/s, not unlimited: without a limit, ask for the
     // most it takes.
-    let bandwidth = opts.bandwidth_bytes_per_sec.filter(|b| *b > 0).unwrap_or(i64::MAX as u64);
+    let bandwidth = opts.bandwidth_bytes_per_sec.filter(|b| *b > 0).unwrap_or(UNLIMITED);
     q.execute(
         "migrate-set-parameters",
-        Some(json!({ "downtime-limit": opts.downtime_ms, "max-bandwidth": bandwidth.min(i64::MAX as u64) })),
+        Some(json!({ "downtime-limit": opts.downtime_ms, "max-bandwidth": bandwidth.min(UNLIMITED) })),
     )
     .map_err(qmp("migrate-set-parameters"))?;
-    // KubeVirt's allowAutoConverge: QEMU throttles the vCPUs while pre-copy does not converge.
-    // Set either way: a QEMU migrated before keeps what the last migration asked for.
+    // KubeVirt's allowAutoConverge: QEMU throttles the vCPUs while pre-copy does not converge;
+    // allowPostCopy: QEMU may switch to post-copy (the destination took the capability too). Set
+    // either way: a QEMU migrated before keeps what the last migration asked for.
     q.execute(
         "migrate-set-capabilities",
-        Some(json!({ "capabilities": [{ "capability": "auto-converge", "state": opts.auto_converge }] })),
+        Some(json!({ "capabilities": [
+            { "capability": "auto-converge", "state": opts.auto_converge },
+            { "capability": "postcopy-ram", "state": opts.post_copy },
+        ] })),
     )
     .map_err(qmp("migrate-set-capabilities"))?;
     q.execute_with_fd("getfd", Some(json!({ "fdname": FD_NAME })), stream.as_raw_fd())
@@ -121,20 +138,21 @@ pub(super) fn send(
     let mut progress = ProgressWatch::new(opts.progress_timeout().unwrap_or(Duration::ZERO), Instant::now());
     // QEMU shows `cpu-throttle-percentage` only while it throttles: keep the last one seen.
     let mut throttle = 0u8;
+    // Past the completion timeout: post-copy or paused (KubeVirt's migrationState.mode).
+    let mut mode: Option<&'static str> = None;
     loop {
         let (status, v) = query(q)?;
         if let Some(p) = v.get("cpu-throttle-percentage").and_then(Value::as_u64) {
             throttle = u8::try_from(p).unwrap_or(u8::MAX);
         }
-        let copying = matches!(status.as_str(), "setup" | "active");
+        let copying = matches!(status.as_str(), "setup" | "active") && mode.is_none();
         if let Some((at, limit)) = deadline {
             if Instant::now() > at && copying {
-                // As KubeVirt does past completionTimeoutPerGiB: abort; QEMU resumes the source.
-                q.execute("migrate_cancel", None).map_err(qmp("migrate_cancel"))?;
-                return Err(QemuMigrationError::CompletionTimeout(limit));
+                mode = Some(past_the_deadline(q, opts, limit)?);
+                continue;
             }
         }
-        if let Some(remaining) = remaining(&v).filter(|_| status == "active") {
+        if let Some(remaining) = remaining(&v).filter(|_| status == "active" && mode.is_none()) {
             if let Err(Stuck(idle)) = progress.observe(remaining, Instant::now()) {
                 // As KubeVirt past progressTimeout: abort; QEMU resumes the source.
                 q.execute("migrate_cancel", None).map_err(qmp("migrate_cancel"))?;
@@ -142,26 +160,69 @@ pub(super) fn send(
             }
         }
         match status.as_str() {
-            "completed" => return Ok(MigrationReport { cpu_throttle_percentage: throttle, ..report_of(&v) }),
+            "completed" => {
+                return Ok(MigrationReport {
+                    cpu_throttle_percentage: throttle,
+                    mode: mode.map(str::to_string),
+                    ..report_of(&v)
+                })
+            }
             "failed" => {
                 let why = v.get("error-desc").and_then(Value::as_str).unwrap_or("no reason given");
                 return Err(QemuMigrationError::Failed(why.to_string()));
             }
             "cancelled" => return Err(QemuMigrationError::Cancelled),
+            "postcopy-paused" => {
+                let why = v.get("error-desc").and_then(Value::as_str).unwrap_or("no reason given");
+                return Err(QemuMigrationError::PostCopyBroken(why.to_string()));
+            }
             "none" => return Err(QemuMigrationError::Shape(v.to_string())),
             _ => std::thread::sleep(Duration::from_millis(2)),
         }
     }
 }
 
+/// What the source does at the completion timeout: switch to post-copy when allowed
+/// (`allowPostCopy`), else pause the guest and finish at full speed (`allowWorkloadDisruption`),
+/// else cancel (QEMU resumes the source) as KubeVirt does past `completionTimeoutPerGiB`.
+fn past_the_deadline(
+    q: &QmpClient,
+    opts: &MigrateOptions,
+    limit: Duration,
+) -> Result<&'static str, QemuMigrationError> {
+    if opts.post_copy {
+        q.execute("migrate-start-postcopy", None).map_err(qmp("migrate-start-postcopy"))?;
+        return Ok(MODE_POST_COPY);
+    }
+    if opts.pause_to_complete {
+        q.execute("stop", None).map_err(qmp("stop"))?;
+        // The limit spared the running guest's neighbours; a paused guest wants the downtime short.
+        q.execute("migrate-set-parameters", Some(json!({ "max-bandwidth": UNLIMITED })))
+            .map_err(qmp("migrate-set-parameters"))?;
+        return Ok(MODE_PAUSED);
+    }
+    q.execute("migrate_cancel", None).map_err(qmp("migrate_cancel"))?;
+    Err(QemuMigrationError::CompletionTimeout(limit))
+}
+
 /// The destination's side, on a QEMU started with `-incoming defer` and `-S`: receives the VM from
-/// `stream`; returns once it has all of it (the guest still paused). `timeout` bounds a source that
-/// never finishes.
+/// `stream`; returns once it has all of it (the guest still paused), or once the source switched
+/// to post-copy (`postcopy-active`: the source has stopped for good and the guest must run here to
+/// fault in the rest). `post_copy` readies it for that (`postcopy-ram`; QEMU needs userfaultfd).
+/// `timeout` bounds a source that never finishes.
 pub(super) fn receive(
     q: &QmpClient,
     stream: &UnixStream,
     timeout: Duration,
+    post_copy: bool,
 ) -> Result<(), QemuMigrationError> {
+    if post_copy {
+        q.execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": [{ "capability": "postcopy-ram", "state": true }] })),
+        )
+        .map_err(qmp("migrate-set-capabilities"))?;
+    }
     q.execute_with_fd("getfd", Some(json!({ "fdname": FD_NAME })), stream.as_raw_fd())
         .map_err(qmp("getfd"))?;
     q.execute("migrate-incoming", Some(json!({ "uri": format!("fd:{FD_NAME}") })))
@@ -170,7 +231,7 @@ pub(super) fn receive(
     loop {
         let (status, v) = query(q)?;
         match status.as_str() {
-            "completed" => return Ok(()),
+            "completed" | "postcopy-active" => return Ok(()),
             "failed" => {
                 let why = v.get("error-desc").and_then(Value::as_str).unwrap_or("the stream ended early");
                 return Err(QemuMigrationError::Failed(why.to_string()));

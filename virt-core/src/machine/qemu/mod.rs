@@ -80,6 +80,9 @@ pub struct QemuOptions {
     /// Confine QEMU and swtpm (docs/confinement.md): QEMU's own seccomp sandbox
     /// ([`QEMU_SANDBOX`]), and both started with no capabilities and `no_new_privs`.
     pub confine: bool,
+    /// An incoming migration may switch to post-copy (KubeVirt's `allowPostCopy`): the destination
+    /// takes QEMU's `postcopy-ram` capability, which needs userfaultfd.
+    pub incoming_post_copy: bool,
 }
 
 /// QEMU's seccomp sandbox for a confined machine: no obsolete calls, no privilege changes, no new
@@ -98,6 +101,7 @@ impl Default for QemuOptions {
             start_timeout: Duration::from_secs(30),
             qmp_timeout: Duration::from_secs(30),
             confine: false,
+            incoming_post_copy: false,
         }
     }
 }
@@ -460,7 +464,7 @@ fn start(
 
     spawn_waiter(inner.clone(), child, res.swtpm.clone(), done_rx, stderr)?;
     if let Some(stream) = incoming {
-        migration::receive(&client, stream, INCOMING_TIMEOUT)?;
+        migration::receive(&client, stream, INCOMING_TIMEOUT, opts.incoming_post_copy)?;
     }
     client.cont().map_err(|source| QemuProcessError::Qmp { op: "start the vCPUs", source })?;
     // `cont` returns after RESUME was handled; make Started certain even if the event was lost.
@@ -707,6 +711,7 @@ impl Machine for QemuMachine {
                 self.stop()?;
                 Ok(report)
             }
+            Err(e @ migration::QemuMigrationError::PostCopyBroken(_)) => Err(err(e)),
             Err(e) => {
                 // QEMU resumes a guest whose migration failed; make sure.
                 if self.status() == MachineStatus::Paused {
@@ -729,6 +734,9 @@ impl Machine for QemuMachine {
         };
         match migration::active(q).map_err(|e| msg(e.to_string()))? {
             None => Err(msg("too late: the migration completed".into())),
+            Some(s) if s.starts_with("postcopy") => {
+                Err(msg("too late: the migration switched to post-copy and the guest runs on the destination".into()))
+            }
             Some(_) => q.execute("migrate_cancel", None).map(|_| ()).map_err(|e| msg(e.to_string())),
         }
     }

@@ -26,7 +26,6 @@ use super::Reply;
 use super::Request;
 use super::StatusReply;
 use super::{ServeInfo, EVENT_WRITE_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST, TICK};
-use crate::machine::migrate::MigrateOptions;
 
 pub(super) struct EventHub {
     pub(super) subs: Vec<Sender<MachineEvent>>,
@@ -199,26 +198,10 @@ pub(super) fn serve_control(shared: &Arc<Shared>, mut s: UnixStream) {
                         Err(e) => send_line(&mut s, &Reply::from_machine(Err(e))),
                     }
                 }
-                Ok(Request::MigrateOut {
-                    downtime_ms,
-                    bandwidth_bytes_per_sec,
-                    completion_timeout_secs,
-                    auto_converge,
-                    progress_timeout_secs,
-                }) => match fds.pop() {
+                Ok(Request::MigrateOut(opts)) => match fds.pop() {
                     Some(fd) => {
                         fds.clear();
                         let stream = UnixStream::from(fd);
-                        let mut opts = MigrateOptions {
-                            bandwidth_bytes_per_sec,
-                            completion_timeout_secs,
-                            auto_converge,
-                            progress_timeout_secs,
-                            ..Default::default()
-                        };
-                        if let Some(ms) = downtime_ms {
-                            opts.downtime_ms = ms;
-                        }
                         match shared.machine.migrate_out(stream, &opts) {
                             Ok(report) => send_line(&mut s, &MigrateReply { ok: true, report }),
                             Err(e) => send_line(&mut s, &Reply::from_machine(Err(e))),

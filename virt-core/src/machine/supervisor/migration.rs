@@ -89,13 +89,7 @@ pub fn migrate_out(
     let path = run_dir.join(CONTROL_SOCKET);
     let io = |what, source| MigrateRequestError::Io { what, path: path.clone(), source };
     let s = UnixStream::connect(&path).map_err(|e| io("connecting to", e))?;
-    let req = Request::MigrateOut {
-        downtime_ms: Some(opts.downtime_ms),
-        bandwidth_bytes_per_sec: opts.bandwidth_bytes_per_sec,
-        completion_timeout_secs: opts.completion_timeout_secs,
-        auto_converge: opts.auto_converge,
-        progress_timeout_secs: opts.progress_timeout_secs,
-    };
+    let req = Request::MigrateOut(opts.clone());
     let mut line = serde_json::to_vec(&req).unwrap_or_default();
     line.push(b'\n');
     send_with_fd(&s, &line, dest.as_raw_fd()).map_err(|e| io("sending the request to", e))?;

@@ -58,23 +58,10 @@ pub enum Request {
     FsThaw,
     /// [`Machine::migrate_out`] over the stream whose descriptor comes with this line
     /// (`SCM_RIGHTS`; see `supervisor::migration`): a `MigrateReply` when it completed.
-    MigrateOut {
-        /// The downtime budget in milliseconds (default 300).
-        #[serde(default, rename = "downtimeMs")]
-        downtime_ms: Option<u64>,
-        /// Pre-copy's bandwidth limit in bytes per second (default: none).
-        #[serde(default, rename = "bandwidthBytesPerSec", skip_serializing_if = "Option::is_none")]
-        bandwidth_bytes_per_sec: Option<u64>,
-        /// The completion timeout in seconds (default: none).
-        #[serde(default, rename = "completionTimeoutSecs", skip_serializing_if = "Option::is_none")]
-        completion_timeout_secs: Option<u64>,
-        /// Throttle the guest to converge (QEMU's `auto-converge`; default: no).
-        #[serde(default, rename = "autoConverge", skip_serializing_if = "std::ops::Not::not")]
-        auto_converge: bool,
-        /// The progress timeout in seconds (default: none).
-        #[serde(default, rename = "progressTimeoutSecs", skip_serializing_if = "Option::is_none")]
-        progress_timeout_secs: Option<u64>,
-    },
+    /// The options are [`MigrateOptions`](crate::machine::migrate::MigrateOptions)'s fields
+    /// (`downtimeMs`, `bandwidthBytesPerSec`, `completionTimeoutSecs`, `autoConverge`,
+    /// `progressTimeoutSecs`, `postCopy`, `pauseToComplete`), all optional.
+    MigrateOut(crate::machine::migrate::MigrateOptions),
     /// [`Machine::migrate_cancel`]: abandons a running `migrateOut` before the destination is ready.
     MigrateCancel,
 }

@@ -22,6 +22,10 @@ pub(super) struct Sender<'a, W: Write> {
     deadline: Option<(Instant, Duration)>,
     passes: u32,
     activity: &'a Activity,
+    /// At the deadline, call this (pause the guest) and go on unpaced instead of failing.
+    pause: Option<&'a dyn Fn()>,
+    /// When `pause` was called.
+    paused_at: Option<Instant>,
 }
 
 impl<'a, W: Write> Sender<'a, W> {
@@ -44,7 +48,20 @@ impl<'a, W: Write> Sender<'a, W> {
             deadline: timeout.map(|t| (start + t, t)),
             passes: 0,
             activity,
+            pause: None,
+            paused_at: None,
         }
+    }
+
+    /// At the deadline, `pause` the guest and send the rest unpaced rather than fail (KubeVirt's
+    /// `allowWorkloadDisruption`).
+    pub(super) fn pause_at_deadline(&mut self, pause: &'a dyn Fn()) {
+        self.pause = Some(pause);
+    }
+
+    /// When the sender paused the guest at the deadline, if it did.
+    pub(super) fn paused_at(&self) -> Option<Instant> {
+        self.paused_at
     }
 
     /// Memory bytes pushed so far.
@@ -73,7 +90,13 @@ impl<'a, W: Write> Sender<'a, W> {
         }
         if let Some((at, limit)) = self.deadline {
             if Instant::now() >= at {
-                return Err(MigrationError::TimedOut { limit, sent: self.bytes, passes: self.passes });
+                let Some(pause) = self.pause else {
+                    return Err(MigrationError::TimedOut { limit, sent: self.bytes, passes: self.passes });
+                };
+                log::info!("migration: not complete after {limit:?}: pausing the guest to complete");
+                pause();
+                self.paused_at = Some(Instant::now());
+                self.unlimit();
             }
         }
         write_frame(self.w, Kind::Memory, &self.buf)?;

@@ -91,10 +91,12 @@ pub struct MigrationSettings {
     /// seconds is aborted and the source runs on; 0: never. KubeVirt's default: 150. Not a
     /// MigrationPolicy field (as in KubeVirt).
     pub progress_timeout: u64,
-    /// `allowPostCopy`: switch to post-copy when pre-copy does not converge (no backend here can).
+    /// `allowPostCopy`: with `allowWorkloadDisruption`, switch to post-copy at the completion
+    /// timeout (QEMU's post-copy; the native VMM has none and pauses instead).
     pub allow_post_copy: bool,
-    /// `allowWorkloadDisruption`: pause the guest to finish rather than fail past the timeout (no
-    /// backend here can; KubeVirt's default is `allowPostCopy`'s value).
+    /// `allowWorkloadDisruption`: at the completion timeout do not cancel but switch to post-copy
+    /// (when allowed) or pause the guest to finish. Defaults to `allowPostCopy`'s value, as
+    /// KubeVirt's.
     pub allow_workload_disruption: bool,
 }
 
@@ -129,8 +131,10 @@ impl MigrationSettings {
         if let Some(p) = policy.allow_post_copy {
             s.allow_post_copy = p;
         }
-        if let Some(w) = policy.allow_workload_disruption {
-            s.allow_workload_disruption = w;
+        // Unset, allowWorkloadDisruption follows allowPostCopy (KubeVirt's default).
+        match (policy.allow_workload_disruption, policy.allow_post_copy) {
+            (Some(w), _) | (None, Some(w)) => s.allow_workload_disruption = w,
+            (None, None) => {}
         }
         s
     }
@@ -173,6 +177,10 @@ impl MigrationSettings {
             completion_timeout_secs: (per_gib > 0).then(|| (per_gib * memory_mib).div_ceil(1024).max(1)),
             auto_converge: self.allow_auto_converge,
             progress_timeout_secs: (self.progress_timeout > 0).then_some(self.progress_timeout),
+            // KubeVirt's order at the completion timeout: cancel unless workload disruption is
+            // allowed; then post-copy if allowed, else pause.
+            post_copy: self.allow_workload_disruption && self.allow_post_copy,
+            pause_to_complete: self.allow_workload_disruption && !self.allow_post_copy,
             ..MigrateOptions::default()
         }
     }
@@ -275,8 +283,13 @@ impl LauncherRuntime {
         let log_path = target.join("launcher.log");
         let log = std::fs::File::create(&log_path).map_err(|e| failed("creating", &log_path, e))?;
         let log2 = log.try_clone().map_err(|e| failed("opening", &log_path, e))?;
+        let (settings, not_honoured) = self.settings_for(source, ticket);
+        let opts = settings.options_for(memory_mib);
         let mut cmd = Command::new(&self.cfg.launcher);
         cmd.arg("--spec").arg(spec).arg("--run-dir").arg(target).arg("--incoming");
+        if opts.post_copy {
+            cmd.arg("--post-copy");
+        }
         if self.cfg.allow_emulation {
             cmd.arg("--allow-emulation");
         }
@@ -301,9 +314,8 @@ impl LauncherRuntime {
         if ticket.cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        let (settings, not_honoured) = self.settings_for(source, ticket);
         step(MigrationStep::Running { configuration: settings.configuration(), not_honoured });
-        migrate_out(source, &stream, &settings.options_for(memory_mib))
+        migrate_out(source, &stream, &opts)
             .map_err(|e| MigrationError::Failed(format!("{e} (target: {})", tail(&log_path))))
     }
 
@@ -484,6 +496,27 @@ mod tests {
     }
 
     #[test]
+    fn at_the_completion_timeout_kubevirts_order_decides_cancel_post_copy_or_pause() {
+        let policy = |p: Option<bool>, w: Option<bool>| MigrationPolicySpec {
+            allow_post_copy: p,
+            allow_workload_disruption: w,
+            ..Default::default()
+        };
+        let opts = |p, w| {
+            let o = node().with_policy(&policy(p, w)).options_for(1024);
+            (o.post_copy, o.pause_to_complete)
+        };
+        assert_eq!(opts(None, None), (false, false), "cancel");
+        // allowWorkloadDisruption unset follows allowPostCopy.
+        assert_eq!(opts(Some(true), None), (true, false), "post-copy");
+        assert_eq!(opts(Some(true), Some(false)), (false, false), "no disruption: cancel");
+        assert_eq!(opts(None, Some(true)), (false, true), "pause");
+        assert_eq!(opts(Some(false), Some(true)), (false, true), "pause");
+        let s = node().with_policy(&policy(Some(true), None));
+        assert_eq!(s.configuration()["allowWorkloadDisruption"], true);
+    }
+
+    #[test]
     fn what_the_backend_cannot_do_is_turned_off_and_named() {
         let asked = MigrationSettings {
             allow_auto_converge: true,
@@ -491,20 +524,24 @@ mod tests {
             allow_workload_disruption: true,
             ..node()
         };
-        // Both backends throttle (QEMU's auto-converge, the native VMM's vCPU throttle).
-        for backend in ["qemu", "native"] {
-            let (s, not) = asked.for_backend(backend);
-            assert!(s.allow_auto_converge && s.options_for(1024).auto_converge, "{backend}");
-            assert_eq!(s.configuration()["allowAutoConverge"], true, "{backend}");
-            assert!(!s.allow_post_copy && !s.allow_workload_disruption);
-            assert_eq!(not.len(), 2, "{not:?}");
-            assert!(not[0].starts_with(&format!("allowPostCopy: the {backend} backend cannot")), "{not:?}");
-        }
+        // Both backends throttle (QEMU's auto-converge, the native VMM's vCPU throttle) and pause
+        // to complete; QEMU switches to post-copy, the native VMM cannot and pauses instead.
+        let (q, not) = asked.for_backend("qemu");
+        assert!(q.allow_auto_converge && q.options_for(1024).auto_converge);
+        assert!(q.options_for(1024).post_copy && !q.options_for(1024).pause_to_complete);
+        assert_eq!(not, Vec::<String>::new());
+        let (n, not) = asked.for_backend("native");
+        assert_eq!(n.configuration()["allowAutoConverge"], true);
+        assert!(!n.options_for(1024).post_copy && n.options_for(1024).pause_to_complete);
+        assert_eq!(n.configuration()["allowPostCopy"], false, "the value in force");
+        assert_eq!(not.len(), 1, "{not:?}");
+        assert!(not[0].starts_with("allowPostCopy: the native backend cannot"), "{not:?}");
         // A backend that cannot (an unknown one) drops it and says so.
         let (other, not) = asked.for_backend("");
         assert!(!other.options_for(1024).auto_converge);
         assert_eq!(other.configuration()["allowAutoConverge"], false, "the value in force");
         assert!(not[0].starts_with("allowAutoConverge: the unknown backend cannot"), "{not:?}");
+        assert!(!other.options_for(1024).post_copy && !other.options_for(1024).pause_to_complete);
         // Nothing asked, nothing to say.
         assert_eq!(node().for_backend("native"), (node(), Vec::new()));
     }
