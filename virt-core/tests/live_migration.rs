@@ -218,10 +218,10 @@ fn past_its_completion_timeout_a_migration_allowed_to_disrupt_pauses_the_guest_a
     // counts from it, so pre-copy took about the timeout and the rest was downtime.
     let precopy = stats.total - stats.downtime;
     assert!(
-        precopy >= Duration::from_millis(250) && precopy < Duration::from_secs(3),
+        precopy >= Duration::from_millis(250) && precopy < Duration::from_millis(1500),
         "pre-copy ran until the timeout: {stats:?}"
     );
-    assert!(stats.total < Duration::from_secs(4), "the rest went out unpaced: {stats:?}");
+    assert!(stats.total < Duration::from_secs(2), "the rest went out unpaced: {stats:?}");
     assert_eq!(h.wait(), ExitReason::Stopped, "the source stops after the migration");
     let last = *con.beats().last().unwrap();
     let beats = con2.wait_beats(3);

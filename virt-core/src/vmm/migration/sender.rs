@@ -105,10 +105,12 @@ impl<'a, W: Write> Sender<'a, W> {
         self.buf.clear();
         if let Some(rate) = self.limit.filter(|r| *r > 0) {
             // Sleep off what this batch took beyond the rate (a token bucket of one batch).
-            let due = Duration::from_secs_f64(self.paced as f64 / rate as f64);
-            let spent = self.since.elapsed();
-            if due > spent {
-                std::thread::sleep(due - spent);
+            // Not past the deadline, though: the timeout is judged at the next batch.
+            let due = self.since + Duration::from_secs_f64(self.paced as f64 / rate as f64);
+            let until = self.deadline.map_or(due, |(at, _)| due.min(at));
+            let now = Instant::now();
+            if until > now {
+                std::thread::sleep(until - now);
             }
         }
         Ok(())
