@@ -140,6 +140,8 @@ pub(super) fn send(
     let mut throttle = 0u8;
     // Past the completion timeout: post-copy or paused (KubeVirt's migrationState.mode).
     let mut mode: Option<&'static str> = None;
+    // When the guest was paused to complete: its downtime starts there, not at QEMU's own stop.
+    let mut paused_at: Option<Instant> = None;
     loop {
         let (status, v) = query(q)?;
         if let Some(p) = v.get("cpu-throttle-percentage").and_then(Value::as_u64) {
@@ -149,6 +151,7 @@ pub(super) fn send(
         if let Some((at, limit)) = deadline {
             if Instant::now() > at && copying {
                 mode = Some(past_the_deadline(q, opts, limit)?);
+                paused_at = Some(Instant::now()).filter(|_| mode == Some(MODE_PAUSED));
                 continue;
             }
         }
@@ -161,11 +164,15 @@ pub(super) fn send(
         }
         match status.as_str() {
             "completed" => {
+                let report = report_of(&v);
+                let paused_us =
+                    paused_at.map_or(0, |t| u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
                 return Ok(MigrationReport {
                     cpu_throttle_percentage: throttle,
                     mode: mode.map(str::to_string),
-                    ..report_of(&v)
-                })
+                    downtime_us: report.downtime_us.max(paused_us),
+                    ..report
+                });
             }
             "failed" => {
                 let why = v.get("error-desc").and_then(Value::as_str).unwrap_or("no reason given");

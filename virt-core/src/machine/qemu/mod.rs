@@ -734,9 +734,9 @@ impl Machine for QemuMachine {
         };
         match migration::active(q).map_err(|e| msg(e.to_string()))? {
             None => Err(msg("too late: the migration completed".into())),
-            Some(s) if s.starts_with("postcopy") => {
-                Err(msg("too late: the migration switched to post-copy and the guest runs on the destination".into()))
-            }
+            Some(s) if s.starts_with("postcopy") => Err(msg(
+                "too late: the migration switched to post-copy and the guest runs on the destination".into(),
+            )),
             Some(_) => q.execute("migrate_cancel", None).map(|_| ()).map_err(|e| msg(e.to_string())),
         }
     }
