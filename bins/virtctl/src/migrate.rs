@@ -65,10 +65,11 @@ fn finished(m: &Value) -> ExitCode {
         let us =
             |k: &str| state.pointer(&format!("/migrationStats/{k}")).and_then(Value::as_u64).unwrap_or(0);
         println!(
-            "moved to {}: downtime {:.1} ms, total {:.1} ms",
+            "moved to {}: downtime {:.1} ms, total {:.1} ms{}",
             state.get("targetPod").and_then(Value::as_str).unwrap_or("?"),
             us("downtimeUs") as f64 / 1000.0,
-            us("totalUs") as f64 / 1000.0
+            us("totalUs") as f64 / 1000.0,
+            how_it_converged(&state)
         );
         return ExitCode::SUCCESS;
     }
@@ -78,6 +79,25 @@ fn finished(m: &Value) -> ExitCode {
         .and_then(Value::as_str)
         .unwrap_or("no reason given");
     fail(format!("the migration failed: {why}"))
+}
+
+/// What helped the migration finish, as `; ...` (empty when pre-copy converged unaided): the
+/// vCPU throttle auto-converge reached, post-copy, or the guest paused to complete.
+fn how_it_converged(state: &Value) -> String {
+    let mut parts = Vec::new();
+    let throttle =
+        state.pointer("/migrationStats/cpuThrottlePercentage").and_then(Value::as_u64).unwrap_or(0);
+    if throttle > 0 {
+        parts.push(format!("vCPUs throttled to {throttle}% (auto-converge)"));
+    }
+    match state.get("mode").and_then(Value::as_str) {
+        Some("PostCopy") => parts.push("switched to post-copy at the completion timeout".to_string()),
+        Some("Paused") => {
+            parts.push("the guest was paused to complete at the completion timeout".to_string())
+        }
+        _ => {}
+    }
+    parts.iter().map(|p| format!("; {p}")).collect()
 }
 
 /// `virtctl migrate-cancel NAME`.
@@ -92,5 +112,24 @@ pub fn migrate_cancel(target: Target, ns: &str, name: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail_client(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn what_helped_a_migration_finish_is_said() {
+        assert_eq!(how_it_converged(&json!({ "mode": "PreCopy", "migrationStats": {} })), "");
+        let throttled = json!({ "mode": "PreCopy", "migrationStats": { "cpuThrottlePercentage": 99 } });
+        assert_eq!(how_it_converged(&throttled), "; vCPUs throttled to 99% (auto-converge)");
+        let post = json!({ "mode": "PostCopy", "migrationStats": { "cpuThrottlePercentage": 20 } });
+        assert_eq!(
+            how_it_converged(&post),
+            "; vCPUs throttled to 20% (auto-converge); switched to post-copy at the completion timeout"
+        );
+        assert!(how_it_converged(&json!({ "mode": "Paused" })).contains("paused to complete"));
     }
 }

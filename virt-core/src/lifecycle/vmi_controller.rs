@@ -400,9 +400,11 @@ impl VmiController<'_> {
             // A machine the VMI moved away from (a completed migration).
             return Ok(());
         }
-        if migrating && matches!(status, MachineStatus::Stopped(_)) {
+        if migrating && matches!(status, MachineStatus::Stopped(_) | MachineStatus::Paused) {
             // The source of a migration under way stopped: the migration controller decides
-            // whether the VM moved (and adopts its new machine) or ended.
+            // whether the VM moved (and adopts its new machine) or ended. Paused: the migration
+            // paused it (stop-and-copy, QEMU's completion, allowWorkloadDisruption), not the
+            // user; if the migration fails the source resumes and reports Running again.
             return Ok(());
         }
         l.last = status.clone();

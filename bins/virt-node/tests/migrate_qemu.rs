@@ -1,0 +1,226 @@
+//! Live migration of a QEMU-backed VM through the node (docs/migration.md), with real parts: a
+//! `virt-node` daemon with the QEMU backend under software emulation, the project's Debian kernel
+//! and initramfs (a shell on the serial console) served as a kernel-boot image by a real
+//! `docker-registry`, confined launchers (QEMU in the launcher's jail, as an unprivileged user),
+//! and `virtctl console` / `migrate` / `create`.
+//!
+//! 1. A shell variable is set through an attached `virtctl console`; `virtctl migrate --wait` moves
+//!    the VM into a fresh launcher; the same console session, never detached, reaches the shell in
+//!    the new QEMU, which still has the variable.
+//! 2. A MigrationPolicy with `allowPostCopy` and a pace far too slow for its completion timeout:
+//!    the migration switches to post-copy (the target launcher's jailed QEMU gets
+//!    `/dev/userfaultfd`), `migrationState.mode` says `PostCopy`, the shell answers again.
+//!
+//! Needs root, qemu-system-x86_64, docker-registry and skopeo (scripts/install-deps.sh).
+
+#[macro_use]
+#[path = "../../../virt-core/tests/support/guest.rs"]
+mod guest;
+#[path = "support/node.rs"]
+mod node;
+#[path = "../../../virt-storage/tests/support/registry.rs"]
+mod registry;
+
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use guest::{assets, boot_lock, have};
+use node::{bin, NodeProc};
+use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
+use serde_json::Value;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
+
+const VMI: &str = "apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: shell
+  labels:
+    migration: slow
+spec:
+  terminationGracePeriodSeconds: 0
+  domain:
+    firmware:
+      kernelBoot:
+        container:
+          image: IMAGE
+          kernelPath: /boot/vmlinuz
+          initrdPath: /boot/initrd.img
+        kernelArgs: console=ttyS0 quiet panic=-1
+    memory:
+      guest: 256Mi
+    devices:
+      autoattachGraphicsDevice: false
+";
+
+/// 256 KiB/s cannot send the guest's kernel and initramfs within 4 s per GiB (1 s for 256 MiB):
+/// with allowPostCopy the migration switches to post-copy there.
+const POST_COPY_POLICY: &str = "apiVersion: migrations.kubevirt.io/v1alpha1
+kind: MigrationPolicy
+metadata:
+  name: post-copy
+spec:
+  bandwidthPerMigration: 256Ki
+  completionTimeoutPerGiB: 4
+  allowPostCopy: true
+  selectors:
+    virtualMachineInstanceSelector:
+      migration: slow
+";
+
+fn push_kernel_image(reg: &Registry) -> String {
+    let a = assets();
+    let mut layout = OciLayout::new();
+    let layer = registry::tar_of(&[
+        Entry::Dir("boot/"),
+        Entry::File("boot/vmlinuz", std::fs::read(&a["KERNEL"]).unwrap()),
+        Entry::File("boot/initrd.img", std::fs::read(&a["INITRAMFS"]).unwrap()),
+    ]);
+    let desc = layout.image(&[(layer, Comp::Gzip)], "amd64");
+    layout.tag("v1", &desc);
+    layout.write_index();
+    reg.push(&layout, "v1", "kubevirt/shell-kernel", &[]);
+    format!("{}/kubevirt/shell-kernel:v1", reg.host)
+}
+
+/// An attached `virtctl console` session: what it printed so far, and its stdin.
+struct ConsoleSession {
+    child: Child,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl ConsoleSession {
+    fn attach(node: &NodeProc, name: &str) -> Self {
+        let mut child = Command::new(bin("virtctl"))
+            .arg("--server")
+            .arg(format!("unix://{}", node.socket.display()))
+            .args(["console", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Self { child, seen }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    fn wait_for(&mut self, marker: &str, within: Duration) {
+        let t = Instant::now();
+        while !self.text().contains(marker) {
+            assert!(
+                matches!(self.child.try_wait(), Ok(None)),
+                "virtctl console ended before {marker:?} showed; saw:\n{}",
+                self.text()
+            );
+            assert!(t.elapsed() < within, "the console never showed {marker:?}; saw:\n{}", self.text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Leaves with ^] (virtctl's escape), insisting the session ends cleanly.
+    fn detach(mut self) {
+        self.child.stdin.as_mut().unwrap().write_all(&[0x1d]).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "virtctl console did not end cleanly on ^]: {status}");
+    }
+}
+
+fn vmi(node: &NodeProc) -> Value {
+    serde_json::from_str(&node.ok(&["get", "vmi", "shell", "-o", "json"])).unwrap()
+}
+
+#[test]
+fn a_qemu_vm_migrates_with_its_console_attached_then_by_post_copy() {
+    let missing = ["qemu-system-x86_64", "docker-registry", "skopeo"].into_iter().find(|t| !have(t));
+    if let Some(t) = missing {
+        // CI (scripts/test.sh, after scripts/install-deps.sh) has every tool: a skip there is a failure.
+        assert!(std::env::var_os("VIRT_TESTS_REQUIRE_TOOLS").is_none(), "{t} not installed");
+        eprintln!("{t} not installed: skipping (scripts/install-deps.sh installs it)");
+        return;
+    }
+    let _g = boot_lock();
+    let reg = Registry::start(RegistryOpts::default());
+    let image = push_kernel_image(&reg);
+    // Short path: unix socket paths are limited to 107 bytes.
+    let dir = tempfile::Builder::new().prefix("vmq").tempdir_in("/tmp").unwrap();
+    let node = NodeProc::start_with(dir.path(), Some(&reg.host), &["--backend", "qemu"]);
+    let f = dir.path().join("vmi.yaml");
+    std::fs::write(&f, VMI.replace("IMAGE", &image)).unwrap();
+    node.ok(&["create", "-f", f.to_str().unwrap()]);
+
+    let t = Instant::now();
+    loop {
+        let v = vmi(&node);
+        assert_ne!(v["status"]["phase"], "Failed", "{v}");
+        if v["status"]["phase"] == "Running" {
+            break;
+        }
+        assert!(t.elapsed() < BOOT_TIMEOUT, "never Running: {v}\nnode log:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // 1. Pre-copy with the console attached throughout (its ring buffer holds the boot so far).
+    let mut console = ConsoleSession::attach(&node, "shell");
+    console.wait_for("Type 'poweroff -f' to exit.", BOOT_TIMEOUT);
+    console.type_line("X=7731; echo VIRT-SET-$X");
+    console.wait_for("VIRT-SET-7731", Duration::from_secs(60));
+    let t = Instant::now();
+    let out = node.ok(&["migrate", "shell", "--wait", "--timeout", &MIGRATE_TIMEOUT.as_secs().to_string()]);
+    eprintln!("pre-copy migration of a QEMU guest through the node: {:?}\n{out}", t.elapsed());
+    assert!(out.contains("Succeeded"), "{out}");
+    let v = vmi(&node);
+    assert_eq!(v["status"]["phase"], "Running", "{v}");
+    let ms = &v["status"]["migrationState"];
+    assert_eq!(ms["mode"], "PreCopy", "{v}");
+    assert_ne!(ms["targetPod"], ms["sourcePod"], "a new launcher runs it: {v}");
+    // QEMU's stop at the end of the copy is the migration's, not the user's.
+    let conditions = v["status"]["conditions"].as_array().unwrap();
+    assert!(!conditions.iter().any(|c| c["type"] == "Paused"), "{v}");
+    assert!(conditions.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"), "{v}");
+    console.type_line("echo VIRT-AFTER-$X-$((6*7))");
+    console.wait_for("VIRT-AFTER-7731-42", Duration::from_secs(60));
+
+    // 2. Post-copy, through a MigrationPolicy, into a jailed QEMU given /dev/userfaultfd.
+    let p = dir.path().join("policy.yaml");
+    std::fs::write(&p, POST_COPY_POLICY).unwrap();
+    node.ok(&["create", "-f", p.to_str().unwrap()]);
+    let out = node.ok(&["migrate", "shell", "--wait", "--timeout", &MIGRATE_TIMEOUT.as_secs().to_string()]);
+    eprintln!("{out}");
+    assert!(out.contains("Succeeded"), "{out}\nnode log:\n{}", node.log());
+    assert!(out.contains("switched to post-copy at the completion timeout"), "{out}");
+    let v = vmi(&node);
+    let ms = &v["status"]["migrationState"];
+    assert_eq!(ms["migrationPolicyName"], "post-copy", "{ms}");
+    assert_eq!(ms["mode"], "PostCopy", "switched to post-copy at the timeout: {ms}");
+    assert_eq!(ms["migrationConfiguration"]["allowPostCopy"], true, "{ms}");
+    assert_eq!(ms["migrationConfiguration"]["allowWorkloadDisruption"], true, "follows allowPostCopy: {ms}");
+    console.type_line("echo VIRT-POSTCOPY-$X");
+    console.wait_for("VIRT-POSTCOPY-7731", Duration::from_secs(60));
+    console.detach();
+    node.ok(&["delete", "vmi", "shell"]);
+}
