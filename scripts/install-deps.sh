@@ -23,7 +23,7 @@ want_pkgs=(qemu-system-x86 busybox-static cpio e2fsprogs xz-utils zstd docker-re
            ovmf seabios swtpm swtpm-tools syslinux syslinux-common openscap-scanner ssg-debian \
            chromium chromium-driver \
            containerd runc containernetworking-plugins iproute2 nftables util-linux gcc libc6-dev python3 \
-           qemu-guest-agent openssh-client openssh-server isc-dhcp-client iperf3 ${extra[@]+"${extra[@]}"})
+           qemu-guest-agent openssh-client openssh-server isc-dhcp-client iperf3 socat ${extra[@]+"${extra[@]}"})
 for p in "${want_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done

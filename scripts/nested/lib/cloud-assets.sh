@@ -15,14 +15,10 @@ cloud_assets() {
   local work=$1 mac=$2 here t
   here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
   # socat talks to the launcher's control socket and QEMU's agent socket in L1 (scripts/install-deps.sh
-  # does not list it yet).
-  if ! command -v socat >/dev/null 2>&1; then
-    echo "cloud-assets: socat missing: apt-get install socat" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat >&2 || true
-  fi
+  # installs it).
   for t in qemu-img mkfs.vfat mcopy ssh ssh-keygen socat; do
     command -v "$t" >/dev/null 2>&1 || {
-      echo "cloud-assets: $t missing (scripts/install-deps.sh --cloud-image; socat: apt-get install socat)" >&2
+      echo "cloud-assets: $t missing (scripts/install-deps.sh --cloud-image)" >&2
       return 2
     }
   done
