@@ -163,7 +163,7 @@ fn a_cancelled_qemu_migration_leaves_the_source_running() {
 /// completion timeout) into a destination from `dest`; checks the shell's state on the new console
 /// and returns the report.
 fn migrate_past_the_timeout(name: &str, opts: MigrateOptions, dest: QemuBackend) -> MigrationReport {
-    let (src, src_console) = booted(name);
+    let (src, _src_console) = booted(name);
     let src: Arc<dyn Machine> = Arc::from(src);
     let (a, mut b) = UnixStream::pair().unwrap();
     let dst_console = Console::default();

@@ -191,7 +191,6 @@ fn main() -> ExitCode {
             allow_workload_disruption: a
                 .migration_allow_workload_disruption
                 .unwrap_or(a.migration_allow_post_copy),
-            ..MigrationSettings::default()
         },
         tick: Duration::from_millis(500),
         pod_network,
