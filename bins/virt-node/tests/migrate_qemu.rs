@@ -20,16 +20,16 @@ mod guest;
 mod node;
 #[path = "../../../virt-storage/tests/support/registry.rs"]
 mod registry;
+#[path = "support/shell.rs"]
+mod shell;
 
-use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use guest::{assets, boot_lock, have};
-use node::{bin, NodeProc};
-use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
+use guest::{boot_lock, have};
+use node::NodeProc;
+use registry::{Registry, RegistryOpts};
 use serde_json::Value;
+use shell::{push_kernel_image, ConsoleSession};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -71,85 +71,6 @@ spec:
       migration: slow
 ";
 
-fn push_kernel_image(reg: &Registry) -> String {
-    let a = assets();
-    let mut layout = OciLayout::new();
-    let layer = registry::tar_of(&[
-        Entry::Dir("boot/"),
-        Entry::File("boot/vmlinuz", std::fs::read(&a["KERNEL"]).unwrap()),
-        Entry::File("boot/initrd.img", std::fs::read(&a["INITRAMFS"]).unwrap()),
-    ]);
-    let desc = layout.image(&[(layer, Comp::Gzip)], "amd64");
-    layout.tag("v1", &desc);
-    layout.write_index();
-    reg.push(&layout, "v1", "kubevirt/shell-kernel", &[]);
-    format!("{}/kubevirt/shell-kernel:v1", reg.host)
-}
-
-/// An attached `virtctl console` session: what it printed so far, and its stdin.
-struct ConsoleSession {
-    child: Child,
-    seen: Arc<Mutex<Vec<u8>>>,
-}
-
-impl ConsoleSession {
-    fn attach(node: &NodeProc, name: &str) -> Self {
-        let mut child = Command::new(bin("virtctl"))
-            .arg("--server")
-            .arg(format!("unix://{}", node.socket.display()))
-            .args(["console", name])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Self { child, seen }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
-    }
-
-    fn wait_for(&mut self, marker: &str, within: Duration) {
-        let t = Instant::now();
-        while !self.text().contains(marker) {
-            assert!(
-                matches!(self.child.try_wait(), Ok(None)),
-                "virtctl console ended before {marker:?} showed; saw:\n{}",
-                self.text()
-            );
-            assert!(t.elapsed() < within, "the console never showed {marker:?}; saw:\n{}", self.text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin.write_all(line.as_bytes()).unwrap();
-        stdin.write_all(b"\n").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Leaves with ^] (virtctl's escape), insisting the session ends cleanly.
-    fn detach(mut self) {
-        self.child.stdin.as_mut().unwrap().write_all(&[0x1d]).unwrap();
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "virtctl console did not end cleanly on ^]: {status}");
-    }
-}
-
 fn vmi(node: &NodeProc) -> Value {
     serde_json::from_str(&node.ok(&["get", "vmi", "shell", "-o", "json"])).unwrap()
 }
@@ -186,7 +107,7 @@ fn a_qemu_vm_migrates_with_its_console_attached_then_by_post_copy() {
 
     // 1. Pre-copy with the console attached throughout (its ring buffer holds the boot so far).
     let mut console = ConsoleSession::attach(&node, "shell");
-    console.wait_for("Type 'poweroff -f' to exit.", BOOT_TIMEOUT);
+    console.wait_for(shell::READY, BOOT_TIMEOUT);
     console.type_line("X=7731; echo VIRT-SET-$X");
     console.wait_for("VIRT-SET-7731", Duration::from_secs(60));
     let t = Instant::now();
