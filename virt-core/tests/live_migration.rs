@@ -233,6 +233,35 @@ fn past_its_completion_timeout_a_migration_allowed_to_disrupt_pauses_the_guest_a
 }
 
 #[test]
+fn a_paced_batch_slower_than_the_progress_timeout_is_not_taken_for_a_silent_peer() {
+    let hv = kvm();
+    let (img, con, h) = running_source(&hv);
+    let bytes = give_it_memory_to_send(&h);
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let con2 = Console::default();
+    let con2b = con2.clone();
+    let dest =
+        std::thread::spawn(move || MicroVm::migrate_from(&kvm(), counter_config(img, &con2b, 32), &mut b));
+    // At 1 MiB/s one batch takes longer than the 1 s progress timeout: the sender's own pacing,
+    // not a peer that takes nothing, so the watchdog must not cancel.
+    let opts = MigrationOptions {
+        bandwidth_limit: Some(1 << 20),
+        progress_timeout: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let stats = h.migrate_to(&mut a, &opts).unwrap();
+    let (h2, _) = dest.join().unwrap().unwrap();
+    assert!(stats.bytes_sent >= bytes, "{stats:?}");
+    assert!(stats.total >= Duration::from_secs(3), "paced at 1 MiB/s: {stats:?}");
+    assert_eq!(h.wait(), ExitReason::Stopped);
+    let last = *con.beats().last().unwrap();
+    let beats = con2.wait_beats(2);
+    assert!(beats[0] > last, "{beats:x?} after {last:x}");
+    h2.request_stop();
+    h2.wait();
+}
+
+#[test]
 fn a_peer_with_no_common_version_is_refused() {
     let (mut a, mut b) = UnixStream::pair().unwrap();
     let mut hello = Vec::new();

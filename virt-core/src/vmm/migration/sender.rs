@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use super::converge::Activity;
 use super::{write_frame, Kind, MigrationError, BATCH};
 
+/// The longest the pacing sleeps between two marks of activity.
+const PACE_SLICE: Duration = Duration::from_millis(250);
+
 /// Collects and sends memory batches.
 pub(super) struct Sender<'a, W: Write> {
     w: &'a mut W,
@@ -108,9 +111,15 @@ impl<'a, W: Write> Sender<'a, W> {
             // Not past the deadline, though: the timeout is judged at the next batch.
             let due = self.since + Duration::from_secs_f64(self.paced as f64 / rate as f64);
             let until = self.deadline.map_or(due, |(at, _)| due.min(at));
-            let now = Instant::now();
-            if until > now {
-                std::thread::sleep(until - now);
+            // In slices, each one activity: pacing is the sender's choice, not a peer that takes
+            // nothing, so a batch slower than the progress timeout does not trip its watchdog.
+            loop {
+                let now = Instant::now();
+                if until <= now {
+                    break;
+                }
+                std::thread::sleep((until - now).min(PACE_SLICE));
+                self.activity.touch();
             }
         }
         Ok(())
