@@ -139,20 +139,34 @@ fn give_it_memory_to_send(h: &VmHandle) -> u64 {
     len as u64
 }
 
-#[test]
-fn a_bandwidth_limit_paces_pre_copy_but_not_the_paused_final_pass() {
+/// Migrates the running counter guest, given 4 MiB of memory to send, under `opts`: checks that
+/// everything went, the source stopped and the count goes on at the destination; returns the
+/// stats, the bytes given and the destination (to stop).
+fn migrate_with_memory(opts: &MigrationOptions) -> (migration::MigrationStats, u64, VmHandle) {
     let hv = kvm();
-    let (img, _con, h) = running_source(&hv);
+    let (img, con, h) = running_source(&hv);
     let bytes = give_it_memory_to_send(&h);
     let (mut a, mut b) = UnixStream::pair().unwrap();
     let con2 = Console::default();
     let con2b = con2.clone();
     let dest =
         std::thread::spawn(move || MicroVm::migrate_from(&kvm(), counter_config(img, &con2b, 32), &mut b));
+    let stats = h.migrate_to(&mut a, opts).unwrap();
+    let (h2, _) = dest.join().unwrap().unwrap();
+    assert!(stats.bytes_sent >= bytes, "{stats:?}");
+    assert_eq!(h.wait(), ExitReason::Stopped, "the source stops after the migration");
+    let last = *con.beats().last().unwrap();
+    let beats = con2.wait_beats(3);
+    assert!(beats[0] > last, "the guest continues its count on the destination: {beats:x?} after {last:x}");
+    assert_consecutive(&beats);
+    (stats, bytes, h2)
+}
+
+#[test]
+fn a_bandwidth_limit_paces_pre_copy_but_not_the_paused_final_pass() {
     let rate = 16u64 << 20;
     let opts = MigrationOptions { bandwidth_limit: Some(rate), ..Default::default() };
-    let stats = h.migrate_to(&mut a, &opts).unwrap();
-    let (h2, _) = dest.join().unwrap().unwrap();
+    let (stats, bytes, h2) = migrate_with_memory(&opts);
     // At most `rate` bytes a second: 4 MiB take at least a quarter of a second before the pause.
     let floor = Duration::from_secs_f64(bytes as f64 / rate as f64);
     assert!(
@@ -160,8 +174,6 @@ fn a_bandwidth_limit_paces_pre_copy_but_not_the_paused_final_pass() {
         "pre-copy took {:?}, under {floor:?}: {stats:?}",
         stats.total - stats.downtime
     );
-    assert!(stats.bytes_sent >= bytes, "{stats:?}");
-    con2.wait_beats(2);
     eprintln!("paced migration ({} MiB/s): {stats:?}", rate >> 20);
     h2.request_stop();
     h2.wait();
@@ -194,14 +206,6 @@ fn a_migration_past_its_completion_timeout_fails_and_the_source_keeps_running() 
 
 #[test]
 fn past_its_completion_timeout_a_migration_allowed_to_disrupt_pauses_the_guest_and_completes() {
-    let hv = kvm();
-    let (img, con, h) = running_source(&hv);
-    let bytes = give_it_memory_to_send(&h);
-    let (mut a, mut b) = UnixStream::pair().unwrap();
-    let con2 = Console::default();
-    let con2b = con2.clone();
-    let dest =
-        std::thread::spawn(move || MicroVm::migrate_from(&kvm(), counter_config(img, &con2b, 32), &mut b));
     // KubeVirt's allowWorkloadDisruption: 1 MiB/s cannot send 4 MiB within 300 ms; instead of
     // failing, the source pauses the guest there and sends the rest unpaced.
     let opts = MigrationOptions {
@@ -210,10 +214,8 @@ fn past_its_completion_timeout_a_migration_allowed_to_disrupt_pauses_the_guest_a
         pause_to_complete: true,
         ..Default::default()
     };
-    let stats = h.migrate_to(&mut a, &opts).unwrap();
-    let (h2, _) = dest.join().unwrap().unwrap();
+    let (stats, _, h2) = migrate_with_memory(&opts);
     assert!(stats.paused_to_complete, "{stats:?}");
-    assert!(stats.bytes_sent >= bytes, "{stats:?}");
     // The pause came at the timeout, long before 4 MiB could go out at 1 MiB/s: the downtime
     // counts from it, so pre-copy took about the timeout and the rest was downtime.
     let precopy = stats.total - stats.downtime;
@@ -222,11 +224,6 @@ fn past_its_completion_timeout_a_migration_allowed_to_disrupt_pauses_the_guest_a
         "pre-copy ran until the timeout: {stats:?}"
     );
     assert!(stats.total < Duration::from_secs(2), "the rest went out unpaced: {stats:?}");
-    assert_eq!(h.wait(), ExitReason::Stopped, "the source stops after the migration");
-    let last = *con.beats().last().unwrap();
-    let beats = con2.wait_beats(3);
-    assert!(beats[0] > last, "the guest continues its count on the destination: {beats:x?} after {last:x}");
-    assert_consecutive(&beats);
     eprintln!("paused to complete: {stats:?}");
     h2.request_stop();
     h2.wait();
@@ -234,14 +231,6 @@ fn past_its_completion_timeout_a_migration_allowed_to_disrupt_pauses_the_guest_a
 
 #[test]
 fn a_paced_batch_slower_than_the_progress_timeout_is_not_taken_for_a_silent_peer() {
-    let hv = kvm();
-    let (img, con, h) = running_source(&hv);
-    let bytes = give_it_memory_to_send(&h);
-    let (mut a, mut b) = UnixStream::pair().unwrap();
-    let con2 = Console::default();
-    let con2b = con2.clone();
-    let dest =
-        std::thread::spawn(move || MicroVm::migrate_from(&kvm(), counter_config(img, &con2b, 32), &mut b));
     // At 1 MiB/s one batch takes longer than the 1 s progress timeout: the sender's own pacing,
     // not a peer that takes nothing, so the watchdog must not cancel.
     let opts = MigrationOptions {
@@ -249,14 +238,8 @@ fn a_paced_batch_slower_than_the_progress_timeout_is_not_taken_for_a_silent_peer
         progress_timeout: Some(Duration::from_secs(1)),
         ..Default::default()
     };
-    let stats = h.migrate_to(&mut a, &opts).unwrap();
-    let (h2, _) = dest.join().unwrap().unwrap();
-    assert!(stats.bytes_sent >= bytes, "{stats:?}");
+    let (stats, _, h2) = migrate_with_memory(&opts);
     assert!(stats.total >= Duration::from_secs(3), "paced at 1 MiB/s: {stats:?}");
-    assert_eq!(h.wait(), ExitReason::Stopped);
-    let last = *con.beats().last().unwrap();
-    let beats = con2.wait_beats(2);
-    assert!(beats[0] > last, "{beats:x?} after {last:x}");
     h2.request_stop();
     h2.wait();
 }

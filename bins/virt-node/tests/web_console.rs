@@ -20,32 +20,19 @@ mod guest;
 mod node;
 #[path = "../../../virt-storage/tests/support/registry.rs"]
 mod registry;
+#[path = "support/shell.rs"]
+mod shell;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use guest::{assets, boot_lock, have};
+use guest::{boot_lock, have};
 use node::NodeProc;
-use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
+use registry::{Registry, RegistryOpts};
+use shell::push_kernel_image;
 
 const BOOT_MARKER: &str = "printed from cloud-init userdata";
-
-/// Pushes the kernel and initramfs as a kernel-boot container image; returns its reference.
-fn push_kernel_image(reg: &Registry) -> String {
-    let a = assets();
-    let mut layout = OciLayout::new();
-    let layer = registry::tar_of(&[
-        Entry::Dir("boot/"),
-        Entry::File("boot/vmlinuz", std::fs::read(&a["KERNEL"]).unwrap()),
-        Entry::File("boot/initrd.img", std::fs::read(&a["INITRAMFS"]).unwrap()),
-    ]);
-    let desc = layout.image(&[(layer, Comp::Gzip)], "amd64");
-    layout.tag("v1", &desc);
-    layout.write_index();
-    reg.push(&layout, "v1", "kubevirt/console-kernel", &[]);
-    format!("{}/kubevirt/console-kernel:v1", reg.host)
-}
 
 fn vm_yaml(name: &str, image: &str, extra_domain: &str) -> String {
     format!(
