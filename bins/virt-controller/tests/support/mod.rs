@@ -69,6 +69,39 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The kubelet's device-plugins directory (up.sh's `--root-dir` is `<dir>/kubelet/root`).
+    pub fn device_plugins_dir(&self) -> PathBuf {
+        self.dir.join("kubelet/root/device-plugins")
+    }
+
+    /// Restarts the kubelet as up.sh started it (same command line, in the node's network
+    /// namespace; its pid recorded for down.sh). A starting kubelet removes the device plugins'
+    /// sockets.
+    pub fn restart_kubelet(&self) {
+        let pid_file = self.dir.join("pids/kubelet");
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert!(args[0].ends_with("kubelet"), "{args:?}");
+        ok(Command::new("kill").arg(pid.to_string()));
+        wait_for("the kubelet to exit", 60, || (!Path::new(&format!("/proc/{pid}")).exists()).then_some(()));
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.join("logs/kubelet.log")).unwrap();
+        let child = Command::new("setsid")
+            .arg("nsenter")
+            .arg("--net=/run/netns/virtrs-k8s")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::fs::write(&pid_file, child.id().to_string()).unwrap();
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.kubectl);
         c.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
@@ -278,7 +311,15 @@ impl Cluster {
     pub fn spawn_controller(&self, n: u32) -> Child {
         let log = std::fs::File::create(self.tmp.path().join(format!("controller-{n}.log"))).unwrap();
         Command::new(env!("CARGO_BIN_EXE_virt-controller"))
-            .args(["run", "--launcher-image", "localhost/virt-launcher:dev", "--kubeconfig"])
+            // Unprivileged launcher pods: /dev/kvm and /dev/net/tun from virt-handler's device plugins.
+            .args([
+                "run",
+                "--launcher-image",
+                "localhost/virt-launcher:dev",
+                "--kvm",
+                "device-plugin",
+                "--kubeconfig",
+            ])
             .arg(&self.kubeconfig)
             .arg("--node-state-dir")
             .arg(&self.node_state)
@@ -299,6 +340,9 @@ impl Cluster {
             .arg(format!("{}:0", self.host_ip))
             .arg("--state-dir")
             .arg(&self.node_state)
+            // up.sh runs the kubelet with --root-dir=<dir>/kubelet/root.
+            .arg("--device-plugins-dir")
+            .arg(self.device_plugins_dir())
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .env("RUST_LOG", "info")
