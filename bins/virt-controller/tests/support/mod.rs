@@ -69,9 +69,10 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The kubelet's device-plugins directory (up.sh's `--root-dir` is `<dir>/kubelet/root`).
+    /// The kubelet's device-plugins directory: a 1.20 kubelet uses /var/lib/kubelet/device-plugins
+    /// whatever its `--root-dir` (up.sh's is `<dir>/kubelet/root`).
     pub fn device_plugins_dir(&self) -> PathBuf {
-        self.dir.join("kubelet/root/device-plugins")
+        PathBuf::from("/var/lib/kubelet/device-plugins")
     }
 
     /// Restarts the kubelet as up.sh started it (same command line, in the node's network
@@ -340,7 +341,6 @@ impl Cluster {
             .arg(format!("{}:0", self.host_ip))
             .arg("--state-dir")
             .arg(&self.node_state)
-            // up.sh runs the kubelet with --root-dir=<dir>/kubelet/root.
             .arg("--device-plugins-dir")
             .arg(self.device_plugins_dir())
             .arg("--kubeconfig")

@@ -15,11 +15,15 @@
 //! Health: the devices are Healthy while the host's node exists, all Unhealthy once it is gone
 //! (checked every [`Options::health_interval`]); `ListAndWatch` sends the new list.
 //!
+//! The kubelet's gRPC-Go (before 1.26) sends the socket's path as HTTP/2 `:authority`, which h2
+//! refuses: the served connections go through [`authority`]'s relay, which puts `localhost` there.
+//!
 //! Kubelet restarts: a starting kubelet removes every socket in the directory, then listens
 //! again. The plugin watches its own socket (same inode) and, once it is gone, serves a new one
 //! and registers again; a registration that fails (no kubelet yet) is retried.
 
 pub mod api;
+mod authority;
 #[cfg(test)]
 mod tests;
 
@@ -33,7 +37,7 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use tokio_stream::wrappers::{UnixListenerStream, WatchStream};
+use tokio_stream::wrappers::WatchStream;
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic::{Request, Response, Status};
 
@@ -382,7 +386,8 @@ async fn serve_once(
     let mut server = tokio::spawn(
         Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx)),
+            // The kubelet's :authority is its socket's path: see `authority`.
+            .serve_with_incoming_shutdown(authority::incoming(listener), stopped(stop_rx)),
     );
     let kubelet = opts.dir.join(KUBELET_SOCKET);
     let mut registered = false;
