@@ -163,6 +163,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     let sc = cluster.get(&["pod", &pod, "-n", ns], "{.spec.containers[0].securityContext}").unwrap();
     eprintln!("launcher pod securityContext: {sc}");
     assert!(sc.contains(r#""privileged":false"#), "{sc}");
+    assert!(sc.contains(r#""add":["SYS_ADMIN"]"#), "only the jail's capability: {sc}");
     let limits = cluster.get(&["pod", &pod, "-n", ns], "{.spec.containers[0].resources.limits}").unwrap();
     assert!(limits.contains(r#""devices.kubevirt.io/kvm":"1""#), "{limits}");
     assert!(limits.contains(r#""devices.kubevirt.io/tun":"1""#), "{limits}");
@@ -183,12 +184,14 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     let mem =
         cluster.get(&["pod", &pod, "-n", ns], "{.spec.containers[0].resources.requests.memory}").unwrap();
     assert_eq!(mem, ((256u64 << 20) + (192 << 20) + (8 << 20)).to_string(), "guest memory + overhead");
-    let vmi = wait_for("VMI Running with its node", 60, || {
+    let running_by = Instant::now() + Duration::from_secs(60);
+    let vmi = wait_for("VMI Running with its node", 70, || {
         let s = cluster.get(
             &["vmi", "vm-cirros", "-n", ns],
             "{.status.phase} {.status.nodeName} {.metadata.labels.kubevirt\\.io/nodeName}",
         )?;
-        if s.starts_with("Failed") {
+        // A launcher that failed: its log says why.
+        if s.starts_with("Failed") || Instant::now() > running_by {
             let logs = run(&mut cluster.kubectl(&["logs", "-n", ns, &pod]));
             let status = cluster.get(&["vmi", "vm-cirros", "-n", ns], "{.status}");
             panic!("VMI failed: {status:?}\n{}", String::from_utf8_lossy(&logs.stdout));

@@ -110,9 +110,9 @@ pub struct DeviceResource {
     pub host_path: PathBuf,
     /// Where the container sees it.
     pub container_path: String,
-    /// The devices cgroup permissions the container gets: `rw`, plus `m` (mknod) because the
-    /// launcher's jail makes its own node of each device it opens (docs/confinement.md), which
-    /// the devices cgroup checks like an open.
+    /// The devices cgroup permissions the container gets: `rw`. (The launcher's jail makes its
+    /// own node of each device, `mknod`: the runtime's default rules already allow `m` on every
+    /// device, as measured on the cluster; opening the node is what this grants.)
     pub permissions: String,
     /// The plugin's socket name in the device-plugins directory.
     pub socket: String,
@@ -128,7 +128,7 @@ impl DeviceResource {
             resource: resource.into(),
             host_path: path.into(),
             container_path: path.into(),
-            permissions: "mrw".into(),
+            permissions: "rw".into(),
             socket: format!("kubevirt-{name}.sock"),
             count: DEVICE_COUNT,
             id_prefix: name.into(),
