@@ -194,7 +194,12 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         if s.starts_with("Failed") || Instant::now() > running_by {
             let logs = run(&mut cluster.kubectl(&["logs", "-n", ns, &pod]));
             let status = cluster.get(&["vmi", "vm-cirros", "-n", ns], "{.status}");
-            panic!("VMI failed: {status:?}\n{}", String::from_utf8_lossy(&logs.stdout));
+            let pod_status = cluster.get(&["pod", &pod, "-n", ns], "{.status.containerStatuses}");
+            panic!(
+                "VMI not Running: {status:?}\npod: {pod_status:?}\n{}{}",
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            );
         }
         s.starts_with("Running ").then_some(s)
     });

@@ -56,6 +56,8 @@ pub struct Cluster {
     /// The second virt-controller replica (waits for the Lease).
     pub standby: Option<Child>,
     pub handler: Option<Child>,
+    /// The kubelet [`Cluster::restart_kubelet`] started (down.sh stops it; reaped on drop).
+    pub kubelet: Option<Child>,
     /// virt-handler's state directory (run directories, image cache), removed at the end.
     pub node_state: PathBuf,
     /// The host's address on the node's veth (the API server reaches the host there).
@@ -78,7 +80,7 @@ impl Cluster {
     /// Restarts the kubelet as up.sh started it (same command line, in the node's network
     /// namespace; its pid recorded for down.sh). A starting kubelet removes the device plugins'
     /// sockets.
-    pub fn restart_kubelet(&self) {
+    pub fn restart_kubelet(&mut self) {
         let pid_file = self.dir.join("pids/kubelet");
         let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
@@ -101,6 +103,7 @@ impl Cluster {
             .spawn()
             .unwrap();
         std::fs::write(&pid_file, child.id().to_string()).unwrap();
+        self.kubelet = Some(child);
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Command {
@@ -128,6 +131,10 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
         let _ = Command::new(repo().join("scripts/k8s/down.sh")).arg(&self.dir).status();
+        if let Some(mut k) = self.kubelet.take() {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.node_state);
     }
 }
@@ -285,6 +292,7 @@ impl Cluster {
             controller: None,
             standby: None,
             handler: None,
+            kubelet: None,
             node_state,
             host_ip,
             kernel_image,
