@@ -50,6 +50,10 @@ enum Command {
         /// Let launchers use software emulation where KVM is unusable.
         #[arg(long)]
         allow_emulation: bool,
+        /// The kubelet's device-plugins directory on the nodes (`<kubelet --root-dir>/device-plugins`),
+        /// mounted into virt-handler.
+        #[arg(long, default_value = "/var/lib/kubelet/device-plugins")]
+        device_plugins_dir: String,
     },
     /// Run the VM and VMI controllers until SIGINT or SIGTERM.
     Run {
@@ -59,7 +63,8 @@ enum Command {
         /// The launcher pods' image (imported into the nodes' containerd; never pulled).
         #[arg(long, default_value = "localhost/virt-launcher:dev")]
         launcher_image: String,
-        /// How launchers get /dev/kvm.
+        /// How launchers get /dev/kvm: a privileged container, or an unprivileged one requesting
+        /// devices.kubevirt.io/kvm (and /tun) from virt-handler's device plugins.
         #[arg(long, value_enum, default_value_t = Kvm::Privileged)]
         kvm: Kvm,
         /// The node agents' state directory (virt-handler --state-dir), mounted into launcher pods.
@@ -101,12 +106,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": crd::all_crds() });
             println!("{}", serde_json::to_string_pretty(&list)?);
         }
-        Command::PrintManifests { image, launcher_image, replicas, allow_emulation } => {
+        Command::PrintManifests { image, launcher_image, replicas, allow_emulation, device_plugins_dir } => {
             let c = deploy::Components {
                 image,
                 launcher_image,
                 controller_replicas: replicas,
                 allow_emulation,
+                device_plugins_dir,
                 ..Default::default()
             };
             let list =

@@ -57,6 +57,41 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     assert_eq!(first, format!("{hostname}_{}", cluster.controller.as_ref().unwrap().id()));
     cluster.standby = Some(cluster.spawn_controller(2));
     cluster.handler = Some(cluster.spawn_handler(1));
+    // virt-handler's device plugins registered with the kubelet: the node advertises the pool.
+    for res in ["kvm", "tun"] {
+        let path = format!("{{.status.capacity.devices\\.kubevirt\\.io/{res}}} {{.status.allocatable.devices\\.kubevirt\\.io/{res}}}");
+        let adv = wait_for("the node to advertise the device plugin's resource", 60, || {
+            cluster.get(&["node", "virtrs-node"], &path).filter(|s| s.trim() != "")
+        });
+        eprintln!("node virtrs-node: devices.kubevirt.io/{res} capacity/allocatable: {adv}");
+        assert_eq!(adv, "1k 1k", "devices.kubevirt.io/{res}");
+    }
+    // The kubelet restarts (it removes every plugin socket): the plugins serve and register again,
+    // and the launcher pod below gets its devices from the new registration.
+    let restarted = Instant::now();
+    cluster.restart_kubelet();
+    let handler_log = tmp.join("handler-1.log");
+    let registrations = || {
+        std::fs::read_to_string(&handler_log)
+            .unwrap_or_default()
+            .matches("registered with the kubelet")
+            .count()
+    };
+    wait_for("the device plugins to register again after the kubelet restart", 120, || {
+        (registrations() >= 4).then_some(())
+    });
+    let log = std::fs::read_to_string(&handler_log).unwrap();
+    assert!(log.contains("was removed (the kubelet restarted)"), "{log}");
+    ok(&mut cluster.kubectl(&["wait", "--for=condition=Ready", "node/virtrs-node", "--timeout=120s"]));
+    let adv = wait_for("the node to advertise devices.kubevirt.io/kvm again", 60, || {
+        cluster
+            .get(&["node", "virtrs-node"], "{.status.allocatable.devices\\.kubevirt\\.io/kvm}")
+            .filter(|s| s == "1k")
+    });
+    eprintln!(
+        "kubelet restarted, device plugins registered again, allocatable kvm {adv} in {:?}",
+        restarted.elapsed()
+    );
 
     // A plain pod on the same node, beside the VM's launcher.
     ok(&mut cluster.kubectl(&[
@@ -124,16 +159,49 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     assert!(labels.contains("vm.kubevirt.io/name") && labels.contains("kubevirt.io/created-by"), "{labels}");
     let node = cluster.get(&["pod", &pod, "-n", ns], "{.spec.nodeName}").unwrap();
     assert_eq!(node, "virtrs-node");
+    // Unprivileged, with /dev/kvm and /dev/net/tun from the device plugins.
+    let sc = cluster.get(&["pod", &pod, "-n", ns], "{.spec.containers[0].securityContext}").unwrap();
+    eprintln!("launcher pod securityContext: {sc}");
+    assert!(sc.contains(r#""privileged":false"#), "{sc}");
+    assert!(sc.contains(r#""add":["SYS_ADMIN"]"#), "only the jail's capability: {sc}");
+    let limits = cluster.get(&["pod", &pod, "-n", ns], "{.spec.containers[0].resources.limits}").unwrap();
+    assert!(limits.contains(r#""devices.kubevirt.io/kvm":"1""#), "{limits}");
+    assert!(limits.contains(r#""devices.kubevirt.io/tun":"1""#), "{limits}");
+    let devs = ok(&mut cluster.kubectl(&[
+        "exec",
+        "-n",
+        ns,
+        &pod,
+        "--",
+        "/bin/busybox",
+        "ls",
+        "-l",
+        "/dev/kvm",
+        "/dev/net/tun",
+    ]));
+    eprintln!("in the launcher pod: {devs}");
+    assert!(devs.lines().filter(|l| l.starts_with('c')).count() == 2, "{devs}");
     let mem =
         cluster.get(&["pod", &pod, "-n", ns], "{.spec.containers[0].resources.requests.memory}").unwrap();
     assert_eq!(mem, ((256u64 << 20) + (192 << 20) + (8 << 20)).to_string(), "guest memory + overhead");
-    let vmi = wait_for("VMI Running with its node", 60, || {
-        cluster
-            .get(
-                &["vmi", "vm-cirros", "-n", ns],
-                "{.status.phase} {.status.nodeName} {.metadata.labels.kubevirt\\.io/nodeName}",
-            )
-            .filter(|s| s.starts_with("Running "))
+    let running_by = Instant::now() + Duration::from_secs(60);
+    let vmi = wait_for("VMI Running with its node", 70, || {
+        let s = cluster.get(
+            &["vmi", "vm-cirros", "-n", ns],
+            "{.status.phase} {.status.nodeName} {.metadata.labels.kubevirt\\.io/nodeName}",
+        )?;
+        // A launcher that failed: its log says why.
+        if s.starts_with("Failed") || Instant::now() > running_by {
+            let logs = run(&mut cluster.kubectl(&["logs", "-n", ns, &pod]));
+            let status = cluster.get(&["vmi", "vm-cirros", "-n", ns], "{.status}");
+            let pod_status = cluster.get(&["pod", &pod, "-n", ns], "{.status.containerStatuses}");
+            panic!(
+                "VMI not Running: {status:?}\npod: {pod_status:?}\n{}{}",
+                String::from_utf8_lossy(&logs.stdout),
+                String::from_utf8_lossy(&logs.stderr)
+            );
+        }
+        s.starts_with("Running ").then_some(s)
     });
     assert_eq!(vmi, "Running virtrs-node virtrs-node");
     wait_for("VM printableStatus Running", 60, || {
@@ -147,6 +215,20 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         String::from_utf8_lossy(&logs.stdout).contains("Hello from the guest").then_some(())
     });
     eprintln!("start -> guest userspace on the console: {:?}", start.elapsed());
+    // The launcher opened /dev/kvm read-write in its unprivileged container (this host's KVM is
+    // nested without vmx: the launcher says so and emulates; without the device it would say
+    // "no usable /dev/kvm").
+    let logs =
+        String::from_utf8_lossy(&run(&mut cluster.kubectl(&["logs", "-n", ns, &pod])).stdout).into_owned();
+    let accel = logs
+        .lines()
+        .find(|l| l.contains("virt-launcher: machine") && l.contains(" runs on "))
+        .unwrap_or_default();
+    eprintln!("launcher: {accel}");
+    assert!(
+        accel.contains("hardware KVM") || accel.contains("/dev/kvm exists but the CPU has no vmx/svm"),
+        "the launcher did not use /dev/kvm: {accel}\n{logs}"
+    );
     // Its NIC, masqueraded behind the pod's address by the node agent inside the pod (as KubeVirt):
     // DHCP gives it 10.0.2.2, it reaches the pod network, and the pod's address reaches it.
     let pod_ip = cluster.get(&["pod", &pod, "-n", ns], "{.status.podIP}").unwrap();
@@ -217,6 +299,11 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     wait_for("the restarted agent to reattach", 60, || {
         let log = std::fs::read_to_string(tmp.join("handler-2.log")).unwrap_or_default();
         log.contains("reattached").then_some(())
+    });
+    // Its device plugins took over the SIGKILLed agent's sockets and registered.
+    wait_for("the restarted agent's device plugins to register", 60, || {
+        let log = std::fs::read_to_string(tmp.join("handler-2.log")).unwrap_or_default();
+        (log.matches("registered with the kubelet").count() >= 2).then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));
     let pods =

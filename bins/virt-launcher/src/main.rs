@@ -159,6 +159,8 @@ fn parse_disk(spec: &str) -> Result<Arc<dyn BlockBackend>, LauncherError> {
 
 /// The environment variable that does what `--trust-kvm` does (the node's launchers inherit it).
 const TRUST_KVM_ENV: &str = "VIRT_LAUNCHER_TRUST_KVM";
+/// Set in an unprivileged launcher pod: make no cgroup (virt-k8s `cluster::pod::POD_CGROUP_ENV`).
+const POD_CGROUP_ENV: &str = "VIRT_LAUNCHER_POD_CGROUP";
 
 fn default_cache() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("VIRT_CACHE_DIR") {
@@ -541,9 +543,17 @@ fn supervised(args: &Args, spec_path: &Path, run_dir: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // In an unprivileged launcher pod the cgroup filesystem is read-only and the pod's cgroup
+    // (the kubelet's) bounds the launcher: no cgroup of its own (virt-controller sets the variable
+    // in such pods).
+    let pod_cgroup = std::env::var(POD_CGROUP_ENV).is_ok_and(|v| v == "1" || v == "true");
     if !args.no_confine && !busy {
-        cgroup::collect_stale();
-        if let Ok((spec, backend)) = &prepared {
+        if pod_cgroup {
+            say!("virt-launcher: the pod's cgroup bounds the machine ({POD_CGROUP_ENV})");
+        } else {
+            cgroup::collect_stale();
+        }
+        if let (false, Ok((spec, backend))) = (pod_cgroup, &prepared) {
             match join_cgroup(args, spec, backend.name()) {
                 Ok(cg) => cgroup = Some(cg),
                 Err(e) => {

@@ -2,7 +2,9 @@
 //! them: namespace `kubevirt`, service accounts and RBAC, virt-controller as a Deployment (two
 //! replicas; one leads through the Lease, see [`super::leader`]) and virt-handler as a DaemonSet
 //! (one per node, privileged, host network and the node's state directory as a hostPath, serving
-//! the subresources API at the node's address). `virt-controller print-manifests` prints them
+//! the subresources API at the node's address and the kubelet device plugins for `/dev/kvm` and
+//! `/dev/net/tun` in the kubelet's device-plugins directory, a hostPath too; launcher pods are
+//! unprivileged and request those resources). `virt-controller print-manifests` prints them
 //! as a JSON List for `kubectl apply -f -`.
 
 use serde_json::{json, Value};
@@ -22,6 +24,8 @@ pub struct Components {
     pub subresources_port: u16,
     /// Launchers may use software emulation where KVM is unusable.
     pub allow_emulation: bool,
+    /// The kubelet's device-plugins directory on every node (`<kubelet --root-dir>/device-plugins`).
+    pub device_plugins_dir: String,
 }
 
 impl Default for Components {
@@ -33,6 +37,7 @@ impl Default for Components {
             controller_replicas: 2,
             subresources_port: 8186,
             allow_emulation: false,
+            device_plugins_dir: super::device_plugin::DEFAULT_DIR.into(),
         }
     }
 }
@@ -106,6 +111,7 @@ pub fn manifests(c: &Components) -> Vec<Value> {
                         "command": ["/usr/bin/virt-controller", "run",
                             "--launcher-image", c.launcher_image,
                             "--node-state-dir", c.node_state_dir,
+                            "--kvm", "device-plugin",
                             "--leader-elect-lease", format!("{NAMESPACE}/virt-controller")],
                         "env": [env("POD_NAME", "metadata.name")],
                         "resources": { "requests": { "cpu": "10m", "memory": "64Mi" } },
@@ -122,6 +128,8 @@ pub fn manifests(c: &Components) -> Vec<Value> {
         json!(format!("0.0.0.0:{}", c.subresources_port)),
         json!("--subresources-advertise"),
         json!("$(HOST_IP)"),
+        json!("--device-plugins-dir"),
+        json!(c.device_plugins_dir),
     ];
     if c.allow_emulation {
         handler_cmd.push(json!("--allow-emulation"));
@@ -142,11 +150,17 @@ pub fn manifests(c: &Components) -> Vec<Value> {
                         "command": handler_cmd,
                         "env": [env("NODE_NAME", "spec.nodeName"), env("HOST_IP", "status.hostIP")],
                         "securityContext": { "privileged": true },
-                        "volumeMounts": [{ "name": "state", "mountPath": c.node_state_dir,
-                                           "mountPropagation": "Bidirectional" }],
+                        "volumeMounts": [
+                            { "name": "state", "mountPath": c.node_state_dir, "mountPropagation": "Bidirectional" },
+                            // The kubelet's registration socket and the plugins' sockets.
+                            { "name": "device-plugins", "mountPath": c.device_plugins_dir },
+                        ],
                         "resources": { "requests": { "cpu": "10m", "memory": "64Mi" } },
                     }],
-                    "volumes": [{ "name": "state", "hostPath": { "path": c.node_state_dir, "type": "DirectoryOrCreate" } }],
+                    "volumes": [
+                        { "name": "state", "hostPath": { "path": c.node_state_dir, "type": "DirectoryOrCreate" } },
+                        { "name": "device-plugins", "hostPath": { "path": c.device_plugins_dir, "type": "DirectoryOrCreate" } },
+                    ],
                 },
             },
         },
@@ -167,11 +181,17 @@ mod tests {
         assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"], "/var/lib/virt-rs-handler");
         let cmd = pod["containers"][0]["command"].to_string();
         assert!(cmd.contains("--subresources-advertise") && cmd.contains("$(HOST_IP)"), "{cmd}");
+        assert!(cmd.contains(r#""--device-plugins-dir","/var/lib/kubelet/device-plugins""#), "{cmd}");
+        assert_eq!(pod["volumes"][1]["hostPath"]["path"], "/var/lib/kubelet/device-plugins");
+        assert_eq!(pod["containers"][0]["volumeMounts"][1]["mountPath"], "/var/lib/kubelet/device-plugins");
         let dep = m.iter().find(|o| o["kind"] == "Deployment").unwrap();
         assert_eq!(dep["spec"]["replicas"], 2);
         assert!(dep["spec"]["template"]["spec"]["containers"][0]["command"]
             .to_string()
             .contains("kubevirt/virt-controller"));
+        assert!(dep["spec"]["template"]["spec"]["containers"][0]["command"]
+            .to_string()
+            .contains("device-plugin"));
         // Every namespaced object is in the components' namespace.
         for o in &m {
             if let Some(ns) = o["metadata"]["namespace"].as_str() {

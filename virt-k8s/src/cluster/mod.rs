@@ -9,6 +9,7 @@
 pub mod controller;
 pub mod crd;
 pub mod deploy;
+pub mod device_plugin;
 pub mod handler;
 pub mod kinds;
 pub mod leader;

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements,
-    SecurityContext, Toleration, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, Pod, PodSpec,
+    ResourceRequirements, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -35,12 +35,34 @@ pub const CPU_MILLIS_PER_VCPU: u64 = 100;
 /// Where the launcher's sockets live in its pod (an emptyDir).
 pub const SOCKETS_DIR: &str = "/var/run/kubevirt";
 
+/// The extended resource of `/dev/kvm` (virt-handler's device plugin, as KubeVirt names it).
+pub const KVM_RESOURCE: &str = "devices.kubevirt.io/kvm";
+/// The extended resource of `/dev/net/tun`: launchers of VMIs with interfaces open it (QEMU's tap).
+pub const TUN_RESOURCE: &str = "devices.kubevirt.io/tun";
+/// Set in an unprivileged launcher's container: the launcher makes no cgroup of its own (the
+/// container's cgroup filesystem is read-only; the pod's cgroup, the kubelet's, bounds it).
+pub const POD_CGROUP_ENV: &str = "VIRT_LAUNCHER_POD_CGROUP";
+
+/// Capabilities an unprivileged launcher container adds to the runtime's defaults (which hold
+/// CHOWN, DAC_OVERRIDE, FOWNER, SETUID, SETGID, SETPCAP, MKNOD, SYS_CHROOT, KILL ...), and why.
+/// The launcher drops them all once its jail is set up (docs/confinement.md). Measured on the
+/// cluster: without SYS_ADMIN the launcher fails; NET_ADMIN is not needed (the tap virt-handler
+/// makes in the pod's namespace has no owner, and the kernel lets any opener of /dev/net/tun
+/// attach to such a tap: the guest's NIC on the pod network works without it).
+pub const LAUNCHER_CAPABILITIES: &[(&str, &str)] = &[
+    // unshare(CLONE_NEWPID, CLONE_NEWNS), the jail's tmpfs root and bind mounts, a fresh /proc
+    // of its pid namespace, pivot_root: all need CAP_SYS_ADMIN in the container's namespace.
+    ("SYS_ADMIN", "the launcher's jail: pid and mount namespaces, its root's mounts, pivot_root"),
+];
+
 /// How the launcher gets `/dev/kvm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvmAccess {
     /// A privileged container (works on any node; sees every device).
     Privileged,
-    /// The `devices.kubevirt.io/kvm` extended resource a device plugin serves.
+    /// The `devices.kubevirt.io/kvm` extended resource a device plugin serves (and
+    /// `devices.kubevirt.io/tun` for VMIs with interfaces): an unprivileged container adding only
+    /// [`LAUNCHER_CAPABILITIES`].
     DevicePlugin,
 }
 
@@ -101,12 +123,24 @@ pub fn launcher_pod(vmi: &Cr<VirtualMachineInstance>, cfg: &LauncherConfig) -> P
     requests.insert("memory".to_string(), KQuantity(memory_request_bytes(&vmi.obj).to_string()));
     requests.insert("cpu".to_string(), KQuantity(format!("{}m", CPU_MILLIS_PER_VCPU * vcpus(&vmi.obj))));
     let mut limits = BTreeMap::new();
-    let privileged = match cfg.kvm {
-        KvmAccess::Privileged => true,
+    let has_interfaces = !spec.domain.devices.interfaces.is_empty();
+    let security_context = match cfg.kvm {
+        KvmAccess::Privileged => SecurityContext { privileged: Some(true), ..Default::default() },
         KvmAccess::DevicePlugin => {
-            requests.insert("devices.kubevirt.io/kvm".into(), KQuantity("1".into()));
-            limits.insert("devices.kubevirt.io/kvm".into(), KQuantity("1".into()));
-            false
+            let mut devices = vec![KVM_RESOURCE];
+            let caps: Vec<String> = LAUNCHER_CAPABILITIES.iter().map(|(c, _)| c.to_string()).collect();
+            if has_interfaces {
+                devices.push(TUN_RESOURCE);
+            }
+            for d in devices {
+                requests.insert(d.into(), KQuantity("1".into()));
+                limits.insert(d.into(), KQuantity("1".into()));
+            }
+            SecurityContext {
+                privileged: Some(false),
+                capabilities: Some(Capabilities { add: Some(caps), drop: None }),
+                ..Default::default()
+            }
         }
     };
     let run_dir = run_dir(&cfg.node_state_dir, &uid);
@@ -124,23 +158,27 @@ pub fn launcher_pod(vmi: &Cr<VirtualMachineInstance>, cfg: &LauncherConfig) -> P
         ..Default::default()
     };
     let env = |n: &str, v: &str| EnvVar { name: n.into(), value: Some(v.into()), ..Default::default() };
+    let mut envs = vec![
+        env("VIRT_VMI_NAME", &name),
+        env("VIRT_VMI_NAMESPACE", vmi.meta.namespace.as_deref().unwrap_or("default")),
+        env("VIRT_VMI_UID", &uid),
+        env("VIRT_RUN_DIR", &run_dir),
+        env("VIRT_GRACE_PERIOD", &grace.to_string()),
+    ];
+    if cfg.kvm == KvmAccess::DevicePlugin {
+        envs.push(env(POD_CGROUP_ENV, "1"));
+    }
     let container = Container {
         name: "compute".into(),
         image: Some(cfg.image.clone()),
         image_pull_policy: Some("Never".into()),
-        env: Some(vec![
-            env("VIRT_VMI_NAME", &name),
-            env("VIRT_VMI_NAMESPACE", vmi.meta.namespace.as_deref().unwrap_or("default")),
-            env("VIRT_VMI_UID", &uid),
-            env("VIRT_RUN_DIR", &run_dir),
-            env("VIRT_GRACE_PERIOD", &grace.to_string()),
-        ]),
+        env: Some(envs),
         resources: Some(ResourceRequirements {
             requests: Some(requests),
             limits: (!limits.is_empty()).then_some(limits),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext { privileged: Some(privileged), ..Default::default() }),
+        security_context: Some(security_context),
         volume_mounts: Some(vec![
             mount("sockets", SOCKETS_DIR, false),
             mount("run-dir", &run_dir, false),
@@ -267,7 +305,13 @@ mod tests {
         );
         let plugin = launcher_pod(&vmi(), &LauncherConfig { kvm: KvmAccess::DevicePlugin, ..cfg });
         let c = &plugin.spec.as_ref().unwrap().containers[0];
-        assert_eq!(c.resources.as_ref().unwrap().limits.as_ref().unwrap()["devices.kubevirt.io/kvm"].0, "1");
+        let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+        assert_eq!(limits["devices.kubevirt.io/kvm"].0, "1");
+        assert!(!limits.contains_key(TUN_RESOURCE), "no interfaces, no tun");
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(sc.capabilities.as_ref().unwrap().add.as_deref(), Some(&["SYS_ADMIN".to_string()][..]));
+        assert!(c.env.as_ref().unwrap().iter().any(|e| e.name == POD_CGROUP_ENV));
     }
 
     #[test]

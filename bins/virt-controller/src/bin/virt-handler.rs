@@ -6,6 +6,7 @@
 //! virt-handler --node NAME [--kubeconfig F] [--state-dir D] [--allow-emulation]
 //!              [--insecure-registry HOST:PORT ...]
 //!              [--subresources-listen ADDR [--subresources-advertise IP]]
+//!              [--device-plugins-dir D | --no-device-plugins]
 //! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use virt_k8s::cluster::{self, handler, subresources};
+use virt_k8s::cluster::{self, device_plugin, handler, subresources};
 use virt_k8s::node::{LauncherConfig, LauncherRuntime};
 
 #[derive(Parser)]
@@ -45,6 +46,14 @@ struct Cli {
     /// The address the API server reaches the subresources API at (default: the listen address's).
     #[arg(long, requires = "subresources_listen")]
     subresources_advertise: Option<IpAddr>,
+    /// The kubelet's device-plugins directory (`<kubelet --root-dir>/device-plugins`): the
+    /// `devices.kubevirt.io/kvm` and `devices.kubevirt.io/tun` device plugins are served and
+    /// registered there (virt-controller --kvm device-plugin requests them).
+    #[arg(long, default_value = device_plugin::DEFAULT_DIR)]
+    device_plugins_dir: PathBuf,
+    /// Serve no device plugins (launcher pods then need virt-controller --kvm privileged).
+    #[arg(long, conflicts_with = "device_plugins_dir")]
+    no_device_plugins: bool,
 }
 
 async fn shutdown_signal() {
@@ -99,9 +108,23 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
+    // /dev/kvm and /dev/net/tun for unprivileged launcher pods (KubeVirt's device plugins).
+    let plugins = (!cli.no_device_plugins).then(|| {
+        let mut rx = stop_rx.clone();
+        device_plugin::start(
+            vec![device_plugin::DeviceResource::kvm(), device_plugin::DeviceResource::tun()],
+            device_plugin::Options::new(&cli.device_plugins_dir),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        )
+    });
     let h = handler::Handler::new(client, cli.node, runtime).with_networks(networks);
     handler::run(h, shutdown_signal()).await;
     let _ = stop_tx.send(true);
+    if let Some(p) = plugins {
+        let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
+    }
     if let Some(api) = api {
         // Open console sessions hold a graceful shutdown: they get a few seconds.
         let _ = tokio::time::timeout(Duration::from_secs(5), api).await;

@@ -56,6 +56,8 @@ pub struct Cluster {
     /// The second virt-controller replica (waits for the Lease).
     pub standby: Option<Child>,
     pub handler: Option<Child>,
+    /// The kubelet [`Cluster::restart_kubelet`] started (down.sh stops it; reaped on drop).
+    pub kubelet: Option<Child>,
     /// virt-handler's state directory (run directories, image cache), removed at the end.
     pub node_state: PathBuf,
     /// The host's address on the node's veth (the API server reaches the host there).
@@ -69,6 +71,41 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The kubelet's device-plugins directory: a 1.20 kubelet uses /var/lib/kubelet/device-plugins
+    /// whatever its `--root-dir` (up.sh's is `<dir>/kubelet/root`).
+    pub fn device_plugins_dir(&self) -> PathBuf {
+        PathBuf::from("/var/lib/kubelet/device-plugins")
+    }
+
+    /// Restarts the kubelet as up.sh started it (same command line, in the node's network
+    /// namespace; its pid recorded for down.sh). A starting kubelet removes the device plugins'
+    /// sockets.
+    pub fn restart_kubelet(&mut self) {
+        let pid_file = self.dir.join("pids/kubelet");
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        assert!(args[0].ends_with("kubelet"), "{args:?}");
+        ok(Command::new("kill").arg(pid.to_string()));
+        wait_for("the kubelet to exit", 60, || (!Path::new(&format!("/proc/{pid}")).exists()).then_some(()));
+        let log = std::fs::OpenOptions::new().append(true).open(self.dir.join("logs/kubelet.log")).unwrap();
+        let child = Command::new("setsid")
+            .arg("nsenter")
+            .arg("--net=/run/netns/virtrs-k8s")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::fs::write(&pid_file, child.id().to_string()).unwrap();
+        self.kubelet = Some(child);
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.kubectl);
         c.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
@@ -94,6 +131,10 @@ impl Drop for Cluster {
             let _ = c.wait();
         }
         let _ = Command::new(repo().join("scripts/k8s/down.sh")).arg(&self.dir).status();
+        if let Some(mut k) = self.kubelet.take() {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.node_state);
     }
 }
@@ -251,6 +292,7 @@ impl Cluster {
             controller: None,
             standby: None,
             handler: None,
+            kubelet: None,
             node_state,
             host_ip,
             kernel_image,
@@ -278,7 +320,15 @@ impl Cluster {
     pub fn spawn_controller(&self, n: u32) -> Child {
         let log = std::fs::File::create(self.tmp.path().join(format!("controller-{n}.log"))).unwrap();
         Command::new(env!("CARGO_BIN_EXE_virt-controller"))
-            .args(["run", "--launcher-image", "localhost/virt-launcher:dev", "--kubeconfig"])
+            // Unprivileged launcher pods: /dev/kvm and /dev/net/tun from virt-handler's device plugins.
+            .args([
+                "run",
+                "--launcher-image",
+                "localhost/virt-launcher:dev",
+                "--kvm",
+                "device-plugin",
+                "--kubeconfig",
+            ])
             .arg(&self.kubeconfig)
             .arg("--node-state-dir")
             .arg(&self.node_state)
@@ -299,6 +349,8 @@ impl Cluster {
             .arg(format!("{}:0", self.host_ip))
             .arg("--state-dir")
             .arg(&self.node_state)
+            .arg("--device-plugins-dir")
+            .arg(self.device_plugins_dir())
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .env("RUST_LOG", "info")
