@@ -37,6 +37,7 @@ use self::devices::virtio::block::Block;
 use self::devices::virtio::console::{Console, AGENT_PORT_NAME};
 use self::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use self::devices::virtio::net::Net;
+use self::devices::virtio::vhost_net::VhostNet;
 pub use self::devices::virtio::net::NetConfig;
 use self::devices::virtio::{VirtioDevice, VirtioInterrupt};
 pub use self::devices::ExitReason;
@@ -45,7 +46,7 @@ use self::state::DeviceState;
 use self::vcpu::VcpuControl;
 use crate::block::BlockBackend;
 use crate::hypervisor::{Hypervisor, HypervisorError, IoEventAddress, MemorySlot, Vm};
-use crate::net::NetBackend;
+use crate::net::{NetBackend, VhostMode};
 
 /// First GSI used for virtio-mmio devices (0-15 are ISA lines; 4 is COM1).
 const VIRTIO_FIRST_GSI: u32 = 5;
@@ -100,6 +101,31 @@ pub struct NicConfig {
     pub backend: Arc<dyn NetBackend>,
     /// MAC and MTU the guest sees.
     pub config: NetConfig,
+    /// Whether vhost-net moves the frames (it needs a tap backend and `/dev/vhost-net`).
+    pub vhost: VhostMode,
+}
+
+/// The virtio-net device of `nic`, with vhost-net as its mode asks (opened here, before any vCPU
+/// runs: the vCPU thread that activates the device may not open files).
+fn net_device(nic: NicConfig) -> Result<Net, VmmError> {
+    let name = nic.backend.name().to_string();
+    let tap = nic.backend.vhost_fd().is_some();
+    let dev = Net::new(nic.backend, nic.config);
+    match nic.vhost {
+        VhostMode::Off => Ok(dev),
+        VhostMode::On if !tap => {
+            Err(VmmError::Config(format!("NIC {name}: vhost on needs a tap backend")))
+        }
+        VhostMode::Auto if !tap => Ok(dev),
+        mode => match VhostNet::open() {
+            Ok(v) => Ok(dev.with_vhost(v)),
+            Err(e) if mode == VhostMode::Auto => {
+                log::warn!("virtio-net {name}: {e}: the userspace path moves its frames");
+                Ok(dev)
+            }
+            Err(e) => Err(VmmError::Config(format!("NIC {name}: vhost on: {e}"))),
+        },
+    }
 }
 
 /// Errors while building or running a VM.
@@ -277,15 +303,15 @@ impl MicroVm {
             ),
             None => None,
         };
+        let mut nets = Vec::new();
+        for n in cfg.nics {
+            nets.push(Box::new(net_device(n)?) as Box<dyn VirtioDevice>);
+        }
         let virtio_devs = cfg
             .disks
             .into_iter()
             .map(|d| Box::new(Block::new(d)) as Box<dyn VirtioDevice>)
-            .chain(
-                cfg.nics
-                    .into_iter()
-                    .map(|n| Box::new(Net::new(n.backend, n.config)) as Box<dyn VirtioDevice>),
-            )
+            .chain(nets)
             .chain(agent.map(|c| Box::new(c) as Box<dyn VirtioDevice>));
         for (i, dev) in virtio_devs.enumerate() {
             let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;

@@ -6,6 +6,7 @@ pub mod console;
 pub mod fuzzing;
 pub mod mmio;
 pub mod net;
+pub mod vhost_net;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -137,6 +138,9 @@ pub trait VirtioDevice: Send {
     fn pause(&mut self) -> Vec<Queue> {
         Vec::new()
     }
+    /// A live migration starts (`true`) or ends: a device whose guest-memory writes the migration
+    /// cannot see (vhost-net's) serves its queues another way meanwhile.
+    fn set_migrating(&mut self, _on: bool) {}
     /// Makes the device's writes durable before a snapshot (a disk flushes its backend).
     fn flush(&mut self) -> Result<(), crate::block::BlockError> {
         Ok(())
