@@ -237,7 +237,7 @@ fn start_vhost(
         Ok(relay) => Ok(DataPath::Vhost { queues: qs, relay, stop }),
         Err(e) => {
             let _ = vhost.stop(mem, &mut qs);
-            Err((VhostError::Eventfd(e), qs.into_iter().zip(evts).collect()))
+            Err((VhostError::Relay(e), qs.into_iter().zip(evts).collect()))
         }
     }
 }

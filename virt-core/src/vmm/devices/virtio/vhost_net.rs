@@ -138,6 +138,9 @@ pub enum VhostError {
     /// The call eventfd could not be made.
     #[error("call eventfd: {0}")]
     Eventfd(#[source] std::io::Error),
+    /// The thread relaying the kernel's interrupts could not be started.
+    #[error("cannot start the interrupt relay thread: {0}")]
+    Relay(#[source] std::io::Error),
     /// Guest memory could not be read (the used index when stopping).
     #[error("guest memory: {0}")]
     Memory(String),
@@ -212,7 +215,12 @@ impl VhostNet {
         self.set_mem_table(mem)?;
         for (i, (q, kick)) in queues.iter().enumerate() {
             if let Err(e) = self.start_ring(mem, i, q, kick, tap) {
-                let _ = self.detach(i);
+                // Nothing stays attached: this ring (its backend may be the step that failed) and
+                // the ones before it.
+                for j in 0..=i {
+                    let _ = self.detach(j);
+                }
+                self.running = 0;
                 return Err(e);
             }
             self.running = i + 1;
