@@ -192,12 +192,12 @@ fn exchange_through_a_real_tap(vhost: Option<virt_core::vmm::devices::virtio::vh
     let irqfd = Arc::new(EventFd::new(0).unwrap());
     let rx_evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
     let tx_evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-    // Two 2 KiB receive buffers posted before the driver is ready.
+    // Eight 2 KiB receive buffers posted before the driver is ready (IPv6 noise on the new link
+    // may take some before the reply comes).
     let w = VRING_DESC_F_WRITE as u16;
-    let rx_bufs = [
-        RawDescriptor::from(Descriptor::new(0x1_0000, 2048, w, 0)),
-        RawDescriptor::from(Descriptor::new(0x1_1000, 2048, w, 0)),
-    ];
+    let rx_addrs: Vec<u64> = (0..8).map(|i| 0x1_0000 + i * 0x1000).collect();
+    let rx_bufs: Vec<RawDescriptor> =
+        rx_addrs.iter().map(|&a| RawDescriptor::from(Descriptor::new(a, 2048, w, 0))).collect();
     rxq.add_desc_chains(&rx_bufs, 0).unwrap();
     let queues = vec![(rxq.create_queue().unwrap(), rx_evt), (txq.create_queue().unwrap(), tx_evt.clone())];
     dev.activate(m.clone(), VirtioInterrupt::new(irqfd.clone()), 1u64 << 32, queues).unwrap();
@@ -212,8 +212,7 @@ fn exchange_through_a_real_tap(vhost: Option<virt_core::vmm::devices::virtio::vh
     let (n, _) = udp.recv_from(&mut buf).expect("the host side receives the guest's datagram");
     assert_eq!(&buf[..n], b"sent by the virtio-net device");
 
-    // Host -> guest: the reply is written into an rx buffer and the interrupt fires. (IPv6 noise on
-    // the link may take the first buffer; look at both.)
+    // Host -> guest: the reply is written into an rx buffer and the interrupt fires.
     udp.send_to(b"reply through the tap", "10.9.0.2:6666").unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let payload_at = |addr: u64| {
@@ -222,9 +221,10 @@ fn exchange_through_a_real_tap(vhost: Option<virt_core::vmm::devices::virtio::vh
         b.windows(21).any(|w| w == b"reply through the tap")
     };
     // Each delivery raises the irqfd: wait on it, not on a timer.
-    while !(payload_at(0x1_0000) || payload_at(0x1_1000)) {
+    while !rx_addrs.iter().any(|&a| payload_at(a)) {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "the reply never reached the guest's rx buffers");
+        let used = rxq.used().idx().load();
+        assert!(!left.is_zero(), "the reply never reached the guest's rx buffers ({used} used)");
         let mut pfd = libc::pollfd { fd: irqfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd for the duration of the call.
         if unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) } == 1 {

@@ -585,3 +585,64 @@ impl Drop for VmHandle {
         self.ctl.stop();
     }
 }
+
+#[cfg(test)]
+mod nic_tests {
+    use super::*;
+    use crate::machine::InterfaceSpec;
+    use crate::net::{MacAddr, NetError, NetPair, Offloads};
+
+    /// A pair end that claims to be a tap (offers a descriptor to vhost-net).
+    struct FakeTap(NetPair);
+    impl NetBackend for FakeTap {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn send(&self, frame: &[u8]) -> Result<(), NetError> {
+            self.0.send(frame)
+        }
+        fn recv(&self, buf: &mut [u8]) -> Result<Option<usize>, NetError> {
+            self.0.recv(buf)
+        }
+        fn fd(&self) -> std::os::fd::RawFd {
+            self.0.fd()
+        }
+        fn set_offloads(&self, o: Offloads) -> Result<(), NetError> {
+            self.0.set_offloads(o)
+        }
+        fn vhost_fd(&self) -> Option<std::os::fd::RawFd> {
+            Some(self.0.fd())
+        }
+    }
+
+    fn nic(vhost: VhostMode, tap: bool) -> NicConfig {
+        let (a, _b) = NetPair::new("a", "b").unwrap();
+        let backend: Arc<dyn NetBackend> = if tap { Arc::new(FakeTap(a)) } else { Arc::new(a) };
+        NicConfig { backend, config: NetConfig { mac: MacAddr([2, 0, 0, 0, 0, 1]), mtu: 1500 }, vhost }
+    }
+
+    #[test]
+    fn vhost_modes_choose_the_data_path_or_refuse_clearly() {
+        // Not a tap: auto and off take the userspace path, on is refused naming the NIC.
+        assert!(!net_device(nic(VhostMode::Auto, false)).unwrap().vhost_active());
+        assert!(net_device(nic(VhostMode::Off, false)).is_ok());
+        let e = net_device(nic(VhostMode::On, false)).err().unwrap().to_string();
+        assert!(e.contains("NIC a: vhost on needs a tap backend"), "{e}");
+        // A tap without /dev/vhost-net: auto falls back (a warning), on does not start.
+        if !std::path::Path::new("/dev/vhost-net").exists() {
+            assert!(net_device(nic(VhostMode::Auto, true)).is_ok());
+            let e = net_device(nic(VhostMode::On, true)).err().unwrap().to_string();
+            assert!(e.contains("cannot open /dev/vhost-net"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_spec_knob_defaults_to_auto_and_refuses_unknown_values() {
+        let base = r#"{"name": "n", "mac": "02:00:00:00:00:01""#;
+        let parse = |extra: &str| serde_json::from_str::<InterfaceSpec>(&format!("{base}{extra}}}"));
+        assert_eq!(parse("").unwrap().vhost, VhostMode::Auto);
+        assert_eq!(parse(r#", "vhost": "on""#).unwrap().vhost, VhostMode::On);
+        assert_eq!(parse(r#", "vhost": "off""#).unwrap().vhost, VhostMode::Off);
+        assert!(parse(r#", "vhost": "maybe""#).is_err());
+    }
+}
