@@ -37,8 +37,8 @@ use self::devices::virtio::block::Block;
 use self::devices::virtio::console::{Console, AGENT_PORT_NAME};
 use self::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use self::devices::virtio::net::Net;
-use self::devices::virtio::vhost_net::VhostNet;
 pub use self::devices::virtio::net::NetConfig;
+use self::devices::virtio::vhost_net::VhostNet;
 use self::devices::virtio::{VirtioDevice, VirtioInterrupt};
 pub use self::devices::ExitReason;
 use self::devices::{lock, Bus, ExitLatch};
@@ -113,9 +113,7 @@ fn net_device(nic: NicConfig) -> Result<Net, VmmError> {
     let dev = Net::new(nic.backend, nic.config);
     match nic.vhost {
         VhostMode::Off => Ok(dev),
-        VhostMode::On if !tap => {
-            Err(VmmError::Config(format!("NIC {name}: vhost on needs a tap backend")))
-        }
+        VhostMode::On if !tap => Err(VmmError::Config(format!("NIC {name}: vhost on needs a tap backend"))),
         VhostMode::Auto if !tap => Ok(dev),
         mode => match VhostNet::open() {
             Ok(v) => Ok(dev.with_vhost(v)),

@@ -12,7 +12,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -107,8 +107,8 @@ enum DataPath {
     User { handle: JoinHandle<(Queue, Queue)>, kill: EventFd },
     /// Taken apart by [`Net::stop`].
     Stopped,
-    /// The kernel (vhost-net); a relay thread turns its call eventfd into the virtio-mmio interrupt.
-    Vhost { queues: Vec<Queue>, relay: JoinHandle<()>, stop: Arc<AtomicBool> },
+    /// The kernel (vhost-net), which raises the irqfd itself.
+    Vhost { queues: Vec<Queue> },
 }
 
 impl Net {
@@ -145,17 +145,19 @@ impl Net {
         let evts: Vec<Arc<EventFd>> = queues.iter().map(|(_, e)| e.clone()).collect();
         let name = self.backend.name().to_string();
         let queues = match (self.vhost.as_mut(), self.backend.vhost_fd(), self.migrating) {
-            (Some(vhost), Some(tap), false) => match start_vhost(vhost, &mem, &interrupt, acked, queues, tap) {
-                Ok(path) => {
-                    log::info!("virtio-net {name}: vhost-net moves the frames (features {acked:#x})");
-                    self.running = Some(Running { mem, interrupt, acked, evts, path });
-                    return Ok(());
+            (Some(vhost), Some(tap), false) => {
+                match start_vhost(vhost, &mem, &interrupt, acked, queues, tap) {
+                    Ok(path) => {
+                        log::info!("virtio-net {name}: vhost-net moves the frames (features {acked:#x})");
+                        self.running = Some(Running { mem, interrupt, acked, evts, path });
+                        return Ok(());
+                    }
+                    Err((e, queues)) => {
+                        log::warn!("virtio-net {name}: vhost-net cannot serve the device ({e}): the userspace path does");
+                        queues
+                    }
                 }
-                Err((e, queues)) => {
-                    log::warn!("virtio-net {name}: vhost-net cannot serve the device ({e}): the userspace path does");
-                    queues
-                }
-            },
+            }
             _ => queues,
         };
         let mut queues = queues.into_iter();
@@ -185,15 +187,18 @@ impl Net {
                 let _ = kill.write(1);
                 handle.join().ok().map(|(rx, tx)| vec![rx, tx])
             }
-            DataPath::Vhost { mut queues, relay, stop } => {
+            DataPath::Vhost { mut queues } => {
                 if let Some(vhost) = self.vhost.as_mut() {
                     if let Err(e) = vhost.stop(&running.mem, &mut queues) {
                         log::error!("virtio-net {}: stopping vhost-net: {e}", self.backend.name());
                     }
-                    stop.store(true, Ordering::SeqCst);
-                    let _ = vhost.call().write(1);
                 }
-                let _ = relay.join();
+                // The register is ours again; an interrupt the kernel raised just before the stop
+                // must still find its bit: one more, harmless if the driver has nothing new.
+                running.interrupt.force_status(0);
+                if let Err(e) = running.interrupt.trigger(INT_USED_RING) {
+                    log::warn!("virtio-net {}: cannot raise interrupt: {e}", self.backend.name());
+                }
                 Some(queues)
             }
             DataPath::Stopped => None,
@@ -202,8 +207,14 @@ impl Net {
     }
 }
 
-/// Hands `queues` to the kernel and starts the thread that relays its interrupts; on error the
-/// queues come back untouched.
+/// Hands `queues` to the kernel, which raises the device's irqfd itself; on error the queues
+/// come back untouched.
+///
+/// The driver reads InterruptStatus to learn why the line fired and ignores an interrupt whose
+/// status is clear, and the kernel cannot set the register: while vhost-net serves the device the
+/// register shows "used buffers" ([`VirtioInterrupt::force_status`]). A driver that looks finds
+/// nothing new at worst (Linux's `vring_interrupt` checks the used index); a net device raises no
+/// configuration interrupts.
 fn start_vhost(
     vhost: &mut VhostNet,
     mem: &GuestMemoryMmap,
@@ -212,34 +223,12 @@ fn start_vhost(
     queues: Vec<(Queue, Arc<EventFd>)>,
     tap: std::os::fd::RawFd,
 ) -> Result<DataPath, (VhostError, Vec<(Queue, Arc<EventFd>)>)> {
-    if let Err(e) = vhost.start(mem, acked, &queues, tap) {
+    interrupt.force_status(INT_USED_RING);
+    if let Err(e) = vhost.start(mem, acked, &queues, tap, interrupt.irqfd().as_raw_fd()) {
+        interrupt.force_status(0);
         return Err((e, queues));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let (call, irq, stop2) = (vhost.call().clone(), interrupt.clone(), stop.clone());
-    let relay = std::thread::Builder::new().name("vhost-net-irq".into()).spawn(move || {
-        crate::jail::enter_or_die(crate::jail::Role::Worker);
-        // The kernel signals used buffers on `call`; the driver reads InterruptStatus to learn why
-        // the line fired, so the bit is set here before the irqfd is raised. One last interrupt
-        // when stopping is harmless and covers a signal that raced the stop.
-        loop {
-            let r = call.read();
-            if let Err(e) = irq.trigger(INT_USED_RING) {
-                log::error!("vhost-net: cannot raise interrupt: {e}");
-            }
-            if r.is_err() || stop2.load(Ordering::SeqCst) {
-                return;
-            }
-        }
-    });
-    let (mut qs, evts): (Vec<Queue>, Vec<Arc<EventFd>>) = queues.into_iter().unzip();
-    match relay {
-        Ok(relay) => Ok(DataPath::Vhost { queues: qs, relay, stop }),
-        Err(e) => {
-            let _ = vhost.stop(mem, &mut qs);
-            Err((VhostError::Relay(e), qs.into_iter().zip(evts).collect()))
-        }
-    }
+    Ok(DataPath::Vhost { queues: queues.into_iter().map(|(q, _)| q).collect() })
 }
 
 impl Drop for Net {

@@ -4,8 +4,8 @@
 //! that builds it, because the vCPU thread that later activates the device may not open files under
 //! the launcher's seccomp filters. At `DRIVER_OK` [`VhostNet::start`] hands the kernel the guest
 //! memory table, both rings (size, addresses, the positions the device model holds), the queues'
-//! ioeventfds as kick descriptors, one call eventfd for both queues, and the tap as the backend of
-//! each ring. [`VhostNet::stop`] detaches the tap and reads the ring positions back
+//! ioeventfds as kick descriptors, the device's irqfd as the call descriptor of both rings (the
+//! kernel raises the guest's interrupt itself), and the tap as the backend of each ring. [`VhostNet::stop`] detaches the tap and reads the ring positions back
 //! (`VHOST_GET_VRING_BASE`), so a reset, a snapshot or the switch back to the userspace path
 //! continues from where the kernel stopped.
 //!
@@ -135,12 +135,6 @@ pub enum VhostError {
         /// Its length.
         len: u64,
     },
-    /// The call eventfd could not be made.
-    #[error("call eventfd: {0}")]
-    Eventfd(#[source] std::io::Error),
-    /// The thread relaying the kernel's interrupts could not be started.
-    #[error("cannot start the interrupt relay thread: {0}")]
-    Relay(#[source] std::io::Error),
     /// Guest memory could not be read (the used index when stopping).
     #[error("guest memory: {0}")]
     Memory(String),
@@ -153,12 +147,10 @@ fn check(op: &'static str, r: libc::c_int) -> Result<(), VhostError> {
     Ok(())
 }
 
-/// An open `/dev/vhost-net` owned by this process, with the eventfd the kernel signals when it
-/// has used buffers of either queue.
+/// An open `/dev/vhost-net` owned by this process.
 pub struct VhostNet {
     file: File,
     features: u64,
-    call: Arc<EventFd>,
     /// How many rings are attached to a tap (0 when stopped).
     running: usize,
 }
@@ -176,19 +168,15 @@ impl VhostNet {
         check("VHOST_SET_OWNER", unsafe { ioctl(&file, VHOST_SET_OWNER()) })?;
         let mut features = 0u64;
         // SAFETY: VHOST_GET_FEATURES writes one u64 into `features`, which outlives the call.
-        check("VHOST_GET_FEATURES", unsafe { ioctl_with_mut_ref(&file, VHOST_GET_FEATURES(), &mut features) })?;
-        let call = Arc::new(EventFd::new(libc::EFD_CLOEXEC).map_err(VhostError::Eventfd)?);
-        Ok(Self { file, features, call, running: 0 })
+        check("VHOST_GET_FEATURES", unsafe {
+            ioctl_with_mut_ref(&file, VHOST_GET_FEATURES(), &mut features)
+        })?;
+        Ok(Self { file, features, running: 0 })
     }
 
     /// The features the kernel implements.
     pub fn features(&self) -> u64 {
         self.features
-    }
-
-    /// The eventfd the kernel writes when either ring needs the guest interrupted.
-    pub fn call(&self) -> &Arc<EventFd> {
-        &self.call
     }
 
     /// Whether rings are attached to a tap.
@@ -197,13 +185,15 @@ impl VhostNet {
     }
 
     /// Hands `queues` (with their kick eventfds, rx first) of a driver that accepted `acked`
-    /// features to the kernel, with `tap` as their backend. On error nothing stays attached.
+    /// features to the kernel, with `tap` as their backend and `call` as the eventfd it writes
+    /// when the guest is to be interrupted. On error nothing stays attached.
     pub fn start(
         &mut self,
         mem: &GuestMemoryMmap,
         acked: u64,
         queues: &[(Queue, Arc<EventFd>)],
         tap: RawFd,
+        call: RawFd,
     ) -> Result<(), VhostError> {
         let missing = acked & RING_FEATURES & !self.features;
         if missing != 0 {
@@ -214,7 +204,7 @@ impl VhostNet {
         check("VHOST_SET_FEATURES", unsafe { ioctl_with_ref(&self.file, VHOST_SET_FEATURES(), &features) })?;
         self.set_mem_table(mem)?;
         for (i, (q, kick)) in queues.iter().enumerate() {
-            if let Err(e) = self.start_ring(mem, i, q, kick, tap) {
+            if let Err(e) = self.start_ring(mem, i, q, kick, tap, call) {
                 // Nothing stays attached: this ring (its backend may be the step that failed) and
                 // the ones before it.
                 for j in 0..=i {
@@ -270,6 +260,7 @@ impl VhostNet {
         q: &Queue,
         kick: &EventFd,
         tap: RawFd,
+        call: RawFd,
     ) -> Result<(), VhostError> {
         let index = i as u32;
         let n = u64::from(q.size());
@@ -303,7 +294,7 @@ impl VhostNet {
         let kick = VringFile { index, fd: kick.as_raw_fd() };
         // SAFETY: VHOST_SET_VRING_KICK reads one vhost_vring_file, which `kick` is.
         check("VHOST_SET_VRING_KICK", unsafe { ioctl_with_ref(&self.file, VHOST_SET_VRING_KICK(), &kick) })?;
-        let call = VringFile { index, fd: self.call.as_raw_fd() };
+        let call = VringFile { index, fd: call };
         // SAFETY: VHOST_SET_VRING_CALL reads one vhost_vring_file, which `call` is.
         check("VHOST_SET_VRING_CALL", unsafe { ioctl_with_ref(&self.file, VHOST_SET_VRING_CALL(), &call) })?;
         let backend = VringFile { index, fd: tap };
