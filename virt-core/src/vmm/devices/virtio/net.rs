@@ -207,6 +207,9 @@ impl Net {
     }
 }
 
+/// A queue and the eventfd its notifications arrive on.
+type QueueWithKick = (Queue, Arc<EventFd>);
+
 /// Hands `queues` to the kernel, which raises the device's irqfd itself; on error the queues
 /// come back untouched.
 ///
@@ -222,7 +225,7 @@ fn start_vhost(
     acked: u64,
     queues: Vec<(Queue, Arc<EventFd>)>,
     tap: std::os::fd::RawFd,
-) -> Result<DataPath, (VhostError, Vec<(Queue, Arc<EventFd>)>)> {
+) -> Result<DataPath, (VhostError, Vec<QueueWithKick>)> {
     interrupt.force_status(INT_USED_RING);
     if let Err(e) = vhost.start(mem, acked, &queues, tap, interrupt.irqfd().as_raw_fd()) {
         interrupt.force_status(0);
