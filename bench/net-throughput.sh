@@ -8,7 +8,8 @@
 #
 # VMMs (scripts/nested/lib/l2-vmm.sh, l2_net_start, for the exact command lines):
 #   virt        our virt-launcher, supervised and jailed, the NIC from the spec's `interfaces`
-#               (when VIRT_LAUNCHER=<host path> is set)
+#               with the VMM's userspace data path ("vhost": "off"; when VIRT_LAUNCHER is set)
+#   virt-vhost  the same with "vhost": "on": the kernel's vhost-net moves the frames
 #   qemu        QEMU microvm, -netdev tap,vhost=off + virtio-net-device (virtio-mmio, as ours)
 #   qemu-vhost  the same with vhost=on (/dev/vhost-net in L1: the vhost_net module)
 # Output: `BENCH: vmm=V run=N dir=D mbps=X retr=R tap_drops=K` lines in the log, then per VMM and
@@ -16,7 +17,7 @@
 # Under TCG the absolute figures are emulated and noisy: only ratios measured side by side in the
 # same L1 mean anything.
 #
-# usage: [RUNS=3] [WARMUP=1] [SECS=5] [VMMS="virt qemu qemu-vhost"] [VIRT_LAUNCHER=path]
+# usage: [RUNS=3] [WARMUP=1] [SECS=5] [VMMS="virt virt-vhost qemu qemu-vhost"] [VIRT_LAUNCHER=path]
 #        [L1_SMP=1] bench/net-throughput.sh
 #   WARMUP runs per VMM are made first and not counted.
 set -euo pipefail
@@ -32,7 +33,7 @@ export L1_SMP=${L1_SMP:-1}
 
 if [ -z "${VMMS:-}" ]; then
   VMMS="qemu qemu-vhost"
-  [ -n "${VIRT_LAUNCHER:-}" ] && VMMS="virt $VMMS"
+  [ -n "${VIRT_LAUNCHER:-}" ] && VMMS="virt virt-vhost $VMMS"
 fi
 if ! command -v iperf3 >/dev/null 2>&1; then
   echo "bench: iperf3 missing: running scripts/install-deps.sh" >&2
@@ -45,14 +46,16 @@ files=(--file "$nested/lib/l2-vmm.sh:/lib/l2-vmm.sh" --file "$(command -v iperf3
 for v in $VMMS; do
   case "$v" in
     qemu|qemu-vhost) ;;
-    virt)
+    virt|virt-vhost)
+      # Shipped once for both.
+      case " ${files[*]} " in *" $VIRT_LAUNCHER:/payload/virt-launcher "*) continue ;; esac
       [ -n "${VIRT_LAUNCHER:-}" ] && [ -x "$VIRT_LAUNCHER" ] \
-        || { echo "bench: VMM virt needs VIRT_LAUNCHER=<executable virt-launcher>" >&2; exit 2; }
+        || { echo "bench: VMM $v needs VIRT_LAUNCHER=<executable virt-launcher>" >&2; exit 2; }
       files+=(--file "$VIRT_LAUNCHER:/payload/virt-launcher")
       vml=$("$VIRT_LAUNCHER" --prepare-kernel --kernel "$KERNEL" --kernel-cache "$CACHE/kernels")
       files+=(--file "$vml:/l2/kernels/$(basename "$vml")")
       ;;
-    *) echo "bench: unknown VMM $v (virt, qemu, qemu-vhost)" >&2; exit 2 ;;
+    *) echo "bench: unknown VMM $v (virt, virt-vhost, qemu, qemu-vhost)" >&2; exit 2 ;;
   esac
 done
 
@@ -124,9 +127,10 @@ for d in dirs:
             continue
         med[(v, d)] = statistics.median(r)
         print(f"net {d} {v}: median {med[(v, d)]:.1f} Mbit/s (runs: {', '.join(f'{x:.1f}' for x in r)})")
-    for q in ("qemu", "qemu-vhost"):
-        if ("virt", d) in med and (q, d) in med and med[(q, d)] > 0:
-            print(f"ratio {d} virt/{q}: {med[('virt', d)] / med[(q, d)]:.2f}")
+    for ours in ("virt", "virt-vhost"):
+        for q in ("qemu", "qemu-vhost"):
+            if (ours, d) in med and (q, d) in med and med[(q, d)] > 0:
+                print(f"ratio {d} {ours}/{q}: {med[(ours, d)] / med[(q, d)]:.2f}")
 sys.exit(0 if len(med) == len(runs) else 1)
 PY
 prc=$?

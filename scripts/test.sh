@@ -32,5 +32,7 @@ step cargo build --release -p virt-launcher
 step env L2_VMM=virt VIRT_LAUNCHER="${CARGO_TARGET_DIR:-$PWD/target}/release/virt-launcher" bash scripts/nested/e2e.sh
 # Our virtio-net against Linux's virtio_net driver on a tap in L1: MAC, ping both ways, TCP both ways.
 step env L2_VMM=virt VIRT_LAUNCHER="${CARGO_TARGET_DIR:-$PWD/target}/release/virt-launcher" bash scripts/nested/e2e-net.sh
+# The same with the kernel's vhost-net moving the frames (the spec's "vhost": "on").
+step env L2_VMM=virt-vhost VIRT_LAUNCHER="${CARGO_TARGET_DIR:-$PWD/target}/release/virt-launcher" bash scripts/nested/e2e-net.sh
 # The Debian cloud image by kernel boot on our launcher in L1: agent, ssh over a tap, graceful stop.
 step env VIRT_LAUNCHER="${CARGO_TARGET_DIR:-$PWD/target}/release/virt-launcher" bash scripts/nested/e2e-cloud.sh

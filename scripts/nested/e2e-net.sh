@@ -9,11 +9,14 @@
 # Checks are printed as `ok - ...` / `FAIL - ...`, then `N passed, M failed`; the exit code is
 # non-zero on any failure (a missing tool, module or binary is a failure, not a skip).
 #
-# usage: [L2_VMM=virt|qemu|qemu-vhost] [VIRT_LAUNCHER=path/to/virt-launcher] scripts/nested/e2e-net.sh
+# usage: [L2_VMM=virt|virt-vhost|qemu|qemu-vhost] [VIRT_LAUNCHER=path/to/virt-launcher] scripts/nested/e2e-net.sh
 #   L2_VMM        default: virt when VIRT_LAUNCHER is set, else qemu
 #   L2_VMM=virt   our launcher (VIRT_LAUNCHER, shipped into L1 with its libraries) run supervised and
 #                 jailed as the node runs it, the NIC from the spec's `interfaces` (lib/l2-vmm.sh,
-#                 l2_net_start); `qemu` / `qemu-vhost`: QEMU's microvm with virtio-net-device on
+#                 l2_net_start) with the VMM's userspace data path ("vhost": "off");
+#   L2_VMM=virt-vhost  the same with "vhost": "on": the kernel's vhost-net moves the frames (L1 has
+#                 /dev/vhost-net) and the launcher's log must say so;
+#                 `qemu` / `qemu-vhost`: QEMU's microvm with virtio-net-device on
 #                 -netdev tap, vhost off / on (proves the harness)
 #   NET_SECS      seconds per iperf3 test (default 2)
 #   L1_SMP, E2E_TIMEOUT: see scripts/nested/run.sh and e2e.sh
@@ -39,14 +42,14 @@ files=(--file "$here/lib/l2-vmm.sh:/lib/l2-vmm.sh" --file "$(command -v iperf3):
        --file "$INITRAMFS_NET:/l2/initramfs-net.cpio.gz")
 case "$L2_VMM" in
   qemu|qemu-vhost) ;;
-  virt)
-    [ -n "${VIRT_LAUNCHER:-}" ] || { echo "e2e-net: L2_VMM=virt needs VIRT_LAUNCHER=<path to virt-launcher>" >&2; exit 2; }
+  virt|virt-vhost)
+    [ -n "${VIRT_LAUNCHER:-}" ] || { echo "e2e-net: L2_VMM=$L2_VMM needs VIRT_LAUNCHER=<path to virt-launcher>" >&2; exit 2; }
     [ -x "$VIRT_LAUNCHER" ] || { echo "e2e-net: VIRT_LAUNCHER=$VIRT_LAUNCHER is not an executable file" >&2; exit 2; }
     files+=(--file "$VIRT_LAUNCHER:/payload/virt-launcher")
     vml=$("$VIRT_LAUNCHER" --prepare-kernel --kernel "$KERNEL" --kernel-cache "$CACHE/kernels")
     files+=(--file "$vml:/l2/kernels/$(basename "$vml")")
     ;;
-  *) echo "e2e-net: L2_VMM must be virt, qemu or qemu-vhost, not '$L2_VMM'" >&2; exit 2 ;;
+  *) echo "e2e-net: L2_VMM must be virt, virt-vhost, qemu or qemu-vhost, not '$L2_VMM'" >&2; exit 2 ;;
 esac
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/virt-e2e-net.XXXXXX")
@@ -68,7 +71,7 @@ else
 fi
 l2_net_stop 60
 rc=$?
-[ "$L2_VMM" = virt ] && { echo "L1: launcher log:"; cat /l2/run-net/launcher.log; echo "L1: exit.json $(cat /l2/run-net/exit.json 2>/dev/null)"; }
+case "$L2_VMM" in virt*) echo "L1: launcher log:"; sed 's/^/L1: launcher: /' /l2/run-net/launcher.log; echo "L1: exit.json $(cat /l2/run-net/exit.json 2>/dev/null)";; esac
 exit $rc
 L1
 
@@ -102,9 +105,21 @@ check "a TCP transfer guest to host completed (L1: iperf3 ... dir=guest-to-host 
   hasre "^L1: iperf3 $L2_VMM dir=guest-to-host mbps=[0-9.]+ "
 check "L2's iperf3 servers both ended 0" sh -c 'grep -qF "VIRT-E2E: iperf3 server 1 exit 0" "$1" && grep -qF "VIRT-E2E: iperf3 server 2 exit 0" "$1"' _ "$logf"
 check "L2 powered off (VIRT-E2E: poweroff)" has "VIRT-E2E: poweroff "
-if [ "$L2_VMM" = virt ]; then
-  check "exit.json says the guest powered off" has 'L1: exit.json "PowerOff"'
-fi
+case "$L2_VMM" in
+  virt*) check "exit.json says the guest powered off" has 'L1: exit.json "PowerOff"' ;;
+esac
+case "$L2_VMM" in
+  virt-vhost)
+    check "vhost-net moved the frames (launcher: virtio-net ...: vhost-net moves the frames)" \
+      hasre "^L1: launcher: .*virtio-net .*: vhost-net moves the frames"
+    check "the launcher never fell back to the userspace path" \
+      sh -c '! grep -qE "^L1: launcher: .*(userspace path|vhost-net cannot)" "$1"' _ "$logf"
+    ;;
+  virt)
+    check "the userspace path moved the frames (no vhost-net in the launcher's log)" \
+      sh -c '! grep -qE "^L1: launcher: .*vhost-net moves the frames" "$1"' _ "$logf"
+    ;;
+esac
 check "the L2 VMM exited 0 (L1: l2 exit=0)" has "L1: l2 exit=0"
 check "the L1 run ended with exit 0 (run.sh exit $run_rc)" test "$run_rc" -eq 0
 grep -E "^L1: iperf3 " "$logf" | sed 's/^L1: /e2e-net: /' || true

@@ -45,6 +45,20 @@ impl Offloads {
     }
 }
 
+/// Whether a virtio NIC's frames are moved by the kernel (vhost-net) or by the VMM itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VhostMode {
+    /// vhost-net when `/dev/vhost-net` opens and the NIC is on a tap, else the userspace path
+    /// (the launcher's log says which).
+    #[default]
+    Auto,
+    /// vhost-net or the machine does not start.
+    On,
+    /// Always the VMM's own (userspace) path.
+    Off,
+}
+
 /// Errors of network backends.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -108,6 +122,11 @@ pub trait NetBackend: Send + Sync {
     fn fd(&self) -> RawFd;
     /// The offloads the guest accepted: the backend may then hand over partial checksums and GSO frames.
     fn set_offloads(&self, offloads: Offloads) -> Result<(), NetError>;
+    /// The descriptor vhost-net may use as this backend (`VHOST_NET_SET_BACKEND`): a tap's. `None`
+    /// (the default) keeps the device on its userspace path.
+    fn vhost_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// One end of an in-process link (a `SOCK_SEQPACKET` socket pair: one message per frame).

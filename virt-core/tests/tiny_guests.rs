@@ -183,6 +183,7 @@ fn a_nic_sits_on_the_virtio_mmio_bus_after_the_disks() {
     cfg.nics = vec![virt_core::vmm::NicConfig {
         backend: Arc::new(ours),
         config: virt_core::vmm::NetConfig { mac: virt_core::net::MacAddr([2, 0, 0, 0, 0, 1]), mtu: 1500 },
+        vhost: virt_core::net::VhostMode::Auto,
     }];
     let h = MicroVm::new(&hv, cfg).unwrap().start().unwrap();
     assert_eq!(h.wait(), ExitReason::PowerOff);

@@ -196,6 +196,10 @@ impl NetBackend for Tap {
         self.file.as_raw_fd()
     }
 
+    fn vhost_fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+
     fn set_offloads(&self, offloads: Offloads) -> Result<(), NetError> {
         let flags = tun_offload_flags(offloads);
         // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is shared.

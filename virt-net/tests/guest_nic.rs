@@ -99,6 +99,7 @@ fn nic(fd: i32) -> InterfaceSpec {
         backend: InterfaceBackend::TapFd { fd },
         mtu: None,
         boot_order: None,
+        vhost: Default::default(),
     }
 }
 
@@ -155,6 +156,7 @@ fn qemu_guest_sees_its_mac_and_pings_the_host_side_of_its_tap() {
             backend: InterfaceBackend::None,
             mtu: None,
             boot_order: None,
+            vhost: Default::default(),
         }
     }));
     let backend = QemuBackend::new(QemuOptions {

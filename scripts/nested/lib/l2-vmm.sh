@@ -154,23 +154,28 @@ l1_tap_up() {
 # virtio-net NIC (MAC $L2_MAC) on $L2_TAP. Sets L2_PID and L2_CONSOLE (the file the guest console
 # goes to). VMM:
 #   virt        our launcher, supervised and jailed as l2_run_button runs it, the NIC from the
-#               spec's `interfaces` (model virtio, backend tap $L2_TAP); run dir /l2/run-net
+#               spec's `interfaces` (model virtio, backend tap $L2_TAP, "vhost": "off": the
+#               VMM's userspace data path); run dir /l2/run-net
+#   virt-vhost  the same with "vhost": "on" (the kernel's vhost-net moves the frames; the launcher
+#               logs at info level, so launcher.log says which path serves the NIC)
 #   qemu        QEMU's microvm, -netdev tap (vhost off) + virtio-net-device (virtio-mmio, as ours)
 #   qemu-vhost  the same with vhost=on (needs /dev/vhost-net: the vhost_net module)
 l2_net_start() {
   vmm=$1 kernel=$2 cmdline=$3
   case "$vmm" in
-    virt)
+    virt|virt-vhost)
+      vhost=off
+      [ "$vmm" = virt-vhost ] && vhost=on
       dir=/l2/run-net
       rm -rf "$dir"
       mkdir -p "$dir"
       cat > "$dir/spec.json" <<SPEC
 {"name": "net", "cpu": {"sockets": 1, "cores": $L2_CPUS, "threads": 1}, "memoryMib": $L2_MEM,
  "boot": {"Kernel": {"kernel": "$kernel", "initramfs": "$L2_INITRAMFS", "cmdline": "$cmdline"}},
- "interfaces": [{"name": "net0", "mac": "$L2_MAC", "model": "virtio", "backend": {"tap": {"name": "$L2_TAP"}}}]}
+ "interfaces": [{"name": "net0", "mac": "$L2_MAC", "model": "virtio", "backend": {"tap": {"name": "$L2_TAP"}}, "vhost": "$vhost"}]}
 SPEC
       L2_CONSOLE=$dir/console.log
-      "${VIRT_LAUNCHER_BIN:-virt-launcher}" --spec "$dir/spec.json" --run-dir "$dir" --backend native \
+      VIRT_LAUNCHER_LOG=${VIRT_LAUNCHER_LOG:-info} "${VIRT_LAUNCHER_BIN:-virt-launcher}" --spec "$dir/spec.json" --run-dir "$dir" --backend native \
         --kernel-cache /l2/kernels --grace-period 10 < /dev/null > "$dir/launcher.log" 2>&1 &
       L2_PID=$!
       ;;
@@ -187,7 +192,7 @@ SPEC
       L2_PID=$!
       ;;
     *)
-      echo "l2_net_start: unknown VMM '$vmm' (virt, qemu or qemu-vhost)"
+      echo "l2_net_start: unknown VMM '$vmm' (virt, virt-vhost, qemu or qemu-vhost)"
       return 2
       ;;
   esac

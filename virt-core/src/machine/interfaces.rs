@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::net::{MacAddr, NetBackend, NetError};
+use crate::net::{MacAddr, NetBackend, NetError, VhostMode};
 
 /// The NIC a guest sees (KubeVirt's `interfaces[].model`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -99,6 +99,9 @@ pub struct InterfaceSpec {
     /// Boot order (> 0), for network boot.
     #[serde(default)]
     pub boot_order: Option<u32>,
+    /// Whether the kernel moves a virtio NIC's frames (`auto`, `on`, `off`; default `auto`).
+    #[serde(default)]
+    pub vhost: VhostMode,
 }
 
 /// Opens the host side of a NIC for a backend that serves NICs itself (the native VMM); the network

@@ -165,6 +165,7 @@ impl NativeBackend {
             nics.push(NicConfig {
                 backend,
                 config: NetConfig { mac: nic.mac, mtu: nic.mtu.unwrap_or(1500) },
+                vhost: nic.vhost,
             });
         }
         // The guest agent's channel, as every machine of the QEMU backend has one: the VMM's end

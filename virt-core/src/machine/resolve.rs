@@ -330,6 +330,7 @@ fn interfaces(
             backend,
             mtu: None,
             boot_order: iface.boot_order,
+            vhost: Default::default(),
         });
     }
     Ok(out)

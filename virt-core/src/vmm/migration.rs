@@ -341,7 +341,10 @@ impl VmHandle {
             unsafe { self.vm.set_memory_slot(slot) }.map_err(SnapshotError::from)?;
         }
         for t in &self.virtio {
-            lock(t).interrupt().guest_writes().set_tracking(on);
+            let mut t = lock(t);
+            t.interrupt().guest_writes().set_tracking(on);
+            // vhost-net hands its queues to the userspace path, whose writes are recorded.
+            t.set_migrating(on);
         }
         Ok(())
     }

@@ -38,6 +38,7 @@ use self::devices::virtio::console::{Console, AGENT_PORT_NAME};
 use self::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use self::devices::virtio::net::Net;
 pub use self::devices::virtio::net::NetConfig;
+use self::devices::virtio::vhost_net::VhostNet;
 use self::devices::virtio::{VirtioDevice, VirtioInterrupt};
 pub use self::devices::ExitReason;
 use self::devices::{lock, Bus, ExitLatch};
@@ -45,7 +46,7 @@ use self::state::DeviceState;
 use self::vcpu::VcpuControl;
 use crate::block::BlockBackend;
 use crate::hypervisor::{Hypervisor, HypervisorError, IoEventAddress, MemorySlot, Vm};
-use crate::net::NetBackend;
+use crate::net::{NetBackend, VhostMode};
 
 /// First GSI used for virtio-mmio devices (0-15 are ISA lines; 4 is COM1).
 const VIRTIO_FIRST_GSI: u32 = 5;
@@ -100,6 +101,29 @@ pub struct NicConfig {
     pub backend: Arc<dyn NetBackend>,
     /// MAC and MTU the guest sees.
     pub config: NetConfig,
+    /// Whether vhost-net moves the frames (it needs a tap backend and `/dev/vhost-net`).
+    pub vhost: VhostMode,
+}
+
+/// The virtio-net device of `nic`, with vhost-net as its mode asks (opened here, before any vCPU
+/// runs: the vCPU thread that activates the device may not open files).
+fn net_device(nic: NicConfig) -> Result<Net, VmmError> {
+    let name = nic.backend.name().to_string();
+    let tap = nic.backend.vhost_fd().is_some();
+    let dev = Net::new(nic.backend, nic.config);
+    match nic.vhost {
+        VhostMode::Off => Ok(dev),
+        VhostMode::On if !tap => Err(VmmError::Config(format!("NIC {name}: vhost on needs a tap backend"))),
+        VhostMode::Auto if !tap => Ok(dev),
+        mode => match VhostNet::open() {
+            Ok(v) => Ok(dev.with_vhost(v)),
+            Err(e) if mode == VhostMode::Auto => {
+                log::warn!("virtio-net {name}: {e}: the userspace path moves its frames");
+                Ok(dev)
+            }
+            Err(e) => Err(VmmError::Config(format!("NIC {name}: vhost on: {e}"))),
+        },
+    }
 }
 
 /// Errors while building or running a VM.
@@ -277,15 +301,15 @@ impl MicroVm {
             ),
             None => None,
         };
+        let mut nets = Vec::new();
+        for n in cfg.nics {
+            nets.push(Box::new(net_device(n)?) as Box<dyn VirtioDevice>);
+        }
         let virtio_devs = cfg
             .disks
             .into_iter()
             .map(|d| Box::new(Block::new(d)) as Box<dyn VirtioDevice>)
-            .chain(
-                cfg.nics
-                    .into_iter()
-                    .map(|n| Box::new(Net::new(n.backend, n.config)) as Box<dyn VirtioDevice>),
-            )
+            .chain(nets)
             .chain(agent.map(|c| Box::new(c) as Box<dyn VirtioDevice>));
         for (i, dev) in virtio_devs.enumerate() {
             let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
@@ -557,5 +581,66 @@ impl Drop for VmHandle {
     fn drop(&mut self) {
         self.exit.set(ExitReason::Stopped);
         self.ctl.stop();
+    }
+}
+
+#[cfg(test)]
+mod nic_tests {
+    use super::*;
+    use crate::machine::InterfaceSpec;
+    use crate::net::{MacAddr, NetError, NetPair, Offloads};
+
+    /// A pair end that claims to be a tap (offers a descriptor to vhost-net).
+    struct FakeTap(NetPair);
+    impl NetBackend for FakeTap {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn send(&self, frame: &[u8]) -> Result<(), NetError> {
+            self.0.send(frame)
+        }
+        fn recv(&self, buf: &mut [u8]) -> Result<Option<usize>, NetError> {
+            self.0.recv(buf)
+        }
+        fn fd(&self) -> std::os::fd::RawFd {
+            self.0.fd()
+        }
+        fn set_offloads(&self, o: Offloads) -> Result<(), NetError> {
+            self.0.set_offloads(o)
+        }
+        fn vhost_fd(&self) -> Option<std::os::fd::RawFd> {
+            Some(self.0.fd())
+        }
+    }
+
+    fn nic(vhost: VhostMode, tap: bool) -> NicConfig {
+        let (a, _b) = NetPair::new("a", "b").unwrap();
+        let backend: Arc<dyn NetBackend> = if tap { Arc::new(FakeTap(a)) } else { Arc::new(a) };
+        NicConfig { backend, config: NetConfig { mac: MacAddr([2, 0, 0, 0, 0, 1]), mtu: 1500 }, vhost }
+    }
+
+    #[test]
+    fn vhost_modes_choose_the_data_path_or_refuse_clearly() {
+        // Not a tap: auto and off take the userspace path, on is refused naming the NIC.
+        assert!(!net_device(nic(VhostMode::Auto, false)).unwrap().vhost_active());
+        assert!(net_device(nic(VhostMode::Off, false)).is_ok());
+        let e = net_device(nic(VhostMode::On, false)).err().unwrap().to_string();
+        assert!(e.contains("NIC a: vhost on needs a tap backend"), "{e}");
+        // A tap without /dev/vhost-net: auto falls back (a warning), on does not start.
+        if !std::path::Path::new("/dev/vhost-net").exists() {
+            assert!(net_device(nic(VhostMode::Auto, true)).is_ok());
+            let e = net_device(nic(VhostMode::On, true)).err().unwrap().to_string();
+            assert!(e.contains("cannot open /dev/vhost-net"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_spec_knob_defaults_to_auto_and_refuses_unknown_values() {
+        let base = r#"{"name": "n", "mac": "02:00:00:00:00:01""#;
+        let parse = |extra: &str| serde_json::from_str::<InterfaceSpec>(&format!("{base}{extra}}}"));
+        assert_eq!(parse("").unwrap().vhost, VhostMode::Auto);
+        assert_eq!(parse(r#", "vhost": "on""#).unwrap().vhost, VhostMode::On);
+        assert_eq!(parse(r#", "vhost": "off""#).unwrap().vhost, VhostMode::Off);
+        assert!(parse(r#", "vhost": "maybe""#).is_err());
     }
 }

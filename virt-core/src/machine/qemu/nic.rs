@@ -28,7 +28,10 @@ pub fn args(spec: &MachineSpec, accel: Accelerator, vhost_net: bool) -> Result<V
         if !names.insert(nic.name.as_str()) {
             return Err(unsupported("interface name", &nic.name, "used twice"));
         }
-        let vhost = vhost_net && accel == Accelerator::Kvm && nic.model == NicModel::Virtio;
+        let vhost = vhost_net
+            && accel == Accelerator::Kvm
+            && nic.model == NicModel::Virtio
+            && nic.vhost != crate::net::VhostMode::Off;
         let netdev = match &nic.backend {
             InterfaceBackend::None => None,
             InterfaceBackend::Tap { name } => {
@@ -99,6 +102,7 @@ mod tests {
             backend,
             mtu: None,
             boot_order: None,
+            vhost: Default::default(),
         }
     }
 

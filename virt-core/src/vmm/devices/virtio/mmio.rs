@@ -266,6 +266,11 @@ impl MmioTransport {
         &self.interrupt
     }
 
+    /// Tells the device a live migration starts or ends ([`VirtioDevice::set_migrating`]).
+    pub fn set_migrating(&mut self, on: bool) {
+        self.device.set_migrating(on);
+    }
+
     /// Guest ranges of the used rings of the ready queues (written by the device on every completion).
     pub fn used_rings(&self) -> Vec<(u64, u64)> {
         self.queues

@@ -6,6 +6,7 @@ pub mod console;
 pub mod fuzzing;
 pub mod mmio;
 pub mod net;
+pub mod vhost_net;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub const INT_CONFIG: u32 = 0x2;
 /// The interrupt line of one virtio-mmio device: an irqfd plus the InterruptStatus register it backs.
 pub struct VirtioInterrupt {
     status: AtomicU32,
+    /// Bits InterruptStatus always shows while someone else raises the irqfd (vhost-net).
+    forced: AtomicU32,
     irqfd: Arc<EventFd>,
     writes: GuestWrites,
 }
@@ -69,7 +72,12 @@ impl GuestWrites {
 impl VirtioInterrupt {
     /// An interrupt that fires through `irqfd`.
     pub fn new(irqfd: Arc<EventFd>) -> Arc<Self> {
-        Arc::new(Self { status: AtomicU32::new(0), irqfd, writes: GuestWrites::default() })
+        Arc::new(Self {
+            status: AtomicU32::new(0),
+            forced: AtomicU32::new(0),
+            irqfd,
+            writes: GuestWrites::default(),
+        })
     }
     /// Sets `bits` in InterruptStatus and raises the interrupt.
     pub fn trigger(&self, bits: u32) -> std::io::Result<()> {
@@ -78,7 +86,13 @@ impl VirtioInterrupt {
     }
     /// The InterruptStatus register.
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        self.status.load(Ordering::SeqCst) | self.forced.load(Ordering::SeqCst)
+    }
+    /// Makes InterruptStatus show `bits` whatever the driver acknowledges, while the irqfd is
+    /// raised by someone who cannot set the register (the kernel's vhost-net writes the irqfd
+    /// directly); 0 ends it.
+    pub fn force_status(&self, bits: u32) {
+        self.forced.store(bits, Ordering::SeqCst);
     }
     /// Sets InterruptStatus (restoring a snapshot).
     pub fn set_status(&self, bits: u32) {
@@ -137,6 +151,9 @@ pub trait VirtioDevice: Send {
     fn pause(&mut self) -> Vec<Queue> {
         Vec::new()
     }
+    /// A live migration starts (`true`) or ends: a device whose guest-memory writes the migration
+    /// cannot see (vhost-net's) serves its queues another way meanwhile.
+    fn set_migrating(&mut self, _on: bool) {}
     /// Makes the device's writes durable before a snapshot (a disk flushes its backend).
     fn flush(&mut self) -> Result<(), crate::block::BlockError> {
         Ok(())

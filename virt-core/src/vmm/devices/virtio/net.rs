@@ -21,6 +21,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::vhost_net::{VhostError, VhostNet};
 use super::{
     read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, INT_USED_RING, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -84,7 +85,30 @@ pub struct NetConfig {
 pub struct Net {
     backend: Arc<dyn NetBackend>,
     config: Vec<u8>,
-    worker: Option<(JoinHandle<()>, EventFd)>,
+    /// The kernel data path, when `/dev/vhost-net` opened and the backend is a tap.
+    vhost: Option<VhostNet>,
+    /// A live migration runs: the userspace path serves the queues (its writes are recorded).
+    migrating: bool,
+    running: Option<Running>,
+}
+
+/// What an activated device serves, and with which path.
+struct Running {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
+    acked: u64,
+    evts: Vec<Arc<EventFd>>,
+    path: DataPath,
+}
+
+/// Who moves the frames.
+enum DataPath {
+    /// This process's worker thread, which hands the queues back when it ends.
+    User { handle: JoinHandle<(Queue, Queue)>, kill: EventFd },
+    /// Taken apart by [`Net::stop`].
+    Stopped,
+    /// The kernel (vhost-net), which raises the irqfd itself.
+    Vhost { queues: Vec<Queue> },
 }
 
 impl Net {
@@ -95,20 +119,124 @@ impl Net {
         space[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
         space[8..10].copy_from_slice(&1u16.to_le_bytes()); // max_virtqueue_pairs
         space[10..12].copy_from_slice(&config.mtu.max(68).to_le_bytes());
-        Self { backend, config: space, worker: None }
+        Self { backend, config: space, vhost: None, migrating: false, running: None }
     }
 
-    fn stop_worker(&mut self) {
-        if let Some((handle, kill)) = self.worker.take() {
-            let _ = kill.write(1);
-            let _ = handle.join();
-        }
+    /// Lets the kernel move the frames (vhost-net) once the driver is ready; the backend must be a
+    /// tap ([`NetBackend::vhost_fd`]), else the userspace path serves the device.
+    pub fn with_vhost(mut self, vhost: VhostNet) -> Self {
+        self.vhost = Some(vhost);
+        self
     }
+
+    /// Whether the kernel (vhost-net) serves the queues now.
+    pub fn vhost_active(&self) -> bool {
+        matches!(self.running, Some(Running { path: DataPath::Vhost { .. }, .. }))
+    }
+
+    /// Starts serving `queues` (rx, tx) with vhost-net if it can, else with a worker thread.
+    fn start(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        acked: u64,
+        queues: Vec<(Queue, Arc<EventFd>)>,
+    ) -> Result<(), ActivateError> {
+        let evts: Vec<Arc<EventFd>> = queues.iter().map(|(_, e)| e.clone()).collect();
+        let name = self.backend.name().to_string();
+        let queues = match (self.vhost.as_mut(), self.backend.vhost_fd(), self.migrating) {
+            (Some(vhost), Some(tap), false) => {
+                match start_vhost(vhost, &mem, &interrupt, acked, queues, tap) {
+                    Ok(path) => {
+                        log::info!("virtio-net {name}: vhost-net moves the frames (features {acked:#x})");
+                        self.running = Some(Running { mem, interrupt, acked, evts, path });
+                        return Ok(());
+                    }
+                    Err((e, queues)) => {
+                        log::warn!("virtio-net {name}: vhost-net cannot serve the device ({e}): the userspace path does");
+                        queues
+                    }
+                }
+            }
+            _ => queues,
+        };
+        let mut queues = queues.into_iter();
+        let (rx, rx_evt) = queues.next().ok_or(ActivateError::BadQueue(RX))?;
+        let (tx, tx_evt) = queues.next().ok_or(ActivateError::BadQueue(TX))?;
+        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
+        let kill2 = kill.try_clone().map_err(ActivateError::Worker)?;
+        let mut worker = NetWorker::new(self.backend.clone(), mem.clone(), rx, tx, interrupt.clone(), acked);
+        let handle = std::thread::Builder::new()
+            .name("virtio-net".into())
+            .spawn(move || {
+                worker.run(&rx_evt, &tx_evt, &kill2);
+                (worker.rx, worker.tx)
+            })
+            .map_err(ActivateError::Worker)?;
+        self.running = Some(Running { mem, interrupt, acked, evts, path: DataPath::User { handle, kill } });
+        Ok(())
+    }
+
+    /// Stops whichever path serves the queues and hands them back with their positions (none if
+    /// the device was not running or its worker died).
+    fn stop(&mut self) -> Option<(Running, Vec<Queue>)> {
+        let mut running = self.running.take()?;
+        let path = std::mem::replace(&mut running.path, DataPath::Stopped);
+        let queues = match path {
+            DataPath::User { handle, kill } => {
+                let _ = kill.write(1);
+                handle.join().ok().map(|(rx, tx)| vec![rx, tx])
+            }
+            DataPath::Vhost { mut queues } => {
+                if let Some(vhost) = self.vhost.as_mut() {
+                    if let Err(e) = vhost.stop(&running.mem, &mut queues) {
+                        log::error!("virtio-net {}: stopping vhost-net: {e}", self.backend.name());
+                    }
+                }
+                // The register is ours again; an interrupt the kernel raised just before the stop
+                // must still find its bit: one more, harmless if the driver has nothing new.
+                running.interrupt.force_status(0);
+                if let Err(e) = running.interrupt.trigger(INT_USED_RING) {
+                    log::warn!("virtio-net {}: cannot raise interrupt: {e}", self.backend.name());
+                }
+                Some(queues)
+            }
+            DataPath::Stopped => None,
+        };
+        queues.map(|q| (running, q))
+    }
+}
+
+/// A queue and the eventfd its notifications arrive on.
+type QueueWithKick = (Queue, Arc<EventFd>);
+
+/// Hands `queues` to the kernel, which raises the device's irqfd itself; on error the queues
+/// come back untouched.
+///
+/// The driver reads InterruptStatus to learn why the line fired and ignores an interrupt whose
+/// status is clear, and the kernel cannot set the register: while vhost-net serves the device the
+/// register shows "used buffers" ([`VirtioInterrupt::force_status`]). A driver that looks finds
+/// nothing new at worst (Linux's `vring_interrupt` checks the used index); a net device raises no
+/// configuration interrupts.
+fn start_vhost(
+    vhost: &mut VhostNet,
+    mem: &GuestMemoryMmap,
+    interrupt: &Arc<VirtioInterrupt>,
+    acked: u64,
+    queues: Vec<(Queue, Arc<EventFd>)>,
+    tap: std::os::fd::RawFd,
+) -> Result<DataPath, (VhostError, Vec<QueueWithKick>)> {
+    interrupt.force_status(INT_USED_RING);
+    if let Err(e) = vhost.start(mem, acked, &queues, tap, interrupt.irqfd().as_raw_fd()) {
+        interrupt.force_status(0);
+        return Err((e, queues));
+    }
+    Ok(DataPath::Vhost { queues: queues.into_iter().map(|(q, _)| q).collect() })
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
-        self.stop_worker();
+        self.stop();
     }
 }
 
@@ -171,27 +299,51 @@ impl VirtioDevice for Net {
         acked_features: u64,
         queues: Vec<(Queue, Arc<EventFd>)>,
     ) -> Result<(), ActivateError> {
-        let mut queues = queues.into_iter();
-        let (rx, rx_evt) = queues.next().ok_or(ActivateError::BadQueue(RX))?;
-        let (tx, tx_evt) = queues.next().ok_or(ActivateError::BadQueue(TX))?;
-        self.stop_worker();
+        if queues.len() < 2 {
+            return Err(ActivateError::BadQueue(queues.len()));
+        }
+        self.stop();
         if let Err(e) = self.backend.set_offloads(guest_offloads(acked_features)) {
             return Err(ActivateError::Worker(std::io::Error::other(e.to_string())));
         }
-        let kill = EventFd::new(libc::EFD_NONBLOCK).map_err(ActivateError::Worker)?;
-        let kill2 = kill.try_clone().map_err(ActivateError::Worker)?;
-        let mut worker = NetWorker::new(self.backend.clone(), mem, rx, tx, interrupt, acked_features);
-        let handle = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || worker.run(&rx_evt, &tx_evt, &kill2))
-            .map_err(ActivateError::Worker)?;
-        self.worker = Some((handle, kill));
-        Ok(())
+        self.start(mem, interrupt, acked_features, queues)
     }
 
     fn reset(&mut self) -> bool {
-        self.stop_worker();
+        self.stop();
         true
+    }
+
+    fn pause(&mut self) -> Vec<Queue> {
+        self.stop().map(|(_, queues)| queues).unwrap_or_default()
+    }
+
+    fn set_migrating(&mut self, on: bool) {
+        if self.migrating == on {
+            return;
+        }
+        self.migrating = on;
+        // vhost-net writes guest memory that no dirty log sees: while a migration runs the
+        // userspace path serves the queues and records its writes; vhost-net takes them back after.
+        let switch = match &self.running {
+            Some(Running { path: DataPath::Vhost { .. }, .. }) => on,
+            Some(Running { path: DataPath::User { .. }, .. }) => !on && self.vhost.is_some(),
+            _ => false,
+        };
+        if !switch {
+            return;
+        }
+        let name = self.backend.name().to_string();
+        if let Some((r, queues)) = self.stop() {
+            let qs = queues.into_iter().zip(r.evts.iter().cloned()).collect();
+            if let Err(e) = self.start(r.mem, r.interrupt, r.acked, qs) {
+                log::error!("virtio-net {name}: cannot restart the device after switching paths: {e}");
+            }
+            log::info!(
+                "virtio-net {name}: {}",
+                if on { "migration: the userspace path serves the device" } else { "migration over" }
+            );
+        }
     }
 }
 
@@ -494,6 +646,13 @@ impl NetWorker {
                 return Delivery::NoRoom;
             };
             let cap = chain.clone().writer(&mem).map(|w| w.available_bytes()).unwrap_or(0);
+            let writes = self.interrupt.guest_writes();
+            if writes.tracking() {
+                // A migration runs: the pages this frame lands in are sent again.
+                for d in chain.clone().writable() {
+                    writes.record(d.addr().0, u64::from(d.len()));
+                }
+            }
             if !self.mrg_rxbuf && cap < len {
                 // Without MRG_RXBUF a frame must fit one chain; the guest sizes them all alike.
                 log::debug!("virtio-net {name}: a {len}-byte frame does not fit a {cap}-byte rx chain");

@@ -220,6 +220,16 @@ fn the_worker_thread_moves_frames_both_ways() {
     assert_eq!(unsafe { libc::poll(&mut pfd, 1, 30_000) }, 1, "tx frame never sent");
     assert_eq!(peer.recv(&mut buf).unwrap(), Some(300));
     assert_eq!(&buf[..300], &f[..]);
+    // A migration start keeps the userspace path (no vhost here) and the device running.
+    dev.set_migrating(true);
+    assert!(!dev.vhost_active());
+    // Pausing (snapshot, migration) hands back both queues where the worker left them.
+    let qs = dev.pause();
+    assert_eq!(qs.len(), 2);
+    for q in &qs {
+        assert_eq!((q.next_avail(), q.next_used()), (1, 1));
+    }
+    assert!(dev.pause().is_empty(), "a paused device has no queues to give");
     assert!(dev.reset());
 }
 
