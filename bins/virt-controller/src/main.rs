@@ -65,7 +65,7 @@ enum Command {
         launcher_image: String,
         /// How launchers get /dev/kvm: a privileged container, or an unprivileged one requesting
         /// devices.kubevirt.io/kvm (and /tun) from virt-handler's device plugins.
-        #[arg(long, value_enum, default_value_t = Kvm::Privileged)]
+        #[arg(long, value_enum, default_value_t = Kvm::DevicePlugin)]
         kvm: Kvm,
         /// The node agents' state directory (virt-handler --state-dir), mounted into launcher pods.
         #[arg(long, default_value = "/var/lib/virt-rs-handler")]
@@ -83,21 +83,6 @@ enum Command {
 enum Kvm {
     Privileged,
     DevicePlugin,
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -140,7 +125,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             };
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
-                shutdown_signal().await;
+                cluster::shutdown_signal().await;
                 let _ = stop_tx.send(true);
             });
             let stopped = move || {

@@ -56,21 +56,6 @@ struct Cli {
     no_device_plugins: bool,
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}
-
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let client = cluster::client_as(cli.kubeconfig.as_deref(), "virt-handler").await?;
     let runtime = LauncherRuntime::new(LauncherConfig {
@@ -120,7 +105,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         )
     });
     let h = handler::Handler::new(client, cli.node, runtime).with_networks(networks);
-    handler::run(h, shutdown_signal()).await;
+    handler::run(h, cluster::shutdown_signal()).await;
     let _ = stop_tx.send(true);
     if let Some(p) = plugins {
         let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
