@@ -13,11 +13,12 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::qmp::{QmpClient, QmpError};
+use super::qmp::{QmpClient, QmpError, QmpEvent};
 use crate::machine::migrate::{MigrateOptions, MigrationReport, MODE_PAUSED, MODE_POST_COPY};
 use crate::vmm::migration::{ProgressWatch, Stuck};
 
@@ -26,6 +27,67 @@ const FD_NAME: &str = "virt-migrate";
 
 /// QEMU's `max-bandwidth` for "as fast as it goes" (its 0 is a default of 128 MiB/s).
 const UNLIMITED: u64 = i64::MAX as u64;
+
+/// How long a migration loop waits for QEMU's next `MIGRATION` event before it looks anyway: the
+/// source also watches its deadlines and progress, the destination only a lost event.
+const SOURCE_LOOK: Duration = Duration::from_millis(50);
+const DESTINATION_LOOK: Duration = Duration::from_millis(100);
+
+/// QEMU's `MIGRATION` and `MIGRATION_PASS` events (the `events` capability, set on both sides),
+/// recorded by the QMP reader; the migration loops wait on them instead of polling `query-migrate`
+/// every few hundred microseconds (on the destination QMP commands share the main loop with the
+/// incoming stream), and see a status change the moment QEMU announces it.
+#[derive(Debug, Default)]
+pub(super) struct MigrationEvents {
+    seen: Mutex<Seen>,
+    changed: Condvar,
+}
+
+/// What the events said so far.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Seen {
+    /// Events recorded (a sequence number to wait past).
+    pub seq: u64,
+    /// The last `MIGRATION` status.
+    pub status: Option<String>,
+    /// The last `MIGRATION_PASS` number.
+    pub pass: u64,
+}
+
+impl MigrationEvents {
+    /// Records a migration event (others are ignored) and wakes the waiters.
+    pub(super) fn record(&self, ev: &QmpEvent) {
+        let mut s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match ev {
+            QmpEvent::Migration { status } => s.status = Some(status.clone()),
+            QmpEvent::MigrationPass { pass } => s.pass = *pass,
+            _ => return,
+        }
+        s.seq += 1;
+        self.changed.notify_all();
+    }
+
+    /// What was seen so far.
+    pub(super) fn seen(&self) -> Seen {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until an event after `seq` arrives or `timeout` passes.
+    pub(super) fn wait_past(&self, seq: u64, timeout: Duration) {
+        let s = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.changed.wait_timeout_while(s, timeout, |s| s.seq <= seq);
+    }
+}
+
+/// Turns QEMU's migration events on (`MIGRATION`, `MIGRATION_PASS`).
+fn events_on(q: &QmpClient) -> Result<(), QemuMigrationError> {
+    q.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": [{ "capability": "events", "state": true }] })),
+    )
+    .map_err(qmp("migrate-set-capabilities"))?;
+    Ok(())
+}
 
 /// Why a QEMU migration did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -107,9 +169,11 @@ fn remaining(v: &Value) -> Option<u64> {
 /// success QEMU has stopped the guest here (`postmigrate`); on failure or cancel QEMU resumes it.
 pub(super) fn send(
     q: &QmpClient,
+    events: &MigrationEvents,
     stream: UnixStream,
     opts: &MigrateOptions,
 ) -> Result<MigrationReport, QemuMigrationError> {
+    events_on(q)?;
     // QEMU's max-bandwidth 0 is its default 128 MiB/s, not unlimited: without a limit, ask for the
     // most it takes.
     let bandwidth = opts.bandwidth_bytes_per_sec.filter(|b| *b > 0).unwrap_or(UNLIMITED);
@@ -143,6 +207,8 @@ pub(super) fn send(
     // When the guest was paused to complete: its downtime starts there, not at QEMU's own stop.
     let mut paused_at: Option<Instant> = None;
     loop {
+        // Read before the query: an event arriving between the two ends the wait at once.
+        let seq = events.seen().seq;
         let (status, v) = query(q)?;
         if let Some(p) = v.get("cpu-throttle-percentage").and_then(Value::as_u64) {
             throttle = u8::try_from(p).unwrap_or(u8::MAX);
@@ -184,7 +250,7 @@ pub(super) fn send(
                 return Err(QemuMigrationError::PostCopyBroken(why.to_string()));
             }
             "none" => return Err(QemuMigrationError::Shape(v.to_string())),
-            _ => std::thread::sleep(Duration::from_millis(2)),
+            _ => events.wait_past(seq, SOURCE_LOOK),
         }
     }
 }
@@ -219,10 +285,12 @@ fn past_the_deadline(
 /// `timeout` bounds a source that never finishes.
 pub(super) fn receive(
     q: &QmpClient,
+    events: &MigrationEvents,
     stream: &UnixStream,
     timeout: Duration,
     post_copy: bool,
 ) -> Result<(), QemuMigrationError> {
+    events_on(q)?;
     if post_copy {
         q.execute(
             "migrate-set-capabilities",
@@ -236,6 +304,7 @@ pub(super) fn receive(
         .map_err(qmp("migrate-incoming"))?;
     let deadline = Instant::now() + timeout;
     loop {
+        let seq = events.seen().seq;
         let (status, v) = query(q)?;
         match status.as_str() {
             "completed" | "postcopy-active" => return Ok(()),
@@ -245,8 +314,8 @@ pub(super) fn receive(
             }
             "cancelled" => return Err(QemuMigrationError::Cancelled),
             _ if Instant::now() > deadline => return Err(QemuMigrationError::Timeout(timeout, status)),
-            // Polled closely: the guest stays paused until this loop sees the end.
-            _ => std::thread::sleep(Duration::from_micros(500)),
+            // The guest stays paused until this loop sees the end: QEMU's event wakes it.
+            _ => events.wait_past(seq, DESTINATION_LOOK),
         }
     }
 }
@@ -254,6 +323,29 @@ pub(super) fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_migration_event_wakes_the_waiting_loop_at_once() {
+        let events = std::sync::Arc::new(MigrationEvents::default());
+        let seq = events.seen().seq;
+        let e2 = events.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            e2.record(&QmpEvent::Stop); // not a migration event: no wake-up
+            e2.record(&QmpEvent::MigrationPass { pass: 2 });
+            e2.record(&QmpEvent::Migration { status: "completed".into() });
+        });
+        let t0 = Instant::now();
+        events.wait_past(seq, Duration::from_secs(30));
+        assert!(t0.elapsed() < Duration::from_secs(10), "woken by the event, not the timeout");
+        t.join().unwrap();
+        let seen = events.seen();
+        assert_eq!((seen.seq, seen.status.as_deref(), seen.pass), (2, Some("completed"), 2));
+        // Nothing new past the last event: the wait runs to its timeout.
+        let t0 = Instant::now();
+        events.wait_past(seen.seq, Duration::from_millis(30));
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+    }
 
     #[test]
     fn a_completed_answer_becomes_a_report() {

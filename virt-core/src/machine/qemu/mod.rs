@@ -251,6 +251,8 @@ struct Inner {
     kill_at: Mutex<Option<Instant>>,
     /// When the host last reset the machine (SeaBIOS answers a warm reset with a reset of its own).
     host_reset_at: Mutex<Option<Instant>>,
+    /// QEMU's migration events, for the migration loops.
+    migration: migration::MigrationEvents,
 }
 
 impl Inner {
@@ -325,6 +327,7 @@ impl Inner {
             QmpEvent::GuestPanicked { .. } => {
                 self.set_cause(MachineExit::Failed("the guest panicked".into()))
             }
+            ev @ (QmpEvent::Migration { .. } | QmpEvent::MigrationPass { .. }) => self.migration.record(&ev),
             _ => {}
         }
     }
@@ -415,6 +418,7 @@ fn start(
         qmp: OnceLock::new(),
         kill_at: Mutex::new(None),
         host_reset_at: Mutex::new(None),
+        migration: migration::MigrationEvents::default(),
     });
     let (done_tx, done_rx) = channel::<()>();
     let handler_inner = inner.clone();
@@ -464,7 +468,7 @@ fn start(
 
     spawn_waiter(inner.clone(), child, res.swtpm.clone(), done_rx, stderr)?;
     if let Some(stream) = incoming {
-        migration::receive(&client, stream, INCOMING_TIMEOUT, opts.incoming_post_copy)?;
+        migration::receive(&client, &inner.migration, stream, INCOMING_TIMEOUT, opts.incoming_post_copy)?;
     }
     client.cont().map_err(|source| QemuProcessError::Qmp { op: "start the vCPUs", source })?;
     // `cont` returns after RESUME was handled; make Started certain even if the event was lost.
@@ -698,7 +702,7 @@ impl Machine for QemuMachine {
             }
             *m = true;
         }
-        let r = migration::send(q, stream, opts);
+        let r = migration::send(q, &self.inner.migration, stream, opts);
         *lock(&self.migrating) = false;
         let err = |e: migration::QemuMigrationError| MachineError::Control {
             machine: self.inner.name.clone(),

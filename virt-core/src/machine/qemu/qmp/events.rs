@@ -111,6 +111,18 @@ pub enum QmpEvent {
     VncInitialized(VncClient),
     /// A VNC client left.
     VncDisconnected(VncClient),
+    /// The migration's status changed (`MIGRATION`, with the `events` migration capability on):
+    /// `setup`, `active`, `device`, `completed`, `failed`, `cancelling`, `cancelled`,
+    /// `postcopy-active`, `postcopy-paused`, ... (QAPI `MigrationStatus`).
+    Migration {
+        /// The new status.
+        status: String,
+    },
+    /// A pass over the guest's memory began (`MIGRATION_PASS`; the first is the full copy).
+    MigrationPass {
+        /// Its number, from 1.
+        pass: u64,
+    },
 }
 
 fn bad(raw: &RawEvent, what: &str) -> QmpError {
@@ -171,6 +183,10 @@ impl QmpEvent {
             "VNC_CONNECTED" => Self::VncConnected(vnc_client(raw)?),
             "VNC_INITIALIZED" => Self::VncInitialized(vnc_client(raw)?),
             "VNC_DISCONNECTED" => Self::VncDisconnected(vnc_client(raw)?),
+            "MIGRATION" => Self::Migration { status: field_str(raw, "status")? },
+            "MIGRATION_PASS" => Self::MigrationPass {
+                pass: raw.data.get("pass").and_then(Value::as_u64).ok_or_else(|| bad(raw, "pass is not a count"))?,
+            },
             _ => return Err(QmpError::UnknownEvent { name: quote(raw.name.as_bytes()) }),
         })
     }

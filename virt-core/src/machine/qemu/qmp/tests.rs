@@ -57,6 +57,28 @@ fn parses_real_qemu_messages() {
 }
 
 #[test]
+fn types_qemus_migration_events() {
+    // As QEMU 10 sends them with the `events` migration capability on.
+    let ev = parse_message(
+        br#"{"timestamp": {"seconds": 1796000000, "microseconds": 12}, "event": "MIGRATION", "data": {"status": "postcopy-active"}}"#,
+    )
+    .unwrap();
+    let QmpMessage::Event(raw) = ev else { panic!("{ev:?}") };
+    assert_eq!(QmpEvent::parse(&raw).unwrap(), QmpEvent::Migration { status: "postcopy-active".into() });
+    let pass = RawEvent { name: "MIGRATION_PASS".into(), data: json!({"pass": 3}), timestamp: None };
+    assert_eq!(QmpEvent::parse(&pass).unwrap(), QmpEvent::MigrationPass { pass: 3 });
+    for (name, data) in [
+        ("MIGRATION", json!({})),
+        ("MIGRATION", json!({"status": 4})),
+        ("MIGRATION_PASS", json!({"pass": -1})),
+        ("MIGRATION_PASS", json!({"pass": "2"})),
+    ] {
+        let raw = RawEvent { name: name.into(), data: data.clone(), timestamp: None };
+        assert!(matches!(QmpEvent::parse(&raw), Err(QmpError::BadEvent { .. })), "{name} {data}");
+    }
+}
+
+#[test]
 fn rejects_what_is_not_qmp() {
     for bad in [
         &b"not json"[..],
@@ -197,7 +219,7 @@ proptest! {
         name in prop_oneof![
             Just("SHUTDOWN"), Just("RESET"), Just("STOP"), Just("RESUME"), Just("POWERDOWN"),
             Just("DEVICE_TRAY_MOVED"), Just("RTC_CHANGE"), Just("GUEST_PANICKED"), Just("VNC_CONNECTED"),
-            Just("UNKNOWN"),
+            Just("MIGRATION"), Just("MIGRATION_PASS"), Just("UNKNOWN"),
         ],
         data in json_value(),
         id in json_value(),
