@@ -51,9 +51,15 @@ trap 'rm -rf "$work"' EXIT
 # The native VMM boots a vmlinux decompressed on the host (as e2e-net.sh ships it); the launchers
 # the node starts find it in $VIRT_CACHE_DIR/kernels in L1.
 vml=$("$BIN_DIR/virt-launcher" --prepare-kernel --kernel "$KERNEL" --kernel-cache "$CACHE/kernels")
+# Stripped copies: the release profile keeps line tables (virt-node ~200 MB), and L1 unpacks its
+# whole initrd into RAM under emulation.
+mkdir -p "$work/bin"
+for b in virt-node virt-launcher virtctl; do
+  if command -v strip >/dev/null 2>&1; then strip -o "$work/bin/$b" "$BIN_DIR/$b"; else cp "$BIN_DIR/$b" "$work/bin/$b"; fi
+done
 files=(--file "$here/lib/l2-vmm.sh:/lib/l2-vmm.sh"
-       --file "$BIN_DIR/virt-node:/payload/virt-node" --file "$BIN_DIR/virt-launcher:/payload/virt-launcher"
-       --file "$BIN_DIR/virtctl:/payload/virtctl"
+       --file "$work/bin/virt-node:/payload/virt-node" --file "$work/bin/virt-launcher:/payload/virt-launcher"
+       --file "$work/bin/virtctl:/payload/virtctl"
        --file "$ip_bin:/payload/ip" --file "$nft_bin:/payload/nft"
        --file "$vml:/var/cache/virt-rs/kernels/$(basename "$vml")")
 
@@ -135,7 +141,7 @@ waitfor() {
 since() { awk -v a="$1" -v b="$(l1_uptime)" 'BEGIN { printf "%.2f", b - a }'; }
 phase() { virtctl get vmi netvm 2>/dev/null | awk 'NR == 2 { print $3 }'; }
 running() { [ "$(phase)" = Running ]; }
-console_has() { c=$(find "$STATE" -name console.log 2>/dev/null | head -n1); [ -n "$c" ] && grep -qsE -- "$1" "$c"; }
+console_has() { grep -qsE -- "$1" /tmp/console.log; }
 vmi_gone() { ! virtctl get vmi netvm >/dev/null 2>&1; }
 no_vmi_netns() { [ -z "$(ip netns list 2>/dev/null | grep '^virt-')" ]; }
 no_launcher() { [ -z "$(pgrep -f virt-launcher)" ]; }
@@ -175,6 +181,13 @@ if waitfor 180 running; then
 else
   echo "L1: vmi not Running after 180 s (phase $(phase))"
 fi
+# The VMI's run directory goes when it is deleted: follow its logs (tail keeps the files open).
+waitfor 10 test -n "$(find "$STATE" -name console.log 2>/dev/null)"
+run_dir=$(dirname "$(find "$STATE" -name console.log 2>/dev/null | head -n1)")
+tail -n +1 -f "$run_dir/console.log" > /tmp/console.log 2>/dev/null &
+TAILS=$!
+tail -n +1 -f "$run_dir/launcher.log" > /tmp/launcher.log 2>/dev/null &
+TAILS="$TAILS $!"
 if waitfor 180 console_has "VIRT-E2E: (tcp service [0-9]+ (up|FAILED)|dhcp FAILED|net no device)"; then
   echo "L1: guest ready $(since "$t0") s after create"
 else
@@ -194,7 +207,8 @@ if waitfor 20 grep -q "Forwarding from" /tmp/pf.log; then
   k=0
   while [ $k -lt 5 ]; do
     rm -f /tmp/reply
-    wget -q -T 15 -O /tmp/reply http://127.0.0.1:18080/ 2> /tmp/wget.err && break
+    # (busybox 1.35's wget crashes with -T and -O FILE together: timeout(1) bounds it instead.)
+    timeout 20 wget -q -O - http://127.0.0.1:18080/ > /tmp/reply 2> /tmp/wget.err && break
     k=$((k + 1))
     sleep 1
   done
@@ -207,7 +221,6 @@ kill "$PF" 2>/dev/null
 wait "$PF" 2>/dev/null
 sed 's/^/L1: port-forward: /' /tmp/pf.log
 
-run_dir=$(dirname "$(find "$STATE" -name launcher.log | head -n1)")
 echo "L1: qemu processes: $(pgrep -f qemu-system | wc -l)"
 t1=$(l1_uptime)
 virtctl stop netvm 2>&1 | sed 's/^/L1: virtctl: /'
@@ -221,10 +234,12 @@ kill -TERM "$NODE"
 waitfor 20 l1_ended "$NODE" || kill -KILL "$NODE"
 wait "$NODE"
 echo "L1: node exit=$?"
+sleep 0.5
+kill $TAILS 2>/dev/null
 sed 's/^/L1: node: /' /tmp/node.log
-sed 's/^/L1: launcher: /' "$run_dir/launcher.log" 2>/dev/null
+sed 's/^/L1: launcher: /' /tmp/launcher.log
 echo "L1: --- L2 console ($run_dir/console.log) ---"
-cat "$run_dir/console.log" 2>/dev/null
+cat /tmp/console.log
 echo
 echo "L1: --- end of the L2 console ---"
 L1
@@ -261,7 +276,7 @@ check "the node made its pod bridge (virt-pods 10.244.0.1/16)" hasre "^L1: node 
 check "virtctl created the VM" has "L1: virtctl: virtualmachine.kubevirt.io/netvm created"
 check "the VMI reached Running" has "L1: vmi Running "
 check "the launcher ran the machine on the native VMM with KVM (machine ... runs on native (Kvm)" \
-  hasre "^L1: launcher: virt-launcher: machine .* runs on native \(Kvm"
+  hasre "^L1: launcher: .*machine [^ ]+ runs on native \(Kvm"
 check "no QEMU ran (L1: qemu processes: 0)" has "L1: qemu processes: 0"
 check "the guest's virtio_net driver bound the NIC (net dev eth0 ... driver=virtio_net)" \
   hasre "VIRT-E2E: net dev eth0 mac=02:[0-9a-f:]+ driver=virtio_net"
@@ -271,8 +286,14 @@ check "the lease carries the node's DNS and the VMI's name (dns=192.0.2.53 ... h
   hasre "VIRT-E2E: dhcp lease eth0 .*dns=192\.0\.2\.53 .*hostname=netvm "
 check "the guest pinged the gateway (VIRT-E2E: ping 10.0.2.1 ok)" has "VIRT-E2E: ping 10.0.2.1 ok"
 check "the guest serves TCP 8080 (VIRT-E2E: tcp service 8080 up)" has "VIRT-E2E: tcp service 8080 up"
-check "status.interfaces has default with 10.0.2.2 and the NIC's MAC" \
-  vmi_json 'any(i.get("name") == "default" and i.get("ipAddress") == "10.0.2.2" and i.get("mac", "").startswith("02:") for i in v["status"]["interfaces"])'
+# KubeVirt's status.interfaces for a masquerade interface (without a guest agent): the pod's address
+# (eth0 of the VMI's namespace), the MAC the guest sees.
+guest_mac=$(sed -n 's/.*VIRT-E2E: net dev eth0 mac=\([0-9a-f:]*\) .*/\1/p' "$logf" | head -n1)
+pod_ip=$(sed -n 's/^L1: in virt-[^:]*: .* eth0 \([0-9.]*\)\/[0-9]* .*/\1/p' "$logf" | head -n1)
+check "status.interfaces has default with the pod's address ($pod_ip on the VMI namespace's eth0) and the guest's MAC ($guest_mac)" \
+  vmi_json "v['status']['phase'] == 'Running' and any(i.get('name') == 'default' and i.get('ipAddress') == '$pod_ip' != '' and i.get('mac') == '$guest_mac' != '' for i in v['status']['interfaces'])"
+check "the node wired the masquerade binding in the VMI's namespace (k6t-default 10.0.2.1/24, tap0)" \
+  sh -c 'grep -qE "^L1: in virt-[^:]*: .*k6t-default 10\.0\.2\.1/24" "$1" && grep -qE "^L1: in virt-[^:]*: .* tap0( |$)" "$1"' _ "$logf"
 check "virtctl port-forward vm/netvm 18080:8080 reached the guest's service (VIRT-E2E-HELLO from 10.0.2.2)" \
   has "L1: port-forward reply: VIRT-E2E-HELLO from 10.0.2.2 "
 check "virtctl stop removed the VMI" has "L1: vmi gone "
