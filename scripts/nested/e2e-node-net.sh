@@ -307,5 +307,6 @@ check "the L1 run ended with exit 0 (run.sh exit $run_rc)" test "$run_rc" -eq 0
 sed -n 's/.*VIRT-E2E: dhcp lease eth0 .* secs=\([0-9.]*\).*/e2e-node-net: lease (udhcpc start to bound, guest clock): \1 s/p' "$logf" | head -n1
 sed -n 's/^L1: vmi Running \(.*\)/e2e-node-net: VMI Running \1/p; s/^L1: guest ready \(.*\)/e2e-node-net: guest lease + ping + service up \1/p; s/^L1: vmi gone \(.*\)/e2e-node-net: VMI gone \1/p' "$logf"
 sed -n 's/^L1: node: .*VMI .*: \(pod network set up in [0-9]* ms\)/e2e-node-net: node: \1/p; s/^L1: node: .*VMI .*: launcher [0-9]* \(runs its machine .*\)/e2e-node-net: node: launcher \1/p' "$logf"
+sed -n 's/^L1: launcher: .*virtio-net \([^:]*\): vhost-net moves the frames.*/e2e-node-net: data path: vhost-net (\1)/p; s/^L1: launcher: .*\(the machine runs as root: .*\)/e2e-node-net: launcher: \1/p' "$logf"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
