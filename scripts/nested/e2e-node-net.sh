@@ -182,7 +182,8 @@ else
   echo "L1: vmi not Running after 180 s (phase $(phase))"
 fi
 # The VMI's run directory goes when it is deleted: follow its logs (tail keeps the files open).
-waitfor 10 test -n "$(find "$STATE" -name console.log 2>/dev/null)"
+have_console() { [ -n "$(find "$STATE" -name console.log 2>/dev/null)" ]; }
+waitfor 10 have_console
 run_dir=$(dirname "$(find "$STATE" -name console.log 2>/dev/null | head -n1)")
 tail -n +1 -f "$run_dir/console.log" > /tmp/console.log 2>/dev/null &
 TAILS=$!
