@@ -39,6 +39,14 @@
 #                 `VIRT-E2E: iperf3 server <k> start`, `VIRT-E2E: iperf3 server <k> exit <rc>`; without
 #                 an iperf3 in the initramfs, `VIRT-E2E: iperf3 missing`), and powers off. iperf3 comes
 #                 with initramfs-net.cpio.gz (--net).
+#   virt.net=dhcp network test of the node's pod network (scripts/nested/e2e-node-net.sh): the first
+#                 NIC (`VIRT-E2E: net dev ...` as above) asks for its address with busybox `udhcpc`
+#                 (`VIRT-E2E: dhcp lease <name> ip=<a> mask=<bits> router=<r> routes=<option 121>
+#                 dns=<..> mtu=<..> lease=<s> serverid=<a> hostname=<..> secs=<s>` or `VIRT-E2E: dhcp
+#                 FAILED`), applies it, pings the lease's router (`VIRT-E2E: ping <router> ok ...`),
+#                 serves busybox `httpd` on TCP virt.net.port= (default 8080) with
+#                 `VIRT-E2E-HELLO from <address>` as its index page (`VIRT-E2E: tcp service <port>
+#                 up`), then waits for the ACPI power button as virt.idle=1 does.
 #   virt.exit=reboot  end with `reboot -f` instead of `poweroff -f` (for a VMM without ACPI power-off)
 #   virt.exit=button  end virt.e2e=1 by waiting for the ACPI power button (`VIRT-E2E: waiting for the
 #                 power button`) instead of powering off at once (`VIRT-E2E: no power button to wait
@@ -195,7 +203,7 @@ mount -t devtmpfs devtmpfs /dev
 
 cmdline=$(cat /proc/cmdline)
 mode=demo
-net_ip=10.0.2.2/24 net_peer=10.0.2.1 net_iperf=1
+net_ip=10.0.2.2/24 net_peer=10.0.2.1 net_iperf=1 net_port=8080
 exit_cmd=poweroff
 wait_button=0
 for w in $cmdline; do
@@ -204,6 +212,8 @@ for w in $cmdline; do
     virt.e2e=1) mode=e2e ;;
     virt.idle=1) mode=idle ;;
     virt.net=iperf) mode=net ;;
+    virt.net=dhcp) mode=dhcp ;;
+    virt.net.port=*) net_port=${w#virt.net.port=} ;;
     virt.net.ip=*) net_ip=${w#virt.net.ip=} ;;
     virt.net.peer=*) net_peer=${w#virt.net.peer=} ;;
     virt.net.iperf=*) net_iperf=${w#virt.net.iperf=} ;;
@@ -354,9 +364,10 @@ done
 
 cloud_init_seed
 
-# virt.net=iperf: the first NIC, a static address, a ping, iperf3 servers (see the header).
-net_test() {
-  local dev= n i k rc
+# The first NIC (a device behind it: not lo), announced; sets dev. Fails when none appears in 2 s.
+net_dev() {
+  local n i
+  dev=
   i=0
   while [ $i -lt 40 ]; do
     for n in /sys/class/net/*; do
@@ -368,11 +379,18 @@ net_test() {
   done
   if [ -z "$dev" ]; then
     echo "VIRT-E2E: net no device"
-    return 0
+    return 1
   fi
   n=/sys/class/net/$dev
   echo "VIRT-E2E: net dev $dev mac=$(cat "$n/address") driver=$(basename "$(readlink "$n/device/driver")") mtu=$(cat "$n/mtu")"
   ip link set lo up
+}
+
+# virt.net=iperf: the first NIC, a static address, a ping, iperf3 servers (see the header).
+net_test() {
+  local dev n k rc
+  net_dev || return 0
+  n=/sys/class/net/$dev
   if ! ip addr add "$net_ip" dev "$dev" || ! ip link set "$dev" up; then
     echo "VIRT-E2E: net setup FAILED"
     return 0
@@ -407,6 +425,68 @@ net_test() {
 if [ "$mode" = net ]; then
   net_test
   finish
+fi
+
+# virt.net=dhcp: the first NIC configured over DHCP, a ping to the router, a TCP service (header).
+# udhcpc runs the script below for each event with the lease in its environment (busybox's names:
+# ip, mask (prefix bits), router, staticroutes (option 121 as "net/bits gateway ..."), dns, mtu,
+# lease, serverid, hostname); it applies the lease as Debian's default.script would and records it.
+dhcp_test() {
+  local dev t0 t1 router
+  net_dev || return 0
+  cat > /tmp/udhcpc.sh <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+  deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$mtu" ] && ip link set "$interface" mtu "$mtu"
+    if [ -n "$staticroutes" ]; then
+      set -- $staticroutes
+      while [ $# -ge 2 ]; do
+        if [ "$1" = 0.0.0.0/0 ]; then ip route replace default via "$2" dev "$interface"; else ip route replace "$1" via "$2" dev "$interface"; fi
+        shift 2
+      done
+    else
+      for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+    fi
+    echo "ip=$ip mask=$mask router=$router routes=$(echo $staticroutes | tr ' ' ,) dns=$(echo $dns | tr ' ' ,) mtu=$mtu lease=$lease serverid=$serverid hostname=$hostname" > /tmp/lease
+    ;;
+esac
+SCRIPT
+  chmod 755 /tmp/udhcpc.sh
+  read t0 _ < /proc/uptime
+  # -n: fail (not background) without a lease; -q: quit once bound; -t/-T: 5 tries 2 s apart.
+  if udhcpc -i "$dev" -s /tmp/udhcpc.sh -n -q -t 5 -T 2 > /tmp/udhcpc.log 2>&1 && [ -s /tmp/lease ]; then
+    read t1 _ < /proc/uptime
+    echo "VIRT-E2E: dhcp lease $dev $(cat /tmp/lease) secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')"
+  else
+    echo "VIRT-E2E: dhcp FAILED"
+    cat /tmp/udhcpc.log
+    return 0
+  fi
+  router=$(sed -n 's/.* router=\([^ ]*\).*/\1/p' /tmp/lease)
+  router=${router%%,*}
+  [ -n "$router" ] || router=$net_peer
+  if ping -c 3 -W 3 "$router" > /tmp/ping 2>&1; then
+    echo "VIRT-E2E: ping $router ok $(grep -E 'transmitted|round-trip' /tmp/ping | tr '\n' ' ')"
+  else
+    echo "VIRT-E2E: ping $router FAILED"
+    cat /tmp/ping
+  fi
+  mkdir -p /www
+  echo "VIRT-E2E-HELLO from $(sed -n 's/^ip=\([^ ]*\).*/\1/p' /tmp/lease)" > /www/index.html
+  if httpd -p "$net_port" -h /www; then
+    echo "VIRT-E2E: tcp service $net_port up"
+  else
+    echo "VIRT-E2E: tcp service $net_port FAILED"
+  fi
+}
+if [ "$mode" = dhcp ]; then
+  dhcp_test
+  wait_button=1
+  end
 fi
 
 if [ "$mode" = e2e ]; then
