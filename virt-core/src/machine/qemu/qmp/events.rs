@@ -185,7 +185,11 @@ impl QmpEvent {
             "VNC_DISCONNECTED" => Self::VncDisconnected(vnc_client(raw)?),
             "MIGRATION" => Self::Migration { status: field_str(raw, "status")? },
             "MIGRATION_PASS" => Self::MigrationPass {
-                pass: raw.data.get("pass").and_then(Value::as_u64).ok_or_else(|| bad(raw, "pass is not a count"))?,
+                pass: raw
+                    .data
+                    .get("pass")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| bad(raw, "pass is not a count"))?,
             },
             _ => return Err(QmpError::UnknownEvent { name: quote(raw.name.as_bytes()) }),
         })
