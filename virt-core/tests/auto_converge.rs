@@ -168,15 +168,23 @@ fn a_throttled_migration_that_fails_leaves_the_source_at_full_speed() {
         MicroVm::migrate_from(&kvm(), counter_config(img, &Console::default(), MEMORY_MIB), &mut b)
             .map(|_| ())
     });
-    // Long enough for the throttle to rise, too short to converge.
+    // Long enough for the throttle to rise, too short to converge. A quarter of the other tests'
+    // bandwidth: a pass over the region takes ~500 ms, so the migration converges only if the
+    // guest gets no CPU for that long (at 16 MiB/s a 125 ms stall of the vCPU thread on a loaded
+    // host was enough, and the "failed" migration completed). The throttle reaches 30 % at the
+    // third pass (~1.5 s) and 40 % at the fifth (~2.5 s): the watcher looks between.
+    let opts = MigrationOptions {
+        bandwidth_limit: Some(BANDWIDTH / 4),
+        ..options(true, Duration::from_millis(3000))
+    };
     let watcher = {
         let con = con.clone();
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(1200));
+            std::thread::sleep(Duration::from_millis(1900));
             sweep_rate(&con, Duration::from_millis(500))
         })
     };
-    let e = h.migrate_to(&mut a, &options(true, Duration::from_millis(2000))).unwrap_err();
+    let e = h.migrate_to(&mut a, &opts).unwrap_err();
     let during = watcher.join().unwrap();
     assert!(matches!(e, MigrationError::TimedOut { .. }), "{e}");
     assert!(dest.join().unwrap().is_err());
