@@ -471,7 +471,10 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     let good = tmp.join("dv-good.yaml");
     std::fs::write(&good, dv("dv-good", &format!("url: {missing}"))).unwrap();
     ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", good.to_str().unwrap()]));
-    assert_eq!(cluster.get(&["dv", "dv-good", "-n", ns], "{.spec.source.http.url}").as_deref(), Some(missing.as_str()));
+    assert_eq!(
+        cluster.get(&["dv", "dv-good", "-n", ns], "{.spec.source.http.url}").as_deref(),
+        Some(missing.as_str())
+    );
     let err = apply_refused(
         "mig-bad",
         "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstanceMigration\nmetadata:\n  name: mig-bad\n\

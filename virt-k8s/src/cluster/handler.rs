@@ -54,7 +54,14 @@ pub struct Handler {
 impl Handler {
     /// The agent of `node`.
     pub fn new(client: Client, node: String, runtime: Arc<LauncherRuntime>) -> Self {
-        Self { client, node, runtime, networks: None, storage_dir: None, attached: Mutex::new(HashSet::new()) }
+        Self {
+            client,
+            node,
+            runtime,
+            networks: None,
+            storage_dir: None,
+            attached: Mutex::new(HashSet::new()),
+        }
     }
 
     /// Deletes the released volumes of the local provisioner on this node, below `dir`.
@@ -123,7 +130,10 @@ pub async fn claim_files(
         let checked = host.clone();
         let format = tokio::task::spawn_blocking(move || {
             if !checked.is_file() {
-                return Err(format!("no {DISK_IMG} in the claim's volume ({} is missing)", checked.display()));
+                return Err(format!(
+                    "no {DISK_IMG} in the claim's volume ({} is missing)",
+                    checked.display()
+                ));
             }
             match virt_storage::format::detect::detect_path(&checked) {
                 Ok(virt_storage::format::detect::ImageFormat::Qcow2) => Ok(DiskFormat::Qcow2),
@@ -134,9 +144,16 @@ pub async fn claim_files(
         .await
         .unwrap_or_else(|e| Err(format!("the checking task failed: {e}")))
         .map_err(|why| {
-            LaunchError::new(LaunchStage::Volumes, format!("volume {volume} (PersistentVolumeClaim {ns}/{claim}): {why}"))
+            LaunchError::new(
+                LaunchStage::Volumes,
+                format!("volume {volume} (PersistentVolumeClaim {ns}/{claim}): {why}"),
+            )
         })?;
-        log::info!("VMI {ns}/{}: volume {volume} is {} on the node", vmi.metadata.name.as_deref().unwrap_or("?"), host.display());
+        log::info!(
+            "VMI {ns}/{}: volume {volume} is {} on the node",
+            vmi.metadata.name.as_deref().unwrap_or("?"),
+            host.display()
+        );
         files.insert(volume.clone(), (PathBuf::from(disk_mount_dir(&volume)).join(DISK_IMG), format));
     }
     Ok(files)

@@ -124,7 +124,11 @@ pub fn importer_pod(dv: &Cr<DataVolume>, cfg: &ImporterConfig) -> Pod {
                 image_pull_policy: Some("Never".into()),
                 args: Some(args),
                 env: Some(vec![
-                    EnvVar { name: DV_ENV.into(), value: serde_json::to_string(&handed).ok(), ..Default::default() },
+                    EnvVar {
+                        name: DV_ENV.into(),
+                        value: serde_json::to_string(&handed).ok(),
+                        ..Default::default()
+                    },
                     EnvVar { name: "RUST_LOG".into(), value: Some("info".into()), ..Default::default() },
                 ]),
                 volume_mounts: Some(vec![VolumeMount {

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, PersistentVolumeClaimVolumeSource,
-    Pod, PodSpec, ResourceRequirements, SecurityContext, Toleration, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, ResourceRequirements, SecurityContext, Toleration,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -342,7 +343,9 @@ mod tests {
         );
         let claim = vols.iter().find(|v| v.name == "pvc-root").unwrap();
         assert_eq!(claim.persistent_volume_claim.as_ref().unwrap().claim_name, "root-dv");
-        assert!(mounts.iter().any(|m| m.name == "pvc-root" && m.mount_path == "/var/run/kubevirt-private/vmi-disks/root"));
+        assert!(mounts
+            .iter()
+            .any(|m| m.name == "pvc-root" && m.mount_path == "/var/run/kubevirt-private/vmi-disks/root"));
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str(), owner.controller),

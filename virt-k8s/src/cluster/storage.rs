@@ -139,7 +139,9 @@ pub async fn ensure_storage_class(client: &Client) -> Result<(), StorageError> {
     match classes.create(&PostParams::default(), &storage_class()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(r)) if r.code == 409 => Ok(()),
-        Err(e) => Err(StorageError::Api { what: format!("creating StorageClass {STORAGE_CLASS}"), source: e }),
+        Err(e) => {
+            Err(StorageError::Api { what: format!("creating StorageClass {STORAGE_CLASS}"), source: e })
+        }
     }
 }
 
@@ -233,16 +235,24 @@ pub async fn provision(
                 .filter_map(|n| n.metadata.name)
                 .collect();
             names.sort();
-            names.into_iter().next().ok_or(StorageError::NoNode { namespace: ns.clone(), claim: claim.clone() })?
+            names
+                .into_iter()
+                .next()
+                .ok_or(StorageError::NoNode { namespace: ns.clone(), claim: claim.clone() })?
         }
     };
     let pv = volume_for(pvc, &node, dir);
     match pvs.create(&PostParams::default(), &pv).await {
         Ok(_) => {}
         Err(kube::Error::Api(r)) if r.code == 409 => return Ok(None),
-        Err(e) => return Err(StorageError::Api { what: format!("creating PersistentVolume {name}"), source: e }),
+        Err(e) => {
+            return Err(StorageError::Api { what: format!("creating PersistentVolume {name}"), source: e })
+        }
     }
-    log::info!("PersistentVolumeClaim {ns}/{claim}: provisioned {name} on {node} at {}", dir.join(&name).display());
+    log::info!(
+        "PersistentVolumeClaim {ns}/{claim}: provisioned {name} on {node} at {}",
+        dir.join(&name).display()
+    );
     Ok(Some(name))
 }
 
@@ -313,10 +323,12 @@ pub async fn reclaim_released(client: &Client, node: &str, dir: &Path) -> Result
     let mut deleted = Vec::new();
     for pv in list.items {
         let name = pv.metadata.name.clone().unwrap_or_default();
-        let ours = pv.metadata.annotations.as_ref().and_then(|a| a.get(ANN_PROVISIONED_BY)).map(String::as_str)
-            == Some(PROVISIONER);
+        let ours =
+            pv.metadata.annotations.as_ref().and_then(|a| a.get(ANN_PROVISIONED_BY)).map(String::as_str)
+                == Some(PROVISIONER);
         let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
-        let delete = pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()) == Some("Delete");
+        let delete =
+            pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()) == Some("Delete");
         if !ours || !delete || !matches!(phase, "Released" | "Failed") {
             continue;
         }
@@ -330,7 +342,12 @@ pub async fn reclaim_released(client: &Client, node: &str, dir: &Path) -> Result
         match pvs.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(StorageError::Api { what: format!("deleting PersistentVolume {name}"), source: e }),
+            Err(e) => {
+                return Err(StorageError::Api {
+                    what: format!("deleting PersistentVolume {name}"),
+                    source: e,
+                })
+            }
         }
         log::info!("PersistentVolume {name}: its claim is gone; deleted it and its directory");
         deleted.push(name);
@@ -359,7 +376,10 @@ mod tests {
         let claim = spec.claim_ref.as_ref().unwrap();
         assert_eq!((claim.name.as_deref(), claim.uid.as_deref()), (Some("disk"), Some("u-1")));
         let terms = &spec.node_affinity.as_ref().unwrap().required.as_ref().unwrap().node_selector_terms;
-        assert_eq!(terms[0].match_expressions.as_ref().unwrap()[0].values.as_deref(), Some(&["node-a".to_string()][..]));
+        assert_eq!(
+            terms[0].match_expressions.as_ref().unwrap()[0].values.as_deref(),
+            Some(&["node-a".to_string()][..])
+        );
         let mut other = pvc.clone();
         other.spec.as_mut().unwrap().storage_class_name = Some("fast".into());
         assert!(!wants_volume(&other), "another class");

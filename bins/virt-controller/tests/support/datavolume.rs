@@ -105,7 +105,9 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
     });
     assert!(why.contains("DataVolume virt-rs-e2e/dv-disk does not exist"), "{why}");
     assert_eq!(
-        cluster.get(&["pods", "-n", ns, "-l", "kubevirt.io/domain=vm-dv"], "{.items[*].metadata.name}").as_deref(),
+        cluster
+            .get(&["pods", "-n", ns, "-l", "kubevirt.io/domain=vm-dv"], "{.items[*].metadata.name}")
+            .as_deref(),
         Some(""),
         "no launcher pod while the DataVolume is missing"
     );
@@ -149,7 +151,11 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
             "{.status.phase} {.status.containerStatuses[0].state.terminated.reason} {.metadata.ownerReferences[0].uid}",
         )
         .unwrap();
-    assert_eq!(importer, format!("Succeeded Completed {dv_uid}"), "the importer pod Completed, owned by the DataVolume");
+    assert_eq!(
+        importer,
+        format!("Succeeded Completed {dv_uid}"),
+        "the importer pod Completed, owned by the DataVolume"
+    );
     let disk = host_dir.join("disk.img");
     assert_eq!(first_bytes(&disk, MARKER.len()), MARKER, "the imported disk.img on the node");
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 16 << 20, "grown to the DataVolume's size");
@@ -170,10 +176,16 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
     assert!(seen.contains("VIRT-E2E: vda write ALLOWED"), "{seen}");
     assert_eq!(first_bytes(&disk, 12), "VIRT-CLOBBER", "the guest's write reached the claim on the node");
     let pod = cluster
-        .get(&["pods", "-n", ns, "-l", "kubevirt.io/domain=vm-dv"], "{.items[0].spec.volumes[?(@.name=='pvc-root')].persistentVolumeClaim.claimName}")
+        .get(
+            &["pods", "-n", ns, "-l", "kubevirt.io/domain=vm-dv"],
+            "{.items[0].spec.volumes[?(@.name=='pvc-root')].persistentVolumeClaim.claimName}",
+        )
         .unwrap();
     assert_eq!(pod, "dv-disk", "the launcher pod mounts the DataVolume's claim");
-    eprintln!("VM vm-dv booted from the DataVolume, read {MARKER} and wrote its disk: {:?}", booted.elapsed());
+    eprintln!(
+        "VM vm-dv booted from the DataVolume, read {MARKER} and wrote its disk: {:?}",
+        booted.elapsed()
+    );
 
     // The DataVolume whose URL is missing: Failed, with the importer's reason.
     let failed = wait_for("DataVolume {bad_dv} Failed", 120, || {
@@ -200,6 +212,9 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
         let volume = cluster.get(&["pv", pv], "{.metadata.name}");
         (claim.is_none() && pod.is_none() && volume.is_none() && !host_dir.exists()).then_some(())
     });
-    eprintln!("DataVolume deleted -> claim, importer pod, volume and its directory gone: {:?}", deleted.elapsed());
+    eprintln!(
+        "DataVolume deleted -> claim, importer pod, volume and its directory gone: {:?}",
+        deleted.elapsed()
+    );
     eprintln!("DataVolumes: {:?}", t.elapsed());
 }

@@ -132,8 +132,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for mut c in
-            [self.controller.take(), self.standby.take(), self.handler.take(), self.http.take()].into_iter().flatten()
+        for mut c in [self.controller.take(), self.standby.take(), self.handler.take(), self.http.take()]
+            .into_iter()
+            .flatten()
         {
             let _ = c.kill();
             let _ = c.wait();

@@ -98,7 +98,8 @@ pub fn status_of(
 ) -> DataVolumeStatus {
     let claim_phase = claim.and_then(|c| c.status.as_ref()).and_then(|s| s.phase.clone());
     let bound = claim_phase.as_deref() == Some("Bound");
-    let mut st = DataVolumeStatus { claim_name: Some(name.into()), restart_count: restarts, ..Default::default() };
+    let mut st =
+        DataVolumeStatus { claim_name: Some(name.into()), restart_count: restarts, ..Default::default() };
     let set = |st: &mut DataVolumeStatus, phase, running: (bool, &str, &str), ready: (bool, &str, &str)| {
         st.phase = Some(phase);
         let bound_msg = if bound {
@@ -229,8 +230,10 @@ pub async fn reconcile(dv: Arc<Cr<DataVolume>>, ctx: Arc<Context>) -> Result<Act
     } else {
         None
     };
-    let running = pod.as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Running");
-    let failed = pod.as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Failed");
+    let running =
+        pod.as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Running");
+    let failed =
+        pod.as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Failed");
     let progress = if running || failed {
         let lp = LogParams { tail_lines: Some(20), ..Default::default() };
         pods.logs(&pod_name, &lp).await.ok().and_then(|log| last_progress(&log))
@@ -264,7 +267,10 @@ mod tests {
     fn the_claim_is_sized_and_owned() {
         let c = claim_for(&dv(json!({ "blank": {} })));
         let spec = c.spec.as_ref().unwrap();
-        assert_eq!(spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, (64u64 << 20).to_string());
+        assert_eq!(
+            spec.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            (64u64 << 20).to_string()
+        );
         assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteOnce".to_string()][..]));
         assert_eq!(spec.volume_mode.as_deref(), Some("Filesystem"));
         assert_eq!(c.metadata.owner_references.as_ref().unwrap()[0].uid, "dv-1");
@@ -276,17 +282,27 @@ mod tests {
     #[test]
     fn claim_and_pod_states_map_to_cdi_phases() {
         let claim = |phase: &str| -> PersistentVolumeClaim {
-            serde_json::from_value(json!({ "metadata": { "name": "disk" }, "status": { "phase": phase } })).unwrap()
+            serde_json::from_value(json!({ "metadata": { "name": "disk" }, "status": { "phase": phase } }))
+                .unwrap()
         };
         let pod = |v: serde_json::Value| -> Pod { serde_json::from_value(v).unwrap() };
         let st = status_of("disk", Some(&claim("Pending")), None, None, None);
         assert_eq!(st.phase, Some(DataVolumePhase::Pending));
-        let st = status_of("disk", Some(&claim("Bound")), Some(&pod(json!({ "status": { "phase": "Pending" } }))), None, None);
+        let st = status_of(
+            "disk",
+            Some(&claim("Bound")),
+            Some(&pod(json!({ "status": { "phase": "Pending" } }))),
+            None,
+            None,
+        );
         assert_eq!(st.phase, Some(DataVolumePhase::ImportScheduled));
         assert_eq!(st.conditions[0].status, ConditionStatus::True, "Bound");
         let running = pod(json!({ "status": { "phase": "Running" } }));
         let st = status_of("disk", Some(&claim("Bound")), Some(&running), Some("45.20%".into()), None);
-        assert_eq!((st.phase, st.progress.as_ref().map(|p| p.0.as_str())), (Some(DataVolumePhase::ImportInProgress), Some("45.20%")));
+        assert_eq!(
+            (st.phase, st.progress.as_ref().map(|p| p.0.as_str())),
+            (Some(DataVolumePhase::ImportInProgress), Some("45.20%"))
+        );
         let done = pod(json!({ "status": { "phase": "Succeeded" } }));
         let st = status_of("disk", Some(&claim("Bound")), Some(&done), None, None);
         assert_eq!(st.progress.as_ref().map(|p| p.0.as_str()), Some("100.0%"));

@@ -204,7 +204,11 @@ pub async fn run(
     let vmi_ctl = Controller::new(vmis, watcher::Config::default())
         .owns(pods.clone(), launchers)
         .graceful_shutdown_on(stopped(stop_rx.clone()))
-        .run(vmi::reconcile, error_policy::<Cr<VirtualMachineInstance>>("VirtualMachineInstance"), ctx.clone())
+        .run(
+            vmi::reconcile,
+            error_policy::<Cr<VirtualMachineInstance>>("VirtualMachineInstance"),
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             if let Ok((obj, _)) = r {
                 log::debug!("reconciled VirtualMachineInstance {}", obj.name);
@@ -216,7 +220,8 @@ pub async fn run(
             return;
         }
         let dvs: Api<Cr<DataVolume>> = Api::all(client.clone());
-        let importers = watcher::Config::default().labels(&format!("app={}", super::importer::APP_LABEL_VALUE));
+        let importers =
+            watcher::Config::default().labels(&format!("app={}", super::importer::APP_LABEL_VALUE));
         let dv_ctl = Controller::new(dvs, watcher::Config::default())
             .owns(pods, importers)
             .owns(claims.clone(), watcher::Config::default())

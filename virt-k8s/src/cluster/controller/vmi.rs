@@ -27,12 +27,19 @@ async fn claims_not_ready(
     for v in &vmi.spec.volumes {
         if let Some(d) = &v.data_volume {
             let dvs: Api<Cr<DataVolume>> = Api::namespaced(ctx.client.clone(), ns);
-            let got = dvs.get_opt(&d.name).await.map_err(api_err(format!("reading DataVolume {ns}/{}", d.name)))?;
+            let got =
+                dvs.get_opt(&d.name).await.map_err(api_err(format!("reading DataVolume {ns}/{}", d.name)))?;
             let phase = got.as_ref().and_then(|g| g.obj.status.as_ref()).and_then(|s| s.phase);
             if phase != Some(DataVolumePhase::Succeeded) {
                 let what = match (&got, phase) {
                     (None, _) => "does not exist".to_string(),
-                    (Some(_), Some(p)) => format!("is {}", serde_json::to_value(p).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()),
+                    (Some(_), Some(p)) => format!(
+                        "is {}",
+                        serde_json::to_value(p)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default()
+                    ),
                     (Some(_), None) => "has no phase yet".to_string(),
                 };
                 return Ok(Some((
@@ -107,9 +114,10 @@ pub async fn reconcile(
             // Its claims first: a pod mounting a claim that is not there or not filled yet would
             // stay Pending in the kubelet or boot an empty disk.
             if let Some((reason, message)) = claims_not_ready(&ctx, &ns, &vmi.obj).await? {
-                let said = status.conditions.iter().any(|c| {
-                    c.type_ == "Synchronized" && c.message.as_deref() == Some(message.as_str())
-                });
+                let said = status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Synchronized" && c.message.as_deref() == Some(message.as_str()));
                 if !said || status.phase != Some(VmiPhase::Pending) {
                     let vmis: Api<Cr<VirtualMachineInstance>> = Api::namespaced(ctx.client.clone(), &ns);
                     let s = json!({ "phase": VmiPhase::Pending, "conditions": [
