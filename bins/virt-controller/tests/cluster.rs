@@ -521,10 +521,6 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     assert!(err.contains("spec.cpu.guest"), "{err}");
     eprintln!("admission: DataVolume, migration (create, update) and instancetype refused by their webhooks");
 
-    // DataVolumes: an import into a claim of the local provisioner, a VM booting from it, a
-    // failed import, and the cascade on delete.
-    support::datavolume::run(&cluster, ns, "dv-good");
-
     // Instancetypes on the cluster: a VM naming a cluster instancetype (and no memory of its
     // own) gets a VMI with the instancetype's CPU and memory, resolved by the controller with
     // the local node's own function, and a launcher pod sized from it.
@@ -568,6 +564,10 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     wait_for("the instancetype VM's VMI to go", 120, || {
         cluster.get(&["vmi", "vm-typed", "-n", ns], "{.metadata.name}").is_none().then_some(())
     });
+
+    // DataVolumes: an import into a claim of the local provisioner, a VM booting from it, a
+    // failed import, and the cascade on delete.
+    support::datavolume::run(&cluster, ns, "dv-good");
 
     // start and stop through the kubeconfig: the subresources API serves no VM verbs (404), so
     // virtctl applies the run-strategy decision by updating the VM.
