@@ -188,7 +188,7 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
     );
 
     // The DataVolume whose URL is missing: Failed, with the importer's reason.
-    let failed = wait_for("DataVolume {bad_dv} Failed", 120, || {
+    let failed = wait_for(&format!("DataVolume {bad_dv} Failed"), 120, || {
         cluster
             .get(
                 &["dv", bad_dv, "-n", ns],
