@@ -22,9 +22,13 @@ pub fn node_ip(cluster: &Cluster) -> String {
     format!("{prefix}.1")
 }
 
+/// The pod network's gateway (cni0 in the node's namespace, scripts/k8s/up.sh): pods have no
+/// default route, so they reach the node's server there.
+pub const POD_GATEWAY: &str = "10.244.0.1";
+
 /// The URL of a file the server serves (`disk.img`), or does not (anything else: 404).
-pub fn url(cluster: &Cluster, file: &str) -> String {
-    format!("http://{}:{PORT}/{file}", node_ip(cluster))
+pub fn url(_cluster: &Cluster, file: &str) -> String {
+    format!("http://{POD_GATEWAY}:{PORT}/{file}")
 }
 
 /// Starts busybox's httpd in the node's network namespace serving `disk.img` (raw, [`MARKER`]
@@ -39,7 +43,9 @@ pub fn serve(cluster: &mut Cluster) {
         *b = (i % 251) as u8;
     }
     std::fs::write(www.join("disk.img"), &disk).unwrap();
-    let listen = format!("{}:{PORT}", node_ip(cluster));
+    // Every address of the node's namespace: the pods' gateway (cni0 appears with the first
+    // pod) and the node's veth address (reached from the host to see that it answers).
+    let listen = format!("0.0.0.0:{PORT}");
     let child = Command::new("nsenter")
         .arg("--net=/run/netns/virtrs-k8s")
         .args(["/bin/busybox", "httpd", "-f", "-p", &listen, "-h"])
@@ -50,7 +56,7 @@ pub fn serve(cluster: &mut Cluster) {
         .spawn()
         .unwrap();
     cluster.http = Some(child);
-    let addr = listen.parse().unwrap();
+    let addr = format!("{}:{PORT}", node_ip(cluster)).parse().unwrap();
     wait_for("the HTTP server in the node's namespace", 20, || {
         TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok().map(|_| ())
     });
