@@ -8,6 +8,8 @@
 //! virt-controller run [--kubeconfig F] [--launcher-image I] [--kvm privileged|device-plugin]
 //!                    [--node-state-dir D] [--leader-elect=true|false]
 //!                    [--leader-elect-lease NAMESPACE/NAME]
+//!                    [--importer-image I] [--insecure-registry HOST:PORT ...]
+//!                    [--local-storage-dir D] [--local-storage-node N]
 //! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -16,6 +18,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use virt_k8s::cluster::controller::{ProvisionerConfig, Settings};
+use virt_k8s::cluster::importer::ImporterConfig;
 use virt_k8s::cluster::{self, crd, deploy, leader, pod};
 
 #[derive(Parser)]
@@ -76,6 +80,21 @@ enum Command {
         /// The Lease's namespace and name.
         #[arg(long, default_value = "kube-system/virt-controller")]
         leader_elect_lease: String,
+        /// The DataVolume importer pods' image (imported into the nodes' containerd; never
+        /// pulled; scripts/k8s/importer-image.sh).
+        #[arg(long, default_value = "localhost/virt-importer:dev")]
+        importer_image: String,
+        /// Registries importer pods reach over plain HTTP (DataVolumes' registry sources).
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+        /// Provision claims of StorageClass virt-rs-local as hostPath volumes in this directory
+        /// of a node (created as the cluster's default class); empty: no provisioner.
+        #[arg(long, default_value = "/var/lib/virt-rs-storage")]
+        local_storage_dir: PathBuf,
+        /// The node the provisioner puts volumes on (default: the scheduler's choice for
+        /// WaitForFirstConsumer claims, else the first node by name).
+        #[arg(long)]
+        local_storage_node: Option<String>,
     },
 }
 
@@ -117,6 +136,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             node_state_dir,
             leader_elect,
             leader_elect_lease,
+            importer_image,
+            insecure_registries,
+            local_storage_dir,
+            local_storage_node,
         } => {
             let client = cluster::client_as(kubeconfig.as_deref(), "virt-controller").await?;
             let kvm = match kvm {
@@ -149,11 +172,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 None
             };
             log::info!("virt-controller: watching VirtualMachines and VirtualMachineInstances");
-            let controllers = cluster::controller::run(
-                client,
-                pod::LauncherConfig { image: launcher_image, kvm, node_state_dir },
-                stopped(),
-            );
+            let settings = Settings {
+                launcher: pod::LauncherConfig { image: launcher_image, kvm, node_state_dir },
+                importer: Some(ImporterConfig { image: importer_image, insecure_registries }),
+                provisioner: (!local_storage_dir.as_os_str().is_empty())
+                    .then_some(ProvisionerConfig { dir: local_storage_dir, node: local_storage_node }),
+            };
+            let controllers = cluster::controller::run(client, settings, stopped());
             match elector {
                 Some(elector) => tokio::select! {
                     _ = controllers => {}

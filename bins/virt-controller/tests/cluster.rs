@@ -7,7 +7,9 @@
 //! (scripts/k8s/launcher-image.sh: virt-launcher + QEMU), virt-handler writes the machine spec,
 //! the guest boots under emulation and its console shows in `kubectl logs`; then the VM deleted
 //! and VMI and pod gone with it. Admission: a VM, a DataVolume, a migration and an instancetype
-//! the local node refuses are refused by the webhooks naming the field.
+//! the local node refuses are refused by the webhooks naming the field. DataVolumes
+//! (tests/support/datavolume.rs): an http import into a claim through an importer pod, a VM
+//! booting from it, a failed import, the cascade on delete.
 //!
 //! The first run builds Kubernetes (scripts/k8s/build.sh, 15-30 minutes); later runs reuse the
 //! cached binaries. Needs docker-registry, skopeo, qemu-system-x86 and busybox-static
@@ -32,6 +34,8 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     let node_state = cluster.node_state.clone();
     let kernel_image = cluster.kernel_image.clone();
     eprintln!("cluster up in {:?}", started.elapsed());
+    // DataVolume sources: an HTTP server the importer pods reach.
+    support::datavolume::serve(&mut cluster);
 
     // CRDs, twice: the second apply changes nothing and fails nothing.
     let bin = env!("CARGO_BIN_EXE_virt-controller");
@@ -462,12 +466,14 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         "{err}"
     );
     assert_eq!(cluster.get(&["dv", "dv-bad", "-n", ns], "{.metadata.name}"), None, "nothing stored");
+    // Valid, so stored; its URL is missing on the test's server, so its import fails (below).
+    let missing = support::datavolume::url(&cluster, "missing.img");
     let good = tmp.join("dv-good.yaml");
-    std::fs::write(&good, dv("dv-good", "url: https://example.com/disk.img")).unwrap();
+    std::fs::write(&good, dv("dv-good", &format!("url: {missing}"))).unwrap();
     ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", good.to_str().unwrap()]));
     assert_eq!(
         cluster.get(&["dv", "dv-good", "-n", ns], "{.spec.source.http.url}").as_deref(),
-        Some("https://example.com/disk.img")
+        Some(missing.as_str())
     );
     let err = apply_refused(
         "mig-bad",
@@ -558,6 +564,10 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     wait_for("the instancetype VM's VMI to go", 120, || {
         cluster.get(&["vmi", "vm-typed", "-n", ns], "{.metadata.name}").is_none().then_some(())
     });
+
+    // DataVolumes: an import into a claim of the local provisioner, a VM booting from it, a
+    // failed import, and the cascade on delete.
+    support::datavolume::run(&cluster, ns, "dv-good");
 
     // start and stop through the kubeconfig: the subresources API serves no VM verbs (404), so
     // virtctl applies the run-strategy decision by updating the VM.

@@ -75,7 +75,12 @@ pub fn manifests(c: &Components) -> Vec<Value> {
         json!([
             { "apiGroups": ["kubevirt.io"], "resources": ["*"], "verbs": all },
             { "apiGroups": ["cdi.kubevirt.io", "instancetype.kubevirt.io"], "resources": ["*"], "verbs": all },
-            { "apiGroups": [""], "resources": ["pods", "persistentvolumeclaims"], "verbs": all },
+            { "apiGroups": [""], "resources": ["pods", "persistentvolumeclaims", "persistentvolumes"], "verbs": all },
+            // The importer pods' progress lines.
+            { "apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"] },
+            // The local provisioner: its StorageClass, the node of a new volume.
+            { "apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get", "create"] },
+            { "apiGroups": [""], "resources": ["nodes"], "verbs": read },
             { "apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"] },
             { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": all },
             { "apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": all },
@@ -93,6 +98,9 @@ pub fn manifests(c: &Components) -> Vec<Value> {
             { "apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
               "verbs": all },
             { "apiGroups": [""], "resources": ["nodes"], "verbs": read },
+            // A claim's disk on the node; the local provisioner's released volumes.
+            { "apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": read },
+            { "apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get", "list", "watch", "delete"] },
         ]),
     ));
     let labels = |app: &str| json!({ "kubevirt.io": app });
@@ -154,12 +162,15 @@ pub fn manifests(c: &Components) -> Vec<Value> {
                             { "name": "state", "mountPath": c.node_state_dir, "mountPropagation": "Bidirectional" },
                             // The kubelet's registration socket and the plugins' sockets.
                             { "name": "device-plugins", "mountPath": c.device_plugins_dir },
+                            // The local provisioner's volumes (claims' disk.img, released ones removed).
+                            { "name": "local-storage", "mountPath": LOCAL_STORAGE_DIR },
                         ],
                         "resources": { "requests": { "cpu": "10m", "memory": "64Mi" } },
                     }],
                     "volumes": [
                         { "name": "state", "hostPath": { "path": c.node_state_dir, "type": "DirectoryOrCreate" } },
                         { "name": "device-plugins", "hostPath": { "path": c.device_plugins_dir, "type": "DirectoryOrCreate" } },
+                        { "name": "local-storage", "hostPath": { "path": LOCAL_STORAGE_DIR, "type": "DirectoryOrCreate" } },
                     ],
                 },
             },
@@ -167,6 +178,9 @@ pub fn manifests(c: &Components) -> Vec<Value> {
     }));
     out
 }
+
+/// The local provisioner's directory on the nodes (both components' `--local-storage-dir` default).
+pub const LOCAL_STORAGE_DIR: &str = "/var/lib/virt-rs-storage";
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,8 @@
 //! Never started twice: the launcher holds `launcher.lock` in the run directory for its life, and
 //! the agent only writes a spec where none is; a restarted agent reattaches to what runs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,13 +24,14 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use serde_json::json;
 use virt_core::lifecycle::{LaunchError, LaunchStage, Runtime};
-use virt_core::machine::{MachineExit, MachineStatus};
+use virt_core::machine::{DiskFormat, MachineExit, MachineStatus};
 use virt_core::model::{VirtualMachineInstance, VmiPhase};
 
 use super::controller::ReconcileError;
 use super::kinds::Cr;
 use super::network::{PodNetworkError, PodNetworks};
-use super::pod::NODE_NAME_LABEL;
+use super::pod::{claims, NODE_NAME_LABEL};
+use super::storage::{claim_host_file, disk_mount_dir, DISK_IMG};
 use crate::node::LauncherRuntime;
 
 /// What the agent serves.
@@ -42,6 +44,9 @@ pub struct Handler {
     pub runtime: Arc<LauncherRuntime>,
     /// The VMIs' interfaces in their pods (none: VMIs with interfaces are refused).
     pub networks: Option<Arc<PodNetworks>>,
+    /// The local provisioner's directory on this node (`cluster::storage`): volumes of this node
+    /// whose claim is gone are deleted from it (none: left alone).
+    pub storage_dir: Option<PathBuf>,
     /// VMIs (uid) whose running launcher this process has reached (logged once each).
     attached: Mutex<HashSet<String>>,
 }
@@ -49,7 +54,20 @@ pub struct Handler {
 impl Handler {
     /// The agent of `node`.
     pub fn new(client: Client, node: String, runtime: Arc<LauncherRuntime>) -> Self {
-        Self { client, node, runtime, networks: None, attached: Mutex::new(HashSet::new()) }
+        Self {
+            client,
+            node,
+            runtime,
+            networks: None,
+            storage_dir: None,
+            attached: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Deletes the released volumes of the local provisioner on this node, below `dir`.
+    pub fn with_storage_dir(mut self, dir: PathBuf) -> Self {
+        self.storage_dir = Some(dir);
+        self
     }
 
     /// Gives VMIs with interfaces their pod network.
@@ -96,12 +114,59 @@ pub(crate) fn model_of(vmi: &Cr<VirtualMachineInstance>) -> VirtualMachineInstan
     v
 }
 
+/// The files of `vmi`'s claim volumes as its launcher pod sees them (`disk.img` where the pod
+/// mounts the claim), after finding each on this node through its PersistentVolume; the format
+/// is the host file's. Fails naming the volume when a claim's disk cannot be found.
+pub async fn claim_files(
+    client: &Client,
+    vmi: &VirtualMachineInstance,
+) -> Result<HashMap<String, (PathBuf, DiskFormat)>, LaunchError> {
+    let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let mut files = HashMap::new();
+    for (volume, claim) in claims(vmi) {
+        let host = claim_host_file(client, &ns, &claim)
+            .await
+            .map_err(|e| LaunchError::new(LaunchStage::Volumes, format!("volume {volume}: {e}")))?;
+        let checked = host.clone();
+        let format = tokio::task::spawn_blocking(move || {
+            if !checked.is_file() {
+                return Err(format!(
+                    "no {DISK_IMG} in the claim's volume ({} is missing)",
+                    checked.display()
+                ));
+            }
+            match virt_storage::format::detect::detect_path(&checked) {
+                Ok(virt_storage::format::detect::ImageFormat::Qcow2) => Ok(DiskFormat::Qcow2),
+                Ok(_) => Ok(DiskFormat::Raw),
+                Err(e) => Err(format!("{}: {e}", checked.display())),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the checking task failed: {e}")))
+        .map_err(|why| {
+            LaunchError::new(
+                LaunchStage::Volumes,
+                format!("volume {volume} (PersistentVolumeClaim {ns}/{claim}): {why}"),
+            )
+        })?;
+        log::info!(
+            "VMI {ns}/{}: volume {volume} is {} on the node",
+            vmi.metadata.name.as_deref().unwrap_or("?"),
+            host.display()
+        );
+        files.insert(volume.clone(), (PathBuf::from(disk_mount_dir(&volume)).join(DISK_IMG), format));
+    }
+    Ok(files)
+}
+
 /// Looks at `vmi`'s launcher, writing its spec first if there is none (blocking: pulls images),
-/// after its interfaces are made in its pod (`networks`).
+/// after its interfaces are made in its pod (`networks`). `claims`: its claim volumes' files
+/// ([`claim_files`]).
 pub fn observe(
     runtime: &LauncherRuntime,
     networks: Option<&PodNetworks>,
     vmi: &VirtualMachineInstance,
+    claims: &HashMap<String, (PathBuf, DiskFormat)>,
 ) -> Result<Observed, LaunchError> {
     let has_interfaces = !vmi.spec.domain.devices.interfaces.is_empty();
     if let Some(m) = runtime.reattach(vmi) {
@@ -138,7 +203,7 @@ pub fn observe(
         }
         _ => None,
     };
-    runtime.write_spec(vmi, net.as_ref())?;
+    runtime.write_spec(vmi, net.as_ref(), claims)?;
     Ok(Observed::SpecWritten)
 }
 
@@ -170,10 +235,21 @@ async fn reconcile(vmi: Arc<Cr<VirtualMachineInstance>>, h: Arc<Handler>) -> Res
     let model = model_of(&vmi);
     let rt = h.runtime.clone();
     let nets = h.networks.clone();
-    let observed =
-        tokio::task::spawn_blocking(move || observe(&rt, nets.as_deref(), &model)).await.unwrap_or_else(
-            |e| Err(LaunchError::new(LaunchStage::Process, format!("the observing task failed: {e}"))),
-        );
+    // A claim's disk is looked up only while the spec is still to be written.
+    let spec_written = h.runtime.run_dir(&model).join("spec.json").is_file();
+    let claim_files = if spec_written || claims(&model).is_empty() {
+        Ok(HashMap::new())
+    } else {
+        claim_files(&h.client, &model).await
+    };
+    let observed = match claim_files {
+        Ok(files) => tokio::task::spawn_blocking(move || observe(&rt, nets.as_deref(), &model, &files))
+            .await
+            .unwrap_or_else(|e| {
+                Err(LaunchError::new(LaunchStage::Process, format!("the observing task failed: {e}")))
+            }),
+        Err(e) => Err(e),
+    };
     let (new_phase, reason, ready) = match &observed {
         Ok(o) => match phase_of(o) {
             Some((p, r)) => (p, r, matches!(o, Observed::Running { paused: false })),
@@ -234,6 +310,17 @@ pub async fn run(h: Handler, shutdown: impl std::future::Future<Output = ()> + S
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    if let Some(dir) = h.storage_dir.clone() {
+        let (client, node, mut rx) = (h.client.clone(), h.node.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            while !*rx.borrow() {
+                if let Err(e) = super::storage::reclaim_released(&client, &node, &dir).await {
+                    log::warn!("reclaiming released volumes: {e}");
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), rx.changed()).await;
+            }
+        });
+    }
     Controller::new(vmis, watcher::Config::default().labels(&selector))
         .graceful_shutdown_on(async move {
             let _ = stop_rx.wait_for(|s| *s).await;

@@ -11,11 +11,13 @@ pub mod crd;
 pub mod deploy;
 pub mod device_plugin;
 pub mod handler;
+pub mod importer;
 pub mod kinds;
 pub mod leader;
 pub mod network;
 pub mod pod;
 pub mod schema;
+pub mod storage;
 pub mod subresources;
 
 use std::path::{Path, PathBuf};

@@ -4,14 +4,16 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, Pod, PodSpec,
-    ResourceRequirements, SecurityContext, Toleration, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, ResourceRequirements, SecurityContext, Toleration,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use virt_core::model::{VirtualMachineInstance, VmiPhase};
 
 use super::kinds::Cr;
+use super::storage::disk_mount_dir;
 
 /// Label on a launcher pod: the uid of the VMI it runs (KubeVirt's `kubevirt.io/created-by`).
 pub const CREATED_BY: &str = "kubevirt.io/created-by";
@@ -108,7 +110,25 @@ pub fn memory_request_bytes(vmi: &VirtualMachineInstance) -> u64 {
     guest_memory_bytes(vmi) + OVERHEAD_BASE_BYTES + OVERHEAD_PER_VCPU_BYTES * vcpus(vmi)
 }
 
-/// The launcher pod of `vmi`: owned by it, labelled as KubeVirt labels it.
+/// The claims `vmi`'s volumes name, by volume name: `persistentVolumeClaim.claimName`, and
+/// `dataVolume.name` (a DataVolume's claim is named as it).
+pub fn claims(vmi: &VirtualMachineInstance) -> Vec<(String, String)> {
+    vmi.spec
+        .volumes
+        .iter()
+        .filter_map(|v| {
+            let claim = v
+                .persistent_volume_claim
+                .as_ref()
+                .map(|p| p.claim_name.clone())
+                .or_else(|| v.data_volume.as_ref().map(|d| d.name.clone()))?;
+            Some((v.name.clone(), claim))
+        })
+        .collect()
+}
+
+/// The launcher pod of `vmi`: owned by it, labelled as KubeVirt labels it; its claims mounted at
+/// [`disk_mount_dir`] (filesystem mode: the disk is `disk.img` there).
 pub fn launcher_pod(vmi: &Cr<VirtualMachineInstance>, cfg: &LauncherConfig) -> Pod {
     let name = vmi.meta.name.clone().unwrap_or_default();
     let uid = vmi.meta.uid.clone().unwrap_or_default();
@@ -179,11 +199,16 @@ pub fn launcher_pod(vmi: &Cr<VirtualMachineInstance>, cfg: &LauncherConfig) -> P
             ..Default::default()
         }),
         security_context: Some(security_context),
-        volume_mounts: Some(vec![
-            mount("sockets", SOCKETS_DIR, false),
-            mount("run-dir", &run_dir, false),
-            mount("images", &images, true),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("sockets", SOCKETS_DIR, false),
+                mount("run-dir", &run_dir, false),
+                mount("images", &images, true),
+            ]
+            .into_iter()
+            .chain(claims(&vmi.obj).iter().map(|(v, _)| mount(&claim_volume(v), &disk_mount_dir(v), false)))
+            .collect(),
+        ),
         ..Default::default()
     };
     let tolerations: Vec<Toleration> = spec
@@ -225,19 +250,36 @@ pub fn launcher_pod(vmi: &Cr<VirtualMachineInstance>, cfg: &LauncherConfig) -> P
             hostname: spec.hostname.clone(),
             subdomain: spec.subdomain.clone(),
             tolerations: (!tolerations.is_empty()).then_some(tolerations),
-            volumes: Some(vec![
-                Volume {
-                    name: "sockets".into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
+            volumes: Some(
+                [
+                    Volume {
+                        name: "sockets".into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Default::default()
+                    },
+                    host_path("run-dir", &run_dir),
+                    host_path("images", &images),
+                ]
+                .into_iter()
+                .chain(claims(&vmi.obj).into_iter().map(|(v, claim)| Volume {
+                    name: claim_volume(&v),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: claim,
+                        read_only: Some(false),
+                    }),
                     ..Default::default()
-                },
-                host_path("run-dir", &run_dir),
-                host_path("images", &images),
-            ]),
+                }))
+                .collect(),
+            ),
             ..Default::default()
         }),
         status: None,
     }
+}
+
+/// The pod volume of VMI volume `volume`'s claim (apart from the pod's own volumes).
+fn claim_volume(volume: &str) -> String {
+    format!("pvc-{volume}")
 }
 
 /// The VMI phase a launcher pod's state stands for: an unscheduled pod is `Scheduling`, a
@@ -267,7 +309,8 @@ mod tests {
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
             "metadata": { "name": "demo", "namespace": "ns", "uid": "u-9",
                           "labels": { "vm.kubevirt.io/name": "demo", "kubevirt.io/nodeName": "old" } },
-            "spec": { "domain": { "cpu": { "cores": 2 }, "memory": { "guest": "1Gi" }, "devices": {} } }
+            "spec": { "domain": { "cpu": { "cores": 2 }, "memory": { "guest": "1Gi" }, "devices": {} },
+                      "volumes": [ { "name": "root", "dataVolume": { "name": "root-dv" } } ] }
         }))
         .unwrap()
     }
@@ -298,6 +341,11 @@ mod tests {
             "/var/lib/virt-rs/vmis/u-9",
             "same path as on the host"
         );
+        let claim = vols.iter().find(|v| v.name == "pvc-root").unwrap();
+        assert_eq!(claim.persistent_volume_claim.as_ref().unwrap().claim_name, "root-dv");
+        assert!(mounts
+            .iter()
+            .any(|m| m.name == "pvc-root" && m.mount_path == "/var/run/kubevirt-private/vmi-disks/root"));
         let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!(
             (owner.kind.as_str(), owner.uid.as_str(), owner.controller),

@@ -166,16 +166,20 @@ impl LauncherRuntime {
     /// On a cluster the launcher runs in the VMI's pod, which mounts the run directory and the
     /// image cache at the same paths (`cluster::handler`). Returns the spec's path.
     /// `net`: the interfaces made for it in its pod (their taps and MACs go into the spec).
+    /// `claims`: the files of its claim volumes as its pod sees them (by volume name), resolved by
+    /// the caller ([`VmiVolumes::prepare_with`]).
     pub fn write_spec(
         &self,
         vmi: &VirtualMachineInstance,
         net: Option<&VmiNet>,
+        claims: &HashMap<String, (PathBuf, virt_core::machine::DiskFormat)>,
     ) -> Result<PathBuf, LaunchError> {
         let run_dir = self.run_dir(vmi);
         std::fs::create_dir_all(&run_dir).map_err(process(&run_dir))?;
         let name = vmi.metadata.name.clone().unwrap_or_default();
         let accel = if self.cfg.allow_emulation { AccelPolicy::Auto } else { AccelPolicy::RequireKvm };
-        let mut files = self.volumes.prepare(vmi, &run_dir).map_err(LaunchError::at(Stage::Volumes))?;
+        let mut files =
+            self.volumes.prepare_with(vmi, &run_dir, claims).map_err(LaunchError::at(Stage::Volumes))?;
         let mut spec_in = vmi.spec.clone();
         if let Some(net) = net {
             link_interfaces(net, &mut files, &mut spec_in);

@@ -293,10 +293,26 @@ impl VmiVolumes {
         vmi: &VirtualMachineInstance,
         run_dir: &Path,
     ) -> Result<PreparedFiles, PrepareError> {
+        self.prepare_with(vmi, run_dir, &HashMap::new())
+    }
+
+    /// [`VmiVolumes::prepare`] with some volumes' files already known (by volume name): on a
+    /// cluster the node agent resolves a claim to the `disk.img` of its PersistentVolume and hands
+    /// the launcher the path its pod mounts it at (`cluster::handler`).
+    pub fn prepare_with(
+        &self,
+        vmi: &VirtualMachineInstance,
+        run_dir: &Path,
+        resolved: &HashMap<String, (PathBuf, DiskFormat)>,
+    ) -> Result<PreparedFiles, PrepareError> {
         let name = vmi.metadata.name.clone().unwrap_or_default();
         let ns = vmi.metadata.namespace.clone().unwrap_or_else(|| "default".into());
         let mut files = HashMap::new();
         for v in &vmi.spec.volumes {
+            if let Some(f) = resolved.get(&v.name) {
+                files.insert(v.name.clone(), f.clone());
+                continue;
+            }
             let f = self
                 .prepare_volume(vmi, &name, &ns, v, run_dir)
                 .map_err(|e| PrepareError::Volume { volume: v.name.clone(), source: Box::new(e) })?;

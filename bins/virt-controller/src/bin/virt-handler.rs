@@ -6,7 +6,7 @@
 //! virt-handler --node NAME [--kubeconfig F] [--state-dir D] [--allow-emulation]
 //!              [--insecure-registry HOST:PORT ...]
 //!              [--subresources-listen ADDR [--subresources-advertise IP]]
-//!              [--device-plugins-dir D | --no-device-plugins]
+//!              [--device-plugins-dir D | --no-device-plugins] [--local-storage-dir D]
 //! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -54,6 +54,10 @@ struct Cli {
     /// Serve no device plugins (launcher pods then need virt-controller --kvm privileged).
     #[arg(long, conflicts_with = "device_plugins_dir")]
     no_device_plugins: bool,
+    /// virt-controller's --local-storage-dir: the volumes of this node whose claim is gone are
+    /// deleted from it (directory and PersistentVolume); empty: none are.
+    #[arg(long, default_value = "/var/lib/virt-rs-storage")]
+    local_storage_dir: PathBuf,
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -104,7 +108,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             },
         )
     });
-    let h = handler::Handler::new(client, cli.node, runtime).with_networks(networks);
+    let mut h = handler::Handler::new(client, cli.node, runtime).with_networks(networks);
+    if !cli.local_storage_dir.as_os_str().is_empty() {
+        h = h.with_storage_dir(cli.local_storage_dir);
+    }
     handler::run(h, cluster::shutdown_signal()).await;
     let _ = stop_tx.send(true);
     if let Some(p) = plugins {

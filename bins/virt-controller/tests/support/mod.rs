@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
 
+pub mod datavolume;
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
@@ -68,6 +70,11 @@ pub struct Cluster {
     pub reg: Registry,
     /// Logs and files of the run.
     pub tmp: tempfile::TempDir,
+    /// The local provisioner's directory (virt-controller's and virt-handler's
+    /// `--local-storage-dir`), removed at the end.
+    pub storage_dir: PathBuf,
+    /// An HTTP server in the node's network namespace (DataVolume sources), killed on drop.
+    pub http: Option<Child>,
 }
 
 impl Cluster {
@@ -125,7 +132,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for mut c in [self.controller.take(), self.standby.take(), self.handler.take()].into_iter().flatten()
+        for mut c in [self.controller.take(), self.standby.take(), self.handler.take(), self.http.take()]
+            .into_iter()
+            .flatten()
         {
             let _ = c.kill();
             let _ = c.wait();
@@ -136,6 +145,7 @@ impl Drop for Cluster {
             let _ = k.wait();
         }
         let _ = std::fs::remove_dir_all(&self.node_state);
+        let _ = std::fs::remove_dir_all(&self.storage_dir);
     }
 }
 
@@ -274,6 +284,10 @@ impl Cluster {
         ok(Command::new(repo.join("scripts/k8s/launcher-image.sh"))
             .arg(&image)
             .arg(workspace_bin("virt-launcher")));
+        let importer = tmp.path().join("importer.tar");
+        ok(Command::new(repo.join("scripts/k8s/importer-image.sh"))
+            .arg(&importer)
+            .arg(env!("CARGO_BIN_EXE_virt-importer")));
         let reg = Registry::start(RegistryOpts::default());
         let kernel_image = push_kernel_image(&reg);
         let dir = std::env::var_os("VIRT_K8S_STATE")
@@ -283,6 +297,8 @@ impl Cluster {
         // Short: the launcher's and QEMU's unix sockets live in run directories below it.
         let node_state = PathBuf::from("/var/tmp/vrs-h");
         let _ = std::fs::remove_dir_all(&node_state);
+        let storage_dir = PathBuf::from("/var/tmp/vrs-storage");
+        let _ = std::fs::remove_dir_all(&storage_dir);
         let host_ip =
             format!("{}.254", std::env::var("VIRT_K8S_NODE_NET").unwrap_or_else(|_| "172.31.254".into()));
         let cluster = Cluster {
@@ -298,10 +314,12 @@ impl Cluster {
             kernel_image,
             reg,
             tmp,
+            storage_dir,
+            http: None,
         };
         let up = ok(Command::new(repo.join("scripts/k8s/up.sh"))
             .arg(&dir)
-            .env("VIRT_K8S_IMAGES", &image)
+            .env("VIRT_K8S_IMAGES", format!("{} {}", image.display(), importer.display()))
             .env("VIRT_K8S_AUDIT", if audit { "1" } else { "0" })
             .stderr(Stdio::inherit()));
         assert_eq!(Path::new(up.lines().last().unwrap()), cluster.kubeconfig);
@@ -332,6 +350,8 @@ impl Cluster {
             .arg(&self.kubeconfig)
             .arg("--node-state-dir")
             .arg(&self.node_state)
+            .args(["--importer-image", "localhost/virt-importer:dev", "--local-storage-dir"])
+            .arg(&self.storage_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -351,6 +371,8 @@ impl Cluster {
             .arg(&self.node_state)
             .arg("--device-plugins-dir")
             .arg(self.device_plugins_dir())
+            .arg("--local-storage-dir")
+            .arg(&self.storage_dir)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .env("RUST_LOG", "info")

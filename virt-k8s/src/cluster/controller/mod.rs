@@ -1,8 +1,11 @@
 //! The cluster's controllers, on kube's `Controller` runtime: [`vm`] keeps each VirtualMachine's
 //! instance as its run strategy says (virt-core's `lifecycle::strategy`, the same pure functions
 //! the local node runs), [`vmi`] gives each VirtualMachineInstance a launcher pod and writes the
-//! VMI's phase from the pod's through `/status`. Failed reconciles back off per object.
+//! VMI's phase from the pod's through `/status`; [`dv`] fills each DataVolume's claim with an
+//! importer pod, and the provisioner gives pending claims of the project's StorageClass a volume
+//! (`cluster::storage`). Failed reconciles back off per object.
 
+pub mod dv;
 pub mod vm;
 pub mod vmi;
 
@@ -11,14 +14,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::runtime::controller::Action;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
 use virt_core::model::{VirtualMachine, VirtualMachineInstance};
+use virt_storage::cdi::DataVolume;
 
+use super::importer::ImporterConfig;
 use super::kinds::Cr;
 use super::pod::{LauncherConfig, APP_LABEL};
+use super::storage::StorageError;
 
 /// Errors of one reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +58,29 @@ pub enum ReconcileError {
         #[source]
         source: serde_json::Error,
     },
+    /// Provisioning a volume, or looking at a claim, failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The provisioner of the project's StorageClass (`cluster::storage`).
+#[derive(Debug, Clone)]
+pub struct ProvisionerConfig {
+    /// The directory on the nodes volumes are made in (`<dir>/<pv name>`).
+    pub dir: PathBuf,
+    /// The node to put volumes on when the scheduler selected none (default: the first node).
+    pub node: Option<String>,
+}
+
+/// What the controllers run with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How launcher pods are made.
+    pub launcher: LauncherConfig,
+    /// How importer pods are made (none: DataVolumes are left alone).
+    pub importer: Option<ImporterConfig>,
+    /// The local provisioner (none: claims wait for another provisioner or static volumes).
+    pub provisioner: Option<ProvisionerConfig>,
 }
 
 /// Shared by every reconcile.
@@ -58,6 +89,10 @@ pub struct Context {
     pub client: Client,
     /// How launcher pods are made.
     pub launcher: LauncherConfig,
+    /// How importer pods are made.
+    pub importer: Option<ImporterConfig>,
+    /// The local provisioner.
+    pub provisioner: Option<ProvisionerConfig>,
     /// Consecutive failures per object (`namespace/name` of a kind), for the back-off.
     failures: Mutex<HashMap<String, u32>>,
     /// The launcher pods as a watch reflects them (read instead of a list per reconcile; a pod
@@ -68,7 +103,14 @@ pub struct Context {
 impl Context {
     /// A context for `client`.
     pub fn new(client: Client, launcher: LauncherConfig) -> Self {
-        Self { client, launcher, failures: Mutex::new(HashMap::new()), pods: None }
+        Self {
+            client,
+            launcher,
+            importer: None,
+            provisioner: None,
+            failures: Mutex::new(HashMap::new()),
+            pods: None,
+        }
     }
 
     /// Forgets `key`'s failures after a successful reconcile.
@@ -114,12 +156,26 @@ fn error_policy<K: kube::Resource>(
     }
 }
 
-/// Runs the VM and VMI controllers until `shutdown` resolves.
+/// Gives a pending claim of the project's StorageClass its volume.
+async fn provision(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let Some(p) = ctx.provisioner.as_ref() else { return Ok(Action::await_change()) };
+    super::storage::provision(&ctx.client, &pvc, p.node.as_deref(), &p.dir).await?;
+    ctx.succeeded(&key("PersistentVolumeClaim", &pvc.metadata));
+    Ok(Action::await_change())
+}
+
+/// Runs the VM, VMI and DataVolume controllers and the provisioner until `shutdown` resolves.
 pub async fn run(
     client: Client,
-    launcher: LauncherConfig,
+    settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let Settings { launcher, importer, provisioner } = settings;
+    if provisioner.is_some() {
+        if let Err(e) = super::storage::ensure_storage_class(&client).await {
+            log::warn!("the local provisioner's StorageClass: {e}");
+        }
+    }
     let vms: Api<Cr<VirtualMachine>> = Api::all(client.clone());
     let vmis: Api<Cr<VirtualMachineInstance>> = Api::all(client.clone());
     let pods: Api<Pod> = Api::all(client.clone());
@@ -129,6 +185,8 @@ pub async fn run(
     tokio::spawn(reflected.for_each(|_| async {}));
     let mut ctx = Context::new(client.clone(), launcher);
     ctx.pods = Some(store);
+    ctx.importer = importer;
+    ctx.provisioner = provisioner;
     let ctx = Arc::new(ctx);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -144,19 +202,43 @@ pub async fn run(
             }
         });
     let vmi_ctl = Controller::new(vmis, watcher::Config::default())
-        .owns(pods, launchers)
-        .graceful_shutdown_on(stopped(stop_rx))
-        .run(vmi::reconcile, error_policy::<Cr<VirtualMachineInstance>>("VirtualMachineInstance"), ctx)
+        .owns(pods.clone(), launchers)
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(
+            vmi::reconcile,
+            error_policy::<Cr<VirtualMachineInstance>>("VirtualMachineInstance"),
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             if let Ok((obj, _)) = r {
                 log::debug!("reconciled VirtualMachineInstance {}", obj.name);
             }
         });
+    let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    let storage = async {
+        if ctx.importer.is_none() && ctx.provisioner.is_none() {
+            return;
+        }
+        let dvs: Api<Cr<DataVolume>> = Api::all(client.clone());
+        let importers =
+            watcher::Config::default().labels(&format!("app={}", super::importer::APP_LABEL_VALUE));
+        let dv_ctl = Controller::new(dvs, watcher::Config::default())
+            .owns(pods, importers)
+            .owns(claims.clone(), watcher::Config::default())
+            .graceful_shutdown_on(stopped(stop_rx.clone()))
+            .run(dv::reconcile, error_policy::<Cr<DataVolume>>("DataVolume"), ctx.clone())
+            .for_each(|_| async {});
+        let pvc_ctl = Controller::new(claims, watcher::Config::default())
+            .graceful_shutdown_on(stopped(stop_rx.clone()))
+            .run(provision, error_policy::<PersistentVolumeClaim>("PersistentVolumeClaim"), ctx.clone())
+            .for_each(|_| async {});
+        futures_util::future::join(dv_ctl, pvc_ctl).await;
+    };
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    futures_util::future::join(vm_ctl, vmi_ctl).await;
+    futures_util::future::join3(vm_ctl, vmi_ctl, storage).await;
 }
 
 #[cfg(test)]

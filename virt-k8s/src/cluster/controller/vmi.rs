@@ -13,7 +13,56 @@ use virt_core::model::{VirtualMachineInstance, VmiPhase};
 
 use super::{key, Context, ReconcileError};
 use crate::cluster::kinds::Cr;
-use crate::cluster::pod::{launcher_pod, phase_from_pod, CREATED_BY, NODE_NAME_LABEL};
+use crate::cluster::pod::{claims, launcher_pod, phase_from_pod, CREATED_BY, NODE_NAME_LABEL};
+use crate::cluster::storage::{claim_bound, StorageError};
+use virt_storage::cdi::{DataVolume, DataVolumePhase};
+
+/// Why `vmi`'s claims keep it from starting, if they do: KubeVirt's `Synchronized` condition
+/// reason and message (a DataVolume that has not succeeded, a claim missing or not bound).
+async fn claims_not_ready(
+    ctx: &Context,
+    ns: &str,
+    vmi: &VirtualMachineInstance,
+) -> Result<Option<(&'static str, String)>, ReconcileError> {
+    for v in &vmi.spec.volumes {
+        if let Some(d) = &v.data_volume {
+            let dvs: Api<Cr<DataVolume>> = Api::namespaced(ctx.client.clone(), ns);
+            let got =
+                dvs.get_opt(&d.name).await.map_err(api_err(format!("reading DataVolume {ns}/{}", d.name)))?;
+            let phase = got.as_ref().and_then(|g| g.obj.status.as_ref()).and_then(|s| s.phase);
+            if phase != Some(DataVolumePhase::Succeeded) {
+                let what = match (&got, phase) {
+                    (None, _) => "does not exist".to_string(),
+                    (Some(_), Some(p)) => format!(
+                        "is {}",
+                        serde_json::to_value(p)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default()
+                    ),
+                    (Some(_), None) => "has no phase yet".to_string(),
+                };
+                return Ok(Some((
+                    "DataVolumesNotReady",
+                    format!("volume {}: DataVolume {ns}/{} {what}", v.name, d.name),
+                )));
+            }
+        }
+    }
+    for (volume, claim) in claims(vmi) {
+        match claim_bound(&ctx.client, ns, &claim).await {
+            Ok(()) => {}
+            Err(e @ StorageError::ClaimNotFound { .. }) => {
+                return Ok(Some(("FailedPvcNotFound", format!("volume {volume}: {e}"))))
+            }
+            Err(e @ StorageError::ClaimNotBound { .. }) => {
+                return Ok(Some(("PvcNotReady", format!("volume {volume}: {e}"))))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
 
 fn api_err(what: String) -> impl FnOnce(kube::Error) -> ReconcileError {
     move |source| ReconcileError::Api { what, source }
@@ -62,6 +111,27 @@ pub async fn reconcile(
     let (phase, node, reason) = match &pod {
         Some(p) => (phase_from_pod(p, status.phase), p.spec.as_ref().and_then(|s| s.node_name.clone()), None),
         None if matches!(status.phase, None | Some(VmiPhase::Pending) | Some(VmiPhase::Scheduling)) => {
+            // Its claims first: a pod mounting a claim that is not there or not filled yet would
+            // stay Pending in the kubelet or boot an empty disk.
+            if let Some((reason, message)) = claims_not_ready(&ctx, &ns, &vmi.obj).await? {
+                let said = status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Synchronized" && c.message.as_deref() == Some(message.as_str()));
+                if !said || status.phase != Some(VmiPhase::Pending) {
+                    let vmis: Api<Cr<VirtualMachineInstance>> = Api::namespaced(ctx.client.clone(), &ns);
+                    let s = json!({ "phase": VmiPhase::Pending, "conditions": [
+                        { "type": "Ready", "status": "False" },
+                        { "type": "Synchronized", "status": "False", "reason": reason, "message": message },
+                    ] });
+                    vmis.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": s })))
+                        .await
+                        .map_err(api_err(format!("writing the status of VMI {ns}/{name}")))?;
+                    log::info!("{k}: Pending: {message}");
+                }
+                ctx.succeeded(&k);
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
             let created = pods
                 .create(&PostParams::default(), &launcher_pod(&vmi, &ctx.launcher))
                 .await

@@ -1,0 +1,57 @@
+//! virt-importer: CDI's importer in a DataVolume's importer pod (the image of
+//! scripts/k8s/importer-image.sh). Fills `<data-dir>/disk.img` from the source of the DataVolume
+//! in `VIRT_DATA_VOLUME`, printing `progress: NN.NN%` lines; on failure the message goes to the
+//! container's termination message. Parsing and wiring only; the logic is in
+//! `virt_k8s::cluster::importer`.
+//!
+//! ```text
+//! virt-importer [--data-dir /data] [--insecure-registry HOST:PORT ...]
+//! ```
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use virt_k8s::cluster::importer::{import_into, DV_ENV, PROGRESS_PREFIX};
+
+#[derive(Parser)]
+#[command(name = "virt-importer", about = "Fills a DataVolume's claim (CDI's importer)")]
+struct Cli {
+    /// Where the claim is mounted.
+    #[arg(long, default_value = "/data")]
+    data_dir: PathBuf,
+    /// Registries reached over plain HTTP.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// Where the failure message goes (the kubelet's termination-message file).
+    #[arg(long, default_value = "/dev/termination-log")]
+    termination_log: PathBuf,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match std::env::var(DV_ENV) {
+        Ok(dv) => import_into(&dv, &cli.data_dir, cli.insecure_registries, &mut |p| {
+            println!("{PROGRESS_PREFIX}{p}");
+            let _ = std::io::stdout().flush();
+        })
+        .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("{DV_ENV}: {e}")),
+    };
+    match result {
+        Ok(done) => {
+            println!("import done: {done}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("virt-importer: {why}");
+            if let Err(e) = std::fs::write(&cli.termination_log, &why) {
+                eprintln!("virt-importer: writing {}: {e}", cli.termination_log.display());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

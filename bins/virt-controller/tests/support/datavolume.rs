@@ -1,0 +1,226 @@
+//! DataVolumes on the cluster: an HTTP server in the node's network namespace serves a raw disk
+//! with a marker; a DataVolume imports it into a claim of the local provisioner through an
+//! importer pod; a VM boots from it (the test guest prints the disk's first bytes); a DataVolume
+//! whose URL is missing ends Failed with the importer's reason.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{kernel_vm_yaml, ok, wait_for, Cluster};
+
+/// The first 16 bytes of the served disk (the test guest prints them: `VIRT-E2E: sig=...`).
+pub const MARKER: &str = "VIRT-PVC-DISK-OK";
+/// The served disk's size.
+pub const DISK_BYTES: usize = 4 << 20;
+const PORT: u16 = 18_089;
+
+/// The node's address on its veth (the host's is `.254`); pods reach it through their gateway.
+pub fn node_ip(cluster: &Cluster) -> String {
+    let prefix = cluster.host_ip.rsplit_once('.').unwrap().0;
+    format!("{prefix}.1")
+}
+
+/// The pod network's gateway (cni0 in the node's namespace, scripts/k8s/up.sh): pods have no
+/// default route, so they reach the node's server there.
+pub const POD_GATEWAY: &str = "10.244.0.1";
+
+/// The URL of a file the server serves (`disk.img`), or does not (anything else: 404).
+pub fn url(_cluster: &Cluster, file: &str) -> String {
+    format!("http://{POD_GATEWAY}:{PORT}/{file}")
+}
+
+/// Starts busybox's httpd in the node's network namespace serving `disk.img` (raw, [`MARKER`]
+/// first); waits until it answers.
+pub fn serve(cluster: &mut Cluster) {
+    let www = cluster.tmp.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let mut disk = vec![0u8; DISK_BYTES];
+    disk[..MARKER.len()].copy_from_slice(MARKER.as_bytes());
+    // Something past the first block too, so the image is not mostly one byte.
+    for (i, b) in disk[4096..8192].iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    std::fs::write(www.join("disk.img"), &disk).unwrap();
+    // Every address of the node's namespace: the pods' gateway (cni0 appears with the first
+    // pod) and the node's veth address (reached from the host to see that it answers).
+    let listen = format!("0.0.0.0:{PORT}");
+    let child = Command::new("nsenter")
+        .arg("--net=/run/netns/virtrs-k8s")
+        .args(["/bin/busybox", "httpd", "-f", "-p", &listen, "-h"])
+        .arg(&www)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    cluster.http = Some(child);
+    let addr = format!("{}:{PORT}", node_ip(cluster)).parse().unwrap();
+    wait_for("the HTTP server in the node's namespace", 20, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok().map(|_| ())
+    });
+}
+
+/// A DataVolume importing `url` into a claim of `size`.
+pub fn dv_yaml(name: &str, url: &str, size: &str) -> String {
+    format!(
+        "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: {name}\nspec:\n  source:\n    \
+         http:\n      url: {url}\n  storage:\n    resources:\n      requests:\n        storage: {size}\n"
+    )
+}
+
+/// A VM (runStrategy Once) booting the kernel-boot image with the DataVolume `dv` as its first
+/// disk; the guest's e2e mode prints the disk's first 16 bytes, writes its first block and
+/// powers off.
+pub fn dv_vm_yaml(name: &str, image: &str, dv: &str) -> String {
+    let yaml = kernel_vm_yaml(name, image)
+        .replace("runStrategy: Halted", "runStrategy: Once")
+        .replace("kernelArgs: console=ttyS0 panic=-1", "kernelArgs: console=ttyS0 panic=-1 virt.e2e=1")
+        .replace(
+            "        devices: {}\n",
+            "        devices:\n          disks:\n          - name: root\n            disk:\n              bus: virtio\n",
+        );
+    format!("{yaml}      volumes:\n      - name: root\n        dataVolume:\n          name: {dv}\n")
+}
+
+fn apply(cluster: &Cluster, ns: &str, name: &str, yaml: &str) {
+    let file = cluster.tmp.path().join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).unwrap();
+    ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", file.to_str().unwrap()]));
+}
+
+fn first_bytes(path: &Path, n: usize) -> String {
+    let data = std::fs::read(path).unwrap();
+    String::from_utf8_lossy(&data[..n.min(data.len())]).into_owned()
+}
+
+/// The whole DataVolume scenario in `ns` (the HTTP server runs: [`serve`]). `bad_dv`: a
+/// DataVolume created earlier whose URL is missing on the server.
+pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
+    let t = Instant::now();
+    // The VM first: its DataVolume does not exist yet, so its VMI waits Pending, saying why.
+    apply(cluster, ns, "vm-dv", &dv_vm_yaml("vm-dv", &cluster.kernel_image, "dv-disk"));
+    let why = wait_for("the DataVolume VM's VMI to wait Pending for its DataVolume", 60, || {
+        cluster
+            .get(
+                &["vmi", "vm-dv", "-n", ns],
+                "{.status.phase} {.status.conditions[?(@.type=='Synchronized')].reason}: {.status.conditions[?(@.type=='Synchronized')].message}",
+            )
+            .filter(|s| s.starts_with("Pending DataVolumesNotReady"))
+    });
+    assert!(why.contains("DataVolume virt-rs-e2e/dv-disk does not exist"), "{why}");
+    assert_eq!(
+        cluster
+            .get(&["pods", "-n", ns, "-l", "kubevirt.io/domain=vm-dv"], "{.items[*].metadata.name}")
+            .as_deref(),
+        Some(""),
+        "no launcher pod while the DataVolume is missing"
+    );
+    eprintln!("VM with a missing DataVolume: VMI {why}");
+
+    // The DataVolume: claim, volume, importer pod, phases to Succeeded.
+    let imported = Instant::now();
+    apply(cluster, ns, "dv-disk", &dv_yaml("dv-disk", &url(cluster, "disk.img"), "16Mi"));
+    let mut phases: Vec<String> = Vec::new();
+    wait_for("DataVolume dv-disk Succeeded", 180, || {
+        let p = cluster.get(&["dv", "dv-disk", "-n", ns], "{.status.phase}").unwrap_or_default();
+        if !p.is_empty() && phases.last() != Some(&p) {
+            phases.push(p.clone());
+        }
+        assert_ne!(p, "Failed", "{:?}", cluster.get(&["dv", "dv-disk", "-n", ns], "{.status}"));
+        (p == "Succeeded").then_some(())
+    });
+    eprintln!("DataVolume dv-disk: phases {phases:?}, Succeeded in {:?}", imported.elapsed());
+    let status = cluster
+        .get(
+            &["dv", "dv-disk", "-n", ns],
+            "{.status.progress} {.status.conditions[?(@.type=='Bound')].status} {.status.conditions[?(@.type=='Ready')].status} {.status.conditions[?(@.type=='Running')].reason}",
+        )
+        .unwrap();
+    assert_eq!(status, "100.0% True True Completed");
+    let dv_uid = cluster.get(&["dv", "dv-disk", "-n", ns], "{.metadata.uid}").unwrap();
+    let claim = cluster
+        .get(
+            &["pvc", "dv-disk", "-n", ns],
+            "{.status.phase} {.spec.storageClassName} {.metadata.ownerReferences[0].kind} {.metadata.ownerReferences[0].uid} {.spec.volumeName}",
+        )
+        .unwrap();
+    let parts: Vec<&str> = claim.split(' ').collect();
+    assert_eq!(parts[..4], ["Bound", "virt-rs-local", "DataVolume", dv_uid.as_str()], "{claim}");
+    let pv = parts[4];
+    let host_dir = PathBuf::from(cluster.get(&["pv", pv], "{.spec.hostPath.path}").unwrap());
+    assert!(host_dir.starts_with(&cluster.storage_dir), "{}", host_dir.display());
+    let importer = cluster
+        .get(
+            &["pod", "importer-dv-disk", "-n", ns],
+            "{.status.phase} {.status.containerStatuses[0].state.terminated.reason} {.metadata.ownerReferences[0].uid}",
+        )
+        .unwrap();
+    assert_eq!(
+        importer,
+        format!("Succeeded Completed {dv_uid}"),
+        "the importer pod Completed, owned by the DataVolume"
+    );
+    let disk = host_dir.join("disk.img");
+    assert_eq!(first_bytes(&disk, MARKER.len()), MARKER, "the imported disk.img on the node");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 16 << 20, "grown to the DataVolume's size");
+    eprintln!("PVC dv-disk Bound to {pv} at {}, importer pod Completed", host_dir.display());
+
+    // The VM starts now and boots with the claim as its disk: the guest reads the marker and
+    // writes its first block, which lands in disk.img on the node.
+    let booted = Instant::now();
+    let vmi_uid = cluster.get(&["vmi", "vm-dv", "-n", ns], "{.metadata.uid}").unwrap();
+    let console = cluster.node_state.join("vmis").join(&vmi_uid).join("console.log");
+    let seen = wait_for("the DataVolume VM's guest to read its disk and power off", 240, || {
+        let phase = cluster.get(&["vmi", "vm-dv", "-n", ns], "{.status.phase}").unwrap_or_default();
+        assert_ne!(phase, "Failed", "{:?}", cluster.get(&["vmi", "vm-dv", "-n", ns], "{.status}"));
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        (phase == "Succeeded" && log.contains("VIRT-E2E: sig=")).then_some(log)
+    });
+    assert!(seen.contains(&format!("VIRT-E2E: sig={MARKER}")), "{seen}");
+    assert!(seen.contains("VIRT-E2E: vda write ALLOWED"), "{seen}");
+    assert_eq!(first_bytes(&disk, 12), "VIRT-CLOBBER", "the guest's write reached the claim on the node");
+    let pod = cluster
+        .get(
+            &["pods", "-n", ns, "-l", "kubevirt.io/domain=vm-dv"],
+            "{.items[0].spec.volumes[?(@.name=='pvc-root')].persistentVolumeClaim.claimName}",
+        )
+        .unwrap();
+    assert_eq!(pod, "dv-disk", "the launcher pod mounts the DataVolume's claim");
+    eprintln!(
+        "VM vm-dv booted from the DataVolume, read {MARKER} and wrote its disk: {:?}",
+        booted.elapsed()
+    );
+
+    // The DataVolume whose URL is missing: Failed, with the importer's reason.
+    let failed = wait_for(&format!("DataVolume {bad_dv} Failed"), 120, || {
+        cluster
+            .get(
+                &["dv", bad_dv, "-n", ns],
+                "{.status.phase}: {.status.conditions[?(@.type=='Running')].message}",
+            )
+            .filter(|s| s.starts_with("Failed"))
+    });
+    assert!(failed.contains("HTTP 404"), "{failed}");
+    eprintln!("DataVolume {bad_dv}: {failed}");
+
+    // Deleting the VM, then the DataVolume: claim, importer pod and volume go with it.
+    ok(&mut cluster.kubectl(&["delete", "vm", "vm-dv", "-n", ns, "--wait=false"]));
+    wait_for("the DataVolume VM's VMI to go", 120, || {
+        cluster.get(&["vmi", "vm-dv", "-n", ns], "{.metadata.name}").is_none().then_some(())
+    });
+    let deleted = Instant::now();
+    ok(&mut cluster.kubectl(&["delete", "dv", "dv-disk", bad_dv, "-n", ns, "--wait=false"]));
+    wait_for("the DataVolume's claim, importer pod and volume to go", 120, || {
+        let claim = cluster.get(&["pvc", "dv-disk", "-n", ns], "{.metadata.name}");
+        let pod = cluster.get(&["pod", "importer-dv-disk", "-n", ns], "{.metadata.name}");
+        let volume = cluster.get(&["pv", pv], "{.metadata.name}");
+        (claim.is_none() && pod.is_none() && volume.is_none() && !host_dir.exists()).then_some(())
+    });
+    eprintln!(
+        "DataVolume deleted -> claim, importer pod, volume and its directory gone: {:?}",
+        deleted.elapsed()
+    );
+    eprintln!("DataVolumes: {:?}", t.elapsed());
+}
