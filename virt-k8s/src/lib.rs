@@ -11,3 +11,21 @@ pub mod compliance;
 pub mod fuzzing;
 pub mod node;
 pub mod registry;
+
+/// Completes on SIGINT or SIGTERM (the kubelet's stop signal): the shutdown trigger of virt-node,
+/// virt-controller and virt-handler.
+/// Without a SIGTERM handler (it could not be installed) only SIGINT ends it.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -148,7 +148,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             };
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
-                cluster::shutdown_signal().await;
+                virt_k8s::shutdown_signal().await;
                 let _ = stop_tx.send(true);
             });
             let stopped = move || {

@@ -203,18 +203,7 @@ fn main() -> ExitCode {
         }
     };
     let shutdown = async {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
+        virt_k8s::shutdown_signal().await;
         log::info!("virt-node: shutting down; running VMs keep running");
     };
     match node.run(shutdown) {

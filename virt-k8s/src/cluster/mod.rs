@@ -69,20 +69,3 @@ pub async fn client_as(kubeconfig: Option<&Path>, component: &str) -> Result<kub
     }
     Ok(kube::Client::try_from(config)?)
 }
-
-/// Completes on SIGINT or SIGTERM (the kubelet's stop signal): the components' shutdown trigger.
-/// Without a SIGTERM handler (it could not be installed) only SIGINT ends it.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-}

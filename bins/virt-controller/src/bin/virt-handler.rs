@@ -112,7 +112,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     if !cli.local_storage_dir.as_os_str().is_empty() {
         h = h.with_storage_dir(cli.local_storage_dir);
     }
-    handler::run(h, cluster::shutdown_signal()).await;
+    handler::run(h, virt_k8s::shutdown_signal()).await;
     let _ = stop_tx.send(true);
     if let Some(p) = plugins {
         let _ = tokio::time::timeout(Duration::from_secs(10), p).await;
