@@ -193,8 +193,14 @@ fn vmi(name: &str) -> VirtualMachineInstance {
 
 impl Node {
     /// A node with running VMIs `vm1` (reachable through the table once registered) and `nonet`
-    /// (never registered), and a stopped VM `halted`.
+    /// (never registered), and a stopped VM `halted`; its keepalive is long enough for bulk transfers
+    /// on a loaded machine (a ping waits behind the megabytes the client has yet to drain).
     fn start() -> Self {
+        Self::with_keepalive(Duration::from_secs(5))
+    }
+
+    /// [`Node::start`] pinging every `keepalive`, for the tests of the keepalive itself.
+    fn with_keepalive(keepalive: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let lifecycle = Arc::new(
             Lifecycle::new(Arc::new(MemStore::default()), Arc::new(UpRuntime), LifecycleOptions::default())
@@ -227,7 +233,7 @@ impl Node {
         let portforward = PortForwarding {
             endpoints: table.clone(),
             dialer: Arc::new(NetnsDialer::new(Duration::from_secs(5))),
-            keepalive: Duration::from_millis(200),
+            keepalive,
         };
         let state = ApiState { lifecycle, runtime, portforward, node_name: "test-node".into() };
         let socket = dir.path().join("node.sock");
@@ -329,15 +335,25 @@ fn guest_with_echo() -> Guest {
 
 /// The echo guest and a node reaching it as `vm1`.
 fn echo_node() -> (Guest, Node) {
+    echo_node_with(Node::start)
+}
+
+/// [`echo_node`] with a node from `start`.
+fn echo_node_with(start: impl FnOnce() -> Node) -> (Guest, Node) {
     let guest = guest_with_echo();
-    let node = Node::start();
+    let node = start();
     node.register(&guest);
     (guest, node)
 }
 
 /// [`echo_node`] and `virtctl port-forward vmi/vm1 0:7000`.
 fn echo_forward() -> (Guest, Node, Forward) {
-    let (guest, node) = echo_node();
+    echo_forward_with(Node::start)
+}
+
+/// [`echo_forward`] with a node from `start`.
+fn echo_forward_with(start: impl FnOnce() -> Node) -> (Guest, Node, Forward) {
+    let (guest, node) = echo_node_with(start);
     let fwd = Forward::start(&node, &["port-forward", "vmi/vm1", &format!("0:{ECHO_PORT}")], 1);
     (guest, node, fwd)
 }
@@ -377,7 +393,7 @@ fn a_reader_that_stalls_for_many_keepalive_intervals_loses_nothing() {
     // echo backs up through every buffer (the node blocked writing to the guest and sending to
     // virtctl). A stall of the node's own making is not the client's silence; before this was
     // told apart, missed pings were counted in a burst and the session cut mid-transfer.
-    let (_guest, _node, fwd) = echo_forward();
+    let (_guest, _node, fwd) = echo_forward_with(|| Node::with_keepalive(Duration::from_millis(200)));
     let data = pattern(8 << 20, 5);
     let got = echo_roundtrip_after(fwd.ports[0], &data, Duration::from_secs(2));
     assert_eq!(got.len(), data.len(), "echoed length after the stall");
@@ -391,7 +407,7 @@ fn a_client_that_never_answers_pings_is_cut_off() {
     use virt_k8s::client::portforward::{Protocol, Target};
     use virt_k8s::client::{AsyncNodeClient, Endpoint};
 
-    let (_guest, node) = echo_node();
+    let (_guest, node) = echo_node_with(|| Node::with_keepalive(Duration::from_millis(200)));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let client = AsyncNodeClient::new(Endpoint::Unix(node.socket.clone()), None);

@@ -17,7 +17,10 @@
 //! a pong) for three intervals. Only time spent waiting on the client counts as silence: while the
 //! node itself is blocked (writing to a guest that does not read, or sending to a client whose
 //! window is full) no interval is counted, and missed intervals are not made up in a burst, so a
-//! slow but live client never loses its connection.
+//! slow but live client never loses its connection. A ping queued behind data the client has not
+//! drained yet is answered only once it has: the interval must exceed the time a client takes to
+//! drain the node's send buffer (the default 30 s leaves 90 s; a 200 ms interval cut a 4 MiB echo
+//! on a loaded 2-core machine).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
