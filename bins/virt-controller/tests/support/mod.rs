@@ -51,6 +51,10 @@ pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T
 
 /// The cluster, torn down on drop (also when the test fails).
 pub struct Cluster {
+    /// One cluster per machine (fixed paths and ports): held from before up.sh until after
+    /// down.sh, so a second test process (CI beside a developer's run) waits instead of tearing
+    /// this one down.
+    _machine_lock: std::fs::File,
     pub dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
@@ -278,6 +282,9 @@ impl Cluster {
     /// Builds the launcher image, starts the registry and the cluster (`audit`: the API server's
     /// audit log, VIRT_K8S_AUDIT=1).
     pub fn start(audit: bool) -> Cluster {
+        let machine_lock = std::fs::File::create("/run/lock/virt-rs-k8s-cluster.lock").unwrap();
+        eprintln!("cluster: waiting for /run/lock/virt-rs-k8s-cluster.lock (one cluster per machine)");
+        machine_lock.lock().unwrap();
         let repo = repo();
         let tmp = tempfile::tempdir().unwrap();
         let image = tmp.path().join("launcher.tar");
@@ -302,6 +309,7 @@ impl Cluster {
         let host_ip =
             format!("{}.254", std::env::var("VIRT_K8S_NODE_NET").unwrap_or_else(|_| "172.31.254".into()));
         let cluster = Cluster {
+            _machine_lock: machine_lock,
             dir: dir.clone(),
             kubeconfig: dir.join("admin.kubeconfig"),
             kubectl,
