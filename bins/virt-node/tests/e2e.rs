@@ -126,7 +126,7 @@ spec:
 }
 
 impl NodeProc {
-    fn vmi(&self, name: &str) -> Option<Value> {
+    fn find_vmi(&self, name: &str) -> Option<Value> {
         let o = self.virtctl(&["get", "vmi", name, "-o", "json"]);
         o.status.success().then(|| serde_json::from_slice(&o.stdout).unwrap())
     }
@@ -134,7 +134,7 @@ impl NodeProc {
     fn wait_vmi(&self, name: &str, what: &str, ok: impl Fn(Option<&Value>) -> bool) -> Option<Value> {
         let t = Instant::now();
         loop {
-            let v = self.vmi(name);
+            let v = self.find_vmi(name);
             if ok(v.as_ref()) {
                 return v;
             }
@@ -270,11 +270,11 @@ fn apply_start_console_pause_stop_delete() {
     assert!(seen.contains("VIRT-E2E: cloud-init seed cidata"), "{seen}");
 
     node.ok(&["pause", "vmi", "demo"]);
-    let v = node.vmi("demo").unwrap();
+    let v = node.find_vmi("demo").unwrap();
     assert_eq!(condition(&v, "Paused").as_deref(), Some("True"), "{v}");
     assert!(node.ok(&["get", "vm", "demo"]).contains("Paused"));
     node.ok(&["unpause", "vmi", "demo"]);
-    let v = node.vmi("demo").unwrap();
+    let v = node.find_vmi("demo").unwrap();
     assert_eq!(condition(&v, "Paused"), None, "{v}");
     assert_eq!(condition(&v, "Ready").as_deref(), Some("True"), "{v}");
 
@@ -358,7 +358,7 @@ fn sigkilled_daemon_finds_its_running_vm_again() {
     assert!(node.virtctl(&["get", "vm"]).status.code() == Some(1), "the daemon is gone");
     node.spawn();
 
-    let after = node.vmi("keep").expect("the VMI is still there");
+    let after = node.find_vmi("keep").expect("the VMI is still there");
     assert_eq!(phase(Some(&after)), Some("Running"), "{after}");
     assert_eq!(after["metadata"]["uid"], uid, "same VMI");
     assert_eq!(

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use guest::have;
 use node::NodeProc;
-use serde_json::Value;
 
 const VMI: &str = r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -39,28 +38,12 @@ spec:
       capacity: 16Mi
 "#;
 
-fn wait_phase(node: &NodeProc, name: &str, phase: &str, within: Duration) -> Value {
-    let t = Instant::now();
-    loop {
-        let v: Value = serde_json::from_str(&node.ok(&["get", "vmi", name, "-o", "json"])).unwrap();
-        if v["status"]["phase"] == phase {
-            return v;
-        }
-        assert!(
-            t.elapsed() < within,
-            "VMI {name} not {phase} within {within:?}: {v}\nnode log:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Starts VMI `name` and waits until it runs; returns its run directory.
 fn run(node: &NodeProc, dir: &Path, name: &str) -> std::path::PathBuf {
     let f = dir.join(format!("{name}.yaml"));
     std::fs::write(&f, VMI.replace("NAME", name)).unwrap();
     node.ok(&["create", "-f", f.to_str().unwrap()]);
-    let v = wait_phase(node, name, "Running", Duration::from_secs(180));
+    let v = node.wait_vmi_phase(name, "Running", Duration::from_secs(180));
     node.state.join("vmis").join(v["metadata"]["uid"].as_str().unwrap())
 }
 
@@ -139,7 +122,7 @@ fn a_sigkilled_jailed_vmm_or_keeper_fails_the_vmi_and_leaves_nothing() {
     let vmm =
         j.inside.iter().find(|(_, comm)| comm.starts_with("qemu")).map(|(p, _)| *p).unwrap_or(j.launcher);
     sigkill(vmm);
-    let v = wait_phase(&node, "jail-a", "Failed", Duration::from_secs(60));
+    let v = node.wait_vmi_phase("jail-a", "Failed", Duration::from_secs(60));
     let all: Vec<u32> = j.inside.iter().map(|(p, _)| *p).chain([j.keeper]).collect();
     gone(&all, "after the VMM's SIGKILL");
     assert!(!run_dir.join(".root").exists(), "the keeper removed the jail's mount point");
@@ -154,7 +137,7 @@ fn a_sigkilled_jailed_vmm_or_keeper_fails_the_vmi_and_leaves_nothing() {
     let run_dir = run(&node, dir.path(), "jail-b");
     let j = jail(&run_dir);
     sigkill(j.keeper);
-    let v = wait_phase(&node, "jail-b", "Failed", Duration::from_secs(60));
+    let v = node.wait_vmi_phase("jail-b", "Failed", Duration::from_secs(60));
     let all: Vec<u32> = j.inside.iter().map(|(p, _)| *p).chain([j.launcher]).collect();
     gone(&all, "after the keeper's SIGKILL");
     let text = v.to_string();

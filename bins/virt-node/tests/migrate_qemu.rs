@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use guest::{boot_lock, have};
 use node::NodeProc;
 use registry::{Registry, RegistryOpts};
-use serde_json::Value;
 use shell::{push_kernel_image, ConsoleSession};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -71,10 +70,6 @@ spec:
       migration: slow
 ";
 
-fn vmi(node: &NodeProc) -> Value {
-    serde_json::from_str(&node.ok(&["get", "vmi", "shell", "-o", "json"])).unwrap()
-}
-
 #[test]
 fn a_qemu_vm_migrates_with_its_console_attached_then_by_post_copy() {
     let missing = ["qemu-system-x86_64", "docker-registry", "skopeo"].into_iter().find(|t| !have(t));
@@ -94,16 +89,7 @@ fn a_qemu_vm_migrates_with_its_console_attached_then_by_post_copy() {
     std::fs::write(&f, VMI.replace("IMAGE", &image)).unwrap();
     node.ok(&["create", "-f", f.to_str().unwrap()]);
 
-    let t = Instant::now();
-    loop {
-        let v = vmi(&node);
-        assert_ne!(v["status"]["phase"], "Failed", "{v}");
-        if v["status"]["phase"] == "Running" {
-            break;
-        }
-        assert!(t.elapsed() < BOOT_TIMEOUT, "never Running: {v}\nnode log:\n{}", node.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    node.wait_vmi_phase("shell", "Running", BOOT_TIMEOUT);
 
     // 1. Pre-copy with the console attached throughout (its ring buffer holds the boot so far).
     let mut console = ConsoleSession::attach(&node, "shell");
@@ -114,7 +100,7 @@ fn a_qemu_vm_migrates_with_its_console_attached_then_by_post_copy() {
     let out = node.ok(&["migrate", "shell", "--wait", "--timeout", &MIGRATE_TIMEOUT.as_secs().to_string()]);
     eprintln!("pre-copy migration of a QEMU guest through the node: {:?}\n{out}", t.elapsed());
     assert!(out.contains("Succeeded"), "{out}");
-    let v = vmi(&node);
+    let v = node.vmi("shell");
     assert_eq!(v["status"]["phase"], "Running", "{v}");
     let ms = &v["status"]["migrationState"];
     assert_eq!(ms["mode"], "PreCopy", "{v}");
@@ -134,7 +120,7 @@ fn a_qemu_vm_migrates_with_its_console_attached_then_by_post_copy() {
     eprintln!("{out}");
     assert!(out.contains("Succeeded"), "{out}\nnode log:\n{}", node.log());
     assert!(out.contains("switched to post-copy at the completion timeout"), "{out}");
-    let v = vmi(&node);
+    let v = node.vmi("shell");
     let ms = &v["status"]["migrationState"];
     assert_eq!(ms["migrationPolicyName"], "post-copy", "{ms}");
     assert_eq!(ms["mode"], "PostCopy", "switched to post-copy at the timeout: {ms}");

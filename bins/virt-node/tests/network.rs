@@ -67,26 +67,6 @@ spec:
       capacity: 16Mi
 "#;
 
-fn vmi(node: &NodeProc, name: &str) -> Value {
-    serde_json::from_str(&node.ok(&["get", "vmi", name, "-o", "json"])).unwrap()
-}
-
-fn wait_phase(node: &NodeProc, name: &str, phase: &str, within: Duration) -> Value {
-    let t = Instant::now();
-    loop {
-        let v = vmi(node, name);
-        if v["status"]["phase"] == phase {
-            return v;
-        }
-        assert!(
-            t.elapsed() < within,
-            "VMI {name} not {phase} within {within:?}: {v}\nnode log:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn create(node: &NodeProc, dir: &Path, name: &str, body: &str) {
     let f = dir.join(format!("{name}.yaml"));
     std::fs::write(&f, body.replace("NAME", name)).unwrap();
@@ -145,7 +125,7 @@ fn launchers_run_in_their_vmis_namespace_and_nothing_leaks_after_sigkills() {
 
     // 1. A VMI with a masquerade interface: its launcher runs in the VMI's namespace.
     create(&node, dir.path(), "net-a", VMI);
-    let v = wait_phase(&node, "net-a", "Running", Duration::from_secs(120));
+    let v = node.wait_vmi_phase("net-a", "Running", Duration::from_secs(120));
     let uid = v["metadata"]["uid"].as_str().unwrap().to_string();
     let st = &v["status"]["interfaces"][0];
     assert_eq!(st["name"], "default");
@@ -200,7 +180,7 @@ fn launchers_run_in_their_vmis_namespace_and_nothing_leaks_after_sigkills() {
 
     // 2. Launcher SIGKILL: the VMI fails and its network goes.
     let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{pid}")]).status();
-    wait_phase(&node, "net-a", "Failed", Duration::from_secs(60));
+    node.wait_vmi_phase("net-a", "Failed", Duration::from_secs(60));
     wait_gone(&netns, "after a launcher SIGKILL", &node);
     let veth = rec["node_veth"].as_str().unwrap();
     let links = Command::new("ip").args(["-n", &ns.0, "-o", "link"]).output().unwrap();
@@ -209,7 +189,7 @@ fn launchers_run_in_their_vmis_namespace_and_nothing_leaks_after_sigkills() {
 
     // 3. Node SIGKILL, then the launcher dies while no node runs: the restarted node removes it all.
     create(&node, dir.path(), "net-b", VMI);
-    let v = wait_phase(&node, "net-b", "Running", Duration::from_secs(120));
+    let v = node.wait_vmi_phase("net-b", "Running", Duration::from_secs(120));
     let uid_b = v["metadata"]["uid"].as_str().unwrap().to_string();
     let netns_b = records(&state).into_iter().find(|r| r["uid"] == uid_b.as_str()).unwrap()["netns"]
         .as_str()
@@ -229,7 +209,7 @@ fn launchers_run_in_their_vmis_namespace_and_nothing_leaks_after_sigkills() {
 
     // 4. A node restarted while a VMI runs takes its network back (DHCP, endpoint) and keeps it.
     create(&node, dir.path(), "net-c", VMI);
-    let v = wait_phase(&node, "net-c", "Running", Duration::from_secs(120));
+    let v = node.wait_vmi_phase("net-c", "Running", Duration::from_secs(120));
     let uid_c = v["metadata"]["uid"].as_str().unwrap().to_string();
     let netns_c = records(&state).into_iter().find(|r| r["uid"] == uid_c.as_str()).unwrap()["netns"]
         .as_str()
@@ -237,7 +217,7 @@ fn launchers_run_in_their_vmis_namespace_and_nothing_leaks_after_sigkills() {
         .to_string();
     node.sigkill();
     node.spawn();
-    wait_phase(&node, "net-c", "Running", Duration::from_secs(30));
+    node.wait_vmi_phase("net-c", "Running", Duration::from_secs(30));
     assert!(netns_exists(&netns_c), "a running VMI keeps its network across a node restart");
     node.ok(&["delete", "vmi", "net-c"]);
     wait_gone(&netns_c, "after deleting the VMI", &node);
@@ -263,7 +243,7 @@ fn a_missing_multus_network_fails_naming_the_field_with_nothing_set_up() {
         .replace("        masquerade: {}\n        ports:\n        - port: 22\n", "        bridge: {}\n")
         .replace("    pod: {}\n", "    multus:\n      networkName: nowhere\n");
     create(&node, dir.path(), "net-m", &body);
-    let v = wait_phase(&node, "net-m", "Failed", Duration::from_secs(60));
+    let v = node.wait_vmi_phase("net-m", "Failed", Duration::from_secs(60));
     let text = v.to_string();
     assert!(
         text.contains("spec.networks[0].multus.networkName")

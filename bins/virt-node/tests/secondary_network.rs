@@ -20,7 +20,7 @@ mod registry;
 mod shell;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use guest::{boot_lock, have};
 use node::NodeProc;
@@ -106,23 +106,6 @@ impl Drop for TestNs {
     }
 }
 
-fn vmi(node: &NodeProc, name: &str) -> Value {
-    serde_json::from_str(&node.ok(&["get", "vmi", name, "-o", "json"])).unwrap()
-}
-
-fn running(node: &NodeProc, name: &str) -> Value {
-    let t = Instant::now();
-    loop {
-        let v = vmi(node, name);
-        assert_ne!(v["status"]["phase"], "Failed", "{v}\nnode log:\n{}", node.log());
-        if v["status"]["phase"] == "Running" {
-            return v;
-        }
-        assert!(t.elapsed() < BOOT_TIMEOUT, "{name} never Running: {v}\nnode log:\n{}", node.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The MAC the node gave `vmi`'s interface `name` (from the pool, written into its spec).
 fn mac_of(v: &Value, name: &str) -> String {
     let ifaces = v["spec"]["domain"]["devices"]["interfaces"].as_array().unwrap();
@@ -178,7 +161,10 @@ fn two_guests_on_one_secondary_network_get_leases_and_reach_each_other() {
         std::fs::write(&f, VMI.replace("NAME", name).replace("IMAGE", &image)).unwrap();
         node.ok(&["create", "-f", f.to_str().unwrap()]);
     }
-    let (va, vb) = (running(&node, "sec-a"), running(&node, "sec-b"));
+    let (va, vb) = (
+        node.wait_vmi_phase("sec-a", "Running", BOOT_TIMEOUT),
+        node.wait_vmi_phase("sec-b", "Running", BOOT_TIMEOUT),
+    );
     let (mac_a, mac_b) = (mac_of(&va, "sec"), mac_of(&vb, "sec"));
     assert_ne!(mac_a, mac_b);
 

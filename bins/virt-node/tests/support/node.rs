@@ -141,6 +141,34 @@ impl NodeProc {
             .unwrap()
     }
 
+    /// VMI `name` of the default namespace, as `virtctl get -o json` prints it.
+    pub fn vmi(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["get", "vmi", name, "-o", "json"])).unwrap()
+    }
+
+    /// Waits until VMI `name` is in `phase`; fails with the VMI and the node's log after `within`,
+    /// or at once when it failed (unless `Failed` is what is awaited).
+    pub fn wait_vmi_phase(&self, name: &str, phase: &str, within: Duration) -> serde_json::Value {
+        let t = Instant::now();
+        loop {
+            let v = self.vmi(name);
+            if v["status"]["phase"] == phase {
+                return v;
+            }
+            assert!(
+                v["status"]["phase"] != "Failed",
+                "VMI {name} Failed, awaiting {phase}: {v}\nnode log:\n{}",
+                self.log()
+            );
+            assert!(
+                t.elapsed() < within,
+                "VMI {name} not {phase} within {within:?}: {v}\nnode log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Runs virtctl and insists on success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.virtctl(args);
