@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod images;
 pub mod kube;
 pub mod metrics;
+pub mod migration_proxy;
 pub mod network;
 pub mod portforward;
 pub mod runtime;
