@@ -94,6 +94,7 @@ impl Cdi {
         if let Some(s) = st.templates_seen.as_mut() {
             s.resource_version = upto;
         }
+        keys.append(&mut st.templates_retry);
         Some(keys)
     }
 
@@ -108,7 +109,7 @@ impl Cdi {
         };
         let in_scope = |ns: &str, vm: &str| scope.as_ref().is_none_or(|s| s.contains(&Key::new(ns, vm)));
         let mut live: HashSet<(String, String, String)> = HashSet::new();
-        let mut wanted: Vec<(Key, Result<DataVolume, CdiError>)> = Vec::new();
+        let mut wanted: Vec<(Key, Key, Result<DataVolume, CdiError>)> = Vec::new();
         for vm in &vms {
             let (Some(ns), Some(name)) = (vm.metadata.namespace.clone(), vm.metadata.name.clone()) else {
                 continue;
@@ -120,7 +121,7 @@ impl Cdi {
             }
             for (i, t) in vm.spec.data_volume_templates.iter().enumerate() {
                 let Some(dv_name) = t.metadata.name.clone() else { continue };
-                wanted.push((Key::new(&ns, dv_name), dv_from_template(vm, i)));
+                wanted.push((Key::new(&ns, &name), Key::new(&ns, dv_name), dv_from_template(vm, i)));
             }
         }
         let mut gone: Vec<Key> = Vec::new();
@@ -129,19 +130,23 @@ impl Cdi {
             match &scope {
                 None => st.template_errors.clear(),
                 Some(_) => {
-                    for (key, _) in &wanted {
+                    for (_, key, _) in &wanted {
                         st.template_errors.remove(key);
                     }
                 }
             }
-            for (key, dv) in wanted {
+            for (vm, key, dv) in wanted {
                 if st.dvs.contains_key(&key) {
                     continue;
                 }
                 match dv {
                     Ok(dv) => match self.insert_dv_locked(&mut st, &key, dv) {
                         Ok(()) => log::info!("DataVolume {key} created from its VM's dataVolumeTemplates"),
-                        Err(CdiError::Conflict(_)) => {}
+                        // The deleted one's import is still stopping: the next pass tries again
+                        // (the change that brought the VM here is read already).
+                        Err(CdiError::Conflict(_)) => {
+                            st.templates_retry.insert(vm);
+                        }
                         Err(e) => {
                             st.template_errors.insert(key, e.to_string());
                         }

@@ -28,7 +28,7 @@
 //!   CDIConfig's `status.uploadProxyURL`); tokens are issued for DataVolumes whose source is
 //!   `upload` ([`Cdi::upload_token`]); a finished upload is grown to the requested size.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -313,6 +313,9 @@ struct State {
     /// How far the template pass has read the store's change log (absent: every VM is looked at
     /// on the next pass).
     templates_seen: Option<TemplatesSeen>,
+    /// VMs whose template DataVolume could not be made yet for a passing reason (the deleted
+    /// one's import still stopping): looked at again on the next pass, whatever the log says.
+    templates_retry: BTreeSet<Key>,
 }
 
 /// Where the template pass is in the store's change log.
