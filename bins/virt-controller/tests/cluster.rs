@@ -569,14 +569,34 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     // failed import, and the cascade on delete.
     support::datavolume::run(&cluster, ns, "dv-good");
 
-    // start and stop through the kubeconfig: the subresources API serves no VM verbs (404), so
-    // virtctl applies the run-strategy decision by updating the VM.
-    let stopped = Instant::now();
-    ok(Command::new(&virtctl).arg("--kubeconfig").arg(&cluster.kubeconfig).args([
-        "stop",
+    // start, stop and restart of VMs are served through the API server (the subresources API,
+    // as KubeVirt's virt-api): discovery lists them, and a plain PUT with KubeVirt's StopOptions
+    // (what KubeVirt's own virtctl sends) stops the VM.
+    let discovery = ok(&mut cluster.kubectl(&["get", "--raw", "/apis/subresources.kubevirt.io/v1"]));
+    for verb in ["start", "stop", "restart"] {
+        assert!(discovery.contains(&format!("\"virtualmachines/{verb}\"")), "{discovery}");
+    }
+    let refused = run(Command::new(&virtctl).env("KUBECONFIG", &cluster.kubeconfig).args([
+        "start",
         "vm-cirros",
         "-n",
         ns,
+    ]));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("VM is already running"), "{err}");
+    let stopped = Instant::now();
+    let options = cluster.dir.join("stop-options.json");
+    std::fs::write(
+        &options,
+        r#"{"kind":"StopOptions","apiVersion":"subresources.kubevirt.io/v1","gracePeriod":5}"#,
+    )
+    .unwrap();
+    ok(&mut cluster.kubectl(&[
+        "replace",
+        "--raw",
+        &format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachines/vm-cirros/stop"),
+        "-f",
+        options.to_str().unwrap(),
     ]));
     wait_for("the VMI and its pod to go after virtctl stop", 120, || {
         let vmi = cluster.get(&["vmi", "vm-cirros", "-n", ns], "{.metadata.name}");

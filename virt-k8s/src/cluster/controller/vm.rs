@@ -134,7 +134,7 @@ fn next_request(vm: &VirtualMachine) -> Option<StateChange> {
     StateChange::parse(first.get("action")?.as_str()?)
 }
 
-fn owned_by(vmi: &Cr<VirtualMachineInstance>, uid: Option<&str>) -> bool {
+pub(crate) fn owned_by(vmi: &Cr<VirtualMachineInstance>, uid: Option<&str>) -> bool {
     vmi.meta
         .owner_references
         .iter()
@@ -221,7 +221,10 @@ pub async fn reconcile(vm: Arc<Cr<VirtualMachine>>, ctx: Arc<Context>) -> Result
     });
     if desired != current {
         let vms: Api<Cr<VirtualMachine>> = Api::namespaced(ctx.client.clone(), &ns);
-        vms.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": desired })))
+        // Under the resourceVersion read: a state change queued meanwhile (the `start`/`stop`
+        // subresources append to the list) makes this a conflict, retried, never lost.
+        let patch = json!({ "metadata": { "resourceVersion": vm.meta.resource_version }, "status": desired });
+        vms.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .map_err(api_err(format!("writing the status of VM {ns}/{name}")))?;
     }

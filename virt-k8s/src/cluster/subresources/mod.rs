@@ -21,6 +21,7 @@
 pub mod admission;
 mod register;
 mod routes;
+mod vm_verbs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

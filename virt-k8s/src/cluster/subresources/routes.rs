@@ -1,6 +1,7 @@
-//! The routes of `subresources.kubevirt.io/v1`: discovery, and the VMI subresources served for the
-//! VMIs of this node. Every refusal is a Kubernetes `Status` naming the VMI; paths not served
-//! answer the API server's generic 404, on which `virtctl` carries VM verbs out itself.
+//! The routes of `subresources.kubevirt.io/v1`: discovery, the VMI subresources served for the
+//! VMIs of this node, and the VM verbs ([`vm_verbs`]). Every refusal is a Kubernetes `Status`
+//! naming the object; paths not served answer the API server's generic 404 (on which `virtctl`
+//! carries VM verbs out itself, for a cluster without this API).
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -17,15 +18,15 @@ use virt_core::lifecycle::Runtime;
 use virt_core::machine::{Machine, MachineError, MachineStatus};
 use virt_core::model::{VirtualMachineInstance, VmiPhase};
 
-use super::{Server, GROUP_VERSION};
+use super::{vm_verbs, Server, GROUP_VERSION};
 use crate::cluster::handler::model_of;
 use crate::cluster::kinds::Cr;
 use crate::node::api::consoles::bridge;
 use crate::node::api::status_response;
 
-type Refusal = Box<Response>;
+pub(super) type Refusal = Box<Response>;
 
-fn refuse(code: StatusCode, reason: &str, message: String) -> Refusal {
+pub(super) fn refuse(code: StatusCode, reason: &str, message: String) -> Refusal {
     Box::new(status_response(code, reason, &message))
 }
 
@@ -45,6 +46,8 @@ pub fn router(server: Server) -> Router {
     let at = |what: &str| {
         format!("/apis/{GROUP_VERSION}/namespaces/{{ns}}/virtualmachineinstances/{{name}}/{what}")
     };
+    let vm_at =
+        |what: &str| format!("/apis/{GROUP_VERSION}/namespaces/{{ns}}/virtualmachines/{{name}}/{what}");
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/apis/subresources.kubevirt.io", get(group))
@@ -57,6 +60,9 @@ pub fn router(server: Server) -> Router {
         .route(&at("unpause"), put(unpause))
         .route(&at("softreboot"), put(softreboot))
         .route(&at("guestosinfo"), get(guestosinfo))
+        .route(&vm_at("start"), put(vm_verbs::start))
+        .route(&vm_at("stop"), put(vm_verbs::stop))
+        .route(&vm_at("restart"), put(vm_verbs::restart))
         .fallback(|| async {
             status_response(
                 StatusCode::NOT_FOUND,
@@ -77,15 +83,18 @@ async fn group() -> Json<serde_json::Value> {
 
 /// The `APIResourceList` (kubectl api-resources, the API server's discovery and availability).
 async fn resources() -> Json<serde_json::Value> {
-    let resources: Vec<_> = VMI_SUBRESOURCES
-        .iter()
-        .map(|(sub, verb)| {
-            json!({
-                "name": format!("virtualmachineinstances/{sub}"), "singularName": "", "namespaced": true,
-                "kind": "VirtualMachineInstance", "verbs": [verb],
+    let of = |plural: &str, kind: &str, subs: &[(&str, &str)]| -> Vec<serde_json::Value> {
+        subs.iter()
+            .map(|(sub, verb)| {
+                json!({
+                    "name": format!("{plural}/{sub}"), "singularName": "", "namespaced": true,
+                    "kind": kind, "verbs": [verb],
+                })
             })
-        })
-        .collect();
+            .collect()
+    };
+    let mut resources = of("virtualmachineinstances", "VirtualMachineInstance", VMI_SUBRESOURCES);
+    resources.extend(of("virtualmachines", "VirtualMachine", vm_verbs::VM_SUBRESOURCES));
     Json(
         json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": GROUP_VERSION, "resources": resources }),
     )
@@ -176,7 +185,7 @@ fn machine_err(what: &'static str, e: MachineError) -> Refusal {
     refuse(StatusCode::CONFLICT, "Conflict", format!("{what}: {e}"))
 }
 
-fn done(r: Result<(), Refusal>) -> Response {
+pub(super) fn done(r: Result<(), Refusal>) -> Response {
     match r {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => *e,
