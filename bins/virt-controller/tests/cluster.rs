@@ -125,7 +125,14 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     // Its containerDisk's registry is not reachable here: the booting VM is the project's own.
     ok(&mut cluster.kubectl(&["delete", "vm", "vm-cirros", "-n", ns]));
     let vm_file = tmp.join("vm-kernel.yaml");
-    std::fs::write(&vm_file, kernel_vm_net_yaml("vm-cirros", &kernel_image)).unwrap();
+    // It asks to move rather than stop when its node is drained (evacuation, below).
+    let vm_yaml = kernel_vm_net_yaml("vm-cirros", &kernel_image).replacen(
+        "    spec:\n      domain:",
+        "    spec:\n      evictionStrategy: LiveMigrate\n      domain:",
+        1,
+    );
+    assert!(vm_yaml.contains("evictionStrategy"), "{vm_yaml}");
+    std::fs::write(&vm_file, vm_yaml).unwrap();
     ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", vm_file.to_str().unwrap()]));
 
     // Start it as virtctl start does for Halted: runStrategy Always.
@@ -413,6 +420,42 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     virtctl_ok(&["unpause", "vmi", "vm-cirros"]);
     wait_for("the VMI Ready again", 30, conditions("True/"));
     eprintln!("virtctl pause + unpause through the API server: {:?}", t.elapsed());
+
+    // Evacuation (evictionStrategy: LiveMigrate): the VMI has a disruption budget over its
+    // launcher; an eviction of the launcher (what `kubectl drain` sends) is refused by the eviction
+    // webhook with 429, the VMI is marked with the node to leave, and virt-controller creates a
+    // migration off it. The VM runs on, in the same pod.
+    let budget = wait_for("the VMI's disruption budget", 60, || {
+        cluster.get(&["pdb", "kubevirt-disruption-budget-vm-cirros", "-n", ns], "{.spec.minAvailable}")
+    });
+    assert_eq!(budget, "1");
+    let eviction = tmp.join("eviction.json");
+    std::fs::write(
+        &eviction,
+        format!(r#"{{"apiVersion":"policy/v1beta1","kind":"Eviction","metadata":{{"name":"{pod}","namespace":"{ns}"}}}}"#),
+    )
+    .unwrap();
+    let evicted = run(&mut cluster.kubectl(&[
+        "create",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/pods/{pod}/eviction"),
+        "-f",
+        eviction.to_str().unwrap(),
+    ]));
+    let err = String::from_utf8_lossy(&evicted.stderr);
+    assert!(!evicted.status.success(), "the launcher's eviction was refused");
+    assert!(err.contains("Eviction triggered evacuation of VMI") || err.contains("TooManyRequests"), "{err}");
+    let migration = wait_for("an evacuation migration of the VMI", 60, || {
+        cluster
+            .get(
+                &["vmim", "-n", ns],
+                r#"{range .items[?(@.spec.vmiName=="vm-cirros")]}{.metadata.name} {.metadata.annotations.kubevirt\.io/evacuationMigration}{"\n"}{end}"#,
+            )
+            .filter(|s| s.starts_with("kubevirt-evacuation-"))
+    });
+    assert!(migration.trim_end().ends_with(" virtrs-node"), "{migration}");
+    assert_eq!(cluster.get(&["pod", &pod, "-n", ns], "{.status.phase}").as_deref(), Some("Running"));
+    eprintln!("eviction of the launcher refused; evacuation migration {}", migration.trim());
 
     // The components' manifests (RBAC, virt-controller's Deployment, virt-handler's DaemonSet)
     // pass the API server's validation (server-side dry run; namespace kubevirt exists: the

@@ -83,6 +83,8 @@ pub fn manifests(c: &Components) -> Vec<Value> {
             { "apiGroups": [""], "resources": ["nodes"], "verbs": read },
             { "apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"] },
             { "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": all },
+            // Evacuation: the disruption budgets of VMIs that migrate on eviction.
+            { "apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": all },
             { "apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": all },
         ]),
     ));
@@ -91,6 +93,11 @@ pub fn manifests(c: &Components) -> Vec<Value> {
         json!([
             { "apiGroups": ["kubevirt.io"], "resources": ["virtualmachineinstances", "virtualmachineinstances/status"],
               "verbs": ["get", "list", "watch", "update", "patch"] },
+            // The VM verbs of the subresources API (start, stop, restart).
+            { "apiGroups": ["kubevirt.io"], "resources": ["virtualmachines", "virtualmachines/status"],
+              "verbs": ["get", "update"] },
+            // The eviction webhook reads the pod an eviction is for.
+            { "apiGroups": [""], "resources": ["pods"], "verbs": read },
             { "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["extension-apiserver-authentication"],
               "verbs": ["get"] },
             { "apiGroups": [""], "resources": ["namespaces", "services", "endpoints"], "verbs": all },

@@ -3,9 +3,12 @@
 //! the local node runs), [`vmi`] gives each VirtualMachineInstance a launcher pod and writes the
 //! VMI's phase from the pod's through `/status`; [`dv`] fills each DataVolume's claim with an
 //! importer pod, and the provisioner gives pending claims of the project's StorageClass a volume
-//! (`cluster::storage`). Failed reconciles back off per object.
+//! (`cluster::storage`); [`evacuation`] keeps the disruption budget of each VMI whose
+//! `evictionStrategy` migrates it and starts the migration a refused eviction asked for. Failed
+//! reconciles back off per object.
 
 pub mod dv;
+pub mod evacuation;
 pub mod vm;
 pub mod vmi;
 
@@ -201,6 +204,14 @@ pub async fn run(
                 log::debug!("reconciled VirtualMachine {}", obj.name);
             }
         });
+    let evacuation_ctl = Controller::new(vmis.clone(), watcher::Config::default())
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(
+            evacuation::reconcile,
+            error_policy::<Cr<VirtualMachineInstance>>("Evacuation of VirtualMachineInstance"),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
     let vmi_ctl = Controller::new(vmis, watcher::Config::default())
         .owns(pods.clone(), launchers)
         .graceful_shutdown_on(stopped(stop_rx.clone()))
@@ -238,7 +249,7 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    futures_util::future::join3(vm_ctl, vmi_ctl, storage).await;
+    futures_util::future::join4(vm_ctl, vmi_ctl, evacuation_ctl, storage).await;
 }
 
 #[cfg(test)]

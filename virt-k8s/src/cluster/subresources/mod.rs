@@ -19,6 +19,7 @@
 //! updating the VM (`client::cluster_verbs`), which needs no node.
 
 pub mod admission;
+pub mod eviction;
 mod register;
 mod routes;
 mod vm_verbs;
@@ -208,7 +209,7 @@ pub async fn start(
     let (hooks, webhook_port) =
         tls_listener(SocketAddr::new(listen.ip(), 0), webhook_tls_config(cert, key)?).await?;
     let app = routes::router(server.clone());
-    let hooks_app = admission::router();
+    let hooks_app = admission::router().merge(eviction::router(server.client.clone()));
     let (stop_api, stop_hooks) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let mut stopped = stop_hooks.clone();

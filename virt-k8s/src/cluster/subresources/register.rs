@@ -107,6 +107,27 @@ pub fn objects(r: &Registration) -> [Value; 5] {
             })
         })
         .collect();
+    // Evictions (see `eviction`): every pod's, so Ignore: a webhook that is down must not block
+    // drains; the VMI's disruption budget still holds its launcher then.
+    let mut webhooks = webhooks;
+    webhooks.push(json!({
+        "name": super::eviction::NAME,
+        "clientConfig": {
+            "service": {
+                "namespace": SERVICE_NAMESPACE, "name": SERVICE,
+                "path": super::eviction::PATH, "port": WEBHOOK_SERVICE_PORT,
+            },
+            "caBundle": ca_bundle,
+        },
+        "rules": [{
+            "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+            "resources": ["pods/eviction"], "scope": "Namespaced",
+        }],
+        "failurePolicy": "Ignore",
+        "sideEffects": "NoneOnDryRun",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 10,
+    }));
     let webhook_configuration = json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": { "name": WEBHOOK_CONFIGURATION, "labels": { "kubevirt.io": "virt-api" } },
@@ -178,7 +199,15 @@ mod tests {
         // The webhooks reach the webhook port, each checks one resource of its own group, fails
         // closed and does nothing else.
         let webhooks = hooks["webhooks"].as_array().unwrap();
-        assert_eq!(webhooks.len(), super::super::admission::webhooks().len());
+        assert_eq!(webhooks.len(), super::super::admission::webhooks().len() + 1);
+        // The eviction interceptor: evictions only, failing open (the disruption budget holds).
+        let (eviction, webhooks) = webhooks.split_last().unwrap();
+        assert_eq!(eviction["name"], "virt-launcher-eviction-interceptor.kubevirt.io");
+        assert_eq!(eviction["clientConfig"]["service"]["path"], "/evict");
+        assert_eq!(eviction["rules"][0]["resources"], json!(["pods/eviction"]));
+        assert_eq!(eviction["rules"][0]["operations"], json!(["CREATE"]));
+        assert_eq!(eviction["failurePolicy"], "Ignore");
+        assert_eq!(eviction["sideEffects"], "NoneOnDryRun");
         for h in webhooks {
             assert_eq!(h["clientConfig"]["service"]["port"], svc["spec"]["ports"][1]["port"]);
             assert_eq!(h["clientConfig"]["service"]["path"], "/validate");
