@@ -8,8 +8,9 @@
 //!   set to the node a refused eviction wanted it off;
 //! - from this controller, for such a VMI, a `VirtualMachineInstanceMigration`
 //!   (`kubevirt-evacuation-xxxxx`, annotation `kubevirt.io/evacuationMigration: <node>`), one at a
-//!   time, the next no sooner than [`RETRY`] after one failed; once the VMI runs elsewhere the mark
-//!   is cleared.
+//!   time, the next after a back-off when one failed ([`retry_after`]); once the VMI runs elsewhere,
+//!   ends, or an evacuation migration succeeded, the mark is cleared (the migrations it brought
+//!   annotated [`HANDLED_ANNOTATION`], so a later evacuation counts its own only).
 //!
 //! `LiveMigrateIfPossible` behaves as `LiveMigrate` when the VMI's `LiveMigratable` condition is
 //! True, else as `None` (no budget: the drain stops it). The cluster runs on Kubernetes 1.20, whose
@@ -29,8 +30,18 @@ use crate::cluster::kinds::Cr;
 
 /// The annotation naming the node an evacuation migration moves a VMI off (KubeVirt's).
 pub const EVACUATION_ANNOTATION: &str = "kubevirt.io/evacuationMigration";
-/// The wait after a failed evacuation migration before the next.
+/// The wait after a failed evacuation migration before the next (doubling with each failure,
+/// [`retry_after`]).
 pub const RETRY: Duration = Duration::from_secs(30);
+/// Set on the evacuation migrations a clearing of the mark accounted for (a later evacuation of
+/// the same VMI looks at its own only).
+pub const HANDLED_ANNOTATION: &str = "virt-rs.io/evacuation-handled";
+
+/// The wait after the `failed`-th failed evacuation migration in a row: 30 s doubling, at most
+/// 8 minutes.
+pub fn retry_after(failed: usize) -> Duration {
+    RETRY * (1u32 << failed.saturating_sub(1).min(4))
+}
 /// The field manager of what this controller applies.
 const MANAGER: &str = "virt-controller-evacuation";
 
@@ -125,41 +136,55 @@ pub async fn reconcile(
         return Ok(Action::await_change());
     };
     let vmis: Api<Cr<VirtualMachineInstance>> = Api::namespaced(ctx.client.clone(), &ns);
-    if ending || status.node_name.as_deref() != Some(evacuating.as_str()) {
-        // Moved off (or ending): the mark has done its work.
-        let patch = Patch::Merge(json!({ "status": { "evacuationNodeName": null } }));
-        vmis.patch_status(&name, &PatchParams::default(), &patch)
-            .await
-            .map_err(api_err(format!("clearing the evacuation of VMI {ns}/{name}")))?;
-        log::info!("{k}: evacuated off {evacuating}");
-        ctx.succeeded(&k);
-        return Ok(Action::await_change());
-    }
     let migrations: Api<Cr<VirtualMachineInstanceMigration>> = Api::namespaced(ctx.client.clone(), &ns);
-    let mine: Vec<_> = migrations
+    // This VMI's evacuation migrations not yet accounted for by an earlier clearing of the mark.
+    let open: Vec<_> = migrations
         .list(&ListParams::default())
         .await
         .map_err(api_err(format!("listing the migrations of namespace {ns}")))?
         .items
         .into_iter()
         .filter(|m| m.obj.spec.vmi_name.as_deref() == Some(name.as_str()))
+        .filter(|m| m.meta.annotations.as_ref().is_some_and(|a| a.contains_key(EVACUATION_ANNOTATION)))
+        .filter(|m| !m.meta.annotations.as_ref().is_some_and(|a| a.contains_key(HANDLED_ANNOTATION)))
         .collect();
     let phase = |m: &Cr<VirtualMachineInstanceMigration>| {
         m.obj.status.as_ref().and_then(|s| s["phase"].as_str()).unwrap_or_default().to_string()
     };
-    if mine.iter().any(|m| !matches!(phase(m).as_str(), "Succeeded" | "Failed")) {
+    if open.iter().any(|m| !matches!(phase(m).as_str(), "Succeeded" | "Failed")) {
         // One under way: its end brings this back (the VMI's status changes).
         ctx.succeeded(&k);
         return Ok(Action::requeue(RETRY));
     }
-    let last_failed = mine
-        .iter()
-        .filter(|m| phase(m) == "Failed")
-        .filter_map(|m| m.meta.creation_timestamp.as_ref().map(|t| t.0))
-        .max();
+    let moved = status.node_name.as_deref() != Some(evacuating.as_str());
+    if ending || moved || open.iter().any(|m| phase(m) == "Succeeded") {
+        // Moved off, ending, or an evacuation migration succeeded (the scheduler chose; if the
+        // node is drained, a new eviction marks the VMI again): the mark has done its work. The
+        // migrations it brought are accounted for first, so that a crash in between costs at
+        // most one more migration, never a loop.
+        for m in &open {
+            let patch =
+                Patch::Merge(json!({ "metadata": { "annotations": { HANDLED_ANNOTATION: "true" } } }));
+            let mname = m.meta.name.clone().unwrap_or_default();
+            migrations
+                .patch(&mname, &PatchParams::default(), &patch)
+                .await
+                .map_err(api_err(format!("marking migration {ns}/{mname} handled")))?;
+        }
+        let patch = Patch::Merge(json!({ "status": { "evacuationNodeName": null } }));
+        vmis.patch_status(&name, &PatchParams::default(), &patch)
+            .await
+            .map_err(api_err(format!("clearing the evacuation of VMI {ns}/{name}")))?;
+        log::info!("{k}: evacuation off {evacuating} done (moved: {moved}, ending: {ending})");
+        ctx.succeeded(&k);
+        return Ok(Action::await_change());
+    }
+    // Only failures so far: the next after a back-off that doubles with each.
+    let failed = open.len();
+    let last_failed = open.iter().filter_map(|m| m.meta.creation_timestamp.as_ref().map(|t| t.0)).max();
     if let Some(t) = last_failed {
         let since = k8s_openapi::jiff::Timestamp::now().duration_since(t);
-        let wait = RETRY.saturating_sub(Duration::try_from(since).unwrap_or(RETRY));
+        let wait = retry_after(failed).saturating_sub(Duration::try_from(since).unwrap_or(Duration::ZERO));
         if !wait.is_zero() {
             ctx.succeeded(&k);
             return Ok(Action::requeue(wait));
@@ -215,6 +240,12 @@ mod tests {
         assert!(migrates_on_eviction(&vmi(&yes)));
         let no = format!("{maybe}status:\n  conditions:\n  - {{type: LiveMigratable, status: \"False\"}}\n");
         assert!(!migrates_on_eviction(&vmi(&no)));
+    }
+
+    #[test]
+    fn failed_evacuations_back_off_doubling_to_eight_minutes() {
+        let secs: Vec<u64> = (0..8).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(secs, [30, 30, 60, 120, 240, 480, 480, 480]);
     }
 
     #[test]
