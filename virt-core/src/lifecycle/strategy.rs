@@ -321,7 +321,10 @@ mod tests {
         assert_eq!(p(None, VolumesView::Failed), "DataVolumeError");
         assert_eq!(p(None, VolumesView::Ready), "Stopped");
         assert_eq!(p(Some(VmiPhase::Running), VolumesView::Ready), "Running");
-        assert_eq!(printable_status_with_volumes(Some(VmiPhase::Running), true, false, false, VolumesView::Failed), "Stopping");
+        assert_eq!(
+            printable_status_with_volumes(Some(VmiPhase::Running), true, false, false, VolumesView::Failed),
+            "Stopping"
+        );
     }
 
     fn running() -> Option<InstanceView> {

@@ -277,7 +277,10 @@ impl CloneReport {
         let shared = c.kind.shares_blocks();
         Self {
             clone_type: if shared { "reflink" } else { "host-assisted" }.into(),
-            clone_fallback_reason: (!shared).then(|| c.reflink_error.clone()).flatten().map(|e| format!("reflink: FICLONE: {e}")),
+            clone_fallback_reason: (!shared)
+                .then(|| c.reflink_error.clone())
+                .flatten()
+                .map(|e| format!("reflink: FICLONE: {e}")),
             detail: format!("{}: {} bytes, {} of them data", c.kind, c.size, c.data_bytes),
         }
     }

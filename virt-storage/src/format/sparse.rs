@@ -154,7 +154,12 @@ pub fn clone_file(src: &Path, dst: &Path) -> Result<FileClone, FormatError> {
                 // No in-kernel copy between these files (another file system, an old kernel):
                 // copy through user space; nothing was written yet unless this is a later
                 // extent, and sparse_copy rewrites the whole file.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+                    ) =>
+                {
                     kind = FileCloneKind::Copy;
                     break 'extents;
                 }
@@ -209,7 +214,8 @@ fn copy_range(src: &File, dst: &File, off: u64, len: u64) -> std::io::Result<u64
     let len = len.min(1 << 30) as usize;
     // SAFETY: both descriptors are open files borrowed for the call; the offsets are valid
     // pointers to locals the kernel reads and updates; no memory of ours is otherwise touched.
-    let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, len, 0) };
+    let n =
+        unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, len, 0) };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -261,7 +267,9 @@ fn shares_blocks(f: &File) -> bool {
     // `#[repr(C)]` buffer, which has room for exactly that many; the descriptor is open.
     let rc = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP as _, &mut map as *mut Fiemap) };
     rc == 0
-        && map.extents[..(map.mapped_extents as usize).min(32)].iter().any(|e| e.flags & FIEMAP_EXTENT_SHARED != 0)
+        && map.extents[..(map.mapped_extents as usize).min(32)]
+            .iter()
+            .any(|e| e.flags & FIEMAP_EXTENT_SHARED != 0)
 }
 
 #[cfg(test)]

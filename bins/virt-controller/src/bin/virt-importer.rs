@@ -45,8 +45,9 @@ fn main() -> ExitCode {
         let _ = std::io::stdout().flush();
     };
     let result = match (std::env::var(DV_ENV), &cli.clone_from) {
-        (Ok(dv), None) => import_into(&dv, &cli.data_dir, cli.insecure_registries, &mut progress)
-            .map_err(|e| e.to_string()),
+        (Ok(dv), None) => {
+            import_into(&dv, &cli.data_dir, cli.insecure_registries, &mut progress).map_err(|e| e.to_string())
+        }
         (Ok(dv), Some(from)) => match clone_into(&dv, from, &cli.data_dir, &mut progress) {
             Ok(report) => {
                 let json = serde_json::to_string(&report).unwrap_or_default();

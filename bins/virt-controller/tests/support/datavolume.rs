@@ -136,7 +136,12 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
 
     // A VM whose dataVolumeTemplates clone claim dv-base, which does not exist yet: its
     // DataVolume is made (owned by the VM) and waits, the VM is Provisioning and has no VMI.
-    apply(cluster, ns, "vm-clone", &clone_vm_yaml("vm-clone", &cluster.kernel_image, "dv-clone", ns, "dv-base"));
+    apply(
+        cluster,
+        ns,
+        "vm-clone",
+        &clone_vm_yaml("vm-clone", &cluster.kernel_image, "dv-clone", ns, "dv-base"),
+    );
     let vm_uid = cluster.get(&["vm", "vm-clone", "-n", ns], "{.metadata.uid}").unwrap();
     let waiting = wait_for("the clone DataVolume to wait for its source", 60, || {
         cluster
@@ -148,13 +153,22 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
     });
     assert_eq!(waiting, format!("Pending CloneWithoutSource: The source pvc {ns}/dv-base doesn't exist"));
     let owner = cluster
-        .get(&["dv", "dv-clone", "-n", ns], "{.metadata.ownerReferences[0].kind} {.metadata.ownerReferences[0].uid}")
+        .get(
+            &["dv", "dv-clone", "-n", ns],
+            "{.metadata.ownerReferences[0].kind} {.metadata.ownerReferences[0].uid}",
+        )
         .unwrap();
     assert_eq!(owner, format!("VirtualMachine {vm_uid}"), "the template's DataVolume is owned by its VM");
     wait_for("the clone VM to be Provisioning", 30, || {
-        cluster.get(&["vm", "vm-clone", "-n", ns], "{.status.printableStatus}").filter(|s| s == "Provisioning")
+        cluster
+            .get(&["vm", "vm-clone", "-n", ns], "{.status.printableStatus}")
+            .filter(|s| s == "Provisioning")
     });
-    assert_eq!(cluster.get(&["vmi", "vm-clone", "-n", ns], "{.metadata.name}"), None, "no VMI while provisioning");
+    assert_eq!(
+        cluster.get(&["vmi", "vm-clone", "-n", ns], "{.metadata.name}"),
+        None,
+        "no VMI while provisioning"
+    );
     eprintln!("VM vm-clone Provisioning, DataVolume dv-clone: {waiting}");
 
     // The DataVolume: claim, volume, importer pod, phases to Succeeded.
@@ -223,7 +237,9 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
         (p == "Succeeded").then_some(())
     });
     let after_source = base_done.map(|t| t.elapsed());
-    eprintln!("DataVolume dv-clone: phases {clone_phases:?}, Succeeded {after_source:?} after its source did");
+    eprintln!(
+        "DataVolume dv-clone: phases {clone_phases:?}, Succeeded {after_source:?} after its source did"
+    );
     let clone = cluster
         .get(
             &["dv", "dv-clone", "-n", ns],
@@ -234,13 +250,17 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
         .get(&["dv", "dv-clone", "-n", ns], "{.metadata.annotations.cdi\\.kubevirt\\.io/cloneFallbackReason}")
         .unwrap_or_default();
     assert!(
-        clone == "100.0% True reflink" || (clone == "100.0% True host-assisted" && fallback.contains("FICLONE")),
+        clone == "100.0% True reflink"
+            || (clone == "100.0% True host-assisted" && fallback.contains("FICLONE")),
         "{clone} / {fallback}"
     );
     eprintln!("DataVolume dv-clone: {clone} ({fallback})");
     let clone_pvc = |name: &str| {
         let c = cluster
-            .get(&["pvc", name, "-n", ns], "{.status.phase} {.spec.resources.requests.storage} {.spec.volumeName}")
+            .get(
+                &["pvc", name, "-n", ns],
+                "{.status.phase} {.spec.resources.requests.storage} {.spec.volumeName}",
+            )
             .unwrap();
         let parts: Vec<String> = c.split(' ').map(str::to_string).collect();
         assert_eq!(parts[0], "Bound", "{name}: {c}");
@@ -256,9 +276,17 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
             "{.status.phase} {.metadata.ownerReferences[0].kind} {.spec.volumes[?(@.name=='cdi-source-vol')].hostPath.path}",
         )
         .unwrap();
-    assert_eq!(cloner, format!("Succeeded DataVolume {}", base_dir.display()), "the clone pod read the source's volume");
+    assert_eq!(
+        cloner,
+        format!("Succeeded DataVolume {}", base_dir.display()),
+        "the clone pod read the source's volume"
+    );
     let (base_disk, clone_disk) = (base_dir.join("disk.img"), clone_dir.join("disk.img"));
-    assert_eq!(std::fs::read(&base_disk).unwrap(), std::fs::read(&clone_disk).unwrap(), "the clone's disk.img");
+    assert_eq!(
+        std::fs::read(&base_disk).unwrap(),
+        std::fs::read(&clone_disk).unwrap(),
+        "the clone's disk.img"
+    );
     {
         use std::os::unix::fs::MetadataExt;
         let blocks = std::fs::metadata(&clone_disk).unwrap().blocks() * 512;

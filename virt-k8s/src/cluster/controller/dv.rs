@@ -178,7 +178,8 @@ pub async fn plan_clone(
     let src_ns = if src.namespace.is_empty() { ns } else { src.namespace.as_str() };
     let what = format!("{src_ns}/{}", src.name);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), src_ns);
-    let Some(pvc) = pvcs.get_opt(&src.name).await.map_err(api_err(format!("reading the source PVC {what}")))?
+    let Some(pvc) =
+        pvcs.get_opt(&src.name).await.map_err(api_err(format!("reading the source PVC {what}")))?
     else {
         return Ok(CloneCheck::Wait(
             DataVolumePhase::Pending,
@@ -193,15 +194,13 @@ pub async fn plan_clone(
         ));
     }
     // A claim a DataVolume fills is a source once that DataVolume succeeded.
-    let filler = pvc
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.kind == "DataVolume" && o.controller == Some(true) && o.api_version.starts_with("cdi.kubevirt.io/"));
+    let filler = pvc.metadata.owner_references.iter().flatten().find(|o| {
+        o.kind == "DataVolume" && o.controller == Some(true) && o.api_version.starts_with("cdi.kubevirt.io/")
+    });
     if let Some(o) = filler {
         let dvs: Api<Cr<DataVolume>> = Api::namespaced(client.clone(), src_ns);
-        let owner = dvs.get_opt(&o.name).await.map_err(api_err(format!("reading DataVolume {src_ns}/{}", o.name)))?;
+        let owner =
+            dvs.get_opt(&o.name).await.map_err(api_err(format!("reading DataVolume {src_ns}/{}", o.name)))?;
         let phase = owner.as_ref().and_then(|d| d.obj.status.as_ref()).and_then(|s| s.phase);
         if phase != Some(DataVolumePhase::Succeeded) {
             let phase = phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into());
@@ -240,16 +239,14 @@ pub async fn plan_clone(
     let source = match pv.as_ref().and_then(|pv| host_dir(pv).map(|d| (d, pv_node(pv)))) {
         Some((dir, node)) => CloneSource::HostDir { path: dir.display().to_string(), node },
         None if src_ns == ns => CloneSource::Claim(src.name.clone()),
-        None => {
-            return Ok(CloneCheck::Fail(
-                "CloneFailed",
-                format!(
-                    "the source pvc {what} is in another namespace and its PersistentVolume {volume} is neither \
+        None => return Ok(CloneCheck::Fail(
+            "CloneFailed",
+            format!(
+                "the source pvc {what} is in another namespace and its PersistentVolume {volume} is neither \
                      hostPath nor local: a clone pod can mount only its own namespace's claims (CDI streams \
                      such clones between two pods; not supported yet)"
-                ),
-            ))
-        }
+            ),
+        )),
     };
     // A pod writing the source while it is copied would leave a torn copy.
     let pods: Api<Pod> = Api::namespaced(client.clone(), src_ns);
@@ -261,11 +258,14 @@ pub async fn plan_clone(
         .items
         .into_iter()
         .filter(|p| p.metadata.name.as_deref() != Some(ours.as_str()) || src_ns != ns)
-        .filter(|p| !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")))
         .filter(|p| {
-            p.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| {
-                v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == src.name)
-            })
+            !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+        })
+        .filter(|p| {
+            p.spec
+                .iter()
+                .flat_map(|s| s.volumes.iter().flatten())
+                .any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == src.name))
         })
         .filter_map(|p| p.metadata.name)
         .collect();
@@ -563,8 +563,12 @@ mod tests {
         let up = unsupported_source(&dv(json!({ "upload": {} })).obj).unwrap();
         assert!(up.contains("spec.source.upload"), "{up}");
         // A clone's claim: the size given (its source's at least), on the source's node.
-        let c = claim_for(&dv(json!({ "pvc": { "namespace": "a", "name": "b" } })), Some(1 << 30), Some("n1"));
-        assert_eq!(c.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, (1u64 << 30).to_string());
+        let c =
+            claim_for(&dv(json!({ "pvc": { "namespace": "a", "name": "b" } })), Some(1 << 30), Some("n1"));
+        assert_eq!(
+            c.spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            (1u64 << 30).to_string()
+        );
         assert_eq!(c.metadata.annotations.as_ref().unwrap()[ANN_SELECTED_NODE], "n1");
     }
 
@@ -591,7 +595,14 @@ mod tests {
         assert_eq!(st.phase, Some(DataVolumePhase::CloneScheduled));
         assert_eq!(st.conditions[0].status, ConditionStatus::True, "Bound");
         let running = pod(json!({ "status": { "phase": "Running" } }));
-        let st = status_of("disk", Some(&claim("Bound")), Some(&running), Some("45.20%".into()), None, Fill::Import);
+        let st = status_of(
+            "disk",
+            Some(&claim("Bound")),
+            Some(&running),
+            Some("45.20%".into()),
+            None,
+            Fill::Import,
+        );
         assert_eq!(
             (st.phase, st.progress.as_ref().map(|p| p.0.as_str())),
             (Some(DataVolumePhase::ImportInProgress), Some("45.20%"))

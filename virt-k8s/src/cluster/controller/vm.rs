@@ -178,7 +178,11 @@ async fn sync_data_volumes(
     let mut states = Vec::new();
     for (i, t) in vm.obj.spec.data_volume_templates.iter().enumerate() {
         let Some(dv_name) = t.metadata.name.as_deref() else { continue };
-        let phase = match dvs.get_opt(dv_name).await.map_err(api_err(format!("reading DataVolume {ns}/{dv_name}")))? {
+        let phase = match dvs
+            .get_opt(dv_name)
+            .await
+            .map_err(api_err(format!("reading DataVolume {ns}/{dv_name}")))?
+        {
             Some(d) => d.obj.status.and_then(|s| s.phase),
             None => {
                 match dvs.create(&PostParams::default(), &template_dv(vm, i)?).await {
@@ -189,7 +193,9 @@ async fn sync_data_volumes(
                     Err(kube::Error::Api(r)) if r.code == 409 => {}
                     Err(e) => {
                         return Err(ReconcileError::Api {
-                            what: format!("creating DataVolume {ns}/{dv_name} of spec.dataVolumeTemplates[{i}]"),
+                            what: format!(
+                                "creating DataVolume {ns}/{dv_name} of spec.dataVolumeTemplates[{i}]"
+                            ),
                             source: e,
                         })
                     }
@@ -388,9 +394,18 @@ spec:
         let dv = template_dv(&vm(&with_dv), 0).unwrap();
         assert_eq!((dv.meta.name.as_deref(), dv.meta.namespace.as_deref()), (Some("root-dv"), Some("team")));
         let owner = &dv.meta.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("VirtualMachine", "vm-uid", Some(true)));
-        assert_eq!((dv.meta.uid.as_ref(), dv.meta.creation_timestamp.as_ref(), dv.obj.status.as_ref()), (None, None, None));
-        assert_eq!(dv.obj.spec.source.as_ref().and_then(|s| s.pvc.as_ref()).map(|p| p.name.as_str()), Some("golden"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("VirtualMachine", "vm-uid", Some(true))
+        );
+        assert_eq!(
+            (dv.meta.uid.as_ref(), dv.meta.creation_timestamp.as_ref(), dv.obj.status.as_ref()),
+            (None, None, None)
+        );
+        assert_eq!(
+            dv.obj.spec.source.as_ref().and_then(|s| s.pvc.as_ref()).map(|p| p.name.as_str()),
+            Some("golden")
+        );
         let bad = with_dv.replace("          name: golden\n", "          name: golden\n          extra: 1\n");
         let e = template_dv(&vm(&bad), 0).unwrap_err().to_string();
         assert!(e.contains("spec.dataVolumeTemplates[0]"), "{e}");
