@@ -18,6 +18,8 @@ pub const MARKER: &str = "VIRT-PVC-DISK-OK";
 /// The served disk's size.
 pub const DISK_BYTES: usize = 4 << 20;
 const PORT: u16 = 18_089;
+/// The namespace of the clone's source (the clone is in the test's namespace).
+const SRC_NS: &str = "virt-rs-e2e-src";
 
 /// The node's address on its veth (the host's is `.254`); pods reach it through their gateway.
 pub fn node_ip(cluster: &Cluster) -> String {
@@ -134,13 +136,15 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
     );
     eprintln!("VM with a missing DataVolume: VMI {why}");
 
-    // A VM whose dataVolumeTemplates clone claim dv-base, which does not exist yet: its
-    // DataVolume is made (owned by the VM) and waits, the VM is Provisioning and has no VMI.
+    // A VM whose dataVolumeTemplates clone claim dv-base of another namespace (as CDI allows),
+    // which does not exist yet: its DataVolume is made (owned by the VM) and waits, the VM is
+    // Provisioning and has no VMI.
+    ok(&mut cluster.kubectl(&["create", "namespace", SRC_NS]));
     apply(
         cluster,
         ns,
         "vm-clone",
-        &clone_vm_yaml("vm-clone", &cluster.kernel_image, "dv-clone", ns, "dv-base"),
+        &clone_vm_yaml("vm-clone", &cluster.kernel_image, "dv-clone", SRC_NS, "dv-base"),
     );
     let vm_uid = cluster.get(&["vm", "vm-clone", "-n", ns], "{.metadata.uid}").unwrap();
     let waiting = wait_for("the clone DataVolume to wait for its source", 60, || {
@@ -151,7 +155,7 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
             )
             .filter(|s| s.contains("CloneWithoutSource"))
     });
-    assert_eq!(waiting, format!("Pending CloneWithoutSource: The source pvc {ns}/dv-base doesn't exist"));
+    assert_eq!(waiting, format!("Pending CloneWithoutSource: The source pvc {SRC_NS}/dv-base doesn't exist"));
     let owner = cluster
         .get(
             &["dv", "dv-clone", "-n", ns],
@@ -175,7 +179,7 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
     let imported = Instant::now();
     apply(cluster, ns, "dv-disk", &dv_yaml("dv-disk", &url(cluster, "disk.img"), "16Mi"));
     // The clone's source, imported beside it.
-    apply(cluster, ns, "dv-base", &dv_yaml("dv-base", &url(cluster, "disk.img"), "16Mi"));
+    apply(cluster, SRC_NS, "dv-base", &dv_yaml("dv-base", &url(cluster, "disk.img"), "16Mi"));
     let mut phases: Vec<String> = Vec::new();
     wait_for("DataVolume dv-disk Succeeded", 180, || {
         let p = cluster.get(&["dv", "dv-disk", "-n", ns], "{.status.phase}").unwrap_or_default();
@@ -225,7 +229,7 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
     let mut clone_phases: Vec<String> = Vec::new();
     let mut base_done = None;
     wait_for("DataVolume dv-clone Succeeded", 180, || {
-        let base = cluster.get(&["dv", "dv-base", "-n", ns], "{.status.phase}").unwrap_or_default();
+        let base = cluster.get(&["dv", "dv-base", "-n", SRC_NS], "{.status.phase}").unwrap_or_default();
         if base == "Succeeded" && base_done.is_none() {
             base_done = Some(Instant::now());
         }
@@ -255,7 +259,7 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
         "{clone} / {fallback}"
     );
     eprintln!("DataVolume dv-clone: {clone} ({fallback})");
-    let clone_pvc = |name: &str| {
+    let clone_pvc = |name: &str, ns: &str| {
         let c = cluster
             .get(
                 &["pvc", name, "-n", ns],
@@ -267,8 +271,8 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
         let dir = PathBuf::from(cluster.get(&["pv", &parts[2]], "{.spec.hostPath.path}").unwrap());
         (parts[1].clone(), parts[2].clone(), dir)
     };
-    let (base_size, _, base_dir) = clone_pvc("dv-base");
-    let (clone_size, clone_pv, clone_dir) = clone_pvc("dv-clone");
+    let (base_size, _, base_dir) = clone_pvc("dv-base", SRC_NS);
+    let (clone_size, clone_pv, clone_dir) = clone_pvc("dv-clone", ns);
     assert_eq!(clone_size, (16u64 << 20).to_string(), "sized as its source ({base_size})");
     let cloner = cluster
         .get(
@@ -362,7 +366,8 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
         (a.is_none() && b.is_none()).then_some(())
     });
     let deleted = Instant::now();
-    ok(&mut cluster.kubectl(&["delete", "dv", "dv-disk", "dv-base", bad_dv, "-n", ns, "--wait=false"]));
+    ok(&mut cluster.kubectl(&["delete", "dv", "dv-disk", bad_dv, "-n", ns, "--wait=false"]));
+    ok(&mut cluster.kubectl(&["delete", "dv", "dv-base", "-n", SRC_NS, "--wait=false"]));
     wait_for("the DataVolumes' claims, pods and volumes to go (the clone's with its VM)", 120, || {
         let claim = cluster.get(&["pvc", "dv-disk", "-n", ns], "{.metadata.name}");
         let pod = cluster.get(&["pod", "importer-dv-disk", "-n", ns], "{.metadata.name}");

@@ -239,14 +239,16 @@ pub async fn plan_clone(
     let source = match pv.as_ref().and_then(|pv| host_dir(pv).map(|d| (d, pv_node(pv)))) {
         Some((dir, node)) => CloneSource::HostDir { path: dir.display().to_string(), node },
         None if src_ns == ns => CloneSource::Claim(src.name.clone()),
-        None => return Ok(CloneCheck::Fail(
-            "CloneFailed",
-            format!(
+        None => {
+            return Ok(CloneCheck::Fail(
+                "CloneFailed",
+                format!(
                 "the source pvc {what} is in another namespace and its PersistentVolume {volume} is neither \
                      hostPath nor local: a clone pod can mount only its own namespace's claims (CDI streams \
                      such clones between two pods; not supported yet)"
             ),
-        )),
+            ))
+        }
     };
     // A pod writing the source while it is copied would leave a torn copy.
     let pods: Api<Pod> = Api::namespaced(client.clone(), src_ns);
