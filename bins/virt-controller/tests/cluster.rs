@@ -9,7 +9,9 @@
 //! and VMI and pod gone with it. Admission: a VM, a DataVolume, a migration and an instancetype
 //! the local node refuses are refused by the webhooks naming the field. DataVolumes
 //! (tests/support/datavolume.rs): an http import into a claim through an importer pod, a VM
-//! booting from it, a failed import, the cascade on delete.
+//! booting from it, a VM whose `dataVolumeTemplates` clone another imported claim (Provisioning
+//! until its clone pod filled it; the guest's writes stay in the clone), a failed import, the
+//! cascade on delete.
 //!
 //! The first run builds Kubernetes (scripts/k8s/build.sh, 15-30 minutes); later runs reuse the
 //! cached binaries. Needs docker-registry, skopeo, qemu-system-x86 and busybox-static

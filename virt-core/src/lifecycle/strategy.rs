@@ -255,6 +255,49 @@ pub fn printable_status(
     }
 }
 
+/// What a VM's DataVolumes (its `dataVolumeTemplates`) say about its instance, as KubeVirt's VM
+/// controller sees them: the instance is created once all are populated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumesView {
+    /// None, or all populated (`Succeeded`).
+    Ready,
+    /// One is still being populated: no instance is created yet.
+    Provisioning,
+    /// One failed.
+    Failed,
+}
+
+impl VolumesView {
+    /// The view of several DataVolumes, given whether each succeeded (`Some(true)`), failed
+    /// (`Some(false)`) or is still being populated (`None`): a failure wins, then provisioning.
+    pub fn of(states: impl IntoIterator<Item = Option<bool>>) -> Self {
+        states.into_iter().fold(Self::Ready, |acc, s| match (acc, s) {
+            (Self::Failed, _) | (_, Some(false)) => Self::Failed,
+            (_, None) => Self::Provisioning,
+            (acc, Some(true)) => acc,
+        })
+    }
+}
+
+/// [`printable_status`] with the VM's DataVolumes taken into account, as KubeVirt's:
+/// `DataVolumeError` while one failed, `Provisioning` while one is populated and the instance
+/// is not created or still pending; a VM being stopped stays `Stopping`.
+pub fn printable_status_with_volumes(
+    vmi: Option<VmiPhase>,
+    deleting: bool,
+    paused: bool,
+    backing_off: bool,
+    volumes: VolumesView,
+) -> &'static str {
+    let base = printable_status(vmi, deleting, paused, backing_off);
+    match (volumes, vmi) {
+        (_, Some(_)) if deleting => base,
+        (VolumesView::Failed, None | Some(VmiPhase::Pending | VmiPhase::Scheduling)) => "DataVolumeError",
+        (VolumesView::Provisioning, None | Some(VmiPhase::Pending | VmiPhase::Scheduling)) => "Provisioning",
+        _ => base,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +310,22 @@ mod tests {
         RunStrategy::Halted,
         RunStrategy::Once,
     ];
+
+    #[test]
+    fn data_volumes_gate_the_printable_status_as_kubevirts() {
+        assert_eq!(VolumesView::of([]), VolumesView::Ready);
+        assert_eq!(VolumesView::of([Some(true), None]), VolumesView::Provisioning);
+        assert_eq!(VolumesView::of([None, Some(false), Some(true)]), VolumesView::Failed);
+        let p = |vmi, v| printable_status_with_volumes(vmi, false, false, false, v);
+        assert_eq!(p(None, VolumesView::Provisioning), "Provisioning");
+        assert_eq!(p(None, VolumesView::Failed), "DataVolumeError");
+        assert_eq!(p(None, VolumesView::Ready), "Stopped");
+        assert_eq!(p(Some(VmiPhase::Running), VolumesView::Ready), "Running");
+        assert_eq!(
+            printable_status_with_volumes(Some(VmiPhase::Running), true, false, false, VolumesView::Failed),
+            "Stopping"
+        );
+    }
 
     fn running() -> Option<InstanceView> {
         Some(InstanceView { phase: VmiPhase::Running, deleting: false })

@@ -15,11 +15,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume, VolumeMount,
+    Container, EnvVar, HostPathVolumeSource, PersistentVolumeClaimVolumeSource, Pod, PodSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use virt_storage::cdi::{DataSource, DataVolume};
 use virt_storage::datavolume::{reconcile_data_volume, DvEnv, DvRun, ObjectLookup};
+use virt_storage::format::sparse::{clone_file, FileClone};
 use virt_storage::golden::StorageClasses;
 use virt_storage::volume::{DirPool, VolumeId, VolumeProvider};
 
@@ -28,6 +30,8 @@ use super::storage::DISK_IMG;
 
 /// Where the importer pod mounts the claim it fills.
 pub const DATA_DIR: &str = "/data";
+/// Where a clone pod mounts the source claim's volume (read-only).
+pub const SOURCE_DIR: &str = "/source";
 /// The environment variable holding the DataVolume (JSON: name, namespace, spec).
 pub const DV_ENV: &str = "VIRT_DATA_VOLUME";
 /// Label on importer pods (CDI's `app`).
@@ -79,6 +83,45 @@ pub enum ImporterError {
     /// The source waits for something the importer pod cannot get (an upload, a DataSource).
     #[error("not supported by the cluster's importer: {0}")]
     Unsupported(String),
+    /// The source claim's volume holds no disk image.
+    #[error("the source claim has no {DISK_IMG} (looked for {})", path.display())]
+    NoSourceDisk {
+        /// Where it looked.
+        path: PathBuf,
+    },
+    /// Cloning the source's disk image failed.
+    #[error("cloning {}: {source}", src.display())]
+    Clone {
+        /// The source's disk image.
+        src: PathBuf,
+        /// Why.
+        #[source]
+        source: virt_storage::format::FormatError,
+    },
+    /// The DataVolume asks for less than the source's image holds.
+    #[error("the source image needs {have} bytes but the DataVolume requests only {want}")]
+    TooSmall {
+        /// The source image's size.
+        have: u64,
+        /// The requested size.
+        want: u64,
+    },
+}
+
+/// Where a clone pod reads the source claim's volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloneSource {
+    /// The volume's directory on the node (a `hostPath` or `local` PersistentVolume: the local
+    /// provisioner's), mounted read-only; the pod runs on `node`. Works across namespaces.
+    HostDir {
+        /// The directory.
+        path: String,
+        /// The node holding it.
+        node: Option<String>,
+    },
+    /// The claim itself, mounted read-only (same namespace only: a pod mounts only its own
+    /// namespace's claims).
+    Claim(String),
 }
 
 /// The importer pod of `dv`: owned by it, mounting its claim (named as the DataVolume) at
@@ -157,6 +200,148 @@ pub fn importer_pod(dv: &Cr<DataVolume>, cfg: &ImporterConfig) -> Pod {
 /// the DataVolume).
 pub fn pod_name(dv: &str) -> String {
     format!("importer-{dv}")
+}
+
+/// The clone pod's name for DataVolume `dv`.
+pub fn clone_pod_name(dv: &str) -> String {
+    format!("cdi-clone-{dv}")
+}
+
+/// The pod that fills `dv`'s claim from the claim its `spec.source.pvc` names: the importer pod
+/// (same image, owner, claim at [`DATA_DIR`]) with the source mounted read-only at
+/// [`SOURCE_DIR`], `--clone-from`, and pinned to the source's node when the source is a node's
+/// directory.
+pub fn clone_pod(dv: &Cr<DataVolume>, cfg: &ImporterConfig, source: &CloneSource) -> Pod {
+    let mut pod = importer_pod(dv, cfg);
+    let name = dv.meta.name.clone().unwrap_or_default();
+    pod.metadata.name = Some(clone_pod_name(&name));
+    if let Some(l) = pod.metadata.labels.as_mut() {
+        l.insert("cdi.kubevirt.io".into(), "cdi-clone".into());
+    }
+    let Some(spec) = pod.spec.as_mut() else { return pod };
+    let (volume, node) = match source {
+        CloneSource::HostDir { path, node } => (
+            Volume {
+                name: "cdi-source-vol".into(),
+                host_path: Some(HostPathVolumeSource { path: path.clone(), type_: Some("Directory".into()) }),
+                ..Default::default()
+            },
+            node.clone(),
+        ),
+        CloneSource::Claim(claim) => (
+            Volume {
+                name: "cdi-source-vol".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(true),
+                }),
+                ..Default::default()
+            },
+            None,
+        ),
+    };
+    spec.volumes.get_or_insert_with(Vec::new).push(volume);
+    if let Some(node) = node {
+        spec.node_selector = Some(BTreeMap::from([("kubernetes.io/hostname".to_string(), node)]));
+    }
+    if let Some(c) = spec.containers.first_mut() {
+        c.name = "cdi-clone".into();
+        c.args.get_or_insert_with(Vec::new).extend(["--clone-from".to_string(), SOURCE_DIR.to_string()]);
+        c.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
+            name: "cdi-source-vol".into(),
+            mount_path: SOURCE_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    pod
+}
+
+/// What a clone pod reports on success (its termination message): the strategy it used and why
+/// a better one was not, as the DataVolume's `cdi.kubevirt.io/cloneType` and
+/// `cdi.kubevirt.io/cloneFallbackReason` annotations.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloneReport {
+    /// `reflink` (blocks shared: instant) or `host-assisted` (the data extents copied).
+    pub clone_type: String,
+    /// Why blocks were not shared, when they were not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_fallback_reason: Option<String>,
+    /// What happened, for people.
+    pub detail: String,
+}
+
+impl CloneReport {
+    fn of(c: &FileClone) -> Self {
+        let shared = c.kind.shares_blocks();
+        Self {
+            clone_type: if shared { "reflink" } else { "host-assisted" }.into(),
+            clone_fallback_reason: (!shared)
+                .then(|| c.reflink_error.clone())
+                .flatten()
+                .map(|e| format!("reflink: FICLONE: {e}")),
+            detail: format!("{}: {} bytes, {} of them data", c.kind, c.size, c.data_bytes),
+        }
+    }
+}
+
+/// Fills `data_dir/disk.img` with a clone of `source_dir/disk.img` (the clone pod's entry point):
+/// shared blocks where the file system can ([`clone_file`]), else a copy of the data extents,
+/// written under a temporary name and renamed, then grown to the DataVolume's size (raw images;
+/// a request below the image's size fails). A `disk.img` already there is kept.
+pub fn clone_into(
+    dv_json: &str,
+    source_dir: &Path,
+    data_dir: &Path,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<CloneReport, ImporterError> {
+    let dv: DataVolume = serde_json::from_str(dv_json)?;
+    let disk = data_dir.join(DISK_IMG);
+    if disk.is_file() {
+        return Ok(CloneReport {
+            clone_type: "host-assisted".into(),
+            clone_fallback_reason: None,
+            detail: format!("{} is already there", disk.display()),
+        });
+    }
+    let src = source_dir.join(DISK_IMG);
+    if !src.is_file() {
+        return Err(ImporterError::NoSourceDisk { path: src });
+    }
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImporterError::Io { what, path, source }
+    };
+    let tmp = data_dir.join(".disk.img.cloning");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("removing the unfinished clone", &tmp)(e)),
+    }
+    progress("0.00%");
+    let done = clone_file(&src, &tmp).map_err(|source| ImporterError::Clone { src: src.clone(), source })?;
+    let raw = !is_qcow2(&tmp).map_err(io("reading", &tmp))?;
+    if let Some(want) = dv.spec.requested_size().map(|q| q.bytes().div_ceil(512) * 512) {
+        if raw && want > done.size {
+            let f = std::fs::OpenOptions::new().write(true).open(&tmp).map_err(io("opening", &tmp))?;
+            f.set_len(want).map_err(io("growing", &tmp))?;
+        } else if raw && want < done.size {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ImporterError::TooSmall { have: done.size, want });
+        }
+    }
+    std::fs::rename(&tmp, &disk).map_err(io("moving the clone to", &disk))?;
+    progress("100.0%");
+    Ok(CloneReport::of(&done))
+}
+
+/// Whether `path` starts with qcow2's magic (`QFI\xfb`).
+fn is_qcow2(path: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut f = std::fs::File::open(path)?;
+    Ok(f.read(&mut magic)? == 4 && magic == *b"QFI\xfb")
 }
 
 /// The last progress an importer's log reports (`"45.20%"`), if any.
@@ -274,6 +459,56 @@ mod tests {
         let env = &spec.containers[0].env.as_ref().unwrap()[0];
         let handed: serde_json::Value = serde_json::from_str(env.value.as_deref().unwrap()).unwrap();
         assert_eq!(handed["spec"]["source"], json!({ "blank": {} }));
+    }
+
+    #[test]
+    fn a_clone_copies_the_source_grows_it_and_leaves_the_source_alone() {
+        let (src, dst) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut disk = vec![0u8; 1 << 20];
+        disk[..6].copy_from_slice(b"MARKER");
+        std::fs::write(src.path().join("disk.img"), &disk).unwrap();
+        let json = serde_json::to_string(&json!({
+            "metadata": { "name": "copy", "namespace": "ns" },
+            "spec": { "source": { "pvc": { "namespace": "ns", "name": "disk" } },
+                      "storage": { "resources": { "requests": { "storage": "2Mi" } } } }
+        }))
+        .unwrap();
+        let mut seen = Vec::new();
+        let report = clone_into(&json, src.path(), dst.path(), &mut |p| seen.push(p.to_string())).unwrap();
+        assert!(["reflink", "host-assisted"].contains(&report.clone_type.as_str()), "{report:?}");
+        let copy = std::fs::read(dst.path().join("disk.img")).unwrap();
+        assert_eq!((copy.len(), &copy[..6]), (2 << 20, &b"MARKER"[..]));
+        assert_eq!(seen.last().map(String::as_str), Some("100.0%"));
+        let names: Vec<_> = std::fs::read_dir(dst.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("disk.img")], "no temporary file left");
+        assert_eq!(std::fs::metadata(src.path().join("disk.img")).unwrap().len(), 1 << 20);
+
+        // Smaller than the source: refused; no source disk: named.
+        let small = json.replace("2Mi", "512Ki");
+        let other = tempfile::tempdir().unwrap();
+        let e = clone_into(&small, src.path(), other.path(), &mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("requests only 524288"), "{e}");
+        let e = clone_into(&json, other.path(), dst.path().join("x").as_path(), &mut |_| {}).unwrap_err();
+        assert!(e.to_string().contains("has no disk.img"), "{e}");
+    }
+
+    #[test]
+    fn a_clone_pod_mounts_the_source_read_only_on_its_node() {
+        let cfg = ImporterConfig { image: "localhost/virt-importer:dev".into(), insecure_registries: vec![] };
+        let src = CloneSource::HostDir { path: "/var/lib/vols/pvc-1".into(), node: Some("n1".into()) };
+        let pod = clone_pod(&dv(), &cfg, &src);
+        assert_eq!(pod.metadata.name.as_deref(), Some("cdi-clone-disk"));
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_selector.as_ref().unwrap()["kubernetes.io/hostname"], "n1");
+        let vol = &spec.volumes.as_ref().unwrap()[1];
+        assert_eq!(vol.host_path.as_ref().unwrap().path, "/var/lib/vols/pvc-1");
+        let c = &spec.containers[0];
+        assert!(c.args.as_ref().unwrap().ends_with(&["--clone-from".to_string(), SOURCE_DIR.to_string()]));
+        let m = &c.volume_mounts.as_ref().unwrap()[1];
+        assert_eq!((m.mount_path.as_str(), m.read_only), (SOURCE_DIR, Some(true)));
+        let same_ns = clone_pod(&dv(), &cfg, &CloneSource::Claim("golden".into()));
+        let vol = &same_ns.spec.as_ref().unwrap().volumes.as_ref().unwrap()[1];
+        assert_eq!(vol.persistent_volume_claim.as_ref().unwrap().read_only, Some(true));
     }
 
     #[test]

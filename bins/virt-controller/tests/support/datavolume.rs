@@ -1,7 +1,10 @@
 //! DataVolumes on the cluster: an HTTP server in the node's network namespace serves a raw disk
 //! with a marker; a DataVolume imports it into a claim of the local provisioner through an
 //! importer pod; a VM boots from it (the test guest prints the disk's first bytes); a DataVolume
-//! whose URL is missing ends Failed with the importer's reason.
+//! whose URL is missing ends Failed with the importer's reason. Clones: a VM whose
+//! `dataVolumeTemplates` clone a second imported claim waits `Provisioning` while that claim is
+//! missing, its DataVolume (owned by the VM) is cloned by a clone pod once the source is there,
+//! and the VM boots from the clone; the guest's write stays in the clone.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,8 @@ pub const MARKER: &str = "VIRT-PVC-DISK-OK";
 /// The served disk's size.
 pub const DISK_BYTES: usize = 4 << 20;
 const PORT: u16 = 18_089;
+/// The namespace of the clone's source (the clone is in the test's namespace).
+const SRC_NS: &str = "virt-rs-e2e-src";
 
 /// The node's address on its veth (the host's is `.254`); pods reach it through their gateway.
 pub fn node_ip(cluster: &Cluster) -> String {
@@ -84,6 +89,18 @@ pub fn dv_vm_yaml(name: &str, image: &str, dv: &str) -> String {
     format!("{yaml}      volumes:\n      - name: root\n        dataVolume:\n          name: {dv}\n")
 }
 
+/// [`dv_vm_yaml`] whose DataVolume comes from its `dataVolumeTemplates`: `dv`, a clone of claim
+/// `src_ns/src` sized as it (`storage: {}`, as conformance/cdi/clone-datavolume.yaml).
+pub fn clone_vm_yaml(name: &str, image: &str, dv: &str, src_ns: &str, src: &str) -> String {
+    dv_vm_yaml(name, image, dv).replace(
+        "spec:\n  runStrategy: Once\n",
+        &format!(
+            "spec:\n  runStrategy: Once\n  dataVolumeTemplates:\n  - metadata:\n      name: {dv}\n    spec:\n      \
+             source:\n        pvc:\n          namespace: {src_ns}\n          name: {src}\n      storage: {{}}\n"
+        ),
+    )
+}
+
 fn apply(cluster: &Cluster, ns: &str, name: &str, yaml: &str) {
     let file = cluster.tmp.path().join(format!("{name}.yaml"));
     std::fs::write(&file, yaml).unwrap();
@@ -119,9 +136,50 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
     );
     eprintln!("VM with a missing DataVolume: VMI {why}");
 
+    // A VM whose dataVolumeTemplates clone claim dv-base of another namespace (as CDI allows),
+    // which does not exist yet: its DataVolume is made (owned by the VM) and waits, the VM is
+    // Provisioning and has no VMI.
+    ok(&mut cluster.kubectl(&["create", "namespace", SRC_NS]));
+    apply(
+        cluster,
+        ns,
+        "vm-clone",
+        &clone_vm_yaml("vm-clone", &cluster.kernel_image, "dv-clone", SRC_NS, "dv-base"),
+    );
+    let vm_uid = cluster.get(&["vm", "vm-clone", "-n", ns], "{.metadata.uid}").unwrap();
+    let waiting = wait_for("the clone DataVolume to wait for its source", 60, || {
+        cluster
+            .get(
+                &["dv", "dv-clone", "-n", ns],
+                "{.status.phase} {.status.conditions[?(@.type=='Bound')].reason}: {.status.conditions[?(@.type=='Bound')].message}",
+            )
+            .filter(|s| s.contains("CloneWithoutSource"))
+    });
+    assert_eq!(waiting, format!("Pending CloneWithoutSource: The source pvc {SRC_NS}/dv-base doesn't exist"));
+    let owner = cluster
+        .get(
+            &["dv", "dv-clone", "-n", ns],
+            "{.metadata.ownerReferences[0].kind} {.metadata.ownerReferences[0].uid}",
+        )
+        .unwrap();
+    assert_eq!(owner, format!("VirtualMachine {vm_uid}"), "the template's DataVolume is owned by its VM");
+    wait_for("the clone VM to be Provisioning", 30, || {
+        cluster
+            .get(&["vm", "vm-clone", "-n", ns], "{.status.printableStatus}")
+            .filter(|s| s == "Provisioning")
+    });
+    assert_eq!(
+        cluster.get(&["vmi", "vm-clone", "-n", ns], "{.metadata.name}"),
+        None,
+        "no VMI while provisioning"
+    );
+    eprintln!("VM vm-clone Provisioning, DataVolume dv-clone: {waiting}");
+
     // The DataVolume: claim, volume, importer pod, phases to Succeeded.
     let imported = Instant::now();
     apply(cluster, ns, "dv-disk", &dv_yaml("dv-disk", &url(cluster, "disk.img"), "16Mi"));
+    // The clone's source, imported beside it.
+    apply(cluster, SRC_NS, "dv-base", &dv_yaml("dv-base", &url(cluster, "disk.img"), "16Mi"));
     let mut phases: Vec<String> = Vec::new();
     wait_for("DataVolume dv-disk Succeeded", 180, || {
         let p = cluster.get(&["dv", "dv-disk", "-n", ns], "{.status.phase}").unwrap_or_default();
@@ -167,6 +225,79 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
     assert_eq!(std::fs::metadata(&disk).unwrap().len(), 16 << 20, "grown to the DataVolume's size");
     eprintln!("PVC dv-disk Bound to {pv} at {}, importer pod Completed", host_dir.display());
 
+    // The clone: dv-base imported, dv-clone cloned from its claim by a clone pod, sized as it.
+    let mut clone_phases: Vec<String> = Vec::new();
+    let mut base_done = None;
+    wait_for("DataVolume dv-clone Succeeded", 180, || {
+        let base = cluster.get(&["dv", "dv-base", "-n", SRC_NS], "{.status.phase}").unwrap_or_default();
+        if base == "Succeeded" && base_done.is_none() {
+            base_done = Some(Instant::now());
+        }
+        let p = cluster.get(&["dv", "dv-clone", "-n", ns], "{.status.phase}").unwrap_or_default();
+        if !p.is_empty() && clone_phases.last() != Some(&p) {
+            clone_phases.push(p.clone());
+        }
+        assert_ne!(p, "Failed", "{:?}", cluster.get(&["dv", "dv-clone", "-n", ns], "{.status}"));
+        (p == "Succeeded").then_some(())
+    });
+    let after_source = base_done.map(|t| t.elapsed());
+    eprintln!(
+        "DataVolume dv-clone: phases {clone_phases:?}, Succeeded {after_source:?} after its source did"
+    );
+    let clone = cluster
+        .get(
+            &["dv", "dv-clone", "-n", ns],
+            "{.status.progress} {.status.conditions[?(@.type=='Ready')].status} {.metadata.annotations.cdi\\.kubevirt\\.io/cloneType}",
+        )
+        .unwrap();
+    let fallback = cluster
+        .get(&["dv", "dv-clone", "-n", ns], "{.metadata.annotations.cdi\\.kubevirt\\.io/cloneFallbackReason}")
+        .unwrap_or_default();
+    assert!(
+        clone == "100.0% True reflink"
+            || (clone == "100.0% True host-assisted" && fallback.contains("FICLONE")),
+        "{clone} / {fallback}"
+    );
+    eprintln!("DataVolume dv-clone: {clone} ({fallback})");
+    let clone_pvc = |name: &str, ns: &str| {
+        let c = cluster
+            .get(
+                &["pvc", name, "-n", ns],
+                "{.status.phase} {.spec.resources.requests.storage} {.spec.volumeName}",
+            )
+            .unwrap();
+        let parts: Vec<String> = c.split(' ').map(str::to_string).collect();
+        assert_eq!(parts[0], "Bound", "{name}: {c}");
+        let dir = PathBuf::from(cluster.get(&["pv", &parts[2]], "{.spec.hostPath.path}").unwrap());
+        (parts[1].clone(), parts[2].clone(), dir)
+    };
+    let (base_size, _, base_dir) = clone_pvc("dv-base", SRC_NS);
+    let (clone_size, clone_pv, clone_dir) = clone_pvc("dv-clone", ns);
+    assert_eq!(clone_size, (16u64 << 20).to_string(), "sized as its source ({base_size})");
+    let cloner = cluster
+        .get(
+            &["pod", "cdi-clone-dv-clone", "-n", ns],
+            "{.status.phase} {.metadata.ownerReferences[0].kind} {.spec.volumes[?(@.name=='cdi-source-vol')].hostPath.path}",
+        )
+        .unwrap();
+    assert_eq!(
+        cloner,
+        format!("Succeeded DataVolume {}", base_dir.display()),
+        "the clone pod read the source's volume"
+    );
+    let (base_disk, clone_disk) = (base_dir.join("disk.img"), clone_dir.join("disk.img"));
+    assert_eq!(
+        std::fs::read(&base_disk).unwrap(),
+        std::fs::read(&clone_disk).unwrap(),
+        "the clone's disk.img"
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(&clone_disk).unwrap().blocks() * 512;
+        assert!(blocks <= 1 << 20, "holes kept: {blocks} bytes allocated of 16 MiB");
+    }
+    eprintln!("PVC dv-clone Bound to {clone_pv} at {}, clone pod Completed", clone_dir.display());
+
     // The VM starts now and boots with the claim as its disk: the guest reads the marker and
     // writes its first block, which lands in disk.img on the node.
     let booted = Instant::now();
@@ -193,6 +324,28 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
         booted.elapsed()
     );
 
+    // The clone VM started once its DataVolume succeeded and booted from the clone: the guest
+    // read the marker and wrote the clone's first block; the source is unchanged.
+    let vmi_uid = cluster.get(&["vmi", "vm-clone", "-n", ns], "{.metadata.uid}").unwrap();
+    let console = cluster.node_state.join("vmis").join(&vmi_uid).join("console.log");
+    let seen = wait_for("the clone VM's guest to read its disk and power off", 240, || {
+        let phase = cluster.get(&["vmi", "vm-clone", "-n", ns], "{.status.phase}").unwrap_or_default();
+        assert_ne!(phase, "Failed", "{:?}", cluster.get(&["vmi", "vm-clone", "-n", ns], "{.status}"));
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        (phase == "Succeeded" && log.contains("VIRT-E2E: sig=")).then_some(log)
+    });
+    assert!(seen.contains(&format!("VIRT-E2E: sig={MARKER}")), "{seen}");
+    assert_eq!(first_bytes(&clone_disk, 12), "VIRT-CLOBBER", "the guest's write reached the clone");
+    assert_eq!(first_bytes(&base_disk, MARKER.len()), MARKER, "and not its source");
+    let pod = cluster
+        .get(
+            &["pods", "-n", ns, "-l", "kubevirt.io/domain=vm-clone"],
+            "{.items[0].spec.volumes[?(@.name=='pvc-root')].persistentVolumeClaim.claimName}",
+        )
+        .unwrap();
+    assert_eq!(pod, "dv-clone", "the launcher pod mounts the clone's claim");
+    eprintln!("VM vm-clone booted from its cloned DataVolume, read {MARKER}; the source is unchanged");
+
     // The DataVolume whose URL is missing: Failed, with the importer's reason.
     let failed = wait_for(&format!("DataVolume {bad_dv} Failed"), 120, || {
         cluster
@@ -206,17 +359,32 @@ pub fn run(cluster: &Cluster, ns: &str, bad_dv: &str) {
     eprintln!("DataVolume {bad_dv}: {failed}");
 
     // Deleting the VM, then the DataVolume: claim, importer pod and volume go with it.
-    ok(&mut cluster.kubectl(&["delete", "vm", "vm-dv", "-n", ns, "--wait=false"]));
-    wait_for("the DataVolume VM's VMI to go", 120, || {
-        cluster.get(&["vmi", "vm-dv", "-n", ns], "{.metadata.name}").is_none().then_some(())
+    ok(&mut cluster.kubectl(&["delete", "vm", "vm-dv", "vm-clone", "-n", ns, "--wait=false"]));
+    wait_for("the DataVolume VMs' VMIs to go", 120, || {
+        let a = cluster.get(&["vmi", "vm-dv", "-n", ns], "{.metadata.name}");
+        let b = cluster.get(&["vmi", "vm-clone", "-n", ns], "{.metadata.name}");
+        (a.is_none() && b.is_none()).then_some(())
     });
     let deleted = Instant::now();
     ok(&mut cluster.kubectl(&["delete", "dv", "dv-disk", bad_dv, "-n", ns, "--wait=false"]));
-    wait_for("the DataVolume's claim, importer pod and volume to go", 120, || {
+    ok(&mut cluster.kubectl(&["delete", "dv", "dv-base", "-n", SRC_NS, "--wait=false"]));
+    wait_for("the DataVolumes' claims, pods and volumes to go (the clone's with its VM)", 120, || {
         let claim = cluster.get(&["pvc", "dv-disk", "-n", ns], "{.metadata.name}");
         let pod = cluster.get(&["pod", "importer-dv-disk", "-n", ns], "{.metadata.name}");
         let volume = cluster.get(&["pv", pv], "{.metadata.name}");
-        (claim.is_none() && pod.is_none() && volume.is_none() && !host_dir.exists()).then_some(())
+        let clone = cluster.get(&["dv", "dv-clone", "-n", ns], "{.metadata.name}");
+        let cloner = cluster.get(&["pod", "cdi-clone-dv-clone", "-n", ns], "{.metadata.name}");
+        let clone_volume = cluster.get(&["pv", &clone_pv], "{.metadata.name}");
+        (claim.is_none()
+            && pod.is_none()
+            && volume.is_none()
+            && !host_dir.exists()
+            && clone.is_none()
+            && cloner.is_none()
+            && clone_volume.is_none()
+            && !clone_dir.exists()
+            && !base_dir.exists())
+        .then_some(())
     });
     eprintln!(
         "DataVolume deleted -> claim, importer pod, volume and its directory gone: {:?}",

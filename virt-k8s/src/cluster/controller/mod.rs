@@ -2,10 +2,10 @@
 //! instance as its run strategy says (virt-core's `lifecycle::strategy`, the same pure functions
 //! the local node runs), [`vmi`] gives each VirtualMachineInstance a launcher pod and writes the
 //! VMI's phase from the pod's through `/status`; [`dv`] fills each DataVolume's claim with an
-//! importer pod, and the provisioner gives pending claims of the project's StorageClass a volume
-//! (`cluster::storage`); [`evacuation`] keeps the disruption budget of each VMI whose
-//! `evictionStrategy` migrates it and starts the migration a refused eviction asked for. Failed
-//! reconciles back off per object.
+//! importer pod (or clones another claim into it with a clone pod), and the provisioner gives
+//! pending claims of the project's StorageClass a volume (`cluster::storage`); [`evacuation`]
+//! keeps the disruption budget of each VMI whose `evictionStrategy` migrates it and starts the
+//! migration a refused eviction asked for. Failed reconciles back off per object.
 
 pub mod dv;
 pub mod evacuation;
@@ -64,6 +64,15 @@ pub enum ReconcileError {
     /// Provisioning a volume, or looking at a claim, failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A VM's `dataVolumeTemplates` entry does not make a valid DataVolume.
+    #[error("{what}: {source}")]
+    Template {
+        /// The template and its VM.
+        what: String,
+        /// What the local node's CDI found.
+        #[source]
+        source: Box<crate::node::cdi::CdiError>,
+    },
 }
 
 /// The provisioner of the project's StorageClass (`cluster::storage`).
@@ -197,6 +206,7 @@ pub async fn run(
     };
     let vm_ctl = Controller::new(vms, watcher::Config::default())
         .owns(vmis.clone(), watcher::Config::default())
+        .owns(Api::<Cr<DataVolume>>::all(client.clone()), watcher::Config::default())
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(vm::reconcile, error_policy::<Cr<VirtualMachine>>("VirtualMachine"), ctx.clone())
         .for_each(|r| async move {

@@ -1,5 +1,12 @@
 //! VirtualMachine -> VirtualMachineInstance, by virt-core's run-strategy functions
-//! (`lifecycle::strategy::sync`, `printable_status`): the controller only carries out the answer.
+//! (`lifecycle::strategy::sync`, `printable_status_with_volumes`): the controller only carries
+//! out the answer.
+//!
+//! A VM's `dataVolumeTemplates` become DataVolumes first, as KubeVirt's: each named as its
+//! template, owned by the VM (controller reference, `blockOwnerDeletion`: deleting the VM
+//! deletes them), made by the local node's own `node::cdi::dv_from_template`. The VMI is created
+//! only once all of them succeeded; until then the VM is `Provisioning`, or `DataVolumeError`
+//! when one failed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +15,13 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy}
 use kube::runtime::controller::Action;
 use kube::{Api, Resource};
 use serde_json::{json, Value};
-use virt_core::lifecycle::strategy::{self, InstanceView, StateChange, VmView};
+use virt_core::lifecycle::strategy::{self, InstanceView, StateChange, VmView, VolumesView};
 use virt_core::model::{
     self, Catalog, InstancetypeKind, PreferenceKind, VirtualMachine, VirtualMachineClusterInstancetype,
     VirtualMachineClusterPreference, VirtualMachineInstance, VirtualMachineInstancetype,
     VirtualMachinePreference, VmiPhase,
 };
+use virt_storage::cdi::{DataVolume, DataVolumePhase};
 
 use super::{key, Context, ReconcileError};
 use crate::cluster::kinds::Cr;
@@ -129,6 +137,81 @@ pub async fn catalog_for(
     Ok(catalog)
 }
 
+/// The DataVolume of `vm`'s template `i` as the API server takes it: the local node's
+/// [`dv_from_template`](crate::node::cdi::dv_from_template) (strict decoding, validation, owner
+/// reference), without what the API server sets itself.
+pub fn template_dv(vm: &Cr<VirtualMachine>, i: usize) -> Result<Cr<DataVolume>, ReconcileError> {
+    let mut named = vm.obj.clone();
+    named.metadata.name = vm.meta.name.clone();
+    named.metadata.namespace = vm.meta.namespace.clone();
+    named.metadata.uid = vm.meta.uid.clone();
+    let what = || {
+        format!(
+            "spec.dataVolumeTemplates[{i}] of VM {}/{}",
+            vm.meta.namespace.as_deref().unwrap_or_default(),
+            vm.meta.name.as_deref().unwrap_or_default()
+        )
+    };
+    let mut dv = crate::node::cdi::dv_from_template(&named, i)
+        .map_err(|source| ReconcileError::Template { what: what(), source: Box::new(source) })?;
+    dv.status = None;
+    let mut cr = Cr::new(dv).map_err(|source| ReconcileError::Convert { what: what(), source })?;
+    cr.meta.uid = None;
+    cr.meta.creation_timestamp = None;
+    cr.meta.resource_version = None;
+    cr.meta.generation = None;
+    cr.meta.self_link = None;
+    Ok(cr)
+}
+
+/// Creates the DataVolumes of `vm`'s `dataVolumeTemplates` that do not exist, and says whether
+/// all of them succeeded.
+async fn sync_data_volumes(
+    client: &kube::Client,
+    vm: &Cr<VirtualMachine>,
+    ns: &str,
+) -> Result<VolumesView, ReconcileError> {
+    if vm.obj.spec.data_volume_templates.is_empty() {
+        return Ok(VolumesView::Ready);
+    }
+    let dvs: Api<Cr<DataVolume>> = Api::namespaced(client.clone(), ns);
+    let mut states = Vec::new();
+    for (i, t) in vm.obj.spec.data_volume_templates.iter().enumerate() {
+        let Some(dv_name) = t.metadata.name.as_deref() else { continue };
+        let phase = match dvs
+            .get_opt(dv_name)
+            .await
+            .map_err(api_err(format!("reading DataVolume {ns}/{dv_name}")))?
+        {
+            Some(d) => d.obj.status.and_then(|s| s.phase),
+            None => {
+                match dvs.create(&PostParams::default(), &template_dv(vm, i)?).await {
+                    Ok(_) => log::info!(
+                        "VirtualMachine/{ns}/{}: created DataVolume {dv_name} from its dataVolumeTemplates",
+                        vm.meta.name.as_deref().unwrap_or_default()
+                    ),
+                    Err(kube::Error::Api(r)) if r.code == 409 => {}
+                    Err(e) => {
+                        return Err(ReconcileError::Api {
+                            what: format!(
+                                "creating DataVolume {ns}/{dv_name} of spec.dataVolumeTemplates[{i}]"
+                            ),
+                            source: e,
+                        })
+                    }
+                }
+                None
+            }
+        };
+        states.push(match phase {
+            Some(DataVolumePhase::Succeeded) => Some(true),
+            Some(DataVolumePhase::Failed) => Some(false),
+            _ => None,
+        });
+    }
+    Ok(VolumesView::of(states))
+}
+
 fn next_request(vm: &VirtualMachine) -> Option<StateChange> {
     let first = vm.status.as_ref()?.state_change_requests.first()?;
     StateChange::parse(first.get("action")?.as_str()?)
@@ -171,7 +254,14 @@ pub async fn reconcile(vm: Arc<Cr<VirtualMachine>>, ctx: Arc<Context>) -> Result
         next_request: next_request(&vm.obj),
         backing_off: false,
     };
-    let action = strategy::sync(&view);
+    let mut action = strategy::sync(&view);
+    let volumes = sync_data_volumes(&ctx.client, &vm, &ns).await?;
+    // KubeVirt's order: the DataVolumes first, the VMI once all of them succeeded (the VM's
+    // observedGeneration is not advanced meanwhile: a Once VM still starts afterwards).
+    let deferred = action == strategy::Action::Create && volumes != VolumesView::Ready;
+    if deferred {
+        action = strategy::Action::Wait;
+    }
     let mut requests: Vec<Value> = status.state_change_requests.clone();
     let mut vmi_now = vmi.as_ref().map(view_of);
     let delete =
@@ -203,13 +293,13 @@ pub async fn reconcile(vm: Arc<Cr<VirtualMachine>>, ctx: Arc<Context>) -> Result
     }
     let phase = vmi_now.map(|v| v.phase);
     let deleting = vmi_now.is_some_and(|v| v.deleting);
-    let printable = strategy::printable_status(phase, deleting, false, false);
+    let printable = strategy::printable_status_with_volumes(phase, deleting, false, false, volumes);
     let ready = phase == Some(VmiPhase::Running) && !deleting;
     let desired = json!({
         "printableStatus": printable,
         "created": vmi_now.is_some(),
         "ready": ready,
-        "observedGeneration": vm.meta.generation,
+        "observedGeneration": if deferred { status.observed_generation } else { vm.meta.generation },
         "stateChangeRequests": requests,
     });
     let current = json!({
@@ -232,6 +322,8 @@ pub async fn reconcile(vm: Arc<Cr<VirtualMachine>>, ctx: Arc<Context>) -> Result
     Ok(match action {
         // Carry on with the next step (a replace creates once the old VMI is gone).
         strategy::Action::Replace | strategy::Action::Dequeue => Action::requeue(Duration::from_millis(500)),
+        // The DataVolumes it owns wake it too; this is the fallback.
+        _ if volumes != VolumesView::Ready => Action::requeue(Duration::from_secs(5)),
         _ => Action::requeue(Duration::from_secs(300)),
     })
 }
@@ -295,6 +387,31 @@ spec:
         assert_eq!(bus.map(|b| format!("{b:?}").to_lowercase()), Some("virtio".into()));
         assert_eq!(vmi.meta.name.as_deref(), Some("typed"));
         assert_eq!(vmi.meta.owner_references.as_ref().map(|o| o[0].uid.as_str()), Some("vm-uid"));
+
+        // A dataVolumeTemplates entry: the DataVolume named as it, owned by the VM, nothing the
+        // API server sets; a bad one named by its path.
+        let with_dv = WITH_TYPE.replace(
+            "  runStrategy: Always\n",
+            "  runStrategy: Always\n  dataVolumeTemplates:\n  - metadata:\n      name: root-dv\n    spec:\n      source:\n        pvc:\n          namespace: team\n          name: golden\n      storage: {}\n",
+        );
+        let dv = template_dv(&vm(&with_dv), 0).unwrap();
+        assert_eq!((dv.meta.name.as_deref(), dv.meta.namespace.as_deref()), (Some("root-dv"), Some("team")));
+        let owner = &dv.meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("VirtualMachine", "vm-uid", Some(true))
+        );
+        assert_eq!(
+            (dv.meta.uid.as_ref(), dv.meta.creation_timestamp.as_ref(), dv.obj.status.as_ref()),
+            (None, None, None)
+        );
+        assert_eq!(
+            dv.obj.spec.source.as_ref().and_then(|s| s.pvc.as_ref()).map(|p| p.name.as_str()),
+            Some("golden")
+        );
+        let bad = with_dv.replace("          name: golden\n", "          name: golden\n          extra: 1\n");
+        let e = template_dv(&vm(&bad), 0).unwrap_err().to_string();
+        assert!(e.contains("spec.dataVolumeTemplates[0]"), "{e}");
 
         // Missing from the catalog (not on the API server): refused naming the field.
         let e = vmi_for(&vm(WITH_TYPE), &Catalog::new()).unwrap_err().to_string();

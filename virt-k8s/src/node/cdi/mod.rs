@@ -550,8 +550,9 @@ fn check<T: Validate>(o: &T) -> Result<(), CdiError> {
 }
 
 /// The DataVolume of `vm`'s template `i`, owned by the VM, read strictly (paths like
-/// `spec.dataVolumeTemplates[0].spec.source.http.url`) and validated.
-fn dv_from_template(vm: &VirtualMachine, i: usize) -> Result<DataVolume, CdiError> {
+/// `spec.dataVolumeTemplates[0].spec.source.http.url`) and validated. The local node's CDI
+/// controller and the cluster's VM controller both make a VM's DataVolumes with it.
+pub fn dv_from_template(vm: &VirtualMachine, i: usize) -> Result<DataVolume, CdiError> {
     let ns = vm.metadata.namespace.clone().unwrap_or_default();
     let vm_name = vm.metadata.name.clone().unwrap_or_default();
     let path = format!("spec.dataVolumeTemplates[{i}]");
