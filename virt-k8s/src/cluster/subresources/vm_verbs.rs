@@ -116,6 +116,16 @@ async fn verb(
         });
         let outcome = strategy::request(vm.obj.spec.effective_run_strategy(), view, request)
             .map_err(|e| refuse(StatusCode::CONFLICT, "Conflict", e.to_string()))?;
+        // The grace period first: once the VM is updated its controller may delete the VMI at
+        // once (a VMI already gone needs none).
+        if let (Some(g), Some(_)) = (grace, vmi.as_ref()) {
+            let patch = Patch::Merge(json!({ "spec": { "terminationGracePeriodSeconds": g } }));
+            match vmis.patch(name, &PatchParams::default(), &patch).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(internal(format!("setting the grace period of VMI {ns}/{name}"), e)),
+            }
+        }
         let mut vm = vm;
         if let Some(strategy) = outcome.new_strategy {
             vm.obj.spec.running = None;
@@ -137,12 +147,6 @@ async fn verb(
                 Err(e) if conflict(&e) => continue,
                 Err(e) => return Err(internal(format!("updating the status of VM {ns}/{name}"), e)),
             }
-        }
-        if let (Some(g), Some(_)) = (grace, vmi) {
-            let patch = Patch::Merge(json!({ "spec": { "terminationGracePeriodSeconds": g } }));
-            vmis.patch(name, &PatchParams::default(), &patch)
-                .await
-                .map_err(|e| internal(format!("setting the grace period of VMI {ns}/{name}"), e))?;
         }
         return Ok(());
     }
