@@ -82,52 +82,42 @@ pub fn objects(r: &Registration) -> [Value; 5] {
         },
     });
     let ca_bundle = base64::engine::general_purpose::STANDARD.encode(r.ca_pem.as_bytes());
-    let webhooks: Vec<Value> = super::admission::webhooks()
+    // One webhook of the configuration: `rule` sent to `path` on the webhook port.
+    let webhook = |name: &str, path: &str, rule: Value, failure_policy: &str, side_effects: &str| {
+        json!({
+            "name": name,
+            "clientConfig": {
+                "service": {
+                    "namespace": SERVICE_NAMESPACE, "name": SERVICE, "path": path, "port": WEBHOOK_SERVICE_PORT,
+                },
+                "caBundle": ca_bundle,
+            },
+            "rules": [rule],
+            "failurePolicy": failure_policy,
+            "sideEffects": side_effects,
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 10,
+        })
+    };
+    let mut webhooks: Vec<Value> = super::admission::webhooks()
         .iter()
         .map(|w| {
-            json!({
-                "name": w.name,
-                "clientConfig": {
-                    "service": {
-                        "namespace": SERVICE_NAMESPACE, "name": SERVICE,
-                        "path": super::admission::PATH, "port": WEBHOOK_SERVICE_PORT,
-                    },
-                    "caBundle": ca_bundle,
-                },
-                "rules": [{
-                    "apiGroups": [w.group], "apiVersions": [w.version],
-                    "operations": w.operations, "resources": [w.resource], "scope": w.scope,
-                }],
-                // Only this resource goes through it, so a webhook that is down blocks nothing
-                // else; for it, an unchecked object is not stored (as KubeVirt and CDI).
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 10,
-            })
+            let rule = json!({
+                "apiGroups": [w.group], "apiVersions": [w.version],
+                "operations": w.operations, "resources": [w.resource], "scope": w.scope,
+            });
+            // Only this resource goes through it, so a webhook that is down blocks nothing
+            // else; for it, an unchecked object is not stored (as KubeVirt and CDI).
+            webhook(w.name, super::admission::PATH, rule, "Fail", "None")
         })
         .collect();
     // Evictions (see `eviction`): every pod's, so Ignore: a webhook that is down must not block
     // drains; the VMI's disruption budget still holds its launcher then.
-    let mut webhooks = webhooks;
-    webhooks.push(json!({
-        "name": super::eviction::NAME,
-        "clientConfig": {
-            "service": {
-                "namespace": SERVICE_NAMESPACE, "name": SERVICE,
-                "path": super::eviction::PATH, "port": WEBHOOK_SERVICE_PORT,
-            },
-            "caBundle": ca_bundle,
-        },
-        "rules": [{
-            "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-            "resources": ["pods/eviction"], "scope": "Namespaced",
-        }],
-        "failurePolicy": "Ignore",
-        "sideEffects": "NoneOnDryRun",
-        "admissionReviewVersions": ["v1"],
-        "timeoutSeconds": 10,
-    }));
+    let rule = json!({
+        "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+        "resources": ["pods/eviction"], "scope": "Namespaced",
+    });
+    webhooks.push(webhook(super::eviction::NAME, super::eviction::PATH, rule, "Ignore", "NoneOnDryRun"));
     let webhook_configuration = json!({
         "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
         "metadata": { "name": WEBHOOK_CONFIGURATION, "labels": { "kubevirt.io": "virt-api" } },
