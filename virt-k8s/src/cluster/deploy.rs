@@ -93,9 +93,13 @@ pub fn manifests(c: &Components) -> Vec<Value> {
         json!([
             { "apiGroups": ["kubevirt.io"], "resources": ["virtualmachineinstances", "virtualmachineinstances/status"],
               "verbs": ["get", "list", "watch", "update", "patch"] },
-            // The VM verbs of the subresources API (start, stop, restart).
+            // The VM verbs of the subresources API (start, stop, restart; migrate reads the VM).
             { "apiGroups": ["kubevirt.io"], "resources": ["virtualmachines", "virtualmachines/status"],
               "verbs": ["get", "update"] },
+            // Live migrations: carried out (their status), and created by the `migrate` subresource.
+            { "apiGroups": ["kubevirt.io"],
+              "resources": ["virtualmachineinstancemigrations", "virtualmachineinstancemigrations/status"],
+              "verbs": ["get", "list", "watch", "create", "update", "patch"] },
             // The eviction webhook reads the pod an eviction is for.
             { "apiGroups": [""], "resources": ["pods"], "verbs": read },
             { "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["extension-apiserver-authentication"],
