@@ -10,16 +10,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Client};
 use serde_json::{json, Value};
+use virt_core::lifecycle::policies::{select_policy, NAMESPACE_NAME_LABEL};
 use virt_core::lifecycle::{
     migration_failed, migration_final, migration_started, phase_of_migration, set_migration_phase,
     MigrationAdmission, NotMigratable,
 };
-use virt_core::model::{MigrationState, VirtualMachineInstance, VirtualMachineInstanceMigration, VmiPhase};
+use virt_core::model::{
+    MigrationPolicy, MigrationState, VirtualMachineInstance, VirtualMachineInstanceMigration, VmiPhase,
+};
 
 use super::{key, Context, ReconcileError};
 use crate::cluster::kinds::Cr;
@@ -256,6 +259,40 @@ pub async fn reconcile(m: Arc<Vmim>, ctx: Arc<Context>) -> Result<Action, Reconc
     Ok(action)
 }
 
+/// The MigrationPolicy `vmi` migrates with now (`lifecycle::policies::select_policy`, as the
+/// node: matched once, when the migration starts), by name.
+async fn policy_for(
+    ctx: &Context,
+    vmi: &Cr<VirtualMachineInstance>,
+) -> Result<Option<String>, ReconcileError> {
+    let ns = vmi.meta.namespace.clone().unwrap_or_default();
+    let policies: Api<Cr<MigrationPolicy>> = Api::all(ctx.client.clone());
+    let all =
+        policies.list(&ListParams::default()).await.map_err(api_err("listing MigrationPolicies".into()))?;
+    if all.items.is_empty() {
+        return Ok(None);
+    }
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let mut ns_labels = namespaces
+        .get_opt(&ns)
+        .await
+        .map_err(api_err(format!("reading namespace {ns}")))?
+        .and_then(|n| n.metadata.labels)
+        .unwrap_or_default();
+    ns_labels.insert(NAMESPACE_NAME_LABEL.into(), ns);
+    let models: Vec<MigrationPolicy> = all
+        .items
+        .into_iter()
+        .map(|p| {
+            let mut m = p.obj;
+            m.metadata.name = p.meta.name;
+            m
+        })
+        .collect();
+    let vmi_labels = vmi.meta.labels.clone().unwrap_or_default();
+    Ok(select_policy(&models, &vmi_labels, &ns_labels).and_then(|p| p.metadata.name.clone()))
+}
+
 /// A new migration: admitted or failed; admitted, it gets its finalizer, its target pod and the
 /// VMI its `migrationState`, and goes to `Scheduling`.
 async fn begin(
@@ -320,7 +357,8 @@ async fn begin(
     let target_pod = target.metadata.name.clone().unwrap_or_default();
     log::info!("migration {ns}/{name} of VMI {vmi_name}: from pod {source_pod:?}, target pod {target_pod}");
     // The target node is the scheduler's choice: known once the target pod is scheduled.
-    let mut state = migration_started(&uid, &source_node, "", None);
+    let policy = policy_for(ctx, vmi).await?;
+    let mut state = migration_started(&uid, &source_node, "", policy);
     state.target_node = None;
     state.source_pod = source_pod;
     state.target_pod = Some(target_pod.clone());

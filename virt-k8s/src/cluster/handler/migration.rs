@@ -24,7 +24,9 @@ use virt_core::lifecycle::{
     migration_failed, migration_final, migration_step, migration_succeeded, phase_of_migration,
     MigrationError, MigrationStep, MigrationTicket, Runtime,
 };
-use virt_core::model::{MigrationState, VirtualMachineInstance, VirtualMachineInstanceMigration};
+use virt_core::model::{
+    MigrationPolicy, MigrationState, VirtualMachineInstance, VirtualMachineInstanceMigration,
+};
 
 use super::{model_of, Handler};
 use crate::cluster::controller::migration::{set_phase, write_migration_state};
@@ -105,13 +107,31 @@ pub(super) async fn reconcile(m: Arc<Vmim>, h: Arc<Handler>) -> Result<Action, R
     if let Ok(mut v) = h.migrating.lock() {
         v.insert(vmi.meta.uid.clone().unwrap_or_default());
     }
+    // The policy virt-controller matched when the migration started, if any.
+    let policy = match state.migration_policy_name.as_deref() {
+        Some(p) => {
+            let policies: Api<Cr<MigrationPolicy>> = Api::all(h.client.clone());
+            policies.get_opt(p).await.map_err(api_err(format!("reading MigrationPolicy {p}")))?.map(|c| {
+                let mut m = c.obj;
+                m.metadata.name = c.meta.name;
+                m
+            })
+        }
+        None => None,
+    };
     let model = model_of(&vmi);
-    tokio::spawn(fly(h.clone(), m.clone(), model, state));
+    tokio::spawn(fly(h.clone(), m.clone(), model, state, policy));
     Ok(Action::requeue(Duration::from_secs(2)))
 }
 
 /// Carries migration `m` of `vmi` out; records its steps and end.
-async fn fly(h: Arc<Handler>, m: Arc<Vmim>, vmi: VirtualMachineInstance, state: MigrationState) {
+async fn fly(
+    h: Arc<Handler>,
+    m: Arc<Vmim>,
+    vmi: VirtualMachineInstance,
+    state: MigrationState,
+    policy: Option<MigrationPolicy>,
+) {
     let ns = m.meta.namespace.clone().unwrap_or_default();
     let name = m.meta.name.clone().unwrap_or_default();
     let uid = m.meta.uid.clone().unwrap_or_default();
@@ -121,7 +141,7 @@ async fn fly(h: Arc<Handler>, m: Arc<Vmim>, vmi: VirtualMachineInstance, state: 
         uid: uid.clone(),
         name: name.clone(),
         cancel: Arc::new(AtomicBool::new(false)),
-        policy: None,
+        policy,
     };
     log::info!(
         "migration {ns}/{name}: moving VMI {vmi_name} into pod {}",
@@ -153,7 +173,7 @@ async fn fly(h: Arc<Handler>, m: Arc<Vmim>, vmi: VirtualMachineInstance, state: 
             }
             _ = tick.tick() => {
                 if !ticket.cancelled() && deleted(&h, &ns, &name).await {
-                    log::info!("migration {ns}/{name} deleted: aborting it");
+                    log::info!("migration {ns}/{name} deleted or failed: aborting it");
                     ticket.cancel.store(true, Ordering::SeqCst);
                     state.abort_requested = Some(true);
                     state.abort_status = Some("Aborting".into());
@@ -208,10 +228,12 @@ async fn fly(h: Arc<Handler>, m: Arc<Vmim>, vmi: VirtualMachineInstance, state: 
     }
 }
 
+/// Whether migration `ns/name` is to be abandoned: deleted (`virtctl migrate-cancel`), or failed
+/// by virt-controller (its target pod ended before the target listened).
 async fn deleted(h: &Handler, ns: &str, name: &str) -> bool {
     let api: Api<Vmim> = Api::namespaced(h.client.clone(), ns);
     match api.get_opt(name).await {
-        Ok(Some(m)) => m.meta.deletion_timestamp.is_some(),
+        Ok(Some(m)) => m.meta.deletion_timestamp.is_some() || phase_of_migration(&m.obj) == "Failed",
         Ok(None) => true,
         Err(_) => false,
     }

@@ -29,6 +29,11 @@ pub enum TargetLauncher {
     External,
 }
 
+/// How long a target launcher started by a pod ([`TargetLauncher::External`]) has to listen once
+/// its spec is written (it starts only then: the pod's entry script polls for it, then the
+/// launcher sets up its jail and machine on a node that may be loaded).
+pub const EXTERNAL_TARGET_LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// In a target run directory served by a pod ([`TargetLauncher::External`]): start with
 /// `--post-copy`.
 pub const POST_COPY_MARKER: &str = "incoming-post-copy";
@@ -319,7 +324,18 @@ impl LauncherRuntime {
             let tmp = target.join(".spec.json.tmp");
             super::write_private(&tmp, spec_bytes).map_err(|e| failed("writing", &tmp, e))?;
             std::fs::rename(&tmp, &spec).map_err(|e| failed("renaming into", &spec, e))?;
-            return self.send_to(source, target, ticket, &settings, not_honoured, &opts, &log_path, step);
+            let within = self.cfg.start_timeout.max(EXTERNAL_TARGET_LISTEN_TIMEOUT);
+            return self.send_to(
+                source,
+                target,
+                ticket,
+                &settings,
+                not_honoured,
+                &opts,
+                &log_path,
+                within,
+                step,
+            );
         }
         super::write_private(&spec, spec_bytes).map_err(|e| failed("writing", &spec, e))?;
         let log = std::fs::File::create(&log_path).map_err(|e| failed("creating", &log_path, e))?;
@@ -344,7 +360,8 @@ impl LauncherRuntime {
                 MigrationError::Failed(format!("starting {}: {e}", self.cfg.launcher.display()))
             })?;
         self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(target.to_path_buf(), child);
-        self.send_to(source, target, ticket, &settings, not_honoured, &opts, &log_path, step)
+        let within = self.cfg.start_timeout;
+        self.send_to(source, target, ticket, &settings, not_honoured, &opts, &log_path, within, step)
     }
 
     /// Once the target launcher in `target` is starting: waits for it to listen, then has the
@@ -359,12 +376,13 @@ impl LauncherRuntime {
         not_honoured: Vec<String>,
         opts: &MigrateOptions,
         log_path: &Path,
+        within: Duration,
         step: &dyn Fn(MigrationStep),
     ) -> Result<virt_core::machine::migrate::MigrationReport, MigrationError> {
         if ticket.cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        let stream = self.connect_target(target, ticket, log_path)?;
+        let stream = self.connect_target(target, ticket, log_path, within)?;
         let name = target.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         step(MigrationStep::TargetReady { target: name });
         if ticket.cancelled() {
@@ -376,14 +394,15 @@ impl LauncherRuntime {
     }
 
     /// Connects to the target launcher's migration socket once it listens; gives up when the
-    /// migration is cancelled, the launcher exits, or it does not listen within the start timeout.
+    /// migration is cancelled, the launcher exits, or it does not listen `within`.
     fn connect_target(
         &self,
         target: &Path,
         ticket: &MigrationTicket,
         log_path: &Path,
+        within: Duration,
     ) -> Result<UnixStream, MigrationError> {
-        let deadline = Instant::now() + self.cfg.start_timeout;
+        let deadline = Instant::now() + within;
         loop {
             if ticket.cancelled() {
                 return Err(MigrationError::Cancelled);
@@ -403,8 +422,7 @@ impl LauncherRuntime {
             }
             if Instant::now() > deadline {
                 return Err(MigrationError::Failed(format!(
-                    "the target launcher did not listen within {:?}: {}",
-                    self.cfg.start_timeout,
+                    "the target launcher did not listen within {within:?}: {}",
                     tail(log_path)
                 )));
             }
