@@ -238,17 +238,14 @@ pub async fn reconcile(m: Arc<Vmim>, ctx: Arc<Context>) -> Result<Action, Reconc
                 return fail(&ctx, &m, format!("the target pod {pod_name} ended ({pod_phase}) {why}")).await;
             }
             let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-            match (phase.as_str(), pod_phase.as_str(), node) {
-                ("Scheduling", "Running", Some(node)) => {
-                    if let Some(mut state) = vmi.and_then(|v| v.obj.status).and_then(|s| s.migration_state) {
-                        state.target_node = Some(node.clone());
-                        state.target_pod = Some(pod_name.clone());
-                        write_migration_state(&ctx.client, &ns, &vmi_name, &state).await?;
-                    }
-                    let extra = json!({ "migrationState": { "targetNode": node, "targetPod": pod_name } });
-                    set_phase(&ctx.client, &ns, &name, "Scheduled", extra).await?;
+            if let ("Scheduling", "Running", Some(node)) = (phase.as_str(), pod_phase.as_str(), node) {
+                if let Some(mut state) = vmi.and_then(|v| v.obj.status).and_then(|s| s.migration_state) {
+                    state.target_node = Some(node.clone());
+                    state.target_pod = Some(pod_name.clone());
+                    write_migration_state(&ctx.client, &ns, &vmi_name, &state).await?;
                 }
-                _ => {}
+                let extra = json!({ "migrationState": { "targetNode": node, "targetPod": pod_name } });
+                set_phase(&ctx.client, &ns, &name, "Scheduled", extra).await?;
             }
             Action::requeue(Duration::from_secs(1))
         }
