@@ -50,7 +50,9 @@ pub(super) async fn reconcile(m: Arc<Vmim>, h: Arc<Handler>) -> Result<Action, R
         // Its flight watches for a cancel itself.
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    if phase_of_migration(&m.obj) != "Scheduled" || m.meta.deletion_timestamp.is_some() {
+    let phase = phase_of_migration(&m.obj).to_string();
+    let cut_short = matches!(phase.as_str(), "TargetReady" | "Running");
+    if !cut_short && (phase != "Scheduled" || m.meta.deletion_timestamp.is_some()) {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let ns = m.meta.namespace.clone().unwrap_or_default();
@@ -78,6 +80,9 @@ pub(super) async fn reconcile(m: Arc<Vmim>, h: Arc<Handler>) -> Result<Action, R
     else {
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
+    if cut_short {
+        return interrupted(&h, &m, &vmi, state).await;
+    }
     let target_node = state.target_node.clone().unwrap_or_default();
     if target_node != h.node {
         let why = format!(
@@ -122,6 +127,51 @@ pub(super) async fn reconcile(m: Arc<Vmim>, h: Arc<Handler>) -> Result<Action, R
     let model = model_of(&vmi);
     tokio::spawn(fly(h.clone(), m.clone(), model, state, policy));
     Ok(Action::requeue(Duration::from_secs(2)))
+}
+
+/// A migration this agent was carrying out when it restarted (its flight is gone): the VM is
+/// wherever the node's records say (`Runtime::reattach` completes a move that had committed).
+/// Moved: `Succeeded`, without the source's measurements; else `Failed`, the source runs on.
+async fn interrupted(
+    h: &Arc<Handler>,
+    m: &Vmim,
+    vmi: &Cr<VirtualMachineInstance>,
+    mut state: MigrationState,
+) -> Result<Action, ReconcileError> {
+    let ns = m.meta.namespace.clone().unwrap_or_default();
+    let name = m.meta.name.clone().unwrap_or_default();
+    let vmi_name = vmi.meta.name.clone().unwrap_or_default();
+    // The watch's copy may predate the end a flight of this process just wrote.
+    let api: Api<Vmim> = Api::namespaced(h.client.clone(), &ns);
+    let now = api.get_opt(&name).await.map_err(api_err(format!("reading migration {ns}/{name}")))?;
+    if now.is_none_or(|n| migration_final(&n.obj)) || state.completed == Some(true) {
+        return Ok(Action::await_change());
+    }
+    let model = model_of(vmi);
+    let rt = h.runtime.clone();
+    let target = crate::node::runtime::target_dir_name(
+        vmi.meta.uid.as_deref().unwrap_or_default(),
+        m.meta.uid.as_deref().unwrap_or_default(),
+    );
+    let moved = tokio::task::spawn_blocking(move || {
+        let running = rt.reattach(&model).is_some();
+        running && rt.run_dir(&model).file_name().and_then(|n| n.to_str()) == Some(target.as_str())
+    })
+    .await
+    .unwrap_or(false);
+    let (phase, reason) = if moved {
+        let source = state.source_pod.clone().unwrap_or_default();
+        let target = state.target_pod.clone().unwrap_or_default();
+        migration_succeeded(&mut state, &Default::default(), source, target, false);
+        ("Succeeded", None)
+    } else {
+        let why = "virt-handler restarted during the migration; the source runs on".to_string();
+        migration_failed(&mut state, &why, false);
+        ("Failed", Some(why))
+    };
+    log::warn!("migration {ns}/{name}: cut short by a restart of this agent: {phase}");
+    finish(h, &ns, &name, &vmi_name, phase, reason, &state).await?;
+    Ok(Action::await_change())
 }
 
 /// Carries migration `m` of `vmi` out; records its steps and end.
