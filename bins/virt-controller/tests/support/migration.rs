@@ -3,7 +3,8 @@
 //! subresource and cancelled at once with `virtctl migrate-cancel` leaves it where it runs; then
 //! `virtctl migrate --wait` moves it into a new launcher pod (the VMIM goes Pending, Scheduling,
 //! Scheduled, TargetReady, Running, Succeeded), the old pod ends, the VMI runs in the new one and
-//! its shell still has the variable set before the move; `virtctl stop` ends it.
+//! its shell still has the variable set before the move; `virtctl stop` ends it (checked later:
+//! its grace period runs while the test goes on).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -109,7 +110,8 @@ fn vmi(cluster: &Cluster, ns: &str, path: &str) -> String {
 }
 
 /// The migration part (see the module's documentation); the VM was [`start`]ed before.
-pub fn run_part(cluster: &Cluster, ns: &str) {
+/// Returns when `virtctl stop` was issued.
+pub fn run_part(cluster: &Cluster, ns: &str) -> Instant {
     let t0 = Instant::now();
     let virtctl = workspace_bin("virtctl");
     let kubeconfig = cluster.kubeconfig.clone();
@@ -210,13 +212,23 @@ pub fn run_part(cluster: &Cluster, ns: &str) {
     );
     eprintln!("migration: the guest answers from pod {target} ({:?} into the part)", t0.elapsed());
 
-    // Stopped afterwards: the VMI and both pods go.
-    let t = Instant::now();
+    // Stopped afterwards ([`stopped`] checks that it ended while the test goes on).
     ok(Command::new(&virtctl).arg("--kubeconfig").arg(&kubeconfig).args(["stop", VM, "-n", ns]));
+    eprintln!("migration part done in {:?} (virtctl stop issued)", t0.elapsed());
+    Instant::now()
+}
+
+/// After [`run_part`]: the stopped VM's VMI and both its pods went, and the VM says `Stopped`.
+pub fn stopped(cluster: &Cluster, ns: &str, since: Instant) {
     wait_for("the migrated VM's VMI and pods to go after virtctl stop", 120, || {
         (cluster.get(&["vmi", VM, "-n", ns], "{.metadata.name}").is_none() && pods(cluster, ns).is_empty())
             .then_some(())
     });
-    eprintln!("virtctl stop of the migrated VM -> VMI and pods gone: {:?}", t.elapsed());
-    eprintln!("migration part done in {:?}", t0.elapsed());
+    wait_for("the migrated VM printableStatus Stopped", 60, || {
+        cluster.get(&["vm", VM, "-n", ns], "{.status.printableStatus}").filter(|s| s == "Stopped")
+    });
+    eprintln!(
+        "virtctl stop of the migrated VM -> VMI and pods gone (checked {:?} after the stop)",
+        since.elapsed()
+    );
 }
