@@ -8,9 +8,9 @@
 //! the lifecycle's functions. A migration deleted while under way is aborted (the source runs on).
 //!
 //! One node serves both ends here. A target pod on another node would need the two agents to
-//! carry the stream between them (KubeVirt's migration proxy: the target's agent listens on TCP
-//! and forwards to `migrate.sock`, the source's dials it and hands the source launcher a local
-//! socket); such a migration fails, saying so.
+//! carry the stream between them (`node::migration_proxy`: the target's agent expects the
+//! migration's uid for the target launcher's `migrate.sock`, the source's takes its stream from
+//! `migration_proxy::connect`); such a migration fails, saying so (docs/migration.md).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
