@@ -155,7 +155,10 @@ async fn delete_targets(ctx: &Context, ns: &str, uid: &str) -> Result<(), Reconc
         let n = p.metadata.name.unwrap_or_default();
         if p.metadata.deletion_timestamp.is_none() {
             log::info!("migration {uid}: deleting its target pod {ns}/{n}");
-            match pods.delete(&n, &DeleteParams::default()).await {
+            // A target that did not get the VM holds nothing: no grace (its entry script may
+            // not have set its TERM trap yet, and would sit out the VMI's whole grace period).
+            let now = DeleteParams { grace_period_seconds: Some(1), ..DeleteParams::default() };
+            match pods.delete(&n, &now).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(r)) if r.code == 404 => {}
                 Err(source) => {
