@@ -105,6 +105,13 @@ fn pods(cluster: &Cluster, ns: &str) -> Vec<String> {
     list.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
 }
 
+/// The names of the VM's migrations (the namespace holds other VMs' too: evacuations).
+fn migrations(cluster: &Cluster, ns: &str) -> Vec<String> {
+    let path = format!(r#"{{range .items[?(@.spec.vmiName=="{VM}")]}}{{.metadata.name}}{{"\n"}}{{end}}"#);
+    let list = cluster.get(&["vmim", "-n", ns], &path).unwrap_or_default();
+    list.lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+}
+
 fn vmi(cluster: &Cluster, ns: &str, path: &str) -> String {
     cluster.get(&["vmi", VM, "-n", ns], path).unwrap_or_default()
 }
@@ -135,9 +142,7 @@ pub fn run_part(cluster: &Cluster, ns: &str) -> Instant {
     std::fs::write(&body, "{}").unwrap();
     let path = format!("/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachines/{VM}/migrate");
     ok(&mut cluster.kubectl(&["replace", "--raw", &path, "-f", body.to_str().unwrap()]));
-    let created = wait_for("the subresource's migration", 30, || {
-        cluster.get(&["vmim", "-n", ns], "{.items[0].metadata.name}").filter(|n| !n.is_empty())
-    });
+    let created = wait_for("the subresource's migration", 30, || migrations(cluster, ns).into_iter().next());
     assert!(created.starts_with("kubevirt-migrate-vm-"), "{created}");
     let cancelled_uid = cluster.get(&["vmim", &created, "-n", ns], "{.metadata.uid}").unwrap();
     let cancel = ok(Command::new(&virtctl).arg("--kubeconfig").arg(&kubeconfig).args([
@@ -149,10 +154,7 @@ pub fn run_part(cluster: &Cluster, ns: &str) -> Instant {
     assert!(cancel.contains("was scheduled to migrate-cancel"), "{cancel}");
     // The migration goes once its target pod is being deleted (the pod's end is checked below,
     // after the migration that follows: its termination runs meanwhile).
-    wait_for("the cancelled migration to go", 60, || {
-        let vmims = cluster.get(&["vmim", "-n", ns], "{.items[*].metadata.name}").unwrap_or_default();
-        vmims.is_empty().then_some(())
-    });
+    wait_for("the cancelled migration to go", 60, || migrations(cluster, ns).is_empty().then_some(()));
     assert!(pods(cluster, ns).contains(&format!("{source} Running")), "the VM stayed in its pod");
     assert_eq!(vmi(cluster, ns, "{.status.phase}"), "Running");
     let abort = vmi(cluster, ns, "{.status.migrationState.abortStatus} {.status.migrationState.failed}");
@@ -175,7 +177,7 @@ pub fn run_part(cluster: &Cluster, ns: &str) -> Instant {
     let wall = t.elapsed();
     eprintln!("virtctl migrate --wait ({wall:?}):\n{out}");
     assert!(out.contains("Succeeded") && out.contains("moved to "), "{out}");
-    let vmim = cluster.get(&["vmim", "-n", ns], "{.items[0].metadata.name}").unwrap();
+    let vmim = migrations(cluster, ns).into_iter().next().unwrap();
     let phases =
         cluster.get(&["vmim", &vmim, "-n", ns], "{.status.phaseTransitionTimestamps[*].phase}").unwrap();
     assert_eq!(phases, "Pending Scheduling Scheduled TargetReady Running Succeeded");
