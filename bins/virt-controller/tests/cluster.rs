@@ -464,7 +464,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     eprintln!("eviction of the launcher refused; evacuation migration {}", migration.trim());
 
     // Live migration into a new launcher pod (tests/support/migration.rs).
-    let mig_stopped = support::migration::run_part(&cluster, ns);
+    let mig_checks = support::migration::run_part(&cluster, ns);
 
     // The components' manifests (RBAC, virt-controller's Deployment, virt-handler's DaemonSet)
     // pass the API server's validation (server-side dry run; namespace kubevirt exists: the
@@ -622,7 +622,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     // failed import, and the cascade on delete.
     support::datavolume::run(&cluster, ns, "dv-good");
 
-    support::migration::stopped(&cluster, ns, mig_stopped);
+    support::migration::stopped(&cluster, ns, mig_checks);
 
     // start, stop and restart of VMs are served through the API server (the subresources API,
     // as KubeVirt's virt-api): discovery lists them, and a plain PUT with KubeVirt's StopOptions

@@ -117,8 +117,9 @@ fn vmi(cluster: &Cluster, ns: &str, path: &str) -> String {
 }
 
 /// The migration part (see the module's documentation); the VM was [`start`]ed before.
-/// Returns when `virtctl stop` was issued.
-pub fn run_part(cluster: &Cluster, ns: &str) -> Instant {
+/// Returns what [`stopped`] checks later (`virtctl stop` issued, the cancelled migration's
+/// target pod terminating).
+pub fn run_part(cluster: &Cluster, ns: &str) -> Checks {
     let t0 = Instant::now();
     let virtctl = workspace_bin("virtctl");
     let kubeconfig = cluster.kubeconfig.clone();
@@ -155,6 +156,16 @@ pub fn run_part(cluster: &Cluster, ns: &str) -> Instant {
     // The migration goes once its target pod is being deleted (the pod's end is checked below,
     // after the migration that follows: its termination runs meanwhile).
     wait_for("the cancelled migration to go", 60, || migrations(cluster, ns).is_empty().then_some(()));
+    // Its target pod, if it was made, is being deleted by virt-controller (gone: checked later).
+    wait_for("the cancelled migration's target pod to be deleted", 30, || {
+        let listed = cluster
+            .get(
+                &["pods", "-n", ns, "-l", &format!("kubevirt.io/migrationJobUID={cancelled_uid}")],
+                r#"{range .items[*]}{.metadata.name}={.metadata.deletionTimestamp}{"\n"}{end}"#,
+            )
+            .unwrap_or_default();
+        listed.lines().all(|l| !l.ends_with('=')).then_some(())
+    });
     assert!(pods(cluster, ns).contains(&format!("{source} Running")), "the VM stayed in its pod");
     assert_eq!(vmi(cluster, ns, "{.status.phase}"), "Running");
     let abort = vmi(cluster, ns, "{.status.migrationState.abortStatus} {.status.migrationState.failed}");
@@ -226,6 +237,22 @@ pub fn run_part(cluster: &Cluster, ns: &str) -> Instant {
     }
     eprintln!("migration: the guest answers from pod {target} ({:?} into the part)", t0.elapsed());
 
+    // Stopped afterwards ([`stopped`] checks that it ended while the test goes on).
+    ok(Command::new(&virtctl).arg("--kubeconfig").arg(&kubeconfig).args(["stop", VM, "-n", ns]));
+    eprintln!("migration part done in {:?} (virtctl stop issued)", t0.elapsed());
+    Checks { stopped: Instant::now(), cancelled_uid }
+}
+
+/// What [`stopped`] checks once the test has done other things meanwhile.
+pub struct Checks {
+    stopped: Instant,
+    cancelled_uid: String,
+}
+
+/// After [`run_part`]: the cancelled migration's target pod went; the stopped VM's VMI and both
+/// its pods went, and the VM says `Stopped`.
+pub fn stopped(cluster: &Cluster, ns: &str, checks: Checks) {
+    let Checks { stopped: since, cancelled_uid } = checks;
     // The cancelled migration's target pod is gone.
     wait_for("the cancelled migration's target pod to go", 60, || {
         let left = cluster
@@ -236,14 +263,7 @@ pub fn run_part(cluster: &Cluster, ns: &str) -> Instant {
             .unwrap_or_default();
         left.is_empty().then_some(())
     });
-    // Stopped afterwards ([`stopped`] checks that it ended while the test goes on).
-    ok(Command::new(&virtctl).arg("--kubeconfig").arg(&kubeconfig).args(["stop", VM, "-n", ns]));
-    eprintln!("migration part done in {:?} (virtctl stop issued)", t0.elapsed());
-    Instant::now()
-}
 
-/// After [`run_part`]: the stopped VM's VMI and both its pods went, and the VM says `Stopped`.
-pub fn stopped(cluster: &Cluster, ns: &str, since: Instant) {
     wait_for("the migrated VM's VMI and pods to go after virtctl stop", 120, || {
         (cluster.get(&["vmi", VM, "-n", ns], "{.metadata.name}").is_none() && pods(cluster, ns).is_empty())
             .then_some(())
