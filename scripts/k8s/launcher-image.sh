@@ -4,7 +4,9 @@
 # library both link against (from this machine: Debian's packages), and a static busybox for the
 # entry script. The entry script waits for the node agent (virt-handler) to write spec.json into
 # the VMI's run directory ($VIRT_RUN_DIR, a hostPath mounted at the same path), copies the
-# guest's serial console to stdout (`kubectl logs`), and execs virt-launcher on it.
+# guest's serial console to stdout (`kubectl logs`), and execs virt-launcher on it. A migration's
+# target pod ($VIRT_INCOMING=1, its own run directory) starts it with --incoming (and --post-copy
+# when the agent left incoming-post-copy beside the spec): it waits for the source's stream.
 # Import it with up.sh (VIRT_K8S_IMAGES=OUT.tar) or `ctr -n k8s.io images import`.
 #
 # Usage: scripts/k8s/launcher-image.sh OUT.tar VIRT_LAUNCHER [TAG]
@@ -27,8 +29,13 @@ echo "virt-launcher pod of $VIRT_VMI_NAMESPACE/$VIRT_VMI_NAME: waiting for $run/
 while [ ! -f "$run/spec.json" ]; do /bin/busybox sleep 0.2; done
 /bin/busybox touch "$run/console.log"
 /bin/busybox tail -n +1 -F "$run/console.log" 2>/dev/null &
+set --
+if [ "${VIRT_INCOMING:-}" = 1 ]; then
+  set -- --incoming
+  [ -f "$run/incoming-post-copy" ] && set -- --incoming --post-copy
+fi
 exec /usr/bin/virt-launcher --spec "$run/spec.json" --run-dir "$run" --allow-emulation \
-  --no-kernel-cache --grace-period "${VIRT_GRACE_PERIOD:-30}"
+  --no-kernel-cache --grace-period "${VIRT_GRACE_PERIOD:-30}" "$@"
 SH
 args=(--file /bin/busybox:/bin/busybox --file "$tmp/launcher.sh:/launcher.sh"
       --file "$launcher:/usr/bin/virt-launcher" --file /usr/bin/qemu-system-x86_64:/usr/bin/qemu-system-x86_64)

@@ -11,7 +11,9 @@
 //! (tests/support/datavolume.rs): an http import into a claim through an importer pod, a VM
 //! booting from it, a VM whose `dataVolumeTemplates` clone another imported claim (Provisioning
 //! until its clone pod filled it; the guest's writes stay in the clone), a failed import, the
-//! cascade on delete.
+//! cascade on delete. Live migration (tests/support/migration.rs): a second VM moved into a new
+//! launcher pod with `virtctl migrate`, its shell's state intact; a migration cancelled at once
+//! leaves it where it runs.
 //!
 //! The first run builds Kubernetes (scripts/k8s/build.sh, 15-30 minutes); later runs reuse the
 //! cached binaries. Needs docker-registry, skopeo, qemu-system-x86 and busybox-static
@@ -228,6 +230,8 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         String::from_utf8_lossy(&logs.stdout).contains("Hello from the guest").then_some(())
     });
     eprintln!("start -> guest userspace on the console: {:?}", start.elapsed());
+    // The VM the migration part moves (no interfaces: a tap cannot move) boots meanwhile.
+    support::migration::start(&cluster, ns);
     // The launcher opened /dev/kvm read-write in its unprivileged container (this host's KVM is
     // nested without vmx: the launcher says so and emulates; without the device it would say
     // "no usable /dev/kvm").
@@ -459,6 +463,9 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     assert_eq!(cluster.get(&["pod", &pod, "-n", ns], "{.status.phase}").as_deref(), Some("Running"));
     eprintln!("eviction of the launcher refused; evacuation migration {}", migration.trim());
 
+    // Live migration into a new launcher pod (tests/support/migration.rs).
+    let mig_checks = support::migration::run_part(&cluster, ns);
+
     // The components' manifests (RBAC, virt-controller's Deployment, virt-handler's DaemonSet)
     // pass the API server's validation (server-side dry run; namespace kubevirt exists: the
     // agent registered the subresources API's Service there).
@@ -530,8 +537,9 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
             && err.contains("spec.targetNode: unknown field"),
         "{err}"
     );
-    // A valid migration is stored (nothing on the cluster carries it out yet); its spec cannot
-    // change afterwards (an update review), its labels can.
+    // A valid migration is stored (virt-controller then fails it: vm-cirros has a pod-network
+    // interface, which cannot move); its spec cannot change afterwards (an update review), its
+    // labels can.
     let mig = tmp.join("mig-ok.yaml");
     std::fs::write(
         &mig,
@@ -614,11 +622,13 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     // failed import, and the cascade on delete.
     support::datavolume::run(&cluster, ns, "dv-good");
 
+    support::migration::stopped(&cluster, ns, mig_checks);
+
     // start, stop and restart of VMs are served through the API server (the subresources API,
     // as KubeVirt's virt-api): discovery lists them, and a plain PUT with KubeVirt's StopOptions
     // (what KubeVirt's own virtctl sends) stops the VM.
     let discovery = ok(&mut cluster.kubectl(&["get", "--raw", "/apis/subresources.kubevirt.io/v1"]));
-    for verb in ["start", "stop", "restart"] {
+    for verb in ["start", "stop", "restart", "migrate"] {
         assert!(discovery.contains(&format!("\"virtualmachines/{verb}\"")), "{discovery}");
     }
     let refused = run(Command::new(&virtctl).env("KUBECONFIG", &cluster.kubeconfig).args([

@@ -23,6 +23,82 @@ fn migration_state(vmi: &mut VirtualMachineInstance) -> &mut MigrationState {
     vmi.status.get_or_insert_with(Default::default).migration_state.get_or_insert_with(Default::default)
 }
 
+/// A VMI's `status.migrationState` when migration `uid` starts (KubeVirt's fields): pre-copy, not
+/// completed, from `source_node` to `target_node`, under the named MigrationPolicy if one matched.
+pub fn migration_started(
+    uid: &str,
+    source_node: &str,
+    target_node: &str,
+    policy: Option<String>,
+) -> MigrationState {
+    MigrationState {
+        start_timestamp: Some(now()),
+        source_node: Some(source_node.to_string()),
+        target_node: Some(target_node.to_string()),
+        migration_uid: Some(uid.to_string()),
+        mode: Some("PreCopy".into()),
+        completed: Some(false),
+        failed: Some(false),
+        migration_policy_name: policy,
+        ..Default::default()
+    }
+}
+
+/// Records a step the migration reached in `s`; returns the migration's phase for it.
+pub fn migration_step(s: &mut MigrationState, step: &MigrationStep) -> &'static str {
+    match step {
+        MigrationStep::TargetReady { target } => {
+            if s.target_pod.is_none() {
+                s.target_pod = Some(target.clone());
+            }
+            "TargetReady"
+        }
+        MigrationStep::Running { configuration, .. } => {
+            s.migration_configuration = Some(configuration.clone());
+            "Running"
+        }
+    }
+}
+
+/// Records in `s` that the VM moved from launcher (pod) `source` into `target`, as the source
+/// measured it (`report`); `aborting`: a cancel came after the commit point.
+pub fn migration_succeeded(
+    s: &mut MigrationState,
+    report: &crate::machine::migrate::MigrationReport,
+    source: String,
+    target: String,
+    aborting: bool,
+) {
+    s.end_timestamp = Some(now());
+    s.target_node_domain_detected = Some(true);
+    s.target_node_domain_ready_timestamp = s.end_timestamp.clone();
+    s.source_pod = Some(source);
+    s.target_pod = Some(target);
+    s.completed = Some(true);
+    s.failed = Some(false);
+    if let Some(mode) = &report.mode {
+        // Past the completion timeout it switched to post-copy or paused the guest.
+        s.mode = Some(mode.clone());
+    }
+    if aborting {
+        // The cancel came after the commit point: the VM had moved.
+        s.abort_status = Some("Failed".into());
+    }
+    s.migration_stats = Some(to_value(report));
+}
+
+/// Records in `s` that the migration failed (`why`) or was `cancelled`; the source runs on.
+pub fn migration_failed(s: &mut MigrationState, why: &str, cancelled: bool) {
+    s.end_timestamp = Some(now());
+    s.completed = Some(true);
+    s.failed = Some(true);
+    s.failure_reason = Some(why.to_string());
+    if cancelled {
+        s.abort_requested = Some(true);
+        s.abort_status = Some("Succeeded".into());
+    }
+}
+
 fn state_value(vmi: Option<&VirtualMachineInstance>) -> serde_json::Value {
     vmi.and_then(|v| v.status.as_ref())
         .and_then(|s| s.migration_state.as_ref())
@@ -169,18 +245,8 @@ impl MigrationController<'_> {
         // As KubeVirt's migration controller: the policy is matched once, when the migration starts.
         let policy = st.vmis.get(&vmi_key).and_then(|v| Self::policy_for_locked(st, v));
         if let Some(v) = st.vmis.get_mut(&vmi_key) {
-            let s = migration_state(v);
-            *s = MigrationState {
-                start_timestamp: Some(now()),
-                source_node: Some(node.clone()),
-                target_node: Some(node),
-                migration_uid: Some(uid.clone()),
-                mode: Some("PreCopy".into()),
-                completed: Some(false),
-                failed: Some(false),
-                migration_policy_name: policy.as_ref().map(super::policies::policy_name),
-                ..Default::default()
-            };
+            let name = policy.as_ref().map(super::policies::policy_name);
+            *migration_state(v) = migration_started(&uid, &node, &node, name);
         }
         self.lc.persist().persist_vmi(st, &vmi_key)?;
         let state = state_value(st.vmis.get(&vmi_key).map(|b| &**b));
@@ -230,17 +296,13 @@ impl MigrationController<'_> {
         };
         let key = &flight.migration;
         for step in steps {
-            let phase = match &step {
-                MigrationStep::TargetReady { target } => {
-                    if let Some(v) = st.vmis.get_mut(vmi_key) {
-                        migration_state(v).target_pod = Some(target.clone());
-                    }
-                    "TargetReady"
-                }
-                MigrationStep::Running { configuration, not_honoured } => {
-                    if let Some(v) = st.vmis.get_mut(vmi_key) {
-                        migration_state(v).migration_configuration = Some(configuration.clone());
-                    }
+            let phase = match st.vmis.get_mut(vmi_key) {
+                Some(v) => migration_step(migration_state(v), &step),
+                None => "Running",
+            };
+            match &step {
+                MigrationStep::TargetReady { .. } => {}
+                MigrationStep::Running { not_honoured, .. } => {
                     if !not_honoured.is_empty() {
                         let why = format!("migration {}: {}", key.name, not_honoured.join("; "));
                         self.lc.persist().event_locked(
@@ -252,9 +314,8 @@ impl MigrationController<'_> {
                             why,
                         );
                     }
-                    "Running"
                 }
-            };
+            }
             if let Some(m) = st.migrations.get_mut(key) {
                 if !migration_final(m) {
                     set_migration_phase(m, phase);
@@ -318,23 +379,7 @@ impl MigrationController<'_> {
             }
         }
         if let Some(v) = st.vmis.get_mut(vmi_key) {
-            let s = migration_state(v);
-            s.end_timestamp = Some(now());
-            s.target_node_domain_detected = Some(true);
-            s.target_node_domain_ready_timestamp = s.end_timestamp.clone();
-            s.source_pod = Some(source);
-            s.target_pod = Some(target.clone());
-            s.completed = Some(true);
-            s.failed = Some(false);
-            if let Some(mode) = &report.mode {
-                // Past the completion timeout it switched to post-copy or paused the guest.
-                s.mode = Some(mode.clone());
-            }
-            if aborting {
-                // The cancel came after the commit point: the VM had moved.
-                s.abort_status = Some("Failed".into());
-            }
-            s.migration_stats = Some(to_value(&report));
+            migration_succeeded(migration_state(v), &report, source, target.clone(), aborting);
         }
         self.lc.persist().persist_vmi(st, vmi_key)?;
         let state = state_value(st.vmis.get(vmi_key).map(|b| &**b));
@@ -375,15 +420,7 @@ impl MigrationController<'_> {
         let cancelled = aborting || matches!(e, MigrationError::Cancelled);
         let why = e.to_string();
         if let Some(v) = st.vmis.get_mut(vmi_key) {
-            let s = migration_state(v);
-            s.end_timestamp = Some(now());
-            s.completed = Some(true);
-            s.failed = Some(true);
-            s.failure_reason = Some(why.clone());
-            if cancelled {
-                s.abort_requested = Some(true);
-                s.abort_status = Some("Succeeded".into());
-            }
+            migration_failed(migration_state(v), &why, cancelled);
         }
         self.lc.persist().persist_vmi(st, vmi_key)?;
         let state = state_value(st.vmis.get(vmi_key).map(|b| &**b));

@@ -103,16 +103,18 @@ pub(super) struct Progress {
     pub(super) outcome: Option<Result<Migrated, MigrationError>>,
 }
 
-pub(super) fn phase_of_migration(m: &VirtualMachineInstanceMigration) -> &str {
+/// The phase of a migration (`Pending` without one).
+pub fn phase_of_migration(m: &VirtualMachineInstanceMigration) -> &str {
     m.status.as_ref().and_then(|s| s.get("phase")).and_then(|p| p.as_str()).unwrap_or("Pending")
 }
 
-pub(super) fn migration_final(m: &VirtualMachineInstanceMigration) -> bool {
+/// Whether a migration ended (`Succeeded` or `Failed`).
+pub fn migration_final(m: &VirtualMachineInstanceMigration) -> bool {
     matches!(phase_of_migration(m), "Succeeded" | "Failed")
 }
 
 /// Sets the migration's phase (recording its transition time); false if it had it already.
-pub(super) fn set_migration_phase(m: &mut VirtualMachineInstanceMigration, phase: &str) -> bool {
+pub fn set_migration_phase(m: &mut VirtualMachineInstanceMigration, phase: &str) -> bool {
     if m.status.is_some() && phase_of_migration(m) == phase {
         return false;
     }
@@ -128,6 +130,52 @@ pub(super) fn set_migration_phase(m: &mut VirtualMachineInstanceMigration, phase
         None => st["phaseTransitionTimestamps"] = serde_json::json!([entry]),
     }
     true
+}
+
+/// What KubeVirt's migration-create validator looks at, gathered by whoever stores migrations
+/// (the node's lifecycle, the cluster's migration controller): one set of refusals for both.
+pub struct MigrationAdmission<'a> {
+    /// `spec.vmiName`.
+    pub vmi_name: &'a str,
+    /// The VMI, if it exists.
+    pub vmi: Option<&'a VirtualMachineInstance>,
+    /// Whether its machine runs (phase Running and a launcher behind it).
+    pub running: bool,
+    /// Whether it is being deleted.
+    pub deleting: bool,
+    /// Whether it can move ([`Runtime::live_migratable`]).
+    pub migratable: Result<(), NotMigratable>,
+    /// Another migration of the VMI that has not finished, by name.
+    pub in_flight: Option<&'a str>,
+}
+
+impl MigrationAdmission<'_> {
+    /// Why the migration is refused (KubeVirt's messages), or `None`.
+    pub fn refusal(&self) -> Option<String> {
+        let name = self.vmi_name;
+        let Some(vmi) = self.vmi else {
+            return Some(format!("the VMI \"{name}\" does not exist"));
+        };
+        if !self.running {
+            return Some(format!(
+                "Cannot migrate VMI \"{name}\": it is not running (phase {:?})",
+                phase_of(vmi)
+            ));
+        }
+        if self.deleting {
+            return Some(format!("Cannot migrate VMI \"{name}\": it is being deleted"));
+        }
+        // As KubeVirt's validator: a VMI that cannot move is refused now, not failed later.
+        if let Err(why) = &self.migratable {
+            return Some(format!("Cannot migrate VMI, Reason: {}, Message: {}", why.reason, why.message));
+        }
+        if let Some(other) = self.in_flight {
+            return Some(format!(
+                "in-flight migration detected. Active migration job ({other}) is currently already in progress for VMI {name}."
+            ));
+        }
+        None
+    }
 }
 
 fn denied(msg: String) -> LifecycleError {
@@ -156,34 +204,28 @@ impl Migrations<'_> {
         if st.migrations.contains_key(&key) {
             return Err(LifecycleError::AlreadyExists { resource: Kind::Migration.resource(), name });
         }
-        let Some(vmi) = st.vmis.get(&vmi_key) else {
-            return Err(denied(format!("the VMI \"{vmi_name}\" does not exist")));
+        let vmi = st.vmis.get(&vmi_key).map(|v| &**v);
+        let running = vmi.is_some_and(|v| phase_of(v) == VmiPhase::Running) && st.live.contains_key(&vmi_key);
+        let migratable = vmi.map_or(Ok(()), |v| self.lc.runtime.live_migratable(v));
+        let in_flight = st
+            .migrations
+            .iter()
+            .find(|(k, o)| {
+                k.namespace == namespace
+                    && o.spec.vmi_name.as_deref() == Some(vmi_name.as_str())
+                    && !migration_final(o)
+            })
+            .map(|(k, _)| k.name.clone());
+        let check = MigrationAdmission {
+            vmi_name: &vmi_name,
+            vmi,
+            running,
+            deleting: st.deleting_vmis.contains_key(&vmi_key),
+            migratable,
+            in_flight: in_flight.as_deref(),
         };
-        if phase_of(vmi) != VmiPhase::Running || !st.live.contains_key(&vmi_key) {
-            return Err(denied(format!(
-                "Cannot migrate VMI \"{vmi_name}\": it is not running (phase {:?})",
-                phase_of(vmi)
-            )));
-        }
-        if st.deleting_vmis.contains_key(&vmi_key) {
-            return Err(denied(format!("Cannot migrate VMI \"{vmi_name}\": it is being deleted")));
-        }
-        // As KubeVirt's validator: a VMI that cannot move is refused now, not failed later.
-        if let Err(why) = self.lc.runtime.live_migratable(vmi) {
-            return Err(denied(format!(
-                "Cannot migrate VMI, Reason: {}, Message: {}",
-                why.reason, why.message
-            )));
-        }
-        if let Some((other, _)) = st.migrations.iter().find(|(k, o)| {
-            k.namespace == namespace
-                && o.spec.vmi_name.as_deref() == Some(vmi_name.as_str())
-                && !migration_final(o)
-        }) {
-            return Err(denied(format!(
-                "in-flight migration detected. Active migration job ({}) is currently already in progress for VMI {vmi_name}.",
-                other.name
-            )));
+        if let Some(why) = check.refusal() {
+            return Err(denied(why));
         }
         m.status = None;
         set_migration_phase(&mut m, "Pending");

@@ -47,7 +47,11 @@ pub use controller::ReconcileStats;
 pub use events::{Event, EventSource, ObjectReference};
 pub use gc::{Dependents, DependentsError, Propagation, FOREGROUND_FINALIZER, ORPHAN_FINALIZER};
 pub use handles::{CatalogObjects, MigrationPolicies, Migrations, Namespaces, Vmis, Vms};
-pub use migrations::{Migrated, MigrationError, MigrationStep, MigrationTicket, MIGRATION_PHASES};
+pub use migration_controller::{migration_failed, migration_started, migration_step, migration_succeeded};
+pub use migrations::{
+    migration_final, phase_of_migration, set_migration_phase, Migrated, MigrationAdmission, MigrationError,
+    MigrationStep, MigrationTicket, MIGRATION_PHASES,
+};
 pub use runtime::{BackendRuntime, ConsoleFactory, VolumeFilesFactory};
 pub use store::{MemStore, Store, StoreError, StoredObject};
 pub use watch::{Change, ChangeLog, ChangeType, WatchError, WatchEvent, Watcher};

@@ -75,6 +75,8 @@ pub fn manifests(c: &Components) -> Vec<Value> {
         json!([
             { "apiGroups": ["kubevirt.io"], "resources": ["*"], "verbs": all },
             { "apiGroups": ["cdi.kubevirt.io", "instancetype.kubevirt.io"], "resources": ["*"], "verbs": all },
+            { "apiGroups": ["migrations.kubevirt.io"], "resources": ["migrationpolicies"], "verbs": read },
+            { "apiGroups": [""], "resources": ["namespaces"], "verbs": read },
             { "apiGroups": [""], "resources": ["pods", "persistentvolumeclaims", "persistentvolumes"], "verbs": all },
             // The importer pods' progress lines.
             { "apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"] },
@@ -93,9 +95,14 @@ pub fn manifests(c: &Components) -> Vec<Value> {
         json!([
             { "apiGroups": ["kubevirt.io"], "resources": ["virtualmachineinstances", "virtualmachineinstances/status"],
               "verbs": ["get", "list", "watch", "update", "patch"] },
-            // The VM verbs of the subresources API (start, stop, restart).
+            // The VM verbs of the subresources API (start, stop, restart; migrate reads the VM).
             { "apiGroups": ["kubevirt.io"], "resources": ["virtualmachines", "virtualmachines/status"],
               "verbs": ["get", "update"] },
+            // Live migrations: carried out (their status), and created by the `migrate` subresource.
+            { "apiGroups": ["kubevirt.io"],
+              "resources": ["virtualmachineinstancemigrations", "virtualmachineinstancemigrations/status"],
+              "verbs": ["get", "list", "watch", "create", "update", "patch"] },
+            { "apiGroups": ["migrations.kubevirt.io"], "resources": ["migrationpolicies"], "verbs": read },
             // The eviction webhook reads the pod an eviction is for.
             { "apiGroups": [""], "resources": ["pods"], "verbs": read },
             { "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["extension-apiserver-authentication"],

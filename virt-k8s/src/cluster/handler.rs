@@ -9,6 +9,9 @@
 //! VMIs with interfaces get them in their launcher pod's network namespace before the spec is
 //! written (`cluster::network`: masquerade on the pod network, as KubeVirt binds it).
 //!
+//! Live migrations of its VMIs ([`migration`]): the agent moves the VM into the target launcher
+//! pod virt-controller made, with the node's migration code.
+//!
 //! Never started twice: the launcher holds `launcher.lock` in the run directory for its life, and
 //! the agent only writes a spec where none is; a restarted agent reattaches to what runs.
 
@@ -26,6 +29,8 @@ use serde_json::json;
 use virt_core::lifecycle::{LaunchError, LaunchStage, Runtime};
 use virt_core::machine::{DiskFormat, MachineExit, MachineStatus};
 use virt_core::model::{VirtualMachineInstance, VmiPhase};
+
+pub mod migration;
 
 use super::controller::ReconcileError;
 use super::kinds::Cr;
@@ -49,6 +54,10 @@ pub struct Handler {
     pub storage_dir: Option<PathBuf>,
     /// VMIs (uid) whose running launcher this process has reached (logged once each).
     attached: Mutex<HashSet<String>>,
+    /// Migrations (uid) this agent carries out now.
+    flights: Mutex<HashSet<String>>,
+    /// VMIs (uid) whose VM moves now: their source's end is not theirs.
+    migrating: Mutex<HashSet<String>>,
 }
 
 impl Handler {
@@ -61,6 +70,8 @@ impl Handler {
             networks: None,
             storage_dir: None,
             attached: Mutex::new(HashSet::new()),
+            flights: Mutex::new(HashSet::new()),
+            migrating: Mutex::new(HashSet::new()),
         }
     }
 
@@ -230,6 +241,11 @@ async fn reconcile(vmi: Arc<Cr<VirtualMachineInstance>>, h: Arc<Handler>) -> Res
     if !matches!(phase, Some(VmiPhase::Scheduled) | Some(VmiPhase::Running)) {
         return Ok(Action::await_change());
     }
+    let uid = vmi.meta.uid.clone().unwrap_or_default();
+    if h.migrating.lock().map(|m| m.contains(&uid)).unwrap_or(false) {
+        // Its migration's flight reports; the source's end is not the VMI's.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let ns = vmi.meta.namespace.clone().unwrap_or_default();
     let name = vmi.meta.name.clone().unwrap_or_default();
     let model = model_of(&vmi);
@@ -321,7 +337,23 @@ pub async fn run(h: Handler, shutdown: impl std::future::Future<Output = ()> + S
             }
         });
     }
-    Controller::new(vmis, watcher::Config::default().labels(&selector))
+    let h = Arc::new(h);
+    let vmims: Api<Cr<virt_core::model::VirtualMachineInstanceMigration>> = Api::all(h.client.clone());
+    let mut stop2 = stop_rx.clone();
+    let migrations = Controller::new(vmims, watcher::Config::default())
+        .graceful_shutdown_on(async move {
+            let _ = stop2.wait_for(|s| *s).await;
+        })
+        .run(
+            migration::reconcile,
+            |m, err, _| {
+                log::warn!("migration {}: {err}", m.meta.name.as_deref().unwrap_or("?"));
+                Action::requeue(Duration::from_secs(2))
+            },
+            h.clone(),
+        )
+        .for_each(|_| async {});
+    let vmi_ctl = Controller::new(vmis, watcher::Config::default().labels(&selector))
         .graceful_shutdown_on(async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         })
@@ -331,10 +363,10 @@ pub async fn run(h: Handler, shutdown: impl std::future::Future<Output = ()> + S
                 log::warn!("VMI {}: {err}", vmi.meta.name.as_deref().unwrap_or("?"));
                 Action::requeue(Duration::from_secs(2))
             },
-            Arc::new(h),
+            h,
         )
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    futures_util::future::join(vmi_ctl, migrations).await;
 }
 
 #[cfg(test)]

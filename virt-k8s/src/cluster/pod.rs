@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
-    PersistentVolumeClaimVolumeSource, Pod, PodSpec, ResourceRequirements, SecurityContext, Toleration,
-    Volume, VolumeMount,
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
+    PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec, ResourceRequirements,
+    SecurityContext, Toleration, Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use virt_core::model::{VirtualMachineInstance, VmiPhase};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use virt_core::model::{VirtualMachineInstance, VirtualMachineInstanceStatus, VmiPhase};
 
 use super::kinds::Cr;
 use super::storage::disk_mount_dir;
@@ -25,6 +25,11 @@ pub const DOMAIN_LABEL: &str = "kubevirt.io/domain";
 pub const VM_NAME_LABEL: &str = "vm.kubevirt.io/name";
 /// Label on a VMI once its pod is scheduled: the node.
 pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
+/// The label of a migration's target launcher pod: the migration's uid (KubeVirt's).
+pub const MIGRATION_JOB_LABEL: &str = "kubevirt.io/migrationJobUID";
+/// Set to `1` in a migration's target launcher pod: its entry script starts the launcher with
+/// `--incoming` (scripts/k8s/launcher-image.sh).
+pub const INCOMING_ENV: &str = "VIRT_INCOMING";
 
 /// Memory the launcher needs beside the guest's RAM: the launcher process, QEMU's or the native
 /// VMM's own allocations, page tables and the containerd shim. A fixed 192 MiB plus 8 MiB per
@@ -277,9 +282,112 @@ pub fn launcher_pod(vmi: &Cr<VirtualMachineInstance>, cfg: &LauncherConfig) -> P
     }
 }
 
+/// The run directory of migration `migration_uid`'s target launcher of the VMI with `uid`: beside
+/// the VMI's first one, named as the node names it (`node::runtime::target_dir_name`).
+pub fn migration_run_dir(node_state_dir: &str, uid: &str, migration_uid: &str) -> String {
+    format!(
+        "{}/vmis/{}",
+        node_state_dir.trim_end_matches('/'),
+        crate::node::runtime::target_dir_name(uid, migration_uid)
+    )
+}
+
+/// The target launcher pod of migration `migration_uid` of `vmi`: the VMI's launcher pod (same
+/// owner, labels, resources, claims) labelled [`MIGRATION_JOB_LABEL`], with its own run directory
+/// ([`migration_run_dir`]) and the VMI's first one mounted too (the machine spec's volumes are
+/// there), started in incoming mode ([`INCOMING_ENV`]); placed away from the VMI's other pods if
+/// the scheduler can (a preferred pod anti-affinity by host: one node still gets a target).
+pub fn migration_target_pod(
+    vmi: &Cr<VirtualMachineInstance>,
+    cfg: &LauncherConfig,
+    migration_uid: &str,
+) -> Pod {
+    let mut pod = launcher_pod(vmi, cfg);
+    let uid = vmi.meta.uid.clone().unwrap_or_default();
+    let name = vmi.meta.name.clone().unwrap_or_default();
+    let first = run_dir(&cfg.node_state_dir, &uid);
+    let own = migration_run_dir(&cfg.node_state_dir, &uid, migration_uid);
+    pod.metadata.generate_name = Some(format!("virt-launcher-{name}-"));
+    if let Some(l) = pod.metadata.labels.as_mut() {
+        l.insert(MIGRATION_JOB_LABEL.into(), migration_uid.into());
+    }
+    if let Some(spec) = pod.spec.as_mut() {
+        for v in spec.volumes.iter_mut().flatten() {
+            if v.name == "run-dir" {
+                if let Some(h) = v.host_path.as_mut() {
+                    h.path = own.clone();
+                }
+            }
+        }
+        spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: "vmi-dir".into(),
+            host_path: Some(HostPathVolumeSource { path: first.clone(), type_: Some("Directory".into()) }),
+            ..Default::default()
+        });
+        for c in &mut spec.containers {
+            for m in c.volume_mounts.iter_mut().flatten() {
+                if m.name == "run-dir" {
+                    m.mount_path = own.clone();
+                }
+            }
+            c.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
+                name: "vmi-dir".into(),
+                mount_path: first.clone(),
+                ..Default::default()
+            });
+            for e in c.env.iter_mut().flatten() {
+                if e.name == "VIRT_RUN_DIR" {
+                    e.value = Some(own.clone());
+                }
+            }
+            c.env.get_or_insert_with(Vec::new).push(EnvVar {
+                name: INCOMING_ENV.into(),
+                value: Some("1".into()),
+                ..Default::default()
+            });
+        }
+        let mut selector = BTreeMap::new();
+        selector.insert(CREATED_BY.to_string(), uid);
+        spec.affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector),
+                            ..Default::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..Default::default()
+                    },
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    pod
+}
+
 /// The pod volume of VMI volume `volume`'s claim (apart from the pod's own volumes).
 fn claim_volume(volume: &str) -> String {
     format!("pvc-{volume}")
+}
+
+/// Of the launcher pods of a VMI (`pods`), the one that runs its VM (KubeVirt keeps it in
+/// `status.activePods`; here `status.migrationState` says it): after a migration that succeeded
+/// its target pod, during one or after one that failed its source pod, else the VMI's first pod
+/// (not a migration target).
+pub fn active_pod<'a>(pods: &'a [Pod], status: &VirtualMachineInstanceStatus) -> Option<&'a Pod> {
+    let named = |n: &str| pods.iter().find(|p| p.metadata.name.as_deref() == Some(n));
+    if let Some(ms) = &status.migration_state {
+        let moved = ms.completed == Some(true) && ms.failed != Some(true);
+        let which = if moved { ms.target_pod.as_deref() } else { ms.source_pod.as_deref() };
+        if let Some(n) = which {
+            return named(n);
+        }
+    }
+    pods.iter().find(|p| p.metadata.labels.as_ref().is_none_or(|l| !l.contains_key(MIGRATION_JOB_LABEL)))
 }
 
 /// The VMI phase a launcher pod's state stands for: an unscheduled pod is `Scheduling`, a
@@ -360,6 +468,65 @@ mod tests {
         assert_eq!(sc.privileged, Some(false));
         assert_eq!(sc.capabilities.as_ref().unwrap().add.as_deref(), Some(&["SYS_ADMIN".to_string()][..]));
         assert!(c.env.as_ref().unwrap().iter().any(|e| e.name == POD_CGROUP_ENV));
+    }
+
+    #[test]
+    fn a_migration_target_pod_has_its_own_run_dir_starts_incoming_and_prefers_another_host() {
+        let cfg = LauncherConfig {
+            image: "localhost/virt-launcher:1".into(),
+            kvm: KvmAccess::DevicePlugin,
+            node_state_dir: "/var/lib/virt-rs".into(),
+        };
+        let pod = migration_target_pod(&vmi(), &cfg, "abcd1234-ffff");
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[MIGRATION_JOB_LABEL], "abcd1234-ffff");
+        assert_eq!(labels[CREATED_BY], "u-9", "the VMI's pod, as the controller counts them");
+        let spec = pod.spec.as_ref().unwrap();
+        let vols = spec.volumes.as_ref().unwrap();
+        let path =
+            |n: &str| vols.iter().find(|v| v.name == n).unwrap().host_path.as_ref().unwrap().path.clone();
+        assert_eq!(path("run-dir"), "/var/lib/virt-rs/vmis/u-9-mig-abcd1234");
+        assert_eq!(path("vmi-dir"), "/var/lib/virt-rs/vmis/u-9", "the first run dir: the spec's volumes");
+        let c = &spec.containers[0];
+        let env =
+            |n: &str| c.env.as_ref().unwrap().iter().find(|e| e.name == n).and_then(|e| e.value.clone());
+        assert_eq!(env("VIRT_RUN_DIR").as_deref(), Some("/var/lib/virt-rs/vmis/u-9-mig-abcd1234"));
+        assert_eq!(env(INCOMING_ENV).as_deref(), Some("1"));
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert!(mounts.iter().any(|m| m.name == "vmi-dir" && m.mount_path == "/var/lib/virt-rs/vmis/u-9"));
+        let anti = spec.affinity.as_ref().unwrap().pod_anti_affinity.as_ref().unwrap();
+        assert!(anti.required_during_scheduling_ignored_during_execution.is_none(), "one node still fits");
+        let term = &anti.preferred_during_scheduling_ignored_during_execution.as_ref().unwrap()[0];
+        assert_eq!(term.pod_affinity_term.topology_key, "kubernetes.io/hostname");
+    }
+
+    #[test]
+    fn the_active_pod_follows_the_migration_state() {
+        let named = |n: &str, target: bool| {
+            let mut p = Pod::default();
+            p.metadata.name = Some(n.into());
+            if target {
+                p.metadata.labels =
+                    Some(BTreeMap::from([(MIGRATION_JOB_LABEL.to_string(), "m".to_string())]));
+            }
+            p
+        };
+        let pods = vec![named("target", true), named("first", false)];
+        let mut status = VirtualMachineInstanceStatus::default();
+        let name =
+            |s: &VirtualMachineInstanceStatus| active_pod(&pods, s).and_then(|p| p.metadata.name.clone());
+        assert_eq!(name(&status).as_deref(), Some("first"), "no migration: the first pod");
+        status.migration_state = Some(virt_core::model::MigrationState {
+            source_pod: Some("first".into()),
+            target_pod: Some("target".into()),
+            completed: Some(false),
+            ..Default::default()
+        });
+        assert_eq!(name(&status).as_deref(), Some("first"), "under way: the source");
+        status.migration_state.as_mut().unwrap().completed = Some(true);
+        assert_eq!(name(&status).as_deref(), Some("target"), "moved: the target");
+        status.migration_state.as_mut().unwrap().failed = Some(true);
+        assert_eq!(name(&status).as_deref(), Some("first"), "failed: the source runs on");
     }
 
     #[test]

@@ -37,7 +37,7 @@ use virt_core::lifecycle::{Lifecycle, LifecycleOptions};
 pub use virt_storage::import::policy::Allowed;
 use virt_storage::import::policy::NetPolicy;
 
-pub use runtime::{LauncherConfig, LauncherRuntime, MigrationSettings};
+pub use runtime::{LauncherConfig, LauncherRuntime, MigrationSettings, TargetLauncher};
 pub use store::RedbStore;
 
 /// How a node runs.

@@ -27,7 +27,9 @@ pub use super::volumes::{ClaimNotReady, ClaimReadiness};
 
 mod migration;
 use super::volumes::{VmiVolumes, VolumeConfig};
-pub use migration::MigrationSettings;
+pub use migration::{
+    tap_not_migratable, target_dir_name, MigrationSettings, TargetLauncher, POST_COPY_MARKER,
+};
 
 /// How the node runs launchers.
 #[derive(Debug, Clone)]
@@ -444,7 +446,7 @@ impl Runtime for LauncherRuntime {
         ticket: &MigrationTicket,
         step: &dyn Fn(MigrationStep),
     ) -> Result<Migrated, MigrationError> {
-        self.migrate_vmi(vmi, ticket, step)
+        self.migrate_vmi(vmi, ticket, TargetLauncher::Spawn, step)
     }
 
     /// Every interface of a VMI on the pod network is a tap its launcher holds: such a VMI cannot

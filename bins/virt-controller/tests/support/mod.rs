@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
 
 pub mod datavolume;
+pub mod migration;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()

@@ -5,10 +5,13 @@
 //! importer pod (or clones another claim into it with a clone pod), and the provisioner gives
 //! pending claims of the project's StorageClass a volume (`cluster::storage`); [`evacuation`]
 //! keeps the disruption budget of each VMI whose `evictionStrategy` migrates it and starts the
-//! migration a refused eviction asked for. Failed reconciles back off per object.
+//! migration a refused eviction asked for; [`migration`] admits each
+//! VirtualMachineInstanceMigration and gives it its target launcher pod. Failed reconciles back
+//! off per object.
 
 pub mod dv;
 pub mod evacuation;
+pub mod migration;
 pub mod vm;
 pub mod vmi;
 
@@ -23,7 +26,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::runtime::controller::Action;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client};
-use virt_core::model::{VirtualMachine, VirtualMachineInstance};
+use virt_core::model::{VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceMigration};
 use virt_storage::cdi::DataVolume;
 
 use super::importer::ImporterConfig;
@@ -176,7 +179,7 @@ async fn provision(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Context>) -> Result
     Ok(Action::await_change())
 }
 
-/// Runs the VM, VMI and DataVolume controllers and the provisioner until `shutdown` resolves.
+/// Runs the VM, VMI, migration and DataVolume controllers and the provisioner until `shutdown` resolves.
 pub async fn run(
     client: Client,
     settings: Settings,
@@ -235,6 +238,15 @@ pub async fn run(
                 log::debug!("reconciled VirtualMachineInstance {}", obj.name);
             }
         });
+    let vmims: Api<Cr<VirtualMachineInstanceMigration>> = Api::all(client.clone());
+    let mig_ctl = Controller::new(vmims, watcher::Config::default())
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(
+            migration::reconcile,
+            error_policy::<Cr<VirtualMachineInstanceMigration>>("VirtualMachineInstanceMigration"),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
     let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
     let storage = async {
         if ctx.importer.is_none() && ctx.provisioner.is_none() {
@@ -259,7 +271,7 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    futures_util::future::join4(vm_ctl, vmi_ctl, evacuation_ctl, storage).await;
+    futures_util::future::join5(vm_ctl, vmi_ctl, evacuation_ctl, mig_ctl, storage).await;
 }
 
 #[cfg(test)]

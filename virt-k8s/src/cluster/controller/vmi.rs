@@ -13,7 +13,7 @@ use virt_core::model::{VirtualMachineInstance, VmiPhase};
 
 use super::{key, Context, ReconcileError};
 use crate::cluster::kinds::Cr;
-use crate::cluster::pod::{claims, launcher_pod, phase_from_pod, CREATED_BY, NODE_NAME_LABEL};
+use crate::cluster::pod::{active_pod, claims, launcher_pod, phase_from_pod, CREATED_BY, NODE_NAME_LABEL};
 use crate::cluster::storage::{claim_bound, StorageError};
 use virt_storage::cdi::{DataVolume, DataVolumePhase};
 
@@ -86,31 +86,45 @@ pub async fn reconcile(
     let name = vmi.meta.name.clone().unwrap_or_default();
     let uid = vmi.meta.uid.clone().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let cached = ctx.pods.as_ref().and_then(|store| {
-        store
-            .state()
-            .into_iter()
-            .find(|p| {
-                p.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && p.metadata.labels.as_ref().and_then(|l| l.get(CREATED_BY)) == Some(&uid)
-            })
-            .map(|p| Pod::clone(&p))
-    });
+    let cached: Vec<Pod> = ctx
+        .pods
+        .as_ref()
+        .map(|store| {
+            store
+                .state()
+                .into_iter()
+                .filter(|p| {
+                    p.metadata.namespace.as_deref() == Some(ns.as_str())
+                        && p.metadata.labels.as_ref().and_then(|l| l.get(CREATED_BY)) == Some(&uid)
+                })
+                .map(|p| Pod::clone(&p))
+                .collect()
+        })
+        .unwrap_or_default();
     // The cache can lag behind a pod just created (another watch): only a list says there is none.
-    let from_cache = cached.is_some();
-    let pod = match cached {
-        Some(p) => Some(p),
-        None => pods
-            .list(&ListParams::default().labels(&format!("{CREATED_BY}={uid}")))
+    let from_cache = !cached.is_empty();
+    let all = if from_cache {
+        cached
+    } else {
+        pods.list(&ListParams::default().labels(&format!("{CREATED_BY}={uid}")))
             .await
             .map_err(api_err(format!("listing the pods of VMI {ns}/{name}")))?
             .items
-            .into_iter()
-            .next(),
     };
+    // A VMI that migrated has more than one: the one running its VM (KubeVirt's activePods).
+    let pod = active_pod(&all, &status).cloned();
+    // While its VM moves, the source pod's end is not the VMI's: the node agent records where it
+    // went (`status.migrationState`), then the target pod is followed.
+    let moving = status.migration_state.as_ref().is_some_and(|m| m.completed != Some(true));
     let (phase, node, reason) = match &pod {
+        Some(p) if moving && phase_from_pod(p, status.phase).is_final() => {
+            ctx.succeeded(&k);
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
         Some(p) => (phase_from_pod(p, status.phase), p.spec.as_ref().and_then(|s| s.node_name.clone()), None),
-        None if matches!(status.phase, None | Some(VmiPhase::Pending) | Some(VmiPhase::Scheduling)) => {
+        None if all.is_empty()
+            && matches!(status.phase, None | Some(VmiPhase::Pending) | Some(VmiPhase::Scheduling)) =>
+        {
             // Its claims first: a pod mounting a claim that is not there or not filled yet would
             // stay Pending in the kubelet or boot an empty disk.
             if let Some((reason, message)) = claims_not_ready(&ctx, &ns, &vmi.obj).await? {

@@ -63,6 +63,7 @@ pub fn router(server: Server) -> Router {
         .route(&vm_at("start"), put(vm_verbs::start))
         .route(&vm_at("stop"), put(vm_verbs::stop))
         .route(&vm_at("restart"), put(vm_verbs::restart))
+        .route(&vm_at("migrate"), put(migrate))
         .fallback(|| async {
             status_response(
                 StatusCode::NOT_FOUND,
@@ -95,6 +96,7 @@ async fn resources() -> Json<serde_json::Value> {
     };
     let mut resources = of("virtualmachineinstances", "VirtualMachineInstance", VMI_SUBRESOURCES);
     resources.extend(of("virtualmachines", "VirtualMachine", vm_verbs::VM_SUBRESOURCES));
+    resources.extend(of("virtualmachines", "VirtualMachine", &[("migrate", "update")]));
     Json(
         json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": GROUP_VERSION, "resources": resources }),
     )
@@ -254,6 +256,65 @@ async fn softreboot(
         .await
     };
     done(r.await)
+}
+
+/// `PUT .../virtualmachines/NAME/migrate` (KubeVirt's `virtctl migrate`): a
+/// VirtualMachineInstanceMigration of the VM's instance, named `kubevirt-migrate-vm-<random>`,
+/// which virt-controller admits and carries out with this node's agent. Refused when the VM does
+/// not exist or has no running instance.
+async fn migrate(
+    State(s): State<Server>,
+    h: HeaderMap,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
+    let user = h.get("x-remote-user").and_then(|v| v.to_str().ok()).unwrap_or("?");
+    log::info!("subresource migrate of VM {ns}/{name} for {user}");
+    let internal = |what: String, e: kube::Error| {
+        status_response(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &format!("{what}: {e}"))
+    };
+    let vms: Api<Cr<virt_core::model::VirtualMachine>> = Api::namespaced(s.client.clone(), &ns);
+    match vms.get_opt(&name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let msg = format!("virtualmachines.kubevirt.io \"{name}\" not found");
+            return status_response(StatusCode::NOT_FOUND, "NotFound", &msg);
+        }
+        Err(e) => return internal(format!("reading VM {ns}/{name}"), e),
+    }
+    let vmis: Api<Cr<VirtualMachineInstance>> = Api::namespaced(s.client.clone(), &ns);
+    let running = match vmis.get_opt(&name).await {
+        Ok(v) => v.and_then(|v| v.obj.status).and_then(|st| st.phase) == Some(VmiPhase::Running),
+        Err(e) => return internal(format!("reading VMI {ns}/{name}"), e),
+    };
+    if !running {
+        return status_response(StatusCode::CONFLICT, "Conflict", "VM is not running");
+    }
+    let object = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+        "metadata": { "generateName": "kubevirt-migrate-vm-", "namespace": ns },
+        "spec": { "vmiName": name },
+    });
+    let migration: Cr<virt_core::model::VirtualMachineInstanceMigration> =
+        match serde_json::from_value(object) {
+            Ok(m) => m,
+            Err(e) => {
+                let msg = format!("the migration of VM {ns}/{name}: {e}");
+                return status_response(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &msg);
+            }
+        };
+    let vmims: Api<Cr<virt_core::model::VirtualMachineInstanceMigration>> =
+        Api::namespaced(s.client.clone(), &ns);
+    match vmims.create(&kube::api::PostParams::default(), &migration).await {
+        Ok(m) => {
+            log::info!("VM {ns}/{name}: migration {} created", m.meta.name.as_deref().unwrap_or("?"));
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(kube::Error::Api(r)) => {
+            let code = StatusCode::from_u16(r.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            status_response(code, &r.reason, &r.message)
+        }
+        Err(e) => internal(format!("creating a migration of VM {ns}/{name}"), e),
+    }
 }
 
 async fn guestosinfo(

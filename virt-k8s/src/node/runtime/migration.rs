@@ -18,6 +18,33 @@ use virt_core::model::MigrationPolicySpec;
 
 use super::*;
 
+/// Who starts the target launcher of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetLauncher {
+    /// The node: a child `virt-launcher --incoming` in the target run directory.
+    Spawn,
+    /// Something else that watches the target run directory (a Kubernetes launcher pod whose
+    /// entry script starts `virt-launcher --incoming` once `spec.json` is there, with
+    /// `--post-copy` when [`POST_COPY_MARKER`] is too). The directory is not wiped: it is mounted.
+    External,
+}
+
+/// How long a target launcher started by a pod ([`TargetLauncher::External`]) has to listen once
+/// its spec is written (it starts only then: the pod's entry script polls for it, then the
+/// launcher sets up its jail and machine on a node that may be loaded).
+pub const EXTERNAL_TARGET_LISTEN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// In a target run directory served by a pod ([`TargetLauncher::External`]): start with
+/// `--post-copy`.
+pub const POST_COPY_MARKER: &str = "incoming-post-copy";
+
+/// The name of the run directory a migration with uid `migration_uid` moves the VM of the VMI
+/// whose first run directory is named `base_name` into: `<base_name>-mig-<8 characters of the uid>`.
+pub fn target_dir_name(base_name: &str, migration_uid: &str) -> String {
+    let short: String = migration_uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+    format!("{base_name}-mig-{short}")
+}
+
 /// In the first run directory: the name of the run directory of the launcher running the VM.
 pub const ACTIVE: &str = "active-launcher";
 /// In the first run directory: the name of the run directory the VM is moving into.
@@ -54,7 +81,7 @@ fn failed(what: &str, path: &Path, e: impl std::fmt::Display) -> MigrationError 
 
 /// Why a VMI whose interface `name` is a tap cannot move: the running launcher holds the tap and
 /// a second launcher cannot open it (KubeVirt's reason `InterfaceNotLiveMigratable`).
-pub(super) fn tap_not_migratable(name: &str) -> NotMigratable {
+pub fn tap_not_migratable(name: &str) -> NotMigratable {
     NotMigratable::new(
         "InterfaceNotLiveMigratable",
         format!(
@@ -204,10 +231,12 @@ impl MigrationSettings {
 
 impl LauncherRuntime {
     /// Moves `vmi`'s machine into a fresh launcher (see the module's documentation).
-    pub(super) fn migrate_vmi(
+    /// `launcher`: who starts the target launcher.
+    pub fn migrate_vmi(
         &self,
         vmi: &VirtualMachineInstance,
         ticket: &MigrationTicket,
+        launcher: TargetLauncher,
         step: &dyn Fn(MigrationStep),
     ) -> Result<Migrated, MigrationError> {
         let base = self.base_dir(vmi);
@@ -225,19 +254,18 @@ impl LauncherRuntime {
         if let Some(why) = not_migratable(&spec) {
             return Err(MigrationError::Unsupported(why.message));
         }
-        let short: String = ticket.uid.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
         let base_name = base.file_name().and_then(|n| n.to_str()).unwrap_or("vmi");
-        let name = format!("{base_name}-mig-{short}");
+        let name = target_dir_name(base_name, &ticket.uid);
         let Some(parent) = base.parent() else {
             return Err(MigrationError::Failed(format!("{} has no parent directory", base.display())));
         };
         let target = parent.join(&name);
-        let _ = std::fs::remove_dir_all(&target);
+        if launcher == TargetLauncher::Spawn {
+            let _ = std::fs::remove_dir_all(&target);
+        }
         std::fs::create_dir_all(&target).map_err(|e| failed("creating", &target, e))?;
-        let target_spec = target.join("spec.json");
-        super::write_private(&target_spec, &spec_bytes).map_err(|e| failed("writing", &target_spec, e))?;
         write_pointer(&base, INCOMING, &name).map_err(|e| failed("writing", &base.join(INCOMING), e))?;
-        let result = self.move_into(&source, &target, &target_spec, spec.memory_mib, ticket, step);
+        let result = self.move_into(&source, &target, &spec_bytes, spec.memory_mib, ticket, launcher, step);
         match result {
             Ok(report) => {
                 write_pointer(&base, ACTIVE, &name).map_err(|e| failed("writing", &base.join(ACTIVE), e))?;
@@ -251,7 +279,7 @@ impl LauncherRuntime {
                 Ok(Migrated { machine: Arc::new(machine), report, source: source_name, target: name })
             }
             Err(e) => {
-                self.abandon_target(&target);
+                self.abandon_target(&target, launcher);
                 let _ = std::fs::remove_file(base.join(INCOMING));
                 Err(if ticket.cancelled() { MigrationError::Cancelled } else { e })
             }
@@ -271,22 +299,49 @@ impl LauncherRuntime {
 
     /// Starts the target launcher in `target` and has the source in `source` send the VM to it,
     /// with the settings of [`LauncherRuntime::settings_for`].
+    #[allow(clippy::too_many_arguments)]
     fn move_into(
         &self,
         source: &Path,
         target: &Path,
-        spec: &Path,
+        spec_bytes: &[u8],
         memory_mib: u64,
         ticket: &MigrationTicket,
+        launcher: TargetLauncher,
         step: &dyn Fn(MigrationStep),
     ) -> Result<virt_core::machine::migrate::MigrationReport, MigrationError> {
         let log_path = target.join("launcher.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| failed("creating", &log_path, e))?;
-        let log2 = log.try_clone().map_err(|e| failed("opening", &log_path, e))?;
         let (settings, not_honoured) = self.settings_for(source, ticket);
         let opts = settings.options_for(memory_mib);
+        let spec = target.join("spec.json");
+        if launcher == TargetLauncher::External {
+            // The pod's entry script starts the launcher once the spec is there: flags first.
+            if opts.post_copy {
+                let marker = target.join(POST_COPY_MARKER);
+                std::fs::write(&marker, b"").map_err(|e| failed("writing", &marker, e))?;
+            }
+            // Whole or not at all: the script starts the launcher as soon as the file is there.
+            let tmp = target.join(".spec.json.tmp");
+            super::write_private(&tmp, spec_bytes).map_err(|e| failed("writing", &tmp, e))?;
+            std::fs::rename(&tmp, &spec).map_err(|e| failed("renaming into", &spec, e))?;
+            let within = self.cfg.start_timeout.max(EXTERNAL_TARGET_LISTEN_TIMEOUT);
+            return self.send_to(
+                source,
+                target,
+                ticket,
+                &settings,
+                not_honoured,
+                &opts,
+                &log_path,
+                within,
+                step,
+            );
+        }
+        super::write_private(&spec, spec_bytes).map_err(|e| failed("writing", &spec, e))?;
+        let log = std::fs::File::create(&log_path).map_err(|e| failed("creating", &log_path, e))?;
+        let log2 = log.try_clone().map_err(|e| failed("opening", &log_path, e))?;
         let mut cmd = Command::new(&self.cfg.launcher);
-        cmd.arg("--spec").arg(spec).arg("--run-dir").arg(target).arg("--incoming");
+        cmd.arg("--spec").arg(&spec).arg("--run-dir").arg(target).arg("--incoming");
         if opts.post_copy {
             cmd.arg("--post-copy");
         }
@@ -305,29 +360,49 @@ impl LauncherRuntime {
                 MigrationError::Failed(format!("starting {}: {e}", self.cfg.launcher.display()))
             })?;
         self.children.lock().unwrap_or_else(|e| e.into_inner()).insert(target.to_path_buf(), child);
+        let within = self.cfg.start_timeout;
+        self.send_to(source, target, ticket, &settings, not_honoured, &opts, &log_path, within, step)
+    }
+
+    /// Once the target launcher in `target` is starting: waits for it to listen, then has the
+    /// source send the VM.
+    #[allow(clippy::too_many_arguments)]
+    fn send_to(
+        &self,
+        source: &Path,
+        target: &Path,
+        ticket: &MigrationTicket,
+        settings: &MigrationSettings,
+        not_honoured: Vec<String>,
+        opts: &MigrateOptions,
+        log_path: &Path,
+        within: Duration,
+        step: &dyn Fn(MigrationStep),
+    ) -> Result<virt_core::machine::migrate::MigrationReport, MigrationError> {
         if ticket.cancelled() {
             return Err(MigrationError::Cancelled);
         }
-        let stream = self.connect_target(target, ticket, &log_path)?;
+        let stream = self.connect_target(target, ticket, log_path, within)?;
         let name = target.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         step(MigrationStep::TargetReady { target: name });
         if ticket.cancelled() {
             return Err(MigrationError::Cancelled);
         }
         step(MigrationStep::Running { configuration: settings.configuration(), not_honoured });
-        migrate_out(source, &stream, &opts)
-            .map_err(|e| MigrationError::Failed(format!("{e} (target: {})", tail(&log_path))))
+        migrate_out(source, &stream, opts)
+            .map_err(|e| MigrationError::Failed(format!("{e} (target: {})", tail(log_path))))
     }
 
     /// Connects to the target launcher's migration socket once it listens; gives up when the
-    /// migration is cancelled, the launcher exits, or it does not listen within the start timeout.
+    /// migration is cancelled, the launcher exits, or it does not listen `within`.
     fn connect_target(
         &self,
         target: &Path,
         ticket: &MigrationTicket,
         log_path: &Path,
+        within: Duration,
     ) -> Result<UnixStream, MigrationError> {
-        let deadline = Instant::now() + self.cfg.start_timeout;
+        let deadline = Instant::now() + within;
         loop {
             if ticket.cancelled() {
                 return Err(MigrationError::Cancelled);
@@ -347,8 +422,7 @@ impl LauncherRuntime {
             }
             if Instant::now() > deadline {
                 return Err(MigrationError::Failed(format!(
-                    "the target launcher did not listen within {:?}: {}",
-                    self.cfg.start_timeout,
+                    "the target launcher did not listen within {within:?}: {}",
                     tail(log_path)
                 )));
             }
@@ -358,7 +432,9 @@ impl LauncherRuntime {
 
     /// After a failed migration: the target launcher ends (it exits by itself once the source
     /// abandoned; killed otherwise) and its run directory goes.
-    fn abandon_target(&self, target: &Path) {
+    /// A target served by a pod ([`TargetLauncher::External`]) keeps its directory (the pod
+    /// mounts it; whoever made the pod removes it).
+    fn abandon_target(&self, target: &Path, launcher: TargetLauncher) {
         let child = self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(target);
         let deadline = Instant::now() + Duration::from_secs(5);
         if let Some(mut c) = child {
@@ -371,6 +447,10 @@ impl LauncherRuntime {
                 unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
             }
             let _ = c.wait();
+        }
+        if launcher == TargetLauncher::External {
+            let _ = std::fs::remove_file(target.join("spec.json"));
+            return;
         }
         if let Err(e) = std::fs::remove_dir_all(target) {
             log::warn!("removing the abandoned migration target {}: {e}", target.display());
