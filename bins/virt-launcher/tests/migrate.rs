@@ -149,7 +149,8 @@ fn running(run_dir: &Path) -> RemoteMachine {
     wait_for(&format!("{}'s control socket", run_dir.display()), Duration::from_secs(30), || {
         run_dir.join("control.sock").exists()
     });
-    let m = RemoteMachine::connect_timeout(run_dir, Duration::from_secs(30))
+    // The socket's file exists from its bind, before the launcher listens: wait while not ready.
+    let m = RemoteMachine::connect_when_up(run_dir, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\n{}", stderr(run_dir)));
     assert_eq!(m.status(), MachineStatus::Running);
     m
