@@ -73,7 +73,9 @@ pub enum DvRun {
     Failed(String),
 }
 
-fn cond(type_: &str, ok: bool, reason: &str, message: &str) -> Condition {
+/// A DataVolume condition as CDI writes them (`True`/`False`, reason, message); the local node's
+/// controller and the cluster's use it.
+pub fn condition(type_: &str, ok: bool, reason: &str, message: &str) -> Condition {
     Condition {
         type_: type_.into(),
         status: if ok { ConditionStatus::True } else { ConditionStatus::False },
@@ -93,9 +95,9 @@ fn set_conditions(
     message: &str,
 ) {
     for c in [
-        cond("Bound", bound, reason, message),
-        cond("Ready", ready, reason, message),
-        cond("Running", running, reason, message),
+        condition("Bound", bound, reason, message),
+        condition("Ready", ready, reason, message),
+        condition("Running", running, reason, message),
     ] {
         match st.conditions.iter_mut().find(|x| x.type_ == c.type_) {
             Some(old) => *old = c,

@@ -265,9 +265,12 @@ pub fn host_dir(pv: &PersistentVolume) -> Option<PathBuf> {
         .or_else(|| spec.local.as_ref().map(|l| PathBuf::from(&l.path)))
 }
 
-/// The claim `namespace/claim` resolved to its volume's `disk.img` on the node: the claim must be
-/// bound, its volume a `hostPath` or `local` one.
-pub async fn claim_host_file(client: &Client, namespace: &str, claim: &str) -> Result<PathBuf, StorageError> {
+/// Claim `namespace/claim` and its phase (`Pending` when it has none yet); missing is an error.
+async fn read_claim(
+    client: &Client,
+    namespace: &str,
+    claim: &str,
+) -> Result<(PersistentVolumeClaim, String), StorageError> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let pvc = pvcs
         .get_opt(claim)
@@ -275,6 +278,13 @@ pub async fn claim_host_file(client: &Client, namespace: &str, claim: &str) -> R
         .map_err(api(format!("reading PersistentVolumeClaim {namespace}/{claim}")))?
         .ok_or_else(|| StorageError::ClaimNotFound { namespace: namespace.into(), claim: claim.into() })?;
     let phase = pvc.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into());
+    Ok((pvc, phase))
+}
+
+/// The claim `namespace/claim` resolved to its volume's `disk.img` on the node: the claim must be
+/// bound, its volume a `hostPath` or `local` one.
+pub async fn claim_host_file(client: &Client, namespace: &str, claim: &str) -> Result<PathBuf, StorageError> {
+    let (pvc, phase) = read_claim(client, namespace, claim).await?;
     let volume = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|v| !v.is_empty());
     let Some(volume) = volume.filter(|_| phase == "Bound") else {
         return Err(StorageError::ClaimNotBound { namespace: namespace.into(), claim: claim.into(), phase });
@@ -292,13 +302,7 @@ pub async fn claim_host_file(client: &Client, namespace: &str, claim: &str) -> R
 /// Whether claim `namespace/claim` is bound; `Err` says why not (missing, pending), for a VMI's
 /// condition.
 pub async fn claim_bound(client: &Client, namespace: &str, claim: &str) -> Result<(), StorageError> {
-    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-    let pvc = pvcs
-        .get_opt(claim)
-        .await
-        .map_err(api(format!("reading PersistentVolumeClaim {namespace}/{claim}")))?
-        .ok_or_else(|| StorageError::ClaimNotFound { namespace: namespace.into(), claim: claim.into() })?;
-    let phase = pvc.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Pending".into());
+    let (_, phase) = read_claim(client, namespace, claim).await?;
     if phase == "Bound" {
         Ok(())
     } else {

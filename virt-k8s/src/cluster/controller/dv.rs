@@ -25,8 +25,7 @@ use kube::Api;
 use serde_json::json;
 use virt_core::api::Quantity;
 use virt_storage::cdi::{
-    Condition, ConditionStatus, DataVolume, DataVolumePhase, DataVolumeProgress, DataVolumeStatus, PvcSource,
-    SourceKind,
+    Condition, DataVolume, DataVolumePhase, DataVolumeProgress, DataVolumeStatus, PvcSource, SourceKind,
 };
 use virt_storage::datavolume::{ANN_CLONE_FALLBACK, ANN_CLONE_TYPE};
 
@@ -293,15 +292,11 @@ fn waiting(phase: DataVolumePhase, reason: &str, message: &str) -> DataVolumeSta
     st
 }
 
+/// virt-storage's condition, without an empty message (the API server's objects omit it).
 fn cond(type_: &str, ok: bool, reason: &str, message: &str) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if ok { ConditionStatus::True } else { ConditionStatus::False },
-        last_transition_time: None,
-        last_heartbeat_time: None,
-        reason: Some(reason.into()),
-        message: (!message.is_empty()).then(|| message.to_string()),
-    }
+    let mut c = virt_storage::datavolume::condition(type_, ok, reason, message);
+    c.message = c.message.filter(|m| !m.is_empty());
+    c
 }
 
 /// The status a DataVolume's claim and importer pod stand for (pure). `progress`: the last the
@@ -539,6 +534,7 @@ async fn annotate_clone(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virt_storage::cdi::ConditionStatus;
 
     fn dv(source: serde_json::Value) -> Cr<DataVolume> {
         serde_json::from_value(json!({
