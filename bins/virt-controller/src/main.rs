@@ -95,6 +95,10 @@ enum Command {
         /// WaitForFirstConsumer claims, else the first node by name).
         #[arg(long)]
         local_storage_node: Option<String>,
+        /// The Secret (NAMESPACE/NAME) with the TLS material the node agents' migration proxies
+        /// use between nodes: made if missing (virt-handler --migration-secret reads it).
+        #[arg(long, default_value = cluster::migration_certs::DEFAULT_SECRET)]
+        migration_secret: cluster::migration_certs::SecretRef,
     },
 }
 
@@ -140,6 +144,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             insecure_registries,
             local_storage_dir,
             local_storage_node,
+            migration_secret,
         } => {
             let client = cluster::client_as(kubeconfig.as_deref(), "virt-controller").await?;
             let kvm = match kvm {
@@ -177,6 +182,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 importer: Some(ImporterConfig { image: importer_image, insecure_registries }),
                 provisioner: (!local_storage_dir.as_os_str().is_empty())
                     .then_some(ProvisionerConfig { dir: local_storage_dir, node: local_storage_node }),
+                migration_secret: Some(migration_secret),
             };
             let controllers = cluster::controller::run(client, settings, stopped());
             match elector {

@@ -22,6 +22,9 @@ pub struct Components {
     pub controller_replicas: u32,
     /// The port virt-handler serves `subresources.kubevirt.io` on (host network).
     pub subresources_port: u16,
+    /// The port virt-handler's migration proxy listens on (host network; migrations between
+    /// nodes).
+    pub migration_port: u16,
     /// Launchers may use software emulation where KVM is unusable.
     pub allow_emulation: bool,
     /// The kubelet's device-plugins directory on every node (`<kubelet --root-dir>/device-plugins`).
@@ -36,6 +39,7 @@ impl Default for Components {
             node_state_dir: "/var/lib/virt-rs-handler".into(),
             controller_replicas: 2,
             subresources_port: 8186,
+            migration_port: 8187,
             allow_emulation: false,
             device_plugins_dir: super::device_plugin::DEFAULT_DIR.into(),
         }
@@ -44,6 +48,8 @@ impl Default for Components {
 
 /// The namespace of the components.
 pub const NAMESPACE: &str = "kubevirt";
+/// The Secret with the migration proxy's TLS material, in [`NAMESPACE`].
+pub const MIGRATION_SECRET: &str = "virt-rs-migration-certs";
 
 fn rbac(name: &str, rules: Value) -> [Value; 3] {
     [
@@ -88,6 +94,9 @@ pub fn manifests(c: &Components) -> Vec<Value> {
             // Evacuation: the disruption budgets of VMIs that migrate on eviction.
             { "apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": all },
             { "apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": all },
+            // The migration proxy's TLS material (cluster::migration_certs), made if missing.
+            { "apiGroups": [""], "resources": ["secrets"], "verbs": ["create"] },
+            { "apiGroups": [""], "resources": ["secrets"], "resourceNames": [MIGRATION_SECRET], "verbs": ["get"] },
         ]),
     ));
     out.extend(rbac(
@@ -115,6 +124,8 @@ pub fn manifests(c: &Components) -> Vec<Value> {
             // A claim's disk on the node; the local provisioner's released volumes.
             { "apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": read },
             { "apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get", "list", "watch", "delete"] },
+            // The migration proxy's TLS material.
+            { "apiGroups": [""], "resources": ["secrets"], "resourceNames": [MIGRATION_SECRET], "verbs": ["get"] },
         ]),
     ));
     let labels = |app: &str| json!({ "kubevirt.io": app });
@@ -134,7 +145,8 @@ pub fn manifests(c: &Components) -> Vec<Value> {
                             "--launcher-image", c.launcher_image,
                             "--node-state-dir", c.node_state_dir,
                             "--kvm", "device-plugin",
-                            "--leader-elect-lease", format!("{NAMESPACE}/virt-controller")],
+                            "--leader-elect-lease", format!("{NAMESPACE}/virt-controller"),
+                            "--migration-secret", format!("{NAMESPACE}/{MIGRATION_SECRET}")],
                         "env": [env("POD_NAME", "metadata.name")],
                         "resources": { "requests": { "cpu": "10m", "memory": "64Mi" } },
                     }],
@@ -152,6 +164,13 @@ pub fn manifests(c: &Components) -> Vec<Value> {
         json!("$(HOST_IP)"),
         json!("--device-plugins-dir"),
         json!(c.device_plugins_dir),
+        // Live migrations between nodes: the agents' migration proxy.
+        json!("--migration-listen"),
+        json!(format!("0.0.0.0:{}", c.migration_port)),
+        json!("--migration-advertise"),
+        json!("$(HOST_IP)"),
+        json!("--migration-secret"),
+        json!(format!("{NAMESPACE}/{MIGRATION_SECRET}")),
     ];
     if c.allow_emulation {
         handler_cmd.push(json!("--allow-emulation"));
@@ -209,6 +228,11 @@ mod tests {
         assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"], "/var/lib/virt-rs-handler");
         let cmd = pod["containers"][0]["command"].to_string();
         assert!(cmd.contains("--subresources-advertise") && cmd.contains("$(HOST_IP)"), "{cmd}");
+        assert!(
+            cmd.contains(r#""--migration-listen","0.0.0.0:8187","--migration-advertise","$(HOST_IP)""#),
+            "{cmd}"
+        );
+        assert!(cmd.contains(r#""--migration-secret","kubevirt/virt-rs-migration-certs""#), "{cmd}");
         assert!(cmd.contains(r#""--device-plugins-dir","/var/lib/kubelet/device-plugins""#), "{cmd}");
         assert_eq!(pod["volumes"][1]["hostPath"]["path"], "/var/lib/kubelet/device-plugins");
         assert_eq!(pod["containers"][0]["volumeMounts"][1]["mountPath"], "/var/lib/kubelet/device-plugins");

@@ -30,6 +30,7 @@ use virt_core::lifecycle::{LaunchError, LaunchStage, Runtime};
 use virt_core::machine::{DiskFormat, MachineExit, MachineStatus};
 use virt_core::model::{VirtualMachineInstance, VmiPhase};
 
+pub mod incoming;
 pub mod migration;
 
 use super::controller::ReconcileError;
@@ -58,6 +59,8 @@ pub struct Handler {
     flights: Mutex<HashSet<String>>,
     /// VMIs (uid) whose VM moves now: their source's end is not theirs.
     migrating: Mutex<HashSet<String>>,
+    /// This node's migration proxy, once it serves (migrations between nodes).
+    pub peer: incoming::PeerSlot,
 }
 
 impl Handler {
@@ -72,7 +75,15 @@ impl Handler {
             attached: Mutex::new(HashSet::new()),
             flights: Mutex::new(HashSet::new()),
             migrating: Mutex::new(HashSet::new()),
+            peer: Arc::default(),
         }
+    }
+
+    /// Takes part in migrations between nodes with the proxy `slot` gets
+    /// ([`incoming::serve`]).
+    pub fn with_migration_peer(mut self, slot: incoming::PeerSlot) -> Self {
+        self.peer = slot;
+        self
     }
 
     /// Deletes the released volumes of the local provisioner on this node, below `dir`.
@@ -240,6 +251,16 @@ async fn reconcile(vmi: Arc<Cr<VirtualMachineInstance>>, h: Arc<Handler>) -> Res
     // The launcher pod runs once the VMI is Scheduled (see `pod::phase_from_pod`).
     if !matches!(phase, Some(VmiPhase::Scheduled) | Some(VmiPhase::Running)) {
         return Ok(Action::await_change());
+    }
+    // Its VM moved to another node: that node's agent serves it once virt-controller follows
+    // the target pod (the launcher here has ended, and must not end the VMI).
+    let moved_away = status.migration_state.as_ref().is_some_and(|m| {
+        m.completed == Some(true)
+            && m.failed != Some(true)
+            && m.target_node.as_deref().is_some_and(|n| n != h.node)
+    });
+    if moved_away {
+        return Ok(Action::requeue(Duration::from_secs(2)));
     }
     let uid = vmi.meta.uid.clone().unwrap_or_default();
     if h.migrating.lock().map(|m| m.contains(&uid)).unwrap_or(false) {

@@ -14,6 +14,7 @@ pub mod handler;
 pub mod importer;
 pub mod kinds;
 pub mod leader;
+pub mod migration_certs;
 pub mod network;
 pub mod pod;
 pub mod schema;

@@ -321,7 +321,11 @@ pub fn migration_target_pod(
         }
         spec.volumes.get_or_insert_with(Vec::new).push(Volume {
             name: "vmi-dir".into(),
-            host_path: Some(HostPathVolumeSource { path: first.clone(), type_: Some("Directory".into()) }),
+            // Made on a target node that never ran the VMI (its agent fills it once the pod runs).
+            host_path: Some(HostPathVolumeSource {
+                path: first.clone(),
+                type_: Some("DirectoryOrCreate".into()),
+            }),
             ..Default::default()
         });
         for c in &mut spec.containers {

@@ -11,7 +11,8 @@
 //!
 //! The target node's agent runs a [`ProxyListener`] and, for each migration it expects, registers
 //! its key (the migration's uid) with the path of the target launcher's socket ([`ProxyListener::expect`];
-//! one connection per registration, dropped with the [`Route`]). The source node's agent calls
+//! one connection per registration, dropped with the [`Route`]; a connection that finds the
+//! target launcher not listening yet is refused and leaves the route for the next attempt). The source node's agent calls
 //! [`connect`] with the listener's address and the key and hands the unix stream it returns to the
 //! source launcher; a relay thread copies both ways until either side closes.
 //!
@@ -248,8 +249,15 @@ pub struct ProxyTls {
     client: Arc<rustls::ClientConfig>,
 }
 
-/// The routes a listener knows: key -> the target launcher's socket.
-type Routes = Arc<Mutex<HashMap<String, PathBuf>>>;
+/// A route a listener knows: the target launcher's socket, and whether a connection is being
+/// made to it now.
+struct RouteEntry {
+    socket: PathBuf,
+    taken: bool,
+}
+
+/// The routes a listener knows, by key.
+type Routes = Arc<Mutex<HashMap<String, RouteEntry>>>;
 
 /// The target node's side: accepts migrations on a TCP address and relays each to the target
 /// launcher's socket registered for its key. Stops when dropped (relays under way run on).
@@ -318,7 +326,7 @@ impl ProxyListener {
         if routes.contains_key(key) {
             return Err(ProxyError::Duplicate { key: key.to_string() });
         }
-        routes.insert(key.to_string(), socket);
+        routes.insert(key.to_string(), RouteEntry { socket, taken: false });
         Ok(Route { key: key.to_string(), routes: self.routes.clone() })
     }
 }
@@ -375,8 +383,13 @@ async fn serve(tcp: TcpStream, acceptor: TlsAcceptor, routes: Routes) -> Result<
         answer(&mut tls, peer, format!("error {e}\n")).await?;
         return Err(e);
     }
-    // One connection per registration: a second one for the same key finds none.
-    let socket = routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+    // One connection per registration: a second one for the same key finds none (while the
+    // first one connects, and after it did).
+    let socket = routes.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key).and_then(|r| {
+        let free = !r.taken;
+        r.taken = true;
+        free.then(|| r.socket.clone())
+    });
     let Some(socket) = socket else {
         answer(&mut tls, peer, "error no migration with this key is expected here\n".into()).await?;
         return Err(ProxyError::Refused { addr: peer, key, reason: "not expected".into() });
@@ -384,11 +397,17 @@ async fn serve(tcp: TcpStream, acceptor: TlsAcceptor, routes: Routes) -> Result<
     let mut unix = match UnixStream::connect(&socket).await {
         Ok(u) => u,
         Err(e) => {
+            // The target launcher does not listen (yet): the route serves the next attempt,
+            // unless it was withdrawn meanwhile.
+            if let Some(r) = routes.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
+                r.taken = false;
+            }
             let msg = format!("the target launcher's socket {}: {e}", socket.display());
             answer(&mut tls, peer, format!("error {msg}\n")).await?;
             return Err(ProxyError::Refused { addr: peer, key, reason: msg });
         }
     };
+    routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
     answer(&mut tls, peer, "ok\n".into()).await?;
     log::info!("migration proxy: relaying migration {key} from {peer} to {}", socket.display());
     let (up, down) = tokio::io::copy_bidirectional(&mut tls, &mut unix)

@@ -91,6 +91,17 @@ fn unknown_keys_dead_targets_and_withdrawn_routes_are_refused_with_the_reason() 
     let _route = listener.expect("dead", dir.path().join("migrate.sock")).unwrap();
     let e = connect(addr, &tls, "dead").unwrap_err();
     assert!(e.to_string().contains("the target launcher's socket"), "{e}");
+    // Not listening yet is not the end of the route: once the launcher listens, the retry is
+    // relayed, and that connection uses the route up.
+    let late = std::os::unix::net::UnixListener::bind(dir.path().join("migrate.sock")).unwrap();
+    let mut relayed = connect(addr, &tls, "dead").unwrap();
+    let (mut target, _) = late.accept().unwrap();
+    relayed.write_all(b"late\n").unwrap();
+    let mut got = [0u8; 5];
+    target.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"late\n");
+    let e = connect(addr, &tls, "dead").unwrap_err();
+    assert!(e.to_string().contains("no migration with this key"), "{e}");
 
     // A withdrawn route (the migration was cancelled) is not found.
     let route = listener.expect("cancelled", dir.path().join("x.sock")).unwrap();

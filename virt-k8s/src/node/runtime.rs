@@ -28,7 +28,7 @@ pub use super::volumes::{ClaimNotReady, ClaimReadiness};
 mod migration;
 use super::volumes::{VmiVolumes, VolumeConfig};
 pub use migration::{
-    tap_not_migratable, target_dir_name, MigrationSettings, TargetLauncher, POST_COPY_MARKER,
+    tap_not_migratable, target_dir_name, MigrationSettings, MovedAway, TargetLauncher, POST_COPY_MARKER,
 };
 
 /// How the node runs launchers.
@@ -177,11 +177,26 @@ impl LauncherRuntime {
         claims: &HashMap<String, (PathBuf, virt_core::machine::DiskFormat)>,
     ) -> Result<PathBuf, LaunchError> {
         let run_dir = self.run_dir(vmi);
-        std::fs::create_dir_all(&run_dir).map_err(process(&run_dir))?;
+        let json = self.prepared_spec(vmi, &run_dir, net, claims)?;
+        let spec_path = run_dir.join("spec.json");
+        write_spec_file(&run_dir, &json)?;
+        Ok(spec_path)
+    }
+
+    /// Prepares `vmi`'s volumes in `volumes_dir` (created) and returns its launcher's machine
+    /// spec, encoded.
+    fn prepared_spec(
+        &self,
+        vmi: &VirtualMachineInstance,
+        volumes_dir: &Path,
+        net: Option<&VmiNet>,
+        claims: &HashMap<String, (PathBuf, virt_core::machine::DiskFormat)>,
+    ) -> Result<Vec<u8>, LaunchError> {
+        std::fs::create_dir_all(volumes_dir).map_err(process(volumes_dir))?;
         let name = vmi.metadata.name.clone().unwrap_or_default();
         let accel = if self.cfg.allow_emulation { AccelPolicy::Auto } else { AccelPolicy::RequireKvm };
         let mut files =
-            self.volumes.prepare_with(vmi, &run_dir, claims).map_err(LaunchError::at(Stage::Volumes))?;
+            self.volumes.prepare_with(vmi, volumes_dir, claims).map_err(LaunchError::at(Stage::Volumes))?;
         let mut spec_in = vmi.spec.clone();
         if let Some(net) = net {
             link_interfaces(net, &mut files, &mut spec_in);
@@ -189,13 +204,8 @@ impl LauncherRuntime {
         let mut spec = machine_spec(&name, &spec_in, &files, accel).map_err(LaunchError::at(Stage::Spec))?;
         spec.agent_credentials =
             self.volumes.agent_credentials(vmi).map_err(LaunchError::at(Stage::Volumes))?;
-        let json = serde_json::to_vec_pretty(&spec)
-            .map_err(|e| LaunchError::new(Stage::Spec, format!("encoding the machine spec: {e}")))?;
-        let spec_path = run_dir.join("spec.json");
-        let tmp = run_dir.join(".spec.json.tmp");
-        write_private(&tmp, &json).map_err(process(&tmp))?;
-        std::fs::rename(&tmp, &spec_path).map_err(process(&spec_path))?;
-        Ok(spec_path)
+        serde_json::to_vec_pretty(&spec)
+            .map_err(|e| LaunchError::new(Stage::Spec, format!("encoding the machine spec: {e}")))
     }
 
     fn reap(&self) {
@@ -503,6 +513,15 @@ impl Runtime for LauncherRuntime {
             log::warn!("VMI run directory {shown} kept: no thread to remove it: {e}");
         }
     }
+}
+
+/// Writes `spec.json` into `dir` through a temporary file and a rename: a launcher watching for
+/// it (a pod's entry script) never sees half of it.
+fn write_spec_file(dir: &Path, json: &[u8]) -> Result<(), LaunchError> {
+    let spec_path = dir.join("spec.json");
+    let tmp = dir.join(".spec.json.tmp");
+    write_private(&tmp, json).map_err(process(&tmp))?;
+    std::fs::rename(&tmp, &spec_path).map_err(process(&spec_path))
 }
 
 /// Writes `bytes` to `path` readable by its owner only (a machine spec carries the guest's access

@@ -7,6 +7,7 @@
 //!              [--insecure-registry HOST:PORT ...]
 //!              [--subresources-listen ADDR [--subresources-advertise IP]]
 //!              [--device-plugins-dir D | --no-device-plugins] [--local-storage-dir D]
+//!              [--migration-listen ADDR [--migration-advertise IP]] [--migration-secret NS/NAME]
 //! ```
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -58,6 +59,17 @@ struct Cli {
     /// deleted from it (directory and PersistentVolume); empty: none are.
     #[arg(long, default_value = "/var/lib/virt-rs-storage")]
     local_storage_dir: PathBuf,
+    /// Take part in live migrations between nodes: the migration proxy listens here (port 0:
+    /// any free port) for other nodes' agents sending VMs to this node.
+    #[arg(long)]
+    migration_listen: Option<SocketAddr>,
+    /// The IP other nodes reach the migration proxy at (default: the listen address's).
+    #[arg(long, requires = "migration_listen")]
+    migration_advertise: Option<IpAddr>,
+    /// The Secret (NAMESPACE/NAME) with the migration proxy's TLS material (virt-controller
+    /// --migration-secret makes it).
+    #[arg(long, default_value = cluster::migration_certs::DEFAULT_SECRET)]
+    migration_secret: cluster::migration_certs::SecretRef,
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -108,7 +120,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             },
         )
     });
-    let mut h = handler::Handler::new(client, cli.node, runtime).with_networks(networks);
+    let mut h = handler::Handler::new(client.clone(), cli.node, runtime).with_networks(networks);
+    if let Some(listen) = cli.migration_listen {
+        let slot = handler::incoming::PeerSlot::default();
+        handler::incoming::serve(client, cli.migration_secret, listen, cli.migration_advertise, slot.clone())
+            .await?;
+        h = h.with_migration_peer(slot);
+    }
     if !cli.local_storage_dir.as_os_str().is_empty() {
         h = h.with_storage_dir(cli.local_storage_dir);
     }

@@ -96,6 +96,9 @@ pub struct Settings {
     pub importer: Option<ImporterConfig>,
     /// The local provisioner (none: claims wait for another provisioner or static volumes).
     pub provisioner: Option<ProvisionerConfig>,
+    /// The Secret with the migration proxy's TLS material (`cluster::migration_certs`), made if
+    /// missing (none: left to whoever installs the agents).
+    pub migration_secret: Option<super::migration_certs::SecretRef>,
 }
 
 /// Shared by every reconcile.
@@ -185,7 +188,20 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let Settings { launcher, importer, provisioner } = settings;
+    let Settings { launcher, importer, provisioner, migration_secret } = settings;
+    if let Some(secret) = migration_secret {
+        // The agents wait for it before they take part in migrations between nodes.
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                match super::migration_certs::ensure(&client, &secret).await {
+                    Ok(_) => break,
+                    Err(e) => log::warn!("the migration certificates: {e}"),
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+    }
     if provisioner.is_some() {
         if let Err(e) = super::storage::ensure_storage_class(&client).await {
             log::warn!("the local provisioner's StorageClass: {e}");

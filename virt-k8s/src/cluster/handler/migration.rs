@@ -7,11 +7,11 @@
 //! (`TargetReady`, `Running`, `Succeeded`/`Failed`) and the VMI's `status.migrationState` with
 //! the lifecycle's functions. A migration deleted while under way is aborted (the source runs on).
 //!
-//! One node serves both ends here. A target pod on another node would need the two agents to
-//! carry the stream between them (`node::migration_proxy`: the target's agent expects the
-//! migration's uid for the target launcher's `migrate.sock`, the source's takes its stream from
-//! `migration_proxy::connect`); such a migration fails, saying so (docs/migration.md).
+//! A target pod on another node: that node's agent readies it and publishes its migration
+//! proxy's address ([`super::incoming`]); this agent connects there
+//! (`LauncherRuntime::migrate_vmi_away`) and the VM leaves this node.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,11 @@ use crate::cluster::controller::ReconcileError;
 use crate::cluster::kinds::Cr;
 use crate::node::TargetLauncher;
 
-type Vmim = Cr<VirtualMachineInstanceMigration>;
+pub(super) type Vmim = Cr<VirtualMachineInstanceMigration>;
+
+/// How long the source waits for the target node's agent to publish its proxy's address once
+/// the target pod runs.
+const TARGET_ADDRESS_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn api_err(what: String) -> impl FnOnce(kube::Error) -> ReconcileError {
     move |source| ReconcileError::Api { what, source }
@@ -42,10 +46,11 @@ fn api_err(what: String) -> impl FnOnce(kube::Error) -> ReconcileError {
 
 /// One reconcile of a migration on this node.
 pub(super) async fn reconcile(m: Arc<Vmim>, h: Arc<Handler>) -> Result<Action, ReconcileError> {
+    let uid = m.meta.uid.clone().unwrap_or_default();
     if migration_final(&m.obj) {
+        super::incoming::ended(&h, &uid, phase_of_migration(&m.obj) == "Succeeded").await;
         return Ok(Action::await_change());
     }
-    let uid = m.meta.uid.clone().unwrap_or_default();
     if h.flights.lock().map(|f| f.contains(&uid)).unwrap_or(false) {
         // Its flight watches for a cancel itself.
         return Ok(Action::requeue(Duration::from_secs(2)));
@@ -72,61 +77,107 @@ pub(super) async fn reconcile(m: Arc<Vmim>, h: Arc<Handler>) -> Result<Action, R
         return Ok(Action::await_change());
     };
     let status = vmi.obj.status.clone().unwrap_or_default();
-    // The source's agent carries it out.
-    if status.node_name.as_deref() != Some(h.node.as_str()) {
-        return Ok(Action::requeue(Duration::from_secs(5)));
-    }
     let Some(state) = status.migration_state.clone().filter(|s| s.migration_uid.as_deref() == Some(&uid))
     else {
         return Ok(Action::requeue(Duration::from_secs(1)));
     };
+    let target_node = state.target_node.clone().unwrap_or_default();
+    // The source's agent carries it out; the target's, on another node, readies it.
+    if status.node_name.as_deref() != Some(h.node.as_str()) {
+        if target_node == h.node {
+            return super::incoming::receive(&h, &m, &vmi, state, &phase).await;
+        }
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     if cut_short {
         return interrupted(&h, &m, &vmi, state).await;
     }
-    let target_node = state.target_node.clone().unwrap_or_default();
-    if target_node != h.node {
-        let why = format!(
-            "the target pod runs on node {target_node}: migrating between nodes needs the agents' \
-             migration proxy, which this virt-handler does not have"
-        );
+    let target_pod = state.target_pod.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), &ns);
+    let pod_status = pods
+        .get_opt(&target_pod)
+        .await
+        .map_err(api_err(format!("reading pod {ns}/{target_pod}")))?
+        .and_then(|p| p.status)
+        .unwrap_or_default();
+    if pod_status.phase.as_deref() != Some("Running") {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    // Between nodes: the target's agent says where its proxy listens once the target is ready.
+    let away = if target_node == h.node {
+        None
+    } else {
+        let why = match (h.peer.get(), state.target_node_address.as_deref().map(str::parse)) {
+            (None, _) => Some(format!(
+                "the target pod runs on node {target_node}, and this virt-handler serves no \
+                 migrations between nodes (no --migration-listen, or its Secret is missing)"
+            )),
+            (Some(_), Some(Ok(addr))) => return start(h, m, &vmi, state, Some(addr)).await,
+            (Some(_), Some(Err(e))) => Some(format!(
+                "the target node {target_node}'s proxy address {:?}: {e}",
+                state.target_node_address.as_deref().unwrap_or_default()
+            )),
+            (Some(_), None) => {
+                let waited = pod_status.start_time.map(|t| {
+                    let secs = k8s_openapi::jiff::Timestamp::now().as_second() - t.0.as_second();
+                    Duration::from_secs(u64::try_from(secs).unwrap_or_default())
+                });
+                if waited.unwrap_or_default() < TARGET_ADDRESS_TIMEOUT {
+                    return Ok(Action::requeue(Duration::from_secs(1)));
+                }
+                Some(format!(
+                    "the target node {target_node}'s virt-handler did not ready the target within \
+                     {TARGET_ADDRESS_TIMEOUT:?}"
+                ))
+            }
+        };
+        why
+    };
+    if let Some(why) = away {
         let mut s = state;
         migration_failed(&mut s, &why, false);
         write_migration_state(&h.client, &ns, &vmi_name, &s).await?;
         set_phase(&h.client, &ns, &name, "Failed", json!({ "reason": why, "migrationState": s })).await?;
         return Ok(Action::await_change());
     }
-    let target_pod = state.target_pod.clone().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(h.client.clone(), &ns);
-    let running = pods
-        .get_opt(&target_pod)
-        .await
-        .map_err(api_err(format!("reading pod {ns}/{target_pod}")))?
-        .and_then(|p| p.status.and_then(|s| s.phase))
-        .is_some_and(|p| p == "Running");
-    if !running {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
+    start(h, m, &vmi, state, None).await
+}
+
+/// Starts the flight of migration `m` of `vmi` (to the proxy at `away` on another node, else on
+/// this node).
+async fn start(
+    h: Arc<Handler>,
+    m: Arc<Vmim>,
+    vmi: &Cr<VirtualMachineInstance>,
+    state: MigrationState,
+    away: Option<SocketAddr>,
+) -> Result<Action, ReconcileError> {
+    let uid = m.meta.uid.clone().unwrap_or_default();
+    let policy = policy_of(&h, &state).await?;
     if let Ok(mut f) = h.flights.lock() {
         f.insert(uid.clone());
     }
     if let Ok(mut v) = h.migrating.lock() {
         v.insert(vmi.meta.uid.clone().unwrap_or_default());
     }
-    // The policy virt-controller matched when the migration started, if any.
-    let policy = match state.migration_policy_name.as_deref() {
-        Some(p) => {
-            let policies: Api<Cr<MigrationPolicy>> = Api::all(h.client.clone());
-            policies.get_opt(p).await.map_err(api_err(format!("reading MigrationPolicy {p}")))?.map(|c| {
-                let mut m = c.obj;
-                m.metadata.name = c.meta.name;
-                m
-            })
-        }
-        None => None,
-    };
-    let model = model_of(&vmi);
-    tokio::spawn(fly(h.clone(), m.clone(), model, state, policy));
+    let model = model_of(vmi);
+    tokio::spawn(fly(h.clone(), m.clone(), model, state, policy, away));
     Ok(Action::requeue(Duration::from_secs(2)))
+}
+
+/// The MigrationPolicy virt-controller matched when the migration of `state` started, if any.
+pub(super) async fn policy_of(
+    h: &Handler,
+    state: &MigrationState,
+) -> Result<Option<MigrationPolicy>, ReconcileError> {
+    let Some(p) = state.migration_policy_name.as_deref() else { return Ok(None) };
+    let policies: Api<Cr<MigrationPolicy>> = Api::all(h.client.clone());
+    let found = policies.get_opt(p).await.map_err(api_err(format!("reading MigrationPolicy {p}")))?;
+    Ok(found.map(|c| {
+        let mut m = c.obj;
+        m.metadata.name = c.meta.name;
+        m
+    }))
 }
 
 /// A migration this agent was carrying out when it restarted (its flight is gone): the VM is
@@ -181,6 +232,7 @@ async fn fly(
     vmi: VirtualMachineInstance,
     state: MigrationState,
     policy: Option<MigrationPolicy>,
+    away: Option<SocketAddr>,
 ) {
     let ns = m.meta.namespace.clone().unwrap_or_default();
     let name = m.meta.name.clone().unwrap_or_default();
@@ -198,12 +250,25 @@ async fn fly(
         state.target_pod.as_deref().unwrap_or("?")
     );
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (rt, t, v) = (h.runtime.clone(), ticket.clone(), vmi.clone());
+    let (rt, t, v, hh) = (h.runtime.clone(), ticket.clone(), vmi.clone(), h.clone());
+    let target_pod = state.target_pod.clone().unwrap_or_default();
     let mut work = tokio::task::spawn_blocking(move || {
         let step = |s: MigrationStep| {
             let _ = tx.send(s);
         };
-        rt.migrate_vmi(&v, &t, TargetLauncher::External, &step)
+        match (away, hh.peer.get()) {
+            (Some(addr), Some(peer)) => {
+                let connect = || peer.connect(addr, &t.uid);
+                rt.migrate_vmi_away(&v, &t, &target_pod, &connect, &step)
+                    .map(|d| (d.report, d.source, target_pod.clone()))
+            }
+            (Some(addr), None) => Err(MigrationError::Failed(format!(
+                "no migration proxy on this node to reach the target at {addr}"
+            ))),
+            (None, _) => rt
+                .migrate_vmi(&v, &t, TargetLauncher::External, &step)
+                .map(|d| (d.report, d.source, d.target)),
+        }
     });
     let mut state = state;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -242,14 +307,16 @@ async fn fly(
     }
     let aborting = ticket.cancelled();
     let (phase, reason) = match &outcome {
-        Ok(done) => {
-            let source = state.source_pod.clone().unwrap_or_else(|| done.source.clone());
-            let target = state.target_pod.clone().unwrap_or_else(|| done.target.clone());
-            migration_succeeded(&mut state, &done.report, source, target, aborting);
+        Ok((report, done_source, done_target)) => {
+            let source = state.source_pod.clone().unwrap_or_else(|| done_source.clone());
+            let target = state.target_pod.clone().unwrap_or_else(|| done_target.clone());
+            migration_succeeded(&mut state, report, source, target, aborting);
             log::info!(
-                "migration {ns}/{name}: VMI {vmi_name} moved in {:.1} ms (downtime {:.1} ms)",
-                done.report.total_us as f64 / 1000.0,
-                done.report.downtime_us as f64 / 1000.0
+                "migration {ns}/{name}: VMI {vmi_name} moved in {:.1} ms (downtime {:.1} ms){}",
+                report.total_us as f64 / 1000.0,
+                report.downtime_us as f64 / 1000.0,
+                away.map(|a| format!(" to node {} through {a}", state.target_node.as_deref().unwrap_or("?")))
+                    .unwrap_or_default()
             );
             ("Succeeded", None)
         }

@@ -18,6 +18,10 @@ use virt_core::model::MigrationPolicySpec;
 
 use super::*;
 
+#[path = "between_nodes.rs"]
+mod between_nodes;
+pub use between_nodes::MovedAway;
+
 /// Who starts the target launcher of a migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetLauncher {
