@@ -17,7 +17,7 @@ use super::{kernel_vm_yaml, ok, run, wait_for, workspace_bin, Cluster};
 /// The VM.
 pub const VM: &str = "vm-mig";
 /// The shell's banner (scripts/guest-assets.sh): the guest takes input.
-const READY: &str = "Type 'poweroff -f' to exit.";
+pub const READY: &str = "Type 'poweroff -f' to exit.";
 
 /// Applies the VM (runStrategy Always): it boots while the test does other things.
 pub fn start(cluster: &Cluster, ns: &str) {
@@ -29,17 +29,18 @@ pub fn start(cluster: &Cluster, ns: &str) {
 }
 
 /// An attached `virtctl console` through the API server.
-struct Console {
+pub struct Console {
     child: Child,
     seen: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Console {
-    fn attach(virtctl: &Path, kubeconfig: &Path, ns: &str) -> Self {
+    /// `virtctl console VM -n ns`.
+    pub fn attach(virtctl: &Path, kubeconfig: &Path, ns: &str, vm: &str) -> Self {
         let mut child = Command::new(virtctl)
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["console", VM, "-n", ns])
+            .args(["console", vm, "-n", ns])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -60,11 +61,13 @@ impl Console {
         Self { child, seen }
     }
 
-    fn text(&self) -> String {
+    /// What it printed so far.
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
     }
 
-    fn wait_for(&mut self, marker: &str, secs: u64) {
+    /// Waits up to `secs` for `marker`.
+    pub fn wait_for(&mut self, marker: &str, secs: u64) {
         let t = Instant::now();
         while !self.text().contains(marker) {
             assert!(
@@ -81,13 +84,15 @@ impl Console {
         }
     }
 
-    fn type_line(&mut self, line: &str) {
+    /// Types `line` and Enter.
+    pub fn type_line(&mut self, line: &str) {
         let stdin = self.child.stdin.as_mut().unwrap();
         stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
         stdin.flush().unwrap();
     }
 
-    fn detach(mut self) {
+    /// Detaches with ^].
+    pub fn detach(mut self) {
         let _ = self.child.stdin.as_mut().unwrap().write_all(&[0x1d]);
         let status = self.child.wait().unwrap();
         assert!(status.success(), "virtctl console did not end cleanly on ^]: {status}");
@@ -130,7 +135,7 @@ pub fn run_part(cluster: &Cluster, ns: &str) -> Checks {
         [one] if one.ends_with(" Running") => one.split(' ').next().unwrap().to_string(),
         other => panic!("one Running launcher pod expected: {other:?}"),
     };
-    let mut console = Console::attach(&virtctl, &kubeconfig, ns);
+    let mut console = Console::attach(&virtctl, &kubeconfig, ns, VM);
     console.wait_for(READY, 240);
     console.type_line("X=7731; echo VIRT-SET-$X");
     console.wait_for("VIRT-SET-7731", 60);
@@ -222,7 +227,7 @@ pub fn run_part(cluster: &Cluster, ns: &str) -> Checks {
     assert!(pods(cluster, ns).contains(&format!("{target} Running")), "{:?}", pods(cluster, ns));
     assert_eq!(vmi(cluster, ns, "{.status.phase} {.status.nodeName}"), "Running virtrs-node");
     // The same guest, its shell's state intact, through a console to the new launcher.
-    let mut console = Console::attach(&virtctl, &kubeconfig, ns);
+    let mut console = Console::attach(&virtctl, &kubeconfig, ns, VM);
     console.type_line("echo VIRT-AFTER-$X-$((6*7))");
     console.wait_for("VIRT-AFTER-7731-42", 60);
     console.detach();

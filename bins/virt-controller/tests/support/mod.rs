@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
 
+pub mod between_nodes;
 pub mod datavolume;
 pub mod migration;
 
