@@ -56,7 +56,8 @@ pub fn run_part(cluster: &Cluster, ns: &str) {
     let t0 = Instant::now();
     let virtctl = workspace_bin("virtctl");
     let kubeconfig = cluster.kubeconfig.clone();
-    let virtctl_ok = |args: &[&str]| ok(Command::new(&virtctl).arg("--kubeconfig").arg(&kubeconfig).args(args));
+    let virtctl_ok =
+        |args: &[&str]| ok(Command::new(&virtctl).arg("--kubeconfig").arg(&kubeconfig).args(args));
 
     // Started on the first node: node2 takes no new pods meanwhile.
     ok(&mut cluster.kubectl(&["cordon", NODE2]));
@@ -81,7 +82,10 @@ pub fn run_part(cluster: &Cluster, ns: &str) {
     console.type_line("(i=0; while true; do i=$((i+1)); echo TICK-$i; sleep 1; done) &");
     console.wait_for("TICK-3", 60);
     console.detach();
-    eprintln!("between nodes: the guest counts in pod {source} on virtrs-node ({:?} into the part)", t0.elapsed());
+    eprintln!(
+        "between nodes: the guest counts in pod {source} on virtrs-node ({:?} into the part)",
+        t0.elapsed()
+    );
 
     let t = Instant::now();
     let out = virtctl_ok(&["migrate", VM, "-n", ns, "--wait", "--timeout", "240"]);
@@ -126,7 +130,9 @@ pub fn run_part(cluster: &Cluster, ns: &str) {
     // The same guest, counting on: the target pod's log is the console since the move (through
     // node2's kubelet), with ticks past the last one seen before and no boot in between.
     let before = last_tick(&console_text(cluster, ns, &source));
-    let logs = || String::from_utf8_lossy(&run(&mut cluster.kubectl(&["logs", "-n", ns, &target])).stdout).into_owned();
+    let logs = || {
+        String::from_utf8_lossy(&run(&mut cluster.kubectl(&["logs", "-n", ns, &target])).stdout).into_owned()
+    };
     let t = Instant::now();
     while last_tick(&logs()) < before + 2 {
         assert!(

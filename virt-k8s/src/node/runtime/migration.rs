@@ -508,7 +508,14 @@ impl LauncherRuntime {
         let Some(name) = pointer(&base, INCOMING) else { return };
         let Some(target) = base.parent().map(|p| p.join(&name)) else { return };
         let active = self.run_dir(vmi);
-        if !remote::launcher_running(&active) && remote::is_alive(&target) {
+        // A target launcher that is there but does not answer yet may be finishing the move
+        // (just after it, on the target node of a move between nodes): given its start time.
+        let target_up = || {
+            remote::is_alive(&target)
+                || (remote::launcher_present(&target)
+                    && RemoteMachine::connect_when_up(&target, self.cfg.start_timeout).is_ok())
+        };
+        if !remote::launcher_running(&active) && target_up() {
             log::info!("VMI {}: its VM had moved into {name} before the node restarted", base.display());
             if let Err(e) = write_pointer(&base, ACTIVE, &name) {
                 log::warn!("VMI {}: recording the migrated launcher: {e}", base.display());
