@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource,
-    PersistentVolumeClaimVolumeSource, Pod, PodAffinityTerm, PodAntiAffinity, PodSpec, ResourceRequirements,
-    SecurityContext, Toleration, Volume, VolumeMount, WeightedPodAffinityTerm,
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, EnvVar, HostPathVolumeSource, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, Pod,
+    PodAffinityTerm, PodAntiAffinity, PodSpec, ResourceRequirements, SecurityContext, Toleration, Volume,
+    VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -352,7 +353,26 @@ pub fn migration_target_pod(
         }
         let mut selector = BTreeMap::new();
         selector.insert(CREATED_BY.to_string(), uid);
+        // Disks that live on the source node and that the guest writes cannot follow it to
+        // another node (the move carries memory and devices, not disks): such a VMI moves within
+        // its node. (Local claims are kept there by their volume's node affinity.)
+        let source_node = vmi.obj.status.as_ref().and_then(|s| s.node_name.clone());
+        let pinned =
+            source_node.filter(|_| !node_local_disks(&vmi.obj).is_empty()).map(|node| NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_expressions: Some(vec![NodeSelectorRequirement {
+                            key: "kubernetes.io/hostname".into(),
+                            operator: "In".into(),
+                            values: Some(vec![node]),
+                        }]),
+                        ..Default::default()
+                    }],
+                }),
+                ..Default::default()
+            });
         spec.affinity = Some(Affinity {
+            node_affinity: pinned,
             pod_anti_affinity: Some(PodAntiAffinity {
                 preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
                     weight: 100,
@@ -371,6 +391,22 @@ pub fn migration_target_pod(
         });
     }
     pod
+}
+
+/// The volumes of `vmi` whose disk is made on its node and written by the guest (containerDisk,
+/// emptyDisk, ephemeral, hostDisk): a migration cannot take them to another node.
+pub fn node_local_disks(vmi: &VirtualMachineInstance) -> Vec<String> {
+    vmi.spec
+        .volumes
+        .iter()
+        .filter(|v| {
+            v.container_disk.is_some()
+                || v.empty_disk.is_some()
+                || v.ephemeral.is_some()
+                || v.host_disk.is_some()
+        })
+        .map(|v| v.name.clone())
+        .collect()
 }
 
 /// The pod volume of VMI volume `volume`'s claim (apart from the pod's own volumes).
@@ -502,6 +538,29 @@ mod tests {
         assert!(anti.required_during_scheduling_ignored_during_execution.is_none(), "one node still fits");
         let term = &anti.preferred_during_scheduling_ignored_during_execution.as_ref().unwrap()[0];
         assert_eq!(term.pod_affinity_term.topology_key, "kubernetes.io/hostname");
+        assert!(spec.affinity.as_ref().unwrap().node_affinity.is_none(), "no node-local disk: any node");
+    }
+
+    #[test]
+    fn a_vmi_with_node_local_disks_moves_within_its_node() {
+        let cfg = LauncherConfig {
+            image: "localhost/virt-launcher:1".into(),
+            kvm: KvmAccess::DevicePlugin,
+            node_state_dir: "/var/lib/virt-rs".into(),
+        };
+        let mut v = vmi();
+        let volume = |y: &str| serde_json::from_value(serde_json::from_str(y).unwrap()).unwrap();
+        v.obj.spec.volumes.push(volume(r#"{"name": "root", "containerDisk": {"image": "r/i:1"}}"#));
+        v.obj.spec.volumes.push(volume(r#"{"name": "seed", "cloudInitNoCloud": {"userData": "x"}}"#));
+        v.obj.spec.volumes.push(volume(r#"{"name": "scratch", "emptyDisk": {"capacity": "1Gi"}}"#));
+        assert_eq!(node_local_disks(&v.obj), ["root", "scratch"]);
+        v.obj.status.get_or_insert_with(Default::default).node_name = Some("node-a".into());
+        let pod = migration_target_pod(&v, &cfg, "abcd1234-ffff");
+        let aff = pod.spec.unwrap().affinity.unwrap().node_affinity.unwrap();
+        let term = &aff.required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms[0];
+        let req = &term.match_expressions.as_ref().unwrap()[0];
+        assert_eq!((req.key.as_str(), req.operator.as_str()), ("kubernetes.io/hostname", "In"));
+        assert_eq!(req.values.as_deref(), Some(&["node-a".to_string()][..]));
     }
 
     #[test]
