@@ -120,7 +120,8 @@ pub fn manifests(c: &Components) -> Vec<Value> {
             { "apiGroups": ["apiregistration.k8s.io"], "resources": ["apiservices"], "verbs": all },
             { "apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"],
               "verbs": all },
-            { "apiGroups": [""], "resources": ["nodes"], "verbs": read },
+            // Its Node's annotation with the address other agents forward subresources to.
+            { "apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"] },
             // A claim's disk on the node; the local provisioner's released volumes.
             { "apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": read },
             { "apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["get", "list", "watch", "delete"] },

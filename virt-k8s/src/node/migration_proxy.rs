@@ -256,6 +256,19 @@ struct RouteEntry {
     taken: bool,
 }
 
+impl ProxyTls {
+    /// The server side: the node's certificate, clients verified under the migration CA.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server.clone()
+    }
+
+    /// The client side: the node's certificate, servers verified under the migration CA for
+    /// [`PEER_NAME`].
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.client.clone()
+    }
+}
+
 /// The routes a listener knows, by key.
 type Routes = Arc<Mutex<HashMap<String, RouteEntry>>>;
 

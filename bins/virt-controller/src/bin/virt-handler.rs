@@ -92,14 +92,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // VMIs' interfaces in their launcher pods (masquerade on the pod network).
     let networks = Arc::new(cluster::network::PodNetworks::open(&cli.state_dir)?);
+    // This agent's identity towards other nodes' agents (migrations, forwarded subresources).
+    let peer = handler::incoming::PeerSlot::default();
+    let server = subresources::Server {
+        client: client.clone(),
+        node: cli.node.clone(),
+        runtime: runtime.clone(),
+        networks: Some(networks.clone()),
+        peers: peer.clone(),
+    };
     let api = match cli.subresources_listen {
         Some(listen) => {
-            let server = subresources::Server {
-                client: client.clone(),
-                node: cli.node.clone(),
-                runtime: runtime.clone(),
-                networks: Some(networks.clone()),
-            };
+            let server = server.clone();
             let advertise = cli.subresources_advertise.unwrap_or(listen.ip());
             let mut rx = stop_rx.clone();
             let stopped = async move {
@@ -122,10 +126,10 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     });
     let mut h = handler::Handler::new(client.clone(), cli.node, runtime).with_networks(networks);
     if let Some(listen) = cli.migration_listen {
-        let slot = handler::incoming::PeerSlot::default();
-        handler::incoming::serve(client, cli.migration_secret, listen, cli.migration_advertise, slot.clone())
+        let secret = cli.migration_secret;
+        handler::incoming::serve(client, secret, listen, cli.migration_advertise, peer.clone(), Some(server))
             .await?;
-        h = h.with_migration_peer(slot);
+        h = h.with_migration_peer(peer);
     }
     if !cli.local_storage_dir.as_os_str().is_empty() {
         h = h.with_storage_dir(cli.local_storage_dir);

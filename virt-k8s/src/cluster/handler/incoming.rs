@@ -48,6 +48,11 @@ impl MigrationPeer {
         self.advertise
     }
 
+    /// The agents' TLS (also their identity towards each other's subresources: `subresources::peers`).
+    pub fn tls(&self) -> &ProxyTls {
+        &self.tls
+    }
+
     /// Connects to the proxy at `addr` for migration `key` (the source's side).
     pub fn connect(&self, addr: SocketAddr, key: &str) -> Result<std::os::unix::net::UnixStream, String> {
         migration_proxy::connect(addr, &self.tls, key).map_err(|e| e.to_string())
@@ -71,14 +76,16 @@ pub enum PeerError {
 
 /// Serves migrations between nodes on `listen` (advertised with `advertise`'s IP, else the
 /// listen address's) once virt-controller's Secret `secret` is there: waits for it (logged once),
-/// then fills `slot`. Returns when it serves, or when the material is unusable or the address
-/// cannot be bound (logged).
+/// then fills `slot`; with `subresources`, also serves the subresource routes to other nodes'
+/// agents on the same IP (`subresources::peers`). Returns at once; the waiting runs on a task,
+/// which logs what fails (unusable material, an address that cannot be bound).
 pub async fn serve(
     client: kube::Client,
     secret: SecretRef,
     listen: SocketAddr,
     advertise: Option<std::net::IpAddr>,
     slot: PeerSlot,
+    subresources: Option<crate::cluster::subresources::Server>,
 ) -> Result<(), PeerError> {
     let ip = advertise.unwrap_or(listen.ip());
     if ip.is_unspecified() {
@@ -106,6 +113,11 @@ pub async fn serve(
                     "migration proxy: listening on {}, advertised as {advertise}",
                     listener.local_addr()
                 );
+                if let Some(server) = subresources {
+                    if let Err(e) = crate::cluster::subresources::peers::serve(server, ip, &tls).await {
+                        log::error!("subresources for other nodes' agents: {e}");
+                    }
+                }
                 let _ = slot.set(MigrationPeer { tls, listener, advertise, expected: Mutex::default() });
             }
             Err(e) => log::error!("migration proxy: {e}; migrations between nodes stay off"),

@@ -20,6 +20,7 @@
 
 pub mod admission;
 pub mod eviction;
+pub mod peers;
 mod register;
 mod routes;
 mod vm_verbs;
@@ -96,6 +97,9 @@ pub struct Server {
     pub runtime: Arc<LauncherRuntime>,
     /// The VMIs' interfaces in their pods (port-forward dials the guest there).
     pub networks: Option<Arc<crate::cluster::network::PodNetworks>>,
+    /// This agent's identity towards other nodes' agents, once it has one: requests for VMIs of
+    /// other nodes are forwarded to their agent ([`peers`]); none: refused, naming the node.
+    pub peers: crate::cluster::handler::incoming::PeerSlot,
 }
 
 /// The front-proxy CA the API server publishes.
@@ -208,7 +212,8 @@ pub async fn start(
     // The webhook: the same address, a port of its own, no client certificate.
     let (hooks, webhook_port) =
         tls_listener(SocketAddr::new(listen.ip(), 0), webhook_tls_config(cert, key)?).await?;
-    let app = routes::router(server.clone());
+    let app = routes::router(server.clone())
+        .layer(axum::middleware::from_fn_with_state((server.clone(), server.peers.clone()), peers::forward));
     let hooks_app = admission::router().merge(eviction::router(server.client.clone()));
     let (stop_api, stop_hooks) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
