@@ -9,8 +9,9 @@
 //! runs on node2, the VMI's migrationState names both nodes and node2's proxy, the VMI says
 //! Running on node2, the source pod ends and the first node keeps nothing of the VMI. The guest
 //! did not restart: the target pod's log (the guest's console, read through node2's kubelet)
-//! goes on counting from where the first node left it, without a boot. `virtctl stop` then ends
-//! it on node2.
+//! goes on counting from where the first node left it, without a boot, and `virtctl console`
+//! (through the API server to the first node's agent, which forwards it to node2's) finds the
+//! shell variable set before the move. `virtctl stop` then ends it on node2.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -79,7 +80,7 @@ pub fn run_part(cluster: &Cluster, ns: &str) {
     };
     let mut console = Console::attach(&virtctl, &kubeconfig, ns, VM);
     console.wait_for(READY, 240);
-    console.type_line("(i=0; while true; do i=$((i+1)); echo TICK-$i; sleep 1; done) &");
+    console.type_line("X=5150; (i=0; while true; do i=$((i+1)); echo TICK-$i; sleep 1; done) &");
     console.wait_for("TICK-3", 60);
     console.detach();
     eprintln!(
@@ -150,6 +151,14 @@ pub fn run_part(cluster: &Cluster, ns: &str) {
         last_tick(&after),
         t0.elapsed()
     );
+
+    // The console through the API server: the first node's agent (the aggregated API's endpoint)
+    // forwards it to node2's agent; the shell has its variable.
+    let mut console = Console::attach(&virtctl, &kubeconfig, ns, VM);
+    console.type_line("echo FAR-$X-$((6*7))");
+    console.wait_for("FAR-5150-42", 60);
+    console.detach();
+    eprintln!("between nodes: virtctl console reaches the guest on {NODE2} through the first node's agent");
 
     virtctl_ok(&["stop", VM, "-n", ns]);
     wait_for("vm-far's VMI and pods to go after virtctl stop", 120, || {
