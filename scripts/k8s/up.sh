@@ -249,7 +249,9 @@ state = "$1/state"
     conf_dir = "$2"
 TOML
 }
-cni_config() { # SUBNET IPAM_DIR: the bridge network's conflist
+# SUBNET IPAM_DIR: the bridge network's conflist; the pods' route to 10.244.0.0/16 (every node's
+# pod subnet; the host routes between the nodes) is via the bridge, no default route.
+cni_config() {
   cat <<JSON
 {
   "cniVersion": "0.4.0",
@@ -258,7 +260,7 @@ cni_config() { # SUBNET IPAM_DIR: the bridge network's conflist
     {
       "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
       "ipam": { "type": "host-local", "ranges": [[{ "subnet": "$1" }]],
-                "dataDir": "$2" }
+                "routes": [{ "dst": "10.244.0.0/16" }], "dataDir": "$2" }
     }
   ]
 }
