@@ -2,9 +2,10 @@
 # Stops the cluster up.sh started in STATE_DIR and removes what it made: the daemons (by their
 # recorded process ids, then the pod processes containerd's shims left), the network namespace and
 # veth, kubelet mounts, the paths the kubelet and containerd hard-code, the kubepods cgroups, and the
-# kernel sysctls the kubelet changed; with VIRT_K8S_NODES=2 also node2's (node2.sh): its daemons and
-# pods, the holder of its mount namespace (its bind mounts go with it), its network namespace, the
-# host's routes, its cgroups, and net.ipv4.ip_forward. Idempotent; fine when node2 never started.
+# kernel sysctls the kubelet changed; with VIRT_K8S_NODES=2 also node2's (node2.sh): its daemons
+# and pods, every process in its mount namespace and the holder (its bind mounts go with it), its
+# network namespace, the host's routes, its cgroups, and net.ipv4.ip_forward. Idempotent; fine
+# when node2 never started.
 #
 # Usage: scripts/k8s/down.sh [STATE_DIR]    (default /var/tmp/virt-rs-k8s-run)
 set -uo pipefail
@@ -35,8 +36,16 @@ stop kubelet
 # (their command line names its socket's directory) and what runs under them.
 kill_shims "$DIR/node2/containerd"
 kill_shims "$DIR/containerd"
-# node2's mount namespace ends with its last process: containerd2 and the holder.
-for d in containerd2 node2-mnt containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$d"; done
+# node2's mount namespace ends with its last process: containerd2, what else runs "on node2"
+# (on-node.sh), the holder.
+stop containerd2
+if [ -f "$DIR/node2/mnt-ns" ]; then
+  ns2=$(cat "$DIR/node2/mnt-ns")
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$ns2" ] && kill -KILL "${p#/proc/}" 2>/dev/null
+  done
+fi
+for d in node2-mnt containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$d"; done
 
 # Mounts left under the state dir (kubelet volumes, containerd's overlays and netns files).
 if [ -d "$DIR" ]; then

@@ -51,6 +51,8 @@ node2_mnt() {
   wait_for "node2's mount namespace" 10 \
     bash -c "m=\$(readlink /proc/$holder/ns/mnt) && [ \"\$m\" != '$self' ]"
   echo "$holder" >"$N2/mnt-pid"
+  # down.sh ends every process left in it (a node agent run with on-node.sh, say).
+  readlink /proc/$holder/ns/mnt >"$N2/mnt-ns"
   local IN_MNT=(nsenter --mount=/proc/$holder/ns/mnt)
   "${IN_MNT[@]}" awk '$2 != "/" && ($3 == "nsfs" || $3 == "overlay" || $1 ~ "^/dev/loop") { print $2 }' /proc/self/mounts \
     | sort -r | while read -r m; do
@@ -60,12 +62,8 @@ node2_mnt() {
     /var/lib/kubelet:"$N2/var/lib/kubelet" /var/lib/cni:"$N2/var/lib/cni"
     /run/containerd:"$N2/run/containerd")
   local b
-  for b in ${VIRT_K8S_NODE2_BINDS:-}; do
-    case $b in
-      /*:/*) binds+=("$b") ;;
-      *) die "VIRT_K8S_NODE2_BINDS: '$b' is not HOSTPATH:NODE2PATH (both absolute)" ;;
-    esac
-  done
+  # (up.sh checked them: HOSTPATH:NODE2PATH, both absolute.)
+  for b in ${VIRT_K8S_NODE2_BINDS:-}; do binds+=("$b"); done
   local host_path node_path
   for b in "${binds[@]}"; do
     host_path=${b%%:*}

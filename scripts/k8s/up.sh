@@ -43,6 +43,12 @@ case $NODES in
   1 | 2) ;;
   *) die "VIRT_K8S_NODES: '$NODES' is not 1 or 2" ;;
 esac
+for b in ${VIRT_K8S_NODE2_BINDS:-}; do
+  case $b in
+    /*:/*) ;;
+    *) die "VIRT_K8S_NODE2_BINDS: '$b' is not HOSTPATH:NODE2PATH (both absolute)" ;;
+  esac
+done
 
 # build.sh prints the cache directory as its last line (a first build also prints make's output).
 K8S=$("$here/build.sh" | tail -n 1) || die "build.sh failed"

@@ -401,7 +401,7 @@ impl Cluster {
         cluster
     }
 
-    /// The second node (panics when the cluster has one).
+    /// The second node (panics when the cluster has none).
     pub fn node2(&self) -> &Node2 {
         self.node2.as_ref().expect("the cluster has no second node: Cluster::start_nodes(_, 2)")
     }
