@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# Starts a single-node Kubernetes 1.20 cluster built by build.sh: etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler, containerd + runc, kubelet and the CNI bridge, all inside a
-# network namespace this script creates (the kubelet refuses a loopback node IP), with the pause image
-# imported into containerd without a registry. One cluster per machine (the kubelet and containerd
-# hard-code paths under /var/lib/kubelet, /var/log/pods and /run/containerd).
+# Starts a Kubernetes 1.20 cluster built by build.sh: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, containerd + runc, kubelet and the CNI bridge, all inside a network namespace this
+# script creates (the kubelet refuses a loopback node IP), with the pause image imported into
+# containerd without a registry. One cluster per machine (the kubelet and containerd hard-code
+# paths under /var/lib/kubelet, /var/log/pods and /run/containerd; the tests take the lock
+# /run/lock/virt-rs-k8s-cluster.lock).
+# VIRT_K8S_NODES=2 adds a second node, virtrs-node2, a simulated second machine (node2.sh): its own
+# network namespace and its own mount namespace, in which those hard-coded paths and the hostPath
+# directories of VIRT_K8S_NODE2_BINDS are node2's own directories under STATE_DIR/node2.
 #
 # Usage: scripts/k8s/up.sh [STATE_DIR]      (default /var/tmp/virt-rs-k8s-run)
 # Env:   VIRT_K8S_NODE_NET  the /24 prefix of the node's veth (default 172.31.254): the node is .1,
 #                           the host side .254; the API server is https://<prefix>.1:6443
 #        VIRT_K8S_IMAGES    extra docker-archive tars to import (space-separated)
 #        VIRT_K8S_AUDIT=1   the API server's audit log (metadata of every request) in logs/audit.log
+#        VIRT_K8S_NODES     1 (default) or 2: node virtrs-node2 too, tainted
+#                           virt-rs.io/second-node=true:NoSchedule, pods on 10.244.1.0/24
+#        VIRT_K8S_NODE2_NET the /24 prefix of node2's veth (default 172.31.253)
+#        VIRT_K8S_NODE2_BINDS  HOSTPATH:NODE2PATH pairs (space-separated): in node2's mount
+#                           namespace HOSTPATH is NODE2PATH (both created), e.g. a hostPath
+#                           volume's directory; scripts/k8s/on-node.sh DIR node2 CMD runs CMD there
 # Writes STATE_DIR/admin.kubeconfig (prints its path on success); scripts/k8s/down.sh STATE_DIR stops
-# everything and removes what this script made.
+# everything and removes what this script made. With two nodes, STATE_DIR/node2/mnt-pid is the pid
+# of the process holding node2's mount namespace (nsenter --mount=/proc/PID/ns/mnt).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,12 +32,23 @@ NODE_IP=$NET.1
 HOST_IP=$NET.254
 NS=virtrs-k8s
 NODE=virtrs-node
+NODES=${VIRT_K8S_NODES:-1}
 die() { echo "k8s/up.sh: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespace, containerd, kubelet)"
 for t in ip nsenter openssl curl containerd ctr runc; do
   command -v "$t" >/dev/null || die "$t is missing: run scripts/install-deps.sh"
 done
 [ -x /usr/lib/cni/bridge ] || die "/usr/lib/cni/bridge is missing: run scripts/install-deps.sh"
+case $NODES in
+  1 | 2) ;;
+  *) die "VIRT_K8S_NODES: '$NODES' is not 1 or 2" ;;
+esac
+for b in ${VIRT_K8S_NODE2_BINDS:-}; do
+  case $b in
+    /*:/*) ;;
+    *) die "VIRT_K8S_NODE2_BINDS: '$b' is not HOSTPATH:NODE2PATH (both absolute)" ;;
+  esac
+done
 
 # build.sh prints the cache directory as its last line (a first build also prints make's output).
 K8S=$("$here/build.sh" | tail -n 1) || die "build.sh failed"
@@ -34,7 +56,7 @@ K8S=$("$here/build.sh" | tail -n 1) || die "build.sh failed"
 KUBECTL=$("$here/../kubectl.sh") || die "kubectl.sh failed"
 BIN=$K8S/bin
 
-if [ -e /run/netns/$NS ] || [ -f "$DIR/pids/kube-apiserver" ]; then
+if [ -e /run/netns/$NS ] || [ -e /run/netns/virtrs-k8s2 ] || [ -f "$DIR/pids/kube-apiserver" ]; then
   "$here/down.sh" "$DIR" >/dev/null 2>&1 || true
 fi
 rm -rf "$DIR"
@@ -95,12 +117,13 @@ P=$DIR/pki
 ) >"$DIR/logs/pki.log" 2>&1
 
 tok() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-ADMIN_TOKEN=$(tok); CM_TOKEN=$(tok); SCHED_TOKEN=$(tok); NODE_TOKEN=$(tok)
+ADMIN_TOKEN=$(tok); CM_TOKEN=$(tok); SCHED_TOKEN=$(tok); NODE_TOKEN=$(tok); NODE2_TOKEN=$(tok)
 cat >"$P/tokens.csv" <<CSV
 $ADMIN_TOKEN,admin,admin-uid,system:masters
 $CM_TOKEN,system:kube-controller-manager,kcm-uid
 $SCHED_TOKEN,system:kube-scheduler,sched-uid
 $NODE_TOKEN,system:node:$NODE,node-uid,system:nodes
+$NODE2_TOKEN,system:node:virtrs-node2,node2-uid,system:nodes
 CSV
 kubeconfig() { # FILE SERVER TOKEN USER
   cat >"$1" <<KC
@@ -128,11 +151,19 @@ kubeconfig "$DIR/controller-manager.kubeconfig" https://127.0.0.1:6443 "$CM_TOKE
 kubeconfig "$DIR/scheduler.kubeconfig" https://127.0.0.1:6443 "$SCHED_TOKEN" scheduler
 kubeconfig "$DIR/kubelet.kubeconfig" https://127.0.0.1:6443 "$NODE_TOKEN" "system:node:$NODE"
 
-# start NAME CMD...: a daemon in the namespace, in its own session, logging to logs/NAME.log
+# start_in NAME NSENTER... -- CMD...: a daemon in its own session, logging to logs/NAME.log
+start_in() {
+  local name=$1; shift
+  local pre=()
+  while [ "$1" != -- ]; do pre+=("$1"); shift; done
+  shift
+  setsid "${pre[@]}" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$DIR/pids/$name"
+}
+# start NAME CMD...: a daemon in node 1's network namespace
 start() {
   local name=$1; shift
-  setsid "${IN[@]}" "$@" >"$DIR/logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$DIR/pids/$name"
+  start_in "$name" "${IN[@]}" -- "$@"
 }
 # wait_for WHAT SECONDS CMD...: retries CMD until it succeeds
 wait_for() {
@@ -143,6 +174,14 @@ wait_for() {
     sleep 0.5
   done
 }
+
+# --- node2: its network and mount namespaces (node2.sh) -----------------------------------------
+if [ "$NODES" = 2 ]; then
+  . "$here/node2.sh"
+  node2_net
+  # Before node 1's daemons mount anything (the new namespace copies the mounts there are).
+  node2_mnt
+fi
 
 # --- etcd, API server ----------------------------------------------------------------------------
 start etcd "$BIN/etcd" --name virtrs --data-dir "$DIR/etcd" \
@@ -193,12 +232,13 @@ start kube-scheduler "$BIN/kube-scheduler" --kubeconfig="$DIR/scheduler.kubeconf
 
 # --- containerd, CNI, images ---------------------------------------------------------------------
 SOCK=$DIR/containerd/containerd.sock
-cat >"$DIR/containerd/config.toml" <<TOML
+containerd_config() { # DIR CNI_CONF_DIR: config.toml of a containerd whose files are in DIR
+  cat <<TOML
 version = 2
-root = "$DIR/containerd/root"
-state = "$DIR/containerd/state"
+root = "$1/root"
+state = "$1/state"
 [grpc]
-  address = "$SOCK"
+  address = "$1/containerd.sock"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "localhost/pause:1"
   restrict_oom_score_adj = true
@@ -212,21 +252,28 @@ state = "$DIR/containerd/state"
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
-    conf_dir = "$DIR/cni/net.d"
+    conf_dir = "$2"
 TOML
-cat >"$DIR/cni/net.d/10-virtrs.conflist" <<JSON
+}
+# SUBNET IPAM_DIR: the bridge network's conflist; the pods' route to 10.244.0.0/16 (every node's
+# pod subnet; the host routes between the nodes) is via the bridge, no default route.
+cni_config() {
+  cat <<JSON
 {
   "cniVersion": "0.4.0",
   "name": "virtrs",
   "plugins": [
     {
       "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "10.244.0.0/24" }]],
-                "dataDir": "$DIR/cni/ipam" }
+      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "$1" }]],
+                "routes": [{ "dst": "10.244.0.0/16" }], "dataDir": "$2" }
     }
   ]
 }
 JSON
+}
+containerd_config "$DIR/containerd" "$DIR/cni/net.d" >"$DIR/containerd/config.toml"
+cni_config 10.244.0.0/24 "$DIR/cni/ipam" >"$DIR/cni/net.d/10-virtrs.conflist"
 start containerd containerd -c "$DIR/containerd/config.toml"
 wait_for containerd 60 ctr -a "$SOCK" version
 for img in "$K8S/images/pause.tar" ${VIRT_K8S_IMAGES:-}; do
@@ -235,7 +282,8 @@ done
 
 # --- kubelet (it changes three kernel sysctls: saved for down.sh) ------------------------------
 sysctl -n vm.overcommit_memory kernel.panic kernel.panic_on_oops >"$DIR/sysctl.saved"
-cat >"$DIR/kubelet/config.yaml" <<YAML
+kubelet_config() {
+  cat <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 cgroupDriver: cgroupfs
@@ -257,6 +305,8 @@ evictionHard:
   imagefs.available: "2%"
   memory.available: "100Mi"
 YAML
+}
+kubelet_config >"$DIR/kubelet/config.yaml"
 start kubelet "$BIN/kubelet" --kubeconfig="$DIR/kubelet.kubeconfig" --config="$DIR/kubelet/config.yaml" \
   --container-runtime=remote --container-runtime-endpoint="unix://$SOCK" \
   --root-dir="$DIR/kubelet/root" --cert-dir="$DIR/kubelet/pki" --hostname-override=$NODE \
@@ -265,6 +315,10 @@ K=("$KUBECTL" --kubeconfig "$DIR/admin.kubeconfig")
 wait_for "node $NODE" 180 "${K[@]}" get node $NODE
 "${K[@]}" wait --for=condition=Ready node/$NODE --timeout=180s >/dev/null \
   || die "node $NODE not Ready (logs in $DIR/logs)"
+if [ "$NODES" = 2 ]; then
+  node2_daemons
+  node2_ready
+fi
 wait_for "default service account" 120 "${K[@]}" get serviceaccount default -n default
 up_ok=1
 echo "$DIR/admin.kubeconfig"

@@ -81,6 +81,37 @@ pub struct Cluster {
     pub storage_dir: PathBuf,
     /// An HTTP server in the node's network namespace (DataVolume sources), killed on drop.
     pub http: Option<Child>,
+    /// The second node, virtrs-node2 (started with [`Cluster::start_nodes`]`(_, 2)`).
+    pub node2: Option<Node2>,
+}
+
+/// The second node's name (up.sh with VIRT_K8S_NODES=2).
+pub const NODE2: &str = "virtrs-node2";
+/// The taint node2 registers with (NoSchedule): only pods tolerating it land there.
+pub const NODE2_TAINT: &str = "virt-rs.io/second-node";
+
+/// virtrs-node2, a simulated second machine (scripts/k8s/node2.sh): its own network namespace,
+/// kubelet and containerd, and its own mount namespace, in which the cluster's `node_state` and
+/// `storage_dir` paths (the launcher pods' hostPath volumes, virt-handler's directories) are
+/// node2's own directories, like on another machine. A node agent runs "on node2" in that mount
+/// namespace and the host's network namespace (scripts/k8s/on-node.sh).
+pub struct Node2 {
+    /// The process holding node2's mount namespace (`nsenter --mount=/proc/PID/ns/mnt`).
+    pub mnt_pid: u32,
+    /// What node2 sees at [`Cluster::node_state`], as the host sees it.
+    pub node_state: PathBuf,
+    /// What node2 sees at [`Cluster::storage_dir`], as the host sees it.
+    pub storage_dir: PathBuf,
+    /// node2's virt-handler ([`Cluster::spawn_handler_node2`]), killed on drop.
+    pub handler: Option<Child>,
+}
+
+impl Node2 {
+    /// kubelet2's device-plugins directory as node2 sees it (a 1.20 kubelet hard-codes it; in
+    /// node2's mount namespace it is node2's own directory).
+    pub fn device_plugins_dir(&self) -> PathBuf {
+        PathBuf::from("/var/lib/kubelet/device-plugins")
+    }
 }
 
 impl Cluster {
@@ -138,9 +169,11 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for mut c in [self.controller.take(), self.standby.take(), self.handler.take(), self.http.take()]
-            .into_iter()
-            .flatten()
+        let handler2 = self.node2.as_mut().and_then(|n| n.handler.take());
+        for mut c in
+            [self.controller.take(), self.standby.take(), self.handler.take(), handler2, self.http.take()]
+                .into_iter()
+                .flatten()
         {
             let _ = c.kill();
             let _ = c.wait();
@@ -282,8 +315,19 @@ pub fn kernel_vm_net_yaml(name: &str, image: &str) -> String {
 
 impl Cluster {
     /// Builds the launcher image, starts the registry and the cluster (`audit`: the API server's
-    /// audit log, VIRT_K8S_AUDIT=1).
+    /// audit log, VIRT_K8S_AUDIT=1) with the nodes VIRT_K8S_NODES asks for (default 1).
     pub fn start(audit: bool) -> Cluster {
+        let nodes = match std::env::var("VIRT_K8S_NODES").as_deref() {
+            Ok("2") => 2,
+            Ok("1") | Err(_) => 1,
+            Ok(n) => panic!("VIRT_K8S_NODES: {n:?} is not 1 or 2"),
+        };
+        Cluster::start_nodes(audit, nodes)
+    }
+
+    /// [`Cluster::start`] with `nodes` nodes (1 or 2; see [`Node2`]).
+    pub fn start_nodes(audit: bool, nodes: u8) -> Cluster {
+        assert!(nodes == 1 || nodes == 2, "nodes: {nodes} is not 1 or 2");
         let machine_lock = std::fs::File::create("/run/lock/virt-rs-k8s-cluster.lock").unwrap();
         eprintln!("cluster: waiting for /run/lock/virt-rs-k8s-cluster.lock (one cluster per machine)");
         machine_lock.lock().unwrap();
@@ -310,7 +354,7 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&storage_dir);
         let host_ip =
             format!("{}.254", std::env::var("VIRT_K8S_NODE_NET").unwrap_or_else(|_| "172.31.254".into()));
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             _machine_lock: machine_lock,
             dir: dir.clone(),
             kubeconfig: dir.join("admin.kubeconfig"),
@@ -326,14 +370,50 @@ impl Cluster {
             tmp,
             storage_dir,
             http: None,
+            node2: None,
         };
+        // node2's own directories behind the same paths (below the state dir: down.sh removes them).
+        let node2_state = dir.join("node2/vrs-h");
+        let node2_storage = dir.join("node2/vrs-storage");
+        let binds = format!(
+            "{}:{} {}:{}",
+            cluster.node_state.display(),
+            node2_state.display(),
+            cluster.storage_dir.display(),
+            node2_storage.display()
+        );
         let up = ok(Command::new(repo.join("scripts/k8s/up.sh"))
             .arg(&dir)
             .env("VIRT_K8S_IMAGES", format!("{} {}", image.display(), importer.display()))
             .env("VIRT_K8S_AUDIT", if audit { "1" } else { "0" })
+            .env("VIRT_K8S_NODES", nodes.to_string())
+            .env("VIRT_K8S_NODE2_BINDS", binds)
             .stderr(Stdio::inherit()));
         assert_eq!(Path::new(up.lines().last().unwrap()), cluster.kubeconfig);
+        if nodes == 2 {
+            let pid = std::fs::read_to_string(dir.join("node2/mnt-pid")).unwrap();
+            cluster.node2 = Some(Node2 {
+                mnt_pid: pid.trim().parse().unwrap(),
+                node_state: node2_state,
+                storage_dir: node2_storage,
+                handler: None,
+            });
+        }
         cluster
+    }
+
+    /// The second node (panics when the cluster has none).
+    pub fn node2(&self) -> &Node2 {
+        self.node2.as_ref().expect("the cluster has no second node: Cluster::start_nodes(_, 2)")
+    }
+
+    /// `program` "on node2": in node2's mount namespace and the host's network namespace
+    /// (scripts/k8s/on-node.sh).
+    pub fn on_node2(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let _ = self.node2();
+        let mut c = Command::new(repo().join("scripts/k8s/on-node.sh"));
+        c.arg(&self.dir).arg("node2").arg(program);
+        c
     }
 
     /// `virt-controller install-crds`; returns its output.
@@ -381,6 +461,28 @@ impl Cluster {
             .arg(&self.node_state)
             .arg("--device-plugins-dir")
             .arg(self.device_plugins_dir())
+            .arg("--local-storage-dir")
+            .arg(&self.storage_dir)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// node2's virt-handler run `n` (log: `handler2-N.log` in `tmp`), on node2 ([`Cluster::on_node2`]):
+    /// the same state and storage paths as node 1's (node2's directories there), kubelet2's device
+    /// plugins, no subresources API (node 1's handler serves the aggregated API).
+    pub fn spawn_handler_node2(&self, n: u32) -> Child {
+        let log = std::fs::File::create(self.tmp.path().join(format!("handler2-{n}.log"))).unwrap();
+        self.on_node2(env!("CARGO_BIN_EXE_virt-handler"))
+            .args(["--node", NODE2, "--allow-emulation", "--insecure-registry", &self.reg.host])
+            .arg("--state-dir")
+            .arg(&self.node_state)
+            .arg("--device-plugins-dir")
+            .arg(self.node2().device_plugins_dir())
             .arg("--local-storage-dir")
             .arg(&self.storage_dir)
             .arg("--kubeconfig")
