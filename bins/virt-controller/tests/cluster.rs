@@ -1,6 +1,6 @@
-//! virt-controller and virt-handler on a real single-node Kubernetes 1.20 (scripts/k8s: etcd,
-//! kube-apiserver, controller-manager, scheduler, kubelet, containerd, the CNI bridge), brought up
-//! and torn down here: CRDs installed (twice), a KubeVirt conformance VM applied with Debian's
+//! virt-controller and virt-handler on a real Kubernetes 1.20 (scripts/k8s: etcd, kube-apiserver,
+//! controller-manager, scheduler, kubelet, containerd, the CNI bridge) of two nodes (the second,
+//! tainted, a simulated second machine: scripts/k8s/node2.sh), brought up and torn down here: CRDs installed (twice), a KubeVirt conformance VM applied with Debian's
 //! kubectl (Halted: no VMI), then a VM booting the project's test kernel and initramfs (a
 //! kernel-boot image served by a real docker-registry) started: its VMI created, its launcher pod
 //! scheduled and started by the kubelet with the real launcher image
@@ -13,7 +13,9 @@
 //! until its clone pod filled it; the guest's writes stay in the clone), a failed import, the
 //! cascade on delete. Live migration (tests/support/migration.rs): a second VM moved into a new
 //! launcher pod with `virtctl migrate`, its shell's state intact; a migration cancelled at once
-//! leaves it where it runs.
+//! leaves it where it runs. Between nodes (tests/support/between_nodes.rs): a third VM moved
+//! from the first node to virtrs-node2 through the agents' migration proxies, its guest counting
+//! on there and its console reached through the first node's agent.
 //!
 //! The first run builds Kubernetes (scripts/k8s/build.sh, 15-30 minutes); later runs reuse the
 //! cached binaries. Needs docker-registry, skopeo, qemu-system-x86 and busybox-static
@@ -33,7 +35,8 @@ use support::{
 fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete() {
     let started = Instant::now();
     let repo = repo();
-    let mut cluster = Cluster::start(false);
+    // Two nodes: virtrs-node2 (tainted) takes only the VM that moves between the nodes.
+    let mut cluster = Cluster::start_nodes(false, 2);
     let tmp = cluster.tmp.path().to_path_buf();
     let node_state = cluster.node_state.clone();
     let kernel_image = cluster.kernel_image.clone();
@@ -74,6 +77,14 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
         eprintln!("node virtrs-node: devices.kubevirt.io/{res} capacity/allocatable: {adv}");
         assert_eq!(adv, "1k 1k", "devices.kubevirt.io/{res}");
     }
+    // node2's agent, in node2's mount namespace: its device plugins on node2's kubelet.
+    let handler2 = cluster.spawn_handler_node2(1);
+    cluster.node2.as_mut().unwrap().handler = Some(handler2);
+    wait_for("node2 to advertise devices.kubevirt.io/kvm", 60, || {
+        cluster
+            .get(&["node", support::NODE2], "{.status.allocatable.devices\\.kubevirt\\.io/kvm}")
+            .filter(|s| s.trim() == "1k")
+    });
     // The kubelet restarts (it removes every plugin socket): the plugins serve and register again,
     // and the launcher pod below gets its devices from the new registration.
     let restarted = Instant::now();
@@ -232,6 +243,7 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
     eprintln!("start -> guest userspace on the console: {:?}", start.elapsed());
     // The VM the migration part moves (no interfaces: a tap cannot move) boots meanwhile.
     support::migration::start(&cluster, ns);
+    support::between_nodes::start(&cluster, ns);
     // The launcher opened /dev/kvm read-write in its unprivileged container (this host's KVM is
     // nested without vmx: the launcher says so and emulates; without the device it would say
     // "no usable /dev/kvm").
@@ -465,6 +477,8 @@ fn a_conformance_vm_gets_a_vmi_and_a_running_launcher_pod_and_cascades_on_delete
 
     // Live migration into a new launcher pod (tests/support/migration.rs).
     let mig_checks = support::migration::run_part(&cluster, ns);
+    // Live migration from the first node to virtrs-node2 (tests/support/between_nodes.rs).
+    support::between_nodes::run_part(&cluster, ns);
 
     // The components' manifests (RBAC, virt-controller's Deployment, virt-handler's DaemonSet)
     // pass the API server's validation (server-side dry run; namespace kubevirt exists: the

@@ -17,12 +17,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::migration::{Console, READY};
-use super::{kernel_vm_yaml, ok, run, wait_for, workspace_bin, Cluster};
+use super::{kernel_vm_yaml, ok, run, wait_for, workspace_bin, Cluster, NODE2};
 
 /// The VM.
 pub const VM: &str = "vm-far";
-/// The second node and its taint (scripts/k8s/up.sh).
-pub const NODE2: &str = "virtrs-node2";
+/// Tolerates node2's taint ([`super::NODE2_TAINT`]).
 const TOLERATION: &str =
     "      tolerations:\n      - key: virt-rs.io/second-node\n        operator: Exists\n        effect: NoSchedule\n";
 
@@ -52,15 +51,9 @@ fn last_tick(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The part (see the module's documentation).
-pub fn run_part(cluster: &Cluster, ns: &str) {
-    let t0 = Instant::now();
-    let virtctl = workspace_bin("virtctl");
-    let kubeconfig = cluster.kubeconfig.clone();
-    let virtctl_ok =
-        |args: &[&str]| ok(Command::new(&virtctl).arg("--kubeconfig").arg(&kubeconfig).args(args));
-
-    // Started on the first node: node2 takes no new pods meanwhile.
+/// Applies the VM (runStrategy Always) with node2 cordoned, so it starts on the first node; it
+/// boots while the test does other things.
+pub fn start(cluster: &Cluster, ns: &str) {
     ok(&mut cluster.kubectl(&["cordon", NODE2]));
     let yaml = kernel_vm_yaml(VM, &cluster.kernel_image)
         .replacen("runStrategy: Halted", "runStrategy: Always", 1)
@@ -68,6 +61,15 @@ pub fn run_part(cluster: &Cluster, ns: &str) {
     let file = cluster.tmp.path().join("vm-far.yaml");
     std::fs::write(&file, yaml).unwrap();
     ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", file.to_str().unwrap()]));
+}
+
+/// The part (see the module's documentation); the VM was [`start`]ed before.
+pub fn run_part(cluster: &Cluster, ns: &str) {
+    let t0 = Instant::now();
+    let virtctl = workspace_bin("virtctl");
+    let kubeconfig = cluster.kubeconfig.clone();
+    let virtctl_ok =
+        |args: &[&str]| ok(Command::new(&virtctl).arg("--kubeconfig").arg(&kubeconfig).args(args));
     wait_for("vm-far's VMI Running", 240, || {
         (vmi(cluster, ns, "{.status.phase}") == "Running").then_some(())
     });

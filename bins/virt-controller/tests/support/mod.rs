@@ -402,6 +402,11 @@ impl Cluster {
         cluster
     }
 
+    /// The host side of node2's veth (scripts/k8s/node2.sh: `VIRT_K8S_NODE2_NET`.254).
+    pub fn node2_host_ip(&self) -> String {
+        format!("{}.254", std::env::var("VIRT_K8S_NODE2_NET").unwrap_or_else(|_| "172.31.253".into()))
+    }
+
     /// The second node (panics when the cluster has none).
     pub fn node2(&self) -> &Node2 {
         self.node2.as_ref().expect("the cluster has no second node: Cluster::start_nodes(_, 2)")
@@ -459,6 +464,8 @@ impl Cluster {
             .arg(format!("{}:0", self.host_ip))
             .arg("--state-dir")
             .arg(&self.node_state)
+            .arg("--migration-listen")
+            .arg(format!("{}:0", self.host_ip))
             .arg("--device-plugins-dir")
             .arg(self.device_plugins_dir())
             .arg("--local-storage-dir")
@@ -481,6 +488,9 @@ impl Cluster {
             .args(["--node", NODE2, "--allow-emulation", "--insecure-registry", &self.reg.host])
             .arg("--state-dir")
             .arg(&self.node_state)
+            // Migrations between the nodes and forwarded subresources, on node2's host-side address.
+            .arg("--migration-listen")
+            .arg(format!("{}:0", self.node2_host_ip()))
             .arg("--device-plugins-dir")
             .arg(self.node2().device_plugins_dir())
             .arg("--local-storage-dir")
