@@ -17,6 +17,8 @@
 #[macro_use]
 #[path = "../../../virt-core/tests/support/guest.rs"]
 mod guest;
+#[path = "support/dots.rs"]
+mod dots;
 #[path = "support/node.rs"]
 mod node;
 #[path = "../../virt-launcher/tests/support/pvh.rs"]
@@ -28,17 +30,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dots::{dots, push_guest};
 use guest::have;
 use node::{bin, NodeProc};
-use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
+use registry::{Registry, RegistryOpts};
 use serde_json::Value;
-
-/// `back: inc %ecx; test $0xfffff,%ecx; jnz back; mov $0x3f8,%dx; mov $0x2e,%al; out %al,(%dx);
-/// jmp back`: a dot on COM1 every 2^20 steps.
-const DOTS: &[u8] = &[
-    0x41, 0xf7, 0xc1, 0xff, 0xff, 0x0f, 0x00, 0x75, 0xf7, 0x66, 0xba, 0xf8, 0x03, 0xb0, 0x2e, 0xee, 0xeb,
-    0xee,
-];
 
 const VMI: &str = "apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -96,10 +92,6 @@ fn vmim(node: &NodeProc, name: &str) -> Option<Value> {
     ok.then(|| serde_json::from_str(&body[a..=b]).unwrap())
 }
 
-fn dots(run_dir: &Path) -> usize {
-    std::fs::read(run_dir.join("console.log")).unwrap_or_default().iter().filter(|&&b| b == b'.').count()
-}
-
 fn pid(run_dir: &Path) -> i32 {
     std::fs::read_to_string(run_dir.join("launcher.pid")).unwrap().trim().parse().unwrap()
 }
@@ -120,17 +112,6 @@ fn active_dir(state: &Path, uid: &str) -> PathBuf {
 
 fn more_dots(node: &NodeProc, dir: &Path, than: usize) {
     wait_for(&format!("more than {than} dots in {}", dir.display()), node, || dots(dir) > than);
-}
-
-/// The kernel-boot image holding the dot guest as `/boot/vmlinuz`.
-fn push_guest(reg: &Registry) -> String {
-    let mut layout = OciLayout::new();
-    let layer = registry::tar_of(&[Entry::Dir("boot/"), Entry::File("boot/vmlinuz", pvh::pvh_elf(DOTS))]);
-    let desc = layout.image(&[(layer, Comp::Gzip)], "amd64");
-    layout.tag("v1", &desc);
-    layout.write_index();
-    reg.push(&layout, "v1", "kubevirt/dots", &[]);
-    format!("{}/kubevirt/dots:v1", reg.host)
 }
 
 /// A launcher that holds `--incoming` launchers while `hold` exists.

@@ -18,6 +18,8 @@
 #[macro_use]
 #[path = "../../../virt-core/tests/support/guest.rs"]
 mod guest;
+#[path = "support/dots.rs"]
+mod dots;
 #[path = "support/node.rs"]
 mod node;
 #[path = "../../virt-launcher/tests/support/pvh.rs"]
@@ -31,20 +33,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dots::{dots, push_guest};
 use guest::have;
 use node::bin;
-use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
+use registry::{Registry, RegistryOpts};
 use virt_core::lifecycle::{MigrationError, MigrationStep, MigrationTicket, Runtime};
 use virt_core::machine::MachineStatus;
 use virt_core::model::VirtualMachineInstance;
 use virt_k8s::node::migration_proxy::{self, MigrationCa, ProxyListener};
 use virt_k8s::node::{LauncherConfig, LauncherRuntime};
-
-/// A dot on COM1 every 2^20 steps (as bins/virt-node/tests/migrate.rs).
-const DOTS: &[u8] = &[
-    0x41, 0xf7, 0xc1, 0xff, 0xff, 0x0f, 0x00, 0x75, 0xf7, 0x66, 0xba, 0xf8, 0x03, 0xb0, 0x2e, 0xee, 0xeb,
-    0xee,
-];
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -54,20 +51,6 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
         assert!(t.elapsed() < WAIT, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn dots(run_dir: &Path) -> usize {
-    std::fs::read(run_dir.join("console.log")).unwrap_or_default().iter().filter(|&&b| b == b'.').count()
-}
-
-fn push_guest(reg: &Registry) -> String {
-    let mut layout = OciLayout::new();
-    let layer = registry::tar_of(&[Entry::Dir("boot/"), Entry::File("boot/vmlinuz", pvh::pvh_elf(DOTS))]);
-    let desc = layout.image(&[(layer, Comp::Gzip)], "amd64");
-    layout.tag("v1", &desc);
-    layout.write_index();
-    reg.push(&layout, "v1", "kubevirt/dots", &[]);
-    format!("{}/kubevirt/dots:v1", reg.host)
 }
 
 fn runtime(state: &Path, registry: &str) -> LauncherRuntime {

@@ -457,17 +457,29 @@ impl Cluster {
     /// virt-handler run `n` (log: `handler-N.log` in `tmp`), serving the aggregated subresources
     /// API on the host side of the node's veth.
     pub fn spawn_handler(&self, n: u32) -> Child {
-        let log = std::fs::File::create(self.tmp.path().join(format!("handler-{n}.log"))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_virt-handler"))
-            .args(["--node", "virtrs-node", "--allow-emulation", "--insecure-registry", &self.reg.host])
-            .arg("--subresources-listen")
-            .arg(format!("{}:0", self.host_ip))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_virt-handler"));
+        cmd.arg("--subresources-listen").arg(format!("{}:0", self.host_ip));
+        self.spawn_agent(
+            cmd,
+            "virtrs-node",
+            &self.host_ip,
+            &self.device_plugins_dir(),
+            &format!("handler-{n}.log"),
+        )
+    }
+
+    /// virt-handler `cmd` for `node`: the cluster's state and storage paths, the migration proxy
+    /// (and the subresources for other agents) on `ip`, `plugins` for its device plugins; logging
+    /// to `log` in `tmp`.
+    fn spawn_agent(&self, mut cmd: Command, node: &str, ip: &str, plugins: &Path, log: &str) -> Child {
+        let log = std::fs::File::create(self.tmp.path().join(log)).unwrap();
+        cmd.args(["--node", node, "--allow-emulation", "--insecure-registry", &self.reg.host])
             .arg("--state-dir")
             .arg(&self.node_state)
             .arg("--migration-listen")
-            .arg(format!("{}:0", self.host_ip))
+            .arg(format!("{ip}:0"))
             .arg("--device-plugins-dir")
-            .arg(self.device_plugins_dir())
+            .arg(plugins)
             .arg("--local-storage-dir")
             .arg(&self.storage_dir)
             .arg("--kubeconfig")
@@ -483,24 +495,8 @@ impl Cluster {
     /// the same state and storage paths as node 1's (node2's directories there), kubelet2's device
     /// plugins, no subresources API (node 1's handler serves the aggregated API).
     pub fn spawn_handler_node2(&self, n: u32) -> Child {
-        let log = std::fs::File::create(self.tmp.path().join(format!("handler2-{n}.log"))).unwrap();
-        self.on_node2(env!("CARGO_BIN_EXE_virt-handler"))
-            .args(["--node", NODE2, "--allow-emulation", "--insecure-registry", &self.reg.host])
-            .arg("--state-dir")
-            .arg(&self.node_state)
-            // Migrations between the nodes and forwarded subresources, on node2's host-side address.
-            .arg("--migration-listen")
-            .arg(format!("{}:0", self.node2_host_ip()))
-            .arg("--device-plugins-dir")
-            .arg(self.node2().device_plugins_dir())
-            .arg("--local-storage-dir")
-            .arg(&self.storage_dir)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        let cmd = self.on_node2(env!("CARGO_BIN_EXE_virt-handler"));
+        let plugins = self.node2().device_plugins_dir();
+        self.spawn_agent(cmd, NODE2, &self.node2_host_ip(), &plugins, &format!("handler2-{n}.log"))
     }
 }

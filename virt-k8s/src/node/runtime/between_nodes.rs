@@ -103,20 +103,7 @@ impl LauncherRuntime {
         step: &dyn Fn(MigrationStep),
     ) -> Result<MovedAway, MigrationError> {
         let base = self.base_dir(vmi);
-        let source = self.run_dir(vmi);
-        if !remote::is_alive(&source) {
-            return Err(MigrationError::Failed(format!(
-                "the source launcher in {} does not run",
-                source.display()
-            )));
-        }
-        let spec_path = source.join("spec.json");
-        let spec_bytes = std::fs::read(&spec_path).map_err(|e| failed("reading", &spec_path, e))?;
-        let spec: MachineSpec =
-            serde_json::from_slice(&spec_bytes).map_err(|e| failed("decoding", &spec_path, e))?;
-        if let Some(why) = not_migratable(&spec) {
-            return Err(MigrationError::Unsupported(why.message));
-        }
+        let (source, _, spec) = self.migration_source(vmi)?;
         let (settings, not_honoured) = self.settings_for(&source, ticket);
         let opts = settings.options_for(spec.memory_mib);
         let within = self.cfg.start_timeout.max(EXTERNAL_TARGET_LISTEN_TIMEOUT);
@@ -133,33 +120,9 @@ impl LauncherRuntime {
                 MigrationError::Failed(format!("{e} (target: launcher {target} on the other node)"))
             }
         })?;
-        self.release_moved_away(&base, &source);
+        self.release_source(&base, &source, true);
         let source_name = source.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         Ok(MovedAway { report, source: source_name })
-    }
-
-    /// After the VM left this node: its launcher (which stopped) is reaped and the VMI's run
-    /// directories here are removed once it is gone.
-    fn release_moved_away(&self, base: &Path, source: &Path) {
-        let child = self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(source);
-        let shown = source.display().to_string();
-        let (base, source) = (base.to_path_buf(), source.to_path_buf());
-        let spawned = std::thread::Builder::new().name("migration-source".into()).spawn(move || {
-            if let Some(mut c) = child {
-                let _ = c.wait();
-            }
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while remote::launcher_running(&source) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            virt_core::jail::cgroup::collect_stale();
-            if !remote::launcher_running(&source) {
-                remove_vmi_dirs(&base);
-            }
-        });
-        if let Err(e) = spawned {
-            log::warn!("the migration source {shown}: no thread to reap it: {e}");
-        }
     }
 }
 

@@ -244,20 +244,7 @@ impl LauncherRuntime {
         step: &dyn Fn(MigrationStep),
     ) -> Result<Migrated, MigrationError> {
         let base = self.base_dir(vmi);
-        let source = self.run_dir(vmi);
-        if !remote::is_alive(&source) {
-            return Err(MigrationError::Failed(format!(
-                "the source launcher in {} does not run",
-                source.display()
-            )));
-        }
-        let spec_path = source.join("spec.json");
-        let spec_bytes = std::fs::read(&spec_path).map_err(|e| failed("reading", &spec_path, e))?;
-        let spec: MachineSpec =
-            serde_json::from_slice(&spec_bytes).map_err(|e| failed("decoding", &spec_path, e))?;
-        if let Some(why) = not_migratable(&spec) {
-            return Err(MigrationError::Unsupported(why.message));
-        }
+        let (source, spec_bytes, spec) = self.migration_source(vmi)?;
         let base_name = base.file_name().and_then(|n| n.to_str()).unwrap_or("vmi");
         let name = target_dir_name(base_name, &ticket.uid);
         let Some(parent) = base.parent() else {
@@ -278,7 +265,7 @@ impl LauncherRuntime {
                     RemoteMachine::connect_when_up(&target, self.cfg.start_timeout).map_err(|e| {
                         MigrationError::Failed(format!("the VM moved but its launcher does not answer: {e}"))
                     })?;
-                self.release_source(&base, &source);
+                self.release_source(&base, &source, false);
                 let source_name = source.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
                 Ok(Migrated { machine: Arc::new(machine), report, source: source_name, target: name })
             }
@@ -288,6 +275,29 @@ impl LauncherRuntime {
                 Err(if ticket.cancelled() { MigrationError::Cancelled } else { e })
             }
         }
+    }
+
+    /// The run directory of the launcher `vmi`'s machine is to leave, with that machine's spec
+    /// (as written and decoded); refused when it does not run or cannot move.
+    fn migration_source(
+        &self,
+        vmi: &VirtualMachineInstance,
+    ) -> Result<(PathBuf, Vec<u8>, MachineSpec), MigrationError> {
+        let source = self.run_dir(vmi);
+        if !remote::is_alive(&source) {
+            return Err(MigrationError::Failed(format!(
+                "the source launcher in {} does not run",
+                source.display()
+            )));
+        }
+        let spec_path = source.join("spec.json");
+        let spec_bytes = std::fs::read(&spec_path).map_err(|e| failed("reading", &spec_path, e))?;
+        let spec: MachineSpec =
+            serde_json::from_slice(&spec_bytes).map_err(|e| failed("decoding", &spec_path, e))?;
+        if let Some(why) = not_migratable(&spec) {
+            return Err(MigrationError::Unsupported(why.message));
+        }
+        Ok((source, spec_bytes, spec))
     }
 
     /// The settings a migration of the machine in `source` runs with: the node's, the ticket's
@@ -462,8 +472,9 @@ impl LauncherRuntime {
     }
 
     /// After a successful migration: the source launcher (which stopped) is reaped, and its run
-    /// directory removed unless it is the VMI's first one (which holds the volumes).
-    fn release_source(&self, base: &Path, source: &Path) {
+    /// directory removed unless it is the VMI's first one (which holds the volumes); `moved_away`
+    /// (the VM left the node): all of the VMI's run directories here are removed.
+    fn release_source(&self, base: &Path, source: &Path, moved_away: bool) {
         let child = self.children.lock().unwrap_or_else(|e| e.into_inner()).remove(source);
         let shown = source.display().to_string();
         let (base, source) = (base.to_path_buf(), source.to_path_buf());
@@ -476,7 +487,12 @@ impl LauncherRuntime {
                 std::thread::sleep(Duration::from_millis(50));
             }
             virt_core::jail::cgroup::collect_stale();
-            if source != base && !remote::launcher_running(&source) {
+            if remote::launcher_running(&source) {
+                return;
+            }
+            if moved_away {
+                remove_vmi_dirs(&base);
+            } else if source != base {
                 let _ = std::fs::remove_dir_all(&source);
             }
         });
