@@ -94,7 +94,13 @@ impl Registry {
             let hash = bcrypt::hash(pass, 5).unwrap();
             fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
         }
-        // Ask the kernel for a free port, then hand it to the registry (retried if taken).
+        // Ask the kernel for a free port, then hand it to the registry (retried if taken). One
+        // start at a time in this process: a port picked (and released) by one test must not be
+        // picked by another before the first registry bound it; the second registry would fail to
+        // bind, and wait_ready would take the first one's answer for its own (seen in CI: the
+        // second test then talked to a registry that went away with the first test).
+        static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         for attempt in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let host = format!("127.0.0.1:{port}");
@@ -183,7 +189,10 @@ pub fn wait_ready(child: &mut Child, host: &str) -> bool {
             return false;
         }
         if TcpStream::connect(host).is_ok() {
-            return true;
+            // Someone answers; ours, unless it exits at once (it could not bind: the port is
+            // another's).
+            std::thread::sleep(Duration::from_millis(100));
+            return matches!(child.try_wait(), Ok(None));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
