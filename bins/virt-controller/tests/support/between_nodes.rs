@@ -11,7 +11,9 @@
 //! did not restart: the target pod's log (the guest's console, read through node2's kubelet)
 //! goes on counting from where the first node left it, without a boot, and `virtctl console`
 //! (through the API server to the first node's agent, which forwards it to node2's) finds the
-//! shell variable set before the move. `virtctl stop` then ends it on node2.
+//! shell variable set before the move. Then node2's maintenance: the eviction of its launcher
+//! (what `kubectl drain` sends) is refused and the VMI (evictionStrategy LiveMigrate) evacuates
+//! back to the first node, its shell still the same. `virtctl stop` ends it.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -57,7 +59,11 @@ pub fn start(cluster: &Cluster, ns: &str) {
     ok(&mut cluster.kubectl(&["cordon", NODE2]));
     let yaml = kernel_vm_yaml(VM, &cluster.kernel_image)
         .replacen("runStrategy: Halted", "runStrategy: Always", 1)
-        .replacen("      domain:\n", &format!("{TOLERATION}      domain:\n"), 1);
+        .replacen(
+            "      domain:\n",
+            &format!("{TOLERATION}      evictionStrategy: LiveMigrate\n      domain:\n"),
+            1,
+        );
     let file = cluster.tmp.path().join("vm-far.yaml");
     std::fs::write(&file, yaml).unwrap();
     ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", file.to_str().unwrap()]));
@@ -162,12 +168,66 @@ pub fn run_part(cluster: &Cluster, ns: &str) {
     console.detach();
     eprintln!("between nodes: virtctl console reaches the guest on {NODE2} through the first node's agent");
 
+    // Maintenance of node2: the launcher's eviction (what `kubectl drain virtrs-node2` sends) is
+    // refused, and the VMI (evictionStrategy LiveMigrate) evacuates: an evacuation migration takes
+    // it back to the first node, node 1's agent now the target.
+    wait_for("vm-far's disruption budget", 60, || {
+        cluster.get(&["pdb", &format!("kubevirt-disruption-budget-{VM}"), "-n", ns], "{.spec.minAvailable}")
+    });
+    let eviction = cluster.tmp.path().join("eviction-far.json");
+    std::fs::write(
+        &eviction,
+        format!(r#"{{"apiVersion":"policy/v1beta1","kind":"Eviction","metadata":{{"name":"{target}","namespace":"{ns}"}}}}"#),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let evicted = run(&mut cluster.kubectl(&[
+        "create",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/pods/{target}/eviction"),
+        "-f",
+        eviction.to_str().unwrap(),
+    ]));
+    assert!(!evicted.status.success(), "the launcher's eviction on node2 was refused");
+    let evacuation = wait_for("vm-far's evacuation migration to succeed", 180, || {
+        let listed = cluster.get(
+            &["vmim", "-n", ns],
+            &format!(
+                r#"{{range .items[?(@.spec.vmiName=="{VM}")]}}{{.metadata.name}} {{.metadata.annotations.kubevirt\.io/evacuationMigration}} {{.status.phase}}{{"\n"}}{{end}}"#
+            ),
+        )?;
+        listed
+            .lines()
+            .find(|l| l.starts_with("kubevirt-evacuation-") && l.ends_with(" Succeeded"))
+            .map(str::to_string)
+    });
+    assert!(evacuation.contains(&format!(" {NODE2} ")), "{evacuation}");
+    wait_for("the VMI Running on the first node again", 60, || {
+        (vmi(cluster, ns, "{.status.phase} {.status.nodeName}") == "Running virtrs-node").then_some(())
+    });
+    let back = vmi(
+        cluster,
+        ns,
+        "{.status.migrationState.sourceNode} {.status.migrationState.targetNode} \
+         {.status.migrationState.migrationStats.downtimeUs}",
+    );
+    eprintln!(
+        "between nodes: eviction on {NODE2} -> evacuation {} back to virtrs-node in {:?} (source target downtimeUs: {back})",
+        evacuation.split(' ').next().unwrap_or_default(),
+        t.elapsed()
+    );
+    assert!(back.starts_with(&format!("{NODE2} virtrs-node ")), "{back}");
+    let mut console = Console::attach(&virtctl, &kubeconfig, ns, VM);
+    console.type_line("echo BACK-$X-$((7*6))");
+    console.wait_for("BACK-5150-42", 60);
+    console.detach();
+
     virtctl_ok(&["stop", VM, "-n", ns]);
     wait_for("vm-far's VMI and pods to go after virtctl stop", 120, || {
         (cluster.get(&["vmi", VM, "-n", ns], "{.metadata.name}").is_none() && pods(cluster, ns).is_empty())
             .then_some(())
     });
-    eprintln!("between nodes: part done in {:?} (stopped on node2)", t0.elapsed());
+    eprintln!("between nodes: part done in {:?}", t0.elapsed());
 }
 
 /// The source pod's log (the console up to the move), empty if it is gone.
