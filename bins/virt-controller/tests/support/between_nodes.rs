@@ -18,7 +18,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::migration::{Console, READY};
+use super::migration::{attach_console, READY};
 use super::{kernel_vm_yaml, ok, run, wait_for, workspace_bin, Cluster, NODE2};
 
 /// The VM.
@@ -86,10 +86,10 @@ pub fn run_part(cluster: &Cluster, ns: &str) {
         [one] if one.ends_with(" Running virtrs-node") => one.split(' ').next().unwrap().to_string(),
         other => panic!("one launcher pod Running on virtrs-node expected: {other:?}"),
     };
-    let mut console = Console::attach(&virtctl, &kubeconfig, ns, VM);
-    console.wait_for(READY, 240);
+    let mut console = attach_console(&virtctl, &kubeconfig, ns, VM);
+    console.wait_for(READY, Duration::from_secs(240));
     console.type_line("X=5150; (i=0; while true; do i=$((i+1)); echo TICK-$i; sleep 1; done) &");
-    console.wait_for("TICK-3", 60);
+    console.wait_for("TICK-3", Duration::from_secs(60));
     console.detach();
     eprintln!(
         "between nodes: the guest counts in pod {source} on virtrs-node ({:?} into the part)",
@@ -162,9 +162,9 @@ pub fn run_part(cluster: &Cluster, ns: &str) {
 
     // The console through the API server: the first node's agent (the aggregated API's endpoint)
     // forwards it to node2's agent; the shell has its variable.
-    let mut console = Console::attach(&virtctl, &kubeconfig, ns, VM);
+    let mut console = attach_console(&virtctl, &kubeconfig, ns, VM);
     console.type_line("echo FAR-$X-$((6*7))");
-    console.wait_for("FAR-5150-42", 60);
+    console.wait_for("FAR-5150-42", Duration::from_secs(60));
     console.detach();
     eprintln!("between nodes: virtctl console reaches the guest on {NODE2} through the first node's agent");
 
@@ -217,9 +217,9 @@ pub fn run_part(cluster: &Cluster, ns: &str) {
         t.elapsed()
     );
     assert!(back.starts_with(&format!("{NODE2} virtrs-node ")), "{back}");
-    let mut console = Console::attach(&virtctl, &kubeconfig, ns, VM);
+    let mut console = attach_console(&virtctl, &kubeconfig, ns, VM);
     console.type_line("echo BACK-$X-$((7*6))");
-    console.wait_for("BACK-5150-42", 60);
+    console.wait_for("BACK-5150-42", Duration::from_secs(60));
     console.detach();
 
     virtctl_ok(&["stop", VM, "-n", ns]);

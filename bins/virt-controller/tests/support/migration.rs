@@ -6,12 +6,11 @@
 //! its shell still has the variable set before the move; `virtctl stop` ends it (checked later:
 //! its grace period runs while the test goes on).
 
-use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::console_session::ConsoleSession;
 use super::{kernel_vm_yaml, ok, run, wait_for, workspace_bin, Cluster};
 
 /// The VM.
@@ -28,75 +27,11 @@ pub fn start(cluster: &Cluster, ns: &str) {
     ok(&mut cluster.kubectl(&["apply", "-n", ns, "-f", file.to_str().unwrap()]));
 }
 
-/// An attached `virtctl console` through the API server.
-pub struct Console {
-    child: Child,
-    seen: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Console {
-    /// `virtctl console VM -n ns`.
-    pub fn attach(virtctl: &Path, kubeconfig: &Path, ns: &str, vm: &str) -> Self {
-        let mut child = Command::new(virtctl)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["console", vm, "-n", ns])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Self { child, seen }
-    }
-
-    /// What it printed so far.
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
-    }
-
-    /// Waits up to `secs` for `marker`.
-    pub fn wait_for(&mut self, marker: &str, secs: u64) {
-        let t = Instant::now();
-        while !self.text().contains(marker) {
-            assert!(
-                matches!(self.child.try_wait(), Ok(None)),
-                "virtctl console ended before {marker:?}:\n{}",
-                self.text()
-            );
-            assert!(
-                t.elapsed() < Duration::from_secs(secs),
-                "no {marker:?} on the console:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Types `line` and Enter.
-    pub fn type_line(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Detaches with ^].
-    pub fn detach(mut self) {
-        let _ = self.child.stdin.as_mut().unwrap().write_all(&[0x1d]);
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "virtctl console did not end cleanly on ^]: {status}");
-    }
+/// An attached `virtctl console` of `vm` through the API server.
+pub fn attach_console(virtctl: &Path, kubeconfig: &Path, ns: &str, vm: &str) -> ConsoleSession {
+    let mut cmd = Command::new(virtctl);
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(["console", vm, "-n", ns]);
+    ConsoleSession::spawn(cmd)
 }
 
 /// The VM's launcher pods, `name phase` each.
@@ -135,10 +70,10 @@ pub fn run_part(cluster: &Cluster, ns: &str) -> Checks {
         [one] if one.ends_with(" Running") => one.split(' ').next().unwrap().to_string(),
         other => panic!("one Running launcher pod expected: {other:?}"),
     };
-    let mut console = Console::attach(&virtctl, &kubeconfig, ns, VM);
-    console.wait_for(READY, 240);
+    let mut console = attach_console(&virtctl, &kubeconfig, ns, VM);
+    console.wait_for(READY, Duration::from_secs(240));
     console.type_line("X=7731; echo VIRT-SET-$X");
-    console.wait_for("VIRT-SET-7731", 60);
+    console.wait_for("VIRT-SET-7731", Duration::from_secs(60));
     console.detach();
     eprintln!("migration VM: guest shell ready in pod {source} ({:?} after its part began)", t0.elapsed());
 
@@ -227,9 +162,9 @@ pub fn run_part(cluster: &Cluster, ns: &str) -> Checks {
     assert!(pods(cluster, ns).contains(&format!("{target} Running")), "{:?}", pods(cluster, ns));
     assert_eq!(vmi(cluster, ns, "{.status.phase} {.status.nodeName}"), "Running virtrs-node");
     // The same guest, its shell's state intact, through a console to the new launcher.
-    let mut console = Console::attach(&virtctl, &kubeconfig, ns, VM);
+    let mut console = attach_console(&virtctl, &kubeconfig, ns, VM);
     console.type_line("echo VIRT-AFTER-$X-$((6*7))");
-    console.wait_for("VIRT-AFTER-7731-42", 60);
+    console.wait_for("VIRT-AFTER-7731-42", Duration::from_secs(60));
     console.detach();
     // The target pod's log carries the guest's console (its entry script follows console.log).
     let logs = || {

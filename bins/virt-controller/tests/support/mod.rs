@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use registry::{Comp, Entry, OciLayout, Registry, RegistryOpts};
 
 pub mod between_nodes;
+#[path = "../../../virt-node/tests/support/console_session.rs"]
+pub mod console_session;
 pub mod datavolume;
 pub mod migration;
 

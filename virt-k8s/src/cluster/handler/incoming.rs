@@ -31,7 +31,7 @@ use crate::cluster::controller::migration::{set_phase, write_migration_state};
 use crate::cluster::controller::ReconcileError;
 use crate::cluster::kinds::Cr;
 use crate::cluster::migration_certs::{self, SecretRef};
-use crate::node::migration_proxy::{self, ProxyListener, ProxyTls, Route};
+use crate::node::migration_proxy::{self, ProxyError, ProxyListener, ProxyTls, Route};
 
 /// This node's end of migrations between nodes.
 pub struct MigrationPeer {
@@ -54,8 +54,8 @@ impl MigrationPeer {
     }
 
     /// Connects to the proxy at `addr` for migration `key` (the source's side).
-    pub fn connect(&self, addr: SocketAddr, key: &str) -> Result<std::os::unix::net::UnixStream, String> {
-        migration_proxy::connect(addr, &self.tls, key).map_err(|e| e.to_string())
+    pub fn connect(&self, addr: SocketAddr, key: &str) -> Result<std::os::unix::net::UnixStream, ProxyError> {
+        migration_proxy::connect(addr, &self.tls, key)
     }
 }
 

@@ -127,26 +127,57 @@ pub async fn forward(State((s, peer)): State<(Server, PeerSlot)>, req: Request, 
     }
 }
 
+/// Why a request could not be relayed to another node's agent.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// No TCP connection within [`RELAY_CONNECT_TIMEOUT`].
+    #[error("connecting timed out after {:?}", RELAY_CONNECT_TIMEOUT)]
+    Timeout,
+    /// The TCP connection or the TLS handshake failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("{what}: {source}")]
+    Http {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: hyper::Error,
+    },
+}
+
+/// How long a connection to another node's agent may take.
+pub const RELAY_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Sends `req` to the peer at `addr` and returns its answer; an upgrade on both hops is relayed.
-async fn relay(mut req: Request, addr: SocketAddr, tls: &ProxyTls) -> Result<Response, String> {
-    let tcp = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+async fn relay(mut req: Request, addr: SocketAddr, tls: &ProxyTls) -> Result<Response, RelayError> {
+    let io = |what| move |source| RelayError::Io { what, source };
+    let http = |what| move |source| RelayError::Http { what, source };
+    let tcp = tokio::time::timeout(RELAY_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
-        .map_err(|_| "connecting timed out".to_string())?
-        .map_err(|e| format!("connecting: {e}"))?;
+        .map_err(|_| RelayError::Timeout)?
+        .map_err(io("connecting"))?;
     let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(PEER_NAME).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(PEER_NAME).map_err(|e| RelayError::Io {
+        what: "the peer name",
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })?;
     let connector = tokio_rustls::TlsConnector::from(tls.client_config());
-    let stream = connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    let stream = connector.connect(name, tcp).await.map_err(io("TLS handshake"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(http("HTTP handshake"))?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             log::debug!("subresources relay: {e}");
         }
     });
     let downstream = hyper::upgrade::on(&mut req);
-    let mut resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let mut resp = sender.send_request(req).await.map_err(http("sending the request"))?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {

@@ -13,6 +13,8 @@
 
 use virt_core::machine::migrate::MigrationReport;
 
+use crate::node::migration_proxy::ProxyError;
+
 use super::*;
 
 /// How often a connection to a target that does not listen yet is tried again.
@@ -99,7 +101,7 @@ impl LauncherRuntime {
         vmi: &VirtualMachineInstance,
         ticket: &MigrationTicket,
         target: &str,
-        connect: &dyn Fn() -> Result<UnixStream, String>,
+        connect: &dyn Fn() -> Result<UnixStream, ProxyError>,
         step: &dyn Fn(MigrationStep),
     ) -> Result<MovedAway, MigrationError> {
         let base = self.base_dir(vmi);
@@ -131,7 +133,7 @@ impl LauncherRuntime {
 fn connect_until(
     ticket: &MigrationTicket,
     within: Duration,
-    connect: &dyn Fn() -> Result<UnixStream, String>,
+    connect: &dyn Fn() -> Result<UnixStream, ProxyError>,
 ) -> Result<UnixStream, MigrationError> {
     let deadline = Instant::now() + within;
     loop {
@@ -171,17 +173,32 @@ mod tests {
         let t = ticket();
         let late = || {
             if tries.fetch_add(1, Ordering::SeqCst) < 2 {
-                Err("not listening".to_string())
+                Err(ProxyError::Refused {
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                    key: "u".into(),
+                    reason: "the target launcher's socket: not listening".into(),
+                })
             } else {
-                UnixStream::pair().map(|(a, _)| a).map_err(|e| e.to_string())
+                UnixStream::pair().map(|(a, _)| a).map_err(|source| ProxyError::Io {
+                    what: "pairing",
+                    target: "sockets".into(),
+                    source,
+                })
             }
         };
         assert!(connect_until(&t, Duration::from_secs(5), &late).is_ok());
         assert_eq!(tries.load(Ordering::SeqCst), 3);
 
-        let never = || Err::<UnixStream, _>("refused: no migration with this key".to_string());
+        let never = || {
+            Err::<UnixStream, _>(ProxyError::Refused {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                key: "u".into(),
+                reason: "no migration with this key is expected here".into(),
+            })
+        };
         let e = connect_until(&t, Duration::from_millis(300), &never).unwrap_err();
-        assert!(e.to_string().contains("could not be reached within 300ms: refused"), "{e}");
+        assert!(e.to_string().contains("could not be reached within 300ms: the migration proxy"), "{e}");
+        assert!(e.to_string().contains("no migration with this key"), "{e}");
 
         t.cancel.store(true, Ordering::SeqCst);
         assert!(matches!(connect_until(&t, Duration::from_secs(5), &never), Err(MigrationError::Cancelled)));
